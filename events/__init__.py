@@ -1,0 +1,29 @@
+"""The contract between producers and consumers: events, subjects, streams, codec.
+
+Imports nothing but pydantic and the standard library, so host apps in any language can
+follow it from the JSON Schemas exported to ``docs/schemas``.
+"""
+
+from events.codec import EVENT_TYPES, DecodeError, decode, encode, headers_for
+from events.envelope import Event, Producer, utc_now
+from events.subjects import DEFAULT_TOPOLOGY, StreamSpec, Topology
+from events.usage import CallKind, ImageUsage, PriceSource, Usage, UsageRecorded
+
+__all__ = [
+    "DEFAULT_TOPOLOGY",
+    "EVENT_TYPES",
+    "CallKind",
+    "DecodeError",
+    "Event",
+    "ImageUsage",
+    "PriceSource",
+    "Producer",
+    "StreamSpec",
+    "Topology",
+    "Usage",
+    "UsageRecorded",
+    "decode",
+    "encode",
+    "headers_for",
+    "utc_now",
+]

@@ -1,0 +1,59 @@
+"""The envelope every event shares: identity, type, schema version, event time, producer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = ["Event", "Producer", "UtcDatetime", "utc_now"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A timezone-aware datetime, normalised to UTC; naive datetimes are rejected."""
+
+
+class Producer(BaseModel):
+    """Who published an event: for tracing a bad event back to the host app that sent it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: str = Field(max_length=200)
+    host: str = Field(default_factory=socket.gethostname, max_length=255)
+    pid: int = Field(default_factory=os.getpid)
+    library_version: str = "0.1.0"
+
+
+class Event(BaseModel):
+    """Base of every immutable fact on the log.
+
+    ``event_id`` is also sent as ``Nats-Msg-Id``, so JetStream drops re-sends inside its
+    duplicate window; projections deduplicate by it beyond that window.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Each concrete event sets these; ``type`` is also a Literal field for the JSON contract.
+    SCHEMA_VERSION: ClassVar[int] = 1
+    SUBJECT: ClassVar[str]
+    """Subject suffix under <prefix>.events (see ``Topology.event_subject``)."""
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    schema_version: int
+    occurred_at: UtcDatetime = Field(
+        description="UTC time of the fact itself (for usage: the provider call). "
+        "Periods are assigned by this, never by arrival time."
+    )
+    producer: Producer | None = None

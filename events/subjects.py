@@ -1,0 +1,72 @@
+"""Subject and stream names, derived from one prefix: the only place they are spelled out.
+
+A deployment (or a test) picks a prefix; everything else follows from it, so two
+deployments, or two tests, can share one NATS server without seeing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_TOPOLOGY", "StreamSpec", "Topology"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    duplicate_window_seconds: float = 120.0
+    deny_delete: bool = True
+    deny_purge: bool = True
+    """The event log is the source of truth: nobody deletes or purges facts from it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Topology:
+    """``prefix`` is a NATS subject token (letters, digits, ``-`` and ``_``)."""
+
+    prefix: str = "budget"
+
+    def __post_init__(self) -> None:
+        if not self.prefix or not all(c.isalnum() or c in "-_" for c in self.prefix):
+            raise ValueError(
+                f"subject prefix {self.prefix!r} must be one token of letters, digits, - or _"
+            )
+
+    # Facts live under <prefix>.events.> only. Request/reply (<prefix>.rpc.*) and derived
+    # alerts (<prefix>.alerts.*) stay outside the stream: a stream capturing them would answer
+    # every request with a PubAck and store alerts that a replay re-derives anyway.
+    @property
+    def events_wildcard(self) -> str:
+        return f"{self.prefix}.events.>"
+
+    def event_subject(self, suffix: str) -> str:
+        """``suffix`` is the event class's SUBJECT, e.g. ``usage.recorded``."""
+        return f"{self.prefix}.events.{suffix}"
+
+    def dead_letter_subject(self, consumer: str) -> str:
+        return f"{self.prefix}.dlq.{consumer}"
+
+    def alert_subject(self, severity: str, alert_type: str) -> str:
+        return f"{self.prefix}.alerts.{severity}.{alert_type}"
+
+    def rpc_subject(self, name: str) -> str:
+        return f"{self.prefix}.rpc.{name}"
+
+    @property
+    def event_stream(self) -> StreamSpec:
+        return StreamSpec(
+            name=self.prefix.upper().replace("-", "_"), subjects=(self.events_wildcard,)
+        )
+
+    @property
+    def dead_letter_stream(self) -> StreamSpec:
+        return StreamSpec(
+            name=f"{self.event_stream.name}_DLQ",
+            subjects=(f"{self.prefix}.dlq.>",),
+            deny_delete=False,
+            deny_purge=False,
+        )
+
+
+DEFAULT_TOPOLOGY = Topology()

@@ -1,0 +1,53 @@
+"""Upcasters: turn an older schema version of an event into the current one on read.
+
+The stream is never rewritten; every reader upcasts. An upcaster takes the JSON object of
+version ``n`` and returns the object of version ``n + 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["UPCASTERS", "upcast"]
+
+JsonObject = dict[str, Any]
+Upcaster = Callable[[JsonObject], JsonObject]
+
+
+def _usage_recorded_v1_to_v2(old: JsonObject) -> JsonObject:
+    """v1 followed the seed: ``input_tokens`` included ``cached_tokens``; cost was one number."""
+    new = {k: v for k, v in old.items() if k not in _V1_ONLY_FIELDS}
+    input_tokens = int(old.get("input_tokens", 0))
+    cached = int(old.get("cached_tokens", 0))
+    new["usage"] = {
+        "input_uncached": input_tokens - cached,
+        "input_cache_read": cached,
+        "output_text": int(old.get("output_tokens", 0)),
+    }
+    cost = old.get("cost")
+    new["cost"] = None if cost is None else str(Decimal(str(cost)))
+    if cost is None:
+        new["unpriced_reason"] = "recorded unpriced by a v1 producer"
+    new["schema_version"] = 2
+    return new
+
+
+_V1_ONLY_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_tokens", "cost"})
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("UsageRecorded", 1): _usage_recorded_v1_to_v2,
+}
+
+
+def upcast(obj: JsonObject, current_version: int) -> JsonObject:
+    version = int(obj.get("schema_version", 1))
+    event_type = str(obj.get("type"))
+    while version < current_version:
+        step = UPCASTERS.get((event_type, version))
+        if step is None:
+            raise ValueError(f"no upcaster for {event_type} v{version}")
+        obj = step(obj)
+        version = int(obj["schema_version"])
+    return obj

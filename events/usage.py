@@ -1,0 +1,100 @@
+"""``UsageRecorded``: one AI provider call, its usage in non-overlapping classes, and its cost."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from events.envelope import Event
+
+__all__ = ["CallKind", "ImageUsage", "PriceSource", "Usage", "UsageRecorded"]
+
+Count = Annotated[int, Field(ge=0)]
+CallKind = Literal["chat", "embedding", "image", "audio"]
+
+
+class ImageUsage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: Annotated[int, Field(ge=1)]
+    size: str = Field(description='e.g. "1024x1024"', max_length=32)
+    quality: str = Field(default="standard", max_length=32)
+
+
+class Usage(BaseModel):
+    """Usage as classes that never overlap, so no token is priced twice.
+
+    Input is split into uncached, cache-read and cache-write; output into visible text and
+    reasoning (reasoning is output, counted once). Convert from SDK shapes with
+    ``budget.usage`` rather than filling these by hand.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_uncached: Count = 0
+    input_cache_read: Count = 0
+    input_cache_write: Count = 0
+    output_text: Count = 0
+    output_reasoning: Count = 0
+    embedding_tokens: Count = 0
+    audio_seconds: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+    images: ImageUsage | None = None
+
+    @property
+    def input_tokens(self) -> int:
+        """All input tokens, cached or not (the seed's ``input_tokens``)."""
+        return self.input_uncached + self.input_cache_read + self.input_cache_write
+
+    @property
+    def output_tokens(self) -> int:
+        return self.output_text + self.output_reasoning
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.embedding_tokens
+
+
+class PriceSource(BaseModel):
+    """Where a cost came from, so a later price-data update never rewrites history."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    layer: Literal["override", "supplement", "genai-prices"]
+    data_version: str
+    effective_from: date | None = None
+    rates: dict[str, Decimal] = Field(
+        default_factory=dict, description="USD per unit used, keyed by usage class"
+    )
+
+
+class UsageRecorded(Event):
+    """A provider call happened and consumed ``usage``; ``cost`` is null when unpriced."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+    SUBJECT: ClassVar[str] = "usage.recorded"
+
+    type: Literal["UsageRecorded"] = "UsageRecorded"
+    schema_version: Literal[2] = 2
+    provider: str = Field(min_length=1, max_length=100)
+    model: str = Field(min_length=1, max_length=200)
+    kind: CallKind = "chat"
+    usage: Usage
+    cost: Decimal | None = Field(description="USD, exact; null when the model has no price")
+    currency: Literal["USD"] = "USD"
+    price: PriceSource | None = None
+    unpriced_reason: str | None = None
+    user_id: str | None = Field(default=None, max_length=200)
+    project_id: str | None = Field(default=None, max_length=200)
+    tags: dict[str, str] = Field(default_factory=dict)
+    reservation_id: str | None = None
+
+    @model_validator(mode="after")
+    def _priced_or_explained(self) -> Self:
+        if self.cost is None and not self.unpriced_reason:
+            raise ValueError("an unpriced event must say why (unpriced_reason)")
+        if self.cost is not None and self.cost < 0:
+            raise ValueError("cost must not be negative")
+        return self
