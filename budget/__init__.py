@@ -1,0 +1,1 @@
+"""Budget Manager's domain core and public Python API."""

@@ -1,0 +1,84 @@
+"""Configuration, read in one place: the seed's ``config.yaml`` keys, overridden by
+``BUDGET_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from events import Topology
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+class ConfigError(Exception):
+    """A config file or variable is wrong; the message says which and how to fix it."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/budget"
+    subject_prefix: str = Field(default="budget", pattern=r"^[A-Za-z0-9_-]+$")
+    flush_interval: float = Field(default=300, gt=0, description="seconds between spool re-sends")
+    cache_ttl: float = Field(default=60, ge=0)
+    default_limit: Decimal = Field(default=Decimal("100.00"), ge=0)
+    soft_limit_percent: Decimal = Field(default=Decimal(80), gt=0, le=100)
+    default_action: Literal["warn", "block", "throttle", "notify"] = "warn"
+    spool_dir: Path = Path(".budget/spool")
+    data_dir: Path = Path(".budget")
+    service_name: str = "host-app"
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(prefix=self.subject_prefix)
+
+
+# Environment variables that override config.yaml, and the Settings field each one sets.
+ENV_VARS: Mapping[str, str] = {
+    f"BUDGET_{name.upper()}": name for name in Settings.model_fields if name != "enabled"
+} | {"BUDGET_ENABLED": "enabled"}
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """``config_file`` defaults to ``$BUDGET_CONFIG``, else ``./config.yaml`` when present."""
+    environ = os.environ if environ is None else environ
+    path = Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
+    values: dict[str, Any] = {}
+    if path.exists():
+        values.update(_read_budget_section(path))
+    elif config_file or environ.get("BUDGET_CONFIG"):
+        raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
+    values.update({field: environ[var] for var, field in ENV_VARS.items() if var in environ})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        source = next((v for v, f in ENV_VARS.items() if f == field and v in environ), None)
+        where = f"environment variable {source}" if source else f"budget.{field} in {path}"
+        raise ConfigError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _read_budget_section(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    section = document.get("budget", {}) if isinstance(document, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'budget' must be a mapping of settings")
+    return section
