@@ -1,0 +1,110 @@
+"""Shared fixtures: real NATS JetStream and PostgreSQL, and per-test isolation on top of them.
+
+Session-scoped servers (see ``tests/servers.py`` for where they come from):
+
+- ``nats_url: str``      a JetStream-enabled NATS server
+- ``database_url: str``  a PostgreSQL database (libpq URI, ``postgresql://...``)
+
+Per test:
+
+- ``topology: events.Topology``  a fresh subject prefix, hence fresh stream names
+- ``pg_schema_url: str``         ``database_url`` whose connections use a fresh schema
+  (``options=-csearch_path=<schema>``), dropped afterwards
+- ``embedded_nats: EmbeddedNats`` a private NATS server to kill/restart in fault tests
+- ``embedded_postgres: EmbeddedPostgres`` a private PostgreSQL to restart in fault tests
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+# tests/ is on sys.path under pytest's default import mode; make sure of it for the others.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import (
+    create_schema,
+    drop_schema,
+    provide_nats,
+    provide_postgres,
+    schema_name_for,
+    with_search_path,
+)
+
+from events import Topology
+from services.embedded import EmbeddedNats, EmbeddedPostgres
+
+log = logging.getLogger("tests.servers")
+
+
+def _announce(config: pytest.Config, line: str) -> None:
+    log.warning(line)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"[servers] {line}")
+
+
+@pytest.fixture(scope="session")
+def nats_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    provided = provide_nats(tmp_path_factory.mktemp("servers-nats"))
+    _announce(request.config, provided.describe("NATS"))
+    try:
+        yield provided.url
+    finally:
+        provided.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    provided = provide_postgres(tmp_path_factory.mktemp("servers-pg"))
+    _announce(request.config, provided.describe("PostgreSQL"))
+    try:
+        yield provided.url
+    finally:
+        provided.close()
+
+
+@pytest.fixture
+def topology() -> Topology:
+    return Topology(prefix=f"t{uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def pg_schema_url(request: pytest.FixtureRequest, database_url: str) -> Iterator[str]:
+    schema = schema_name_for(request.node.name)
+    create_schema(database_url, schema)
+    try:
+        yield with_search_path(database_url, schema)
+    finally:
+        drop_schema(database_url, schema)
+
+
+@pytest.fixture
+def embedded_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats", stop_timeout=5.0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def embedded_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path / "postgres", database="budget_test").start()
+    try:
+        yield server
+    finally:
+        server.stop()
