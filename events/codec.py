@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from events.envelope import Event
 from events.upcasting import upcast
@@ -13,9 +12,7 @@ from events.usage import UsageRecorded
 
 __all__ = [
     "EVENT_TYPES",
-    "HEADER_EVENT_TYPE",
     "HEADER_MSG_ID",
-    "HEADER_SCHEMA_VERSION",
     "DecodeError",
     "decode",
     "encode",
@@ -23,10 +20,12 @@ __all__ = [
 ]
 
 HEADER_MSG_ID = "Nats-Msg-Id"
-HEADER_EVENT_TYPE = "Budget-Event-Type"
-HEADER_SCHEMA_VERSION = "Budget-Schema-Version"
 
 EVENT_TYPES: dict[str, type[Event]] = {"UsageRecorded": UsageRecorded}
+
+# One-pass validation of a current-version event; becomes a union discriminated by
+# ``type`` when there is more than one event type.
+_CURRENT: TypeAdapter[UsageRecorded] = TypeAdapter(UsageRecorded)
 
 
 class DecodeError(ValueError):
@@ -42,23 +41,16 @@ def encode(event: Event) -> bytes:
 
 
 def headers_for(event: Event) -> dict[str, str]:
-    return {
-        HEADER_MSG_ID: str(event.event_id),
-        HEADER_EVENT_TYPE: type(event).__name__,
-        HEADER_SCHEMA_VERSION: str(type(event).SCHEMA_VERSION),
-    }
+    """The only header: JetStream drops a re-send with the same id inside its window."""
+    return {HEADER_MSG_ID: str(event.event_id)}
 
 
-def decode(data: bytes, headers: Mapping[str, str] | None = None) -> Event:
-    """Decode one message. Headers are optional (any NATS client may publish); when they
-    name the current version of a known type, the JSON is validated in one pass."""
-    if headers:
-        model = EVENT_TYPES.get(headers.get(HEADER_EVENT_TYPE, ""))
-        if model is not None and headers.get(HEADER_SCHEMA_VERSION) == str(model.SCHEMA_VERSION):
-            try:
-                return model.model_validate_json(data)
-            except ValidationError as exc:
-                raise DecodeError(_describe(exc)) from None
+def decode(data: bytes) -> Event:
+    """Decode one message: a current-version event in one pass, else upcast then validate."""
+    try:
+        return _CURRENT.validate_json(data)
+    except ValidationError:
+        pass  # an older version, another type, or invalid: the slow path says which
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -1,0 +1,49 @@
+"""What a projection is: versioned tables, the events it reads, and a batch-wise apply."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from psycopg import AsyncConnection
+
+from events import Event, Topology
+
+__all__ = ["Applied", "Projection", "physical"]
+
+Connection = AsyncConnection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """An event with its position in the log."""
+
+    stream_seq: int
+    event: Event
+
+
+def physical(table: str, version: int) -> str:
+    """Tables are versioned so a rebuild can fill ``name_vN+1`` beside the live ``name_vN``;
+    readers use the view ``name``, which always points at the active version."""
+    return f"{table}_v{version}"
+
+
+class Projection(ABC):
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]]
+    event_types: ClassVar[tuple[type[Event], ...]]
+
+    def filter_subjects(self, topology: Topology) -> list[str]:
+        return [topology.event_subject(t.SUBJECT) for t in self.event_types]
+
+    @abstractmethod
+    def ddl(self, version: int) -> list[str]:
+        """CREATE statements for this version's tables and indexes."""
+
+    @abstractmethod
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        """Apply events in log order. Runs inside the engine's transaction, which also
+        advances the checkpoint; must be idempotent per event_id (a re-send of the same
+        event under a new sequence number changes nothing)."""

@@ -1,0 +1,90 @@
+"""The registry of projection versions and their checkpoints (tracking records)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+
+from projections.base import Connection, Projection, physical
+
+__all__ = [
+    "Checkpoint",
+    "create_version",
+    "drop_version",
+    "ensure_projection",
+    "list_checkpoints",
+    "point_views_at",
+]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    version: int
+    active_version: int
+    stream_seq: int
+    events_applied: int
+    newest_event_at: datetime | None
+
+
+async def ensure_projection(conn: Connection, projection: Projection) -> int:
+    """Create version 1 of a projection the first time; returns the active version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (projection.name,))
+        row = await (
+            await conn.execute(
+                "SELECT active_version FROM projection_registry WHERE name = %s",
+                (projection.name,),
+            )
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        await create_version(conn, projection, 1)
+        await conn.execute(
+            "INSERT INTO projection_registry (name, active_version) VALUES (%s, 1)",
+            (projection.name,),
+        )
+        await point_views_at(conn, projection, 1)
+        return 1
+
+
+async def create_version(conn: Connection, projection: Projection, version: int) -> None:
+    for statement in projection.ddl(version):
+        await conn.execute(statement.encode())
+    await conn.execute(
+        "INSERT INTO projection_checkpoints (name, version) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (projection.name, version),
+    )
+
+
+async def point_views_at(conn: Connection, projection: Projection, version: int) -> None:
+    for table in projection.tables:
+        view = sql.Identifier(table)
+        await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
+        await conn.execute(
+            sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
+                view, sql.Identifier(physical(table, version))
+            )
+        )
+
+
+async def drop_version(conn: Connection, projection: Projection, version: int) -> None:
+    for table in projection.tables:
+        await conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical(table, version)))
+        )
+    await conn.execute(
+        "DELETE FROM projection_checkpoints WHERE name = %s AND version = %s",
+        (projection.name, version),
+    )
+
+
+async def list_checkpoints(conn: Connection) -> list[Checkpoint]:
+    cursor = await conn.execute(
+        "SELECT c.name, c.version, r.active_version, c.stream_seq, c.events_applied,"
+        " c.newest_event_at FROM projection_checkpoints c"
+        " JOIN projection_registry r USING (name) ORDER BY c.name, c.version"
+    )
+    return [Checkpoint(*row) for row in await cursor.fetchall()]

@@ -1,0 +1,113 @@
+"""A fast pull reader for one durable consumer, on nats-py's core client.
+
+nats-py's ``fetch()`` costs ~33 µs of client CPU per message; sending the pull request
+ourselves and collecting deliveries in a subscription callback costs a fraction of that.
+One pull request is kept open at a time; messages are handed out as they arrive, so a
+batch never waits for a request to fill up (that would cost latency at low rates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["Delivery", "PullReader"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    stream_seq: int
+    data: bytes
+    headers: dict[str, str] | None
+    reply: str
+    subject: str
+
+
+class PullReader:
+    def __init__(
+        self, nc: Client, stream: str, durable: str, *, request_batch: int, expires: float = 5.0
+    ) -> None:
+        self._nc = nc
+        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._request_batch = request_batch
+        self._expires = expires
+        self._buffer: deque[Delivery] = deque()
+        self._arrived = asyncio.Event()
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._outstanding = 0
+        self._requested_at = 0.0
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        await self._request()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def take(self, max_count: int, linger: float, wait: float) -> list[Delivery]:
+        """Up to ``max_count`` deliveries: waits up to ``wait`` for the first one, then up
+        to ``linger`` more for the batch to grow. Returns [] when nothing arrived."""
+        deadline = time.monotonic() + wait
+        while not self._buffer:
+            await self._maybe_rerequest()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                continue
+        if len(self._buffer) < max_count and linger > 0:
+            await asyncio.sleep(linger)
+        count = min(max_count, len(self._buffer))
+        batch = [self._buffer.popleft() for _ in range(count)]
+        await self._maybe_rerequest()
+        return batch
+
+    async def ack_through(self, delivery: Delivery) -> None:
+        """With AckPolicy.ALL, acking one message acks every earlier one."""
+        await self._nc.publish(delivery.reply, b"+ACK")
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def _request(self) -> None:
+        self._outstanding = self._request_batch
+        self._requested_at = time.monotonic()
+        request = {"batch": self._request_batch, "expires": int(self._expires * 1e9)}
+        await self._nc.publish(self._pull_subject, json.dumps(request).encode(), reply=self._inbox)
+
+    async def _maybe_rerequest(self) -> None:
+        # A request ends when filled, when the server says so (status message), or is
+        # presumed lost (server restart) once well past its expiry.
+        stale = time.monotonic() - self._requested_at > self._expires + 1.0
+        if self._outstanding <= 0 or stale:
+            await self._request()
+
+    async def _on_message(self, msg: Msg) -> None:
+        if not msg.data and msg.headers and "Status" in msg.headers:
+            # 404 no messages, 408 request expired, 409 consumer changed: request is over.
+            if msg.headers["Status"] != "100":
+                self._outstanding = 0
+            self._arrived.set()
+            return
+        reply = msg.reply
+        # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream_seq>.<consumer_seq>.<ts>.<pending>
+        # v2 adds <domain>.<account hash> after $JS.ACK (and may end in a random token)
+        tokens = reply.split(".")
+        stream_seq = int(tokens[5] if len(tokens) == 9 else tokens[7])
+        self._buffer.append(Delivery(stream_seq, msg.data, msg.headers, reply, msg.subject))
+        self._outstanding -= 1
+        self._arrived.set()
