@@ -77,6 +77,7 @@ async def bind_consumer(
     database was restored from a backup, say) would skip events, so it is recreated to
     start right after the checkpoint; one behind it only redelivers what will be skipped.
     """
+    info: ConsumerInfo | None
     try:
         info = await js.consumer_info(stream, durable)
     except NotFoundError:
