@@ -1,0 +1,218 @@
+"""Pipelined publishing of events to JetStream, with a local spool when NATS is away.
+
+Many publishes are in flight at once; each carries its event id as ``Nats-Msg-Id``.
+An event leaves memory only when JetStream has acknowledged it or it is in the spool;
+the spool is re-sent every ``flush_interval`` seconds and right after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from budget.spool import Spool, SpooledEvent
+from events import Event, Topology, encode
+from events.codec import HEADER_MSG_ID
+
+__all__ = ["EventPublisher", "PublisherConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublisherConfig:
+    nats_url: str
+    topology: Topology
+    spool_dir: Path
+    flush_interval: float = 300.0
+    ack_timeout: float = 5.0
+    max_in_flight: int = 8192
+    connect_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    item: SpooledEvent
+    sent_at: float
+    from_spool: bool
+
+
+class EventPublisher:
+    def __init__(self, config: PublisherConfig) -> None:
+        self.config = config
+        self.spool = Spool(config.spool_dir)
+        self._nc: Client | None = None
+        self._inbox = ""
+        self._next = 0
+        self._in_flight: dict[int, _InFlight] = {}
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resend_now = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._connect()
+        self._tasks = [
+            asyncio.create_task(self._expire_unacked()),
+            asyncio.create_task(self._resend_spool_periodically()),
+        ]
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def publish(self, event: Event) -> None:
+        """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
+        while the process lives (``flush`` waits for the outcome)."""
+        item = SpooledEvent(
+            str(event.event_id), self.config.topology.event_subject(event.SUBJECT), encode(event)
+        )
+        await self._send(item)
+
+    async def flush(self) -> None:
+        """Wait until every event handed over so far is acknowledged or spooled (an
+        unacknowledged one is spooled after ``ack_timeout``)."""
+        await self._drained.wait()
+
+    async def resend_spool(self, batch: int = 1000) -> int:
+        """Re-send spooled events (same ids, so JetStream or the projections drop any
+        that did arrive). Returns how many were acknowledged."""
+        if not self.connected:
+            return 0
+        sent = 0
+        while True:
+            items = self.spool.oldest(batch)
+            if not items:
+                return sent
+            for item in items:
+                await self._send(item, spooled=True)
+            await self.flush()
+            still = {e.event_id for e in self.spool.oldest(batch)}
+            acked = [e for e in items if e.event_id not in still]
+            sent += len(acked)
+            if len(acked) < len(items) or not self.connected:
+                return sent
+
+    async def close(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.ack_timeout + 1):
+                await self.flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._spool_in_flight()
+        if self._nc is not None:
+            await self._nc.close()
+        self.spool.close()
+
+    async def _connect(self) -> None:
+        try:
+            self._nc = await nats.connect(
+                self.config.nats_url,
+                connect_timeout=self.config.connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnected_cb=self._on_reconnected,
+                error_cb=self._on_error,
+            )
+        except Exception as exc:
+            log.warning("NATS at %s unreachable (%s); spooling events", self.config.nats_url, exc)
+            self._nc = None
+            return
+        self._inbox = self._nc.new_inbox()
+        await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+
+    async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
+        if not self.connected:
+            if not spooled:
+                self.spool.put([item])
+            return
+        while len(self._in_flight) >= self.config.max_in_flight:
+            self._room.clear()
+            await self._room.wait()
+        assert self._nc is not None
+        self._next += 1
+        token = self._next
+        self._in_flight[token] = _InFlight(item, time.monotonic(), spooled)
+        self._drained.clear()
+        try:
+            await self._nc.publish(
+                item.subject,
+                item.payload,
+                reply=f"{self._inbox}.{token}",
+                headers={HEADER_MSG_ID: item.event_id},
+            )
+        except Exception as exc:
+            log.warning("publish failed (%s); spooling", exc)
+            self._settle(token, acked=False)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        token = int(msg.subject.rpartition(".")[2])
+        ok = bool(msg.data) and b'"error"' not in msg.data
+        if not ok:
+            log.warning("JetStream refused an event: %s", msg.data[:300] or msg.headers)
+        self._settle(token, acked=ok)
+
+    def _settle(self, token: int, *, acked: bool) -> None:
+        entry = self._in_flight.pop(token, None)
+        if entry is None:
+            return
+        if acked and entry.from_spool:
+            self.spool.remove([entry.item.event_id])
+        elif not acked and not entry.from_spool:
+            self.spool.put([entry.item])
+        if len(self._in_flight) < self.config.max_in_flight:
+            self._room.set()
+        if not self._in_flight:
+            self._drained.set()
+
+    async def _expire_unacked(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.config.ack_timeout / 2))
+            deadline = time.monotonic() - self.config.ack_timeout
+            late = [t for t, entry in self._in_flight.items() if entry.sent_at < deadline]
+            for token in late:
+                self._settle(token, acked=False)
+            if late:
+                log.warning(
+                    "%d events unacknowledged after %ss; spooled",
+                    len(late),
+                    self.config.ack_timeout,
+                )
+
+    async def _resend_spool_periodically(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resend_now.wait(), self.config.flush_interval)
+            self._resend_now.clear()
+            if self._nc is None:
+                await self._connect()
+            try:
+                sent = await self.resend_spool()
+            except Exception:
+                log.exception("re-sending the spool failed; will retry")
+                continue
+            if sent:
+                log.info("re-sent %d spooled events; %d left", sent, len(self.spool))
+
+    def _spool_in_flight(self) -> None:
+        items = [e.item for e in self._in_flight.values() if not e.from_spool]
+        self._in_flight.clear()
+        if items:
+            self.spool.put(items)
+        self._drained.set()
+
+    async def _on_reconnected(self) -> None:
+        self._resend_now.set()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS client error: %s", exc)
