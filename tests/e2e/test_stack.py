@@ -1,0 +1,251 @@
+"""``budget up`` (services.stack) end to end, with dummy workers: start, supervise, stop clean.
+
+The stack runs in a subprocess (as ``budget up`` does), driven by signals like a terminal
+would; afterwards no process it started may be left: workers, their children, NATS, PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped,unused-ignore]
+import pytest
+
+from services.stack import StackError, run_stack
+
+DRIVER = r"""
+import asyncio, json, sys
+from pathlib import Path
+
+import nats
+import psycopg
+
+from services.stack import run_stack
+
+data_dir, marks, worker_script = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+workers = json.loads(sys.argv[4])
+
+
+async def prepare(nats_url: str, database_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name="PROBE", subjects=["probe.>"])
+    await js.publish("probe.x", b"x")
+    info = await js.stream_info("PROBE")
+    await nc.close()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS runs (n int)")
+        conn.execute("INSERT INTO runs VALUES (1)")
+        runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+    (marks / "prepared.json").write_text(json.dumps(
+        {"nats_url": nats_url, "database_url": database_url,
+         "probe_messages": info.state.messages, "runs": runs}
+    ))
+
+
+def command(name: str) -> list[str]:
+    return [sys.executable, worker_script, name, str(marks)]
+
+
+sys.exit(run_stack(
+    data_dir, workers, prepare=prepare, worker_command=command,
+    stop_timeout=1.0, restart_backoff=(0.1, 0.5),
+))
+"""
+
+WORKER = r"""
+import os, signal, subprocess, sys, time
+from pathlib import Path
+
+name, marks = sys.argv[1], Path(sys.argv[2])
+assert os.environ["BUDGET_NATS_URL"].startswith("nats://127.0.0.1:")
+assert os.environ["BUDGET_DATABASE_URL"].startswith("postgresql://")
+(marks / f"{name}.{os.getpid()}.started").touch()
+
+if name == "crashy":
+    time.sleep(0.2)
+    sys.exit(3)
+if name == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if name == "good":
+    # A grandchild that outlives its parent unless the process group is signalled.
+    child = subprocess.Popen(["sleep", "1000"])
+    (marks / f"grandchild.{child.pid}.started").touch()
+
+    def on_term(signum, frame):
+        (marks / f"{name}.{os.getpid()}.stopped").touch()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _processes_mentioning(path: Path) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if str(path) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(f"{proc.info['pid']}: {cmdline}")
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _pids(marks: Path, pattern: str) -> list[int]:
+    return [int(p.name.split(".")[1]) for p in marks.glob(pattern)]
+
+
+class Stack:
+    def __init__(self, tmp_path: Path, workers: list[str]) -> None:
+        self.data_dir = tmp_path / "data"
+        self.marks = tmp_path / "marks"
+        self.marks.mkdir(exist_ok=True)
+        (tmp_path / "driver.py").write_text(DRIVER)
+        (tmp_path / "worker.py").write_text(WORKER)
+        self.log = tmp_path / "stack.log"
+        self.argv = [
+            sys.executable,
+            str(tmp_path / "driver.py"),
+            str(self.data_dir),
+            str(self.marks),
+            str(tmp_path / "worker.py"),
+            json.dumps(workers),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> dict[str, Any]:
+        (self.marks / "prepared.json").unlink(missing_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        state = self.data_dir / "stack.json"
+        _wait_for(
+            lambda: state.exists() or self.proc is None or self.proc.poll() is not None, 60, "stack"
+        )
+        assert self.proc.poll() is None, self.output()
+        _wait_for(lambda: state.stat().st_size > 0, 5, "stack.json")
+        result: dict[str, Any] = json.loads(state.read_text())
+        return result
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def prepared(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads((self.marks / "prepared.json").read_text())
+        return result
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Callable[[list[str]], Stack]]:
+    stacks: list[Stack] = []
+
+    def make(workers: list[str]) -> Stack:
+        stack = Stack(tmp_path, workers)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        if stack.proc is not None and stack.proc.poll() is None:
+            stack.proc.kill()
+            stack.proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_stack_supervises_and_stops_cleanly(
+    stack_factory: Callable[[list[str]], Stack], signum: int
+) -> None:
+    stack = stack_factory(["good", "stubborn", "crashy"])
+    state = stack.start()
+    marks = stack.marks
+
+    prepared = stack.prepared()
+    assert prepared["nats_url"] == state["nats_url"]
+    assert prepared["database_url"] == state["database_url"]
+    assert state["nats_url"] != "nats://127.0.0.1:4222"
+    out = stack.output()
+    assert f"export BUDGET_NATS_URL={state['nats_url']}" in out
+    assert "export BUDGET_DATABASE_URL=" in out
+
+    # The crashing worker is restarted, with a logged backoff.
+    _wait_for(lambda: len(_pids(marks, "crashy.*.started")) >= 3, 20, "crashy restarts")
+    _wait_for(lambda: len(_pids(marks, "grandchild.*.started")) == 1, 10, "grandchild")
+    assert "worker crashy exited (3)" in stack.output()
+    assert "restarting in" in stack.output()
+
+    pids = {
+        "nats": state["nats_pid"],
+        "postgres": state["postgres_pid"],
+        **{f"worker {pid}": pid for pid in _pids(marks, "*.started")},
+    }
+    assert _alive(pids["nats"]) and _alive(pids["postgres"])
+
+    assert stack.stop(signum) == 0, stack.output()
+
+    out = stack.output()
+    assert "worker stubborn" in out and "ignored SIGTERM; killing it" in out
+    assert _pids(marks, "good.*.stopped"), "the well-behaved worker got SIGTERM"
+    assert out.rstrip().endswith("Budget Manager stopped."), out
+    leftovers = {name: pid for name, pid in pids.items() if _alive(pid)}
+    assert not leftovers, leftovers
+    assert not _processes_mentioning(stack.data_dir)
+    assert not (stack.data_dir / "stack.json").exists()
+
+
+def test_stack_keeps_data_and_port_and_refuses_a_second_stack(
+    stack_factory: Callable[[list[str]], Stack],
+) -> None:
+    stack = stack_factory([])
+    first = stack.start()
+    assert stack.prepared()["probe_messages"] == 1 and stack.prepared()["runs"] == 1
+
+    with pytest.raises(StackError, match="another stack"):
+        run_stack(stack.data_dir, [])
+
+    assert stack.stop() == 0, stack.output()
+    second = stack.start()
+    assert stack.prepared()["probe_messages"] == 2, "JetStream data survived the restart"
+    assert stack.prepared()["runs"] == 2, "PostgreSQL data survived the restart"
+    assert second["nats_url"] == first["nats_url"], "the NATS port is kept when free"
+    assert stack.stop() == 0, stack.output()
+    assert not _processes_mentioning(stack.data_dir)
+
+
+def test_failed_prepare_stops_the_servers(tmp_path: Path) -> None:
+    async def prepare(nats_url: str, database_url: str) -> None:
+        raise RuntimeError("migration failed")
+
+    with pytest.raises(RuntimeError, match="migration failed"):
+        run_stack(tmp_path / "data", ["never"], prepare=prepare)
+    assert not _processes_mentioning(tmp_path / "data")
+    assert not (tmp_path / "data" / "stack.json").exists()
