@@ -1,0 +1,154 @@
+"""compose.yaml, Dockerfile and .dockerignore, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_SERVICES = ("migrate", "spend-projector", "history-projector")
+WORKERS = {"spend-projector": "spend", "history-projector": "history"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def _health_test(service: dict[str, Any]) -> str:
+    test = service["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), test
+    return " ".join(test[1:])
+
+
+def test_services_exist(services: dict[str, dict[str, Any]]) -> None:
+    assert {"nats", "postgres", *APP_SERVICES} <= set(services)
+
+
+def test_nats_runs_jetstream_with_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    nats = services["nats"]
+    assert nats["image"].startswith("nats:2.11")
+    # wget exists in the alpine variant only; the plain image is FROM scratch.
+    assert nats["image"].endswith("-alpine")
+    command = nats["command"]
+    assert "-js" in command
+    assert command[command.index("-sd") + 1] == "/data"
+    monitor_port = command[command.index("-m") + 1]
+    assert any(v.endswith(":/data") for v in nats["volumes"])
+    health = _health_test(nats)
+    assert health.startswith("wget ")
+    assert f"127.0.0.1:{monitor_port}/healthz?js-enabled-only=true" in health
+
+
+def test_postgres_has_a_volume_and_pg_isready(services: dict[str, dict[str, Any]]) -> None:
+    pg = services["postgres"]
+    assert pg["image"] == "postgres:16"
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    health = _health_test(pg)
+    assert health.startswith("pg_isready")
+    env = pg["environment"]
+    assert f"-U {env['POSTGRES_USER']}" in health and f"-d {env['POSTGRES_DB']}" in health
+
+
+def test_migrate_waits_for_healthy_servers_and_runs_once(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    migrate = services["migrate"]
+    assert migrate["command"] == ["budget", "migrate"]
+    assert migrate["depends_on"] == {
+        "nats": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
+    assert migrate["restart"] == "no"  # the string, not YAML's boolean
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_workers_start_after_migrate(services: dict[str, dict[str, Any]], name: str) -> None:
+    worker = services[name]
+    assert worker["command"] == ["budget", "worker", WORKERS[name]]
+    assert worker["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert worker["restart"] in ("unless-stopped", "always", "on-failure")
+    assert "container_name" not in worker, "workers must be scalable"
+    assert "ports" not in worker
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_are_configured_for_the_servers(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    service = services[name]
+    assert service["build"] == "."
+    env = service["environment"]
+    assert env["BUDGET_NATS_URL"] == "nats://nats:4222"
+    pg_env = services["postgres"]["environment"]
+    url = env["BUDGET_DATABASE_URL"]
+    match = re.fullmatch(r"postgresql://([^:]+):(.+)@postgres:5432/(\w+)", url)
+    assert match, url
+    assert match.group(1) == pg_env["POSTGRES_USER"]
+    assert match.group(2) == pg_env["POSTGRES_PASSWORD"]
+    assert match.group(3) == pg_env["POSTGRES_DB"]
+
+
+def test_references_resolve(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    declared_volumes = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        for target in service.get("depends_on", {}):
+            assert target in services, f"{name} depends on unknown {target}"
+            if service["depends_on"][target]["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], target
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in declared_volumes, f"{name}: undeclared volume {source}"
+
+
+def test_dockerfile_installs_the_repo() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert "pip install --no-deps ." in dockerfile
+    assert re.search(r"^USER (?!root)", dockerfile, re.M)
+
+
+def test_dockerfile_dependency_step_reads_pyproject() -> None:
+    """The RUN line that turns pyproject's dependencies into requirements, run here by sh."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    match = re.search(r'^RUN (python -c ".*tomllib.*") > /tmp/requirements\.txt', dockerfile, re.M)
+    assert match, "dependency step not found"
+    result = subprocess.run(
+        ["sh", "-c", match.group(1).replace("python ", f"{sys.executable} ", 1)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert result.stdout.splitlines() == expected
+
+
+def test_dockerignore_keeps_what_the_build_needs() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    needed = ["pyproject.toml", "README.md", "budget", "events", "projections", "services"]
+    for path in needed:
+        assert not any(fnmatch.fnmatch(path, p) for p in patterns), path
+    for path in [".venv", ".git", ".budget"]:
+        assert any(fnmatch.fnmatch(path, p) for p in patterns), path
