@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-__all__ = ["Event", "Producer", "UtcDatetime", "utc_now"]
+__all__ = ["Event", "Producer", "UtcDatetime", "new_event_id", "utc_now"]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+
+
+def new_event_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): time-ordered, so the ids index into B-trees at their right edge,
+    and ~4x cheaper than ``uuid4()``, which reads the OS entropy pool on every call."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis << 80) | (0x7 << 76) | (_random.getrandbits(12) << 64)
+    value |= (0b10 << 62) | _random.getrandbits(62)
+    return uuid.UUID(int=value)
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -50,7 +65,7 @@ class Event(BaseModel):
     SUBJECT: ClassVar[str]
     """Subject suffix under <prefix>.events (see ``Topology.event_subject``)."""
 
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = Field(default_factory=new_event_id)
     schema_version: int
     occurred_at: UtcDatetime = Field(
         description="UTC time of the fact itself (for usage: the provider call). "

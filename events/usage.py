@@ -82,7 +82,9 @@ class UsageRecorded(Event):
     model: str = Field(min_length=1, max_length=200)
     kind: CallKind = "chat"
     usage: Usage
-    cost: Decimal | None = Field(description="USD, exact; null when the model has no price")
+    cost: Decimal | None = Field(
+        default=None, description="USD, exact; absent or null when the model has no price"
+    )
     currency: Literal["USD"] = "USD"
     price: PriceSource | None = None
     unpriced_reason: str | None = None

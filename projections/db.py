@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 __all__ = ["connect", "libpq_url", "sqlalchemy_url"]
@@ -19,5 +21,5 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + libpq_url(url).partition("://")[2]
 
 
-async def connect(url: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
+async def connect(url: str) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True)

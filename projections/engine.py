@@ -77,6 +77,16 @@ class ProjectionRunner:
     def durable(self) -> str:
         return consumer_name(self.projection, self.version)
 
+    @property
+    def connection(self) -> Connection:
+        assert self._conn is not None, "open() first"
+        return self._conn
+
+    async def pending(self) -> int:
+        """Events in the log this version has not committed and acked yet."""
+        info = await self._js.consumer_info(self._topology.event_stream.name, self.durable)
+        return int(info.num_pending) + int(info.num_ack_pending)
+
     async def open(self) -> None:
         """Take the single-writer lock of this version, then bind its consumer right after
         the checkpoint. A second worker waits here as a hot standby."""

@@ -1,0 +1,86 @@
+"""Read-side queries shared by the CLI and the services."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from budget.periods import Period, period_start
+from events import Topology
+from projections.base import Connection
+from projections.checkpoints import list_checkpoints
+from projections.engine import consumer_name
+from projections.registry import get_projection
+
+__all__ = ["ProjectionStatus", "SpendRow", "projection_status", "spend_for_period"]
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    version: int
+    live: bool
+    checkpoint: int
+    events_applied: int
+    lag: int
+    newest_event_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    scope: str
+    scope_key: str
+    period: str
+    period_start: date
+    cost: Decimal
+    requests: int
+    unpriced_requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+async def projection_status(
+    conn: Connection, js: JetStreamContext, topology: Topology
+) -> list[ProjectionStatus]:
+    """Lag is what the version's consumer has not committed yet; before its worker first
+    ran, it is the stream's last sequence minus the checkpoint."""
+    stream = await js.stream_info(topology.event_stream.name)
+    result = []
+    for cp in await list_checkpoints(conn):
+        lag = max(int(stream.state.last_seq) - cp.stream_seq, 0)
+        with contextlib.suppress(NotFoundError, ValueError):
+            durable = consumer_name(get_projection(cp.name), cp.version)
+            info = await js.consumer_info(topology.event_stream.name, durable)
+            lag = int(info.num_pending) + int(info.num_ack_pending)
+        result.append(
+            ProjectionStatus(
+                cp.name,
+                cp.version,
+                cp.version == cp.active_version,
+                cp.stream_seq,
+                cp.events_applied,
+                lag,
+                cp.newest_event_at,
+            )
+        )
+    return result
+
+
+async def spend_for_period(
+    conn: Connection, period: Period, at: datetime, scope: str | None = None
+) -> list[SpendRow]:
+    """Totals of the calendar period (UTC) containing ``at``, for every scope or one."""
+    cursor = await conn.execute(
+        "SELECT scope, scope_key, period, period_start, cost, requests, unpriced_requests,"
+        " input_uncached + input_cache_read + input_cache_write,"
+        " output_text + output_reasoning"
+        " FROM spend_totals WHERE period = %s AND period_start = %s"
+        " AND (%s::text IS NULL OR scope = %s) ORDER BY scope, cost DESC, scope_key",
+        (period.value, period_start(period, at), scope, scope),
+    )
+    return [SpendRow(*row) for row in await cursor.fetchall()]

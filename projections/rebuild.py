@@ -1,0 +1,139 @@
+"""Rebuild a projection from sequence 1 into a new version, beside the live one, and swap
+atomically once caught up. The live worker keeps serving until the swap, then follows it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from events import Topology
+from projections.base import Connection, Projection
+from projections.checkpoints import create_version, drop_version, point_views_at
+from projections.db import connect
+from projections.engine import EngineConfig, ProjectionRunner, consumer_name
+
+__all__ = ["Progress", "rebuild"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+
+
+async def rebuild(
+    projection: Projection,
+    *,
+    nc: Client,
+    database_url: str,
+    topology: Topology,
+    on_progress: Callable[[Progress], None] | None = None,
+    swap: bool = True,
+    config: EngineConfig | None = None,
+) -> int:
+    """Build the next version from the whole log; with ``swap``, make it live and drop
+    the old one. Returns the new version number."""
+    conn = await connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (projection.name,))
+            row = await (
+                await conn.execute(
+                    "SELECT coalesce(max(version), 0) FROM projection_checkpoints WHERE name = %s",
+                    (projection.name,),
+                )
+            ).fetchone()
+            version = int(row[0]) + 1 if row else 1
+            await create_version(conn, projection, version)
+        runner = ProjectionRunner(
+            projection,
+            nc=nc,
+            database_url=database_url,
+            topology=topology,
+            version=version,
+            config=config,
+        )
+        await runner.open()
+        try:
+            await _catch_up(runner, on_progress)
+            if swap:
+                await _swap(runner)
+        finally:
+            await runner.close()
+        if swap:
+            await _drop_older(conn, projection, version, nc, topology)
+        return version
+    finally:
+        await conn.close()
+
+
+async def _catch_up(
+    runner: ProjectionRunner, on_progress: Callable[[Progress], None] | None
+) -> None:
+    reader = runner.reader
+    assert reader is not None
+    total = await runner.pending()
+    done = 0
+    while True:
+        batch = await reader.take(runner.config.batch_size, 0, wait=0.2)
+        if batch:
+            result = await runner.process(batch)
+            await reader.ack_through(result.last)
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(Progress(done, max(total, done)))
+        elif reader.buffered == 0 and await runner.pending() == 0:
+            return
+
+
+async def _swap(runner: ProjectionRunner) -> None:
+    """Lock the registry row (the live worker's next batch waits), drain what arrived
+    since, point the views at the new version, commit; then ack."""
+    conn = runner.connection
+    assert runner.reader is not None
+    last = None
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM projection_registry WHERE name = %s FOR UPDATE",
+            (runner.projection.name,),
+        )
+        while True:
+            batch = await runner.reader.take(runner.config.batch_size, 0, wait=0.05)
+            if batch:
+                last = (await runner.process(batch)).last
+            elif runner.reader.buffered == 0 and await runner.pending() == 0:
+                break
+        await conn.execute(
+            "UPDATE projection_registry SET active_version = %s, updated_at = now()"
+            " WHERE name = %s",
+            (runner.version, runner.projection.name),
+        )
+        await point_views_at(conn, runner.projection, runner.version)
+    if last is not None:
+        await runner.reader.ack_through(last)
+    log.info("%s is live", runner.durable)
+
+
+async def _drop_older(
+    conn: Connection, projection: Projection, version: int, nc: Client, topology: Topology
+) -> None:
+    rows = await (
+        await conn.execute(
+            "SELECT version FROM projection_checkpoints WHERE name = %s AND version < %s",
+            (projection.name, version),
+        )
+    ).fetchall()
+    js = nc.jetstream()
+    for (old,) in rows:
+        async with conn.transaction():
+            await drop_version(conn, projection, int(old))
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(topology.event_stream.name, consumer_name(projection, old))
+        log.info("dropped %s", consumer_name(projection, old))

@@ -1,0 +1,275 @@
+"""The ``budget`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from tqdm import tqdm
+
+from budget.config import ConfigError, Settings, load_settings
+from budget.periods import Period
+from events import utc_now
+from projections.log import LogError
+from projections.queries import projection_status, spend_for_period
+from projections.rebuild import Progress, rebuild
+from projections.registry import PROJECTIONS, get_projection
+from services.ops import ConnectError, database, nats_client, prepare
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Budget Manager: cost tracking and budget enforcement for AI provider calls.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+projections_app = typer.Typer(help="Inspect and rebuild projections (read models).")
+app.add_typer(projections_app, name="projections")
+
+_state: dict[str, Settings] = {}
+
+
+@app.callback()
+def _configure(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="config.yaml to read (default: $BUDGET_CONFIG or ./config.yaml)"),
+    ] = None,
+) -> None:
+    _state["settings"] = load_settings(config)
+
+
+def settings() -> Settings:
+    return _state["settings"]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@app.command()
+def up(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where NATS and PostgreSQL keep data (default .budget)")
+    ] = None,
+    nats_port: Annotated[
+        int | None, typer.Option(help="NATS client port (default: a free one, kept across runs)")
+    ] = None,
+) -> None:
+    """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL and
+    every worker. Stops cleanly on Ctrl-C."""
+    from services.stack import run_stack
+
+    current = settings()
+
+    async def prepare_stack(nats_url: str, database_url: str) -> None:
+        await prepare(nats_url, database_url, current)
+
+    raise typer.Exit(
+        run_stack(
+            data_dir or current.data_dir,
+            list(PROJECTIONS),
+            prepare=prepare_stack,
+            nats_port=nats_port,
+        )
+    )
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations and declare the JetStream streams (idempotent)."""
+    current = settings()
+    _run(prepare(current.nats_url, current.database_url, current))
+    typer.echo("database migrated; streams declared")
+
+
+@app.command()
+def worker(
+    name: Annotated[str, typer.Argument(help=f"projection: {', '.join(PROJECTIONS)}")],
+) -> None:
+    """Run one consumer against BUDGET_NATS_URL / BUDGET_DATABASE_URL until SIGTERM."""
+    from services.worker import run_worker
+
+    get_projection(name)
+    raise typer.Exit(run_worker(name, settings()))
+
+
+@app.command()
+def record(
+    model: Annotated[str, typer.Option(help="model id, e.g. gpt-4o")],
+    provider: Annotated[str, typer.Option(help="provider, e.g. openai")],
+    input_tokens: Annotated[int, typer.Option(help="all input tokens, cached included")] = 0,
+    output_tokens: Annotated[int, typer.Option(help="all output tokens, reasoning included")] = 0,
+    cached_tokens: Annotated[int, typer.Option(help="input tokens read from cache")] = 0,
+    cache_write_tokens: Annotated[int, typer.Option(help="input tokens written to cache")] = 0,
+    reasoning_tokens: Annotated[int, typer.Option(help="output tokens spent reasoning")] = 0,
+    user: Annotated[str | None, typer.Option(help="user id")] = None,
+    project: Annotated[str | None, typer.Option(help="project id")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable")] = None,
+    at: Annotated[
+        datetime | None, typer.Option(help="time of the call, ISO 8601 (default now, UTC)")
+    ] = None,
+) -> None:
+    """Publish one usage event from the shell and print it with its cost."""
+    from budget.tracker import get_usage_tracker
+
+    tags = dict(_split_tag(t) for t in tag or [])
+    occurred_at = None if at is None else at if at.tzinfo else at.replace(tzinfo=utc_now().tzinfo)
+
+    async def go() -> str:
+        tracker = await get_usage_tracker(settings())
+        try:
+            event = await tracker.record_usage(
+                model=model,
+                provider=provider,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cached_tokens=cached_tokens,
+                cache_write_tokens=cache_write_tokens,
+                reasoning_tokens=reasoning_tokens,
+                user_id=user,
+                project_id=project,
+                tags=tags,
+                occurred_at=occurred_at,
+            )
+            await tracker.flush()
+            spooled = not tracker.publisher.connected
+        finally:
+            await tracker.close()
+        suffix = " (NATS unreachable: spooled, re-sent later)" if spooled else ""
+        return event.model_dump_json(indent=2, exclude_none=True) + suffix
+
+    typer.echo(_run(go()))
+
+
+def _split_tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"tag {text!r} must look like KEY=VALUE", param_hint="--tag")
+    return key, value
+
+
+@app.command()
+def spend(
+    period: Annotated[Period, typer.Option(help="calendar period (UTC)")] = Period.MONTHLY,
+    scope: Annotated[
+        str | None, typer.Option(help="global, user, provider, model or project (default all)")
+    ] = None,
+    at: Annotated[
+        datetime | None, typer.Option(help="a time inside the period (default now)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+) -> None:
+    """Print the current period's spend totals by scope."""
+    instant = at or utc_now()
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=utc_now().tzinfo)
+
+    async def go() -> None:
+        async with database(settings().database_url) as conn:
+            rows = await spend_for_period(conn, period, instant, scope)
+        if as_json:
+            for r in rows:
+                typer.echo(json.dumps({**r.__dict__, "cost": str(r.cost)}, default=str))
+            return
+        if not rows:
+            typer.echo(f"no usage recorded in the {period.value} period containing {instant:%F}")
+            return
+        typer.echo(f"{period.value} period from {rows[0].period_start} (UTC)")
+        typer.echo(f"{'scope':<9} {'key':<28} {'cost USD':>14} {'requests':>9} {'unpriced':>8}")
+        for r in rows:
+            typer.echo(
+                f"{r.scope:<9} {r.scope_key[:28]:<28} {r.cost:>14.6f} {r.requests:>9}"
+                f" {r.unpriced_requests:>8}"
+            )
+
+    _run(go())
+
+
+@projections_app.command("status")
+def projections_status() -> None:
+    """Each projection version's checkpoint, lag and newest event time."""
+    current = settings()
+
+    async def go() -> None:
+        async with nats_client(current.nats_url) as nc, database(current.database_url) as conn:
+            rows = await projection_status(conn, nc.jetstream(), current.topology)
+        header = ("projection", "ver", "state", "checkpoint", "lag", "newest event")
+        typer.echo("{:<12} {:>4} {:<9} {:>11} {:>9}  {}".format(*header))
+        for s in rows:
+            newest = s.newest_event_at.isoformat() if s.newest_event_at else "-"
+            state = "live" if s.live else "building"
+            typer.echo(
+                f"{s.name:<12} {s.version:>4} {state:<9} {s.checkpoint:>11} {s.lag:>9}  {newest}"
+            )
+
+    _run(go())
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    name: Annotated[str, typer.Argument(help=f"projection: {', '.join(PROJECTIONS)}")],
+    swap: Annotated[
+        bool, typer.Option(help="make the new version live when caught up (else keep both)")
+    ] = True,
+) -> None:
+    """Rebuild a projection from the first event into a new version, beside the live one,
+    then swap atomically. Workers keep running and follow the swap."""
+    current = settings()
+    projection = get_projection(name)
+
+    async def go() -> int:
+        bar = tqdm(unit="ev", unit_scale=True, desc=f"rebuild {name}", file=sys.stderr)
+
+        def show(progress: Progress) -> None:
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.refresh()
+
+        async with nats_client(current.nats_url) as nc:
+            try:
+                return await rebuild(
+                    projection,
+                    nc=nc,
+                    database_url=current.database_url,
+                    topology=current.topology,
+                    on_progress=show,
+                    swap=swap,
+                )
+            finally:
+                bar.close()
+
+    version = _run(go())
+    typer.echo(f"{name} version {version} " + ("is live" if swap else "built (not live)"))
+
+
+def _mount_optional() -> None:
+    try:
+        from services.cli_prices import app as prices_app
+    except ImportError:  # pragma: no cover - pricing CLI lands separately
+        return
+    app.add_typer(prices_app, name="prices", help="Look up model prices.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    """Entry point: user errors print one line to stderr and exit 2."""
+    try:
+        app()
+    except (ConfigError, ConnectError, LogError, ValueError) as exc:
+        typer.echo(f"budget: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Operations the CLI and services share: preparing a deployment, connecting to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import nats
+from nats.aio.client import Client
+
+from budget.config import Settings
+from projections.base import Connection
+from projections.checkpoints import ensure_projection
+from projections.db import connect
+from projections.log import declare_streams
+from projections.migrate import migrate
+from projections.registry import PROJECTIONS
+
+__all__ = ["ConnectError", "database", "nats_client", "prepare"]
+
+
+class ConnectError(RuntimeError):
+    """A server does not answer; the message names it and what to do."""
+
+
+async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
+    """Apply migrations, declare the streams (this process is their owner) and create every
+    projection's first version: what ``budget migrate`` and ``budget up`` do."""
+    await asyncio.to_thread(migrate, database_url)
+    async with nats_client(nats_url) as nc:
+        await declare_streams(nc.jetstream(), settings.topology)
+    async with database(database_url) as conn:
+        for projection in PROJECTIONS.values():
+            await ensure_projection(conn, projection)
+
+
+@contextlib.asynccontextmanager
+async def nats_client(url: str) -> AsyncIterator[Client]:
+    try:
+        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
+    except Exception as exc:
+        raise ConnectError(
+            f"cannot reach NATS at {url} ({exc or type(exc).__name__}); start it with "
+            "`budget up` or set BUDGET_NATS_URL"
+        ) from None
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def database(url: str) -> AsyncIterator[Connection]:
+    try:
+        conn = await connect(url)
+    except Exception as exc:
+        raise ConnectError(
+            f"cannot reach PostgreSQL at {url} ({str(exc).strip()}); start it with "
+            "`budget up` or set BUDGET_DATABASE_URL"
+        ) from None
+    try:
+        yield conn
+    finally:
+        await conn.close()
