@@ -1,0 +1,140 @@
+"""Layer c: genai-prices, pinned, loaded lazily, queried with the time of the call.
+
+Uses its bundled data through a private ``DataSnapshot`` (never the network updater and
+never the process-wide custom snapshot), so what another library sets cannot change ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from functools import cache, lru_cache
+from importlib.metadata import version as _dist_version
+from typing import TYPE_CHECKING, Any
+
+from budget.pricing.rates import RateCard, Steps
+from budget.pricing.supplement import PROVIDER_ALIASES
+
+if TYPE_CHECKING:
+    from genai_prices.data_snapshot import DataSnapshot
+    from genai_prices.types import ModelInfo, Provider
+
+__all__ = [
+    "canonical_provider",
+    "card_for",
+    "data_version",
+    "find_model",
+    "loaded",
+    "provider_ids",
+    "provider_models",
+    "snapshot",
+]
+
+# genai-prices price key -> our token classes it prices (the first key present wins).
+_TOKEN_KEYS: Mapping[str, tuple[str, ...]] = {
+    "input_uncached": ("input_mtok",),
+    "input_cache_read": ("cache_read_mtok", "input_mtok"),
+    "input_cache_write": ("cache_write_mtok", "input_mtok"),
+    "output_text": ("output_mtok",),
+    "output_reasoning": ("output_reasoning_mtok", "output_mtok"),
+    "embedding_tokens": ("input_mtok",),
+}
+# Groq bills Whisper for at least 10 seconds per request (genai-prices does the same).
+_MIN_AUDIO_SECONDS = {("groq", "whisper-large-v3"), ("groq", "whisper-large-v3-turbo")}
+
+
+@cache
+def snapshot() -> DataSnapshot:
+    from genai_prices.data import providers
+    from genai_prices.data_snapshot import DataSnapshot
+
+    return DataSnapshot(providers=providers, from_auto_update=False)
+
+
+def loaded() -> bool:
+    return snapshot.cache_info().currsize > 0
+
+
+@cache
+def data_version() -> str:
+    return f"genai-prices {_dist_version('genai-prices')}"
+
+
+@lru_cache(maxsize=1024)
+def canonical_provider(name: str) -> str:
+    """ "OpenAI" -> "openai", "xAI" -> "x-ai"; unknown names come back lower-cased."""
+    key = name.strip().lower()
+    if key in PROVIDER_ALIASES:
+        return PROVIDER_ALIASES[key]
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    found = find_provider_by_id(snapshot().providers, key)
+    return found.id if found is not None else key
+
+
+def find_model(provider: str | None, model: str) -> tuple[Provider, ModelInfo] | None:
+    try:
+        return snapshot().find_provider_model(model, None, provider, None)
+    except LookupError:
+        return None
+
+
+def _steps(value: Any) -> Steps | None:
+    from genai_prices.types import TieredPrices
+
+    if value is None:
+        return None
+    if isinstance(value, TieredPrices):
+        return ((-1, value.base), *((tier.start, tier.price) for tier in value.tiers))
+    return ((-1, value),)
+
+
+def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCard, bool]:
+    """The model's price at ``at``; the flag says whether it may be cached for the day."""
+    from genai_prices.types import ModelPrice, StartDateConstraint, TimeOfDateConstraint
+
+    prices = model.get_prices(at)
+    effective_from = None
+    cacheable = True
+    if not isinstance(model.prices, ModelPrice):
+        cacheable = not any(isinstance(c.constraint, TimeOfDateConstraint) for c in model.prices)
+        for conditional in reversed(model.prices):
+            constraint = conditional.constraint
+            if constraint is None or constraint.active(at):
+                if isinstance(constraint, StartDateConstraint):
+                    effective_from = constraint.start_date
+                break
+    raw = {k: v for k, v in prices.__dict__.items() if not k.startswith("_") and v is not None}
+    tokens: dict[str, Steps] = {}
+    for cls, keys in _TOKEN_KEYS.items():
+        steps = next((s for key in keys if (s := _steps(raw.get(key))) is not None), None)
+        if steps is not None:
+            tokens[cls] = steps
+        elif not raw:  # listed with no prices at all: a free model (e.g. ":free" variants)
+            tokens[cls] = ((-1, Decimal(0)),)
+    hourly = raw.get("audio_hours", raw.get("input_audio_hours"))
+    per_k_requests = raw.get("requests_kcount")
+    card = RateCard(
+        provider=provider.id,
+        model=model.id,
+        layer="genai-prices",
+        data_version=data_version(),
+        effective_from=effective_from,
+        tokens=tokens,
+        audio=(hourly, 3600) if isinstance(hourly, Decimal) else None,
+        audio_min=Decimal(10) if (provider.id, model.id) in _MIN_AUDIO_SECONDS else None,
+        per_request=per_k_requests / 1000 if isinstance(per_k_requests, Decimal) else None,
+    )
+    return card, cacheable
+
+
+def provider_ids() -> list[str]:
+    return sorted(p.id for p in snapshot().providers)
+
+
+def provider_models(provider_id: str) -> list[str]:
+    for provider in snapshot().providers:
+        if provider.id == provider_id:
+            return sorted(m.id for m in provider.models)
+    return []

@@ -1,0 +1,74 @@
+"""Custom prices (layer a): negotiated rates, private deployments, corrections."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from budget.pricing.rates import TOKEN_CLASSES, RateCard, flat_with_fallbacks
+
+__all__ = ["RATE_CLASSES", "PriceOverride", "RateClass", "override_card"]
+
+RateClass = Literal[
+    "input_uncached",
+    "input_cache_read",
+    "input_cache_write",
+    "output_text",
+    "output_reasoning",
+    "embedding_tokens",
+    "audio_seconds",
+    "images",
+]
+RATE_CLASSES: tuple[str, ...] = (*TOKEN_CLASSES, "audio_seconds", "images")
+
+Rate = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+class PriceOverride(BaseModel):
+    """A price that wins over every other layer for one model inside its effective window.
+
+    ``rates``: token classes in USD per million tokens, ``audio_seconds`` in USD per second,
+    ``images`` in USD per image (any size/quality). Unlisted classes fall back like the
+    base data does: cache reads/writes and embeddings to ``input_uncached``, reasoning to
+    ``output_text``; anything still missing makes such usage *unpriced*, never $0.
+    The window is in UTC days: ``effective_from`` <= day < ``effective_to`` (exclusive).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str = Field(min_length=1, max_length=100, description='e.g. "openai"')
+    model: str = Field(min_length=1, max_length=200, description="model id as sent by the app")
+    rates: dict[RateClass, Rate] = Field(min_length=1)
+    effective_from: date
+    effective_to: date | None = Field(default=None, description="first day it no longer applies")
+    note: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.effective_to is not None and self.effective_to <= self.effective_from:
+            raise ValueError(
+                f"effective_to ({self.effective_to}) must be after effective_from "
+                f"({self.effective_from}) for the {self.provider}/{self.model} override"
+            )
+        return self
+
+    def active_on(self, day: date) -> bool:
+        return self.effective_from <= day and (self.effective_to is None or day < self.effective_to)
+
+
+def override_card(override: PriceOverride, provider: str) -> RateCard:
+    """``provider`` is the override's provider in canonical spelling."""
+    per_second = override.rates.get("audio_seconds")
+    return RateCard(
+        provider=provider,
+        model=override.model,
+        layer="override",
+        data_version=f"override {override.effective_from.isoformat()}",
+        effective_from=override.effective_from,
+        tokens=flat_with_fallbacks(dict(override.rates.items())),
+        audio=(per_second, 1) if per_second is not None else None,
+        image_flat=override.rates.get("images"),
+    )

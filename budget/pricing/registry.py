@@ -1,0 +1,121 @@
+"""``PricingRegistry``: price a call from the first layer that knows the model.
+
+Layers: (a) custom overrides, (b) the project's supplement, (c) genai-prices at the time
+of the call, (d) an explicit ``Unpriced``. A price is resolved once per (provider, model,
+UTC day) and cached; a cached call is Decimal arithmetic only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from budget.pricing import genai
+from budget.pricing.overrides import PriceOverride, override_card
+from budget.pricing.rates import RateCard
+from budget.pricing.results import Priced, Unpriced
+from budget.pricing.seed_api import SeedApi
+from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SUPPLEMENT_VERSION, supplement_card
+from events.usage import Usage
+
+__all__ = ["PricingRegistry", "get_pricing_registry"]
+
+_Key = tuple[str | None, str, int]
+
+
+class PricingRegistry(SeedApi):
+    def __init__(self, overrides: Sequence[PriceOverride] = (), *, cache_size: int = 65_536):
+        self.overrides = tuple(overrides)
+        self._cache: dict[_Key, RateCard | Unpriced] = {}
+        self._cache_size = cache_size
+        self._override_cards: dict[int, RateCard] = {}
+
+    def price(
+        self, *, provider: str | None, model: str, usage: Usage, at: datetime
+    ) -> Priced | Unpriced:
+        """Cost of ``usage`` of ``model`` at ``at`` (naive = UTC), or why it has none."""
+        tz = at.tzinfo
+        day = at.toordinal() if tz is None or tz is UTC else at.astimezone(UTC).toordinal()
+        hit = self._cache.get((provider, model, day))
+        if hit is None:
+            hit, cacheable = self.resolve(provider, model, at)
+            if cacheable:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.clear()
+                self._cache[(provider, model, day)] = hit
+        if isinstance(hit, Unpriced):
+            return hit
+        return hit.cost(usage)
+
+    def warm(self) -> None:
+        """Load genai-prices' data now rather than on the first call."""
+        genai.snapshot()
+
+    def resolve(
+        self, provider: str | None, model: str, at: datetime
+    ) -> tuple[RateCard | Unpriced, bool]:
+        """The rate card for ``model`` at ``at`` and whether it holds for the whole UTC day."""
+        day = (at if at.tzinfo is None else at.astimezone(UTC)).date()
+        pid = genai.canonical_provider(provider) if provider else None
+        name = model.strip().lower()
+        alias = MODEL_ALIASES.get(name)
+        target = alias if alias and pid in (None, alias[0]) else (pid, name)
+        found = genai.find_model(*target)
+        names = {name, target[1]} | ({found[1].id} if found else set())
+        for i, override in enumerate(self.overrides):
+            o_pid = genai.canonical_provider(override.provider)
+            if (
+                override.model.strip().lower() in names
+                and pid in (None, o_pid)
+                and override.active_on(day)
+            ):
+                card = self._override_cards.get(i)
+                if card is None:
+                    card = self._override_cards[i] = override_card(override, o_pid)
+                return card, True
+        for entry in SUPPLEMENT:
+            if (
+                entry.model == name
+                and pid in (None, entry.provider)
+                and entry.effective_from <= day
+            ):
+                return supplement_card(entry), True
+        if found is not None:
+            return genai.card_for(*found, at)
+        given = repr(provider) if provider else "not given"
+        return Unpriced(
+            f"no price in any layer for model {model!r} (provider {given}) on {day}: "
+            f"not in {len(self.overrides)} override(s), {SUPPLEMENT_VERSION} or "
+            f"{genai.data_version()}"
+        ), True
+
+    def _known_models(self, provider_id: str) -> set[str]:
+        models = set(genai.provider_models(provider_id))
+        models |= {e.model for e in SUPPLEMENT if e.provider == provider_id}
+        models |= {a for a, (p, _) in MODEL_ALIASES.items() if p == provider_id}
+        models |= {
+            o.model for o in self.overrides if genai.canonical_provider(o.provider) == provider_id
+        }
+        return models
+
+    def _known_providers(self) -> set[str]:
+        providers = set(genai.provider_ids()) | {e.provider for e in SUPPLEMENT}
+        return providers | {genai.canonical_provider(o.provider) for o in self.overrides}
+
+
+_default: PricingRegistry | None = None
+
+
+async def get_pricing_registry(overrides: Sequence[PriceOverride] = ()) -> PricingRegistry:
+    """The shared registry (a new one when ``overrides`` are given), with its data loaded."""
+    global _default
+    if overrides:
+        registry = PricingRegistry(overrides)
+    else:
+        if _default is None:
+            _default = PricingRegistry()
+        registry = _default
+    if not genai.loaded():
+        await asyncio.to_thread(registry.warm)
+    return registry

@@ -1,0 +1,104 @@
+"""The seed's PricingRegistry methods, on top of ``price`` and ``resolve``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from budget.pricing import genai
+from budget.pricing.catalog import ModelPricing
+from budget.pricing.rates import RateCard
+from budget.pricing.results import Priced, Unpriced, UnpricedModelError
+from budget.usage import normalize_usage
+from events.usage import ImageUsage, Usage
+
+__all__ = ["SeedApi"]
+
+
+class SeedApi(ABC):
+    @abstractmethod
+    def price(
+        self, *, provider: str | None, model: str, usage: Usage, at: datetime
+    ) -> Priced | Unpriced: ...
+
+    @abstractmethod
+    def resolve(
+        self, provider: str | None, model: str, at: datetime
+    ) -> tuple[RateCard | Unpriced, bool]: ...
+
+    @abstractmethod
+    def _known_models(self, provider_id: str) -> set[str]: ...
+
+    @abstractmethod
+    def _known_providers(self) -> set[str]: ...
+
+    def _charge(
+        self, model: str, usage: Usage, provider: str | None, at: datetime | None
+    ) -> Decimal:
+        result = self.price(provider=provider, model=model, usage=usage, at=at or datetime.now(UTC))
+        if isinstance(result, Unpriced):
+            raise UnpricedModelError(result.reason)
+        return result.cost
+
+    def get_model_pricing(
+        self, model: str, provider: str | None = None, at: datetime | None = None
+    ) -> ModelPricing | None:
+        """The price that applies to ``model`` at ``at`` (default now), or None if none."""
+        card, _ = self.resolve(provider, model, at or datetime.now(UTC))
+        return None if isinstance(card, Unpriced) else ModelPricing.from_card(card)
+
+    def calculate_llm_cost(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        provider: str | None = None,
+        at: datetime | None = None,
+    ) -> Decimal:
+        """USD for a chat call; ``input_tokens`` includes cached and cache-write tokens,
+        ``output_tokens`` includes reasoning tokens. Unknown model: ``UnpricedModelError``."""
+        usage = normalize_usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+            cache_write_tokens=cache_write_tokens,
+            reasoning_tokens=reasoning_tokens,
+        )
+        return self._charge(model, usage, provider, at)
+
+    def calculate_image_cost(
+        self,
+        model: str,
+        size: str = "1024x1024",
+        quality: str = "standard",
+        count: int = 1,
+        provider: str | None = None,
+        at: datetime | None = None,
+    ) -> Decimal:
+        images = ImageUsage(count=count, size=size, quality=quality)
+        return self._charge(model, normalize_usage(images=images), provider, at)
+
+    def calculate_embedding_cost(
+        self, model: str, tokens: int, provider: str | None = None, at: datetime | None = None
+    ) -> Decimal:
+        return self._charge(model, normalize_usage(embedding_tokens=tokens), provider, at)
+
+    def calculate_audio_cost(
+        self,
+        model: str,
+        seconds: int | float | Decimal,
+        provider: str | None = None,
+        at: datetime | None = None,
+    ) -> Decimal:
+        return self._charge(model, normalize_usage(audio_seconds=seconds), provider, at)
+
+    def get_provider_models(self, provider: str) -> list[str]:
+        """Model ids with a price for ``provider`` (any spelling: "OpenAI", "xAI")."""
+        return sorted(self._known_models(genai.canonical_provider(provider)))
+
+    def get_all_providers(self) -> list[str]:
+        return sorted(self._known_providers())

@@ -1,0 +1,229 @@
+"""Normalize usage at the boundary into ``events.Usage``'s non-overlapping classes.
+
+Two entry points:
+
+- :func:`normalize_usage` takes the seed's convention: ``input_tokens`` INCLUDES
+  ``cached_tokens`` and ``cache_write_tokens``; ``reasoning_tokens`` are part of
+  ``output_tokens`` and are counted once.
+- :func:`usage_from_response` takes a raw SDK usage object or dict (or a whole response
+  carrying ``usage`` / ``usage_metadata``) from OpenAI chat completions, OpenAI
+  embeddings, the OpenAI Responses API, Anthropic Messages or Google Gemini.
+
+Negative or inconsistent counts raise ``ValueError`` naming the fields and values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from events.usage import ImageUsage, Usage
+
+__all__ = ["normalize_usage", "usage_from_response"]
+
+_MISSING = object()
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be a whole number of tokens, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {name}={value}")
+    return value
+
+
+def _seconds(value: object) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError(f"audio_seconds must be a number, got {value!r}")
+    try:
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"audio_seconds must be finite, got {value!r}")
+            seconds = Decimal(repr(value))
+        elif isinstance(value, int | str | Decimal):
+            seconds = Decimal(value)
+        else:
+            raise ValueError(f"audio_seconds must be a number, got {value!r}")
+    except InvalidOperation:
+        raise ValueError(f"audio_seconds must be a number, got {value!r}") from None
+    if not seconds.is_finite() or seconds < 0:
+        raise ValueError(f"audio_seconds must be a finite number >= 0, got audio_seconds={value}")
+    return seconds
+
+
+def normalize_usage(
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    embedding_tokens: int = 0,
+    audio_seconds: int | float | Decimal | str = 0,
+    images: ImageUsage | Mapping[str, Any] | None = None,
+) -> Usage:
+    """Seed-convention counts -> non-overlapping ``Usage``; inconsistent counts raise."""
+    inp = input_tokens if type(input_tokens) is int else _count("input_tokens", input_tokens)
+    out = output_tokens if type(output_tokens) is int else _count("output_tokens", output_tokens)
+    cached = cached_tokens if type(cached_tokens) is int else _count("cached_tokens", cached_tokens)
+    written = (
+        cache_write_tokens
+        if type(cache_write_tokens) is int
+        else _count("cache_write_tokens", cache_write_tokens)
+    )
+    reasoning = (
+        reasoning_tokens
+        if type(reasoning_tokens) is int
+        else _count("reasoning_tokens", reasoning_tokens)
+    )
+    embedding = (
+        embedding_tokens
+        if type(embedding_tokens) is int
+        else _count("embedding_tokens", embedding_tokens)
+    )
+    if inp < 0 or out < 0 or cached < 0 or written < 0 or reasoning < 0 or embedding < 0:
+        _reject_negative(
+            input_tokens=inp,
+            output_tokens=out,
+            cached_tokens=cached,
+            cache_write_tokens=written,
+            reasoning_tokens=reasoning,
+            embedding_tokens=embedding,
+        )
+    if cached + written > inp:
+        raise ValueError(
+            "cached_tokens + cache_write_tokens must not exceed input_tokens (input_tokens "
+            f"includes them): cached_tokens={cached} + cache_write_tokens={written} > "
+            f"input_tokens={inp}"
+        )
+    if reasoning > out:
+        raise ValueError(
+            "reasoning_tokens must not exceed output_tokens (reasoning is part of output): "
+            f"reasoning_tokens={reasoning} > output_tokens={out}"
+        )
+    fields: dict[str, Any] = {}
+    if inp - cached - written:
+        fields["input_uncached"] = inp - cached - written
+    if cached:
+        fields["input_cache_read"] = cached
+    if written:
+        fields["input_cache_write"] = written
+    if out - reasoning:
+        fields["output_text"] = out - reasoning
+    if reasoning:
+        fields["output_reasoning"] = reasoning
+    if embedding:
+        fields["embedding_tokens"] = embedding
+    if audio_seconds:
+        fields["audio_seconds"] = _seconds(audio_seconds)
+    if images is not None:
+        if not isinstance(images, ImageUsage | Mapping):
+            raise ValueError(
+                f"images must be an ImageUsage or a mapping, got {type(images).__name__}"
+            )
+        fields["images"] = images
+    return Usage(**fields)
+
+
+def _reject_negative(**counts: int) -> None:
+    bad = ", ".join(f"{name}={value}" for name, value in counts.items() if value < 0)
+    raise ValueError(f"token counts must not be negative: {bad}")
+
+
+def _get(obj: object, key: str) -> Any:
+    """``obj[key]`` for mappings, ``obj.key`` for SDK objects; ``_MISSING`` when absent."""
+    if isinstance(obj, Mapping):
+        return obj.get(key, _MISSING)
+    return getattr(obj, key, _MISSING)
+
+
+def _num(obj: object, *path: str) -> int:
+    """Follow ``path`` (absent or null anywhere -> 0) and return the count there."""
+    value: Any = obj
+    for key in path:
+        value = _get(value, key)
+        if value is _MISSING or value is None:
+            return 0
+    return _count(".".join(path), value)
+
+
+def _has(obj: object, *keys: str) -> bool:
+    return any(_get(obj, key) is not _MISSING for key in keys)
+
+
+_GEMINI = ("prompt_token_count", "candidates_token_count")
+_ANTHROPIC = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
+_RESPONSES = ("input_tokens_details", "output_tokens_details", "total_tokens")
+_EXPECTED = (
+    "OpenAI chat (prompt_tokens, completion_tokens), OpenAI Responses (input_tokens, "
+    "output_tokens, *_tokens_details), Anthropic (input_tokens, output_tokens, "
+    "cache_*_input_tokens) or Gemini usage_metadata (prompt_token_count, "
+    "candidates_token_count), or a response with .usage / .usage_metadata"
+)
+
+
+def _from_usage(u: object) -> Usage | None:
+    if _has(u, *_GEMINI):
+        thoughts = _num(u, "thoughts_token_count")
+        return normalize_usage(
+            input_tokens=_num(u, "prompt_token_count") + _num(u, "tool_use_prompt_token_count"),
+            cached_tokens=_num(u, "cached_content_token_count"),
+            output_tokens=_num(u, "candidates_token_count") + thoughts,
+            reasoning_tokens=thoughts,
+        )
+    if _has(u, "prompt_tokens"):
+        if not _has(u, "completion_tokens"):  # embeddings: {prompt_tokens, total_tokens}
+            return normalize_usage(embedding_tokens=_num(u, "prompt_tokens"))
+        return normalize_usage(
+            input_tokens=_num(u, "prompt_tokens"),
+            cached_tokens=_num(u, "prompt_tokens_details", "cached_tokens"),
+            output_tokens=_num(u, "completion_tokens"),
+            reasoning_tokens=_num(u, "completion_tokens_details", "reasoning_tokens"),
+        )
+    if not _has(u, "input_tokens", "output_tokens"):
+        return None
+    if _has(u, *_ANTHROPIC) or not _has(u, *_RESPONSES):
+        # Anthropic's input_tokens EXCLUDES the cache reads and writes.
+        read = _num(u, "cache_read_input_tokens")
+        written = _num(u, "cache_creation_input_tokens")
+        return normalize_usage(
+            input_tokens=_num(u, "input_tokens") + read + written,
+            cached_tokens=read,
+            cache_write_tokens=written,
+            output_tokens=_num(u, "output_tokens"),
+        )
+    return normalize_usage(
+        input_tokens=_num(u, "input_tokens"),
+        cached_tokens=_num(u, "input_tokens_details", "cached_tokens"),
+        output_tokens=_num(u, "output_tokens"),
+        reasoning_tokens=_num(u, "output_tokens_details", "reasoning_tokens"),
+    )
+
+
+def usage_from_response(obj: object) -> Usage:
+    """Convert an SDK usage object/dict, or a whole response holding one, to ``Usage``."""
+    if isinstance(obj, Usage):
+        return obj
+    if obj is None:
+        raise ValueError(f"no usage given (None); expected {_EXPECTED}")
+    usage = _from_usage(obj)
+    if usage is not None:
+        return usage
+    for key in ("usage_metadata", "usage"):
+        inner = _get(obj, key)
+        if inner is not _MISSING and inner is not None:
+            usage = _from_usage(inner)
+            if usage is not None:
+                return usage
+    if isinstance(obj, Mapping):
+        keys = sorted(str(k) for k in obj)
+    else:
+        keys = sorted(getattr(obj, "__dict__", {}))
+    raise ValueError(
+        f"unrecognised usage shape {type(obj).__name__} with keys {keys[:12]}; expected {_EXPECTED}"
+    )

@@ -1,0 +1,93 @@
+"""Property tests for the money maths: exact, additive, never negative, equal to genai-prices."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from genai_prices import Usage as GenaiUsage
+from genai_prices import calc_price
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from budget.pricing import Priced, PricingRegistry
+from events.usage import Usage
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+REGISTRY = PricingRegistry()
+TOKEN_FIELDS = (
+    "input_uncached",
+    "input_cache_read",
+    "input_cache_write",
+    "output_text",
+    "output_reasoning",
+)
+# (provider, model) with cache read and write prices, flat and tiered.
+MODELS = [
+    ("openai", "gpt-4o"),
+    ("anthropic", "claude-sonnet-4"),
+    ("anthropic", "claude-sonnet-4-5"),
+    ("google", "gemini-2.5-pro"),
+    ("x-ai", "grok-3"),
+    ("mistral", "mistral-large-2411"),
+    ("groq", "llama-3.3-70b-versatile"),
+]
+counts = st.integers(min_value=0, max_value=2_000_000)
+usages = st.builds(Usage, **{name: counts for name in TOKEN_FIELDS})
+
+
+def cost(model: tuple[str, str], usage: Usage) -> Decimal:
+    result = REGISTRY.price(provider=model[0], model=model[1], usage=usage, at=NOW)
+    assert isinstance(result, Priced), result
+    return result.cost
+
+
+def genai_cost(model: tuple[str, str], usage: Usage) -> Decimal:
+    genai_usage = GenaiUsage(
+        input_tokens=usage.input_tokens,
+        cache_read_tokens=usage.input_cache_read,
+        cache_write_tokens=usage.input_cache_write,
+        output_tokens=usage.output_tokens,
+    )
+    calc = calc_price(genai_usage, model[1], provider_id=model[0], genai_request_timestamp=NOW)
+    return calc.total_price
+
+
+@pytest.mark.parametrize("model", MODELS)
+@settings(max_examples=60, deadline=None)
+@given(usage=usages)
+def test_cost_equals_genai_prices_calc_price(model: tuple[str, str], usage: Usage) -> None:
+    assert cost(model, usage) == genai_cost(model, usage)
+
+
+@settings(max_examples=200, deadline=None)
+@given(usage=usages)
+def test_cost_is_never_negative(usage: Usage) -> None:
+    for model in MODELS:
+        assert cost(model, usage) >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(usage=usages)
+def test_cost_is_additive_over_usage_classes_on_flat_prices(usage: Usage) -> None:
+    model = ("openai", "gpt-4o")
+    parts = [Usage(**{name: getattr(usage, name)}) for name in TOKEN_FIELDS]
+    assert cost(model, usage) == sum((cost(model, part) for part in parts), Decimal(0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=usages, b=usages)
+def test_cost_is_additive_over_calls_on_flat_prices(a: Usage, b: Usage) -> None:
+    model = ("anthropic", "claude-sonnet-4")
+    both = Usage(**{name: getattr(a, name) + getattr(b, name) for name in TOKEN_FIELDS})
+    assert cost(model, both) == cost(model, a) + cost(model, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(min_value=0, max_value=10**30))
+def test_cost_is_exact_decimal_even_for_huge_counts(n: int) -> None:
+    # gpt-4o input: $2.50 per million tokens, so n tokens cost exactly n * 25 / 10**7.
+    got = cost(("openai", "gpt-4o"), Usage(input_uncached=n))
+    assert Fraction(got) == Fraction(n * 25, 10**7)
