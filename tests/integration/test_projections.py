@@ -1,0 +1,153 @@
+"""The projection engine's promises, proven for every projection on real NATS and
+PostgreSQL: duplicates count once, redeliveries are skipped, a rebuild equals the live
+version row for row."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import ClassVar
+
+from nats.aio.client import Client
+from support import catch_up, publish, rows, usage_event, varied_events
+
+from events import Topology, encode
+from projections.base import Projection, physical
+from projections.history import HistoryProjection
+from projections.rebuild import rebuild
+from projections.spend import SpendProjection
+
+
+class ProjectionContract:
+    """Subclassed once per projection; each subclass proves the same behaviour."""
+
+    projection: ClassVar[Projection]
+    count_query: ClassVar[str]
+    """SQL giving one number that grows with every applied event (on the active view)."""
+
+    async def snapshot(self, db: str, version: int) -> dict[str, list[tuple[object, ...]]]:
+        return {
+            table: sorted(
+                await rows(db, f"SELECT * FROM {physical(table, version)}"),
+                key=lambda row: [str(value) for value in row],
+            )
+            for table in self.projection.tables
+        }
+
+    async def test_event_published_twice_is_counted_once(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        event = usage_event()
+        # Without Nats-Msg-Id JetStream stores both copies (as after its duplicate window).
+        await publish(nc, topology, [event, event], msg_id=False)
+        await catch_up(self.projection, nc, db, topology)
+        assert await rows(db, self.count_query) == [(1,)]
+
+    async def test_jetstream_drops_a_resend_with_the_same_message_id(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        event = usage_event()
+        await publish(nc, topology, [event, event])
+        info = await nc.jetstream().stream_info(topology.event_stream.name)
+        assert info.state.messages == 1
+
+    async def test_redelivered_events_at_or_below_checkpoint_are_skipped(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        await publish(nc, topology, varied_events(20))
+        await catch_up(self.projection, nc, db, topology)
+        before = await self.snapshot(db, 1)
+        # Forget the consumer: the next run redelivers everything from sequence 1.
+        await nc.jetstream().delete_consumer(
+            topology.event_stream.name, f"{self.projection.name}-v1"
+        )
+        await catch_up(self.projection, nc, db, topology)
+        assert await self.snapshot(db, 1) == before
+
+    async def test_rebuilt_version_equals_live_one_row_for_row(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        await publish(nc, topology, varied_events(500))
+        await catch_up(self.projection, nc, db, topology)
+        version = await rebuild(
+            self.projection, nc=nc, database_url=db, topology=topology, swap=False
+        )
+        assert version == 2
+        live, rebuilt = await self.snapshot(db, 1), await self.snapshot(db, 2)
+        assert all(live[t] for t in live), "the live tables should not be empty"
+        assert rebuilt == live
+
+    async def test_rebuild_swaps_the_views_and_drops_the_old_version(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        await publish(nc, topology, varied_events(50))
+        await catch_up(self.projection, nc, db, topology)
+        before = await rows(db, self.count_query)
+        assert await rebuild(self.projection, nc=nc, database_url=db, topology=topology) == 2
+        assert await rows(db, self.count_query) == before
+        assert await rows(
+            db,
+            "SELECT name, active_version FROM projection_registry WHERE name = %s",
+            (self.projection.name,),
+        ) == [(self.projection.name, 2)]
+        leftovers = await rows(
+            db,
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name LIKE %s",
+            ("%\\_v1",),
+        )
+        assert leftovers == []
+
+    async def test_malformed_message_is_dead_lettered_and_the_rest_applied(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        good = varied_events(3)
+        await publish(nc, topology, good[:1])
+        js = nc.jetstream()
+        subject = topology.event_subject("usage.recorded")
+        await js.publish(subject, b'{"type": "UsageRecorded", "schema_version": 2}')
+        await js.publish(subject, b"\xff not json")
+        await publish(nc, topology, good[1:])
+        await catch_up(self.projection, nc, db, topology)
+
+        assert await rows(db, self.count_query) == [(3,)]
+        dlq = topology.dead_letter_stream.name
+        sub = await js.pull_subscribe(topology.dead_letter_subject(">"), stream=dlq)
+        letters = await sub.fetch(2, timeout=5)
+        assert [m.data for m in letters] == [
+            b'{"type": "UsageRecorded", "schema_version": 2}',
+            b"\xff not json",
+        ]
+        reasons = [m.headers["Budget-Dead-Letter-Reason"] for m in letters]
+        assert "occurred_at: Field required" in reasons[0]
+        assert reasons[1].startswith("not JSON")
+        assert [m.headers["Budget-Original-Seq"] for m in letters] == ["2", "3"]
+
+
+class TestSpendProjection(ProjectionContract):
+    projection = SpendProjection()
+    count_query = "SELECT requests FROM spend_totals WHERE scope = 'global' AND period = 'monthly'"
+
+
+class TestHistoryProjection(ProjectionContract):
+    projection = HistoryProjection()
+    count_query = "SELECT count(*) FROM usage_history"
+
+
+async def test_old_schema_version_in_the_log_is_upcast_and_applied(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    v1 = (
+        b'{"type": "UsageRecorded", "schema_version": 1,'
+        b' "event_id": "0b4a4b8e-4a0e-4c39-9a44-5a0f0b1d1e01",'
+        b' "occurred_at": "2026-03-01T10:00:00Z", "provider": "openai", "model": "gpt-4o",'
+        b' "input_tokens": 1000, "cached_tokens": 200, "output_tokens": 100, "cost": 0.004}'
+    )
+    await nc.jetstream().publish(topology.event_subject("usage.recorded"), v1)
+    await catch_up(HistoryProjection(), nc, db, topology)
+    assert await rows(
+        db, "SELECT input_uncached, input_cache_read, output_text, cost FROM usage_history"
+    ) == [(800, 200, 100, Decimal("0.004"))]
+
+
+def test_encode_is_what_the_contract_documents() -> None:
+    assert b'"type":"UsageRecorded"' in encode(usage_event())

@@ -1,0 +1,140 @@
+"""Helpers the integration and end-to-end tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from events import Topology, Usage, UsageRecorded, encode, headers_for, utc_now
+from projections.base import Connection, Projection
+from projections.db import connect
+from projections.engine import EngineConfig, ProjectionRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def usage_event(
+    *,
+    cost: str | None = "0.0125",
+    at: datetime | None = None,
+    user: str | None = "alice",
+    project: str | None = "apollo",
+    model: str = "gpt-4o",
+    provider: str = "openai",
+) -> UsageRecorded:
+    return UsageRecorded(
+        occurred_at=at or utc_now(),
+        provider=provider,
+        model=model,
+        usage=Usage(input_uncached=400, input_cache_read=100, output_text=250),
+        cost=None if cost is None else Decimal(cost),
+        unpriced_reason="no price" if cost is None else None,
+        user_id=user,
+        project_id=project,
+    )
+
+
+def varied_events(count: int, start: datetime | None = None) -> list[UsageRecorded]:
+    """Events spread over users, models and ~40 days, so every period kind has rows."""
+    base = start or datetime(2026, 1, 1, tzinfo=utc_now().tzinfo)
+    return [
+        usage_event(
+            cost=None if i % 97 == 0 else f"0.00{i % 89 + 10}7",
+            at=base + timedelta(hours=i * 7 % (24 * 40), seconds=i),
+            user=f"user-{i % 13}",
+            project=None if i % 5 == 0 else f"project-{i % 3}",
+            model=("gpt-4o", "gpt-4o-mini", "claude-sonnet-4")[i % 3],
+            provider=("openai", "openai", "anthropic")[i % 3],
+        )
+        for i in range(count)
+    ]
+
+
+async def publish(
+    nc: Client, topology: Topology, events: Iterable[UsageRecorded], *, msg_id: bool = True
+) -> None:
+    js = nc.jetstream()
+    subject = topology.event_subject(UsageRecorded.SUBJECT)
+    for event in events:
+        headers = headers_for(event) if msg_id else None
+        await js.publish_async(subject, encode(event), headers=headers)
+    await js.publish_async_completed()
+
+
+async def catch_up(
+    projection: Projection,
+    nc: Client,
+    database_url: str,
+    topology: Topology,
+    *,
+    version: int | None = None,
+    config: EngineConfig | None = None,
+) -> None:
+    """Run one projection until it has committed everything in the log."""
+    runner = ProjectionRunner(
+        projection,
+        nc=nc,
+        database_url=database_url,
+        topology=topology,
+        version=version,
+        config=config,
+    )
+    await runner.open()
+    try:
+        assert runner.reader is not None
+        while True:
+            batch = await runner.reader.take(runner.config.batch_size, 0, wait=0.3)
+            if batch:
+                result = await runner.process(batch)
+                await runner.reader.ack_through(result.last)
+            elif await runner.pending() == 0:
+                return
+    finally:
+        await runner.close()
+
+
+async def rows(database_url: str, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    conn: Connection = await connect(database_url)
+    try:
+        return list(await (await conn.execute(query.encode(), params)).fetchall())
+    finally:
+        await conn.close()
+
+
+async def wait_for(predicate: Any, within: float = 30.0, interval: float = 0.1) -> None:
+    """Await ``predicate()`` (an async callable) until true; fail with a clear message."""
+    deadline = time.monotonic() + within
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s: {predicate.__doc__}")
+        await asyncio.sleep(interval)
+
+
+def budget_process(
+    args: Sequence[str], *, nats_url: str, database_url: str, topology: Topology, **extra: str
+) -> subprocess.Popen[bytes]:
+    """``budget ARGS`` as a child process against the given servers."""
+    env = {
+        **os.environ,
+        "BUDGET_NATS_URL": nats_url,
+        "BUDGET_DATABASE_URL": database_url,
+        "BUDGET_SUBJECT_PREFIX": topology.prefix,
+        **extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
