@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-
-from pydantic import BaseModel, ConfigDict
 
 from budget.pricing.rates import RateCard
 
 __all__ = ["ModelPricing", "PricingTier"]
 
 
-class PricingTier(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+@dataclass(frozen=True)
+class PricingTier:
     above_input_tokens: int
     per_million: dict[str, Decimal]
 
 
-class ModelPricing(BaseModel):
+@dataclass(frozen=True)
+class ModelPricing:
     """Token rates in USD per million tokens by usage class; audio per second; images each."""
-
-    model_config = ConfigDict(frozen=True)
 
     provider: str
     model: str
@@ -30,10 +27,10 @@ class ModelPricing(BaseModel):
     data_version: str
     effective_from: date | None
     per_million: dict[str, Decimal]
-    tiers: list[PricingTier] = []
+    tiers: list[PricingTier] = field(default_factory=list)
     audio_per_second: Decimal | None = None
     audio_min_seconds: Decimal | None = None
-    image_prices: dict[str, Decimal] = {}
+    image_prices: dict[str, Decimal] = field(default_factory=dict)
     image_flat: Decimal | None = None
     per_request: Decimal | None = None
 

@@ -7,7 +7,6 @@ UTC day) and cached; a cached call is Decimal arithmetic only.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -117,5 +116,7 @@ async def get_pricing_registry(overrides: Sequence[PriceOverride] = ()) -> Prici
             _default = PricingRegistry()
         registry = _default
     if not genai.loaded():
+        import asyncio
+
         await asyncio.to_thread(registry.warm)
     return registry

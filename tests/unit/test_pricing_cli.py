@@ -1,0 +1,35 @@
+"""``budget prices`` CLI: tables on stdout, one clear line and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from services.cli_prices import app
+
+runner = CliRunner()
+
+
+def test_show_prints_layer_and_rates() -> None:
+    result = runner.invoke(app, ["show", "gpt-4o", "--provider", "OpenAI"])
+    assert result.exit_code == 0
+    assert "genai-prices 0.2.3" in result.stdout
+    assert "2.5" in result.stdout
+
+
+def test_show_unknown_model_exits_2_with_one_line_on_stderr() -> None:
+    result = runner.invoke(app, ["show", "no-such-model"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no-such-model" in result.stderr
+
+
+def test_list_provider_models() -> None:
+    result = runner.invoke(app, ["list", "--provider", "xAI"])
+    assert result.exit_code == 0
+    assert "grok-3" in result.stdout
+
+
+def test_list_unknown_provider_exits_2() -> None:
+    result = runner.invoke(app, ["list", "--provider", "nope"])
+    assert result.exit_code == 2
+    assert "unknown provider" in result.stderr
