@@ -30,6 +30,7 @@ import shlex
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,11 +153,21 @@ async def serve_stack(
                 installed.append(signum)
 
     lock = _lock_data_dir(data_dir)
+    try:
+        await asyncio.to_thread(_reap_stale(data_dir))
+    except BaseException:
+        lock.close()
+        raise
     postgres = EmbeddedPostgres(data_dir / "postgres", database=database)
     nats = EmbeddedNats(data_dir / "nats", port=nats_port or _previous_port(data_dir))
     stopping = asyncio.Event()
     supervised = [_Worker(name, list(worker_command(name))) for name in workers]
     tasks: list[asyncio.Task[None]] = []
+    ready = False
+
+    def save_state() -> None:
+        _write_state(data_dir, nats, postgres, supervised, ready=ready)
+
     try:
         log.info("starting PostgreSQL in %s", postgres.data_dir)
         await asyncio.to_thread(postgres.start)
@@ -164,6 +175,7 @@ async def serve_stack(
             log.info("starting NATS (JetStream) in %s", nats.store_dir)
             await asyncio.to_thread(nats.start)
             (nats.store_dir / "last-port").write_text(f"{nats.port}\n")
+            save_state()
         if not stop.is_set() and prepare is not None:
             log.info("preparing (migrations, streams)")
             await prepare(nats.url, postgres.url)
@@ -176,7 +188,9 @@ async def serve_stack(
             for worker in supervised:
                 tasks.append(
                     asyncio.create_task(
-                        _supervise(worker, env, stopping, restart_backoff, stop_timeout),
+                        _supervise(
+                            worker, env, stopping, restart_backoff, stop_timeout, save_state
+                        ),
                         name=f"supervise-{worker.name}",
                     )
                 )
@@ -187,9 +201,10 @@ async def serve_stack(
                 database_url=postgres.url,
                 worker_pids={w.name: w.proc.pid for w in supervised if w.proc is not None},
             )
-            _write_state(data_dir, info, nats, postgres)
             out.write(_banner(info))
             out.flush()
+            ready = True
+            save_state()
             if on_ready is not None:
                 on_ready(info)
             await stop.wait()
@@ -268,6 +283,7 @@ async def _supervise(
     stopping: asyncio.Event,
     backoff: tuple[float, float],
     stop_timeout: float,
+    on_start: Callable[[], None],
 ) -> None:
     loop = asyncio.get_running_loop()
     first_delay, max_delay = backoff
@@ -290,6 +306,7 @@ async def _supervise(
             if stopping.is_set():  # started while the stack was being stopped: undo
                 await _terminate(worker, stop_timeout)
                 return
+            on_start()
             code = await worker.proc.wait()
         if stopping.is_set():
             return
@@ -354,17 +371,92 @@ async def _stop_workers(
 
 
 def _write_state(
-    data_dir: Path, info: StackInfo, nats: EmbeddedNats, postgres: EmbeddedPostgres
+    data_dir: Path,
+    nats: EmbeddedNats,
+    postgres: EmbeddedPostgres,
+    workers: Sequence[_Worker],
+    *,
+    ready: bool,
 ) -> None:
+    """``stack.json``: what runs, for people and tools, and for cleaning up after a crash."""
     state = {
         "pid": os.getpid(),
-        "nats_url": info.nats_url,
-        "database_url": info.database_url,
+        "ready": ready,
+        "nats_url": nats.url,
+        "database_url": postgres.url,
         "nats_pid": nats.pid,
         "postgres_pid": postgres.pid,
-        "workers": dict(info.worker_pids),
+        "workers": {w.name: w.proc.pid for w in workers if w.proc is not None},
     }
-    (data_dir / "stack.json").write_text(json.dumps(state, indent=2) + "\n")
+    tmp = data_dir / "stack.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(data_dir / "stack.json")
+
+
+def _reap_stale(data_dir: Path) -> Callable[[], None]:
+    """After a supervisor died without cleaning up (SIGKILL, power cut), its NATS server and
+    workers may still run: stop those ``stack.json`` names, once we hold the lock. Only
+    processes that provably belong to this data directory are touched (Linux ``/proc``
+    checks); the PostgreSQL server, if still running, is simply reused."""
+
+    def reap() -> None:
+        try:
+            state = json.loads((data_dir / "stack.json").read_text())
+        except (OSError, ValueError):
+            return
+        nats_pid = state.get("nats_pid")
+        if isinstance(nats_pid, int) and _cmdline_has(
+            nats_pid, "nats-server", str(data_dir / "nats")
+        ):
+            log.warning("stopping nats-server pid %s left over by a previous stack", nats_pid)
+            _end_process(nats_pid, group=False)
+        marker = f"BUDGET_DATABASE_URL={state.get('database_url')}"
+        for name, pid in (state.get("workers") or {}).items():
+            if isinstance(pid, int) and _environ_has(pid, marker):
+                log.warning("stopping worker %s pid %s left over by a previous stack", name, pid)
+                _end_process(pid, group=True)
+        (data_dir / "stack.json").unlink(missing_ok=True)
+
+    return reap
+
+
+def _proc_read(pid: int, what: str) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/{what}").read_bytes()
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    stat = _proc_read(pid, "stat")
+    if stat is None:
+        return False
+    return stat.rpartition(b")")[2].split()[0:1] != [b"Z"]
+
+
+def _cmdline_has(pid: int, *needles: str) -> bool:
+    cmdline = _proc_read(pid, "cmdline")
+    return (
+        cmdline is not None
+        and _pid_alive(pid)
+        and all(n.encode() in cmdline.replace(b"\0", b" ") for n in needles)
+    )
+
+
+def _environ_has(pid: int, entry: str) -> bool:
+    environ = _proc_read(pid, "environ")
+    return environ is not None and _pid_alive(pid) and entry.encode() in environ.split(b"\0")
+
+
+def _end_process(pid: int, *, group: bool, grace: float = 5.0) -> None:
+    kill = os.killpg if group else os.kill
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        kill(pid, signal.SIGKILL)
 
 
 def _banner(info: StackInfo) -> str:

@@ -12,12 +12,15 @@ Per test:
   (``options=-csearch_path=<schema>``), dropped afterwards
 - ``embedded_nats: EmbeddedNats`` a private NATS server to kill/restart in fault tests
 - ``embedded_postgres: EmbeddedPostgres`` a private PostgreSQL to restart in fault tests
+- ``server_tmp_path: Path``       a temp dir an embedded PostgreSQL may live in (``tmp_path``
+  may not: pytest re-chmods its base dir 0700, locking out the ``pgserver`` user)
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +38,7 @@ from servers import (
     provide_nats,
     provide_postgres,
     schema_name_for,
+    server_tmpdir,
     with_search_path,
 )
 
@@ -54,10 +58,17 @@ def _announce(config: pytest.Config, line: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def nats_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    provided = provide_nats(tmp_path_factory.mktemp("servers-nats"))
+def _session_servers_dir() -> Iterator[Path]:
+    path = server_tmpdir("session")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nats_url(request: pytest.FixtureRequest, _session_servers_dir: Path) -> Iterator[str]:
+    provided = provide_nats(_session_servers_dir)
     _announce(request.config, provided.describe("NATS"))
     try:
         yield provided.url
@@ -66,15 +77,23 @@ def nats_url(
 
 
 @pytest.fixture(scope="session")
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    provided = provide_postgres(tmp_path_factory.mktemp("servers-pg"))
+def database_url(request: pytest.FixtureRequest, _session_servers_dir: Path) -> Iterator[str]:
+    provided = provide_postgres(_session_servers_dir)
     _announce(request.config, provided.describe("PostgreSQL"))
     try:
         yield provided.url
     finally:
         provided.close()
+
+
+@pytest.fixture
+def server_tmp_path() -> Iterator[Path]:
+    """Like ``tmp_path``, but usable as (a parent of) an embedded PostgreSQL data directory."""
+    path = server_tmpdir("fn")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -102,8 +121,8 @@ def embedded_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 @pytest.fixture
-def embedded_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "postgres", database="budget_test").start()
+def embedded_postgres(server_tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(server_tmp_path / "postgres", database="budget_test").start()
     try:
         yield server
     finally:

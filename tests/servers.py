@@ -15,6 +15,7 @@ import importlib
 import os
 import re
 import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Callable
@@ -40,6 +41,7 @@ __all__ = [
     "provide_nats",
     "provide_postgres",
     "schema_name_for",
+    "server_tmpdir",
     "with_search_path",
 ]
 
@@ -115,6 +117,17 @@ def provide_postgres(workdir: Path) -> Provided:
         shutil.rmtree(data_dir, ignore_errors=True)
 
     return Provided(url=server.url, source="embedded", close=close)
+
+
+def server_tmpdir(label: str) -> Path:
+    """A fresh directory for server data, outside pytest's ``basetemp``.
+
+    As root, the embedded PostgreSQL runs as the ``pgserver`` user, which must traverse the
+    parents of its data directory. Every pytest session start re-chmods
+    ``/tmp/pytest-of-<user>`` to 0700, so a concurrent run (another terminal, CI shard) would
+    lock it out mid-test. The caller removes the directory.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"budget-test-{label}-"))
 
 
 # -- per-test PostgreSQL schemas -------------------------------------------------------------

@@ -6,6 +6,7 @@ would; afterwards no process it started may be left: workers, their children, NA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -118,8 +119,8 @@ def _pids(marks: Path, pattern: str) -> list[int]:
 
 
 class Stack:
-    def __init__(self, tmp_path: Path, workers: list[str]) -> None:
-        self.data_dir = tmp_path / "data"
+    def __init__(self, tmp_path: Path, data_dir: Path, workers: list[str]) -> None:
+        self.data_dir = data_dir
         self.marks = tmp_path / "marks"
         self.marks.mkdir(exist_ok=True)
         (tmp_path / "driver.py").write_text(DRIVER)
@@ -139,14 +140,22 @@ class Stack:
         (self.marks / "prepared.json").unlink(missing_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-        state = self.data_dir / "stack.json"
-        _wait_for(
-            lambda: state.exists() or self.proc is None or self.proc.poll() is not None, 60, "stack"
-        )
+        _wait_for(self._ready, 60, "stack ready")
         assert self.proc.poll() is None, self.output()
-        _wait_for(lambda: state.stat().st_size > 0, 5, "stack.json")
-        result: dict[str, Any] = json.loads(state.read_text())
+        return self.state()
+
+    def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads((self.data_dir / "stack.json").read_text())
         return result
+
+    def _ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return True  # exited: start() reports it
+        try:
+            state = self.state()
+        except (OSError, ValueError):
+            return False
+        return bool(state.get("ready")) and state.get("pid") == self.proc.pid
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -166,19 +175,38 @@ class Stack:
 
 
 @pytest.fixture
-def stack_factory(tmp_path: Path) -> Iterator[Callable[[list[str]], Stack]]:
+def stack_factory(tmp_path: Path, server_tmp_path: Path) -> Iterator[Callable[[list[str]], Stack]]:
     stacks: list[Stack] = []
 
     def make(workers: list[str]) -> Stack:
-        stack = Stack(tmp_path, workers)
+        stack = Stack(tmp_path, server_tmp_path / "data", workers)
         stacks.append(stack)
         return stack
 
     yield make
     for stack in stacks:
         if stack.proc is not None and stack.proc.poll() is None:
-            stack.proc.kill()
-            stack.proc.wait()
+            stack.proc.terminate()
+            try:
+                stack.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                stack.proc.kill()
+                stack.proc.wait()
+    _kill_everything_under(tmp_path)
+    _kill_everything_under(server_tmp_path)
+
+
+def _kill_everything_under(path: Path) -> None:
+    """After a failed test: nothing started under ``path`` may outlive it."""
+    for proc in psutil.process_iter(["cmdline", "status", "name"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if str(path) not in cmdline or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.info["name"] == "postgres":
+                proc.send_signal(signal.SIGINT)  # postmaster: fast shutdown
+            else:
+                proc.kill()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
@@ -241,11 +269,34 @@ def test_stack_keeps_data_and_port_and_refuses_a_second_stack(
     assert not _processes_mentioning(stack.data_dir)
 
 
-def test_failed_prepare_stops_the_servers(tmp_path: Path) -> None:
+def test_failed_prepare_stops_the_servers(server_tmp_path: Path) -> None:
     async def prepare(nats_url: str, database_url: str) -> None:
         raise RuntimeError("migration failed")
 
+    data_dir = server_tmp_path / "data"
     with pytest.raises(RuntimeError, match="migration failed"):
-        run_stack(tmp_path / "data", ["never"], prepare=prepare)
-    assert not _processes_mentioning(tmp_path / "data")
-    assert not (tmp_path / "data" / "stack.json").exists()
+        run_stack(data_dir, ["never"], prepare=prepare)
+    assert not _processes_mentioning(data_dir)
+    assert not (data_dir / "stack.json").exists()
+
+
+def test_stack_cleans_up_after_a_killed_supervisor(
+    stack_factory: Callable[[list[str]], Stack],
+) -> None:
+    stack = stack_factory(["good"])
+    first = stack.start()
+    _wait_for(lambda: len(_pids(stack.marks, "grandchild.*.started")) == 1, 10, "grandchild")
+    orphans = [first["nats_pid"], first["workers"]["good"]]
+    orphans += _pids(stack.marks, "grandchild.*.started")
+    assert stack.proc is not None
+    stack.proc.kill()  # SIGKILL: no cleanup; NATS and the worker keep running
+    stack.proc.wait()
+    assert all(_alive(pid) for pid in orphans)
+
+    second = stack.start()
+    assert not [pid for pid in orphans if _alive(pid)], "leftovers were stopped"
+    assert second["nats_url"] == first["nats_url"]
+    assert stack.prepared()["probe_messages"] == 2
+    assert "left over by a previous stack" in stack.output()
+    assert stack.stop() == 0, stack.output()
+    assert not _processes_mentioning(stack.data_dir)
