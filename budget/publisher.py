@@ -117,13 +117,16 @@ class EventPublisher:
 
     async def _connect(self) -> None:
         try:
-            self._nc = await nats.connect(
-                self.config.nats_url,
-                connect_timeout=self.config.connect_timeout,
-                max_reconnect_attempts=-1,
-                reconnected_cb=self._on_reconnected,
-                error_cb=self._on_error,
-            )
+            # With unlimited reconnects nats-py retries a failed *first* connect forever;
+            # bound it, and spool meanwhile.
+            async with asyncio.timeout(self.config.connect_timeout * 2):
+                self._nc = await nats.connect(
+                    self.config.nats_url,
+                    connect_timeout=self.config.connect_timeout,
+                    max_reconnect_attempts=-1,
+                    reconnected_cb=self._on_reconnected,
+                    error_cb=self._on_error,
+                )
         except Exception as exc:
             log.warning("NATS at %s unreachable (%s); spooling events", self.config.nats_url, exc)
             self._nc = None

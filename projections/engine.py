@@ -21,7 +21,14 @@ from projections.deadletter import dead_letter
 from projections.log import bind_consumer
 from projections.reader import Delivery, PullReader
 
-__all__ = ["BatchResult", "EngineConfig", "ProjectionRunner", "Retired", "consumer_name"]
+__all__ = [
+    "BatchResult",
+    "EngineConfig",
+    "ProjectionRunner",
+    "Reconnected",
+    "Retired",
+    "consumer_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,11 @@ class BatchResult:
 
 class Retired(Exception):
     """A newer version of the projection went live; this runner must stop writing."""
+
+
+class Reconnected(Exception):
+    """The NATS connection dropped: deliveries may have been lost in flight, so the
+    consumer must restart from the checkpoint rather than continue past a gap."""
 
 
 def consumer_name(projection: Projection, version: int) -> str:
@@ -72,6 +84,7 @@ class ProjectionRunner:
         self.version = 0
         self.reader: PullReader | None = None
         self._conn: Connection | None = None
+        self._reconnects = 0
 
     @property
     def durable(self) -> str:
@@ -103,6 +116,7 @@ class ProjectionRunner:
             after_seq=checkpoint,
             max_ack_pending=self.config.max_ack_pending,
         )
+        self._reconnects = self._nc.stats["reconnects"]
         self.reader = PullReader(
             self._nc,
             self._topology.event_stream.name,
@@ -127,6 +141,8 @@ class ProjectionRunner:
         assert self.reader is not None
         while not stop.is_set():
             batch = await self.reader.take(self.config.batch_size, self.config.linger, wait=0.5)
+            if self._nc.stats["reconnects"] != self._reconnects:
+                raise Reconnected(f"{self.durable}: NATS reconnected; resuming from checkpoint")
             if not batch:
                 continue
             result = await self.process(batch)

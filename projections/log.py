@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -71,32 +73,26 @@ async def bind_consumer(
     after_seq: int,
     max_ack_pending: int,
 ) -> ConsumerInfo:
-    """Bind to (or create) the durable pull consumer of one projection version.
+    """(Re)create the durable pull consumer of one projection version, starting right
+    after the checkpoint.
 
-    The checkpoint in PostgreSQL is the truth. A consumer whose ack floor is past it (the
-    database was restored from a backup, say) would skip events, so it is recreated to
-    start right after the checkpoint; one behind it only redelivers what will be skipped.
+    The checkpoint in PostgreSQL is the truth and the consumer only a cursor: an old
+    consumer may hold messages that were delivered to a dead worker and not acked, and
+    would hand them out again only after newer ones, behind the checkpoint, where they
+    would be skipped for good. One worker at a time owns a version (an advisory lock), so
+    recreating its consumer at each start is safe.
     """
-    info: ConsumerInfo | None
-    try:
-        info = await js.consumer_info(stream, durable)
-    except NotFoundError:
-        info = None
-    if info is not None and info.ack_floor is not None and info.ack_floor.stream_seq > after_seq:
+    with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, durable)
-        info = None
-    if info is not None:
-        return info
     created: ConsumerInfo = await js.add_consumer(
         stream,
         ConsumerConfig(
             durable_name=durable,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=after_seq + 1,
-            # One ack covers a whole committed batch; one worker at a time reads each
-            # durable (the engine holds a PostgreSQL advisory lock), so ack-all is safe.
+            # One ack covers a whole committed batch (only one worker reads each durable).
             ack_policy=AckPolicy.ALL,
-            ack_wait=60,
+            ack_wait=300,
             max_deliver=-1,
             max_ack_pending=max_ack_pending,
             filter_subjects=filter_subjects,

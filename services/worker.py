@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from budget.config import Settings
-from projections.engine import BatchResult, ProjectionRunner, Retired
+from projections.engine import BatchResult, ProjectionRunner, Reconnected, Retired
 from projections.log import require_stream
 from projections.registry import get_projection
 
@@ -52,6 +52,8 @@ async def run_projection(name: str, nc: Client, settings: Settings, stop: asynci
             await runner.run(stop, on_batch=count)
         except Retired as exc:
             log.info("worker %s: %s; moving to the new version", name, exc)
+        except Reconnected as exc:
+            log.warning("worker %s: %s", name, exc)
         except (psycopg.OperationalError, NatsError, OSError, TimeoutError) as exc:
             log.warning("worker %s: %s; retrying in %.0fs", name, exc, backoff)
             await _sleep_unless(stop, backoff)

@@ -1,0 +1,192 @@
+"""Fault tests: kill things, restart them, and check that nothing was lost or counted twice."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from support import budget_process, catch_up, publish, rows, varied_events, wait_for
+
+from budget.publisher import EventPublisher, PublisherConfig
+from events import Topology
+from projections.checkpoints import ensure_projection
+from projections.db import connect
+from projections.log import declare_streams
+from projections.migrate import migrate
+from projections.spend import SpendProjection
+from services.embedded import EmbeddedNats
+
+EVENTS = 20_000
+
+
+async def checkpoint(db: str) -> int:
+    found = await rows(db, "SELECT stream_seq FROM projection_checkpoints WHERE name = 'spend'")
+    return int(found[0][0]) if found else 0
+
+
+async def test_worker_killed_mid_batch_and_restarted_leaves_totals_exact(
+    nc: Client, db: str, topology: Topology, nats_url: str
+) -> None:
+    events = varied_events(EVENTS)
+    await publish(nc, topology, events)
+    conn = await connect(db)
+    await ensure_projection(conn, SpendProjection())
+    await conn.close()
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return budget_process(
+            ["worker", "spend"], nats_url=nats_url, database_url=db, topology=topology
+        )
+
+    kills = 0
+    for fraction in (0.2, 0.6):
+        worker = start_worker()
+
+        async def past(target: int = int(EVENTS * fraction)) -> bool:
+            """the worker got past the kill point"""
+            return await checkpoint(db) >= target
+
+        await wait_for(past, within=60, interval=0.005)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        kills += 1
+        assert await checkpoint(db) < EVENTS, "killed too late to be mid-stream"
+
+    worker = start_worker()
+    try:
+
+        async def done() -> bool:
+            """the restarted worker committed the whole log"""
+            return await checkpoint(db) == EVENTS
+
+        await wait_for(done, within=120)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+    expected_cost = sum((e.cost for e in events if e.cost is not None), Decimal(0))
+    assert kills == 2
+    assert await rows(
+        db,
+        "SELECT sum(requests), sum(cost), sum(unpriced_requests) FROM spend_totals"
+        " WHERE scope = 'global' AND period = 'monthly'",
+    ) == [(EVENTS, expected_cost, sum(1 for e in events if e.cost is None))]
+    assert await rows(db, "SELECT count(*) FROM spend_ledger") == [(EVENTS,)]
+
+
+@pytest.fixture
+async def private_log(embedded_nats: EmbeddedNats, topology: Topology) -> Topology:
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+    return topology
+
+
+def publisher_for(url: str, topology: Topology, spool: Path) -> EventPublisher:
+    return EventPublisher(
+        PublisherConfig(
+            nats_url=url,
+            topology=topology,
+            spool_dir=spool,
+            flush_interval=0.5,
+            ack_timeout=1.0,
+            connect_timeout=0.5,
+        )
+    )
+
+
+async def stored_event_ids(url: str, topology: Topology) -> list[str]:
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        sub = await js.pull_subscribe(topology.events_wildcard, stream=topology.event_stream.name)
+        info = await js.stream_info(topology.event_stream.name)
+        messages = []
+        while len(messages) < info.state.messages:
+            messages += await sub.fetch(1000, timeout=5)
+        return [m.headers["Nats-Msg-Id"] for m in messages]
+    finally:
+        await client.close()
+
+
+async def test_spooled_events_survive_nats_outage_and_are_stored_once(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    events = varied_events(300)
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    await publisher.start()
+    for event in events[:100]:
+        await publisher.publish(event)
+    await publisher.flush()
+
+    embedded_nats.kill()
+    for event in events[100:200]:
+        await publisher.publish(event)
+    await publisher.flush()
+    assert len(publisher.spool) == 100
+
+    embedded_nats.start()
+
+    async def spool_empty() -> bool:
+        """the reconnected publisher re-sent the spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty, within=30)
+    for event in events[200:]:
+        await publisher.publish(event)
+    await publisher.close()
+
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_spool_written_while_nats_was_down_is_sent_by_the_next_process(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    events = varied_events(50)
+    embedded_nats.kill()
+    offline = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    await offline.start()
+    assert not offline.connected
+    for event in events:
+        await offline.publish(event)
+    await offline.close()  # the process ends with its events only in the spool
+
+    embedded_nats.start()
+    online = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    await online.start()
+
+    async def spool_empty() -> bool:
+        """the next process re-sent the spool"""
+        return len(online.spool) == 0
+
+    await wait_for(spool_empty, within=30)
+    await online.close()
+    assert sorted(await stored_event_ids(embedded_nats.url, private_log)) == sorted(
+        str(e.event_id) for e in events
+    )
+
+
+async def test_resent_events_are_counted_once_by_the_projection(
+    embedded_nats: EmbeddedNats, private_log: Topology, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """A re-send after JetStream's duplicate window stores a second copy; spend counts one."""
+    events = varied_events(40)
+    client = await nats.connect(embedded_nats.url)
+    await publish(client, private_log, events, msg_id=False)
+    await publish(client, private_log, events[:10], msg_id=False)
+    migrate(pg_schema_url)
+    await catch_up(SpendProjection(), client, pg_schema_url, private_log)
+    await client.close()
+    per_month = Counter(e.occurred_at.date().replace(day=1) for e in events)
+    assert await rows(
+        pg_schema_url,
+        "SELECT period_start, requests FROM spend_totals"
+        " WHERE scope = 'global' AND period = 'monthly' ORDER BY period_start",
+    ) == sorted(per_month.items())
