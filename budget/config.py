@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from budget.pricing.overrides import PriceOverride
 from events import Topology
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -38,6 +39,9 @@ class Settings(BaseModel):
     spool_dir: Path = Path(".budget/spool")
     data_dir: Path = Path(".budget")
     service_name: str = "host-app"
+    price_overrides: tuple[PriceOverride, ...] = Field(
+        default=(), description="negotiated rates, fine-tunes, private deployments (see docs)"
+    )
 
     @property
     def topology(self) -> Topology:
@@ -46,8 +50,8 @@ class Settings(BaseModel):
 
 # Environment variables that override config.yaml, and the Settings field each one sets.
 ENV_VARS: Mapping[str, str] = {
-    f"BUDGET_{name.upper()}": name for name in Settings.model_fields if name != "enabled"
-} | {"BUDGET_ENABLED": "enabled"}
+    f"BUDGET_{name.upper()}": name for name in Settings.model_fields if name != "price_overrides"
+}
 
 
 def load_settings(

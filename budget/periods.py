@@ -33,9 +33,11 @@ def period_start(period: Period, instant: datetime, tz: tzinfo = UTC) -> date:
 
 
 def period_bounds(period: Period, instant: datetime, tz: tzinfo = UTC) -> tuple[datetime, datetime]:
-    """[start, end) of the period containing ``instant``, as aware datetimes in ``tz``.
+    """[start, end) of the period containing ``instant``, in UTC.
 
-    Bounds are local midnights, so a day across a DST change is 23 or 25 hours long.
+    Bounds are local midnights of ``tz``, so a day across a DST change is 23 or 25 hours
+    long. (They are returned in UTC because Python subtracts two datetimes of one zone by
+    wall clock, which would hide exactly that hour.)
     """
     start = period_start(period, instant, tz)
     if period is Period.DAILY:
@@ -48,4 +50,4 @@ def period_bounds(period: Period, instant: datetime, tz: tzinfo = UTC) -> tuple[
 
 
 def _local_midnight(day: date, tz: tzinfo) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=tz)
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)

@@ -141,5 +141,6 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
                 )
             )
             await publisher.start()
-            _tracker = UsageTracker(settings, await get_pricing_registry(), publisher)
+            registry = await get_pricing_registry(settings.price_overrides)
+            _tracker = UsageTracker(settings, registry, publisher)
         return _tracker

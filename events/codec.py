@@ -60,6 +60,12 @@ def decode(data: bytes) -> Event:
     model = EVENT_TYPES.get(str(obj.get("type")))
     if model is None:
         raise DecodeError(f"unknown event type {obj.get('type')!r}")
+    version = obj.get("schema_version")
+    if isinstance(version, int) and version > model.SCHEMA_VERSION:
+        raise DecodeError(
+            f"{model.__name__} schema_version {version} is newer than this reader's "
+            f"({model.SCHEMA_VERSION}); upgrade budget-manager and replay the dead letters"
+        )
     try:
         return model.model_validate(upcast(obj, model.SCHEMA_VERSION))
     except ValidationError as exc:

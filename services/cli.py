@@ -20,6 +20,7 @@ from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
 from projections.rebuild import Progress, rebuild
 from projections.registry import PROJECTIONS, get_projection
+from services.cli_prices import app as prices_app
 from services.ops import ConnectError, database, nats_client, prepare
 
 __all__ = ["app", "main"]
@@ -33,6 +34,7 @@ app = typer.Typer(
 )
 projections_app = typer.Typer(help="Inspect and rebuild projections (read models).")
 app.add_typer(projections_app, name="projections")
+app.add_typer(prices_app, name="prices", help="Look up model prices and where they come from.")
 
 _state: dict[str, Settings] = {}
 
@@ -249,17 +251,6 @@ def projections_rebuild(
 
     version = _run(go())
     typer.echo(f"{name} version {version} " + ("is live" if swap else "built (not live)"))
-
-
-def _mount_optional() -> None:
-    try:
-        from services.cli_prices import app as prices_app
-    except ImportError:  # pragma: no cover - pricing CLI lands separately
-        return
-    app.add_typer(prices_app, name="prices", help="Look up model prices.")
-
-
-_mount_optional()
 
 
 def main() -> None:

@@ -32,6 +32,9 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
+from events import Topology
+from services.embedded import EmbeddedNats, EmbeddedPostgres
+
 from servers import (
     create_schema,
     drop_schema,
@@ -41,9 +44,6 @@ from servers import (
     server_tmpdir,
     with_search_path,
 )
-
-from events import Topology
-from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 log = logging.getLogger("tests.servers")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
-from support import budget_process, catch_up, publish, rows, varied_events, wait_for
 
 from budget.publisher import EventPublisher, PublisherConfig
 from events import Topology
@@ -21,6 +20,8 @@ from projections.log import declare_streams
 from projections.migrate import migrate
 from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats
+
+from support import budget_process, catch_up, publish, rows, varied_events, wait_for
 
 EVENTS = 20_000
 

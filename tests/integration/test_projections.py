@@ -8,13 +8,14 @@ from decimal import Decimal
 from typing import ClassVar
 
 from nats.aio.client import Client
-from support import catch_up, publish, rows, usage_event, varied_events
 
 from events import Topology, encode
 from projections.base import Projection, physical
 from projections.history import HistoryProjection
 from projections.rebuild import rebuild
 from projections.spend import SpendProjection
+
+from support import catch_up, publish, rows, usage_event, varied_events
 
 
 class ProjectionContract:

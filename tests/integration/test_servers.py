@@ -10,11 +10,12 @@ import nats
 import psycopg
 import pytest
 import sqlalchemy as sa
-from servers import schema_name_for, with_search_path
 
 from events import Topology
 from projections.db import sqlalchemy_url
 from services.embedded import EmbeddedNats, EmbeddedPostgres
+
+from servers import schema_name_for, with_search_path
 
 pytestmark = pytest.mark.integration
 

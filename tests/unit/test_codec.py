@@ -1,0 +1,111 @@
+"""The event contract on the wire: round trips, upcasting, clear rejections."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+from events import DecodeError, Usage, UsageRecorded, decode, encode, headers_for, utc_now
+from events.envelope import new_event_id
+
+
+def event(**changes: object) -> UsageRecorded:
+    fields: dict[str, object] = {
+        "occurred_at": utc_now(),
+        "provider": "openai",
+        "model": "gpt-4o",
+        "usage": Usage(input_uncached=300, input_cache_read=200, output_text=250),
+        "cost": Decimal("0.00425"),
+    }
+    return UsageRecorded.model_validate(fields | changes)
+
+
+def test_round_trip_keeps_every_field_exactly() -> None:
+    original = event(tags={"team": "search"}, user_id="u1")
+    assert decode(encode(original)) == original
+
+
+def test_cost_travels_as_a_string_so_no_float_rounding() -> None:
+    payload = json.loads(encode(event(cost=Decimal("0.1000000000000000055511151231257827"))))
+    assert payload["cost"] == "0.1000000000000000055511151231257827"
+
+
+def test_the_only_header_is_the_message_id() -> None:
+    e = event()
+    assert headers_for(e) == {"Nats-Msg-Id": str(e.event_id)}
+
+
+def test_version_1_is_upcast_to_non_overlapping_classes() -> None:
+    v1 = {
+        "type": "UsageRecorded",
+        "schema_version": 1,
+        "event_id": str(new_event_id()),
+        "occurred_at": "2026-03-01T10:00:00+02:00",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4",
+        "input_tokens": 1000,
+        "cached_tokens": 300,
+        "output_tokens": 50,
+        "cost": 0.0042,
+    }
+    upcast = decode(json.dumps(v1).encode())
+    assert isinstance(upcast, UsageRecorded)
+    assert upcast.usage == Usage(input_uncached=700, input_cache_read=300, output_text=50)
+    assert upcast.cost == Decimal("0.0042")
+    assert upcast.occurred_at == datetime.fromisoformat("2026-03-01T08:00:00+00:00")
+
+
+def test_version_1_without_cost_becomes_explicitly_unpriced() -> None:
+    v1 = {
+        "type": "UsageRecorded",
+        "schema_version": 1,
+        "occurred_at": "2026-03-01T10:00:00Z",
+        "provider": "x",
+        "model": "y",
+        "input_tokens": 1,
+    }
+    upcast = decode(json.dumps(v1).encode())
+    assert isinstance(upcast, UsageRecorded)
+    assert upcast.cost is None
+    assert upcast.unpriced_reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"type": "Nope"}', "unknown event type 'Nope'"),
+        (b'{"type": "UsageRecorded", "schema_version": 9}', "newer than this reader"),
+    ],
+)
+def test_malformed_payloads_say_why(payload: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        decode(payload)
+
+
+def test_a_validation_failure_names_the_field() -> None:
+    bad = json.loads(encode(event()))
+    bad["usage"]["output_text"] = -5
+    with pytest.raises(DecodeError, match=r"usage\.output_text"):
+        decode(json.dumps(bad).encode())
+
+
+def test_naive_event_time_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="timezone"):
+        event(occurred_at=datetime(2026, 1, 1))
+
+
+def test_an_unpriced_event_must_say_why() -> None:
+    with pytest.raises(ValidationError, match="unpriced_reason"):
+        event(cost=None)
+
+
+def test_event_ids_are_time_ordered_uuid7() -> None:
+    first, second = new_event_id(), new_event_id()
+    assert first.version == 7
+    assert str(first)[:8] <= str(second)[:8]

@@ -1,0 +1,63 @@
+"""Configuration: config.yaml keys, BUDGET_* overrides, one clear line when wrong."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from budget.config import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_seed_keys_are_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "budget:\n  flush_interval: 30\n  default_limit: 250.50\n")
+    settings = load_settings(path, environ={})
+    assert settings.flush_interval == 30
+    assert settings.default_limit == Decimal("250.50")
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "budget:\n  nats_url: nats://file:4222\n")
+    settings = load_settings(path, environ={"BUDGET_NATS_URL": "nats://env:4222"})
+    assert settings.nats_url == "nats://env:4222"
+
+
+def test_bad_environment_value_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    with pytest.raises(ConfigError, match=r"^environment variable BUDGET_CACHE_TTL: .*-1"):
+        load_settings(environ={"BUDGET_CACHE_TTL": "-1"})
+
+
+def test_bad_file_value_names_the_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "budget:\n  default_action: explode\n")
+    with pytest.raises(ConfigError, match=r"budget\.default_action in .*config\.yaml"):
+        load_settings(path, environ={})
+
+
+def test_a_named_config_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "budget: [unclosed\n"), environ={})
+
+
+def test_price_overrides_are_validated(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "budget:\n  price_overrides:\n    - {provider: openai, model: ft, rates: {output_text: 2},"
+        " effective_from: 2026-02-01, effective_to: 2026-01-01}\n",
+    )
+    with pytest.raises(ConfigError, match="effective_to"):
+        load_settings(path, environ={})
