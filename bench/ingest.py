@@ -1,0 +1,213 @@
+"""Benchmark: one producer process records usage while the spend and history workers
+consume, on the embedded stack that ``budget up`` runs (workers are separate processes).
+
+Figures (one JSON line each):
+- ``producer_events_per_s``: ``record_usage`` calls per second (pricing + publish, acked).
+- ``end_to_end_events_per_s``: N events from the first publish until committed in every
+  projection.
+- ``lag_p50_ms`` / ``lag_p99_ms`` at a steady rate: publish -> committed in every
+  projection, per event (the checkpoints are polled every ~2 ms).
+- ``rebuild_<projection>_events_per_s``: rebuilding each projection from the log.
+
+Run: ``./run python bench/ingest.py [--events 200000] [--rate 5000 --seconds 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nats
+
+from budget.config import Settings
+from budget.tracker import UsageTracker, get_usage_tracker
+from projections.db import connect
+from projections.rebuild import rebuild
+from projections.registry import PROJECTIONS
+from services.ops import prepare
+from services.stack import StackInfo, serve_stack
+
+MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4")]
+
+
+def emit(figure: str, value: float, unit: str, **extra: object) -> None:
+    print(json.dumps({"figure": figure, "value": round(value, 3), "unit": unit, **extra}), flush=True)
+
+
+async def record(tracker: UsageTracker, i: int) -> None:
+    provider, model = MODELS[i % len(MODELS)]
+    await tracker.record_usage(
+        model=model,
+        provider=provider,
+        input_tokens=800 + i % 400,
+        cached_tokens=i % 200,
+        output_tokens=300 + i % 100,
+        user_id=f"user-{i % 500}",
+        project_id=f"project-{i % 20}",
+    )
+
+
+class Checkpoints:
+    """The lowest checkpoint over all projections, polled in the background."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.samples: list[tuple[float, int]] = []
+
+    async def lowest(self, conn: object) -> int:
+        cursor = await conn.execute(  # type: ignore[attr-defined]
+            "SELECT min(stream_seq) FROM projection_checkpoints c JOIN projection_registry r"
+            " ON r.name = c.name AND r.active_version = c.version"
+        )
+        row = await cursor.fetchone()
+        return int(row[0] or 0)
+
+    async def poll(self, stop: asyncio.Event, interval: float = 0.002) -> None:
+        conn = await connect(self.database_url)
+        try:
+            while not stop.is_set():
+                self.samples.append((time.perf_counter(), await self.lowest(conn)))
+                await asyncio.sleep(interval)
+        finally:
+            await conn.close()
+
+    def committed_at(self, seq: int) -> float | None:
+        for at, done in self.samples:  # samples are in time order and non-decreasing
+            if done >= seq:
+                return at
+        return None
+
+
+async def wait_until_committed(checkpoints: Checkpoints, seq: int) -> float:
+    conn = await connect(checkpoints.database_url)
+    try:
+        while await checkpoints.lowest(conn) < seq:
+            await asyncio.sleep(0.005)
+        return time.perf_counter()
+    finally:
+        await conn.close()
+
+
+async def stream_last_seq(nats_url: str, settings: Settings) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(settings.topology.event_stream.name)
+        return int(info.state.last_seq)
+    finally:
+        await nc.close()
+
+
+async def full_speed(tracker: UsageTracker, info: StackInfo, settings: Settings, n: int) -> None:
+    base = await stream_last_seq(info.nats_url, settings)
+    checkpoints = Checkpoints(info.database_url)
+    start = time.perf_counter()
+    for i in range(n):
+        await record(tracker, i)
+    await tracker.flush()
+    produced = time.perf_counter()
+    done = await wait_until_committed(checkpoints, base + n)
+    emit("producer_events_per_s", n / (produced - start), "events/s", events=n)
+    emit("end_to_end_events_per_s", n / (done - start), "events/s", events=n)
+
+
+async def steady(
+    tracker: UsageTracker, info: StackInfo, settings: Settings, rate: float, seconds: float
+) -> None:
+    base = await stream_last_seq(info.nats_url, settings)
+    checkpoints = Checkpoints(info.database_url)
+    stop = asyncio.Event()
+    poller = asyncio.create_task(checkpoints.poll(stop))
+    sent: list[float] = []
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent.append(time.perf_counter())
+        await record(tracker, i)
+    await tracker.flush()
+    await wait_until_committed(checkpoints, base + total)
+    await asyncio.sleep(0.05)
+    stop.set()
+    await poller
+    lags = []
+    for k, at in enumerate(sent, start=1):
+        committed = checkpoints.committed_at(base + k)
+        assert committed is not None
+        lags.append((committed - at) * 1000)
+    quantiles = statistics.quantiles(lags, n=100)
+    achieved = total / (sent[-1] - start)
+    emit("lag_p50_ms", quantiles[49], "ms", rate=rate, achieved_rate=round(achieved))
+    emit("lag_p99_ms", quantiles[98], "ms", rate=rate, achieved_rate=round(achieved))
+
+
+async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) -> None:
+    nc = await nats.connect(info.nats_url)
+    try:
+        total = await stream_last_seq(info.nats_url, settings)
+        for name in names:
+            start = time.perf_counter()
+            await rebuild(
+                PROJECTIONS[name], nc=nc, database_url=info.database_url, topology=settings.topology
+            )
+            emit(f"rebuild_{name}_events_per_s", total / (time.perf_counter() - start),
+                 "events/s", events=total)
+    finally:
+        await nc.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    stop = asyncio.Event()
+    ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
+    base = Settings(spool_dir=data_dir / "spool")
+
+    async def prepare_stack(nats_url: str, database_url: str) -> None:
+        await prepare(nats_url, database_url, base)
+
+    stack = asyncio.create_task(
+        serve_stack(
+            data_dir,
+            list(PROJECTIONS),
+            prepare=prepare_stack,
+            on_ready=ready.set_result,
+            stop=stop,
+            out=open("/dev/null", "w"),  # noqa: SIM115 - lives as long as the stack
+        )
+    )
+    try:
+        info = await ready
+        settings = base.model_copy(
+            update={"nats_url": info.nats_url, "database_url": info.database_url}
+        )
+        tracker = await get_usage_tracker(settings)
+        for i in range(1000):  # warm up: connections, price cache, worker consumers
+            await record(tracker, i)
+        await tracker.flush()
+        if args.events:
+            await full_speed(tracker, info, settings, args.events)
+        if args.seconds:
+            await steady(tracker, info, settings, args.rate, args.seconds)
+        await tracker.close()
+        if args.rebuild:
+            await rebuilds(info, settings, list(PROJECTIONS))
+    finally:
+        stop.set()
+        await stack
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="full-speed events")
+    parser.add_argument("--rate", type=float, default=5000, help="steady rate, events/s")
+    parser.add_argument("--seconds", type=float, default=20, help="steady phase length")
+    parser.add_argument("--no-rebuild", dest="rebuild", action="store_false")
+    asyncio.run(main(parser.parse_args()))
