@@ -18,10 +18,12 @@ Connection = AsyncConnection[Any]
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """An event with its position in the log."""
+    """A validated event, its position in the log, and its canonical JSON (what the
+    projections hand to PostgreSQL: defaults filled in, UTC times)."""
 
     stream_seq: int
     event: Event
+    document: str
 
 
 def physical(table: str, version: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -19,7 +20,11 @@ HEADER_ORIGINAL_SEQ = "Budget-Original-Seq"
 
 
 async def dead_letter(
-    js: JetStreamContext, topology: Topology, consumer: str, delivery: Delivery, reason: str
+    js: JetStreamContext,
+    topology: Topology,
+    consumer: str,
+    delivery: Delivery[Any],
+    reason: str,
 ) -> None:
     """Publish and wait for the PubAck, so the letter is stored before the checkpoint moves
     past the message. The message id makes a repeat (after a crash) a no-op."""

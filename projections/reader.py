@@ -12,7 +12,9 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -20,25 +22,39 @@ from nats.aio.subscription import Subscription
 
 __all__ = ["Delivery", "PullReader"]
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(Generic[T]):
     stream_seq: int
     data: bytes
-    headers: dict[str, str] | None
     reply: str
     subject: str
+    prepared: T
+    """What ``prepare`` made of the message as it arrived (e.g. the decoded event)."""
 
 
-class PullReader:
+class PullReader(Generic[T]):
+    """``prepare(stream_seq, data)`` runs on each message as it arrives, which is while the
+    consumer awaits the database, so decoding overlaps with PostgreSQL's work."""
+
     def __init__(
-        self, nc: Client, stream: str, durable: str, *, request_batch: int, expires: float = 5.0
+        self,
+        nc: Client,
+        stream: str,
+        durable: str,
+        *,
+        prepare: Callable[[int, bytes], T],
+        request_batch: int,
+        expires: float = 5.0,
     ) -> None:
         self._nc = nc
+        self._prepare = prepare
         self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._request_batch = request_batch
         self._expires = expires
-        self._buffer: deque[Delivery] = deque()
+        self._buffer: deque[Delivery[T]] = deque()
         self._arrived = asyncio.Event()
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
@@ -54,7 +70,7 @@ class PullReader:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def take(self, max_count: int, linger: float, wait: float) -> list[Delivery]:
+    async def take(self, max_count: int, linger: float, wait: float) -> list[Delivery[T]]:
         """Up to ``max_count`` deliveries: waits up to ``wait`` for the first one, then up
         to ``linger`` more for the batch to grow. Returns [] when nothing arrived."""
         deadline = time.monotonic() + wait
@@ -75,7 +91,7 @@ class PullReader:
         await self._maybe_rerequest()
         return batch
 
-    async def ack_through(self, delivery: Delivery) -> None:
+    async def ack_through(self, delivery: Delivery[T]) -> None:
         """With AckPolicy.ALL, acking one message acks every earlier one."""
         await self._nc.publish(delivery.reply, b"+ACK")
 
@@ -108,6 +124,7 @@ class PullReader:
         # v2 adds <domain>.<account hash> after $JS.ACK (and may end in a random token)
         tokens = reply.split(".")
         stream_seq = int(tokens[5] if len(tokens) == 9 else tokens[7])
-        self._buffer.append(Delivery(stream_seq, msg.data, msg.headers, reply, msg.subject))
+        prepared = self._prepare(stream_seq, msg.data)
+        self._buffer.append(Delivery(stream_seq, msg.data, reply, msg.subject, prepared))
         self._outstanding -= 1
         self._arrived.set()

@@ -1,80 +1,34 @@
 """Spend: cost and usage totals per scope (global, user, provider, model, project) and
-calendar period (day, ISO week, month; UTC), assigned by each event's ``occurred_at``.
+calendar period (day, ISO week from Monday, month; UTC), assigned by each event's
+``occurred_at``.
 
 The ledger (one row per event id) makes apply idempotent beyond JetStream's duplicate
 window: only events that enter the ledger for the first time are added to the totals.
+Aggregation runs in PostgreSQL, in one statement per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from datetime import date, timedelta
-from decimal import Decimal
-from typing import ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 from events import UsageRecorded
 from projections.base import Applied, Connection, Projection, physical
-from projections.pgarray import array_literal
+from projections.usage_rows import USAGE_MEASURES, usage_rows
 
-__all__ = ["MEASURES", "SCOPES", "SpendProjection"]
+__all__ = ["GLOBAL_KEY", "MEASURES", "SCOPES", "SpendProjection"]
 
 SCOPES = ("global", "user", "provider", "model", "project")
 GLOBAL_KEY = "*"
-# Summed columns, in the order of ``_measures``.
+
+# Summed columns of the totals table: (name, SQL type, aggregate over the applied events).
 MEASURES = (
-    ("cost", "numeric"),
-    ("requests", "bigint"),
-    ("unpriced_requests", "bigint"),
-    ("input_uncached", "bigint"),
-    ("input_cache_read", "bigint"),
-    ("input_cache_write", "bigint"),
-    ("output_text", "bigint"),
-    ("output_reasoning", "bigint"),
-    ("embedding_tokens", "bigint"),
-    ("audio_seconds", "numeric"),
-    ("images", "bigint"),
+    ("cost", "numeric", "coalesce(sum(cost), 0)"),
+    ("requests", "bigint", "count(*)"),
+    ("unpriced_requests", "bigint", "count(*) FILTER (WHERE cost IS NULL)"),
+    *((name, sql_type, f"sum({name})") for name, sql_type in USAGE_MEASURES),
+    ("images", "bigint", "coalesce(sum((images ->> 'count')::bigint), 0)"),
 )
-
-K = TypeVar("K")
-
-# (user, project, provider, model, UTC day): the finest grain a batch is summed at.
-_Cell = tuple[str | None, str | None, str, str, date]
-_Key = tuple[str, str, str, date]
-
-
-def _measures(event: UsageRecorded) -> list[Decimal | int]:
-    u = event.usage
-    return [
-        event.cost or Decimal(0),
-        1,
-        1 if event.cost is None else 0,
-        u.input_uncached,
-        u.input_cache_read,
-        u.input_cache_write,
-        u.output_text,
-        u.output_reasoning,
-        u.embedding_tokens,
-        u.audio_seconds,
-        u.images.count if u.images else 0,
-    ]
-
-
-def _keys(cell: _Cell) -> Iterator[_Key]:
-    """Every (scope, key, period, period start) a cell's spend counts towards."""
-    user, project, provider, model, day = cell
-    starts = (
-        ("daily", day),
-        ("weekly", day - timedelta(days=day.weekday())),
-        ("monthly", day.replace(day=1)),
-    )
-    scopes = [("global", GLOBAL_KEY), ("provider", provider), ("model", model)]
-    if user:
-        scopes.append(("user", user))
-    if project:
-        scopes.append(("project", project))
-    for scope, key in scopes:
-        for period, start in starts:
-            yield scope, key, period, start
 
 
 class SpendProjection(Projection):
@@ -84,7 +38,7 @@ class SpendProjection(Projection):
 
     def ddl(self, version: int) -> list[str]:
         totals, ledger = (physical(t, version) for t in self.tables)
-        measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type in MEASURES)
+        measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
         return [
             f"""CREATE TABLE {totals} (
                 scope text NOT NULL,
@@ -101,65 +55,48 @@ class SpendProjection(Projection):
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        events = [(a.stream_seq, a.event) for a in batch if isinstance(a.event, UsageRecorded)]
-        if not events:
+        source = usage_rows(batch)
+        if source is None:
             return
+        rows, params = source
         totals, ledger = (physical(t, version) for t in self.tables)
-        cursor = await conn.execute(
-            f"INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::numeric[])"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            (
-                array_literal(e.event_id for _, e in events),
-                array_literal(seq for seq, _ in events),
-                array_literal(e.occurred_at for _, e in events),
-                array_literal(e.cost for _, e in events),
-            ),
+        names = ", ".join(name for name, _, _ in MEASURES)
+        cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
+        regroup = ", ".join(f"sum({n})" for n, _, _ in MEASURES)
+        updates = ", ".join(f"{n} = {totals}.{n} + EXCLUDED.{n}" for n, _, _ in MEASURES)
+        usage = ", ".join(f"u.{name}" for name, _ in USAGE_MEASURES)
+        await conn.execute(
+            f"""
+            WITH batch AS (
+                SELECT e.event_id, s.stream_seq, e.occurred_at, e.cost, e.provider, e.model,
+                       e.user_id, e.project_id, {usage}, u.images
+                FROM {rows}
+            ), fresh AS (
+                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost)
+                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost
+                FROM batch ORDER BY event_id, stream_seq
+                ON CONFLICT (event_id) DO NOTHING
+                RETURNING event_id, stream_seq
+            ), cells AS (
+                -- sum each (user, project, provider, model, day) first: few rows to fan out
+                SELECT user_id, project_id, provider, model,
+                       (occurred_at AT TIME ZONE 'UTC')::date AS day, {cell_sums}
+                FROM batch JOIN fresh USING (event_id, stream_seq)
+                GROUP BY user_id, project_id, provider, model, day
+            )
+            INSERT INTO {totals} (scope, scope_key, period, period_start, {names})
+            SELECT scope, scope_key, period, period_start, {regroup}
+            FROM cells
+            CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_KEY}'), ('user', user_id),
+                ('provider', provider), ('model', model), ('project', project_id))
+                AS scopes(scope, scope_key)
+            CROSS JOIN LATERAL (VALUES ('daily', day),
+                ('weekly', date_trunc('week', day::timestamp)::date),
+                ('monthly', date_trunc('month', day::timestamp)::date))
+                AS periods(period, period_start)
+            WHERE scope_key <> ''
+            GROUP BY scope, scope_key, period, period_start
+            ON CONFLICT (scope, scope_key, period, period_start) DO UPDATE SET {updates}
+            """.encode(),
+            params,
         )
-        new_ids = {row[0] for row in await cursor.fetchall()}
-        cells: dict[_Cell, list[Decimal | int]] = {}
-        for _, event in events:
-            if event.event_id not in new_ids:
-                continue
-            new_ids.discard(event.event_id)  # the same id twice in one batch counts once
-            cell = (
-                event.user_id,
-                event.project_id,
-                event.provider,
-                event.model,
-                event.occurred_at.date(),
-            )  # occurred_at is UTC
-            _add(cells, cell, _measures(event))
-        groups: dict[_Key, list[Decimal | int]] = {}
-        for cell, sums in cells.items():
-            for key in _keys(cell):
-                _add(groups, key, sums)
-        if groups:
-            await _upsert(conn, totals, groups)
-
-
-def _add(table: dict[K, list[Decimal | int]], key: K, values: list[Decimal | int]) -> None:
-    current = table.get(key)
-    if current is None:
-        table[key] = list(values)
-    else:
-        for i, value in enumerate(values):
-            current[i] += value
-
-
-async def _upsert(conn: Connection, table: str, groups: dict[_Key, list[Decimal | int]]) -> None:
-    keys = list(groups)
-    rows = list(groups.values())
-    names = [name for name, _ in MEASURES]
-    types = ["text", "text", "text", "date", *(t for _, t in MEASURES)]
-    placeholders = ", ".join(f"%s::{t}[]" for t in types)
-    updates = ", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in names)
-    await conn.execute(
-        f"INSERT INTO {table} (scope, scope_key, period, period_start, {', '.join(names)})"
-        f" SELECT * FROM unnest({placeholders})"
-        f" ON CONFLICT (scope, scope_key, period, period_start) DO UPDATE SET {updates}",
-        [
-            *(array_literal(k[i] for k in keys) for i in range(4)),
-            *(array_literal(r[i] for r in rows) for i in range(len(MEASURES))),
-        ],
-    )
