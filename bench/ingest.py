@@ -6,7 +6,7 @@ Figures (one JSON line each):
 - ``end_to_end_events_per_s``: N events from the first publish until committed in every
   projection.
 - ``lag_p50_ms`` / ``lag_p99_ms`` at a steady rate: publish -> committed in every
-  projection, per event (the checkpoints are polled every ~2 ms).
+  projection, per event (the checkpoints are polled every ~5 ms).
 - ``rebuild_<projection>_events_per_s``: rebuilding each projection from the log.
 
 Run: ``./run python bench/ingest.py [--events 200000] [--rate 5000 --seconds 20]``.
@@ -68,7 +68,7 @@ class Checkpoints:
         row = await cursor.fetchone()
         return int(row[0] or 0)
 
-    async def poll(self, stop: asyncio.Event, interval: float = 0.002) -> None:
+    async def poll(self, stop: asyncio.Event, interval: float = 0.005) -> None:
         conn = await connect(self.database_url)
         try:
             while not stop.is_set():

@@ -4,10 +4,17 @@ Imports nothing but pydantic and the standard library, so host apps in any langu
 follow it from the JSON Schemas exported to ``docs/schemas``.
 """
 
-from events.codec import EVENT_TYPES, DecodeError, decode, encode, headers_for
+from events.codec import EVENT_TYPES, DecodeError, canonical, decode, encode, headers_for
 from events.envelope import Event, Producer, utc_now
 from events.subjects import DEFAULT_TOPOLOGY, StreamSpec, Topology
-from events.usage import CallKind, ImageUsage, PriceSource, Usage, UsageRecorded
+from events.usage import (
+    CallKind,
+    ImageUsage,
+    PriceSource,
+    Usage,
+    UsageRecorded,
+    UsageRepriced,
+)
 
 __all__ = [
     "DEFAULT_TOPOLOGY",
@@ -22,6 +29,8 @@ __all__ = [
     "Topology",
     "Usage",
     "UsageRecorded",
+    "UsageRepriced",
+    "canonical",
     "decode",
     "encode",
     "headers_for",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from events.envelope import Event
 from events.upcasting import upcast
-from events.usage import UsageRecorded
+from events.usage import UsageRecorded, UsageRepriced
 
 __all__ = [
     "EVENT_TYPES",
     "HEADER_MSG_ID",
     "DecodeError",
+    "canonical",
     "decode",
     "encode",
     "headers_for",
@@ -21,11 +23,12 @@ __all__ = [
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 
-EVENT_TYPES: dict[str, type[Event]] = {"UsageRecorded": UsageRecorded}
+EVENT_TYPES: dict[str, type[Event]] = {t.__name__: t for t in (UsageRecorded, UsageRepriced)}
 
-# One-pass validation of a current-version event; becomes a union discriminated by
-# ``type`` when there is more than one event type.
-_CURRENT: TypeAdapter[UsageRecorded] = TypeAdapter(UsageRecorded)
+# One-pass validation of any current-version event, discriminated by ``type``.
+_CURRENT: TypeAdapter[UsageRecorded | UsageRepriced] = TypeAdapter(
+    Annotated[UsageRecorded | UsageRepriced, Field(discriminator="type")]
+)
 
 
 class DecodeError(ValueError):
@@ -36,8 +39,13 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
+def canonical(event: Event) -> str:
+    """The event's JSON with every default filled in and times in UTC."""
+    return event.model_dump_json(exclude_none=True)
+
+
 def encode(event: Event) -> bytes:
-    return event.model_dump_json(exclude_none=True).encode()
+    return canonical(event).encode()
 
 
 def headers_for(event: Event) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal, Self
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.envelope import Event
 
-__all__ = ["CallKind", "ImageUsage", "PriceSource", "Usage", "UsageRecorded"]
+__all__ = ["CallKind", "ImageUsage", "PriceSource", "Usage", "UsageRecorded", "UsageRepriced"]
 
 Count = Annotated[int, Field(ge=0)]
 CallKind = Literal["chat", "embedding", "image", "audio"]
@@ -70,7 +71,26 @@ class PriceSource(BaseModel):
     )
 
 
-class UsageRecorded(Event):
+class _Cost(BaseModel):
+    """The cost fields both usage events carry, with the rule that binds them."""
+
+    cost: Decimal | None = Field(
+        default=None, description="USD, exact; absent or null when the model has no price"
+    )
+    currency: Literal["USD"] = "USD"
+    price: PriceSource | None = None
+    unpriced_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _priced_or_explained(self) -> Self:
+        if self.cost is None and not self.unpriced_reason:
+            raise ValueError("an unpriced event must say why (unpriced_reason)")
+        if self.cost is not None and self.cost < 0:
+            raise ValueError("cost must not be negative")
+        return self
+
+
+class UsageRecorded(_Cost, Event):
     """A provider call happened and consumed ``usage``; ``cost`` is null when unpriced."""
 
     SCHEMA_VERSION: ClassVar[int] = 2
@@ -82,21 +102,28 @@ class UsageRecorded(Event):
     model: str = Field(min_length=1, max_length=200)
     kind: CallKind = "chat"
     usage: Usage
-    cost: Decimal | None = Field(
-        default=None, description="USD, exact; absent or null when the model has no price"
-    )
-    currency: Literal["USD"] = "USD"
-    price: PriceSource | None = None
-    unpriced_reason: str | None = None
     user_id: str | None = Field(default=None, max_length=200)
     project_id: str | None = Field(default=None, max_length=200)
     tags: dict[str, str] = Field(default_factory=dict)
     reservation_id: str | None = None
 
-    @model_validator(mode="after")
-    def _priced_or_explained(self) -> Self:
-        if self.cost is None and not self.unpriced_reason:
-            raise ValueError("an unpriced event must say why (unpriced_reason)")
-        if self.cost is not None and self.cost < 0:
-            raise ValueError("cost must not be negative")
-        return self
+
+class UsageRepriced(_Cost, Event):
+    """A correction appended by ``budget reprice``: the cost of the usage event
+    ``corrects``, recomputed after a price fix. Old events are never edited.
+
+    ``occurred_at``, ``provider``, ``model``, ``user_id`` and ``project_id`` repeat the
+    corrected event's, so the correction lands in the same periods and scopes.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    SUBJECT: ClassVar[str] = "usage.repriced"
+
+    type: Literal["UsageRepriced"] = "UsageRepriced"
+    schema_version: Literal[1] = 1
+    corrects: uuid.UUID
+    provider: str = Field(min_length=1, max_length=100)
+    model: str = Field(min_length=1, max_length=200)
+    user_id: str | None = Field(default=None, max_length=200)
+    project_id: str | None = Field(default=None, max_length=200)
+    reason: str = Field(max_length=500)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     batch_size: int = 2000
-    linger: float = 0.002
+    linger: float = 0.010
     """Seconds to let a batch grow once its first event is in: throughput vs latency."""
     request_batch: int = 4000
     max_ack_pending: int = 20000

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from events import UsageRecorded
+from events import UsageRecorded, UsageRepriced
 from projections.base import Applied, Connection, Projection, physical
 from projections.usage_rows import USAGE_MEASURES, usage_rows
 
@@ -37,7 +37,7 @@ _FILTERED = ("provider", "model", "user_id", "project_id")
 class HistoryProjection(Projection):
     name: ClassVar[str] = "history"
     tables: ClassVar[tuple[str, ...]] = ("usage_history",)
-    event_types = (UsageRecorded,)
+    event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:
         table = physical("usage_history", version)
@@ -52,11 +52,15 @@ class HistoryProjection(Projection):
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        table = physical("usage_history", version)
+        await self._insert_usage(conn, table, batch)
+        await self._apply_corrections(conn, table, batch)
+
+    async def _insert_usage(self, conn: Connection, table: str, batch: Sequence[Applied]) -> None:
         source = usage_rows(batch)
         if source is None:
             return
         rows, params = source
-        table = physical("usage_history", version)
         names = ", ".join(name for name, _, _ in _COLUMNS)
         values = ", ".join(expression for _, _, expression in _COLUMNS)
         await conn.execute(
@@ -64,3 +68,22 @@ class HistoryProjection(Projection):
             " ON CONFLICT (event_id) DO NOTHING".encode(),
             params,
         )
+
+    async def _apply_corrections(
+        self, conn: Connection, table: str, batch: Sequence[Applied]
+    ) -> None:
+        """A row shows its event's current cost and where that price came from; applied in
+        log order, the last correction wins."""
+        for applied in batch:
+            event = applied.event
+            if isinstance(event, UsageRepriced):
+                await conn.execute(
+                    f"UPDATE {table} SET cost = %s, price = %s, unpriced_reason = %s"
+                    " WHERE event_id = %s".encode(),
+                    (
+                        event.cost,
+                        event.price.model_dump_json() if event.price else None,
+                        event.unpriced_reason,
+                        event.corrects,
+                    ),
+                )

@@ -6,18 +6,26 @@ import contextlib
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from uuid import UUID
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from budget.periods import Period, period_start
-from events import Topology
+from events import ImageUsage, Topology, Usage
 from projections.base import Connection
 from projections.checkpoints import list_checkpoints
 from projections.engine import consumer_name
 from projections.registry import get_projection
 
-__all__ = ["ProjectionStatus", "SpendRow", "projection_status", "spend_for_period"]
+__all__ = [
+    "ProjectionStatus",
+    "RecordedUsage",
+    "SpendRow",
+    "projection_status",
+    "spend_for_period",
+    "usage_between",
+]
 
 
 @dataclass(frozen=True)
@@ -84,3 +92,49 @@ async def spend_for_period(
         (period.value, period_start(period, at), scope, scope),
     )
     return [SpendRow(*row) for row in await cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class RecordedUsage:
+    """A usage event as the read models know it now: current cost after corrections."""
+
+    event_id: UUID
+    occurred_at: datetime
+    provider: str
+    model: str
+    user_id: str | None
+    project_id: str | None
+    usage: Usage
+    cost: Decimal | None
+
+
+async def usage_between(conn: Connection, since: datetime, until: datetime) -> list[RecordedUsage]:
+    """Usage events with ``since <= occurred_at < until``, oldest first, with the cost the
+    spend projection currently counts for each."""
+    cursor = await conn.execute(
+        "SELECT h.event_id, h.occurred_at, h.provider, h.model, h.user_id, h.project_id,"
+        " h.input_uncached, h.input_cache_read, h.input_cache_write, h.output_text,"
+        " h.output_reasoning, h.embedding_tokens, h.audio_seconds,"
+        " h.image_count, h.image_size, h.image_quality, l.cost"
+        " FROM usage_history h JOIN spend_ledger l USING (event_id)"
+        " WHERE h.occurred_at >= %s AND h.occurred_at < %s ORDER BY h.occurred_at, h.stream_seq",
+        (since, until),
+    )
+    result = []
+    for row in await cursor.fetchall():
+        images = ImageUsage(count=row[13], size=row[14], quality=row[15]) if row[13] else None
+        usage = Usage(
+            input_uncached=row[6],
+            input_cache_read=row[7],
+            input_cache_write=row[8],
+            output_text=row[9],
+            output_reasoning=row[10],
+            embedding_tokens=row[11],
+            audio_seconds=row[12],
+            images=images,
+        )
+        event_id, occurred_at, provider, model, user_id, project_id = row[:6]
+        result.append(
+            RecordedUsage(event_id, occurred_at, provider, model, user_id, project_id, usage, row[16])
+        )
+    return result

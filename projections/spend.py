@@ -10,9 +10,10 @@ Aggregation runs in PostgreSQL, in one statement per batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import ClassVar
 
-from events import UsageRecorded
+from events import UsageRecorded, UsageRepriced
 from projections.base import Applied, Connection, Projection, physical
 from projections.usage_rows import USAGE_MEASURES, usage_rows
 
@@ -34,7 +35,7 @@ MEASURES = (
 class SpendProjection(Projection):
     name: ClassVar[str] = "spend"
     tables: ClassVar[tuple[str, ...]] = ("spend_totals", "spend_ledger")
-    event_types = (UsageRecorded,)
+    event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:
         totals, ledger = (physical(t, version) for t in self.tables)
@@ -47,14 +48,25 @@ class SpendProjection(Projection):
                 period_start date NOT NULL,
                 {measures},
                 PRIMARY KEY (scope, scope_key, period, period_start))""",
+            # One row per usage event (cost: its current cost, corrections included) and
+            # per correction (corrects: the usage event it repriced).
             f"""CREATE TABLE {ledger} (
                 event_id uuid PRIMARY KEY,
                 stream_seq bigint NOT NULL,
                 occurred_at timestamptz NOT NULL,
-                cost numeric)""",
+                cost numeric,
+                corrects uuid)""",
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        # Corrections always follow the events they correct in the log, so applying the
+        # batch's usage first and its corrections after keeps log order where it matters.
+        await self._apply_usage(conn, version, batch)
+        for applied in batch:
+            if isinstance(applied.event, UsageRepriced):
+                await self._apply_correction(conn, version, applied.stream_seq, applied.event)
+
+    async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         source = usage_rows(batch)
         if source is None:
             return
@@ -99,4 +111,71 @@ class SpendProjection(Projection):
             ON CONFLICT (scope, scope_key, period, period_start) DO UPDATE SET {updates}
             """.encode(),
             params,
+        )
+
+    async def _apply_correction(
+        self, conn: Connection, version: int, stream_seq: int, event: UsageRepriced
+    ) -> None:
+        """Move the corrected event's cost to the new one in every total it counts in.
+        The delta is taken against the ledger's current cost, so a correction applied
+        twice, or one that changes nothing, adds nothing."""
+        totals, ledger = (physical(t, version) for t in self.tables)
+        row = await (
+            await conn.execute(
+                f"""
+                WITH claimed AS (
+                    INSERT INTO {ledger} (event_id, stream_seq, occurred_at, corrects)
+                    VALUES (%(id)s, %(seq)s, %(at)s, %(corrects)s)
+                    ON CONFLICT (event_id) DO NOTHING RETURNING event_id
+                ), previous AS (
+                    SELECT cost FROM {ledger} WHERE event_id = %(corrects)s
+                ), updated AS (
+                    UPDATE {ledger} SET cost = %(cost)s
+                    WHERE event_id = %(corrects)s AND EXISTS (SELECT FROM claimed)
+                    RETURNING 1
+                )
+                SELECT (SELECT cost FROM previous) FROM updated
+                """.encode(),
+                {
+                    "id": event.event_id,
+                    "seq": stream_seq,
+                    "at": event.occurred_at,
+                    "corrects": event.corrects,
+                    "cost": event.cost,
+                },
+            )
+        ).fetchone()
+        if row is None:
+            return  # already applied, or the corrected event is unknown
+        previous: Decimal | None = row[0]
+        cost_delta = (event.cost or Decimal(0)) - (previous or Decimal(0))
+        unpriced_delta = (event.cost is None) - (previous is None)
+        if not cost_delta and not unpriced_delta:
+            return
+        zeros = ", ".join("0" for _ in MEASURES[3:])
+        names = ", ".join(name for name, _, _ in MEASURES)
+        await conn.execute(
+            f"""
+            INSERT INTO {totals} (scope, scope_key, period, period_start, {names})
+            SELECT scope, scope_key, period, period_start, %(cost)s, 0, %(unpriced)s, {zeros}
+            FROM (VALUES ('global', '{GLOBAL_KEY}'), ('user', %(user)s), ('provider', %(provider)s),
+                  ('model', %(model)s), ('project', %(project)s)) AS scopes(scope, scope_key)
+            CROSS JOIN (VALUES ('daily', %(day)s::date),
+                ('weekly', date_trunc('week', %(day)s::timestamp)::date),
+                ('monthly', date_trunc('month', %(day)s::timestamp)::date))
+                AS periods(period, period_start)
+            WHERE scope_key <> ''
+            ON CONFLICT (scope, scope_key, period, period_start) DO UPDATE
+            SET cost = {totals}.cost + EXCLUDED.cost,
+                unpriced_requests = {totals}.unpriced_requests + EXCLUDED.unpriced_requests
+            """.encode(),
+            {
+                "cost": cost_delta,
+                "unpriced": unpriced_delta,
+                "user": event.user_id,
+                "provider": event.provider,
+                "model": event.model,
+                "project": event.project_id,
+                "day": event.occurred_at.date(),
+            },
         )

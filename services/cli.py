@@ -6,7 +6,8 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -124,7 +125,7 @@ def record(
     from budget.tracker import get_usage_tracker
 
     tags = dict(_split_tag(t) for t in tag or [])
-    occurred_at = None if at is None else at if at.tzinfo else at.replace(tzinfo=utc_now().tzinfo)
+    occurred_at = None if at is None else _utc(at)
 
     async def go() -> str:
         tracker = await get_usage_tracker(settings())
@@ -171,9 +172,7 @@ def spend(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
     """Print the current period's spend totals by scope."""
-    instant = at or utc_now()
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=utc_now().tzinfo)
+    instant = _utc(at) if at else utc_now()
 
     async def go() -> None:
         async with database(settings().database_url) as conn:
@@ -194,6 +193,68 @@ def spend(
             )
 
     _run(go())
+
+
+@app.command()
+def reprice(
+    since: Annotated[datetime, typer.Option(help="first call time to reprice (ISO 8601, UTC)")],
+    until: Annotated[datetime, typer.Option(help="end of the window, exclusive")],
+    dry_run: Annotated[bool, typer.Option(help="list the changes without publishing")] = False,
+    reason: Annotated[str, typer.Option(help="recorded on each correction")] = "budget reprice",
+) -> None:
+    """Recompute costs of usage in [SINCE, UNTIL) with the current price data (after a
+    price fix or a new override) and append a correction event for each changed cost;
+    the spend and history projections apply them. Lists what changed."""
+    from budget.pricing import get_pricing_registry
+    from budget.publisher import EventPublisher, PublisherConfig
+    from projections.queries import usage_between
+    from services.reprice import plan_corrections, publish_corrections
+
+    current = settings()
+    start, end = _utc(since), _utc(until)
+    if end <= start:
+        raise typer.BadParameter("--until must be after --since", param_hint="--until")
+
+    async def go() -> None:
+        registry = await get_pricing_registry(current.price_overrides)
+        async with database(current.database_url) as conn:
+            recorded = await usage_between(conn, start, end)
+        changes = plan_corrections(recorded, registry, reason)
+        for change in changes:
+            u = change.usage
+            typer.echo(
+                f"{u.occurred_at:%F %T} {u.provider}/{u.model} {u.event_id}:"
+                f" {_money(u.cost)} -> {_money(change.correction.cost)}"
+            )
+        total = sum((c.delta for c in changes), Decimal(0))
+        verb = "would change" if dry_run else "changed"
+        typer.echo(f"{len(recorded)} events checked, {len(changes)} {verb}, delta {total:+} USD")
+        if changes and not dry_run:
+            async with nats_client(current.nats_url):
+                pass  # fail fast with a clear line when NATS is down, rather than spooling
+            publisher = EventPublisher(
+                PublisherConfig(
+                    nats_url=current.nats_url,
+                    topology=current.topology,
+                    spool_dir=current.spool_dir,
+                    flush_interval=current.flush_interval,
+                )
+            )
+            await publisher.start()
+            try:
+                await publish_corrections(publisher, changes)
+            finally:
+                await publisher.close()
+
+    _run(go())
+
+
+def _money(value: Decimal | None) -> str:
+    return "unpriced" if value is None else f"${value}"
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @projections_app.command("status")

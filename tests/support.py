@@ -15,7 +15,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from events import Topology, Usage, UsageRecorded, encode, headers_for, utc_now
+from events import Event, Topology, Usage, UsageRecorded, encode, headers_for, utc_now
 from projections.base import Connection, Projection
 from projections.db import connect
 from projections.engine import EngineConfig, ProjectionRunner
@@ -61,13 +61,14 @@ def varied_events(count: int, start: datetime | None = None) -> list[UsageRecord
 
 
 async def publish(
-    nc: Client, topology: Topology, events: Iterable[UsageRecorded], *, msg_id: bool = True
+    nc: Client, topology: Topology, events: Iterable[Event], *, msg_id: bool = True
 ) -> None:
     js = nc.jetstream()
-    subject = topology.event_subject(UsageRecorded.SUBJECT)
     for event in events:
         headers = headers_for(event) if msg_id else None
-        await js.publish_async(subject, encode(event), headers=headers)
+        await js.publish_async(
+            topology.event_subject(event.SUBJECT), encode(event), headers=headers
+        )
     await js.publish_async_completed()
 
 

@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from budget.periods import Period, period_bounds, period_start
-from projections.spend import _keys
 
 instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
@@ -52,14 +51,3 @@ def test_a_day_across_a_dst_change_is_23_hours_long() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     start, end = period_bounds(Period.DAILY, datetime(2026, 3, 29, 12, tzinfo=berlin), berlin)
     assert end - start == timedelta(hours=23)
-
-
-@given(instants)
-def test_spend_projection_assigns_the_same_periods(instant: datetime) -> None:
-    """The projection derives week and month from the UTC day; it must agree."""
-    keys = {
-        (period, start)
-        for scope, _, period, start in _keys((None, None, "p", "m", instant.date()))
-        if scope == "global"
-    }
-    assert keys == {(p.value, period_start(p, instant)) for p in Period}

@@ -1,0 +1,79 @@
+"""``budget reprice``: recompute the cost of recorded usage with today's price data and
+append a correction event for each one that changed. History is never edited."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from budget.pricing import Priced, PricingRegistry
+from budget.publisher import EventPublisher
+from events import UsageRepriced
+from projections.queries import RecordedUsage
+
+__all__ = ["Change", "correction_for", "plan_corrections", "publish_corrections"]
+
+# Correction ids derive from what they say, so running the same reprice twice (or
+# concurrently) appends each correction once.
+_NAMESPACE = uuid.UUID("6f1c1c9e-6d4b-4c51-9a55-3a1f3e2a9b10")
+
+
+@dataclass(frozen=True)
+class Change:
+    usage: RecordedUsage
+    correction: UsageRepriced
+
+    @property
+    def delta(self) -> Decimal:
+        return (self.correction.cost or Decimal(0)) - (self.usage.cost or Decimal(0))
+
+
+def correction_for(
+    recorded: RecordedUsage, registry: PricingRegistry, reason: str
+) -> UsageRepriced | None:
+    """The correction for one event, or None when its price has not changed."""
+    result = registry.price(
+        provider=recorded.provider,
+        model=recorded.model,
+        usage=recorded.usage,
+        at=recorded.occurred_at,
+    )
+    if isinstance(result, Priced):
+        cost, source, unpriced = result.cost, result.source, None
+    else:
+        cost, source, unpriced = None, None, result.reason
+    if cost == recorded.cost:
+        return None
+    version = source.data_version if source else "unpriced"
+    return UsageRepriced(
+        event_id=uuid.uuid5(_NAMESPACE, f"{recorded.event_id}:{cost}:{version}"),
+        occurred_at=recorded.occurred_at,
+        corrects=recorded.event_id,
+        provider=recorded.provider,
+        model=recorded.model,
+        user_id=recorded.user_id,
+        project_id=recorded.project_id,
+        cost=cost,
+        price=source,
+        unpriced_reason=unpriced,
+        reason=reason,
+    )
+
+
+def plan_corrections(
+    recorded: Sequence[RecordedUsage], registry: PricingRegistry, reason: str
+) -> list[Change]:
+    changes = []
+    for usage in recorded:
+        correction = correction_for(usage, registry, reason)
+        if correction is not None:
+            changes.append(Change(usage, correction))
+    return changes
+
+
+async def publish_corrections(publisher: EventPublisher, changes: Sequence[Change]) -> None:
+    for change in changes:
+        await publisher.publish(change.correction)
+    await publisher.flush()
