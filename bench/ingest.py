@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import statistics
 import tempfile
@@ -27,6 +28,7 @@ import nats
 
 from budget.config import Settings
 from budget.tracker import UsageTracker, get_usage_tracker
+from projections.base import Connection
 from projections.db import connect
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
@@ -37,7 +39,9 @@ MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude
 
 
 def emit(figure: str, value: float, unit: str, **extra: object) -> None:
-    print(json.dumps({"figure": figure, "value": round(value, 3), "unit": unit, **extra}), flush=True)
+    print(
+        json.dumps({"figure": figure, "value": round(value, 3), "unit": unit, **extra}), flush=True
+    )
 
 
 async def record(tracker: UsageTracker, i: int) -> None:
@@ -60,8 +64,8 @@ class Checkpoints:
         self.database_url = database_url
         self.samples: list[tuple[float, int]] = []
 
-    async def lowest(self, conn: object) -> int:
-        cursor = await conn.execute(  # type: ignore[attr-defined]
+    async def lowest(self, conn: Connection) -> int:
+        cursor = await conn.execute(
             "SELECT min(stream_seq) FROM projection_checkpoints c JOIN projection_registry r"
             " ON r.name = c.name AND r.active_version = c.version"
         )
@@ -87,7 +91,7 @@ class Checkpoints:
 async def wait_until_committed(checkpoints: Checkpoints, seq: int) -> float:
     conn = await connect(checkpoints.database_url)
     try:
-        while await checkpoints.lowest(conn) < seq:
+        while await checkpoints.lowest(conn) < seq:  # noqa: ASYNC110 - polling the database
             await asyncio.sleep(0.005)
         return time.perf_counter()
     finally:
@@ -158,8 +162,12 @@ async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) ->
             await rebuild(
                 PROJECTIONS[name], nc=nc, database_url=info.database_url, topology=settings.topology
             )
-            emit(f"rebuild_{name}_events_per_s", total / (time.perf_counter() - start),
-                 "events/s", events=total)
+            emit(
+                f"rebuild_{name}_events_per_s",
+                total / (time.perf_counter() - start),
+                "events/s",
+                events=total,
+            )
     finally:
         await nc.close()
 
@@ -180,7 +188,7 @@ async def main(args: argparse.Namespace) -> None:
             prepare=prepare_stack,
             on_ready=ready.set_result,
             stop=stop,
-            out=open("/dev/null", "w"),  # noqa: SIM115 - lives as long as the stack
+            out=io.StringIO(),  # the banner is for people
         )
     )
     try:

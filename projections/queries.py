@@ -135,6 +135,8 @@ async def usage_between(conn: Connection, since: datetime, until: datetime) -> l
         )
         event_id, occurred_at, provider, model, user_id, project_id = row[:6]
         result.append(
-            RecordedUsage(event_id, occurred_at, provider, model, user_id, project_id, usage, row[16])
+            RecordedUsage(
+                event_id, occurred_at, provider, model, user_id, project_id, usage, row[16]
+            )
         )
     return result
