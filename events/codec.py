@@ -55,10 +55,11 @@ def headers_for(event: Event) -> dict[str, str]:
 
 def decode(data: bytes) -> Event:
     """Decode one message: a current-version event in one pass, else upcast then validate."""
-    try:
-        return _CURRENT.validate_json(data)
-    except ValidationError:
-        pass  # an older version, another type, or invalid: the slow path says which
+    if b'"event_id"' in data:  # the model would invent an id; on the wire it is required
+        try:
+            return _CURRENT.validate_json(data)
+        except ValidationError:
+            pass  # an older version, another type, or invalid: the slow path says which
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -74,6 +75,9 @@ def decode(data: bytes) -> Event:
             f"{model.__name__} schema_version {version} is newer than this reader's "
             f"({model.SCHEMA_VERSION}); upgrade budget-manager and replay the dead letters"
         )
+    if "event_id" not in obj:
+        # A replay must see the same id every time: it is never generated on read.
+        raise DecodeError("event_id: required (send the same value as Nats-Msg-Id)")
     try:
         return model.model_validate(upcast(obj, model.SCHEMA_VERSION))
     except ValidationError as exc:

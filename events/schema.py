@@ -19,6 +19,7 @@ __all__ = ["schema_files", "write_schemas"]
 
 def schema_of(model: type[Event]) -> dict[str, Any]:
     schema = model.model_json_schema(mode="validation")
+    schema["required"] = ["event_id", *schema.get("required", [])]  # never generated on read
     schema["$id"] = f"urn:budget-manager:event:{model.__name__}:v{model.SCHEMA_VERSION}"
     schema["x-nats-subject"] = f"<prefix>.events.{model.SUBJECT}"
     schema["x-nats-headers"] = {"Nats-Msg-Id": "the event_id (JetStream drops re-sends)"}

@@ -59,8 +59,16 @@ def test_version_1_is_upcast_to_non_overlapping_classes() -> None:
     assert upcast.occurred_at == datetime.fromisoformat("2026-03-01T08:00:00+00:00")
 
 
+def test_an_event_without_id_is_rejected_rather_than_given_a_random_one() -> None:
+    payload = json.loads(encode(event()))
+    del payload["event_id"]
+    with pytest.raises(DecodeError, match="event_id: required"):
+        decode(json.dumps(payload).encode())
+
+
 def test_version_1_without_cost_becomes_explicitly_unpriced() -> None:
     v1 = {
+        "event_id": str(new_event_id()),
         "type": "UsageRecorded",
         "schema_version": 1,
         "occurred_at": "2026-03-01T10:00:00Z",
