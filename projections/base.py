@@ -44,6 +44,10 @@ class Projection(ABC):
     def ddl(self, version: int) -> list[str]:
         """CREATE statements for this version's tables and indexes."""
 
+    def views(self, version: int) -> dict[str, str]:
+        """The stable names readers use, each a query over this version's tables."""
+        return {table: f"SELECT * FROM {physical(table, version)}" for table in self.tables}
+
     @abstractmethod
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         """Apply events in log order. Runs inside the engine's transaction, which also

@@ -60,13 +60,10 @@ async def create_version(conn: Connection, projection: Projection, version: int)
 
 
 async def point_views_at(conn: Connection, projection: Projection, version: int) -> None:
-    for table in projection.tables:
-        view = sql.Identifier(table)
-        await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
+    for view, query in projection.views(version).items():
+        await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(view)))
         await conn.execute(
-            sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
-                view, sql.Identifier(physical(table, version))
-            )
+            sql.SQL("CREATE VIEW {} AS ").format(sql.Identifier(view)) + sql.SQL(query)
         )
 
 

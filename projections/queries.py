@@ -11,7 +11,7 @@ from uuid import UUID
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from budget.periods import Period, period_start
+from budget.periods import Period, period_bounds, period_start
 from events import ImageUsage, Topology, Usage
 from projections.base import Connection
 from projections.checkpoints import list_checkpoints
@@ -82,16 +82,23 @@ async def projection_status(
 async def spend_for_period(
     conn: Connection, period: Period, at: datetime, scope: str | None = None
 ) -> list[SpendRow]:
-    """Totals of the calendar period (UTC) containing ``at``, for every scope or one."""
+    """Totals of the calendar period (UTC) containing ``at``, for every scope or one: the
+    sum of the period's daily rows (an index range scan)."""
+    start = period_start(period, at)
+    end = period_bounds(period, at)[1].date()
     cursor = await conn.execute(
-        "SELECT scope, scope_key, period, period_start, cost, requests, unpriced_requests,"
-        " input_uncached + input_cache_read + input_cache_write,"
-        " output_text + output_reasoning"
-        " FROM spend_totals WHERE period = %s AND period_start = %s"
-        " AND (%s::text IS NULL OR scope = %s) ORDER BY scope, cost DESC, scope_key",
-        (period.value, period_start(period, at), scope, scope),
+        "SELECT scope, scope_key, sum(cost), sum(requests)::bigint,"
+        " sum(unpriced_requests)::bigint,"
+        " sum(input_uncached + input_cache_read + input_cache_write)::bigint,"
+        " sum(output_text + output_reasoning)::bigint"
+        " FROM spend_daily WHERE day >= %s AND day < %s AND (%s::text IS NULL OR scope = %s)"
+        " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key",
+        (start, end, scope, scope),
     )
-    return [SpendRow(*row) for row in await cursor.fetchall()]
+    return [
+        SpendRow(scope_, key, period.value, start, cost, requests, unpriced, inputs, outputs)
+        for scope_, key, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
+    ]
 
 
 @dataclass(frozen=True)

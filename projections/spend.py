@@ -2,6 +2,10 @@
 calendar period (day, ISO week from Monday, month; UTC), assigned by each event's
 ``occurred_at``.
 
+Totals are kept per UTC day (``spend_daily``); weeks and months are sums of their days
+(the ``spend_totals`` view has all three). An event thus updates 5 rows, not 15, which
+is what a small batch costs the database; a month is at most 31 rows to add.
+
 The ledger (one row per event id) makes apply idempotent beyond JetStream's duplicate
 window: only events that enter the ledger for the first time are added to the totals.
 Aggregation runs in PostgreSQL, in one statement per batch.
@@ -34,7 +38,7 @@ MEASURES = (
 
 class SpendProjection(Projection):
     name: ClassVar[str] = "spend"
-    tables: ClassVar[tuple[str, ...]] = ("spend_totals", "spend_ledger")
+    tables: ClassVar[tuple[str, ...]] = ("spend_daily", "spend_ledger")
     event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:
@@ -44,10 +48,9 @@ class SpendProjection(Projection):
             f"""CREATE TABLE {totals} (
                 scope text NOT NULL,
                 scope_key text NOT NULL,
-                period text NOT NULL,
-                period_start date NOT NULL,
+                day date NOT NULL,
                 {measures},
-                PRIMARY KEY (scope, scope_key, period, period_start))""",
+                PRIMARY KEY (scope, scope_key, day))""",
             # One row per usage event (cost: its current cost, corrections included) and
             # per correction (corrects: the usage event it repriced).
             f"""CREATE TABLE {ledger} (
@@ -57,6 +60,25 @@ class SpendProjection(Projection):
                 cost numeric,
                 corrects uuid)""",
         ]
+
+    def views(self, version: int) -> dict[str, str]:
+        daily, ledger = (physical(t, version) for t in self.tables)
+        names = ", ".join(name for name, _, _ in MEASURES)
+        sums = ", ".join(f"sum({name})::{sql_type} AS {name}" for name, sql_type, _ in MEASURES)
+        rollups = " UNION ALL ".join(
+            f"SELECT scope, scope_key, '{period}' AS period,"
+            f" date_trunc('{unit}', day::timestamp)::date AS period_start, {sums}"
+            f" FROM {daily} GROUP BY scope, scope_key, 4"
+            for period, unit in (("weekly", "week"), ("monthly", "month"))
+        )
+        return {
+            "spend_daily": f"SELECT * FROM {daily}",
+            "spend_ledger": f"SELECT * FROM {ledger}",
+            "spend_totals": (
+                f"SELECT scope, scope_key, 'daily' AS period, day AS period_start, {names}"
+                f" FROM {daily} UNION ALL {rollups}"
+            ),
+        }
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         # Corrections always follow the events they correct in the log, so applying the
@@ -96,19 +118,15 @@ class SpendProjection(Projection):
                 FROM batch JOIN fresh USING (event_id, stream_seq)
                 GROUP BY user_id, project_id, provider, model, day
             )
-            INSERT INTO {totals} (scope, scope_key, period, period_start, {names})
-            SELECT scope, scope_key, period, period_start, {regroup}
+            INSERT INTO {totals} (scope, scope_key, day, {names})
+            SELECT scope, scope_key, day, {regroup}
             FROM cells
             CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_KEY}'), ('user', user_id),
                 ('provider', provider), ('model', model), ('project', project_id))
                 AS scopes(scope, scope_key)
-            CROSS JOIN LATERAL (VALUES ('daily', day),
-                ('weekly', date_trunc('week', day::timestamp)::date),
-                ('monthly', date_trunc('month', day::timestamp)::date))
-                AS periods(period, period_start)
             WHERE scope_key <> ''
-            GROUP BY scope, scope_key, period, period_start
-            ON CONFLICT (scope, scope_key, period, period_start) DO UPDATE SET {updates}
+            GROUP BY scope, scope_key, day
+            ON CONFLICT (scope, scope_key, day) DO UPDATE SET {updates}
             """.encode(),
             params,
         )
@@ -116,7 +134,7 @@ class SpendProjection(Projection):
     async def _apply_correction(
         self, conn: Connection, version: int, stream_seq: int, event: UsageRepriced
     ) -> None:
-        """Move the corrected event's cost to the new one in every total it counts in.
+        """Move the corrected event's cost to the new one in every daily total it counts in.
         The delta is taken against the ledger's current cost, so a correction applied
         twice, or one that changes nothing, adds nothing."""
         totals, ledger = (physical(t, version) for t in self.tables)
@@ -156,16 +174,12 @@ class SpendProjection(Projection):
         names = ", ".join(name for name, _, _ in MEASURES)
         await conn.execute(
             f"""
-            INSERT INTO {totals} (scope, scope_key, period, period_start, {names})
-            SELECT scope, scope_key, period, period_start, %(cost)s, 0, %(unpriced)s, {zeros}
+            INSERT INTO {totals} (scope, scope_key, day, {names})
+            SELECT scope, scope_key, %(day)s, %(cost)s, 0, %(unpriced)s, {zeros}
             FROM (VALUES ('global', '{GLOBAL_KEY}'), ('user', %(user)s), ('provider', %(provider)s),
                   ('model', %(model)s), ('project', %(project)s)) AS scopes(scope, scope_key)
-            CROSS JOIN (VALUES ('daily', %(day)s::date),
-                ('weekly', date_trunc('week', %(day)s::timestamp)::date),
-                ('monthly', date_trunc('month', %(day)s::timestamp)::date))
-                AS periods(period, period_start)
             WHERE scope_key <> ''
-            ON CONFLICT (scope, scope_key, period, period_start) DO UPDATE
+            ON CONFLICT (scope, scope_key, day) DO UPDATE
             SET cost = {totals}.cost + EXCLUDED.cost,
                 unpriced_requests = {totals}.unpriced_requests + EXCLUDED.unpriced_requests
             """.encode(),
