@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from budget.natsconn import connect_nats
 from budget.spool import Spool, SpooledEvent
 from events import Event, Topology, encode
 from events.codec import HEADER_MSG_ID
@@ -117,16 +117,12 @@ class EventPublisher:
 
     async def _connect(self) -> None:
         try:
-            # With unlimited reconnects nats-py retries a failed *first* connect forever;
-            # bound it, and spool meanwhile.
-            async with asyncio.timeout(self.config.connect_timeout * 2):
-                self._nc = await nats.connect(
-                    self.config.nats_url,
-                    connect_timeout=self.config.connect_timeout,
-                    max_reconnect_attempts=-1,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
-                )
+            self._nc = await connect_nats(
+                self.config.nats_url,
+                within=self.config.connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnected_cb=self._on_reconnected,
+            )
         except Exception as exc:
             log.warning("NATS at %s unreachable (%s); spooling events", self.config.nats_url, exc)
             self._nc = None
@@ -216,6 +212,3 @@ class EventPublisher:
 
     async def _on_reconnected(self) -> None:
         self._resend_now.set()
-
-    async def _on_error(self, exc: Exception) -> None:
-        log.debug("NATS client error: %s", exc)

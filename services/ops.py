@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import nats
 from nats.aio.client import Client
 
 from budget.config import Settings
+from budget.natsconn import connect_nats
 from projections.base import Connection
 from projections.checkpoints import ensure_projection
 from projections.db import connect
@@ -38,10 +38,10 @@ async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
 @contextlib.asynccontextmanager
 async def nats_client(url: str) -> AsyncIterator[Client]:
     try:
-        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
+        nc = await connect_nats(url, within=3, allow_reconnect=False)
     except Exception as exc:
         raise ConnectError(
-            f"cannot reach NATS at {url} ({exc or type(exc).__name__}); start it with "
+            f"cannot reach NATS at {url} ({str(exc) or type(exc).__name__}); start it with "
             "`budget up` or set BUDGET_NATS_URL"
         ) from None
     try:
