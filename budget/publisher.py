@@ -17,6 +17,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from budget.config import Settings
 from budget.natsconn import connect_nats
 from budget.spool import Spool, SpooledEvent
 from events import Event, Topology, encode
@@ -36,6 +37,15 @@ class PublisherConfig:
     ack_timeout: float = 5.0
     max_in_flight: int = 8192
     connect_timeout: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PublisherConfig:
+        return cls(
+            nats_url=settings.nats_url,
+            topology=settings.topology,
+            spool_dir=settings.spool_dir,
+            flush_interval=settings.flush_interval,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,14 +132,7 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     async with _lock:
         if _tracker is None:
             settings = settings or load_settings()
-            publisher = EventPublisher(
-                PublisherConfig(
-                    nats_url=settings.nats_url,
-                    topology=settings.topology,
-                    spool_dir=settings.spool_dir,
-                    flush_interval=settings.flush_interval,
-                )
-            )
+            publisher = EventPublisher(PublisherConfig.from_settings(settings))
             await publisher.start()
             registry = await get_pricing_registry(settings.price_overrides)
             _tracker = UsageTracker(settings, registry, publisher)

@@ -169,6 +169,19 @@ class ProjectionRunner:
             if on_batch is not None:
                 on_batch(result)
 
+    async def catch_up(self, on_batch: Callable[[BatchResult], None] | None = None) -> None:
+        """Process batches, without lingering, until everything in the log is committed."""
+        assert self.reader is not None
+        while True:
+            batch = await self.reader.take(self.config.batch_size, 0, wait=0.2)
+            if batch:
+                result = await self.process(batch)
+                await self.reader.ack_through(result.last)
+                if on_batch is not None:
+                    on_batch(result)
+            elif self.reader.buffered == 0 and await self.pending() == 0:
+                return
+
     async def process(self, batch: Sequence[Delivery[Prepared]]) -> BatchResult:
         """Apply one batch in one transaction (a savepoint when the caller holds one).
         The caller acks ``result.last`` once the outermost transaction has committed."""

@@ -15,7 +15,7 @@ from events import Topology
 from projections.base import Connection, Projection
 from projections.checkpoints import create_version, drop_version, point_views_at
 from projections.db import connect
-from projections.engine import EngineConfig, ProjectionRunner, consumer_name
+from projections.engine import BatchResult, EngineConfig, ProjectionRunner, consumer_name
 
 __all__ = ["Progress", "rebuild"]
 
@@ -77,20 +77,16 @@ async def rebuild(
 async def _catch_up(
     runner: ProjectionRunner, on_progress: Callable[[Progress], None] | None
 ) -> None:
-    reader = runner.reader
-    assert reader is not None
     total = await runner.pending()
     done = 0
-    while True:
-        batch = await reader.take(runner.config.batch_size, 0, wait=0.2)
-        if batch:
-            result = await runner.process(batch)
-            await reader.ack_through(result.last)
-            done += len(batch)
-            if on_progress is not None:
-                on_progress(Progress(done, max(total, done)))
-        elif reader.buffered == 0 and await runner.pending() == 0:
-            return
+
+    def progress(result: BatchResult) -> None:
+        nonlocal done
+        done += result.applied + result.skipped + result.dead_lettered
+        if on_progress is not None:
+            on_progress(Progress(done, max(total, done)))
+
+    await runner.catch_up(progress)
 
 
 async def _swap(runner: ProjectionRunner) -> None:

@@ -232,14 +232,7 @@ def reprice(
         if changes and not dry_run:
             async with nats_client(current.nats_url):
                 pass  # fail fast with a clear line when NATS is down, rather than spooling
-            publisher = EventPublisher(
-                PublisherConfig(
-                    nats_url=current.nats_url,
-                    topology=current.topology,
-                    spool_dir=current.spool_dir,
-                    flush_interval=current.flush_interval,
-                )
-            )
+            publisher = EventPublisher(PublisherConfig.from_settings(current))
             await publisher.start()
             try:
                 await publish_corrections(publisher, changes)

@@ -92,14 +92,7 @@ async def catch_up(
     )
     await runner.open()
     try:
-        assert runner.reader is not None
-        while True:
-            batch = await runner.reader.take(runner.config.batch_size, 0, wait=0.3)
-            if batch:
-                result = await runner.process(batch)
-                await runner.reader.ack_through(result.last)
-            elif await runner.pending() == 0:
-                return
+        await runner.catch_up()
     finally:
         await runner.close()
 
