@@ -230,11 +230,13 @@ def reprice(
         verb = "would change" if dry_run else "changed"
         typer.echo(f"{len(recorded)} events checked, {len(changes)} {verb}, delta {total:+} USD")
         if changes and not dry_run:
-            async with nats_client(current.nats_url):
-                pass  # fail fast with a clear line when NATS is down, rather than spooling
             publisher = EventPublisher(PublisherConfig.from_settings(current))
             await publisher.start()
             try:
+                if not publisher.connected:  # a CLI run should fail, not leave a spool
+                    raise ConnectError(
+                        f"cannot reach NATS at {current.nats_url}; nothing was published"
+                    )
                 await publish_corrections(publisher, changes)
             finally:
                 await publisher.close()
