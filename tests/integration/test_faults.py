@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import nats
+import psycopg
 import pytest
 from nats.aio.client import Client
 
@@ -19,7 +20,7 @@ from projections.db import connect
 from projections.log import declare_streams
 from projections.migrate import migrate
 from projections.spend import SpendProjection
-from services.embedded import EmbeddedNats
+from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 from support import budget_process, catch_up, publish, rows, varied_events, wait_for
 
@@ -191,3 +192,41 @@ async def test_resent_events_are_counted_once_by_the_projection(
         "SELECT period_start, requests FROM spend_totals"
         " WHERE scope = 'global' AND period = 'monthly' ORDER BY period_start",
     ) == sorted(per_month.items())
+
+
+async def test_postgres_crash_mid_stream_loses_and_doubles_nothing(
+    nc: Client, topology: Topology, nats_url: str, embedded_postgres: EmbeddedPostgres
+) -> None:
+    db = embedded_postgres.url
+    migrate(db)
+    events = varied_events(EVENTS)
+    await publish(nc, topology, events)
+    worker = budget_process(
+        ["worker", "spend"], nats_url=nats_url, database_url=db, topology=topology
+    )
+    try:
+
+        async def started() -> bool:
+            """the worker committed its first batches"""
+            return await checkpoint(db) > EVENTS // 10
+
+        await wait_for(started, within=60, interval=0.005)
+        embedded_postgres.restart(immediate=True)  # as after a power cut: crash recovery
+        assert await checkpoint(db) < EVENTS, "the crash should come mid-stream"
+
+        async def done() -> bool:
+            """the worker rode out the crash and committed the whole log"""
+            try:
+                return await checkpoint(db) == EVENTS
+            except psycopg.OperationalError:
+                return False  # still recovering
+
+        await wait_for(done, within=120, interval=0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    assert await rows(
+        db,
+        "SELECT sum(requests), sum(cost) FROM spend_totals"
+        " WHERE scope = 'global' AND period = 'monthly'",
+    ) == [(EVENTS, sum((e.cost for e in events if e.cost is not None), Decimal(0)))]
