@@ -1,0 +1,728 @@
+"""The ``budget`` command end to end, run as a user runs it: ``python -m services.cli ...``
+as a child process, configured only by ``BUDGET_*`` variables, against real NATS JetStream
+and PostgreSQL (a fresh subject prefix and schema per test), and ``budget up`` for real.
+
+Waits are bounded (a worker has to catch up, a stack has to start) but never asserted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import nats
+import psutil  # type: ignore[import-untyped,unused-ignore]
+import psycopg
+import pytest
+from nats.js.errors import NotFoundError
+
+from events import Topology, UsageRecorded, utc_now
+from projections.base import physical
+from projections.registry import PROJECTIONS
+
+from support import ROOT, publish, usage_event
+
+T = TypeVar("T")
+
+CLI = (sys.executable, "-m", "services.cli")
+RUN_TIMEOUT = 60.0  # a command that has not exited by then hangs
+CATCH_UP = 30.0  # how long a worker may take to apply what was recorded
+UNREACHABLE_NATS = "nats://127.0.0.1:1"
+UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/budget"
+GPT_4O_CALL = (
+    "--model",
+    "gpt-4o",
+    "--provider",
+    "openai",
+    "--input-tokens",
+    "1000",
+    "--cached-tokens",
+    "200",
+    "--output-tokens",
+    "500",
+    "--user",
+    "alice",
+)
+
+
+# -- running the command ---------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """The ``budget`` command with a fixed environment; remembers the long-running processes
+    it started so the fixture can stop whatever a failing test left behind."""
+
+    env: dict[str, str]
+    logs: Path
+    started: list[Service] = field(default_factory=list)
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``budget ARGS`` with ``env`` on top of this environment; fails if it hangs."""
+        return subprocess.run(
+            [*CLI, *args],
+            cwd=ROOT,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+
+    def ok(self, *args: str, **env: str) -> str:
+        """Run ``budget ARGS``, require exit 0, return stdout."""
+        done = self.run(*args, **env)
+        assert done.returncode == 0, f"budget {' '.join(args)} exited {done.returncode}:\n" + (
+            done.stdout + done.stderr
+        )
+        return done.stdout
+
+    def start(self, *args: str, **env: str) -> Service:
+        """``budget ARGS`` in the background, output to a log file."""
+        log = self.logs / f"{args[0]}-{args[1].strip('-')}.{len(self.started)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [*CLI, *args],
+                cwd=ROOT,
+                env={**self.env, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        service = Service(proc, log)
+        self.started.append(service)
+        return service
+
+    def record(self, *args: str) -> dict[str, Any]:
+        """``budget record ARGS``; the event it printed."""
+        event: dict[str, Any] = json.loads(self.ok("record", *args))
+        return event
+
+    def spend(self, at: str, *args: str) -> list[dict[str, Any]]:
+        """``budget spend --json --at AT ARGS``, one dict per line."""
+        out = self.ok("spend", "--json", "--at", at, *args)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def status(self) -> list[StatusRow]:
+        """``budget projections status``, parsed."""
+        lines = self.ok("projections", "status").splitlines()
+        assert lines and lines[0].split()[:5] == ["projection", "ver", "state", "checkpoint", "lag"]
+        return [StatusRow.parse(line) for line in lines[1:] if line.strip()]
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            if service.proc.poll() is None:
+                service.proc.kill()
+                service.proc.wait()
+
+
+@dataclass
+class Service:
+    """A long-running ``budget`` command (a worker, ``budget up``) and its log."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, signum: int = signal.SIGTERM, grace: float = 30.0) -> int:
+        """Signal it as a service manager (or Ctrl-C) would; its exit code. Killed, and
+        an error, if it is still running after ``grace`` seconds."""
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"still running {grace:.0f}s after {signum!r}:\n" + self.output()
+            ) from None
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    name: str
+    version: int
+    state: str
+    checkpoint: int
+    lag: int
+
+    @classmethod
+    def parse(cls, line: str) -> StatusRow:
+        name, version, state, checkpoint, lag, _newest = line.split()
+        return cls(name, int(version), state, int(checkpoint), int(lag))
+
+
+def eventually(probe: Callable[[], T], ok: Callable[[T], bool], within: float, what: str) -> T:
+    """Call ``probe`` until ``ok(result)``; the result, or an error showing the last one."""
+    deadline = time.monotonic() + within
+    while True:
+        result = probe()
+        if ok(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within:.0f}s; last saw {result!r}")
+        time.sleep(0.2)
+
+
+def global_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((r for r in rows if r["scope"] == "global"), None)
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+def clean_env(tmp: Path) -> dict[str, str]:
+    """The caller's environment without any ``BUDGET_*`` variable, an empty config file (so
+    a ``config.yaml`` in the checkout does not leak in) and a private spool."""
+    config = tmp / "config.yaml"
+    config.write_text("budget: {}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
+    env.update(
+        BUDGET_CONFIG=str(config),
+        BUDGET_SPOOL_DIR=str(tmp / "spool"),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    return clean_env(tmp_path)
+
+
+@pytest.fixture
+def budget(
+    base_env: dict[str, str],
+    tmp_path: Path,
+    nats_url: str,
+    pg_schema_url: str,
+    topology: Topology,
+) -> Iterator[Budget]:
+    """``budget`` pointed at the session servers, this test's schema and subject prefix.
+    Afterwards: whatever it started is stopped and this prefix's streams are deleted."""
+    env = {
+        **base_env,
+        "BUDGET_NATS_URL": nats_url,
+        "BUDGET_DATABASE_URL": pg_schema_url,
+        "BUDGET_SUBJECT_PREFIX": topology.prefix,
+    }
+    cli = Budget(env, tmp_path)
+    try:
+        yield cli
+    finally:
+        cli.stop_all()
+        asyncio.run(delete_streams(nats_url, topology))
+
+
+@pytest.fixture
+def deployment(budget: Budget) -> Budget:
+    """``budget`` after ``budget migrate``."""
+    budget.ok("migrate")
+    return budget
+
+
+async def delete_streams(nats_url: str, topology: Topology) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for spec in (topology.event_stream, topology.dead_letter_stream):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(spec.name)
+    finally:
+        await nc.close()
+
+
+async def stream_subjects(nats_url: str, topology: Topology) -> dict[str, list[str]]:
+    """Each of this topology's streams that exists, with its subjects."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        found = {}
+        for spec in (topology.event_stream, topology.dead_letter_stream):
+            with contextlib.suppress(NotFoundError):
+                info = await js.stream_info(spec.name)
+                found[spec.name] = sorted(info.config.subjects or ())
+        return found
+    finally:
+        await nc.close()
+
+
+async def publish_events(nats_url: str, topology: Topology, events: list[UsageRecorded]) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await publish(nc, topology, events)
+    finally:
+        await nc.close()
+
+
+def expected_relations() -> set[str]:
+    """What a migrated database has: the engine's tables, each projection's version-1
+    tables and its views under the plain names."""
+    names = {"projection_registry", "projection_checkpoints"}
+    for projection in PROJECTIONS.values():
+        names.update(physical(table, 1) for table in projection.tables)
+        names.update(projection.views(1))
+    return names
+
+
+def existing_relations(database_url: str, names: set[str]) -> set[str]:
+    """Those of ``names`` that exist in the URL's schema (its search_path)."""
+    with psycopg.connect(database_url) as conn:
+        found = {n: conn.execute("SELECT to_regclass(%s)", (n,)).fetchone() for n in names}
+    return {n for n, row in found.items() if row is not None and row[0] is not None}
+
+
+def caught_up(database_url: str, names: Sequence[str], seq: int) -> Callable[[], dict[str, int]]:
+    """A probe: the live version's checkpoint of each of ``names`` (polled until ``seq``)."""
+
+    def probe() -> dict[str, int]:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT c.name, c.stream_seq FROM projection_checkpoints c"
+                " JOIN projection_registry r"
+                " ON r.name = c.name AND r.active_version = c.version"
+            ).fetchall()
+        return {name: int(s) for name, s in rows if name in names}
+
+    return probe
+
+
+def wait_caught_up(
+    database_url: str,
+    names: Sequence[str],
+    seq: int,
+    *workers: Service,
+    within: float = CATCH_UP,
+) -> None:
+    """Until the live version of each of ``names`` has applied stream sequence ``seq``; on
+    failure, shows the ``workers``' logs."""
+    try:
+        eventually(
+            caught_up(database_url, names, seq),
+            lambda cps: len(cps) == len(names) and all(s >= seq for s in cps.values()),
+            within,
+            f"{', '.join(names)} at stream sequence {seq}",
+        )
+    except AssertionError as exc:
+        logs = "".join(f"\n--- {w.log.name}\n{w.output()}" for w in workers)
+        raise AssertionError(f"{exc}{logs}") from None
+
+
+# -- budget migrate --------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_streams_and_tables(
+    budget: Budget, nats_url: str, pg_schema_url: str, topology: Topology
+) -> None:
+    assert {"spend_totals", "usage_history"} <= expected_relations()  # what users query
+    assert asyncio.run(stream_subjects(nats_url, topology)) == {}
+    assert existing_relations(pg_schema_url, expected_relations()) == set()
+
+    out = budget.ok("migrate")
+
+    assert "migrated" in out
+    assert asyncio.run(stream_subjects(nats_url, topology)) == {
+        topology.event_stream.name: sorted(topology.event_stream.subjects),
+        topology.dead_letter_stream.name: sorted(topology.dead_letter_stream.subjects),
+    }
+    assert existing_relations(pg_schema_url, expected_relations()) == expected_relations()
+
+
+def test_migrate_is_idempotent(
+    deployment: Budget, nats_url: str, pg_schema_url: str, topology: Topology
+) -> None:
+    streams = asyncio.run(stream_subjects(nats_url, topology))
+
+    again = deployment.run("migrate")
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert asyncio.run(stream_subjects(nats_url, topology)) == streams
+    assert existing_relations(pg_schema_url, expected_relations()) == expected_relations()
+
+
+# -- record, workers, spend, status ----------------------------------------------------------
+
+
+def test_recorded_cost_reaches_spend_and_status_through_running_workers(
+    deployment: Budget, pg_schema_url: str
+) -> None:
+    event = deployment.record(*GPT_4O_CALL)
+    cost = Decimal(event["cost"])
+    assert cost > 0
+
+    workers = {name: deployment.start("worker", name) for name in ("spend", "history")}
+    wait_caught_up(pg_schema_url, list(workers), 1, *workers.values())
+
+    totals = global_row(deployment.spend(event["occurred_at"]))
+    assert totals is not None
+    assert Decimal(totals["cost"]) == cost
+    assert (totals["requests"], totals["unpriced_requests"]) == (1, 0)
+    user = deployment.spend(event["occurred_at"], "--scope", "user")
+    assert [(r["scope_key"], Decimal(r["cost"])) for r in user] == [("alice", cost)]
+
+    status = eventually(
+        deployment.status,
+        lambda rows: all(r.lag == 0 for r in rows),
+        CATCH_UP,
+        "projections status with lag 0",
+    )
+    assert sorted((r.name, r.version, r.state, r.checkpoint, r.lag) for r in status) == [
+        ("history", 1, "live", 1, 0),
+        ("spend", 1, "live", 1, 0),
+    ]
+
+    for name, worker in workers.items():
+        assert worker.stop() == 0, f"worker {name}:\n{worker.output()}"
+
+
+def test_unpriced_model_is_recorded_without_cost_and_counted_as_unpriced(
+    deployment: Budget, pg_schema_url: str
+) -> None:
+    worker = deployment.start("worker", "spend")
+    event = deployment.record(
+        "--model", "no-such-model-e2e", "--provider", "openai", "--input-tokens", "10"
+    )
+
+    assert "cost" not in event
+    assert "no-such-model-e2e" in event["unpriced_reason"]
+    wait_caught_up(pg_schema_url, ["spend"], 1, worker)
+    totals = global_row(deployment.spend(event["occurred_at"]))
+    assert totals is not None
+    assert (totals["requests"], totals["unpriced_requests"]) == (1, 1)
+    assert Decimal(totals["cost"]) == 0
+    assert worker.stop() == 0, worker.output()
+
+
+# -- bad input: exit 2, one line on stderr saying what to fix ----------------------------------
+#
+# Each case runs once, all of them side by side (module fixture); two tests read the
+# outcomes: the exit code and message, and the one-line format.
+
+RECORD = ("record", "--model", "gpt-4o", "--provider", "openai")
+
+
+@dataclass(frozen=True)
+class BadInput:
+    args: tuple[str, ...]
+    says: tuple[str, ...]  # what stderr must mention (case-insensitive)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+BAD_INPUTS = {
+    "record-cached-exceeds-input": BadInput(
+        (*RECORD, "--input-tokens", "10", "--cached-tokens", "20"),
+        ("cached_tokens", "input_tokens"),
+    ),
+    "record-tag-without-value": BadInput((*RECORD, "--tag", "novalue"), ("novalue", "KEY=VALUE")),
+    "status-nats-unreachable": BadInput(
+        ("projections", "status"),
+        ("cannot reach NATS", UNREACHABLE_NATS, "budget up", "BUDGET_NATS_URL"),
+        env={"BUDGET_NATS_URL": UNREACHABLE_NATS},
+    ),
+    "spend-database-unreachable": BadInput(
+        ("spend",),
+        ("cannot reach PostgreSQL", "budget up", "BUDGET_DATABASE_URL"),
+        env={"BUDGET_DATABASE_URL": UNREACHABLE_DATABASE},
+    ),
+    "worker-unknown-projection": BadInput(("worker", "nosuch"), ("nosuch", "spend", "history")),
+    "config-file-bad-value": BadInput(
+        ("spend",), ("budget.flush_interval", "bad.yaml", "greater than 0")
+    ),
+}
+MULTI_LINE = {
+    "record-tag-without-value": "a --tag without '=' raises typer.BadParameter, which click "
+    "prints as a framed usage box (Usage:, Try '--help', the error) over several lines",
+    "spend-database-unreachable": "services.ops.database embeds str(psycopg error), and "
+    "libpq's message has a newline ('Connection refused\\n\\tIs the server running on that "
+    "host...'), so the ConnectError spans two lines",
+}
+
+
+def bad_input_params(xfail: Mapping[str, str]) -> list[Any]:
+    return [
+        pytest.param(
+            name,
+            id=name,
+            marks=[pytest.mark.xfail(strict=True, reason=xfail[name])] if name in xfail else [],
+        )
+        for name in BAD_INPUTS
+    ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int | None  # None: still running after RUN_TIMEOUT (killed)
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str, database_url: str
+) -> dict[str, Outcome]:
+    tmp = tmp_path_factory.mktemp("bad-input")
+    bad_config = tmp / "bad.yaml"
+    bad_config.write_text("budget:\n  flush_interval: -5\n")
+    env = {
+        **clean_env(tmp),
+        "BUDGET_NATS_URL": nats_url,
+        "BUDGET_DATABASE_URL": database_url,
+        "BUDGET_SUBJECT_PREFIX": f"t{uuid4().hex[:10]}",
+    }
+    procs = {}
+    for name, case in BAD_INPUTS.items():
+        case_env = {**env, **case.env}
+        if "bad.yaml" in case.says:
+            case_env["BUDGET_CONFIG"] = str(bad_config)
+        procs[name] = subprocess.Popen(
+            [*CLI, *case.args],
+            cwd=ROOT,
+            env=case_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    deadline = time.monotonic() + RUN_TIMEOUT
+    outcomes = {}
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            outcomes[name] = Outcome(proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            outcomes[name] = Outcome(None, out, err)
+    return outcomes
+
+
+@pytest.mark.parametrize("name", bad_input_params({}))
+def test_bad_input_exits_2_saying_what_to_fix(
+    bad_input_outcomes: dict[str, Outcome], name: str
+) -> None:
+    outcome = bad_input_outcomes[name]
+
+    assert outcome.returncode == 2, outcome
+    for words in BAD_INPUTS[name].says:
+        assert words.lower() in outcome.stderr.lower(), outcome.stderr
+    assert outcome.stdout == ""
+
+
+@pytest.mark.parametrize("name", bad_input_params(MULTI_LINE))
+def test_bad_input_is_reported_in_one_line(
+    bad_input_outcomes: dict[str, Outcome], name: str
+) -> None:
+    stderr = bad_input_outcomes[name].stderr
+
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("budget: "), stderr
+
+
+def test_spend_answers_without_nats(deployment: Budget) -> None:
+    """``spend`` reads PostgreSQL only, so an unreachable NATS is no error for it."""
+    done = deployment.run("spend", BUDGET_NATS_URL=UNREACHABLE_NATS)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no usage recorded" in done.stdout
+
+
+# -- rebuild ---------------------------------------------------------------------------------
+
+REBUILD_AT = datetime(2026, 1, 15, 12, tzinfo=utc_now().tzinfo)
+
+
+def rebuild_events(count: int) -> list[UsageRecorded]:
+    return [
+        usage_event(
+            cost=None if i % 7 == 0 else f"0.00{i % 9 + 1}3",
+            at=REBUILD_AT.replace(minute=i % 60),
+            user=f"user-{i % 4}",
+            model=("gpt-4o", "gpt-4o-mini")[i % 2],
+        )
+        for i in range(count)
+    ]
+
+
+def test_rebuild_while_a_worker_runs_swaps_in_version_2_with_the_same_totals(
+    deployment: Budget, nats_url: str, pg_schema_url: str, topology: Topology
+) -> None:
+    at = REBUILD_AT.isoformat()
+    asyncio.run(publish_events(nats_url, topology, rebuild_events(40)))
+    worker = deployment.start("worker", "spend")
+    wait_caught_up(pg_schema_url, ["spend"], 40, worker)
+    before = deployment.spend(at)
+    totals = global_row(before)
+    assert totals is not None and totals["requests"] == 40
+
+    out = deployment.ok("projections", "rebuild", "spend")
+
+    assert "spend version 2 is live" in out
+    spend_rows = [r for r in deployment.status() if r.name == "spend"]
+    assert [(r.version, r.state, r.checkpoint) for r in spend_rows] == [(2, "live", 40)]
+    assert deployment.spend(at) == before
+    assert worker.running(), worker.output()
+    assert worker.stop() == 0, worker.output()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after the swap the live worker stays on its deleted v1 consumer: it checks the "
+    "registry (ProjectionRunner._lock_checkpoint raising Retired) only when a batch arrives, "
+    "and none does once rebuild._drop_older deleted spend-v1; PullReader takes the 409 "
+    "'Consumer Deleted' (then 503 no responders) as 'request over' and re-requests forever. "
+    "Nobody runs spend-v2, so new events are not counted until the worker restarts",
+)
+def test_worker_keeps_counting_into_the_rebuilt_version(
+    deployment: Budget, nats_url: str, pg_schema_url: str, topology: Topology
+) -> None:
+    at = REBUILD_AT.isoformat()
+    events = rebuild_events(6)
+    asyncio.run(publish_events(nats_url, topology, events[:5]))
+    worker = deployment.start("worker", "spend")
+    wait_caught_up(pg_schema_url, ["spend"], 5, worker)
+    deployment.ok("projections", "rebuild", "spend")
+
+    asyncio.run(publish_events(nats_url, topology, events[5:]))
+
+    # A worker that follows the swap applies it within seconds (its pull request expires
+    # every 5 s); 10 s bounds the wait for one that never does.
+    wait_caught_up(pg_schema_url, ["spend"], 6, worker, within=10)
+    totals = global_row(deployment.spend(at))
+    assert totals is not None and totals["requests"] == 6
+    assert [(r.version, r.checkpoint) for r in deployment.status() if r.name == "spend"] == [(2, 6)]
+    assert worker.stop() == 0, worker.output()
+
+
+# -- budget up -------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _processes_mentioning(path: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if str(path) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+@dataclass
+class Banner:
+    nats_url: str
+    database_url: str
+    worker_pids: dict[str, int]
+
+
+def parse_banner(text: str) -> Banner | None:
+    """The URLs and worker pids ``budget up`` printed, once it printed all of them."""
+    exports = {}
+    for line in text.splitlines():
+        if line.strip().startswith("export BUDGET_"):
+            key, _, value = shlex.split(line.strip())[1].partition("=")
+            exports[key] = value
+    workers = re.search(r"^\s*workers\s+(.*)$", text, re.MULTILINE)
+    if workers is None or len(exports) < 2:
+        return None
+    pids = {name: int(pid) for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", workers[1])}
+    return Banner(exports["BUDGET_NATS_URL"], exports["BUDGET_DATABASE_URL"], pids)
+
+
+@dataclass
+class Stack:
+    service: Service
+    data_dir: Path
+
+
+@pytest.fixture
+def budget_up(base_env: dict[str, str], tmp_path: Path, server_tmp_path: Path) -> Iterator[Stack]:
+    """``budget up`` just started on a fresh data directory (under ``server_tmp_path``:
+    PostgreSQL's user must reach it). Afterwards nothing it started may survive, whatever
+    the test did: SIGTERM, then SIGKILL for the supervisor, the workers it recorded in
+    ``stack.json`` and anything running from the data directory."""
+    data_dir = server_tmp_path / "data"
+    service = Budget(base_env, tmp_path).start("up", "--data-dir", str(data_dir))
+    try:
+        yield Stack(service, data_dir)
+    finally:
+        if service.running():
+            with contextlib.suppress(AssertionError):
+                service.stop(signal.SIGTERM, grace=60)
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((data_dir / "stack.json").read_text())
+            for pid in state.get("workers", {}).values():
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+        for proc in _processes_mentioning(data_dir):
+            with contextlib.suppress(psutil.Error):
+                if proc.name() == "postgres":
+                    proc.send_signal(signal.SIGINT)  # postmaster: fast shutdown
+                else:
+                    proc.kill()
+
+
+def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
+    budget_up: Stack, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    up = budget_up.service
+    banner = eventually(
+        lambda: parse_banner(up.output()),
+        lambda b: b is not None or not up.running(),
+        90,
+        "budget up banner",
+    )
+    assert banner is not None, up.output()
+    assert f"export BUDGET_NATS_URL={banner.nats_url}" in up.output()
+    assert sorted(banner.worker_pids) == sorted(PROJECTIONS)
+    stack = json.loads((budget_up.data_dir / "stack.json").read_text())
+    servers = {"nats": stack["nats_pid"], "postgres": stack["postgres_pid"]}
+
+    user = Budget(
+        {
+            **base_env,
+            "BUDGET_NATS_URL": banner.nats_url,
+            "BUDGET_DATABASE_URL": banner.database_url,
+        },
+        tmp_path,
+    )
+    event = user.record(*GPT_4O_CALL)
+    totals = eventually(
+        lambda: global_row(user.spend(event["occurred_at"])),
+        lambda row: row is not None,
+        CATCH_UP,
+        "the recorded event in budget spend",
+    )
+    assert totals is not None
+    assert Decimal(totals["cost"]) == Decimal(event["cost"])
+    assert totals["requests"] == 1
+
+    assert up.stop(signal.SIGINT, grace=60) == 0, up.output()
+    assert up.output().rstrip().endswith("Budget Manager stopped."), up.output()
+    pids = {**banner.worker_pids, **servers}
+    assert {name: pid for name, pid in pids.items() if _alive(pid)} == {}
+    assert _processes_mentioning(budget_up.data_dir) == []
