@@ -20,9 +20,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["Delivery", "PullReader"]
+__all__ = ["ConsumerGone", "Delivery", "PullReader"]
 
 T = TypeVar("T")
+
+
+class ConsumerGone(Exception):
+    """The durable consumer was deleted (a rebuild replaced this version): reopen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ class PullReader(Generic[T]):
         self._sub: Subscription | None = None
         self._outstanding = 0
         self._requested_at = 0.0
+        self._gone = ""
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
@@ -75,6 +80,8 @@ class PullReader(Generic[T]):
         to ``linger`` more for the batch to grow. Returns [] when nothing arrived."""
         deadline = time.monotonic() + wait
         while not self._buffer:
+            if self._gone:
+                raise ConsumerGone(self._gone)
             await self._maybe_rerequest()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -115,8 +122,13 @@ class PullReader(Generic[T]):
     async def _on_message(self, msg: Msg) -> None:
         if not msg.data and msg.headers and "Status" in msg.headers:
             # 404 no messages, 408 request expired, 409 consumer changed: request is over.
-            if msg.headers["Status"] != "100":
+            status, description = msg.headers["Status"], msg.headers.get("Description", "")
+            if status != "100":
                 self._outstanding = 0
+            if status == "503" or "Consumer Deleted" in description:
+                self._gone = (
+                    f"consumer {self._pull_subject.rsplit('.', 1)[1]}: {status} {description}"
+                )
             self._arrived.set()
             return
         reply = msg.reply

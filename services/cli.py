@@ -9,10 +9,11 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from tqdm import tqdm
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from budget.config import ConfigError, Settings, load_settings
 from budget.periods import Period
@@ -156,7 +157,7 @@ def record(
 def _split_tag(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise typer.BadParameter(f"tag {text!r} must look like KEY=VALUE", param_hint="--tag")
+        raise ValueError(f"--tag {text!r} must look like KEY=VALUE")
     return key, value
 
 
@@ -213,7 +214,7 @@ def reprice(
     current = settings()
     start, end = _utc(since), _utc(until)
     if end <= start:
-        raise typer.BadParameter("--until must be after --since", param_hint="--until")
+        raise ValueError(f"--until ({end:%F %T}) must be after --since ({start:%F %T})")
 
     async def go() -> None:
         registry = await get_pricing_registry(current.price_overrides)
@@ -310,12 +311,30 @@ def projections_rebuild(
 
 
 def main() -> None:
-    """Entry point: user errors print one line to stderr and exit 2."""
+    """Entry point: a wrong argument, setting or unreachable server prints one line to
+    stderr and exits 2."""
     try:
-        app()
-    except (ConfigError, ConnectError, LogError, ValueError) as exc:
-        typer.echo(f"budget: {exc}", err=True)
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError:
+        typer.echo(app_help(), err=True)
         sys.exit(2)
+    except typer.TyperException as exc:  # click's usage errors: bad option, missing value
+        message = exc.format_message() if isinstance(exc, ClickException) else str(exc)
+        _fail(f"{message} (see --help)")
+    except (ConfigError, ConnectError, LogError, ValueError) as exc:
+        _fail(str(exc))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"budget: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
+def app_help() -> str:
+    command = typer.main.get_command(app)
+    with command.make_context("budget", [], resilient_parsing=True) as ctx:
+        return command.get_help(ctx)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ _CLASSES = (
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"budget: {message}", err=True)
     return typer.Exit(code=2)
 
 

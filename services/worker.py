@@ -21,6 +21,7 @@ from nats.errors import Error as NatsError
 from budget.config import Settings
 from projections.engine import BatchResult, ProjectionRunner, Reconnected, Retired
 from projections.log import require_stream
+from projections.reader import ConsumerGone
 from projections.registry import get_projection
 
 __all__ = ["run_projection", "run_worker"]
@@ -50,8 +51,8 @@ async def run_projection(name: str, nc: Client, settings: Settings, stop: asynci
             await runner.open()
             log.info("worker %s running version %d", name, runner.version)
             await runner.run(stop, on_batch=count)
-        except Retired as exc:
-            log.info("worker %s: %s; moving to the new version", name, exc)
+        except (Retired, ConsumerGone) as exc:
+            log.info("worker %s: %s; moving to the live version", name, exc)
         except Reconnected as exc:
             log.warning("worker %s: %s", name, exc)
         except (psycopg.OperationalError, NatsError, OSError, TimeoutError) as exc:
