@@ -200,6 +200,9 @@ async def main(args: argparse.Namespace) -> None:
         for i in range(1000):  # warm up: connections, price cache, worker consumers
             await record(tracker, i)
         await tracker.flush()
+        # The workers start in parallel with this process: measure only once they run.
+        warm = await stream_last_seq(info.nats_url, settings)
+        await wait_until_committed(Checkpoints(info.database_url), warm)
         if args.events:
             await full_speed(tracker, info, settings, args.events)
         if args.seconds:
