@@ -187,16 +187,20 @@ class ProjectionRunner:
         The caller acks ``result.last`` once the outermost transaction has committed."""
         assert self._conn is not None
         conn = self._conn
-        decoded = [d.prepared for d in batch if isinstance(d.prepared, Applied)]
-        bad = [(d, d.prepared) for d in batch if isinstance(d.prepared, str)]
         async with conn.transaction():
             checkpoint = await self._lock_checkpoint(conn)
-            fresh = [a for a in decoded if a.stream_seq > checkpoint]
-            for delivery, reason in bad:
-                if delivery.stream_seq > checkpoint:
-                    await dead_letter(self._js, self._topology, self.durable, delivery, reason)
+            new = [d for d in batch if d.stream_seq > checkpoint]
+            fresh = [d.prepared for d in new if isinstance(d.prepared, Applied)]
+            bad = [(d, d.prepared) for d in new if isinstance(d.prepared, str)]
             if fresh:
-                await self.projection.apply(conn, self.version, fresh)
+                rejected = await self._apply_isolating_rejects(conn, fresh)
+                if rejected:
+                    by_seq = {d.stream_seq: d for d in new}
+                    bad += [(by_seq[a.stream_seq], reason) for a, reason in rejected]
+                    refused = {a.stream_seq for a, _ in rejected}
+                    fresh = [a for a in fresh if a.stream_seq not in refused]
+            for delivery, reason in bad:
+                await dead_letter(self._js, self._topology, self.durable, delivery, reason)
             last_seq = max(batch[-1].stream_seq, checkpoint)
             newest = max((a.event.occurred_at for a in fresh), default=None)
             await conn.execute(
@@ -208,6 +212,24 @@ class ProjectionRunner:
             )
         skipped = len(batch) - len(fresh) - len(bad)
         return BatchResult(len(fresh), skipped, len(bad), batch[-1])
+
+    async def _apply_isolating_rejects(
+        self, conn: Connection, events: Sequence[Applied]
+    ) -> list[tuple[Applied, str]]:
+        """Apply the batch; if the database refuses it for its data (a valid event it
+        still cannot store, e.g. a NUL character in a name), apply event by event and
+        return the ones it refuses, so one bad event cannot stall the consumer forever."""
+        try:
+            async with conn.transaction():
+                await self.projection.apply(conn, self.version, events)
+            return []
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            if len(events) == 1:
+                return [(events[0], f"rejected by the database: {exc}")]
+        rejected = []
+        for event in events:
+            rejected += await self._apply_isolating_rejects(conn, [event])
+        return rejected
 
     async def _checkpoint(self, conn: Connection) -> int:
         row = await (

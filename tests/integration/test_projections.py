@@ -124,6 +124,23 @@ class ProjectionContract:
         assert reasons[1].startswith("not JSON")
         assert [m.headers["Budget-Original-Seq"] for m in letters] == ["2", "3"]
 
+    async def test_event_the_database_refuses_is_dead_lettered_and_the_rest_applied(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        """Valid JSON and a valid event, but PostgreSQL cannot store a NUL character."""
+        refused = usage_event(user="nul\x00user")
+        await publish(nc, topology, [usage_event(), refused, usage_event()])
+        await catch_up(self.projection, nc, db, topology)
+
+        assert await rows(db, self.count_query) == [(2,)]
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(
+            topology.dead_letter_subject(">"), stream=topology.dead_letter_stream.name
+        )
+        [letter] = await sub.fetch(1, timeout=5)
+        assert letter.data == encode(refused)
+        assert letter.headers["Budget-Dead-Letter-Reason"].startswith("rejected by the database")
+
 
 class TestSpendProjection(ProjectionContract):
     projection = SpendProjection()
