@@ -39,6 +39,9 @@ class Settings(BaseModel):
     spool_dir: Path = Path(".budget/spool")
     data_dir: Path = Path(".budget")
     service_name: str = "host-app"
+    heartbeat_file: Path | None = Field(
+        default=None, description="workers touch it every few seconds (container health checks)"
+    )
     price_overrides: tuple[PriceOverride, ...] = Field(
         default=(), description="negotiated rates, fine-tunes, private deployments (see docs)"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import psycopg
 from faststream import FastStream
@@ -64,6 +65,13 @@ async def run_projection(name: str, nc: Client, settings: Settings, stop: asynci
     log.info("worker %s stopped after applying %d events", name, applied)
 
 
+async def heartbeat(path: Path, stop: asyncio.Event, every: float = 5.0) -> None:
+    """Touch ``path`` while the event loop runs, for a container health check."""
+    while not stop.is_set():
+        await asyncio.to_thread(path.touch)
+        await _sleep_unless(stop, every)
+
+
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
@@ -87,6 +95,8 @@ def run_worker(name: str, settings: Settings) -> int:
         task = asyncio.create_task(run_projection(name, broker.connection, settings, stop))
         task.add_done_callback(exit_on_failure)
         tasks.append(task)
+        if settings.heartbeat_file is not None:
+            tasks.append(asyncio.create_task(heartbeat(settings.heartbeat_file, stop)))
 
     @app.on_shutdown
     async def shutdown() -> None:

@@ -152,3 +152,11 @@ def test_dockerignore_keeps_what_the_build_needs() -> None:
         assert not any(fnmatch.fnmatch(path, p) for p in patterns), path
     for path in [".venv", ".git", ".budget"]:
         assert any(fnmatch.fnmatch(path, p) for p in patterns), path
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_workers_are_health_checked_by_their_heartbeat(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    heartbeat = services[name]["environment"]["BUDGET_HEARTBEAT_FILE"]
+    assert heartbeat in _health_test(services[name])
