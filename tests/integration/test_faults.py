@@ -230,3 +230,44 @@ async def test_postgres_crash_mid_stream_loses_and_doubles_nothing(
         "SELECT sum(requests), sum(cost) FROM spend_totals"
         " WHERE scope = 'global' AND period = 'monthly'",
     ) == [(EVENTS, sum((e.cost for e in events if e.cost is not None), Decimal(0)))]
+
+
+async def test_standby_worker_takes_over_when_the_active_one_is_killed(
+    nc: Client, db: str, topology: Topology, nats_url: str
+) -> None:
+    events = varied_events(2000)
+    await publish(nc, topology, events[:1000])
+    conn = await connect(db)
+    await ensure_projection(conn, SpendProjection())
+    await conn.close()
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return budget_process(
+            ["worker", "spend"], nats_url=nats_url, database_url=db, topology=topology
+        )
+
+    active = start_worker()
+
+    async def first_half() -> bool:
+        """the active worker committed the first half"""
+        return await checkpoint(db) == 1000
+
+    await wait_for(first_half, within=60)
+    standby = start_worker()
+    try:
+        active.send_signal(signal.SIGKILL)
+        active.wait()
+        await publish(nc, topology, events[1000:])
+
+        async def all_of_it() -> bool:
+            """the standby took over and committed the second half"""
+            return await checkpoint(db) == 2000
+
+        await wait_for(all_of_it, within=60)
+    finally:
+        standby.send_signal(signal.SIGTERM)
+        assert standby.wait(timeout=30) == 0
+    assert await rows(
+        db,
+        "SELECT sum(requests) FROM spend_totals WHERE scope = 'global' AND period = 'monthly'",
+    ) == [(2000,)]
