@@ -700,3 +700,48 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     pids = {**banner.worker_pids, **servers}
     assert {name: pid for name, pid in pids.items() if _alive(pid)} == {}
     assert _processes_mentioning(budget_up.data_dir) == []
+
+
+# -- budget reprice ----------------------------------------------------------------------------
+
+
+def test_reprice_prices_unpriced_usage_once_an_override_exists(
+    deployment: Budget, pg_schema_url: str, tmp_path: Path
+) -> None:
+    spend_worker = deployment.start("worker", "spend")
+    history_worker = deployment.start("worker", "history")
+    at = "2026-05-04T12:00:00+00:00"
+    event = deployment.record(
+        "--model",
+        "acme-e2e",
+        "--provider",
+        "acme",
+        "--input-tokens",
+        "1000",
+        "--output-tokens",
+        "500",
+        "--at",
+        at,
+    )
+    assert "cost" not in event
+    wait_caught_up(pg_schema_url, ["spend", "history"], 1, spend_worker, history_worker)
+
+    priced = tmp_path / "priced.yaml"
+    priced.write_text(
+        "budget:\n  price_overrides:\n    - provider: acme\n      model: acme-e2e\n"
+        "      rates: {input_uncached: '1', output_text: '2'}\n      effective_from: 2026-01-01\n"
+    )
+    window = ("--since", "2026-05-01", "--until", "2026-06-01")
+    dry = deployment.ok("reprice", *window, "--dry-run", BUDGET_CONFIG=str(priced))
+    assert f"{event['event_id']}: unpriced -> $0.002000" in dry
+    assert "1 events checked, 1 would change, delta +0.002000 USD" in dry
+
+    done = deployment.ok("reprice", *window, BUDGET_CONFIG=str(priced))
+    assert "1 changed" in done
+    wait_caught_up(pg_schema_url, ["spend", "history"], 2, spend_worker, history_worker)
+    totals = global_row(deployment.spend(at))
+    assert totals is not None
+    assert (Decimal(totals["cost"]), totals["unpriced_requests"]) == (Decimal("0.002"), 0)
+    again = deployment.ok("reprice", *window, BUDGET_CONFIG=str(priced))
+    assert "1 events checked, 0 changed" in again
+    assert spend_worker.stop() == 0 and history_worker.stop() == 0
