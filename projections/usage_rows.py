@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from events import UsageRecorded
 from projections.base import Applied
-from projections.pgarray import array_literal
 
 __all__ = ["USAGE_MEASURES", "usage_rows"]
 
@@ -63,4 +62,5 @@ def usage_rows(batch: Sequence[Applied]) -> tuple[str, tuple[str, str]] | None:
     if not usage:
         return None
     documents = "[" + ",".join(a.document for a in usage) + "]"
-    return SOURCE, (documents, array_literal(a.stream_seq for a in usage))
+    stream_seqs = "{" + ",".join(str(a.stream_seq) for a in usage) + "}"
+    return SOURCE, (documents, stream_seqs)
