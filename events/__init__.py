@@ -6,6 +6,15 @@ follow it from the JSON Schemas exported to ``docs/schemas``.
 
 from events.codec import EVENT_TYPES, DecodeError, canonical, decode, encode, headers_for
 from events.envelope import Event, Producer, utc_now
+from events.policy import (
+    BudgetPeriod,
+    BudgetPolicy,
+    BudgetScope,
+    LimitAction,
+    PolicyDeleted,
+    PolicySet,
+    RequestBlocked,
+)
 from events.subjects import DEFAULT_TOPOLOGY, StreamSpec, Topology
 from events.usage import (
     CallKind,
@@ -19,12 +28,19 @@ from events.usage import (
 __all__ = [
     "DEFAULT_TOPOLOGY",
     "EVENT_TYPES",
+    "BudgetPeriod",
+    "BudgetPolicy",
+    "BudgetScope",
     "CallKind",
     "DecodeError",
     "Event",
     "ImageUsage",
+    "LimitAction",
+    "PolicyDeleted",
+    "PolicySet",
     "PriceSource",
     "Producer",
+    "RequestBlocked",
     "StreamSpec",
     "Topology",
     "Usage",

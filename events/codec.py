@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, TypeAdapter, ValidationError
 
 from events.envelope import Event
+from events.policy import PolicyDeleted, PolicySet, RequestBlocked
 from events.upcasting import upcast
 from events.usage import UsageRecorded, UsageRepriced
 
@@ -23,12 +24,14 @@ __all__ = [
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 
-EVENT_TYPES: dict[str, type[Event]] = {t.__name__: t for t in (UsageRecorded, UsageRepriced)}
+AnyEvent = UsageRecorded | UsageRepriced | PolicySet | PolicyDeleted | RequestBlocked
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    t.__name__: t for t in (UsageRecorded, UsageRepriced, PolicySet, PolicyDeleted, RequestBlocked)
+}
 
 # One-pass validation of any current-version event, discriminated by ``type``.
-_CURRENT: TypeAdapter[UsageRecorded | UsageRepriced] = TypeAdapter(
-    Annotated[UsageRecorded | UsageRepriced, Field(discriminator="type")]
-)
+_CURRENT: TypeAdapter[AnyEvent] = TypeAdapter(Annotated[AnyEvent, Field(discriminator="type")])
 
 
 class DecodeError(ValueError):

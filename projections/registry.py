@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from projections.base import Projection
 from projections.history import HistoryProjection
+from projections.policies import PoliciesProjection
 from projections.spend import SpendProjection
 
 __all__ = ["PROJECTIONS", "get_projection"]
 
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (SpendProjection(), HistoryProjection())}
+PROJECTIONS: dict[str, Projection] = {
+    p.name: p for p in (SpendProjection(), HistoryProjection(), PoliciesProjection())
+}
 
 
 def get_projection(name: str) -> Projection:

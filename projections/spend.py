@@ -2,29 +2,40 @@
 calendar period (day, ISO week from Monday, month; UTC), assigned by each event's
 ``occurred_at``.
 
-Totals are kept per UTC day (``spend_daily``); weeks and months are sums of their days
-(the ``spend_totals`` view has all three). An event thus updates 5 rows, not 15, which
-is what a small batch costs the database; a month is at most 31 rows to add.
+Totals are kept per quarter hour (``spend_buckets``): every time zone's midnight and every
+custom policy range falls on one, so the enforcer sums any policy window exactly. Days,
+weeks and months are sums of buckets (the ``spend_daily`` and ``spend_totals`` views). An
+event updates 5 rows, one per scope.
 
 The ledger (one row per event id) makes apply idempotent beyond JetStream's duplicate
-window: only events that enter the ledger for the first time are added to the totals.
+window: only events that enter the ledger for the first time are added to the totals. It
+also records each event's ``reservation_id``: a reservation whose usage is in the live
+ledger is settled, and the live version deletes its holds in the same transaction.
 Aggregation runs in PostgreSQL, in one statement per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
+from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Applied, Connection, Projection, physical
 from projections.usage_rows import USAGE_MEASURES, usage_rows
 
-__all__ = ["GLOBAL_KEY", "MEASURES", "SCOPES", "SpendProjection"]
+__all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection", "bucket_start"]
 
 SCOPES = ("global", "user", "provider", "model", "project")
-GLOBAL_KEY = "*"
+BUCKET_SQL = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00+00')"
+
+
+def bucket_start(instant: datetime) -> datetime:
+    """The quarter hour (``events.policy.BUCKET``) holding ``instant``: ``BUCKET_SQL`` in Python."""
+    return instant.replace(minute=instant.minute - instant.minute % 15, second=0, microsecond=0)
+
 
 # Summed columns of the totals table: (name, SQL type, aggregate over the applied events).
 MEASURES = (
@@ -38,7 +49,7 @@ MEASURES = (
 
 class SpendProjection(Projection):
     name: ClassVar[str] = "spend"
-    tables: ClassVar[tuple[str, ...]] = ("spend_daily", "spend_ledger")
+    tables: ClassVar[tuple[str, ...]] = ("spend_buckets", "spend_ledger")
     event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:
@@ -48,9 +59,9 @@ class SpendProjection(Projection):
             f"""CREATE TABLE {totals} (
                 scope text NOT NULL,
                 scope_key text NOT NULL,
-                day date NOT NULL,
+                bucket_start timestamptz NOT NULL,
                 {measures},
-                PRIMARY KEY (scope, scope_key, day))""",
+                PRIMARY KEY (scope, scope_key, bucket_start))""",
             # One row per usage event (cost: its current cost, corrections included) and
             # per correction (corrects: the usage event it repriced).
             f"""CREATE TABLE {ledger} (
@@ -58,26 +69,29 @@ class SpendProjection(Projection):
                 stream_seq bigint NOT NULL,
                 occurred_at timestamptz NOT NULL,
                 cost numeric,
-                corrects uuid)""",
+                corrects uuid,
+                reservation_id text)""",
+            f"CREATE INDEX ON {ledger} (reservation_id) WHERE reservation_id IS NOT NULL",
         ]
 
     def views(self, version: int) -> dict[str, str]:
-        daily, ledger = (physical(t, version) for t in self.tables)
+        buckets, ledger = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         sums = ", ".join(f"sum({name})::{sql_type} AS {name}" for name, sql_type, _ in MEASURES)
+        utc_day = "(bucket_start AT TIME ZONE 'UTC')::date"
+        daily = f"SELECT scope, scope_key, {utc_day} AS day, {sums} FROM {buckets} GROUP BY 1, 2, 3"
         rollups = " UNION ALL ".join(
             f"SELECT scope, scope_key, '{period}' AS period,"
-            f" date_trunc('{unit}', day::timestamp)::date AS period_start, {sums}"
-            f" FROM {daily} GROUP BY scope, scope_key, 4"
-            for period, unit in (("weekly", "week"), ("monthly", "month"))
+            f" date_trunc('{unit}', {utc_day}::timestamp)::date AS period_start, {sums}"
+            f" FROM {buckets} GROUP BY scope, scope_key, 4"
+            for period, unit in (("daily", "day"), ("weekly", "week"), ("monthly", "month"))
         )
         return {
-            "spend_daily": f"SELECT * FROM {daily}",
+            "spend_buckets": f"SELECT * FROM {buckets}",
             "spend_ledger": f"SELECT * FROM {ledger}",
-            "spend_totals": (
-                f"SELECT scope, scope_key, 'daily' AS period, day AS period_start, {names}"
-                f" FROM {daily} UNION ALL {rollups}"
-            ),
+            "spend_daily": daily,
+            "spend_totals": f"SELECT scope, scope_key, period, period_start, {names}"
+            f" FROM ({rollups}) AS totals",
         }
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
@@ -103,30 +117,38 @@ class SpendProjection(Projection):
             f"""
             WITH batch AS (
                 SELECT e.event_id, s.stream_seq, e.occurred_at, e.cost, e.provider, e.model,
-                       e.user_id, e.project_id, {usage}, u.images
+                       e.user_id, e.project_id, e.reservation_id, {usage}, u.images
                 FROM {rows}
             ), fresh AS (
-                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost)
-                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost
+                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost, reservation_id)
+                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost,
+                       reservation_id
                 FROM batch ORDER BY event_id, stream_seq
                 ON CONFLICT (event_id) DO NOTHING
-                RETURNING event_id, stream_seq
+                RETURNING event_id, stream_seq, reservation_id
+            ), settled AS (
+                -- only the live version: a rebuild must not release what the live one
+                -- has not counted yet (readers also treat ledgered reservations as settled)
+                DELETE FROM reservation_holds
+                WHERE reservation_id IN (SELECT reservation_id FROM fresh)
+                  AND EXISTS (SELECT FROM projection_registry
+                              WHERE name = '{self.name}' AND active_version = {version})
             ), cells AS (
-                -- sum each (user, project, provider, model, day) first: few rows to fan out
+                -- sum each (user, project, provider, model, bucket) first: few rows to fan out
                 SELECT user_id, project_id, provider, model,
-                       (occurred_at AT TIME ZONE 'UTC')::date AS day, {cell_sums}
+                       {BUCKET_SQL.format("occurred_at")} AS bucket_start, {cell_sums}
                 FROM batch JOIN fresh USING (event_id, stream_seq)
-                GROUP BY user_id, project_id, provider, model, day
+                GROUP BY user_id, project_id, provider, model, bucket_start
             )
-            INSERT INTO {totals} (scope, scope_key, day, {names})
-            SELECT scope, scope_key, day, {regroup}
+            INSERT INTO {totals} (scope, scope_key, bucket_start, {names})
+            SELECT scope, scope_key, bucket_start, {regroup}
             FROM cells
-            CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_KEY}'), ('user', user_id),
+            CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', user_id),
                 ('provider', provider), ('model', model), ('project', project_id))
                 AS scopes(scope, scope_key)
             WHERE scope_key <> ''
-            GROUP BY scope, scope_key, day
-            ON CONFLICT (scope, scope_key, day) DO UPDATE SET {updates}
+            GROUP BY scope, scope_key, bucket_start
+            ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE SET {updates}
             """.encode(),
             params,
         )
@@ -134,7 +156,7 @@ class SpendProjection(Projection):
     async def _apply_correction(
         self, conn: Connection, version: int, stream_seq: int, event: UsageRepriced
     ) -> None:
-        """Move the corrected event's cost to the new one in every daily total it counts in.
+        """Move the corrected event's cost to the new one in every bucket it counts in.
         The delta is taken against the ledger's current cost, so a correction applied
         twice, or one that changes nothing, adds nothing."""
         totals, ledger = (physical(t, version) for t in self.tables)
@@ -174,12 +196,13 @@ class SpendProjection(Projection):
         names = ", ".join(name for name, _, _ in MEASURES)
         await conn.execute(
             f"""
-            INSERT INTO {totals} (scope, scope_key, day, {names})
-            SELECT scope, scope_key, %(day)s, %(cost)s, 0, %(unpriced)s, {zeros}
-            FROM (VALUES ('global', '{GLOBAL_KEY}'), ('user', %(user)s), ('provider', %(provider)s),
-                  ('model', %(model)s), ('project', %(project)s)) AS scopes(scope, scope_key)
+            INSERT INTO {totals} (scope, scope_key, bucket_start, {names})
+            SELECT scope, scope_key, %(bucket)s, %(cost)s, 0, %(unpriced)s, {zeros}
+            FROM (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', %(user)s),
+                  ('provider', %(provider)s), ('model', %(model)s), ('project', %(project)s))
+                  AS scopes(scope, scope_key)
             WHERE scope_key <> ''
-            ON CONFLICT (scope, scope_key, day) DO UPDATE
+            ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE
             SET cost = {totals}.cost + EXCLUDED.cost,
                 unpriced_requests = {totals}.unpriced_requests + EXCLUDED.unpriced_requests
             """.encode(),
@@ -190,6 +213,6 @@ class SpendProjection(Projection):
                 "provider": event.provider,
                 "model": event.model,
                 "project": event.project_id,
-                "day": event.occurred_at.date(),
+                "bucket": bucket_start(event.occurred_at),
             },
         )

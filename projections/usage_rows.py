@@ -39,6 +39,7 @@ _EVENT_COLUMNS = (
     ("usage", "jsonb"),
     ("tags", "jsonb"),
     ("price", "jsonb"),
+    ("reservation_id", "text"),
 )
 
 

@@ -89,6 +89,21 @@ class PricingRegistry(SeedApi):
             f"{genai.data_version()}"
         ), True
 
+    def provider_of(self, model: str) -> str | None:
+        """The provider that prices ``model`` when the caller did not say (pre-call checks)."""
+        name = model.strip().lower()
+        for override in self.overrides:
+            if override.model.strip().lower() == name:
+                return genai.canonical_provider(override.provider)
+        alias = MODEL_ALIASES.get(name)
+        if alias is not None:
+            return alias[0]
+        for entry in SUPPLEMENT:
+            if entry.model == name:
+                return entry.provider
+        found = genai.find_model(None, name)
+        return found[0].id if found else None
+
     def _known_models(self, provider_id: str) -> set[str]:
         models = set(genai.provider_models(provider_id))
         models |= {e.model for e in SUPPLEMENT if e.provider == provider_id}

@@ -4,15 +4,17 @@ version row for row."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import ClassVar
 
 from nats.aio.client import Client
 
-from events import Topology, encode
+from events import BudgetPolicy, Event, PolicyDeleted, PolicySet, Topology, encode
 from events.envelope import new_event_id
 from projections.base import Projection, physical
 from projections.history import HistoryProjection
+from projections.policies import PoliciesProjection
 from projections.rebuild import rebuild
 from projections.spend import SpendProjection
 
@@ -26,6 +28,18 @@ class ProjectionContract:
     count_query: ClassVar[str]
     """SQL giving one number that grows with every applied event (on the active view)."""
 
+    def one_event(self) -> Event:
+        """A new event that adds one to ``count_query``."""
+        return usage_event()
+
+    def many_events(self, count: int) -> list[Event]:
+        """Varied events, the first three each adding one to ``count_query``."""
+        return list(varied_events(count))
+
+    def refused_event(self) -> Event:
+        """A valid event PostgreSQL cannot store (it has no NUL character in text)."""
+        return usage_event(user="nul\x00user")
+
     async def snapshot(self, db: str, version: int) -> dict[str, list[tuple[object, ...]]]:
         return {
             table: sorted(
@@ -38,7 +52,7 @@ class ProjectionContract:
     async def test_event_published_twice_is_counted_once(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
-        event = usage_event()
+        event = self.one_event()
         # Without Nats-Msg-Id JetStream stores both copies (as after its duplicate window).
         await publish(nc, topology, [event, event], msg_id=False)
         await catch_up(self.projection, nc, db, topology)
@@ -47,7 +61,7 @@ class ProjectionContract:
     async def test_jetstream_drops_a_resend_with_the_same_message_id(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
-        event = usage_event()
+        event = self.one_event()
         await publish(nc, topology, [event, event])
         info = await nc.jetstream().stream_info(topology.event_stream.name)
         assert info.state.messages == 1
@@ -55,7 +69,7 @@ class ProjectionContract:
     async def test_redelivered_events_at_or_below_checkpoint_are_skipped(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
-        await publish(nc, topology, varied_events(20))
+        await publish(nc, topology, self.many_events(20))
         await catch_up(self.projection, nc, db, topology)
         before = await self.snapshot(db, 1)
         # Forget the consumer: the next run redelivers everything from sequence 1.
@@ -68,7 +82,7 @@ class ProjectionContract:
     async def test_rebuilt_version_equals_live_one_row_for_row(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
-        await publish(nc, topology, varied_events(500))
+        await publish(nc, topology, self.many_events(500))
         await catch_up(self.projection, nc, db, topology)
         version = await rebuild(
             self.projection, nc=nc, database_url=db, topology=topology, swap=False
@@ -81,7 +95,7 @@ class ProjectionContract:
     async def test_rebuild_swaps_the_views_and_drops_the_old_version(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
-        await publish(nc, topology, varied_events(50))
+        await publish(nc, topology, self.many_events(50))
         await catch_up(self.projection, nc, db, topology)
         before = await rows(db, self.count_query)
         assert await rebuild(self.projection, nc=nc, database_url=db, topology=topology) == 2
@@ -102,12 +116,15 @@ class ProjectionContract:
     async def test_malformed_message_is_dead_lettered_and_the_rest_applied(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
-        good = varied_events(3)
+        good = self.many_events(3)
         await publish(nc, topology, good[:1])
         js = nc.jetstream()
-        subject = topology.event_subject("usage.recorded")
-        no_time = b'{"type": "UsageRecorded", "schema_version": 2, "event_id": "%s"}' % (
-            str(new_event_id()).encode()
+        event_type = self.projection.event_types[0]
+        subject = topology.event_subject(event_type.SUBJECT)
+        no_time = b'{"type": "%s", "schema_version": %d, "event_id": "%s"}' % (
+            event_type.__name__.encode(),
+            event_type.SCHEMA_VERSION,
+            str(new_event_id()).encode(),
         )
         await js.publish(subject, no_time)
         await js.publish(subject, b"\xff not json")
@@ -128,8 +145,8 @@ class ProjectionContract:
         self, nc: Client, db: str, topology: Topology
     ) -> None:
         """Valid JSON and a valid event, but PostgreSQL cannot store a NUL character."""
-        refused = usage_event(user="nul\x00user")
-        await publish(nc, topology, [usage_event(), refused, usage_event()])
+        refused = self.refused_event()
+        await publish(nc, topology, [self.one_event(), refused, self.one_event()])
         await catch_up(self.projection, nc, db, topology)
 
         assert await rows(db, self.count_query) == [(2,)]
@@ -150,6 +167,34 @@ class TestSpendProjection(ProjectionContract):
 class TestHistoryProjection(ProjectionContract):
     projection = HistoryProjection()
     count_query = "SELECT count(*) FROM usage_history"
+
+
+def policy_set(policy_id: str, name: str = "team cap", at: datetime | None = None) -> PolicySet:
+    policy = BudgetPolicy(policy_id=policy_id, name=name, limit_amount=Decimal("50"))
+    return PolicySet(occurred_at=at or datetime.now(UTC), policy=policy)
+
+
+class TestPoliciesProjection(ProjectionContract):
+    projection = PoliciesProjection()
+    count_query = "SELECT count(*) FROM budget_policy_log"
+
+    def one_event(self) -> Event:
+        return policy_set(new_event_id().hex)
+
+    def many_events(self, count: int) -> list[Event]:
+        """Sets, replacements and deletions of a dozen policies, in time order."""
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        events: list[Event] = []
+        for i in range(count):
+            at, policy_id = start + timedelta(minutes=i), f"policy-{i % 12}"
+            if i >= 12 and i % 7 == 0:
+                events.append(PolicyDeleted(occurred_at=at, policy_id=policy_id))
+            else:
+                events.append(policy_set(policy_id, f"cap {i}", at))
+        return events
+
+    def refused_event(self) -> Event:
+        return policy_set(new_event_id().hex, name="nul\x00name")
 
 
 async def test_old_schema_version_in_the_log_is_upcast_and_applied(

@@ -107,9 +107,9 @@ async def test_rebuild_with_corrections_equals_the_live_totals(
     await project_all(nc, db, topology)
     await publish(nc, topology, await corrections(db, PricingRegistry([ACME])))
     await project_all(nc, db, topology)
-    live = await rows(db, "SELECT * FROM spend_daily_v1 ORDER BY 1, 2, 3")
+    live = await rows(db, "SELECT * FROM spend_buckets_v1 ORDER BY 1, 2, 3")
     await rebuild(SpendProjection(), nc=nc, database_url=db, topology=topology, swap=False)
-    assert await rows(db, "SELECT * FROM spend_daily_v2 ORDER BY 1, 2, 3") == live
+    assert await rows(db, "SELECT * FROM spend_buckets_v2 ORDER BY 1, 2, 3") == live
 
 
 async def test_planning_twice_gives_the_same_correction_ids(

@@ -1,0 +1,105 @@
+"""Judging a request against its policies: one rule, used by the enforcer under its locks
+and by trackers on their cached snapshots (WARN/NOTIFY-only answers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+
+from budget.policies import PolicyWindow
+from events import LimitAction
+from events.rpc import CheckResult, PolicyStatus
+
+__all__ = ["assess", "decide"]
+
+# Which refusal to report first when several policies refuse.
+_SEVERITY = {LimitAction.BLOCK: 3, LimitAction.THROTTLE: 2, LimitAction.NOTIFY: 1}
+
+
+def assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: datetime) -> PolicyStatus:
+    """``spend``: committed plus reserved in the window before this request.
+
+    BLOCK refuses what would pass the limit. THROTTLE also refuses, past the soft limit,
+    what would run ahead of the limit's pro-rata share of the elapsed period; it says when
+    the share will have grown enough. WARN and NOTIFY never refuse.
+    """
+    policy = window.policy
+    limit = policy.limit_amount
+    after = spend + estimate
+    state = "ok" if after <= policy.soft_limit else "soft_limit" if after <= limit else "exceeded"
+    allowed, retry_after = True, None
+    if policy.action.enforced and after > limit:
+        allowed, retry_after = False, (window.end - now).total_seconds()
+    elif policy.action is LimitAction.THROTTLE and state == "soft_limit":
+        length = window.end - window.start
+        share = limit * Decimal((now - window.start) / length)
+        if after > share:
+            catch_up = window.start + length * float(after / limit)
+            allowed, retry_after = False, max((catch_up - now).total_seconds(), 0.001)
+    return PolicyStatus(
+        policy_id=policy.policy_id,
+        name=policy.name,
+        action=policy.action,
+        window_start=window.start,
+        window_end=window.end,
+        spend=spend,
+        limit_amount=limit,
+        remaining=limit - spend,
+        state=state,
+        allowed=allowed,
+        retry_after_seconds=retry_after,
+    )
+
+
+def decide(
+    statuses: Sequence[PolicyStatus],
+    estimate: Decimal,
+    *,
+    enforced: bool,
+    reservation_id: str | None = None,
+) -> CheckResult:
+    """All policies must allow. The reported spend/limit are the deciding policy's: the
+    refusing one, else the one closest to its limit."""
+    refused = [s for s in statuses if not s.allowed]
+    warned = [s for s in statuses if s.state != "ok"]
+    if refused:
+        refused.sort(key=lambda s: -_SEVERITY.get(s.action, 0))
+        decided, lead = refused, refused[0]
+        reason = f"{lead.action.value} by policy {lead.name!r}: " + (
+            f"{lead.spend} + {estimate} spent would pass its limit {lead.limit_amount}"
+            if lead.state == "exceeded"
+            else f"spend is ahead of the pro-rata share of {lead.limit_amount} for this period"
+        )
+    elif warned:
+        warned.sort(key=lambda s: (s.state != "exceeded", -_SEVERITY.get(s.action, 0)))
+        decided, lead = warned, warned[0]
+        reason = f"allowed; policy {lead.name!r} is past its " + (
+            "limit" if lead.state == "exceeded" else "soft limit"
+        )
+    elif statuses:
+        decided, lead = [], min(statuses, key=lambda s: s.remaining)
+        reason = "allowed; within every policy"
+    else:
+        return CheckResult(
+            allowed=True,
+            action=None,
+            reason="no policy applies",
+            estimated_cost=estimate,
+            enforced=enforced,
+        )
+    retry = max((s.retry_after_seconds or 0.0 for s in refused), default=None)
+    return CheckResult(
+        allowed=not refused,
+        action=decided[0].action if decided else None,
+        reason=reason,
+        estimated_cost=estimate,
+        current_spend=lead.spend,
+        limit=lead.limit_amount,
+        remaining=lead.remaining,
+        retry_after=retry,
+        reservation_id=reservation_id if not refused else None,
+        policies=list(statuses),
+        decided_by=[s.policy_id for s in decided],
+        enforced=enforced,
+    )

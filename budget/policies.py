@@ -1,0 +1,72 @@
+"""Which policies apply to a call, and the period window each one counts it in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from budget.periods import UTC, Period, period_bounds
+from events import BudgetPeriod, BudgetPolicy, BudgetScope
+from events.policy import GLOBAL_SCOPE_KEY
+
+__all__ = ["CallScope", "PolicyWindow", "applicable", "policy_window"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallScope:
+    """What a call is attributed to: the keys policies are matched on."""
+
+    model: str
+    provider: str | None = None
+    user_id: str | None = None
+    project_id: str | None = None
+
+    def key(self, scope: BudgetScope) -> str | None:
+        if scope is BudgetScope.GLOBAL:
+            return GLOBAL_SCOPE_KEY
+        return {
+            BudgetScope.USER: self.user_id,
+            BudgetScope.PROJECT: self.project_id,
+            BudgetScope.PROVIDER: self.provider,
+            BudgetScope.MODEL: self.model,
+        }[scope]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyWindow:
+    """One policy's current window for one scope key (``key``: the spend projection's
+    ``scope_key``, so ``"*"`` for global, else the user, project, provider or model)."""
+
+    policy: BudgetPolicy
+    key: str
+    start: datetime
+    end: datetime
+
+    @property
+    def ident(self) -> tuple[str, str, datetime]:
+        return self.policy.policy_id, self.key, self.start
+
+
+def policy_window(policy: BudgetPolicy, at: datetime) -> tuple[datetime, datetime] | None:
+    """[start, end) in UTC of the policy period holding ``at``; None outside a custom range."""
+    if policy.period is BudgetPeriod.CUSTOM:
+        assert policy.custom_start is not None and policy.custom_end is not None
+        if policy.custom_start <= at < policy.custom_end:
+            return policy.custom_start, policy.custom_end
+        return None
+    tz = ZoneInfo(policy.timezone) if policy.timezone else UTC
+    return period_bounds(Period(policy.period.value), at, tz)
+
+
+def applicable(policies: list[BudgetPolicy], call: CallScope, at: datetime) -> list[PolicyWindow]:
+    """The policies that count ``call`` at ``at``, each with its window."""
+    found = []
+    for policy in policies:
+        key = call.key(policy.scope)
+        if key is None or (policy.scope_key is not None and policy.scope_key != key):
+            continue
+        window = policy_window(policy, at)
+        if window is not None:
+            found.append(PolicyWindow(policy, key, *window))
+    return found

@@ -1,0 +1,168 @@
+"""Budget policies and enforcement decisions, as events: policies are rebuilt by replay too.
+
+A policy whose scope is not GLOBAL and has no ``scope_key`` applies to each user (project,
+provider, model) separately: ``default_limit`` is such a USER policy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from events.envelope import Event, UtcDatetime
+
+__all__ = [
+    "BUCKET",
+    "GLOBAL_SCOPE_KEY",
+    "BudgetPeriod",
+    "BudgetPolicy",
+    "BudgetScope",
+    "LimitAction",
+    "PolicyDeleted",
+    "PolicySet",
+    "RequestBlocked",
+]
+
+BUCKET = timedelta(minutes=15)
+"""Spend is kept in quarter hours: every time zone's midnight (+05:45 included) and every
+custom range falls on one, so any policy window is an exact sum of buckets."""
+
+GLOBAL_SCOPE_KEY = "*"
+"""The scope key of global totals (other scopes are keyed by their user, project, ...)."""
+
+Money = Annotated[Decimal, Field(ge=0)]
+PolicyId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class BudgetScope(StrEnum):
+    GLOBAL = "global"
+    USER = "user"
+    PROVIDER = "provider"
+    MODEL = "model"
+    PROJECT = "project"
+
+
+class BudgetPeriod(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+    CUSTOM = "custom"
+
+
+class LimitAction(StrEnum):
+    WARN = "warn"
+    BLOCK = "block"
+    THROTTLE = "throttle"
+    NOTIFY = "notify"
+
+    @property
+    def enforced(self) -> bool:
+        """Needs the enforcer's strongly consistent answer (a reservation)."""
+        return self in (LimitAction.BLOCK, LimitAction.THROTTLE)
+
+
+class BudgetPolicy(BaseModel):
+    """A spending limit for one scope and period. ``soft_limit_percent`` of the limit is
+    where warnings start and where THROTTLE starts pacing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy_id: PolicyId = Field(default_factory=lambda: uuid.uuid4().hex)
+    name: str = Field(min_length=1, max_length=200)
+    scope: BudgetScope = BudgetScope.GLOBAL
+    scope_key: str | None = Field(
+        default=None,
+        max_length=200,
+        description="the user/project/provider/model it limits; absent: each one separately",
+    )
+    period: BudgetPeriod = BudgetPeriod.MONTHLY
+    custom_start: UtcDatetime | None = None
+    custom_end: UtcDatetime | None = None
+    limit_amount: Money
+    soft_limit_percent: Annotated[Decimal, Field(gt=0, le=100)] = Decimal(80)
+    action: LimitAction = LimitAction.WARN
+    timezone: str | None = Field(default=None, description="IANA name; periods are UTC if absent")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.scope is BudgetScope.GLOBAL and self.scope_key is not None:
+            raise ValueError("a global policy has no scope_key")
+        custom = self.period is BudgetPeriod.CUSTOM
+        given = self.custom_start is not None, self.custom_end is not None
+        if custom and not all(given):
+            raise ValueError("a custom period needs custom_start and custom_end")
+        if not custom and any(given):
+            raise ValueError("custom_start/custom_end are only for period 'custom'")
+        if self.custom_start is not None and self.custom_end is not None:
+            if self.custom_start >= self.custom_end:
+                raise ValueError("custom_start must be before custom_end")
+            for bound in (self.custom_start, self.custom_end):
+                if not _on_bucket(bound):
+                    raise ValueError(
+                        f"custom bounds must fall on a quarter hour (got {bound.isoformat()})"
+                    )
+        return self
+
+    @property
+    def soft_limit(self) -> Decimal:
+        return self.limit_amount * self.soft_limit_percent / 100
+
+
+def _on_bucket(instant: datetime) -> bool:
+    return instant.second == 0 and instant.microsecond == 0 and instant.minute % 15 == 0
+
+
+class PolicySet(Event):
+    """A policy was created or replaced (same ``policy_id``)."""
+
+    SUBJECT: ClassVar[str] = "policy.set"
+
+    type: Literal["PolicySet"] = "PolicySet"
+    schema_version: Literal[1] = 1
+    policy: BudgetPolicy
+    set_by: str | None = Field(default=None, max_length=200)
+
+
+class PolicyDeleted(Event):
+    SUBJECT: ClassVar[str] = "policy.deleted"
+
+    type: Literal["PolicyDeleted"] = "PolicyDeleted"
+    schema_version: Literal[1] = 1
+    policy_id: PolicyId
+    deleted_by: str | None = Field(default=None, max_length=200)
+
+
+class RequestBlocked(Event):
+    """The enforcer refused a request (BLOCK, or THROTTLE pacing): for alerts and audit."""
+
+    SUBJECT: ClassVar[str] = "enforcement.blocked"
+
+    type: Literal["RequestBlocked"] = "RequestBlocked"
+    schema_version: Literal[1] = 1
+    action: LimitAction
+    policy_ids: list[PolicyId] = Field(min_length=1)
+    reason: str = Field(max_length=500)
+    provider: str | None = Field(default=None, max_length=100)
+    model: str = Field(min_length=1, max_length=200)
+    user_id: str | None = Field(default=None, max_length=200)
+    project_id: str | None = Field(default=None, max_length=200)
+    estimated_cost: Money
+    spend: Money
+    limit_amount: Money
+    retry_after_seconds: float | None = None
