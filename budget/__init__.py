@@ -4,7 +4,9 @@ Host apps reach the running system only through NATS: ``get_usage_tracker()`` pu
 usage events; the pricing registry runs in-process.
 """
 
+from budget.checks import BudgetExceeded
 from budget.config import ConfigError, Settings, load_settings
+from budget.manager import BudgetManager, get_budget_manager
 from budget.pricing import (
     Priced,
     PriceOverride,
@@ -17,6 +19,8 @@ from budget.tracker import UsageTracker, get_usage_tracker
 from budget.usage import normalize_usage, usage_from_response
 
 __all__ = [
+    "BudgetExceeded",
+    "BudgetManager",
     "ConfigError",
     "PriceOverride",
     "Priced",
@@ -25,6 +29,7 @@ __all__ = [
     "Unpriced",
     "UnpricedModelError",
     "UsageTracker",
+    "get_budget_manager",
     "get_pricing_registry",
     "get_usage_tracker",
     "load_settings",

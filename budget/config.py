@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from budget.pricing.overrides import PriceOverride
-from events import Topology
+from events import BudgetPolicy, Topology
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -33,7 +33,9 @@ class Settings(BaseModel):
     subject_prefix: str = Field(default="budget", pattern=r"^[A-Za-z0-9_-]+$")
     flush_interval: float = Field(default=300, gt=0, description="seconds between spool re-sends")
     cache_ttl: float = Field(default=60, ge=0)
-    default_limit: Decimal = Field(default=Decimal("100.00"), ge=0)
+    default_limit: Decimal | None = Field(
+        default=Decimal("100.00"), ge=0, description="monthly limit per user; null: none"
+    )
     soft_limit_percent: Decimal = Field(default=Decimal(80), gt=0, le=100)
     default_action: Literal["warn", "block", "throttle", "notify"] = "warn"
     spool_dir: Path = Path(".budget/spool")
@@ -45,6 +47,19 @@ class Settings(BaseModel):
     price_overrides: tuple[PriceOverride, ...] = Field(
         default=(), description="negotiated rates, fine-tunes, private deployments (see docs)"
     )
+    reservation_ttl: float = Field(
+        default=300, gt=0, le=86400, description="seconds a pre-call reservation is held"
+    )
+    enforcer_timeout: float = Field(
+        default=2.0, gt=0, description="seconds to wait for the enforcer's answer"
+    )
+    fail_open: bool = Field(
+        default=False,
+        description="allow calls under BLOCK/THROTTLE policies when the enforcer is unreachable",
+    )
+    policies: tuple[BudgetPolicy, ...] = Field(
+        default=(), description="the top-level budget_policies of config.yaml"
+    )
 
     @property
     def topology(self) -> Topology:
@@ -53,7 +68,9 @@ class Settings(BaseModel):
 
 # Environment variables that override config.yaml, and the Settings field each one sets.
 ENV_VARS: Mapping[str, str] = {
-    f"BUDGET_{name.upper()}": name for name in Settings.model_fields if name != "price_overrides"
+    f"BUDGET_{name.upper()}": name
+    for name in Settings.model_fields
+    if name not in ("price_overrides", "policies")
 }
 
 
@@ -66,7 +83,9 @@ def load_settings(
     path = Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
     values: dict[str, Any] = {}
     if path.exists():
-        values.update(_read_budget_section(path))
+        document = _read_document(path)
+        values.update(_budget_section(path, document))
+        values["policies"] = _configured_policies(path, document)
     elif config_file or environ.get("BUDGET_CONFIG"):
         raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
     values.update({field: environ[var] for var, field in ENV_VARS.items() if var in environ})
@@ -76,16 +95,46 @@ def load_settings(
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         source = next((v for v, f in ENV_VARS.items() if f == field and v in environ), None)
-        where = f"environment variable {source}" if source else f"budget.{field} in {path}"
+        if source:
+            where = f"environment variable {source}"
+        elif err["loc"][0] == "policies":
+            index, *rest = err["loc"][1:]
+            where = f"budget_policies[{index}]{''.join(f'.{p}' for p in rest)} in {path}"
+        else:
+            where = f"budget.{field} in {path}"
         raise ConfigError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
 
 
-def _read_budget_section(path: Path) -> dict[str, Any]:
+def _read_document(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    section = document.get("budget", {}) if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'budget' section")
+    return document
+
+
+def _budget_section(path: Path, document: dict[str, Any]) -> dict[str, Any]:
+    section = document.get("budget", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: 'budget' must be a mapping of settings")
     return section
+
+
+def _configured_policies(path: Path, document: dict[str, Any]) -> list[Any]:
+    """``budget_policies`` entries; each gets a stable id from its name unless it has one,
+    so loading the file again replaces the same policies instead of adding new ones."""
+    entries = document.get("budget_policies") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: 'budget_policies' must be a list of policies")
+    policies = []
+    for entry in entries:
+        if isinstance(entry, dict) and "policy_id" not in entry and entry.get("name"):
+            entry = {**entry, "policy_id": "config-" + _slug(str(entry["name"]))}
+        policies.append(entry)
+    return policies
+
+
+def _slug(name: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from budget.config import Settings
 from budget.periods import UTC, Period, period_bounds
-from events import BudgetPeriod, BudgetPolicy, BudgetScope
+from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import GLOBAL_SCOPE_KEY
 
-__all__ = ["CallScope", "PolicyWindow", "applicable", "policy_window"]
+__all__ = [
+    "DEFAULT_USER_POLICY_ID",
+    "CallScope",
+    "PolicyWindow",
+    "applicable",
+    "configured_policies",
+    "policy_window",
+]
+
+DEFAULT_USER_POLICY_ID = "default-user"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,14 +70,44 @@ def policy_window(policy: BudgetPolicy, at: datetime) -> tuple[datetime, datetim
     return period_bounds(Period(policy.period.value), at, tz)
 
 
-def applicable(policies: list[BudgetPolicy], call: CallScope, at: datetime) -> list[PolicyWindow]:
-    """The policies that count ``call`` at ``at``, each with its window."""
+def applicable(
+    policies: Sequence[BudgetPolicy], call: CallScope, at: datetime
+) -> list[PolicyWindow]:
+    """The policies that count ``call`` at ``at``, each with its window.
+
+    A policy naming a key (user ``alice``) replaces, for that key, the policies of its scope
+    that apply to each key separately (the default user limit): alice's own limit is hers.
+    """
+    keyed = {
+        p.scope for p in policies if p.scope_key is not None and p.scope_key == call.key(p.scope)
+    }
     found = []
     for policy in policies:
         key = call.key(policy.scope)
         if key is None or (policy.scope_key is not None and policy.scope_key != key):
             continue
+        if policy.scope_key is None and policy.scope in keyed:
+            continue
         window = policy_window(policy, at)
         if window is not None:
             found.append(PolicyWindow(policy, key, *window))
     return found
+
+
+def configured_policies(settings: Settings) -> list[BudgetPolicy]:
+    """``budget_policies`` from config.yaml, and the per-user policy ``default_limit`` and
+    ``default_action`` give every user without a policy of their own."""
+    policies = list(settings.policies)
+    if settings.default_limit is not None:
+        policies.append(
+            BudgetPolicy(
+                policy_id=DEFAULT_USER_POLICY_ID,
+                name="Default user limit",
+                scope=BudgetScope.USER,
+                period=BudgetPeriod.MONTHLY,
+                limit_amount=settings.default_limit,
+                soft_limit_percent=settings.soft_limit_percent,
+                action=LimitAction(settings.default_action),
+            )
+        )
+    return policies

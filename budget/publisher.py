@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,8 @@ class EventPublisher:
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._resend_now = asyncio.Event()
+        self.on_connect: list[Callable[[Client], Awaitable[None]]] = []
+        """Called with each new connection (e.g. to subscribe on it)."""
 
     async def start(self) -> None:
         await self._connect()
@@ -80,6 +83,11 @@ class EventPublisher:
     @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
+
+    @property
+    def client(self) -> Client | None:
+        """The NATS connection, shared for request/reply; None while NATS is unreachable."""
+        return self._nc
 
     async def publish(self, event: Event) -> None:
         """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
@@ -139,6 +147,8 @@ class EventPublisher:
             return
         self._inbox = self._nc.new_inbox()
         await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        for callback in self.on_connect:
+            await callback(self._nc)
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
         if not self.connected:

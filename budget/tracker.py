@@ -7,21 +7,26 @@ event and returns it. Publishing is pipelined and spooled locally when NATS is a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
 from budget.pricing import Priced, PricingRegistry, get_pricing_registry
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.usage import normalize_usage, usage_from_response
 from events import CallKind, ImageUsage, Producer, Usage, UsageRecorded, utc_now
+from events.rpc import CallAttributes, CheckResult
 
-__all__ = ["UsageTracker", "get_usage_tracker"]
+__all__ = ["BudgetExceeded", "UsageTracker", "get_usage_tracker"]
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class UsageTracker:
@@ -31,8 +36,93 @@ class UsageTracker:
         self.settings = settings
         self.registry = registry
         self.publisher = publisher
+        self.checker = BudgetChecker(settings, registry)
         self._producer = Producer(service=settings.service_name)
         self._warned_unpriced: set[tuple[str, str]] = set()
+
+    async def start(self) -> None:
+        """Start publishing (or spooling, while NATS is away) and answering checks."""
+        self.publisher.on_connect.append(self.checker.use)
+        if self.publisher.client is not None:
+            await self.checker.use(self.publisher.client)
+        await self.publisher.start()
+
+    async def check_budget(
+        self,
+        model: str,
+        estimated_tokens: int = 0,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        *,
+        provider: str | None = None,
+        estimated_cost: Decimal | None = None,
+        reserve: bool = True,
+    ) -> CheckResult:
+        """May this call go ahead? ``estimated_tokens`` are priced as output tokens unless
+        ``estimated_cost`` is given. Under BLOCK/THROTTLE policies an allowed call holds a
+        reservation (``result.reservation_id``): pass it to ``record_usage`` to settle it,
+        or to ``release_reservation`` if the call is not made."""
+        call = CallAttributes(
+            model=model,
+            provider=provider or self.registry.provider_of(model),
+            user_id=user_id,
+            project_id=project_id,
+        )
+        return await self.checker.check(call, estimated_tokens, estimated_cost, reserve=reserve)
+
+    async def release_reservation(self, reservation_id: str) -> None:
+        await self.checker.release(reservation_id)
+
+    def track_llm_call(
+        self,
+        *,
+        model: str,
+        provider: str | None = None,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        estimated_tokens: int = 0,
+        estimated_cost: Decimal | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Decorate an async function that calls a provider and returns its response: the
+        budget is checked first (``BudgetExceeded`` if refused), usage is recorded from
+        the response (OpenAI/Anthropic/Google objects or dicts), and the reservation is
+        released if the function raises."""
+        provider_name = provider or self.registry.provider_of(model) or "unknown"
+
+        def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            @functools.wraps(function)
+            async def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
+                result = await self.check_budget(
+                    model,
+                    estimated_tokens,
+                    user_id,
+                    project_id,
+                    provider=provider_name,
+                    estimated_cost=estimated_cost,
+                )
+                if not result.allowed:
+                    raise BudgetExceeded(result)
+                try:
+                    response = await function(*args, **kwargs)
+                except BaseException:
+                    if result.reservation_id is not None:
+                        await self.release_reservation(result.reservation_id)
+                    raise
+                await self.record_usage(
+                    model=model,
+                    provider=provider_name,
+                    usage=response,
+                    user_id=user_id,
+                    project_id=project_id,
+                    tags=tags,
+                    reservation_id=result.reservation_id,
+                )
+                return response
+
+            return tracked
+
+        return decorate
 
     async def record_usage(
         self,
@@ -133,7 +223,8 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
         if _tracker is None:
             settings = settings or load_settings()
             publisher = EventPublisher(PublisherConfig.from_settings(settings))
-            await publisher.start()
             registry = await get_pricing_registry(settings.price_overrides)
-            _tracker = UsageTracker(settings, registry, publisher)
+            tracker = UsageTracker(settings, registry, publisher)
+            await tracker.start()
+            _tracker = tracker
         return _tracker

@@ -15,6 +15,7 @@ __all__ = [
     "drop_version",
     "ensure_projection",
     "list_checkpoints",
+    "live_position",
     "point_views_at",
 ]
 
@@ -85,3 +86,14 @@ async def list_checkpoints(conn: Connection) -> list[Checkpoint]:
         " JOIN projection_registry r USING (name) ORDER BY c.name, c.version"
     )
     return [Checkpoint(*row) for row in await cursor.fetchall()]
+
+
+async def live_position(conn: Connection, name: str) -> int:
+    """The stream sequence the live version of projection ``name`` has applied up to."""
+    cursor = await conn.execute(
+        "SELECT c.stream_seq FROM projection_checkpoints c JOIN projection_registry r"
+        " ON r.name = c.name AND r.active_version = c.version WHERE c.name = %s",
+        (name,),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -99,3 +99,25 @@ async def bind_consumer(
         ),
     )
     return created
+
+
+async def pending_after(
+    js: JetStreamContext, stream: str, filter_subjects: list[str], after_seq: int
+) -> int:
+    """How many messages on ``filter_subjects`` follow ``after_seq``, counted by the server
+    through a short-lived consumer (for a projection whose worker has not run yet)."""
+    info: ConsumerInfo = await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=after_seq + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=5,
+            filter_subjects=filter_subjects,
+        ),
+    )
+    try:
+        return int(info.num_pending or 0)
+    finally:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, info.name)

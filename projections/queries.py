@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -16,6 +15,7 @@ from events import ImageUsage, Topology, Usage
 from projections.base import Connection
 from projections.checkpoints import list_checkpoints
 from projections.engine import consumer_name
+from projections.log import pending_after
 from projections.registry import get_projection
 
 __all__ = [
@@ -56,15 +56,17 @@ async def projection_status(
     conn: Connection, js: JetStreamContext, topology: Topology
 ) -> list[ProjectionStatus]:
     """Lag is what the version's consumer has not committed yet; before its worker first
-    ran, it is the stream's last sequence minus the checkpoint."""
-    stream = await js.stream_info(topology.event_stream.name)
+    ran, the events on its subjects after the checkpoint."""
+    stream = topology.event_stream.name
     result = []
     for cp in await list_checkpoints(conn):
-        lag = max(int(stream.state.last_seq) - cp.stream_seq, 0)
-        with contextlib.suppress(NotFoundError, ValueError):
-            durable = consumer_name(get_projection(cp.name), cp.version)
-            info = await js.consumer_info(topology.event_stream.name, durable)
+        projection = get_projection(cp.name)
+        try:
+            info = await js.consumer_info(stream, consumer_name(projection, cp.version))
             lag = int(info.num_pending) + int(info.num_ack_pending)
+        except NotFoundError:
+            subjects = projection.filter_subjects(topology)
+            lag = await pending_after(js, stream, subjects, cp.stream_seq)
         result.append(
             ProjectionStatus(
                 cp.name,
@@ -83,20 +85,21 @@ async def spend_for_period(
     conn: Connection, period: Period, at: datetime, scope: str | None = None
 ) -> list[SpendRow]:
     """Totals of the calendar period (UTC) containing ``at``, for every scope or one: the
-    sum of the period's daily rows (an index range scan)."""
-    start = period_start(period, at)
-    end = period_bounds(period, at)[1].date()
+    sum of the period's quarter-hour buckets."""
+    start, end = period_bounds(period, at)
     cursor = await conn.execute(
         "SELECT scope, scope_key, sum(cost), sum(requests)::bigint,"
         " sum(unpriced_requests)::bigint,"
         " sum(input_uncached + input_cache_read + input_cache_write)::bigint,"
         " sum(output_text + output_reasoning)::bigint"
-        " FROM spend_daily WHERE day >= %s AND day < %s AND (%s::text IS NULL OR scope = %s)"
+        " FROM spend_buckets WHERE bucket_start >= %s AND bucket_start < %s"
+        " AND (%s::text IS NULL OR scope = %s)"
         " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key",
         (start, end, scope, scope),
     )
+    day = period_start(period, at)
     return [
-        SpendRow(scope_, key, period.value, start, cost, requests, unpriced, inputs, outputs)
+        SpendRow(scope_, key, period.value, day, cost, requests, unpriced, inputs, outputs)
         for scope_, key, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
     ]
 

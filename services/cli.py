@@ -70,7 +70,7 @@ def up(
 ) -> None:
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL and
     every worker. Stops cleanly on Ctrl-C."""
-    from services.stack import run_stack
+    from services.stack import SERVICES, run_stack
 
     current = settings()
 
@@ -80,7 +80,7 @@ def up(
     raise typer.Exit(
         run_stack(
             data_dir or current.data_dir,
-            list(PROJECTIONS),
+            [*PROJECTIONS, *SERVICES],
             prepare=prepare_stack,
             nats_port=nats_port,
         )
@@ -104,6 +104,16 @@ def worker(
 
     get_projection(name)
     raise typer.Exit(run_worker(name, settings()))
+
+
+@app.command()
+def enforcer() -> None:
+    """Run the enforcer (pre-call checks for BLOCK/THROTTLE policies, reservations) until
+    SIGTERM. Several may run; they share the requests."""
+    from services.enforcer import serve_enforcer
+    from services.worker import run_service
+
+    raise typer.Exit(run_service("enforcer", settings(), serve_enforcer))
 
 
 @app.command()

@@ -40,6 +40,7 @@ from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "SERVICES",
     "PrepareFn",
     "StackError",
     "StackInfo",
@@ -60,8 +61,13 @@ WorkerCommand = Callable[[str], Sequence[str]]
 """Maps a worker name to its argv."""
 
 
+SERVICES = ("enforcer",)
+"""Supervised processes that are not projection workers (``budget <name>``)."""
+
+
 def default_worker_command(name: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", "worker", name]
+    command = [name] if name in SERVICES else ["worker", name]
+    return [sys.executable, "-m", "services.cli", *command]
 
 
 class StackError(RuntimeError):

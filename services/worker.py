@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from faststream import FastStream
@@ -25,7 +27,7 @@ from projections.log import require_stream
 from projections.reader import ConsumerGone
 from projections.registry import get_projection
 
-__all__ = ["run_projection", "run_worker"]
+__all__ = ["ServiceBody", "run_projection", "run_service", "run_worker"]
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -77,9 +79,23 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+ServiceBody = Callable[[Client, Settings, asyncio.Event], Coroutine[Any, Any, None]]
+"""``body(nc, settings, stop)``: a service's work, until ``stop`` is set."""
+
+
 def run_worker(name: str, settings: Settings) -> int:
-    """Run the worker until SIGINT/SIGTERM; returns the process exit code."""
+    """Run projection ``name``'s worker until SIGINT/SIGTERM; returns the exit code."""
     get_projection(name)  # fail fast on an unknown name
+
+    async def body(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
+        await run_projection(name, nc, settings, stop)
+
+    return run_service(f"worker {name}", settings, body)
+
+
+def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
+    """Run ``body`` as a FastStream service until SIGINT/SIGTERM (a heartbeat file too, if
+    configured); returns the process exit code."""
     broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1)
     app = FastStream(broker)
     stop = asyncio.Event()
@@ -87,12 +103,12 @@ def run_worker(name: str, settings: Settings) -> int:
 
     def exit_on_failure(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("worker %s failed", name, exc_info=task.exception())
+            log.error("%s failed", name, exc_info=task.exception())
             app.exit()
 
     @app.after_startup
     async def start() -> None:
-        task = asyncio.create_task(run_projection(name, broker.connection, settings, stop))
+        task = asyncio.create_task(body(broker.connection, settings, stop))
         task.add_done_callback(exit_on_failure)
         tasks.append(task)
         if settings.heartbeat_file is not None:

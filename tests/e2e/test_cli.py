@@ -34,6 +34,7 @@ from nats.js.errors import NotFoundError
 from events import Topology, UsageRecorded, utc_now
 from projections.base import physical
 from projections.registry import PROJECTIONS
+from services.stack import SERVICES
 
 from support import ROOT, publish, usage_event
 
@@ -388,6 +389,7 @@ def test_recorded_cost_reaches_spend_and_status_through_running_workers(
     )
     assert sorted((r.name, r.version, r.state, r.checkpoint, r.lag) for r in status) == [
         ("history", 1, "live", 1, 0),
+        ("policies", 1, "live", 0, 0),  # not running, and nothing on its subjects
         ("spend", 1, "live", 1, 0),
     ]
 
@@ -672,7 +674,7 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     )
     assert banner is not None, up.output()
     assert f"export BUDGET_NATS_URL={banner.nats_url}" in up.output()
-    assert sorted(banner.worker_pids) == sorted(PROJECTIONS)
+    assert sorted(banner.worker_pids) == sorted([*PROJECTIONS, *SERVICES])
     stack = json.loads((budget_up.data_dir / "stack.json").read_text())
     servers = {"nats": stack["nats_pid"], "postgres": stack["postgres_pid"]}
 

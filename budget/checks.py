@@ -1,0 +1,193 @@
+"""Pre-call budget checks from a host app.
+
+A call's applicable policies and their spend come from the enforcer as a snapshot, cached
+for ``cache_ttl`` seconds and dropped as soon as any policy event is published. When none
+of them is BLOCK or THROTTLE the answer is computed here from the snapshot, in
+microseconds. Otherwise the enforcer decides and reserves the estimate, over NATS
+request/reply. If the enforcer cannot be asked, the answer is a refusal (unless
+``fail_open``) that says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal
+from typing import TypeVar
+
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from pydantic import BaseModel, ValidationError
+
+from budget.config import Settings
+from budget.enforcement import assess, decide
+from budget.policies import PolicyWindow
+from budget.pricing import Priced, PricingRegistry
+from events import LimitAction, Usage, utc_now
+from events.rpc import (
+    RPC_CHECK,
+    RPC_RELEASE,
+    RPC_SNAPSHOT,
+    CallAttributes,
+    CheckRequest,
+    CheckResult,
+    ReleaseRequest,
+    RpcError,
+    Snapshot,
+)
+
+__all__ = ["BudgetChecker", "BudgetExceeded"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+_CacheKey = tuple[str, str | None, str | None, str | None]
+
+
+class BudgetExceeded(Exception):
+    """A pre-call check refused the call; ``result`` has the policies and ``retry_after``."""
+
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+class _Unreachable(Exception):
+    pass
+
+
+class BudgetChecker:
+    def __init__(self, settings: Settings, registry: PricingRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.nc: Client | None = None
+        self._snapshots: dict[_CacheKey, tuple[float, Snapshot]] = {}
+
+    async def use(self, nc: Client) -> None:
+        """Ask over ``nc`` from now on, and drop cached snapshots whenever a policy changes."""
+        self.nc = nc
+        self._snapshots.clear()
+        await nc.subscribe(
+            self.settings.topology.event_subject("policy.>"), cb=self._on_policy_event
+        )
+
+    async def _on_policy_event(self, _: object) -> None:
+        self._snapshots.clear()
+
+    def estimate(self, model: str, provider: str | None, estimated_tokens: int) -> Decimal | None:
+        """Price ``estimated_tokens`` as output, the dearer class: an estimate that errs
+        high keeps a hard limit hard. None: the model has no price."""
+        priced = self.registry.price(
+            provider=provider, model=model, usage=Usage(output_text=estimated_tokens), at=utc_now()
+        )
+        return priced.cost if isinstance(priced, Priced) else None
+
+    async def check(
+        self,
+        call: CallAttributes,
+        estimated_tokens: int = 0,
+        estimated_cost: Decimal | None = None,
+        *,
+        reserve: bool = True,
+    ) -> CheckResult:
+        estimate = estimated_cost
+        if estimate is None:
+            estimate = self.estimate(call.model, call.provider, estimated_tokens)
+        try:
+            snapshot = await self._snapshot(call)
+        except _Unreachable as exc:
+            return self._unreachable(str(exc), estimate or Decimal(0))
+        now = utc_now()
+        windows = [
+            PolicyWindow(w.policy, w.key, w.window_start, w.window_end) for w in snapshot.windows
+        ]
+        if any(w.policy.action.enforced for w in windows):
+            if estimate is None:
+                return _refuse(
+                    f"model {call.model!r} has no price, so the cost of this call cannot be"
+                    " checked against BLOCK/THROTTLE policies; pass estimated_cost",
+                    Decimal(0),
+                )
+            request = CheckRequest(**call.model_dump(), estimated_cost=estimate, reserve=reserve)
+            try:
+                return _parse(await self._ask(RPC_CHECK, request.model_dump_json()), CheckResult)
+            except _Unreachable as exc:
+                return self._unreachable(str(exc), estimate)
+        if any(now >= w.end for w in windows):  # a period rolled over since the snapshot
+            self._snapshots.pop(_key(call), None)
+            return await self.check(call, estimated_tokens, estimate, reserve=reserve)
+        statuses = [
+            assess(w, s.spent, estimate or Decimal(0), now)
+            for w, s in zip(windows, snapshot.windows, strict=True)
+        ]
+        result = decide(statuses, estimate or Decimal(0), enforced=False)
+        if estimate is None and statuses:
+            note = f"; model {call.model!r} has no price, so this call's cost is not counted"
+            return result.model_copy(update={"reason": result.reason + note})
+        return result
+
+    async def release(self, reservation_id: str) -> None:
+        """Give a reservation back now (the call failed); it would expire anyway."""
+        try:
+            await self._ask(
+                RPC_RELEASE, ReleaseRequest(reservation_id=reservation_id).model_dump_json()
+            )
+        except _Unreachable as exc:
+            log.warning("could not release reservation %s (%s); it expires", reservation_id, exc)
+
+    async def _snapshot(self, call: CallAttributes) -> Snapshot:
+        key = _key(call)
+        cached = self._snapshots.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.settings.cache_ttl:
+            return cached[1]
+        snapshot = _parse(await self._ask(RPC_SNAPSHOT, call.model_dump_json()), Snapshot)
+        self._snapshots[key] = (time.monotonic(), snapshot)
+        return snapshot
+
+    async def _ask(self, name: str, payload: str) -> bytes:
+        if self.nc is None or not self.nc.is_connected:
+            raise _Unreachable("not connected to NATS")
+        subject = self.settings.topology.rpc_subject(name)
+        try:
+            reply = await self.nc.request(
+                subject, payload.encode(), timeout=self.settings.enforcer_timeout
+            )
+        except (NatsError, TimeoutError) as exc:
+            raise _Unreachable(f"no answer from the enforcer on {subject}: {exc!r}") from None
+        return reply.data
+
+    def _unreachable(self, why: str, estimate: Decimal) -> CheckResult:
+        if self.settings.fail_open:
+            return CheckResult(
+                allowed=True,
+                action=None,
+                reason=f"enforcer unavailable ({why}); allowed because fail_open is set",
+                estimated_cost=estimate,
+            )
+        return _refuse(
+            f"enforcer unavailable ({why}): BLOCK/THROTTLE policies fail closed; start"
+            " `budget enforcer` (or `budget up`), or set budget.fail_open: true to allow",
+            estimate,
+        )
+
+
+def _refuse(reason: str, estimate: Decimal) -> CheckResult:
+    return CheckResult(
+        allowed=False, action=LimitAction.BLOCK, reason=reason, estimated_cost=estimate
+    )
+
+
+def _parse(data: bytes, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(data)
+    except ValidationError:
+        pass
+    try:
+        why = RpcError.model_validate_json(data).error
+    except ValidationError:
+        why = f"unexpected answer {data[:200]!r}"
+    raise _Unreachable(why)
+
+
+def _key(call: CallAttributes) -> _CacheKey:
+    return call.model, call.provider, call.user_id, call.project_id

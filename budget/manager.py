@@ -1,0 +1,144 @@
+"""``BudgetManager``: policies, usage, checks and spend in one place (seed API).
+
+Policy changes are events: ``set_policy`` publishes ``PolicySet`` and returns once the
+policies projection has applied it, so a ``get_policy`` right after sees the change.
+Reads come from the projections in PostgreSQL (``database_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+from budget.config import Settings, load_settings
+from budget.periods import Period
+from budget.tracker import UsageTracker, get_usage_tracker
+from events import (
+    BudgetPeriod,
+    BudgetPolicy,
+    BudgetScope,
+    Event,
+    PolicyDeleted,
+    PolicySet,
+    UsageRecorded,
+    encode,
+    headers_for,
+    utc_now,
+)
+from events.rpc import CheckResult
+from projections.checkpoints import live_position
+from projections.db import connect
+from projections.policies import PoliciesProjection, load_policies
+from projections.queries import SpendRow, spend_for_period
+
+__all__ = ["BudgetManager", "PolicyNotApplied", "get_budget_manager"]
+
+
+class PolicyNotApplied(TimeoutError):
+    """The policy change is on the log but the policies worker has not applied it yet."""
+
+
+class BudgetManager:
+    def __init__(self, settings: Settings, tracker: UsageTracker, *, apply_timeout: float = 10.0):
+        self.settings = settings
+        self.tracker = tracker
+        self.apply_timeout = apply_timeout
+
+    # -- policies ----------------------------------------------------------------------------
+
+    async def set_policy(self, policy: BudgetPolicy, *, set_by: str | None = None) -> BudgetPolicy:
+        """Create or replace (same ``policy_id``) a policy."""
+        await self._publish_and_wait(PolicySet(occurred_at=utc_now(), policy=policy, set_by=set_by))
+        return policy
+
+    async def delete_policy(self, policy_id: str, *, deleted_by: str | None = None) -> bool:
+        """Delete a policy; False if there was none with this id."""
+        if await self.get_policy(policy_id) is None:
+            return False
+        event = PolicyDeleted(occurred_at=utc_now(), policy_id=policy_id, deleted_by=deleted_by)
+        await self._publish_and_wait(event)
+        return True
+
+    async def get_policy(self, policy_id: str) -> BudgetPolicy | None:
+        return next((p for p in await self.get_policies() if p.policy_id == policy_id), None)
+
+    async def get_policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
+        conn = await connect(self.settings.database_url)
+        try:
+            policies = await load_policies(conn)
+        finally:
+            await conn.close()
+        return [p for p in policies if scope is None or p.scope is scope]
+
+    # -- usage and checks --------------------------------------------------------------------
+
+    async def record_usage(
+        self, record: UsageRecorded | None = None, **fields: Any
+    ) -> UsageRecorded:
+        """Publish a ready ``UsageRecorded``, or record one from ``UsageTracker.record_usage``
+        keyword arguments."""
+        if record is not None:
+            await self.tracker.publisher.publish(record)
+            return record
+        return await self.tracker.record_usage(**fields)
+
+    async def check_budget(
+        self, model: str, estimated_tokens: int = 0, user_id: str | None = None, **options: Any
+    ) -> CheckResult:
+        return await self.tracker.check_budget(model, estimated_tokens, user_id, **options)
+
+    async def get_spend_summary(
+        self,
+        period: BudgetPeriod | Period = BudgetPeriod.MONTHLY,
+        scope: BudgetScope | None = None,
+        at: datetime | None = None,
+    ) -> list[SpendRow]:
+        """Totals of the calendar period (UTC) holding ``at`` (now), per scope key."""
+        if period == BudgetPeriod.CUSTOM:
+            raise ValueError("a spend summary is per calendar period: daily, weekly or monthly")
+        conn = await connect(self.settings.database_url)
+        try:
+            return await spend_for_period(
+                conn, Period(str(period)), at or utc_now(), scope.value if scope else None
+            )
+        finally:
+            await conn.close()
+
+    async def _publish_and_wait(self, event: Event) -> None:
+        nc = self.tracker.publisher.client
+        if nc is None or not nc.is_connected:
+            raise ConnectionError(f"NATS at {self.settings.nats_url} is unreachable; not changed")
+        subject = self.settings.topology.event_subject(event.SUBJECT)
+        ack = await nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
+        await self._wait_applied(ack.seq)
+
+    async def _wait_applied(self, seq: int) -> None:
+        conn = await connect(self.settings.database_url)
+        deadline = time.monotonic() + self.apply_timeout
+        try:
+            while await live_position(conn, PoliciesProjection.name) < seq:
+                if time.monotonic() > deadline:
+                    raise PolicyNotApplied(
+                        f"the policy change is stored (stream sequence {seq}) but the policies"
+                        f" worker has not applied it within {self.apply_timeout:.0f}s;"
+                        " is `budget worker policies` (or `budget up`) running?"
+                    )
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+
+_manager: BudgetManager | None = None
+_lock = asyncio.Lock()
+
+
+async def get_budget_manager(settings: Settings | None = None) -> BudgetManager:
+    """The process's manager, sharing the usage tracker's connection."""
+    global _manager
+    async with _lock:
+        if _manager is None:
+            settings = settings or load_settings()
+            _manager = BudgetManager(settings, await get_usage_tracker(settings))
+        return _manager

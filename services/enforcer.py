@@ -1,0 +1,324 @@
+"""``budget enforcer``: strongly consistent answers for BLOCK and THROTTLE policies.
+
+Checks arrive over NATS request/reply (``<prefix>.rpc.enforcer.check``, queue group
+``enforcer``, so several enforcers share the load). Requests waiting while a transaction
+runs are decided together in the next one: the windows they touch are locked, their spend
+read once, each request judged in arrival order against what the ones before it reserved,
+and the holds of all admitted requests committed, before any answer is sent. A reply
+therefore never promises what the database does not hold.
+
+Holds end when usage reaches the live spend ledger (the spend projection deletes them in
+the transaction that counts the cost), on release, or at expiry; a scheduled job removes
+expired and settled leftovers. At start the enforcer publishes the ``budget_policies`` of
+config.yaml (and the default user policy) that differ from the live ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import psycopg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from budget.config import Settings
+from budget.enforcement import assess, decide
+from budget.policies import CallScope, applicable, configured_policies
+from budget.publisher import EventPublisher, PublisherConfig
+from events import BudgetPolicy, PolicySet, RequestBlocked, utc_now
+from events.envelope import new_event_id
+from events.rpc import (
+    RPC_CHECK,
+    RPC_RELEASE,
+    RPC_SNAPSHOT,
+    CallAttributes,
+    CheckRequest,
+    CheckResult,
+    PolicySpend,
+    ReleaseRequest,
+    RpcError,
+    Snapshot,
+)
+from projections.base import Connection
+from projections.checkpoints import live_position
+from projections.db import connect
+from projections.policies import PoliciesProjection, load_policies
+from services import reservations
+
+__all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
+
+log = logging.getLogger(__name__)
+QUEUE_GROUP = "enforcer"
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnforcerConfig:
+    reservation_ttl: float = 300.0
+    max_batch: int = 500
+    cleanup_interval: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EnforcerConfig:
+        return cls(reservation_ttl=settings.reservation_ttl)
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: CheckRequest
+    reply: str
+
+
+@dataclass
+class _Policies:
+    position: int = -1
+    items: list[BudgetPolicy] = field(default_factory=list)
+
+
+class Enforcer:
+    def __init__(
+        self, settings: Settings, nc: Client, config: EnforcerConfig | None = None
+    ) -> None:
+        self.settings = settings
+        self.config = config or EnforcerConfig.from_settings(settings)
+        self.nc = nc
+        self.topology = settings.topology
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._policies = _Policies()
+        self._decider: Connection | None = None
+        self._aux: Connection | None = None
+        self._aux_lock = asyncio.Lock()
+        self._publisher = EventPublisher(
+            PublisherConfig.from_settings(
+                settings.model_copy(update={"spool_dir": settings.spool_dir / "enforcer"})
+            )
+        )
+        self._scheduler = AsyncIOScheduler()
+        self._subscriptions: list[Any] = []
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._decider = await connect(self.settings.database_url)
+        self._aux = await connect(self.settings.database_url)
+        await self._publisher.start()
+        await self.publish_configured_policies()
+        self._loop_task = asyncio.create_task(self._decide_forever())
+        for name, handler in (
+            (RPC_CHECK, self._on_check),
+            (RPC_RELEASE, self._on_release),
+            (RPC_SNAPSHOT, self._on_snapshot),
+        ):
+            subject = self.topology.rpc_subject(name)
+            self._subscriptions.append(
+                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=handler)
+            )
+        self._scheduler.add_job(
+            self.release_finished, "interval", seconds=self.config.cleanup_interval
+        )
+        self._scheduler.start()
+        await self.nc.flush()
+        log.info("enforcer answering on %s", self.topology.rpc_subject("enforcer.*"))
+
+    async def stop(self) -> None:
+        for sub in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self._publisher.close()
+        for conn in (self._decider, self._aux):
+            if conn is not None:
+                await conn.close()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _on_check(self, msg: Msg) -> None:
+        request = await self._parse(msg, CheckRequest)
+        if request is not None:
+            self._queue.put_nowait(_Pending(request, msg.reply))
+
+    async def _on_release(self, msg: Msg) -> None:
+        request = await self._parse(msg, ReleaseRequest)
+        if request is None:
+            return
+        async with self._aux_lock:
+            assert self._aux is not None
+            released = await reservations.release(self._aux, request.reservation_id)
+        await self._respond(msg.reply, f'{{"released":{released}}}'.encode())
+
+    async def _on_snapshot(self, msg: Msg) -> None:
+        request = await self._parse(msg, CallAttributes)
+        if request is None:
+            return
+        now = utc_now()
+        async with self._aux_lock:
+            assert self._aux is not None
+            policies = await self._current_policies(self._aux)
+            windows = applicable(policies, _call(request), now)
+            spend = await reservations.window_spend(self._aux, windows)
+        snapshot = Snapshot(
+            windows=[
+                PolicySpend(
+                    policy=w.policy, key=w.key, window_start=w.start, window_end=w.end, spent=s
+                )
+                for w, s in zip(windows, spend, strict=True)
+            ],
+            as_of=now,
+        )
+        await self._respond(msg.reply, snapshot.model_dump_json().encode())
+
+    async def _parse(self, msg: Msg, model: type[M]) -> M | None:
+        try:
+            return model.model_validate_json(msg.data)
+        except ValidationError as exc:
+            error = RpcError(error=f"bad {model.__name__}: {exc.errors()[0]['msg']}")
+            await self._respond(msg.reply, error.model_dump_json().encode())
+            return None
+
+    async def _respond(self, reply: str, data: bytes) -> None:
+        if reply:
+            await self.nc.publish(reply, data)
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    async def _decide_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.config.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self.decide(batch)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("enforcer cannot reach PostgreSQL (%s); refusing %d", exc, len(batch))
+                error = RpcError(error=f"enforcer: database unavailable: {exc}")
+                for pending in batch:
+                    await self._respond(pending.reply, error.model_dump_json().encode())
+                await self._reconnect_decider()
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                await self._respond(pending.reply, result.model_dump_json().encode())
+            for pending, result in zip(batch, results, strict=True):
+                if not result.allowed:
+                    await self._publish_blocked(pending.request, result)
+
+    async def decide(self, batch: list[_Pending]) -> list[CheckResult]:
+        """Judge ``batch`` in one transaction; holds of admitted requests are committed
+        when this returns."""
+        assert self._decider is not None
+        conn, now = self._decider, utc_now()
+        expires = now + timedelta(seconds=self.config.reservation_ttl)
+        async with conn.transaction():
+            policies = await self._current_policies(conn)
+            per_call = [applicable(policies, _call(p.request), now) for p in batch]
+            windows = list({w.ident: w for ws in per_call for w in ws}.values())
+            await reservations.lock_windows(conn, [w for w in windows if w.policy.action.enforced])
+            amounts = await reservations.window_spend(conn, windows)
+            spend = {w.ident: amount for w, amount in zip(windows, amounts, strict=True)}
+            results, holds = [], []
+            for pending, call_windows in zip(batch, per_call, strict=True):
+                request = pending.request
+                estimate = request.estimated_cost
+                statuses = [assess(w, spend[w.ident], estimate, now) for w in call_windows]
+                enforced = [w for w in call_windows if w.policy.action.enforced]
+                reservation_id = str(new_event_id()) if enforced and request.reserve else None
+                result = decide(statuses, estimate, enforced=True, reservation_id=reservation_id)
+                if result.allowed and reservation_id is not None:
+                    for w in enforced:
+                        spend[w.ident] += estimate
+                        holds.append(reservations.Hold(reservation_id, w, estimate, expires))
+                results.append(result)
+            await reservations.insert_holds(conn, holds)
+        return results
+
+    async def _current_policies(self, conn: Connection) -> list[BudgetPolicy]:
+        position = await live_position(conn, PoliciesProjection.name)
+        if position != self._policies.position:
+            self._policies = _Policies(position, await load_policies(conn))
+        return self._policies.items
+
+    async def _reconnect_decider(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self._decider is not None
+            await self._decider.close()
+        while True:
+            try:
+                self._decider = await connect(self.settings.database_url)
+                return
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(1.0)
+
+    async def _publish_blocked(self, request: CheckRequest, result: CheckResult) -> None:
+        event = RequestBlocked(
+            occurred_at=utc_now(),
+            action=result.action or "block",
+            policy_ids=result.decided_by,
+            reason=result.reason,
+            provider=request.provider,
+            model=request.model,
+            user_id=request.user_id,
+            project_id=request.project_id,
+            estimated_cost=request.estimated_cost,
+            spend=result.current_spend or 0,
+            limit_amount=result.limit or 0,
+            retry_after_seconds=result.retry_after,
+        )
+        await self._publisher.publish(event)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def release_finished(self) -> None:
+        async with self._aux_lock:
+            assert self._aux is not None
+            try:
+                expired, settled = await reservations.release_finished(self._aux)
+            except psycopg.Error as exc:
+                log.warning("releasing finished reservations failed: %s", exc)
+                return
+        if expired:
+            log.info("released %d expired reservation holds", expired)
+        if settled:
+            log.debug("removed %d settled reservation holds", settled)
+
+    async def publish_configured_policies(self) -> list[BudgetPolicy]:
+        """Publish the configured policies that differ from the live ones (idempotent)."""
+        assert self._aux is not None
+        async with self._aux_lock:
+            live = {p.policy_id: p for p in await load_policies(self._aux)}
+        changed = [p for p in configured_policies(self.settings) if live.get(p.policy_id) != p]
+        for policy in changed:
+            await self._publisher.publish(
+                PolicySet(occurred_at=utc_now(), policy=policy, set_by="config.yaml")
+            )
+        await self._publisher.flush()
+        if changed:
+            log.info("published %d policies from the configuration", len(changed))
+        return changed
+
+
+def _call(request: CallAttributes) -> CallScope:
+    return CallScope(
+        model=request.model,
+        provider=request.provider,
+        user_id=request.user_id,
+        project_id=request.project_id,
+    )
+
+
+async def serve_enforcer(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
+    """Run an enforcer on ``nc`` until ``stop``."""
+    enforcer = Enforcer(settings, nc)
+    try:
+        await enforcer.start()
+        await stop.wait()
+    finally:
+        await enforcer.stop()

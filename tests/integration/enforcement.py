@@ -1,0 +1,90 @@
+"""A running enforcement stack for tests: the policies and spend workers and an enforcer,
+in this process, on the test's NATS streams and database schema."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from budget.config import Settings
+from budget.manager import BudgetManager
+from budget.pricing import PricingRegistry
+from budget.publisher import EventPublisher, PublisherConfig
+from budget.tracker import UsageTracker
+from events import BudgetPolicy, Topology
+from services.enforcer import Enforcer, EnforcerConfig
+from services.ops import prepare
+from services.worker import run_projection
+
+from support import rows
+
+
+def stack_settings(
+    nats_url: str, database_url: str, topology: Topology, tmp_path: Path, **extra: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "database_url": database_url,
+        "subject_prefix": topology.prefix,
+        "spool_dir": tmp_path / "spool",
+        "default_limit": None,
+        **extra,
+    }
+    return Settings(**values)
+
+
+@dataclass
+class EnforcementStack:
+    settings: Settings
+    nc: Client
+    enforcer: Enforcer
+    tracker: UsageTracker
+    manager: BudgetManager
+
+    async def holds(self) -> list[tuple[Any, ...]]:
+        return await rows(
+            self.settings.database_url,
+            "SELECT reservation_id, policy_id, amount FROM reservation_holds ORDER BY 1, 2",
+        )
+
+    async def set_policy(self, **fields: Any) -> BudgetPolicy:
+        fields.setdefault("name", "test policy")
+        fields["limit_amount"] = Decimal(str(fields["limit_amount"]))
+        return await self.manager.set_policy(BudgetPolicy(**fields))
+
+
+async def start_tracker(settings: Settings) -> UsageTracker:
+    tracker = UsageTracker(
+        settings, PricingRegistry(), EventPublisher(PublisherConfig.from_settings(settings))
+    )
+    await tracker.start()
+    return tracker
+
+
+@contextlib.asynccontextmanager
+async def enforcement_stack(
+    nc: Client, settings: Settings, config: EnforcerConfig | None = None
+) -> AsyncIterator[EnforcementStack]:
+    await prepare(settings.nats_url, settings.database_url, settings)
+    stop = asyncio.Event()
+    workers = [
+        asyncio.create_task(run_projection(name, nc, settings, stop))
+        for name in ("policies", "spend")
+    ]
+    enforcer = Enforcer(settings, nc, config)
+    await enforcer.start()
+    tracker = await start_tracker(settings)
+    try:
+        yield EnforcementStack(settings, nc, enforcer, tracker, BudgetManager(settings, tracker))
+    finally:
+        await tracker.close()
+        await enforcer.stop()
+        stop.set()
+        await asyncio.gather(*workers)

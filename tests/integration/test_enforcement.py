@@ -1,0 +1,257 @@
+"""Pre-call checks on real NATS and PostgreSQL: BLOCK holds, reservations settle, expire
+and are released, overlapping policies reserve all or nothing, THROTTLE paces."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from budget.checks import BudgetExceeded
+from events import BudgetScope, LimitAction, RequestBlocked, Topology, decode, utc_now
+from services.enforcer import EnforcerConfig
+
+from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from support import rows, wait_for
+
+pytestmark = pytest.mark.integration
+DIME = Decimal("0.10")
+
+
+@pytest.fixture
+async def stack(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[EnforcementStack]:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as running:
+        yield running
+
+
+async def test_block_admits_up_to_the_limit_and_refuses_the_rest(stack: EnforcementStack) -> None:
+    await stack.set_policy(limit_amount="0.25", action="block")
+    results = [
+        await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+        for _ in range(3)
+    ]
+    assert [r.allowed for r in results] == [True, True, False]
+    refused = results[2]
+    assert refused.action is LimitAction.BLOCK and refused.enforced
+    assert refused.current_spend == Decimal("0.20") and refused.limit == Decimal("0.25")
+    assert "would pass its limit" in refused.reason
+    assert len(await stack.holds()) == 2
+
+
+async def test_refusal_publishes_request_blocked(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    policy = await stack.set_policy(limit_amount="0.05", action="block")
+    sub = await stack.nc.subscribe(topology.event_subject(RequestBlocked.SUBJECT))
+    result = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+    assert not result.allowed
+    event = decode((await sub.next_msg(timeout=5)).data)
+    assert isinstance(event, RequestBlocked)
+    assert event.policy_ids == [policy.policy_id] and event.user_id == "u1"
+
+
+async def test_a_refusal_by_one_policy_reserves_nothing_in_the_others(
+    stack: EnforcementStack,
+) -> None:
+    await stack.set_policy(policy_id="global", limit_amount="100", action="block")
+    await stack.set_policy(
+        policy_id="project",
+        scope="project",
+        scope_key="apollo",
+        limit_amount="100",
+        action="block",
+    )
+    await stack.set_policy(
+        policy_id="alice", scope="user", scope_key="alice", limit_amount="0.15", action="block"
+    )
+    first = await stack.tracker.check_budget(
+        "gpt-4o", user_id="alice", project_id="apollo", estimated_cost=DIME
+    )
+    assert first.allowed and {p.policy_id for p in first.policies} == {"global", "project", "alice"}
+    second = await stack.tracker.check_budget(
+        "gpt-4o", user_id="alice", project_id="apollo", estimated_cost=DIME
+    )
+    assert not second.allowed and second.decided_by == ["alice"]
+    holds = await stack.holds()
+    assert {(policy, amount) for _, policy, amount in holds} == {
+        ("global", DIME),
+        ("project", DIME),
+        ("alice", DIME),
+    }
+    assert {reservation for reservation, _, _ in holds} == {first.reservation_id}
+
+
+async def test_settled_reservation_is_counted_once_as_its_actual_cost(
+    stack: EnforcementStack,
+) -> None:
+    await stack.set_policy(limit_amount="0.30", action="block")
+    check = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+    assert check.allowed and check.reservation_id
+    recorded = await stack.tracker.record_usage(
+        model="gpt-4o",
+        provider="openai",
+        input_tokens=1000,
+        output_tokens=500,
+        user_id="u1",
+        reservation_id=check.reservation_id,
+    )
+    await stack.tracker.flush()
+
+    async def settled() -> bool:
+        """the hold is gone"""
+        return not await stack.holds()
+
+    await wait_for(settled, within=10)
+    after = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+    assert after.current_spend == recorded.cost  # the actual cost, not cost + estimate
+
+
+async def test_unsettled_reservations_expire_and_are_released(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    config = EnforcerConfig(reservation_ttl=0.5, cleanup_interval=0.2)
+    async with enforcement_stack(nc, settings, config) as stack:
+        await stack.set_policy(limit_amount="0.10", action="block")
+        held = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+        blocked = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+        assert held.allowed and not blocked.allowed
+        await asyncio.sleep(0.6)
+        again = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+        assert again.allowed, again.reason
+
+        async def released() -> bool:
+            """the expired hold was deleted by the scheduled job"""
+            remaining = await stack.holds()
+            return held.reservation_id not in {r for r, _, _ in remaining}
+
+        await wait_for(released, within=5)
+
+
+async def test_decorated_call_that_raises_releases_its_reservation(
+    stack: EnforcementStack,
+) -> None:
+    await stack.set_policy(limit_amount="1", action="block")
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def failing_call() -> dict[str, object]:
+        assert len(await stack.holds()) == 1  # reserved before the call
+        raise RuntimeError("provider timed out")
+
+    with pytest.raises(RuntimeError, match="provider timed out"):
+        await failing_call()
+    assert await stack.holds() == []
+
+
+async def test_decorated_call_is_refused_with_budget_exceeded(stack: EnforcementStack) -> None:
+    await stack.set_policy(limit_amount="0.01", action="block")
+    calls = []
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def call() -> dict[str, object]:
+        calls.append(1)
+        return {"usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+
+    with pytest.raises(BudgetExceeded) as refused:
+        await call()
+    assert calls == [] and refused.value.result.action is LimitAction.BLOCK
+
+
+async def test_decorated_call_records_usage_from_the_response(stack: EnforcementStack) -> None:
+    await stack.set_policy(limit_amount="1", action="block")
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def call() -> dict[str, object]:
+        return {"usage": {"prompt_tokens": 1000, "completion_tokens": 100}}
+
+    await call()
+    await stack.tracker.flush()
+
+    async def counted() -> bool:
+        """the call's usage reached the spend projection and settled the hold"""
+        found = await rows(
+            stack.settings.database_url,
+            "SELECT sum(requests) FROM spend_buckets WHERE scope = 'user' AND scope_key = 'u1'",
+        )
+        return found == [(1,)] and not await stack.holds()
+
+    await wait_for(counted, within=10)
+
+
+async def test_warn_only_policies_are_answered_locally(stack: EnforcementStack) -> None:
+    await stack.set_policy(limit_amount="0.05", action="warn")
+    result = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+    assert result.allowed and not result.enforced
+    assert result.action is LimitAction.WARN and result.reservation_id is None
+    assert await stack.holds() == []
+
+
+async def test_a_new_policy_is_seen_by_the_next_check(stack: EnforcementStack) -> None:
+    assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+    await stack.set_policy(limit_amount="0.01", action="block")
+    assert not (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+
+
+async def test_throttle_paces_spend_past_the_soft_limit(stack: EnforcementStack) -> None:
+    now = utc_now()
+    quarter = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+    # 50-56 % of the period has passed: the pro-rata share of $10 is $5.00-5.63.
+    await stack.set_policy(
+        limit_amount="10",
+        action="throttle",
+        soft_limit_percent=30,
+        period="custom",
+        custom_start=quarter - timedelta(hours=2),
+        custom_end=quarter + timedelta(hours=2),
+    )
+    small = await stack.tracker.check_budget("gpt-4o", estimated_cost=Decimal("2"))
+    assert small.allowed  # under the soft limit
+    ahead = await stack.tracker.check_budget("gpt-4o", estimated_cost=Decimal("4"))
+    assert not ahead.allowed and ahead.action is LimitAction.THROTTLE
+    assert ahead.retry_after is not None and ahead.retry_after > 0
+    within_share = await stack.tracker.check_budget("gpt-4o", estimated_cost=Decimal("2"))
+    assert within_share.allowed
+
+
+async def test_block_fails_closed_when_the_enforcer_is_unreachable(
+    stack: EnforcementStack,
+) -> None:
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer.stop()
+    stack.tracker.checker._snapshots.clear()
+    result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert not result.allowed
+    assert "enforcer unavailable" in result.reason and "fail_open" in result.reason
+
+
+async def test_fail_open_allows_when_the_enforcer_is_unreachable(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path, fail_open=True)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.enforcer.stop()
+        result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+        assert result.allowed and "fail_open" in result.reason
+
+
+async def test_configured_policies_are_published_once(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path, default_limit=Decimal(100))
+    async with enforcement_stack(nc, settings) as stack:
+
+        async def applied() -> bool:
+            """the default user policy is live"""
+            policies = await stack.manager.get_policies(BudgetScope.USER)
+            return [p.policy_id for p in policies] == ["default-user"]
+
+        await wait_for(applied, within=10)
+        assert await stack.enforcer.publish_configured_policies() == []
