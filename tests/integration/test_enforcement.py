@@ -4,6 +4,10 @@ and are released, overlapping policies reserve all or nothing, THROTTLE paces.""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -13,11 +17,12 @@ import pytest
 from nats.aio.client import Client
 
 from budget.checks import BudgetExceeded
+from budget.config import Settings
 from events import BudgetScope, LimitAction, RequestBlocked, Topology, decode, utc_now
 from services.enforcer import EnforcerConfig
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
-from support import rows, wait_for
+from support import ROOT, rows, wait_for
 
 pytestmark = pytest.mark.integration
 DIME = Decimal("0.10")
@@ -255,3 +260,47 @@ async def test_configured_policies_are_published_once(
 
         await wait_for(applied, within=10)
         assert await stack.enforcer.publish_configured_policies() == []
+
+
+def burst_client(
+    settings: Settings, topology: Topology, spool: Path, count: int
+) -> subprocess.Popen[bytes]:
+    """A host-app process that sends ``count`` checks at once when told to go."""
+    script = Path(__file__).with_name("check_burst.py")
+    args = [topology.prefix, settings.nats_url, settings.database_url, str(spool), str(count)]
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+    )
+
+
+async def test_1000_concurrent_requests_from_4_processes_admit_exactly_50(
+    stack: EnforcementStack, topology: Topology, tmp_path: Path
+) -> None:
+    """$0.10 each against $5.00: the 51st would pass the limit, whoever sends it."""
+    await stack.set_policy(limit_amount="5.00", action="block")
+    settings = stack.settings
+    clients = [burst_client(settings, topology, tmp_path / f"spool-{i}", 250) for i in range(4)]
+    for client in clients:
+        assert client.stdout is not None
+        assert await asyncio.to_thread(client.stdout.readline) == b"ready\n"
+    await stack.nc.publish(f"{topology.prefix}.test.go", b"")
+    outputs = [await asyncio.to_thread(c.communicate, timeout=120) for c in clients]
+    assert [c.returncode for c in clients] == [0, 0, 0, 0]
+    summaries = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+    admitted = [r for s in summaries for r in s["admitted"]]
+    assert len(admitted) == 50 and len(set(admitted)) == 50
+    assert sum(s["refused"] for s in summaries) == 950
+    assert {why for s in summaries for why in s["why"]} == {"block by policy 'test policy'"}
+
+    async def all_settled() -> bool:
+        """the 50 calls' usage is counted and every hold settled"""
+        found = await rows(
+            settings.database_url,
+            "SELECT sum(cost), sum(requests) FROM spend_buckets WHERE scope = 'global'",
+        )
+        return found == [(Decimal("5.00"), 50)] and not await stack.holds()
+
+    await wait_for(all_settled, within=30)

@@ -13,9 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
+from projections.registry import PROJECTIONS
+from services.stack import SERVICES
+
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("migrate", "spend-projector", "history-projector")
-WORKERS = {"spend-projector": "spend", "history-projector": "history"}
+# One service per projection worker and per other long-running service.
+WORKERS = {f"{name}-projector": ["worker", name] for name in PROJECTIONS}
+WORKERS |= {name: [name] for name in SERVICES}
+APP_SERVICES = ("migrate", *WORKERS)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def test_migrate_waits_for_healthy_servers_and_runs_once(
 @pytest.mark.parametrize("name", sorted(WORKERS))
 def test_workers_start_after_migrate(services: dict[str, dict[str, Any]], name: str) -> None:
     worker = services[name]
-    assert worker["command"] == ["budget", "worker", WORKERS[name]]
+    assert worker["command"] == ["budget", *WORKERS[name]]
     assert worker["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
     assert worker["restart"] in ("unless-stopped", "always", "on-failure")
     assert "container_name" not in worker, "workers must be scalable"
