@@ -67,7 +67,8 @@ class EnforcerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EnforcerConfig:
-        return cls(reservation_ttl=settings.reservation_ttl)
+        ttl = settings.reservation_ttl
+        return cls(reservation_ttl=ttl, cleanup_interval=min(10.0, ttl / 2))
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ def stack_settings(
 class EnforcementStack:
     settings: Settings
     nc: Client
-    enforcer: Enforcer
+    enforcer: Enforcer | None
     tracker: UsageTracker
     manager: BudgetManager
 
@@ -70,21 +70,28 @@ async def start_tracker(settings: Settings) -> UsageTracker:
 
 @contextlib.asynccontextmanager
 async def enforcement_stack(
-    nc: Client, settings: Settings, config: EnforcerConfig | None = None
+    nc: Client,
+    settings: Settings,
+    config: EnforcerConfig | None = None,
+    *,
+    enforcer: bool = True,
 ) -> AsyncIterator[EnforcementStack]:
+    """``enforcer=False``: the test runs its own (e.g. as a process to kill)."""
     await prepare(settings.nats_url, settings.database_url, settings)
     stop = asyncio.Event()
     workers = [
         asyncio.create_task(run_projection(name, nc, settings, stop))
         for name in ("policies", "spend")
     ]
-    enforcer = Enforcer(settings, nc, config)
-    await enforcer.start()
+    running = Enforcer(settings, nc, config) if enforcer else None
+    if running is not None:
+        await running.start()
     tracker = await start_tracker(settings)
     try:
-        yield EnforcementStack(settings, nc, enforcer, tracker, BudgetManager(settings, tracker))
+        yield EnforcementStack(settings, nc, running, tracker, BudgetManager(settings, tracker))
     finally:
         await tracker.close()
-        await enforcer.stop()
+        if running is not None:
+            await running.stop()
         stop.set()
         await asyncio.gather(*workers)

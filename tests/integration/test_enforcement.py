@@ -230,6 +230,7 @@ async def test_block_fails_closed_when_the_enforcer_is_unreachable(
     stack: EnforcementStack,
 ) -> None:
     await stack.set_policy(limit_amount="100", action="block")
+    assert stack.enforcer is not None
     await stack.enforcer.stop()
     stack.tracker.checker._snapshots.clear()
     result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
@@ -242,6 +243,7 @@ async def test_fail_open_allows_when_the_enforcer_is_unreachable(
 ) -> None:
     settings = stack_settings(nats_url, db, topology, tmp_path, fail_open=True)
     async with enforcement_stack(nc, settings) as stack:
+        assert stack.enforcer is not None
         await stack.enforcer.stop()
         result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
         assert result.allowed and "fail_open" in result.reason
@@ -259,6 +261,7 @@ async def test_configured_policies_are_published_once(
             return [p.policy_id for p in policies] == ["default-user"]
 
         await wait_for(applied, within=10)
+        assert stack.enforcer is not None
         assert await stack.enforcer.publish_configured_policies() == []
 
 

@@ -1,0 +1,111 @@
+"""The enforcer killed with SIGKILL under load and restarted: every admitted request was
+backed by a committed hold, no usage is counted twice, and the only holds left are ones
+committed for requests that never got their answer (they expire)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from events import Topology
+from events.rpc import CheckResult
+
+from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from support import budget_process, rows, wait_for
+
+pytestmark = pytest.mark.integration
+DIME = Decimal("0.10")
+
+
+async def checks(stack: EnforcementStack, count: int) -> list[CheckResult]:
+    return await asyncio.gather(
+        *(
+            stack.tracker.check_budget("gpt-4o", user_id="load", estimated_cost=DIME)
+            for _ in range(count)
+        )
+    )
+
+
+async def test_enforcer_killed_under_load_loses_and_doubles_nothing(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path, enforcer_timeout=1.0)
+    env = {"BUDGET_RESERVATION_TTL": "4"}
+    async with enforcement_stack(nc, settings, enforcer=False) as stack:
+        enforcer = budget_process(
+            ["enforcer"], nats_url=nats_url, database_url=db, topology=topology, **env
+        )
+        await stack.set_policy(limit_amount="1000", action="block")
+        admitted: list[str] = []
+        costs: list[Decimal] = []
+        unanswered = 0
+
+        async def load(seconds: float) -> None:
+            nonlocal unanswered
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                results = await checks(stack, 10)
+                ids = [r.reservation_id for r in results if r.allowed and r.reservation_id]
+                unanswered += sum(1 for r in results if "enforcer unavailable" in r.reason)
+                # an admitted request is backed by a committed hold, always
+                held = await rows(
+                    db,
+                    "SELECT reservation_id FROM reservation_holds WHERE reservation_id = ANY(%s)",
+                    (ids,),
+                )
+                assert len(held) == len(ids)
+                admitted.extend(ids)
+                for reservation_id in ids:
+                    event = await stack.tracker.record_usage(
+                        model="gpt-4o",
+                        provider="openai",
+                        input_tokens=2000,
+                        output_tokens=500,
+                        user_id="load",
+                        reservation_id=reservation_id,
+                    )
+                    assert event.cost is not None
+                    costs.append(event.cost)
+
+        async def enforcing() -> bool:
+            """the enforcer answers"""
+            stack.tracker.checker._snapshots.clear()
+            return (await checks(stack, 1))[0].enforced
+
+        try:
+            await wait_for(enforcing, within=30)
+            await load(1.5)
+            enforcer.send_signal(signal.SIGKILL)
+            enforcer.wait()
+            await load(0.5)  # refused, fail closed
+            assert unanswered > 0
+            before_restart = len(admitted)
+            enforcer = budget_process(
+                ["enforcer"], nats_url=nats_url, database_url=db, topology=topology, **env
+            )
+            await wait_for(enforcing, within=30)
+            await load(1.5)
+            assert before_restart > 0 and len(admitted) > before_restart
+        finally:
+            enforcer.terminate()
+            enforcer.wait()
+        await stack.tracker.flush()
+        assert len(set(admitted)) == len(admitted)
+
+        async def counted_once() -> bool:
+            """every recorded call counted exactly once"""
+            found = await rows(
+                db, "SELECT sum(cost), sum(requests) FROM spend_buckets WHERE scope = 'user'"
+            )
+            return found == [(sum(costs), len(costs))]
+
+        await wait_for(counted_once, within=30)
+        # settled holds are gone; what is left was reserved for requests that timed out
+        orphans = {r for (r,) in await rows(db, "SELECT reservation_id FROM reservation_holds")}
+        assert not orphans & set(admitted) and len(orphans) <= unanswered
