@@ -4,8 +4,8 @@ and by trackers on their cached snapshots (WARN/NOTIFY-only answers)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 
 from budget.policies import PolicyWindow
 from events import LimitAction
@@ -13,6 +13,7 @@ from events.rpc import CheckResult, PolicyStatus
 
 __all__ = ["assess", "decide"]
 
+_MICROSECOND = timedelta(microseconds=1)
 # Which refusal to report first when several policies refuse.
 _SEVERITY = {LimitAction.BLOCK: 3, LimitAction.THROTTLE: 2, LimitAction.NOTIFY: 1}
 
@@ -32,11 +33,12 @@ def assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: datetim
     if policy.action.enforced and after > limit:
         allowed, retry_after = False, (window.end - now).total_seconds()
     elif policy.action is LimitAction.THROTTLE and state == "soft_limit":
-        length = window.end - window.start
-        share = limit * Decimal((now - window.start) / length)
-        if after > share:
-            catch_up = window.start + length * float(after / limit)
-            allowed, retry_after = False, max((catch_up - now).total_seconds(), 0.001)
+        length = (window.end - window.start) // _MICROSECOND
+        if after * length > limit * ((now - window.start) // _MICROSECOND):
+            # the share reaches ``after`` at start + length * after / limit (rounded up)
+            needed = (after * length / limit).to_integral_value(rounding=ROUND_CEILING)
+            catch_up = window.start + int(needed) * _MICROSECOND
+            allowed, retry_after = False, (catch_up - now).total_seconds()
     return PolicyStatus(
         policy_id=policy.policy_id,
         name=policy.name,

@@ -61,3 +61,22 @@ def test_price_overrides_are_validated(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="effective_to"):
         load_settings(path, environ={})
+
+
+def test_budget_policies_are_read_with_stable_ids(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "budget: {}\nbudget_policies:\n"
+        "  - name: Global Monthly Budget\n    scope: global\n    period: monthly\n"
+        "    limit_amount: 500.00\n    action: block\n",
+    )
+    [policy] = load_settings(path, environ={}).policies
+    assert policy.policy_id == "config-global-monthly-budget"
+    assert policy.limit_amount == Decimal("500.00") and policy.action == "block"
+    assert load_settings(path, environ={}).policies == (policy,)
+
+
+def test_bad_budget_policy_names_the_entry_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "budget_policies:\n  - name: x\n    limit_amount: -5\n")
+    with pytest.raises(ConfigError, match=r"^budget_policies\[0\]\.limit_amount in .*config.yaml"):
+        load_settings(path, environ={})

@@ -1,0 +1,78 @@
+"""The rule every check follows, property-tested: BLOCK never admits past the limit,
+THROTTLE never runs ahead of the pro-rata share past the soft limit, WARN never refuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from budget.enforcement import assess, decide
+from budget.policies import PolicyWindow
+from events import BudgetPolicy, LimitAction
+
+START = datetime(2026, 6, 1, tzinfo=UTC)
+END = START + timedelta(days=30)
+money = st.decimals(min_value=0, max_value=1000, places=4)
+elapsed = st.floats(min_value=0, max_value=0.999)
+
+
+def window(action: str, limit: Decimal, soft: int = 80) -> PolicyWindow:
+    policy = BudgetPolicy(
+        name="p", limit_amount=limit, action=LimitAction(action), soft_limit_percent=soft
+    )
+    return PolicyWindow(policy, "*", START, END)
+
+
+@given(money, money, money)
+def test_block_admits_exactly_what_stays_within_the_limit(
+    limit: Decimal, spend: Decimal, estimate: Decimal
+) -> None:
+    status = assess(window("block", limit), spend, estimate, START + timedelta(days=3))
+    assert status.allowed == (spend + estimate <= limit)
+    if not status.allowed:
+        assert status.retry_after_seconds == (END - START - timedelta(days=3)).total_seconds()
+
+
+@given(money, money, money, elapsed)
+def test_throttle_admits_past_the_soft_limit_only_within_the_pro_rata_share(
+    limit: Decimal, spend: Decimal, estimate: Decimal, fraction: float
+) -> None:
+    now = START + (END - START) * fraction
+    status = assess(window("throttle", limit, soft=50), spend, estimate, now)
+    after = spend + estimate
+    if status.allowed:
+        assert after <= limit
+        share = limit * Decimal((now - START) // timedelta(microseconds=1)) / (30 * 86400 * 10**6)
+        assert after <= limit / 2 or after <= share
+    elif after <= limit:  # paced: told when the share will have grown enough
+        assert status.retry_after_seconds is not None and status.retry_after_seconds > 0
+        later = now + timedelta(seconds=status.retry_after_seconds)
+        assert assess(window("throttle", limit, soft=50), spend, estimate, later).allowed
+
+
+@given(money, money, money, st.sampled_from(["warn", "notify"]))
+def test_warn_and_notify_never_refuse(
+    limit: Decimal, spend: Decimal, estimate: Decimal, action: str
+) -> None:
+    status = assess(window(action, limit), spend, estimate, START)
+    assert status.allowed
+    expected = "exceeded" if spend + estimate > limit else status.state
+    assert status.state == expected
+
+
+def test_one_refusal_refuses_the_call_and_names_the_policy() -> None:
+    now = START + timedelta(days=1)
+    block = assess(window("block", Decimal(1)), Decimal("0.95"), Decimal("0.10"), now)
+    warn = assess(window("warn", Decimal(100)), Decimal(0), Decimal("0.10"), now)
+    result = decide([warn, block], Decimal("0.10"), enforced=True, reservation_id="r1")
+    assert not result.allowed and result.action is LimitAction.BLOCK
+    assert result.reservation_id is None and result.decided_by == [block.policy_id]
+    assert result.remaining == Decimal("0.05")
+
+
+def test_no_policy_allows_and_says_so() -> None:
+    result = decide([], Decimal("0.10"), enforced=False)
+    assert result.allowed and result.reason == "no policy applies"
