@@ -11,17 +11,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import psycopg
 import typer
 from tqdm import tqdm
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-from budget.config import ConfigError, Settings, load_settings
+from budget.config import ConfigError, load_settings
+from budget.manager import PolicyNotApplied
 from budget.periods import Period
 from events import utc_now
 from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
 from projections.rebuild import Progress, rebuild
 from projections.registry import PROJECTIONS, get_projection
+from services.cli_context import settings, use_settings
+from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
 from services.ops import ConnectError, database, nats_client, prepare
 
@@ -37,8 +41,8 @@ app = typer.Typer(
 projections_app = typer.Typer(help="Inspect and rebuild projections (read models).")
 app.add_typer(projections_app, name="projections")
 app.add_typer(prices_app, name="prices", help="Look up model prices and where they come from.")
-
-_state: dict[str, Settings] = {}
+app.add_typer(policy_app, name="policy", help="Set, list, show and delete budget policies.")
+app.command()(check)
 
 
 @app.callback()
@@ -48,11 +52,7 @@ def _configure(
         typer.Option(help="config.yaml to read (default: $BUDGET_CONFIG or ./config.yaml)"),
     ] = None,
 ) -> None:
-    _state["settings"] = load_settings(config)
-
-
-def settings() -> Settings:
-    return _state["settings"]
+    use_settings(load_settings(config))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -331,8 +331,16 @@ def main() -> None:
     except typer.TyperException as exc:  # click's usage errors: bad option, missing value
         message = exc.format_message() if isinstance(exc, ClickException) else str(exc)
         _fail(f"{message} (see --help)")
-    except (ConfigError, ConnectError, LogError, ValueError) as exc:
+    except (ConfigError, ConnectError, LogError, ValueError, PolicyNotApplied) as exc:
         _fail(str(exc))
+    except ConnectionError as exc:
+        _fail(f"{exc}; start NATS with `budget up` or set BUDGET_NATS_URL")
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _fail(
+            f"cannot reach PostgreSQL ({first}); start it with `budget up` or set"
+            " BUDGET_DATABASE_URL"
+        )
     sys.exit(code if isinstance(code, int) else 0)
 
 

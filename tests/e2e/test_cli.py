@@ -95,7 +95,7 @@ class Budget:
 
     def start(self, *args: str, **env: str) -> Service:
         """``budget ARGS`` in the background, output to a log file."""
-        log = self.logs / f"{args[0]}-{args[1].strip('-')}.{len(self.started)}.log"
+        log = self.logs / f"{'-'.join(a.strip('-') for a in args[:2])}.{len(self.started)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [*CLI, *args],
@@ -747,3 +747,63 @@ def test_reprice_prices_unpriced_usage_once_an_override_exists(
     again = deployment.ok("reprice", *window, BUDGET_CONFIG=str(priced))
     assert "1 events checked, 0 changed" in again
     assert spend_worker.stop() == 0 and history_worker.stop() == 0
+
+
+def test_policy_commands_and_check_against_a_running_enforcer(deployment: Budget) -> None:
+    deployment.start("worker", "policies")
+    deployment.start("enforcer", BUDGET_DEFAULT_LIMIT="5")
+    out = deployment.ok(
+        "policy",
+        "set",
+        "--name",
+        "Team cap",
+        "--limit",
+        "0.01",
+        "--action",
+        "block",
+        "--scope",
+        "user",
+        "--key",
+        "alice",
+        "--id",
+        "team-cap",
+    )
+    assert out.startswith("policy team-cap set: 'Team cap': user alice, 0.01 USD monthly")
+    listed = deployment.ok("policy", "list")
+    assert "team-cap" in listed and "default-user" in listed  # from default_limit
+    assert json.loads(deployment.ok("policy", "show", "team-cap"))["action"] == "block"
+
+    refused = deployment.run("check", "gpt-4o", "--tokens", "2000", "--user", "alice")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stdout.startswith("refused: block by policy 'Team cap'")
+    allowed = deployment.run("check", "gpt-4o", "--tokens", "2000", "--user", "bob", "--json")
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["allowed"] is True
+
+    assert deployment.ok("policy", "delete", "team-cap") == "policy team-cap deleted\n"
+    again = deployment.run("check", "gpt-4o", "--tokens", "2000", "--user", "alice")
+    assert again.returncode == 0, again.stdout
+    missing = deployment.run("policy", "show", "team-cap")
+    assert missing.returncode == 2
+    assert missing.stderr == "budget: no policy with id 'team-cap'; see `budget policy list`\n"
+
+
+def test_bad_policy_option_is_one_line(deployment: Budget) -> None:
+    done = deployment.run(
+        "policy",
+        "set",
+        "--name",
+        "x",
+        "--limit",
+        "1",
+        "--period",
+        "custom",
+        "--start",
+        "2026-01-01T00:07:00",
+        "--end",
+        "2026-02-01T00:00:00",
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "budget: policy: custom bounds must fall on a quarter hour"
+        " (got 2026-01-01T00:07:00+00:00)\n",
+    )
