@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
@@ -56,22 +58,36 @@ class _Unreachable(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A snapshot as the local path uses it."""
+
+    fetched: float
+    windows: list[tuple[PolicyWindow, Decimal]]
+    enforced: bool
+    rolls_over: datetime | None
+
+
 class BudgetChecker:
     def __init__(self, settings: Settings, registry: PricingRegistry) -> None:
         self.settings = settings
         self.registry = registry
         self.nc: Client | None = None
-        self._snapshots: dict[_CacheKey, tuple[float, Snapshot]] = {}
+        self._snapshots: dict[_CacheKey, _Cached] = {}
 
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on, and drop cached snapshots whenever a policy changes."""
         self.nc = nc
-        self._snapshots.clear()
+        self.forget()
         await nc.subscribe(
             self.settings.topology.event_subject("policy.>"), cb=self._on_policy_event
         )
 
     async def _on_policy_event(self, _: object) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop every cached snapshot: the next check asks the enforcer afresh."""
         self._snapshots.clear()
 
     def estimate(self, model: str, provider: str | None, estimated_tokens: int) -> Decimal | None:
@@ -98,10 +114,7 @@ class BudgetChecker:
         except _Unreachable as exc:
             return self._unreachable(str(exc), estimate or Decimal(0))
         now = utc_now()
-        windows = [
-            PolicyWindow(w.policy, w.key, w.window_start, w.window_end) for w in snapshot.windows
-        ]
-        if any(w.policy.action.enforced for w in windows):
+        if snapshot.enforced:
             if estimate is None:
                 return _refuse(
                     f"model {call.model!r} has no price, so the cost of this call cannot be"
@@ -113,14 +126,12 @@ class BudgetChecker:
                 return _parse(await self._ask(RPC_CHECK, request.model_dump_json()), CheckResult)
             except _Unreachable as exc:
                 return self._unreachable(str(exc), estimate)
-        if any(now >= w.end for w in windows):  # a period rolled over since the snapshot
-            self._snapshots.pop(_key(call), None)
+        if snapshot.rolls_over is not None and now >= snapshot.rolls_over:
+            self._snapshots.pop(_key(call), None)  # a period ended since the snapshot
             return await self.check(call, estimated_tokens, estimate, reserve=reserve)
-        statuses = [
-            assess(w, s.spent, estimate or Decimal(0), now)
-            for w, s in zip(windows, snapshot.windows, strict=True)
-        ]
-        result = decide(statuses, estimate or Decimal(0), enforced=False)
+        counted = estimate or Decimal(0)
+        statuses = [assess(w, spent, counted, now) for w, spent in snapshot.windows]
+        result = decide(statuses, counted, enforced=False)
         if estimate is None and statuses:
             note = f"; model {call.model!r} has no price, so this call's cost is not counted"
             return result.model_copy(update={"reason": result.reason + note})
@@ -135,14 +146,24 @@ class BudgetChecker:
         except _Unreachable as exc:
             log.warning("could not release reservation %s (%s); it expires", reservation_id, exc)
 
-    async def _snapshot(self, call: CallAttributes) -> Snapshot:
+    async def _snapshot(self, call: CallAttributes) -> _Cached:
         key = _key(call)
         cached = self._snapshots.get(key)
-        if cached is not None and time.monotonic() - cached[0] < self.settings.cache_ttl:
-            return cached[1]
+        if cached is not None and time.monotonic() - cached.fetched < self.settings.cache_ttl:
+            return cached
         snapshot = _parse(await self._ask(RPC_SNAPSHOT, call.model_dump_json()), Snapshot)
-        self._snapshots[key] = (time.monotonic(), snapshot)
-        return snapshot
+        windows = [
+            (PolicyWindow(w.policy, w.key, w.window_start, w.window_end), w.spent)
+            for w in snapshot.windows
+        ]
+        cached = _Cached(
+            fetched=time.monotonic(),
+            windows=windows,
+            enforced=any(w.policy.action.enforced for w, _ in windows),
+            rolls_over=min((w.end for w, _ in windows), default=None),
+        )
+        self._snapshots[key] = cached
+        return cached
 
     async def _ask(self, name: str, payload: str) -> bytes:
         if self.nc is None or not self.nc.is_connected:

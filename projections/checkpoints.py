@@ -10,6 +10,7 @@ from psycopg import sql
 from projections.base import Connection, Projection, physical
 
 __all__ = [
+    "LIVE_POSITION_SQL",
     "Checkpoint",
     "create_version",
     "drop_version",
@@ -88,12 +89,16 @@ async def list_checkpoints(conn: Connection) -> list[Checkpoint]:
     return [Checkpoint(*row) for row in await cursor.fetchall()]
 
 
+LIVE_POSITION_SQL = (
+    "SELECT coalesce(max(c.stream_seq), 0) FROM projection_checkpoints c"
+    " JOIN projection_registry r ON r.name = c.name AND r.active_version = c.version"
+    " WHERE c.name = %s"
+)
+"""The stream sequence the live version of projection ``%s`` has applied up to."""
+
+
 async def live_position(conn: Connection, name: str) -> int:
     """The stream sequence the live version of projection ``name`` has applied up to."""
-    cursor = await conn.execute(
-        "SELECT c.stream_seq FROM projection_checkpoints c JOIN projection_registry r"
-        " ON r.name = c.name AND r.active_version = c.version WHERE c.name = %s",
-        (name,),
-    )
-    row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+    row = await (await conn.execute(LIVE_POSITION_SQL, (name,))).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from budget.config import Settings
 from budget.enforcement import assess, decide
-from budget.policies import CallScope, applicable, configured_policies
+from budget.policies import CallScope, PolicyWindow, applicable, configured_policies
 from budget.publisher import EventPublisher, PublisherConfig
 from events import BudgetPolicy, PolicySet, RequestBlocked, utc_now
 from events.envelope import new_event_id
@@ -47,7 +47,7 @@ from events.rpc import (
     Snapshot,
 )
 from projections.base import Connection
-from projections.checkpoints import live_position
+from projections.checkpoints import LIVE_POSITION_SQL, live_position
 from projections.db import connect
 from projections.policies import PoliciesProjection, load_policies
 from services import reservations
@@ -214,18 +214,22 @@ class Enforcer:
 
     async def decide(self, batch: list[_Pending]) -> list[CheckResult]:
         """Judge ``batch`` in one transaction; holds of admitted requests are committed
-        when this returns."""
+        when this returns. Pipelined: one round trip to lock and read, one to write and
+        commit (a third only when policies changed)."""
         assert self._decider is not None
         conn, now = self._decider, utc_now()
-        expires = now + timedelta(seconds=self.config.reservation_ttl)
-        async with conn.transaction():
-            policies = await self._current_policies(conn)
-            per_call = [applicable(policies, _call(p.request), now) for p in batch]
+        async with conn.pipeline(), conn.transaction():
+            position = await conn.execute(LIVE_POSITION_SQL, (PoliciesProjection.name,))
+            per_call, spend_query = await self._read_windows(conn, batch, now)
+            row = await position.fetchone()
+            if row is not None and row[0] != self._policies.position:
+                self._policies = _Policies(row[0], await load_policies(conn))
+                per_call, spend_query = await self._read_windows(conn, batch, now)
             windows = list({w.ident: w for ws in per_call for w in ws}.values())
-            await reservations.lock_windows(conn, [w for w in windows if w.policy.action.enforced])
-            amounts = await reservations.window_spend(conn, windows)
+            amounts = await reservations.fetch_window_spend(spend_query)
             spend = {w.ident: amount for w, amount in zip(windows, amounts, strict=True)}
             results, holds = [], []
+            expires = now + timedelta(seconds=self.config.reservation_ttl)
             for pending, call_windows in zip(batch, per_call, strict=True):
                 request = pending.request
                 estimate = request.estimated_cost
@@ -240,6 +244,16 @@ class Enforcer:
                 results.append(result)
             await reservations.insert_holds(conn, holds)
         return results
+
+    async def _read_windows(
+        self, conn: Connection, batch: list[_Pending], now: datetime
+    ) -> tuple[list[list[PolicyWindow]], reservations.Cursor | None]:
+        """Each request's windows under the cached policies; locks the enforced ones and
+        sends the query of their spend (``fetch_window_spend`` reads it)."""
+        per_call = [applicable(self._policies.items, _call(p.request), now) for p in batch]
+        windows = list({w.ident: w for ws in per_call for w in ws}.values())
+        await reservations.lock_windows(conn, [w for w in windows if w.policy.action.enforced])
+        return per_call, await reservations.query_window_spend(conn, windows)
 
     async def _current_policies(self, conn: Connection) -> list[BudgetPolicy]:
         position = await live_position(conn, PoliciesProjection.name)

@@ -29,6 +29,7 @@ class PricingRegistry(SeedApi):
         self._cache: dict[_Key, RateCard | Unpriced] = {}
         self._cache_size = cache_size
         self._override_cards: dict[int, RateCard] = {}
+        self._providers: dict[str, str | None] = {}
 
     def price(
         self, *, provider: str | None, model: str, usage: Usage, at: datetime
@@ -91,6 +92,13 @@ class PricingRegistry(SeedApi):
 
     def provider_of(self, model: str) -> str | None:
         """The provider that prices ``model`` when the caller did not say (pre-call checks)."""
+        if model not in self._providers:
+            if len(self._providers) >= self._cache_size:
+                self._providers.clear()
+            self._providers[model] = self._find_provider(model)
+        return self._providers[model]
+
+    def _find_provider(self, model: str) -> str | None:
         name = model.strip().lower()
         for override in self.overrides:
             if override.model.strip().lower() == name:

@@ -75,7 +75,7 @@ async def test_enforcer_killed_under_load_loses_and_doubles_nothing(
 
         async def enforcing() -> bool:
             """the enforcer answers"""
-            stack.tracker.checker._snapshots.clear()
+            stack.tracker.checker.forget()
             return (await checks(stack, 1))[0].enforced
 
         try:
