@@ -307,3 +307,34 @@ async def test_1000_concurrent_requests_from_4_processes_admit_exactly_50(
         return found == [(Decimal("5.00"), 50)] and not await stack.holds()
 
     await wait_for(all_settled, within=30)
+
+
+async def test_manager_sets_reads_and_deletes_policies(stack: EnforcementStack) -> None:
+    user = await stack.set_policy(name="alice cap", scope="user", scope_key="a", limit_amount=5)
+    everyone = await stack.set_policy(name="global cap", limit_amount=50)
+    manager = stack.manager
+    assert await manager.get_policy(user.policy_id) == user
+    assert await manager.get_policies(BudgetScope.USER) == [user]
+    assert {p.policy_id for p in await manager.get_policies()} == {
+        user.policy_id,
+        everyone.policy_id,
+    }
+    assert await manager.delete_policy(user.policy_id)
+    assert await manager.get_policy(user.policy_id) is None
+    assert not await manager.delete_policy(user.policy_id)
+
+
+async def test_manager_spend_summary_reads_the_spend_projection(stack: EnforcementStack) -> None:
+    recorded = await stack.manager.record_usage(
+        model="gpt-4o", provider="openai", input_tokens=1000, user_id="summary-user"
+    )
+    await stack.tracker.flush()
+
+    async def summarised() -> bool:
+        """the usage shows in this month's user totals"""
+        rows = await stack.manager.get_spend_summary(scope=BudgetScope.USER)
+        return [(r.scope_key, r.cost, r.requests) for r in rows] == [
+            ("summary-user", recorded.cost, 1)
+        ]
+
+    await wait_for(summarised, within=10)
