@@ -34,7 +34,7 @@ def physical(table: str, version: int) -> str:
 
 class Projection(ABC):
     name: ClassVar[str]
-    tables: ClassVar[tuple[str, ...]]
+    tables: tuple[str, ...]
     event_types: ClassVar[tuple[type[Event], ...]]
 
     def filter_subjects(self, topology: Topology) -> list[str]:

@@ -36,7 +36,7 @@ _FILTERED = ("provider", "model", "user_id", "project_id")
 
 class HistoryProjection(Projection):
     name: ClassVar[str] = "history"
-    tables: ClassVar[tuple[str, ...]] = ("usage_history",)
+    tables = ("usage_history",)
     event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:

@@ -18,7 +18,7 @@ __all__ = ["PoliciesProjection", "load_policies"]
 
 class PoliciesProjection(Projection):
     name: ClassVar[str] = "policies"
-    tables: ClassVar[tuple[str, ...]] = ("budget_policy_log",)
+    tables = ("budget_policy_log",)
     event_types = (PolicySet, PolicyDeleted)
 
     def ddl(self, version: int) -> list[str]:

@@ -48,9 +48,17 @@ MEASURES = (
 
 
 class SpendProjection(Projection):
+    """``prefix`` names the tables and views (``<prefix>_buckets``, ...), so another
+    projection can keep its own spend totals with this code (the alert evaluator does);
+    only the live spend projection settles reservations."""
+
     name: ClassVar[str] = "spend"
-    tables: ClassVar[tuple[str, ...]] = ("spend_buckets", "spend_ledger")
     event_types = (UsageRecorded, UsageRepriced)
+
+    def __init__(self, prefix: str = "spend", *, settles_reservations: bool = True) -> None:
+        self.prefix = prefix
+        self.tables = (f"{prefix}_buckets", f"{prefix}_ledger")
+        self.settles_reservations = settles_reservations
 
     def ddl(self, version: int) -> list[str]:
         totals, ledger = (physical(t, version) for t in self.tables)
@@ -87,10 +95,10 @@ class SpendProjection(Projection):
             for period, unit in (("daily", "day"), ("weekly", "week"), ("monthly", "month"))
         )
         return {
-            "spend_buckets": f"SELECT * FROM {buckets}",
-            "spend_ledger": f"SELECT * FROM {ledger}",
-            "spend_daily": daily,
-            "spend_totals": f"SELECT scope, scope_key, period, period_start, {names}"
+            f"{self.prefix}_buckets": f"SELECT * FROM {buckets}",
+            f"{self.prefix}_ledger": f"SELECT * FROM {ledger}",
+            f"{self.prefix}_daily": daily,
+            f"{self.prefix}_totals": f"SELECT scope, scope_key, period, period_start, {names}"
             f" FROM ({rollups}) AS totals",
         }
 
@@ -126,14 +134,7 @@ class SpendProjection(Projection):
                 FROM batch ORDER BY event_id, stream_seq
                 ON CONFLICT (event_id) DO NOTHING
                 RETURNING event_id, stream_seq, reservation_id
-            ), settled AS (
-                -- only the live version: a rebuild must not release what the live one
-                -- has not counted yet (readers also treat ledgered reservations as settled)
-                DELETE FROM reservation_holds
-                WHERE reservation_id IN (SELECT reservation_id FROM fresh)
-                  AND EXISTS (SELECT FROM projection_registry
-                              WHERE name = '{self.name}' AND active_version = {version})
-            ), cells AS (
+            ){self._settle(version)}, cells AS (
                 -- sum each (user, project, provider, model, bucket) first: few rows to fan out
                 SELECT user_id, project_id, provider, model,
                        {BUCKET_SQL.format("occurred_at")} AS bucket_start, {cell_sums}
@@ -152,6 +153,18 @@ class SpendProjection(Projection):
             """.encode(),
             params,
         )
+
+    def _settle(self, version: int) -> str:
+        if not self.settles_reservations:
+            return ""
+        # Only the live version: a rebuild must not release what the live one has not
+        # counted yet (readers also treat ledgered reservations as settled).
+        return f""", settled AS (
+                DELETE FROM reservation_holds
+                WHERE reservation_id IN (SELECT reservation_id FROM fresh)
+                  AND EXISTS (SELECT FROM projection_registry
+                              WHERE name = '{self.name}' AND active_version = {version})
+            )"""
 
     async def _apply_correction(
         self, conn: Connection, version: int, stream_seq: int, event: UsageRepriced
