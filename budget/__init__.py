@@ -4,9 +4,10 @@ Host apps reach the running system only through NATS: ``get_usage_tracker()`` pu
 usage events; the pricing registry runs in-process.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from budget.checks import BudgetExceeded
 from budget.config import ConfigError, Settings, load_settings
-from budget.manager import BudgetManager, get_budget_manager
 from budget.pricing import (
     Priced,
     PriceOverride,
@@ -17,6 +18,9 @@ from budget.pricing import (
 )
 from budget.tracker import UsageTracker, get_usage_tracker
 from budget.usage import normalize_usage, usage_from_response
+
+if TYPE_CHECKING:
+    from budget.manager import BudgetManager, get_budget_manager
 
 __all__ = [
     "BudgetExceeded",
@@ -36,3 +40,13 @@ __all__ = [
     "normalize_usage",
     "usage_from_response",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The manager reads projections, which use this package's domain modules: it is
+    imported on first use, not with ``budget``."""
+    if name in ("BudgetManager", "get_budget_manager"):
+        from budget import manager
+
+        return getattr(manager, name)
+    raise AttributeError(f"module 'budget' has no attribute {name!r}")

@@ -4,6 +4,16 @@ Imports nothing but pydantic and the standard library, so host apps in any langu
 follow it from the JSON Schemas exported to ``docs/schemas``.
 """
 
+from events.alerts import (
+    Alert,
+    AlertAcknowledged,
+    AlertResolved,
+    AlertRule,
+    AlertRuleRemoved,
+    AlertRuleSet,
+    AlertSeverity,
+    AlertType,
+)
 from events.codec import EVENT_TYPES, DecodeError, canonical, decode, encode, headers_for
 from events.envelope import Event, Producer, utc_now
 from events.policy import (
@@ -28,6 +38,14 @@ from events.usage import (
 __all__ = [
     "DEFAULT_TOPOLOGY",
     "EVENT_TYPES",
+    "Alert",
+    "AlertAcknowledged",
+    "AlertResolved",
+    "AlertRule",
+    "AlertRuleRemoved",
+    "AlertRuleSet",
+    "AlertSeverity",
+    "AlertType",
     "BudgetPeriod",
     "BudgetPolicy",
     "BudgetScope",

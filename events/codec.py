@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
 from events.policy import PolicyDeleted, PolicySet, RequestBlocked
 from events.upcasting import upcast
@@ -24,10 +25,31 @@ __all__ = [
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 
-AnyEvent = UsageRecorded | UsageRepriced | PolicySet | PolicyDeleted | RequestBlocked
+AnyEvent = (
+    UsageRecorded
+    | UsageRepriced
+    | PolicySet
+    | PolicyDeleted
+    | RequestBlocked
+    | AlertRuleSet
+    | AlertRuleRemoved
+    | AlertAcknowledged
+    | AlertResolved
+)
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    t.__name__: t for t in (UsageRecorded, UsageRepriced, PolicySet, PolicyDeleted, RequestBlocked)
+    t.__name__: t
+    for t in (
+        UsageRecorded,
+        UsageRepriced,
+        PolicySet,
+        PolicyDeleted,
+        RequestBlocked,
+        AlertRuleSet,
+        AlertRuleRemoved,
+        AlertAcknowledged,
+        AlertResolved,
+    )
 }
 
 # One-pass validation of any current-version event, discriminated by ``type``.

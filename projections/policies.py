@@ -17,13 +17,19 @@ __all__ = ["PoliciesProjection", "load_policies"]
 
 
 class PoliciesProjection(Projection):
+    """``prefix`` names the table and views (``<prefix>_policy_log``, ``<prefix>_policies``),
+    so another projection can keep its own copy with this code (the alert evaluator does)."""
+
     name: ClassVar[str] = "policies"
-    tables = ("budget_policy_log",)
     event_types = (PolicySet, PolicyDeleted)
+
+    def __init__(self, prefix: str = "budget") -> None:
+        self.prefix = prefix
+        self.tables = (f"{prefix}_policy_log",)
 
     def ddl(self, version: int) -> list[str]:
         return [
-            f"""CREATE TABLE {physical("budget_policy_log", version)} (
+            f"""CREATE TABLE {physical(self.tables[0], version)} (
                 policy_id text PRIMARY KEY,
                 policy jsonb,
                 changed_at timestamptz NOT NULL,
@@ -32,10 +38,10 @@ class PoliciesProjection(Projection):
         ]
 
     def views(self, version: int) -> dict[str, str]:
-        table = physical("budget_policy_log", version)
+        table = physical(self.tables[0], version)
         return {
-            "budget_policy_log": f"SELECT * FROM {table}",
-            "budget_policies": (
+            self.tables[0]: f"SELECT * FROM {table}",
+            f"{self.prefix}_policies": (
                 "SELECT policy_id, policy ->> 'name' AS name, policy ->> 'scope' AS scope,"
                 " policy ->> 'scope_key' AS scope_key, policy ->> 'period' AS period,"
                 " (policy ->> 'limit_amount')::numeric AS limit_amount,"
@@ -45,7 +51,7 @@ class PoliciesProjection(Projection):
         }
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        table = physical("budget_policy_log", version)
+        table = physical(self.tables[0], version)
         for applied in batch:
             event = applied.event
             if isinstance(event, PolicySet):
@@ -70,7 +76,9 @@ class PoliciesProjection(Projection):
             )
 
 
-async def load_policies(conn: Connection) -> list[BudgetPolicy]:
-    """The live policies, in a stable order."""
-    cursor = await conn.execute("SELECT policy FROM budget_policies ORDER BY policy_id")
+async def load_policies(conn: Connection, log: str = "budget_policy_log") -> list[BudgetPolicy]:
+    """The policies in ``log`` (by default the live projection's), in a stable order."""
+    cursor = await conn.execute(
+        f"SELECT policy FROM {log} WHERE NOT deleted ORDER BY policy_id".encode()
+    )
     return [BudgetPolicy.model_validate(row[0]) for row in await cursor.fetchall()]

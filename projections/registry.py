@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from projections.alerts import AlertsProjection
 from projections.base import Projection
 from projections.history import HistoryProjection
 from projections.policies import PoliciesProjection
@@ -10,7 +11,8 @@ from projections.spend import SpendProjection
 __all__ = ["PROJECTIONS", "get_projection"]
 
 PROJECTIONS: dict[str, Projection] = {
-    p.name: p for p in (SpendProjection(), HistoryProjection(), PoliciesProjection())
+    p.name: p
+    for p in (SpendProjection(), HistoryProjection(), PoliciesProjection(), AlertsProjection())
 }
 
 

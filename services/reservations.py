@@ -19,6 +19,7 @@ from psycopg import AsyncCursor
 
 from budget.policies import PolicyWindow
 from projections.base import Connection
+from projections.windows import window_sum_sql, windows_param
 
 Cursor = AsyncCursor[Any]
 
@@ -74,33 +75,7 @@ async def query_window_spend(conn: Connection, windows: Sequence[PolicyWindow]) 
     if not windows:
         return None
     return await conn.execute(
-        """
-        SELECT coalesce((SELECT sum(b.cost) FROM spend_buckets b
-                         WHERE b.scope = w.scope AND b.scope_key = w.key
-                           AND b.bucket_start >= w.start AND b.bucket_start < w.stop), 0)
-             + coalesce((SELECT sum(h.amount) FROM reservation_holds h
-                         WHERE h.policy_id = w.policy_id AND h.window_key = w.key
-                           AND h.window_start = w.start AND h.expires_at > now()
-                           AND NOT EXISTS (SELECT FROM spend_ledger l
-                                           WHERE l.reservation_id = h.reservation_id)), 0)
-        FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (policy_id text, scope text,
-                        key text, start timestamptz, stop timestamptz)) WITH ORDINALITY
-             AS w(policy_id, scope, key, start, stop, i)
-        ORDER BY i
-        """,
-        # one text parameter: far cheaper for psycopg to send than five arrays
-        (
-            _json(
-                {
-                    "policy_id": w.policy.policy_id,
-                    "scope": w.policy.scope.value,
-                    "key": w.key,
-                    "start": w.start.isoformat(),
-                    "stop": w.end.isoformat(),
-                }
-                for w in windows
-            ),
-        ),
+        window_sum_sql("spend_buckets", holds=True).encode(), (windows_param(windows),)
     )
 
 

@@ -10,8 +10,20 @@ from typing import ClassVar
 
 from nats.aio.client import Client
 
-from events import BudgetPolicy, Event, PolicyDeleted, PolicySet, Topology, encode
+from events import (
+    AlertRule,
+    AlertRuleSet,
+    BudgetPolicy,
+    Event,
+    LimitAction,
+    PolicyDeleted,
+    PolicySet,
+    RequestBlocked,
+    Topology,
+    encode,
+)
 from events.envelope import new_event_id
+from projections.alerts import AlertsProjection
 from projections.base import Projection, physical
 from projections.history import HistoryProjection
 from projections.policies import PoliciesProjection
@@ -167,6 +179,39 @@ class TestSpendProjection(ProjectionContract):
 class TestHistoryProjection(ProjectionContract):
     projection = HistoryProjection()
     count_query = "SELECT count(*) FROM usage_history"
+
+
+class TestAlertsProjection(ProjectionContract):
+    """Usage is what the evaluator counts; its alerts are proven in test_alerts.py."""
+
+    projection = AlertsProjection()
+    count_query = "SELECT count(*) FROM alert_spend_ledger"
+
+    def many_events(self, count: int) -> list[Event]:
+        """Enough to fill every table: a small policy that the usage crosses, a rule, a
+        refused request, an acknowledgement."""
+        usage = super().many_events(count)
+        if count < 20:
+            return usage
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        policy = BudgetPolicy(policy_id="small", name="small", limit_amount=Decimal("0.3"))
+        rule = AlertRule(rule_id="half", name="half", threshold_percent=Decimal(50))
+        blocked = RequestBlocked(
+            occurred_at=start + timedelta(days=2),
+            action=LimitAction.BLOCK,
+            policy_ids=["small"],
+            reason="test",
+            model="gpt-4o",
+            estimated_cost=Decimal(1),
+            spend=Decimal(0),
+            limit_amount=Decimal("0.3"),
+        )
+        return [
+            PolicySet(occurred_at=start, policy=policy),
+            AlertRuleSet(occurred_at=start, rule=rule),
+            *usage,
+            blocked,
+        ]
 
 
 def policy_set(policy_id: str, name: str = "team cap", at: datetime | None = None) -> PolicySet:

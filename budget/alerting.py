@@ -1,0 +1,145 @@
+"""What raises an alert: default rules, deterministic alert ids, threshold crossings and
+the hourly anomaly test. Pure functions, shared by the evaluator and ``AlertEngine``."""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from budget.policies import PolicyWindow
+from events import AlertRule, AlertSeverity, AlertType, BudgetPolicy, BudgetScope
+
+__all__ = [
+    "ANOMALY_FLOOR",
+    "ANOMALY_MAD_FACTOR",
+    "ANOMALY_RATIO",
+    "DEFAULT_RULES",
+    "Anomaly",
+    "Spent",
+    "alert_id",
+    "anomaly",
+    "crossing",
+    "threshold_amount",
+]
+
+_NAMESPACE = uuid.UUID("5b0d6c1e-93f7-4f43-9f38-1c4a6a1f2b70")
+
+DEFAULT_RULES: tuple[AlertRule, ...] = (
+    AlertRule(
+        rule_id="default-soft-limit",
+        name="Soft limit reached",
+        alert_type=AlertType.THRESHOLD_WARNING,
+        severity=AlertSeverity.WARNING,
+        channels=("nats", "log", "ui", "webhook", "email"),
+    ),
+    AlertRule(
+        rule_id="default-critical",
+        name="95% of the limit",
+        alert_type=AlertType.THRESHOLD_CRITICAL,
+        threshold_percent=Decimal(95),
+        severity=AlertSeverity.CRITICAL,
+        channels=("nats", "log", "ui", "webhook", "email"),
+    ),
+    AlertRule(
+        rule_id="default-limit-exceeded",
+        name="Limit reached",
+        alert_type=AlertType.LIMIT_EXCEEDED,
+        threshold_percent=Decimal(100),
+        severity=AlertSeverity.CRITICAL,
+        channels=("nats", "log", "ui", "webhook", "email"),
+    ),
+    AlertRule(
+        rule_id="default-anomaly",
+        name="Unusual hourly spend",
+        alert_type=AlertType.ANOMALY,
+        severity=AlertSeverity.WARNING,
+        channels=("nats", "log", "ui", "webhook", "email"),
+        cooldown_minutes=60,
+        scopes=(BudgetScope.GLOBAL, BudgetScope.PROVIDER, BudgetScope.MODEL, BudgetScope.PROJECT),
+    ),
+    AlertRule(
+        rule_id="default-policy-violation",
+        name="Request blocked",
+        alert_type=AlertType.POLICY_VIOLATION,
+        severity=AlertSeverity.WARNING,
+        channels=("nats", "log", "ui", "webhook", "email"),
+        cooldown_minutes=15,
+    ),
+)
+"""Always in force unless replaced (same ``rule_id``) or removed."""
+
+# The anomaly test: an hour is anomalous when its spend is at least ANOMALY_RATIO times its
+# baseline, ANOMALY_MAD_FACTOR robust deviations above it, and ANOMALY_FLOOR dollars.
+ANOMALY_RATIO = Decimal(3)
+ANOMALY_MAD_FACTOR = Decimal(6)
+ANOMALY_FLOOR = Decimal("0.10")
+_MIN_DAYS = 7
+_MAD_TO_SIGMA = Decimal("1.4826")
+
+
+def alert_id(*parts: object) -> uuid.UUID:
+    """The same causes give the same id: redeliveries and replays raise nothing new."""
+    return uuid.uuid5(_NAMESPACE, "|".join(str(p) for p in parts))
+
+
+def threshold_amount(rule: AlertRule, policy: BudgetPolicy) -> tuple[Decimal, Decimal]:
+    """(percent, dollars) at which ``rule`` fires for ``policy``."""
+    percent = rule.threshold_percent or policy.soft_limit_percent
+    return percent, policy.limit_amount * percent / 100
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """One usage event's cost, in log order."""
+
+    event_id: uuid.UUID
+    occurred_at: datetime
+    cost: Decimal
+
+
+def crossing(
+    before: Decimal, threshold: Decimal, spent: Iterable[Spent]
+) -> tuple[Spent, Decimal] | None:
+    """The event that took the running total from below ``threshold`` to it or above, and
+    the total with it (independent of how events were batched)."""
+    total = before
+    for item in spent:
+        if total < threshold <= total + item.cost:
+            return item, total + item.cost
+        total += item.cost
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    baseline: Decimal
+    threshold: Decimal
+
+
+def anomaly(history: Sequence[Decimal], same_weekday: Sequence[Decimal]) -> Anomaly | None:
+    """The spend above which an hour is anomalous, or None without enough history.
+
+    ``history``: the same hour of day on each of the previous days (up to 28; 0 for an
+    hour without spend). ``same_weekday``: those of them on the same day of the week.
+    The baseline is the median of the same hour on the same weekday when there are three
+    weeks of it (weekly seasonality), else the median over the days (daily seasonality),
+    which needs a week. Medians and the median absolute deviation (MAD) ignore the odd
+    spike in the history itself.
+    """
+    if len(history) < _MIN_DAYS:
+        return None
+    sample = same_weekday if len(same_weekday) >= 3 else history
+    baseline = Decimal(statistics.median(sample))
+    spread = Decimal(statistics.median(abs(x - baseline) for x in history)) * _MAD_TO_SIGMA
+    threshold = max(baseline * ANOMALY_RATIO, baseline + ANOMALY_MAD_FACTOR * spread)
+    return Anomaly(baseline=baseline, threshold=max(threshold, ANOMALY_FLOOR))
+
+
+def rule_applies(rule: AlertRule, window: PolicyWindow) -> bool:
+    return rule.alert_type.is_threshold and rule.watches(
+        window.policy.policy_id, window.policy.scope
+    )

@@ -1,0 +1,561 @@
+"""The alert evaluator: its own consumer, its own spend totals and policy copy, so replaying
+the log rebuilds the same alerts.
+
+Per batch, in log order: usage goes into the evaluator's quarter-hour buckets (the spend
+projection's code, under ``alert_spend_*``); then every policy window and watched hour the
+fresh events touched is checked against the rules. The event that took a window's spend
+from below a threshold to it raises the alert, so an alert's id, time and cause do not
+depend on where batches happen to split. Cooldowns are kept in event time. Alerts raised
+while this version is live go to the outbox (one row per channel) and wake the notifier;
+alerts a rebuild re-derives are stored but never sent again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from budget.alerting import (
+    DEFAULT_RULES,
+    Spent,
+    alert_id,
+    anomaly,
+    crossing,
+    threshold_amount,
+)
+from budget.policies import CallScope, PolicyWindow, applicable
+from events import (
+    Alert,
+    AlertAcknowledged,
+    AlertResolved,
+    AlertRule,
+    AlertRuleRemoved,
+    AlertRuleSet,
+    AlertType,
+    BudgetPolicy,
+    BudgetScope,
+    PolicyDeleted,
+    PolicySet,
+    RequestBlocked,
+    UsageRecorded,
+    UsageRepriced,
+)
+from projections.base import Applied, Connection, Projection, physical
+from projections.policies import PoliciesProjection, load_policies
+from projections.spend import SpendProjection
+from projections.windows import window_sum_sql, windows_param
+
+__all__ = ["OUTBOX_CHANNEL", "AlertsProjection", "load_rules"]
+
+OUTBOX_CHANNEL = "alert_outbox"
+"""PostgreSQL NOTIFY channel: the notifier wakes when alerts are queued."""
+
+_HISTORY_DAYS = 28
+_USAGE = (UsageRecorded, UsageRepriced)
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """An alert a rule would raise, before its cooldown is checked."""
+
+    rule: AlertRule
+    subject: str
+    stream_seq: int
+    alert: Alert
+
+
+@dataclass
+class _Rules:
+    policies: list[BudgetPolicy] = field(default_factory=list)
+    rules: list[AlertRule] = field(default_factory=list)
+
+
+class AlertsProjection(Projection):
+    name: ClassVar[str] = "alerts"
+    event_types = (
+        UsageRecorded,
+        UsageRepriced,
+        PolicySet,
+        PolicyDeleted,
+        RequestBlocked,
+        AlertRuleSet,
+        AlertRuleRemoved,
+        AlertAcknowledged,
+        AlertResolved,
+    )
+
+    def __init__(self) -> None:
+        self.spend = SpendProjection("alert_spend", settles_reservations=False)
+        self.policies = PoliciesProjection("alert")
+        self.tables = (
+            *self.spend.tables,
+            *self.policies.tables,
+            "alert_rule_log",
+            "alerts",
+            "alert_cooldowns",
+        )
+        self._cache: dict[int, _Rules] = {}
+
+    def ddl(self, version: int) -> list[str]:
+        rules, alerts, cooldowns = (physical(t, version) for t in self.tables[-3:])
+        return [
+            *self.spend.ddl(version),
+            *self.policies.ddl(version),
+            f"""CREATE TABLE {rules} (
+                rule_id text PRIMARY KEY,
+                rule jsonb,
+                changed_at timestamptz NOT NULL,
+                stream_seq bigint NOT NULL,
+                deleted boolean NOT NULL)""",
+            f"""CREATE TABLE {alerts} (
+                alert_id uuid PRIMARY KEY,
+                stream_seq bigint NOT NULL,
+                raised_at timestamptz NOT NULL,
+                alert_type text NOT NULL,
+                severity text NOT NULL,
+                rule_id text NOT NULL,
+                policy_id text,
+                alert jsonb NOT NULL,
+                acknowledged_by text,
+                acknowledged_at timestamptz,
+                resolved_by text,
+                resolved_at timestamptz)""",
+            f"CREATE INDEX ON {alerts} (policy_id, raised_at)",
+            f"CREATE INDEX ON {alerts} (raised_at)",
+            f"""CREATE TABLE {cooldowns} (
+                rule_id text NOT NULL,
+                subject text NOT NULL,
+                last_raised_at timestamptz NOT NULL,
+                PRIMARY KEY (rule_id, subject))""",
+        ]
+
+    def views(self, version: int) -> dict[str, str]:
+        rules, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        return {
+            **self.spend.views(version),
+            **self.policies.views(version),
+            "alerts": f"SELECT * FROM {alerts}",
+            "alert_rule_log": f"SELECT * FROM {rules}",
+        }
+
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        for is_usage, run in itertools.groupby(batch, lambda a: isinstance(a.event, _USAGE)):
+            segment = list(run)
+            if is_usage:
+                await self._apply_usage(conn, version, segment)
+                continue
+            for applied in segment:
+                await self._apply_other(conn, version, applied)
+
+    # -- usage: thresholds and anomalies ----------------------------------------------------
+
+    async def _apply_usage(self, conn: Connection, version: int, segment: list[Applied]) -> None:
+        fresh = await self._fresh_usage(conn, version, segment)
+        await self.spend.apply(conn, version, segment)
+        if not fresh:
+            return
+        state = await self._state(conn, version)
+        candidates = [
+            *await self._threshold_candidates(conn, version, state, fresh),
+            *await self._anomaly_candidates(conn, version, state, fresh),
+        ]
+        await self._raise(conn, version, candidates)
+
+    async def _fresh_usage(
+        self, conn: Connection, version: int, segment: list[Applied]
+    ) -> list[tuple[Applied, UsageRecorded]]:
+        """The segment's priced usage events not counted before (as the spend code sees it)."""
+        usage = [(a, a.event) for a in segment if isinstance(a.event, UsageRecorded)]
+        ledger = physical(self.spend.tables[1], version)
+        cursor = await conn.execute(
+            f"SELECT event_id FROM {ledger} WHERE event_id = ANY(%s)".encode(),
+            ([e.event_id for _, e in usage],),
+        )
+        seen = {row[0] for row in await cursor.fetchall()}
+        fresh = []
+        for applied, event in usage:
+            if event.event_id not in seen:
+                seen.add(event.event_id)
+                if event.cost is not None:
+                    fresh.append((applied, event))
+        return fresh
+
+    async def _threshold_candidates(
+        self,
+        conn: Connection,
+        version: int,
+        state: _Rules,
+        fresh: list[tuple[Applied, UsageRecorded]],
+    ) -> list[_Candidate]:
+        rules = [r for r in state.rules if r.alert_type.is_threshold]
+        touched: dict[tuple[str, str, datetime], tuple[PolicyWindow, list[Spent], list[int]]] = {}
+        for applied, event in fresh:
+            call = CallScope(
+                model=event.model,
+                provider=event.provider,
+                user_id=event.user_id,
+                project_id=event.project_id,
+            )
+            for window in applicable(state.policies, call, event.occurred_at):
+                entry = touched.setdefault(window.ident, (window, [], []))
+                assert event.cost is not None
+                entry[1].append(Spent(event.event_id, event.occurred_at, event.cost))
+                entry[2].append(applied.stream_seq)
+        if not rules or not touched:
+            return []
+        windows = [w for w, _, _ in touched.values()]
+        totals = await self._window_totals(conn, version, windows)
+        found = []
+        for (window, spent, seqs), after in zip(touched.values(), totals, strict=True):
+            before = after - sum((s.cost for s in spent), Decimal(0))
+            for rule in rules:
+                if not rule.watches(window.policy.policy_id, window.policy.scope):
+                    continue
+                percent, amount = threshold_amount(rule, window.policy)
+                hit = crossing(before, amount, spent)
+                if hit is not None:
+                    found.append(self._threshold_alert(rule, window, percent, *hit, seqs, spent))
+        return found
+
+    def _threshold_alert(
+        self,
+        rule: AlertRule,
+        window: PolicyWindow,
+        percent: Decimal,
+        hit: Spent,
+        total: Decimal,
+        seqs: list[int],
+        spent: list[Spent],
+    ) -> _Candidate:
+        policy = window.policy
+        where = f" for {policy.scope.value} {window.key}" if policy.scope_key is None else ""
+        alert = Alert(
+            alert_id=alert_id(rule.rule_id, policy.policy_id, window.key, window.start, percent),
+            alert_type=rule.alert_type,
+            severity=rule.severity,
+            rule_id=rule.rule_id,
+            rule_name=rule.name,
+            message=(
+                f"{policy.name}{where}: spend reached {percent}% of {policy.limit_amount} USD"
+                f" for the period from {window.start:%Y-%m-%d %H:%M} UTC"
+            ),
+            raised_at=hit.occurred_at,
+            caused_by=hit.event_id,
+            policy_id=policy.policy_id,
+            policy_name=policy.name,
+            scope=policy.scope,
+            scope_key=window.key,
+            period_start=window.start,
+            period_end=window.end,
+            threshold_percent=percent,
+            spend=total,
+            limit_amount=policy.limit_amount,
+        )
+        seq = seqs[spent.index(hit)]
+        return _Candidate(rule, f"{policy.policy_id}|{window.key}", seq, alert)
+
+    async def _anomaly_candidates(
+        self,
+        conn: Connection,
+        version: int,
+        state: _Rules,
+        fresh: list[tuple[Applied, UsageRecorded]],
+    ) -> list[_Candidate]:
+        rules = [r for r in state.rules if r.alert_type is AlertType.ANOMALY]
+        if not rules:
+            return []
+        scopes = {s for r in rules for s in (r.scopes or tuple(BudgetScope))}
+        hours: dict[tuple[str, str, datetime], tuple[list[Spent], list[int]]] = {}
+        for applied, event in fresh:
+            call = CallScope(
+                model=event.model,
+                provider=event.provider,
+                user_id=event.user_id,
+                project_id=event.project_id,
+            )
+            hour = event.occurred_at.replace(minute=0, second=0, microsecond=0)
+            for scope in scopes:
+                key = call.key(scope)
+                if key is not None:
+                    entry = hours.setdefault((scope.value, key, hour), ([], []))
+                    assert event.cost is not None
+                    entry[0].append(Spent(event.event_id, event.occurred_at, event.cost))
+                    entry[1].append(applied.stream_seq)
+        history = await self._hour_history(conn, version, list(hours))
+        found = []
+        for (scope_name, key, hour), (spent, seqs) in hours.items():
+            now, past, same_weekday = history[(scope_name, key, hour)]
+            limits = anomaly(past, same_weekday)
+            if limits is None:
+                continue
+            before = now - sum((s.cost for s in spent), Decimal(0))
+            crossed = crossing(before, limits.threshold, spent)
+            if crossed is None:
+                continue
+            hit, total = crossed
+            scope = BudgetScope(scope_name)
+            usual = limits.baseline.quantize(Decimal("0.0001"))
+            for rule in rules:
+                if rule.scopes is not None and scope not in rule.scopes:
+                    continue
+                alert = Alert(
+                    alert_id=alert_id(rule.rule_id, scope.value, key, hour),
+                    alert_type=AlertType.ANOMALY,
+                    severity=rule.severity,
+                    rule_id=rule.rule_id,
+                    rule_name=rule.name,
+                    message=(
+                        f"{scope.value} {key}: {total} USD spent in the hour from"
+                        f" {hour:%Y-%m-%d %H:00} UTC, usually {usual} USD"
+                    ),
+                    raised_at=hit.occurred_at,
+                    caused_by=hit.event_id,
+                    scope=scope,
+                    scope_key=key,
+                    period_start=hour,
+                    period_end=hour + timedelta(hours=1),
+                    spend=total,
+                    baseline=limits.baseline,
+                )
+                subject = f"{scope.value}|{key}"
+                found.append(_Candidate(rule, subject, seqs[spent.index(hit)], alert))
+        return found
+
+    async def _hour_history(
+        self, conn: Connection, version: int, hours: list[tuple[str, str, datetime]]
+    ) -> dict[tuple[str, str, datetime], tuple[Decimal, list[Decimal], list[Decimal]]]:
+        """For each (scope, key, hour): its spend so far, the same hour on each earlier day
+        since the key's first spend (up to 28 days), and those on the same weekday."""
+        if not hours:
+            return {}
+        buckets = physical(self.spend.tables[0], version)
+        param = json.dumps([{"scope": s, "key": k, "hour": h.isoformat()} for s, k, h in hours])
+        cursor = await conn.execute(
+            f"""
+            WITH w AS (
+                SELECT * FROM ROWS FROM (jsonb_to_recordset(%s::jsonb)
+                    AS (scope text, key text, hour timestamptz)) WITH ORDINALITY AS w(scope,
+                    key, hour, i)
+            ), first_seen AS (
+                SELECT w.i, (SELECT min(bucket_start) FROM {buckets} b
+                             WHERE b.scope = w.scope AND b.scope_key = w.key) AS since
+                FROM w
+            )
+            SELECT w.i, d.day,
+                   coalesce((SELECT sum(b.cost) FROM {buckets} b
+                             WHERE b.scope = w.scope AND b.scope_key = w.key
+                               AND b.bucket_start >= w.hour - d.day * interval '1 day'
+                               AND b.bucket_start < w.hour - d.day * interval '1 day'
+                                                   + interval '1 hour'), 0)
+            FROM w JOIN first_seen f USING (i)
+            CROSS JOIN generate_series(0, {_HISTORY_DAYS}) AS d(day)
+            WHERE d.day = 0 OR w.hour - d.day * interval '1 day' >= date_trunc('hour', f.since)
+            ORDER BY w.i, d.day
+            """.encode(),
+            (param,),
+        )
+        sums: dict[int, dict[int, Decimal]] = {}
+        for index, day, total in await cursor.fetchall():
+            sums.setdefault(index, {})[day] = total
+        result = {}
+        for index, hour_key in enumerate(hours, start=1):
+            days = sums.get(index, {})
+            past = [days[d] for d in sorted(days) if d > 0]
+            weekday = [days[d] for d in sorted(days) if d > 0 and d % 7 == 0]
+            result[hour_key] = (days.get(0, Decimal(0)), past, weekday)
+        return result
+
+    async def _window_totals(
+        self, conn: Connection, version: int, windows: list[PolicyWindow]
+    ) -> list[Decimal]:
+        buckets = physical(self.spend.tables[0], version)
+        cursor = await conn.execute(window_sum_sql(buckets).encode(), (windows_param(windows),))
+        return [row[0] for row in await cursor.fetchall()]
+
+    # -- other events ------------------------------------------------------------------------
+
+    async def _apply_other(self, conn: Connection, version: int, applied: Applied) -> None:
+        event = applied.event
+        rules, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        if isinstance(event, PolicySet | PolicyDeleted):
+            self._cache.pop(version, None)
+            await self.policies.apply(conn, version, [applied])
+        elif isinstance(event, AlertRuleSet | AlertRuleRemoved):
+            self._cache.pop(version, None)
+            await self._apply_rule(conn, rules, applied)
+        elif isinstance(event, RequestBlocked):
+            state = await self._state(conn, version)
+            await self._raise(conn, version, self._violations(state, applied, event))
+        elif isinstance(event, AlertAcknowledged):
+            await conn.execute(
+                f"UPDATE {alerts} SET acknowledged_by = %s, acknowledged_at = %s"
+                " WHERE alert_id = %s AND acknowledged_at IS NULL".encode(),
+                (event.acknowledged_by, event.occurred_at, event.alert_id),
+            )
+        elif isinstance(event, AlertResolved):
+            await conn.execute(
+                f"UPDATE {alerts} SET resolved_by = %s, resolved_at = %s"
+                " WHERE alert_id = %s AND resolved_at IS NULL".encode(),
+                (event.resolved_by, event.occurred_at, event.alert_id),
+            )
+
+    async def _apply_rule(self, conn: Connection, table: str, applied: Applied) -> None:
+        event = applied.event
+        if isinstance(event, AlertRuleSet):
+            rule_id, document, deleted = event.rule.rule_id, event.rule.model_dump_json(), False
+        else:
+            assert isinstance(event, AlertRuleRemoved)
+            rule_id, document, deleted = event.rule_id, None, True
+        await conn.execute(
+            f"""INSERT INTO {table} (rule_id, rule, changed_at, stream_seq, deleted)
+            VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (rule_id) DO UPDATE SET rule = EXCLUDED.rule,
+                changed_at = EXCLUDED.changed_at, stream_seq = EXCLUDED.stream_seq,
+                deleted = EXCLUDED.deleted
+            WHERE ({table}.changed_at, {table}.stream_seq)
+                < (EXCLUDED.changed_at, EXCLUDED.stream_seq)""".encode(),
+            (rule_id, document, event.occurred_at, applied.stream_seq, deleted),
+        )
+
+    def _violations(
+        self, state: _Rules, applied: Applied, event: RequestBlocked
+    ) -> list[_Candidate]:
+        policies = {p.policy_id: p for p in state.policies}
+        found = []
+        for rule in state.rules:
+            if rule.alert_type is not AlertType.POLICY_VIOLATION:
+                continue
+            for policy_id in event.policy_ids:
+                policy = policies.get(policy_id)
+                scope = policy.scope if policy else BudgetScope.GLOBAL
+                if not rule.watches(policy_id, scope):
+                    continue
+                alert = Alert(
+                    alert_id=alert_id(rule.rule_id, policy_id, event.event_id),
+                    alert_type=AlertType.POLICY_VIOLATION,
+                    severity=rule.severity,
+                    rule_id=rule.rule_id,
+                    rule_name=rule.name,
+                    message=f"request for {event.model} refused: {event.reason}",
+                    raised_at=event.occurred_at,
+                    caused_by=event.event_id,
+                    policy_id=policy_id,
+                    policy_name=policy.name if policy else None,
+                    scope=scope,
+                    scope_key=event.user_id,
+                    spend=event.spend,
+                    limit_amount=event.limit_amount,
+                )
+                found.append(_Candidate(rule, policy_id, applied.stream_seq, alert))
+        return found
+
+    # -- raising -----------------------------------------------------------------------------
+
+    async def _raise(self, conn: Connection, version: int, candidates: list[_Candidate]) -> None:
+        """Store the candidates that their rule's cooldown lets through, in log order; queue
+        each new one for its channels while this version is live."""
+        if not candidates:
+            return
+        _, alerts, cooldowns = (physical(t, version) for t in self.tables[-3:])
+        candidates.sort(key=lambda c: (c.stream_seq, c.alert.raised_at, str(c.alert.alert_id)))
+        pairs = sorted({(c.rule.rule_id, c.subject) for c in candidates})
+        cursor = await conn.execute(
+            f"SELECT rule_id, subject, last_raised_at FROM {cooldowns}"
+            " WHERE (rule_id, subject) IN (SELECT * FROM unnest(%s::text[], %s::text[]))".encode(),
+            ([r for r, _ in pairs], [s for _, s in pairs]),
+        )
+        last = {(r, s): at for r, s, at in await cursor.fetchall()}
+        live = await self._is_live(conn, version)
+        for candidate in candidates:
+            key = (candidate.rule.rule_id, candidate.subject)
+            at = candidate.alert.raised_at
+            previous = last.get(key)
+            cooldown = timedelta(minutes=candidate.rule.cooldown_minutes)
+            if previous is not None and at < previous + cooldown:
+                continue  # within the cooldown (in event time)
+            if not await self._store(conn, alerts, candidate):
+                continue  # raised before: a redelivery or a replay
+            last[key] = at if previous is None else max(previous, at)
+            await conn.execute(
+                f"INSERT INTO {cooldowns} (rule_id, subject, last_raised_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (rule_id, subject) DO UPDATE"
+                " SET last_raised_at = EXCLUDED.last_raised_at".encode(),
+                (*key, last[key]),
+            )
+            if live:
+                await self._queue(conn, candidate)
+
+    async def _store(self, conn: Connection, table: str, candidate: _Candidate) -> bool:
+        alert = candidate.alert
+        cursor = await conn.execute(
+            f"""INSERT INTO {table} (alert_id, stream_seq, raised_at, alert_type, severity,
+                rule_id, policy_id, alert) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id""".encode(),
+            (
+                alert.alert_id,
+                candidate.stream_seq,
+                alert.raised_at,
+                alert.alert_type.value,
+                alert.severity.value,
+                alert.rule_id,
+                alert.policy_id,
+                alert.model_dump_json(),
+            ),
+        )
+        return await cursor.fetchone() is not None
+
+    async def _queue(self, conn: Connection, candidate: _Candidate) -> None:
+        alert = candidate.alert
+        payload = alert.model_dump_json()
+        for channel in candidate.rule.channels:
+            await conn.execute(
+                "INSERT INTO alert_outbox (alert_id, channel, subject, payload)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (alert_id, channel) DO NOTHING",
+                (
+                    alert.alert_id,
+                    channel,
+                    f"{alert.severity.value}.{alert.alert_type.value}",
+                    payload,
+                ),
+            )
+        await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+
+    async def _is_live(self, conn: Connection, version: int) -> bool:
+        cursor = await conn.execute(
+            "SELECT EXISTS (SELECT FROM projection_registry"
+            " WHERE name = %s AND active_version = %s)",
+            (self.name, version),
+        )
+        row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def _state(self, conn: Connection, version: int) -> _Rules:
+        """Policies and rules as of this version's position (cached until one changes)."""
+        state = self._cache.get(version)
+        if state is None:
+            state = _Rules(
+                await load_policies(conn, physical(self.policies.tables[0], version)),
+                await load_rules(conn, physical(self.tables[-3], version)),
+            )
+            self._cache[version] = state
+        return state
+
+
+async def load_rules(conn: Connection, log: str = "alert_rule_log") -> list[AlertRule]:
+    """The default rules, replaced or removed by the rule events in ``log``."""
+    cursor = await conn.execute(f"SELECT rule_id, rule, deleted FROM {log}".encode())
+    changed: dict[str, Any] = {
+        rule_id: (rule, deleted) for rule_id, rule, deleted in await cursor.fetchall()
+    }
+    rules = {r.rule_id: r for r in DEFAULT_RULES}
+    for rule_id, (document, deleted) in changed.items():
+        if deleted:
+            rules.pop(rule_id, None)
+        else:
+            rules[rule_id] = AlertRule.model_validate(document)
+    return sorted(rules.values(), key=lambda r: r.rule_id)
