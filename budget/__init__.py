@@ -20,9 +20,11 @@ from budget.tracker import UsageTracker, get_usage_tracker
 from budget.usage import normalize_usage, usage_from_response
 
 if TYPE_CHECKING:
+    from budget.alert_engine import AlertEngine, get_alert_engine
     from budget.manager import BudgetManager, get_budget_manager
 
 __all__ = [
+    "AlertEngine",
     "BudgetExceeded",
     "BudgetManager",
     "ConfigError",
@@ -33,6 +35,7 @@ __all__ = [
     "Unpriced",
     "UnpricedModelError",
     "UsageTracker",
+    "get_alert_engine",
     "get_budget_manager",
     "get_pricing_registry",
     "get_usage_tracker",
@@ -43,10 +46,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """The manager reads projections, which use this package's domain modules: it is
-    imported on first use, not with ``budget``."""
+    """The manager and the alert engine read projections, which use this package's domain
+    modules: they are imported on first use, not with ``budget``."""
     if name in ("BudgetManager", "get_budget_manager"):
         from budget import manager
 
         return getattr(manager, name)
+    if name in ("AlertEngine", "get_alert_engine"):
+        from budget import alert_engine
+
+        return getattr(alert_engine, name)
     raise AttributeError(f"module 'budget' has no attribute {name!r}")

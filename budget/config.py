@@ -10,18 +10,83 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from budget.pricing.overrides import PriceOverride
 from events import BudgetPolicy, Topology
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["AlertChannels", "ConfigError", "Settings", "load_settings"]
 
 DEFAULT_CONFIG_FILE = "config.yaml"
 
 
 class ConfigError(Exception):
     """A config file or variable is wrong; the message says which and how to fix it."""
+
+
+class _Channel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+
+
+class UiChannel(_Channel):
+    enabled: bool = True
+
+
+class NatsChannel(_Channel):
+    enabled: bool = True
+
+
+class LogChannel(_Channel):
+    enabled: bool = True
+    level: Literal["debug", "info", "warning", "error", "critical"] = "warning"
+
+
+class EmailChannel(_Channel):
+    recipients: tuple[str, ...] = ()
+    sender: str = "budget-manager@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, gt=0, lt=65536)
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+
+    @model_validator(mode="after")
+    def _has_recipients(self) -> EmailChannel:
+        if self.enabled and not self.recipients:
+            raise ValueError("email is enabled but has no recipients")
+        return self
+
+
+class WebhookChannel(_Channel):
+    url: str = ""
+    secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key; the X-Budget-Signature header proves origin"
+    )
+    timeout: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _has_url(self) -> WebhookChannel:
+        if self.enabled and not self.url.startswith(("http://", "https://")):
+            raise ValueError("webhook is enabled but its url is not http(s)://...")
+        return self
+
+
+class AlertChannels(BaseModel):
+    """The seed's ``alert_channels``: where alerts go (rules pick among these)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ui: UiChannel = UiChannel()
+    log: LogChannel = LogChannel()
+    nats: NatsChannel = NatsChannel()
+    email: EmailChannel = EmailChannel()
+    webhook: WebhookChannel = WebhookChannel()
+
+    def enabled(self, channel: str) -> bool:
+        config = getattr(self, channel, None)
+        return isinstance(config, _Channel) and config.enabled
 
 
 class Settings(BaseModel):
@@ -60,6 +125,9 @@ class Settings(BaseModel):
     policies: tuple[BudgetPolicy, ...] = Field(
         default=(), description="the top-level budget_policies of config.yaml"
     )
+    alert_channels: AlertChannels = Field(
+        default=AlertChannels(), description="the top-level alert_channels of config.yaml"
+    )
 
     @property
     def topology(self) -> Topology:
@@ -70,7 +138,7 @@ class Settings(BaseModel):
 ENV_VARS: Mapping[str, str] = {
     f"BUDGET_{name.upper()}": name
     for name in Settings.model_fields
-    if name not in ("price_overrides", "policies")
+    if name not in ("price_overrides", "policies", "alert_channels")
 }
 
 
@@ -86,6 +154,8 @@ def load_settings(
         document = _read_document(path)
         values.update(_budget_section(path, document))
         values["policies"] = _configured_policies(path, document)
+        if document.get("alert_channels") is not None:
+            values["alert_channels"] = document["alert_channels"]
     elif config_file or environ.get("BUDGET_CONFIG"):
         raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
     values.update({field: environ[var] for var, field in ENV_VARS.items() if var in environ})
@@ -100,6 +170,8 @@ def load_settings(
         elif err["loc"][0] == "policies":
             index, *rest = err["loc"][1:]
             where = f"budget_policies[{index}]{''.join(f'.{p}' for p in rest)} in {path}"
+        elif err["loc"][0] == "alert_channels":
+            where = f"{field} in {path}"
         else:
             where = f"budget.{field} in {path}"
         raise ConfigError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None

@@ -8,10 +8,10 @@ Reads come from the projections in PostgreSQL (``database_url``).
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 from typing import Any
 
+from budget.commands import publish_and_wait
 from budget.config import Settings, load_settings
 from budget.periods import Period
 from budget.tracker import UsageTracker, get_usage_tracker
@@ -23,21 +23,14 @@ from events import (
     PolicyDeleted,
     PolicySet,
     UsageRecorded,
-    encode,
-    headers_for,
     utc_now,
 )
 from events.rpc import CheckResult
-from projections.checkpoints import live_position
 from projections.db import connect
 from projections.policies import PoliciesProjection, load_policies
 from projections.queries import SpendRow, spend_for_period
 
-__all__ = ["BudgetManager", "PolicyNotApplied", "get_budget_manager"]
-
-
-class PolicyNotApplied(TimeoutError):
-    """The policy change is on the log but the policies worker has not applied it yet."""
+__all__ = ["BudgetManager", "get_budget_manager"]
 
 
 class BudgetManager:
@@ -107,27 +100,13 @@ class BudgetManager:
             await conn.close()
 
     async def _publish_and_wait(self, event: Event) -> None:
-        nc = self.tracker.publisher.client
-        if nc is None or not nc.is_connected:
-            raise ConnectionError(f"NATS at {self.settings.nats_url} is unreachable; not changed")
-        subject = self.settings.topology.event_subject(event.SUBJECT)
-        ack = await nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
-        await self._wait_applied(ack.seq)
-
-    async def _wait_applied(self, seq: int) -> None:
-        conn = await connect(self.settings.database_url)
-        deadline = time.monotonic() + self.apply_timeout
-        try:
-            while await live_position(conn, PoliciesProjection.name) < seq:
-                if time.monotonic() > deadline:
-                    raise PolicyNotApplied(
-                        f"the policy change is stored (stream sequence {seq}) but the policies"
-                        f" worker has not applied it within {self.apply_timeout:.0f}s;"
-                        " is `budget worker policies` (or `budget up`) running?"
-                    )
-                await asyncio.sleep(0.01)
-        finally:
-            await conn.close()
+        await publish_and_wait(
+            self.tracker.publisher.client,
+            self.settings,
+            event,
+            PoliciesProjection.name,
+            self.apply_timeout,
+        )
 
 
 _manager: BudgetManager | None = None

@@ -106,7 +106,9 @@ class Alert(BaseModel):
     rule_name: str
     message: str
     raised_at: UtcDatetime = Field(description="event time of what raised it")
-    caused_by: uuid.UUID = Field(description="the event that raised it")
+    caused_by: uuid.UUID | None = Field(
+        default=None, description="the event that raised it (absent: evaluated on request)"
+    )
     policy_id: str | None = None
     policy_name: str | None = None
     scope: BudgetScope | None = None

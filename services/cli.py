@@ -16,14 +16,15 @@ import typer
 from tqdm import tqdm
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+from budget.commands import NotApplied
 from budget.config import ConfigError, load_settings
-from budget.manager import PolicyNotApplied
 from budget.periods import Period
 from events import utc_now
 from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
 from projections.rebuild import Progress, rebuild
 from projections.registry import PROJECTIONS, get_projection
+from services.cli_alerts import alerts_app
 from services.cli_context import settings, use_settings
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
@@ -43,6 +44,7 @@ app.add_typer(projections_app, name="projections")
 app.add_typer(prices_app, name="prices", help="Look up model prices and where they come from.")
 app.add_typer(policy_app, name="policy", help="Set, list, show and delete budget policies.")
 app.command()(check)
+app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge and resolve alerts.")
 
 
 @app.callback()
@@ -114,6 +116,16 @@ def enforcer() -> None:
     from services.worker import run_service
 
     raise typer.Exit(run_service("enforcer", settings(), serve_enforcer))
+
+
+@app.command()
+def notifier() -> None:
+    """Send raised alerts on their channels (NATS, log, UI feed, webhook, email) until
+    SIGTERM. Several may run: one sends per channel, the others stand by."""
+    from services.notifier import serve_notifier
+    from services.worker import run_service
+
+    raise typer.Exit(run_service("notifier", settings(), serve_notifier))
 
 
 @app.command()
@@ -331,7 +343,7 @@ def main() -> None:
     except typer.TyperException as exc:  # click's usage errors: bad option, missing value
         message = exc.format_message() if isinstance(exc, ClickException) else str(exc)
         _fail(f"{message} (see --help)")
-    except (ConfigError, ConnectError, LogError, ValueError, PolicyNotApplied) as exc:
+    except (ConfigError, ConnectError, LogError, ValueError, NotApplied) as exc:
         _fail(str(exc))
     except ConnectionError as exc:
         _fail(f"{exc}; start NATS with `budget up` or set BUDGET_NATS_URL")

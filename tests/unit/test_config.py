@@ -80,3 +80,21 @@ def test_bad_budget_policy_names_the_entry_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "budget_policies:\n  - name: x\n    limit_amount: -5\n")
     with pytest.raises(ConfigError, match=r"^budget_policies\[0\]\.limit_amount in .*config.yaml"):
         load_settings(path, environ={})
+
+
+def test_alert_channels_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "alert_channels:\n  webhook:\n    enabled: true\n    url: https://hooks.example/x\n"
+        "  log:\n    level: error\n",
+    )
+    channels = load_settings(path, environ={}).alert_channels
+    assert channels.enabled("webhook") and channels.webhook.url == "https://hooks.example/x"
+    assert channels.log.level == "error" and channels.enabled("ui")
+    assert not channels.enabled("email")
+
+
+def test_enabled_email_without_recipients_is_one_clear_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "alert_channels:\n  email:\n    enabled: true\n")
+    with pytest.raises(ConfigError, match=r"^alert_channels\.email in .*: .*no recipients"):
+        load_settings(path, environ={})

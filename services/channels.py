@@ -1,0 +1,136 @@
+"""Where alerts go: one sender per channel. Each raises on failure; the notifier retries.
+
+Every channel carries the alert's id so receivers can drop a repeat (a send whose success
+was not recorded, e.g. the notifier died right after it, is sent again): the
+``Nats-Msg-Id`` header, the webhook's ``Idempotency-Key``, the email's ``Message-ID``, the
+UI feed's primary key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import smtplib
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from email.message import EmailMessage
+
+from nats.aio.client import Client
+
+from budget.config import AlertChannels, EmailChannel, WebhookChannel
+from events import Alert, Topology
+from projections.base import Connection
+
+__all__ = ["SIGNATURE_HEADER", "Sender", "senders", "signature"]
+
+log = logging.getLogger("budget.alerts")
+SIGNATURE_HEADER = "X-Budget-Signature"
+
+
+class Sender(ABC):
+    @abstractmethod
+    async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        """Deliver or raise. ``payload`` is the alert's JSON; ``conn`` the notifier's."""
+
+
+class NatsSender(Sender):
+    def __init__(self, nc: Client, topology: Topology) -> None:
+        self.nc, self.topology = nc, topology
+
+    async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        subject = self.topology.alert_subject(alert.severity.value, alert.alert_type.value)
+        await self.nc.publish(subject, payload, headers={"Nats-Msg-Id": str(alert.alert_id)})
+        await self.nc.flush(timeout=5)
+
+
+class LogSender(Sender):
+    def __init__(self, level: str) -> None:
+        self.level = logging.getLevelNamesMapping()[level.upper()]
+
+    async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        log.log(
+            self.level,
+            "%s %s [%s]: %s",
+            alert.severity.value.upper(),
+            alert.alert_type.value,
+            alert.alert_id,
+            alert.message,
+        )
+
+
+class UiSender(Sender):
+    """The dashboard's feed: a table it reads, newest first."""
+
+    async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        await conn.execute(
+            "INSERT INTO alert_feed (alert_id, payload) VALUES (%s, %s)"
+            " ON CONFLICT (alert_id) DO NOTHING",
+            (alert.alert_id, payload.decode()),
+        )
+
+
+def signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256 of the body>``: what a receiver recomputes to trust it."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookSender(Sender):
+    def __init__(self, config: WebhookChannel) -> None:
+        self.config = config
+
+    async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(alert.alert_id),
+            "User-Agent": "budget-manager",
+        }
+        if self.config.secret:
+            headers[SIGNATURE_HEADER] = signature(self.config.secret, payload)
+        request = urllib.request.Request(self.config.url, payload, headers, method="POST")
+        await asyncio.to_thread(self._post, request)
+
+    def _post(self, request: urllib.request.Request) -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"webhook answered {exc.code} {exc.reason}") from None
+
+
+class EmailSender(Sender):
+    def __init__(self, config: EmailChannel) -> None:
+        self.config = config
+
+    async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        message = EmailMessage()
+        message["From"] = self.config.sender
+        message["To"] = ", ".join(self.config.recipients)
+        message["Subject"] = (
+            f"[budget] {alert.severity.value.upper()} {alert.alert_type.value}: {alert.message}"
+        )[:200]
+        message["Message-ID"] = f"<{alert.alert_id}@budget-manager>"
+        message.set_content(f"{alert.message}\n\n{payload.decode()}\n")
+        await asyncio.to_thread(self._send, message)
+
+    def _send(self, message: EmailMessage) -> None:
+        with smtplib.SMTP(self.config.smtp_host, self.config.smtp_port, timeout=10) as smtp:
+            if self.config.starttls:
+                smtp.starttls()
+            if self.config.username:
+                smtp.login(self.config.username, self.config.password or "")
+            smtp.send_message(message)
+
+
+def senders(channels: AlertChannels, nc: Client, topology: Topology) -> dict[str, Sender]:
+    """The enabled channels' senders, by channel name."""
+    every: dict[str, Sender] = {
+        "nats": NatsSender(nc, topology),
+        "log": LogSender(channels.log.level),
+        "ui": UiSender(),
+        "webhook": WebhookSender(channels.webhook),
+        "email": EmailSender(channels.email),
+    }
+    return {name: sender for name, sender in every.items() if channels.enabled(name)}

@@ -1,0 +1,123 @@
+"""``budget alerts list|show|ack|resolve``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+import typer
+
+from budget.alert_engine import AlertEngine, StoredAlert
+from budget.pricing import PricingRegistry
+from budget.publisher import EventPublisher, PublisherConfig
+from budget.tracker import UsageTracker
+from services.cli_context import settings
+
+__all__ = ["alerts_app"]
+
+alerts_app = typer.Typer(no_args_is_help=True)
+
+
+@contextlib.asynccontextmanager
+async def _engine() -> AsyncIterator[AlertEngine]:
+    current = settings()
+    publisher = EventPublisher(PublisherConfig.from_settings(current))
+    tracker = UsageTracker(current, PricingRegistry(current.price_overrides), publisher)
+    await tracker.start()
+    try:
+        yield AlertEngine(current, tracker)
+    finally:
+        await tracker.close()
+
+
+@alerts_app.command("list")
+def list_alerts(
+    policy: Annotated[str | None, typer.Option(help="only this policy's alerts")] = None,
+    unacknowledged: Annotated[bool, typer.Option(help="only those nobody acknowledged")] = False,
+    resolved: Annotated[bool, typer.Option(help="include resolved alerts")] = False,
+) -> None:
+    """Alerts, oldest first: unresolved ones unless --resolved."""
+
+    async def go() -> list[StoredAlert]:
+        async with _engine() as engine:
+            return await engine.list_alerts(
+                policy_id=policy,
+                unacknowledged_only=unacknowledged,
+                resolved=None if resolved else False,
+            )
+
+    found = asyncio.run(go())
+    if not found:
+        typer.echo("no alerts")
+    for stored in found:
+        alert = stored.alert
+        state = "resolved" if stored.resolved_at else "acked" if stored.acknowledged_at else "open"
+        typer.echo(
+            f"{alert.alert_id}  {alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.severity.value:<8}"
+            f" {alert.alert_type.value:<18} {state:<8} {alert.message}"
+        )
+
+
+@alerts_app.command("show")
+def show_alert(alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's id")]) -> None:
+    """One alert as JSON, with its state and its delivery on each channel."""
+
+    async def go() -> tuple[StoredAlert | None, list[str]]:
+        async with _engine() as engine:
+            stored = await engine.get_alert(alert_id)
+            deliveries = await engine.deliveries(alert_id)
+        lines = [
+            f"{d.channel:<8} {d.status:<8} attempts {d.attempts}"
+            + (f", sent {d.sent_at:%Y-%m-%d %H:%M:%S}" if d.sent_at else "")
+            + (f", last error: {d.last_error}" if d.last_error else "")
+            for d in deliveries
+        ]
+        return stored, lines
+
+    stored, lines = asyncio.run(go())
+    if stored is None:
+        raise ValueError(f"no alert with id {alert_id}; see `budget alerts list --resolved`")
+    typer.echo(stored.alert.model_dump_json(indent=2))
+    if stored.acknowledged_at:
+        typer.echo(f"acknowledged by {stored.acknowledged_by} at {stored.acknowledged_at}")
+    if stored.resolved_at:
+        typer.echo(f"resolved at {stored.resolved_at}")
+    typer.echo("deliveries:" if lines else "deliveries: none (raised while rebuilding)")
+    for line in lines:
+        typer.echo(f"  {line}")
+
+
+@alerts_app.command("ack")
+def acknowledge(
+    alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's id")],
+    by: Annotated[str, typer.Option(help="who acknowledges it")],
+) -> None:
+    """Acknowledge an alert (an AlertAcknowledged event)."""
+    _change(alert_id, lambda engine: engine.acknowledge_alert(alert_id, by), "acknowledged")
+
+
+@alerts_app.command("resolve")
+def resolve(
+    alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's id")],
+    by: Annotated[str | None, typer.Option(help="who resolves it")] = None,
+) -> None:
+    """Resolve an alert (an AlertResolved event)."""
+    _change(alert_id, lambda engine: engine.resolve_alert(alert_id, by), "resolved")
+
+
+def _change(
+    alert_id: uuid.UUID, action: Callable[[AlertEngine], Awaitable[None]], done: str
+) -> None:
+    async def go() -> bool:
+        async with _engine() as engine:
+            if await engine.get_alert(alert_id) is None:
+                return False
+            await action(engine)
+            return True
+
+    if not asyncio.run(go()):
+        raise ValueError(f"no alert with id {alert_id}; see `budget alerts list --resolved`")
+    typer.echo(f"alert {alert_id} {done}")

@@ -1,0 +1,181 @@
+"""``budget notifier``: sends queued alerts, once per alert and channel.
+
+One loop per channel, so a webhook that fails for hours never delays email or NATS. Each
+loop takes its channel's rows in the order the alerts were raised, sends, and records the
+outcome; a failure is retried with exponential backoff (up to ``max_backoff``) and holds
+back the channel's later alerts, so receivers see them in order. Alerts for a channel that
+is not enabled in ``alert_channels`` are marked ``skipped``. The evaluator's NOTIFY wakes
+the loops; without it they look every ``poll_interval``. One notifier per channel is
+active at a time (an advisory lock); others wait as standbys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+from nats.aio.client import Client
+
+from budget.config import Settings
+from events import Alert
+from projections.alerts import OUTBOX_CHANNEL
+from projections.base import Connection
+from projections.db import connect
+from services.channels import Sender, senders
+
+__all__ = ["CHANNELS", "Notifier", "NotifierConfig", "serve_notifier"]
+
+log = logging.getLogger(__name__)
+CHANNELS = ("nats", "log", "ui", "webhook", "email")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifierConfig:
+    poll_interval: float = 1.0
+    max_backoff: float = 30.0
+    give_up_after: timedelta = timedelta(days=1)
+    batch: int = 100
+
+
+class Notifier:
+    def __init__(
+        self, settings: Settings, nc: Client, config: NotifierConfig | None = None
+    ) -> None:
+        self.settings = settings
+        self.config = config or NotifierConfig()
+        self.senders = senders(settings.alert_channels, nc, settings.topology)
+        self._wake = {channel: asyncio.Event() for channel in CHANNELS}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [asyncio.create_task(self._listen(stop))]
+        tasks += [asyncio.create_task(self._channel(c, stop)) for c in CHANNELS]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn = await connect(self.settings.database_url)
+                try:
+                    await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                    async for _ in conn.notifies():
+                        for event in self._wake.values():
+                            event.set()
+                finally:
+                    await conn.close()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("notifier: lost the outbox notifications (%s); polling", exc)
+                await asyncio.sleep(self.config.poll_interval)
+
+    async def _channel(self, channel: str, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn = await connect(self.settings.database_url)
+                try:
+                    await self._hold_lock(conn, channel)
+                    await self._deliver_forever(conn, channel)
+                finally:
+                    await conn.close()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("notifier %s: database unavailable (%s); retrying", channel, exc)
+                await asyncio.sleep(self.config.poll_interval)
+
+    async def _hold_lock(self, conn: Connection, channel: str) -> None:
+        key = int.from_bytes(
+            hashlib.blake2b(f"notifier:{channel}".encode(), digest_size=8).digest(),
+            "big",
+            signed=True,
+        )
+        while True:
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
+            if row and row[0]:
+                return
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def _deliver_forever(self, conn: Connection, channel: str) -> None:
+        wake = self._wake[channel]
+        while True:
+            wake.clear()
+            delivered_all = await self.deliver_due(conn, channel)
+            if delivered_all:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.config.poll_interval)
+            else:
+                await asyncio.sleep(min(self.config.poll_interval, 0.2))
+
+    async def deliver_due(self, conn: Connection, channel: str) -> bool:
+        """Send the channel's pending alerts in raised order; False if one is not due or
+        failed (the ones after it wait) or more are pending."""
+        cursor = await conn.execute(
+            "SELECT alert_id, payload::text, attempts, next_attempt_at <= now(),"
+            " now() - created_at > %s FROM alert_outbox"
+            " WHERE channel = %s AND status = 'pending' ORDER BY seq LIMIT %s",
+            (self.config.give_up_after, channel, self.config.batch),
+        )
+        rows = await cursor.fetchall()
+        sender = self.senders.get(channel)
+        for alert_id, payload, attempts, due, too_old in rows:
+            if sender is None:
+                await self._record(conn, alert_id, channel, "skipped", "channel not enabled")
+            elif not due or not await self._send(
+                conn, sender, channel, alert_id, payload, attempts, too_old
+            ):
+                return False
+        return len(rows) < self.config.batch
+
+    async def _send(
+        self,
+        conn: Connection,
+        sender: Sender,
+        channel: str,
+        alert_id: object,
+        payload: str,
+        attempts: int,
+        too_old: bool,
+    ) -> bool:
+        alert = Alert.model_validate_json(payload)
+        try:
+            await sender.send(alert, payload.encode(), conn)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"[:500]
+            if too_old:
+                await self._record(conn, alert_id, channel, "failed", why)
+                log.error("alert %s via %s: giving up: %s", alert_id, channel, why)
+                return True
+            backoff = min(2.0**attempts, self.config.max_backoff)
+            await conn.execute(
+                "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
+                " next_attempt_at = now() + %s * interval '1 second'"
+                " WHERE alert_id = %s AND channel = %s",
+                (why, backoff, alert_id, channel),
+            )
+            log.warning(
+                "alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff
+            )
+            return False
+        await self._record(conn, alert_id, channel, "sent", None)
+        return True
+
+    async def _record(
+        self, conn: Connection, alert_id: object, channel: str, status: str, why: str | None
+    ) -> None:
+        await conn.execute(
+            "UPDATE alert_outbox SET status = %s, attempts = attempts + 1, last_error = %s,"
+            " sent_at = CASE WHEN %s = 'sent' THEN now() END"
+            " WHERE alert_id = %s AND channel = %s",
+            (status, why, status, alert_id, channel),
+        )
+
+
+async def serve_notifier(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
+    """Run a notifier on ``nc`` until ``stop``."""
+    await Notifier(settings, nc).run(stop)
