@@ -1,0 +1,289 @@
+"""Alerts on real NATS and PostgreSQL, sent to a real webhook and SMTP server: thresholds
+raise once each, whatever is redelivered; cooldowns; a rebuild sends nothing; a failing
+channel delays no other; subscribers see alerts in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from budget.config import Settings
+from events import (
+    Alert,
+    AlertRule,
+    AlertRuleSet,
+    AlertType,
+    BudgetPolicy,
+    Event,
+    LimitAction,
+    PolicySet,
+    RequestBlocked,
+    Topology,
+)
+from projections.rebuild import rebuild
+from projections.registry import get_projection
+from services.channels import SIGNATURE_HEADER, signature
+
+from alerting import (
+    WEBHOOK_SECRET,
+    Mailbox,
+    Webhook,
+    alert_settings,
+    evaluator,
+    outbox,
+    smtp_server,
+    webhook_server,
+)
+from support import publish, rows, usage_event, wait_for
+
+pytestmark = pytest.mark.integration
+START = datetime(2026, 3, 2, 9, tzinfo=UTC)  # a Monday
+CHANNELS = {"nats", "log", "ui", "webhook", "email"}
+
+
+@dataclass
+class Receivers:
+    settings: Settings
+    hook: Webhook
+    box: Mailbox
+
+
+@pytest.fixture
+def hook() -> Iterator[Webhook]:
+    with webhook_server() as server:
+        yield server
+
+
+@pytest.fixture
+def box() -> Iterator[Mailbox]:
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def receivers(
+    nats_url: str, db: str, topology: Topology, tmp_path: Path, hook: Webhook, box: Mailbox
+) -> Receivers:
+    return Receivers(alert_settings(nats_url, db, topology, tmp_path, hook, box), hook, box)
+
+
+def crossing_events(policy_id: str = "team") -> list[Event]:
+    """A $1.00 monthly policy (soft limit 80 %) and usage taking it to 0.80, 0.95, 1.00
+    and beyond: three thresholds, each crossed by exactly one event."""
+    policy = BudgetPolicy(policy_id=policy_id, name="Team", limit_amount=Decimal("1.00"))
+    costs = ["0.50", "0.30", "0.15", "0.05", "0.10"]
+    return [
+        PolicySet(occurred_at=START, policy=policy),
+        *(usage_event(cost=c, at=START + timedelta(minutes=i)) for i, c in enumerate(costs)),
+    ]
+
+
+async def alert_rows(db: str) -> list[Alert]:
+    found = await rows(db, "SELECT alert FROM alerts ORDER BY raised_at, stream_seq")
+    return [Alert.model_validate(row[0]) for row in found]
+
+
+async def all_delivered(db: str, expected: int) -> None:
+    async def delivered() -> bool:
+        """every queued delivery was sent"""
+        queued = await outbox(db)
+        return len(queued) == expected and all(r[2] == "sent" for r in queued)
+
+    await wait_for(delivered, within=20)
+
+
+@pytest.fixture
+async def alert_subscriber(nc: Client, topology: Topology) -> AsyncIterator[list[Any]]:
+    received: list[Any] = []
+
+    async def collect(msg: Any) -> None:
+        received.append((msg.subject, json.loads(msg.data), msg.headers))
+
+    sub = await nc.subscribe(f"{topology.prefix}.alerts.>", cb=collect)
+    yield received
+    await sub.unsubscribe()
+
+
+async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
+    nc: Client, db: str, topology: Topology, receivers: Receivers, alert_subscriber: list[Any]
+) -> None:
+    events = crossing_events()
+    await publish(nc, topology, events)
+    await publish(nc, topology, events[1:], msg_id=False)  # every usage event twice
+    async with evaluator(nc, receivers.settings):
+        await all_delivered(db, 3 * len(CHANNELS))
+
+    alerts = await alert_rows(db)
+    assert [(a.alert_type, a.threshold_percent, a.spend) for a in alerts] == [
+        (AlertType.THRESHOLD_WARNING, Decimal(80), Decimal("0.80")),
+        (AlertType.THRESHOLD_CRITICAL, Decimal(95), Decimal("0.95")),
+        (AlertType.LIMIT_EXCEEDED, Decimal(100), Decimal("1.00")),
+    ]
+    assert [a.raised_at for a in alerts] == [START + timedelta(minutes=m) for m in (1, 2, 3)]
+    ids = [str(a.alert_id) for a in alerts]
+    # NATS: in order, on <prefix>.alerts.<severity>.<type>, with the id as Nats-Msg-Id
+    assert [(s, body["alert_id"], h["Nats-Msg-Id"]) for s, body, h in alert_subscriber] == [
+        (f"{topology.prefix}.alerts.warning.threshold_warning", ids[0], ids[0]),
+        (f"{topology.prefix}.alerts.critical.threshold_critical", ids[1], ids[1]),
+        (f"{topology.prefix}.alerts.critical.limit_exceeded", ids[2], ids[2]),
+    ]
+    # webhook: once each, signed, with the id as idempotency key
+    assert [headers["Idempotency-Key"] for headers, _ in receivers.hook.received] == ids
+    for headers, body in receivers.hook.received:
+        assert headers[SIGNATURE_HEADER] == signature(WEBHOOK_SECRET, body)
+    # email: once each
+    assert [m["Message-ID"] for m in receivers.box.messages] == [
+        f"<{i}@budget-manager>" for i in ids
+    ]
+    # UI feed: once each
+    assert sorted(str(r[0]) for r in await rows(db, "SELECT alert_id FROM alert_feed")) == sorted(
+        ids
+    )
+
+
+async def test_redelivery_after_a_commit_raises_and_sends_nothing_new(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    """As if the worker died between commit and ack: the consumer is recreated and the
+    whole log is delivered again."""
+    await publish(nc, topology, crossing_events())
+    async with evaluator(nc, receivers.settings):
+        await all_delivered(db, 3 * len(CHANNELS))
+    await nc.jetstream().delete_consumer(topology.event_stream.name, "alerts-v1")
+    async with evaluator(nc, receivers.settings):
+        await all_delivered(db, 3 * len(CHANNELS))
+        await asyncio.sleep(0.5)
+    assert len(await alert_rows(db)) == 3
+    assert len(receivers.hook.received) == 3 and len(receivers.box.messages) == 3
+
+
+async def test_rebuild_reproduces_the_alerts_and_sends_nothing(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    await publish(nc, topology, crossing_events())
+    async with evaluator(nc, receivers.settings):
+        await all_delivered(db, 3 * len(CHANNELS))
+        before = await rows(db, "SELECT * FROM alerts ORDER BY alert_id")
+        sent = await outbox(db)
+        await rebuild(get_projection("alerts"), nc=nc, database_url=db, topology=topology)
+        await asyncio.sleep(1.5)  # give the notifier a chance to (wrongly) send
+        assert await rows(db, "SELECT * FROM alerts ORDER BY alert_id") == before
+        assert await outbox(db) == sent
+    assert len(receivers.hook.received) == 3
+
+
+async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    """A daily $1 policy with a 50 % rule cooling down for 2 hours: crossed at 23:00, again
+    at 00:30 the next day (suppressed), and at 10:00 the day after (raised)."""
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    policy = BudgetPolicy(policy_id="daily", name="Daily", limit_amount=1, period="daily")
+    rule = AlertRule(
+        rule_id="half",
+        name="Half",
+        threshold_percent=50,
+        cooldown_minutes=120,
+        policy_ids=("daily",),
+        channels=("ui",),
+    )
+    crossings = [day + timedelta(hours=23), day + timedelta(hours=24.5), day + timedelta(hours=58)]
+    await publish(
+        nc,
+        topology,
+        [
+            PolicySet(occurred_at=day, policy=policy),
+            AlertRuleSet(occurred_at=day, rule=rule),
+            *(usage_event(cost="0.60", at=at) for at in crossings),
+        ],
+    )
+    async with evaluator(nc, receivers.settings):
+
+        async def raised_twice() -> bool:
+            """the half rule raised its alerts"""
+            return len([a for a in await alert_rows(db) if a.rule_id == "half"]) == 2
+
+        await wait_for(raised_twice, within=15)
+    assert [a.raised_at for a in await alert_rows(db) if a.rule_id == "half"] == [
+        crossings[0],
+        crossings[2],
+    ]
+
+
+async def test_repeated_refusals_raise_one_violation_per_cooldown(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    def blocked(minutes: int) -> RequestBlocked:
+        return RequestBlocked(
+            occurred_at=START + timedelta(minutes=minutes),
+            action=LimitAction.BLOCK,
+            policy_ids=["cap"],
+            reason="block by policy 'cap'",
+            model="gpt-4o",
+            user_id="alice",
+            estimated_cost=Decimal("0.1"),
+            spend=Decimal(5),
+            limit_amount=Decimal(5),
+        )
+
+    await publish(nc, topology, [blocked(0), blocked(5), blocked(16)])  # cooldown 15 min
+    async with evaluator(nc, receivers.settings):
+
+        async def raised() -> bool:
+            """two violations"""
+            return len(await alert_rows(db)) == 2
+
+        await wait_for(raised, within=15)
+    alerts = await alert_rows(db)
+    assert {a.alert_type for a in alerts} == {AlertType.POLICY_VIOLATION}
+    assert [a.raised_at for a in alerts] == [START, START + timedelta(minutes=16)]
+
+
+async def test_a_webhook_answering_500_delays_no_other_channel(
+    nc: Client, db: str, topology: Topology, receivers: Receivers, alert_subscriber: list[Any]
+) -> None:
+    receivers.hook.status = 500
+    await publish(nc, topology, crossing_events())
+    async with evaluator(nc, receivers.settings):
+
+        async def others_delivered() -> bool:
+            """NATS, email, UI and log delivered all three"""
+            queued = await outbox(db)
+            others = [r for r in queued if r[1] != "webhook"]
+            return len(others) == 12 and all(r[2] == "sent" for r in others)
+
+        await wait_for(others_delivered, within=10)
+        assert len(alert_subscriber) == 3 and len(receivers.box.messages) == 3
+        webhook = [r for r in await outbox(db) if r[1] == "webhook"]
+        assert [r[2] for r in webhook] == ["pending"] * 3 and webhook[0][3] >= 1
+    assert receivers.hook.received == []
+
+
+async def test_a_webhook_down_for_a_minute_gets_every_alert_once_when_back(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    receivers.hook.status = 503
+    await publish(nc, topology, crossing_events())
+    async with evaluator(nc, receivers.settings):
+        started = time.monotonic()
+
+        async def failing() -> bool:
+            """the webhook has been refusing"""
+            return any(r[1] == "webhook" and r[3] >= 1 for r in await outbox(db))
+
+        await wait_for(failing, within=10)
+        await asyncio.sleep(60 - (time.monotonic() - started))
+        receivers.hook.status = 200
+        await all_delivered(db, 3 * len(CHANNELS))
+    keys = [headers["Idempotency-Key"] for headers, _ in receivers.hook.received]
+    assert len(keys) == 3 and len(set(keys)) == 3
