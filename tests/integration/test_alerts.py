@@ -287,3 +287,30 @@ async def test_a_webhook_down_for_a_minute_gets_every_alert_once_when_back(
         await all_delivered(db, 3 * len(CHANNELS))
     keys = [headers["Idempotency-Key"] for headers, _ in receivers.hook.received]
     assert len(keys) == 3 and len(set(keys)) == 3
+
+
+async def test_a_spike_hour_raises_an_anomaly_per_watched_scope_within_that_hour(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    steady = [usage_event(cost="1.00", at=START + timedelta(hours=h)) for h in range(24 * 8)]
+    spike_hour = START + timedelta(days=8, hours=14)
+    spike = [usage_event(cost="1.00", at=spike_hour + timedelta(minutes=5 * i)) for i in range(6)]
+    await publish(nc, topology, [*steady, *spike])
+    async with evaluator(nc, receivers.settings):
+
+        async def flagged() -> bool:
+            """the spike hour was flagged"""
+            return len(await alert_rows(db)) >= 4
+
+        await wait_for(flagged, within=20)
+        await asyncio.sleep(0.5)
+    alerts = await alert_rows(db)
+    assert {(a.alert_type, a.scope, a.scope_key) for a in alerts} == {
+        (AlertType.ANOMALY, "global", "*"),
+        (AlertType.ANOMALY, "provider", "openai"),
+        (AlertType.ANOMALY, "model", "gpt-4o"),
+        (AlertType.ANOMALY, "project", "apollo"),
+    }
+    # 1.00 an hour is usual: the third call of the hour makes it 3x
+    assert {a.raised_at for a in alerts} == {spike_hour + timedelta(minutes=10)}
+    assert {a.baseline for a in alerts} == {Decimal("1.00")}

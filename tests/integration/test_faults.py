@@ -13,12 +13,15 @@ import psycopg
 import pytest
 from nats.aio.client import Client
 
+from budget.alerting import DEFAULT_RULES
 from budget.publisher import EventPublisher, PublisherConfig
-from events import Topology
+from events import BudgetPolicy, PolicySet, Topology
+from projections.alerts import AlertsProjection
 from projections.checkpoints import ensure_projection
 from projections.db import connect
 from projections.log import declare_streams
 from projections.migrate import migrate
+from projections.rebuild import rebuild
 from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -271,3 +274,63 @@ async def test_standby_worker_takes_over_when_the_active_one_is_killed(
         db,
         "SELECT sum(requests) FROM spend_totals WHERE scope = 'global' AND period = 'monthly'",
     ) == [(2000,)]
+
+
+async def test_alert_worker_killed_mid_stream_raises_and_queues_each_alert_once(
+    nc: Client, db: str, topology: Topology, nats_url: str
+) -> None:
+    """Killed between commits and acks twice: every alert a clean replay derives is raised
+    once and queued once per channel, none more."""
+    start = varied_events(1)[0].occurred_at
+    policies = [
+        BudgetPolicy(policy_id="all", name="All", limit_amount=Decimal(10)),
+        BudgetPolicy(policy_id="each", name="Each user", scope="user", limit_amount=1),
+    ]
+    events = varied_events(10_000)
+    await publish(nc, topology, [PolicySet(occurred_at=start, policy=p) for p in policies])
+    await publish(nc, topology, events)
+    total = len(events) + len(policies)
+    conn = await connect(db)
+    await ensure_projection(conn, AlertsProjection())
+    await conn.close()
+
+    async def alerts_checkpoint() -> int:
+        found = await rows(
+            db, "SELECT stream_seq FROM projection_checkpoints WHERE name = 'alerts'"
+        )
+        return int(found[0][0]) if found else 0
+
+    for fraction in (0.2, 0.6):
+        worker = budget_process(
+            ["worker", "alerts"], nats_url=nats_url, database_url=db, topology=topology
+        )
+
+        async def past(target: int = int(total * fraction)) -> bool:
+            """the worker got past the kill point"""
+            return await alerts_checkpoint() >= target
+
+        await wait_for(past, within=60, interval=0.005)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert await alerts_checkpoint() < total, "killed too late to be mid-stream"
+    worker = budget_process(
+        ["worker", "alerts"], nats_url=nats_url, database_url=db, topology=topology
+    )
+    try:
+
+        async def done() -> bool:
+            """the restarted worker committed the whole log"""
+            return await alerts_checkpoint() == total
+
+        await wait_for(done, within=120)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+    await rebuild(AlertsProjection(), nc=nc, database_url=db, topology=topology, swap=False)
+    live = await rows(db, "SELECT alert_id, alert FROM alerts_v1 ORDER BY alert_id")
+    assert live == await rows(db, "SELECT alert_id, alert FROM alerts_v2 ORDER BY alert_id")
+    assert len(live) > 20  # the global policy's three and many users' thresholds
+    channels = len(DEFAULT_RULES[0].channels)
+    queued = await rows(db, "SELECT alert_id, count(*) FROM alert_outbox GROUP BY alert_id")
+    assert sorted(queued) == sorted((alert, channels) for alert, _ in live)

@@ -1,0 +1,72 @@
+"""The hourly anomaly test on synthetic series: daily and weekly seasonality with noise
+raise nothing over 30 days; a 5x spike is flagged within its hour."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from budget.alerting import Spent, anomaly, crossing
+
+DAYS = 30
+START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
+
+
+def usual(day: int, hour: int) -> float:
+    """Busy working hours, quiet nights, half as much at weekends."""
+    level = 2.0 if 8 <= hour < 19 else 0.3
+    return level * (0.5 if day % 7 in (5, 6) else 1.0)
+
+
+def series(seed: int, noise: float) -> list[list[Decimal]]:
+    rng = random.Random(seed)
+    return [
+        [Decimal(str(round(max(usual(d, h) * rng.gauss(1, noise), 0), 4))) for h in range(24)]
+        for d in range(DAYS)
+    ]
+
+
+def limits_for(days: list[list[Decimal]], day: int, hour: int) -> tuple[Decimal, Decimal] | None:
+    history = [days[day - back][hour] for back in range(1, min(day, 28) + 1)]
+    weekday = [days[day - back][hour] for back in range(7, min(day, 28) + 1, 7)]
+    found = anomaly(history, weekday)
+    return (found.baseline, found.threshold) if found else None
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.floats(0.0, 0.2))
+def test_thirty_steady_days_with_noise_raise_no_anomaly(seed: int, noise: float) -> None:
+    days = series(seed, noise)
+    for day in range(DAYS):
+        for hour in range(24):
+            found = limits_for(days, day, hour)
+            if found is not None:
+                assert days[day][hour] < found[1], (day, hour, days[day][hour], found)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.floats(0.0, 0.2), st.integers(7, DAYS - 1), st.integers(0, 23))
+def test_a_fivefold_hour_is_flagged_within_that_hour(
+    seed: int, noise: float, day: int, hour: int
+) -> None:
+    days = series(seed, noise)
+    found = limits_for(days, day, hour)
+    assert found is not None
+    baseline, threshold = found
+    spike = max(baseline * 5, Decimal("0.25"))  # a spike worth noticing, even at night
+    begins = START + timedelta(days=day, hours=hour)
+    calls = [  # the hour's spend arrives evenly, a call every 5 minutes
+        Spent(uuid.uuid4(), begins + timedelta(minutes=5 * i), spike / 12) for i in range(12)
+    ]
+    hit = crossing(Decimal(0), threshold, calls)
+    assert hit is not None
+    assert begins <= hit[0].occurred_at < begins + timedelta(hours=1)
+
+
+def test_no_baseline_before_a_week_of_history() -> None:
+    assert anomaly([Decimal(1)] * 6, []) is None
