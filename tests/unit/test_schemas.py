@@ -9,6 +9,7 @@ import jsonschema
 
 from events import encode
 from events.schema import schema_files
+from services.asyncapi import asyncapi_document
 
 from support import usage_event
 
@@ -24,3 +25,9 @@ def test_committed_schemas_are_current() -> None:
 def test_an_encoded_event_validates_against_its_schema() -> None:
     schema = json.loads((DOCS / "UsageRecorded.v2.json").read_text())
     jsonschema.validate(json.loads(encode(usage_event())), schema)
+
+
+def test_asyncapi_document_is_current() -> None:
+    """Regenerate with ``python -m services.asyncapi`` when the alert contract changes."""
+    committed = (Path(__file__).parents[2] / "docs" / "asyncapi.json").read_text()
+    assert committed == asyncapi_document()
