@@ -136,7 +136,8 @@ class AlertEngine:
                 " FROM alerts WHERE (%s::text IS NULL OR policy_id = %s)"
                 " AND (NOT %s OR acknowledged_at IS NULL)"
                 " AND (%s::boolean IS NULL OR (resolved_at IS NOT NULL) = %s)"
-                " ORDER BY raised_at, stream_seq LIMIT %s",
+                " ORDER BY raised_at, stream_seq,"
+                " (alert ->> 'threshold_percent')::numeric NULLS FIRST, alert_id LIMIT %s",
                 (policy_id, policy_id, unacknowledged_only, resolved, resolved, limit),
             )
             return [

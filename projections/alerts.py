@@ -462,7 +462,14 @@ class AlertsProjection(Projection):
         if not candidates:
             return
         _, alerts, cooldowns = (physical(t, version) for t in self.tables[-3:])
-        candidates.sort(key=lambda c: (c.stream_seq, c.alert.raised_at, str(c.alert.alert_id)))
+        # log order; several thresholds crossed by one event in rising order
+        candidates.sort(
+            key=lambda c: (
+                c.stream_seq,
+                c.alert.threshold_percent or Decimal(0),
+                str(c.alert.alert_id),
+            )
+        )
         pairs = sorted({(c.rule.rule_id, c.subject) for c in candidates})
         cursor = await conn.execute(
             f"SELECT rule_id, subject, last_raised_at FROM {cooldowns}"

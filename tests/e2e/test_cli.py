@@ -808,3 +808,41 @@ def test_bad_policy_option_is_one_line(deployment: Budget) -> None:
         "budget: policy: custom bounds must fall on a quarter hour"
         " (got 2026-01-01T00:07:00+00:00)\n",
     )
+
+
+def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budget) -> None:
+    for name in ("policies", "alerts"):
+        deployment.start("worker", name)
+    deployment.start("notifier")
+    deployment.ok("policy", "set", "--name", "Tiny", "--limit", "0.005", "--id", "tiny")
+    deployment.record(*GPT_4O_CALL)  # $0.00725: past the whole limit, three thresholds at once
+
+    listed = eventually(
+        lambda: deployment.ok("alerts", "list").splitlines(),
+        lambda lines: len(lines) == 3,
+        CATCH_UP,
+        "three alerts listed",
+    )
+    assert [line.split()[4] for line in listed] == [
+        "threshold_warning",
+        "threshold_critical",
+        "limit_exceeded",
+    ]
+    alert_id = listed[0].split()[0]
+    shown = eventually(
+        lambda: deployment.ok("alerts", "show", alert_id),
+        lambda out: "nats     sent" in out,
+        CATCH_UP,
+        "the alert sent on NATS",
+    )
+    assert '"alert_type": "threshold_warning"' in shown
+    assert "webhook  skipped" in shown  # not enabled in alert_channels
+    assert (
+        deployment.ok("alerts", "ack", alert_id, "--by", "ops")
+        == f"alert {alert_id} acknowledged\n"
+    )
+    assert "acked" in deployment.ok("alerts", "list").splitlines()[0]
+    assert deployment.ok("alerts", "resolve", alert_id) == f"alert {alert_id} resolved\n"
+    assert len(deployment.ok("alerts", "list").splitlines()) == 2
+    missing = deployment.run("alerts", "show", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 2 and missing.stderr.startswith("budget: no alert with id")

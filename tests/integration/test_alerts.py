@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from budget.alert_engine import AlertEngine
 from budget.config import Settings
 from events import (
     Alert,
@@ -30,6 +31,7 @@ from events import (
     RequestBlocked,
     Topology,
 )
+from events.rpc import PolicySpend
 from projections.rebuild import rebuild
 from projections.registry import get_projection
 from services.channels import SIGNATURE_HEADER, signature
@@ -44,6 +46,7 @@ from alerting import (
     smtp_server,
     webhook_server,
 )
+from enforcement import start_tracker
 from support import publish, rows, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -314,3 +317,59 @@ async def test_a_spike_hour_raises_an_anomaly_per_watched_scope_within_that_hour
     # 1.00 an hour is usual: the third call of the hour makes it 3x
     assert {a.raised_at for a in alerts} == {spike_hour + timedelta(minutes=10)}
     assert {a.baseline for a in alerts} == {Decimal("1.00")}
+
+
+async def test_alert_engine_rules_acknowledgements_and_resolutions(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    await publish(nc, topology, crossing_events())
+    tracker = await start_tracker(receivers.settings)
+    engine = AlertEngine(receivers.settings, tracker)
+    try:
+        async with evaluator(nc, receivers.settings):
+            await all_delivered(db, 3 * len(CHANNELS))
+            rule = AlertRule(rule_id="quarter", name="A quarter", threshold_percent=25)
+            await engine.add_rule(rule)
+            assert rule in await engine.get_rules()
+            assert await engine.remove_rule("default-anomaly")
+            assert "default-anomaly" not in {r.rule_id for r in await engine.get_rules()}
+
+            active = await engine.get_active_alerts(policy_id="team")
+            assert len(active) == 3
+            first, second = active[0].alert.alert_id, active[1].alert.alert_id
+            await engine.acknowledge_alert(first, acknowledged_by="ops")
+            await engine.resolve_alert(second, resolved_by="ops")
+            unacknowledged = await engine.get_active_alerts(unacknowledged_only=True)
+            assert [a.alert.alert_id for a in unacknowledged] == [active[2].alert.alert_id]
+            assert [a.alert.alert_id for a in await engine.get_active_alerts()] == [
+                first,
+                active[2].alert.alert_id,
+            ]
+            assert {d.status for d in await engine.deliveries(first)} == {"sent"}
+    finally:
+        await tracker.close()
+
+
+async def test_evaluate_thresholds_names_the_alerts_the_rules_would_raise(
+    receivers: Receivers, db: str, nc: Client
+) -> None:
+    policy = BudgetPolicy(policy_id="p", name="P", limit_amount=Decimal(10))
+    summary = [
+        PolicySpend(
+            policy=policy,
+            key="*",
+            window_start=START,
+            window_end=START + timedelta(days=31),
+            spent=Decimal("9.60"),
+        )
+    ]
+    tracker = await start_tracker(receivers.settings)
+    try:
+        async with evaluator(nc, receivers.settings):
+            alerts = await AlertEngine(receivers.settings, tracker).evaluate_thresholds(summary)
+    finally:
+        await tracker.close()
+    assert [(a.alert_type, a.threshold_percent) for a in alerts] == [
+        (AlertType.THRESHOLD_CRITICAL, Decimal(95)),
+        (AlertType.THRESHOLD_WARNING, Decimal(80)),
+    ]
