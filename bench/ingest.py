@@ -1,12 +1,18 @@
 """Benchmark: one producer process records usage while the spend and history workers
 consume, on the embedded stack that ``budget up`` runs (workers are separate processes).
 
+Every worker ``budget up`` runs is live: spend, history, policies and the alert
+evaluator, plus the enforcer and the notifier. A per-user policy of $0.50 a month makes
+every user cross 80, 95 and 100 % while the benchmark runs.
+
 Figures (one JSON line each):
 - ``producer_events_per_s``: ``record_usage`` calls per second (pricing + publish, acked).
 - ``end_to_end_events_per_s``: N events from the first publish until committed in every
   projection.
 - ``lag_p50_ms`` / ``lag_p99_ms`` at a steady rate: publish -> committed in every
-  projection, per event (the checkpoints are polled every ~5 ms).
+  projection that reads usage, per event (the checkpoints are polled every ~5 ms).
+- ``alert_latency_p50_ms`` / ``alert_latency_p99_ms`` at the steady rate: publish of the
+  event that crossed a threshold -> the alert received on ``<prefix>.alerts.>``.
 - ``rebuild_<projection>_events_per_s``: rebuilding each projection from the log.
 
 Run: ``./run python bench/ingest.py [--events 200000] [--rate 5000 --seconds 20]``.
@@ -22,18 +28,22 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 
 import nats
+from nats.aio.msg import Msg
 
 from budget.config import Settings
+from budget.manager import BudgetManager
 from budget.tracker import UsageTracker, get_usage_tracker
+from events import BudgetPolicy, UsageRecorded
 from projections.base import Connection
 from projections.db import connect
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
 from services.ops import prepare
-from services.stack import StackInfo, serve_stack
+from services.stack import SERVICES, StackInfo, serve_stack
 
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4")]
 
@@ -44,15 +54,19 @@ def emit(figure: str, value: float, unit: str, **extra: object) -> None:
     )
 
 
-async def record(tracker: UsageTracker, i: int) -> None:
+USAGE_READERS = [n for n, p in PROJECTIONS.items() if UsageRecorded in p.event_types]
+USER_LIMIT = Decimal("0.50")
+
+
+async def record(tracker: UsageTracker, i: int, users: str = "user") -> UsageRecorded:
     provider, model = MODELS[i % len(MODELS)]
-    await tracker.record_usage(
+    return await tracker.record_usage(
         model=model,
         provider=provider,
         input_tokens=800 + i % 400,
         cached_tokens=i % 200,
         output_tokens=300 + i % 100,
-        user_id=f"user-{i % 500}",
+        user_id=f"{users}-{i % 500}",
         project_id=f"project-{i % 20}",
     )
 
@@ -67,7 +81,8 @@ class Checkpoints:
     async def lowest(self, conn: Connection) -> int:
         cursor = await conn.execute(
             "SELECT min(stream_seq) FROM projection_checkpoints c JOIN projection_registry r"
-            " ON r.name = c.name AND r.active_version = c.version"
+            " ON r.name = c.name AND r.active_version = c.version WHERE c.name = ANY(%s)",
+            (USAGE_READERS,),
         )
         row = await cursor.fetchone()
         return int(row[0] or 0)
@@ -127,7 +142,15 @@ async def steady(
     checkpoints = Checkpoints(info.database_url)
     stop = asyncio.Event()
     poller = asyncio.create_task(checkpoints.poll(stop))
+    alerts: list[tuple[float, str]] = []
+    nc = await nats.connect(info.nats_url)
+
+    async def on_alert(msg: Msg) -> None:
+        alerts.append((time.perf_counter(), json.loads(msg.data)["caused_by"]))
+
+    await nc.subscribe(f"{settings.topology.prefix}.alerts.>", cb=on_alert)
     sent: list[float] = []
+    published: dict[str, float] = {}
     start = time.perf_counter()
     total = int(rate * seconds)
     for i in range(total):
@@ -136,12 +159,19 @@ async def steady(
         if delay > 0:
             await asyncio.sleep(delay)
         sent.append(time.perf_counter())
-        await record(tracker, i)
+        event = await record(tracker, i, users="steady")
+        published[str(event.event_id)] = sent[-1]
     await tracker.flush()
     await wait_until_committed(checkpoints, base + total)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # the last alerts
     stop.set()
     await poller
+    await nc.close()
+    delays = [(at - published[cause]) * 1000 for at, cause in alerts if cause in published]
+    if len(delays) >= 2:
+        p50, p99 = statistics.quantiles(delays, n=100)[49], statistics.quantiles(delays, n=100)[98]
+        emit("alert_latency_p50_ms", p50, "ms", rate=rate, alerts=len(delays))
+        emit("alert_latency_p99_ms", p99, "ms", rate=rate, alerts=len(delays))
     lags = []
     for k, at in enumerate(sent, start=1):
         committed = checkpoints.committed_at(base + k)
@@ -184,7 +214,7 @@ async def main(args: argparse.Namespace) -> None:
     stack = asyncio.create_task(
         serve_stack(
             data_dir,
-            list(PROJECTIONS),
+            [*PROJECTIONS, *SERVICES],
             prepare=prepare_stack,
             on_ready=ready.set_result,
             stop=stop,
@@ -197,6 +227,9 @@ async def main(args: argparse.Namespace) -> None:
             update={"nats_url": info.nats_url, "database_url": info.database_url}
         )
         tracker = await get_usage_tracker(settings)
+        await BudgetManager(settings, tracker, apply_timeout=60).set_policy(
+            BudgetPolicy(name="bench per user", scope="user", limit_amount=USER_LIMIT)
+        )
         for i in range(1000):  # warm up: connections, price cache, worker consumers
             await record(tracker, i)
         await tracker.flush()
