@@ -36,12 +36,13 @@ class CallScope:
     def key(self, scope: BudgetScope) -> str | None:
         if scope is BudgetScope.GLOBAL:
             return GLOBAL_SCOPE_KEY
-        return {
-            BudgetScope.USER: self.user_id,
-            BudgetScope.PROJECT: self.project_id,
-            BudgetScope.PROVIDER: self.provider,
-            BudgetScope.MODEL: self.model,
-        }[scope]
+        if scope is BudgetScope.USER:
+            return self.user_id
+        if scope is BudgetScope.PROJECT:
+            return self.project_id
+        if scope is BudgetScope.PROVIDER:
+            return self.provider
+        return self.model
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +60,32 @@ class PolicyWindow:
         return self.policy.policy_id, self.key, self.start
 
 
-def policy_window(policy: BudgetPolicy, at: datetime) -> tuple[datetime, datetime] | None:
-    """[start, end) in UTC of the policy period holding ``at``; None outside a custom range."""
+_Window = tuple[datetime, datetime] | None
+_windows: dict[tuple[object, ...], _Window] = {}
+
+
+def policy_window(policy: BudgetPolicy, at: datetime) -> _Window:
+    """[start, end) in UTC of the policy period holding ``at``; None outside a custom range.
+
+    Every bound falls on a quarter hour, so all instants of a quarter hour share a window:
+    it is computed once per policy and quarter hour (the evaluator asks per event)."""
+    quarter = at.replace(minute=at.minute - at.minute % 15, second=0, microsecond=0)
+    key = (
+        policy.policy_id,
+        policy.period,
+        policy.timezone,
+        policy.custom_start,
+        policy.custom_end,
+        quarter,
+    )
+    if key not in _windows:
+        if len(_windows) >= 100_000:
+            _windows.clear()
+        _windows[key] = _compute_window(policy, quarter)
+    return _windows[key]
+
+
+def _compute_window(policy: BudgetPolicy, at: datetime) -> _Window:
     if policy.period is BudgetPeriod.CUSTOM:
         assert policy.custom_start is not None and policy.custom_end is not None
         if policy.custom_start <= at < policy.custom_end:

@@ -71,6 +71,8 @@ class _Candidate:
 
 @dataclass
 class _Rules:
+    position: tuple[object, ...]
+    """Where the policy and rule logs stood when these were read (and in which schema)."""
     policies: list[BudgetPolicy] = field(default_factory=list)
     rules: list[AlertRule] = field(default_factory=list)
 
@@ -383,10 +385,8 @@ class AlertsProjection(Projection):
         event = applied.event
         rules, alerts, _ = (physical(t, version) for t in self.tables[-3:])
         if isinstance(event, PolicySet | PolicyDeleted):
-            self._cache.pop(version, None)
             await self.policies.apply(conn, version, [applied])
         elif isinstance(event, AlertRuleSet | AlertRuleRemoved):
-            self._cache.pop(version, None)
             await self._apply_rule(conn, rules, applied)
         elif isinstance(event, RequestBlocked):
             state = await self._state(conn, version)
@@ -542,12 +542,21 @@ class AlertsProjection(Projection):
         return bool(row and row[0])
 
     async def _state(self, conn: Connection, version: int) -> _Rules:
-        """Policies and rules as of this version's position (cached until one changes)."""
+        """Policies and rules as this transaction sees them: read again whenever either
+        log moved (or the transaction that moved it was rolled back)."""
+        policies, rules = (
+            physical(self.policies.tables[0], version),
+            physical(self.tables[-3], version),
+        )
+        cursor = await conn.execute(
+            f"SELECT current_schema(), (SELECT max(stream_seq) FROM {policies}),"
+            f" (SELECT max(stream_seq) FROM {rules})".encode()
+        )
+        position = tuple(await cursor.fetchone() or ())
         state = self._cache.get(version)
-        if state is None:
+        if state is None or state.position != position:
             state = _Rules(
-                await load_policies(conn, physical(self.policies.tables[0], version)),
-                await load_rules(conn, physical(self.tables[-3], version)),
+                position, await load_policies(conn, policies), await load_rules(conn, rules)
             )
             self._cache[version] = state
         return state
