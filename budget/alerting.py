@@ -127,14 +127,14 @@ def anomaly(history: Sequence[Decimal], same_weekday: Sequence[Decimal]) -> Anom
     hour without spend). ``same_weekday``: those of them on the same day of the week.
     The baseline is the median of the same hour on the same weekday when there are three
     weeks of it (weekly seasonality), else the median over the days (daily seasonality),
-    which needs a week. Medians and the median absolute deviation (MAD) ignore the odd
-    spike in the history itself.
+    which needs a week; the spread is the median absolute deviation (MAD) of the same
+    sample. Medians ignore the odd spike in the history itself.
     """
     if len(history) < _MIN_DAYS:
         return None
     sample = same_weekday if len(same_weekday) >= 3 else history
     baseline = Decimal(statistics.median(sample))
-    spread = Decimal(statistics.median(abs(x - baseline) for x in history)) * _MAD_TO_SIGMA
+    spread = Decimal(statistics.median(abs(x - baseline) for x in sample)) * _MAD_TO_SIGMA
     threshold = max(baseline * ANOMALY_RATIO, baseline + ANOMALY_MAD_FACTOR * spread)
     return Anomaly(baseline=baseline, threshold=max(threshold, ANOMALY_FLOOR))
 

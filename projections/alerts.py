@@ -332,44 +332,60 @@ class AlertsProjection(Projection):
         self, conn: Connection, version: int, hours: list[tuple[str, str, datetime]]
     ) -> dict[tuple[str, str, datetime], tuple[Decimal, list[Decimal], list[Decimal]]]:
         """For each (scope, key, hour): its spend so far, the same hour on each earlier day
-        since the key's first spend (up to 28 days), and those on the same weekday."""
+        since the key's first spend (up to 28 days), and those on the same weekday.
+
+        One scan per total over the hours it needs (a replayed batch spans many hours)."""
         if not hours:
             return {}
         buckets = physical(self.spend.tables[0], version)
-        param = json.dumps([{"scope": s, "key": k, "hour": h.isoformat()} for s, k, h in hours])
+        spans: dict[tuple[str, str], list[datetime]] = {}
+        for scope, key, hour in hours:
+            span = spans.setdefault((scope, key), [hour, hour])
+            span[0], span[1] = min(span[0], hour), max(span[1], hour)
+        totals = list(spans)
+        param = json.dumps(
+            [
+                {
+                    "i": i,
+                    "scope": scope,
+                    "key": key,
+                    "lo": (spans[(scope, key)][0] - timedelta(days=_HISTORY_DAYS)).isoformat(),
+                    "hi": (spans[(scope, key)][1] + timedelta(hours=1)).isoformat(),
+                }
+                for i, (scope, key) in enumerate(totals)
+            ]
+        )
+        window = "jsonb_to_recordset(%s::jsonb) AS w(i int, scope text, key text, lo timestamptz,"
+        window += " hi timestamptz)"
         cursor = await conn.execute(
-            f"""
-            WITH w AS (
-                SELECT * FROM ROWS FROM (jsonb_to_recordset(%s::jsonb)
-                    AS (scope text, key text, hour timestamptz)) WITH ORDINALITY AS w(scope,
-                    key, hour, i)
-            ), first_seen AS (
-                SELECT w.i, (SELECT min(bucket_start) FROM {buckets} b
-                             WHERE b.scope = w.scope AND b.scope_key = w.key) AS since
-                FROM w
-            )
-            SELECT w.i, d.day,
-                   coalesce((SELECT sum(b.cost) FROM {buckets} b
-                             WHERE b.scope = w.scope AND b.scope_key = w.key
-                               AND b.bucket_start >= w.hour - d.day * interval '1 day'
-                               AND b.bucket_start < w.hour - d.day * interval '1 day'
-                                                   + interval '1 hour'), 0)
-            FROM w JOIN first_seen f USING (i)
-            CROSS JOIN generate_series(0, {_HISTORY_DAYS}) AS d(day)
-            WHERE d.day = 0 OR w.hour - d.day * interval '1 day' >= date_trunc('hour', f.since)
-            ORDER BY w.i, d.day
-            """.encode(),
+            f"""SELECT w.i, date_trunc('hour', b.bucket_start), sum(b.cost)
+            FROM {window} JOIN {buckets} b ON b.scope = w.scope AND b.scope_key = w.key
+                 AND b.bucket_start >= w.lo AND b.bucket_start < w.hi
+            GROUP BY 1, 2""".encode(),
             (param,),
         )
-        sums: dict[int, dict[int, Decimal]] = {}
-        for index, day, total in await cursor.fetchall():
-            sums.setdefault(index, {})[day] = total
+        # keyed by hours since the epoch: ints hash far faster than aware datetimes
+        hourly: dict[int, dict[int, Decimal]] = {}
+        for index, hour, total in await cursor.fetchall():
+            hourly.setdefault(index, {})[_epoch_hour(hour)] = total
+        cursor = await conn.execute(
+            f"""SELECT w.i, (SELECT date_trunc('hour', min(b.bucket_start)) FROM {buckets} b
+                             WHERE b.scope = w.scope AND b.scope_key = w.key)
+            FROM {window}""".encode(),
+            (param,),
+        )
+        since = {i: _epoch_hour(at) for i, at in await cursor.fetchall() if at is not None}
         result = {}
-        for index, hour_key in enumerate(hours, start=1):
-            days = sums.get(index, {})
-            past = [days[d] for d in sorted(days) if d > 0]
-            weekday = [days[d] for d in sorted(days) if d > 0 and d % 7 == 0]
-            result[hour_key] = (days.get(0, Decimal(0)), past, weekday)
+        position = {total: i for i, total in enumerate(totals)}
+        zero = Decimal(0)
+        for scope, key, hour in hours:
+            index = position[(scope, key)]
+            sums, now = hourly.get(index, {}), _epoch_hour(hour)
+            first = since.get(index, now)
+            days = range(1, min(_HISTORY_DAYS, (now - first) // 24) + 1)
+            past = [sums.get(now - 24 * day, zero) for day in days]
+            weekday = [past[day - 1] for day in days if day % 7 == 0]
+            result[(scope, key, hour)] = (sums.get(now, zero), past, weekday)
         return result
 
     async def _window_totals(
@@ -560,6 +576,10 @@ class AlertsProjection(Projection):
             )
             self._cache[version] = state
         return state
+
+
+def _epoch_hour(instant: datetime) -> int:
+    return int(instant.timestamp()) // 3600
 
 
 async def load_rules(conn: Connection, log: str = "alert_rule_log") -> list[AlertRule]:
