@@ -6,13 +6,20 @@ from projections.alerts import AlertsProjection
 from projections.base import Projection
 from projections.history import HistoryProjection
 from projections.policies import PoliciesProjection
+from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
 __all__ = ["PROJECTIONS", "get_projection"]
 
 PROJECTIONS: dict[str, Projection] = {
     p.name: p
-    for p in (SpendProjection(), HistoryProjection(), PoliciesProjection(), AlertsProjection())
+    for p in (
+        SpendProjection(),
+        HistoryProjection(),
+        PoliciesProjection(),
+        AlertsProjection(),
+        ReportsProjection(),
+    )
 }
 
 

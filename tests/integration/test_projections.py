@@ -28,6 +28,7 @@ from projections.base import Projection, physical
 from projections.history import HistoryProjection
 from projections.policies import PoliciesProjection
 from projections.rebuild import rebuild
+from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
 from support import catch_up, publish, rows, usage_event, varied_events
@@ -212,6 +213,11 @@ class TestAlertsProjection(ProjectionContract):
             *usage,
             blocked,
         ]
+
+
+class TestReportsProjection(ProjectionContract):
+    projection = ReportsProjection()
+    count_query = "SELECT coalesce(sum(requests), 0) FROM report_daily_v1 WHERE dimension = 'total'"
 
 
 def policy_set(policy_id: str, name: str = "team cap", at: datetime | None = None) -> PolicySet:

@@ -1,0 +1,201 @@
+"""The report materializer: hourly and daily rollups of usage, so reports never scan raw
+events.
+
+Every usage event adds to one row per dimension in each grain: ``total``, ``provider``,
+``model`` (keyed by provider and model), ``user``, ``project`` and ``kind``. Days are
+UTC days. The ledger (one row per event, with its dimensions) makes apply idempotent
+beyond JetStream's duplicate window and lets a correction (``UsageRepriced``) move its
+event's cost in every row it counted in. Aggregation runs in PostgreSQL, one statement
+per batch, as in the spend projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import ClassVar
+
+from events import UsageRecorded, UsageRepriced
+from projections.base import Applied, Connection, Projection, physical
+from projections.spend import MEASURES
+from projections.usage_rows import USAGE_MEASURES, usage_rows
+
+__all__ = ["DIMENSIONS", "GRAINS", "ReportsProjection"]
+
+# (dimension, first key, second key) over a row with provider, model, user_id, project_id
+# and kind; an absent user or project is the key ''.
+DIMENSIONS = (
+    ("total", "''", "''"),
+    ("provider", "provider", "''"),
+    ("model", "provider", "model"),
+    ("user", "user_id", "''"),
+    ("project", "project_id", "''"),
+    ("kind", "kind", "''"),
+)
+GRAINS = ("hour", "day")
+
+
+class ReportsProjection(Projection):
+    name: ClassVar[str] = "reports"
+    tables = ("report_hourly", "report_daily", "report_ledger")
+    event_types = (UsageRecorded, UsageRepriced)
+
+    def ddl(self, version: int) -> list[str]:
+        hourly, daily, ledger = (physical(t, version) for t in self.tables)
+        measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
+        rollups = [
+            f"""CREATE TABLE {table} (
+                dimension text NOT NULL,
+                key1 text NOT NULL,
+                key2 text NOT NULL,
+                period_start timestamptz NOT NULL,
+                {measures},
+                PRIMARY KEY (dimension, period_start, key1, key2))"""
+            for table in (hourly, daily)
+        ]
+        return [
+            *rollups,
+            f"""CREATE TABLE {ledger} (
+                event_id uuid PRIMARY KEY,
+                stream_seq bigint NOT NULL,
+                occurred_at timestamptz NOT NULL,
+                cost numeric,
+                provider text NOT NULL,
+                model text NOT NULL,
+                user_id text NOT NULL,
+                project_id text NOT NULL,
+                kind text NOT NULL,
+                corrects uuid)""",
+        ]
+
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        await self._apply_usage(conn, version, batch)
+        for applied in batch:
+            if isinstance(applied.event, UsageRepriced):
+                await self._apply_correction(conn, version, applied.stream_seq, applied.event)
+
+    async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        source = usage_rows(batch)
+        if source is None:
+            return
+        rows, params = source
+        hourly, daily, ledger = (physical(t, version) for t in self.tables)
+        names = ", ".join(name for name, _, _ in MEASURES)
+        cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
+        regroup = ", ".join(f"sum({n}) AS {n}" for n, _, _ in MEASURES)
+        usage = ", ".join(f"u.{name}" for name, _ in USAGE_MEASURES)
+        fan_out = ", ".join(f"('{d}', {k1}, {k2})" for d, k1, k2 in DIMENSIONS)
+
+        def upsert(table: str) -> str:
+            updates = ", ".join(f"{n} = {table}.{n} + EXCLUDED.{n}" for n, _, _ in MEASURES)
+            return f"ON CONFLICT (dimension, period_start, key1, key2) DO UPDATE SET {updates}"
+
+        await conn.execute(
+            f"""
+            WITH batch AS (
+                SELECT e.event_id, s.stream_seq, e.occurred_at, e.cost, e.provider, e.model,
+                       coalesce(e.user_id, '') AS user_id,
+                       coalesce(e.project_id, '') AS project_id, e.kind, {usage}, u.images
+                FROM {rows}
+            ), fresh AS (
+                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost, provider, model,
+                                      user_id, project_id, kind)
+                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost,
+                       provider, model, user_id, project_id, kind
+                FROM batch ORDER BY event_id, stream_seq
+                ON CONFLICT (event_id) DO NOTHING
+                RETURNING event_id, stream_seq
+            ), cells AS (
+                SELECT provider, model, user_id, project_id, kind,
+                       date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                           AS hour,
+                       {cell_sums}
+                FROM batch JOIN fresh USING (event_id, stream_seq)
+                GROUP BY provider, model, user_id, project_id, kind, hour
+            ), rolled AS (
+                SELECT dimension, key1, key2, hour, {regroup}
+                FROM cells CROSS JOIN LATERAL (VALUES {fan_out}) AS d(dimension, key1, key2)
+                GROUP BY dimension, key1, key2, hour
+            ), days AS (
+                INSERT INTO {daily} (dimension, key1, key2, period_start, {names})
+                SELECT dimension, key1, key2,
+                       date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {regroup}
+                FROM rolled GROUP BY 1, 2, 3, 4
+                {upsert(daily)}
+            )
+            INSERT INTO {hourly} (dimension, key1, key2, period_start, {names})
+            SELECT * FROM rolled
+            {upsert(hourly)}
+            """.encode(),
+            params,
+        )
+
+    async def _apply_correction(
+        self, conn: Connection, version: int, stream_seq: int, event: UsageRepriced
+    ) -> None:
+        """Move the corrected event's cost in every rollup row it counts in; the delta is
+        taken against the ledger's current cost, so applying it twice adds nothing."""
+        hourly, daily, ledger = (physical(t, version) for t in self.tables)
+        row = await (
+            await conn.execute(
+                f"""
+                WITH claimed AS (
+                    INSERT INTO {ledger} (event_id, stream_seq, occurred_at, provider, model,
+                                          user_id, project_id, kind, corrects)
+                    VALUES (%(id)s, %(seq)s, %(at)s, '', '', '', '', '', %(corrects)s)
+                    ON CONFLICT (event_id) DO NOTHING RETURNING event_id
+                ), previous AS (
+                    SELECT * FROM {ledger} WHERE event_id = %(corrects)s
+                ), updated AS (
+                    UPDATE {ledger} SET cost = %(cost)s
+                    WHERE event_id = %(corrects)s AND EXISTS (SELECT FROM claimed)
+                    RETURNING 1
+                )
+                SELECT p.cost, p.occurred_at, p.provider, p.model, p.user_id, p.project_id,
+                       p.kind
+                FROM previous p WHERE EXISTS (SELECT FROM updated)
+                """.encode(),
+                {
+                    "id": event.event_id,
+                    "seq": stream_seq,
+                    "at": event.occurred_at,
+                    "corrects": event.corrects,
+                    "cost": event.cost,
+                },
+            )
+        ).fetchone()
+        if row is None:
+            return  # already applied, or the corrected event is unknown
+        previous, occurred_at, provider, model, user_id, project_id, kind = row
+        cost_delta = (event.cost or Decimal(0)) - (previous or Decimal(0))
+        unpriced_delta = (event.cost is None) - (previous is None)
+        if not cost_delta and not unpriced_delta:
+            return
+        zeros = ", ".join("0" for _ in MEASURES[3:])
+        names = ", ".join(name for name, _, _ in MEASURES)
+        fan_out = ", ".join(f"('{d}', {k1}, {k2})" for d, k1, k2 in DIMENSIONS)
+        for table, unit in ((hourly, "hour"), (daily, "day")):
+            await conn.execute(
+                f"""
+                INSERT INTO {table} (dimension, key1, key2, period_start, {names})
+                SELECT dimension, key1, key2,
+                       date_trunc('{unit}', %(at)s AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+                       %(cost)s, 0, %(unpriced)s, {zeros}
+                FROM (SELECT %(provider)s AS provider, %(model)s AS model,
+                             %(user)s AS user_id, %(project)s AS project_id, %(kind)s AS kind) e
+                CROSS JOIN LATERAL (VALUES {fan_out}) AS d(dimension, key1, key2)
+                ON CONFLICT (dimension, period_start, key1, key2) DO UPDATE
+                SET cost = {table}.cost + EXCLUDED.cost,
+                    unpriced_requests = {table}.unpriced_requests + EXCLUDED.unpriced_requests
+                """.encode(),
+                {
+                    "at": occurred_at,
+                    "cost": cost_delta,
+                    "unpriced": unpriced_delta,
+                    "provider": provider,
+                    "model": model,
+                    "user": user_id,
+                    "project": project_id,
+                    "kind": kind,
+                },
+            )
