@@ -217,7 +217,7 @@ class TestAlertsProjection(ProjectionContract):
 
 class TestReportsProjection(ProjectionContract):
     projection = ReportsProjection()
-    count_query = "SELECT coalesce(sum(requests), 0) FROM report_daily_v1 WHERE dimension = 'total'"
+    count_query = "SELECT coalesce(sum(requests), 0) FROM report_daily WHERE dimension = 'total'"
 
 
 def policy_set(policy_id: str, name: str = "team cap", at: datetime | None = None) -> PolicySet:
