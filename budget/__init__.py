@@ -22,6 +22,7 @@ from budget.usage import normalize_usage, usage_from_response
 if TYPE_CHECKING:
     from budget.alert_engine import AlertEngine, get_alert_engine
     from budget.manager import BudgetManager, get_budget_manager
+    from budget.reports import ReportGenerator, get_report_generator
 
 __all__ = [
     "AlertEngine",
@@ -31,6 +32,7 @@ __all__ = [
     "PriceOverride",
     "Priced",
     "PricingRegistry",
+    "ReportGenerator",
     "Settings",
     "Unpriced",
     "UnpricedModelError",
@@ -38,6 +40,7 @@ __all__ = [
     "get_alert_engine",
     "get_budget_manager",
     "get_pricing_registry",
+    "get_report_generator",
     "get_usage_tracker",
     "load_settings",
     "normalize_usage",
@@ -46,8 +49,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """The manager and the alert engine read projections, which use this package's domain
-    modules: they are imported on first use, not with ``budget``."""
+    """The manager, the alert engine and the report generator read projections, which
+    use this package's domain modules: they are imported on first use, not with ``budget``."""
     if name in ("BudgetManager", "get_budget_manager"):
         from budget import manager
 
@@ -56,4 +59,8 @@ def __getattr__(name: str) -> Any:
         from budget import alert_engine
 
         return getattr(alert_engine, name)
+    if name in ("ReportGenerator", "get_report_generator"):
+        from budget import reports
+
+        return getattr(reports, name)
     raise AttributeError(f"module 'budget' has no attribute {name!r}")

@@ -1,0 +1,205 @@
+"""Reports from the materializer's rollups on real NATS and PostgreSQL: totals equal the
+spend projection's to the cent; empty windows give empty reports; trend, comparison,
+summary with budgets, projection; three export formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from budget.config import Settings
+from budget.reports import ReportGenerator
+from events import BudgetPolicy, PolicySet, Topology, UsageRepriced, utc_now
+from projections.registry import get_projection
+
+from support import catch_up, publish, rows, usage_event, varied_events
+
+pytestmark = pytest.mark.integration
+
+
+async def materialize(nc: Client, db: str, topology: Topology, *names: str) -> None:
+    for name in ("reports", "spend", *names):
+        await catch_up(get_projection(name), nc, db, topology)
+
+
+@pytest.fixture
+def generator(nats_url: str, db: str, topology: Topology, tmp_path: Path) -> ReportGenerator:
+    return ReportGenerator(
+        Settings(
+            nats_url=nats_url,
+            database_url=db,
+            subject_prefix=topology.prefix,
+            spool_dir=tmp_path,
+        )
+    )
+
+
+async def spend_sum(db: str, scope: str, start: datetime, end: datetime) -> dict[str, Decimal]:
+    found = await rows(
+        db,
+        "SELECT scope_key, sum(cost) FROM spend_buckets WHERE scope = %s"
+        " AND bucket_start >= %s AND bucket_start < %s GROUP BY 1",
+        (scope, start, end),
+    )
+    return dict(found)
+
+
+async def test_report_totals_equal_the_spend_projection_to_the_cent(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    events = varied_events(3000)
+    correction = UsageRepriced(
+        occurred_at=events[10].occurred_at,
+        corrects=events[10].event_id,
+        cost=Decimal("1.5"),
+        provider=events[10].provider,
+        model=events[10].model,
+        user_id=events[10].user_id,
+        project_id=events[10].project_id,
+        reason="test",
+    )
+    await publish(nc, topology, [*events, correction])
+    await materialize(nc, db, topology)
+    start = datetime(2026, 1, 3, 5, tzinfo=UTC)
+    end = datetime(2026, 2, 7, 13, tzinfo=UTC)
+
+    total = await generator.generate_report(start, end)
+    assert total.main.records()[0]["cost_usd"] == (await spend_sum(db, "global", start, end))["*"]
+    by_model = await generator.generate_report(start, end, group_by=["model"])
+    assert {r["model"]: r["cost_usd"] for r in by_model.main.records()} == await spend_sum(
+        db, "model", start, end
+    )
+    by_user = await generator.generate_report(start, end, group_by=["user"])
+    assert {r["user"]: r["cost_usd"] for r in by_user.main.records()} == await spend_sum(
+        db, "user", start, end
+    )
+
+
+async def test_an_empty_window_gives_an_empty_report(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    await publish(nc, topology, varied_events(10))
+    await materialize(nc, db, topology)
+    far = datetime(2030, 1, 1, tzinfo=UTC)
+    report = await generator.generate_report(far, far + timedelta(days=7), ["project"])
+    assert report.empty and report.main.rows == []
+    assert "(no data)" in report.to_markdown()
+
+
+async def test_grouping_the_rollups_cannot_answer_is_refused_clearly(
+    generator: ReportGenerator,
+) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="cannot group by colour; choose from provider"):
+        await generator.generate_report(start, start + timedelta(days=1), ["colour"])
+    with pytest.raises(ValueError, match="do not cross other dimensions"):
+        await generator.generate_report(start, start + timedelta(days=1), ["user", "model"])
+
+
+async def test_comparison_gives_absolute_and_percent_change_per_group(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    jan, feb = datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 2, 5, tzinfo=UTC)
+    await publish(
+        nc,
+        topology,
+        [
+            usage_event(cost="1.00", at=jan, model="gpt-4o"),
+            usage_event(cost="3.00", at=feb, model="gpt-4o"),
+            usage_event(cost="2.00", at=feb, model="claude-sonnet-4", provider="anthropic"),
+        ],
+    )
+    await materialize(nc, db, topology)
+    report = await generator.generate_comparison_report(
+        datetime(2026, 2, 1, tzinfo=UTC),
+        datetime(2026, 3, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 2, 1, tzinfo=UTC),
+    )
+    assert report.main.rows == [
+        ("openai", "gpt-4o", Decimal("3.00"), Decimal("1.00"), Decimal("2.00"), Decimal("200.0")),
+        ("anthropic", "claude-sonnet-4", Decimal("2.00"), Decimal(0), Decimal("2.00"), None),
+    ]
+
+
+async def test_trend_has_one_point_per_day_summing_to_the_window(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    now = utc_now()
+    await publish(
+        nc, topology, [usage_event(cost="0.50", at=now - timedelta(days=d)) for d in range(10)]
+    )
+    await materialize(nc, db, topology)
+    daily = await generator.generate_trend_report(days=7, interval="daily")
+    assert [r["cost_usd"] for r in daily.main.records()] == [Decimal("0.50")] * 7
+    weekly = await generator.generate_trend_report(days=14, interval="weekly")
+    assert sum(r["cost_usd"] for r in weekly.main.records()) == Decimal("5.00")  # all ten
+
+
+async def test_summary_shows_the_period_by_model_and_the_budgets(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    now = utc_now()
+    policy = BudgetPolicy(policy_id="all", name="All spend", limit_amount=Decimal(10))
+    await publish(
+        nc,
+        topology,
+        [PolicySet(occurred_at=now, policy=policy), usage_event(cost="2.50", at=now)],
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_summary_report("monthly")
+    assert [(r["model"], r["cost_usd"]) for r in report.main.records()] == [
+        ("gpt-4o", Decimal("2.50"))
+    ]
+    [budget] = report.tables[1].records()
+    assert (budget["policy"], budget["spent_usd"], budget["remaining_usd"]) == (
+        "All spend",
+        Decimal("2.50"),
+        Decimal("7.50"),
+    )
+
+
+async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    now = utc_now()
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    policy = BudgetPolicy(policy_id="all", name="All spend", limit_amount=Decimal(1000))
+    history = [
+        usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 29)
+    ]
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *history])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=40)
+    forecast_days = report.tables[0].records()
+    assert len(forecast_days) >= 40
+    assert {r["expected_usd"] for r in forecast_days} == {Decimal("10.00")}  # a flat $10/day
+    months = report.tables[1].records()
+    assert len(months) >= 2  # the current month, then the next one on its own
+    assert months[1]["actual_usd"] == 0
+    [budget] = report.tables[2].records()
+    assert budget["policy"] == "All spend"
+    assert any("method: least-squares" in note for note in report.notes)
+
+
+async def test_exports_are_json_csv_and_markdown(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    at = datetime(2026, 1, 5, 10, tzinfo=UTC)
+    await publish(nc, topology, [usage_event(cost="0.125", at=at)])
+    await materialize(nc, db, topology)
+    report = await generator.generate_report(at - timedelta(hours=1), at + timedelta(hours=1))
+    document = json.loads(report.to_json())
+    assert document["tables"][0]["rows"][0]["cost_usd"] == "0.125"  # decimal text, exact
+    parsed = list(csv.DictReader(io.StringIO(report.to_csv())))
+    assert parsed[0]["cost_usd"] == "0.125" and parsed[0]["requests"] == "1"
+    markdown = report.to_markdown()
+    assert "| cost_usd | requests |" in markdown
+    assert "| 0.13 | 1 |" in markdown  # money shown to the cent, half up
