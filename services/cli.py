@@ -28,6 +28,7 @@ from services.cli_alerts import alerts_app
 from services.cli_context import settings, use_settings
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
+from services.cli_reports import report_app
 from services.ops import ConnectError, database, nats_client, prepare
 
 __all__ = ["app", "main"]
@@ -45,6 +46,7 @@ app.add_typer(prices_app, name="prices", help="Look up model prices and where th
 app.add_typer(policy_app, name="policy", help="Set, list, show and delete budget policies.")
 app.command()(check)
 app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge and resolve alerts.")
+app.add_typer(report_app, name="report", help="Reports and forecasts from the rollups.")
 
 
 @app.callback()

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -391,6 +391,7 @@ def test_recorded_cost_reaches_spend_and_status_through_running_workers(
         ("alerts", 1, "live", 0, 1),  # not running: the usage event waits for it
         ("history", 1, "live", 1, 0),
         ("policies", 1, "live", 0, 0),  # not running, and nothing on its subjects
+        ("reports", 1, "live", 0, 1),
         ("spend", 1, "live", 1, 0),
     ]
 
@@ -846,3 +847,37 @@ def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budge
     assert len(deployment.ok("alerts", "list").splitlines()) == 2
     missing = deployment.run("alerts", "show", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 2 and missing.stderr.startswith("budget: no alert with id")
+
+
+def test_report_commands_export_what_the_rollups_hold(deployment: Budget, tmp_path: Path) -> None:
+    deployment.start("worker", "reports")
+    event = deployment.record(*GPT_4O_CALL)
+    at = datetime.fromisoformat(event["occurred_at"])
+    window = (
+        "--start",
+        (at - timedelta(hours=1)).isoformat(),
+        "--end",
+        (at + timedelta(hours=1)).isoformat(),
+    )
+
+    report = eventually(
+        lambda: json.loads(deployment.ok("report", "custom", *window, "--format", "json")),
+        lambda doc: bool(doc["tables"][0]["rows"]),
+        CATCH_UP,
+        "the usage in the rollups",
+    )
+    assert report["tables"][0]["rows"][0]["cost_usd"] == event["cost"]
+    by_model = deployment.ok(
+        "report", "custom", *window, "--group-by", "model", "--format", "csv"
+    ).splitlines()
+    assert by_model[0].startswith("provider,model,cost_usd,requests")
+    assert by_model[1].startswith(f"openai,gpt-4o,{event['cost']},1,")
+
+    target = tmp_path / "summary.md"
+    assert deployment.ok("report", "summary", "--output", str(target)).startswith("wrote")
+    assert target.read_text().startswith("# Monthly summary")
+    assert "| cost_usd |" in deployment.ok("report", "trend", "--days", "7")
+
+    bad = deployment.run("report", "custom", *window, "--group-by", "colour")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("budget: cannot group by colour; choose from provider")

@@ -1,0 +1,115 @@
+"""``budget report summary|trend|compare|projection|custom``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from budget.periods import Period
+from budget.report_format import ExportFormat, Report
+from budget.reports import GROUPS, ReportGenerator
+from services.cli_context import settings
+
+__all__ = ["report_app"]
+
+report_app = typer.Typer(no_args_is_help=True)
+
+FormatOption = Annotated[ExportFormat, typer.Option("--format", help="md, csv or json")]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", help="write to this file instead of stdout")
+]
+GroupOption = Annotated[
+    list[str] | None,
+    typer.Option("--group-by", help=f"repeatable: {', '.join(GROUPS)} (provider+model together)"),
+]
+
+
+def _emit(
+    make: Callable[[ReportGenerator], Coroutine[Any, Any, Report]],
+    fmt: ExportFormat,
+    output: Path | None,
+) -> None:
+    report = asyncio.run(make(ReportGenerator(settings())))
+    text = report.export(fmt)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output} ({fmt.value}, {sum(len(t.rows) for t in report.tables)} rows)")
+
+
+def _utc(value: datetime) -> datetime:
+    """Times without a zone on the command line are UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+@report_app.command()
+def summary(
+    period: Annotated[Period, typer.Option(help="calendar period (UTC)")] = Period.MONTHLY,
+    fmt: FormatOption = ExportFormat.MARKDOWN,
+    output: OutputOption = None,
+) -> None:
+    """The current period by provider and model, and every budget's standing."""
+    _emit(lambda g: g.generate_summary_report(period), fmt, output)
+
+
+@report_app.command()
+def trend(
+    days: Annotated[int, typer.Option(help="how many days back, today included")] = 30,
+    interval: Annotated[str, typer.Option(help="daily or weekly")] = "daily",
+    fmt: FormatOption = ExportFormat.MARKDOWN,
+    output: OutputOption = None,
+) -> None:
+    """Spend per day or week, with the change from the previous point."""
+    _emit(lambda g: g.generate_trend_report(days, interval), fmt, output)
+
+
+@report_app.command()
+def compare(
+    current_start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    current_end: Annotated[datetime, typer.Option(help="exclusive")],
+    previous_start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    previous_end: Annotated[datetime, typer.Option(help="exclusive")],
+    group_by: GroupOption = None,
+    fmt: FormatOption = ExportFormat.MARKDOWN,
+    output: OutputOption = None,
+) -> None:
+    """Two windows side by side per group (default: model): absolute and percent change."""
+    _emit(
+        lambda g: g.generate_comparison_report(
+            _utc(current_start),
+            _utc(current_end),
+            _utc(previous_start),
+            _utc(previous_end),
+            group_by or ["model"],
+        ),
+        fmt,
+        output,
+    )
+
+
+@report_app.command()
+def projection(
+    days: Annotated[int, typer.Option(help="days to forecast (at least to the month's end)")] = 30,
+    fmt: FormatOption = ExportFormat.MARKDOWN,
+    output: OutputOption = None,
+) -> None:
+    """Forecast spend per day and per month, and when each budget runs out at this pace."""
+    _emit(lambda g: g.generate_projection_report(days), fmt, output)
+
+
+@report_app.command()
+def custom(
+    start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    end: Annotated[datetime, typer.Option(help="exclusive")],
+    group_by: GroupOption = None,
+    fmt: FormatOption = ExportFormat.MARKDOWN,
+    output: OutputOption = None,
+) -> None:
+    """Totals in [START, END), grouped as asked."""
+    _emit(lambda g: g.generate_report(_utc(start), _utc(end), group_by or []), fmt, output)
