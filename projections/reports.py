@@ -18,7 +18,7 @@ from typing import ClassVar
 from events import UsageRecorded, UsageRepriced
 from projections.base import Applied, Connection, Projection, physical
 from projections.spend import MEASURES
-from projections.usage_rows import USAGE_MEASURES, usage_rows
+from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
 
 __all__ = ["DIMENSIONS", "GRAINS", "ReportsProjection"]
 
@@ -76,9 +76,15 @@ class ReportsProjection(Projection):
 
     async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         source = usage_rows(batch)
-        if source is None:
-            return
-        rows, params = source
+        if source is not None:
+            await self.apply_documents(conn, version, *source[1])
+
+    async def apply_documents(
+        self, conn: Connection, version: int, documents: str, stream_seqs: str
+    ) -> None:
+        """Roll up usage events given as one JSON array and a ``{seq,...}`` array literal
+        (what ``usage_rows`` builds from a batch; the report benchmark loads rows this way)."""
+        rows, params = SOURCE, (documents, stream_seqs)
         hourly, daily, ledger = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from events import UsageRecorded
 from projections.base import Applied
 
-__all__ = ["USAGE_MEASURES", "usage_rows"]
+__all__ = ["SOURCE", "USAGE_MEASURES", "usage_rows"]
 
 # Summed usage columns, with their SQL types: the shape of the ``u`` row below.
 USAGE_MEASURES = (

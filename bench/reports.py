@@ -1,0 +1,179 @@
+"""Benchmark: reports from rollups of 10 million usage events over 90 days.
+
+An embedded PostgreSQL gets ``--events`` usage rows spread over the 90 days before now
+(500 users, 20 projects, 6 models of 3 providers, 2 call kinds) in the raw usage history,
+and the same events rolled up through the materializer's own apply path
+(``ReportsProjection.apply_documents``, the SQL every batch goes through) in batches of
+``--batch``. Then each report is timed ``--repeat`` times:
+
+Figures (one JSON line each):
+- ``build_events_per_s``: rolling the events up through the apply path.
+- ``summary_30d_ms``: a 30-day report by provider and model, from the rollups (median).
+- ``trend_30d_ms``: a 30-day daily trend, from the rollups (median).
+- ``summary_30d_raw_scan_ms``: the same 30-day summary computed by scanning the raw usage
+  history (median), with ``ratio`` to the rollup figure; the totals are checked equal.
+
+Run: ``./run python bench/reports.py [--events 10000000] [--repeat 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from budget.config import Settings
+from budget.reports import ReportGenerator
+from events import utc_now
+from projections.checkpoints import ensure_projection
+from projections.db import connect
+from projections.migrate import migrate
+from projections.registry import PROJECTIONS
+from projections.reports import ReportsProjection
+from services.embedded import EmbeddedPostgres
+
+DAYS = 90
+# A row of usage: one generated event, a function of its number i and the row count n.
+GENERATED = """
+    SELECT i AS stream_seq,
+           gen_random_uuid() AS event_id,
+           %(end)s::timestamptz - interval '90 days' * (1 - i::float8 / %(n)s)
+               + (i %% 37) * interval '1 second' AS occurred_at,
+           (ARRAY['openai','openai','anthropic','anthropic','google','google'])[i %% 6 + 1]
+               AS provider,
+           (ARRAY['gpt-4o','gpt-4o-mini','claude-sonnet-4','claude-haiku-4','gemini-2.5-pro',
+                  'gemini-2.5-flash'])[i %% 6 + 1] AS model,
+           CASE WHEN i %% 10 = 0 THEN 'embedding' ELSE 'chat' END AS kind,
+           'user-' || (i * 7919 %% 500) AS user_id,
+           'project-' || (i * 7919 %% 500 %% 20) AS project_id,
+           round((0.0005 + (i * 2654435761 %% 1000) / 100000.0)::numeric, 6) AS cost,
+           400 + i %% 800 AS input_uncached, i %% 300 AS input_cache_read,
+           100 + i %% 500 AS output_text
+    FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i
+"""
+
+
+def emit(figure: str, value: float, unit: str, **extra: object) -> None:
+    print(
+        json.dumps({"figure": figure, "value": round(value, 3), "unit": unit, **extra}), flush=True
+    )
+
+
+async def build(url: str, events: int, batch: int) -> None:
+    conn = await connect(url)
+    reports = ReportsProjection()
+    end = utc_now()
+    try:
+        for projection in PROJECTIONS.values():
+            await ensure_projection(conn, projection)
+        await conn.execute(
+            f"""INSERT INTO usage_history_v1 (event_id, stream_seq, occurred_at, provider, model,
+                kind, user_id, project_id, cost, input_uncached, input_cache_read,
+                input_cache_write, output_text, output_reasoning, embedding_tokens,
+                audio_seconds, tags)
+            SELECT event_id, stream_seq, occurred_at, provider, model, kind, user_id,
+                   project_id, cost, input_uncached, input_cache_read, 0, output_text, 0, 0, 0,
+                   '{{}}'
+            FROM ({GENERATED}) g""".encode(),
+            {"end": end, "n": events, "lo": 1, "hi": events},
+        )
+        await conn.execute("ANALYZE usage_history_v1")
+        started = time.perf_counter()
+        for lo in range(1, events + 1, batch):
+            hi = min(lo + batch - 1, events)
+            cursor = await conn.execute(
+                """SELECT json_agg(json_build_object('event_id', event_id,
+                       'occurred_at', occurred_at, 'provider', provider, 'model', model,
+                       'kind', kind, 'user_id', user_id, 'project_id', project_id,
+                       'cost', cost, 'usage', json_build_object(
+                           'input_uncached', input_uncached,
+                           'input_cache_read', input_cache_read, 'input_cache_write', 0,
+                           'output_text', output_text, 'output_reasoning', 0,
+                           'embedding_tokens', 0, 'audio_seconds', 0),
+                       'tags', '{}'::json) ORDER BY stream_seq)::text,
+                       '{' || string_agg(stream_seq::text, ',' ORDER BY stream_seq) || '}'
+                FROM usage_history_v1 WHERE stream_seq BETWEEN %s AND %s""",
+                (lo, hi),
+            )
+            documents, seqs = (await cursor.fetchone()) or ("[]", "{}")
+            async with conn.transaction():
+                await reports.apply_documents(conn, 1, documents, seqs)
+        emit(
+            "build_events_per_s",
+            events / (time.perf_counter() - started),
+            "events/s",
+            events=events,
+        )
+        await conn.execute("ANALYZE report_daily_v1")
+        await conn.execute("ANALYZE report_hourly_v1")
+    finally:
+        await conn.close()
+
+
+async def timed(repeat: int, call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    await call()  # warm: plans, caches
+    samples, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples), result
+
+
+async def raw_summary(url: str, days: int) -> dict[tuple[str, str], Decimal]:
+    conn = await connect(url)
+    try:
+        now = utc_now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        cursor = await conn.execute(
+            "SELECT provider, model, sum(cost), count(*),"
+            " sum(input_uncached + input_cache_read + input_cache_write),"
+            " sum(output_text + output_reasoning)"
+            " FROM usage_history WHERE occurred_at >= %s AND occurred_at < %s"
+            " GROUP BY 1, 2 ORDER BY 3 DESC",
+            (now - timedelta(days=days), now),
+        )
+        return {(r[0], r[1]): r[2] for r in await cursor.fetchall()}
+    finally:
+        await conn.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    data = Path(tempfile.mkdtemp(prefix="bench-reports-"))
+    with EmbeddedPostgres(data / "postgres", database="bench").start() as postgres:
+        await asyncio.to_thread(migrate, postgres.url)
+        await build(postgres.url, args.events, args.batch)
+        generator = ReportGenerator(Settings(database_url=postgres.url, spool_dir=data))
+        now = utc_now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+        summary_ms, summary = await timed(
+            args.repeat,
+            lambda: generator.generate_report(now - timedelta(days=30), now, ["provider", "model"]),
+        )
+        emit("summary_30d_ms", summary_ms, "ms", repeat=args.repeat, events=args.events)
+        trend_ms, trend = await timed(args.repeat, lambda: generator.generate_trend_report(30))
+        emit("trend_30d_ms", trend_ms, "ms", repeat=args.repeat, points=len(trend.main.rows))
+        raw_ms, raw = await timed(max(3, args.repeat // 5), lambda: raw_summary(postgres.url, 30))
+        rolled = {(r["provider"], r["model"]): r["cost_usd"] for r in summary.main.records()}
+        emit(
+            "summary_30d_raw_scan_ms",
+            raw_ms,
+            "ms",
+            ratio=round(raw_ms / summary_ms, 1),
+            totals_match=rolled == raw,
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000, help="usage events")
+    parser.add_argument("--batch", type=int, default=20_000, help="events per apply")
+    parser.add_argument("--repeat", type=int, default=20, help="timings per report")
+    asyncio.run(main(parser.parse_args()))
