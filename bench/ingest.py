@@ -2,8 +2,8 @@
 consume, on the embedded stack that ``budget up`` runs (workers are separate processes).
 
 Every worker ``budget up`` runs is live: spend, history, policies and the alert
-evaluator, plus the enforcer and the notifier. A per-user policy of $0.50 a month makes
-every user cross 80, 95 and 100 % while the benchmark runs.
+evaluator, plus the enforcer and the notifier. A per-user policy (``--user-limit``, $0.50 a
+month) makes every user cross 80, 95 and 100 % while the benchmark runs.
 
 Figures (one JSON line each):
 - ``producer_events_per_s``: ``record_usage`` calls per second (pricing + publish, acked).
@@ -55,7 +55,6 @@ def emit(figure: str, value: float, unit: str, **extra: object) -> None:
 
 
 USAGE_READERS = [n for n, p in PROJECTIONS.items() if UsageRecorded in p.event_types]
-USER_LIMIT = Decimal("0.50")
 
 
 async def record(tracker: UsageTracker, i: int, users: str = "user") -> UsageRecorded:
@@ -228,7 +227,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         tracker = await get_usage_tracker(settings)
         await BudgetManager(settings, tracker, apply_timeout=60).set_policy(
-            BudgetPolicy(name="bench per user", scope="user", limit_amount=USER_LIMIT)
+            BudgetPolicy(name="bench per user", scope="user", limit_amount=args.user_limit)
         )
         for i in range(1000):  # warm up: connections, price cache, worker consumers
             await record(tracker, i)
@@ -254,4 +253,10 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=5000, help="steady rate, events/s")
     parser.add_argument("--seconds", type=float, default=20, help="steady phase length")
     parser.add_argument("--no-rebuild", dest="rebuild", action="store_false")
+    parser.add_argument(
+        "--user-limit",
+        type=Decimal,
+        default=Decimal("0.50"),
+        help="USD per user per month: low enough that users cross 80/95/100 %% in the run",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -35,6 +35,9 @@ class Sender(ABC):
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
         """Deliver or raise. ``payload`` is the alert's JSON; ``conn`` the notifier's."""
 
+    async def flush(self) -> None:  # noqa: B027 - optional: most channels confirm in send
+        """Confirm what ``send`` handed over, or raise (then it is all sent again)."""
+
 
 class NatsSender(Sender):
     def __init__(self, nc: Client, topology: Topology) -> None:
@@ -43,6 +46,8 @@ class NatsSender(Sender):
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
         subject = self.topology.alert_subject(alert.severity.value, alert.alert_type.value)
         await self.nc.publish(subject, payload, headers={"Nats-Msg-Id": str(alert.alert_id)})
+
+    async def flush(self) -> None:
         await self.nc.flush(timeout=5)
 
 

@@ -26,7 +26,7 @@ from events import Alert
 from projections.alerts import OUTBOX_CHANNEL
 from projections.base import Connection
 from projections.db import connect
-from services.channels import Sender, senders
+from services.channels import senders
 
 __all__ = ["CHANNELS", "Notifier", "NotifierConfig", "serve_notifier"]
 
@@ -114,7 +114,8 @@ class Notifier:
 
     async def deliver_due(self, conn: Connection, channel: str) -> bool:
         """Send the channel's pending alerts in raised order; False if one is not due or
-        failed (the ones after it wait) or more are pending."""
+        failed (the ones after it wait) or more are pending. What was sent is recorded in
+        one statement after the sender's ``flush`` (one NATS round trip per batch)."""
         cursor = await conn.execute(
             "SELECT alert_id, payload::text, attempts, next_attempt_at <= now(),"
             " now() - created_at > %s FROM alert_outbox"
@@ -123,56 +124,67 @@ class Notifier:
         )
         rows = await cursor.fetchall()
         sender = self.senders.get(channel)
+        if sender is None:
+            await self._record(conn, [r[0] for r in rows], channel, "skipped", "not enabled")
+            return len(rows) < self.config.batch
+        sent: list[object] = []
+        stopped = False
         for alert_id, payload, attempts, due, too_old in rows:
-            if sender is None:
-                await self._record(conn, alert_id, channel, "skipped", "channel not enabled")
-            elif not due or not await self._send(
-                conn, sender, channel, alert_id, payload, attempts, too_old
-            ):
+            if not due:
+                stopped = True
+                break
+            try:
+                await sender.send(Alert.model_validate_json(payload), payload.encode(), conn)
+            except Exception as exc:
+                stopped = not await self._failed(conn, channel, alert_id, attempts, too_old, exc)
+                if stopped:
+                    break
+                continue
+            sent.append(alert_id)
+        if sent:
+            try:
+                await sender.flush()
+            except Exception as exc:
+                log.warning("alerts via %s not confirmed (%s); sending again", channel, exc)
                 return False
-        return len(rows) < self.config.batch
+            await self._record(conn, sent, channel, "sent", None)
+        return not stopped and len(rows) < self.config.batch
 
-    async def _send(
+    async def _failed(
         self,
         conn: Connection,
-        sender: Sender,
         channel: str,
         alert_id: object,
-        payload: str,
         attempts: int,
         too_old: bool,
+        exc: Exception,
     ) -> bool:
-        alert = Alert.model_validate_json(payload)
-        try:
-            await sender.send(alert, payload.encode(), conn)
-        except Exception as exc:
-            why = f"{type(exc).__name__}: {exc}"[:500]
-            if too_old:
-                await self._record(conn, alert_id, channel, "failed", why)
-                log.error("alert %s via %s: giving up: %s", alert_id, channel, why)
-                return True
-            backoff = min(2.0**attempts, self.config.max_backoff)
-            await conn.execute(
-                "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
-                " next_attempt_at = now() + %s * interval '1 second'"
-                " WHERE alert_id = %s AND channel = %s",
-                (why, backoff, alert_id, channel),
-            )
-            log.warning(
-                "alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff
-            )
-            return False
-        await self._record(conn, alert_id, channel, "sent", None)
-        return True
+        """Record a failed send; True if the channel may go on (it gave up on this one)."""
+        why = f"{type(exc).__name__}: {exc}"[:500]
+        if too_old:
+            await self._record(conn, [alert_id], channel, "failed", why)
+            log.error("alert %s via %s: giving up: %s", alert_id, channel, why)
+            return True
+        backoff = min(2.0**attempts, self.config.max_backoff)
+        await conn.execute(
+            "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
+            " next_attempt_at = now() + %s * interval '1 second'"
+            " WHERE alert_id = %s AND channel = %s",
+            (why, backoff, alert_id, channel),
+        )
+        log.warning("alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff)
+        return False
 
     async def _record(
-        self, conn: Connection, alert_id: object, channel: str, status: str, why: str | None
+        self, conn: Connection, alert_ids: list[object], channel: str, status: str, why: str | None
     ) -> None:
+        if not alert_ids:
+            return
         await conn.execute(
             "UPDATE alert_outbox SET status = %s, attempts = attempts + 1, last_error = %s,"
             " sent_at = CASE WHEN %s = 'sent' THEN now() END"
-            " WHERE alert_id = %s AND channel = %s",
-            (status, why, status, alert_id, channel),
+            " WHERE channel = %s AND alert_id = ANY(%s)",
+            (status, why, status, channel, alert_ids),
         )
 
 
