@@ -493,59 +493,94 @@ class AlertsProjection(Projection):
             ([r for r, _ in pairs], [s for _, s in pairs]),
         )
         last = {(r, s): at for r, s, at in await cursor.fetchall()}
-        live = await self._is_live(conn, version)
+        cursor = await conn.execute(
+            f"SELECT alert_id FROM {alerts} WHERE alert_id = ANY(%s)".encode(),
+            ([c.alert.alert_id for c in candidates],),
+        )
+        known = {row[0] for row in await cursor.fetchall()}
+        raised = []
         for candidate in candidates:
             key = (candidate.rule.rule_id, candidate.subject)
             at = candidate.alert.raised_at
             previous = last.get(key)
-            cooldown = timedelta(minutes=candidate.rule.cooldown_minutes)
-            if previous is not None and at < previous + cooldown:
-                continue  # within the cooldown (in event time)
-            if not await self._store(conn, alerts, candidate):
+            if candidate.alert.alert_id in known:
                 continue  # raised before: a redelivery or a replay
+            if previous is not None and at < previous + timedelta(
+                minutes=candidate.rule.cooldown_minutes
+            ):
+                continue  # within the cooldown (in event time)
+            known.add(candidate.alert.alert_id)
             last[key] = at if previous is None else max(previous, at)
-            await conn.execute(
-                f"INSERT INTO {cooldowns} (rule_id, subject, last_raised_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (rule_id, subject) DO UPDATE"
-                " SET last_raised_at = EXCLUDED.last_raised_at".encode(),
-                (*key, last[key]),
-            )
-            if live:
-                await self._queue(conn, candidate)
+            raised.append(candidate)
+        if not raised:
+            return
+        await self._store(conn, alerts, cooldowns, raised, last)
+        if await self._is_live(conn, version):
+            await self._queue(conn, raised)
 
-    async def _store(self, conn: Connection, table: str, candidate: _Candidate) -> bool:
-        alert = candidate.alert
-        cursor = await conn.execute(
-            f"""INSERT INTO {table} (alert_id, stream_seq, raised_at, alert_type, severity,
-                rule_id, policy_id, alert) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id""".encode(),
-            (
-                alert.alert_id,
-                candidate.stream_seq,
-                alert.raised_at,
-                alert.alert_type.value,
-                alert.severity.value,
-                alert.rule_id,
-                alert.policy_id,
-                alert.model_dump_json(),
-            ),
+    async def _store(
+        self,
+        conn: Connection,
+        alerts: str,
+        cooldowns: str,
+        raised: list[_Candidate],
+        last: dict[tuple[str, str], datetime],
+    ) -> None:
+        """The new alerts and their rules' cooldowns, one statement each (a burst of
+        crossings, say every user at 80 % at once, is hundreds of alerts)."""
+        rows = [
+            {
+                "alert_id": str(c.alert.alert_id),
+                "stream_seq": c.stream_seq,
+                "raised_at": c.alert.raised_at.isoformat(),
+                "alert_type": c.alert.alert_type.value,
+                "severity": c.alert.severity.value,
+                "rule_id": c.alert.rule_id,
+                "policy_id": c.alert.policy_id,
+                "alert": json.loads(c.alert.model_dump_json()),
+            }
+            for c in raised
+        ]
+        await conn.execute(
+            f"""INSERT INTO {alerts} (alert_id, stream_seq, raised_at, alert_type, severity,
+                rule_id, policy_id, alert)
+            SELECT * FROM jsonb_to_recordset(%s::jsonb) AS (alert_id uuid, stream_seq bigint,
+                raised_at timestamptz, alert_type text, severity text, rule_id text,
+                policy_id text, alert jsonb)
+            ON CONFLICT (alert_id) DO NOTHING""".encode(),
+            (json.dumps(rows),),
         )
-        return await cursor.fetchone() is not None
+        touched = sorted({(c.rule.rule_id, c.subject) for c in raised})
+        await conn.execute(
+            f"""INSERT INTO {cooldowns} (rule_id, subject, last_raised_at)
+            SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
+            ON CONFLICT (rule_id, subject) DO UPDATE
+            SET last_raised_at = EXCLUDED.last_raised_at""".encode(),
+            ([r for r, _ in touched], [s for _, s in touched], [last[k] for k in touched]),
+        )
 
-    async def _queue(self, conn: Connection, candidate: _Candidate) -> None:
-        alert = candidate.alert
-        payload = alert.model_dump_json()
-        for channel in candidate.rule.channels:
-            await conn.execute(
-                "INSERT INTO alert_outbox (alert_id, channel, subject, payload)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (alert_id, channel) DO NOTHING",
-                (
-                    alert.alert_id,
-                    channel,
-                    f"{alert.severity.value}.{alert.alert_type.value}",
-                    payload,
-                ),
-            )
+    async def _queue(self, conn: Connection, raised: list[_Candidate]) -> None:
+        """One outbox row per alert and channel of its rule, in raised order."""
+        rows = [
+            {
+                "alert_id": str(c.alert.alert_id),
+                "channel": channel,
+                "subject": f"{c.alert.severity.value}.{c.alert.alert_type.value}",
+                "payload": json.loads(c.alert.model_dump_json()),
+            }
+            for c in raised
+            for channel in c.rule.channels
+        ]
+        await conn.execute(
+            """INSERT INTO alert_outbox (alert_id, channel, subject, payload)
+            SELECT alert_id, channel, subject, payload
+            FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (alert_id uuid, channel text,
+                subject text, payload jsonb)) WITH ORDINALITY AS r(alert_id, channel, subject,
+                payload, n)
+            ORDER BY n
+            ON CONFLICT (alert_id, channel) DO NOTHING""",
+            (json.dumps(rows),),
+        )
         await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
     async def _is_live(self, conn: Connection, version: int) -> bool:
