@@ -74,6 +74,7 @@ class BudgetChecker:
         self.registry = registry
         self.nc: Client | None = None
         self._snapshots: dict[_CacheKey, _Cached] = {}
+        self._estimates: dict[tuple[str, str | None, int, int], Decimal | None] = {}
 
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on, and drop cached snapshots whenever a policy changes."""
@@ -92,11 +93,17 @@ class BudgetChecker:
 
     def estimate(self, model: str, provider: str | None, estimated_tokens: int) -> Decimal | None:
         """Price ``estimated_tokens`` as output, the dearer class: an estimate that errs
-        high keeps a hard limit hard. None: the model has no price."""
-        priced = self.registry.price(
-            provider=provider, model=model, usage=Usage(output_text=estimated_tokens), at=utc_now()
-        )
-        return priced.cost if isinstance(priced, Priced) else None
+        high keeps a hard limit hard. None: the model has no price. Kept for the hour (a
+        check is on the hot path; prices change by the day, a few by the time of day)."""
+        now = utc_now()
+        key = (model, provider, estimated_tokens, now.toordinal() * 24 + now.hour)
+        if key not in self._estimates:
+            if len(self._estimates) >= 10_000:
+                self._estimates.clear()
+            usage = Usage(output_text=estimated_tokens)
+            priced = self.registry.price(provider=provider, model=model, usage=usage, at=now)
+            self._estimates[key] = priced.cost if isinstance(priced, Priced) else None
+        return self._estimates[key]
 
     async def check(
         self,
