@@ -72,8 +72,8 @@ def up(
         int | None, typer.Option(help="NATS client port (default: a free one, kept across runs)")
     ] = None,
 ) -> None:
-    """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL and
-    every worker. Stops cleanly on Ctrl-C."""
+    """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
+    worker, the enforcer and the notifier. Stops cleanly on Ctrl-C."""
     from services.stack import SERVICES, run_stack
 
     current = settings()
@@ -229,7 +229,7 @@ def reprice(
 ) -> None:
     """Recompute costs of usage in [SINCE, UNTIL) with the current price data (after a
     price fix or a new override) and append a correction event for each changed cost;
-    the spend and history projections apply them. Lists what changed."""
+    the projections that count usage apply them. Lists what changed."""
     from budget.pricing import get_pricing_registry
     from budget.publisher import EventPublisher, PublisherConfig
     from projections.queries import usage_between
