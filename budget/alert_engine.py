@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from budget.alerting import alert_id, threshold_amount
+from budget.alerting import threshold_alert, threshold_amount
 from budget.commands import publish_and_wait
 from budget.config import Settings, load_settings
+from budget.policies import PolicyWindow
 from budget.tracker import UsageTracker, get_usage_tracker
 from events import (
     Alert,
@@ -89,29 +90,8 @@ class AlertEngine:
                 percent, amount = threshold_amount(rule, policy)
                 if spend.spent < amount:
                     continue
-                alerts.append(
-                    Alert(
-                        alert_id=alert_id(
-                            rule.rule_id, policy.policy_id, spend.key, spend.window_start, percent
-                        ),
-                        alert_type=rule.alert_type,
-                        severity=rule.severity,
-                        rule_id=rule.rule_id,
-                        rule_name=rule.name,
-                        message=f"{policy.name}: {spend.spent} of {policy.limit_amount} USD"
-                        f" spent, at or above {percent}%",
-                        raised_at=utc_now(),
-                        policy_id=policy.policy_id,
-                        policy_name=policy.name,
-                        scope=policy.scope,
-                        scope_key=spend.key,
-                        period_start=spend.window_start,
-                        period_end=spend.window_end,
-                        threshold_percent=percent,
-                        spend=spend.spent,
-                        limit_amount=policy.limit_amount,
-                    )
-                )
+                window = PolicyWindow(policy, spend.key, spend.window_start, spend.window_end)
+                alerts.append(threshold_alert(rule, window, percent, spend.spent, utc_now()))
         return alerts
 
     async def get_active_alerts(

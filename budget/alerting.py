@@ -11,7 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from budget.policies import PolicyWindow
-from events import AlertRule, AlertSeverity, AlertType, BudgetPolicy, BudgetScope
+from events import Alert, AlertRule, AlertSeverity, AlertType, BudgetPolicy, BudgetScope
+from events.alerts import CHANNELS
 
 __all__ = [
     "ANOMALY_FLOOR",
@@ -23,6 +24,7 @@ __all__ = [
     "alert_id",
     "anomaly",
     "crossing",
+    "threshold_alert",
     "threshold_amount",
 ]
 
@@ -34,7 +36,7 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         name="Soft limit reached",
         alert_type=AlertType.THRESHOLD_WARNING,
         severity=AlertSeverity.WARNING,
-        channels=("nats", "log", "ui", "webhook", "email"),
+        channels=CHANNELS,
     ),
     AlertRule(
         rule_id="default-critical",
@@ -42,7 +44,7 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         alert_type=AlertType.THRESHOLD_CRITICAL,
         threshold_percent=Decimal(95),
         severity=AlertSeverity.CRITICAL,
-        channels=("nats", "log", "ui", "webhook", "email"),
+        channels=CHANNELS,
     ),
     AlertRule(
         rule_id="default-limit-exceeded",
@@ -50,14 +52,14 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         alert_type=AlertType.LIMIT_EXCEEDED,
         threshold_percent=Decimal(100),
         severity=AlertSeverity.CRITICAL,
-        channels=("nats", "log", "ui", "webhook", "email"),
+        channels=CHANNELS,
     ),
     AlertRule(
         rule_id="default-anomaly",
         name="Unusual hourly spend",
         alert_type=AlertType.ANOMALY,
         severity=AlertSeverity.WARNING,
-        channels=("nats", "log", "ui", "webhook", "email"),
+        channels=CHANNELS,
         cooldown_minutes=60,
         scopes=(BudgetScope.GLOBAL, BudgetScope.PROVIDER, BudgetScope.MODEL, BudgetScope.PROJECT),
     ),
@@ -66,7 +68,7 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         name="Request blocked",
         alert_type=AlertType.POLICY_VIOLATION,
         severity=AlertSeverity.WARNING,
-        channels=("nats", "log", "ui", "webhook", "email"),
+        channels=CHANNELS,
         cooldown_minutes=15,
     ),
 )
@@ -139,7 +141,37 @@ def anomaly(history: Sequence[Decimal], same_weekday: Sequence[Decimal]) -> Anom
     return Anomaly(baseline=baseline, threshold=max(threshold, ANOMALY_FLOOR))
 
 
-def rule_applies(rule: AlertRule, window: PolicyWindow) -> bool:
-    return rule.alert_type.is_threshold and rule.watches(
-        window.policy.policy_id, window.policy.scope
+def threshold_alert(
+    rule: AlertRule,
+    window: PolicyWindow,
+    percent: Decimal,
+    spend: Decimal,
+    raised_at: datetime,
+    caused_by: uuid.UUID | None = None,
+) -> Alert:
+    """The alert ``rule`` raises when ``window``'s spend reaches ``percent`` of its limit:
+    once per rule, policy, key, period and threshold (the id is derived from those)."""
+    policy = window.policy
+    where = f" for {policy.scope.value} {window.key}" if policy.scope_key is None else ""
+    return Alert(
+        alert_id=alert_id(rule.rule_id, policy.policy_id, window.key, window.start, percent),
+        alert_type=rule.alert_type,
+        severity=rule.severity,
+        rule_id=rule.rule_id,
+        rule_name=rule.name,
+        message=(
+            f"{policy.name}{where}: spend reached {percent}% of {policy.limit_amount} USD"
+            f" for the period from {window.start:%Y-%m-%d %H:%M} UTC"
+        ),
+        raised_at=raised_at,
+        caused_by=caused_by,
+        policy_id=policy.policy_id,
+        policy_name=policy.name,
+        scope=policy.scope,
+        scope_key=window.key,
+        period_start=window.start,
+        period_end=window.end,
+        threshold_percent=percent,
+        spend=spend,
+        limit_amount=policy.limit_amount,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from budget.config import Settings
@@ -24,6 +25,17 @@ __all__ = [
 DEFAULT_USER_POLICY_ID = "default-user"
 
 
+class _Attributed(Protocol):
+    @property
+    def model(self) -> str: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def project_id(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallScope:
     """What a call is attributed to: the keys policies are matched on."""
@@ -32,6 +44,16 @@ class CallScope:
     provider: str | None = None
     user_id: str | None = None
     project_id: str | None = None
+
+    @classmethod
+    def of(cls, call: _Attributed) -> CallScope:
+        """The scope of anything carrying the four attributes (a usage event, a request)."""
+        return cls(
+            model=call.model,
+            provider=call.provider,
+            user_id=call.user_id,
+            project_id=call.project_id,
+        )
 
     def key(self, scope: BudgetScope) -> str | None:
         if scope is BudgetScope.GLOBAL:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,6 +18,7 @@ from events.envelope import Event, UtcDatetime
 from events.policy import BudgetScope
 
 __all__ = [
+    "CHANNELS",
     "Alert",
     "AlertAcknowledged",
     "AlertResolved",
@@ -29,7 +30,9 @@ __all__ = [
 ]
 
 RuleId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Channel = Literal["nats", "log", "webhook", "email", "ui"]
+Channel = Literal["nats", "log", "ui", "webhook", "email"]
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
+"""Every channel an alert can go to."""
 
 
 class AlertSeverity(StrEnum):

@@ -26,6 +26,7 @@ from budget.alerting import (
     alert_id,
     anomaly,
     crossing,
+    threshold_alert,
     threshold_amount,
 )
 from budget.policies import CallScope, PolicyWindow, applicable
@@ -197,12 +198,7 @@ class AlertsProjection(Projection):
         rules = [r for r in state.rules if r.alert_type.is_threshold]
         touched: dict[tuple[str, str, datetime], tuple[PolicyWindow, list[Spent], list[int]]] = {}
         for applied, event in fresh:
-            call = CallScope(
-                model=event.model,
-                provider=event.provider,
-                user_id=event.user_id,
-                project_id=event.project_id,
-            )
+            call = CallScope.of(event)
             for window in applicable(state.policies, call, event.occurred_at):
                 entry = touched.setdefault(window.ident, (window, [], []))
                 assert event.cost is not None
@@ -219,47 +215,15 @@ class AlertsProjection(Projection):
                 if not rule.watches(window.policy.policy_id, window.policy.scope):
                     continue
                 percent, amount = threshold_amount(rule, window.policy)
-                hit = crossing(before, amount, spent)
-                if hit is not None:
-                    found.append(self._threshold_alert(rule, window, percent, *hit, seqs, spent))
+                crossed = crossing(before, amount, spent)
+                if crossed is not None:
+                    hit, total = crossed
+                    alert = threshold_alert(
+                        rule, window, percent, total, hit.occurred_at, hit.event_id
+                    )
+                    subject = f"{window.policy.policy_id}|{window.key}"
+                    found.append(_Candidate(rule, subject, seqs[spent.index(hit)], alert))
         return found
-
-    def _threshold_alert(
-        self,
-        rule: AlertRule,
-        window: PolicyWindow,
-        percent: Decimal,
-        hit: Spent,
-        total: Decimal,
-        seqs: list[int],
-        spent: list[Spent],
-    ) -> _Candidate:
-        policy = window.policy
-        where = f" for {policy.scope.value} {window.key}" if policy.scope_key is None else ""
-        alert = Alert(
-            alert_id=alert_id(rule.rule_id, policy.policy_id, window.key, window.start, percent),
-            alert_type=rule.alert_type,
-            severity=rule.severity,
-            rule_id=rule.rule_id,
-            rule_name=rule.name,
-            message=(
-                f"{policy.name}{where}: spend reached {percent}% of {policy.limit_amount} USD"
-                f" for the period from {window.start:%Y-%m-%d %H:%M} UTC"
-            ),
-            raised_at=hit.occurred_at,
-            caused_by=hit.event_id,
-            policy_id=policy.policy_id,
-            policy_name=policy.name,
-            scope=policy.scope,
-            scope_key=window.key,
-            period_start=window.start,
-            period_end=window.end,
-            threshold_percent=percent,
-            spend=total,
-            limit_amount=policy.limit_amount,
-        )
-        seq = seqs[spent.index(hit)]
-        return _Candidate(rule, f"{policy.policy_id}|{window.key}", seq, alert)
 
     async def _anomaly_candidates(
         self,
@@ -274,12 +238,7 @@ class AlertsProjection(Projection):
         scopes = {s for r in rules for s in (r.scopes or tuple(BudgetScope))}
         hours: dict[tuple[str, str, datetime], tuple[list[Spent], list[int]]] = {}
         for applied, event in fresh:
-            call = CallScope(
-                model=event.model,
-                provider=event.provider,
-                user_id=event.user_id,
-                project_id=event.project_id,
-            )
+            call = CallScope.of(event)
             hour = event.occurred_at.replace(minute=0, second=0, microsecond=0)
             for scope in scopes:
                 key = call.key(scope)

@@ -165,7 +165,7 @@ class Enforcer:
         async with self._aux_lock:
             assert self._aux is not None
             policies = await self._current_policies(self._aux)
-            windows = applicable(policies, _call(request), now)
+            windows = applicable(policies, CallScope.of(request), now)
             spend = await reservations.window_spend(self._aux, windows)
         snapshot = Snapshot(
             windows=[
@@ -220,12 +220,11 @@ class Enforcer:
         conn, now = self._decider, utc_now()
         async with conn.pipeline(), conn.transaction():
             position = await conn.execute(LIVE_POSITION_SQL, (PoliciesProjection.name,))
-            per_call, spend_query = await self._read_windows(conn, batch, now)
+            per_call, windows, spend_query = await self._read_windows(conn, batch, now)
             row = await position.fetchone()
             if row is not None and row[0] != self._policies.position:
                 self._policies = _Policies(row[0], await load_policies(conn))
-                per_call, spend_query = await self._read_windows(conn, batch, now)
-            windows = list({w.ident: w for ws in per_call for w in ws}.values())
+                per_call, windows, spend_query = await self._read_windows(conn, batch, now)
             amounts = await reservations.fetch_window_spend(spend_query)
             spend = {w.ident: amount for w, amount in zip(windows, amounts, strict=True)}
             results, holds = [], []
@@ -247,13 +246,13 @@ class Enforcer:
 
     async def _read_windows(
         self, conn: Connection, batch: list[_Pending], now: datetime
-    ) -> tuple[list[list[PolicyWindow]], reservations.Cursor | None]:
-        """Each request's windows under the cached policies; locks the enforced ones and
-        sends the query of their spend (``fetch_window_spend`` reads it)."""
-        per_call = [applicable(self._policies.items, _call(p.request), now) for p in batch]
+    ) -> tuple[list[list[PolicyWindow]], list[PolicyWindow], reservations.Cursor | None]:
+        """Each request's windows under the cached policies, and all of them once; locks
+        the enforced ones and sends the query of their spend (``fetch_window_spend``)."""
+        per_call = [applicable(self._policies.items, CallScope.of(p.request), now) for p in batch]
         windows = list({w.ident: w for ws in per_call for w in ws}.values())
         await reservations.lock_windows(conn, [w for w in windows if w.policy.action.enforced])
-        return per_call, await reservations.query_window_spend(conn, windows)
+        return per_call, windows, await reservations.query_window_spend(conn, windows)
 
     async def _current_policies(self, conn: Connection) -> list[BudgetPolicy]:
         position = await live_position(conn, PoliciesProjection.name)
@@ -318,15 +317,6 @@ class Enforcer:
         if changed:
             log.info("published %d policies from the configuration", len(changed))
         return changed
-
-
-def _call(request: CallAttributes) -> CallScope:
-    return CallScope(
-        model=request.model,
-        provider=request.provider,
-        user_id=request.user_id,
-        project_id=request.project_id,
-    )
 
 
 async def serve_enforcer(nc: Client, settings: Settings, stop: asyncio.Event) -> None:

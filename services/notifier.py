@@ -23,15 +23,15 @@ from nats.aio.client import Client
 
 from budget.config import Settings
 from events import Alert
+from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
 from projections.base import Connection
 from projections.db import connect
 from services.channels import senders
 
-__all__ = ["CHANNELS", "Notifier", "NotifierConfig", "serve_notifier"]
+__all__ = ["Notifier", "NotifierConfig", "serve_notifier"]
 
 log = logging.getLogger(__name__)
-CHANNELS = ("nats", "log", "ui", "webhook", "email")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +49,7 @@ class Notifier:
         self.settings = settings
         self.config = config or NotifierConfig()
         self.senders = senders(settings.alert_channels, nc, settings.topology)
-        self._wake = {channel: asyncio.Event() for channel in CHANNELS}
+        self._wake: dict[str, asyncio.Event] = {channel: asyncio.Event() for channel in CHANNELS}
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.create_task(self._listen(stop))]
