@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from decimal import Decimal
-from pathlib import Path
+
+from stack import embedded_stack
 
 from budget.config import Settings
 from budget.manager import BudgetManager
@@ -34,9 +33,6 @@ from budget.pricing import PricingRegistry
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.tracker import UsageTracker
 from events import BudgetPolicy, LimitAction
-from projections.registry import PROJECTIONS
-from services.ops import prepare
-from services.stack import SERVICES, StackInfo, serve_stack
 
 ESTIMATE = Decimal("0.001")
 HOT_USER = "hot"
@@ -154,29 +150,7 @@ def hot_policy(settings: Settings, processes: int, seconds: float, in_flight: in
 
 
 async def main(args: argparse.Namespace) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-check-"))
-    stop = asyncio.Event()
-    ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
-    base = Settings(spool_dir=data_dir / "spool", default_limit=None)
-
-    async def prepare_stack(nats_url: str, database_url: str) -> None:
-        await prepare(nats_url, database_url, base)
-
-    stack = asyncio.create_task(
-        serve_stack(
-            data_dir,
-            [*PROJECTIONS, *SERVICES],
-            prepare=prepare_stack,
-            on_ready=ready.set_result,
-            stop=stop,
-            out=io.StringIO(),
-        )
-    )
-    try:
-        info = await ready
-        settings = base.model_copy(
-            update={"nats_url": info.nats_url, "database_url": info.database_url}
-        )
+    async with embedded_stack("check", default_limit=None) as (_, settings):
         tracker = await start_tracker(settings)
         manager = BudgetManager(settings, tracker, apply_timeout=60)
         await manager.set_policy(
@@ -196,9 +170,6 @@ async def main(args: argparse.Namespace) -> None:
         await enforced_checks(tracker, args.enforced)
         await tracker.close()
         await asyncio.to_thread(hot_policy, settings, args.processes, args.seconds, args.in_flight)
-    finally:
-        stop.set()
-        await stack
 
 
 if __name__ == "__main__":

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from pathlib import Path
 
 import nats
 from nats.aio.msg import Msg
+from stack import embedded_stack
 
 from budget.config import Settings
 from budget.manager import BudgetManager
@@ -42,8 +40,7 @@ from projections.base import Connection
 from projections.db import connect
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
-from services.ops import prepare
-from services.stack import SERVICES, StackInfo, serve_stack
+from services.stack import StackInfo
 
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4")]
 
@@ -202,29 +199,7 @@ async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) ->
 
 
 async def main(args: argparse.Namespace) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    stop = asyncio.Event()
-    ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
-    base = Settings(spool_dir=data_dir / "spool")
-
-    async def prepare_stack(nats_url: str, database_url: str) -> None:
-        await prepare(nats_url, database_url, base)
-
-    stack = asyncio.create_task(
-        serve_stack(
-            data_dir,
-            [*PROJECTIONS, *SERVICES],
-            prepare=prepare_stack,
-            on_ready=ready.set_result,
-            stop=stop,
-            out=io.StringIO(),  # the banner is for people
-        )
-    )
-    try:
-        info = await ready
-        settings = base.model_copy(
-            update={"nats_url": info.nats_url, "database_url": info.database_url}
-        )
+    async with embedded_stack("ingest") as (info, settings):
         tracker = await get_usage_tracker(settings)
         await BudgetManager(settings, tracker, apply_timeout=60).set_policy(
             BudgetPolicy(name="bench per user", scope="user", limit_amount=args.user_limit)
@@ -242,9 +217,6 @@ async def main(args: argparse.Namespace) -> None:
         await tracker.close()
         if args.rebuild:
             await rebuilds(info, settings, list(PROJECTIONS))
-    finally:
-        stop.set()
-        await stack
 
 
 if __name__ == "__main__":
