@@ -29,9 +29,7 @@ from stack import embedded_stack
 
 from budget.config import Settings
 from budget.manager import BudgetManager
-from budget.pricing import PricingRegistry
-from budget.publisher import EventPublisher, PublisherConfig
-from budget.tracker import UsageTracker
+from budget.tracker import UsageTracker, start_usage_tracker
 from events import BudgetPolicy, LimitAction
 
 ESTIMATE = Decimal("0.001")
@@ -47,13 +45,6 @@ def emit(figure: str, value: float, unit: str, **extra: object) -> None:
 def quantiles(samples: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(samples, n=100)
     return cuts[49], cuts[98]
-
-
-async def start_tracker(settings: Settings) -> UsageTracker:
-    publisher = EventPublisher(PublisherConfig.from_settings(settings))
-    tracker = UsageTracker(settings, PricingRegistry(), publisher)
-    await tracker.start()
-    return tracker
 
 
 async def local_checks(tracker: UsageTracker, count: int) -> None:
@@ -84,7 +75,7 @@ async def enforced_checks(tracker: UsageTracker, count: int) -> None:
 
 async def hot_client(settings: Settings, seconds: float, in_flight: int) -> None:
     """One of the hot-policy processes: prints ``ready``, waits for a line on stdin."""
-    tracker = await start_tracker(settings)
+    tracker = await start_usage_tracker(settings)
     await tracker.check_budget("gpt-4o", user_id=HOT_USER, estimated_cost=ESTIMATE, reserve=False)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
@@ -151,7 +142,7 @@ def hot_policy(settings: Settings, processes: int, seconds: float, in_flight: in
 
 async def main(args: argparse.Namespace) -> None:
     async with embedded_stack("check", default_limit=None) as (_, settings):
-        tracker = await start_tracker(settings)
+        tracker = await start_usage_tracker(settings)
         manager = BudgetManager(settings, tracker, apply_timeout=60)
         await manager.set_policy(
             BudgetPolicy(name="bench warn", limit_amount=Decimal(1000), action=LimitAction.WARN)

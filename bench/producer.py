@@ -21,9 +21,7 @@ import nats
 from ingest import record
 
 from budget.config import Settings
-from budget.pricing import get_pricing_registry
-from budget.publisher import EventPublisher, PublisherConfig
-from budget.tracker import UsageTracker
+from budget.tracker import start_usage_tracker
 from projections.log import declare_streams
 from services.embedded import EmbeddedNats
 
@@ -35,9 +33,7 @@ async def main(events: int) -> None:
         nc = await nats.connect(server.url)
         await declare_streams(nc.jetstream(), settings.topology)
         await nc.close()
-        publisher = EventPublisher(PublisherConfig.from_settings(settings))
-        tracker = UsageTracker(settings, await get_pricing_registry(), publisher)
-        await tracker.start()
+        tracker = await start_usage_tracker(settings)
         for i in range(2000):  # warm: connection, price cache
             await record(tracker, i)
         await tracker.flush()

@@ -22,7 +22,7 @@ from budget.usage import normalize_usage, usage_from_response
 from events import CallKind, ImageUsage, Producer, Usage, UsageRecorded, utc_now
 from events.rpc import CallAttributes, CheckResult
 
-__all__ = ["BudgetExceeded", "UsageTracker", "get_usage_tracker"]
+__all__ = ["BudgetExceeded", "UsageTracker", "get_usage_tracker", "start_usage_tracker"]
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -215,16 +215,20 @@ _tracker: UsageTracker | None = None
 _lock = asyncio.Lock()
 
 
+async def start_usage_tracker(settings: Settings) -> UsageTracker:
+    """A new tracker, publishing (or spooling) and answering checks; ``close`` it."""
+    publisher = EventPublisher(PublisherConfig.from_settings(settings))
+    registry = await get_pricing_registry(settings.price_overrides)
+    tracker = UsageTracker(settings, registry, publisher)
+    await tracker.start()
+    return tracker
+
+
 async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     """The process's tracker, connected on first use (settings from config.yaml and
     ``BUDGET_*`` variables unless given)."""
     global _tracker
     async with _lock:
         if _tracker is None:
-            settings = settings or load_settings()
-            publisher = EventPublisher(PublisherConfig.from_settings(settings))
-            registry = await get_pricing_registry(settings.price_overrides)
-            tracker = UsageTracker(settings, registry, publisher)
-            await tracker.start()
-            _tracker = tracker
+            _tracker = await start_usage_tracker(settings or load_settings())
         return _tracker

@@ -11,10 +11,7 @@ from typing import Annotated
 import typer
 
 from budget.alert_engine import AlertEngine, StoredAlert
-from budget.pricing import PricingRegistry
-from budget.publisher import EventPublisher, PublisherConfig
-from budget.tracker import UsageTracker
-from services.cli_context import settings
+from services.cli_context import settings, tracker
 
 __all__ = ["alerts_app"]
 
@@ -23,14 +20,8 @@ alerts_app = typer.Typer(no_args_is_help=True)
 
 @contextlib.asynccontextmanager
 async def _engine() -> AsyncIterator[AlertEngine]:
-    current = settings()
-    publisher = EventPublisher(PublisherConfig.from_settings(current))
-    tracker = UsageTracker(current, PricingRegistry(current.price_overrides), publisher)
-    await tracker.start()
-    try:
-        yield AlertEngine(current, tracker)
-    finally:
-        await tracker.close()
+    async with tracker() as started:
+        yield AlertEngine(settings(), started)
 
 
 @alerts_app.command("list")

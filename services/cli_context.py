@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from budget.config import Settings
+import contextlib
+from collections.abc import AsyncIterator
 
-__all__ = ["settings", "use_settings"]
+from budget.config import Settings
+from budget.tracker import UsageTracker, start_usage_tracker
+
+__all__ = ["settings", "tracker", "use_settings"]
 
 _state: dict[str, Settings] = {}
 
@@ -15,3 +19,13 @@ def use_settings(loaded: Settings) -> None:
 
 def settings() -> Settings:
     return _state["settings"]
+
+
+@contextlib.asynccontextmanager
+async def tracker() -> AsyncIterator[UsageTracker]:
+    """A tracker on the configured servers for one command, closed after it."""
+    started = await start_usage_tracker(settings())
+    try:
+        yield started
+    finally:
+        await started.close()

@@ -13,12 +13,9 @@ import typer
 from pydantic import ValidationError
 
 from budget.manager import BudgetManager
-from budget.pricing import get_pricing_registry
-from budget.publisher import EventPublisher, PublisherConfig
-from budget.tracker import UsageTracker
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.rpc import CheckResult
-from services.cli_context import settings
+from services.cli_context import settings, tracker
 
 __all__ = ["check", "policy_app"]
 
@@ -27,16 +24,8 @@ policy_app = typer.Typer(no_args_is_help=True)
 
 @contextlib.asynccontextmanager
 async def _manager() -> AsyncIterator[BudgetManager]:
-    current = settings()
-    registry = await get_pricing_registry(current.price_overrides)
-    tracker = UsageTracker(
-        current, registry, EventPublisher(PublisherConfig.from_settings(current))
-    )
-    await tracker.start()
-    try:
-        yield BudgetManager(current, tracker)
-    finally:
-        await tracker.close()
+    async with tracker() as started:
+        yield BudgetManager(settings(), started)
 
 
 @policy_app.command("set")

@@ -16,9 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from budget.config import Settings
-from budget.pricing import PriceOverride, PricingRegistry
-from budget.publisher import EventPublisher, PublisherConfig
-from budget.tracker import UsageTracker
+from budget.pricing import PriceOverride
+from budget.tracker import start_usage_tracker
 
 MODEL = "burst-test-model"
 # $10 per million output tokens: 10,000 tokens cost exactly the $0.10 estimate.
@@ -40,12 +39,10 @@ async def main(prefix: str, nats_url: str, database_url: str, spool: str, count:
         price_overrides=(RATE,),
         enforcer_timeout=30,
     )
-    publisher = EventPublisher(PublisherConfig.from_settings(settings))
-    tracker = UsageTracker(settings, PricingRegistry([RATE]), publisher)
-    await tracker.start()
-    assert publisher.client is not None
-    go = await publisher.client.subscribe(f"{prefix}.test.go")
-    await publisher.client.flush()
+    tracker = await start_usage_tracker(settings)
+    assert tracker.publisher.client is not None
+    go = await tracker.publisher.client.subscribe(f"{prefix}.test.go")
+    await tracker.publisher.client.flush()
     print("ready", flush=True)
     await go.next_msg(timeout=60)
 

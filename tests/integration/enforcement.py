@@ -15,9 +15,7 @@ from nats.aio.client import Client
 
 from budget.config import Settings
 from budget.manager import BudgetManager
-from budget.pricing import PricingRegistry
-from budget.publisher import EventPublisher, PublisherConfig
-from budget.tracker import UsageTracker
+from budget.tracker import UsageTracker, start_usage_tracker
 from events import BudgetPolicy, Topology
 from services.enforcer import Enforcer, EnforcerConfig
 from services.ops import prepare
@@ -60,14 +58,6 @@ class EnforcementStack:
         return await self.manager.set_policy(BudgetPolicy(**fields))
 
 
-async def start_tracker(settings: Settings) -> UsageTracker:
-    tracker = UsageTracker(
-        settings, PricingRegistry(), EventPublisher(PublisherConfig.from_settings(settings))
-    )
-    await tracker.start()
-    return tracker
-
-
 @contextlib.asynccontextmanager
 async def enforcement_stack(
     nc: Client,
@@ -86,7 +76,7 @@ async def enforcement_stack(
     running = Enforcer(settings, nc, config) if enforcer else None
     if running is not None:
         await running.start()
-    tracker = await start_tracker(settings)
+    tracker = await start_usage_tracker(settings)
     try:
         yield EnforcementStack(settings, nc, running, tracker, BudgetManager(settings, tracker))
     finally:

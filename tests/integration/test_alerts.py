@@ -19,6 +19,7 @@ from nats.aio.client import Client
 
 from budget.alert_engine import AlertEngine
 from budget.config import Settings
+from budget.tracker import start_usage_tracker
 from events import (
     Alert,
     AlertRule,
@@ -46,7 +47,6 @@ from alerting import (
     smtp_server,
     webhook_server,
 )
-from enforcement import start_tracker
 from support import publish, rows, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -323,7 +323,7 @@ async def test_alert_engine_rules_acknowledgements_and_resolutions(
     nc: Client, db: str, topology: Topology, receivers: Receivers
 ) -> None:
     await publish(nc, topology, crossing_events())
-    tracker = await start_tracker(receivers.settings)
+    tracker = await start_usage_tracker(receivers.settings)
     engine = AlertEngine(receivers.settings, tracker)
     try:
         async with evaluator(nc, receivers.settings):
@@ -363,7 +363,7 @@ async def test_evaluate_thresholds_names_the_alerts_the_rules_would_raise(
             spent=Decimal("9.60"),
         )
     ]
-    tracker = await start_tracker(receivers.settings)
+    tracker = await start_usage_tracker(receivers.settings)
     try:
         async with evaluator(nc, receivers.settings):
             alerts = await AlertEngine(receivers.settings, tracker).evaluate_thresholds(summary)
