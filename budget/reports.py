@@ -24,7 +24,7 @@ from events import BudgetScope, utc_now
 from projections.base import Connection
 from projections.db import connect
 from projections.policies import load_policies
-from projections.windows import window_sum_sql, windows_param
+from projections.windows import window_sums
 
 __all__ = ["GROUPS", "ExportFormat", "Report", "ReportGenerator", "get_report_generator"]
 
@@ -317,8 +317,11 @@ class ReportGenerator:
         ]
         return Table(title, (*columns, *_MEASURE_COLUMNS, "share_percent"), shaped)
 
-    async def _live_windows(self, conn: Connection, now: datetime) -> list[PolicyWindow]:
-        """The current window of every policy with one total to compare (global or keyed)."""
+    async def _live_spend(
+        self, conn: Connection, now: datetime
+    ) -> list[tuple[PolicyWindow, Decimal]]:
+        """The current window of every policy with one total to compare (global or keyed),
+        and the spend in it."""
         windows = []
         for policy in await load_policies(conn):
             if policy.scope is not BudgetScope.GLOBAL and policy.scope_key is None:
@@ -326,13 +329,12 @@ class ReportGenerator:
             window = policy_window(policy, now)
             if window is not None:
                 windows.append(PolicyWindow(policy, policy.scope_key or "*", *window))
-        return windows
+        spent = await window_sums(conn, "spend_buckets", windows)
+        return list(zip(windows, spent, strict=True))
 
     async def _budgets(self, conn: Connection, now: datetime) -> Table:
-        windows = await self._live_windows(conn, now)
-        spent = await self._window_spend(conn, windows)
         rows: list[tuple[Cell, ...]] = []
-        for window, amount in zip(windows, spent, strict=True):
+        for window, amount in await self._live_spend(conn, now):
             limit = window.policy.limit_amount
             used = (amount * 100 / limit).quantize(Decimal("0.1")) if limit else None
             rows.append(
@@ -367,10 +369,8 @@ class ReportGenerator:
     async def _budget_forecasts(
         self, conn: Connection, now: datetime, today: datetime, horizon: int
     ) -> Table:
-        windows = await self._live_windows(conn, now)
-        spent = await self._window_spend(conn, windows)
         rows: list[tuple[Cell, ...]] = []
-        for window, amount in zip(windows, spent, strict=True):
+        for window, amount in await self._live_spend(conn, now):
             dimension = (
                 "total"
                 if window.policy.scope is BudgetScope.GLOBAL
@@ -401,14 +401,6 @@ class ReportGenerator:
             ),
             rows,
         )
-
-    async def _window_spend(self, conn: Connection, windows: list[PolicyWindow]) -> list[Decimal]:
-        if not windows:
-            return []
-        cursor = await conn.execute(
-            window_sum_sql("spend_buckets").encode(), (windows_param(windows),)
-        )
-        return [row[0] for row in await cursor.fetchall()]
 
     @contextlib.asynccontextmanager
     async def _db(self) -> AsyncIterator[Connection]:

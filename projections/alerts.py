@@ -49,7 +49,7 @@ from events import (
 from projections.base import Applied, Connection, Projection, physical
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
-from projections.windows import window_sum_sql, windows_param
+from projections.windows import window_sums
 
 __all__ = ["OUTBOX_CHANNEL", "AlertsProjection", "load_rules"]
 
@@ -350,9 +350,7 @@ class AlertsProjection(Projection):
     async def _window_totals(
         self, conn: Connection, version: int, windows: list[PolicyWindow]
     ) -> list[Decimal]:
-        buckets = physical(self.spend.tables[0], version)
-        cursor = await conn.execute(window_sum_sql(buckets).encode(), (windows_param(windows),))
-        return [row[0] for row in await cursor.fetchall()]
+        return await window_sums(conn, physical(self.spend.tables[0], version), windows)
 
     # -- other events ------------------------------------------------------------------------
 

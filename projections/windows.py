@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from psycopg import AsyncCursor
 
 from budget.policies import PolicyWindow
+from projections.base import Connection
 
-__all__ = ["window_sum_sql", "windows_param"]
+__all__ = [
+    "Cursor",
+    "fetch_window_sums",
+    "query_window_sums",
+    "window_sum_sql",
+    "window_sums",
+    "windows_param",
+]
+
+Cursor = AsyncCursor[Any]
 
 _HOLDS = """
              + coalesce((SELECT sum(h.amount) FROM reservation_holds h
@@ -52,3 +66,26 @@ def windows_param(windows: Sequence[PolicyWindow]) -> str:
             for w in windows
         ]
     )
+
+
+async def window_sums(
+    conn: Connection, buckets: str, windows: Sequence[PolicyWindow], *, holds: bool = False
+) -> list[Decimal]:
+    """What ``window_sum_sql`` gives for ``windows``, in their order."""
+    return await fetch_window_sums(await query_window_sums(conn, buckets, windows, holds=holds))
+
+
+async def query_window_sums(
+    conn: Connection, buckets: str, windows: Sequence[PolicyWindow], *, holds: bool = False
+) -> Cursor | None:
+    """Send the query only: in pipeline mode it travels with the statements around it, and
+    ``fetch_window_sums`` waits for the answer."""
+    if not windows:
+        return None
+    return await conn.execute(
+        window_sum_sql(buckets, holds=holds).encode(), (windows_param(windows),)
+    )
+
+
+async def fetch_window_sums(cursor: Cursor | None) -> list[Decimal]:
+    return [row[0] for row in await cursor.fetchall()] if cursor is not None else []

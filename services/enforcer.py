@@ -50,12 +50,14 @@ from projections.base import Connection
 from projections.checkpoints import LIVE_POSITION_SQL, live_position
 from projections.db import connect
 from projections.policies import PoliciesProjection, load_policies
+from projections.windows import Cursor, fetch_window_sums, query_window_sums, window_sums
 from services import reservations
 
 __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
 
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "enforcer"
+SPEND_BUCKETS = "spend_buckets"  # the live spend projection's view
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -166,7 +168,7 @@ class Enforcer:
             assert self._aux is not None
             policies = await self._current_policies(self._aux)
             windows = applicable(policies, CallScope.of(request), now)
-            spend = await reservations.window_spend(self._aux, windows)
+            spend = await window_sums(self._aux, SPEND_BUCKETS, windows, holds=True)
         snapshot = Snapshot(
             windows=[
                 PolicySpend(
@@ -225,7 +227,7 @@ class Enforcer:
             if row is not None and row[0] != self._policies.position:
                 self._policies = _Policies(row[0], await load_policies(conn))
                 per_call, windows, spend_query = await self._read_windows(conn, batch, now)
-            amounts = await reservations.fetch_window_spend(spend_query)
+            amounts = await fetch_window_sums(spend_query)
             spend = {w.ident: amount for w, amount in zip(windows, amounts, strict=True)}
             results, holds = [], []
             expires = now + timedelta(seconds=self.config.reservation_ttl)
@@ -246,13 +248,14 @@ class Enforcer:
 
     async def _read_windows(
         self, conn: Connection, batch: list[_Pending], now: datetime
-    ) -> tuple[list[list[PolicyWindow]], list[PolicyWindow], reservations.Cursor | None]:
+    ) -> tuple[list[list[PolicyWindow]], list[PolicyWindow], Cursor | None]:
         """Each request's windows under the cached policies, and all of them once; locks
         the enforced ones and sends the query of their spend (``fetch_window_spend``)."""
         per_call = [applicable(self._policies.items, CallScope.of(p.request), now) for p in batch]
         windows = list({w.ident: w for ws in per_call for w in ws}.values())
         await reservations.lock_windows(conn, [w for w in windows if w.policy.action.enforced])
-        return per_call, windows, await reservations.query_window_spend(conn, windows)
+        spend = await query_window_sums(conn, SPEND_BUCKETS, windows, holds=True)
+        return per_call, windows, spend
 
     async def _current_policies(self, conn: Connection) -> list[BudgetPolicy]:
         position = await live_position(conn, PoliciesProjection.name)

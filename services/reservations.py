@@ -1,8 +1,9 @@
-"""The enforcer's SQL: spend per policy window, locks, and reservation holds.
+"""The enforcer's SQL: locks and reservation holds.
 
-A window's spend is the live spend projection's buckets inside it plus the unexpired holds
-on it whose usage has not reached the live ledger; both are read by one statement, so the
-hold and the cost that settles it are never both counted or both missed.
+A window's spend (``projections.windows`` with ``holds``) is the live spend projection's
+buckets inside it plus the unexpired holds on it whose usage has not reached the live
+ledger; both are read by one statement, so the hold and the cost that settles it are never
+both counted or both missed.
 """
 
 from __future__ import annotations
@@ -13,25 +14,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
-
-from psycopg import AsyncCursor
 
 from budget.policies import PolicyWindow
 from projections.base import Connection
-from projections.windows import window_sum_sql, windows_param
-
-Cursor = AsyncCursor[Any]
 
 __all__ = [
     "Hold",
-    "fetch_window_spend",
     "insert_holds",
     "lock_windows",
-    "query_window_spend",
     "release",
     "release_finished",
-    "window_spend",
 ]
 
 
@@ -58,25 +50,6 @@ async def lock_windows(conn: Connection, windows: Sequence[PolicyWindow]) -> Non
             " ORDER BY i",
             (keys,),
         )
-
-
-async def window_spend(conn: Connection, windows: Sequence[PolicyWindow]) -> list[Decimal]:
-    """Committed plus reserved spend of each window, in order."""
-    return await fetch_window_spend(await query_window_spend(conn, windows))
-
-
-async def fetch_window_spend(cursor: Cursor | None) -> list[Decimal]:
-    return [row[0] for row in await cursor.fetchall()] if cursor is not None else []
-
-
-async def query_window_spend(conn: Connection, windows: Sequence[PolicyWindow]) -> Cursor | None:
-    """Send the query of ``window_spend``; in pipeline mode it travels with the statements
-    around it and ``fetch_window_spend`` waits for the answer."""
-    if not windows:
-        return None
-    return await conn.execute(
-        window_sum_sql("spend_buckets", holds=True).encode(), (windows_param(windows),)
-    )
 
 
 async def insert_holds(conn: Connection, holds: Sequence[Hold]) -> None:
