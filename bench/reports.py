@@ -30,10 +30,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from budget.config import Settings
 from budget.reports import ReportGenerator
 from events import utc_now
 from projections.checkpoints import ensure_projection
+from projections.database_queries import DatabaseQueries
 from projections.db import connect
 from projections.migrate import migrate
 from projections.registry import PROJECTIONS
@@ -150,7 +150,9 @@ async def main(args: argparse.Namespace) -> None:
     with EmbeddedPostgres(data / "postgres", database="bench").start() as postgres:
         await asyncio.to_thread(migrate, postgres.url)
         await build(postgres.url, args.events, args.batch)
-        generator = ReportGenerator(Settings(database_url=postgres.url, spool_dir=data))
+        # The reports as the query service (and the CLI) builds them, without the NATS hop.
+        queries = DatabaseQueries(postgres.url)
+        generator = ReportGenerator(queries)
         now = utc_now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
         summary_ms, summary = await timed(
@@ -160,6 +162,7 @@ async def main(args: argparse.Namespace) -> None:
         emit("summary_30d_ms", summary_ms, "ms", repeat=args.repeat, events=args.events)
         trend_ms, trend = await timed(args.repeat, lambda: generator.generate_trend_report(30))
         emit("trend_30d_ms", trend_ms, "ms", repeat=args.repeat, points=len(trend.main.rows))
+        await queries.close()
         raw_ms, raw = await timed(max(3, args.repeat // 5), lambda: raw_summary(postgres.url, 30))
         rolled = {(r["provider"], r["model"]): r["cost_usd"] for r in summary.main.records()}
         emit(

@@ -18,13 +18,13 @@ from decimal import Decimal
 from typing import TypeVar
 
 from nats.aio.client import Client
-from nats.errors import Error as NatsError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from budget.config import Settings
 from budget.enforcement import assess, decide
 from budget.policies import PolicyWindow
 from budget.pricing import Priced, PricingRegistry
+from budget.rpc import RpcFailure, ask
 from events import LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
@@ -34,7 +34,7 @@ from events.rpc import (
     CheckRequest,
     CheckResult,
     ReleaseRequest,
-    RpcError,
+    ReleaseResult,
     Snapshot,
 )
 
@@ -52,10 +52,6 @@ class BudgetExceeded(Exception):
     def __init__(self, result: CheckResult) -> None:
         super().__init__(result.reason)
         self.result = result
-
-
-class _Unreachable(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +114,7 @@ class BudgetChecker:
             estimate = self.estimate(call.model, call.provider, estimated_tokens)
         try:
             snapshot = await self._snapshot(call)
-        except _Unreachable as exc:
+        except RpcFailure as exc:
             return self._unreachable(str(exc), estimate or Decimal(0))
         now = utc_now()
         if snapshot.enforced:
@@ -130,8 +126,8 @@ class BudgetChecker:
                 )
             request = CheckRequest(**call.model_dump(), estimated_cost=estimate, reserve=reserve)
             try:
-                return _parse(await self._ask(RPC_CHECK, request.model_dump_json()), CheckResult)
-            except _Unreachable as exc:
+                return await self._ask(RPC_CHECK, request, CheckResult)
+            except RpcFailure as exc:
                 return self._unreachable(str(exc), estimate)
         if snapshot.rolls_over is not None and now >= snapshot.rolls_over:
             self._snapshots.pop(_key(call), None)  # a period ended since the snapshot
@@ -148,9 +144,9 @@ class BudgetChecker:
         """Give a reservation back now (the call failed); it would expire anyway."""
         try:
             await self._ask(
-                RPC_RELEASE, ReleaseRequest(reservation_id=reservation_id).model_dump_json()
+                RPC_RELEASE, ReleaseRequest(reservation_id=reservation_id), ReleaseResult
             )
-        except _Unreachable as exc:
+        except RpcFailure as exc:
             log.warning("could not release reservation %s (%s); it expires", reservation_id, exc)
 
     async def _snapshot(self, call: CallAttributes) -> _Cached:
@@ -158,7 +154,7 @@ class BudgetChecker:
         cached = self._snapshots.get(key)
         if cached is not None and time.monotonic() - cached.fetched < self.settings.cache_ttl:
             return cached
-        snapshot = _parse(await self._ask(RPC_SNAPSHOT, call.model_dump_json()), Snapshot)
+        snapshot = await self._ask(RPC_SNAPSHOT, call, Snapshot)
         windows = [
             (PolicyWindow(w.policy, w.key, w.window_start, w.window_end), w.spent)
             for w in snapshot.windows
@@ -172,17 +168,9 @@ class BudgetChecker:
         self._snapshots[key] = cached
         return cached
 
-    async def _ask(self, name: str, payload: str) -> bytes:
-        if self.nc is None or not self.nc.is_connected:
-            raise _Unreachable("not connected to NATS")
+    async def _ask(self, name: str, request: BaseModel, answer: type[M]) -> M:
         subject = self.settings.topology.rpc_subject(name)
-        try:
-            reply = await self.nc.request(
-                subject, payload.encode(), timeout=self.settings.enforcer_timeout
-            )
-        except (NatsError, TimeoutError) as exc:
-            raise _Unreachable(f"no answer from the enforcer on {subject}: {exc!r}") from None
-        return reply.data
+        return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
 
     def _unreachable(self, why: str, estimate: Decimal) -> CheckResult:
         if self.settings.fail_open:
@@ -203,18 +191,6 @@ def _refuse(reason: str, estimate: Decimal) -> CheckResult:
     return CheckResult(
         allowed=False, action=LimitAction.BLOCK, reason=reason, estimated_cost=estimate
     )
-
-
-def _parse(data: bytes, model: type[M]) -> M:
-    try:
-        return model.model_validate_json(data)
-    except ValidationError:
-        pass
-    try:
-        why = RpcError.model_validate_json(data).error
-    except ValidationError:
-        why = f"unexpected answer {data[:200]!r}"
-    raise _Unreachable(why)
 
 
 def _key(call: CallAttributes) -> _CacheKey:

@@ -118,6 +118,9 @@ class Settings(BaseModel):
     enforcer_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for the enforcer's answer"
     )
+    query_timeout: float = Field(
+        default=30.0, gt=0, description="seconds to wait for the query service's answer"
+    )
     fail_open: bool = Field(
         default=False,
         description="allow calls under BLOCK/THROTTLE policies when the enforcer is unreachable",

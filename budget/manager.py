@@ -2,7 +2,7 @@
 
 Policy changes are events: ``set_policy`` publishes ``PolicySet`` and returns once the
 policies projection has applied it, so a ``get_policy`` right after sees the change.
-Reads come from the projections in PostgreSQL (``database_url``).
+Reads go to the query service over NATS (``budget.queries``).
 """
 
 from __future__ import annotations
@@ -11,33 +11,27 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from budget.commands import publish_and_wait
+from budget.commands import ChangeClient
 from budget.config import Settings, load_settings
 from budget.periods import Period
-from budget.tracker import UsageTracker, get_usage_tracker
+from budget.tracker import get_usage_tracker
 from events import (
     BudgetPeriod,
     BudgetPolicy,
     BudgetScope,
-    Event,
     PolicyDeleted,
     PolicySet,
     UsageRecorded,
     utc_now,
 )
+from events.queries import SpendQuery, SpendRow
 from events.rpc import CheckResult
-from projections.db import connect
-from projections.policies import PoliciesProjection, load_policies
-from projections.queries import SpendRow, spend_for_period
 
 __all__ = ["BudgetManager", "get_budget_manager"]
 
 
-class BudgetManager:
-    def __init__(self, settings: Settings, tracker: UsageTracker, *, apply_timeout: float = 10.0):
-        self.settings = settings
-        self.tracker = tracker
-        self.apply_timeout = apply_timeout
+class BudgetManager(ChangeClient):
+    projection = "policies"
 
     # -- policies ----------------------------------------------------------------------------
 
@@ -58,12 +52,7 @@ class BudgetManager:
         return next((p for p in await self.get_policies() if p.policy_id == policy_id), None)
 
     async def get_policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
-        conn = await connect(self.settings.database_url)
-        try:
-            policies = await load_policies(conn)
-        finally:
-            await conn.close()
-        return [p for p in policies if scope is None or p.scope is scope]
+        return await self.queries.policies(scope)
 
     # -- usage and checks --------------------------------------------------------------------
 
@@ -91,22 +80,8 @@ class BudgetManager:
         """Totals of the calendar period (UTC) holding ``at`` (now), per scope key."""
         if period == BudgetPeriod.CUSTOM:
             raise ValueError("a spend summary is per calendar period: daily, weekly or monthly")
-        conn = await connect(self.settings.database_url)
-        try:
-            return await spend_for_period(
-                conn, Period(str(period)), at or utc_now(), scope.value if scope else None
-            )
-        finally:
-            await conn.close()
-
-    async def _publish_and_wait(self, event: Event) -> None:
-        await publish_and_wait(
-            self.tracker.publisher.client,
-            self.settings,
-            event,
-            PoliciesProjection.name,
-            self.apply_timeout,
-        )
+        query = SpendQuery(period=Period(str(period)).value, scope=scope, at=at)
+        return await self.queries.spend(query)
 
 
 _manager: BudgetManager | None = None

@@ -9,12 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from typing import Any
 
-__all__ = ["ExportFormat", "Report", "Table"]
+from events.queries import CellKind, ReportAnswer, ReportTable
+
+__all__ = ["ExportFormat", "Report", "Table", "from_answer", "to_answer"]
 
 Cell = str | int | Decimal | date | datetime | None
 
@@ -111,3 +115,54 @@ def _shown(value: Cell) -> str:
             return f"{value:.6f}"
         return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
     return _text(value).replace("|", "\\|")
+
+
+# Reports travel over NATS (``events.queries.ReportAnswer``) with each column's kind, so
+# the receiver gets the same typed cells back: Decimal stays Decimal.
+_KINDS: tuple[tuple[type, CellKind], ...] = (
+    (bool, "text"),
+    (int, "integer"),
+    (Decimal, "decimal"),
+    (datetime, "datetime"),
+    (date, "date"),
+    (str, "text"),
+)
+_READERS: dict[CellKind, Callable[[Any], Cell]] = {
+    "text": str,
+    "integer": int,
+    "decimal": Decimal,
+    "datetime": datetime.fromisoformat,
+    "date": date.fromisoformat,
+}
+
+
+def _kind(cells: list[Cell]) -> CellKind:
+    first = next((c for c in cells if c is not None), "")
+    return next(kind for cls, kind in _KINDS if isinstance(first, cls))
+
+
+def to_answer(report: Report) -> ReportAnswer:
+    tables = []
+    for table in report.tables:
+        kinds = [_kind([row[i] for row in table.rows]) for i in range(len(table.columns))]
+        rows = [
+            [c if c is None or isinstance(c, int) else _text(c) for c in row] for row in table.rows
+        ]
+        tables.append(
+            ReportTable(title=table.title, columns=list(table.columns), kinds=kinds, rows=rows)
+        )
+    return ReportAnswer(
+        title=report.title, start=report.start, end=report.end, tables=tables, notes=report.notes
+    )
+
+
+def from_answer(answer: ReportAnswer) -> Report:
+    tables = []
+    for table in answer.tables:
+        readers = [_READERS[kind] for kind in table.kinds]
+        rows = [
+            tuple(None if c is None else read(c) for read, c in zip(readers, row, strict=True))
+            for row in table.rows
+        ]
+        tables.append(Table(table.title, tuple(table.columns), rows))
+    return Report(answer.title, answer.start, answer.end, tables, list(answer.notes))

@@ -25,6 +25,7 @@ __all__ = [
     "PolicySpend",
     "PolicyStatus",
     "ReleaseRequest",
+    "ReleaseResult",
     "RpcError",
     "Snapshot",
 ]
@@ -59,6 +60,10 @@ class CheckRequest(CallAttributes):
 
 class ReleaseRequest(_Message):
     reservation_id: str = Field(min_length=1, max_length=100)
+
+
+class ReleaseResult(_Message):
+    released: int = Field(description="holds dropped: 0 when already settled or expired")
 
 
 class PolicySpend(_Message):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -11,7 +11,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from budget.periods import Period, period_bounds, period_start
-from events import ImageUsage, Topology, Usage
+from events import Alert, ImageUsage, Topology, Usage
+from events.queries import AlertDelivery, AlertsQuery, SpendRow, StoredAlert
 from projections.base import Connection
 from projections.checkpoints import list_checkpoints
 from projections.engine import consumer_name
@@ -21,7 +22,8 @@ from projections.registry import get_projection
 __all__ = [
     "ProjectionStatus",
     "RecordedUsage",
-    "SpendRow",
+    "alert_deliveries",
+    "find_alerts",
     "projection_status",
     "spend_for_period",
     "usage_between",
@@ -37,19 +39,6 @@ class ProjectionStatus:
     events_applied: int
     lag: int
     newest_event_at: datetime | None
-
-
-@dataclass(frozen=True)
-class SpendRow:
-    scope: str
-    scope_key: str
-    period: str
-    period_start: date
-    cost: Decimal
-    requests: int
-    unpriced_requests: int
-    input_tokens: int
-    output_tokens: int
 
 
 async def projection_status(
@@ -99,8 +88,61 @@ async def spend_for_period(
     )
     day = period_start(period, at)
     return [
-        SpendRow(scope_, key, period.value, day, cost, requests, unpriced, inputs, outputs)
+        SpendRow(
+            scope=scope_,
+            scope_key=key,
+            period=period.value,
+            period_start=day,
+            cost=cost,
+            requests=requests,
+            unpriced_requests=unpriced,
+            input_tokens=inputs,
+            output_tokens=outputs,
+        )
         for scope_, key, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
+    ]
+
+
+async def find_alerts(conn: Connection, query: AlertsQuery) -> list[StoredAlert]:
+    """The alerts ``query`` selects, oldest first (in a burst: lower thresholds first)."""
+    cursor = await conn.execute(
+        "SELECT alert, acknowledged_by, acknowledged_at, resolved_by, resolved_at"
+        " FROM alerts WHERE (%(id)s::uuid IS NULL OR alert_id = %(id)s)"
+        " AND (%(policy)s::text IS NULL OR policy_id = %(policy)s)"
+        " AND (NOT %(unacked)s OR acknowledged_at IS NULL)"
+        " AND (%(resolved)s::boolean IS NULL OR (resolved_at IS NOT NULL) = %(resolved)s)"
+        " ORDER BY raised_at, stream_seq,"
+        " (alert ->> 'threshold_percent')::numeric NULLS FIRST, alert_id LIMIT %(limit)s",
+        {
+            "id": query.alert_id,
+            "policy": query.policy_id,
+            "unacked": query.unacknowledged_only,
+            "resolved": query.resolved,
+            "limit": query.limit,
+        },
+    )
+    return [
+        StoredAlert(
+            alert=Alert.model_validate(alert),
+            acknowledged_by=acked_by,
+            acknowledged_at=acked_at,
+            resolved_by=resolved_by,
+            resolved_at=resolved_at,
+        )
+        for alert, acked_by, acked_at, resolved_by, resolved_at in await cursor.fetchall()
+    ]
+
+
+async def alert_deliveries(conn: Connection, alert_id: UUID) -> list[AlertDelivery]:
+    """Where the alert was sent, or why not yet: one row per channel."""
+    cursor = await conn.execute(
+        "SELECT channel, status, attempts, last_error, sent_at FROM alert_outbox"
+        " WHERE alert_id = %s ORDER BY channel",
+        (alert_id,),
+    )
+    return [
+        AlertDelivery(channel=c, status=s, attempts=a, last_error=e, sent_at=t)
+        for c, s, a, e, t in await cursor.fetchall()
     ]
 
 

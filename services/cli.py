@@ -16,9 +16,9 @@ import typer
 from tqdm import tqdm
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-from budget.commands import NotApplied
 from budget.config import ConfigError, load_settings
 from budget.periods import Period
+from budget.queries import NotApplied
 from events import utc_now
 from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
@@ -73,7 +73,7 @@ def up(
     ] = None,
 ) -> None:
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
-    worker, the enforcer and the notifier. Stops cleanly on Ctrl-C."""
+    worker, the enforcer, the notifier and the query service. Stops cleanly on Ctrl-C."""
     from services.stack import SERVICES, run_stack
 
     current = settings()
@@ -128,6 +128,16 @@ def notifier() -> None:
     from services.worker import run_service
 
     raise typer.Exit(run_service("notifier", settings(), serve_notifier))
+
+
+@app.command("query-service")
+def query_service() -> None:
+    """Answer the Python API's questions (policies, spend, alerts, reports) from the
+    projections until SIGTERM, so host apps need NATS access only. Several may run."""
+    from services.query_service import serve_query_service
+    from services.worker import run_service
+
+    raise typer.Exit(run_service("query-service", settings(), serve_query_service))
 
 
 @app.command()

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from budget.alert_engine import AlertEngine, StoredAlert
-from services.cli_context import settings, tracker
+from services.cli_context import database_queries, settings, tracker
 
 __all__ = ["alerts_app"]
 
@@ -20,8 +20,8 @@ alerts_app = typer.Typer(no_args_is_help=True)
 
 @contextlib.asynccontextmanager
 async def _engine() -> AsyncIterator[AlertEngine]:
-    async with tracker() as started:
-        yield AlertEngine(settings(), started)
+    async with tracker() as started, database_queries() as queries:
+        yield AlertEngine(settings(), started, queries=queries)
 
 
 @alerts_app.command("list")

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 from budget.config import Settings
 from budget.tracker import UsageTracker, start_usage_tracker
+from projections.database_queries import DatabaseQueries
 
-__all__ = ["settings", "tracker", "use_settings"]
+__all__ = ["database_queries", "settings", "tracker", "use_settings"]
 
 _state: dict[str, Settings] = {}
 
@@ -29,3 +30,11 @@ async def tracker() -> AsyncIterator[UsageTracker]:
         yield started
     finally:
         await started.close()
+
+
+@contextlib.asynccontextmanager
+async def database_queries() -> AsyncIterator[DatabaseQueries]:
+    """The CLI reads the projections itself: an operator holds the database's credentials
+    and should not need the query service running to look."""
+    async with DatabaseQueries(settings().database_url) as queries:
+        yield queries

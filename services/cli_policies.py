@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from budget.manager import BudgetManager
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.rpc import CheckResult
-from services.cli_context import settings, tracker
+from services.cli_context import database_queries, settings, tracker
 
 __all__ = ["check", "policy_app"]
 
@@ -24,8 +24,8 @@ policy_app = typer.Typer(no_args_is_help=True)
 
 @contextlib.asynccontextmanager
 async def _manager() -> AsyncIterator[BudgetManager]:
-    async with tracker() as started:
-        yield BudgetManager(settings(), started)
+    async with tracker() as started, database_queries() as queries:
+        yield BudgetManager(settings(), started, queries=queries)
 
 
 @policy_app.command("set")

@@ -13,7 +13,7 @@ import typer
 from budget.periods import Period
 from budget.report_format import ExportFormat, Report
 from budget.reports import GROUPS, ReportGenerator
-from services.cli_context import settings
+from services.cli_context import database_queries
 
 __all__ = ["report_app"]
 
@@ -34,7 +34,12 @@ def _emit(
     fmt: ExportFormat,
     output: Path | None,
 ) -> None:
-    report = asyncio.run(make(ReportGenerator(settings())))
+
+    async def build() -> Report:
+        async with database_queries() as queries:
+            return await make(ReportGenerator(queries))
+
+    report = asyncio.run(build())
     text = report.export(fmt)
     if output is None:
         typer.echo(text, nl=False)

@@ -43,6 +43,7 @@ from events.rpc import (
     CheckResult,
     PolicySpend,
     ReleaseRequest,
+    ReleaseResult,
     RpcError,
     Snapshot,
 )
@@ -157,7 +158,7 @@ class Enforcer:
         async with self._aux_lock:
             assert self._aux is not None
             released = await reservations.release(self._aux, request.reservation_id)
-        await self._respond(msg.reply, f'{{"released":{released}}}'.encode())
+        await self._respond(msg.reply, ReleaseResult(released=released).model_dump_json().encode())
 
     async def _on_snapshot(self, msg: Msg) -> None:
         request = await self._parse(msg, CallAttributes)

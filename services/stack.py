@@ -61,7 +61,7 @@ WorkerCommand = Callable[[str], Sequence[str]]
 """Maps a worker name to its argv."""
 
 
-SERVICES = ("enforcer", "notifier")
+SERVICES = ("enforcer", "notifier", "query-service")
 """Supervised processes that are not projection workers (``budget <name>``)."""
 
 

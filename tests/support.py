@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,12 +16,26 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from budget.config import Settings
+from budget.queries import RpcQueries
 from events import Event, Topology, Usage, UsageRecorded, encode, headers_for, utc_now
 from projections.base import Connection, Projection
 from projections.db import connect
 from projections.engine import EngineConfig, ProjectionRunner
+from services.query_service import QueryService
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def query_service(nc: Client, settings: Settings) -> AsyncIterator[RpcQueries]:
+    """The query service on ``nc`` for the block, and the host apps' way of asking it."""
+    service = QueryService(settings, nc)
+    await service.start()
+    try:
+        yield RpcQueries(settings, lambda: nc)
+    finally:
+        await service.stop()
 
 
 def usage_event(

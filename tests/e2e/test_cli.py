@@ -627,7 +627,7 @@ def parse_banner(text: str) -> Banner | None:
     workers = re.search(r"^\s*workers\s+(.*)$", text, re.MULTILINE)
     if workers is None or len(exports) < 2:
         return None
-    pids = {name: int(pid) for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", workers[1])}
+    pids = {name: int(pid) for name, pid in re.findall(r"([\w-]+) \(pid (\d+)\)", workers[1])}
     return Banner(exports["BUDGET_NATS_URL"], exports["BUDGET_DATABASE_URL"], pids)
 
 

@@ -1,5 +1,5 @@
-"""A running enforcement stack for tests: the policies and spend workers and an enforcer,
-in this process, on the test's NATS streams and database schema."""
+"""A running enforcement stack for tests: the policies and spend workers, an enforcer and
+the query service, in this process, on the test's NATS streams and database schema."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from services.enforcer import Enforcer, EnforcerConfig
 from services.ops import prepare
 from services.worker import run_projection
 
-from support import rows
+from support import query_service, rows
 
 
 def stack_settings(
@@ -78,7 +78,8 @@ async def enforcement_stack(
         await running.start()
     tracker = await start_usage_tracker(settings)
     try:
-        yield EnforcementStack(settings, nc, running, tracker, BudgetManager(settings, tracker))
+        async with query_service(nc, settings):
+            yield EnforcementStack(settings, nc, running, tracker, BudgetManager(settings, tracker))
     finally:
         await tracker.close()
         if running is not None:

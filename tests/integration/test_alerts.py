@@ -47,7 +47,7 @@ from alerting import (
     smtp_server,
     webhook_server,
 )
-from support import publish, rows, usage_event, wait_for
+from support import publish, query_service, rows, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 3, 2, 9, tzinfo=UTC)  # a Monday
@@ -326,7 +326,7 @@ async def test_alert_engine_rules_acknowledgements_and_resolutions(
     tracker = await start_usage_tracker(receivers.settings)
     engine = AlertEngine(receivers.settings, tracker)
     try:
-        async with evaluator(nc, receivers.settings):
+        async with evaluator(nc, receivers.settings), query_service(nc, receivers.settings):
             await all_delivered(db, 3 * len(CHANNELS))
             rule = AlertRule(rule_id="quarter", name="A quarter", threshold_percent=25)
             await engine.add_rule(rule)
@@ -365,7 +365,7 @@ async def test_evaluate_thresholds_names_the_alerts_the_rules_would_raise(
     ]
     tracker = await start_usage_tracker(receivers.settings)
     try:
-        async with evaluator(nc, receivers.settings):
+        async with evaluator(nc, receivers.settings), query_service(nc, receivers.settings):
             alerts = await AlertEngine(receivers.settings, tracker).evaluate_thresholds(summary)
     finally:
         await tracker.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +20,7 @@ from budget.reports import ReportGenerator
 from events import BudgetPolicy, PolicySet, Topology, UsageRepriced, utc_now
 from projections.registry import get_projection
 
-from support import catch_up, publish, rows, usage_event, varied_events
+from support import catch_up, publish, query_service, rows, usage_event, varied_events
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +31,15 @@ async def materialize(nc: Client, db: str, topology: Topology, *names: str) -> N
 
 
 @pytest.fixture
-def generator(nats_url: str, db: str, topology: Topology, tmp_path: Path) -> ReportGenerator:
-    return ReportGenerator(
-        Settings(
-            nats_url=nats_url,
-            database_url=db,
-            subject_prefix=topology.prefix,
-            spool_dir=tmp_path,
-        )
+async def generator(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[ReportGenerator]:
+    """Asks over NATS, as a host app does; the query service runs in this process."""
+    settings = Settings(
+        nats_url=nats_url, database_url=db, subject_prefix=topology.prefix, spool_dir=tmp_path
     )
+    async with query_service(nc, settings) as queries:
+        yield ReportGenerator(queries)
 
 
 async def spend_sum(db: str, scope: str, start: datetime, end: datetime) -> dict[str, Decimal]:

@@ -1,0 +1,130 @@
+"""What the public API reads, and the one way host apps read it: over NATS.
+
+``Queries`` is the read side that ``BudgetManager``, ``AlertEngine`` and
+``ReportGenerator`` use. Host apps get ``RpcQueries``: request/reply to the query service
+(``budget query-service``), so they never hold database credentials. The CLI and the
+query service itself use the database implementation in ``services.db_queries``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from nats.aio.client import Client
+from pydantic import BaseModel
+
+from budget.config import Settings
+from budget.report_format import Report, from_answer
+from budget.rpc import Unanswered, ask
+from events import AlertRule, BudgetPolicy, BudgetScope
+from events.queries import (
+    QUERY_ALERTS,
+    QUERY_DELIVERIES,
+    QUERY_POLICIES,
+    QUERY_POSITION,
+    QUERY_REPORT,
+    QUERY_RULES,
+    QUERY_SPEND,
+    AlertDelivery,
+    AlertsAnswer,
+    AlertsQuery,
+    DeliveriesAnswer,
+    DeliveriesQuery,
+    PoliciesAnswer,
+    PoliciesQuery,
+    PositionAnswer,
+    PositionQuery,
+    ReportAnswer,
+    ReportQuery,
+    RulesAnswer,
+    RulesQuery,
+    SpendAnswer,
+    SpendQuery,
+    SpendRow,
+    StoredAlert,
+)
+
+__all__ = ["NotApplied", "Queries", "RpcQueries", "not_applied"]
+
+M = TypeVar("M", bound=BaseModel)
+_MAX_WAIT = 60.0  # PositionQuery.wait_seconds' upper bound
+
+
+class NotApplied(TimeoutError):
+    """The change is on the log but its projection's worker has not applied it yet."""
+
+
+def not_applied(projection: str, seq: int, within: float) -> NotApplied:
+    return NotApplied(
+        f"the change is stored (stream sequence {seq}) but the {projection} worker has not"
+        f" applied it within {within:.0f}s; is `budget worker {projection}` (or `budget up`)"
+        " running?"
+    )
+
+
+class Queries(Protocol):
+    async def policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]: ...
+
+    async def spend(self, query: SpendQuery) -> list[SpendRow]: ...
+
+    async def rules(self) -> list[AlertRule]: ...
+
+    async def alerts(self, query: AlertsQuery) -> list[StoredAlert]: ...
+
+    async def deliveries(self, alert_id: uuid.UUID) -> list[AlertDelivery]: ...
+
+    async def report(self, query: ReportQuery) -> Report: ...
+
+    async def wait_applied(self, projection: str, seq: int, within: float) -> None:
+        """Return once ``projection``'s live version has applied stream sequence ``seq``;
+        raise ``NotApplied`` after ``within`` seconds."""
+
+
+class RpcQueries:
+    """``Queries`` answered by the query service; ``client`` gives the NATS connection
+    (the usage tracker's, so a host app keeps one)."""
+
+    def __init__(self, settings: Settings, client: Callable[[], Client | None]) -> None:
+        self.settings = settings
+        self._client = client
+
+    async def policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
+        answer = await self._ask(QUERY_POLICIES, PoliciesQuery(scope=scope), PoliciesAnswer)
+        return answer.policies
+
+    async def spend(self, query: SpendQuery) -> list[SpendRow]:
+        return (await self._ask(QUERY_SPEND, query, SpendAnswer)).rows
+
+    async def rules(self) -> list[AlertRule]:
+        return (await self._ask(QUERY_RULES, RulesQuery(), RulesAnswer)).rules
+
+    async def alerts(self, query: AlertsQuery) -> list[StoredAlert]:
+        return (await self._ask(QUERY_ALERTS, query, AlertsAnswer)).alerts
+
+    async def deliveries(self, alert_id: uuid.UUID) -> list[AlertDelivery]:
+        query = DeliveriesQuery(alert_id=alert_id)
+        return (await self._ask(QUERY_DELIVERIES, query, DeliveriesAnswer)).deliveries
+
+    async def report(self, query: ReportQuery) -> Report:
+        return from_answer(await self._ask(QUERY_REPORT, query, ReportAnswer))
+
+    async def wait_applied(self, projection: str, seq: int, within: float) -> None:
+        wait = min(within, _MAX_WAIT)
+        query = PositionQuery(projection=projection, at_least=seq, wait_seconds=wait)
+        answer = await self._ask(QUERY_POSITION, query, PositionAnswer, extra=wait)
+        if answer.position < seq:
+            raise not_applied(projection, seq, within)
+
+    async def _ask(self, name: str, query: BaseModel, answer: type[M], *, extra: float = 0) -> M:
+        subject = self.settings.topology.rpc_subject(name)
+        try:
+            return await ask(
+                self._client(), subject, query, answer, within=self.settings.query_timeout + extra
+            )
+        except Unanswered as exc:
+            raise Unanswered(
+                f"the query service did not answer ({exc}); start `budget query-service`"
+                " (or `budget up`)"
+            ) from None

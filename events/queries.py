@@ -1,0 +1,178 @@
+"""Questions the public API asks the query service (``<prefix>.rpc.query.<name>``).
+
+Host apps hold NATS credentials, never the database's: ``BudgetManager``, ``AlertEngine``
+and ``ReportGenerator`` read the projections through these request/reply messages. Each
+request has one answer model; any other answer is ``events.rpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field
+
+from events.alerts import Alert, AlertRule
+from events.envelope import UtcDatetime
+from events.policy import BudgetPolicy, BudgetScope
+from events.rpc import _Message
+
+__all__ = [
+    "QUERY_ALERTS",
+    "QUERY_DELIVERIES",
+    "QUERY_POLICIES",
+    "QUERY_POSITION",
+    "QUERY_REPORT",
+    "QUERY_RULES",
+    "QUERY_SPEND",
+    "AlertDelivery",
+    "AlertsAnswer",
+    "AlertsQuery",
+    "CellKind",
+    "DeliveriesAnswer",
+    "DeliveriesQuery",
+    "PoliciesAnswer",
+    "PoliciesQuery",
+    "PositionAnswer",
+    "PositionQuery",
+    "ReportAnswer",
+    "ReportQuery",
+    "ReportTable",
+    "RulesAnswer",
+    "RulesQuery",
+    "SpendAnswer",
+    "SpendQuery",
+    "SpendRow",
+    "StoredAlert",
+]
+
+QUERY_POLICIES = "query.policies"
+QUERY_SPEND = "query.spend"
+QUERY_RULES = "query.rules"
+QUERY_ALERTS = "query.alerts"
+QUERY_DELIVERIES = "query.deliveries"
+QUERY_REPORT = "query.report"
+QUERY_POSITION = "query.position"
+
+
+class PoliciesQuery(_Message):
+    scope: BudgetScope | None = None
+
+
+class PoliciesAnswer(_Message):
+    policies: list[BudgetPolicy]
+
+
+class SpendQuery(_Message):
+    period: Literal["daily", "weekly", "monthly"] = "monthly"
+    scope: BudgetScope | None = None
+    at: UtcDatetime | None = Field(default=None, description="a time in the period; now if absent")
+
+
+class SpendRow(_Message):
+    scope: str
+    scope_key: str
+    period: str
+    period_start: date
+    cost: Decimal
+    requests: int
+    unpriced_requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+class SpendAnswer(_Message):
+    rows: list[SpendRow]
+
+
+class RulesQuery(_Message):
+    pass
+
+
+class RulesAnswer(_Message):
+    rules: list[AlertRule]
+
+
+class AlertsQuery(_Message):
+    alert_id: uuid.UUID | None = None
+    policy_id: str | None = None
+    unacknowledged_only: bool = False
+    resolved: bool | None = Field(default=None, description="None: resolved or not")
+    limit: int = Field(default=1000, ge=1, le=10000)
+
+
+class StoredAlert(_Message):
+    alert: Alert
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+
+
+class AlertsAnswer(_Message):
+    alerts: list[StoredAlert]
+
+
+class DeliveriesQuery(_Message):
+    alert_id: uuid.UUID
+
+
+class AlertDelivery(_Message):
+    channel: str
+    status: str
+    attempts: int
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
+class DeliveriesAnswer(_Message):
+    deliveries: list[AlertDelivery]
+
+
+class PositionQuery(_Message):
+    """Answered once ``projection``'s live version has applied ``at_least`` (a stream
+    sequence), or after ``wait_seconds`` with where it is."""
+
+    projection: str = Field(min_length=1, max_length=100)
+    at_least: int = Field(default=0, ge=0)
+    wait_seconds: float = Field(default=0, ge=0, le=60)
+
+
+class PositionAnswer(_Message):
+    position: int
+
+
+class ReportQuery(_Message):
+    """One of the five reports; the fields its kind does not use are ignored."""
+
+    kind: Literal["custom", "summary", "trend", "comparison", "projection"]
+    start: UtcDatetime | None = None
+    end: UtcDatetime | None = None
+    previous_start: UtcDatetime | None = None
+    previous_end: UtcDatetime | None = None
+    group_by: list[str] = Field(default_factory=list)
+    period: Literal["daily", "weekly", "monthly"] = "monthly"
+    days: int = Field(default=30, ge=1, le=3660)
+    interval: str = "daily"
+
+
+CellKind = Literal["text", "integer", "decimal", "date", "datetime"]
+
+
+class ReportTable(_Message):
+    title: str
+    columns: list[str]
+    kinds: list[CellKind] = Field(description="how to read each column's cells")
+    rows: list[list[str | int | None]] = Field(
+        description="decimals, dates and times as ISO/decimal text; integers as numbers"
+    )
+
+
+class ReportAnswer(_Message):
+    title: str
+    start: datetime
+    end: datetime
+    tables: list[ReportTable]
+    notes: list[str] = Field(default_factory=list)

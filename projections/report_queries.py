@@ -1,0 +1,428 @@
+"""The five reports (summary, trend, comparison, projection and custom), read from the
+report materializer's rollups (never from raw events). ``budget.ReportGenerator`` asks
+for them over NATS; the query service and the CLI build them here.
+
+Windows are in UTC at whole-hour precision: whole days come from the daily rollups, the
+hours at either edge from the hourly ones. A window that does not start or end on the hour
+is widened to whole hours, and the report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import NamedTuple
+
+from budget.forecast import METHOD, forecast
+from budget.periods import Period, period_bounds
+from budget.policies import PolicyWindow, policy_window
+from budget.report_format import Cell, Report, Table
+from budget.reports import GROUPS
+from events import BudgetScope, utc_now
+from events.queries import ReportQuery
+from projections.base import Connection
+from projections.policies import load_policies
+from projections.windows import window_sums
+
+__all__ = ["ReportBuilder"]
+
+_MEASURES = (
+    "sum(cost)",
+    "sum(requests)::bigint",
+    "sum(unpriced_requests)::bigint",
+    "sum(input_uncached + input_cache_read + input_cache_write)::bigint",
+    "sum(output_text + output_reasoning)::bigint",
+)
+_MEASURE_COLUMNS = ("cost_usd", "requests", "unpriced_requests", "input_tokens", "output_tokens")
+_HISTORY_DAYS = 56
+_HOUR = timedelta(hours=1)
+_DAY = timedelta(days=1)
+
+
+class _Totals(NamedTuple):
+    key1: str
+    key2: str
+    cost: Decimal
+    requests: int
+    unpriced_requests: int
+    input_tokens: int
+    output_tokens: int
+
+    def keys(self, count: int) -> tuple[str, ...]:
+        return (self.key1, self.key2)[:count]
+
+
+def _dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The rollup dimension answering ``group_by``, and the columns its keys fill."""
+    groups = tuple(g for g in GROUPS if g in group_by)
+    unknown = set(group_by) - set(GROUPS)
+    if unknown:
+        raise ValueError(
+            f"cannot group by {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}"
+        )
+    if not groups:
+        return "total", ()
+    if groups in (("model",), ("provider", "model")):
+        return "model", ("provider", "model")
+    if len(groups) == 1:
+        return groups[0], groups
+    raise ValueError(
+        "group by one of provider, model, user, project, kind (or provider and model);"
+        " the rollups do not cross other dimensions"
+    )
+
+
+def _required(value: datetime | None, name: str) -> datetime:
+    if value is None:
+        raise ValueError(f"this report needs {name}")
+    return value
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(at: datetime) -> datetime:
+    floor = _floor_hour(at)
+    return floor if floor == at else floor + _HOUR
+
+
+def _midnight(at: datetime) -> datetime:
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+class ReportBuilder:
+    """The reports, read over ``conn``; what the query service and the CLI run."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def answer(self, query: ReportQuery) -> Report:
+        """The report ``query`` asks for (``ValueError`` when its arguments are wrong)."""
+        if query.kind == "summary":
+            return await self.generate_summary_report(query.period)
+        if query.kind == "trend":
+            return await self.generate_trend_report(query.days, query.interval)
+        if query.kind == "projection":
+            return await self.generate_projection_report(query.days)
+        start, end = _required(query.start, "start"), _required(query.end, "end")
+        if query.kind == "custom":
+            return await self.generate_report(start, end, query.group_by)
+        return await self.generate_comparison_report(
+            start,
+            end,
+            _required(query.previous_start, "previous_start"),
+            _required(query.previous_end, "previous_end"),
+            query.group_by,
+        )
+
+    # -- the five reports --------------------------------------------------------------------
+
+    async def generate_report(
+        self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
+    ) -> Report:
+        """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total)."""
+        dimension, columns = _dimension(group_by)
+        start, end, notes = self._window(start_date, end_date)
+        conn = self.conn
+        rows = await self._totals(conn, dimension, start, end)
+        table = self._grouped_table("Totals", columns, rows)
+        return Report(
+            f"Usage report by {', '.join(columns) or 'total'}", start, end, [table], notes
+        )
+
+    async def generate_summary_report(self, period: str | Period = Period.MONTHLY) -> Report:
+        """The current calendar period (UTC) by provider and model, and the budgets."""
+        now = utc_now()
+        start, end = period_bounds(Period(period), now)
+        conn = self.conn
+        rows = await self._totals(conn, "model", start, _ceil_hour(now))
+        budgets = await self._budgets(conn, now)
+        table = self._grouped_table("By provider and model", ("provider", "model"), rows)
+        title = f"{Period(period).value.capitalize()} summary"
+        return Report(title, start, end, [table, budgets])
+
+    async def generate_trend_report(self, days: int = 30, interval: str = "daily") -> Report:
+        """Spend per day (or ISO week from Monday) over the last ``days`` days, today
+        included, with the change from the previous point."""
+        if interval not in ("daily", "weekly"):
+            raise ValueError(f"interval must be daily or weekly, not {interval!r}")
+        if days < 1:
+            raise ValueError("days must be at least 1")
+        today = _midnight(utc_now())
+        start, end = today - (days - 1) * _DAY, today + _DAY
+        conn = self.conn
+        series = await self._daily(conn, "total", None, start, end)
+        costs: dict[date, Decimal] = {}
+        counts: dict[date, int] = {}
+        for day in (start.date() + timedelta(n) for n in range(days)):
+            key = day - timedelta(day.weekday()) if interval == "weekly" else day
+            cost, requests = series.get(day, (Decimal(0), 0))
+            costs[key] = costs.get(key, Decimal(0)) + cost
+            counts[key] = counts.get(key, 0) + requests
+        rows: list[tuple[Cell, ...]] = []
+        previous: Decimal | None = None
+        for key, cost in costs.items():
+            rows.append((key, cost, counts[key], None if previous is None else cost - previous))
+            previous = cost
+        table = Table(
+            f"{interval.capitalize()} spend",
+            ("period_start", "cost_usd", "requests", "change_usd"),
+            rows if any(r[2] for r in rows) else [],
+        )
+        return Report(f"Spend trend, last {days} days", start, end, [table])
+
+    async def generate_comparison_report(
+        self,
+        current_start: datetime,
+        current_end: datetime,
+        previous_start: datetime,
+        previous_end: datetime,
+        group_by: Sequence[str] = ("model",),
+    ) -> Report:
+        """Each group's totals in two windows, with the absolute and percent change (a
+        group absent from the previous window has no percent change)."""
+        dimension, columns = _dimension(group_by)
+        now_start, now_end, notes = self._window(current_start, current_end)
+        then_start, then_end, then_notes = self._window(previous_start, previous_end)
+        conn = self.conn
+        current = await self._costs(conn, dimension, now_start, now_end)
+        previous = await self._costs(conn, dimension, then_start, then_end)
+        changes = []
+        for key in current.keys() | previous.keys():
+            now_cost, then_cost = current.get(key, Decimal(0)), previous.get(key, Decimal(0))
+            percent = None
+            if then_cost:
+                percent = ((now_cost - then_cost) * 100 / then_cost).quantize(Decimal("0.1"))
+            changes.append((key, now_cost, then_cost, percent))
+        changes.sort(key=lambda c: (-abs(c[1] - c[2]), -c[1], c[0]))
+        rows: list[tuple[Cell, ...]] = [
+            (*key[: len(columns)], now, then, now - then, percent)
+            for key, now, then, percent in changes
+        ]
+        table = Table(
+            "Change by " + (", ".join(columns) or "total"),
+            (*columns, "current_usd", "previous_usd", "change_usd", "change_percent"),
+            rows,
+        )
+        notes += [f"previous window: {n}" for n in then_notes]
+        notes.append(f"previous window {then_start.isoformat()} to {then_end.isoformat()}")
+        return Report("Period comparison", now_start, now_end, [table], notes)
+
+    async def generate_projection_report(self, days_to_project: int = 30) -> Report:
+        """Forecast daily spend from today for ``days_to_project`` days and at least to the
+        end of the month: per day with its interval, per calendar month (a month's
+        projection never runs past its end into the next), and when each budget would be
+        exhausted at this pace."""
+        if days_to_project < 1:
+            raise ValueError("days_to_project must be at least 1")
+        now = utc_now()
+        today = _midnight(now)
+        month_start, month_end = period_bounds(Period.MONTHLY, now)
+        horizon = max(days_to_project, (month_end - today).days)
+        conn = self.conn
+        history = await self._history(conn, "total", None, today)
+        month_actual = await self._daily(conn, "total", None, month_start, today)
+        budget_rows = await self._budget_forecasts(conn, now, today, horizon)
+        if not history:
+            empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
+            return Report("Spend projection", today, today + horizon * _DAY, [empty])
+        ahead = forecast(history, horizon)
+        days = Table(
+            "Daily forecast",
+            ("day", "expected_usd", "low_usd", "high_usd"),
+            [(f.day, f.expected, f.low, f.high) for f in ahead],
+        )
+        months: dict[date, list[Decimal]] = {}
+        for f in ahead:
+            month = f.day.replace(day=1)
+            sums = months.setdefault(month, [Decimal(0)] * 4)
+            for i, value in enumerate((Decimal(0), f.expected, f.low, f.high)):
+                sums[i] += value
+        actual = sum((cost for cost, _ in month_actual.values()), Decimal(0))
+        months[month_start.date()][0] = actual
+        periods = Table(
+            "Per calendar month (each reset starts from zero)",
+            ("month", "actual_usd", "projected_total_usd", "low_usd", "high_usd"),
+            [
+                (month, a, a + expected, a + low, a + high)
+                for month, (a, expected, low, high) in months.items()
+            ],
+        )
+        return Report(
+            "Spend projection",
+            today,
+            today + horizon * _DAY,
+            [days, periods, budget_rows],
+            [f"method: {METHOD}", f"fitted on the {len(history)} days before today"],
+        )
+
+    # -- reading the rollups -----------------------------------------------------------------
+
+    def _window(self, start: datetime, end: datetime) -> tuple[datetime, datetime, list[str]]:
+        for name, value in (("start", start), ("end", end)):
+            if value.tzinfo is None:
+                raise ValueError(f"{name} must have a time zone (UTC is assumed nowhere)")
+        if end <= start:
+            raise ValueError("the window's end must be after its start")
+        wide_start, wide_end = _floor_hour(start), _ceil_hour(end)
+        notes = []
+        if (wide_start, wide_end) != (start, end):
+            notes.append("window widened to whole hours (the rollups are hourly)")
+        return wide_start, wide_end, notes
+
+    async def _totals(
+        self, conn: Connection, dimension: str, start: datetime, end: datetime
+    ) -> list[_Totals]:
+        """Totals per key, dearest first."""
+        first_day = _midnight(start) if _midnight(start) == start else _midnight(start) + _DAY
+        last_day = _midnight(end)
+        if first_day >= last_day:
+            first_day = last_day = end  # no whole day: hours only
+        measures = ", ".join(_MEASURES)
+        cursor = await conn.execute(
+            f"""SELECT key1, key2, {measures} FROM (
+                    SELECT * FROM report_daily WHERE dimension = %(d)s
+                        AND period_start >= %(first_day)s AND period_start < %(last_day)s
+                    UNION ALL
+                    SELECT * FROM report_hourly WHERE dimension = %(d)s
+                        AND ((period_start >= %(start)s AND period_start < %(first_day)s)
+                          OR (period_start >= %(last_day)s AND period_start < %(end)s))
+                ) r GROUP BY key1, key2 ORDER BY sum(cost) DESC, key1, key2""".encode(),
+            {
+                "d": dimension,
+                "start": start,
+                "end": end,
+                "first_day": first_day,
+                "last_day": last_day,
+            },
+        )
+        return [_Totals(*row) for row in await cursor.fetchall()]
+
+    async def _costs(
+        self, conn: Connection, dimension: str, start: datetime, end: datetime
+    ) -> dict[tuple[str, ...], Decimal]:
+        return {r.keys(2): r.cost for r in await self._totals(conn, dimension, start, end)}
+
+    async def _daily(
+        self, conn: Connection, dimension: str, key: str | None, start: datetime, end: datetime
+    ) -> dict[date, tuple[Decimal, int]]:
+        cursor = await conn.execute(
+            "SELECT period_start, sum(cost), sum(requests)::bigint FROM report_daily"
+            " WHERE dimension = %s AND (%s::text IS NULL OR key1 = %s OR key2 = %s)"
+            " AND period_start >= %s AND period_start < %s GROUP BY 1",
+            (dimension, key, key, key, start, end),
+        )
+        return {row[0].astimezone(UTC).date(): (row[1], row[2]) for row in await cursor.fetchall()}
+
+    async def _history(
+        self, conn: Connection, dimension: str, key: str | None, today: datetime
+    ) -> list[tuple[date, Decimal]]:
+        """Daily totals before today, from the first day with spend (at most 56 days)."""
+        daily = await self._daily(conn, dimension, key, today - _HISTORY_DAYS * _DAY, today)
+        if not daily:
+            return []
+        first = min(daily)
+        span = (today.date() - first).days
+        return [
+            (first + timedelta(n), daily.get(first + timedelta(n), (Decimal(0), 0))[0])
+            for n in range(span)
+        ]
+
+    def _grouped_table(self, title: str, columns: tuple[str, ...], rows: list[_Totals]) -> Table:
+        total = sum((r.cost for r in rows), Decimal(0))
+        shaped: list[tuple[Cell, ...]] = [
+            (
+                *r.keys(len(columns)),
+                *r[2:],
+                (r.cost * 100 / total).quantize(Decimal("0.1")) if total else None,
+            )
+            for r in rows
+        ]
+        return Table(title, (*columns, *_MEASURE_COLUMNS, "share_percent"), shaped)
+
+    async def _live_spend(
+        self, conn: Connection, now: datetime
+    ) -> list[tuple[PolicyWindow, Decimal]]:
+        """The current window of every policy with one total to compare (global or keyed),
+        and the spend in it."""
+        windows = []
+        for policy in await load_policies(conn):
+            if policy.scope is not BudgetScope.GLOBAL and policy.scope_key is None:
+                continue  # limits each user separately: see `budget check` and the alerts
+            window = policy_window(policy, now)
+            if window is not None:
+                windows.append(PolicyWindow(policy, policy.scope_key or "*", *window))
+        spent = await window_sums(conn, "spend_buckets", windows)
+        return list(zip(windows, spent, strict=True))
+
+    async def _budgets(self, conn: Connection, now: datetime) -> Table:
+        rows: list[tuple[Cell, ...]] = []
+        for window, amount in await self._live_spend(conn, now):
+            limit = window.policy.limit_amount
+            used = (amount * 100 / limit).quantize(Decimal("0.1")) if limit else None
+            rows.append(
+                (
+                    window.policy.name,
+                    window.policy.scope.value,
+                    window.key,
+                    window.start,
+                    window.end,
+                    amount,
+                    limit,
+                    limit - amount,
+                    used,
+                )
+            )
+        return Table(
+            "Budgets",
+            (
+                "policy",
+                "scope",
+                "key",
+                "period_start",
+                "period_end",
+                "spent_usd",
+                "limit_usd",
+                "remaining_usd",
+                "used_percent",
+            ),
+            rows,
+        )
+
+    async def _budget_forecasts(
+        self, conn: Connection, now: datetime, today: datetime, horizon: int
+    ) -> Table:
+        rows: list[tuple[Cell, ...]] = []
+        for window, amount in await self._live_spend(conn, now):
+            dimension = (
+                "total"
+                if window.policy.scope is BudgetScope.GLOBAL
+                else (window.policy.scope.value)
+            )
+            key = None if dimension == "total" else window.key
+            history = await self._history(conn, dimension, key, today)
+            limit = window.policy.limit_amount
+            running, exhausted = amount, today.date() if amount >= limit else None
+            for f in forecast(history, horizon) if history else []:
+                day_start = datetime(f.day.year, f.day.month, f.day.day, tzinfo=UTC)
+                if day_start >= window.end:
+                    break  # the period resets: later spend counts against the next one
+                running += f.expected
+                if exhausted is None and running >= limit:
+                    exhausted = f.day
+            at_end = running.quantize(Decimal("0.01"))
+            rows.append((window.policy.name, window.end, amount, at_end, limit, exhausted))
+        return Table(
+            "Budgets at this pace",
+            (
+                "policy",
+                "period_end",
+                "spent_usd",
+                "projected_at_period_end_usd",
+                "limit_usd",
+                "exhausted_on",
+            ),
+            rows,
+        )

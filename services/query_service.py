@@ -1,0 +1,150 @@
+"""``budget query-service``: answers the public API's questions from the projections.
+
+Host apps never hold the database's credentials: ``BudgetManager``, ``AlertEngine`` and
+``ReportGenerator`` ask over NATS request/reply (``<prefix>.rpc.query.*``, queue group
+``query``, so replicas share the load), and this service reads PostgreSQL. Each request
+runs as its own task, so a slow report or a wait for a change to apply holds up nothing
+else; at most ``connections`` run in the database at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from budget.config import Settings
+from budget.report_format import to_answer
+from events.queries import (
+    QUERY_ALERTS,
+    QUERY_DELIVERIES,
+    QUERY_POLICIES,
+    QUERY_POSITION,
+    QUERY_REPORT,
+    QUERY_RULES,
+    QUERY_SPEND,
+    AlertsAnswer,
+    AlertsQuery,
+    DeliveriesAnswer,
+    DeliveriesQuery,
+    PoliciesAnswer,
+    PoliciesQuery,
+    PositionAnswer,
+    PositionQuery,
+    ReportAnswer,
+    ReportQuery,
+    RulesAnswer,
+    RulesQuery,
+    SpendAnswer,
+    SpendQuery,
+)
+from events.rpc import RpcError
+from projections.database_queries import DatabaseQueries
+
+__all__ = ["QueryService", "serve_query_service"]
+
+log = logging.getLogger(__name__)
+QUEUE_GROUP = "query"
+
+Handler = Callable[[Any], Awaitable[BaseModel]]
+
+
+class QueryService:
+    def __init__(self, settings: Settings, nc: Client, *, connections: int = 4) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.queries = DatabaseQueries(settings.database_url, connections=connections)
+        self._subscriptions: list[Any] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        routes: dict[str, tuple[type[BaseModel], Handler]] = {
+            QUERY_POLICIES: (PoliciesQuery, self._policies),
+            QUERY_SPEND: (SpendQuery, self._spend),
+            QUERY_RULES: (RulesQuery, self._rules),
+            QUERY_ALERTS: (AlertsQuery, self._alerts),
+            QUERY_DELIVERIES: (DeliveriesQuery, self._deliveries),
+            QUERY_REPORT: (ReportQuery, self._report),
+            QUERY_POSITION: (PositionQuery, self._position),
+        }
+        for name, (model, handler) in routes.items():
+            subject = self.settings.topology.rpc_subject(name)
+            callback = self._callback(model, handler)
+            self._subscriptions.append(
+                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=callback)
+            )
+        await self.nc.flush()
+        log.info("query service answering on %s", self.settings.topology.rpc_subject("query.*"))
+
+    async def stop(self) -> None:
+        for sub in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        await self.queries.close()
+
+    def _callback(
+        self, model: type[BaseModel], handler: Handler
+    ) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            task = asyncio.create_task(self._answer(msg, model, handler))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+        return on_message
+
+    async def _answer(self, msg: Msg, model: type[BaseModel], handler: Handler) -> None:
+        try:
+            answer: BaseModel = await handler(model.model_validate_json(msg.data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            answer = RpcError(error=f"bad {model.__name__}: {where}: {first['msg']}")
+        except ValueError as exc:
+            answer = RpcError(error=str(exc))
+        except (psycopg.Error, OSError) as exc:
+            log.warning("query service cannot read PostgreSQL: %s", exc)
+            answer = RpcError(error=f"query service: database unavailable: {exc}")
+        if msg.reply:
+            await self.nc.publish(msg.reply, answer.model_dump_json().encode())
+
+    async def _policies(self, query: PoliciesQuery) -> PoliciesAnswer:
+        return PoliciesAnswer(policies=await self.queries.policies(query.scope))
+
+    async def _spend(self, query: SpendQuery) -> SpendAnswer:
+        return SpendAnswer(rows=await self.queries.spend(query))
+
+    async def _rules(self, _: RulesQuery) -> RulesAnswer:
+        return RulesAnswer(rules=await self.queries.rules())
+
+    async def _alerts(self, query: AlertsQuery) -> AlertsAnswer:
+        return AlertsAnswer(alerts=await self.queries.alerts(query))
+
+    async def _deliveries(self, query: DeliveriesQuery) -> DeliveriesAnswer:
+        return DeliveriesAnswer(deliveries=await self.queries.deliveries(query.alert_id))
+
+    async def _report(self, query: ReportQuery) -> ReportAnswer:
+        return to_answer(await self.queries.report(query))
+
+    async def _position(self, query: PositionQuery) -> PositionAnswer:
+        position = await self.queries.position(query.projection, query.at_least, query.wait_seconds)
+        return PositionAnswer(position=position)
+
+
+async def serve_query_service(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
+    """Run a query service on ``nc`` until ``stop``."""
+    service = QueryService(settings, nc)
+    try:
+        await service.start()
+        await stop.wait()
+    finally:
+        await service.stop()

@@ -1,0 +1,105 @@
+"""The public API reads through the query service over NATS, never from the database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from budget.manager import BudgetManager
+from budget.reports import ReportGenerator
+from budget.rpc import Refused, Unanswered
+from budget.tracker import start_usage_tracker
+from events import BudgetPolicy, BudgetScope, Topology, utc_now
+from services.ops import prepare
+from services.worker import run_projection
+
+from enforcement import stack_settings
+from support import publish, query_service, usage_event
+
+pytestmark = pytest.mark.integration
+NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@pytest.fixture
+async def workers(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[None]:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(run_projection(name, nc, settings, stop))
+        for name in ("policies", "spend")
+    ]
+    yield
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_a_host_app_without_database_access_manages_policies_and_reads_spend(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path, workers: None
+) -> None:
+    service_settings = stack_settings(nats_url, db, topology, tmp_path)
+    host_settings = stack_settings(nats_url, NO_DATABASE, topology, tmp_path / "host")
+    await publish(nc, topology, [usage_event(cost="1.25", at=utc_now() - timedelta(minutes=1))])
+    tracker = await start_usage_tracker(host_settings)
+    try:
+        async with query_service(nc, service_settings):
+            manager = BudgetManager(host_settings, tracker)
+            policy = BudgetPolicy(
+                name="team", scope=BudgetScope.USER, scope_key="alice", limit_amount=Decimal(5)
+            )
+            await manager.set_policy(policy)
+            assert await manager.get_policy(policy.policy_id) == policy
+            assert await manager.get_policies(BudgetScope.GLOBAL) == []
+            assert await manager.delete_policy(policy.policy_id)
+            assert await manager.get_policies() == []
+
+            async def alice_spend() -> list[Decimal]:
+                rows = await manager.get_spend_summary(scope=BudgetScope.USER)
+                return [r.cost for r in rows if r.scope_key == "alice"]
+
+            for _ in range(500):  # the spend worker may still be reading the event
+                if await alice_spend():
+                    break
+                await asyncio.sleep(0.01)
+            assert await alice_spend() == [Decimal("1.25")]
+    finally:
+        await tracker.close()
+
+
+async def test_a_wrong_question_is_refused_with_the_services_reason(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with query_service(nc, settings) as queries:
+        now = utc_now()
+        with pytest.raises(Refused, match="cannot group by colour"):
+            await ReportGenerator(queries).generate_report(now - timedelta(days=1), now, ["colour"])
+
+
+async def test_a_query_service_without_its_database_says_so(
+    nc: Client, nats_url: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, NO_DATABASE, topology, tmp_path)
+    async with query_service(nc, settings) as queries:
+        with pytest.raises(Refused, match="database unavailable"):
+            await queries.policies()
+
+
+async def test_no_query_service_gives_an_error_that_says_to_start_one(
+    nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path, query_timeout=0.5)
+    tracker = await start_usage_tracker(settings)
+    try:
+        with pytest.raises(Unanswered, match="start `budget query-service`"):
+            await BudgetManager(settings, tracker).get_policies()
+    finally:
+        await tracker.close()

@@ -1,0 +1,34 @@
+"""A report sent over NATS arrives with the same typed cells: money stays Decimal."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from budget.report_format import Report, Table, from_answer, to_answer
+from events.queries import ReportAnswer
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def round_trip(report: Report) -> Report:
+    wire = to_answer(report).model_dump_json()
+    return from_answer(ReportAnswer.model_validate_json(wire))
+
+
+def test_every_kind_of_cell_survives_the_wire() -> None:
+    table = Table(
+        "Budgets",
+        ("policy", "requests", "spent_usd", "period_start", "day", "used_percent"),
+        [
+            ("team", 3, Decimal("1.0000001"), START, date(2026, 11, 2), None),
+            ("other", 0, Decimal("0"), START, date(2026, 11, 3), Decimal("12.5")),
+        ],
+    )
+    report = Report("Summary", START, START.replace(month=12), [table], ["a note"])
+    assert round_trip(report) == report
+
+
+def test_an_empty_table_keeps_its_columns() -> None:
+    report = Report("Empty", START, START, [Table("Forecast", ("day", "expected_usd"))])
+    assert round_trip(report) == report
