@@ -121,7 +121,12 @@ class RpcQueries:
         subject = self.settings.topology.rpc_subject(name)
         try:
             return await ask(
-                self._client(), subject, query, answer, within=self.settings.query_timeout + extra
+                self._client(),
+                subject,
+                query,
+                answer,
+                within=self.settings.query_timeout + extra,
+                await_responder=True,
             )
         except Unanswered as exc:
             raise Unanswered(

@@ -3,10 +3,13 @@ to tell "nobody answered" from "the service refused the question"."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
 from events.rpc import RpcError
@@ -14,6 +17,7 @@ from events.rpc import RpcError
 __all__ = ["Refused", "RpcFailure", "Unanswered", "ask"]
 
 M = TypeVar("M", bound=BaseModel)
+_RETRY = 0.1  # seconds between asking a service that has no subscriber yet
 
 
 class RpcFailure(Exception):
@@ -29,15 +33,31 @@ class Refused(RpcFailure, ValueError):
 
 
 async def ask(
-    nc: Client | None, subject: str, request: BaseModel, answer: type[M], *, within: float
+    nc: Client | None,
+    subject: str,
+    request: BaseModel,
+    answer: type[M],
+    *,
+    within: float,
+    await_responder: bool = False,
 ) -> M:
-    """Send ``request`` to ``subject`` and parse the reply as ``answer``."""
+    """Send ``request`` to ``subject`` and parse the reply as ``answer``. With
+    ``await_responder``, a service that is not subscribed yet (starting, restarting) is
+    asked again until ``within`` runs out; otherwise that fails at once."""
     if nc is None or not nc.is_connected:
         raise Unanswered("not connected to NATS")
-    try:
-        reply = await nc.request(subject, request.model_dump_json().encode(), timeout=within)
-    except (NatsError, TimeoutError) as exc:
-        raise Unanswered(f"no answer on {subject}: {exc!r}") from None
+    data = request.model_dump_json().encode()
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            reply = await nc.request(subject, data, timeout=max(deadline - time.monotonic(), 0.01))
+            break
+        except NoRespondersError as exc:
+            if not await_responder or time.monotonic() + _RETRY > deadline:
+                raise Unanswered(f"no answer on {subject}: {exc!r}") from None
+            await asyncio.sleep(_RETRY)
+        except (NatsError, TimeoutError) as exc:
+            raise Unanswered(f"no answer on {subject}: {exc!r}") from None
     try:
         return answer.model_validate_json(reply.data)
     except ValidationError:

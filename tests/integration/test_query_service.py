@@ -103,3 +103,19 @@ async def test_no_query_service_gives_an_error_that_says_to_start_one(
             await BudgetManager(settings, tracker).get_policies()
     finally:
         await tracker.close()
+
+
+async def test_a_question_asked_while_the_query_service_starts_is_answered(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    tracker = await start_usage_tracker(settings)
+    try:
+        asked = asyncio.create_task(BudgetManager(settings, tracker).get_policies())
+        await asyncio.sleep(0.3)
+        assert not asked.done()
+        async with query_service(nc, settings):
+            assert await asked == []
+    finally:
+        await tracker.close()
