@@ -37,14 +37,14 @@ _HOLDS = """
 
 
 def window_sum_sql(buckets: str, *, holds: bool = False) -> str:
-    """A query of one row per window of ``windows_param``, in its order: the cost in
-    ``buckets`` (a relation shaped like ``spend_buckets``) inside the window, plus, with
-    ``holds``, what unsettled reservations hold on it."""
+    """A query of one row (amount, ordinal) per window of ``windows_param``, in its order:
+    the cost in ``buckets`` (a relation shaped like ``spend_buckets``) inside the window,
+    plus, with ``holds``, what unsettled reservations hold on it."""
     return f"""
         SELECT coalesce((SELECT sum(b.cost) FROM {buckets} b
                          WHERE b.scope = w.scope AND b.scope_key = w.key
                            AND b.bucket_start >= w.start AND b.bucket_start < w.stop), 0)
-               {_HOLDS if holds else ""}
+               {_HOLDS if holds else ""} AS amount, w.i AS ordinal
         FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (policy_id text, scope text,
                         key text, start timestamptz, stop timestamptz)) WITH ORDINALITY
              AS w(policy_id, scope, key, start, stop, i)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
@@ -48,10 +49,10 @@ from events.rpc import (
     Snapshot,
 )
 from projections.base import Connection
-from projections.checkpoints import LIVE_POSITION_SQL, live_position
+from projections.checkpoints import live_position
 from projections.db import connect
 from projections.policies import PoliciesProjection, load_policies
-from projections.windows import Cursor, fetch_window_sums, query_window_sums, window_sums
+from projections.windows import window_sums
 from services import reservations
 
 __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
@@ -86,6 +87,10 @@ class _Policies:
     items: list[BudgetPolicy] = field(default_factory=list)
 
 
+def _enforced(windows: list[PolicyWindow]) -> list[PolicyWindow]:
+    return [w for w in windows if w.policy.action.enforced]
+
+
 class Enforcer:
     def __init__(
         self, settings: Settings, nc: Client, config: EnforcerConfig | None = None
@@ -96,6 +101,8 @@ class Enforcer:
         self.topology = settings.topology
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._policies = _Policies()
+        self._spent: dict[tuple[str, str, datetime], Decimal] = {}
+        """Each window's spend as this enforcer last read or reserved it."""
         self._decider: Connection | None = None
         self._aux: Connection | None = None
         self._aux_lock = asyncio.Lock()
@@ -216,47 +223,111 @@ class Enforcer:
                     await self._publish_blocked(pending.request, result)
 
     async def decide(self, batch: list[_Pending]) -> list[CheckResult]:
-        """Judge ``batch`` in one transaction; holds of admitted requests are committed
-        when this returns. Pipelined: one round trip to lock and read, one to write and
-        commit (a third only when policies changed)."""
+        """Judge ``batch``; holds of admitted requests are committed when this returns.
+
+        Optimistic first: judged against the spend this enforcer last saw, the holds are
+        inserted in one round trip if no window's spend has grown since (``reserve``).
+        Otherwise, in a transaction: lock the windows and read their spend, judge, insert
+        the holds and commit."""
         assert self._decider is not None
         conn, now = self._decider, utc_now()
-        async with conn.pipeline(), conn.transaction():
-            position = await conn.execute(LIVE_POSITION_SQL, (PoliciesProjection.name,))
-            per_call, windows, spend_query = await self._read_windows(conn, batch, now)
-            row = await position.fetchone()
-            if row is not None and row[0] != self._policies.position:
-                self._policies = _Policies(row[0], await load_policies(conn))
-                per_call, windows, spend_query = await self._read_windows(conn, batch, now)
-            amounts = await fetch_window_sums(spend_query)
-            spend = {w.ident: amount for w, amount in zip(windows, amounts, strict=True)}
-            results, holds = [], []
-            expires = now + timedelta(seconds=self.config.reservation_ttl)
-            for pending, call_windows in zip(batch, per_call, strict=True):
-                request = pending.request
-                estimate = request.estimated_cost
-                statuses = [assess(w, spend[w.ident], estimate, now) for w in call_windows]
-                enforced = [w for w in call_windows if w.policy.action.enforced]
-                reservation_id = str(new_event_id()) if enforced and request.reserve else None
-                result = decide(statuses, estimate, enforced=True, reservation_id=reservation_id)
-                if result.allowed and reservation_id is not None:
-                    for w in enforced:
-                        spend[w.ident] += estimate
-                        holds.append(reservations.Hold(reservation_id, w, estimate, expires))
-                results.append(result)
+        reservation_ids = [str(new_event_id()) if p.request.reserve else None for p in batch]
+        per_call, windows = self._windows(batch, now)
+        seen = [self._spent.get(w.ident) for w in windows]
+        if self._policies.position >= 0 and None not in seen:
+            judged = [amount for amount in seen if amount is not None]
+            results, holds = self._judge(batch, per_call, windows, judged, reservation_ids, now)
+            answer = await reservations.reserve(
+                conn,
+                lock=_enforced(windows),
+                windows=windows,
+                judged=judged,
+                exact=not all(r.allowed for r in results),
+                policies_seen=self._policies.position,
+                holds=holds,
+            )
+            if answer.reserved:
+                return self._judged(batch, per_call, windows, answer.spent, reservation_ids, now)
+        async with conn.transaction():
+            while True:
+                answer = await reservations.reserve(
+                    conn,
+                    lock=_enforced(windows),
+                    windows=windows,
+                    judged=None,
+                    exact=True,
+                    policies_seen=self._policies.position,
+                    holds=[],
+                )
+                if answer.policies_position == self._policies.position:
+                    break
+                self._policies = _Policies(answer.policies_position, await load_policies(conn))
+                per_call, windows = self._windows(batch, now)
+            results, holds = self._judge(
+                batch, per_call, windows, answer.spent, reservation_ids, now
+            )
             await reservations.insert_holds(conn, holds)
+        self._remember(windows, answer.spent, holds)
         return results
 
-    async def _read_windows(
-        self, conn: Connection, batch: list[_Pending], now: datetime
-    ) -> tuple[list[list[PolicyWindow]], list[PolicyWindow], Cursor | None]:
-        """Each request's windows under the cached policies, and all of them once; locks
-        the enforced ones and sends the query of their spend (``fetch_window_spend``)."""
+    def _judged(
+        self,
+        batch: list[_Pending],
+        per_call: list[list[PolicyWindow]],
+        windows: list[PolicyWindow],
+        spent: list[Decimal],
+        reservation_ids: list[str | None],
+        now: datetime,
+    ) -> list[CheckResult]:
+        """The results as reported after the holds went in: judged again on the spend read
+        under the locks, which admits the same requests (no higher than what they were
+        judged on, and equal if any was refused) and reports current figures."""
+        results, holds = self._judge(batch, per_call, windows, spent, reservation_ids, now)
+        self._remember(windows, spent, holds)
+        return results
+
+    def _windows(
+        self, batch: list[_Pending], now: datetime
+    ) -> tuple[list[list[PolicyWindow]], list[PolicyWindow]]:
+        """Each request's windows under the cached policies, and all of them once."""
         per_call = [applicable(self._policies.items, CallScope.of(p.request), now) for p in batch]
-        windows = list({w.ident: w for ws in per_call for w in ws}.values())
-        await reservations.lock_windows(conn, [w for w in windows if w.policy.action.enforced])
-        spend = await query_window_sums(conn, SPEND_BUCKETS, windows, holds=True)
-        return per_call, windows, spend
+        return per_call, list({w.ident: w for ws in per_call for w in ws}.values())
+
+    def _judge(
+        self,
+        batch: list[_Pending],
+        per_call: list[list[PolicyWindow]],
+        windows: list[PolicyWindow],
+        spent: list[Decimal],
+        reservation_ids: list[str | None],
+        now: datetime,
+    ) -> tuple[list[CheckResult], list[reservations.Hold]]:
+        """Every request in arrival order, against what the ones before it reserved."""
+        spend = {w.ident: amount for w, amount in zip(windows, spent, strict=True)}
+        results, holds = [], []
+        expires = now + timedelta(seconds=self.config.reservation_ttl)
+        for pending, call_windows, planned_id in zip(batch, per_call, reservation_ids, strict=True):
+            estimate = pending.request.estimated_cost
+            statuses = [assess(w, spend[w.ident], estimate, now) for w in call_windows]
+            enforced = _enforced(call_windows)
+            reservation_id = planned_id if enforced else None
+            result = decide(statuses, estimate, enforced=True, reservation_id=reservation_id)
+            if result.allowed and reservation_id is not None:
+                for w in enforced:
+                    spend[w.ident] += estimate
+                    holds.append(reservations.Hold(reservation_id, w, estimate, expires))
+            results.append(result)
+        return results, holds
+
+    def _remember(
+        self, windows: list[PolicyWindow], spent: list[Decimal], holds: list[reservations.Hold]
+    ) -> None:
+        """What each window holds now, to judge the next requests on."""
+        if len(self._spent) > 100_000:
+            self._spent.clear()
+        self._spent.update({w.ident: amount for w, amount in zip(windows, spent, strict=True)})
+        for hold in holds:
+            self._spent[hold.window.ident] += hold.amount
 
     async def _current_policies(self, conn: Connection) -> list[BudgetPolicy]:
         position = await live_position(conn, PoliciesProjection.name)

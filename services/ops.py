@@ -16,6 +16,7 @@ from projections.db import connect
 from projections.log import declare_streams
 from projections.migrate import migrate
 from projections.registry import PROJECTIONS
+from services import reservations
 
 __all__ = ["ConnectError", "database", "nats_client", "prepare"]
 
@@ -25,14 +26,16 @@ class ConnectError(RuntimeError):
 
 
 async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
-    """Apply migrations, declare the streams (this process is their owner) and create every
-    projection's first version: what ``budget migrate`` and ``budget up`` do."""
+    """Apply migrations, declare the streams (this process is their owner), create every
+    projection's first version and the enforcer's SQL function: what ``budget migrate``
+    and ``budget up`` do."""
     await asyncio.to_thread(migrate, database_url)
     async with nats_client(nats_url) as nc:
         await declare_streams(nc.jetstream(), settings.topology)
     async with database(database_url) as conn:
         for projection in PROJECTIONS.values():
             await ensure_projection(conn, projection)
+        await reservations.install(conn)
 
 
 @contextlib.asynccontextmanager

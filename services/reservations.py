@@ -4,6 +4,13 @@ A window's spend (``projections.windows`` with ``holds``) is the live spend proj
 buckets inside it plus the unexpired holds on it whose usage has not reached the live
 ledger; both are read by one statement, so the hold and the cost that settles it are never
 both counted or both missed.
+
+``budget_reserve`` (installed by ``budget migrate``) does a decider's database work in one
+round trip: lock the windows, read the policies' position and the windows' spend, and
+insert the holds only if that spend is no higher than what the enforcer judged the
+requests against (exactly equal when it refused any). PL/pgSQL gives each statement a new
+snapshot, so the read sees everything committed before the lock was granted. The rule
+itself stays in Python (``budget.enforcement``); SQL only compares and inserts.
 """
 
 from __future__ import annotations
@@ -17,14 +24,20 @@ from decimal import Decimal
 
 from budget.policies import PolicyWindow
 from projections.base import Connection
+from projections.checkpoints import LIVE_POSITION_SQL
+from projections.windows import window_sum_sql, windows_param
 
 __all__ = [
     "Hold",
+    "Reserved",
     "insert_holds",
-    "lock_windows",
+    "install",
     "release",
     "release_finished",
+    "reserve",
 ]
+
+SPEND_BUCKETS = "spend_buckets"  # the live spend projection's view
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,41 +53,104 @@ def _lock_key(window: PolicyWindow) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-async def lock_windows(conn: Connection, windows: Sequence[PolicyWindow]) -> None:
-    """Serialise deciders on the same windows until commit; always in one global order,
-    so two enforcers locking overlapping sets cannot deadlock."""
-    keys = sorted({_lock_key(w) for w in windows})
-    if keys:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i)"
-            " ORDER BY i",
-            (keys,),
-        )
+_INSERT_HOLDS = """
+    INSERT INTO reservation_holds
+        (reservation_id, policy_id, window_key, window_start, amount, expires_at)
+    SELECT * FROM jsonb_to_recordset({holds}::jsonb) AS (reservation_id text, policy_id text,
+        window_key text, window_start timestamptz, amount numeric, expires_at timestamptz)
+"""
+
+_RESERVE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION budget_reserve(
+    p_lock_keys bigint[], p_windows jsonb, p_expected numeric[], p_exact boolean,
+    p_policies_seen bigint, p_holds jsonb)
+RETURNS TABLE (out_position bigint, out_spent numeric[], out_reserved boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_position bigint;
+    v_spent numeric[];
+BEGIN
+    -- one global lock order, so two enforcers locking overlapping sets cannot deadlock
+    PERFORM pg_advisory_xact_lock(k) FROM unnest(p_lock_keys) AS t(k) ORDER BY k;
+    {LIVE_POSITION_SQL.replace("%s", "'policies'")} INTO v_position;
+    SELECT coalesce(array_agg(s.amount ORDER BY s.ordinal), '{{}}') INTO v_spent
+    FROM ({window_sum_sql(SPEND_BUCKETS, holds=True).replace("%s::jsonb", "p_windows")}) AS s;
+    IF p_expected IS NULL
+       OR v_position IS DISTINCT FROM p_policies_seen
+       OR cardinality(p_expected) IS DISTINCT FROM cardinality(v_spent)
+       OR EXISTS (SELECT FROM unnest(v_spent, p_expected) AS t(actual, judged)
+                  WHERE judged IS NULL OR actual > judged OR (p_exact AND actual <> judged))
+    THEN
+        RETURN QUERY SELECT v_position, v_spent, false;
+        RETURN;
+    END IF;
+    {_INSERT_HOLDS.format(holds="p_holds")};
+    RETURN QUERY SELECT v_position, v_spent, true;
+END
+$fn$
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    policies_position: int
+    spent: list[Decimal]
+    """Each window's spend before this call's holds, in the order given."""
+    reserved: bool
+    """Whether the holds were inserted."""
+
+
+async def install(conn: Connection) -> None:
+    """Create or update ``budget_reserve`` (idempotent)."""
+    await conn.execute(_RESERVE_FUNCTION.encode())
+
+
+async def reserve(
+    conn: Connection,
+    *,
+    lock: Sequence[PolicyWindow],
+    windows: Sequence[PolicyWindow],
+    judged: Sequence[Decimal] | None,
+    exact: bool,
+    policies_seen: int,
+    holds: Sequence[Hold],
+) -> Reserved:
+    """Lock ``lock`` (until the transaction ends), read the policies' position and the
+    spend of ``windows``, and insert ``holds`` if the position is ``policies_seen`` and no
+    window's spend is above ``judged`` (or differs from it, with ``exact``). With
+    ``judged`` None nothing is inserted: a read under the locks."""
+    cursor = await conn.execute(
+        "SELECT * FROM budget_reserve(%s, %s::jsonb, %s, %s, %s, %s::jsonb)",
+        (
+            sorted({_lock_key(w) for w in lock}),
+            windows_param(windows),
+            None if judged is None else list(judged),
+            exact,
+            policies_seen,
+            _holds_param(holds),
+        ),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return Reserved(int(row[0]), list(row[1]), bool(row[2]))
 
 
 async def insert_holds(conn: Connection, holds: Sequence[Hold]) -> None:
-    if not holds:
-        return
-    await conn.execute(
-        """
-        INSERT INTO reservation_holds
-            (reservation_id, policy_id, window_key, window_start, amount, expires_at)
-        SELECT * FROM jsonb_to_recordset(%s::jsonb) AS (reservation_id text, policy_id text,
-            window_key text, window_start timestamptz, amount numeric, expires_at timestamptz)
-        """,
-        (
-            _json(
-                {
-                    "reservation_id": h.reservation_id,
-                    "policy_id": h.window.policy.policy_id,
-                    "window_key": h.window.key,
-                    "window_start": h.window.start.isoformat(),
-                    "amount": str(h.amount),
-                    "expires_at": h.expires_at.isoformat(),
-                }
-                for h in holds
-            ),
-        ),
+    if holds:
+        await conn.execute(_INSERT_HOLDS.format(holds="%s").encode(), (_holds_param(holds),))
+
+
+def _holds_param(holds: Sequence[Hold]) -> str:
+    return _json(
+        {
+            "reservation_id": h.reservation_id,
+            "policy_id": h.window.policy.policy_id,
+            "window_key": h.window.key,
+            "window_start": h.window.start.isoformat(),
+            "amount": str(h.amount),
+            "expires_at": h.expires_at.isoformat(),
+        }
+        for h in holds
     )
 
 

@@ -19,7 +19,8 @@ from nats.aio.client import Client
 from budget.checks import BudgetExceeded
 from budget.config import Settings
 from events import BudgetScope, LimitAction, RequestBlocked, Topology, decode, utc_now
-from services.enforcer import EnforcerConfig
+from events.rpc import CheckRequest, CheckResult
+from services.enforcer import Enforcer, EnforcerConfig, _Pending
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
 from support import ROOT, rows, wait_for
@@ -49,6 +50,34 @@ async def test_block_admits_up_to_the_limit_and_refuses_the_rest(stack: Enforcem
     assert refused.current_spend == Decimal("0.20") and refused.limit == Decimal("0.25")
     assert "would pass its limit" in refused.reason
     assert len(await stack.holds()) == 2
+
+
+async def test_a_second_enforcer_s_holds_are_never_overlooked(stack: EnforcementStack) -> None:
+    """Each enforcer judges first on the spend it last saw; what another one reserved
+    since must make it read again under the locks, and a release must let it admit."""
+    await stack.set_policy(limit_amount="1.00", action="block")
+    first, second = stack.enforcer, Enforcer(stack.settings, stack.nc)
+    assert first is not None
+    await second.start()
+
+    async def ask(enforcer: Enforcer, cost: str) -> CheckResult:
+        request = CheckRequest(model="gpt-4o", user_id="u1", estimated_cost=Decimal(cost))
+        [result] = await enforcer.decide([_Pending(request, reply="")])
+        return result
+
+    try:
+        assert (await ask(first, "0.60")).allowed
+        taken_by_second = await ask(second, "0.30")
+        assert taken_by_second.allowed
+        refused = await ask(first, "0.30")  # it saw 0.60: 0.90 would fit
+        assert not refused.allowed and refused.current_spend == Decimal("0.90")
+        assert taken_by_second.reservation_id is not None
+        await stack.tracker.release_reservation(taken_by_second.reservation_id)
+        admitted = await ask(first, "0.30")  # it saw 0.90: 1.20 would not fit
+        assert admitted.allowed and admitted.current_spend == Decimal("0.60")
+        assert sum(amount for _, _, amount in await stack.holds()) == Decimal("0.90")
+    finally:
+        await second.stop()
 
 
 async def test_refusal_publishes_request_blocked(
