@@ -67,6 +67,33 @@ class ReportGenerator:
         )
         return await self.queries.report(query)
 
+    async def get_usage_history(
+        self,
+        start_date: datetime,
+        end_date: datetime,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        limit: int = 1000,
+    ) -> Report:
+        """The calls in [start_date, end_date) that match every filter given, oldest
+        first, with their current cost; at most ``limit`` (a note says if more match)."""
+        if not 1 <= limit <= 100_000:
+            raise ValueError(f"limit must be between 1 and 100000, not {limit}")
+        query = ReportQuery(
+            kind="history",
+            start=start_date,
+            end=end_date,
+            provider=provider,
+            model=model,
+            user_id=user_id,
+            project_id=project_id,
+            limit=limit,
+        )
+        return await self.queries.report(query)
+
     async def generate_projection_report(self, days_to_project: int = 30) -> Report:
         """Forecast daily spend for ``days_to_project`` days and to the end of the month,
         per calendar month, and when each budget would be exhausted at this pace."""

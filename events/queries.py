@@ -145,9 +145,10 @@ class PositionAnswer(_Message):
 
 
 class ReportQuery(_Message):
-    """One of the five reports; the fields its kind does not use are ignored."""
+    """One of the reports; the fields its kind does not use are ignored. ``history`` lists
+    usage events in [start, end) matching the filters, oldest first, at most ``limit``."""
 
-    kind: Literal["custom", "summary", "trend", "comparison", "projection"]
+    kind: Literal["custom", "summary", "trend", "comparison", "projection", "history"]
     start: UtcDatetime | None = None
     end: UtcDatetime | None = None
     previous_start: UtcDatetime | None = None
@@ -156,6 +157,11 @@ class ReportQuery(_Message):
     period: Literal["daily", "weekly", "monthly"] = "monthly"
     days: int = Field(default=30, ge=1, le=3660)
     interval: str = "daily"
+    provider: str | None = None
+    model: str | None = None
+    user_id: str | None = None
+    project_id: str | None = None
+    limit: int = Field(default=1000, ge=1, le=100_000)
 
 
 CellKind = Literal["text", "integer", "decimal", "date", "datetime"]

@@ -109,6 +109,8 @@ class ReportBuilder:
         start, end = _required(query.start, "start"), _required(query.end, "end")
         if query.kind == "custom":
             return await self.generate_report(start, end, query.group_by)
+        if query.kind == "history":
+            return await self.usage_history(start, end, query)
         return await self.generate_comparison_report(
             start,
             end,
@@ -258,14 +260,60 @@ class ReportBuilder:
             [f"method: {METHOD}", f"fitted on the {len(history)} days before today"],
         )
 
+    async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
+        """Usage events in [start, end) matching ``query``'s filters, oldest first: one row
+        per call with its current cost (corrections included)."""
+        start, end, notes = self._window(start, end, whole_hours=False)
+        filters = {
+            "provider": query.provider,
+            "model": query.model,
+            "user_id": query.user_id,
+            "project_id": query.project_id,
+        }
+        where = "".join(f" AND {c} = %({c})s" for c, value in filters.items() if value is not None)
+        cursor = await self.conn.execute(
+            f"""SELECT occurred_at, provider, model, kind, user_id, project_id,
+                       input_uncached + input_cache_read + input_cache_write, input_cache_read,
+                       output_text + output_reasoning, cost, event_id::text
+                FROM usage_history WHERE occurred_at >= %(start)s AND occurred_at < %(end)s
+                {where} ORDER BY occurred_at, stream_seq LIMIT %(limit)s""".encode(),
+            {**filters, "start": start, "end": end, "limit": query.limit + 1},
+        )
+        rows: list[tuple[Cell, ...]] = [tuple(row) for row in await cursor.fetchall()]
+        if len(rows) > query.limit:
+            rows = rows[: query.limit]
+            notes.append(
+                f"more than {query.limit} calls match: showing the first {query.limit};"
+                " narrow the window or the filters, or raise the limit"
+            )
+        notes += [f"{c}: {value}" for c, value in filters.items() if value is not None]
+        columns = (
+            "occurred_at",
+            "provider",
+            "model",
+            "kind",
+            "user_id",
+            "project_id",
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "cost_usd",
+            "event_id",
+        )
+        return Report("Usage history", start, end, [Table("Calls", columns, rows)], notes)
+
     # -- reading the rollups -----------------------------------------------------------------
 
-    def _window(self, start: datetime, end: datetime) -> tuple[datetime, datetime, list[str]]:
+    def _window(
+        self, start: datetime, end: datetime, *, whole_hours: bool = True
+    ) -> tuple[datetime, datetime, list[str]]:
         for name, value in (("start", start), ("end", end)):
             if value.tzinfo is None:
                 raise ValueError(f"{name} must have a time zone (UTC is assumed nowhere)")
         if end <= start:
             raise ValueError("the window's end must be after its start")
+        if not whole_hours:  # raw events: any precision
+            return start, end, []
         wide_start, wide_end = _floor_hour(start), _ceil_hour(end)
         notes = []
         if (wide_start, wide_end) != (start, end):

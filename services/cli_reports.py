@@ -1,4 +1,4 @@
-"""``budget report summary|trend|compare|projection|custom``."""
+"""``budget report summary|trend|compare|projection|custom|history``."""
 
 from __future__ import annotations
 
@@ -118,3 +118,31 @@ def custom(
 ) -> None:
     """Totals in [START, END), grouped as asked."""
     _emit(lambda g: g.generate_report(_utc(start), _utc(end), group_by or []), fmt, output)
+
+
+@report_app.command()
+def history(
+    start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    end: Annotated[datetime, typer.Option(help="exclusive")],
+    provider: Annotated[str | None, typer.Option(help="only this provider")] = None,
+    model: Annotated[str | None, typer.Option(help="only this model")] = None,
+    user: Annotated[str | None, typer.Option(help="only this user")] = None,
+    project: Annotated[str | None, typer.Option(help="only this project")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many calls (up to 100000)")] = 1000,
+    fmt: FormatOption = ExportFormat.MARKDOWN,
+    output: OutputOption = None,
+) -> None:
+    """The calls in [START, END), oldest first, with their cost: browse or export usage."""
+    _emit(
+        lambda g: g.get_usage_history(
+            _utc(start),
+            _utc(end),
+            provider=provider,
+            model=model,
+            user_id=user,
+            project_id=project,
+            limit=limit,
+        ),
+        fmt,
+        output,
+    )

@@ -851,6 +851,7 @@ def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budge
 
 def test_report_commands_export_what_the_rollups_hold(deployment: Budget, tmp_path: Path) -> None:
     deployment.start("worker", "reports")
+    deployment.start("worker", "history")
     event = deployment.record(*GPT_4O_CALL)
     at = datetime.fromisoformat(event["occurred_at"])
     window = (
@@ -877,6 +878,15 @@ def test_report_commands_export_what_the_rollups_hold(deployment: Budget, tmp_pa
     assert deployment.ok("report", "summary", "--output", str(target)).startswith("wrote")
     assert target.read_text().startswith("# Monthly summary")
     assert "| cost_usd |" in deployment.ok("report", "trend", "--days", "7")
+
+    calls = eventually(
+        lambda: deployment.ok("report", "history", *window, "--model", "gpt-4o", "--format", "csv"),
+        lambda text: len(text.splitlines()) == 2,
+        CATCH_UP,
+        "the call in the usage history",
+    ).splitlines()
+    assert calls[0].startswith("occurred_at,provider,model,kind,user_id")
+    assert calls[1].endswith(f",{event['cost']},{event['event_id']}")
 
     bad = deployment.run("report", "custom", *window, "--group-by", "colour")
     assert bad.returncode == 2

@@ -130,6 +130,39 @@ async def test_comparison_gives_absolute_and_percent_change_per_group(
     ]
 
 
+async def test_usage_history_lists_the_matching_calls_oldest_first(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    at = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    events = [
+        usage_event(cost="0.30", at=at + timedelta(minutes=3), user="bob"),
+        usage_event(cost="0.10", at=at + timedelta(minutes=1)),
+        usage_event(cost="0.20", at=at + timedelta(minutes=2), model="o3"),
+        usage_event(cost="9.99", at=at + timedelta(hours=1)),  # outside the window
+        usage_event(cost="0.40", at=at + timedelta(minutes=4)),
+    ]
+    await publish(nc, topology, events)
+    await materialize(nc, db, topology, "history")
+    window = (at, at + timedelta(minutes=30))
+
+    alice = await generator.get_usage_history(*window, user_id="alice", model="gpt-4o")
+    assert [r["cost_usd"] for r in alice.main.records()] == [Decimal("0.10"), Decimal("0.40")]
+    first = alice.main.records()[0]
+    assert first["occurred_at"] == at + timedelta(minutes=1)
+    assert (first["input_tokens"], first["cached_tokens"], first["output_tokens"]) == (
+        500,
+        100,
+        250,
+    )
+    assert first["event_id"] == str(events[1].event_id)
+
+    capped = await generator.get_usage_history(*window, limit=2)
+    assert [r["cost_usd"] for r in capped.main.records()] == [Decimal("0.10"), Decimal("0.20")]
+    assert any("more than 2 calls match" in note for note in capped.notes)
+    with pytest.raises(ValueError, match="limit must be between 1 and 100000"):
+        await generator.get_usage_history(*window, limit=0)
+
+
 async def test_trend_has_one_point_per_day_summing_to_the_window(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
