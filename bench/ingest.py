@@ -41,6 +41,7 @@ from projections.db import connect
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
 from services.stack import StackInfo
+from services.worker import tune_gc
 
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4")]
 
@@ -180,6 +181,7 @@ async def steady(
 
 
 async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) -> None:
+    tune_gc()  # as `budget projections rebuild` does
     nc = await nats.connect(info.nats_url)
     try:
         total = await stream_last_seq(info.nats_url, settings)

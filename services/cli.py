@@ -316,8 +316,11 @@ def projections_rebuild(
 ) -> None:
     """Rebuild a projection from the first event into a new version, beside the live one,
     then swap atomically. Workers keep running and follow the swap."""
+    from services.worker import tune_gc
+
     current = settings()
     projection = get_projection(name)
+    tune_gc()
 
     async def go() -> int:
         bar = tqdm(unit="ev", unit_scale=True, desc=f"rebuild {name}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -27,7 +28,7 @@ from projections.log import require_stream
 from projections.reader import ConsumerGone
 from projections.registry import get_projection
 
-__all__ = ["ServiceBody", "run_projection", "run_service", "run_worker"]
+__all__ = ["ServiceBody", "run_projection", "run_service", "run_worker", "tune_gc"]
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -67,6 +68,17 @@ async def run_projection(name: str, nc: Client, settings: Settings, stop: asynci
     log.info("worker %s stopped after applying %d events", name, applied)
 
 
+def tune_gc() -> None:
+    """Collect garbage for throughput. A consumer holds thousands of decoded events between
+    batches; at CPython's default threshold (700 allocations) the collector ran every few
+    events and rescanned them, doubling the cost of validating one (26 vs 13 µs measured
+    in a rebuild). Young objects are now collected every 50,000 allocations, and what
+    start-up created is never rescanned."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
+
+
 async def heartbeat(path: Path, stop: asyncio.Event, every: float = 5.0) -> None:
     """Touch ``path`` while the event loop runs, for a container health check."""
     while not stop.is_set():
@@ -96,6 +108,7 @@ def run_worker(name: str, settings: Settings) -> int:
 def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
     """Run ``body`` as a FastStream service until SIGINT/SIGTERM (a heartbeat file too, if
     configured); returns the process exit code."""
+    tune_gc()
     broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1)
     app = FastStream(broker)
     stop = asyncio.Event()
