@@ -1,9 +1,11 @@
-"""Benchmark: one producer process records usage while the spend and history workers
-consume, on the embedded stack that ``budget up`` runs (workers are separate processes).
+"""Benchmark: one producer process records usage while the workers consume, on the
+embedded stack that ``budget up`` runs (workers are separate processes).
 
-Every worker ``budget up`` runs is live: spend, history, policies and the alert
-evaluator, plus the enforcer and the notifier. A per-user policy (``--user-limit``, $0.50 a
-month) makes every user cross 80, 95 and 100 % while the benchmark runs.
+By default every worker ``budget up`` runs is live: spend, history, policies, alerts and
+reports, plus the enforcer, the notifier and the query service. A per-user policy
+(``--user-limit``, $0.50 a month) makes every user cross 80, 95 and 100 % while the
+benchmark runs. ``--workers spend,history`` runs only those two projectors (issue 2's
+set-up: no policy, no alerts).
 
 Figures (one JSON line each):
 - ``producer_events_per_s``: ``record_usage`` calls per second (pricing + publish, acked).
@@ -40,7 +42,7 @@ from projections.base import Connection
 from projections.db import connect
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
-from services.stack import StackInfo
+from services.stack import SERVICES, StackInfo
 from services.worker import tune_gc
 
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4")]
@@ -52,7 +54,7 @@ def emit(figure: str, value: float, unit: str, **extra: object) -> None:
     )
 
 
-USAGE_READERS = [n for n, p in PROJECTIONS.items() if UsageRecorded in p.event_types]
+ALL_WORKERS = [*PROJECTIONS, *SERVICES]
 
 
 async def record(tracker: UsageTracker, i: int, users: str = "user") -> UsageRecorded:
@@ -69,17 +71,19 @@ async def record(tracker: UsageTracker, i: int, users: str = "user") -> UsageRec
 
 
 class Checkpoints:
-    """The lowest checkpoint over all projections, polled in the background."""
+    """The lowest checkpoint over the running projections that read usage, polled in the
+    background."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, workers: Sequence[str]) -> None:
         self.database_url = database_url
+        self.readers = [n for n in workers if UsageRecorded in PROJECTIONS[n].event_types]
         self.samples: list[tuple[float, int]] = []
 
     async def lowest(self, conn: Connection) -> int:
         cursor = await conn.execute(
             "SELECT min(stream_seq) FROM projection_checkpoints c JOIN projection_registry r"
             " ON r.name = c.name AND r.active_version = c.version WHERE c.name = ANY(%s)",
-            (USAGE_READERS,),
+            (self.readers,),
         )
         row = await cursor.fetchone()
         return int(row[0] or 0)
@@ -119,9 +123,11 @@ async def stream_last_seq(nats_url: str, settings: Settings) -> int:
         await nc.close()
 
 
-async def full_speed(tracker: UsageTracker, info: StackInfo, settings: Settings, n: int) -> None:
+async def full_speed(
+    tracker: UsageTracker, info: StackInfo, settings: Settings, n: int, workers: Sequence[str]
+) -> None:
     base = await stream_last_seq(info.nats_url, settings)
-    checkpoints = Checkpoints(info.database_url)
+    checkpoints = Checkpoints(info.database_url, workers)
     start = time.perf_counter()
     for i in range(n):
         await record(tracker, i)
@@ -133,10 +139,15 @@ async def full_speed(tracker: UsageTracker, info: StackInfo, settings: Settings,
 
 
 async def steady(
-    tracker: UsageTracker, info: StackInfo, settings: Settings, rate: float, seconds: float
+    tracker: UsageTracker,
+    info: StackInfo,
+    settings: Settings,
+    rate: float,
+    seconds: float,
+    workers: Sequence[str],
 ) -> None:
     base = await stream_last_seq(info.nats_url, settings)
-    checkpoints = Checkpoints(info.database_url)
+    checkpoints = Checkpoints(info.database_url, workers)
     stop = asyncio.Event()
     poller = asyncio.create_task(checkpoints.poll(stop))
     alerts: list[tuple[float, str]] = []
@@ -201,24 +212,29 @@ async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) ->
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with embedded_stack("ingest") as (info, settings):
+    workers = args.workers.split(",")
+    unknown = set(workers) - set(ALL_WORKERS)
+    if unknown:
+        raise SystemExit(f"unknown workers {sorted(unknown)}; choose from {ALL_WORKERS}")
+    async with embedded_stack("ingest", workers=workers) as (info, settings):
         tracker = await get_usage_tracker(settings)
-        await BudgetManager(settings, tracker, apply_timeout=60).set_policy(
-            BudgetPolicy(name="bench per user", scope="user", limit_amount=args.user_limit)
-        )
+        if {"policies", "query-service"} <= set(workers):
+            await BudgetManager(settings, tracker, apply_timeout=60).set_policy(
+                BudgetPolicy(name="bench per user", scope="user", limit_amount=args.user_limit)
+            )
         for i in range(1000):  # warm up: connections, price cache, worker consumers
             await record(tracker, i)
         await tracker.flush()
         # The workers start in parallel with this process: measure only once they run.
         warm = await stream_last_seq(info.nats_url, settings)
-        await wait_until_committed(Checkpoints(info.database_url), warm)
+        await wait_until_committed(Checkpoints(info.database_url, workers), warm)
         if args.events:
-            await full_speed(tracker, info, settings, args.events)
+            await full_speed(tracker, info, settings, args.events, workers)
         if args.seconds:
-            await steady(tracker, info, settings, args.rate, args.seconds)
+            await steady(tracker, info, settings, args.rate, args.seconds, workers)
         await tracker.close()
         if args.rebuild:
-            await rebuilds(info, settings, list(PROJECTIONS))
+            await rebuilds(info, settings, [n for n in workers if n in PROJECTIONS])
 
 
 if __name__ == "__main__":
@@ -227,6 +243,11 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=5000, help="steady rate, events/s")
     parser.add_argument("--seconds", type=float, default=20, help="steady phase length")
     parser.add_argument("--no-rebuild", dest="rebuild", action="store_false")
+    parser.add_argument(
+        "--workers",
+        default=",".join(ALL_WORKERS),
+        help="comma-separated workers to run (default: all that `budget up` runs)",
+    )
     parser.add_argument(
         "--user-limit",
         type=Decimal,

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import io
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,11 @@ __all__ = ["embedded_stack"]
 
 
 @contextlib.asynccontextmanager
-async def embedded_stack(name: str, **settings: Any) -> AsyncIterator[tuple[StackInfo, Settings]]:
-    """The running stack and settings pointing at it (``settings`` override the defaults)."""
+async def embedded_stack(
+    name: str, *, workers: Sequence[str] = (), **settings: Any
+) -> AsyncIterator[tuple[StackInfo, Settings]]:
+    """The running stack and settings pointing at it (``settings`` override the defaults);
+    ``workers``: which to run, by default every one ``budget up`` runs."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     stop = asyncio.Event()
     ready: asyncio.Future[StackInfo] = asyncio.get_running_loop().create_future()
@@ -33,7 +36,7 @@ async def embedded_stack(name: str, **settings: Any) -> AsyncIterator[tuple[Stac
     stack = asyncio.create_task(
         serve_stack(
             data_dir,
-            [*PROJECTIONS, *SERVICES],
+            list(workers or [*PROJECTIONS, *SERVICES]),
             prepare=prepare_stack,
             on_ready=ready.set_result,
             stop=stop,

@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     batch_size: int = 2000
-    linger: float = 0.010
-    """Seconds to let a batch grow once its first event is in: throughput vs latency."""
+    linger: float = 0.002
+    """Seconds to let a batch grow once its first event is in: throughput vs latency.
+    Under load batches grow anyway while the previous one is in the database; at a steady
+    5,000 events/s, 2 ms gave lag p50/p99 24/76 ms against 35/90 ms with 10 ms."""
     request_batch: int = 4000
     max_ack_pending: int = 20000
 
