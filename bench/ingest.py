@@ -76,7 +76,9 @@ class Checkpoints:
 
     def __init__(self, database_url: str, workers: Sequence[str]) -> None:
         self.database_url = database_url
-        self.readers = [n for n in workers if UsageRecorded in PROJECTIONS[n].event_types]
+        self.readers = [
+            n for n in workers if n in PROJECTIONS and UsageRecorded in PROJECTIONS[n].event_types
+        ]
         self.samples: list[tuple[float, int]] = []
 
     async def lowest(self, conn: Connection) -> int:
