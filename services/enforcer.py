@@ -81,6 +81,18 @@ class _Pending:
     reply: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Requests decided together, with the policy windows they matched."""
+
+    pending: list[_Pending]
+    now: datetime
+    reservation_ids: list[str | None]
+    """Decided before judging, so a batch judged twice admits under the same ids."""
+    per_call: list[list[PolicyWindow]]
+    windows: list[PolicyWindow]
+
+
 @dataclass
 class _Policies:
     position: int = -1
@@ -222,8 +234,8 @@ class Enforcer:
                 if not result.allowed:
                     await self._publish_blocked(pending.request, result)
 
-    async def decide(self, batch: list[_Pending]) -> list[CheckResult]:
-        """Judge ``batch``; holds of admitted requests are committed when this returns.
+    async def decide(self, pending: list[_Pending]) -> list[CheckResult]:
+        """Judge ``pending``; holds of admitted requests are committed when this returns.
 
         Optimistic first: judged against the spend this enforcer last saw, the holds are
         inserted in one round trip if no window's spend has grown since (``reserve``).
@@ -231,82 +243,65 @@ class Enforcer:
         the holds and commit."""
         assert self._decider is not None
         conn, now = self._decider, utc_now()
-        reservation_ids = [str(new_event_id()) if p.request.reserve else None for p in batch]
-        per_call, windows = self._windows(batch, now)
-        seen = [self._spent.get(w.ident) for w in windows]
+        ids = [str(new_event_id()) if p.request.reserve else None for p in pending]
+        batch = self._match(pending, now, ids)
+        seen = [self._spent.get(w.ident) for w in batch.windows]
+        answer = None
         if self._policies.position >= 0 and None not in seen:
             judged = [amount for amount in seen if amount is not None]
-            results, holds = self._judge(batch, per_call, windows, judged, reservation_ids, now)
+            results, holds = self._judge(batch, judged)
             answer = await reservations.reserve(
                 conn,
-                lock=_enforced(windows),
-                windows=windows,
+                lock=_enforced(batch.windows),
+                windows=batch.windows,
                 judged=judged,
                 exact=not all(r.allowed for r in results),
                 policies_seen=self._policies.position,
                 holds=holds,
             )
-            if answer.reserved:
-                return self._judged(batch, per_call, windows, answer.spent, reservation_ids, now)
-        async with conn.transaction():
-            while True:
-                answer = await reservations.reserve(
-                    conn,
-                    lock=_enforced(windows),
-                    windows=windows,
-                    judged=None,
-                    exact=True,
-                    policies_seen=self._policies.position,
-                    holds=[],
-                )
-                if answer.policies_position == self._policies.position:
-                    break
-                self._policies = _Policies(answer.policies_position, await load_policies(conn))
-                per_call, windows = self._windows(batch, now)
-            results, holds = self._judge(
-                batch, per_call, windows, answer.spent, reservation_ids, now
-            )
-            await reservations.insert_holds(conn, holds)
-        self._remember(windows, answer.spent, holds)
+        if answer is not None and answer.reserved:
+            # Judged again on the spend read under the locks: the same admissions (it was no
+            # higher, and equal if any was refused), reported with current figures.
+            results, holds = self._judge(batch, answer.spent)
+        else:
+            async with conn.transaction():
+                while True:
+                    answer = await reservations.reserve(
+                        conn,
+                        lock=_enforced(batch.windows),
+                        windows=batch.windows,
+                        judged=None,
+                        exact=True,
+                        policies_seen=self._policies.position,
+                        holds=[],
+                    )
+                    if answer.policies_position == self._policies.position:
+                        break
+                    policies = await load_policies(conn)
+                    self._policies = _Policies(answer.policies_position, policies)
+                    batch = self._match(pending, now, ids)
+                results, holds = self._judge(batch, answer.spent)
+                await reservations.insert_holds(conn, holds)
+        self._remember(batch.windows, answer.spent, holds)
         return results
 
-    def _judged(
-        self,
-        batch: list[_Pending],
-        per_call: list[list[PolicyWindow]],
-        windows: list[PolicyWindow],
-        spent: list[Decimal],
-        reservation_ids: list[str | None],
-        now: datetime,
-    ) -> list[CheckResult]:
-        """The results as reported after the holds went in: judged again on the spend read
-        under the locks, which admits the same requests (no higher than what they were
-        judged on, and equal if any was refused) and reports current figures."""
-        results, holds = self._judge(batch, per_call, windows, spent, reservation_ids, now)
-        self._remember(windows, spent, holds)
-        return results
-
-    def _windows(
-        self, batch: list[_Pending], now: datetime
-    ) -> tuple[list[list[PolicyWindow]], list[PolicyWindow]]:
+    def _match(self, pending: list[_Pending], now: datetime, ids: list[str | None]) -> _Batch:
         """Each request's windows under the cached policies, and all of them once."""
-        per_call = [applicable(self._policies.items, CallScope.of(p.request), now) for p in batch]
-        return per_call, list({w.ident: w for ws in per_call for w in ws}.values())
+        per_call = [applicable(self._policies.items, CallScope.of(p.request), now) for p in pending]
+        windows = list({w.ident: w for ws in per_call for w in ws}.values())
+        return _Batch(pending, now, ids, per_call, windows)
 
     def _judge(
-        self,
-        batch: list[_Pending],
-        per_call: list[list[PolicyWindow]],
-        windows: list[PolicyWindow],
-        spent: list[Decimal],
-        reservation_ids: list[str | None],
-        now: datetime,
+        self, batch: _Batch, spent: list[Decimal]
     ) -> tuple[list[CheckResult], list[reservations.Hold]]:
         """Every request in arrival order, against what the ones before it reserved."""
-        spend = {w.ident: amount for w, amount in zip(windows, spent, strict=True)}
+        spend = {w.ident: amount for w, amount in zip(batch.windows, spent, strict=True)}
         results, holds = [], []
+        now = batch.now
         expires = now + timedelta(seconds=self.config.reservation_ttl)
-        for pending, call_windows, planned_id in zip(batch, per_call, reservation_ids, strict=True):
+        for pending, call_windows, planned_id in zip(
+            batch.pending, batch.per_call, batch.reservation_ids, strict=True
+        ):
             estimate = pending.request.estimated_cost
             statuses = [assess(w, spend[w.ident], estimate, now) for w in call_windows]
             enforced = _enforced(call_windows)
