@@ -51,6 +51,8 @@ class DatabaseQueries:
         await self.close()
 
     async def close(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait()
         for conn in self._open:
             await conn.close()
         self._open.clear()
