@@ -46,7 +46,7 @@ app.add_typer(prices_app, name="prices", help="Look up model prices and where th
 app.add_typer(policy_app, name="policy", help="Set, list, show and delete budget policies.")
 app.command()(check)
 app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge and resolve alerts.")
-app.add_typer(report_app, name="report", help="Reports and forecasts from the rollups.")
+app.add_typer(report_app, name="report", help="Reports, forecasts and usage history.")
 
 
 @app.callback()
