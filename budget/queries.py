@@ -20,6 +20,7 @@ from budget.report_format import Report, from_answer
 from budget.rpc import Unanswered, ask
 from events import AlertRule, BudgetPolicy, BudgetScope
 from events.queries import (
+    MAX_POSITION_WAIT,
     QUERY_ALERTS,
     QUERY_DELIVERIES,
     QUERY_POLICIES,
@@ -49,7 +50,6 @@ from events.queries import (
 __all__ = ["NotApplied", "Queries", "RpcQueries", "not_applied"]
 
 M = TypeVar("M", bound=BaseModel)
-_MAX_WAIT = 60.0  # PositionQuery.wait_seconds' upper bound
 
 
 class NotApplied(TimeoutError):
@@ -111,7 +111,7 @@ class RpcQueries:
         return from_answer(await self._ask(QUERY_REPORT, query, ReportAnswer))
 
     async def wait_applied(self, projection: str, seq: int, within: float) -> None:
-        wait = min(within, _MAX_WAIT)
+        wait = min(within, MAX_POSITION_WAIT)
         query = PositionQuery(projection=projection, at_least=seq, wait_seconds=wait)
         answer = await self._ask(QUERY_POSITION, query, PositionAnswer, extra=wait)
         if answer.position < seq:

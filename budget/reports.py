@@ -17,7 +17,7 @@ from budget.periods import Period
 from budget.queries import Queries, RpcQueries
 from budget.report_format import ExportFormat, Report
 from budget.tracker import get_usage_tracker
-from events.queries import ReportQuery
+from events.queries import MAX_HISTORY_ROWS, ReportQuery
 
 __all__ = ["GROUPS", "ExportFormat", "Report", "ReportGenerator", "get_report_generator"]
 
@@ -80,8 +80,8 @@ class ReportGenerator:
     ) -> Report:
         """The calls in [start_date, end_date) that match every filter given, oldest
         first, with their current cost; at most ``limit`` (a note says if more match)."""
-        if not 1 <= limit <= 100_000:
-            raise ValueError(f"limit must be between 1 and 100000, not {limit}")
+        if not 1 <= limit <= MAX_HISTORY_ROWS:
+            raise ValueError(f"limit must be between 1 and {MAX_HISTORY_ROWS}, not {limit}")
         query = ReportQuery(
             kind="history",
             start=start_date,

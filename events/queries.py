@@ -20,6 +20,8 @@ from events.policy import BudgetPolicy, BudgetScope
 from events.rpc import _Message
 
 __all__ = [
+    "MAX_HISTORY_ROWS",
+    "MAX_POSITION_WAIT",
     "QUERY_ALERTS",
     "QUERY_DELIVERIES",
     "QUERY_POLICIES",
@@ -55,6 +57,11 @@ QUERY_ALERTS = "query.alerts"
 QUERY_DELIVERIES = "query.deliveries"
 QUERY_REPORT = "query.report"
 QUERY_POSITION = "query.position"
+
+MAX_POSITION_WAIT = 60.0
+"""Seconds the query service waits at most, per question, for a change to apply."""
+MAX_HISTORY_ROWS = 100_000
+"""The most calls one usage-history report lists."""
 
 
 class PoliciesQuery(_Message):
@@ -137,7 +144,7 @@ class PositionQuery(_Message):
 
     projection: str = Field(min_length=1, max_length=100)
     at_least: int = Field(default=0, ge=0)
-    wait_seconds: float = Field(default=0, ge=0, le=60)
+    wait_seconds: float = Field(default=0, ge=0, le=MAX_POSITION_WAIT)
 
 
 class PositionAnswer(_Message):
@@ -161,7 +168,7 @@ class ReportQuery(_Message):
     model: str | None = None
     user_id: str | None = None
     project_id: str | None = None
-    limit: int = Field(default=1000, ge=1, le=100_000)
+    limit: int = Field(default=1000, ge=1, le=MAX_HISTORY_ROWS)
 
 
 CellKind = Literal["text", "integer", "decimal", "date", "datetime"]

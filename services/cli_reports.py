@@ -13,6 +13,7 @@ import typer
 from budget.periods import Period
 from budget.report_format import ExportFormat, Report
 from budget.reports import GROUPS, ReportGenerator
+from events.queries import MAX_HISTORY_ROWS
 from services.cli_context import database_queries
 
 __all__ = ["report_app"]
@@ -128,7 +129,9 @@ def history(
     model: Annotated[str | None, typer.Option(help="only this model")] = None,
     user: Annotated[str | None, typer.Option(help="only this user")] = None,
     project: Annotated[str | None, typer.Option(help="only this project")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many calls (up to 100000)")] = 1000,
+    limit: Annotated[
+        int, typer.Option(help=f"at most this many calls (up to {MAX_HISTORY_ROWS})")
+    ] = 1000,
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:

@@ -59,7 +59,6 @@ __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
 
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "enforcer"
-SPEND_BUCKETS = "spend_buckets"  # the live spend projection's view
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -188,7 +187,7 @@ class Enforcer:
             assert self._aux is not None
             policies = await self._current_policies(self._aux)
             windows = applicable(policies, CallScope.of(request), now)
-            spend = await window_sums(self._aux, SPEND_BUCKETS, windows, holds=True)
+            spend = await window_sums(self._aux, reservations.SPEND_BUCKETS, windows, holds=True)
         snapshot = Snapshot(
             windows=[
                 PolicySpend(

@@ -28,6 +28,7 @@ from projections.checkpoints import LIVE_POSITION_SQL
 from projections.windows import window_sum_sql, windows_param
 
 __all__ = [
+    "SPEND_BUCKETS",
     "Hold",
     "Reserved",
     "insert_holds",
