@@ -12,13 +12,12 @@ per batch, as in the spend projection.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
 from projections.base import Applied, Connection, Projection, physical
 from projections.spend import MEASURES
-from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
+from projections.usage_rows import SOURCE, USAGE_MEASURES, correction_delta, usage_rows
 
 __all__ = ["DIMENSIONS", "GRAINS", "ReportsProjection"]
 
@@ -173,10 +172,10 @@ class ReportsProjection(Projection):
         if row is None:
             return  # already applied, or the corrected event is unknown
         previous, occurred_at, provider, model, user_id, project_id, kind = row
-        cost_delta = (event.cost or Decimal(0)) - (previous or Decimal(0))
-        unpriced_delta = (event.cost is None) - (previous is None)
-        if not cost_delta and not unpriced_delta:
+        delta = correction_delta(event, previous)
+        if delta is None:
             return
+        cost_delta, unpriced_delta = delta
         zeros = ", ".join("0" for _ in MEASURES[3:])
         names = ", ".join(name for name, _, _ in MEASURES)
         fan_out = ", ".join(f"('{d}', {k1}, {k2})" for d, k1, k2 in DIMENSIONS)

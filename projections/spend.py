@@ -24,7 +24,7 @@ from typing import ClassVar
 from events import UsageRecorded, UsageRepriced
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Applied, Connection, Projection, physical
-from projections.usage_rows import USAGE_MEASURES, usage_rows
+from projections.usage_rows import USAGE_MEASURES, correction_delta, usage_rows
 
 __all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection", "bucket_start"]
 
@@ -201,10 +201,10 @@ class SpendProjection(Projection):
         if row is None:
             return  # already applied, or the corrected event is unknown
         previous: Decimal | None = row[0]
-        cost_delta = (event.cost or Decimal(0)) - (previous or Decimal(0))
-        unpriced_delta = (event.cost is None) - (previous is None)
-        if not cost_delta and not unpriced_delta:
+        delta = correction_delta(event, previous)
+        if delta is None:
             return
+        cost_delta, unpriced_delta = delta
         zeros = ", ".join("0" for _ in MEASURES[3:])
         names = ", ".join(name for name, _, _ in MEASURES)
         await conn.execute(
