@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -124,7 +125,15 @@ class UsageTracker:
 
         return decorate
 
-    async def record_usage(
+    async def record_usage(self, **fields: Any) -> UsageRecorded:
+        """Record one provider call and return the event with its cost; the arguments
+        are ``usage_event``'s. Publishing is pipelined: the event is stored in JetStream
+        or the local spool soon after this returns (``flush`` waits for it)."""
+        event = self.usage_event(**fields)
+        await self.publisher.publish(event)
+        return event
+
+    def usage_event(
         self,
         *,
         model: str,
@@ -144,8 +153,9 @@ class UsageTracker:
         tags: Mapping[str, str] | None = None,
         occurred_at: datetime | None = None,
         reservation_id: str | None = None,
+        event_id: uuid.UUID | None = None,
     ) -> UsageRecorded:
-        """Record one provider call and return the event with its cost.
+        """The priced ``UsageRecorded`` event for one provider call (not yet published).
 
         Counts follow the seed: ``input_tokens`` includes ``cached_tokens`` and
         ``cache_write_tokens``; ``reasoning_tokens`` are part of ``output_tokens``. Or pass
@@ -175,7 +185,9 @@ class UsageTracker:
             if (provider, model) not in self._warned_unpriced:
                 self._warned_unpriced.add((provider, model))
                 log.warning("recording usage of %s/%s unpriced: %s", provider, model, reason)
-        event = UsageRecorded(
+        identity = {} if event_id is None else {"event_id": event_id}
+        return UsageRecorded(
+            **identity,
             occurred_at=at,
             producer=self._producer,
             provider=provider,
@@ -190,8 +202,6 @@ class UsageTracker:
             tags=dict(tags or {}),
             reservation_id=reservation_id,
         )
-        await self.publisher.publish(event)
-        return event
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is stored in JetStream or the spool."""

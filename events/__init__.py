@@ -4,6 +4,7 @@ Imports nothing but pydantic and the standard library, so host apps in any langu
 follow it from the JSON Schemas exported to ``docs/schemas``.
 """
 
+from events.access import ApiKeyCreated, ApiKeyRevoked, ApiRole
 from events.alerts import (
     Alert,
     AlertAcknowledged,
@@ -46,6 +47,9 @@ __all__ = [
     "AlertRuleSet",
     "AlertSeverity",
     "AlertType",
+    "ApiKeyCreated",
+    "ApiKeyRevoked",
+    "ApiRole",
     "BudgetPeriod",
     "BudgetPolicy",
     "BudgetScope",

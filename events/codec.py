@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from events.access import ApiKeyCreated, ApiKeyRevoked
 from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
 from events.policy import PolicyDeleted, PolicySet, RequestBlocked
@@ -35,6 +36,8 @@ AnyEvent = (
     | AlertRuleRemoved
     | AlertAcknowledged
     | AlertResolved
+    | ApiKeyCreated
+    | ApiKeyRevoked
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -49,6 +52,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AlertRuleRemoved,
         AlertAcknowledged,
         AlertResolved,
+        ApiKeyCreated,
+        ApiKeyRevoked,
     )
 }
 

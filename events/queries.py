@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from events.alerts import Alert, AlertRule
+from events.alerts import Alert, AlertRule, AlertSeverity, AlertType
 from events.envelope import UtcDatetime
 from events.policy import BudgetPolicy, BudgetScope
 from events.rpc import _Message
@@ -107,6 +107,8 @@ class AlertsQuery(_Message):
     policy_id: str | None = None
     unacknowledged_only: bool = False
     resolved: bool | None = Field(default=None, description="None: resolved or not")
+    severity: AlertSeverity | None = None
+    alert_type: AlertType | None = None
     limit: int = Field(default=1000, ge=1, le=10000)
 
 

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from events import Topology
 from projections.reader import Delivery
 
-__all__ = ["HEADER_ORIGINAL_SEQ", "HEADER_ORIGINAL_SUBJECT", "HEADER_REASON", "dead_letter"]
+__all__ = [
+    "HEADER_ORIGINAL_SEQ",
+    "HEADER_ORIGINAL_SUBJECT",
+    "HEADER_REASON",
+    "DeadLetter",
+    "dead_letter",
+    "recent_dead_letters",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +56,48 @@ async def dead_letter(
             HEADER_ORIGINAL_SEQ: str(delivery.stream_seq),
         },
     )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    seq: int
+    """Its sequence in the dead-letter stream."""
+    consumer: str
+    reason: str
+    original_subject: str | None
+    original_seq: int | None
+    stored_at: datetime | None
+    data: str
+    """The message as received (invalid UTF-8 replaced), cut at 4,000 characters."""
+
+
+async def recent_dead_letters(
+    js: JetStreamContext, topology: Topology, *, limit: int = 100, before: int | None = None
+) -> list[DeadLetter]:
+    """The newest ``limit`` dead letters (below sequence ``before``), newest first."""
+    stream = topology.dead_letter_stream.name
+    state = (await js.stream_info(stream)).state
+    seq = min(state.last_seq, (before or state.last_seq + 1) - 1)
+    prefix = topology.dead_letter_subject("")
+    letters: list[DeadLetter] = []
+    while seq >= max(state.first_seq, 1) and len(letters) < limit:
+        try:
+            msg = await js.get_msg(stream, seq)
+        except NotFoundError:
+            seq -= 1
+            continue
+        headers = msg.headers or {}
+        original_seq = headers.get(HEADER_ORIGINAL_SEQ, "")
+        letters.append(
+            DeadLetter(
+                seq=seq,
+                consumer=(msg.subject or "").removeprefix(prefix),
+                reason=headers.get(HEADER_REASON, ""),
+                original_subject=headers.get(HEADER_ORIGINAL_SUBJECT),
+                original_seq=int(original_seq) if original_seq.isdigit() else None,
+                stored_at=msg.time,
+                data=(msg.data or b"").decode(errors="replace")[:4000],
+            )
+        )
+        seq -= 1
+    return letters

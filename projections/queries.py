@@ -111,6 +111,8 @@ async def find_alerts(conn: Connection, query: AlertsQuery) -> list[StoredAlert]
         " AND (%(policy)s::text IS NULL OR policy_id = %(policy)s)"
         " AND (NOT %(unacked)s OR acknowledged_at IS NULL)"
         " AND (%(resolved)s::boolean IS NULL OR (resolved_at IS NOT NULL) = %(resolved)s)"
+        " AND (%(severity)s::text IS NULL OR alert ->> 'severity' = %(severity)s)"
+        " AND (%(type)s::text IS NULL OR alert ->> 'alert_type' = %(type)s)"
         " ORDER BY raised_at, stream_seq,"
         " (alert ->> 'threshold_percent')::numeric NULLS FIRST, alert_id LIMIT %(limit)s",
         {
@@ -118,6 +120,8 @@ async def find_alerts(conn: Connection, query: AlertsQuery) -> list[StoredAlert]
             "policy": query.policy_id,
             "unacked": query.unacknowledged_only,
             "resolved": query.resolved,
+            "severity": query.severity,
+            "type": query.alert_type,
             "limit": query.limit,
         },
     )

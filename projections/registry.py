@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from projections.alerts import AlertsProjection
+from projections.api_keys import ApiKeysProjection
 from projections.base import Projection
 from projections.history import HistoryProjection
 from projections.policies import PoliciesProjection
@@ -19,6 +20,7 @@ PROJECTIONS: dict[str, Projection] = {
         PoliciesProjection(),
         AlertsProjection(),
         ReportsProjection(),
+        ApiKeysProjection(),
     )
 }
 

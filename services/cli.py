@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from projections.rebuild import Progress, rebuild
 from projections.registry import PROJECTIONS, get_projection
 from services.cli_alerts import alerts_app
 from services.cli_context import settings, use_settings
+from services.cli_keys import keys_app
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
 from services.cli_reports import report_app
@@ -47,6 +50,7 @@ app.add_typer(policy_app, name="policy", help="Set, list, show and delete budget
 app.command()(check)
 app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge and resolve alerts.")
 app.add_typer(report_app, name="report", help="Reports, forecasts and usage history.")
+app.add_typer(keys_app, name="api-key", help="Create, list and revoke HTTP API keys.")
 
 
 @app.callback()
@@ -71,24 +75,79 @@ def up(
     nats_port: Annotated[
         int | None, typer.Option(help="NATS client port (default: a free one, kept across runs)")
     ] = None,
+    api_port: Annotated[
+        int | None,
+        typer.Option(help="web console and HTTP API port (default: a free one, kept across runs)"),
+    ] = None,
 ) -> None:
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
-    worker, the enforcer, the notifier and the query service. Stops cleanly on Ctrl-C."""
+    worker, the enforcer, the notifier, the query service and the web console with its
+    HTTP API. On first start it creates an admin API key in the data directory. Stops
+    cleanly on Ctrl-C."""
+    from services.api.keys import first_admin_key
     from services.stack import SERVICES, run_stack
 
     current = settings()
+    directory = (data_dir or current.data_dir).absolute()
+    key_file = directory / "admin.key"
+    port = api_port or _kept_port(directory / "api-port")
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
         await prepare(nats_url, database_url, current)
+        async with nats_client(nats_url) as nc:
+            await first_admin_key(nc.jetstream(), current.topology, key_file)
 
     raise typer.Exit(
         run_stack(
-            data_dir or current.data_dir,
+            directory,
             [*PROJECTIONS, *SERVICES],
             prepare=prepare_stack,
             nats_port=nats_port,
+            extra_env={
+                "BUDGET_API_PORT": str(port),
+                "BUDGET_DATA_DIR": str(directory),
+            },
+            notes=[
+                f"web console       http://127.0.0.1:{port}/  (HTTP API under /api/v1)",
+                f"admin API key     in {key_file} (sign in with it; make others there)",
+            ],
         )
     )
+
+
+def _kept_port(record: Path) -> int:
+    """The port recorded in ``record`` when it is still free, else a free one (recorded)."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int(record.read_text().strip())
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"{port}\n")
+    return port
+
+
+@app.command()
+def api(
+    host: Annotated[
+        str, typer.Option(envvar="BUDGET_API_HOST", help="address to listen on")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="BUDGET_API_PORT", min=1, max=65535, help="port to listen on")
+    ] = 8080,
+    secure_cookies: Annotated[
+        bool, typer.Option(help="mark console cookies HTTPS-only (behind a TLS proxy)")
+    ] = False,
+) -> None:
+    """Serve the web console and the HTTP API (/api/v1, OpenAPI at /api/v1/openapi.json)
+    until SIGTERM. Every request needs an API key (`budget api-key create`) or a console
+    session; there is no unauthenticated mode."""
+    from services.api.server import serve_api
+
+    raise typer.Exit(serve_api(settings(), host=host, port=port, secure_cookies=secure_cookies))
 
 
 @app.command("migrate")

@@ -61,7 +61,7 @@ WorkerCommand = Callable[[str], Sequence[str]]
 """Maps a worker name to its argv."""
 
 
-SERVICES = ("enforcer", "notifier", "query-service")
+SERVICES = ("enforcer", "notifier", "query-service", "api")
 """Supervised processes that are not projection workers (``budget <name>``)."""
 
 
@@ -101,6 +101,8 @@ def run_stack(
     stop_timeout: float = 10.0,
     restart_backoff: tuple[float, float] = (1.0, 30.0),
     out: TextIO | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
 ) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM; returns the exit status (0).
 
@@ -125,6 +127,8 @@ def run_stack(
             stop_timeout=stop_timeout,
             restart_backoff=restart_backoff,
             out=out,
+            extra_env=extra_env,
+            notes=notes,
         )
     )
 
@@ -143,9 +147,12 @@ async def serve_stack(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[StackInfo], None] | None = None,
     handle_signals: bool = True,
+    extra_env: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
 ) -> int:
     """``run_stack`` inside a running event loop. ``stop`` (set it to shut down) and
-    ``on_ready`` let a caller drive it without signals."""
+    ``on_ready`` let a caller drive it without signals. ``extra_env`` goes to every
+    worker; ``notes`` are lines the banner adds."""
     out = out if out is not None else sys.stdout
     stop = stop if stop is not None else asyncio.Event()
     data_dir = _make_dir(data_dir)
@@ -191,6 +198,7 @@ async def serve_stack(
             env.update(
                 BUDGET_NATS_URL=nats.url, BUDGET_DATABASE_URL=postgres.url, PYTHONUNBUFFERED="1"
             )
+            env.update(extra_env or {})
             for worker in supervised:
                 tasks.append(
                     asyncio.create_task(
@@ -207,7 +215,7 @@ async def serve_stack(
                 database_url=postgres.url,
                 worker_pids={w.name: w.proc.pid for w in supervised if w.proc is not None},
             )
-            out.write(_banner(info))
+            out.write(_banner(info, notes))
             out.flush()
             ready = True
             save_state()
@@ -465,7 +473,7 @@ def _end_process(pid: int, *, group: bool, grace: float = 5.0) -> None:
         kill(pid, signal.SIGKILL)
 
 
-def _banner(info: StackInfo) -> str:
+def _banner(info: StackInfo, notes: Sequence[str] = ()) -> str:
     workers = ", ".join(f"{name} (pid {pid})" for name, pid in info.worker_pids.items())
     return (
         "\n"
@@ -473,7 +481,8 @@ def _banner(info: StackInfo) -> str:
         f"  NATS (JetStream)  {info.nats_url}\n"
         f"  PostgreSQL        {info.database_url}\n"
         f"  workers           {workers or '(none)'}\n"
-        "\n"
+        + "".join(f"  {line}\n" for line in notes)
+        + "\n"
         "Point a host app (or another shell running `budget ...`) at it:\n"
         f"  export BUDGET_NATS_URL={shlex.quote(info.nats_url)}\n"
         f"  export BUDGET_DATABASE_URL={shlex.quote(info.database_url)}\n"

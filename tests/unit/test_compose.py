@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # One service per projection worker and per other long-running service.
 WORKERS = {f"{name}-projector": ["worker", name] for name in PROJECTIONS}
 WORKERS |= {name: [name] for name in SERVICES}
+HTTP_SERVICES = ("api",)  # published on a port, health-checked over HTTP
 APP_SERVICES = ("migrate", *WORKERS)
 
 
@@ -89,7 +90,10 @@ def test_workers_start_after_migrate(services: dict[str, dict[str, Any]], name: 
     assert worker["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
     assert worker["restart"] in ("unless-stopped", "always", "on-failure")
     assert "container_name" not in worker, "workers must be scalable"
-    assert "ports" not in worker
+    if name in HTTP_SERVICES:
+        assert all(p.startswith("127.0.0.1:") for p in worker["ports"]), "loopback by default"
+    else:
+        assert "ports" not in worker
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -159,7 +163,15 @@ def test_dockerignore_keeps_what_the_build_needs() -> None:
         assert any(fnmatch.fnmatch(path, p) for p in patterns), path
 
 
-@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_api_is_health_checked_over_http(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    port = api["environment"]["BUDGET_API_PORT"]
+    assert f"http://127.0.0.1:{port}/readyz" in _health_test(api)
+    assert api["environment"]["BUDGET_API_HOST"] == "0.0.0.0"
+    assert any(p.endswith(f":{port}") for p in api["ports"])
+
+
+@pytest.mark.parametrize("name", sorted(set(WORKERS) - set(HTTP_SERVICES)))
 def test_workers_are_health_checked_by_their_heartbeat(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:

@@ -1,0 +1,199 @@
+"""Browsing and exporting the usage history: filters, keyset pages and streamed exports.
+
+Pages are newest first and keyed by ``(occurred_at, event_id)``, never by OFFSET, so a
+page costs the same at any depth. A browse is pinned to the history's position when it
+started (``as_of``, a stream sequence): events applied later never shift, repeat or join
+its pages, and an export of the same filters lists exactly the rows the pages showed.
+Rows are rendered by PostgreSQL once, in one shape, for pages, CSV and JSON alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from projections.base import Connection
+from projections.checkpoints import live_position
+
+__all__ = [
+    "HISTORY_FIELDS",
+    "Cursor",
+    "HistoryFilter",
+    "export_csv",
+    "export_json_lines",
+    "history_page",
+]
+
+_TIME = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# (name, SQL rendering): the columns of a history row, in order.
+_FIELDS: tuple[tuple[str, str], ...] = (
+    ("event_id", "event_id::text"),
+    ("occurred_at", _TIME.format("occurred_at")),
+    ("provider", "provider"),
+    ("model", "model"),
+    ("kind", "kind"),
+    ("user_id", "user_id"),
+    ("project_id", "project_id"),
+    ("cost", "cost::text"),
+    ("unpriced_reason", "unpriced_reason"),
+    ("input_uncached", "input_uncached"),
+    ("input_cache_read", "input_cache_read"),
+    ("input_cache_write", "input_cache_write"),
+    ("output_text", "output_text"),
+    ("output_reasoning", "output_reasoning"),
+    ("embedding_tokens", "embedding_tokens"),
+    ("audio_seconds", "audio_seconds::text"),
+    ("image_count", "image_count"),
+    ("image_size", "image_size"),
+    ("image_quality", "image_quality"),
+    ("tags", "tags::text"),
+)
+HISTORY_FIELDS = tuple(name for name, _ in _FIELDS)
+_SELECT = ", ".join(f"{sql} AS {name}" for name, sql in _FIELDS)
+# JSON rows carry tags as an object; CSV cells as its JSON text.
+_JSON_ROW = "json_build_object({})::text".format(
+    ", ".join(f"'{name}', {'tags' if name == 'tags' else sql}" for name, sql in _FIELDS)
+)
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """Calls with ``since <= occurred_at < until`` matching every given filter; tags match
+    when the call carries each given tag with that value."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    provider: str | None = None
+    model: str | None = None
+    user_id: str | None = None
+    project_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def where(self, as_of: int) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {"as_of": as_of}
+        clauses = ["stream_seq <= %(as_of)s"]
+        for name in ("provider", "model", "user_id", "project_id"):
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(f"{name} = %({name})s")
+                params[name] = value
+        if self.since is not None:
+            clauses.append("occurred_at >= %(since)s")
+            params["since"] = self.since
+        if self.until is not None:
+            clauses.append("occurred_at < %(until)s")
+            params["until"] = self.until
+        if self.tags:
+            clauses.append("tags @> %(tags)s::jsonb")
+            params["tags"] = json.dumps(dict(self.tags))
+        return " AND ".join(clauses), params
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page starts: after the row ``(occurred_at, event_id)``, in the
+    browse pinned at ``as_of``. Opaque to clients (URL-safe base64 of JSON)."""
+
+    as_of: int
+    occurred_at: datetime | None = None
+    event_id: uuid.UUID | None = None
+
+    def encode(self) -> str:
+        data = {
+            "s": self.as_of,
+            "t": self.occurred_at.isoformat() if self.occurred_at else None,
+            "e": str(self.event_id) if self.event_id else None,
+        }
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """``ValueError`` when ``text`` is not a cursor this service issued."""
+        try:
+            data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            as_of = data["s"]
+            if not isinstance(as_of, int) or as_of < 0:
+                raise ValueError
+            at = datetime.fromisoformat(data["t"]) if data["t"] is not None else None
+            event_id = uuid.UUID(data["e"]) if data["e"] is not None else None
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            raise ValueError("cursor is not one this service issued; start from page one") from None
+        if (at is None) != (event_id is None):
+            raise ValueError("cursor is not one this service issued; start from page one")
+        return cls(as_of, at, event_id)
+
+
+async def _start(conn: Connection, cursor: Cursor | None) -> Cursor:
+    return cursor if cursor is not None else Cursor(await live_position(conn, "history"))
+
+
+async def history_page(
+    conn: Connection, where: HistoryFilter, *, limit: int, cursor: Cursor | None = None
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """Up to ``limit`` rows after ``cursor`` (newest first), and the cursor of the next
+    page (None on the last)."""
+    at = await _start(conn, cursor)
+    clause, params = where.where(at.as_of)
+    if at.occurred_at is not None:
+        # Written so the (…, occurred_at) indexes bound the scan: O(limit) at any depth.
+        clause += (
+            " AND occurred_at <= %(after_t)s"
+            " AND (occurred_at < %(after_t)s OR event_id < %(after_e)s)"
+        )
+        params.update(after_t=at.occurred_at, after_e=at.event_id)
+    params["limit"] = limit + 1
+    result = await conn.execute(
+        f"SELECT {_SELECT}, occurred_at AS _t, event_id AS _e FROM usage_history"
+        f" WHERE {clause} ORDER BY occurred_at DESC, event_id DESC LIMIT %(limit)s".encode(),
+        params,
+    )
+    fetched = await result.fetchall()
+    rows = [_record(row[:-2]) for row in fetched[:limit]]
+    if len(fetched) <= limit:
+        return rows, None
+    last = fetched[limit - 1]
+    return rows, Cursor(at.as_of, last[-2], last[-1])
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    record = dict(zip(HISTORY_FIELDS, row, strict=True))
+    record["tags"] = json.loads(record["tags"])
+    return record
+
+
+async def export_csv(
+    conn: Connection, where: HistoryFilter, as_of: int | None = None
+) -> AsyncIterator[bytes]:
+    """Every matching row as CSV with a header, newest first, produced by PostgreSQL's COPY
+    in chunks (memory stays flat however many rows match)."""
+    pinned = as_of if as_of is not None else await live_position(conn, "history")
+    clause, params = where.where(pinned)
+    query = (
+        f"COPY (SELECT {_SELECT} FROM usage_history WHERE {clause}"
+        " ORDER BY occurred_at DESC, event_id DESC) TO STDOUT WITH (FORMAT csv, HEADER true)"
+    )
+    async with conn.cursor() as cur, cur.copy(query.encode(), params) as copy:
+        async for chunk in copy:
+            yield bytes(chunk)
+
+
+async def export_json_lines(
+    conn: Connection, where: HistoryFilter, as_of: int | None = None, *, batch: int = 5000
+) -> AsyncIterator[list[str]]:
+    """Every matching row as one JSON object per item, newest first, read with a
+    server-side cursor ``batch`` rows at a time."""
+    pinned = as_of if as_of is not None else await live_position(conn, "history")
+    clause, params = where.where(pinned)
+    query = (
+        f"SELECT {_JSON_ROW} FROM usage_history WHERE {clause}"
+        " ORDER BY occurred_at DESC, event_id DESC"
+    )
+    async with conn.transaction(), conn.cursor(name="history_export") as cur:
+        await cur.execute(query.encode(), params)
+        while rows := await cur.fetchmany(batch):
+            yield [row[0] for row in rows]

@@ -1,0 +1,1 @@
+"""``budget api``: the HTTP API and the web console, as one service."""

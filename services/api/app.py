@@ -1,0 +1,112 @@
+"""The HTTP service: the JSON API under ``/api/v1`` and the web console, in one app.
+
+``create_app(settings)`` builds it; ``budget api`` serves it with uvicorn. Reads use the
+same query functions as the CLI and the query service; writes publish events the way
+``BudgetManager`` and ``AlertEngine`` do and return once applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from budget.config import Settings
+from services.api.console import console_router
+from services.api.context import ApiServices
+from services.api.problems import BodyLimit, install_problem_handlers
+from services.api.routes import api_router
+
+__all__ = ["MAX_BODY_BYTES", "SESSION_HOURS", "create_app"]
+
+log = logging.getLogger("budget.api")
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 1 << 20
+SESSION_HOURS = 12
+
+
+def create_app(
+    settings: Settings,
+    *,
+    session_secret: str,
+    secure_cookies: bool = False,
+    services: ApiServices | None = None,
+) -> FastAPI:
+    """``session_secret`` signs console cookies (every replica needs the same one);
+    ``secure_cookies`` marks them HTTPS-only (set it behind TLS). ``services``: already
+    open ones (tests), else the app opens its own for its lifetime."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services is not None:
+            app.state.services = services
+            yield
+            return
+        async with ApiServices.open(settings) as opened:
+            app.state.services = opened
+            yield
+
+    app = FastAPI(
+        title="Budget Manager",
+        version="1",
+        summary="Cost tracking and budget enforcement for AI provider calls",
+        description=(
+            "Authenticate with `Authorization: Bearer <API key>`. Roles: `viewer` reads,"
+            " `admin` also changes policies, rules, alerts and keys, `ingest` only records"
+            " usage and checks budgets. Errors are RFC 9457 problem details."
+        ),
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+    install_problem_handlers(app)
+    app.include_router(api_router)
+    app.include_router(console_router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_secret,
+        session_cookie="budget_session",
+        max_age=SESSION_HOURS * 3600,
+        same_site="strict",
+        https_only=secure_cookies,
+    )
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    app.add_middleware(AccessLog)
+    return app
+
+
+class AccessLog:
+    """One line per request: method, path, status, milliseconds. The path only: no query
+    string, header or cookie reaches the log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed)

@@ -1,0 +1,141 @@
+"""Who is asking, and may they: API keys (header) and console sessions (cookie).
+
+A request carries a key as ``Authorization: Bearer <key>`` (or ``X-API-Key``), or a
+signed session cookie that the console's sign-in set; either way the key must still be
+live in the ``api_keys`` projection, so a revocation holds from the next request. A
+cookie-authenticated request that changes anything must also carry the session's CSRF
+token (form field ``csrf_token`` or header ``X-CSRF-Token``).
+
+No key, cookie or token is ever logged or echoed back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from events import ApiRole
+from projections.api_keys import find_key
+from services.api.context import services
+from services.api.keys import hash_key
+from services.api.problems import Problem
+
+__all__ = [
+    "ADMIN",
+    "INGEST",
+    "READ",
+    "Principal",
+    "authenticate",
+    "csrf_token",
+    "require",
+    "sign_in",
+    "sign_out",
+]
+
+READ = (ApiRole.VIEWER, ApiRole.ADMIN)
+ADMIN = (ApiRole.ADMIN,)
+INGEST = (ApiRole.INGEST, ApiRole.ADMIN)
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="budget"'}
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    name: str
+    role: ApiRole
+    session: bool
+    """Authenticated by the console's cookie rather than a key header."""
+
+
+def _presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def authenticate(request: Request) -> Principal | None:
+    """The caller, or None when no live key or session identifies one."""
+    database = services(request).database
+    key = _presented_key(request)
+    if key is not None:
+        async with database.connection() as conn:
+            found = await find_key(conn, key_hash=hash_key(key))
+        session = False
+    else:
+        key_id = request.session.get("key_id") if "session" in request.scope else None
+        if not isinstance(key_id, str):
+            return None
+        async with database.connection() as conn:
+            found = await find_key(conn, key_id=key_id)
+        session = True
+    if found is None:
+        return None
+    return Principal(found.key_id, found.name, found.role, session)
+
+
+def require(*roles: ApiRole) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency admitting callers in ``roles``: 401 without a live credential, 403
+    with one of another role."""
+    allowed = ", ".join(r.value for r in roles)
+
+    async def dependency(request: Request) -> Principal:
+        principal = await authenticate(request)
+        if principal is None:
+            raise Problem(
+                401,
+                "send a live API key as 'Authorization: Bearer <key>' (or sign in)",
+                headers=_CHALLENGE,
+            )
+        if principal.role not in roles:
+            raise Problem(
+                403, f"this needs the role {allowed}; the key's role is {principal.role.value}"
+            )
+        if principal.session and request.method not in _SAFE:
+            await _check_csrf(request)
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+async def _check_csrf(request: Request) -> None:
+    expected = request.session.get("csrf")
+    given = request.headers.get("x-csrf-token")
+    if given is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get("csrf_token")
+        given = value if isinstance(value, str) else None
+    if not isinstance(expected, str) or given is None or not hmac.compare_digest(expected, given):
+        raise Problem(403, "the form's CSRF token is missing or stale; reload the page")
+
+
+def csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+async def sign_in(request: Request, key: str) -> Principal | None:
+    """Start a console session for ``key`` if it is live; a new CSRF token each time."""
+    async with services(request).database.connection() as conn:
+        found = await find_key(conn, key_hash=hash_key(key))
+    if found is None:
+        return None
+    request.session.clear()
+    request.session["key_id"] = found.key_id
+    request.session["csrf"] = secrets.token_urlsafe(32)
+    return Principal(found.key_id, found.name, found.role, True)
+
+
+def sign_out(request: Request) -> None:
+    request.session.clear()

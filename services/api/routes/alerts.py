@@ -1,0 +1,138 @@
+"""Alerts: list with filters, one with its deliveries, acknowledge, resolve, and a live
+feed of new alerts as Server-Sent Events (the UI channel's ``alert_feed``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from events import AlertSeverity, AlertType
+from events.queries import AlertDelivery, AlertsQuery, StoredAlert
+from services.api.auth import ADMIN, READ, Principal, require
+from services.api.context import ApiServices, services
+from services.api.problems import Problem
+
+__all__ = ["Acknowledgement", "AlertDetail", "router"]
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+Api = Annotated[ApiServices, Depends(services)]
+Admin = Annotated[Principal, Depends(require(*ADMIN))]
+_POLL = 0.25  # seconds between looks at the feed
+_LOOK_BACK = timedelta(seconds=5)  # rows commit out of order within this
+_KEEP_ALIVE = 15.0
+
+
+class AlertDetail(BaseModel):
+    alert: StoredAlert
+    deliveries: list[AlertDelivery]
+
+
+class Acknowledgement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(default=None, max_length=200, description="default: the key's name")
+
+
+@router.get("", dependencies=[Depends(require(*READ))], summary="Alerts, oldest first")
+async def list_alerts(
+    api: Api,
+    policy_id: Annotated[str | None, Query(max_length=100)] = None,
+    severity: AlertSeverity | None = None,
+    alert_type: AlertType | None = None,
+    unacknowledged_only: bool = False,
+    resolved: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[StoredAlert]:
+    query = AlertsQuery(
+        policy_id=policy_id,
+        severity=severity,
+        alert_type=alert_type,
+        unacknowledged_only=unacknowledged_only,
+        resolved=resolved,
+        limit=limit,
+    )
+    return await api.database.alerts(query)
+
+
+@router.get(
+    "/stream",
+    dependencies=[Depends(require(*READ))],
+    summary="New alerts as Server-Sent Events (event: alert, data: the alert)",
+    response_class=StreamingResponse,
+)
+async def stream(request: Request, api: Api) -> StreamingResponse:
+    return StreamingResponse(
+        _feed(request, api),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{alert_id}", dependencies=[Depends(require(*READ))], summary="One alert")
+async def get_alert(api: Api, alert_id: uuid.UUID) -> AlertDetail:
+    found = await api.database.alerts(AlertsQuery(alert_id=alert_id))
+    if not found:
+        raise Problem(404, f"there is no alert {alert_id}")
+    return AlertDetail(alert=found[0], deliveries=await api.database.deliveries(alert_id))
+
+
+@router.post("/{alert_id}/acknowledge", status_code=204, summary="Acknowledge an alert")
+async def acknowledge(
+    api: Api, who: Admin, alert_id: uuid.UUID, body: Acknowledgement | None = None
+) -> Response:
+    await _existing(api, alert_id)
+    by = body.by if body is not None and body.by else who.name
+    await api.alerts.acknowledge_alert(alert_id, by)
+    return Response(status_code=204)
+
+
+@router.post("/{alert_id}/resolve", status_code=204, summary="Resolve an alert")
+async def resolve(api: Api, who: Admin, alert_id: uuid.UUID) -> Response:
+    await _existing(api, alert_id)
+    await api.alerts.resolve_alert(alert_id, who.name)
+    return Response(status_code=204)
+
+
+async def _existing(api: ApiServices, alert_id: uuid.UUID) -> None:
+    if not await api.database.alerts(AlertsQuery(alert_id=alert_id)):
+        raise Problem(404, f"there is no alert {alert_id}")
+
+
+async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
+    """Alerts the UI channel delivers from now on; a comment every 15 s keeps proxies
+    from closing an idle stream."""
+    async with api.database.connection() as conn:
+        row = await (await conn.execute("SELECT now()")).fetchone()
+    assert row is not None
+    since: datetime = row[0]
+    sent: dict[uuid.UUID, datetime] = {}
+    idle = 0.0
+    yield b": connected\n\n"
+    while not await request.is_disconnected():
+        async with api.database.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT alert_id, payload, delivered_at FROM alert_feed"
+                " WHERE delivered_at >= %s ORDER BY delivered_at, alert_id",
+                (since - _LOOK_BACK,),
+            )
+            fresh = [r for r in await cursor.fetchall() if r[0] not in sent]
+        for alert_id, payload, delivered_at in fresh:
+            sent[alert_id] = delivered_at
+            since = max(since, delivered_at)
+            yield f"id: {alert_id}\nevent: alert\ndata: {json.dumps(payload)}\n\n".encode()
+        horizon = since - 2 * _LOOK_BACK
+        for old in [k for k, at in sent.items() if at < horizon]:
+            del sent[old]
+        idle = 0.0 if fresh else idle + _POLL
+        if idle >= _KEEP_ALIVE:
+            idle = 0.0
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(_POLL)

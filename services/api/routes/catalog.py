@@ -1,0 +1,55 @@
+"""Prices: providers, their priced models, and the price that applies to a model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import AwareDatetime, BaseModel
+
+from budget.pricing import ModelPricing
+from services.api.auth import READ, require
+from services.api.context import ApiServices, services
+from services.api.problems import Problem
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["prices"], dependencies=[Depends(require(*READ))])
+Api = Annotated[ApiServices, Depends(services)]
+
+
+class Provider(BaseModel):
+    provider: str
+    models: int
+
+
+@router.get("/providers", summary="Providers with priced models")
+async def providers(api: Api) -> list[Provider]:
+    registry = api.registry
+    return [
+        Provider(provider=p, models=len(registry.get_provider_models(p)))
+        for p in registry.get_all_providers()
+    ]
+
+
+@router.get("/providers/{provider}/models", summary="A provider's priced models")
+async def provider_models(api: Api, provider: str) -> list[str]:
+    models = api.registry.get_provider_models(provider)
+    if not models:
+        raise Problem(404, f"no priced models for provider {provider!r}; see GET /providers")
+    return models
+
+
+@router.get("/prices/{model:path}", summary="The price that applies to a model at a time")
+async def price(
+    api: Api,
+    model: str,
+    provider: Annotated[str | None, Query(max_length=100)] = None,
+    at: AwareDatetime | None = None,
+) -> ModelPricing:
+    found = api.registry.get_model_pricing(model, provider, at)
+    if found is None:
+        raise Problem(
+            404, f"{model!r} has no price: its usage is recorded unpriced (add a price override)"
+        )
+    return found

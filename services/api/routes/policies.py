@@ -1,0 +1,75 @@
+"""Budget policies: list, get, create, replace, delete. Changes publish ``PolicySet`` /
+``PolicyDeleted`` and answer once the policies projection has applied them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+
+from events import BudgetPolicy, BudgetScope
+from services.api.auth import ADMIN, READ, Principal, require
+from services.api.context import ApiServices, services
+from services.api.problems import Problem
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/policies", tags=["policies"])
+Api = Annotated[ApiServices, Depends(services)]
+Admin = Annotated[Principal, Depends(require(*ADMIN))]
+
+
+@router.get("", dependencies=[Depends(require(*READ))], summary="Every policy")
+async def list_policies(api: Api, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
+    return await api.database.policies(scope)
+
+
+@router.get("/{policy_id}", dependencies=[Depends(require(*READ))], summary="One policy")
+async def get_policy(api: Api, policy_id: str) -> BudgetPolicy:
+    return await _existing(api, policy_id)
+
+
+@router.post("", status_code=201, summary="Create a policy (409 if its id exists)")
+async def create_policy(
+    api: Api, who: Admin, policy: BudgetPolicy, response: Response
+) -> BudgetPolicy:
+    if await api.manager.get_policy(policy.policy_id) is not None:
+        raise Problem(409, f"policy {policy.policy_id!r} exists; PUT replaces it")
+    await api.manager.set_policy(policy, set_by=who.name)
+    response.headers["Location"] = f"/api/v1/policies/{policy.policy_id}"
+    return policy
+
+
+@router.put("/{policy_id}", summary="Create or replace the policy with this id")
+async def replace_policy(
+    api: Api, who: Admin, policy_id: str, policy: BudgetPolicy
+) -> BudgetPolicy:
+    if policy.policy_id != policy_id:
+        policy = _with_id(policy, policy_id)
+    await api.manager.set_policy(policy, set_by=who.name)
+    return policy
+
+
+@router.delete("/{policy_id}", status_code=204, summary="Delete a policy")
+async def delete_policy(api: Api, who: Admin, policy_id: str) -> Response:
+    if not await api.manager.delete_policy(policy_id, deleted_by=who.name):
+        raise Problem(404, f"there is no policy {policy_id!r}")
+    return Response(status_code=204)
+
+
+async def _existing(api: ApiServices, policy_id: str) -> BudgetPolicy:
+    policy = await api.manager.get_policy(policy_id)
+    if policy is None:
+        raise Problem(404, f"there is no policy {policy_id!r}")
+    return policy
+
+
+def _with_id(policy: BudgetPolicy, policy_id: str) -> BudgetPolicy:
+    try:
+        return BudgetPolicy.model_validate({**policy.model_dump(), "policy_id": policy_id})
+    except ValueError:
+        raise Problem(
+            422,
+            "path.policy_id: use letters, digits and _ . : - (at most 100)",
+            errors=[{"field": "path.policy_id", "message": "not a valid policy id"}],
+        ) from None

@@ -1,0 +1,62 @@
+"""The reports (summary, trend, comparison, projection, custom) in JSON, CSV or Markdown,
+built by the same ``ReportBuilder`` as the CLI and the query service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import AwareDatetime
+
+from budget.report_format import ExportFormat, to_answer
+from events.queries import ReportAnswer, ReportQuery
+from services.api.auth import READ, require
+from services.api.context import ApiServices, services
+from services.api.problems import Problem
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(require(*READ))])
+Kind = Literal["summary", "trend", "comparison", "projection", "custom"]
+When = Annotated[AwareDatetime | None, Query()]
+_MEDIA = {ExportFormat.CSV: "text/csv; charset=utf-8", ExportFormat.MARKDOWN: "text/markdown"}
+
+
+@router.get(
+    "/{kind}",
+    summary="A report; custom and comparison need start and end (comparison also previous_*)",
+    response_model=ReportAnswer,
+    responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}},
+)
+async def report(
+    api: Annotated[ApiServices, Depends(services)],
+    kind: Kind,
+    format: ExportFormat = ExportFormat.JSON,
+    period: Literal["daily", "weekly", "monthly"] = "monthly",
+    days: Annotated[int, Query(ge=1, le=3660)] = 30,
+    interval: Literal["daily", "weekly"] = "daily",
+    start: When = None,
+    end: When = None,
+    previous_start: When = None,
+    previous_end: When = None,
+    group_by: Annotated[list[str] | None, Query(max_length=5)] = None,
+) -> Response:
+    try:
+        query = ReportQuery(
+            kind=kind,
+            period=period,
+            days=days,
+            interval=interval,
+            start=start,
+            end=end,
+            previous_start=previous_start,
+            previous_end=previous_end,
+            group_by=group_by or [],
+        )
+        built = await api.database.report(query)
+    except ValueError as exc:
+        raise Problem(422, str(exc), errors=[{"field": "query", "message": str(exc)}]) from None
+    if format is ExportFormat.JSON:
+        return Response(to_answer(built).model_dump_json(), media_type="application/json")
+    return PlainTextResponse(built.export(format), media_type=_MEDIA[format])

@@ -1,0 +1,56 @@
+"""Alert rules: list, add, replace, remove (``AlertRuleSet`` / ``AlertRuleRemoved``,
+answered once the alert evaluator has applied them)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+
+from events import AlertRule
+from services.api.auth import ADMIN, READ, require
+from services.api.context import ApiServices, services
+from services.api.problems import Problem
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/rules", tags=["alert rules"])
+Api = Annotated[ApiServices, Depends(services)]
+
+
+@router.get("", dependencies=[Depends(require(*READ))], summary="The rules in force")
+async def list_rules(api: Api) -> list[AlertRule]:
+    return await api.database.rules()
+
+
+@router.post("", status_code=201, dependencies=[Depends(require(*ADMIN))], summary="Add a rule")
+async def add_rule(api: Api, rule: AlertRule) -> AlertRule:
+    if any(r.rule_id == rule.rule_id for r in await api.database.rules()):
+        raise Problem(409, f"rule {rule.rule_id!r} exists; PUT replaces it")
+    return await api.alerts.add_rule(rule)
+
+
+@router.put("/{rule_id}", dependencies=[Depends(require(*ADMIN))], summary="Add or replace a rule")
+async def replace_rule(api: Api, rule_id: str, rule: AlertRule) -> AlertRule:
+    if rule.rule_id != rule_id:
+        try:
+            rule = AlertRule.model_validate({**rule.model_dump(), "rule_id": rule_id})
+        except ValueError:
+            raise Problem(
+                422,
+                "path.rule_id: use letters, digits and _ . : - (at most 100)",
+                errors=[{"field": "path.rule_id", "message": "not a valid rule id"}],
+            ) from None
+    return await api.alerts.add_rule(rule)
+
+
+@router.delete(
+    "/{rule_id}",
+    status_code=204,
+    dependencies=[Depends(require(*ADMIN))],
+    summary="Remove a rule",
+)
+async def remove_rule(api: Api, rule_id: str) -> Response:
+    if not await api.alerts.remove_rule(rule_id):
+        raise Problem(404, f"there is no rule {rule_id!r}")
+    return Response(status_code=204)

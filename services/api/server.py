@@ -1,0 +1,54 @@
+"""``budget api``: serve the app with uvicorn until SIGTERM.
+
+The session secret (which signs console cookies) comes from ``BUDGET_API_SESSION_SECRET``
+when set (give every replica the same one), else from ``<data_dir>/api-session.secret``,
+created 0600 on first start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import uvicorn
+
+from budget.config import Settings
+from services.api.app import create_app
+from services.api.keys import write_secret_file
+
+__all__ = ["serve_api", "session_secret"]
+
+log = logging.getLogger("budget.api")
+SECRET_ENV = "BUDGET_API_SESSION_SECRET"
+
+
+def session_secret(data_dir: Path) -> str:
+    given = os.environ.get(SECRET_ENV)
+    if given:
+        return given
+    path = data_dir / "api-session.secret"
+    if not path.exists():
+        write_secret_file(path, secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def serve_api(settings: Settings, *, host: str, port: int, secure_cookies: bool) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(
+        settings, session_secret=session_secret(settings.data_dir), secure_cookies=secure_cookies
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # services.api.app.AccessLog writes paths only, never query strings
+        log_config=None,
+        timeout_graceful_shutdown=3,
+        server_header=False,
+    )
+    log.info("budget api on http://%s:%d/", host, port)
+    uvicorn.Server(config).run()
+    return 0
