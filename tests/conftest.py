@@ -14,6 +14,11 @@ Per test:
 - ``embedded_postgres: EmbeddedPostgres`` a private PostgreSQL to restart in fault tests
 - ``server_tmp_path: Path``       a temp dir an embedded PostgreSQL may live in (``tmp_path``
   may not: pytest re-chmods its base dir 0700, locking out the ``pgserver`` user)
+
+Per module:
+
+- ``stack: LiveStack``  every worker and service running (``tests/live.py``), the HTTP
+  service on a free port, an admin key; its own subject prefix and schema
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ if str(Path(__file__).parent) not in sys.path:
 from events import Topology
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
+from live import LiveStack, live_stack
 from servers import (
     create_schema,
     drop_schema,
@@ -127,3 +133,17 @@ def embedded_postgres(server_tmp_path: Path) -> Iterator[EmbeddedPostgres]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    request: pytest.FixtureRequest, nats_url: str, database_url: str
+) -> Iterator[LiveStack]:
+    schema = schema_name_for(f"stack_{request.module.__name__}")
+    create_schema(database_url, schema)
+    workdir = server_tmpdir("stack")
+    try:
+        yield from live_stack(nats_url, with_search_path(database_url, schema), workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        drop_schema(database_url, schema)
