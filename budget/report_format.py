@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from enum import StrEnum
 from typing import Any
 
@@ -113,7 +113,9 @@ def _shown(value: Cell) -> str:
     if isinstance(value, Decimal):  # money to the cent, half up; sub-cent amounts in full
         if value and abs(value) < Decimal("0.01"):
             return f"{value:.6f}"
-        return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
+        # Enough digits for any amount: the default 28 cannot quantize 1E+30 to cents.
+        with localcontext(prec=max(28, value.adjusted() + 4)):
+            return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
     return _text(value).replace("|", "\\|")
 
 

@@ -136,9 +136,7 @@ def embedded_postgres(server_tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    request: pytest.FixtureRequest, nats_url: str, database_url: str
-) -> Iterator[LiveStack]:
+def stack(request: pytest.FixtureRequest, nats_url: str, database_url: str) -> Iterator[LiveStack]:
     schema = schema_name_for(f"stack_{request.module.__name__}")
     create_schema(database_url, schema)
     workdir = server_tmpdir("stack")

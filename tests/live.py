@@ -52,7 +52,8 @@ class LiveStack:
     def client(self, key: str | None = None, **options: object) -> httpx.Client:
         """An HTTP client on the stack, sending ``key`` (default: the admin key)."""
         headers = {"Authorization": f"Bearer {key or self.admin_key}"}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, **options)  # type: ignore[arg-type]
+        options.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.base_url, headers=headers, **options)  # type: ignore[arg-type]
 
     def new_key(self, role: ApiRole, name: str | None = None) -> str:
         with self.client() as http:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from budget.config import Settings
 from services.api.console import console_router
 from services.api.context import ApiServices
-from services.api.problems import BodyLimit, install_problem_handlers
+from services.api.problems import BodyLimit, CatchAll, NoNulCharacters, install_problem_handlers
 from services.api.routes import api_router
 
 __all__ = ["MAX_BODY_BYTES", "SESSION_HOURS", "create_app"]
@@ -79,6 +79,8 @@ def create_app(
         same_site="strict",
         https_only=secure_cookies,
     )
+    app.add_middleware(CatchAll)
+    app.add_middleware(NoNulCharacters)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     app.add_middleware(AccessLog)

@@ -11,14 +11,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "Problem", "field_errors", "install_problem_handlers", "problem_response"]
+__all__ = [
+    "PROBLEM_RESPONSES",
+    "BodyLimit",
+    "CatchAll",
+    "NoNulCharacters",
+    "Problem",
+    "ProblemDocument",
+    "field_errors",
+    "install_problem_handlers",
+    "problem_response",
+]
 
 log = logging.getLogger("budget.api")
 
@@ -38,6 +50,36 @@ _TITLES = {
     503: "Service unavailable",
     504: "Gateway timeout",
 }
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted location, e.g. body.limit_amount or query.since")
+    message: str
+
+
+class ProblemDocument(BaseModel):
+    """RFC 9457 problem details, as every error is answered."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] = Field(default_factory=list, description="what is wrong where")
+
+
+def _documented(description: str) -> dict[str, Any]:
+    schema = ProblemDocument.model_json_schema()
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": schema}}}
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _documented("no live API key or session"),
+    403: _documented("the key's role may not do this (or a stale CSRF token)"),
+    413: _documented("the body is over the size limit"),
+    422: _documented("a field is wrong: `errors` names each one"),
+}
+"""The error answers every route can give, for the OpenAPI document."""
 
 
 class Problem(Exception):
@@ -104,12 +146,34 @@ def install_problem_handlers(app: FastAPI) -> None:
         problem = Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
         return problem_response(problem, request.url.path)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
-        log.debug("traceback", exc_info=exc)
-        detail = "the request failed unexpectedly; it was logged on the server"
-        return problem_response(Problem(500, detail), request.url.path)
+
+class CatchAll:
+    """An unexpected failure is logged (path and traceback, for operators) and answered
+    with a 500 problem that carries no traceback. Caught here rather than by Starlette's
+    outermost handler, which re-raises and so makes the server drop the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            if started:  # too late for a problem document: end the response
+                raise
+            detail = "the request failed unexpectedly; it was logged on the server"
+            await problem_response(Problem(500, detail), scope["path"])(scope, receive, send)
 
 
 class BodyLimit:
@@ -145,3 +209,46 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         await problem_response(Problem(413, self._detail()))(scope, receive, send)
+
+
+class NoNulCharacters:
+    """Refuse a NUL character in the query string or a body (``%00``, or ``\\u0000`` in
+    JSON) with 422: PostgreSQL text cannot hold one, so it could only fail later, inside a
+    query or a projection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+            if "\x00" in name or "\x00" in value:
+                await self._refuse(f"query.{name.strip(chr(0)) or 'string'}", scope, receive, send)
+                return
+        form = any(
+            name == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
+            for name, value in scope.get("headers", ())
+        )
+        escapes = (b"\\u0000", b"%00") if form else (b"\\u0000",)
+        tail = b""
+
+        async def checked() -> Message:
+            nonlocal tail
+            message = await receive()
+            window = tail + message.get("body", b"")
+            if b"\x00" in window or any(e in window.lower() for e in escapes):
+                raise StarletteHTTPException(422, _NUL_DETAIL.format(field="body"))
+            tail = window[-5:]
+            return message
+
+        await self.app(scope, checked, send)
+
+    async def _refuse(self, field: str, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = _NUL_DETAIL.format(field=field)
+        problem = Problem(422, detail, errors=[{"field": field, "message": "contains NUL"}])
+        await problem_response(problem)(scope, receive, send)
+
+
+_NUL_DETAIL = "{field}: NUL characters (U+0000) are not accepted; remove them"

@@ -32,3 +32,16 @@ def test_every_kind_of_cell_survives_the_wire() -> None:
 def test_an_empty_table_keeps_its_columns() -> None:
     report = Report("Empty", START, START, [Table("Forecast", ("day", "expected_usd"))])
     assert round_trip(report) == report
+
+
+def test_markdown_shows_amounts_of_any_size() -> None:
+    """A policy limit of 1E+30 once made the Markdown export fail (28-digit context)."""
+    report = Report(
+        "limits",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 2, 1, tzinfo=UTC),
+        [Table("t", ("limit",), [(Decimal("1E+30"),), (Decimal("1234.565"),)])],
+    )
+    text = report.to_markdown()
+    assert "| 1,000,000,000,000,000,000,000,000,000,000.00 |" in text
+    assert "| 1,234.57 |" in text

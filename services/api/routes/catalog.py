@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from budget.pricing import ModelPricing
+from events.envelope import UtcDatetime
 from services.api.auth import READ, require
 from services.api.context import ApiServices, services
 from services.api.problems import Problem
@@ -45,7 +46,7 @@ async def price(
     api: Api,
     model: str,
     provider: Annotated[str | None, Query(max_length=100)] = None,
-    at: AwareDatetime | None = None,
+    at: UtcDatetime | None = None,
 ) -> ModelPricing:
     found = api.registry.get_model_pricing(model, provider, at)
     if found is None:

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
+from events.envelope import UtcDatetime
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
 from services.api.auth import READ, require
@@ -29,8 +30,8 @@ class HistoryPage(BaseModel):
 
 
 def history_filter(
-    since: Annotated[AwareDatetime | None, Query(description="occurred_at >= since")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="occurred_at < until")] = None,
+    since: Annotated[UtcDatetime | None, Query(description="occurred_at >= since")] = None,
+    until: Annotated[UtcDatetime | None, Query(description="occurred_at < until")] = None,
     provider: Name = None,
     model: Name = None,
     user_id: Name = None,

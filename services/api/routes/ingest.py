@@ -15,10 +15,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
 from nats.errors import Error as NatsError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from budget.rpc import RpcFailure
 from events import CallKind, ImageUsage, UsageRecorded, encode, headers_for
+from events.envelope import UtcDatetime
 from events.rpc import CheckResult
 from services.api.auth import INGEST, require
 from services.api.context import ApiServices, services
@@ -71,7 +72,7 @@ class UsageIn(BaseModel):
     tags: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=500)]] = (
         Field(default_factory=dict, max_length=50)
     )
-    occurred_at: AwareDatetime | None = Field(default=None, description="default: now")
+    occurred_at: UtcDatetime | None = Field(default=None, description="default: now")
     reservation_id: Annotated[str, Field(max_length=100)] | None = None
 
 

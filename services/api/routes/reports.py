@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import AwareDatetime
 
 from budget.report_format import ExportFormat, to_answer
+from events.envelope import UtcDatetime
 from events.queries import ReportAnswer, ReportQuery
 from services.api.auth import READ, require
 from services.api.context import ApiServices, services
@@ -19,7 +19,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(require(*READ))])
 Kind = Literal["summary", "trend", "comparison", "projection", "custom"]
-When = Annotated[AwareDatetime | None, Query()]
+When = Annotated[UtcDatetime | None, Query()]
 _MEDIA = {ExportFormat.CSV: "text/csv; charset=utf-8", ExportFormat.MARKDOWN: "text/markdown"}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
 
 from events import BudgetScope
+from events.envelope import UtcDatetime
 from events.queries import SpendQuery, SpendRow
 from services.api.auth import READ, require
 from services.api.context import ApiServices, services
@@ -23,7 +23,7 @@ async def spend(
     period: Literal["daily", "weekly", "monthly"] = "monthly",
     scope: BudgetScope | None = None,
     key: Annotated[str | None, Query(max_length=200, description="one scope key")] = None,
-    at: Annotated[AwareDatetime | None, Query(description="ISO 8601 with offset")] = None,
+    at: Annotated[UtcDatetime | None, Query(description="ISO 8601 with offset")] = None,
 ) -> list[SpendRow]:
     rows = await api.database.spend(SpendQuery(period=period, scope=scope, at=at))
     return [r for r in rows if key is None or r.scope_key == key]

@@ -1,0 +1,149 @@
+"""Who may call what: every route of the OpenAPI document, without a key, with a wrong
+key and with each role; revocation holding from the next request; no key in any log."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from events import ApiRole
+
+from live import LiveStack
+
+READ, ADMIN, INGEST, PUBLIC = "read", "admin", "ingest", "public"
+ALLOWED = {
+    READ: {ApiRole.VIEWER, ApiRole.ADMIN},
+    ADMIN: {ApiRole.ADMIN},
+    INGEST: {ApiRole.INGEST, ApiRole.ADMIN},
+    PUBLIC: {ApiRole.VIEWER, ApiRole.ADMIN, ApiRole.INGEST},
+}
+ALERT = str(uuid.uuid4())
+POLICY = {"name": "matrix", "scope": "user", "scope_key": "matrix-user", "limit_amount": "9"}
+RULE = {"name": "matrix rule", "threshold_percent": "50"}
+# (method, path template, concrete path, JSON body, group): one line per route.
+ROUTES: list[tuple[str, str, str, Any, str]] = [
+    ("GET", "/healthz", "/healthz", None, PUBLIC),
+    ("GET", "/readyz", "/readyz", None, PUBLIC),
+    ("GET", "/api/v1/spend", "/api/v1/spend", None, READ),
+    ("GET", "/api/v1/policies", "/api/v1/policies", None, READ),
+    ("POST", "/api/v1/policies", "/api/v1/policies", POLICY, ADMIN),
+    ("GET", "/api/v1/policies/{policy_id}", "/api/v1/policies/nope", None, READ),
+    ("PUT", "/api/v1/policies/{policy_id}", "/api/v1/policies/matrix", POLICY, ADMIN),
+    ("DELETE", "/api/v1/policies/{policy_id}", "/api/v1/policies/nope", None, ADMIN),
+    ("POST", "/api/v1/check", "/api/v1/check", {"model": "gpt-4o"}, INGEST),
+    (
+        "POST",
+        "/api/v1/reservations/{reservation_id}/release",
+        "/api/v1/reservations/none/release",
+        None,
+        INGEST,
+    ),
+    (
+        "POST",
+        "/api/v1/usage",
+        "/api/v1/usage",
+        {"model": "gpt-4o", "provider": "openai", "user_id": "matrix-user"},
+        INGEST,
+    ),
+    ("GET", "/api/v1/usage", "/api/v1/usage", None, READ),
+    ("GET", "/api/v1/usage/export", "/api/v1/usage/export", None, READ),
+    ("GET", "/api/v1/reports/{kind}", "/api/v1/reports/summary", None, READ),
+    ("GET", "/api/v1/alerts", "/api/v1/alerts", None, READ),
+    ("GET", "/api/v1/alerts/stream", "/api/v1/alerts/stream", None, READ),
+    ("GET", "/api/v1/alerts/{alert_id}", f"/api/v1/alerts/{ALERT}", None, READ),
+    (
+        "POST",
+        "/api/v1/alerts/{alert_id}/acknowledge",
+        f"/api/v1/alerts/{ALERT}/acknowledge",
+        {},
+        ADMIN,
+    ),
+    ("POST", "/api/v1/alerts/{alert_id}/resolve", f"/api/v1/alerts/{ALERT}/resolve", None, ADMIN),
+    ("GET", "/api/v1/rules", "/api/v1/rules", None, READ),
+    ("POST", "/api/v1/rules", "/api/v1/rules", RULE, ADMIN),
+    ("PUT", "/api/v1/rules/{rule_id}", "/api/v1/rules/matrix", RULE, ADMIN),
+    ("DELETE", "/api/v1/rules/{rule_id}", "/api/v1/rules/nope", None, ADMIN),
+    ("GET", "/api/v1/providers", "/api/v1/providers", None, READ),
+    ("GET", "/api/v1/providers/{provider}/models", "/api/v1/providers/openai/models", None, READ),
+    ("GET", "/api/v1/prices/{model}", "/api/v1/prices/gpt-4o", None, READ),
+    ("GET", "/api/v1/projections", "/api/v1/projections", None, READ),
+    ("GET", "/api/v1/dead-letters", "/api/v1/dead-letters", None, READ),
+    ("GET", "/api/v1/services", "/api/v1/services", None, READ),
+    ("GET", "/api/v1/keys", "/api/v1/keys", None, ADMIN),
+    ("POST", "/api/v1/keys", "/api/v1/keys", {"name": "matrix", "role": "viewer"}, ADMIN),
+    ("DELETE", "/api/v1/keys/{key_id}", "/api/v1/keys/nope", None, ADMIN),
+]
+
+
+@pytest.fixture(scope="module")
+def keys(stack: LiveStack) -> dict[ApiRole, str]:
+    return {role: stack.new_key(role, f"matrix-{role.value}") for role in ApiRole}
+
+
+def status_of(http: httpx.Client, method: str, path: str, body: Any) -> int:
+    """The status of one request; a stream is closed as soon as its status is known."""
+    with http.stream(method, path, json=body) as answer:
+        return answer.status_code
+
+
+def test_the_matrix_covers_every_route(stack: LiveStack) -> None:
+    document = httpx.get(stack.base_url + "/api/v1/openapi.json").json()
+    documented = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    assert documented == {(method, template) for method, template, *_ in ROUTES}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "group"),
+    [(m, p, b, g) for m, _, p, b, g in ROUTES],
+    ids=[f"{m} {t}" for m, t, *_ in ROUTES],
+)
+def test_each_route_admits_exactly_its_roles(
+    stack: LiveStack, keys: dict[ApiRole, str], method: str, path: str, body: Any, group: str
+) -> None:
+    with httpx.Client(base_url=stack.base_url, timeout=30) as anonymous:
+        status = status_of(anonymous, method, path, body)
+        if group == PUBLIC:
+            assert status == 200
+            return
+        assert status == 401
+        answer = anonymous.request(method, path, json=body, headers={"X-API-Key": "bmk_x_forged"})
+        assert answer.status_code == 401
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+    for role, key in keys.items():
+        with stack.client(key) as http:
+            status = status_of(http, method, path, body)
+        if role in ALLOWED[group]:
+            assert status not in (401, 403), (role, status)
+        else:
+            assert status == 403, (role, status)
+
+
+def test_a_revoked_key_is_refused_from_the_next_request(
+    stack: LiveStack, admin: httpx.Client
+) -> None:
+    made = admin.post("/api/v1/keys", json={"name": "short-lived", "role": "viewer"}).json()
+    with stack.client(made["key"]) as http:
+        assert http.get("/api/v1/policies").status_code == 200
+        assert admin.delete(f"/api/v1/keys/{made['key_id']}").status_code == 204
+        assert http.get("/api/v1/policies").status_code == 401
+    listed = {k["key_id"]: k for k in admin.get("/api/v1/keys").json()}
+    assert listed[made["key_id"]]["revoked_at"] is not None
+    assert "key" not in listed[made["key_id"]] and "key_hash" not in listed[made["key_id"]]
+    assert admin.delete(f"/api/v1/keys/{made['key_id']}").status_code == 404
+
+
+def test_no_key_reaches_a_log(stack: LiveStack, keys: dict[ApiRole, str]) -> None:
+    with stack.client(keys[ApiRole.VIEWER]) as http:
+        http.get("/api/v1/policies", params={"user_id": "x"})
+    with httpx.Client(base_url=stack.base_url) as anonymous:
+        anonymous.get("/api/v1/policies", headers={"Authorization": "Bearer bmk_leak_canary"})
+    logs = stack.logs()
+    assert "GET /api/v1/policies 200" in logs  # the requests were logged...
+    for secret in [stack.admin_key, *keys.values(), "bmk_leak_canary"]:
+        assert secret not in logs  # ...without their keys

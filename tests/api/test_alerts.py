@@ -1,0 +1,126 @@
+"""Alerts over HTTP: raised by the evaluator, delivered live on the SSE feed, listed with
+filters, acknowledged and resolved; alert rules added, replaced and removed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+from typing import Any
+
+import httpx
+
+from http_support import call
+from live import LiveStack
+
+
+def read_feed(
+    stack: LiveStack, key: str, into: queue.Queue[dict[str, Any]], ready: threading.Event
+) -> None:
+    """Put each alert the feed sends into ``into`` until the stack stops."""
+    with (
+        stack.client(key, timeout=httpx.Timeout(5, read=60)) as http,
+        contextlib.suppress(httpx.TransportError),  # the stack stopped at the module's end
+        http.stream("GET", "/api/v1/alerts/stream") as feed,
+    ):
+        assert feed.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in feed.iter_lines():
+            if line == ": connected":
+                ready.set()
+            elif line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "alert":
+                into.put(json.loads(line.removeprefix("data: ")))
+
+
+def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
+    stack: LiveStack, admin: httpx.Client, viewer: httpx.Client, ingest: httpx.Client, user: str
+) -> None:
+    arrived: queue.Queue[dict[str, Any]] = queue.Queue()
+    ready = threading.Event()
+    viewer_key = viewer.headers["authorization"].removeprefix("Bearer ")
+    threading.Thread(
+        target=read_feed, args=(stack, viewer_key, arrived, ready), daemon=True
+    ).start()
+    assert ready.wait(30), "the feed did not open"
+
+    policy_id = f"small-{user}"
+    policy = {"name": "small", "scope": "user", "scope_key": user, "limit_amount": "0.01"}
+    admin.put(f"/api/v1/policies/{policy_id}", json=policy).raise_for_status()
+    ingest.post("/api/v1/usage", json=call(user)).raise_for_status()  # $0.0075: 75 %
+    ingest.post("/api/v1/usage", json=call(user)).raise_for_status()  # $0.015: 150 %
+
+    live: list[dict[str, Any]] = []
+    while not any(a["alert_type"] == "limit_exceeded" for a in live):
+        alert = arrived.get(timeout=60)
+        if alert["policy_id"] == policy_id:
+            live.append(alert)
+    assert {a["alert_type"] for a in live} >= {"threshold_warning", "limit_exceeded"}
+
+    listed = viewer.get("/api/v1/alerts", params={"policy_id": policy_id}).json()
+    assert {a["alert"]["alert_id"] for a in listed} >= {a["alert_id"] for a in live}
+    exceeded = viewer.get(
+        "/api/v1/alerts", params={"policy_id": policy_id, "alert_type": "limit_exceeded"}
+    ).json()
+    assert [a["alert"]["alert_type"] for a in exceeded] == ["limit_exceeded"]
+    assert (
+        viewer.get("/api/v1/alerts", params={"policy_id": policy_id, "severity": "info"}).json()
+        == []
+    )
+
+    alert_id = exceeded[0]["alert"]["alert_id"]
+    acked = admin.post(f"/api/v1/alerts/{alert_id}/acknowledge", json={"by": "ops@example.com"})
+    assert acked.status_code == 204
+    detail = viewer.get(f"/api/v1/alerts/{alert_id}").json()
+    assert detail["alert"]["acknowledged_by"] == "ops@example.com"
+    assert {d["channel"] for d in detail["deliveries"]} >= {"ui"}
+    unacked = viewer.get(
+        "/api/v1/alerts", params={"policy_id": policy_id, "unacknowledged_only": "true"}
+    ).json()
+    assert alert_id not in {a["alert"]["alert_id"] for a in unacked}
+
+    assert admin.post(f"/api/v1/alerts/{alert_id}/resolve").status_code == 204
+    resolved = viewer.get(f"/api/v1/alerts/{alert_id}").json()["alert"]
+    assert resolved["resolved_at"] is not None
+    assert resolved["resolved_by"] == "first admin (budget up)"  # the admin key's name
+    open_ids = {
+        a["alert"]["alert_id"]
+        for a in viewer.get("/api/v1/alerts", params={"resolved": "false"}).json()
+    }
+    assert alert_id not in open_ids
+    missing = admin.post("/api/v1/alerts/00000000-0000-0000-0000-000000000000/resolve")
+    assert missing.status_code == 404
+
+
+def test_rules_are_added_replaced_and_removed(
+    admin: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    rule = {
+        "rule_id": f"r-{user}",
+        "name": "High spend",
+        "threshold_percent": "75",
+        "severity": "warning",
+        "channels": ["ui", "log"],
+        "cooldown_minutes": 60,
+    }
+    created = admin.post("/api/v1/rules", json=rule)
+    assert created.status_code == 201, created.text
+    assert admin.post("/api/v1/rules", json=rule).status_code == 409
+    rules = {r["rule_id"]: r for r in viewer.get("/api/v1/rules").json()}
+    assert rules[rule["rule_id"]]["cooldown_minutes"] == 60
+
+    replaced = admin.put(f"/api/v1/rules/{rule['rule_id']}", json={**rule, "cooldown_minutes": 5})
+    assert replaced.json()["cooldown_minutes"] == 5
+    rules = {r["rule_id"]: r for r in viewer.get("/api/v1/rules").json()}
+    assert rules[rule["rule_id"]]["cooldown_minutes"] == 5
+
+    wrong = admin.post(
+        "/api/v1/rules", json={"name": "x", "alert_type": "anomaly", "threshold_percent": "5"}
+    )
+    assert wrong.status_code == 422 and "threshold_percent" in wrong.json()["detail"]
+
+    assert admin.delete(f"/api/v1/rules/{rule['rule_id']}").status_code == 204
+    assert rule["rule_id"] not in {r["rule_id"] for r in viewer.get("/api/v1/rules").json()}
+    assert admin.delete(f"/api/v1/rules/{rule['rule_id']}").status_code == 404

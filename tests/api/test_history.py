@@ -1,0 +1,111 @@
+"""Usage history over HTTP: filters, keyset pages that stay put while events arrive, and
+exports equal to the pages."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from http_support import call, eventually
+
+BASE = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def post_calls(http: httpx.Client, user: str, count: int, **fields: Any) -> None:
+    for i in range(count):
+        at = (BASE + timedelta(minutes=7 * i)).isoformat()
+        answer = http.post("/api/v1/usage", json=call(user, occurred_at=at, **fields))
+        assert answer.status_code == 201, answer.text
+
+
+def all_pages(http: httpx.Client, params: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = http.get(
+            "/api/v1/usage", params={**params, **({"cursor": cursor} if cursor else {})}
+        )
+        assert page.status_code == 200, page.text
+        body = page.json()
+        rows += body["rows"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return rows
+
+
+def history_count(http: httpx.Client, user: str, expected: int) -> bool:
+    rows = http.get("/api/v1/usage", params={"user_id": user, "limit": 1000}).json()["rows"]
+    return len(rows) >= expected
+
+
+def test_pages_stay_put_while_events_arrive(
+    ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    post_calls(ingest, user, 45)
+    eventually(lambda: history_count(viewer, user, 45), what="45 rows in history")
+    params = {"user_id": user, "limit": 10}
+    first = viewer.get("/api/v1/usage", params=params).json()
+
+    # 30 new events at the same times as the 45 (ties included), applied mid-browse.
+    post_calls(ingest, user, 30)
+    eventually(lambda: history_count(viewer, user, 75), what="the new rows applied")
+    rows = first["rows"]
+    cursor = first["next_cursor"]
+    while cursor:
+        page = viewer.get("/api/v1/usage", params={**params, "cursor": cursor}).json()
+        rows += page["rows"]
+        cursor = page["next_cursor"]
+
+    ids = [r["event_id"] for r in rows]
+    assert len(ids) == 45 == len(set(ids))  # every row of the browse once, none of the new
+    keys = [(r["occurred_at"], r["event_id"]) for r in rows]
+    assert keys == sorted(keys, reverse=True)
+    assert len(all_pages(viewer, params)) == 75  # a new browse sees them
+
+
+def test_filters_and_exports(ingest: httpx.Client, viewer: httpx.Client, user: str) -> None:
+    post_calls(ingest, user, 6, tags={"feature": "search"})
+    post_calls(ingest, user, 4, model="gpt-4o-mini", tags={"feature": "chat"})
+    eventually(lambda: history_count(viewer, user, 10), what="10 rows in history")
+
+    def rows(**params: Any) -> list[dict[str, Any]]:
+        return all_pages(viewer, {"user_id": user, "limit": 3, **params})
+
+    assert len(rows(model="gpt-4o-mini")) == 4
+    assert len(rows(tag="feature=search")) == 6
+    assert len(rows(provider="anthropic")) == 0
+    window = rows(since=BASE.isoformat(), until=(BASE + timedelta(minutes=14)).isoformat())
+    assert len(window) == 4  # two of each batch fall in the first 14 minutes
+
+    listed = rows()
+    exported = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "csv"})
+    assert exported.headers["content-type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [r["event_id"] for r in table] == [r["event_id"] for r in listed]
+    for cells, row in zip(table, listed, strict=True):
+        expected = {
+            k: "" if v is None else json.dumps(v) if k == "tags" else str(v) for k, v in row.items()
+        }
+        assert cells == expected
+
+    lines = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "json"})
+    assert [json.loads(line) for line in lines.text.splitlines()] == listed
+
+
+def test_bad_filters_are_named(viewer: httpx.Client) -> None:
+    cases = {
+        "cursor": {"cursor": "not-a-cursor"},
+        "tag": {"tag": "no-equals-sign"},
+        "until": {"since": "2026-10-02T00:00:00Z", "until": "2026-10-01T00:00:00Z"},
+        "limit": {"limit": 0},
+        "since": {"since": "yesterday"},
+    }
+    for field, params in cases.items():
+        answer = viewer.get("/api/v1/usage", params=params)
+        assert answer.status_code == 422, (field, answer.text)
+        assert answer.json()["errors"][0]["field"] == f"query.{field}"

@@ -1,0 +1,111 @@
+"""Checks and usage over HTTP: the tracker's semantics (pricing, reservations,
+settlement), and a retried usage post never counted twice."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import httpx
+
+from http_support import call, eventually
+
+
+def spend_of(http: httpx.Client, user: str) -> tuple[Decimal, int]:
+    rows = http.get("/api/v1/spend", params={"scope": "user", "key": user}).json()
+    return (Decimal(rows[0]["cost"]), rows[0]["requests"]) if rows else (Decimal(0), 0)
+
+
+def test_a_retried_post_counts_once(ingest: httpx.Client, viewer: httpx.Client, user: str) -> None:
+    event_id = str(uuid.uuid4())
+    first = ingest.post("/api/v1/usage", json=call(user, event_id=event_id))
+    assert first.status_code == 201, first.text
+    stored = first.json()
+    assert stored["duplicate"] is False
+    assert stored["event"]["event_id"] == event_id
+    assert stored["event"]["cost"] == "0.00750000"
+    again = ingest.post("/api/v1/usage", json=call(user, event_id=event_id))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.json()["stream_seq"] == stored["stream_seq"]
+    other = ingest.post("/api/v1/usage", json=call(user)).json()  # an id is made when absent
+    assert uuid.UUID(other["event"]["event_id"]) != uuid.UUID(event_id)
+
+    eventually(lambda: spend_of(viewer, user)[1] == 2, what="both events counted")
+    assert spend_of(viewer, user) == (Decimal("0.015"), 2)
+    history = viewer.get("/api/v1/usage", params={"user_id": user}).json()["rows"]
+    assert sorted(r["event_id"] for r in history) == sorted([event_id, other["event"]["event_id"]])
+
+
+def test_usage_in_every_shape(ingest: httpx.Client, viewer: httpx.Client, user: str) -> None:
+    raw = ingest.post(
+        "/api/v1/usage",
+        json={
+            "model": "claude-sonnet-4-20250514",
+            "provider": "anthropic",
+            "user_id": user,
+            "usage": {"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 20},
+            "tags": {"feature": "summaries"},
+            "occurred_at": "2026-11-30T12:00:00+01:00",
+        },
+    )
+    assert raw.status_code == 201, raw.text
+    event = raw.json()["event"]
+    assert event["usage"]["input_uncached"] == 100 and event["usage"]["input_cache_read"] == 20
+    assert event["occurred_at"] == "2026-11-30T11:00:00Z"
+    unpriced = ingest.post(
+        "/api/v1/usage", json={"model": "no-such-model", "provider": "openai", "user_id": user}
+    ).json()["event"]
+    assert unpriced["cost"] is None and unpriced["unpriced_reason"]
+
+    wrong = ingest.post("/api/v1/usage", json=call(user, input_tokens=10, cached_tokens=20))
+    assert wrong.status_code == 422 and "cached_tokens" in wrong.json()["detail"]
+    negative = ingest.post("/api/v1/usage", json=call(user, output_tokens=-1))
+    assert negative.json()["errors"][0]["field"] == "body.output_tokens"
+    naive = ingest.post("/api/v1/usage", json=call(user, occurred_at="2026-11-30T12:00:00"))
+    assert naive.json()["errors"][0]["field"] == "body.occurred_at"
+    unknown = ingest.post("/api/v1/usage", json=call(user, colour="blue"))
+    assert unknown.json()["errors"][0]["field"] == "body.colour"
+
+
+def test_check_reserves_refuses_and_settles(
+    admin: httpx.Client, ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    cap = {"name": "cap", "scope": "user", "scope_key": user, "limit_amount": "0.02"}
+    admin.put(f"/api/v1/policies/cap-{user}", json={**cap, "action": "block"}).raise_for_status()
+
+    allowed = ingest.post(
+        "/api/v1/check", json={"model": "gpt-4o", "estimated_cost": "0.015", "user_id": user}
+    ).json()
+    assert allowed["allowed"] is True and allowed["enforced"] is True
+    reservation = allowed["reservation_id"]
+    assert reservation
+
+    refused = ingest.post(
+        "/api/v1/check", json={"model": "gpt-4o", "estimated_cost": "0.01", "user_id": user}
+    ).json()
+    assert refused["allowed"] is False and refused["action"] == "block"
+    assert refused["decided_by"] == [f"cap-{user}"]
+
+    # Settling with the actual cost ($0.0075) frees the rest of the hold.
+    ingest.post("/api/v1/usage", json=call(user, reservation_id=reservation)).raise_for_status()
+    eventually(lambda: spend_of(viewer, user)[1] == 1, what="the usage counted")
+
+    def allowed_again() -> bool:
+        answer = ingest.post(
+            "/api/v1/check",
+            json={"model": "gpt-4o", "estimated_cost": "0.01", "user_id": user, "reserve": False},
+        )
+        return bool(answer.json()["allowed"])
+
+    eventually(allowed_again, what="the settled hold no longer counts in full")
+
+    held = ingest.post(
+        "/api/v1/check", json={"model": "gpt-4o", "estimated_cost": "0.01", "user_id": user}
+    ).json()
+    assert held["allowed"] is True
+    released = ingest.post(f"/api/v1/reservations/{held['reservation_id']}/release")
+    assert released.status_code == 204
+
+    bad = ingest.post("/api/v1/check", json={"model": "", "estimated_tokens": -5})
+    assert bad.status_code == 422
+    assert {e["field"] for e in bad.json()["errors"]} == {"body.model", "body.estimated_tokens"}

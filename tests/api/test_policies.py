@@ -1,0 +1,97 @@
+"""Policies over HTTP: create, read, replace, delete with read-your-writes; errors as
+problem details naming the field; oversized bodies refused."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from live import LiveStack
+
+
+def test_create_read_replace_delete(admin: httpx.Client, viewer: httpx.Client) -> None:
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    body = {
+        "policy_id": policy_id,
+        "name": "Équipe cap",
+        "scope": "project",
+        "scope_key": "apollo",
+        "period": "daily",
+        "limit_amount": "12.50",
+        "soft_limit_percent": "75",
+        "action": "block",
+        "timezone": "Asia/Kathmandu",
+    }
+    created = admin.post("/api/v1/policies", json=body)
+    assert created.status_code == 201
+    assert created.headers["location"] == f"/api/v1/policies/{policy_id}"
+    # Read-your-writes: answered once the policies projection applied it.
+    assert viewer.get(f"/api/v1/policies/{policy_id}").json() == created.json()
+    assert created.json()["limit_amount"] == "12.50"
+    assert admin.post("/api/v1/policies", json=body).status_code == 409
+
+    replaced = admin.put(f"/api/v1/policies/{policy_id}", json={**body, "limit_amount": "20"})
+    assert replaced.status_code == 200
+    assert viewer.get(f"/api/v1/policies/{policy_id}").json()["limit_amount"] == "20"
+    listed = viewer.get("/api/v1/policies", params={"scope": "project"}).json()
+    assert [p["policy_id"] for p in listed if p["policy_id"] == policy_id] == [policy_id]
+    assert all(p["scope"] == "project" for p in listed)
+
+    assert admin.delete(f"/api/v1/policies/{policy_id}").status_code == 204
+    gone = viewer.get(f"/api/v1/policies/{policy_id}")
+    assert gone.status_code == 404
+    assert gone.headers["content-type"] == "application/problem+json"
+    assert admin.delete(f"/api/v1/policies/{policy_id}").status_code == 404
+
+
+def test_put_takes_the_id_from_the_path(admin: httpx.Client) -> None:
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    answer = admin.put(f"/api/v1/policies/{policy_id}", json={"name": "n", "limit_amount": "1"})
+    assert answer.status_code == 200 and answer.json()["policy_id"] == policy_id
+    bad = admin.put("/api/v1/policies/has space", json={"name": "n", "limit_amount": "1"})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "path.policy_id"
+
+
+def test_validation_errors_name_the_field(admin: httpx.Client) -> None:
+    answer = admin.post("/api/v1/policies", json={"name": "x", "limit_amount": "-1"})
+    assert answer.status_code == 422
+    problem = answer.json()
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert problem["status"] == 422 and problem["title"] == "Invalid request"
+    assert problem["errors"] == [
+        {"field": "body.limit_amount", "message": "Input should be greater than or equal to 0"}
+    ]
+    assert problem["detail"].startswith("body.limit_amount:")
+
+    custom = admin.post(
+        "/api/v1/policies", json={"name": "x", "limit_amount": "1", "period": "custom"}
+    )
+    assert custom.status_code == 422
+    assert "custom_start" in custom.json()["detail"]
+    zone = admin.post(
+        "/api/v1/policies", json={"name": "x", "limit_amount": "1", "timezone": "Mars/Base"}
+    )
+    assert "unknown time zone" in zone.json()["detail"]
+
+
+def test_malformed_and_oversized_bodies(stack: LiveStack, admin: httpx.Client) -> None:
+    broken = admin.post(
+        "/api/v1/policies", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 422
+    assert "Traceback" not in broken.text
+
+    huge = admin.post("/api/v1/policies", json={"name": "x" * (2 << 20), "limit_amount": "1"})
+    assert huge.status_code == 413
+    assert huge.headers["content-type"] == "application/problem+json"
+
+    def chunks():  # no Content-Length: the limit holds while streaming too
+        for _ in range(40):
+            yield b"x" * 65536
+
+    streamed = admin.post(
+        "/api/v1/policies", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413

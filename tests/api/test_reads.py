@@ -1,0 +1,156 @@
+"""Reports, spend, prices and the system views over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import nats
+import pytest
+
+from http_support import call, eventually
+from live import LiveStack
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+def recorded(ingest: httpx.Client, viewer: httpx.Client) -> str:
+    """Three calls by one user, two days ago, yesterday and now, counted in the reports."""
+    user = "reports-user"
+    for days in (2, 1, 0):
+        at = (NOW - timedelta(days=days)).isoformat()
+        ingest.post("/api/v1/usage", json=call(user, occurred_at=at)).raise_for_status()
+
+    def counted() -> bool:
+        report = viewer.get(
+            "/api/v1/reports/custom",
+            params={
+                "start": (NOW - timedelta(days=3)).isoformat(),
+                "end": (NOW + timedelta(hours=1)).isoformat(),
+                "group_by": "user",
+            },
+        ).json()
+        rows = report["tables"][0]["rows"]
+        return any(r[0] == user and r[2] == 3 for r in rows)
+
+    eventually(counted, what="the reports worker rolled the calls up")
+    return user
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("summary", {"period": "monthly"}),
+        ("trend", {"days": 7, "interval": "daily"}),
+        ("projection", {"days": 10}),
+        (
+            "custom",
+            {
+                "start": (NOW - timedelta(days=3)).isoformat(),
+                "end": NOW.isoformat(),
+                "group_by": ["provider", "model"],
+            },
+        ),
+        (
+            "comparison",
+            {
+                "start": (NOW - timedelta(days=1)).isoformat(),
+                "end": NOW.isoformat(),
+                "previous_start": (NOW - timedelta(days=2)).isoformat(),
+                "previous_end": (NOW - timedelta(days=1)).isoformat(),
+            },
+        ),
+    ],
+)
+def test_every_report_in_every_format(
+    viewer: httpx.Client, recorded: str, kind: str, params: dict[str, object]
+) -> None:
+    answer = viewer.get(f"/api/v1/reports/{kind}", params=params)
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["tables"] and report["title"]
+    main = report["tables"][0]
+    as_csv = viewer.get(f"/api/v1/reports/{kind}", params={**params, "format": "csv"})
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    lines = list(csv.reader(io.StringIO(as_csv.text)))
+    assert main["columns"] in lines
+    as_md = viewer.get(f"/api/v1/reports/{kind}", params={**params, "format": "md"})
+    assert as_md.headers["content-type"].startswith("text/markdown")
+    assert as_md.text.startswith("#") and "| " + " | ".join(main["columns"]) + " |" in as_md.text
+
+
+def test_report_arguments_are_checked(viewer: httpx.Client) -> None:
+    missing = viewer.get("/api/v1/reports/custom")
+    assert missing.status_code == 422 and "start" in missing.json()["detail"]
+    unknown = viewer.get("/api/v1/reports/weekly-ish")
+    assert unknown.json()["errors"][0]["field"] == "path.kind"
+    grouping = viewer.get(
+        "/api/v1/reports/custom",
+        params={"start": NOW.isoformat(), "end": NOW.isoformat(), "group_by": "colour"},
+    )
+    assert grouping.status_code == 422 and "colour" in grouping.json()["detail"]
+
+
+def test_spend_by_scope_and_key(viewer: httpx.Client, recorded: str) -> None:
+    rows = viewer.get(
+        "/api/v1/spend", params={"period": "daily", "scope": "user", "key": recorded}
+    ).json()
+    assert [(r["scope"], r["scope_key"], r["cost"], r["requests"]) for r in rows] == [
+        ("user", recorded, "0.00750000", 1)
+    ]
+    earlier = viewer.get(
+        "/api/v1/spend",
+        params={
+            "period": "daily",
+            "scope": "user",
+            "key": recorded,
+            "at": (NOW - timedelta(days=2)).isoformat(),
+        },
+    ).json()
+    assert earlier[0]["period_start"] == (NOW - timedelta(days=2)).date().isoformat()
+    naive = viewer.get("/api/v1/spend", params={"at": "2026-01-01T00:00:00"})
+    assert naive.json()["errors"][0]["field"] == "query.at"
+
+
+def test_prices_and_providers(viewer: httpx.Client) -> None:
+    providers = {p["provider"]: p["models"] for p in viewer.get("/api/v1/providers").json()}
+    assert providers["openai"] > 0 and providers["anthropic"] > 0
+    assert "gpt-4o" in viewer.get("/api/v1/providers/OpenAI/models").json()
+    price = viewer.get("/api/v1/prices/gpt-4o").json()
+    assert price["provider"] == "openai" and price["per_million"]["input_uncached"] == "2.5"
+    unpriced = viewer.get("/api/v1/prices/no-such-model")
+    assert unpriced.status_code == 404 and "unpriced" in unpriced.json()["detail"]
+    assert viewer.get("/api/v1/providers/nobody/models").status_code == 404
+
+
+def test_system_views(stack: LiveStack, admin: httpx.Client) -> None:
+    projections = {p["name"]: p for p in admin.get("/api/v1/projections").json()}
+    assert set(projections) >= {"spend", "history", "policies", "alerts", "reports", "api_keys"}
+    assert all(p["live"] and p["lag"] >= 0 for p in projections.values())
+    services = {s["name"]: s["ok"] for s in admin.get("/api/v1/services").json()}
+    assert services == {"nats": True, "postgresql": True, "enforcer": True, "query service": True}
+    assert admin.get("/api/v1/dead-letters").json() == []
+
+    async def publish_garbage() -> None:
+        nc = await nats.connect(stack.settings.nats_url)
+        subject = stack.settings.topology.event_subject("usage.recorded")
+        await nc.jetstream().publish(subject, b"{not json")
+        await nc.close()
+
+    asyncio.run(publish_garbage())
+    usage_readers = {"spend-v1", "history-v1", "alerts-v1", "reports-v1"}
+
+    def every_reader_dead_lettered() -> list[dict[str, str]] | None:
+        letters: list[dict[str, str]] = admin.get("/api/v1/dead-letters").json()
+        return letters if {x["consumer"] for x in letters} == usage_readers else None
+
+    letters = eventually(every_reader_dead_lettered, what="each usage reader's dead letter")
+    assert all(letter["data"] == "{not json" and letter["reason"] for letter in letters)
+    assert admin.get("/readyz").json() == {
+        "ready": True,
+        "checks": {"nats": True, "postgresql": True},
+    }
