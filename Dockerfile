@@ -16,7 +16,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY . .
 RUN pip install --no-deps . \
-    && useradd --system --create-home --uid 10001 budget
+    && useradd --system --create-home --uid 10001 budget \
+    && mkdir -p /data && chown budget /data   # the api service's data (session secret)
 
 USER budget
 CMD ["budget", "--help"]
