@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
 
+import httpx
 import nats
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import psycopg
@@ -699,11 +701,56 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     assert Decimal(totals["cost"]) == Decimal(event["cost"])
     assert totals["requests"] == 1
 
+    # The web console and API: its URL and the first admin key, kept owner-only.
+    console = re.search(r"web console\s+(http://127\.0\.0\.1:\d+)/", up.output())
+    assert console is not None, up.output()
+    key_file = budget_up.data_dir / "admin.key"
+    assert f"admin API key     in {key_file}" in up.output()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    rows = eventually(
+        lambda: httpx.get(f"{console[1]}/api/v1/usage", headers=headers),
+        lambda answer: answer.status_code == 200 and answer.json()["rows"],
+        CATCH_UP,
+        "the recorded event in the API's history, with the first admin key",
+    ).json()["rows"]
+    assert [r["event_id"] for r in rows] == [event["event_id"]]
+    assert key_file.read_text().strip() not in up.output()
+
     assert up.stop(signal.SIGINT, grace=60) == 0, up.output()
     assert up.output().rstrip().endswith("Budget Manager stopped."), up.output()
     pids = {**banner.worker_pids, **servers}
     assert {name: pid for name, pid in pids.items() if _alive(pid)} == {}
     assert _processes_mentioning(budget_up.data_dir) == []
+
+
+# -- budget api-key ---------------------------------------------------------------------------
+
+
+def test_api_keys_are_created_listed_and_revoked(deployment: Budget) -> None:
+    keys_worker = deployment.start("worker", "api_keys")
+    out = deployment.ok("api-key", "create", "--name", "Équipe billing", "--role", "ingest")
+    key, note = out.strip().splitlines()
+    assert key.startswith("bmk_")
+    key_id = re.search(r"key id (\w+), role ingest", note)
+    assert key_id is not None, note
+    listed = deployment.ok("api-key", "list")
+    assert re.search(rf"^{key_id[1]}\s+ingest\s+.*\slive\s+Équipe billing$", listed, re.M)
+    assert key not in listed
+
+    assert deployment.ok("api-key", "revoke", key_id[1]).strip() == f"key {key_id[1]} revoked"
+    assert re.search(
+        rf"^{key_id[1]}\s+ingest\s+.*\srevoked\s", deployment.ok("api-key", "list"), re.M
+    )
+    again = deployment.run("api-key", "revoke", key_id[1])
+    assert again.returncode == 2
+    assert again.stderr.strip() == (
+        f"budget: there is no live key {key_id[1]!r}; `budget api-key list` shows them"
+    )
+    wrong = deployment.run("api-key", "create", "--name", "x", "--role", "root")
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+    assert "viewer" in wrong.stderr and "ingest" in wrong.stderr
+    assert keys_worker.stop() == 0, keys_worker.output()
 
 
 # -- budget reprice ----------------------------------------------------------------------------
