@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from events.envelope import UtcDatetime
+from projections.db import connect
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
 from services.api.auth import READ, require
@@ -93,27 +94,41 @@ async def history_page(
 async def export(
     api: Api, where: Filter, format: Literal["csv", "json"] = "csv"
 ) -> StreamingResponse:
-    if format == "csv":
-        body: AsyncIterator[bytes] = _stream(api, where, csv=True)
-        media, suffix = "text/csv; charset=utf-8", "csv"
-    else:
-        body = _stream(api, where, csv=False)
-        media, suffix = "application/x-ndjson", "jsonl"
+    if _exporting[0] >= MAX_EXPORTS:
+        raise Problem(
+            429,
+            f"{MAX_EXPORTS} exports are running; retry when one has finished",
+            headers={"Retry-After": "5"},
+        )
+    media, suffix = (
+        ("text/csv; charset=utf-8", "csv")
+        if format == "csv"
+        else (
+            "application/x-ndjson",
+            "jsonl",
+        )
+    )
     headers = {"Content-Disposition": f'attachment; filename="usage-history.{suffix}"'}
+    body = _stream(api.settings.database_url, where, csv=format == "csv")
     return StreamingResponse(body, media_type=media, headers=headers)
 
 
-async def _stream(api: ApiServices, where: HistoryFilter, *, csv: bool) -> AsyncIterator[bytes]:
-    async with api.database.connection() as conn:
-        try:
+MAX_EXPORTS = 4
+"""Exports running at once; each holds a connection of its own for as long as it streams."""
+_exporting = [0]
+
+
+async def _stream(database_url: str, where: HistoryFilter, *, csv: bool) -> AsyncIterator[bytes]:
+    # Its own connection, not the pool's: a long export never holds up short requests,
+    # and one a client abandons mid-COPY is simply closed.
+    _exporting[0] += 1
+    try:
+        async with await connect(database_url) as conn:
             if csv:
                 async for chunk in export_csv(conn, where):
                     yield chunk
             else:
                 async for lines in export_json_lines(conn, where):
                     yield ("\n".join(lines) + "\n").encode()
-        except BaseException:
-            # A client that went away mid-COPY leaves the connection mid-protocol: drop it
-            # (the pool opens a fresh one) rather than hand it to the next request.
-            await conn.close()
-            raise
+    finally:
+        _exporting[0] -= 1
