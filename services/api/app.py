@@ -46,7 +46,6 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services is not None:
-            app.state.services = services
             yield
             return
         async with ApiServices.open(settings) as opened:
@@ -67,6 +66,8 @@ def create_app(
         redoc_url=None,
         openapi_url="/api/v1/openapi.json",
     )
+    if services is not None:
+        app.state.services = services
     install_problem_handlers(app)
     app.include_router(api_router)
     app.include_router(console_router)

@@ -19,7 +19,7 @@ from budget.tracker import UsageTracker, start_usage_tracker
 from projections.database_queries import DatabaseQueries
 from services.api.keys import KeyAdmin
 
-__all__ = ["ApiServices", "services"]
+__all__ = ["ApiServices", "current_services", "services"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,9 @@ class ApiServices:
 def services(request: Request) -> ApiServices:
     found: ApiServices = request.app.state.services
     return found
+
+
+async def current_services(request: Request) -> ApiServices:
+    """``services`` as a dependency: ``async`` because FastAPI runs a plain function in its
+    thread pool, a hop per request."""
+    return services(request)

@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from budget.queries import NotApplied
 
 __all__ = [
     "PROBLEM_RESPONSES",
@@ -139,6 +142,21 @@ def install_problem_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"field": "body", "message": "invalid"}
         detail = f"{first['field']}: {first['message']}"
         return problem_response(Problem(422, detail, errors=errors), request.url.path)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        log.warning("%s %s: PostgreSQL unreachable", request.method, request.url.path)
+        problem = Problem(503, "the database is unreachable; retry shortly")
+        return problem_response(problem, request.url.path)
+
+    @app.exception_handler(NotApplied)
+    async def _not_applied(request: Request, exc: NotApplied) -> JSONResponse:
+        return problem_response(Problem(504, str(exc)), request.url.path)
+
+    @app.exception_handler(ConnectionError)
+    async def _nats_down(request: Request, exc: ConnectionError) -> JSONResponse:
+        # Unanswered RPCs and an unreachable NATS when publishing a change.
+        return problem_response(Problem(503, str(exc)), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from events import AlertSeverity, AlertType
 from events.queries import AlertDelivery, AlertsQuery, StoredAlert
 from services.api.auth import ADMIN, READ, Principal, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["Acknowledgement", "AlertDetail", "router"]
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
 _POLL = 0.25  # seconds between looks at the feed
 _LOOK_BACK = timedelta(seconds=5)  # rows commit out of order within this

@@ -10,13 +10,13 @@ from pydantic import BaseModel
 from budget.pricing import ModelPricing
 from events.envelope import UtcDatetime
 from services.api.auth import READ, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["prices"], dependencies=[Depends(require(*READ))])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 
 
 class Provider(BaseModel):

@@ -15,13 +15,13 @@ from projections.db import connect
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
 from services.api.auth import READ, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["HistoryPage", "history_filter", "router"]
 
 router = APIRouter(prefix="/usage", tags=["usage history"], dependencies=[Depends(require(*READ))])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 Name = Annotated[str | None, Query(max_length=200)]
 
 

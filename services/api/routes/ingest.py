@@ -22,13 +22,13 @@ from events import CallKind, ImageUsage, UsageRecorded, encode, headers_for
 from events.envelope import UtcDatetime
 from events.rpc import CheckResult
 from services.api.auth import INGEST, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["CheckIn", "Recorded", "UsageIn", "router"]
 
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require(*INGEST))])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 Tokens = Annotated[int, Field(ge=0, le=10**12)]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 

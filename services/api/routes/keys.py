@@ -11,13 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from events import ApiRole
 from projections.api_keys import ApiKey
 from services.api.auth import ADMIN, Principal, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["CreatedKey", "KeyRequest", "router"]
 
 router = APIRouter(prefix="/keys", tags=["API keys"])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
 
 

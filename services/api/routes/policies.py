@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Response
 
 from events import BudgetPolicy, BudgetScope
 from services.api.auth import ADMIN, READ, Principal, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/policies", tags=["policies"])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
 
 

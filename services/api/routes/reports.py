@@ -12,7 +12,7 @@ from budget.report_format import ExportFormat, to_answer
 from events.envelope import UtcDatetime
 from events.queries import ReportAnswer, ReportQuery
 from services.api.auth import READ, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["router"]
@@ -30,7 +30,7 @@ _MEDIA = {ExportFormat.CSV: "text/csv; charset=utf-8", ExportFormat.MARKDOWN: "t
     responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}},
 )
 async def report(
-    api: Annotated[ApiServices, Depends(services)],
+    api: Annotated[ApiServices, Depends(current_services)],
     kind: Kind,
     format: ExportFormat = ExportFormat.JSON,
     period: Literal["daily", "weekly", "monthly"] = "monthly",

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Response
 
 from events import AlertRule
 from services.api.auth import ADMIN, READ, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/rules", tags=["alert rules"])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 
 
 @router.get("", dependencies=[Depends(require(*READ))], summary="The rules in force")

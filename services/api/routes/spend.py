@@ -10,7 +10,7 @@ from events import BudgetScope
 from events.envelope import UtcDatetime
 from events.queries import SpendQuery, SpendRow
 from services.api.auth import READ, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 
 __all__ = ["router"]
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["spend"], dependencies=[Depends(require(*READ))])
 
 @router.get("/spend", summary="Spend totals of the period holding `at` (default now)")
 async def spend(
-    api: Annotated[ApiServices, Depends(services)],
+    api: Annotated[ApiServices, Depends(current_services)],
     period: Literal["daily", "weekly", "monthly"] = "monthly",
     scope: BudgetScope | None = None,
     key: Annotated[str | None, Query(max_length=200, description="one scope key")] = None,

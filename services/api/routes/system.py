@@ -15,14 +15,14 @@ from events.rpc import RPC_SNAPSHOT, CallAttributes, Snapshot
 from projections.deadletter import DeadLetter, recent_dead_letters
 from projections.queries import ProjectionStatus, projection_status
 from services.api.auth import READ, require
-from services.api.context import ApiServices, services
+from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
 
 __all__ = ["ServiceHealth", "health", "router", "service_health"]
 
 health = APIRouter(tags=["health"])
 router = APIRouter(tags=["system"], dependencies=[Depends(require(*READ))])
-Api = Annotated[ApiServices, Depends(services)]
+Api = Annotated[ApiServices, Depends(current_services)]
 _ASK_WITHIN = 2.0
 
 
