@@ -1,0 +1,108 @@
+"""The dashboard's budget bars: every policy's current window and the spend in it.
+
+The same pieces as the projection report's budgets (``load_policies``, ``policy_window``,
+``window_sums`` over ``spend_buckets``), plus one step that report skips: a policy that
+limits each user (project, ...) separately gets a bar for each key that spent in its
+window, the biggest spenders first, unless that key has a policy of its own (which then
+replaces it, as ``budget.policies.applicable`` decides for checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from budget.policies import PolicyWindow, policy_window
+from events import BudgetPolicy, BudgetScope
+from events.policy import GLOBAL_SCOPE_KEY
+from projections.base import Connection
+from projections.policies import load_policies
+from projections.windows import window_sums
+
+__all__ = ["BudgetBar", "PolicyBars", "budget_bars"]
+
+KEYS_SHOWN = 8
+"""Bars per policy that limits each key separately; the rest are counted."""
+_HEADROOM = Decimal("1.2")  # the bar's track runs past the limit, so an overrun shows
+
+State = Literal["ok", "soft", "exceeded"]
+
+
+@dataclass(frozen=True)
+class BudgetBar:
+    window: PolicyWindow
+    spent: Decimal
+
+    @property
+    def limit(self) -> Decimal:
+        return self.window.policy.limit_amount
+
+    @property
+    def state(self) -> State:
+        policy = self.window.policy
+        if self.spent >= self.limit and (self.limit > 0 or self.spent > 0):
+            return "exceeded"
+        return "soft" if self.spent >= policy.soft_limit else "ok"
+
+    @property
+    def used_percent(self) -> Decimal | None:
+        return self.spent * 100 / self.limit if self.limit else None
+
+    def position(self, amount: Decimal) -> float:
+        """Where ``amount`` sits along the bar's track, 0 to 100."""
+        scale = max(self.limit * _HEADROOM, self.spent)
+        return float(amount * 100 / scale) if scale else 0.0
+
+
+@dataclass(frozen=True)
+class PolicyBars:
+    policy: BudgetPolicy
+    bars: list[BudgetBar]
+    more_keys: int
+    """Keys that spent under this policy but have no bar here (``KEYS_SHOWN``)."""
+
+    @property
+    def per_key(self) -> bool:
+        return self.policy.scope is not BudgetScope.GLOBAL and self.policy.scope_key is None
+
+
+async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
+    """Each policy in force at ``now`` (a custom one outside its range is not), by name."""
+    policies = await load_policies(conn)
+    own_keys = {(p.scope, p.scope_key) for p in policies if p.scope_key is not None}
+    found: list[tuple[BudgetPolicy, list[PolicyWindow], int]] = []
+    for policy in sorted(policies, key=lambda p: (p.name.lower(), p.policy_id)):
+        window = policy_window(policy, now)
+        if window is None:
+            continue
+        start, end = window
+        if policy.scope is BudgetScope.GLOBAL or policy.scope_key is not None:
+            key = policy.scope_key or GLOBAL_SCOPE_KEY
+            found.append((policy, [PolicyWindow(policy, key, start, end)], 0))
+            continue
+        exclude = [k for scope, k in own_keys if scope is policy.scope and k is not None]
+        keys, total = await _spending_keys(conn, policy.scope, start, end, exclude)
+        windows = [PolicyWindow(policy, key, start, end) for key in keys]
+        found.append((policy, windows, total - len(keys)))
+    spent = iter(await window_sums(conn, "spend_buckets", [w for _, ws, _ in found for w in ws]))
+    return [
+        PolicyBars(policy, [BudgetBar(w, next(spent)) for w in windows], more)
+        for policy, windows, more in found
+    ]
+
+
+async def _spending_keys(
+    conn: Connection, scope: BudgetScope, start: datetime, end: datetime, exclude: list[str]
+) -> tuple[list[str], int]:
+    """The keys of ``scope`` with the most spend in [start, end), and how many spent."""
+    cursor = await conn.execute(
+        "SELECT scope_key, count(*) OVER () FROM spend_buckets"
+        " WHERE scope = %s AND bucket_start >= %s AND bucket_start < %s"
+        " AND scope_key <> ALL(%s) GROUP BY scope_key"
+        " ORDER BY sum(cost) DESC, scope_key LIMIT %s",
+        (scope.value, start, end, exclude, KEYS_SHOWN),
+    )
+    rows = await cursor.fetchall()
+    return [row[0] for row in rows], (rows[0][1] if rows else 0)

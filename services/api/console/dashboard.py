@@ -1,0 +1,98 @@
+"""The dashboard: this month's spend against every budget, where it goes, the trend with
+its forecast, recent calls and active alerts.
+
+The page polls ``/dashboard/live`` every 2 s; that answer holds the panels that change
+with usage (totals, budget bars, top spenders, recent calls, alerts), each swapped into
+place by id (htmx out-of-band swaps). The chart is drawn once per page load.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from budget.report_format import Report
+from events import BudgetScope, utc_now
+from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow
+from projections.history_pages import HistoryFilter, history_page
+from services.api.console.budgets import budget_bars
+from services.api.console.charts import spend_chart
+from services.api.console.guard import ConsoleRoute, Viewer
+from services.api.console.render import render
+from services.api.context import ApiServices, services
+
+__all__ = ["router"]
+
+router = APIRouter(route_class=ConsoleRoute)
+
+RECENT_CALLS = 10
+ALERTS_SHOWN = 8
+TOP = 5
+BREAKDOWN = (
+    ("provider", "Providers"),
+    ("model", "Models"),
+    ("user", "Users"),
+    ("project", "Projects"),
+)
+
+
+@router.get("/")
+async def dashboard(request: Request, _: Viewer) -> Response:
+    api = services(request)
+    trend = await api.database.report(ReportQuery(kind="trend", days=30))
+    # days=1: the projection runs to the end of the month whatever the date.
+    projection = await api.database.report(ReportQuery(kind="projection", days=1))
+    context = await live_context(api)
+    context.update(
+        title="Dashboard",
+        chart_data=spend_chart(trend, projection),
+        month_forecast=_month_forecast(projection, context["now"]),
+    )
+    return render(request, "dashboard/page.html", context)
+
+
+@router.get("/dashboard/live")
+async def live(request: Request, _: Viewer) -> Response:
+    return render(request, "dashboard/live.html", await live_context(api=services(request)))
+
+
+async def live_context(api: ApiServices) -> dict[str, Any]:
+    now = utc_now()
+    month = await api.database.spend(SpendQuery(period="monthly", at=now))
+    today = await api.database.spend(SpendQuery(period="daily", scope=BudgetScope.GLOBAL, at=now))
+    async with api.database.connection() as conn:
+        bars = await budget_bars(conn, now)
+        recent, _ = await history_page(conn, HistoryFilter(), limit=RECENT_CALLS)
+    # Oldest first from the projection: the newest are at the end.
+    active = await api.database.alerts(AlertsQuery(resolved=False, limit=10_000))
+    by_scope: dict[str, list[SpendRow]] = defaultdict(list)
+    for row in month:
+        by_scope[row.scope].append(row)
+    total = _global(month)
+    return {
+        "now": now,
+        "month": total,
+        "today": _global(today),
+        "budgets": bars,
+        "breakdown": [(label, by_scope[scope][:TOP]) for scope, label in BREAKDOWN],
+        "month_cost": total.cost if total else Decimal(0),
+        "recent": recent,
+        "alerts": active[::-1][:ALERTS_SHOWN],
+        "alerts_total": len(active),
+    }
+
+
+def _global(rows: list[SpendRow]) -> SpendRow | None:
+    return next((r for r in rows if r.scope == BudgetScope.GLOBAL.value), None)
+
+
+def _month_forecast(projection: Report, now: datetime) -> dict[str, Any] | None:
+    """This month's actual plus forecast total, with its interval (None without history)."""
+    if len(projection.tables) < 2:
+        return None
+    month = now.date().replace(day=1)
+    return next((r for r in projection.tables[1].records() if r["month"] == month), None)

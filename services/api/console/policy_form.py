@@ -1,0 +1,88 @@
+"""The policy editor's form: a ``BudgetPolicy`` from what was typed, or the errors by
+field; and the form's values for a policy being edited.
+
+Custom period bounds are typed as local date and time in the policy's own time zone
+(UTC when it has none), which is how its daily/weekly/monthly periods are reckoned too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+from zoneinfo import available_timezones
+
+from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
+from services.api.console.forms import FormState, local_datetime, validate, zone
+
+__all__ = ["ACTIONS", "FIELDS", "PERIODS", "SCOPES", "parse_policy", "policy_values", "zones"]
+
+FIELDS = (
+    "policy_id",
+    "name",
+    "scope",
+    "scope_key",
+    "period",
+    "custom_start",
+    "custom_end",
+    "timezone",
+    "limit_amount",
+    "soft_limit_percent",
+    "action",
+)
+SCOPES = [(s.value, s.value.capitalize()) for s in BudgetScope]
+PERIODS = [(p.value, p.value.capitalize()) for p in BudgetPeriod]
+ACTIONS = [
+    (LimitAction.WARN.value, "Warn: log and allow"),
+    (LimitAction.BLOCK.value, "Block: refuse over the limit"),
+    (LimitAction.THROTTLE.value, "Throttle: pace near the limit"),
+    (LimitAction.NOTIFY.value, "Notify administrators"),
+]
+_LOCAL = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> shows
+
+
+@cache
+def zones() -> list[str]:
+    """IANA zone names for the form's suggestions (read from disk once)."""
+    return sorted(available_timezones())
+
+
+def policy_values(policy: BudgetPolicy) -> dict[str, Any]:
+    tz = zone(policy.timezone)
+
+    def local(at: datetime | None) -> str:
+        return at.astimezone(tz).strftime(_LOCAL) if at else ""
+
+    return {
+        "policy_id": policy.policy_id,
+        "name": policy.name,
+        "scope": policy.scope.value,
+        "scope_key": policy.scope_key or "",
+        "period": policy.period.value,
+        "custom_start": local(policy.custom_start),
+        "custom_end": local(policy.custom_end),
+        "timezone": policy.timezone or "",
+        "limit_amount": str(policy.limit_amount),
+        "soft_limit_percent": str(policy.soft_limit_percent),
+        "action": policy.action.value,
+    }
+
+
+def parse_policy(
+    values: dict[str, Any], policy_id: str | None
+) -> tuple[BudgetPolicy | None, FormState]:
+    """``policy_id``: the policy being edited (its id is not a field then); None for a new
+    one, whose id is typed or made up."""
+    state = FormState(values=values)
+    data: dict[str, Any] = {name: values.get(name) or None for name in FIELDS}
+    data["policy_id"] = policy_id or data["policy_id"]
+    tz = zone(data["timezone"])
+    for name in ("custom_start", "custom_end"):
+        try:
+            data[name] = local_datetime(values.get(name, ""), tz)
+        except ValueError as exc:
+            state.fail(name, str(exc))
+            data[name] = None
+    # A blank field takes the model's default (a new id, 80 %, warn ...).
+    policy = validate(BudgetPolicy, {k: v for k, v in data.items() if v is not None}, state, FIELDS)
+    return (None if state.errors else policy), state

@@ -1,0 +1,103 @@
+"""Rendering console pages: one Jinja environment, the filters every page formats with,
+and ``render`` which adds what the base layout needs (who is signed in, the CSRF token,
+the navigation)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from events import ApiRole
+from services.api.auth import Principal, csrf_token
+
+__all__ = ["NAV", "flash", "render", "templates", "usd"]
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+NAV = (
+    ("Dashboard", "/"),
+    ("Policies", "/policies"),
+    ("History", "/history"),
+    ("Reports", "/reports"),
+    ("Alerts", "/alerts"),
+    ("System", "/system"),
+)
+
+
+def usd(value: Decimal | int | str | None, places: int = 2) -> str:
+    """Dollars to ``places`` decimals (per-call costs use 4: calls often cost fractions of a
+    cent); a non-zero amount below that shows as "<$0.01", never as $0.00."""
+    if value is None or value == "":
+        return ""
+    amount = Decimal(value)  # history rows carry amounts as decimal text
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    step = Decimal(1).scaleb(-places)
+    if 0 < amount < step / 2:
+        return f"<{sign}${step}"
+    return f"{sign}${amount.quantize(step, ROUND_HALF_UP):,}"
+
+
+def number(value: int | Decimal | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def percent(value: Decimal | float | None) -> str:
+    return "" if value is None else f"{Decimal(value).quantize(Decimal('0.1'), ROUND_HALF_UP)}%"
+
+
+def _instant(value: datetime | str) -> datetime:
+    # History rows carry times as ISO text (rendered by PostgreSQL for pages and exports).
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def iso_utc(value: datetime | str) -> str:
+    """Machine-readable, for ``<time datetime>``: app.js shows it in the reader's zone."""
+    return _instant(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utc_text(value: datetime | str) -> str:
+    """What a page shows before app.js has run (or without JavaScript)."""
+    return _instant(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails the page, not silently blank
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(usd=usd, number=number, percent=percent, iso_utc=iso_utc, utc_text=utc_text)
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+def flash(request: Request, message: str) -> None:
+    """A one-line confirmation the next page shows (after a form's redirect)."""
+    request.session["flash"] = message
+
+
+def render(
+    request: Request, name: str, context: dict[str, Any] | None = None, *, status: int = 200
+) -> HTMLResponse:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    base = {
+        "principal": principal,
+        "is_admin": principal is not None and principal.role is ApiRole.ADMIN,
+        # The sign-in form carries one too: a cross-site page cannot sign a browser in.
+        "csrf": csrf_token(request),
+        "nav": NAV,
+        "path": request.url.path,
+        "flash": request.session.pop("flash", None),
+    }
+    return templates.TemplateResponse(request, name, {**base, **(context or {})}, status)

@@ -1,0 +1,167 @@
+"""Reports: pick a kind, a date range and a grouping; see its tables and a chart, and
+export it as CSV, JSON or Markdown from the API (``/api/v1/reports/{kind}``).
+
+Dates are whole days in the reader's zone: "from" its first midnight "through" the
+last day's end. The reports work in whole UTC hours and say so when that widens a range.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+
+from budget.report_format import Cell, Report, Table
+from events.queries import ReportQuery
+from services.api.console.charts import report_chart
+from services.api.console.forms import FormState, local_date, validate, zone
+from services.api.console.guard import ConsoleRoute, Viewer
+from services.api.console.render import render
+from services.api.context import services
+
+__all__ = ["router"]
+
+router = APIRouter(route_class=ConsoleRoute)
+
+KINDS = [
+    ("summary", "Summary: this period by provider and model"),
+    ("trend", "Trend: spend per day or week"),
+    ("comparison", "Comparison: two ranges side by side"),
+    ("projection", "Projection: forecast and budgets at this pace"),
+    ("custom", "Custom: totals over a range"),
+]
+GROUPS = [
+    ("", "No grouping (one total)"),
+    ("provider", "Provider"),
+    ("model", "Model"),
+    ("provider,model", "Provider and model"),
+    ("user", "User"),
+    ("project", "Project"),
+    ("kind", "Kind of call"),
+]
+DATES = ("start", "end", "previous_start", "previous_end")
+CHOICES = ("kind", "period", "interval", "days", "group_by", "tz")
+_DAY = timedelta(days=1)
+
+
+@router.get("/reports")
+async def reports(request: Request, _: Viewer) -> Response:
+    state = FormState(values=_typed(request))
+    query = _query(state)
+    report: Report | None = None
+    if query is not None:
+        try:
+            report = await services(request).database.report(query)
+        except ValueError as exc:
+            state.fail("__form__", str(exc))
+    context = {
+        "title": "Reports",
+        "form": state,
+        "kinds": KINDS,
+        "groups": GROUPS,
+        "report": report,
+        "tables": [_table(t) for t in report.tables] if report else [],
+        "chart_data": report_chart(report) if report else None,
+        "export_links": _exports(query) if report and query else [],
+    }
+    return render(request, "reports.html", context, status=422 if state.errors else 200)
+
+
+def _typed(request: Request) -> dict[str, str]:
+    """The form as submitted, or its defaults: the last 30 days by model."""
+    params = request.query_params
+    today = datetime.now(UTC).date()
+    defaults = {
+        "kind": "summary",
+        "period": "monthly",
+        "interval": "daily",
+        "days": "30",
+        "group_by": "model",
+        "start": (today - 29 * _DAY).isoformat(),
+        "end": today.isoformat(),
+    }
+    names = (*CHOICES, *DATES)
+    typed = {name: params.get(name, "").strip() for name in names}
+    return {name: typed[name] or defaults.get(name, "") for name in names}
+
+
+def _query(state: FormState) -> ReportQuery | None:
+    if state.value("kind") not in dict(KINDS):
+        state.fail("kind", "pick one of the reports listed")
+    tz = zone(state.value("tz"))
+    dates: dict[str, datetime | None] = {}
+    for name in DATES:
+        try:
+            dates[name] = local_date(state.value(name), tz)
+        except ValueError as exc:
+            state.fail(name, str(exc))
+    for name in ("end", "previous_end"):
+        last = dates.get(name)
+        dates[name] = last + _DAY if last else None  # "through" the last day
+    start, end = dates.get("start"), dates.get("end")
+    if start and end and not (dates.get("previous_start") or dates.get("previous_end")):
+        # Comparison's default: the same length of time just before.
+        dates["previous_start"], dates["previous_end"] = start - (end - start), start
+    if state.errors:
+        return None
+    data = {
+        **{name: state.value(name) for name in ("kind", "period", "interval", "days")},
+        "group_by": [g for g in state.value("group_by").split(",") if g],
+        **{name: at for name, at in dates.items() if at is not None},
+    }
+    return validate(ReportQuery, data, state, (*CHOICES, *DATES))
+
+
+def _table(table: Table) -> dict[str, Any]:
+    """Headers (numbers right-aligned) and each cell with how to show it."""
+    numeric = [
+        any(isinstance(row[i], int | Decimal) for row in table.rows)
+        for i in range(len(table.columns))
+    ]
+    headers = [
+        (c.replace("_usd", " (USD)").replace("_", " ").capitalize(), "num" if n else "")
+        for c, n in zip(table.columns, numeric, strict=True)
+    ]
+    rows = []
+    for row in table.rows:
+        record = dict(zip(table.columns, row, strict=True))
+        # A group whose every call is unpriced has no cost: show that, not $0.
+        unpriced = bool(record.get("requests")) and record.get("unpriced_requests") == record.get(
+            "requests"
+        )
+        rows.append([_cell(value, column, unpriced) for column, value in record.items()])
+    return {"title": table.title, "headers": headers, "rows": rows}
+
+
+def _cell(value: Cell, column: str, unpriced: bool) -> tuple[str, Cell]:
+    if column == "cost_usd" and unpriced:
+        return "unpriced", None
+    if value is None:
+        return "none", None
+    if column.endswith("_usd"):
+        return "money", value
+    if column.endswith("_percent"):
+        return "percent", value
+    if isinstance(value, datetime):
+        return "instant", value
+    if isinstance(value, int | Decimal):
+        return "number", value
+    return "text", value
+
+
+def _exports(query: ReportQuery) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = [
+        (name, str(getattr(query, name))) for name in ("period", "interval", "days")
+    ]
+    for name in DATES:
+        value = getattr(query, name)
+        if value is not None:
+            params.append((name, value.astimezone(UTC).isoformat()))
+    params += [("group_by", g) for g in query.group_by]
+    return [
+        (label, f"/api/v1/reports/{query.kind}?{urlencode([*params, ('format', fmt)])}")
+        for label, fmt in (("CSV", "csv"), ("JSON", "json"), ("Markdown", "md"))
+    ]
