@@ -8,25 +8,22 @@ same query functions as the CLI and the query service; writes publish events the
 from __future__ import annotations
 
 import contextlib
-import logging
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from budget.config import Settings
 from services.api.console import console_router
 from services.api.context import ApiServices
-from services.api.problems import BodyLimit, CatchAll, NoNulCharacters, install_problem_handlers
+from services.api.middleware import AccessLog, BodyLimit, CatchAll, NoNulCharacters
+from services.api.problems import install_problem_handlers
 from services.api.routes import api_router
 
 __all__ = ["MAX_BODY_BYTES", "SESSION_HOURS", "create_app"]
 
-log = logging.getLogger("budget.api")
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20
 SESSION_HOURS = 12
@@ -86,30 +83,3 @@ def create_app(
 
     app.add_middleware(AccessLog)
     return app
-
-
-class AccessLog:
-    """One line per request: method, path, status, milliseconds. The path only: no query
-    string, header or cookie reaches the log."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observed)
-        finally:
-            elapsed = (time.perf_counter() - started) * 1000
-            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed)

@@ -2,8 +2,8 @@
 
 Every error the API returns has ``type``, ``title``, ``status`` and ``detail``; a
 validation error also names each wrong field in ``errors`` (``field``: dotted path, e.g.
-``body.limit_amount``). An unexpected failure is logged here and answered with a 500 that
-carries no traceback and no request data.
+``body.limit_amount``). An unexpected failure is answered with a 500 that carries no
+traceback and no request data (``services.api.middleware.CatchAll``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import psycopg
 from fastapi import FastAPI, Request
@@ -19,15 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from budget.queries import NotApplied
 
 __all__ = [
     "PROBLEM_RESPONSES",
-    "BodyLimit",
-    "CatchAll",
-    "NoNulCharacters",
     "Problem",
     "ProblemDocument",
     "field_errors",
@@ -163,110 +158,3 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
         problem = Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
         return problem_response(problem, request.url.path)
-
-
-class CatchAll:
-    """An unexpected failure is logged (path and traceback, for operators) and answered
-    with a 500 problem that carries no traceback. Caught here rather than by Starlette's
-    outermost handler, which re-raises and so makes the server drop the connection."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except Exception as exc:
-            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
-            if started:  # too late for a problem document: end the response
-                raise
-            detail = "the request failed unexpectedly; it was logged on the server"
-            await problem_response(Problem(500, detail), scope["path"])(scope, receive, send)
-
-
-class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._refuse(scope, receive, send)
-                return
-        received = 0
-
-        async def counted() -> Message:
-            # Raised as HTTPException so FastAPI's body reader passes it on unchanged.
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise StarletteHTTPException(413, self._detail())
-            return message
-
-        await self.app(scope, counted, send)
-
-    def _detail(self) -> str:
-        return f"the request body is larger than {self.limit} bytes"
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await problem_response(Problem(413, self._detail()))(scope, receive, send)
-
-
-class NoNulCharacters:
-    """Refuse a NUL character in the query string or a body (``%00``, or ``\\u0000`` in
-    JSON) with 422: PostgreSQL text cannot hold one, so it could only fail later, inside a
-    query or a projection."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
-            if "\x00" in name or "\x00" in value:
-                await self._refuse(f"query.{name.strip(chr(0)) or 'string'}", scope, receive, send)
-                return
-        form = any(
-            name == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
-            for name, value in scope.get("headers", ())
-        )
-        escapes = (b"\\u0000", b"%00") if form else (b"\\u0000",)
-        tail = b""
-
-        async def checked() -> Message:
-            nonlocal tail
-            message = await receive()
-            window = tail + message.get("body", b"")
-            if b"\x00" in window or any(e in window.lower() for e in escapes):
-                raise StarletteHTTPException(422, _NUL_DETAIL.format(field="body"))
-            tail = window[-5:]
-            return message
-
-        await self.app(scope, checked, send)
-
-    async def _refuse(self, field: str, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = _NUL_DETAIL.format(field=field)
-        problem = Problem(422, detail, errors=[{"field": field, "message": "contains NUL"}])
-        await problem_response(problem)(scope, receive, send)
-
-
-_NUL_DETAIL = "{field}: NUL characters (U+0000) are not accepted; remove them"

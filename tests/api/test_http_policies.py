@@ -95,3 +95,14 @@ def test_malformed_and_oversized_bodies(stack: LiveStack, admin: httpx.Client) -
         "/api/v1/policies", content=chunks(), headers={"content-type": "application/json"}
     )
     assert streamed.status_code == 413
+
+
+def test_nul_characters_are_refused_where_they_are(admin: httpx.Client) -> None:
+    in_body = admin.post("/api/v1/policies", json={"name": "a\x00b", "limit_amount": "1"})
+    assert in_body.status_code == 422 and in_body.json()["detail"].startswith("body:")
+    in_query = admin.get("/api/v1/usage", params={"model": "gpt\x00"})
+    assert in_query.status_code == 422
+    assert in_query.json()["errors"] == [{"field": "query.model", "message": "contains NUL"}]
+    text = "100%00 \\u0000"  # a percent sign, and a backslash before u0000: no NUL
+    escaped = admin.post("/api/v1/policies", json={"name": text, "limit_amount": "1"})
+    assert escaped.status_code == 201 and escaped.json()["name"] == text

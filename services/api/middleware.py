@@ -1,0 +1,151 @@
+"""The HTTP service's ASGI middleware: access log, catch-all, body limit, NUL guard.
+
+Each wraps HTTP requests only and passes anything else (lifespan) straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from urllib.parse import parse_qsl
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.problems import Problem, problem_response
+
+__all__ = ["AccessLog", "BodyLimit", "CatchAll", "NoNulCharacters"]
+
+log = logging.getLogger("budget.api")
+
+
+class _HttpMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class AccessLog(_HttpMiddleware):
+    """One line per request: method, path, status, milliseconds. The path only: no query
+    string, header or cookie reaches the log."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed)
+
+
+class CatchAll(_HttpMiddleware):
+    """An unexpected failure is logged (path and traceback, for operators) and answered
+    with a 500 problem that carries no traceback. Caught here rather than by Starlette's
+    outermost handler, which re-raises and so makes the server drop the connection."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            if started:  # too late for a problem document: end the response
+                raise
+            detail = "the request failed unexpectedly; it was logged on the server"
+            await problem_response(Problem(500, detail), scope["path"])(scope, receive, send)
+
+
+class BodyLimit(_HttpMiddleware):
+    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        super().__init__(app)
+        self.limit = limit
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Message:
+            # Raised as HTTPException so FastAPI's body reader passes it on unchanged.
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise StarletteHTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self) -> str:
+        return f"the request body is larger than {self.limit} bytes"
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await problem_response(Problem(413, self._detail()))(scope, receive, send)
+
+
+class NoNulCharacters(_HttpMiddleware):
+    """Refuse a NUL character in the query string or a body (``%00``, or ``\\u0000`` in
+    JSON) with 422: PostgreSQL text cannot hold one, so it could only fail later, inside a
+    query or a projection."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+            if "\x00" in name or "\x00" in value:
+                await self._refuse(f"query.{name.strip(chr(0)) or 'string'}", scope, receive, send)
+                return
+        form = any(
+            name == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
+            for name, value in scope.get("headers", ())
+        )
+        nul = _FORM_NUL if form else _JSON_NUL
+        tail = b""
+
+        async def checked() -> Message:
+            nonlocal tail
+            message = await receive()
+            window = tail + message.get("body", b"")
+            if nul.search(window):
+                raise StarletteHTTPException(422, _NUL_DETAIL.format(field="body"))
+            tail = window[-64:]  # an escape split across chunks is still seen
+            return message
+
+        await self.app(scope, checked, send)
+
+    async def _refuse(self, field: str, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = _NUL_DETAIL.format(field=field)
+        problem = Problem(422, detail, errors=[{"field": field, "message": "contains NUL"}])
+        await problem_response(problem)(scope, receive, send)
+
+
+_NUL_DETAIL = "{field}: NUL characters (U+0000) are not accepted; remove them"
+# A raw NUL, or the JSON escape \u0000 (not when its backslash is itself escaped: \\u0000
+# is the text "\u0000"), or in a form body %00.
+_JSON_NUL = re.compile(rb"\x00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+_FORM_NUL = re.compile(rb"\x00|%00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
