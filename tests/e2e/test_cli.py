@@ -391,6 +391,7 @@ def test_recorded_cost_reaches_spend_and_status_through_running_workers(
     )
     assert sorted((r.name, r.version, r.state, r.checkpoint, r.lag) for r in status) == [
         ("alerts", 1, "live", 0, 1),  # not running: the usage event waits for it
+        ("api_keys", 1, "live", 0, 0),  # not running, and nothing on its subjects
         ("history", 1, "live", 1, 0),
         ("policies", 1, "live", 0, 0),  # not running, and nothing on its subjects
         ("reports", 1, "live", 0, 1),
