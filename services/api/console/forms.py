@@ -59,15 +59,17 @@ def validate(
     model: type[M], data: Mapping[str, Any], state: FormState, fields: Collection[str]
 ) -> M | None:
     """``model`` from ``data``, or None with ``state`` holding the errors by field. A check
-    of the whole model has no location; its message names the field it is about, so the
-    first field named in it gets the error."""
+    of the whole model has no location, but its message names the field it is about
+    ("a global policy has no scope_key"): the longest field name in it gets the error, so
+    ``custom_start`` wins over the plain word "period" in the same sentence."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        by_length = sorted(fields, key=len, reverse=True)
         for error in field_errors(exc.errors()):
             name = error["field"].split(".")[0]
             if name not in fields:
-                named = (f for f in fields if re.search(rf"\b{f}\b", error["message"]))
+                named = (f for f in by_length if re.search(rf"\b{f}\b", error["message"]))
                 name = next(named, FORM_ERROR)
             state.fail(name, error["message"])
         return None

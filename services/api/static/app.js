@@ -141,6 +141,13 @@
       return;
     }
     var source = new EventSource(url);
+    // Exposed for the page's own tests and for anyone wondering whether alerts are live.
+    source.addEventListener("open", function () {
+      document.body.dataset.alertStreamState = "open";
+    });
+    source.addEventListener("error", function () {
+      document.body.dataset.alertStreamState = source.readyState === 2 ? "closed" : "retrying";
+    });
     source.addEventListener("alert", function (event) {
       var alert;
       try {
