@@ -98,6 +98,7 @@ def render(
         "csrf": csrf_token(request),
         "nav": NAV,
         "path": request.url.path,
-        "flash": request.session.pop("flash", None),
+        # Taken by base.html only: a panel's refresh must not swallow the next page's line.
+        "take_flash": lambda: request.session.pop("flash", None),
     }
     return templates.TemplateResponse(request, name, {**base, **(context or {})}, status)

@@ -8,18 +8,17 @@ last day's end. The reports work in whole UTC hours and say so when that widens 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
-from budget.report_format import Cell, Report, Table
+from budget.report_format import Report
 from events.queries import ReportQuery
 from services.api.console.charts import report_chart
 from services.api.console.forms import FormState, local_date, validate, zone
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
+from services.api.console.report_tables import shown_table
 from services.api.context import services
 
 __all__ = ["router"]
@@ -63,7 +62,7 @@ async def reports(request: Request, _: Viewer) -> Response:
         "kinds": KINDS,
         "groups": GROUPS,
         "report": report,
-        "tables": [_table(t) for t in report.tables] if report else [],
+        "tables": [shown_table(t) for t in report.tables] if report else [],
         "chart_data": report_chart(report) if report else None,
         "export_links": _exports(query) if report and query else [],
     }
@@ -113,43 +112,6 @@ def _query(state: FormState) -> ReportQuery | None:
         **{name: at for name, at in dates.items() if at is not None},
     }
     return validate(ReportQuery, data, state, (*CHOICES, *DATES))
-
-
-def _table(table: Table) -> dict[str, Any]:
-    """Headers (numbers right-aligned) and each cell with how to show it."""
-    numeric = [
-        any(isinstance(row[i], int | Decimal) for row in table.rows)
-        for i in range(len(table.columns))
-    ]
-    headers = [
-        (c.replace("_usd", " (USD)").replace("_", " ").capitalize(), "num" if n else "")
-        for c, n in zip(table.columns, numeric, strict=True)
-    ]
-    rows = []
-    for row in table.rows:
-        record = dict(zip(table.columns, row, strict=True))
-        # A group whose every call is unpriced has no cost: show that, not $0.
-        unpriced = bool(record.get("requests")) and record.get("unpriced_requests") == record.get(
-            "requests"
-        )
-        rows.append([_cell(value, column, unpriced) for column, value in record.items()])
-    return {"title": table.title, "headers": headers, "rows": rows}
-
-
-def _cell(value: Cell, column: str, unpriced: bool) -> tuple[str, Cell]:
-    if column == "cost_usd" and unpriced:
-        return "unpriced", None
-    if value is None:
-        return "none", None
-    if column.endswith("_usd"):
-        return "money", value
-    if column.endswith("_percent"):
-        return "percent", value
-    if isinstance(value, datetime):
-        return "instant", value
-    if isinstance(value, int | Decimal):
-        return "number", value
-    return "text", value
 
 
 def _exports(query: ReportQuery) -> list[tuple[str, str]]:
