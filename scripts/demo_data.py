@@ -106,14 +106,26 @@ def _call(rng: random.Random, at: datetime) -> dict[str, Any]:
 
 
 def wait_applied(http: httpx.Client, within: float = 60) -> None:
-    """Until every projection has applied every event in the log."""
+    """Until every projection has applied every event in the log, and the notifier has
+    sent every alert (else the dashboard would pop them up as they went out)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         status = http.get("/api/v1/projections").json()
-        if status and all(p["lag"] == 0 for p in status):
+        if status and all(p["lag"] == 0 for p in status) and not _undelivered(http):
             return
         time.sleep(0.5)
-    raise TimeoutError(f"projections still lag after {within}s")
+    raise TimeoutError(f"projections or alerts still pending after {within}s")
+
+
+def _undelivered(http: httpx.Client) -> list[str]:
+    ids = [a["alert"]["alert_id"] for a in http.get("/api/v1/alerts").json()]
+    return [
+        i
+        for i in ids
+        if any(
+            d["status"] == "pending" for d in http.get(f"/api/v1/alerts/{i}").json()["deliveries"]
+        )
+    ]
 
 
 def tend_alerts(http: httpx.Client) -> None:

@@ -74,7 +74,8 @@ def report_chart(report: Report) -> Chart | None:
         style = _BAND.get(column, "line" if timeline else "bar")
         label = column.removesuffix("_usd").replace("_", " ").capitalize()
         series.append({"label": label, "style": style, "values": [_number(r[i]) for r in rows]})
-    labels = [" / ".join(_label(r[i]) for i in keys) for r in rows]
+    # The last key names a row (a model names its provider too): short labels fit.
+    labels = [_label(r[keys[-1]]) for r in rows]
     return {"kind": "line" if timeline else "bar", "labels": labels, "series": series}
 
 

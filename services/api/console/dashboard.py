@@ -30,7 +30,7 @@ __all__ = ["router"]
 router = APIRouter(route_class=ConsoleRoute)
 
 RECENT_CALLS = 10
-ALERTS_SHOWN = 8
+ALERTS_SHOWN = 5
 TOP = 5
 BREAKDOWN = (
     ("provider", "Providers"),

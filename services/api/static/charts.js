@@ -46,7 +46,7 @@
     if (/^\d{4}-\d{2}-\d{2}$/.test(label)) {
       return day.format(new Date(label + "T00:00:00Z"));
     }
-    return label.length > 18 ? label.slice(0, 17) + "\u2026" : label;
+    return label.length > 24 ? label.slice(0, 23) + "\u2026" : label;
   }
 
   function draw(canvas) {
