@@ -124,11 +124,15 @@ def test_alerts_are_filtered_and_resolved(stack: LiveStack, pages: Pages) -> Non
         body = {"name": f"Tiny {user}", "scope": "user", "scope_key": user, "limit_amount": "0.001"}
         policy_id = unique("tiny")
         http.put(f"/api/v1/policies/{policy_id}", json=body).raise_for_status()
-        record(http, user)
         page = pages(stack.admin_key)
         ours = page.locator("#alerts-table tr.alert-row", has_text=f"Tiny {user}")
         page.goto("/alerts?severity=critical")
+        expect(page.locator("body")).to_have_attribute("data-alert-stream-state", "open")
+        page.evaluate("window.loadedOnce = true")
+        record(http, user)
+        # The list re-reads itself, with its filters, as the feed delivers each alert.
         expect(ours).to_have_count(2, timeout=30_000)  # 95 % and 100 %, not the soft limit
+        assert page.evaluate("window.loadedOnce") is True
         for badge in page.locator("#alerts-table .badge[class*=severity-]").all():
             expect(badge).to_have_text("critical")
         page.goto("/alerts?alert_type=threshold_warning&resolved=open")

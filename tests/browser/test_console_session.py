@@ -101,7 +101,7 @@ def test_pages_are_never_cached_and_never_carry_the_key(stack: LiveStack, pages:
     page = pages(stack.admin_key)
     seen: list[str] = []
     page.on("request", lambda request: seen.append(request.url))
-    for path in (*PAGES, "/policies/new", "/dashboard/live"):
+    for path in (*PAGES, "/policies/new", "/dashboard/live", "/dashboard/alerts"):
         answer = page.goto(path)
         assert answer is not None and answer.ok, path
         assert answer.headers["cache-control"] == "no-store", path

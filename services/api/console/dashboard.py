@@ -2,8 +2,9 @@
 its forecast, recent calls and active alerts.
 
 The page polls ``/dashboard/live`` every 2 s; that answer holds the panels that change
-with usage (totals, budget bars, top spenders, recent calls, alerts), each swapped into
-place by id (htmx out-of-band swaps). The chart is drawn once per page load.
+with usage (totals, budget bars, top spenders, recent calls), each swapped into place by
+id (htmx out-of-band swaps). Alerts come from ``/dashboard/alerts`` when the live feed
+delivers one, and every 15 s. The chart is drawn once per page load.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ async def dashboard(request: Request, _: Viewer) -> Response:
     trend = await api.database.report(ReportQuery(kind="trend", days=30))
     # days=1: the projection runs to the end of the month whatever the date.
     projection = await api.database.report(ReportQuery(kind="projection", days=1))
-    context = await live_context(api)
+    context = {**await live_context(api), **await alerts_context(api)}
     context.update(
         title="Dashboard",
         chart_data=spend_chart(trend, projection),
@@ -57,18 +58,22 @@ async def dashboard(request: Request, _: Viewer) -> Response:
 
 @router.get("/dashboard/live")
 async def live(request: Request, _: Viewer) -> Response:
-    return render(request, "dashboard/live.html", await live_context(api=services(request)))
+    return render(request, "dashboard/live.html", await live_context(services(request)))
+
+
+@router.get("/dashboard/alerts")
+async def alerts(request: Request, _: Viewer) -> Response:
+    return render(request, "dashboard/alerts.html", await alerts_context(services(request)))
 
 
 async def live_context(api: ApiServices) -> dict[str, Any]:
+    """What changes with every call: totals, budgets, top spenders, recent calls."""
     now = utc_now()
     month = await api.database.spend(SpendQuery(period="monthly", at=now))
     today = await api.database.spend(SpendQuery(period="daily", scope=BudgetScope.GLOBAL, at=now))
     async with api.database.connection() as conn:
         bars = await budget_bars(conn, now)
         recent, _ = await history_page(conn, HistoryFilter(), limit=RECENT_CALLS)
-    # Oldest first from the projection: the newest are at the end.
-    active = await api.database.alerts(AlertsQuery(resolved=False, limit=10_000))
     by_scope: dict[str, list[SpendRow]] = defaultdict(list)
     for row in month:
         by_scope[row.scope].append(row)
@@ -81,9 +86,13 @@ async def live_context(api: ApiServices) -> dict[str, Any]:
         "breakdown": [(label, by_scope[scope][:TOP]) for scope, label in BREAKDOWN],
         "month_cost": total.cost if total else Decimal(0),
         "recent": recent,
-        "alerts": active[::-1][:ALERTS_SHOWN],
-        "alerts_total": len(active),
     }
+
+
+async def alerts_context(api: ApiServices) -> dict[str, Any]:
+    """The open alerts, newest first (the projection lists them oldest first)."""
+    active = await api.database.alerts(AlertsQuery(resolved=False, limit=10_000))
+    return {"alerts": active[::-1][:ALERTS_SHOWN], "alerts_total": len(active)}
 
 
 def _global(rows: list[SpendRow]) -> SpendRow | None:
