@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["POLICIES", "seed", "tend_alerts", "wait_applied"]
+__all__ = ["POLICIES", "seed", "tend_alerts", "wait_applied", "wait_feed_quiet"]
 
 POLICIES: list[dict[str, Any]] = [
     {
@@ -64,6 +64,8 @@ MODELS = [
 ]
 USERS = {"alice": 2, "bob": 3, "carol": 3, "dave": 2, "erin": 1}
 PROJECTS = {"search": 4, "support-bot": 3, "research": 2, "summaries": 2}
+FEED_LOOK_BACK = 5.0
+"""Seconds of past deliveries ``GET /api/v1/alerts/stream`` sends a client on connecting."""
 
 
 def seed(http: httpx.Client, *, days: int = 30) -> int:
@@ -117,15 +119,22 @@ def wait_applied(http: httpx.Client, within: float = 60) -> None:
     raise TimeoutError(f"projections or alerts still pending after {within}s")
 
 
-def _undelivered(http: httpx.Client) -> list[str]:
+def _deliveries(http: httpx.Client) -> list[dict[str, Any]]:
     ids = [a["alert"]["alert_id"] for a in http.get("/api/v1/alerts").json()]
-    return [
-        i
-        for i in ids
-        if any(
-            d["status"] == "pending" for d in http.get(f"/api/v1/alerts/{i}").json()["deliveries"]
-        )
-    ]
+    return [d for i in ids for d in http.get(f"/api/v1/alerts/{i}").json()["deliveries"]]
+
+
+def _undelivered(http: httpx.Client) -> bool:
+    return any(d["status"] == "pending" for d in _deliveries(http))
+
+
+def wait_feed_quiet(http: httpx.Client, quiet: float = FEED_LOOK_BACK + 1) -> None:
+    """Until the newest alert delivery is ``quiet`` seconds old: the live feed also sends
+    a client that just connected what it delivered in the seconds before."""
+    sent = [datetime.fromisoformat(d["sent_at"]) for d in _deliveries(http) if d["sent_at"]]
+    if sent:
+        while (datetime.now(UTC) - max(sent)).total_seconds() < quiet:
+            time.sleep(0.2)
 
 
 def tend_alerts(http: httpx.Client) -> None:

@@ -31,7 +31,7 @@ from services.ops import nats_client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from demo_data import seed, tend_alerts, wait_applied  # noqa: E402
+from demo_data import seed, tend_alerts, wait_applied, wait_feed_quiet  # noqa: E402
 
 from live import LiveStack, live_stack  # noqa: E402
 from servers import (  # noqa: E402
@@ -139,6 +139,7 @@ def main() -> int:
         publish_malformed(stack)
         wait_applied(http)
         tend_alerts(http)
+        wait_feed_quiet(http)  # else the dashboard's shot has toasts of the last alerts
         photograph(stack, args.out)
         print(f"screenshots in {args.out}", flush=True)
         if args.serve:
