@@ -15,7 +15,15 @@ from pydantic import BaseModel, ValidationError
 
 from services.api.problems import field_errors
 
-__all__ = ["FormState", "form_data", "local_date", "local_datetime", "validate", "zone"]
+__all__ = [
+    "FORM_ERROR",
+    "FormState",
+    "form_data",
+    "local_date",
+    "local_datetime",
+    "validate",
+    "zone",
+]
 
 UTC = ZoneInfo("UTC")
 M = TypeVar("M", bound=BaseModel)

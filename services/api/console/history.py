@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 
 from projections.history_pages import Cursor, HistoryFilter, history_page
-from services.api.console.forms import FormState, local_datetime, zone
+from services.api.console.forms import FORM_ERROR, FormState, local_datetime, zone
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
 from services.api.context import services
@@ -78,7 +78,7 @@ def _cursor(text: str | None, state: FormState) -> Cursor | None:
     try:
         return Cursor.decode(text)
     except ValueError as exc:
-        state.fail("__form__", str(exc))
+        state.fail(FORM_ERROR, str(exc))
         return None
 
 

@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from events import ApiRole
 from services.api.auth import Principal, csrf_token
+from services.api.console.forms import FORM_ERROR
 
 __all__ = ["NAV", "flash", "render", "templates", "usd"]
 
@@ -75,6 +76,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.globals["FORM_ERROR"] = FORM_ERROR
     env.filters.update(usd=usd, number=number, percent=percent, iso_utc=iso_utc, utc_text=utc_text)
     return env
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from budget.report_format import Report
 from events.queries import ReportQuery
 from services.api.console.charts import report_chart
-from services.api.console.forms import FormState, local_date, validate, zone
+from services.api.console.forms import FORM_ERROR, FormState, local_date, validate, zone
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
 from services.api.console.report_tables import shown_table
@@ -55,7 +55,7 @@ async def reports(request: Request, _: Viewer) -> Response:
         try:
             report = await services(request).database.report(query)
         except ValueError as exc:
-            state.fail("__form__", str(exc))
+            state.fail(FORM_ERROR, str(exc))
     context = {
         "title": "Reports",
         "form": state,
