@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from events import ApiKeyCreated, ApiKeyRevoked, ApiRole
 from projections.base import Applied, Connection, Projection, physical
 
-__all__ = ["ApiKey", "ApiKeysProjection", "find_key", "list_keys"]
+__all__ = ["ApiKey", "ApiKeysProjection", "find_key", "find_session_key", "list_keys"]
 
 
 class ApiKeysProjection(Projection):
@@ -96,6 +96,19 @@ async def find_key(
         " AND (%s::text IS NULL OR key_hash = %s) AND (%s::text IS NULL OR key_id = %s)"
         " AND (%s::text IS NOT NULL OR %s::text IS NOT NULL)".encode(),
         (key_hash, key_hash, key_id, key_id, key_hash, key_id),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _key(row)
+
+
+async def find_session_key(conn: Connection, session_id: str, max_age: timedelta) -> ApiKey | None:
+    """The live key behind a console session that has not ended nor passed ``max_age``."""
+    columns = ", ".join(f"k.{c}" for c in _COLUMNS.split(", "))
+    cursor = await conn.execute(
+        f"SELECT {columns} FROM console_sessions s JOIN api_keys k USING (key_id)"
+        " WHERE s.session_id = %s AND s.ended_at IS NULL AND s.started_at > now() - %s"
+        " AND k.revoked_at IS NULL".encode(),
+        (session_id, max_age),
     )
     row = await cursor.fetchone()
     return None if row is None else _key(row)

@@ -16,17 +16,17 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from budget.config import Settings
+from services.api.auth import SESSION_LIFETIME
 from services.api.console import console_router
 from services.api.context import ApiServices
 from services.api.middleware import AccessLog, BodyLimit, CatchAll, NoNulCharacters
 from services.api.problems import install_problem_handlers
 from services.api.routes import api_router
 
-__all__ = ["MAX_BODY_BYTES", "SESSION_HOURS", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app"]
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20
-SESSION_HOURS = 12
 
 
 def create_app(
@@ -73,7 +73,7 @@ def create_app(
         SessionMiddleware,
         secret_key=session_secret,
         session_cookie="budget_session",
-        max_age=SESSION_HOURS * 3600,
+        max_age=int(SESSION_LIFETIME.total_seconds()),
         same_site="strict",
         https_only=secure_cookies,
     )

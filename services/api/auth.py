@@ -1,8 +1,9 @@
 """Who is asking, and may they: API keys (header) and console sessions (cookie).
 
 A request carries a key as ``Authorization: Bearer <key>`` (or ``X-API-Key``), or a
-signed session cookie that the console's sign-in set; either way the key must still be
-live in the ``api_keys`` projection, so a revocation holds from the next request. A
+signed session cookie that the console's sign-in set, naming a session row that has not
+ended; either way the key must still be live in the ``api_keys`` projection, so a
+revocation (or a sign-out) holds from the next request. A
 cookie-authenticated request that changes anything must also carry the session's CSRF
 token (form field ``csrf_token`` or header ``X-CSRF-Token``).
 
@@ -15,11 +16,12 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import Request
 
 from events import ApiRole
-from projections.api_keys import find_key
+from projections.api_keys import find_key, find_session_key
 from services.api.context import services
 from services.api.keys import hash_key
 from services.api.problems import Problem
@@ -28,6 +30,7 @@ __all__ = [
     "ADMIN",
     "INGEST",
     "READ",
+    "SESSION_LIFETIME",
     "Principal",
     "authenticate",
     "csrf_token",
@@ -39,6 +42,7 @@ __all__ = [
 READ = (ApiRole.VIEWER, ApiRole.ADMIN)
 ADMIN = (ApiRole.ADMIN,)
 INGEST = (ApiRole.INGEST, ApiRole.ADMIN)
+SESSION_LIFETIME = timedelta(hours=12)
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="budget"'}
 
@@ -67,17 +71,15 @@ async def authenticate(request: Request) -> Principal | None:
     if key is not None:
         async with database.connection() as conn:
             found = await find_key(conn, key_hash=hash_key(key))
-        session = False
     else:
-        key_id = request.session.get("key_id") if "session" in request.scope else None
-        if not isinstance(key_id, str):
+        session_id = request.session.get("sid") if "session" in request.scope else None
+        if not isinstance(session_id, str):
             return None
         async with database.connection() as conn:
-            found = await find_key(conn, key_id=key_id)
-        session = True
+            found = await find_session_key(conn, session_id, SESSION_LIFETIME)
     if found is None:
         return None
-    return Principal(found.key_id, found.name, found.role, session)
+    return Principal(found.key_id, found.name, found.role, session=key is None)
 
 
 def require(*roles: ApiRole) -> Callable[[Request], Awaitable[Principal]]:
@@ -126,16 +128,35 @@ def csrf_token(request: Request) -> str:
 
 
 async def sign_in(request: Request, key: str) -> Principal | None:
-    """Start a console session for ``key`` if it is live; a new CSRF token each time."""
+    """Start a console session for ``key`` if it is live: a row on the server (so signing
+    out ends it everywhere) and its id in the signed cookie, with a new CSRF token."""
     async with services(request).database.connection() as conn:
         found = await find_key(conn, key_hash=hash_key(key))
-    if found is None:
-        return None
+        if found is None:
+            return None
+        session_id = secrets.token_urlsafe(32)
+        await conn.execute(
+            "INSERT INTO console_sessions (session_id, key_id) VALUES (%s, %s)",
+            (session_id, found.key_id),
+        )
+        # Sessions past their lifetime are no use to anyone: sign-ins sweep them.
+        await conn.execute(
+            "DELETE FROM console_sessions WHERE started_at < now() - %s", (SESSION_LIFETIME,)
+        )
     request.session.clear()
-    request.session["key_id"] = found.key_id
+    request.session["sid"] = session_id
     request.session["csrf"] = secrets.token_urlsafe(32)
-    return Principal(found.key_id, found.name, found.role, True)
+    return Principal(found.key_id, found.name, found.role, session=True)
 
 
-def sign_out(request: Request) -> None:
+async def sign_out(request: Request) -> None:
+    """End the session on the server and drop the cookie's contents."""
+    session_id = request.session.get("sid")
+    if isinstance(session_id, str):
+        async with services(request).database.connection() as conn:
+            await conn.execute(
+                "UPDATE console_sessions SET ended_at = now()"
+                " WHERE session_id = %s AND ended_at IS NULL",
+                (session_id,),
+            )
     request.session.clear()

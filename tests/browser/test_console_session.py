@@ -68,6 +68,9 @@ def test_sign_out_ends_the_session(stack: LiveStack, pages: Pages) -> None:
     expect(page).to_have_url(re.compile(r"/login$"))
     assert page.request.get("/api/v1/policies").status == 401
     assert page.request.get("/api/v1/alerts/stream").status == 401
+    # The session ended on the server: a copy of the old cookie opens nothing either.
+    copied = {"Cookie": f"budget_session={cookie['value']}"}
+    assert httpx.get(f"{stack.base_url}/api/v1/policies", headers=copied).status_code == 401
 
 
 def test_a_viewer_reads_everything_and_writes_nothing(stack: LiveStack, pages: Pages) -> None:

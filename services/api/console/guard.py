@@ -106,7 +106,7 @@ async def viewer(request: Request) -> Principal:
     if principal is None:
         raise SignInRequired
     if principal.role not in READ:  # the key's role changed under a live session
-        sign_out(request)
+        await sign_out(request)
         raise SignInRequired
     request.state.principal = principal
     return principal

@@ -50,7 +50,7 @@ async def login(request: Request) -> Response:
         state.fail("key", "No live key matches: check it, or ask an admin for a new one.")
         return _page(request, state, status=401)
     if principal.role is ApiRole.INGEST:
-        sign_out(request)
+        await sign_out(request)
         state.fail("key", INGEST_REFUSED)
         return _page(request, state, status=403)
     return redirect(state.values["next"])
@@ -58,7 +58,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, _: ViewerWrite) -> Response:
-    sign_out(request)
+    await sign_out(request)
     return redirect("/login")
 
 
