@@ -22,11 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from budget.queries import NotApplied
 
 __all__ = [
+    "OUTAGES",
     "PROBLEM_RESPONSES",
     "Problem",
     "ProblemDocument",
     "field_errors",
     "install_problem_handlers",
+    "outage_problem",
     "problem_response",
 ]
 
@@ -126,6 +128,20 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     return result
 
 
+OUTAGES = (psycopg.OperationalError, NotApplied, ConnectionError)
+"""What a server being away raises: each is a 503 (504 for a change not applied in time)."""
+
+
+def outage_problem(exc: Exception) -> Problem:
+    if isinstance(exc, psycopg.OperationalError):
+        log.warning("PostgreSQL unreachable: %s", type(exc).__name__)
+        return Problem(503, "the database is unreachable; retry shortly")
+    if isinstance(exc, NotApplied):
+        return Problem(504, str(exc))
+    # Unanswered requests to the enforcer, and NATS away when publishing a change.
+    return Problem(503, str(exc))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -138,20 +154,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = f"{first['field']}: {first['message']}"
         return problem_response(Problem(422, detail, errors=errors), request.url.path)
 
-    @app.exception_handler(psycopg.OperationalError)
-    async def _database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        log.warning("%s %s: PostgreSQL unreachable", request.method, request.url.path)
-        problem = Problem(503, "the database is unreachable; retry shortly")
-        return problem_response(problem, request.url.path)
+    async def _outage(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(outage_problem(exc), request.url.path)
 
-    @app.exception_handler(NotApplied)
-    async def _not_applied(request: Request, exc: NotApplied) -> JSONResponse:
-        return problem_response(Problem(504, str(exc)), request.url.path)
-
-    @app.exception_handler(ConnectionError)
-    async def _nats_down(request: Request, exc: ConnectionError) -> JSONResponse:
-        # Unanswered RPCs and an unreachable NATS when publishing a change.
-        return problem_response(Problem(503, str(exc)), request.url.path)
+    for kind in OUTAGES:
+        app.add_exception_handler(kind, _outage)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

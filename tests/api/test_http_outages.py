@@ -3,11 +3,14 @@ that says which server, and goes on: nothing raises out of a request."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from itsdangerous import TimestampSigner
 
 from budget.config import Settings
 from services.api.app import create_app
@@ -41,3 +44,13 @@ async def test_unreachable_servers_are_503s(unreachable: httpx.AsyncClient) -> N
         assert answer.status_code == 503
         assert answer.json()["detail"] == "the database is unreachable; retry shortly"
         assert answer.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_console_page_says_so_in_a_page(unreachable: httpx.AsyncClient) -> None:
+    # A signed-in browser: its cookie names a session, which is looked up in the database.
+    payload = base64.b64encode(json.dumps({"sid": "some-session"}).encode())
+    cookie = TimestampSigner("test").sign(payload).decode()
+    answer = await unreachable.get("/", headers={"Cookie": f"budget_session={cookie}"})
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "the database is unreachable" in answer.text

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 
 from services.api.auth import ADMIN, READ, Principal, authenticate, require, sign_out
 from services.api.console.render import render
-from services.api.problems import Problem, field_errors
+from services.api.problems import OUTAGES, Problem, field_errors, outage_problem
 
 __all__ = [
     "Admin",
@@ -65,6 +65,9 @@ class ConsoleRoute(APIRoute):
                 response = _to_sign_in(request)
             except Problem as problem:
                 response = _error_page(request, problem.status, problem.title, problem.detail)
+            except OUTAGES as exc:  # a page, not the API's JSON, while a server is away
+                outage = outage_problem(exc)
+                response = _error_page(request, outage.status, outage.title, outage.detail)
             except RequestValidationError as exc:
                 errors = field_errors(exc.errors())
                 detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
