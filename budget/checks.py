@@ -141,13 +141,18 @@ class BudgetChecker:
         return result
 
     async def release(self, reservation_id: str) -> None:
-        """Give a reservation back now (the call failed); it would expire anyway."""
+        """Give a reservation back now (the call failed); it would expire anyway, so a
+        failure to reach the enforcer is only logged."""
         try:
-            await self._ask(
-                RPC_RELEASE, ReleaseRequest(reservation_id=reservation_id), ReleaseResult
-            )
+            await self.release_reporting(reservation_id)
         except RpcFailure as exc:
             log.warning("could not release reservation %s (%s); it expires", reservation_id, exc)
+
+    async def release_reporting(self, reservation_id: str) -> int:
+        """``release``, telling how many holds were dropped (0: already settled, released
+        or expired) and raising ``RpcFailure`` when the enforcer does not answer."""
+        request = ReleaseRequest(reservation_id=reservation_id)
+        return (await self._ask(RPC_RELEASE, request, ReleaseResult)).released
 
     async def _snapshot(self, call: CallAttributes) -> _Cached:
         key = _key(call)

@@ -4,7 +4,7 @@ caller reads its own write; reads go through ``queries``."""
 
 from __future__ import annotations
 
-from budget.config import Settings
+from budget.config import Settings, shown_url
 from budget.queries import Queries, RpcQueries
 from budget.tracker import UsageTracker
 from events import Event, encode, headers_for
@@ -35,7 +35,7 @@ class ChangeClient:
         nc = self.tracker.publisher.client
         if nc is None or not nc.is_connected:
             raise ConnectionError(
-                f"NATS at {self.settings.nats_url} is unreachable; nothing changed"
+                f"NATS at {shown_url(self.settings.nats_url)} is unreachable; nothing changed"
             )
         subject = self.settings.topology.event_subject(event.SUBJECT)
         ack = await nc.jetstream().publish(subject, encode(event), headers=headers_for(event))

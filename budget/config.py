@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from budget.pricing.overrides import PriceOverride
 from events import BudgetPolicy, Topology
 
-__all__ = ["AlertChannels", "ConfigError", "Settings", "load_settings"]
+__all__ = ["AlertChannels", "ConfigError", "Settings", "load_settings", "shown_url"]
 
 DEFAULT_CONFIG_FILE = "config.yaml"
 
@@ -143,6 +144,20 @@ ENV_VARS: Mapping[str, str] = {
     for name in Settings.model_fields
     if name not in ("price_overrides", "policies", "alert_channels")
 }
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a message or a log: a password in it is masked. NATS takes several
+    URLs separated by commas; each is masked."""
+    return ",".join(_masked(part) for part in url.split(","))
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.password is None:
+        return url.strip()
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def load_settings(

@@ -11,16 +11,32 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.envelope import Event
 
-__all__ = ["CallKind", "ImageUsage", "PriceSource", "Usage", "UsageRecorded", "UsageRepriced"]
+__all__ = [
+    "MAX_AUDIO_SECONDS",
+    "MAX_IMAGES",
+    "MAX_TOKENS",
+    "CallKind",
+    "ImageUsage",
+    "PriceSource",
+    "Usage",
+    "UsageRecorded",
+    "UsageRepriced",
+]
 
-Count = Annotated[int, Field(ge=0)]
+MAX_TOKENS = 10**12
+"""The most tokens of one class one call may record: far beyond any model's context, and
+small enough that millions of such calls still sum within PostgreSQL's bigint columns."""
+MAX_AUDIO_SECONDS = 10**9
+MAX_IMAGES = 10**6
+
+Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 CallKind = Literal["chat", "embedding", "image", "audio"]
 
 
 class ImageUsage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    count: Annotated[int, Field(ge=1)]
+    count: Annotated[int, Field(ge=1, le=MAX_IMAGES)]
     size: str = Field(description='e.g. "1024x1024"', max_length=32)
     quality: str = Field(default="standard", max_length=32)
 
@@ -41,7 +57,7 @@ class Usage(BaseModel):
     output_text: Count = 0
     output_reasoning: Count = 0
     embedding_tokens: Count = 0
-    audio_seconds: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+    audio_seconds: Annotated[Decimal, Field(ge=0, le=MAX_AUDIO_SECONDS)] = Decimal(0)
     images: ImageUsage | None = None
 
     @property

@@ -18,7 +18,7 @@ import typer
 from tqdm import tqdm
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-from budget.config import ConfigError, load_settings
+from budget.config import ConfigError, load_settings, shown_url
 from budget.periods import Period
 from budget.queries import NotApplied
 from events import utc_now
@@ -329,7 +329,7 @@ def reprice(
             try:
                 if not publisher.connected:  # a CLI run should fail, not leave a spool
                     raise ConnectError(
-                        f"cannot reach NATS at {current.nats_url}; nothing was published"
+                        f"cannot reach NATS at {shown_url(current.nats_url)}; nothing was published"
                     )
                 await publish_corrections(publisher, changes)
             finally:

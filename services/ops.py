@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 
-from budget.config import Settings
+from budget.config import Settings, shown_url
 from budget.natsconn import connect_nats
 from projections.base import Connection
 from projections.checkpoints import ensure_projection
@@ -44,8 +44,8 @@ async def nats_client(url: str) -> AsyncIterator[Client]:
         nc = await connect_nats(url, within=3, allow_reconnect=False)
     except Exception as exc:
         raise ConnectError(
-            f"cannot reach NATS at {url} ({str(exc) or type(exc).__name__}); start it with "
-            "`budget up` or set BUDGET_NATS_URL"
+            f"cannot reach NATS at {shown_url(url)} ({str(exc) or type(exc).__name__});"
+            " start it with `budget up` or set BUDGET_NATS_URL"
         ) from None
     try:
         yield nc
@@ -59,7 +59,7 @@ async def database(url: str) -> AsyncIterator[Connection]:
         conn = await connect(url)
     except Exception as exc:
         raise ConnectError(
-            f"cannot reach PostgreSQL at {url} ({str(exc).strip()}); start it with "
+            f"cannot reach PostgreSQL at {shown_url(url)} ({str(exc).strip()}); start it with "
             "`budget up` or set BUDGET_DATABASE_URL"
         ) from None
     try:

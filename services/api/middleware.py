@@ -52,7 +52,7 @@ class AccessLog(_HttpMiddleware):
             await self.app(scope, receive, observed)
         finally:
             elapsed = (time.perf_counter() - started) * 1000
-            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed)
+            log.info("%s %s %d %.1fms", scope["method"], _printable(scope["path"]), status, elapsed)
 
 
 class CatchAll(_HttpMiddleware):
@@ -71,7 +71,7 @@ class CatchAll(_HttpMiddleware):
         try:
             await self.app(scope, receive, watched)
         except Exception as exc:
-            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            log.error("%s %s failed", scope["method"], _printable(scope["path"]), exc_info=exc)
             if started:  # too late for a problem document: end the response
                 raise
             detail = "the request failed unexpectedly; it was logged on the server"
@@ -107,41 +107,69 @@ class BodyLimit(_HttpMiddleware):
         return f"the request body is larger than {self.limit} bytes"
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await problem_response(Problem(413, self._detail()))(scope, receive, send)
+        await problem_response(Problem(413, self._detail()), scope["path"])(scope, receive, send)
 
 
 class NoNulCharacters(_HttpMiddleware):
-    """Refuse a NUL character in the query string or a body (``%00``, or ``\\u0000`` in
-    JSON) with 422: PostgreSQL text cannot hold one, so it could only fail later, inside a
-    query or a projection."""
+    """Refuse a NUL character in the path, the query string or a body (``%00``, or
+    ``\\u0000`` in JSON) with 422: PostgreSQL text cannot hold one, so it could only fail
+    later, inside a query or, worse, in every projection after the event was accepted.
+    A body is read whole (``BodyLimit`` bounds it) and scanned once, so no split across
+    chunks can hide an escape."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "\x00" in scope["path"]:
+            await _refuse_nul("path", scope, receive, send)
+            return
         for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
             if "\x00" in name or "\x00" in value:
-                await self._refuse(f"query.{name.strip(chr(0)) or 'string'}", scope, receive, send)
+                field = f"query.{name.strip(chr(0)) or 'string'}"
+                await _refuse_nul(field, scope, receive, send)
                 return
-        form = any(
-            name == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
-            for name, value in scope.get("headers", ())
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            body, more = await _read_body(receive)
+        except StarletteHTTPException as exc:  # BodyLimit's, raised while reading
+            await problem_response(Problem(exc.status_code, str(exc.detail)), scope["path"])(
+                scope, receive, send
+            )
+            return
+        form = (dict(scope.get("headers", ())).get(b"content-type") or b"").startswith(
+            b"application/x-www-form-urlencoded"
         )
-        nul = _FORM_NUL if form else _JSON_NUL
-        tail = b""
+        if (_FORM_NUL if form else _JSON_NUL).search(body):
+            await _refuse_nul("body", scope, receive, send)
+            return
+        await self.app(scope, _replay(body, more, receive), send)
 
-        async def checked() -> Message:
-            nonlocal tail
-            message = await receive()
-            window = tail + message.get("body", b"")
-            if nul.search(window):
-                raise StarletteHTTPException(422, _NUL_DETAIL.format(field="body"))
-            tail = window[-64:]  # an escape split across chunks is still seen
-            return message
 
-        await self.app(scope, checked, send)
+async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
+    """The whole body, and anything received after it (a disconnect)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), [message]
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), []
 
-    async def _refuse(self, field: str, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = _NUL_DETAIL.format(field=field)
-        problem = Problem(422, detail, errors=[{"field": field, "message": "contains NUL"}])
-        await problem_response(problem)(scope, receive, send)
+
+def _replay(body: bytes, after: list[Message], receive: Receive) -> Receive:
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}, *after]
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _refuse_nul(field: str, scope: Scope, receive: Receive, send: Send) -> None:
+    detail = _NUL_DETAIL.format(field=field)
+    problem = Problem(422, detail, errors=[{"field": field, "message": "contains NUL"}])
+    await problem_response(problem, scope["path"])(scope, receive, send)
 
 
 _NUL_DETAIL = "{field}: NUL characters (U+0000) are not accepted; remove them"
@@ -149,3 +177,8 @@ _NUL_DETAIL = "{field}: NUL characters (U+0000) are not accepted; remove them"
 # is the text "\u0000"), or in a form body %00.
 _JSON_NUL = re.compile(rb"\x00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 _FORM_NUL = re.compile(rb"\x00|%00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+
+
+def _printable(path: str) -> str:
+    """A path fit for one log line: a newline in it cannot forge another line."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path)

@@ -16,10 +16,12 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from nats.errors import Error as NatsError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from budget.queries import NotApplied
+from budget.rpc import Unanswered
 
 __all__ = [
     "OUTAGES",
@@ -128,7 +130,7 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     return result
 
 
-OUTAGES = (psycopg.OperationalError, NotApplied, ConnectionError)
+OUTAGES = (psycopg.OperationalError, NotApplied, ConnectionError, NatsError)
 """What a server being away raises: each is a 503 (504 for a change not applied in time)."""
 
 
@@ -138,8 +140,12 @@ def outage_problem(exc: Exception) -> Problem:
         return Problem(503, "the database is unreachable; retry shortly")
     if isinstance(exc, NotApplied):
         return Problem(504, str(exc))
-    # Unanswered requests to the enforcer, and NATS away when publishing a change.
-    return Problem(503, str(exc))
+    if isinstance(exc, Unanswered):  # names the service and what to start; no URL
+        return Problem(503, str(exc))
+    # NATS away or failing while a change is published: a fixed text, so no URL (and no
+    # password in one) reaches the answer.
+    log.warning("NATS failed: %s", type(exc).__name__)
+    return Problem(503, "the event log (NATS) is unreachable; nothing changed, retry shortly")
 
 
 def install_problem_handlers(app: FastAPI) -> None:

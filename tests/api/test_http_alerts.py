@@ -16,13 +16,18 @@ from live import LiveStack
 
 
 def read_feed(
-    stack: LiveStack, key: str, into: queue.Queue[dict[str, Any]], ready: threading.Event
+    stack: LiveStack,
+    key: str,
+    into: queue.Queue[dict[str, Any]],
+    ready: threading.Event,
+    last_event_id: str | None = None,
 ) -> None:
     """Put each alert the feed sends into ``into`` until the stack stops."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     with (
         stack.client(key, timeout=httpx.Timeout(5, read=60)) as http,
         contextlib.suppress(httpx.TransportError),  # the stack stopped at the module's end
-        http.stream("GET", "/api/v1/alerts/stream") as feed,
+        http.stream("GET", "/api/v1/alerts/stream", headers=headers) as feed,
     ):
         assert feed.headers["content-type"].startswith("text/event-stream")
         event = None
@@ -35,28 +40,61 @@ def read_feed(
                 into.put(json.loads(line.removeprefix("data: ")))
 
 
-def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
-    stack: LiveStack, admin: httpx.Client, viewer: httpx.Client, ingest: httpx.Client, user: str
-) -> None:
+def open_feed(
+    stack: LiveStack, key: str, last_event_id: str | None = None
+) -> queue.Queue[dict[str, Any]]:
     arrived: queue.Queue[dict[str, Any]] = queue.Queue()
     ready = threading.Event()
-    viewer_key = viewer.headers["authorization"].removeprefix("Bearer ")
     threading.Thread(
-        target=read_feed, args=(stack, viewer_key, arrived, ready), daemon=True
+        target=read_feed, args=(stack, key, arrived, ready, last_event_id), daemon=True
     ).start()
     assert ready.wait(30), "the feed did not open"
+    return arrived
 
+
+def raise_alerts(admin: httpx.Client, ingest: httpx.Client, user: str) -> str:
+    """A $0.01 policy for ``user`` and $0.015 of usage: a warning, then the limit passed."""
     policy_id = f"small-{user}"
     policy = {"name": "small", "scope": "user", "scope_key": user, "limit_amount": "0.01"}
     admin.put(f"/api/v1/policies/{policy_id}", json=policy).raise_for_status()
     ingest.post("/api/v1/usage", json=call(user)).raise_for_status()  # $0.0075: 75 %
     ingest.post("/api/v1/usage", json=call(user)).raise_for_status()  # $0.015: 150 %
+    return policy_id
 
-    live: list[dict[str, Any]] = []
-    while not any(a["alert_type"] == "limit_exceeded" for a in live):
-        alert = arrived.get(timeout=60)
-        if alert["policy_id"] == policy_id:
-            live.append(alert)
+
+def alerts_of(feed: queue.Queue[dict[str, Any]], policy_id: str) -> list[dict[str, Any]]:
+    """The feed's alerts of ``policy_id`` up to its limit_exceeded one; fails on any
+    other policy's alert (none other is being raised)."""
+    got: list[dict[str, Any]] = []
+    while not any(a["alert_type"] == "limit_exceeded" for a in got):
+        alert = feed.get(timeout=60)
+        assert alert["policy_id"] == policy_id, alert
+        got.append(alert)
+    return got
+
+
+def test_the_feed_starts_at_the_connection_and_resumes_after_the_last_event(
+    stack: LiveStack, viewer: httpx.Client, admin: httpx.Client, ingest: httpx.Client
+) -> None:
+    key = viewer.headers["authorization"].removeprefix("Bearer ")
+    first = open_feed(stack, key)
+    earlier = alerts_of(first, raise_alerts(admin, ingest, "feed-user-1"))
+    # A new connection gets nothing of before it: its first alert is the next one raised.
+    later_feed = open_feed(stack, key)
+    policy_id = raise_alerts(admin, ingest, "feed-user-2")
+    later = alerts_of(later_feed, policy_id)
+    # A reconnect naming the first connection's first alert gets everything after it.
+    resumed = alerts_of(open_feed(stack, key, earlier[0]["alert_id"]), earlier[0]["policy_id"])
+    assert [a["alert_id"] for a in resumed] == [a["alert_id"] for a in earlier[1:]]
+    assert alerts_of(first, policy_id) == later
+
+
+def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
+    stack: LiveStack, admin: httpx.Client, viewer: httpx.Client, ingest: httpx.Client, user: str
+) -> None:
+    feed = open_feed(stack, viewer.headers["authorization"].removeprefix("Bearer "))
+    policy_id = raise_alerts(admin, ingest, user)
+    live = alerts_of(feed, policy_id)
     assert {a["alert_type"] for a in live} >= {"threshold_warning", "limit_exceeded"}
 
     listed = viewer.get("/api/v1/alerts", params={"policy_id": policy_id}).json()

@@ -103,9 +103,33 @@ def test_check_reserves_refuses_and_settles(
         "/api/v1/check", json={"model": "gpt-4o", "estimated_cost": "0.01", "user_id": user}
     ).json()
     assert held["allowed"] is True
-    released = ingest.post(f"/api/v1/reservations/{held['reservation_id']}/release")
-    assert released.status_code == 204
+    release = f"/api/v1/reservations/{held['reservation_id']}/release"
+    assert ingest.post(release).json() == {"released": 1}
+    assert ingest.post(release).json() == {"released": 0}  # already given back
 
     bad = ingest.post("/api/v1/check", json={"model": "", "estimated_tokens": -5})
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["errors"]} == {"body.model", "body.estimated_tokens"}
+
+
+def test_an_event_id_is_one_call(ingest: httpx.Client, user: str) -> None:
+    """A retry gets the stored event back; the same id for another call is refused."""
+    event_id = str(uuid.uuid4())
+    at = "2026-11-30T10:00:00Z"
+    stored = ingest.post("/api/v1/usage", json=call(user, event_id=event_id, occurred_at=at))
+    assert stored.status_code == 201
+    retry = ingest.post("/api/v1/usage", json=call(user, event_id=event_id))  # time left out
+    assert retry.status_code == 200 and retry.json()["event"] == stored.json()["event"]
+    other = ingest.post("/api/v1/usage", json=call(user, event_id=event_id, model="gpt-4o-mini"))
+    assert other.status_code == 409 and event_id in other.json()["detail"]
+
+
+def test_a_raw_usage_object_is_held_to_the_contracts_bounds(ingest: httpx.Client) -> None:
+    """Never a 201 for an event the projections could not count."""
+    answer = ingest.post(
+        "/api/v1/usage",
+        json={"model": "gpt-4o", "provider": "openai", "usage": {"prompt_tokens": 10**30}},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == "body.usage.embedding_tokens"
+    assert "less than or equal to 1000000000000" in answer.json()["detail"]

@@ -13,8 +13,13 @@ import pytest
 from itsdangerous import TimestampSigner
 
 from budget.config import Settings
+from projections.api_keys import ApiKeysProjection
+from projections.checkpoints import ensure_projection
+from projections.db import connect
+from projections.migrate import migrate
 from services.api.app import create_app
 from services.api.context import ApiServices
+from services.api.keys import new_key
 
 
 @pytest.fixture
@@ -54,3 +59,40 @@ async def test_a_console_page_says_so_in_a_page(unreachable: httpx.AsyncClient) 
     assert answer.status_code == 503
     assert answer.headers["content-type"].startswith("text/html")
     assert "the database is unreachable" in answer.text
+
+
+async def test_a_change_with_nats_away_is_a_503_without_the_url(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    """The database answers, NATS does not: a policy change is refused, and the NATS URL
+    (with its password) appears nowhere in the answer."""
+    migrate(pg_schema_url)
+    async with await connect(pg_schema_url) as conn:
+        await ensure_projection(conn, ApiKeysProjection())
+        key = new_key()
+        await conn.execute(
+            "INSERT INTO api_keys (key_id, key_hash, name, role, created_at)"
+            " VALUES (%s, %s, 'ops', 'admin', now())",
+            (key.key_id, key.key_hash),
+        )
+    settings = Settings(
+        nats_url="nats://alice:S3cretPassw0rd@127.0.0.1:1",
+        database_url=pg_schema_url,
+        spool_dir=tmp_path / "spool",
+        data_dir=tmp_path,
+    )
+    async with ApiServices.open(settings) as opened:
+        app = create_app(settings, session_secret="test", services=opened)
+        headers = {"Authorization": f"Bearer {key.key}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", headers=headers
+        ) as http:
+            answers = [
+                await http.put("/api/v1/policies/p1", json={"name": "p", "limit_amount": "1"}),
+                await http.post("/api/v1/keys", json={"name": "k", "role": "viewer"}),
+                await http.post("/api/v1/usage", json={"model": "gpt-4o", "provider": "openai"}),
+            ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert "NATS" in answer.json()["detail"]
+        assert "S3cretPassw0rd" not in answer.text

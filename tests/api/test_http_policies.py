@@ -106,3 +106,21 @@ def test_nul_characters_are_refused_where_they_are(admin: httpx.Client) -> None:
     text = "100%00 \\u0000"  # a percent sign, and a backslash before u0000: no NUL
     escaped = admin.post("/api/v1/policies", json={"name": text, "limit_amount": "1"})
     assert escaped.status_code == 201 and escaped.json()["name"] == text
+
+
+def test_no_split_hides_a_nul(admin: httpx.Client) -> None:
+    """Sixty-five backslashes end one chunk, u0000 starts the next: one real escape."""
+    body = b'{"name": "a' + b"\\" * 65 + b'u0000", "limit_amount": "1"}'
+    split = body.index(b"u0000")
+
+    def chunks():  # two writes, split where a sliding window would miscount
+        yield body[:split]
+        yield body[split:]
+
+    answer = admin.post(
+        "/api/v1/policies", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 422 and answer.json()["detail"].startswith("body:")
+    in_path = admin.delete("/api/v1/keys/a%00b")
+    assert in_path.status_code == 422
+    assert in_path.json()["errors"] == [{"field": "path", "message": "contains NUL"}]

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budget.pricing import Priced, PricingRegistry
-from events.usage import Usage
+from events.usage import MAX_TOKENS, Usage
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 REGISTRY = PricingRegistry()
@@ -86,7 +86,7 @@ def test_cost_is_additive_over_calls_on_flat_prices(a: Usage, b: Usage) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(min_value=0, max_value=10**30))
+@given(n=st.integers(min_value=0, max_value=MAX_TOKENS))
 def test_cost_is_exact_decimal_even_for_huge_counts(n: int) -> None:
     # gpt-4o input: $2.50 per million tokens, so n tokens cost exactly n * 25 / 10**7.
     got = cost(("openai", "gpt-4o"), Usage(input_uncached=n))

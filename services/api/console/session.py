@@ -6,12 +6,10 @@ id (``services.api.auth.sign_in``), so no page, URL or log ever carries the key.
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Request, Response
 
 from events import ApiRole
-from services.api.auth import READ, authenticate, sign_in, sign_out
+from services.api.auth import READ, authenticate, csrf_matches, sign_in, sign_out
 from services.api.console.forms import FormState, form_data
 from services.api.console.guard import ConsoleRoute, ViewerWrite, redirect, safe_next
 from services.api.console.render import render
@@ -38,11 +36,7 @@ async def login_form(request: Request, next: str = "/") -> Response:
 async def login(request: Request) -> Response:
     values = await form_data(request)
     state = FormState(values={"next": safe_next(values.get("next"))})
-    expected = request.session.get("csrf")
-    given = (await request.form()).get("csrf_token")
-    if not (isinstance(expected, str) and isinstance(given, str)) or not hmac.compare_digest(
-        expected, given
-    ):
+    if not csrf_matches(request.session.get("csrf"), (await request.form()).get("csrf_token")):
         state.fail("key", "The sign-in form had expired; enter the key again.")
         return _page(request, state, status=403)
     principal = await sign_in(request, values.get("key", ""))

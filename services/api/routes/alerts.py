@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events import AlertSeverity, AlertType
 from events.queries import AlertDelivery, AlertsQuery, StoredAlert
+from projections.base import Connection
 from services.api.auth import ADMIN, READ, Principal, require
 from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
@@ -65,7 +66,8 @@ async def list_alerts(
 @router.get(
     "/stream",
     dependencies=[Depends(require(*READ))],
-    summary="New alerts as Server-Sent Events (event: alert, data: the alert)",
+    summary="New alerts as Server-Sent Events (event: alert, id: its id, data: the alert);"
+    " a reconnect with Last-Event-ID resumes after that alert",
     response_class=StreamingResponse,
 )
 async def stream(request: Request, api: Api) -> StreamingResponse:
@@ -107,13 +109,18 @@ async def _existing(api: ApiServices, alert_id: uuid.UUID) -> None:
 
 
 async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
-    """Alerts the UI channel delivers from now on; a comment every 15 s keeps proxies
-    from closing an idle stream."""
+    """Alerts the UI channel delivers after the connection (or, on a reconnect, after the
+    alert named by ``Last-Event-ID``); a comment every 15 s keeps proxies from closing an
+    idle stream."""
     async with api.database.connection() as conn:
-        row = await (await conn.execute("SELECT now()")).fetchone()
-    assert row is not None
-    since: datetime = row[0]
-    sent: dict[uuid.UUID, datetime] = {}
+        since = await _resume_point(conn, request.headers.get("last-event-id"))
+        # What was delivered up to the start is the client's already (or before its time).
+        cursor = await conn.execute(
+            "SELECT alert_id, delivered_at FROM alert_feed"
+            " WHERE delivered_at >= %s AND delivered_at <= %s",
+            (since - _LOOK_BACK, since),
+        )
+        sent: dict[uuid.UUID, datetime] = dict(await cursor.fetchall())
     idle = 0.0
     yield b": connected\n\n"
     while not await request.is_disconnected():
@@ -136,3 +143,19 @@ async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
             idle = 0.0
             yield b": keep-alive\n\n"
         await asyncio.sleep(_POLL)
+
+
+async def _resume_point(conn: Connection, last_event_id: str | None) -> datetime:
+    """When the alert named ``last_event_id`` was delivered, else now."""
+    try:
+        resumed = uuid.UUID(last_event_id) if last_event_id else None
+    except ValueError:
+        resumed = None
+    cursor = await conn.execute(
+        "SELECT coalesce((SELECT delivered_at FROM alert_feed WHERE alert_id = %s), now())",
+        (resumed,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    at: datetime = row[0]
+    return at
