@@ -3,6 +3,7 @@ filtered range (``projections.history_pages``)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from events.envelope import UtcDatetime
+from projections.checkpoints import live_position
 from projections.db import connect
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
@@ -94,41 +96,54 @@ async def history_page(
 async def export(
     api: Api, where: Filter, format: Literal["csv", "json"] = "csv"
 ) -> StreamingResponse:
-    if _exporting[0] >= MAX_EXPORTS:
+    if _running.count >= MAX_EXPORTS:
         raise Problem(
             429,
             f"{MAX_EXPORTS} exports are running; retry when one has finished",
             headers={"Retry-After": "5"},
         )
-    media, suffix = (
-        ("text/csv; charset=utf-8", "csv")
-        if format == "csv"
-        else (
-            "application/x-ndjson",
-            "jsonl",
-        )
-    )
-    headers = {"Content-Disposition": f'attachment; filename="usage-history.{suffix}"'}
-    body = _stream(api.settings.database_url, where, csv=format == "csv")
+    # Before the answer starts: a database that is away is a 503 here, not a cut stream.
+    async with api.database.connection() as conn:
+        as_of = await live_position(conn, "history")
+    csv = format == "csv"
+    body = _stream(api.settings.database_url, where, as_of, csv=csv)
+    _running.hold(body)
+    media = "text/csv; charset=utf-8" if csv else "application/x-ndjson"
+    name = "usage-history.csv" if csv else "usage-history.jsonl"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     return StreamingResponse(body, media_type=media, headers=headers)
 
 
 MAX_EXPORTS = 4
 """Exports running at once; each holds a connection of its own for as long as it streams."""
-_exporting = [0]
 
 
-async def _stream(database_url: str, where: HistoryFilter, *, csv: bool) -> AsyncIterator[bytes]:
+class _Running:
+    """Exports under way. A slot is taken when the answer is made and given back when its
+    stream is gone (finished, abandoned, or never started), which a finalizer sees."""
+
+    count = 0
+
+    def hold(self, stream: object) -> None:
+        self.count += 1
+        weakref.finalize(stream, self._release)
+
+    def _release(self) -> None:
+        self.count -= 1
+
+
+_running = _Running()
+
+
+async def _stream(
+    database_url: str, where: HistoryFilter, as_of: int, *, csv: bool
+) -> AsyncIterator[bytes]:
     # Its own connection, not the pool's: a long export never holds up short requests,
     # and one a client abandons mid-COPY is simply closed.
-    _exporting[0] += 1
-    try:
-        async with await connect(database_url) as conn:
-            if csv:
-                async for chunk in export_csv(conn, where):
-                    yield chunk
-            else:
-                async for lines in export_json_lines(conn, where):
-                    yield ("\n".join(lines) + "\n").encode()
-    finally:
-        _exporting[0] -= 1
+    async with await connect(database_url) as conn:
+        if csv:
+            async for chunk in export_csv(conn, where, as_of):
+                yield chunk
+        else:
+            async for lines in export_json_lines(conn, where, as_of):
+                yield ("\n".join(lines) + "\n").encode()
