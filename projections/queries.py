@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from nats.js import JetStreamContext
@@ -20,9 +22,11 @@ from projections.log import pending_after
 from projections.registry import get_projection
 
 __all__ = [
+    "AlertPosition",
     "ProjectionStatus",
     "RecordedUsage",
     "alert_deliveries",
+    "alerts_page",
     "find_alerts",
     "projection_status",
     "spend_for_period",
@@ -103,38 +107,73 @@ async def spend_for_period(
     ]
 
 
+_ALERT_FILTERS = (
+    " FROM alerts WHERE (%(id)s::uuid IS NULL OR alert_id = %(id)s)"
+    " AND (%(policy)s::text IS NULL OR policy_id = %(policy)s)"
+    " AND (NOT %(unacked)s OR acknowledged_at IS NULL)"
+    " AND (%(resolved)s::boolean IS NULL OR (resolved_at IS NOT NULL) = %(resolved)s)"
+    " AND (%(severity)s::text IS NULL OR alert ->> 'severity' = %(severity)s)"
+    " AND (%(type)s::text IS NULL OR alert ->> 'alert_type' = %(type)s)"
+)
+_STORED = "alert, acknowledged_by, acknowledged_at, resolved_by, resolved_at"
+
+
+def _alert_params(query: AlertsQuery) -> dict[str, Any]:
+    return {
+        "id": query.alert_id,
+        "policy": query.policy_id,
+        "unacked": query.unacknowledged_only,
+        "resolved": query.resolved,
+        "severity": query.severity,
+        "type": query.alert_type,
+        "limit": query.limit,
+    }
+
+
+def _stored(row: Sequence[Any]) -> StoredAlert:
+    alert, acked_by, acked_at, resolved_by, resolved_at = row[:5]
+    return StoredAlert(
+        alert=Alert.model_validate(alert),
+        acknowledged_by=acked_by,
+        acknowledged_at=acked_at,
+        resolved_by=resolved_by,
+        resolved_at=resolved_at,
+    )
+
+
 async def find_alerts(conn: Connection, query: AlertsQuery) -> list[StoredAlert]:
     """The alerts ``query`` selects, oldest first (in a burst: lower thresholds first)."""
     cursor = await conn.execute(
-        "SELECT alert, acknowledged_by, acknowledged_at, resolved_by, resolved_at"
-        " FROM alerts WHERE (%(id)s::uuid IS NULL OR alert_id = %(id)s)"
-        " AND (%(policy)s::text IS NULL OR policy_id = %(policy)s)"
-        " AND (NOT %(unacked)s OR acknowledged_at IS NULL)"
-        " AND (%(resolved)s::boolean IS NULL OR (resolved_at IS NOT NULL) = %(resolved)s)"
-        " AND (%(severity)s::text IS NULL OR alert ->> 'severity' = %(severity)s)"
-        " AND (%(type)s::text IS NULL OR alert ->> 'alert_type' = %(type)s)"
-        " ORDER BY raised_at, stream_seq,"
+        f"SELECT {_STORED}{_ALERT_FILTERS} ORDER BY raised_at, stream_seq,"
         " (alert ->> 'threshold_percent')::numeric NULLS FIRST, alert_id LIMIT %(limit)s",
-        {
-            "id": query.alert_id,
-            "policy": query.policy_id,
-            "unacked": query.unacknowledged_only,
-            "resolved": query.resolved,
-            "severity": query.severity,
-            "type": query.alert_type,
-            "limit": query.limit,
-        },
+        _alert_params(query),
     )
-    return [
-        StoredAlert(
-            alert=Alert.model_validate(alert),
-            acknowledged_by=acked_by,
-            acknowledged_at=acked_at,
-            resolved_by=resolved_by,
-            resolved_at=resolved_at,
-        )
-        for alert, acked_by, acked_at, resolved_by, resolved_at in await cursor.fetchall()
-    ]
+    return [_stored(row) for row in await cursor.fetchall()]
+
+
+AlertPosition = tuple[datetime, int, UUID]
+"""Where a page of alerts ends: (raised_at, stream_seq, alert_id) of its last alert."""
+
+
+async def alerts_page(
+    conn: Connection, query: AlertsQuery, after: AlertPosition | None = None
+) -> tuple[list[StoredAlert], AlertPosition | None]:
+    """Up to ``query.limit`` alerts newest first, after ``after``; and where the next page
+    starts (None on the last). Keyset, so any page costs the same."""
+    params = _alert_params(query) | {"limit": query.limit + 1}
+    keyset = ""
+    if after is not None:
+        keyset = " AND (raised_at, stream_seq, alert_id) < (%(t)s, %(s)s, %(a)s)"
+        params.update(t=after[0], s=after[1], a=after[2])
+    cursor = await conn.execute(
+        f"SELECT {_STORED}, raised_at, stream_seq, alert_id{_ALERT_FILTERS}{keyset}"
+        " ORDER BY raised_at DESC, stream_seq DESC, alert_id DESC LIMIT %(limit)s",
+        params,
+    )
+    rows = await cursor.fetchall()
+    page = [_stored(row) for row in rows[: query.limit]]
+    last = rows[query.limit - 1] if len(rows) > query.limit else None
+    return page, None if last is None else (last[5], last[6], last[7])
 
 
 async def alert_deliveries(conn: Connection, alert_id: UUID) -> list[AlertDelivery]:

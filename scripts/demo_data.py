@@ -120,7 +120,7 @@ def wait_applied(http: httpx.Client, within: float = 60) -> None:
 
 
 def _deliveries(http: httpx.Client) -> list[dict[str, Any]]:
-    ids = [a["alert"]["alert_id"] for a in http.get("/api/v1/alerts").json()]
+    ids = [a["alert"]["alert_id"] for a in http.get("/api/v1/alerts").json()["alerts"]]
     return [d for i in ids for d in http.get(f"/api/v1/alerts/{i}").json()["deliveries"]]
 
 
@@ -139,7 +139,7 @@ def wait_feed_quiet(http: httpx.Client, quiet: float = FEED_LOOK_BACK + 1) -> No
 
 def tend_alerts(http: httpx.Client) -> None:
     """Acknowledge the oldest alert and resolve the next, as an admin would have."""
-    alerts = http.get("/api/v1/alerts").json()
+    alerts = http.get("/api/v1/alerts").json()["alerts"]
     for stored, verb in zip(alerts, ("acknowledge", "resolve"), strict=False):
         alert_id = stored["alert"]["alert_id"]
         http.post(f"/api/v1/alerts/{alert_id}/{verb}").raise_for_status()

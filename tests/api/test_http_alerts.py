@@ -97,16 +97,29 @@ def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
     live = alerts_of(feed, policy_id)
     assert {a["alert_type"] for a in live} >= {"threshold_warning", "limit_exceeded"}
 
-    listed = viewer.get("/api/v1/alerts", params={"policy_id": policy_id}).json()
-    assert {a["alert"]["alert_id"] for a in listed} >= {a["alert_id"] for a in live}
-    exceeded = viewer.get(
-        "/api/v1/alerts", params={"policy_id": policy_id, "alert_type": "limit_exceeded"}
-    ).json()
+    def alerts(**params: str) -> list[dict[str, Any]]:
+        """Every page of the alerts listed with ``params``, one alert a page."""
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = viewer.get(
+                "/api/v1/alerts",
+                params={**params, "limit": "1", **({"cursor": cursor} if cursor else {})},
+            ).json()
+            found += page["alerts"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    listed = alerts(policy_id=policy_id)
+    assert sorted(a["alert"]["alert_id"] for a in listed) == sorted(a["alert_id"] for a in live)
+    raised = [a["alert"]["raised_at"] for a in listed]
+    assert raised == sorted(raised, reverse=True)  # newest first
+    exceeded = alerts(policy_id=policy_id, alert_type="limit_exceeded")
     assert [a["alert"]["alert_type"] for a in exceeded] == ["limit_exceeded"]
-    assert (
-        viewer.get("/api/v1/alerts", params={"policy_id": policy_id, "severity": "info"}).json()
-        == []
-    )
+    assert alerts(policy_id=policy_id, severity="info") == []
+    bad = viewer.get("/api/v1/alerts", params={"cursor": "nonsense"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query.cursor"
 
     alert_id = exceeded[0]["alert"]["alert_id"]
     acked = admin.post(f"/api/v1/alerts/{alert_id}/acknowledge", json={"by": "ops@example.com"})
@@ -114,19 +127,14 @@ def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
     detail = viewer.get(f"/api/v1/alerts/{alert_id}").json()
     assert detail["alert"]["acknowledged_by"] == "ops@example.com"
     assert {d["channel"] for d in detail["deliveries"]} >= {"ui"}
-    unacked = viewer.get(
-        "/api/v1/alerts", params={"policy_id": policy_id, "unacknowledged_only": "true"}
-    ).json()
+    unacked = alerts(policy_id=policy_id, unacknowledged_only="true")
     assert alert_id not in {a["alert"]["alert_id"] for a in unacked}
 
     assert admin.post(f"/api/v1/alerts/{alert_id}/resolve").status_code == 204
     resolved = viewer.get(f"/api/v1/alerts/{alert_id}").json()["alert"]
     assert resolved["resolved_at"] is not None
     assert resolved["resolved_by"] == "first admin (budget up)"  # the admin key's name
-    open_ids = {
-        a["alert"]["alert_id"]
-        for a in viewer.get("/api/v1/alerts", params={"resolved": "false"}).json()
-    }
+    open_ids = {a["alert"]["alert_id"] for a in alerts(resolved="false")}
     assert alert_id not in open_ids
     missing = admin.post("/api/v1/alerts/00000000-0000-0000-0000-000000000000/resolve")
     assert missing.status_code == 404

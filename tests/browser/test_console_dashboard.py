@@ -80,7 +80,7 @@ def test_an_alert_appears_live_and_is_acknowledged(stack: LiveStack, pages: Page
         item.get_by_role("button", name="Acknowledge").click()
         expect(page.locator(".flash")).to_have_text(f"Alert acknowledged by {signed_in_as}.")
         expect(item).to_contain_text(f"acknowledged by {signed_in_as}")
-        stored = http.get("/api/v1/alerts", params={"policy_id": policy_id}).json()
+        stored = http.get("/api/v1/alerts", params={"policy_id": policy_id}).json()["alerts"]
         [limit_alert] = [a for a in stored if a["alert"]["alert_type"] == "limit_exceeded"]
         assert limit_alert["acknowledged_by"] == signed_in_as
 

@@ -142,7 +142,7 @@ def test_alerts_are_filtered_and_resolved(stack: LiveStack, pages: Pages) -> Non
         expect(ours).to_have_count(0)
         page.goto("/alerts?resolved=resolved")
         expect(ours).to_contain_text("resolved")
-        alerts = http.get("/api/v1/alerts", params={"policy_id": policy_id}).json()
+        alerts = http.get("/api/v1/alerts", params={"policy_id": policy_id}).json()["alerts"]
         assert [a["alert"]["alert_type"] for a in alerts if a["resolved_at"]] == [
             "threshold_warning"
         ]

@@ -4,6 +4,7 @@ feed of new alerts as Server-Sent Events (the UI channel's ``alert_feed``)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from events import AlertSeverity, AlertType
 from events.queries import AlertDelivery, AlertsQuery, StoredAlert
 from projections.base import Connection
+from projections.queries import AlertPosition, alerts_page
 from services.api.auth import ADMIN, READ, Principal, require
 from services.api.context import ApiServices, current_services
 from services.api.problems import Problem
@@ -42,7 +44,14 @@ class Acknowledgement(BaseModel):
     by: str | None = Field(default=None, max_length=200, description="default: the key's name")
 
 
-@router.get("", dependencies=[Depends(require(*READ))], summary="Alerts, oldest first")
+class AlertsPage(BaseModel):
+    alerts: list[StoredAlert] = Field(description="newest first")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+@router.get(
+    "", dependencies=[Depends(require(*READ))], summary="Alerts, newest first (keyset pages)"
+)
 async def list_alerts(
     api: Api,
     policy_id: Annotated[str | None, Query(max_length=100)] = None,
@@ -50,8 +59,9 @@ async def list_alerts(
     alert_type: AlertType | None = None,
     unacknowledged_only: bool = False,
     resolved: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-) -> list[StoredAlert]:
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> AlertsPage:
     query = AlertsQuery(
         policy_id=policy_id,
         severity=severity,
@@ -60,7 +70,28 @@ async def list_alerts(
         resolved=resolved,
         limit=limit,
     )
-    return await api.database.alerts(query)
+    async with api.database.connection() as conn:
+        alerts, following = await alerts_page(conn, query, _position(cursor))
+    return AlertsPage(alerts=alerts, next_cursor=_cursor(following) if following else None)
+
+
+def _cursor(position: AlertPosition) -> str:
+    raised_at, seq, alert_id = position
+    text = json.dumps([raised_at.isoformat(), seq, str(alert_id)])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _position(cursor: str | None) -> AlertPosition | None:
+    if cursor is None:
+        return None
+    try:
+        raised_at, seq, alert_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(raised_at), int(seq), uuid.UUID(alert_id)
+    except (ValueError, TypeError):
+        message = "not a cursor this service issued; start from page one"
+        raise Problem(
+            422, f"query.cursor: {message}", errors=[{"field": "query.cursor", "message": message}]
+        ) from None
 
 
 @router.get(
