@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from demo_data import seed, tend_alerts, wait_applied, wait_feed_quiet  # noqa: E402
 
-from live import LiveStack, live_stack  # noqa: E402
+from live import CHROMIUM, CHROMIUM_ARGS, LiveStack, live_stack  # noqa: E402
 from servers import (  # noqa: E402
     create_schema,
     provide_nats,
@@ -42,15 +42,6 @@ from servers import (  # noqa: E402
     with_search_path,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DESKTOP = ViewportSize(width=1440, height=900)
 PHONE = ViewportSize(width=390, height=844)
 PAGES = {
@@ -98,7 +89,7 @@ def settle(page: Page) -> None:
 
 def photograph(stack: LiveStack, out: Path) -> None:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(
             viewport=DESKTOP, device_scale_factor=1, timezone_id="Europe/Berlin", locale="en-US"
         )

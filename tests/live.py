@@ -32,7 +32,19 @@ from services.stack import SERVICES, default_worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["LiveStack", "free_port", "live_stack"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "LiveStack", "free_port", "live_stack"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's Chromium, which Playwright drives (its own browser download cannot work here)."""
+# Headless as root, and no calls home: a closed network refuses them, many at a time.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:

@@ -13,23 +13,12 @@ cannot run inside pytest-asyncio's.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from console_support import Pages, sign_in
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from live import LiveStack
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from live import CHROMIUM, CHROMIUM_ARGS, LiveStack
 
 
 @pytest.fixture(scope="module")
