@@ -54,6 +54,10 @@ _FIELDS: tuple[tuple[str, str], ...] = (
     ("tags", "tags::text"),
 )
 HISTORY_FIELDS = tuple(name for name, _ in _FIELDS)
+# Qualified: a bare ``occurred_at`` or ``event_id`` in ORDER BY names the output column of
+# that name, the text rendering above, and PostgreSQL then sorts every matching row by it
+# (seconds over millions) instead of reading the occurred_at index backwards.
+_NEWEST_FIRST = "ORDER BY usage_history.occurred_at DESC, usage_history.event_id DESC"
 _SELECT = ", ".join(f"{sql} AS {name}" for name, sql in _FIELDS)
 # JSON rows carry tags as an object; CSV cells as its JSON text.
 _JSON_ROW = "json_build_object({})::text".format(
@@ -149,7 +153,7 @@ async def history_page(
     params["limit"] = limit + 1
     result = await conn.execute(
         f"SELECT {_SELECT}, occurred_at AS _t, event_id AS _e FROM usage_history"
-        f" WHERE {clause} ORDER BY occurred_at DESC, event_id DESC LIMIT %(limit)s".encode(),
+        f" WHERE {clause} {_NEWEST_FIRST} LIMIT %(limit)s".encode(),
         params,
     )
     fetched = await result.fetchall()
@@ -174,8 +178,8 @@ async def export_csv(
     pinned = as_of if as_of is not None else await live_position(conn, "history")
     clause, params = where.where(pinned)
     query = (
-        f"COPY (SELECT {_SELECT} FROM usage_history WHERE {clause}"
-        " ORDER BY occurred_at DESC, event_id DESC) TO STDOUT WITH (FORMAT csv, HEADER true)"
+        f"COPY (SELECT {_SELECT} FROM usage_history WHERE {clause} {_NEWEST_FIRST})"
+        " TO STDOUT WITH (FORMAT csv, HEADER true)"
     )
     async with conn.cursor() as cur, cur.copy(query.encode(), params) as copy:
         async for chunk in copy:
@@ -189,10 +193,7 @@ async def export_json_lines(
     server-side cursor ``batch`` rows at a time."""
     pinned = as_of if as_of is not None else await live_position(conn, "history")
     clause, params = where.where(pinned)
-    query = (
-        f"SELECT {_JSON_ROW} FROM usage_history WHERE {clause}"
-        " ORDER BY occurred_at DESC, event_id DESC"
-    )
+    query = f"SELECT {_JSON_ROW} FROM usage_history WHERE {clause} {_NEWEST_FIRST}"
     async with conn.transaction(), conn.cursor(name="history_export") as cur:
         await cur.execute(query.encode(), params)
         while rows := await cur.fetchmany(batch):
