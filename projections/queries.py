@@ -80,15 +80,17 @@ async def spend_for_period(
     """Totals of the calendar period (UTC) containing ``at``, for every scope or one: the
     sum of the period's quarter-hour buckets."""
     start, end = period_bounds(period, at)
+    # The scope condition only when there is one: as ``(%s IS NULL OR scope = %s)`` it
+    # cannot bound the index scan in the generic plan a prepared statement ends up with.
     cursor = await conn.execute(
         "SELECT scope, scope_key, sum(cost), sum(requests)::bigint,"
         " sum(unpriced_requests)::bigint,"
         " sum(input_uncached + input_cache_read + input_cache_write)::bigint,"
         " sum(output_text + output_reasoning)::bigint"
         " FROM spend_buckets WHERE bucket_start >= %s AND bucket_start < %s"
-        " AND (%s::text IS NULL OR scope = %s)"
-        " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key",
-        (start, end, scope, scope),
+        + (" AND scope = %s" if scope is not None else "")
+        + " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key",
+        (start, end) if scope is None else (start, end, scope),
     )
     day = period_start(period, at)
     return [
