@@ -25,9 +25,9 @@ cores stays small. Figures (one JSON line each; p50/p99 over the timed requests)
   policies, this month's spend), and ``dashboard_json_<read>_p50_ms`` for each read.
 - ``history_page_p50_ms`` / ``history_page_p99_ms``: ``GET /api/v1/usage?limit=100``,
   ``at`` page 1 (a new browse each time), the pages 2 to ``--pages`` following
-  ``next_cursor``, the last 50 of them (~``--pages`` deep), and 50 pages following a
-  cursor taken half-way into the history and near its oldest end; each also with
-  ``provider=anthropic``.
+  ``next_cursor``, the last 50 of them (~``--pages`` deep), and ``--deep-pages`` pages
+  following a cursor taken half-way into the history and one near its oldest end; each
+  also with ``provider=anthropic``.
 - ``export_csv_rows_per_s``: ``GET /api/v1/usage/export?format=csv`` over a since/until
   range holding ``--export-rows`` rows, read to the end; with the API process's peak RSS
   (``VmHWM``) before and after and the highest ``VmRSS`` sampled every 10 ms during it.
@@ -52,6 +52,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import statistics
@@ -92,7 +93,7 @@ def emit(figure: str, value: float, unit: str, **extra: object) -> None:
 
 
 def quantiles(samples: Sequence[float]) -> tuple[float, float]:
-    cuts = statistics.quantiles(samples, n=100)
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")  # within the samples
     return cuts[49], cuts[98]
 
 
@@ -141,12 +142,24 @@ class Http:
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
     async def send(self, request: bytes) -> Reply:
-        """Send an encoded request and read the reply's head (the body follows)."""
+        """Send an encoded request and read the reply's head (the body follows). A kept
+        connection the server has closed meanwhile (uvicorn closes idle ones after 5 s)
+        is replaced, and the request sent again if it had gone out on it."""
+        if self._reader is not None and self._reader.at_eof():
+            await self.close()
+        reused = self._writer is not None
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self._reader is not None
         self._writer.write(request)
-        head = await self._reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await self._reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            partial = getattr(exc, "partial", b"")
+            if not reused or partial:
+                raise
+            await self.close()
+            return await self.send(request)
         status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
         headers: dict[str, str] = {}
         cookies: list[str] = []
@@ -267,14 +280,22 @@ class CpuMeter:
         cpu["benchmark"] = time.process_time()
         return cpu
 
+    @staticmethod
+    def machine() -> float:
+        """CPU seconds the whole machine has been busy (``/proc/stat``)."""
+        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle, iowait
+        return (sum(ticks[:8]) - idle) / _TICK
+
     @contextlib.contextmanager
     def phase(self, name: str, extra: dict[str, float] | None = None) -> Iterator[_Box]:
         """Emit ``cpu_<name>``: µs per request per process; set ``meter.requests`` (and
         add client processes' CPU seconds to ``extra``) inside the block."""
-        before, started = self.snapshot(), time.perf_counter()
+        before, started, machine = self.snapshot(), time.perf_counter(), self.machine()
         box = _Box()
         yield box
         after, seconds = self.snapshot(), time.perf_counter() - started
+        machine = self.machine() - machine
         used = {k: after[k] - before[k] for k in after}
         used.update(extra or {})
         used.update(box.extra)
@@ -287,6 +308,8 @@ class CpuMeter:
             requests=box.requests,
             seconds=round(seconds, 2),
             cores_busy=round(sum(used.values()) / seconds, 2),
+            # Anything else on the machine (other people's tests, ...) in the same time.
+            others_cores_busy=round(max(machine - sum(used.values()), 0) / seconds, 2),
             processes=dict(sorted(per_request.items(), key=lambda kv: -kv[1])),
         )
 
@@ -342,7 +365,9 @@ async def build(
 
 async def fill_spend(conn: Connection) -> None:
     """The spend projection's totals and ledger for every history row: the sums its apply
-    path makes (same measures, same quarter hours, same five scopes), in one statement."""
+    path makes (same measures, same quarter hours, same five scopes), in one statement
+    each, stored in time order as the live projection appends them (a period's rows sit
+    together on disk)."""
     names = ", ".join(name for name, _, _ in MEASURES)
     cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
     regroup = ", ".join(f"sum({n})" for n, _, _ in MEASURES)
@@ -359,7 +384,8 @@ async def fill_spend(conn: Connection) -> None:
             ('provider', provider), ('model', model), ('project', project_id))
             AS scopes(scope, scope_key)
         WHERE scope_key <> ''
-        GROUP BY scope, scope_key, bucket_start""".encode()
+        GROUP BY scope, scope_key, bucket_start
+        ORDER BY bucket_start, scope, scope_key""".encode()
     )
     await conn.execute(
         "INSERT INTO spend_ledger_v1 (event_id, stream_seq, occurred_at, cost)"
@@ -390,13 +416,26 @@ async def settle(database_url: str, least: float) -> None:
 
 # -- the phases ----------------------------------------------------------------------------
 
+# What the console's dashboard reads (services/api/console/dashboard.py), through the JSON
+# API: the trend and month projection for its chart, this month's and today's spend,
+# the budgets (the summary report holds them), the latest calls and the open alerts.
 DASHBOARD_READS = {
-    "summary": "/api/v1/reports/summary",
     "trend": "/api/v1/reports/trend?days=30",
-    "projection": "/api/v1/reports/projection",
+    "projection": "/api/v1/reports/projection?days=1",
+    "spend_month": "/api/v1/spend?period=monthly",
+    "spend_today": "/api/v1/spend?period=daily&scope=global",
+    "summary": "/api/v1/reports/summary",
     "policies": "/api/v1/policies",
-    "spend": "/api/v1/spend?period=monthly",
+    "recent_calls": "/api/v1/usage?limit=10",
+    "alerts": "/api/v1/alerts?resolved=false&limit=10000",
 }
+# Budgets a deployment would have, so the dashboard has bars to draw (limits high enough
+# that nothing here crosses them).
+POLICIES = (
+    {"name": "bench company", "scope": "global"},
+    {"name": "bench each project", "scope": "project"},
+    {"name": "bench each user", "scope": "user"},
+)
 
 
 async def sign_in(api: ApiAccess) -> Http | None:
@@ -421,9 +460,33 @@ async def sign_in(api: ApiAccess) -> Http | None:
     return http
 
 
+async def put_policies(api: ApiAccess) -> None:
+    http = Http(api.port, {"Authorization": f"Bearer {api.admin_key}"})
+    for k, fields in enumerate(POLICIES):
+        body = {**fields, "limit_amount": "10000000", "action": "warn"}
+        answer = await http.request(
+            "PUT",
+            f"/api/v1/policies/bench-{k}",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        assert answer.status == 200, (answer.status, answer.body[:300])
+    await http.close()
+
+
+def spend_full_month() -> str:
+    """This month's spend as on the last day of a month: the 15th of the previous one
+    (a whole month of buckets to sum, inside the 90 days of history)."""
+    at = utc_now().replace(day=1) - timedelta(days=16)
+    return "/api/v1/spend?" + urlencode({"period": "monthly", "at": at.isoformat()})
+
+
 async def dashboard(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
+    """The page when the console is there; its reads through the JSON API always."""
     session = await sign_in(api)
-    if session is not None:
+    if session is None:
+        print("# no console here (GET /login is 404): its JSON reads only", file=sys.stderr)
+    else:
         page = await session.request("GET", "/")
         if page.status != 200 or b"<html" not in page.body.lower():
             raise RuntimeError(f"GET / signed in: {page.status} {page.body[:300]!r}")
@@ -437,8 +500,10 @@ async def dashboard(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
             box.requests = repeat
         emit_latency("dashboard", samples, page_bytes=len(page.body))
         await session.close()
-        return
-    print("# no console in the tree (GET /login is 404): timing its JSON reads", file=sys.stderr)
+    await dashboard_reads(api, meter, repeat)
+
+
+async def dashboard_reads(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
     http = Http(api.port, {"Authorization": f"Bearer {api.admin_key}"})
     for target in DASHBOARD_READS.values():
         await http.get_json(target)  # warm
@@ -458,6 +523,12 @@ async def dashboard(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
     for name, samples in each.items():
         p50, p99 = quantiles(samples)
         emit(f"dashboard_json_{name}_p50_ms", p50, "ms", p99_ms=round(p99, 2))
+    # Not on the page today: the month's spend as the last day of a month will ask for it.
+    full_month = await timed(
+        max(repeat // 10, 5), functools.partial(http.get_json, spend_full_month())
+    )
+    p50, p99 = quantiles(full_month)
+    emit("spend_full_month_p50_ms", p50, "ms", p99_ms=round(p99, 2), requests=len(full_month))
     await http.close()
 
 
@@ -475,63 +546,73 @@ async def deep_cursor(conn: Connection, as_of: int, depth: int, provider: str | 
     return Cursor(as_of, row[0], row[1]).encode()
 
 
+async def deep_cursors(
+    database_url: str, provider: str | None
+) -> tuple[int, list[tuple[int, str]]]:
+    """How many rows the browse holds, and cursors half-way in and 10,000 rows before its
+    oldest end (set-up, outside the timings and the CPU accounting)."""
+    conn = await connect(database_url)
+    try:
+        as_of = await live_position(conn, "history")
+        where = "stream_seq <= %s" + (" AND provider = %s" if provider else "")
+        found = await (
+            await conn.execute(
+                f"SELECT count(*) FROM usage_history WHERE {where}".encode(),
+                (as_of, provider) if provider else (as_of,),
+            )
+        ).fetchone()
+        assert found is not None
+        total = int(found[0])
+        depths = (total // 2, total - 10_000)
+        return total, [(d, await deep_cursor(conn, as_of, d, provider)) for d in depths]
+    finally:
+        await conn.close()
+
+
 async def history(api: ApiAccess, info: StackInfo, meter: CpuMeter, args: Any) -> None:
     http = Http(api.port, {"Authorization": f"Bearer {api.admin_key}"})
-    conn = await connect(info.database_url)
-    try:
-        for provider in (None, FILTERED_PROVIDER):
-            base = "/api/v1/usage?limit=100" + (f"&provider={provider}" if provider else "")
-            label = {"provider": provider} if provider else {}
-            with meter.phase("history" + (f"_{provider}" if provider else "")) as box:
-                first = await timed(args.repeat, functools.partial(http.get_json, base))
-                emit_latency("history_page", first, at="page 1", **label)
-                box.requests += args.repeat + 1
+    for provider in (None, FILTERED_PROVIDER):
+        base = "/api/v1/usage?limit=100" + (f"&provider={provider}" if provider else "")
+        label = {"provider": provider} if provider else {}
+        total, cursors = await deep_cursors(info.database_url, provider)
+        with meter.phase("history" + (f"_{provider}" if provider else "")) as box:
+            first = await timed(args.repeat, functools.partial(http.get_json, base))
+            emit_latency("history_page", first, at="page 1", **label)
+            box.requests += args.repeat + 1
 
-                following = []
-                answer = await http.get_json(base)
-                for _ in range(args.pages - 1):
-                    target = f"{base}&cursor={answer['next_cursor']}"
-                    started = time.perf_counter()
-                    answer = await http.get_json(target)
-                    following.append((time.perf_counter() - started) * 1000)
-                    assert len(answer["rows"]) == 100
-                box.requests += args.pages
-                emit_latency("history_page", following, at=f"pages 2-{args.pages}", **label)
+            following = []
+            answer = await http.get_json(base)
+            for _ in range(args.pages - 1):
+                target = f"{base}&cursor={answer['next_cursor']}"
+                started = time.perf_counter()
+                answer = await http.get_json(target)
+                following.append((time.perf_counter() - started) * 1000)
+                assert len(answer["rows"]) == 100
+            box.requests += args.pages
+            emit_latency("history_page", following, at=f"pages 2-{args.pages}", **label)
+            if args.pages > 100:
                 emit_latency(
                     "history_page",
                     following[-50:],
-                    at=f"pages {args.pages - 49}-{args.pages} ({(args.pages - 50) * 100:,} rows"
-                    " deep)",
+                    at=f"pages {args.pages - 49}-{args.pages}"
+                    f" ({(args.pages - 50) * 100:,} rows deep)",
                     **label,
                 )
 
-                as_of = await live_position(conn, "history")
-                where = "stream_seq <= %s" + (" AND provider = %s" if provider else "")
-                total_row = await (
-                    await conn.execute(
-                        f"SELECT count(*) FROM usage_history WHERE {where}".encode(),
-                        (as_of, provider) if provider else (as_of,),
-                    )
-                ).fetchone()
-                assert total_row is not None
-                total = int(total_row[0])
-                for depth in (total // 2, total - 10_000):
-                    cursor = await deep_cursor(conn, as_of, depth, provider)
-                    samples = []
-                    answer = await http.get_json(f"{base}&cursor={cursor}")  # warm
-                    for _ in range(50):
-                        target = f"{base}&cursor={answer['next_cursor']}"
-                        started = time.perf_counter()
-                        answer = await http.get_json(target)
-                        samples.append((time.perf_counter() - started) * 1000)
-                        assert len(answer["rows"]) == 100
-                    box.requests += 51
-                    emit_latency(
-                        "history_page", samples, at=f"{depth:,} of {total:,} rows deep", **label
-                    )
-    finally:
-        await conn.close()
-        await http.close()
+            for depth, cursor in cursors:
+                samples = []
+                answer = await http.get_json(f"{base}&cursor={cursor}")  # warm
+                for _ in range(args.deep_pages):
+                    target = f"{base}&cursor={answer['next_cursor']}"
+                    started = time.perf_counter()
+                    answer = await http.get_json(target)
+                    samples.append((time.perf_counter() - started) * 1000)
+                    assert len(answer["rows"]) == 100
+                box.requests += args.deep_pages + 1
+                emit_latency(
+                    "history_page", samples, at=f"{depth:,} of {total:,} rows deep", **label
+                )
+    await http.close()
 
 
 def _vm(pid: int, field_name: str) -> int:
@@ -774,6 +855,8 @@ async def ingest(api: ApiAccess, meter: CpuMeter, args: Any) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("budget.stack").setLevel(logging.INFO)  # starts, stops, restarts
     phases = args.phases.split(",")
     unknown = set(phases) - set(PHASES)
     if unknown:
@@ -788,6 +871,7 @@ async def main(args: argparse.Namespace) -> None:
         api = await api_access(info)
         await settle(info.database_url, args.settle)
         meter = CpuMeter(info)
+        await put_policies(api)
         if "dashboard" in phases:
             await dashboard(api, meter, args.repeat)
         if "history" in phases:
@@ -809,6 +893,7 @@ if __name__ == "__main__":
     parser.add_argument("--settle", type=float, default=10, help="seconds to let the stack idle")
     parser.add_argument("--repeat", type=int, default=200, help="timed dashboards, first pages")
     parser.add_argument("--pages", type=int, default=1000, help="history pages to follow")
+    parser.add_argument("--deep-pages", type=int, default=50, help="pages timed at each depth")
     parser.add_argument("--export-rows", type=int, default=1_000_000, help="rows to export")
     parser.add_argument("--checks", type=int, default=2000, help="timed checks")
     parser.add_argument("--processes", type=int, default=4, help="ingest client processes")
