@@ -58,6 +58,7 @@ HISTORY_FIELDS = tuple(name for name, _ in _FIELDS)
 # that name, the text rendering above, and PostgreSQL then sorts every matching row by it
 # (seconds over millions) instead of reading the occurred_at index backwards.
 _NEWEST_FIRST = "ORDER BY usage_history.occurred_at DESC, usage_history.event_id DESC"
+_EXPORT_BLOCK = 1 << 16  # bytes of CSV per chunk of an export
 _SELECT = ", ".join(f"{sql} AS {name}" for name, sql in _FIELDS)
 # JSON rows carry tags as an object; CSV cells as its JSON text.
 _JSON_ROW = "json_build_object({})::text".format(
@@ -174,7 +175,7 @@ async def export_csv(
     conn: Connection, where: HistoryFilter, as_of: int | None = None
 ) -> AsyncIterator[bytes]:
     """Every matching row as CSV with a header, newest first, produced by PostgreSQL's COPY
-    in chunks (memory stays flat however many rows match)."""
+    in chunks of ~64 KiB (memory stays flat however many rows match)."""
     pinned = as_of if as_of is not None else await live_position(conn, "history")
     clause, params = where.where(pinned)
     query = (
@@ -182,8 +183,16 @@ async def export_csv(
         " TO STDOUT WITH (FORMAT csv, HEADER true)"
     )
     async with conn.cursor() as cur, cur.copy(query.encode(), params) as copy:
-        async for chunk in copy:
-            yield bytes(chunk)
+        # COPY hands over one row at a time: gather them into blocks, so the response is
+        # written (and the client reads) a block per _EXPORT_BLOCK bytes, not per row.
+        block = bytearray()
+        async for row in copy:
+            block += row
+            if len(block) >= _EXPORT_BLOCK:
+                yield bytes(block)
+                block.clear()
+        if block:
+            yield bytes(block)
 
 
 async def export_json_lines(
