@@ -19,10 +19,14 @@ connection, one request at a time unless said), so the client's CPU on the same 
 cores stays small. Figures (one JSON line each; p50/p99 over the timed requests):
 
 - ``dashboard_p50_ms`` / ``dashboard_p99_ms``: the console's dashboard page ``/``,
-  signed in (POST ``/login`` with the admin key; the session cookie kept). Without a
-  console in the tree: ``dashboard_json_p50_ms`` / ``_p99_ms``, what the dashboard reads
-  through the JSON API, one request after the other (reports summary, trend, projection,
-  policies, this month's spend), and ``dashboard_json_<read>_p50_ms`` for each read.
+  signed in (POST ``/login`` with the admin key; the session cookie kept), when the
+  console is there, and ``dashboard_live_p50_ms`` / ``_p99_ms``: ``/dashboard/live``,
+  which an open dashboard polls every 2 s. Always: ``dashboard_json_p50_ms`` /
+  ``_p99_ms``, what the dashboard reads, through the JSON API, one request after the
+  other (``DASHBOARD_READS``), and ``dashboard_json_<read>_p50_ms`` for each;
+  ``spend_full_month_p50_ms``: this month's spend as asked on the last day of a month.
+  Three WARN policies (global, each project, each user; limits nothing reaches) give
+  the dashboard budgets to draw.
 - ``history_page_p50_ms`` / ``history_page_p99_ms``: ``GET /api/v1/usage?limit=100``,
   ``at`` page 1 (a new browse each time), the pages 2 to ``--pages`` following
   ``next_cursor``, the last 50 of them (~``--pages`` deep), and ``--deep-pages`` pages
@@ -34,11 +38,18 @@ cores stays small. Figures (one JSON line each; p50/p99 over the timed requests)
 - ``ingest_events_per_s``: ``POST /api/v1/usage`` answered 201, per second, from
   ``--processes`` client processes with ``--in-flight`` keep-alive connections each;
   other answers and failures are counted.
+- ``healthz_p50_ms`` (no key, no database) and ``policies_p50_ms`` (a key's lookup and
+  one small query): what any request costs before its own work.
 - ``check_p50_ms`` / ``check_p99_ms``: ``POST /api/v1/check`` under a BLOCK policy with a
   high limit for the checking user: each answer comes from the enforcer with a
   reservation (checked), released afterwards, untimed.
 - ``cpu_<phase>``: CPU per request of each process of the stack in that phase (from
-  ``/proc``: the API, each worker, NATS, PostgreSQL with all its backends, the clients).
+  ``/proc``: the API, each worker, NATS, PostgreSQL with all its backends, the clients),
+  the cores they kept busy, and ``others_cores_busy``: the rest of the machine's CPU in
+  the same time (anything else running there skews the figures).
+
+``--workers`` runs only some of the workers and services (the API needs ``api``,
+``api_keys`` and ``policies``), to see what the API costs alone.
 
 Run: ``./run python bench/api.py [--events 10000000] [--data-dir DIR] [--phases ...]``
 (``--events 200000`` for a quick check).
@@ -427,7 +438,7 @@ DASHBOARD_READS = {
     "summary": "/api/v1/reports/summary",
     "policies": "/api/v1/policies",
     "recent_calls": "/api/v1/usage?limit=10",
-    "alerts": "/api/v1/alerts?resolved=false&limit=10000",
+    "alerts": "/api/v1/alerts?resolved=false&limit=1000",
 }
 # Budgets a deployment would have, so the dashboard has bars to draw (limits high enough
 # that nothing here crosses them).
@@ -499,6 +510,13 @@ async def dashboard(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
             samples = await timed(repeat, load)
             box.requests = repeat
         emit_latency("dashboard", samples, page_bytes=len(page.body))
+
+        async def poll() -> None:
+            answer = await session.request("GET", "/dashboard/live")
+            assert answer.status == 200, answer.status
+
+        # What an open dashboard asks for every 2 s (its totals, budgets, recent calls).
+        emit_latency("dashboard_live", await timed(repeat, poll))
         await session.close()
     await dashboard_reads(api, meter, repeat)
 
