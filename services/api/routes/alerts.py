@@ -85,7 +85,9 @@ def _position(cursor: str | None) -> AlertPosition | None:
     if cursor is None:
         return None
     try:
-        raised_at, seq, alert_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        raised_at, seq, alert_id = json.loads(
+            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        )
         return datetime.fromisoformat(raised_at), int(seq), uuid.UUID(alert_id)
     except (ValueError, TypeError):
         message = "not a cursor this service issued; start from page one"
