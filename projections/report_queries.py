@@ -25,7 +25,7 @@ from projections.base import Connection
 from projections.policies import load_policies
 from projections.windows import window_sums
 
-__all__ = ["ReportBuilder"]
+__all__ = ["ReportBuilder", "Totals", "ceil_hour", "floor_hour"]
 
 _MEASURES = (
     "sum(cost)",
@@ -40,7 +40,7 @@ _HOUR = timedelta(hours=1)
 _DAY = timedelta(days=1)
 
 
-class _Totals(NamedTuple):
+class Totals(NamedTuple):
     key1: str
     key2: str
     cost: Decimal
@@ -79,12 +79,12 @@ def _required(value: datetime | None, name: str) -> datetime:
     return value
 
 
-def _floor_hour(at: datetime) -> datetime:
+def floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _ceil_hour(at: datetime) -> datetime:
-    floor = _floor_hour(at)
+def ceil_hour(at: datetime) -> datetime:
+    floor = floor_hour(at)
     return floor if floor == at else floor + _HOUR
 
 
@@ -128,7 +128,7 @@ class ReportBuilder:
         dimension, columns = _dimension(group_by)
         start, end, notes = self._window(start_date, end_date)
         conn = self.conn
-        rows = await self._totals(conn, dimension, start, end)
+        rows = await self.totals(conn, dimension, start, end)
         table = self._grouped_table("Totals", columns, rows)
         return Report(
             f"Usage report by {', '.join(columns) or 'total'}", start, end, [table], notes
@@ -139,7 +139,7 @@ class ReportBuilder:
         now = utc_now()
         start, end = period_bounds(Period(period), now)
         conn = self.conn
-        rows = await self._totals(conn, "model", start, _ceil_hour(now))
+        rows = await self.totals(conn, "model", start, ceil_hour(now))
         budgets = await self._budgets(conn, now)
         table = self._grouped_table("By provider and model", ("provider", "model"), rows)
         title = f"{Period(period).value.capitalize()} summary"
@@ -314,16 +314,18 @@ class ReportBuilder:
             raise ValueError("the window's end must be after its start")
         if not whole_hours:  # raw events: any precision
             return start, end, []
-        wide_start, wide_end = _floor_hour(start), _ceil_hour(end)
+        wide_start, wide_end = floor_hour(start), ceil_hour(end)
         notes = []
         if (wide_start, wide_end) != (start, end):
             notes.append("window widened to whole hours (the rollups are hourly)")
         return wide_start, wide_end, notes
 
-    async def _totals(
+    async def totals(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
-    ) -> list[_Totals]:
-        """Totals per key, dearest first."""
+    ) -> list[Totals]:
+        """Totals per key of ``dimension`` (``total``, ``provider``, ``model`` keyed by
+        provider and model, ``user``, ``project``, ``kind``) in [start, end) on whole hours,
+        dearest first: whole days from the daily rollups, the edges from the hourly ones."""
         first_day = _midnight(start) if _midnight(start) == start else _midnight(start) + _DAY
         last_day = _midnight(end)
         if first_day >= last_day:
@@ -346,12 +348,12 @@ class ReportBuilder:
                 "last_day": last_day,
             },
         )
-        return [_Totals(*row) for row in await cursor.fetchall()]
+        return [Totals(*row) for row in await cursor.fetchall()]
 
     async def _costs(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
     ) -> dict[tuple[str, ...], Decimal]:
-        return {r.keys(2): r.cost for r in await self._totals(conn, dimension, start, end)}
+        return {r.keys(2): r.cost for r in await self.totals(conn, dimension, start, end)}
 
     async def _daily(
         self, conn: Connection, dimension: str, key: str | None, start: datetime, end: datetime
@@ -378,7 +380,7 @@ class ReportBuilder:
             for n in range(span)
         ]
 
-    def _grouped_table(self, title: str, columns: tuple[str, ...], rows: list[_Totals]) -> Table:
+    def _grouped_table(self, title: str, columns: tuple[str, ...], rows: list[Totals]) -> Table:
         total = sum((r.cost for r in rows), Decimal(0))
         shaped: list[tuple[Cell, ...]] = [
             (

@@ -3,8 +3,9 @@
 The same pieces as the projection report's budgets (``load_policies``, ``policy_window``,
 ``window_sums`` over ``spend_buckets``), plus one step that report skips: a policy that
 limits each user (project, ...) separately gets a bar for each key that spent in its
-window, the biggest spenders first, unless that key has a policy of its own (which then
-replaces it, as ``budget.policies.applicable`` decides for checks).
+window, the biggest spenders first (ranked from the report rollups), unless that key has a
+policy of its own (which then replaces it, as ``budget.policies.applicable`` decides for
+checks).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Connection
 from projections.policies import load_policies
+from projections.report_queries import ReportBuilder, ceil_hour, floor_hour
 from projections.windows import window_sums
 
 __all__ = ["BudgetBar", "PolicyBars", "budget_bars"]
@@ -96,13 +98,11 @@ async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
 async def _spending_keys(
     conn: Connection, scope: BudgetScope, start: datetime, end: datetime, exclude: list[str]
 ) -> tuple[list[str], int]:
-    """The keys of ``scope`` with the most spend in [start, end), and how many spent."""
-    cursor = await conn.execute(
-        "SELECT scope_key, count(*) OVER () FROM spend_buckets"
-        " WHERE scope = %s AND bucket_start >= %s AND bucket_start < %s"
-        " AND scope_key <> ALL(%s) GROUP BY scope_key"
-        " ORDER BY sum(cost) DESC, scope_key LIMIT %s",
-        (scope.value, start, end, exclude, KEYS_SHOWN),
-    )
-    rows = await cursor.fetchall()
-    return [row[0] for row in rows], (rows[0][1] if rows else 0)
+    """The keys of ``scope`` with the most spend in [start, end), and how many spent. Ranked
+    from the report rollups over the window widened to whole hours (cheap however many
+    calls it holds); each shown key's bar is then summed exactly by ``window_sums``."""
+    dimension = scope.value
+    totals = await ReportBuilder(conn).totals(conn, dimension, floor_hour(start), ceil_hour(end))
+    keys = [t.key2 if dimension == "model" else t.key1 for t in totals if t.cost or t.requests]
+    spending = [k for k in keys if k not in exclude]
+    return spending[:KEYS_SHOWN], len(spending)
