@@ -27,6 +27,7 @@ __all__ = [
     "RecordedUsage",
     "alert_deliveries",
     "alerts_page",
+    "count_alerts",
     "find_alerts",
     "projection_status",
     "spend_for_period",
@@ -151,6 +152,13 @@ async def find_alerts(conn: Connection, query: AlertsQuery) -> list[StoredAlert]
         _alert_params(query),
     )
     return [_stored(row) for row in await cursor.fetchall()]
+
+
+async def count_alerts(conn: Connection, query: AlertsQuery) -> int:
+    """How many alerts ``query`` selects (its limit aside)."""
+    cursor = await conn.execute(f"SELECT count(*){_ALERT_FILTERS}", _alert_params(query))
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 AlertPosition = tuple[datetime, int, UUID]

@@ -21,6 +21,7 @@ from events import BudgetScope, utc_now
 from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow
 from projections.base import Connection
 from projections.history_pages import HistoryFilter, history_page
+from projections.queries import alerts_page, count_alerts
 from projections.report_queries import ReportBuilder, ceil_hour
 from services.api.console.budgets import budget_bars
 from services.api.console.charts import spend_chart
@@ -123,9 +124,12 @@ _DIMENSIONS = (
 
 
 async def alerts_context(api: ApiServices) -> dict[str, Any]:
-    """The open alerts, newest first (the projection lists them oldest first)."""
-    active = await api.database.alerts(AlertsQuery(resolved=False, limit=10_000))
-    return {"alerts": active[::-1][:ALERTS_SHOWN], "alerts_total": len(active)}
+    """The newest open alerts, and how many are open."""
+    query = AlertsQuery(resolved=False, limit=ALERTS_SHOWN)
+    async with api.database.connection() as conn:
+        newest, _ = await alerts_page(conn, query)
+        total = await count_alerts(conn, query)
+    return {"alerts": newest, "alerts_total": total}
 
 
 def _global(rows: list[SpendRow]) -> SpendRow | None:
