@@ -48,6 +48,13 @@ ROUTES: list[tuple[str, str, str, Any, str]] = [
         {"model": "gpt-4o", "provider": "openai", "user_id": "matrix-user"},
         INGEST,
     ),
+    (
+        "POST",
+        "/api/v1/usage/batch",
+        "/api/v1/usage/batch",
+        {"events": [{"model": "gpt-4o", "provider": "openai", "user_id": "matrix-user"}]},
+        INGEST,
+    ),
     ("GET", "/api/v1/usage", "/api/v1/usage", None, READ),
     ("GET", "/api/v1/usage/export", "/api/v1/usage/export", None, READ),
     ("GET", "/api/v1/reports/{kind}", "/api/v1/reports/summary", None, READ),

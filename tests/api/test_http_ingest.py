@@ -133,3 +133,33 @@ def test_a_raw_usage_object_is_held_to_the_contracts_bounds(ingest: httpx.Client
     assert answer.status_code == 422, answer.text
     assert answer.json()["errors"][0]["field"] == "body.usage.embedding_tokens"
     assert "less than or equal to 1000000000000" in answer.json()["detail"]
+
+
+def test_a_batch_is_each_of_its_calls(
+    ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    known = str(uuid.uuid4())
+    ingest.post("/api/v1/usage", json=call(user, event_id=known)).raise_for_status()
+    taken = str(uuid.uuid4())
+    ingest.post("/api/v1/usage", json=call(user, event_id=taken)).raise_for_status()
+    events = [
+        call(user),
+        call(user, event_id=known),  # a retry: counted once
+        call(user, event_id=taken, model="gpt-4o-mini"),  # another call under a used id
+        call(user, model="no-such-model"),
+    ]
+    answer = ingest.post("/api/v1/usage/batch", json={"events": events})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["stored", "duplicate", "conflict", "stored"]
+    assert results[1]["event_id"] == known and results[2]["event_id"] == taken
+    assert [results[i]["cost"] for i in (0, 1, 3)] == ["0.00750000", "0.00750000", None]
+    eventually(lambda: spend_of(viewer, user)[1] == 4, what="four calls counted")
+    assert spend_of(viewer, user) == (Decimal("0.0225"), 4)  # the unpriced one at no cost
+
+    wrong = ingest.post(
+        "/api/v1/usage/batch", json={"events": [call(user), call(user, output_tokens=-1)]}
+    )
+    assert wrong.status_code == 422
+    assert wrong.json()["errors"][0]["field"] == "body.events.1.output_tokens"
+    assert ingest.post("/api/v1/usage/batch", json={"events": []}).status_code == 422

@@ -9,9 +9,10 @@ counts twice.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Response
 from nats.errors import Error as NatsError
@@ -26,9 +27,10 @@ from services.api.auth import INGEST, require
 from services.api.context import ApiServices, current_services
 from services.api.problems import Problem, field_errors
 
-__all__ = ["CheckIn", "Recorded", "UsageIn", "router"]
+__all__ = ["BatchRecorded", "CheckIn", "Recorded", "UsageBatch", "UsageIn", "router"]
 
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require(*INGEST))])
+MAX_BATCH = 1000
 Api = Annotated[ApiServices, Depends(current_services)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
@@ -121,32 +123,84 @@ async def release(
     " event_id was stored before; 409 when it was stored for another call)",
 )
 async def record(api: Api, body: UsageIn, response: Response) -> Recorded:
-    event = _priced(api, body)
-    nc = api.nc
-    if nc is None or not nc.is_connected:
-        raise Problem(503, "the event log (NATS) is unreachable; retry with the same event_id")
-    subject = api.settings.topology.event_subject(event.SUBJECT)
-    js = nc.jetstream()
-    try:
-        ack = await js.publish(subject, encode(event), headers=headers_for(event))
-        if not ack.duplicate:
-            return Recorded(event=event, stream_seq=ack.seq, duplicate=False)
-        stored = decode((await js.get_msg(ack.stream, ack.seq)).data or b"")
-    except (NatsError, TimeoutError) as exc:
-        raise Problem(
-            503, f"the event log did not store the event ({type(exc).__name__}); retry"
-        ) from None
-    # A retry answers with what was stored; the same id for another call is refused.
-    if not isinstance(stored, UsageRecorded) or _call(stored, body) != _call(event, body):
+    event = _priced(api, body, "body")
+    [(status, stored, seq)] = await _store(api, [(body, event)])
+    if status == "conflict":
         raise Problem(
             409,
             f"event_id {event.event_id} was stored for a different call; give this one its own",
         )
-    response.status_code = 200
-    return Recorded(event=stored, stream_seq=ack.seq, duplicate=True)
+    if status == "duplicate":
+        response.status_code = 200
+    return Recorded(event=stored, stream_seq=seq, duplicate=status == "duplicate")
 
 
-def _priced(api: ApiServices, body: UsageIn) -> UsageRecorded:
+class UsageBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[UsageIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItem(BaseModel):
+    event_id: uuid.UUID
+    status: Literal["stored", "duplicate", "conflict"] = Field(
+        description="conflict: this event_id was stored for another call; nothing changed"
+    )
+    stream_seq: int
+    cost: Decimal | None = Field(description="USD; null when the model has no price")
+
+
+class BatchRecorded(BaseModel):
+    results: list[BatchItem] = Field(description="in the order of the request's events")
+
+
+@router.post(
+    "/usage/batch",
+    summary=f"Record up to {MAX_BATCH} calls in one request: each as POST /usage would,"
+    " answered once JetStream has stored them all (one wrong event refuses the batch)",
+)
+async def record_batch(api: Api, body: UsageBatch) -> BatchRecorded:
+    priced = [(item, _priced(api, item, f"body.events.{i}")) for i, item in enumerate(body.events)]
+    results = await _store(api, priced)
+    return BatchRecorded(
+        results=[
+            BatchItem(event_id=event.event_id, status=status, stream_seq=seq, cost=event.cost)
+            for (_, event), (status, _, seq) in zip(priced, results, strict=True)
+        ]
+    )
+
+
+Outcome = tuple[Literal["stored", "duplicate", "conflict"], UsageRecorded, int]
+
+
+async def _store(api: ApiServices, calls: list[tuple[UsageIn, UsageRecorded]]) -> list[Outcome]:
+    """Publish the events concurrently and wait for JetStream's acks. A re-sent event_id
+    answers with the event stored under it, or ``conflict`` when that was another call."""
+    nc = api.nc
+    if nc is None or not nc.is_connected:
+        raise Problem(503, "the event log (NATS) is unreachable; retry with the same event_id")
+    js = nc.jetstream()
+    topology = api.settings.topology
+
+    async def one(body: UsageIn, event: UsageRecorded) -> Outcome:
+        subject = topology.event_subject(event.SUBJECT)
+        ack = await js.publish(subject, encode(event), headers=headers_for(event))
+        if not ack.duplicate:
+            return "stored", event, ack.seq
+        stored = decode((await js.get_msg(ack.stream, ack.seq)).data or b"")
+        if not isinstance(stored, UsageRecorded) or _call(stored, body) != _call(event, body):
+            return "conflict", event, ack.seq
+        return "duplicate", stored, ack.seq
+
+    try:
+        return list(await asyncio.gather(*(one(body, event) for body, event in calls)))
+    except (NatsError, TimeoutError) as exc:
+        raise Problem(
+            503, f"the event log did not store the events ({type(exc).__name__}); retry"
+        ) from None
+
+
+def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
     fields = body.model_dump(exclude_none=True, exclude={"tags"})
     try:
         return api.tracker.usage_event(**fields, tags=body.tags)
@@ -154,13 +208,13 @@ def _priced(api: ApiServices, body: UsageIn) -> UsageRecorded:
         # Locations are the event's (``usage.input_uncached``) or its Usage's
         # (``embedding_tokens``): both name a usage class.
         errors = [
-            {"field": f"body.usage.{e['field'].removeprefix('usage.')}", "message": e["message"]}
+            {"field": f"{where}.usage.{e['field'].removeprefix('usage.')}", "message": e["message"]}
             for e in field_errors(exc.errors())
         ]
         detail = f"{errors[0]['field']}: {errors[0]['message']}"
         raise Problem(422, detail, errors=errors) from None
     except ValueError as exc:  # inconsistent counts
-        raise Problem(422, str(exc), errors=[{"field": "body", "message": str(exc)}]) from None
+        raise Problem(422, str(exc), errors=[{"field": where, "message": str(exc)}]) from None
 
 
 _CALL = {"provider", "model", "kind", "usage", "user_id", "project_id", "tags", "reservation_id"}
