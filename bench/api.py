@@ -37,7 +37,8 @@ cores stays small. Figures (one JSON line each; p50/p99 over the timed requests)
   (``VmHWM``) before and after and the highest ``VmRSS`` sampled every 10 ms during it.
 - ``ingest_events_per_s``: ``POST /api/v1/usage`` answered 201, per second, from
   ``--processes`` client processes with ``--in-flight`` keep-alive connections each;
-  other answers and failures are counted.
+  other answers and failures are counted. With ``--ingest-batch N`` (N > 1) each request
+  is ``POST /api/v1/usage/batch`` with N events, and events answered are counted.
 - ``healthz_p50_ms`` (no key, no database) and ``policies_p50_ms`` (a key's lookup and
   one small query): what any request costs before its own work.
 - ``check_p50_ms`` / ``check_p99_ms``: ``POST /api/v1/check`` under a BLOCK policy with a
@@ -789,12 +790,22 @@ def _usage_bodies(process: int) -> list[bytes]:
     return bodies
 
 
-async def ingest_client(port: int, key: str, seconds: float, in_flight: int, index: int) -> None:
+async def ingest_client(
+    port: int, key: str, seconds: float, in_flight: int, index: int, batch: int = 1
+) -> None:
     """One client process: prints ``ready``, waits for a line on stdin, posts for
-    ``seconds`` on ``in_flight`` connections, prints its counts as JSON."""
+    ``seconds`` on ``in_flight`` connections, prints its counts (of events) as JSON."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     connections = [Http(port, headers) for _ in range(in_flight)]
-    requests = [connections[0].encode("POST", "/api/v1/usage", b) for b in _usage_bodies(index)]
+    bodies = _usage_bodies(index)
+    if batch > 1:  # each request carries ``batch`` of the bodies, answered 200
+        batches = [
+            b'{"events": [' + b",".join(bodies[(k + j) % len(bodies)] for j in range(batch)) + b"]}"
+            for k in range(len(bodies))
+        ]
+        requests = [connections[0].encode("POST", "/api/v1/usage/batch", b) for b in batches]
+    else:
+        requests = [connections[0].encode("POST", "/api/v1/usage", b) for b in bodies]
     for http in connections:  # connect and warm
         reply = await http.send(requests[0])
         _ = [chunk async for chunk in http.body(reply)]
@@ -810,11 +821,11 @@ async def ingest_client(port: int, key: str, seconds: float, in_flight: int, ind
             try:
                 reply = await http.send(requests[i % len(requests)])
                 _ = [chunk async for chunk in http.body(reply)]
-                status = str(reply.status)
+                status = "201" if batch > 1 and reply.status == 200 else str(reply.status)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 status = type(exc).__name__
                 await http.close()
-            counts[status] = counts.get(status, 0) + 1
+            counts[status] = counts.get(status, 0) + batch
             i += 1
 
     started = time.monotonic()
@@ -839,6 +850,8 @@ def run_clients(api: ApiAccess, args: Any) -> tuple[dict[str, int], float, float
         str(args.seconds),
         "--in-flight",
         str(args.in_flight),
+        "--ingest-batch",
+        str(args.ingest_batch),
     ]
     clients = [
         subprocess.Popen(
@@ -876,6 +889,7 @@ async def ingest(api: ApiAccess, meter: CpuMeter, args: Any) -> None:
         "events/s",
         processes=args.processes,
         in_flight=args.in_flight,
+        batch=args.ingest_batch,
         seconds=round(elapsed, 2),
         answers=counts,
     )
@@ -933,6 +947,12 @@ if __name__ == "__main__":
     parser.add_argument("--checks", type=int, default=2000, help="timed checks")
     parser.add_argument("--processes", type=int, default=4, help="ingest client processes")
     parser.add_argument("--in-flight", type=int, default=16, help="connections per client")
+    parser.add_argument(
+        "--ingest-batch",
+        type=int,
+        default=1,
+        help="events per ingest request: 1 posts /api/v1/usage, more /api/v1/usage/batch",
+    )
     parser.add_argument("--seconds", type=float, default=15, help="ingest phase length")
     parser.add_argument(
         "--workers",
@@ -951,6 +971,7 @@ if __name__ == "__main__":
                 parsed.seconds,
                 parsed.in_flight,
                 parsed.index,
+                parsed.ingest_batch,
             )
         )
     else:
