@@ -47,7 +47,9 @@ cores stays small. Figures (one JSON line each; p50/p99 over the timed requests)
 - ``cpu_<phase>``: CPU per request of each process of the stack in that phase (from
   ``/proc``: the API, each worker, NATS, PostgreSQL with all its backends, the clients),
   the cores they kept busy, and ``others_cores_busy``: the rest of the machine's CPU in
-  the same time (anything else running there skews the figures).
+  the same time (anything else running there skews the figures; before each phase the
+  benchmark waits, up to ``--quiet-wait`` seconds, until that is under ``--quiet-limit``
+  cores).
 
 ``--workers`` runs only some of the workers and services (the API needs ``api``,
 ``api_keys`` and ``policies``), to see what the API costs alone.
@@ -298,6 +300,22 @@ class CpuMeter:
         ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = ticks[3] + ticks[4]  # idle, iowait
         return (sum(ticks[:8]) - idle) / _TICK
+
+    async def quiet(self, limit: float, within: float) -> None:
+        """Wait (up to ``within`` seconds) until the rest of the machine keeps fewer than
+        ``limit`` cores busy for a second: other people's work on these two cores would
+        be measured as ours."""
+        deadline = time.monotonic() + within
+        while True:
+            before, machine = self.snapshot(), self.machine()
+            await asyncio.sleep(1)
+            after, machine = self.snapshot(), self.machine() - machine
+            others = machine - sum(after[k] - before[k] for k in after)
+            if others < limit or time.monotonic() > deadline:
+                return
+            print(
+                f"# waiting: the rest of the machine keeps {others:.2f} cores busy", file=sys.stderr
+            )
 
     @contextlib.contextmanager
     def phase(self, name: str, extra: dict[str, float] | None = None) -> Iterator[_Box]:
@@ -594,6 +612,7 @@ async def history(api: ApiAccess, info: StackInfo, meter: CpuMeter, args: Any) -
         base = "/api/v1/usage?limit=100" + (f"&provider={provider}" if provider else "")
         label = {"provider": provider} if provider else {}
         total, cursors = await deep_cursors(info.database_url, provider)
+        await meter.quiet(args.quiet_limit, args.quiet_wait)
         with meter.phase("history" + (f"_{provider}" if provider else "")) as box:
             first = await timed(args.repeat, functools.partial(http.get_json, base))
             emit_latency("history_page", first, at="page 1", **label)
@@ -921,16 +940,17 @@ async def main(args: argparse.Namespace) -> None:
         await settle(info.database_url, args.settle)
         meter = CpuMeter(info)
         await put_policies(api)
-        if "dashboard" in phases:
-            await dashboard(api, meter, args.repeat)
-        if "history" in phases:
-            await history(api, info, meter, args)
-        if "export" in phases:
-            await export(api, info, meter, args.export_rows)
-        if "check" in phases:
-            await checks(api, meter, args.checks)
-        if "ingest" in phases:
-            await ingest(api, meter, args)
+        runs: dict[str, Callable[[], Awaitable[None]]] = {
+            "dashboard": lambda: dashboard(api, meter, args.repeat),
+            "history": lambda: history(api, info, meter, args),
+            "export": lambda: export(api, info, meter, args.export_rows),
+            "check": lambda: checks(api, meter, args.checks),
+            "ingest": lambda: ingest(api, meter, args),
+        }
+        for phase in PHASES:
+            if phase in phases:
+                await meter.quiet(args.quiet_limit, args.quiet_wait)
+                await runs[phase]()
 
 
 if __name__ == "__main__":
@@ -958,6 +978,15 @@ if __name__ == "__main__":
         "--workers",
         help="comma-separated workers and services to run (default: all that `budget up`"
         " runs; the API needs api and api_keys); for finding where the time goes",
+    )
+    parser.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=0.2,
+        help="before each phase, wait until the rest of the machine uses fewer cores",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=900, help="seconds to wait for that at most"
     )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
