@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,7 +24,7 @@ from budget.config import Settings
 from projections.registry import PROJECTIONS
 from services.api.keys import first_admin_key
 from services.ops import nats_client, prepare
-from services.stack import SERVICES, StackInfo, serve_stack
+from services.stack import SERVICES, StackInfo, kept_port, serve_stack
 
 __all__ = ["ApiAccess", "BeforeWorkers", "api_access", "embedded_stack"]
 
@@ -40,21 +39,6 @@ class ApiAccess:
     """``http://127.0.0.1:<port>``"""
     port: int
     admin_key: str
-
-
-def _api_port(data_dir: Path) -> int:
-    """The port recorded in ``<data_dir>/api-port`` if still free, else a free one."""
-    record = data_dir / "api-port"
-    with contextlib.suppress(OSError, ValueError):
-        port = int(record.read_text().strip())
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", port))
-        return port
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    record.write_text(f"{port}\n")
-    return port
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +78,7 @@ async def embedded_stack(
             stop=stop,
             out=io.StringIO(),  # the banner is for people
             extra_env={
-                "BUDGET_API_PORT": str(_api_port(data_dir)),
+                "BUDGET_API_PORT": str(kept_port(data_dir / "api-port")),
                 "BUDGET_DATA_DIR": str(data_dir),
             },
         )

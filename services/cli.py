@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -85,12 +83,12 @@ def up(
     HTTP API. On first start it creates an admin API key in the data directory. Stops
     cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
-    from services.stack import SERVICES, run_stack
+    from services.stack import SERVICES, kept_port, run_stack
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
     key_file = directory / "admin.key"
-    port = api_port or _kept_port(directory / "api-port")
+    port = api_port or kept_port(directory / "api-port")
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
         await prepare(nats_url, database_url, current)
@@ -113,21 +111,6 @@ def up(
             ],
         )
     )
-
-
-def _kept_port(record: Path) -> int:
-    """The port recorded in ``record`` when it is still free, else a free one (recorded)."""
-    with contextlib.suppress(OSError, ValueError):
-        port = int(record.read_text().strip())
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", port))
-            return port
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(f"{port}\n")
-    return port
 
 
 @app.command()

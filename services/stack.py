@@ -46,6 +46,7 @@ __all__ = [
     "StackInfo",
     "WorkerCommand",
     "default_worker_command",
+    "kept_port",
     "run_stack",
     "serve_stack",
 ]
@@ -275,6 +276,21 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def kept_port(record: Path) -> int:
+    """The port recorded in ``record`` when it is still free, else a free one (recorded)."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int(record.read_text().strip())
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"{port}\n")
+    return port
 
 
 def _previous_port(data_dir: Path) -> int | None:
