@@ -9,7 +9,6 @@ Rows are rendered by PostgreSQL once, in one shape, for pages, CSV and JSON alik
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 from projections.base import Connection
 from projections.checkpoints import live_position
+from projections.cursors import decode_cursor, encode_cursor
 
 __all__ = [
     "HISTORY_FIELDS",
@@ -114,19 +114,19 @@ class Cursor:
             "t": self.occurred_at.isoformat() if self.occurred_at else None,
             "e": str(self.event_id) if self.event_id else None,
         }
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+        return encode_cursor(data)
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
         """``ValueError`` when ``text`` is not a cursor this service issued."""
         try:
-            data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            data = decode_cursor(text)
             as_of = data["s"]
             if not isinstance(as_of, int) or as_of < 0:
                 raise ValueError
             at = datetime.fromisoformat(data["t"]) if data["t"] is not None else None
             event_id = uuid.UUID(data["e"]) if data["e"] is not None else None
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        except (ValueError, KeyError, TypeError):
             raise ValueError("cursor is not one this service issued; start from page one") from None
         if (at is None) != (event_id is None):
             raise ValueError("cursor is not one this service issued; start from page one")

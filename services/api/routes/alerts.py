@@ -4,7 +4,6 @@ feed of new alerts as Server-Sent Events (the UI channel's ``alert_feed``)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from events import AlertSeverity, AlertType
 from events.queries import AlertDelivery, AlertsQuery, StoredAlert
 from projections.base import Connection
+from projections.cursors import decode_cursor, encode_cursor
 from projections.queries import AlertPosition, alerts_page
 from services.api.auth import ADMIN, READ, Principal, require
 from services.api.context import ApiServices, current_services
@@ -77,17 +77,14 @@ async def list_alerts(
 
 def _cursor(position: AlertPosition) -> str:
     raised_at, seq, alert_id = position
-    text = json.dumps([raised_at.isoformat(), seq, str(alert_id)])
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return encode_cursor([raised_at.isoformat(), seq, str(alert_id)])
 
 
 def _position(cursor: str | None) -> AlertPosition | None:
     if cursor is None:
         return None
     try:
-        raised_at, seq, alert_id = json.loads(
-            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        )
+        raised_at, seq, alert_id = decode_cursor(cursor)
         return datetime.fromisoformat(raised_at), int(seq), uuid.UUID(alert_id)
     except (ValueError, TypeError):
         message = "not a cursor this service issued; start from page one"

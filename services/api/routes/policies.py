@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from events import BudgetPolicy, BudgetScope
 from services.api.auth import ADMIN, READ, Principal, require
 from services.api.context import ApiServices, current_services
+from services.api.path_ids import with_path_id
 from services.api.problems import Problem
 
 __all__ = ["router"]
@@ -44,8 +45,7 @@ async def create_policy(
 async def replace_policy(
     api: Api, who: Admin, policy_id: str, policy: BudgetPolicy
 ) -> BudgetPolicy:
-    if policy.policy_id != policy_id:
-        policy = _with_id(policy, policy_id)
+    policy = with_path_id(policy, "policy_id", policy_id)
     await api.manager.set_policy(policy, set_by=who.name)
     return policy
 
@@ -62,14 +62,3 @@ async def _existing(api: ApiServices, policy_id: str) -> BudgetPolicy:
     if policy is None:
         raise Problem(404, f"there is no policy {policy_id!r}")
     return policy
-
-
-def _with_id(policy: BudgetPolicy, policy_id: str) -> BudgetPolicy:
-    try:
-        return BudgetPolicy.model_validate({**policy.model_dump(), "policy_id": policy_id})
-    except ValueError:
-        raise Problem(
-            422,
-            "path.policy_id: use letters, digits and _ . : - (at most 100)",
-            errors=[{"field": "path.policy_id", "message": "not a valid policy id"}],
-        ) from None

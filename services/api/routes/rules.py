@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from events import AlertRule
 from services.api.auth import ADMIN, READ, require
 from services.api.context import ApiServices, current_services
+from services.api.path_ids import with_path_id
 from services.api.problems import Problem
 
 __all__ = ["router"]
@@ -32,16 +33,7 @@ async def add_rule(api: Api, rule: AlertRule) -> AlertRule:
 
 @router.put("/{rule_id}", dependencies=[Depends(require(*ADMIN))], summary="Add or replace a rule")
 async def replace_rule(api: Api, rule_id: str, rule: AlertRule) -> AlertRule:
-    if rule.rule_id != rule_id:
-        try:
-            rule = AlertRule.model_validate({**rule.model_dump(), "rule_id": rule_id})
-        except ValueError:
-            raise Problem(
-                422,
-                "path.rule_id: use letters, digits and _ . : - (at most 100)",
-                errors=[{"field": "path.rule_id", "message": "not a valid rule id"}],
-            ) from None
-    return await api.alerts.add_rule(rule)
+    return await api.alerts.add_rule(with_path_id(rule, "rule_id", rule_id))
 
 
 @router.delete(
