@@ -86,6 +86,7 @@ class BudgetChecker:
         """The policy log position at which a snapshot last said no live policy, for any
         call, is BLOCK or THROTTLE (None: not known so)."""
         self._degraded = False
+        self._logged_past_limit: set[tuple[str, datetime, _CacheKey]] = set()
 
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on."""
@@ -119,6 +120,41 @@ class BudgetChecker:
         estimated_cost: Decimal | None = None,
         *,
         reserve: bool = True,
+    ) -> CheckResult:
+        result = await self._answer(call, estimated_tokens, estimated_cost, reserve)
+        if result.allowed and result.decided_by:
+            self._log_past_limit(call, result)
+        return result
+
+    def _log_past_limit(self, call: CallAttributes, result: CheckResult) -> None:
+        """What WARN (and NOTIFY) do besides telling the caller: a warning in the log,
+        once per policy, call scope and period."""
+        for status in result.policies:
+            if status.state != "exceeded" or status.action.enforced:
+                continue
+            key = (status.policy_id, status.window_start, _key(call))
+            if key in self._logged_past_limit:
+                continue
+            if len(self._logged_past_limit) >= 10_000:
+                self._logged_past_limit.clear()
+            self._logged_past_limit.add(key)
+            log.warning(
+                "%s policy %r is past its limit of %s USD for the period from %s (spend %s"
+                " before this call of ~%s); allowed",
+                status.action.value.upper(),
+                status.name,
+                status.limit_amount,
+                f"{status.window_start:%Y-%m-%d %H:%M} UTC",
+                status.spend,
+                result.estimated_cost,
+            )
+
+    async def _answer(
+        self,
+        call: CallAttributes,
+        estimated_tokens: int,
+        estimated_cost: Decimal | None,
+        reserve: bool,
     ) -> CheckResult:
         estimate = estimated_cost
         if estimate is None:
