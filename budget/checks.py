@@ -41,7 +41,7 @@ from events.rpc import (
     Snapshot,
 )
 
-__all__ = ["BudgetChecker", "BudgetExceeded"]
+__all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ class BudgetExceeded(Exception):
     def __init__(self, result: CheckResult) -> None:
         super().__init__(result.reason)
         self.result = result
+
+    @staticmethod
+    def of(result: CheckResult) -> BudgetExceeded:
+        """The exception for a refusal: ``BudgetCheckFailed`` when no policy decided it."""
+        return BudgetExceeded(result) if result.enforced else BudgetCheckFailed(result)
+
+
+class BudgetCheckFailed(BudgetExceeded):
+    """The call was refused because it could not be checked (the enforcer unreachable,
+    a model without a price under a BLOCK policy), not because a budget was exceeded; the
+    reason says which. A ``BudgetExceeded``, so handlers of refusals keep working."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,15 +298,16 @@ class BudgetChecker:
                 " show no BLOCK or THROTTLE policy for",
                 why,
             )
-        shown = "no BLOCK or THROTTLE policy applies to this call"
         if last is None:
             result = decide([], counted, enforced=False)
-            shown += " (no live policy is one)"
-        elif last.current(ttl=float("inf")):
-            result = self._judge_locally(call, last, estimate, utc_now())
-            shown += f" (policies as of {last.as_of:%Y-%m-%d %H:%M:%S} UTC)"
+            shown = "no live policy is BLOCK or THROTTLE"
         else:
-            result = decide([], counted, enforced=False)
+            shown = f"policies as of {last.as_of:%Y-%m-%d %H:%M:%S} UTC"
+            shown += ": no BLOCK or THROTTLE policy applies to this call"
+            if last.current(ttl=float("inf")):
+                result = self._judge_locally(call, last, estimate, utc_now())
+            else:  # its period has ended: the spend it holds is the last period's
+                result = decide([], counted, enforced=False)
         reason = f"enforcer unavailable ({why}); {result.reason}; {shown}"
         return result.model_copy(update={"reason": reason})
 

@@ -87,7 +87,8 @@ class UsageTracker:
         tags: Mapping[str, str] | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """Decorate an async function that calls a provider and returns its response: the
-        budget is checked first (``BudgetExceeded`` if refused), usage is recorded from
+        budget is checked first (``BudgetExceeded`` if refused, its subclass
+        ``BudgetCheckFailed`` if the check could not be made), usage is recorded from
         the response (OpenAI/Anthropic/Google objects or dicts), and the reservation is
         released if the function raises.
 
@@ -113,7 +114,7 @@ class UsageTracker:
                     estimated_cost=estimated_cost,
                 )
                 if not result.allowed:
-                    raise BudgetExceeded(result)
+                    raise BudgetExceeded.of(result)
                 try:
                     response = await function(*args, **kwargs)
                 except BaseException:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from budget.checks import BudgetCheckFailed
 from budget.config import Settings
 from budget.tracker import start_usage_tracker
 from events import LimitAction, Topology
@@ -107,10 +108,18 @@ async def test_a_tracker_that_knows_nothing_fails_closed_and_says_so(
     """No enforcer runs under this prefix and the tracker has never seen a snapshot."""
     settings = stack_settings(nats_url, "postgresql://unused@127.0.0.1:1/x", topology, tmp_path)
     tracker = await start_usage_tracker(settings.model_copy(update={"enforcer_timeout": 0.5}))
+    calls = []
+
+    @tracker.track_llm_call(model="gpt-4o", estimated_cost=DIME)
+    async def call() -> None:
+        calls.append(1)
+
     try:
         result = await tracker.check_budget("gpt-4o", estimated_cost=DIME)
+        with pytest.raises(BudgetCheckFailed, match="nothing is known"):
+            await call()
     finally:
         await tracker.close()
-    assert not result.allowed and not result.enforced
+    assert not result.allowed and not result.enforced and calls == []
     assert "enforcer unavailable" in result.reason
     assert "nothing is known" in result.reason and "fail_open" in result.reason
