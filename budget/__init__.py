@@ -7,7 +7,7 @@ registry runs in-process.
 """
 
 from budget.alert_engine import AlertEngine, get_alert_engine
-from budget.checks import BudgetExceeded
+from budget.checks import BudgetCheckFailed, BudgetExceeded
 from budget.config import ConfigError, Settings, load_settings
 from budget.manager import BudgetManager, get_budget_manager
 from budget.pricing import (
@@ -26,6 +26,7 @@ from budget.usage import normalize_usage, usage_from_response
 
 __all__ = [
     "AlertEngine",
+    "BudgetCheckFailed",
     "BudgetExceeded",
     "BudgetManager",
     "ConfigError",

@@ -64,6 +64,14 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         scopes=(BudgetScope.GLOBAL, BudgetScope.PROVIDER, BudgetScope.MODEL, BudgetScope.PROJECT),
     ),
     AlertRule(
+        rule_id="default-notify-admins",
+        name="NOTIFY policy reached its limit",
+        alert_type=AlertType.ADMIN_NOTIFICATION,
+        threshold_percent=Decimal(100),
+        severity=AlertSeverity.CRITICAL,
+        channels=CHANNELS,
+    ),
+    AlertRule(
         rule_id="default-policy-violation",
         name="Request blocked",
         alert_type=AlertType.POLICY_VIOLATION,

@@ -1,11 +1,13 @@
 """Pre-call budget checks from a host app.
 
 A call's applicable policies and their spend come from the enforcer as a snapshot, cached
-for ``cache_ttl`` seconds and dropped as soon as any policy event is published. When none
-of them is BLOCK or THROTTLE the answer is computed here from the snapshot, in
-microseconds. Otherwise the enforcer decides and reserves the estimate, over NATS
-request/reply. If the enforcer cannot be asked, the answer is a refusal (unless
-``fail_open``) that says why.
+for ``cache_ttl`` seconds and trusted only while it covers the policy log's end
+(``budget.policy_log``): a policy set anywhere binds every tracker once ``set_policy``
+returns. When none of the snapshot's policies is BLOCK or THROTTLE the answer is computed
+here, in microseconds. Otherwise the enforcer decides and reserves the estimate, over NATS
+request/reply. If the enforcer cannot be asked, the last snapshot decides: allowed if it
+shows no BLOCK/THROTTLE policy for the call, else (or knowing nothing) refused unless
+``fail_open``, saying which.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import BaseModel
 from budget.config import Settings
 from budget.enforcement import assess, decide
 from budget.policies import PolicyWindow
+from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
 from budget.rpc import RpcFailure, ask
 from events import LimitAction, Usage, utc_now
@@ -38,7 +41,7 @@ from events.rpc import (
     Snapshot,
 )
 
-__all__ = ["BudgetChecker", "BudgetExceeded"]
+__all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,17 @@ class BudgetExceeded(Exception):
         super().__init__(result.reason)
         self.result = result
 
+    @staticmethod
+    def of(result: CheckResult) -> BudgetExceeded:
+        """The exception for a refusal: ``BudgetCheckFailed`` when no policy decided it."""
+        return BudgetExceeded(result) if result.enforced else BudgetCheckFailed(result)
+
+
+class BudgetCheckFailed(BudgetExceeded):
+    """The call was refused because it could not be checked (the enforcer unreachable,
+    a model without a price under a BLOCK policy), not because a budget was exceeded; the
+    reason says which. A ``BudgetExceeded``, so handlers of refusals keep working."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
@@ -62,6 +76,13 @@ class _Cached:
     windows: list[tuple[PolicyWindow, Decimal]]
     enforced: bool
     rolls_over: datetime | None
+    policies_position: int
+    as_of: datetime
+
+    def current(self, ttl: float) -> bool:
+        """Young enough, and no period has ended since (the spend would be another's)."""
+        young = time.monotonic() - self.fetched < ttl
+        return young and (self.rolls_over is None or utc_now() < self.rolls_over)
 
 
 class BudgetChecker:
@@ -71,21 +92,23 @@ class BudgetChecker:
         self.nc: Client | None = None
         self._snapshots: dict[_CacheKey, _Cached] = {}
         self._estimates: dict[tuple[str, str | None, int, int], Decimal | None] = {}
+        self._policy_log = PolicyLog(settings.topology, timeout=settings.enforcer_timeout)
+        self._unenforced_at: int | None = None
+        """The policy log position at which a snapshot last said no live policy, for any
+        call, is BLOCK or THROTTLE (None: not known so)."""
+        self._degraded = False
+        self._logged_past_limit: set[tuple[str, datetime, _CacheKey]] = set()
 
     async def use(self, nc: Client) -> None:
-        """Ask over ``nc`` from now on, and drop cached snapshots whenever a policy changes."""
+        """Ask over ``nc`` from now on."""
         self.nc = nc
-        self.forget()
-        await nc.subscribe(
-            self.settings.topology.event_subject("policy.>"), cb=self._on_policy_event
-        )
-
-    async def _on_policy_event(self, _: object) -> None:
-        self.forget()
+        self._policy_log.use(nc)
 
     def forget(self) -> None:
-        """Drop every cached snapshot: the next check asks the enforcer afresh."""
+        """Drop every cached snapshot: the next check asks the enforcer afresh, and if it
+        cannot, knows nothing."""
         self._snapshots.clear()
+        self._unenforced_at = None
 
     def estimate(self, model: str, provider: str | None, estimated_tokens: int) -> Decimal | None:
         """Price ``estimated_tokens`` as output, the dearer class: an estimate that errs
@@ -109,13 +132,48 @@ class BudgetChecker:
         *,
         reserve: bool = True,
     ) -> CheckResult:
+        result = await self._answer(call, estimated_tokens, estimated_cost, reserve)
+        if result.allowed and result.decided_by:
+            self._log_past_limit(call, result)
+        return result
+
+    def _log_past_limit(self, call: CallAttributes, result: CheckResult) -> None:
+        """What WARN (and NOTIFY) do besides telling the caller: a warning in the log,
+        once per policy, call scope and period."""
+        for status in result.policies:
+            if status.state != "exceeded" or status.action.enforced:
+                continue
+            key = (status.policy_id, status.window_start, _key(call))
+            if key in self._logged_past_limit:
+                continue
+            if len(self._logged_past_limit) >= 10_000:
+                self._logged_past_limit.clear()
+            self._logged_past_limit.add(key)
+            log.warning(
+                "%s policy %r is past its limit of %s USD for the period from %s (spend %s"
+                " before this call of ~%s); allowed",
+                status.action.value.upper(),
+                status.name,
+                status.limit_amount,
+                f"{status.window_start:%Y-%m-%d %H:%M} UTC",
+                status.spend,
+                result.estimated_cost,
+            )
+
+    async def _answer(
+        self,
+        call: CallAttributes,
+        estimated_tokens: int,
+        estimated_cost: Decimal | None,
+        reserve: bool,
+    ) -> CheckResult:
         estimate = estimated_cost
         if estimate is None:
             estimate = self.estimate(call.model, call.provider, estimated_tokens)
         try:
             snapshot = await self._snapshot(call)
         except RpcFailure as exc:
-            return self._unreachable(str(exc), estimate or Decimal(0))
+            return self._unreachable(call, str(exc), estimate)
         now = utc_now()
         if snapshot.enforced:
             if estimate is None:
@@ -126,12 +184,16 @@ class BudgetChecker:
                 )
             request = CheckRequest(**call.model_dump(), estimated_cost=estimate, reserve=reserve)
             try:
-                return await self._ask(RPC_CHECK, request, CheckResult)
+                answer = await self._ask(RPC_CHECK, request, CheckResult)
             except RpcFailure as exc:
-                return self._unreachable(str(exc), estimate)
-        if snapshot.rolls_over is not None and now >= snapshot.rolls_over:
-            self._snapshots.pop(_key(call), None)  # a period ended since the snapshot
-            return await self.check(call, estimated_tokens, estimate, reserve=reserve)
+                return self._unreachable(call, str(exc), estimate)
+            self._degraded = False
+            return answer
+        return self._judge_locally(call, snapshot, estimate, now)
+
+    def _judge_locally(
+        self, call: CallAttributes, snapshot: _Cached, estimate: Decimal | None, now: datetime
+    ) -> CheckResult:
         counted = estimate or Decimal(0)
         statuses = [assess(w, spent, counted, now) for w, spent in snapshot.windows]
         result = decide(statuses, counted, enforced=False)
@@ -155,11 +217,18 @@ class BudgetChecker:
         return (await self._ask(RPC_RELEASE, request, ReleaseResult)).released
 
     async def _snapshot(self, call: CallAttributes) -> _Cached:
+        """The cached snapshot while it is young and covers the policy log's end, else a
+        new one; ``RpcFailure`` when neither the log nor the enforcer answers."""
         key = _key(call)
         cached = self._snapshots.get(key)
-        if cached is not None and time.monotonic() - cached.fetched < self.settings.cache_ttl:
+        if (
+            cached is not None
+            and cached.current(self.settings.cache_ttl)
+            and cached.policies_position >= await self._policy_log.end()
+        ):
             return cached
         snapshot = await self._ask(RPC_SNAPSHOT, call, Snapshot)
+        self._degraded = False
         windows = [
             (PolicyWindow(w.policy, w.key, w.window_start, w.window_end), w.spent)
             for w in snapshot.windows
@@ -169,27 +238,81 @@ class BudgetChecker:
             windows=windows,
             enforced=any(w.policy.action.enforced for w, _ in windows),
             rolls_over=min((w.end for w, _ in windows), default=None),
+            policies_position=snapshot.policies_position,
+            as_of=snapshot.as_of,
         )
+        if len(self._snapshots) >= 100_000:
+            self._snapshots.clear()
         self._snapshots[key] = cached
+        if not snapshot.enforced_anywhere:
+            self._unenforced_at = snapshot.policies_position
+        elif self._unenforced_at is not None and self._unenforced_at <= cached.policies_position:
+            self._unenforced_at = None
         return cached
 
     async def _ask(self, name: str, request: BaseModel, answer: type[M]) -> M:
         subject = self.settings.topology.rpc_subject(name)
         return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
 
-    def _unreachable(self, why: str, estimate: Decimal) -> CheckResult:
+    def _unreachable(self, call: CallAttributes, why: str, estimate: Decimal | None) -> CheckResult:
+        """The answer without the enforcer: the last snapshot decides, if it is as new as
+        the newest policy change this tracker has heard of."""
+        counted = estimate or Decimal(0)
         if self.settings.fail_open:
             return CheckResult(
                 allowed=True,
                 action=None,
                 reason=f"enforcer unavailable ({why}); allowed because fail_open is set",
-                estimated_cost=estimate,
+                estimated_cost=counted,
             )
-        return _refuse(
-            f"enforcer unavailable ({why}): BLOCK/THROTTLE policies fail closed; start"
-            " `budget enforcer` (or `budget up`), or set budget.fail_open: true to allow",
-            estimate,
+        known = self._policy_log.known
+        last = self._snapshots.get(_key(call))
+        if last is not None and last.policies_position < known:
+            last = None  # a policy changed since: it may be a BLOCK one
+        if last is not None and last.enforced:
+            names = ", ".join(
+                f"{w.policy.name!r} ({w.policy.action.value})"
+                for w, _ in last.windows
+                if w.policy.action.enforced
+            )
+            return _refuse(
+                f"enforcer unavailable ({why}): policy {names} applies to this call and"
+                " cannot be checked without it, so the call is refused (fail closed);"
+                f" {_REMEDY}",
+                counted,
+            )
+        unenforced = last is not None or (
+            self._unenforced_at is not None and self._unenforced_at >= known
         )
+        if not unenforced:
+            return _refuse(
+                f"enforcer unavailable ({why}) and nothing is known about the policies of"
+                " this call (no snapshot since the last policy change), so the call is"
+                f" refused (fail closed); {_REMEDY}",
+                counted,
+            )
+        if not self._degraded:
+            self._degraded = True
+            log.warning(
+                "enforcer unavailable (%s); allowing the calls that the last policy snapshots"
+                " show no BLOCK or THROTTLE policy for",
+                why,
+            )
+        if last is None:
+            result = decide([], counted, enforced=False)
+            shown = "no live policy is BLOCK or THROTTLE"
+        else:
+            shown = f"policies as of {last.as_of:%Y-%m-%d %H:%M:%S} UTC"
+            shown += ": no BLOCK or THROTTLE policy applies to this call"
+            if last.current(ttl=float("inf")):
+                result = self._judge_locally(call, last, estimate, utc_now())
+            else:  # its period has ended: the spend it holds is the last period's
+                result = decide([], counted, enforced=False)
+        reason = f"enforcer unavailable ({why}); {result.reason}; {shown}"
+        return result.model_copy(update={"reason": reason})
+
+
+_REMEDY = "start `budget enforcer` (or `budget up`), or set budget.fail_open: true to allow"
 
 
 def _refuse(reason: str, estimate: Decimal) -> CheckResult:

@@ -4,6 +4,9 @@ caller reads its own write; reads go through ``queries``."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from budget.config import Settings, shown_url
 from budget.queries import Queries, RpcQueries
 from budget.tracker import UsageTracker
@@ -15,6 +18,9 @@ __all__ = ["ChangeClient"]
 class ChangeClient:
     projection: str
     """The projection that applies this client's changes."""
+    settle: float = 0.0
+    """Seconds after a change is stored before it is promised to every reader that
+    caches it (the trackers' policy snapshots: ``POLICY_NEWS_WITHIN``)."""
 
     def __init__(
         self,
@@ -39,4 +45,6 @@ class ChangeClient:
             )
         subject = self.settings.topology.event_subject(event.SUBJECT)
         ack = await nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
+        stored = time.monotonic()
         await self.queries.wait_applied(self.projection, ack.seq, self.apply_timeout)
+        await asyncio.sleep(max(0.0, stored + self.settle - time.monotonic()))

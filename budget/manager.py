@@ -1,7 +1,8 @@
 """``BudgetManager``: policies, usage, checks and spend in one place (seed API).
 
 Policy changes are events: ``set_policy`` publishes ``PolicySet`` and returns once the
-policies projection has applied it, so a ``get_policy`` right after sees the change.
+policies projection has applied it and every tracker's next check is bound to see it
+(``budget.policy_log``), so a ``get_policy`` or a check anywhere right after sees the change.
 Reads go to the query service over NATS (``budget.queries``).
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from budget.commands import ChangeClient
 from budget.config import Settings, load_settings
 from budget.periods import Period
+from budget.policy_log import POLICY_NEWS_WITHIN
 from budget.tracker import get_usage_tracker
 from events import (
     BudgetPeriod,
@@ -32,6 +34,7 @@ __all__ = ["BudgetManager", "get_budget_manager"]
 
 class BudgetManager(ChangeClient):
     projection = "policies"
+    settle = POLICY_NEWS_WITHIN  # every tracker has read the policy log's end since
 
     # -- policies ----------------------------------------------------------------------------
 

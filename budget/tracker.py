@@ -11,13 +11,14 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
 from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
-from budget.pricing import Priced, PricingRegistry, get_pricing_registry
+from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_registry
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.usage import normalize_usage, usage_from_response
 from events import CallKind, ImageUsage, Producer, Usage, UsageRecorded, utc_now
@@ -86,12 +87,22 @@ class UsageTracker:
         tags: Mapping[str, str] | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """Decorate an async function that calls a provider and returns its response: the
-        budget is checked first (``BudgetExceeded`` if refused), usage is recorded from
+        budget is checked first (``BudgetExceeded`` if refused, its subclass
+        ``BudgetCheckFailed`` if the check could not be made), usage is recorded from
         the response (OpenAI/Anthropic/Google objects or dicts), and the reservation is
-        released if the function raises."""
+        released if the function raises.
+
+        Once the function has returned, nothing raises: a response without readable usage
+        is recorded as the estimate (``estimated_reason`` says so; a warning is logged
+        once per function), and usage that cannot be recorded at all is logged as an
+        error and its reservation released."""
         provider_name = provider or self.registry.provider_of(model) or "unknown"
+        call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
+        call |= {"user_id": user_id, "project_id": project_id}
 
         def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            estimate = _Estimate(function.__qualname__, estimated_tokens, estimated_cost)
+
             @functools.wraps(function)
             async def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
                 result = await self.check_budget(
@@ -103,27 +114,68 @@ class UsageTracker:
                     estimated_cost=estimated_cost,
                 )
                 if not result.allowed:
-                    raise BudgetExceeded(result)
+                    raise BudgetExceeded.of(result)
                 try:
                     response = await function(*args, **kwargs)
                 except BaseException:
                     if result.reservation_id is not None:
                         await self.release_reservation(result.reservation_id)
                     raise
-                await self.record_usage(
-                    model=model,
-                    provider=provider_name,
-                    usage=response,
-                    user_id=user_id,
-                    project_id=project_id,
-                    tags=tags,
-                    reservation_id=result.reservation_id,
-                )
+                await self._record_tracked(response, estimate, call, result.reservation_id)
                 return response
 
             return tracked
 
         return decorate
+
+    async def _record_tracked(
+        self,
+        response: object,
+        estimate: _Estimate,
+        call: Mapping[str, Any],
+        reservation_id: str | None,
+    ) -> None:
+        """Record a call that happened; never raises (the provider has answered)."""
+        try:
+            try:
+                event = self.usage_event(**call, usage=response, reservation_id=reservation_id)
+            except ValueError as exc:
+                event = self._estimated_event(estimate, call, reservation_id, str(exc))
+            await self.publisher.publish(event)
+        except Exception as exc:
+            log.exception(
+                "could not record the usage of %s (%s: %s); its reservation is released",
+                estimate.function,
+                type(exc).__name__,
+                exc,
+            )
+            if reservation_id is not None:
+                await self.release_reservation(reservation_id)
+
+    def _estimated_event(
+        self, estimate: _Estimate, call: Mapping[str, Any], reservation_id: str | None, why: str
+    ) -> UsageRecorded:
+        """The estimate as a usage event: ``estimated_tokens`` as output tokens, priced,
+        or ``estimated_cost`` as given."""
+        if not estimate.warned:
+            estimate.warned = True
+            log.warning(
+                "%s returned no usage the tracker can read (%s); recording its pre-call"
+                " estimate instead, marked as estimated",
+                estimate.function,
+                why,
+            )
+        reason = f"no usable usage in the response ({why[:300]}); recorded the pre-call estimate"
+        event = self.usage_event(
+            **call,
+            output_tokens=estimate.tokens,
+            reservation_id=reservation_id,
+            estimated_reason=reason,
+        )
+        if estimate.cost is None:
+            return event
+        update = {"cost": estimate.cost, "price": None, "unpriced_reason": None}
+        return UsageRecorded.model_validate(event.model_dump() | update)
 
     async def record_usage(self, **fields: Any) -> UsageRecorded:
         """Record one provider call and return the event with its cost; the arguments
@@ -154,14 +206,16 @@ class UsageTracker:
         occurred_at: datetime | None = None,
         reservation_id: str | None = None,
         event_id: uuid.UUID | None = None,
+        estimated_reason: str | None = None,
     ) -> UsageRecorded:
         """The priced ``UsageRecorded`` event for one provider call (not yet published).
 
         Counts follow the seed: ``input_tokens`` includes ``cached_tokens`` and
         ``cache_write_tokens``; ``reasoning_tokens`` are part of ``output_tokens``. Or pass
         the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts.
-        Inconsistent counts raise ``ValueError``. A model without a price is recorded
-        unpriced (cost ``None``), never as $0.
+        Inconsistent counts raise ``ValueError``. A model without a price, or one whose
+        pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
+        never as $0. ``estimated_reason``: the counts are an estimate, and why.
         """
         if usage is not None:
             normalized = usage_from_response(usage)
@@ -177,7 +231,7 @@ class UsageTracker:
                 images=images,
             )
         at = occurred_at or utc_now()
-        priced = self.registry.price(provider=provider, model=model, usage=normalized, at=at)
+        priced = self._price(provider, model, normalized, at)
         if isinstance(priced, Priced):
             cost, source, reason = priced.cost, priced.source, None
         else:
@@ -201,7 +255,17 @@ class UsageTracker:
             project_id=project_id,
             tags=dict(tags or {}),
             reservation_id=reservation_id,
+            estimated_reason=estimated_reason,
         )
+
+    def _price(self, provider: str, model: str, usage: Usage, at: datetime) -> Priced | Unpriced:
+        """The registry's answer; a failure inside it leaves the call unpriced, with the
+        reason, rather than unrecorded (``budget reprice`` can price it later)."""
+        try:
+            return self.registry.price(provider=provider, model=model, usage=usage, at=at)
+        except Exception as exc:
+            log.exception("pricing %s/%s failed; recording it unpriced", provider, model)
+            return Unpriced(f"pricing failed: {type(exc).__name__}: {exc}"[:500])
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is stored in JetStream or the spool."""
@@ -209,6 +273,16 @@ class UsageTracker:
 
     async def close(self) -> None:
         await self.publisher.close()
+
+
+@dataclass(slots=True)
+class _Estimate:
+    """What a decorated function's calls are estimated at, and whether it was warned of."""
+
+    function: str
+    tokens: int
+    cost: Decimal | None
+    warned: bool = False
 
 
 def _infer_kind(usage: Usage) -> CallKind:

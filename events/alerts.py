@@ -15,7 +15,7 @@ from typing import Annotated, ClassVar, Literal, Self, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.envelope import Event, UtcDatetime
-from events.policy import BudgetScope
+from events.policy import BudgetScope, LimitAction
 
 __all__ = [
     "CHANNELS",
@@ -47,6 +47,8 @@ class AlertType(StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     ANOMALY = "anomaly"
     POLICY_VIOLATION = "policy_violation"
+    ADMIN_NOTIFICATION = "admin_notification"
+    """A NOTIFY policy's spend reached its limit: what that action asks for."""
 
     @property
     def is_threshold(self) -> bool:
@@ -54,6 +56,7 @@ class AlertType(StrEnum):
             AlertType.THRESHOLD_WARNING,
             AlertType.THRESHOLD_CRITICAL,
             AlertType.LIMIT_EXCEEDED,
+            AlertType.ADMIN_NOTIFICATION,
         )
 
 
@@ -63,7 +66,8 @@ class AlertRule(BaseModel):
     Threshold rules fire once per policy period when spend reaches ``threshold_percent``
     of the limit (absent: each policy's own soft limit). ANOMALY rules fire when an hour's
     spend of a watched scope is far above its usual level for that hour; POLICY_VIOLATION
-    rules when the enforcer refuses a request. ``cooldown_minutes``, in event time, keeps
+    rules when the enforcer refuses a request; ADMIN_NOTIFICATION rules are threshold rules
+    that watch only NOTIFY policies. ``cooldown_minutes``, in event time, keeps
     one rule from alerting about the same policy (or scope key) again too soon.
     """
 
@@ -89,7 +93,12 @@ class AlertRule(BaseModel):
             raise ValueError(f"{self.alert_type.value} rules have no threshold_percent")
         return self
 
-    def watches(self, policy_id: str, scope: BudgetScope) -> bool:
+    def watches(
+        self, policy_id: str, scope: BudgetScope, action: LimitAction | None = None
+    ) -> bool:
+        """``action``: the policy's; an ADMIN_NOTIFICATION rule watches NOTIFY policies only."""
+        if self.alert_type is AlertType.ADMIN_NOTIFICATION and action is not LimitAction.NOTIFY:
+            return False
         return (self.policy_ids is None or policy_id in self.policy_ids) and (
             self.scopes is None or scope in self.scopes
         )

@@ -81,6 +81,12 @@ class Snapshot(_Message):
 
     windows: list[PolicySpend]
     as_of: UtcDatetime
+    policies_position: int = Field(
+        default=0, ge=0, description="the policy log's stream sequence the policies are as of"
+    )
+    enforced_anywhere: bool = Field(
+        default=True, description="some live policy, for any call, is BLOCK or THROTTLE"
+    )
 
 
 class PolicyStatus(_Message):

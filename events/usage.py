@@ -122,6 +122,12 @@ class UsageRecorded(_Cost, Event):
     project_id: str | None = Field(default=None, max_length=200)
     tags: dict[str, str] = Field(default_factory=dict)
     reservation_id: str | None = None
+    estimated_reason: str | None = Field(
+        default=None,
+        max_length=500,
+        description="set when usage (and so cost) is the pre-call estimate, not the"
+        " provider's count: why",
+    )
 
 
 class UsageRepriced(_Cost, Event):

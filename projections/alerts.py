@@ -212,7 +212,8 @@ class AlertsProjection(Projection):
         for (window, spent, seqs), after in zip(touched.values(), totals, strict=True):
             before = after - sum((s.cost for s in spent), Decimal(0))
             for rule in rules:
-                if not rule.watches(window.policy.policy_id, window.policy.scope):
+                policy = window.policy
+                if not rule.watches(policy.policy_id, policy.scope, policy.action):
                     continue
                 percent, amount = threshold_amount(rule, window.policy)
                 crossed = crossing(before, amount, spent)

@@ -186,6 +186,7 @@ class Enforcer:
         async with self._aux_lock:
             assert self._aux is not None
             policies = await self._current_policies(self._aux)
+            position = self._policies.position  # of ``policies``, before another await
             windows = applicable(policies, CallScope.of(request), now)
             spend = await window_sums(self._aux, reservations.SPEND_BUCKETS, windows, holds=True)
         snapshot = Snapshot(
@@ -196,6 +197,8 @@ class Enforcer:
                 for w, s in zip(windows, spend, strict=True)
             ],
             as_of=now,
+            policies_position=position,
+            enforced_anywhere=any(p.action.enforced for p in policies),
         )
         await self._respond(msg.reply, snapshot.model_dump_json().encode())
 

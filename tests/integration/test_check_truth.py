@@ -1,0 +1,125 @@
+"""Checks mean what they say, on real NATS and PostgreSQL: a new BLOCK policy binds every
+tracker as soon as ``set_policy`` returns, and a tracker that cannot reach the enforcer
+allows only what its last snapshot shows no BLOCK/THROTTLE policy governs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from budget.checks import BudgetCheckFailed
+from budget.config import Settings
+from budget.tracker import start_usage_tracker
+from events import LimitAction, Topology
+from events.rpc import CheckResult
+
+from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from support import ROOT
+
+pytestmark = pytest.mark.integration
+DIME = Decimal("0.10")
+
+
+@pytest.fixture
+async def stack(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[EnforcementStack]:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as running:
+        yield running
+
+
+def busy_tracker(settings: Settings, spool: Path, go: Path) -> subprocess.Popen[bytes]:
+    script = Path(__file__).with_name("busy_tracker.py")
+    args = [settings.subject_prefix, settings.nats_url, settings.database_url, str(spool), str(go)]
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+    )
+
+
+async def test_a_new_block_policy_binds_a_busy_tracker_in_another_process(
+    stack: EnforcementStack, tmp_path: Path
+) -> None:
+    """The other process has cached a WARN-only snapshot and its loop is too busy to
+    read any notification; its first check after ``set_policy`` returns is still refused."""
+    await stack.set_policy(name="watch", limit_amount="100", action="warn")
+    go = tmp_path / "go"
+    other = busy_tracker(stack.settings, tmp_path / "spool-b", go)
+    try:
+        assert other.stdout is not None
+        assert await asyncio.to_thread(other.stdout.readline) == b"ready\n"
+        await stack.set_policy(name="hard cap", limit_amount="0.01", action="block")
+        go.touch()
+        output, _ = await asyncio.to_thread(other.communicate, timeout=60)
+    finally:
+        if other.poll() is None:
+            other.kill()
+    assert other.returncode == 0
+    result = CheckResult.model_validate_json(output.splitlines()[-1])
+    assert not result.allowed and result.enforced
+    assert result.action is LimitAction.BLOCK and "'hard cap'" in result.reason
+
+
+async def test_a_warn_only_snapshot_allows_while_the_enforcer_is_down(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path, cache_ttl=0)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(name="watch", limit_amount="100", action="warn")
+        assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+        assert stack.enforcer is not None
+        await stack.enforcer.stop()
+        result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert result.allowed and not result.enforced
+    assert "enforcer unavailable" in result.reason
+    assert "no BLOCK or THROTTLE policy" in result.reason
+
+
+async def test_a_snapshot_with_a_block_policy_refuses_while_the_enforcer_is_down(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path, cache_ttl=0)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(name="hard cap", limit_amount="100", action="block")
+        first = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME, reserve=False)
+        assert first.allowed and first.enforced
+        assert stack.enforcer is not None
+        await stack.enforcer.stop()
+        result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert not result.allowed
+    assert "enforcer unavailable" in result.reason and "'hard cap'" in result.reason
+    assert "would pass" not in result.reason
+
+
+async def test_a_tracker_that_knows_nothing_fails_closed_and_says_so(
+    nats_url: str, topology: Topology, tmp_path: Path
+) -> None:
+    """No enforcer runs under this prefix and the tracker has never seen a snapshot."""
+    settings = stack_settings(nats_url, "postgresql://unused@127.0.0.1:1/x", topology, tmp_path)
+    tracker = await start_usage_tracker(settings.model_copy(update={"enforcer_timeout": 0.5}))
+    calls = []
+
+    @tracker.track_llm_call(model="gpt-4o", estimated_cost=DIME)
+    async def call() -> None:
+        calls.append(1)
+
+    try:
+        result = await tracker.check_budget("gpt-4o", estimated_cost=DIME)
+        with pytest.raises(BudgetCheckFailed, match="nothing is known"):
+            await call()
+    finally:
+        await tracker.close()
+    assert not result.allowed and not result.enforced and calls == []
+    assert "enforcer unavailable" in result.reason
+    assert "nothing is known" in result.reason and "fail_open" in result.reason

@@ -1,0 +1,122 @@
+"""NOTIFY differs from WARN, on real NATS, PostgreSQL, a webhook and an SMTP server: a
+NOTIFY policy whose spend reaches its limit notifies the administrators (an
+``admin_notification`` alert on their channels); a WARN policy's crossing does not."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from events import AlertType, BudgetPolicy, BudgetScope, LimitAction, PolicySet, Topology
+
+from alerting import Mailbox, Webhook, alert_settings, evaluator, smtp_server, webhook_server
+from enforcement import enforcement_stack, stack_settings
+from support import publish, usage_event, wait_for
+
+pytestmark = pytest.mark.integration
+START = datetime(2026, 3, 2, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def hook() -> Iterator[Webhook]:
+    with webhook_server() as server:
+        yield server
+
+
+@pytest.fixture
+def box() -> Iterator[Mailbox]:
+    with smtp_server() as server:
+        yield server
+
+
+def user_policy(user: str, action: LimitAction) -> BudgetPolicy:
+    return BudgetPolicy(
+        policy_id=f"{action.value}-{user}",
+        name=f"{action.value} {user}",
+        scope=BudgetScope.USER,
+        scope_key=user,
+        limit_amount=Decimal("1.00"),
+        action=action,
+    )
+
+
+def admin_mail(box: Mailbox) -> list[str]:
+    """Subjects of the administrators' notification emails."""
+    return [str(m["Subject"]) for m in box.messages if "admin_notification" in m["Subject"]]
+
+
+async def test_notify_crossing_notifies_admins_and_warn_crossing_does_not(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    hook: Webhook,
+    box: Mailbox,
+) -> None:
+    """alice's WARN policy passes its limit first, then bob's NOTIFY policy: each channel
+    delivers in raised order, so a notification about alice would arrive before bob's."""
+    settings = alert_settings(nats_url, db, topology, tmp_path, hook, box)
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    async def collect(msg: Any) -> None:
+        received.append((msg.subject, json.loads(msg.data)))
+
+    await nc.subscribe(f"{topology.prefix}.alerts.>", cb=collect)
+    events = [
+        PolicySet(occurred_at=START, policy=user_policy("alice", LimitAction.WARN)),
+        PolicySet(occurred_at=START, policy=user_policy("bob", LimitAction.NOTIFY)),
+        usage_event(cost="1.20", user="alice", at=START + timedelta(minutes=1)),
+        usage_event(cost="1.20", user="bob", at=START + timedelta(minutes=2)),
+    ]
+    await publish(nc, topology, events)
+    async with evaluator(nc, settings):
+
+        async def bob_notified() -> bool:
+            """the webhook and the mailbox got bob's admin notification"""
+            hooked = [b for b in hook.bodies() if b["alert_type"] == "admin_notification"]
+            return bool(hooked) and bool(admin_mail(box))
+
+        await wait_for(bob_notified, within=20)
+
+    notified = [b for b in hook.bodies() if b["alert_type"] == AlertType.ADMIN_NOTIFICATION]
+    assert [(b["policy_id"], b["scope_key"]) for b in notified] == [("notify-bob", "bob")]
+    assert Decimal(notified[0]["spend"]) == Decimal("1.20")
+    mailed = admin_mail(box)
+    assert len(mailed) == 1 and "notify bob" in mailed[0]
+    # alice's WARN policy raised its ordinary threshold alerts, never a notification
+    hooked_alice = [b["alert_type"] for b in hook.bodies() if b["scope_key"] == "alice"]
+    assert "limit_exceeded" in hooked_alice and "admin_notification" not in hooked_alice
+    subjects = [s for s, body in received if body["alert_type"] == "admin_notification"]
+    assert subjects == [f"{topology.prefix}.alerts.critical.admin_notification"]
+
+
+async def test_a_warn_policy_past_its_limit_warns_the_caller_and_the_log_once(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(name="watch", limit_amount="0.05", action="warn")
+        with caplog.at_level(logging.WARNING, logger="budget.checks"):
+            results = [
+                await stack.tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.10"))
+                for _ in range(2)
+            ]
+    for result in results:
+        assert result.allowed and result.action is LimitAction.WARN
+        assert "past its limit" in result.reason
+    logged = [r.getMessage() for r in caplog.records if "'watch'" in r.getMessage()]
+    assert len(logged) == 1 and "WARN policy 'watch' is past its limit" in logged[0]

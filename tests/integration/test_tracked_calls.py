@@ -1,0 +1,132 @@
+"""``track_llm_call`` never loses a call that happened, on real NATS and PostgreSQL: a
+response without usage is recorded as the estimate (marked so), a pricing failure is
+recorded unpriced, and nothing raises after the provider answered; the reservation is
+settled or released."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from budget.pricing import PricingRegistry
+from events import Topology, UsageRecorded
+
+from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from support import rows, wait_for
+
+pytestmark = pytest.mark.integration
+DIME = Decimal("0.10")
+
+
+@pytest.fixture
+async def stack(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[EnforcementStack]:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as running:
+        yield running
+
+
+async def recorded_events(stack: EnforcementStack, count: int) -> list[UsageRecorded]:
+    """The first ``count`` usage events on the log, once all have been counted and their
+    holds settled."""
+
+    async def counted() -> bool:
+        """the calls reached the spend projection and settled their holds"""
+        found = await rows(
+            stack.settings.database_url,
+            "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'",
+        )
+        return found == [(count,)] and not await stack.holds()
+
+    await wait_for(counted, within=15)
+    js = stack.nc.jetstream()
+    subject = stack.settings.topology.event_subject("usage.recorded")
+    sub = await js.pull_subscribe(subject, durable=None)
+    messages = await sub.fetch(count, timeout=5)
+    return [UsageRecorded.model_validate_json(m.data) for m in messages]
+
+
+async def test_a_response_without_usage_is_recorded_as_the_estimate(
+    stack: EnforcementStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    await stack.set_policy(limit_amount="10", action="block")
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_tokens=2000)
+    async def call() -> str:
+        return "a streamed answer, no usage attached"
+
+    with caplog.at_level(logging.WARNING, logger="budget.tracker"):
+        assert await call() == "a streamed answer, no usage attached"
+        assert await call() == "a streamed answer, no usage attached"
+    await stack.tracker.flush()
+    events = await recorded_events(stack, 2)
+    priced = stack.tracker.checker.estimate("gpt-4o", "openai", 2000)
+    assert priced is not None
+    for event in events:
+        assert event.usage.output_text == 2000 and event.usage.input_tokens == 0
+        assert event.cost == priced
+        assert event.estimated_reason is not None and "pre-call estimate" in event.estimated_reason
+    warnings = [r for r in caplog.records if "estimate" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_a_response_without_usage_records_an_estimated_cost_as_given(
+    stack: EnforcementStack,
+) -> None:
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def call() -> dict[str, Any]:
+        return {"choices": []}
+
+    await call()
+    await stack.tracker.flush()
+    [event] = await recorded_events(stack, 1)
+    assert event.cost == DIME and event.price is None
+    assert event.estimated_reason is not None
+
+
+async def test_a_pricing_failure_is_recorded_unpriced_and_does_not_raise(
+    stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await stack.set_policy(limit_amount="10", action="block")
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def call() -> dict[str, Any]:
+        return {"usage": {"prompt_tokens": 100, "completion_tokens": 10}}
+
+    def broken(self: PricingRegistry, **_: Any) -> None:
+        raise ArithmeticError("price data is corrupt")
+
+    monkeypatch.setattr(PricingRegistry, "price", broken)
+    await call()
+    await stack.tracker.flush()
+    [event] = await recorded_events(stack, 1)
+    assert event.cost is None and event.unpriced_reason is not None
+    assert "price data is corrupt" in event.unpriced_reason
+    assert event.usage.input_tokens == 100
+
+
+async def test_a_call_whose_usage_cannot_be_recorded_releases_its_reservation(
+    stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await stack.set_policy(limit_amount="10", action="block")
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def call() -> dict[str, Any]:
+        assert len(await stack.holds()) == 1  # reserved before the call
+        return {"usage": {"prompt_tokens": 100, "completion_tokens": 10}}
+
+    async def unwritable(event: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stack.tracker.publisher, "publish", unwritable)
+    with caplog.at_level(logging.ERROR, logger="budget.tracker"):
+        assert (await call())["usage"]["prompt_tokens"] == 100
+    assert await stack.holds() == []
+    assert any("No space left" in r.getMessage() for r in caplog.records)
