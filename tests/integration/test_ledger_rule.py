@@ -182,3 +182,24 @@ async def test_a_correction_of_an_unknown_event_is_dead_lettered_and_the_rest_ap
     for letter in letters:
         assert f"repriced usage event {never_recorded.event_id}" in letter.reason
         assert "has not recorded" in letter.reason
+
+
+async def test_repricing_back_to_an_earlier_price_is_applied(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    await publish(nc, topology, [usage_event(at=AT, cost="5", provider="acme", model="acme-1")])
+    await project_all(nc, db, topology)
+    to_b = await reprice(db, acme("1"))
+    await publish(nc, topology, [to_b])
+    await project_all(nc, db, topology)
+    await publish(nc, topology, [await reprice(db, acme("3"))])
+    await project_all(nc, db, topology)
+
+    back_to_b = await reprice(db, acme("1"))
+    assert back_to_b.cost == to_b.cost
+    assert back_to_b.event_id != to_b.event_id
+    await publish(nc, topology, [back_to_b])
+    await project_all(nc, db, topology)
+
+    found = await costs_everywhere(db)
+    assert found == {name: [(to_b.cost, 0)] for name in found}
