@@ -56,7 +56,7 @@ def test_the_per_second_rate_shown_follows_the_same_rule(price: Decimal, per: in
 
 @given(st.integers(min_value=0, max_value=10**30), prices, divisors)
 def test_an_exact_quotient_is_never_rounded(units: int, price: Decimal, per: int) -> None:
-    quantity = Decimal(units * per).scaleb(-3)  # a multiple of the divisor, in thousandths
     with localcontext(prec=200):
+        quantity = Decimal(units * per).scaleb(-3)  # a multiple of the divisor, in 1/1000s
         exact = quantity * price / per
     assert divided_cost(quantity, price, per) == exact
