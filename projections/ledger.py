@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -62,9 +62,9 @@ class Booked:
 
     @property
     def occurred_at(self) -> datetime:
-        """When the corrected event happened: where the correction is booked."""
+        """When the corrected event happened (UTC): where the correction is booked."""
         at: datetime = self.original["occurred_at"]
-        return at
+        return at.astimezone(UTC)
 
     @property
     def cost_delta(self) -> Decimal:
