@@ -1,6 +1,7 @@
 """The alert evaluator counts repricing corrections toward thresholds, and raises the same
-alerts for a sequence of usage and corrections however the log is split into batches
-(real PostgreSQL; the first test also real NATS)."""
+alerts for a sequence of usage and corrections however the log is split into batches, with
+totals by the ledger rule and no bucket below zero (real PostgreSQL; the first test also
+real NATS)."""
 
 from __future__ import annotations
 
@@ -131,8 +132,26 @@ def split(log: list[Applied], cuts: list[bool]) -> list[list[Applied]]:
 _versions = itertools.count(100)
 
 
-async def alerts_raised(db: str, batches: list[list[Applied]]) -> list[tuple[Any, ...]]:
-    """Apply the batches through a fresh version of the evaluator; the alerts it stored."""
+def ledger_totals(log: list[Event]) -> tuple[Decimal, int]:
+    """(cost, unpriced calls) by the ledger rule: each usage event at the cost of the
+    first-seen correction of it that came last in the log, re-sends ignored."""
+    current: dict[Any, Decimal | None] = {}
+    applied = set()
+    for event in log:
+        if isinstance(event, UsageRecorded):
+            current.setdefault(event.event_id, event.cost)
+        elif isinstance(event, UsageRepriced) and event.event_id not in applied:
+            applied.add(event.event_id)
+            current[event.corrects] = event.cost
+    costs = list(current.values())
+    return sum((c for c in costs if c is not None), Decimal(0)), costs.count(None)
+
+
+async def alerts_raised(
+    db: str, batches: list[list[Applied]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Apply the batches through a fresh version of the evaluator: the alerts it stored,
+    and its global spend (cost, unpriced calls, buckets below zero)."""
     projection, version = AlertsProjection(), next(_versions)
     conn = await connect(db)
     try:
@@ -144,9 +163,16 @@ async def alerts_raised(db: str, batches: list[list[Applied]]) -> list[tuple[Any
             f"SELECT alert_id, stream_seq, raised_at, alert FROM {physical('alerts', version)}"
             " ORDER BY stream_seq, alert_id".encode()
         )
-        result = list(await found.fetchall())
+        alerts = list(await found.fetchall())
+        found = await conn.execute(
+            "SELECT coalesce(sum(cost) FILTER (WHERE scope = 'global'), 0),"
+            " coalesce(sum(unpriced_requests) FILTER (WHERE scope = 'global'), 0),"
+            " count(*) FILTER (WHERE cost < 0 OR unpriced_requests < 0)"
+            f" FROM {physical('alert_spend_buckets', version)}".encode()
+        )
+        spend = list(await found.fetchall())
         await drop_version(conn, projection, version)
-        return result
+        return alerts, spend
     finally:
         await conn.close()
 
@@ -156,7 +182,10 @@ async def alerts_raised(db: str, batches: list[list[Applied]]) -> list[tuple[Any
 async def test_the_alerts_raised_do_not_depend_on_the_batch_split(
     db: str, generated: list[tuple[str, Any, Decimal | None, int]], cuts: list[bool]
 ) -> None:
-    log = [Applied(seq, e, canonical(e)) for seq, e in enumerate(build_log(generated), 1)]
+    events = build_log(generated)
+    log = [Applied(seq, e, canonical(e)) for seq, e in enumerate(events, 1)]
     whole = await alerts_raised(db, [log])
     assert await alerts_raised(db, split(log, cuts)) == whole
     assert await alerts_raised(db, [[a] for a in log]) == whole
+    cost, unpriced = ledger_totals(events)
+    assert whole[1] == [(cost, unpriced, 0)]
