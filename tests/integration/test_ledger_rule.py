@@ -1,23 +1,29 @@
 """Every projection that counts usage applies corrections by the one ledger rule
 (projections/ledger.py), on real NATS and PostgreSQL: a late re-send changes nothing, a
-correction counts where its event counted, an unknown one is dead-lettered, and no total
-goes below zero."""
+correction counts where its event counted, an unknown one is dead-lettered, no total goes
+below zero, and every projection's totals are the rule's under any batch split."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from budget.pricing import PriceOverride, PricingRegistry
-from events import Topology, UsageRecorded, UsageRepriced, encode
+from events import PolicySet, Topology, UsageRecorded, UsageRepriced, encode
 from projections.db import connect
 from projections.deadletter import recent_dead_letters
+from projections.history import HistoryProjection
 from projections.queries import usage_between
 from projections.registry import get_projection
+from projections.reports import ReportsProjection
+from projections.spend import SpendProjection
 from services.reprice import correction_for
 
+from ledger_logs import Step, applied, build_log, ledger_totals, run_fresh_version, split, steps
 from support import catch_up, publish, rows, usage_event
 
 AT = datetime(2026, 5, 4, 12, 7, tzinfo=UTC)
@@ -203,3 +209,41 @@ async def test_repricing_back_to_an_earlier_price_is_applied(
 
     found = await costs_everywhere(db)
     assert found == {name: [(to_b.cost, 0)] for name in found}
+
+
+TOTALS_BY_PROJECTION = [
+    (
+        SpendProjection(),
+        "SELECT coalesce(sum(cost), 0), coalesce(sum(unpriced_requests), 0),"
+        " count(*) FILTER (WHERE cost < 0 OR unpriced_requests < 0)"
+        " FROM {spend_buckets} WHERE scope = 'global'",
+    ),
+    *(
+        (
+            ReportsProjection(),
+            "SELECT coalesce(sum(cost), 0), coalesce(sum(unpriced_requests), 0),"
+            " count(*) FILTER (WHERE cost < 0 OR unpriced_requests < 0)"
+            f" FROM {{{table}}} WHERE dimension = 'total'",
+        )
+        for table in ("report_hourly", "report_daily")
+    ),
+    (
+        HistoryProjection(),
+        "SELECT coalesce(sum(cost), 0), count(*) FILTER (WHERE cost IS NULL),"
+        " count(*) FILTER (WHERE cost < 0) FROM {usage_history}",
+    ),
+]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(generated=steps, cuts=st.lists(st.booleans(), max_size=45))
+async def test_every_projection_totals_by_the_ledger_rule_under_any_batch_split(
+    db: str, generated: list[Step], cuts: list[bool]
+) -> None:
+    events = [e for e in build_log(generated) if not isinstance(e, PolicySet)]
+    cost, unpriced = ledger_totals(events)
+    log = applied(events)
+    for projection, query in TOTALS_BY_PROJECTION:
+        for batches in ([log], split(log, cuts)):
+            found = await run_fresh_version(db, projection, batches, [query])
+            assert found == [[(cost, unpriced, 0)]], projection.name
