@@ -51,6 +51,7 @@ Steps = Sequence[tuple[int, Decimal]]
 
 _ZERO = Decimal(0)
 _EXACT_BELOW = 10**27
+_EXTRAS_PREC = 100
 
 
 COST_PLACES = 12
@@ -202,6 +203,11 @@ class RateCard:
         return Priced(cost, tier.source)
 
     def _extras(self, u: Usage, tier: Tier, cost: Decimal) -> Priced | Unpriced:
+        # Sums and products of bounded exact values: wide enough that nothing rounds here.
+        with localcontext(prec=_EXTRAS_PREC):
+            return self._extras_exact(u, tier, cost)
+
+    def _extras_exact(self, u: Usage, tier: Tier, cost: Decimal) -> Priced | Unpriced:
         source = tier.source
         if u.audio_seconds:
             if self.audio is None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from budget.pricing import Priced
 from budget.pricing.rates import COST_PLACES, RateCard, divided_cost
-from events.usage import MAX_AUDIO_SECONDS, Usage
+from events.usage import MAX_AUDIO_SECONDS, MAX_TOKENS, Usage
 
 prices = st.decimals(min_value=Decimal("0.000001"), max_value=Decimal(1000), places=6)
 divisors = st.sampled_from([1, 60, 1000, 3600, 7, 1_000_000])
@@ -60,3 +60,29 @@ def test_an_exact_quotient_is_never_rounded(units: int, price: Decimal, per: int
         quantity = Decimal(units * per).scaleb(-3)  # a multiple of the divisor, in 1/1000s
         exact = quantity * price / per
     assert divided_cost(quantity, price, per) == exact
+
+
+@given(
+    st.integers(min_value=0, max_value=MAX_TOKENS),
+    st.decimals(min_value=0, max_value=Decimal(1000), places=7),
+    seconds,
+    prices,
+    divisors,
+)
+def test_a_call_costs_its_tokens_plus_its_audio_exactly(
+    tokens: int, rate: Decimal, quantity: Decimal, price: Decimal, per: int
+) -> None:
+    card = RateCard(
+        provider="acme",
+        model="talk-1",
+        layer="override",
+        data_version="test",
+        effective_from=None,
+        tokens={"output_text": ((-1, rate),)},
+        audio=(price, per),
+    )
+    result = card.cost(Usage(output_text=tokens, audio_seconds=quantity))
+    assert isinstance(result, Priced)
+    with localcontext(prec=200):
+        expected = Decimal(tokens) * rate / 10**6 + reference(quantity, price, per)
+    assert result.cost == expected
