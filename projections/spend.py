@@ -108,7 +108,7 @@ class SpendProjection(Projection):
             f" FROM ({rollups}) AS totals",
         }
 
-    def ledger(self, version: int) -> Ledger:
+    def _ledger(self, version: int) -> Ledger:
         _, ledger, corrections = (physical(t, version) for t in self.tables)
         return Ledger(ledger, corrections, _WHERE)
 
@@ -121,7 +121,7 @@ class SpendProjection(Projection):
         Corrections always follow the events they correct in the log, so applying the
         batch's usage first and its corrections after keeps log order where it matters."""
         await self._apply_usage(conn, version, batch)
-        booked = await self.ledger(version).correct(conn, batch)
+        booked = await self._ledger(version).correct(conn, batch)
         await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
         return booked
 
