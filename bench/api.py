@@ -418,8 +418,9 @@ async def fill_spend(conn: Connection) -> None:
         ORDER BY bucket_start, scope, scope_key""".encode()
     )
     await conn.execute(
-        "INSERT INTO spend_ledger_v1 (event_id, stream_seq, occurred_at, cost)"
-        " SELECT event_id, stream_seq, occurred_at, cost FROM usage_history_v1"
+        "INSERT INTO spend_ledger_v1 (event_id, stream_seq, occurred_at, cost, provider, model,"
+        " user_id, project_id) SELECT event_id, stream_seq, occurred_at, cost, provider, model,"
+        " user_id, project_id FROM usage_history_v1"
     )
     await conn.execute("RESET work_mem")
 

@@ -135,7 +135,8 @@ class UsageRepriced(_Cost, Event):
     ``corrects``, recomputed after a price fix. Old events are never edited.
 
     ``occurred_at``, ``provider``, ``model``, ``user_id`` and ``project_id`` repeat the
-    corrected event's, so the correction lands in the same periods and scopes.
+    corrected event's for readers of the log; projections book the correction in the
+    periods and scopes where they recorded the corrected event.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1

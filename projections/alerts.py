@@ -3,11 +3,12 @@ the log rebuilds the same alerts.
 
 Per batch, in log order: usage goes into the evaluator's quarter-hour buckets (the spend
 projection's code, under ``alert_spend_*``); then every policy window and watched hour the
-fresh events touched is checked against the rules. The event that took a window's spend
-from below a threshold to it raises the alert, so an alert's id, time and cause do not
-depend on where batches happen to split. Cooldowns are kept in event time. Alerts raised
-while this version is live go to the outbox (one row per channel) and wake the notifier;
-alerts a rebuild re-derives are stored but never sent again.
+fresh events touched is checked against the rules. A correction counts by the ledger rule
+(``projections/ledger.py``): its difference, at the corrected event's time and scopes.
+The event that took a window's spend from below a threshold to it raises the alert, so an
+alert's id, time and cause do not depend on where batches happen to split. Cooldowns are
+kept in event time. Alerts raised while this version is live go to the outbox (one row per
+channel) and wake the notifier; alerts a rebuild re-derives are stored but never sent again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from events import (
     UsageRepriced,
 )
 from projections.base import Applied, Connection, Projection, physical
+from projections.ledger import Booked
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
 from projections.windows import window_sums
@@ -68,6 +70,33 @@ class _Candidate:
     subject: str
     stream_seq: int
     alert: Alert
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """A change of spend that counts toward thresholds, in log order: a new usage event's
+    cost, or a correction's difference (booked at the corrected event's time and scopes,
+    as the ledger recorded them; negative when it lowers the cost)."""
+
+    stream_seq: int
+    call: CallScope
+    spent: Spent
+
+    @classmethod
+    def of_usage(cls, stream_seq: int, event: UsageRecorded, cost: Decimal) -> _Counted:
+        return cls(stream_seq, CallScope.of(event), Spent(event.event_id, event.occurred_at, cost))
+
+    @classmethod
+    def of_correction(cls, booked: Booked) -> _Counted:
+        original = booked.original
+        call = CallScope(
+            model=original["model"],
+            provider=original["provider"],
+            user_id=original["user_id"],
+            project_id=original["project_id"],
+        )
+        spent = Spent(booked.event_id, booked.occurred_at, booked.cost_delta)
+        return cls(booked.applied.stream_seq, call, spent)
 
 
 @dataclass
@@ -159,19 +188,23 @@ class AlertsProjection(Projection):
 
     async def _apply_usage(self, conn: Connection, version: int, segment: list[Applied]) -> None:
         fresh = await self._fresh_usage(conn, version, segment)
-        await self.spend.apply(conn, version, segment)
-        if not fresh:
+        booked = await self.spend.book(conn, version, segment)
+        counted = sorted(
+            [*fresh, *(_Counted.of_correction(b) for b in booked if b.cost_delta)],
+            key=lambda c: c.stream_seq,
+        )
+        if not counted:
             return
         state = await self._state(conn, version)
         candidates = [
-            *await self._threshold_candidates(conn, version, state, fresh),
-            *await self._anomaly_candidates(conn, version, state, fresh),
+            *await self._threshold_candidates(conn, version, state, counted),
+            *await self._anomaly_candidates(conn, version, state, counted),
         ]
         await self._raise(conn, version, candidates)
 
     async def _fresh_usage(
         self, conn: Connection, version: int, segment: list[Applied]
-    ) -> list[tuple[Applied, UsageRecorded]]:
+    ) -> list[_Counted]:
         """The segment's priced usage events not counted before (as the spend code sees it)."""
         usage = [(a, a.event) for a in segment if isinstance(a.event, UsageRecorded)]
         ledger = physical(self.spend.tables[1], version)
@@ -185,7 +218,7 @@ class AlertsProjection(Projection):
             if event.event_id not in seen:
                 seen.add(event.event_id)
                 if event.cost is not None:
-                    fresh.append((applied, event))
+                    fresh.append(_Counted.of_usage(applied.stream_seq, event, event.cost))
         return fresh
 
     async def _threshold_candidates(
@@ -193,17 +226,15 @@ class AlertsProjection(Projection):
         conn: Connection,
         version: int,
         state: _Rules,
-        fresh: list[tuple[Applied, UsageRecorded]],
+        counted: list[_Counted],
     ) -> list[_Candidate]:
         rules = [r for r in state.rules if r.alert_type.is_threshold]
         touched: dict[tuple[str, str, datetime], tuple[PolicyWindow, list[Spent], list[int]]] = {}
-        for applied, event in fresh:
-            call = CallScope.of(event)
-            for window in applicable(state.policies, call, event.occurred_at):
+        for item in counted:
+            for window in applicable(state.policies, item.call, item.spent.occurred_at):
                 entry = touched.setdefault(window.ident, (window, [], []))
-                assert event.cost is not None
-                entry[1].append(Spent(event.event_id, event.occurred_at, event.cost))
-                entry[2].append(applied.stream_seq)
+                entry[1].append(item.spent)
+                entry[2].append(item.stream_seq)
         if not rules or not touched:
             return []
         windows = [w for w, _, _ in touched.values()]
@@ -231,23 +262,21 @@ class AlertsProjection(Projection):
         conn: Connection,
         version: int,
         state: _Rules,
-        fresh: list[tuple[Applied, UsageRecorded]],
+        counted: list[_Counted],
     ) -> list[_Candidate]:
         rules = [r for r in state.rules if r.alert_type is AlertType.ANOMALY]
         if not rules:
             return []
         scopes = {s for r in rules for s in (r.scopes or tuple(BudgetScope))}
         hours: dict[tuple[str, str, datetime], tuple[list[Spent], list[int]]] = {}
-        for applied, event in fresh:
-            call = CallScope.of(event)
-            hour = event.occurred_at.replace(minute=0, second=0, microsecond=0)
+        for item in counted:
+            hour = item.spent.occurred_at.replace(minute=0, second=0, microsecond=0)
             for scope in scopes:
-                key = call.key(scope)
+                key = item.call.key(scope)
                 if key is not None:
                     entry = hours.setdefault((scope.value, key, hour), ([], []))
-                    assert event.cost is not None
-                    entry[0].append(Spent(event.event_id, event.occurred_at, event.cost))
-                    entry[1].append(applied.stream_seq)
+                    entry[0].append(item.spent)
+                    entry[1].append(item.stream_seq)
         history = await self._hour_history(conn, version, list(hours))
         found = []
         for (scope_name, key, hour), (spent, seqs) in hours.items():

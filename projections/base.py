@@ -11,7 +11,7 @@ from psycopg import AsyncConnection
 
 from events import Event, Topology
 
-__all__ = ["Applied", "Projection", "physical"]
+__all__ = ["Applied", "Projection", "Rejected", "physical"]
 
 Connection = AsyncConnection[Any]
 
@@ -24,6 +24,11 @@ class Applied:
     stream_seq: int
     event: Event
     document: str
+
+
+class Rejected(Exception):
+    """A valid event a projection cannot apply (e.g. a correction of an event it never
+    recorded): the engine dead-letters it with this message as the reason."""
 
 
 def physical(table: str, version: int) -> str:

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from events import DecodeError, Topology, canonical, decode
-from projections.base import Applied, Connection, Projection
+from projections.base import Applied, Connection, Projection, Rejected
 from projections.checkpoints import ensure_projection
 from projections.db import connect
 from projections.deadletter import dead_letter
@@ -219,15 +219,17 @@ class ProjectionRunner:
         self, conn: Connection, events: Sequence[Applied]
     ) -> list[tuple[Applied, str]]:
         """Apply the batch; if the database refuses it for its data (a valid event it
-        still cannot store, e.g. a NUL character in a name), apply event by event and
+        still cannot store, e.g. a NUL character in a name) or the projection rejects one
+        (``Rejected``), apply event by event and
         return the ones it refuses, so one bad event cannot stall the consumer forever."""
         try:
             async with conn.transaction():
                 await self.projection.apply(conn, self.version, events)
             return []
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except (psycopg.DataError, psycopg.IntegrityError, Rejected) as exc:
             if len(events) == 1:
-                return [(events[0], f"rejected by the database: {exc}")]
+                why = str(exc) if isinstance(exc, Rejected) else f"rejected by the database: {exc}"
+                return [(events[0], why)]
         rejected = []
         for event in events:
             rejected += await self._apply_isolating_rejects(conn, [event])

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
 from projections.base import Applied, Connection, Projection, physical
+from projections.ledger import Ledger, corrections_ddl
 from projections.usage_rows import USAGE_MEASURES, usage_rows
 
 __all__ = ["HistoryProjection"]
@@ -32,18 +33,21 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("price", "jsonb", "e.price"),
 )
 _FILTERED = ("provider", "model", "user_id", "project_id")
+# Set from a correction besides the cost (the ledger rule of projections/ledger.py).
+_CORRECTED = {"price": "price", "unpriced_reason": "unpriced_reason"}
 
 
 class HistoryProjection(Projection):
     name: ClassVar[str] = "history"
-    tables = ("usage_history",)
+    tables = ("usage_history", "usage_history_corrections")
     event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:
-        table = physical("usage_history", version)
+        table, corrections = (physical(t, version) for t in self.tables)
         columns = ",\n".join(f"{name} {sql_type}" for name, sql_type, _ in _COLUMNS)
         return [
             f"CREATE TABLE {table} ({columns})",
+            *corrections_ddl(corrections),
             f"CREATE INDEX {table}_occurred_at ON {table} (occurred_at)",
             *(
                 f"CREATE INDEX {table}_{column} ON {table} ({column}, occurred_at)"
@@ -52,9 +56,10 @@ class HistoryProjection(Projection):
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        table = physical("usage_history", version)
+        table, corrections = (physical(t, version) for t in self.tables)
         await self._insert_usage(conn, table, batch)
-        await self._apply_corrections(conn, table, batch)
+        # A row shows its event's current cost and where that price came from.
+        await Ledger(table, corrections, ("occurred_at",)).correct(conn, batch, also_set=_CORRECTED)
 
     async def _insert_usage(self, conn: Connection, table: str, batch: Sequence[Applied]) -> None:
         source = usage_rows(batch)
@@ -68,22 +73,3 @@ class HistoryProjection(Projection):
             " ON CONFLICT (event_id) DO NOTHING".encode(),
             params,
         )
-
-    async def _apply_corrections(
-        self, conn: Connection, table: str, batch: Sequence[Applied]
-    ) -> None:
-        """A row shows its event's current cost and where that price came from; applied in
-        log order, the last correction wins."""
-        for applied in batch:
-            event = applied.event
-            if isinstance(event, UsageRepriced):
-                await conn.execute(
-                    f"UPDATE {table} SET cost = %s, price = %s, unpriced_reason = %s"
-                    " WHERE event_id = %s".encode(),
-                    (
-                        event.cost,
-                        event.price.model_dump_json() if event.price else None,
-                        event.unpriced_reason,
-                        event.corrects,
-                    ),
-                )

@@ -211,6 +211,9 @@ class RecordedUsage:
     project_id: str | None
     usage: Usage
     cost: Decimal | None
+    revision: int
+    """The log position of the last change of ``cost``: the event's own, or that of the
+    latest correction applied to it."""
 
 
 async def usage_between(conn: Connection, since: datetime, until: datetime) -> list[RecordedUsage]:
@@ -220,7 +223,9 @@ async def usage_between(conn: Connection, since: datetime, until: datetime) -> l
         "SELECT h.event_id, h.occurred_at, h.provider, h.model, h.user_id, h.project_id,"
         " h.input_uncached, h.input_cache_read, h.input_cache_write, h.output_text,"
         " h.output_reasoning, h.embedding_tokens, h.audio_seconds,"
-        " h.image_count, h.image_size, h.image_quality, l.cost"
+        " h.image_count, h.image_size, h.image_quality, l.cost,"
+        " coalesce((SELECT max(c.stream_seq) FROM spend_corrections c"
+        " WHERE c.corrects = l.event_id), l.stream_seq)"
         " FROM usage_history h JOIN spend_ledger l USING (event_id)"
         " WHERE h.occurred_at >= %s AND h.occurred_at < %s ORDER BY h.occurred_at, h.stream_seq",
         (since, until),
@@ -241,7 +246,7 @@ async def usage_between(conn: Connection, since: datetime, until: datetime) -> l
         event_id, occurred_at, provider, model, user_id, project_id = row[:6]
         result.append(
             RecordedUsage(
-                event_id, occurred_at, provider, model, user_id, project_id, usage, row[16]
+                event_id, occurred_at, provider, model, user_id, project_id, usage, *row[16:]
             )
         )
     return result

@@ -5,19 +5,21 @@ Every usage event adds to one row per dimension in each grain: ``total``, ``prov
 ``model`` (keyed by provider and model), ``user``, ``project`` and ``kind``. Days are
 UTC days. The ledger (one row per event, with its dimensions) makes apply idempotent
 beyond JetStream's duplicate window and lets a correction (``UsageRepriced``) move its
-event's cost in every row it counted in. Aggregation runs in PostgreSQL, one statement
-per batch, as in the spend projection.
+event's cost in every row it counted in (the ledger rule of ``projections/ledger.py``).
+Aggregation runs in PostgreSQL, one statement per batch, as in the spend projection.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
 from projections.base import Applied, Connection, Projection, physical
+from projections.ledger import Booked, Ledger, corrections_ddl
 from projections.spend import MEASURES
-from projections.usage_rows import SOURCE, USAGE_MEASURES, correction_delta, usage_rows
+from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
 
 __all__ = ["DIMENSIONS", "GRAINS", "ReportsProjection"]
 
@@ -32,15 +34,17 @@ DIMENSIONS = (
     ("kind", "kind", "''"),
 )
 GRAINS = ("hour", "day")
+# Where a usage event counts, as the ledger keeps it for its corrections.
+_WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
 
 
 class ReportsProjection(Projection):
     name: ClassVar[str] = "reports"
-    tables = ("report_hourly", "report_daily", "report_ledger")
+    tables = ("report_hourly", "report_daily", "report_ledger", "report_corrections")
     event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:
-        hourly, daily, ledger = (physical(t, version) for t in self.tables)
+        hourly, daily, ledger, corrections = (physical(t, version) for t in self.tables)
         measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
         rollups = [
             f"""CREATE TABLE {table} (
@@ -63,15 +67,15 @@ class ReportsProjection(Projection):
                 model text NOT NULL,
                 user_id text NOT NULL,
                 project_id text NOT NULL,
-                kind text NOT NULL,
-                corrects uuid)""",
+                kind text NOT NULL)""",
+            *corrections_ddl(corrections),
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         await self._apply_usage(conn, version, batch)
-        for applied in batch:
-            if isinstance(applied.event, UsageRepriced):
-                await self._apply_correction(conn, version, applied.stream_seq, applied.event)
+        _, _, ledger, corrections = (physical(t, version) for t in self.tables)
+        booked = await Ledger(ledger, corrections, _WHERE).correct(conn, batch)
+        await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
 
     async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         source = usage_rows(batch)
@@ -84,7 +88,7 @@ class ReportsProjection(Projection):
         """Roll up usage events given as one JSON array and a ``{seq,...}`` array literal
         (what ``usage_rows`` builds from a batch; the report benchmark loads rows this way)."""
         rows, params = SOURCE, (documents, stream_seqs)
-        hourly, daily, ledger = (physical(t, version) for t in self.tables)
+        hourly, daily, ledger, _ = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
         regroup = ", ".join(f"sum({n}) AS {n}" for n, _, _ in MEASURES)
@@ -135,72 +139,41 @@ class ReportsProjection(Projection):
             params,
         )
 
-    async def _apply_correction(
-        self, conn: Connection, version: int, stream_seq: int, event: UsageRepriced
-    ) -> None:
-        """Move the corrected event's cost in every rollup row it counts in; the delta is
-        taken against the ledger's current cost, so applying it twice adds nothing."""
-        hourly, daily, ledger = (physical(t, version) for t in self.tables)
-        row = await (
-            await conn.execute(
-                f"""
-                WITH claimed AS (
-                    INSERT INTO {ledger} (event_id, stream_seq, occurred_at, provider, model,
-                                          user_id, project_id, kind, corrects)
-                    VALUES (%(id)s, %(seq)s, %(at)s, '', '', '', '', '', %(corrects)s)
-                    ON CONFLICT (event_id) DO NOTHING RETURNING event_id
-                ), previous AS (
-                    SELECT * FROM {ledger} WHERE event_id = %(corrects)s
-                ), updated AS (
-                    UPDATE {ledger} SET cost = %(cost)s
-                    WHERE event_id = %(corrects)s AND EXISTS (SELECT FROM claimed)
-                    RETURNING 1
-                )
-                SELECT p.cost, p.occurred_at, p.provider, p.model, p.user_id, p.project_id,
-                       p.kind
-                FROM previous p WHERE EXISTS (SELECT FROM updated)
-                """.encode(),
-                {
-                    "id": event.event_id,
-                    "seq": stream_seq,
-                    "at": event.occurred_at,
-                    "corrects": event.corrects,
-                    "cost": event.cost,
-                },
-            )
-        ).fetchone()
-        if row is None:
-            return  # already applied, or the corrected event is unknown
-        previous, occurred_at, provider, model, user_id, project_id, kind = row
-        delta = correction_delta(event, previous)
-        if delta is None:
+    async def _add_corrections(self, conn: Connection, version: int, booked: list[Booked]) -> None:
+        """Each correction's change of cost in every rollup row its event counted in (as
+        the ledger recorded it), one statement per grain for the batch."""
+        if not booked:
             return
-        cost_delta, unpriced_delta = delta
-        zeros = ", ".join("0" for _ in MEASURES[3:])
+        hourly, daily = (physical(t, version) for t in self.tables[:2])
         names = ", ".join(name for name, _, _ in MEASURES)
+        zeros = ", ".join("0" for _ in MEASURES[3:])
         fan_out = ", ".join(f"('{d}', {k1}, {k2})" for d, k1, k2 in DIMENSIONS)
+        rows = json.dumps(
+            [
+                {
+                    "cost": str(b.cost_delta),
+                    "unpriced": b.unpriced_delta,
+                    **{column: b.original[column] for column in _WHERE[1:]},
+                    "occurred_at": b.occurred_at.isoformat(),
+                }
+                for b in booked
+            ]
+        )
         for table, unit in ((hourly, "hour"), (daily, "day")):
             await conn.execute(
                 f"""
                 INSERT INTO {table} (dimension, key1, key2, period_start, {names})
                 SELECT dimension, key1, key2,
-                       date_trunc('{unit}', %(at)s AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-                       %(cost)s, 0, %(unpriced)s, {zeros}
-                FROM (SELECT %(provider)s AS provider, %(model)s AS model,
-                             %(user)s AS user_id, %(project)s AS project_id, %(kind)s AS kind) e
+                       date_trunc('{unit}', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                           AS period, sum(cost), 0, sum(unpriced), {zeros}
+                FROM jsonb_to_recordset(%s::jsonb) AS e(occurred_at timestamptz, cost numeric,
+                     unpriced bigint, provider text, model text, user_id text,
+                     project_id text, kind text)
                 CROSS JOIN LATERAL (VALUES {fan_out}) AS d(dimension, key1, key2)
+                GROUP BY dimension, key1, key2, period
                 ON CONFLICT (dimension, period_start, key1, key2) DO UPDATE
                 SET cost = {table}.cost + EXCLUDED.cost,
                     unpriced_requests = {table}.unpriced_requests + EXCLUDED.unpriced_requests
                 """.encode(),
-                {
-                    "at": occurred_at,
-                    "cost": cost_delta,
-                    "unpriced": unpriced_delta,
-                    "provider": provider,
-                    "model": model,
-                    "user": user_id,
-                    "project": project_id,
-                    "kind": kind,
-                },
+                (rows,),
             )

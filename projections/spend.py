@@ -11,30 +11,27 @@ The ledger (one row per event id) makes apply idempotent beyond JetStream's dupl
 window: only events that enter the ledger for the first time are added to the totals. It
 also records each event's ``reservation_id``: a reservation whose usage is in the live
 ledger is settled, and the live version deletes its holds in the same transaction.
-Aggregation runs in PostgreSQL, in one statement per batch.
+Corrections follow the ledger rule of ``projections/ledger.py``: each moves its event's
+cost in the buckets and scopes where the ledger counted that event. Aggregation runs in
+PostgreSQL, in one statement per batch.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import datetime
-from decimal import Decimal
 from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Applied, Connection, Projection, physical
-from projections.usage_rows import USAGE_MEASURES, correction_delta, usage_rows
+from projections.ledger import Booked, Ledger, corrections_ddl
+from projections.usage_rows import USAGE_MEASURES, usage_rows
 
-__all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection", "bucket_start"]
+__all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection"]
 
 SCOPES = ("global", "user", "provider", "model", "project")
 BUCKET_SQL = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00+00')"
-
-
-def bucket_start(instant: datetime) -> datetime:
-    """The quarter hour (``events.policy.BUCKET``) holding ``instant``: ``BUCKET_SQL`` in Python."""
-    return instant.replace(minute=instant.minute - instant.minute % 15, second=0, microsecond=0)
 
 
 # Summed columns of the totals table: (name, SQL type, aggregate over the applied events).
@@ -47,6 +44,10 @@ MEASURES = (
 )
 
 
+# Where a usage event counts, as the ledger keeps it for its corrections.
+_WHERE = ("occurred_at", "provider", "model", "user_id", "project_id")
+
+
 class SpendProjection(Projection):
     """``prefix`` names the tables and views (``<prefix>_buckets``, ...), so another
     projection can keep its own spend totals with this code (the alert evaluator does);
@@ -57,11 +58,11 @@ class SpendProjection(Projection):
 
     def __init__(self, prefix: str = "spend", *, settles_reservations: bool = True) -> None:
         self.prefix = prefix
-        self.tables = (f"{prefix}_buckets", f"{prefix}_ledger")
+        self.tables = (f"{prefix}_buckets", f"{prefix}_ledger", f"{prefix}_corrections")
         self.settles_reservations = settles_reservations
 
     def ddl(self, version: int) -> list[str]:
-        totals, ledger = (physical(t, version) for t in self.tables)
+        totals, ledger, corrections = (physical(t, version) for t in self.tables)
         measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
         return [
             f"""CREATE TABLE {totals} (
@@ -70,20 +71,24 @@ class SpendProjection(Projection):
                 bucket_start timestamptz NOT NULL,
                 {measures},
                 PRIMARY KEY (scope, scope_key, bucket_start))""",
-            # One row per usage event (cost: its current cost, corrections included) and
-            # per correction (corrects: the usage event it repriced).
+            # One row per usage event: its current cost (corrections included) and where
+            # it counts, so a correction is booked there (projections/ledger.py).
             f"""CREATE TABLE {ledger} (
                 event_id uuid PRIMARY KEY,
                 stream_seq bigint NOT NULL,
                 occurred_at timestamptz NOT NULL,
                 cost numeric,
-                corrects uuid,
+                provider text NOT NULL,
+                model text NOT NULL,
+                user_id text,
+                project_id text,
                 reservation_id text)""",
             f"CREATE INDEX ON {ledger} (reservation_id) WHERE reservation_id IS NOT NULL",
+            *corrections_ddl(corrections),
         ]
 
     def views(self, version: int) -> dict[str, str]:
-        buckets, ledger = (physical(t, version) for t in self.tables)
+        buckets, ledger, corrections = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         sums = ", ".join(f"sum({name})::{sql_type} AS {name}" for name, sql_type, _ in MEASURES)
         utc_day = "(bucket_start AT TIME ZONE 'UTC')::date"
@@ -97,25 +102,35 @@ class SpendProjection(Projection):
         return {
             f"{self.prefix}_buckets": f"SELECT * FROM {buckets}",
             f"{self.prefix}_ledger": f"SELECT * FROM {ledger}",
+            f"{self.prefix}_corrections": f"SELECT * FROM {corrections}",
             f"{self.prefix}_daily": daily,
             f"{self.prefix}_totals": f"SELECT scope, scope_key, period, period_start, {names}"
             f" FROM ({rollups}) AS totals",
         }
 
+    def _ledger(self, version: int) -> Ledger:
+        _, ledger, corrections = (physical(t, version) for t in self.tables)
+        return Ledger(ledger, corrections, _WHERE)
+
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        # Corrections always follow the events they correct in the log, so applying the
-        # batch's usage first and its corrections after keeps log order where it matters.
+        await self.book(conn, version, batch)
+
+    async def book(self, conn: Connection, version: int, batch: Sequence[Applied]) -> list[Booked]:
+        """Apply the batch; the corrections it applied for the first time.
+
+        Corrections always follow the events they correct in the log, so applying the
+        batch's usage first and its corrections after keeps log order where it matters."""
         await self._apply_usage(conn, version, batch)
-        for applied in batch:
-            if isinstance(applied.event, UsageRepriced):
-                await self._apply_correction(conn, version, applied.stream_seq, applied.event)
+        booked = await self._ledger(version).correct(conn, batch)
+        await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
+        return booked
 
     async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         source = usage_rows(batch)
         if source is None:
             return
         rows, params = source
-        totals, ledger = (physical(t, version) for t in self.tables)
+        totals, ledger, _ = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
         regroup = ", ".join(f"sum({n})" for n, _, _ in MEASURES)
@@ -128,9 +143,10 @@ class SpendProjection(Projection):
                        e.user_id, e.project_id, e.reservation_id, {usage}, u.images
                 FROM {rows}
             ), fresh AS (
-                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost, reservation_id)
+                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost, provider,
+                                      model, user_id, project_id, reservation_id)
                 SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost,
-                       reservation_id
+                       provider, model, user_id, project_id, reservation_id
                 FROM batch ORDER BY event_id, stream_seq
                 ON CONFLICT (event_id) DO NOTHING
                 RETURNING event_id, stream_seq, reservation_id
@@ -166,66 +182,38 @@ class SpendProjection(Projection):
                               WHERE name = '{self.name}' AND active_version = {version})
             )"""
 
-    async def _apply_correction(
-        self, conn: Connection, version: int, stream_seq: int, event: UsageRepriced
-    ) -> None:
-        """Move the corrected event's cost to the new one in every bucket it counts in.
-        The delta is taken against the ledger's current cost, so a correction applied
-        twice, or one that changes nothing, adds nothing."""
-        totals, ledger = (physical(t, version) for t in self.tables)
-        row = await (
-            await conn.execute(
-                f"""
-                WITH claimed AS (
-                    INSERT INTO {ledger} (event_id, stream_seq, occurred_at, corrects)
-                    VALUES (%(id)s, %(seq)s, %(at)s, %(corrects)s)
-                    ON CONFLICT (event_id) DO NOTHING RETURNING event_id
-                ), previous AS (
-                    SELECT cost FROM {ledger} WHERE event_id = %(corrects)s
-                ), updated AS (
-                    UPDATE {ledger} SET cost = %(cost)s
-                    WHERE event_id = %(corrects)s AND EXISTS (SELECT FROM claimed)
-                    RETURNING 1
-                )
-                SELECT (SELECT cost FROM previous) FROM updated
-                """.encode(),
-                {
-                    "id": event.event_id,
-                    "seq": stream_seq,
-                    "at": event.occurred_at,
-                    "corrects": event.corrects,
-                    "cost": event.cost,
-                },
-            )
-        ).fetchone()
-        if row is None:
-            return  # already applied, or the corrected event is unknown
-        previous: Decimal | None = row[0]
-        delta = correction_delta(event, previous)
-        if delta is None:
+    async def _add_corrections(self, conn: Connection, version: int, booked: list[Booked]) -> None:
+        """Each correction's change of cost, in the bucket and scopes of the event it
+        corrected (as the ledger recorded them), one statement for the batch."""
+        if not booked:
             return
-        cost_delta, unpriced_delta = delta
-        zeros = ", ".join("0" for _ in MEASURES[3:])
+        totals = physical(self.tables[0], version)
         names = ", ".join(name for name, _, _ in MEASURES)
+        zeros = ", ".join("0" for _ in MEASURES[3:])
+        rows = [
+            {
+                "at": b.occurred_at.isoformat(),
+                "cost": str(b.cost_delta),
+                "unpriced": b.unpriced_delta,
+                **{column: b.original[column] for column in _WHERE[1:]},
+            }
+            for b in booked
+        ]
         await conn.execute(
             f"""
             INSERT INTO {totals} (scope, scope_key, bucket_start, {names})
-            SELECT scope, scope_key, %(bucket)s, %(cost)s, 0, %(unpriced)s, {zeros}
-            FROM (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', %(user)s),
-                  ('provider', %(provider)s), ('model', %(model)s), ('project', %(project)s))
-                  AS scopes(scope, scope_key)
+            SELECT scope, scope_key, {BUCKET_SQL.format("at")} AS bucket, sum(cost), 0,
+                   sum(unpriced), {zeros}
+            FROM jsonb_to_recordset(%s::jsonb) AS c(at timestamptz, cost numeric,
+                 unpriced bigint, provider text, model text, user_id text, project_id text)
+            CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', user_id),
+                ('provider', provider), ('model', model), ('project', project_id))
+                AS scopes(scope, scope_key)
             WHERE scope_key <> ''
+            GROUP BY scope, scope_key, bucket
             ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE
             SET cost = {totals}.cost + EXCLUDED.cost,
                 unpriced_requests = {totals}.unpriced_requests + EXCLUDED.unpriced_requests
             """.encode(),
-            {
-                "cost": cost_delta,
-                "unpriced": unpriced_delta,
-                "user": event.user_id,
-                "provider": event.provider,
-                "model": event.model,
-                "project": event.project_id,
-                "bucket": bucket_start(event.occurred_at),
-            },
+            (json.dumps(rows),),
         )

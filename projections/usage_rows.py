@@ -9,12 +9,11 @@ is then decoding the NATS message and validating the event, nothing more.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 
-from events import UsageRecorded, UsageRepriced
+from events import UsageRecorded
 from projections.base import Applied
 
-__all__ = ["SOURCE", "USAGE_MEASURES", "correction_delta", "usage_rows"]
+__all__ = ["SOURCE", "USAGE_MEASURES", "usage_rows"]
 
 # Summed usage columns, with their SQL types: the shape of the ``u`` row below.
 USAGE_MEASURES = (
@@ -66,11 +65,3 @@ def usage_rows(batch: Sequence[Applied]) -> tuple[str, tuple[str, str]] | None:
     documents = "[" + ",".join(a.document for a in usage) + "]"
     stream_seqs = "{" + ",".join(str(a.stream_seq) for a in usage) + "}"
     return SOURCE, (documents, stream_seqs)
-
-
-def correction_delta(event: UsageRepriced, previous: Decimal | None) -> tuple[Decimal, int] | None:
-    """What ``event`` changes in totals that counted its usage at cost ``previous``: the
-    cost and the number of unpriced requests to add; None when it changes nothing."""
-    cost = (event.cost or Decimal(0)) - (previous or Decimal(0))
-    unpriced = (event.cost is None) - (previous is None)
-    return (cost, unpriced) if cost or unpriced else None

@@ -15,8 +15,11 @@ from projections.queries import RecordedUsage
 
 __all__ = ["Change", "correction_for", "plan_corrections", "publish_corrections"]
 
-# Correction ids derive from what they say, so running the same reprice twice (or
-# concurrently) appends each correction once.
+# Correction ids derive from what they say, including the state they correct (the log
+# position of the cost's last change): the same reprice run twice, or concurrently,
+# appends each correction once, and a later correction back to an earlier price (B, then
+# C, then B again) gets an id of its own rather than the first one's, which the ledger
+# would drop as a re-send.
 _NAMESPACE = uuid.UUID("6f1c1c9e-6d4b-4c51-9a55-3a1f3e2a9b10")
 
 
@@ -48,7 +51,9 @@ def correction_for(
         return None
     version = source.data_version if source else "unpriced"
     return UsageRepriced(
-        event_id=uuid.uuid5(_NAMESPACE, f"{recorded.event_id}:{cost}:{version}"),
+        event_id=uuid.uuid5(
+            _NAMESPACE, f"{recorded.event_id}:{recorded.revision}:{cost}:{version}"
+        ),
         occurred_at=recorded.occurred_at,
         corrects=recorded.event_id,
         provider=recorded.provider,

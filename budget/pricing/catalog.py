@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
-from budget.pricing.rates import RateCard
+from budget.pricing.rates import RateCard, divided_cost
 
 __all__ = ["ModelPricing", "PricingTier"]
 
@@ -48,7 +48,7 @@ class ModelPricing:
                 PricingTier(above_input_tokens=t.above, per_million=dict(t.rates_mtok))
                 for t in higher
             ],
-            audio_per_second=card.audio[0] / card.audio[1] if card.audio else None,
+            audio_per_second=divided_cost(Decimal(1), *card.audio) if card.audio else None,
             audio_min_seconds=card.audio_min,
             image_prices={f"{s} {q}": p for (s, q), p in sorted(card.images.items())},
             image_flat=card.image_flat,

@@ -13,7 +13,7 @@ from functools import cache, lru_cache
 from importlib.metadata import version as _dist_version
 from typing import TYPE_CHECKING, Any
 
-from budget.pricing.rates import RateCard, Steps
+from budget.pricing.rates import RateCard, Steps, divided_cost
 from budget.pricing.supplement import PROVIDER_ALIASES
 
 if TYPE_CHECKING:
@@ -124,7 +124,11 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
         tokens=tokens,
         audio=(hourly, 3600) if isinstance(hourly, Decimal) else None,
         audio_min=Decimal(10) if (provider.id, model.id) in _MIN_AUDIO_SECONDS else None,
-        per_request=per_k_requests / 1000 if isinstance(per_k_requests, Decimal) else None,
+        per_request=(
+            divided_cost(Decimal(1), per_k_requests, 1000)
+            if isinstance(per_k_requests, Decimal)
+            else None
+        ),
     )
     return card, cacheable
 

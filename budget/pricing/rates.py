@@ -1,8 +1,9 @@
 """A resolved price ("rate card") for one model on one day, and the hot-path cost maths.
 
 All money is ``Decimal``; token rates are kept in USD per million tokens and the sum is
-shifted by 10^-6 once, which is exact. Usage classes without a rate make the call
-*unpriced* rather than free.
+shifted by 10^-6 once, which is exact. A divided price (audio per minute or hour, requests
+per thousand) goes through ``divided_cost``: exact, or rounded once to ``COST_PLACES``.
+Usage classes without a rate make the call *unpriced* rather than free.
 """
 
 from __future__ import annotations
@@ -11,12 +12,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, localcontext
+from fractions import Fraction
 from typing import Literal
 
 from budget.pricing.results import Priced, Unpriced
 from events.usage import PriceSource, Usage
 
-__all__ = ["TOKEN_CLASSES", "Layer", "RateCard", "Steps", "Tier", "flat_with_fallbacks"]
+__all__ = [
+    "COST_PLACES",
+    "TOKEN_CLASSES",
+    "Layer",
+    "RateCard",
+    "Steps",
+    "Tier",
+    "divided_cost",
+    "flat_with_fallbacks",
+]
 
 TOKEN_CLASSES = (
     "input_uncached",
@@ -40,6 +51,26 @@ Steps = Sequence[tuple[int, Decimal]]
 
 _ZERO = Decimal(0)
 _EXACT_BELOW = 10**27
+_EXTRAS_PREC = 100
+
+
+COST_PLACES = 12
+"""Decimal places (10^-12 USD) a divided price's cost is rounded to when not exact."""
+
+
+def divided_cost(quantity: Decimal, price: Decimal, per: int) -> Decimal:
+    """``quantity`` units at ``price`` USD per ``per`` units: the exact value when it has
+    at most ``COST_PLACES`` decimal places, else that value rounded once, half to even,
+    to ``COST_PLACES`` (never the 28 digits of the default context, nor rounded twice)."""
+    exact = Fraction(quantity) * Fraction(price) / per
+    scaled = exact * 10**COST_PLACES
+    if scaled.denominator == 1:  # terminates within COST_PLACES: divide exactly
+        numerator, denominator = exact.numerator, exact.denominator
+        with localcontext(prec=len(str(abs(numerator))) + COST_PLACES + 2):
+            return Decimal(numerator) / Decimal(denominator)
+    rounded = round(scaled)  # Fraction rounds half to even
+    with localcontext(prec=len(str(abs(rounded))) + 2):
+        return Decimal(rounded).scaleb(-COST_PLACES)
 
 
 def flat_with_fallbacks(mtok: Mapping[str, Decimal]) -> dict[str, Steps]:
@@ -116,7 +147,7 @@ class RateCard:
         places = max((-int(r.as_tuple().exponent) for r in rates.values()), default=0)
         places = max(places, 0)
         if self.audio is not None:
-            per_unit["audio_seconds"] = self.audio[0] / self.audio[1]
+            per_unit["audio_seconds"] = divided_cost(Decimal(1), *self.audio)
         if self.per_request is not None:
             per_unit["per_request"] = self.per_request
         return Tier(
@@ -172,6 +203,11 @@ class RateCard:
         return Priced(cost, tier.source)
 
     def _extras(self, u: Usage, tier: Tier, cost: Decimal) -> Priced | Unpriced:
+        # Sums and products of bounded exact values: wide enough that nothing rounds here.
+        with localcontext(prec=_EXTRAS_PREC):
+            return self._extras_exact(u, tier, cost)
+
+    def _extras_exact(self, u: Usage, tier: Tier, cost: Decimal) -> Priced | Unpriced:
         source = tier.source
         if u.audio_seconds:
             if self.audio is None:
@@ -179,7 +215,7 @@ class RateCard:
             seconds = u.audio_seconds
             if self.audio_min is not None and seconds < self.audio_min:
                 seconds = self.audio_min
-            cost += seconds * self.audio[0] / self.audio[1]
+            cost += divided_cost(seconds, *self.audio)
         if u.images is not None:
             key = (u.images.size.strip().lower(), u.images.quality.strip().lower())
             per_image = self.images.get(key, self.image_flat)

@@ -20,6 +20,8 @@ from events import (
     PolicySet,
     RequestBlocked,
     Topology,
+    UsageRecorded,
+    UsageRepriced,
     encode,
 )
 from events.envelope import new_event_id
@@ -34,6 +36,19 @@ from projections.spend import SpendProjection
 from support import catch_up, publish, rows, usage_event, varied_events
 
 
+def reprice(event: UsageRecorded, cost: Decimal) -> UsageRepriced:
+    return UsageRepriced(
+        occurred_at=event.occurred_at,
+        corrects=event.event_id,
+        provider=event.provider,
+        model=event.model,
+        user_id=event.user_id,
+        project_id=event.project_id,
+        cost=cost,
+        reason="test",
+    )
+
+
 class ProjectionContract:
     """Subclassed once per projection; each subclass proves the same behaviour."""
 
@@ -46,8 +61,12 @@ class ProjectionContract:
         return usage_event()
 
     def many_events(self, count: int) -> list[Event]:
-        """Varied events, the first three each adding one to ``count_query``."""
-        return list(varied_events(count))
+        """Varied events, the first three each adding one to ``count_query``; from 20 on,
+        with corrections of some of them."""
+        usage = varied_events(count)
+        if count < 20:
+            return list(usage)
+        return [*usage, *(reprice(event, Decimal("0.5")) for event in usage[3::40])]
 
     def refused_event(self) -> Event:
         """A valid event PostgreSQL cannot store (it has no NUL character in text)."""
