@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from budget.alert_engine import AlertEngine, StoredAlert
+from budget.alerts import AlertEngine, StoredAlert
 from services.cli_context import database_queries, settings, tracker
 
 __all__ = ["alerts_app"]
