@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -227,4 +229,11 @@ def _configured_policies(path: Path, document: dict[str, Any]) -> list[Any]:
 
 
 def _slug(name: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+    """A policy id part from a name, in the ids' alphabet: accents dropped ("Équipe" ->
+    "equipe"); a name with no ASCII letter or digit, or a long one, ends in its digest."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    slug = "-".join("".join(c if c.isalnum() else " " for c in plain).split())
+    if slug and len(slug) <= 64:
+        return slug
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{slug[:64]}-{digest}" if slug else digest

@@ -29,7 +29,7 @@ from projections.base import Connection
 from projections.policies import load_policies
 from projections.windows import window_sums
 
-__all__ = ["ReportBuilder", "Totals", "ceil_quarter", "floor_quarter"]
+__all__ = ["ReportBuilder", "Totals", "ceil_quarter", "floor_quarter", "rollup_dimension"]
 
 _MEASURES = (
     "sum(cost)",
@@ -56,7 +56,7 @@ class Totals(NamedTuple):
         return (self.key1, self.key2)[:count]
 
 
-def _dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+def rollup_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """The rollup dimension answering ``group_by``, and the columns its keys fill."""
     groups = tuple(g for g in GROUPS if g in group_by)
     unknown = set(group_by) - set(GROUPS)
@@ -133,7 +133,7 @@ class ReportBuilder:
         self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
     ) -> Report:
         """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total)."""
-        dimension, columns = _dimension(group_by)
+        dimension, columns = rollup_dimension(group_by)
         start, end, notes = self._window(start_date, end_date)
         conn = self.conn
         rows = await self.totals(conn, dimension, start, end)
@@ -196,7 +196,7 @@ class ReportBuilder:
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change (a
         group absent from the previous window has no percent change)."""
-        dimension, columns = _dimension(group_by)
+        dimension, columns = rollup_dimension(group_by)
         now_start, now_end, notes = self._window(current_start, current_end)
         then_start, then_end, then_notes = self._window(previous_start, previous_end)
         conn = self.conn

@@ -16,6 +16,7 @@ from budget.report_format import ExportFormat, Report
 from budget.reports import GROUPS, ReportGenerator
 from events.policy import known_zone
 from events.queries import MAX_HISTORY_ROWS
+from projections.report_queries import rollup_dimension
 from services.cli_context import database_queries
 
 __all__ = ["report_app"]
@@ -44,9 +45,32 @@ TzOption = Annotated[
         " without a zone (e.g. Asia/Kolkata)",
     ),
 ]
+
+
+def _groups(groups: list[str] | None) -> list[str] | None:
+    try:
+        rollup_dimension(groups or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return groups
+
+
+def _interval(name: str) -> str:
+    if name not in ("daily", "weekly"):
+        raise typer.BadParameter(f"{name!r} is not one of 'daily', 'weekly'")
+    return name
+
+
 GroupOption = Annotated[
     list[str] | None,
-    typer.Option("--group-by", help=f"repeatable: {', '.join(GROUPS)} (provider+model together)"),
+    typer.Option(
+        "--group-by",
+        callback=_groups,
+        help=f"repeatable: {', '.join(GROUPS)} (provider+model together)",
+    ),
+]
+DaysOption = Annotated[
+    int, typer.Option(min=1, max=3660, help="how many days back, today included")
 ]
 
 
@@ -74,6 +98,16 @@ def _aware(value: datetime, tz: str) -> datetime:
     return value.replace(tzinfo=ZoneInfo(tz)) if value.tzinfo is None else value
 
 
+def _window(start: datetime, end: datetime, tz: str, names: str) -> tuple[datetime, datetime]:
+    """[start, end) in ``tz`` when without a zone; refused before connecting when empty."""
+    first, last = _aware(start, tz), _aware(end, tz)
+    if last <= first:
+        raise typer.BadParameter(
+            f"the end ({last.isoformat()}) must be after the start", param_hint=names
+        )
+    return first, last
+
+
 @report_app.command()
 def summary(
     period: Annotated[Period, typer.Option(help="calendar period (of --tz)")] = Period.MONTHLY,
@@ -87,8 +121,8 @@ def summary(
 
 @report_app.command()
 def trend(
-    days: Annotated[int, typer.Option(help="how many days back, today included")] = 30,
-    interval: Annotated[str, typer.Option(help="daily or weekly")] = "daily",
+    days: DaysOption = 30,
+    interval: Annotated[str, typer.Option(callback=_interval, help="daily or weekly")] = "daily",
     tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
@@ -109,14 +143,10 @@ def compare(
     output: OutputOption = None,
 ) -> None:
     """Two windows side by side per group (default: model): absolute and percent change."""
+    current = _window(current_start, current_end, tz, "--current-start/--current-end")
+    previous = _window(previous_start, previous_end, tz, "--previous-start/--previous-end")
     _emit(
-        lambda g: g.generate_comparison_report(
-            _aware(current_start, tz),
-            _aware(current_end, tz),
-            _aware(previous_start, tz),
-            _aware(previous_end, tz),
-            group_by or ["model"],
-        ),
+        lambda g: g.generate_comparison_report(*current, *previous, group_by or ["model"]),
         fmt,
         output,
     )
@@ -124,7 +154,9 @@ def compare(
 
 @report_app.command()
 def projection(
-    days: Annotated[int, typer.Option(help="days to forecast (at least to the month's end)")] = 30,
+    days: Annotated[
+        int, typer.Option(min=1, max=3660, help="days to forecast (at least to the month's end)")
+    ] = 30,
     tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
@@ -143,11 +175,8 @@ def custom(
     output: OutputOption = None,
 ) -> None:
     """Totals in [START, END), grouped as asked."""
-    _emit(
-        lambda g: g.generate_report(_aware(start, tz), _aware(end, tz), group_by or []),
-        fmt,
-        output,
-    )
+    window = _window(start, end, tz, "--start/--end")
+    _emit(lambda g: g.generate_report(*window, group_by or []), fmt, output)
 
 
 @report_app.command()
@@ -159,17 +188,20 @@ def history(
     user: Annotated[str | None, typer.Option(help="only this user")] = None,
     project: Annotated[str | None, typer.Option(help="only this project")] = None,
     limit: Annotated[
-        int, typer.Option(help=f"at most this many calls (up to {MAX_HISTORY_ROWS})")
+        int,
+        typer.Option(
+            min=1, max=MAX_HISTORY_ROWS, help=f"at most this many calls (up to {MAX_HISTORY_ROWS})"
+        ),
     ] = 1000,
     tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:
     """The calls in [START, END), oldest first, with their cost: browse or export usage."""
+    window = _window(start, end, tz, "--start/--end")
     _emit(
         lambda g: g.get_usage_history(
-            _aware(start, tz),
-            _aware(end, tz),
+            *window,
             provider=provider,
             model=model,
             user_id=user,
