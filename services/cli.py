@@ -31,7 +31,7 @@ from projections.queries import projection_status, spend_for_period
 from projections.rebuild import Progress, rebuild
 from projections.registry import PROJECTIONS, get_projection
 from services.cli_alerts import alerts_app
-from services.cli_context import settings, use_settings, validation_message
+from services.cli_context import settings, tracker, use_settings, validation_message
 from services.cli_keys import keys_app
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
@@ -221,8 +221,6 @@ def record(
     ] = None,
 ) -> None:
     """Publish one usage event from the shell and print it with its cost."""
-    from budget.tracker import get_usage_tracker
-
     tags = dict(_split_tag(t) for t in tag or [])
     occurred_at = None if at is None else _utc(at)
     normalize_usage(  # wrong counts are refused before connecting
@@ -234,9 +232,8 @@ def record(
     )
 
     async def go() -> str:
-        tracker = await get_usage_tracker(settings())
-        try:
-            event = await tracker.record_usage(
+        async with tracker() as started:
+            event = await started.record_usage(
                 model=model,
                 provider=provider,
                 input_tokens=input_tokens,
@@ -249,10 +246,8 @@ def record(
                 tags=tags,
                 occurred_at=occurred_at,
             )
-            await tracker.flush()
-            spooled = not tracker.publisher.connected
-        finally:
-            await tracker.close()
+            await started.flush()
+            spooled = not started.publisher.connected
         suffix = " (NATS unreachable: spooled, re-sent later)" if spooled else ""
         return event.model_dump_json(indent=2, exclude_none=True) + suffix
 
