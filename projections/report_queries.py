@@ -502,7 +502,7 @@ class ReportBuilder:
 
 
 def _zone_note(tz: tzinfo) -> list[str]:
-    return [] if tz is UTC else [f"days in time zone {tz}"]
+    return [] if str(tz) == "UTC" else [f"days in time zone {tz}"]
 
 
 # The rows of ``dimension`` (and ``key``, when not null) in [bounds[1], bounds[n]) with the

@@ -151,3 +151,4 @@ async def test_the_trend_counts_the_days_of_the_zone_asked_for(
     assert [r["cost_usd"] for r in utc.main.records() if r["requests"]] == [Decimal("2.00")]
     assert local.start.astimezone(kathmandu).time() == time(0)
     assert any("Asia/Kathmandu" in note for note in local.notes)
+    assert not any("time zone" in note for note in utc.notes)
