@@ -113,7 +113,7 @@ async def build(url: str, events: int, batch: int) -> None:
             events=events,
         )
         await conn.execute("ANALYZE report_daily_v1")
-        await conn.execute("ANALYZE report_hourly_v1")
+        await conn.execute("ANALYZE report_quarterly_v1")
     finally:
         await conn.close()
 

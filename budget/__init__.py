@@ -6,7 +6,7 @@ report generator ask the query service. Nothing here opens the database. The pri
 registry runs in-process.
 """
 
-from budget.alert_engine import AlertEngine, get_alert_engine
+from budget.alerts import AlertEngine, get_alert_engine
 from budget.checks import BudgetCheckFailed, BudgetExceeded
 from budget.config import ConfigError, Settings, load_settings
 from budget.manager import BudgetManager, get_budget_manager

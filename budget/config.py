@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -227,4 +229,15 @@ def _configured_policies(path: Path, document: dict[str, Any]) -> list[Any]:
 
 
 def _slug(name: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+    """A policy id part from a name, in the ids' alphabet. ASCII names keep their slug
+    ("Team A" -> "team-a"); others drop their accents and add the name's digest, so
+    "Équipe" and "Equipe" stay two policies ("equipe-<digest>"; "日本チーム": a digest)."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    slug = "-".join("".join(c if c.isalnum() else " " for c in plain).split())
+    if slug and name.isascii() and len(slug) <= _SLUG_ROOM:
+        return slug
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{slug[: _SLUG_ROOM - 13]}-{digest}" if slug else digest
+
+
+_SLUG_ROOM = 93  # "config-" and the slug within the ids' 100 characters

@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-__all__ = ["CALENDAR_PERIODS", "Period", "period_bounds", "period_start"]
+__all__ = ["CALENDAR_PERIODS", "Period", "local_midnight", "period_bounds", "period_start"]
 
 UTC = ZoneInfo("UTC")
 
@@ -46,8 +46,10 @@ def period_bounds(period: Period, instant: datetime, tz: tzinfo = UTC) -> tuple[
         end = start + timedelta(days=7)
     else:
         end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return _local_midnight(start, tz), _local_midnight(end, tz)
+    return local_midnight(start, tz), local_midnight(end, tz)
 
 
-def _local_midnight(day: date, tz: tzinfo) -> datetime:
+def local_midnight(day: date, tz: tzinfo) -> datetime:
+    """When ``day`` starts in ``tz``, in UTC (a midnight that a DST change skips: the
+    instant of the change)."""
     return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)

@@ -1,9 +1,10 @@
 """``ReportGenerator``: summary, trend, comparison, projection and custom reports (seed
 API), built by the query service from the report rollups and sent over NATS.
 
-Windows are in UTC at whole-hour precision; a window that does not start or end on the
-hour is widened to whole hours, and the report says so. Wrong arguments raise
-``ValueError`` with the query service's reason.
+Windows are exact to the quarter hour; a window that does not start or end on a quarter
+hour is widened to whole quarter hours, and the report says so. The summary, trend and
+projection count the days, weeks and months of ``tz`` (an IANA name, default UTC). Wrong
+arguments raise ``ValueError`` with the query service's reason.
 """
 
 from __future__ import annotations
@@ -37,16 +38,22 @@ class ReportGenerator:
             ReportQuery(kind="custom", start=start_date, end=end_date, group_by=list(group_by))
         )
 
-    async def generate_summary_report(self, period: str | Period = Period.MONTHLY) -> Report:
-        """The current calendar period (UTC) by provider and model, and the budgets."""
-        return await self.queries.report(ReportQuery(kind="summary", period=Period(period).value))
+    async def generate_summary_report(
+        self, period: str | Period = Period.MONTHLY, tz: str = "UTC"
+    ) -> Report:
+        """The current calendar period of ``tz`` by provider and model, and the budgets."""
+        query = ReportQuery(kind="summary", period=Period(period).value, tz=tz)
+        return await self.queries.report(query)
 
-    async def generate_trend_report(self, days: int = 30, interval: str = "daily") -> Report:
-        """Spend per day (or ISO week from Monday) over the last ``days`` days, today
-        included, with the change from the previous point."""
+    async def generate_trend_report(
+        self, days: int = 30, interval: str = "daily", tz: str = "UTC"
+    ) -> Report:
+        """Spend per day (or ISO week from Monday) of ``tz`` over the last ``days`` days,
+        today included, with the change from the previous point."""
         if days < 1:
             raise ValueError("days must be at least 1")
-        return await self.queries.report(ReportQuery(kind="trend", days=days, interval=interval))
+        query = ReportQuery(kind="trend", days=days, interval=interval, tz=tz)
+        return await self.queries.report(query)
 
     async def generate_comparison_report(
         self,
@@ -94,12 +101,16 @@ class ReportGenerator:
         )
         return await self.queries.report(query)
 
-    async def generate_projection_report(self, days_to_project: int = 30) -> Report:
-        """Forecast daily spend for ``days_to_project`` days and to the end of the month,
-        per calendar month, and when each budget would be exhausted at this pace."""
+    async def generate_projection_report(
+        self, days_to_project: int = 30, tz: str = "UTC"
+    ) -> Report:
+        """Forecast daily spend (days of ``tz``) for ``days_to_project`` days and to the end
+        of the month, per calendar month, and when each budget would be exhausted at this
+        pace."""
         if days_to_project < 1:
             raise ValueError("days_to_project must be at least 1")
-        return await self.queries.report(ReportQuery(kind="projection", days=days_to_project))
+        query = ReportQuery(kind="projection", days=days_to_project, tz=tz)
+        return await self.queries.report(query)
 
 
 _generator: ReportGenerator | None = None

@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
+from budget.disabled import DISABLED_REASON, DisabledPublisher
 from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_registry
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.usage import normalize_usage, usage_from_response
@@ -33,7 +34,10 @@ R = TypeVar("R")
 
 class UsageTracker:
     def __init__(
-        self, settings: Settings, registry: PricingRegistry, publisher: EventPublisher
+        self,
+        settings: Settings,
+        registry: PricingRegistry,
+        publisher: EventPublisher | DisabledPublisher,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -64,6 +68,11 @@ class UsageTracker:
         ``estimated_cost`` is given. Under BLOCK/THROTTLE policies an allowed call holds a
         reservation (``result.reservation_id``): pass it to ``record_usage`` to settle it,
         or to ``release_reservation`` if the call is not made."""
+        if isinstance(self.publisher, DisabledPublisher):
+            cost = estimated_cost or Decimal(0)
+            return CheckResult(
+                allowed=True, action=None, reason=DISABLED_REASON, estimated_cost=cost
+            )
         call = CallAttributes(
             model=model,
             provider=provider or self.registry.provider_of(model),
@@ -310,9 +319,15 @@ async def start_usage_tracker(settings: Settings) -> UsageTracker:
 
 async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     """The process's tracker, connected on first use (settings from config.yaml and
-    ``BUDGET_*`` variables unless given)."""
+    ``BUDGET_*`` variables unless given); a no-op one with ``budget.enabled: false``
+    (``budget.disabled``)."""
     global _tracker
     async with _lock:
         if _tracker is None:
-            _tracker = await start_usage_tracker(settings or load_settings())
+            settings = settings or load_settings()
+            if settings.enabled:
+                _tracker = await start_usage_tracker(settings)
+            else:
+                registry = await get_pricing_registry(settings.price_overrides)
+                _tracker = UsageTracker(settings, registry, DisabledPublisher())
         return _tracker

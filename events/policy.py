@@ -92,12 +92,7 @@ class BudgetPolicy(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
-        return value
+        return value if value is None else known_zone(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -122,6 +117,15 @@ class BudgetPolicy(BaseModel):
     @property
     def soft_limit(self) -> Decimal:
         return self.limit_amount * self.soft_limit_percent / 100
+
+
+def known_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone this host knows, else ``ValueError``."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name") from None
+    return name
 
 
 def _on_bucket(instant: datetime) -> bool:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from events.alerts import Alert, AlertRule, AlertSeverity, AlertType
 from events.envelope import UtcDatetime
-from events.policy import BudgetPolicy, BudgetScope
+from events.policy import BudgetPolicy, BudgetScope, known_zone
 from events.rpc import _Message
 
 __all__ = [
@@ -171,6 +171,11 @@ class ReportQuery(_Message):
     user_id: str | None = None
     project_id: str | None = None
     limit: int = Field(default=1000, ge=1, le=MAX_HISTORY_ROWS)
+    tz: Annotated[str, AfterValidator(known_zone)] = Field(
+        default="UTC",
+        description="IANA time zone whose days, weeks and months the summary, trend and"
+        " projection count",
+    )
 
 
 CellKind = Literal["text", "integer", "decimal", "date", "datetime"]

@@ -2,20 +2,24 @@
 report materializer's rollups (never from raw events). ``budget.ReportGenerator`` asks
 for them over NATS; the query service and the CLI build them here.
 
-Windows are in UTC at whole-hour precision: whole days come from the daily rollups, the
-hours at either edge from the hourly ones. A window that does not start or end on the hour
-is widened to whole hours, and the report says so.
+Windows are exact to the quarter hour: whole UTC days come from the daily rollups, the
+rest from the quarter-hour ones. A window that does not start or end on a quarter hour is
+widened to whole quarter hours, and the report says so. Reports that count calendar days,
+weeks or months (summary, trend, projection) count them in the query's time zone (``tz``,
+an IANA name; UTC by default): each local day is [local midnight, next local midnight),
+23 or 25 hours across a DST change, and every zone's midnight falls on a quarter hour.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 from budget.forecast import METHOD, forecast
-from budget.periods import Period, period_bounds
+from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
@@ -25,7 +29,7 @@ from projections.base import Connection
 from projections.policies import load_policies
 from projections.windows import window_sums
 
-__all__ = ["ReportBuilder", "Totals", "ceil_hour", "floor_hour"]
+__all__ = ["ReportBuilder", "Totals", "ceil_quarter", "floor_quarter", "rollup_dimension"]
 
 _MEASURES = (
     "sum(cost)",
@@ -36,8 +40,7 @@ _MEASURES = (
 )
 _MEASURE_COLUMNS = ("cost_usd", "requests", "unpriced_requests", "input_tokens", "output_tokens")
 _HISTORY_DAYS = 56
-_HOUR = timedelta(hours=1)
-_DAY = timedelta(days=1)
+_QUARTER = timedelta(minutes=15)
 
 
 class Totals(NamedTuple):
@@ -53,7 +56,7 @@ class Totals(NamedTuple):
         return (self.key1, self.key2)[:count]
 
 
-def _dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+def rollup_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """The rollup dimension answering ``group_by``, and the columns its keys fill."""
     groups = tuple(g for g in GROUPS if g in group_by)
     unknown = set(group_by) - set(GROUPS)
@@ -79,17 +82,21 @@ def _required(value: datetime | None, name: str) -> datetime:
     return value
 
 
-def floor_hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+def floor_quarter(at: datetime) -> datetime:
+    """The start of the rollups' quarter hour holding ``at``, in UTC."""
+    at = at.astimezone(UTC)
+    return at.replace(minute=at.minute - at.minute % 15, second=0, microsecond=0)
 
 
-def ceil_hour(at: datetime) -> datetime:
-    floor = floor_hour(at)
-    return floor if floor == at else floor + _HOUR
+def ceil_quarter(at: datetime) -> datetime:
+    floor = floor_quarter(at)
+    return floor if floor == at else floor + _QUARTER
 
 
-def _midnight(at: datetime) -> datetime:
-    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+def _local_days(first: date, count: int, tz: tzinfo) -> list[datetime]:
+    """The ``count + 1`` local midnights (in UTC) that bound ``count`` days from ``first``
+    (on quarter hours, as every zone's are since the 1970s; an older odd offset is floored)."""
+    return [floor_quarter(local_midnight(first + timedelta(n), tz)) for n in range(count + 1)]
 
 
 class ReportBuilder:
@@ -100,12 +107,13 @@ class ReportBuilder:
 
     async def answer(self, query: ReportQuery) -> Report:
         """The report ``query`` asks for (``ValueError`` when its arguments are wrong)."""
+        tz = ZoneInfo(query.tz)
         if query.kind == "summary":
-            return await self.generate_summary_report(query.period)
+            return await self.generate_summary_report(query.period, tz)
         if query.kind == "trend":
-            return await self.generate_trend_report(query.days, query.interval)
+            return await self.generate_trend_report(query.days, query.interval, tz)
         if query.kind == "projection":
-            return await self.generate_projection_report(query.days)
+            return await self.generate_projection_report(query.days, tz)
         start, end = _required(query.start, "start"), _required(query.end, "end")
         if query.kind == "custom":
             return await self.generate_report(start, end, query.group_by)
@@ -125,7 +133,7 @@ class ReportBuilder:
         self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
     ) -> Report:
         """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total)."""
-        dimension, columns = _dimension(group_by)
+        dimension, columns = rollup_dimension(group_by)
         start, end, notes = self._window(start_date, end_date)
         conn = self.conn
         rows = await self.totals(conn, dimension, start, end)
@@ -134,31 +142,33 @@ class ReportBuilder:
             f"Usage report by {', '.join(columns) or 'total'}", start, end, [table], notes
         )
 
-    async def generate_summary_report(self, period: str | Period = Period.MONTHLY) -> Report:
-        """The current calendar period (UTC) by provider and model, and the budgets."""
+    async def generate_summary_report(
+        self, period: str | Period = Period.MONTHLY, tz: tzinfo = UTC
+    ) -> Report:
+        """The current calendar period (in ``tz``) by provider and model, and the budgets."""
         now = utc_now()
-        start, end = period_bounds(Period(period), now)
+        start, end = period_bounds(Period(period), now, tz)
         conn = self.conn
-        rows = await self.totals(conn, "model", start, ceil_hour(now))
+        rows = await self.totals(conn, "model", start, ceil_quarter(now))
         budgets = await self._budgets(conn, now)
         table = self._grouped_table("By provider and model", ("provider", "model"), rows)
         title = f"{Period(period).value.capitalize()} summary"
-        return Report(title, start, end, [table, budgets])
+        return Report(title, start, end, [table, budgets], _zone_note(tz))
 
-    async def generate_trend_report(self, days: int = 30, interval: str = "daily") -> Report:
-        """Spend per day (or ISO week from Monday) over the last ``days`` days, today
-        included, with the change from the previous point."""
+    async def generate_trend_report(
+        self, days: int = 30, interval: str = "daily", tz: tzinfo = UTC
+    ) -> Report:
+        """Spend per day (or ISO week from Monday) of ``tz`` over the last ``days`` days,
+        today included, with the change from the previous point."""
         if interval not in ("daily", "weekly"):
             raise ValueError(f"interval must be daily or weekly, not {interval!r}")
         if days < 1:
             raise ValueError("days must be at least 1")
-        today = _midnight(utc_now())
-        start, end = today - (days - 1) * _DAY, today + _DAY
-        conn = self.conn
-        series = await self._daily(conn, "total", None, start, end)
+        first = utc_now().astimezone(tz).date() - timedelta(days - 1)
+        series = await self.daily(self.conn, "total", None, first, days, tz)
         costs: dict[date, Decimal] = {}
         counts: dict[date, int] = {}
-        for day in (start.date() + timedelta(n) for n in range(days)):
+        for day in (first + timedelta(n) for n in range(days)):
             key = day - timedelta(day.weekday()) if interval == "weekly" else day
             cost, requests = series.get(day, (Decimal(0), 0))
             costs[key] = costs.get(key, Decimal(0)) + cost
@@ -173,7 +183,8 @@ class ReportBuilder:
             ("period_start", "cost_usd", "requests", "change_usd"),
             rows if any(r[2] for r in rows) else [],
         )
-        return Report(f"Spend trend, last {days} days", start, end, [table])
+        start, end = local_midnight(first, tz), local_midnight(first + timedelta(days), tz)
+        return Report(f"Spend trend, last {days} days", start, end, [table], _zone_note(tz))
 
     async def generate_comparison_report(
         self,
@@ -185,7 +196,7 @@ class ReportBuilder:
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change (a
         group absent from the previous window has no percent change)."""
-        dimension, columns = _dimension(group_by)
+        dimension, columns = rollup_dimension(group_by)
         now_start, now_end, notes = self._window(current_start, current_end)
         then_start, then_end, then_notes = self._window(previous_start, previous_end)
         conn = self.conn
@@ -212,24 +223,30 @@ class ReportBuilder:
         notes.append(f"previous window {then_start.isoformat()} to {then_end.isoformat()}")
         return Report("Period comparison", now_start, now_end, [table], notes)
 
-    async def generate_projection_report(self, days_to_project: int = 30) -> Report:
-        """Forecast daily spend from today for ``days_to_project`` days and at least to the
-        end of the month: per day with its interval, per calendar month (a month's
-        projection never runs past its end into the next), and when each budget would be
-        exhausted at this pace."""
+    async def generate_projection_report(
+        self, days_to_project: int = 30, tz: tzinfo = UTC
+    ) -> Report:
+        """Forecast daily spend (days of ``tz``) from today for ``days_to_project`` days
+        and at least to the end of the month: per day with its interval, per calendar
+        month (a month's projection never runs past its end into the next), and when each
+        budget would be exhausted at this pace."""
         if days_to_project < 1:
             raise ValueError("days_to_project must be at least 1")
         now = utc_now()
-        today = _midnight(now)
-        month_start, month_end = period_bounds(Period.MONTHLY, now)
-        horizon = max(days_to_project, (month_end - today).days)
+        today = now.astimezone(tz).date()
+        month_first = today.replace(day=1)
+        month_last = (month_first + timedelta(days=31)).replace(day=1)
+        horizon = max(days_to_project, (month_last - today).days)
+        start, end = local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz)
         conn = self.conn
-        history = await self._history(conn, "total", None, today)
-        month_actual = await self._daily(conn, "total", None, month_start, today)
-        budget_rows = await self._budget_forecasts(conn, now, today, horizon)
+        history = await self._history(conn, "total", None, today, tz)
+        month_actual = await self.daily(
+            conn, "total", None, month_first, (today - month_first).days, tz
+        )
+        budget_rows = await self._budget_forecasts(conn, now, today, horizon, tz)
         if not history:
             empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
-            return Report("Spend projection", today, today + horizon * _DAY, [empty])
+            return Report("Spend projection", start, end, [empty], _zone_note(tz))
         ahead = forecast(history, horizon)
         days = Table(
             "Daily forecast",
@@ -243,7 +260,7 @@ class ReportBuilder:
             for i, value in enumerate((Decimal(0), f.expected, f.low, f.high)):
                 sums[i] += value
         actual = sum((cost for cost, _ in month_actual.values()), Decimal(0))
-        months[month_start.date()][0] = actual
+        months[month_first][0] = actual
         periods = Table(
             "Per calendar month (each reset starts from zero)",
             ("month", "actual_usd", "projected_total_usd", "low_usd", "high_usd"),
@@ -254,10 +271,14 @@ class ReportBuilder:
         )
         return Report(
             "Spend projection",
-            today,
-            today + horizon * _DAY,
+            start,
+            end,
             [days, periods, budget_rows],
-            [f"method: {METHOD}", f"fitted on the {len(history)} days before today"],
+            [
+                f"method: {METHOD}",
+                f"fitted on the {len(history)} days before today",
+                *_zone_note(tz),
+            ],
         )
 
     async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
@@ -314,67 +335,70 @@ class ReportBuilder:
             raise ValueError("the window's end must be after its start")
         if not whole_hours:  # raw events: any precision
             return start, end, []
-        wide_start, wide_end = floor_hour(start), ceil_hour(end)
+        wide_start, wide_end = floor_quarter(start), ceil_quarter(end)
         notes = []
         if (wide_start, wide_end) != (start, end):
-            notes.append("window widened to whole hours (the rollups are hourly)")
+            notes.append("window widened to whole quarter hours (the rollups' grain)")
         return wide_start, wide_end, notes
 
     async def totals(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
     ) -> list[Totals]:
         """Totals per key of ``dimension`` (``total``, ``provider``, ``model`` keyed by
-        provider and model, ``user``, ``project``, ``kind``) in [start, end) on whole hours,
-        dearest first: whole days from the daily rollups, the edges from the hourly ones."""
-        first_day = _midnight(start) if _midnight(start) == start else _midnight(start) + _DAY
-        last_day = _midnight(end)
-        if first_day >= last_day:
-            first_day = last_day = end  # no whole day: hours only
+        provider and model, ``user``, ``project``, ``kind``) in [start, end) on quarter
+        hours, dearest first."""
         measures = ", ".join(_MEASURES)
         cursor = await conn.execute(
-            f"""SELECT key1, key2, {measures} FROM (
-                    SELECT * FROM report_daily WHERE dimension = %(d)s
-                        AND period_start >= %(first_day)s AND period_start < %(last_day)s
-                    UNION ALL
-                    SELECT * FROM report_hourly WHERE dimension = %(d)s
-                        AND ((period_start >= %(start)s AND period_start < %(first_day)s)
-                          OR (period_start >= %(last_day)s AND period_start < %(end)s))
-                ) r GROUP BY key1, key2 ORDER BY sum(cost) DESC, key1, key2""".encode(),
-            {
-                "d": dimension,
-                "start": start,
-                "end": end,
-                "first_day": first_day,
-                "last_day": last_day,
-            },
+            f"""SELECT key1, key2, {measures} FROM ({_SPANS}) r
+                GROUP BY key1, key2 ORDER BY sum(cost) DESC, key1, key2""".encode(),
+            {"d": dimension, "key": None, "bounds": [start, end]},
         )
         return [Totals(*row) for row in await cursor.fetchall()]
+
+    async def spans(
+        self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
+    ) -> list[tuple[Decimal, int]]:
+        """(cost, requests) of ``dimension`` (one key, or all) in each span between
+        consecutive ``bounds`` (ascending, on quarter hours)."""
+        cursor = await conn.execute(
+            f"""SELECT span, sum(cost), sum(requests)::bigint FROM ({_SPANS}) r
+                GROUP BY span""".encode(),
+            {"d": dimension, "key": key, "bounds": list(bounds)},
+        )
+        found = {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
+        return [found.get(n, (Decimal(0), 0)) for n in range(1, len(bounds))]
+
+    async def daily(
+        self,
+        conn: Connection,
+        dimension: str,
+        key: str | None,
+        first: date,
+        days: int,
+        tz: tzinfo = UTC,
+    ) -> dict[date, tuple[Decimal, int]]:
+        """(cost, requests) of each of ``days`` days of ``tz`` from ``first`` with spend."""
+        if days < 1:
+            return {}
+        spans = await self.spans(conn, dimension, key, _local_days(first, days, tz))
+        return {first + timedelta(n): s for n, s in enumerate(spans) if s[1] or s[0]}
 
     async def _costs(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
     ) -> dict[tuple[str, ...], Decimal]:
         return {r.keys(2): r.cost for r in await self.totals(conn, dimension, start, end)}
 
-    async def _daily(
-        self, conn: Connection, dimension: str, key: str | None, start: datetime, end: datetime
-    ) -> dict[date, tuple[Decimal, int]]:
-        cursor = await conn.execute(
-            "SELECT period_start, sum(cost), sum(requests)::bigint FROM report_daily"
-            " WHERE dimension = %s AND (%s::text IS NULL OR key1 = %s OR key2 = %s)"
-            " AND period_start >= %s AND period_start < %s GROUP BY 1",
-            (dimension, key, key, key, start, end),
-        )
-        return {row[0].astimezone(UTC).date(): (row[1], row[2]) for row in await cursor.fetchall()}
-
     async def _history(
-        self, conn: Connection, dimension: str, key: str | None, today: datetime
+        self, conn: Connection, dimension: str, key: str | None, today: date, tz: tzinfo
     ) -> list[tuple[date, Decimal]]:
-        """Daily totals before today, from the first day with spend (at most 56 days)."""
-        daily = await self._daily(conn, dimension, key, today - _HISTORY_DAYS * _DAY, today)
+        """Daily totals (days of ``tz``) before today, from the first day with spend (at
+        most 56 days)."""
+        start = today - timedelta(_HISTORY_DAYS)
+        daily = await self.daily(conn, dimension, key, start, _HISTORY_DAYS, tz)
         if not daily:
             return []
         first = min(daily)
-        span = (today.date() - first).days
+        span = (today - first).days
         return [
             (first + timedelta(n), daily.get(first + timedelta(n), (Decimal(0), 0))[0])
             for n in range(span)
@@ -442,7 +466,7 @@ class ReportBuilder:
         )
 
     async def _budget_forecasts(
-        self, conn: Connection, now: datetime, today: datetime, horizon: int
+        self, conn: Connection, now: datetime, today: date, horizon: int, tz: tzinfo
     ) -> Table:
         rows: list[tuple[Cell, ...]] = []
         for window, amount in await self._live_spend(conn, now):
@@ -452,12 +476,11 @@ class ReportBuilder:
                 else (window.policy.scope.value)
             )
             key = None if dimension == "total" else window.key
-            history = await self._history(conn, dimension, key, today)
+            history = await self._history(conn, dimension, key, today, tz)
             limit = window.policy.limit_amount
-            running, exhausted = amount, today.date() if amount >= limit else None
+            running, exhausted = amount, today if amount >= limit else None
             for f in forecast(history, horizon) if history else []:
-                day_start = datetime(f.day.year, f.day.month, f.day.day, tzinfo=UTC)
-                if day_start >= window.end:
+                if local_midnight(f.day, tz) >= window.end:
                     break  # the period resets: later spend counts against the next one
                 running += f.expected
                 if exhausted is None and running >= limit:
@@ -476,3 +499,32 @@ class ReportBuilder:
             ),
             rows,
         )
+
+
+def _zone_note(tz: tzinfo) -> list[str]:
+    return [] if str(tz) == "UTC" else [f"days in time zone {tz}"]
+
+
+# The rows of ``dimension`` (and ``key``, when not null) in [bounds[1], bounds[n]) with the
+# span each falls in (``width_bucket``: 1 for [bounds[1], bounds[2]), ...). A UTC day that
+# lies whole in one span is read from the daily rollups, the rest from the quarter-hour
+# ones: each quarter hour is counted exactly once, and a local day of a zone 5:45 ahead
+# reads 24 quarter hours and no daily row.
+_SPANS = """
+    WITH b AS (SELECT %(bounds)s::timestamptz[] AS t)
+    SELECT width_bucket(r.period_start, b.t) AS span, r.*
+    FROM report_daily r, b
+    WHERE r.dimension = %(d)s AND (%(key)s::text IS NULL OR %(key)s IN (r.key1, r.key2))
+      AND r.period_start >= b.t[1] AND r.period_start < b.t[cardinality(b.t)]
+      AND width_bucket(r.period_start, b.t)
+          = width_bucket(r.period_start + interval '1 day' - interval '1 microsecond', b.t)
+    UNION ALL
+    SELECT width_bucket(r.period_start, b.t), r.*
+    FROM report_quarterly r, b
+    WHERE r.dimension = %(d)s AND (%(key)s::text IS NULL OR %(key)s IN (r.key1, r.key2))
+      AND r.period_start >= b.t[1] AND r.period_start < b.t[cardinality(b.t)]
+      AND width_bucket(date_trunc('day', r.period_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+                       b.t)
+          <> width_bucket(date_trunc('day', r.period_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                          + interval '1 day' - interval '1 microsecond', b.t)
+"""

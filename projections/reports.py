@@ -1,11 +1,13 @@
-"""The report materializer: hourly and daily rollups of usage, so reports never scan raw
-events.
+"""The report materializer: quarter-hour and daily rollups of usage, so reports never scan
+raw events.
 
 Every usage event adds to one row per dimension in each grain: ``total``, ``provider``,
 ``model`` (keyed by provider and model), ``user``, ``project`` and ``kind``. Days are
-UTC days. The ledger (one row per event, with its dimensions) makes apply idempotent
-beyond JetStream's duplicate window and lets a correction (``UsageRepriced``) move its
-event's cost in every row it counted in (the ledger rule of ``projections/ledger.py``).
+UTC days; quarter hours (the spend projection's buckets) hold every time zone's
+midnight, 45-minute offsets included, so a report's local days are exact. The ledger (one
+row per event, with its dimensions) makes apply idempotent beyond JetStream's duplicate
+window and lets a correction (``UsageRepriced``) move its event's cost in every row it
+counted in (the ledger rule of ``projections/ledger.py``).
 Aggregation runs in PostgreSQL, one statement per batch, as in the spend projection.
 """
 
@@ -18,7 +20,7 @@ from typing import ClassVar
 from events import UsageRecorded, UsageRepriced
 from projections.base import Applied, Connection, Projection, physical
 from projections.ledger import Booked, Ledger, corrections_ddl
-from projections.spend import MEASURES
+from projections.spend import BUCKET_SQL, MEASURES
 from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
 
 __all__ = ["DIMENSIONS", "GRAINS", "ReportsProjection"]
@@ -33,18 +35,19 @@ DIMENSIONS = (
     ("project", "project_id", "''"),
     ("kind", "kind", "''"),
 )
-GRAINS = ("hour", "day")
+GRAINS = ("quarter", "day")
+_UTC_DAY = "date_trunc('day', {} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
 # Where a usage event counts, as the ledger keeps it for its corrections.
 _WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
 
 
 class ReportsProjection(Projection):
     name: ClassVar[str] = "reports"
-    tables = ("report_hourly", "report_daily", "report_ledger", "report_corrections")
+    tables = ("report_quarterly", "report_daily", "report_ledger", "report_corrections")
     event_types = (UsageRecorded, UsageRepriced)
 
     def ddl(self, version: int) -> list[str]:
-        hourly, daily, ledger, corrections = (physical(t, version) for t in self.tables)
+        quarterly, daily, ledger, corrections = (physical(t, version) for t in self.tables)
         measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
         rollups = [
             f"""CREATE TABLE {table} (
@@ -54,7 +57,7 @@ class ReportsProjection(Projection):
                 period_start timestamptz NOT NULL,
                 {measures},
                 PRIMARY KEY (dimension, period_start, key1, key2))"""
-            for table in (hourly, daily)
+            for table in (quarterly, daily)
         ]
         return [
             *rollups,
@@ -88,7 +91,7 @@ class ReportsProjection(Projection):
         """Roll up usage events given as one JSON array and a ``{seq,...}`` array literal
         (what ``usage_rows`` builds from a batch; the report benchmark loads rows this way)."""
         rows, params = SOURCE, (documents, stream_seqs)
-        hourly, daily, ledger, _ = (physical(t, version) for t in self.tables)
+        quarterly, daily, ledger, _ = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
         regroup = ", ".join(f"sum({n}) AS {n}" for n, _, _ in MEASURES)
@@ -116,25 +119,23 @@ class ReportsProjection(Projection):
                 RETURNING event_id, stream_seq
             ), cells AS (
                 SELECT provider, model, user_id, project_id, kind,
-                       date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                           AS hour,
+                       {BUCKET_SQL.format("occurred_at")} AS quarter,
                        {cell_sums}
                 FROM batch JOIN fresh USING (event_id, stream_seq)
-                GROUP BY provider, model, user_id, project_id, kind, hour
+                GROUP BY provider, model, user_id, project_id, kind, quarter
             ), rolled AS (
-                SELECT dimension, key1, key2, hour, {regroup}
+                SELECT dimension, key1, key2, quarter, {regroup}
                 FROM cells CROSS JOIN LATERAL (VALUES {fan_out}) AS d(dimension, key1, key2)
-                GROUP BY dimension, key1, key2, hour
+                GROUP BY dimension, key1, key2, quarter
             ), days AS (
                 INSERT INTO {daily} (dimension, key1, key2, period_start, {names})
-                SELECT dimension, key1, key2,
-                       date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {regroup}
+                SELECT dimension, key1, key2, {_UTC_DAY.format("quarter")}, {regroup}
                 FROM rolled GROUP BY 1, 2, 3, 4
                 {upsert(daily)}
             )
-            INSERT INTO {hourly} (dimension, key1, key2, period_start, {names})
+            INSERT INTO {quarterly} (dimension, key1, key2, period_start, {names})
             SELECT * FROM rolled
-            {upsert(hourly)}
+            {upsert(quarterly)}
             """.encode(),
             params,
         )
@@ -144,7 +145,7 @@ class ReportsProjection(Projection):
         the ledger recorded it), one statement per grain for the batch."""
         if not booked:
             return
-        hourly, daily = (physical(t, version) for t in self.tables[:2])
+        quarterly, daily = (physical(t, version) for t in self.tables[:2])
         names = ", ".join(name for name, _, _ in MEASURES)
         zeros = ", ".join("0" for _ in MEASURES[3:])
         fan_out = ", ".join(f"('{d}', {k1}, {k2})" for d, k1, k2 in DIMENSIONS)
@@ -159,13 +160,12 @@ class ReportsProjection(Projection):
                 for b in booked
             ]
         )
-        for table, unit in ((hourly, "hour"), (daily, "day")):
+        for table, grain in ((quarterly, BUCKET_SQL), (daily, _UTC_DAY)):
             await conn.execute(
                 f"""
                 INSERT INTO {table} (dimension, key1, key2, period_start, {names})
-                SELECT dimension, key1, key2,
-                       date_trunc('{unit}', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                           AS period, sum(cost), 0, sum(unpriced), {zeros}
+                SELECT dimension, key1, key2, {grain.format("occurred_at")} AS period,
+                       sum(cost), 0, sum(unpriced), {zeros}
                 FROM jsonb_to_recordset(%s::jsonb) AS e(occurred_at timestamptz, cost numeric,
                      unpriced bigint, provider text, model text, user_id text,
                      project_id text, kind text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -12,20 +13,25 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import psycopg
+import sqlalchemy.exc
 import typer
+from nats.errors import Error as NatsError
+from psycopg import errors as pg_errors
+from pydantic import ValidationError
 from tqdm import tqdm
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from budget.config import ConfigError, load_settings, shown_url
 from budget.periods import Period
 from budget.queries import NotApplied
-from events import utc_now
+from budget.usage import normalize_usage
+from events import BudgetScope, utc_now
 from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
 from projections.rebuild import Progress, rebuild
 from projections.registry import PROJECTIONS, get_projection
 from services.cli_alerts import alerts_app
-from services.cli_context import settings, use_settings
+from services.cli_context import settings, tracker, use_settings, validation_message
 from services.cli_keys import keys_app
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
@@ -51,13 +57,22 @@ app.add_typer(report_app, name="report", help="Reports, forecasts and usage hist
 app.add_typer(keys_app, name="api-key", help="Create, list and revoke HTTP API keys.")
 
 
+# Commands that run until stopped: their log is their output.
+_SERVICES = frozenset({"up", "api", "worker", "enforcer", "notifier", "query-service"})
+
+
 @app.callback()
 def _configure(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Option(help="config.yaml to read (default: $BUDGET_CONFIG or ./config.yaml)"),
     ] = None,
 ) -> None:
+    if ctx.invoked_subcommand not in _SERVICES:
+        # A command answers in its output or one error line; library warnings on the way
+        # (a NATS reconnect, spooling) would make that error several lines.
+        logging.lastResort = logging.NullHandler()
     use_settings(load_settings(config))
 
 
@@ -71,11 +86,18 @@ def up(
         Path | None, typer.Option(help="where NATS and PostgreSQL keep data (default .budget)")
     ] = None,
     nats_port: Annotated[
-        int | None, typer.Option(help="NATS client port (default: a free one, kept across runs)")
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="NATS client port (default: a free one, kept across runs)"
+        ),
     ] = None,
     api_port: Annotated[
         int | None,
-        typer.Option(help="web console and HTTP API port (default: a free one, kept across runs)"),
+        typer.Option(
+            min=1,
+            max=65535,
+            help="web console and HTTP API port (default: a free one, kept across runs)",
+        ),
     ] = None,
 ) -> None:
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
@@ -199,15 +221,19 @@ def record(
     ] = None,
 ) -> None:
     """Publish one usage event from the shell and print it with its cost."""
-    from budget.tracker import get_usage_tracker
-
     tags = dict(_split_tag(t) for t in tag or [])
     occurred_at = None if at is None else _utc(at)
+    normalize_usage(  # wrong counts are refused before connecting
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_tokens=cached_tokens,
+        cache_write_tokens=cache_write_tokens,
+        reasoning_tokens=reasoning_tokens,
+    )
 
     async def go() -> str:
-        tracker = await get_usage_tracker(settings())
-        try:
-            event = await tracker.record_usage(
+        async with tracker() as started:
+            event = await started.record_usage(
                 model=model,
                 provider=provider,
                 input_tokens=input_tokens,
@@ -220,10 +246,8 @@ def record(
                 tags=tags,
                 occurred_at=occurred_at,
             )
-            await tracker.flush()
-            spooled = not tracker.publisher.connected
-        finally:
-            await tracker.close()
+            await started.flush()
+            spooled = not started.publisher.connected
         suffix = " (NATS unreachable: spooled, re-sent later)" if spooled else ""
         return event.model_dump_json(indent=2, exclude_none=True) + suffix
 
@@ -240,9 +264,7 @@ def _split_tag(text: str) -> tuple[str, str]:
 @app.command()
 def spend(
     period: Annotated[Period, typer.Option(help="calendar period (UTC)")] = Period.MONTHLY,
-    scope: Annotated[
-        str | None, typer.Option(help="global, user, provider, model or project (default all)")
-    ] = None,
+    scope: Annotated[BudgetScope | None, typer.Option(help="only this scope (default all)")] = None,
     at: Annotated[
         datetime | None, typer.Option(help="a time inside the period (default now)")
     ] = None,
@@ -253,7 +275,7 @@ def spend(
 
     async def go() -> None:
         async with database(settings().database_url) as conn:
-            rows = await spend_for_period(conn, period, instant, scope)
+            rows = await spend_for_period(conn, period, instant, scope and scope.value)
         if as_json:
             for r in rows:
                 typer.echo(json.dumps({**r.__dict__, "cost": str(r.cost)}, default=str))
@@ -399,13 +421,23 @@ def main() -> None:
         sys.exit(2)
     except typer.TyperException as exc:  # click's usage errors: bad option, missing value
         message = exc.format_message() if isinstance(exc, ClickException) else str(exc)
-        _fail(f"{message} (see --help)")
+        _fail(f"{message.replace('Value error, ', '')} (see --help)")
+    except ValidationError as exc:
+        _fail(validation_message(exc))
     except (ConfigError, ConnectError, LogError, ValueError, NotApplied) as exc:
         _fail(str(exc))
+    except pg_errors.UndefinedTable:
+        _fail("the database has no Budget Manager tables yet; run `budget migrate` first")
     except ConnectionError as exc:
         _fail(f"{exc}; start NATS with `budget up` or set BUDGET_NATS_URL")
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except NatsError as exc:
+        _fail(
+            f"NATS at {shown_url(settings().nats_url)} did not answer ({exc}); is `budget up`"
+            " (or `budget migrate` and the workers) running there?"
+        )
+    except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
+        cause = exc.orig if isinstance(exc, sqlalchemy.exc.OperationalError) else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
         _fail(
             f"cannot reach PostgreSQL ({first}); start it with `budget up` or set"
             " BUDGET_DATABASE_URL"

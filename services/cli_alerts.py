@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-from budget.alert_engine import AlertEngine, StoredAlert
-from services.cli_context import database_queries, settings, tracker
+from budget.alerts import AlertEngine, StoredAlert
+from events.policy import PolicyId
+from services.cli_context import checked, database_queries, settings, tracker
 
 __all__ = ["alerts_app"]
 
@@ -26,7 +27,9 @@ async def _engine() -> AsyncIterator[AlertEngine]:
 
 @alerts_app.command("list")
 def list_alerts(
-    policy: Annotated[str | None, typer.Option(help="only this policy's alerts")] = None,
+    policy: Annotated[
+        str | None, typer.Option(callback=checked(PolicyId), help="only this policy's alerts")
+    ] = None,
     unacknowledged: Annotated[bool, typer.Option(help="only those nobody acknowledged")] = False,
     resolved: Annotated[bool, typer.Option(help="include resolved alerts")] = False,
 ) -> None:

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import typer
+from pydantic import TypeAdapter, ValidationError
 
 from budget.config import Settings
 from budget.tracker import UsageTracker, start_usage_tracker
 from projections.database_queries import DatabaseQueries
 
-__all__ = ["database_queries", "settings", "tracker", "use_settings"]
+__all__ = [
+    "checked",
+    "database_queries",
+    "settings",
+    "tracker",
+    "use_settings",
+    "validation_message",
+]
+
+T = TypeVar("T")
 
 _state: dict[str, Settings] = {}
 
@@ -38,3 +51,27 @@ async def database_queries() -> AsyncIterator[DatabaseQueries]:
     and should not need the query service running to look."""
     async with DatabaseQueries(settings().database_url) as queries:
         yield queries
+
+
+def validation_message(exc: ValidationError, subject: str | None = None) -> str:
+    """Pydantic's first complaint as ``field: what is wrong`` in one line (its own report
+    runs to several and ends with a link); ``subject`` names a whole-model complaint."""
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or subject or exc.title
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def checked(kind: Any) -> Callable[[T], T]:
+    """A typer callback that holds an argument to the contract's type (an id's pattern, a
+    non-negative amount) while parsing, so a wrong one is refused before anything connects."""
+    adapter: TypeAdapter[object] = TypeAdapter(kind)
+
+    def check(value: T) -> T:
+        if value is not None:
+            try:
+                adapter.validate_python(value)
+            except ValidationError as exc:
+                raise typer.BadParameter(exc.errors()[0]["msg"]) from None
+        return value
+
+    return check

@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 
 from events import ApiRole
+from events.access import KeyId
 from projections.api_keys import list_keys
 from services.api.keys import KeyAdmin
-from services.cli_context import database_queries, settings, tracker
+from services.cli_context import checked, database_queries, settings, tracker
 
 __all__ = ["keys_app"]
 
@@ -62,7 +63,9 @@ def list_command() -> None:
 
 
 @keys_app.command("revoke")
-def revoke(key_id: Annotated[str, typer.Argument(help="the key id `list` shows")]) -> None:
+def revoke(
+    key_id: Annotated[str, typer.Argument(callback=checked(KeyId), help="the key id `list` shows")],
+) -> None:
     """Revoke a key: the HTTP API refuses it from the next request on."""
 
     async def go() -> bool:

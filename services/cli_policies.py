@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from budget.manager import BudgetManager
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
+from events.policy import Money, PolicyId
 from events.rpc import CheckResult
-from services.cli_context import database_queries, settings, tracker
+from services.cli_context import checked, database_queries, settings, tracker, validation_message
 
 __all__ = ["check", "policy_app"]
 
@@ -73,9 +74,7 @@ def set_policy(
     try:
         policy = BudgetPolicy.model_validate(fields)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "policy"
-        raise ValueError(f"{where}: {error['msg'].removeprefix('Value error, ')}") from None
+        raise ValueError(validation_message(exc, "policy")) from None
 
     async def go() -> None:
         async with _manager() as manager:
@@ -104,13 +103,17 @@ def list_policies(
 
 
 @policy_app.command("show")
-def show_policy(policy_id: Annotated[str, typer.Argument(help="the policy's id")]) -> None:
+def show_policy(
+    policy_id: Annotated[str, typer.Argument(callback=checked(PolicyId), help="the policy's id")],
+) -> None:
     """Print one policy as JSON."""
     typer.echo(_existing(policy_id).model_dump_json(indent=2))
 
 
 @policy_app.command("delete")
-def delete_policy(policy_id: Annotated[str, typer.Argument(help="the policy's id")]) -> None:
+def delete_policy(
+    policy_id: Annotated[str, typer.Argument(callback=checked(PolicyId), help="the policy's id")],
+) -> None:
     """Delete a policy (a PolicyDeleted event; history keeps it)."""
 
     async def go() -> bool:
@@ -124,13 +127,15 @@ def delete_policy(policy_id: Annotated[str, typer.Argument(help="the policy's id
 
 def check(
     model: Annotated[str, typer.Argument(help="model id, e.g. gpt-4o")],
-    tokens: Annotated[int, typer.Option(help="estimated tokens (priced as output)")] = 0,
+    tokens: Annotated[int, typer.Option(min=0, help="estimated tokens (priced as output)")] = 0,
     user: Annotated[str | None, typer.Option(help="user id")] = None,
     project: Annotated[str | None, typer.Option(help="project id")] = None,
     provider: Annotated[str | None, typer.Option(help="provider (default: from the model)")] = (
         None
     ),
-    cost: Annotated[Decimal | None, typer.Option(help="estimated cost in USD instead")] = None,
+    cost: Annotated[
+        Decimal | None, typer.Option(callback=checked(Money), help="estimated cost in USD instead")
+    ] = None,
     reserve: Annotated[
         bool, typer.Option(help="hold the estimate (expires unless usage settles it)")
     ] = False,

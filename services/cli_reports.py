@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 
 from budget.periods import Period
 from budget.report_format import ExportFormat, Report
 from budget.reports import GROUPS, ReportGenerator
+from events.policy import known_zone
 from events.queries import MAX_HISTORY_ROWS
+from projections.report_queries import rollup_dimension
 from services.cli_context import database_queries
 
 __all__ = ["report_app"]
@@ -24,9 +27,50 @@ FormatOption = Annotated[ExportFormat, typer.Option("--format", help="md, csv or
 OutputOption = Annotated[
     Path | None, typer.Option("--output", help="write to this file instead of stdout")
 ]
+
+
+def _zone(name: str) -> str:
+    try:
+        return known_zone(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+TzOption = Annotated[
+    str,
+    typer.Option(
+        "--tz",
+        callback=_zone,
+        help="IANA time zone whose days, weeks and months count, and of times given"
+        " without a zone (e.g. Asia/Kolkata)",
+    ),
+]
+
+
+def _groups(groups: list[str] | None) -> list[str] | None:
+    try:
+        rollup_dimension(groups or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return groups
+
+
+def _interval(name: str) -> str:
+    if name not in ("daily", "weekly"):
+        raise typer.BadParameter(f"{name!r} is not one of 'daily', 'weekly'")
+    return name
+
+
 GroupOption = Annotated[
     list[str] | None,
-    typer.Option("--group-by", help=f"repeatable: {', '.join(GROUPS)} (provider+model together)"),
+    typer.Option(
+        "--group-by",
+        callback=_groups,
+        help=f"repeatable: {', '.join(GROUPS)} (provider+model together)",
+    ),
+]
+DaysOption = Annotated[
+    int, typer.Option(min=1, max=3660, help="how many days back, today included")
 ]
 
 
@@ -49,51 +93,60 @@ def _emit(
         typer.echo(f"wrote {output} ({fmt.value}, {sum(len(t.rows) for t in report.tables)} rows)")
 
 
-def _utc(value: datetime) -> datetime:
-    """Times without a zone on the command line are UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+def _aware(value: datetime, tz: str) -> datetime:
+    """Times without a zone on the command line are in ``--tz`` (UTC by default)."""
+    return value.replace(tzinfo=ZoneInfo(tz)) if value.tzinfo is None else value
+
+
+def _window(start: datetime, end: datetime, tz: str, names: str) -> tuple[datetime, datetime]:
+    """[start, end) in ``tz`` when without a zone; refused before connecting when empty."""
+    first, last = _aware(start, tz), _aware(end, tz)
+    if last <= first:
+        raise typer.BadParameter(
+            f"the end ({last.isoformat()}) must be after the start", param_hint=names
+        )
+    return first, last
 
 
 @report_app.command()
 def summary(
-    period: Annotated[Period, typer.Option(help="calendar period (UTC)")] = Period.MONTHLY,
+    period: Annotated[Period, typer.Option(help="calendar period (of --tz)")] = Period.MONTHLY,
+    tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:
     """The current period by provider and model, and every budget's standing."""
-    _emit(lambda g: g.generate_summary_report(period), fmt, output)
+    _emit(lambda g: g.generate_summary_report(period, tz), fmt, output)
 
 
 @report_app.command()
 def trend(
-    days: Annotated[int, typer.Option(help="how many days back, today included")] = 30,
-    interval: Annotated[str, typer.Option(help="daily or weekly")] = "daily",
+    days: DaysOption = 30,
+    interval: Annotated[str, typer.Option(callback=_interval, help="daily or weekly")] = "daily",
+    tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:
-    """Spend per day or week, with the change from the previous point."""
-    _emit(lambda g: g.generate_trend_report(days, interval), fmt, output)
+    """Spend per day or week (of --tz), with the change from the previous point."""
+    _emit(lambda g: g.generate_trend_report(days, interval, tz), fmt, output)
 
 
 @report_app.command()
 def compare(
-    current_start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    current_start: Annotated[datetime, typer.Option(help="ISO 8601, in --tz if no zone")],
     current_end: Annotated[datetime, typer.Option(help="exclusive")],
-    previous_start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    previous_start: Annotated[datetime, typer.Option(help="ISO 8601, in --tz if no zone")],
     previous_end: Annotated[datetime, typer.Option(help="exclusive")],
     group_by: GroupOption = None,
+    tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:
     """Two windows side by side per group (default: model): absolute and percent change."""
+    current = _window(current_start, current_end, tz, "--current-start/--current-end")
+    previous = _window(previous_start, previous_end, tz, "--previous-start/--previous-end")
     _emit(
-        lambda g: g.generate_comparison_report(
-            _utc(current_start),
-            _utc(current_end),
-            _utc(previous_start),
-            _utc(previous_end),
-            group_by or ["model"],
-        ),
+        lambda g: g.generate_comparison_report(*current, *previous, group_by or ["model"]),
         fmt,
         output,
     )
@@ -101,45 +154,54 @@ def compare(
 
 @report_app.command()
 def projection(
-    days: Annotated[int, typer.Option(help="days to forecast (at least to the month's end)")] = 30,
+    days: Annotated[
+        int, typer.Option(min=1, max=3660, help="days to forecast (at least to the month's end)")
+    ] = 30,
+    tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:
     """Forecast spend per day and per month, and when each budget runs out at this pace."""
-    _emit(lambda g: g.generate_projection_report(days), fmt, output)
+    _emit(lambda g: g.generate_projection_report(days, tz), fmt, output)
 
 
 @report_app.command()
 def custom(
-    start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    start: Annotated[datetime, typer.Option(help="ISO 8601, in --tz if no zone")],
     end: Annotated[datetime, typer.Option(help="exclusive")],
     group_by: GroupOption = None,
+    tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:
     """Totals in [START, END), grouped as asked."""
-    _emit(lambda g: g.generate_report(_utc(start), _utc(end), group_by or []), fmt, output)
+    window = _window(start, end, tz, "--start/--end")
+    _emit(lambda g: g.generate_report(*window, group_by or []), fmt, output)
 
 
 @report_app.command()
 def history(
-    start: Annotated[datetime, typer.Option(help="ISO 8601, UTC if no zone")],
+    start: Annotated[datetime, typer.Option(help="ISO 8601, in --tz if no zone")],
     end: Annotated[datetime, typer.Option(help="exclusive")],
     provider: Annotated[str | None, typer.Option(help="only this provider")] = None,
     model: Annotated[str | None, typer.Option(help="only this model")] = None,
     user: Annotated[str | None, typer.Option(help="only this user")] = None,
     project: Annotated[str | None, typer.Option(help="only this project")] = None,
     limit: Annotated[
-        int, typer.Option(help=f"at most this many calls (up to {MAX_HISTORY_ROWS})")
+        int,
+        typer.Option(
+            min=1, max=MAX_HISTORY_ROWS, help=f"at most this many calls (up to {MAX_HISTORY_ROWS})"
+        ),
     ] = 1000,
+    tz: TzOption = "UTC",
     fmt: FormatOption = ExportFormat.MARKDOWN,
     output: OutputOption = None,
 ) -> None:
     """The calls in [START, END), oldest first, with their cost: browse or export usage."""
+    window = _window(start, end, tz, "--start/--end")
     _emit(
         lambda g: g.get_usage_history(
-            _utc(start),
-            _utc(end),
+            *window,
             provider=provider,
             model=model,
             user_id=user,

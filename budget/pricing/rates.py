@@ -136,6 +136,14 @@ class RateCard:
         self.tiers = tuple(self._tier(above, tokens) for above in starts)
         self.single = self.tiers[0] if len(self.tiers) == 1 else None
 
+    @property
+    def prices_anything(self) -> bool:
+        """False for a model listed without any rate we model (e.g. per page): every
+        usage of it would be unpriced."""
+        has_tokens = any(tier.rates_mtok for tier in self.tiers)
+        extras = (self.audio, self.per_request, self.image_flat)
+        return has_tokens or bool(self.images) or any(x is not None for x in extras)
+
     def _tier(self, above: int, tokens: Mapping[str, Steps]) -> Tier:
         rates = {
             cls: max((s for s in tokens[cls] if s[0] <= above), key=lambda s: s[0])[1]

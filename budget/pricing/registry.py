@@ -30,6 +30,7 @@ class PricingRegistry(SeedApi):
         self._cache_size = cache_size
         self._override_cards: dict[int, RateCard] = {}
         self._providers: dict[str, str | None] = {}
+        self._listed = {}
 
     def price(
         self, *, provider: str | None, model: str, usage: Usage, at: datetime

@@ -17,6 +17,9 @@ __all__ = ["SeedApi"]
 
 
 class SeedApi(ABC):
+    _listed: dict[tuple[str, int], list[str]]
+    """get_provider_models' answers by (provider, UTC day): resolving ~2,000 ids is slow."""
+
     @abstractmethod
     def price(
         self, *, provider: str | None, model: str, usage: Usage, at: datetime
@@ -96,9 +99,25 @@ class SeedApi(ABC):
     ) -> Decimal:
         return self._charge(model, normalize_usage(audio_seconds=seconds), provider, at)
 
-    def get_provider_models(self, provider: str) -> list[str]:
-        """Model ids with a price for ``provider`` (any spelling: "OpenAI", "xAI")."""
-        return sorted(self._known_models(genai.canonical_provider(provider)))
+    def get_provider_models(self, provider: str, at: datetime | None = None) -> list[str]:
+        """Model ids ``provider`` (any spelling: "OpenAI", "xAI") has a price for at ``at``
+        (default now): a listed id prices a call. Ids the price data holds but cannot
+        price by that name (an entry that only matches other spellings, a rate we do not
+        model such as per page) are left out."""
+        pid = genai.canonical_provider(provider)
+        when = at or datetime.now(UTC)
+        key = (pid, (when if when.tzinfo is None else when.astimezone(UTC)).toordinal())
+        if key not in self._listed:
+            if len(self._listed) >= 4096:
+                self._listed.clear()
+            self._listed[key] = sorted(
+                m for m in self._known_models(pid) if self._prices(pid, m, when)
+            )
+        return list(self._listed[key])
+
+    def _prices(self, provider: str, model: str, at: datetime) -> bool:
+        card, _ = self.resolve(provider, model, at)
+        return isinstance(card, RateCard) and card.prices_anything
 
     def get_all_providers(self) -> list[str]:
         return sorted(self._known_providers())

@@ -1,8 +1,11 @@
 """The project's own price data (layer b): what genai-prices lacks.
 
 Per-image prices (OpenAI pricing page, per image by size and quality), Whisper's
-per-minute audio price, aliases for model ids that genai-prices cannot place on its own,
-and provider spellings. Every alias target is checked against genai-prices in the tests.
+per-minute audio price, ``ministral-3b-latest`` (Mistral's alias, which moved to a new
+model on 2 Dec 2025), aliases for model ids that genai-prices cannot place (or places on
+the wrong model) on its own, and provider spellings. Every alias target is checked against
+genai-prices in the tests; entries of one model are newest first (the first one in force
+on the day of the call wins).
 """
 
 from __future__ import annotations
@@ -88,6 +91,20 @@ SUPPLEMENT: tuple[SupplementEntry, ...] = (
         ),
     ),
     SupplementEntry("openai", "whisper-1", date(2023, 3, 1), audio=(D("0.006"), 60)),
+    # Mistral's ``-latest`` alias: ministral-3b-2512 from 2 Dec 2025 (as genai-prices has
+    # ministral-8b-latest), ministral-3b-2410 before; rates as genai-prices has those two.
+    SupplementEntry(
+        "mistral",
+        "ministral-3b-latest",
+        date(2025, 12, 2),
+        mtok={"input_uncached": D("0.1"), "input_cache_read": D("0.01"), "output_text": D("0.1")},
+    ),
+    SupplementEntry(
+        "mistral",
+        "ministral-3b-latest",
+        date(2024, 10, 16),
+        mtok={"input_uncached": D("0.04"), "output_text": D("0.04")},
+    ),
 )
 
 # Model ids genai-prices cannot resolve (or resolves to another provider's price when no
@@ -104,6 +121,14 @@ MODEL_ALIASES: Mapping[str, tuple[str, str]] = {
     "gemma2-9b-it": ("groq", "gemma2-9b-it"),
     "pixtral-12b-2409": ("mistral", "pixtral-12b"),
     "ministral-3b-2410": ("mistral", "ministral-3b"),
+    # genai-prices would match Gemini 1.5 Flash's price (twice as much).
+    "gemini-1.5-flash-8b": ("google", "gemini-flash-1.5-8b"),
+    # Gemini 2.0 Pro never had a published paid price of its own (an experimental model,
+    # free in AI Studio; Vertex AI billed it at 2.5 Pro's rates, and ``gemini-2.0-pro-exp``
+    # itself came to serve 2.5 Pro): priced as Gemini 2.5 Pro, long-context tier included.
+    "gemini-2.0-pro": ("google", "gemini-2.5-pro"),
+    "gemini-2.0-pro-exp": ("google", "gemini-2.5-pro"),
+    "gemini-2.0-pro-exp-02-05": ("google", "gemini-2.5-pro"),
 }
 
 # Spellings of provider names -> genai-prices provider id (lower-cased keys).

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from nats.aio.client import Client
 
-from budget.alert_engine import AlertEngine
+from budget.alerts import AlertEngine
 from budget.config import Settings
 from budget.manager import BudgetManager
 from budget.pricing import PricingRegistry

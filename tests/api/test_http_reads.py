@@ -95,6 +95,17 @@ def test_report_arguments_are_checked(viewer: httpx.Client) -> None:
     assert grouping.status_code == 422 and "colour" in grouping.json()["detail"]
 
 
+def test_reports_count_the_days_of_the_zone_asked_for(viewer: httpx.Client, recorded: str) -> None:
+    kathmandu = viewer.get(
+        "/api/v1/reports/trend", params={"days": 7, "tz": "Asia/Kathmandu"}
+    ).json()
+    assert "days in time zone Asia/Kathmandu" in kathmandu["notes"]
+    assert "T18:15:00" in kathmandu["start"]  # midnight in Kathmandu (+5:45), in UTC
+    wrong = viewer.get("/api/v1/reports/summary", params={"tz": "Mars/Olympus"})
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"] == "unknown time zone 'Mars/Olympus'; use an IANA name"
+
+
 def test_spend_by_scope_and_key(viewer: httpx.Client, recorded: str) -> None:
     rows = viewer.get(
         "/api/v1/spend", params={"period": "daily", "scope": "user", "key": recorded}

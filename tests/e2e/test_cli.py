@@ -938,4 +938,4 @@ def test_report_commands_export_what_the_rollups_hold(deployment: Budget, tmp_pa
 
     bad = deployment.run("report", "custom", *window, "--group-by", "colour")
     assert bad.returncode == 2
-    assert bad.stderr.startswith("budget: cannot group by colour; choose from provider")
+    assert bad.stderr.startswith("budget: Invalid value for '--group-by': cannot group by colour;")

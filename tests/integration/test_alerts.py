@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from budget.alert_engine import AlertEngine
+from budget.alerts import AlertEngine
 from budget.config import Settings
 from budget.tracker import start_usage_tracker
 from events import (

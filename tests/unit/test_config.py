@@ -76,6 +76,19 @@ def test_budget_policies_are_read_with_stable_ids(tmp_path: Path) -> None:
     assert load_settings(path, environ={}).policies == (policy,)
 
 
+def test_any_policy_name_gets_its_own_valid_id(tmp_path: Path) -> None:
+    names = ["Équipe", "Equipe", "日本チーム", "x" * 200]
+    path = write(
+        tmp_path,
+        "budget_policies:\n"
+        + "".join(f"  - name: {name}\n    limit_amount: 1\n" for name in names),
+    )
+    ids = [p.policy_id for p in load_settings(path, environ={}).policies]
+    assert ids[0].startswith("config-equipe-") and ids[1] == "config-equipe"
+    assert len(set(ids)) == 4 and all(len(i) <= 100 for i in ids)
+    assert [p.policy_id for p in load_settings(path, environ={}).policies] == ids
+
+
 def test_bad_budget_policy_names_the_entry_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "budget_policies:\n  - name: x\n    limit_amount: -5\n")
     with pytest.raises(ConfigError, match=r"^budget_policies\[0\]\.limit_amount in .*config.yaml"):

@@ -20,7 +20,7 @@ from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Connection
 from projections.policies import load_policies
-from projections.report_queries import ReportBuilder, ceil_hour, floor_hour
+from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
 from projections.windows import window_sums
 
 __all__ = ["BudgetBar", "PolicyBars", "budget_bars"]
@@ -99,10 +99,11 @@ async def _spending_keys(
     conn: Connection, scope: BudgetScope, start: datetime, end: datetime, exclude: list[str]
 ) -> tuple[list[str], int]:
     """The keys of ``scope`` with the most spend in [start, end), and how many spent. Ranked
-    from the report rollups over the window widened to whole hours (cheap however many
-    calls it holds); each shown key's bar is then summed exactly by ``window_sums``."""
+    from the report rollups over the window widened to whole quarter hours (cheap however
+    many calls it holds); each shown key's bar is then summed exactly by ``window_sums``."""
     dimension = scope.value
-    totals = await ReportBuilder(conn).totals(conn, dimension, floor_hour(start), ceil_hour(end))
+    start, end = floor_quarter(start), ceil_quarter(end)
+    totals = await ReportBuilder(conn).totals(conn, dimension, start, end)
     keys = [t.key2 if dimension == "model" else t.key1 for t in totals if t.cost or t.requests]
     spending = [k for k in keys if k not in exclude]
     return spending[:KEYS_SHOWN], len(spending)

@@ -22,7 +22,7 @@ from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow
 from projections.base import Connection
 from projections.history_pages import HistoryFilter, history_page
 from projections.queries import alerts_page, count_alerts
-from projections.report_queries import ReportBuilder, ceil_hour
+from projections.report_queries import ReportBuilder, ceil_quarter
 from services.api.console.budgets import budget_bars
 from services.api.console.charts import spend_chart
 from services.api.console.guard import ConsoleRoute, Viewer
@@ -109,7 +109,7 @@ async def _month_by_scope(conn: Connection, now: datetime) -> dict[str, list[Spe
                 input_tokens=t.input_tokens,
                 output_tokens=t.output_tokens,
             )
-            for t in await builder.totals(conn, dimension, start, ceil_hour(now))
+            for t in await builder.totals(conn, dimension, start, ceil_quarter(now))
         ]
     return found
 

@@ -2,7 +2,8 @@
 export it as CSV, JSON or Markdown from the API (``/api/v1/reports/{kind}``).
 
 Dates are whole days in the reader's zone: "from" its first midnight "through" the
-last day's end. The reports work in whole UTC hours and say so when that widens a range.
+last day's end. The summary, trend and projection count that zone's days, weeks and
+months (``tz``), exact in any zone: the rollups are kept per quarter hour.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def _query(state: FormState) -> ReportQuery | None:
         return None
     data = {
         **{name: state.value(name) for name in ("kind", "period", "interval", "days")},
+        "tz": str(tz),
         "group_by": [g for g in state.value("group_by").split(",") if g],
         **{name: at for name, at in dates.items() if at is not None},
     }
@@ -116,7 +118,7 @@ def _query(state: FormState) -> ReportQuery | None:
 
 def _exports(query: ReportQuery) -> list[tuple[str, str]]:
     params: list[tuple[str, str]] = [
-        (name, str(getattr(query, name))) for name in ("period", "interval", "days")
+        (name, str(getattr(query, name))) for name in ("period", "interval", "days", "tz")
     ]
     for name in DATES:
         value = getattr(query, name)

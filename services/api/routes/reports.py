@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from budget.report_format import ExportFormat, to_answer
 from events.envelope import UtcDatetime
+from events.policy import known_zone
 from events.queries import ReportAnswer, ReportQuery
 from services.api.auth import READ, require
 from services.api.context import ApiServices, current_services
@@ -41,9 +42,18 @@ async def report(
     previous_start: When = None,
     previous_end: When = None,
     group_by: Annotated[list[str] | None, Query(max_length=5)] = None,
+    tz: Annotated[
+        str,
+        Query(
+            max_length=64,
+            description="IANA time zone whose days, weeks and months the summary, trend and"
+            " projection count (day boundaries are exact in any zone)",
+        ),
+    ] = "UTC",
 ) -> Response:
     try:
         query = ReportQuery(
+            tz=known_zone(tz),
             kind=kind,
             period=period,
             days=days,

@@ -1,4 +1,6 @@
-"""``AlertEngine``: alert rules, the alerts raised, acknowledging and resolving (seed API).
+"""The seed's ``alerts`` module: ``AlertEngine`` (alert rules, the alerts raised,
+acknowledging and resolving) and the alert types it takes and returns (``AlertRule``,
+``AlertSeverity``, ``AlertType``, ``Alert``).
 
 Rules, acknowledgements and resolutions are events; each call returns once the alert
 evaluator has applied it. Rules and alerts are read through the query service over NATS
@@ -9,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, time
 
 from budget.alerting import threshold_alert, threshold_amount
 from budget.commands import ChangeClient
 from budget.config import Settings, load_settings
-from budget.policies import PolicyWindow
+from budget.periods import UTC, Period, period_bounds
+from budget.policies import PolicyWindow, policy_window
 from budget.tracker import get_usage_tracker
 from events import (
     Alert,
@@ -23,12 +27,24 @@ from events import (
     AlertRule,
     AlertRuleRemoved,
     AlertRuleSet,
+    AlertSeverity,
+    AlertType,
+    BudgetPolicy,
     utc_now,
 )
-from events.queries import AlertDelivery, AlertsQuery, StoredAlert
+from events.queries import AlertDelivery, AlertsQuery, SpendRow, StoredAlert
 from events.rpc import PolicySpend
 
-__all__ = ["AlertDelivery", "AlertEngine", "StoredAlert", "get_alert_engine"]
+__all__ = [
+    "Alert",
+    "AlertDelivery",
+    "AlertEngine",
+    "AlertRule",
+    "AlertSeverity",
+    "AlertType",
+    "StoredAlert",
+    "get_alert_engine",
+]
 
 
 class AlertEngine(ChangeClient):
@@ -49,12 +65,21 @@ class AlertEngine(ChangeClient):
         await self._publish_and_wait(AlertRuleRemoved(occurred_at=utc_now(), rule_id=rule_id))
         return True
 
-    async def evaluate_thresholds(self, spend_summary: Iterable[PolicySpend]) -> list[Alert]:
+    async def evaluate_thresholds(
+        self, spend_summary: Iterable[PolicySpend | SpendRow]
+    ) -> list[Alert]:
         """The threshold alerts the rules would raise for these policy windows now (what
-        the evaluator raises as spend arrives; this neither stores nor sends anything)."""
+        the evaluator raises as spend arrives; this neither stores nor sends anything).
+
+        Takes the enforcer's ``PolicySpend`` windows or ``BudgetManager.get_spend_summary()``
+        rows; a row counts for each policy whose window is exactly that row's calendar
+        period (so not for a policy in another time zone) and that applies to its key."""
+        rows = list(spend_summary)
+        summary_rows = any(isinstance(r, SpendRow) for r in rows)
+        policies = await self.queries.policies(None) if summary_rows else []
         rules = [r for r in await self.get_rules() if r.alert_type.is_threshold]
         alerts = []
-        for spend in spend_summary:
+        for spend in _policy_windows(rows, policies):
             policy = spend.policy
             for rule in rules:
                 if not rule.watches(policy.policy_id, policy.scope, policy.action):
@@ -109,6 +134,34 @@ class AlertEngine(ChangeClient):
         await self._publish_and_wait(
             AlertResolved(occurred_at=utc_now(), alert_id=alert_id, resolved_by=resolved_by)
         )
+
+
+def _policy_windows(
+    items: Iterable[PolicySpend | SpendRow], policies: Sequence[BudgetPolicy]
+) -> Iterator[PolicySpend]:
+    for item in items:
+        if isinstance(item, SpendRow):
+            yield from _row_windows(item, policies)
+        else:
+            yield item
+
+
+def _row_windows(row: SpendRow, policies: Sequence[BudgetPolicy]) -> Iterator[PolicySpend]:
+    """The policy windows a spend summary row is the spend of. A policy naming the row's
+    key replaces, for that key, its scope's per-key policies (as for checks)."""
+    start = datetime.combine(row.period_start, time(), UTC)
+    bounds = period_bounds(Period(row.period), start)
+    same = [p for p in policies if p.scope.value == row.scope and p.period.value == row.period]
+    keyed = [p for p in same if p.scope_key == row.scope_key]
+    for policy in keyed or [p for p in same if p.scope_key is None]:
+        if policy_window(policy, start) == bounds:
+            yield PolicySpend(
+                policy=policy,
+                key=row.scope_key,
+                window_start=bounds[0],
+                window_end=bounds[1],
+                spent=row.cost,
+            )
 
 
 _engine: AlertEngine | None = None

@@ -1,0 +1,243 @@
+"""Every ``budget`` subcommand, found by walking the command tree, given bad arguments: one
+line on stderr, exit status 2, no pydantic report or link, and nothing connected to or
+created first (the servers here are unreachable and the working directory stays empty).
+Then on real servers: ``spend`` before ``migrate`` says to migrate; ``Équipe`` is a name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import typer
+
+from services.cli import app
+
+from support import ROOT
+
+CLI = (sys.executable, "-m", "services.cli")
+RUN_TIMEOUT = 60.0
+RECORD = ("--model", "gpt-4o", "--provider", "openai")
+DAY = ("--start", "2026-01-02", "--end", "2026-01-01")
+
+# Bad arguments for each command: a wrong value of each kind it takes. A command missing
+# here fails test_every_command_has_bad_argument_cases.
+BAD: dict[str, Sequence[tuple[str, ...]]] = {
+    "check": [("gpt-4o", "--tokens", "-3"), ("gpt-4o", "--cost", "-1"), ("gpt-4o", "--cost", "x")],
+    "up": [("--nats-port", "0"), ("--api-port", "70000")],
+    "api": [("--port", "0")],
+    "migrate": [("extra",)],
+    "worker": [("nosuch",), ()],
+    "enforcer": [("extra",)],
+    "notifier": [("extra",)],
+    "query-service": [("extra",)],
+    "record": [
+        (*RECORD, "--input-tokens", "-5"),
+        (*RECORD, "--input-tokens", "10", "--cached-tokens", "20"),
+        (*RECORD, "--tag", "novalue"),
+        (*RECORD, "--at", "yesterday"),
+        ("--model", "gpt-4o"),
+    ],
+    "spend": [("--scope", "bogus"), ("--period", "hourly"), ("--at", "soon")],
+    "reprice": [("--since", "2026-02-01", "--until", "2026-01-01"), ("--since", "x")],
+    "projections status": [("extra",)],
+    "projections rebuild": [("nosuch",)],
+    "prices list": [("--provider", "nosuch")],
+    "prices show": [("nosuchmodel",), ("gpt-4o", "--on", "someday")],
+    "policy set": [
+        ("--name", "x", "--limit", "-1"),
+        ("--name", "x", "--limit", "1", "--scope", "bogus"),
+        ("--name", "x", "--limit", "1", "--timezone", "Mars/Olympus"),
+        ("--name", "", "--limit", "1"),
+        ("--name", "x", "--limit", "1", "--id", "no spaces"),
+    ],
+    "policy list": [("--scope", "bogus")],
+    "policy show": [("bad id",)],
+    "policy delete": [("bad id",)],
+    "alerts list": [("--policy", "bad id")],
+    "alerts show": [("not-a-uuid",)],
+    "alerts ack": [("not-a-uuid", "--by", "me"), ("00000000-0000-0000-0000-000000000000",)],
+    "alerts resolve": [("not-a-uuid",)],
+    "report summary": [("--period", "hourly"), ("--tz", "Mars/Olympus")],
+    "report trend": [("--days", "0"), ("--interval", "hourly"), ("--tz", "Nowhere")],
+    "report compare": [
+        (
+            "--current-start",
+            "2026-01-02",
+            "--current-end",
+            "2026-01-01",
+            "--previous-start",
+            "2025-12-01",
+            "--previous-end",
+            "2025-12-02",
+        ),
+    ],
+    "report projection": [("--days", "0")],
+    "report custom": [DAY, ("--start", "2026-01-01", "--end", "2026-01-02", "--group-by", "x")],
+    "report history": [DAY, ("--start", "2026-01-01", "--end", "2026-01-02", "--limit", "0")],
+    "api-key create": [("--name", "x", "--role", "emperor"), ("--name", " ", "--role", "viewer")],
+    "api-key list": [("extra",)],
+    "api-key revoke": [("a/b",)],
+}
+
+
+def commands() -> list[str]:
+    """Every runnable subcommand of ``budget``, from typer's command tree."""
+
+    def walk(command: object, path: tuple[str, ...]) -> Iterator[str]:
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name, sub in subcommands.items():
+                yield from walk(sub, (*path, name))
+        else:
+            yield " ".join(path)
+
+    return sorted(walk(typer.main.get_command(app), ()))
+
+
+CASES = [
+    (command, (*command.split(), *args))
+    for command in commands()
+    for args in [*BAD.get(command, ()), ("--no-such-option",)]
+]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int | None
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli-errors") / "cwd"
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> dict[str, Outcome]:
+    """Each case run as a user would, against servers nobody listens on."""
+    config = tmp_path_factory.mktemp("cli-errors-config") / "config.yaml"
+    config.write_text("budget: {}\n")
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
+    env.update(
+        BUDGET_CONFIG=str(config),
+        BUDGET_NATS_URL="nats://127.0.0.1:1",
+        BUDGET_DATABASE_URL="postgresql://postgres:secret@127.0.0.1:1/budget",
+        BUDGET_SPOOL_DIR=str(workdir / "spool"),
+        BUDGET_DATA_DIR=str(workdir / "data"),
+        PYTHONPATH=str(ROOT),
+    )
+
+    def run(args: tuple[str, ...]) -> Outcome:
+        try:
+            done = subprocess.run(
+                [*CLI, *args],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            return Outcome(None, str(exc.stdout), str(exc.stderr))
+        return Outcome(done.returncode, done.stdout, done.stderr)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = pool.map(run, [args for _, args in CASES])
+        return {" ".join(args): outcome for (_, args), outcome in zip(CASES, found, strict=True)}
+
+
+def test_every_command_has_bad_argument_cases() -> None:
+    assert set(commands()) == set(BAD)
+
+
+@pytest.mark.parametrize("args", [" ".join(args) for _, args in CASES])
+def test_bad_arguments_give_one_line_and_exit_2(outcomes: dict[str, Outcome], args: str) -> None:
+    outcome = outcomes[args]
+    assert outcome.returncode == 2, outcome
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("budget: "), outcome.stderr
+    for leak in ("pydantic", "http://", "https://", "Value error", "Traceback", "secret"):
+        assert leak not in outcome.stderr, outcome.stderr
+    assert outcome.stdout == ""
+
+
+def test_a_wrong_argument_is_refused_before_anything_is_created(
+    outcomes: dict[str, Outcome], workdir: Path
+) -> None:
+    assert outcomes  # every case has run
+    assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def test_an_unknown_scope_lists_the_choices(outcomes: dict[str, Outcome]) -> None:
+    stderr = outcomes["spend --scope bogus"].stderr
+    for choice in ("global", "user", "provider", "model", "project"):
+        assert choice in stderr
+
+
+def _budget(
+    *args: str, database_url: str, tmp_path: Path, nats_url: str = "nats://127.0.0.1:1"
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
+    config = tmp_path / "config.yaml"
+    if not config.exists():
+        config.write_text("budget: {}\n")
+    env.update(
+        BUDGET_CONFIG=str(config),
+        BUDGET_DATABASE_URL=database_url,
+        BUDGET_NATS_URL=nats_url,
+        BUDGET_SUBJECT_PREFIX=f"t{uuid.uuid4().hex[:10]}",
+        BUDGET_SPOOL_DIR=str(tmp_path / "spool"),
+        PYTHONPATH=str(ROOT),
+    )
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("spend",),
+        ("report", "summary"),
+        ("report", "history", "--start", "2026-01-01", "--end", "2026-01-02"),
+    ],
+)
+def test_reading_before_migrate_says_to_run_migrate(
+    pg_schema_url: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    done = _budget(*args, database_url=pg_schema_url, tmp_path=tmp_path)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "budget: the database has no Budget Manager tables yet; run `budget migrate` first\n",
+    )
+
+
+def test_a_configured_policy_named_equipe_is_accepted(
+    nats_url: str, pg_schema_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "config.yaml").write_text(
+        "budget_policies:\n  - name: Équipe\n    limit_amount: 10\n  - name: 日本チーム\n"
+        "    limit_amount: 5\n"
+    )
+    migrated = _budget("migrate", database_url=pg_schema_url, tmp_path=tmp_path, nats_url=nats_url)
+    assert migrated.returncode == 0, migrated.stderr
+    done = _budget("spend", database_url=pg_schema_url, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("no usage recorded"), done.stdout

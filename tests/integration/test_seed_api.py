@@ -1,0 +1,108 @@
+"""The seed's (docs/seed) usage examples, run as written against the real servers: the
+``budget.alerts`` module and ``evaluate_thresholds(await manager.get_spend_summary())``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from budget.alerts import AlertEngine
+from budget.config import Settings
+from budget.manager import BudgetManager
+from budget.tracker import start_usage_tracker
+from events import Topology, utc_now
+from services.ops import prepare
+from services.worker import run_projection
+
+from enforcement import stack_settings
+from support import publish, query_service, usage_event, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def settings(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[Settings]:
+    """The policies, spend and alerts workers and the query service, for the test."""
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(run_projection(name, nc, settings, stop))
+        for name in ("policies", "spend", "alerts")
+    ]
+    async with query_service(nc, settings):
+        yield settings
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_the_seeds_alert_rule_example_and_spend_summary_evaluation(
+    nc: Client, topology: Topology, settings: Settings
+) -> None:
+    # The seed's imports and examples, with ``modules.budget`` spelled ``budget``.
+    from budget.alerts import AlertRule, AlertSeverity
+    from budget.models import BudgetPeriod, BudgetPolicy, BudgetScope
+
+    now = utc_now()
+    await publish(
+        nc,
+        topology,
+        [
+            usage_event(cost="76.00", user="alice", at=now - timedelta(minutes=2)),
+            usage_event(cost="9.60", user="bob", at=now - timedelta(minutes=1)),
+        ],
+    )
+    tracker = await start_usage_tracker(settings)
+    try:
+        manager = BudgetManager(settings, tracker)
+        engine = AlertEngine(settings, tracker)
+        policy = BudgetPolicy(
+            name="Monthly Global Budget",
+            scope=BudgetScope.GLOBAL,
+            period=BudgetPeriod.MONTHLY,
+            limit_amount=100.00,
+            soft_limit_percent=80,
+        )
+        await manager.set_policy(policy)
+        bob = BudgetPolicy(
+            name="Bob", scope=BudgetScope.USER, scope_key="bob", limit_amount=Decimal(10)
+        )
+        await manager.set_policy(bob)
+        # The same limit counted in another zone's months: not the summary's UTC month.
+        tokyo = bob.model_copy(update={"policy_id": "bob-tokyo", "timezone": "Asia/Tokyo"})
+        await manager.set_policy(tokyo)
+
+        rule = AlertRule(
+            name="High Spend Warning",
+            threshold_percent=75,
+            severity=AlertSeverity.WARNING,
+            channels=["ui", "log"],
+            cooldown_minutes=60,  # Don't repeat for 1 hour
+        )
+        await engine.add_rule(rule)
+
+        async def summarized() -> bool:
+            """the spend worker has counted both calls"""
+            rows = await manager.get_spend_summary()
+            return any(r.scope == "global" and r.cost == Decimal("85.60") for r in rows)
+
+        await wait_for(summarized)
+        alerts = await engine.evaluate_thresholds(await manager.get_spend_summary())
+    finally:
+        await tracker.close()
+    assert sorted((a.policy_name, a.scope_key, a.threshold_percent) for a in alerts) == [
+        ("Bob", "bob", Decimal(75)),
+        ("Bob", "bob", Decimal(80)),
+        ("Bob", "bob", Decimal(95)),
+        ("Monthly Global Budget", "*", Decimal(75)),
+        ("Monthly Global Budget", "*", Decimal(80)),
+    ]
+    assert {a.rule_name for a in alerts if a.threshold_percent == 75} == {"High Spend Warning"}
