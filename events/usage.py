@@ -134,6 +134,7 @@ class UsageRepriced(_Cost, Event):
 
     SCHEMA_VERSION: ClassVar[int] = 1
     SUBJECT: ClassVar[str] = "usage.repriced"
+    REPEATS_OCCURRED_AT: ClassVar[bool] = True
 
     type: Literal["UsageRepriced"] = "UsageRepriced"
     schema_version: Literal[1] = 1

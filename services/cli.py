@@ -20,6 +20,7 @@ from budget.config import ConfigError, load_settings, shown_url
 from budget.periods import Period
 from budget.queries import NotApplied
 from events import utc_now
+from projections.engine import EngineConfig
 from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
 from projections.rebuild import Progress, rebuild
@@ -381,6 +382,7 @@ def projections_rebuild(
                     topology=current.topology,
                     on_progress=show,
                     swap=swap,
+                    config=EngineConfig(time_bounds=current.time_bounds),
                 )
             finally:
                 bar.close()

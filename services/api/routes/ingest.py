@@ -19,7 +19,15 @@ from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from budget.rpc import RpcFailure
-from events import CallKind, ImageUsage, UsageRecorded, decode, encode, headers_for
+from events import (
+    CallKind,
+    ImageUsage,
+    OutOfBounds,
+    UsageRecorded,
+    decode,
+    encode,
+    headers_for,
+)
 from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
 from events.usage import MAX_AUDIO_SECONDS, MAX_TOKENS
@@ -213,6 +221,9 @@ def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
         ]
         detail = f"{errors[0]['field']}: {errors[0]['message']}"
         raise Problem(422, detail, errors=errors) from None
+    except OutOfBounds as exc:  # occurred_at too far ahead or back
+        errors = [{"field": f"{where}.occurred_at", "message": str(exc)}]
+        raise Problem(422, str(exc), errors=errors) from None
     except ValueError as exc:  # inconsistent counts
         raise Problem(422, str(exc), errors=[{"field": where, "message": str(exc)}]) from None
 
