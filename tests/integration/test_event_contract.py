@@ -5,15 +5,21 @@ with the reason, and no such event stops or corrupts the counting of the others.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from nats.aio.client import Client
 
-from events import TimeBounds, Topology, UsageRecorded, encode, utc_now
+from events import ImageUsage, TimeBounds, Topology, Usage, UsageRecorded, encode, utc_now
+from events.usage import MAX_AUDIO_SECONDS, MAX_COST, MAX_IMAGES, MAX_TOKENS
+from projections.alerts import AlertsProjection
 from projections.deadletter import recent_dead_letters
 from projections.engine import EngineConfig
+from projections.history import HistoryProjection
 from projections.rebuild import rebuild
+from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
+from projections.usage_rows import USAGE_MEASURES
 
 from support import catch_up, publish, rows, usage_event, wait_for
 
@@ -97,3 +103,92 @@ async def test_a_rebuild_judges_an_event_by_when_it_was_stored_not_by_when_it_is
 
     assert await rows(db, GLOBAL_REQUESTS) == [(1,)]
     assert await reasons(nc, topology) == {}
+
+
+def maximal_event(at: datetime) -> UsageRecorded:
+    """One call with every usage class and the cost at the contract's maxima."""
+    usage = Usage(
+        **{name: MAX_TOKENS for name, _ in USAGE_MEASURES if name != "audio_seconds"},
+        audio_seconds=Decimal(MAX_AUDIO_SECONDS),
+        images=ImageUsage(count=MAX_IMAGES, size="1024x1024"),
+    )
+    return usage_event(at=at, cost=str(MAX_COST)).model_copy(update={"usage": usage})
+
+
+USAGE_PROJECTIONS = (
+    SpendProjection(),
+    HistoryProjection(),
+    ReportsProjection(),
+    AlertsProjection(),
+)
+
+
+async def test_calls_at_the_maxima_fit_every_projection_and_the_next_call_still_counts(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """Many maximal calls in one quarter hour, on top of totals holding what 9.2 million
+    such calls leave (ten short of a bigint's range), then an ordinary call: every one is
+    counted in every projection, none dead-lettered."""
+    at = utc_now().replace(minute=7, second=0, microsecond=0) - timedelta(hours=1)
+    await publish(nc, topology, [usage_event(at=at)])
+    for projection in USAGE_PROJECTIONS:
+        await catch_up(projection, nc, db, topology)
+    history = 2**63 - 1 - 10 * MAX_TOKENS  # 9.2 million maximal calls: bigint's range, nearly
+    for table in (
+        "spend_buckets_v1",
+        "alert_spend_buckets_v1",
+        "report_hourly_v1",
+        "report_daily_v1",
+    ):
+        await rows(
+            db, f"UPDATE {table} SET input_uncached = input_uncached + {history} RETURNING 1"
+        )
+    maximal = [maximal_event(at) for _ in range(40)]
+    ordinary = usage_event(at=at, cost="0.01")
+    await publish(nc, topology, [*maximal, ordinary])
+    for projection in USAGE_PROJECTIONS:
+        await catch_up(projection, nc, db, topology)
+
+    assert await reasons(nc, topology) == {}
+    first = usage_event(at=at)  # the same counts and cost as the first call
+    expected = (
+        Decimal(40 * MAX_COST) + first.cost + ordinary.cost,  # type: ignore[operator]
+        42,
+        history + 40 * MAX_TOKENS + 2 * first.usage.input_uncached,
+        40 * MAX_IMAGES,
+    )
+    totals = "sum(cost), sum(requests), sum(input_uncached), sum(images)"
+    assert await rows(db, f"SELECT {totals} FROM spend_buckets WHERE scope = 'global'") == [
+        expected
+    ]
+    assert await rows(db, f"SELECT {totals} FROM alert_spend_buckets WHERE scope = 'global'") == [
+        expected
+    ]
+    for rollup in ("report_hourly", "report_daily"):
+        assert await rows(db, f"SELECT {totals} FROM {rollup} WHERE dimension = 'total'") == [
+            expected
+        ]
+    assert await rows(db, "SELECT count(*), sum(image_count) FROM usage_history") == [
+        (42, 40 * MAX_IMAGES)
+    ]
+
+
+async def test_a_cost_beyond_the_maximum_is_dead_lettered_and_cannot_overflow_a_bucket(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """Unbounded, a cost of 10**131072 - 1 fit the numeric bucket, and every later call of
+    its quarter hour overflowed it: dead-lettered, lost from every total."""
+    at = utc_now() - timedelta(minutes=30)
+    payload = json.loads(encode(usage_event(at=at)))
+    payload["cost"] = "9" * 131072
+    js = nc.jetstream()
+    await js.publish(topology.event_subject(UsageRecorded.SUBJECT), json.dumps(payload).encode())
+    await publish(nc, topology, [usage_event(at=at, cost="1")])
+    await catch_up(SpendProjection(), nc, db, topology)
+
+    assert await rows(
+        db, "SELECT sum(cost), sum(requests) FROM spend_buckets WHERE scope = 'global'"
+    ) == [(Decimal(1), 1)]
+    assert (await reasons(nc, topology))[1] == (
+        f"cost: Input should be less than or equal to {MAX_COST}"
+    )

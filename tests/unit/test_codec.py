@@ -21,6 +21,7 @@ from events import (
     utc_now,
 )
 from events.envelope import new_event_id
+from events.usage import MAX_COST, MAX_TOKENS
 
 
 def event(**changes: object) -> UsageRecorded:
@@ -174,3 +175,19 @@ def test_a_correction_repeats_an_old_time_so_only_its_skew_is_bounded() -> None:
     assert "(max_event_age)" in str(bounds.violation(event(occurred_at=old), now))
     ahead = correction.model_copy(update={"occurred_at": now + timedelta(minutes=6)})
     assert "(max_clock_skew)" in str(bounds.violation(ahead, now))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cost": Decimal(MAX_COST + 1)}, "less than or equal to 1000000000000"),
+        ({"cost": Decimal("1E-41")}, "no more than 40 decimal places"),
+        ({"cost": Decimal("-0.01")}, "greater than or equal to 0"),
+        ({"usage": {"audio_seconds": "1E-41"}}, "no more than 40 decimal places"),
+        ({"usage": {"output_text": MAX_TOKENS + 1}}, "less than or equal to 1000000000000"),
+    ],
+)
+def test_the_contracts_maxima_are_clear_errors(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        event(**changes)
+    event(cost=Decimal(MAX_COST), usage={"audio_seconds": "1E-40", "output_text": MAX_TOKENS})
