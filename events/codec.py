@@ -10,6 +10,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from events.access import ApiKeyCreated, ApiKeyRevoked
 from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
+from events.generated import generated_on_read
 from events.policy import PolicyDeleted, PolicySet, RequestBlocked
 from events.upcasting import upcast
 from events.usage import UsageRecorded, UsageRepriced
@@ -87,15 +88,23 @@ def decode(data: bytes) -> Event:
     """Decode one message: a current-version event in one pass, else upcast then validate.
     Anything that is not a valid event raises ``DecodeError`` with the reason."""
     try:
-        event = _CURRENT.validate_json(data)
+        event: Event = _CURRENT.validate_json(data)
     except ValidationError:
-        pass  # an older version, another type, or invalid: the slow path says which
-    else:
-        # Judged on the decoded event, not on the bytes: a tag named "event_id" must not
-        # pass for the envelope's, which the model would otherwise invent on every read.
-        if "event_id" in event.model_fields_set:
-            return event
+        event = _decode_slowly(data)
+    # Judged on the decoded event, not on the bytes: a tag named "event_id" must not pass
+    # for the envelope's, which the model would otherwise invent anew on every read.
+    generated = generated_on_read(event)
+    if generated == "event_id":
         raise DecodeError(_NO_EVENT_ID)
+    if generated is not None:
+        raise DecodeError(
+            f"{generated}: required on the wire (a default would be made anew on every read)"
+        )
+    return event
+
+
+def _decode_slowly(data: bytes) -> Event:
+    """An older version, another type, or invalid: upcast and validate, or say why not."""
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -111,9 +120,6 @@ def decode(data: bytes) -> Event:
             f"{model.__name__} schema_version {version} is newer than this reader's "
             f"({model.SCHEMA_VERSION}); upgrade budget-manager and replay the dead letters"
         )
-    if "event_id" not in obj:
-        # A replay must see the same id every time: it is never generated on read.
-        raise DecodeError(_NO_EVENT_ID)
     try:
         return model.model_validate(upcast(obj, model.SCHEMA_VERSION))
     except ValidationError as exc:

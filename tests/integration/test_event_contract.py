@@ -7,10 +7,24 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
+from uuid import UUID
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mutations import mutated_payloads, valid_payloads
 from nats.aio.client import Client
 
-from events import ImageUsage, TimeBounds, Topology, Usage, UsageRecorded, encode, utc_now
+from events import (
+    DecodeError,
+    ImageUsage,
+    TimeBounds,
+    Topology,
+    Usage,
+    UsageRecorded,
+    decode,
+    encode,
+    utc_now,
+)
 from events.usage import MAX_AUDIO_SECONDS, MAX_COST, MAX_IMAGES, MAX_TOKENS
 from projections.alerts import AlertsProjection
 from projections.deadletter import recent_dead_letters
@@ -28,7 +42,7 @@ GLOBAL_REQUESTS = "SELECT coalesce(sum(requests), 0) FROM spend_buckets WHERE sc
 
 async def reasons(nc: Client, topology: Topology) -> dict[int, str]:
     """Dead letters by the stream sequence of the message they hold."""
-    letters = await recent_dead_letters(nc.jetstream(), topology)
+    letters = await recent_dead_letters(nc.jetstream(), topology, limit=10_000)
     return {letter.original_seq or 0: letter.reason for letter in letters}
 
 
@@ -192,3 +206,72 @@ async def test_a_cost_beyond_the_maximum_is_dead_lettered_and_cannot_overflow_a_
     assert (await reasons(nc, topology))[1] == (
         f"cost: Input should be less than or equal to {MAX_COST}"
     )
+
+
+HOSTILE = [
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser goes
+    json.dumps(  # an older version whose token count is Infinity once parsed
+        {
+            "type": "UsageRecorded",
+            "schema_version": 1,
+            "event_id": "01a23835-d3f1-751c-bc5d-8f896d2660eb",
+            "occurred_at": "2026-03-01T10:00:00Z",
+            "provider": "x",
+            "model": "y",
+            "input_tokens": float("inf"),
+        }
+    ).encode(),
+    b"\xff\xfe not even text",
+]
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(mutated_payloads(valid_payloads()), min_size=100, max_size=100))
+async def test_a_consumer_fed_mutated_payloads_dead_letters_the_bad_and_counts_the_rest(
+    nc: Client, db: str, topology: Topology, mutated: list[bytes]
+) -> None:
+    """Each mutated message, followed by an honest call, is counted once or dead-lettered
+    with a reason; every honest call is counted. (One stream and schema for all examples:
+    each looks only at its own messages.)"""
+    await catch_up(SpendProjection(), nc, db, topology)  # the earlier examples' messages
+    ledger = "SELECT event_id FROM spend_ledger WHERE corrects IS NULL"
+    known = {event_id for (event_id,) in await rows(db, ledger)}
+    js = nc.jetstream()
+    subject = topology.event_subject(UsageRecorded.SUBJECT)
+    sent: list[tuple[int, bytes, int]] = []
+    honest = [usage_event() for _ in HOSTILE + mutated]
+    for data, call in zip(HOSTILE + mutated, honest, strict=True):
+        ack, honest_ack = await js.publish(subject, data), await js.publish(subject, encode(call))
+        sent.append((ack.seq, data, honest_ack.seq))
+    await catch_up(SpendProjection(), nc, db, topology, config=EngineConfig())
+
+    letters = await reasons(nc, topology)
+    expected: set[UUID] = {call.event_id for call in honest}
+    for seq, data, honest_seq in sent:
+        assert honest_seq not in letters
+        try:
+            event = decode(data)
+        except DecodeError:
+            assert letters[seq].strip()
+            continue
+        if seq not in letters:
+            assert isinstance(event, UsageRecorded)  # any other type is on a wrong subject
+            expected.add(event.event_id)
+    first, last = sent[0][0], sent[-1][2]
+    counted = await rows(db, f"{ledger} AND stream_seq BETWEEN %s AND %s", (first, last))
+    assert {event_id for (event_id,) in counted} == expected - known
+
+
+async def test_a_reason_quoting_the_message_stays_one_readable_line(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """A NATS header carries the reason: what it quotes of the message (a field named in
+    another script, a control character) is escaped to printable ASCII."""
+    payload = json.loads(encode(usage_event()))
+    payload["clé\x01"] = 1
+    await nc.jetstream().publish(
+        topology.event_subject(UsageRecorded.SUBJECT), json.dumps(payload).encode()
+    )
+    await catch_up(SpendProjection(), nc, db, topology)
+
+    assert await reasons(nc, topology) == {1: "cl\\xe9\\x01: Extra inputs are not permitted"}

@@ -10,7 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from events import (
+    BudgetPolicy,
     DecodeError,
+    PolicySet,
+    Producer,
     TimeBounds,
     Usage,
     UsageRecorded,
@@ -191,3 +194,18 @@ def test_the_contracts_maxima_are_clear_errors(changes: dict[str, object], messa
     with pytest.raises(ValidationError, match=message):
         event(**changes)
     event(cost=Decimal(MAX_COST), usage={"audio_seconds": "1E-40", "output_text": MAX_TOKENS})
+
+
+def test_no_id_at_any_depth_is_made_anew_on_read() -> None:
+    """A policy without its policy_id would become another policy on every read."""
+    policy = PolicySet(
+        occurred_at=utc_now(), policy=BudgetPolicy(policy_id="p", name="p", limit_amount=1)
+    )
+    payload = json.loads(encode(policy))
+    del payload["policy"]["policy_id"]
+    with pytest.raises(DecodeError, match=r"policy\.policy_id: required on the wire"):
+        decode(json.dumps(payload).encode())
+    payload = json.loads(encode(policy.model_copy(update={"producer": Producer(service="s")})))
+    del payload["producer"]["host"]
+    with pytest.raises(DecodeError, match=r"producer\.host: required on the wire"):
+        decode(json.dumps(payload).encode())
