@@ -20,15 +20,7 @@ from budget.config import Settings, load_settings
 from budget.pricing import Priced, PricingRegistry, get_pricing_registry
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.usage import normalize_usage, usage_from_response
-from events import (
-    CallKind,
-    ImageUsage,
-    OutOfBounds,
-    Producer,
-    Usage,
-    UsageRecorded,
-    utc_now,
-)
+from events import CallKind, ImageUsage, OutOfBounds, Producer, Usage, UsageRecorded, utc_now
 from events.rpc import CallAttributes, CheckResult
 
 __all__ = ["BudgetExceeded", "UsageTracker", "get_usage_tracker", "start_usage_tracker"]
