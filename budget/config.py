@@ -7,6 +7,7 @@ import hashlib
 import os
 import unicodedata
 from collections.abc import Mapping
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from budget.pricing.overrides import PriceOverride
-from events import BudgetPolicy, Topology
+from events import BudgetPolicy, TimeBounds, Topology
 
 __all__ = ["AlertChannels", "ConfigError", "Settings", "load_settings", "shown_url"]
 
@@ -134,10 +135,29 @@ class Settings(BaseModel):
     alert_channels: AlertChannels = Field(
         default=AlertChannels(), description="the top-level alert_channels of config.yaml"
     )
+    max_clock_skew: float = Field(
+        default=TimeBounds.max_clock_skew.total_seconds(),
+        ge=0,
+        le=86400,
+        description="seconds an event's occurred_at may lie ahead of now (docs/architecture.md)",
+    )
+    max_event_age: float = Field(
+        default=TimeBounds.max_event_age.total_seconds(),
+        gt=0,
+        le=100 * 366 * 86400,
+        description="seconds an event's occurred_at may lie in the past (docs/architecture.md)",
+    )
 
     @property
     def topology(self) -> Topology:
         return Topology(prefix=self.subject_prefix)
+
+    @property
+    def time_bounds(self) -> TimeBounds:
+        return TimeBounds(
+            max_clock_skew=timedelta(seconds=self.max_clock_skew),
+            max_event_age=timedelta(seconds=self.max_event_age),
+        )
 
 
 # Environment variables that override config.yaml, and the Settings field each one sets.

@@ -22,7 +22,7 @@ from budget.disabled import DISABLED_REASON, DisabledPublisher
 from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_registry
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.usage import normalize_usage, usage_from_response
-from events import CallKind, ImageUsage, Producer, Usage, UsageRecorded, utc_now
+from events import CallKind, ImageUsage, OutOfBounds, Producer, Usage, UsageRecorded, utc_now
 from events.rpc import CallAttributes, CheckResult
 
 __all__ = ["BudgetExceeded", "UsageTracker", "get_usage_tracker", "start_usage_tracker"]
@@ -222,7 +222,8 @@ class UsageTracker:
         Counts follow the seed: ``input_tokens`` includes ``cached_tokens`` and
         ``cache_write_tokens``; ``reasoning_tokens`` are part of ``output_tokens``. Or pass
         the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts.
-        Inconsistent counts raise ``ValueError``. A model without a price, or one whose
+        Inconsistent counts, or an ``occurred_at`` outside ``max_clock_skew`` and
+        ``max_event_age`` of now, raise ``ValueError``. A model without a price, or one whose
         pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
         never as $0. ``estimated_reason``: the counts are an estimate, and why.
         """
@@ -240,6 +241,9 @@ class UsageTracker:
                 images=images,
             )
         at = occurred_at or utc_now()
+        out_of_bounds = self.settings.time_bounds.time_violation(at, utc_now())
+        if out_of_bounds is not None:
+            raise OutOfBounds(out_of_bounds)
         priced = self._price(provider, model, normalized, at)
         if isinstance(priced, Priced):
             cost, source, reason = priced.cost, priced.source, None

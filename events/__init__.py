@@ -15,6 +15,7 @@ from events.alerts import (
     AlertSeverity,
     AlertType,
 )
+from events.bounds import OutOfBounds, TimeBounds
 from events.codec import EVENT_TYPES, DecodeError, canonical, decode, encode, headers_for
 from events.envelope import Event, Producer, utc_now
 from events.policy import (
@@ -58,12 +59,14 @@ __all__ = [
     "Event",
     "ImageUsage",
     "LimitAction",
+    "OutOfBounds",
     "PolicyDeleted",
     "PolicySet",
     "PriceSource",
     "Producer",
     "RequestBlocked",
     "StreamSpec",
+    "TimeBounds",
     "Topology",
     "Usage",
     "UsageRecorded",

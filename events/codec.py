@@ -10,6 +10,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from events.access import ApiKeyCreated, ApiKeyRevoked
 from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
+from events.generated import generated_on_read
 from events.policy import PolicyDeleted, PolicySet, RequestBlocked
 from events.upcasting import upcast
 from events.usage import UsageRecorded, UsageRepriced
@@ -84,36 +85,57 @@ def headers_for(event: Event) -> dict[str, str]:
 
 
 def decode(data: bytes) -> Event:
-    """Decode one message: a current-version event in one pass, else upcast then validate."""
-    if b'"event_id"' in data:  # the model would invent an id; on the wire it is required
-        try:
-            return _CURRENT.validate_json(data)
-        except ValidationError:
-            pass  # an older version, another type, or invalid: the slow path says which
+    """Decode one message: a current-version event in one pass, else upcast then validate.
+    Anything that is not a valid event raises ``DecodeError`` with the reason."""
+    try:
+        event: Event = _CURRENT.validate_json(data)
+    except ValidationError:
+        event = _decode_slowly(data)
+    # Judged on the decoded event, not on the bytes: a tag named "event_id" must not pass
+    # for the envelope's, which the model would otherwise invent anew on every read.
+    generated = generated_on_read(event)
+    if generated == "event_id":
+        raise DecodeError(_NO_EVENT_ID)
+    if generated is not None:
+        raise DecodeError(
+            f"{generated}: required on the wire (a default would be made anew on every read)"
+        )
+    return event
+
+
+def _decode_slowly(data: bytes) -> Event:
+    """An older version, another type, or invalid: upcast and validate, or say why not."""
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise DecodeError(f"not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError("not a JSON object")
-    model = EVENT_TYPES.get(str(obj.get("type")))
+    model = EVENT_TYPES.get(obj["type"]) if isinstance(obj.get("type"), str) else None
     if model is None:
-        raise DecodeError(f"unknown event type {obj.get('type')!r}")
+        raise DecodeError(f"unknown event type {_shown(obj.get('type'))}")
     version = obj.get("schema_version")
     if isinstance(version, int) and version > model.SCHEMA_VERSION:
         raise DecodeError(
             f"{model.__name__} schema_version {version} is newer than this reader's "
             f"({model.SCHEMA_VERSION}); upgrade budget-manager and replay the dead letters"
         )
-    if "event_id" not in obj:
-        # A replay must see the same id every time: it is never generated on read.
-        raise DecodeError("event_id: required (send the same value as Nats-Msg-Id)")
     try:
         return model.model_validate(upcast(obj, model.SCHEMA_VERSION))
     except ValidationError as exc:
         raise DecodeError(_describe(exc)) from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DecodeError(f"cannot upcast: {exc}") from None
+    except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
+        # An older version's fields of the wrong shape (e.g. a token count of 1e400)
+        raise DecodeError(f"cannot upcast: {type(exc).__name__}: {exc}") from None
+
+
+_NO_EVENT_ID = "event_id: required at the top level (send the same value as Nats-Msg-Id)"
+
+
+def _shown(value: object) -> str:
+    """A value for a reason, cut short: the reason travels in a header."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _describe(exc: ValidationError) -> str:

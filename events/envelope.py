@@ -67,6 +67,9 @@ class Event(BaseModel):
     SCHEMA_VERSION: ClassVar[int] = 1
     SUBJECT: ClassVar[str]
     """Subject suffix under <prefix>.events (see ``Topology.event_subject``)."""
+    REPEATS_OCCURRED_AT: ClassVar[bool] = False
+    """True when ``occurred_at`` is another, earlier event's (a correction's is the
+    corrected call's), so its age says nothing about this event."""
 
     event_id: uuid.UUID = Field(default_factory=new_event_id)
     schema_version: int

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from events import queries, rpc
 from events.codec import EVENT_TYPES
 from events.envelope import Event
+from events.generated import generated_fields
 
 __all__ = ["RPC_MESSAGES", "schema_files", "write_schemas"]
 
@@ -38,7 +39,10 @@ RPC_MESSAGES: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
 
 def schema_of(model: type[Event]) -> dict[str, Any]:
     schema = model.model_json_schema(mode="validation")
-    schema["required"] = ["event_id", *schema.get("required", [])]  # never generated on read
+    # Fields whose default is made anew (ids, the producer's host): never generated on read
+    for name, fields in generated_fields(model).items():
+        part = schema if name == model.__name__ else schema["$defs"][name]
+        part["required"] = [*fields, *part.get("required", [])]
     schema["$id"] = f"urn:budget-manager:event:{model.__name__}:v{model.SCHEMA_VERSION}"
     schema["x-nats-subject"] = f"<prefix>.events.{model.SUBJECT}"
     schema["x-nats-headers"] = {"Nats-Msg-Id": "the event_id (JetStream drops re-sends)"}

@@ -13,6 +13,8 @@ from events.envelope import Event
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
+    "MAX_COST",
+    "MAX_DECIMAL_PLACES",
     "MAX_IMAGES",
     "MAX_TOKENS",
     "CallKind",
@@ -23,13 +25,22 @@ __all__ = [
     "UsageRepriced",
 ]
 
+# The bounds of one call's usage and cost (docs/architecture.md). Each fits the
+# projections' per-event columns (bigint, integer, numeric); totals are summed in numeric
+# columns, which no number of maximal calls can overflow.
 MAX_TOKENS = 10**12
-"""The most tokens of one class one call may record: far beyond any model's context, and
-small enough that millions of such calls still sum within PostgreSQL's bigint columns."""
+"""The most tokens of one class one call may record: far beyond any model's context."""
 MAX_AUDIO_SECONDS = 10**9
 MAX_IMAGES = 10**6
+MAX_COST = 10**12
+"""The most USD one call may cost (the maximal usage at today's dearest rates is ~10**10)."""
+MAX_DECIMAL_PLACES = 40
+"""Digits after the point of ``cost`` and ``audio_seconds``: a cost priced with 28
+significant digits stays exact down to 10**-12 USD."""
 
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Seconds = Annotated[Decimal, Field(ge=0, le=MAX_AUDIO_SECONDS, decimal_places=MAX_DECIMAL_PLACES)]
+Usd = Annotated[Decimal, Field(ge=0, le=MAX_COST, decimal_places=MAX_DECIMAL_PLACES)]
 CallKind = Literal["chat", "embedding", "image", "audio"]
 
 
@@ -57,7 +68,9 @@ class Usage(BaseModel):
     output_text: Count = 0
     output_reasoning: Count = 0
     embedding_tokens: Count = 0
-    audio_seconds: Annotated[Decimal, Field(ge=0, le=MAX_AUDIO_SECONDS)] = Decimal(0)
+    audio_seconds: Seconds = Field(
+        default=Decimal(0), description="0 to 10**9 (MAX_AUDIO_SECONDS), at most 40 decimal places"
+    )
     images: ImageUsage | None = None
 
     @property
@@ -90,8 +103,10 @@ class PriceSource(BaseModel):
 class _Cost(BaseModel):
     """The cost fields both usage events carry, with the rule that binds them."""
 
-    cost: Decimal | None = Field(
-        default=None, description="USD, exact; absent or null when the model has no price"
+    cost: Usd | None = Field(
+        default=None,
+        description="USD, exact: 0 to 10**12 (MAX_COST), at most 40 decimal places; absent or"
+        " null when the model has no price",
     )
     currency: Literal["USD"] = "USD"
     price: PriceSource | None = None
@@ -101,8 +116,6 @@ class _Cost(BaseModel):
     def _priced_or_explained(self) -> Self:
         if self.cost is None and not self.unpriced_reason:
             raise ValueError("an unpriced event must say why (unpriced_reason)")
-        if self.cost is not None and self.cost < 0:
-            raise ValueError("cost must not be negative")
         return self
 
 
@@ -141,6 +154,7 @@ class UsageRepriced(_Cost, Event):
 
     SCHEMA_VERSION: ClassVar[int] = 1
     SUBJECT: ClassVar[str] = "usage.repriced"
+    REPEATS_OCCURRED_AT: ClassVar[bool] = True
 
     type: Literal["UsageRepriced"] = "UsageRepriced"
     schema_version: Literal[1] = 1

@@ -38,7 +38,7 @@ async def dead_letter(
 ) -> None:
     """Publish and wait for the PubAck, so the letter is stored before the checkpoint moves
     past the message. The message id makes a repeat (after a crash) a no-op."""
-    one_line = " ".join(reason.split())[:2000]
+    one_line = _header_safe(" ".join(reason.split()))[:2000]
     log.warning(
         "dead-lettered %s seq %d (%s): %s",
         delivery.subject,
@@ -56,6 +56,12 @@ async def dead_letter(
             HEADER_ORIGINAL_SEQ: str(delivery.stream_seq),
         },
     )
+
+
+def _header_safe(text: str) -> str:
+    """Printable ASCII, the rest escaped (``\\x00``, ``\\xe9``): a reason quotes the message,
+    and a control character or non-ASCII letter in a NATS header value corrupts it."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode() for c in text)
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ async def recent_dead_letters(
             DeadLetter(
                 seq=seq,
                 consumer=(msg.subject or "").removeprefix(prefix),
-                reason=headers.get(HEADER_REASON, ""),
+                reason=str(headers.get(HEADER_REASON, "")),  # older letters: maybe not ASCII
                 original_subject=headers.get(HEADER_ORIGINAL_SUBJECT),
                 original_seq=int(original_seq) if original_seq.isdigit() else None,
                 stored_at=msg.time,

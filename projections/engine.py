@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from events import DecodeError, Topology, canonical, decode
+from events import EVENT_TYPES, DecodeError, Event, TimeBounds, Topology, canonical, decode
 from projections.base import Applied, Connection, Projection, Rejected
 from projections.checkpoints import ensure_projection
 from projections.db import connect
@@ -24,6 +25,7 @@ from projections.reader import Delivery, PullReader
 __all__ = [
     "BatchResult",
     "EngineConfig",
+    "Preparer",
     "ProjectionRunner",
     "Reconnected",
     "Retired",
@@ -42,18 +44,37 @@ class EngineConfig:
     5,000 events/s, 2 ms gave lag p50/p99 24/76 ms against 35/90 ms with 10 ms."""
     request_batch: int = 4000
     max_ack_pending: int = 20000
+    time_bounds: TimeBounds = field(default_factory=TimeBounds)
+    """Judged against each message's storage time, so a rebuild gives the live verdicts."""
 
 
 Prepared = Applied | str
-"""A delivery decoded into an event, or the reason it could not be."""
+"""A delivery decoded into an event, or the reason it is dead-lettered."""
 
 
-def prepare(stream_seq: int, data: bytes) -> Prepared:
-    try:
-        event = decode(data)
-    except DecodeError as exc:
-        return exc.reason
-    return Applied(stream_seq, event, canonical(event))
+class Preparer:
+    """Decodes a message and checks what the decoder cannot: that the event was published
+    on its own type's subject, and that its time is within bounds of when it was stored."""
+
+    def __init__(self, topology: Topology, time_bounds: TimeBounds) -> None:
+        self._subjects: dict[type[Event], str] = {
+            model: topology.event_subject(model.SUBJECT) for model in EVENT_TYPES.values()
+        }
+        self._time_bounds = time_bounds
+
+    def __call__(self, stream_seq: int, subject: str, stored_ns: int, data: bytes) -> Prepared:
+        try:
+            event = decode(data)
+        except DecodeError as exc:
+            return exc.reason
+        expected = self._subjects[type(event)]
+        if subject != expected:
+            return f"type: {type(event).__name__} belongs on {expected}, not on {subject}"
+        stored_at = datetime.fromtimestamp(stored_ns / 1e9, UTC)
+        violation = self._time_bounds.violation(event, stored_at)
+        if violation is not None:
+            return violation
+        return Applied(stream_seq, event, canonical(event))
 
 
 @dataclass(frozen=True)
@@ -141,7 +162,7 @@ class ProjectionRunner:
             self._nc,
             self._topology.event_stream.name,
             self.durable,
-            prepare=prepare,
+            prepare=Preparer(self._topology, self.config.time_bounds),
             request_batch=self.config.request_batch,
         )
         await self.reader.start()

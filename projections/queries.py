@@ -86,8 +86,8 @@ async def spend_for_period(
     cursor = await conn.execute(
         "SELECT scope, scope_key, sum(cost), sum(requests)::bigint,"
         " sum(unpriced_requests)::bigint,"
-        " sum(input_uncached + input_cache_read + input_cache_write)::bigint,"
-        " sum(output_text + output_reasoning)::bigint"
+        " sum(input_uncached + input_cache_read + input_cache_write),"
+        " sum(output_text + output_reasoning)"
         " FROM spend_buckets WHERE bucket_start >= %s AND bucket_start < %s"
         + (" AND scope = %s" if scope is not None else "")
         + " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key",

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["ConsumerGone", "Delivery", "PullReader"]
+__all__ = ["ConsumerGone", "Delivery", "Prepare", "PullReader"]
 
 T = TypeVar("T")
 
@@ -39,9 +39,14 @@ class Delivery(Generic[T]):
     """What ``prepare`` made of the message as it arrived (e.g. the decoded event)."""
 
 
+Prepare = Callable[[int, str, int, bytes], T]
+"""``prepare(stream_seq, subject, stored_ns, data)``: what a consumer makes of a message;
+``stored_ns`` is when JetStream stored it (nanoseconds since the epoch)."""
+
+
 class PullReader(Generic[T]):
-    """``prepare(stream_seq, data)`` runs on each message as it arrives, which is while the
-    consumer awaits the database, so decoding overlaps with PostgreSQL's work."""
+    """``prepare`` runs on each message as it arrives, which is while the consumer awaits
+    the database, so decoding overlaps with PostgreSQL's work."""
 
     def __init__(
         self,
@@ -49,7 +54,7 @@ class PullReader(Generic[T]):
         stream: str,
         durable: str,
         *,
-        prepare: Callable[[int, bytes], T],
+        prepare: Prepare[T],
         request_batch: int,
         expires: float = 5.0,
     ) -> None:
@@ -135,8 +140,9 @@ class PullReader(Generic[T]):
         # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream_seq>.<consumer_seq>.<ts>.<pending>
         # v2 adds <domain>.<account hash> after $JS.ACK (and may end in a random token)
         tokens = reply.split(".")
-        stream_seq = int(tokens[5] if len(tokens) == 9 else tokens[7])
-        prepared = self._prepare(stream_seq, msg.data)
+        at = 5 if len(tokens) == 9 else 7
+        stream_seq, stored_ns = int(tokens[at]), int(tokens[at + 2])
+        prepared = self._prepare(stream_seq, msg.subject, stored_ns, msg.data)
         self._buffer.append(Delivery(stream_seq, msg.data, reply, msg.subject, prepared))
         self._outstanding -= 1
         self._arrived.set()

@@ -35,8 +35,8 @@ _MEASURES = (
     "sum(cost)",
     "sum(requests)::bigint",
     "sum(unpriced_requests)::bigint",
-    "sum(input_uncached + input_cache_read + input_cache_write)::bigint",
-    "sum(output_text + output_reasoning)::bigint",
+    "sum(input_uncached + input_cache_read + input_cache_write)",
+    "sum(output_text + output_reasoning)",
 )
 _MEASURE_COLUMNS = ("cost_usd", "requests", "unpriced_requests", "input_tokens", "output_tokens")
 _HISTORY_DAYS = 56
@@ -353,7 +353,11 @@ class ReportBuilder:
                 GROUP BY key1, key2 ORDER BY sum(cost) DESC, key1, key2""".encode(),
             {"d": dimension, "key": None, "bounds": [start, end]},
         )
-        return [Totals(*row) for row in await cursor.fetchall()]
+        # token sums are numeric (beyond bigint's range): exact as Python ints
+        return [
+            Totals(key1, key2, cost, requests, unpriced, int(inputs), int(outputs))
+            for key1, key2, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
+        ]
 
     async def spans(
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]

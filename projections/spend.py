@@ -35,11 +35,14 @@ BUCKET_SQL = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00+00')"
 
 
 # Summed columns of the totals table: (name, SQL type, aggregate over the applied events).
+# Usage sums are numeric, not bigint: a bigint bucket overflows after 9.2 million calls
+# at MAX_TOKENS, and then refuses every later call of its quarter hour. Counts of calls
+# (and of images, at most MAX_IMAGES each) stay far inside bigint.
 MEASURES = (
     ("cost", "numeric", "coalesce(sum(cost), 0)"),
     ("requests", "bigint", "count(*)"),
     ("unpriced_requests", "bigint", "count(*) FILTER (WHERE cost IS NULL)"),
-    *((name, sql_type, f"sum({name})") for name, sql_type in USAGE_MEASURES),
+    *((name, "numeric", f"sum({name})") for name, _ in USAGE_MEASURES),
     ("images", "bigint", "coalesce(sum((images ->> 'count')::bigint), 0)"),
 )
 

@@ -26,6 +26,7 @@ from budget.periods import Period
 from budget.queries import NotApplied
 from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
+from projections.engine import EngineConfig
 from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
 from projections.rebuild import Progress, rebuild
@@ -403,6 +404,7 @@ def projections_rebuild(
                     topology=current.topology,
                     on_progress=show,
                     swap=swap,
+                    config=EngineConfig(time_bounds=current.time_bounds),
                 )
             finally:
                 bar.close()

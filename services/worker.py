@@ -23,7 +23,13 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from budget.config import Settings
-from projections.engine import BatchResult, ProjectionRunner, Reconnected, Retired
+from projections.engine import (
+    BatchResult,
+    EngineConfig,
+    ProjectionRunner,
+    Reconnected,
+    Retired,
+)
 from projections.log import require_stream
 from projections.reader import ConsumerGone
 from projections.registry import get_projection
@@ -49,7 +55,11 @@ async def run_projection(name: str, nc: Client, settings: Settings, stop: asynci
 
     while not stop.is_set():
         runner = ProjectionRunner(
-            projection, nc=nc, database_url=settings.database_url, topology=settings.topology
+            projection,
+            nc=nc,
+            database_url=settings.database_url,
+            topology=settings.topology,
+            config=EngineConfig(time_bounds=settings.time_bounds),
         )
         try:
             await runner.open()

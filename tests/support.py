@@ -18,13 +18,23 @@ from nats.aio.client import Client
 
 from budget.config import Settings
 from budget.queries import RpcQueries
-from events import Event, Topology, Usage, UsageRecorded, encode, headers_for, utc_now
+from events import (
+    Event,
+    TimeBounds,
+    Topology,
+    Usage,
+    UsageRecorded,
+    encode,
+    headers_for,
+    utc_now,
+)
 from projections.base import Connection, Projection
 from projections.db import connect
 from projections.engine import EngineConfig, ProjectionRunner
 from services.query_service import QueryService
 
 ROOT = Path(__file__).resolve().parent.parent
+ANY_TIME = TimeBounds(max_clock_skew=timedelta.max, max_event_age=timedelta.max)
 
 
 @contextlib.asynccontextmanager
@@ -96,14 +106,16 @@ async def catch_up(
     version: int | None = None,
     config: EngineConfig | None = None,
 ) -> None:
-    """Run one projection until it has committed everything in the log."""
+    """Run one projection until it has committed everything in the log. Unless ``config``
+    says otherwise, events of any time are applied: tests build periods from fixed dates
+    (the time bounds are proven in test_event_contract.py)."""
     runner = ProjectionRunner(
         projection,
         nc=nc,
         database_url=database_url,
         topology=topology,
         version=version,
-        config=config,
+        config=config or EngineConfig(time_bounds=ANY_TIME),
     )
     await runner.open()
     try:

@@ -4,6 +4,7 @@ settlement), and a retried usage post never counted twice."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -163,3 +164,19 @@ def test_a_batch_is_each_of_its_calls(
     assert wrong.status_code == 422
     assert wrong.json()["errors"][0]["field"] == "body.events.1.output_tokens"
     assert ingest.post("/api/v1/usage/batch", json={"events": []}).status_code == 422
+
+
+def test_a_time_out_of_bounds_is_refused_saying_which_bound(ingest: httpx.Client) -> None:
+    """Default bounds: 5 minutes ahead of now (max_clock_skew), 730 days back
+    (max_event_age)."""
+    now = datetime.now(UTC)
+    for at, bound in (
+        (now + timedelta(hours=1), "max_clock_skew"),
+        (now - timedelta(days=800), "max_event_age"),
+    ):
+        answer = ingest.post("/api/v1/usage", json=call("bounds", occurred_at=at.isoformat()))
+        assert answer.status_code == 422, answer.text
+        [error] = answer.json()["errors"]
+        assert error["field"] == "body.occurred_at"
+        assert error["message"].startswith(f"occurred_at: {at.isoformat()} is ")
+        assert f"({bound}) is allowed" in answer.json()["detail"]

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from pydantic import ValidationError
 
-from events import DecodeError, Usage, UsageRecorded, decode, encode, headers_for, utc_now
+from events import (
+    BudgetPolicy,
+    DecodeError,
+    PolicySet,
+    Producer,
+    TimeBounds,
+    Usage,
+    UsageRecorded,
+    UsageRepriced,
+    decode,
+    encode,
+    headers_for,
+    utc_now,
+)
 from events.envelope import new_event_id
+from events.usage import MAX_COST, MAX_TOKENS
 
 
 def event(**changes: object) -> UsageRecorded:
@@ -117,3 +131,81 @@ def test_event_ids_are_time_ordered_uuid7() -> None:
     first, second = new_event_id(), new_event_id()
     assert first.version == 7
     assert str(first)[:8] <= str(second)[:8]
+
+
+def test_a_tag_named_event_id_does_not_pass_for_the_events_id() -> None:
+    """The decoder looks at the decoded event, not at the bytes: without a top-level
+    event_id the event is refused on every read, never given a new id each time."""
+    payload = json.loads(encode(event(tags={"event_id": str(new_event_id())})))
+    del payload["event_id"]
+    data = json.dumps(payload).encode()
+    for _ in range(2):
+        with pytest.raises(DecodeError, match="event_id: required at the top level"):
+            decode(data)
+
+
+def test_an_upcast_of_a_malformed_older_version_is_a_decode_error() -> None:
+    v1 = {
+        "event_id": str(new_event_id()),
+        "type": "UsageRecorded",
+        "schema_version": 1,
+        "occurred_at": "2026-03-01T10:00:00Z",
+        "provider": "x",
+        "model": "y",
+        "input_tokens": 1e400,  # json.loads reads Infinity: int() of it overflows
+        "cost": {"not": "a number"},
+    }
+    with pytest.raises(DecodeError, match="cannot upcast: OverflowError"):
+        decode(json.dumps(v1).encode())
+    del v1["input_tokens"]
+    with pytest.raises(DecodeError, match="cannot upcast: InvalidOperation"):
+        decode(json.dumps(v1).encode())
+
+
+def test_nesting_deeper_than_the_parser_goes_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="not JSON"):
+        decode(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_a_correction_repeats_an_old_time_so_only_its_skew_is_bounded() -> None:
+    bounds = TimeBounds(max_event_age=timedelta(days=1))
+    now = utc_now()
+    old = now - timedelta(days=30)
+    correction = UsageRepriced(
+        occurred_at=old, corrects=new_event_id(), provider="p", model="m", cost=0, reason="fix"
+    )
+    assert bounds.violation(correction, now) is None
+    assert "(max_event_age)" in str(bounds.violation(event(occurred_at=old), now))
+    ahead = correction.model_copy(update={"occurred_at": now + timedelta(minutes=6)})
+    assert "(max_clock_skew)" in str(bounds.violation(ahead, now))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cost": Decimal(MAX_COST + 1)}, "less than or equal to 1000000000000"),
+        ({"cost": Decimal("1E-41")}, "no more than 40 decimal places"),
+        ({"cost": Decimal("-0.01")}, "greater than or equal to 0"),
+        ({"usage": {"audio_seconds": "1E-41"}}, "no more than 40 decimal places"),
+        ({"usage": {"output_text": MAX_TOKENS + 1}}, "less than or equal to 1000000000000"),
+    ],
+)
+def test_the_contracts_maxima_are_clear_errors(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        event(**changes)
+    event(cost=Decimal(MAX_COST), usage={"audio_seconds": "1E-40", "output_text": MAX_TOKENS})
+
+
+def test_no_id_at_any_depth_is_made_anew_on_read() -> None:
+    """A policy without its policy_id would become another policy on every read."""
+    policy = PolicySet(
+        occurred_at=utc_now(), policy=BudgetPolicy(policy_id="p", name="p", limit_amount=1)
+    )
+    payload = json.loads(encode(policy))
+    del payload["policy"]["policy_id"]
+    with pytest.raises(DecodeError, match=r"policy\.policy_id: required on the wire"):
+        decode(json.dumps(payload).encode())
+    payload = json.loads(encode(policy.model_copy(update={"producer": Producer(service="s")})))
+    del payload["producer"]["host"]
+    with pytest.raises(DecodeError, match=r"producer\.host: required on the wire"):
+        decode(json.dumps(payload).encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -111,3 +112,14 @@ def test_enabled_email_without_recipients_is_one_clear_line(tmp_path: Path) -> N
     path = write(tmp_path, "alert_channels:\n  email:\n    enabled: true\n")
     with pytest.raises(ConfigError, match=r"^alert_channels\.email in .*: .*no recipients"):
         load_settings(path, environ={})
+
+
+def test_the_event_time_bounds_come_from_the_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "budget:\n  max_clock_skew: 60\n")
+    bounds = load_settings(path, environ={"BUDGET_MAX_EVENT_AGE": "86400"}).time_bounds
+    assert (bounds.max_clock_skew, bounds.max_event_age) == (
+        timedelta(minutes=1),
+        timedelta(days=1),
+    )
+    with pytest.raises(ConfigError, match="BUDGET_MAX_EVENT_AGE: Input should be greater than 0"):
+        load_settings(path, environ={"BUDGET_MAX_EVENT_AGE": "0"})

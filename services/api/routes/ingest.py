@@ -19,10 +19,18 @@ from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from budget.rpc import RpcFailure
-from events import CallKind, ImageUsage, UsageRecorded, decode, encode, headers_for
+from events import (
+    CallKind,
+    ImageUsage,
+    OutOfBounds,
+    UsageRecorded,
+    decode,
+    encode,
+    headers_for,
+)
 from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
-from events.usage import MAX_AUDIO_SECONDS, MAX_TOKENS
+from events.usage import MAX_TOKENS, Seconds
 from services.api.auth import INGEST, require
 from services.api.context import ApiServices, current_services
 from services.api.problems import Problem, field_errors
@@ -66,7 +74,7 @@ class UsageIn(BaseModel):
     cache_write_tokens: Tokens = 0
     reasoning_tokens: Tokens = 0
     embedding_tokens: Tokens = 0
-    audio_seconds: Annotated[Decimal, Field(ge=0, le=MAX_AUDIO_SECONDS)] = Decimal(0)
+    audio_seconds: Seconds = Decimal(0)
     images: ImageUsage | None = None
     usage: dict[str, Any] | None = None
     kind: CallKind | None = None
@@ -205,16 +213,24 @@ def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
     try:
         return api.tracker.usage_event(**fields, tags=body.tags)
     except ValidationError as exc:  # the event's own bounds, e.g. a raw usage object's
-        # Locations are the event's (``usage.input_uncached``) or its Usage's
-        # (``embedding_tokens``): both name a usage class.
         errors = [
-            {"field": f"{where}.usage.{e['field'].removeprefix('usage.')}", "message": e["message"]}
+            {"field": f"{where}.{_event_field(e['field'])}", "message": e["message"]}
             for e in field_errors(exc.errors())
         ]
         detail = f"{errors[0]['field']}: {errors[0]['message']}"
         raise Problem(422, detail, errors=errors) from None
+    except OutOfBounds as exc:  # occurred_at too far ahead or back
+        errors = [{"field": f"{where}.occurred_at", "message": str(exc)}]
+        raise Problem(422, str(exc), errors=errors) from None
     except ValueError as exc:  # inconsistent counts
         raise Problem(422, str(exc), errors=[{"field": where, "message": str(exc)}]) from None
+
+
+def _event_field(location: str) -> str:
+    """Locations are the event's (``usage.input_uncached``, ``cost``) or its Usage's
+    (``embedding_tokens``, from normalising a raw usage object)."""
+    top = location.split(".", 1)[0]
+    return location if top in UsageRecorded.model_fields else f"usage.{location}"
 
 
 _CALL = {"provider", "model", "kind", "usage", "user_id", "project_id", "tags", "reservation_id"}
