@@ -66,6 +66,9 @@ SERVICE = "enforcer"
 @dataclass(frozen=True, kw_only=True)
 class EnforcerConfig:
     reservation_ttl: float = 300.0
+    """Seconds a hold lives when the check names no ``ttl_seconds``."""
+    reservation_ttl_max: float = 3600.0
+    """The longest ``ttl_seconds`` a check is granted; longer asks are capped to it."""
     max_batch: int = 500
     cleanup_interval: float = 10.0
     stall_after: float = 30.0
@@ -74,7 +77,11 @@ class EnforcerConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> EnforcerConfig:
         ttl = settings.reservation_ttl
-        return cls(reservation_ttl=ttl, cleanup_interval=min(10.0, ttl / 2))
+        return cls(
+            reservation_ttl=ttl,
+            reservation_ttl_max=settings.reservation_ttl_max,
+            cleanup_interval=min(10.0, ttl / 2),
+        )
 
 
 @dataclass(slots=True)
@@ -312,7 +319,6 @@ class Enforcer:
         spend = {w.ident: amount for w, amount in zip(batch.windows, spent, strict=True)}
         results, holds = [], []
         now = batch.now
-        expires = now + timedelta(seconds=self.config.reservation_ttl)
         for pending, call_windows, planned_id in zip(
             batch.pending, batch.per_call, batch.reservation_ids, strict=True
         ):
@@ -322,11 +328,18 @@ class Enforcer:
             reservation_id = planned_id if enforced else None
             result = decide(statuses, estimate, enforced=True, reservation_id=reservation_id)
             if result.allowed and reservation_id is not None:
+                expires = now + timedelta(seconds=self._ttl(pending.request))
                 for w in enforced:
                     spend[w.ident] += estimate
                     holds.append(reservations.Hold(reservation_id, w, estimate, expires))
             results.append(result)
         return results, holds
+
+    def _ttl(self, request: CheckRequest) -> float:
+        """The hold's lifetime: what the check asks, up to the configured maximum."""
+        if request.ttl_seconds is None:
+            return self.config.reservation_ttl
+        return min(request.ttl_seconds, self.config.reservation_ttl_max)
 
     def _remember(
         self, windows: list[PolicyWindow], spent: list[Decimal], holds: list[reservations.Hold]
