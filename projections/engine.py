@@ -218,16 +218,23 @@ class ProjectionRunner:
     async def _apply_isolating_rejects(
         self, conn: Connection, events: Sequence[Applied]
     ) -> list[tuple[Applied, str]]:
-        """Apply the batch; if the database refuses it for its data (a valid event it
-        still cannot store, e.g. a NUL character in a name), apply event by event and
-        return the ones it refuses, so one bad event cannot stall the consumer forever."""
+        """Apply the batch; if an event makes it fail (the database refuses its data, e.g.
+        a NUL character in a name, or the projection raises on it, e.g. a period past the
+        year 9999), apply event by event and return the ones that fail, so one bad event
+        cannot stop the consumer. Other database errors (a lost connection) and a retired
+        version are no event's fault: they propagate."""
         try:
             async with conn.transaction():
                 await self.projection.apply(conn, self.version, events)
             return []
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            if len(events) == 1:
-                return [(events[0], f"rejected by the database: {exc}")]
+            failure: Exception = exc
+        except (psycopg.Error, Retired):
+            raise
+        except Exception as exc:
+            failure = exc
+        if len(events) == 1:
+            return [(events[0], _rejection(failure))]
         rejected = []
         for event in events:
             rejected += await self._apply_isolating_rejects(conn, [event])
@@ -261,3 +268,10 @@ class ProjectionRunner:
         if row is None or int(row[0]) > self.version:
             raise Retired(f"{self.durable} was replaced by version {row and row[0]}")
         return int(row[1])
+
+
+def _rejection(exc: Exception) -> str:
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return f"rejected by the database: {exc}"
+    log.error("projection failed on one event; dead-lettering it", exc_info=exc)
+    return f"the projection failed on it: {type(exc).__name__}: {exc}"
