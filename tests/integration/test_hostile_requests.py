@@ -1,6 +1,7 @@
 """No single request stops a request/reply service: a burst of hostile requests to the
 enforcer and the query service on the real NATS is answered (an error, never silence), and
-an honest request after it gets the right answer."""
+an honest request after it gets the right answer. An answer too big to send is refused
+at once, not left to time out."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
-from budget.rpc import ask
-from events import BudgetScope, Topology
+from budget.rpc import Refused, ask
+from events import BudgetPolicy, BudgetScope, PolicySet, Topology, utc_now
 from events.queries import (
     QUERY_POLICIES,
     QUERY_REPORT,
@@ -34,6 +35,7 @@ from events.rpc import (
 )
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from support import publish
 
 pytestmark = pytest.mark.integration
 ANSWER_WITHIN = 10.0
@@ -148,3 +150,25 @@ async def test_a_burst_of_hostile_queries_leaves_the_query_service_answering(
             nc, rpc(QUERY_POLICIES), PoliciesQuery(), PoliciesAnswer, within=ANSWER_WITHIN
         )
         assert answer.policies == [policy]
+
+
+async def test_an_answer_too_big_for_nats_is_refused_and_the_next_question_answered(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    many = [
+        PolicySet(
+            occurred_at=utc_now(),
+            policy=BudgetPolicy(policy_id=f"p{i}", name="n" * 200, limit_amount=Decimal(i)),
+        )
+        for i in range(3000)
+    ]  # ~1.3 MB of policies: more than one NATS message can carry
+    async with enforcement_stack(nc, settings, enforcer=False) as stack:
+        await publish(nc, topology, many)
+        mine = await stack.set_policy(scope=BudgetScope.USER, scope_key="me", limit_amount="5")
+        rpc = settings.topology.rpc_subject
+        with pytest.raises(Refused, match="answer not sent"):
+            await ask(nc, rpc(QUERY_POLICIES), PoliciesQuery(), PoliciesAnswer, within=30)
+        users = PoliciesQuery(scope=BudgetScope.USER)
+        answer = await ask(nc, rpc(QUERY_POLICIES), users, PoliciesAnswer, within=ANSWER_WITHIN)
+        assert answer.policies == [mine]
