@@ -7,6 +7,7 @@ logged; the subscription, and the service, go on. No single request can stop a s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -78,7 +79,9 @@ async def answer(
         await send(nc, msg.reply, reply)
     except Exception as exc:  # e.g. an answer too big for NATS: say so, smaller
         log.warning("%s could not send its answer: %s", service, exc)
-        await send(nc, msg.reply, RpcError(error=f"{service}: answer not sent: {exc}"[:_MAX_ERROR]))
+        refusal = RpcError(error=f"{service}: answer not sent: {exc}"[:_MAX_ERROR])
+        with contextlib.suppress(Exception):  # not even that: the asker times out
+            await send(nc, msg.reply, refusal)
 
 
 def _parse(model: type[BaseModel], data: bytes) -> BaseModel:
