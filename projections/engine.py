@@ -5,8 +5,10 @@ gives exactly-once effects on at-least-once delivery."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import psycopg
@@ -156,9 +158,14 @@ class ProjectionRunner:
             self._conn = None
 
     async def run(
-        self, stop: asyncio.Event, on_batch: Callable[[BatchResult], None] | None = None
+        self,
+        stop: asyncio.Event,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        *,
+        turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
-        """Process batches until ``stop`` is set; raises Retired after a swap."""
+        """Process batches until ``stop`` is set, each inside ``turn()`` (a health watch);
+        raises Retired after a swap."""
         assert self.reader is not None
         while not stop.is_set():
             batch = await self.reader.take(self.config.batch_size, self.config.linger, wait=0.5)
@@ -166,8 +173,9 @@ class ProjectionRunner:
                 raise Reconnected(f"{self.durable}: NATS reconnected; resuming from checkpoint")
             if not batch:
                 continue
-            result = await self.process(batch)
-            await self.reader.ack_through(result.last)
+            with turn():
+                result = await self.process(batch)
+                await self.reader.ack_through(result.last)
             if on_batch is not None:
                 on_batch(result)
 

@@ -27,17 +27,23 @@ from projections.engine import BatchResult, ProjectionRunner, Reconnected, Retir
 from projections.log import require_stream
 from projections.reader import ConsumerGone
 from projections.registry import get_projection
-from services.liveness import Liveness
+from services.liveness import Liveness, Loop
 
 __all__ = ["ServiceBody", "run_projection", "run_service", "run_worker", "tune_gc"]
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
+WORKER_STALL_AFTER = 300.0
+"""Seconds one batch may take before a worker counts as stalled (unhealthy)."""
 
 
-async def run_projection(name: str, nc: Client, settings: Settings, stop: asyncio.Event) -> None:
+async def run_projection(
+    name: str, nc: Client, settings: Settings, stop: asyncio.Event, loop: Loop | None = None
+) -> None:
     """Run the active version of projection ``name`` until ``stop``; follow a swap to the
-    new version; ride out NATS or PostgreSQL outages with backoff."""
+    new version; ride out NATS or PostgreSQL outages with backoff. Each batch is a turn of
+    ``loop``, if given (a batch stuck longer than its ``stall_after`` is a stall)."""
+    turn = loop.turn if loop is not None else contextlib.nullcontext
     projection = get_projection(name)
     await require_stream(nc.jetstream(), settings.topology.event_stream)
     backoff = 1.0
@@ -55,7 +61,7 @@ async def run_projection(name: str, nc: Client, settings: Settings, stop: asynci
         try:
             await runner.open()
             log.info("worker %s running version %d", name, runner.version)
-            await runner.run(stop, on_batch=count)
+            await runner.run(stop, on_batch=count, turn=turn)
         except (Retired, ConsumerGone) as exc:
             log.info("worker %s: %s; moving to the live version", name, exc)
         except Reconnected as exc:
@@ -110,8 +116,9 @@ def run_worker(name: str, settings: Settings) -> int:
     """Run projection ``name``'s worker until SIGINT/SIGTERM; returns the exit code."""
     get_projection(name)  # fail fast on an unknown name
 
-    async def body(nc: Client, settings: Settings, stop: asyncio.Event, _: Liveness) -> None:
-        await run_projection(name, nc, settings, stop)
+    async def body(nc: Client, settings: Settings, stop: asyncio.Event, liveness: Liveness) -> None:
+        loop = liveness.loop(f"worker {name}", stall_after=WORKER_STALL_AFTER)
+        await loop.start(run_projection(name, nc, settings, stop, loop))
 
     return run_service(f"worker {name}", settings, body)
 

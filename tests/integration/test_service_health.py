@@ -1,6 +1,7 @@
 """A service's health is its loops turning, not its process being up: an enforcer whose
 decision loop is stalled (a lock it waits for) or stopped says so in every answer and in
-its heartbeat, at once, instead of leaving checks to time out; healthy again, it decides."""
+its heartbeat, at once, instead of leaving checks to time out; healthy again, it decides.
+A worker stuck on one batch is reported the same way."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from events import BudgetScope, Topology
 from events.rpc import RPC_CHECK, RPC_SNAPSHOT, CallAttributes, CheckRequest, CheckResult, Snapshot
 from projections.db import connect
 from services.enforcer import EnforcerConfig
-from services.worker import heartbeat
+from services.liveness import Liveness
+from services.ops import prepare
+from services.worker import heartbeat, run_projection
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
-from support import wait_for
+from support import publish, rows, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
 WITHIN = 5.0
@@ -101,3 +104,48 @@ async def test_a_stopped_decision_loop_refuses_at_once_and_fails_the_health_prob
         with pytest.raises(Refused, match="not healthy: enforcer decision loop stopped"):
             await ask(nc, rpc(RPC_SNAPSHOT), CallAttributes(model="x"), Snapshot, within=WITHIN)
         assert "decision loop stopped" in await refusal(stack, rpc(RPC_CHECK), check("c"))
+
+
+async def test_a_worker_stuck_on_one_batch_is_reported_until_it_moves_again(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    liveness = Liveness()
+    loop = liveness.loop("worker spend", stall_after=0.5)
+    stop = asyncio.Event()
+    worker = loop.start(run_projection("spend", nc, settings, stop, loop))
+    blocker = await connect(db)
+
+    async def spent(amount: str) -> bool:
+        found = await rows(db, "SELECT sum(cost) FROM spend_buckets WHERE scope_key = 'stuck'")
+        return found == [(Decimal(amount),)]
+
+    try:
+        await publish(nc, topology, [usage_event(cost="1.00", user="stuck")])
+
+        async def running() -> bool:
+            """the worker applied the first event"""
+            return await spent("1.00")
+
+        await wait_for(running, within=WITHIN)
+        await blocker.execute("BEGIN")
+        await blocker.execute("LOCK TABLE projection_checkpoints IN ACCESS EXCLUSIVE MODE")
+        await publish(nc, topology, [usage_event(cost="0.25", user="stuck")])
+
+        async def stalled() -> bool:
+            """the worker is reported stalled on its batch"""
+            return [p.split(":")[0] for p in liveness.problems()] == ["worker spend stalled"]
+
+        await wait_for(stalled, within=WITHIN)
+        await blocker.execute("ROLLBACK")
+
+        async def applied() -> bool:
+            """the batch went through and the worker is healthy again"""
+            return await spent("1.25") and liveness.problems() == []
+
+        await wait_for(applied, within=WITHIN)
+    finally:
+        await blocker.close()
+        stop.set()
+        await worker
