@@ -119,6 +119,12 @@ class Settings(BaseModel):
     reservation_ttl: float = Field(
         default=300, gt=0, le=86400, description="seconds a pre-call reservation is held"
     )
+    reservation_ttl_max: float = Field(
+        default=3600,
+        gt=0,
+        le=86400,
+        description="the longest hold a check's ttl_seconds may ask for; longer is capped",
+    )
     enforcer_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for the enforcer's answer"
     )

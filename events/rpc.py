@@ -54,7 +54,11 @@ class CheckRequest(CallAttributes):
     estimated_cost: Money
     reserve: bool = Field(default=True, description="hold the estimate until usage settles it")
     ttl_seconds: float | None = Field(
-        default=None, gt=0, le=86400, description="hold lifetime; the enforcer's default if absent"
+        default=None,
+        gt=0,
+        le=86400,
+        description="seconds the hold lives, up to the enforcer's reservation_ttl_max;"
+        " its reservation_ttl if absent",
     )
 
 

@@ -5,8 +5,10 @@ gives exactly-once effects on at-least-once delivery."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -177,9 +179,14 @@ class ProjectionRunner:
             self._conn = None
 
     async def run(
-        self, stop: asyncio.Event, on_batch: Callable[[BatchResult], None] | None = None
+        self,
+        stop: asyncio.Event,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        *,
+        turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
-        """Process batches until ``stop`` is set; raises Retired after a swap."""
+        """Process batches until ``stop`` is set, each inside ``turn()`` (a health watch);
+        raises Retired after a swap."""
         assert self.reader is not None
         while not stop.is_set():
             batch = await self.reader.take(self.config.batch_size, self.config.linger, wait=0.5)
@@ -187,8 +194,9 @@ class ProjectionRunner:
                 raise Reconnected(f"{self.durable}: NATS reconnected; resuming from checkpoint")
             if not batch:
                 continue
-            result = await self.process(batch)
-            await self.reader.ack_through(result.last)
+            with turn():
+                result = await self.process(batch)
+                await self.reader.ack_through(result.last)
             if on_batch is not None:
                 on_batch(result)
 
@@ -239,18 +247,24 @@ class ProjectionRunner:
     async def _apply_isolating_rejects(
         self, conn: Connection, events: Sequence[Applied]
     ) -> list[tuple[Applied, str]]:
-        """Apply the batch; if the database refuses it for its data (a valid event it
-        still cannot store, e.g. a NUL character in a name) or the projection rejects one
-        (``Rejected``), apply event by event and
-        return the ones it refuses, so one bad event cannot stall the consumer forever."""
+        """Apply the batch; if an event makes it fail (the database refuses its data, e.g.
+        a NUL character in a name, the projection rejects it (``Rejected``, e.g. a
+        correction of an unknown event) or raises on it, e.g. a period past the year 9999),
+        apply event by event and return the ones that fail, so one bad event cannot stop
+        the consumer. Other database errors (a lost connection) and a retired version are
+        no event's fault: they propagate."""
         try:
             async with conn.transaction():
                 await self.projection.apply(conn, self.version, events)
             return []
-        except (psycopg.DataError, psycopg.IntegrityError, Rejected) as exc:
-            if len(events) == 1:
-                why = str(exc) if isinstance(exc, Rejected) else f"rejected by the database: {exc}"
-                return [(events[0], why)]
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            failure: Exception = exc
+        except (psycopg.Error, Retired):
+            raise
+        except Exception as exc:
+            failure = exc
+        if len(events) == 1:
+            return [(events[0], _rejection(failure))]
         rejected = []
         for event in events:
             rejected += await self._apply_isolating_rejects(conn, [event])
@@ -284,3 +298,12 @@ class ProjectionRunner:
         if row is None or int(row[0]) > self.version:
             raise Retired(f"{self.durable} was replaced by version {row and row[0]}")
         return int(row[1])
+
+
+def _rejection(exc: Exception) -> str:
+    if isinstance(exc, Rejected):
+        return str(exc)
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return f"rejected by the database: {exc}"
+    log.error("projection failed on one event; dead-lettering it", exc_info=exc)
+    return f"the projection failed on it: {type(exc).__name__}: {exc}"

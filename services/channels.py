@@ -1,4 +1,7 @@
-"""Where alerts go: one sender per channel. Each raises on failure; the notifier retries.
+"""Where alerts go: one sender per channel. Each raises on failure; the notifier retries,
+except for ``Undeliverable``: this alert can never go out on this channel (it cannot be
+rendered for it, or the receiver refuses its content), so retrying would only hold back
+the alerts after it.
 
 Every channel carries the alert's id so receivers can drop a repeat (a send whose success
 was not recorded, e.g. the notifier died right after it, is sent again): the
@@ -9,6 +12,7 @@ UI feed's primary key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -16,18 +20,36 @@ import smtplib
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from email.message import EmailMessage
 
+import psycopg
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 
 from budget.config import AlertChannels, EmailChannel, WebhookChannel
 from events import Alert, Topology
 from projections.base import Connection
 
-__all__ = ["SIGNATURE_HEADER", "Sender", "senders", "signature"]
+__all__ = ["SIGNATURE_HEADER", "Sender", "Undeliverable", "senders", "signature", "undeliverable"]
 
 log = logging.getLogger("budget.alerts")
 SIGNATURE_HEADER = "X-Budget-Signature"
+_REFUSED_CONTENT = {400, 413, 415, 422}
+"""Webhook answers that refuse this payload, not the sender: sending it again cannot help."""
+
+
+class Undeliverable(Exception):
+    """This alert can never be sent on this channel; the next ones can."""
+
+
+@contextlib.contextmanager
+def undeliverable(*kinds: type[Exception]) -> Iterator[None]:
+    """Raise ``kinds`` as ``Undeliverable``: failures of this alert, not of the channel."""
+    try:
+        yield
+    except kinds as exc:
+        raise Undeliverable(f"{type(exc).__name__}: {exc}") from exc
 
 
 class Sender(ABC):
@@ -45,7 +67,8 @@ class NatsSender(Sender):
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
         subject = self.topology.alert_subject(alert.severity.value, alert.alert_type.value)
-        await self.nc.publish(subject, payload, headers={"Nats-Msg-Id": str(alert.alert_id)})
+        with undeliverable(MaxPayloadError):
+            await self.nc.publish(subject, payload, headers={"Nats-Msg-Id": str(alert.alert_id)})
 
     async def flush(self) -> None:
         await self.nc.flush(timeout=5)
@@ -70,11 +93,12 @@ class UiSender(Sender):
     """The dashboard's feed: a table it reads, newest first."""
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
-        await conn.execute(
-            "INSERT INTO alert_feed (alert_id, payload) VALUES (%s, %s)"
-            " ON CONFLICT (alert_id) DO NOTHING",
-            (alert.alert_id, payload.decode()),
-        )
+        with undeliverable(psycopg.DataError):
+            await conn.execute(
+                "INSERT INTO alert_feed (alert_id, payload) VALUES (%s, %s)"
+                " ON CONFLICT (alert_id) DO NOTHING",
+                (alert.alert_id, payload.decode()),
+            )
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -102,7 +126,10 @@ class WebhookSender(Sender):
             with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"webhook answered {exc.code} {exc.reason}") from None
+            why = f"webhook answered {exc.code} {exc.reason}"
+            if exc.code in _REFUSED_CONTENT:
+                raise Undeliverable(why) from None
+            raise RuntimeError(why) from None
 
 
 class EmailSender(Sender):
@@ -110,14 +137,15 @@ class EmailSender(Sender):
         self.config = config
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
-        message = EmailMessage()
-        message["From"] = self.config.sender
-        message["To"] = ", ".join(self.config.recipients)
-        message["Subject"] = (
-            f"[budget] {alert.severity.value.upper()} {alert.alert_type.value}: {alert.message}"
-        )[:200]
-        message["Message-ID"] = f"<{alert.alert_id}@budget-manager>"
-        message.set_content(f"{alert.message}\n\n{payload.decode()}\n")
+        with undeliverable(ValueError):  # e.g. a line break in a header
+            message = EmailMessage()
+            message["From"] = self.config.sender
+            message["To"] = ", ".join(self.config.recipients)
+            message["Subject"] = (
+                f"[budget] {alert.severity.value.upper()} {alert.alert_type.value}: {alert.message}"
+            )[:200]
+            message["Message-ID"] = f"<{alert.alert_id}@budget-manager>"
+            message.set_content(f"{alert.message}\n\n{payload.decode()}\n")
         await asyncio.to_thread(self._send, message)
 
     def _send(self, message: EmailMessage) -> None:

@@ -21,13 +21,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ValidationError
 
 from budget.config import Settings
 from budget.enforcement import assess, decide
@@ -54,24 +53,35 @@ from projections.db import connect
 from projections.policies import PoliciesProjection, load_policies
 from projections.windows import window_sums
 from services import reservations
+from services.liveness import Liveness
+from services.replies import UNAVAILABLE, error_reply, guarded, send
 
 __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
 
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "enforcer"
-M = TypeVar("M", bound=BaseModel)
+SERVICE = "enforcer"
 
 
 @dataclass(frozen=True, kw_only=True)
 class EnforcerConfig:
     reservation_ttl: float = 300.0
+    """Seconds a hold lives when the check names no ``ttl_seconds``."""
+    reservation_ttl_max: float = 3600.0
+    """The longest ``ttl_seconds`` a check is granted; longer asks are capped to it."""
     max_batch: int = 500
     cleanup_interval: float = 10.0
+    stall_after: float = 30.0
+    """Seconds one batch may take before the decision loop counts as stalled (unhealthy)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EnforcerConfig:
         ttl = settings.reservation_ttl
-        return cls(reservation_ttl=ttl, cleanup_interval=min(10.0, ttl / 2))
+        return cls(
+            reservation_ttl=ttl,
+            reservation_ttl_max=settings.reservation_ttl_max,
+            cleanup_interval=min(10.0, ttl / 2),
+        )
 
 
 @dataclass(slots=True)
@@ -104,11 +114,20 @@ def _enforced(windows: list[PolicyWindow]) -> list[PolicyWindow]:
 
 class Enforcer:
     def __init__(
-        self, settings: Settings, nc: Client, config: EnforcerConfig | None = None
+        self,
+        settings: Settings,
+        nc: Client,
+        config: EnforcerConfig | None = None,
+        *,
+        liveness: Liveness | None = None,
     ) -> None:
         self.settings = settings
         self.config = config or EnforcerConfig.from_settings(settings)
         self.nc = nc
+        self.liveness = liveness or Liveness()
+        self._decision_loop = self.liveness.loop(
+            "enforcer decision loop", stall_after=self.config.stall_after
+        )
         self.topology = settings.topology
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._policies = _Policies()
@@ -131,15 +150,16 @@ class Enforcer:
         self._aux = await connect(self.settings.database_url)
         await self._publisher.start()
         await self.publish_configured_policies()
-        self._loop_task = asyncio.create_task(self._decide_forever())
-        for name, handler in (
-            (RPC_CHECK, self._on_check),
-            (RPC_RELEASE, self._on_release),
-            (RPC_SNAPSHOT, self._on_snapshot),
+        self._loop_task = self._decision_loop.start(self._decide_forever())
+        for name, model, handler in (
+            (RPC_CHECK, CheckRequest, self._on_check),
+            (RPC_RELEASE, ReleaseRequest, self._on_release),
+            (RPC_SNAPSHOT, CallAttributes, self._on_snapshot),
         ):
             subject = self.topology.rpc_subject(name)
+            callback = guarded(self.nc, model, handler, service=SERVICE, liveness=self.liveness)
             self._subscriptions.append(
-                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=handler)
+                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=callback)
             )
         self._scheduler.add_job(
             self.release_finished, "interval", seconds=self.config.cleanup_interval
@@ -164,24 +184,17 @@ class Enforcer:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def _on_check(self, msg: Msg) -> None:
-        request = await self._parse(msg, CheckRequest)
-        if request is not None:
-            self._queue.put_nowait(_Pending(request, msg.reply))
+    async def _on_check(self, request: CheckRequest, msg: Msg) -> None:
+        """Queued for the decision loop, which answers."""
+        self._queue.put_nowait(_Pending(request, msg.reply))
 
-    async def _on_release(self, msg: Msg) -> None:
-        request = await self._parse(msg, ReleaseRequest)
-        if request is None:
-            return
+    async def _on_release(self, request: ReleaseRequest, _: Msg) -> ReleaseResult:
         async with self._aux_lock:
             assert self._aux is not None
             released = await reservations.release(self._aux, request.reservation_id)
-        await self._respond(msg.reply, ReleaseResult(released=released).model_dump_json().encode())
+        return ReleaseResult(released=released)
 
-    async def _on_snapshot(self, msg: Msg) -> None:
-        request = await self._parse(msg, CallAttributes)
-        if request is None:
-            return
+    async def _on_snapshot(self, request: CallAttributes, _: Msg) -> Snapshot:
         now = utc_now()
         async with self._aux_lock:
             assert self._aux is not None
@@ -189,7 +202,7 @@ class Enforcer:
             position = self._policies.position  # of ``policies``, before another await
             windows = applicable(policies, CallScope.of(request), now)
             spend = await window_sums(self._aux, reservations.SPEND_BUCKETS, windows, holds=True)
-        snapshot = Snapshot(
+        return Snapshot(
             windows=[
                 PolicySpend(
                     policy=w.policy, key=w.key, window_start=w.start, window_end=w.end, spent=s
@@ -200,19 +213,6 @@ class Enforcer:
             policies_position=position,
             enforced_anywhere=any(p.action.enforced for p in policies),
         )
-        await self._respond(msg.reply, snapshot.model_dump_json().encode())
-
-    async def _parse(self, msg: Msg, model: type[M]) -> M | None:
-        try:
-            return model.model_validate_json(msg.data)
-        except ValidationError as exc:
-            error = RpcError(error=f"bad {model.__name__}: {exc.errors()[0]['msg']}")
-            await self._respond(msg.reply, error.model_dump_json().encode())
-            return None
-
-    async def _respond(self, reply: str, data: bytes) -> None:
-        if reply:
-            await self.nc.publish(reply, data)
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -221,20 +221,42 @@ class Enforcer:
             batch = [await self._queue.get()]
             while len(batch) < self.config.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                results = await self.decide(batch)
-            except (psycopg.Error, OSError) as exc:
-                log.warning("enforcer cannot reach PostgreSQL (%s); refusing %d", exc, len(batch))
-                error = RpcError(error=f"enforcer: database unavailable: {exc}")
+            with self._decision_loop.turn():
+                await self._decide_and_answer(batch)
+
+    async def _decide_and_answer(self, batch: list[_Pending]) -> None:
+        """Answer every request of ``batch``. A request whose handling raises is answered
+        with the error (found by deciding the batch's requests one by one), the others
+        with their decision; nothing a request holds can stop the loop."""
+        try:
+            results = await self.decide(batch)
+        except UNAVAILABLE as exc:
+            error = error_reply(SERVICE, exc)
+            for pending in batch:
+                await self._send(pending.reply, error)
+            await self._reconnect_decider()
+            return
+        except Exception as exc:
+            if len(batch) > 1:
                 for pending in batch:
-                    await self._respond(pending.reply, error.model_dump_json().encode())
-                await self._reconnect_decider()
-                continue
-            for pending, result in zip(batch, results, strict=True):
-                await self._respond(pending.reply, result.model_dump_json().encode())
-            for pending, result in zip(batch, results, strict=True):
-                if not result.allowed:
+                    await self._decide_and_answer([pending])
+            else:
+                await self._send(batch[0].reply, error_reply(SERVICE, exc))
+            return
+        for pending, result in zip(batch, results, strict=True):
+            await self._send(pending.reply, result)
+        for pending, result in zip(batch, results, strict=True):
+            if not result.allowed:
+                try:
                     await self._publish_blocked(pending.request, result)
+                except Exception:
+                    log.exception("enforcer could not publish a RequestBlocked event")
+
+    async def _send(self, reply: str, answer: CheckResult | RpcError) -> None:
+        try:
+            await send(self.nc, reply, answer)
+        except Exception as exc:  # the asker hears nothing and times out; the loop goes on
+            log.warning("enforcer could not send an answer: %s", exc)
 
     async def decide(self, pending: list[_Pending]) -> list[CheckResult]:
         """Judge ``pending``; holds of admitted requests are committed when this returns.
@@ -300,7 +322,6 @@ class Enforcer:
         spend = {w.ident: amount for w, amount in zip(batch.windows, spent, strict=True)}
         results, holds = [], []
         now = batch.now
-        expires = now + timedelta(seconds=self.config.reservation_ttl)
         for pending, call_windows, planned_id in zip(
             batch.pending, batch.per_call, batch.reservation_ids, strict=True
         ):
@@ -310,11 +331,18 @@ class Enforcer:
             reservation_id = planned_id if enforced else None
             result = decide(statuses, estimate, enforced=True, reservation_id=reservation_id)
             if result.allowed and reservation_id is not None:
+                expires = now + timedelta(seconds=self._ttl(pending.request))
                 for w in enforced:
                     spend[w.ident] += estimate
                     holds.append(reservations.Hold(reservation_id, w, estimate, expires))
             results.append(result)
         return results, holds
+
+    def _ttl(self, request: CheckRequest) -> float:
+        """The hold's lifetime: what the check asks, up to the configured maximum."""
+        if request.ttl_seconds is None:
+            return self.config.reservation_ttl
+        return min(request.ttl_seconds, self.config.reservation_ttl_max)
 
     def _remember(
         self, windows: list[PolicyWindow], spent: list[Decimal], holds: list[reservations.Hold]
@@ -391,9 +419,11 @@ class Enforcer:
         return changed
 
 
-async def serve_enforcer(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
-    """Run an enforcer on ``nc`` until ``stop``."""
-    enforcer = Enforcer(settings, nc)
+async def serve_enforcer(
+    nc: Client, settings: Settings, stop: asyncio.Event, liveness: Liveness
+) -> None:
+    """Run an enforcer on ``nc`` until ``stop``, its loop reported to ``liveness``."""
+    enforcer = Enforcer(settings, nc, liveness=liveness)
     try:
         await enforcer.start()
         await stop.wait()

@@ -3,10 +3,12 @@
 One loop per channel, so a webhook that fails for hours never delays email or NATS. Each
 loop takes its channel's rows in the order the alerts were raised, sends, and records the
 outcome; a failure is retried with exponential backoff (up to ``max_backoff``) and holds
-back the channel's later alerts, so receivers see them in order. Alerts for a channel that
-is not enabled in ``alert_channels`` are marked ``skipped``. The evaluator's NOTIFY wakes
-the loops; without it they look every ``poll_interval``. One notifier per channel is
-active at a time (an advisory lock); others wait as standbys.
+back the channel's later alerts, so receivers see them in order. An alert that can never
+go out on a channel (it cannot be rendered for it, its receiver refuses its content:
+``Undeliverable``) is marked ``failed`` with the reason at once, and the next one goes on.
+Alerts for a channel that is not enabled in ``alert_channels`` are marked ``skipped``.
+The evaluator's NOTIFY wakes the loops; without it they look every ``poll_interval``. One
+notifier per channel is active at a time (an advisory lock); others wait as standbys.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import timedelta
 
 import psycopg
 from nats.aio.client import Client
+from pydantic import ValidationError
 
 from budget.config import Settings
 from events import Alert
@@ -27,7 +30,8 @@ from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
 from projections.base import Connection
 from projections.db import connect
-from services.channels import senders
+from services.channels import Undeliverable, senders, undeliverable
+from services.liveness import Liveness, Loop
 
 __all__ = ["Notifier", "NotifierConfig", "serve_notifier"]
 
@@ -40,20 +44,32 @@ class NotifierConfig:
     max_backoff: float = 30.0
     give_up_after: timedelta = timedelta(days=1)
     batch: int = 100
+    stall_after: float = 300.0
+    """Seconds one round of sends may take before the channel's loop counts as stalled."""
 
 
 class Notifier:
     def __init__(
-        self, settings: Settings, nc: Client, config: NotifierConfig | None = None
+        self,
+        settings: Settings,
+        nc: Client,
+        config: NotifierConfig | None = None,
+        *,
+        liveness: Liveness | None = None,
     ) -> None:
         self.settings = settings
         self.config = config or NotifierConfig()
         self.senders = senders(settings.alert_channels, nc, settings.topology)
+        self.liveness = liveness or Liveness()
         self._wake: dict[str, asyncio.Event] = {channel: asyncio.Event() for channel in CHANNELS}
 
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = [asyncio.create_task(self._listen(stop))]
-        tasks += [asyncio.create_task(self._channel(c, stop)) for c in CHANNELS]
+        stall_after = self.config.stall_after
+        listen = self.liveness.loop("notifier outbox listener", stall_after=stall_after)
+        tasks = [listen.start(self._listen(stop))]
+        for channel in CHANNELS:
+            loop = self.liveness.loop(f"notifier {channel} loop", stall_after=stall_after)
+            tasks.append(loop.start(self._channel(channel, stop, loop)))
         try:
             await stop.wait()
         finally:
@@ -76,17 +92,20 @@ class Notifier:
                 log.warning("notifier: lost the outbox notifications (%s); polling", exc)
                 await asyncio.sleep(self.config.poll_interval)
 
-    async def _channel(self, channel: str, stop: asyncio.Event) -> None:
+    async def _channel(self, channel: str, stop: asyncio.Event, loop: Loop) -> None:
         while not stop.is_set():
             try:
                 conn = await connect(self.settings.database_url)
                 try:
                     await self._hold_lock(conn, channel)
-                    await self._deliver_forever(conn, channel)
+                    await self._deliver_forever(conn, channel, loop)
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
                 log.warning("notifier %s: database unavailable (%s); retrying", channel, exc)
+                await asyncio.sleep(self.config.poll_interval)
+            except Exception:  # a fault no alert should cause: logged, and the loop goes on
+                log.exception("notifier %s failed; starting over", channel)
                 await asyncio.sleep(self.config.poll_interval)
 
     async def _hold_lock(self, conn: Connection, channel: str) -> None:
@@ -101,11 +120,12 @@ class Notifier:
                 return
             await asyncio.sleep(self.config.poll_interval)
 
-    async def _deliver_forever(self, conn: Connection, channel: str) -> None:
+    async def _deliver_forever(self, conn: Connection, channel: str, loop: Loop) -> None:
         wake = self._wake[channel]
         while True:
             wake.clear()
-            delivered_all = await self.deliver_due(conn, channel)
+            with loop.turn():
+                delivered_all = await self.deliver_due(conn, channel)
             if delivered_all:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.config.poll_interval)
@@ -134,7 +154,14 @@ class Notifier:
                 stopped = True
                 break
             try:
-                await sender.send(Alert.model_validate_json(payload), payload.encode(), conn)
+                with undeliverable(ValidationError):
+                    alert = Alert.model_validate_json(payload)
+                await sender.send(alert, payload.encode(), conn)
+            except Undeliverable as exc:
+                why = _reason(exc)
+                await self._record(conn, [alert_id], channel, "failed", why)
+                log.error("alert %s cannot go out via %s: %s", alert_id, channel, why)
+                continue
             except Exception as exc:
                 stopped = not await self._failed(conn, channel, alert_id, attempts, too_old, exc)
                 if stopped:
@@ -160,7 +187,7 @@ class Notifier:
         exc: Exception,
     ) -> bool:
         """Record a failed send; True if the channel may go on (it gave up on this one)."""
-        why = f"{type(exc).__name__}: {exc}"[:500]
+        why = _reason(exc)
         if too_old:
             await self._record(conn, [alert_id], channel, "failed", why)
             log.error("alert %s via %s: giving up: %s", alert_id, channel, why)
@@ -188,6 +215,13 @@ class Notifier:
         )
 
 
-async def serve_notifier(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
-    """Run a notifier on ``nc`` until ``stop``."""
-    await Notifier(settings, nc).run(stop)
+def _reason(exc: Exception) -> str:
+    """What is recorded about a failed send (a NUL would make PostgreSQL refuse it)."""
+    return f"{type(exc).__name__}: {exc}".replace("\x00", "")[:500]
+
+
+async def serve_notifier(
+    nc: Client, settings: Settings, stop: asyncio.Event, liveness: Liveness
+) -> None:
+    """Run a notifier on ``nc`` until ``stop``, its loops reported to ``liveness``."""
+    await Notifier(settings, nc, liveness=liveness).run(stop)

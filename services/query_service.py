@@ -15,10 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from budget.config import Settings
 from budget.report_format import to_answer
@@ -45,21 +44,31 @@ from events.queries import (
     SpendAnswer,
     SpendQuery,
 )
-from events.rpc import RpcError
 from projections.database_queries import DatabaseQueries
+from services.liveness import Liveness
+from services.replies import answer
 
 __all__ = ["QueryService", "serve_query_service"]
 
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "query"
+SERVICE = "query service"
 
 Handler = Callable[[Any], Awaitable[BaseModel]]
 
 
 class QueryService:
-    def __init__(self, settings: Settings, nc: Client, *, connections: int = 4) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: Client,
+        *,
+        connections: int = 4,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.settings = settings
         self.nc = nc
+        self.liveness = liveness or Liveness()
         self.queries = DatabaseQueries(settings.database_url, connections=connections)
         self._subscriptions: list[Any] = []
         self._running: set[asyncio.Task[None]] = set()
@@ -95,38 +104,17 @@ class QueryService:
     def _callback(
         self, model: type[BaseModel], handler: Handler
     ) -> Callable[[Msg], Awaitable[None]]:
+        async def run(query: BaseModel, _: Msg) -> BaseModel:
+            return await handler(query)
+
         async def on_message(msg: Msg) -> None:
-            task = asyncio.create_task(self._answer(msg, model, handler))
+            task = asyncio.create_task(
+                answer(self.nc, msg, model, run, service=SERVICE, liveness=self.liveness)
+            )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
         return on_message
-
-    async def _answer(self, msg: Msg, model: type[BaseModel], handler: Handler) -> None:
-        try:
-            query = model.model_validate_json(msg.data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            answer: BaseModel = RpcError(error=f"bad {model.__name__}: {where}: {first['msg']}")
-        else:
-            answer = await self._run(handler, query)
-        if msg.reply:
-            await self.nc.publish(msg.reply, answer.model_dump_json().encode())
-
-    async def _run(self, handler: Handler, query: BaseModel) -> BaseModel:
-        """The handler's answer, or an ``RpcError`` saying why there is none: the asker
-        hears at once rather than waiting out its timeout."""
-        try:
-            return await handler(query)
-        except ValueError as exc:
-            return RpcError(error=str(exc))
-        except (psycopg.Error, OSError) as exc:
-            log.warning("query service cannot read PostgreSQL: %s", exc)
-            return RpcError(error=f"query service: database unavailable: {exc}")
-        except Exception as exc:
-            log.exception("query service failed on %s", type(query).__name__)
-            return RpcError(error=f"query service: internal error: {exc!r}")
 
     async def _policies(self, query: PoliciesQuery) -> PoliciesAnswer:
         return PoliciesAnswer(policies=await self.queries.policies(query.scope))
@@ -151,9 +139,11 @@ class QueryService:
         return PositionAnswer(position=position)
 
 
-async def serve_query_service(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
+async def serve_query_service(
+    nc: Client, settings: Settings, stop: asyncio.Event, liveness: Liveness
+) -> None:
     """Run a query service on ``nc`` until ``stop``."""
-    service = QueryService(settings, nc)
+    service = QueryService(settings, nc, liveness=liveness)
     try:
         await service.start()
         await stop.wait()

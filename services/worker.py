@@ -33,16 +33,23 @@ from projections.engine import (
 from projections.log import require_stream
 from projections.reader import ConsumerGone
 from projections.registry import get_projection
+from services.liveness import Liveness, Loop
 
 __all__ = ["ServiceBody", "run_projection", "run_service", "run_worker", "tune_gc"]
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
+WORKER_STALL_AFTER = 300.0
+"""Seconds one batch may take before a worker counts as stalled (unhealthy)."""
 
 
-async def run_projection(name: str, nc: Client, settings: Settings, stop: asyncio.Event) -> None:
+async def run_projection(
+    name: str, nc: Client, settings: Settings, stop: asyncio.Event, loop: Loop | None = None
+) -> None:
     """Run the active version of projection ``name`` until ``stop``; follow a swap to the
-    new version; ride out NATS or PostgreSQL outages with backoff."""
+    new version; ride out NATS or PostgreSQL outages with backoff. Each batch is a turn of
+    ``loop``, if given (a batch stuck longer than its ``stall_after`` is a stall)."""
+    turn = loop.turn if loop is not None else contextlib.nullcontext
     projection = get_projection(name)
     await require_stream(nc.jetstream(), settings.topology.event_stream)
     backoff = 1.0
@@ -64,7 +71,7 @@ async def run_projection(name: str, nc: Client, settings: Settings, stop: asynci
         try:
             await runner.open()
             log.info("worker %s running version %d", name, runner.version)
-            await runner.run(stop, on_batch=count)
+            await runner.run(stop, on_batch=count, turn=turn)
         except (Retired, ConsumerGone) as exc:
             log.info("worker %s: %s; moving to the live version", name, exc)
         except Reconnected as exc:
@@ -89,10 +96,19 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 50)
 
 
-async def heartbeat(path: Path, stop: asyncio.Event, every: float = 5.0) -> None:
-    """Touch ``path`` while the event loop runs, for a container health check."""
+async def heartbeat(
+    path: Path, stop: asyncio.Event, liveness: Liveness, every: float = 5.0
+) -> None:
+    """Touch ``path`` while every loop of ``liveness`` turns, for a container health
+    check: a dead or stalled loop lets the file age, and the container turns unhealthy."""
+    reported: list[str] = []
     while not stop.is_set():
-        await asyncio.to_thread(path.touch)
+        problems = liveness.problems()
+        if not problems:
+            await asyncio.to_thread(path.touch)
+        elif problems != reported:
+            log.error("not healthy: %s", "; ".join(problems))
+        reported = problems
         await _sleep_unless(stop, every)
 
 
@@ -101,16 +117,18 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-ServiceBody = Callable[[Client, Settings, asyncio.Event], Coroutine[Any, Any, None]]
-"""``body(nc, settings, stop)``: a service's work, until ``stop`` is set."""
+ServiceBody = Callable[[Client, Settings, asyncio.Event, Liveness], Coroutine[Any, Any, None]]
+"""``body(nc, settings, stop, liveness)``: a service's work, until ``stop`` is set; it
+registers the loops it depends on with ``liveness``."""
 
 
 def run_worker(name: str, settings: Settings) -> int:
     """Run projection ``name``'s worker until SIGINT/SIGTERM; returns the exit code."""
     get_projection(name)  # fail fast on an unknown name
 
-    async def body(nc: Client, settings: Settings, stop: asyncio.Event) -> None:
-        await run_projection(name, nc, settings, stop)
+    async def body(nc: Client, settings: Settings, stop: asyncio.Event, liveness: Liveness) -> None:
+        loop = liveness.loop(f"worker {name}", stall_after=WORKER_STALL_AFTER)
+        await loop.start(run_projection(name, nc, settings, stop, loop))
 
     return run_service(f"worker {name}", settings, body)
 
@@ -122,6 +140,7 @@ def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
     broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1)
     app = FastStream(broker)
     stop = asyncio.Event()
+    liveness = Liveness()
     tasks: list[asyncio.Task[None]] = []
 
     def exit_on_failure(task: asyncio.Task[None]) -> None:
@@ -131,11 +150,12 @@ def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
 
     @app.after_startup
     async def start() -> None:
-        task = asyncio.create_task(body(broker.connection, settings, stop))
+        main = liveness.loop(name, stall_after=float("inf"))  # its own loops watch for stalls
+        task = main.start(body(broker.connection, settings, stop, liveness))
         task.add_done_callback(exit_on_failure)
         tasks.append(task)
         if settings.heartbeat_file is not None:
-            tasks.append(asyncio.create_task(heartbeat(settings.heartbeat_file, stop)))
+            tasks.append(asyncio.create_task(heartbeat(settings.heartbeat_file, stop, liveness)))
 
     @app.on_shutdown
     async def shutdown() -> None:

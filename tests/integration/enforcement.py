@@ -15,13 +15,15 @@ from nats.aio.client import Client
 
 from budget.config import Settings
 from budget.manager import BudgetManager
+from budget.rpc import ask
 from budget.tracker import UsageTracker, start_usage_tracker
 from events import BudgetPolicy, Topology
+from events.rpc import RPC_CHECK, CheckRequest, CheckResult
 from services.enforcer import Enforcer, EnforcerConfig
 from services.ops import prepare
 from services.worker import run_projection
 
-from support import query_service, rows
+from support import query_service, rows, wait_for
 
 
 def stack_settings(
@@ -56,6 +58,19 @@ class EnforcementStack:
         fields.setdefault("name", "test policy")
         fields["limit_amount"] = Decimal(str(fields["limit_amount"]))
         return await self.manager.set_policy(BudgetPolicy(**fields))
+
+    async def enforcer_applies_policies(self) -> None:
+        """Wait until the enforcer judges checks (of any user) by a policy."""
+        subject = self.settings.topology.rpc_subject(RPC_CHECK)
+        probe = CheckRequest(
+            model="gpt-4o", user_id="probe", estimated_cost=Decimal(0), reserve=False
+        )
+
+        async def applies() -> bool:
+            """the enforcer applies a policy"""
+            return bool((await ask(self.nc, subject, probe, CheckResult, within=5)).policies)
+
+        await wait_for(applies, within=30)
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,78 @@
+"""Whether a service's loops are actually turning, not merely whether its process is up.
+
+A service registers each loop it depends on (the enforcer's decision loop, the notifier's
+channel loops) and runs it through ``Loop.start``; each unit of work runs inside
+``Loop.turn``. A loop is healthy while its task runs and no single turn has taken longer
+than ``stall_after``: waiting for work is healthy, a dead task or one stuck on one item is
+not. The heartbeat file and the services' answers (``services.replies``) report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+__all__ = ["Liveness", "Loop"]
+
+
+class Loop:
+    """One loop of a service."""
+
+    def __init__(self, name: str, *, stall_after: float) -> None:
+        self.name = name
+        self.stall_after = stall_after
+        self.turns = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._busy_since: float | None = None
+
+    def start(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``work`` as this loop's task."""
+        self._task = asyncio.create_task(work, name=self.name)
+        return self._task
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """One unit of work: the loop is stalled while it takes longer than ``stall_after``."""
+        self._busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy_since = None
+            self.turns += 1
+
+    def problem(self) -> str | None:
+        """Why this loop is not healthy, or None."""
+        task = self._task
+        if task is None:
+            return f"{self.name} not started"
+        if task.done():
+            if task.cancelled():
+                return f"{self.name} stopped"
+            exc = task.exception()
+            return f"{self.name} died: {exc!r}" if exc is not None else f"{self.name} ended"
+        busy_since = self._busy_since
+        if busy_since is not None:
+            busy = time.monotonic() - busy_since
+            if busy > self.stall_after:
+                return f"{self.name} stalled: one turn has taken {busy:.0f}s"
+        return None
+
+
+class Liveness:
+    """The loops of one service (or of every service in one process)."""
+
+    def __init__(self) -> None:
+        self._loops: list[Loop] = []
+
+    def loop(self, name: str, *, stall_after: float) -> Loop:
+        """A new loop, reported from now on."""
+        loop = Loop(name, stall_after=stall_after)
+        self._loops.append(loop)
+        return loop
+
+    def problems(self) -> list[str]:
+        """What is wrong with the loops; empty when every one is turning."""
+        return [p for p in (loop.problem() for loop in self._loops) if p is not None]

@@ -1,0 +1,111 @@
+"""One guarded way to answer a request/reply message, for every service that answers them.
+
+Whatever a request makes its handler raise (a payload that is not the model, a value the
+database refuses, a bug it hits), the asker gets an ``RpcError`` at once and the failure is
+logged; the subscription, and the service, go on. No single request can stop a service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from events.rpc import RpcError
+from services.liveness import Liveness
+
+__all__ = ["UNAVAILABLE", "Handler", "answer", "error_reply", "guarded", "send"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, Msg], Awaitable[BaseModel | None]]
+"""``handler(request, msg)``: the answer, or None when the handler answers later itself."""
+
+UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+"""Failures of the database connection, not of the request: every request would fail."""
+_MAX_ERROR = 500  # characters of a failure's text an asker is told
+
+
+def error_reply(service: str, exc: BaseException) -> RpcError:
+    """What the asker is told when answering failed with ``exc``."""
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("%s cannot use PostgreSQL: %s", service, exc)
+        return RpcError(error=f"{service}: database unavailable: {exc}"[:_MAX_ERROR])
+    if isinstance(exc, psycopg.DataError):
+        return RpcError(error=f"{service}: the database refused the request: {exc}"[:_MAX_ERROR])
+    if isinstance(exc, ValueError):  # the request was wrong: the handler says how
+        return RpcError(error=str(exc)[:_MAX_ERROR])
+    log.error("%s failed on a request", service, exc_info=exc)
+    return RpcError(error=f"{service}: internal error: {type(exc).__name__}")
+
+
+async def send(nc: Client, reply: str, answer: BaseModel) -> None:
+    """Publish ``answer`` to ``reply`` (nothing if the sender expects no answer)."""
+    if reply:
+        await nc.publish(reply, answer.model_dump_json().encode())
+
+
+async def answer(
+    nc: Client,
+    msg: Msg,
+    model: type[BaseModel],
+    handler: Handler,
+    *,
+    service: str,
+    liveness: Liveness | None = None,
+) -> None:
+    """Parse ``msg`` as ``model``, run ``handler`` and send its answer; on any failure
+    send an ``RpcError`` instead. A service whose loops are not healthy says so rather than
+    taking a request it cannot decide."""
+    try:
+        problems = liveness.problems() if liveness is not None else []
+        if problems:
+            reply: BaseModel | None = RpcError(
+                error=f"{service}: not healthy: {'; '.join(problems)}"
+            )
+        else:
+            reply = await handler(_parse(model, msg.data), msg)
+    except Exception as exc:
+        reply = error_reply(service, exc)
+    if reply is None:
+        return
+    try:
+        await send(nc, msg.reply, reply)
+    except Exception as exc:  # e.g. an answer too big for NATS: say so, smaller
+        log.warning("%s could not send its answer: %s", service, exc)
+        refusal = RpcError(error=f"{service}: answer not sent: {exc}"[:_MAX_ERROR])
+        with contextlib.suppress(Exception):  # not even that: the asker times out
+            await send(nc, msg.reply, refusal)
+
+
+def _parse(model: type[BaseModel], data: bytes) -> BaseModel:
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(
+            f"bad {model.__name__}: {where + ': ' if where else ''}{first['msg']}"
+        ) from None
+
+
+def guarded(
+    nc: Client,
+    model: type[BaseModel],
+    handler: Handler,
+    *,
+    service: str,
+    liveness: Liveness | None = None,
+) -> Callable[[Msg], Awaitable[None]]:
+    """A subscription callback answering each message with ``answer``."""
+
+    async def on_message(msg: Msg) -> None:
+        await answer(nc, msg, model, handler, service=service, liveness=liveness)
+
+    return on_message

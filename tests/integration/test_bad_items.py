@@ -1,0 +1,104 @@
+"""One bad item stops neither the alert evaluator nor the notifier: an event a rule raises
+on is dead-lettered and the next one raises its alert; an alert one channel cannot send is
+marked failed with the reason and the channel's next alert goes out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from budget.config import Settings
+from events import BudgetPolicy, BudgetScope, PolicySet, Topology, utc_now
+from projections.deadletter import recent_dead_letters
+
+from alerting import Mailbox, Webhook, alert_settings, evaluator, smtp_server, webhook_server
+from support import publish, rows, usage_event, wait_for
+
+pytestmark = pytest.mark.integration
+LAST_HOUR = datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
+"""Its month ends past what a datetime can hold: a threshold rule raises on it."""
+
+
+@pytest.fixture
+def receivers(
+    nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> Iterator[tuple[Settings, Webhook, Mailbox]]:
+    with webhook_server() as hook, smtp_server() as box:
+        yield alert_settings(nats_url, db, topology, tmp_path, hook, box), hook, box
+
+
+def user_policy(user: str, name: str) -> PolicySet:
+    policy = BudgetPolicy(
+        policy_id=f"cap-{user}",
+        name=name,
+        scope=BudgetScope.USER,
+        scope_key=user,
+        limit_amount=Decimal("1.00"),
+    )
+    return PolicySet(occurred_at=utc_now() - timedelta(minutes=5), policy=policy)
+
+
+async def threshold_alerts(db: str) -> list[str]:
+    """The policy of every alert raised."""
+    return [str(r[0]) for r in await rows(db, "SELECT policy_id FROM alerts ORDER BY stream_seq")]
+
+
+async def test_an_event_a_rule_raises_on_is_dead_lettered_and_the_next_alerts(
+    nc: Client, db: str, topology: Topology, receivers: tuple[Settings, Webhook, Mailbox]
+) -> None:
+    settings, _, _ = receivers
+    now = utc_now()
+    await publish(
+        nc,
+        topology,
+        [
+            user_policy("alice", "alice's cap"),
+            usage_event(cost="0.90", user="alice", at=LAST_HOUR),
+            usage_event(cost="0.90", user="alice", at=now - timedelta(minutes=1)),
+        ],
+    )
+    async with evaluator(nc, settings):
+
+        async def alerted() -> bool:
+            """the event after the bad one raised its alert"""
+            return await threshold_alerts(db) == ["cap-alice"]
+
+        await wait_for(alerted, within=30)
+    letters = await recent_dead_letters(nc.jetstream(), topology, limit=10)
+    assert [(d.consumer, d.original_seq) for d in letters] == [("alerts-v1", 2)]
+    assert "OverflowError" in letters[0].reason
+
+
+async def test_an_alert_one_channel_cannot_send_holds_back_nothing(
+    nc: Client, db: str, topology: Topology, receivers: tuple[Settings, Webhook, Mailbox]
+) -> None:
+    settings, hook, box = receivers
+    at = utc_now() - timedelta(minutes=2)
+    await publish(
+        nc,
+        topology,
+        [
+            user_policy("alice", "two\nlines"),  # no e-mail subject can hold a line break
+            user_policy("bob", "plain"),
+            usage_event(cost="0.90", user="alice", at=at),
+            usage_event(cost="0.90", user="bob", at=at + timedelta(seconds=1)),
+        ],
+    )
+    async with evaluator(nc, settings):
+
+        async def mailed() -> bool:
+            """bob's alert was mailed after alice's failed"""
+            return len(box.messages) == 1 and len(hook.received) == 2
+
+        await wait_for(mailed, within=30)
+    assert "plain" in str(box.messages[0]["Subject"])
+    failed = await rows(
+        db, "SELECT last_error FROM alert_outbox WHERE channel = 'email' AND status = 'failed'"
+    )
+    assert len(failed) == 1 and "line" in failed[0][0]
+    assert [b["policy_id"] for b in hook.bodies()] == ["cap-alice", "cap-bob"]
