@@ -46,6 +46,7 @@ from events import (
     UsageRecorded,
     UsageRepriced,
 )
+from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Applied, Connection, Projection, physical
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
@@ -399,13 +400,14 @@ class AlertsProjection(Projection):
         self, state: _Rules, applied: Applied, event: RequestBlocked
     ) -> list[_Candidate]:
         policies = {p.policy_id: p for p in state.policies}
+        call = CallScope.of(event)
         found = []
         for rule in state.rules:
             if rule.alert_type is not AlertType.POLICY_VIOLATION:
                 continue
             for policy_id in event.policy_ids:
                 policy = policies.get(policy_id)
-                scope = policy.scope if policy else BudgetScope.GLOBAL
+                scope, key = _violated(policy, call)
                 if not rule.watches(policy_id, scope):
                     continue
                 alert = Alert(
@@ -420,11 +422,12 @@ class AlertsProjection(Projection):
                     policy_id=policy_id,
                     policy_name=policy.name if policy else None,
                     scope=scope,
-                    scope_key=event.user_id,
+                    scope_key=key,
                     spend=event.spend,
                     limit_amount=event.limit_amount,
                 )
-                found.append(_Candidate(rule, policy_id, applied.stream_seq, alert))
+                subject = f"{policy_id}|{key}"
+                found.append(_Candidate(rule, subject, applied.stream_seq, alert))
         return found
 
     # -- raising -----------------------------------------------------------------------------
@@ -568,6 +571,15 @@ class AlertsProjection(Projection):
             )
             self._cache[version] = state
         return state
+
+
+def _violated(policy: BudgetPolicy | None, call: CallScope) -> tuple[BudgetScope, str]:
+    """The scope and key a refusal counts under: the policy's own (user ``bob`` under a
+    per-user policy), so each key has its own cooldown; a policy this copy does not know
+    (deleted since) counts as global."""
+    if policy is None:
+        return BudgetScope.GLOBAL, GLOBAL_SCOPE_KEY
+    return policy.scope, call.key(policy.scope) or GLOBAL_SCOPE_KEY
 
 
 def _epoch_hour(instant: datetime) -> int:

@@ -226,20 +226,8 @@ async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
 async def test_repeated_refusals_raise_one_violation_per_cooldown(
     nc: Client, db: str, topology: Topology, receivers: Receivers
 ) -> None:
-    def blocked(minutes: int) -> RequestBlocked:
-        return RequestBlocked(
-            occurred_at=START + timedelta(minutes=minutes),
-            action=LimitAction.BLOCK,
-            policy_ids=["cap"],
-            reason="block by policy 'cap'",
-            model="gpt-4o",
-            user_id="alice",
-            estimated_cost=Decimal("0.1"),
-            spend=Decimal(5),
-            limit_amount=Decimal(5),
-        )
-
-    await publish(nc, topology, [blocked(0), blocked(5), blocked(16)])  # cooldown 15 min
+    # cooldown 15 min
+    await publish(nc, topology, [refusal("alice", m) for m in (0, 5, 16)])
     async with evaluator(nc, receivers.settings):
 
         async def raised() -> bool:
@@ -250,6 +238,53 @@ async def test_repeated_refusals_raise_one_violation_per_cooldown(
     alerts = await alert_rows(db)
     assert {a.alert_type for a in alerts} == {AlertType.POLICY_VIOLATION}
     assert [a.raised_at for a in alerts] == [START, START + timedelta(minutes=16)]
+
+
+def refusal(user: str, minutes: float, policy_id: str = "cap") -> RequestBlocked:
+    return RequestBlocked(
+        occurred_at=START + timedelta(minutes=minutes),
+        action=LimitAction.BLOCK,
+        policy_ids=[policy_id],
+        reason=f"block by policy '{policy_id}'",
+        model="gpt-4o",
+        user_id=user,
+        estimated_cost=Decimal("0.1"),
+        spend=Decimal(5),
+        limit_amount=Decimal(5),
+    )
+
+
+async def test_violations_are_keyed_by_the_policys_scope_key_with_a_cooldown_each(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    """One per-user policy: alice's refusal never suppresses bob's (cooldown 15 min each);
+    alice's second refusal inside her cooldown is suppressed, carol's after it is raised."""
+    per_user = BudgetPolicy(
+        policy_id="per-user", name="Per user", scope="user", limit_amount=Decimal(5)
+    )
+    await publish(
+        nc,
+        topology,
+        [
+            PolicySet(occurred_at=START, policy=per_user),
+            refusal("alice", 0, "per-user"),
+            refusal("bob", 1, "per-user"),
+            refusal("alice", 2, "per-user"),
+            refusal("carol", 3, "per-user"),
+        ],
+    )
+    async with evaluator(nc, receivers.settings):
+
+        async def carol_raised() -> bool:
+            """carol's violation (the last event) was raised"""
+            return any(a.scope_key == "carol" for a in await alert_rows(db))
+
+        await wait_for(carol_raised, within=15)
+    alerts = await alert_rows(db)
+    assert [(a.policy_id, a.scope, a.scope_key, a.raised_at) for a in alerts] == [
+        ("per-user", "user", user, START + timedelta(minutes=m))
+        for user, m in (("alice", 0), ("bob", 1), ("carol", 3))
+    ]
 
 
 async def test_a_webhook_answering_500_delays_no_other_channel(
