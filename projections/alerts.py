@@ -7,7 +7,8 @@ fresh events touched is checked against the rules. The event that took a window'
 from below a threshold to it raises the alert, so an alert's id, time and cause do not
 depend on where batches happen to split. Cooldowns are kept in event time. Alerts raised
 while this version is live go to the outbox (one row per channel) and wake the notifier;
-alerts a rebuild re-derives are stored but never sent again.
+alerts a rebuild re-derives are stored but never sent again, except those of events the
+version it replaces never applied: they are queued when the rebuild goes live.
 """
 
 from __future__ import annotations
@@ -476,7 +477,7 @@ class AlertsProjection(Projection):
             return
         await self._store(conn, alerts, cooldowns, raised, last)
         if await self._is_live(conn, version):
-            await self._queue(conn, raised)
+            await self._queue(conn, [(c.alert, c.rule) for c in raised])
 
     async def _store(
         self,
@@ -519,17 +520,36 @@ class AlertsProjection(Projection):
             ([r for r, _ in touched], [s for _, s in touched], [last[k] for k in touched]),
         )
 
-    async def _queue(self, conn: Connection, raised: list[_Candidate]) -> None:
+    async def went_live(self, conn: Connection, version: int, *, after_seq: int) -> None:
+        """Send what this version raised for the events the version it replaces never
+        applied (they arrived while that one's worker was down or behind, or during the
+        swap): raised by a rebuild, so not queued when raised. Earlier alerts were the
+        live version's to send."""
+        _, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        cursor = await conn.execute(
+            f"""SELECT alert FROM {alerts} WHERE stream_seq > %s
+            ORDER BY stream_seq, coalesce((alert ->> 'threshold_percent')::numeric, 0),
+                alert_id""".encode(),
+            (after_seq,),
+        )
+        rules = {r.rule_id: r for r in (await self._state(conn, version)).rules}
+        owed = [Alert.model_validate(row[0]) for row in await cursor.fetchall()]
+        # a rule removed since has no channels to send to
+        await self._queue(conn, [(a, rules[a.rule_id]) for a in owed if a.rule_id in rules])
+
+    async def _queue(self, conn: Connection, raised: Sequence[tuple[Alert, AlertRule]]) -> None:
         """One outbox row per alert and channel of its rule, in raised order."""
+        if not raised:
+            return
         rows = [
             {
-                "alert_id": str(c.alert.alert_id),
+                "alert_id": str(alert.alert_id),
                 "channel": channel,
-                "subject": f"{c.alert.severity.value}.{c.alert.alert_type.value}",
-                "payload": json.loads(c.alert.model_dump_json()),
+                "subject": f"{alert.severity.value}.{alert.alert_type.value}",
+                "payload": json.loads(alert.model_dump_json()),
             }
-            for c in raised
-            for channel in c.rule.channels
+            for alert, rule in raised
+            for channel in rule.channels
         ]
         await conn.execute(
             """INSERT INTO alert_outbox (alert_id, channel, subject, payload)
