@@ -49,6 +49,7 @@ from events import (
 )
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Applied, Connection, Projection, physical
+from projections.change_log import ChangeLog
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
 from projections.windows import window_sums
@@ -97,26 +98,23 @@ class AlertsProjection(Projection):
     def __init__(self) -> None:
         self.spend = SpendProjection("alert_spend", settles_reservations=False)
         self.policies = PoliciesProjection("alert")
+        self.rule_log = ChangeLog(table="alert_rule_log", key="rule_id", document="rule")
         self.tables = (
             *self.spend.tables,
             *self.policies.tables,
-            "alert_rule_log",
+            self.rule_log.events,
+            self.rule_log.table,
             "alerts",
             "alert_cooldowns",
         )
         self._cache: dict[int, _Rules] = {}
 
     def ddl(self, version: int) -> list[str]:
-        rules, alerts, cooldowns = (physical(t, version) for t in self.tables[-3:])
+        alerts, cooldowns = (physical(t, version) for t in self.tables[-2:])
         return [
             *self.spend.ddl(version),
             *self.policies.ddl(version),
-            f"""CREATE TABLE {rules} (
-                rule_id text PRIMARY KEY,
-                rule jsonb,
-                changed_at timestamptz NOT NULL,
-                stream_seq bigint NOT NULL,
-                deleted boolean NOT NULL)""",
+            *self.rule_log.ddl(version),
             f"""CREATE TABLE {alerts} (
                 alert_id uuid PRIMARY KEY,
                 stream_seq bigint NOT NULL,
@@ -358,11 +356,14 @@ class AlertsProjection(Projection):
 
     async def _apply_other(self, conn: Connection, version: int, applied: Applied) -> None:
         event = applied.event
-        rules, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        alerts = physical(self.tables[-2], version)
         if isinstance(event, PolicySet | PolicyDeleted):
             await self.policies.apply(conn, version, [applied])
-        elif isinstance(event, AlertRuleSet | AlertRuleRemoved):
-            await self._apply_rule(conn, rules, applied)
+        elif isinstance(event, AlertRuleSet):
+            rule = event.rule
+            await self.rule_log.record(conn, version, applied, rule.rule_id, rule.model_dump_json())
+        elif isinstance(event, AlertRuleRemoved):
+            await self.rule_log.record(conn, version, applied, event.rule_id, None)
         elif isinstance(event, RequestBlocked):
             state = await self._state(conn, version)
             await self._raise(conn, version, self._violations(state, applied, event))
@@ -378,24 +379,6 @@ class AlertsProjection(Projection):
                 " WHERE alert_id = %s AND resolved_at IS NULL".encode(),
                 (event.resolved_by, event.occurred_at, event.alert_id),
             )
-
-    async def _apply_rule(self, conn: Connection, table: str, applied: Applied) -> None:
-        event = applied.event
-        if isinstance(event, AlertRuleSet):
-            rule_id, document, deleted = event.rule.rule_id, event.rule.model_dump_json(), False
-        else:
-            assert isinstance(event, AlertRuleRemoved)
-            rule_id, document, deleted = event.rule_id, None, True
-        await conn.execute(
-            f"""INSERT INTO {table} (rule_id, rule, changed_at, stream_seq, deleted)
-            VALUES (%s, %s, %s, %s, %s)
-            ON CONFLICT (rule_id) DO UPDATE SET rule = EXCLUDED.rule,
-                changed_at = EXCLUDED.changed_at, stream_seq = EXCLUDED.stream_seq,
-                deleted = EXCLUDED.deleted
-            WHERE ({table}.changed_at, {table}.stream_seq)
-                < (EXCLUDED.changed_at, EXCLUDED.stream_seq)""".encode(),
-            (rule_id, document, event.occurred_at, applied.stream_seq, deleted),
-        )
 
     def _violations(
         self, state: _Rules, applied: Applied, event: RequestBlocked
