@@ -1,11 +1,13 @@
 """Policy and alert rule changes are ordered by their position in the log, on real NATS
-and PostgreSQL: a delete from a host whose clock is behind still deletes, and a late
-re-send of an older change (past JetStream's duplicate window) changes nothing."""
+and PostgreSQL: a delete from a host whose clock is behind still deletes (in the policies
+projection, the alert evaluator's copy and so the enforcer's snapshot), and a late re-send
+of an older change (past JetStream's duplicate window) changes nothing."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -20,6 +22,7 @@ from events import (
     PolicyDeleted,
     PolicySet,
     Topology,
+    utc_now,
 )
 from projections.alerts import AlertsProjection, load_rules
 from projections.base import Projection, physical
@@ -28,7 +31,8 @@ from projections.db import connect, sqlalchemy_url
 from projections.migrate import MIGRATIONS, migrate
 from projections.policies import PoliciesProjection, load_policies
 
-from support import catch_up, publish
+from enforcement import enforcement_stack, stack_settings
+from support import catch_up, publish, wait_for
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
@@ -109,3 +113,24 @@ async def test_upgrading_gives_existing_versions_their_event_ledgers(
         await catch_up(projection, nc, pg_schema_url, topology)
     assert await policies_in(pg_schema_url, "budget_policy_log") == [cap("first")]
     assert await policies_in(pg_schema_url, "alert_policy_log") == [cap("first")]
+
+
+async def test_the_enforcer_stops_enforcing_a_policy_deleted_by_a_slow_host(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as stack:
+        policy = await stack.set_policy(limit_amount="0.01", action="block")
+        check = stack.tracker.check_budget
+        assert not (await check("gpt-4o", estimated_cost=Decimal("0.10"))).allowed
+        slow_clock = utc_now() - timedelta(hours=1)
+        await publish(
+            nc, topology, [PolicyDeleted(occurred_at=slow_clock, policy_id=policy.policy_id)]
+        )
+
+        async def allowed() -> bool:
+            """a check under the deleted policy is allowed"""
+            return (await check("gpt-4o", estimated_cost=Decimal("0.10"))).allowed
+
+        await wait_for(allowed, within=15)
+    assert await policies_in(db, "budget_policy_log") == []
