@@ -202,8 +202,7 @@ async def swap_held(db: str) -> AsyncIterator[None]:
                 waiting = await rows(
                     db,
                     "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE '%%projection_registry%%FOR UPDATE%%'"
-                    " AND query NOT LIKE '%%pg_stat_activity%%'",
+                    " AND query LIKE '%%FROM projection_registry WHERE name = %%FOR UPDATE'",
                 )
                 return bool(waiting)
 
