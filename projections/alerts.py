@@ -8,7 +8,9 @@ fresh events touched is checked against the rules. A correction counts by the le
 The event that took a window's spend from below a threshold to it raises the alert, so an
 alert's id, time and cause do not depend on where batches happen to split. Cooldowns are
 kept in event time. Alerts raised while this version is live go to the outbox (one row per
-channel) and wake the notifier; alerts a rebuild re-derives are stored but never sent again.
+channel) and wake the notifier; alerts a rebuild re-derives are stored but never sent again,
+except those of events the version it replaces never applied: they are queued when the
+rebuild goes live.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from events import (
     UsageRecorded,
     UsageRepriced,
 )
+from events.policy import GLOBAL_SCOPE_KEY
 from projections.base import Applied, Connection, Projection, physical
+from projections.change_log import ChangeLog
 from projections.ledger import Booked
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
@@ -124,26 +128,23 @@ class AlertsProjection(Projection):
     def __init__(self) -> None:
         self.spend = SpendProjection("alert_spend", settles_reservations=False)
         self.policies = PoliciesProjection("alert")
+        self.rule_log = ChangeLog(table="alert_rule_log", key="rule_id", document="rule")
         self.tables = (
             *self.spend.tables,
             *self.policies.tables,
-            "alert_rule_log",
+            self.rule_log.events,
+            self.rule_log.table,
             "alerts",
             "alert_cooldowns",
         )
         self._cache: dict[int, _Rules] = {}
 
     def ddl(self, version: int) -> list[str]:
-        rules, alerts, cooldowns = (physical(t, version) for t in self.tables[-3:])
+        alerts, cooldowns = (physical(t, version) for t in self.tables[-2:])
         return [
             *self.spend.ddl(version),
             *self.policies.ddl(version),
-            f"""CREATE TABLE {rules} (
-                rule_id text PRIMARY KEY,
-                rule jsonb,
-                changed_at timestamptz NOT NULL,
-                stream_seq bigint NOT NULL,
-                deleted boolean NOT NULL)""",
+            *self.rule_log.ddl(version),
             f"""CREATE TABLE {alerts} (
                 alert_id uuid PRIMARY KEY,
                 stream_seq bigint NOT NULL,
@@ -386,11 +387,14 @@ class AlertsProjection(Projection):
 
     async def _apply_other(self, conn: Connection, version: int, applied: Applied) -> None:
         event = applied.event
-        rules, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        alerts = physical(self.tables[-2], version)
         if isinstance(event, PolicySet | PolicyDeleted):
             await self.policies.apply(conn, version, [applied])
-        elif isinstance(event, AlertRuleSet | AlertRuleRemoved):
-            await self._apply_rule(conn, rules, applied)
+        elif isinstance(event, AlertRuleSet):
+            rule = event.rule
+            await self.rule_log.record(conn, version, applied, rule.rule_id, rule.model_dump_json())
+        elif isinstance(event, AlertRuleRemoved):
+            await self.rule_log.record(conn, version, applied, event.rule_id, None)
         elif isinstance(event, RequestBlocked):
             state = await self._state(conn, version)
             await self._raise(conn, version, self._violations(state, applied, event))
@@ -407,35 +411,18 @@ class AlertsProjection(Projection):
                 (event.resolved_by, event.occurred_at, event.alert_id),
             )
 
-    async def _apply_rule(self, conn: Connection, table: str, applied: Applied) -> None:
-        event = applied.event
-        if isinstance(event, AlertRuleSet):
-            rule_id, document, deleted = event.rule.rule_id, event.rule.model_dump_json(), False
-        else:
-            assert isinstance(event, AlertRuleRemoved)
-            rule_id, document, deleted = event.rule_id, None, True
-        await conn.execute(
-            f"""INSERT INTO {table} (rule_id, rule, changed_at, stream_seq, deleted)
-            VALUES (%s, %s, %s, %s, %s)
-            ON CONFLICT (rule_id) DO UPDATE SET rule = EXCLUDED.rule,
-                changed_at = EXCLUDED.changed_at, stream_seq = EXCLUDED.stream_seq,
-                deleted = EXCLUDED.deleted
-            WHERE ({table}.changed_at, {table}.stream_seq)
-                < (EXCLUDED.changed_at, EXCLUDED.stream_seq)""".encode(),
-            (rule_id, document, event.occurred_at, applied.stream_seq, deleted),
-        )
-
     def _violations(
         self, state: _Rules, applied: Applied, event: RequestBlocked
     ) -> list[_Candidate]:
         policies = {p.policy_id: p for p in state.policies}
+        call = CallScope.of(event)
         found = []
         for rule in state.rules:
             if rule.alert_type is not AlertType.POLICY_VIOLATION:
                 continue
             for policy_id in event.policy_ids:
                 policy = policies.get(policy_id)
-                scope = policy.scope if policy else BudgetScope.GLOBAL
+                scope, key = _violated(policy, call)
                 if not rule.watches(policy_id, scope):
                     continue
                 alert = Alert(
@@ -450,11 +437,12 @@ class AlertsProjection(Projection):
                     policy_id=policy_id,
                     policy_name=policy.name if policy else None,
                     scope=scope,
-                    scope_key=event.user_id,
+                    scope_key=key,
                     spend=event.spend,
                     limit_amount=event.limit_amount,
                 )
-                found.append(_Candidate(rule, policy_id, applied.stream_seq, alert))
+                subject = f"{policy_id}|{key}"
+                found.append(_Candidate(rule, subject, applied.stream_seq, alert))
         return found
 
     # -- raising -----------------------------------------------------------------------------
@@ -503,7 +491,7 @@ class AlertsProjection(Projection):
             return
         await self._store(conn, alerts, cooldowns, raised, last)
         if await self._is_live(conn, version):
-            await self._queue(conn, raised)
+            await self._queue(conn, [(c.alert, c.rule) for c in raised])
 
     async def _store(
         self,
@@ -546,17 +534,36 @@ class AlertsProjection(Projection):
             ([r for r, _ in touched], [s for _, s in touched], [last[k] for k in touched]),
         )
 
-    async def _queue(self, conn: Connection, raised: list[_Candidate]) -> None:
+    async def went_live(self, conn: Connection, version: int, *, after_seq: int) -> None:
+        """Send what this version raised for the events the version it replaces never
+        applied (they arrived while that one's worker was down or behind, or during the
+        swap): raised by a rebuild, so not queued when raised. Earlier alerts were the
+        live version's to send."""
+        _, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        cursor = await conn.execute(
+            f"""SELECT alert FROM {alerts} WHERE stream_seq > %s
+            ORDER BY stream_seq, coalesce((alert ->> 'threshold_percent')::numeric, 0),
+                alert_id""".encode(),
+            (after_seq,),
+        )
+        rules = {r.rule_id: r for r in (await self._state(conn, version)).rules}
+        owed = [Alert.model_validate(row[0]) for row in await cursor.fetchall()]
+        # a rule removed since has no channels to send to
+        await self._queue(conn, [(a, rules[a.rule_id]) for a in owed if a.rule_id in rules])
+
+    async def _queue(self, conn: Connection, raised: Sequence[tuple[Alert, AlertRule]]) -> None:
         """One outbox row per alert and channel of its rule, in raised order."""
+        if not raised:
+            return
         rows = [
             {
-                "alert_id": str(c.alert.alert_id),
+                "alert_id": str(alert.alert_id),
                 "channel": channel,
-                "subject": f"{c.alert.severity.value}.{c.alert.alert_type.value}",
-                "payload": json.loads(c.alert.model_dump_json()),
+                "subject": f"{alert.severity.value}.{alert.alert_type.value}",
+                "payload": json.loads(alert.model_dump_json()),
             }
-            for c in raised
-            for channel in c.rule.channels
+            for alert, rule in raised
+            for channel in rule.channels
         ]
         await conn.execute(
             """INSERT INTO alert_outbox (alert_id, channel, subject, payload)
@@ -598,6 +605,15 @@ class AlertsProjection(Projection):
             )
             self._cache[version] = state
         return state
+
+
+def _violated(policy: BudgetPolicy | None, call: CallScope) -> tuple[BudgetScope, str]:
+    """The scope and key a refusal counts under: the policy's own (user ``bob`` under a
+    per-user policy), so each key has its own cooldown; a policy this copy does not know
+    (deleted since) counts as global."""
+    if policy is None:
+        return BudgetScope.GLOBAL, GLOBAL_SCOPE_KEY
+    return policy.scope, call.key(policy.scope) or GLOBAL_SCOPE_KEY
 
 
 def _epoch_hour(instant: datetime) -> int:

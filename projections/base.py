@@ -58,3 +58,10 @@ class Projection(ABC):
         """Apply events in log order. Runs inside the engine's transaction, which also
         advances the checkpoint; must be idempotent per event_id (a re-send of the same
         event under a new sequence number changes nothing)."""
+
+    async def went_live(  # noqa: B027 - optional: most projections send nothing
+        self, conn: Connection, version: int, *, after_seq: int
+    ) -> None:
+        """Called by a rebuild in the transaction that makes ``version`` live; the version
+        it replaces had applied the log up to ``after_seq``. Whatever only the live version
+        may do (send alerts) is still owed for the events after it."""

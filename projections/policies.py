@@ -1,8 +1,8 @@
 """Budget policies as set and deleted on the log, so they too are rebuilt by replay.
 
-A deletion leaves a tombstone and every change carries its event time: a late re-send of
-an older ``PolicySet`` (from a producer's spool, past JetStream's duplicate window) never
-brings back or reverts a policy changed after it.
+Changes are ordered by their position in the log and applied once per event id (see
+``projections/change_log.py``): a delete from a host whose clock is behind still deletes,
+and a late re-send of an older change never brings back or reverts a newer one.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from events import BudgetPolicy, PolicyDeleted, PolicySet
 from projections.base import Applied, Connection, Projection, physical
+from projections.change_log import ChangeLog
 
 __all__ = ["PoliciesProjection", "load_policies"]
 
@@ -25,17 +26,11 @@ class PoliciesProjection(Projection):
 
     def __init__(self, prefix: str = "budget") -> None:
         self.prefix = prefix
-        self.tables = (f"{prefix}_policy_log",)
+        self.log = ChangeLog(table=f"{prefix}_policy_log", key="policy_id", document="policy")
+        self.tables = (self.log.table, self.log.events)
 
     def ddl(self, version: int) -> list[str]:
-        return [
-            f"""CREATE TABLE {physical(self.tables[0], version)} (
-                policy_id text PRIMARY KEY,
-                policy jsonb,
-                changed_at timestamptz NOT NULL,
-                stream_seq bigint NOT NULL,
-                deleted boolean NOT NULL)"""
-        ]
+        return self.log.ddl(version)
 
     def views(self, version: int) -> dict[str, str]:
         table = physical(self.tables[0], version)
@@ -51,29 +46,15 @@ class PoliciesProjection(Projection):
         }
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        table = physical(self.tables[0], version)
         for applied in batch:
             event = applied.event
             if isinstance(event, PolicySet):
-                policy_id, document, deleted = (
-                    event.policy.policy_id,
-                    event.policy.model_dump_json(),
-                    False,
+                policy = event.policy
+                await self.log.record(
+                    conn, version, applied, policy.policy_id, policy.model_dump_json()
                 )
             elif isinstance(event, PolicyDeleted):
-                policy_id, document, deleted = event.policy_id, None, True
-            else:
-                continue
-            await conn.execute(
-                f"""INSERT INTO {table} (policy_id, policy, changed_at, stream_seq, deleted)
-                VALUES (%s, %s, %s, %s, %s)
-                ON CONFLICT (policy_id) DO UPDATE SET policy = EXCLUDED.policy,
-                    changed_at = EXCLUDED.changed_at, stream_seq = EXCLUDED.stream_seq,
-                    deleted = EXCLUDED.deleted
-                WHERE ({table}.changed_at, {table}.stream_seq)
-                    < (EXCLUDED.changed_at, EXCLUDED.stream_seq)""".encode(),
-                (policy_id, document, event.occurred_at, applied.stream_seq, deleted),
-            )
+                await self.log.record(conn, version, applied, event.policy_id, None)
 
 
 async def load_policies(conn: Connection, log: str = "budget_policy_log") -> list[BudgetPolicy]:

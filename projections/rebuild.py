@@ -9,11 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from events import Topology
 from projections.base import Connection, Projection
-from projections.checkpoints import create_version, drop_version, point_views_at
+from projections.checkpoints import create_version, drop_version, live_position, point_views_at
 from projections.db import connect
 from projections.engine import BatchResult, EngineConfig, ProjectionRunner, consumer_name
 
@@ -64,7 +65,7 @@ async def rebuild(
         try:
             await _catch_up(runner, on_progress)
             if swap:
-                await _swap(runner)
+                await _swap(runner, nc.jetstream(), topology.event_stream.name)
         finally:
             await runner.close()
         if swap:
@@ -89,9 +90,10 @@ async def _catch_up(
     await runner.catch_up(progress)
 
 
-async def _swap(runner: ProjectionRunner) -> None:
+async def _swap(runner: ProjectionRunner, js: JetStreamContext, stream: str) -> None:
     """Lock the registry row (the live worker's next batch waits), drain what arrived
-    since, point the views at the new version, commit; then ack."""
+    since, point the views at the new version, hand the projection the events the old
+    version never applied (``went_live``), commit; then ack."""
     conn = runner.connection
     assert runner.reader is not None
     last = None
@@ -100,11 +102,12 @@ async def _swap(runner: ProjectionRunner) -> None:
             "SELECT 1 FROM projection_registry WHERE name = %s FOR UPDATE",
             (runner.projection.name,),
         )
+        replaced_through = await live_position(conn, runner.projection.name)
         while True:
             batch = await runner.reader.take(runner.config.batch_size, 0, wait=0.05)
             if batch:
                 last = (await runner.process(batch)).last
-            elif runner.reader.buffered == 0 and await runner.pending() == 0:
+            elif await _drained(runner, js, stream):
                 break
         await conn.execute(
             "UPDATE projection_registry SET active_version = %s, updated_at = now()"
@@ -112,9 +115,27 @@ async def _swap(runner: ProjectionRunner) -> None:
             (runner.version, runner.projection.name),
         )
         await point_views_at(conn, runner.projection, runner.version)
+        await runner.projection.went_live(conn, runner.version, after_seq=replaced_through)
     if last is not None:
         await runner.reader.ack_through(last)
     log.info("%s is live", runner.durable)
+
+
+async def _drained(runner: ProjectionRunner, js: JetStreamContext, stream: str) -> bool:
+    """Everything this version's consumer has delivered is applied, in this transaction or
+    before it, and nothing is left to deliver. (Not ``pending()``: what the swap applies is
+    acked only once it commits, so it stays unacked while the swap waits for it.)"""
+    assert runner.reader is not None
+    if runner.reader.buffered:
+        return False
+    info = await js.consumer_info(stream, runner.durable)
+    cursor = await runner.connection.execute(
+        "SELECT stream_seq FROM projection_checkpoints WHERE name = %s AND version = %s",
+        (runner.projection.name, runner.version),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(info.num_pending or 0) == 0 and int(info.delivered.stream_seq) <= int(row[0])
 
 
 async def _drop_older(

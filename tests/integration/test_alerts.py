@@ -1,10 +1,12 @@
 """Alerts on real NATS and PostgreSQL, sent to a real webhook and SMTP server: thresholds
-raise once each, whatever is redelivered; cooldowns; a rebuild sends nothing; a failing
-channel delays no other; subscribers see alerts in order."""
+raise once each, whatever is redelivered; cooldowns; a rebuild sends nothing again, and
+sends what the live worker never saw; a failing channel delays no other; subscribers see
+alerts in order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +35,7 @@ from events import (
     Topology,
 )
 from events.rpc import PolicySpend
+from projections.db import connect
 from projections.rebuild import rebuild
 from projections.registry import get_projection
 from services.channels import SIGNATURE_HEADER, signature
@@ -185,6 +188,57 @@ async def test_rebuild_reproduces_the_alerts_and_sends_nothing(
     assert len(receivers.hook.received) == 3
 
 
+@contextlib.asynccontextmanager
+async def swap_held(db: str) -> AsyncIterator[None]:
+    """Hold the alerts registry row until the block ends, and enter it once a rebuild is
+    waiting for it: what the block publishes arrives between catch-up and the swap."""
+    conn = await connect(db)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM projection_registry WHERE name = 'alerts' FOR SHARE")
+
+            async def swap_waiting() -> bool:
+                """the rebuild caught up and waits to swap"""
+                waiting = await rows(
+                    db,
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%FROM projection_registry WHERE name = %%FOR UPDATE'",
+                )
+                return bool(waiting)
+
+            await wait_for(swap_waiting, within=20)
+            yield
+    finally:
+        await conn.close()
+
+
+async def test_a_rebuild_sends_the_alerts_of_events_the_live_worker_never_saw(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    """The live worker sends the 80 % alert, then is down: the 95 % crossing arrives before
+    the rebuild and the 100 % one while it swaps. Each alert goes out once per channel."""
+    policy, *usage = crossing_events()
+    await publish(nc, topology, [policy, *usage[:2]])
+    async with evaluator(nc, receivers.settings):
+        await all_delivered(db, len(CHANNELS))
+    await publish(nc, topology, usage[2:3])
+    rebuilding = asyncio.create_task(
+        rebuild(get_projection("alerts"), nc=nc, database_url=db, topology=topology)
+    )
+    async with swap_held(db):
+        await publish(nc, topology, usage[3:])
+    assert await asyncio.wait_for(rebuilding, 60) == 2  # (a swap that never ends fails)
+    async with evaluator(nc, receivers.settings):
+        await all_delivered(db, 3 * len(CHANNELS))
+    alerts = await alert_rows(db)
+    assert [a.threshold_percent for a in alerts] == [Decimal(80), Decimal(95), Decimal(100)]
+    ids = [str(a.alert_id) for a in alerts]
+    assert [headers["Idempotency-Key"] for headers, _ in receivers.hook.received] == ids
+    assert [m["Message-ID"] for m in receivers.box.messages] == [
+        f"<{i}@budget-manager>" for i in ids
+    ]
+
+
 async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
     nc: Client, db: str, topology: Topology, receivers: Receivers
 ) -> None:
@@ -226,20 +280,8 @@ async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
 async def test_repeated_refusals_raise_one_violation_per_cooldown(
     nc: Client, db: str, topology: Topology, receivers: Receivers
 ) -> None:
-    def blocked(minutes: int) -> RequestBlocked:
-        return RequestBlocked(
-            occurred_at=START + timedelta(minutes=minutes),
-            action=LimitAction.BLOCK,
-            policy_ids=["cap"],
-            reason="block by policy 'cap'",
-            model="gpt-4o",
-            user_id="alice",
-            estimated_cost=Decimal("0.1"),
-            spend=Decimal(5),
-            limit_amount=Decimal(5),
-        )
-
-    await publish(nc, topology, [blocked(0), blocked(5), blocked(16)])  # cooldown 15 min
+    # cooldown 15 min
+    await publish(nc, topology, [refusal("alice", m) for m in (0, 5, 16)])
     async with evaluator(nc, receivers.settings):
 
         async def raised() -> bool:
@@ -250,6 +292,53 @@ async def test_repeated_refusals_raise_one_violation_per_cooldown(
     alerts = await alert_rows(db)
     assert {a.alert_type for a in alerts} == {AlertType.POLICY_VIOLATION}
     assert [a.raised_at for a in alerts] == [START, START + timedelta(minutes=16)]
+
+
+def refusal(user: str, minutes: float, policy_id: str = "cap") -> RequestBlocked:
+    return RequestBlocked(
+        occurred_at=START + timedelta(minutes=minutes),
+        action=LimitAction.BLOCK,
+        policy_ids=[policy_id],
+        reason=f"block by policy '{policy_id}'",
+        model="gpt-4o",
+        user_id=user,
+        estimated_cost=Decimal("0.1"),
+        spend=Decimal(5),
+        limit_amount=Decimal(5),
+    )
+
+
+async def test_violations_are_keyed_by_the_policys_scope_key_with_a_cooldown_each(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    """One per-user policy: alice's refusal never suppresses bob's (cooldown 15 min each);
+    alice's second refusal inside her cooldown is suppressed, carol's after it is raised."""
+    per_user = BudgetPolicy(
+        policy_id="per-user", name="Per user", scope="user", limit_amount=Decimal(5)
+    )
+    await publish(
+        nc,
+        topology,
+        [
+            PolicySet(occurred_at=START, policy=per_user),
+            refusal("alice", 0, "per-user"),
+            refusal("bob", 1, "per-user"),
+            refusal("alice", 2, "per-user"),
+            refusal("carol", 3, "per-user"),
+        ],
+    )
+    async with evaluator(nc, receivers.settings):
+
+        async def carol_raised() -> bool:
+            """carol's violation (the last event) was raised"""
+            return any(a.scope_key == "carol" for a in await alert_rows(db))
+
+        await wait_for(carol_raised, within=15)
+    alerts = await alert_rows(db)
+    assert [(a.policy_id, a.scope, a.scope_key, a.raised_at) for a in alerts] == [
+        ("per-user", "user", user, START + timedelta(minutes=m))
+        for user, m in (("alice", 0), ("bob", 1), ("carol", 3))
+    ]
 
 
 async def test_a_webhook_answering_500_delays_no_other_channel(
