@@ -8,6 +8,7 @@ from datetime import datetime
 from psycopg import sql
 
 from projections.base import Connection, Projection, physical
+from projections.shapes import shape_of
 
 __all__ = [
     "LIVE_POSITION_SQL",
@@ -56,8 +57,9 @@ async def create_version(conn: Connection, projection: Projection, version: int)
     for statement in projection.ddl(version):
         await conn.execute(statement.encode())
     await conn.execute(
-        "INSERT INTO projection_checkpoints (name, version) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (projection.name, version),
+        "INSERT INTO projection_checkpoints (name, version, shape) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (projection.name, version, shape_of(projection)),
     )
 
 

@@ -14,11 +14,18 @@ from nats.js.errors import NotFoundError
 
 from events import Topology
 from projections.base import Connection, Projection
-from projections.checkpoints import create_version, drop_version, live_position, point_views_at
+from projections.checkpoints import (
+    create_version,
+    drop_version,
+    ensure_projection,
+    live_position,
+    point_views_at,
+)
 from projections.db import connect
 from projections.engine import BatchResult, EngineConfig, ProjectionRunner, consumer_name
+from projections.shapes import live_shape_is_current
 
-__all__ = ["Progress", "rebuild"]
+__all__ = ["Progress", "rebuild", "rebuild_if_reshaped"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,35 @@ async def rebuild(
         return version
     finally:
         await conn.close()
+
+
+async def rebuild_if_reshaped(
+    projection: Projection,
+    *,
+    nc: Client,
+    database_url: str,
+    topology: Topology,
+    config: EngineConfig | None = None,
+) -> int | None:
+    """Rebuild ``projection`` when its live version was built by another release's DDL
+    (``projections.shapes``); returns the new version, or None when it is current. The
+    workers of one projection take turns here, so it is rebuilt once."""
+    conn = await connect(database_url)
+    try:
+        await ensure_projection(conn, projection)
+        await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"reshape:{projection.name}",))
+        if await live_shape_is_current(conn, projection):
+            return None
+        log.warning(
+            "projection %s: its live tables were built by another release; rebuilding it"
+            " from the log (reads show the old version until the swap)",
+            projection.name,
+        )
+        return await rebuild(
+            projection, nc=nc, database_url=database_url, topology=topology, config=config
+        )
+    finally:
+        await conn.close()  # and with it the advisory lock
 
 
 async def _catch_up(

@@ -32,6 +32,7 @@ from projections.engine import (
 )
 from projections.log import require_stream
 from projections.reader import ConsumerGone
+from projections.rebuild import rebuild_if_reshaped
 from projections.registry import get_projection
 from services.liveness import Liveness, Loop
 
@@ -60,15 +61,23 @@ async def run_projection(
         applied += result.applied
         backoff = 1.0
 
+    config = EngineConfig(time_bounds=settings.time_bounds)
     while not stop.is_set():
         runner = ProjectionRunner(
             projection,
             nc=nc,
             database_url=settings.database_url,
             topology=settings.topology,
-            config=EngineConfig(time_bounds=settings.time_bounds),
+            config=config,
         )
         try:
+            await rebuild_if_reshaped(
+                projection,
+                nc=nc,
+                database_url=settings.database_url,
+                topology=settings.topology,
+                config=config,
+            )
             await runner.open()
             log.info("worker %s running version %d", name, runner.version)
             await runner.run(stop, on_batch=count, turn=turn)

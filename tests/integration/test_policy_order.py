@@ -10,8 +10,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from nats.aio.client import Client
 
 from events import (
@@ -26,9 +24,7 @@ from events import (
 )
 from projections.alerts import AlertsProjection, load_rules
 from projections.base import Projection, physical
-from projections.checkpoints import ensure_projection
-from projections.db import connect, sqlalchemy_url
-from projections.migrate import MIGRATIONS, migrate
+from projections.db import connect
 from projections.policies import PoliciesProjection, load_policies
 
 from enforcement import enforcement_stack, stack_settings
@@ -86,33 +82,6 @@ async def test_alert_rules_follow_the_log_too(nc: Client, db: str, topology: Top
         await conn.close()
     assert "half" not in {r.rule_id for r in rules}
     assert "default-anomaly" in {r.rule_id for r in rules}
-
-
-async def test_upgrading_gives_existing_versions_their_event_ledgers(
-    nc: Client, pg_schema_url: str, topology: Topology
-) -> None:
-    """A deployment whose policies and alerts versions predate the ledgers keeps working
-    after ``budget migrate``."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", sqlalchemy_url(pg_schema_url).replace("%", "%%"))
-    command.upgrade(config, "0004")
-    conn = await connect(pg_schema_url)
-    try:
-        for projection in (PoliciesProjection(), AlertsProjection()):
-            await ensure_projection(conn, projection)
-            for table in projection.tables:
-                if table.endswith("_events"):  # as created before the ledgers
-                    await conn.execute(f"DROP TABLE {physical(table, 1)}".encode())
-        await conn.commit()
-    finally:
-        await conn.close()
-    migrate(pg_schema_url)
-    await publish(nc, topology, [PolicySet(occurred_at=NOW, policy=cap("first"))])
-    for projection in (PoliciesProjection(), AlertsProjection()):
-        await catch_up(projection, nc, pg_schema_url, topology)
-    assert await policies_in(pg_schema_url, "budget_policy_log") == [cap("first")]
-    assert await policies_in(pg_schema_url, "alert_policy_log") == [cap("first")]
 
 
 async def test_the_enforcer_stops_enforcing_a_policy_deleted_by_a_slow_host(
