@@ -27,7 +27,7 @@ from budget.enforcement import assess, decide
 from budget.policies import PolicyWindow
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
-from budget.rpc import RpcFailure, ask
+from budget.rpc import RpcFailure, Unanswered, ask
 from events import LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
@@ -173,7 +173,7 @@ class BudgetChecker:
         try:
             snapshot = await self._snapshot(call)
         except RpcFailure as exc:
-            return self._unreachable(call, str(exc), estimate)
+            return await self._unreachable(call, str(exc), estimate)
         now = utc_now()
         if snapshot.enforced:
             if estimate is None:
@@ -186,7 +186,7 @@ class BudgetChecker:
             try:
                 answer = await self._ask(RPC_CHECK, request, CheckResult)
             except RpcFailure as exc:
-                return self._unreachable(call, str(exc), estimate)
+                return await self._unreachable(call, str(exc), estimate)
             self._degraded = False
             return answer
         return self._judge_locally(call, snapshot, estimate, now)
@@ -254,9 +254,12 @@ class BudgetChecker:
         subject = self.settings.topology.rpc_subject(name)
         return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
 
-    def _unreachable(self, call: CallAttributes, why: str, estimate: Decimal | None) -> CheckResult:
+    async def _unreachable(
+        self, call: CallAttributes, why: str, estimate: Decimal | None
+    ) -> CheckResult:
         """The answer without the enforcer: the last snapshot decides, if it is as new as
-        the newest policy change this tracker has heard of."""
+        the policy log's end (read now: a policy set while the enforcer is down binds
+        too; the end as last read only if the log cannot be read either)."""
         counted = estimate or Decimal(0)
         if self.settings.fail_open:
             return CheckResult(
@@ -265,7 +268,10 @@ class BudgetChecker:
                 reason=f"enforcer unavailable ({why}); allowed because fail_open is set",
                 estimated_cost=counted,
             )
-        known = self._policy_log.known
+        try:
+            known = await self._policy_log.end()
+        except Unanswered:
+            known = self._policy_log.known
         last = self._snapshots.get(_key(call))
         if last is not None and last.policies_position < known:
             last = None  # a policy changed since: it may be a BLOCK one

@@ -123,3 +123,23 @@ async def test_a_tracker_that_knows_nothing_fails_closed_and_says_so(
     assert not result.allowed and not result.enforced and calls == []
     assert "enforcer unavailable" in result.reason
     assert "nothing is known" in result.reason and "fail_open" in result.reason
+
+
+async def test_a_block_policy_set_while_the_enforcer_is_down_binds_an_expired_snapshot(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """The cached snapshot has expired (``cache_ttl=0``), so the fallback must read the
+    policy log's end itself: the BLOCK policy set after the enforcer stopped is newer than
+    the WARN-only snapshot, for the call checked before and for one never checked."""
+    settings = stack_settings(nats_url, db, topology, tmp_path, cache_ttl=0)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(name="watch", limit_amount="100", action="warn")
+        assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+        assert stack.enforcer is not None
+        await stack.enforcer.stop()
+        await stack.set_policy(name="hard cap", limit_amount="0.01", action="block")
+        seen = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+        unseen = await stack.tracker.check_budget("gpt-4o", user_id="bob", estimated_cost=DIME)
+    for result in (seen, unseen):
+        assert not result.allowed and not result.enforced
+        assert "enforcer unavailable" in result.reason and "nothing is known" in result.reason
