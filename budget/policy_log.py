@@ -4,8 +4,10 @@ JetStream, so a tracker can tell whether a cached snapshot predates a policy cha
 A change is promised to every tracker once ``POLICY_NEWS_WITHIN`` seconds have passed
 since its event was stored (``set_policy`` waits that long): a check trusts a cached
 snapshot only if the log's end was read no more than that long before the check began
-and the snapshot covers it. Reads are shared: a busy tracker reads the log at most about
-once per ``POLICY_NEWS_WITHIN``, an idle one on its next check.
+and the snapshot covers it. Reads are shared, one at a time: a busy tracker reads the log
+at most about once per ``POLICY_NEWS_WITHIN``, an idle one on its next check. A read that
+fails is not retried for ``RETRY_AFTER_FAILURE`` seconds (checks ask the enforcer
+meanwhile), so failing reads never pile up.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from nats.js.errors import NotFoundError
 from budget.rpc import Unanswered
 from events import Topology
 
-__all__ = ["POLICY_NEWS_WITHIN", "PolicyLog"]
+__all__ = ["POLICY_NEWS_WITHIN", "RETRY_AFTER_FAILURE", "PolicyLog"]
 
 POLICY_NEWS_WITHIN = 0.1
 """Seconds; the same constant on the writing and the checking side."""
+RETRY_AFTER_FAILURE = 1.0
+"""Seconds after a failed read during which ``end`` fails at once."""
 
 
 class PolicyLog:
@@ -35,23 +39,47 @@ class PolicyLog:
         """The newest policy event's stream sequence as last read (0: none yet)."""
         self._read_at = -float("inf")
         """When (monotonic) the read that gave ``known`` was sent."""
-        self._reading: asyncio.Future[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
         self._reading_sent = -float("inf")
+        self._failed: tuple[float, str] | None = None
+        """When (monotonic) the last read failed, and why; None after a good read."""
 
     def use(self, nc: Client) -> None:
         self.nc = nc
 
     async def end(self) -> int:
         """The newest policy event's stream sequence, read no earlier than
-        ``POLICY_NEWS_WITHIN`` seconds ago; raises ``Unanswered`` if it cannot be read."""
+        ``POLICY_NEWS_WITHIN`` seconds ago. Raises ``Unanswered`` (saying why) when it
+        cannot be read now: the read fails, the last one failed under
+        ``RETRY_AFTER_FAILURE`` seconds ago, or the read in flight was sent too long
+        before this check to count for it."""
         began = time.monotonic()
         if began - self._read_at <= POLICY_NEWS_WITHIN:
             return self.known
-        if self._reading is None or began - self._reading_sent > POLICY_NEWS_WITHIN:
+        if self._failed is not None and began - self._failed[0] < RETRY_AFTER_FAILURE:
+            raise Unanswered(self._failed[1])
+        if self._reading is None or self._reading.done():
             self._reading_sent = began
-            self._reading = asyncio.ensure_future(self._read(began))
+            self._reading = asyncio.create_task(self._read(began))
+            self._reading.add_done_callback(self._finished)
+        elif began - self._reading_sent > POLICY_NEWS_WITHIN:
+            pending = began - self._reading_sent
+            raise Unanswered(f"its last read has not been answered for {pending:.1f} s")
         await asyncio.shield(self._reading)
         return self.known
+
+    def close(self) -> None:
+        """Stop the read in flight, if any."""
+        if self._reading is not None:
+            self._reading.cancel()
+
+    def _finished(self, reading: asyncio.Task[None]) -> None:
+        """Retrieve the outcome, so a read whose waiters were all cancelled is no
+        "exception never retrieved"; the next read may start."""
+        if self._reading is reading:
+            self._reading = None
+        if not reading.cancelled():
+            reading.exception()
 
     async def _read(self, sent: float) -> None:
         stream = self.topology.event_stream.name
@@ -64,10 +92,8 @@ class PolicyLog:
                 seq = (await js.get_last_msg(stream, subject)).seq or 0
             except NotFoundError:
                 seq = 0  # no policy was ever set
-        except (NatsError, TimeoutError) as exc:
-            raise Unanswered(f"cannot read the policy log ({exc!r})") from None
-        finally:
-            if self._reading_sent == sent:
-                self._reading = None
-        if sent > self._read_at:
-            self.known, self._read_at = seq, sent
+        except (NatsError, TimeoutError, Unanswered) as exc:
+            why = str(exc) if isinstance(exc, Unanswered) else repr(exc)
+            self._failed = (time.monotonic(), why)
+            raise Unanswered(why) from None
+        self.known, self._read_at, self._failed = seq, sent, None

@@ -272,6 +272,7 @@ class UsageTracker:
         await self.publisher.flush()
 
     async def close(self) -> None:
+        self.checker.close()
         await self.publisher.close()
 
 

@@ -143,3 +143,38 @@ async def test_a_block_policy_set_while_the_enforcer_is_down_binds_an_expired_sn
     for result in (seen, unseen):
         assert not result.allowed and not result.enforced
         assert "enforcer unavailable" in result.reason and "nothing is known" in result.reason
+
+
+def policy_log_unreadable(stack: EnforcementStack) -> None:
+    """Every later read of the policy log's end times out (a real JetStream request that
+    cannot be answered in time); the enforcer is untouched."""
+    stack.tracker.checker.policy_log.timeout = 1e-9
+
+
+async def test_an_unreadable_policy_log_asks_the_enforcer_instead(
+    stack: EnforcementStack,
+) -> None:
+    """The cached WARN-only snapshot cannot be confirmed, so the enforcer is asked for a
+    new one, which has the BLOCK policy set since: refused by the enforcer, truthfully."""
+    await stack.set_policy(name="watch", limit_amount="100", action="warn")
+    assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+    policy_log_unreadable(stack)
+    await stack.set_policy(name="hard cap", limit_amount="0.01", action="block")
+    result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert not result.allowed and result.enforced
+    assert "'hard cap'" in result.reason and "unavailable" not in result.reason
+
+
+async def test_an_unreadable_policy_log_and_no_enforcer_are_both_named(
+    stack: EnforcementStack,
+) -> None:
+    await stack.set_policy(name="watch", limit_amount="100", action="warn")
+    assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+    policy_log_unreadable(stack)
+    assert stack.enforcer is not None
+    await stack.enforcer.stop()
+    result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert result.allowed and not result.enforced
+    assert result.reason.startswith("policy log unreadable (")
+    assert "and enforcer unavailable (" in result.reason
+    assert "no BLOCK or THROTTLE policy" in result.reason
