@@ -1,5 +1,6 @@
-"""How far the policy log goes: the stream sequence of the newest policy event, read from
-JetStream, so a tracker can tell whether a cached snapshot predates a policy change.
+"""How far the policy log goes: the stream sequence of the newest policy event (the last
+message on the subjects the policies projection applies), read from JetStream, so a
+tracker can tell whether a cached snapshot predates a policy change.
 
 A change is promised to every tracker once ``POLICY_NEWS_WITHIN`` seconds have passed
 since its event was stored (``set_policy`` waits that long): a check trusts a cached
@@ -17,10 +18,12 @@ import time
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from budget.rpc import Unanswered
 from events import Topology
+from events.policy import POLICY_CHANGES
 
 __all__ = ["POLICY_NEWS_WITHIN", "RETRY_AFTER_FAILURE", "PolicyLog"]
 
@@ -82,18 +85,26 @@ class PolicyLog:
             reading.exception()
 
     async def _read(self, sent: float) -> None:
-        stream = self.topology.event_stream.name
-        subject = self.topology.event_subject("policy.>")
         try:
             if self.nc is None or not self.nc.is_connected:
                 raise Unanswered("not connected to NATS")
             js = self.nc.jetstream(timeout=self.timeout)
-            try:
-                seq = (await js.get_last_msg(stream, subject)).seq or 0
-            except NotFoundError:
-                seq = 0  # no policy was ever set
+            ends = [self._last(js, change.SUBJECT) for change in POLICY_CHANGES]
+            seq = max(await asyncio.gather(*ends))
         except (NatsError, TimeoutError, Unanswered) as exc:
             why = str(exc) if isinstance(exc, Unanswered) else repr(exc)
             self._failed = (time.monotonic(), why)
             raise Unanswered(why) from None
         self.known, self._read_at, self._failed = seq, sent, None
+
+    async def _last(self, js: JetStreamContext, suffix: str) -> int:
+        """The stream sequence of the last event on exactly this subject (0: none): other
+        messages under ``<prefix>.events.policy.`` are no policy change (the policies
+        projection never applies them) and must not make every snapshot look stale."""
+        try:
+            found = await js.get_last_msg(
+                self.topology.event_stream.name, self.topology.event_subject(suffix)
+            )
+        except NotFoundError:
+            return 0
+        return found.seq or 0

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 
 from budget.checks import BudgetCheckFailed
 from budget.config import Settings
+from budget.policy_log import POLICY_NEWS_WITHIN
 from budget.tracker import start_usage_tracker
 from events import LimitAction, Topology
 from events.rpc import CheckResult
@@ -178,3 +179,20 @@ async def test_an_unreadable_policy_log_and_no_enforcer_are_both_named(
     assert result.reason.startswith("policy log unreadable (")
     assert "and enforcer unavailable (" in result.reason
     assert "no BLOCK or THROTTLE policy" in result.reason
+
+
+async def test_a_stray_message_under_the_policy_subjects_does_not_disable_the_cache(
+    stack: EnforcementStack,
+) -> None:
+    """``<prefix>.events.policy.bogus`` is no policy event (the policies projection never
+    applies it), so the cached WARN-only snapshot still covers the log's end and answers,
+    with the enforcer gone."""
+    await stack.set_policy(name="watch", limit_amount="100", action="warn")
+    assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+    subject = stack.settings.topology.event_subject("policy.bogus")
+    await stack.nc.jetstream().publish(subject, b"{}")
+    await asyncio.sleep(POLICY_NEWS_WITHIN)  # as set_policy waits: the next read sees it
+    assert stack.enforcer is not None
+    await stack.enforcer.stop()
+    result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert result.allowed and "unavailable" not in result.reason
