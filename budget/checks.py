@@ -175,7 +175,7 @@ class BudgetChecker:
         if estimate is None:
             estimate = self.estimate(call.model, call.provider, estimated_tokens)
         try:
-            snapshot = await self._snapshot(call)
+            snapshot = await self._snapshot(call, enforcer_decides=estimate is not None)
         except _Unavailable as exc:
             return await self._unreachable(call, str(exc), estimate)
         now = utc_now()
@@ -220,14 +220,23 @@ class BudgetChecker:
         request = ReleaseRequest(reservation_id=reservation_id)
         return (await self._ask(RPC_RELEASE, request, ReleaseResult)).released
 
-    async def _snapshot(self, call: CallAttributes) -> _Cached:
+    async def _snapshot(self, call: CallAttributes, *, enforcer_decides: bool) -> _Cached:
         """The cached snapshot while it is young and covers the policy log's end, else a
         new one (also when the log cannot be read: a policy may have changed);
-        ``_Unavailable`` when the enforcer does not give one."""
+        ``_Unavailable`` when the enforcer does not give one. ``enforcer_decides``: the
+        call has an estimate, so a snapshot with a BLOCK/THROTTLE policy only sends it
+        to the enforcer."""
         key = _key(call)
         cached = self._snapshots.get(key)
         unreadable = None
         if cached is not None and cached.current(self.settings.cache_ttl):
+            if cached.enforced and enforcer_decides:
+                # No log read needed: the enforcer judges the call under its current
+                # policies (a BLOCK policy deleted or added since included) and uses
+                # nothing of this snapshot; without the enforcer, ``_unreachable`` reads
+                # the log itself. Not without an estimate: the refusal for a model
+                # without a price rests on this snapshot's BLOCK/THROTTLE policy.
+                return cached
             try:
                 if cached.policies_position >= await self.policy_log.end():
                     return cached

@@ -196,3 +196,23 @@ async def test_a_stray_message_under_the_policy_subjects_does_not_disable_the_ca
     await stack.enforcer.stop()
     result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
     assert result.allowed and "unavailable" not in result.reason
+
+
+async def test_a_cached_block_snapshot_goes_to_the_enforcer_without_a_new_snapshot(
+    stack: EnforcementStack,
+) -> None:
+    """The enforcer decides BLOCK calls under its current policies, so such a snapshot
+    needs no policy log read to be used: with the log unreadable, no new snapshot is
+    asked for (an observer on the enforcer's subjects counts the requests)."""
+    observer = await stack.nc.subscribe(stack.settings.topology.rpc_subject("enforcer.*"))
+    await stack.set_policy(name="hard cap", limit_amount="100", action="block")
+    first = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME, reserve=False)
+    assert first.allowed and first.enforced
+    policy_log_unreadable(stack)
+    for _ in range(3):
+        result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME, reserve=False)
+        assert result.allowed and result.enforced
+    await stack.nc.flush()  # the requests were answered, so the observer has them all now
+    pending = range(observer.pending_msgs)
+    asked = [(await observer.next_msg()).subject.rsplit(".", 1)[-1] for _ in pending]
+    assert asked.count("check") == 4 and asked.count("snapshot") == 1
