@@ -153,11 +153,13 @@ class BudgetChecker:
             if len(self._logged_past_limit) >= 10_000:
                 self._logged_past_limit.clear()
             self._logged_past_limit.add(key)
+            already = status.spend > status.limit_amount
             log.warning(
-                "%s policy %r is past its limit of %s USD for the period from %s (spend %s"
+                "%s policy %r: %s its limit of %s USD for the period from %s (spend %s"
                 " before this call of ~%s); allowed",
                 status.action.value.upper(),
                 status.name,
+                "it was already past" if already else "this call takes it past",
                 status.limit_amount,
                 f"{status.window_start:%Y-%m-%d %H:%M} UTC",
                 status.spend,

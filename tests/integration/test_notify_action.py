@@ -119,4 +119,5 @@ async def test_a_warn_policy_past_its_limit_warns_the_caller_and_the_log_once(
         assert result.allowed and result.action is LimitAction.WARN
         assert "past its limit" in result.reason
     logged = [r.getMessage() for r in caplog.records if "'watch'" in r.getMessage()]
-    assert len(logged) == 1 and "WARN policy 'watch' is past its limit" in logged[0]
+    assert len(logged) == 1
+    assert "WARN policy 'watch': this call takes it past its limit of 0.05 USD" in logged[0]
