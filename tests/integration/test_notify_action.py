@@ -81,9 +81,10 @@ async def test_notify_crossing_notifies_admins_and_warn_crossing_does_not(
     async with evaluator(nc, settings):
 
         async def bob_notified() -> bool:
-            """the webhook and the mailbox got bob's admin notification"""
+            """NATS, the webhook and the mailbox got bob's admin notification"""
             hooked = [b for b in hook.bodies() if b["alert_type"] == "admin_notification"]
-            return bool(hooked) and bool(admin_mail(box))
+            on_nats = [b for _, b in received if b["alert_type"] == "admin_notification"]
+            return bool(hooked) and bool(admin_mail(box)) and bool(on_nats)
 
         await wait_for(bob_notified, within=20)
 
