@@ -108,12 +108,6 @@ class BudgetChecker:
         """Stop the policy log read in flight, if any."""
         self.policy_log.close()
 
-    def forget(self) -> None:
-        """Drop every cached snapshot: the next check asks the enforcer afresh, and if it
-        cannot, knows nothing."""
-        self._snapshots.clear()
-        self._unenforced_at = None
-
     def estimate(self, model: str, provider: str | None, estimated_tokens: int) -> Decimal | None:
         """Price ``estimated_tokens`` as output, the dearer class: an estimate that errs
         high keeps a hard limit hard. None: the model has no price. Kept for the hour (a

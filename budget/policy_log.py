@@ -77,12 +77,10 @@ class PolicyLog:
             self._reading.cancel()
 
     def _finished(self, reading: asyncio.Task[None]) -> None:
-        """Retrieve the outcome, so a read whose waiters were all cancelled is no
-        "exception never retrieved"; the next read may start."""
+        """The next read may start. (A failed read's exception counts as retrieved even
+        if all its waiters were cancelled: ``asyncio.shield`` marks it so.)"""
         if self._reading is reading:
             self._reading = None
-        if not reading.cancelled():
-            reading.exception()
 
     async def _read(self, sent: float) -> None:
         try:

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 
 from budget.checks import BudgetCheckFailed
 from budget.config import Settings
-from budget.policy_log import POLICY_NEWS_WITHIN
+from budget.policy_log import POLICY_NEWS_WITHIN, PolicyLog
 from budget.tracker import start_usage_tracker
 from events import LimitAction, Topology
 from events.rpc import CheckResult
@@ -216,3 +216,13 @@ async def test_a_cached_block_snapshot_goes_to_the_enforcer_without_a_new_snapsh
     pending = range(observer.pending_msgs)
     asked = [(await observer.next_msg()).subject.rsplit(".", 1)[-1] for _ in pending]
     assert asked.count("check") == 4 and asked.count("snapshot") == 1
+
+
+async def test_closing_stops_the_policy_log_read_in_flight(nc: Client, topology: Topology) -> None:
+    policy_log = PolicyLog(topology, timeout=5)
+    policy_log.use(nc)
+    waiter = asyncio.create_task(policy_log.end())
+    await asyncio.sleep(0)  # the waiter has sent its read and waits for it
+    policy_log.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
