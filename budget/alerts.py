@@ -82,7 +82,7 @@ class AlertEngine(ChangeClient):
         for spend in _policy_windows(rows, policies):
             policy = spend.policy
             for rule in rules:
-                if not rule.watches(policy.policy_id, policy.scope, policy.action):
+                if not rule.watches(policy.policy_id, policy.scope, action=policy.action):
                     continue
                 percent, amount = threshold_amount(rule, policy)
                 if spend.spent < amount:

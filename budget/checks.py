@@ -27,7 +27,7 @@ from budget.enforcement import assess, decide
 from budget.policies import PolicyWindow
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
-from budget.rpc import RpcFailure, ask
+from budget.rpc import RpcFailure, Unanswered, ask
 from events import LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
@@ -92,7 +92,7 @@ class BudgetChecker:
         self.nc: Client | None = None
         self._snapshots: dict[_CacheKey, _Cached] = {}
         self._estimates: dict[tuple[str, str | None, int, int], Decimal | None] = {}
-        self._policy_log = PolicyLog(settings.topology, timeout=settings.enforcer_timeout)
+        self.policy_log = PolicyLog(settings.topology, timeout=settings.enforcer_timeout)
         self._unenforced_at: int | None = None
         """The policy log position at which a snapshot last said no live policy, for any
         call, is BLOCK or THROTTLE (None: not known so)."""
@@ -102,13 +102,11 @@ class BudgetChecker:
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on."""
         self.nc = nc
-        self._policy_log.use(nc)
+        self.policy_log.use(nc)
 
-    def forget(self) -> None:
-        """Drop every cached snapshot: the next check asks the enforcer afresh, and if it
-        cannot, knows nothing."""
-        self._snapshots.clear()
-        self._unenforced_at = None
+    def close(self) -> None:
+        """Stop the policy log read in flight, if any."""
+        self.policy_log.close()
 
     def estimate(self, model: str, provider: str | None, estimated_tokens: int) -> Decimal | None:
         """Price ``estimated_tokens`` as output, the dearer class: an estimate that errs
@@ -149,11 +147,13 @@ class BudgetChecker:
             if len(self._logged_past_limit) >= 10_000:
                 self._logged_past_limit.clear()
             self._logged_past_limit.add(key)
+            already = status.spend > status.limit_amount
             log.warning(
-                "%s policy %r is past its limit of %s USD for the period from %s (spend %s"
+                "%s policy %r: %s its limit of %s USD for the period from %s (spend %s"
                 " before this call of ~%s); allowed",
                 status.action.value.upper(),
                 status.name,
+                "it was already past" if already else "this call takes it past",
                 status.limit_amount,
                 f"{status.window_start:%Y-%m-%d %H:%M} UTC",
                 status.spend,
@@ -171,9 +171,9 @@ class BudgetChecker:
         if estimate is None:
             estimate = self.estimate(call.model, call.provider, estimated_tokens)
         try:
-            snapshot = await self._snapshot(call)
-        except RpcFailure as exc:
-            return self._unreachable(call, str(exc), estimate)
+            snapshot = await self._snapshot(call, enforcer_decides=estimate is not None)
+        except _Unavailable as exc:
+            return await self._unreachable(call, str(exc), estimate)
         now = utc_now()
         if snapshot.enforced:
             if estimate is None:
@@ -186,7 +186,7 @@ class BudgetChecker:
             try:
                 answer = await self._ask(RPC_CHECK, request, CheckResult)
             except RpcFailure as exc:
-                return self._unreachable(call, str(exc), estimate)
+                return await self._unreachable(call, f"enforcer unavailable ({exc})", estimate)
             self._degraded = False
             return answer
         return self._judge_locally(call, snapshot, estimate, now)
@@ -216,18 +216,32 @@ class BudgetChecker:
         request = ReleaseRequest(reservation_id=reservation_id)
         return (await self._ask(RPC_RELEASE, request, ReleaseResult)).released
 
-    async def _snapshot(self, call: CallAttributes) -> _Cached:
+    async def _snapshot(self, call: CallAttributes, *, enforcer_decides: bool) -> _Cached:
         """The cached snapshot while it is young and covers the policy log's end, else a
-        new one; ``RpcFailure`` when neither the log nor the enforcer answers."""
+        new one (also when the log cannot be read: a policy may have changed);
+        ``_Unavailable`` when the enforcer does not give one. ``enforcer_decides``: the
+        call has an estimate, so a snapshot with a BLOCK/THROTTLE policy only sends it
+        to the enforcer."""
         key = _key(call)
         cached = self._snapshots.get(key)
-        if (
-            cached is not None
-            and cached.current(self.settings.cache_ttl)
-            and cached.policies_position >= await self._policy_log.end()
-        ):
-            return cached
-        snapshot = await self._ask(RPC_SNAPSHOT, call, Snapshot)
+        unreadable = None
+        if cached is not None and cached.current(self.settings.cache_ttl):
+            if cached.enforced and enforcer_decides:
+                # No log read needed: the enforcer judges the call under its current
+                # policies (a BLOCK policy deleted or added since included) and uses
+                # nothing of this snapshot; without the enforcer, ``_unreachable`` reads
+                # the log itself. Not without an estimate: the refusal for a model
+                # without a price rests on this snapshot's BLOCK/THROTTLE policy.
+                return cached
+            try:
+                if cached.policies_position >= await self.policy_log.end():
+                    return cached
+            except Unanswered as exc:
+                unreadable = f"policy log unreadable ({exc}) and "
+        try:
+            snapshot = await self._ask(RPC_SNAPSHOT, call, Snapshot)
+        except RpcFailure as exc:
+            raise _Unavailable(f"{unreadable or ''}enforcer unavailable ({exc})") from None
         self._degraded = False
         windows = [
             (PolicyWindow(w.policy, w.key, w.window_start, w.window_end), w.spent)
@@ -254,18 +268,25 @@ class BudgetChecker:
         subject = self.settings.topology.rpc_subject(name)
         return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
 
-    def _unreachable(self, call: CallAttributes, why: str, estimate: Decimal | None) -> CheckResult:
-        """The answer without the enforcer: the last snapshot decides, if it is as new as
-        the newest policy change this tracker has heard of."""
+    async def _unreachable(
+        self, call: CallAttributes, situation: str, estimate: Decimal | None
+    ) -> CheckResult:
+        """The answer without the enforcer (``situation`` says what failed, and why): the
+        last snapshot decides, if it is as new as the policy log's end (read now: a
+        policy set while the enforcer is down binds too; the end as last read only if
+        the log cannot be read either)."""
         counted = estimate or Decimal(0)
         if self.settings.fail_open:
             return CheckResult(
                 allowed=True,
                 action=None,
-                reason=f"enforcer unavailable ({why}); allowed because fail_open is set",
+                reason=f"{situation}; allowed because fail_open is set",
                 estimated_cost=counted,
             )
-        known = self._policy_log.known
+        try:
+            known = await self.policy_log.end()
+        except Unanswered:
+            known = self.policy_log.known
         last = self._snapshots.get(_key(call))
         if last is not None and last.policies_position < known:
             last = None  # a policy changed since: it may be a BLOCK one
@@ -276,7 +297,7 @@ class BudgetChecker:
                 if w.policy.action.enforced
             )
             return _refuse(
-                f"enforcer unavailable ({why}): policy {names} applies to this call and"
+                f"{situation}: policy {names} applies to this call and"
                 " cannot be checked without it, so the call is refused (fail closed);"
                 f" {_REMEDY}",
                 counted,
@@ -286,17 +307,17 @@ class BudgetChecker:
         )
         if not unenforced:
             return _refuse(
-                f"enforcer unavailable ({why}) and nothing is known about the policies of"
-                " this call (no snapshot since the last policy change), so the call is"
+                f"{situation}, and nothing is known about the policies of this call (no"
+                " snapshot since the last policy change), so the call is"
                 f" refused (fail closed); {_REMEDY}",
                 counted,
             )
         if not self._degraded:
             self._degraded = True
             log.warning(
-                "enforcer unavailable (%s); allowing the calls that the last policy snapshots"
-                " show no BLOCK or THROTTLE policy for",
-                why,
+                "%s; allowing the calls that the last policy snapshots show no BLOCK or"
+                " THROTTLE policy for",
+                situation,
             )
         if last is None:
             result = decide([], counted, enforced=False)
@@ -308,8 +329,13 @@ class BudgetChecker:
                 result = self._judge_locally(call, last, estimate, utc_now())
             else:  # its period has ended: the spend it holds is the last period's
                 result = decide([], counted, enforced=False)
-        reason = f"enforcer unavailable ({why}); {result.reason}; {shown}"
+        reason = f"{situation}; {result.reason}; {shown}"
         return result.model_copy(update={"reason": reason})
+
+
+class _Unavailable(Exception):
+    """No snapshot could be had; the message says what failed (the enforcer, and the
+    policy log if it did too) and why."""
 
 
 _REMEDY = "start `budget enforcer` (or `budget up`), or set budget.fail_open: true to allow"

@@ -165,7 +165,8 @@ class UsageTracker:
         self, estimate: _Estimate, call: Mapping[str, Any], reservation_id: str | None, why: str
     ) -> UsageRecorded:
         """The estimate as a usage event: ``estimated_tokens`` as output tokens, priced,
-        or ``estimated_cost`` as given."""
+        or ``estimated_cost`` as given; with neither, unpriced (not $0, which would drop
+        the call from every total unseen)."""
         if not estimate.warned:
             estimate.warned = True
             log.warning(
@@ -181,9 +182,13 @@ class UsageTracker:
             reservation_id=reservation_id,
             estimated_reason=reason,
         )
-        if estimate.cost is None:
+        update: dict[str, object]
+        if estimate.cost is not None:
+            update = {"cost": estimate.cost, "price": None, "unpriced_reason": None}
+        elif not estimate.tokens:
+            update = {"cost": None, "price": None, "unpriced_reason": _NO_ESTIMATE}
+        else:
             return event
-        update = {"cost": estimate.cost, "price": None, "unpriced_reason": None}
         return UsageRecorded.model_validate(event.model_dump() | update)
 
     async def record_usage(self, **fields: Any) -> UsageRecorded:
@@ -285,7 +290,11 @@ class UsageTracker:
         await self.publisher.flush()
 
     async def close(self) -> None:
+        self.checker.close()
         await self.publisher.close()
+
+
+_NO_ESTIMATE = "no usage in the response and no estimate given"
 
 
 @dataclass(slots=True)

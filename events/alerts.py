@@ -93,10 +93,9 @@ class AlertRule(BaseModel):
             raise ValueError(f"{self.alert_type.value} rules have no threshold_percent")
         return self
 
-    def watches(
-        self, policy_id: str, scope: BudgetScope, action: LimitAction | None = None
-    ) -> bool:
-        """``action``: the policy's; an ADMIN_NOTIFICATION rule watches NOTIFY policies only."""
+    def watches(self, policy_id: str, scope: BudgetScope, *, action: LimitAction | None) -> bool:
+        """``action``: the policy's (None: the policy is gone, e.g. a violation of a
+        deleted one); an ADMIN_NOTIFICATION rule watches NOTIFY policies only."""
         if self.alert_type is AlertType.ADMIN_NOTIFICATION and action is not LimitAction.NOTIFY:
             return False
         return (self.policy_ids is None or policy_id in self.policy_ids) and (

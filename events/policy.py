@@ -20,6 +20,7 @@ from events.envelope import Event, UtcDatetime
 __all__ = [
     "BUCKET",
     "GLOBAL_SCOPE_KEY",
+    "POLICY_CHANGES",
     "BudgetPeriod",
     "BudgetPolicy",
     "BudgetScope",
@@ -150,6 +151,10 @@ class PolicyDeleted(Event):
     schema_version: Literal[1] = 1
     policy_id: PolicyId
     deleted_by: str | None = Field(default=None, max_length=200)
+
+
+POLICY_CHANGES: tuple[type[PolicySet], type[PolicyDeleted]] = (PolicySet, PolicyDeleted)
+"""The policy log: the events the policies projection applies, and only those."""
 
 
 class RequestBlocked(Event):

@@ -245,7 +245,7 @@ class AlertsProjection(Projection):
             before = after - sum((s.cost for s in spent), Decimal(0))
             for rule in rules:
                 policy = window.policy
-                if not rule.watches(policy.policy_id, policy.scope, policy.action):
+                if not rule.watches(policy.policy_id, policy.scope, action=policy.action):
                     continue
                 percent, amount = threshold_amount(rule, window.policy)
                 crossed = crossing(before, amount, spent)
@@ -423,7 +423,7 @@ class AlertsProjection(Projection):
             for policy_id in event.policy_ids:
                 policy = policies.get(policy_id)
                 scope, key = _violated(policy, call)
-                if not rule.watches(policy_id, scope):
+                if not rule.watches(policy_id, scope, action=policy.action if policy else None):
                     continue
                 alert = Alert(
                     alert_id=alert_id(rule.rule_id, policy_id, event.event_id),

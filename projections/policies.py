@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from events import BudgetPolicy, PolicyDeleted, PolicySet
+from events.policy import POLICY_CHANGES
 from projections.base import Applied, Connection, Projection, physical
 from projections.change_log import ChangeLog
 
@@ -22,7 +23,7 @@ class PoliciesProjection(Projection):
     so another projection can keep its own copy with this code (the alert evaluator does)."""
 
     name: ClassVar[str] = "policies"
-    event_types = (PolicySet, PolicyDeleted)
+    event_types = POLICY_CHANGES
 
     def __init__(self, prefix: str = "budget") -> None:
         self.prefix = prefix

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 
 from budget.checks import BudgetCheckFailed
 from budget.config import Settings
+from budget.policy_log import POLICY_NEWS_WITHIN, PolicyLog
 from budget.tracker import start_usage_tracker
 from events import LimitAction, Topology
 from events.rpc import CheckResult
@@ -123,3 +124,105 @@ async def test_a_tracker_that_knows_nothing_fails_closed_and_says_so(
     assert not result.allowed and not result.enforced and calls == []
     assert "enforcer unavailable" in result.reason
     assert "nothing is known" in result.reason and "fail_open" in result.reason
+
+
+async def test_a_block_policy_set_while_the_enforcer_is_down_binds_an_expired_snapshot(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """The cached snapshot has expired (``cache_ttl=0``), so the fallback must read the
+    policy log's end itself: the BLOCK policy set after the enforcer stopped is newer than
+    the WARN-only snapshot, for the call checked before and for one never checked."""
+    settings = stack_settings(nats_url, db, topology, tmp_path, cache_ttl=0)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(name="watch", limit_amount="100", action="warn")
+        assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+        assert stack.enforcer is not None
+        await stack.enforcer.stop()
+        await stack.set_policy(name="hard cap", limit_amount="0.01", action="block")
+        seen = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+        unseen = await stack.tracker.check_budget("gpt-4o", user_id="bob", estimated_cost=DIME)
+    for result in (seen, unseen):
+        assert not result.allowed and not result.enforced
+        assert "enforcer unavailable" in result.reason and "nothing is known" in result.reason
+
+
+def policy_log_unreadable(stack: EnforcementStack) -> None:
+    """Every later read of the policy log's end times out (a real JetStream request that
+    cannot be answered in time); the enforcer is untouched."""
+    stack.tracker.checker.policy_log.timeout = 1e-9
+
+
+async def test_an_unreadable_policy_log_asks_the_enforcer_instead(
+    stack: EnforcementStack,
+) -> None:
+    """The cached WARN-only snapshot cannot be confirmed, so the enforcer is asked for a
+    new one, which has the BLOCK policy set since: refused by the enforcer, truthfully."""
+    await stack.set_policy(name="watch", limit_amount="100", action="warn")
+    assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+    policy_log_unreadable(stack)
+    await stack.set_policy(name="hard cap", limit_amount="0.01", action="block")
+    result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert not result.allowed and result.enforced
+    assert "'hard cap'" in result.reason and "unavailable" not in result.reason
+
+
+async def test_an_unreadable_policy_log_and_no_enforcer_are_both_named(
+    stack: EnforcementStack,
+) -> None:
+    await stack.set_policy(name="watch", limit_amount="100", action="warn")
+    assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+    policy_log_unreadable(stack)
+    assert stack.enforcer is not None
+    await stack.enforcer.stop()
+    result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert result.allowed and not result.enforced
+    assert result.reason.startswith("policy log unreadable (")
+    assert "and enforcer unavailable (" in result.reason
+    assert "no BLOCK or THROTTLE policy" in result.reason
+
+
+async def test_a_stray_message_under_the_policy_subjects_does_not_disable_the_cache(
+    stack: EnforcementStack,
+) -> None:
+    """``<prefix>.events.policy.bogus`` is no policy event (the policies projection never
+    applies it), so the cached WARN-only snapshot still covers the log's end and answers,
+    with the enforcer gone."""
+    await stack.set_policy(name="watch", limit_amount="100", action="warn")
+    assert (await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)).allowed
+    subject = stack.settings.topology.event_subject("policy.bogus")
+    await stack.nc.jetstream().publish(subject, b"{}")
+    await asyncio.sleep(POLICY_NEWS_WITHIN)  # as set_policy waits: the next read sees it
+    assert stack.enforcer is not None
+    await stack.enforcer.stop()
+    result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME)
+    assert result.allowed and "unavailable" not in result.reason
+
+
+async def test_a_cached_block_snapshot_goes_to_the_enforcer_without_a_new_snapshot(
+    stack: EnforcementStack,
+) -> None:
+    """The enforcer decides BLOCK calls under its current policies, so such a snapshot
+    needs no policy log read to be used: with the log unreadable, no new snapshot is
+    asked for (an observer on the enforcer's subjects counts the requests)."""
+    observer = await stack.nc.subscribe(stack.settings.topology.rpc_subject("enforcer.*"))
+    await stack.set_policy(name="hard cap", limit_amount="100", action="block")
+    first = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME, reserve=False)
+    assert first.allowed and first.enforced
+    policy_log_unreadable(stack)
+    for _ in range(3):
+        result = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME, reserve=False)
+        assert result.allowed and result.enforced
+    await stack.nc.flush()  # the requests were answered, so the observer has them all now
+    pending = range(observer.pending_msgs)
+    asked = [(await observer.next_msg()).subject.rsplit(".", 1)[-1] for _ in pending]
+    assert asked.count("check") == 4 and asked.count("snapshot") == 1
+
+
+async def test_closing_stops_the_policy_log_read_in_flight(nc: Client, topology: Topology) -> None:
+    policy_log = PolicyLog(topology, timeout=5)
+    policy_log.use(nc)
+    waiter = asyncio.create_task(policy_log.end())
+    await asyncio.sleep(0)  # the waiter has sent its read and waits for it
+    policy_log.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

@@ -81,9 +81,10 @@ async def test_notify_crossing_notifies_admins_and_warn_crossing_does_not(
     async with evaluator(nc, settings):
 
         async def bob_notified() -> bool:
-            """the webhook and the mailbox got bob's admin notification"""
+            """NATS, the webhook and the mailbox got bob's admin notification"""
             hooked = [b for b in hook.bodies() if b["alert_type"] == "admin_notification"]
-            return bool(hooked) and bool(admin_mail(box))
+            on_nats = [b for _, b in received if b["alert_type"] == "admin_notification"]
+            return bool(hooked) and bool(admin_mail(box)) and bool(on_nats)
 
         await wait_for(bob_notified, within=20)
 
@@ -119,4 +120,5 @@ async def test_a_warn_policy_past_its_limit_warns_the_caller_and_the_log_once(
         assert result.allowed and result.action is LimitAction.WARN
         assert "past its limit" in result.reason
     logged = [r.getMessage() for r in caplog.records if "'watch'" in r.getMessage()]
-    assert len(logged) == 1 and "WARN policy 'watch' is past its limit" in logged[0]
+    assert len(logged) == 1
+    assert "WARN policy 'watch': this call takes it past its limit of 0.05 USD" in logged[0]

@@ -91,6 +91,24 @@ async def test_a_response_without_usage_records_an_estimated_cost_as_given(
     assert event.estimated_reason is not None
 
 
+async def test_a_response_without_usage_or_estimate_is_recorded_unpriced_not_free(
+    stack: EnforcementStack,
+) -> None:
+    """Nothing tells what the call cost: $0 would drop it from every total unseen;
+    unpriced, it is counted as a request and listed with the reason."""
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1")
+    async def call() -> str:
+        return "a streamed answer, no usage attached"
+
+    await call()
+    await stack.tracker.flush()
+    [event] = await recorded_events(stack, 1)
+    assert event.cost is None and event.price is None
+    assert event.unpriced_reason == "no usage in the response and no estimate given"
+    assert event.estimated_reason is not None
+
+
 async def test_a_pricing_failure_is_recorded_unpriced_and_does_not_raise(
     stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
