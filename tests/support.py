@@ -17,6 +17,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from budget.config import Settings
+from budget.periods import Period, period_bounds
 from budget.queries import RpcQueries
 from events import (
     Event,
@@ -35,6 +36,17 @@ from services.query_service import QueryService
 
 ROOT = Path(__file__).resolve().parent.parent
 ANY_TIME = TimeBounds(max_clock_skew=timedelta.max, max_event_age=timedelta.max)
+
+
+def start_of(period: Period, ago: int = 0) -> datetime:
+    """When the UTC calendar period ``ago`` periods before the current one started: an
+    anchor for events that need calendar dates (a Monday, a month's start) yet must stay
+    inside the contract's default time bounds (not ahead of now, not ``max_event_age``
+    old) whenever the tests run, as a fixed date would not."""
+    start, _ = period_bounds(period, utc_now())
+    for _ in range(ago):
+        start, _ = period_bounds(period, start - timedelta(days=1))
+    return start
 
 
 @contextlib.asynccontextmanager
@@ -70,8 +82,9 @@ def usage_event(
 
 
 def varied_events(count: int, start: datetime | None = None) -> list[UsageRecorded]:
-    """Events spread over users, models and ~40 days, so every period kind has rows."""
-    base = start or datetime(2026, 1, 1, tzinfo=utc_now().tzinfo)
+    """Events spread over users, models and ~40 days, so every period kind has rows; by
+    default from the start of the month before last, so all of them lie in the past."""
+    base = start or start_of(Period.MONTHLY, ago=2)
     return [
         usage_event(
             cost=None if i % 97 == 0 else f"0.00{i % 89 + 10}7",

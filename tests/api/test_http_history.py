@@ -6,14 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
-from http_support import call, eventually
+from budget.periods import Period
 
-BASE = datetime(2026, 10, 1, tzinfo=UTC)
+from http_support import call, eventually
+from support import start_of
+
+BASE = start_of(Period.DAILY, ago=1)  # yesterday: the calls, 5 hours from it, are past
 
 
 def post_calls(http: httpx.Client, user: str, count: int, **fields: Any) -> None:

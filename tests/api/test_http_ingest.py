@@ -4,12 +4,19 @@ settlement), and a retried usage post never counted twice."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import httpx
 
+from budget.periods import Period
+
 from http_support import call, eventually
+from support import start_of
+
+YESTERDAY = start_of(Period.DAILY, ago=1)
+"""Midnight UTC yesterday: calls that day lie inside the contract's time bounds."""
+ZULU = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def spend_of(http: httpx.Client, user: str) -> tuple[Decimal, int]:
@@ -38,6 +45,8 @@ def test_a_retried_post_counts_once(ingest: httpx.Client, viewer: httpx.Client, 
 
 
 def test_usage_in_every_shape(ingest: httpx.Client, viewer: httpx.Client, user: str) -> None:
+    at = YESTERDAY + timedelta(hours=11)
+    noon_at_plus_one = at.astimezone(timezone(timedelta(hours=1)))
     raw = ingest.post(
         "/api/v1/usage",
         json={
@@ -46,13 +55,13 @@ def test_usage_in_every_shape(ingest: httpx.Client, viewer: httpx.Client, user: 
             "user_id": user,
             "usage": {"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 20},
             "tags": {"feature": "summaries"},
-            "occurred_at": "2026-11-30T12:00:00+01:00",
+            "occurred_at": noon_at_plus_one.isoformat(),
         },
     )
     assert raw.status_code == 201, raw.text
     event = raw.json()["event"]
     assert event["usage"]["input_uncached"] == 100 and event["usage"]["input_cache_read"] == 20
-    assert event["occurred_at"] == "2026-11-30T11:00:00Z"
+    assert event["occurred_at"] == at.strftime(ZULU)
     unpriced = ingest.post(
         "/api/v1/usage", json={"model": "no-such-model", "provider": "openai", "user_id": user}
     ).json()["event"]
@@ -62,7 +71,8 @@ def test_usage_in_every_shape(ingest: httpx.Client, viewer: httpx.Client, user: 
     assert wrong.status_code == 422 and "cached_tokens" in wrong.json()["detail"]
     negative = ingest.post("/api/v1/usage", json=call(user, output_tokens=-1))
     assert negative.json()["errors"][0]["field"] == "body.output_tokens"
-    naive = ingest.post("/api/v1/usage", json=call(user, occurred_at="2026-11-30T12:00:00"))
+    naive_noon = noon_at_plus_one.replace(tzinfo=None).isoformat()  # recent, but in which zone?
+    naive = ingest.post("/api/v1/usage", json=call(user, occurred_at=naive_noon))
     assert naive.json()["errors"][0]["field"] == "body.occurred_at"
     unknown = ingest.post("/api/v1/usage", json=call(user, colour="blue"))
     assert unknown.json()["errors"][0]["field"] == "body.colour"
@@ -116,7 +126,7 @@ def test_check_reserves_refuses_and_settles(
 def test_an_event_id_is_one_call(ingest: httpx.Client, user: str) -> None:
     """A retry gets the stored event back; the same id for another call is refused."""
     event_id = str(uuid.uuid4())
-    at = "2026-11-30T10:00:00Z"
+    at = (YESTERDAY + timedelta(hours=10)).strftime(ZULU)
     stored = ingest.post("/api/v1/usage", json=call(user, event_id=event_id, occurred_at=at))
     assert stored.status_code == 201
     retry = ingest.post("/api/v1/usage", json=call(user, event_id=event_id))  # time left out

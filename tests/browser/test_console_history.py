@@ -10,11 +10,15 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+from zoneinfo import ZoneInfo
 
 from console_support import Pages, record, unique, wait_applied
 from playwright.sync_api import Page, expect
 
+from budget.periods import Period
+
 from live import LiveStack
+from support import start_of
 
 ROWS = "#history-table tbody tr:not(.empty)"
 
@@ -97,23 +101,32 @@ def test_times_are_shown_and_read_in_the_zone_the_reader_picks(
     stack: LiveStack, pages: Pages
 ) -> None:
     user = unique("user")
+    at = start_of(Period.DAILY, ago=2) + timedelta(hours=3, minutes=30)
     with stack.client() as http:
-        wait_applied(http, record(http, user, occurred_at="2026-01-15T03:30:00Z"))
+        wait_applied(http, record(http, user, occurred_at=at.isoformat()))
     page = pages(stack.admin_key, timezone_id="Europe/Lisbon", locale="en-US")
     filter_history(page, User=user)
     time = page.locator(ROWS).first.locator("time")
-    expect(time).to_have_text("Jan 15, 3:30 AM" if _this_year(2026) else "Jan 15, 2026, 3:30 AM")
+    expect(time).to_have_text(shown_in_en_us(at, ZoneInfo("Europe/Lisbon")))
 
     page.locator("#tz-picker").select_option("Asia/Tokyo")  # kept for the next pages
     expect(time).to_contain_text("12:30 PM")
-    filter_history(page, User=user, From="2026-01-15T12:00")  # 03:00 UTC in Tokyo
+    tokyo = at.astimezone(ZoneInfo("Asia/Tokyo"))
+    before, after = (f"{tokyo:%Y-%m-%d}T{hour}:00" for hour in (12, 13))
+    filter_history(page, User=user, From=before)  # 03:00 UTC in Tokyo
     expect(page.locator(ROWS)).to_have_count(1)
-    expect(page.get_by_label("From")).to_have_value("2026-01-15T12:00")
-    filter_history(page, User=user, From="2026-01-15T13:00")  # 04:00 UTC: after the call
+    expect(page.get_by_label("From")).to_have_value(before)
+    filter_history(page, User=user, From=after)  # 04:00 UTC: after the call
     expect(page.locator(ROWS)).to_have_count(0)
-    filter_history(page, User=user, From="2026-01-15T13:00", Until="2026-01-15T12:00")
+    filter_history(page, User=user, From=after, Until=before)
     expect(page.locator("#e-until")).to_have_text("must be after From")
 
 
-def _this_year(year: int) -> bool:
-    return datetime.now(UTC).year == year
+def shown_in_en_us(at: datetime, zone: ZoneInfo) -> str:
+    """``at`` as the console shows it in ``zone`` to an en-US reader: the year only when
+    it is not the current one there."""
+    local = at.astimezone(zone)
+    day = f"{local:%b} {local.day}"
+    if local.year != datetime.now(zone).year:
+        day += f", {local.year}"
+    return f"{day}, {local.hour % 12 or 12}:{local:%M %p}"

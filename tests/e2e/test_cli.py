@@ -33,12 +33,13 @@ import psycopg
 import pytest
 from nats.js.errors import NotFoundError
 
-from events import Topology, UsageRecorded, utc_now
+from budget.periods import Period
+from events import Topology, UsageRecorded
 from projections.base import physical
 from projections.registry import PROJECTIONS
 from services.stack import SERVICES
 
-from support import ROOT, publish, usage_event
+from support import ROOT, publish, start_of, usage_event
 
 T = TypeVar("T")
 
@@ -537,7 +538,7 @@ def test_spend_answers_without_nats(deployment: Budget) -> None:
 
 # -- rebuild ---------------------------------------------------------------------------------
 
-REBUILD_AT = datetime(2026, 1, 15, 12, tzinfo=utc_now().tzinfo)
+REBUILD_AT = start_of(Period.DAILY, ago=1) + timedelta(hours=12)  # the events: in that hour
 
 
 def rebuild_events(count: int) -> list[UsageRecorded]:
@@ -762,7 +763,8 @@ def test_reprice_prices_unpriced_usage_once_an_override_exists(
 ) -> None:
     spend_worker = deployment.start("worker", "spend")
     history_worker = deployment.start("worker", "history")
-    at = "2026-05-04T12:00:00+00:00"
+    month = start_of(Period.MONTHLY, ago=1)
+    at = (month + timedelta(days=3, hours=12)).isoformat()
     event = deployment.record(
         "--model",
         "acme-e2e",
@@ -781,9 +783,10 @@ def test_reprice_prices_unpriced_usage_once_an_override_exists(
     priced = tmp_path / "priced.yaml"
     priced.write_text(
         "budget:\n  price_overrides:\n    - provider: acme\n      model: acme-e2e\n"
-        "      rates: {input_uncached: '1', output_text: '2'}\n      effective_from: 2026-01-01\n"
+        "      rates: {input_uncached: '1', output_text: '2'}\n"
+        f"      effective_from: {month:%Y-%m-%d}\n"
     )
-    window = ("--since", "2026-05-01", "--until", "2026-06-01")
+    window = ("--since", f"{month:%Y-%m-%d}", "--until", f"{start_of(Period.MONTHLY):%Y-%m-%d}")
     dry = deployment.ok("reprice", *window, "--dry-run", BUDGET_CONFIG=str(priced))
     assert f"{event['event_id']}: unpriced -> $0.002000" in dry
     assert "1 events checked, 1 would change, delta +0.002000 USD" in dry

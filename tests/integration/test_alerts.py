@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from nats.aio.client import Client
 
 from budget.alerts import AlertEngine
 from budget.config import Settings
+from budget.periods import Period
 from budget.tracker import start_usage_tracker
 from events import (
     Alert,
@@ -50,10 +51,10 @@ from alerting import (
     smtp_server,
     webhook_server,
 )
-from support import publish, query_service, rows, usage_event, wait_for
+from support import publish, query_service, rows, start_of, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
-START = datetime(2026, 3, 2, 9, tzinfo=UTC)  # a Monday
+START = start_of(Period.WEEKLY, ago=2) + timedelta(hours=9)  # a Monday, 13+ days ago
 CHANNELS = {"nats", "log", "ui", "webhook", "email"}
 
 
@@ -244,7 +245,7 @@ async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
 ) -> None:
     """A daily $1 policy with a 50 % rule cooling down for 2 hours: crossed at 23:00, again
     at 00:30 the next day (suppressed), and at 10:00 the day after (raised)."""
-    day = datetime(2026, 3, 2, tzinfo=UTC)
+    day = START.replace(hour=0)
     policy = BudgetPolicy(policy_id="daily", name="Daily", limit_amount=1, period="daily")
     rule = AlertRule(
         rule_id="half",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from budget.periods import Period
 from events import AlertType, BudgetPolicy, BudgetScope, LimitAction, PolicySet, Topology
 
 from alerting import Mailbox, Webhook, alert_settings, evaluator, smtp_server, webhook_server
 from enforcement import enforcement_stack, stack_settings
-from support import publish, usage_event, wait_for
+from support import publish, start_of, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
-START = datetime(2026, 3, 2, 9, tzinfo=UTC)
+START = start_of(Period.WEEKLY, ago=1) + timedelta(hours=9)
 
 
 @pytest.fixture

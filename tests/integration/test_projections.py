@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from nats.aio.client import Client
 
+from budget.periods import Period
 from events import (
     AlertRule,
     AlertRuleSet,
@@ -33,7 +34,7 @@ from projections.rebuild import rebuild
 from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
-from support import catch_up, publish, rows, usage_event, varied_events
+from support import catch_up, publish, rows, start_of, usage_event, varied_events
 
 
 def reprice(event: UsageRecorded, cost: Decimal) -> UsageRepriced:
@@ -213,7 +214,7 @@ class TestAlertsProjection(ProjectionContract):
         usage = super().many_events(count)
         if count < 20:
             return usage
-        start = datetime(2026, 1, 1, tzinfo=UTC)
+        start = usage[0].occurred_at
         policy = BudgetPolicy(policy_id="small", name="small", limit_amount=Decimal("0.3"))
         rule = AlertRule(rule_id="half", name="half", threshold_percent=Decimal(50))
         blocked = RequestBlocked(
@@ -253,7 +254,7 @@ class TestPoliciesProjection(ProjectionContract):
 
     def many_events(self, count: int) -> list[Event]:
         """Sets, replacements and deletions of a dozen policies, in time order."""
-        start = datetime(2026, 1, 1, tzinfo=UTC)
+        start = start_of(Period.MONTHLY, ago=1)
         events: list[Event] = []
         for i in range(count):
             at, policy_id = start + timedelta(minutes=i), f"policy-{i % 12}"

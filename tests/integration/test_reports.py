@@ -16,11 +16,20 @@ import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
+from budget.periods import Period
 from budget.reports import ReportGenerator
 from events import BudgetPolicy, PolicySet, Topology, UsageRepriced, utc_now
 from projections.registry import get_projection
 
-from support import catch_up, publish, query_service, rows, usage_event, varied_events
+from support import (
+    catch_up,
+    publish,
+    query_service,
+    rows,
+    start_of,
+    usage_event,
+    varied_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +64,8 @@ async def spend_sum(db: str, scope: str, start: datetime, end: datetime) -> dict
 async def test_report_totals_equal_the_spend_projection_to_the_cent(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
-    events = varied_events(3000)
+    first = start_of(Period.MONTHLY, ago=2)
+    events = varied_events(3000, first)
     correction = UsageRepriced(
         occurred_at=events[10].occurred_at,
         corrects=events[10].event_id,
@@ -68,8 +78,8 @@ async def test_report_totals_equal_the_spend_projection_to_the_cent(
     )
     await publish(nc, topology, [*events, correction])
     await materialize(nc, db, topology)
-    start = datetime(2026, 1, 3, 5, tzinfo=UTC)
-    end = datetime(2026, 2, 7, 13, tzinfo=UTC)
+    start = first + timedelta(days=2, hours=5)  # into a day, and across a month's end
+    end = first + timedelta(days=37, hours=13)
 
     total = await generator.generate_report(start, end)
     assert total.main.records()[0]["cost_usd"] == (await spend_sum(db, "global", start, end))["*"]
@@ -88,7 +98,7 @@ async def test_an_empty_window_gives_an_empty_report(
 ) -> None:
     await publish(nc, topology, varied_events(10))
     await materialize(nc, db, topology)
-    far = datetime(2030, 1, 1, tzinfo=UTC)
+    far = start_of(Period.MONTHLY) + timedelta(days=365)  # varied_events: months before now
     report = await generator.generate_report(far, far + timedelta(days=7), ["project"])
     assert report.empty and report.main.rows == []
     assert "(no data)" in report.to_markdown()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from nats.aio.client import Client
 
+from budget.periods import Period
 from budget.pricing import PriceOverride, PricingRegistry
 from events import Topology, UsageRepriced
 from projections.db import connect
@@ -16,9 +17,9 @@ from projections.rebuild import rebuild
 from projections.spend import SpendProjection
 from services.reprice import plan_corrections
 
-from support import catch_up, publish, rows, usage_event
+from support import catch_up, publish, rows, start_of, usage_event
 
-AT = datetime(2026, 5, 4, 12, tzinfo=UTC)
+AT = start_of(Period.DAILY, ago=2) + timedelta(hours=12)
 ACME = PriceOverride(
     provider="acme",
     model="acme-1",
