@@ -1,8 +1,10 @@
-"""Fixtures for tests on real servers: a migrated schema and a declared log."""
+"""Fixtures for tests on real servers: a migrated schema, a declared log, the enforcement
+stack (``stack``, in place of the live stack of tests/conftest.py) and alert receivers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -11,6 +13,9 @@ from nats.aio.client import Client
 from events import Topology
 from projections.log import declare_streams
 from projections.migrate import migrate
+
+from alerting import Mailbox, Webhook, smtp_server, webhook_server
+from enforcement import EnforcementStack, enforcement_stack, stack_settings
 
 
 @pytest.fixture
@@ -32,3 +37,27 @@ async def nc(nats_url: str, topology: Topology) -> AsyncIterator[Client]:
         for spec in (topology.event_stream, topology.dead_letter_stream):
             await js.delete_stream(spec.name)
         await client.close()
+
+
+@pytest.fixture
+async def stack(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[EnforcementStack]:
+    """The policies and spend workers, the enforcer, the query service and a tracker."""
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as running:
+        yield running
+
+
+@pytest.fixture
+def hook() -> Iterator[Webhook]:
+    """A webhook receiver that records what it is sent."""
+    with webhook_server() as server:
+        yield server
+
+
+@pytest.fixture
+def box() -> Iterator[Mailbox]:
+    """An SMTP server that keeps what it is sent."""
+    with smtp_server() as server:
+        yield server

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -48,8 +48,6 @@ from alerting import (
     alert_settings,
     evaluator,
     outbox,
-    smtp_server,
-    webhook_server,
 )
 from support import publish, query_service, rows, start_of, usage_event, wait_for
 
@@ -63,18 +61,6 @@ class Receivers:
     settings: Settings
     hook: Webhook
     box: Mailbox
-
-
-@pytest.fixture
-def hook() -> Iterator[Webhook]:
-    with webhook_server() as server:
-        yield server
-
-
-@pytest.fixture
-def box() -> Iterator[Mailbox]:
-    with smtp_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,15 +26,6 @@ from support import ROOT
 
 pytestmark = pytest.mark.integration
 DIME = Decimal("0.10")
-
-
-@pytest.fixture
-async def stack(
-    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
-) -> AsyncIterator[EnforcementStack]:
-    settings = stack_settings(nats_url, db, topology, tmp_path)
-    async with enforcement_stack(nc, settings) as running:
-        yield running
 
 
 def busy_tracker(settings: Settings, spool: Path, go: Path) -> subprocess.Popen[bytes]:

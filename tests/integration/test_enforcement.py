@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,15 +26,6 @@ from support import ROOT, rows, wait_for
 
 pytestmark = pytest.mark.integration
 DIME = Decimal("0.10")
-
-
-@pytest.fixture
-async def stack(
-    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
-) -> AsyncIterator[EnforcementStack]:
-    settings = stack_settings(nats_url, db, topology, tmp_path)
-    async with enforcement_stack(nc, settings) as running:
-        yield running
 
 
 async def test_block_admits_up_to_the_limit_and_refuses_the_rest(stack: EnforcementStack) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,24 +17,12 @@ from nats.aio.client import Client
 from budget.periods import Period
 from events import AlertType, BudgetPolicy, BudgetScope, LimitAction, PolicySet, Topology
 
-from alerting import Mailbox, Webhook, alert_settings, evaluator, smtp_server, webhook_server
+from alerting import Mailbox, Webhook, alert_settings, evaluator
 from enforcement import enforcement_stack, stack_settings
 from support import publish, start_of, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
 START = start_of(Period.WEEKLY, ago=1) + timedelta(hours=9)
-
-
-@pytest.fixture
-def hook() -> Iterator[Webhook]:
-    with webhook_server() as server:
-        yield server
-
-
-@pytest.fixture
-def box() -> Iterator[Mailbox]:
-    with smtp_server() as server:
-        yield server
 
 
 def user_policy(user: str, action: LimitAction) -> BudgetPolicy:

@@ -21,8 +21,6 @@ from events import (
     PolicySet,
     RequestBlocked,
     Topology,
-    UsageRecorded,
-    UsageRepriced,
     encode,
 )
 from events.envelope import new_event_id
@@ -34,20 +32,8 @@ from projections.rebuild import rebuild
 from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
+from ledger_logs import correction
 from support import catch_up, publish, rows, start_of, usage_event, varied_events
-
-
-def reprice(event: UsageRecorded, cost: Decimal) -> UsageRepriced:
-    return UsageRepriced(
-        occurred_at=event.occurred_at,
-        corrects=event.event_id,
-        provider=event.provider,
-        model=event.model,
-        user_id=event.user_id,
-        project_id=event.project_id,
-        cost=cost,
-        reason="test",
-    )
 
 
 class ProjectionContract:
@@ -67,7 +53,7 @@ class ProjectionContract:
         usage = varied_events(count)
         if count < 20:
             return list(usage)
-        return [*usage, *(reprice(event, Decimal("0.5")) for event in usage[3::40])]
+        return [*usage, *(correction(event, Decimal("0.5")) for event in usage[3::40])]
 
     def refused_event(self) -> Event:
         """A valid event PostgreSQL cannot store (it has no NUL character in text)."""

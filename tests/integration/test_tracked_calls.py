@@ -6,31 +6,19 @@ settled or released."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.client import Client
 
 from budget.pricing import PricingRegistry
-from events import Topology, UsageRecorded
+from events import UsageRecorded
 
-from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from enforcement import EnforcementStack
 from support import rows, wait_for
 
 pytestmark = pytest.mark.integration
 DIME = Decimal("0.10")
-
-
-@pytest.fixture
-async def stack(
-    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
-) -> AsyncIterator[EnforcementStack]:
-    settings = stack_settings(nats_url, db, topology, tmp_path)
-    async with enforcement_stack(nc, settings) as running:
-        yield running
 
 
 async def recorded_events(stack: EnforcementStack, count: int) -> list[UsageRecorded]:
