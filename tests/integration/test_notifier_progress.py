@@ -2,7 +2,8 @@
 loop, so a slow receiver keeps it healthy while it progresses; each send is recorded as
 soon as it is confirmed, so a notifier killed mid-round sends nothing again that was
 delivered; an alert its receiver refuses (400) is retried on its own until it goes out,
-while the later ones go ahead."""
+while the later ones go ahead; a notifier that cannot reach its database is reported
+stalled until it is back."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from nats.aio.client import Client
 from budget.config import Settings
 from events import Alert, AlertSeverity, AlertType, Topology, utc_now
 from projections.db import connect
+from projections.migrate import migrate
+from services.embedded import EmbeddedPostgres
 from services.liveness import Liveness
 from services.notifier import Notifier, NotifierConfig
 
@@ -166,3 +169,40 @@ async def test_an_alert_the_webhook_refuses_is_retried_alone_until_it_goes_out(
         refused.clear()  # the receiver is fixed
         await all_sent(db, len(ids))
     assert hook.keys() == [*ids[1:], ids[0]]
+
+
+async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is_back(
+    nc: Client,
+    nats_url: str,
+    topology: Topology,
+    tmp_path: Path,
+    hook: Webhook,
+    embedded_postgres: EmbeddedPostgres,
+) -> None:
+    db = embedded_postgres.url
+    migrate(db)
+    liveness = Liveness()
+    config = NotifierConfig(stall_after=1.0, poll_interval=0.2)
+    with smtp_server() as box:
+        settings = alert_settings(nats_url, db, topology, tmp_path, hook, box)
+        async with notifier(nc, settings, config, liveness):
+            ids = await queue_webhook_alerts(db, 1)
+
+            async def delivered() -> bool:
+                """the webhook got every alert queued and the notifier is healthy"""
+                return hook.keys() == ids and liveness.problems() == []
+
+            await wait_for(delivered)
+            embedded_postgres.stop()
+
+            async def failing() -> bool:
+                """the webhook loop, retrying the database, is reported stalled"""
+                return any(
+                    p.startswith("notifier webhook loop stalled: failing for")
+                    for p in liveness.problems()
+                )
+
+            await wait_for(failing)
+            embedded_postgres.start()
+            ids += await queue_webhook_alerts(db, 1)
+            await wait_for(delivered)
