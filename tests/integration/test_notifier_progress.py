@@ -100,14 +100,14 @@ async def test_a_slow_webhook_keeps_the_notifier_healthy_while_it_sends(
     nc: Client, db: str, settings: Settings, hook: Webhook
 ) -> None:
     def slowly(key: str) -> int:
-        time.sleep(0.3)  # a receiver taking its time; runs in the webhook's own thread
+        time.sleep(0.5)  # a receiver taking its time; runs in the webhook's own thread
         return 200
 
     hook.respond = slowly
-    ids = await queue_webhook_alerts(db, 10)  # 3 s of sending, twice the stall limit
+    ids = await queue_webhook_alerts(db, 10)  # 5 s of sending, past the stall limit
     liveness = Liveness()
     seen: list[str] = []
-    async with notifier(nc, settings, NotifierConfig(stall_after=1.5), liveness):
+    async with notifier(nc, settings, NotifierConfig(stall_after=3.0), liveness):
 
         async def delivered() -> bool:
             """every alert reached the webhook (health sampled meanwhile)"""
