@@ -154,6 +154,15 @@ class Settings(BaseModel):
         description="seconds an event's occurred_at may lie in the past (docs/architecture.md)",
     )
 
+    @model_validator(mode="after")
+    def _default_hold_within_the_longest(self) -> Settings:
+        if self.reservation_ttl > self.reservation_ttl_max:
+            raise ValueError(
+                f"reservation_ttl ({self.reservation_ttl:g}) is longer than reservation_ttl_max"
+                f" ({self.reservation_ttl_max:g}); lower the one or raise the other"
+            )
+        return self
+
     @property
     def topology(self) -> Topology:
         return Topology(prefix=self.subject_prefix)
@@ -211,7 +220,9 @@ def load_settings(
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         source = next((v for v, f in ENV_VARS.items() if f == field and v in environ), None)
-        if source:
+        if not err["loc"]:  # a rule across keys; the message names them
+            where = f"budget in {path}" if path.exists() else "BUDGET_* environment variables"
+        elif source:
             where = f"environment variable {source}"
         elif err["loc"][0] == "policies":
             index, *rest = err["loc"][1:]
@@ -220,7 +231,9 @@ def load_settings(
             where = f"{field} in {path}"
         else:
             where = f"budget.{field} in {path}"
-        raise ConfigError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
+        given = err.get("input")  # a whole mapping is not shown: it may hold a password
+        got = "" if isinstance(given, Mapping) else f" (got {given!r})"
+        raise ConfigError(f"{where}: {err['msg']}{got}") from None
 
 
 def _read_document(path: Path) -> dict[str, Any]:

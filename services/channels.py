@@ -1,7 +1,8 @@
-"""Where alerts go: one sender per channel. Each raises on failure; the notifier retries,
-except for ``Undeliverable``: this alert can never go out on this channel (it cannot be
-rendered for it, or the receiver refuses its content), so retrying would only hold back
-the alerts after it.
+"""Where alerts go: one sender per channel. Each raises on failure, and the notifier
+retries: an ordinary failure is the channel's (its receiver is down) and holds back the
+alerts after it; ``Rejected`` is this alert's (its receiver answered that it refuses this
+one), so it is retried on its own while the next ones go ahead; ``Undeliverable``: this
+alert can never go out on this channel (it cannot be rendered for it), so it is not retried.
 
 Every channel carries the alert's id so receivers can drop a repeat (a send whose success
 was not recorded, e.g. the notifier died right after it, is sent again): the
@@ -31,16 +32,29 @@ from budget.config import AlertChannels, EmailChannel, WebhookChannel
 from events import Alert, Topology
 from projections.base import Connection
 
-__all__ = ["SIGNATURE_HEADER", "Sender", "Undeliverable", "senders", "signature", "undeliverable"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "Rejected",
+    "Sender",
+    "Undeliverable",
+    "senders",
+    "signature",
+    "undeliverable",
+]
 
 log = logging.getLogger("budget.alerts")
 SIGNATURE_HEADER = "X-Budget-Signature"
 _REFUSED_CONTENT = {400, 413, 415, 422}
-"""Webhook answers that refuse this payload, not the sender: sending it again cannot help."""
+"""Webhook answers that refuse this payload rather than the sender. A receiver also answers
+so while misconfigured or with a rotated secret, so the alert is retried, on its own."""
 
 
 class Undeliverable(Exception):
     """This alert can never be sent on this channel; the next ones can."""
+
+
+class Rejected(Exception):
+    """The receiver refused this alert (not the channel): retry it, but let the next go."""
 
 
 @contextlib.contextmanager
@@ -53,6 +67,9 @@ def undeliverable(*kinds: type[Exception]) -> Iterator[None]:
 
 
 class Sender(ABC):
+    batched = False
+    """True when ``send`` only hands the alert over and ``flush`` confirms it."""
+
     @abstractmethod
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
         """Deliver or raise. ``payload`` is the alert's JSON; ``conn`` the notifier's."""
@@ -62,6 +79,8 @@ class Sender(ABC):
 
 
 class NatsSender(Sender):
+    batched = True
+
     def __init__(self, nc: Client, topology: Topology) -> None:
         self.nc, self.topology = nc, topology
 
@@ -128,7 +147,7 @@ class WebhookSender(Sender):
         except urllib.error.HTTPError as exc:
             why = f"webhook answered {exc.code} {exc.reason}"
             if exc.code in _REFUSED_CONTENT:
-                raise Undeliverable(why) from None
+                raise Rejected(why) from None
             raise RuntimeError(why) from None
 
 

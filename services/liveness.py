@@ -2,9 +2,12 @@
 
 A service registers each loop it depends on (the enforcer's decision loop, the notifier's
 channel loops) and runs it through ``Loop.start``; each unit of work runs inside
-``Loop.turn``. A loop is healthy while its task runs and no single turn has taken longer
-than ``stall_after``: waiting for work is healthy, a dead task or one stuck on one item is
-not. The heartbeat file and the services' answers (``services.replies``) report it.
+``Loop.turn``. A loop is healthy while its task runs, no single turn has taken longer
+than ``stall_after``, and it has not been failing (``Loop.failing``: e.g. retrying a
+database it cannot reach) for longer than ``stall_after`` without a turn completing:
+waiting for work is healthy; a dead task, one stuck on one item, or one retrying without
+getting anywhere is not. The heartbeat file and the services' answers
+(``services.replies``) report it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Loop:
         self.turns = 0
         self._task: asyncio.Task[Any] | None = None
         self._busy_since: float | None = None
+        self._failing_since: float | None = None
+        self._failure = ""
 
     def start(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` as this loop's task."""
@@ -35,13 +40,26 @@ class Loop:
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
-        """One unit of work: the loop is stalled while it takes longer than ``stall_after``."""
+        """One unit of work: the loop is stalled while it takes longer than ``stall_after``;
+        once it completes, the loop is no longer failing."""
         self._busy_since = time.monotonic()
         try:
             yield
+            self.recovered()
         finally:
             self._busy_since = None
             self.turns += 1
+
+    def failing(self, why: str) -> None:
+        """The loop's work failed and is being retried: the loop is stalled once it has
+        been failing for longer than ``stall_after`` (until a turn completes)."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._failure = why
+
+    def recovered(self) -> None:
+        """The loop gets on again (or waits for work, which is healthy too)."""
+        self._failing_since = None
 
     def problem(self) -> str | None:
         """Why this loop is not healthy, or None."""
@@ -58,6 +76,11 @@ class Loop:
             busy = time.monotonic() - busy_since
             if busy > self.stall_after:
                 return f"{self.name} stalled: one turn has taken {busy:.0f}s"
+        failing_since = self._failing_since
+        if failing_since is not None:
+            failing = time.monotonic() - failing_since
+            if failing > self.stall_after:
+                return f"{self.name} stalled: failing for {failing:.0f}s: {self._failure}"
         return None
 
 

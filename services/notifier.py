@@ -1,14 +1,19 @@
 """``budget notifier``: sends queued alerts, once per alert and channel.
 
 One loop per channel, so a webhook that fails for hours never delays email or NATS. Each
-loop takes its channel's rows in the order the alerts were raised, sends, and records the
-outcome; a failure is retried with exponential backoff (up to ``max_backoff``) and holds
-back the channel's later alerts, so receivers see them in order. An alert that can never
-go out on a channel (it cannot be rendered for it, its receiver refuses its content:
-``Undeliverable``) is marked ``failed`` with the reason at once, and the next one goes on.
-Alerts for a channel that is not enabled in ``alert_channels`` are marked ``skipped``.
-The evaluator's NOTIFY wakes the loops; without it they look every ``poll_interval``. One
-notifier per channel is active at a time (an advisory lock); others wait as standbys.
+loop takes its channel's due rows in the order the alerts were raised, sends each, and
+records its outcome as soon as it is confirmed (NATS: after one flush of the round), so a
+notifier that dies mid-round sends again at most the alert it was sending. A failure of
+the channel (its receiver is down) is retried with exponential backoff (up to
+``max_backoff``) and holds back the channel's later alerts, so receivers see them in
+order. An alert its receiver refuses (``Rejected``: a webhook's 400, 413, 415, 422) is
+retried with backoff on its own, while the later ones go out. Either is marked ``failed``
+after ``give_up_after``. An alert that can never go out on a channel (it cannot be rendered
+for it: ``Undeliverable``) is marked ``failed`` with the reason at once. Alerts for a
+channel that is not enabled in ``alert_channels`` are marked ``skipped``. Each send is one
+turn of the channel's loop (``services.liveness``). The evaluator's NOTIFY wakes the
+loops; without it they look every ``poll_interval``. One notifier per channel is active
+at a time (an advisory lock); others wait as standbys.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
 from projections.base import Connection
 from projections.db import connect
-from services.channels import Undeliverable, senders, undeliverable
+from services.channels import Rejected, Undeliverable, senders, undeliverable
 from services.liveness import Liveness, Loop
 
 __all__ = ["Notifier", "NotifierConfig", "serve_notifier"]
@@ -45,7 +50,8 @@ class NotifierConfig:
     give_up_after: timedelta = timedelta(days=1)
     batch: int = 100
     stall_after: float = 300.0
-    """Seconds one round of sends may take before the channel's loop counts as stalled."""
+    """Seconds one send (or one look at the outbox) may take, or a loop may keep failing
+    (its database unreachable), before it counts as stalled."""
 
 
 class Notifier:
@@ -66,7 +72,7 @@ class Notifier:
     async def run(self, stop: asyncio.Event) -> None:
         stall_after = self.config.stall_after
         listen = self.liveness.loop("notifier outbox listener", stall_after=stall_after)
-        tasks = [listen.start(self._listen(stop))]
+        tasks = [listen.start(self._listen(stop, listen))]
         for channel in CHANNELS:
             loop = self.liveness.loop(f"notifier {channel} loop", stall_after=stall_after)
             tasks.append(loop.start(self._channel(channel, stop, loop)))
@@ -77,18 +83,20 @@ class Notifier:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _listen(self, stop: asyncio.Event) -> None:
+    async def _listen(self, stop: asyncio.Event, loop: Loop) -> None:
         while not stop.is_set():
             try:
                 conn = await connect(self.settings.database_url)
                 try:
                     await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                    loop.recovered()
                     async for _ in conn.notifies():
                         for event in self._wake.values():
                             event.set()
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
+                loop.failing(f"database unavailable: {exc}")
                 log.warning("notifier: lost the outbox notifications (%s); polling", exc)
                 await asyncio.sleep(self.config.poll_interval)
 
@@ -97,18 +105,20 @@ class Notifier:
             try:
                 conn = await connect(self.settings.database_url)
                 try:
-                    await self._hold_lock(conn, channel)
+                    await self._hold_lock(conn, channel, loop)
                     await self._deliver_forever(conn, channel, loop)
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
+                loop.failing(f"database unavailable: {exc}")
                 log.warning("notifier %s: database unavailable (%s); retrying", channel, exc)
                 await asyncio.sleep(self.config.poll_interval)
-            except Exception:  # a fault no alert should cause: logged, and the loop goes on
+            except Exception as exc:  # a fault no alert should cause: logged, and the loop goes on
+                loop.failing(_reason(exc))
                 log.exception("notifier %s failed; starting over", channel)
                 await asyncio.sleep(self.config.poll_interval)
 
-    async def _hold_lock(self, conn: Connection, channel: str) -> None:
+    async def _hold_lock(self, conn: Connection, channel: str, loop: Loop) -> None:
         key = int.from_bytes(
             hashlib.blake2b(f"notifier:{channel}".encode(), digest_size=8).digest(),
             "big",
@@ -118,89 +128,101 @@ class Notifier:
             row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
             if row and row[0]:
                 return
+            loop.recovered()  # a standby, waiting: healthy
             await asyncio.sleep(self.config.poll_interval)
 
     async def _deliver_forever(self, conn: Connection, channel: str, loop: Loop) -> None:
         wake = self._wake[channel]
         while True:
             wake.clear()
-            with loop.turn():
-                delivered_all = await self.deliver_due(conn, channel)
-            if delivered_all:
+            pause = await self.deliver_due(conn, channel, loop)
+            if pause is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.config.poll_interval)
             else:
-                await asyncio.sleep(min(self.config.poll_interval, 0.2))
+                await asyncio.sleep(pause)
 
-    async def deliver_due(self, conn: Connection, channel: str) -> bool:
-        """Send the channel's pending alerts in raised order; False if one is not due or
-        failed (the ones after it wait) or more are pending. What was sent is recorded in
-        one statement after the sender's ``flush`` (one NATS round trip per batch)."""
-        cursor = await conn.execute(
-            "SELECT alert_id, payload::text, attempts, next_attempt_at <= now(),"
-            " now() - created_at > %s FROM alert_outbox"
-            " WHERE channel = %s AND status = 'pending' ORDER BY seq LIMIT %s",
-            (self.config.give_up_after, channel, self.config.batch),
-        )
-        rows = await cursor.fetchall()
+    async def deliver_due(self, conn: Connection, channel: str, loop: Loop) -> float | None:
+        """Send the channel's due alerts in raised order, each send one turn of ``loop``
+        and recorded as soon as it is confirmed. Returns None when every due alert went
+        out, else the seconds to wait before the next round: 0 when more are due, the
+        backoff after a failure of the channel (its alert is tried again first)."""
+        with loop.turn():
+            cursor = await conn.execute(
+                "SELECT alert_id, payload::text, attempts, now() - created_at > %s"
+                " FROM alert_outbox WHERE channel = %s AND status = 'pending'"
+                " AND next_attempt_at <= now() ORDER BY seq LIMIT %s",
+                (self.config.give_up_after, channel, self.config.batch),
+            )
+            rows = await cursor.fetchall()
+        pause = None if len(rows) < self.config.batch else 0.0
         sender = self.senders.get(channel)
         if sender is None:
-            await self._record(conn, [r[0] for r in rows], channel, "skipped", "not enabled")
-            return len(rows) < self.config.batch
-        sent: list[object] = []
-        stopped = False
-        for alert_id, payload, attempts, due, too_old in rows:
-            if not due:
-                stopped = True
-                break
-            try:
-                with undeliverable(ValidationError):
-                    alert = Alert.model_validate_json(payload)
-                await sender.send(alert, payload.encode(), conn)
-            except Undeliverable as exc:
-                why = _reason(exc)
-                await self._record(conn, [alert_id], channel, "failed", why)
-                log.error("alert %s cannot go out via %s: %s", alert_id, channel, why)
-                continue
-            except Exception as exc:
-                stopped = not await self._failed(conn, channel, alert_id, attempts, too_old, exc)
-                if stopped:
+            with loop.turn():
+                await self._record(conn, [r[0] for r in rows], channel, "skipped", "not enabled")
+            return pause
+        handed: list[object] = []
+        for alert_id, payload, attempts, too_old in rows:
+            with loop.turn():
+                try:
+                    with undeliverable(ValidationError):
+                        alert = Alert.model_validate_json(payload)
+                    await sender.send(alert, payload.encode(), conn)
+                except Undeliverable as exc:
+                    await self._give_up(conn, channel, alert_id, "cannot go out", exc)
+                    continue
+                except Exception as exc:
+                    if too_old:
+                        await self._give_up(conn, channel, alert_id, "giving up", exc)
+                        continue
+                    alone = isinstance(exc, Rejected)
+                    backoff = await self._retry_later(conn, channel, alert_id, attempts, exc, alone)
+                    if alone:
+                        continue
+                    pause = backoff
                     break
-                continue
-            sent.append(alert_id)
-        if sent:
-            try:
-                await sender.flush()
-            except Exception as exc:
-                log.warning("alerts via %s not confirmed (%s); sending again", channel, exc)
-                return False
-            await self._record(conn, sent, channel, "sent", None)
-        return not stopped and len(rows) < self.config.batch
+                if sender.batched:
+                    handed.append(alert_id)
+                else:
+                    await self._record(conn, [alert_id], channel, "sent", None)
+        if handed:
+            with loop.turn():
+                try:
+                    await sender.flush()
+                except Exception as exc:
+                    log.warning("alerts via %s not confirmed (%s); sending again", channel, exc)
+                    return self.config.poll_interval
+                await self._record(conn, handed, channel, "sent", None)
+        return pause
 
-    async def _failed(
+    async def _give_up(
+        self, conn: Connection, channel: str, alert_id: object, what: str, exc: Exception
+    ) -> None:
+        why = _reason(exc)
+        await self._record(conn, [alert_id], channel, "failed", why)
+        log.error("alert %s via %s: %s: %s", alert_id, channel, what, why)
+
+    async def _retry_later(
         self,
         conn: Connection,
         channel: str,
         alert_id: object,
         attempts: int,
-        too_old: bool,
         exc: Exception,
-    ) -> bool:
-        """Record a failed send; True if the channel may go on (it gave up on this one)."""
+        alone: bool,
+    ) -> float:
+        """Record a failed send; returns its backoff. An alert retried ``alone`` waits it
+        out in the outbox while the next ones go; otherwise the channel waits."""
         why = _reason(exc)
-        if too_old:
-            await self._record(conn, [alert_id], channel, "failed", why)
-            log.error("alert %s via %s: giving up: %s", alert_id, channel, why)
-            return True
         backoff = min(2.0**attempts, self.config.max_backoff)
         await conn.execute(
             "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
             " next_attempt_at = now() + %s * interval '1 second'"
             " WHERE alert_id = %s AND channel = %s",
-            (why, backoff, alert_id, channel),
+            (why, backoff if alone else 0.0, alert_id, channel),
         )
         log.warning("alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff)
-        return False
+        return backoff
 
     async def _record(
         self, conn: Connection, alert_ids: list[object], channel: str, status: str, why: str | None

@@ -41,7 +41,8 @@ __all__ = ["ServiceBody", "run_projection", "run_service", "run_worker", "tune_g
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
 WORKER_STALL_AFTER = 300.0
-"""Seconds one batch may take before a worker counts as stalled (unhealthy)."""
+"""Seconds one batch may take, or a worker may keep failing and backing off (its database
+or NATS unreachable), before it counts as stalled (unhealthy)."""
 
 
 async def run_projection(
@@ -49,7 +50,9 @@ async def run_projection(
 ) -> None:
     """Run the active version of projection ``name`` until ``stop``; follow a swap to the
     new version; ride out NATS or PostgreSQL outages with backoff. Each batch is a turn of
-    ``loop``, if given (a batch stuck longer than its ``stall_after`` is a stall)."""
+    ``loop``, if given (a batch stuck longer than its ``stall_after`` is a stall), and an
+    outage counts as the loop failing until a batch commits or nothing is left to apply
+    (one outlasting ``stall_after`` is a stall too)."""
     turn = loop.turn if loop is not None else contextlib.nullcontext
     projection = get_projection(name)
     await require_stream(nc.jetstream(), settings.topology.event_stream)
@@ -80,6 +83,8 @@ async def run_projection(
             )
             await runner.open()
             log.info("worker %s running version %d", name, runner.version)
+            if loop is not None and await runner.pending() == 0:
+                loop.recovered()  # waiting for events; otherwise the next batch tells
             await runner.run(stop, on_batch=count, turn=turn)
         except (Retired, ConsumerGone) as exc:
             log.info("worker %s: %s; moving to the live version", name, exc)
@@ -87,6 +92,8 @@ async def run_projection(
             log.warning("worker %s: %s", name, exc)
         except (psycopg.OperationalError, NatsError, OSError, TimeoutError) as exc:
             log.warning("worker %s: %s; retrying in %.0fs", name, exc, backoff)
+            if loop is not None:
+                loop.failing(f"{type(exc).__name__}: {exc}")
             await _sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
         finally:

@@ -9,7 +9,7 @@ import email
 import json
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,11 +31,17 @@ WEBHOOK_SECRET = "test-secret"
 
 @dataclass
 class Webhook:
-    """Records every POST; answers ``status`` (settable while it runs)."""
+    """Records every POST it answers with a 2xx; answers ``status`` (settable while it
+    runs), or what ``respond`` returns for the alert's ``Idempotency-Key`` (it may block)."""
 
     status: int = 200
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
+    respond: Callable[[str], int] | None = None
+
+    def keys(self) -> list[str]:
+        """The ``Idempotency-Key`` (alert id) of every alert received, in order."""
+        return [headers["Idempotency-Key"] for headers, _ in self.received]
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.received]
@@ -48,7 +54,8 @@ def webhook_server() -> Iterator[Webhook]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            status = hook.status
+            respond = hook.respond
+            status = hook.status if respond is None else respond(self.headers["Idempotency-Key"])
             if status < 300:
                 hook.received.append((dict(self.headers), body))
             self.send_response(status)

@@ -1,7 +1,8 @@
 """A service's health is its loops turning, not its process being up: an enforcer whose
 decision loop is stalled (a lock it waits for) or stopped says so in every answer and in
 its heartbeat, at once, instead of leaving checks to time out; healthy again, it decides.
-A worker stuck on one batch is reported the same way."""
+A worker stuck on one batch, or retrying a database it cannot reach, is reported the same
+way."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from budget.rpc import Refused, ask
 from events import BudgetScope, Topology
 from events.rpc import RPC_CHECK, RPC_SNAPSHOT, CallAttributes, CheckRequest, CheckResult, Snapshot
 from projections.db import connect
+from services.embedded import EmbeddedPostgres
 from services.enforcer import EnforcerConfig
 from services.liveness import Liveness
 from services.ops import prepare
@@ -147,5 +149,53 @@ async def test_a_worker_stuck_on_one_batch_is_reported_until_it_moves_again(
         await wait_for(applied, within=WITHIN)
     finally:
         await blocker.close()
+        stop.set()
+        await worker
+
+
+async def test_a_worker_retrying_a_database_it_cannot_reach_is_reported_until_it_applies(
+    nc: Client,
+    nats_url: str,
+    topology: Topology,
+    tmp_path: Path,
+    embedded_postgres: EmbeddedPostgres,
+) -> None:
+    db = embedded_postgres.url
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    liveness = Liveness()
+    loop = liveness.loop("worker spend", stall_after=1.0)
+    stop = asyncio.Event()
+    worker = loop.start(run_projection("spend", nc, settings, stop, loop))
+
+    async def spent(amount: str) -> bool:
+        found = await rows(db, "SELECT sum(cost) FROM spend_buckets WHERE scope_key = 'cut'")
+        return found == [(Decimal(amount),)]
+
+    try:
+        await publish(nc, topology, [usage_event(cost="1.00", user="cut")])
+
+        async def running() -> bool:
+            """the worker applied the first event"""
+            return await spent("1.00")
+
+        await wait_for(running, within=WITHIN)
+        embedded_postgres.stop()
+        await publish(nc, topology, [usage_event(cost="0.25", user="cut")])
+
+        async def failing() -> bool:
+            """the worker, backing off and retrying, is reported stalled"""
+            problems = liveness.problems()
+            return len(problems) == 1 and problems[0].startswith("worker spend stalled: failing")
+
+        await wait_for(failing, within=3 * WITHIN)
+        embedded_postgres.start()
+
+        async def applied() -> bool:
+            """the database is back, the batch went through and the worker is healthy"""
+            return await spent("1.25") and liveness.problems() == []
+
+        await wait_for(applied, within=6 * WITHIN)
+    finally:
         stop.set()
         await worker

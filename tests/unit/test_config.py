@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -123,3 +124,15 @@ def test_the_event_time_bounds_come_from_the_config(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="BUDGET_MAX_EVENT_AGE: Input should be greater than 0"):
         load_settings(path, environ={"BUDGET_MAX_EVENT_AGE": "0"})
+
+
+def test_a_default_hold_longer_than_the_longest_is_one_clear_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "budget:\n  reservation_ttl: 600\n  reservation_ttl_max: 300\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    message = str(error.value)
+    assert "\n" not in message and "database_url" not in message
+    assert re.search(r"reservation_ttl \(600.*\) .*reservation_ttl_max \(300", message)
+    assert str(path) in message
+    settings = load_settings(path, environ={"BUDGET_RESERVATION_TTL_MAX": "600"})
+    assert settings.reservation_ttl == settings.reservation_ttl_max == 600

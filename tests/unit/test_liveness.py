@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from services.liveness import Liveness
 
@@ -36,3 +37,24 @@ async def test_a_dead_or_stopped_loop_says_why() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert liveness.problems() == ["dead died: ZeroDivisionError('boom')", "stopped stopped"]
+
+
+async def test_failing_for_longer_than_stall_after_is_a_stall_until_a_turn_completes() -> None:
+    liveness = Liveness()
+    loop = liveness.loop("worker", stall_after=0.0)
+    task = loop.start(asyncio.Event().wait())
+    loop.failing("OperationalError: connection refused")
+    await asyncio.sleep(0.001)  # any time at all outlasts stall_after=0
+    assert liveness.problems()[0].startswith("worker stalled: failing for")
+    assert liveness.problems()[0].endswith(": OperationalError: connection refused")
+    with contextlib.suppress(ZeroDivisionError), loop.turn():
+        raise ZeroDivisionError  # a turn that fails is no progress
+    assert liveness.problems()[0].endswith(": OperationalError: connection refused")
+    with loop.turn():
+        pass
+    assert liveness.problems() == []
+    loop.failing("again")
+    loop.recovered()
+    assert liveness.problems() == []
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,208 @@
+"""The notifier on a real webhook and PostgreSQL: each send is one turn of its channel's
+loop, so a slow receiver keeps it healthy while it progresses; each send is recorded as
+soon as it is confirmed, so a notifier killed mid-round sends nothing again that was
+delivered; an alert its receiver refuses (400) is retried on its own until it goes out,
+while the later ones go ahead; a notifier that cannot reach its database is reported
+stalled until it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from nats.aio.client import Client
+
+from budget.config import Settings
+from events import Alert, AlertSeverity, AlertType, Topology, utc_now
+from projections.db import connect
+from projections.migrate import migrate
+from services.embedded import EmbeddedPostgres
+from services.liveness import Liveness
+from services.notifier import Notifier, NotifierConfig
+
+from alerting import Webhook, alert_settings, outbox, smtp_server, webhook_server
+from support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def hook() -> Iterator[Webhook]:
+    with webhook_server() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(
+    nats_url: str, db: str, topology: Topology, tmp_path: Path, hook: Webhook
+) -> Iterator[Settings]:
+    with smtp_server() as box:
+        yield alert_settings(nats_url, db, topology, tmp_path, hook, box)
+
+
+async def queue_webhook_alerts(db: str, count: int) -> list[str]:
+    """``count`` alerts queued for the webhook, in this order; their ids."""
+    alerts = [
+        Alert(
+            alert_id=uuid4(),
+            alert_type=AlertType.THRESHOLD_WARNING,
+            severity=AlertSeverity.WARNING,
+            rule_id="default-soft-limit",
+            rule_name="Soft limit",
+            message=f"alert {n}",
+            raised_at=utc_now(),
+        )
+        for n in range(count)
+    ]
+    conn = await connect(db)
+    try:
+        for alert in alerts:
+            await conn.execute(
+                "INSERT INTO alert_outbox (alert_id, channel, subject, payload)"
+                " VALUES (%s, 'webhook', 'warning.threshold_warning', %s)",
+                (alert.alert_id, alert.model_dump_json()),
+            )
+    finally:
+        await conn.close()
+    return [str(a.alert_id) for a in alerts]
+
+
+@contextlib.asynccontextmanager
+async def notifier(
+    nc: Client, settings: Settings, config: NotifierConfig, liveness: Liveness | None = None
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A notifier running until the block ends (or its task is cancelled: killed)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(Notifier(settings, nc, config, liveness=liveness).run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def all_sent(db: str, count: int) -> None:
+    async def sent() -> bool:
+        """every queued webhook delivery is recorded as sent"""
+        queued = await outbox(db)
+        return len(queued) == count and all(r[2] == "sent" for r in queued)
+
+    await wait_for(sent, within=30)
+
+
+async def test_a_slow_webhook_keeps_the_notifier_healthy_while_it_sends(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    def slowly(key: str) -> int:
+        time.sleep(0.5)  # a receiver taking its time; runs in the webhook's own thread
+        return 200
+
+    hook.respond = slowly
+    ids = await queue_webhook_alerts(db, 10)  # 5 s of sending, past the stall limit
+    liveness = Liveness()
+    seen: list[str] = []
+    async with notifier(nc, settings, NotifierConfig(stall_after=3.0), liveness):
+
+        async def delivered() -> bool:
+            """every alert reached the webhook (health sampled meanwhile)"""
+            seen.extend(liveness.problems())
+            return hook.keys() == ids
+
+        await wait_for(delivered, within=30, interval=0.05)
+        await all_sent(db, len(ids))
+    assert seen == []
+
+
+async def test_a_notifier_killed_mid_round_sends_nothing_again_that_was_delivered(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    ids = await queue_webhook_alerts(db, 5)
+    in_flight, release = threading.Event(), threading.Event()
+
+    def hold_the_third(key: str) -> int:
+        """The third alert's first POST hangs until released, then fails: it was not
+        delivered when the notifier died."""
+        if key == ids[2] and not in_flight.is_set():
+            in_flight.set()
+            release.wait(timeout=30)
+            return 503
+        return 200
+
+    hook.respond = hold_the_third
+    try:
+        async with notifier(nc, settings, NotifierConfig()) as running:
+
+            async def third_in_flight() -> bool:
+                """two alerts delivered, the third one being sent"""
+                return in_flight.is_set()
+
+            await wait_for(third_in_flight)
+            running.cancel()  # killed mid-round
+    finally:
+        release.set()
+    assert hook.keys() == ids[:2]
+    async with notifier(nc, settings, NotifierConfig()):
+        await all_sent(db, len(ids))
+    assert hook.keys() == ids
+
+
+async def test_an_alert_the_webhook_refuses_is_retried_alone_until_it_goes_out(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    ids = await queue_webhook_alerts(db, 3)
+    refused = {ids[0]}  # e.g. a signature check failing for it, or a receiver misconfigured
+    hook.respond = lambda key: 400 if key in refused else 200
+    async with notifier(nc, settings, NotifierConfig(max_backoff=0.5)):
+
+        async def retried() -> bool:
+            """the later alerts went out while the refused one is retried, not dropped"""
+            status, attempts = next(r[2:] for r in await outbox(db) if str(r[0]) == ids[0])
+            return hook.keys() == ids[1:] and status == "pending" and attempts >= 3
+
+        await wait_for(retried)
+        refused.clear()  # the receiver is fixed
+        await all_sent(db, len(ids))
+    assert hook.keys() == [*ids[1:], ids[0]]
+
+
+async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is_back(
+    nc: Client,
+    nats_url: str,
+    topology: Topology,
+    tmp_path: Path,
+    hook: Webhook,
+    embedded_postgres: EmbeddedPostgres,
+) -> None:
+    db = embedded_postgres.url
+    migrate(db)
+    liveness = Liveness()
+    config = NotifierConfig(stall_after=1.0, poll_interval=0.2)
+    with smtp_server() as box:
+        settings = alert_settings(nats_url, db, topology, tmp_path, hook, box)
+        async with notifier(nc, settings, config, liveness):
+            ids = await queue_webhook_alerts(db, 1)
+
+            async def delivered() -> bool:
+                """the webhook got every alert queued and the notifier is healthy"""
+                return hook.keys() == ids and liveness.problems() == []
+
+            await wait_for(delivered)
+            embedded_postgres.stop()
+
+            async def failing() -> bool:
+                """the webhook loop, retrying the database, is reported stalled"""
+                return any(
+                    p.startswith("notifier webhook loop stalled: failing for")
+                    for p in liveness.problems()
+                )
+
+            await wait_for(failing)
+            embedded_postgres.start()
+            ids += await queue_webhook_alerts(db, 1)
+            await wait_for(delivered)
