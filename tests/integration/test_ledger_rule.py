@@ -156,7 +156,7 @@ async def test_a_correction_counts_where_its_event_counted_and_nothing_goes_nega
             ("provider", "openai", datetime(2026, 5, 4, 12, tzinfo=UTC), Decimal(2)),
             ("user", "bob", datetime(2026, 5, 4, 12, tzinfo=UTC), Decimal(2)),
         ]
-    for table in ("report_hourly", "report_daily"):
+    for table in ("report_quarterly", "report_daily"):
         found = await rows(db, f"SELECT dimension, key1, key2, cost FROM {table} ORDER BY 1")
         assert found == [
             ("kind", "chat", "", Decimal(2)),
@@ -167,7 +167,7 @@ async def test_a_correction_counts_where_its_event_counted_and_nothing_goes_nega
             ("user", "bob", "", Decimal(2)),
         ]
     negative = "SELECT count(*) FROM {} WHERE cost < 0 OR unpriced_requests < 0"
-    for table in ("spend_buckets", "alert_spend_buckets", "report_hourly", "report_daily"):
+    for table in ("spend_buckets", "alert_spend_buckets", "report_quarterly", "report_daily"):
         assert await rows(db, negative.format(table)) == [(0,)]
     assert await rows(db, "SELECT user_id, cost FROM usage_history") == [("bob", Decimal(2))]
 
@@ -225,7 +225,7 @@ TOTALS_BY_PROJECTION = [
             " count(*) FILTER (WHERE cost < 0 OR unpriced_requests < 0)"
             f" FROM {{{table}}} WHERE dimension = 'total'",
         )
-        for table in ("report_hourly", "report_daily")
+        for table in ("report_quarterly", "report_daily")
     ),
     (
         HistoryProjection(),
