@@ -49,6 +49,9 @@ class Booked:
 
     applied: Applied
     previous: Decimal | None
+    cost_delta: Decimal
+    """The correction's cost less ``previous`` (an absent cost counts 0), computed by
+    PostgreSQL: its numeric is exact at every digit the contract allows."""
     original: Mapping[str, Any]
 
     @property
@@ -65,10 +68,6 @@ class Booked:
         """When the corrected event happened (UTC): where the correction is booked."""
         at: datetime = self.original["occurred_at"]
         return at.astimezone(UTC)
-
-    @property
-    def cost_delta(self) -> Decimal:
-        return (self.correction.cost or Decimal(0)) - (self.previous or Decimal(0))
 
     @property
     def unpriced_delta(self) -> int:
@@ -132,7 +131,9 @@ class Ledger:
                 WHERE event_id = %(corrects)s AND EXISTS (SELECT FROM claimed)
                 RETURNING event_id
             )
-            SELECT EXISTS (SELECT FROM updated), t.cost, {returning} FROM target t
+            SELECT EXISTS (SELECT FROM updated), t.cost,
+                   coalesce(%(cost)s::numeric, 0) - coalesce(t.cost, 0), {returning}
+            FROM target t
             """.encode(),
             {
                 "id": event.event_id,
@@ -148,10 +149,10 @@ class Ledger:
                 f"correction {event.event_id} repriced usage event {event.corrects},"
                 " which this projection has not recorded"
             )
-        fresh, previous, *where = row
+        fresh, previous, cost_delta, *where = row
         if not fresh:
             return None  # applied before: a re-send
-        return Booked(applied, previous, dict(zip(self.where, where, strict=True)))
+        return Booked(applied, previous, cost_delta, dict(zip(self.where, where, strict=True)))
 
 
 def _value(event: UsageRepriced, name: str) -> object:
