@@ -275,3 +275,20 @@ async def test_a_reason_quoting_the_message_stays_one_readable_line(
     await catch_up(SpendProjection(), nc, db, topology)
 
     assert await reasons(nc, topology) == {1: "cl\\xe9\\x01: Extra inputs are not permitted"}
+
+
+async def test_an_event_whose_producer_names_only_its_service_is_counted(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """What the JSON Schema asks of another language's producer: the service, no host or pid."""
+    payload = json.loads(encode(usage_event(cost="2")))
+    payload["producer"] = {"service": "node-app"}
+    await nc.jetstream().publish(
+        topology.event_subject(UsageRecorded.SUBJECT), json.dumps(payload).encode()
+    )
+    await catch_up(SpendProjection(), nc, db, topology)
+
+    assert await reasons(nc, topology) == {}
+    assert await rows(
+        db, "SELECT sum(cost), sum(requests) FROM spend_buckets WHERE scope = 'global'"
+    ) == [(Decimal(2), 1)]
