@@ -250,15 +250,26 @@ class ProjectionRunner:
         """Apply the batch; if an event makes it fail (the database refuses its data, e.g.
         a NUL character in a name, the projection rejects it (``Rejected``, e.g. a
         correction of an unknown event) or raises on it, e.g. a period past the year 9999),
-        apply event by event and return the ones that fail, so one bad event cannot stop
-        the consumer. Other database errors (a lost connection) and a retired version are
-        no event's fault: they propagate. So does a fault every event of a batch raises on
+        apply event by event (once more without them, when ``Rejected`` names them all)
+        and return the ones that fail, so one bad event cannot stop the consumer. Other
+        database errors (a lost connection) and a retired version are no event's fault:
+        they propagate. So does a fault every event of a batch raises on
         its own (a code bug, stored data that no longer validates): dead-lettering each
         would lose them all while the worker looked healthy; raised, the worker restarts
         with backoff and applies them once the fault is gone."""
         failure = await self._try_apply(conn, events)
         if failure is None:
             return []
+        if isinstance(failure, Rejected) and failure.rejects:
+            # the projection named every event it refuses: the rest in one more try
+            refused = [
+                (e, failure.rejects[e.stream_seq])
+                for e in events
+                if e.stream_seq in failure.rejects
+            ]
+            rest = [e for e in events if e.stream_seq not in failure.rejects]
+            if refused:
+                return refused + (await self._apply_isolating_rejects(conn, rest) if rest else [])
         if len(events) == 1:
             return [(events[0], _rejection(failure))]
         failures = []

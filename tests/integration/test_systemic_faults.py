@@ -1,10 +1,12 @@
 """A fault that is no one event's (a code bug, stored data that no longer validates) stops
 the worker, so it restarts with backoff and loses nothing; one bad event among good ones
-is still dead-lettered alone (real NATS and PostgreSQL)."""
+is still dead-lettered alone, and corrections of unknown events are refused without
+re-applying their batch event by event (real NATS and PostgreSQL)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
 import pytest
 from nats.aio.client import Client
@@ -14,6 +16,7 @@ from projections.base import Applied, Connection
 from projections.deadletter import recent_dead_letters
 from projections.spend import SpendProjection
 
+from ledger_logs import correction
 from support import catch_up, publish, rows, usage_event
 
 TOTALS = "SELECT sum(cost), sum(requests) FROM faulty_buckets WHERE scope = 'global'"
@@ -64,3 +67,38 @@ async def test_one_event_the_projection_raises_on_is_dead_lettered_and_the_rest_
     assert [(letter.consumer, letter.original_seq) for letter in letters] == [("faulty-v1", 2)]
     assert "stored policy no longer validates (event of mallory)" in letters[0].reason
     assert await rows(db, TOTALS) == [(2, 2)]
+
+
+class Counting(SpendProjection):
+    """The spend projection under its own name, recording the size of each batch it is
+    asked to apply."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        super().__init__("counting", settles_reservations=False)
+        self.batches: list[int] = []
+
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        self.batches.append(len(batch))
+        await super().apply(conn, version, batch)
+
+
+async def test_unknown_corrections_are_refused_without_reapplying_the_batch_event_by_event(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    known = usage_event(cost="5")
+    never_recorded = [usage_event(cost="1") for _ in range(2)]
+    log = [known, *(correction(e, Decimal(0)) for e in never_recorded), usage_event(cost="3")]
+    log.insert(2, correction(known, Decimal(2)))
+    await publish(nc, topology, log)
+    projection = Counting()
+
+    await catch_up(projection, nc, db, topology)
+
+    assert projection.batches == [5, 3]  # the batch, then once more without the two
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert sorted(letter.original_seq or 0 for letter in letters) == [2, 4]
+    assert await rows(
+        db, "SELECT sum(cost), sum(requests) FROM counting_buckets WHERE scope = 'global'"
+    ) == [(5, 2)]
