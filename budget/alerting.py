@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -13,6 +13,7 @@ from decimal import Decimal
 from budget.policies import PolicyWindow
 from events import Alert, AlertRule, AlertSeverity, AlertType, BudgetPolicy, BudgetScope
 from events.alerts import CHANNELS
+from events.usage import exact_money
 
 __all__ = [
     "ANOMALY_FLOOR",
@@ -99,7 +100,8 @@ def alert_id(*parts: object) -> uuid.UUID:
 def threshold_amount(rule: AlertRule, policy: BudgetPolicy) -> tuple[Decimal, Decimal]:
     """(percent, dollars) at which ``rule`` fires for ``policy``."""
     percent = rule.threshold_percent or policy.soft_limit_percent
-    return percent, policy.limit_amount * percent / 100
+    with exact_money():
+        return percent, policy.limit_amount * percent / 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +114,17 @@ class Spent:
 
 
 def crossing(
-    before: Decimal, threshold: Decimal, spent: Iterable[Spent]
+    after: Decimal, threshold: Decimal, spent: Sequence[Spent]
 ) -> tuple[Spent, Decimal] | None:
     """The event that took the running total from below ``threshold`` to it or above, and
-    the total with it (independent of how events were batched)."""
-    total = before
-    for item in spent:
-        if total < threshold <= total + item.cost:
-            return item, total + item.cost
-        total += item.cost
+    the total with it (independent of how events were batched). ``after``: the total with
+    all of ``spent`` counted (as the projection's totals hold it)."""
+    with exact_money():
+        total = after - sum((item.cost for item in spent), Decimal(0))
+        for item in spent:
+            if total < threshold <= total + item.cost:
+                return item, total + item.cost
+            total += item.cost
     return None
 
 
@@ -143,9 +147,10 @@ def anomaly(history: Sequence[Decimal], same_weekday: Sequence[Decimal]) -> Anom
     if len(history) < _MIN_DAYS:
         return None
     sample = same_weekday if len(same_weekday) >= 3 else history
-    baseline = Decimal(statistics.median(sample))
-    spread = Decimal(statistics.median(abs(x - baseline) for x in sample)) * _MAD_TO_SIGMA
-    threshold = max(baseline * ANOMALY_RATIO, baseline + ANOMALY_MAD_FACTOR * spread)
+    with exact_money():
+        baseline = Decimal(statistics.median(sample))
+        spread = Decimal(statistics.median(abs(x - baseline) for x in sample)) * _MAD_TO_SIGMA
+        threshold = max(baseline * ANOMALY_RATIO, baseline + ANOMALY_MAD_FACTOR * spread)
     return Anomaly(baseline=baseline, threshold=max(threshold, ANOMALY_FLOOR))
 
 

@@ -10,6 +10,7 @@ from decimal import ROUND_CEILING, Decimal
 from budget.policies import PolicyWindow
 from events import LimitAction
 from events.rpc import CheckResult, PolicyStatus
+from events.usage import exact_money
 
 __all__ = ["assess", "decide"]
 
@@ -25,6 +26,11 @@ def assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: datetim
     what would run ahead of the limit's pro-rata share of the elapsed period; it says when
     the share will have grown enough. WARN and NOTIFY never refuse.
     """
+    with exact_money():
+        return _assess(window, spend, estimate, now)
+
+
+def _assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: datetime) -> PolicyStatus:
     policy = window.policy
     limit = policy.limit_amount
     after = spend + estimate

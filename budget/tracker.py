@@ -43,7 +43,7 @@ class UsageTracker:
         self.registry = registry
         self.publisher = publisher
         self.checker = BudgetChecker(settings, registry)
-        self._producer = Producer(service=settings.service_name)
+        self._producer = Producer.here(settings.service_name)
         self._warned_unpriced: set[tuple[str, str]] = set()
 
     async def start(self) -> None:

@@ -44,14 +44,22 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 
 
 class Producer(BaseModel):
-    """Who published an event: for tracing a bad event back to the host app that sent it."""
+    """Who published an event: for tracing a bad event back to the host app that sent it.
+    Only the service is required; without host or pid they are unknown."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     service: str = Field(max_length=200)
-    host: str = Field(default_factory=socket.gethostname, max_length=255)
-    pid: int = Field(default_factory=os.getpid)
+    # Absent stays None, never this reader's host or pid: a default made on read would
+    # differ from read to read (and producers in other languages may not send them).
+    host: str | None = Field(default=None, max_length=255)
+    pid: int | None = None
     library_version: str = "0.1.0"
+
+    @classmethod
+    def here(cls, service: str) -> Producer:
+        """This process, publishing as ``service``."""
+        return cls(service=service, host=socket.gethostname(), pid=os.getpid())
 
 
 class Event(BaseModel):

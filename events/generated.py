@@ -1,5 +1,5 @@
 """Fields a model fills with a new value when they are absent (``event_id``, a policy's
-or rule's id, the producer's host and pid): on the wire they are required, since a
+or rule's id): on the wire they are required, since a
 default made on read would differ from read to read, and a replay would count or apply
 the event as another one."""
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from events.envelope import Event, UtcDatetime
+from events.usage import exact_money
 
 __all__ = [
     "BUCKET",
@@ -117,7 +118,8 @@ class BudgetPolicy(BaseModel):
 
     @property
     def soft_limit(self) -> Decimal:
-        return self.limit_amount * self.soft_limit_percent / 100
+        with exact_money():
+            return self.limit_amount * self.soft_limit_percent / 100
 
 
 def known_zone(name: str) -> str:

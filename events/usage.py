@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractContextManager
 from datetime import date
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,12 +18,14 @@ __all__ = [
     "MAX_DECIMAL_PLACES",
     "MAX_IMAGES",
     "MAX_TOKENS",
+    "MONEY_PRECISION",
     "CallKind",
     "ImageUsage",
     "PriceSource",
     "Usage",
     "UsageRecorded",
     "UsageRepriced",
+    "exact_money",
 ]
 
 # The bounds of one call's usage and cost (docs/architecture.md). Each fits the
@@ -37,6 +40,17 @@ MAX_COST = 10**12
 MAX_DECIMAL_PLACES = 40
 """Digits after the point of ``cost`` and ``audio_seconds``: a cost priced with 28
 significant digits stays exact down to 10**-12 USD."""
+MONEY_PRECISION = len(str(MAX_COST)) + MAX_DECIMAL_PLACES + 20
+"""Significant digits of arithmetic on costs and spend totals. Python's default decimal
+context keeps 28 and rounds beyond them, silently: a cost at the bounds above has 53
+(13 before the point, 40 after), and 20 more keep totals of up to 10**20 calls exact, more
+than a JetStream stream's 64-bit sequence can number."""
+
+
+def exact_money() -> AbstractContextManager[Context]:
+    """The decimal context for money arithmetic: ``with exact_money(): total += cost``."""
+    return localcontext(prec=MONEY_PRECISION)
+
 
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Seconds = Annotated[Decimal, Field(ge=0, le=MAX_AUDIO_SECONDS, decimal_places=MAX_DECIMAL_PLACES)]

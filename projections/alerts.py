@@ -242,13 +242,12 @@ class AlertsProjection(Projection):
         totals = await self._window_totals(conn, version, windows)
         found = []
         for (window, spent, seqs), after in zip(touched.values(), totals, strict=True):
-            before = after - sum((s.cost for s in spent), Decimal(0))
             for rule in rules:
                 policy = window.policy
                 if not rule.watches(policy.policy_id, policy.scope, action=policy.action):
                     continue
                 percent, amount = threshold_amount(rule, window.policy)
-                crossed = crossing(before, amount, spent)
+                crossed = crossing(after, amount, spent)
                 if crossed is not None:
                     hit, total = crossed
                     alert = threshold_alert(
@@ -285,8 +284,7 @@ class AlertsProjection(Projection):
             limits = anomaly(past, same_weekday)
             if limits is None:
                 continue
-            before = now - sum((s.cost for s in spent), Decimal(0))
-            crossed = crossing(before, limits.threshold, spent)
+            crossed = crossing(now, limits.threshold, spent)
             if crossed is None:
                 continue
             hit, total = crossed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +28,15 @@ class Applied:
 
 class Rejected(Exception):
     """A valid event a projection cannot apply (e.g. a correction of an event it never
-    recorded): the engine dead-letters it with this message as the reason."""
+    recorded): the engine dead-letters it with this message as the reason.
+
+    ``rejects``: every event of the batch the projection refuses, by stream sequence, with
+    its reason, when it can tell them all at once: the engine then applies the batch again
+    without them, rather than event by event."""
+
+    def __init__(self, message: str, *, rejects: Mapping[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.rejects: Mapping[int, str] = rejects or {}
 
 
 def physical(table: str, version: int) -> str:

@@ -250,25 +250,58 @@ class ProjectionRunner:
         """Apply the batch; if an event makes it fail (the database refuses its data, e.g.
         a NUL character in a name, the projection rejects it (``Rejected``, e.g. a
         correction of an unknown event) or raises on it, e.g. a period past the year 9999),
-        apply event by event and return the ones that fail, so one bad event cannot stop
-        the consumer. Other database errors (a lost connection) and a retired version are
-        no event's fault: they propagate."""
+        apply event by event (once more without them, when ``Rejected`` names them all)
+        and return the ones that fail, so one bad event cannot stop the consumer. Other
+        database errors (a lost connection) and a retired version are no event's fault:
+        they propagate. So does a fault every event of a batch raises on
+        its own (a code bug, stored data that no longer validates): dead-lettering each
+        would lose them all while the worker looked healthy; raised, the worker restarts
+        with backoff and applies them once the fault is gone."""
+        failure = await self._try_apply(conn, events)
+        if failure is None:
+            return []
+        if isinstance(failure, Rejected) and failure.rejects:
+            # the projection named every event it refuses: the rest in one more try
+            refused = [
+                (e, failure.rejects[e.stream_seq])
+                for e in events
+                if e.stream_seq in failure.rejects
+            ]
+            rest = [e for e in events if e.stream_seq not in failure.rejects]
+            if refused:
+                return refused + (await self._apply_isolating_rejects(conn, rest) if rest else [])
+        if len(events) == 1:
+            return [(events[0], _rejection(failure))]
+        failures = []
+        for event in events:
+            failure = await self._try_apply(conn, [event])
+            if failure is not None:
+                failures.append((event, failure))
+        faults = [f for _, f in failures if not _about_its_data(f)]
+        if len(failures) == len(events) and len(faults) > 1:
+            log.error(
+                "%s: %d of a batch of %d events raised on their own: a fault of the"
+                " projection, not of an event; nothing is dead-lettered",
+                self.durable,
+                len(faults),
+                len(events),
+            )
+            raise faults[0]
+        return [(event, _rejection(failure)) for event, failure in failures]
+
+    async def _try_apply(self, conn: Connection, events: Sequence[Applied]) -> Exception | None:
+        """Apply ``events`` in a savepoint; the exception that rolled it back, if any (a
+        database error other than refused data, and ``Retired``, propagate)."""
         try:
             async with conn.transaction():
                 await self.projection.apply(conn, self.version, events)
-            return []
+            return None
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            failure: Exception = exc
+            return exc
         except (psycopg.Error, Retired):
             raise
         except Exception as exc:
-            failure = exc
-        if len(events) == 1:
-            return [(events[0], _rejection(failure))]
-        rejected = []
-        for event in events:
-            rejected += await self._apply_isolating_rejects(conn, [event])
-        return rejected
+            return exc
 
     async def _checkpoint(self, conn: Connection) -> int:
         row = await (
@@ -298,6 +331,12 @@ class ProjectionRunner:
         if row is None or int(row[0]) > self.version:
             raise Retired(f"{self.durable} was replaced by version {row and row[0]}")
         return int(row[1])
+
+
+def _about_its_data(exc: Exception) -> bool:
+    """Whether ``exc`` says what is wrong with the event's data (the projection rejected
+    it, or the database refused it), rather than that the projection failed on it."""
+    return isinstance(exc, Rejected | psycopg.DataError | psycopg.IntegrityError)
 
 
 def _rejection(exc: Exception) -> str:

@@ -49,6 +49,9 @@ class Booked:
 
     applied: Applied
     previous: Decimal | None
+    cost_delta: Decimal
+    """The correction's cost less ``previous`` (an absent cost counts 0), computed by
+    PostgreSQL: its numeric is exact at every digit the contract allows."""
     original: Mapping[str, Any]
 
     @property
@@ -65,10 +68,6 @@ class Booked:
         """When the corrected event happened (UTC): where the correction is booked."""
         at: datetime = self.original["occurred_at"]
         return at.astimezone(UTC)
-
-    @property
-    def cost_delta(self) -> Decimal:
-        return (self.correction.cost or Decimal(0)) - (self.previous or Decimal(0))
 
     @property
     def unpriced_delta(self) -> int:
@@ -100,14 +99,31 @@ class Ledger:
         applied for the first time, with what they corrected. ``also_set``: more usage
         table columns to set, column -> attribute of the correction (as JSON for models).
 
-        Raises ``Rejected`` for a correction of an unknown event."""
+        Raises ``Rejected`` naming every correction of an unknown event in the batch."""
+        corrections = [(a, a.event) for a in batch if isinstance(a.event, UsageRepriced)]
+        await self._refuse_unknown(conn, corrections)
         booked = []
-        for applied in batch:
-            if isinstance(applied.event, UsageRepriced):
-                found = await self._correct_one(conn, applied, applied.event, also_set or {})
-                if found is not None:
-                    booked.append(found)
+        for applied, event in corrections:
+            found = await self._correct_one(conn, applied, event, also_set or {})
+            if found is not None:
+                booked.append(found)
         return booked
+
+    async def _refuse_unknown(
+        self, conn: Connection, corrections: Sequence[tuple[Applied, UsageRepriced]]
+    ) -> None:
+        """One query for the batch: the engine re-applies it once without the unknown ones."""
+        if not corrections:
+            return
+        cursor = await conn.execute(
+            f"""SELECT id FROM unnest(%s::uuid[]) AS c(id)
+            WHERE NOT EXISTS (SELECT FROM {self.usage} WHERE event_id = c.id)""".encode(),
+            ([event.corrects for _, event in corrections],),
+        )
+        unknown = {row[0] for row in await cursor.fetchall()}
+        rejects = {a.stream_seq: _unknown(e) for a, e in corrections if e.corrects in unknown}
+        if rejects:
+            raise Rejected(next(iter(rejects.values())), rejects=rejects)
 
     async def _correct_one(
         self,
@@ -132,7 +148,9 @@ class Ledger:
                 WHERE event_id = %(corrects)s AND EXISTS (SELECT FROM claimed)
                 RETURNING event_id
             )
-            SELECT EXISTS (SELECT FROM updated), t.cost, {returning} FROM target t
+            SELECT EXISTS (SELECT FROM updated), t.cost,
+                   coalesce(%(cost)s::numeric, 0) - coalesce(t.cost, 0), {returning}
+            FROM target t
             """.encode(),
             {
                 "id": event.event_id,
@@ -144,14 +162,18 @@ class Ledger:
         )
         row = await cursor.fetchone()
         if row is None:
-            raise Rejected(
-                f"correction {event.event_id} repriced usage event {event.corrects},"
-                " which this projection has not recorded"
-            )
-        fresh, previous, *where = row
+            raise Rejected(_unknown(event))
+        fresh, previous, cost_delta, *where = row
         if not fresh:
             return None  # applied before: a re-send
-        return Booked(applied, previous, dict(zip(self.where, where, strict=True)))
+        return Booked(applied, previous, cost_delta, dict(zip(self.where, where, strict=True)))
+
+
+def _unknown(event: UsageRepriced) -> str:
+    return (
+        f"correction {event.event_id} repriced usage event {event.corrects},"
+        " which this projection has not recorded"
+    )
 
 
 def _value(event: UsageRepriced, name: str) -> object:

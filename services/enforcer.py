@@ -47,6 +47,7 @@ from events.rpc import (
     RpcError,
     Snapshot,
 )
+from events.usage import exact_money
 from projections.base import Connection
 from projections.checkpoints import live_position
 from projections.db import connect
@@ -333,7 +334,8 @@ class Enforcer:
             if result.allowed and reservation_id is not None:
                 expires = now + timedelta(seconds=self._ttl(pending.request))
                 for w in enforced:
-                    spend[w.ident] += estimate
+                    with exact_money():
+                        spend[w.ident] += estimate
                     holds.append(reservations.Hold(reservation_id, w, estimate, expires))
             results.append(result)
         return results, holds
@@ -351,8 +353,9 @@ class Enforcer:
         if len(self._spent) > 100_000:
             self._spent.clear()
         self._spent.update({w.ident: amount for w, amount in zip(windows, spent, strict=True)})
-        for hold in holds:
-            self._spent[hold.window.ident] += hold.amount
+        with exact_money():
+            for hold in holds:
+                self._spent[hold.window.ident] += hold.amount
 
     async def _current_policies(self, conn: Connection) -> list[BudgetPolicy]:
         position = await live_position(conn, PoliciesProjection.name)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from budget.pricing import Priced, PricingRegistry
 from budget.publisher import EventPublisher
 from events import UsageRepriced
+from events.usage import exact_money
 from projections.queries import RecordedUsage
 
 __all__ = ["Change", "correction_for", "plan_corrections", "publish_corrections"]
@@ -30,7 +31,8 @@ class Change:
 
     @property
     def delta(self) -> Decimal:
-        return (self.correction.cost or Decimal(0)) - (self.usage.cost or Decimal(0))
+        with exact_money():
+            return (self.correction.cost or Decimal(0)) - (self.usage.cost or Decimal(0))
 
 
 def correction_for(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from hypothesis import strategies as st
@@ -37,6 +37,7 @@ __all__ = [
     "run_fresh_version",
     "split",
     "steps",
+    "steps_costing",
 ]
 
 AT = datetime(2026, 5, 4, 9, tzinfo=UTC)
@@ -63,20 +64,26 @@ def daily(limit: str, **scope: Any) -> PolicySet:
 
 
 USERS = ("alice", "bob")
-costs = st.decimals(min_value=0, max_value=Decimal(4), places=2)
-usage_step = st.tuples(
-    st.just("usage"),
-    st.sampled_from(USERS),
-    st.none() | costs,
-    st.integers(min_value=0, max_value=20 * 60),  # minutes after AT: two UTC days
-)
-correction_step = st.tuples(
-    st.just("correct"), st.integers(min_value=0), st.none() | costs, st.just(0)
-)
-resend_step = st.tuples(st.just("resend"), st.integers(min_value=0), st.none(), st.just(0))
-steps = st.lists(
-    st.one_of(usage_step, usage_step, correction_step, resend_step), min_size=1, max_size=40
-)
+
+
+def steps_costing(costs: st.SearchStrategy[Decimal]) -> st.SearchStrategy[list[Step]]:
+    """Logs of usage, corrections and re-sends whose costs (when priced) come from ``costs``."""
+    usage_step = st.tuples(
+        st.just("usage"),
+        st.sampled_from(USERS),
+        st.none() | costs,
+        st.integers(min_value=0, max_value=20 * 60),  # minutes after AT: two UTC days
+    )
+    correction_step = st.tuples(
+        st.just("correct"), st.integers(min_value=0), st.none() | costs, st.just(0)
+    )
+    resend_step = st.tuples(st.just("resend"), st.integers(min_value=0), st.none(), st.just(0))
+    return st.lists(
+        st.one_of(usage_step, usage_step, correction_step, resend_step), min_size=1, max_size=40
+    )
+
+
+steps = steps_costing(st.decimals(min_value=0, max_value=Decimal(4), places=2))
 
 
 def build_log(generated: list[Step]) -> list[Event]:
@@ -130,7 +137,8 @@ def ledger_totals(log: list[Event]) -> tuple[Decimal, int]:
             seen.add(event.event_id)
             current[event.corrects] = event.cost
     costs = list(current.values())
-    return sum((c for c in costs if c is not None), Decimal(0)), costs.count(None)
+    with localcontext(prec=200):  # exact for any log ``steps_costing`` builds
+        return sum((c for c in costs if c is not None), Decimal(0)), costs.count(None)
 
 
 _versions = itertools.count(100)

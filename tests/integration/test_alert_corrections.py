@@ -27,7 +27,9 @@ from ledger_logs import (
     run_fresh_version,
     split,
     steps,
+    steps_costing,
 )
+from money_strategies import maximal_costs
 from support import catch_up, publish, rows, usage_event
 
 
@@ -79,6 +81,19 @@ async def alerts_raised(db: str, batches: list[list[Applied]]) -> list[list[tupl
 async def test_the_alerts_raised_do_not_depend_on_the_batch_split(
     db: str, generated: list[Step], cuts: list[bool]
 ) -> None:
+    await alerts_by_any_split(db, generated, cuts)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(generated=steps_costing(maximal_costs), cuts=st.lists(st.booleans(), max_size=45))
+async def test_the_alerts_and_totals_are_exact_at_the_contracts_maxima(
+    db: str, generated: list[Step], cuts: list[bool]
+) -> None:
+    await alerts_by_any_split(db, generated, cuts)
+
+
+async def alerts_by_any_split(db: str, generated: list[Step], cuts: list[bool]) -> None:
+    """The same alerts whole, split by ``cuts`` and event by event; totals by the rule."""
     events = build_log(generated)
     log = applied(events)
     whole = await alerts_raised(db, [log])

@@ -23,7 +23,17 @@ from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 from services.reprice import correction_for
 
-from ledger_logs import Step, applied, build_log, ledger_totals, run_fresh_version, split, steps
+from ledger_logs import (
+    Step,
+    applied,
+    build_log,
+    ledger_totals,
+    run_fresh_version,
+    split,
+    steps,
+    steps_costing,
+)
+from money_strategies import maximal_costs
 from support import catch_up, publish, rows, usage_event
 
 AT = datetime(2026, 5, 4, 12, 7, tzinfo=UTC)
@@ -156,7 +166,7 @@ async def test_a_correction_counts_where_its_event_counted_and_nothing_goes_nega
             ("provider", "openai", datetime(2026, 5, 4, 12, tzinfo=UTC), Decimal(2)),
             ("user", "bob", datetime(2026, 5, 4, 12, tzinfo=UTC), Decimal(2)),
         ]
-    for table in ("report_hourly", "report_daily"):
+    for table in ("report_quarterly", "report_daily"):
         found = await rows(db, f"SELECT dimension, key1, key2, cost FROM {table} ORDER BY 1")
         assert found == [
             ("kind", "chat", "", Decimal(2)),
@@ -167,7 +177,7 @@ async def test_a_correction_counts_where_its_event_counted_and_nothing_goes_nega
             ("user", "bob", "", Decimal(2)),
         ]
     negative = "SELECT count(*) FROM {} WHERE cost < 0 OR unpriced_requests < 0"
-    for table in ("spend_buckets", "alert_spend_buckets", "report_hourly", "report_daily"):
+    for table in ("spend_buckets", "alert_spend_buckets", "report_quarterly", "report_daily"):
         assert await rows(db, negative.format(table)) == [(0,)]
     assert await rows(db, "SELECT user_id, cost FROM usage_history") == [("bob", Decimal(2))]
 
@@ -211,6 +221,21 @@ async def test_repricing_back_to_an_earlier_price_is_applied(
     assert found == {name: [(to_b.cost, 0)] for name in found}
 
 
+async def test_a_cost_with_all_its_digits_corrected_to_zero_leaves_every_total_at_zero(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """At 28 digits, the difference left -2.1e-17 in every bucket after PostgreSQL's exact sum."""
+    usage = usage_event(at=AT, cost="123456789012.1234567890123456789012345678901234567890")
+    await publish(nc, topology, [usage, misplaced(usage, "0")])
+    await project_all(nc, db, topology)
+
+    found = await costs_everywhere(db)
+    assert found == {name: [(Decimal(0), 0)] for name in found}
+    nonzero = "SELECT count(*) FROM {} WHERE cost <> 0"
+    for table in ("spend_buckets", "alert_spend_buckets", "report_quarterly", "report_daily"):
+        assert await rows(db, nonzero.format(table)) == [(0,)]
+
+
 TOTALS_BY_PROJECTION = [
     (
         SpendProjection(),
@@ -225,7 +250,7 @@ TOTALS_BY_PROJECTION = [
             " count(*) FILTER (WHERE cost < 0 OR unpriced_requests < 0)"
             f" FROM {{{table}}} WHERE dimension = 'total'",
         )
-        for table in ("report_hourly", "report_daily")
+        for table in ("report_quarterly", "report_daily")
     ),
     (
         HistoryProjection(),
@@ -247,3 +272,16 @@ async def test_every_projection_totals_by_the_ledger_rule_under_any_batch_split(
         for batches in ([log], split(log, cuts)):
             found = await run_fresh_version(db, projection, batches, [query])
             assert found == [[(cost, unpriced, 0)]], projection.name
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(generated=steps_costing(maximal_costs), cuts=st.lists(st.booleans(), max_size=45))
+async def test_every_projection_totals_exactly_at_the_contracts_maxima(
+    db: str, generated: list[Step], cuts: list[bool]
+) -> None:
+    events = [e for e in build_log(generated) if not isinstance(e, PolicySet)]
+    cost, unpriced = ledger_totals(events)
+    log = applied(events)
+    for projection, query in TOTALS_BY_PROJECTION:
+        found = await run_fresh_version(db, projection, split(log, cuts), [query])
+        assert found == [[(cost, unpriced, 0)]], projection.name

@@ -63,7 +63,7 @@ def test_a_fivefold_hour_is_flagged_within_that_hour(
     calls = [  # the hour's spend arrives evenly, a call every 5 minutes
         Spent(uuid.uuid4(), begins + timedelta(minutes=5 * i), spike / 12) for i in range(12)
     ]
-    hit = crossing(Decimal(0), threshold, calls)
+    hit = crossing(sum((c.cost for c in calls), Decimal(0)), threshold, calls)
     assert hit is not None
     assert begins <= hit[0].occurred_at < begins + timedelta(hours=1)
 

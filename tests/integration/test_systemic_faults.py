@@ -1,0 +1,104 @@
+"""A fault that is no one event's (a code bug, stored data that no longer validates) stops
+the worker, so it restarts with backoff and loses nothing; one bad event among good ones
+is still dead-lettered alone, and corrections of unknown events are refused without
+re-applying their batch event by event (real NATS and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+import pytest
+from nats.aio.client import Client
+
+from events import Topology
+from projections.base import Applied, Connection
+from projections.deadletter import recent_dead_letters
+from projections.spend import SpendProjection
+
+from ledger_logs import correction
+from support import catch_up, publish, rows, usage_event
+
+TOTALS = "SELECT sum(cost), sum(requests) FROM faulty_buckets WHERE scope = 'global'"
+
+
+class Faulty(SpendProjection):
+    """The spend projection under its own name, raising on every event of ``poisoned``
+    users (all of them while ``broken``)."""
+
+    name = "faulty"
+
+    def __init__(self, *, broken: bool = False, poisoned: Sequence[str] = ()) -> None:
+        super().__init__("faulty", settles_reservations=False)
+        self.broken, self.poisoned = broken, set(poisoned)
+
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        for applied in batch:
+            user = getattr(applied.event, "user_id", None)
+            if self.broken or user in self.poisoned:
+                raise ValueError(f"stored policy no longer validates (event of {user})")
+        await super().apply(conn, version, batch)
+
+
+async def test_a_fault_every_event_of_a_batch_hits_stops_the_worker_and_loses_nothing(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    calls = [usage_event(cost="1", user=user) for user in ("alice", "bob", "carol")]
+    await publish(nc, topology, calls)
+
+    with pytest.raises(ValueError, match="stored policy no longer validates"):
+        await catch_up(Faulty(broken=True), nc, db, topology)
+
+    assert await recent_dead_letters(nc.jetstream(), topology) == []
+    assert await rows(db, TOTALS) == [(None, None)]
+    await catch_up(Faulty(), nc, db, topology)  # fixed and restarted: every call counted
+    assert await rows(db, TOTALS) == [(3, 3)]
+
+
+async def test_one_event_the_projection_raises_on_is_dead_lettered_and_the_rest_counted(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    calls = [usage_event(cost="1", user=user) for user in ("alice", "mallory", "carol")]
+    await publish(nc, topology, calls)
+
+    await catch_up(Faulty(poisoned=["mallory"]), nc, db, topology)
+
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert [(letter.consumer, letter.original_seq) for letter in letters] == [("faulty-v1", 2)]
+    assert "stored policy no longer validates (event of mallory)" in letters[0].reason
+    assert await rows(db, TOTALS) == [(2, 2)]
+
+
+class Counting(SpendProjection):
+    """The spend projection under its own name, recording the size of each batch it is
+    asked to apply."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        super().__init__("counting", settles_reservations=False)
+        self.batches: list[int] = []
+
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        self.batches.append(len(batch))
+        await super().apply(conn, version, batch)
+
+
+async def test_unknown_corrections_are_refused_without_reapplying_the_batch_event_by_event(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    known = usage_event(cost="5")
+    never_recorded = [usage_event(cost="1") for _ in range(2)]
+    log = [known, *(correction(e, Decimal(0)) for e in never_recorded), usage_event(cost="3")]
+    log.insert(2, correction(known, Decimal(2)))
+    await publish(nc, topology, log)
+    projection = Counting()
+
+    await catch_up(projection, nc, db, topology)
+
+    assert projection.batches == [5, 3]  # the batch, then once more without the two
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert sorted(letter.original_seq or 0 for letter in letters) == [2, 4]
+    assert await rows(
+        db, "SELECT sum(cost), sum(requests) FROM counting_buckets WHERE scope = 'global'"
+    ) == [(5, 2)]
