@@ -26,6 +26,7 @@ from budget.periods import Period
 from budget.queries import NotApplied
 from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
+from events.usage import exact_money
 from projections.engine import EngineConfig
 from projections.log import LogError
 from projections.queries import projection_status, spend_for_period
@@ -326,7 +327,8 @@ def reprice(
                 f"{u.occurred_at:%F %T} {u.provider}/{u.model} {u.event_id}:"
                 f" {_money(u.cost)} -> {_money(change.correction.cost)}"
             )
-        total = sum((c.delta for c in changes), Decimal(0))
+        with exact_money():
+            total = sum((c.delta for c in changes), Decimal(0))
         verb = "would change" if dry_run else "changed"
         typer.echo(f"{len(recorded)} events checked, {len(changes)} {verb}, delta {total:+} USD")
         if changes and not dry_run:
