@@ -10,6 +10,10 @@ Figures (one JSON line each):
 - ``build_events_per_s``: rolling the events up through the apply path.
 - ``summary_30d_ms``: a 30-day report by provider and model, from the rollups (median).
 - ``trend_30d_ms``: a 30-day daily trend, from the rollups (median).
+- ``trend_90d_ms`` / ``trend_90d_new_york_ms``: a 90-day daily trend in UTC and in
+  America/New_York (days off UTC midnight), with the rollup rows each reads.
+- ``custom_89d_by_user_ms``: an 89-day window ending now (ragged ends) by user (500 keys),
+  with the rollup rows it reads.
 - ``summary_30d_raw_scan_ms``: the same 30-day summary computed by scanning the raw usage
   history (median), with ``ratio`` to the rollup figure; the totals are checked equal.
 
@@ -29,6 +33,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from budget.reports import ReportGenerator
 from events import utc_now
@@ -37,6 +42,7 @@ from projections.database_queries import DatabaseQueries
 from projections.db import connect
 from projections.migrate import migrate
 from projections.registry import PROJECTIONS
+from projections.report_queries import ReportBuilder, floor_quarter
 from projections.reports import ReportsProjection
 from services.embedded import EmbeddedPostgres
 
@@ -145,6 +151,22 @@ async def raw_summary(url: str, days: int) -> dict[tuple[str, str], Decimal]:
         await conn.close()
 
 
+async def rows_read(url: str, report: Callable[[ReportBuilder], Awaitable[Any]]) -> dict[str, int]:
+    """Rows ``report`` reads from each rollup table (the backend's own counters, before and
+    after, in one transaction)."""
+    conn = await connect(url)
+    query = """SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0)
+               FROM pg_stat_xact_user_tables WHERE relname ~ '^report_(daily|quarterly)_'"""
+    try:
+        async with conn.transaction():
+            before = dict(await (await conn.execute(query)).fetchall())
+            await report(ReportBuilder(conn))
+            after = dict(await (await conn.execute(query)).fetchall())
+        return {str(name): int(after[name] - before.get(name, 0)) for name in after}
+    finally:
+        await conn.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     data = Path(tempfile.mkdtemp(prefix="bench-reports-"))
     with EmbeddedPostgres(data / "postgres", database="bench").start() as postgres:
@@ -162,6 +184,19 @@ async def main(args: argparse.Namespace) -> None:
         emit("summary_30d_ms", summary_ms, "ms", repeat=args.repeat, events=args.events)
         trend_ms, trend = await timed(args.repeat, lambda: generator.generate_trend_report(30))
         emit("trend_30d_ms", trend_ms, "ms", repeat=args.repeat, points=len(trend.main.rows))
+        for name, tz in (("trend_90d_ms", "UTC"), ("trend_90d_new_york_ms", "America/New_York")):
+            ms, _ = await timed(
+                args.repeat, lambda tz=tz: generator.generate_trend_report(90, tz=tz)
+            )
+            read = await rows_read(
+                postgres.url, lambda b, tz=tz: b.generate_trend_report(90, tz=ZoneInfo(tz))
+            )
+            emit(name, ms, "ms", repeat=args.repeat, rows_read=read)
+        until = floor_quarter(utc_now())
+        since = until - timedelta(days=89)
+        ms, _ = await timed(args.repeat, lambda: generator.generate_report(since, until, ["user"]))
+        read = await rows_read(postgres.url, lambda b: b.generate_report(since, until, ["user"]))
+        emit("custom_89d_by_user_ms", ms, "ms", repeat=args.repeat, rows_read=read)
         await queries.close()
         raw_ms, raw = await timed(max(3, args.repeat // 5), lambda: raw_summary(postgres.url, 30))
         rolled = {(r["provider"], r["model"]): r["cost_usd"] for r in summary.main.records()}

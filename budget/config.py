@@ -241,6 +241,8 @@ def _read_document(path: Path) -> dict[str, Any]:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except OSError as exc:  # a directory, no permission, a disk error
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'budget' section")
     return document

@@ -6,6 +6,8 @@ from typing import Any
 
 import psycopg
 
+from budget.config import shown_url
+
 __all__ = ["connect", "libpq_url", "sqlalchemy_url"]
 
 
@@ -13,7 +15,7 @@ def libpq_url(url: str) -> str:
     """Accept SQLAlchemy-style ``postgresql+psycopg://`` too; psycopg wants plain libpq."""
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme.startswith(("postgresql", "postgres")):
-        raise ValueError(f"database URL {url!r} must start with postgresql://")
+        raise ValueError(f"database URL {shown_url(url)!r} must start with postgresql://")
     return f"postgresql://{rest}"
 
 

@@ -2,9 +2,11 @@
 report materializer's rollups (never from raw events). ``budget.ReportGenerator`` asks
 for them over NATS; the query service and the CLI build them here.
 
-Windows are exact to the quarter hour: whole UTC days come from the daily rollups, the
-rest from the quarter-hour ones. A window that does not start or end on a quarter hour is
-widened to whole quarter hours, and the report says so. Reports that count calendar days,
+Windows are exact to the quarter hour: each is read as whole UTC days from the daily
+rollups, plus or minus the quarter hours between its ends and the nearest UTC midnights
+(``span_pieces``), every range an index scan on (dimension, period_start). A window
+that does not start or end on a quarter hour is widened to whole quarter hours, and the
+report says so. Reports that count calendar days,
 weeks or months (summary, trend, projection) count them in the query's time zone (``tz``,
 an IANA name; UTC by default): each local day is [local midnight, next local midnight),
 23 or 25 hours across a DST change, and every zone's midnight falls on a quarter hour.
@@ -12,6 +14,8 @@ an IANA name; UTC by default): each local day is [local midnight, next local mid
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -27,9 +31,17 @@ from events import BudgetScope, utc_now
 from events.queries import ReportQuery
 from projections.base import Connection
 from projections.policies import load_policies
+from projections.spend import MEASURES
 from projections.windows import window_sums
 
-__all__ = ["ReportBuilder", "Totals", "ceil_quarter", "floor_quarter", "rollup_dimension"]
+__all__ = [
+    "ReportBuilder",
+    "Totals",
+    "ceil_quarter",
+    "floor_quarter",
+    "rollup_dimension",
+    "span_pieces",
+]
 
 _MEASURES = (
     "sum(cost)",
@@ -41,6 +53,7 @@ _MEASURES = (
 _MEASURE_COLUMNS = ("cost_usd", "requests", "unpriced_requests", "input_tokens", "output_tokens")
 _HISTORY_DAYS = 56
 _QUARTER = timedelta(minutes=15)
+_DAY = timedelta(days=1)
 
 
 class Totals(NamedTuple):
@@ -349,9 +362,12 @@ class ReportBuilder:
         hours, dearest first."""
         measures = ", ".join(_MEASURES)
         cursor = await conn.execute(
+            # every key with a row in the window made a call there: net zero calls is a
+            # key whose rows the signed pieces cancel (see ``span_pieces``)
             f"""SELECT key1, key2, {measures} FROM ({_SPANS}) r
-                GROUP BY key1, key2 ORDER BY sum(cost) DESC, key1, key2""".encode(),
-            {"d": dimension, "key": None, "bounds": [start, end]},
+                GROUP BY key1, key2 HAVING sum(requests) <> 0
+                ORDER BY sum(cost) DESC, key1, key2""".encode(),
+            _span_params(dimension, None, [start, end]),
         )
         # token sums are numeric (beyond bigint's range): exact as Python ints
         return [
@@ -367,7 +383,7 @@ class ReportBuilder:
         cursor = await conn.execute(
             f"""SELECT span, sum(cost), sum(requests)::bigint FROM ({_SPANS}) r
                 GROUP BY span""".encode(),
-            {"d": dimension, "key": key, "bounds": list(bounds)},
+            _span_params(dimension, key, bounds),
         )
         found = {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
         return [found.get(n, (Decimal(0), 0)) for n in range(1, len(bounds))]
@@ -509,26 +525,94 @@ def _zone_note(tz: tzinfo) -> list[str]:
     return [] if str(tz) == "UTC" else [f"days in time zone {tz}"]
 
 
-# The rows of ``dimension`` (and ``key``, when not null) in [bounds[1], bounds[n]) with the
-# span each falls in (``width_bucket``: 1 for [bounds[1], bounds[2]), ...). A UTC day that
-# lies whole in one span is read from the daily rollups, the rest from the quarter-hour
-# ones: each quarter hour is counted exactly once, and a local day of a zone 5:45 ahead
-# reads 24 quarter hours and no daily row.
-_SPANS = """
-    WITH b AS (SELECT %(bounds)s::timestamptz[] AS t)
-    SELECT width_bucket(r.period_start, b.t) AS span, r.*
-    FROM report_daily r, b
-    WHERE r.dimension = %(d)s AND (%(key)s::text IS NULL OR %(key)s IN (r.key1, r.key2))
-      AND r.period_start >= b.t[1] AND r.period_start < b.t[cardinality(b.t)]
-      AND width_bucket(r.period_start, b.t)
-          = width_bucket(r.period_start + interval '1 day' - interval '1 microsecond', b.t)
-    UNION ALL
-    SELECT width_bucket(r.period_start, b.t), r.*
-    FROM report_quarterly r, b
-    WHERE r.dimension = %(d)s AND (%(key)s::text IS NULL OR %(key)s IN (r.key1, r.key2))
-      AND r.period_start >= b.t[1] AND r.period_start < b.t[cardinality(b.t)]
-      AND width_bucket(date_trunc('day', r.period_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-                       b.t)
-          <> width_bucket(date_trunc('day', r.period_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                          + interval '1 day' - interval '1 microsecond', b.t)
-"""
+class _Piece(NamedTuple):
+    """A range of one grain's rollup rows that counts in span ``span`` (1 for
+    [bounds[0], bounds[1]), ...), added (``sign`` 1) or taken away (-1)."""
+
+    span: int
+    sign: int
+    start: datetime
+    end: datetime
+
+
+def _utc_midnight(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _signed(pieces: list[_Piece], span: int, start: datetime, end: datetime) -> None:
+    """Add the range [start, end) to ``pieces``; a reversed range is taken away."""
+    if start < end:
+        pieces.append(_Piece(span, 1, start, end))
+    elif end < start:
+        pieces.append(_Piece(span, -1, end, start))
+
+
+def span_pieces(bounds: Sequence[datetime]) -> tuple[list[_Piece], list[_Piece]]:
+    """The daily and the quarter-hour row ranges that sum to each span between consecutive
+    ``bounds`` (ascending, on quarter hours), reading the fewest rows a key.
+
+    A span [a, b) is the days [s, e) plus the quarter hours [a, s) and [e, b), where s is
+    the UTC midnight on or before a or the one after it (likewise e for b), and a range
+    written backwards is taken away: [a, s) with s before a subtracts the quarter hours
+    from s to a. So a span on UTC midnights reads daily rows only, a window's ragged ends
+    at most 48 quarter hours each, and a local day of a zone five hours behind UTC one
+    daily row, minus the 20 quarter hours before its start, plus the 20 after the UTC
+    midnight in it (41 rows a key instead of 96).
+    """
+    days: list[_Piece] = []
+    quarters: list[_Piece] = []
+    for span, (a, b) in enumerate(itertools.pairwise(bounds), start=1):
+        if b <= a:
+            continue
+        s, e = min(
+            itertools.product(_midnights_around(a), _midnights_around(b)),
+            key=functools.partial(_rows_read, a, b),
+        )
+        _signed(days, span, s, e)
+        _signed(quarters, span, a, s)
+        _signed(quarters, span, e, b)
+    return days, quarters
+
+
+def _midnights_around(at: datetime) -> list[datetime]:
+    """The UTC midnight on or before ``at`` and, unless that is ``at``, the one after."""
+    before = _utc_midnight(at)
+    return [before] if before == at else [before, before + _DAY]
+
+
+def _rows_read(a: datetime, b: datetime, days: tuple[datetime, datetime]) -> float:
+    """Rows a key read for [a, b) as the days [s, e) and the quarter hours between."""
+    s, e = days
+    return abs(e - s) / _DAY + (abs(s - a) + abs(b - e)) / _QUARTER
+
+
+def _rows_sql(table: str, grain: str) -> str:
+    """Each row of ``table`` in one of the ``grain`` pieces, with its span and its measures
+    signed. ``OFFSET 0`` keeps the subquery apart, so each piece is its own index range
+    scan on (dimension, period_start) whatever the planner estimates."""
+    signed = ", ".join(f"p.sign * r.{name} AS {name}" for name, _, _ in MEASURES)
+    return f"""
+        SELECT p.span, r.key1, r.key2, {signed}
+        FROM unnest(%({grain}_span)s::int[], %({grain}_sign)s::int[],
+                    %({grain}_start)s::timestamptz[], %({grain}_end)s::timestamptz[])
+             AS p(span, sign, lo, hi)
+        CROSS JOIN LATERAL (
+            SELECT * FROM {table} r
+            WHERE r.dimension = %(d)s AND r.period_start >= p.lo AND r.period_start < p.hi
+              AND (%(key)s::text IS NULL OR %(key)s IN (r.key1, r.key2))
+            OFFSET 0) r"""
+
+
+# The signed rows of ``dimension`` (and ``key``, when not null) in the spans between
+# ``bounds`` (see ``span_pieces``): summed per span, each quarter hour counts exactly once.
+_SPANS = (
+    f"{_rows_sql('report_daily', 'day')}\n    UNION ALL{_rows_sql('report_quarterly', 'quarter')}"
+)
+
+
+def _span_params(dimension: str, key: str | None, bounds: Sequence[datetime]) -> dict[str, object]:
+    params: dict[str, object] = {"d": dimension, "key": key}
+    for grain, found in zip(("day", "quarter"), span_pieces(bounds), strict=True):
+        for field in _Piece._fields:
+            params[f"{grain}_{field}"] = [getattr(piece, field) for piece in found]
+    return params

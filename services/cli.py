@@ -439,6 +439,8 @@ def main() -> None:
             f"NATS at {shown_url(settings().nats_url)} did not answer ({exc}); is `budget up`"
             " (or `budget migrate` and the workers) running there?"
         )
+    except OSError as exc:  # a file the command reads or writes (connection errors above)
+        _fail(str(exc))
     except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
         cause = exc.orig if isinstance(exc, sqlalchemy.exc.OperationalError) else exc
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__

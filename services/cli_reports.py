@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +25,27 @@ __all__ = ["report_app"]
 report_app = typer.Typer(no_args_is_help=True)
 
 FormatOption = Annotated[ExportFormat, typer.Option("--format", help="md, csv or json")]
+
+
+def _writable(output: Path | None) -> Path | None:
+    """An ``--output`` file that can be written, checked before the report runs."""
+    if output is None:
+        return None
+    folder = output.parent
+    if output.is_dir():
+        raise typer.BadParameter(f"{output} is a directory")
+    if not folder.is_dir():
+        raise typer.BadParameter(f"folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+        output.exists() and not os.access(output, os.W_OK)
+    ):
+        raise typer.BadParameter(f"cannot write to {output}")
+    return output
+
+
 OutputOption = Annotated[
-    Path | None, typer.Option("--output", help="write to this file instead of stdout")
+    Path | None,
+    typer.Option("--output", callback=_writable, help="write to this file (its folder must exist)"),
 ]
 
 

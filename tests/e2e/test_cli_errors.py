@@ -64,7 +64,12 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "alerts show": [("not-a-uuid",)],
     "alerts ack": [("not-a-uuid", "--by", "me"), ("00000000-0000-0000-0000-000000000000",)],
     "alerts resolve": [("not-a-uuid",)],
-    "report summary": [("--period", "hourly"), ("--tz", "Mars/Olympus")],
+    "report summary": [
+        ("--period", "hourly"),
+        ("--tz", "Mars/Olympus"),
+        ("--output", "/no/such/dir/x.md"),
+        ("--output", "/"),
+    ],
     "report trend": [("--days", "0"), ("--interval", "hourly"), ("--tz", "Nowhere")],
     "report compare": [
         (
@@ -177,6 +182,43 @@ def test_a_wrong_argument_is_refused_before_anything_is_created(
 ) -> None:
     assert outcomes  # every case has run
     assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_connecting(
+    outcomes: dict[str, Outcome],
+) -> None:
+    """The servers here are unreachable: the message is about the file, not about them."""
+    assert "folder /no/such/dir does not exist" in (
+        outcomes["report summary --output /no/such/dir/x.md"].stderr
+    )
+    assert "/ is a directory" in outcomes["report summary --output /"].stderr
+
+
+def _one_line_failure(done: subprocess.CompletedProcess[str], *secrets: str) -> str:
+    assert done.returncode == 2, done
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("budget: "), done.stderr
+    for leak in ("Traceback", *secrets):
+        assert leak not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_a_config_path_that_is_a_directory_is_one_line_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    done = _budget(
+        "--config",
+        str(folder),
+        "spend",
+        database_url="postgresql://127.0.0.1:1/x",
+        tmp_path=tmp_path,
+    )
+    assert f"cannot read config file {folder}" in _one_line_failure(done)
+
+
+def test_a_database_url_of_another_kind_is_refused_without_its_password(tmp_path: Path) -> None:
+    done = _budget("spend", database_url="mysql://u:hunter2@h/db", tmp_path=tmp_path)
+    assert "mysql://u:***@h/db" in _one_line_failure(done, "hunter2")
 
 
 def test_an_unknown_scope_lists_the_choices(outcomes: dict[str, Outcome]) -> None:

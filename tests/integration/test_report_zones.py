@@ -123,6 +123,49 @@ async def test_local_days_and_weeks_equal_the_sum_of_each_events_own_local_day(
         assert (cost, count) == (sum((e.cost or Decimal(0) for e in mine), Decimal(0)), len(mine))
 
 
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.data(),
+    st.lists(
+        st.tuples(
+            st.datetimes(
+                min_value=datetime.combine(LAST_DAY, time(0)),
+                max_value=datetime.combine(LAST_DAY + timedelta(4), time(0)),
+                timezones=st.just(UTC),
+            ),
+            st.sampled_from(("u1", "u2", "u3")),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+async def test_a_windows_totals_per_key_equal_the_sum_of_its_own_calls(
+    conn: Connection, data: st.DataObject, calls: list[tuple[datetime, str]]
+) -> None:
+    """Any window on quarter hours (a few quarter hours to four days, its ends anywhere in
+    their UTC days) lists each key with calls in it, with their sums, and no other."""
+    prefix = uuid.uuid4().hex  # each example's own users in the shared rollups
+    events = [usage_event(at=at, user=f"{prefix}-{user}", cost="0.25") for at, user in calls]
+    async with conn.transaction():
+        await get_projection("reports").apply(conn, 1, [_applied(e) for e in events])
+    origin = datetime.combine(LAST_DAY, time(0), UTC)
+    start, end = sorted(
+        origin + timedelta(minutes=15) * n
+        for n in data.draw(st.lists(st.integers(0, 4 * 96), min_size=2, max_size=2, unique=True))
+    )
+    expected: dict[str, tuple[Decimal, int]] = {}
+    for event in events:
+        if start <= event.occurred_at < end and event.user_id is not None:
+            cost, count = expected.get(event.user_id, (Decimal(0), 0))
+            expected[event.user_id] = (cost + Decimal("0.25"), count + 1)
+    totals = await ReportBuilder(conn).totals(conn, "user", start, end)
+    assert {t.key1: (t.cost, t.requests) for t in totals if t.key1.startswith(prefix)} == expected
+
+
 async def test_the_trend_counts_the_days_of_the_zone_asked_for(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
 ) -> None:
