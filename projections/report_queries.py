@@ -29,6 +29,7 @@ from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
 from events.queries import ReportQuery
+from events.usage import exact_money
 from projections.base import Connection
 from projections.policies import load_policies
 from projections.spend import MEASURES
@@ -272,7 +273,8 @@ class ReportBuilder:
             sums = months.setdefault(month, [Decimal(0)] * 4)
             for i, value in enumerate((Decimal(0), f.expected, f.low, f.high)):
                 sums[i] += value
-        actual = sum((cost for cost, _ in month_actual.values()), Decimal(0))
+        with exact_money():
+            actual = sum((cost for cost, _ in month_actual.values()), Decimal(0))
         months[month_first][0] = actual
         periods = Table(
             "Per calendar month (each reset starts from zero)",
@@ -425,7 +427,8 @@ class ReportBuilder:
         ]
 
     def _grouped_table(self, title: str, columns: tuple[str, ...], rows: list[Totals]) -> Table:
-        total = sum((r.cost for r in rows), Decimal(0))
+        with exact_money():
+            total = sum((r.cost for r in rows), Decimal(0))
         shaped: list[tuple[Cell, ...]] = [
             (
                 *r.keys(len(columns)),
