@@ -22,7 +22,13 @@ from projections.checkpoints import (
     point_views_at,
 )
 from projections.db import connect
-from projections.engine import BatchResult, EngineConfig, ProjectionRunner, consumer_name
+from projections.engine import (
+    BatchResult,
+    EngineConfig,
+    ProjectionRunner,
+    Retired,
+    consumer_name,
+)
 from projections.shapes import live_shape_is_current
 
 __all__ = ["Progress", "rebuild", "rebuild_if_reshaped"]
@@ -134,10 +140,16 @@ async def _swap(runner: ProjectionRunner, js: JetStreamContext, stream: str) -> 
     assert runner.reader is not None
     last = None
     async with conn.transaction():
-        await conn.execute(
-            "SELECT 1 FROM projection_registry WHERE name = %s FOR UPDATE",
-            (runner.projection.name,),
-        )
+        row = await (
+            await conn.execute(
+                "SELECT active_version FROM projection_registry WHERE name = %s FOR UPDATE",
+                (runner.projection.name,),
+            )
+        ).fetchone()
+        if row is not None and int(row[0]) >= runner.version:
+            # Another rebuild (a worker's after an upgrade, or a second CLI run) went live
+            # first: never swap an older version back over it.
+            raise Retired(f"{runner.durable}: version {row[0]} went live meanwhile")
         replaced_through = await live_position(conn, runner.projection.name)
         while True:
             batch = await runner.reader.take(runner.config.batch_size, 0, wait=0.05)

@@ -182,16 +182,18 @@ class ReportBuilder:
         series = await self.daily(self.conn, "total", None, first, days, tz)
         costs: dict[date, Decimal] = {}
         counts: dict[date, int] = {}
-        for day in (first + timedelta(n) for n in range(days)):
-            key = day - timedelta(day.weekday()) if interval == "weekly" else day
-            cost, requests = series.get(day, (Decimal(0), 0))
-            costs[key] = costs.get(key, Decimal(0)) + cost
-            counts[key] = counts.get(key, 0) + requests
         rows: list[tuple[Cell, ...]] = []
-        previous: Decimal | None = None
-        for key, cost in costs.items():
-            rows.append((key, cost, counts[key], None if previous is None else cost - previous))
-            previous = cost
+        with exact_money():
+            for day in (first + timedelta(n) for n in range(days)):
+                key = day - timedelta(day.weekday()) if interval == "weekly" else day
+                cost, requests = series.get(day, (Decimal(0), 0))
+                costs[key] = costs.get(key, Decimal(0)) + cost
+                counts[key] = counts.get(key, 0) + requests
+            previous: Decimal | None = None
+            for key, cost in costs.items():
+                change = None if previous is None else cost - previous
+                rows.append((key, cost, counts[key], change))
+                previous = cost
         table = Table(
             f"{interval.capitalize()} spend",
             ("period_start", "cost_usd", "requests", "change_usd"),

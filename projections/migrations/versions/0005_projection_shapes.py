@@ -14,7 +14,7 @@ down_revision = "0004"
 
 
 def upgrade() -> None:
-    op.execute("ALTER TABLE projection_checkpoints ADD COLUMN shape text")
+    op.execute("ALTER TABLE projection_checkpoints ADD COLUMN IF NOT EXISTS shape text")
 
 
 def downgrade() -> None:
