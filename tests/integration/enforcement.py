@@ -83,21 +83,28 @@ async def enforcement_stack(
 ) -> AsyncIterator[EnforcementStack]:
     """``enforcer=False``: the test runs its own (e.g. as a process to kill)."""
     await prepare(settings.nats_url, settings.database_url, settings)
-    stop = asyncio.Event()
-    workers = [
-        asyncio.create_task(run_projection(name, nc, settings, stop))
-        for name in ("policies", "spend")
-    ]
-    running = Enforcer(settings, nc, config) if enforcer else None
-    if running is not None:
-        await running.start()
-    tracker = await start_usage_tracker(settings)
-    try:
-        async with query_service(nc, settings):
-            yield EnforcementStack(settings, nc, running, tracker, BudgetManager(settings, tracker))
-    finally:
-        await tracker.close()
+    async with projection_workers(nc, settings, "policies", "spend"):
+        running = Enforcer(settings, nc, config) if enforcer else None
         if running is not None:
-            await running.stop()
+            await running.start()
+        tracker = await start_usage_tracker(settings)
+        try:
+            async with query_service(nc, settings):
+                manager = BudgetManager(settings, tracker)
+                yield EnforcementStack(settings, nc, running, tracker, manager)
+        finally:
+            await tracker.close()
+            if running is not None:
+                await running.stop()
+
+
+@contextlib.asynccontextmanager
+async def projection_workers(nc: Client, settings: Settings, *names: str) -> AsyncIterator[None]:
+    """The named projections' workers (``services.worker.run_projection``) for the block."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run_projection(name, nc, settings, stop)) for name in names]
+    try:
+        yield
+    finally:
         stop.set()
-        await asyncio.gather(*workers)
+        await asyncio.gather(*tasks)

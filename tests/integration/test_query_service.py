@@ -17,9 +17,8 @@ from budget.rpc import Refused, Unanswered
 from budget.tracker import start_usage_tracker
 from events import BudgetPolicy, BudgetScope, Topology, utc_now
 from services.ops import prepare
-from services.worker import run_projection
 
-from enforcement import stack_settings
+from enforcement import projection_workers, stack_settings
 from support import publish, query_service, usage_event
 
 pytestmark = pytest.mark.integration
@@ -32,14 +31,8 @@ async def workers(
 ) -> AsyncIterator[None]:
     settings = stack_settings(nats_url, db, topology, tmp_path)
     await prepare(nats_url, db, settings)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(run_projection(name, nc, settings, stop))
-        for name in ("policies", "spend")
-    ]
-    yield
-    stop.set()
-    await asyncio.gather(*tasks)
+    async with projection_workers(nc, settings, "policies", "spend"):
+        yield
 
 
 async def test_a_host_app_without_database_access_manages_policies_and_reads_spend(

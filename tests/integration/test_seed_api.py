@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -18,9 +17,8 @@ from budget.manager import BudgetManager
 from budget.tracker import start_usage_tracker
 from events import Topology, utc_now
 from services.ops import prepare
-from services.worker import run_projection
 
-from enforcement import stack_settings
+from enforcement import projection_workers, stack_settings
 from support import publish, query_service, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,15 +31,11 @@ async def settings(
     """The policies, spend and alerts workers and the query service, for the test."""
     settings = stack_settings(nats_url, db, topology, tmp_path)
     await prepare(nats_url, db, settings)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(run_projection(name, nc, settings, stop))
-        for name in ("policies", "spend", "alerts")
-    ]
-    async with query_service(nc, settings):
+    async with (
+        projection_workers(nc, settings, "policies", "spend", "alerts"),
+        query_service(nc, settings),
+    ):
         yield settings
-    stop.set()
-    await asyncio.gather(*tasks)
 
 
 async def test_the_seeds_alert_rule_example_and_spend_summary_evaluation(

@@ -81,17 +81,21 @@ def test_an_event_without_id_is_rejected_rather_than_given_a_random_one() -> Non
         decode(json.dumps(payload).encode())
 
 
-def test_version_1_without_cost_becomes_explicitly_unpriced() -> None:
-    v1 = {
+def version_1(**fields: object) -> dict[str, object]:
+    """A schema-version-1 usage event as an old producer sent it."""
+    return {
         "event_id": str(new_event_id()),
         "type": "UsageRecorded",
         "schema_version": 1,
         "occurred_at": "2026-03-01T10:00:00Z",
         "provider": "x",
         "model": "y",
-        "input_tokens": 1,
+        **fields,
     }
-    upcast = decode(json.dumps(v1).encode())
+
+
+def test_version_1_without_cost_becomes_explicitly_unpriced() -> None:
+    upcast = decode(json.dumps(version_1(input_tokens=1)).encode())
     assert isinstance(upcast, UsageRecorded)
     assert upcast.cost is None
     assert upcast.unpriced_reason
@@ -146,16 +150,8 @@ def test_a_tag_named_event_id_does_not_pass_for_the_events_id() -> None:
 
 
 def test_an_upcast_of_a_malformed_older_version_is_a_decode_error() -> None:
-    v1 = {
-        "event_id": str(new_event_id()),
-        "type": "UsageRecorded",
-        "schema_version": 1,
-        "occurred_at": "2026-03-01T10:00:00Z",
-        "provider": "x",
-        "model": "y",
-        "input_tokens": 1e400,  # json.loads reads Infinity: int() of it overflows
-        "cost": {"not": "a number"},
-    }
+    # json.loads reads 1e400 as Infinity: int() of it overflows
+    v1 = version_1(input_tokens=1e400, cost={"not": "a number"})
     with pytest.raises(DecodeError, match="cannot upcast: OverflowError"):
         decode(json.dumps(v1).encode())
     del v1["input_tokens"]
