@@ -265,7 +265,7 @@ class BudgetChecker:
         return cached
 
     async def _ask(self, name: str, request: BaseModel, answer: type[M]) -> M:
-        subject = self.settings.topology.rpc_subject(name)
+        subject = self.settings.topology.rpc_subject(name, caller=self.settings.caller)
         return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
 
     async def _unreachable(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from budget.pricing.overrides import PriceOverride
 from events import BudgetPolicy, TimeBounds, Topology
+from events.subjects import caller_token
 
 __all__ = ["AlertChannels", "ConfigError", "Settings", "load_settings", "shown_url"]
 
@@ -110,6 +111,11 @@ class Settings(BaseModel):
     spool_dir: Path = Path(".budget/spool")
     data_dir: Path = Path(".budget")
     service_name: str = "host-app"
+    nats_user: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="the NATS user to connect as (docs/security.md); requests name it as caller",
+    )
     heartbeat_file: Path | None = Field(
         default=None, description="workers touch it every few seconds (container health checks)"
     )
@@ -166,6 +172,12 @@ class Settings(BaseModel):
     @property
     def topology(self) -> Topology:
         return Topology(prefix=self.subject_prefix)
+
+    @property
+    def caller(self) -> str:
+        """Who this process is in its requests: its NATS user, which the server enforces
+        when it runs with permissions; without them, the service name, as declared."""
+        return self.nats_user or caller_token(self.service_name)
 
     @property
     def time_bounds(self) -> TimeBounds:

@@ -118,7 +118,7 @@ class RpcQueries:
             raise not_applied(projection, seq, within)
 
     async def _ask(self, name: str, query: BaseModel, answer: type[M], *, extra: float = 0) -> M:
-        subject = self.settings.topology.rpc_subject(name)
+        subject = self.settings.topology.rpc_subject(name, caller=self.settings.caller)
         try:
             return await ask(
                 self._client(),

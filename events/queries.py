@@ -1,4 +1,4 @@
-"""Questions the public API asks the query service (``<prefix>.rpc.query.<name>``).
+"""Questions the public API asks the query service (``<prefix>.rpc.<caller>.query.<name>``).
 
 Host apps hold NATS credentials, never the database's: ``BudgetManager``, ``AlertEngine``
 and ``ReportGenerator`` read the projections through these request/reply messages. Each

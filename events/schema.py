@@ -2,7 +2,7 @@
 
 ``python -m events.schema [DIR]`` writes ``<Type>.v<version>.json`` for every event and,
 under ``rpc/``, ``<name>.request.json`` and ``<name>.reply.json`` for every request/reply
-subject ``<prefix>.rpc.<name>`` (any other answer is ``rpc/error.json``); a test keeps the
+subject ``<prefix>.rpc.<caller>.<name>`` (any other answer is ``rpc/error.json``); a test keeps the
 committed files equal to the models.
 """
 
@@ -52,7 +52,7 @@ def schema_of(model: type[Event]) -> dict[str, Any]:
 def message_schema(name: str, model: type[BaseModel], role: str) -> dict[str, Any]:
     schema = model.model_json_schema(mode="validation" if role == "request" else "serialization")
     schema["$id"] = f"urn:budget-manager:rpc:{name}:{role}"
-    schema["x-nats-subject"] = f"<prefix>.rpc.{name}"
+    schema["x-nats-subject"] = f"<prefix>.rpc.<caller>.{name}"
     return schema
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_TOPOLOGY", "StreamSpec", "Topology"]
+__all__ = ["DEFAULT_TOPOLOGY", "StreamSpec", "Topology", "caller_token"]
+
+
+def caller_token(name: str) -> str:
+    """``name`` as one subject token: characters outside letters, digits, ``-`` and ``_``
+    become ``_`` (a NATS user name of the token alphabet is kept as it is)."""
+    token = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
+    return token[:64] or "_"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,8 +57,20 @@ class Topology:
     def alert_subject(self, severity: str, alert_type: str) -> str:
         return f"{self.prefix}.alerts.{severity}.{alert_type}"
 
-    def rpc_subject(self, name: str) -> str:
-        return f"{self.prefix}.rpc.{name}"
+    # Requests name their caller: ``<prefix>.rpc.<caller>.<name>``. With NATS permissions
+    # a credential may publish requests under its own name only (docs/security.md), so a
+    # service knows who asks without trusting the payload: limits and holds are per caller.
+    def rpc_subject(self, name: str, *, caller: str) -> str:
+        """``name`` is e.g. ``enforcer.check``; ``caller`` one token (``caller_token``)."""
+        return f"{self.prefix}.rpc.{caller}.{name}"
+
+    def rpc_wildcard(self, name: str) -> str:
+        """What a service subscribes to: ``name`` asked by any caller."""
+        return f"{self.prefix}.rpc.*.{name}"
+
+    def caller_of(self, subject: str) -> str:
+        """The caller token of a request subject (``rpc_subject``)."""
+        return subject.split(".", 3)[2]
 
     @property
     def event_stream(self) -> StreamSpec:

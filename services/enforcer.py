@@ -1,6 +1,6 @@
 """``budget enforcer``: strongly consistent answers for BLOCK and THROTTLE policies.
 
-Checks arrive over NATS request/reply (``<prefix>.rpc.enforcer.check``, queue group
+Checks arrive over NATS request/reply (``<prefix>.rpc.<caller>.enforcer.check``, queue group
 ``enforcer``, so several enforcers share the load). Requests waiting while a transaction
 runs are decided together in the next one: the windows they touch are locked, their spend
 read once, each request judged in arrival order against what the ones before it reserved,
@@ -157,7 +157,7 @@ class Enforcer:
             (RPC_RELEASE, ReleaseRequest, self._on_release),
             (RPC_SNAPSHOT, CallAttributes, self._on_snapshot),
         ):
-            subject = self.topology.rpc_subject(name)
+            subject = self.topology.rpc_wildcard(name)
             callback = guarded(self.nc, model, handler, service=SERVICE, liveness=self.liveness)
             self._subscriptions.append(
                 await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=callback)
@@ -167,7 +167,7 @@ class Enforcer:
         )
         self._scheduler.start()
         await self.nc.flush()
-        log.info("enforcer answering on %s", self.topology.rpc_subject("enforcer.*"))
+        log.info("enforcer answering on %s", self.topology.rpc_wildcard("enforcer.*"))
 
     async def stop(self) -> None:
         for sub in self._subscriptions:

@@ -1,7 +1,7 @@
 """``budget query-service``: answers the public API's questions from the projections.
 
 Host apps never hold the database's credentials: ``BudgetManager``, ``AlertEngine`` and
-``ReportGenerator`` ask over NATS request/reply (``<prefix>.rpc.query.*``, queue group
+``ReportGenerator`` ask over NATS request/reply (``<prefix>.rpc.<caller>.query.*``, queue group
 ``query``, so replicas share the load), and this service reads PostgreSQL. Each request
 runs as its own task, so a slow report or a wait for a change to apply holds up nothing
 else; at most ``connections`` run in the database at once.
@@ -84,13 +84,13 @@ class QueryService:
             QUERY_POSITION: (PositionQuery, self._position),
         }
         for name, (model, handler) in routes.items():
-            subject = self.settings.topology.rpc_subject(name)
+            subject = self.settings.topology.rpc_wildcard(name)
             callback = self._callback(model, handler)
             self._subscriptions.append(
                 await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=callback)
             )
         await self.nc.flush()
-        log.info("query service answering on %s", self.settings.topology.rpc_subject("query.*"))
+        log.info("query service answering on %s", self.settings.topology.rpc_wildcard("query.*"))
 
     async def stop(self) -> None:
         for sub in self._subscriptions:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from events import (
 )
 from projections.api_keys import ApiKey, list_keys
 from projections.database_queries import DatabaseQueries
+from services.credentials import write_secret_file
 
 __all__ = [
     "KEY_PREFIX",
@@ -39,7 +39,6 @@ __all__ = [
     "first_admin_key",
     "hash_key",
     "new_key",
-    "write_secret_file",
 ]
 
 KEY_PREFIX = "bmk_"
@@ -74,17 +73,6 @@ def created_event(key: NewKey, name: str, role: ApiRole, by: str | None) -> ApiK
         key_hash=key.key_hash,
         created_by=by,
     )
-
-
-def write_secret_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
 
 
 class KeyAdmin(ChangeClient):

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 
 import uvicorn
 
 from budget.config import Settings
 from services.api.app import create_app
-from services.api.keys import write_secret_file
+from services.credentials import generated_secret
 
 __all__ = ["serve_api", "session_secret"]
 
@@ -28,10 +27,7 @@ def session_secret(data_dir: Path) -> str:
     given = os.environ.get(SECRET_ENV)
     if given:
         return given
-    path = data_dir / "api-session.secret"
-    if not path.exists():
-        write_secret_file(path, secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    return generated_secret(data_dir / "api-session.secret", nbytes=48)
 
 
 def serve_api(settings: Settings, *, host: str, port: int, secure_cookies: bool) -> int:

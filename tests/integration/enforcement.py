@@ -61,7 +61,7 @@ class EnforcementStack:
 
     async def enforcer_applies_policies(self) -> None:
         """Wait until the enforcer judges checks (of any user) by a policy."""
-        subject = self.settings.topology.rpc_subject(RPC_CHECK)
+        subject = self.settings.topology.rpc_subject(RPC_CHECK, caller=self.settings.caller)
         probe = CheckRequest(
             model="gpt-4o", user_id="probe", estimated_cost=Decimal(0), reserve=False
         )

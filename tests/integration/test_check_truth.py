@@ -194,7 +194,7 @@ async def test_a_cached_block_snapshot_goes_to_the_enforcer_without_a_new_snapsh
     """The enforcer decides BLOCK calls under its current policies, so such a snapshot
     needs no policy log read to be used: with the log unreadable, no new snapshot is
     asked for (an observer on the enforcer's subjects counts the requests)."""
-    observer = await stack.nc.subscribe(stack.settings.topology.rpc_subject("enforcer.*"))
+    observer = await stack.nc.subscribe(stack.settings.topology.rpc_wildcard("enforcer.*"))
     await stack.set_policy(name="hard cap", limit_amount="100", action="block")
     first = await stack.tracker.check_budget("gpt-4o", estimated_cost=DIME, reserve=False)
     assert first.allowed and first.enforced

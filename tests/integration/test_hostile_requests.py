@@ -6,6 +6,7 @@ at once, not left to time out."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -113,7 +114,7 @@ async def test_a_burst_of_hostile_requests_leaves_the_enforcer_deciding(
         await stack.set_policy(
             name="p" * 200, scope=BudgetScope.USER, limit_amount="0.25", action="block"
         )
-        rpc = settings.topology.rpc_subject
+        rpc = functools.partial(settings.topology.rpc_subject, caller=settings.caller)
         await stack.enforcer_applies_policies()
         await asyncio.gather(
             burst(nc, rpc(RPC_CHECK), HOSTILE_CHECKS, CheckResult),
@@ -126,7 +127,7 @@ async def test_a_burst_of_hostile_requests_leaves_the_enforcer_deciding(
 
 async def honest_checks_are_decided(stack: EnforcementStack, user: str) -> None:
     """Three checks of $0.10 against a $0.25 limit: two admitted, the third refused."""
-    subject = stack.settings.topology.rpc_subject(RPC_CHECK)
+    subject = stack.settings.topology.rpc_subject(RPC_CHECK, caller=stack.settings.caller)
     dime = CheckRequest(model="gpt-4o", user_id=user, estimated_cost=Decimal("0.10"))
     results = [await ask(stack.nc, subject, dime, CheckResult, within=ANSWER_WITHIN) for _ in "abc"]
     assert [r.allowed for r in results] == [True, True, False]
@@ -140,7 +141,7 @@ async def test_a_burst_of_hostile_queries_leaves_the_query_service_answering(
     settings = stack_settings(nats_url, db, topology, tmp_path)
     async with enforcement_stack(nc, settings) as stack:
         policy = await stack.set_policy(scope=BudgetScope.USER, limit_amount="5")
-        rpc = settings.topology.rpc_subject
+        rpc = functools.partial(settings.topology.rpc_subject, caller=settings.caller)
         await asyncio.gather(
             burst(nc, rpc(QUERY_POLICIES), HOSTILE_QUERIES, PoliciesAnswer),
             burst(nc, rpc(QUERY_SPEND), HOSTILE_QUERIES, SpendAnswer),
@@ -166,7 +167,7 @@ async def test_an_answer_too_big_for_nats_is_refused_and_the_next_question_answe
     async with enforcement_stack(nc, settings, enforcer=False) as stack:
         await publish(nc, topology, many)
         mine = await stack.set_policy(scope=BudgetScope.USER, scope_key="me", limit_amount="5")
-        rpc = settings.topology.rpc_subject
+        rpc = functools.partial(settings.topology.rpc_subject, caller=settings.caller)
         with pytest.raises(Refused, match="answer not sent"):
             await ask(nc, rpc(QUERY_POLICIES), PoliciesQuery(), PoliciesAnswer, within=30)
         users = PoliciesQuery(scope=BudgetScope.USER)

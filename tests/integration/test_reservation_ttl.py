@@ -32,7 +32,11 @@ async def reserve(
     )
     before = utc_now()
     result = await ask(
-        stack.nc, stack.settings.topology.rpc_subject(RPC_CHECK), request, CheckResult, within=5
+        stack.nc,
+        stack.settings.topology.rpc_subject(RPC_CHECK, caller=stack.settings.caller),
+        request,
+        CheckResult,
+        within=5,
     )
     return result, before, utc_now()
 

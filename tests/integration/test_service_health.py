@@ -7,6 +7,7 @@ way."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from decimal import Decimal
 from pathlib import Path
@@ -54,7 +55,7 @@ async def test_a_stalled_decision_loop_is_reported_and_recovers(
     async with enforcement_stack(nc, settings, EnforcerConfig(stall_after=0.5)) as stack:
         assert stack.enforcer is not None
         await stack.set_policy(scope=BudgetScope.USER, limit_amount="1", action="block")
-        rpc = settings.topology.rpc_subject
+        rpc = functools.partial(settings.topology.rpc_subject, caller=settings.caller)
         beat = tmp_path / "heartbeat"
         stop = asyncio.Event()
         beating = asyncio.create_task(heartbeat(beat, stop, stack.enforcer.liveness, every=0.05))
@@ -96,7 +97,7 @@ async def test_a_stopped_decision_loop_refuses_at_once_and_fails_the_health_prob
     settings = stack_settings(nats_url, db, topology, tmp_path)
     async with enforcement_stack(nc, settings) as stack:
         assert stack.enforcer is not None
-        rpc = settings.topology.rpc_subject
+        rpc = functools.partial(settings.topology.rpc_subject, caller=settings.caller)
         await ask(nc, rpc(RPC_SNAPSHOT), CallAttributes(model="health"), Snapshot, within=WITHIN)
         assert stack.enforcer._loop_task is not None
         stack.enforcer._loop_task.cancel()

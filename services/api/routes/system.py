@@ -76,7 +76,13 @@ async def service_health(api: Api) -> list[ServiceHealth]:
     )
     for name, subject, request, answer in probes:
         try:
-            await ask(nc, topology.rpc_subject(subject), request, answer, within=_ASK_WITHIN)
+            await ask(
+                nc,
+                topology.rpc_subject(subject, caller=api.settings.caller),
+                request,
+                answer,
+                within=_ASK_WITHIN,
+            )
             found.append(ServiceHealth(name=name, ok=True, detail="answers"))
         except RpcFailure as exc:
             found.append(ServiceHealth(name=name, ok=False, detail=str(exc)))
