@@ -76,14 +76,15 @@ class Report:
         return json.dumps(document, default=_text, indent=2) + "\n"
 
     def to_csv(self) -> str:
-        """Each table as a CSV block (header row first), blocks separated by a blank line."""
+        """Each table as a CSV block (header row first), blocks separated by a blank line.
+        Lines end in CRLF (RFC 4180): the writer then quotes a lone CR inside a cell too."""
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = csv.writer(out, lineterminator="\r\n")
         for i, table in enumerate(self.tables):
             if i:
-                out.write("\n")
+                out.write("\r\n")
             writer.writerow(table.columns)
-            writer.writerows([_text(c) for c in row] for row in table.rows)
+            writer.writerows([_csv_cell(c) for c in row] for row in table.rows)
         return out.getvalue()
 
     def to_markdown(self) -> str:
@@ -107,6 +108,17 @@ def _text(value: object) -> str:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return str(value)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting so is run as a formula by spreadsheets (CSV injection, OWASP)."""
+
+
+def _csv_cell(value: object) -> str:
+    """Text that a spreadsheet would run as a formula gets a leading ``'``; numbers,
+    negative ones included, stay numbers."""
+    text = _text(value)
+    return "'" + text if isinstance(value, str) and text.startswith(FORMULA_STARTS) else text
 
 
 def _shown(value: Cell) -> str:

@@ -60,6 +60,15 @@ HISTORY_FIELDS = tuple(name for name, _ in _FIELDS)
 _NEWEST_FIRST = "ORDER BY usage_history.occurred_at DESC, usage_history.event_id DESC"
 _EXPORT_BLOCK = 1 << 16  # bytes of CSV per chunk of an export
 _SELECT = ", ".join(f"{sql} AS {name}" for name, sql in _FIELDS)
+# Free text that a spreadsheet would run as a formula gets a leading ' in CSV exports
+# (budget.report_format.FORMULA_STARTS); JSON keeps every value as stored.
+_FREE_TEXT = ("provider", "model", "user_id", "project_id", "unpriced_reason")
+_FORMULA = (
+    "CASE WHEN left({0}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) THEN '''' || {0} ELSE {0} END"
+)
+_CSV_SELECT = ", ".join(
+    f"{_FORMULA.format(sql) if name in _FREE_TEXT else sql} AS {name}" for name, sql in _FIELDS
+)
 # JSON rows carry tags as an object; CSV cells as its JSON text.
 _JSON_ROW = "json_build_object({})::text".format(
     ", ".join(f"'{name}', {'tags' if name == 'tags' else sql}" for name, sql in _FIELDS)
@@ -179,7 +188,7 @@ async def export_csv(
     pinned = as_of if as_of is not None else await live_position(conn, "history")
     clause, params = where.where(pinned)
     query = (
-        f"COPY (SELECT {_SELECT} FROM usage_history WHERE {clause} {_NEWEST_FIRST})"
+        f"COPY (SELECT {_CSV_SELECT} FROM usage_history WHERE {clause} {_NEWEST_FIRST})"
         " TO STDOUT WITH (FORMAT csv, HEADER true)"
     )
     async with conn.cursor() as cur, cur.copy(query.encode(), params) as copy:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -98,6 +99,22 @@ def test_filters_and_exports(ingest: httpx.Client, viewer: httpx.Client, user: s
 
     lines = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "json"})
     assert [json.loads(line) for line in lines.text.splitlines()] == listed
+
+
+def test_csv_exports_defuse_spreadsheet_formulas(
+    ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    """Free text from a host app (a project id here) that a spreadsheet would run as a
+    formula is exported with a leading ' in CSV; JSON keeps it as recorded."""
+    hostile = '=HYPERLINK("http://evil.example","x")'
+    post_calls(ingest, user, 1, project_id=hostile)
+    eventually(lambda: history_count(viewer, user, 1), what="the row in history")
+    exported = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "csv"})
+    [row] = list(csv.DictReader(io.StringIO(exported.text)))
+    assert row["project_id"] == "'" + hostile
+    assert Decimal(row["cost"]) == Decimal("0.0075")  # numbers are not touched
+    lines = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "json"})
+    assert json.loads(lines.text)["project_id"] == hostile
 
 
 def test_bad_filters_are_named(viewer: httpx.Client) -> None:

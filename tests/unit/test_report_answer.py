@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -45,3 +47,14 @@ def test_markdown_shows_amounts_of_any_size() -> None:
     text = report.to_markdown()
     assert "| 1,000,000,000,000,000,000,000,000,000,000.00 |" in text
     assert "| 1,234.57 |" in text
+
+
+def test_csv_defuses_formulas_in_text_and_keeps_numbers() -> None:
+    """A user id like ``=HYPERLINK(...)`` must not run when the export is opened in a
+    spreadsheet; a negative amount stays a number."""
+    hostile = ["=1+1", "+1", "-x", "@SUM(A1)", "\tx", "\rx"]
+    table = Table("By user", ("user", "cost_usd"), [(h, Decimal("-1.5")) for h in hostile])
+    text = Report("Users", START, START, [table]).to_csv()
+    cells = list(csv.reader(io.StringIO(text, newline="")))[1:]
+    assert [c[0] for c in cells] == ["'" + h for h in hostile[:4]] + ["'\tx", "'\rx"]
+    assert {c[1] for c in cells} == {"-1.5"}
