@@ -45,7 +45,7 @@ SERVICE_ROLE = "budget"
 # Every connection proves a password, over the socket and over TCP (the server listens on
 # its socket only; the TCP lines keep a later listen_addresses from opening a trusted door).
 HBA_CONF = """\
-# Written by Budget Manager (services/postgres_auth.py): nothing is trusted.
+# Written by Budget Manager (services/postgres_auth.py): every connection proves a password.
 local   all   all                  scram-sha-256
 host    all   all   127.0.0.1/32   scram-sha-256
 host    all   all   ::1/128        scram-sha-256
@@ -94,9 +94,9 @@ def secure_cluster(
     """Set both roles' passwords and SCRAM-only ``pg_hba.conf``. The server must be stopped."""
     statements = [
         f"ALTER ROLE {ADMIN_ROLE} PASSWORD '{_verifier(_password(credentials, ADMIN_ROLE))}'",
-        # A role exists or not; single-user mode runs one statement a line, each on its own.
-        f"DO $$ BEGIN CREATE ROLE {SERVICE_ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END"
-        " $$",
+        # Single-user mode runs one statement a line; exit_on_error stops at the first error.
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{SERVICE_ROLE}')"
+        f" THEN CREATE ROLE {SERVICE_ROLE}; END IF; END $$",
         f"ALTER ROLE {SERVICE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
         f" PASSWORD '{_verifier(_password(credentials, SERVICE_ROLE))}'",
         *(f"ALTER SYSTEM SET {name} = '{value}'" for name, value in _SETTINGS.items()),
@@ -112,7 +112,8 @@ def secure_cluster(
     )
     if done.returncode != 0:
         # The messages only: a STATEMENT line would show a verifier.
-        errors = [line for line in done.stderr.splitlines() if line.startswith(("ERROR", "FATAL"))]
+        lines = done.stderr.splitlines()
+        errors = [line for line in lines if "ERROR: " in line or "FATAL: " in line]
         raise RuntimeError(f"could not set the passwords: {' '.join(errors) or done.returncode}")
     hba = pgdata / "pg_hba.conf"
     owner = pgdata.stat()
