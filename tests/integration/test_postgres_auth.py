@@ -4,7 +4,10 @@ directories 0700, and gives the services a role that is no superuser."""
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from projections.db import connect, sqlalchemy_url
 from projections.migrate import migrate
 from services.embedded import EmbeddedPostgres
 from services.postgres_auth import ADMIN_ROLE, SERVICE_ROLE
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _mode(path: Path) -> int:
@@ -90,6 +95,24 @@ async def test_every_client_connects_through_the_passfile(
             assert conn.execute(sqlalchemy.text("SELECT current_user")).scalar() == SERVICE_ROLE
     finally:
         engine.dispose()
+
+
+def test_the_container_entrypoint_pgpass_is_what_libpq_reads(
+    embedded_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Compose's way: the raw password as a secret file, the image's entrypoint (see
+    compose.yaml) writes the pgpass file and names it in PGPASSFILE."""
+    secret = embedded_postgres.credentials / f"postgres-{SERVICE_ROLE}.password"
+    probe = "import psycopg, sys; psycopg.connect(sys.argv[1]).close(); print('connected')"
+    entrypoint = ["sh", str(ROOT / "scripts" / "container-entrypoint.sh")]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
+    result = subprocess.run(
+        [*entrypoint, sys.executable, "-c", probe, _without_passfile(embedded_postgres.url)],
+        env={**env, "POSTGRES_PASSWORD_FILE": str(secret), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout == "connected\n", result.stderr
 
 
 def test_a_trust_cluster_from_an_earlier_version_is_converted(server_tmp_path: Path) -> None:
