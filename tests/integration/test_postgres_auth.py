@@ -77,6 +77,8 @@ def test_passwords_stay_in_owner_only_files_out_of_the_urls(
         assert not any(password in url for password in passwords)
     assert _mode(embedded_postgres.data_dir) == 0o700
     assert _mode(embedded_postgres.socket_dir) == 0o700
+    (socket,) = [path for path in embedded_postgres.socket_dir.iterdir() if path.is_socket()]
+    assert _mode(socket) == 0o700
     assert _hba_methods(embedded_postgres.data_dir) == {"scram-sha-256"}
 
 
