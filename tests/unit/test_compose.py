@@ -106,11 +106,57 @@ def test_app_services_are_configured_for_the_servers(
     assert env["BUDGET_NATS_URL"] == "nats://nats:4222"
     pg_env = services["postgres"]["environment"]
     url = env["BUDGET_DATABASE_URL"]
-    match = re.fullmatch(r"postgresql://([^:]+):(.+)@postgres:5432/(\w+)", url)
+    match = re.fullmatch(r"postgresql://(\w+)@postgres:5432/(\w+)", url)  # no password
     assert match, url
     assert match.group(1) == pg_env["POSTGRES_USER"]
-    assert match.group(2) == pg_env["POSTGRES_PASSWORD"]
-    assert match.group(3) == pg_env["POSTGRES_DB"]
+    assert match.group(2) == pg_env["POSTGRES_DB"]
+    # The password comes from the same secret as the server's (the entrypoint reads it).
+    assert env["POSTGRES_PASSWORD_FILE"] == pg_env["POSTGRES_PASSWORD_FILE"]
+    assert service["secrets"] == services["postgres"]["secrets"]
+
+
+def test_the_database_password_is_a_secret_with_no_default(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    pg = services["postgres"]
+    (secret,) = pg["secrets"]
+    assert pg["environment"]["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+    source = compose["secrets"][secret]["file"]
+    assert source.startswith("./secrets/")
+    text = (ROOT / "compose.yaml").read_text()
+    assert "POSTGRES_PASSWORD:" not in text and "${POSTGRES_PASSWORD" not in text
+    for service in services.values():
+        env = service.get("environment") or {}
+        assert "POSTGRES_PASSWORD" not in env and "PGPASSWORD" not in env
+        assert all("password" not in key.lower() or key.endswith("_FILE") for key in env)
+    # The secret stays out of git and out of the image.
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split()
+    assert "secrets" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_the_entrypoint_turns_the_secret_into_a_pgpass_file(tmp_path: Path) -> None:
+    secret = tmp_path / "postgres_password"
+    secret.write_text("pa:ss\\word\n")
+    shown = tmp_path / "shown"
+    result = subprocess.run(
+        ["sh", str(ROOT / "scripts" / "container-entrypoint.sh"), "sh", "-c", f"env > {shown}"],
+        env={"POSTGRES_PASSWORD_FILE": str(secret), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout == result.stderr == ""
+    passfile = tmp_path / ".pgpass"
+    assert passfile.read_text() == "*:*:*:*:pa\\:ss\\\\word\n"
+    assert passfile.stat().st_mode & 0o777 == 0o600
+    environment = shown.read_text()
+    assert f"PGPASSFILE={passfile}" in environment.splitlines()
+    assert "pa:ss" not in environment
+
+
+def test_dockerfile_runs_the_entrypoint() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["sh", "/app/scripts/container-entrypoint.sh"]' in dockerfile
 
 
 def test_references_resolve(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:

