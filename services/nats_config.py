@@ -1,0 +1,175 @@
+"""The NATS server config of ``budget up``: one user per credential, each with its role's
+permissions (``events.permissions``), passwords bcrypt-hashed, TLS when configured.
+
+Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
+file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
+first start makes ``service``, ``host`` and ``alerts``; ``budget nats-credential add``
+makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+
+from budget.config import Settings
+from events.permissions import ROLES, Permissions, Role, permissions
+from events.subjects import Topology
+from services.credentials import credentials_dir, generated_secret, write_secret_file
+
+__all__ = ["DEFAULT_USERS", "NatsCredentials", "ServerTls", "render_config", "write_config"]
+
+DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
+    ("service", "service"),
+    ("host", "host"),
+    ("alerts", "alerts"),
+)
+# Each connect checks the hash; the passwords are 256 random bits, so a low cost loses
+# nothing and keeps connecting fast.
+_BCRYPT_ROUNDS = 6
+
+
+@dataclass(frozen=True, kw_only=True)
+class NatsUser:
+    name: str
+    role: Role
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerTls:
+    """The server's certificate and key; with ``client_ca``, clients must present a
+    certificate that CA signed."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerTls | None:
+        if settings.nats_server_tls_cert is None or settings.nats_server_tls_key is None:
+            return None
+        return cls(
+            cert=settings.nats_server_tls_cert,
+            key=settings.nats_server_tls_key,
+            client_ca=settings.nats_server_tls_ca,
+        )
+
+
+class NatsCredentials:
+    """The NATS users of one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = credentials_dir(data_dir)
+        self._roster = self.directory / "nats-users.json"
+
+    def password_file(self, user: str) -> Path:
+        return self.directory / f"nats-{user}.password"
+
+    def roles(self) -> dict[str, Role]:
+        if not self._roster.exists():
+            return {}
+        roster: dict[str, Role] = json.loads(self._roster.read_text())
+        return roster
+
+    def add(self, user: str, role: Role) -> Path:
+        """Make ``user`` (its password file, once); returns the password file."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        roles = self.roles()
+        if roles.get(user, role) != role:
+            raise ValueError(f"NATS user {user!r} exists with role {roles[user]}, not {role}")
+        password = self.password_file(user)
+        generated_secret(password)
+        if user not in roles:
+            write_secret_file(self._roster, json.dumps({**roles, user: role}, indent=2) + "\n")
+        return password
+
+    def ensure_defaults(self) -> None:
+        for user, role in DEFAULT_USERS:
+            if user not in self.roles():
+                self.add(user, role)
+
+    def env(self, user: str) -> dict[str, str]:
+        """The variables a ``budget`` process or a host app connects as ``user`` with."""
+        return {
+            "BUDGET_NATS_USER": user,
+            "BUDGET_NATS_PASSWORD_FILE": str(self.password_file(user)),
+        }
+
+    def settings_for(self, user: str, settings: Settings) -> Settings:
+        """``settings`` connecting as ``user``."""
+        update = {"nats_user": user, "nats_password_file": self.password_file(user)}
+        return settings.model_copy(update={**update, "nats_password": None})
+
+    def notes(self, topology: Topology) -> list[str]:
+        """How each kind of client connects (for ``budget up``'s banner): variables and
+        password files, never a password."""
+        return [
+            f"NATS users        {self.directory}/nats-users.json (one password file each)",
+            "  a host app:     export " + _exports(self.env("host")),
+            "  `budget` admin: export " + _exports(self.env("service")),
+            f"  alerts:         user alerts, password in {self.password_file('alerts')},"
+            f" subscribe to {topology.prefix}.alerts.>",
+            "  another host:   budget nats-credential add NAME --role host",
+        ]
+
+    def users(self) -> Iterator[NatsUser]:
+        for user, role in self.roles().items():
+            password = generated_secret(self.password_file(user))
+            yield NatsUser(name=user, role=role, password=password)
+
+
+def render_config(
+    users: Iterator[NatsUser] | list[NatsUser], *, topology: Topology, tls: ServerTls | None
+) -> str:
+    """A nats-server config fragment: the ``authorization`` block, and ``tls`` if given."""
+    entries = []
+    for user in users:
+        hashed = bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(_BCRYPT_ROUNDS)).decode()
+        granted = permissions(user.role, user=user.name, topology=topology)
+        entries.append(
+            f"    {{user: {_q(user.name)}, password: {_q(hashed)},\n"
+            f"     permissions: {_render_permissions(granted)}}}"
+        )
+    text = "authorization {\n  users = [\n" + ",\n".join(entries) + "\n  ]\n}\n"
+    if tls is not None:
+        text += f"tls {{\n  cert_file: {_q(str(tls.cert))}\n  key_file: {_q(str(tls.key))}\n"
+        if tls.client_ca is not None:
+            text += f"  ca_file: {_q(str(tls.client_ca))}\n  verify: true\n"
+        text += "}\n"
+    return text
+
+
+def write_config(data_dir: Path, settings: Settings) -> Path:
+    """Write ``<data_dir>/nats/nats-server.conf`` for the data directory's users (the
+    default ones made if missing) and the TLS settings; returns its path."""
+    credentials = NatsCredentials(data_dir)
+    credentials.ensure_defaults()
+    path = Path(data_dir) / "nats" / "nats-server.conf"
+    text = render_config(
+        list(credentials.users()),
+        topology=settings.topology,
+        tls=ServerTls.from_settings(settings),
+    )
+    write_secret_file(path, text)
+    return path
+
+
+def _render_permissions(granted: Permissions) -> str:
+    # An empty allow list would allow everything: deny all instead.
+    publish = {"allow": list(granted.publish)} if granted.publish else {"deny": [">"]}
+    return json.dumps({"publish": publish, "subscribe": {"allow": list(granted.subscribe)}})
+
+
+def _exports(env: dict[str, str]) -> str:
+    return " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)
