@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
 
 from budget.config import Settings
-from events.permissions import ROLES, Permissions, Role, permissions
+from events.permissions import ROLES, Role, permissions
 from events.subjects import Topology
 from services.credentials import credentials_dir, generated_secret, write_secret_file
 
-__all__ = ["DEFAULT_USERS", "NatsCredentials", "ServerTls", "render_config", "write_config"]
+__all__ = [
+    "DEFAULT_USERS",
+    "NatsCredentials",
+    "NatsUser",
+    "ServerTls",
+    "compose_config",
+    "password_variable",
+    "render_config",
+    "write_config",
+]
 
 DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
     ("service", "service"),
@@ -125,18 +134,37 @@ class NatsCredentials:
             yield NatsUser(name=user, role=role, password=password)
 
 
-def render_config(
-    users: Iterator[NatsUser] | list[NatsUser], *, topology: Topology, tls: ServerTls | None
+def render_config(users: Iterable[NatsUser], *, topology: Topology, tls: ServerTls | None) -> str:
+    """A nats-server config fragment: the ``authorization`` block (bcrypt-hashed
+    passwords), and ``tls`` if given."""
+    return _render(
+        ((u.name, u.role, _q(_hashed(u.password))) for u in users), topology=topology, tls=tls
+    )
+
+
+def compose_config(topology: Topology) -> str:
+    """The config of compose.yaml's NATS (deploy/nats/budget.conf): the default users,
+    each password read from the server's environment (``BUDGET_NATS_<USER>_PASSWORD``;
+    the server refuses to start without it)."""
+    return _render(
+        ((user, role, f"${password_variable(user)}") for user, role in DEFAULT_USERS),
+        topology=topology,
+        tls=None,
+    )
+
+
+def password_variable(user: str) -> str:
+    return f"BUDGET_NATS_{user.upper().replace('-', '_')}_PASSWORD"
+
+
+def _render(
+    users: Iterable[tuple[str, Role, str]], *, topology: Topology, tls: ServerTls | None
 ) -> str:
-    """A nats-server config fragment: the ``authorization`` block, and ``tls`` if given."""
-    entries = []
-    for user in users:
-        hashed = bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(_BCRYPT_ROUNDS)).decode()
-        granted = permissions(user.role, user=user.name, topology=topology)
-        entries.append(
-            f"    {{user: {_q(user.name)}, password: {_q(hashed)},\n"
-            f"     permissions: {_render_permissions(granted)}}}"
-        )
+    entries = [
+        f"    {{user: {_q(name)}, password: {password},\n"
+        f"     permissions: {_render_permissions(role, name, topology)}}}"
+        for name, role, password in users
+    ]
     text = "authorization {\n  users = [\n" + ",\n".join(entries) + "\n  ]\n}\n"
     if tls is not None:
         text += f"tls {{\n  cert_file: {_q(str(tls.cert))}\n  key_file: {_q(str(tls.key))}\n"
@@ -144,6 +172,10 @@ def render_config(
             text += f"  ca_file: {_q(str(tls.client_ca))}\n  verify: true\n"
         text += "}\n"
     return text
+
+
+def _hashed(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(_BCRYPT_ROUNDS)).decode()
 
 
 def write_config(data_dir: Path, settings: Settings) -> Path:
@@ -161,7 +193,8 @@ def write_config(data_dir: Path, settings: Settings) -> Path:
     return path
 
 
-def _render_permissions(granted: Permissions) -> str:
+def _render_permissions(role: Role, user: str, topology: Topology) -> str:
+    granted = permissions(role, user=user, topology=topology)
     # An empty allow list would allow everything: deny all instead.
     publish = {"allow": list(granted.publish)} if granted.publish else {"deny": [">"]}
     return json.dumps({"publish": publish, "subscribe": {"allow": list(granted.subscribe)}})
