@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from budget.config import Settings
+from budget.config import Settings, shown_url
 from budget.natsconn import (
     PermissionDenied,
     connect_nats,
@@ -157,7 +157,19 @@ class EventPublisher:
                 **self.config.nats_options,
             )
         except Exception as exc:
-            log.warning("NATS at %s unreachable (%s); spooling events", self.config.nats_url, exc)
+            if "authorization violation" in str(exc).lower():
+                log.error(
+                    "NATS at %s refused the credential (user %r); spooling events until"
+                    " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE are right",
+                    shown_url(self.config.nats_url),
+                    self.config.nats_user,
+                )
+            else:
+                log.warning(
+                    "NATS at %s unreachable (%s); spooling events",
+                    shown_url(self.config.nats_url),
+                    exc,
+                )
             self._nc = None
             return
         on_refusal(self._nc, self._on_refused)
