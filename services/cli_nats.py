@@ -32,8 +32,6 @@ def add(
 
     if role not in ROLES:
         raise ValueError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
-    if not name or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
-        raise ValueError(f"NATS user {name!r}: use letters, digits, - and _ only")
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
     credentials = NatsCredentials(directory)

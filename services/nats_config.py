@@ -10,6 +10,7 @@ makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
     ("host", "host"),
     ("alerts", "alerts"),
 )
+_USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user
 # Each connect checks the hash; the passwords are 256 random bits, so a low cost loses
 # nothing and keeps connecting fast.
 _BCRYPT_ROUNDS = 6
@@ -90,6 +92,8 @@ class NatsCredentials:
         """Make ``user`` (its password file, once); returns the password file."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        if not _USER.fullmatch(user):
+            raise ValueError(f"NATS user {user!r}: use 1 to 64 letters, digits, - and _")
         roles = self.roles()
         if roles.get(user, role) != role:
             raise ValueError(f"NATS user {user!r} exists with role {roles[user]}, not {role}")

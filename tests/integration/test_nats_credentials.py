@@ -82,3 +82,6 @@ def test_a_user_keeps_its_role(tmp_path: Path) -> None:
     assert credentials.add("team-b", "host") == first
     with pytest.raises(ValueError, match="exists with role host, not alerts"):
         credentials.add("team-b", "alerts")
+    with pytest.raises(ValueError, match="use 1 to 64 letters"):
+        credentials.add("../team-c", "host")
+    assert credentials.roles() == {"team-b": "host"}
