@@ -40,11 +40,14 @@ from events import (
     encode,
 )
 from events.codec import HEADER_MSG_ID
+from projections.rebuild import rebuild
+from projections.registry import get_projection
 from services.embedded import EmbeddedNats
 from services.nats_config import NatsCredentials, write_config
+from services.ops import prepare
 
 from enforcement import enforcement_stack
-from support import usage_event, wait_for
+from support import rows, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -267,3 +270,17 @@ async def test_a_host_records_usage_checks_and_asks_through_the_services(
             assert not check.allowed
         finally:
             await tracker.close()
+
+
+async def test_the_service_credential_rebuilds_a_projection_from_the_log(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    operator = secured.settings("service", database_url=db, spool_dir=tmp_path / "spool")
+    await prepare(operator.nats_url, db, operator)
+    subject = secured.topology.event_subject(UsageRecorded.SUBJECT)
+    await _publish(service, subject, encode(usage_event()))
+    version = await rebuild(
+        get_projection("spend"), nc=service, database_url=db, topology=secured.topology
+    )
+    assert version == 2
+    assert await rows(db, "SELECT count(*) FROM spend_ledger") == [(1,)]
