@@ -76,7 +76,8 @@ class NatsCredentials:
     """The NATS users of one data directory."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.directory = credentials_dir(data_dir)
+        self._data_dir = Path(data_dir)
+        self.directory = self._data_dir / "credentials"
         self._roster = self.directory / "nats-users.json"
 
     def password_file(self, user: str) -> Path:
@@ -94,6 +95,7 @@ class NatsCredentials:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         if not _USER.fullmatch(user):
             raise ValueError(f"NATS user {user!r}: use 1 to 64 letters, digits, - and _")
+        credentials_dir(self._data_dir)
         roles = self.roles()
         if roles.get(user, role) != role:
             raise ValueError(f"NATS user {user!r} exists with role {roles[user]}, not {role}")
