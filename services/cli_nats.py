@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +47,8 @@ def add(
     )
     if role != "alerts":
         env = credentials.env(name)
-        typer.echo("connect with: export " + " ".join(f"{k}={v}" for k, v in env.items()))
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        typer.echo(f"connect with: export {exports}")
 
 
 @nats_app.command("list")
