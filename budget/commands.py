@@ -8,6 +8,7 @@ import asyncio
 import time
 
 from budget.config import Settings, shown_url
+from budget.natsconn import permitted
 from budget.queries import Queries, RpcQueries
 from budget.tracker import UsageTracker
 from events import Event, encode, headers_for
@@ -44,7 +45,8 @@ class ChangeClient:
                 f"NATS at {shown_url(self.settings.nats_url)} is unreachable; nothing changed"
             )
         subject = self.settings.topology.event_subject(event.SUBJECT)
-        ack = await nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
+        publish = nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
+        ack = await permitted(nc, subject, publish)
         stored = time.monotonic()
         await self.queries.wait_applied(self.projection, ack.seq, self.apply_timeout)
         await asyncio.sleep(max(0.0, stored + self.settle - time.monotonic()))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from budget.pricing.overrides import PriceOverride
 from events import BudgetPolicy, TimeBounds, Topology
@@ -119,6 +119,27 @@ class Settings(BaseModel):
     heartbeat_file: Path | None = Field(
         default=None, description="workers touch it every few seconds (container health checks)"
     )
+    # NATS credentials and TLS (docs/security.md); ``nats_user`` above is the user.
+    nats_password: SecretStr | None = Field(default=None, description="the NATS user's password")
+    nats_password_file: Path | None = Field(
+        default=None, description="a file holding the NATS password (wins over nats_password)"
+    )
+    nats_tls_ca: Path | None = Field(
+        default=None, description="CA certificate(s) to verify the NATS server by (TLS)"
+    )
+    nats_tls_cert: Path | None = Field(
+        default=None, description="client certificate, for a NATS server that requires one"
+    )
+    nats_tls_key: Path | None = Field(default=None, description="the client certificate's key")
+    nats_server_tls_cert: Path | None = Field(
+        default=None, description="`budget up`: the embedded NATS server's certificate (TLS)"
+    )
+    nats_server_tls_key: Path | None = Field(
+        default=None, description="`budget up`: the embedded NATS server's key"
+    )
+    nats_server_tls_ca: Path | None = Field(
+        default=None, description="`budget up`: require client certificates this CA signed"
+    )
     price_overrides: tuple[PriceOverride, ...] = Field(
         default=(), description="negotiated rates, fine-tunes, private deployments (see docs)"
     )
@@ -166,6 +187,20 @@ class Settings(BaseModel):
             raise ValueError(
                 f"reservation_ttl ({self.reservation_ttl:g}) is longer than reservation_ttl_max"
                 f" ({self.reservation_ttl_max:g}); lower the one or raise the other"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _nats_tls_pairs(self) -> Settings:
+        for cert, key in (
+            ("nats_tls_cert", "nats_tls_key"),
+            ("nats_server_tls_cert", "nats_server_tls_key"),
+        ):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together; set both or neither")
+        if self.nats_server_tls_ca is not None and self.nats_server_tls_cert is None:
+            raise ValueError(
+                "nats_server_tls_ca needs nats_server_tls_cert and nats_server_tls_key"
             )
         return self
 

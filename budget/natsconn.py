@@ -1,32 +1,177 @@
-"""Connecting to NATS with a bounded first attempt.
+"""Connecting to NATS: every connection's options from ``Settings`` (user, password, own
+inbox, TLS), a bounded first attempt, and permission refusals turned into errors.
 
 nats-py retries a failed first connect for as long as reconnects are allowed, and its
 default error callback prints a traceback for every attempt: a command pointed at the
 wrong URL would hang for minutes, shouting. Bound it and keep the errors in the log.
+
+A server refusing a publish for lack of permission only says so in an asynchronous
+``-ERR``; the request or JetStream publish would wait for its timeout, and an event be
+spooled forever. ``permitted`` fails such an operation as soon as the refusal arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import re
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
 
-__all__ = ["connect_nats"]
+from budget.config import ConfigError, Settings
+from events.permissions import inbox_prefix, roles_allowed
+from events.subjects import Topology
+
+__all__ = [
+    "PermissionDenied",
+    "connect_nats",
+    "nats_options",
+    "on_refusal",
+    "permitted",
+    "refusal_message",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# nats-py lowercases the server's "-ERR 'Permissions Violation for Publish to "x"'".
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"')
 
 
-async def _log_error(exc: Exception) -> None:
-    log.debug("NATS client error: %s", exc)
+class PermissionDenied(PermissionError):
+    """The NATS server refused this credential an operation; the message says which
+    credential may do it."""
+
+
+def nats_options(settings: Settings) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for ``settings``: credentials, the user's own
+    inbox prefix (a host may read its own replies only) and TLS."""
+    options: dict[str, Any] = {}
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["inbox_prefix"] = inbox_prefix(settings.nats_user)
+    password = _password(settings)
+    if password is not None:
+        options["password"] = password
+    if settings.nats_tls_ca is not None or settings.nats_tls_cert is not None:
+        context = ssl.create_default_context(
+            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+        )
+        if settings.nats_tls_cert is not None and settings.nats_tls_key is not None:
+            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        options["tls"] = context
+    return options
+
+
+def _password(settings: Settings) -> str | None:
+    if settings.nats_password_file is not None:
+        try:
+            return settings.nats_password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the NATS password file {settings.nats_password_file}"
+                f" (BUDGET_NATS_PASSWORD_FILE): {exc.strerror or exc}"
+            ) from None
+    if settings.nats_password is not None:
+        return settings.nats_password.get_secret_value()
+    return None
+
+
+class _Refusals:
+    """Permission violations the server reported on one connection, as futures."""
+
+    def __init__(self, *, also: Callable[[Exception], Awaitable[None]] | None = None) -> None:
+        self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+        self.listeners: list[Callable[[str], None]] = []
+        self._also = also
+
+    async def on_error(self, exc: Exception) -> None:
+        log.debug("NATS client error: %s", exc)
+        if self._also is not None:
+            await self._also(exc)
+        found = _VIOLATION.search(str(exc))
+        if found is None:
+            return
+        for waiter in self._waiting.get(found.group(2), ()):
+            if not waiter.done():
+                waiter.set_result(found.group(1))
+        if found.group(1) == "publish":
+            for listener in self.listeners:
+                listener(found.group(2))
+
+    def watch(self, subject: str) -> asyncio.Future[str]:
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(subject.lower(), set()).add(waiter)
+        return waiter
+
+    def forget(self, subject: str, waiter: asyncio.Future[str]) -> None:
+        waiters = self._waiting.get(subject.lower(), set())
+        waiters.discard(waiter)
+        if not waiters:
+            self._waiting.pop(subject.lower(), None)
+
+
+_refusals: weakref.WeakKeyDictionary[Client, _Refusals] = weakref.WeakKeyDictionary()
 
 
 async def connect_nats(url: str, *, within: float, **options: Any) -> Client:
     """Connect within ``within`` seconds or raise ``TimeoutError`` (or the connect error).
-    ``options`` go to ``nats.connect``; reconnects after the first success follow them."""
-    options.setdefault("error_cb", _log_error)
+    ``options`` go to ``nats.connect`` (``nats_options`` gives them from settings);
+    reconnects after the first success follow them."""
+    refusals = _Refusals(also=options.pop("error_cb", None))
+    options["error_cb"] = refusals.on_error
     async with asyncio.timeout(within):
         client: Client = await nats.connect(url, connect_timeout=within, **options)
-        return client
+    _refusals[client] = refusals
+    return client
+
+
+def on_refusal(nc: Client, listener: Callable[[str], None]) -> None:
+    """Call ``listener(subject)`` (lowercased, as the server's error gives it) whenever
+    the server refuses a publish on ``nc`` (a connection of ``connect_nats``)."""
+    refusals = _refusals.get(nc)
+    if refusals is not None:
+        refusals.listeners.append(listener)
+
+
+async def permitted(nc: Client, subject: str, operation: Awaitable[T]) -> T:
+    """Await ``operation``, which publishes to ``subject`` on ``nc``; raise
+    ``PermissionDenied`` as soon as the server refuses that publish."""
+    refusals = _refusals.get(nc)
+    if refusals is None:
+        return await operation
+    refused = refusals.watch(subject)
+    work = asyncio.ensure_future(operation)
+    try:
+        await asyncio.wait((work, refused), return_when=asyncio.FIRST_COMPLETED)
+        if refused.done() and not work.done():
+            prefix = subject.split(".", 1)[0]
+            topology = Topology(prefix=prefix) if _TOKEN.fullmatch(prefix) else None
+            user = nc.options.get("user")
+            raise PermissionDenied(refusal_message(subject, topology=topology, user=user))
+        return await work
+    finally:
+        refusals.forget(subject, refused)
+        if not work.done():
+            work.cancel()
+
+
+def refusal_message(subject: str, *, topology: Topology | None, user: str | None) -> str:
+    """Which credential may not publish ``subject``, and which may (from ``topology``)."""
+    roles = roles_allowed(subject, topology=topology) if topology is not None else []
+    who = f"the NATS user {user!r}" if user else "this NATS connection (no user)"
+    may = (
+        f"only a {' or '.join(repr(r) for r in roles)} credential may"
+        if roles
+        else "ask the operator which credential may"
+    )
+    return (
+        f"{who} may not publish to {subject}; {may} (BUDGET_NATS_USER and"
+        " BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
+    )

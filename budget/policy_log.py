@@ -100,8 +100,9 @@ class PolicyLog:
         messages under ``<prefix>.events.policy.`` are no policy change (the policies
         projection never applies them) and must not make every snapshot look stale."""
         try:
+            # A direct get: the one JetStream read a host credential may do (docs/security.md).
             found = await js.get_last_msg(
-                self.topology.event_stream.name, self.topology.event_subject(suffix)
+                self.topology.event_stream.name, self.topology.event_subject(suffix), direct=True
             )
         except NotFoundError:
             return 0

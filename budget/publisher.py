@@ -11,15 +11,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from budget.config import Settings
-from budget.natsconn import connect_nats
+from budget.config import Settings, shown_url
+from budget.natsconn import (
+    PermissionDenied,
+    connect_nats,
+    nats_options,
+    on_refusal,
+    refusal_message,
+)
 from budget.spool import Spool, SpooledEvent
 from events import Event, Topology, encode
 from events.codec import HEADER_MSG_ID
@@ -38,11 +45,16 @@ class PublisherConfig:
     ack_timeout: float = 5.0
     max_in_flight: int = 8192
     connect_timeout: float = 2.0
+    nats_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """``nats.connect`` options: credentials, TLS (``budget.natsconn.nats_options``)."""
+    nats_user: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PublisherConfig:
         return cls(
             nats_url=settings.nats_url,
+            nats_options=nats_options(settings),
+            nats_user=settings.nats_user,
             topology=settings.topology,
             spool_dir=settings.spool_dir,
             flush_interval=settings.flush_interval,
@@ -70,6 +82,8 @@ class EventPublisher:
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._resend_now = asyncio.Event()
+        self._forbidden: set[str] = set()
+        """Subjects (lowercased) the server refused this credential: never sent again."""
         self.on_connect: list[Callable[[Client], Awaitable[None]]] = []
         """Called with each new connection (e.g. to subscribe on it)."""
 
@@ -92,10 +106,10 @@ class EventPublisher:
     async def publish(self, event: Event) -> None:
         """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
         while the process lives (``flush`` waits for the outcome)."""
-        item = SpooledEvent(
-            str(event.event_id), self.config.topology.event_subject(event.SUBJECT), encode(event)
-        )
-        await self._send(item)
+        subject = self.config.topology.event_subject(event.SUBJECT)
+        if subject.lower() in self._forbidden:
+            raise PermissionDenied(self._refusal(subject))
+        await self._send(SpooledEvent(str(event.event_id), subject, encode(event)))
 
     async def flush(self) -> None:
         """Wait until every event handed over so far is acknowledged or spooled (an
@@ -140,11 +154,25 @@ class EventPublisher:
                 within=self.config.connect_timeout,
                 max_reconnect_attempts=-1,
                 reconnected_cb=self._on_reconnected,
+                **self.config.nats_options,
             )
         except Exception as exc:
-            log.warning("NATS at %s unreachable (%s); spooling events", self.config.nats_url, exc)
+            if "authorization violation" in str(exc).lower():
+                log.error(
+                    "NATS at %s refused the credential (user %r); spooling events until"
+                    " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE are right",
+                    shown_url(self.config.nats_url),
+                    self.config.nats_user,
+                )
+            else:
+                log.warning(
+                    "NATS at %s unreachable (%s); spooling events",
+                    shown_url(self.config.nats_url),
+                    exc,
+                )
             self._nc = None
             return
+        on_refusal(self._nc, self._on_refused)
         self._inbox = self._nc.new_inbox()
         await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
         for callback in self.on_connect:
@@ -180,6 +208,19 @@ class EventPublisher:
         if not ok:
             log.warning("JetStream refused an event: %s", msg.data[:300] or msg.headers)
         self._settle(token, acked=ok)
+
+    def _refusal(self, subject: str) -> str:
+        return refusal_message(subject, topology=self.config.topology, user=self.config.nats_user)
+
+    def _on_refused(self, subject: str) -> None:
+        """The credential may not publish ``subject``: its events in flight are dropped
+        (no re-send would ever be accepted), and later ones refused at once."""
+        self._forbidden.add(subject)
+        refused = [t for t, e in self._in_flight.items() if e.item.subject.lower() == subject]
+        if refused:
+            log.error("%d events dropped: %s", len(refused), self._refusal(subject))
+        for token in refused:
+            self._settle(token, acked=True)  # settled as if stored: out of the spool too
 
     def _settle(self, token: int, *, acked: bool) -> None:
         entry = self._in_flight.pop(token, None)

@@ -12,6 +12,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
+from budget.natsconn import permitted
 from events.rpc import RpcError
 
 __all__ = ["Refused", "RpcFailure", "Unanswered", "ask"]
@@ -50,7 +51,8 @@ async def ask(
     deadline = time.monotonic() + within
     while True:
         try:
-            reply = await nc.request(subject, data, timeout=max(deadline - time.monotonic(), 0.01))
+            timeout = max(deadline - time.monotonic(), 0.01)
+            reply = await permitted(nc, subject, nc.request(subject, data, timeout=timeout))
             break
         except NoRespondersError as exc:
             if not await_responder or time.monotonic() + _RETRY > deadline:

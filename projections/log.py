@@ -27,8 +27,8 @@ class LogError(RuntimeError):
 
 async def declare_streams(js: JetStreamContext, topology: Topology) -> None:
     """Create the event and dead-letter streams if missing. Only the owner calls this
-    (``budget migrate``, ``budget up``); an existing stream is checked, never updated,
-    so nobody overwrites settings an operator tuned."""
+    (``budget migrate``, ``budget up``); an existing stream is checked, not reconfigured
+    (an operator may have tuned it), except that direct gets are switched on."""
     for spec in (topology.event_stream, topology.dead_letter_stream):
         try:
             info = await js.stream_info(spec.name)
@@ -40,6 +40,11 @@ async def declare_streams(js: JetStreamContext, topology: Topology) -> None:
                 f"stream {spec.name} exists with subjects {info.config.subjects}, "
                 f"expected {list(spec.subjects)}; use another subject prefix or fix the stream"
             )
+        if not info.config.allow_direct:
+            # Streams made before issue 13: trackers read the policy log's end by direct
+            # get, the one read a host credential may do. Nothing else changes.
+            info.config.allow_direct = True
+            await js.update_stream(info.config)
 
 
 async def require_stream(js: JetStreamContext, spec: StreamSpec) -> None:
@@ -61,6 +66,7 @@ def _stream_config(spec: StreamSpec) -> StreamConfig:
         duplicate_window=spec.duplicate_window_seconds,
         deny_delete=spec.deny_delete,
         deny_purge=spec.deny_purge,
+        allow_direct=True,
     )
 
 

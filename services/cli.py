@@ -35,6 +35,7 @@ from projections.registry import PROJECTIONS, get_projection
 from services.cli_alerts import alerts_app
 from services.cli_context import settings, tracker, use_settings, validation_message
 from services.cli_keys import keys_app
+from services.cli_nats import nats_app
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
 from services.cli_reports import report_app
@@ -57,6 +58,7 @@ app.command()(check)
 app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge and resolve alerts.")
 app.add_typer(report_app, name="report", help="Reports, forecasts and usage history.")
 app.add_typer(keys_app, name="api-key", help="Create, list and revoke HTTP API keys.")
+app.add_typer(nats_app, name="nats-credential", help="Add and list the NATS users of `budget up`.")
 
 
 # Commands that run until stopped: their log is their output.
@@ -104,19 +106,24 @@ def up(
 ) -> None:
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
-    HTTP API. On first start it creates an admin API key in the data directory. Stops
+    HTTP API. On first start it creates an admin API key and the NATS users' passwords
+    (service, host, alerts) in the data directory; NATS takes no anonymous client. Stops
     cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
+    from services.nats_config import NatsCredentials, write_config
     from services.stack import SERVICES, kept_port, run_stack
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
     key_file = directory / "admin.key"
     port = api_port or kept_port(directory / "api-port")
+    nats_config = write_config(directory, current)
+    credentials = NatsCredentials(directory)
+    service = credentials.settings_for("service", current)
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
-        await prepare(nats_url, database_url, current)
-        async with nats_client(nats_url) as nc:
+        await prepare(nats_url, database_url, service)
+        async with nats_client(nats_url, service) as nc:
             await first_admin_key(nc.jetstream(), current.topology, key_file)
 
     raise typer.Exit(
@@ -125,13 +132,16 @@ def up(
             [*PROJECTIONS, *SERVICES],
             prepare=prepare_stack,
             nats_port=nats_port,
+            nats_config=nats_config,
             extra_env={
                 "BUDGET_API_PORT": str(port),
                 "BUDGET_DATA_DIR": str(directory),
+                **credentials.env("service"),
             },
             notes=[
                 f"web console       http://127.0.0.1:{port}/  (HTTP API under /api/v1)",
                 f"admin API key     in {key_file} (sign in with it; make others there)",
+                *credentials.notes(current.topology),
             ],
         )
     )
@@ -360,7 +370,10 @@ def projections_status() -> None:
     current = settings()
 
     async def go() -> None:
-        async with nats_client(current.nats_url) as nc, database(current.database_url) as conn:
+        async with (
+            nats_client(current.nats_url, current) as nc,
+            database(current.database_url) as conn,
+        ):
             rows = await projection_status(conn, nc.jetstream(), current.topology)
         header = ("projection", "ver", "state", "checkpoint", "lag", "newest event")
         typer.echo("{:<12} {:>4} {:<9} {:>11} {:>9}  {}".format(*header))
@@ -397,7 +410,7 @@ def projections_rebuild(
             bar.n = progress.done
             bar.refresh()
 
-        async with nats_client(current.nats_url) as nc:
+        async with nats_client(current.nats_url, current) as nc:
             try:
                 return await rebuild(
                     projection,

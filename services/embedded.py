@@ -112,7 +112,9 @@ class EmbeddedNats(_Server):
     ``store_dir`` is the JetStream store (``-sd``); the server log goes to
     ``store_dir / "nats-server.log"``. ``port=None`` lets the server pick a free port;
     ``monitor=True`` also opens the HTTP monitoring port (``monitor_port``, free if ``None``),
-    whose ``/healthz`` is then used as the readiness check too.
+    whose ``/healthz`` is then used as the readiness check too. ``config_file``: a
+    nats-server config (users, permissions, TLS: ``services.nats_config``); the options
+    above win over it; ``reload()`` makes the running server read it again.
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class EmbeddedNats(_Server):
         host: str = "127.0.0.1",
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
+        config_file: Path | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
+        self.config_file = Path(config_file).absolute() if config_file is not None else None
         self.host = host
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -206,6 +210,12 @@ class EmbeddedNats(_Server):
         proc.wait()
         self._proc = None
 
+    def reload(self) -> None:
+        """Have the running server read its config file again (SIGHUP): users added to it
+        can connect, removed ones no longer can."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+
     def restart(self, *, kill: bool = False) -> Self:
         """Stop (or kill) and start again on the same port with the same store."""
         if kill:
@@ -229,6 +239,8 @@ class EmbeddedNats(_Server):
             "--ports_file_dir",
             str(ports_dir),
         ]
+        if self.config_file is not None:
+            cmd += ["-c", str(self.config_file)]
         if self._monitor:
             cmd += ["-m", str(self._monitor_port if self._monitor_port is not None else -1)]
         return cmd

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from nats.aio.client import Client
 
 from budget.config import Settings, shown_url
-from budget.natsconn import connect_nats
+from budget.natsconn import connect_nats, nats_options
 from projections.base import Connection
 from projections.checkpoints import ensure_projection
 from projections.db import connect
@@ -30,7 +30,7 @@ async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
     projection's first version and the enforcer's SQL function: what ``budget migrate``
     and ``budget up`` do."""
     await asyncio.to_thread(migrate, database_url)
-    async with nats_client(nats_url) as nc:
+    async with nats_client(nats_url, settings) as nc:
         await declare_streams(nc.jetstream(), settings.topology)
     async with database(database_url) as conn:
         for projection in PROJECTIONS.values():
@@ -39,10 +39,18 @@ async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def nats_client(url: str) -> AsyncIterator[Client]:
+async def nats_client(url: str, settings: Settings | None = None) -> AsyncIterator[Client]:
+    """A connection to ``url`` with ``settings``' credentials and TLS (none without)."""
+    options = nats_options(settings) if settings is not None else {}
     try:
-        nc = await connect_nats(url, within=3, allow_reconnect=False)
+        nc = await connect_nats(url, within=3, allow_reconnect=False, **options)
     except Exception as exc:
+        if "authorization violation" in str(exc).lower():
+            who = f"user {settings.nats_user!r}" if settings and settings.nats_user else "no user"
+            raise ConnectError(
+                f"NATS at {shown_url(url)} refused the credential ({who}); set"
+                " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE (see docs/security.md)"
+            ) from None
         raise ConnectError(
             f"cannot reach NATS at {shown_url(url)} ({str(exc) or type(exc).__name__});"
             " start it with `budget up` or set BUDGET_NATS_URL"

@@ -5,9 +5,11 @@ Starts an embedded PostgreSQL and an embedded NATS (JetStream) under one data di
     <data_dir>/            default .budget/
         stack.lock         held while a stack runs on this directory (one stack per directory)
         stack.json         URLs and pids of the running stack (removed on a clean stop)
-        nats/              JetStream store, nats-server.log, last-port (the port is reused)
+        nats/              JetStream store, nats-server.log, last-port (the port is reused),
+                           nats-server.conf (users and TLS, when ``nats_config`` is given)
+        credentials/       generated secrets, 0700 (``services.credentials``; PostgreSQL's
+                           passwords and pgpass files: ``services.postgres_auth``)
         postgres/          PostgreSQL cluster (its server log is postgres/log)
-        credentials/       generated passwords (0700; PostgreSQL's: services.postgres_auth)
 
 then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration), then runs
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
@@ -49,6 +51,7 @@ __all__ = [
     "WorkerCommand",
     "default_worker_command",
     "kept_port",
+    "reload_nats",
     "run_stack",
     "serve_stack",
 ]
@@ -100,6 +103,7 @@ def run_stack(
     prepare: PrepareFn | None = None,
     worker_command: WorkerCommand = default_worker_command,
     nats_port: int | None = None,
+    nats_config: Path | None = None,
     database: str = "budget",
     stop_timeout: float = 10.0,
     restart_backoff: tuple[float, float] = (1.0, 30.0),
@@ -110,10 +114,11 @@ def run_stack(
     """Run the stack in the foreground until SIGINT/SIGTERM; returns the exit status (0).
 
     ``nats_port``: fixed client port; by default the port of the previous run on this data
-    directory when it is free, else one the server picks. ``restart_backoff``: first and
-    maximum delay before restarting a worker that died (doubling; reset after a worker ran
-    for a minute). Raises ``StackError`` or the exception of ``prepare`` if startup fails,
-    after stopping whatever had started.
+    directory when it is free, else one the server picks. ``nats_config``: the NATS
+    server's config file (users, permissions, TLS: ``services.nats_config``).
+    ``restart_backoff``: first and maximum delay before restarting a worker that died
+    (doubling; reset after a worker ran for a minute). Raises ``StackError`` or the
+    exception of ``prepare`` if startup fails, after stopping whatever had started.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -126,6 +131,7 @@ def run_stack(
             prepare=prepare,
             worker_command=worker_command,
             nats_port=nats_port,
+            nats_config=nats_config,
             database=database,
             stop_timeout=stop_timeout,
             restart_backoff=restart_backoff,
@@ -143,6 +149,7 @@ async def serve_stack(
     prepare: PrepareFn | None = None,
     worker_command: WorkerCommand = default_worker_command,
     nats_port: int | None = None,
+    nats_config: Path | None = None,
     database: str = "budget",
     stop_timeout: float = 10.0,
     restart_backoff: tuple[float, float] = (1.0, 30.0),
@@ -177,7 +184,9 @@ async def serve_stack(
     postgres = EmbeddedPostgres(
         data_dir / "postgres", database=database, credentials=credentials_dir(data_dir)
     )
-    nats = EmbeddedNats(data_dir / "nats", port=nats_port or _previous_port(data_dir))
+    nats = EmbeddedNats(
+        data_dir / "nats", port=nats_port or _previous_port(data_dir), config_file=nats_config
+    )
     stopping = asyncio.Event()
     supervised = [_Worker(name, list(worker_command(name))) for name in workers]
     tasks: list[asyncio.Task[None]] = []
@@ -452,6 +461,21 @@ def _reap_stale(data_dir: Path) -> Callable[[], None]:
         (data_dir / "stack.json").unlink(missing_ok=True)
 
     return reap
+
+
+def reload_nats(data_dir: Path) -> int | None:
+    """Have the NATS server of the stack running on ``data_dir``, if any, read its config
+    again (SIGHUP); returns its pid, or None when no stack's NATS runs there."""
+    try:
+        pid = json.loads((Path(data_dir) / "stack.json").read_text()).get("nats_pid")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(pid, int) or not _cmdline_has(
+        pid, "nats-server", str(Path(data_dir).absolute() / "nats")
+    ):
+        return None
+    os.kill(pid, signal.SIGHUP)
+    return pid
 
 
 def _proc_read(pid: int, what: str) -> bytes | None:

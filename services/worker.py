@@ -19,10 +19,12 @@ from typing import Any
 import psycopg
 from faststream import FastStream
 from faststream.nats import NatsBroker
+from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from budget.config import Settings
+from budget.natsconn import nats_options
 from projections.engine import (
     BatchResult,
     EngineConfig,
@@ -36,7 +38,14 @@ from projections.rebuild import rebuild_if_reshaped
 from projections.registry import get_projection
 from services.liveness import Liveness, Loop
 
-__all__ = ["ServiceBody", "run_projection", "run_service", "run_worker", "tune_gc"]
+__all__ = [
+    "ServiceBody",
+    "broker_options",
+    "run_projection",
+    "run_service",
+    "run_worker",
+    "tune_gc",
+]
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -149,11 +158,26 @@ def run_worker(name: str, settings: Settings) -> int:
     return run_service(f"worker {name}", settings, body)
 
 
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """``nats_options`` in FastStream's terms: credentials and TLS go in ``security``."""
+    options = nats_options(settings)
+    user, password, tls = (
+        options.pop("user", None),
+        options.pop("password", None),
+        options.pop("tls", None),
+    )
+    if user is not None and password is not None:
+        options["security"] = SASLPlaintext(username=user, password=password, ssl_context=tls)
+    elif tls is not None:
+        options["security"] = BaseSecurity(ssl_context=tls)
+    return options
+
+
 def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
     """Run ``body`` as a FastStream service until SIGINT/SIGTERM (a heartbeat file too, if
     configured); returns the process exit code."""
     tune_gc()
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1)
+    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, **broker_options(settings))
     app = FastStream(broker)
     stop = asyncio.Event()
     liveness = Liveness()

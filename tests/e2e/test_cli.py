@@ -684,11 +684,29 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     stack = json.loads((budget_up.data_dir / "stack.json").read_text())
     servers = {"nats": stack["nats_pid"], "postgres": stack["postgres_pid"]}
 
+    # NATS takes the generated credentials only: owner-only files, named in the banner.
+    credentials = budget_up.data_dir / "credentials"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
+    passwords = {p.name: p.read_text().strip() for p in credentials.glob("nats-*.password")}
+    assert set(passwords) == {f"nats-{u}.password" for u in ("service", "host", "alerts")}
+    for name in passwords:
+        assert stat.S_IMODE((credentials / name).stat().st_mode) == 0o600
+    assert not any(password in up.output() for password in passwords.values())
+    host_file = credentials / "nats-host.password"
+    assert f"BUDGET_NATS_USER=host BUDGET_NATS_PASSWORD_FILE={host_file}" in up.output()
+    with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
+        asyncio.run(nats.connect(banner.nats_url, allow_reconnect=False, connect_timeout=5))
+    for name, pid in banner.worker_pids.items():
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"BUDGET_NATS_USER=service" in environ, name
+
     user = Budget(
         {
             **base_env,
             "BUDGET_NATS_URL": banner.nats_url,
             "BUDGET_DATABASE_URL": banner.database_url,
+            "BUDGET_NATS_USER": "host",
+            "BUDGET_NATS_PASSWORD_FILE": str(host_file),
         },
         tmp_path,
     )

@@ -89,6 +89,8 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "api-key create": [("--name", "x", "--role", "emperor"), ("--name", " ", "--role", "viewer")],
     "api-key list": [("extra",)],
     "api-key revoke": [("a/b",)],
+    "nats-credential add": [("../x",), ("team-b", "--role", "root"), ()],
+    "nats-credential list": [("extra",)],
 }
 
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from events import Topology
 from projections.registry import PROJECTIONS
+from services.nats_config import DEFAULT_USERS, compose_config, password_variable
 from services.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,3 +225,31 @@ def test_workers_are_health_checked_by_their_heartbeat(
 ) -> None:
     heartbeat = services[name]["environment"]["BUDGET_HEARTBEAT_FILE"]
     assert heartbeat in _health_test(services[name])
+
+
+def test_nats_takes_the_three_users_with_required_passwords(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    nats = services["nats"]
+    command = nats["command"]
+    config = command[command.index("-c") + 1]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in nats["volumes"]}
+    text = (ROOT / mounted[config]).read_text()
+    assert compose_config(Topology()) in text, "regenerate deploy/nats/budget.conf"
+    for user, _role in DEFAULT_USERS:
+        variable = password_variable(user)
+        assert f"${variable}" in text
+        assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", nats["environment"][variable])
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_connect_to_nats_as_service(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], name: str
+) -> None:
+    env = services[name]["environment"]
+    assert env["BUDGET_NATS_USER"] == "service"
+    assert "BUDGET_NATS_PASSWORD" not in env
+    secret = env["BUDGET_NATS_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert secret in services[name]["secrets"]
+    # The secret holds the password the NATS server knows the service user by.
+    assert compose["secrets"][secret]["environment"] == password_variable("service")

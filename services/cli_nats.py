@@ -1,0 +1,61 @@
+"""``budget nats-credential``: the NATS users of ``budget up`` (docs/security.md)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from events.permissions import ROLES
+from services.cli_context import settings
+
+__all__ = ["nats_app"]
+
+nats_app = typer.Typer(no_args_is_help=True)
+
+DataDir = Annotated[
+    Path | None, typer.Option(help="the data directory of `budget up` (default .budget)")
+]
+
+
+@nats_app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="the NATS user (letters, digits, - and _)")],
+    role: Annotated[str, typer.Option(help=f"one of {', '.join(ROLES)}")] = "host",
+    data_dir: DataDir = None,
+) -> None:
+    """Make a NATS user with its own password file; a running `budget up` on the data
+    directory reloads its NATS config, so the user can connect at once."""
+    from services.nats_config import NatsCredentials, write_config
+    from services.stack import reload_nats
+
+    if role not in ROLES:
+        raise ValueError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
+    current = settings()
+    directory = (data_dir or current.data_dir).absolute()
+    credentials = NatsCredentials(directory)
+    password = credentials.add(name, role)
+    write_config(directory, current)
+    pid = reload_nats(directory)
+    typer.echo(f"NATS user {name} ({role}): password in {password}")
+    typer.echo(
+        f"the running NATS server (pid {pid}) reloaded its users"
+        if pid
+        else "`budget up` will use it on its next start"
+    )
+    if role != "alerts":
+        env = credentials.env(name)
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        typer.echo(f"connect with: export {exports}")
+
+
+@nats_app.command("list")
+def list_users(data_dir: DataDir = None) -> None:
+    """The NATS users and their roles (never their passwords)."""
+    from services.nats_config import NatsCredentials
+
+    directory = (data_dir or settings().data_dir).absolute()
+    for user, role in NatsCredentials(directory).roles().items():
+        typer.echo(f"{user}\t{role}")

@@ -1,0 +1,214 @@
+"""The NATS server config of ``budget up``: one user per credential, each with its role's
+permissions (``events.permissions``), passwords bcrypt-hashed, TLS when configured.
+
+Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
+file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
+first start makes ``service``, ``host`` and ``alerts``; ``budget nats-credential add``
+makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+
+from budget.config import Settings
+from events.permissions import ROLES, Role, permissions
+from events.subjects import Topology
+from services.credentials import credentials_dir, generated_secret, write_secret_file
+
+__all__ = [
+    "DEFAULT_USERS",
+    "NatsCredentials",
+    "NatsUser",
+    "ServerTls",
+    "compose_config",
+    "password_variable",
+    "render_config",
+    "write_config",
+]
+
+DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
+    ("service", "service"),
+    ("host", "host"),
+    ("alerts", "alerts"),
+)
+_USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user
+# Each connect checks the hash; the passwords are 256 random bits, so a low cost loses
+# nothing and keeps connecting fast.
+_BCRYPT_ROUNDS = 6
+
+
+@dataclass(frozen=True, kw_only=True)
+class NatsUser:
+    name: str
+    role: Role
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerTls:
+    """The server's certificate and key; with ``client_ca``, clients must present a
+    certificate that CA signed."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerTls | None:
+        if settings.nats_server_tls_cert is None or settings.nats_server_tls_key is None:
+            return None
+        return cls(
+            cert=settings.nats_server_tls_cert,
+            key=settings.nats_server_tls_key,
+            client_ca=settings.nats_server_tls_ca,
+        )
+
+
+class NatsCredentials:
+    """The NATS users of one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = Path(data_dir)
+        self.directory = self._data_dir / "credentials"
+        self._roster = self.directory / "nats-users.json"
+
+    def password_file(self, user: str) -> Path:
+        return self.directory / f"nats-{user}.password"
+
+    def roles(self) -> dict[str, Role]:
+        if not self._roster.exists():
+            return {}
+        roster: dict[str, Role] = json.loads(self._roster.read_text())
+        return roster
+
+    def add(self, user: str, role: Role) -> Path:
+        """Make ``user`` (its password file, once); returns the password file."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        if not _USER.fullmatch(user):
+            raise ValueError(f"NATS user {user!r}: use 1 to 64 letters, digits, - and _")
+        credentials_dir(self._data_dir)
+        roles = self.roles()
+        if roles.get(user, role) != role:
+            raise ValueError(f"NATS user {user!r} exists with role {roles[user]}, not {role}")
+        password = self.password_file(user)
+        generated_secret(password)
+        if user not in roles:
+            write_secret_file(self._roster, json.dumps({**roles, user: role}, indent=2) + "\n")
+        return password
+
+    def ensure_defaults(self) -> None:
+        for user, role in DEFAULT_USERS:
+            if user not in self.roles():
+                self.add(user, role)
+
+    def env(self, user: str) -> dict[str, str]:
+        """The variables a ``budget`` process or a host app connects as ``user`` with."""
+        return {
+            "BUDGET_NATS_USER": user,
+            "BUDGET_NATS_PASSWORD_FILE": str(self.password_file(user)),
+        }
+
+    def settings_for(self, user: str, settings: Settings) -> Settings:
+        """``settings`` connecting as ``user``."""
+        update = {"nats_user": user, "nats_password_file": self.password_file(user)}
+        return settings.model_copy(update={**update, "nats_password": None})
+
+    def notes(self, topology: Topology) -> list[str]:
+        """How each kind of client connects (for ``budget up``'s banner): variables and
+        password files, never a password."""
+        return [
+            f"NATS users        {self.directory}/nats-users.json (one password file each)",
+            "  a host app:     export " + _exports(self.env("host")),
+            "  `budget` admin: export " + _exports(self.env("service")),
+            f"  alerts:         user alerts, password in {self.password_file('alerts')},"
+            f" subscribe to {topology.prefix}.alerts.>",
+            "  another host:   budget nats-credential add NAME --role host",
+        ]
+
+    def users(self) -> Iterator[NatsUser]:
+        for user, role in self.roles().items():
+            password = generated_secret(self.password_file(user))
+            yield NatsUser(name=user, role=role, password=password)
+
+
+def render_config(users: Iterable[NatsUser], *, topology: Topology, tls: ServerTls | None) -> str:
+    """A nats-server config fragment: the ``authorization`` block (bcrypt-hashed
+    passwords), and ``tls`` if given."""
+    return _render(
+        ((u.name, u.role, _q(_hashed(u.password))) for u in users), topology=topology, tls=tls
+    )
+
+
+def compose_config(topology: Topology) -> str:
+    """The config of compose.yaml's NATS (deploy/nats/budget.conf): the default users,
+    each password read from the server's environment (``BUDGET_NATS_<USER>_PASSWORD``;
+    the server refuses to start without it)."""
+    return _render(
+        ((user, role, f"${password_variable(user)}") for user, role in DEFAULT_USERS),
+        topology=topology,
+        tls=None,
+    )
+
+
+def password_variable(user: str) -> str:
+    return f"BUDGET_NATS_{user.upper().replace('-', '_')}_PASSWORD"
+
+
+def _render(
+    users: Iterable[tuple[str, Role, str]], *, topology: Topology, tls: ServerTls | None
+) -> str:
+    entries = [
+        f"    {{user: {_q(name)}, password: {password},\n"
+        f"     permissions: {_render_permissions(role, name, topology)}}}"
+        for name, role, password in users
+    ]
+    text = "authorization {\n  users = [\n" + ",\n".join(entries) + "\n  ]\n}\n"
+    if tls is not None:
+        text += f"tls {{\n  cert_file: {_q(str(tls.cert))}\n  key_file: {_q(str(tls.key))}\n"
+        if tls.client_ca is not None:
+            text += f"  ca_file: {_q(str(tls.client_ca))}\n  verify: true\n"
+        text += "}\n"
+    return text
+
+
+def _hashed(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(_BCRYPT_ROUNDS)).decode()
+
+
+def write_config(data_dir: Path, settings: Settings) -> Path:
+    """Write ``<data_dir>/nats/nats-server.conf`` for the data directory's users (the
+    default ones made if missing) and the TLS settings; returns its path."""
+    credentials = NatsCredentials(data_dir)
+    credentials.ensure_defaults()
+    path = Path(data_dir) / "nats" / "nats-server.conf"
+    text = render_config(
+        list(credentials.users()),
+        topology=settings.topology,
+        tls=ServerTls.from_settings(settings),
+    )
+    write_secret_file(path, text)
+    return path
+
+
+def _render_permissions(role: Role, user: str, topology: Topology) -> str:
+    granted = permissions(role, user=user, topology=topology)
+    # An empty allow list would allow everything: deny all instead.
+    publish = {"allow": list(granted.publish)} if granted.publish else {"deny": [">"]}
+    return json.dumps({"publish": publish, "subscribe": {"allow": list(granted.subscribe)}})
+
+
+def _exports(env: dict[str, str]) -> str:
+    return " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)

@@ -1,0 +1,87 @@
+"""``budget nats-credential add``: a new host credential, its password file, and the
+running NATS server of ``budget up`` reloading its users so it can connect at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+from nats.errors import Error as NatsError
+
+from budget.config import Settings
+from budget.natsconn import connect_nats, nats_options
+from services.embedded import EmbeddedNats
+from services.nats_config import NatsCredentials, write_config
+
+from support import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _budget(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "nats-credential", *args],
+        cwd=data_dir.parent,
+        env={**os.environ, "BUDGET_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+async def _connects(url: str, settings: Settings) -> bool:
+    try:
+        nc = await connect_nats(url, within=5, allow_reconnect=False, **nats_options(settings))
+    except NatsError:
+        return False
+    await nc.close()
+    return True
+
+
+async def test_an_added_host_connects_once_the_running_server_reloaded(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    config = write_config(data_dir, Settings())
+    with EmbeddedNats(data_dir / "nats", config_file=config, stop_timeout=5.0) as server:
+        # What `budget up` records of its NATS server, for the command to find it.
+        (data_dir / "stack.json").write_text(json.dumps({"nats_pid": server.pid}))
+        team_b = NatsCredentials(data_dir).settings_for("team-b", Settings())
+        added = await asyncio.to_thread(_budget, data_dir, "add", "team-b")
+        assert added.returncode == 0, added.stderr
+        password = NatsCredentials(data_dir).password_file("team-b")
+        assert f"NATS user team-b (host): password in {password}" in added.stdout
+        assert "reloaded its users" in added.stdout
+        assert password.read_text().strip() not in added.stdout
+        assert stat.S_IMODE(password.stat().st_mode) == 0o600
+        # The reload is asynchronous: the new user gets in within a bounded wait.
+        deadline = time.monotonic() + 30
+        while not await _connects(server.url, team_b):
+            assert time.monotonic() < deadline, "team-b was never let in"
+        listed = await asyncio.to_thread(_budget, data_dir, "list")
+        assert listed.stdout.split("\n") == [
+            "service\tservice",
+            "host\thost",
+            "alerts\talerts",
+            "team-b\thost",
+            "",
+        ]
+        with pytest.raises(NatsError, match=r"(?i)authorization violation"):
+            await nats.connect(server.url, allow_reconnect=False, connect_timeout=5)
+
+
+def test_a_user_keeps_its_role(tmp_path: Path) -> None:
+    credentials = NatsCredentials(tmp_path)
+    first = credentials.add("team-b", "host")
+    assert credentials.add("team-b", "host") == first
+    with pytest.raises(ValueError, match="exists with role host, not alerts"):
+        credentials.add("team-b", "alerts")
+    with pytest.raises(ValueError, match="use 1 to 64 letters"):
+        credentials.add("../team-c", "host")
+    assert credentials.roles() == {"team-b": "host"}

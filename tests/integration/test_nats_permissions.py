@@ -1,0 +1,286 @@
+"""NATS users and their roles (events.permissions, services.nats_config) on a real
+nats-server with the config ``budget up`` writes: a host records usage, checks and asks,
+and nothing else; an alert subscriber only receives alerts; anonymous clients are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+
+from budget.config import Settings
+from budget.manager import BudgetManager
+from budget.natsconn import PermissionDenied, connect_nats, nats_options, permitted
+from budget.tracker import start_usage_tracker
+from events import (
+    AlertAcknowledged,
+    AlertRuleSet,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    BudgetPolicy,
+    BudgetScope,
+    Event,
+    LimitAction,
+    PolicyDeleted,
+    PolicySet,
+    Topology,
+    UsageRecorded,
+    UsageRepriced,
+    encode,
+)
+from events.codec import HEADER_MSG_ID
+from projections.rebuild import rebuild
+from projections.registry import get_projection
+from services.embedded import EmbeddedNats
+from services.nats_config import NatsCredentials, write_config
+from services.ops import prepare
+
+from enforcement import enforcement_stack
+from support import rows, usage_event, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Secured:
+    """An authenticated nats-server with the default users and a second host."""
+
+    server: EmbeddedNats
+    topology: Topology
+    credentials: NatsCredentials
+
+    def settings(self, user: str, **extra: Any) -> Settings:
+        base = Settings(nats_url=self.server.url, subject_prefix=self.topology.prefix, **extra)
+        return self.credentials.settings_for(user, base)
+
+
+@dataclass
+class Conn:
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def refused_subscription(self, subject: str, within: float = 30) -> bool:
+        """Subscribe; True once the server refuses it (False if not within ``within`` s)."""
+        await self.nc.subscribe(subject)
+        refusal = f'subscription to "{subject.lower()}"'
+        deadline = time.monotonic() + within
+        while not any(refusal in e for e in self.errors):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    data_dir = tmp_path_factory.mktemp("secured")
+    topology = Topology(prefix=f"t{uuid.uuid4().hex[:10]}")
+    credentials = NatsCredentials(data_dir)
+    credentials.add("host2", "host")
+    config = write_config(data_dir, Settings(subject_prefix=topology.prefix))
+    with EmbeddedNats(data_dir / "nats", config_file=config, stop_timeout=5.0) as server:
+        yield Secured(server, topology, credentials)
+
+
+@pytest.fixture
+async def connect(secured: Secured) -> AsyncIterator[Callable[[str], Awaitable[Conn]]]:
+    opened: list[Client] = []
+
+    async def open_as(user: str) -> Conn:
+        conn = Conn(nc=None)  # type: ignore[arg-type]
+
+        async def record(exc: Exception) -> None:
+            conn.errors.append(str(exc).lower())
+
+        options = nats_options(secured.settings(user))
+        conn.nc = await connect_nats(secured.server.url, within=5, error_cb=record, **options)
+        opened.append(conn.nc)
+        return conn
+
+    yield open_as
+    for nc in opened:
+        await nc.close()
+
+
+@pytest.fixture
+async def service(
+    secured: Secured, connect: Callable[[str], Awaitable[Conn]]
+) -> AsyncIterator[Client]:
+    """A service connection with the streams declared (deleted afterwards)."""
+    from projections.log import declare_streams
+
+    nc = (await connect("service")).nc
+    await declare_streams(nc.jetstream(), secured.topology)
+    yield nc
+    for spec in (secured.topology.event_stream, secured.topology.dead_letter_stream):
+        await nc.jetstream().delete_stream(spec.name)
+
+
+FORBIDDEN_TO_HOSTS: tuple[type[Event], ...] = (
+    PolicySet,
+    PolicyDeleted,
+    AlertRuleSet,
+    AlertAcknowledged,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    UsageRepriced,
+)
+
+
+def _publish(nc: Client, subject: str, data: bytes) -> Awaitable[Any]:
+    headers = {HEADER_MSG_ID: str(uuid.uuid4())}
+    return nc.jetstream().publish(subject, data, headers=headers)
+
+
+async def test_an_anonymous_client_is_refused(secured: Secured) -> None:
+    with pytest.raises(NatsError, match=r"(?i)authorization violation"):
+        await nats.connect(secured.server.url, allow_reconnect=False, connect_timeout=5)
+
+
+async def test_a_host_cannot_publish_admin_events_and_the_stream_never_holds_them(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    host = (await connect("host")).nc
+    for event_type in FORBIDDEN_TO_HOSTS:
+        subject = secured.topology.event_subject(event_type.SUBJECT)
+        with pytest.raises(PermissionDenied, match="only a 'service' credential may"):
+            await permitted(host, subject, _publish(host, subject, b"{}"))
+    # The positive signal: an honest event published after them is stored, and alone.
+    subject = secured.topology.event_subject(UsageRecorded.SUBJECT)
+    ack = await permitted(host, subject, _publish(host, subject, encode(usage_event())))
+    info = await service.jetstream().stream_info(
+        secured.topology.event_stream.name, subjects_filter=">"
+    )
+    assert info.state.subjects == {secured.topology.event_subject(UsageRecorded.SUBJECT): 1}
+    assert ack.seq == info.state.last_seq == 1
+
+
+async def test_a_manager_with_a_host_credential_says_which_credential_may_set_a_policy(
+    secured: Secured, service: Client, tmp_path: Path
+) -> None:
+    settings = secured.settings("host", spool_dir=tmp_path / "spool", default_limit=None)
+    tracker = await start_usage_tracker(settings)
+    try:
+        manager = BudgetManager(settings, tracker, apply_timeout=60)
+        policy = BudgetPolicy(
+            name="p", scope=BudgetScope.GLOBAL, limit_amount=Decimal(1), action=LimitAction.BLOCK
+        )
+        with pytest.raises(PermissionDenied) as refused:
+            await manager.set_policy(policy)
+    finally:
+        await tracker.close()
+    assert str(refused.value) == (
+        f"the NATS user 'host' may not publish to {secured.topology.prefix}.events.policy.set;"
+        " only a 'service' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE;"
+        " see docs/security.md)"
+    )
+
+
+async def test_a_host_reads_neither_the_stream_nor_the_dead_letters_nor_other_replies(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    host = await connect("host")
+    topology = secured.topology
+    stream = topology.event_stream.name
+    info = f"$JS.API.STREAM.INFO.{stream}"
+    with pytest.raises(PermissionDenied):
+        await permitted(host.nc, info, host.nc.request(info, b"", timeout=30))
+    create = f"$JS.API.CONSUMER.CREATE.{stream}.spy"
+    with pytest.raises(PermissionDenied):
+        await permitted(host.nc, create, host.nc.request(create, b"{}", timeout=30))
+    # A direct get names the subject it reads; with a payload the server refuses it.
+    last_policy = f"$JS.API.DIRECT.GET.{stream}.{topology.event_subject('policy.set')}"
+    answer = await host.nc.request(last_policy, b'{"seq": 1}', timeout=30)
+    assert answer.headers is not None and answer.headers.get("Status") == "408"
+    assert await host.refused_subscription(topology.events_wildcard)
+    assert await host.refused_subscription(f"{topology.prefix}.dlq.>")
+    assert await host.refused_subscription("_INBOX.host2.>")
+    assert await host.refused_subscription("$JS.API.>")
+    impostor = topology.rpc_subject("query.policies", caller="host2")
+    with pytest.raises(PermissionDenied, match="may not publish to"):
+        await permitted(host.nc, impostor, host.nc.request(impostor, b"{}", timeout=30))
+    # Its own inbox it may read: a message sent there arrives (and no refusal came).
+    mine = await host.nc.subscribe("_INBOX.host.mine")
+    await service.publish("_INBOX.host.mine", b"reply")
+    assert (await mine.next_msg(timeout=30)).data == b"reply"
+    assert not any('"_inbox.host.mine"' in e for e in host.errors)
+
+
+async def test_the_alerts_credential_receives_alerts_and_nothing_else(
+    secured: Secured, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    alerts, service = await connect("alerts"), (await connect("service")).nc
+    topology = secured.topology
+    received = await alerts.nc.subscribe(f"{topology.prefix}.alerts.>")
+    for subject in (topology.events_wildcard, f"{topology.prefix}.rpc.>", "_INBOX.host.>"):
+        assert await alerts.refused_subscription(subject), subject
+    await alerts.nc.publish(topology.alert_subject("warning", "threshold_reached"), b"forged")
+    await alerts.nc.publish(topology.event_subject("usage.recorded"), b"forged")
+    await alerts.nc.flush()
+    refused = [e for e in alerts.errors if "permissions violation for publish" in e]
+    assert len(refused) == 2, alerts.errors
+    await service.publish(topology.alert_subject("critical", "budget_exceeded"), b"real")
+    message = await received.next_msg(timeout=30)
+    assert message.data == b"real"
+
+
+async def test_a_host_records_usage_checks_and_asks_through_the_services(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    operator = secured.settings(
+        "service", database_url=db, spool_dir=tmp_path / "service", default_limit=None
+    )
+    host_settings = secured.settings(
+        "host", database_url="postgresql://nobody@/none", spool_dir=tmp_path / "host"
+    )
+    async with enforcement_stack(service, operator) as stack:
+        await stack.set_policy(
+            policy_id="cap",
+            scope=BudgetScope.USER,
+            limit_amount="0.01",
+            action=LimitAction.BLOCK,
+        )
+        await stack.enforcer_applies_policies()
+        tracker = await start_usage_tracker(host_settings)
+        try:
+            host = BudgetManager(host_settings, tracker)
+            assert [p.policy_id for p in await host.get_policies()] == ["cap"]
+            await host.record_usage(usage_event(cost="0.02", user="alice"))
+            await tracker.publisher.flush()
+            assert len(tracker.publisher.spool) == 0
+
+            async def counted() -> bool:
+                """the host's event is in the spend the query service reports"""
+                rows = await host.get_spend_summary(scope=BudgetScope.USER)
+                return any(r.scope_key == "alice" and r.requests == 1 for r in rows)
+
+            await wait_for(counted, within=30)
+            check = await host.check_budget("gpt-4o", estimated_tokens=100, user_id="alice")
+            assert not check.allowed
+        finally:
+            await tracker.close()
+
+
+async def test_the_service_credential_rebuilds_a_projection_from_the_log(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    operator = secured.settings("service", database_url=db, spool_dir=tmp_path / "spool")
+    await prepare(operator.nats_url, db, operator)
+    subject = secured.topology.event_subject(UsageRecorded.SUBJECT)
+    await _publish(service, subject, encode(usage_event()))
+    version = await rebuild(
+        get_projection("spend"), nc=service, database_url=db, topology=secured.topology
+    )
+    assert version == 2
+    assert await rows(db, "SELECT count(*) FROM spend_ledger") == [(1,)]

@@ -1,0 +1,78 @@
+"""The NATS roles (events.permissions) and the client options built from settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from budget.config import ConfigError, Settings
+from budget.natsconn import nats_options, refusal_message
+from events import Topology
+from events.permissions import roles_allowed, subject_matches
+
+TOPOLOGY = Topology(prefix="acme")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("acme.>", "acme.events.usage.recorded", True),
+        ("acme.>", "acme", False),
+        ("acme.*.x", "acme.rpc.x", True),
+        ("acme.*.x", "acme.rpc.y.x", False),
+        ("acme.events.usage.recorded", "acme.events.usage.recorded", True),
+        ("acme.events.usage.recorded", "acme.events.usage", False),
+    ],
+)
+def test_subject_matching_follows_nats_wildcards(pattern: str, subject: str, matches: bool) -> None:
+    assert subject_matches(pattern, subject) is matches
+
+
+def test_roles_say_who_may_publish_what() -> None:
+    assert roles_allowed("acme.events.policy.set", topology=TOPOLOGY) == ["service"]
+    assert roles_allowed("acme.events.usage.recorded", topology=TOPOLOGY) == ["service", "host"]
+    assert roles_allowed("acme.rpc.team-b.enforcer.check", topology=TOPOLOGY) == [
+        "service",
+        "host",
+    ]
+    assert roles_allowed("acme.alerts.critical.x", topology=TOPOLOGY, publish=False) == [
+        "service",
+        "alerts",
+    ]
+    assert roles_allowed("$JS.API.STREAM.INFO.ACME", topology=TOPOLOGY) == ["service"]
+
+
+def test_a_refusal_names_the_credential_and_the_one_that_may() -> None:
+    assert refusal_message("acme.events.policy.deleted", topology=TOPOLOGY, user="host") == (
+        "the NATS user 'host' may not publish to acme.events.policy.deleted; only a 'service'"
+        " credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
+    )
+
+
+def test_options_carry_the_user_its_inbox_and_the_password_file(tmp_path: Path) -> None:
+    password = tmp_path / "nats-host.password"
+    password.write_text("s3cret\n")
+    settings = Settings(
+        nats_user="host", nats_password=SecretStr("ignored"), nats_password_file=password
+    )
+    assert nats_options(settings) == {
+        "user": "host",
+        "inbox_prefix": "_INBOX.host",
+        "password": "s3cret",
+    }
+    assert nats_options(Settings()) == {}
+    assert "s3cret" not in repr(Settings(nats_password=SecretStr("s3cret")))
+
+
+def test_an_unreadable_password_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="BUDGET_NATS_PASSWORD_FILE"):
+        nats_options(Settings(nats_user="host", nats_password_file=tmp_path / "missing"))
+
+
+def test_tls_certificates_and_keys_go_in_pairs() -> None:
+    with pytest.raises(ValidationError, match="nats_tls_cert and nats_tls_key go together"):
+        Settings(nats_tls_cert=Path("client.pem"))
+    with pytest.raises(ValidationError, match="nats_server_tls_ca needs"):
+        Settings(nats_server_tls_ca=Path("ca.pem"))
