@@ -147,6 +147,18 @@ class Settings(BaseModel):
     alert_channels: AlertChannels = Field(
         default=AlertChannels(), description="the top-level alert_channels of config.yaml"
     )
+    caller_rate: float = Field(
+        default=500,
+        gt=0,
+        description="requests/s one caller may send the enforcer (and the query service),"
+        " sustained; the services' own credential is not limited (docs/enforcement.md)",
+    )
+    caller_burst: int = Field(
+        default=1000, ge=1, description="requests one caller may send at once above caller_rate"
+    )
+    caller_in_flight: int = Field(
+        default=256, ge=1, description="requests of one caller a service works on at once"
+    )
     max_clock_skew: float = Field(
         default=TimeBounds.max_clock_skew.total_seconds(),
         ge=0,

@@ -4,7 +4,8 @@ Host apps never hold the database's credentials: ``BudgetManager``, ``AlertEngin
 ``ReportGenerator`` ask over NATS request/reply (``<prefix>.rpc.<caller>.query.*``, queue group
 ``query``, so replicas share the load), and this service reads PostgreSQL. Each request
 runs as its own task, so a slow report or a wait for a change to apply holds up nothing
-else; at most ``connections`` run in the database at once.
+else; at most ``connections`` run in the database at once. Each caller is held to its
+limits (``services.limits``): past them a request is refused at once, unread.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from events.queries import (
     SpendQuery,
 )
 from projections.database_queries import DatabaseQueries
+from services.limits import CallerLimits, limited
 from services.liveness import Liveness
 from services.replies import answer
 
@@ -72,6 +74,7 @@ class QueryService:
         self.queries = DatabaseQueries(settings.database_url, connections=connections)
         self._subscriptions: list[Any] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._limits = CallerLimits.from_settings(settings)
 
     async def start(self) -> None:
         routes: dict[str, tuple[type[BaseModel], Handler]] = {
@@ -107,14 +110,18 @@ class QueryService:
         async def run(query: BaseModel, _: Msg) -> BaseModel:
             return await handler(query)
 
-        async def on_message(msg: Msg) -> None:
+        async def on_message(msg: Msg, caller: str) -> bool:
             task = asyncio.create_task(
                 answer(self.nc, msg, model, run, service=SERVICE, liveness=self.liveness)
             )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: self._limits.done(caller))
+            return True
 
-        return on_message
+        return limited(
+            self.nc, self._limits, self.settings.topology, service=SERVICE, callback=on_message
+        )
 
     async def _policies(self, query: PoliciesQuery) -> PoliciesAnswer:
         return PoliciesAnswer(policies=await self.queries.policies(query.scope))

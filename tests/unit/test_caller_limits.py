@@ -1,0 +1,96 @@
+"""Per-caller limits (a token bucket and an in-flight cap) and the round robin queue of the
+enforcer's decision loop, on a clock the test moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.fair_queue import FairQueue
+from services.limits import CallerLimits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limits(clock: Clock, *, rate: float = 10, burst: int = 3, in_flight: int = 100) -> CallerLimits:
+    return CallerLimits(rate=rate, burst=burst, in_flight=in_flight, exempt="svc", clock=clock)
+
+
+def test_a_caller_gets_its_burst_then_a_refusal_saying_when_to_retry() -> None:
+    clock = Clock()
+    caller_limits = limits(clock)
+    assert [caller_limits.admit("greedy") for _ in range(3)] == [None, None, None]
+    refusal = caller_limits.admit("greedy")
+    assert refusal is not None
+    assert refusal.retry_after == pytest.approx(0.1)
+    assert "caller_rate" in refusal.reason and "'greedy'" in refusal.reason
+    assert caller_limits.admit("polite") is None  # another caller has its own bucket
+    clock.now += 0.05
+    later = caller_limits.admit("greedy")
+    assert later is not None and later.retry_after == pytest.approx(0.05)
+    clock.now += 0.05
+    assert caller_limits.admit("greedy") is None
+
+
+def test_a_bucket_refills_at_the_rate_up_to_the_burst() -> None:
+    clock = Clock()
+    caller_limits = limits(clock)
+    clock.now += 3600
+    admitted = 0
+    while caller_limits.admit("idle") is None:
+        admitted += 1
+    assert admitted == 3
+
+
+def test_requests_in_flight_are_capped_until_answered() -> None:
+    clock = Clock()
+    caller_limits = limits(clock, burst=100, in_flight=2)
+    assert caller_limits.admit("host") is None
+    assert caller_limits.admit("host") is None
+    refusal = caller_limits.admit("host")
+    assert refusal is not None and "caller_in_flight" in refusal.reason
+    assert refusal.retry_after > 0
+    caller_limits.done("host")
+    assert caller_limits.admit("host") is None
+
+
+def test_the_services_own_caller_is_never_limited() -> None:
+    caller_limits = limits(Clock(), burst=1, in_flight=1)
+    assert all(caller_limits.admit("svc") is None for _ in range(1000))
+
+
+def test_idle_callers_are_forgotten_when_there_are_many() -> None:
+    clock = Clock()
+    caller_limits = limits(clock, burst=1)
+    for i in range(10_000):
+        caller_limits.admit(f"host-{i}")
+        caller_limits.done(f"host-{i}")
+    busy = caller_limits.admit("host-0")
+    assert busy is not None  # its token spent: a refusal, not a new bucket
+    clock.now += 1
+    assert caller_limits.admit("newcomer") is None
+    assert len(caller_limits._buckets) < 10_000
+
+
+async def test_the_queue_serves_callers_round_robin_across_takes() -> None:
+    queue: FairQueue[str] = FairQueue()
+    for i in range(5):
+        queue.put("greedy", f"g{i}")
+    queue.put("polite", "p0")
+    queue.put("other", "o0")
+    first = await queue.take(2)
+    assert first == [("greedy", "g0"), ("polite", "p0")]
+    queue.put("polite", "p1")
+    assert await queue.take(4) == [
+        ("other", "o0"),
+        ("greedy", "g1"),
+        ("polite", "p1"),
+        ("greedy", "g2"),
+    ]
+    assert await queue.take(10) == [("greedy", "g3"), ("greedy", "g4")]
+    assert len(queue) == 0
