@@ -138,7 +138,7 @@ class Enforcer:
         )
         self.topology = settings.topology
         self._queue: FairQueue[_Pending] = FairQueue()
-        self._limits = CallerLimits.from_settings(settings)
+        self._limits = CallerLimits.of_enforcer(settings)
         self._policies = _Policies()
         self._spent: dict[tuple[str, str, datetime], Decimal] = {}
         """Each window's spend as this enforcer last read or reserved it."""

@@ -44,7 +44,7 @@ class _Bucket:
 class CallerLimits:
     """``rate`` requests/s sustained and ``burst`` at once per caller, at most
     ``in_flight`` of a caller's requests being worked on; ``exempt`` is never limited.
-    ``clock`` is for tests."""
+    ``settings``: the prefix of the settings' names, for refusals. ``clock``: for tests."""
 
     def __init__(
         self,
@@ -53,8 +53,11 @@ class CallerLimits:
         burst: int,
         in_flight: int,
         exempt: str,
+        settings: str = "caller",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.settings = settings
+        """The prefix of the settings that set these limits, named in refusals."""
         self.rate = rate
         self.burst = burst
         self.in_flight = in_flight
@@ -63,12 +66,22 @@ class CallerLimits:
         self._buckets: dict[str, _Bucket] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CallerLimits:
+    def of_enforcer(cls, settings: Settings) -> CallerLimits:
         return cls(
             rate=settings.caller_rate,
             burst=settings.caller_burst,
             in_flight=settings.caller_in_flight,
             exempt=settings.caller,
+        )
+
+    @classmethod
+    def of_query_service(cls, settings: Settings) -> CallerLimits:
+        return cls(
+            rate=settings.caller_query_rate,
+            burst=settings.caller_query_burst,
+            in_flight=settings.caller_query_in_flight,
+            exempt=settings.caller,
+            settings="caller_query",
         )
 
     def admit(self, caller: str) -> Refusal | None:
@@ -87,12 +100,13 @@ class CallerLimits:
         if bucket.in_flight >= self.in_flight:
             return Refusal(
                 f"caller {caller!r} has {bucket.in_flight} requests in flight, the most"
-                " allowed (caller_in_flight)",
+                f" allowed ({self.settings}_in_flight)",
                 max(1 / self.rate, _MIN_RETRY),
             )
         if bucket.tokens < 1 - 1e-9:  # not refused again for a rounding after its wait
             return Refusal(
-                f"caller {caller!r} sends more than {self.rate:g} requests/s (caller_rate)",
+                f"caller {caller!r} sends more than {self.rate:g} requests/s"
+                f" ({self.settings}_rate)",
                 max((1 - bucket.tokens) / self.rate, _MIN_RETRY),
             )
         bucket.tokens = max(bucket.tokens - 1, 0.0)

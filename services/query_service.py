@@ -74,7 +74,7 @@ class QueryService:
         self.queries = DatabaseQueries(settings.database_url, connections=connections)
         self._subscriptions: list[Any] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._limits = CallerLimits.from_settings(settings)
+        self._limits = CallerLimits.of_query_service(settings)
 
     async def start(self) -> None:
         routes: dict[str, tuple[type[BaseModel], Handler]] = {
