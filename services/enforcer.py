@@ -59,7 +59,7 @@ from projections.policies import PoliciesProjection, load_policies
 from projections.windows import window_sums
 from services import replies, reservations
 from services.fair_queue import FairQueue
-from services.limits import CallerLimits, limited
+from services.limits import CallerLimits, LimitedRequests
 from services.liveness import Liveness
 from services.replies import UNAVAILABLE, Handler, error_reply, send
 
@@ -152,6 +152,7 @@ class Enforcer:
         )
         self._scheduler = AsyncIOScheduler()
         self._subscriptions: list[Any] = []
+        self._requests: list[LimitedRequests] = []
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -165,16 +166,17 @@ class Enforcer:
             (RPC_RELEASE, ReleaseRequest, self._on_release),
             (RPC_SNAPSHOT, CallAttributes, self._on_snapshot),
         ):
-            callback = limited(
+            requests = LimitedRequests(
                 self.nc,
                 self._limits,
                 self.topology,
                 service=SERVICE,
                 callback=self._on_check if handler is None else self._answering(model, handler),
             )
+            self._requests.append(requests)
             self._subscriptions.append(
                 await self.nc.subscribe(
-                    self.topology.rpc_wildcard(name), queue=QUEUE_GROUP, cb=callback
+                    self.topology.rpc_wildcard(name), queue=QUEUE_GROUP, cb=requests.on_message
                 )
             )
         self._scheduler.add_job(
@@ -188,6 +190,8 @@ class Enforcer:
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        for requests in self._requests:
+            await requests.close()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         if self._loop_task is not None:

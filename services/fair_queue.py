@@ -22,6 +22,10 @@ class FairQueue(Generic[T]):
     def __len__(self) -> int:
         return self._waiting
 
+    def waiting(self, caller: str) -> int:
+        queue = self._queues.get(caller)
+        return 0 if queue is None else len(queue)
+
     def put(self, caller: str, item: T) -> None:
         queue = self._queues.get(caller)
         if queue is None:

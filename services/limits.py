@@ -2,14 +2,18 @@
 burst) and a cap on requests in flight, for each caller a request subject names
 (``<prefix>.rpc.<caller>.<name>``), so one greedy host cannot starve the others.
 
-A request over a limit is answered at once with an ``RpcError`` carrying ``retry_after``,
-before its body is decoded: a refusal costs a dictionary look-up and one small publish.
+Requests wait for their turn in a queue per caller, served round robin, so a greedy
+caller's backlog never sits in front of the others. A request over a limit is answered on
+its turn with an ``RpcError`` carrying ``retry_after``, before its body is decoded: a
+refusal costs a dictionary look-up and one small publish.
 The service's own caller (its ``Settings.caller``: the API and the admin tools speak for
 many users) is never limited.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,12 +24,17 @@ from nats.aio.msg import Msg
 from budget.config import Settings
 from events import Topology
 from events.rpc import RpcError
+from services.fair_queue import FairQueue
 
-__all__ = ["CallerLimits", "Refusal", "limited"]
+__all__ = ["CallerLimits", "LimitedRequests", "Refusal"]
+
+log = logging.getLogger(__name__)
 
 _FORGET_AFTER = 10_000
 """Callers remembered before the idle ones (bucket full, nothing in flight) are forgotten."""
 _MIN_RETRY = 0.001
+_MAX_QUEUED = 1000
+"""Requests of one caller waiting for their turn, past which more are refused on arrival."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,35 +138,69 @@ class CallerLimits:
             del self._buckets[caller]
 
 
-def limited(
-    nc: Client,
-    limits: CallerLimits,
-    topology: Topology,
-    *,
-    service: str,
-    callback: Callable[[Msg, str], Awaitable[bool]],
-) -> Callable[[Msg], Awaitable[None]]:
-    """A subscription callback: a request within its caller's limits goes to
-    ``callback(msg, caller)``, any other is refused at once with ``retry_after``, its body
-    unread. The request counts in flight until ``callback`` returns, or, when it returns
-    True (it handed the request on), until whoever answers calls ``limits.done(caller)``."""
+class LimitedRequests:
+    """One subscription's requests, queued per caller as they arrive (the subscription
+    callback is ``on_message``) and handled round robin across callers: a request within
+    its caller's limits goes to ``callback(msg, caller)``, any other is refused with
+    ``retry_after``, its body unread. A greedy caller's backlog therefore never sits in
+    front of another caller's request, which waits for at most one of its requests.
 
-    async def on_message(msg: Msg) -> None:
-        caller = topology.caller_of(msg.subject)
-        refusal = limits.admit(caller)
-        if refusal is None:
-            handed_on = False
+    A request counts in flight until ``callback`` returns, or, when it returns True (it
+    handed the request on), until whoever answers calls ``limits.done(caller)``."""
+
+    def __init__(
+        self,
+        nc: Client,
+        limits: CallerLimits,
+        topology: Topology,
+        *,
+        service: str,
+        callback: Callable[[Msg, str], Awaitable[bool]],
+    ) -> None:
+        self.nc = nc
+        self.limits = limits
+        self.topology = topology
+        self.service = service
+        self.callback = callback
+        self._queue: FairQueue[Msg] = FairQueue()
+        self._worker = asyncio.create_task(self._serve())
+
+    async def on_message(self, msg: Msg) -> None:
+        caller = self.topology.caller_of(msg.subject)
+        if self._queue.waiting(caller) < _MAX_QUEUED:
+            self._queue.put(caller, msg)
+        else:  # a caller that sends without waiting for answers: refused here, unqueued
+            await self._refuse(msg, Refusal(f"caller {caller!r} has too many requests queued", 1))
+
+    async def close(self) -> None:
+        self._worker.cancel()
+        await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def _serve(self) -> None:
+        while True:
+            [(caller, msg)] = await self._queue.take(1)
             try:
-                handed_on = await callback(msg, caller)
-            finally:
-                if not handed_on:
-                    limits.done(caller)
-        elif msg.reply:
+                await self._handle(caller, msg)
+            except Exception:  # e.g. NATS closed under a refusal: the next one is served
+                log.exception("%s could not handle a request", self.service)
+
+    async def _handle(self, caller: str, msg: Msg) -> None:
+        refusal = self.limits.admit(caller)
+        if refusal is not None:
+            await self._refuse(msg, refusal)
+            return
+        handed_on = False
+        try:
+            handed_on = await self.callback(msg, caller)
+        finally:
+            if not handed_on:
+                self.limits.done(caller)
+
+    async def _refuse(self, msg: Msg, refusal: Refusal) -> None:
+        if msg.reply:
             error = RpcError(
-                error=f"{service}: too many requests: {refusal.reason}; retry after"
+                error=f"{self.service}: too many requests: {refusal.reason}; retry after"
                 f" {refusal.retry_after:.3f}s",
                 retry_after=round(refusal.retry_after, 3),
             )
-            await nc.publish(msg.reply, error.model_dump_json().encode())
-
-    return on_message
+            await self.nc.publish(msg.reply, error.model_dump_json().encode())

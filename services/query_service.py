@@ -46,7 +46,7 @@ from events.queries import (
     SpendQuery,
 )
 from projections.database_queries import DatabaseQueries
-from services.limits import CallerLimits, limited
+from services.limits import CallerLimits, LimitedRequests
 from services.liveness import Liveness
 from services.replies import answer
 
@@ -73,6 +73,7 @@ class QueryService:
         self.liveness = liveness or Liveness()
         self.queries = DatabaseQueries(settings.database_url, connections=connections)
         self._subscriptions: list[Any] = []
+        self._requests: list[LimitedRequests] = []
         self._running: set[asyncio.Task[None]] = set()
         self._limits = CallerLimits.of_query_service(settings)
 
@@ -88,9 +89,10 @@ class QueryService:
         }
         for name, (model, handler) in routes.items():
             subject = self.settings.topology.rpc_wildcard(name)
-            callback = self._callback(model, handler)
+            requests = self._limited(model, handler)
+            self._requests.append(requests)
             self._subscriptions.append(
-                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=callback)
+                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=requests.on_message)
             )
         await self.nc.flush()
         log.info("query service answering on %s", self.settings.topology.rpc_wildcard("query.*"))
@@ -99,14 +101,14 @@ class QueryService:
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        for requests in self._requests:
+            await requests.close()
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.queries.close()
 
-    def _callback(
-        self, model: type[BaseModel], handler: Handler
-    ) -> Callable[[Msg], Awaitable[None]]:
+    def _limited(self, model: type[BaseModel], handler: Handler) -> LimitedRequests:
         async def run(query: BaseModel, _: Msg) -> BaseModel:
             return await handler(query)
 
@@ -119,7 +121,7 @@ class QueryService:
             task.add_done_callback(lambda _: self._limits.done(caller))
             return True
 
-        return limited(
+        return LimitedRequests(
             self.nc, self._limits, self.settings.topology, service=SERVICE, callback=on_message
         )
 
