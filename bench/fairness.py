@@ -9,8 +9,11 @@ queries, ``--in-flight`` of each outstanding, never waiting for ``retry_after``.
 
 Figures (one JSON line each): ``polite_alone_p50_ms`` / ``polite_alone_p99_ms``,
 ``polite_loaded_p50_ms`` / ``polite_loaded_p99_ms``, ``polite_p99_ratio`` (loaded over
-alone; the target is at most 2), and the greedy host's ``greedy_checks_per_s`` /
-``greedy_queries_per_s`` (answered, with how many of them were refusals).
+alone; the target is at most 2), the CPU each process of the stack used during the loaded
+phase (``loaded_cpu_<process>``, % of a core) and what the enforcer and the query service
+spent per greedy request (``<service>_cpu_per_greedy_request_us``: nearly all of those are
+refusals), and the greedy host's ``greedy_checks_per_s`` / ``greedy_queries_per_s``
+(answered, with how many of them were refusals).
 
 Run: ``./run python bench/fairness.py [--seconds 15] [--rate 50] [--in-flight 200]``.
 """
@@ -202,9 +205,12 @@ async def main(args: argparse.Namespace) -> None:
     emit("polite_loaded_p50_ms", loaded_p50, "ms", checks=len(loaded), rate=args.rate)
     emit("polite_loaded_p99_ms", loaded_p99, "ms", checks=len(loaded), rate=args.rate)
     emit("polite_p99_ratio", loaded_p99 / alone_p99, "x", target="<= 2")
-    for name, seconds in sorted(cpu_after.items()):
-        busy = (seconds - cpu_before.get(name, 0.0)) / elapsed
-        emit(f"loaded_cpu_{name}", busy * 100, "% of a core")
+    busy = {name: (s - cpu_before.get(name, 0.0)) / elapsed for name, s in cpu_after.items()}
+    for name, share in sorted(busy.items()):
+        emit(f"loaded_cpu_{name}", share * 100, "% of a core")
+    for service, kind in (("enforcer", "checks"), ("query-service", "queries")):
+        asked = flooded[kind]["answered"] / flooded["seconds"]
+        emit(f"{service}_cpu_per_greedy_request_us", busy[service] / asked * 1e6, "us")
     for kind in ("checks", "queries"):
         counts = flooded[kind]
         emit(
