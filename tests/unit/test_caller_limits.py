@@ -3,10 +3,16 @@ enforcer's decision loop, on a clock the test moves."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any, cast
+
 import pytest
 
+from events import Topology
 from services.fair_queue import FairQueue
-from services.limits import CallerLimits
+from services.limits import CallerLimits, LimitedRequests
 
 
 class Clock:
@@ -96,3 +102,51 @@ async def test_the_queue_serves_callers_round_robin_across_takes() -> None:
     ]
     assert await queue.take(10) == [("greedy", "g3"), ("greedy", "g4")]
     assert len(queue) == 0
+
+
+class FakeNats:
+    def __init__(self, log: list[str]) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.log = log
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.published.append((subject, data))
+        self.log.append(f"refused {subject}")
+
+
+async def test_a_request_waits_behind_one_of_a_greedy_callers_not_its_backlog() -> None:
+    topology = Topology(prefix="t")
+    handled: list[str] = []
+    log: list[str] = []
+    all_handled = asyncio.Event()
+
+    async def handle(msg: Any, caller: str) -> bool:
+        handled.append(caller)
+        log.append(f"handled {msg.reply}")
+        if len(handled) == 6:
+            all_handled.set()
+        return False
+
+    nc = FakeNats(log)
+    caller_limits = CallerLimits(rate=1, burst=1, in_flight=10, exempt="svc", clock=Clock())
+    requests = LimitedRequests(
+        cast(Any, nc), caller_limits, topology, service="svc", callback=handle
+    )
+    try:
+        for i in range(50):  # arrive before the worker runs: a backlog
+            await requests.on_message(
+                cast(Any, SimpleNamespace(subject="t.rpc.greedy.x", reply=f"g{i}", data=b""))
+            )
+        for caller in ("polite", "svc", "svc", "svc", "svc"):
+            await requests.on_message(
+                cast(Any, SimpleNamespace(subject=f"t.rpc.{caller}.x", reply="p", data=b""))
+            )
+        await asyncio.wait_for(all_handled.wait(), 5)
+    finally:
+        await requests.close()
+    # one of the backlog (admitted), then the polite one, before the rest are refused
+    assert log[:2] == ["handled g0", "handled p"]
+    assert handled == ["greedy", "polite", "svc", "svc", "svc", "svc"]
+    refused = [json.loads(data) for reply, data in nc.published if reply.startswith("g")]
+    assert refused and all(r["retry_after"] > 0 for r in refused)
+    assert all("too many requests" in r["error"] for r in refused)
