@@ -20,7 +20,7 @@ from budget.pricing import (
 )
 from budget.queries import NotApplied
 from budget.reports import ReportGenerator, get_report_generator
-from budget.rpc import Refused, RpcFailure, Unanswered
+from budget.rpc import Refused, RpcFailure, Throttled, Unanswered
 from budget.tracker import UsageTracker, get_usage_tracker
 from budget.usage import normalize_usage, usage_from_response
 
@@ -38,6 +38,7 @@ __all__ = [
     "ReportGenerator",
     "RpcFailure",
     "Settings",
+    "Throttled",
     "Unanswered",
     "Unpriced",
     "UnpricedModelError",

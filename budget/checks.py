@@ -7,7 +7,9 @@ returns. When none of the snapshot's policies is BLOCK or THROTTLE the answer is
 here, in microseconds. Otherwise the enforcer decides and reserves the estimate, over NATS
 request/reply. If the enforcer cannot be asked, the last snapshot decides: allowed if it
 shows no BLOCK/THROTTLE policy for the call, else (or knowing nothing) refused unless
-``fail_open``, saying which.
+``fail_open``, saying which. So too when the enforcer throttles this caller for longer
+than ``enforcer_timeout`` (``budget.rpc.Throttled``), but ``fail_open`` never applies
+then: the enforcer is up and has said to slow down.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from budget.enforcement import assess, decide
 from budget.policies import PolicyWindow
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
-from budget.rpc import RpcFailure, Unanswered, ask
+from budget.rpc import RpcFailure, Throttled, Unanswered, ask
 from events import LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
@@ -174,6 +176,8 @@ class BudgetChecker:
             snapshot = await self._snapshot(call, enforcer_decides=estimate is not None)
         except _Unavailable as exc:
             return await self._unreachable(call, str(exc), estimate)
+        except Throttled as exc:
+            return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
         now = utc_now()
         if snapshot.enforced:
             if estimate is None:
@@ -185,6 +189,8 @@ class BudgetChecker:
             request = CheckRequest(**call.model_dump(), estimated_cost=estimate, reserve=reserve)
             try:
                 answer = await self._ask(RPC_CHECK, request, CheckResult)
+            except Throttled as exc:
+                return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
             except RpcFailure as exc:
                 return await self._unreachable(call, f"enforcer unavailable ({exc})", estimate)
             self._degraded = False
@@ -240,6 +246,8 @@ class BudgetChecker:
                 unreadable = f"policy log unreadable ({exc}) and "
         try:
             snapshot = await self._ask(RPC_SNAPSHOT, call, Snapshot)
+        except Throttled:
+            raise
         except RpcFailure as exc:
             raise _Unavailable(f"{unreadable or ''}enforcer unavailable ({exc})") from None
         self._degraded = False
@@ -269,14 +277,22 @@ class BudgetChecker:
         return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
 
     async def _unreachable(
-        self, call: CallAttributes, situation: str, estimate: Decimal | None
+        self,
+        call: CallAttributes,
+        situation: str,
+        estimate: Decimal | None,
+        *,
+        throttled: bool = False,
     ) -> CheckResult:
         """The answer without the enforcer (``situation`` says what failed, and why): the
         last snapshot decides, if it is as new as the policy log's end (read now: a
         policy set while the enforcer is down binds too; the end as last read only if
-        the log cannot be read either)."""
+        the log cannot be read either). ``throttled``: the enforcer is up but refuses this
+        caller for now, so ``fail_open`` does not apply (a flood would otherwise open every
+        BLOCK policy)."""
         counted = estimate or Decimal(0)
-        if self.settings.fail_open:
+        remedy = _SLOW_DOWN if throttled else _REMEDY
+        if self.settings.fail_open and not throttled:
             return CheckResult(
                 allowed=True,
                 action=None,
@@ -299,7 +315,7 @@ class BudgetChecker:
             return _refuse(
                 f"{situation}: policy {names} applies to this call and"
                 " cannot be checked without it, so the call is refused (fail closed);"
-                f" {_REMEDY}",
+                f" {remedy}",
                 counted,
             )
         unenforced = last is not None or (
@@ -309,7 +325,7 @@ class BudgetChecker:
             return _refuse(
                 f"{situation}, and nothing is known about the policies of this call (no"
                 " snapshot since the last policy change), so the call is"
-                f" refused (fail closed); {_REMEDY}",
+                f" refused (fail closed); {remedy}",
                 counted,
             )
         if not self._degraded:
@@ -339,6 +355,14 @@ class _Unavailable(Exception):
 
 
 _REMEDY = "start `budget enforcer` (or `budget up`), or set budget.fail_open: true to allow"
+_SLOW_DOWN = (
+    "this host asks more than the enforcer's caller_rate or caller_in_flight allow: ask"
+    " less often, or raise them (fail_open does not apply to being throttled)"
+)
+
+
+def _throttled(exc: Throttled) -> str:
+    return f"enforcer throttles this caller ({exc}; longer than enforcer_timeout)"
 
 
 def _refuse(reason: str, estimate: Decimal) -> CheckResult:

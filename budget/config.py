@@ -168,6 +168,27 @@ class Settings(BaseModel):
     alert_channels: AlertChannels = Field(
         default=AlertChannels(), description="the top-level alert_channels of config.yaml"
     )
+    caller_rate: float = Field(
+        default=200,
+        gt=0,
+        description="enforcer requests/s one caller may send, sustained; the services' own"
+        " caller is not limited (docs/enforcement.md)",
+    )
+    caller_burst: int = Field(
+        default=400, ge=1, description="enforcer requests one caller may send at once"
+    )
+    caller_in_flight: int = Field(
+        default=64, ge=1, description="requests of one caller the enforcer works on at once"
+    )
+    caller_query_rate: float = Field(
+        default=20, gt=0, description="query service requests/s one caller may send, sustained"
+    )
+    caller_query_burst: int = Field(
+        default=40, ge=1, description="query service requests one caller may send at once"
+    )
+    caller_query_in_flight: int = Field(
+        default=8, ge=1, description="requests of one caller the query service works on at once"
+    )
     max_clock_skew: float = Field(
         default=TimeBounds.max_clock_skew.total_seconds(),
         ge=0,

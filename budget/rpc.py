@@ -1,5 +1,7 @@
 """Request/reply over NATS to the services (enforcer, query service): one way to ask and
-to tell "nobody answered" from "the service refused the question"."""
+to tell "nobody answered" from "the service refused the question" and from "the service
+asks this caller to slow down" (``Throttled``, after waiting its ``retry_after`` while the
+time to ask allows)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from budget.natsconn import permitted
 from events.rpc import RpcError
 
-__all__ = ["Refused", "RpcFailure", "Unanswered", "ask"]
+__all__ = ["Refused", "RpcFailure", "Throttled", "Unanswered", "ask"]
 
 M = TypeVar("M", bound=BaseModel)
 _RETRY = 0.1  # seconds between asking a service that has no subscriber yet
@@ -33,6 +35,15 @@ class Refused(RpcFailure, ValueError):
     """The service answered with an ``RpcError``: the question was wrong or it failed."""
 
 
+class Throttled(RpcFailure):
+    """The service refused this caller for its rate or in-flight limit, for longer than
+    the time to ask allowed waiting; ``retry_after``: seconds until it may ask again."""
+
+    def __init__(self, why: str, retry_after: float) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
+
+
 async def ask(
     nc: Client | None,
     subject: str,
@@ -44,28 +55,41 @@ async def ask(
 ) -> M:
     """Send ``request`` to ``subject`` and parse the reply as ``answer``. With
     ``await_responder``, a service that is not subscribed yet (starting, restarting) is
-    asked again until ``within`` runs out; otherwise that fails at once."""
+    asked again until ``within`` runs out; otherwise that fails at once. A refusal for
+    the caller's limits is asked again after its ``retry_after`` if that falls within
+    ``within``, else raised as ``Throttled``."""
     if nc is None or not nc.is_connected:
         raise Unanswered("not connected to NATS")
     data = request.model_dump_json().encode()
     deadline = time.monotonic() + within
     while True:
+        reply = await _request(nc, subject, data, deadline, await_responder=await_responder)
+        try:
+            return answer.model_validate_json(reply)
+        except ValidationError:
+            pass
+        try:
+            error = RpcError.model_validate_json(reply)
+        except ValidationError:
+            raise Refused(f"unexpected answer {reply[:200]!r}") from None
+        if error.retry_after is None:
+            raise Refused(error.error)
+        if time.monotonic() + error.retry_after >= deadline:
+            raise Throttled(error.error, error.retry_after)
+        await asyncio.sleep(error.retry_after)
+
+
+async def _request(
+    nc: Client, subject: str, data: bytes, deadline: float, *, await_responder: bool
+) -> bytes:
+    while True:
         try:
             timeout = max(deadline - time.monotonic(), 0.01)
             reply = await permitted(nc, subject, nc.request(subject, data, timeout=timeout))
-            break
+            return reply.data
         except NoRespondersError as exc:
             if not await_responder or time.monotonic() + _RETRY > deadline:
                 raise Unanswered(f"no answer on {subject}: {exc!r}") from None
             await asyncio.sleep(_RETRY)
         except (NatsError, TimeoutError) as exc:
             raise Unanswered(f"no answer on {subject}: {exc!r}") from None
-    try:
-        return answer.model_validate_json(reply.data)
-    except ValidationError:
-        pass
-    try:
-        why = RpcError.model_validate_json(reply.data).error
-    except ValidationError:
-        why = f"unexpected answer {reply.data[:200]!r}"
-    raise Refused(why)

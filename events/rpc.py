@@ -129,3 +129,9 @@ class CheckResult(_Message):
 
 class RpcError(_Message):
     error: str
+    retry_after: float | None = Field(
+        default=None,
+        ge=0,
+        description="set when the request was refused for the caller's rate or in-flight"
+        " limit, not for what it asked: seconds to wait before asking again",
+    )

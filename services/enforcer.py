@@ -1,14 +1,17 @@
 """``budget enforcer``: strongly consistent answers for BLOCK and THROTTLE policies.
 
 Checks arrive over NATS request/reply (``<prefix>.rpc.<caller>.enforcer.check``, queue group
-``enforcer``, so several enforcers share the load). Requests waiting while a transaction
-runs are decided together in the next one: the windows they touch are locked, their spend
-read once, each request judged in arrival order against what the ones before it reserved,
+``enforcer``, so several enforcers share the load). Each caller is held to its limits
+(``services.limits``) and queued on its own; requests waiting while a transaction runs are
+decided together in the next one, taken round robin across callers: the windows they touch
+are locked, their spend read once, each request judged in that order against what the
+ones before it reserved,
 and the holds of all admitted requests committed, before any answer is sent. A reply
 therefore never promises what the database does not hold.
 
 Holds end when usage reaches the live spend ledger (the spend projection deletes them in
-the transaction that counts the cost), on release, or at expiry; a scheduled job removes
+the transaction that counts the cost), on release by the caller that reserved them (or the
+services' own credential), or at expiry; a scheduled job removes
 expired and settled leftovers. At start the enforcer publishes the ``budget_policies`` of
 config.yaml (and the default user policy) that differ from the live ones.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -53,9 +57,11 @@ from projections.checkpoints import live_position
 from projections.db import connect
 from projections.policies import PoliciesProjection, load_policies
 from projections.windows import window_sums
-from services import reservations
+from services import replies, reservations
+from services.fair_queue import FairQueue
+from services.limits import CallerLimits, LimitedRequests
 from services.liveness import Liveness
-from services.replies import UNAVAILABLE, error_reply, guarded, send
+from services.replies import UNAVAILABLE, Handler, error_reply, send
 
 __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
 
@@ -89,6 +95,7 @@ class EnforcerConfig:
 class _Pending:
     request: CheckRequest
     reply: str
+    caller: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +137,8 @@ class Enforcer:
             "enforcer decision loop", stall_after=self.config.stall_after
         )
         self.topology = settings.topology
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: FairQueue[_Pending] = FairQueue()
+        self._limits = CallerLimits.of_enforcer(settings)
         self._policies = _Policies()
         self._spent: dict[tuple[str, str, datetime], Decimal] = {}
         """Each window's spend as this enforcer last read or reserved it."""
@@ -144,6 +152,7 @@ class Enforcer:
         )
         self._scheduler = AsyncIOScheduler()
         self._subscriptions: list[Any] = []
+        self._requests: list[LimitedRequests] = []
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -153,14 +162,22 @@ class Enforcer:
         await self.publish_configured_policies()
         self._loop_task = self._decision_loop.start(self._decide_forever())
         for name, model, handler in (
-            (RPC_CHECK, CheckRequest, self._on_check),
+            (RPC_CHECK, CheckRequest, None),
             (RPC_RELEASE, ReleaseRequest, self._on_release),
             (RPC_SNAPSHOT, CallAttributes, self._on_snapshot),
         ):
-            subject = self.topology.rpc_wildcard(name)
-            callback = guarded(self.nc, model, handler, service=SERVICE, liveness=self.liveness)
+            requests = LimitedRequests(
+                self.nc,
+                self._limits,
+                self.topology,
+                service=SERVICE,
+                callback=self._on_check if handler is None else self._answering(model, handler),
+            )
+            self._requests.append(requests)
             self._subscriptions.append(
-                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=callback)
+                await self.nc.subscribe(
+                    self.topology.rpc_wildcard(name), queue=QUEUE_GROUP, cb=requests.on_message
+                )
             )
         self._scheduler.add_job(
             self.release_finished, "interval", seconds=self.config.cleanup_interval
@@ -173,6 +190,8 @@ class Enforcer:
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        for requests in self._requests:
+            await requests.close()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         if self._loop_task is not None:
@@ -185,14 +204,42 @@ class Enforcer:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def _on_check(self, request: CheckRequest, msg: Msg) -> None:
-        """Queued for the decision loop, which answers."""
-        self._queue.put_nowait(_Pending(request, msg.reply))
+    def _answering(
+        self, model: type[CheckRequest | ReleaseRequest | CallAttributes], handler: Handler
+    ) -> Callable[[Msg, str], Awaitable[bool]]:
+        async def answered_now(msg: Msg, _: str) -> bool:
+            await replies.answer(
+                self.nc, msg, model, handler, service=SERVICE, liveness=self.liveness
+            )
+            return False
 
-    async def _on_release(self, request: ReleaseRequest, _: Msg) -> ReleaseResult:
+        return answered_now
+
+    async def _on_check(self, msg: Msg, caller: str) -> bool:
+        """Queued for the decision loop, which answers; True once queued."""
+        queued = False
+
+        async def enqueue(request: CheckRequest, msg: Msg) -> None:
+            nonlocal queued
+            self._queue.put(caller, _Pending(request, msg.reply, caller))
+            queued = True
+
+        await replies.answer(
+            self.nc, msg, CheckRequest, enqueue, service=SERVICE, liveness=self.liveness
+        )
+        return queued
+
+    async def _on_release(self, request: ReleaseRequest, msg: Msg) -> ReleaseResult:
+        """Only the caller that reserved may release, or the services' own credential."""
+        caller = self.topology.caller_of(msg.subject)
         async with self._aux_lock:
             assert self._aux is not None
-            released = await reservations.release(self._aux, request.reservation_id)
+            released = await reservations.release(
+                self._aux,
+                request.reservation_id,
+                caller=caller,
+                any_caller=caller == self.settings.caller,
+            )
         return ReleaseResult(released=released)
 
     async def _on_snapshot(self, request: CallAttributes, _: Msg) -> Snapshot:
@@ -219,9 +266,7 @@ class Enforcer:
 
     async def _decide_forever(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.config.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = [pending for _, pending in await self._queue.take(self.config.max_batch)]
             with self._decision_loop.turn():
                 await self._decide_and_answer(batch)
 
@@ -234,7 +279,7 @@ class Enforcer:
         except UNAVAILABLE as exc:
             error = error_reply(SERVICE, exc)
             for pending in batch:
-                await self._send(pending.reply, error)
+                await self._send(pending, error)
             await self._reconnect_decider()
             return
         except Exception as exc:
@@ -242,10 +287,10 @@ class Enforcer:
                 for pending in batch:
                     await self._decide_and_answer([pending])
             else:
-                await self._send(batch[0].reply, error_reply(SERVICE, exc))
+                await self._send(batch[0], error_reply(SERVICE, exc))
             return
         for pending, result in zip(batch, results, strict=True):
-            await self._send(pending.reply, result)
+            await self._send(pending, result)
         for pending, result in zip(batch, results, strict=True):
             if not result.allowed:
                 try:
@@ -253,9 +298,10 @@ class Enforcer:
                 except Exception:
                     log.exception("enforcer could not publish a RequestBlocked event")
 
-    async def _send(self, reply: str, answer: CheckResult | RpcError) -> None:
+    async def _send(self, pending: _Pending, answer: CheckResult | RpcError) -> None:
+        self._limits.done(pending.caller)
         try:
-            await send(self.nc, reply, answer)
+            await send(self.nc, pending.reply, answer)
         except Exception as exc:  # the asker hears nothing and times out; the loop goes on
             log.warning("enforcer could not send an answer: %s", exc)
 
@@ -319,7 +365,7 @@ class Enforcer:
     def _judge(
         self, batch: _Batch, spent: list[Decimal]
     ) -> tuple[list[CheckResult], list[reservations.Hold]]:
-        """Every request in arrival order, against what the ones before it reserved."""
+        """Every request in the batch's order, against what the ones before it reserved."""
         spend = {w.ident: amount for w, amount in zip(batch.windows, spent, strict=True)}
         results, holds = [], []
         now = batch.now
@@ -336,7 +382,9 @@ class Enforcer:
                 for w in enforced:
                     with exact_money():
                         spend[w.ident] += estimate
-                    holds.append(reservations.Hold(reservation_id, w, estimate, expires))
+                    holds.append(
+                        reservations.Hold(reservation_id, w, estimate, expires, pending.caller)
+                    )
             results.append(result)
         return results, holds
 

@@ -4,7 +4,8 @@ Host apps never hold the database's credentials: ``BudgetManager``, ``AlertEngin
 ``ReportGenerator`` ask over NATS request/reply (``<prefix>.rpc.<caller>.query.*``, queue group
 ``query``, so replicas share the load), and this service reads PostgreSQL. Each request
 runs as its own task, so a slow report or a wait for a change to apply holds up nothing
-else; at most ``connections`` run in the database at once.
+else; at most ``connections`` run in the database at once. Each caller is held to its
+limits (``services.limits``): past them a request is refused at once, unread.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from events.queries import (
     SpendQuery,
 )
 from projections.database_queries import DatabaseQueries
+from services.limits import CallerLimits, LimitedRequests
 from services.liveness import Liveness
 from services.replies import answer
 
@@ -71,7 +73,9 @@ class QueryService:
         self.liveness = liveness or Liveness()
         self.queries = DatabaseQueries(settings.database_url, connections=connections)
         self._subscriptions: list[Any] = []
+        self._requests: list[LimitedRequests] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._limits = CallerLimits.of_query_service(settings)
 
     async def start(self) -> None:
         routes: dict[str, tuple[type[BaseModel], Handler]] = {
@@ -85,9 +89,10 @@ class QueryService:
         }
         for name, (model, handler) in routes.items():
             subject = self.settings.topology.rpc_wildcard(name)
-            callback = self._callback(model, handler)
+            requests = self._limited(model, handler)
+            self._requests.append(requests)
             self._subscriptions.append(
-                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=callback)
+                await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=requests.on_message)
             )
         await self.nc.flush()
         log.info("query service answering on %s", self.settings.topology.rpc_wildcard("query.*"))
@@ -96,25 +101,29 @@ class QueryService:
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        for requests in self._requests:
+            await requests.close()
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.queries.close()
 
-    def _callback(
-        self, model: type[BaseModel], handler: Handler
-    ) -> Callable[[Msg], Awaitable[None]]:
+    def _limited(self, model: type[BaseModel], handler: Handler) -> LimitedRequests:
         async def run(query: BaseModel, _: Msg) -> BaseModel:
             return await handler(query)
 
-        async def on_message(msg: Msg) -> None:
+        async def on_message(msg: Msg, caller: str) -> bool:
             task = asyncio.create_task(
                 answer(self.nc, msg, model, run, service=SERVICE, liveness=self.liveness)
             )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: self._limits.done(caller))
+            return True
 
-        return on_message
+        return LimitedRequests(
+            self.nc, self._limits, self.settings.topology, service=SERVICE, callback=on_message
+        )
 
     async def _policies(self, query: PoliciesQuery) -> PoliciesAnswer:
         return PoliciesAnswer(policies=await self.queries.policies(query.scope))

@@ -47,6 +47,8 @@ class Hold:
     window: PolicyWindow
     amount: Decimal
     expires_at: datetime
+    caller: str
+    """Who reserved (the request subject's caller): only it, or the services, may release."""
 
 
 def _lock_key(window: PolicyWindow) -> int:
@@ -56,9 +58,10 @@ def _lock_key(window: PolicyWindow) -> int:
 
 _INSERT_HOLDS = """
     INSERT INTO reservation_holds
-        (reservation_id, policy_id, window_key, window_start, amount, expires_at)
+        (reservation_id, policy_id, window_key, window_start, amount, expires_at, caller)
     SELECT * FROM jsonb_to_recordset({holds}::jsonb) AS (reservation_id text, policy_id text,
-        window_key text, window_start timestamptz, amount numeric, expires_at timestamptz)
+        window_key text, window_start timestamptz, amount numeric, expires_at timestamptz,
+        caller text)
 """
 
 _RESERVE_FUNCTION = f"""
@@ -150,6 +153,7 @@ def _holds_param(holds: Sequence[Hold]) -> str:
             "window_start": h.window.start.isoformat(),
             "amount": str(h.amount),
             "expires_at": h.expires_at.isoformat(),
+            "caller": h.caller,
         }
         for h in holds
     )
@@ -159,12 +163,34 @@ def _json(rows: Iterable[dict[str, str]]) -> str:
     return json.dumps(list(rows))
 
 
-async def release(conn: Connection, reservation_id: str) -> int:
-    """Drop a reservation's holds (the call failed or was abandoned); returns how many."""
+async def release(
+    conn: Connection, reservation_id: str, *, caller: str, any_caller: bool = False
+) -> int:
+    """Drop a reservation's holds (the call failed or was abandoned) if ``caller`` made
+    them, or whoever did with ``any_caller``; returns how many. ``ValueError`` when they
+    belong to another caller: a host cannot free budget that another one holds."""
     cursor = await conn.execute(
-        "DELETE FROM reservation_holds WHERE reservation_id = %s", (reservation_id,)
+        """
+        WITH mine AS (
+            DELETE FROM reservation_holds
+            WHERE reservation_id = %(id)s AND (%(any)s OR caller = %(caller)s)
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM mine),
+               EXISTS (SELECT FROM reservation_holds WHERE reservation_id = %(id)s
+                       AND NOT (%(any)s OR caller IS NOT DISTINCT FROM %(caller)s))
+        """,
+        {"id": reservation_id, "caller": caller, "any": any_caller},
     )
-    return cursor.rowcount
+    row = await cursor.fetchone()
+    assert row is not None
+    released, foreign = int(row[0]), bool(row[1])
+    if foreign:
+        raise ValueError(
+            f"reservation {reservation_id} was made by another caller: only that caller (or"
+            " the services' own credential) may release it"
+        )
+    return released
 
 
 async def release_finished(conn: Connection) -> tuple[int, int]:

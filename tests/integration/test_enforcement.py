@@ -52,7 +52,7 @@ async def test_a_second_enforcer_s_holds_are_never_overlooked(stack: Enforcement
 
     async def ask(enforcer: Enforcer, cost: str) -> CheckResult:
         request = CheckRequest(model="gpt-4o", user_id="u1", estimated_cost=Decimal(cost))
-        [result] = await enforcer.decide([_Pending(request, reply="")])
+        [result] = await enforcer.decide([_Pending(request, "", stack.settings.caller)])
         return result
 
     try:

@@ -1,0 +1,206 @@
+"""Per-caller limits for the request/reply services: a token bucket (sustained rate and
+burst) and a cap on requests in flight, for each caller a request subject names
+(``<prefix>.rpc.<caller>.<name>``), so one greedy host cannot starve the others.
+
+Requests wait for their turn in a queue per caller, served round robin, so a greedy
+caller's backlog never sits in front of the others. A request over a limit is answered on
+its turn with an ``RpcError`` carrying ``retry_after``, before its body is decoded: a
+refusal costs a dictionary look-up and one small publish.
+The service's own caller (its ``Settings.caller``: the API and the admin tools speak for
+many users) is never limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from budget.config import Settings
+from events import Topology
+from events.rpc import RpcError
+from services.fair_queue import FairQueue
+
+__all__ = ["CallerLimits", "LimitedRequests", "Refusal"]
+
+log = logging.getLogger(__name__)
+
+_FORGET_AFTER = 10_000
+"""Callers remembered before the idle ones (bucket full, nothing in flight) are forgotten."""
+_MIN_RETRY = 0.001
+_MAX_QUEUED = 1000
+"""Requests of one caller waiting for their turn, past which more are refused on arrival."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    retry_after: float
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    refilled: float
+    in_flight: int = 0
+
+
+class CallerLimits:
+    """``rate`` requests/s sustained and ``burst`` at once per caller, at most
+    ``in_flight`` of a caller's requests being worked on; ``exempt`` is never limited.
+    ``settings``: the prefix of the settings' names, for refusals. ``clock``: for tests."""
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int,
+        in_flight: int,
+        exempt: str,
+        settings: str = "caller",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        """The prefix of the settings that set these limits, named in refusals."""
+        self.rate = rate
+        self.burst = burst
+        self.in_flight = in_flight
+        self.exempt = exempt
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    @classmethod
+    def of_enforcer(cls, settings: Settings) -> CallerLimits:
+        return cls(
+            rate=settings.caller_rate,
+            burst=settings.caller_burst,
+            in_flight=settings.caller_in_flight,
+            exempt=settings.caller,
+        )
+
+    @classmethod
+    def of_query_service(cls, settings: Settings) -> CallerLimits:
+        return cls(
+            rate=settings.caller_query_rate,
+            burst=settings.caller_query_burst,
+            in_flight=settings.caller_query_in_flight,
+            exempt=settings.caller,
+            settings="caller_query",
+        )
+
+    def admit(self, caller: str) -> Refusal | None:
+        """None: admitted, and counted in flight until ``done(caller)``; else why not."""
+        if caller == self.exempt:
+            return None
+        now = self._clock()
+        bucket = self._buckets.get(caller)
+        if bucket is None:
+            if len(self._buckets) >= _FORGET_AFTER:
+                self._forget_idle(now)
+            bucket = self._buckets[caller] = _Bucket(float(self.burst), now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.refilled) * self.rate)
+            bucket.refilled = now
+        if bucket.in_flight >= self.in_flight:
+            return Refusal(
+                f"caller {caller!r} has {bucket.in_flight} requests in flight, the most"
+                f" allowed ({self.settings}_in_flight)",
+                max(1 / self.rate, _MIN_RETRY),
+            )
+        if bucket.tokens < 1 - 1e-9:  # not refused again for a rounding after its wait
+            return Refusal(
+                f"caller {caller!r} sends more than {self.rate:g} requests/s"
+                f" ({self.settings}_rate)",
+                max((1 - bucket.tokens) / self.rate, _MIN_RETRY),
+            )
+        bucket.tokens = max(bucket.tokens - 1, 0.0)
+        bucket.in_flight += 1
+        return None
+
+    def done(self, caller: str) -> None:
+        """One of ``caller``'s admitted requests was answered."""
+        bucket = self._buckets.get(caller)
+        if bucket is not None and bucket.in_flight > 0:
+            bucket.in_flight -= 1
+
+    def _forget_idle(self, now: float) -> None:
+        idle = [
+            caller
+            for caller, b in self._buckets.items()
+            if b.in_flight == 0 and b.tokens + (now - b.refilled) * self.rate >= self.burst
+        ]
+        for caller in idle:
+            del self._buckets[caller]
+
+
+class LimitedRequests:
+    """One subscription's requests, queued per caller as they arrive (the subscription
+    callback is ``on_message``) and handled round robin across callers: a request within
+    its caller's limits goes to ``callback(msg, caller)``, any other is refused with
+    ``retry_after``, its body unread. A greedy caller's backlog therefore never sits in
+    front of another caller's request, which waits for at most one of its requests.
+
+    A request counts in flight until ``callback`` returns, or, when it returns True (it
+    handed the request on), until whoever answers calls ``limits.done(caller)``."""
+
+    def __init__(
+        self,
+        nc: Client,
+        limits: CallerLimits,
+        topology: Topology,
+        *,
+        service: str,
+        callback: Callable[[Msg, str], Awaitable[bool]],
+    ) -> None:
+        self.nc = nc
+        self.limits = limits
+        self.topology = topology
+        self.service = service
+        self.callback = callback
+        self._queue: FairQueue[Msg] = FairQueue()
+        self._worker = asyncio.create_task(self._serve())
+
+    async def on_message(self, msg: Msg) -> None:
+        caller = self.topology.caller_of(msg.subject)
+        if self._queue.waiting(caller) < _MAX_QUEUED:
+            self._queue.put(caller, msg)
+        else:  # a caller that sends without waiting for answers: refused here, unqueued
+            await self._refuse(msg, Refusal(f"caller {caller!r} has too many requests queued", 1))
+
+    async def close(self) -> None:
+        self._worker.cancel()
+        await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def _serve(self) -> None:
+        while True:
+            [(caller, msg)] = await self._queue.take(1)
+            try:
+                await self._handle(caller, msg)
+            except Exception:  # e.g. NATS closed under a refusal: the next one is served
+                log.exception("%s could not handle a request", self.service)
+
+    async def _handle(self, caller: str, msg: Msg) -> None:
+        refusal = self.limits.admit(caller)
+        if refusal is not None:
+            await self._refuse(msg, refusal)
+            return
+        handed_on = False
+        try:
+            handed_on = await self.callback(msg, caller)
+        finally:
+            if not handed_on:
+                self.limits.done(caller)
+
+    async def _refuse(self, msg: Msg, refusal: Refusal) -> None:
+        if msg.reply:
+            error = RpcError(
+                error=f"{self.service}: too many requests: {refusal.reason}; retry after"
+                f" {refusal.retry_after:.3f}s",
+                retry_after=round(refusal.retry_after, 3),
+            )
+            await self.nc.publish(msg.reply, error.model_dump_json().encode())

@@ -1,0 +1,170 @@
+"""Per-caller limits on the real NATS and PostgreSQL: a greedy host flooding the enforcer
+and the query service is refused with ``retry_after`` while a well-behaved host gets
+every check answered correctly; a tracker waits out a short refusal and turns a long one
+into a clear refusal (never into fail_open); holds belong to the caller that made them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from pydantic import ValidationError
+
+from budget.config import Settings
+from budget.manager import BudgetManager
+from budget.rpc import Refused, ask
+from budget.tracker import UsageTracker, start_usage_tracker
+from events import BudgetScope, Topology
+from events.queries import QUERY_POLICIES, PoliciesQuery
+from events.rpc import RPC_CHECK, CheckRequest, CheckResult, RpcError
+
+from enforcement import EnforcementStack, enforcement_stack, stack_settings
+
+pytestmark = pytest.mark.integration
+DIME = Decimal("0.10")
+SERVICES = "budget-services"  # the services' own caller: exempt, and may release any hold
+
+
+@contextlib.asynccontextmanager
+async def limited_stack(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path, **limits: Any
+) -> AsyncIterator[EnforcementStack]:
+    settings = stack_settings(nats_url, db, topology, tmp_path, service_name=SERVICES, **limits)
+    async with enforcement_stack(nc, settings) as stack:
+        yield stack
+
+
+@contextlib.asynccontextmanager
+async def host(stack: EnforcementStack, name: str, **extra: Any) -> AsyncIterator[UsageTracker]:
+    """A tracker of another host app: its requests name ``name`` as their caller."""
+    settings = stack.settings.model_copy(
+        update={"service_name": name, "spool_dir": stack.settings.spool_dir / name, **extra}
+    )
+    tracker = await start_usage_tracker(Settings.model_validate(settings.model_dump()))
+    try:
+        yield tracker
+    finally:
+        await tracker.close()
+
+
+async def flood(nc: Client, subject: str, payload: bytes, until: asyncio.Event) -> list[bytes]:
+    """Ask ``subject`` from 20 tasks at once, never waiting for ``retry_after``, until
+    ``until`` is set (at most 20,000 requests); the answers."""
+    answers: list[bytes] = []
+
+    async def one_asker() -> None:
+        while not until.is_set() and len(answers) < 20_000:
+            answers.append((await nc.request(subject, payload, timeout=10)).data)
+
+    await asyncio.gather(*(one_asker() for _ in range(20)))
+    return answers
+
+
+def refusals(answers: list[bytes]) -> list[RpcError]:
+    refused = []
+    for data in answers:
+        with contextlib.suppress(ValidationError):
+            refused.append(RpcError.model_validate_json(data))
+    return refused
+
+
+async def test_a_greedy_host_is_refused_while_a_polite_one_is_answered(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    async with limited_stack(
+        nc, nats_url, db, topology, tmp_path, caller_rate=50, caller_burst=10, caller_in_flight=4
+    ) as stack:
+        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+        await stack.enforcer_applies_policies()
+        greedy_check = CheckRequest(model="gpt-4o", user_id="greedy", estimated_cost=Decimal(0))
+        done = asyncio.Event()
+        floods = [
+            asyncio.create_task(
+                flood(nc, topology.rpc_subject(name, caller="greedy"), payload, done)
+            )
+            for name, payload in (
+                (RPC_CHECK, greedy_check.model_dump_json().encode()),
+                (QUERY_POLICIES, PoliciesQuery().model_dump_json().encode()),
+            )
+        ]
+        async with host(stack, "polite") as polite:
+            results = []
+            for _ in range(15):  # 10 fit under $1.00, then the budget refuses
+                results.append(
+                    await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+                )
+            policies = await BudgetManager(polite.settings, polite).get_policies()
+        done.set()
+        check_answers, query_answers = await asyncio.gather(*floods)
+    assert [r.allowed for r in results] == [True] * 10 + [False] * 5
+    assert all(r.enforced for r in results), [r.reason for r in results if not r.enforced]
+    assert results[-1].current_spend == Decimal("1.00")
+    assert [p.name for p in policies] == ["test policy"]
+    for answers in (check_answers, query_answers):
+        refused = refusals(answers)
+        assert refused, "the greedy host was never refused"
+        assert all(r.retry_after is not None and r.retry_after > 0 for r in refused)
+        assert all("too many requests" in r.error for r in refused)
+        assert len(refused) < len(answers), "the greedy host got nothing answered"
+
+
+async def test_a_tracker_waits_out_a_short_refusal(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    async with limited_stack(
+        nc, nats_url, db, topology, tmp_path, caller_rate=10, caller_burst=1
+    ) as stack:
+        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+        await stack.enforcer_applies_policies()
+        subject = topology.rpc_subject(RPC_CHECK, caller="polite")
+        dime = CheckRequest(model="gpt-4o", user_id="polite", estimated_cost=DIME)
+        await ask(nc, subject, dime, CheckResult, within=5)
+        raw = await nc.request(subject, dime.model_dump_json().encode(), timeout=5)
+        refusal = RpcError.model_validate_json(raw.data)  # its one token is spent
+        assert refusal.retry_after is not None and 0 < refusal.retry_after <= 0.1
+        answers = [await ask(nc, subject, dime, CheckResult, within=5) for _ in range(3)]
+    assert all(a.allowed and a.enforced for a in answers)
+    assert answers[-1].current_spend == Decimal("0.30")
+
+
+async def test_a_long_refusal_refuses_the_call_even_with_fail_open(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    async with limited_stack(
+        nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=2
+    ) as stack:
+        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+        await stack.enforcer_applies_policies()
+        async with host(stack, "polite", fail_open=True, enforcer_timeout=0.5) as polite:
+            first = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+            second = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+    assert first.allowed and first.enforced  # a snapshot and a check: the burst of 2
+    assert not second.allowed and not second.enforced
+    assert "enforcer throttles this caller" in second.reason
+    assert "retry after" in second.reason
+    assert "fail_open does not apply to being throttled" in second.reason
+
+
+async def test_a_hold_is_released_only_by_its_caller_or_the_services(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    async with limited_stack(nc, nats_url, db, topology, tmp_path) as stack:
+        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+        await stack.enforcer_applies_policies()
+        async with host(stack, "alice-app") as alice, host(stack, "mallory-app") as mallory:
+            mine = await alice.check_budget("gpt-4o", user_id="alice", estimated_cost=DIME)
+            other = await alice.check_budget("gpt-4o", user_id="alice", estimated_cost=DIME)
+            assert mine.reservation_id and other.reservation_id
+            with pytest.raises(Refused, match="made by another caller"):
+                await mallory.checker.release_reporting(mine.reservation_id)
+            assert len(await stack.holds()) == 2
+            assert await alice.checker.release_reporting(mine.reservation_id) == 1
+            assert await stack.tracker.checker.release_reporting(other.reservation_id) == 1
+            assert await stack.holds() == []
+            assert await mallory.checker.release_reporting(mine.reservation_id) == 0

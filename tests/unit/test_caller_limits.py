@@ -1,0 +1,152 @@
+"""Per-caller limits (a token bucket and an in-flight cap) and the round robin queue of the
+enforcer's decision loop, on a clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from events import Topology
+from services.fair_queue import FairQueue
+from services.limits import CallerLimits, LimitedRequests
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limits(clock: Clock, *, rate: float = 10, burst: int = 3, in_flight: int = 100) -> CallerLimits:
+    return CallerLimits(rate=rate, burst=burst, in_flight=in_flight, exempt="svc", clock=clock)
+
+
+def test_a_caller_gets_its_burst_then_a_refusal_saying_when_to_retry() -> None:
+    clock = Clock()
+    caller_limits = limits(clock)
+    assert [caller_limits.admit("greedy") for _ in range(3)] == [None, None, None]
+    refusal = caller_limits.admit("greedy")
+    assert refusal is not None
+    assert refusal.retry_after == pytest.approx(0.1)
+    assert (
+        "more than 10 requests/s (caller_rate)" in refusal.reason and "'greedy'" in refusal.reason
+    )
+    assert caller_limits.admit("polite") is None  # another caller has its own bucket
+    clock.now += 0.05
+    later = caller_limits.admit("greedy")
+    assert later is not None and later.retry_after == pytest.approx(0.05)
+    clock.now += 0.05
+    assert caller_limits.admit("greedy") is None
+
+
+def test_a_bucket_refills_at_the_rate_up_to_the_burst() -> None:
+    clock = Clock()
+    caller_limits = limits(clock)
+    clock.now += 3600
+    admitted = 0
+    while caller_limits.admit("idle") is None:
+        admitted += 1
+    assert admitted == 3
+
+
+def test_requests_in_flight_are_capped_until_answered() -> None:
+    clock = Clock()
+    caller_limits = limits(clock, burst=100, in_flight=2)
+    assert caller_limits.admit("host") is None
+    assert caller_limits.admit("host") is None
+    refusal = caller_limits.admit("host")
+    assert refusal is not None and "(caller_in_flight)" in refusal.reason
+    assert refusal.retry_after > 0
+    caller_limits.done("host")
+    assert caller_limits.admit("host") is None
+
+
+def test_the_services_own_caller_is_never_limited() -> None:
+    caller_limits = limits(Clock(), burst=1, in_flight=1)
+    assert all(caller_limits.admit("svc") is None for _ in range(1000))
+
+
+def test_idle_callers_are_forgotten_when_there_are_many() -> None:
+    clock = Clock()
+    caller_limits = limits(clock, burst=1)
+    for i in range(10_000):
+        caller_limits.admit(f"host-{i}")
+        caller_limits.done(f"host-{i}")
+    busy = caller_limits.admit("host-0")
+    assert busy is not None  # its token spent: a refusal, not a new bucket
+    clock.now += 1
+    assert caller_limits.admit("newcomer") is None
+    assert len(caller_limits._buckets) < 10_000
+
+
+async def test_the_queue_serves_callers_round_robin_across_takes() -> None:
+    queue: FairQueue[str] = FairQueue()
+    for i in range(5):
+        queue.put("greedy", f"g{i}")
+    queue.put("polite", "p0")
+    queue.put("other", "o0")
+    first = await queue.take(2)
+    assert first == [("greedy", "g0"), ("polite", "p0")]
+    queue.put("polite", "p1")
+    assert await queue.take(4) == [
+        ("other", "o0"),
+        ("greedy", "g1"),
+        ("polite", "p1"),
+        ("greedy", "g2"),
+    ]
+    assert await queue.take(10) == [("greedy", "g3"), ("greedy", "g4")]
+    assert len(queue) == 0
+
+
+class FakeNats:
+    def __init__(self, log: list[str]) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.log = log
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.published.append((subject, data))
+        self.log.append(f"refused {subject}")
+
+
+async def test_a_request_waits_behind_one_of_a_greedy_callers_not_its_backlog() -> None:
+    topology = Topology(prefix="t")
+    handled: list[str] = []
+    log: list[str] = []
+    all_handled = asyncio.Event()
+
+    async def handle(msg: Any, caller: str) -> bool:
+        handled.append(caller)
+        log.append(f"handled {msg.reply}")
+        if len(handled) == 6:
+            all_handled.set()
+        return False
+
+    nc = FakeNats(log)
+    caller_limits = CallerLimits(rate=1, burst=1, in_flight=10, exempt="svc", clock=Clock())
+    requests = LimitedRequests(
+        cast(Any, nc), caller_limits, topology, service="svc", callback=handle
+    )
+    try:
+        for i in range(50):  # arrive before the worker runs: a backlog
+            await requests.on_message(
+                cast(Any, SimpleNamespace(subject="t.rpc.greedy.x", reply=f"g{i}", data=b""))
+            )
+        for caller in ("polite", "svc", "svc", "svc", "svc"):
+            await requests.on_message(
+                cast(Any, SimpleNamespace(subject=f"t.rpc.{caller}.x", reply="p", data=b""))
+            )
+        await asyncio.wait_for(all_handled.wait(), 5)
+    finally:
+        await requests.close()
+    # one of the backlog (admitted), then the polite one, before the rest are refused
+    assert log[:2] == ["handled g0", "handled p"]
+    assert handled == ["greedy", "polite", "svc", "svc", "svc", "svc"]
+    refused = [json.loads(data) for reply, data in nc.published if reply.startswith("g")]
+    assert refused and all(r["retry_after"] > 0 for r in refused)
+    assert all("too many requests" in r["error"] for r in refused)
