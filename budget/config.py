@@ -54,7 +54,7 @@ class EmailChannel(_Channel):
     smtp_host: str = "localhost"
     smtp_port: int = Field(default=25, gt=0, lt=65536)
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
     starttls: bool = False
 
     @model_validator(mode="after")
@@ -66,7 +66,7 @@ class EmailChannel(_Channel):
 
 class WebhookChannel(_Channel):
     url: str = ""
-    secret: str | None = Field(
+    secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key; the X-Budget-Signature header proves origin"
     )
     timeout: float = Field(default=5.0, gt=0)
