@@ -36,8 +36,11 @@ MIN_SECRET_LENGTH = 4
 """Shorter values are not masked by value: they would mask ordinary words in every line
 (and protect nothing; the patterns above still mask them in URLs)."""
 
-# Each pattern masks its ``secret`` group.
-_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:(?P<secret>[^\s@/]*)@")
+# Each pattern masks its ``secret`` group. A URL's user part starts a word (or follows a
+# quote, a bracket, ``=``), with or without a scheme: NATS takes ``user:password@host``.
+_URL_PASSWORD = re.compile(
+    r"(?<![^\s,'\"(\[=<])(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@,'\"]*:(?P<secret>[^\s@/]*)@"
+)
 _PASSWORD_PARAM = re.compile(r"\bpassword=(?P<secret>[^\s&;,'\"]+)", re.IGNORECASE)
 _API_KEY = re.compile(r"\bbmk_[0-9a-f]+_(?P<secret>[A-Za-z0-9_-]+)")
 _PATTERNS = (_URL_PASSWORD, _PASSWORD_PARAM, _API_KEY)
