@@ -109,9 +109,7 @@ def install_redaction(secrets: Iterable[str] = ()) -> None:
 
     logging.setLogRecordFactory(redacted_record)
     sys.excepthook = _report_uncaught
-    threading.excepthook = lambda hook: _report_uncaught(
-        hook.exc_type, hook.exc_value or hook.exc_type(), hook.exc_traceback
-    )
+    threading.excepthook = _report_thread
 
 
 _FORMATTER = logging.Formatter()
@@ -129,6 +127,11 @@ def _redact_record(record: logging.LogRecord) -> None:
         record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
+
+
+def _report_thread(hook: threading.ExceptHookArgs) -> None:
+    if hook.exc_value is not None and not isinstance(hook.exc_value, SystemExit):
+        _report_uncaught(hook.exc_type, hook.exc_value, hook.exc_traceback)
 
 
 def _report_uncaught(

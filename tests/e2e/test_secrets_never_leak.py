@@ -349,6 +349,7 @@ def test_budget_up_at_work_shows_no_secret(tmp_path: Path, server_tmp_path: Path
         up = cli.start("up", "--data-dir", str(data_dir))
         try:
             shown = _work(cli, up.output, up.running)
+            shown.text += (data_dir / "stack.json").read_text()  # removed when it stops
             eventually(lambda: hook.received, bool, CATCH_UP, "the alert at the webhook")
             eventually(
                 up.output, lambda out: "via email failed" in out, CATCH_UP, "the email's failure"
@@ -377,7 +378,7 @@ def test_budget_up_at_work_shows_no_secret(tmp_path: Path, server_tmp_path: Path
 class Shown:
     key: str
     text: str
-    """Everything the commands and the HTTP API answered, except the key's one line."""
+    """Everything the commands, the HTTP API and stack.json showed, but the key's line."""
 
 
 def _work(cli: Budget, output: Callable[[], str], running: Callable[[], bool]) -> Shown:
