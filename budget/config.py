@@ -6,17 +6,17 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from budget.pricing.overrides import PriceOverride
+from budget.redaction import holds_secret, redact
 from events import BudgetPolicy, TimeBounds, Topology
 from events.subjects import caller_token
 
@@ -54,7 +54,7 @@ class EmailChannel(_Channel):
     smtp_host: str = "localhost"
     smtp_port: int = Field(default=25, gt=0, lt=65536)
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
     starttls: bool = False
 
     @model_validator(mode="after")
@@ -66,7 +66,7 @@ class EmailChannel(_Channel):
 
 class WebhookChannel(_Channel):
     url: str = ""
-    secret: str | None = Field(
+    secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key; the X-Budget-Signature header proves origin"
     )
     timeout: float = Field(default=5.0, gt=0)
@@ -201,6 +201,12 @@ class Settings(BaseModel):
         le=100 * 366 * 86400,
         description="seconds an event's occurred_at may lie in the past (docs/architecture.md)",
     )
+    # Secrets are SecretStr: never shown by repr, str or a config error (budget/redaction.py).
+    api_session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs console cookies (the same on every replica); default: a secret"
+        " made on first start in <data_dir>/api-session.secret",
+    )
 
     @model_validator(mode="after")
     def _default_hold_within_the_longest(self) -> Settings:
@@ -224,6 +230,10 @@ class Settings(BaseModel):
                 "nats_server_tls_ca needs nats_server_tls_cert and nats_server_tls_key"
             )
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():  # URLs may hold a password
+            yield name, shown_url(value) if isinstance(value, str) else value
 
     @property
     def topology(self) -> Topology:
@@ -252,17 +262,9 @@ ENV_VARS: Mapping[str, str] = {
 
 
 def shown_url(url: str) -> str:
-    """``url`` fit for a message or a log: a password in it is masked. NATS takes several
-    URLs separated by commas; each is masked."""
-    return ",".join(_masked(part) for part in url.split(","))
-
-
-def _masked(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.password is None:
-        return url.strip()
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    """``url`` fit for a message or a log: a password in it is masked (in each URL of a
+    comma-separated list, as NATS takes them)."""
+    return redact(url)
 
 
 def load_settings(
@@ -300,8 +302,9 @@ def load_settings(
         else:
             where = f"budget.{field} in {path}"
         given = err.get("input")  # a whole mapping is not shown: it may hold a password
-        got = "" if isinstance(given, Mapping) else f" (got {given!r})"
-        raise ConfigError(f"{where}: {err['msg']}{got}") from None
+        hidden = isinstance(given, Mapping) or holds_secret(Settings, err["loc"])
+        got = "" if hidden else f" (got {given!r})"
+        raise ConfigError(redact(f"{where}: {err['msg']}{got}")) from None
 
 
 def _read_document(path: Path) -> dict[str, Any]:

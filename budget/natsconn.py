@@ -24,6 +24,7 @@ import nats
 from nats.aio.client import Client
 
 from budget.config import ConfigError, Settings
+from budget.redaction import protect
 from events.permissions import inbox_prefix, roles_allowed
 from events.subjects import Topology
 
@@ -72,12 +73,14 @@ def nats_options(settings: Settings) -> dict[str, Any]:
 def _password(settings: Settings) -> str | None:
     if settings.nats_password_file is not None:
         try:
-            return settings.nats_password_file.read_text().strip()
+            password = settings.nats_password_file.read_text().strip()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the NATS password file {settings.nats_password_file}"
                 f" (BUDGET_NATS_PASSWORD_FILE): {exc.strerror or exc}"
             ) from None
+        protect(password)  # masked in this process's logs from now on
+        return password
     if settings.nats_password is not None:
         return settings.nats_password.get_secret_value()
     return None

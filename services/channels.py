@@ -136,7 +136,7 @@ class WebhookSender(Sender):
             "User-Agent": "budget-manager",
         }
         if self.config.secret:
-            headers[SIGNATURE_HEADER] = signature(self.config.secret, payload)
+            headers[SIGNATURE_HEADER] = signature(self.config.secret.get_secret_value(), payload)
         request = urllib.request.Request(self.config.url, payload, headers, method="POST")
         await asyncio.to_thread(self._post, request)
 
@@ -172,7 +172,8 @@ class EmailSender(Sender):
             if self.config.starttls:
                 smtp.starttls()
             if self.config.username:
-                smtp.login(self.config.username, self.config.password or "")
+                password = self.config.password
+                smtp.login(self.config.username, password.get_secret_value() if password else "")
             smtp.send_message(message)
 
 

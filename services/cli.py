@@ -24,6 +24,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from budget.config import ConfigError, load_settings, shown_url
 from budget.periods import Period
 from budget.queries import NotApplied
+from budget.redaction import install_redaction, redact, secrets_of
 from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
 from events.usage import exact_money
@@ -77,7 +78,9 @@ def _configure(
         # A command answers in its output or one error line; library warnings on the way
         # (a NATS reconnect, spooling) would make that error several lines.
         logging.lastResort = logging.NullHandler()
-    use_settings(load_settings(config))
+    loaded = load_settings(config)
+    install_redaction(secrets_of(loaded))  # this process's logs and tracebacks never show them
+    use_settings(loaded)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -465,7 +468,7 @@ def main() -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    typer.echo(f"budget: {' '.join(message.split())}", err=True)
+    typer.echo(f"budget: {' '.join(redact(message).split())}", err=True)
     sys.exit(2)
 
 

@@ -2,7 +2,8 @@
 
 Each secret is one file, readable by its owner only from the first byte (0600), under
 ``<data_dir>/credentials/`` (0700). A secret is made once, on first start, and read back
-on every later start, so host apps keep working across restarts.
+on every later start, so host apps keep working across restarts. A secret this process
+writes or reads here is masked in its logs from then on (budget/redaction.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+
+from budget.redaction import protect
 
 __all__ = ["credentials_dir", "generated_secret", "write_secret_file"]
 
@@ -24,6 +27,7 @@ def credentials_dir(data_dir: Path) -> Path:
 
 def write_secret_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte)."""
+    protect(text.strip())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -37,4 +41,6 @@ def generated_secret(path: Path, *, nbytes: int = 32) -> str:
     """The secret kept in ``path``; a new random one (URL-safe) is written there if none is."""
     if not path.exists():
         write_secret_file(path, secrets.token_urlsafe(nbytes) + "\n")
-    return path.read_text().strip()
+    secret = path.read_text().strip()
+    protect(secret)
+    return secret

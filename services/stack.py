@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
+from budget.config import shown_url
 from services.credentials import credentials_dir
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -421,12 +422,13 @@ def _write_state(
     *,
     ready: bool,
 ) -> None:
-    """``stack.json``: what runs, for people and tools, and for cleaning up after a crash."""
+    """``stack.json``: what runs, for people and tools, and for cleaning up after a crash.
+    Its URLs are shown ones: a password in them is masked."""
     state = {
         "pid": os.getpid(),
         "ready": ready,
-        "nats_url": nats.url,
-        "database_url": postgres.url,
+        "nats_url": shown_url(nats.url),
+        "database_url": shown_url(postgres.url),
         "nats_pid": nats.pid,
         "postgres_pid": postgres.pid,
         "workers": {w.name: w.proc.pid for w in workers if w.proc is not None},
@@ -453,9 +455,9 @@ def _reap_stale(data_dir: Path) -> Callable[[], None]:
         ):
             log.warning("stopping nats-server pid %s left over by a previous stack", nats_pid)
             _end_process(nats_pid, group=False)
-        marker = f"BUDGET_DATABASE_URL={state.get('database_url')}"
+        database_url = str(state.get("database_url"))
         for name, pid in (state.get("workers") or {}).items():
-            if isinstance(pid, int) and _environ_has(pid, marker):
+            if isinstance(pid, int) and _environ_shows(pid, "BUDGET_DATABASE_URL", database_url):
                 log.warning("stopping worker %s pid %s left over by a previous stack", name, pid)
                 _end_process(pid, group=True)
         (data_dir / "stack.json").unlink(missing_ok=True)
@@ -501,9 +503,17 @@ def _cmdline_has(pid: int, *needles: str) -> bool:
     )
 
 
-def _environ_has(pid: int, entry: str) -> bool:
+def _environ_shows(pid: int, name: str, shown: str) -> bool:
+    """Whether process ``pid`` has variable ``name`` set to a value shown as ``shown``."""
     environ = _proc_read(pid, "environ")
-    return environ is not None and _pid_alive(pid) and entry.encode() in environ.split(b"\0")
+    if environ is None or not _pid_alive(pid):
+        return False
+    prefix = f"{name}=".encode()
+    return any(
+        shown_url(entry.removeprefix(prefix).decode(errors="replace")) == shown
+        for entry in environ.split(b"\0")
+        if entry.startswith(prefix)
+    )
 
 
 def _end_process(pid: int, *, group: bool, grace: float = 5.0) -> None:
@@ -522,14 +532,14 @@ def _banner(info: StackInfo, notes: Sequence[str] = ()) -> str:
     return (
         "\n"
         f"Budget Manager is up. Data: {info.data_dir}\n"
-        f"  NATS (JetStream)  {info.nats_url}\n"
-        f"  PostgreSQL        {info.database_url}\n"
+        f"  NATS (JetStream)  {shown_url(info.nats_url)}\n"
+        f"  PostgreSQL        {shown_url(info.database_url)}\n"
         f"  workers           {workers or '(none)'}\n"
         + "".join(f"  {line}\n" for line in notes)
         + "\n"
         "Point a host app (or another shell running `budget ...`) at it:\n"
-        f"  export BUDGET_NATS_URL={shlex.quote(info.nats_url)}\n"
-        f"  export BUDGET_DATABASE_URL={shlex.quote(info.database_url)}\n"
+        f"  export BUDGET_NATS_URL={shlex.quote(shown_url(info.nats_url))}\n"
+        f"  export BUDGET_DATABASE_URL={shlex.quote(shown_url(info.database_url))}\n"
         "\n"
         "Ctrl-C (or SIGTERM) stops the workers, then NATS, then PostgreSQL.\n"
     )

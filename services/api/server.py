@@ -1,15 +1,13 @@
 """``budget api``: serve the app with uvicorn until SIGTERM.
 
-The session secret (which signs console cookies) comes from ``BUDGET_API_SESSION_SECRET``
-when set (give every replica the same one), else from ``<data_dir>/api-session.secret``,
-created 0600 on first start.
+The session secret (which signs console cookies) is the ``api_session_secret`` setting
+(``BUDGET_API_SESSION_SECRET``) when set (give every replica the same one), else from
+``<data_dir>/api-session.secret``, created 0600 on first start.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import uvicorn
 
@@ -20,21 +18,19 @@ from services.credentials import generated_secret
 __all__ = ["serve_api", "session_secret"]
 
 log = logging.getLogger("budget.api")
-SECRET_ENV = "BUDGET_API_SESSION_SECRET"
 
 
-def session_secret(data_dir: Path) -> str:
-    given = os.environ.get(SECRET_ENV)
-    if given:
-        return given
-    return generated_secret(data_dir / "api-session.secret", nbytes=48)
+def session_secret(settings: Settings) -> str:
+    if settings.api_session_secret is not None:
+        return settings.api_session_secret.get_secret_value()
+    return generated_secret(settings.data_dir / "api-session.secret", nbytes=48)
 
 
 def serve_api(settings: Settings, *, host: str, port: int, secure_cookies: bool) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(
-        settings, session_secret=session_secret(settings.data_dir), secure_cookies=secure_cookies
+        settings, session_secret=session_secret(settings), secure_cookies=secure_cookies
     )
     config = uvicorn.Config(
         app,

@@ -1,0 +1,166 @@
+"""Secrets kept out of what a process shows: its messages, log records and tracebacks.
+
+Two layers. Whatever looks like a credential is masked wherever it appears: a URL's
+password (``scheme://user:***@host``), a ``password=`` parameter, an API key's secret part
+(``bmk_<key id>_***``). And the values this process knows to be secret (its settings'
+``SecretStr`` fields and URL passwords, the credentials it generated or read: ``protect``)
+become ``***``; ``install`` applies both to every log record and uncaught exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, get_args
+from urllib.parse import unquote
+
+from pydantic import BaseModel, SecretStr
+
+__all__ = [
+    "MASK",
+    "holds_secret",
+    "install_redaction",
+    "protect",
+    "redact",
+    "secrets_of",
+    "url_passwords",
+]
+
+MASK = "***"
+MIN_SECRET_LENGTH = 4
+"""Shorter values are not masked by value: they would mask ordinary words in every line
+(and protect nothing; the patterns above still mask them in URLs)."""
+
+# Each pattern masks its ``secret`` group. A URL's user part starts a word (or follows a
+# quote, a bracket, ``=``), with or without a scheme: NATS takes ``user:password@host``.
+_URL_PASSWORD = re.compile(
+    r"(?<![^\s,'\"(\[=<])(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@,'\"]*:(?P<secret>[^\s@/]*)@"
+)
+_PASSWORD_PARAM = re.compile(r"\bpassword=(?P<secret>[^\s&;,'\"]+)", re.IGNORECASE)
+_API_KEY = re.compile(r"\bbmk_[0-9a-f]+_(?P<secret>[A-Za-z0-9_-]+)")
+_PATTERNS = (_URL_PASSWORD, _PASSWORD_PARAM, _API_KEY)
+
+_known: set[str] = set()
+_installed = threading.Event()
+
+
+def protect(*secrets: str) -> None:
+    """Mask these values from now on, in ``redact`` and so in this process's logs."""
+    for secret in secrets:
+        for form in {secret, unquote(secret)}:
+            if len(form) >= MIN_SECRET_LENGTH:
+                _known.add(form)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential pattern and protected value replaced by ``***``."""
+    for secret in sorted(_known, key=len, reverse=True):  # longest first: one may hold another
+        text = text.replace(secret, MASK)
+    for pattern in _PATTERNS:
+        text = pattern.sub(_masked, text)
+    return text
+
+
+def url_passwords(text: str) -> Iterator[str]:
+    """The passwords of the URLs in ``text`` (NATS takes several, comma-separated)."""
+    for match in _URL_PASSWORD.finditer(text):
+        yield match["secret"]
+
+
+def _masked(match: re.Match[str]) -> str:
+    start, end = match.span("secret")
+    whole = match[0]
+    return whole[: start - match.start()] + MASK + whole[end - match.start() :]
+
+
+def secrets_of(value: Any) -> Iterator[str]:
+    """Every secret a settings model holds: its ``SecretStr`` values and its URLs'
+    passwords, in nested models and lists too."""
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from secrets_of(getattr(value, name))
+    elif isinstance(value, str):
+        yield from url_passwords(value)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from secrets_of(item)
+
+
+def install_redaction(secrets: Iterable[str] = ()) -> None:
+    """Protect ``secrets`` and, once per process, redact every log record (message and
+    traceback) and every uncaught exception's report from now on."""
+    protect(*secrets)
+    if _installed.is_set():
+        return
+    _installed.set()
+    make_record = logging.getLogRecordFactory()
+
+    def redacted_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    logging.setLogRecordFactory(redacted_record)
+    sys.excepthook = _report_uncaught
+    threading.excepthook = _report_thread
+
+
+_FORMATTER = logging.Formatter()
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format: logging reports it itself
+        return
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+def _report_thread(hook: threading.ExceptHookArgs) -> None:
+    if hook.exc_value is not None and not isinstance(hook.exc_value, SystemExit):
+        _report_uncaught(hook.exc_type, hook.exc_value, hook.exc_traceback)
+
+
+def _report_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+    sys.stderr.flush()
+
+
+def holds_secret(model: type[BaseModel], loc: Sequence[int | str]) -> bool:
+    """Whether the value at ``loc`` (a validation error's location) in ``model`` is, or is
+    inside, a ``SecretStr`` field: a value there must not be shown, even a wrong one."""
+    kind: Any = model
+    for part in loc:
+        if SecretStr in _types_in(kind):
+            return True
+        fields = {
+            name: field
+            for t in _types_in(kind)
+            if isinstance(t, type) and issubclass(t, BaseModel)
+            for name, field in t.model_fields.items()
+        }
+        if isinstance(part, str) and part in fields:
+            kind = fields[part].annotation
+    return SecretStr in _types_in(kind)
+
+
+def _types_in(annotation: Any) -> Iterator[Any]:
+    """``annotation`` and every type inside it (``tuple[X, ...]``, ``X | None``)."""
+    yield annotation
+    for arg in get_args(annotation):
+        yield from _types_in(arg)

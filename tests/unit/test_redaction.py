@@ -1,0 +1,125 @@
+"""Redaction: credential patterns and known secret values become ``***`` in messages, config
+errors, a settings repr, log records and uncaught tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from budget.config import AlertChannels, ConfigError, Settings, load_settings, shown_url
+from budget.redaction import holds_secret, redact, secrets_of
+
+from support import ROOT
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://u:hunter22@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("nats://a:p1@h1:4222,nats://b:p2@h2", "nats://a:***@h1:4222,nats://b:***@h2"),
+        ("tls://a:p%40ss@h", "tls://a:***@h"),
+        ("a:hunter22@127.0.0.1:4222", "a:***@127.0.0.1:4222"),
+        ("(got ['nats://u:hunter22@h'])", "(got ['nats://u:***@h'])"),
+        (
+            "postgresql://h/db?sslmode=require&password=hunter22",
+            "postgresql://h/db?sslmode=require&password=***",
+        ),
+        ("host=h password=hunter22 user=u", "host=h password=*** user=u"),
+        ("key bmk_0a1b2c3d4e5f_Zm9vYmFy-_x", "key bmk_0a1b2c3d4e5f_***"),
+        # Not credentials: left as they are.
+        ("http://host:8080/path@x", "http://host:8080/path@x"),
+        ("nats://h1:4222,nats://h2:4222", "nats://h1:4222,nats://h2:4222"),
+        (
+            "postgresql://postgres@/budget?host=/tmp/pg",
+            "postgresql://postgres@/budget?host=/tmp/pg",
+        ),
+        ("at 12:30 bob@example.com", "at 12:30 bob@example.com"),
+    ],
+)
+def test_credential_patterns_are_masked(text: str, shown: str) -> None:
+    assert redact(text) == shown
+    assert shown_url(text) == shown
+
+
+def test_a_settings_secrets_are_its_secret_fields_and_url_passwords() -> None:
+    settings = Settings(
+        nats_url="nats://u:natspass@h:4222",
+        database_url="postgresql://u:dbpass@h/db",
+        api_session_secret=SecretStr("session-secret"),
+        alert_channels=AlertChannels.model_validate(
+            {"webhook": {"secret": "hook-secret"}, "email": {"password": "smtp-pass"}}
+        ),
+    )
+    assert sorted(secrets_of(settings)) == sorted(
+        ["natspass", "dbpass", "session-secret", "hook-secret", "smtp-pass"]
+    )
+    for secret in secrets_of(settings):
+        assert secret not in repr(settings)
+        assert secret not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("loc", "secret"),
+    [
+        (("api_session_secret",), True),
+        (("alert_channels", "webhook", "secret"), True),
+        (("alert_channels", "email", "password", 0), True),
+        (("alert_channels", "email", "username"), False),
+        (("database_url",), False),
+        (("policies", 0, "name"), False),
+        ((), False),
+    ],
+)
+def test_a_secret_field_is_found_by_its_type(loc: tuple[int | str, ...], secret: bool) -> None:
+    assert holds_secret(Settings, loc) is secret
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "alert_channels:\n  webhook:\n    secret: [hunter22]\n",
+        "alert_channels:\n  email:\n    password: {x: hunter22}\n",
+        "budget:\n  api_session_secret: 12345678\n",
+        "budget:\n  database_url: ['postgresql://u:hunter22@h/db']\n",
+        "budget:\n  subject_prefix: 'nats://u:hunter22@h'\n",
+    ],
+)
+def test_a_config_error_never_echoes_a_secret(tmp_path: Path, document: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(document)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert "hunter22" not in str(raised.value) and "12345678" not in str(raised.value)
+
+
+def test_an_installed_process_redacts_its_logs_and_tracebacks() -> None:
+    """In a child process: the redaction is process-wide, and meant to be."""
+    script = (
+        "import logging\n"
+        "from budget.redaction import install_redaction\n"
+        "install_redaction(['known-secret-value'])\n"
+        "logging.basicConfig(format='%(message)s')\n"
+        "log = logging.getLogger('t')\n"
+        "log.warning('args: %s', 'known-secret-value')\n"
+        "log.warning('url: postgresql://u:hunter22@h/db')\n"
+        "try:\n"
+        "    raise RuntimeError('caught known-secret-value')\n"
+        "except RuntimeError:\n"
+        "    log.exception('failed')\n"
+        "raise RuntimeError('uncaught known-secret-value')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    for seen in ("args: ***", "url: postgresql://u:***@h/db", "caught ***", "uncaught ***"):
+        assert seen in done.stderr, done.stderr
+    assert "known-secret-value" not in done.stderr and "hunter22" not in done.stderr
