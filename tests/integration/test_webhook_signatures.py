@@ -1,14 +1,17 @@
 """The notifier's webhook deliveries checked by a receiver that verifies them (alerting.py's,
 with ``budget.webhooks.verify_signature``): each attempt is signed at its own time, so a
 retry after an outage still verifies; a copy of a delivery replayed after the tolerance,
-or with its body, key or time changed, is refused."""
+or with its body, key or time changed, is refused; a redirect is no delivery."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,8 @@ from budget.webhooks import SIGNATURE_HEADER
 from events import Topology
 from services.notifier import NotifierConfig
 
-from alerting import Webhook, alert_settings, notifier, queue_alerts, smtp_server
-from support import wait_for
+from alerting import Webhook, alert_settings, notifier, outbox, queue_alerts, smtp_server
+from support import rows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +95,51 @@ async def test_a_replayed_or_tampered_copy_is_refused(
     assert post(hook.url, headers, body) == 400  # replayed later
     assert len(hook.refused) == len(copies) + 1
     assert hook.keys() == [key, other_key, key]
+
+
+@contextlib.contextmanager
+def redirecting_server() -> Iterator[str]:
+    """A URL that answers a POST with a redirect to a page that answers a GET with 200
+    (urllib's default would follow with a GET, without the body, and take the 200)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_redirect_is_not_a_delivery(nc: Client, db: str, settings: Settings) -> None:
+    with redirecting_server() as url:
+        channels = settings.alert_channels
+        webhook = channels.webhook.model_copy(update={"url": url})
+        redirected = settings.model_copy(
+            update={"alert_channels": channels.model_copy(update={"webhook": webhook})}
+        )
+        await queue_alerts(db, 1)
+        async with notifier(nc, redirected, NotifierConfig(max_backoff=0.5)):
+
+            async def retried() -> bool:
+                """the notifier tried twice, each a failure of the channel"""
+                found = await rows(db, "SELECT status, attempts, last_error FROM alert_outbox")
+                return found[0][1] >= 2 and "webhook answered 302" in (found[0][2] or "")
+
+            await wait_for(retried)
+    assert [r[2] for r in await outbox(db)] == ["pending"]
