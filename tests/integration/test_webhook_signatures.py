@@ -22,7 +22,7 @@ from budget.webhooks import SIGNATURE_HEADER
 from events import Topology
 from services.notifier import NotifierConfig
 
-from alerting import Webhook, alert_settings, notifier, outbox, queue_alerts, smtp_server
+from alerting import Mailbox, Webhook, alert_settings, notifier, outbox, queue_alerts
 from support import rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,10 +30,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def settings(
-    nats_url: str, db: str, topology: Topology, tmp_path: Path, hook: Webhook
-) -> Iterator[Settings]:
-    with smtp_server() as box:
-        yield alert_settings(nats_url, db, topology, tmp_path, hook, box)
+    nats_url: str, db: str, topology: Topology, tmp_path: Path, hook: Webhook, box: Mailbox
+) -> Settings:
+    return alert_settings(nats_url, db, topology, tmp_path, hook, box)
 
 
 async def delivered(nc: Client, db: str, settings: Settings, hook: Webhook, count: int) -> None:
