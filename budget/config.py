@@ -4,16 +4,27 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import unicodedata
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from decimal import Decimal
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from budget.pricing.overrides import PriceOverride
 from budget.redaction import holds_secret, redact
@@ -52,10 +63,28 @@ class EmailChannel(_Channel):
     recipients: tuple[str, ...] = ()
     sender: str = "budget-manager@localhost"
     smtp_host: str = "localhost"
-    smtp_port: int = Field(default=25, gt=0, lt=65536)
+    smtp_port: int | None = Field(
+        default=None, gt=0, lt=65536, description="default: 465 with tls: implicit, else 25"
+    )
+    tls: Literal["starttls", "implicit", "none"] = Field(
+        default="starttls",
+        description="starttls: upgrade after connecting (refused if the server cannot);"
+        " implicit: TLS from the first byte (SMTPS); none: in clear (a local relay only)",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign the server's certificate; default: the system's",
+    )
     username: str | None = None
     password: SecretStr | None = None
-    starttls: bool = False
+
+    @field_validator("sender", "recipients")
+    @classmethod
+    def _single_line_addresses(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for address in (value,) if isinstance(value, str) else value:
+            if not _is_address(address):
+                raise ValueError(f"{address!r} is not one e-mail address (name@host)")
+        return value
 
     @model_validator(mode="after")
     def _has_recipients(self) -> EmailChannel:
@@ -63,19 +92,58 @@ class EmailChannel(_Channel):
             raise ValueError("email is enabled but has no recipients")
         return self
 
+    @property
+    def port(self) -> int:
+        return self.smtp_port or (465 if self.tls == "implicit" else 25)
+
+
+def _is_address(text: str) -> bool:
+    """One address, optionally with a display name; nothing that could end a header line."""
+    if any(unicodedata.category(char).startswith("C") for char in text):
+        return False
+    return "@" in parseaddr(text)[1]
+
 
 class WebhookChannel(_Channel):
     url: str = ""
     secret: SecretStr | None = Field(
-        default=None, description="HMAC-SHA256 key; the X-Budget-Signature header proves origin"
+        default=None,
+        description="HMAC-SHA256 key; X-Budget-Signature proves origin and time (docs/alerts.md)",
     )
     timeout: float = Field(default=5.0, gt=0)
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="sign deliveries sent in clear (http://) to a host other than loopback",
+    )
 
     @model_validator(mode="after")
     def _has_url(self) -> WebhookChannel:
         if self.enabled and not self.url.startswith(("http://", "https://")):
             raise ValueError("webhook is enabled but its url is not http(s)://...")
         return self
+
+    @model_validator(mode="after")
+    def _signed_only_over_tls(self) -> WebhookChannel:
+        insecure = self.url.startswith("http://") and not _is_loopback(urlsplit(self.url).hostname)
+        if self.enabled and self.secret and insecure and not self.allow_insecure_http:
+            raise ValueError(
+                "webhook has a secret but its url is plain http:// to another host: alerts and"
+                " their signatures would cross the network in clear; use https://, or set"
+                " allow_insecure_http: true"
+            )
+        return self
+
+
+def _is_loopback(host: str | None) -> bool:
+    """Traffic to this host never leaves the machine (docs/security-channels.md)."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve anywhere
+        return False
 
 
 class AlertChannels(BaseModel):

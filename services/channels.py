@@ -1,7 +1,8 @@
 """Where alerts go: one sender per channel. Each raises on failure, and the notifier
 retries: an ordinary failure is the channel's (its receiver is down) and holds back the
 alerts after it; ``Rejected`` is this alert's (its receiver answered that it refuses this
-one), so it is retried on its own while the next ones go ahead; ``Undeliverable``: this
+one: a webhook's 400, a mail server refusing this message's sender, recipients or content),
+so it is retried on its own while the next ones go ahead; ``Undeliverable``: this
 alert can never go out on this channel (it cannot be rendered for it), so it is not retried.
 
 Every channel carries the alert's id so receivers can drop a repeat (a send whose success
@@ -14,36 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import smtplib
+import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from email.message import EmailMessage
+from typing import Any
 
 import psycopg
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 
 from budget.config import AlertChannels, EmailChannel, WebhookChannel
+from budget.webhooks import SIGNATURE_HEADER, sign
 from events import Alert, Topology
 from projections.base import Connection
+from services.mail import MessageRefused, alert_message, send_mail
 
-__all__ = [
-    "SIGNATURE_HEADER",
-    "Rejected",
-    "Sender",
-    "Undeliverable",
-    "senders",
-    "signature",
-    "undeliverable",
-]
+__all__ = ["Rejected", "Sender", "Undeliverable", "senders", "undeliverable"]
 
 log = logging.getLogger("budget.alerts")
-SIGNATURE_HEADER = "X-Budget-Signature"
 _REFUSED_CONTENT = {400, 413, 415, 422}
 """Webhook answers that refuse this payload rather than the sender. A receiver also answers
 so while misconfigured or with a rotated secret, so the alert is retried, on its own."""
@@ -120,29 +112,35 @@ class UiSender(Sender):
             )
 
 
-def signature(secret: str, body: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256 of the body>``: what a receiver recomputes to trust it."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer like any other than 2xx: the body was not delivered (urllib
+    would follow it with a GET without the body, and count its 200 as delivered)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class WebhookSender(Sender):
     def __init__(self, config: WebhookChannel) -> None:
         self.config = config
+        self.opener = urllib.request.build_opener(_NoRedirects)
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        key = str(alert.alert_id)
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": str(alert.alert_id),
+            "Idempotency-Key": key,
             "User-Agent": "budget-manager",
         }
         if self.config.secret:
-            headers[SIGNATURE_HEADER] = signature(self.config.secret.get_secret_value(), payload)
+            secret = self.config.secret.get_secret_value()
+            headers[SIGNATURE_HEADER] = sign(secret, key, payload, timestamp=int(time.time()))
         request = urllib.request.Request(self.config.url, payload, headers, method="POST")
         await asyncio.to_thread(self._post, request)
 
     def _post(self, request: urllib.request.Request) -> None:
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
+            with self.opener.open(request, timeout=self.config.timeout) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
             why = f"webhook answered {exc.code} {exc.reason}"
@@ -156,25 +154,12 @@ class EmailSender(Sender):
         self.config = config
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
-        with undeliverable(ValueError):  # e.g. a line break in a header
-            message = EmailMessage()
-            message["From"] = self.config.sender
-            message["To"] = ", ".join(self.config.recipients)
-            message["Subject"] = (
-                f"[budget] {alert.severity.value.upper()} {alert.alert_type.value}: {alert.message}"
-            )[:200]
-            message["Message-ID"] = f"<{alert.alert_id}@budget-manager>"
-            message.set_content(f"{alert.message}\n\n{payload.decode()}\n")
-        await asyncio.to_thread(self._send, message)
-
-    def _send(self, message: EmailMessage) -> None:
-        with smtplib.SMTP(self.config.smtp_host, self.config.smtp_port, timeout=10) as smtp:
-            if self.config.starttls:
-                smtp.starttls()
-            if self.config.username:
-                password = self.config.password
-                smtp.login(self.config.username, password.get_secret_value() if password else "")
-            smtp.send_message(message)
+        with undeliverable(ValueError):  # e.g. text no encoding can carry
+            message = alert_message(self.config, alert, payload)
+        try:
+            await asyncio.to_thread(send_mail, self.config, message)
+        except MessageRefused as exc:
+            raise Rejected(str(exc)) from exc
 
 
 def senders(channels: AlertChannels, nc: Client, topology: Topology) -> dict[str, Sender]:

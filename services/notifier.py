@@ -6,8 +6,9 @@ records its outcome as soon as it is confirmed (NATS: after one flush of the rou
 notifier that dies mid-round sends again at most the alert it was sending. A failure of
 the channel (its receiver is down) is retried with exponential backoff (up to
 ``max_backoff``) and holds back the channel's later alerts, so receivers see them in
-order. An alert its receiver refuses (``Rejected``: a webhook's 400, 413, 415, 422) is
-retried with backoff on its own, while the later ones go out. Either is marked ``failed``
+order. An alert its receiver refuses (``Rejected``: a webhook's 400, 413, 415, 422, a mail
+server refusing this message) is retried with backoff on its own, while the later ones go
+out. Either is marked ``failed``
 after ``give_up_after``. An alert that can never go out on a channel (it cannot be rendered
 for it: ``Undeliverable``) is marked ``failed`` with the reason at once. Alerts for a
 channel that is not enabled in ``alert_channels`` are marked ``skipped``. Each send is one

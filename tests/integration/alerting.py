@@ -1,5 +1,6 @@
-"""Real receivers for alert tests: an HTTP webhook and an SMTP server (aiosmtpd), both
-started by the test, and the evaluator + notifier running on the test's servers."""
+"""Real receivers for alert tests: an HTTP webhook that verifies each delivery's signature
+and an SMTP server (aiosmtpd, in clear or over TLS), both started by the test, and the
+evaluator + notifier running on the test's servers."""
 
 from __future__ import annotations
 
@@ -9,17 +10,22 @@ import email
 import json
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from aiosmtpd.controller import Controller
 from nats.aio.client import Client
 
 from budget.config import Settings
-from events import Topology
+from budget.webhooks import SIGNATURE_HEADER, verify_signature
+from events import Alert, AlertSeverity, AlertType, Topology, utc_now
+from projections.db import connect
+from services.liveness import Liveness
 from services.notifier import Notifier, NotifierConfig
 from services.ops import prepare
 from services.worker import run_projection
@@ -31,13 +37,19 @@ WEBHOOK_SECRET = "test-secret"
 
 @dataclass
 class Webhook:
-    """Records every POST it answers with a 2xx; answers ``status`` (settable while it
-    runs), or what ``respond`` returns for the alert's ``Idempotency-Key`` (it may block)."""
+    """Verifies each POST's signature (with ``WEBHOOK_SECRET``, at ``clock``'s time) and
+    answers 400 to one that does not verify, keeping it in ``refused``; else answers
+    ``status`` (settable while it runs), or what ``respond`` returns for the alert's
+    ``Idempotency-Key`` (it may block). Records every POST it answers with a 2xx, and the
+    signature header and answer of every POST in ``answered``."""
 
     status: int = 200
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    refused: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answered: list[tuple[str, int]] = field(default_factory=list)
     url: str = ""
     respond: Callable[[str], int] | None = None
+    clock: Callable[[], float] = time.time
 
     def keys(self) -> list[str]:
         """The ``Idempotency-Key`` (alert id) of every alert received, in order."""
@@ -54,8 +66,15 @@ def webhook_server() -> Iterator[Webhook]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            key = self.headers.get("Idempotency-Key", "")
+            signature = self.headers.get(SIGNATURE_HEADER, "")
             respond = hook.respond
-            status = hook.status if respond is None else respond(self.headers["Idempotency-Key"])
+            if not verify_signature(WEBHOOK_SECRET, signature, key, body, now=hook.clock()):
+                hook.refused.append((dict(self.headers), body))
+                status = 400
+            else:
+                status = hook.status if respond is None else respond(key)
+            hook.answered.append((signature, status))
             if status < 300:
                 hook.received.append((dict(self.headers), body))
             self.send_response(status)
@@ -78,20 +97,27 @@ def webhook_server() -> Iterator[Webhook]:
 
 @dataclass
 class Mailbox:
+    """Keeps every message it accepts; refuses (554) the ones ``refuse`` picks."""
+
     messages: list[email.message.Message] = field(default_factory=list)
     port: int = 0
+    refuse: Callable[[email.message.Message], bool] = lambda message: False
 
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content))
+        message = email.message_from_bytes(envelope.content)
+        if self.refuse(message):
+            return "554 Transaction failed: refused"
+        self.messages.append(message)
         return "250 OK"
 
 
 @contextlib.contextmanager
-def smtp_server() -> Iterator[Mailbox]:
+def smtp_server(**options: Any) -> Iterator[Mailbox]:
+    """``options`` for aiosmtpd, e.g. ``ssl_context`` (SMTPS), ``tls_context`` (STARTTLS)."""
     with socket.socket() as probe:  # aiosmtpd checks its own port, so it cannot be 0
         probe.bind(("127.0.0.1", 0))
         box = Mailbox(port=probe.getsockname()[1])
-    controller = Controller(box, hostname="127.0.0.1", port=box.port)
+    controller = Controller(box, hostname="127.0.0.1", port=box.port, **options)
     controller.start()
     try:
         yield box
@@ -121,6 +147,7 @@ def alert_settings(
                     "recipients": ["ops@example.com"],
                     "smtp_host": "127.0.0.1",
                     "smtp_port": box.port,
+                    "tls": "none",
                 },
             },
         }
@@ -145,6 +172,47 @@ async def evaluator(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+@contextlib.asynccontextmanager
+async def notifier(
+    nc: Client, settings: Settings, config: NotifierConfig, liveness: Liveness | None = None
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A notifier running until the block ends (or its task is cancelled: killed)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(Notifier(settings, nc, config, liveness=liveness).run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def queue_alerts(db: str, count: int, channel: str = "webhook") -> list[str]:
+    """``count`` alerts queued for ``channel``, in this order; their ids."""
+    alerts = [
+        Alert(
+            alert_id=uuid4(),
+            alert_type=AlertType.THRESHOLD_WARNING,
+            severity=AlertSeverity.WARNING,
+            rule_id="default-soft-limit",
+            rule_name="Soft limit",
+            message=f"alert {n}",
+            raised_at=utc_now(),
+        )
+        for n in range(count)
+    ]
+    conn = await connect(db)
+    try:
+        for alert in alerts:
+            await conn.execute(
+                "INSERT INTO alert_outbox (alert_id, channel, subject, payload)"
+                " VALUES (%s, %s, 'warning.threshold_warning', %s)",
+                (alert.alert_id, channel, alert.model_dump_json()),
+            )
+    finally:
+        await conn.close()
+    return [str(a.alert_id) for a in alerts]
 
 
 async def outbox(database_url: str) -> list[tuple[Any, ...]]:

@@ -23,6 +23,7 @@ from budget.alerts import AlertEngine
 from budget.config import Settings
 from budget.periods import Period
 from budget.tracker import start_usage_tracker
+from budget.webhooks import SIGNATURE_HEADER, verify_signature
 from events import (
     Alert,
     AlertRule,
@@ -39,7 +40,6 @@ from events.rpc import PolicySpend
 from projections.db import connect
 from projections.rebuild import rebuild
 from projections.registry import get_projection
-from services.channels import SIGNATURE_HEADER, signature
 
 from alerting import (
     WEBHOOK_SECRET,
@@ -130,10 +130,11 @@ async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
         (f"{topology.prefix}.alerts.critical.threshold_critical", ids[1], ids[1]),
         (f"{topology.prefix}.alerts.critical.limit_exceeded", ids[2], ids[2]),
     ]
-    # webhook: once each, signed, with the id as idempotency key
+    # webhook: once each, signed (time, key and body), with the id as idempotency key
     assert [headers["Idempotency-Key"] for headers, _ in receivers.hook.received] == ids
     for headers, body in receivers.hook.received:
-        assert headers[SIGNATURE_HEADER] == signature(WEBHOOK_SECRET, body)
+        key = headers["Idempotency-Key"]
+        assert verify_signature(WEBHOOK_SECRET, headers[SIGNATURE_HEADER], key, body)
     # email: once each
     assert [m["Message-ID"] for m in receivers.box.messages] == [
         f"<{i}@budget-manager>" for i in ids

@@ -7,26 +7,30 @@ stalled until it is back."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
-from events import Alert, AlertSeverity, AlertType, Topology, utc_now
-from projections.db import connect
+from events import Topology
 from projections.migrate import migrate
 from services.embedded import EmbeddedPostgres
 from services.liveness import Liveness
-from services.notifier import Notifier, NotifierConfig
+from services.notifier import NotifierConfig
 
-from alerting import Webhook, alert_settings, outbox, smtp_server, webhook_server
+from alerting import (
+    Webhook,
+    alert_settings,
+    notifier,
+    outbox,
+    queue_alerts,
+    smtp_server,
+    webhook_server,
+)
 from support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,47 +50,6 @@ def settings(
         yield alert_settings(nats_url, db, topology, tmp_path, hook, box)
 
 
-async def queue_webhook_alerts(db: str, count: int) -> list[str]:
-    """``count`` alerts queued for the webhook, in this order; their ids."""
-    alerts = [
-        Alert(
-            alert_id=uuid4(),
-            alert_type=AlertType.THRESHOLD_WARNING,
-            severity=AlertSeverity.WARNING,
-            rule_id="default-soft-limit",
-            rule_name="Soft limit",
-            message=f"alert {n}",
-            raised_at=utc_now(),
-        )
-        for n in range(count)
-    ]
-    conn = await connect(db)
-    try:
-        for alert in alerts:
-            await conn.execute(
-                "INSERT INTO alert_outbox (alert_id, channel, subject, payload)"
-                " VALUES (%s, 'webhook', 'warning.threshold_warning', %s)",
-                (alert.alert_id, alert.model_dump_json()),
-            )
-    finally:
-        await conn.close()
-    return [str(a.alert_id) for a in alerts]
-
-
-@contextlib.asynccontextmanager
-async def notifier(
-    nc: Client, settings: Settings, config: NotifierConfig, liveness: Liveness | None = None
-) -> AsyncIterator[asyncio.Task[None]]:
-    """A notifier running until the block ends (or its task is cancelled: killed)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(Notifier(settings, nc, config, liveness=liveness).run(stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 async def all_sent(db: str, count: int) -> None:
     async def sent() -> bool:
         """every queued webhook delivery is recorded as sent"""
@@ -104,7 +67,7 @@ async def test_a_slow_webhook_keeps_the_notifier_healthy_while_it_sends(
         return 200
 
     hook.respond = slowly
-    ids = await queue_webhook_alerts(db, 10)  # 5 s of sending, past the stall limit
+    ids = await queue_alerts(db, 10)  # 5 s of sending, past the stall limit
     liveness = Liveness()
     seen: list[str] = []
     async with notifier(nc, settings, NotifierConfig(stall_after=3.0), liveness):
@@ -122,7 +85,7 @@ async def test_a_slow_webhook_keeps_the_notifier_healthy_while_it_sends(
 async def test_a_notifier_killed_mid_round_sends_nothing_again_that_was_delivered(
     nc: Client, db: str, settings: Settings, hook: Webhook
 ) -> None:
-    ids = await queue_webhook_alerts(db, 5)
+    ids = await queue_alerts(db, 5)
     in_flight, release = threading.Event(), threading.Event()
 
     def hold_the_third(key: str) -> int:
@@ -155,7 +118,7 @@ async def test_a_notifier_killed_mid_round_sends_nothing_again_that_was_delivere
 async def test_an_alert_the_webhook_refuses_is_retried_alone_until_it_goes_out(
     nc: Client, db: str, settings: Settings, hook: Webhook
 ) -> None:
-    ids = await queue_webhook_alerts(db, 3)
+    ids = await queue_alerts(db, 3)
     refused = {ids[0]}  # e.g. a signature check failing for it, or a receiver misconfigured
     hook.respond = lambda key: 400 if key in refused else 200
     async with notifier(nc, settings, NotifierConfig(max_backoff=0.5)):
@@ -186,7 +149,7 @@ async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is
     with smtp_server() as box:
         settings = alert_settings(nats_url, db, topology, tmp_path, hook, box)
         async with notifier(nc, settings, config, liveness):
-            ids = await queue_webhook_alerts(db, 1)
+            ids = await queue_alerts(db, 1)
 
             async def delivered() -> bool:
                 """the webhook got every alert queued and the notifier is healthy"""
@@ -204,5 +167,5 @@ async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is
 
             await wait_for(failing)
             embedded_postgres.start()
-            ids += await queue_webhook_alerts(db, 1)
+            ids += await queue_alerts(db, 1)
             await wait_for(delivered)
