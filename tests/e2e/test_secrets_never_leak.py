@@ -18,8 +18,6 @@ and that the search would see it printed.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -38,6 +36,8 @@ import yaml
 from integration.alerting import webhook_server
 from test_cli import GPT_4O_CALL, Budget, eventually, parse_banner
 from test_cli_errors import BAD, commands
+
+from budget.webhooks import verify_signature
 
 from support import ROOT
 
@@ -81,6 +81,11 @@ PLANTED = (
         "NATS URL password",
         env={"BUDGET_NATS_URL": "nats://budget:{secret}@127.0.0.1:1"},
         refused={"budget": {"nats_url": ["nats://budget:{secret}@127.0.0.1:1"]}},
+    ),
+    Planted(
+        "NATS password",
+        env={"BUDGET_NATS_USER": "budget", "BUDGET_NATS_PASSWORD": "{secret}"},
+        refused={"budget": {"nats_password": ["{secret}"]}},
     ),
     Planted(
         "webhook secret",
@@ -348,7 +353,7 @@ def test_budget_up_at_work_shows_no_secret(tmp_path: Path, server_tmp_path: Path
         cli = Budget(environment(tmp_path, config), tmp_path)
         up = cli.start("up", "--data-dir", str(data_dir))
         try:
-            shown = _work(cli, up.output, up.running)
+            shown = _work(cli, up.output, up.running, data_dir)
             shown.text += (data_dir / "stack.json").read_text()  # removed when it stops
             eventually(lambda: hook.received, bool, CATCH_UP, "the alert at the webhook")
             eventually(
@@ -358,10 +363,13 @@ def test_budget_up_at_work_shows_no_secret(tmp_path: Path, server_tmp_path: Path
             code = up.stop(signal.SIGINT, grace=60)
     assert code == 0, up.output()
     headers, body = hook.received[0]
-    expected = hmac.new(webhook_row.secret.encode(), body, hashlib.sha256).hexdigest()
-    assert headers["X-Budget-Signature"] == f"sha256={expected}"  # the planted secret signs
+    signed = headers["X-Budget-Signature"]  # by the planted secret
+    assert verify_signature(webhook_row.secret, signed, headers["Idempotency-Key"], body)
 
     found = {"API key": shown.key, "first admin key": (data_dir / "admin.key").read_text().strip()}
+    # The passwords budget up generated (NATS users', PostgreSQL roles') are secrets too.
+    found |= {p.name: p.read_text().strip() for p in (data_dir / "credentials").glob("*.password")}
+    assert len(found) >= 7, found  # service, host, alerts; postgres, budget
     assert leaks(up.output(), found) == [], up.output()
     assert leaks(shown.text, found) == [], shown.text
     leaking = {
@@ -381,7 +389,9 @@ class Shown:
     """Everything the commands, the HTTP API and stack.json showed, but the key's line."""
 
 
-def _work(cli: Budget, output: Callable[[], str], running: Callable[[], bool]) -> Shown:
+def _work(
+    cli: Budget, output: Callable[[], str], running: Callable[[], bool], data_dir: Path
+) -> Shown:
     banner = eventually(
         lambda: parse_banner(output()),
         lambda b: b is not None or not running(),
@@ -389,7 +399,12 @@ def _work(cli: Budget, output: Callable[[], str], running: Callable[[], bool]) -
         "budget up banner",
     )
     assert banner is not None, output()
-    servers = {"BUDGET_NATS_URL": banner.nats_url, "BUDGET_DATABASE_URL": banner.database_url}
+    servers = {
+        "BUDGET_NATS_URL": banner.nats_url,
+        "BUDGET_DATABASE_URL": banner.database_url,
+        "BUDGET_NATS_USER": "service",  # the admin commands' credential, as the banner says
+        "BUDGET_NATS_PASSWORD_FILE": str(data_dir / "credentials" / "nats-service.password"),
+    }
     made = cli.run("api-key", "create", "--name", "leak watch", "--role", "admin", **servers)
     assert made.returncode == 0, made.stderr
     key, note = made.stdout.strip().splitlines()
