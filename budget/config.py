@@ -135,7 +135,7 @@ class WebhookChannel(_Channel):
 
 
 def _is_loopback(host: str | None) -> bool:
-    """Traffic to this host never leaves the machine (docs/security-channels.md)."""
+    """Traffic to this host never leaves the machine (docs/security.md)."""
     if host is None:
         return False
     if host.lower() == "localhost":
