@@ -6,20 +6,14 @@ expecting another host name, and one without a client certificate are refused.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nats.aio.client import Client
+from throwaway_ca import Authority, Issued
 
 from budget.config import Settings
 from budget.natsconn import connect_nats, nats_options
@@ -27,64 +21,6 @@ from services.embedded import EmbeddedNats
 from services.nats_config import NatsCredentials, write_config
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Issued:
-    cert: Path
-    key: Path
-
-
-class Authority:
-    """A CA that lives for one test module."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.directory = directory
-        self.name = name
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self._cert = (
-            _builder(subject, subject, self._key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self._key, hashes.SHA256())
-        )
-        self.cert = directory / f"{name}.pem"
-        self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, name: str, *, server: bool) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = _builder(subject, self._cert.subject, key.public_key()).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
-        if server:
-            names = [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
-        issued = Issued(self.directory / f"{name}.pem", self.directory / f"{name}.key")
-        issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        issued.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return issued
-
-
-def _builder(subject: x509.Name, issuer: x509.Name, key: Any) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
 
 
 @dataclass(frozen=True)
@@ -103,15 +39,16 @@ class Tls:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
     directory = tmp_path_factory.mktemp("tls")
-    ca, stranger = Authority(directory, "budget-ca"), Authority(directory, "stranger-ca")
-    served = ca.issue("localhost", server=True)
-    client = ca.issue("budget-client", server=False)
+    ca = Authority.create(directory / "ca")
+    stranger = Authority.create(directory / "stranger", "stranger CA")
+    served = ca.issue("localhost", "127.0.0.1")
+    client = ca.issue("budget-client", client=True)
     config = write_config(
         directory,
         Settings(
             nats_server_tls_cert=served.cert,
             nats_server_tls_key=served.key,
-            nats_server_tls_ca=ca.cert,
+            nats_server_tls_ca=ca.ca_file,
         ),
     )
     with EmbeddedNats(directory / "nats", config_file=config, stop_timeout=5.0) as server:
@@ -142,7 +79,7 @@ async def test_a_client_trusting_the_ca_with_its_certificate_connects(
     tls: Tls, connect: Any
 ) -> None:
     settings = tls.settings(
-        nats_tls_ca=tls.ca.cert, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
+        nats_tls_ca=tls.ca.ca_file, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
     )
     nc = await connect(settings)
     assert nc.connected_server_version.major >= 2
@@ -153,7 +90,7 @@ async def test_a_client_trusting_the_ca_with_its_certificate_connects(
 
 async def test_a_client_not_trusting_the_ca_is_refused(tls: Tls, connect: Any) -> None:
     settings = tls.settings(
-        nats_tls_ca=tls.stranger.cert, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
+        nats_tls_ca=tls.stranger.ca_file, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
     )
     with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
         await connect(settings)
@@ -163,7 +100,7 @@ async def test_the_server_must_carry_the_host_name_the_client_expects(
     tls: Tls, connect: Any
 ) -> None:
     settings = tls.settings(
-        nats_tls_ca=tls.ca.cert, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
+        nats_tls_ca=tls.ca.ca_file, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
     )
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
         await connect(settings, tls_hostname="nats.elsewhere.example")
@@ -175,4 +112,4 @@ async def test_a_client_without_a_certificate_is_refused_by_the_server(
     # TLS 1.3: the server's "certificate required" alert follows the handshake, so the
     # client sees either the alert or the connection it closed.
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
-        await connect(tls.settings(nats_tls_ca=tls.ca.cert))
+        await connect(tls.settings(nats_tls_ca=tls.ca.ca_file))

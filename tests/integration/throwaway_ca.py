@@ -1,5 +1,6 @@
 """A certificate authority made for one test: its certificate as a PEM file (what a client
-is configured to trust) and server TLS contexts with certificates it signs."""
+is configured to trust), and server or client certificates it signs, as files or as a
+server's TLS context."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def _builder(
         .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True)
@@ -72,33 +79,41 @@ class Authority:
     def ca_file(self) -> Path:
         return self.directory / "ca.pem"
 
-    def server_context(self, *hosts: str) -> ssl.SSLContext:
-        """A server's TLS context, its certificate naming ``hosts`` (names or addresses)."""
+    def issue(self, *hosts: str, client: bool = False) -> Issued:
+        """A certificate and key signed here, as files: a server's naming ``hosts`` (names
+        or addresses), or with ``client`` a client's, named by ``hosts[0]``."""
         key = ec.generate_private_key(ec.SECP256R1())
-        names = [_subject_name(host) for host in hosts]
-        certificate = (
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = (
             _builder(_name(hosts[0]), self.certificate.subject, key)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
             )
-            .sign(self.key, hashes.SHA256())
         )
-        stem = self.directory / f"server-{certificate.serial_number}"
-        cert_file, key_file = stem.with_suffix(".pem"), stem.with_suffix(".key")
-        cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
+        if not client:
+            names = [_subject_name(host) for host in hosts]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        certificate = builder.sign(self.key, hashes.SHA256())
+        stem = self.directory / f"issued-{certificate.serial_number}"
+        issued = Issued(stem.with_suffix(".pem"), stem.with_suffix(".key"))
+        issued.cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        issued.key.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
         )
+        return issued
+
+    def server_context(self, *hosts: str) -> ssl.SSLContext:
+        """A server's TLS context, its certificate naming ``hosts`` (names or addresses)."""
+        issued = self.issue(*hosts)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(issued.cert, issued.key)
         return context
 
 
