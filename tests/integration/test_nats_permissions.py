@@ -212,6 +212,7 @@ async def test_a_host_reads_neither_the_stream_nor_the_dead_letters_nor_other_re
         await permitted(host.nc, impostor, host.nc.request(impostor, b"{}", timeout=30))
     # Its own inbox it may read: a message sent there arrives (and no refusal came).
     mine = await host.nc.subscribe("_INBOX.host.mine")
+    await host.nc.flush()  # the server has the subscription before the reply is sent
     await service.publish("_INBOX.host.mine", b"reply")
     assert (await mine.next_msg(timeout=30)).data == b"reply"
     assert not any('"_inbox.host.mine"' in e for e in host.errors)
