@@ -325,6 +325,8 @@ def test_a_service_on_an_unreachable_database_does_not_log_its_password(
         BUDGET_NATS_URL=f"{scheme}://budget:{nats_row.secret}@{rest}",
         BUDGET_SUBJECT_PREFIX=f"t{uuid4().hex[:10]}",
     )
+    for credential in ("BUDGET_NATS_USER", "BUDGET_NATS_PASSWORD"):  # the URL's stand
+        del env[credential]
     notifier = Budget(env, tmp_path).start("notifier")
     try:
         eventually(
@@ -345,7 +347,7 @@ def test_a_service_on_an_unreachable_database_does_not_log_its_password(
 def test_budget_up_at_work_shows_no_secret(tmp_path: Path, server_tmp_path: Path) -> None:
     data_dir = server_tmp_path / "data"
     webhook_row = next(row for row in PLANTED if row.place == "webhook secret")
-    with webhook_server() as hook:
+    with webhook_server(webhook_row.secret) as hook:
         policy = {"name": "leak watch", "limit_amount": "0.000001", "action": "notify"}
         config = planted_config(
             {"alert_channels": {"webhook": {"url": hook.url}}, "budget_policies": [policy]}

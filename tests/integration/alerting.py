@@ -60,7 +60,8 @@ class Webhook:
 
 
 @contextlib.contextmanager
-def webhook_server() -> Iterator[Webhook]:
+def webhook_server(secret: str = WEBHOOK_SECRET) -> Iterator[Webhook]:
+    """A receiver that verifies every delivery's signature with ``secret``."""
     hook = Webhook()
 
     class Handler(BaseHTTPRequestHandler):
@@ -69,7 +70,7 @@ def webhook_server() -> Iterator[Webhook]:
             key = self.headers.get("Idempotency-Key", "")
             signature = self.headers.get(SIGNATURE_HEADER, "")
             respond = hook.respond
-            if not verify_signature(WEBHOOK_SECRET, signature, key, body, now=hook.clock()):
+            if not verify_signature(secret, signature, key, body, now=hook.clock()):
                 hook.refused.append((dict(self.headers), body))
                 status = 400
             else:
