@@ -25,7 +25,7 @@ class SlowJetStream:
         self.read_sent = asyncio.Event()  # both policy subjects asked
         self.answer = asyncio.Event()
 
-    async def get_last_msg(self, stream: str, subject: str) -> Any:
+    async def get_last_msg(self, stream: str, subject: str, *, direct: bool = False) -> Any:
         self.asked += 1
         if self.asked % 2 == 0:
             self.read_sent.set()
