@@ -37,9 +37,9 @@ from services.api.problems import LIMITED_RESPONSES, Problem, field_errors
 
 __all__ = ["BatchRecorded", "CheckIn", "Recorded", "UsageBatch", "UsageIn", "router"]
 
+# Each route's dependency authenticates (ingest or admin) and limits per key: checks and
+# releases as the enforcer limits a host, usage posts alike in a bucket of their own.
 router = APIRouter(tags=["ingest"], responses=LIMITED_RESPONSES)
-"""Each route limited per key (``services.api.limits``): checks and releases as the enforcer
-limits a host, usage posts alike in a bucket of their own."""
 MAX_BATCH = 1000
 Api = Annotated[ApiServices, Depends(current_services)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
