@@ -137,11 +137,15 @@ def embedded_postgres(server_tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, nats_url: str, database_url: str) -> Iterator[LiveStack]:
+    """A module's own stack; a module's ``STACK_ENV`` (``BUDGET_*`` settings) configures it."""
     schema = schema_name_for(f"stack_{request.module.__name__}")
     create_schema(database_url, schema)
     workdir = server_tmpdir("stack")
+    extra_env = getattr(request.module, "STACK_ENV", None)
     try:
-        yield from live_stack(nats_url, with_search_path(database_url, schema), workdir)
+        yield from live_stack(
+            nats_url, with_search_path(database_url, schema), workdir, extra_env=extra_env
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         drop_schema(database_url, schema)

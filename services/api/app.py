@@ -19,6 +19,7 @@ from budget.config import Settings
 from services.api.auth import SESSION_LIFETIME
 from services.api.console import console_router
 from services.api.context import ApiServices
+from services.api.limits import KeyLimits
 from services.api.middleware import AccessLog, BodyLimit, CatchAll, NoNulCharacters
 from services.api.problems import install_problem_handlers
 from services.api.routes import api_router
@@ -65,6 +66,7 @@ def create_app(
     )
     if services is not None:
         app.state.services = services
+    app.state.key_limits = KeyLimits(settings)
     install_problem_handlers(app)
     app.include_router(api_router)
     app.include_router(console_router)

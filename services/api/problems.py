@@ -2,13 +2,16 @@
 
 Every error the API returns has ``type``, ``title``, ``status`` and ``detail``; a
 validation error also names each wrong field in ``errors`` (``field``: dotted path, e.g.
-``body.limit_amount``). An unexpected failure is answered with a 500 that carries no
-traceback and no request data (``services.api.middleware.CatchAll``).
+``body.limit_amount``); a refusal for too many requests (429) also says in ``retry_after``
+how many seconds to wait, as its ``Retry-After`` header does (rounded up). An unexpected
+failure is answered with a 500 that carries no traceback and no request data
+(``services.api.middleware.CatchAll``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +27,7 @@ from budget.queries import NotApplied
 from budget.rpc import Unanswered
 
 __all__ = [
+    "LIMITED_RESPONSES",
     "OUTAGES",
     "PROBLEM_RESPONSES",
     "Problem",
@@ -68,6 +72,9 @@ class ProblemDocument(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldError] = Field(default_factory=list, description="what is wrong where")
+    retry_after: float | None = Field(
+        default=None, description="429: seconds to wait before asking again"
+    )
 
 
 def _documented(description: str) -> dict[str, Any]:
@@ -83,6 +90,14 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 """The error answers every route can give, for the OpenAPI document."""
 
+LIMITED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: _documented(
+        "this API key is over its request limit (docs/api.md#limits-per-key): wait"
+        " `retry_after` seconds (also the `Retry-After` header)"
+    ),
+}
+"""The answer of a route limited per API key (``services.api.limits``)."""
+
 
 class Problem(Exception):
     """Raise to answer with a problem document."""
@@ -95,13 +110,18 @@ class Problem(Exception):
         title: str | None = None,
         errors: Sequence[dict[str, str]] = (),
         headers: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
+        """``retry_after``: seconds, answered in the body and (rounded up) as ``Retry-After``."""
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.title = title or _TITLES.get(status, "Error")
         self.errors = list(errors)
         self.headers = headers or {}
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(math.ceil(retry_after))
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
@@ -115,6 +135,8 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
         body["instance"] = instance
     if problem.errors:
         body["errors"] = problem.errors
+    if problem.retry_after is not None:
+        body["retry_after"] = round(problem.retry_after, 3)
     return JSONResponse(body, problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 

@@ -19,9 +19,10 @@ from events.queries import AlertDelivery, AlertsQuery, StoredAlert
 from projections.base import Connection
 from projections.cursors import decode_cursor, encode_cursor
 from projections.queries import AlertPosition, alerts_page
-from services.api.auth import ADMIN, READ, Principal, require
+from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services
-from services.api.problems import Problem
+from services.api.limits import limited_read
+from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["Acknowledgement", "AlertDetail", "router"]
 
@@ -50,7 +51,10 @@ class AlertsPage(BaseModel):
 
 
 @router.get(
-    "", dependencies=[Depends(require(*READ))], summary="Alerts, newest first (keyset pages)"
+    "",
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
+    summary="Alerts, newest first (keyset pages)",
 )
 async def list_alerts(
     api: Api,
@@ -95,7 +99,8 @@ def _position(cursor: str | None) -> AlertPosition | None:
 
 @router.get(
     "/stream",
-    dependencies=[Depends(require(*READ))],
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
     summary="New alerts as Server-Sent Events (event: alert, id: its id, data: the alert);"
     " a reconnect with Last-Event-ID resumes after that alert",
     response_class=StreamingResponse,
@@ -108,7 +113,12 @@ async def stream(request: Request, api: Api) -> StreamingResponse:
     )
 
 
-@router.get("/{alert_id}", dependencies=[Depends(require(*READ))], summary="One alert")
+@router.get(
+    "/{alert_id}",
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
+    summary="One alert",
+)
 async def get_alert(api: Api, alert_id: uuid.UUID) -> AlertDetail:
     found = await api.database.alerts(AlertsQuery(alert_id=alert_id))
     if not found:

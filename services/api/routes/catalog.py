@@ -9,13 +9,15 @@ from pydantic import BaseModel
 
 from budget.pricing import ModelPricing
 from events.envelope import UtcDatetime
-from services.api.auth import READ, require
 from services.api.context import ApiServices, current_services
-from services.api.problems import Problem
+from services.api.limits import limited_read
+from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["prices"], dependencies=[Depends(require(*READ))])
+router = APIRouter(
+    tags=["prices"], dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES
+)
 Api = Annotated[ApiServices, Depends(current_services)]
 
 

@@ -16,13 +16,18 @@ from projections.checkpoints import live_position
 from projections.db import connect
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
-from services.api.auth import READ, require
 from services.api.context import ApiServices, current_services
-from services.api.problems import Problem
+from services.api.limits import limited_read
+from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["HistoryPage", "history_filter", "router"]
 
-router = APIRouter(prefix="/usage", tags=["usage history"], dependencies=[Depends(require(*READ))])
+router = APIRouter(
+    prefix="/usage",
+    tags=["usage history"],
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
+)
 Api = Annotated[ApiServices, Depends(current_services)]
 Name = Annotated[str | None, Query(max_length=200)]
 

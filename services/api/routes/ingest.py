@@ -31,13 +31,15 @@ from events import (
 from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
 from events.usage import MAX_TOKENS, Seconds
-from services.api.auth import INGEST, require
 from services.api.context import ApiServices, current_services
-from services.api.problems import Problem, field_errors
+from services.api.limits import limited_check, limited_usage
+from services.api.problems import LIMITED_RESPONSES, Problem, field_errors
 
 __all__ = ["BatchRecorded", "CheckIn", "Recorded", "UsageBatch", "UsageIn", "router"]
 
-router = APIRouter(tags=["ingest"], dependencies=[Depends(require(*INGEST))])
+# Each route's dependency authenticates (ingest or admin) and limits per key: checks and
+# releases as the enforcer limits a host, usage posts alike in a bucket of their own.
+router = APIRouter(tags=["ingest"], responses=LIMITED_RESPONSES)
 MAX_BATCH = 1000
 Api = Annotated[ApiServices, Depends(current_services)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
@@ -93,7 +95,11 @@ class Recorded(BaseModel):
     duplicate: bool = Field(description="an earlier post stored this event_id already")
 
 
-@router.post("/check", summary="May this call go ahead? (reserves under BLOCK/THROTTLE)")
+@router.post(
+    "/check",
+    dependencies=[Depends(limited_check)],
+    summary="May this call go ahead? (reserves under BLOCK/THROTTLE)",
+)
 async def check(api: Api, body: CheckIn) -> CheckResult:
     try:
         return await api.tracker.check_budget(
@@ -111,6 +117,7 @@ async def check(api: Api, body: CheckIn) -> CheckResult:
 
 @router.post(
     "/reservations/{reservation_id}/release",
+    dependencies=[Depends(limited_check)],
     summary="Release a reservation whose call was not made (released: 0 when it was already"
     " settled, released or expired)",
 )
@@ -127,6 +134,7 @@ async def release(
 @router.post(
     "/usage",
     status_code=201,
+    dependencies=[Depends(limited_usage)],
     summary="Record one call's usage (201 stored; 200 with the stored event when this"
     " event_id was stored before; 409 when it was stored for another call)",
 )
@@ -164,6 +172,7 @@ class BatchRecorded(BaseModel):
 
 @router.post(
     "/usage/batch",
+    dependencies=[Depends(limited_usage)],
     summary=f"Record up to {MAX_BATCH} calls in one request: each as POST /usage would,"
     " answered once JetStream has stored them all (one wrong event refuses the batch)",
 )

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from events import BudgetPolicy, BudgetScope
-from services.api.auth import ADMIN, READ, Principal, require
+from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services
+from services.api.limits import limited_read
 from services.api.path_ids import with_path_id
-from services.api.problems import Problem
+from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["router"]
 
@@ -20,12 +21,19 @@ Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
 
 
-@router.get("", dependencies=[Depends(require(*READ))], summary="Every policy")
+@router.get(
+    "", dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES, summary="Every policy"
+)
 async def list_policies(api: Api, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
     return await api.database.policies(scope)
 
 
-@router.get("/{policy_id}", dependencies=[Depends(require(*READ))], summary="One policy")
+@router.get(
+    "/{policy_id}",
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
+    summary="One policy",
+)
 async def get_policy(api: Api, policy_id: str) -> BudgetPolicy:
     return await _existing(api, policy_id)
 

@@ -12,13 +12,18 @@ from budget.report_format import ExportFormat, to_answer
 from events.envelope import UtcDatetime
 from events.policy import known_zone
 from events.queries import ReportAnswer, ReportQuery
-from services.api.auth import READ, require
 from services.api.context import ApiServices, current_services
-from services.api.problems import Problem
+from services.api.limits import limited_read
+from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(require(*READ))])
+router = APIRouter(
+    prefix="/reports",
+    tags=["reports"],
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
+)
 Kind = Literal["summary", "trend", "comparison", "projection", "custom"]
 When = Annotated[UtcDatetime | None, Query()]
 _MEDIA = {ExportFormat.CSV: "text/csv; charset=utf-8", ExportFormat.MARKDOWN: "text/markdown"}

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from events import AlertRule
-from services.api.auth import ADMIN, READ, require
+from services.api.auth import ADMIN, require
 from services.api.context import ApiServices, current_services
+from services.api.limits import limited_read
 from services.api.path_ids import with_path_id
-from services.api.problems import Problem
+from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["router"]
 
@@ -19,7 +20,12 @@ router = APIRouter(prefix="/rules", tags=["alert rules"])
 Api = Annotated[ApiServices, Depends(current_services)]
 
 
-@router.get("", dependencies=[Depends(require(*READ))], summary="The rules in force")
+@router.get(
+    "",
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
+    summary="The rules in force",
+)
 async def list_rules(api: Api) -> list[AlertRule]:
     return await api.database.rules()
 

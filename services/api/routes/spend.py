@@ -9,12 +9,15 @@ from fastapi import APIRouter, Depends, Query
 from events import BudgetScope
 from events.envelope import UtcDatetime
 from events.queries import SpendQuery, SpendRow
-from services.api.auth import READ, require
 from services.api.context import ApiServices, current_services
+from services.api.limits import limited_read
+from services.api.problems import LIMITED_RESPONSES
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["spend"], dependencies=[Depends(require(*READ))])
+router = APIRouter(
+    tags=["spend"], dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES
+)
 
 
 @router.get("/spend", summary="Spend totals of the period holding `at` (default now)")

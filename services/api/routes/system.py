@@ -14,14 +14,16 @@ from events.queries import QUERY_POSITION, PositionAnswer, PositionQuery
 from events.rpc import RPC_SNAPSHOT, CallAttributes, Snapshot
 from projections.deadletter import DeadLetter, recent_dead_letters
 from projections.queries import ProjectionStatus, projection_status
-from services.api.auth import READ, require
 from services.api.context import ApiServices, current_services
-from services.api.problems import Problem
+from services.api.limits import limited_read
+from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["ServiceHealth", "health", "router", "service_health"]
 
 health = APIRouter(tags=["health"])
-router = APIRouter(tags=["system"], dependencies=[Depends(require(*READ))])
+router = APIRouter(
+    tags=["system"], dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES
+)
 Api = Annotated[ApiServices, Depends(current_services)]
 _ASK_WITHIN = 2.0
 

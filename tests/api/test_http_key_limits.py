@@ -1,0 +1,105 @@
+"""Per-key limits on the HTTP API (``services.api.limits``): a greedy key is refused with
+429 and ``Retry-After`` while another key is answered; a key's reads in flight are capped.
+
+The stack runs with tiny limits: two checks (and two usage posts) per key at once, three
+reads, two of them in flight, refilled too slowly to matter during the test."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psycopg
+import pytest
+
+from events import ApiRole
+
+from http_support import call, eventually
+from live import LiveStack
+
+STACK_ENV = {
+    "BUDGET_CALLER_RATE": "0.001",
+    "BUDGET_CALLER_BURST": "2",
+    "BUDGET_CALLER_QUERY_RATE": "0.001",
+    "BUDGET_CALLER_QUERY_BURST": "3",
+    "BUDGET_CALLER_QUERY_IN_FLIGHT": "2",
+}
+
+
+def _assert_refused(answer: httpx.Response, setting: str) -> None:
+    assert answer.status_code == 429, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert setting in problem["detail"]
+    assert problem["retry_after"] > 0
+    assert int(answer.headers["retry-after"]) == math.ceil(problem["retry_after"])
+
+
+def test_a_greedy_key_is_refused_while_another_keys_checks_are_answered(
+    stack: LiveStack, user: str
+) -> None:
+    check = {"model": "gpt-4o", "estimated_tokens": 100, "user_id": user}
+    with (
+        stack.client(stack.new_key(ApiRole.INGEST, "greedy")) as greedy,
+        stack.client(stack.new_key(ApiRole.INGEST, "polite")) as polite,
+    ):
+        greedy_answers = [greedy.post("/api/v1/check", json=check) for _ in range(2)]
+        polite_answers = []
+        for _ in range(5):  # the greedy key keeps asking, the polite one asks meanwhile
+            greedy_answers.append(greedy.post("/api/v1/check", json=check))
+            if len(polite_answers) < 2:
+                polite_answers.append(polite.post("/api/v1/check", json=check))
+        # Usage posts have a bucket of their own: a host refused checks still records.
+        recorded = greedy.post("/api/v1/usage", json=call(user))
+
+    assert [a.status_code for a in greedy_answers] == [200, 200] + [429] * 5
+    assert all(a.json()["allowed"] for a in greedy_answers[:2])
+    for refused in greedy_answers[2:]:
+        _assert_refused(refused, "caller_rate")
+    assert [a.status_code for a in polite_answers] == [200, 200]
+    assert all(a.json()["allowed"] for a in polite_answers)
+    assert recorded.status_code == 201, recorded.text
+
+
+@pytest.fixture
+def spend_locked(stack: LiveStack) -> Iterator[psycopg.Connection]:
+    """The spend table locked, so reads of it wait (in flight) until the lock is let go."""
+    with psycopg.connect(stack.settings.database_url) as conn:
+        conn.execute("LOCK TABLE spend_buckets IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def _waiting_on_lock(database_url: str) -> int:
+    with psycopg.connect(database_url) as probe:
+        row = probe.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+            ("spend_buckets",),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_keys_reads_past_its_in_flight_cap_are_refused(
+    stack: LiveStack, spend_locked: psycopg.Connection
+) -> None:
+    viewer_key = stack.new_key(ApiRole.VIEWER, "many tabs")
+
+    def read_spend() -> httpx.Response:
+        with stack.client(viewer_key) as viewer:
+            return viewer.get("/api/v1/spend")
+
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(read_spend) for _ in range(2)]
+        eventually(
+            lambda: _waiting_on_lock(stack.settings.database_url) == 2, what="two reads in flight"
+        )
+        # The key has a token left (burst 3) but two requests in flight, the most allowed.
+        _assert_refused(read_spend(), "caller_query_in_flight")
+        with stack.client(stack.new_key(ApiRole.VIEWER, "another")) as other:
+            assert other.get("/api/v1/policies").status_code == 200
+        spend_locked.rollback()
+        assert [f.result().status_code for f in held] == [200, 200]
