@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,24 +161,6 @@ def environment(tmp: Path, config: Mapping[str, Any], **env: str) -> dict[str, s
     }
 
 
-def run(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
-    """``budget ARGS``: everything it wrote, stdout and stderr."""
-    try:
-        done = subprocess.run(
-            [*CLI, *args],
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        return f"{exc.stdout!r} {exc.stderr!r} (hung)"
-    return done.stdout + done.stderr
-
-
 def test_the_search_finds_every_planted_secret(tmp_path: Path) -> None:
     """Each row's secret reaches the settings (a row that plants nothing would pass (a)-(c)
     for nothing), and the search finds it once printed."""
@@ -307,7 +289,8 @@ def test_a_secret_put_where_it_is_refused_is_not_echoed(row: Planted, tmp_path: 
     env = environment(tmp_path, planted_config(row.filled(row.refused)))
     for name in row.env:
         del env[name]
-    text = run(("spend",), env, tmp_path)
+    done = Budget(env, tmp_path).run("spend")
+    text = done.stdout + done.stderr
     assert text.startswith("budget: ") and "(see" not in text, text
     assert leaks(text) == [], text
 
