@@ -86,9 +86,9 @@ from stack import ApiAccess, api_access, embedded_stack
 from budget.config import Settings
 from events import utc_now
 from events.policy import GLOBAL_SCOPE_KEY
-from projections.base import Connection
-from projections.checkpoints import live_position
 from projections.db import connect
+from projections.engine.checkpoints import live_position
+from projections.engine.projection import Connection
 from projections.history_pages import Cursor
 from projections.spend import BUCKET_SQL, MEASURES
 from services.ops import nats_client

@@ -38,9 +38,9 @@ from budget.config import Settings
 from budget.manager import BudgetManager
 from budget.tracker import UsageTracker, get_usage_tracker
 from events import BudgetPolicy, UsageRecorded
-from projections.base import Connection
 from projections.db import connect
-from projections.rebuild import rebuild
+from projections.engine.projection import Connection
+from projections.engine.rebuild import rebuild
 from projections.registry import PROJECTIONS
 from services.stack import SERVICES, StackInfo
 from services.worker import tune_gc

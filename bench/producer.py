@@ -22,7 +22,7 @@ from ingest import record
 
 from budget.config import Settings
 from budget.tracker import start_usage_tracker
-from projections.log import declare_streams
+from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
 
 

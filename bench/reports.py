@@ -37,9 +37,9 @@ from zoneinfo import ZoneInfo
 
 from budget.reports import ReportGenerator
 from events import utc_now
-from projections.checkpoints import ensure_projection
 from projections.database_queries import DatabaseQueries
 from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
 from projections.migrate import migrate
 from projections.registry import PROJECTIONS
 from projections.report_queries import ReportBuilder, floor_quarter

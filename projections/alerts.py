@@ -50,8 +50,8 @@ from events import (
     UsageRepriced,
 )
 from events.policy import GLOBAL_SCOPE_KEY
-from projections.base import Applied, Connection, Projection, physical
 from projections.change_log import ChangeLog
+from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import Booked
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from events import ApiKeyCreated, ApiKeyRevoked, ApiRole
-from projections.base import Applied, Connection, Projection, physical
+from projections.engine.projection import Applied, Connection, Projection, physical
 
 __all__ = ["ApiKey", "ApiKeysProjection", "find_key", "find_session_key", "list_keys"]
 

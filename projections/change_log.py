@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from projections.base import Applied, Connection, physical
+from projections.engine.projection import Applied, Connection, physical
 
 __all__ = ["ChangeLog"]
 

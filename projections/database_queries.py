@@ -22,9 +22,9 @@ from events.queries import (
     StoredAlert,
 )
 from projections.alerts import load_rules
-from projections.base import Connection
-from projections.checkpoints import live_position
 from projections.db import connect
+from projections.engine.checkpoints import live_position
+from projections.engine.projection import Connection
 from projections.policies import load_policies
 from projections.queries import alert_deliveries, find_alerts, spend_for_period
 from projections.report_queries import ReportBuilder

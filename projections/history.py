@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
-from projections.base import Applied, Connection, Projection, physical
+from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import Ledger, corrections_ddl
 from projections.usage_rows import USAGE_MEASURES, usage_rows
 

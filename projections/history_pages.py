@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from projections.base import Connection
-from projections.checkpoints import live_position
 from projections.cursors import decode_cursor, encode_cursor
+from projections.engine.checkpoints import live_position
+from projections.engine.projection import Connection
 
 __all__ = [
     "HISTORY_FIELDS",

@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from events import UsageRepriced
-from projections.base import Applied, Connection, Rejected
+from projections.engine.projection import Applied, Connection, Rejected
 
 __all__ = ["Booked", "Ledger", "corrections_ddl"]
 

@@ -12,8 +12,8 @@ from typing import ClassVar
 
 from events import BudgetPolicy, PolicyDeleted, PolicySet
 from events.policy import POLICY_CHANGES
-from projections.base import Applied, Connection, Projection, physical
 from projections.change_log import ChangeLog
+from projections.engine.projection import Applied, Connection, Projection, physical
 
 __all__ = ["PoliciesProjection", "load_policies"]
 

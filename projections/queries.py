@@ -15,10 +15,10 @@ from nats.js.errors import NotFoundError
 from budget.periods import Period, period_bounds, period_start
 from events import Alert, ImageUsage, Topology, Usage
 from events.queries import AlertDelivery, AlertsQuery, SpendRow, StoredAlert
-from projections.base import Connection
-from projections.checkpoints import list_checkpoints
-from projections.engine import consumer_name
-from projections.log import pending_after
+from projections.engine.checkpoints import list_checkpoints
+from projections.engine.log import pending_after
+from projections.engine.projection import Connection
+from projections.engine.runner import consumer_name
 from projections.registry import get_projection
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from projections.alerts import AlertsProjection
 from projections.api_keys import ApiKeysProjection
-from projections.base import Projection
+from projections.engine.projection import Projection
 from projections.history import HistoryProjection
 from projections.policies import PoliciesProjection
 from projections.reports import ReportsProjection

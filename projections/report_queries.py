@@ -30,7 +30,7 @@ from budget.reports import GROUPS
 from events import BudgetScope, utc_now
 from events.queries import ReportQuery
 from events.usage import exact_money
-from projections.base import Connection
+from projections.engine.projection import Connection
 from projections.policies import load_policies
 from projections.spend import MEASURES
 from projections.windows import window_sums

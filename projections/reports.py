@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
-from projections.base import Applied, Connection, Projection, physical
+from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import Booked, Ledger, corrections_ddl
 from projections.spend import BUCKET_SQL, MEASURES
 from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows

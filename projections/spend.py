@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
 from events.policy import GLOBAL_SCOPE_KEY
-from projections.base import Applied, Connection, Projection, physical
+from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import Booked, Ledger, corrections_ddl
 from projections.usage_rows import USAGE_MEASURES, usage_rows
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from events import UsageRecorded
-from projections.base import Applied
+from projections.engine.projection import Applied
 
 __all__ = ["SOURCE", "USAGE_MEASURES", "usage_rows"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import AsyncCursor
 
 from budget.policies import PolicyWindow
-from projections.base import Connection
+from projections.engine.projection import Connection
 
 __all__ = [
     "Cursor",

@@ -30,7 +30,7 @@ from nats.errors import MaxPayloadError
 from budget.config import AlertChannels, EmailChannel, WebhookChannel
 from budget.webhooks import SIGNATURE_HEADER, sign
 from events import Alert, Topology
-from projections.base import Connection
+from projections.engine.projection import Connection
 from services.mail import MessageRefused, alert_message, send_mail
 
 __all__ = ["Rejected", "Sender", "Undeliverable", "senders", "undeliverable"]

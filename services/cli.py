@@ -28,10 +28,10 @@ from budget.redaction import install_redaction, redact, secrets_of
 from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
 from events.usage import exact_money
-from projections.engine import EngineConfig
-from projections.log import LogError
+from projections.engine.log import LogError
+from projections.engine.rebuild import Progress, rebuild
+from projections.engine.runner import EngineConfig
 from projections.queries import projection_status, spend_for_period
-from projections.rebuild import Progress, rebuild
 from projections.registry import PROJECTIONS, get_projection
 from services.cli_alerts import alerts_app
 from services.cli_context import settings, tracker, use_settings, validation_message

@@ -52,9 +52,9 @@ from events.rpc import (
     Snapshot,
 )
 from events.usage import exact_money
-from projections.base import Connection
-from projections.checkpoints import live_position
 from projections.db import connect
+from projections.engine.checkpoints import live_position
+from projections.engine.projection import Connection
 from projections.policies import PoliciesProjection, load_policies
 from projections.windows import window_sums
 from services import replies, reservations

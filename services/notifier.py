@@ -34,8 +34,8 @@ from budget.config import Settings
 from events import Alert
 from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
-from projections.base import Connection
 from projections.db import connect
+from projections.engine.projection import Connection
 from services.channels import Rejected, Undeliverable, senders, undeliverable
 from services.liveness import Liveness, Loop
 

@@ -10,10 +10,10 @@ from nats.aio.client import Client
 
 from budget.config import Settings, shown_url
 from budget.natsconn import connect_nats, nats_options
-from projections.base import Connection
-from projections.checkpoints import ensure_projection
 from projections.db import connect
-from projections.log import declare_streams
+from projections.engine.checkpoints import ensure_projection
+from projections.engine.log import declare_streams
+from projections.engine.projection import Connection
 from projections.migrate import migrate
 from projections.registry import PROJECTIONS
 from services import reservations

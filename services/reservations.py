@@ -23,8 +23,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from budget.policies import PolicyWindow
-from projections.base import Connection
-from projections.checkpoints import LIVE_POSITION_SQL
+from projections.engine.checkpoints import LIVE_POSITION_SQL
+from projections.engine.projection import Connection
 from projections.windows import window_sum_sql, windows_param
 
 __all__ = [

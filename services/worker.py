@@ -25,16 +25,16 @@ from nats.errors import Error as NatsError
 
 from budget.config import Settings
 from budget.natsconn import nats_options
-from projections.engine import (
+from projections.engine.log import require_stream
+from projections.engine.reader import ConsumerGone
+from projections.engine.rebuild import rebuild_if_reshaped
+from projections.engine.runner import (
     BatchResult,
     EngineConfig,
     ProjectionRunner,
     Reconnected,
     Retired,
 )
-from projections.log import require_stream
-from projections.reader import ConsumerGone
-from projections.rebuild import rebuild_if_reshaped
 from projections.registry import get_projection
 from services.liveness import Liveness, Loop
 

@@ -29,9 +29,9 @@ from events import (
     headers_for,
     utc_now,
 )
-from projections.base import Connection, Projection
 from projections.db import connect
-from projections.engine import EngineConfig, ProjectionRunner
+from projections.engine.projection import Connection, Projection
+from projections.engine.runner import EngineConfig, ProjectionRunner
 from services.query_service import QueryService
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from itsdangerous import TimestampSigner
 
 from budget.config import Settings
 from projections.api_keys import ApiKeysProjection
-from projections.checkpoints import ensure_projection
 from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
 from projections.migrate import migrate
 from services.api.app import create_app
 from services.api.context import ApiServices

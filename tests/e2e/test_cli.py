@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 
 from budget.periods import Period
 from events import Topology, UsageRecorded
-from projections.base import physical
+from projections.engine.projection import physical
 from projections.registry import PROJECTIONS
 from services.stack import SERVICES
 

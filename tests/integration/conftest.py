@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 
 from events import Topology
-from projections.log import declare_streams
+from projections.engine.log import declare_streams
 from projections.migrate import migrate
 
 from alerting import Mailbox, Webhook, smtp_server, webhook_server

@@ -20,9 +20,9 @@ from events import (
     UsageRepriced,
     canonical,
 )
-from projections.base import Applied, Projection, physical
-from projections.checkpoints import create_version, drop_version
 from projections.db import connect
+from projections.engine.checkpoints import create_version, drop_version
+from projections.engine.projection import Applied, Projection, physical
 
 from support import usage_event
 

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from events import AlertType, Topology
 from projections.alerts import AlertsProjection
-from projections.base import Applied
+from projections.engine.projection import Applied
 
 from ledger_logs import (
     AT,

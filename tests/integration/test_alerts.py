@@ -38,7 +38,7 @@ from events import (
 )
 from events.rpc import PolicySpend
 from projections.db import connect
-from projections.rebuild import rebuild
+from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
 
 from alerting import (

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from budget.config import Settings
 from events import BudgetPolicy, BudgetScope, PolicySet, Topology, utc_now
-from projections.deadletter import recent_dead_letters
+from projections.engine.deadletter import recent_dead_letters
 from services.notifier import NotifierConfig
 
 from alerting import Mailbox, Webhook, alert_settings, evaluator, smtp_server, webhook_server

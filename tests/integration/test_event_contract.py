@@ -27,10 +27,10 @@ from events import (
 )
 from events.usage import MAX_AUDIO_SECONDS, MAX_COST, MAX_IMAGES, MAX_TOKENS
 from projections.alerts import AlertsProjection
-from projections.deadletter import recent_dead_letters
-from projections.engine import EngineConfig
+from projections.engine.deadletter import recent_dead_letters
+from projections.engine.rebuild import rebuild
+from projections.engine.runner import EngineConfig
 from projections.history import HistoryProjection
-from projections.rebuild import rebuild
 from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 from projections.usage_rows import USAGE_MEASURES

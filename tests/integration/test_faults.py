@@ -17,11 +17,11 @@ from budget.alerting import DEFAULT_RULES
 from budget.publisher import EventPublisher, PublisherConfig
 from events import BudgetPolicy, PolicySet, Topology
 from projections.alerts import AlertsProjection
-from projections.checkpoints import ensure_projection
 from projections.db import connect
-from projections.log import declare_streams
+from projections.engine.checkpoints import ensure_projection
+from projections.engine.log import declare_streams
+from projections.engine.rebuild import rebuild
 from projections.migrate import migrate
-from projections.rebuild import rebuild
 from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 

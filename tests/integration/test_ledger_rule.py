@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from budget.pricing import PriceOverride, PricingRegistry
 from events import PolicySet, Topology, UsageRecorded, UsageRepriced, encode
 from projections.db import connect
-from projections.deadletter import recent_dead_letters
+from projections.engine.deadletter import recent_dead_letters
 from projections.history import HistoryProjection
 from projections.queries import usage_between
 from projections.registry import get_projection

@@ -40,7 +40,7 @@ from events import (
     encode,
 )
 from events.codec import HEADER_MSG_ID
-from projections.rebuild import rebuild
+from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
 from services.embedded import EmbeddedNats
 from services.nats_config import NatsCredentials, write_config
@@ -118,7 +118,7 @@ async def service(
     secured: Secured, connect: Callable[[str], Awaitable[Conn]]
 ) -> AsyncIterator[Client]:
     """A service connection with the streams declared (deleted afterwards)."""
-    from projections.log import declare_streams
+    from projections.engine.log import declare_streams
 
     nc = (await connect("service")).nc
     await declare_streams(nc.jetstream(), secured.topology)

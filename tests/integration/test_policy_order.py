@@ -23,8 +23,8 @@ from events import (
     utc_now,
 )
 from projections.alerts import AlertsProjection, load_rules
-from projections.base import Projection, physical
 from projections.db import connect
+from projections.engine.projection import Projection, physical
 from projections.policies import PoliciesProjection, load_policies
 
 from enforcement import enforcement_stack, stack_settings

@@ -13,11 +13,11 @@ import pytest
 from nats.aio.client import Client
 
 from events import BudgetPolicy, PolicySet, Topology, utc_now
-from projections.base import physical
-from projections.checkpoints import ensure_projection
 from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
+from projections.engine.projection import physical
+from projections.engine.shapes import live_shape_is_current
 from projections.policies import PoliciesProjection, load_policies
-from projections.shapes import live_shape_is_current
 from services.worker import run_projection
 
 from enforcement import stack_settings

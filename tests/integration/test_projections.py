@@ -25,10 +25,10 @@ from events import (
 )
 from events.envelope import new_event_id
 from projections.alerts import AlertsProjection
-from projections.base import Projection, physical
+from projections.engine.projection import Projection, physical
+from projections.engine.rebuild import rebuild
 from projections.history import HistoryProjection
 from projections.policies import PoliciesProjection
-from projections.rebuild import rebuild
 from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 

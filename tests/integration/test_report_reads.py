@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from events import canonical, utc_now
-from projections.base import Applied, Connection
-from projections.checkpoints import ensure_projection
 from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
+from projections.engine.projection import Applied, Connection
 from projections.registry import get_projection
 from projections.report_queries import ReportBuilder
 

@@ -21,9 +21,9 @@ from budget.config import Settings
 from budget.periods import local_midnight
 from budget.reports import ReportGenerator
 from events import Topology, UsageRecorded, canonical, utc_now
-from projections.base import Applied, Connection
-from projections.checkpoints import ensure_projection
 from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
+from projections.engine.projection import Applied, Connection
 from projections.registry import get_projection
 from projections.report_queries import ReportBuilder
 

@@ -11,9 +11,9 @@ from budget.periods import Period
 from budget.pricing import PriceOverride, PricingRegistry
 from events import Topology, UsageRepriced
 from projections.db import connect
+from projections.engine.rebuild import rebuild
 from projections.history import HistoryProjection
 from projections.queries import usage_between
-from projections.rebuild import rebuild
 from projections.spend import SpendProjection
 from services.reprice import plan_corrections
 

@@ -12,8 +12,8 @@ import pytest
 from nats.aio.client import Client
 
 from events import Topology
-from projections.base import Applied, Connection
-from projections.deadletter import recent_dead_letters
+from projections.engine.deadletter import recent_dead_letters
+from projections.engine.projection import Applied, Connection
 from projections.spend import SpendProjection
 
 from ledger_logs import correction

@@ -18,7 +18,7 @@ from typing import Literal
 from budget.policies import PolicyWindow, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
-from projections.base import Connection
+from projections.engine.projection import Connection
 from projections.policies import load_policies
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
 from projections.windows import window_sums

@@ -19,7 +19,7 @@ from budget.periods import Period, period_bounds
 from budget.report_format import Report
 from events import BudgetScope, utc_now
 from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow
-from projections.base import Connection
+from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter, history_page
 from projections.queries import alerts_page, count_alerts
 from projections.report_queries import ReportBuilder, ceil_quarter

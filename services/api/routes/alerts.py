@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events import AlertSeverity, AlertType
 from events.queries import AlertDelivery, AlertsQuery, StoredAlert
-from projections.base import Connection
 from projections.cursors import decode_cursor, encode_cursor
+from projections.engine.projection import Connection
 from projections.queries import AlertPosition, alerts_page
 from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services

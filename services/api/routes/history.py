@@ -12,8 +12,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from events.envelope import UtcDatetime
-from projections.checkpoints import live_position
 from projections.db import connect
+from projections.engine.checkpoints import live_position
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
 from services.api.context import ApiServices, current_services

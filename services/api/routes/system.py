@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from budget.rpc import RpcFailure, ask
 from events.queries import QUERY_POSITION, PositionAnswer, PositionQuery
 from events.rpc import RPC_SNAPSHOT, CallAttributes, Snapshot
-from projections.deadletter import DeadLetter, recent_dead_letters
+from projections.engine.deadletter import DeadLetter, recent_dead_letters
 from projections.queries import ProjectionStatus, projection_status
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read

@@ -13,23 +13,23 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from events import Topology
-from projections.base import Connection, Projection
-from projections.checkpoints import (
+from projections.db import connect
+from projections.engine.checkpoints import (
     create_version,
     drop_version,
     ensure_projection,
     live_position,
     point_views_at,
 )
-from projections.db import connect
-from projections.engine import (
+from projections.engine.projection import Connection, Projection
+from projections.engine.runner import (
     BatchResult,
     EngineConfig,
     ProjectionRunner,
     Retired,
     consumer_name,
 )
-from projections.shapes import live_shape_is_current
+from projections.engine.shapes import live_shape_is_current
 
 __all__ = ["Progress", "rebuild", "rebuild_if_reshaped"]
 
@@ -97,7 +97,7 @@ async def rebuild_if_reshaped(
     config: EngineConfig | None = None,
 ) -> int | None:
     """Rebuild ``projection`` when its live version was built by another release's DDL
-    (``projections.shapes``); returns the new version, or None when it is current. The
+    (``projections.engine.shapes``); returns the new version, or None when it is current. The
     workers of one projection take turns here, so it is rebuilt once."""
     conn = await connect(database_url)
     try:

@@ -7,8 +7,8 @@ from datetime import datetime
 
 from psycopg import sql
 
-from projections.base import Connection, Projection, physical
-from projections.shapes import shape_of
+from projections.engine.projection import Connection, Projection, physical
+from projections.engine.shapes import shape_of
 
 __all__ = [
     "LIVE_POSITION_SQL",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from projections.base import Connection, Projection
+from projections.engine.projection import Connection, Projection
 
 __all__ = ["live_shape_is_current", "shape_of"]
 

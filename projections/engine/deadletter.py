@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from events import Topology
-from projections.reader import Delivery
+from projections.engine.reader import Delivery
 
 __all__ = [
     "HEADER_ORIGINAL_SEQ",

@@ -10,24 +10,23 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import psycopg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from events import EVENT_TYPES, DecodeError, Event, TimeBounds, Topology, canonical, decode
-from projections.base import Applied, Connection, Projection, Rejected
-from projections.checkpoints import ensure_projection
+from events import TimeBounds, Topology
 from projections.db import connect
-from projections.deadletter import dead_letter
-from projections.log import bind_consumer
-from projections.reader import Delivery, PullReader
+from projections.engine.checkpoints import ensure_projection
+from projections.engine.deadletter import dead_letter
+from projections.engine.log import bind_consumer
+from projections.engine.preparer import Prepared, Preparer
+from projections.engine.projection import Applied, Connection, Projection, Rejected
+from projections.engine.reader import Delivery, PullReader
 
 __all__ = [
     "BatchResult",
     "EngineConfig",
-    "Preparer",
     "ProjectionRunner",
     "Reconnected",
     "Retired",
@@ -48,35 +47,6 @@ class EngineConfig:
     max_ack_pending: int = 20000
     time_bounds: TimeBounds = field(default_factory=TimeBounds)
     """Judged against each message's storage time, so a rebuild gives the live verdicts."""
-
-
-Prepared = Applied | str
-"""A delivery decoded into an event, or the reason it is dead-lettered."""
-
-
-class Preparer:
-    """Decodes a message and checks what the decoder cannot: that the event was published
-    on its own type's subject, and that its time is within bounds of when it was stored."""
-
-    def __init__(self, topology: Topology, time_bounds: TimeBounds) -> None:
-        self._subjects: dict[type[Event], str] = {
-            model: topology.event_subject(model.SUBJECT) for model in EVENT_TYPES.values()
-        }
-        self._time_bounds = time_bounds
-
-    def __call__(self, stream_seq: int, subject: str, stored_ns: int, data: bytes) -> Prepared:
-        try:
-            event = decode(data)
-        except DecodeError as exc:
-            return exc.reason
-        expected = self._subjects[type(event)]
-        if subject != expected:
-            return f"type: {type(event).__name__} belongs on {expected}, not on {subject}"
-        stored_at = datetime.fromtimestamp(stored_ns / 1e9, UTC)
-        violation = self._time_bounds.violation(event, stored_at)
-        if violation is not None:
-            return violation
-        return Applied(stream_seq, event, canonical(event))
 
 
 @dataclass(frozen=True)

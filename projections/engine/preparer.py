@@ -1,0 +1,39 @@
+"""What a consumer makes of each delivery as it arrives: the validated event, or the
+reason it goes to the dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from events import EVENT_TYPES, DecodeError, Event, TimeBounds, Topology, canonical, decode
+from projections.engine.projection import Applied
+
+__all__ = ["Prepared", "Preparer"]
+
+Prepared = Applied | str
+"""A delivery decoded into an event, or the reason it is dead-lettered."""
+
+
+class Preparer:
+    """Decodes a message and checks what the decoder cannot: that the event was published
+    on its own type's subject, and that its time is within bounds of when it was stored."""
+
+    def __init__(self, topology: Topology, time_bounds: TimeBounds) -> None:
+        self._subjects: dict[type[Event], str] = {
+            model: topology.event_subject(model.SUBJECT) for model in EVENT_TYPES.values()
+        }
+        self._time_bounds = time_bounds
+
+    def __call__(self, stream_seq: int, subject: str, stored_ns: int, data: bytes) -> Prepared:
+        try:
+            event = decode(data)
+        except DecodeError as exc:
+            return exc.reason
+        expected = self._subjects[type(event)]
+        if subject != expected:
+            return f"type: {type(event).__name__} belongs on {expected}, not on {subject}"
+        stored_at = datetime.fromtimestamp(stored_ns / 1e9, UTC)
+        violation = self._time_bounds.violation(event, stored_at)
+        if violation is not None:
+            return violation
+        return Applied(stream_seq, event, canonical(event))
