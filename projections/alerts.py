@@ -126,7 +126,7 @@ class AlertsProjection(Projection):
     )
 
     def __init__(self) -> None:
-        self.spend = SpendProjection("alert_spend", settles_reservations=False)
+        self.spend = SpendProjection("alert_spend", private_ledger=True, settles_reservations=False)
         self.policies = PoliciesProjection("alert")
         self.rule_log = ChangeLog(table="alert_rule_log", key="rule_id", document="rule")
         self.tables = (

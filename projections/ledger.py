@@ -1,19 +1,23 @@
-"""The one ledger rule for repricing corrections, used by every projection that counts
-usage (spend, the alert evaluator's spend, report rollups, history).
+"""The usage ledger: one row per usage event and per repricing correction, in log order;
+the one place where duplicates and corrections are decided for every projection that
+counts usage (spend, history, report rollups; the alert evaluator keeps a private one).
 
-Each such projection keeps one row per usage event (its *usage table*: the event's
-current cost and where it counts) and a *corrections table* of the corrections it has
-applied. A ``UsageRepriced`` correction, taken in log order:
+A usage event counts where the ledger holds it at its own stream sequence: its first
+appearance in the log. A later re-send (from a spool, after JetStream's duplicate window)
+finds the row taken and counts nowhere. A ``UsageRepriced`` correction, taken in log order:
 
-- counts once: the first time its own ``event_id`` is claimed. A re-send (from a spool,
-  after JetStream's duplicate window) finds it claimed and changes nothing anywhere;
-- sets the corrected event's current cost to its cost. What a projection adds to its
-  totals is the difference against the cost the usage table held, so every total is the
-  sum of its events' current costs and no bucket can go below zero;
-- is booked where the corrected event counts, as its usage table recorded it (time,
-  provider, model, user, project), never where the correction says;
-- of an event the usage table does not know is refused (``Rejected``): the engine
-  dead-letters it with the reason.
+- counts once: at its first appearance, as for usage;
+- sets the corrected event's current cost to its cost; the ledger keeps the difference
+  against the cost current before it (``cost_delta``), so every total is the sum of its
+  events' current costs and no bucket can go below zero;
+- is booked where the corrected event counts, as the ledger recorded it (time, provider,
+  model, user, project, kind), never where the correction says;
+- of an event the ledger does not know is refused (``Rejected``): the engine dead-letters it.
+
+Every row is a function of the log up to it, whoever writes it first: a projection rebuilt
+alone finds the rows the live ones wrote and reads the same verdicts. Writers record in
+log order; ``usage_ledger_position`` says how far each has recorded, so a rebuild that is
+behind reads instead of writing.
 """
 
 from __future__ import annotations
@@ -27,37 +31,38 @@ from typing import Any
 
 from events import UsageRepriced
 from projections.engine.projection import Applied, Connection, Rejected
+from projections.usage_rows import EVENTS_SOURCE, usage_rows
 
-__all__ = ["Booked", "Ledger", "corrections_ddl"]
+__all__ = ["SHARED_LEDGER", "WHERE", "Booked", "Ledger", "first_usage"]
+
+WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
+"""Where a usage event counts, as the ledger keeps it for its corrections."""
 
 
-def corrections_ddl(table: str) -> list[str]:
-    """The corrections table of a projection: one row per applied correction."""
-    return [
-        f"""CREATE TABLE {table} (
-            event_id uuid PRIMARY KEY,
-            stream_seq bigint NOT NULL,
-            corrects uuid NOT NULL)""",
-        f"CREATE INDEX ON {table} (corrects, stream_seq)",
-    ]
+def first_usage(usage: str) -> str:
+    """A join keeping the rows of ``usage_rows`` that are their event's first appearance."""
+    return f"JOIN {usage} AS led ON led.event_id = e.event_id AND led.stream_seq = s.stream_seq"
 
 
 @dataclass(frozen=True, slots=True)
 class Booked:
-    """A correction applied for the first time, with the corrected event as the usage
-    table knew it before (``original``: the columns the projection asked for)."""
+    """A correction at its first appearance, with the corrected event as the ledger knew it
+    before (``original``: ``WHERE``'s columns)."""
 
     applied: Applied
     previous: Decimal | None
     cost_delta: Decimal
     """The correction's cost less ``previous`` (an absent cost counts 0), computed by
     PostgreSQL: its numeric is exact at every digit the contract allows."""
+    unpriced_delta: int
+    """+1 when a priced event becomes unpriced, -1 the other way round, else 0."""
     original: Mapping[str, Any]
 
     @property
     def correction(self) -> UsageRepriced:
-        assert isinstance(self.applied.event, UsageRepriced)
-        return self.applied.event
+        event = self.applied.event
+        assert isinstance(event, UsageRepriced)
+        return event
 
     @property
     def event_id(self) -> uuid.UUID:
@@ -70,114 +75,197 @@ class Booked:
         return at.astimezone(UTC)
 
     @property
-    def unpriced_delta(self) -> int:
-        """+1 when a priced event becomes unpriced, -1 the other way round, else 0."""
-        return int(self.correction.cost is None) - int(self.previous is None)
-
-    @property
     def changes_totals(self) -> bool:
         return bool(self.cost_delta or self.unpriced_delta)
 
 
 @dataclass(frozen=True, slots=True)
 class Ledger:
-    """``usage`` and ``corrections``: physical table names; ``where``: the columns of the
-    usage table that say where an event counts (``occurred_at`` among them)."""
+    """``usage`` and ``corrections``: table names; ``position``: the table of how far each
+    writer has recorded (None for a private ledger, which one writer fills alone)."""
 
     usage: str
     corrections: str
-    where: Sequence[str]
+    position: str | None = None
 
-    async def correct(
-        self,
-        conn: Connection,
-        batch: Sequence[Applied],
-        *,
-        also_set: Mapping[str, str] | None = None,
-    ) -> list[Booked]:
-        """Apply the batch's corrections in log order (after its usage events); the ones
-        applied for the first time, with what they corrected. ``also_set``: more usage
-        table columns to set, column -> attribute of the correction (as JSON for models).
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.usage, self.corrections, *((self.position,) if self.position else ()))
+
+    def ddl(self) -> list[str]:
+        return [
+            # ``cost``: the event's own; corrections hold the later ones.
+            f"""CREATE TABLE {self.usage} (
+                event_id uuid PRIMARY KEY,
+                stream_seq bigint NOT NULL,
+                occurred_at timestamptz NOT NULL,
+                cost numeric,
+                provider text NOT NULL,
+                model text NOT NULL,
+                kind text NOT NULL,
+                user_id text,
+                project_id text,
+                reservation_id text)""",
+            f"CREATE INDEX ON {self.usage} (reservation_id) WHERE reservation_id IS NOT NULL",
+            f"""CREATE TABLE {self.corrections} (
+                event_id uuid PRIMARY KEY,
+                stream_seq bigint NOT NULL,
+                corrects uuid NOT NULL,
+                cost numeric,
+                previous numeric,
+                cost_delta numeric NOT NULL,
+                unpriced_delta integer NOT NULL)""",
+            f"CREATE INDEX ON {self.corrections} (corrects, stream_seq)",
+            *(
+                [
+                    f"CREATE TABLE {self.position}"
+                    " (writer text PRIMARY KEY, stream_seq bigint NOT NULL)"
+                ]
+                if self.position
+                else []
+            ),
+        ]
+
+    async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
+        """Record the batch's usage and corrections not recorded yet, in log order.
 
         Raises ``Rejected`` naming every correction of an unknown event in the batch."""
-        corrections = [(a, a.event) for a in batch if isinstance(a.event, UsageRepriced)]
-        await self._refuse_unknown(conn, corrections)
-        booked = []
-        for applied, event in corrections:
-            found = await self._correct_one(conn, applied, event, also_set or {})
-            if found is not None:
-                booked.append(found)
-        return booked
-
-    async def _refuse_unknown(
-        self, conn: Connection, corrections: Sequence[tuple[Applied, UsageRepriced]]
-    ) -> None:
-        """One query for the batch: the engine re-applies it once without the unknown ones."""
-        if not corrections:
+        if not batch:
             return
+        covered = await self._covered(conn)
+        await self._record_usage(conn, [a for a in batch if a.stream_seq > covered])
+        corrections = [a for a in batch if a.event_type is UsageRepriced]
+        if corrections:
+            await self._record_corrections(conn, corrections, covered)
+        if self.position is not None and batch[-1].stream_seq > covered:
+            await conn.execute(
+                f"INSERT INTO {self.position} VALUES (%s, %s) ON CONFLICT (writer)"
+                f" DO UPDATE SET stream_seq = GREATEST({self.position}.stream_seq,"
+                " EXCLUDED.stream_seq)".encode(),
+                (writer, batch[-1].stream_seq),
+            )
+
+    async def booked(self, conn: Connection, batch: Sequence[Applied]) -> list[Booked]:
+        """The batch's corrections at their first appearance, in log order (recorded)."""
+        corrections = {a.stream_seq: a for a in batch if a.event_type is UsageRepriced}
+        if not corrections:
+            return []
+        where = ", ".join(f"u.{column}" for column in WHERE)
         cursor = await conn.execute(
-            f"""SELECT id FROM unnest(%s::uuid[]) AS c(id)
-            WHERE NOT EXISTS (SELECT FROM {self.usage} WHERE event_id = c.id)""".encode(),
-            ([event.corrects for _, event in corrections],),
+            f"""SELECT c.stream_seq, c.previous, c.cost_delta, c.unpriced_delta, {where}
+            FROM {self.corrections} c JOIN {self.usage} u ON u.event_id = c.corrects
+            WHERE c.stream_seq = ANY(%s) AND c.event_id = ANY(%s)
+            ORDER BY c.stream_seq""".encode(),
+            (list(corrections), [a.event.event_id for a in corrections.values()]),
         )
-        unknown = {row[0] for row in await cursor.fetchall()}
-        rejects = {a.stream_seq: _unknown(e) for a, e in corrections if e.corrects in unknown}
+        return [
+            Booked(corrections[seq], previous, delta, unpriced, dict(zip(WHERE, at, strict=True)))
+            for seq, previous, delta, unpriced, *at in await cursor.fetchall()
+            if seq in corrections
+        ]
+
+    async def _covered(self, conn: Connection) -> int:
+        if self.position is None:
+            return 0
+        cursor = await conn.execute(
+            f"SELECT coalesce(max(stream_seq), 0) FROM {self.position}".encode()
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def _record_usage(self, conn: Connection, batch: Sequence[Applied]) -> None:
+        params = usage_rows(batch)
+        if params is None:
+            return
+        await conn.execute(
+            f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
+                model, kind, user_id, project_id, reservation_id)
+            SELECT DISTINCT ON (e.event_id) e.event_id, s.stream_seq, e.occurred_at, e.cost,
+                e.provider, e.model, e.kind, e.user_id, e.project_id, e.reservation_id
+            FROM {EVENTS_SOURCE} ORDER BY e.event_id, s.stream_seq
+            ON CONFLICT (event_id) DO NOTHING""".encode(),
+            params,
+        )
+
+    async def _record_corrections(
+        self, conn: Connection, corrections: Sequence[Applied], covered: int
+    ) -> None:
+        """Claim each new correction in log order (they are rare: one statement each);
+        refuse those of events the ledger does not know, all at once, so the engine
+        applies the batch once more without them."""
+        cursor = await conn.execute(
+            f"""SELECT c.id, c.seq,
+                       EXISTS (SELECT FROM {self.corrections} k WHERE k.event_id = c.id),
+                       EXISTS (SELECT FROM {self.usage} u WHERE u.event_id = c.corrects)
+            FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[]) AS c(id, seq, corrects)""".encode(),
+            (
+                [a.event.event_id for a in corrections],
+                [a.stream_seq for a in corrections],
+                [_corrected(a) for a in corrections],
+            ),
+        )
+        claimed = {seq: (was, target) for _, seq, was, target in await cursor.fetchall()}
+        # Unclaimed below ``covered``: the writer that recorded it refused it.
+        rejects = {
+            a.stream_seq: _unknown(a)
+            for a in corrections
+            if not claimed[a.stream_seq][0]
+            and (a.stream_seq <= covered or not claimed[a.stream_seq][1])
+        }
         if rejects:
             raise Rejected(next(iter(rejects.values())), rejects=rejects)
+        for applied in corrections:
+            if applied.stream_seq > covered and not claimed[applied.stream_seq][0]:
+                await self._claim(conn, applied)
 
-    async def _correct_one(
-        self,
-        conn: Connection,
-        applied: Applied,
-        event: UsageRepriced,
-        also_set: Mapping[str, str],
-    ) -> Booked | None:
-        extra = "".join(f", {column} = %({column})s" for column in also_set)
-        returning = ", ".join(f"t.{column}" for column in self.where)
-        cursor = await conn.execute(
+    async def _claim(self, conn: Connection, applied: Applied) -> None:
+        event = applied.event
+        assert isinstance(event, UsageRepriced)
+        # The cost current before it: the latest correction's, else the event's own.
+        await conn.execute(
             f"""
             WITH target AS (
-                SELECT event_id, cost, {", ".join(self.where)} FROM {self.usage}
-                WHERE event_id = %(corrects)s FOR UPDATE
-            ), claimed AS (
-                INSERT INTO {self.corrections} (event_id, stream_seq, corrects)
-                SELECT %(id)s, %(seq)s, event_id FROM target
-                ON CONFLICT (event_id) DO NOTHING RETURNING event_id
-            ), updated AS (
-                UPDATE {self.usage} SET cost = %(cost)s{extra}
-                WHERE event_id = %(corrects)s AND EXISTS (SELECT FROM claimed)
-                RETURNING event_id
+                SELECT event_id, cost FROM {self.usage} WHERE event_id = %(corrects)s FOR UPDATE
+            ), latest AS (
+                SELECT c.cost FROM {self.corrections} c, target t
+                WHERE c.corrects = t.event_id ORDER BY c.stream_seq DESC LIMIT 1
+            ), before AS (
+                SELECT CASE WHEN EXISTS (SELECT FROM latest) THEN (SELECT cost FROM latest)
+                            ELSE t.cost END AS cost
+                FROM target t
             )
-            SELECT EXISTS (SELECT FROM updated), t.cost,
-                   coalesce(%(cost)s::numeric, 0) - coalesce(t.cost, 0), {returning}
-            FROM target t
+            INSERT INTO {self.corrections}
+                (event_id, stream_seq, corrects, cost, previous, cost_delta, unpriced_delta)
+            SELECT %(id)s, %(seq)s, %(corrects)s, %(cost)s, cost,
+                   coalesce(%(cost)s::numeric, 0) - coalesce(cost, 0),
+                   (%(cost)s::numeric IS NULL)::int - (cost IS NULL)::int
+            FROM before
+            ON CONFLICT (event_id) DO NOTHING
             """.encode(),
             {
                 "id": event.event_id,
                 "seq": applied.stream_seq,
                 "corrects": event.corrects,
                 "cost": event.cost,
-                **{column: _value(event, name) for column, name in also_set.items()},
             },
         )
-        row = await cursor.fetchone()
-        if row is None:
-            raise Rejected(_unknown(event))
-        fresh, previous, cost_delta, *where = row
-        if not fresh:
-            return None  # applied before: a re-send
-        return Booked(applied, previous, cost_delta, dict(zip(self.where, where, strict=True)))
 
 
-def _unknown(event: UsageRepriced) -> str:
+SHARED_LEDGER = Ledger("usage_ledger", "usage_ledger_corrections", "usage_ledger_position")
+"""The ledger of spend, history and report rollups (created by ``budget migrate``)."""
+
+
+def _corrected(applied: Applied) -> uuid.UUID:
+    event = applied.event
+    assert isinstance(event, UsageRepriced)
+    return event.corrects
+
+
+def _unknown(applied: Applied) -> str:
+    event = applied.event
+    assert isinstance(event, UsageRepriced)
     return (
         f"correction {event.event_id} repriced usage event {event.corrects},"
         " which this projection has not recorded"
     )
-
-
-def _value(event: UsageRepriced, name: str) -> object:
-    value = getattr(event, name)
-    if hasattr(value, "model_dump_json"):
-        return value.model_dump_json()
-    return value

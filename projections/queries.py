@@ -223,10 +223,12 @@ async def usage_between(conn: Connection, since: datetime, until: datetime) -> l
         "SELECT h.event_id, h.occurred_at, h.provider, h.model, h.user_id, h.project_id,"
         " h.input_uncached, h.input_cache_read, h.input_cache_write, h.output_text,"
         " h.output_reasoning, h.embedding_tokens, h.audio_seconds,"
-        " h.image_count, h.image_size, h.image_quality, l.cost,"
-        " coalesce((SELECT max(c.stream_seq) FROM spend_corrections c"
-        " WHERE c.corrects = l.event_id), l.stream_seq)"
+        " h.image_count, h.image_size, h.image_quality,"
+        " CASE WHEN c.stream_seq IS NULL THEN l.cost ELSE c.cost END,"
+        " coalesce(c.stream_seq, l.stream_seq)"
         " FROM usage_history h JOIN spend_ledger l USING (event_id)"
+        " LEFT JOIN LATERAL (SELECT cost, stream_seq FROM spend_corrections"
+        "   WHERE corrects = l.event_id ORDER BY stream_seq DESC LIMIT 1) c ON true"
         " WHERE h.occurred_at >= %s AND h.occurred_at < %s ORDER BY h.occurred_at, h.stream_seq",
         (since, until),
     )

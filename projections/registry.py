@@ -1,4 +1,5 @@
-"""The projections this product runs, by name (``budget worker NAME``)."""
+"""The projections this product runs, by name, and the groups that share one consumer
+(``budget worker NAME`` takes either)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from projections.policies import PoliciesProjection
 from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
-__all__ = ["PROJECTIONS", "get_projection"]
+__all__ = ["GROUPS", "PROJECTIONS", "WORKERS", "get_projection", "worker_projections"]
 
 PROJECTIONS: dict[str, Projection] = {
     p.name: p
@@ -24,6 +25,14 @@ PROJECTIONS: dict[str, Projection] = {
     )
 }
 
+GROUPS: dict[str, tuple[str, ...]] = {"usage": ("spend", "history", "reports")}
+"""Projections that read the same events and share a ledger: one delivery, one decoding
+and one transaction per batch. The alert evaluator stays alone, so a slow rollup never
+delays an alert."""
+
+WORKERS = ("usage", "policies", "alerts", "api_keys")
+"""The projection workers ``budget up`` and compose run: every projection, once."""
+
 
 def get_projection(name: str) -> Projection:
     try:
@@ -31,3 +40,13 @@ def get_projection(name: str) -> Projection:
     except KeyError:
         known = ", ".join(sorted(PROJECTIONS))
         raise ValueError(f"unknown projection {name!r}; choose one of: {known}") from None
+
+
+def worker_projections(name: str) -> list[Projection]:
+    """What ``budget worker NAME`` runs: a group's projections, or one projection."""
+    if name in GROUPS:
+        return [PROJECTIONS[member] for member in GROUPS[name]]
+    if name in PROJECTIONS:
+        return [PROJECTIONS[name]]
+    known = ", ".join([*GROUPS, *sorted(PROJECTIONS)])
+    raise ValueError(f"unknown worker {name!r}; choose a group or a projection: {known}")

@@ -4,10 +4,10 @@ raw events.
 Every usage event adds to one row per dimension in each grain: ``total``, ``provider``,
 ``model`` (keyed by provider and model), ``user``, ``project`` and ``kind``. Days are
 UTC days; quarter hours (the spend projection's buckets) hold every time zone's
-midnight, 45-minute offsets included, so a report's local days are exact. The ledger (one
-row per event, with its dimensions) makes apply idempotent beyond JetStream's duplicate
-window and lets a correction (``UsageRepriced``) move its event's cost in every row it
-counted in (the ledger rule of ``projections/ledger.py``).
+midnight, 45-minute offsets included, so a report's local days are exact. The usage ledger
+shared with spend and history (``projections/ledger.py``: one row per event, with its
+dimensions) makes apply idempotent beyond JetStream's duplicate window and lets a
+correction (``UsageRepriced``) move its event's cost in every row it counted in.
 Aggregation runs in PostgreSQL, one statement per batch, as in the spend projection.
 """
 
@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
 from projections.engine.projection import Applied, Connection, Projection, physical
-from projections.ledger import Booked, Ledger, corrections_ddl
+from projections.ledger import SHARED_LEDGER, WHERE, Booked, first_usage
 from projections.spend import BUCKET_SQL, MEASURES
 from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
 
@@ -37,61 +37,41 @@ DIMENSIONS = (
 )
 GRAINS = ("quarter", "day")
 _UTC_DAY = "date_trunc('day', {} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-# Where a usage event counts, as the ledger keeps it for its corrections.
-_WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
 
 
 class ReportsProjection(Projection):
     name: ClassVar[str] = "reports"
-    tables = ("report_quarterly", "report_daily", "report_ledger", "report_corrections")
+    tables = ("report_quarterly", "report_daily")
     event_types = (UsageRecorded, UsageRepriced)
+    ledger = SHARED_LEDGER
 
     def ddl(self, version: int) -> list[str]:
-        quarterly, daily, ledger, corrections = (physical(t, version) for t in self.tables)
         measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
-        rollups = [
-            f"""CREATE TABLE {table} (
+        return [
+            f"""CREATE TABLE {physical(table, version)} (
                 dimension text NOT NULL,
                 key1 text NOT NULL,
                 key2 text NOT NULL,
                 period_start timestamptz NOT NULL,
                 {measures},
                 PRIMARY KEY (dimension, period_start, key1, key2))"""
-            for table in (quarterly, daily)
-        ]
-        return [
-            *rollups,
-            f"""CREATE TABLE {ledger} (
-                event_id uuid PRIMARY KEY,
-                stream_seq bigint NOT NULL,
-                occurred_at timestamptz NOT NULL,
-                cost numeric,
-                provider text NOT NULL,
-                model text NOT NULL,
-                user_id text NOT NULL,
-                project_id text NOT NULL,
-                kind text NOT NULL)""",
-            *corrections_ddl(corrections),
+            for table in self.tables
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        await self._apply_usage(conn, version, batch)
-        _, _, ledger, corrections = (physical(t, version) for t in self.tables)
-        booked = await Ledger(ledger, corrections, _WHERE).correct(conn, batch)
+        params = usage_rows(batch)
+        if params is not None:
+            await self.apply_documents(conn, version, *params)
+        booked = await SHARED_LEDGER.booked(conn, batch)
         await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
-
-    async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        source = usage_rows(batch)
-        if source is not None:
-            await self.apply_documents(conn, version, *source[1])
 
     async def apply_documents(
         self, conn: Connection, version: int, documents: str, stream_seqs: str
     ) -> None:
         """Roll up usage events given as one JSON array and a ``{seq,...}`` array literal
-        (what ``usage_rows`` builds from a batch; the report benchmark loads rows this way)."""
-        rows, params = SOURCE, (documents, stream_seqs)
-        quarterly, daily, ledger, _ = (physical(t, version) for t in self.tables)
+        (what ``usage_rows`` builds from a batch, recorded in the ledger; the report
+        benchmark loads rows this way)."""
+        quarterly, daily = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
         regroup = ", ".join(f"sum({n}) AS {n}" for n, _, _ in MEASURES)
@@ -105,23 +85,16 @@ class ReportsProjection(Projection):
         await conn.execute(
             f"""
             WITH batch AS (
-                SELECT e.event_id, s.stream_seq, e.occurred_at, e.cost, e.provider, e.model,
+                -- each event at its first appearance in the log: re-sends count nowhere
+                SELECT e.occurred_at, e.cost, e.provider, e.model,
                        coalesce(e.user_id, '') AS user_id,
                        coalesce(e.project_id, '') AS project_id, e.kind, {usage}, u.images
-                FROM {rows}
-            ), fresh AS (
-                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost, provider, model,
-                                      user_id, project_id, kind)
-                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost,
-                       provider, model, user_id, project_id, kind
-                FROM batch ORDER BY event_id, stream_seq
-                ON CONFLICT (event_id) DO NOTHING
-                RETURNING event_id, stream_seq
+                FROM {SOURCE} {first_usage(SHARED_LEDGER.usage)}
             ), cells AS (
                 SELECT provider, model, user_id, project_id, kind,
                        {BUCKET_SQL.format("occurred_at")} AS quarter,
                        {cell_sums}
-                FROM batch JOIN fresh USING (event_id, stream_seq)
+                FROM batch
                 GROUP BY provider, model, user_id, project_id, kind, quarter
             ), rolled AS (
                 SELECT dimension, key1, key2, quarter, {regroup}
@@ -137,7 +110,7 @@ class ReportsProjection(Projection):
             SELECT * FROM rolled
             {upsert(quarterly)}
             """.encode(),
-            params,
+            (documents, stream_seqs),
         )
 
     async def _add_corrections(self, conn: Connection, version: int, booked: list[Booked]) -> None:
@@ -145,7 +118,7 @@ class ReportsProjection(Projection):
         the ledger recorded it), one statement per grain for the batch."""
         if not booked:
             return
-        quarterly, daily = (physical(t, version) for t in self.tables[:2])
+        quarterly, daily = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         zeros = ", ".join("0" for _ in MEASURES[3:])
         fan_out = ", ".join(f"('{d}', {k1}, {k2})" for d, k1, k2 in DIMENSIONS)
@@ -154,7 +127,7 @@ class ReportsProjection(Projection):
                 {
                     "cost": str(b.cost_delta),
                     "unpriced": b.unpriced_delta,
-                    **{column: b.original[column] for column in _WHERE[1:]},
+                    **{column: b.original[column] or "" for column in WHERE[1:]},
                     "occurred_at": b.occurred_at.isoformat(),
                 }
                 for b in booked

@@ -7,13 +7,13 @@ custom policy range falls on one, so the enforcer sums any policy window exactly
 weeks and months are sums of buckets (the ``spend_daily`` and ``spend_totals`` views). An
 event updates 5 rows, one per scope.
 
-The ledger (one row per event id) makes apply idempotent beyond JetStream's duplicate
-window: only events that enter the ledger for the first time are added to the totals. It
-also records each event's ``reservation_id``: a reservation whose usage is in the live
-ledger is settled, and the live version deletes its holds in the same transaction.
-Corrections follow the ledger rule of ``projections/ledger.py``: each moves its event's
-cost in the buckets and scopes where the ledger counted that event. Aggregation runs in
-PostgreSQL, in one statement per batch.
+The usage ledger (``projections/ledger.py``, shared with history and report rollups)
+makes apply idempotent beyond JetStream's duplicate window: an event counts at its first
+appearance in the log only. It also records each event's ``reservation_id``: a
+reservation whose usage this version has counted (the ``spend_ledger`` view) is settled,
+and the live version deletes its holds in the same transaction. Corrections follow the
+ledger rule: each moves its event's cost in the buckets and scopes where the ledger
+counted that event. Aggregation runs in PostgreSQL, in one statement per batch.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import ClassVar
 from events import UsageRecorded, UsageRepriced
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.engine.projection import Applied, Connection, Projection, physical
-from projections.ledger import Booked, Ledger, corrections_ddl
-from projections.usage_rows import USAGE_MEASURES, usage_rows
+from projections.ledger import SHARED_LEDGER, WHERE, Booked, Ledger, first_usage
+from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
 
 __all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection"]
 
@@ -47,25 +47,37 @@ MEASURES = (
 )
 
 
-# Where a usage event counts, as the ledger keeps it for its corrections.
-_WHERE = ("occurred_at", "provider", "model", "user_id", "project_id")
-
-
 class SpendProjection(Projection):
     """``prefix`` names the tables and views (``<prefix>_buckets``, ...), so another
-    projection can keep its own spend totals with this code (the alert evaluator does);
-    only the live spend projection settles reservations."""
+    projection can keep its own spend totals with this code: the alert evaluator does, with
+    a ledger of its own (``private_ledger``). Only the live spend projection settles
+    reservations."""
 
     name: ClassVar[str] = "spend"
     event_types = (UsageRecorded, UsageRepriced)
 
-    def __init__(self, prefix: str = "spend", *, settles_reservations: bool = True) -> None:
+    def __init__(
+        self,
+        prefix: str = "spend",
+        *,
+        private_ledger: bool = False,
+        settles_reservations: bool = True,
+    ) -> None:
         self.prefix = prefix
-        self.tables = (f"{prefix}_buckets", f"{prefix}_ledger", f"{prefix}_corrections")
+        self.private_ledger = private_ledger
+        self.ledger = None if private_ledger else SHARED_LEDGER
+        private = (f"{prefix}_ledger", f"{prefix}_corrections") if private_ledger else ()
+        self.tables = (f"{prefix}_buckets", *private)
         self.settles_reservations = settles_reservations
 
+    def ledger_of(self, version: int) -> Ledger:
+        """The ledger this version counts by."""
+        if not self.private_ledger:
+            return SHARED_LEDGER
+        return Ledger(*(physical(t, version) for t in self.tables[1:]))
+
     def ddl(self, version: int) -> list[str]:
-        totals, ledger, corrections = (physical(t, version) for t in self.tables)
+        totals = physical(self.tables[0], version)
         measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
         return [
             f"""CREATE TABLE {totals} (
@@ -74,24 +86,11 @@ class SpendProjection(Projection):
                 bucket_start timestamptz NOT NULL,
                 {measures},
                 PRIMARY KEY (scope, scope_key, bucket_start))""",
-            # One row per usage event: its current cost (corrections included) and where
-            # it counts, so a correction is booked there (projections/ledger.py).
-            f"""CREATE TABLE {ledger} (
-                event_id uuid PRIMARY KEY,
-                stream_seq bigint NOT NULL,
-                occurred_at timestamptz NOT NULL,
-                cost numeric,
-                provider text NOT NULL,
-                model text NOT NULL,
-                user_id text,
-                project_id text,
-                reservation_id text)""",
-            f"CREATE INDEX ON {ledger} (reservation_id) WHERE reservation_id IS NOT NULL",
-            *corrections_ddl(corrections),
+            *(self.ledger_of(version).ddl() if self.private_ledger else ()),
         ]
 
     def views(self, version: int) -> dict[str, str]:
-        buckets, ledger, corrections = (physical(t, version) for t in self.tables)
+        buckets = physical(self.tables[0], version)
         names = ", ".join(name for name, _, _ in MEASURES)
         sums = ", ".join(f"sum({name})::{sql_type} AS {name}" for name, sql_type, _ in MEASURES)
         utc_day = "(bucket_start AT TIME ZONE 'UTC')::date"
@@ -102,38 +101,46 @@ class SpendProjection(Projection):
             f" FROM {buckets} GROUP BY scope, scope_key, 4"
             for period, unit in (("daily", "day"), ("weekly", "week"), ("monthly", "month"))
         )
+        ledger = self.ledger_of(version)
+        # What this version has counted: a shared ledger may run ahead of it.
+        counted = (
+            ""
+            if self.private_ledger
+            else " WHERE stream_seq <= (SELECT stream_seq FROM projection_checkpoints"
+            f" WHERE name = '{self.name}' AND version = {version})"
+        )
         return {
             f"{self.prefix}_buckets": f"SELECT * FROM {buckets}",
-            f"{self.prefix}_ledger": f"SELECT * FROM {ledger}",
-            f"{self.prefix}_corrections": f"SELECT * FROM {corrections}",
+            f"{self.prefix}_ledger": f"SELECT * FROM {ledger.usage}{counted}",
+            f"{self.prefix}_corrections": f"SELECT * FROM {ledger.corrections}{counted}",
             f"{self.prefix}_daily": daily,
             f"{self.prefix}_totals": f"SELECT scope, scope_key, period, period_start, {names}"
             f" FROM ({rollups}) AS totals",
         }
 
-    def _ledger(self, version: int) -> Ledger:
-        _, ledger, corrections = (physical(t, version) for t in self.tables)
-        return Ledger(ledger, corrections, _WHERE)
-
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         await self.book(conn, version, batch)
 
     async def book(self, conn: Connection, version: int, batch: Sequence[Applied]) -> list[Booked]:
-        """Apply the batch; the corrections it applied for the first time.
+        """Apply the batch; its corrections at their first appearance.
 
         Corrections always follow the events they correct in the log, so applying the
         batch's usage first and its corrections after keeps log order where it matters."""
-        await self._apply_usage(conn, version, batch)
-        booked = await self._ledger(version).correct(conn, batch)
+        ledger = self.ledger_of(version)
+        if self.private_ledger:
+            await ledger.record(conn, batch, writer=self.prefix)
+        await self._apply_usage(conn, version, batch, ledger)
+        booked = await ledger.booked(conn, batch)
         await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
         return booked
 
-    async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        source = usage_rows(batch)
-        if source is None:
+    async def _apply_usage(
+        self, conn: Connection, version: int, batch: Sequence[Applied], ledger: Ledger
+    ) -> None:
+        params = usage_rows(batch)
+        if params is None:
             return
-        rows, params = source
-        totals, ledger, _ = (physical(t, version) for t in self.tables)
+        totals = physical(self.tables[0], version)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
         regroup = ", ".join(f"sum({n})" for n, _, _ in MEASURES)
@@ -142,22 +149,15 @@ class SpendProjection(Projection):
         await conn.execute(
             f"""
             WITH batch AS (
-                SELECT e.event_id, s.stream_seq, e.occurred_at, e.cost, e.provider, e.model,
-                       e.user_id, e.project_id, e.reservation_id, {usage}, u.images
-                FROM {rows}
-            ), fresh AS (
-                INSERT INTO {ledger} (event_id, stream_seq, occurred_at, cost, provider,
-                                      model, user_id, project_id, reservation_id)
-                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost,
-                       provider, model, user_id, project_id, reservation_id
-                FROM batch ORDER BY event_id, stream_seq
-                ON CONFLICT (event_id) DO NOTHING
-                RETURNING event_id, stream_seq, reservation_id
+                -- each event at its first appearance in the log: re-sends count nowhere
+                SELECT e.occurred_at, e.cost, e.provider, e.model, e.user_id, e.project_id,
+                       e.reservation_id, {usage}, u.images
+                FROM {SOURCE} {first_usage(ledger.usage)}
             ){self._settle(version)}, cells AS (
                 -- sum each (user, project, provider, model, bucket) first: few rows to fan out
                 SELECT user_id, project_id, provider, model,
                        {BUCKET_SQL.format("occurred_at")} AS bucket_start, {cell_sums}
-                FROM batch JOIN fresh USING (event_id, stream_seq)
+                FROM batch
                 GROUP BY user_id, project_id, provider, model, bucket_start
             )
             INSERT INTO {totals} (scope, scope_key, bucket_start, {names})
@@ -180,7 +180,7 @@ class SpendProjection(Projection):
         # counted yet (readers also treat ledgered reservations as settled).
         return f""", settled AS (
                 DELETE FROM reservation_holds
-                WHERE reservation_id IN (SELECT reservation_id FROM fresh)
+                WHERE reservation_id IN (SELECT reservation_id FROM batch)
                   AND EXISTS (SELECT FROM projection_registry
                               WHERE name = '{self.name}' AND active_version = {version})
             )"""
@@ -198,7 +198,7 @@ class SpendProjection(Projection):
                 "at": b.occurred_at.isoformat(),
                 "cost": str(b.cost_delta),
                 "unpriced": b.unpriced_delta,
-                **{column: b.original[column] for column in _WHERE[1:]},
+                **{column: b.original[column] for column in WHERE[1:5]},
             }
             for b in booked
         ]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from events import UsageRecorded
 from projections.engine.projection import Applied
 
-__all__ = ["SOURCE", "USAGE_MEASURES", "usage_rows"]
+__all__ = ["EVENTS_SOURCE", "SOURCE", "USAGE_MEASURES", "usage_rows"]
 
 # Summed usage columns, with their SQL types: the shape of the ``u`` row below.
 USAGE_MEASURES = (
@@ -47,21 +47,26 @@ def _typed(columns: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {sql_type}" for name, sql_type in columns)
 
 
-SOURCE = (
+EVENTS_SOURCE = (
     f"ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({_typed(_EVENT_COLUMNS)}))"
     f" WITH ORDINALITY AS e({', '.join(name for name, _ in _EVENT_COLUMNS)}, ord)"
     " JOIN unnest(%s::bigint[]) WITH ORDINALITY AS s(stream_seq, ord) USING (ord)"
-    " CROSS JOIN LATERAL jsonb_to_record(e.usage)"
+)
+"""The usage events of ``usage_rows``' parameters: e.* (event fields), s.stream_seq."""
+SOURCE = (
+    f"{EVENTS_SOURCE} CROSS JOIN LATERAL jsonb_to_record(e.usage)"
     f" AS u({_typed(USAGE_MEASURES)}, images jsonb)"
 )
+"""``EVENTS_SOURCE`` with each event's usage classes too: u.* (and ``images``)."""
 
 
-def usage_rows(batch: Sequence[Applied]) -> tuple[str, tuple[str, str]] | None:
-    """``(FROM-clause, params)`` over the usage events of ``batch``, or None if there are
-    none. Columns: e.* (event fields), s.stream_seq, u.* (usage classes, ``images``)."""
-    usage = [a for a in batch if isinstance(a.event, UsageRecorded)]
+def usage_rows(batch: Sequence[Applied]) -> tuple[str, str] | None:
+    """The parameters of ``SOURCE`` (or ``EVENTS_SOURCE``) over the usage events of
+    ``batch``, or None if there are none: one JSON array of their documents and one array
+    literal of their stream sequences."""
+    usage = [a for a in batch if a.event_type is UsageRecorded]
     if not usage:
         return None
     documents = "[" + ",".join(a.document for a in usage) + "]"
     stream_seqs = "{" + ",".join(str(a.stream_seq) for a in usage) + "}"
-    return SOURCE, (documents, stream_seqs)
+    return documents, stream_seqs

@@ -32,7 +32,7 @@ from projections.engine.log import LogError
 from projections.engine.rebuild import Progress, rebuild
 from projections.engine.runner import EngineConfig
 from projections.queries import projection_status, spend_for_period
-from projections.registry import PROJECTIONS, get_projection
+from projections.registry import GROUPS, PROJECTIONS, WORKERS, get_projection, worker_projections
 from services.cli_alerts import alerts_app
 from services.cli_context import settings, tracker, use_settings, validation_message
 from services.cli_keys import keys_app
@@ -132,7 +132,7 @@ def up(
     raise typer.Exit(
         run_stack(
             directory,
-            [*PROJECTIONS, *SERVICES],
+            [*WORKERS, *SERVICES],
             prepare=prepare_stack,
             nats_port=nats_port,
             nats_config=nats_config,
@@ -180,12 +180,22 @@ def migrate_command() -> None:
 
 @app.command()
 def worker(
-    name: Annotated[str, typer.Argument(help=f"projection: {', '.join(PROJECTIONS)}")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="a group of projections sharing one consumer ("
+            + "; ".join(f"{g}: {', '.join(m)}" for g, m in GROUPS.items())
+            + f") or one projection: {', '.join(PROJECTIONS)}"
+        ),
+    ],
 ) -> None:
-    """Run one consumer against BUDGET_NATS_URL / BUDGET_DATABASE_URL until SIGTERM."""
+    """Run one consumer against BUDGET_NATS_URL / BUDGET_DATABASE_URL until SIGTERM. A
+    group applies each batch to all its projections in one transaction; running its
+    projections one per worker instead works too (never both at once for one projection:
+    the second waits as a hot standby)."""
     from services.worker import run_worker
 
-    get_projection(name)
+    worker_projections(name)
     raise typer.Exit(run_worker(name, settings()))
 
 

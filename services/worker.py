@@ -1,4 +1,5 @@
-"""``budget worker NAME``: one projection's consumer, as a FastStream service.
+"""``budget worker NAME``: the consumer of one projection or of a group of them, as a
+FastStream service.
 
 FastStream gives the process its structure (connection, signals, graceful shutdown,
 logging); the batches are read with ``projections.reader.PullReader`` on the broker's
@@ -35,7 +36,7 @@ from projections.engine.runner import (
     Reconnected,
     Retired,
 )
-from projections.registry import get_projection
+from projections.registry import worker_projections
 from services.liveness import Liveness, Loop
 
 __all__ = [
@@ -57,13 +58,13 @@ or NATS unreachable), before it counts as stalled (unhealthy)."""
 async def run_projection(
     name: str, nc: Client, settings: Settings, stop: asyncio.Event, loop: Loop | None = None
 ) -> None:
-    """Run the active version of projection ``name`` until ``stop``; follow a swap to the
-    new version; ride out NATS or PostgreSQL outages with backoff. Each batch is a turn of
-    ``loop``, if given (a batch stuck longer than its ``stall_after`` is a stall), and an
-    outage counts as the loop failing until a batch commits or nothing is left to apply
-    (one outlasting ``stall_after`` is a stall too)."""
+    """Run the active versions of worker ``name``'s projections (a group's, or one) until
+    ``stop``; follow a swap to a new version; ride out NATS or PostgreSQL outages with
+    backoff. Each batch is a turn of ``loop``, if given (a batch stuck longer than its
+    ``stall_after`` is a stall), and an outage counts as the loop failing until a batch
+    commits or nothing is left to apply (one outlasting ``stall_after`` is a stall too)."""
     turn = loop.turn if loop is not None else contextlib.nullcontext
-    projection = get_projection(name)
+    projections = worker_projections(name)
     await require_stream(nc.jetstream(), settings.topology.event_stream)
     backoff = 1.0
     applied = 0
@@ -76,22 +77,27 @@ async def run_projection(
     config = EngineConfig(time_bounds=settings.time_bounds)
     while not stop.is_set():
         runner = ProjectionRunner(
-            projection,
+            projections,
             nc=nc,
             database_url=settings.database_url,
             topology=settings.topology,
             config=config,
         )
         try:
-            await rebuild_if_reshaped(
-                projection,
-                nc=nc,
-                database_url=settings.database_url,
-                topology=settings.topology,
-                config=config,
-            )
+            for projection in projections:
+                await rebuild_if_reshaped(
+                    projection,
+                    nc=nc,
+                    database_url=settings.database_url,
+                    topology=settings.topology,
+                    config=config,
+                )
             await runner.open()
-            log.info("worker %s running version %d", name, runner.version)
+            log.info(
+                "worker %s running %s",
+                name,
+                ", ".join(f"{w.projection.name} v{w.version}" for w in runner.writers),
+            )
             if loop is not None and await runner.pending() == 0:
                 loop.recovered()  # waiting for events; otherwise the next batch tells
             await runner.run(stop, on_batch=count, turn=turn)
@@ -148,8 +154,8 @@ registers the loops it depends on with ``liveness``."""
 
 
 def run_worker(name: str, settings: Settings) -> int:
-    """Run projection ``name``'s worker until SIGINT/SIGTERM; returns the exit code."""
-    get_projection(name)  # fail fast on an unknown name
+    """Run worker ``name`` until SIGINT/SIGTERM; returns the exit code."""
+    worker_projections(name)  # fail fast on an unknown name
 
     async def body(nc: Client, settings: Settings, stop: asyncio.Event, liveness: Liveness) -> None:
         loop = liveness.loop(f"worker {name}", stall_after=WORKER_STALL_AFTER)

@@ -111,7 +111,7 @@ async def publish(
 
 
 async def catch_up(
-    projection: Projection,
+    projection: Projection | Sequence[Projection],
     nc: Client,
     database_url: str,
     topology: Topology,
@@ -119,9 +119,9 @@ async def catch_up(
     version: int | None = None,
     config: EngineConfig | None = None,
 ) -> None:
-    """Run one projection until it has committed everything in the log. Unless ``config``
-    says otherwise, events of any time are applied: tests build periods from fixed dates
-    (the time bounds are proven in test_event_contract.py)."""
+    """Run one projection (or a group) until it has committed everything in the log.
+    Unless ``config`` says otherwise, events of any time are applied: tests build periods
+    from fixed dates (the time bounds are proven in test_event_contract.py)."""
     runner = ProjectionRunner(
         projection,
         nc=nc,

@@ -5,13 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
 
 from psycopg import AsyncConnection
 
 from events import Event, Topology
 
-__all__ = ["Applied", "Projection", "Rejected", "physical"]
+__all__ = ["Applied", "Projection", "Rejected", "SharedLedger", "physical"]
 
 Connection = AsyncConnection[Any]
 
@@ -24,6 +25,14 @@ class Applied:
     stream_seq: int
     event: Event
     document: str
+
+    @property
+    def event_type(self) -> type[Event]:
+        return type(self.event)
+
+    @property
+    def occurred_at(self) -> datetime:
+        return self.event.occurred_at
 
 
 class Rejected(Exception):
@@ -45,10 +54,20 @@ def physical(table: str, version: int) -> str:
     return f"{table}_v{version}"
 
 
+class SharedLedger(Protocol):
+    """What projections may share: the engine records each batch in it once, before any
+    of them applies the batch, in the same transaction (``projections.ledger``)."""
+
+    async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
+        """Record what the batch adds; ``writer`` names the consumer recording it."""
+
+
 class Projection(ABC):
     name: ClassVar[str]
     tables: tuple[str, ...]
     event_types: ClassVar[tuple[type[Event], ...]]
+    ledger: SharedLedger | None = None
+    """The shared ledger this projection reads, if any: recorded before ``apply``."""
 
     def filter_subjects(self, topology: Topology) -> list[str]:
         return [topology.event_subject(t.SUBJECT) for t in self.event_types]

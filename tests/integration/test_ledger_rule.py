@@ -128,7 +128,7 @@ async def test_a_correction_resent_late_changes_nothing_anywhere(
     assert await rows(db, "SELECT price ->> 'data_version' FROM usage_history") == [
         (second.price.data_version if second.price else None,)
     ]
-    for name in ("spend", "usage_history", "report", "alert_spend"):
+    for name in ("usage_ledger", "alert_spend"):
         assert await rows(db, f"SELECT event_id FROM {name}_corrections ORDER BY stream_seq") == [
             (first.event_id,),
             (second.event_id,),

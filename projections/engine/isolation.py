@@ -1,0 +1,97 @@
+"""One bad event cannot stop a consumer: a batch that fails is applied again without the
+events that make it fail, which are returned with the reason they are dead-lettered."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import psycopg
+
+from projections.engine.projection import Applied, Connection, Rejected
+
+__all__ = ["Retired", "apply_isolating_rejects"]
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[Sequence[Applied]], Awaitable[None]]
+
+
+class Retired(Exception):
+    """A newer version of the projection went live; this runner must stop writing."""
+
+
+async def apply_isolating_rejects(
+    conn: Connection, events: Sequence[Applied], apply: Apply, *, label: str
+) -> list[tuple[Applied, str]]:
+    """Apply the batch; if an event makes it fail (the database refuses its data, e.g.
+    a NUL character in a name, the projection rejects it (``Rejected``, e.g. a
+    correction of an unknown event) or raises on it, e.g. a period past the year 9999),
+    apply event by event (once more without them, when ``Rejected`` names them all)
+    and return the ones that fail, so one bad event cannot stop the consumer. Other
+    database errors (a lost connection) and a retired version are no event's fault:
+    they propagate. So does a fault every event of a batch raises on
+    its own (a code bug, stored data that no longer validates): dead-lettering each
+    would lose them all while the worker looked healthy; raised, the worker restarts
+    with backoff and applies them once the fault is gone."""
+    failure = await _try_apply(conn, events, apply)
+    if failure is None:
+        return []
+    if isinstance(failure, Rejected) and failure.rejects:
+        # the projection named every event it refuses: the rest in one more try
+        refused = [
+            (e, failure.rejects[e.stream_seq]) for e in events if e.stream_seq in failure.rejects
+        ]
+        rest = [e for e in events if e.stream_seq not in failure.rejects]
+        if refused:
+            return refused + (
+                await apply_isolating_rejects(conn, rest, apply, label=label) if rest else []
+            )
+    if len(events) == 1:
+        return [(events[0], _rejection(failure))]
+    failures = []
+    for event in events:
+        failure = await _try_apply(conn, [event], apply)
+        if failure is not None:
+            failures.append((event, failure))
+    faults = [f for _, f in failures if not _about_its_data(f)]
+    if len(failures) == len(events) and len(faults) > 1:
+        log.error(
+            "%s: %d of a batch of %d events raised on their own: a fault of the"
+            " projection, not of an event; nothing is dead-lettered",
+            label,
+            len(faults),
+            len(events),
+        )
+        raise faults[0]
+    return [(event, _rejection(failure)) for event, failure in failures]
+
+
+async def _try_apply(conn: Connection, events: Sequence[Applied], apply: Apply) -> Exception | None:
+    """Apply ``events`` in a savepoint; the exception that rolled it back, if any (a
+    database error other than refused data, and ``Retired``, propagate)."""
+    try:
+        async with conn.transaction():
+            await apply(events)
+        return None
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        return exc
+    except (psycopg.Error, Retired):
+        raise
+    except Exception as exc:
+        return exc
+
+
+def _about_its_data(exc: Exception) -> bool:
+    """Whether ``exc`` says what is wrong with the event's data (the projection rejected
+    it, or the database refused it), rather than that the projection failed on it."""
+    return isinstance(exc, Rejected | psycopg.DataError | psycopg.IntegrityError)
+
+
+def _rejection(exc: Exception) -> str:
+    if isinstance(exc, Rejected):
+        return str(exc)
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return f"rejected by the database: {exc}"
+    log.error("projection failed on one event; dead-lettering it", exc_info=exc)
+    return f"the projection failed on it: {type(exc).__name__}: {exc}"
