@@ -385,19 +385,18 @@ async def build(
             " WHERE r.name = c.name AND r.active_version = c.version AND c.name = ANY(%s)",
             (events, events, list(BUILT)),
         )
-        for table in ("usage_history_v1", "report_ledger_v1", "spend_buckets_v1"):
+        for table in ("usage_history_v1", "usage_ledger", "spend_buckets_v1"):
             await conn.execute(f"VACUUM (ANALYZE) {table}".encode())
-        await conn.execute("VACUUM (ANALYZE) spend_ledger_v1")
         emit("build_spend_and_vacuum_s", time.perf_counter() - started, "s", events=events)
     finally:
         await conn.close()
 
 
 async def fill_spend(conn: Connection) -> None:
-    """The spend projection's totals and ledger for every history row: the sums its apply
-    path makes (same measures, same quarter hours, same five scopes), in one statement
-    each, stored in time order as the live projection appends them (a period's rows sit
-    together on disk)."""
+    """The spend projection's totals for every history row (the reports build filled the
+    usage ledger): the sums its apply path makes (same measures, same quarter hours, same
+    five scopes), in one statement, stored in time order as the live projection appends
+    them (a period's rows sit together on disk)."""
     names = ", ".join(name for name, _, _ in MEASURES)
     cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
     regroup = ", ".join(f"sum({n})" for n, _, _ in MEASURES)
@@ -416,11 +415,6 @@ async def fill_spend(conn: Connection) -> None:
         WHERE scope_key <> ''
         GROUP BY scope, scope_key, bucket_start
         ORDER BY bucket_start, scope, scope_key""".encode()
-    )
-    await conn.execute(
-        "INSERT INTO spend_ledger_v1 (event_id, stream_seq, occurred_at, cost, provider, model,"
-        " user_id, project_id) SELECT event_id, stream_seq, occurred_at, cost, provider, model,"
-        " user_id, project_id FROM usage_history_v1"
     )
     await conn.execute("RESET work_mem")
 

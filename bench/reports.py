@@ -91,7 +91,15 @@ async def build(url: str, events: int, batch: int) -> None:
             FROM ({GENERATED}) g""".encode(),
             {"end": end, "n": events, "lo": 1, "hi": events},
         )
+        # every event at its first appearance in the shared usage ledger, as live workers
+        # record it: the rollups count those
+        await conn.execute(
+            "INSERT INTO usage_ledger (event_id, stream_seq, occurred_at, cost, provider,"
+            " model, kind, user_id, project_id) SELECT event_id, stream_seq, occurred_at, cost,"
+            " provider, model, kind, user_id, project_id FROM usage_history_v1"
+        )
         await conn.execute("ANALYZE usage_history_v1")
+        await conn.execute("ANALYZE usage_ledger")
         started = time.perf_counter()
         for lo in range(1, events + 1, batch):
             hi = min(lo + batch - 1, events)

@@ -36,7 +36,7 @@ from nats.js.errors import NotFoundError
 from budget.periods import Period
 from events import Topology, UsageRecorded
 from projections.engine.projection import physical
-from projections.registry import PROJECTIONS
+from projections.registry import PROJECTIONS, WORKERS
 from services.stack import SERVICES
 
 from support import ROOT, publish, start_of, usage_event
@@ -452,7 +452,9 @@ BAD_INPUTS = {
         ("cannot reach PostgreSQL", "budget up", "BUDGET_DATABASE_URL"),
         env={"BUDGET_DATABASE_URL": UNREACHABLE_DATABASE},
     ),
-    "worker-unknown-projection": BadInput(("worker", "nosuch"), ("nosuch", "spend", "history")),
+    "worker-unknown-projection": BadInput(
+        ("worker", "nosuch"), ("nosuch", "usage", "spend", "history")
+    ),
     "config-file-bad-value": BadInput(
         ("spend",), ("budget.flush_interval", "bad.yaml", "greater than 0")
     ),
@@ -680,7 +682,7 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     )
     assert banner is not None, up.output()
     assert f"export BUDGET_NATS_URL={banner.nats_url}" in up.output()
-    assert sorted(banner.worker_pids) == sorted([*PROJECTIONS, *SERVICES])
+    assert sorted(banner.worker_pids) == sorted([*WORKERS, *SERVICES])
     stack = json.loads((budget_up.data_dir / "stack.json").read_text())
     servers = {"nats": stack["nats_pid"], "postgres": stack["postgres_pid"]}
 

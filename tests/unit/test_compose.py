@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from events import Topology
-from projections.registry import PROJECTIONS
+from projections.registry import WORKERS as PROJECTION_WORKERS
 from services.nats_config import DEFAULT_USERS, compose_config, password_variable
 from services.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
-# One service per projection worker and per other long-running service.
-WORKERS = {f"{name}-projector": ["worker", name] for name in PROJECTIONS}
+# One service per projection worker (a group counts as one) and per other service.
+WORKERS = {f"{name}-projector": ["worker", name] for name in PROJECTION_WORKERS}
 WORKERS |= {name: [name] for name in SERVICES}
 HTTP_SERVICES = ("api",)  # published on a port, health-checked over HTTP
 APP_SERVICES = ("migrate", *WORKERS)
