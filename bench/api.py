@@ -6,7 +6,7 @@ Set-up, before any worker starts: the (empty) event stream is recreated to start
 ``--events`` sequence numbers (``first_seq``); the stack's PostgreSQL gets ``--events``
 generated usage events over the 90 days before now, as ``bench/reports.py`` builds them
 (its ``GENERATED`` rows into the usage history's live table, with every index its DDL
-declares, and rolled up through ``ReportsProjection.apply_documents``); the spend
+declares, and rolled up through ``ReportsProjection.roll_up``); the spend
 projection's quarter-hour totals and ledger are filled from the same rows in one
 statement each; history, reports and spend are checkpointed at ``--events``, so the
 history pages' ``as_of`` pin includes every generated row and live events follow them

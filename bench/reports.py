@@ -3,7 +3,7 @@
 An embedded PostgreSQL gets ``--events`` usage rows spread over the 90 days before now
 (500 users, 20 projects, 6 models of 3 providers, 2 call kinds) in the raw usage history,
 and the same events rolled up through the materializer's own apply path
-(``ReportsProjection.apply_documents``, the SQL every batch goes through) in batches of
+(``ReportsProjection.roll_up``, the SQL every batch goes through) in batches of
 ``--batch``. Then each report is timed ``--repeat`` times:
 
 Figures (one JSON line each):
@@ -44,6 +44,7 @@ from projections.migrate import migrate
 from projections.registry import PROJECTIONS
 from projections.report_queries import ReportBuilder, floor_quarter
 from projections.reports import ReportsProjection
+from projections.usage_rows import STAGED, STAGED_COLUMNS, STAGING_DDL
 from services.embedded import EmbeddedPostgres
 
 DAYS = 90
@@ -101,25 +102,19 @@ async def build(url: str, events: int, batch: int) -> None:
         await conn.execute("ANALYZE usage_history_v1")
         await conn.execute("ANALYZE usage_ledger")
         started = time.perf_counter()
+        await conn.execute(STAGING_DDL.encode())
+        staged = ", ".join(name for name, _, _ in STAGED_COLUMNS)
+        selected = staged.replace("reservation_id", "NULL")
         for lo in range(1, events + 1, batch):
             hi = min(lo + batch - 1, events)
-            cursor = await conn.execute(
-                """SELECT json_agg(json_build_object('event_id', event_id,
-                       'occurred_at', occurred_at, 'provider', provider, 'model', model,
-                       'kind', kind, 'user_id', user_id, 'project_id', project_id,
-                       'cost', cost, 'usage', json_build_object(
-                           'input_uncached', input_uncached,
-                           'input_cache_read', input_cache_read, 'input_cache_write', 0,
-                           'output_text', output_text, 'output_reasoning', 0,
-                           'embedding_tokens', 0, 'audio_seconds', 0),
-                       'tags', '{}'::json) ORDER BY stream_seq)::text,
-                       '{' || string_agg(stream_seq::text, ',' ORDER BY stream_seq) || '}'
-                FROM usage_history_v1 WHERE stream_seq BETWEEN %s AND %s""",
-                (lo, hi),
-            )
-            documents, seqs = (await cursor.fetchone()) or ("[]", "{}")
             async with conn.transaction():
-                await reports.apply_documents(conn, 1, documents, seqs)
+                # staged as the ledger stages a batch, then rolled up by the live SQL
+                await conn.execute(
+                    f"INSERT INTO {STAGED} ({staged}) SELECT {selected}"
+                    " FROM usage_history_v1 WHERE stream_seq BETWEEN %s AND %s".encode(),
+                    (lo, hi),
+                )
+                await reports.roll_up(conn, 1, "{" + ",".join(map(str, range(lo, hi + 1))) + "}")
         emit(
             "build_events_per_s",
             events / (time.perf_counter() - started),

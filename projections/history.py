@@ -10,28 +10,30 @@ from typing import ClassVar
 from events import UsageRecorded, UsageRepriced
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import SHARED_LEDGER
-from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
+from projections.usage_rows import STAGED, STAGED_COLUMNS, staged_seqs
 
 __all__ = ["HistoryProjection"]
 
-# (column, SQL type, expression over the usage row source)
-_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("event_id", "uuid PRIMARY KEY", "e.event_id"),
-    ("stream_seq", "bigint NOT NULL", "s.stream_seq"),
-    ("occurred_at", "timestamptz NOT NULL", "e.occurred_at"),
-    ("provider", "text NOT NULL", "e.provider"),
-    ("model", "text NOT NULL", "e.model"),
-    ("kind", "text NOT NULL", "e.kind"),
-    ("user_id", "text", "e.user_id"),
-    ("project_id", "text", "e.project_id"),
-    ("cost", "numeric", "e.cost"),
-    ("unpriced_reason", "text", "e.unpriced_reason"),
-    *((name, f"{sql_type} NOT NULL", f"u.{name}") for name, sql_type in USAGE_MEASURES),
-    ("image_count", "integer", "(u.images ->> 'count')::integer"),
-    ("image_size", "text", "u.images ->> 'size'"),
-    ("image_quality", "text", "u.images ->> 'quality'"),
-    ("tags", "jsonb NOT NULL", "e.tags"),
-    ("price", "jsonb", "e.price"),
+_NULLABLE = frozenset(
+    (
+        "user_id",
+        "project_id",
+        "cost",
+        "unpriced_reason",
+        "price",
+        *(c for c, _, _ in STAGED_COLUMNS if c.startswith("image_")),
+    )
+)
+# (column, SQL type): the staged columns (``usage_rows``) but the reservation
+_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (
+        name,
+        "uuid PRIMARY KEY"
+        if name == "event_id"
+        else f"{sql_type}{'' if name in _NULLABLE else ' NOT NULL'}",
+    )
+    for name, sql_type, _ in STAGED_COLUMNS
+    if name != "reservation_id"
 )
 _FILTERED = ("provider", "model", "user_id", "project_id")
 
@@ -44,7 +46,7 @@ class HistoryProjection(Projection):
 
     def ddl(self, version: int) -> list[str]:
         table = physical(self.tables[0], version)
-        columns = ",\n".join(f"{name} {sql_type}" for name, sql_type, _ in _COLUMNS)
+        columns = ",\n".join(f"{name} {sql_type}" for name, sql_type in _COLUMNS)
         return [
             f"CREATE TABLE {table} ({columns})",
             f"CREATE INDEX {table}_occurred_at ON {table} (occurred_at)",
@@ -56,15 +58,15 @@ class HistoryProjection(Projection):
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         table = physical(self.tables[0], version)
-        params = usage_rows(batch)
-        if params is not None:
+        seqs = staged_seqs(batch)
+        if seqs is not None:
             # The event id is the key: a re-send finds its first appearance's row.
-            names = ", ".join(name for name, _, _ in _COLUMNS)
-            values = ", ".join(expression for _, _, expression in _COLUMNS)
+            names = ", ".join(name for name, _ in _COLUMNS)
             await conn.execute(
-                f"INSERT INTO {table} ({names}) SELECT {values} FROM {SOURCE}"
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {STAGED}"
+                " WHERE stream_seq = ANY(%s::bigint[]) ORDER BY stream_seq"
                 " ON CONFLICT (event_id) DO NOTHING".encode(),
-                params,
+                (seqs,),
             )
         await self._correct(conn, table, batch)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from events import UsageRepriced
 from projections.engine.projection import Applied, Connection, Rejected
-from projections.usage_rows import EVENTS_SOURCE, usage_rows
+from projections.usage_rows import STAGED, stage, staged_seqs
 
 __all__ = ["SHARED_LEDGER", "WHERE", "Booked", "Ledger", "first_usage"]
 
@@ -40,8 +40,12 @@ WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
 
 
 def first_usage(usage: str) -> str:
-    """A join keeping the rows of ``usage_rows`` that are their event's first appearance."""
-    return f"JOIN {usage} AS led ON led.event_id = e.event_id AND led.stream_seq = s.stream_seq"
+    """The rows of ``usage_batch`` (as ``b``) given by the parameter ``%s`` (their stream
+    sequences, ``usage_rows.staged_seqs``) that are their event's first appearance."""
+    return (
+        f"{STAGED} b JOIN {usage} led ON led.event_id = b.event_id"
+        " AND led.stream_seq = b.stream_seq WHERE b.stream_seq = ANY(%s::bigint[])"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +131,24 @@ class Ledger:
         ]
 
     async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
-        """Record the batch's usage and corrections not recorded yet, in log order.
+        """Stage the batch's usage (``usage_rows.stage``: the projections read it there),
+        record its usage and corrections not recorded yet, in log order.
 
         Raises ``Rejected`` naming every correction of an unknown event in the batch."""
         if not batch:
             return
         covered = await self._covered(conn)
-        await self._record_usage(conn, [a for a in batch if a.stream_seq > covered])
+        if await stage(conn, batch) and batch[-1].stream_seq > covered:
+            await conn.execute(
+                f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
+                    model, kind, user_id, project_id, reservation_id)
+                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost, provider,
+                    model, kind, user_id, project_id, reservation_id
+                FROM {STAGED} WHERE stream_seq = ANY(%s::bigint[]) AND stream_seq > %s
+                ORDER BY event_id, stream_seq
+                ON CONFLICT (event_id) DO NOTHING""".encode(),
+                (staged_seqs(batch), covered),
+            )
         corrections = [a for a in batch if a.event_type is UsageRepriced]
         if corrections:
             await self._record_corrections(conn, corrections, covered)
@@ -173,20 +188,6 @@ class Ledger:
         row = await cursor.fetchone()
         assert row is not None
         return int(row[0])
-
-    async def _record_usage(self, conn: Connection, batch: Sequence[Applied]) -> None:
-        params = usage_rows(batch)
-        if params is None:
-            return
-        await conn.execute(
-            f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
-                model, kind, user_id, project_id, reservation_id)
-            SELECT DISTINCT ON (e.event_id) e.event_id, s.stream_seq, e.occurred_at, e.cost,
-                e.provider, e.model, e.kind, e.user_id, e.project_id, e.reservation_id
-            FROM {EVENTS_SOURCE} ORDER BY e.event_id, s.stream_seq
-            ON CONFLICT (event_id) DO NOTHING""".encode(),
-            params,
-        )
 
     async def _record_corrections(
         self, conn: Connection, corrections: Sequence[Applied], covered: int

@@ -21,7 +21,7 @@ from events import UsageRecorded, UsageRepriced
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import SHARED_LEDGER, WHERE, Booked, first_usage
 from projections.spend import BUCKET_SQL, MEASURES
-from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
+from projections.usage_rows import USAGE_MEASURES, staged_seqs
 
 __all__ = ["DIMENSIONS", "GRAINS", "ReportsProjection"]
 
@@ -59,23 +59,20 @@ class ReportsProjection(Projection):
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        params = usage_rows(batch)
-        if params is not None:
-            await self.apply_documents(conn, version, *params)
+        seqs = staged_seqs(batch)
+        if seqs is not None:
+            await self.roll_up(conn, version, seqs)
         booked = await SHARED_LEDGER.booked(conn, batch)
         await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
 
-    async def apply_documents(
-        self, conn: Connection, version: int, documents: str, stream_seqs: str
-    ) -> None:
-        """Roll up usage events given as one JSON array and a ``{seq,...}`` array literal
-        (what ``usage_rows`` builds from a batch, recorded in the ledger; the report
-        benchmark loads rows this way)."""
+    async def roll_up(self, conn: Connection, version: int, stream_seqs: str) -> None:
+        """Roll up the staged usage events (``usage_rows.stage``) at ``stream_seqs``, an
+        array literal (the report benchmark loads rows this way too)."""
         quarterly, daily = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
         regroup = ", ".join(f"sum({n}) AS {n}" for n, _, _ in MEASURES)
-        usage = ", ".join(f"u.{name}" for name, _ in USAGE_MEASURES)
+        usage = ", ".join(f"b.{name}" for name, _ in USAGE_MEASURES)
         fan_out = ", ".join(f"('{d}', {k1}, {k2})" for d, k1, k2 in DIMENSIONS)
 
         def upsert(table: str) -> str:
@@ -86,10 +83,10 @@ class ReportsProjection(Projection):
             f"""
             WITH batch AS (
                 -- each event at its first appearance in the log: re-sends count nowhere
-                SELECT e.occurred_at, e.cost, e.provider, e.model,
-                       coalesce(e.user_id, '') AS user_id,
-                       coalesce(e.project_id, '') AS project_id, e.kind, {usage}, u.images
-                FROM {SOURCE} {first_usage(SHARED_LEDGER.usage)}
+                SELECT b.occurred_at, b.cost, b.provider, b.model,
+                       coalesce(b.user_id, '') AS user_id,
+                       coalesce(b.project_id, '') AS project_id, b.kind, {usage}, b.image_count
+                FROM {first_usage(SHARED_LEDGER.usage)}
             ), cells AS (
                 SELECT provider, model, user_id, project_id, kind,
                        {BUCKET_SQL.format("occurred_at")} AS quarter,
@@ -110,7 +107,7 @@ class ReportsProjection(Projection):
             SELECT * FROM rolled
             {upsert(quarterly)}
             """.encode(),
-            (documents, stream_seqs),
+            (stream_seqs,),
         )
 
     async def _add_corrections(self, conn: Connection, version: int, booked: list[Booked]) -> None:

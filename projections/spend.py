@@ -26,7 +26,7 @@ from events import UsageRecorded, UsageRepriced
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import SHARED_LEDGER, WHERE, Booked, Ledger, first_usage
-from projections.usage_rows import SOURCE, USAGE_MEASURES, usage_rows
+from projections.usage_rows import USAGE_MEASURES, staged_seqs
 
 __all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection"]
 
@@ -43,7 +43,7 @@ MEASURES = (
     ("requests", "bigint", "count(*)"),
     ("unpriced_requests", "bigint", "count(*) FILTER (WHERE cost IS NULL)"),
     *((name, "numeric", f"sum({name})") for name, _ in USAGE_MEASURES),
-    ("images", "bigint", "coalesce(sum((images ->> 'count')::bigint), 0)"),
+    ("images", "bigint", "coalesce(sum(image_count), 0)"),
 )
 
 
@@ -137,22 +137,22 @@ class SpendProjection(Projection):
     async def _apply_usage(
         self, conn: Connection, version: int, batch: Sequence[Applied], ledger: Ledger
     ) -> None:
-        params = usage_rows(batch)
-        if params is None:
+        seqs = staged_seqs(batch)
+        if seqs is None:
             return
         totals = physical(self.tables[0], version)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
         regroup = ", ".join(f"sum({n})" for n, _, _ in MEASURES)
         updates = ", ".join(f"{n} = {totals}.{n} + EXCLUDED.{n}" for n, _, _ in MEASURES)
-        usage = ", ".join(f"u.{name}" for name, _ in USAGE_MEASURES)
+        usage = ", ".join(f"b.{name}" for name, _ in USAGE_MEASURES)
         await conn.execute(
             f"""
             WITH batch AS (
                 -- each event at its first appearance in the log: re-sends count nowhere
-                SELECT e.occurred_at, e.cost, e.provider, e.model, e.user_id, e.project_id,
-                       e.reservation_id, {usage}, u.images
-                FROM {SOURCE} {first_usage(ledger.usage)}
+                SELECT b.occurred_at, b.cost, b.provider, b.model, b.user_id, b.project_id,
+                       b.reservation_id, {usage}, b.image_count
+                FROM {first_usage(ledger.usage)}
             ){self._settle(version)}, cells AS (
                 -- sum each (user, project, provider, model, bucket) first: few rows to fan out
                 SELECT user_id, project_id, provider, model,
@@ -170,7 +170,7 @@ class SpendProjection(Projection):
             GROUP BY scope, scope_key, bucket_start
             ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE SET {updates}
             """.encode(),
-            params,
+            (seqs,),
         )
 
     def _settle(self, version: int) -> str:
