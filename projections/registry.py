@@ -10,7 +10,7 @@ from projections.policies import PoliciesProjection
 from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
-__all__ = ["PROJECTIONS", "get_projection"]
+__all__ = ["PROJECTIONS", "get_projection", "worker_projections"]
 
 PROJECTIONS: dict[str, Projection] = {
     p.name: p
@@ -31,3 +31,10 @@ def get_projection(name: str) -> Projection:
     except KeyError:
         known = ", ".join(sorted(PROJECTIONS))
         raise ValueError(f"unknown projection {name!r}; choose one of: {known}") from None
+
+
+def worker_projections(name: str) -> list[Projection]:
+    """The projections one ``budget worker NAME`` process runs; ``ValueError`` for a name
+    ``budget worker`` does not accept. Tools that watch a worker's progress (the
+    benchmarks) ask this rather than assume one projection per worker."""
+    return [get_projection(name)]
