@@ -4,8 +4,9 @@ embedded stack that ``budget up`` runs (every worker and service its own process
 By default the workers are what ``budget up`` runs (``services.stack.STACK_WORKERS``);
 ``--workers`` takes any names ``budget worker`` accepts (a projection, or a group of
 them) and the services. When the alert evaluator runs, a per-user policy
-(``--user-limit``, $0.50 a month) is the first event of the stream, so every user
-crosses 80, 95 and 100 % in each phase (each phase has its own users).
+(``--user-limit``, $0.50 a month) is the stream's first event, so users cross 80, 95 and
+100 % while the benchmark runs (each phase has users of its own; ``--user-limit 0.08``
+makes every user cross all three within 20 s at 1,000/s).
 
 Figures (one JSON line each), in the order the phases run:
 
@@ -31,17 +32,22 @@ Figures (one JSON line each), in the order the phases run:
   ``others_cores_busy`` (the rest of the machine, which skews the figures). The
   catch-up's is over the time every usage projection was running (after ``startup_s``).
 
-Issue 14's figures (run each 3 times back to back; medians):
+Issue 14's figures, one command each (run each 3 times back to back; medians):
 
-    ./run python bench/ingest.py --workers spend,history --catch-up 0 --events 0 --seconds 0
+    # rebuild spend and history from a stream of 200,000 usage events
+    ./run python bench/ingest.py --workers spend,history --catch-up 200000 --events 0 --seconds 0
+    # every usage projection catching up from a filled stream, every worker of `budget up`
     ./run python bench/ingest.py --catch-up 200000 --events 0 --seconds 0 --no-rebuild
+    # end to end, one producer, every worker live
     ./run python bench/ingest.py --catch-up 0 --events 200000 --seconds 0 --no-rebuild
+    # publish -> commit lag at a steady 2,000/s, every worker live
     ./run python bench/ingest.py --catch-up 0 --events 0 --rate 2000 --seconds 20 --no-rebuild
-    ./run python bench/ingest.py --catch-up 0 --events 0 --rate 1000 --seconds 20 --no-rebuild
+    # crossing -> alert on NATS at a steady 1,000/s (a limit every user crosses in 20 s)
+    ./run python bench/ingest.py --catch-up 0 --events 0 --rate 1000 --seconds 20 --no-rebuild \\
+        --user-limit 0.08
 
-(rebuild spend and history from a stream of ``--events``; catch-up with every worker;
-end to end with every worker; lag at 2,000/s; crossing -> alert at 1,000/s). A plain
-``./run python bench/ingest.py`` runs every phase on one stack.
+A plain ``./run python bench/ingest.py`` runs every phase on one stack (the rebuilds then
+read the catch-up's, the full-speed and the steady phase's events).
 """
 
 from __future__ import annotations
