@@ -64,7 +64,14 @@ from decimal import Decimal
 import nats
 from cpu import CpuMeter, Usage
 from nats.aio.msg import Msg
-from progress import Checkpoints, check_workers, committed, stream_last_seq, wait_until_committed
+from progress import (
+    Checkpoints,
+    check_workers,
+    committed,
+    stream_last_seq,
+    usage_readers,
+    wait_until_committed,
+)
 from stack import embedded_stack
 
 from budget.config import Settings
@@ -261,7 +268,7 @@ async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) ->
 async def main(args: argparse.Namespace) -> None:
     workers = args.workers.split(",")
     check_workers(workers)
-    readers = Checkpoints("", workers).readers
+    readers = usage_readers(workers)
     filled: list[Filled] = []
 
     async def before_workers(nats_url: str, database_url: str, settings: Settings) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "check_workers",
     "committed",
     "stream_last_seq",
+    "usage_readers",
     "wait_until_committed",
 ]
 
@@ -35,21 +36,26 @@ def check_workers(workers: Sequence[str]) -> None:
                 raise SystemExit(f"{exc}; or a service: {', '.join(SERVICES)}") from None
 
 
+def usage_readers(workers: Sequence[str]) -> list[str]:
+    """The projections that read usage events in these workers (a group worker's too)."""
+    return sorted(
+        {
+            projection.name
+            for name in workers
+            if name not in SERVICES
+            for projection in worker_projections(name)
+            if UsageRecorded in projection.event_types
+        }
+    )
+
+
 class Checkpoints:
-    """The lowest checkpoint over the projections that read usage in the given workers (a
-    group worker's too), polled in the background."""
+    """The lowest checkpoint over the ``usage_readers`` of the given workers, polled in the
+    background."""
 
     def __init__(self, database_url: str, workers: Sequence[str]) -> None:
         self.database_url = database_url
-        self.readers = sorted(
-            {
-                projection.name
-                for name in workers
-                if name not in SERVICES
-                for projection in worker_projections(name)
-                if UsageRecorded in projection.event_types
-            }
-        )
+        self.readers = usage_readers(workers)
         self.samples: list[tuple[float, int]] = []
 
     async def lowest(self, conn: Connection) -> int:
