@@ -151,10 +151,12 @@ async def catch_up(info: StackInfo, filled: Filled, workers: Sequence[str]) -> N
     meter = CpuMeter(info.data_dir)
     conn = await connect(info.database_url)
     try:
+        # Polled every 20 ms, not 5: a catch-up takes seconds, and each poll is a query
+        # on the same two cores.
         first = filled.last_seq - filled.events + 1
-        lowest = await committed(checkpoints, conn, first)  # every reader has begun
+        lowest = await committed(checkpoints, conn, first, 0.02)  # every reader has begun
         started, running = time.perf_counter(), meter.reading()
-        await committed(checkpoints, conn, filled.last_seq)
+        await committed(checkpoints, conn, filled.last_seq, 0.02)
         done, usage = time.perf_counter(), meter.since(running)
     finally:
         await conn.close()

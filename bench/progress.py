@@ -86,10 +86,12 @@ class Checkpoints:
         return None
 
 
-async def committed(checkpoints: Checkpoints, conn: Connection, seq: int) -> int:
+async def committed(
+    checkpoints: Checkpoints, conn: Connection, seq: int, interval: float = 0.005
+) -> int:
     """Wait until every reader has committed ``seq``; the lowest checkpoint then."""
     while (lowest := await checkpoints.lowest(conn)) < seq:  # noqa: ASYNC110 - polling the database
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(interval)
     return lowest
 
 
