@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from cpu import CpuMeter
 from reports import build as build_history_and_rollups
 from stack import ApiAccess, api_access, embedded_stack
 
@@ -248,99 +249,27 @@ def emit_latency(figure: str, samples: Sequence[float], **extra: object) -> None
 
 # -- per-process CPU -----------------------------------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK")
 
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-
-def _cpu(pid: int, *, reaped_children: bool = False) -> float:
-    """CPU seconds of ``pid`` (and of its children it has waited for)."""
-    try:
-        fields = _stat(pid)
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped_children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / _TICK
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int(_stat(int(entry.name))[1]) == parent:
-                    found.append(int(entry.name))
-    return found
-
-
-class CpuMeter:
-    """CPU seconds per process of the stack: each worker and service, NATS, PostgreSQL
-    (the postmaster, its backends and the backends it has reaped) and this process."""
-
-    def __init__(self, info: StackInfo) -> None:
-        state = json.loads((info.data_dir / "stack.json").read_text())
-        self.pids: dict[str, int] = {**info.worker_pids, "nats": state["nats_pid"]}
-        self.postmaster: int = state["postgres_pid"]
-
-    def snapshot(self) -> dict[str, float]:
-        cpu = {name: _cpu(pid) for name, pid in self.pids.items()}
-        cpu["postgres"] = _cpu(self.postmaster, reaped_children=True) + sum(
-            _cpu(pid) for pid in _children(self.postmaster)
-        )
-        cpu["benchmark"] = time.process_time()
-        return cpu
-
-    @staticmethod
-    def machine() -> float:
-        """CPU seconds the whole machine has been busy (``/proc/stat``)."""
-        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = ticks[3] + ticks[4]  # idle, iowait
-        return (sum(ticks[:8]) - idle) / _TICK
-
-    async def quiet(self, limit: float, within: float) -> None:
-        """Wait (up to ``within`` seconds) until the rest of the machine keeps fewer than
-        ``limit`` cores busy for a second: other people's work on these two cores would
-        be measured as ours."""
-        deadline = time.monotonic() + within
-        while True:
-            before, machine = self.snapshot(), self.machine()
-            await asyncio.sleep(1)
-            after, machine = self.snapshot(), self.machine() - machine
-            others = machine - sum(after[k] - before[k] for k in after)
-            if others < limit or time.monotonic() > deadline:
-                return
-            print(
-                f"# waiting: the rest of the machine keeps {others:.2f} cores busy", file=sys.stderr
-            )
-
+class RequestMeter(CpuMeter):
     @contextlib.contextmanager
-    def phase(self, name: str, extra: dict[str, float] | None = None) -> Iterator[_Box]:
-        """Emit ``cpu_<name>``: µs per request per process; set ``meter.requests`` (and
-        add client processes' CPU seconds to ``extra``) inside the block."""
-        before, started, machine = self.snapshot(), time.perf_counter(), self.machine()
+    def phase(self, name: str) -> Iterator[_Box]:
+        """Emit ``cpu_<name>``: µs per request per process; set ``box.requests`` (and add
+        client processes' CPU seconds to ``box.extra``) inside the block."""
         box = _Box()
-        yield box
-        after, seconds = self.snapshot(), time.perf_counter() - started
-        machine = self.machine() - machine
-        used = {k: after[k] - before[k] for k in after}
-        used.update(extra or {})
-        used.update(box.extra)
+        with self.measure() as usage:
+            yield box
+        usage.cpu.update(box.extra)
         requests = max(box.requests, 1)
-        per_request = {k: round(v * 1e6 / requests) for k, v in used.items() if v > 0}
         emit(
             f"cpu_{name}",
-            sum(used.values()) * 1e6 / requests,
+            sum(usage.cpu.values()) * 1e6 / requests,
             "us/request",
             requests=box.requests,
-            seconds=round(seconds, 2),
-            cores_busy=round(sum(used.values()) / seconds, 2),
+            seconds=round(usage.seconds, 2),
+            cores_busy=round(usage.cores_busy, 2),
             # Anything else on the machine (other people's tests, ...) in the same time.
-            others_cores_busy=round(max(machine - sum(used.values()), 0) / seconds, 2),
-            processes=dict(sorted(per_request.items(), key=lambda kv: -kv[1])),
+            others_cores_busy=round(usage.others_cores_busy(sum(box.extra.values())), 2),
+            processes={k: round(v) for k, v in usage.per_unit(requests).items()},
         )
 
 
@@ -506,7 +435,7 @@ def spend_full_month() -> str:
     return "/api/v1/spend?" + urlencode({"period": "monthly", "at": at.isoformat()})
 
 
-async def dashboard(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
+async def dashboard(api: ApiAccess, meter: RequestMeter, repeat: int) -> None:
     """The page when the console is there; its reads through the JSON API always."""
     session = await sign_in(api)
     if session is None:
@@ -535,7 +464,7 @@ async def dashboard(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
     await dashboard_reads(api, meter, repeat)
 
 
-async def dashboard_reads(api: ApiAccess, meter: CpuMeter, repeat: int) -> None:
+async def dashboard_reads(api: ApiAccess, meter: RequestMeter, repeat: int) -> None:
     http = Http(api.port, {"Authorization": f"Bearer {api.admin_key}"})
     for target in DASHBOARD_READS.values():
         await http.get_json(target)  # warm
@@ -601,7 +530,7 @@ async def deep_cursors(
         await conn.close()
 
 
-async def history(api: ApiAccess, info: StackInfo, meter: CpuMeter, args: Any) -> None:
+async def history(api: ApiAccess, info: StackInfo, meter: RequestMeter, args: Any) -> None:
     http = Http(api.port, {"Authorization": f"Bearer {api.admin_key}"})
     for provider in (None, FILTERED_PROVIDER):
         base = "/api/v1/usage?limit=100" + (f"&provider={provider}" if provider else "")
@@ -656,7 +585,7 @@ def _vm(pid: int, field_name: str) -> int:
     raise KeyError(field_name)
 
 
-async def export(api: ApiAccess, info: StackInfo, meter: CpuMeter, rows: int) -> None:
+async def export(api: ApiAccess, info: StackInfo, meter: RequestMeter, rows: int) -> None:
     pid = info.worker_pids["api"]
     conn = await connect(info.database_url)
     try:
@@ -724,7 +653,7 @@ async def floors(api: ApiAccess, count: int) -> None:
     await http.close()
 
 
-async def checks(api: ApiAccess, meter: CpuMeter, count: int) -> None:
+async def checks(api: ApiAccess, meter: RequestMeter, count: int) -> None:
     await floors(api, count)
     http = Http(api.port, {"Authorization": f"Bearer {api.admin_key}"})
     policy = {
@@ -893,7 +822,7 @@ def run_clients(api: ApiAccess, args: Any) -> tuple[dict[str, int], float, float
     return counts, elapsed, sum(o["cpu"] for o in outputs)
 
 
-async def ingest(api: ApiAccess, meter: CpuMeter, args: Any) -> None:
+async def ingest(api: ApiAccess, meter: RequestMeter, args: Any) -> None:
     with meter.phase("ingest") as box:
         counts, elapsed, box.extra["clients"] = await asyncio.to_thread(run_clients, api, args)
         box.requests = sum(counts.values())
@@ -933,7 +862,7 @@ async def main(args: argparse.Namespace) -> None:
     ) as (info, _settings):
         api = await api_access(info)
         await settle(info.database_url, args.settle)
-        meter = CpuMeter(info)
+        meter = RequestMeter(info.data_dir)
         await put_policies(api)
         runs: dict[str, Callable[[], Awaitable[None]]] = {
             "dashboard": lambda: dashboard(api, meter, args.repeat),

@@ -1,23 +1,53 @@
-"""Benchmark: one producer process records usage while the workers consume, on the
-embedded stack that ``budget up`` runs (workers are separate processes).
+"""Benchmark: one producer (this process) records usage while the workers consume, on the
+embedded stack that ``budget up`` runs (every worker and service its own process).
 
-By default every worker ``budget up`` runs is live: spend, history, policies, alerts and
-reports, plus the enforcer, the notifier and the query service. A per-user policy
-(``--user-limit``, $0.50 a month) makes every user cross 80, 95 and 100 % while the
-benchmark runs. ``--workers spend,history`` runs only those two projectors (issue 2's
-set-up: no policy, no alerts).
+By default the workers are what ``budget up`` runs (``services.stack.STACK_WORKERS``);
+``--workers`` takes any names ``budget worker`` accepts (a projection, or a group of
+them) and the services. When the alert evaluator runs, a per-user policy
+(``--user-limit``, $0.50 a month) is the stream's first event, so users cross 80, 95 and
+100 % while the benchmark runs (each phase has users of its own; ``--user-limit 0.08``
+makes every user cross all three within 20 s at 1,000/s).
 
-Figures (one JSON line each):
-- ``producer_events_per_s``: ``record_usage`` calls per second (pricing + publish, acked).
-- ``end_to_end_events_per_s``: N events from the first publish until committed in every
-  projection.
-- ``lag_p50_ms`` / ``lag_p99_ms`` at a steady rate: publish -> committed in every
-  projection that reads usage, per event (the checkpoints are polled every ~5 ms).
+Figures (one JSON line each), in the order the phases run:
+
+- ``catch_up_events_per_s``: ``--catch-up`` N usage events are published while no worker
+  runs (the producer alone); then the workers start, and the figure is N over the time
+  from their start until every usage projection's checkpoint reaches the stream's last
+  sequence (``startup_s``: until each had committed its first batch).
+- ``producer_events_per_s``: ``record_usage`` calls per second (pricing + publish, acked)
+  while the workers consume.
+- ``end_to_end_events_per_s``: ``--events`` N events from the first publish until
+  committed in every usage projection.
+- ``lag_p50_ms`` / ``lag_p99_ms`` at a steady ``--rate`` for ``--seconds``: publish ->
+  committed in every projection that reads usage, per event (checkpoints polled every
+  ~5 ms).
 - ``alert_latency_p50_ms`` / ``alert_latency_p99_ms`` at the steady rate: publish of the
   event that crossed a threshold -> the alert received on ``<prefix>.alerts.>``.
-- ``rebuild_<projection>_events_per_s``: rebuilding each projection from the log.
+- ``rebuild_<projection>_events_per_s``: rebuilding each usage projection from the log
+  (in this process, while the workers idle).
+- ``cpu_us_per_event``, after each of those phases (``catch_up``, ``end_to_end``,
+  ``steady``, ``rebuild_<projection>``): CPU µs per event of each ``process`` (each worker
+  by its name, ``postgres``: all of its processes, ``nats``, and this process as
+  ``producer`` or ``rebuild``), and the ``total`` with the cores it kept busy and
+  ``others_cores_busy`` (the rest of the machine, which skews the figures). The
+  catch-up's is over the time every usage projection was running (after ``startup_s``).
 
-Run: ``./run python bench/ingest.py [--events 200000] [--rate 5000 --seconds 20]``.
+Issue 14's figures, one command each (run each 3 times back to back; medians):
+
+    # rebuild spend and history from a stream of 200,000 usage events
+    ./run python bench/ingest.py --workers spend,history --catch-up 200000 --events 0 --seconds 0
+    # every usage projection catching up from a filled stream, every worker of `budget up`
+    ./run python bench/ingest.py --catch-up 200000 --events 0 --seconds 0 --no-rebuild
+    # end to end, one producer, every worker live
+    ./run python bench/ingest.py --catch-up 0 --events 200000 --seconds 0 --no-rebuild
+    # publish -> commit lag at a steady 2,000/s, every worker live
+    ./run python bench/ingest.py --catch-up 0 --events 0 --rate 2000 --seconds 20 --no-rebuild
+    # crossing -> alert on NATS at a steady 1,000/s (a limit every user crosses in 20 s)
+    ./run python bench/ingest.py --catch-up 0 --events 0 --rate 1000 --seconds 20 --no-rebuild \\
+        --user-limit 0.08
+
+A plain ``./run python bench/ingest.py`` runs every phase on one stack (the rebuilds then
+read the catch-up's, the full-speed and the steady phase's events).
 """
 
 from __future__ import annotations
@@ -28,21 +58,29 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 import nats
+from cpu import CpuMeter, Usage
 from nats.aio.msg import Msg
+from progress import (
+    Checkpoints,
+    check_workers,
+    committed,
+    stream_last_seq,
+    usage_readers,
+    wait_until_committed,
+)
 from stack import embedded_stack
 
 from budget.config import Settings
-from budget.manager import BudgetManager
-from budget.tracker import UsageTracker, get_usage_tracker
-from events import BudgetPolicy, UsageRecorded
+from budget.tracker import UsageTracker, get_usage_tracker, start_usage_tracker
+from events import BudgetPolicy, PolicySet, UsageRecorded, utc_now
 from projections.db import connect
-from projections.engine.projection import Connection
 from projections.engine.rebuild import rebuild
 from projections.registry import PROJECTIONS
-from services.stack import SERVICES, StackInfo
+from services.stack import STACK_WORKERS, StackInfo
 from services.worker import tune_gc
 
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4")]
@@ -54,7 +92,22 @@ def emit(figure: str, value: float, unit: str, **extra: object) -> None:
     )
 
 
-ALL_WORKERS = [*PROJECTIONS, *SERVICES]
+def emit_cpu(phase: str, usage: Usage, events: int, *, this_process: str) -> None:
+    """``cpu_us_per_event`` of each process in ``phase``, then their total."""
+    for process, value in usage.per_unit(events).items():
+        name = this_process if process == "benchmark" else process
+        emit("cpu_us_per_event", value, "us/event", phase=phase, process=name, events=events)
+    emit(
+        "cpu_us_per_event",
+        sum(usage.cpu.values()) * 1e6 / max(events, 1),
+        "us/event",
+        phase=phase,
+        process="total",
+        events=events,
+        seconds=round(usage.seconds, 2),
+        cores_busy=round(usage.cores_busy, 2),
+        others_cores_busy=round(usage.others_cores_busy(), 2),
+    )
 
 
 async def record(tracker: UsageTracker, i: int, users: str = "user") -> UsageRecorded:
@@ -70,59 +123,54 @@ async def record(tracker: UsageTracker, i: int, users: str = "user") -> UsageRec
     )
 
 
-class Checkpoints:
-    """The lowest checkpoint over the running projections that read usage, polled in the
-    background."""
+@dataclass(frozen=True)
+class Filled:
+    """The stream as the workers found it: ``events`` usage events up to ``last_seq``."""
 
-    def __init__(self, database_url: str, workers: Sequence[str]) -> None:
-        self.database_url = database_url
-        self.readers = [
-            n for n in workers if n in PROJECTIONS and UsageRecorded in PROJECTIONS[n].event_types
-        ]
-        self.samples: list[tuple[float, int]] = []
-
-    async def lowest(self, conn: Connection) -> int:
-        cursor = await conn.execute(
-            "SELECT min(stream_seq) FROM projection_checkpoints c JOIN projection_registry r"
-            " ON r.name = c.name AND r.active_version = c.version WHERE c.name = ANY(%s)",
-            (self.readers,),
-        )
-        row = await cursor.fetchone()
-        return int(row[0] or 0)
-
-    async def poll(self, stop: asyncio.Event, interval: float = 0.005) -> None:
-        conn = await connect(self.database_url)
-        try:
-            while not stop.is_set():
-                self.samples.append((time.perf_counter(), await self.lowest(conn)))
-                await asyncio.sleep(interval)
-        finally:
-            await conn.close()
-
-    def committed_at(self, seq: int) -> float | None:
-        for at, done in self.samples:  # samples are in time order and non-decreasing
-            if done >= seq:
-                return at
-        return None
+    events: int
+    last_seq: int
+    at: float
 
 
-async def wait_until_committed(checkpoints: Checkpoints, seq: int) -> float:
-    conn = await connect(checkpoints.database_url)
+async def fill(settings: Settings, n: int, user_limit: Decimal | None) -> Filled:
+    """The policy (if any), then ``n`` usage events, published before any worker runs."""
+    tracker = await start_usage_tracker(settings)
+    if user_limit is not None:
+        policy = BudgetPolicy(name="bench per user", scope="user", limit_amount=user_limit)
+        await tracker.publisher.publish(PolicySet(occurred_at=utc_now(), policy=policy))
+    for i in range(n):
+        await record(tracker, i, users="catch-up")
+    await tracker.flush()
+    await tracker.close()
+    last = await stream_last_seq(settings.nats_url, settings)
+    return Filled(n, last, time.perf_counter())
+
+
+async def catch_up(info: StackInfo, filled: Filled, workers: Sequence[str]) -> None:
+    checkpoints = Checkpoints(info.database_url, workers)
+    meter = CpuMeter(info.data_dir)
+    conn = await connect(info.database_url)
     try:
-        while await checkpoints.lowest(conn) < seq:  # noqa: ASYNC110 - polling the database
-            await asyncio.sleep(0.005)
-        return time.perf_counter()
+        # Polled every 20 ms, not 5: a catch-up takes seconds, and each poll is a query
+        # on the same two cores.
+        first = filled.last_seq - filled.events + 1
+        lowest = await committed(checkpoints, conn, first, 0.02)  # every reader has begun
+        started, running = time.perf_counter(), meter.reading()
+        await committed(checkpoints, conn, filled.last_seq, 0.02)
+        done, usage = time.perf_counter(), meter.since(running)
     finally:
         await conn.close()
-
-
-async def stream_last_seq(nats_url: str, settings: Settings) -> int:
-    nc = await nats.connect(nats_url)
-    try:
-        info = await nc.jetstream().stream_info(settings.topology.event_stream.name)
-        return int(info.state.last_seq)
-    finally:
-        await nc.close()
+    applied = filled.last_seq - lowest
+    emit(
+        "catch_up_events_per_s",
+        filled.events / (done - filled.at),
+        "events/s",
+        events=filled.events,
+        startup_s=round(started - filled.at, 2),
+        running_events_per_s=round(applied / (done - started)) if applied else None,
+    )
+    if applied:
+        emit_cpu("catch_up", usage, applied, this_process="benchmark")
 
 
 async def full_speed(
@@ -130,14 +178,16 @@ async def full_speed(
 ) -> None:
     base = await stream_last_seq(info.nats_url, settings)
     checkpoints = Checkpoints(info.database_url, workers)
-    start = time.perf_counter()
-    for i in range(n):
-        await record(tracker, i)
-    await tracker.flush()
-    produced = time.perf_counter()
-    done = await wait_until_committed(checkpoints, base + n)
+    with CpuMeter(info.data_dir).measure() as usage:
+        start = time.perf_counter()
+        for i in range(n):
+            await record(tracker, i)
+        await tracker.flush()
+        produced = time.perf_counter()
+        done = await wait_until_committed(checkpoints, base + n)
     emit("producer_events_per_s", n / (produced - start), "events/s", events=n)
     emit("end_to_end_events_per_s", n / (done - start), "events/s", events=n)
+    emit_cpu("end_to_end", usage, n, this_process="producer")
 
 
 async def steady(
@@ -161,18 +211,19 @@ async def steady(
     await nc.subscribe(f"{settings.topology.prefix}.alerts.>", cb=on_alert)
     sent: list[float] = []
     published: dict[str, float] = {}
-    start = time.perf_counter()
     total = int(rate * seconds)
-    for i in range(total):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sent.append(time.perf_counter())
-        event = await record(tracker, i, users="steady")
-        published[str(event.event_id)] = sent[-1]
-    await tracker.flush()
-    await wait_until_committed(checkpoints, base + total)
+    with CpuMeter(info.data_dir).measure() as usage:
+        start = time.perf_counter()
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent.append(time.perf_counter())
+            event = await record(tracker, i, users="steady")
+            published[str(event.event_id)] = sent[-1]
+        await tracker.flush()
+        await wait_until_committed(checkpoints, base + total)
     await asyncio.sleep(1.0)  # the last alerts
     stop.set()
     await poller
@@ -191,41 +242,51 @@ async def steady(
     achieved = total / (sent[-1] - start)
     emit("lag_p50_ms", quantiles[49], "ms", rate=rate, achieved_rate=round(achieved))
     emit("lag_p99_ms", quantiles[98], "ms", rate=rate, achieved_rate=round(achieved))
+    emit_cpu("steady", usage, total, this_process="producer")
 
 
 async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) -> None:
     tune_gc()  # as `budget projections rebuild` does
+    meter = CpuMeter(info.data_dir)
     nc = await nats.connect(info.nats_url)
     try:
         total = await stream_last_seq(info.nats_url, settings)
         for name in names:
-            start = time.perf_counter()
-            await rebuild(
-                PROJECTIONS[name], nc=nc, database_url=info.database_url, topology=settings.topology
-            )
-            emit(
-                f"rebuild_{name}_events_per_s",
-                total / (time.perf_counter() - start),
-                "events/s",
-                events=total,
-            )
+            with meter.measure() as usage:
+                start = time.perf_counter()
+                await rebuild(
+                    PROJECTIONS[name],
+                    nc=nc,
+                    database_url=info.database_url,
+                    topology=settings.topology,
+                )
+                seconds = time.perf_counter() - start
+            emit(f"rebuild_{name}_events_per_s", total / seconds, "events/s", events=total)
+            emit_cpu(f"rebuild_{name}", usage, total, this_process="rebuild")
     finally:
         await nc.close()
 
 
 async def main(args: argparse.Namespace) -> None:
     workers = args.workers.split(",")
-    unknown = set(workers) - set(ALL_WORKERS)
-    if unknown:
-        raise SystemExit(f"unknown workers {sorted(unknown)}; choose from {ALL_WORKERS}")
-    async with embedded_stack("ingest", workers=workers) as (info, settings):
+    check_workers(workers)
+    readers = usage_readers(workers)
+    filled: list[Filled] = []
+
+    async def before_workers(nats_url: str, database_url: str, settings: Settings) -> None:
+        here = settings.model_copy(update={"nats_url": nats_url, "database_url": database_url})
+        alerting = "alerts" in readers
+        filled.append(await fill(here, args.catch_up, args.user_limit if alerting else None))
+
+    async with embedded_stack("ingest", workers=workers, before_workers=before_workers) as (
+        info,
+        settings,
+    ):
+        if args.catch_up:
+            await catch_up(info, filled[0], workers)
         tracker = await get_usage_tracker(settings)
-        if {"policies", "query-service"} <= set(workers):
-            await BudgetManager(settings, tracker, apply_timeout=60).set_policy(
-                BudgetPolicy(name="bench per user", scope="user", limit_amount=args.user_limit)
-            )
         for i in range(1000):  # warm up: connections, price cache, worker consumers
-            await record(tracker, i)
+            await record(tracker, i, users="warm-up")
         await tracker.flush()
         # The workers start in parallel with this process: measure only once they run.
         warm = await stream_last_seq(info.nats_url, settings)
@@ -236,19 +297,22 @@ async def main(args: argparse.Namespace) -> None:
             await steady(tracker, info, settings, args.rate, args.seconds, workers)
         await tracker.close()
         if args.rebuild:
-            await rebuilds(info, settings, [n for n in workers if n in PROJECTIONS])
+            await rebuilds(info, settings, readers)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--catch-up", type=int, default=200_000, help="events published before workers start"
+    )
     parser.add_argument("--events", type=int, default=200_000, help="full-speed events")
-    parser.add_argument("--rate", type=float, default=5000, help="steady rate, events/s")
+    parser.add_argument("--rate", type=float, default=2000, help="steady rate, events/s")
     parser.add_argument("--seconds", type=float, default=20, help="steady phase length")
     parser.add_argument("--no-rebuild", dest="rebuild", action="store_false")
     parser.add_argument(
         "--workers",
-        default=",".join(ALL_WORKERS),
-        help="comma-separated workers to run (default: all that `budget up` runs)",
+        default=",".join(STACK_WORKERS),
+        help="comma-separated workers and services to run (default: what `budget up` runs)",
     )
     parser.add_argument(
         "--user-limit",

@@ -21,10 +21,9 @@ from typing import Any
 import httpx
 
 from budget.config import Settings
-from projections.registry import PROJECTIONS
 from services.api.keys import first_admin_key
 from services.ops import nats_client, prepare
-from services.stack import SERVICES, StackInfo, kept_port, serve_stack
+from services.stack import STACK_WORKERS, StackInfo, kept_port, serve_stack
 
 __all__ = ["ApiAccess", "BeforeWorkers", "api_access", "embedded_stack"]
 
@@ -72,7 +71,7 @@ async def embedded_stack(
     stack = asyncio.create_task(
         serve_stack(
             data_dir,
-            list(workers or [*PROJECTIONS, *SERVICES]),
+            list(workers or STACK_WORKERS),
             prepare=prepare_stack,
             on_ready=ready.set_result,
             stop=stop,

@@ -32,7 +32,7 @@ from projections.engine.log import LogError
 from projections.engine.rebuild import Progress, rebuild
 from projections.engine.runner import EngineConfig
 from projections.queries import projection_status, spend_for_period
-from projections.registry import GROUPS, PROJECTIONS, WORKERS, get_projection, worker_projections
+from projections.registry import GROUPS, PROJECTIONS, get_projection, worker_projections
 from services.cli_alerts import alerts_app
 from services.cli_context import settings, tracker, use_settings, validation_message
 from services.cli_keys import keys_app
@@ -114,7 +114,7 @@ def up(
     cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, write_config
-    from services.stack import SERVICES, kept_port, run_stack
+    from services.stack import STACK_WORKERS, kept_port, run_stack
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
@@ -132,7 +132,7 @@ def up(
     raise typer.Exit(
         run_stack(
             directory,
-            [*WORKERS, *SERVICES],
+            STACK_WORKERS,
             prepare=prepare_stack,
             nats_port=nats_port,
             nats_config=nats_config,

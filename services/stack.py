@@ -40,12 +40,14 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from budget.config import shown_url
+from projections.registry import WORKERS
 from services.credentials import credentials_dir
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 __all__ = [
     "DEFAULT_DATA_DIR",
     "SERVICES",
+    "STACK_WORKERS",
     "PrepareFn",
     "StackError",
     "StackInfo",
@@ -70,6 +72,11 @@ WorkerCommand = Callable[[str], Sequence[str]]
 
 SERVICES = ("enforcer", "notifier", "query-service", "api")
 """Supervised processes that are not projection workers (``budget <name>``)."""
+
+STACK_WORKERS = (*WORKERS, *SERVICES)
+"""What ``budget up`` runs, each its own process: ``budget worker NAME`` for a projection
+or a group of them, ``budget NAME`` for a service (the benchmarks run the same set by
+default)."""
 
 
 def default_worker_command(name: str) -> list[str]:

@@ -25,10 +25,9 @@ import httpx
 
 from budget.config import Settings
 from events import ApiRole, Topology
-from projections.registry import PROJECTIONS
 from services.api.keys import first_admin_key
 from services.ops import nats_client, prepare
-from services.stack import SERVICES, default_worker_command
+from services.stack import STACK_WORKERS, default_worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +144,7 @@ def live_stack(
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name in [*PROJECTIONS, *SERVICES]:
+        for name in STACK_WORKERS:
             with (log_dir / f"{name}.log").open("wb") as log:
                 procs[name] = subprocess.Popen(
                     default_worker_command(name),

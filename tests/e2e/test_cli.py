@@ -36,8 +36,8 @@ from nats.js.errors import NotFoundError
 from budget.periods import Period
 from events import Topology, UsageRecorded
 from projections.engine.projection import physical
-from projections.registry import PROJECTIONS, WORKERS
-from services.stack import SERVICES
+from projections.registry import PROJECTIONS
+from services.stack import STACK_WORKERS
 
 from support import ROOT, publish, start_of, usage_event
 
@@ -682,7 +682,7 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     )
     assert banner is not None, up.output()
     assert f"export BUDGET_NATS_URL={banner.nats_url}" in up.output()
-    assert sorted(banner.worker_pids) == sorted([*WORKERS, *SERVICES])
+    assert sorted(banner.worker_pids) == sorted(STACK_WORKERS)
     stack = json.loads((budget_up.data_dir / "stack.json").read_text())
     servers = {"nats": stack["nats_pid"], "postgres": stack["postgres_pid"]}
 
