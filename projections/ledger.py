@@ -100,7 +100,7 @@ class Ledger:
         table columns to set, column -> attribute of the correction (as JSON for models).
 
         Raises ``Rejected`` naming every correction of an unknown event in the batch."""
-        corrections = [(a, a.event) for a in batch if isinstance(a.event, UsageRepriced)]
+        corrections = [(a, e) for a in batch if (e := a.event_of(UsageRepriced)) is not None]
         await self._refuse_unknown(conn, corrections)
         booked = []
         for applied, event in corrections:

@@ -59,7 +59,7 @@ SOURCE = (
 def usage_rows(batch: Sequence[Applied]) -> tuple[str, tuple[str, str]] | None:
     """``(FROM-clause, params)`` over the usage events of ``batch``, or None if there are
     none. Columns: e.* (event fields), s.stream_seq, u.* (usage classes, ``images``)."""
-    usage = [a for a in batch if isinstance(a.event, UsageRecorded)]
+    usage = [a for a in batch if a.event_type is UsageRecorded]
     if not usage:
         return None
     documents = "[" + ",".join(a.document for a in usage) + "]"

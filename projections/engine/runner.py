@@ -203,7 +203,7 @@ class ProjectionRunner:
             for delivery, reason in bad:
                 await dead_letter(self._js, self._topology, self.durable, delivery, reason)
             last_seq = max(batch[-1].stream_seq, checkpoint)
-            newest = max((a.event.occurred_at for a in fresh), default=None)
+            newest = max((a.occurred_at for a in fresh), default=None)
             await conn.execute(
                 "UPDATE projection_checkpoints SET stream_seq = %s,"
                 " events_applied = events_applied + %s,"
