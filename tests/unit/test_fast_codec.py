@@ -85,7 +85,6 @@ def _payload(**changes: Any) -> dict[str, Any]:
         {"usage": {"input_uncached": 300.0}},
         {"usage": {"input_uncached": True}},
         {"cost": 0.00425},
-        {"cost": " 0.00425"},
         {"occurred_at": 1767268800},
         {"occurred_at": "2026-01-01 12:00:00Z"},
         {"occurred_at": "2026-01-01T12:00Z"},
