@@ -49,6 +49,7 @@ from events import (
     UsageRecorded,
     UsageRepriced,
 )
+from events.fast_codec import FastUsageRecorded
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.change_log import ChangeLog
 from projections.engine.projection import Applied, Connection, Projection, physical
@@ -87,7 +88,9 @@ class _Counted:
     spent: Spent
 
     @classmethod
-    def of_usage(cls, stream_seq: int, event: UsageRecorded, cost: Decimal) -> _Counted:
+    def of_usage(
+        cls, stream_seq: int, event: FastUsageRecorded | UsageRecorded, cost: Decimal
+    ) -> _Counted:
         return cls(stream_seq, CallScope.of(event), Spent(event.event_id, event.occurred_at, cost))
 
     @classmethod
@@ -177,7 +180,7 @@ class AlertsProjection(Projection):
         }
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        for is_usage, run in itertools.groupby(batch, lambda a: isinstance(a.event, _USAGE)):
+        for is_usage, run in itertools.groupby(batch, lambda a: a.event_type in _USAGE):
             segment = list(run)
             if is_usage:
                 await self._apply_usage(conn, version, segment)
@@ -207,7 +210,7 @@ class AlertsProjection(Projection):
         self, conn: Connection, version: int, segment: list[Applied]
     ) -> list[_Counted]:
         """The segment's priced usage events not counted before (as the spend code sees it)."""
-        usage = [(a, a.event) for a in segment if isinstance(a.event, UsageRecorded)]
+        usage = [(a, a.recorded) for a in segment if a.event_type is UsageRecorded]
         ledger = physical(self.spend.tables[1], version)
         cursor = await conn.execute(
             f"SELECT event_id FROM {ledger} WHERE event_id = ANY(%s)".encode(),

@@ -4,35 +4,74 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from psycopg import AsyncConnection
 
-from events import Event, Topology
+from events import Event, Topology, UsageRecorded, canonical
+from events.fast_codec import FastEvent, FastUsageRecorded, document
 
 __all__ = ["Applied", "Projection", "Rejected", "SharedLedger", "physical"]
 
 Connection = AsyncConnection[Any]
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
     """A validated event, its position in the log, and its canonical JSON (what the
-    projections hand to PostgreSQL: defaults filled in, UTC times)."""
+    projections hand to PostgreSQL: defaults filled in, UTC times).
+
+    Usage events usually come from the fast decoder (``events.fast_codec``): their
+    pydantic model is built only when code asks for ``event``. Dispatch on
+    ``event_type``; read a usage event's values through ``recorded``."""
 
     stream_seq: int
-    event: Event
+    event_type: type[Event]
+    occurred_at: datetime
+    """UTC."""
     document: str
+    _decoded: FastEvent | Event = field(repr=False, compare=False)
+    _model: list[Event] = field(default_factory=list, repr=False, compare=False)
+    """The pydantic model once built (a list, so a frozen instance can cache it)."""
+
+    @classmethod
+    def of(cls, stream_seq: int, event: Event) -> Applied:
+        """An event decoded by pydantic (``events.decode``)."""
+        return cls(stream_seq, type(event), event.occurred_at, canonical(event), event, [event])
+
+    @classmethod
+    def of_fast(cls, stream_seq: int, event: FastEvent) -> Applied:
+        """An event decoded by the fast decoder."""
+        return cls(stream_seq, event.MODEL, event.occurred_at, document(event), event)
 
     @property
-    def event_type(self) -> type[Event]:
-        return type(self.event)
+    def event(self) -> Event:
+        """The pydantic model, built on first use: only code that needs it pays for it."""
+        if not self._model:
+            # The fast decoder accepts only what pydantic accepts with identical values,
+            # and the canonical JSON reads back as the same event.
+            self._model.append(self.event_type.model_validate_json(self.document))
+        return self._model[0]
+
+    def event_of(self, event_type: type[E]) -> E | None:
+        """The pydantic model if this is an ``event_type``, else None (built only then)."""
+        if not issubclass(self.event_type, event_type):
+            return None
+        event = self.event
+        assert isinstance(event, event_type)
+        return event
 
     @property
-    def occurred_at(self) -> datetime:
-        return self.event.occurred_at
+    def recorded(self) -> FastUsageRecorded | UsageRecorded:
+        """A ``UsageRecorded``'s values, with the model's attribute names, without building
+        the model when the fast decoder read it."""
+        decoded = self._decoded
+        if not isinstance(decoded, FastUsageRecorded | UsageRecorded):
+            raise TypeError(f"{self.event_type.__name__} is not a UsageRecorded")
+        return decoded
 
 
 class Rejected(Exception):

@@ -18,7 +18,6 @@ from events import (
     PolicySet,
     UsageRecorded,
     UsageRepriced,
-    canonical,
 )
 from projections.db import connect
 from projections.engine.checkpoints import create_version, drop_version
@@ -113,7 +112,7 @@ def build_log(generated: list[Step]) -> list[Event]:
 
 def applied(events: list[Event]) -> list[Applied]:
     """The events as the engine hands them to a projection, at sequences 1, 2, ..."""
-    return [Applied(seq, event, canonical(event)) for seq, event in enumerate(events, 1)]
+    return [Applied.of(seq, event) for seq, event in enumerate(events, 1)]
 
 
 def split(log: list[Applied], cuts: list[bool]) -> list[list[Applied]]:

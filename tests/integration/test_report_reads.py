@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from events import canonical, utc_now
+from events import utc_now
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.projection import Applied, Connection
@@ -37,9 +37,7 @@ async def conn(db: str) -> AsyncIterator[Connection]:
     await ensure_projection(connection, reports)
     events = [usage_event(at=at, project="apollo") for at in CALLS]
     async with connection.transaction():
-        await reports.apply(
-            connection, 1, [Applied(n, e, canonical(e)) for n, e in enumerate(events, 1)]
-        )
+        await reports.apply(connection, 1, [Applied.of(n, e) for n, e in enumerate(events, 1)])
     yield connection
     await connection.close()
 

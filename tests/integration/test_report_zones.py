@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from budget.config import Settings
 from budget.periods import local_midnight
 from budget.reports import ReportGenerator
-from events import Topology, UsageRecorded, canonical, utc_now
+from events import Topology, UsageRecorded, utc_now
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.projection import Applied, Connection
@@ -84,7 +84,7 @@ def scenarios(draw: st.DrawFn) -> tuple[ZoneInfo, date, int, list[tuple[datetime
 
 
 def _applied(event: UsageRecorded) -> Applied:
-    return Applied(next(_SEQ), event, canonical(event))
+    return Applied.of(next(_SEQ), event)
 
 
 @settings(
