@@ -1,16 +1,22 @@
-"""A batch of usage events as rows in PostgreSQL, parsed once for every projection that
+"""A batch of usage events as rows in PostgreSQL, staged once for every projection that
 reads them.
 
-The engine hands each validated event over as its canonical JSON; one ``jsonb``
-parameter carries the whole batch and ``jsonb_to_recordset`` types it in C. Parsing costs
-PostgreSQL more than anything the projections then do with a row (~16 µs per event for
-the ``jsonb`` alone, measured), so the ledger stages each batch once in the session's
-``usage_batch`` table and every projection of the transaction reads it from there.
+The ledger stages each batch in the session's temporary ``usage_batch`` table with one
+binary COPY of the decoded values, and every projection of the transaction reads its rows
+there. Measured per event on 2,000-event batches: PostgreSQL spends 2.0 µs on a binary
+COPY row against 10.5 µs parsing the same event from one ``jsonb`` parameter (which a
+group of three projections and the ledger used to parse four times); building and sending
+the row costs the consumer ~4-6 µs, where PostgreSQL, one backend per consumer, is the
+tighter limit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import msgspec
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel
 
 from events import UsageRecorded
 from projections.engine.projection import Applied, Connection
@@ -26,22 +32,6 @@ USAGE_MEASURES = (
     ("output_reasoning", "bigint"),
     ("embedding_tokens", "bigint"),
     ("audio_seconds", "numeric"),
-)
-
-_EVENT_FIELDS = (
-    ("event_id", "uuid"),
-    ("occurred_at", "timestamptz"),
-    ("provider", "text"),
-    ("model", "text"),
-    ("kind", "text"),
-    ("user_id", "text"),
-    ("project_id", "text"),
-    ("cost", "numeric"),
-    ("unpriced_reason", "text"),
-    ("usage", "jsonb"),
-    ("tags", "jsonb"),
-    ("price", "jsonb"),
-    ("reservation_id", "text"),
 )
 
 STAGED = "usage_batch"
@@ -73,19 +63,14 @@ def _typed(columns: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {sql_type}" for name, sql_type in columns)
 
 
+_TYPES = [sql_type for _, sql_type, _ in STAGED_COLUMNS]
+_COPY = (
+    f"COPY {STAGED} ({', '.join(name for name, _, _ in STAGED_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
 STAGING_DDL = (
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGED}"
     f" ({_typed([(name, sql_type) for name, sql_type, _ in STAGED_COLUMNS])})"
     " ON COMMIT DELETE ROWS"
-)
-_INSERT = (
-    f"INSERT INTO {STAGED} ({', '.join(name for name, _, _ in STAGED_COLUMNS)})"
-    f" SELECT {', '.join(expression for _, _, expression in STAGED_COLUMNS)}"
-    f" FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({_typed(_EVENT_FIELDS)}))"
-    f" WITH ORDINALITY AS e({', '.join(name for name, _ in _EVENT_FIELDS)}, ord)"
-    " JOIN unnest(%s::bigint[]) WITH ORDINALITY AS s(stream_seq, ord) USING (ord)"
-    " CROSS JOIN LATERAL jsonb_to_record(e.usage)"
-    f" AS u({_typed(USAGE_MEASURES)}, images jsonb)"
 )
 
 
@@ -102,12 +87,55 @@ def staged_seqs(batch: Sequence[Applied]) -> str | None:
 
 
 async def stage(conn: Connection, batch: Sequence[Applied]) -> bool:
-    """Parse the batch's usage events into ``usage_batch`` (inside the caller's
+    """Copy the batch's usage events into ``usage_batch`` (inside the caller's
     transaction); False if it has none."""
     usage = _usage(batch)
     if not usage:
         return False
-    documents = "[" + ",".join(a.document for a in usage) + "]"
     await conn.execute(STAGING_DDL.encode())
-    await conn.execute(_INSERT.encode(), (documents, staged_seqs(usage)))
+    async with conn.cursor().copy(_COPY) as copy:
+        copy.set_types(_TYPES)
+        for applied in usage:
+            await copy.write_row(_row(applied))
     return True
+
+
+def _row(applied: Applied) -> tuple[object, ...]:
+    """The ``usage_batch`` row of a usage event, in ``STAGED_COLUMNS`` order."""
+    event = applied.recorded
+    usage, images, price = event.usage, event.usage.images, event.price
+    return (
+        event.event_id,
+        applied.stream_seq,
+        event.occurred_at,
+        event.provider,
+        event.model,
+        event.kind,
+        event.user_id,
+        event.project_id,
+        event.cost,
+        event.unpriced_reason,
+        usage.input_uncached,
+        usage.input_cache_read,
+        usage.input_cache_write,
+        usage.output_text,
+        usage.output_reasoning,
+        usage.embedding_tokens,
+        usage.audio_seconds,
+        None if images is None else images.count,
+        None if images is None else images.size,
+        None if images is None else images.quality,
+        Jsonb(event.tags, dumps=_json),
+        None if price is None else Jsonb(price, dumps=_json),
+        event.reservation_id,
+    )
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(value: object) -> bytes | str:
+    """Canonical JSON (None values left out) of a fast struct, a model, or a dict."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(exclude_none=True)
+    return _encode(value)
