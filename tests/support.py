@@ -30,7 +30,7 @@ from events import (
     utc_now,
 )
 from projections.db import connect
-from projections.engine.projection import Connection, Projection
+from projections.engine.projection import Applied, Connection, Projection
 from projections.engine.runner import EngineConfig, ProjectionRunner
 from services.query_service import QueryService
 
@@ -135,6 +135,16 @@ async def catch_up(
         await runner.catch_up()
     finally:
         await runner.close()
+
+
+async def apply_batch(
+    conn: Connection, projection: Projection, version: int, batch: Sequence[Applied]
+) -> None:
+    """What the engine does with a batch for one projection, minus the checkpoint: record
+    it in the projection's shared ledger first (inside the caller's transaction)."""
+    if projection.ledger is not None:
+        await projection.ledger.record(conn, batch, writer=f"test-{projection.name}-{version}")
+    await projection.apply(conn, version, batch)
 
 
 async def rows(database_url: str, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -24,7 +24,7 @@ from projections.engine.checkpoints import create_version, drop_version
 from projections.engine.projection import Applied, Projection, physical
 from projections.ledger import SHARED_LEDGER
 
-from support import usage_event
+from support import apply_batch, usage_event
 
 __all__ = [
     "AT",
@@ -161,9 +161,7 @@ async def run_fresh_version(
             await conn.execute(f"TRUNCATE {', '.join(SHARED_LEDGER.tables)}".encode())
         for batch in batches:
             async with conn.transaction():
-                if projection.ledger is not None:
-                    await projection.ledger.record(conn, batch, writer=f"test-{version}")
-                await projection.apply(conn, version, batch)
+                await apply_batch(conn, projection, version, batch)
         results = []
         for query in queries:
             cursor = await conn.execute(query.format(**tables).encode())

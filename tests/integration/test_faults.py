@@ -22,6 +22,7 @@ from projections.engine.checkpoints import ensure_projection
 from projections.engine.log import declare_streams
 from projections.engine.rebuild import rebuild
 from projections.migrate import migrate
+from projections.registry import worker_projections
 from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -30,23 +31,32 @@ from support import budget_process, catch_up, publish, rows, varied_events, wait
 EVENTS = 20_000
 
 
-async def checkpoint(db: str) -> int:
-    found = await rows(db, "SELECT stream_seq FROM projection_checkpoints WHERE name = 'spend'")
-    return int(found[0][0]) if found else 0
+async def checkpoint(db: str, names: tuple[str, ...] = ("spend",)) -> int:
+    """The lowest checkpoint of the projections ``names``."""
+    found = await rows(
+        db,
+        "SELECT min(stream_seq) FROM projection_checkpoints WHERE name = ANY(%s)",
+        (list(names),),
+    )
+    return int(found[0][0] or 0)
 
 
+@pytest.mark.parametrize("worker_name", ["spend", "usage"])
 async def test_worker_killed_mid_batch_and_restarted_leaves_totals_exact(
-    nc: Client, db: str, topology: Topology, nats_url: str
+    nc: Client, db: str, topology: Topology, nats_url: str, worker_name: str
 ) -> None:
     events = varied_events(EVENTS)
     await publish(nc, topology, events)
+    projections = worker_projections(worker_name)
+    names = tuple(p.name for p in projections)
     conn = await connect(db)
-    await ensure_projection(conn, SpendProjection())
+    for projection in projections:
+        await ensure_projection(conn, projection)
     await conn.close()
 
     def start_worker() -> subprocess.Popen[bytes]:
         return budget_process(
-            ["worker", "spend"], nats_url=nats_url, database_url=db, topology=topology
+            ["worker", worker_name], nats_url=nats_url, database_url=db, topology=topology
         )
 
     kills = 0
@@ -55,20 +65,20 @@ async def test_worker_killed_mid_batch_and_restarted_leaves_totals_exact(
 
         async def past(target: int = int(EVENTS * fraction)) -> bool:
             """the worker got past the kill point"""
-            return await checkpoint(db) >= target
+            return await checkpoint(db, names) >= target
 
         await wait_for(past, within=60, interval=0.005)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         kills += 1
-        assert await checkpoint(db) < EVENTS, "killed too late to be mid-stream"
+        assert await checkpoint(db, names) < EVENTS, "killed too late to be mid-stream"
 
     worker = start_worker()
     try:
 
         async def done() -> bool:
             """the restarted worker committed the whole log"""
-            return await checkpoint(db) == EVENTS
+            return await checkpoint(db, names) == EVENTS
 
         await wait_for(done, within=120)
     finally:
@@ -76,13 +86,23 @@ async def test_worker_killed_mid_batch_and_restarted_leaves_totals_exact(
         assert worker.wait(timeout=30) == 0
 
     expected_cost = sum((e.cost for e in events if e.cost is not None), Decimal(0))
+    unpriced = sum(1 for e in events if e.cost is None)
     assert kills == 2
     assert await rows(
         db,
         "SELECT sum(requests), sum(cost), sum(unpriced_requests) FROM spend_totals"
         " WHERE scope = 'global' AND period = 'monthly'",
-    ) == [(EVENTS, expected_cost, sum(1 for e in events if e.cost is None))]
+    ) == [(EVENTS, expected_cost, unpriced)]
     assert await rows(db, "SELECT count(*) FROM spend_ledger") == [(EVENTS,)]
+    if worker_name == "usage":
+        assert await rows(db, "SELECT count(*), sum(cost) FROM usage_history") == [
+            (EVENTS, expected_cost)
+        ]
+        assert await rows(
+            db,
+            "SELECT sum(requests), sum(cost), sum(unpriced_requests) FROM report_daily"
+            " WHERE dimension = 'total'",
+        ) == [(EVENTS, expected_cost, unpriced)]
 
 
 @pytest.fixture

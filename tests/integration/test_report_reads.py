@@ -18,7 +18,7 @@ from projections.engine.projection import Applied, Connection
 from projections.registry import get_projection
 from projections.report_queries import ReportBuilder
 
-from support import usage_event
+from support import apply_batch, usage_event
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,9 @@ async def conn(db: str) -> AsyncIterator[Connection]:
     await ensure_projection(connection, reports)
     events = [usage_event(at=at, project="apollo") for at in CALLS]
     async with connection.transaction():
-        await reports.apply(connection, 1, [Applied.of(n, e) for n, e in enumerate(events, 1)])
+        await apply_batch(
+            connection, reports, 1, [Applied.of(n, e) for n, e in enumerate(events, 1)]
+        )
     yield connection
     await connection.close()
 

@@ -27,7 +27,7 @@ from projections.engine.projection import Applied, Connection
 from projections.registry import get_projection
 from projections.report_queries import ReportBuilder
 
-from support import catch_up, publish, query_service, usage_event
+from support import apply_batch, catch_up, publish, query_service, usage_event
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ async def test_local_days_and_weeks_equal_the_sum_of_each_events_own_local_day(
     events = [usage_event(at=at, cost=str(cost), project=project) for at, cost in generated]
     reports = get_projection("reports")
     async with conn.transaction():
-        await reports.apply(conn, 1, [_applied(e) for e in events])
+        await apply_batch(conn, reports, 1, [_applied(e) for e in events])
 
     expected: dict[date, tuple[Decimal, int]] = {}
     for event in events:
@@ -151,7 +151,7 @@ async def test_a_windows_totals_per_key_equal_the_sum_of_its_own_calls(
     prefix = uuid.uuid4().hex  # each example's own users in the shared rollups
     events = [usage_event(at=at, user=f"{prefix}-{user}", cost="0.25") for at, user in calls]
     async with conn.transaction():
-        await get_projection("reports").apply(conn, 1, [_applied(e) for e in events])
+        await apply_batch(conn, get_projection("reports"), 1, [_applied(e) for e in events])
     origin = datetime.combine(LAST_DAY, time(0), UTC)
     start, end = sorted(
         origin + timedelta(minutes=15) * n
