@@ -5,7 +5,8 @@ Figures (one JSON line each, µs of wall time per event plus the CPU each proces
   the nats-py client's cost per message);
 - ``read_prepare``: the same with the engine's ``Preparer`` (decode and check);
 - ``apply_<projection>``: pre-decoded batches applied to a fresh version, one transaction
-  each, then the version finished as a rebuild finishes it (its deferred indexes);
+  each, its reader indexes maintained row by row, and then built at the end as a rebuild
+  does (``deferred_indexes``);
 - ``rebuild_<projection>``: the whole rebuild, swap included.
 
 The stream is filled once with ``--events`` realistic usage events; with ``--data-dir`` a
@@ -176,19 +177,27 @@ async def decoded_batches(nc: Client, settings: Settings) -> tuple[int, list[lis
 
 
 async def apply_fresh(
-    database_url: str, name: str, batches: Sequence[Sequence[Applied]], version: int
+    database_url: str,
+    name: str,
+    batches: Sequence[Sequence[Applied]],
+    version: int,
+    *,
+    deferred_indexes: bool,
 ) -> None:
+    """Apply ``batches`` to a new version as a rebuild does: with its reader indexes built
+    at the end (``deferred_indexes``), or maintained from the first row as before."""
     projection = PROJECTIONS[name]
     conn = await connect(database_url)
     try:
         await conn.execute("SET synchronous_commit = off")
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         async with conn.transaction():
-            await create_version(conn, projection, version, indexes=False)
+            await create_version(conn, projection, version, indexes=not deferred_indexes)
         for batch in batches:
             async with conn.transaction():
                 await projection.apply(conn, version, batch)
-        await create_indexes(conn, projection, version)
+        if deferred_indexes:
+            await create_indexes(conn, projection, version)
     finally:
         await conn.close()
 
@@ -225,12 +234,14 @@ async def main(args: argparse.Namespace) -> None:
                     emit("read_prepare", total, spent)
                 if "apply" in args.parts:
                     total, batches = await decoded_batches(nc, settings)
-                    for name in names:
+                    for name, deferred in itertools.product(names, (False, True)):
                         version = 900
                         await cleanup(info.database_url, name, version)
                         async with meter.span() as spent:
-                            await apply_fresh(info.database_url, name, batches, version)
-                        emit(f"apply_{name}", total, spent)
+                            await apply_fresh(
+                                info.database_url, name, batches, version, deferred_indexes=deferred
+                            )
+                        emit(f"apply_{name}", total, spent, deferred_indexes=deferred)
                         await cleanup(info.database_url, name, version)
                     del batches
                 if "rebuild" in args.parts:

@@ -45,9 +45,11 @@ class HistoryProjection(Projection):
     def ddl(self, version: int) -> list[str]:
         table, corrections = (physical(t, version) for t in self.tables)
         columns = ",\n".join(f"{name} {sql_type}" for name, sql_type, _ in _COLUMNS)
+        return [f"CREATE TABLE {table} ({columns})", *corrections_ddl(corrections)]
+
+    def indexes(self, version: int) -> list[str]:
+        table = physical(self.tables[0], version)
         return [
-            f"CREATE TABLE {table} ({columns})",
-            *corrections_ddl(corrections),
             f"CREATE INDEX {table}_occurred_at ON {table} (occurred_at)",
             *(
                 f"CREATE INDEX {table}_{column} ON {table} ({column}, occurred_at)"
