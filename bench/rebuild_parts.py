@@ -253,8 +253,9 @@ async def main(args: argparse.Namespace) -> None:
                                 nc=nc,
                                 database_url=info.database_url,
                                 topology=settings.topology,
+                                config=EngineConfig(batch_size=args.batch_size),
                             )
-                        emit(f"rebuild_{name}", total, spent)
+                        emit(f"rebuild_{name}", total, spent, batch_size=args.batch_size)
         finally:
             await nc.close()
 
@@ -265,6 +266,9 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", type=Path, help="keep the stack (and its log) here")
     parser.add_argument("--runs", type=int, default=1, help="repeat every part this often")
     parser.add_argument("--projections", default="spend,history")
+    parser.add_argument(
+        "--batch-size", type=int, default=EngineConfig().batch_size, help="a rebuild's batches"
+    )
     parser.add_argument(
         "--parts", default="read,apply,rebuild", help="comma-separated: read, apply, rebuild"
     )
