@@ -47,8 +47,11 @@ class HistoryProjection(Projection):
     def ddl(self, version: int) -> list[str]:
         table = physical(self.tables[0], version)
         columns = ",\n".join(f"{name} {sql_type}" for name, sql_type in _COLUMNS)
+        return [f"CREATE TABLE {table} ({columns})"]
+
+    def indexes(self, version: int) -> list[str]:
+        table = physical(self.tables[0], version)
         return [
-            f"CREATE TABLE {table} ({columns})",
             f"CREATE INDEX {table}_occurred_at ON {table} (occurred_at)",
             *(
                 f"CREATE INDEX {table}_{column} ON {table} ({column}, occurred_at)"

@@ -13,6 +13,7 @@ from projections.engine.shapes import shape_of
 __all__ = [
     "LIVE_POSITION_SQL",
     "Checkpoint",
+    "create_indexes",
     "create_version",
     "drop_version",
     "ensure_projection",
@@ -53,14 +54,25 @@ async def ensure_projection(conn: Connection, projection: Projection) -> int:
         return 1
 
 
-async def create_version(conn: Connection, projection: Projection, version: int) -> None:
+async def create_version(
+    conn: Connection, projection: Projection, version: int, *, indexes: bool = True
+) -> None:
+    """The version's tables and its checkpoint row; its reader indexes too unless a
+    rebuild builds them later (``create_indexes``)."""
     for statement in projection.ddl(version):
         await conn.execute(statement.encode())
+    if indexes:
+        await create_indexes(conn, projection, version)
     await conn.execute(
         "INSERT INTO projection_checkpoints (name, version, shape) VALUES (%s, %s, %s)"
         " ON CONFLICT DO NOTHING",
         (projection.name, version, shape_of(projection)),
     )
+
+
+async def create_indexes(conn: Connection, projection: Projection, version: int) -> None:
+    for statement in projection.indexes(version):
+        await conn.execute(statement.encode())
 
 
 async def point_views_at(conn: Connection, projection: Projection, version: int) -> None:

@@ -113,7 +113,14 @@ class Projection(ABC):
 
     @abstractmethod
     def ddl(self, version: int) -> list[str]:
-        """CREATE statements for this version's tables and indexes."""
+        """CREATE statements for this version's tables, with what ``apply`` relies on
+        (primary keys and unique constraints for its ``ON CONFLICT``)."""
+
+    def indexes(self, version: int) -> list[str]:
+        """CREATE statements for the indexes only readers need. A rebuild builds them once
+        its version has caught up, before the swap (nothing reads the version until
+        then): one sort per index instead of maintaining each at every row."""
+        return []
 
     def views(self, version: int) -> dict[str, str]:
         """The stable names readers use, each a query over this version's tables."""

@@ -4,6 +4,12 @@ nats-py's ``fetch()`` costs ~33 µs of client CPU per message; sending the pull 
 ourselves and collecting deliveries in a subscription callback costs a fraction of that.
 One pull request is kept open at a time; messages are handed out as they arrive, so a
 batch never waits for a request to fill up (that would cost latency at low rates).
+
+Even a subscription callback costs ~10 µs per message: nats-py parses every message's
+headers (with the email parser), builds a ``Msg``, queues it and wakes a task to await
+the callback. The reader's inbox skips all that: the client's dispatch is hooked so
+the raw subject, reply, payload and headers of its messages go straight to the reader,
+which needs only the reply subject (sequence, storage time) and a status line.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 __all__ = ["ConsumerGone", "Delivery", "Prepare", "PullReader"]
@@ -42,6 +47,49 @@ class Delivery(Generic[T]):
 Prepare = Callable[[int, str, int, bytes], T]
 """``prepare(stream_seq, subject, stored_ns, data)``: what a consumer makes of a message;
 ``stored_ns`` is when JetStream stored it (nanoseconds since the epoch)."""
+
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+"""``handler(subject, reply, payload, headers)``: a message as the protocol parser found it."""
+
+
+def _raw_handlers(nc: Client) -> dict[int, RawHandler]:
+    """The client's raw handlers by subscription id, hooking its dispatch the first time.
+    Messages of other subscriptions (and every one after a handler is removed) take
+    nats-py's own path."""
+    handlers: dict[int, RawHandler] | None = getattr(nc, "_budget_raw_handlers", None)
+    if handlers is not None:
+        return handlers
+    found: dict[int, RawHandler] = {}
+    original = nc._process_msg
+
+    async def process_msg(
+        sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        handler = found.get(sid)
+        if handler is None:
+            await original(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        nc.stats["in_msgs"] += 1
+        nc.stats["in_bytes"] += len(data)
+        try:
+            handler(subject, reply, data, headers)
+        except Exception as exc:  # as nats-py treats a failing callback: reported, not fatal
+            await nc._error_cb(exc)
+
+    setattr(nc, "_process_msg", process_msg)  # noqa: B010 - an instance hook, not a method
+    setattr(nc, "_budget_raw_handlers", found)  # noqa: B010
+    return found
+
+
+def _status(headers: bytes) -> tuple[str, str] | None:
+    """``(status, description)`` of a server status message: its header block starts
+    ``NATS/1.0 404 No Messages`` (an ordinary header block starts ``NATS/1.0`` alone)."""
+    first_line = headers.split(b"\r\n", 1)[0]
+    _, _, inline = first_line.partition(b" ")
+    if not inline:
+        return None
+    status, _, description = inline.strip().partition(b" ")
+    return status.decode(), description.decode()
 
 
 class PullReader(Generic[T]):
@@ -72,11 +120,13 @@ class PullReader(Generic[T]):
         self._gone = ""
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._sub = await self._nc.subscribe(self._inbox)
+        _raw_handlers(self._nc)[self._sub._id] = self._on_message
         await self._request()
 
     async def stop(self) -> None:
         if self._sub is not None:
+            _raw_handlers(self._nc).pop(self._sub._id, None)
             await self._sub.unsubscribe()
             self._sub = None
 
@@ -124,25 +174,26 @@ class PullReader(Generic[T]):
         if self._outstanding <= 0 or stale:
             await self._request()
 
-    async def _on_message(self, msg: Msg) -> None:
-        if not msg.data and msg.headers and "Status" in msg.headers:
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        status = _status(headers) if headers and not data else None
+        if status is not None:
             # 404 no messages, 408 request expired, 409 consumer changed: request is over.
-            status, description = msg.headers["Status"], msg.headers.get("Description", "")
-            if status != "100":
+            code, description = status
+            if code != "100":
                 self._outstanding = 0
-            if status == "503" or "Consumer Deleted" in description:
-                self._gone = (
-                    f"consumer {self._pull_subject.rsplit('.', 1)[1]}: {status} {description}"
-                )
+            if code == "503" or "Consumer Deleted" in description:
+                durable = self._pull_subject.rsplit(".", 1)[1]
+                self._gone = f"consumer {durable}: {code} {description}"
             self._arrived.set()
             return
-        reply = msg.reply
+        reply_subject = reply.decode()
         # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream_seq>.<consumer_seq>.<ts>.<pending>
         # v2 adds <domain>.<account hash> after $JS.ACK (and may end in a random token)
-        tokens = reply.split(".")
+        tokens = reply_subject.split(".")
         at = 5 if len(tokens) == 9 else 7
         stream_seq, stored_ns = int(tokens[at]), int(tokens[at + 2])
-        prepared = self._prepare(stream_seq, msg.subject, stored_ns, msg.data)
-        self._buffer.append(Delivery(stream_seq, msg.data, reply, msg.subject, prepared))
+        message_subject = subject.decode()
+        prepared = self._prepare(stream_seq, message_subject, stored_ns, data)
+        self._buffer.append(Delivery(stream_seq, data, reply_subject, message_subject, prepared))
         self._outstanding -= 1
         self._arrived.set()

@@ -1,5 +1,8 @@
 """Rebuild a projection from sequence 1 into a new version, beside the live one, and swap
-atomically once caught up. The live worker keeps serving until the swap, then follows it."""
+atomically once caught up. The live worker keeps serving until the swap, then follows it.
+
+Nothing reads the new version before its swap, so its reader indexes
+(``Projection.indexes``) are built once it has caught up, not maintained row by row."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from nats.js.errors import NotFoundError
 from events import Topology
 from projections.db import connect
 from projections.engine.checkpoints import (
+    create_indexes,
     create_version,
     drop_version,
     ensure_projection,
@@ -65,7 +69,7 @@ async def rebuild(
                 )
             ).fetchone()
             version = int(row[0]) + 1 if row else 1
-            await create_version(conn, projection, version)
+            await create_version(conn, projection, version, indexes=False)
         runner = ProjectionRunner(
             projection,
             nc=nc,
@@ -77,6 +81,8 @@ async def rebuild(
         await runner.open()
         try:
             await _catch_up(runner, on_progress)
+            # Built once, from the rows caught up; the swap's few batches maintain them.
+            await create_indexes(runner.connection, projection, version)
             if swap:
                 await _swap(runner, nc.jetstream(), topology.event_stream.name)
         finally:

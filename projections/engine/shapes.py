@@ -22,6 +22,7 @@ _TEMPLATE_VERSION = 0
 def shape_of(projection: Projection) -> str:
     statements = [
         *projection.ddl(_TEMPLATE_VERSION),
+        *projection.indexes(_TEMPLATE_VERSION),
         *(f"{view}: {query}" for view, query in projection.views(_TEMPLATE_VERSION).items()),
     ]
     return hashlib.sha256("\n".join(statements).encode()).hexdigest()[:16]

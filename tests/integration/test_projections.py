@@ -111,6 +111,37 @@ class ProjectionContract:
         assert all(live[t] for t in live), "the live tables should not be empty"
         assert rebuilt == live
 
+    async def test_rebuild_builds_its_deferred_indexes_before_the_swap(
+        self, nc: Client, db: str, topology: Topology
+    ) -> None:
+        await publish(nc, topology, self.many_events(200))
+        await catch_up(self.projection, nc, db, topology)
+        live, live_indexes = await self.snapshot(db, 1), await self.index_definitions(db, 1)
+        assert await rebuild(self.projection, nc=nc, database_url=db, topology=topology) == 2
+        assert await self.snapshot(db, 2) == live
+        rebuilt_indexes = await self.index_definitions(db, 2)
+        assert rebuilt_indexes == [d.replace("_v1", "_v2") for d in live_indexes]
+        declared = [
+            s.split(" ON ")[0].removeprefix("CREATE INDEX ") for s in self.projection.indexes(2)
+        ]
+        names = await rows(
+            db,
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND indexname = ANY(%s)",
+            (declared,),
+        )
+        assert sorted(n for (n,) in names) == sorted(declared)
+
+    async def index_definitions(self, db: str, version: int) -> list[str]:
+        """Every index on the version's tables, as ``pg_indexes`` shows it."""
+        found = await rows(
+            db,
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND tablename = ANY(%s) ORDER BY indexdef",
+            ([physical(t, version) for t in self.projection.tables],),
+        )
+        return [definition for (definition,) in found]
+
     async def test_rebuild_swaps_the_views_and_drops_the_old_version(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
