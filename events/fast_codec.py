@@ -40,6 +40,10 @@ from events.usage import CallKind, ImageUsage, PriceSource, Usage, UsageRecorded
 
 __all__ = [
     "FastEvent",
+    "FastImageUsage",
+    "FastPriceSource",
+    "FastProducer",
+    "FastUsage",
     "FastUsageRecorded",
     "FastUsageRepriced",
     "decode_fast",
