@@ -229,7 +229,7 @@ class FastPriceSource(_Struct, frozen=True):
     rates: dict[str, WireDecimal] = _default(PriceSource, "rates")
 
 
-_COST = _DecimalRule.of(UsageRecorded, "cost")
+_COST = _DecimalRule.of(UsageRecorded, "cost")  # UsageRepriced's too: both are events.usage._Cost
 
 
 def _check_cost(event: FastUsageRecorded | FastUsageRepriced) -> None:
