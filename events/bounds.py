@@ -29,11 +29,13 @@ class TimeBounds:
     backfills). Events whose ``occurred_at`` repeats an older event's (corrections) are
     exempt."""
 
-    def violation(self, event: Event, reference: datetime) -> str | None:
-        """Why ``event`` is out of bounds at ``reference``, or None when it is not."""
-        return self.time_violation(
-            event.occurred_at, reference, aged=not type(event).REPEATS_OCCURRED_AT
-        )
+    def violation(
+        self, event_type: type[Event], occurred_at: datetime, reference: datetime
+    ) -> str | None:
+        """Why an event of ``event_type`` that occurred at ``occurred_at`` is out of bounds
+        at ``reference``, or None when it is not. (Type and time rather than the event, so
+        a consumer asks without building the pydantic model.)"""
+        return self.time_violation(occurred_at, reference, aged=not event_type.REPEATS_OCCURRED_AT)
 
     def time_violation(
         self, occurred_at: datetime, reference: datetime, *, aged: bool = True

@@ -7,8 +7,7 @@ if the field sets ever differ, and a property test (tests/unit/test_fast_codec_p
 feeds both the same valid and mutated payloads. What the mirror guarantees:
 
 - whatever ``decode_fast`` accepts, ``events.decode`` accepts with identical values, and
-  ``document`` equals ``events.canonical`` as JSON (only the key order differs: ``type``
-  comes first);
+  ``document`` is byte for byte ``events.canonical``;
 - every current-version payload of these types in the contract's wire form is accepted:
   counts as JSON integers, money as decimal strings (read by Python's ``Decimal``, as
   pydantic reads them) or JSON integers, times as RFC 3339 (``T``, seconds, ``Z`` or
@@ -40,6 +39,10 @@ from events.usage import CallKind, ImageUsage, PriceSource, Usage, UsageRecorded
 
 __all__ = [
     "FastEvent",
+    "FastImageUsage",
+    "FastPriceSource",
+    "FastProducer",
+    "FastUsage",
     "FastUsageRecorded",
     "FastUsageRepriced",
     "decode_fast",
@@ -226,7 +229,7 @@ class FastPriceSource(_Struct, frozen=True):
     rates: dict[str, WireDecimal] = _default(PriceSource, "rates")
 
 
-_COST = _DecimalRule.of(UsageRecorded, "cost")
+_COST = _DecimalRule.of(UsageRecorded, "cost")  # UsageRepriced's too: both are events.usage._Cost
 
 
 def _check_cost(event: FastUsageRecorded | FastUsageRepriced) -> None:
@@ -239,10 +242,16 @@ def _check_cost(event: FastUsageRecorded | FastUsageRepriced) -> None:
     msgspec.structs.force_setattr(event, "occurred_at", _to_utc(event.occurred_at))
 
 
+_EventType = type[Event]
+"""Spelled outside the classes, where the field ``type`` shadows the builtin."""
+
+
 # kw_only (which msgspec applies per class): required fields follow defaulted ones, as in
-# the models.
-class FastUsageRecorded(_Struct, frozen=True, kw_only=True, tag="UsageRecorded", tag_field="type"):
-    MODEL: ClassVar[type[Event]] = UsageRecorded
+# the models. ``type`` is a field in the models' place, not a msgspec tag (which would be
+# written first): so ``document`` is byte for byte ``canonical``. The model gives it a
+# default, but the contract requires it (``events.decode`` dispatches on it).
+class FastUsageRecorded(_Struct, frozen=True, kw_only=True):
+    MODEL: ClassVar[_EventType] = UsageRecorded
 
     event_id: uuid.UUID
     schema_version: Literal[2] = _default(UsageRecorded, "schema_version")
@@ -252,6 +261,7 @@ class FastUsageRecorded(_Struct, frozen=True, kw_only=True, tag="UsageRecorded",
     currency: Literal["USD"] = _default(UsageRecorded, "currency")
     price: FastPriceSource | None = None
     unpriced_reason: str | None = None
+    type: Literal["UsageRecorded"]
     provider: Annotated[str, _meta(UsageRecorded, "provider")]
     model: Annotated[str, _meta(UsageRecorded, "model")]
     kind: CallKind = _default(UsageRecorded, "kind")
@@ -266,8 +276,8 @@ class FastUsageRecorded(_Struct, frozen=True, kw_only=True, tag="UsageRecorded",
         _check_cost(self)
 
 
-class FastUsageRepriced(_Struct, frozen=True, kw_only=True, tag="UsageRepriced", tag_field="type"):
-    MODEL: ClassVar[type[Event]] = UsageRepriced
+class FastUsageRepriced(_Struct, frozen=True, kw_only=True):
+    MODEL: ClassVar[_EventType] = UsageRepriced
 
     event_id: uuid.UUID
     schema_version: Literal[1] = _default(UsageRepriced, "schema_version")
@@ -277,6 +287,7 @@ class FastUsageRepriced(_Struct, frozen=True, kw_only=True, tag="UsageRepriced",
     currency: Literal["USD"] = _default(UsageRepriced, "currency")
     price: FastPriceSource | None = None
     unpriced_reason: str | None = None
+    type: Literal["UsageRepriced"]
     corrects: uuid.UUID
     provider: Annotated[str, _meta(UsageRepriced, "provider")]
     model: Annotated[str, _meta(UsageRepriced, "model")]
@@ -290,7 +301,11 @@ class FastUsageRepriced(_Struct, frozen=True, kw_only=True, tag="UsageRepriced",
 
 FastEvent = FastUsageRecorded | FastUsageRepriced
 
-_DECODER: msgspec.json.Decoder[FastEvent] = msgspec.json.Decoder(FastEvent, dec_hook=_from_wire)
+# Usage first: it is most of the log, and a correction fails it early (schema_version 1).
+_DECODERS: tuple[Callable[[bytes], FastEvent], ...] = (
+    msgspec.json.Decoder(FastUsageRecorded, dec_hook=_from_wire).decode,
+    msgspec.json.Decoder(FastUsageRepriced, dec_hook=_from_wire).decode,
+)
 
 
 _ENCODE: Callable[[object], bytes] = msgspec.json.Encoder().encode
@@ -298,10 +313,13 @@ _ENCODE: Callable[[object], bytes] = msgspec.json.Encoder().encode
 
 def decode_fast(data: bytes) -> FastEvent | None:
     """The event, or None when it is not for the fast path (see the module's docstring)."""
-    try:
-        return _DECODER.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError included; the
-        return None  # latter escapes msgspec for bytes that are not UTF-8 in a tag
+    for decode in _DECODERS:
+        try:
+            return decode(data)
+        # msgspec lets UnicodeDecodeError out for bytes that are not UTF-8 in a literal
+        except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError included
+            continue
+    return None
 
 
 def document(event: FastEvent) -> str:

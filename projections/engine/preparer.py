@@ -43,9 +43,7 @@ class Preparer:
         if subject != expected:
             return f"type: {event_type.__name__} belongs on {expected}, not on {subject}"
         stored_at = datetime.fromtimestamp(stored_ns / 1e9, UTC)
-        violation = self._time_bounds.time_violation(
-            applied.occurred_at, stored_at, aged=not event_type.REPEATS_OCCURRED_AT
-        )
+        violation = self._time_bounds.violation(event_type, applied.occurred_at, stored_at)
         if violation is not None:
             return violation
         return applied

@@ -171,10 +171,10 @@ def test_a_correction_repeats_an_old_time_so_only_its_skew_is_bounded() -> None:
     correction = UsageRepriced(
         occurred_at=old, corrects=new_event_id(), provider="p", model="m", cost=0, reason="fix"
     )
-    assert bounds.violation(correction, now) is None
-    assert "(max_event_age)" in str(bounds.violation(event(occurred_at=old), now))
-    ahead = correction.model_copy(update={"occurred_at": now + timedelta(minutes=6)})
-    assert "(max_clock_skew)" in str(bounds.violation(ahead, now))
+    assert bounds.violation(UsageRepriced, correction.occurred_at, now) is None
+    assert "(max_event_age)" in str(bounds.violation(UsageRecorded, old, now))
+    ahead = now + timedelta(minutes=6)
+    assert "(max_clock_skew)" in str(bounds.violation(UsageRepriced, ahead, now))
 
 
 @pytest.mark.parametrize(

@@ -279,10 +279,8 @@ def _aimed(draw: st.DrawFn) -> bytes:
 def _same(fast: Any, model: Any, path: str = "") -> None:
     """Identical values: same fields, and each value of the same kind and exactly equal
     (a decimal's digits and exponent, a time's instant and zone)."""
-    if isinstance(model, Event):  # the type travels as the struct's tag
-        assert type(fast).__struct_config__.tag == model.type, path  # type: ignore[attr-defined]
     if isinstance(model, BaseModel):
-        for name in type(model).model_fields.keys() - {"type"}:
+        for name in type(model).model_fields:
             _same(getattr(fast, name), getattr(model, name), f"{path}.{name}")
     elif isinstance(model, dict):
         assert fast.keys() == model.keys(), path
@@ -311,7 +309,7 @@ def _agree(data: bytes) -> tuple[Any, Event | None]:
         assert event is not None, "the fast decoder accepted what pydantic refuses"
         assert type(event) is fast.MODEL
         _same(fast, event)
-        assert json.loads(document(fast)) == json.loads(canonical(event))
+        assert document(fast) == canonical(event)
     elif isinstance(event, UsageRecorded | UsageRepriced):
         # a lax form or an older version: its canonical form takes the fast path
         again = decode_fast(encode(event))
@@ -348,6 +346,7 @@ def test_a_payload_off_by_one_rule_gets_the_same_verdict_from_both(data: bytes) 
 
 @_SETTINGS
 @given(st.lists(valid_payloads, min_size=1, max_size=1).flatmap(mutated_payloads))
+@example(b'{"type": "\x80UsageRepriced"}')
 def test_a_mutated_payload_gets_the_same_verdict_from_both(data: bytes) -> None:
     _count(_agree(data))
 
