@@ -1,6 +1,6 @@
 """Benchmark: what a consumer pays per usage event to decode a delivery and make the
 document it hands to PostgreSQL, the pydantic way (``events.decode`` + ``canonical``)
-beside the fast path (``events.fast_codec.decode_fast`` + ``document``).
+beside the fast path (``projections.engine.fast_codec.decode_fast`` + ``document``).
 
 Payloads are made by the tracker's real event builder (``UsageTracker.usage_event``:
 priced by the registry, with producer, price source and rates), for a mix of models,
@@ -27,7 +27,7 @@ from budget.disabled import DisabledPublisher
 from budget.pricing import PricingRegistry
 from budget.tracker import UsageTracker
 from events import UsageRepriced, canonical, decode, encode
-from events.fast_codec import decode_fast, document
+from projections.engine.fast_codec import decode_fast, document
 
 CALLS = [
     ("openai", "gpt-4o", {"input_tokens": 1200, "output_tokens": 350, "cached_tokens": 400}),

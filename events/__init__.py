@@ -1,8 +1,8 @@
 """The contract between producers and consumers: events, subjects, streams, codec.
 
 Imports nothing but pydantic and the standard library, so host apps in any language can
-follow it from the JSON Schemas exported to ``docs/schemas``. (``events.fast_codec``, the
-consumers' msgspec mirror of the hot usage events, is imported only by those consumers.)
+follow it from the JSON Schemas exported to ``docs/schemas``. (The consumers' msgspec
+mirror of the hot usage events lives with them: ``projections/engine/fast_codec.py``.)
 """
 
 from events.access import ApiKeyCreated, ApiKeyRevoked, ApiRole

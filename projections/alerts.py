@@ -49,9 +49,9 @@ from events import (
     UsageRecorded,
     UsageRepriced,
 )
-from events.fast_codec import FastUsageRecorded
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.change_log import ChangeLog
+from projections.engine.fast_codec import FastUsageRecorded
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import Booked
 from projections.policies import PoliciesProjection, load_policies

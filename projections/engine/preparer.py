@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from events import EVENT_TYPES, DecodeError, Event, TimeBounds, Topology, decode
-from events.fast_codec import decode_fast
+from projections.engine.fast_codec import decode_fast
 from projections.engine.projection import Applied
 
 __all__ = ["Prepared", "Preparer"]

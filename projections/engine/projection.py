@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from psycopg import AsyncConnection
 
 from events import Event, Topology, UsageRecorded, canonical
-from events.fast_codec import FastEvent, FastUsageRecorded, document
+from projections.engine.fast_codec import FastEvent, FastUsageRecorded, document
 
 __all__ = ["Applied", "Projection", "Rejected", "SharedLedger", "physical"]
 
@@ -24,7 +24,7 @@ class Applied:
     """A validated event, its position in the log, and its canonical JSON (what the
     projections hand to PostgreSQL: defaults filled in, UTC times).
 
-    Usage events usually come from the fast decoder (``events.fast_codec``): their
+    Usage events usually come from the fast decoder (``projections.engine.fast_codec``): their
     pydantic model is built only when code asks for ``event``. Dispatch on
     ``event_type``; read a usage event's values through ``recorded``."""
 

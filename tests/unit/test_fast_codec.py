@@ -23,7 +23,7 @@ from events import (
     decode,
     encode,
 )
-from events.fast_codec import (
+from projections.engine.fast_codec import (
     FastImageUsage,
     FastPriceSource,
     FastProducer,

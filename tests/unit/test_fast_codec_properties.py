@@ -1,4 +1,5 @@
-"""Property: the fast decoder (events/fast_codec.py) and the pydantic contract never drift.
+"""Property: the fast decoder (projections/engine/fast_codec.py) and the pydantic contract
+never drift.
 
 Both get the same payloads: valid ones generated from the contract in its wire form, and
 mutations of them. Whatever the fast decoder accepts, pydantic accepts with identical
@@ -22,8 +23,8 @@ from mutations import json_values, mutated_payloads
 from pydantic import BaseModel
 
 from events import DecodeError, Event, UsageRecorded, UsageRepriced, canonical, decode, encode
-from events.fast_codec import decode_fast, document
 from events.usage import MAX_AUDIO_SECONDS, MAX_COST, MAX_DECIMAL_PLACES, MAX_IMAGES, MAX_TOKENS
+from projections.engine.fast_codec import decode_fast, document
 
 Json = Any
 
