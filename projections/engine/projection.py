@@ -21,8 +21,8 @@ E = TypeVar("E", bound=Event)
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """A validated event, its position in the log, and its canonical JSON (what the
-    projections hand to PostgreSQL: defaults filled in, UTC times).
+    """A validated event, its position in the log, and its canonical JSON (defaults filled
+    in, UTC times; made on first use: usage reaches PostgreSQL as rows, not documents).
 
     Usage events usually come from the fast decoder (``projections.engine.fast_codec``): their
     pydantic model is built only when code asks for ``event``. Dispatch on
@@ -32,7 +32,6 @@ class Applied:
     event_type: type[Event]
     occurred_at: datetime
     """UTC."""
-    document: str
     _decoded: FastEvent | Event = field(repr=False, compare=False)
     _model: list[Event] = field(default_factory=list, repr=False, compare=False)
     """The pydantic model once built (a list, so a frozen instance can cache it)."""
@@ -40,12 +39,20 @@ class Applied:
     @classmethod
     def of(cls, stream_seq: int, event: Event) -> Applied:
         """An event decoded by pydantic (``events.decode``)."""
-        return cls(stream_seq, type(event), event.occurred_at, canonical(event), event, [event])
+        return cls(stream_seq, type(event), event.occurred_at, event, [event])
 
     @classmethod
     def of_fast(cls, stream_seq: int, event: FastEvent) -> Applied:
         """An event decoded by the fast decoder."""
-        return cls(stream_seq, event.MODEL, event.occurred_at, document(event), event)
+        return cls(stream_seq, event.MODEL, event.occurred_at, event)
+
+    @property
+    def document(self) -> str:
+        """The canonical JSON: the same bytes from either decoder."""
+        decoded = self._decoded
+        if isinstance(decoded, Event):
+            return canonical(decoded)
+        return document(decoded)
 
     @property
     def event(self) -> Event:
