@@ -11,7 +11,8 @@ live one (``rebuild(..., swap=False)``: stored, never sent).
 Figures (one JSON line each, per run):
 - ``alerts_events_per_s``: usage events replayed per second.
 - ``alerts_python_us_per_event``: CPU of this process (the evaluator) per event.
-- ``alerts_postgres_us_per_event``: CPU of every PostgreSQL process per event.
+- ``alerts_postgres_us_per_event``: CPU of every PostgreSQL process per event (sampled
+  every 50 ms: a backend's last few ms before it exits are missed).
 - ``alerts_nats_us_per_event``: CPU of the NATS server per event.
 - ``alerts_raised``: the alerts the version holds, with ``digest``: an md5 over them all
   (ids, amounts, causes, times): event ids and times follow from the arguments, so runs
@@ -126,22 +127,47 @@ async def fill(nats_url: str, topology: Topology, args: argparse.Namespace) -> N
         await nc.close()
 
 
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """User + system CPU of ``pid`` (with ``children``: also of its children that ended,
-    and of those still running)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
+def _ticks(stat: str) -> tuple[int, int]:
+    """(parent pid, user + system CPU ticks) from a /proc/<pid>/stat line."""
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds(pid: int) -> float:
+    return _ticks(Path(f"/proc/{pid}/stat").read_text())[1] / os.sysconf("SC_CLK_TCK")
+
+
+class ChildrenCpu:
+    """CPU of a server's child processes (PostgreSQL's backends), sampled every
+    ``interval``: a backend that exits is counted as last seen (its parent's ``cutime``
+    does not reliably hold it by the time the run ends)."""
+
+    def __init__(self, parent: int, interval: float = 0.05) -> None:
+        self.parent, self.interval = parent, interval
+        self.seen: dict[int, int] = {}
+        self.start: dict[int, int] = {}
+
+    def sample(self) -> None:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                    parent, ticks = _ticks((entry / "stat").read_text())
                 except OSError:
-                    continue  # ended meanwhile: counted in its parent's children from now on
-                if int(stat[1]) == pid:
-                    ticks += int(stat[11]) + int(stat[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+                    continue  # ended between listing and reading
+                if parent == self.parent:
+                    self.seen[int(entry.name)] = ticks
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        self.sample()
+        self.start = dict(self.seen)
+        while not stop.is_set():
+            await asyncio.sleep(self.interval)
+            self.sample()
+
+    @property
+    def seconds(self) -> float:
+        used = sum(t - self.start.get(pid, 0) for pid, t in self.seen.items())
+        return used / os.sysconf("SC_CLK_TCK")
 
 
 async def alerts_digest(database_url: str, version: int) -> tuple[int, str]:
@@ -166,8 +192,10 @@ async def replay(
     seconds, version)."""
     nc = await nats.connect(nats_url)
     try:
-        before = time.perf_counter(), time.process_time()
-        pg_before, nats_before = cpu_seconds(postgres, children=True), cpu_seconds(nats_pid)
+        backends, stop = ChildrenCpu(postgres), asyncio.Event()
+        watch = asyncio.create_task(backends.watch(stop))
+        await asyncio.sleep(0)  # the first sample
+        before = time.perf_counter(), time.process_time(), cpu_seconds(nats_pid)
         version = await rebuild(
             AlertsProjection(),
             nc=nc,
@@ -176,8 +204,10 @@ async def replay(
             swap=False,
         )
         wall, cpu = time.perf_counter() - before[0], time.process_time() - before[1]
-        pg = cpu_seconds(postgres, children=True) - pg_before
-        return wall, cpu, pg, cpu_seconds(nats_pid) - nats_before, version
+        nats_cpu = cpu_seconds(nats_pid) - before[2]
+        stop.set()
+        await watch
+        return wall, cpu, backends.seconds, nats_cpu, version
     finally:
         await nc.close()
 

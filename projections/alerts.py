@@ -45,7 +45,15 @@ from events import (
 )
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.change_log import ChangeLog
-from projections.crossings import Counted, Threshold, hour_crossings, hour_history, window_crossings
+from projections.crossings import (
+    Counted,
+    Spend,
+    Threshold,
+    hour_crossings,
+    hour_history,
+    window_crossings,
+    window_totals_ddl,
+)
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
@@ -56,6 +64,7 @@ OUTBOX_CHANNEL = "alert_outbox"
 """PostgreSQL NOTIFY channel: the notifier wakes when alerts are queued."""
 
 _USAGE = (UsageRecorded, UsageRepriced)
+_WINDOW_TOTALS = "alert_window_totals"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,7 @@ class AlertsProjection(Projection):
         self.rule_log = ChangeLog(table="alert_rule_log", key="rule_id", document="rule")
         self.tables = (
             *self.spend.tables,
+            _WINDOW_TOTALS,
             *self.policies.tables,
             self.rule_log.events,
             self.rule_log.table,
@@ -132,6 +142,7 @@ class AlertsProjection(Projection):
             *self.spend.ddl(version),
             # each batch reads back the usage it recorded (``projections.crossings``)
             f"CREATE INDEX ON {self.spend.ledger_of(version).usage} (stream_seq)",
+            *window_totals_ddl(physical(_WINDOW_TOTALS, version)),
             *self.policies.ddl(version),
             *self.rule_log.ddl(version),
             f"""CREATE TABLE {alerts} (
@@ -179,24 +190,32 @@ class AlertsProjection(Projection):
     async def _apply_usage(self, conn: Connection, version: int, segment: list[Applied]) -> None:
         booked = await self.spend.book(conn, version, segment)
         state = await self._state(conn, version)
-        if not state.watches and not state.anomaly_rules:
-            return  # no rule can be about usage: counting it is all there is to do
+        totals = physical(_WINDOW_TOTALS, version)
+        if not state.watches:
+            # Nothing keeps window totals up to date while no threshold rule needs them.
+            await conn.execute(f"DELETE FROM {totals}".encode())
+            if not state.anomaly_rules:
+                return  # no rule can be about usage: counting it is all there is to do
         usage = self.spend.ledger_of(version).usage
         counted = Counted.of(usage, segment[0].stream_seq, segment[-1].stream_seq, booked)
         buckets = physical(self.spend.tables[0], version)
         candidates = [
-            *await self._threshold_candidates(conn, buckets, state, counted),
+            *await self._threshold_candidates(conn, buckets, totals, state, counted),
             *await self._anomaly_candidates(conn, buckets, state, counted),
         ]
         await self._raise(conn, version, candidates)
 
     async def _threshold_candidates(
-        self, conn: Connection, buckets: str, state: _Rules, counted: Counted
+        self, conn: Connection, buckets: str, totals: str, state: _Rules, counted: Counted
     ) -> list[_Candidate]:
         if not state.watches:
             return []
         windows, crossings = await window_crossings(
-            conn, buckets, counted, state.policies, [w.threshold for w in state.watches]
+            conn,
+            Spend(buckets, totals),
+            counted,
+            state.policies,
+            [w.threshold for w in state.watches],
         )
         found = []
         for crossed in crossings:

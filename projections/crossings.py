@@ -29,10 +29,12 @@ __all__ = [
     "Counted",
     "Crossing",
     "HourHistory",
+    "Spend",
     "Threshold",
     "hour_crossings",
     "hour_history",
     "window_crossings",
+    "window_totals_ddl",
 ]
 
 HISTORY_DAYS = 28
@@ -100,6 +102,31 @@ class Counted:
 
 
 @dataclass(frozen=True, slots=True)
+class Spend:
+    """Where the evaluator's spend is: its quarter-hour ``buckets`` and ``window_totals``,
+    a cache of their sums over the policy windows it has evaluated (``window_totals_ddl``)."""
+
+    buckets: str
+    window_totals: str
+
+
+def window_totals_ddl(table: str) -> list[str]:
+    """Each row is the cost in the buckets of (scope, scope_key) inside [start, stop), kept
+    so by every batch; without a row, a window is summed from the buckets once. Keyed by
+    ``stop`` before ``start``: a batch reads only the windows that end after its spend, not
+    those of earlier periods. Rows belong to no policy: policies of one window share it."""
+    return [
+        f"""CREATE TABLE {table} (
+            scope text NOT NULL,
+            scope_key text NOT NULL,
+            stop timestamptz NOT NULL,
+            start timestamptz NOT NULL,
+            total numeric NOT NULL,
+            PRIMARY KEY (scope, scope_key, stop, start))"""
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class Crossing:
     """The counted row that took a total from below a threshold to it: ``line`` is the
     threshold's index, ``where`` says which window or hour (an index or a key)."""
@@ -123,7 +150,7 @@ class Threshold:
 
 async def window_crossings(
     conn: Connection,
-    buckets: str,
+    spend: Spend,
     counted: Counted,
     policies: Sequence[BudgetPolicy],
     thresholds: Sequence[Threshold],
@@ -131,11 +158,32 @@ async def window_crossings(
     """Every threshold of ``thresholds`` that counted spend crossed, per window of its
     policy (``policies``, all of them: a policy naming a key replaces for that key the
     policies of its scope without one, as ``budget.policies.applicable`` says), with the
-    windows the crossings' ``where`` index (their key still to be filled in)."""
+    windows the crossings' ``where`` index (their key still to be filled in).
+
+    First brings every cached window total up to date with the counted spend."""
     watched = sorted({t.policy for t in thresholds})
+    totals = spend.window_totals
     cursor = await conn.execute(
-        f"WITH {counted.cte} SELECT DISTINCT {_QUARTER.format('occurred_at')} FROM counted"
-        "".encode(),
+        f"""WITH {counted.cte}, spent AS (
+            SELECT s.scope, s.key, {_QUARTER.format("c.occurred_at")} AS quarter,
+                   sum(c.cost) AS cost
+            FROM counted c
+            CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', c.user_id),
+                ('provider', c.provider), ('model', c.model), ('project', c.project_id))
+                AS s(scope, key)
+            WHERE s.key <> ''  -- as the buckets count them
+            GROUP BY 1, 2, 3
+        ), bumped AS (
+            UPDATE {totals} t SET total = t.total + d.cost
+            FROM (SELECT x.scope, x.scope_key, x.stop, x.start, sum(s.cost) AS cost
+                  FROM spent s
+                  JOIN {totals} x ON x.scope = s.scope AND x.scope_key = s.key
+                                 AND x.stop > s.quarter AND x.start <= s.quarter
+                  GROUP BY 1, 2, 3, 4) d
+            WHERE t.scope = d.scope AND t.scope_key = d.scope_key AND t.stop = d.stop
+              AND t.start = d.start
+        )
+        SELECT DISTINCT quarter FROM spent""".encode(),
         counted.params,
     )
     quarters = [row[0].astimezone(UTC) for row in await cursor.fetchall()]
@@ -182,17 +230,31 @@ async def window_crossings(
               AND (w.scope_key = k.key
                    OR w.scope_key IS NULL AND NOT EXISTS (
                        SELECT FROM keyed WHERE keyed.scope = w.scope AND keyed.key = k.key))
-        ), steps AS (
-            -- one row per window with its spend as the buckets hold it (the batch in it),
-            -- then its counted rows: a running sum gives the total at each of them
-            SELECT t.p, t.key, t.start, NULL::int AS w, NULL::bigint AS seq,
-                   NULL::uuid AS event_id, NULL::timestamptz AS occurred_at,
-                   0::numeric AS cost,
-                   coalesce((SELECT sum(b.cost) FROM {buckets} b
+        ), touched AS (
+            SELECT DISTINCT p, scope, key, start, stop FROM matched
+        ), fresh AS (
+            -- windows without a cached total: summed from the buckets (the batch in them)
+            INSERT INTO {totals} (scope, scope_key, stop, start, total)
+            SELECT t.scope, t.key, t.stop, t.start,
+                   coalesce((SELECT sum(b.cost) FROM {spend.buckets} b
                              WHERE b.scope = t.scope AND b.scope_key = t.key
                                AND b.bucket_start >= t.start AND b.bucket_start < t.stop), 0)
-                       AS amount
-            FROM (SELECT DISTINCT p, scope, key, start, stop FROM matched) t
+            FROM (SELECT DISTINCT scope, key, stop, start FROM touched) t
+            WHERE NOT EXISTS (SELECT FROM {totals} x
+                              WHERE x.scope = t.scope AND x.scope_key = t.key
+                                AND x.stop = t.stop AND x.start = t.start)
+            RETURNING scope, scope_key, stop, start, total
+        ), steps AS (
+            -- one row per window with its spend, the batch in it; then its counted rows:
+            -- a running sum gives the total at each of them
+            SELECT t.p, t.key, t.start, NULL::int AS w, NULL::bigint AS seq,
+                   NULL::uuid AS event_id, NULL::timestamptz AS occurred_at,
+                   0::numeric AS cost, coalesce(x.total, f.total) AS amount
+            FROM touched t
+            LEFT JOIN {totals} x ON x.scope = t.scope AND x.scope_key = t.key
+                                AND x.stop = t.stop AND x.start = t.start
+            LEFT JOIN fresh f ON f.scope = t.scope AND f.scope_key = t.key
+                             AND f.stop = t.stop AND f.start = t.start
             UNION ALL
             SELECT p, key, start, w, seq, event_id, occurred_at, cost, cost FROM matched
         ), runs AS (
