@@ -19,6 +19,7 @@ from events.usage import exact_money
 __all__ = [
     "ANOMALY_FLOOR",
     "ANOMALY_MAD_FACTOR",
+    "ANOMALY_MIN_DAYS",
     "ANOMALY_RATIO",
     "DEFAULT_RULES",
     "Anomaly",
@@ -87,7 +88,8 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
 ANOMALY_RATIO = Decimal(3)
 ANOMALY_MAD_FACTOR = Decimal(6)
 ANOMALY_FLOOR = Decimal("0.10")
-_MIN_DAYS = 7
+ANOMALY_MIN_DAYS = 7
+"""Days of history the anomaly test needs (fewer: no test)."""
 _MAD_TO_SIGMA = Decimal("1.4826")
 
 
@@ -119,7 +121,7 @@ def anomaly(history: Sequence[Decimal], same_weekday: Sequence[Decimal]) -> Anom
     which needs a week; the spread is the median absolute deviation (MAD) of the same
     sample. Medians ignore the odd spike in the history itself.
     """
-    if len(history) < _MIN_DAYS:
+    if len(history) < ANOMALY_MIN_DAYS:
         return None
     sample = same_weekday if len(same_weekday) >= 3 else history
     with exact_money():

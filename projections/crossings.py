@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from budget.alerting import ANOMALY_FLOOR, ANOMALY_MIN_DAYS
 from budget.policies import PolicyWindow, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
@@ -299,38 +300,53 @@ class HourHistory:
 async def hour_history(
     conn: Connection, buckets: str, counted: Counted, scopes: Sequence[BudgetScope]
 ) -> list[HourHistory]:
-    """Every hour of a key of ``scopes`` that counted spend touched, with its history."""
+    """Every hour of a key of ``scopes`` that counted spend touched, with its history when
+    the anomaly test could find it unusual: the key spent for ``ANOMALY_MIN_DAYS`` before
+    it, and the hour's total may reach ``ANOMALY_FLOOR`` within the batch."""
     cursor = await conn.execute(
         f"""WITH {counted.cte}, hours AS (
             SELECT s.scope, s.key, {_HOUR.format("c.occurred_at")} AS hour,
-                   sum(c.cost) AS batch
+                   sum(c.cost) AS batch, sum(greatest(c.cost, 0)) AS added
             FROM counted c
             CROSS JOIN LATERAL (SELECT scope, {_key_of("scope")} AS key
                                 FROM unnest(%(scopes)s::text[]) AS scope) AS s
             WHERE s.key IS NOT NULL
             GROUP BY 1, 2, 3
+        ), totals AS (
+            SELECT h.*,
+                   coalesce((SELECT sum(b.cost) FROM {buckets} b
+                             WHERE b.scope = h.scope AND b.scope_key = h.key
+                               AND b.bucket_start >= h.hour
+                               AND b.bucket_start < h.hour + interval '1 hour'), 0) AS now,
+                   (SELECT min(b.bucket_start) FROM {buckets} b
+                    WHERE b.scope = h.scope AND b.scope_key = h.key) AS first
+            FROM hours h
         )
-        SELECT h.scope, h.key, h.hour,
-               coalesce((SELECT sum(b.cost) FROM {buckets} b
-                         WHERE b.scope = h.scope AND b.scope_key = h.key
-                           AND b.bucket_start >= h.hour
-                           AND b.bucket_start < h.hour + interval '1 hour'), 0),
-               h.batch,
-               ARRAY(SELECT coalesce((SELECT sum(b.cost) FROM {buckets} b
-                                      WHERE b.scope = h.scope AND b.scope_key = h.key
-                                        AND b.bucket_start >= h.hour - d * interval '1 day'
-                                        AND b.bucket_start < h.hour - d * interval '1 day'
-                                                             + interval '1 hour'), 0)
-                     FROM generate_series(1, {HISTORY_DAYS}) AS d ORDER BY d),
-               (SELECT min(b.bucket_start) FROM {buckets} b
-                WHERE b.scope = h.scope AND b.scope_key = h.key)
-        FROM hours h""".encode(),
-        {**counted.params, "scopes": [s.value for s in scopes]},
+        SELECT scope, key, hour, now, batch,
+               CASE WHEN {_HOUR.format("first")} <= hour - %(min_days)s * interval '1 day'
+                         AND now - batch + added >= %(floor)s
+                    THEN ARRAY(SELECT coalesce((SELECT sum(b.cost) FROM {buckets} b
+                                   WHERE b.scope = t.scope AND b.scope_key = t.key
+                                     AND b.bucket_start >= t.hour - d * interval '1 day'
+                                     AND b.bucket_start < t.hour - d * interval '1 day'
+                                                          + interval '1 hour'), 0)
+                               FROM generate_series(1, {HISTORY_DAYS}) AS d ORDER BY d)
+               END,
+               first
+        FROM totals t""".encode(),
+        {
+            **counted.params,
+            "scopes": [s.value for s in scopes],
+            "min_days": ANOMALY_MIN_DAYS,
+            "floor": ANOMALY_FLOOR,
+        },
     )
     found = []
     for scope, key, hour, now, batch, past, first in await cursor.fetchall():
         since = _epoch_hour(first) if first is not None else _epoch_hour(hour)
         days = max(0, min(HISTORY_DAYS, (_epoch_hour(hour) - since) // 24))
+        if past is None:  # the anomaly test would find nothing
+            past, days = [], 0
         found.append(
             HourHistory(BudgetScope(scope), key, hour.astimezone(UTC), now, batch, past, days)
         )
