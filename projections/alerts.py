@@ -244,7 +244,7 @@ class AlertsProjection(Projection):
         for touched in await hour_history(conn, buckets, counted, scopes):
             past = touched.past[: touched.days]
             limits = anomaly(past, past[6::7])  # the same weekday: 7, 14, ... days before
-            if limits is not None:
+            if limits is not None and touched.may_reach(limits.threshold):
                 unusual.append((touched, limits))
         crossings = await hour_crossings(conn, counted, [(h, a.threshold) for h, a in unusual])
         found = []

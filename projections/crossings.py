@@ -22,6 +22,7 @@ from budget.alerting import ANOMALY_FLOOR, ANOMALY_MIN_DAYS
 from budget.policies import PolicyWindow, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
+from events.usage import exact_money
 from projections.engine.projection import Connection
 from projections.ledger import Booked
 
@@ -161,7 +162,8 @@ async def window_crossings(
     policies of its scope without one, as ``budget.policies.applicable`` says), with the
     windows the crossings' ``where`` index (their key still to be filled in).
 
-    First brings every cached window total up to date with the counted spend."""
+    First brings every cached window total of the watched policies' scopes up to date with
+    the counted spend (and drops those of other scopes)."""
     watched = sorted({t.policy for t in thresholds})
     totals = spend.window_totals
     cursor = await conn.execute(
@@ -169,11 +171,13 @@ async def window_crossings(
             SELECT s.scope, s.key, {_QUARTER.format("c.occurred_at")} AS quarter,
                    sum(c.cost) AS cost
             FROM counted c
-            CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', c.user_id),
-                ('provider', c.provider), ('model', c.model), ('project', c.project_id))
-                AS s(scope, key)
+            CROSS JOIN LATERAL (SELECT scope, {_key_of("scope")} AS key
+                                FROM unnest(%(scopes)s::text[]) AS scope) AS s
             WHERE s.key <> ''  -- as the buckets count them
             GROUP BY 1, 2, 3
+        ), dropped AS (
+            -- totals of scopes no watched policy has would go stale: kept for none
+            DELETE FROM {totals} WHERE scope <> ALL(%(scopes)s::text[])
         ), bumped AS (
             UPDATE {totals} t SET total = t.total + d.cost
             FROM (SELECT x.scope, x.scope_key, x.stop, x.start, sum(s.cost) AS cost
@@ -185,7 +189,7 @@ async def window_crossings(
               AND t.start = d.start
         )
         SELECT DISTINCT quarter FROM spent""".encode(),
-        counted.params,
+        {**counted.params, "scopes": sorted({policies[i].scope.value for i in watched})},
     )
     quarters = [row[0].astimezone(UTC) for row in await cursor.fetchall()]
     windows: list[PolicyWindow] = []
@@ -284,7 +288,7 @@ async def window_crossings(
 @dataclass(frozen=True, slots=True)
 class HourHistory:
     """One scope key's hour that counted spend touched: its spend with the batch
-    (``now``), the batch's part of it, and the same hour on each of the ``HISTORY_DAYS``
+    (``now``), the batch's part of it (``batch``), and the same hour on each of the ``HISTORY_DAYS``
     earlier days (``past[0]``: yesterday), of which the first ``days`` count (days since
     the key's first spend)."""
 
@@ -293,8 +297,14 @@ class HourHistory:
     hour: datetime
     now: Decimal
     batch: Decimal
+    added: Decimal
+    """The batch's increases alone: no running total in it exceeds ``now - batch + added``."""
     past: list[Decimal]
     days: int
+
+    def may_reach(self, threshold: Decimal) -> bool:
+        with exact_money():
+            return self.now - self.batch + self.added >= threshold
 
 
 async def hour_history(
@@ -322,7 +332,7 @@ async def hour_history(
                     WHERE b.scope = h.scope AND b.scope_key = h.key) AS first
             FROM hours h
         )
-        SELECT scope, key, hour, now, batch,
+        SELECT scope, key, hour, now, batch, added,
                CASE WHEN {_HOUR.format("first")} <= hour - %(min_days)s * interval '1 day'
                          AND now - batch + added >= %(floor)s
                     THEN ARRAY(SELECT coalesce((SELECT sum(b.cost) FROM {buckets} b
@@ -342,13 +352,15 @@ async def hour_history(
         },
     )
     found = []
-    for scope, key, hour, now, batch, past, first in await cursor.fetchall():
+    for scope, key, hour, now, batch, added, past, first in await cursor.fetchall():
         since = _epoch_hour(first) if first is not None else _epoch_hour(hour)
         days = max(0, min(HISTORY_DAYS, (_epoch_hour(hour) - since) // 24))
         if past is None:  # the anomaly test would find nothing
             past, days = [], 0
         found.append(
-            HourHistory(BudgetScope(scope), key, hour.astimezone(UTC), now, batch, past, days)
+            HourHistory(
+                BudgetScope(scope), key, hour.astimezone(UTC), now, batch, added, past, days
+            )
         )
     return found
 
@@ -376,12 +388,17 @@ async def hour_crossings(
         f"""WITH {counted.cte}, lines AS (
             SELECT * FROM jsonb_to_recordset(%(lines)s::jsonb) AS l(l int, scope text,
                 key text, hour timestamptz, now numeric, batch numeric, threshold numeric)
+        ), items AS (
+            SELECT s.scope, s.key, {_HOUR.format("c.occurred_at")} AS hour, c.seq,
+                   c.event_id, c.occurred_at, c.cost
+            FROM counted c
+            CROSS JOIN LATERAL (SELECT scope, {_key_of("scope")} AS key
+                                FROM (SELECT DISTINCT scope FROM lines) AS scopes) AS s
         ), runs AS (
-            SELECT l.l, l.key, l.threshold, c.seq, c.event_id, c.occurred_at, c.cost,
-                   l.now - l.batch + sum(c.cost) OVER (PARTITION BY l.l ORDER BY c.seq) AS total
+            SELECT l.l, l.key, l.threshold, i.seq, i.event_id, i.occurred_at, i.cost,
+                   l.now - l.batch + sum(i.cost) OVER (PARTITION BY l.l ORDER BY i.seq) AS total
             FROM lines l
-            JOIN counted c ON {_HOUR.format("c.occurred_at")} = l.hour
-                          AND {_key_of("l.scope")} = l.key
+            JOIN items i ON i.scope = l.scope AND i.key = l.key AND i.hour = l.hour
         )
         SELECT DISTINCT ON (l) l, l, key, seq, event_id, occurred_at, total
         FROM runs
