@@ -18,7 +18,10 @@ Figures (one JSON line each, per run):
   (ids, amounts, causes, times): event ids and times follow from the arguments, so runs
   of the same hour, or of two versions of the code, compare.
 
-``--profile FILE`` writes a cProfile of the first run to FILE and prints its top entries.
+``--reference`` also replays, after each run, the same counting without any rule
+(``count_only_*``: a spend projection with a private ledger, as the evaluator counts): the
+difference is what evaluating the rules costs. ``--profile FILE`` writes a cProfile of the
+first run to FILE and prints its top entries.
 
 Run: ``./run python bench/alerts.py [--events 100000] [--runs 3]``.
 """
@@ -54,8 +57,9 @@ from events import (
 )
 from projections.alerts import AlertsProjection
 from projections.db import connect
-from projections.engine.projection import physical
+from projections.engine.projection import Projection, physical
 from projections.engine.rebuild import rebuild
+from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 from services.ops import prepare
 from services.worker import tune_gc
@@ -67,6 +71,8 @@ MODELS = [
     ("anthropic", "claude-sonnet-4", Decimal(3), Decimal(15)),
 ]
 _MILLION = Decimal(1_000_000)
+COUNT_ONLY = SpendProjection("bench_count", private_ledger=True, settles_reservations=False)
+"""What the evaluator does to count usage, without a rule: its cost is the floor."""
 # Event ids, like times, follow from the arguments: the same log, so the same alerts.
 _EVENT_IDS = uuid.UUID("0d7c5a8e-3a52-4c1f-9a4e-6f1b2c3d4e5f")
 
@@ -186,10 +192,15 @@ async def alerts_digest(database_url: str, version: int) -> tuple[int, str]:
 
 
 async def replay(
-    nats_url: str, database_url: str, settings: Settings, postgres: int, nats_pid: int
+    projection: Projection,
+    nats_url: str,
+    database_url: str,
+    settings: Settings,
+    postgres: int,
+    nats_pid: int,
 ) -> tuple[float, float, float, float, int]:
-    """One rebuild of the alerts projection: (seconds, Python, PostgreSQL and NATS CPU
-    seconds, version)."""
+    """One rebuild of ``projection``: (seconds, Python, PostgreSQL and NATS CPU seconds,
+    version)."""
     nc = await nats.connect(nats_url)
     try:
         backends, stop = ChildrenCpu(postgres), asyncio.Event()
@@ -197,7 +208,7 @@ async def replay(
         await asyncio.sleep(0)  # the first sample
         before = time.perf_counter(), time.process_time(), cpu_seconds(nats_pid)
         version = await rebuild(
-            AlertsProjection(),
+            projection,
             nc=nc,
             database_url=database_url,
             topology=settings.topology,
@@ -218,7 +229,6 @@ async def main(args: argparse.Namespace) -> None:
         EmbeddedNats(data / "nats").start() as nats_server,
         EmbeddedPostgres(data / "postgres", database="bench").start() as postgres,
     ):
-        assert nats_server.pid is not None and postgres.pid is not None
         settings = Settings(
             nats_url=nats_server.url,
             database_url=postgres.url,
@@ -227,26 +237,43 @@ async def main(args: argparse.Namespace) -> None:
         )
         await prepare(nats_server.url, postgres.url, settings)
         await fill(nats_server.url, settings.topology, args)
+        servers = (nats_server, postgres, settings)
         tune_gc()  # as `budget worker` and `budget projections rebuild` do
         for run in range(args.runs):
+            extra = {"events": args.events, "run": run + 1}
             profile = cProfile.Profile() if args.profile and run == 0 else None
             if profile is not None:
                 profile.enable()
-            wall, cpu, pg, nats_cpu, version = await replay(
-                nats_server.url, postgres.url, settings, postgres.pid, nats_server.pid
-            )
+            version = await measure("alerts", AlertsProjection(), args, extra, *servers)
             if profile is not None:
                 profile.disable()
                 profile.dump_stats(args.profile)
                 pstats.Stats(args.profile).sort_stats("cumulative").print_stats(40)
-            n = args.events
-            extra = {"events": n, "run": run + 1}
-            emit("alerts_events_per_s", n / wall, "events/s", **extra)
-            emit("alerts_python_us_per_event", cpu / n * 1e6, "µs", **extra)
-            emit("alerts_postgres_us_per_event", pg / n * 1e6, "µs", **extra)
-            emit("alerts_nats_us_per_event", nats_cpu / n * 1e6, "µs", **extra)
             count, digest = await alerts_digest(postgres.url, version)
             emit("alerts_raised", count, "alerts", digest=digest, **extra)
+            if args.reference:
+                await measure("count_only", COUNT_ONLY, args, extra, *servers)
+
+
+async def measure(
+    figure: str,
+    projection: Projection,
+    args: argparse.Namespace,
+    extra: dict[str, int],
+    nats_server: EmbeddedNats,
+    postgres: EmbeddedPostgres,
+    settings: Settings,
+) -> int:
+    assert nats_server.pid is not None and postgres.pid is not None
+    wall, cpu, pg, nats_cpu, version = await replay(
+        projection, nats_server.url, postgres.url, settings, postgres.pid, nats_server.pid
+    )
+    n = args.events
+    emit(f"{figure}_events_per_s", n / wall, "events/s", **extra)
+    emit(f"{figure}_python_us_per_event", cpu / n * 1e6, "µs", **extra)
+    emit(f"{figure}_postgres_us_per_event", pg / n * 1e6, "µs", **extra)
+    emit(f"{figure}_nats_us_per_event", nats_cpu / n * 1e6, "µs", **extra)
+    return version
 
 
 if __name__ == "__main__":
@@ -269,6 +296,11 @@ if __name__ == "__main__":
         default=utc_now().replace(minute=0, second=0, microsecond=0),
         help="when the last hour ends (default: this hour's start, so runs of the same hour"
         " fill the same log and their digests compare)",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="after each run, replay the same counting without rules (count_only_*)",
     )
     parser.add_argument("--profile", help="write a cProfile of the first run to this file")
     asyncio.run(main(parser.parse_args()))
