@@ -1,5 +1,6 @@
-"""What raises an alert: default rules, deterministic alert ids, threshold crossings and
-the hourly anomaly test. Pure functions, shared by the evaluator and ``AlertEngine``."""
+"""What raises an alert: default rules, deterministic alert ids, threshold amounts and
+the hourly anomaly test. Pure functions, shared by the evaluator and ``AlertEngine``
+(which event crossed a threshold is found in PostgreSQL: ``projections/crossings.py``)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,12 @@ from events.usage import exact_money
 __all__ = [
     "ANOMALY_FLOOR",
     "ANOMALY_MAD_FACTOR",
+    "ANOMALY_MIN_DAYS",
     "ANOMALY_RATIO",
     "DEFAULT_RULES",
     "Anomaly",
-    "Spent",
     "alert_id",
     "anomaly",
-    "crossing",
     "threshold_alert",
     "threshold_amount",
 ]
@@ -88,7 +88,8 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
 ANOMALY_RATIO = Decimal(3)
 ANOMALY_MAD_FACTOR = Decimal(6)
 ANOMALY_FLOOR = Decimal("0.10")
-_MIN_DAYS = 7
+ANOMALY_MIN_DAYS = 7
+"""Days of history the anomaly test needs (fewer: no test)."""
 _MAD_TO_SIGMA = Decimal("1.4826")
 
 
@@ -102,30 +103,6 @@ def threshold_amount(rule: AlertRule, policy: BudgetPolicy) -> tuple[Decimal, De
     percent = rule.threshold_percent or policy.soft_limit_percent
     with exact_money():
         return percent, policy.limit_amount * percent / 100
-
-
-@dataclass(frozen=True, slots=True)
-class Spent:
-    """One usage event's cost, in log order."""
-
-    event_id: uuid.UUID
-    occurred_at: datetime
-    cost: Decimal
-
-
-def crossing(
-    after: Decimal, threshold: Decimal, spent: Sequence[Spent]
-) -> tuple[Spent, Decimal] | None:
-    """The event that took the running total from below ``threshold`` to it or above, and
-    the total with it (independent of how events were batched). ``after``: the total with
-    all of ``spent`` counted (as the projection's totals hold it)."""
-    with exact_money():
-        total = after - sum((item.cost for item in spent), Decimal(0))
-        for item in spent:
-            if total < threshold <= total + item.cost:
-                return item, total + item.cost
-            total += item.cost
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +121,7 @@ def anomaly(history: Sequence[Decimal], same_weekday: Sequence[Decimal]) -> Anom
     which needs a week; the spread is the median absolute deviation (MAD) of the same
     sample. Medians ignore the odd spike in the history itself.
     """
-    if len(history) < _MIN_DAYS:
+    if len(history) < ANOMALY_MIN_DAYS:
         return None
     sample = same_weekday if len(same_weekday) >= 3 else history
     with exact_money():

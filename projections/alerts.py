@@ -2,15 +2,17 @@
 the log rebuilds the same alerts.
 
 Per batch, in log order: usage goes into the evaluator's quarter-hour buckets (the spend
-projection's code, under ``alert_spend_*``); then every policy window and watched hour the
-fresh events touched is checked against the rules. A correction counts by the ledger rule
-(``projections/ledger.py``): its difference, at the corrected event's time and scopes.
-The event that took a window's spend from below a threshold to it raises the alert, so an
-alert's id, time and cause do not depend on where batches happen to split. Cooldowns are
-kept in event time. Alerts raised while this version is live go to the outbox (one row per
-channel) and wake the notifier; alerts a rebuild re-derives are stored but never sent again,
-except those of events the version it replaces never applied: they are queued when the
-rebuild goes live.
+projection's code, under ``alert_spend_*``, with a private ledger); then every policy window
+and watched hour the fresh spend touched is checked against the rules, set-based in
+PostgreSQL (``projections/crossings.py``): Python works per batch and per alert, not per
+event, and events no policy or rule is about cost nothing beyond being counted. A
+correction counts by the ledger rule (``projections/ledger.py``): its difference, at the
+corrected event's time and scopes. The event that took a window's spend from below a
+threshold to it raises the alert, so an alert's id, time and cause do not depend on where
+batches happen to split. Cooldowns are kept in event time. Alerts raised while this
+version is live go to the outbox (one row per channel) and wake the notifier; alerts a
+rebuild re-derives are stored but never sent again, except those of events the version it
+replaces never applied: they are queued when the rebuild goes live.
 """
 
 from __future__ import annotations
@@ -19,20 +21,12 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from budget.alerting import (
-    DEFAULT_RULES,
-    Spent,
-    alert_id,
-    anomaly,
-    crossing,
-    threshold_alert,
-    threshold_amount,
-)
-from budget.policies import CallScope, PolicyWindow, applicable
+from budget.alerting import DEFAULT_RULES, alert_id, anomaly, threshold_alert, threshold_amount
+from budget.policies import CallScope, PolicyWindow
 from events import (
     Alert,
     AlertAcknowledged,
@@ -51,20 +45,26 @@ from events import (
 )
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.change_log import ChangeLog
-from projections.engine.fast_codec import FastUsageRecorded
+from projections.crossings import (
+    Counted,
+    Spend,
+    Threshold,
+    hour_crossings,
+    hour_history,
+    window_crossings,
+    window_totals_ddl,
+)
 from projections.engine.projection import Applied, Connection, Projection, physical
-from projections.ledger import Booked
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
-from projections.windows import window_sums
 
 __all__ = ["OUTBOX_CHANNEL", "AlertsProjection", "load_rules"]
 
 OUTBOX_CHANNEL = "alert_outbox"
 """PostgreSQL NOTIFY channel: the notifier wakes when alerts are queued."""
 
-_HISTORY_DAYS = 28
 _USAGE = (UsageRecorded, UsageRepriced)
+_WINDOW_TOTALS = "alert_window_totals"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,32 +78,12 @@ class _Candidate:
 
 
 @dataclass(frozen=True, slots=True)
-class _Counted:
-    """A change of spend that counts toward thresholds, in log order: a new usage event's
-    cost, or a correction's difference (booked at the corrected event's time and scopes,
-    as the ledger recorded them; negative when it lowers the cost)."""
+class _Watch:
+    """A threshold rule watching a policy, and the amount at which it fires."""
 
-    stream_seq: int
-    call: CallScope
-    spent: Spent
-
-    @classmethod
-    def of_usage(
-        cls, stream_seq: int, event: FastUsageRecorded | UsageRecorded, cost: Decimal
-    ) -> _Counted:
-        return cls(stream_seq, CallScope.of(event), Spent(event.event_id, event.occurred_at, cost))
-
-    @classmethod
-    def of_correction(cls, booked: Booked) -> _Counted:
-        original = booked.original
-        call = CallScope(
-            model=original["model"],
-            provider=original["provider"],
-            user_id=original["user_id"],
-            project_id=original["project_id"],
-        )
-        spent = Spent(booked.event_id, booked.occurred_at, booked.cost_delta)
-        return cls(booked.applied.stream_seq, call, spent)
+    rule: AlertRule
+    percent: Decimal
+    threshold: Threshold
 
 
 @dataclass
@@ -112,6 +92,19 @@ class _Rules:
     """Where the policy and rule logs stood when these were read (and in which schema)."""
     policies: list[BudgetPolicy] = field(default_factory=list)
     rules: list[AlertRule] = field(default_factory=list)
+    watches: list[_Watch] = field(init=False)
+    anomaly_rules: list[AlertRule] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watches = []
+        for index, policy in enumerate(self.policies):
+            for rule in self.rules:
+                if rule.alert_type.is_threshold and rule.watches(
+                    policy.policy_id, policy.scope, action=policy.action
+                ):
+                    percent, amount = threshold_amount(rule, policy)
+                    self.watches.append(_Watch(rule, percent, Threshold(index, amount)))
+        self.anomaly_rules = [r for r in self.rules if r.alert_type is AlertType.ANOMALY]
 
 
 class AlertsProjection(Projection):
@@ -134,6 +127,7 @@ class AlertsProjection(Projection):
         self.rule_log = ChangeLog(table="alert_rule_log", key="rule_id", document="rule")
         self.tables = (
             *self.spend.tables,
+            _WINDOW_TOTALS,
             *self.policies.tables,
             self.rule_log.events,
             self.rule_log.table,
@@ -146,6 +140,9 @@ class AlertsProjection(Projection):
         alerts, cooldowns = (physical(t, version) for t in self.tables[-2:])
         return [
             *self.spend.ddl(version),
+            # each batch reads back the usage it recorded (``projections.crossings``)
+            f"CREATE INDEX ON {self.spend.ledger_of(version).usage} (stream_seq)",
+            *window_totals_ddl(physical(_WINDOW_TOTALS, version)),
             *self.policies.ddl(version),
             *self.rule_log.ddl(version),
             f"""CREATE TABLE {alerts} (
@@ -191,107 +188,69 @@ class AlertsProjection(Projection):
     # -- usage: thresholds and anomalies ----------------------------------------------------
 
     async def _apply_usage(self, conn: Connection, version: int, segment: list[Applied]) -> None:
-        fresh = await self._fresh_usage(conn, version, segment)
         booked = await self.spend.book(conn, version, segment)
-        counted = sorted(
-            [*fresh, *(_Counted.of_correction(b) for b in booked if b.cost_delta)],
-            key=lambda c: c.stream_seq,
-        )
-        if not counted:
-            return
         state = await self._state(conn, version)
+        totals = physical(_WINDOW_TOTALS, version)
+        if not state.watches:
+            # Nothing keeps window totals up to date while no threshold rule needs them.
+            await conn.execute(f"DELETE FROM {totals}".encode())
+            if not state.anomaly_rules:
+                return  # no rule can be about usage: counting it is all there is to do
+        usage = self.spend.ledger_of(version).usage
+        counted = Counted.of(usage, segment[0].stream_seq, segment[-1].stream_seq, booked)
+        buckets = physical(self.spend.tables[0], version)
         candidates = [
-            *await self._threshold_candidates(conn, version, state, counted),
-            *await self._anomaly_candidates(conn, version, state, counted),
+            *await self._threshold_candidates(conn, buckets, totals, state, counted),
+            *await self._anomaly_candidates(conn, buckets, state, counted),
         ]
         await self._raise(conn, version, candidates)
 
-    async def _fresh_usage(
-        self, conn: Connection, version: int, segment: list[Applied]
-    ) -> list[_Counted]:
-        """The segment's priced usage events not counted before (as the spend code sees it)."""
-        usage = [(a, a.recorded) for a in segment if a.event_type is UsageRecorded]
-        ledger = physical(self.spend.tables[1], version)
-        cursor = await conn.execute(
-            f"SELECT event_id FROM {ledger} WHERE event_id = ANY(%s)".encode(),
-            ([e.event_id for _, e in usage],),
-        )
-        seen = {row[0] for row in await cursor.fetchall()}
-        fresh = []
-        for applied, event in usage:
-            if event.event_id not in seen:
-                seen.add(event.event_id)
-                if event.cost is not None:
-                    fresh.append(_Counted.of_usage(applied.stream_seq, event, event.cost))
-        return fresh
-
     async def _threshold_candidates(
-        self,
-        conn: Connection,
-        version: int,
-        state: _Rules,
-        counted: list[_Counted],
+        self, conn: Connection, buckets: str, totals: str, state: _Rules, counted: Counted
     ) -> list[_Candidate]:
-        rules = [r for r in state.rules if r.alert_type.is_threshold]
-        touched: dict[tuple[str, str, datetime], tuple[PolicyWindow, list[Spent], list[int]]] = {}
-        for item in counted:
-            for window in applicable(state.policies, item.call, item.spent.occurred_at):
-                entry = touched.setdefault(window.ident, (window, [], []))
-                entry[1].append(item.spent)
-                entry[2].append(item.stream_seq)
-        if not rules or not touched:
+        if not state.watches:
             return []
-        windows = [w for w, _, _ in touched.values()]
-        totals = await self._window_totals(conn, version, windows)
+        windows, crossings = await window_crossings(
+            conn,
+            Spend(buckets, totals),
+            counted,
+            state.policies,
+            [w.threshold for w in state.watches],
+        )
         found = []
-        for (window, spent, seqs), after in zip(touched.values(), totals, strict=True):
-            for rule in rules:
-                policy = window.policy
-                if not rule.watches(policy.policy_id, policy.scope, action=policy.action):
-                    continue
-                percent, amount = threshold_amount(rule, window.policy)
-                crossed = crossing(after, amount, spent)
-                if crossed is not None:
-                    hit, total = crossed
-                    alert = threshold_alert(
-                        rule, window, percent, total, hit.occurred_at, hit.event_id
-                    )
-                    subject = f"{window.policy.policy_id}|{window.key}"
-                    found.append(_Candidate(rule, subject, seqs[spent.index(hit)], alert))
+        for crossed in crossings:
+            watch, bounds = state.watches[crossed.line], windows[crossed.where]
+            window = PolicyWindow(bounds.policy, crossed.key, bounds.start, bounds.end)
+            alert = threshold_alert(
+                watch.rule,
+                window,
+                watch.percent,
+                crossed.total,
+                crossed.occurred_at.astimezone(UTC),
+                crossed.event_id,
+            )
+            subject = f"{window.policy.policy_id}|{window.key}"
+            found.append(_Candidate(watch.rule, subject, crossed.stream_seq, alert))
         return found
 
     async def _anomaly_candidates(
-        self,
-        conn: Connection,
-        version: int,
-        state: _Rules,
-        counted: list[_Counted],
+        self, conn: Connection, buckets: str, state: _Rules, counted: Counted
     ) -> list[_Candidate]:
-        rules = [r for r in state.rules if r.alert_type is AlertType.ANOMALY]
+        rules = state.anomaly_rules
         if not rules:
             return []
-        scopes = {s for r in rules for s in (r.scopes or tuple(BudgetScope))}
-        hours: dict[tuple[str, str, datetime], tuple[list[Spent], list[int]]] = {}
-        for item in counted:
-            hour = item.spent.occurred_at.replace(minute=0, second=0, microsecond=0)
-            for scope in scopes:
-                key = item.call.key(scope)
-                if key is not None:
-                    entry = hours.setdefault((scope.value, key, hour), ([], []))
-                    entry[0].append(item.spent)
-                    entry[1].append(item.stream_seq)
-        history = await self._hour_history(conn, version, list(hours))
+        scopes = sorted({s for r in rules for s in (r.scopes or tuple(BudgetScope))})
+        unusual = []
+        for touched in await hour_history(conn, buckets, counted, scopes):
+            past = touched.past[: touched.days]
+            limits = anomaly(past, past[6::7])  # the same weekday: 7, 14, ... days before
+            if limits is not None and touched.may_reach(limits.threshold):
+                unusual.append((touched, limits))
+        crossings = await hour_crossings(conn, counted, [(h, a.threshold) for h, a in unusual])
         found = []
-        for (scope_name, key, hour), (spent, seqs) in hours.items():
-            now, past, same_weekday = history[(scope_name, key, hour)]
-            limits = anomaly(past, same_weekday)
-            if limits is None:
-                continue
-            crossed = crossing(now, limits.threshold, spent)
-            if crossed is None:
-                continue
-            hit, total = crossed
-            scope = BudgetScope(scope_name)
+        for crossed in crossings:
+            history, limits = unusual[crossed.where]
+            scope, key, hour = history.scope, history.key, history.hour
             usual = limits.baseline.quantize(Decimal("0.0001"))
             for rule in rules:
                 if rule.scopes is not None and scope not in rule.scopes:
@@ -303,86 +262,21 @@ class AlertsProjection(Projection):
                     rule_id=rule.rule_id,
                     rule_name=rule.name,
                     message=(
-                        f"{scope.value} {key}: {total} USD spent in the hour from"
+                        f"{scope.value} {key}: {crossed.total} USD spent in the hour from"
                         f" {hour:%Y-%m-%d %H:00} UTC, usually {usual} USD"
                     ),
-                    raised_at=hit.occurred_at,
-                    caused_by=hit.event_id,
+                    raised_at=crossed.occurred_at.astimezone(UTC),
+                    caused_by=crossed.event_id,
                     scope=scope,
                     scope_key=key,
                     period_start=hour,
                     period_end=hour + timedelta(hours=1),
-                    spend=total,
+                    spend=crossed.total,
                     baseline=limits.baseline,
                 )
                 subject = f"{scope.value}|{key}"
-                found.append(_Candidate(rule, subject, seqs[spent.index(hit)], alert))
+                found.append(_Candidate(rule, subject, crossed.stream_seq, alert))
         return found
-
-    async def _hour_history(
-        self, conn: Connection, version: int, hours: list[tuple[str, str, datetime]]
-    ) -> dict[tuple[str, str, datetime], tuple[Decimal, list[Decimal], list[Decimal]]]:
-        """For each (scope, key, hour): its spend so far, the same hour on each earlier day
-        since the key's first spend (up to 28 days), and those on the same weekday.
-
-        One scan per total over the hours it needs (a replayed batch spans many hours)."""
-        if not hours:
-            return {}
-        buckets = physical(self.spend.tables[0], version)
-        spans: dict[tuple[str, str], list[datetime]] = {}
-        for scope, key, hour in hours:
-            span = spans.setdefault((scope, key), [hour, hour])
-            span[0], span[1] = min(span[0], hour), max(span[1], hour)
-        totals = list(spans)
-        param = json.dumps(
-            [
-                {
-                    "i": i,
-                    "scope": scope,
-                    "key": key,
-                    "lo": (spans[(scope, key)][0] - timedelta(days=_HISTORY_DAYS)).isoformat(),
-                    "hi": (spans[(scope, key)][1] + timedelta(hours=1)).isoformat(),
-                }
-                for i, (scope, key) in enumerate(totals)
-            ]
-        )
-        window = "jsonb_to_recordset(%s::jsonb) AS w(i int, scope text, key text, lo timestamptz,"
-        window += " hi timestamptz)"
-        cursor = await conn.execute(
-            f"""SELECT w.i, date_trunc('hour', b.bucket_start), sum(b.cost)
-            FROM {window} JOIN {buckets} b ON b.scope = w.scope AND b.scope_key = w.key
-                 AND b.bucket_start >= w.lo AND b.bucket_start < w.hi
-            GROUP BY 1, 2""".encode(),
-            (param,),
-        )
-        # keyed by hours since the epoch: ints hash far faster than aware datetimes
-        hourly: dict[int, dict[int, Decimal]] = {}
-        for index, hour, total in await cursor.fetchall():
-            hourly.setdefault(index, {})[_epoch_hour(hour)] = total
-        cursor = await conn.execute(
-            f"""SELECT w.i, (SELECT date_trunc('hour', min(b.bucket_start)) FROM {buckets} b
-                             WHERE b.scope = w.scope AND b.scope_key = w.key)
-            FROM {window}""".encode(),
-            (param,),
-        )
-        since = {i: _epoch_hour(at) for i, at in await cursor.fetchall() if at is not None}
-        result = {}
-        position = {total: i for i, total in enumerate(totals)}
-        zero = Decimal(0)
-        for scope, key, hour in hours:
-            index = position[(scope, key)]
-            sums, now = hourly.get(index, {}), _epoch_hour(hour)
-            first = since.get(index, now)
-            days = range(1, min(_HISTORY_DAYS, (now - first) // 24) + 1)
-            past = [sums.get(now - 24 * day, zero) for day in days]
-            weekday = [past[day - 1] for day in days if day % 7 == 0]
-            result[(scope, key, hour)] = (sums.get(now, zero), past, weekday)
-        return result
-
-    async def _window_totals(
-        self, conn: Connection, version: int, windows: list[PolicyWindow]
-    ) -> list[Decimal]:
-        return await window_sums(conn, physical(self.spend.tables[0], version), windows)
 
     # -- other events ------------------------------------------------------------------------
 
@@ -615,10 +509,6 @@ def _violated(policy: BudgetPolicy | None, call: CallScope) -> tuple[BudgetScope
     if policy is None:
         return BudgetScope.GLOBAL, GLOBAL_SCOPE_KEY
     return policy.scope, call.key(policy.scope) or GLOBAL_SCOPE_KEY
-
-
-def _epoch_hour(instant: datetime) -> int:
-    return int(instant.timestamp()) // 3600
 
 
 async def load_rules(conn: Connection, log: str = "alert_rule_log") -> list[AlertRule]:

@@ -1,0 +1,87 @@
+"""What the evaluator's set-based usage path (``projections/crossings.py``) must keep: spend
+that no policy covers raises nothing yet is counted; a user's own policy replaces the
+per-user one for that user; cached window totals stay exact while no rule watches them;
+the same alerts however the log is batched (real PostgreSQL)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from events import AlertRule, AlertRuleRemoved, AlertRuleSet, AlertType, BudgetScope, Event
+from projections.alerts import AlertsProjection
+
+from ledger_logs import AT, applied, daily, run_fresh_version
+from support import usage_event
+
+THRESHOLD_RULES = ("default-soft-limit", "default-critical", "default-limit-exceeded")
+
+
+async def evaluated(db: str, events: list[Event]) -> list[list[tuple[Any, ...]]]:
+    """The alerts (type, key, spend, cause) and the per-user spend, the same whether the
+    log is applied whole or event by event."""
+    queries = [
+        "SELECT alert_type, alert ->> 'scope_key', alert ->> 'spend', alert ->> 'caused_by'"
+        " FROM {alerts} ORDER BY stream_seq, alert_type",
+        "SELECT scope_key, sum(cost) FROM {alert_spend_buckets} WHERE scope = 'user'"
+        " GROUP BY 1 ORDER BY 1",
+    ]
+    log = applied(events)
+    whole = await run_fresh_version(db, AlertsProjection(), [log], queries)
+    assert await run_fresh_version(db, AlertsProjection(), [[a] for a in log], queries) == whole
+    return whole
+
+
+def spend(user: str, cost: str, minute: int) -> Event:
+    return usage_event(user=user, cost=cost, at=AT.replace(minute=minute))
+
+
+async def test_spend_no_policy_covers_raises_nothing_and_is_still_counted(db: str) -> None:
+    alice_cap = daily("1", scope=BudgetScope.USER, scope_key="alice")
+    events = [alice_cap, spend("bob", "5", 1), spend("bob", "2", 2), spend("alice", "0.5", 3)]
+
+    alerts, users = await evaluated(db, events)
+
+    assert alerts == []
+    assert users == [("alice", Decimal("0.5")), ("bob", Decimal(7))]
+
+
+async def test_a_users_own_policy_replaces_the_per_user_one_for_that_user(db: str) -> None:
+    events = [
+        daily("10", scope=BudgetScope.USER),
+        daily("1", scope=BudgetScope.USER, scope_key="alice"),
+        spend("bob", "1", 1),
+        crossing := spend("alice", "1", 2),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    cause = str(crossing.event_id)
+    assert alerts == [
+        (AlertType.LIMIT_EXCEEDED.value, "alice", "1", cause),
+        (AlertType.THRESHOLD_CRITICAL.value, "alice", "1", cause),
+        (AlertType.THRESHOLD_WARNING.value, "alice", "1", cause),
+    ]
+
+
+async def test_window_totals_stay_exact_while_no_rule_watches_them(db: str) -> None:
+    """Spend counted while the threshold rules are removed still counts once one is back."""
+    limit = AlertRule(
+        rule_id="limit",
+        name="limit",
+        alert_type=AlertType.LIMIT_EXCEEDED,
+        threshold_percent=Decimal(100),
+    )
+    removed = [AlertRuleRemoved(occurred_at=AT, rule_id=r) for r in THRESHOLD_RULES]
+    events = [
+        daily("1", scope=BudgetScope.USER),
+        spend("alice", "0.5", 1),
+        *removed,
+        spend("alice", "0.4", 2),
+        AlertRuleSet(occurred_at=AT, rule=limit),
+        crossing := spend("alice", "0.2", 3),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == [(AlertType.LIMIT_EXCEEDED.value, "alice", "1.1", str(crossing.event_id))]
