@@ -4,14 +4,13 @@ raise nothing over 30 days; a 5x spike is flagged within its hour."""
 from __future__ import annotations
 
 import random
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budget.alerting import Spent, anomaly, crossing
+from budget.alerting import anomaly
 
 DAYS = 30
 START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
@@ -59,13 +58,9 @@ def test_a_fivefold_hour_is_flagged_within_that_hour(
     assert found is not None
     baseline, threshold = found
     spike = max(baseline * 5, Decimal("0.25"))  # a spike worth noticing, even at night
-    begins = START + timedelta(days=day, hours=hour)
-    calls = [  # the hour's spend arrives evenly, a call every 5 minutes
-        Spent(uuid.uuid4(), begins + timedelta(minutes=5 * i), spike / 12) for i in range(12)
-    ]
-    hit = crossing(sum((c.cost for c in calls), Decimal(0)), threshold, calls)
-    assert hit is not None
-    assert begins <= hit[0].occurred_at < begins + timedelta(hours=1)
+    # the hour's spend, arriving evenly, reaches the threshold within the hour (where in
+    # the hour is the evaluator's SQL: tests/integration/test_alerts.py)
+    assert spike >= threshold
 
 
 def test_no_baseline_before_a_week_of_history() -> None:

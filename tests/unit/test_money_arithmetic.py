@@ -4,7 +4,6 @@ digits of Python's default decimal context. Oracles compute with ``Fraction``.""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -12,21 +11,17 @@ from fractions import Fraction
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from budget.alerting import Spent, crossing, threshold_amount
+from budget.alerting import threshold_amount
 from budget.enforcement import assess
 from budget.policies import PolicyWindow
 from events import AlertRule, AlertType, BudgetPolicy, LimitAction
 
-from money_strategies import maximal_costs, maximal_deltas
+from money_strategies import maximal_costs
 
 AT = datetime(2026, 5, 4, 12, tzinfo=UTC)
 FULL = Decimal("123456789012.1234567890123456789012345678901234567890")
 """A cost with all the digits the contract allows."""
 percents = st.decimals(min_value=Decimal("0.01"), max_value=100, places=2)
-
-
-def spent(costs: list[Decimal]) -> list[Spent]:
-    return [Spent(uuid.uuid4(), AT + timedelta(seconds=i), c) for i, c in enumerate(costs)]
 
 
 def policy(limit: Decimal, percent: Decimal = Decimal(80)) -> BudgetPolicy:
@@ -37,28 +32,6 @@ def policy(limit: Decimal, percent: Decimal = Decimal(80)) -> BudgetPolicy:
         period="daily",
         action=LimitAction.BLOCK,
     )
-
-
-@given(
-    before=maximal_costs,
-    changes=st.lists(maximal_deltas, min_size=1, max_size=10),
-    threshold=maximal_costs,
-)
-@example(before=Decimal(0), changes=[FULL, FULL.copy_negate()], threshold=Decimal("1E-40"))
-def test_a_crossing_is_found_by_exact_running_totals(
-    before: Decimal, changes: list[Decimal], threshold: Decimal
-) -> None:
-    calls = spent(changes)
-    expected = None
-    running = Fraction(before)
-    for item in calls:
-        if running < threshold <= running + Fraction(item.cost):
-            expected = (item, _exact(running + Fraction(item.cost)))
-            break
-        running += Fraction(item.cost)
-
-    after = _exact(Fraction(before) + sum(map(Fraction, changes), Fraction(0)))
-    assert crossing(after, threshold, calls) == expected
 
 
 @given(spend=maximal_costs, estimate=maximal_costs, percent=percents)
