@@ -1,5 +1,6 @@
 """Fixtures for tests on real servers: a migrated schema, a declared log, the enforcement
-stack (``stack``, in place of the live stack of tests/conftest.py) and alert receivers."""
+stack (``stack``, in place of the live stack of tests/conftest.py), an authenticated
+nats-server (``secured``, with a ``service`` connection to it) and alert receivers."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from budget.natsconn import connect_nats, nats_options
 from events import Topology
 from projections.engine.log import declare_streams
 from projections.migrate import migrate
 
 from alerting import Mailbox, Webhook, smtp_server, webhook_server
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from secured_nats import Secured, secured_nats
 
 
 @pytest.fixture
@@ -47,6 +50,28 @@ async def stack(
     settings = stack_settings(nats_url, db, topology, tmp_path)
     async with enforcement_stack(nc, settings) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    with secured_nats(tmp_path_factory.mktemp("secured")) as server:
+        yield server
+
+
+@pytest.fixture
+async def service(secured: Secured) -> AsyncIterator[Client]:
+    """A ``service`` connection to ``secured`` with the streams declared (and deleted
+    afterwards)."""
+    options = nats_options(secured.settings("service"))
+    client = await connect_nats(secured.server.url, within=5, **options)
+    js = client.jetstream()
+    await declare_streams(js, secured.topology)
+    try:
+        yield client
+    finally:
+        for spec in (secured.topology.event_stream, secured.topology.dead_letter_stream):
+            await js.delete_stream(spec.name)
+        await client.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +19,6 @@ import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
-from budget.config import Settings
 from budget.manager import BudgetManager
 from budget.natsconn import PermissionDenied, connect_nats, nats_options, permitted
 from budget.tracker import start_usage_tracker
@@ -34,7 +33,6 @@ from events import (
     LimitAction,
     PolicyDeleted,
     PolicySet,
-    Topology,
     UsageRecorded,
     UsageRepriced,
     encode,
@@ -42,27 +40,13 @@ from events import (
 from events.codec import HEADER_MSG_ID
 from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
-from services.embedded import EmbeddedNats
-from services.nats_config import NatsCredentials, write_config
 from services.ops import prepare
 
 from enforcement import enforcement_stack
+from secured_nats import Secured
 from support import rows, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Secured:
-    """An authenticated nats-server with the default users and a second host."""
-
-    server: EmbeddedNats
-    topology: Topology
-    credentials: NatsCredentials
-
-    def settings(self, user: str, **extra: Any) -> Settings:
-        base = Settings(nats_url=self.server.url, subject_prefix=self.topology.prefix, **extra)
-        return self.credentials.settings_for(user, base)
 
 
 @dataclass
@@ -80,17 +64,6 @@ class Conn:
                 return False
             await asyncio.sleep(0.01)
         return True
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    data_dir = tmp_path_factory.mktemp("secured")
-    topology = Topology(prefix=f"t{uuid.uuid4().hex[:10]}")
-    credentials = NatsCredentials(data_dir)
-    credentials.add("host2", "host")
-    config = write_config(data_dir, Settings(subject_prefix=topology.prefix))
-    with EmbeddedNats(data_dir / "nats", config_file=config, stop_timeout=5.0) as server:
-        yield Secured(server, topology, credentials)
 
 
 @pytest.fixture
@@ -111,20 +84,6 @@ async def connect(secured: Secured) -> AsyncIterator[Callable[[str], Awaitable[C
     yield open_as
     for nc in opened:
         await nc.close()
-
-
-@pytest.fixture
-async def service(
-    secured: Secured, connect: Callable[[str], Awaitable[Conn]]
-) -> AsyncIterator[Client]:
-    """A service connection with the streams declared (deleted afterwards)."""
-    from projections.engine.log import declare_streams
-
-    nc = (await connect("service")).nc
-    await declare_streams(nc.jetstream(), secured.topology)
-    yield nc
-    for spec in (secured.topology.event_stream, secured.topology.dead_letter_stream):
-        await nc.jetstream().delete_stream(spec.name)
 
 
 FORBIDDEN_TO_HOSTS: tuple[type[Event], ...] = (
