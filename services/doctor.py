@@ -78,7 +78,7 @@ class Options:
 
 
 async def diagnose(settings: Settings, options: Options) -> list[Finding]:
-    """Every check after the configuration's, in the seed's order."""
+    """Every check of a configuration that loaded, in the seed's order."""
     found = [_enabled(settings)]
     async with contextlib.AsyncExitStack() as opened:
         try:
@@ -121,8 +121,8 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
 
 
 _START = {
-    "enforcer": "start `budget enforcer` (or `budget up`); without it BLOCK and THROTTLE"
-    " policies are checked by the trackers' fail_open rule alone",
+    "enforcer": "start `budget enforcer` (or `budget up`); until then calls under BLOCK and"
+    " THROTTLE policies are refused (allowed with fail_open)",
     "query service": "start `budget query-service` (or `budget up`); host apps' reads"
     " (policies, alerts, reports) wait on it",
 }

@@ -173,9 +173,8 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
     done = doctor(deployment)
     [enforcer] = lines_of(done, "problem", "enforcer")
     assert enforcer.endswith(
-        " | start `budget enforcer` (or `budget up`); without it BLOCK"
-        " and THROTTLE policies are checked by the trackers' fail_open"
-        " rule alone"
+        " | start `budget enforcer` (or `budget up`); until then calls under BLOCK"
+        " and THROTTLE policies are refused (allowed with fail_open)"
     ), enforcer
     [query] = lines_of(done, "problem", "query service")
     assert query.endswith(
