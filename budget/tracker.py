@@ -21,6 +21,7 @@ from budget.config import Settings, load_settings
 from budget.disabled import DISABLED_REASON, DisabledPublisher
 from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_registry
 from budget.publisher import EventPublisher, PublisherConfig
+from budget.recorded import notify_recorded
 from budget.usage import normalize_usage, usage_from_response
 from events import CallKind, ImageUsage, OutOfBounds, Producer, Usage, UsageRecorded, utc_now
 from events.rpc import CallAttributes, CheckResult
@@ -150,7 +151,7 @@ class UsageTracker:
                 event = self.usage_event(**call, usage=response, reservation_id=reservation_id)
             except ValueError as exc:
                 event = self._estimated_event(estimate, call, reservation_id, str(exc))
-            await self.publisher.publish(event)
+            await self._publish(event)
         except Exception as exc:
             log.exception(
                 "could not record the usage of %s (%s: %s); its reservation is released",
@@ -196,8 +197,12 @@ class UsageTracker:
         are ``usage_event``'s. Publishing is pipelined: the event is stored in JetStream
         or the local spool soon after this returns (``flush`` waits for it)."""
         event = self.usage_event(**fields)
-        await self.publisher.publish(event)
+        await self._publish(event)
         return event
+
+    async def _publish(self, event: UsageRecorded) -> None:
+        notify_recorded(event)  # observers (``budget.otel``) see what is being recorded
+        await self.publisher.publish(event)
 
     def usage_event(
         self,

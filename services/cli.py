@@ -40,6 +40,7 @@ from services.cli_nats import nats_app
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
 from services.cli_reports import report_app
+from services.doctor import doctor
 from services.ops import ConnectError, database, nats_client, prepare
 
 __all__ = ["app", "main"]
@@ -60,6 +61,7 @@ app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge and resol
 app.add_typer(report_app, name="report", help="Reports, forecasts and usage history.")
 app.add_typer(keys_app, name="api-key", help="Create, list and revoke HTTP API keys.")
 app.add_typer(nats_app, name="nats-credential", help="Add and list the NATS users of `budget up`.")
+app.command()(doctor)
 
 
 # Commands that run until stopped: their log is their output.
@@ -78,6 +80,9 @@ def _configure(
         # A command answers in its output or one error line; library warnings on the way
         # (a NATS reconnect, spooling) would make that error several lines.
         logging.lastResort = logging.NullHandler()
+    if ctx.invoked_subcommand == "doctor":
+        ctx.obj = config  # a wrong configuration is one of the problems it reports
+        return
     loaded = load_settings(config)
     install_redaction(secrets_of(loaded))  # this process's logs and tracebacks never show them
     use_settings(loaded)

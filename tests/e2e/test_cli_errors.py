@@ -91,6 +91,7 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "api-key revoke": [("a/b",)],
     "nats-credential add": [("../x",), ("team-b", "--role", "root"), ()],
     "nats-credential list": [("extra",)],
+    "doctor": [("--max-lag", "-1"), ("--days", "0")],
 }
 
 

@@ -9,14 +9,12 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from pydantic import BaseModel
 
-from budget.rpc import RpcFailure, ask
-from events.queries import QUERY_POSITION, PositionAnswer, PositionQuery
-from events.rpc import RPC_SNAPSHOT, CallAttributes, Snapshot
 from projections.engine.deadletter import DeadLetter, recent_dead_letters
 from projections.queries import ProjectionStatus, projection_status
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES, Problem
+from services.probes import probe_services
 
 __all__ = ["ServiceHealth", "health", "router", "service_health"]
 
@@ -70,24 +68,8 @@ async def dead_letters(
 @router.get("/services", summary="NATS, PostgreSQL, the enforcer and the query service")
 async def service_health(api: Api) -> list[ServiceHealth]:
     found = await _dependencies(api)
-    nc = api.nc
-    topology = api.settings.topology
-    probes = (
-        ("enforcer", RPC_SNAPSHOT, CallAttributes(model="health-check"), Snapshot),
-        ("query service", QUERY_POSITION, PositionQuery(projection="policies"), PositionAnswer),
-    )
-    for name, subject, request, answer in probes:
-        try:
-            await ask(
-                nc,
-                topology.rpc_subject(subject, caller=api.settings.caller),
-                request,
-                answer,
-                within=_ASK_WITHIN,
-            )
-            found.append(ServiceHealth(name=name, ok=True, detail="answers"))
-        except RpcFailure as exc:
-            found.append(ServiceHealth(name=name, ok=False, detail=str(exc)))
+    for probe in await probe_services(api.nc, api.settings, _ASK_WITHIN):
+        found.append(ServiceHealth(name=probe.name, ok=probe.ok, detail=probe.detail))
     return found
 
 

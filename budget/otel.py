@@ -1,0 +1,131 @@
+"""OpenTelemetry for recorded calls (the ``budget[otel]`` extra): a span, or attributes on
+the caller's span, with the GenAI semantic conventions, and the
+``gen_ai.client.token.usage`` histogram.
+
+Off until ``budget.otel.enable()`` is called; importing ``budget`` never imports
+OpenTelemetry, only this module does. The telemetry goes to the global tracer and meter
+providers unless others are given, so an app that already exports its traces gets these
+with the rest.
+
+The cost is ``budget.cost.usd``, a decimal string: money is exact ``Decimal`` end to end
+and a double would turn $0.1 into 0.1000000000000000055...; a backend that sums it parses
+the string. An unpriced call has no cost attribute but ``budget.cost.unpriced_reason``,
+never a $0 that would hide it from every total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import Histogram, MeterProvider
+from opentelemetry.trace import SpanKind, Tracer, TracerProvider
+
+from budget.recorded import add_observer, remove_observer
+from events import UsageRecorded
+
+__all__ = ["disable", "enable", "span_attributes"]
+
+_SCOPE = "budget-manager"
+# The semantic conventions' advised buckets for gen_ai.client.token.usage.
+_TOKEN_BUCKETS = [4.0**n for n in range(14)]
+# gen_ai.operation.name for each call kind; the conventions name no operation for
+# images or audio, so those keep the kind's own name.
+_OPERATIONS = {"chat": "chat", "embedding": "embeddings"}
+
+AttributeValue = str | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Telemetry:
+    tracer: Tracer
+    token_usage: Histogram
+    on_current_span: bool
+
+    def __call__(self, event: UsageRecorded) -> None:
+        attributes = span_attributes(event)
+        current = trace.get_current_span()
+        if self.on_current_span and current.is_recording():
+            current.set_attributes(attributes)
+        else:
+            start = int(event.occurred_at.timestamp() * 1_000_000_000)
+            name = f"{attributes['gen_ai.operation.name']} {event.model}"
+            span = self.tracer.start_span(
+                name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start
+            )
+            span.end()
+        if event.usage.total_tokens:
+            common = {key: attributes[key] for key in _METRIC_KEYS}
+            inputs, outputs = _token_counts(event)
+            self.token_usage.record(inputs, common | {"gen_ai.token.type": "input"})
+            self.token_usage.record(outputs, common | {"gen_ai.token.type": "output"})
+
+
+_METRIC_KEYS = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")
+_enabled: _Telemetry | None = None
+
+
+def enable(
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    on_current_span: bool = False,
+) -> None:
+    """Emit telemetry for every call a tracker records from now on, in this process.
+
+    Each call becomes a CLIENT span named ``<operation> <model>`` (a child of the current
+    span, if any), starting at the call's ``occurred_at``. With ``on_current_span``, the
+    attributes go on the current span instead, when one is recording: for apps that wrap
+    each provider call in their own span and record its usage inside it. Calling it again
+    replaces the previous setup."""
+    global _enabled
+    disable()
+    tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+    meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
+    token_usage = meter.create_histogram(
+        "gen_ai.client.token.usage",
+        unit="{token}",
+        description="Number of input and output tokens used",
+        explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+    )
+    _enabled = _Telemetry(tracer, token_usage, on_current_span)
+    add_observer(_enabled)
+
+
+def disable() -> None:
+    """Stop emitting telemetry for recorded calls."""
+    global _enabled
+    if _enabled is not None:
+        remove_observer(_enabled)
+        _enabled = None
+
+
+def span_attributes(event: UsageRecorded) -> Mapping[str, AttributeValue]:
+    """The GenAI semantic conventions' attributes of one recorded call, plus its cost."""
+    usage = event.usage
+    inputs, outputs = _token_counts(event)
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.operation.name": _OPERATIONS.get(event.kind, event.kind),
+        "gen_ai.provider.name": event.provider,
+        "gen_ai.request.model": event.model,
+        "gen_ai.usage.input_tokens": inputs,
+        "gen_ai.usage.output_tokens": outputs,
+        "gen_ai.usage.cache_read.input_tokens": usage.input_cache_read,
+        "gen_ai.usage.cache_creation.input_tokens": usage.input_cache_write,
+        "gen_ai.usage.reasoning.output_tokens": usage.output_reasoning,
+        "budget.event_id": str(event.event_id),
+    }
+    if event.cost is not None:
+        attributes["budget.cost.usd"] = str(event.cost)
+    if event.unpriced_reason is not None:
+        attributes["budget.cost.unpriced_reason"] = event.unpriced_reason
+    if event.estimated_reason is not None:
+        attributes["budget.usage.estimated_reason"] = event.estimated_reason
+    return attributes
+
+
+def _token_counts(event: UsageRecorded) -> tuple[int, int]:
+    """Input (cached and embedded included, as the conventions count them) and output."""
+    usage = event.usage
+    return usage.input_tokens + usage.embedding_tokens, usage.output_tokens

@@ -1,0 +1,242 @@
+"""``budget doctor`` against real servers and running services: all ok, then each kind of
+problem the seed's troubleshooting list names, each shown with its line and its fix."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import test_cli
+from test_cli import GPT_4O_CALL, UNREACHABLE_NATS, Budget, Service, eventually
+
+from projections.registry import PROJECTIONS
+
+# test_cli's fixtures: a `budget` command on this test's schema and subject prefix, migrated
+base_env, budget, deployment = test_cli.base_env, test_cli.budget, test_cli.deployment
+WITHIN = 60.0  # for the workers to start and catch up
+
+
+def doctor(cli: Budget, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return cli.run("doctor", *args, **env)
+
+
+def lines_of(done: subprocess.CompletedProcess[str], status: str, check: str) -> list[str]:
+    """The detail of each ``status`` line of ``check`` (and the fix under a problem)."""
+    found = []
+    lines = done.stdout.splitlines()
+    for index, line in enumerate(lines):
+        if re.match(rf"{status} +{re.escape(check)} +", line):
+            detail = line.split(maxsplit=len(check.split()) + 1)[-1]
+            below = lines[index + 1] if index + 1 < len(lines) else ""
+            fix = below.strip().removeprefix("fix: ") if below.startswith(" ") else ""
+            found.append(f"{detail} | {fix}" if fix else detail)
+    return found
+
+
+def start_stack(cli: Budget) -> dict[str, Service]:
+    services = {name: cli.start("worker", name) for name in PROJECTIONS}
+    for name in ("enforcer", "query-service"):
+        services[name] = cli.start(name)
+    return services
+
+
+def settled(cli: Budget) -> subprocess.CompletedProcess[str]:
+    """Until the doctor finds nothing wrong (the workers have started and caught up)."""
+    return eventually(
+        lambda: doctor(cli), lambda done: done.returncode == 0, WITHIN, "an all-ok doctor"
+    )
+
+
+def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
+    deployment: Budget, tmp_path: Path
+) -> None:
+    services = start_stack(deployment)
+    deployment.record(*GPT_4O_CALL)
+
+    done = settled(deployment)
+    assert done.stderr == ""
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["ok"] * len(
+        done.stdout.splitlines()
+    ), done.stdout
+    assert lines_of(done, "ok", "configuration") == ["valid; budget.enabled: true"]
+    assert lines_of(done, "ok", "nats") == ["reachable"]
+    assert lines_of(done, "ok", "postgresql") == ["reachable"]
+    assert len(lines_of(done, "ok", "streams")) == 1
+    for name in PROJECTIONS:
+        assert lines_of(done, "ok", f"projection {name}") == [f"consumer {name}-v1, lag 0"]
+    assert lines_of(done, "ok", "enforcer") == ["answers"]
+    assert lines_of(done, "ok", "query service") == ["answers"]
+    assert lines_of(done, "ok", "alert channels") == [
+        "enabled: nats, log, ui (disabled: webhook, email)"
+    ]
+    assert lines_of(done, "ok", "alert rules") == ["6 rules, each with an enabled channel"]
+    assert lines_of(done, "ok", "cooldowns") == ["no cooldown is holding back an alert now"]
+    assert lines_of(done, "ok", "prices") == ["every model called in the last 30 days has a price"]
+
+    # A refusal raises a policy-violation alert, whose rule then holds back repeats.
+    deployment.ok(
+        "policy",
+        "set",
+        "--name",
+        "Cap",
+        "--limit",
+        "0.000001",
+        "--action",
+        "block",
+        "--scope",
+        "user",
+        "--key",
+        "alice",
+        "--id",
+        "cap",
+    )
+    refused = eventually(
+        lambda: deployment.run("check", "gpt-4o", "--tokens", "2000", "--user", "alice"),
+        lambda done: done.returncode == 1,
+        WITHIN,
+        "the enforcer refusing alice",
+    )
+    assert refused.stdout.startswith("refused: block by policy 'Cap'")
+    cooling = eventually(
+        lambda: doctor(deployment),
+        lambda done: bool(lines_of(done, "note", "cooldowns")),
+        WITHIN,
+        "a cooldown noted",
+    )
+    [note] = lines_of(cooling, "note", "cooldowns")
+    assert re.fullmatch(
+        r"rule default-policy-violation \(15 min\) holds back repeats about policy cap, key"
+        r" alice until \d{4}-\d\d-\d\d \d\d:\d\d UTC"
+        r" \| lower the rule's cooldown_minutes if those repeats matter",
+        note,
+    ), note
+
+    # A model without a price.
+    deployment.record(
+        "--model", "no-such-model-doctor", "--provider", "openai", "--input-tokens", "10"
+    )
+    unpriced = eventually(
+        lambda: doctor(deployment),
+        lambda done: bool(lines_of(done, "problem", "prices")),
+        WITHIN,
+        "the unpriced model reported",
+    )
+    assert unpriced.returncode == 1
+    [line] = lines_of(unpriced, "problem", "prices")
+    assert line.startswith(
+        "openai/no-such-model-doctor: 1 of 1 calls in the last 30 days have no price"
+        " | check the name against `budget prices list --provider openai`, or add it to"
+        " price_overrides in config.yaml; then `budget reprice --since "
+    ), line
+
+    # Every channel disabled: the rules' alerts go nowhere.
+    silent = tmp_path / "silent.yaml"
+    silent.write_text(
+        "budget: {}\nalert_channels:\n"
+        + "".join(f"  {c}: {{enabled: false}}\n" for c in ("nats", "log", "ui"))
+    )
+    done = doctor(deployment, BUDGET_CONFIG=str(silent))
+    assert done.returncode == 1
+    assert lines_of(done, "problem", "alert channels") == [
+        "every alert channel is disabled"
+        " | set `enabled: true` for one under alert_channels in config.yaml"
+    ]
+    rules = lines_of(done, "problem", "alert rules")
+    assert len(rules) == 6
+    assert (
+        "rule default-anomaly ('Unusual hourly spend') sends to nats, log, ui, webhook, email,"
+        " none of them enabled: its alerts go nowhere | enable one of its channels under"
+        " alert_channels in config.yaml, or give the rule an enabled channel"
+    ) in rules
+
+    # A projection behind: its worker stopped, an event after.
+    assert services["reports"].stop() == 0
+    deployment.record(*GPT_4O_CALL)
+    behind = eventually(
+        lambda: doctor(deployment),
+        lambda done: bool(lines_of(done, "problem", "projection reports")),
+        WITHIN,
+        "the reports projection behind",
+    )
+    [line] = lines_of(behind, "problem", "projection reports")
+    assert re.fullmatch(
+        r"1 events behind \(checkpoint at stream sequence \d+\) \| is `budget worker reports`"
+        r" \(or `budget up`\) running\? Its log says why it stopped",
+        line,
+    ), line
+
+    # The enforcer and the query service stopped.
+    for name in ("enforcer", "query-service"):
+        assert services[name].stop() == 0
+    done = doctor(deployment)
+    [enforcer] = lines_of(done, "problem", "enforcer")
+    assert enforcer.endswith(
+        " | start `budget enforcer` (or `budget up`); until then calls under BLOCK"
+        " and THROTTLE policies are refused (allowed with fail_open)"
+    ), enforcer
+    [query] = lines_of(done, "problem", "query service")
+    assert query.endswith(
+        " | start `budget query-service` (or `budget up`); host apps' reads"
+        " (policies, alerts, reports) wait on it"
+    ), query
+
+
+def test_nats_unreachable_is_a_problem_and_what_needs_it_is_not_checked(
+    deployment: Budget,
+) -> None:
+    done = doctor(deployment, BUDGET_NATS_URL=UNREACHABLE_NATS)
+    assert done.returncode == 1
+    [nats] = lines_of(done, "problem", "nats")
+    assert nats.startswith(f"cannot reach NATS at {UNREACHABLE_NATS} ("), nats
+    assert nats.endswith(") | start it with `budget up` or set BUDGET_NATS_URL"), nats
+    assert lines_of(done, "ok", "postgresql") == ["reachable"]
+    assert lines_of(done, "note", "projections") == [
+        "not checked: needs NATS, its streams and PostgreSQL"
+    ]
+    assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
+    assert lines_of(done, "ok", "alert rules") == ["6 rules, each with an enabled channel"]
+
+
+def test_an_unmigrated_deployment_is_told_to_migrate(budget: Budget) -> None:
+    done = doctor(budget)
+    assert done.returncode == 1
+    assert lines_of(done, "problem", "migrations") == [
+        "the database has no Budget Manager tables | run `budget migrate` (`budget up` does it)"
+    ]
+    [streams] = lines_of(done, "problem", "streams")
+    assert streams.endswith(
+        "| run `budget migrate` (`budget up` does it), or set BUDGET_SUBJECT_PREFIX"
+    )
+
+
+def test_workers_that_never_ran_have_no_consumer(deployment: Budget) -> None:
+    done = doctor(deployment)
+    assert done.returncode == 1
+    for name in PROJECTIONS:
+        assert lines_of(done, "problem", f"projection {name}") == [
+            f"no consumer {name}-v1: its worker has never run; 0 events behind (checkpoint at"
+            f" stream sequence 0) | start `budget worker {name}` (or `budget up`)"
+        ]
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"BUDGET_ENABLED": "false"},
+            "budget.enabled is false: trackers publish nothing and allow every call"
+            " | set `enabled: true` under `budget:` in config.yaml (or BUDGET_ENABLED=true)",
+        ),
+        (
+            {"BUDGET_FLUSH_INTERVAL": "often"},
+            "environment variable BUDGET_FLUSH_INTERVAL: ",
+        ),
+    ],
+)
+def test_configuration_problems(deployment: Budget, env: dict[str, str], says: str) -> None:
+    done = doctor(deployment, **env)
+    assert done.returncode == 1
+    [line] = lines_of(done, "problem", "configuration")
+    assert line.startswith(says), line

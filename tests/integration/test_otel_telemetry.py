@@ -1,0 +1,188 @@
+"""``budget.otel``: each recorded call becomes a GenAI span (or attributes on the caller's
+span) and two points of ``gen_ai.client.token.usage``, observed with the SDK's in-memory
+exporter and reader, for events a real tracker stored in JetStream."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from budget import otel
+from budget.tracker import UsageTracker, start_usage_tracker
+from events import Topology, UsageRecorded
+from events.codec import decode
+
+from enforcement import stack_settings
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Telemetry:
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    tracer_provider: TracerProvider
+
+    def finished(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+    def token_points(self) -> list[HistogramDataPoint]:
+        data = self.metrics.get_metrics_data()
+        assert data is not None
+        return [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "gen_ai.client.token.usage"
+            for point in metric.data.data_points
+            if isinstance(point, HistogramDataPoint)
+        ]
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    yield Telemetry(spans, reader, tracer_provider)
+    otel.disable()
+    tracer_provider.shutdown()
+
+
+@pytest.fixture
+async def tracker(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[UsageTracker]:
+    started = await start_usage_tracker(stack_settings(nats_url, db, topology, tmp_path))
+    yield started
+    await started.close()
+
+
+async def stored_events(nc: Client, topology: Topology) -> list[UsageRecorded]:
+    js = nc.jetstream()
+    info = await js.stream_info(topology.event_stream.name)
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        message = await js.get_msg(topology.event_stream.name, seq)
+        event = decode(message.data or b"")
+        if isinstance(event, UsageRecorded):
+            found.append(event)
+    return found
+
+
+async def test_each_recorded_call_is_a_genai_span_with_its_exact_cost_and_token_points(
+    tracker: UsageTracker, telemetry: Telemetry, nc: Client, topology: Topology
+) -> None:
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    priced = await tracker.record_usage(
+        model="gpt-4o",
+        provider="openai",
+        input_tokens=1200,
+        cached_tokens=1000,
+        output_tokens=300,
+        reasoning_tokens=100,
+        project_id="p1",
+    )
+    unpriced = await tracker.record_usage(
+        model="no-such-model-xyz", provider="openai", input_tokens=10, output_tokens=5
+    )
+    await tracker.flush()
+
+    stored = {e.event_id: e for e in await stored_events(nc, topology)}
+    assert set(stored) == {priced.event_id, unpriced.event_id}
+    spans = {s.attributes["budget.event_id"]: s for s in telemetry.finished() if s.attributes}
+    assert set(spans) == {str(priced.event_id), str(unpriced.event_id)}
+
+    span = spans[str(priced.event_id)]
+    assert span.name == "chat gpt-4o"
+    assert dict(span.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.output_tokens": 300,
+        "gen_ai.usage.cache_read.input_tokens": 1000,
+        "gen_ai.usage.cache_creation.input_tokens": 0,
+        "gen_ai.usage.reasoning.output_tokens": 100,
+        "budget.event_id": str(priced.event_id),
+        "budget.cost.usd": str(stored[priced.event_id].cost),
+    }
+    assert stored[priced.event_id].cost is not None
+    assert Decimal(str(span.attributes["budget.cost.usd"])) == stored[priced.event_id].cost
+
+    bare = dict(spans[str(unpriced.event_id)].attributes or {})
+    assert "budget.cost.usd" not in bare
+    assert bare["budget.cost.unpriced_reason"] == stored[unpriced.event_id].unpriced_reason
+
+    points = {
+        (p.attributes["gen_ai.request.model"], p.attributes["gen_ai.token.type"]): p
+        for p in telemetry.token_points()
+        if p.attributes
+    }
+    assert {key: (p.count, p.sum) for key, p in points.items()} == {
+        ("gpt-4o", "input"): (1, 1200),
+        ("gpt-4o", "output"): (1, 300),
+        ("no-such-model-xyz", "input"): (1, 10),
+        ("no-such-model-xyz", "output"): (1, 5),
+    }
+    assert dict(points[("gpt-4o", "input")].attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.token.type": "input",
+    }
+
+
+async def test_on_current_span_puts_the_attributes_on_the_callers_span(
+    tracker: UsageTracker, telemetry: Telemetry
+) -> None:
+    otel.enable(tracer_provider=telemetry.tracer_provider, on_current_span=True)
+    tracer = telemetry.tracer_provider.get_tracer("host-app")
+    with tracer.start_as_current_span("call the model"):
+        event = await tracker.record_usage(
+            model="gpt-4o", provider="openai", input_tokens=100, output_tokens=20
+        )
+    await tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.name == "call the model"
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 100
+    assert attributes["budget.event_id"] == str(event.event_id)
+
+
+async def test_after_disable_nothing_is_emitted(
+    tracker: UsageTracker, telemetry: Telemetry
+) -> None:
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    otel.disable()
+    await tracker.record_usage(model="gpt-4o", provider="openai", input_tokens=1)
+    positive = telemetry.tracer_provider.get_tracer("t").start_span("after")
+    positive.end()
+    assert [s.name for s in telemetry.finished()] == ["after"]
+
+
+def test_importing_budget_does_not_import_opentelemetry() -> None:
+    code = (
+        "import sys, budget, budget.tracker;"
+        " print(any(m.startswith('opentelemetry') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
