@@ -124,7 +124,8 @@ def watch(
     desktop: Annotated[
         bool,
         typer.Option(
-            help="also show each as a desktop notification (needs budget-manager[desktop])"
+            "--desktop",
+            help="also show each as a desktop notification (needs the `desktop` extra)",
         ),
     ] = False,
 ) -> None:
