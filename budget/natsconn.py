@@ -8,6 +8,7 @@ wrong URL would hang for minutes, shouting. Bound it and keep the errors in the 
 A server refusing a publish for lack of permission only says so in an asynchronous
 ``-ERR``; the request or JetStream publish would wait for its timeout, and an event be
 spooled forever. ``permitted`` fails such an operation as soon as the refusal arrives.
+A refused subscription likewise fails nothing: ``watching_refusal`` sees it.
 """
 
 from __future__ import annotations

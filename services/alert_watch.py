@@ -59,7 +59,7 @@ async def watch_alerts(
     """Show each alert arriving on ``nc`` with every one of ``shows``, until ``stop``.
     Raises ``PermissionDenied`` when the server refuses the subscription (at once, or
     later: a reconnect re-subscribes)."""
-    subject = f"{topology.prefix}.alerts.>"
+    subject = topology.alerts_wildcard
     with watching_refusal(nc, subject) as refused:
         subscription = await nc.subscribe(subject)
         try:
@@ -73,7 +73,7 @@ async def watch_alerts(
             finally:
                 for task in (shown, stopped):
                     task.cancel()
-                await asyncio.gather(shown, stopped, return_exceptions=True)
+                failed, _ = await asyncio.gather(shown, stopped, return_exceptions=True)
         finally:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await subscription.unsubscribe()
@@ -82,6 +82,8 @@ async def watch_alerts(
             raise PermissionDenied(
                 refusal_message(subject, topology=topology, user=user, publish=False)
             )
+        if isinstance(failed, Exception):  # stdout closed, say: the watch has no use
+            raise failed
 
 
 async def _show_each(subscription: Subscription, shows: Sequence[Show], report: Report) -> None:
