@@ -37,6 +37,7 @@ __all__ = [
     "on_refusal",
     "permitted",
     "refusal_message",
+    "round_trip",
     "watching_refusal",
 ]
 
@@ -162,6 +163,16 @@ async def permitted(nc: Client, subject: str, operation: Awaitable[T]) -> T:
         finally:
             if not work.done():
                 work.cancel()
+
+
+async def round_trip(nc: Client) -> None:
+    """Return once the server has answered everything sent on ``nc`` so far: a refusal
+    of it has arrived by then. nats-py's ``flush()`` writes its PING straight to the
+    socket, ahead of commands still queued for its flusher task (a SUB just made), so
+    one flush may come back first; during its round trip the flusher writes them, and a
+    second PING follows them."""
+    for _ in range(2):
+        await nc.flush(timeout=5)
 
 
 @contextlib.contextmanager

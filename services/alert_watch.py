@@ -20,7 +20,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from budget.config import Settings, shown_url
-from budget.natsconn import PermissionDenied, refusal_message, watching_refusal
+from budget.natsconn import PermissionDenied, refusal_message, round_trip, watching_refusal
 from events import Alert
 from events.subjects import Topology
 from services.cli_context import validation_message
@@ -63,7 +63,7 @@ async def watch_alerts(
     with watching_refusal(nc, subject) as refused:
         subscription = await nc.subscribe(subject)
         try:
-            await nc.flush()  # the server answers the subscription before this returns
+            await round_trip(nc)  # the server has answered the subscription
             if not refused.done():
                 report(f"watching {subject}; Ctrl-C to stop")
             shown = asyncio.ensure_future(_show_each(subscription, shows, report))
@@ -116,7 +116,7 @@ async def run_watch(settings: Settings, shows: Sequence[Show], *, report: Report
 
     async def reconnected() -> None:
         with contextlib.suppress(Exception):  # the line says so once the server has the
-            await connection[0].flush(timeout=5)  # subscription again, as at the start
+            await round_trip(connection[0])  # subscription again, as at the start
         report(f"reconnected to NATS at {where}; watching again")
 
     async with nats_client(
