@@ -10,6 +10,9 @@ notification and carries on; here each one that was not shown is reported in one
 from __future__ import annotations
 
 import asyncio
+import functools
+import html
+import sys
 from collections.abc import Callable
 
 from events import Alert
@@ -38,6 +41,12 @@ class DesktopAlerts:
         }
         self._report = report
         self._timeout = timeout
+        # The freedesktop servers read a body as markup (the desktops' own, dunst and
+        # notification-daemon have body-markup): a user id with "<" or "&" in an alert
+        # would be taken as a tag there. The other platforms show text as it is.
+        self._body: Callable[[str], str] = (
+            functools.partial(html.escape, quote=False) if sys.platform == "linux" else str
+        )
 
     async def __call__(self, alert: Alert) -> None:
         dispatched = asyncio.Event()
@@ -46,7 +55,7 @@ class DesktopAlerts:
             async with asyncio.timeout(self._timeout):
                 await self._notifier.send(
                     title=f"Budget {alert.severity.value}: {alert.alert_type.value}",
-                    message=one_line(alert.message),
+                    message=self._body(one_line(alert.message)),
                     urgency=self._urgency[alert.severity],
                     on_dispatched=dispatched.set,
                 )
