@@ -8,16 +8,18 @@ wrong URL would hang for minutes, shouting. Bound it and keep the errors in the 
 A server refusing a publish for lack of permission only says so in an asynchronous
 ``-ERR``; the request or JetStream publish would wait for its timeout, and an event be
 spooled forever. ``permitted`` fails such an operation as soon as the refusal arrives.
+A refused subscription likewise fails nothing: ``watching_refusal`` sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import nats
@@ -35,6 +37,8 @@ __all__ = [
     "on_refusal",
     "permitted",
     "refusal_message",
+    "round_trip",
+    "watching_refusal",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,35 +150,63 @@ def on_refusal(nc: Client, listener: Callable[[str], None]) -> None:
 async def permitted(nc: Client, subject: str, operation: Awaitable[T]) -> T:
     """Await ``operation``, which publishes to ``subject`` on ``nc``; raise
     ``PermissionDenied`` as soon as the server refuses that publish."""
+    with watching_refusal(nc, subject) as refused:
+        work = asyncio.ensure_future(operation)
+        try:
+            await asyncio.wait((work, refused), return_when=asyncio.FIRST_COMPLETED)
+            if refused.done() and not work.done():
+                prefix = subject.split(".", 1)[0]
+                topology = Topology(prefix=prefix) if _TOKEN.fullmatch(prefix) else None
+                user = nc.options.get("user")
+                raise PermissionDenied(refusal_message(subject, topology=topology, user=user))
+            return await work
+        finally:
+            if not work.done():
+                work.cancel()
+
+
+async def round_trip(nc: Client) -> None:
+    """Return once the server has answered everything sent on ``nc`` so far: a refusal
+    of it has arrived by then. nats-py's ``flush()`` writes its PING straight to the
+    socket, ahead of commands still queued for its flusher task (a SUB just made), so
+    one flush may come back first; during its round trip the flusher writes them, and a
+    second PING follows them."""
+    for _ in range(2):
+        await nc.flush(timeout=5)
+
+
+@contextlib.contextmanager
+def watching_refusal(nc: Client, subject: str) -> Iterator[asyncio.Future[str]]:
+    """A future set (to ``"publish"`` or ``"subscription"``) when the server refuses an
+    operation on ``subject`` on ``nc`` (a connection of ``connect_nats``), while inside.
+    A refused subscription is only reported asynchronously: nothing else fails."""
     refusals = _refusals.get(nc)
     if refusals is None:
-        return await operation
+        yield asyncio.get_running_loop().create_future()  # never set: nobody reports
+        return
     refused = refusals.watch(subject)
-    work = asyncio.ensure_future(operation)
     try:
-        await asyncio.wait((work, refused), return_when=asyncio.FIRST_COMPLETED)
-        if refused.done() and not work.done():
-            prefix = subject.split(".", 1)[0]
-            topology = Topology(prefix=prefix) if _TOKEN.fullmatch(prefix) else None
-            user = nc.options.get("user")
-            raise PermissionDenied(refusal_message(subject, topology=topology, user=user))
-        return await work
+        yield refused
     finally:
         refusals.forget(subject, refused)
-        if not work.done():
-            work.cancel()
 
 
-def refusal_message(subject: str, *, topology: Topology | None, user: str | None) -> str:
-    """Which credential may not publish ``subject``, and which may (from ``topology``)."""
-    roles = roles_allowed(subject, topology=topology) if topology is not None else []
+def refusal_message(
+    subject: str, *, topology: Topology | None, user: str | None, publish: bool = True
+) -> str:
+    """Which credential may not publish (or subscribe to) ``subject``, and which may
+    (from ``topology``)."""
+    roles = (
+        roles_allowed(subject, topology=topology, publish=publish) if topology is not None else []
+    )
     who = f"the NATS user {user!r}" if user else "this NATS connection (no user)"
     may = (
         f"only a {' or '.join(repr(r) for r in roles)} credential may"
         if roles
         else "ask the operator which credential may"
     )
+    what = "publish to" if publish else "subscribe to"
     return (
-        f"{who} may not publish to {subject}; {may} (BUDGET_NATS_USER and"
+        f"{who} may not {what} {subject}; {may} (BUDGET_NATS_USER and"
         " BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
     )

@@ -69,7 +69,7 @@ def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
             ),
             subscribe=(inbox,),
         )
-    return Permissions(publish=(), subscribe=(f"{topology.prefix}.alerts.>",))
+    return Permissions(publish=(), subscribe=(topology.alerts_wildcard,))
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

@@ -57,6 +57,11 @@ class Topology:
     def alert_subject(self, severity: str, alert_type: str) -> str:
         return f"{self.prefix}.alerts.{severity}.{alert_type}"
 
+    @property
+    def alerts_wildcard(self) -> str:
+        """Every alert, whatever its severity and type."""
+        return f"{self.prefix}.alerts.>"
+
     # Requests name their caller: ``<prefix>.rpc.<caller>.<name>``. With NATS permissions
     # a credential may publish requests under its own name only (docs/security.md), so a
     # service knows who asks without trusting the payload: limits and holds are per caller.

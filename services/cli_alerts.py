@@ -1,4 +1,4 @@
-"""``budget alerts list|show|ack|resolve``."""
+"""``budget alerts list|show|ack|resolve|watch``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Annotated
 import typer
 
 from budget.alerts import AlertEngine, StoredAlert
+from events import Alert
 from events.policy import PolicyId
+from services.alert_watch import Show, alert_line, run_watch
 from services.cli_context import checked, database_queries, settings, tracker
 
 __all__ = ["alerts_app"]
@@ -115,3 +117,31 @@ def _change(
     if not asyncio.run(go()):
         raise ValueError(f"no alert with id {alert_id}; see `budget alerts list --resolved`")
     typer.echo(f"alert {alert_id} {done}")
+
+
+@alerts_app.command("watch")
+def watch(
+    desktop: Annotated[
+        bool,
+        typer.Option(
+            "--desktop",
+            help="also show each as a desktop notification (needs the `desktop` extra)",
+        ),
+    ] = False,
+) -> None:
+    """Print each alert as the notifier publishes it on NATS (time UTC, severity, type,
+    message), until Ctrl-C or SIGTERM. Connect as the `alerts` NATS user where the server
+    has users (docs/alerts.md)."""
+
+    def report(line: str) -> None:
+        typer.echo(f"budget: {line}", err=True)
+
+    async def terminal(alert: Alert) -> None:
+        typer.echo(alert_line(alert))
+
+    shows: list[Show] = [terminal]
+    if desktop:
+        from services.desktop_alerts import DesktopAlerts  # the optional extra's library
+
+        shows.append(DesktopAlerts(report))
+    asyncio.run(run_watch(settings(), shows, report=report))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -39,13 +40,34 @@ async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def nats_client(url: str, settings: Settings | None = None) -> AsyncIterator[Client]:
-    """A connection to ``url`` with ``settings``' credentials and TLS (none without)."""
+async def nats_client(
+    url: str, settings: Settings | None = None, *, reconnect: bool = False, **callbacks: Any
+) -> AsyncIterator[Client]:
+    """A connection to ``url`` with ``settings``' credentials and TLS (none without).
+    With ``reconnect`` (a command that runs until stopped) it reconnects after the first
+    connect for as long as it runs; ``callbacks`` go to ``nats.connect``
+    (``disconnected_cb``, ``reconnected_cb``)."""
     options = nats_options(settings) if settings is not None else {}
+    # Reconnecting, nats-py retries a refused first connect until the bound: the
+    # refusal reaches the error callback only.
+    errors: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        if not errors:
+            errors.append(exc)
+
     try:
-        nc = await connect_nats(url, within=3, allow_reconnect=False, **options)
+        nc = await connect_nats(
+            url,
+            within=3,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=-1,
+            error_cb=remember,
+            **options,
+            **callbacks,
+        )
     except Exception as exc:
-        if "authorization violation" in str(exc).lower():
+        if any("authorization violation" in str(e).lower() for e in (exc, *errors)):
             who = f"user {settings.nats_user!r}" if settings and settings.nats_user else "no user"
             raise ConnectError(
                 f"NATS at {shown_url(url)} refused the credential ({who}); set"

@@ -64,6 +64,7 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "alerts show": [("not-a-uuid",)],
     "alerts ack": [("not-a-uuid", "--by", "me"), ("00000000-0000-0000-0000-000000000000",)],
     "alerts resolve": [("not-a-uuid",)],
+    "alerts watch": [("extra",), ()],  # (): NATS unreachable, though it would reconnect
     "report summary": [
         ("--period", "hourly"),
         ("--tz", "Mars/Olympus"),

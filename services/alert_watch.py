@@ -1,0 +1,133 @@
+"""``budget alerts watch``: the alerts the notifier publishes on NATS
+(``<prefix>.alerts.<severity>.<type>``), each shown as it arrives: one line on stdout, and
+with ``--desktop`` a desktop notification too (``services.desktop_alerts``).
+
+Alerts are not stored on NATS (events/subjects.py): a watcher sees those published while
+it is subscribed, and none from while it was away or NATS was; ``budget alerts list``
+has them all. Its own state (subscribed, NATS lost, back) goes to stderr, so stdout holds
+alerts only. A message that is not an alert is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from budget.config import Settings, shown_url
+from budget.natsconn import PermissionDenied, refusal_message, round_trip, watching_refusal
+from events import Alert
+from events.subjects import Topology
+from services.cli_context import validation_message
+from services.ops import nats_client
+
+__all__ = ["Show", "alert_line", "one_line", "run_watch", "watch_alerts"]
+
+Show = Callable[[Alert], Awaitable[None]]
+"""One place an alert is shown (the terminal, the desktop); it reports its own failures."""
+
+Report = Callable[[str], None]
+
+
+def one_line(text: str) -> str:
+    """``text`` with each line break and control character made a space: an alert's text
+    can neither forge a line of its own nor send escape sequences to the terminal."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def alert_line(alert: Alert) -> str:
+    """Time (UTC), severity, type and message, as ``budget alerts list`` aligns them."""
+    return (
+        f"{alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.severity.value:<8}"
+        f" {alert.alert_type.value:<18} {one_line(alert.message)}"
+    )
+
+
+async def watch_alerts(
+    nc: Client,
+    topology: Topology,
+    shows: Sequence[Show],
+    *,
+    stop: asyncio.Event,
+    report: Report,
+) -> None:
+    """Show each alert arriving on ``nc`` with every one of ``shows``, until ``stop``.
+    Raises ``PermissionDenied`` when the server refuses the subscription (at once, or
+    later: a reconnect re-subscribes)."""
+    subject = topology.alerts_wildcard
+    with watching_refusal(nc, subject) as refused:
+        subscription = await nc.subscribe(subject)
+        try:
+            await round_trip(nc)  # the server has answered the subscription
+            if not refused.done():
+                report(f"watching {subject}; Ctrl-C to stop")
+            shown = asyncio.ensure_future(_show_each(subscription, shows, report))
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((shown, stopped, refused), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (shown, stopped):
+                    task.cancel()
+                failed, _ = await asyncio.gather(shown, stopped, return_exceptions=True)
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await subscription.unsubscribe()
+        if refused.done():
+            user = nc.options.get("user")
+            raise PermissionDenied(
+                refusal_message(subject, topology=topology, user=user, publish=False)
+            )
+        if isinstance(failed, Exception):  # stdout closed, say: the watch has no use
+            raise failed
+
+
+async def _show_each(subscription: Subscription, shows: Sequence[Show], report: Report) -> None:
+    async for message in subscription.messages:
+        try:
+            alert = Alert.model_validate_json(message.data)
+        except ValidationError as exc:
+            report(
+                f"skipped a message on {message.subject} that is not an alert"
+                f" ({one_line(validation_message(exc, 'alert'))})"
+            )
+            continue
+        for show in shows:
+            await show(alert)
+
+
+async def run_watch(settings: Settings, shows: Sequence[Show], *, report: Report) -> None:
+    """Watch with ``settings``' NATS credential until SIGINT or SIGTERM, reconnecting for
+    as long as it runs (a reconnect re-subscribes)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    where = shown_url(settings.nats_url)
+    connection: list[Client] = []
+
+    async def disconnected() -> None:
+        if not stop.is_set():
+            report(f"lost NATS at {where}; reconnecting (alerts published meanwhile are missed)")
+
+    async def reconnected() -> None:
+        with contextlib.suppress(Exception):  # the line says so once the server has the
+            await round_trip(connection[0])  # subscription again, as at the start
+        report(f"reconnected to NATS at {where}; watching again")
+
+    async with nats_client(
+        settings.nats_url,
+        settings,
+        reconnect=True,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+    ) as nc:
+        connection.append(nc)
+        try:
+            await watch_alerts(nc, settings.topology, shows, stop=stop, report=report)
+        finally:
+            stop.set()  # the disconnect that closing makes is no news
