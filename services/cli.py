@@ -110,16 +110,21 @@ def up(
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
     HTTP API. On first start it creates an admin API key and the NATS users' passwords
-    (service, host, alerts) in the data directory; NATS takes no anonymous client. Stops
-    cleanly on Ctrl-C."""
+    (service, host, alerts) in the data directory; NATS takes no anonymous client. Each
+    process serves Prometheus metrics on its own port of 127.0.0.1, listed in the banner
+    and in <data-dir>/metrics-targets.json. Stops cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, write_config
     from services.stack import SERVICES, kept_port, run_stack
+    from services.stack_metrics import banner_lines, metrics_ports, worker_env, write_targets
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
     key_file = directory / "admin.key"
     port = api_port or kept_port(directory / "api-port")
+    workers = [*PROJECTIONS, *SERVICES]
+    metrics = metrics_ports(directory, workers, taken=[port])
+    write_targets(directory, metrics)
     nats_config = write_config(directory, current)
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
@@ -132,7 +137,7 @@ def up(
     raise typer.Exit(
         run_stack(
             directory,
-            [*PROJECTIONS, *SERVICES],
+            workers,
             prepare=prepare_stack,
             nats_port=nats_port,
             nats_config=nats_config,
@@ -141,10 +146,12 @@ def up(
                 "BUDGET_DATA_DIR": str(directory),
                 **credentials.env("service"),
             },
+            worker_env=worker_env(metrics),
             notes=[
                 f"web console       http://127.0.0.1:{port}/  (HTTP API under /api/v1)",
                 f"admin API key     in {key_file} (sign in with it; make others there)",
                 *credentials.notes(current.topology),
+                *banner_lines(directory, metrics),
             ],
         )
     )
