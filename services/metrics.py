@@ -2,10 +2,10 @@
 
 Every long-running ``budget`` command (a worker, the enforcer, the notifier, the query
 service, the api) serves its own process's metrics on ``metrics_host:metrics_port`` when
-``metrics_port`` is set; ``budget up`` gives each process its own port. The endpoint is
-bound to 127.0.0.1 unless configured otherwise: metrics name users, projects and channels,
-so only the machine's operators (or a Prometheus beside the services) read them
-(docs/security.md). The engine's metrics are in ``projections.engine.metrics``.
+``metrics_port`` is set; ``budget up`` gives each process its own port. The endpoint has
+no credential, so it is bound to 127.0.0.1 unless configured otherwise; labels are closed
+sets (no user, amount or path), so a reader learns volumes and health, not who spends what
+(docs/security.md, Metrics). The engine's metrics are in ``projections.engine.metrics``.
 """
 
 from __future__ import annotations
