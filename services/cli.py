@@ -124,13 +124,13 @@ def up(
     port = api_port or kept_port(directory / "api-port")
     workers = [*PROJECTIONS, *SERVICES]
     metrics = metrics_ports(directory, workers, taken=[port])
-    write_targets(directory, metrics)
     nats_config = write_config(directory, current)
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
         await prepare(nats_url, database_url, service)
+        write_targets(directory, metrics)  # once the data directory is this stack's
         async with nats_client(nats_url, service) as nc:
             await first_admin_key(nc.jetstream(), current.topology, key_file)
 

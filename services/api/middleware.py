@@ -58,8 +58,8 @@ class AccessLog(_HttpMiddleware):
         finally:
             elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            route = getattr(scope.get("route"), "name", None) or "unmatched"
-            HTTP_REQUEST_SECONDS.labels(method, route, str(status)).observe(elapsed)
+            handler = getattr(scope.get("route"), "name", None) or "unmatched"
+            HTTP_REQUEST_SECONDS.labels(method, handler, str(status)).observe(elapsed)
             log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
