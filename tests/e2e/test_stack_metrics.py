@@ -95,6 +95,8 @@ def test_every_process_serves_metrics_that_move_with_the_work(
     assert banner is not None, up.output()
     urls = endpoints(up.output())
     assert sorted(urls) == sorted([*PROJECTIONS, *SERVICES]), up.output()
+    workers = [name for name in urls if name not in SERVICES]
+    usage_workers = [name for name in workers if name not in ("policies", "api_keys")]
     assert len(set(urls.values())) == len(urls)  # a port each
     targets = json.loads((budget_up.data_dir / "metrics-targets.json").read_text())
     assert {t["labels"]["service"]: f"http://{t['targets'][0]}/metrics" for t in targets} == urls
@@ -104,7 +106,7 @@ def test_every_process_serves_metrics_that_move_with_the_work(
         name: eventually(lambda url=url: _scraped(url), bool, STARTUP, f"{name} metrics")
         for name, url in urls.items()
     }
-    for name in PROJECTIONS:
+    for name in workers:
         eventually(
             lambda name=name: _families(scrape(urls[name])),
             lambda names: "budget_projection_lag_events" in names,
@@ -140,17 +142,17 @@ def test_every_process_serves_metrics_that_move_with_the_work(
     grows(urls["enforcer"], "budget_reservations_open", before["enforcer"], "the reservation")
 
     user.record(*GPT_4O_CALL)  # $0.00725 for alice: past the whole limit
-    for name in ("spend", "history", "reports", "alerts"):
+    for name in usage_workers:
         grows(urls[name], "budget_projection_events_applied_total", before[name],
               f"the call applied by {name}", projection=name)  # fmt: skip
         grows(urls[name], "budget_projection_batch_seconds_count", before[name],
               f"{name}'s batch latency", projection=name)  # fmt: skip
-    eventually(
-        lambda: figure(scrape(urls["spend"]), "budget_projection_lag_events", projection="spend"),
-        lambda lag: lag == 0,
-        CATCH_UP,
-        "spend caught up",
-    )
+        eventually(
+            lambda name=name: figure(scrape(urls[name]), "budget_projection_lag_events"),
+            lambda lag: lag == 0,
+            CATCH_UP,
+            f"{name} caught up",
+        )
     refused = user.run("check", "gpt-4o", "--tokens", "2000", "--user", "alice")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     grows(urls["enforcer"], "budget_checks_total", before["enforcer"], "a refused check",
@@ -174,8 +176,9 @@ def test_every_process_serves_metrics_that_move_with_the_work(
     assert listed.status_code == 200
     grows(urls["api"], "budget_http_request_seconds_count", before["api"], "an API request",
           method="GET", handler="history_page", status="200")  # fmt: skip
-    grows(urls["spend"], "budget_dead_letters_total", before["spend"], "a dead letter",
-          consumer="spend-v1", reason="invalid")  # fmt: skip
+    for name in usage_workers:
+        grows(urls[name], "budget_dead_letters_total", before[name], f"{name}'s dead letter",
+              reason="invalid")  # fmt: skip
 
 
 def _scraped(url: str) -> list[Sample]:
