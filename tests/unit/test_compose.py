@@ -345,3 +345,19 @@ def test_alerting_rules_watch_lag_dead_letters_and_deliveries(
         assert set(rule) >= {"alert", "expr", "labels", "annotations"}, rule
         used = set(re.findall(r"\bbudget_\w+", rule["expr"]))
         assert used <= known, (rule["alert"], used - known)
+
+
+def test_every_alerting_rule_has_a_promtool_case() -> None:
+    """deploy/prometheus/rules_test.yml (``promtool test rules``) fires each rule."""
+    folder = ROOT / "deploy" / "prometheus"
+    rules = yaml.safe_load((folder / "rules.yml").read_text())
+    cases = yaml.safe_load((folder / "rules_test.yml").read_text())
+    assert cases["rule_files"] == ["rules.yml"]
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    tested = {
+        case["alertname"]
+        for test in cases["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert tested == alerts
