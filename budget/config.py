@@ -187,6 +187,18 @@ class Settings(BaseModel):
     heartbeat_file: Path | None = Field(
         default=None, description="workers touch it every few seconds (container health checks)"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        gt=0,
+        lt=65536,
+        description="a service serves its Prometheus metrics on this port (/metrics); none"
+        " when unset. One port per process: `budget up` gives each its own",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="the address the metrics endpoint listens on; who can reach it can read"
+        " the metrics (docs/security.md)",
+    )
     # NATS credentials and TLS (docs/security.md); ``nats_user`` above is the user.
     nats_password: SecretStr | None = Field(default=None, description="the NATS user's password")
     nats_password_file: Path | None = Field(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -61,6 +62,7 @@ from services import replies, reservations
 from services.fair_queue import FairQueue
 from services.limits import CallerLimits, LimitedRequests
 from services.liveness import Liveness
+from services.metrics import CHECK_SECONDS, CHECKS, RESERVATIONS_OPEN
 from services.replies import UNAVAILABLE, Handler, error_reply, send
 
 __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
@@ -96,6 +98,7 @@ class _Pending:
     request: CheckRequest
     reply: str
     caller: str
+    arrived: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +303,8 @@ class Enforcer:
 
     async def _send(self, pending: _Pending, answer: CheckResult | RpcError) -> None:
         self._limits.done(pending.caller)
+        CHECKS.labels(_outcome(answer)).inc()
+        CHECK_SECONDS.observe(time.perf_counter() - pending.arrived)
         try:
             await send(self.nc, pending.reply, answer)
         except Exception as exc:  # the asker hears nothing and times out; the loop goes on
@@ -446,6 +451,7 @@ class Enforcer:
             assert self._aux is not None
             try:
                 expired, settled = await reservations.release_finished(self._aux)
+                RESERVATIONS_OPEN.set(await reservations.open_reservations(self._aux))
             except psycopg.Error as exc:
                 log.warning("releasing finished reservations failed: %s", exc)
                 return
@@ -468,6 +474,13 @@ class Enforcer:
         if changed:
             log.info("published %d policies from the configuration", len(changed))
         return changed
+
+
+def _outcome(answer: CheckResult | RpcError) -> str:
+    """A check's outcome as a metric label: allowed, the refusing action, or error."""
+    if isinstance(answer, RpcError):
+        return "error"
+    return "allowed" if answer.allowed else answer.action or "block"
 
 
 async def serve_enforcer(

@@ -38,6 +38,7 @@ from projections.db import connect
 from projections.engine.projection import Connection
 from services.channels import Rejected, Undeliverable, senders, undeliverable
 from services.liveness import Liveness, Loop
+from services.metrics import ALERT_DELIVERIES
 
 __all__ = ["Notifier", "NotifierConfig", "serve_notifier"]
 
@@ -222,6 +223,7 @@ class Notifier:
             " WHERE alert_id = %s AND channel = %s",
             (why, backoff if alone else 0.0, alert_id, channel),
         )
+        ALERT_DELIVERIES.labels(channel, "retried").inc()
         log.warning("alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff)
         return backoff
 
@@ -236,6 +238,7 @@ class Notifier:
             " WHERE channel = %s AND alert_id = ANY(%s)",
             (status, why, status, channel, alert_ids),
         )
+        ALERT_DELIVERIES.labels(channel, status).inc(len(alert_ids))
 
 
 def _reason(exc: Exception) -> str:

@@ -48,6 +48,7 @@ from events.queries import (
 from projections.database_queries import DatabaseQueries
 from services.limits import CallerLimits, LimitedRequests
 from services.liveness import Liveness
+from services.metrics import QUERY_SECONDS
 from services.replies import answer
 
 __all__ = ["QueryService", "serve_query_service"]
@@ -89,7 +90,7 @@ class QueryService:
         }
         for name, (model, handler) in routes.items():
             subject = self.settings.topology.rpc_wildcard(name)
-            requests = self._limited(model, handler)
+            requests = self._limited(name, model, handler)
             self._requests.append(requests)
             self._subscriptions.append(
                 await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=requests.on_message)
@@ -108,9 +109,12 @@ class QueryService:
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.queries.close()
 
-    def _limited(self, model: type[BaseModel], handler: Handler) -> LimitedRequests:
+    def _limited(self, name: str, model: type[BaseModel], handler: Handler) -> LimitedRequests:
+        seconds = QUERY_SECONDS.labels(name.removeprefix("query."))
+
         async def run(query: BaseModel, _: Msg) -> BaseModel:
-            return await handler(query)
+            with seconds.time():
+                return await handler(query)
 
         async def on_message(msg: Msg, caller: str) -> bool:
             task = asyncio.create_task(

@@ -33,6 +33,7 @@ __all__ = [
     "Reserved",
     "insert_holds",
     "install",
+    "open_reservations",
     "release",
     "release_finished",
     "reserve",
@@ -210,3 +211,14 @@ async def release_finished(conn: Connection) -> tuple[int, int]:
     row = await cursor.fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+async def open_reservations(conn: Connection) -> int:
+    """Reservations holding budget now: unexpired, and not yet settled by the live ledger
+    (which deletes a hold when its usage arrives) or released."""
+    cursor = await conn.execute(
+        "SELECT count(DISTINCT reservation_id) FROM reservation_holds WHERE expires_at > now()"
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])

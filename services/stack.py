@@ -100,6 +100,8 @@ class StackInfo:
 class _Worker:
     name: str
     argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    """This worker's own variables, on top of the stack's (e.g. its metrics port)."""
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
 
@@ -117,6 +119,7 @@ def run_stack(
     restart_backoff: tuple[float, float] = (1.0, 30.0),
     out: TextIO | None = None,
     extra_env: Mapping[str, str] | None = None,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
     notes: Sequence[str] = (),
 ) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM; returns the exit status (0).
@@ -145,6 +148,7 @@ def run_stack(
             restart_backoff=restart_backoff,
             out=out,
             extra_env=extra_env,
+            worker_env=worker_env,
             notes=notes,
         )
     )
@@ -166,11 +170,13 @@ async def serve_stack(
     on_ready: Callable[[StackInfo], None] | None = None,
     handle_signals: bool = True,
     extra_env: Mapping[str, str] | None = None,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
     notes: Sequence[str] = (),
 ) -> int:
     """``run_stack`` inside a running event loop. ``stop`` (set it to shut down) and
     ``on_ready`` let a caller drive it without signals. ``extra_env`` goes to every
-    worker; ``notes`` are lines the banner adds."""
+    worker, ``worker_env[name]`` to worker ``name`` only; ``notes`` are lines the banner
+    adds."""
     out = out if out is not None else sys.stdout
     stop = stop if stop is not None else asyncio.Event()
     data_dir = _make_dir(data_dir)
@@ -196,7 +202,10 @@ async def serve_stack(
         data_dir / "nats", port=nats_port or _previous_port(data_dir), config_file=nats_config
     )
     stopping = asyncio.Event()
-    supervised = [_Worker(name, list(worker_command(name))) for name in workers]
+    supervised = [
+        _Worker(name, list(worker_command(name)), (worker_env or {}).get(name, {}))
+        for name in workers
+    ]
     tasks: list[asyncio.Task[None]] = []
     ready = False
 
@@ -344,7 +353,7 @@ async def _supervise(
         try:
             worker.proc = await asyncio.create_subprocess_exec(
                 *worker.argv,
-                env=dict(env),
+                env={**env, **worker.env},
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )

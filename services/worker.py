@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from nats.errors import Error as NatsError
 from budget.config import Settings
 from budget.natsconn import nats_options
 from projections.engine.log import require_stream
+from projections.engine.metrics import BATCH_SECONDS, EVENTS_APPLIED, LAG
 from projections.engine.reader import ConsumerGone
 from projections.engine.rebuild import rebuild_if_reshaped
 from projections.engine.runner import (
@@ -38,6 +39,7 @@ from projections.engine.runner import (
 )
 from projections.registry import worker_projections
 from services.liveness import Liveness, Loop
+from services.metrics import refresh_every, serve_metrics
 
 __all__ = [
     "ServiceBody",
@@ -53,6 +55,8 @@ MAX_BACKOFF = 30.0
 WORKER_STALL_AFTER = 300.0
 """Seconds one batch may take, or a worker may keep failing and backing off (its database
 or NATS unreachable), before it counts as stalled (unhealthy)."""
+LAG_EVERY = 5.0
+"""Seconds between two readings of a worker's lag (one NATS request each)."""
 
 
 async def run_projection(
@@ -63,15 +67,22 @@ async def run_projection(
     backoff. Each batch is a turn of ``loop``, if given (a batch stuck longer than its
     ``stall_after`` is a stall), and an outage counts as the loop failing until a batch
     commits or nothing is left to apply (one outlasting ``stall_after`` is a stall too)."""
-    turn = loop.turn if loop is not None else contextlib.nullcontext
+    watch = loop.turn if loop is not None else contextlib.nullcontext
+    batch_seconds, events_applied = BATCH_SECONDS.labels(name), EVENTS_APPLIED.labels(name)
     projections = worker_projections(name)
     await require_stream(nc.jetstream(), settings.topology.event_stream)
     backoff = 1.0
     applied = 0
 
+    @contextlib.contextmanager
+    def turn() -> Iterator[None]:
+        with watch(), batch_seconds.time():
+            yield
+
     def count(result: BatchResult) -> None:
         nonlocal applied, backoff
         applied += result.applied
+        events_applied.inc(result.applied)
         backoff = 1.0
 
     config = EngineConfig(time_bounds=settings.time_bounds)
@@ -83,6 +94,7 @@ async def run_projection(
             topology=settings.topology,
             config=config,
         )
+        lag = asyncio.create_task(refresh_every(LAG_EVERY, _lag_of(name, runner), stop))
         try:
             for projection in projections:
                 await rebuild_if_reshaped(
@@ -112,8 +124,21 @@ async def run_projection(
             await _sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
+            lag.cancel()
             await runner.close()
     log.info("worker %s stopped after applying %d events", name, applied)
+
+
+def _lag_of(name: str, runner: ProjectionRunner) -> Callable[[], Awaitable[None]]:
+    """Sets worker ``name``'s lag gauge to what ``runner``'s consumer has not acked, once
+    it is open."""
+    gauge = LAG.labels(name)
+
+    async def measure() -> None:
+        if runner.reader is not None:
+            gauge.set(await runner.pending())
+
+    return measure
 
 
 def tune_gc() -> None:
@@ -183,6 +208,7 @@ def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
     """Run ``body`` as a FastStream service until SIGINT/SIGTERM (a heartbeat file too, if
     configured); returns the process exit code."""
     tune_gc()
+    serve_metrics(settings, name)
     broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, **broker_options(settings))
     app = FastStream(broker)
     stop = asyncio.Event()

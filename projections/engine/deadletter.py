@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from events import Topology
+from projections.engine.metrics import DEAD_LETTERS, reason_kind
 from projections.engine.reader import Delivery
 
 __all__ = [
@@ -56,6 +57,7 @@ async def dead_letter(
             HEADER_ORIGINAL_SEQ: str(delivery.stream_seq),
         },
     )
+    DEAD_LETTERS.labels(consumer, reason_kind(reason)).inc()
 
 
 def _header_safe(text: str) -> str:

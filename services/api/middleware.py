@@ -1,4 +1,5 @@
-"""The HTTP service's ASGI middleware: access log, catch-all, body limit, NUL guard.
+"""The HTTP service's ASGI middleware: access log (and request metrics), catch-all, body
+limit, NUL guard.
 
 Each wraps HTTP requests only and passes anything else (lifespan) straight through.
 """
@@ -14,10 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.problems import Problem, problem_response
+from services.metrics import HTTP_REQUEST_SECONDS
 
 __all__ = ["AccessLog", "BodyLimit", "CatchAll", "NoNulCharacters"]
 
 log = logging.getLogger("budget.api")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _HttpMiddleware:
@@ -36,7 +39,9 @@ class _HttpMiddleware:
 
 class AccessLog(_HttpMiddleware):
     """One line per request: method, path, status, milliseconds. The path only: no query
-    string, header or cookie reaches the log."""
+    string, header or cookie reaches the log. Its time goes to ``HTTP_REQUEST_SECONDS``
+    under the name of the route that answered (its function, e.g. ``get_policy``), never
+    the path, so what a client sends cannot add series."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -51,8 +56,17 @@ class AccessLog(_HttpMiddleware):
         try:
             await self.app(scope, receive, observed)
         finally:
-            elapsed = (time.perf_counter() - started) * 1000
-            log.info("%s %s %d %.1fms", scope["method"], _printable(scope["path"]), status, elapsed)
+            elapsed = time.perf_counter() - started
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            handler = getattr(scope.get("route"), "name", None) or "unmatched"
+            HTTP_REQUEST_SECONDS.labels(method, handler, str(status)).observe(elapsed)
+            log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                _printable(scope["path"]),
+                status,
+                elapsed * 1000,
+            )
 
 
 class CatchAll(_HttpMiddleware):

@@ -14,6 +14,7 @@ import uvicorn
 from budget.config import Settings
 from services.api.app import create_app
 from services.credentials import generated_secret
+from services.metrics import serve_metrics
 
 __all__ = ["serve_api", "session_secret"]
 
@@ -41,6 +42,7 @@ def serve_api(settings: Settings, *, host: str, port: int, secure_cookies: bool)
         timeout_graceful_shutdown=3,
         server_header=False,
     )
+    serve_metrics(settings, "api")
     log.info("budget api on http://%s:%d/", host, port)
     uvicorn.Server(config).run()
     return 0

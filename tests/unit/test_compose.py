@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import Counter, Gauge, Histogram
 
 from events import Topology
+from projections.engine import metrics as engine_metrics
 from projections.registry import WORKERS as PROJECTION_WORKERS
+from services import metrics as service_metrics
 from services.nats_config import DEFAULT_USERS, compose_config, password_variable
 from services.stack import SERVICES
 
@@ -256,3 +259,105 @@ def test_app_services_connect_to_nats_as_service(
     assert secret in services[name]["secrets"]
     # The secret holds the password the NATS server knows the service user by.
     assert compose["secrets"][secret]["environment"] == password_variable("service")
+
+
+# -- Prometheus -------------------------------------------------------------------------------
+
+
+def _prometheus_file(services: dict[str, dict[str, Any]], path: str) -> Path:
+    """The host file behind ``path`` in the prometheus container (its config mount)."""
+    mounts = [v.split(":") for v in services["prometheus"]["volumes"]]
+    for source, target, *_ in mounts:
+        if path.startswith(target + "/") and source.startswith("."):
+            return ROOT / source / path.removeprefix(target + "/")
+    raise AssertionError(f"{path} is not in a mounted folder")
+
+
+def _sample_names() -> set[str]:
+    """Every sample name the services' metrics expose (counters with _total, histograms
+    with _bucket, _count and _sum)."""
+    names = set()
+    for module in (engine_metrics, service_metrics):
+        for metric in vars(module).values():
+            if not isinstance(metric, Counter | Gauge | Histogram):
+                continue
+            (family,) = metric.describe()
+            if isinstance(metric, Counter):
+                names.add(f"{family.name}_total")
+            elif isinstance(metric, Histogram):
+                names.update(f"{family.name}{s}" for s in ("_bucket", "_count", "_sum"))
+            else:
+                names.add(family.name)
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_every_service_serves_metrics_on_the_compose_network_only(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    env = services[name]["environment"]
+    assert env["BUDGET_METRICS_HOST"] == "0.0.0.0"  # the prometheus container must reach it
+    port = env["BUDGET_METRICS_PORT"]
+    published = [p.split(":")[-1] for p in services[name].get("ports", [])]
+    assert port not in published, "metrics stay off the host's ports"
+
+
+def test_prometheus_scrapes_every_service(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:v3")
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"]), "loopback by default"
+    assert "/-/ready" in _health_test(prometheus)
+    config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if "config.file" in a)
+    config = yaml.safe_load(_prometheus_file(services, config_path).read_text())
+    (job,) = config["scrape_configs"]
+    targets = {(name, sd["port"]) for sd in job["dns_sd_configs"] for name in sd["names"]}
+    expected = {
+        (name, int(services[name]["environment"]["BUDGET_METRICS_PORT"])) for name in WORKERS
+    }
+    assert targets == expected
+    for rule_file in config["rule_files"]:
+        assert _prometheus_file(services, rule_file).exists(), rule_file
+
+
+def test_alerting_rules_watch_lag_dead_letters_and_deliveries(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config_path = next(
+        a.split("=", 1)[1] for a in services["prometheus"]["command"] if "config.file" in a
+    )
+    config = yaml.safe_load(_prometheus_file(services, config_path).read_text())
+    rules = [
+        rule
+        for rule_file in config["rule_files"]
+        for group in yaml.safe_load(_prometheus_file(services, rule_file).read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    exprs = " ".join(rule["expr"] for rule in rules)
+    for watched in (
+        "budget_projection_lag_events",
+        "budget_dead_letters_total",
+        "budget_alert_deliveries_total",
+    ):
+        assert watched in exprs, watched
+    # Every metric a rule reads is one the services expose (a renamed metric fails here).
+    known = _sample_names()
+    for rule in rules:
+        assert set(rule) >= {"alert", "expr", "labels", "annotations"}, rule
+        used = set(re.findall(r"\bbudget_\w+", rule["expr"]))
+        assert used <= known, (rule["alert"], used - known)
+
+
+def test_every_alerting_rule_has_a_promtool_case() -> None:
+    """deploy/prometheus/rules_test.yml (``promtool test rules``) fires each rule."""
+    folder = ROOT / "deploy" / "prometheus"
+    rules = yaml.safe_load((folder / "rules.yml").read_text())
+    cases = yaml.safe_load((folder / "rules_test.yml").read_text())
+    assert cases["rule_files"] == ["rules.yml"]
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    tested = {
+        case["alertname"]
+        for test in cases["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert tested == alerts

@@ -1,0 +1,192 @@
+"""``budget up``'s Prometheus endpoints, scraped for real: every process of the stack serves
+its own, listed in the banner and in ``metrics-targets.json``, and the figures move with
+the work (a recorded call, checks, a query, alerts, an API request, a dead letter).
+
+Figures are compared with what each endpoint showed before the work, never with a
+constant, and every wait is for a figure to arrive (bounded, never asserted on)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import httpx
+import nats
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from test_cli import (  # noqa: F401 (fixtures)
+    GPT_4O_CALL,
+    Budget,
+    Stack,
+    base_env,
+    budget_up,
+    eventually,
+    parse_banner,
+)
+
+from budget.natsconn import inbox_prefix
+from events import Topology, UsageRecorded
+from events.queries import QUERY_POLICIES, PoliciesAnswer, PoliciesQuery
+from projections.registry import PROJECTIONS
+from services.stack import SERVICES
+
+STARTUP = 90.0  # budget up: servers, migrations, every process
+CATCH_UP = 45.0  # a figure that has to travel: a worker's batch, the enforcer's cleanup
+
+
+def scrape(url: str) -> list[Sample]:
+    answer = httpx.get(url, timeout=5)
+    answer.raise_for_status()
+    return [s for family in text_string_to_metric_families(answer.text) for s in family.samples]
+
+
+def figure(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples that carry ``labels`` (0 when there are none yet)."""
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+
+def endpoints(banner: str) -> dict[str, str]:
+    """Each process's metrics URL, as the banner lists them."""
+    found = re.findall(
+        r"^\s+(?:metrics\s+)?([\w-]+)\s+(http://127\.0\.0\.1:\d+/metrics)$", banner, re.M
+    )
+    return dict(found)
+
+
+def grows(url: str, name: str, before: list[Sample], what: str, **labels: str) -> float:
+    """Wait until ``name{labels}`` at ``url`` is above what ``before`` showed; its value."""
+    start = figure(before, name, **labels)
+    return eventually(
+        lambda: figure(scrape(url), name, **labels),
+        lambda value: value > start,
+        CATCH_UP,
+        f"{what}: {name}{labels} above {start}",
+    )
+
+
+async def as_host(nats_url: str, user: str, password: str) -> list[str]:
+    """As a host app (its NATS user): ask the query service for the policies, and publish
+    a message that is no event; the policy ids answered."""
+    nc = await nats.connect(nats_url, user=user, password=password, inbox_prefix=inbox_prefix(user))
+    try:
+        topology = Topology(prefix="budget")
+        asked = topology.rpc_subject(QUERY_POLICIES, caller=user)
+        answer = await nc.request(asked, PoliciesQuery().model_dump_json().encode(), timeout=10)
+        await nc.jetstream().publish(topology.event_subject(UsageRecorded.SUBJECT), b"not JSON")
+    finally:
+        await nc.close()
+    return [p.policy_id for p in PoliciesAnswer.model_validate_json(answer.data).policies]
+
+
+def test_every_process_serves_metrics_that_move_with_the_work(
+    budget_up: Stack,  # noqa: F811 (the fixture)
+    base_env: dict[str, str],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    up = budget_up.service
+    banner = eventually(
+        lambda: parse_banner(up.output()),
+        lambda b: b is not None or not up.running(),
+        STARTUP,
+        "budget up banner",
+    )
+    assert banner is not None, up.output()
+    urls = endpoints(up.output())
+    assert sorted(urls) == sorted([*PROJECTIONS, *SERVICES]), up.output()
+    workers = [name for name in urls if name not in SERVICES]
+    usage_workers = [name for name in workers if name not in ("policies", "api_keys")]
+    assert len(set(urls.values())) == len(urls)  # a port each
+    targets = json.loads((budget_up.data_dir / "metrics-targets.json").read_text())
+    assert {t["labels"]["service"]: f"http://{t['targets'][0]}/metrics" for t in targets} == urls
+
+    # Every endpoint answers, on loopback only, with its process's own figures.
+    before = {
+        name: eventually(lambda url=url: _scraped(url), bool, STARTUP, f"{name} metrics")
+        for name, url in urls.items()
+    }
+    for name in workers:
+        eventually(
+            lambda name=name: _families(scrape(urls[name])),
+            lambda names: "budget_projection_lag_events" in names,
+            CATCH_UP,
+            f"{name}'s lag",
+        )
+
+    credentials = budget_up.data_dir / "credentials"
+    servers = {"BUDGET_NATS_URL": banner.nats_url, "BUDGET_DATABASE_URL": banner.database_url}
+    host_env = {
+        "BUDGET_NATS_USER": "host",
+        "BUDGET_NATS_PASSWORD_FILE": str(credentials / "nats-host.password"),
+    }
+    admin_env = {
+        "BUDGET_NATS_USER": "service",
+        "BUDGET_NATS_PASSWORD_FILE": str(credentials / "nats-service.password"),
+    }
+    admin = Budget({**base_env, **servers, **admin_env}, tmp_path)
+    user = Budget({**base_env, **servers, **host_env}, tmp_path)
+
+    # A BLOCK policy small enough that one call crosses every alert threshold.
+    admin.ok(
+        "policy", "set", "--name", "Cap", "--limit", "0.005", "--action", "block",
+        "--scope", "user", "--key", "alice", "--id", "cap",
+    )  # fmt: skip
+    grows(urls["policies"], "budget_projection_events_applied_total", before["policies"],
+          "the policy applied", projection="policies")  # fmt: skip
+    allowed = user.run("check", "gpt-4o", "--tokens", "10", "--user", "alice", "--reserve")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    grows(urls["enforcer"], "budget_checks_total", before["enforcer"], "an allowed check",
+          outcome="allowed")  # fmt: skip
+    grows(urls["enforcer"], "budget_check_seconds_count", before["enforcer"], "check latency")
+    grows(urls["enforcer"], "budget_reservations_open", before["enforcer"], "the reservation")
+
+    user.record(*GPT_4O_CALL)  # $0.00725 for alice: past the whole limit
+    for name in usage_workers:
+        grows(urls[name], "budget_projection_events_applied_total", before[name],
+              f"the call applied by {name}", projection=name)  # fmt: skip
+        grows(urls[name], "budget_projection_batch_seconds_count", before[name],
+              f"{name}'s batch latency", projection=name)  # fmt: skip
+        eventually(
+            lambda name=name: figure(scrape(urls[name]), "budget_projection_lag_events"),
+            lambda lag: lag == 0,
+            CATCH_UP,
+            f"{name} caught up",
+        )
+    refused = user.run("check", "gpt-4o", "--tokens", "2000", "--user", "alice")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    grows(urls["enforcer"], "budget_checks_total", before["enforcer"], "a refused check",
+          outcome="block")  # fmt: skip
+
+    # The alerts the call raised go out on NATS; webhook and email are not enabled.
+    grows(urls["notifier"], "budget_alert_deliveries_total", before["notifier"], "alerts sent",
+          channel="nats", outcome="sent")  # fmt: skip
+    grows(urls["notifier"], "budget_alert_deliveries_total", before["notifier"],
+          "alerts skipped", channel="webhook", outcome="skipped")  # fmt: skip
+
+    host_password = (credentials / "nats-host.password").read_text().strip()
+    assert "cap" in asyncio.run(as_host(banner.nats_url, "host", host_password))
+    grows(urls["query-service"], "budget_query_seconds_count", before["query-service"],
+          "a query answered", query="policies")  # fmt: skip
+
+    key = (budget_up.data_dir / "admin.key").read_text().strip()
+    console = re.search(r"web console\s+(http://127\.0\.0\.1:\d+)/", up.output())
+    assert console is not None, up.output()
+    listed = httpx.get(f"{console[1]}/api/v1/usage", headers={"Authorization": f"Bearer {key}"})
+    assert listed.status_code == 200
+    grows(urls["api"], "budget_http_request_seconds_count", before["api"], "an API request",
+          method="GET", handler="history_page", status="200")  # fmt: skip
+    for name in usage_workers:
+        grows(urls[name], "budget_dead_letters_total", before[name], f"{name}'s dead letter",
+              reason="invalid")  # fmt: skip
+
+
+def _scraped(url: str) -> list[Sample]:
+    try:
+        return scrape(url)
+    except httpx.HTTPError:
+        return []  # not listening yet
+
+
+def _families(samples: list[Sample]) -> set[str]:
+    return {s.name for s in samples}
