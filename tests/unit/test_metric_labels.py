@@ -10,10 +10,10 @@ import psycopg
 import pytest
 
 from events import PolicySet, TimeBounds, Topology, encode, utc_now
+from projections.engine.isolation import _rejection
 from projections.engine.metrics import REASON_KINDS, reason_kind
 from projections.engine.preparer import Preparer
 from projections.engine.projection import Rejected
-from projections.engine.isolation import _rejection
 
 from support import usage_event
 
