@@ -31,44 +31,53 @@ TINY = Decimal("1E-40")
 FULL_AND_TINY = Decimal("123456789012.1234567890123456789012345678901234567891")
 
 percents = st.decimals(min_value=Decimal("0.01"), max_value=100, places=2)
-limits = st.tuples(maximal_costs, maximal_costs, maximal_costs)
 soft_percents = st.tuples(percents, percents, percents)
+Limits = tuple[Decimal, Decimal, Decimal]
 
 Found = tuple[str, str, str, datetime, uuid.UUID, Decimal]
 """An alert: (rule, policy, scope key, window start, the event that raised it, spend)."""
 
 
+@st.composite
+def spend_and_limits(draw: st.DrawFn) -> tuple[list[Step], Limits]:
+    """Usage, corrections and re-sends in one UTC day (AT is 09:00), and three limits, each
+    anywhere in the contract's range or exactly a sum of the first generated costs: where
+    every digit, and reaching versus passing, decide whether and where spend crosses."""
+    # One day: each key has one window per policy, so a window of another day cannot hold
+    # back an alert through the rule's cooldown, which is kept in event time.
+    generated = draw(steps_costing(maximal_costs, minutes=14 * 60))
+    costs = [Fraction(cost) for _, _, cost, _ in generated if cost is not None]
+    sums = [_exact(sum(costs[:n], Fraction(0))) for n in range(1, len(costs) + 1)]
+    limit = (maximal_costs | st.sampled_from(sums)) if sums else maximal_costs
+    return generated, (draw(limit), draw(limit), draw(limit))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(
-    # one UTC day (AT is 09:00): each key has one window per policy, so a window of another
-    # day cannot hold back an alert through the rule's cooldown, which is kept in event time
-    generated=steps_costing(maximal_costs, minutes=14 * 60),
-    limits=limits,
-    percents=soft_percents,
-    cuts=st.lists(st.booleans(), max_size=45),
-)
+@given(spend=spend_and_limits(), percents=soft_percents, cuts=st.lists(st.booleans(), max_size=45))
 @example(
     # alice's FULL reaches her own limit and the global soft limits, bob's TINY then takes
     # the global total to its limit exactly; after alice's correction to 0, her TINY
     # reaches her limit again, but its alerts were raised; bob stays far below his
-    generated=[
-        ("usage", "alice", FULL, 0),
-        ("usage", "bob", TINY, 1),
-        ("correct", 0, Decimal(0), 0),
-        ("usage", "alice", TINY, 2),
-    ],
-    limits=(FULL_AND_TINY, FULL, TINY),
+    spend=(
+        [
+            ("usage", "alice", FULL, 0),
+            ("usage", "bob", TINY, 1),
+            ("correct", 0, Decimal(0), 0),
+            ("usage", "alice", TINY, 2),
+        ],
+        (FULL_AND_TINY, FULL, TINY),
+    ),
     percents=(Decimal(80), Decimal("99.99"), Decimal(100)),
     cuts=[],
 )
 async def test_the_alert_comes_from_the_event_whose_exact_running_total_reaches_the_threshold(
     db: str,
-    generated: list[Step],
-    limits: tuple[Decimal, Decimal, Decimal],
+    spend: tuple[list[Step], Limits],
     percents: tuple[Decimal, Decimal, Decimal],
     cuts: list[bool],
 ) -> None:
-    (everyone, each_user, alices), (p_everyone, p_each_user, p_alices) = limits, percents
+    generated, (everyone, each_user, alices) = spend
+    p_everyone, p_each_user, p_alices = percents
     policies = [
         daily(str(everyone), soft_limit_percent=p_everyone),
         daily(str(each_user), soft_limit_percent=p_each_user, scope=BudgetScope.USER),
