@@ -58,21 +58,27 @@ def correction(event: UsageRecorded, cost: Decimal | None) -> UsageRepriced:
     )
 
 
-def daily(limit: str, **scope: Any) -> PolicySet:
-    policy = BudgetPolicy(name=f"cap {limit}", limit_amount=Decimal(limit), period="daily", **scope)
+def daily(limit: str, **fields: Any) -> PolicySet:
+    """A daily policy (global unless ``fields`` give its scope) of ``limit`` USD."""
+    policy = BudgetPolicy(
+        name=f"cap {limit}", limit_amount=Decimal(limit), period="daily", **fields
+    )
     return PolicySet(occurred_at=AT - timedelta(days=1), policy=policy)
 
 
 USERS = ("alice", "bob")
 
 
-def steps_costing(costs: st.SearchStrategy[Decimal]) -> st.SearchStrategy[list[Step]]:
-    """Logs of usage, corrections and re-sends whose costs (when priced) come from ``costs``."""
+def steps_costing(
+    costs: st.SearchStrategy[Decimal], minutes: int = 20 * 60
+) -> st.SearchStrategy[list[Step]]:
+    """Logs of usage, corrections and re-sends whose costs (when priced) come from ``costs``,
+    the usage up to ``minutes`` after AT (by default two UTC days)."""
     usage_step = st.tuples(
         st.just("usage"),
         st.sampled_from(USERS),
         st.none() | costs,
-        st.integers(min_value=0, max_value=20 * 60),  # minutes after AT: two UTC days
+        st.integers(min_value=0, max_value=minutes),
     )
     correction_step = st.tuples(
         st.just("correct"), st.integers(min_value=0), st.none() | costs, st.just(0)
@@ -86,14 +92,19 @@ def steps_costing(costs: st.SearchStrategy[Decimal]) -> st.SearchStrategy[list[S
 steps = steps_costing(st.decimals(min_value=0, max_value=Decimal(4), places=2))
 
 
-def build_log(generated: list[Step]) -> list[Event]:
-    """Policies first, then the generated usage, corrections of earlier usage and late
-    re-sends of earlier corrections (same event id)."""
-    log: list[Event] = [
-        daily("6"),
-        daily("3", scope=BudgetScope.USER),
-        daily("2.5", scope=BudgetScope.USER, scope_key="alice"),
-    ]
+def build_log(generated: list[Step], policies: Sequence[PolicySet] | None = None) -> list[Event]:
+    """``policies`` first (absent: a global daily cap, one per user and alice's own), then
+    the generated usage, corrections of earlier usage and late re-sends of earlier
+    corrections (same event id)."""
+    log: list[Event] = (
+        list(policies)
+        if policies is not None
+        else [
+            daily("6"),
+            daily("3", scope=BudgetScope.USER),
+            daily("2.5", scope=BudgetScope.USER, scope_key="alice"),
+        ]
+    )
     usage: list[UsageRecorded] = []
     fixes: list[UsageRepriced] = []
     for kind, who, cost, minutes in generated:
