@@ -10,7 +10,7 @@ import psycopg
 
 from projections.engine.projection import Applied, Connection, Rejected
 
-__all__ = ["Retired", "apply_isolating_rejects"]
+__all__ = ["Retired", "Unapplied", "apply_events", "apply_isolating_rejects"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,32 @@ Apply = Callable[[Sequence[Applied]], Awaitable[None]]
 
 class Retired(Exception):
     """A newer version of the projection went live; this runner must stop writing."""
+
+
+class Unapplied(Exception):
+    """A batch applied whole failed on something one of its events may be to blame for:
+    the transaction is lost, and the batch is to be applied again, isolating."""
+
+
+async def apply_events(
+    conn: Connection, events: Sequence[Applied], apply: Apply, *, label: str, isolating: bool
+) -> list[tuple[Applied, str]]:
+    """Apply ``events``: whole, with no savepoint (the common case: a savepoint costs two
+    round trips), raising ``Unapplied`` when that fails on an event's account; or,
+    ``isolating``, as ``apply_isolating_rejects`` does. The events refused, with reasons."""
+    if not events:
+        return []
+    if isolating:
+        return await apply_isolating_rejects(conn, events, apply, label=label)
+    try:
+        await apply(events)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        raise Unapplied(str(exc)) from exc
+    except (psycopg.Error, Retired):
+        raise
+    except Exception as exc:
+        raise Unapplied(str(exc)) from exc
+    return []
 
 
 async def apply_isolating_rejects(

@@ -24,12 +24,12 @@ from events import TimeBounds, Topology
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.deadletter import dead_letter
-from projections.engine.isolation import Retired, apply_isolating_rejects
+from projections.engine.isolation import Retired, Unapplied, apply_events
 from projections.engine.log import bind_consumer
 from projections.engine.preparer import Prepared, Preparer
 from projections.engine.projection import Applied, Connection, Projection, SharedLedger
 from projections.engine.reader import Delivery, PullReader
-from projections.engine.writer import VersionWriter, consumer_name
+from projections.engine.writer import VersionWriter, advance, consumer_name, lock_checkpoints
 
 __all__ = [
     "BatchResult",
@@ -220,40 +220,57 @@ class ProjectionRunner:
     async def process(self, batch: Sequence[Delivery[Prepared]]) -> BatchResult:
         """Apply one batch in one transaction (a savepoint when the caller holds one):
         the shared ledgers first, then each projection past its own checkpoint. The
-        caller acks ``result.last`` once the outermost transaction has committed."""
+        caller acks ``result.last`` once the outermost transaction has committed.
+
+        The batch is applied whole first; if that fails on an event's account, the
+        transaction is rolled back and the batch applied again, each part in a savepoint,
+        so what fails is found and dead-lettered (``isolation``)."""
+        try:
+            return await self._process(batch, isolating=False)
+        except Unapplied as exc:
+            log.info("%s: a batch failed (%s); applying it again, isolating", self.durable, exc)
+            return await self._process(batch, isolating=True)
+
+    async def _process(
+        self, batch: Sequence[Delivery[Prepared]], *, isolating: bool
+    ) -> BatchResult:
         conn = self.connection
         async with conn.transaction():
-            positions = [await w.lock_checkpoint(conn) for w in self.writers]
+            positions = await lock_checkpoints(conn, self.writers)
             new = [d for d in batch if d.stream_seq > min(positions)]
             by_seq = {d.stream_seq: d for d in new}
             fresh = [d.prepared for d in new if isinstance(d.prepared, Applied)]
             bad = [(d, d.prepared) for d in new if isinstance(d.prepared, str)]
             for ledger in self._ledgers:
-                refused = await self._record(conn, ledger, fresh)
+                refused = await self._record(conn, ledger, fresh, isolating=isolating)
                 bad += [(by_seq[a.stream_seq], reason) for a, reason in refused]
                 fresh = _without(fresh, refused)
             letters: set[int] = set()
+            moves = []
             for writer, position in zip(self.writers, positions, strict=True):
                 mine = [a for a in fresh if a.stream_seq > position]
-                refused = await writer.apply(conn, mine)
+                refused = await writer.apply(conn, mine, isolating=isolating)
                 theirs = [d_r for d_r in bad if d_r[0].stream_seq > position]
                 for delivery, reason in theirs + [(by_seq[a.stream_seq], r) for a, r in refused]:
                     await dead_letter(self._js, self._topology, writer.durable, delivery, reason)
                     letters.add(delivery.stream_seq)
-                last_seq = max(batch[-1].stream_seq, position)
-                await writer.advance(conn, last_seq, _without(mine, refused))
+                moves.append((writer, max(batch[-1].stream_seq, position), _without(mine, refused)))
+            await advance(conn, moves)
         applied = len([a for a in fresh if a.stream_seq not in letters])
         return BatchResult(applied, len(batch) - applied - len(letters), len(letters), batch[-1])
 
     async def _record(
-        self, conn: Connection, ledger: SharedLedger, events: Sequence[Applied]
+        self,
+        conn: Connection,
+        ledger: SharedLedger,
+        events: Sequence[Applied],
+        *,
+        isolating: bool,
     ) -> list[tuple[Applied, str]]:
         async def record(batch: Sequence[Applied]) -> None:
             await ledger.record(conn, batch, writer=self.durable)
 
-        if not events:
-            return []
-        return await apply_isolating_rejects(conn, events, record, label=self.durable)
+        return await apply_events(conn, events, record, label=self.durable, isolating=isolating)
 
 
 def _without(events: Sequence[Applied], refused: Sequence[tuple[Applied, str]]) -> list[Applied]:

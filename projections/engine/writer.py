@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from projections.engine.isolation import Retired, apply_isolating_rejects
+from projections.engine.isolation import Retired, apply_events
 from projections.engine.projection import Applied, Connection, Projection
 
-__all__ = ["VersionWriter", "consumer_name"]
+__all__ = ["VersionWriter", "advance", "consumer_name", "lock_checkpoints"]
 
 
 def consumer_name(projection: Projection, version: int) -> str:
@@ -41,41 +41,61 @@ class VersionWriter:
             raise RuntimeError(f"projection {self.durable} has no checkpoint row")
         return int(row[0])
 
-    async def lock_checkpoint(self, conn: Connection) -> int:
-        """The checkpoint, locked for this transaction; raises ``Retired`` once a newer
-        version went live. FOR SHARE on the registry row: a swap (FOR UPDATE) waits for
-        this batch, and this batch waits for a swap, then sees it was retired."""
-        try:
-            row = await (
-                await conn.execute(
-                    "SELECT r.active_version, c.stream_seq FROM projection_registry r"
-                    " JOIN projection_checkpoints c ON c.name = r.name AND c.version = %s"
-                    " WHERE r.name = %s FOR SHARE OF r FOR UPDATE OF c",
-                    (self.version, self.projection.name),
-                )
-            ).fetchone()
-        except psycopg.errors.UndefinedTable as exc:
-            raise Retired(str(exc)) from exc
-        if row is None or int(row[0]) > self.version:
-            raise Retired(f"{self.durable} was replaced by version {row and row[0]}")
-        return int(row[1])
-
-    async def apply(self, conn: Connection, events: Sequence[Applied]) -> list[tuple[Applied, str]]:
-        """Apply the events; the ones it refuses, with the reason."""
+    async def apply(
+        self, conn: Connection, events: Sequence[Applied], *, isolating: bool
+    ) -> list[tuple[Applied, str]]:
+        """Apply the events; with ``isolating``, the ones it refuses, with the reason (else
+        ``Unapplied`` when one may be to blame: the caller tries again, isolating)."""
 
         async def apply(batch: Sequence[Applied]) -> None:
             await self.projection.apply(conn, self.version, batch)
 
-        if not events:
-            return []
-        return await apply_isolating_rejects(conn, events, apply, label=self.durable)
+        return await apply_events(conn, events, apply, label=self.durable, isolating=isolating)
 
-    async def advance(self, conn: Connection, last_seq: int, applied: Sequence[Applied]) -> None:
-        newest = max((a.occurred_at for a in applied), default=None)
-        await conn.execute(
-            "UPDATE projection_checkpoints SET stream_seq = %s,"
-            " events_applied = events_applied + %s,"
-            " newest_event_at = GREATEST(newest_event_at, %s), updated_at = now()"
-            " WHERE name = %s AND version = %s",
-            (last_seq, len(applied), newest, self.projection.name, self.version),
+
+async def lock_checkpoints(conn: Connection, writers: Sequence[VersionWriter]) -> list[int]:
+    """Each writer's checkpoint, locked for this transaction, in one statement; raises
+    ``Retired`` once a newer version of one went live. FOR SHARE on the registry rows: a
+    swap (FOR UPDATE) waits for this batch, and this batch waits for a swap, then sees it
+    was retired."""
+    try:
+        cursor = await conn.execute(
+            "SELECT c.name, r.active_version, c.stream_seq FROM projection_registry r"
+            " JOIN projection_checkpoints c ON c.name = r.name"
+            " JOIN unnest(%s::text[], %s::int[]) AS w(name, version)"
+            "   ON w.name = c.name AND w.version = c.version"
+            " ORDER BY c.name FOR SHARE OF r FOR UPDATE OF c",
+            ([w.projection.name for w in writers], [w.version for w in writers]),
         )
+        found = {name: (active, seq) for name, active, seq in await cursor.fetchall()}
+    except psycopg.errors.UndefinedTable as exc:
+        raise Retired(str(exc)) from exc
+    positions = []
+    for writer in writers:
+        active, seq = found.get(writer.projection.name, (None, 0))
+        if active is None or int(active) > writer.version:
+            raise Retired(f"{writer.durable} was replaced by version {active}")
+        positions.append(int(seq))
+    return positions
+
+
+async def advance(
+    conn: Connection, moves: Sequence[tuple[VersionWriter, int, Sequence[Applied]]]
+) -> None:
+    """Move each writer's checkpoint to its stream sequence, counting what it applied, in
+    one statement."""
+    await conn.execute(
+        "UPDATE projection_checkpoints c SET stream_seq = m.seq,"
+        " events_applied = c.events_applied + m.applied,"
+        " newest_event_at = GREATEST(c.newest_event_at, m.newest), updated_at = now()"
+        " FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[], %s::timestamptz[])"
+        "   AS m(name, version, seq, applied, newest)"
+        " WHERE c.name = m.name AND c.version = m.version",
+        (
+            [w.projection.name for w, _, _ in moves],
+            [w.version for w, _, _ in moves],
+            [seq for _, seq, _ in moves],
+            [len(applied) for _, _, applied in moves],
+            [max((a.occurred_at for a in applied), default=None) for _, _, applied in moves],
+        ),
+    )
