@@ -29,8 +29,7 @@ from test_cli import (  # noqa: F401 (fixtures)
 from budget.natsconn import inbox_prefix
 from events import Topology, UsageRecorded
 from events.queries import QUERY_POLICIES, PoliciesAnswer, PoliciesQuery
-from projections.registry import PROJECTIONS
-from services.stack import SERVICES
+from services.stack import SERVICES, STACK_WORKERS
 
 STARTUP = 90.0  # budget up: servers, migrations, every process
 CATCH_UP = 45.0  # a figure that has to travel: a worker's batch, the enforcer's cleanup
@@ -94,7 +93,7 @@ def test_every_process_serves_metrics_that_move_with_the_work(
     )
     assert banner is not None, up.output()
     urls = endpoints(up.output())
-    assert sorted(urls) == sorted([*PROJECTIONS, *SERVICES]), up.output()
+    assert sorted(urls) == sorted(STACK_WORKERS), up.output()
     workers = [name for name in urls if name not in SERVICES]
     usage_workers = [name for name in workers if name not in ("policies", "api_keys")]
     assert len(set(urls.values())) == len(urls)  # a port each
