@@ -45,9 +45,12 @@ class UsageTracker:
         self.checker = BudgetChecker(settings, registry)
         self._producer = Producer.here(settings.service_name)
         self._warned_unpriced: set[tuple[str, str]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop it was started on, where its coroutines must run."""
 
     async def start(self) -> None:
         """Start publishing (or spooling, while NATS is away) and answering checks."""
+        self.loop = asyncio.get_running_loop()
         self.publisher.on_connect.append(self.checker.use)
         if self.publisher.client is not None:
             await self.checker.use(self.publisher.client)
