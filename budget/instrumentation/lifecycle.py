@@ -10,7 +10,6 @@ anyway, and a stream finishing in a garbage collector's finaliser must not block
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -161,7 +160,7 @@ class Lifecycle:
     async def begin(self, plan: Plan, attribution: Attribution) -> Call:
         """Check the budget (raising the refusal); the admitted call."""
         tracker = await self.tracker()
-        check = self._check(tracker, plan, attribution)
+        check = self._check(tracker, plan, attribution, self._estimated_cost(tracker, plan))
         if tracker.loop is None or tracker.loop is asyncio.get_running_loop():
             result = await check
         else:  # a tracker another loop (another thread) started
@@ -171,13 +170,24 @@ class Lifecycle:
         return self._admitted(tracker, plan, attribution, result)
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
+        """``begin`` from a sync client's thread: answered there when the local check path
+        can (no trip to the tracker's loop), else on the loop, waiting."""
         tracker = self.tracker_sync()
-        check = self._check(tracker, plan, attribution)
-        result = _loop_runner(tracker).run(check)
+        cost = self._estimated_cost(tracker, plan)
+        result = tracker.check_budget_if_cached(
+            plan.model,
+            plan.prompt_tokens + plan.max_output_tokens,
+            attribution.user_id,
+            attribution.project_id,
+            provider=self.provider,
+            estimated_cost=cost,
+        )
+        if result is None:
+            result = _loop_runner(tracker).run(self._check(tracker, plan, attribution, cost))
         return self._admitted(tracker, plan, attribution, result)
 
     def _check(
-        self, tracker: UsageTracker, plan: Plan, attribution: Attribution
+        self, tracker: UsageTracker, plan: Plan, attribution: Attribution, cost: Decimal | None
     ) -> Coroutine[Any, Any, CheckResult]:
         return tracker.check_budget(
             plan.model,
@@ -185,7 +195,7 @@ class Lifecycle:
             attribution.user_id,
             attribution.project_id,
             provider=self.provider,
-            estimated_cost=self._estimated_cost(tracker, plan),
+            estimated_cost=cost,
         )
 
     def _admitted(
@@ -284,11 +294,17 @@ class Call:
 
 
 class _LoopRunner:
-    """Runs the tracker's coroutines on the tracker's loop, from that loop or any thread."""
+    """Runs the tracker's coroutines on the tracker's loop, from that loop or any thread.
+
+    Coroutines handed over from other threads wait in a list that the loop empties when
+    it wakes: a busy sync client wakes the loop once for many calls, not once a call."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._pending: set[asyncio.Task[Any] | concurrent.futures.Future[Any]] = set()
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._handed: list[Coroutine[Any, Any, Any]] = []
+        self._lock = threading.Lock()
+        self._waking = False
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Its result, waiting in this thread (which must not be the loop's)."""
@@ -302,17 +318,31 @@ class _LoopRunner:
 
     def submit(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Start it without waiting; a failure is logged."""
-        pending: asyncio.Task[Any] | concurrent.futures.Future[Any]
         if _running_loop() is self.loop:
-            pending = self.loop.create_task(coroutine)
-        else:
-            pending = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        self._pending.add(pending)
-        pending.add_done_callback(self._done)
+            self._start(coroutine)
+            return
+        with self._lock:
+            self._handed.append(coroutine)
+            if self._waking:
+                return
+            self._waking = True
+        self.loop.call_soon_threadsafe(self._take_handed)
 
-    def _done(self, pending: asyncio.Task[Any] | concurrent.futures.Future[Any]) -> None:
-        self._pending.discard(pending)
-        if not pending.cancelled() and (exc := pending.exception()) is not None:
+    def _take_handed(self) -> None:
+        with self._lock:
+            handed, self._handed = self._handed, []
+            self._waking = False
+        for coroutine in handed:
+            self._start(coroutine)
+
+    def _start(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("budget tracker: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
 
