@@ -29,7 +29,7 @@ def _plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
         model=kwargs["model"],
         prompt_tokens=request_tokens(kwargs.get("messages"), kwargs.get("system")),
-        max_output_tokens=kwargs["max_tokens"],  # required by the API
+        max_output_tokens=kwargs["max_tokens"],  # required by the SDK and the API
         stream=kwargs.get("stream") is True,
     )
 

@@ -14,7 +14,11 @@ from google.genai import errors
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
-from budget.instrumentation.prompts import estimated_tokens, request_tokens
+from budget.instrumentation.prompts import (
+    UNSTATED_OUTPUT_TOKENS,
+    estimated_tokens,
+    request_tokens,
+)
 from budget.instrumentation.wrapping import Method, patch
 from budget.usage import usage_from_response
 from events import Usage
@@ -22,8 +26,6 @@ from events import Usage
 __all__ = ["PROVIDER", "install", "provider_error"]
 
 PROVIDER = "google"
-UNSTATED_OUTPUT_TOKENS = 1024
-"""The output allowance of a request that states none (the estimate only)."""
 
 
 def _max_output(config: Any) -> int:

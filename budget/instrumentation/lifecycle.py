@@ -105,7 +105,6 @@ class Plan:
     stream: bool = False
     strip_usage_chunk: bool = False
     """OpenAI chat: ``include_usage`` was set for the tracker, not the caller."""
-    request: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,11 +225,13 @@ class Lifecycle:
         if key not in self._input_rates:
             if len(self._input_rates) >= 1_000:
                 self._input_rates.clear()
-            million = Usage(input_uncached=1_000_000)
+            # A thousand tokens: below every long-context tier, whose rate would double
+            # the estimate of an ordinary prompt.
+            sample = Usage(input_uncached=1_000)
             priced = tracker.registry.price(
-                provider=self.provider, model=model, usage=million, at=now
+                provider=self.provider, model=model, usage=sample, at=now
             )
-            rate = priced.cost / 1_000_000 if isinstance(priced, Priced) else None
+            rate = priced.cost / 1_000 if isinstance(priced, Priced) else None
             self._input_rates[key] = rate
         return self._input_rates[key]
 
@@ -293,18 +294,25 @@ class Call:
             _loop_runner(self.tracker).submit(release)
 
 
+HANDOFF_INTERVAL = 0.005
+"""Seconds between the loop's collections of what sync clients hand over, while they
+keep handing things over."""
+
+
 class _LoopRunner:
     """Runs the tracker's coroutines on the tracker's loop, from that loop or any thread.
 
-    Coroutines handed over from other threads wait in a list that the loop empties when
-    it wakes: a busy sync client wakes the loop once for many calls, not once a call."""
+    Coroutines handed over from other threads wait in a list. The first one wakes the
+    loop; while more keep coming the loop collects them on a timer: waking the loop (a
+    write to its self-pipe, then the GIL passed between the threads) for every call would
+    cost a busy sync client more than the call's own record."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._pending: set[asyncio.Task[Any]] = set()
         self._handed: list[Coroutine[Any, Any, Any]] = []
         self._lock = threading.Lock()
-        self._waking = False
+        self._collecting = False
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Its result, waiting in this thread (which must not be the loop's)."""
@@ -323,17 +331,21 @@ class _LoopRunner:
             return
         with self._lock:
             self._handed.append(coroutine)
-            if self._waking:
+            if self._collecting:
                 return
-            self._waking = True
-        self.loop.call_soon_threadsafe(self._take_handed)
+            self._collecting = True
+        self.loop.call_soon_threadsafe(self._collect)
 
-    def _take_handed(self) -> None:
+    def _collect(self) -> None:
+        """Start what was handed over, and look again soon; stop when nothing came."""
         with self._lock:
             handed, self._handed = self._handed, []
-            self._waking = False
+            if not handed:
+                self._collecting = False
+                return
         for coroutine in handed:
             self._start(coroutine)
+        self.loop.call_later(HANDOFF_INTERVAL, self._collect)
 
     def _start(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = self.loop.create_task(coroutine)

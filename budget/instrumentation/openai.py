@@ -16,7 +16,11 @@ import openai
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
-from budget.instrumentation.prompts import estimated_tokens, request_tokens
+from budget.instrumentation.prompts import (
+    UNSTATED_OUTPUT_TOKENS,
+    estimated_tokens,
+    request_tokens,
+)
 from budget.instrumentation.wrapping import Method, patch
 from budget.usage import normalize_usage, usage_from_response
 from events import ImageUsage, Usage
@@ -24,8 +28,6 @@ from events import ImageUsage, Usage
 __all__ = ["PROVIDER", "install", "provider_error"]
 
 PROVIDER = "openai"
-UNSTATED_OUTPUT_TOKENS = 1024
-"""The output allowance of a request that states none (the estimate only)."""
 
 _STREAM_CUT = "the stream ended before its usage arrived"
 

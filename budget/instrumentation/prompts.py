@@ -1,5 +1,5 @@
-"""A prompt's size in tokens, estimated from its text before the call: about four
-characters a token (the providers' own rule of thumb for English), rounded up.
+"""A request's size in tokens, estimated before the call: its prompt's text at about
+four characters a token (the providers' own rule of thumb for English), rounded up.
 
 Media (images, audio, files) are skipped: their bytes or URLs say nothing of the tokens
 they cost, and counting base64 as text would refuse a call for a price it never has.
@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CHARS_PER_TOKEN", "estimated_tokens", "request_tokens"]
+__all__ = ["CHARS_PER_TOKEN", "UNSTATED_OUTPUT_TOKENS", "estimated_tokens", "request_tokens"]
 
 CHARS_PER_TOKEN = 4
+UNSTATED_OUTPUT_TOKENS = 1024
+"""The output allowance of a request that states none (for the estimate only)."""
 
 _MEDIA = frozenset(
     {
