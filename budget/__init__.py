@@ -9,6 +9,7 @@ registry runs in-process.
 from budget.alerts import AlertEngine, get_alert_engine
 from budget.checks import BudgetCheckFailed, BudgetExceeded
 from budget.config import ConfigError, Settings, load_settings
+from budget.instrumentation import attribute_to, instrument
 from budget.manager import BudgetManager, get_budget_manager
 from budget.pricing import (
     Priced,
@@ -43,11 +44,13 @@ __all__ = [
     "Unpriced",
     "UnpricedModelError",
     "UsageTracker",
+    "attribute_to",
     "get_alert_engine",
     "get_budget_manager",
     "get_pricing_registry",
     "get_report_generator",
     "get_usage_tracker",
+    "instrument",
     "load_settings",
     "normalize_usage",
     "usage_from_response",

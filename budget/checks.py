@@ -137,6 +137,27 @@ class BudgetChecker:
             self._log_past_limit(call, result)
         return result
 
+    def check_if_cached(
+        self, call: CallAttributes, estimated_tokens: int = 0, estimated_cost: Decimal | None = None
+    ) -> CheckResult | None:
+        """``check``'s answer when the local path gives it without waiting on anything (a
+        current snapshot with no BLOCK/THROTTLE policy, the policy log's end read recently
+        enough); None: ``check`` must be awaited. Callable from any thread: it only
+        reads the caches (a sync caller saves a trip to the tracker's loop)."""
+        cached = self._snapshots.get(_key(call))
+        if cached is None or cached.enforced or not cached.current(self.settings.cache_ttl):
+            return None
+        end = self.policy_log.end_if_fresh()
+        if end is None or cached.policies_position < end:
+            return None
+        estimate = estimated_cost
+        if estimate is None:
+            estimate = self.estimate(call.model, call.provider, estimated_tokens)
+        result = self._judge_locally(call, cached, estimate, utc_now())
+        if result.allowed and result.decided_by:
+            self._log_past_limit(call, result)
+        return result
+
     def _log_past_limit(self, call: CallAttributes, result: CheckResult) -> None:
         """What WARN (and NOTIFY) do besides telling the caller: a warning in the log,
         once per policy, call scope and period."""

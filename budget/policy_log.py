@@ -71,6 +71,12 @@ class PolicyLog:
         await asyncio.shield(self._reading)
         return self.known
 
+    def end_if_fresh(self) -> int | None:
+        """``end()`` when it needs no read (the last one is recent enough), else None."""
+        if time.monotonic() - self._read_at <= POLICY_NEWS_WITHIN:
+            return self.known
+        return None
+
     def close(self) -> None:
         """Stop the read in flight, if any."""
         if self._reading is not None:

@@ -46,9 +46,12 @@ class UsageTracker:
         self.checker = BudgetChecker(settings, registry)
         self._producer = Producer.here(settings.service_name)
         self._warned_unpriced: set[tuple[str, str]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop it was started on, where its coroutines must run."""
 
     async def start(self) -> None:
         """Start publishing (or spooling, while NATS is away) and answering checks."""
+        self.loop = asyncio.get_running_loop()
         self.publisher.on_connect.append(self.checker.use)
         if self.publisher.client is not None:
             await self.checker.use(self.publisher.client)
@@ -69,18 +72,48 @@ class UsageTracker:
         ``estimated_cost`` is given. Under BLOCK/THROTTLE policies an allowed call holds a
         reservation (``result.reservation_id``): pass it to ``record_usage`` to settle it,
         or to ``release_reservation`` if the call is not made."""
+        answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
+        if isinstance(answer, CheckResult):
+            return answer
+        return await self.checker.check(answer, estimated_tokens, estimated_cost, reserve=reserve)
+
+    def check_budget_if_cached(
+        self,
+        model: str,
+        estimated_tokens: int = 0,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        *,
+        provider: str | None = None,
+        estimated_cost: Decimal | None = None,
+    ) -> CheckResult | None:
+        """``check_budget``'s answer when the local path gives it at once, from any thread;
+        None: await ``check_budget`` (on the tracker's loop)."""
+        answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
+        if isinstance(answer, CheckResult):
+            return answer
+        return self.checker.check_if_cached(answer, estimated_tokens, estimated_cost)
+
+    def _check_without_nats(
+        self,
+        model: str,
+        user_id: str | None,
+        project_id: str | None,
+        provider: str | None,
+        estimated_cost: Decimal | None,
+    ) -> CheckResult | CallAttributes:
+        """The answer of a disabled tracker, else the call to ask about."""
         if isinstance(self.publisher, DisabledPublisher):
             cost = estimated_cost or Decimal(0)
             return CheckResult(
                 allowed=True, action=None, reason=DISABLED_REASON, estimated_cost=cost
             )
-        call = CallAttributes(
+        return CallAttributes(
             model=model,
             provider=provider or self.registry.provider_of(model),
             user_id=user_id,
             project_id=project_id,
         )
-        return await self.checker.check(call, estimated_tokens, estimated_cost, reserve=reserve)
 
     async def release_reservation(self, reservation_id: str) -> None:
         await self.checker.release(reservation_id)

@@ -1,0 +1,69 @@
+"""``budget.instrument(client)``: the official ``openai``, ``anthropic`` and ``google-genai``
+clients, sync or async, checked against the budget before each call and recorded after it.
+
+Each provider's module knows its SDK's methods and usage shapes; ``lifecycle`` is what
+every call goes through (check, record once, release), ``wrapping`` puts the methods and
+streams in place. The SDKs are the optional extra ``budget-manager[providers]``: a
+provider's module is imported only when a client of that SDK is instrumented.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Literal, TypeVar
+
+from budget.checks import BudgetExceeded
+from budget.instrumentation.lifecycle import Attribution, Lifecycle, attribute_to
+from budget.tracker import UsageTracker
+
+__all__ = ["attribute_to", "instrument"]
+
+C = TypeVar("C")
+
+_MODULES = {"openai": "openai", "anthropic": "anthropic", "google": "gemini"}
+
+
+def _refuse(refused: BudgetExceeded) -> BaseException:
+    return refused
+
+
+def instrument(
+    client: C,
+    *,
+    user_id: str | None = None,
+    project_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    tracker: UsageTracker | None = None,
+    refusal: Literal["raise", "provider_error"] = "raise",
+) -> C:
+    """Instrument ``client`` in place and return it.
+
+    Before each call the budget is checked with an estimate from the request (its output
+    allowance at the output price plus its prompt, at about four characters a token, at
+    the input price); a refused call raises ``BudgetExceeded``, or with
+    ``refusal="provider_error"`` the SDK's own 429 error (caused by the
+    ``BudgetExceeded``). After it, the usage is recorded once, with the check's
+    reservation; a call that fails releases the reservation. Calls are charged to
+    ``user_id``, ``project_id`` and ``tags``, overridden by ``attribute_to(...)`` blocks
+    and by a call's own ``budget_user_id=``, ``budget_project_id=``, ``budget_tags=``.
+
+    ``tracker``: the ``UsageTracker`` to use (started on the loop the calls will be made
+    from, or any running loop for a sync client); by default the process's
+    (``get_usage_tracker()``), which a sync client starts on a background thread.
+    """
+    top = type(client).__module__.split(".", 1)[0]
+    if top not in _MODULES:
+        raise TypeError(
+            f"budget.instrument knows the openai, anthropic and google-genai clients, not"
+            f" {type(client).__module__}.{type(client).__qualname__}"
+        )
+    provider = importlib.import_module(f"budget.instrumentation.{_MODULES[top]}")
+    lifecycle = Lifecycle(
+        provider=provider.PROVIDER,
+        attribution=Attribution(user_id, project_id, dict(tags or {})),
+        refusal=provider.provider_error if refusal == "provider_error" else _refuse,
+        tracker=tracker,
+    )
+    provider.install(client, lifecycle)
+    return client

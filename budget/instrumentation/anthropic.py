@@ -1,0 +1,107 @@
+"""The official ``anthropic`` client (``Anthropic``, ``AsyncAnthropic``): messages, streamed
+(``stream=True``) or not.
+
+In a stream, ``message_start`` carries the input (and cache) counts and a first output
+count; each ``message_delta`` carries the counts so far, cumulative: the last one
+replaces the earlier ones, it is never added to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import anthropic
+import httpx2
+
+from budget.checks import BudgetExceeded
+from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.prompts import estimated_tokens, request_tokens
+from budget.instrumentation.wrapping import Method, patch
+from budget.usage import usage_from_response
+
+__all__ = ["PROVIDER", "install", "provider_error"]
+
+PROVIDER = "anthropic"
+
+
+def _plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    return Plan(
+        model=kwargs["model"],
+        prompt_tokens=request_tokens(kwargs.get("messages"), kwargs.get("system")),
+        max_output_tokens=kwargs["max_tokens"],  # required by the SDK and the API
+        stream=kwargs.get("stream") is True,
+    )
+
+
+def _measure(response: Any, plan: Plan) -> Measured:
+    return Measured(usage_from_response(response.usage), response.model)
+
+
+_COUNTS = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
+)
+
+
+class _Observer:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.counts: dict[str, int] = {}
+        self.model: str | None = None
+        self.chars = 0
+        self.finished = False
+
+    def see(self, event: Any) -> bool:
+        if event.type == "message_start":
+            self.model = event.message.model
+            self._take(event.message.usage)
+        elif event.type == "content_block_delta":
+            delta = event.delta
+            self.chars += len(getattr(delta, "text", None) or "")
+            self.chars += len(getattr(delta, "partial_json", None) or "")
+            self.chars += len(getattr(delta, "thinking", None) or "")
+        elif event.type == "message_delta":
+            self._take(event.usage)
+            self.finished = True
+        return True
+
+    def _take(self, usage: Any) -> None:
+        """The counts so far: each present one replaces the one before."""
+        for name in _COUNTS:
+            value = getattr(usage, name, None)
+            if value is not None:
+                self.counts[name] = value
+
+    def measured(self) -> Measured:
+        if self.finished:
+            return Measured(usage_from_response(self.counts), self.model)
+        seen = estimated_tokens(self.chars)
+        counts = dict(self.counts)
+        if "input_tokens" not in counts:
+            counts["input_tokens"] = self.plan.prompt_tokens
+        counts["output_tokens"] = max(counts.get("output_tokens", 0), seen)
+        why = (
+            "the stream ended before its final usage (message_delta): the text received, estimated"
+        )
+        return Measured(usage_from_response(counts), self.model, why)
+
+
+_MESSAGES = Method(_plan, _measure, _Observer)
+
+
+def install(client: Any, lifecycle: Lifecycle) -> None:
+    asynchronous = isinstance(client, anthropic.AsyncAnthropic)
+    patch(client.messages, "create", lifecycle, _MESSAGES, asynchronous=asynchronous)
+
+
+def provider_error(refused: BudgetExceeded) -> BaseException:
+    """The refusal as the API's own 429 (``rate_limit_error``)."""
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": str(refused)}}
+    request = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
+    response = httpx2.Response(429, request=request)
+    error = anthropic.RateLimitError(f"Error code: 429 - {body}", response=response, body=body)
+    error.__cause__ = refused
+    return error

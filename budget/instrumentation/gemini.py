@@ -1,0 +1,110 @@
+"""The official ``google-genai`` client (``genai.Client``; ``client.aio`` for async):
+``generate_content`` and ``generate_content_stream``.
+
+Every streamed chunk carries ``usage_metadata`` with the counts so far: the last chunk's
+are the call's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from google.genai import errors
+
+from budget.checks import BudgetExceeded
+from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.prompts import (
+    UNSTATED_OUTPUT_TOKENS,
+    estimated_tokens,
+    request_tokens,
+)
+from budget.instrumentation.wrapping import Method, patch
+from budget.usage import usage_from_response
+from events import Usage
+
+__all__ = ["PROVIDER", "install", "provider_error"]
+
+PROVIDER = "google"
+
+
+def _max_output(config: Any) -> int:
+    if isinstance(config, Mapping):
+        value = config.get("max_output_tokens")
+    else:
+        value = getattr(config, "max_output_tokens", None)
+    return value if isinstance(value, int) else UNSTATED_OUTPUT_TOKENS
+
+
+def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
+    config = kwargs.get("config")
+    instruction = (
+        config.get("system_instruction")
+        if isinstance(config, Mapping)
+        else getattr(config, "system_instruction", None)
+    )
+    return Plan(
+        model=kwargs["model"],
+        prompt_tokens=request_tokens(kwargs.get("contents"), instruction),
+        max_output_tokens=_max_output(config),
+        stream=stream,
+    )
+
+
+def _model(response: Any, plan: Plan) -> str:
+    return getattr(response, "model_version", None) or plan.model
+
+
+def _measure(response: Any, plan: Plan) -> Measured:
+    return Measured(usage_from_response(response.usage_metadata), _model(response, plan))
+
+
+class _Observer:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.usage: Any = None
+        self.model: str | None = None
+        self.chars = 0
+
+    def see(self, chunk: Any) -> bool:
+        self.model = _model(chunk, self.plan)
+        if chunk.usage_metadata is not None:
+            self.usage = chunk.usage_metadata
+        for candidate in chunk.candidates or ():
+            content = candidate.content
+            for part in (content.parts if content is not None else None) or ():
+                self.chars += len(part.text or "")
+        return True
+
+    def measured(self) -> Measured:
+        if self.usage is not None:
+            return Measured(usage_from_response(self.usage), self.model)
+        usage = Usage(
+            input_uncached=self.plan.prompt_tokens, output_text=estimated_tokens(self.chars)
+        )
+        why = "the stream ended before any usage_metadata: the prompt and the text received"
+        return Measured(usage, self.model, f"{why}, estimated")
+
+
+_GENERATE = Method(lambda kwargs: _plan(kwargs, stream=False), _measure)
+_GENERATE_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _Observer)
+
+
+def install(client: Any, lifecycle: Lifecycle) -> None:
+    for models, asynchronous in ((client.models, False), (client.aio.models, True)):
+        patch(models, "generate_content", lifecycle, _GENERATE, asynchronous=asynchronous)
+        patch(
+            models,
+            "generate_content_stream",
+            lifecycle,
+            _GENERATE_STREAM,
+            asynchronous=asynchronous,
+        )
+
+
+def provider_error(refused: BudgetExceeded) -> BaseException:
+    """The refusal as the API's own 429 (``RESOURCE_EXHAUSTED``)."""
+    body = {"error": {"code": 429, "message": str(refused), "status": "RESOURCE_EXHAUSTED"}}
+    error = errors.ClientError(429, body)
+    error.__cause__ = refused
+    return error

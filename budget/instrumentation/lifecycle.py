@@ -1,0 +1,401 @@
+"""The life of one instrumented provider call: a budget check before it, its usage recorded
+once after it (with the check's reservation id), the reservation released if it fails.
+
+The tracker is asynchronous and lives on one event loop. Async clients await it there;
+sync clients reach it from their own thread: the check waits for the loop's answer, while
+recording and releasing are handed to the loop without waiting (publishing is pipelined
+anyway, and a stream finishing in a garbage collector's finaliser must not block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from budget.checks import BudgetExceeded
+from budget.pricing import Priced
+from budget.tracker import UsageTracker, get_usage_tracker
+from events import CallKind, Usage, utc_now
+from events.rpc import CheckResult
+
+__all__ = [
+    "CALL_KEYWORDS",
+    "Attribution",
+    "Call",
+    "Lifecycle",
+    "Measured",
+    "Plan",
+    "Refusal",
+    "attribute_to",
+]
+
+log = logging.getLogger(__name__)
+
+CALL_KEYWORDS = ("budget_user_id", "budget_project_id", "budget_tags")
+"""Extra keywords an instrumented method takes (and removes before the SDK sees them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Whom a call is charged to. Layered: the client's, then ``attribute_to``'s, then the
+    call's own keywords; a layer's ``None`` keeps the one below, tags are merged."""
+
+    user_id: str | None = None
+    project_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def under(self, top: Attribution | None) -> Attribution:
+        if top is None:
+            return self
+        return Attribution(
+            user_id=self.user_id if top.user_id is None else top.user_id,
+            project_id=self.project_id if top.project_id is None else top.project_id,
+            tags={**self.tags, **top.tags} if top.tags else self.tags,
+        )
+
+
+_scoped: ContextVar[Attribution | None] = ContextVar("budget_attribution", default=None)
+
+
+@contextlib.contextmanager
+def attribute_to(
+    *,
+    user_id: str | None = None,
+    project_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[None]:
+    """Charge the instrumented calls made inside the block to this user, project or tags
+    (over the client's own; nested blocks layer the same way)."""
+    mine = Attribution(user_id, project_id, dict(tags or {}))
+    token = _scoped.set(mine if (outer := _scoped.get()) is None else outer.under(mine))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
+def _call_attribution(kwargs: MutableMapping[str, Any]) -> Attribution | None:
+    if not any(key in kwargs for key in CALL_KEYWORDS):
+        return None
+    return Attribution(
+        kwargs.pop("budget_user_id", None),
+        kwargs.pop("budget_project_id", None),
+        dict(kwargs.pop("budget_tags", None) or {}),
+    )
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the request says about the call before it is made."""
+
+    model: str
+    kind: CallKind = "chat"
+    prompt_tokens: int = 0
+    """Estimated from the request's text."""
+    max_output_tokens: int = 0
+    estimate: Usage | None = None
+    """For calls not priced by tokens (images): the usage to check the budget with."""
+    stream: bool = False
+    strip_usage_chunk: bool = False
+    """OpenAI chat: ``include_usage`` was set for the tracker, not the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A call's usage as the response tells it; ``estimated_reason`` when it does not
+    tell all (a stream abandoned before its usage arrived)."""
+
+    usage: Usage
+    model: str | None = None
+    estimated_reason: str | None = None
+
+
+Refusal = Callable[[BudgetExceeded], BaseException]
+"""Turns a refusal into the exception the caller sees (``BudgetExceeded`` itself, or the
+provider's own error shape)."""
+
+
+class Lifecycle:
+    """One instrumented client's link to its tracker."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        attribution: Attribution,
+        refusal: Refusal,
+        tracker: UsageTracker | None,
+    ) -> None:
+        self.provider = provider
+        self.attribution = attribution
+        self.refusal = refusal
+        self._tracker = tracker
+        self._input_rates: dict[tuple[str, int], Decimal | None] = {}
+
+    def attribution_for(self, kwargs: MutableMapping[str, Any]) -> Attribution:
+        call = _call_attribution(kwargs)
+        scoped = _scoped.get()
+        if call is None and scoped is None:
+            return self.attribution
+        return self.attribution.under(scoped).under(call)
+
+    async def tracker(self) -> UsageTracker:
+        if self._tracker is None:
+            self._tracker = await get_usage_tracker()
+        return self._tracker
+
+    def tracker_sync(self) -> UsageTracker:
+        if self._tracker is None:
+            self._tracker = _background.run(get_usage_tracker())
+        return self._tracker
+
+    async def begin(self, plan: Plan, attribution: Attribution) -> Call:
+        """Check the budget (raising the refusal); the admitted call."""
+        tracker = await self.tracker()
+        check = self._check(tracker, plan, attribution, self._estimated_cost(tracker, plan))
+        if tracker.loop is None or tracker.loop is asyncio.get_running_loop():
+            result = await check
+        else:  # a tracker another loop (another thread) started
+            result = await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(check, tracker.loop)
+            )
+        return self._admitted(tracker, plan, attribution, result)
+
+    def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
+        """``begin`` from a sync client's thread: answered there when the local check path
+        can (no trip to the tracker's loop), else on the loop, waiting."""
+        tracker = self.tracker_sync()
+        cost = self._estimated_cost(tracker, plan)
+        result = tracker.check_budget_if_cached(
+            plan.model,
+            plan.prompt_tokens + plan.max_output_tokens,
+            attribution.user_id,
+            attribution.project_id,
+            provider=self.provider,
+            estimated_cost=cost,
+        )
+        if result is None:
+            result = _loop_runner(tracker).run(self._check(tracker, plan, attribution, cost))
+        return self._admitted(tracker, plan, attribution, result)
+
+    def _check(
+        self, tracker: UsageTracker, plan: Plan, attribution: Attribution, cost: Decimal | None
+    ) -> Coroutine[Any, Any, CheckResult]:
+        return tracker.check_budget(
+            plan.model,
+            plan.prompt_tokens + plan.max_output_tokens,
+            attribution.user_id,
+            attribution.project_id,
+            provider=self.provider,
+            estimated_cost=cost,
+        )
+
+    def _admitted(
+        self, tracker: UsageTracker, plan: Plan, attribution: Attribution, result: CheckResult
+    ) -> Call:
+        if not result.allowed:
+            raise self.refusal(BudgetExceeded.of(result))
+        return Call(tracker, self.provider, plan, attribution, result.reservation_id)
+
+    def _estimated_cost(self, tracker: UsageTracker, plan: Plan) -> Decimal | None:
+        """The request's output allowance at the output price plus its prompt at the input
+        price (both rates kept for the hour, as the checker keeps its estimates); None
+        when the model has no price (the checker then says so)."""
+        if plan.estimate is not None:
+            priced = tracker.registry.price(
+                provider=self.provider, model=plan.model, usage=plan.estimate, at=utc_now()
+            )
+            return priced.cost if isinstance(priced, Priced) else None
+        output = tracker.checker.estimate(plan.model, self.provider, plan.max_output_tokens)
+        if output is None or not plan.prompt_tokens:
+            return output
+        rate = self._input_rate(tracker, plan.model)
+        return None if rate is None else output + rate * plan.prompt_tokens
+
+    def _input_rate(self, tracker: UsageTracker, model: str) -> Decimal | None:
+        now = utc_now()
+        key = (model, now.toordinal() * 24 + now.hour)
+        if key not in self._input_rates:
+            if len(self._input_rates) >= 1_000:
+                self._input_rates.clear()
+            # A thousand tokens: below every long-context tier, whose rate would double
+            # the estimate of an ordinary prompt.
+            sample = Usage(input_uncached=1_000)
+            priced = tracker.registry.price(
+                provider=self.provider, model=model, usage=sample, at=now
+            )
+            rate = priced.cost / 1_000 if isinstance(priced, Priced) else None
+            self._input_rates[key] = rate
+        return self._input_rates[key]
+
+
+class Call:
+    """A call the budget admitted: ``record`` its usage once, or ``release`` its
+    reservation; whichever comes first settles it, later ones do nothing."""
+
+    __slots__ = ("attribution", "plan", "provider", "reservation_id", "settled", "tracker")
+
+    def __init__(
+        self,
+        tracker: UsageTracker,
+        provider: str,
+        plan: Plan,
+        attribution: Attribution,
+        reservation_id: str | None,
+    ) -> None:
+        self.tracker = tracker
+        self.provider = provider
+        self.plan = plan
+        self.attribution = attribution
+        self.reservation_id = reservation_id
+        self.settled = False
+
+    def record(self, measured: Measured) -> None:
+        """Publish the call's usage event (on the tracker's loop, not waiting); never
+        raises: the provider has answered."""
+        if self.settled:
+            return
+        self.settled = True
+        try:
+            event = self.tracker.usage_event(
+                model=measured.model or self.plan.model,
+                provider=self.provider,
+                usage=measured.usage,
+                kind=self.plan.kind,
+                user_id=self.attribution.user_id,
+                project_id=self.attribution.project_id,
+                tags=self.attribution.tags,
+                reservation_id=self.reservation_id,
+                estimated_reason=measured.estimated_reason,
+            )
+        except Exception:
+            log.exception("could not record the usage of a %s call", self.provider)
+            self._release_now()
+            return
+        _loop_runner(self.tracker).submit(self.tracker.publisher.publish(event))
+
+    def release(self) -> None:
+        """The call failed or was cancelled before any response: give the reservation back."""
+        if self.settled:
+            return
+        self.settled = True
+        self._release_now()
+
+    def _release_now(self) -> None:
+        if self.reservation_id is not None:
+            release = self.tracker.release_reservation(self.reservation_id)
+            _loop_runner(self.tracker).submit(release)
+
+
+HANDOFF_INTERVAL = 0.005
+"""Seconds between the loop's collections of what sync clients hand over, while they
+keep handing things over."""
+
+
+class _LoopRunner:
+    """Runs the tracker's coroutines on the tracker's loop, from that loop or any thread.
+
+    Coroutines handed over from other threads wait in a list. The first one wakes the
+    loop; while more keep coming the loop collects them on a timer: waking the loop (a
+    write to its self-pipe, then the GIL passed between the threads) for every call would
+    cost a busy sync client more than the call's own record."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._handed: list[Coroutine[Any, Any, Any]] = []
+        self._lock = threading.Lock()
+        self._collecting = False
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Its result, waiting in this thread (which must not be the loop's)."""
+        if _running_loop() is self.loop:
+            coroutine.close()
+            raise RuntimeError(
+                "a sync client was called on the event loop of its budget tracker; use the"
+                " async client there (or call the sync one from another thread)"
+            )
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Start it without waiting; a failure is logged."""
+        if _running_loop() is self.loop:
+            self._start(coroutine)
+            return
+        with self._lock:
+            self._handed.append(coroutine)
+            if self._collecting:
+                return
+            self._collecting = True
+        self.loop.call_soon_threadsafe(self._collect)
+
+    def _collect(self) -> None:
+        """Start what was handed over, and look again soon; stop when nothing came."""
+        with self._lock:
+            handed, self._handed = self._handed, []
+            if not handed:
+                self._collecting = False
+                return
+        for coroutine in handed:
+            self._start(coroutine)
+        self.loop.call_later(HANDOFF_INTERVAL, self._collect)
+
+    def _start(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("budget tracker: %s: %s", type(exc).__name__, exc, exc_info=exc)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _BackgroundLoop:
+    """An event loop in a daemon thread, for a tracker that sync clients start."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=self._loop.run_forever, name="budget-tracker", daemon=True
+                )
+                thread.start()
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, UsageTracker]) -> UsageTracker:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+
+_background = _BackgroundLoop()
+_runners: dict[int, _LoopRunner] = {}
+
+
+def _loop_runner(tracker: UsageTracker) -> _LoopRunner:
+    """The runner of the loop the tracker was started on (a tracker never started, as a
+    disabled one, needs no loop of its own: the background one serves it)."""
+    loop = tracker.loop or _background.loop
+    runner = _runners.get(id(loop))
+    if runner is None or runner.loop is not loop:
+        runner = _runners[id(loop)] = _LoopRunner(loop)
+    return runner

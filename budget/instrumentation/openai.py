@@ -1,0 +1,206 @@
+"""The official ``openai`` client (``OpenAI``, ``AsyncOpenAI`` and the Azure ones): chat
+completions, the Responses API, embeddings, image generation and audio transcription.
+
+Streaming chat completions carry usage only in a final chunk, and only when
+``stream_options.include_usage`` is set: it is set when the caller did not set it, and
+that extra chunk (no choices, only usage) is then kept from the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import httpx2
+import openai
+
+from budget.checks import BudgetExceeded
+from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.prompts import (
+    UNSTATED_OUTPUT_TOKENS,
+    estimated_tokens,
+    request_tokens,
+)
+from budget.instrumentation.wrapping import Method, patch
+from budget.usage import normalize_usage, usage_from_response
+from events import ImageUsage, Usage
+
+__all__ = ["PROVIDER", "install", "provider_error"]
+
+PROVIDER = "openai"
+
+_STREAM_CUT = "the stream ended before its usage arrived"
+
+
+def _max_output(kwargs: Mapping[str, Any], *names: str) -> int:
+    for name in names:
+        value = kwargs.get(name)
+        if isinstance(value, int):
+            return value
+    return UNSTATED_OUTPUT_TOKENS
+
+
+def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    stream = kwargs.get("stream") is True
+    strip = False
+    if stream:
+        options = kwargs.get("stream_options")
+        options = dict(options) if isinstance(options, Mapping) else {}
+        if options.get("include_usage") is not True:
+            kwargs["stream_options"] = options | {"include_usage": True}
+            strip = True
+    return Plan(
+        model=kwargs["model"],
+        prompt_tokens=request_tokens(kwargs.get("messages")),
+        max_output_tokens=_max_output(kwargs, "max_completion_tokens", "max_tokens"),
+        stream=stream,
+        strip_usage_chunk=strip,
+    )
+
+
+def _measured(response: Any) -> Measured:
+    return Measured(usage_from_response(response.usage), response.model)
+
+
+class _ChatObserver:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.usage: Any = None
+        self.model: str | None = None
+        self.chars = 0
+
+    def see(self, chunk: Any) -> bool:
+        self.model = chunk.model
+        for choice in chunk.choices:
+            delta = choice.delta
+            self.chars += len(delta.content or "")
+            for tool_call in delta.tool_calls or ():
+                if tool_call.function is not None:
+                    self.chars += len(tool_call.function.arguments or "")
+        if chunk.usage is None:
+            return True
+        self.usage = chunk.usage
+        return bool(chunk.choices) or not self.plan.strip_usage_chunk
+
+    def measured(self) -> Measured:
+        if self.usage is not None:
+            return Measured(usage_from_response(self.usage), self.model)
+        return _received(self.plan, self.chars, self.model)
+
+
+def _received(plan: Plan, chars: int, model: str | None) -> Measured:
+    """A stream cut short: its prompt as estimated and the text it brought."""
+    usage = Usage(input_uncached=plan.prompt_tokens, output_text=estimated_tokens(chars))
+    why = f"{_STREAM_CUT}: the prompt and the text received, estimated"
+    return Measured(usage, model, why)
+
+
+def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    return Plan(
+        model=kwargs["model"],
+        prompt_tokens=request_tokens(kwargs.get("input"), kwargs.get("instructions")),
+        max_output_tokens=_max_output(kwargs, "max_output_tokens"),
+        stream=kwargs.get("stream") is True,
+    )
+
+
+_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class _ResponsesObserver:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.usage: Any = None
+        self.model: str | None = None
+        self.chars = 0
+
+    def see(self, event: Any) -> bool:
+        if event.type == "response.output_text.delta":
+            self.chars += len(event.delta)
+        elif event.type in _RESPONSE_ENDS and event.response.usage is not None:
+            self.usage = event.response.usage
+            self.model = event.response.model
+        return True
+
+    def measured(self) -> Measured:
+        if self.usage is not None:
+            return Measured(usage_from_response(self.usage), self.model)
+        return _received(self.plan, self.chars, self.model)
+
+
+def _embeddings_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    tokens = request_tokens(kwargs.get("input"))
+    return Plan(model=kwargs["model"], kind="embedding", estimate=Usage(embedding_tokens=tokens))
+
+
+def _images_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    model = kwargs.get("model") or "dall-e-2"  # the API's default
+    size = kwargs.get("size")
+    quality = kwargs.get("quality")
+    image = ImageUsage(
+        count=kwargs.get("n") or 1,
+        size=size if isinstance(size, str) and size != "auto" else "1024x1024",
+        # "auto" may pick the dearest quality: the estimate errs high.
+        quality=quality if isinstance(quality, str) and quality != "auto" else "high",
+    )
+    if model.startswith("dall-e") and image.quality == "high":
+        image = image.model_copy(update={"quality": "standard"})
+    return Plan(model=model, kind="image", estimate=Usage(images=image))
+
+
+def _images_measure(response: Any, plan: Plan) -> Measured:
+    planned = plan.estimate.images if plan.estimate is not None else None
+    if planned is None:
+        raise ValueError("no image plan")
+    image = ImageUsage(
+        count=len(response.data or ()) or planned.count,
+        size=getattr(response, "size", None) or planned.size,
+        quality=getattr(response, "quality", None) or planned.quality,
+    )
+    usage = getattr(response, "usage", None)
+    prompt = usage.input_tokens if usage is not None else 0
+    return Measured(normalize_usage(input_tokens=prompt, images=image))
+
+
+def _transcription_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    return Plan(model=kwargs["model"], kind="audio", estimate=Usage())
+
+
+def _transcription_measure(response: Any, plan: Plan) -> Measured:
+    usage = getattr(response, "usage", None)
+    if usage is not None and usage.type == "duration":
+        return Measured(normalize_usage(audio_seconds=usage.seconds))
+    if usage is not None and usage.type == "tokens":
+        tokens = normalize_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        return Measured(tokens)
+    duration = getattr(response, "duration", None)  # verbose_json without usage
+    if duration is None:
+        raise ValueError(f"a {type(response).__name__} response tells no usage or duration")
+    return Measured(normalize_usage(audio_seconds=duration))
+
+
+_CHAT = Method(_chat_plan, lambda response, plan: _measured(response), _ChatObserver)
+_RESPONSES = Method(_responses_plan, lambda response, plan: _measured(response), _ResponsesObserver)
+_EMBEDDINGS = Method(_embeddings_plan, lambda response, plan: _measured(response))
+_IMAGES = Method(_images_plan, _images_measure)
+_TRANSCRIPTION = Method(_transcription_plan, _transcription_measure)
+
+
+def install(client: Any, lifecycle: Lifecycle) -> None:
+    asynchronous = isinstance(client, openai.AsyncOpenAI)
+    patch(client.chat.completions, "create", lifecycle, _CHAT, asynchronous=asynchronous)
+    patch(client.responses, "create", lifecycle, _RESPONSES, asynchronous=asynchronous)
+    patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
+    patch(client.images, "generate", lifecycle, _IMAGES, asynchronous=asynchronous)
+    patch(
+        client.audio.transcriptions, "create", lifecycle, _TRANSCRIPTION, asynchronous=asynchronous
+    )
+
+
+def provider_error(refused: BudgetExceeded) -> BaseException:
+    """The refusal as the API's own 429, so code that handles rate limits handles it."""
+    body = {"message": str(refused), "type": "budget_exceeded", "param": None, "code": None}
+    response = httpx2.Response(429, request=httpx2.Request("POST", "https://api.openai.com/v1"))
+    error = openai.RateLimitError(f"Error code: 429 - {body}", response=response, body=body)
+    error.__cause__ = refused
+    return error

@@ -1,0 +1,59 @@
+"""A request's size in tokens, estimated before the call: its prompt's text at about
+four characters a token (the providers' own rule of thumb for English), rounded up.
+
+Media (images, audio, files) are skipped: their bytes or URLs say nothing of the tokens
+they cost, and counting base64 as text would refuse a call for a price it never has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["CHARS_PER_TOKEN", "UNSTATED_OUTPUT_TOKENS", "estimated_tokens", "request_tokens"]
+
+CHARS_PER_TOKEN = 4
+UNSTATED_OUTPUT_TOKENS = 1024
+"""The output allowance of a request that states none (for the estimate only)."""
+
+_MEDIA = frozenset(
+    {
+        "image_url",
+        "input_image",
+        "input_audio",
+        "input_file",
+        "file",
+        "file_data",
+        "inline_data",
+        "source",
+        "image",
+        "audio",
+        "document",
+    }
+)
+
+
+def estimated_tokens(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def request_tokens(*parts: Any) -> int:
+    """The estimated tokens of the text in ``parts`` (strings, lists, mappings, SDK models)."""
+    return estimated_tokens(sum(_chars(part) for part in parts))
+
+
+def _chars(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        if value.get("type") in _MEDIA:
+            return 0
+        return sum(_chars(v) for k, v in value.items() if k not in _MEDIA)
+    if isinstance(value, list | tuple):
+        return sum(_chars(item) for item in value)
+    fields = getattr(value, "__dict__", None)  # SDK models (Gemini's Content, Part)
+    if isinstance(fields, dict):
+        return _chars(fields)
+    return 0

@@ -1,0 +1,256 @@
+"""Replacing an SDK method on one client with the instrumented one, and the streams it
+returns with ones that watch their items go by.
+
+A stream records its call once, at the first of: its end, an error inside it, ``close``
+(or leaving its ``with`` block), or its collection by the garbage collector, whatever it
+has seen by then: a stream abandoned half-way is still charged for what it consumed. A
+stream that fails before its first item releases the reservation instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    MutableMapping,
+)
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from budget.instrumentation.lifecycle import Call, Lifecycle, Measured, Plan
+from events import Usage
+
+__all__ = ["AsyncStream", "Method", "Observer", "SyncStream", "estimated", "patch"]
+
+_MARK = "__budget_instrumented__"
+
+
+class Observer(Protocol):
+    """Follows one stream's items and tells the call's usage from what it saw."""
+
+    def see(self, item: Any) -> bool:
+        """Take note of ``item``; False: the caller must not see it (it was asked for
+        by the instrumentation only)."""
+        ...
+
+    def measured(self) -> Measured: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """How to instrument one SDK method: the plan from its keywords (which it may adjust
+    for the tracker), the usage from its response, and for a streaming call, its observer."""
+
+    plan: Callable[[MutableMapping[str, Any]], Plan]
+    measure: Callable[[Any, Plan], Measured]
+    observe: Callable[[Plan], Observer] | None = None
+
+
+def estimated(plan: Plan, why: str) -> Measured:
+    """The plan's estimate, as the usage of a call whose response tells none."""
+    usage = plan.estimate or Usage(
+        input_uncached=plan.prompt_tokens, output_text=plan.max_output_tokens
+    )
+    return Measured(usage, estimated_reason=f"{why}; recorded the pre-call estimate")
+
+
+def _measure(method: Method, response: Any, plan: Plan) -> Measured:
+    try:
+        return method.measure(response, plan)
+    except (ValueError, AttributeError, TypeError) as exc:
+        return estimated(plan, f"no usable usage in the response ({exc})"[:400])
+
+
+def _observer(method: Method, plan: Plan) -> Observer:
+    if method.observe is None:
+        raise TypeError("this method does not stream")
+    return method.observe(plan)
+
+
+def patch(
+    owner: object, name: str, lifecycle: Lifecycle, method: Method, *, asynchronous: bool
+) -> None:
+    """Replace ``owner.name`` (on this object only) with the instrumented method; a second
+    ``patch`` of the same method keeps the first. ``asynchronous``: the method returns an
+    awaitable (the SDKs' decorators hide that from ``inspect``)."""
+    original = getattr(owner, name)
+    if getattr(original, _MARK, False):
+        return
+    wrapper = (
+        _async_method(original, lifecycle, method)
+        if asynchronous
+        else _sync_method(original, lifecycle, method)
+    )
+    functools.update_wrapper(wrapper, original)
+    setattr(wrapper, _MARK, True)
+    setattr(owner, name, wrapper)
+
+
+def _sync_method(
+    original: Callable[..., Any], lifecycle: Lifecycle, method: Method
+) -> Callable[..., Any]:
+    def instrumented(*args: Any, **kwargs: Any) -> Any:
+        attribution = lifecycle.attribution_for(kwargs)
+        plan = method.plan(kwargs)
+        call = lifecycle.begin_sync(plan, attribution)
+        try:
+            response = original(*args, **kwargs)
+        except BaseException:
+            call.release()
+            raise
+        if plan.stream:
+            return SyncStream(response, _observer(method, plan), call)
+        call.record(_measure(method, response, plan))
+        return response
+
+    return instrumented
+
+
+def _async_method(
+    original: Callable[..., Awaitable[Any]], lifecycle: Lifecycle, method: Method
+) -> Callable[..., Awaitable[Any]]:
+    async def instrumented(*args: Any, **kwargs: Any) -> Any:
+        attribution = lifecycle.attribution_for(kwargs)
+        plan = method.plan(kwargs)
+        call = await lifecycle.begin(plan, attribution)
+        try:
+            response = await original(*args, **kwargs)
+        except BaseException:
+            call.release()
+            raise
+        if plan.stream:
+            return AsyncStream(response, _observer(method, plan), call)
+        call.record(_measure(method, response, plan))
+        return response
+
+    return instrumented
+
+
+def _finish(call: Call, observer: Observer) -> None:
+    """Record what the stream saw (once): never raises, the stream's consumer must not
+    see the tracker's trouble."""
+    if call.settled:
+        return
+    try:
+        measured = observer.measured()
+    except (ValueError, AttributeError, TypeError) as exc:
+        measured = estimated(call.plan, f"no usable usage in the stream ({exc})"[:400])
+    call.record(measured)
+
+
+def _watch(stream: Any, observer: Observer, call: Call) -> Generator[Any, None, None]:
+    # Not a method: a generator holding its stream object would make a reference cycle,
+    # and an abandoned stream would wait for the cycle collector to be recorded.
+    seen = False
+    try:
+        for item in stream:
+            seen = True
+            if observer.see(item):
+                yield item
+    except Exception:
+        if not seen:  # the request itself failed (a generator sends it on first use)
+            call.release()
+        raise
+    finally:
+        _finish(call, observer)
+
+
+async def _watch_async(stream: Any, observer: Observer, call: Call) -> AsyncGenerator[Any, None]:
+    seen = False
+    try:
+        async for item in stream:
+            seen = True
+            if observer.see(item):
+                yield item
+    except Exception:
+        if not seen:
+            call.release()
+        raise
+    finally:
+        _finish(call, observer)
+
+
+class SyncStream:
+    """The SDK's stream, watched; anything else is the SDK stream's own."""
+
+    def __init__(self, stream: Any, observer: Observer, call: Call) -> None:
+        self._stream = stream
+        self._observer = observer
+        self._call = call
+        self._items = _watch(stream, observer, call)
+
+    def _finish(self) -> None:
+        _finish(self._call, self._observer)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def __enter__(self) -> SyncStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._items.close()
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+        self._finish()
+
+    def __del__(self) -> None:
+        self._finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class AsyncStream:
+    """The SDK's async stream, watched; anything else is the SDK stream's own."""
+
+    def __init__(self, stream: Any, observer: Observer, call: Call) -> None:
+        self._stream = stream
+        self._observer = observer
+        self._call = call
+        self._items = _watch_async(stream, observer, call)
+
+    def _finish(self) -> None:
+        _finish(self._call, self._observer)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items
+
+    async def __anext__(self) -> Any:
+        return await self._items.__anext__()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._items.aclose()
+        close = getattr(self._stream, "aclose", None) or getattr(self._stream, "close", None)
+        if close is not None:
+            closing = close()
+            if inspect.isawaitable(closing):
+                await closing
+        self._finish()
+
+    aclose = close
+
+    def __del__(self) -> None:
+        self._finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

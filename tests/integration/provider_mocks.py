@@ -1,0 +1,158 @@
+"""The providers' HTTP APIs as an ``httpx2.MockTransport`` (the transport the SDKs' own
+clients take) answering with the recorded bodies and SSE streams in provider_fixtures/,
+and the usage events an instrumented call published, read back from NATS.
+
+The SDKs parse these answers themselves; nothing reaches the network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from budget.tracker import UsageTracker
+from events import Topology, UsageRecorded, decode
+
+from support import wait_for
+
+FIXTURES = Path(__file__).parent / "provider_fixtures"
+SENTINEL_USER = "sentinel"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def _without_usage(sse: bytes) -> bytes:
+    """An OpenAI chat stream as sent without ``include_usage``: no usage chunk, no
+    ``usage`` key in the others."""
+    events = []
+    for block in sse.decode().split("\n\n"):
+        if not block.startswith("data: {"):
+            events.append(block)
+            continue
+        chunk = json.loads(block.removeprefix("data: "))
+        if not chunk["choices"]:
+            continue
+        chunk.pop("usage", None)
+        events.append("data: " + json.dumps(chunk, separators=(",", ":")))
+    return "\n\n".join(events).encode()
+
+
+_JSON = {
+    "/v1/chat/completions": "openai_chat.json",
+    "/v1/responses": "openai_responses.json",
+    "/v1/embeddings": "openai_embeddings.json",
+    "/v1/images/generations": "openai_images.json",
+    "/v1/audio/transcriptions": "openai_transcription.json",
+    "/v1/messages": "anthropic_message.json",
+}
+_SSE = {
+    "/v1/responses": "openai_responses_stream.sse",
+    "/v1/messages": "anthropic_message_stream.sse",
+}
+
+
+@dataclass
+class ProviderApi:
+    """Answers as the providers do; ``requests`` holds each request's JSON body (None
+    for a multipart upload); ``fail_with``: the status every answer has while set."""
+
+    requests: list[dict[str, Any] | None] = field(default_factory=list)
+    fail_with: int | None = None
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        is_json = request.headers.get("content-type", "").startswith("application/json")
+        body = json.loads(request.content) if is_json else None
+        self.requests.append(body)
+        if self.fail_with is not None:
+            error = {"error": {"message": "overloaded", "type": "server_error"}}
+            return httpx2.Response(self.fail_with, json=error)
+        if ":streamGenerateContent" in path:
+            return _sse(fixture("gemini_generate_stream.sse"))
+        if ":generateContent" in path:
+            return httpx2.Response(200, content=fixture("gemini_generate.json"))
+        if body is not None and body.get("stream"):
+            if path == "/v1/chat/completions":
+                sse = fixture("openai_chat_stream_usage.sse")
+                asked = (body.get("stream_options") or {}).get("include_usage")
+                return _sse(sse if asked else _without_usage(sse))
+            return _sse(fixture(_SSE[path]))
+        return httpx2.Response(
+            200, content=fixture(_JSON[path]), headers={"content-type": "application/json"}
+        )
+
+    def transport(self) -> httpx2.MockTransport:
+        return httpx2.MockTransport(self.handle)
+
+
+def _sse(content: bytes) -> httpx2.Response:
+    return httpx2.Response(200, content=content, headers={"content-type": "text/event-stream"})
+
+
+@dataclass
+class Recorded:
+    events: list[UsageRecorded] = field(default_factory=list)
+
+    async def exactly(self, tracker: UsageTracker, count: int) -> list[UsageRecorded]:
+        """The ``count`` events of the calls made, once each: waits for them, then for a
+        sentinel event recorded after them, and checks that no more came meanwhile."""
+
+        async def arrived() -> bool:
+            """the instrumented calls' events arrived"""
+            return len(self.events) >= count
+
+        await wait_for(arrived, within=30)
+        await tracker.record_usage(
+            model="gpt-4o", provider="openai", input_tokens=1, user_id=SENTINEL_USER
+        )
+
+        async def sentinel() -> bool:
+            """the sentinel arrived"""
+            return any(e.user_id == SENTINEL_USER for e in self.events)
+
+        await wait_for(sentinel, within=30)
+        calls = [e for e in self.events if e.user_id != SENTINEL_USER]
+        assert len(calls) == count, calls
+        return calls
+
+
+@asynccontextmanager
+async def recorded_usage(nc: Client, topology: Topology) -> AsyncIterator[Recorded]:
+    """The usage events published while the block runs."""
+    seen = Recorded()
+
+    async def take(msg: Msg) -> None:
+        event = decode(msg.data)
+        assert isinstance(event, UsageRecorded)
+        seen.events.append(event)
+
+    subscription = await nc.subscribe(topology.event_subject(UsageRecorded.SUBJECT), cb=take)
+    await nc.flush()
+    try:
+        yield seen
+    finally:
+        await subscription.unsubscribe()
+
+
+def per_million(**rates_and_counts: tuple[str, int]) -> Decimal:
+    """Sum of count x USD-per-million-tokens, exactly."""
+    return sum(
+        (Decimal(rate) * count / 1_000_000 for rate, count in rates_and_counts.values()),
+        Decimal(0),
+    )
+
+
+async def in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """A sync client's call, from a thread: the tracker's loop is this test's."""
+    return await asyncio.to_thread(function, *args, **kwargs)

@@ -1,0 +1,164 @@
+"""``budget.instrument`` on the real ``anthropic`` and ``google-genai`` clients, sync and
+async, over a mock transport answering with recorded bodies and streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from google import genai
+from google.genai import errors, types
+from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
+
+import budget
+from budget import BudgetExceeded
+from events import Topology, Usage
+
+from enforcement import EnforcementStack
+
+pytestmark = pytest.mark.integration
+
+HELLO = [{"role": "user", "content": "Write a short poem about the sea"}]
+
+
+def anthropic_clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> Any:
+    sync = anthropic.Anthropic(api_key="k", http_client=httpx2.Client(transport=api.transport()))
+    asynchronous = anthropic.AsyncAnthropic(
+        api_key="k", http_client=httpx2.AsyncClient(transport=api.transport())
+    )
+    for client in (sync, asynchronous):
+        budget.instrument(client, tracker=stack.tracker, **options)
+    return sync, asynchronous
+
+
+def gemini_client(api: ProviderApi, stack: EnforcementStack, **options: Any) -> genai.Client:
+    http = types.HttpOptions(
+        httpx_client=httpx2.Client(transport=api.transport()),
+        httpx_async_client=httpx2.AsyncClient(transport=api.transport()),
+    )
+    client = genai.Client(api_key="k", http_options=http)
+    return budget.instrument(client, tracker=stack.tracker, **options)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_anthropic_messages_and_their_stream_record_exact_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(sync_client.messages.create, **request)
+            stream = await in_thread(sync_client.messages.create, **request, stream=True)
+            kinds = [event.type for event in await in_thread(list, stream)]
+        else:
+            await async_client.messages.create(**request)
+            stream = await async_client.messages.create(**request, stream=True)
+            kinds = [event.type async for event in stream]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    message, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
+    assert message.usage == Usage(
+        input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
+    )
+    assert message.cost == per_million(
+        a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
+    )
+    # message_delta's 89 output tokens are the total, not 89 more than message_start's 2.
+    assert streamed.usage == Usage(input_uncached=472, output_text=89)
+    assert streamed.cost == per_million(a=("3", 472), b=("15", 89))
+    for event in events:
+        assert (event.provider, event.model) == ("anthropic", "claude-sonnet-4-5-20250929")
+        assert event.user_id == "alice" and event.estimated_reason is None
+
+
+async def test_an_anthropic_stream_abandoned_before_its_final_usage(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    _, client = anthropic_clients(api, stack)
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        stream = await client.messages.create(**request, stream=True)
+        async with stream:
+            # message_start, content_block_start (the SDK drops the ping), then "Okay",
+            # ", here is a" and " short poem"
+            for _ in range(5):
+                await stream.__anext__()
+        [event] = await recorded.exactly(stack.tracker, 1)
+    # message_start's input (472) and the text received, 26 characters: 7 tokens.
+    assert event.usage == Usage(input_uncached=472, output_text=7)
+    assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
+
+
+async def test_anthropic_refusal_in_the_providers_shape(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    await stack.set_policy(limit_amount="0.0001", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    _, client = anthropic_clients(api, stack, refusal="provider_error")
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        await client.messages.create(model="claude-sonnet-4-5", max_tokens=50_000, messages=HELLO)
+    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    assert api.requests == []
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_gemini_content_and_its_stream_record_exact_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    client = gemini_client(api, stack, project_id="apollo")
+    config = {"max_output_tokens": 2048}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            models = client.models
+            await in_thread(models.generate_content, model="gemini-2.5-flash", contents="AI?")
+            chunks = await in_thread(
+                lambda: list(
+                    models.generate_content_stream(
+                        model="gemini-2.5-flash", contents="Fox", config=config
+                    )
+                )
+            )
+        else:
+            aio = client.aio.models
+            await aio.generate_content(model="gemini-2.5-flash", contents="AI?", config=config)
+            stream = await aio.generate_content_stream(model="gemini-2.5-flash", contents="Fox")
+            chunks = [chunk async for chunk in stream]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert (
+        "".join(chunk.text or "" for chunk in chunks)
+        == "The quick brown fox jumps over the lazy dog."
+    )
+    content, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
+    assert content.usage == Usage(input_uncached=8, output_text=212, output_reasoning=913)
+    assert content.cost == per_million(a=("0.30", 8), b=("2.50", 1125))
+    # The last chunk's counts, not the sum of every chunk's.
+    assert streamed.usage == Usage(input_uncached=11, output_text=10, output_reasoning=40)
+    assert streamed.cost == per_million(a=("0.30", 11), b=("2.50", 50))
+    for event in events:
+        assert (event.provider, event.model, event.project_id) == (
+            "google",
+            "gemini-2.5-flash",
+            "apollo",
+        )
+
+
+async def test_gemini_refusal_in_the_providers_shape(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    await stack.set_policy(limit_amount="0.0001", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    client = gemini_client(api, stack, refusal="provider_error")
+    big = {"max_output_tokens": 1_000_000}
+    with pytest.raises(errors.ClientError) as refused:
+        await client.aio.models.generate_content(model="gemini-2.5-pro", contents="x", config=big)
+    assert refused.value.code == 429
+    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    assert api.requests == []

@@ -1,0 +1,238 @@
+"""``budget.instrument`` on the real ``openai`` client, sync and async, over a mock
+transport answering with recorded bodies and streams: each call's usage classes and cost
+recorded once, the budget checked before, reservations released on failure."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import openai
+import pytest
+from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
+
+import budget
+from budget import BudgetExceeded
+from events import ImageUsage, Topology, Usage
+
+from enforcement import EnforcementStack
+from support import wait_for
+
+pytestmark = pytest.mark.integration
+
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+def clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> tuple[Any, Any]:
+    import httpx2
+
+    sync = openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=api.transport()))
+    asynchronous = openai.AsyncOpenAI(
+        api_key="sk-test", http_client=httpx2.AsyncClient(transport=api.transport())
+    )
+    for client in (sync, asynchronous):
+        budget.instrument(client, tracker=stack.tracker, **options)
+    return sync, asynchronous
+
+
+async def every_kind_of_call(client: Any, sync: bool) -> list[str]:
+    """Chat, streamed chat, Responses, streamed Responses, embeddings, images and a
+    transcription; the text of the streams as the caller saw it."""
+
+    async def call(method: Callable[..., Any], **kwargs: Any) -> Any:
+        return await (in_thread(method, **kwargs) if sync else method(**kwargs))
+
+    seen: list[str] = []
+    await call(client.chat.completions.create, model="gpt-4o", messages=HELLO, max_tokens=100)
+    stream = await call(
+        client.chat.completions.create, model="gpt-4o-mini", messages=HELLO, stream=True
+    )
+    chunks = await in_thread(list, stream) if sync else [c async for c in stream]
+    assert all(c.choices for c in chunks), "the usage chunk nobody asked for is kept back"
+    seen.append("".join(c.choices[0].delta.content or "" for c in chunks))
+    await call(client.responses.create, model="o4-mini", input="A haiku", max_output_tokens=1000)
+    stream = await call(client.responses.create, model="o4-mini", input="A haiku", stream=True)
+    events = await in_thread(list, stream) if sync else [e async for e in stream]
+    seen.append(events[-1].type)
+    await call(client.embeddings.create, model="text-embedding-3-small", input=["a", "b"])
+    await call(client.images.generate, model="gpt-image-1", prompt="A lighthouse", n=2)
+    audio = ("speech.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
+    await call(client.audio.transcriptions.create, model="whisper-1", file=audio)
+    return seen
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_each_call_records_its_exact_usage_and_cost_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(
+        api, stack, user_id="alice", project_id="apollo", tags={"team": "search"}
+    )
+    async with recorded_usage(stack.nc, topology) as recorded:
+        seen = await every_kind_of_call(sync_client if sync else async_client, sync)
+        events = await recorded.exactly(stack.tracker, 7)
+
+    assert seen == ["Hello! How can I help you today?", "response.completed"]
+    streamed_chat = api.requests[1]
+    assert streamed_chat is not None
+    assert streamed_chat["stream_options"] == {"include_usage": True}
+    by_model = {e.model: e for e in events}
+    assert set(by_model) == {
+        "gpt-4o-2024-08-06",
+        "gpt-4o-mini-2024-07-18",
+        "o4-mini-2025-04-16",
+        "text-embedding-3-small",
+        "gpt-image-1",
+        "whisper-1",
+    }
+    chat = by_model["gpt-4o-2024-08-06"]
+    assert chat.usage == Usage(input_uncached=93, input_cache_read=1024, output_text=46)
+    assert chat.cost == per_million(a=("2.50", 93), b=("1.25", 1024), c=("10", 46))
+    streamed = by_model["gpt-4o-mini-2024-07-18"]
+    assert streamed.usage == Usage(input_uncached=19, output_text=10)
+    assert streamed.cost == per_million(a=("0.15", 19), b=("0.60", 10))
+    responses = [e for e in events if e.model == "o4-mini-2025-04-16"]
+    assert len(responses) == 2
+    for response in responses:
+        assert response.usage == Usage(
+            input_uncached=152, input_cache_read=2048, output_text=172, output_reasoning=448
+        )
+        assert response.cost == per_million(a=("1.10", 152), b=("0.275", 2048), c=("4.40", 620))
+    embedding = by_model["text-embedding-3-small"]
+    assert (embedding.kind, embedding.usage) == ("embedding", Usage(embedding_tokens=16))
+    assert embedding.cost == per_million(a=("0.02", 16))
+    image = by_model["gpt-image-1"]
+    images = ImageUsage(count=2, size="1024x1024", quality="medium")
+    assert (image.kind, image.usage) == ("image", Usage(input_uncached=50, images=images))
+    assert image.cost == per_million(a=("5", 50)) + 2 * Decimal("0.042")
+    audio = by_model["whisper-1"]
+    assert (audio.kind, audio.usage) == ("audio", Usage(audio_seconds=Decimal(9)))
+    assert audio.cost == Decimal("0.006") * 9 / 60
+    for event in events:
+        assert (event.provider, event.user_id, event.project_id) == ("openai", "alice", "apollo")
+        assert event.tags == {"team": "search"}
+        assert event.estimated_reason is None
+        assert event.reservation_id is None  # no BLOCK policy: the local check path
+
+
+async def test_a_caller_that_asked_for_usage_keeps_the_usage_chunk(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    _, client = clients(api, stack)
+    async with recorded_usage(stack.nc, topology) as recorded:
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=HELLO,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 29
+    assert event.usage == Usage(input_uncached=19, output_text=10)
+
+
+async def test_an_abandoned_stream_records_what_it_consumed(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    sync_client, client = clients(api, stack)
+    async with recorded_usage(stack.nc, topology) as recorded:
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, stream=True, budget_user_id="quitter"
+        )
+        async with stream:
+            got = [await stream.__anext__() for _ in range(3)]  # "", "Hello", "!"
+        assert "".join(c.choices[0].delta.content for c in got) == "Hello!"
+
+        def read_two_and_drop() -> None:
+            stream = sync_client.chat.completions.create(
+                model="gpt-4o-mini", messages=HELLO, stream=True, budget_user_id="dropper"
+            )
+            for index, _ in enumerate(stream):
+                if index == 2:
+                    break  # and the stream is garbage: collected, it records
+
+        await in_thread(read_two_and_drop)
+        events = await recorded.exactly(stack.tracker, 2)
+    for event in events:
+        # "Say hello" + "user": 13 characters, 4 tokens; "Hello!": 2 tokens.
+        assert event.usage == Usage(input_uncached=4, output_text=2)
+        assert event.estimated_reason is not None
+        assert "before its usage arrived" in event.estimated_reason
+    assert {e.user_id for e in events} == {"quitter", "dropper"}
+
+
+async def test_overrides_by_context_and_by_keyword(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    _, client = clients(api, stack, user_id="alice", project_id="apollo", tags={"team": "a"})
+    async with recorded_usage(stack.nc, topology) as recorded:
+        with budget.attribute_to(user_id="bob", tags={"feature": "summary"}):
+            await client.embeddings.create(model="text-embedding-3-small", input="x")
+            await client.embeddings.create(
+                model="text-embedding-3-small", input="x", budget_project_id="hermes"
+            )
+        await client.embeddings.create(
+            model="text-embedding-3-small", input="x", budget_tags={"team": "b"}
+        )
+        events = await recorded.exactly(stack.tracker, 3)
+    attributed = sorted((e.user_id, e.project_id, sorted(e.tags.items())) for e in events)
+    assert attributed == [
+        ("alice", "apollo", [("team", "b")]),
+        ("bob", "apollo", [("feature", "summary"), ("team", "a")]),
+        ("bob", "hermes", [("feature", "summary"), ("team", "a")]),
+    ]
+    assert all("budget_" not in str(body) for body in api.requests)
+
+
+async def test_refused_calls_raise_and_are_not_sent(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    await stack.set_policy(limit_amount="0.0001", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    sync_client, client = clients(api, stack)
+    _, shaped = clients(api, stack, refusal="provider_error")
+    big = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100_000}
+    with pytest.raises(BudgetExceeded):
+        await client.chat.completions.create(**big)
+    with pytest.raises(BudgetExceeded):
+        await in_thread(sync_client.chat.completions.create, **big)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await shaped.chat.completions.create(**big)
+    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    assert refused.value.status_code == 429
+    assert api.requests == []
+
+
+async def test_a_failed_call_releases_its_reservation(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi(fail_with=400)
+    sync_client, client = clients(api, stack)
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
+    with pytest.raises(openai.BadRequestError):
+        await in_thread(
+            sync_client.chat.completions.create, model="gpt-4o", messages=HELLO, max_tokens=10
+        )
+
+    async def released() -> bool:
+        """both reservations were released"""
+        return await stack.holds() == []
+
+    await wait_for(released, within=30)
+    api.fail_with = None
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert event.reservation_id is not None  # settled by the spend projection
