@@ -3,14 +3,15 @@ the bare call, both against the same mock transport (the SDK's own request build
 response parsing run; no network), on the embedded stack under a WARN policy (the local
 check path, no BLOCK policy).
 
-CPU is this process's (every thread: a sync client's check runs on the tracker's loop in
-another thread, and the events' publishing and acks count too), per call, in rounds that
-alternate bare and instrumented. Figures (one JSON line each), per case:
+CPU is that of the measuring process, apart from the stack's (every thread: a sync
+client's check may run on the tracker's loop in another thread, and the events'
+publishing and acks count too), per call, in rounds that alternate bare and
+instrumented. Figures (one JSON line each), per case:
 ``<case>_bare_cpu_us``, ``<case>_instrumented_cpu_us``, ``<case>_added_cpu_us`` (medians
 over the rounds, with their ranges). Cases: OpenAI chat async and sync, OpenAI chat
 streamed (async), Anthropic messages (async), Gemini content (async).
 
-Run: ``./run python bench/instrument.py [--calls 2000] [--rounds 7]``.
+Run: ``./run python bench/instrument.py [--calls 2000] [--rounds 7] [--cases NAME ...]``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -33,6 +35,7 @@ from google.genai import types
 from stack import embedded_stack
 
 import budget
+from budget.config import Settings
 from budget.manager import BudgetManager
 from budget.tracker import UsageTracker, start_usage_tracker
 from events import BudgetPolicy, LimitAction
@@ -159,35 +162,63 @@ def in_thread(client: openai.OpenAI) -> Callable[[int], Awaitable[None]]:
     return run
 
 
+ASYNC_CASES: dict[str, tuple[Case, Callable[[], Any]]] = {
+    "openai_chat_async": (openai_chat, lambda: openai_clients()[1]),
+    "openai_chat_stream_async": (openai_stream, lambda: openai_clients()[1]),
+    "anthropic_messages_async": (anthropic_message, anthropic_client),
+    "gemini_content_async": (gemini_content, gemini_client),
+}
+CASES = [*ASYNC_CASES, "openai_chat_sync"]
+
+
 async def cases(tracker: UsageTracker, args: argparse.Namespace) -> None:
-    async_pairs: list[tuple[str, Case, Callable[[], Any]]] = [
-        ("openai_chat_async", openai_chat, lambda: openai_clients()[1]),
-        ("openai_chat_stream_async", openai_stream, lambda: openai_clients()[1]),
-        ("anthropic_messages_async", anthropic_message, anthropic_client),
-        ("gemini_content_async", gemini_content, gemini_client),
-    ]
-    for name, case, make in async_pairs:
-        instrumented = budget.instrument(make(), tracker=tracker, user_id="bench")
-        await side_by_side(name, repeated(case, make()), repeated(case, instrumented), args)
+    for name in args.cases:
+        if name in ASYNC_CASES:
+            case, make = ASYNC_CASES[name]
+            instrumented = budget.instrument(make(), tracker=tracker, user_id="bench")
+            bare, measured = repeated(case, make()), repeated(case, instrumented)
+        else:
+            bare = in_thread(openai_clients()[0])
+            client = budget.instrument(openai_clients()[0], tracker=tracker, user_id="bench")
+            measured = in_thread(client)
+        await side_by_side(name, bare, measured, args)
         await tracker.flush()
-    sync_bare = openai_clients()[0]
-    sync_instrumented = budget.instrument(openai_clients()[0], tracker=tracker, user_id="bench")
-    await side_by_side("openai_chat_sync", in_thread(sync_bare), in_thread(sync_instrumented), args)
-    await tracker.flush()
+
+
+async def measure(args: argparse.Namespace) -> None:
+    """The measuring process: its own tracker, on the stack the parent runs."""
+    tracker = await start_usage_tracker(Settings.model_validate_json(args.settings))
+    result = await tracker.check_budget("gpt-4o", 100, "bench")
+    assert result.allowed and not result.enforced, "the bench needs the local check path"
+    await cases(tracker, args)
+    await tracker.close()
 
 
 async def main(args: argparse.Namespace) -> None:
+    """Runs the stack, then the measurements in a process of their own: the stack's
+    supervisor (which relays its services' output) must not count as the calls' CPU."""
     async with embedded_stack("instrument", default_limit=None) as (_, settings):
         tracker = await start_usage_tracker(settings)
         manager = BudgetManager(settings, tracker, apply_timeout=60)
         await manager.set_policy(
             BudgetPolicy(name="bench warn", limit_amount=Decimal(10**6), action=LimitAction.WARN)
         )
-        await asyncio.sleep(args.settle)  # let the services' start-up CPU pass
-        result = await tracker.check_budget("gpt-4o", 100, "bench")
-        assert result.allowed and not result.enforced, "the bench needs the local check path"
-        await cases(tracker, args)
         await tracker.close()
+        await asyncio.sleep(args.settle)  # let the services' start-up CPU pass
+        command = [
+            sys.executable,
+            __file__,
+            "--measure",
+            settings.model_dump_json(),
+            "--calls",
+            str(args.calls),
+            "--rounds",
+            str(args.rounds),
+            "--cases",
+            *args.cases,
+        ]
+        child = await asyncio.create_subprocess_exec(*command)
+        assert await child.wait() == 0, "the measuring process failed"
 
 
 if __name__ == "__main__":
@@ -195,4 +226,9 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=2_000, help="calls per round and side")
     parser.add_argument("--rounds", type=int, default=7, help="rounds, alternating the sides")
     parser.add_argument("--settle", type=float, default=10, help="seconds to let the stack idle")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--cases", nargs="+", choices=CASES, default=CASES, help="which cases (default: all)"
+    )
+    parser.add_argument("--measure", dest="settings", help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    asyncio.run(measure(parsed) if parsed.settings else main(parsed))
