@@ -10,13 +10,13 @@ import httpx2
 import pytest
 from google import genai
 from google.genai import errors, types
-from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
 
 import budget
 from budget import BudgetExceeded
 from events import Topology, Usage
 
 from enforcement import EnforcementStack
+from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
 
 pytestmark = pytest.mark.integration
 

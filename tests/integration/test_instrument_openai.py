@@ -11,13 +11,13 @@ from typing import Any
 
 import openai
 import pytest
-from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
 
 import budget
 from budget import BudgetExceeded
 from events import ImageUsage, Topology, Usage
 
 from enforcement import EnforcementStack
+from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
 from support import wait_for
 
 pytestmark = pytest.mark.integration
