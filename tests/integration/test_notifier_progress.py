@@ -156,6 +156,9 @@ async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is
                 return hook.keys() == ids and liveness.problems() == []
 
             await wait_for(delivered)
+            # stopped only once the send is recorded: stopped between the two, the notifier
+            # would rightly send it again
+            await all_sent(db, 1)
             embedded_postgres.stop()
 
             async def failing() -> bool:
