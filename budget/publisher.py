@@ -3,6 +3,11 @@
 Many publishes are in flight at once; each carries its event id as ``Nats-Msg-Id``.
 An event leaves memory only when JetStream has acknowledged it or it is in the spool;
 the spool is re-sent every ``flush_interval`` seconds and right after a reconnect.
+
+Events handed over within ``linger`` seconds go out in one write: an app recording one
+event per turn of its loop (each call awaiting real I/O) would otherwise pay a socket
+write, and NATS a read, per event, ~80 µs of CPU each against ~45 µs for the rest of a
+``record_usage`` (``bench/instrument.py``). Acks take the raw dispatch path.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from budget.config import Settings, shown_url
+from budget.nats_dispatch import raw_handlers
 from budget.natsconn import (
     PermissionDenied,
     connect_nats,
@@ -44,6 +49,8 @@ class PublisherConfig:
     flush_interval: float = 300.0
     ack_timeout: float = 5.0
     max_in_flight: int = 8192
+    linger: float = 0.002
+    """Seconds an event may wait for others to share its write to NATS."""
     connect_timeout: float = 2.0
     nats_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """``nats.connect`` options: credentials, TLS (``budget.natsconn.nats_options``)."""
@@ -76,6 +83,9 @@ class EventPublisher:
         self._inbox = ""
         self._next = 0
         self._in_flight: dict[int, _InFlight] = {}
+        self._unwritten: list[int] = []
+        """Tokens in flight not yet handed to the client, written together after ``linger``."""
+        self._writer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
         self._room = asyncio.Event()
@@ -139,9 +149,10 @@ class EventPublisher:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.ack_timeout + 1):
                 await self.flush()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._writer] if self._writer is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._spool_in_flight()
         if self._nc is not None:
             await self._nc.close()
@@ -174,7 +185,8 @@ class EventPublisher:
             return
         on_refusal(self._nc, self._on_refused)
         self._inbox = self._nc.new_inbox()
-        await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        acks = await self._nc.subscribe(f"{self._inbox}.*")
+        raw_handlers(self._nc)[acks._id] = self._on_ack
         for callback in self.on_connect:
             await callback(self._nc)
 
@@ -186,27 +198,43 @@ class EventPublisher:
         while len(self._in_flight) >= self.config.max_in_flight:
             self._room.clear()
             await self._room.wait()
-        assert self._nc is not None
         self._next += 1
         token = self._next
         self._in_flight[token] = _InFlight(item, time.monotonic(), spooled)
         self._drained.clear()
-        try:
-            await self._nc.publish(
-                item.subject,
-                item.payload,
-                reply=f"{self._inbox}.{token}",
-                headers={HEADER_MSG_ID: item.event_id},
-            )
-        except Exception as exc:
-            log.warning("publish failed (%s); spooling", exc)
-            self._settle(token, acked=False)
+        self._unwritten.append(token)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_soon())
 
-    async def _on_ack(self, msg: Msg) -> None:
-        token = int(msg.subject.rpartition(".")[2])
-        ok = bool(msg.data) and b'"error"' not in msg.data
+    async def _write_soon(self) -> None:
+        """After ``linger``, hand every unwritten event to the client in one go (its
+        flusher then writes them in one send)."""
+        await asyncio.sleep(self.config.linger)
+        self._writer = None
+        tokens, self._unwritten = self._unwritten, []
+        for token in tokens:
+            entry = self._in_flight.get(token)
+            if entry is None:
+                continue  # settled meanwhile (expired, refused)
+            item = entry.item
+            try:
+                if self._nc is None:
+                    raise ConnectionError("not connected")
+                await self._nc.publish(
+                    item.subject,
+                    item.payload,
+                    reply=f"{self._inbox}.{token}",
+                    headers={HEADER_MSG_ID: item.event_id},
+                )
+            except Exception as exc:
+                log.warning("publish failed (%s); spooling", exc)
+                self._settle(token, acked=False)
+
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        token = int(subject.rpartition(b".")[2])
+        ok = bool(data) and b'"error"' not in data
         if not ok:
-            log.warning("JetStream refused an event: %s", msg.data[:300] or msg.headers)
+            log.warning("JetStream refused an event: %r", data[:300] or headers)
         self._settle(token, acked=ok)
 
     def _refusal(self, subject: str) -> str:

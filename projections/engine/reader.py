@@ -4,12 +4,8 @@ nats-py's ``fetch()`` costs ~33 µs of client CPU per message; sending the pull 
 ourselves and collecting deliveries in a subscription callback costs a fraction of that.
 One pull request is kept open at a time; messages are handed out as they arrive, so a
 batch never waits for a request to fill up (that would cost latency at low rates).
-
-Even a subscription callback costs ~10 µs per message: nats-py parses every message's
-headers (with the email parser), builds a ``Msg``, queues it and wakes a task to await
-the callback. The reader's inbox skips all that: the client's dispatch is hooked so
-the raw subject, reply, payload and headers of its messages go straight to the reader,
-which needs only the reply subject (sequence, storage time) and a status line.
+Its inbox's messages take the raw path (``budget.nats_dispatch``): the reader needs only
+the reply subject (sequence, storage time) and a status line.
 """
 
 from __future__ import annotations
@@ -24,6 +20,8 @@ from typing import Generic, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+
+from budget.nats_dispatch import raw_handlers
 
 __all__ = ["ConsumerGone", "Delivery", "Prepare", "PullReader"]
 
@@ -47,38 +45,6 @@ class Delivery(Generic[T]):
 Prepare = Callable[[int, str, int, bytes], T]
 """``prepare(stream_seq, subject, stored_ns, data)``: what a consumer makes of a message;
 ``stored_ns`` is when JetStream stored it (nanoseconds since the epoch)."""
-
-RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
-"""``handler(subject, reply, payload, headers)``: a message as the protocol parser found it."""
-
-
-def _raw_handlers(nc: Client) -> dict[int, RawHandler]:
-    """The client's raw handlers by subscription id, hooking its dispatch the first time.
-    Messages of other subscriptions (and every one after a handler is removed) take
-    nats-py's own path."""
-    handlers: dict[int, RawHandler] | None = getattr(nc, "_budget_raw_handlers", None)
-    if handlers is not None:
-        return handlers
-    found: dict[int, RawHandler] = {}
-    original = nc._process_msg
-
-    async def process_msg(
-        sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        handler = found.get(sid)
-        if handler is None:
-            await original(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-            return
-        nc.stats["in_msgs"] += 1
-        nc.stats["in_bytes"] += len(data)
-        try:
-            handler(subject, reply, data, headers)
-        except Exception as exc:  # as nats-py treats a failing callback: reported, not fatal
-            await nc._error_cb(exc)
-
-    setattr(nc, "_process_msg", process_msg)  # noqa: B010 - an instance hook, not a method
-    setattr(nc, "_budget_raw_handlers", found)  # noqa: B010
-    return found
 
 
 def _status(headers: bytes) -> tuple[str, str] | None:
@@ -121,18 +87,21 @@ class PullReader(Generic[T]):
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox)
-        _raw_handlers(self._nc)[self._sub._id] = self._on_message
+        raw_handlers(self._nc)[self._sub._id] = self._on_message
         await self._request()
 
     async def stop(self) -> None:
         if self._sub is not None:
-            _raw_handlers(self._nc).pop(self._sub._id, None)
+            raw_handlers(self._nc).pop(self._sub._id, None)
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def take(self, max_count: int, linger: float, wait: float) -> list[Delivery[T]]:
+    async def take(
+        self, max_count: int, linger: float, wait: float, *, not_before: float = 0.0
+    ) -> list[Delivery[T]]:
         """Up to ``max_count`` deliveries: waits up to ``wait`` for the first one, then up
-        to ``linger`` more for the batch to grow. Returns [] when nothing arrived."""
+        to ``linger`` more, and until ``not_before`` (``time.monotonic()``), for the batch
+        to grow. Returns [] when nothing arrived."""
         deadline = time.monotonic() + wait
         while not self._buffer:
             if self._gone:
@@ -146,6 +115,7 @@ class PullReader(Generic[T]):
                 await asyncio.wait_for(self._arrived.wait(), min(remaining, 1.0))
             except TimeoutError:
                 continue
+        linger = max(linger, not_before - time.monotonic())
         if len(self._buffer) < max_count and linger > 0:
             await asyncio.sleep(linger)
         count = min(max_count, len(self._buffer))
