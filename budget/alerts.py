@@ -59,6 +59,15 @@ class AlertEngine(ChangeClient):
         await self._publish_and_wait(AlertRuleSet(occurred_at=utc_now(), rule=rule))
         return rule
 
+    async def create_rule(self, rule: AlertRule) -> bool:
+        """Add a rule; False if one with its ``rule_id`` is in force. Of concurrent
+        creations of one id, exactly one succeeds."""
+
+        async def exists() -> bool:
+            return any(r.rule_id == rule.rule_id for r in await self.get_rules())
+
+        return await self._publish_new(AlertRuleSet(occurred_at=utc_now(), rule=rule), exists)
+
     async def remove_rule(self, rule_id: str) -> bool:
         if all(r.rule_id != rule_id for r in await self.get_rules()):
             return False

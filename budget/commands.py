@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.js.errors import BadRequestError, NotFoundError
 
 from budget.config import Settings, shown_url
 from budget.natsconn import permitted
@@ -13,7 +17,16 @@ from budget.queries import Queries, RpcQueries
 from budget.tracker import UsageTracker
 from events import Event, encode, headers_for
 
-__all__ = ["ChangeClient"]
+__all__ = ["ChangeClient", "Contended"]
+
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code when that expectation fails: another change landed first."""
+CREATE_ATTEMPTS = 50
+
+
+class Contended(RuntimeError):
+    """A create lost the race to other changes of its kind every time it tried."""
 
 
 class ChangeClient:
@@ -39,14 +52,68 @@ class ChangeClient:
         self.apply_timeout = apply_timeout
 
     async def _publish_and_wait(self, event: Event) -> None:
+        await self._wait(await self._publish(event))
+
+    async def _publish_new(self, event: Event, exists: Callable[[], Awaitable[bool]]) -> bool:
+        """Publish ``event`` and wait as ``_publish_and_wait`` does, unless ``exists()``
+        (False then). Of creations of one thing at once, exactly one publishes.
+
+        Optimistic concurrency on the event's subject: take its last stream sequence, let
+        the projection apply up to it, ask ``exists()``, and publish only if that sequence
+        is still the subject's last (JetStream refuses otherwise, and we look again). The
+        subject is shared by every change of its kind, so creations of different things at
+        once retry too; each retry means another change was stored, so the loop ends."""
+        for _ in range(CREATE_ATTEMPTS):
+            last = await self._last_sequence(event)
+            await self.queries.wait_applied(self.projection, last, self.apply_timeout)
+            if await exists():
+                return False
+            try:
+                stored = await self._publish(event, expected_last=last)
+            except BadRequestError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                continue
+            await self._wait(stored)
+            return True
+        raise Contended(
+            f"{CREATE_ATTEMPTS} other changes of this kind landed while this one was tried;"
+            " nothing changed, retry shortly"
+        )
+
+    def _client(self) -> Client:
         nc = self.tracker.publisher.client
         if nc is None or not nc.is_connected:
             raise ConnectionError(
                 f"NATS at {shown_url(self.settings.nats_url)} is unreachable; nothing changed"
             )
+        return nc
+
+    async def _last_sequence(self, event: Event) -> int:
+        """The stream sequence of the last event on ``event``'s subject (0: none)."""
+        topology = self.settings.topology
+        js = self._client().jetstream()
+        try:
+            found = await js.get_last_msg(
+                topology.event_stream.name, topology.event_subject(event.SUBJECT), direct=True
+            )
+        except NotFoundError:
+            return 0
+        return found.seq or 0
+
+    async def _publish(self, event: Event, *, expected_last: int | None = None) -> int:
+        """Store ``event``; its stream sequence."""
+        nc = self._client()
         subject = self.settings.topology.event_subject(event.SUBJECT)
-        publish = nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
-        ack = await permitted(nc, subject, publish)
+        headers = headers_for(event)
+        if expected_last is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last)
+        ack = await permitted(
+            nc, subject, nc.jetstream().publish(subject, encode(event), headers=headers)
+        )
+        return ack.seq
+
+    async def _wait(self, seq: int) -> None:
         stored = time.monotonic()
-        await self.queries.wait_applied(self.projection, ack.seq, self.apply_timeout)
+        await self.queries.wait_applied(self.projection, seq, self.apply_timeout)
         await asyncio.sleep(max(0.0, stored + self.settle - time.monotonic()))

@@ -43,6 +43,16 @@ class BudgetManager(ChangeClient):
         await self._publish_and_wait(PolicySet(occurred_at=utc_now(), policy=policy, set_by=set_by))
         return policy
 
+    async def create_policy(self, policy: BudgetPolicy, *, set_by: str | None = None) -> bool:
+        """Create a policy; False if one with its ``policy_id`` exists. Of concurrent
+        creations of one id, exactly one succeeds."""
+        event = PolicySet(occurred_at=utc_now(), policy=policy, set_by=set_by)
+
+        async def exists() -> bool:
+            return await self.get_policy(policy.policy_id) is not None
+
+        return await self._publish_new(event, exists)
+
     async def delete_policy(self, policy_id: str, *, deleted_by: str | None = None) -> bool:
         """Delete a policy; False if there was none with this id."""
         if await self.get_policy(policy_id) is None:

@@ -79,10 +79,12 @@ class DatabaseQueries:
             policies = await load_policies(conn)
         return [p for p in policies if scope is None or p.scope is scope]
 
-    async def spend(self, query: SpendQuery) -> list[SpendRow]:
+    async def spend(self, query: SpendQuery, *, key: str | None = None) -> list[SpendRow]:
+        """``key``: only that scope key's rows (the HTTP API's filter)."""
         scope = query.scope.value if query.scope else None
+        at = query.at or utc_now()
         async with self.connection() as conn:
-            return await spend_for_period(conn, Period(query.period), query.at or utc_now(), scope)
+            return await spend_for_period(conn, Period(query.period), at, scope, key)
 
     async def rules(self) -> list[AlertRule]:
         async with self.connection() as conn:

@@ -20,6 +20,7 @@ from projections.engine.log import pending_after
 from projections.engine.projection import Connection
 from projections.engine.runner import consumer_name
 from projections.registry import get_projection
+from projections.spend import SCOPES
 
 __all__ = [
     "AlertPosition",
@@ -76,28 +77,44 @@ async def projection_status(
 
 
 async def spend_for_period(
-    conn: Connection, period: Period, at: datetime, scope: str | None = None
+    conn: Connection,
+    period: Period,
+    at: datetime,
+    scope: str | None = None,
+    key: str | None = None,
 ) -> list[SpendRow]:
-    """Totals of the calendar period (UTC) containing ``at``, for every scope or one: the
-    sum of the period's quarter-hour buckets."""
+    """Totals of the calendar period (UTC) containing ``at``, for every scope or one, every
+    key or one: the sum of the period's quarter-hour buckets."""
     start, end = period_bounds(period, at)
-    # The scope condition only when there is one: as ``(%s IS NULL OR scope = %s)`` it
-    # cannot bound the index scan in the generic plan a prepared statement ends up with.
+    # Each condition only when there is one: as ``(%s IS NULL OR scope = %s)`` it cannot
+    # bound the index scan in the generic plan a prepared statement ends up with. One key
+    # is read through the index (scope, scope_key, bucket_start), once per scope without
+    # one: a month's buckets of that key, not of every key.
+    conditions = ["bucket_start >= %s", "bucket_start < %s"]
+    params: list[object] = [start, end]
+    if scope is not None:
+        conditions.append("scope = %s")
+        params.append(scope)
+    elif key is not None:
+        conditions.append("scope = ANY(%s)")
+        params.append(list(SCOPES))
+    if key is not None:
+        conditions.append("scope_key = %s")
+        params.append(key)
     cursor = await conn.execute(
         "SELECT scope, scope_key, sum(cost), sum(requests)::bigint,"
         " sum(unpriced_requests)::bigint,"
         " sum(input_uncached + input_cache_read + input_cache_write),"
         " sum(output_text + output_reasoning)"
-        " FROM spend_buckets WHERE bucket_start >= %s AND bucket_start < %s"
-        + (" AND scope = %s" if scope is not None else "")
-        + " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key",
-        (start, end) if scope is None else (start, end, scope),
+        f" FROM spend_buckets WHERE {' AND '.join(conditions)}"
+        " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key".encode(),
+        params,
     )
     day = period_start(period, at)
     return [
         SpendRow(
             scope=scope_,
-            scope_key=key,
+            scope_key=key_,
             period=period.value,
             period_start=day,
             cost=cost,
@@ -106,7 +123,7 @@ async def spend_for_period(
             input_tokens=inputs,
             output_tokens=outputs,
         )
-        for scope_, key, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
+        for scope_, key_, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
     ]
 
 

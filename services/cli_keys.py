@@ -12,7 +12,7 @@ import typer
 from events import ApiRole
 from events.access import KeyId
 from projections.api_keys import list_keys
-from services.api.keys import KeyAdmin
+from services.api.keys import IssuedKey, KeyAdmin
 from services.cli_context import checked, database_queries, settings, tracker
 
 __all__ = ["keys_app"]
@@ -35,16 +35,26 @@ def create(
     name: Annotated[str, typer.Option(help="who or what uses it, e.g. 'billing-service'")],
     role: Annotated[ApiRole, typer.Option(help="viewer reads; admin changes; ingest records")],
 ) -> None:
-    """Create a key and print it once: only its hash is kept."""
+    """Create a key and print it once: only its hash is kept. If the api_keys worker has
+    not applied it in time, the key is printed all the same (it is stored, and works once
+    the worker applies it) with a warning on stderr."""
     if not name.strip() or len(name) > 200:
         raise ValueError("--name must be 1 to 200 characters")
 
-    async def go() -> str:
+    async def go() -> IssuedKey:
         async with _admin() as admin:
-            made = await admin.create(name, role, created_by="cli")
-        return f"{made.key}\n(key id {made.key_id}, role {role.value}; shown once, store it now)"
+            return await admin.create(name, role, created_by="cli")
 
-    typer.echo(asyncio.run(go()))
+    issued = asyncio.run(go())
+    key_id = issued.key.key_id
+    typer.echo(f"{issued.key.key}\n(key id {key_id}, role {role.value}; shown once, store it now)")
+    if not issued.applied:
+        typer.echo(
+            f"budget: warning: key {key_id} is stored but not in force yet: it works once"
+            " `budget worker api_keys` (or `budget up`) has applied it;"
+            " `budget api-key list` shows it then",
+            err=True,
+        )
 
 
 @keys_app.command("list")

@@ -13,10 +13,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from nats.js import JetStreamContext
 
 from budget.commands import ChangeClient
 from budget.config import Settings
+from budget.queries import NotApplied
 from budget.tracker import UsageTracker
 from events import (
     ApiKeyCreated,
@@ -33,6 +35,7 @@ from services.credentials import write_secret_file
 
 __all__ = [
     "KEY_PREFIX",
+    "IssuedKey",
     "KeyAdmin",
     "NewKey",
     "created_event",
@@ -75,9 +78,19 @@ def created_event(key: NewKey, name: str, role: ApiRole, by: str | None) -> ApiK
     )
 
 
+@dataclass(frozen=True)
+class IssuedKey:
+    key: NewKey
+    event: ApiKeyCreated
+    applied: bool
+    """False: the key is stored on the log, but the ``api_keys`` worker had not applied it
+    when the wait ended; it works once the worker has."""
+
+
 class KeyAdmin(ChangeClient):
     """Creates and revokes keys; each call returns once the ``api_keys`` projection has
-    applied the change, so a revoked key is refused from the next request on."""
+    applied the change, so a revoked key is refused from the next request on (a created
+    key is returned even when that wait fails: it is the only copy)."""
 
     projection = "api_keys"
 
@@ -85,10 +98,17 @@ class KeyAdmin(ChangeClient):
         super().__init__(settings, tracker, queries=queries)
         self.database = queries
 
-    async def create(self, name: str, role: ApiRole, *, created_by: str | None = None) -> NewKey:
+    async def create(self, name: str, role: ApiRole, *, created_by: str | None = None) -> IssuedKey:
         key = new_key()
-        await self._publish_and_wait(created_event(key, name, role, created_by))
-        return key
+        event = created_event(key, name, role, created_by)
+        stored = await self._publish(event)
+        try:
+            await self._wait(stored)
+        except (NotApplied, psycopg.Error):
+            # Stored, so it will work: losing the only copy of its secret would be worse
+            # than handing over a key that is not in force yet.
+            return IssuedKey(key, event, applied=False)
+        return IssuedKey(key, event, applied=True)
 
     async def revoke(self, key_id: str, *, revoked_by: str | None = None) -> bool:
         """False when there is no live key with this id."""

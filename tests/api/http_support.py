@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["call", "eventually"]
+import httpx
+
+from live import LiveStack
+
+__all__ = ["call", "eventually", "posted_at_once"]
 
 T = TypeVar("T")
 
@@ -33,3 +38,11 @@ def call(user_id: str, **fields: object) -> dict[str, object]:
         "user_id": user_id,
         **fields,
     }
+
+
+async def posted_at_once(stack: LiveStack, path: str, bodies: list[dict[str, object]]) -> list[int]:
+    """Every body POSTed to ``path`` at the same time, as the admin; the statuses, in order."""
+    headers = {"Authorization": f"Bearer {stack.admin_key}"}
+    async with httpx.AsyncClient(base_url=stack.base_url, headers=headers, timeout=60) as http:
+        answers = await asyncio.gather(*(http.post(path, json=body) for body in bodies))
+    return [answer.status_code for answer in answers]

@@ -80,6 +80,7 @@ ROUTES: list[tuple[str, str, str, Any, str]] = [
     ("GET", "/api/v1/dead-letters", "/api/v1/dead-letters", None, READ),
     ("GET", "/api/v1/services", "/api/v1/services", None, READ),
     ("GET", "/api/v1/keys", "/api/v1/keys", None, ADMIN),
+    ("GET", "/api/v1/keys/{key_id}", "/api/v1/keys/nope", None, ADMIN),
     ("POST", "/api/v1/keys", "/api/v1/keys", {"name": "matrix", "role": "viewer"}, ADMIN),
     ("DELETE", "/api/v1/keys/{key_id}", "/api/v1/keys/nope", None, ADMIN),
 ]
@@ -134,7 +135,12 @@ def test_each_route_admits_exactly_its_roles(
 def test_a_revoked_key_is_refused_from_the_next_request(
     stack: LiveStack, admin: httpx.Client
 ) -> None:
-    made = admin.post("/api/v1/keys", json={"name": "short-lived", "role": "viewer"}).json()
+    answer = admin.post("/api/v1/keys", json={"name": "short-lived", "role": "viewer"})
+    assert answer.status_code == 201  # applied: in force from this answer on
+    made = answer.json()
+    assert made["applied"] is True
+    shown = admin.get(answer.headers["location"]).json()
+    assert (shown["key_id"], shown["role"], shown["revoked_at"]) == (made["key_id"], "viewer", None)
     with stack.client(made["key"]) as http:
         assert http.get("/api/v1/policies").status_code == 200
         assert admin.delete(f"/api/v1/keys/{made['key_id']}").status_code == 204

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from http_support import call
+from http_support import call, posted_at_once
 from live import LiveStack
 
 
@@ -170,3 +170,17 @@ def test_rules_are_added_replaced_and_removed(
     assert admin.delete(f"/api/v1/rules/{rule['rule_id']}").status_code == 204
     assert rule["rule_id"] not in {r["rule_id"] for r in viewer.get("/api/v1/rules").json()}
     assert admin.delete(f"/api/v1/rules/{rule['rule_id']}").status_code == 404
+
+
+async def test_of_concurrent_rule_creations_of_one_id_exactly_one_wins(
+    stack: LiveStack, user: str
+) -> None:
+    bodies = [
+        {"rule_id": f"r-{user}", "name": f"try {n}", "threshold_percent": str(50 + n)}
+        for n in range(10)
+    ]
+    statuses = await posted_at_once(stack, "/api/v1/rules", bodies)
+    assert sorted(statuses) == [201] + [409] * 9, statuses
+    with stack.client() as admin:
+        rules = {r["rule_id"]: r for r in admin.get("/api/v1/rules").json()}
+    assert rules[f"r-{user}"]["name"] == f"try {statuses.index(201)}"

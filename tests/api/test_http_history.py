@@ -3,6 +3,7 @@ exports equal to the pages."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -11,10 +12,13 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import psycopg
 
 from budget.periods import Period
+from services.api.routes.history import MAX_EXPORTS
 
 from http_support import call, eventually
+from live import LiveStack
 from support import start_of
 
 BASE = start_of(Period.DAILY, ago=1)  # yesterday: the calls, 5 hours from it, are past
@@ -129,3 +133,36 @@ def test_bad_filters_are_named(viewer: httpx.Client) -> None:
         answer = viewer.get("/api/v1/usage", params=params)
         assert answer.status_code == 422, (field, answer.text)
         assert answer.json()["errors"][0]["field"] == f"query.{field}"
+
+
+def test_exports_past_the_cap_are_refused_until_one_ends(
+    stack: LiveStack, viewer: httpx.Client, user: str
+) -> None:
+    """Exports at once are capped (each holds a database connection): the next one is a
+    429 with Retry-After, and once the running ones have ended an export is served again.
+    The running ones are held by a lock on the history table, which their COPY waits for
+    after their answer has started."""
+    params = {"user_id": user}
+    with psycopg.connect(stack.settings.database_url) as holder:
+        holder.execute("LOCK TABLE usage_history IN ACCESS EXCLUSIVE MODE")
+        with contextlib.ExitStack() as running:
+            held = [
+                running.enter_context(viewer.stream("GET", "/api/v1/usage/export", params=params))
+                for _ in range(MAX_EXPORTS)
+            ]
+            assert [answer.status_code for answer in held] == [200] * MAX_EXPORTS  # slots taken
+            refused = viewer.get("/api/v1/usage/export", params=params)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.headers["retry-after"] == "5"
+            assert refused.json()["detail"] == (
+                f"{MAX_EXPORTS} exports are running; retry when one has finished"
+            )
+            holder.rollback()  # the running exports go on, and end
+            header = held[0].read()
+            assert header.startswith(b"event_id,") and header.count(b"\n") == 1  # no rows
+            assert all(answer.read() == header for answer in held[1:])
+    eventually(
+        lambda: viewer.get("/api/v1/usage/export", params=params).status_code == 200,
+        what="an export served once the others ended",
+    )

@@ -3,8 +3,10 @@ that says which server, and goes on: nothing raises out of a request."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from projections.migrate import migrate
 from services.api.app import create_app
 from services.api.context import ApiServices
 from services.api.keys import new_key
+from services.ops import nats_client, prepare
+from services.worker import run_projection
 
 
 @pytest.fixture
@@ -96,3 +100,56 @@ async def test_a_change_with_nats_away_is_a_503_without_the_url(
         assert answer.status_code == 503, answer.text
         assert "NATS" in answer.json()["detail"]
         assert "S3cretPassw0rd" not in answer.text
+
+
+async def test_a_key_not_in_force_in_time_is_handed_over_all_the_same(
+    nats_url: str, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """The api_keys worker is not running: the new key is stored but not applied. The
+    answer is a 202 with the key (its only copy) and a Location that answers 200 once the
+    worker has applied it; the key works from then on."""
+    settings = Settings(
+        nats_url=nats_url,
+        database_url=pg_schema_url,
+        subject_prefix=f"t{secrets.token_hex(5)}",
+        spool_dir=tmp_path / "spool",
+        data_dir=tmp_path,
+    )
+    await prepare(nats_url, pg_schema_url, settings)
+    admin = new_key()
+    async with await connect(pg_schema_url) as conn:
+        await conn.execute(
+            "INSERT INTO api_keys (key_id, key_hash, name, role, created_at)"
+            " VALUES (%s, %s, 'ops', 'admin', now())",
+            (admin.key_id, admin.key_hash),
+        )
+    async with ApiServices.open(settings) as opened:
+        opened.keys.apply_timeout = 0.5  # the worker is not running: no need to wait long
+        app = create_app(settings, session_secret="test", services=opened)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api"
+        ) as http:
+            as_admin = {"Authorization": f"Bearer {admin.key}"}
+            answer = await http.post(
+                "/api/v1/keys", json={"name": "late", "role": "viewer"}, headers=as_admin
+            )
+            assert answer.status_code == 202, answer.text
+            made = answer.json()
+            assert made["applied"] is False and made["key"].startswith(f"bmk_{made['key_id']}_")
+            location = answer.headers["location"]
+            assert location == f"/api/v1/keys/{made['key_id']}"
+            assert (await http.get(location, headers=as_admin)).status_code == 404
+
+            stop = asyncio.Event()
+            async with nats_client(nats_url, settings) as nc:
+                worker = asyncio.create_task(run_projection("api_keys", nc, settings, stop))
+                try:
+                    async with asyncio.timeout(30):  # bounded, never asserted on
+                        while (await http.get(location, headers=as_admin)).status_code != 200:
+                            assert not worker.done(), worker
+                            await asyncio.sleep(0.05)
+                finally:
+                    stop.set()
+                    await worker
+            as_new = {"Authorization": f"Bearer {made['key']}"}
+            assert (await http.get("/api/v1/policies", headers=as_new)).status_code == 200

@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 
+from http_support import posted_at_once
 from live import LiveStack
 
 
@@ -43,6 +44,28 @@ def test_create_read_replace_delete(admin: httpx.Client, viewer: httpx.Client) -
     assert gone.status_code == 404
     assert gone.headers["content-type"] == "application/problem+json"
     assert admin.delete(f"/api/v1/policies/{policy_id}").status_code == 404
+
+
+async def test_of_concurrent_creations_of_one_id_exactly_one_wins(stack: LiveStack) -> None:
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    bodies = [
+        {"policy_id": policy_id, "name": f"try {n}", "limit_amount": str(n + 1)} for n in range(10)
+    ]
+    statuses = await posted_at_once(stack, "/api/v1/policies", bodies)
+    assert sorted(statuses) == [201] + [409] * 9, statuses
+    with stack.client() as admin:
+        stored = admin.get(f"/api/v1/policies/{policy_id}").json()
+    assert stored["name"] == f"try {statuses.index(201)}"  # the winner's, not replaced after
+
+
+async def test_concurrent_creations_of_different_ids_all_win(stack: LiveStack) -> None:
+    """They share the policy events' subject, so all but one retry; each gets its 201."""
+    ids = [f"p-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    bodies = [{"policy_id": i, "name": i, "limit_amount": "1"} for i in ids]
+    assert await posted_at_once(stack, "/api/v1/policies", bodies) == [201] * 5
+    with stack.client() as admin:
+        listed = {p["policy_id"] for p in admin.get("/api/v1/policies").json()}
+    assert set(ids) <= listed
 
 
 def test_put_takes_the_id_from_the_path(admin: httpx.Client) -> None:

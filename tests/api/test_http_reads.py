@@ -113,6 +113,12 @@ def test_spend_by_scope_and_key(viewer: httpx.Client, recorded: str) -> None:
     assert [(r["scope"], r["scope_key"], r["cost"], r["requests"]) for r in rows] == [
         ("user", recorded, "0.00750000", 1)
     ]
+    # A key without a scope: that key's rows in whichever scope has it, and only those.
+    assert any(r["scope"] == "global" for r in viewer.get("/api/v1/spend").json())
+    any_scope = viewer.get("/api/v1/spend", params={"period": "daily", "key": recorded}).json()
+    assert [(r["scope"], r["scope_key"], r["requests"]) for r in any_scope] == [
+        ("user", recorded, 1)
+    ]
     earlier = viewer.get(
         "/api/v1/spend",
         params={

@@ -786,6 +786,31 @@ def test_api_keys_are_created_listed_and_revoked(deployment: Budget) -> None:
     assert keys_worker.stop() == 0, keys_worker.output()
 
 
+def test_a_key_not_in_force_in_time_is_printed_all_the_same(deployment: Budget) -> None:
+    """No api_keys worker runs: the key is stored, so it is printed (its only copy) with a
+    warning; once a worker applies it, it is live."""
+    made = deployment.run("api-key", "create", "--name", "late", "--role", "viewer")
+    assert made.returncode == 0, made.stderr
+    key, note = made.stdout.strip().splitlines()
+    key_id = re.search(r"key id (\w+), role viewer", note)
+    assert key_id is not None and key.startswith(f"bmk_{key_id[1]}_"), made.stdout
+    assert made.stderr.strip() == (
+        f"budget: warning: key {key_id[1]} is stored but not in force yet: it works once"
+        " `budget worker api_keys` (or `budget up`) has applied it;"
+        " `budget api-key list` shows it then"
+    )
+    keys_worker = deployment.start("worker", "api_keys")
+    eventually(
+        lambda: deployment.ok("api-key", "list"),
+        lambda listed: (
+            re.search(rf"^{key_id[1]}\s+viewer\s+.*\slive\s+late$", listed, re.M) is not None
+        ),
+        30,
+        "the key applied",
+    )
+    assert keys_worker.stop() == 0, keys_worker.output()
+
+
 # -- budget reprice ----------------------------------------------------------------------------
 
 

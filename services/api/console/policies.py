@@ -45,13 +45,13 @@ async def new_policy(request: Request, _: Admin) -> Response:
 @router.post("/policies/new")
 async def create_policy(request: Request, who: Admin) -> Response:
     policy, state = parse_policy(await form_data(request), None)
-    manager = services(request).manager
-    if policy is not None and await manager.get_policy(policy.policy_id) is not None:
+    if policy is not None and not await services(request).manager.create_policy(
+        policy, set_by=who.name
+    ):
         state.fail("policy_id", "a policy with this id exists: pick another, or edit that one")
         policy = None
     if policy is None:
         return _form(request, state, None, status=422)
-    await manager.set_policy(policy, set_by=who.name)
     flash(request, f"Policy “{policy.name}” created.")
     return redirect("/policies")
 

@@ -55,13 +55,11 @@ async def add_rule(request: Request, _: Admin) -> Response:
     ids = [i.strip() for i in (data["policy_ids"] or "").split(",") if i.strip()]
     data["policy_ids"] = ids or None
     rule = validate(AlertRule, {k: v for k, v in data.items() if v is not None}, state, FIELDS)
-    api = services(request)
-    if rule is not None and any(r.rule_id == rule.rule_id for r in await api.database.rules()):
+    if rule is not None and not await services(request).alerts.create_rule(rule):
         state.fail("rule_id", "a rule with this id exists: pick another")
         rule = None
     if rule is None:
         return await _page(request, state, status=422)
-    await api.alerts.add_rule(rule)
     flash(request, f"Rule “{rule.name}” added.")
     return redirect("/alerts/rules")
 

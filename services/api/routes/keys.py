@@ -34,6 +34,10 @@ class CreatedKey(BaseModel):
     role: ApiRole
     created_at: datetime
     key: str = Field(description="shown once: only its hash is kept")
+    applied: bool = Field(
+        description="false (status 202): stored, but not in force yet; it is once"
+        " GET on the Location answers 200"
+    )
 
 
 @router.get("", summary="Every key (revoked ones too), without secrets")
@@ -41,16 +45,38 @@ async def list_keys(api: Api, _: Admin) -> list[ApiKey]:
     return await api.keys.keys()
 
 
-@router.post("", status_code=201, summary="Create a key; the answer is the only copy")
-async def create_key(api: Api, who: Admin, body: KeyRequest) -> CreatedKey:
-    made = await api.keys.create(body.name, body.role, created_by=who.name)
-    [stored] = await api.keys.keys(made.key_id)
+@router.get("/{key_id}", summary="One key, without its secret (404 until it is in force)")
+async def get_key(api: Api, _: Admin, key_id: str) -> ApiKey:
+    found = await api.keys.keys(key_id)
+    if not found:
+        raise Problem(404, f"there is no key {key_id!r}")
+    return found[0]
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        202: {
+            "model": CreatedKey,
+            "description": "Stored, but not in force yet (its worker is behind): keep the"
+            " key; it works once GET on the Location answers 200",
+        }
+    },
+    summary="Create a key; the answer is the only copy",
+)
+async def create_key(api: Api, who: Admin, body: KeyRequest, response: Response) -> CreatedKey:
+    issued = await api.keys.create(body.name, body.role, created_by=who.name)
+    response.headers["Location"] = f"/api/v1/keys/{issued.key.key_id}"
+    if not issued.applied:
+        response.status_code = 202
     return CreatedKey(
-        key_id=made.key_id,
-        name=stored.name,
-        role=stored.role,
-        created_at=stored.created_at,
-        key=made.key,
+        key_id=issued.key.key_id,
+        name=issued.event.name,
+        role=issued.event.role,
+        created_at=issued.event.occurred_at,
+        key=issued.key.key,
+        applied=issued.applied,
     )
 
 

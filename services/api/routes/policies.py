@@ -42,9 +42,8 @@ async def get_policy(api: Api, policy_id: str) -> BudgetPolicy:
 async def create_policy(
     api: Api, who: Admin, policy: BudgetPolicy, response: Response
 ) -> BudgetPolicy:
-    if await api.manager.get_policy(policy.policy_id) is not None:
+    if not await api.manager.create_policy(policy, set_by=who.name):
         raise Problem(409, f"policy {policy.policy_id!r} exists; PUT replaces it")
-    await api.manager.set_policy(policy, set_by=who.name)
     response.headers["Location"] = f"/api/v1/policies/{policy.policy_id}"
     return policy
 

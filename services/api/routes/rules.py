@@ -32,9 +32,9 @@ async def list_rules(api: Api) -> list[AlertRule]:
 
 @router.post("", status_code=201, dependencies=[Depends(require(*ADMIN))], summary="Add a rule")
 async def add_rule(api: Api, rule: AlertRule) -> AlertRule:
-    if any(r.rule_id == rule.rule_id for r in await api.database.rules()):
+    if not await api.alerts.create_rule(rule):
         raise Problem(409, f"rule {rule.rule_id!r} exists; PUT replaces it")
-    return await api.alerts.add_rule(rule)
+    return rule
 
 
 @router.put("/{rule_id}", dependencies=[Depends(require(*ADMIN))], summary="Add or replace a rule")

@@ -28,5 +28,4 @@ async def spend(
     key: Annotated[str | None, Query(max_length=200, description="one scope key")] = None,
     at: Annotated[UtcDatetime | None, Query(description="ISO 8601 with offset")] = None,
 ) -> list[SpendRow]:
-    rows = await api.database.spend(SpendQuery(period=period, scope=scope, at=at))
-    return [r for r in rows if key is None or r.scope_key == key]
+    return await api.database.spend(SpendQuery(period=period, scope=scope, at=at), key=key)
