@@ -386,7 +386,7 @@ class AlertsProjection(Projection):
             return
         await self._store(conn, alerts, cooldowns, raised, last)
         if await self._is_live(conn, version):
-            await self._queue(conn, [(c.alert, c.rule) for c in raised])
+            await self._queue(conn, alerts, [(c.alert, c.rule) for c in raised])
 
     async def _store(
         self,
@@ -444,31 +444,25 @@ class AlertsProjection(Projection):
         rules = {r.rule_id: r for r in (await self._state(conn, version)).rules}
         owed = [Alert.model_validate(row[0]) for row in await cursor.fetchall()]
         # a rule removed since has no channels to send to
-        await self._queue(conn, [(a, rules[a.rule_id]) for a in owed if a.rule_id in rules])
+        await self._queue(conn, alerts, [(a, rules[a.rule_id]) for a in owed if a.rule_id in rules])
 
-    async def _queue(self, conn: Connection, raised: Sequence[tuple[Alert, AlertRule]]) -> None:
-        """One outbox row per alert and channel of its rule, in raised order."""
-        if not raised:
+    async def _queue(
+        self, conn: Connection, alerts: str, raised: Sequence[tuple[Alert, AlertRule]]
+    ) -> None:
+        """One outbox row per alert (stored in ``alerts``) and channel of its rule, in
+        raised order. PostgreSQL copies each payload from the stored alert: a burst of
+        hundreds of alerts crosses the wire once, not once per channel."""
+        pairs = [(alert.alert_id, channel) for alert, rule in raised for channel in rule.channels]
+        if not pairs:
             return
-        rows = [
-            {
-                "alert_id": str(alert.alert_id),
-                "channel": channel,
-                "subject": f"{alert.severity.value}.{alert.alert_type.value}",
-                "payload": json.loads(alert.model_dump_json()),
-            }
-            for alert, rule in raised
-            for channel in rule.channels
-        ]
         await conn.execute(
-            """INSERT INTO alert_outbox (alert_id, channel, subject, payload)
-            SELECT alert_id, channel, subject, payload
-            FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (alert_id uuid, channel text,
-                subject text, payload jsonb)) WITH ORDINALITY AS r(alert_id, channel, subject,
-                payload, n)
-            ORDER BY n
-            ON CONFLICT (alert_id, channel) DO NOTHING""",
-            (json.dumps(rows),),
+            f"""INSERT INTO alert_outbox (alert_id, channel, subject, payload)
+            SELECT a.alert_id, q.channel, a.severity || '.' || a.alert_type, a.alert
+            FROM unnest(%s::uuid[], %s::text[]) WITH ORDINALITY AS q(alert_id, channel, n)
+            JOIN {alerts} a ON a.alert_id = q.alert_id
+            ORDER BY q.n
+            ON CONFLICT (alert_id, channel) DO NOTHING""".encode(),
+            ([a for a, _ in pairs], [c for _, c in pairs]),
         )
         await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
