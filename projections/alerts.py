@@ -9,10 +9,13 @@ event, and events no policy or rule is about cost nothing beyond being counted. 
 correction counts by the ledger rule (``projections/ledger.py``): its difference, at the
 corrected event's time and scopes. The event that took a window's spend from below a
 threshold to it raises the alert, so an alert's id, time and cause do not depend on where
-batches happen to split. Cooldowns are kept in event time. Alerts raised while this
-version is live go to the outbox (one row per channel) and wake the notifier; alerts a
-rebuild re-derives are stored but never sent again, except those of events the version it
-replaces never applied: they are queued when the rebuild goes live.
+batches happen to split. A rule's cooldown holds back an alert less than the cooldown (in
+event time) before or after one the rule already raised about the same policy and key (or
+total): an alert about an earlier window, raised late by a late event or a correction, is
+judged by its own time, not the latest alert's. Alerts raised while this version is live
+go to the outbox (one row per channel) and wake the notifier; alerts a rebuild re-derives
+are stored but never sent again, except those of events the version it replaces never
+applied: they are queued when the rebuild goes live.
 """
 
 from __future__ import annotations
@@ -132,12 +135,11 @@ class AlertsProjection(Projection):
             self.rule_log.events,
             self.rule_log.table,
             "alerts",
-            "alert_cooldowns",
         )
         self._cache: dict[int, _Rules] = {}
 
     def ddl(self, version: int) -> list[str]:
-        alerts, cooldowns = (physical(t, version) for t in self.tables[-2:])
+        alerts = physical(self.tables[-1], version)
         return [
             *self.spend.ddl(version),
             # each batch reads back the usage it recorded (``projections.crossings``)
@@ -152,6 +154,7 @@ class AlertsProjection(Projection):
                 alert_type text NOT NULL,
                 severity text NOT NULL,
                 rule_id text NOT NULL,
+                subject text NOT NULL,
                 policy_id text,
                 alert jsonb NOT NULL,
                 acknowledged_by text,
@@ -160,15 +163,12 @@ class AlertsProjection(Projection):
                 resolved_at timestamptz)""",
             f"CREATE INDEX ON {alerts} (policy_id, raised_at)",
             f"CREATE INDEX ON {alerts} (raised_at)",
-            f"""CREATE TABLE {cooldowns} (
-                rule_id text NOT NULL,
-                subject text NOT NULL,
-                last_raised_at timestamptz NOT NULL,
-                PRIMARY KEY (rule_id, subject))""",
+            # cooldowns: the alerts a rule raised about a subject near a candidate's time
+            f"CREATE INDEX ON {alerts} (rule_id, subject, raised_at)",
         ]
 
     def views(self, version: int) -> dict[str, str]:
-        rules, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        rules, alerts = (physical(t, version) for t in self.tables[-2:])
         return {
             **self.spend.views(version),
             **self.policies.views(version),
@@ -282,7 +282,7 @@ class AlertsProjection(Projection):
 
     async def _apply_other(self, conn: Connection, version: int, applied: Applied) -> None:
         event = applied.event
-        alerts = physical(self.tables[-2], version)
+        alerts = physical(self.tables[-1], version)
         if isinstance(event, PolicySet | PolicyDeleted):
             await self.policies.apply(conn, version, [applied])
         elif isinstance(event, AlertRuleSet):
@@ -347,7 +347,7 @@ class AlertsProjection(Projection):
         each new one for its channels while this version is live."""
         if not candidates:
             return
-        _, alerts, cooldowns = (physical(t, version) for t in self.tables[-3:])
+        alerts = physical(self.tables[-1], version)
         # log order; several thresholds crossed by one event in rising order
         candidates.sort(
             key=lambda c: (
@@ -356,48 +356,35 @@ class AlertsProjection(Projection):
                 str(c.alert.alert_id),
             )
         )
-        pairs = sorted({(c.rule.rule_id, c.subject) for c in candidates})
-        cursor = await conn.execute(
-            f"SELECT rule_id, subject, last_raised_at FROM {cooldowns}"
-            " WHERE (rule_id, subject) IN (SELECT * FROM unnest(%s::text[], %s::text[]))".encode(),
-            ([r for r, _ in pairs], [s for _, s in pairs]),
-        )
-        last = {(r, s): at for r, s, at in await cursor.fetchall()}
         cursor = await conn.execute(
             f"SELECT alert_id FROM {alerts} WHERE alert_id = ANY(%s)".encode(),
             ([c.alert.alert_id for c in candidates],),
         )
         known = {row[0] for row in await cursor.fetchall()}
+        fresh = [c for c in candidates if c.alert.alert_id not in known]
+        near = await _raised_near(conn, alerts, fresh)
         raised = []
-        for candidate in candidates:
-            key = (candidate.rule.rule_id, candidate.subject)
-            at = candidate.alert.raised_at
-            previous = last.get(key)
+        for candidate in fresh:
             if candidate.alert.alert_id in known:
-                continue  # raised before: a redelivery or a replay
-            if previous is not None and at < previous + timedelta(
-                minutes=candidate.rule.cooldown_minutes
-            ):
-                continue  # within the cooldown (in event time)
+                continue  # raised earlier in this batch: a re-send
+            at = candidate.alert.raised_at
+            cooldown = timedelta(minutes=candidate.rule.cooldown_minutes)
+            times = near.setdefault((candidate.rule.rule_id, candidate.subject), [])
+            if any(abs(at - other) < cooldown for other in times):
+                continue  # within the cooldown of an alert raised before or after it
             known.add(candidate.alert.alert_id)
-            last[key] = at if previous is None else max(previous, at)
+            times.append(at)
             raised.append(candidate)
         if not raised:
             return
-        await self._store(conn, alerts, cooldowns, raised, last)
+        await self._store(conn, alerts, raised)
         if await self._is_live(conn, version):
             await self._queue(conn, alerts, [(c.alert, c.rule) for c in raised])
 
-    async def _store(
-        self,
-        conn: Connection,
-        alerts: str,
-        cooldowns: str,
-        raised: list[_Candidate],
-        last: dict[tuple[str, str], datetime],
-    ) -> None:
-        """The new alerts and their rules' cooldowns, one statement each (a burst of
-        crossings, say every user at 80 % at once, is hundreds of alerts)."""
+    @staticmethod
+    async def _store(conn: Connection, alerts: str, raised: list[_Candidate]) -> None:
+        """The new alerts, in one statement (a burst of crossings, say every user at 80 % at
+        once, is hundreds of alerts)."""
         rows = [
             {
                 "alert_id": str(c.alert.alert_id),
@@ -406,6 +393,7 @@ class AlertsProjection(Projection):
                 "alert_type": c.alert.alert_type.value,
                 "severity": c.alert.severity.value,
                 "rule_id": c.alert.rule_id,
+                "subject": c.subject,
                 "policy_id": c.alert.policy_id,
                 "alert": json.loads(c.alert.model_dump_json()),
             }
@@ -413,20 +401,12 @@ class AlertsProjection(Projection):
         ]
         await conn.execute(
             f"""INSERT INTO {alerts} (alert_id, stream_seq, raised_at, alert_type, severity,
-                rule_id, policy_id, alert)
+                rule_id, subject, policy_id, alert)
             SELECT * FROM jsonb_to_recordset(%s::jsonb) AS (alert_id uuid, stream_seq bigint,
                 raised_at timestamptz, alert_type text, severity text, rule_id text,
-                policy_id text, alert jsonb)
+                subject text, policy_id text, alert jsonb)
             ON CONFLICT (alert_id) DO NOTHING""".encode(),
             (json.dumps(rows),),
-        )
-        touched = sorted({(c.rule.rule_id, c.subject) for c in raised})
-        await conn.execute(
-            f"""INSERT INTO {cooldowns} (rule_id, subject, last_raised_at)
-            SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
-            ON CONFLICT (rule_id, subject) DO UPDATE
-            SET last_raised_at = EXCLUDED.last_raised_at""".encode(),
-            ([r for r, _ in touched], [s for _, s in touched], [last[k] for k in touched]),
         )
 
     async def went_live(self, conn: Connection, version: int, *, after_seq: int) -> None:
@@ -434,7 +414,7 @@ class AlertsProjection(Projection):
         applied (they arrived while that one's worker was down or behind, or during the
         swap): raised by a rebuild, so not queued when raised. Earlier alerts were the
         live version's to send."""
-        _, alerts, _ = (physical(t, version) for t in self.tables[-3:])
+        alerts = physical(self.tables[-1], version)
         cursor = await conn.execute(
             f"""SELECT alert FROM {alerts} WHERE stream_seq > %s
             ORDER BY stream_seq, coalesce((alert ->> 'threshold_percent')::numeric, 0),
@@ -480,7 +460,7 @@ class AlertsProjection(Projection):
         log moved (or the transaction that moved it was rolled back)."""
         policies, rules = (
             physical(self.policies.tables[0], version),
-            physical(self.tables[-3], version),
+            physical(self.tables[-2], version),
         )
         cursor = await conn.execute(
             f"SELECT current_schema(), (SELECT max(stream_seq) FROM {policies}),"
@@ -494,6 +474,35 @@ class AlertsProjection(Projection):
             )
             self._cache[version] = state
         return state
+
+
+async def _raised_near(
+    conn: Connection, alerts: str, candidates: list[_Candidate]
+) -> dict[tuple[str, str], list[datetime]]:
+    """When the candidates' rules raised the alerts, about the same subjects, that lie within
+    the rule's cooldown of a candidate (before or after it, in event time), by rule and
+    subject. A rule without a cooldown holds nothing back: it is not asked about."""
+    cooling = [c for c in candidates if c.rule.cooldown_minutes]
+    if not cooling:
+        return {}
+    cursor = await conn.execute(
+        f"""SELECT DISTINCT a.rule_id, a.subject, a.raised_at
+        FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::int[])
+            AS c(rule_id, subject, at, minutes)
+        JOIN {alerts} a ON a.rule_id = c.rule_id AND a.subject = c.subject
+            AND a.raised_at > c.at - make_interval(mins => c.minutes)
+            AND a.raised_at < c.at + make_interval(mins => c.minutes)""".encode(),
+        (
+            [c.rule.rule_id for c in cooling],
+            [c.subject for c in cooling],
+            [c.alert.raised_at for c in cooling],
+            [c.rule.cooldown_minutes for c in cooling],
+        ),
+    )
+    near: dict[tuple[str, str], list[datetime]] = {}
+    for rule_id, subject, raised_at in await cursor.fetchall():
+        near.setdefault((rule_id, subject), []).append(raised_at)
+    return near
 
 
 def _violated(policy: BudgetPolicy | None, call: CallScope) -> tuple[BudgetScope, str]:

@@ -5,6 +5,7 @@ real NATS)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from events import AlertType, Topology
+from events import AlertRule, AlertRuleSet, AlertType, Topology
 from projections.alerts import AlertsProjection
 from projections.engine.projection import Applied
 
@@ -92,9 +93,24 @@ async def test_the_alerts_and_totals_are_exact_at_the_contracts_maxima(
     await alerts_by_any_split(db, generated, cuts)
 
 
+COOLING = AlertRuleSet(
+    occurred_at=AT - timedelta(days=1),
+    rule=AlertRule(
+        rule_id="cooling",
+        name="Half, 6-hour cooldown",
+        threshold_percent=50,
+        cooldown_minutes=6 * 60,
+        channels=("log",),
+    ),
+)
+"""A rule whose cooldown holds back some crossings of the generated logs: late ones of one
+day near another day's, whichever batch raised that one."""
+
+
 async def alerts_by_any_split(db: str, generated: list[Step], cuts: list[bool]) -> None:
-    """The same alerts whole, split by ``cuts`` and event by event; totals by the rule."""
-    events = build_log(generated)
+    """The same alerts whole, split by ``cuts`` and event by event, the cooldown's too;
+    totals by the ledger rule."""
+    events = [COOLING, *build_log(generated)]
     log = applied(events)
     whole = await alerts_raised(db, [log])
     assert await alerts_raised(db, split(log, cuts)) == whole

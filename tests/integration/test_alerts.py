@@ -37,6 +37,7 @@ from events import (
     Topology,
 )
 from events.rpc import PolicySpend
+from projections.alerts import AlertsProjection
 from projections.db import connect
 from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
@@ -49,7 +50,8 @@ from alerting import (
     evaluator,
     outbox,
 )
-from support import publish, query_service, rows, start_of, usage_event, wait_for
+from ledger_logs import correction
+from support import catch_up, publish, query_service, rows, start_of, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
 START = start_of(Period.WEEKLY, ago=2) + timedelta(hours=9)  # a Monday, 13+ days ago
@@ -263,6 +265,52 @@ async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
         crossings[0],
         crossings[2],
     ]
+
+
+async def test_late_crossings_of_earlier_days_are_held_back_only_within_a_cooldown(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """A daily $1 policy, the default 80 % rule (no cooldown) and a 50 % rule cooling down
+    for 2 hours, crossed on days 2 (09:00) and 4 (00:30); then, later in the log, a late
+    call crosses day 1, a correction crosses day 0 and a late call crosses day 3 at 23:30.
+    Alerts of earlier days follow later days' alerts: no cooldown holds one back, a 2-hour
+    one only the 50 % alert of day 3, an hour before day 4's. A rebuild raises the same."""
+    day = START.replace(hour=0)
+    policy = BudgetPolicy(policy_id="daily", name="Daily", limit_amount=1, period="daily")
+    rule = AlertRule(
+        rule_id="half",
+        name="Half",
+        threshold_percent=50,
+        cooldown_minutes=120,
+        policy_ids=("daily",),
+        channels=("ui",),
+    )
+    first = usage_event(cost="0.10", at=day + timedelta(hours=9))
+    await publish(
+        nc,
+        topology,
+        [
+            PolicySet(occurred_at=day, policy=policy),
+            AlertRuleSet(occurred_at=day, rule=rule),
+            first,
+            usage_event(cost="0.85", at=day + timedelta(days=2, hours=9)),
+            usage_event(cost="0.85", at=day + timedelta(days=4, minutes=30)),
+            usage_event(cost="0.85", at=day + timedelta(days=1, hours=9)),
+            correction(first, Decimal("0.85")),
+            usage_event(cost="0.85", at=day + timedelta(days=3, hours=23, minutes=30)),
+        ],
+    )
+
+    await catch_up(AlertsProjection(), nc, db, topology)
+
+    raised = [(a.rule_id, a.period_start) for a in await alert_rows(db)]
+    assert sorted(raised) == [
+        *(("default-soft-limit", day + timedelta(days=d)) for d in (0, 1, 2, 3, 4)),
+        *(("half", day + timedelta(days=d)) for d in (0, 1, 2, 4)),
+    ]
+    live = await rows(db, "SELECT * FROM alerts ORDER BY alert_id")
+    await rebuild(get_projection("alerts"), nc=nc, database_url=db, topology=topology)
+    assert await rows(db, "SELECT * FROM alerts ORDER BY alert_id") == live
 
 
 async def test_repeated_refusals_raise_one_violation_per_cooldown(

@@ -40,12 +40,12 @@ Found = tuple[str, str, str, datetime, uuid.UUID, Decimal]
 
 @st.composite
 def spend_and_limits(draw: st.DrawFn) -> tuple[list[Step], Limits]:
-    """Usage, corrections and re-sends in one UTC day (AT is 09:00), and three limits, each
-    anywhere in the contract's range or exactly a sum of the first generated costs: where
-    every digit, and reaching versus passing, decide whether and where spend crosses."""
-    # One day: each key has one window per policy, so a window of another day cannot hold
-    # back an alert through the rule's cooldown, which is kept in event time.
-    generated = draw(steps_costing(maximal_costs, minutes=14 * 60))
+    """Usage, corrections and re-sends over two UTC days (AT is 09:00), out of order in
+    event time, and three limits, each anywhere in the contract's range or exactly a sum of
+    the first generated costs: where every digit, and reaching versus passing, decide
+    whether and where spend crosses. A crossing of the first day after one of the second
+    is raised too (the default rules have no cooldown)."""
+    generated = draw(steps_costing(maximal_costs))
     costs = [Fraction(cost) for _, _, cost, _ in generated if cost is not None]
     sums = [_exact(sum(costs[:n], Fraction(0))) for n in range(1, len(costs) + 1)]
     limit = (maximal_costs | st.sampled_from(sums)) if sums else maximal_costs
