@@ -16,6 +16,9 @@ from projections.registry import PROJECTIONS
 # test_cli's fixtures: a `budget` command on this test's schema and subject prefix, migrated
 base_env, budget, deployment = test_cli.base_env, test_cli.budget, test_cli.deployment
 WITHIN = 60.0  # for the workers to start and catch up
+NO_PRICES_READ = (
+    "not checked: read from the reports projection, not found current (see projections)"
+)
 
 
 def doctor(cli: Budget, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -43,9 +46,13 @@ def start_stack(cli: Budget) -> dict[str, Service]:
 
 
 def settled(cli: Budget) -> subprocess.CompletedProcess[str]:
-    """Until the doctor finds nothing wrong (the workers have started and caught up)."""
+    """Until the doctor finds nothing wrong (the workers have started and caught up with
+    every event)."""
     return eventually(
-        lambda: doctor(cli), lambda done: done.returncode == 0, WITHIN, "an all-ok doctor"
+        lambda: doctor(cli, "--max-lag", "0"),
+        lambda done: done.returncode == 0,
+        WITHIN,
+        "an all-ok doctor",
     )
 
 
@@ -53,9 +60,16 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
     deployment: Budget, tmp_path: Path
 ) -> None:
     services = start_stack(deployment)
+    idle = settled(deployment)
+    assert lines_of(idle, "ok", "prices") == ["no call recorded in the last 30 days"]
     deployment.record(*GPT_4O_CALL)
 
-    done = settled(deployment)
+    done = eventually(
+        lambda: settled(deployment),
+        lambda done: lines_of(done, "ok", "prices") != lines_of(idle, "ok", "prices"),
+        WITHIN,
+        "the call in the rollups",
+    )
     assert done.stderr == ""
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["ok"] * len(
         done.stdout.splitlines()
@@ -151,11 +165,12 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
         " alert_channels in config.yaml, or give the rule an enabled channel"
     ) in rules
 
-    # A projection behind: its worker stopped, an event after.
+    # A projection behind: its worker stopped, an event after. One event is within the
+    # default allowance (a worker batch), a problem at --max-lag 0.
     assert services["reports"].stop() == 0
     deployment.record(*GPT_4O_CALL)
     behind = eventually(
-        lambda: doctor(deployment),
+        lambda: doctor(deployment, "--max-lag", "0"),
         lambda done: bool(lines_of(done, "problem", "projection reports")),
         WITHIN,
         "the reports projection behind",
@@ -166,6 +181,11 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
         r" \(or `budget up`\) running\? Its log says why it stopped",
         line,
     ), line
+    # The unpriced model is still in the rollups, but they are behind: not read as current.
+    assert lines_of(behind, "note", "prices") == [NO_PRICES_READ]
+    allowed = doctor(deployment)
+    [allowed_line] = lines_of(allowed, "ok", "projection reports")
+    assert re.fullmatch(r"consumer reports-v1, lag [1-9]\d*", allowed_line), allowed_line
 
     # The enforcer and the query service stopped.
     for name in ("enforcer", "query-service"):
@@ -196,6 +216,7 @@ def test_nats_unreachable_is_a_problem_and_what_needs_it_is_not_checked(
         "not checked: needs NATS, its streams and PostgreSQL"
     ]
     assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
+    assert lines_of(done, "note", "prices") == [NO_PRICES_READ]
     assert lines_of(done, "ok", "alert rules") == ["6 rules, each with an enabled channel"]
 
 
@@ -219,6 +240,7 @@ def test_workers_that_never_ran_have_no_consumer(deployment: Budget) -> None:
             f"no consumer {name}-v1: its worker has never run; 0 events behind (checkpoint at"
             f" stream sequence 0) | start `budget worker {name}` (or `budget up`)"
         ]
+    assert lines_of(done, "note", "prices") == [NO_PRICES_READ]
 
 
 @pytest.mark.parametrize(
