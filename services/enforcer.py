@@ -175,6 +175,8 @@ class Enforcer:
                 self.topology,
                 service=SERVICE,
                 callback=self._on_check if handler is None else self._answering(model, handler),
+                # releases and snapshots refused are not checks
+                on_refusal=CHECKS.labels("rate_limited").inc if handler is None else None,
             )
             self._requests.append(requests)
             self._subscriptions.append(
@@ -219,18 +221,19 @@ class Enforcer:
         return answered_now
 
     async def _on_check(self, msg: Msg, caller: str) -> bool:
-        """Queued for the decision loop, which answers; True once queued."""
-        queued = False
+        """Queued for the decision loop, which answers (and counts the check); True once
+        queued. One answered here at once (not a CheckRequest, or the enforcer is not
+        healthy) is counted here."""
 
         async def enqueue(request: CheckRequest, msg: Msg) -> None:
-            nonlocal queued
             self._queue.put(caller, _Pending(request, msg.reply, caller))
-            queued = True
 
-        await replies.answer(
+        answered = await replies.answer(
             self.nc, msg, CheckRequest, enqueue, service=SERVICE, liveness=self.liveness
         )
-        return queued
+        if answered != "handled":
+            CHECKS.labels("invalid" if answered == "invalid" else "error").inc()
+        return answered == "handled"
 
     async def _on_release(self, request: ReleaseRequest, msg: Msg) -> ReleaseResult:
         """Only the caller that reserved may release, or the services' own credential."""

@@ -146,7 +146,8 @@ class LimitedRequests:
     front of another caller's request, which waits for at most one of its requests.
 
     A request counts in flight until ``callback`` returns, or, when it returns True (it
-    handed the request on), until whoever answers calls ``limits.done(caller)``."""
+    handed the request on), until whoever answers calls ``limits.done(caller)``.
+    ``on_refusal()`` is called for each request refused."""
 
     def __init__(
         self,
@@ -156,12 +157,15 @@ class LimitedRequests:
         *,
         service: str,
         callback: Callable[[Msg, str], Awaitable[bool]],
+        on_refusal: Callable[[], None] | None = None,
     ) -> None:
         self.nc = nc
         self.limits = limits
         self.topology = topology
         self.service = service
         self.callback = callback
+        self.on_refusal = on_refusal
+        """Called for each request refused (a metric counts them)."""
         self._queue: FairQueue[Msg] = FairQueue()
         self._worker = asyncio.create_task(self._serve())
 
@@ -197,6 +201,8 @@ class LimitedRequests:
                 self.limits.done(caller)
 
     async def _refuse(self, msg: Msg, refusal: Refusal) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal()
         if msg.reply:
             error = RpcError(
                 error=f"{self.service}: too many requests: {refusal.reason}; retry after"

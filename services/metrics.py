@@ -37,7 +37,9 @@ _SLOW = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 CHECKS = Counter(
     "budget_checks",
-    "Pre-call checks the enforcer answered, by outcome: allowed, block, throttle, error",
+    "Pre-call checks the enforcer answered, by outcome: allowed, block, throttle, error"
+    " (deciding failed, or the enforcer is not healthy), rate_limited (refused for the"
+    " caller's limits, unread), invalid (not a check request)",
     ["outcome"],
 )
 CHECK_SECONDS = Histogram(

@@ -75,7 +75,7 @@ class QueryService:
         self.queries = DatabaseQueries(settings.database_url, connections=connections)
         self._subscriptions: list[Any] = []
         self._requests: list[LimitedRequests] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[object]] = set()
         self._limits = CallerLimits.of_query_service(settings)
 
     async def start(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from nats.aio.client import Client
@@ -20,12 +20,17 @@ from pydantic import BaseModel, ValidationError
 from events.rpc import RpcError
 from services.liveness import Liveness
 
-__all__ = ["UNAVAILABLE", "Handler", "answer", "error_reply", "guarded", "send"]
+__all__ = ["UNAVAILABLE", "Answered", "Handler", "answer", "error_reply", "guarded", "send"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, Msg], Awaitable[BaseModel | None]]
 """``handler(request, msg)``: the answer, or None when the handler answers later itself."""
+
+Answered = Literal["handled", "invalid", "failed"]
+"""How ``answer`` dealt with a request: its handler ran; the payload was not the model
+(answered with what is wrong); or the service was not healthy or the handler raised
+(answered with the error)."""
 
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 """Failures of the database connection, not of the request: every request would fail."""
@@ -59,22 +64,32 @@ async def answer(
     *,
     service: str,
     liveness: Liveness | None = None,
-) -> None:
+) -> Answered:
     """Parse ``msg`` as ``model``, run ``handler`` and send its answer; on any failure
     send an ``RpcError`` instead. A service whose loops are not healthy says so rather than
     taking a request it cannot decide."""
+    answered: Answered
+    reply: BaseModel | None
     try:
         problems = liveness.problems() if liveness is not None else []
         if problems:
-            reply: BaseModel | None = RpcError(
-                error=f"{service}: not healthy: {'; '.join(problems)}"
-            )
+            answered = "failed"
+            reply = RpcError(error=f"{service}: not healthy: {'; '.join(problems)}")
         else:
-            reply = await handler(_parse(model, msg.data), msg)
+            try:
+                request = _parse(model, msg.data)
+            except ValueError as exc:
+                answered, reply = "invalid", error_reply(service, exc)
+            else:
+                answered, reply = "handled", await handler(request, msg)
     except Exception as exc:
-        reply = error_reply(service, exc)
-    if reply is None:
-        return
+        answered, reply = "failed", error_reply(service, exc)
+    if reply is not None:
+        await _send_reply(nc, msg, reply, service)
+    return answered
+
+
+async def _send_reply(nc: Client, msg: Msg, reply: BaseModel, service: str) -> None:
     try:
         await send(nc, msg.reply, reply)
     except Exception as exc:  # e.g. an answer too big for NATS: say so, smaller

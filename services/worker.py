@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,21 +69,30 @@ async def run_projection(
     ``stall_after`` is a stall), and an outage counts as the loop failing until a batch
     commits or nothing is left to apply (one outlasting ``stall_after`` is a stall too)."""
     watch = loop.turn if loop is not None else contextlib.nullcontext
-    batch_seconds, events_applied = BATCH_SECONDS.labels(name), EVENTS_APPLIED.labels(name)
     projections = worker_projections(name)
+    members = [(p.name, name) for p in projections]
+    batch_seconds = [BATCH_SECONDS.labels(*labels) for labels in members]
+    events_applied = {labels[0]: EVENTS_APPLIED.labels(*labels) for labels in members}
     await require_stream(nc.jetstream(), settings.topology.event_stream)
     backoff = 1.0
     applied = 0
 
     @contextlib.contextmanager
     def turn() -> Iterator[None]:
-        with watch(), batch_seconds.time():
-            yield
+        started = time.perf_counter()
+        try:
+            with watch():
+                yield
+        finally:
+            took = time.perf_counter() - started
+            for histogram in batch_seconds:
+                histogram.observe(took)
 
     def count(result: BatchResult) -> None:
         nonlocal applied, backoff
         applied += result.applied
-        events_applied.inc(result.applied)
+        for projection, events in result.applied_by.items():
+            events_applied[projection].inc(events)
         backoff = 1.0
 
     config = EngineConfig(time_bounds=settings.time_bounds)
@@ -94,7 +104,7 @@ async def run_projection(
             topology=settings.topology,
             config=config,
         )
-        lag = asyncio.create_task(refresh_every(LAG_EVERY, _lag_of(name, runner), stop))
+        lag = asyncio.create_task(refresh_every(LAG_EVERY, _lag_of(members, runner), stop))
         try:
             for projection in projections:
                 await rebuild_if_reshaped(
@@ -129,14 +139,18 @@ async def run_projection(
     log.info("worker %s stopped after applying %d events", name, applied)
 
 
-def _lag_of(name: str, runner: ProjectionRunner) -> Callable[[], Awaitable[None]]:
-    """Sets worker ``name``'s lag gauge to what ``runner``'s consumer has not acked, once
-    it is open."""
-    gauge = LAG.labels(name)
+def _lag_of(
+    members: list[tuple[str, str]], runner: ProjectionRunner
+) -> Callable[[], Awaitable[None]]:
+    """Sets the lag gauge of each (projection, worker) of ``members`` to what ``runner``'s
+    consumer, which they share, has not acked, once it is open."""
+    gauges = [LAG.labels(*labels) for labels in members]
 
     async def measure() -> None:
         if runner.reader is not None:
-            gauge.set(await runner.pending())
+            pending = await runner.pending()
+            for gauge in gauges:
+                gauge.set(pending)
 
     return measure
 

@@ -14,7 +14,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 from nats.aio.client import Client
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from budget.config import Settings
 from budget.periods import Period, period_bounds
@@ -153,6 +156,18 @@ async def rows(database_url: str, query: str, params: Sequence[Any] = ()) -> lis
         return list(await (await conn.execute(query.encode(), params)).fetchall())
     finally:
         await conn.close()
+
+
+def scrape(url: str) -> list[Sample]:
+    """Every sample a Prometheus endpoint serves."""
+    answer = httpx.get(url, timeout=5)
+    answer.raise_for_status()
+    return [s for family in text_string_to_metric_families(answer.text) for s in family.samples]
+
+
+def figure(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples that carry ``labels`` (0 when there are none yet)."""
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
 async def wait_for(predicate: Any, within: float = 30.0, interval: float = 0.1) -> None:

@@ -14,25 +14,32 @@ __all__ = [
     "DEAD_LETTERS",
     "EVENTS_APPLIED",
     "LAG",
+    "PROJECTION_LABELS",
     "REASON_KINDS",
     "reason_kind",
 ]
 
+# Labelled by projection (its own name: spend, history, reports...) and worker (what
+# ``budget worker NAME`` runs: a group such as usage, or the projection alone). A group's
+# members share one consumer and one transaction per batch: each is given that batch's
+# time and the consumer's lag.
+PROJECTION_LABELS = ["projection", "worker"]
 EVENTS_APPLIED = Counter(
     "budget_projection_events_applied",
-    "Events a projection worker applied (committed with its checkpoint)",
-    ["projection"],
+    "Events a projection applied (committed with its checkpoint)",
+    PROJECTION_LABELS,
 )
 BATCH_SECONDS = Histogram(
     "budget_projection_batch_seconds",
-    "Seconds a projection worker took to apply, commit and ack one batch",
-    ["projection"],
+    "Seconds a projection's worker took to apply, commit and ack one batch (a group's"
+    " batch is one transaction for all its projections)",
+    PROJECTION_LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 LAG = Gauge(
     "budget_projection_lag_events",
-    "Events in the log that a projection worker has not committed and acked yet",
-    ["projection"],
+    "Events in the log that a projection's worker has not committed and acked yet",
+    PROJECTION_LABELS,
 )
 DEAD_LETTERS = Counter(
     "budget_dead_letters",

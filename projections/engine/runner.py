@@ -63,6 +63,9 @@ class BatchResult:
     skipped: int
     dead_lettered: int
     last: Delivery[Prepared]
+    applied_by: dict[str, int] = field(default_factory=dict)
+    """Events each projection of the runner applied, by name: a group's members may differ
+    (one past the others' checkpoint after its rebuild, or one refusing an event)."""
 
 
 class Reconnected(Exception):
@@ -257,7 +260,9 @@ class ProjectionRunner:
                 moves.append((writer, max(batch[-1].stream_seq, position), _without(mine, refused)))
             await advance(conn, moves)
         applied = len([a for a in fresh if a.stream_seq not in letters])
-        return BatchResult(applied, len(batch) - applied - len(letters), len(letters), batch[-1])
+        skipped = len(batch) - applied - len(letters)
+        by_name = {writer.projection.name: len(done) for writer, _, done in moves}
+        return BatchResult(applied, skipped, len(letters), batch[-1], by_name)
 
     async def _record(
         self,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import nats
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from test_cli import (  # noqa: F401 (fixtures)
     GPT_4O_CALL,
@@ -29,21 +28,13 @@ from test_cli import (  # noqa: F401 (fixtures)
 from budget.natsconn import inbox_prefix
 from events import Topology, UsageRecorded
 from events.queries import QUERY_POLICIES, PoliciesAnswer, PoliciesQuery
+from projections.registry import worker_projections
 from services.stack import SERVICES, STACK_WORKERS
+
+from support import figure, scrape
 
 STARTUP = 90.0  # budget up: servers, migrations, every process
 CATCH_UP = 45.0  # a figure that has to travel: a worker's batch, the enforcer's cleanup
-
-
-def scrape(url: str) -> list[Sample]:
-    answer = httpx.get(url, timeout=5)
-    answer.raise_for_status()
-    return [s for family in text_string_to_metric_families(answer.text) for s in family.samples]
-
-
-def figure(samples: list[Sample], name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples that carry ``labels`` (0 when there are none yet)."""
-    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
 def endpoints(banner: str) -> dict[str, str]:
@@ -142,10 +133,20 @@ def test_every_process_serves_metrics_that_move_with_the_work(
 
     user.record(*GPT_4O_CALL)  # $0.00725 for alice: past the whole limit
     for name in usage_workers:
-        grows(urls[name], "budget_projection_events_applied_total", before[name],
-              f"the call applied by {name}", projection=name)  # fmt: skip
-        grows(urls[name], "budget_projection_batch_seconds_count", before[name],
-              f"{name}'s batch latency", projection=name)  # fmt: skip
+        # each projection under its own name, a group's (usage) with the group as worker
+        for projection in (p.name for p in worker_projections(name)):
+            grows(urls[name], "budget_projection_events_applied_total", before[name],
+                  f"the call applied by {projection}", projection=projection,
+                  worker=name)  # fmt: skip
+            grows(urls[name], "budget_projection_batch_seconds_count", before[name],
+                  f"{projection}'s batch latency", projection=projection,
+                  worker=name)  # fmt: skip
+        labelled = {
+            (s.labels.get("projection"), s.labels.get("worker"))
+            for s in scrape(urls[name])
+            if s.name.startswith("budget_projection_")
+        }
+        assert labelled == {(p.name, name) for p in worker_projections(name)}, labelled
         eventually(
             lambda name=name: figure(scrape(urls[name]), "budget_projection_lag_events"),
             lambda lag: lag == 0,
@@ -175,6 +176,13 @@ def test_every_process_serves_metrics_that_move_with_the_work(
     assert listed.status_code == 200
     grows(urls["api"], "budget_http_request_seconds_count", before["api"], "an API request",
           method="GET", handler="history_page", status="200")  # fmt: skip
+    # A check the api refuses itself (here: no model) never reaches the enforcer: counted
+    # by the api under its route and status.
+    malformed = httpx.post(f"{console[1]}/api/v1/check", json={"estimated_tokens": 10},
+                           headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert malformed.status_code == 422, malformed.text
+    grows(urls["api"], "budget_http_request_seconds_count", before["api"], "a refused check",
+          method="POST", handler="check", status="422")  # fmt: skip
     for name in usage_workers:
         grows(urls[name], "budget_dead_letters_total", before[name], f"{name}'s dead letter",
               reason="invalid")  # fmt: skip

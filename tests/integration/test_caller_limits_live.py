@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from budget.config import Settings
@@ -25,6 +26,8 @@ from events.queries import QUERY_POLICIES, PoliciesQuery
 from events.rpc import RPC_CHECK, CheckRequest, CheckResult, RpcError
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
+from live import free_port
+from support import figure, scrape
 
 pytestmark = pytest.mark.integration
 DIME = Decimal("0.10")
@@ -112,6 +115,51 @@ async def test_a_greedy_host_is_refused_while_a_polite_one_is_answered(
         assert all(r.retry_after is not None and r.retry_after > 0 for r in refused)
         assert all("too many requests" in r.error for r in refused)
         assert len(refused) < len(answers), "the greedy host got nothing answered"
+
+
+async def test_checks_refused_unread_are_counted_by_outcome_on_the_metrics_endpoint(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """A check refused for its caller's limits and one that is no check request are
+    answered without a decision: each still counts, under its own outcome."""
+    server, thread = start_http_server(free_port(), addr="127.0.0.1")
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        async with limited_stack(
+            nc, nats_url, db, topology, tmp_path, caller_rate=0.001, caller_burst=1
+        ) as stack:
+            await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+            await stack.enforcer_applies_policies()
+            before = scrape(url)
+            subject = topology.rpc_subject(RPC_CHECK, caller="metered")
+            dime = CheckRequest(model="gpt-4o", user_id="metered", estimated_cost=DIME)
+            assert (await ask(nc, subject, dime, CheckResult, within=5)).allowed
+            refused = RpcError.model_validate_json(
+                (await nc.request(subject, dime.model_dump_json().encode(), timeout=5)).data
+            )  # its one token is spent
+            malformed = RpcError.model_validate_json(
+                (await nc.request(topology.rpc_subject(RPC_CHECK, caller="other"), b"{}")).data
+            )
+            after = scrape(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert "too many requests" in refused.error
+    assert malformed.error.startswith("bad CheckRequest: model: ")
+    moved = {
+        outcome: figure(after, "budget_checks_total", outcome=outcome)
+        - figure(before, "budget_checks_total", outcome=outcome)
+        for outcome in ("allowed", "block", "throttle", "error", "rate_limited", "invalid")
+    }
+    assert moved == {
+        "allowed": 1,
+        "block": 0,
+        "throttle": 0,
+        "error": 0,
+        "rate_limited": 1,
+        "invalid": 1,
+    }
 
 
 async def test_a_tracker_waits_out_a_short_refusal(

@@ -347,6 +347,16 @@ def test_alerting_rules_watch_lag_dead_letters_and_deliveries(
         assert used <= known, (rule["alert"], used - known)
 
 
+def test_the_alerting_rules_pass_their_promtool_cases() -> None:
+    """promtool (Debian's prometheus package; ./run-tests installs it) evaluates each case
+    of rules_test.yml against rules.yml."""
+    folder = ROOT / "deploy" / "prometheus"
+    done = subprocess.run(
+        ["promtool", "test", "rules", "rules_test.yml"], cwd=folder, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_every_alerting_rule_has_a_promtool_case() -> None:
     """deploy/prometheus/rules_test.yml (``promtool test rules``) fires each rule."""
     folder = ROOT / "deploy" / "prometheus"
