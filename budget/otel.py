@@ -22,6 +22,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import Histogram, MeterProvider
 from opentelemetry.trace import SpanKind, Tracer, TracerProvider
 
+from budget.pricing.genai import canonical_provider
 from budget.recorded import add_observer, remove_observer
 from events import UsageRecorded
 
@@ -33,6 +34,10 @@ _TOKEN_BUCKETS = [4.0**n for n in range(14)]
 # gen_ai.operation.name for each call kind; the conventions name no operation for
 # images or audio, so those keep the kind's own name.
 _OPERATIONS = {"chat": "chat", "embedding": "embeddings"}
+# gen_ai.provider.name's well-known values, for the providers this product's pricing names
+# otherwise; the others (openai, anthropic, groq, ...) are the same in both. Google's is
+# any Google generative AI endpoint: the google-genai client reaches Gemini or Vertex AI.
+_PROVIDER_NAMES = {"google": "gcp.gen_ai", "mistral": "mistral_ai", "x-ai": "x_ai"}
 
 AttributeValue = str | int | bool
 
@@ -107,7 +112,7 @@ def span_attributes(event: UsageRecorded) -> Mapping[str, AttributeValue]:
     inputs, outputs = _token_counts(event)
     attributes: dict[str, AttributeValue] = {
         "gen_ai.operation.name": _OPERATIONS.get(event.kind, event.kind),
-        "gen_ai.provider.name": event.provider,
+        "gen_ai.provider.name": _provider_name(event.provider),
         "gen_ai.request.model": event.model,
         "gen_ai.usage.input_tokens": inputs,
         "gen_ai.usage.output_tokens": outputs,
@@ -123,6 +128,13 @@ def span_attributes(event: UsageRecorded) -> Mapping[str, AttributeValue]:
     if event.estimated_reason is not None:
         attributes["budget.usage.estimated_reason"] = event.estimated_reason
     return attributes
+
+
+def _provider_name(provider: str) -> str:
+    """The conventions' name of a provider a caller may have spelled its own way
+    ("xAI", "Gemini")."""
+    canonical = canonical_provider(provider)
+    return _PROVIDER_NAMES.get(canonical, canonical)
 
 
 def _token_counts(event: UsageRecorded) -> tuple[int, int]:

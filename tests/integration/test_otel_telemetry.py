@@ -150,6 +150,33 @@ async def test_each_recorded_call_is_a_genai_span_with_its_exact_cost_and_token_
     }
 
 
+@pytest.mark.parametrize(
+    ("provider", "model", "convention"),
+    [
+        ("Google", "gemini-2.5-flash", "gcp.gen_ai"),
+        ("mistral", "mistral-large-latest", "mistral_ai"),
+        ("xAI", "grok-3", "x_ai"),
+        ("anthropic", "claude-sonnet-4", "anthropic"),
+    ],
+)
+async def test_the_provider_is_named_by_the_conventions_well_known_value(
+    tracker: UsageTracker, telemetry: Telemetry, provider: str, model: str, convention: str
+) -> None:
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    await tracker.record_usage(model=model, provider=provider, input_tokens=10, output_tokens=2)
+    await tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.name == f"chat {model}"
+    assert (span.attributes or {})["gen_ai.provider.name"] == convention
+    assert {(p.attributes or {})["gen_ai.provider.name"] for p in telemetry.token_points()} == {
+        convention
+    }
+
+
 async def test_on_current_span_puts_the_attributes_on_the_callers_span(
     tracker: UsageTracker, telemetry: Telemetry
 ) -> None:
