@@ -43,6 +43,9 @@ def schema_of(model: type[Event]) -> dict[str, Any]:
     for name, fields in generated_fields(model).items():
         part = schema if name == model.__name__ else schema["$defs"][name]
         part["required"] = [*fields, *part.get("required", [])]
+    # Defaults in the model, not on the wire: the reader dispatches on ``type``, and takes
+    # an event without ``schema_version`` for version 1 (upcast, not read as this one).
+    schema["required"] = ["type", "schema_version", *schema["required"]]
     schema["$id"] = f"urn:budget-manager:event:{model.__name__}:v{model.SCHEMA_VERSION}"
     schema["x-nats-subject"] = f"<prefix>.events.{model.SUBJECT}"
     schema["x-nats-headers"] = {"Nats-Msg-Id": "the event_id (JetStream drops re-sends)"}

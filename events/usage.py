@@ -8,7 +8,8 @@ from datetime import date
 from decimal import Context, Decimal, localcontext
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.config import JsonDict
 
 from events.envelope import Event
 
@@ -52,9 +53,49 @@ def exact_money() -> AbstractContextManager[Context]:
     return localcontext(prec=MONEY_PRECISION)
 
 
+def decimal_string_pattern(limit: int, places: int) -> str:
+    """The decimal strings from 0 to ``limit`` (a power of ten) with at most ``places``
+    digits after the point, as ``str(Decimal)`` writes them: plain digits (``0.0125``), or
+    scientific below 10**-6 (``1.5E-7``), for a zero with an exponent (``0E-8``) and for an
+    exponent above zero (``1E+3``). No sign, space, underscore, lower-case ``e`` or leading
+    zero: the contract's wire form, which every producer can write and every consumer reads
+    exactly (the Python models also read laxer spellings)."""
+    digits = len(str(limit)) - 1
+    plain = rf"(0|[1-9][0-9]{{0,{digits - 1}}})(\.[0-9]{{1,{places}}})?|{limit}(\.0{{1,{places}}})?"
+    small = [  # n: the exponent; the digits after the point are the mantissa's plus n
+        rf"[1-9](\.[0-9]{{1,{places - n}}})?E-{n}" if n < places else rf"[1-9]E-{n}"
+        for n in range(7, places + 1)
+    ]
+    large = [rf"[1-9](\.[0-9]{{1,{n}}})?E\+{n}" for n in range(1, digits)]
+    return "^(" + "|".join([plain, *small, "0E[-+][0-9]+", *large, rf"1(\.0+)?E\+{digits}"]) + ")$"
+
+
+def _exact_decimal(limit: int) -> WithJsonSchema:
+    """What producers are held to in the JSON Schema: a decimal string or a JSON integer,
+    never a JSON fraction (a binary float on the way, so not the amount meant)."""
+    pattern = decimal_string_pattern(limit, MAX_DECIMAL_PLACES)
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": limit},
+                {"type": "string", "pattern": pattern},
+            ]
+        },
+        mode="validation",
+    )
+
+
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
-Seconds = Annotated[Decimal, Field(ge=0, le=MAX_AUDIO_SECONDS, decimal_places=MAX_DECIMAL_PLACES)]
-Usd = Annotated[Decimal, Field(ge=0, le=MAX_COST, decimal_places=MAX_DECIMAL_PLACES)]
+Seconds = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_AUDIO_SECONDS, decimal_places=MAX_DECIMAL_PLACES),
+    _exact_decimal(MAX_AUDIO_SECONDS),
+]
+Usd = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_COST, decimal_places=MAX_DECIMAL_PLACES),
+    _exact_decimal(MAX_COST),
+]
 CallKind = Literal["chat", "embedding", "image", "audio"]
 
 
@@ -83,7 +124,9 @@ class Usage(BaseModel):
     output_reasoning: Count = 0
     embedding_tokens: Count = 0
     audio_seconds: Seconds = Field(
-        default=Decimal(0), description="0 to 10**9 (MAX_AUDIO_SECONDS), at most 40 decimal places"
+        default=Decimal(0),
+        description="0 to 10**9 (MAX_AUDIO_SECONDS), at most 40 decimal places, as a decimal"
+        " string or a JSON integer",
     )
     images: ImageUsage | None = None
 
@@ -114,13 +157,35 @@ class PriceSource(BaseModel):
     )
 
 
+_PRICED_OR_EXPLAINED: JsonDict = {
+    "oneOf": [
+        {
+            "required": ["cost"],
+            "properties": {"cost": {"not": {"type": "null"}}, "unpriced_reason": {"type": "null"}},
+        },
+        {
+            "required": ["unpriced_reason"],
+            "properties": {
+                "cost": {"type": "null"},
+                "unpriced_reason": {"type": "string", "minLength": 1},
+            },
+        },
+    ]
+}
+"""The cost rule as JSON Schema: a cost, or no cost and a reason why, never both (the
+model reads a priced event that also carries a reason; no producer writes one)."""
+
+
 class _Cost(BaseModel):
     """The cost fields both usage events carry, with the rule that binds them."""
 
+    model_config = ConfigDict(json_schema_extra=_PRICED_OR_EXPLAINED)
+
     cost: Usd | None = Field(
         default=None,
-        description="USD, exact: 0 to 10**12 (MAX_COST), at most 40 decimal places; absent or"
-        " null when the model has no price",
+        description="USD, exact: 0 to 10**12 (MAX_COST), at most 40 decimal places, as a"
+        " decimal string or a JSON integer; absent or null when the model has no price (then"
+        " unpriced_reason says why)",
     )
     currency: Literal["USD"] = "USD"
     price: PriceSource | None = None
