@@ -16,7 +16,12 @@ import httpx2
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
-from budget.instrumentation.prompts import estimated_tokens, request_tokens
+from budget.instrumentation.prompts import (
+    estimated_tokens,
+    output_allowance,
+    request_tokens,
+    requested_model,
+)
 from budget.instrumentation.wrapping import Method, patch
 from budget.usage import usage_from_response
 
@@ -27,9 +32,9 @@ PROVIDER = "anthropic"
 
 def _plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages"), kwargs.get("system")),
-        max_output_tokens=kwargs["max_tokens"],  # required by the SDK and the API
+        max_output_tokens=output_allowance(kwargs, "max_tokens"),
         stream=kwargs.get("stream") is True,
     )
 

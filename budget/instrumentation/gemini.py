@@ -15,9 +15,10 @@ from google.genai import errors
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
 from budget.instrumentation.prompts import (
-    UNSTATED_OUTPUT_TOKENS,
     estimated_tokens,
+    output_allowance,
     request_tokens,
+    requested_model,
 )
 from budget.instrumentation.wrapping import Method, patch
 from budget.usage import usage_from_response
@@ -28,14 +29,6 @@ __all__ = ["PROVIDER", "install", "provider_error"]
 PROVIDER = "google"
 
 
-def _max_output(config: Any) -> int:
-    if isinstance(config, Mapping):
-        value = config.get("max_output_tokens")
-    else:
-        value = getattr(config, "max_output_tokens", None)
-    return value if isinstance(value, int) else UNSTATED_OUTPUT_TOKENS
-
-
 def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
     config = kwargs.get("config")
     instruction = (
@@ -44,9 +37,9 @@ def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
         else getattr(config, "system_instruction", None)
     )
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("contents"), instruction),
-        max_output_tokens=_max_output(config),
+        max_output_tokens=output_allowance(config, "max_output_tokens"),
         stream=stream,
     )
 

@@ -17,9 +17,10 @@ import openai
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
 from budget.instrumentation.prompts import (
-    UNSTATED_OUTPUT_TOKENS,
     estimated_tokens,
+    output_allowance,
     request_tokens,
+    requested_model,
 )
 from budget.instrumentation.wrapping import Method, patch
 from budget.usage import normalize_usage, usage_from_response
@@ -32,14 +33,6 @@ PROVIDER = "openai"
 _STREAM_CUT = "the stream ended before its usage arrived"
 
 
-def _max_output(kwargs: Mapping[str, Any], *names: str) -> int:
-    for name in names:
-        value = kwargs.get(name)
-        if isinstance(value, int):
-            return value
-    return UNSTATED_OUTPUT_TOKENS
-
-
 def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     stream = kwargs.get("stream") is True
     strip = False
@@ -50,9 +43,9 @@ def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
             kwargs["stream_options"] = options | {"include_usage": True}
             strip = True
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages")),
-        max_output_tokens=_max_output(kwargs, "max_completion_tokens", "max_tokens"),
+        max_output_tokens=output_allowance(kwargs, "max_completion_tokens", "max_tokens"),
         stream=stream,
         strip_usage_chunk=strip,
     )
@@ -97,9 +90,9 @@ def _received(plan: Plan, chars: int, model: str | None) -> Measured:
 
 def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("input"), kwargs.get("instructions")),
-        max_output_tokens=_max_output(kwargs, "max_output_tokens"),
+        max_output_tokens=output_allowance(kwargs, "max_output_tokens"),
         stream=kwargs.get("stream") is True,
     )
 
@@ -130,11 +123,13 @@ class _ResponsesObserver:
 
 def _embeddings_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     tokens = request_tokens(kwargs.get("input"))
-    return Plan(model=kwargs["model"], kind="embedding", estimate=Usage(embedding_tokens=tokens))
+    return Plan(
+        model=requested_model(kwargs), kind="embedding", estimate=Usage(embedding_tokens=tokens)
+    )
 
 
 def _images_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    model = kwargs.get("model") or "dall-e-2"  # the API's default
+    model = requested_model(kwargs, "dall-e-2")  # the API's default
     size = kwargs.get("size")
     quality = kwargs.get("quality")
     image = ImageUsage(
@@ -163,7 +158,7 @@ def _images_measure(response: Any, plan: Plan) -> Measured:
 
 
 def _transcription_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    return Plan(model=kwargs["model"], kind="audio", estimate=Usage())
+    return Plan(model=requested_model(kwargs), kind="audio", estimate=Usage())
 
 
 def _transcription_measure(response: Any, plan: Plan) -> Measured:

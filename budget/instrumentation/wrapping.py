@@ -63,7 +63,7 @@ def estimated(plan: Plan, why: str) -> Measured:
 def _measure(method: Method, response: Any, plan: Plan) -> Measured:
     try:
         return method.measure(response, plan)
-    except (ValueError, AttributeError, TypeError) as exc:
+    except (ValueError, AttributeError, TypeError, LookupError) as exc:
         return estimated(plan, f"no usable usage in the response ({exc})"[:400])
 
 
@@ -139,7 +139,7 @@ def _finish(call: Call, observer: Observer) -> None:
         return
     try:
         measured = observer.measured()
-    except (ValueError, AttributeError, TypeError) as exc:
+    except (ValueError, AttributeError, TypeError, LookupError) as exc:
         measured = estimated(call.plan, f"no usable usage in the stream ({exc})"[:400])
     call.record(measured)
 

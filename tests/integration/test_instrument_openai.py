@@ -236,3 +236,30 @@ async def test_a_failed_call_releases_its_reservation(
         await client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
         [event] = await recorded.exactly(stack.tracker, 1)
     assert event.reservation_id is not None  # settled by the spend projection
+
+
+async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_is_recorded(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    sync_client, client = clients(api, stack)
+    async with recorded_usage(stack.nc, topology) as recorded:
+        # The Responses API takes no model when a stored prompt names it: the answer does.
+        await client.responses.create(input="A haiku", max_output_tokens=1000)
+        # Image answers name no model: the request's, which has no price.
+        await in_thread(sync_client.images.generate, model="gpt-image-9", prompt="A lighthouse")
+        # The SDK itself refuses a chat request without a model, as it would uninstrumented.
+        with pytest.raises(TypeError, match="Missing required arguments"):
+            await client.chat.completions.create(messages=HELLO)
+        events = await recorded.exactly(stack.tracker, 2)
+    assert len(api.requests) == 2
+    by_model = {e.model: e for e in events}
+    assert by_model["o4-mini-2025-04-16"].cost == per_million(
+        a=("1.10", 152), b=("0.275", 2048), c=("4.40", 620)
+    )
+    unknown = by_model["gpt-image-9"]
+    assert unknown.usage == Usage(
+        input_uncached=50, images=ImageUsage(count=2, size="1024x1024", quality="medium")
+    )
+    assert unknown.cost is None
+    assert unknown.unpriced_reason is not None and "gpt-image-9" in unknown.unpriced_reason
