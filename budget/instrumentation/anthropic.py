@@ -1,5 +1,6 @@
 """The official ``anthropic`` client (``Anthropic``, ``AsyncAnthropic``): messages, streamed
-(``stream=True``) or not.
+(``stream=True``, or the ``messages.stream(...)`` helper, which reads the same events) or
+not.
 
 In a stream, ``message_start`` carries the input (and cache) counts and a first output
 count; each ``message_delta`` carries the counts so far, cumulative: the last one
@@ -22,7 +23,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch
+from budget.instrumentation.wrapping import Method, patch, patch_stream_manager
 from budget.usage import usage_from_response
 
 __all__ = ["PROVIDER", "install", "provider_error"]
@@ -30,12 +31,12 @@ __all__ = ["PROVIDER", "install", "provider_error"]
 PROVIDER = "anthropic"
 
 
-def _plan(kwargs: MutableMapping[str, Any]) -> Plan:
+def _plan(kwargs: MutableMapping[str, Any], *, stream: bool = False) -> Plan:
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages"), kwargs.get("system")),
         max_output_tokens=output_allowance(kwargs, "max_tokens"),
-        stream=kwargs.get("stream") is True,
+        stream=stream or kwargs.get("stream") is True,
     )
 
 
@@ -95,11 +96,15 @@ class _Observer:
 
 
 _MESSAGES = Method(_plan, _measure, _Observer)
+_MESSAGES_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _Observer)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
     asynchronous = isinstance(client, anthropic.AsyncAnthropic)
     patch(client.messages, "create", lifecycle, _MESSAGES, asynchronous=asynchronous)
+    patch_stream_manager(
+        client.messages, "stream", lifecycle, _MESSAGES_STREAM, asynchronous=asynchronous
+    )
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

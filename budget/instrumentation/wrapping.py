@@ -23,10 +23,18 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from budget.instrumentation.lifecycle import Call, Lifecycle, Measured, Plan
+from budget.instrumentation.lifecycle import Attribution, Call, Lifecycle, Measured, Plan
 from events import Usage
 
-__all__ = ["AsyncStream", "Method", "Observer", "SyncStream", "estimated", "patch"]
+__all__ = [
+    "AsyncStream",
+    "Method",
+    "Observer",
+    "SyncStream",
+    "estimated",
+    "patch",
+    "patch_stream_manager",
+]
 
 _MARK = "__budget_instrumented__"
 
@@ -79,14 +87,42 @@ def patch(
     """Replace ``owner.name`` (on this object only) with the instrumented method; a second
     ``patch`` of the same method keeps the first. ``asynchronous``: the method returns an
     awaitable (the SDKs' decorators hide that from ``inspect``)."""
+    make = _async_method if asynchronous else _sync_method
+    _replace(owner, name, lambda original: make(original, lifecycle, method))
+
+
+def patch_stream_manager(
+    owner: object, name: str, lifecycle: Lifecycle, method: Method, *, asynchronous: bool
+) -> None:
+    """Replace ``owner.name``, an SDK stream helper (Anthropic's ``messages.stream``): it
+    returns a manager whose ``with`` block sends the request and gives a helper object
+    that reads the SDK's raw stream from its ``_raw_stream``. The budget is checked on
+    entering the block, before the request; the raw stream is watched as
+    ``create(stream=True)``'s is, so every way of reading the helper is counted."""
+    manager = _AsyncManager if asynchronous else _SyncManager
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def instrumented(*args: Any, **kwargs: Any) -> Any:
+            attribution = lifecycle.attribution_for(kwargs)
+            plan = method.plan(kwargs)
+            # The SDK's manager is made on entry, once the budget admits the call: an async
+            # one holds the request's coroutine, never awaited if the call were refused.
+            return manager(
+                functools.partial(original, *args, **kwargs), lifecycle, method, plan, attribution
+            )
+
+        return instrumented
+
+    _replace(owner, name, make)
+
+
+def _replace(
+    owner: object, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
     original = getattr(owner, name)
     if getattr(original, _MARK, False):
         return
-    wrapper = (
-        _async_method(original, lifecycle, method)
-        if asynchronous
-        else _sync_method(original, lifecycle, method)
-    )
+    wrapper = make(original)
     functools.update_wrapper(wrapper, original)
     setattr(wrapper, _MARK, True)
     setattr(owner, name, wrapper)
@@ -254,3 +290,56 @@ class AsyncStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+class _Manager:
+    """An SDK stream manager, made and entered once the budget admits the call."""
+
+    def __init__(
+        self,
+        make: Callable[[], Any],
+        lifecycle: Lifecycle,
+        method: Method,
+        plan: Plan,
+        attribution: Attribution,
+    ) -> None:
+        self._make = make
+        self._lifecycle = lifecycle
+        self._method = method
+        self._plan = plan
+        self._attribution = attribution
+        self._manager: Any = None
+
+
+class _SyncManager(_Manager):
+    def __enter__(self) -> Any:
+        call = self._lifecycle.begin_sync(self._plan, self._attribution)
+        try:
+            self._manager = self._make()
+            helper = self._manager.__enter__()
+        except BaseException:
+            call.release()
+            raise
+        observer = _observer(self._method, self._plan)
+        helper._raw_stream = SyncStream(helper._raw_stream, observer, call)
+        return helper
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._manager.__exit__(*exc)
+
+
+class _AsyncManager(_Manager):
+    async def __aenter__(self) -> Any:
+        call = await self._lifecycle.begin(self._plan, self._attribution)
+        try:
+            self._manager = self._make()
+            helper = await self._manager.__aenter__()
+        except BaseException:
+            call.release()
+            raise
+        observer = _observer(self._method, self._plan)
+        helper._raw_stream = AsyncStream(helper._raw_stream, observer, call)
+        return helper
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._manager.__aexit__(*exc)

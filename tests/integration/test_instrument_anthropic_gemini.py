@@ -94,6 +94,55 @@ async def test_an_anthropic_stream_abandoned_before_its_final_usage(
     assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_the_anthropic_stream_helper_records_the_final_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def read() -> tuple[str, Any]:
+                with sync_client.messages.stream(**request, budget_project_id="poems") as stream:
+                    return "".join(stream.text_stream), stream.get_final_message()
+
+            text, final = await in_thread(read)
+        else:
+            async with async_client.messages.stream(**request, budget_project_id="poems") as s:
+                text = "".join([piece async for piece in s.text_stream])
+                final = await s.get_final_message()
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert text == "Okay, here is a short poem about the sea:\n\nWaves fold light into the shore."
+    assert final.usage.output_tokens == 89
+    assert api.requests[0] is not None and api.requests[0]["stream"] is True
+    assert event.usage == Usage(input_uncached=472, output_text=89)
+    assert event.cost == per_million(a=("3", 472), b=("15", 89))
+    assert (event.model, event.user_id, event.project_id) == (
+        "claude-sonnet-4-5-20250929",
+        "alice",
+        "poems",
+    )
+    assert event.estimated_reason is None
+
+
+async def test_the_anthropic_stream_helper_left_early_records_what_it_consumed(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    _, client = anthropic_clients(api, stack)
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        async with client.messages.stream(**request) as stream:
+            async for text in stream.text_stream:
+                if text == " short poem":  # "Okay, here is a short poem": 26 characters
+                    break
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert event.usage == Usage(input_uncached=472, output_text=7)
+    assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
+
+
 async def test_anthropic_refusal_in_the_providers_shape(
     stack: EnforcementStack, topology: Topology
 ) -> None:
@@ -101,9 +150,13 @@ async def test_anthropic_refusal_in_the_providers_shape(
     await stack.enforcer_applies_policies()
     api = ProviderApi()
     _, client = anthropic_clients(api, stack, refusal="provider_error")
+    big = {"model": "claude-sonnet-4-5", "max_tokens": 50_000, "messages": HELLO}
     with pytest.raises(anthropic.RateLimitError) as refused:
-        await client.messages.create(model="claude-sonnet-4-5", max_tokens=50_000, messages=HELLO)
+        await client.messages.create(**big)
     assert isinstance(refused.value.__cause__, BudgetExceeded)
+    with pytest.raises(anthropic.RateLimitError):
+        async with client.messages.stream(**big):
+            pass
     assert api.requests == []
 
 
