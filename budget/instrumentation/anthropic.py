@@ -23,7 +23,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch, patch_stream_manager
+from budget.instrumentation.wrapping import Method, patch, patch_copies, patch_stream_manager
 from budget.usage import usage_from_response
 
 __all__ = ["PROVIDER", "install", "provider_error"]
@@ -100,6 +100,7 @@ _MESSAGES_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
+    patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, anthropic.AsyncAnthropic)
     patch(client.messages, "create", lifecycle, _MESSAGES, asynchronous=asynchronous)
     patch_stream_manager(

@@ -22,7 +22,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch
+from budget.instrumentation.wrapping import Method, patch, patch_copies
 from budget.usage import normalize_usage, usage_from_response
 from events import ImageUsage, Usage
 
@@ -182,6 +182,7 @@ _TRANSCRIPTION = Method(_transcription_plan, _transcription_measure)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
+    patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, openai.AsyncOpenAI)
     patch(client.chat.completions, "create", lifecycle, _CHAT, asynchronous=asynchronous)
     patch(client.responses, "create", lifecycle, _RESPONSES, asynchronous=asynchronous)

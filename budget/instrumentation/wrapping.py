@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -18,6 +19,7 @@ from collections.abc import (
     Callable,
     Generator,
     Iterator,
+    Mapping,
     MutableMapping,
 )
 from dataclasses import dataclass
@@ -33,8 +35,11 @@ __all__ = [
     "SyncStream",
     "estimated",
     "patch",
+    "patch_copies",
     "patch_stream_manager",
 ]
+
+log = logging.getLogger(__name__)
 
 _MARK = "__budget_instrumented__"
 
@@ -116,6 +121,22 @@ def patch_stream_manager(
     _replace(owner, name, make)
 
 
+def patch_copies(client: object, install: Callable[[Any], None]) -> None:
+    """The SDK's ``copy`` / ``with_options`` (and what calls them, as Anthropic's
+    ``with_middleware``) make a new client: ``install`` instruments it as this one."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def copied(*args: Any, **kwargs: Any) -> Any:
+            copy = original(*args, **kwargs)
+            install(copy)
+            return copy
+
+        return copied
+
+    for name in ("copy", "with_options"):
+        _replace(client, name, make)
+
+
 def _replace(
     owner: object, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> None:
@@ -133,16 +154,21 @@ def _sync_method(
 ) -> Callable[..., Any]:
     def instrumented(*args: Any, **kwargs: Any) -> Any:
         attribution = lifecycle.attribution_for(kwargs)
-        plan = method.plan(kwargs)
+        raw = _answers_raw(kwargs)
+        # A raw answer's stream is the caller's to read: the request is sent as asked.
+        plan = method.plan(dict(kwargs) if raw else kwargs)
         call = lifecycle.begin_sync(plan, attribution)
         try:
             response = original(*args, **kwargs)
         except BaseException:
             call.release()
             raise
-        if plan.stream:
+        if raw:
+            call.record(_raw_stream(call) if plan.stream else _measure_raw(method, plan, response))
+        elif plan.stream:
             return SyncStream(response, _observer(method, plan), call)
-        call.record(_measure(method, response, plan))
+        else:
+            call.record(_measure(method, response, plan))
         return response
 
     return instrumented
@@ -153,19 +179,77 @@ def _async_method(
 ) -> Callable[..., Awaitable[Any]]:
     async def instrumented(*args: Any, **kwargs: Any) -> Any:
         attribution = lifecycle.attribution_for(kwargs)
-        plan = method.plan(kwargs)
+        raw = _answers_raw(kwargs)
+        # A raw answer's stream is the caller's to read: the request is sent as asked.
+        plan = method.plan(dict(kwargs) if raw else kwargs)
         call = await lifecycle.begin(plan, attribution)
         try:
             response = await original(*args, **kwargs)
         except BaseException:
             call.release()
             raise
-        if plan.stream:
+        if raw:
+            measured = (
+                _raw_stream(call)
+                if plan.stream
+                else await _measure_raw_async(method, plan, response)
+            )
+            call.record(measured)
+        elif plan.stream:
             return AsyncStream(response, _observer(method, plan), call)
-        call.record(_measure(method, response, plan))
+        else:
+            call.record(_measure(method, response, plan))
         return response
 
     return instrumented
+
+
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+"""Set by the openai and anthropic SDKs' ``with_raw_response`` ("raw") and
+``with_streaming_response`` ("stream"): the call answers with the HTTP response, whose
+``parse()`` gives what the call would have returned, and keeps it for the caller's own
+``parse()``: parsing it here costs the caller nothing."""
+
+_RAW_STREAM = (
+    "a stream asked for through with_raw_response or with_streaming_response: its caller"
+    " reads the events, the instrumentation cannot"
+)
+_warned_raw_stream: set[str] = set()
+
+
+def _answers_raw(kwargs: MutableMapping[str, Any]) -> bool:
+    headers = kwargs.get("extra_headers")
+    return isinstance(headers, Mapping) and headers.get(_RAW_RESPONSE_HEADER) is not None
+
+
+def _measure_raw(method: Method, plan: Plan, response: Any) -> Measured:
+    try:
+        body = response.parse()
+    except Exception as exc:  # the caller's own parse() will say what is wrong
+        return _unparsed(plan, exc)
+    return _measure(method, body, plan)
+
+
+async def _measure_raw_async(method: Method, plan: Plan, response: Any) -> Measured:
+    try:
+        body = response.parse()  # a coroutine for the SDKs' async responses
+        if inspect.isawaitable(body):
+            body = await body
+    except Exception as exc:
+        return _unparsed(plan, exc)
+    return _measure(method, body, plan)
+
+
+def _unparsed(plan: Plan, exc: Exception) -> Measured:
+    return estimated(plan, f"the raw response could not be parsed ({exc})"[:400])
+
+
+def _raw_stream(call: Call) -> Measured:
+    """The pre-call estimate (the whole output allowance, so it errs high), said once."""
+    if call.provider not in _warned_raw_stream:
+        _warned_raw_stream.add(call.provider)
+        log.warning("%s: %s; recording the pre-call estimate", call.provider, _RAW_STREAM)
+    return estimated(call.plan, _RAW_STREAM)
 
 
 def _finish(call: Call, observer: Observer) -> None:

@@ -143,6 +143,39 @@ async def test_the_anthropic_stream_helper_left_early_records_what_it_consumed(
     assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_anthropic_clients_and_raw_responses_made_from_an_instrumented_one_are_recorded(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = anthropic_clients(api, stack, project_id="apollo")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def calls() -> list[Any]:
+                sync_client.with_options(max_retries=0).messages.create(**request)
+                raw = sync_client.with_raw_response.messages.create(**request)
+                streaming = sync_client.with_streaming_response.messages.create
+                with streaming(**request) as response:
+                    return [raw.parse(), response.parse()]
+
+            messages = await in_thread(calls)
+        else:
+            await async_client.with_options(max_retries=0).messages.create(**request)
+            raw = await async_client.with_raw_response.messages.create(**request)
+            streaming = async_client.with_streaming_response.messages.create
+            async with streaming(**request) as response:
+                messages = [await raw.parse(), await response.parse()]
+        events = await recorded.exactly(stack.tracker, 3)
+    assert [message.usage.output_tokens for message in messages] == [95, 95]
+    for event in events:
+        assert event.usage == Usage(
+            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
+        )
+        assert (event.project_id, event.estimated_reason) == ("apollo", None)
+
+
 async def test_anthropic_refusal_in_the_providers_shape(
     stack: EnforcementStack, topology: Topology
 ) -> None:

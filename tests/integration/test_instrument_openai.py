@@ -263,3 +263,37 @@ async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_i
     )
     assert unknown.cost is None
     assert unknown.unpriced_reason is not None and "gpt-image-9" in unknown.unpriced_reason
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_recorded(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
+
+    async def call(method: Callable[..., Any], **kwargs: Any) -> Any:
+        return await (in_thread(method, **kwargs) if sync else method(**kwargs))
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await call(client.with_options(timeout=5).chat.completions.create, **chat)
+        raw = await call(client.with_raw_response.chat.completions.create, **chat)
+        assert raw.parse().usage.total_tokens == 1163  # the caller's parse() as before
+        raw_stream = await call(
+            client.with_raw_response.chat.completions.create, **chat, stream=True
+        )
+        events = await recorded.exactly(stack.tracker, 3)
+    assert raw_stream.http_response.status_code == 200
+    streamed_chat = api.requests[2]
+    assert streamed_chat is not None and "stream_options" not in streamed_chat
+    measured = [e for e in events if e.estimated_reason is None]
+    assert len(measured) == 2
+    for event in measured:
+        assert event.usage == Usage(input_uncached=93, input_cache_read=1024, output_text=46)
+        assert (event.model, event.user_id) == ("gpt-4o-2024-08-06", "alice")
+    # A raw stream is read by its caller only: the pre-call estimate, said so.
+    [estimate] = [e for e in events if e.estimated_reason is not None]
+    assert estimate.usage == Usage(input_uncached=4, output_text=100)
+    assert "with_raw_response" in (estimate.estimated_reason or "")
