@@ -1,5 +1,5 @@
 """The official ``google-genai`` client (``genai.Client``; ``client.aio`` for async):
-``generate_content`` and ``generate_content_stream``.
+``generate_content``, ``generate_content_stream`` and ``embed_content``.
 
 Every streamed chunk carries ``usage_metadata`` with the counts so far: the last chunk's
 are the call's.
@@ -20,7 +20,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch
+from budget.instrumentation.wrapping import Method, estimated, patch
 from budget.usage import usage_from_response
 from events import Usage
 
@@ -79,8 +79,32 @@ class _Observer:
         return Measured(usage, self.model, f"{why}, estimated")
 
 
+def _embed_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    tokens = request_tokens(kwargs.get("contents"))
+    return Plan(
+        model=requested_model(kwargs), kind="embedding", estimate=Usage(embedding_tokens=tokens)
+    )
+
+
+def _embed_measure(response: Any, plan: Plan) -> Measured:
+    """The answer's ``usage_metadata``, else (Vertex AI) each embedding's token count,
+    else the estimate: the Gemini API's answer has long carried the vectors alone."""
+    usage = response.usage_metadata
+    if usage is not None and usage.prompt_token_count is not None:
+        return Measured(Usage(embedding_tokens=usage.prompt_token_count), plan.model)
+    counts = [
+        embedding.statistics.token_count
+        for embedding in response.embeddings or ()
+        if embedding.statistics is not None and embedding.statistics.token_count is not None
+    ]
+    if counts:
+        return Measured(Usage(embedding_tokens=round(sum(counts))), plan.model)
+    return estimated(plan, "the embedding answer tells no token count: the contents' text")
+
+
 _GENERATE = Method(lambda kwargs: _plan(kwargs, stream=False), _measure)
 _GENERATE_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _Observer)
+_EMBED = Method(_embed_plan, _embed_measure)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
@@ -93,6 +117,7 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             _GENERATE_STREAM,
             asynchronous=asynchronous,
         )
+        patch(models, "embed_content", lifecycle, _EMBED, asynchronous=asynchronous)
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

@@ -1,5 +1,7 @@
 """The official ``openai`` client (``OpenAI``, ``AsyncOpenAI`` and the Azure ones): chat
-completions, the Responses API, embeddings, image generation and audio transcription.
+completions, the Responses API, embeddings, images (generated or edited) and audio
+transcription. (``images.create_variation`` is not: the SDK marks it retired, its
+endpoint no longer answers.)
 
 Streaming chat completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
@@ -187,7 +189,8 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
     patch(client.chat.completions, "create", lifecycle, _CHAT, asynchronous=asynchronous)
     patch(client.responses, "create", lifecycle, _RESPONSES, asynchronous=asynchronous)
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
-    patch(client.images, "generate", lifecycle, _IMAGES, asynchronous=asynchronous)
+    for images in ("generate", "edit"):
+        patch(client.images, images, lifecycle, _IMAGES, asynchronous=asynchronous)
     patch(
         client.audio.transcriptions, "create", lifecycle, _TRANSCRIPTION, asynchronous=asynchronous
     )

@@ -235,6 +235,45 @@ async def test_gemini_content_and_its_stream_record_exact_usage_once(
         )
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_gemini_embeddings_record_their_token_count_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    client = gemini_client(api, stack, project_id="apollo")
+    # 27 + 22 characters: 13 tokens estimated
+    request = {
+        "model": "gemini-embedding-001",
+        "contents": ["What is the meaning of life?", "How does the sea move?"],
+    }
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            answer = await in_thread(client.models.embed_content, **request)
+            api.embedding_usage = False
+            await in_thread(client.models.embed_content, **request)
+        else:
+            answer = await client.aio.models.embed_content(**request)
+            api.embedding_usage = False
+            await client.aio.models.embed_content(**request)
+        events = await recorded.exactly(stack.tracker, 2)
+    assert answer.embeddings is not None and len(answer.embeddings) == 2
+    counted, estimated = sorted(events, key=lambda e: e.estimated_reason is not None)
+    assert (counted.kind, counted.usage) == ("embedding", Usage(embedding_tokens=11))
+    assert counted.cost == per_million(a=("0.15", 11))
+    assert counted.estimated_reason is None
+    # An answer with the vectors alone: the contents' text, estimated, and said so.
+    assert (estimated.kind, estimated.usage) == ("embedding", Usage(embedding_tokens=13))
+    assert estimated.cost == per_million(a=("0.15", 13))
+    assert estimated.estimated_reason is not None
+    assert "no token count" in estimated.estimated_reason
+    for event in events:
+        assert (event.provider, event.model, event.project_id) == (
+            "google",
+            "gemini-embedding-001",
+            "apollo",
+        )
+
+
 async def test_gemini_refusal_in_the_providers_shape(
     stack: EnforcementStack, topology: Topology
 ) -> None:

@@ -297,3 +297,24 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     [estimate] = [e for e in events if e.estimated_reason is not None]
     assert estimate.usage == Usage(input_uncached=4, output_text=100)
     assert "with_raw_response" in (estimate.estimated_reason or "")
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_an_image_edit_records_its_images_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    png = ("lighthouse.png", io.BytesIO(b"\x89PNG\r\n\x1a\n" + bytes(64)), "image/png")
+    edit = {"model": "gpt-image-1", "image": png, "prompt": "Add a boat", "n": 2}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(sync_client.images.edit, **edit)
+        else:
+            await async_client.images.edit(**edit)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    images = ImageUsage(count=2, size="1024x1024", quality="medium")
+    assert (event.model, event.kind) == ("gpt-image-1", "image")
+    assert event.usage == Usage(input_uncached=50, images=images)
+    assert event.cost == per_million(a=("5", 50)) + 2 * Decimal("0.042")
+    assert event.estimated_reason is None and event.user_id == "alice"
