@@ -15,12 +15,11 @@ from google.genai import errors
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
 from budget.instrumentation.prompts import (
-    estimated_tokens,
     output_allowance,
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, estimated, patch
+from budget.instrumentation.wrapping import Method, UsageObserver, estimated, patch
 from budget.usage import usage_from_response
 from events import Usage
 
@@ -52,12 +51,8 @@ def _measure(response: Any, plan: Plan) -> Measured:
     return Measured(usage_from_response(response.usage_metadata), _model(response, plan))
 
 
-class _Observer:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.usage: Any = None
-        self.model: str | None = None
-        self.chars = 0
+class _Observer(UsageObserver):
+    cut_short = "the stream ended before any usage_metadata"
 
     def see(self, chunk: Any) -> bool:
         self.model = _model(chunk, self.plan)
@@ -68,15 +63,6 @@ class _Observer:
             for part in (content.parts if content is not None else None) or ():
                 self.chars += len(part.text or "")
         return True
-
-    def measured(self) -> Measured:
-        if self.usage is not None:
-            return Measured(usage_from_response(self.usage), self.model)
-        usage = Usage(
-            input_uncached=self.plan.prompt_tokens, output_text=estimated_tokens(self.chars)
-        )
-        why = "the stream ended before any usage_metadata: the prompt and the text received"
-        return Measured(usage, self.model, f"{why}, estimated")
 
 
 def _embed_plan(kwargs: MutableMapping[str, Any]) -> Plan:

@@ -19,20 +19,17 @@ import openai
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
 from budget.instrumentation.prompts import (
-    estimated_tokens,
     output_allowance,
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch, patch_copies
+from budget.instrumentation.wrapping import Method, UsageObserver, patch, patch_copies
 from budget.usage import normalize_usage, usage_from_response
 from events import ImageUsage, Usage
 
 __all__ = ["PROVIDER", "install", "provider_error"]
 
 PROVIDER = "openai"
-
-_STREAM_CUT = "the stream ended before its usage arrived"
 
 
 def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
@@ -57,13 +54,7 @@ def _measured(response: Any) -> Measured:
     return Measured(usage_from_response(response.usage), response.model)
 
 
-class _ChatObserver:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.usage: Any = None
-        self.model: str | None = None
-        self.chars = 0
-
+class _ChatObserver(UsageObserver):
     def see(self, chunk: Any) -> bool:
         self.model = chunk.model
         for choice in chunk.choices:
@@ -76,18 +67,6 @@ class _ChatObserver:
             return True
         self.usage = chunk.usage
         return bool(chunk.choices) or not self.plan.strip_usage_chunk
-
-    def measured(self) -> Measured:
-        if self.usage is not None:
-            return Measured(usage_from_response(self.usage), self.model)
-        return _received(self.plan, self.chars, self.model)
-
-
-def _received(plan: Plan, chars: int, model: str | None) -> Measured:
-    """A stream cut short: its prompt as estimated and the text it brought."""
-    usage = Usage(input_uncached=plan.prompt_tokens, output_text=estimated_tokens(chars))
-    why = f"{_STREAM_CUT}: the prompt and the text received, estimated"
-    return Measured(usage, model, why)
 
 
 def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
@@ -102,13 +81,7 @@ def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-class _ResponsesObserver:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.usage: Any = None
-        self.model: str | None = None
-        self.chars = 0
-
+class _ResponsesObserver(UsageObserver):
     def see(self, event: Any) -> bool:
         if event.type == "response.output_text.delta":
             self.chars += len(event.delta)
@@ -116,11 +89,6 @@ class _ResponsesObserver:
             self.usage = event.response.usage
             self.model = event.response.model
         return True
-
-    def measured(self) -> Measured:
-        if self.usage is not None:
-            return Measured(usage_from_response(self.usage), self.model)
-        return _received(self.plan, self.chars, self.model)
 
 
 def _embeddings_plan(kwargs: MutableMapping[str, Any]) -> Plan:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from budget.instrumentation.lifecycle import Attribution, Call, Lifecycle, Measured, Plan
+from budget.instrumentation.prompts import estimated_tokens
+from budget.usage import usage_from_response
 from events import Usage
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "Method",
     "Observer",
     "SyncStream",
+    "UsageObserver",
     "estimated",
     "patch",
     "patch_copies",
@@ -63,6 +66,30 @@ class Method:
     plan: Callable[[MutableMapping[str, Any]], Plan]
     measure: Callable[[Any, Plan], Measured]
     observe: Callable[[Plan], Observer] | None = None
+
+
+class UsageObserver:
+    """For streams whose usage comes whole in an item (OpenAI's last chunk or
+    ``response.completed``, each Gemini chunk): ``see`` keeps the latest ``usage`` and
+    ``model`` and counts the text ``chars`` passing by, so a stream cut short before its
+    usage is charged the prompt and the text received, estimated."""
+
+    cut_short = "the stream ended before its usage arrived"
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.usage: Any = None
+        self.model: str | None = None
+        self.chars = 0
+
+    def measured(self) -> Measured:
+        if self.usage is not None:
+            return Measured(usage_from_response(self.usage), self.model)
+        usage = Usage(
+            input_uncached=self.plan.prompt_tokens, output_text=estimated_tokens(self.chars)
+        )
+        why = f"{self.cut_short}: the prompt and the text received, estimated"
+        return Measured(usage, self.model, why)
 
 
 def estimated(plan: Plan, why: str) -> Measured:
