@@ -1,5 +1,6 @@
 """The official ``openai`` client (``OpenAI``, ``AsyncOpenAI`` and the Azure ones): chat
-completions, the Responses API, embeddings, images (generated or edited) and audio
+completions and the Responses API (``create``, and the SDK's ``parse`` and ``stream``
+helpers), embeddings, images (generated or edited) and audio
 transcription. (``images.create_variation`` is not: the SDK marks it retired, its
 endpoint no longer answers.)
 
@@ -154,8 +155,11 @@ _TRANSCRIPTION = Method(_transcription_plan, _transcription_measure)
 def install(client: Any, lifecycle: Lifecycle) -> None:
     patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, openai.AsyncOpenAI)
-    patch(client.chat.completions, "create", lifecycle, _CHAT, asynchronous=asynchronous)
-    patch(client.responses, "create", lifecycle, _RESPONSES, asynchronous=asynchronous)
+    # The SDKs' stream() helpers call create (on the same object): they are covered;
+    # their parse() helpers post by themselves.
+    for name in ("create", "parse"):
+        patch(client.chat.completions, name, lifecycle, _CHAT, asynchronous=asynchronous)
+        patch(client.responses, name, lifecycle, _RESPONSES, asynchronous=asynchronous)
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
     for images in ("generate", "edit"):
         patch(client.images, images, lifecycle, _IMAGES, asynchronous=asynchronous)

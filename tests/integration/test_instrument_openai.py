@@ -318,3 +318,45 @@ async def test_an_image_edit_records_its_images_once(
     assert event.usage == Usage(input_uncached=50, images=images)
     assert event.cost == per_million(a=("5", 50)) + 2 * Decimal("0.042")
     assert event.estimated_reason is None and event.user_id == "alice"
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
+    responses = {"model": "o4-mini", "input": "A haiku", "max_output_tokens": 1000}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def calls() -> str:
+                sync_client.chat.completions.parse(**chat)
+                sync_client.responses.parse(**responses)
+                with sync_client.chat.completions.stream(**chat) as stream:
+                    text = "".join(e.delta for e in stream if e.type == "content.delta")
+                with sync_client.responses.stream(**responses) as events:
+                    events.until_done()
+                return text
+
+            text = await in_thread(calls)
+        else:
+            await async_client.chat.completions.parse(**chat)
+            await async_client.responses.parse(**responses)
+            async with async_client.chat.completions.stream(**chat) as stream:
+                text = "".join([e.delta async for e in stream if e.type == "content.delta"])
+            async with async_client.responses.stream(**responses) as events:
+                await events.until_done()
+        recorded_events = await recorded.exactly(stack.tracker, 4)
+    assert text == "Hello! How can I help you today?"
+    by_model: dict[str, list[Any]] = {}
+    for event in recorded_events:
+        by_model.setdefault(event.model, []).append(event.usage)
+    assert by_model == {
+        "gpt-4o-2024-08-06": [Usage(input_uncached=93, input_cache_read=1024, output_text=46)],
+        "gpt-4o-mini-2024-07-18": [Usage(input_uncached=19, output_text=10)],
+        "o4-mini-2025-04-16": 2
+        * [Usage(input_uncached=152, input_cache_read=2048, output_text=172, output_reasoning=448)],
+    }
+    assert all(event.estimated_reason is None for event in recorded_events)
