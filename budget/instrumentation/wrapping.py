@@ -5,6 +5,11 @@ A stream records its call once, at the first of: its end, an error inside it, ``
 (or leaving its ``with`` block), or its collection by the garbage collector, whatever it
 has seen by then: a stream abandoned half-way is still charged for what it consumed. A
 stream that fails before its first item releases the reservation instead.
+
+Also here: the SDK stream helpers that send their request on entering a ``with`` block
+(checked there), the clients the SDK copies from an instrumented one (instrumented
+alike), and the answers the SDK gives raw (``with_raw_response``), measured from their
+parsed body.
 """
 
 from __future__ import annotations
