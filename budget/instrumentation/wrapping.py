@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -186,21 +187,24 @@ def _sync_method(
 ) -> Callable[..., Any]:
     def instrumented(*args: Any, **kwargs: Any) -> Any:
         attribution = lifecycle.attribution_for(kwargs)
-        raw = _answers_raw(kwargs)
-        # A raw answer's stream is the caller's to read: the request is sent as asked.
-        plan = method.plan(dict(kwargs) if raw else kwargs)
+        raw = _raw_mode(kwargs)
+        plan = method.plan(dict(kwargs) if raw == _RAW_BODY else kwargs)
         call = lifecycle.begin_sync(plan, attribution)
         try:
             response = original(*args, **kwargs)
         except BaseException:
             call.release()
             raise
-        if raw:
-            call.record(_raw_stream(call) if plan.stream else _measure_raw(method, plan, response))
-        elif plan.stream:
+        if raw is None and plan.stream:
             return SyncStream(response, _observer(method, plan), call)
-        else:
+        if raw is None:
             call.record(_measure(method, response, plan))
+        elif not plan.stream:
+            call.record(_measure_raw(method, plan, response))
+        elif raw == _RAW_PARSED:
+            _watch_parsed(response, method, call)
+        else:
+            call.record(_unread_stream(call))
         return response
 
     return instrumented
@@ -211,47 +215,52 @@ def _async_method(
 ) -> Callable[..., Awaitable[Any]]:
     async def instrumented(*args: Any, **kwargs: Any) -> Any:
         attribution = lifecycle.attribution_for(kwargs)
-        raw = _answers_raw(kwargs)
-        # A raw answer's stream is the caller's to read: the request is sent as asked.
-        plan = method.plan(dict(kwargs) if raw else kwargs)
+        raw = _raw_mode(kwargs)
+        plan = method.plan(dict(kwargs) if raw == _RAW_BODY else kwargs)
         call = await lifecycle.begin(plan, attribution)
         try:
             response = await original(*args, **kwargs)
         except BaseException:
             call.release()
             raise
-        if raw:
-            measured = (
-                _raw_stream(call)
-                if plan.stream
-                else await _measure_raw_async(method, plan, response)
-            )
-            call.record(measured)
-        elif plan.stream:
+        if raw is None and plan.stream:
             return AsyncStream(response, _observer(method, plan), call)
-        else:
+        if raw is None:
             call.record(_measure(method, response, plan))
+        elif not plan.stream:
+            call.record(await _measure_raw_async(method, plan, response))
+        elif raw == _RAW_PARSED:
+            await _watch_parsed_async(response, method, call)
+        else:
+            call.record(_unread_stream(call))
         return response
 
     return instrumented
 
 
 _RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
-"""Set by the openai and anthropic SDKs' ``with_raw_response`` ("raw") and
-``with_streaming_response`` ("stream"): the call answers with the HTTP response, whose
-``parse()`` gives what the call would have returned, and keeps it for the caller's own
-``parse()``: parsing it here costs the caller nothing."""
+"""Set by the openai and anthropic SDKs' ``with_raw_response`` ("true" in openai's, "raw"
+in anthropic's) and ``with_streaming_response`` ("stream"): the call answers with the
+HTTP response, whose ``parse()`` gives what the call would have returned, and keeps it
+for the caller's own ``parse()``: parsing it here costs the caller nothing."""
+_RAW_PARSED = "raw"
+_RAW_BODY = "stream"
+_RAW_MODES = {"true": _RAW_PARSED, "raw": _RAW_PARSED, "stream": _RAW_BODY}
+"""``with_streaming_response``: the caller may read the HTTP body itself; a stream's
+request is then sent as asked (no ``include_usage`` added: nothing could keep its
+chunk from the caller)."""
 
-_RAW_STREAM = (
-    "a stream asked for through with_raw_response or with_streaming_response: its caller"
-    " reads the events, the instrumentation cannot"
+_UNREAD_STREAM = (
+    "a stream asked for through with_streaming_response: its caller reads the HTTP body,"
+    " the instrumentation cannot"
 )
-_warned_raw_stream: set[str] = set()
+_warned_unread_stream: set[str] = set()
 
 
-def _answers_raw(kwargs: MutableMapping[str, Any]) -> bool:
+def _raw_mode(kwargs: MutableMapping[str, Any]) -> str | None:
     headers = kwargs.get("extra_headers")
-    return isinstance(headers, Mapping) and headers.get(_RAW_RESPONSE_HEADER) is not None
+    mode = headers.get(_RAW_RESPONSE_HEADER) if isinstance(headers, Mapping) else None
+    return _RAW_MODES.get(mode) if isinstance(mode, str) else None
 
 
 def _measure_raw(method: Method, plan: Plan, response: Any) -> Measured:
@@ -264,24 +273,57 @@ def _measure_raw(method: Method, plan: Plan, response: Any) -> Measured:
 
 async def _measure_raw_async(method: Method, plan: Plan, response: Any) -> Measured:
     try:
-        body = response.parse()  # a coroutine for the SDKs' async responses
-        if inspect.isawaitable(body):
-            body = await body
+        body = await _parsed_async(response)
     except Exception as exc:
         return _unparsed(plan, exc)
     return _measure(method, body, plan)
+
+
+async def _parsed_async(response: Any) -> Any:
+    body = response.parse()  # a coroutine for the SDKs' async responses, not the legacy ones
+    return await body if inspect.isawaitable(body) else body
 
 
 def _unparsed(plan: Plan, exc: Exception) -> Measured:
     return estimated(plan, f"the raw response could not be parsed ({exc})"[:400])
 
 
-def _raw_stream(call: Call) -> Measured:
+def _watch_parsed(response: Any, method: Method, call: Call) -> None:
+    try:
+        stream = response.parse()
+    except Exception as exc:
+        call.record(_unparsed(call.plan, exc))
+        return
+    _watch_raw_stream(stream, _watch, method, call)
+
+
+async def _watch_parsed_async(response: Any, method: Method, call: Call) -> None:
+    try:
+        stream = await _parsed_async(response)
+    except Exception as exc:
+        call.record(_unparsed(call.plan, exc))
+        return
+    _watch_raw_stream(stream, _watch_async, method, call)
+
+
+def _watch_raw_stream(stream: Any, watch: Callable[..., Any], method: Method, call: Call) -> None:
+    """A ``with_raw_response`` stream: the SDK stream its ``parse()`` made, and keeps for
+    the caller's own ``parse()``, reads its items through the watch. Never read, it is
+    recorded when collected."""
+    observer = _observer(method, call.plan)
+    try:
+        stream._iterator = watch(stream._iterator, observer, call)
+        weakref.finalize(stream, _finish, call, observer)
+    except (AttributeError, TypeError) as exc:  # an SDK whose streams are made otherwise
+        call.record(estimated(call.plan, f"the raw stream could not be watched ({exc})"))
+
+
+def _unread_stream(call: Call) -> Measured:
     """The pre-call estimate (the whole output allowance, so it errs high), said once."""
-    if call.provider not in _warned_raw_stream:
-        _warned_raw_stream.add(call.provider)
-        log.warning("%s: %s; recording the pre-call estimate", call.provider, _RAW_STREAM)
-    return estimated(call.plan, _RAW_STREAM)
+    if call.provider not in _warned_unread_stream:
+        _warned_unread_stream.add(call.provider)
+        log.warning("%s: %s; recording the pre-call estimate", call.provider, _UNREAD_STREAM)
+    return estimated(call.plan, _UNREAD_STREAM)
 
 
 def _finish(call: Call, observer: Observer) -> None:

@@ -153,22 +153,32 @@ async def test_anthropic_clients_and_raw_responses_made_from_an_instrumented_one
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
 
-            def calls() -> list[Any]:
+            def calls() -> tuple[list[Any], list[str]]:
                 sync_client.with_options(max_retries=0).messages.create(**request)
                 raw = sync_client.with_raw_response.messages.create(**request)
                 streaming = sync_client.with_streaming_response.messages.create
                 with streaming(**request) as response:
-                    return [raw.parse(), response.parse()]
+                    messages = [raw.parse(), response.parse()]
+                raw = sync_client.with_raw_response.messages.create(**request, stream=True)
+                return messages, [event.type for event in raw.parse()]
 
-            messages = await in_thread(calls)
+            messages, kinds = await in_thread(calls)
         else:
             await async_client.with_options(max_retries=0).messages.create(**request)
             raw = await async_client.with_raw_response.messages.create(**request)
             streaming = async_client.with_streaming_response.messages.create
             async with streaming(**request) as response:
                 messages = [await raw.parse(), await response.parse()]
-        events = await recorded.exactly(stack.tracker, 3)
+            raw = await async_client.with_raw_response.messages.create(**request, stream=True)
+            kinds = [event.type async for event in await raw.parse()]
+        events = await recorded.exactly(stack.tracker, 4)
     assert [message.usage.output_tokens for message in messages] == [95, 95]
+    assert kinds[-2:] == ["message_delta", "message_stop"]
+    # The raw stream, read through the caller's parse(): message_delta's final counts.
+    [streamed] = [e for e in events if e.usage.output_text == 89]
+    assert streamed.usage == Usage(input_uncached=472, output_text=89)
+    assert (streamed.project_id, streamed.estimated_reason) == ("apollo", None)
+    events.remove(streamed)
     for event in events:
         assert event.usage == Usage(
             input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95

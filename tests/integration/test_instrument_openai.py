@@ -277,26 +277,45 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     async def call(method: Callable[..., Any], **kwargs: Any) -> Any:
         return await (in_thread(method, **kwargs) if sync else method(**kwargs))
 
+    raw_chat = client.with_raw_response.chat.completions.create
     async with recorded_usage(stack.nc, topology) as recorded:
         await call(client.with_options(timeout=5).chat.completions.create, **chat)
-        raw = await call(client.with_raw_response.chat.completions.create, **chat)
+        raw = await call(raw_chat, **chat)
         assert raw.parse().usage.total_tokens == 1163  # the caller's parse() as before
-        raw_stream = await call(
-            client.with_raw_response.chat.completions.create, **chat, stream=True
-        )
-        events = await recorded.exactly(stack.tracker, 3)
-    assert raw_stream.http_response.status_code == 200
-    streamed_chat = api.requests[2]
-    assert streamed_chat is not None and "stream_options" not in streamed_chat
-    measured = [e for e in events if e.estimated_reason is None]
-    assert len(measured) == 2
-    for event in measured:
-        assert event.usage == Usage(input_uncached=93, input_cache_read=1024, output_text=46)
-        assert (event.model, event.user_id) == ("gpt-4o-2024-08-06", "alice")
-    # A raw stream is read by its caller only: the pre-call estimate, said so.
-    [estimate] = [e for e in events if e.estimated_reason is not None]
+        raw_stream = (await call(raw_chat, **chat, stream=True)).parse()
+        chunks = await in_thread(list, raw_stream) if sync else [c async for c in raw_stream]
+        streaming = client.with_streaming_response.chat.completions.create
+        if sync:
+
+            def read_body() -> list[str]:
+                with streaming(**chat, stream=True) as body:
+                    return list(body.iter_lines())
+
+            lines = await in_thread(read_body)
+        else:
+            async with streaming(**chat, stream=True) as body:
+                lines = [line async for line in body.iter_lines()]
+        events = await recorded.exactly(stack.tracker, 4)
+    # The raw stream's chunks pass the watch, which keeps back the usage chunk it asked for.
+    assert chunks and all(chunk.choices for chunk in chunks)
+    by_model: dict[str, list[Any]] = {}
+    for event in events:
+        assert event.user_id == "alice"
+        by_model.setdefault(event.model, []).append(event)
+    assert [e.usage for e in by_model["gpt-4o-2024-08-06"]] == 2 * [
+        Usage(input_uncached=93, input_cache_read=1024, output_text=46)
+    ]
+    [raw_streamed] = by_model["gpt-4o-mini-2024-07-18"]
+    assert raw_streamed.usage == Usage(input_uncached=19, output_text=10)
+    assert raw_streamed.estimated_reason is None
+    # A with_streaming_response stream's body is read by its caller alone: sent as asked,
+    # recorded as the pre-call estimate, and said so.
+    assert any("[DONE]" in line for line in lines)
+    read_by_caller = api.requests[3]
+    assert read_by_caller is not None and "stream_options" not in read_by_caller
+    [estimate] = by_model["gpt-4o"]
     assert estimate.usage == Usage(input_uncached=4, output_text=100)
-    assert "with_raw_response" in (estimate.estimated_reason or "")
+    assert "with_streaming_response" in (estimate.estimated_reason or "")
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
