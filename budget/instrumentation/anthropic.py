@@ -1,6 +1,6 @@
-"""The official ``anthropic`` client (``Anthropic``, ``AsyncAnthropic``): messages, streamed
-(``stream=True``, or the ``messages.stream(...)`` helper, which reads the same events) or
-not.
+"""The official ``anthropic`` client (``Anthropic``, ``AsyncAnthropic``): messages
+(``create`` and the SDK's ``parse``), streamed (``stream=True``, or the
+``messages.stream(...)`` helper, which reads the same events) or not.
 
 In a stream, ``message_start`` carries the input (and cache) counts and a first output
 count; each ``message_delta`` carries the counts so far, cumulative: the last one
@@ -102,7 +102,9 @@ _MESSAGES_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _
 def install(client: Any, lifecycle: Lifecycle) -> None:
     patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, anthropic.AsyncAnthropic)
-    patch(client.messages, "create", lifecycle, _MESSAGES, asynchronous=asynchronous)
+    # parse (structured outputs) posts by itself, not through create.
+    for name in ("create", "parse"):
+        patch(client.messages, name, lifecycle, _MESSAGES, asynchronous=asynchronous)
     patch_stream_manager(
         client.messages, "stream", lifecycle, _MESSAGES_STREAM, asynchronous=asynchronous
     )

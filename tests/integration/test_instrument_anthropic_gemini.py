@@ -43,7 +43,7 @@ def gemini_client(api: ProviderApi, stack: EnforcementStack, **options: Any) -> 
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
-async def test_anthropic_messages_and_their_stream_record_exact_usage_once(
+async def test_anthropic_messages_parsed_and_streamed_record_exact_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
     api = ProviderApi()
@@ -52,21 +52,24 @@ async def test_anthropic_messages_and_their_stream_record_exact_usage_once(
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
             await in_thread(sync_client.messages.create, **request)
+            await in_thread(sync_client.messages.parse, **request)
             stream = await in_thread(sync_client.messages.create, **request, stream=True)
             kinds = [event.type for event in await in_thread(list, stream)]
         else:
             await async_client.messages.create(**request)
+            await async_client.messages.parse(**request)  # the SDK's structured-output helper
             stream = await async_client.messages.create(**request, stream=True)
             kinds = [event.type async for event in stream]
-        events = await recorded.exactly(stack.tracker, 2)
+        events = await recorded.exactly(stack.tracker, 3)
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
-    message, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
-    assert message.usage == Usage(
-        input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
-    )
-    assert message.cost == per_million(
-        a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
-    )
+    message, parsed, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
+    for answered in (message, parsed):
+        assert answered.usage == Usage(
+            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
+        )
+        assert answered.cost == per_million(
+            a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
+        )
     # message_delta's 89 output tokens are the total, not 89 more than message_start's 2.
     assert streamed.usage == Usage(input_uncached=472, output_text=89)
     assert streamed.cost == per_million(a=("3", 472), b=("15", 89))
