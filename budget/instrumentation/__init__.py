@@ -37,7 +37,8 @@ def instrument(
     tracker: UsageTracker | None = None,
     refusal: Literal["raise", "provider_error"] = "raise",
 ) -> C:
-    """Instrument ``client`` in place and return it.
+    """Instrument ``client`` in place and return it (and the clients its ``with_options``
+    makes).
 
     Before each call the budget is checked with an estimate from the request (its output
     allowance at the output price plus its prompt, at about four characters a token, at

@@ -1,5 +1,6 @@
-"""The official ``anthropic`` client (``Anthropic``, ``AsyncAnthropic``): messages, streamed
-(``stream=True``) or not.
+"""The official ``anthropic`` client (``Anthropic``, ``AsyncAnthropic``): messages
+(``create`` and the SDK's ``parse``), streamed (``stream=True``, or the
+``messages.stream(...)`` helper, which reads the same events) or not.
 
 In a stream, ``message_start`` carries the input (and cache) counts and a first output
 count; each ``message_delta`` carries the counts so far, cumulative: the last one
@@ -16,8 +17,13 @@ import httpx2
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
-from budget.instrumentation.prompts import estimated_tokens, request_tokens
-from budget.instrumentation.wrapping import Method, patch
+from budget.instrumentation.prompts import (
+    estimated_tokens,
+    output_allowance,
+    request_tokens,
+    requested_model,
+)
+from budget.instrumentation.wrapping import Method, patch, patch_copies, patch_stream_manager
 from budget.usage import usage_from_response
 
 __all__ = ["PROVIDER", "install", "provider_error"]
@@ -25,12 +31,12 @@ __all__ = ["PROVIDER", "install", "provider_error"]
 PROVIDER = "anthropic"
 
 
-def _plan(kwargs: MutableMapping[str, Any]) -> Plan:
+def _plan(kwargs: MutableMapping[str, Any], *, stream: bool = False) -> Plan:
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages"), kwargs.get("system")),
-        max_output_tokens=kwargs["max_tokens"],  # required by the SDK and the API
-        stream=kwargs.get("stream") is True,
+        max_output_tokens=output_allowance(kwargs, "max_tokens"),
+        stream=stream or kwargs.get("stream") is True,
     )
 
 
@@ -90,11 +96,18 @@ class _Observer:
 
 
 _MESSAGES = Method(_plan, _measure, _Observer)
+_MESSAGES_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _Observer)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
+    patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, anthropic.AsyncAnthropic)
-    patch(client.messages, "create", lifecycle, _MESSAGES, asynchronous=asynchronous)
+    # parse (structured outputs) posts by itself, not through create.
+    for name in ("create", "parse"):
+        patch(client.messages, name, lifecycle, _MESSAGES, asynchronous=asynchronous)
+    patch_stream_manager(
+        client.messages, "stream", lifecycle, _MESSAGES_STREAM, asynchronous=asynchronous
+    )
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

@@ -1,5 +1,5 @@
 """The official ``google-genai`` client (``genai.Client``; ``client.aio`` for async):
-``generate_content`` and ``generate_content_stream``.
+``generate_content``, ``generate_content_stream`` and ``embed_content``.
 
 Every streamed chunk carries ``usage_metadata`` with the counts so far: the last chunk's
 are the call's.
@@ -15,25 +15,17 @@ from google.genai import errors
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
 from budget.instrumentation.prompts import (
-    UNSTATED_OUTPUT_TOKENS,
-    estimated_tokens,
+    output_allowance,
     request_tokens,
+    requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch
+from budget.instrumentation.wrapping import Method, UsageObserver, estimated, patch
 from budget.usage import usage_from_response
 from events import Usage
 
 __all__ = ["PROVIDER", "install", "provider_error"]
 
 PROVIDER = "google"
-
-
-def _max_output(config: Any) -> int:
-    if isinstance(config, Mapping):
-        value = config.get("max_output_tokens")
-    else:
-        value = getattr(config, "max_output_tokens", None)
-    return value if isinstance(value, int) else UNSTATED_OUTPUT_TOKENS
 
 
 def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
@@ -44,9 +36,9 @@ def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
         else getattr(config, "system_instruction", None)
     )
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("contents"), instruction),
-        max_output_tokens=_max_output(config),
+        max_output_tokens=output_allowance(config, "max_output_tokens"),
         stream=stream,
     )
 
@@ -59,12 +51,8 @@ def _measure(response: Any, plan: Plan) -> Measured:
     return Measured(usage_from_response(response.usage_metadata), _model(response, plan))
 
 
-class _Observer:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.usage: Any = None
-        self.model: str | None = None
-        self.chars = 0
+class _Observer(UsageObserver):
+    cut_short = "the stream ended before any usage_metadata"
 
     def see(self, chunk: Any) -> bool:
         self.model = _model(chunk, self.plan)
@@ -76,18 +64,33 @@ class _Observer:
                 self.chars += len(part.text or "")
         return True
 
-    def measured(self) -> Measured:
-        if self.usage is not None:
-            return Measured(usage_from_response(self.usage), self.model)
-        usage = Usage(
-            input_uncached=self.plan.prompt_tokens, output_text=estimated_tokens(self.chars)
-        )
-        why = "the stream ended before any usage_metadata: the prompt and the text received"
-        return Measured(usage, self.model, f"{why}, estimated")
+
+def _embed_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    tokens = request_tokens(kwargs.get("contents"))
+    return Plan(
+        model=requested_model(kwargs), kind="embedding", estimate=Usage(embedding_tokens=tokens)
+    )
+
+
+def _embed_measure(response: Any, plan: Plan) -> Measured:
+    """The answer's ``usage_metadata``, else (Vertex AI) each embedding's token count,
+    else the estimate: the Gemini API's answer has long carried the vectors alone."""
+    usage = response.usage_metadata
+    if usage is not None and usage.prompt_token_count is not None:
+        return Measured(Usage(embedding_tokens=usage.prompt_token_count), plan.model)
+    counts = [
+        embedding.statistics.token_count
+        for embedding in response.embeddings or ()
+        if embedding.statistics is not None and embedding.statistics.token_count is not None
+    ]
+    if counts:
+        return Measured(Usage(embedding_tokens=round(sum(counts))), plan.model)
+    return estimated(plan, "the embedding answer tells no token count: the contents' text")
 
 
 _GENERATE = Method(lambda kwargs: _plan(kwargs, stream=False), _measure)
 _GENERATE_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _Observer)
+_EMBED = Method(_embed_plan, _embed_measure)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
@@ -100,6 +103,7 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             _GENERATE_STREAM,
             asynchronous=asynchronous,
         )
+        patch(models, "embed_content", lifecycle, _EMBED, asynchronous=asynchronous)
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

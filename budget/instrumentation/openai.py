@@ -1,5 +1,8 @@
 """The official ``openai`` client (``OpenAI``, ``AsyncOpenAI`` and the Azure ones): chat
-completions, the Responses API, embeddings, image generation and audio transcription.
+completions and the Responses API (``create``, and the SDK's ``parse`` and ``stream``
+helpers), embeddings, images (generated or edited) and audio transcription.
+(``images.create_variation`` is not: the SDK marks it retired, its endpoint no longer
+answers.)
 
 Streaming chat completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
@@ -17,27 +20,17 @@ import openai
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
 from budget.instrumentation.prompts import (
-    UNSTATED_OUTPUT_TOKENS,
-    estimated_tokens,
+    output_allowance,
     request_tokens,
+    requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch
+from budget.instrumentation.wrapping import Method, UsageObserver, patch, patch_copies
 from budget.usage import normalize_usage, usage_from_response
 from events import ImageUsage, Usage
 
 __all__ = ["PROVIDER", "install", "provider_error"]
 
 PROVIDER = "openai"
-
-_STREAM_CUT = "the stream ended before its usage arrived"
-
-
-def _max_output(kwargs: Mapping[str, Any], *names: str) -> int:
-    for name in names:
-        value = kwargs.get(name)
-        if isinstance(value, int):
-            return value
-    return UNSTATED_OUTPUT_TOKENS
 
 
 def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
@@ -50,9 +43,9 @@ def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
             kwargs["stream_options"] = options | {"include_usage": True}
             strip = True
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages")),
-        max_output_tokens=_max_output(kwargs, "max_completion_tokens", "max_tokens"),
+        max_output_tokens=output_allowance(kwargs, "max_completion_tokens", "max_tokens"),
         stream=stream,
         strip_usage_chunk=strip,
     )
@@ -62,13 +55,7 @@ def _measured(response: Any) -> Measured:
     return Measured(usage_from_response(response.usage), response.model)
 
 
-class _ChatObserver:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.usage: Any = None
-        self.model: str | None = None
-        self.chars = 0
-
+class _ChatObserver(UsageObserver):
     def see(self, chunk: Any) -> bool:
         self.model = chunk.model
         for choice in chunk.choices:
@@ -82,24 +69,12 @@ class _ChatObserver:
         self.usage = chunk.usage
         return bool(chunk.choices) or not self.plan.strip_usage_chunk
 
-    def measured(self) -> Measured:
-        if self.usage is not None:
-            return Measured(usage_from_response(self.usage), self.model)
-        return _received(self.plan, self.chars, self.model)
-
-
-def _received(plan: Plan, chars: int, model: str | None) -> Measured:
-    """A stream cut short: its prompt as estimated and the text it brought."""
-    usage = Usage(input_uncached=plan.prompt_tokens, output_text=estimated_tokens(chars))
-    why = f"{_STREAM_CUT}: the prompt and the text received, estimated"
-    return Measured(usage, model, why)
-
 
 def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
-        model=kwargs["model"],
+        model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("input"), kwargs.get("instructions")),
-        max_output_tokens=_max_output(kwargs, "max_output_tokens"),
+        max_output_tokens=output_allowance(kwargs, "max_output_tokens"),
         stream=kwargs.get("stream") is True,
     )
 
@@ -107,13 +82,7 @@ def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-class _ResponsesObserver:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.usage: Any = None
-        self.model: str | None = None
-        self.chars = 0
-
+class _ResponsesObserver(UsageObserver):
     def see(self, event: Any) -> bool:
         if event.type == "response.output_text.delta":
             self.chars += len(event.delta)
@@ -122,19 +91,16 @@ class _ResponsesObserver:
             self.model = event.response.model
         return True
 
-    def measured(self) -> Measured:
-        if self.usage is not None:
-            return Measured(usage_from_response(self.usage), self.model)
-        return _received(self.plan, self.chars, self.model)
-
 
 def _embeddings_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     tokens = request_tokens(kwargs.get("input"))
-    return Plan(model=kwargs["model"], kind="embedding", estimate=Usage(embedding_tokens=tokens))
+    return Plan(
+        model=requested_model(kwargs), kind="embedding", estimate=Usage(embedding_tokens=tokens)
+    )
 
 
 def _images_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    model = kwargs.get("model") or "dall-e-2"  # the API's default
+    model = requested_model(kwargs, "dall-e-2")  # the API's default
     size = kwargs.get("size")
     quality = kwargs.get("quality")
     image = ImageUsage(
@@ -163,7 +129,7 @@ def _images_measure(response: Any, plan: Plan) -> Measured:
 
 
 def _transcription_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    return Plan(model=kwargs["model"], kind="audio", estimate=Usage())
+    return Plan(model=requested_model(kwargs), kind="audio", estimate=Usage())
 
 
 def _transcription_measure(response: Any, plan: Plan) -> Measured:
@@ -187,11 +153,16 @@ _TRANSCRIPTION = Method(_transcription_plan, _transcription_measure)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
+    patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, openai.AsyncOpenAI)
-    patch(client.chat.completions, "create", lifecycle, _CHAT, asynchronous=asynchronous)
-    patch(client.responses, "create", lifecycle, _RESPONSES, asynchronous=asynchronous)
+    # The SDKs' stream() helpers call create (on the same object): they are covered;
+    # their parse() helpers post by themselves.
+    for name in ("create", "parse"):
+        patch(client.chat.completions, name, lifecycle, _CHAT, asynchronous=asynchronous)
+        patch(client.responses, name, lifecycle, _RESPONSES, asynchronous=asynchronous)
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
-    patch(client.images, "generate", lifecycle, _IMAGES, asynchronous=asynchronous)
+    for images in ("generate", "edit"):
+        patch(client.images, images, lifecycle, _IMAGES, asynchronous=asynchronous)
     patch(
         client.audio.transcriptions, "create", lifecycle, _TRANSCRIPTION, asynchronous=asynchronous
     )

@@ -10,11 +10,47 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CHARS_PER_TOKEN", "UNSTATED_OUTPUT_TOKENS", "estimated_tokens", "request_tokens"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "UNSTATED_MODEL",
+    "UNSTATED_OUTPUT_TOKENS",
+    "estimated_tokens",
+    "output_allowance",
+    "request_tokens",
+    "requested_model",
+]
 
 CHARS_PER_TOKEN = 4
 UNSTATED_OUTPUT_TOKENS = 1024
 """The output allowance of a request that states none (for the estimate only)."""
+UNSTATED_MODEL = "unknown"
+"""The model of a request that names none (the response's own name replaces it when it
+tells one; else the call is recorded unpriced under this name, never as $0)."""
+_MODEL_NAME_LIMIT = 200  # the event contract's
+
+
+def requested_model(request: Mapping[str, Any], default: str = UNSTATED_MODEL) -> str:
+    """The request's ``model``; ``default`` when it names none. Never raises: a request
+    the SDK will refuse is the SDK's to refuse, not the instrumentation's."""
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        return default
+    return model[:_MODEL_NAME_LIMIT]
+
+
+def output_allowance(request: Any, *names: str) -> int:
+    """The first of ``names`` the request (a mapping or an SDK model) sets to a whole
+    number; ``UNSTATED_OUTPUT_TOKENS`` when it sets none."""
+    for name in names:
+        value = _setting(request, name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return UNSTATED_OUTPUT_TOKENS
+
+
+def _setting(request: Any, name: str) -> Any:
+    return request.get(name) if isinstance(request, Mapping) else getattr(request, name, None)
+
 
 _MEDIA = frozenset(
     {

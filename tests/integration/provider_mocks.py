@@ -53,6 +53,7 @@ _JSON = {
     "/v1/responses": "openai_responses.json",
     "/v1/embeddings": "openai_embeddings.json",
     "/v1/images/generations": "openai_images.json",
+    "/v1/images/edits": "openai_images.json",
     "/v1/audio/transcriptions": "openai_transcription.json",
     "/v1/messages": "anthropic_message.json",
 }
@@ -65,10 +66,13 @@ _SSE = {
 @dataclass
 class ProviderApi:
     """Answers as the providers do; ``requests`` holds each request's JSON body (None
-    for a multipart upload); ``fail_with``: the status every answer has while set."""
+    for a multipart upload); ``fail_with``: the status every answer has while set;
+    ``embedding_usage``: Gemini's embedding answers carry ``usageMetadata`` (else the
+    vectors alone, as the Gemini API has long answered)."""
 
     requests: list[dict[str, Any] | None] = field(default_factory=list)
     fail_with: int | None = None
+    embedding_usage: bool = True
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
@@ -80,6 +84,11 @@ class ProviderApi:
             return httpx2.Response(self.fail_with, json=error)
         if ":streamGenerateContent" in path:
             return _sse(fixture("gemini_generate_stream.sse"))
+        if ":batchEmbedContents" in path:
+            embed = (
+                "gemini_embed.json" if self.embedding_usage else "gemini_embed_vectors_only.json"
+            )
+            return httpx2.Response(200, content=fixture(embed))
         if ":generateContent" in path:
             return httpx2.Response(200, content=fixture("gemini_generate.json"))
         if body is not None and body.get("stream"):

@@ -43,7 +43,7 @@ def gemini_client(api: ProviderApi, stack: EnforcementStack, **options: Any) -> 
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
-async def test_anthropic_messages_and_their_stream_record_exact_usage_once(
+async def test_anthropic_messages_parsed_and_streamed_record_exact_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
     api = ProviderApi()
@@ -52,21 +52,24 @@ async def test_anthropic_messages_and_their_stream_record_exact_usage_once(
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
             await in_thread(sync_client.messages.create, **request)
+            await in_thread(sync_client.messages.parse, **request)
             stream = await in_thread(sync_client.messages.create, **request, stream=True)
             kinds = [event.type for event in await in_thread(list, stream)]
         else:
             await async_client.messages.create(**request)
+            await async_client.messages.parse(**request)  # the SDK's structured-output helper
             stream = await async_client.messages.create(**request, stream=True)
             kinds = [event.type async for event in stream]
-        events = await recorded.exactly(stack.tracker, 2)
+        events = await recorded.exactly(stack.tracker, 3)
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
-    message, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
-    assert message.usage == Usage(
-        input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
-    )
-    assert message.cost == per_million(
-        a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
-    )
+    message, parsed, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
+    for answered in (message, parsed):
+        assert answered.usage == Usage(
+            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
+        )
+        assert answered.cost == per_million(
+            a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
+        )
     # message_delta's 89 output tokens are the total, not 89 more than message_start's 2.
     assert streamed.usage == Usage(input_uncached=472, output_text=89)
     assert streamed.cost == per_million(a=("3", 472), b=("15", 89))
@@ -94,6 +97,98 @@ async def test_an_anthropic_stream_abandoned_before_its_final_usage(
     assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_the_anthropic_stream_helper_records_the_final_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def read() -> tuple[str, Any]:
+                with sync_client.messages.stream(**request, budget_project_id="poems") as stream:
+                    return "".join(stream.text_stream), stream.get_final_message()
+
+            text, final = await in_thread(read)
+        else:
+            async with async_client.messages.stream(**request, budget_project_id="poems") as s:
+                text = "".join([piece async for piece in s.text_stream])
+                final = await s.get_final_message()
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert text == "Okay, here is a short poem about the sea:\n\nWaves fold light into the shore."
+    assert final.usage.output_tokens == 89
+    assert api.requests[0] is not None and api.requests[0]["stream"] is True
+    assert event.usage == Usage(input_uncached=472, output_text=89)
+    assert event.cost == per_million(a=("3", 472), b=("15", 89))
+    assert (event.model, event.user_id, event.project_id) == (
+        "claude-sonnet-4-5-20250929",
+        "alice",
+        "poems",
+    )
+    assert event.estimated_reason is None
+
+
+async def test_the_anthropic_stream_helper_left_early_records_what_it_consumed(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    _, client = anthropic_clients(api, stack)
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        async with client.messages.stream(**request) as stream:
+            async for text in stream.text_stream:
+                if text == " short poem":  # "Okay, here is a short poem": 26 characters
+                    break
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert event.usage == Usage(input_uncached=472, output_text=7)
+    assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_anthropic_clients_and_raw_responses_made_from_an_instrumented_one_are_recorded(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = anthropic_clients(api, stack, project_id="apollo")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def calls() -> tuple[list[Any], list[str]]:
+                sync_client.with_options(max_retries=0).messages.create(**request)
+                raw = sync_client.with_raw_response.messages.create(**request)
+                streaming = sync_client.with_streaming_response.messages.create
+                with streaming(**request) as response:
+                    messages = [raw.parse(), response.parse()]
+                raw = sync_client.with_raw_response.messages.create(**request, stream=True)
+                return messages, [event.type for event in raw.parse()]
+
+            messages, kinds = await in_thread(calls)
+        else:
+            await async_client.with_options(max_retries=0).messages.create(**request)
+            raw = await async_client.with_raw_response.messages.create(**request)
+            streaming = async_client.with_streaming_response.messages.create
+            async with streaming(**request) as response:
+                messages = [await raw.parse(), await response.parse()]
+            raw = await async_client.with_raw_response.messages.create(**request, stream=True)
+            kinds = [event.type async for event in await raw.parse()]
+        events = await recorded.exactly(stack.tracker, 4)
+    assert [message.usage.output_tokens for message in messages] == [95, 95]
+    assert kinds[-2:] == ["message_delta", "message_stop"]
+    # The raw stream, read through the caller's parse(): message_delta's final counts.
+    [streamed] = [e for e in events if e.usage.output_text == 89]
+    assert streamed.usage == Usage(input_uncached=472, output_text=89)
+    assert (streamed.project_id, streamed.estimated_reason) == ("apollo", None)
+    events.remove(streamed)
+    for event in events:
+        assert event.usage == Usage(
+            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
+        )
+        assert (event.project_id, event.estimated_reason) == ("apollo", None)
+
+
 async def test_anthropic_refusal_in_the_providers_shape(
     stack: EnforcementStack, topology: Topology
 ) -> None:
@@ -101,9 +196,13 @@ async def test_anthropic_refusal_in_the_providers_shape(
     await stack.enforcer_applies_policies()
     api = ProviderApi()
     _, client = anthropic_clients(api, stack, refusal="provider_error")
+    big = {"model": "claude-sonnet-4-5", "max_tokens": 50_000, "messages": HELLO}
     with pytest.raises(anthropic.RateLimitError) as refused:
-        await client.messages.create(model="claude-sonnet-4-5", max_tokens=50_000, messages=HELLO)
+        await client.messages.create(**big)
     assert isinstance(refused.value.__cause__, BudgetExceeded)
+    with pytest.raises(anthropic.RateLimitError):
+        async with client.messages.stream(**big):
+            pass
     assert api.requests == []
 
 
@@ -145,6 +244,45 @@ async def test_gemini_content_and_its_stream_record_exact_usage_once(
         assert (event.provider, event.model, event.project_id) == (
             "google",
             "gemini-2.5-flash",
+            "apollo",
+        )
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_gemini_embeddings_record_their_token_count_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    client = gemini_client(api, stack, project_id="apollo")
+    # 27 + 22 characters: 13 tokens estimated
+    request = {
+        "model": "gemini-embedding-001",
+        "contents": ["What is the meaning of life?", "How does the sea move?"],
+    }
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            answer = await in_thread(client.models.embed_content, **request)
+            api.embedding_usage = False
+            await in_thread(client.models.embed_content, **request)
+        else:
+            answer = await client.aio.models.embed_content(**request)
+            api.embedding_usage = False
+            await client.aio.models.embed_content(**request)
+        events = await recorded.exactly(stack.tracker, 2)
+    assert answer.embeddings is not None and len(answer.embeddings) == 2
+    counted, estimated = sorted(events, key=lambda e: e.estimated_reason is not None)
+    assert (counted.kind, counted.usage) == ("embedding", Usage(embedding_tokens=11))
+    assert counted.cost == per_million(a=("0.15", 11))
+    assert counted.estimated_reason is None
+    # An answer with the vectors alone: the contents' text, estimated, and said so.
+    assert (estimated.kind, estimated.usage) == ("embedding", Usage(embedding_tokens=13))
+    assert estimated.cost == per_million(a=("0.15", 13))
+    assert estimated.estimated_reason is not None
+    assert "no token count" in estimated.estimated_reason
+    for event in events:
+        assert (event.provider, event.model, event.project_id) == (
+            "google",
+            "gemini-embedding-001",
             "apollo",
         )
 

@@ -236,3 +236,146 @@ async def test_a_failed_call_releases_its_reservation(
         await client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
         [event] = await recorded.exactly(stack.tracker, 1)
     assert event.reservation_id is not None  # settled by the spend projection
+
+
+async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_is_recorded(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    sync_client, client = clients(api, stack)
+    async with recorded_usage(stack.nc, topology) as recorded:
+        # The Responses API takes no model when a stored prompt names it: the answer does.
+        await client.responses.create(input="A haiku", max_output_tokens=1000)
+        # Image answers name no model: the request's, which has no price.
+        await in_thread(sync_client.images.generate, model="gpt-image-9", prompt="A lighthouse")
+        # The SDK itself refuses a chat request without a model, as it would uninstrumented.
+        with pytest.raises(TypeError, match="Missing required arguments"):
+            await client.chat.completions.create(messages=HELLO)
+        events = await recorded.exactly(stack.tracker, 2)
+    assert len(api.requests) == 2
+    by_model = {e.model: e for e in events}
+    assert by_model["o4-mini-2025-04-16"].cost == per_million(
+        a=("1.10", 152), b=("0.275", 2048), c=("4.40", 620)
+    )
+    unknown = by_model["gpt-image-9"]
+    assert unknown.usage == Usage(
+        input_uncached=50, images=ImageUsage(count=2, size="1024x1024", quality="medium")
+    )
+    assert unknown.cost is None
+    assert unknown.unpriced_reason is not None and "gpt-image-9" in unknown.unpriced_reason
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_recorded(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
+
+    async def call(method: Callable[..., Any], **kwargs: Any) -> Any:
+        return await (in_thread(method, **kwargs) if sync else method(**kwargs))
+
+    raw_chat = client.with_raw_response.chat.completions.create
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await call(client.with_options(timeout=5).chat.completions.create, **chat)
+        raw = await call(raw_chat, **chat)
+        assert raw.parse().usage.total_tokens == 1163  # the caller's parse() as before
+        raw_stream = (await call(raw_chat, **chat, stream=True)).parse()
+        chunks = await in_thread(list, raw_stream) if sync else [c async for c in raw_stream]
+        streaming = client.with_streaming_response.chat.completions.create
+        if sync:
+
+            def read_body() -> list[str]:
+                with streaming(**chat, stream=True) as body:
+                    return list(body.iter_lines())
+
+            lines = await in_thread(read_body)
+        else:
+            async with streaming(**chat, stream=True) as body:
+                lines = [line async for line in body.iter_lines()]
+        events = await recorded.exactly(stack.tracker, 4)
+    # The raw stream's chunks pass the watch, which keeps back the usage chunk it asked for.
+    assert chunks and all(chunk.choices for chunk in chunks)
+    by_model: dict[str, list[Any]] = {}
+    for event in events:
+        assert event.user_id == "alice"
+        by_model.setdefault(event.model, []).append(event)
+    assert [e.usage for e in by_model["gpt-4o-2024-08-06"]] == 2 * [
+        Usage(input_uncached=93, input_cache_read=1024, output_text=46)
+    ]
+    [raw_streamed] = by_model["gpt-4o-mini-2024-07-18"]
+    assert raw_streamed.usage == Usage(input_uncached=19, output_text=10)
+    assert raw_streamed.estimated_reason is None
+    # A with_streaming_response stream's body is read by its caller alone: sent as asked,
+    # recorded as the pre-call estimate, and said so.
+    assert any("[DONE]" in line for line in lines)
+    read_by_caller = api.requests[3]
+    assert read_by_caller is not None and "stream_options" not in read_by_caller
+    [estimate] = by_model["gpt-4o"]
+    assert estimate.usage == Usage(input_uncached=4, output_text=100)
+    assert "with_streaming_response" in (estimate.estimated_reason or "")
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_an_image_edit_records_its_images_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    png = ("lighthouse.png", io.BytesIO(b"\x89PNG\r\n\x1a\n" + bytes(64)), "image/png")
+    edit = {"model": "gpt-image-1", "image": png, "prompt": "Add a boat", "n": 2}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(sync_client.images.edit, **edit)
+        else:
+            await async_client.images.edit(**edit)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    images = ImageUsage(count=2, size="1024x1024", quality="medium")
+    assert (event.model, event.kind) == ("gpt-image-1", "image")
+    assert event.usage == Usage(input_uncached=50, images=images)
+    assert event.cost == per_million(a=("5", 50)) + 2 * Decimal("0.042")
+    assert event.estimated_reason is None and event.user_id == "alice"
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
+    responses = {"model": "o4-mini", "input": "A haiku", "max_output_tokens": 1000}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def calls() -> str:
+                sync_client.chat.completions.parse(**chat)
+                sync_client.responses.parse(**responses)
+                with sync_client.chat.completions.stream(**chat) as stream:
+                    text = "".join(e.delta for e in stream if e.type == "content.delta")
+                with sync_client.responses.stream(**responses) as events:
+                    events.until_done()
+                return text
+
+            text = await in_thread(calls)
+        else:
+            await async_client.chat.completions.parse(**chat)
+            await async_client.responses.parse(**responses)
+            async with async_client.chat.completions.stream(**chat) as stream:
+                text = "".join([e.delta async for e in stream if e.type == "content.delta"])
+            async with async_client.responses.stream(**responses) as events:
+                await events.until_done()
+        recorded_events = await recorded.exactly(stack.tracker, 4)
+    assert text == "Hello! How can I help you today?"
+    by_model: dict[str, list[Any]] = {}
+    for event in recorded_events:
+        by_model.setdefault(event.model, []).append(event.usage)
+    assert by_model == {
+        "gpt-4o-2024-08-06": [Usage(input_uncached=93, input_cache_read=1024, output_text=46)],
+        "gpt-4o-mini-2024-07-18": [Usage(input_uncached=19, output_text=10)],
+        "o4-mini-2025-04-16": 2
+        * [Usage(input_uncached=152, input_cache_read=2048, output_text=172, output_reasoning=448)],
+    }
+    assert all(event.estimated_reason is None for event in recorded_events)
