@@ -96,12 +96,9 @@ class PullReader(Generic[T]):
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def take(
-        self, max_count: int, linger: float, wait: float, *, not_before: float = 0.0
-    ) -> list[Delivery[T]]:
+    async def take(self, max_count: int, linger: float, wait: float) -> list[Delivery[T]]:
         """Up to ``max_count`` deliveries: waits up to ``wait`` for the first one, then up
-        to ``linger`` more, and until ``not_before`` (``time.monotonic()``), for the batch
-        to grow. Returns [] when nothing arrived."""
+        to ``linger`` more for the batch to grow. Returns [] when nothing arrived."""
         deadline = time.monotonic() + wait
         while not self._buffer:
             if self._gone:
@@ -115,7 +112,6 @@ class PullReader(Generic[T]):
                 await asyncio.wait_for(self._arrived.wait(), min(remaining, 1.0))
             except TimeoutError:
                 continue
-        linger = max(linger, not_before - time.monotonic())
         if len(self._buffer) < max_count and linger > 0:
             await asyncio.sleep(linger)
         count = min(max_count, len(self._buffer))
