@@ -31,7 +31,14 @@ from budget.redaction import holds_secret, redact
 from events import BudgetPolicy, TimeBounds, Topology
 from events.subjects import caller_token
 
-__all__ = ["AlertChannels", "ConfigError", "Settings", "load_settings", "shown_url"]
+__all__ = [
+    "AlertChannels",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "setting_source",
+    "shown_url",
+]
 
 DEFAULT_CONFIG_FILE = "config.yaml"
 
@@ -353,7 +360,7 @@ def load_settings(
 ) -> Settings:
     """``config_file`` defaults to ``$BUDGET_CONFIG``, else ``./config.yaml`` when present."""
     environ = os.environ if environ is None else environ
-    path = Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
+    path = _config_path(config_file, environ)
     values: dict[str, Any] = {}
     if path.exists():
         document = _read_document(path)
@@ -369,22 +376,38 @@ def load_settings(
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        source = next((v for v, f in ENV_VARS.items() if f == field and v in environ), None)
         if not err["loc"]:  # a rule across keys; the message names them
             where = f"budget in {path}" if path.exists() else "BUDGET_* environment variables"
-        elif source:
-            where = f"environment variable {source}"
         elif err["loc"][0] == "policies":
             index, *rest = err["loc"][1:]
             where = f"budget_policies[{index}]{''.join(f'.{p}' for p in rest)} in {path}"
         elif err["loc"][0] == "alert_channels":
             where = f"{field} in {path}"
         else:
-            where = f"budget.{field} in {path}"
+            where = setting_source(field, config_file, environ)
         given = err.get("input")  # a whole mapping is not shown: it may hold a password
         hidden = isinstance(given, Mapping) or holds_secret(Settings, err["loc"])
         got = "" if hidden else f" (got {given!r})"
-        raise ConfigError(redact(f"{where}: {err['msg']}{got}")) from None
+        message = err["msg"].removeprefix("Value error, ")  # a validator's own words
+        raise ConfigError(redact(f"{where}: {message}{got}")) from None
+
+
+def setting_source(
+    field: str,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Where setting ``field`` was read from, as a config error names it: its environment
+    variable when set, else the config file (``load_settings``' arguments)."""
+    environ = os.environ if environ is None else environ
+    variable = next((v for v, f in ENV_VARS.items() if f == field and v in environ), None)
+    if variable is not None:
+        return f"environment variable {variable}"
+    return f"budget.{field} in {_config_path(config_file, environ)}"
+
+
+def _config_path(config_file: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    return Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
 
 
 def _read_document(path: Path) -> dict[str, Any]:

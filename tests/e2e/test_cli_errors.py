@@ -5,6 +5,7 @@ Then on real servers: ``spend`` before ``migrate`` says to migrate; ``Équipe`` 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from services.cli import app
+from services.cli import app, main
 
 from support import ROOT
 
@@ -223,6 +224,55 @@ def test_a_config_path_that_is_a_directory_is_one_line_naming_it(tmp_path: Path)
 def test_a_database_url_of_another_kind_is_refused_without_its_password(tmp_path: Path) -> None:
     done = _budget("spend", database_url="mysql://u:hunter2@h/db", tmp_path=tmp_path)
     assert "mysql://u:***@h/db" in _one_line_failure(done, "hunter2")
+
+
+UNKNOWN_OPTION = "postgresql://budget:hunter2@/budget?bogus=1"
+
+
+def _refuses_the_unknown_option(stderr: str) -> None:
+    (line,) = stderr.splitlines()
+    assert line.startswith("budget: environment variable BUDGET_DATABASE_URL: ")
+    assert "the option 'bogus'" in line and "remove it or correct its name" in line
+    for leak in ("hunter2", "Traceback", "Value error"):
+        assert leak not in stderr
+
+
+def test_migrate_with_an_unknown_database_url_option_is_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    done = _budget("migrate", database_url=UNKNOWN_OPTION, tmp_path=tmp_path)
+    assert done.returncode == 2, done
+    _refuses_the_unknown_option(done.stderr)
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("command", commands())
+def test_every_command_refuses_an_unknown_database_url_option(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In this process, through the entry point; ``budget doctor`` reports it as the
+    configuration's problem, exit status 1, as it reports every problem."""
+    for variable in [v for v in os.environ if v.startswith("BUDGET_")]:
+        monkeypatch.delenv(variable)
+    (tmp_path / "config.yaml").write_text("budget: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUDGET_DATABASE_URL", UNKNOWN_OPTION)
+    monkeypatch.setattr(sys, "argv", ["budget", *command.split()])
+    monkeypatch.setattr(logging, "lastResort", logging.lastResort)  # the CLI silences it
+    with pytest.raises(SystemExit) as exited:
+        main()
+    shown = capsys.readouterr()
+    if command == "doctor":
+        assert exited.value.code == 1
+        assert shown.out.startswith("problem  configuration        environment variable")
+        assert "the option 'bogus'" in shown.out and "hunter2" not in shown.out
+    else:
+        assert exited.value.code == 2
+        _refuses_the_unknown_option(shown.err)
+    assert list(tmp_path.iterdir()) == [tmp_path / "config.yaml"]  # nothing made first
 
 
 def test_an_unknown_scope_lists_the_choices(outcomes: dict[str, Outcome]) -> None:
