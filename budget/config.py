@@ -318,6 +318,36 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _nats_credentials_in_one_place(self) -> Settings:
+        """A password in the URL and one in the settings: which would count? nats-py and
+        FastStream disagree (FastStream refuses the pair, obscurely), so neither is
+        guessed. The message names the settings, never a password."""
+        url_users = {_url_user(url) for url in self.nats_url.split(",")} - {None}
+        if not url_users:
+            return self
+        password_setting = next(
+            (
+                name
+                for name in ("nats_password_file", "nats_password")
+                if getattr(self, name) is not None
+            ),
+            None,
+        )
+        fix = "keep one: remove them from the URL (nats://host:4222) and set nats_user, or unset"
+        if password_setting is not None:
+            raise ValueError(
+                "nats_url (BUDGET_NATS_URL) carries credentials (a user, and a password, before"
+                f" '@') and {password_setting} (BUDGET_{password_setting.upper()}) gives a"
+                f" password too; {fix} {password_setting}"
+            )
+        if self.nats_user is not None and url_users != {self.nats_user}:
+            raise ValueError(
+                "nats_url (BUDGET_NATS_URL) carries credentials for another NATS user than"
+                f" nats_user (BUDGET_NATS_USER, {self.nats_user!r}); {fix} nats_user"
+            )
+        return self
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():  # URLs may hold a password
             yield name, shown_url(value) if isinstance(value, str) else value
@@ -346,6 +376,12 @@ ENV_VARS: Mapping[str, str] = {
     for name in Settings.model_fields
     if name not in ("price_overrides", "policies", "alert_channels")
 }
+
+
+def _url_user(url: str) -> str | None:
+    """The user a NATS URL names (``nats://user:password@host``, ``user@host``), if any."""
+    url = url.strip()
+    return urlsplit(url if "://" in url else f"//{url}").username
 
 
 def shown_url(url: str) -> str:

@@ -275,6 +275,26 @@ def test_every_command_refuses_an_unknown_database_url_option(
     assert list(tmp_path.iterdir()) == [tmp_path / "config.yaml"]  # nothing made first
 
 
+def test_a_service_given_a_nats_password_in_the_url_and_a_file_names_both(
+    tmp_path: Path,
+) -> None:
+    """FastStream refused the pair in words of its own (``URL credentials conflict with
+    `security```); the settings refuse it first, for every command alike."""
+    password_file = tmp_path / "nats.password"
+    password_file.write_text("in-the-file-1234\n")
+    done = _budget(
+        "enforcer",
+        database_url="postgresql://budget@127.0.0.1:1/budget",
+        nats_url="nats://service:in-the-url-1234@127.0.0.1:1",
+        tmp_path=tmp_path,
+        BUDGET_NATS_USER="service",
+        BUDGET_NATS_PASSWORD_FILE=str(password_file),
+    )
+    line = _one_line_failure(done, "in-the-url-1234", "in-the-file-1234")
+    assert "nats_url (BUDGET_NATS_URL) carries credentials" in line
+    assert "nats_password_file (BUDGET_NATS_PASSWORD_FILE) gives a password too" in line
+
+
 def test_an_unknown_scope_lists_the_choices(outcomes: dict[str, Outcome]) -> None:
     stderr = outcomes["spend --scope bogus"].stderr
     for choice in ("global", "user", "provider", "model", "project"):
@@ -282,7 +302,11 @@ def test_an_unknown_scope_lists_the_choices(outcomes: dict[str, Outcome]) -> Non
 
 
 def _budget(
-    *args: str, database_url: str, tmp_path: Path, nats_url: str = "nats://127.0.0.1:1"
+    *args: str,
+    database_url: str,
+    tmp_path: Path,
+    nats_url: str = "nats://127.0.0.1:1",
+    **variables: str,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
     config = tmp_path / "config.yaml"
@@ -295,6 +319,7 @@ def _budget(
         BUDGET_SUBJECT_PREFIX=f"t{uuid.uuid4().hex[:10]}",
         BUDGET_SPOOL_DIR=str(tmp_path / "spool"),
         PYTHONPATH=str(ROOT),
+        **variables,
     )
     return subprocess.run(
         [*CLI, *args],
