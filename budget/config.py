@@ -31,7 +31,14 @@ from budget.redaction import holds_secret, redact
 from events import BudgetPolicy, TimeBounds, Topology
 from events.subjects import caller_token
 
-__all__ = ["AlertChannels", "ConfigError", "Settings", "load_settings", "shown_url"]
+__all__ = [
+    "AlertChannels",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "setting_source",
+    "shown_url",
+]
 
 DEFAULT_CONFIG_FILE = "config.yaml"
 
@@ -311,6 +318,36 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _nats_credentials_in_one_place(self) -> Settings:
+        """A password in the URL and one in the settings: which would count? nats-py and
+        FastStream disagree (FastStream refuses the pair, obscurely), so neither is
+        guessed. The message names the settings, never a password."""
+        url_users = {_url_user(url) for url in self.nats_url.split(",")} - {None}
+        if not url_users:
+            return self
+        password_setting = next(
+            (
+                name
+                for name in ("nats_password_file", "nats_password")
+                if getattr(self, name) is not None
+            ),
+            None,
+        )
+        fix = "keep one: remove them from the URL (nats://host:4222) and set nats_user, or unset"
+        if password_setting is not None:
+            raise ValueError(
+                "nats_url (BUDGET_NATS_URL) carries credentials (a user, and a password, before"
+                f" '@') and {password_setting} (BUDGET_{password_setting.upper()}) gives a"
+                f" password too; {fix} {password_setting}"
+            )
+        if self.nats_user is not None and url_users != {self.nats_user}:
+            raise ValueError(
+                "nats_url (BUDGET_NATS_URL) carries credentials for another NATS user than"
+                f" nats_user (BUDGET_NATS_USER, {self.nats_user!r}); {fix} nats_user"
+            )
+        return self
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():  # URLs may hold a password
             yield name, shown_url(value) if isinstance(value, str) else value
@@ -341,6 +378,12 @@ ENV_VARS: Mapping[str, str] = {
 }
 
 
+def _url_user(url: str) -> str | None:
+    """The user a NATS URL names (``nats://user:password@host``, ``user@host``), if any."""
+    url = url.strip()
+    return urlsplit(url if "://" in url else f"//{url}").username
+
+
 def shown_url(url: str) -> str:
     """``url`` fit for a message or a log: a password in it is masked (in each URL of a
     comma-separated list, as NATS takes them)."""
@@ -353,7 +396,7 @@ def load_settings(
 ) -> Settings:
     """``config_file`` defaults to ``$BUDGET_CONFIG``, else ``./config.yaml`` when present."""
     environ = os.environ if environ is None else environ
-    path = Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
+    path = _config_path(config_file, environ)
     values: dict[str, Any] = {}
     if path.exists():
         document = _read_document(path)
@@ -369,22 +412,38 @@ def load_settings(
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        source = next((v for v, f in ENV_VARS.items() if f == field and v in environ), None)
         if not err["loc"]:  # a rule across keys; the message names them
             where = f"budget in {path}" if path.exists() else "BUDGET_* environment variables"
-        elif source:
-            where = f"environment variable {source}"
         elif err["loc"][0] == "policies":
             index, *rest = err["loc"][1:]
             where = f"budget_policies[{index}]{''.join(f'.{p}' for p in rest)} in {path}"
         elif err["loc"][0] == "alert_channels":
             where = f"{field} in {path}"
         else:
-            where = f"budget.{field} in {path}"
+            where = setting_source(field, config_file, environ)
         given = err.get("input")  # a whole mapping is not shown: it may hold a password
         hidden = isinstance(given, Mapping) or holds_secret(Settings, err["loc"])
         got = "" if hidden else f" (got {given!r})"
-        raise ConfigError(redact(f"{where}: {err['msg']}{got}")) from None
+        message = err["msg"].removeprefix("Value error, ")  # a validator's own words
+        raise ConfigError(redact(f"{where}: {message}{got}")) from None
+
+
+def setting_source(
+    field: str,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Where setting ``field`` was read from, as a config error names it: its environment
+    variable when set, else the config file (``load_settings``' arguments)."""
+    environ = os.environ if environ is None else environ
+    variable = next((v for v, f in ENV_VARS.items() if f == field and v in environ), None)
+    if variable is not None:
+        return f"environment variable {variable}"
+    return f"budget.{field} in {_config_path(config_file, environ)}"
+
+
+def _config_path(config_file: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    return Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
 
 
 def _read_document(path: Path) -> dict[str, Any]:

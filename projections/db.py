@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from budget.config import shown_url
 
-__all__ = ["connect", "libpq_url", "sqlalchemy_url"]
+__all__ = ["check_database_url", "connect", "libpq_url", "sqlalchemy_url"]
+
+# libpq: 'invalid URI query parameter: "x"' (a URI) or 'invalid connection option "x"'.
+_UNKNOWN_OPTION = re.compile(r'invalid (?:URI query parameter|connection option):? "([^"]*)"')
 
 
 def libpq_url(url: str) -> str:
@@ -17,6 +22,26 @@ def libpq_url(url: str) -> str:
     if not sep or not scheme.startswith(("postgresql", "postgres")):
         raise ValueError(f"database URL {shown_url(url)!r} must start with postgresql://")
     return f"postgresql://{rest}"
+
+
+def check_database_url(url: str) -> None:
+    """``ValueError`` saying what is wrong and how to fix it, unless libpq can read ``url``
+    (a wrong option would otherwise surface as a driver's traceback when it connects).
+    libpq's own text is never shown beyond an option's name: it may quote a password."""
+    try:
+        conninfo_to_dict(libpq_url(url))
+    except psycopg.ProgrammingError as exc:
+        unknown = _UNKNOWN_OPTION.search(str(exc))
+        if unknown:
+            raise ValueError(
+                f"the database URL has the option {unknown.group(1)!r}, which PostgreSQL"
+                " (libpq) does not know; remove it or correct its name (known ones include"
+                " host, port, sslmode, passfile, connect_timeout, options)"
+            ) from None
+        raise ValueError(
+            "libpq cannot read the database URL (a '%' not followed by two hex digits, or"
+            " stray punctuation?); write it as postgresql://user@host:port/database?option=value"
+        ) from None
 
 
 def sqlalchemy_url(url: str) -> str:

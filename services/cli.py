@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-from budget.config import ConfigError, load_settings, shown_url
+from budget.config import ConfigError, shown_url
 from budget.periods import Period
 from budget.queries import NotApplied
 from budget.redaction import install_redaction, redact, secrets_of
@@ -34,7 +34,13 @@ from projections.engine.runner import EngineConfig
 from projections.queries import projection_status, spend_for_period
 from projections.registry import GROUPS, PROJECTIONS, get_projection, worker_projections
 from services.cli_alerts import alerts_app
-from services.cli_context import settings, tracker, use_settings, validation_message
+from services.cli_context import (
+    load_checked_settings,
+    settings,
+    tracker,
+    use_settings,
+    validation_message,
+)
 from services.cli_keys import keys_app
 from services.cli_nats import nats_app
 from services.cli_policies import check, policy_app
@@ -83,7 +89,7 @@ def _configure(
     if ctx.invoked_subcommand == "doctor":
         ctx.obj = config  # a wrong configuration is one of the problems it reports
         return
-    loaded = load_settings(config)
+    loaded = load_checked_settings(config)
     install_redaction(secrets_of(loaded))  # this process's logs and tracebacks never show them
     use_settings(loaded)
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import typer
 from pydantic import TypeAdapter, ValidationError
 
-from budget.config import Settings
+from budget.config import ConfigError, Settings, load_settings, setting_source
 from budget.tracker import UsageTracker, start_usage_tracker
 from projections.database_queries import DatabaseQueries
+from projections.db import check_database_url
 
 __all__ = [
     "checked",
     "database_queries",
+    "load_checked_settings",
     "settings",
     "tracker",
     "use_settings",
@@ -25,6 +28,18 @@ __all__ = [
 T = TypeVar("T")
 
 _state: dict[str, Settings] = {}
+
+
+def load_checked_settings(config: str | os.PathLike[str] | None) -> Settings:
+    """``load_settings``, and the database URL readable by libpq (``ConfigError`` naming
+    where it was set otherwise): checked here, not in the settings, because the public
+    API (``budget/``) never imports a database driver."""
+    loaded = load_settings(config)
+    try:
+        check_database_url(loaded.database_url)
+    except ValueError as exc:
+        raise ConfigError(f"{setting_source('database_url', config)}: {exc}") from None
+    return loaded
 
 
 def use_settings(loaded: Settings) -> None:

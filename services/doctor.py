@@ -21,7 +21,7 @@ from nats.js.errors import NotFoundError
 from psycopg import errors as pg_errors
 from pydantic import ValidationError
 
-from budget.config import ConfigError, Settings, load_settings
+from budget.config import ConfigError, Settings
 from budget.redaction import install_redaction, redact, secrets_of
 from events import Alert, AlertRule, utc_now
 from events.alerts import CHANNELS
@@ -33,7 +33,7 @@ from projections.engine.runner import EngineConfig, consumer_name
 from projections.queries import alerts_page, projection_status
 from projections.registry import get_projection
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
-from services.cli_context import validation_message
+from services.cli_context import load_checked_settings, validation_message
 from services.ops import ConnectError, database, nats_client
 from services.probes import probe_services
 
@@ -345,7 +345,7 @@ def doctor(
     fix a problem); exits 1 if a problem was found."""
     config: Path | None = ctx.obj
     try:
-        settings = load_settings(config)
+        settings = load_checked_settings(config)
     except (ConfigError, ValidationError) as exc:
         message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
         fix = "correct config.yaml or the BUDGET_* variable the message names"

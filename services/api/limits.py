@@ -7,7 +7,8 @@ too).
 Checks and releases are limited as the enforcer limits a host (``caller_rate``,
 ``caller_burst``, ``caller_in_flight``), usage posts likewise in a bucket of their own (a
 host checks and records each call), and every read a viewer may make as the query service
-limits a host (``caller_query_*``). Admin changes and key management are not limited.
+limits a host (``caller_query_*``); so is every console page a session reads (``admitted``,
+used by ``services.api.console.guard``). Admin changes and key management are not limited.
 A request over a limit is answered 429 with ``retry_after`` and ``Retry-After``; an
 admitted one counts in flight until its answer has been sent.
 
@@ -16,6 +17,7 @@ The limits are per API process: replicas each count their own.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
@@ -27,7 +29,7 @@ from services.api.auth import INGEST, READ, Principal, require
 from services.api.problems import Problem
 from services.limits import CallerLimits
 
-__all__ = ["KeyLimits", "limited", "limited_check", "limited_read", "limited_usage"]
+__all__ = ["KeyLimits", "admitted", "limited", "limited_check", "limited_read", "limited_usage"]
 
 Group = Literal["checks", "usage", "reads"]
 
@@ -43,6 +45,25 @@ class KeyLimits:
         self.reads = CallerLimits.of_query_service(settings)
 
 
+@contextlib.asynccontextmanager
+async def admitted(request: Request, group: Group, principal: Principal) -> AsyncIterator[None]:
+    """Inside: ``principal``'s key admitted under its ``group`` limits, counted in flight;
+    past them ``Problem(429)`` with ``retry_after``."""
+    limits: CallerLimits = getattr(request.app.state.key_limits, group)
+    refusal = limits.admit(principal.key_id)
+    if refusal is not None:
+        raise Problem(
+            429,
+            f"too many requests from this API key: {refusal.reason}; retry after"
+            f" {refusal.retry_after:.3f}s",
+            retry_after=refusal.retry_after,
+        )
+    try:
+        yield
+    finally:
+        limits.done(principal.key_id)
+
+
 def limited(group: Group, *roles: ApiRole) -> Callable[[Request], AsyncIterator[Principal]]:
     """``require(*roles)``, then the key admitted under its ``group`` limits (else 429)
     until the answer is sent."""
@@ -50,19 +71,8 @@ def limited(group: Group, *roles: ApiRole) -> Callable[[Request], AsyncIterator[
 
     async def dependency(request: Request) -> AsyncIterator[Principal]:
         principal = await authorised(request)
-        limits: CallerLimits = getattr(request.app.state.key_limits, group)
-        refusal = limits.admit(principal.key_id)
-        if refusal is not None:
-            raise Problem(
-                429,
-                f"too many requests from this API key: {refusal.reason}; retry after"
-                f" {refusal.retry_after:.3f}s",
-                retry_after=refusal.retry_after,
-            )
-        try:
+        async with admitted(request, group, principal):
             yield principal
-        finally:
-            limits.done(principal.key_id)
 
     return dependency
 

@@ -1,12 +1,15 @@
 """Per-key limits on the HTTP API (``services.api.limits``): a greedy key is refused with
 429 and ``Retry-After`` while another key is answered; a key's reads in flight are capped.
 
+Console pages count against their key's read limits the same way, answered with an HTML page.
+
 The stack runs with tiny limits: two checks (and two usage posts) per key at once, three
 reads, two of them in flight, refilled too slowly to matter during the test."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,3 +106,44 @@ def test_a_keys_reads_past_its_in_flight_cap_are_refused(
             assert other.get("/api/v1/policies").status_code == 200
         spend_locked.rollback()
         assert [f.result().status_code for f in held] == [200, 200]
+
+
+def _sign_in(browser: httpx.Client, key: str) -> None:
+    """As a browser does: the form's CSRF token, then the key; a session cookie results."""
+    token = _csrf(browser.get("/login").text)
+    signed_in = browser.post("/login", data={"key": key, "csrf_token": token, "next": "/"})
+    assert signed_in.status_code == 303 and "budget_session" in browser.cookies, signed_in.text
+
+
+def test_console_pages_share_their_keys_read_limits_and_say_so_past_them(
+    stack: LiveStack,
+) -> None:
+    viewer_key = stack.new_key(ApiRole.VIEWER, "console reader")
+    with (
+        httpx.Client(base_url=stack.base_url, timeout=30) as browser,  # no key header
+        stack.client(viewer_key) as api,
+    ):
+        _sign_in(browser, viewer_key)
+        pages = [browser.get(path) for path in ("/policies", "/system")]
+        assert [p.status_code for p in pages] == [200, 200], pages[-1].text
+        assert api.get("/api/v1/policies").status_code == 200  # the key's third read
+        refused = browser.get("/policies")
+        signing_out = browser.post(
+            "/logout", data={"csrf_token": _csrf(pages[0].text)}
+        )  # a change: not limited
+        with stack.client(stack.new_key(ApiRole.VIEWER, "another reader")) as other:
+            others = other.get("/api/v1/policies")
+    assert refused.status_code == 429
+    assert refused.headers["content-type"].startswith("text/html")
+    assert "<h1>Too many requests</h1>" in refused.text
+    assert "caller_query_rate" in refused.text
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["cache-control"] == "no-store"
+    assert signing_out.status_code == 303
+    assert others.status_code == 200
+
+
+def _csrf(page: str) -> str:
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token, page
+    return token[1]

@@ -5,6 +5,7 @@ Then on real servers: ``spend`` before ``migrate`` says to migrate; ``Équipe`` 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from services.cli import app
+from services.cli import app, main
 
 from support import ROOT
 
@@ -225,6 +226,75 @@ def test_a_database_url_of_another_kind_is_refused_without_its_password(tmp_path
     assert "mysql://u:***@h/db" in _one_line_failure(done, "hunter2")
 
 
+UNKNOWN_OPTION = "postgresql://budget:hunter2@/budget?bogus=1"
+
+
+def _refuses_the_unknown_option(stderr: str) -> None:
+    (line,) = stderr.splitlines()
+    assert line.startswith("budget: environment variable BUDGET_DATABASE_URL: ")
+    assert "the option 'bogus'" in line and "remove it or correct its name" in line
+    for leak in ("hunter2", "Traceback", "Value error"):
+        assert leak not in stderr
+
+
+def test_migrate_with_an_unknown_database_url_option_is_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    done = _budget("migrate", database_url=UNKNOWN_OPTION, tmp_path=tmp_path)
+    assert done.returncode == 2, done
+    _refuses_the_unknown_option(done.stderr)
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("command", commands())
+def test_every_command_refuses_an_unknown_database_url_option(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In this process, through the entry point; ``budget doctor`` reports it as the
+    configuration's problem, exit status 1, as it reports every problem."""
+    for variable in [v for v in os.environ if v.startswith("BUDGET_")]:
+        monkeypatch.delenv(variable)
+    (tmp_path / "config.yaml").write_text("budget: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUDGET_DATABASE_URL", UNKNOWN_OPTION)
+    monkeypatch.setattr(sys, "argv", ["budget", *command.split()])
+    monkeypatch.setattr(logging, "lastResort", logging.lastResort)  # the CLI silences it
+    with pytest.raises(SystemExit) as exited:
+        main()
+    shown = capsys.readouterr()
+    if command == "doctor":
+        assert exited.value.code == 1
+        assert shown.out.startswith("problem  configuration        environment variable")
+        assert "the option 'bogus'" in shown.out and "hunter2" not in shown.out
+    else:
+        assert exited.value.code == 2
+        _refuses_the_unknown_option(shown.err)
+    assert list(tmp_path.iterdir()) == [tmp_path / "config.yaml"]  # nothing made first
+
+
+def test_a_service_given_a_nats_password_in_the_url_and_a_file_names_both(
+    tmp_path: Path,
+) -> None:
+    """FastStream refused the pair in words of its own (``URL credentials conflict with
+    `security```); the settings refuse it first, for every command alike."""
+    password_file = tmp_path / "nats.password"
+    password_file.write_text("in-the-file-1234\n")
+    done = _budget(
+        "enforcer",
+        database_url="postgresql://budget@127.0.0.1:1/budget",
+        nats_url="nats://service:in-the-url-1234@127.0.0.1:1",
+        tmp_path=tmp_path,
+        BUDGET_NATS_USER="service",
+        BUDGET_NATS_PASSWORD_FILE=str(password_file),
+    )
+    line = _one_line_failure(done, "in-the-url-1234", "in-the-file-1234")
+    assert "nats_url (BUDGET_NATS_URL) carries credentials" in line
+    assert "nats_password_file (BUDGET_NATS_PASSWORD_FILE) gives a password too" in line
+
+
 def test_an_unknown_scope_lists_the_choices(outcomes: dict[str, Outcome]) -> None:
     stderr = outcomes["spend --scope bogus"].stderr
     for choice in ("global", "user", "provider", "model", "project"):
@@ -232,7 +302,11 @@ def test_an_unknown_scope_lists_the_choices(outcomes: dict[str, Outcome]) -> Non
 
 
 def _budget(
-    *args: str, database_url: str, tmp_path: Path, nats_url: str = "nats://127.0.0.1:1"
+    *args: str,
+    database_url: str,
+    tmp_path: Path,
+    nats_url: str = "nats://127.0.0.1:1",
+    **variables: str,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
     config = tmp_path / "config.yaml"
@@ -245,6 +319,7 @@ def _budget(
         BUDGET_SUBJECT_PREFIX=f"t{uuid.uuid4().hex[:10]}",
         BUDGET_SPOOL_DIR=str(tmp_path / "spool"),
         PYTHONPATH=str(ROOT),
+        **variables,
     )
     return subprocess.run(
         [*CLI, *args],

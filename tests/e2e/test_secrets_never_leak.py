@@ -1,6 +1,7 @@
 """Secrets never leak. A known secret is planted in every place configuration can hold one
-(``PLANTED``: a new place is one more row), then nothing a user or operator sees may hold
-any of them:
+(``PLANTED``: a new place is one more row; the NATS password in the URL and in the settings
+cannot be together, so (a) and (c) run twice, ``PLANTINGS``), then nothing a user or
+operator sees may hold any of them:
 
 (a) every ``budget`` subcommand, found by walking the command tree, run with each of its
     bad arguments (``test_cli_errors.BAD``) and with ``--help``, and with each secret put
@@ -104,6 +105,14 @@ PLANTED = (
     ),
 )
 
+# The NATS password goes in the URL or in the settings, never both (the config refuses the
+# pair): each planting holds one of the two and every other row.
+PLANTINGS: Mapping[str, tuple[Planted, ...]] = {
+    "in the NATS URL": tuple(row for row in PLANTED if row.place != "NATS password"),
+    "in the NATS settings": tuple(row for row in PLANTED if row.place != "NATS URL password"),
+}
+URL_PLANTING = PLANTINGS["in the NATS URL"]
+
 # Where the channels go: not secrets; (b) points them at a receiver and a closed port.
 CHANNELS = {
     "alert_channels": {
@@ -128,12 +137,12 @@ def merged(*documents: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def planted_config(*extra: Mapping[str, Any]) -> dict[str, Any]:
-    return merged(CHANNELS, *(row.filled(row.config) for row in PLANTED), *extra)
+def planted_config(rows: tuple[Planted, ...], *extra: Mapping[str, Any]) -> dict[str, Any]:
+    return merged(CHANNELS, *(row.filled(row.config) for row in rows), *extra)
 
 
-def planted_env() -> dict[str, str]:
-    return merged(*(row.filled(row.env) for row in PLANTED))
+def planted_env(rows: tuple[Planted, ...]) -> dict[str, str]:
+    return merged(*(row.filled(row.env) for row in rows))
 
 
 def leaks(text: str | bytes, found: Mapping[str, str] | None = None) -> list[str]:
@@ -143,15 +152,18 @@ def leaks(text: str | bytes, found: Mapping[str, str] | None = None) -> list[str
     return [place for place, secret in secrets.items() if secret.encode() in data]
 
 
-def environment(tmp: Path, config: Mapping[str, Any], **env: str) -> dict[str, str]:
-    """The caller's environment without ``BUDGET_*``, the planted variables, ``config``
-    as the config file, ``env`` on top."""
+def environment(
+    tmp: Path, config: Mapping[str, Any], rows: tuple[Planted, ...], **env: str
+) -> dict[str, str]:
+    """The caller's environment without ``BUDGET_*``, a NATS URL nobody listens on, the
+    variables ``rows`` plant, ``config`` as the config file, ``env`` on top."""
     config_file = tmp / f"config-{uuid4().hex[:8]}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     base = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
     return {
         **base,
-        **planted_env(),
+        "BUDGET_NATS_URL": "nats://127.0.0.1:1",  # planted over with a password in the URL
+        **planted_env(rows),
         "BUDGET_CONFIG": str(config_file),
         "BUDGET_SPOOL_DIR": str(tmp / "spool"),
         "BUDGET_DATA_DIR": str(tmp / "data"),
@@ -161,19 +173,23 @@ def environment(tmp: Path, config: Mapping[str, Any], **env: str) -> dict[str, s
     }
 
 
-def test_the_search_finds_every_planted_secret(tmp_path: Path) -> None:
+@pytest.mark.parametrize("planting", PLANTINGS)
+def test_the_search_finds_every_planted_secret(tmp_path: Path, planting: str) -> None:
     """Each row's secret reaches the settings (a row that plants nothing would pass (a)-(c)
     for nothing), and the search finds it once printed."""
+    rows = PLANTINGS[planting]
+    planted = {row.place for rows in PLANTINGS.values() for row in rows}
+    assert planted == {row.place for row in PLANTED}
     script = (
         "from budget.config import load_settings\n"
         "from budget.redaction import secrets_of\n"
         "print(*secrets_of(load_settings()))\n"
     )
-    env = environment(tmp_path, planted_config())
+    env = environment(tmp_path, planted_config(rows), rows)
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
-    assert leaks(done.stdout) == [row.place for row in PLANTED], done.stdout + done.stderr
+    assert leaks(done.stdout) == [row.place for row in rows], done.stdout + done.stderr
 
 
 # -- (a) and (c): every command, with bad values and with unreachable servers ------------------
@@ -239,12 +255,20 @@ def commands_cases() -> list[tuple[str, ...]]:
 COMMANDS = [" ".join(args) for args in commands_cases()]
 
 
+@pytest.fixture(scope="module", params=PLANTINGS)
+def planting(request: pytest.FixtureRequest) -> str:
+    """Which of ``PLANTINGS`` the commands run with."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """What each command printed, run with every secret planted and servers nobody listens
-    on (the planted URLs'), in four processes side by side."""
+def outputs(planting: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """What each command printed, run with every secret of a planting and servers nobody
+    listens on (the planted URLs'), in four processes side by side."""
     tmp = tmp_path_factory.mktemp("secrets-cli")
-    env = environment(tmp, planted_config())
+    rows = PLANTINGS[planting]
+    env = environment(tmp, planted_config(rows), rows)
     every = commands_cases()
     chunks = [every[i::4] for i in range(4)]
 
@@ -277,16 +301,21 @@ def test_no_command_shows_a_secret(outputs: dict[str, str], case: str) -> None:
     assert leaks(outputs[case]) == [], outputs[case]
 
 
-def test_unreachable_servers_are_named_without_their_password(outputs: dict[str, str]) -> None:
+def test_unreachable_servers_are_named_without_their_password(
+    planting: str, outputs: dict[str, str]
+) -> None:
     """(c): commands that connect said where they could not, the password masked."""
     named = {case for case, text in outputs.items() if "budget:***@127.0.0.1:1" in text}
-    assert {"spend", "projections status", "policy set --name x --limit 1"} <= named, named
+    assert "spend" in named, named  # PostgreSQL's URL
+    if PLANTINGS[planting] is URL_PLANTING:  # NATS's
+        assert {"projections status", "policy set --name x --limit 1"} <= named, named
 
 
 @pytest.mark.parametrize("row", PLANTED, ids=[row.place for row in PLANTED])
 def test_a_secret_put_where_it_is_refused_is_not_echoed(row: Planted, tmp_path: Path) -> None:
     """(a): the secret where loading the config refuses it: one line naming the place."""
-    env = environment(tmp_path, planted_config(row.filled(row.refused)))
+    rows = next(rows for rows in PLANTINGS.values() if row in rows)
+    env = environment(tmp_path, planted_config(rows, row.filled(row.refused)), rows)
     for name in row.env:
         del env[name]
     done = Budget(env, tmp_path).run("spend")
@@ -304,12 +333,11 @@ def test_a_service_on_an_unreachable_database_does_not_log_its_password(
     nats_row = next(row for row in PLANTED if row.place == "NATS URL password")
     env = environment(
         tmp_path,
-        planted_config(),
+        planted_config(URL_PLANTING),
+        URL_PLANTING,
         BUDGET_NATS_URL=f"{scheme}://budget:{nats_row.secret}@{rest}",
         BUDGET_SUBJECT_PREFIX=f"t{uuid4().hex[:10]}",
     )
-    for credential in ("BUDGET_NATS_USER", "BUDGET_NATS_PASSWORD"):  # the URL's stand
-        del env[credential]
     notifier = Budget(env, tmp_path).start("notifier")
     try:
         eventually(
@@ -333,9 +361,10 @@ def test_budget_up_at_work_shows_no_secret(tmp_path: Path, server_tmp_path: Path
     with webhook_server(webhook_row.secret) as hook:
         policy = {"name": "leak watch", "limit_amount": "0.000001", "action": "notify"}
         config = planted_config(
-            {"alert_channels": {"webhook": {"url": hook.url}}, "budget_policies": [policy]}
+            URL_PLANTING,
+            {"alert_channels": {"webhook": {"url": hook.url}}, "budget_policies": [policy]},
         )
-        cli = Budget(environment(tmp_path, config), tmp_path)
+        cli = Budget(environment(tmp_path, config, URL_PLANTING), tmp_path)
         up = cli.start("up", "--data-dir", str(data_dir))
         try:
             shown = _work(cli, up.output, up.running, data_dir)

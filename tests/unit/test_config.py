@@ -136,3 +136,51 @@ def test_a_default_hold_longer_than_the_longest_is_one_clear_line(tmp_path: Path
     assert str(path) in message
     settings = load_settings(path, environ={"BUDGET_RESERVATION_TTL_MAX": "600"})
     assert settings.reservation_ttl == settings.reservation_ttl_max == 600
+
+
+@pytest.mark.parametrize(
+    ("setting", "variable", "value"),
+    [
+        ("nats_password_file", "BUDGET_NATS_PASSWORD_FILE", "/run/secrets/nats"),
+        ("nats_password", "BUDGET_NATS_PASSWORD", "pw-in-setting-1234"),
+    ],
+)
+@pytest.mark.parametrize(
+    "url", ["nats://svc:pw-in-url-1234@nats:4222", "nats://a:4222,svc:pw-in-url-1234@b:4222"]
+)
+def test_a_nats_password_in_the_url_and_in_a_setting_is_refused_naming_both(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    variable: str,
+    value: str,
+    url: str,
+) -> None:
+    """Either would do alone; together nobody can tell which counts, so neither is used."""
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    environ = {"BUDGET_NATS_URL": url, "BUDGET_NATS_USER": "svc", variable: value}
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ=environ)
+    message = str(error.value)
+    assert message.startswith("BUDGET_* environment variables: ") and "\n" not in message
+    assert "nats_url (BUDGET_NATS_URL) carries credentials" in message
+    assert f"{setting} ({variable}) gives a password too" in message
+    assert f"unset {setting}" in message
+    assert "pw-in-url-1234" not in message and "pw-in-setting-1234" not in message
+    without_url_credentials = {**environ, "BUDGET_NATS_URL": "nats://nats:4222"}
+    assert load_settings(environ=without_url_credentials).nats_user == "svc"
+    url_alone = {"BUDGET_NATS_URL": url}
+    assert load_settings(environ=url_alone).nats_url == url
+
+
+def test_a_nats_url_user_other_than_nats_user_is_refused(tmp_path: Path) -> None:
+    url = "nats://svc:pw-in-url-1234@nats:4222"
+    path = write(tmp_path, f"budget:\n  nats_url: '{url}'\n  nats_user: host\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    message = str(error.value)
+    assert message.startswith(f"budget in {path}: ")
+    assert "another NATS user than nats_user (BUDGET_NATS_USER, 'host')" in message
+    assert "pw-in-url-1234" not in message
+    same_user = write(tmp_path, f"budget:\n  nats_url: '{url}'\n  nats_user: svc\n")
+    assert load_settings(same_user, environ={}).nats_user == "svc"

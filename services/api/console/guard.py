@@ -3,13 +3,17 @@
 The roles are the API's (``services.api.auth``): viewers and admins read, admins write,
 ingest keys never sign in. A visitor without a session is sent to ``/login`` with a 303
 (an htmx request gets ``HX-Redirect`` instead, so a poll does not swap the sign-in page
-into a panel); a refusal is an HTML page with the API's status and reason. Every console
-answer is ``no-store`` (pages show spend and keys' names) and carries a strict CSP.
+into a panel); a refusal is an HTML page with the API's status and reason. Every page
+read counts against its key's read limits, as the JSON API's reads do
+(``services.api.limits``): past them the page is a 429 saying so, with ``Retry-After``.
+Changes (POSTs) are not limited, as in the API. Every console answer is ``no-store``
+(pages show spend and keys' names) and carries a strict CSP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -20,6 +24,7 @@ from fastapi.routing import APIRoute
 
 from services.api.auth import ADMIN, READ, Principal, authenticate, require, sign_out
 from services.api.console.render import render
+from services.api.limits import admitted
 from services.api.problems import OUTAGES, Problem, field_errors, outage_problem
 
 __all__ = [
@@ -65,6 +70,7 @@ class ConsoleRoute(APIRoute):
                 response = _to_sign_in(request)
             except Problem as problem:
                 response = _error_page(request, problem.status, problem.title, problem.detail)
+                response.headers.update(problem.headers)  # Retry-After
             except OUTAGES as exc:  # a page, not the API's JSON, while a server is away
                 outage = outage_problem(exc)
                 response = _error_page(request, outage.status, outage.title, outage.detail)
@@ -104,7 +110,7 @@ def safe_next(value: object, default: str = "/") -> str:
     return default if "\\" in value or any(ord(c) < 32 for c in value) else value
 
 
-async def viewer(request: Request) -> Principal:
+async def _signed_in(request: Request) -> Principal:
     principal = await authenticate(request)
     if principal is None:
         raise SignInRequired
@@ -117,18 +123,38 @@ async def viewer(request: Request) -> Principal:
 
 _read_write = require(*READ)
 _admin_write = require(*ADMIN)
+_SAFE = frozenset({"GET", "HEAD"})
+
+
+def _page_read(
+    request: Request, principal: Principal
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """A page read counts under the key's read limits until it is sent; a change does not."""
+    if request.method in _SAFE:
+        return admitted(request, "reads", principal)
+    return contextlib.nullcontext()
+
+
+async def viewer(request: Request) -> AsyncIterator[Principal]:
+    """Pages: signed in (else to /login) with a key that may read, within its limits."""
+    principal = await _signed_in(request)
+    async with _page_read(request, principal):
+        yield principal
 
 
 async def viewer_write(request: Request) -> Principal:
     """A viewer's own POST (signing out): signed in, and the form's CSRF token checked."""
-    await viewer(request)
+    await _signed_in(request)
     return await _read_write(request)
 
 
-async def admin(request: Request) -> Principal:
-    """Changes: signed in (else to /login), an admin (else 403), with the CSRF token."""
-    await viewer(request)
-    return await _admin_write(request)
+async def admin(request: Request) -> AsyncIterator[Principal]:
+    """Changes and their forms: signed in (else to /login), an admin (else 403), with the
+    CSRF token for a change; a form's page counts as a read."""
+    await _signed_in(request)
+    principal = await _admin_write(request)
+    async with _page_read(request, principal):
+        yield principal
 
 
 Viewer = Annotated[Principal, Depends(viewer)]
