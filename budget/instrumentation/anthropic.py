@@ -17,13 +17,15 @@ import httpx2
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.methods import Method
 from budget.instrumentation.prompts import (
     estimated_tokens,
     output_allowance,
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, patch, patch_copies, patch_stream_manager
+from budget.instrumentation.stream_helpers import patch_stream_manager
+from budget.instrumentation.wrapping import patch, patch_copies
 from budget.usage import usage_from_response
 
 __all__ = ["PROVIDER", "install", "provider_error"]

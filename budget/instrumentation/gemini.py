@@ -14,12 +14,13 @@ from google.genai import errors
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
     output_allowance,
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, UsageObserver, estimated, patch
+from budget.instrumentation.wrapping import patch
 from budget.usage import usage_from_response
 from events import Usage
 

@@ -19,12 +19,13 @@ import openai
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.methods import Method, UsageObserver
 from budget.instrumentation.prompts import (
     output_allowance,
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import Method, UsageObserver, patch, patch_copies
+from budget.instrumentation.wrapping import patch, patch_copies
 from budget.usage import normalize_usage, usage_from_response
 from events import ImageUsage, Usage
 

@@ -1,0 +1,97 @@
+"""The SDK stream helpers that send their request on entering a ``with`` block
+(Anthropic's ``messages.stream``): the budget is checked there, and the stream they read
+is watched.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from budget.instrumentation.lifecycle import Attribution, Call, Lifecycle, Plan
+from budget.instrumentation.methods import Method, stream_observer
+from budget.instrumentation.streams import AsyncStream, SyncStream
+from budget.instrumentation.wrapping import replace
+
+__all__ = ["patch_stream_manager"]
+
+
+def patch_stream_manager(
+    owner: object, name: str, lifecycle: Lifecycle, method: Method, *, asynchronous: bool
+) -> None:
+    """Replace ``owner.name``, an SDK stream helper (Anthropic's ``messages.stream``): it
+    returns a manager whose ``with`` block sends the request and gives a helper object
+    that reads the SDK's raw stream from its ``_raw_stream``. The budget is checked on
+    entering the block, before the request; the raw stream is watched as
+    ``create(stream=True)``'s is, so every way of reading the helper is counted."""
+    manager = _AsyncManager if asynchronous else _SyncManager
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def instrumented(*args: Any, **kwargs: Any) -> Any:
+            attribution = lifecycle.attribution_for(kwargs)
+            plan = method.plan(kwargs)
+            # The SDK's manager is made on entry, once the budget admits the call: an async
+            # one holds the request's coroutine, never awaited if the call were refused.
+            return manager(
+                functools.partial(original, *args, **kwargs), lifecycle, method, plan, attribution
+            )
+
+        return instrumented
+
+    replace(owner, name, make)
+
+
+class _Manager:
+    """An SDK stream manager, made and entered once the budget admits the call."""
+
+    def __init__(
+        self,
+        make: Callable[[], Any],
+        lifecycle: Lifecycle,
+        method: Method,
+        plan: Plan,
+        attribution: Attribution,
+    ) -> None:
+        self._make = make
+        self._lifecycle = lifecycle
+        self._method = method
+        self._plan = plan
+        self._attribution = attribution
+        self._manager: Any = None
+
+    def _watching(self, helper: Any, call: Call, stream: type[SyncStream | AsyncStream]) -> Any:
+        """``helper``, its raw stream now read through the watch."""
+        observer = stream_observer(self._method, self._plan)
+        helper._raw_stream = stream(helper._raw_stream, observer, call)
+        return helper
+
+
+class _SyncManager(_Manager):
+    def __enter__(self) -> Any:
+        call = self._lifecycle.begin_sync(self._plan, self._attribution)
+        try:
+            self._manager = self._make()
+            helper = self._manager.__enter__()
+        except BaseException:
+            call.release()
+            raise
+        return self._watching(helper, call, SyncStream)
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._manager.__exit__(*exc)
+
+
+class _AsyncManager(_Manager):
+    async def __aenter__(self) -> Any:
+        call = await self._lifecycle.begin(self._plan, self._attribution)
+        try:
+            self._manager = self._make()
+            helper = await self._manager.__aenter__()
+        except BaseException:
+            call.release()
+            raise
+        return self._watching(helper, call, AsyncStream)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._manager.__aexit__(*exc)

@@ -1,0 +1,141 @@
+"""The SDK's streams, replaced with ones that watch their items go by.
+
+A stream records its call once, at the first of: its end, an error inside it, ``close``
+(or leaving its ``with`` block), or its collection by the garbage collector, whatever it
+has seen by then: a stream abandoned half-way is still charged for what it consumed. A
+stream that fails before its first item releases the reservation instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from typing import Any
+
+from budget.instrumentation.lifecycle import Call
+from budget.instrumentation.methods import Observer, estimated
+
+__all__ = ["AsyncStream", "SyncStream", "record_seen", "watch", "watch_async"]
+
+
+def record_seen(call: Call, observer: Observer) -> None:
+    """Record what the stream saw (once): never raises, the stream's consumer must not
+    see the tracker's trouble."""
+    if call.settled:
+        return
+    try:
+        measured = observer.measured()
+    except (ValueError, AttributeError, TypeError, LookupError) as exc:
+        measured = estimated(call.plan, f"no usable usage in the stream ({exc})"[:400])
+    call.record(measured)
+
+
+def watch(stream: Any, observer: Observer, call: Call) -> Generator[Any, None, None]:
+    """``stream``'s items, each shown to ``observer``; the call recorded when it ends."""
+    # Not a method: a generator holding its stream object would make a reference cycle,
+    # and an abandoned stream would wait for the cycle collector to be recorded.
+    seen = False
+    try:
+        for item in stream:
+            seen = True
+            if observer.see(item):
+                yield item
+    except Exception:
+        if not seen:  # the request itself failed (a generator sends it on first use)
+            call.release()
+        raise
+    finally:
+        record_seen(call, observer)
+
+
+async def watch_async(stream: Any, observer: Observer, call: Call) -> AsyncGenerator[Any, None]:
+    """``watch`` for an async stream."""
+    seen = False
+    try:
+        async for item in stream:
+            seen = True
+            if observer.see(item):
+                yield item
+    except Exception:
+        if not seen:
+            call.release()
+        raise
+    finally:
+        record_seen(call, observer)
+
+
+class _WatchedStream:
+    """What both kinds of watched stream share: anything not watched is the SDK stream's
+    own, and the call is recorded, at the latest, when the stream is collected."""
+
+    def __init__(self, stream: Any, observer: Observer, call: Call) -> None:
+        self._stream = stream
+        self._observer = observer
+        self._call = call
+
+    def _finish(self) -> None:
+        record_seen(self._call, self._observer)
+
+    def __del__(self) -> None:
+        self._finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class SyncStream(_WatchedStream):
+    """The SDK's stream, watched; anything else is the SDK stream's own."""
+
+    def __init__(self, stream: Any, observer: Observer, call: Call) -> None:
+        super().__init__(stream, observer, call)
+        self._items = watch(stream, observer, call)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def __enter__(self) -> SyncStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._items.close()
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+        self._finish()
+
+
+class AsyncStream(_WatchedStream):
+    """The SDK's async stream, watched; anything else is the SDK stream's own."""
+
+    def __init__(self, stream: Any, observer: Observer, call: Call) -> None:
+        super().__init__(stream, observer, call)
+        self._items = watch_async(stream, observer, call)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items
+
+    async def __anext__(self) -> Any:
+        return await self._items.__anext__()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._items.aclose()
+        close = getattr(self._stream, "aclose", None) or getattr(self._stream, "close", None)
+        if close is not None:
+            closing = close()
+            if inspect.isawaitable(closing):
+                await closing
+        self._finish()
+
+    aclose = close
