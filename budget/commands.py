@@ -13,9 +13,10 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from budget.config import Settings, shown_url
 from budget.natsconn import permitted
-from budget.queries import Queries, RpcQueries
+from budget.queries import NotApplied, Queries, RpcQueries
 from budget.tracker import UsageTracker
 from events import Event, encode, headers_for
+from events.envelope import new_event_id
 
 __all__ = ["ChangeClient", "Contended"]
 
@@ -26,7 +27,9 @@ CREATE_ATTEMPTS = 50
 
 
 class Contended(RuntimeError):
-    """A create lost the race to other changes of its kind every time it tried."""
+    """A create did not go through, and nothing changed: it lost the race to other changes
+    of its kind every time it tried, or their worker is behind (whether the thing exists
+    cannot be told until it has applied them)."""
 
 
 class ChangeClient:
@@ -65,11 +68,24 @@ class ChangeClient:
         once retry too; each retry means another change was stored, so the loop ends."""
         for _ in range(CREATE_ATTEMPTS):
             last = await self._last_sequence(event)
-            await self.queries.wait_applied(self.projection, last, self.apply_timeout)
+            try:
+                await self.queries.wait_applied(self.projection, last, self.apply_timeout)
+            except NotApplied:
+                # not this change's (it is not stored): saying "stored but not applied" would
+                # make the caller wait for a change that never comes
+                raise Contended(
+                    f"nothing changed: the {self.projection} worker has not applied the"
+                    f" changes before this one within {self.apply_timeout:.0f}s, so whether"
+                    f" it exists cannot be told; is `budget worker {self.projection}` (or"
+                    " `budget up`) running? Retry once it has caught up"
+                ) from None
             if await exists():
                 return False
+            # A fresh id each attempt: JetStream may keep the id of a message it refused,
+            # and a retry under it would be acknowledged as a duplicate, stored nowhere.
+            attempt = event.model_copy(update={"event_id": new_event_id()})
             try:
-                stored = await self._publish(event, expected_last=last)
+                stored = await self._publish(attempt, expected_last=last)
             except BadRequestError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -15,6 +17,8 @@ import pytest
 from itsdangerous import TimestampSigner
 
 from budget.config import Settings
+from events import BudgetPolicy, PolicySet, encode, headers_for
+from events.envelope import utc_now
 from projections.api_keys import ApiKeysProjection
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
@@ -102,54 +106,97 @@ async def test_a_change_with_nats_away_is_a_503_without_the_url(
         assert "S3cretPassw0rd" not in answer.text
 
 
-async def test_a_key_not_in_force_in_time_is_handed_over_all_the_same(
-    nats_url: str, pg_schema_url: str, tmp_path: Path
-) -> None:
-    """The api_keys worker is not running: the new key is stored but not applied. The
-    answer is a 202 with the key (its only copy) and a Location that answers 200 once the
-    worker has applied it; the key works from then on."""
+@contextlib.asynccontextmanager
+async def api_without_workers(
+    nats_url: str, database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], Settings, ApiServices]]:
+    """The HTTP service on real servers with no worker running, an admin key stored
+    straight in the table: (client, admin headers, settings, services)."""
     settings = Settings(
         nats_url=nats_url,
-        database_url=pg_schema_url,
+        database_url=database_url,
         subject_prefix=f"t{secrets.token_hex(5)}",
         spool_dir=tmp_path / "spool",
         data_dir=tmp_path,
     )
-    await prepare(nats_url, pg_schema_url, settings)
+    await prepare(nats_url, database_url, settings)
     admin = new_key()
-    async with await connect(pg_schema_url) as conn:
+    async with await connect(database_url) as conn:
         await conn.execute(
             "INSERT INTO api_keys (key_id, key_hash, name, role, created_at)"
             " VALUES (%s, %s, 'ops', 'admin', now())",
             (admin.key_id, admin.key_hash),
         )
     async with ApiServices.open(settings) as opened:
-        opened.keys.apply_timeout = 0.5  # the worker is not running: no need to wait long
         app = create_app(settings, session_secret="test", services=opened)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://api"
         ) as http:
-            as_admin = {"Authorization": f"Bearer {admin.key}"}
-            answer = await http.post(
-                "/api/v1/keys", json={"name": "late", "role": "viewer"}, headers=as_admin
-            )
-            assert answer.status_code == 202, answer.text
-            made = answer.json()
-            assert made["applied"] is False and made["key"].startswith(f"bmk_{made['key_id']}_")
-            location = answer.headers["location"]
-            assert location == f"/api/v1/keys/{made['key_id']}"
-            assert (await http.get(location, headers=as_admin)).status_code == 404
+            yield http, {"Authorization": f"Bearer {admin.key}"}, settings, opened
 
-            stop = asyncio.Event()
-            async with nats_client(nats_url, settings) as nc:
-                worker = asyncio.create_task(run_projection("api_keys", nc, settings, stop))
-                try:
-                    async with asyncio.timeout(30):  # bounded, never asserted on
-                        while (await http.get(location, headers=as_admin)).status_code != 200:
-                            assert not worker.done(), worker
-                            await asyncio.sleep(0.05)
-                finally:
-                    stop.set()
-                    await worker
-            as_new = {"Authorization": f"Bearer {made['key']}"}
-            assert (await http.get("/api/v1/policies", headers=as_new)).status_code == 200
+
+async def test_a_key_not_in_force_in_time_is_handed_over_all_the_same(
+    nats_url: str, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """The api_keys worker is not running: the new key is stored but not applied. The
+    answer is a 202 with the key (its only copy) and a Location that answers 200 once the
+    worker has applied it; the key works from then on."""
+    async with api_without_workers(nats_url, pg_schema_url, tmp_path) as (
+        http,
+        as_admin,
+        settings,
+        opened,
+    ):
+        opened.keys.apply_timeout = 0.5  # the worker is not running: no need to wait long
+        answer = await http.post(
+            "/api/v1/keys", json={"name": "late", "role": "viewer"}, headers=as_admin
+        )
+        assert answer.status_code == 202, answer.text
+        made = answer.json()
+        assert made["applied"] is False and made["key"].startswith(f"bmk_{made['key_id']}_")
+        location = answer.headers["location"]
+        assert location == f"/api/v1/keys/{made['key_id']}"
+        assert (await http.get(location, headers=as_admin)).status_code == 404
+
+        stop = asyncio.Event()
+        async with nats_client(nats_url, settings) as nc:
+            worker = asyncio.create_task(run_projection("api_keys", nc, settings, stop))
+            try:
+                async with asyncio.timeout(30):  # bounded, never asserted on
+                    while (await http.get(location, headers=as_admin)).status_code != 200:
+                        assert not worker.done(), worker
+                        await asyncio.sleep(0.05)
+            finally:
+                stop.set()
+                await worker
+        as_new = {"Authorization": f"Bearer {made['key']}"}
+        assert (await http.get("/api/v1/policies", headers=as_new)).status_code == 200
+
+
+async def test_a_create_the_worker_is_too_far_behind_to_check_changes_nothing(
+    nats_url: str, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """A policy is on the log but the policies worker is not running: a create cannot tell
+    whether its id exists, so it is a 503 that says nothing changed and which worker is
+    behind (not the 504 of a change stored but not applied), and nothing is published."""
+    async with api_without_workers(nats_url, pg_schema_url, tmp_path) as (
+        http,
+        as_admin,
+        settings,
+        opened,
+    ):
+        earlier = BudgetPolicy(policy_id="earlier", name="earlier", limit_amount=Decimal(5))
+        async with nats_client(nats_url, settings) as nc:
+            js = nc.jetstream()
+            event = PolicySet(occurred_at=utc_now(), policy=earlier)
+            subject = settings.topology.event_subject(event.SUBJECT)
+            stored = await js.publish(subject, encode(event), headers=headers_for(event))
+            opened.manager.apply_timeout = 0.5
+            policy = {"policy_id": "new", "name": "new", "limit_amount": "10"}
+            answer = await http.post("/api/v1/policies", json=policy, headers=as_admin)
+            assert answer.status_code == 503, answer.text
+            detail = answer.json()["detail"]
+            assert detail.startswith("nothing changed: the policies worker has not applied")
+            stream = settings.topology.event_stream.name
+            last = await js.get_last_msg(stream, subject, direct=True)
+            assert last.seq == stored.seq  # the create published nothing
