@@ -14,8 +14,9 @@ __all__ = ["migrate"]
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def migrate(database_url: str) -> None:
+def migrate(database_url: str, *, revision: str = "head") -> None:
+    """Upgrade to ``revision`` (the latest by default; an earlier one for upgrade tests)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
