@@ -203,32 +203,42 @@ class EventPublisher:
         self._in_flight[token] = _InFlight(item, time.monotonic(), spooled)
         self._drained.clear()
         self._unwritten.append(token)
-        if self._writer is None:
+        if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_soon())
 
     async def _write_soon(self) -> None:
         """After ``linger``, hand every unwritten event to the client in one go (its
-        flusher then writes them in one send)."""
-        await asyncio.sleep(self.config.linger)
-        self._writer = None
-        tokens, self._unwritten = self._unwritten, []
-        for token in tokens:
-            entry = self._in_flight.get(token)
-            if entry is None:
-                continue  # settled meanwhile (expired, refused)
-            item = entry.item
+        flusher then writes them in one send), in the order they were handed over: the
+        one writer goes on until none is left."""
+        try:
+            await asyncio.sleep(self.config.linger)
+            while self._unwritten:
+                tokens, self._unwritten = self._unwritten, []
+                for token in tokens:
+                    await self._write(token)
+        finally:
+            self._writer = None
+
+    async def _write(self, token: int) -> None:
+        entry = self._in_flight.get(token)
+        if entry is None:
+            return  # settled meanwhile (expired, refused)
+        item = entry.item
+        try:
+            if self._nc is None:
+                raise ConnectionError("not connected")
+            await self._nc.publish(
+                item.subject,
+                item.payload,
+                reply=f"{self._inbox}.{token}",
+                headers={HEADER_MSG_ID: item.event_id},
+            )
+        except Exception as exc:
+            log.warning("publish failed (%s); spooling", exc)
             try:
-                if self._nc is None:
-                    raise ConnectionError("not connected")
-                await self._nc.publish(
-                    item.subject,
-                    item.payload,
-                    reply=f"{self._inbox}.{token}",
-                    headers={HEADER_MSG_ID: item.event_id},
-                )
-            except Exception as exc:
-                log.warning("publish failed (%s); spooling", exc)
                 self._settle(token, acked=False)
+            except Exception:  # the spool itself failing (disk full): the rest still go
+                log.exception("event %s could not be spooled", item.event_id)
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = int(subject.rpartition(b".")[2])

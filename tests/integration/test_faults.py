@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 from collections import Counter
@@ -167,6 +168,28 @@ async def test_spooled_events_survive_nats_outage_and_are_stored_once(
         await publisher.publish(event)
     await publisher.close()
 
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_events_one_per_loop_turn_with_the_writer_cancelled_are_all_stored_once(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """Events handed over one per turn of the loop share writes; a writer cancelled while
+    it lingers (say by a host cancelling its tasks) leaves its events to the next one."""
+    events = varied_events(200)
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    await publisher.start()
+    for n, event in enumerate(events):
+        await publisher.publish(event)
+        if n == 100:
+            writer = publisher._writer
+            assert writer is not None
+            writer.cancel()
+        await asyncio.sleep(0)
+    await publisher.flush()
+    assert len(publisher.spool) == 0
+    await publisher.close()
     stored = await stored_event_ids(embedded_nats.url, private_log)
     assert sorted(stored) == sorted(str(e.event_id) for e in events)
 
