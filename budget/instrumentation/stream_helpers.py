@@ -59,12 +59,19 @@ class _Manager:
         self._plan = plan
         self._attribution = attribution
         self._manager: Any = None
+        self._watched: SyncStream | AsyncStream | None = None
 
     def _watching(self, helper: Any, call: Call, stream: type[SyncStream | AsyncStream]) -> Any:
         """``helper``, its raw stream now read through the watch."""
         observer = stream_observer(self._method, self._plan)
-        helper._raw_stream = stream(helper._raw_stream, observer, call)
+        self._watched = helper._raw_stream = stream(helper._raw_stream, observer, call)
         return helper
+
+    def _left(self) -> None:
+        """The block is left: the call is recorded now with what was read (the SDK closes
+        its response, not the stream we put in its helper)."""
+        if self._watched is not None:
+            self._watched._finish()
 
 
 class _SyncManager(_Manager):
@@ -79,7 +86,10 @@ class _SyncManager(_Manager):
         return self._watching(helper, call, SyncStream)
 
     def __exit__(self, *exc: Any) -> Any:
-        return self._manager.__exit__(*exc)
+        try:
+            return self._manager.__exit__(*exc)
+        finally:
+            self._left()
 
 
 class _AsyncManager(_Manager):
@@ -94,4 +104,7 @@ class _AsyncManager(_Manager):
         return self._watching(helper, call, AsyncStream)
 
     async def __aexit__(self, *exc: Any) -> Any:
-        return await self._manager.__aexit__(*exc)
+        try:
+            return await self._manager.__aexit__(*exc)
+        finally:
+            self._left()
