@@ -337,9 +337,10 @@ class Settings(BaseModel):
         fix = "keep one: remove them from the URL (nats://host:4222) and set nats_user, or unset"
         if password_setting is not None:
             raise ValueError(
-                "nats_url (BUDGET_NATS_URL) carries credentials (a user, and a password, before"
-                f" '@') and {password_setting} (BUDGET_{password_setting.upper()}) gives a"
-                f" password too; {fix} {password_setting}"
+                "nats_url (BUDGET_NATS_URL) carries credentials (a user or token, with or"
+                f" without a password, before '@') and {password_setting}"
+                f" (BUDGET_{password_setting.upper()}) gives a password too;"
+                f" {fix} {password_setting}"
             )
         if self.nats_user is not None and url_users != {self.nats_user}:
             raise ValueError(
@@ -381,6 +382,7 @@ ENV_VARS: Mapping[str, str] = {
 def _url_user(url: str) -> str | None:
     """The user a NATS URL names (``nats://user:password@host``, ``user@host``), if any."""
     url = url.strip()
+    # not percent-decoded: nats-py sends the user as the URL spells it
     return urlsplit(url if "://" in url else f"//{url}").username
 
 

@@ -8,7 +8,7 @@
 -- service taken over cannot run programs on the server (COPY ... TO PROGRAM), read files,
 -- create roles or reach other databases. Its password is read from the file that
 -- $BUDGET_DATABASE_PASSWORD_FILE names (a Compose secret) by psql itself: it appears in no
--- command line, environment variable or log.
+-- command line or environment variable (nor in the server log unless it logs statements).
 \set ON_ERROR_STOP on
 \set password `cat "$BUDGET_DATABASE_PASSWORD_FILE"`
 SELECT :'password' = '' AS no_password \gset

@@ -45,7 +45,7 @@ async def list_keys(api: Api, _: Admin) -> list[ApiKey]:
     return await api.keys.keys()
 
 
-@router.get("/{key_id}", summary="One key, without its secret (404 until it is in force)")
+@router.get("/{key_id}", summary="One key, without its secret (404 until it is applied)")
 async def get_key(api: Api, _: Admin, key_id: str) -> ApiKey:
     found = await api.keys.keys(key_id)
     if not found:
