@@ -67,6 +67,7 @@ OUTBOX_CHANNEL = "alert_outbox"
 
 _USAGE = (UsageRecorded, UsageRepriced)
 _WINDOW_TOTALS = "alert_window_totals"
+_ALERTS = "alerts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +134,12 @@ class AlertsProjection(Projection):
             *self.policies.tables,
             self.rule_log.events,
             self.rule_log.table,
-            "alerts",
+            _ALERTS,
         )
         self._cache: dict[int, _Rules] = {}
 
     def ddl(self, version: int) -> list[str]:
-        alerts = physical(self.tables[-1], version)
+        alerts = physical(_ALERTS, version)
         return [
             *self.spend.ddl(version),
             # each batch reads back the usage it recorded (``projections.crossings``)
@@ -167,7 +168,7 @@ class AlertsProjection(Projection):
         ]
 
     def views(self, version: int) -> dict[str, str]:
-        rules, alerts = (physical(t, version) for t in self.tables[-2:])
+        rules, alerts = physical(self.rule_log.table, version), physical(_ALERTS, version)
         return {
             **self.spend.views(version),
             **self.policies.views(version),
@@ -281,7 +282,7 @@ class AlertsProjection(Projection):
 
     async def _apply_other(self, conn: Connection, version: int, applied: Applied) -> None:
         event = applied.event
-        alerts = physical(self.tables[-1], version)
+        alerts = physical(_ALERTS, version)
         if isinstance(event, PolicySet | PolicyDeleted):
             await self.policies.apply(conn, version, [applied])
         elif isinstance(event, AlertRuleSet):
@@ -346,7 +347,7 @@ class AlertsProjection(Projection):
         each new one for its channels while this version is live."""
         if not candidates:
             return
-        alerts = physical(self.tables[-1], version)
+        alerts = physical(_ALERTS, version)
         # log order; several thresholds crossed by one event in rising order
         candidates.sort(
             key=lambda c: (
@@ -404,7 +405,7 @@ class AlertsProjection(Projection):
         applied (they arrived while that one's worker was down or behind, or during the
         swap): raised by a rebuild, so not queued when raised. Earlier alerts were the
         live version's to send."""
-        alerts = physical(self.tables[-1], version)
+        alerts = physical(_ALERTS, version)
         cursor = await conn.execute(
             f"""SELECT alert FROM {alerts} WHERE stream_seq > %s
             ORDER BY stream_seq, coalesce((alert ->> 'threshold_percent')::numeric, 0),
@@ -416,8 +417,9 @@ class AlertsProjection(Projection):
         # a rule removed since has no channels to send to
         await self._queue(conn, alerts, [(a, rules[a.rule_id]) for a in owed if a.rule_id in rules])
 
+    @staticmethod
     async def _queue(
-        self, conn: Connection, alerts: str, raised: Sequence[tuple[Alert, AlertRule]]
+        conn: Connection, alerts: str, raised: Sequence[tuple[Alert, AlertRule]]
     ) -> None:
         """One outbox row per alert (stored in ``alerts``) and channel of its rule, in
         raised order. PostgreSQL copies each payload from the stored alert: a burst of
@@ -450,7 +452,7 @@ class AlertsProjection(Projection):
         log moved (or the transaction that moved it was rolled back)."""
         policies, rules = (
             physical(self.policies.tables[0], version),
-            physical(self.tables[-2], version),
+            physical(self.rule_log.table, version),
         )
         cursor = await conn.execute(
             f"SELECT current_schema(), (SELECT max(stream_seq) FROM {policies}),"
