@@ -137,6 +137,30 @@ async def test_a_caller_that_asked_for_usage_keeps_the_usage_chunk(
     assert event.usage == Usage(input_uncached=19, output_text=10)
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_a_stream_looped_over_straight_from_the_call_records_its_usage(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``for chunk in create(stream=True)`` holds no other reference to the stream: it
+    must live until the loop ends, not record (nothing) as the loop starts."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            create = sync_client.chat.completions.create
+            text = await in_thread(
+                lambda: "".join(c.choices[0].delta.content or "" for c in create(**chat))
+            )
+        else:
+            stream = async_client.chat.completions.create(**chat)
+            text = "".join([c.choices[0].delta.content or "" async for c in await stream])
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert text == "Hello! How can I help you today?"
+    assert event.usage == Usage(input_uncached=19, output_text=10)
+    assert event.estimated_reason is None
+
+
 async def test_an_abandoned_stream_records_what_it_consumed(
     stack: EnforcementStack, topology: Topology
 ) -> None:
