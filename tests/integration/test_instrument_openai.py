@@ -118,6 +118,59 @@ async def test_each_call_records_its_exact_usage_and_cost_once(
         assert event.reservation_id is None  # no BLOCK policy: the local check path
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_legacy_text_completions_streamed_or_not_record_exact_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "max_tokens": 7}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            create = sync_client.completions.create
+            answer = await in_thread(create, **request)
+            chunks = await in_thread(lambda: list(create(**request, stream=True)))
+        else:
+            answer = await async_client.completions.create(**request)
+            chunks = [
+                c async for c in await async_client.completions.create(**request, stream=True)
+            ]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert answer.choices[0].text == "\n\nThis is indeed a test"
+    # The usage chunk the instrumentation asked for is kept from the caller.
+    assert all(chunk.choices for chunk in chunks)
+    assert "".join(chunk.choices[0].text for chunk in chunks) == "\n\nThis is a test."
+    streamed_request = api.requests[1]
+    assert streamed_request is not None
+    assert streamed_request["stream_options"] == {"include_usage": True}
+    answered, streamed = sorted(events, key=lambda e: e.usage.output_text, reverse=True)
+    assert answered.usage == Usage(input_uncached=5, output_text=7)
+    assert answered.cost == per_million(a=("1.50", 5), b=("2", 7))
+    assert streamed.usage == Usage(input_uncached=5, output_text=6)
+    assert streamed.cost == per_million(a=("1.50", 5), b=("2", 6))
+    for event in events:
+        assert (event.provider, event.model) == ("openai", "gpt-3.5-turbo-instruct")
+        assert event.user_id == "alice" and event.estimated_reason is None
+
+
+async def test_a_text_completion_stream_abandoned_records_the_text_it_received(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    _, client = clients(api, stack)
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test"}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        stream = await client.completions.create(**request, stream=True)
+        async with stream:
+            got = [await stream.__anext__() for _ in range(3)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(chunk.choices[0].text for chunk in got) == "\n\nThis is"
+    # The prompt, 18 characters: 5 tokens; the text received, 9 characters: 3 tokens.
+    assert event.usage == Usage(input_uncached=5, output_text=3)
+    assert event.estimated_reason is not None
+    assert "before its usage arrived" in event.estimated_reason
+
+
 async def test_a_caller_that_asked_for_usage_keeps_the_usage_chunk(
     stack: EnforcementStack, topology: Topology
 ) -> None:
