@@ -1,7 +1,7 @@
 """The official ``openai`` client (``OpenAI``, ``AsyncOpenAI`` and the Azure ones): chat
 completions and the Responses API (``create``, and the SDK's ``parse`` and ``stream``
 helpers), legacy text completions, embeddings, images (generated or edited) and audio
-transcription. (``images.create_variation`` is not: the SDK marks it retired, its
+transcription and translation. (``images.create_variation`` is not: the SDK marks it retired, its
 endpoint no longer answers.)
 
 Streaming chat and text completions carry usage only in a final chunk, and only when
@@ -160,11 +160,11 @@ def _images_measure(response: Any, plan: Plan) -> Measured:
     return Measured(normalize_usage(input_tokens=prompt, images=image))
 
 
-def _transcription_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+def _speech_to_text_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(model=requested_model(kwargs), kind="audio", estimate=Usage())
 
 
-def _transcription_measure(response: Any, plan: Plan) -> Measured:
+def _speech_to_text_measure(response: Any, plan: Plan) -> Measured:
     usage = getattr(response, "usage", None)
     if usage is not None and usage.type == "duration":
         return Measured(normalize_usage(audio_seconds=usage.seconds))
@@ -184,7 +184,7 @@ _COMPLETIONS = Method(
 _RESPONSES = Method(_responses_plan, lambda response, plan: _measured(response), _ResponsesObserver)
 _EMBEDDINGS = Method(_embeddings_plan, lambda response, plan: _measured(response))
 _IMAGES = Method(_images_plan, _images_measure)
-_TRANSCRIPTION = Method(_transcription_plan, _transcription_measure)
+_SPEECH_TO_TEXT = Method(_speech_to_text_plan, _speech_to_text_measure)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
@@ -199,9 +199,9 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
     for images in ("generate", "edit"):
         patch(client.images, images, lifecycle, _IMAGES, asynchronous=asynchronous)
-    patch(
-        client.audio.transcriptions, "create", lifecycle, _TRANSCRIPTION, asynchronous=asynchronous
-    )
+    # Translations answer as transcriptions do: verbose_json tells the audio's duration.
+    for audio in (client.audio.transcriptions, client.audio.translations):
+        patch(audio, "create", lifecycle, _SPEECH_TO_TEXT, asynchronous=asynchronous)
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

@@ -56,6 +56,7 @@ _JSON = {
     "/v1/images/generations": "openai_images.json",
     "/v1/images/edits": "openai_images.json",
     "/v1/audio/transcriptions": "openai_transcription.json",
+    "/v1/audio/translations": "openai_translation.json",
     "/v1/messages": "anthropic_message.json",
 }
 _USAGE_CHUNK_SSE = {
@@ -102,8 +103,11 @@ class ProviderApi:
                 asked = (body.get("stream_options") or {}).get("include_usage")
                 return _sse(sse if asked else _without_usage(sse))
             return _sse(fixture(_SSE[path]))
+        answer = _JSON[path]
+        if path == "/v1/audio/translations" and b"verbose_json" in request.content:
+            answer = "openai_translation_verbose.json"  # the duration comes with the segments
         return httpx2.Response(
-            200, content=fixture(_JSON[path]), headers={"content-type": "application/json"}
+            200, content=fixture(answer), headers={"content-type": "application/json"}
         )
 
     def transport(self) -> httpx2.MockTransport:

@@ -416,6 +416,40 @@ async def test_an_image_edit_records_its_images_once(
     assert event.estimated_reason is None and event.user_id == "alice"
 
 
+# The SDK marks translations deprecated (shut down on 26 Feb 2027); they answer, and cost.
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_an_audio_translation_records_its_duration_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    create = (sync_client if sync else async_client).audio.translations.create
+
+    async def translate(**kwargs: Any) -> Any:
+        audio = ("german.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
+        request = {"model": "whisper-1", "file": audio, **kwargs}
+        return await (in_thread(create, **request) if sync else create(**request))
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        verbose = await translate(response_format="verbose_json", budget_user_id="bob")
+        plain = await translate()
+        events = await recorded.exactly(stack.tracker, 2)
+    assert verbose.duration == 8.47 and plain.text.startswith("Hello, my name is Wolfgang")
+    by_user = {event.user_id: event for event in events}
+    timed = by_user["bob"]
+    assert (timed.model, timed.kind) == ("whisper-1", "audio")
+    assert timed.usage == Usage(audio_seconds=Decimal("8.47"))
+    assert timed.cost == Decimal("0.006") * Decimal("8.47") / 60
+    assert timed.estimated_reason is None
+    # A json translation is the text alone: no duration, so the pre-call estimate, $0,
+    # and said so.
+    untimed = by_user["alice"]
+    assert (untimed.model, untimed.kind, untimed.usage) == ("whisper-1", "audio", Usage())
+    assert untimed.estimated_reason is not None
+    assert "tells no usage or duration" in untimed.estimated_reason
+
+
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
 async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
     stack: EnforcementStack, topology: Topology, sync: bool
