@@ -1,8 +1,8 @@
 """The official ``openai`` client (``OpenAI``, ``AsyncOpenAI`` and the Azure ones): chat
 completions and the Responses API (``create``, and the SDK's ``parse`` and ``stream``
 helpers), legacy text completions, embeddings, images (generated or edited) and audio
-transcription and translation. (``images.create_variation`` is not: the SDK marks it retired, its
-endpoint no longer answers.)
+transcription and translation. (``images.create_variation`` is not: the SDK marks it
+retired, its endpoint no longer answers.)
 
 Streaming chat and text completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
