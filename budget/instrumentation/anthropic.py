@@ -1,6 +1,7 @@
 """The official ``anthropic`` client (``Anthropic``, ``AsyncAnthropic``): messages
 (``create`` and the SDK's ``parse``), streamed (``stream=True``, or the
-``messages.stream(...)`` helper, which reads the same events) or not.
+``messages.stream(...)`` helper, which reads the same events) or not; the same methods of
+``beta.messages``, whose answers and events have the same shape and usage.
 
 In a stream, ``message_start`` carries the input (and cache) counts and a first output
 count; each ``message_delta`` carries the counts so far, cumulative: the last one
@@ -104,12 +105,13 @@ _MESSAGES_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _
 def install(client: Any, lifecycle: Lifecycle) -> None:
     patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, anthropic.AsyncAnthropic)
-    # parse (structured outputs) posts by itself, not through create.
-    for name in ("create", "parse"):
-        patch(client.messages, name, lifecycle, _MESSAGES, asynchronous=asynchronous)
-    patch_stream_manager(
-        client.messages, "stream", lifecycle, _MESSAGES_STREAM, asynchronous=asynchronous
-    )
+    for messages in (client.messages, client.beta.messages):
+        # parse (structured outputs) posts by itself, not through create.
+        for name in ("create", "parse"):
+            patch(messages, name, lifecycle, _MESSAGES, asynchronous=asynchronous)
+        patch_stream_manager(
+            messages, "stream", lifecycle, _MESSAGES_STREAM, asynchronous=asynchronous
+        )
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

@@ -1,10 +1,10 @@
 """The official ``openai`` client (``OpenAI``, ``AsyncOpenAI`` and the Azure ones): chat
 completions and the Responses API (``create``, and the SDK's ``parse`` and ``stream``
-helpers), embeddings, images (generated or edited) and audio transcription.
-(``images.create_variation`` is not: the SDK marks it retired, its endpoint no longer
-answers.)
+helpers), legacy text completions, embeddings, images (generated or edited) and audio
+transcription and translation. (``images.create_variation`` is not: the SDK marks it
+retired, its endpoint no longer answers.)
 
-Streaming chat completions carry usage only in a final chunk, and only when
+Streaming chat and text completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
 that extra chunk (no choices, only usage) is then kept from the caller.
 """
@@ -34,20 +34,37 @@ __all__ = ["PROVIDER", "install", "provider_error"]
 PROVIDER = "openai"
 
 
+def _asks_usage_chunk(kwargs: MutableMapping[str, Any]) -> bool:
+    """Sets ``stream_options.include_usage`` on a streamed request that did not; True:
+    it was set here, the usage chunk is to be kept from the caller."""
+    if kwargs.get("stream") is not True:
+        return False
+    options = kwargs.get("stream_options")
+    options = dict(options) if isinstance(options, Mapping) else {}
+    if options.get("include_usage") is True:
+        return False
+    kwargs["stream_options"] = options | {"include_usage": True}
+    return True
+
+
 def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    stream = kwargs.get("stream") is True
-    strip = False
-    if stream:
-        options = kwargs.get("stream_options")
-        options = dict(options) if isinstance(options, Mapping) else {}
-        if options.get("include_usage") is not True:
-            kwargs["stream_options"] = options | {"include_usage": True}
-            strip = True
+    strip = _asks_usage_chunk(kwargs)
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages")),
         max_output_tokens=output_allowance(kwargs, "max_completion_tokens", "max_tokens"),
-        stream=stream,
+        stream=kwargs.get("stream") is True,
+        strip_usage_chunk=strip,
+    )
+
+
+def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+    strip = _asks_usage_chunk(kwargs)
+    return Plan(
+        model=requested_model(kwargs),
+        prompt_tokens=request_tokens(kwargs.get("prompt"), kwargs.get("suffix")),
+        max_output_tokens=output_allowance(kwargs, "max_tokens"),
+        stream=kwargs.get("stream") is True,
         strip_usage_chunk=strip,
     )
 
@@ -60,15 +77,29 @@ class _ChatObserver(UsageObserver):
     def see(self, chunk: Any) -> bool:
         self.model = chunk.model
         for choice in chunk.choices:
-            delta = choice.delta
-            self.chars += len(delta.content or "")
-            for tool_call in delta.tool_calls or ():
-                if tool_call.function is not None:
-                    self.chars += len(tool_call.function.arguments or "")
+            self.chars += self._chars(choice)
         if chunk.usage is None:
             return True
         self.usage = chunk.usage
         return bool(chunk.choices) or not self.plan.strip_usage_chunk
+
+    @staticmethod
+    def _chars(choice: Any) -> int:
+        delta = choice.delta
+        chars = len(delta.content or "")
+        for tool_call in delta.tool_calls or ():
+            if tool_call.function is not None:
+                chars += len(tool_call.function.arguments or "")
+        return chars
+
+
+class _CompletionsObserver(_ChatObserver):
+    """Text completion chunks: the same usage chunk, each choice's ``text`` instead of a
+    ``delta``."""
+
+    @staticmethod
+    def _chars(choice: Any) -> int:
+        return len(choice.text or "")
 
 
 def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
@@ -129,11 +160,11 @@ def _images_measure(response: Any, plan: Plan) -> Measured:
     return Measured(normalize_usage(input_tokens=prompt, images=image))
 
 
-def _transcription_plan(kwargs: MutableMapping[str, Any]) -> Plan:
+def _speech_to_text_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(model=requested_model(kwargs), kind="audio", estimate=Usage())
 
 
-def _transcription_measure(response: Any, plan: Plan) -> Measured:
+def _speech_to_text_measure(response: Any, plan: Plan) -> Measured:
     usage = getattr(response, "usage", None)
     if usage is not None and usage.type == "duration":
         return Measured(normalize_usage(audio_seconds=usage.seconds))
@@ -147,10 +178,13 @@ def _transcription_measure(response: Any, plan: Plan) -> Measured:
 
 
 _CHAT = Method(_chat_plan, lambda response, plan: _measured(response), _ChatObserver)
+_COMPLETIONS = Method(
+    _completions_plan, lambda response, plan: _measured(response), _CompletionsObserver
+)
 _RESPONSES = Method(_responses_plan, lambda response, plan: _measured(response), _ResponsesObserver)
 _EMBEDDINGS = Method(_embeddings_plan, lambda response, plan: _measured(response))
 _IMAGES = Method(_images_plan, _images_measure)
-_TRANSCRIPTION = Method(_transcription_plan, _transcription_measure)
+_SPEECH_TO_TEXT = Method(_speech_to_text_plan, _speech_to_text_measure)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
@@ -161,12 +195,13 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
     for name in ("create", "parse"):
         patch(client.chat.completions, name, lifecycle, _CHAT, asynchronous=asynchronous)
         patch(client.responses, name, lifecycle, _RESPONSES, asynchronous=asynchronous)
+    patch(client.completions, "create", lifecycle, _COMPLETIONS, asynchronous=asynchronous)
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
     for images in ("generate", "edit"):
         patch(client.images, images, lifecycle, _IMAGES, asynchronous=asynchronous)
-    patch(
-        client.audio.transcriptions, "create", lifecycle, _TRANSCRIPTION, asynchronous=asynchronous
-    )
+    # Translations answer as transcriptions do: verbose_json tells the audio's duration.
+    for audio in (client.audio.transcriptions, client.audio.translations):
+        patch(audio, "create", lifecycle, _SPEECH_TO_TEXT, asynchronous=asynchronous)
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

@@ -91,7 +91,10 @@ class SyncStream(_WatchedStream):
         self._items = watch(stream, observer, call)
 
     def __iter__(self) -> Iterator[Any]:
-        return self._items
+        # Itself, not its generator: ``for item in client...create(stream=True)`` keeps no
+        # other reference to the stream, which would be collected (and record what it had
+        # seen: nothing) as the loop began.
+        return self
 
     def __next__(self) -> Any:
         return next(self._items)
@@ -118,7 +121,7 @@ class AsyncStream(_WatchedStream):
         self._items = watch_async(stream, observer, call)
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._items
+        return self  # as SyncStream.__iter__
 
     async def __anext__(self) -> Any:
         return await self._items.__anext__()

@@ -33,8 +33,8 @@ def fixture(name: str) -> bytes:
 
 
 def _without_usage(sse: bytes) -> bytes:
-    """An OpenAI chat stream as sent without ``include_usage``: no usage chunk, no
-    ``usage`` key in the others."""
+    """An OpenAI chat (or completions) stream as sent without ``include_usage``: no usage
+    chunk, no ``usage`` key in the others."""
     events = []
     for block in sse.decode().split("\n\n"):
         if not block.startswith("data: {"):
@@ -50,12 +50,18 @@ def _without_usage(sse: bytes) -> bytes:
 
 _JSON = {
     "/v1/chat/completions": "openai_chat.json",
+    "/v1/completions": "openai_completion.json",
     "/v1/responses": "openai_responses.json",
     "/v1/embeddings": "openai_embeddings.json",
     "/v1/images/generations": "openai_images.json",
     "/v1/images/edits": "openai_images.json",
     "/v1/audio/transcriptions": "openai_transcription.json",
+    "/v1/audio/translations": "openai_translation.json",
     "/v1/messages": "anthropic_message.json",
+}
+_USAGE_CHUNK_SSE = {
+    "/v1/chat/completions": "openai_chat_stream_usage.sse",
+    "/v1/completions": "openai_completion_stream_usage.sse",
 }
 _SSE = {
     "/v1/responses": "openai_responses_stream.sse",
@@ -92,13 +98,16 @@ class ProviderApi:
         if ":generateContent" in path:
             return httpx2.Response(200, content=fixture("gemini_generate.json"))
         if body is not None and body.get("stream"):
-            if path == "/v1/chat/completions":
-                sse = fixture("openai_chat_stream_usage.sse")
+            if path in _USAGE_CHUNK_SSE:
+                sse = fixture(_USAGE_CHUNK_SSE[path])
                 asked = (body.get("stream_options") or {}).get("include_usage")
                 return _sse(sse if asked else _without_usage(sse))
             return _sse(fixture(_SSE[path]))
+        answer = _JSON[path]
+        if path == "/v1/audio/translations" and b"verbose_json" in request.content:
+            answer = "openai_translation_verbose.json"  # the duration comes with the segments
         return httpx2.Response(
-            200, content=fixture(_JSON[path]), headers={"content-type": "application/json"}
+            200, content=fixture(answer), headers={"content-type": "application/json"}
         )
 
     def transport(self) -> httpx2.MockTransport:

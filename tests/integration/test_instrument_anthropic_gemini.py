@@ -189,6 +189,54 @@ async def test_anthropic_clients_and_raw_responses_made_from_an_instrumented_one
         assert (event.project_id, event.estimated_reason) == ("apollo", None)
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_anthropic_beta_messages_record_exact_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            beta = sync_client.beta.messages
+
+            def calls() -> tuple[Any, list[str], str]:
+                message = beta.create(**request, betas=["context-1m-2025-08-07"])
+                beta.parse(**request)
+                kinds = [event.type for event in beta.create(**request, stream=True)]
+                with beta.stream(**request) as stream:
+                    return message, kinds, "".join(stream.text_stream)
+
+            message, kinds, text = await in_thread(calls)
+        else:
+            aio = async_client.beta.messages
+            message = await aio.create(**request, betas=["context-1m-2025-08-07"])
+            await aio.parse(**request)
+            kinds = [event.type async for event in await aio.create(**request, stream=True)]
+            async with aio.stream(**request) as stream:
+                text = "".join([piece async for piece in stream.text_stream])
+        events = await recorded.exactly(stack.tracker, 4)
+    assert isinstance(message, anthropic.types.beta.BetaMessage)
+    assert kinds[-2:] == ["message_delta", "message_stop"]
+    assert text == "Okay, here is a short poem about the sea:\n\nWaves fold light into the shore."
+    answered = [e for e in events if e.usage.output_text == 95]
+    streamed = [e for e in events if e.usage.output_text == 89]
+    assert (len(answered), len(streamed)) == (2, 2)
+    for event in answered:
+        assert event.usage == Usage(
+            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
+        )
+        assert event.cost == per_million(
+            a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
+        )
+    for event in streamed:
+        assert event.usage == Usage(input_uncached=472, output_text=89)
+        assert event.cost == per_million(a=("3", 472), b=("15", 89))
+    for event in events:
+        assert (event.provider, event.model) == ("anthropic", "claude-sonnet-4-5-20250929")
+        assert event.user_id == "alice" and event.estimated_reason is None
+
+
 async def test_anthropic_refusal_in_the_providers_shape(
     stack: EnforcementStack, topology: Topology
 ) -> None:

@@ -118,6 +118,59 @@ async def test_each_call_records_its_exact_usage_and_cost_once(
         assert event.reservation_id is None  # no BLOCK policy: the local check path
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_legacy_text_completions_streamed_or_not_record_exact_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "max_tokens": 7}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            create = sync_client.completions.create
+            answer = await in_thread(create, **request)
+            chunks = await in_thread(lambda: list(create(**request, stream=True)))
+        else:
+            answer = await async_client.completions.create(**request)
+            chunks = [
+                c async for c in await async_client.completions.create(**request, stream=True)
+            ]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert answer.choices[0].text == "\n\nThis is indeed a test"
+    # The usage chunk the instrumentation asked for is kept from the caller.
+    assert all(chunk.choices for chunk in chunks)
+    assert "".join(chunk.choices[0].text for chunk in chunks) == "\n\nThis is a test."
+    streamed_request = api.requests[1]
+    assert streamed_request is not None
+    assert streamed_request["stream_options"] == {"include_usage": True}
+    answered, streamed = sorted(events, key=lambda e: e.usage.output_text, reverse=True)
+    assert answered.usage == Usage(input_uncached=5, output_text=7)
+    assert answered.cost == per_million(a=("1.50", 5), b=("2", 7))
+    assert streamed.usage == Usage(input_uncached=5, output_text=6)
+    assert streamed.cost == per_million(a=("1.50", 5), b=("2", 6))
+    for event in events:
+        assert (event.provider, event.model) == ("openai", "gpt-3.5-turbo-instruct")
+        assert event.user_id == "alice" and event.estimated_reason is None
+
+
+async def test_a_text_completion_stream_abandoned_records_the_text_it_received(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    api = ProviderApi()
+    _, client = clients(api, stack)
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test"}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        stream = await client.completions.create(**request, stream=True)
+        async with stream:
+            got = [await stream.__anext__() for _ in range(3)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(chunk.choices[0].text for chunk in got) == "\n\nThis is"
+    # The prompt, 18 characters: 5 tokens; the text received, 9 characters: 3 tokens.
+    assert event.usage == Usage(input_uncached=5, output_text=3)
+    assert event.estimated_reason is not None
+    assert "before its usage arrived" in event.estimated_reason
+
+
 async def test_a_caller_that_asked_for_usage_keeps_the_usage_chunk(
     stack: EnforcementStack, topology: Topology
 ) -> None:
@@ -135,6 +188,30 @@ async def test_a_caller_that_asked_for_usage_keeps_the_usage_chunk(
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens == 29
     assert event.usage == Usage(input_uncached=19, output_text=10)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_a_stream_looped_over_straight_from_the_call_records_its_usage(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``for chunk in create(stream=True)`` holds no other reference to the stream: it
+    must live until the loop ends, not record (nothing) as the loop starts."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            create = sync_client.chat.completions.create
+            text = await in_thread(
+                lambda: "".join(c.choices[0].delta.content or "" for c in create(**chat))
+            )
+        else:
+            stream = async_client.chat.completions.create(**chat)
+            text = "".join([c.choices[0].delta.content or "" async for c in await stream])
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert text == "Hello! How can I help you today?"
+    assert event.usage == Usage(input_uncached=19, output_text=10)
+    assert event.estimated_reason is None
 
 
 async def test_an_abandoned_stream_records_what_it_consumed(
@@ -337,6 +414,40 @@ async def test_an_image_edit_records_its_images_once(
     assert event.usage == Usage(input_uncached=50, images=images)
     assert event.cost == per_million(a=("5", 50)) + 2 * Decimal("0.042")
     assert event.estimated_reason is None and event.user_id == "alice"
+
+
+# The SDK marks translations deprecated (shut down on 26 Feb 2027); they answer, and cost.
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_an_audio_translation_records_its_duration_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    create = (sync_client if sync else async_client).audio.translations.create
+
+    async def translate(**kwargs: Any) -> Any:
+        audio = ("german.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
+        request = {"model": "whisper-1", "file": audio, **kwargs}
+        return await (in_thread(create, **request) if sync else create(**request))
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        verbose = await translate(response_format="verbose_json", budget_user_id="bob")
+        plain = await translate()
+        events = await recorded.exactly(stack.tracker, 2)
+    assert verbose.duration == 8.47 and plain.text.startswith("Hello, my name is Wolfgang")
+    by_user = {event.user_id: event for event in events}
+    timed = by_user["bob"]
+    assert (timed.model, timed.kind) == ("whisper-1", "audio")
+    assert timed.usage == Usage(audio_seconds=Decimal("8.47"))
+    assert timed.cost == Decimal("0.006") * Decimal("8.47") / 60
+    assert timed.estimated_reason is None
+    # A json translation is the text alone: no duration, so the pre-call estimate, $0,
+    # and said so.
+    untimed = by_user["alice"]
+    assert (untimed.model, untimed.kind, untimed.usage) == ("whisper-1", "audio", Usage())
+    assert untimed.estimated_reason is not None
+    assert "tells no usage or duration" in untimed.estimated_reason
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
