@@ -261,8 +261,9 @@ async def _alerting(conn: Connection, settings: Settings) -> list[Finding]:
 
 
 async def _cooldowns(conn: Connection, rules: Sequence[AlertRule]) -> list[Finding]:
-    """A rule holds back a repeat for the same policy and key until its cooldown has run
-    from the last alert it raised for them (in event time, read here against the clock)."""
+    """A rule holds back an alert for the same policy and key within its cooldown of one it
+    raised for them, before or after it in event time; read here against the clock from
+    the last one (a late event's alert from before it is held back alike)."""
     by_id = {r.rule_id: r for r in rules if r.cooldown_minutes}
     newest, _ = await alerts_page(conn, AlertsQuery(limit=_RECENT_ALERTS))
     now = utc_now()
@@ -275,14 +276,16 @@ async def _cooldowns(conn: Connection, rules: Sequence[AlertRule]) -> list[Findi
         if rule is None or subject in seen:
             continue
         seen.add(subject)
-        until = alert.raised_at + timedelta(minutes=rule.cooldown_minutes)
+        cooldown = timedelta(minutes=rule.cooldown_minutes)
+        until, since = alert.raised_at + cooldown, alert.raised_at - cooldown
         if until > now:
             found.append(
                 Finding(
                     "note",
                     "cooldowns",
                     f"rule {rule.rule_id} ({rule.cooldown_minutes} min) holds back repeats"
-                    f" about {_about(alert)} until {until:%F %H:%M} UTC",
+                    f" about {_about(alert)} until {until:%F %H:%M} UTC (and late ones of"
+                    f" events since {since:%F %H:%M})",
                     "lower the rule's cooldown_minutes if those repeats matter",
                 )
             )

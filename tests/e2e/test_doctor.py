@@ -123,6 +123,7 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
     assert re.fullmatch(
         r"rule default-policy-violation \(15 min\) holds back repeats about policy cap, key"
         r" alice until \d{4}-\d\d-\d\d \d\d:\d\d UTC"
+        r" \(and late ones of events since \d{4}-\d\d-\d\d \d\d:\d\d\)"
         r" \| lower the rule's cooldown_minutes if those repeats matter",
         note,
     ), note
