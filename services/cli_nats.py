@@ -51,6 +51,29 @@ def add(
         typer.echo(f"connect with: export {exports}")
 
 
+@nats_app.command("remove")
+def remove(
+    name: Annotated[str, typer.Argument(help="the NATS user to withdraw")],
+    data_dir: DataDir = None,
+) -> None:
+    """Withdraw a NATS user: its password file is deleted and a running `budget up` on the
+    data directory reloads its NATS config, which closes the user's connections."""
+    from services.nats_config import NatsCredentials, write_config
+    from services.stack import reload_nats
+
+    current = settings()
+    directory = (data_dir or current.data_dir).absolute()
+    NatsCredentials(directory).remove(name)
+    write_config(directory, current)
+    pid = reload_nats(directory)
+    typer.echo(f"NATS user {name} withdrawn")
+    typer.echo(
+        f"the running NATS server (pid {pid}) reloaded its users and closed its connections"
+        if pid
+        else "`budget up` will refuse it from its next start"
+    )
+
+
 @nats_app.command("list")
 def list_users(data_dir: DataDir = None) -> None:
     """The NATS users and their roles (never their passwords)."""

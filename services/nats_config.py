@@ -105,6 +105,23 @@ class NatsCredentials:
             write_secret_file(self._roster, json.dumps({**roles, user: role}, indent=2) + "\n")
         return password
 
+    def remove(self, user: str) -> None:
+        """Withdraw ``user``: out of the roster, its password file deleted. The default
+        users are made again at every start of ``budget up``, so they are refused."""
+        if user in dict(DEFAULT_USERS):
+            raise ValueError(
+                f"NATS user {user!r} is one of the defaults, which `budget up` makes again at"
+                " every start; give each host app a user of its own (`budget nats-credential"
+                " add NAME`) so that it can be withdrawn"
+            )
+        roles = self.roles()
+        if user not in roles:
+            known = ", ".join(sorted(roles)) or "none"
+            raise ValueError(f"there is no NATS user {user!r} (users: {known})")
+        del roles[user]
+        write_secret_file(self._roster, json.dumps(roles, indent=2) + "\n")
+        self.password_file(user).unlink(missing_ok=True)
+
     def ensure_defaults(self) -> None:
         for user, role in DEFAULT_USERS:
             if user not in self.roles():

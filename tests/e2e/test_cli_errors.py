@@ -93,6 +93,7 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "api-key revoke": [("a/b",)],
     "nats-credential add": [("../x",), ("team-b", "--role", "root"), ()],
     "nats-credential list": [("extra",)],
+    "nats-credential remove": [(), ("host",), ("nobody",)],
     "doctor": [("--max-lag", "-1"), ("--days", "0")],
 }
 

@@ -79,6 +79,44 @@ async def test_an_added_host_connects_once_the_running_server_reloaded(tmp_path:
             await nats.connect(server.url, allow_reconnect=False, connect_timeout=5)
 
 
+async def test_a_removed_user_is_shut_out_and_its_connections_closed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    NatsCredentials(data_dir).ensure_defaults()
+    NatsCredentials(data_dir).add("team-b", "host")
+    config = write_config(data_dir, Settings())
+    with EmbeddedNats(data_dir / "nats", config_file=config, stop_timeout=5.0) as server:
+        (data_dir / "stack.json").write_text(json.dumps({"nats_pid": server.pid}))
+        team_b = NatsCredentials(data_dir).settings_for("team-b", Settings())
+        # what a host app that kept the password would present afterwards
+        kept = NatsCredentials(data_dir).password_file("team-b").read_text().strip()
+        stale = Settings(nats_user="team-b", nats_password=kept)
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        connected = await connect_nats(
+            server.url,
+            within=5,
+            allow_reconnect=False,
+            closed_cb=on_closed,
+            **nats_options(team_b),
+        )
+        refused = await asyncio.to_thread(_budget, data_dir, "remove", "host")
+        assert refused.returncode != 0 and "one of the defaults" in refused.stderr
+        removed = await asyncio.to_thread(_budget, data_dir, "remove", "team-b")
+        assert removed.returncode == 0, removed.stderr
+        assert "reloaded its users and closed its connections" in removed.stdout
+        assert not NatsCredentials(data_dir).password_file("team-b").exists()
+        await asyncio.wait_for(closed.wait(), 30)  # the server closed team-b's connection
+        assert connected.is_closed
+        assert not await _connects(server.url, stale)
+        listed = await asyncio.to_thread(_budget, data_dir, "list")
+        assert "team-b" not in listed.stdout
+        unknown = await asyncio.to_thread(_budget, data_dir, "remove", "team-b")
+        assert unknown.returncode != 0 and "there is no NATS user 'team-b'" in unknown.stderr
+
+
 def test_a_user_keeps_its_role(tmp_path: Path) -> None:
     credentials = NatsCredentials(tmp_path)
     first = credentials.add("team-b", "host")
