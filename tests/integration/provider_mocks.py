@@ -2,13 +2,14 @@
 clients take) answering with the recorded bodies and SSE streams in provider_fixtures/,
 and the usage events an instrumented call published, read back from NATS.
 
-The SDKs parse these answers themselves; nothing reaches the network."""
+The SDKs parse these answers themselves; nothing reaches the network. Also what the
+instrumentation must record for each answer, and the checks made of every event alike."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from budget.tracker import UsageTracker
-from events import Topology, UsageRecorded, decode
+from events import ImageUsage, Topology, Usage, UsageRecorded, decode
 
 from support import wait_for
 
@@ -171,6 +173,54 @@ def per_million(**rates_and_counts: tuple[str, int]) -> Decimal:
     )
 
 
+# A test taking ``sync``, run once with each of the SDK's clients.
+sync_and_async = pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+
+
 async def in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
     """A sync client's call, from a thread: the tracker's loop is this test's."""
     return await asyncio.to_thread(function, *args, **kwargs)
+
+
+async def call(sync: bool, method: Any, **kwargs: Any) -> Any:
+    """``method`` of a sync client called from a thread, or of an async one awaited."""
+    return await (in_thread(method, **kwargs) if sync else method(**kwargs))
+
+
+# What the instrumentation must record for the recorded answers above: the usage each
+# tells, and its cost at the price list's rates.
+GPT_4O_CHAT = Usage(input_uncached=93, input_cache_read=1024, output_text=46)
+GPT_4O_MINI_CHAT_STREAM = Usage(input_uncached=19, output_text=10)
+O4_MINI_RESPONSE = Usage(
+    input_uncached=152, input_cache_read=2048, output_text=172, output_reasoning=448
+)
+# Reasoning tokens are billed as output: 172 + 448.
+O4_MINI_RESPONSE_COST = per_million(a=("1.10", 152), b=("0.275", 2048), c=("4.40", 620))
+GPT_IMAGE = Usage(input_uncached=50, images=ImageUsage(count=2, size="1024x1024", quality="medium"))
+GPT_IMAGE_1_COST = per_million(a=("5", 50)) + 2 * Decimal("0.042")
+
+CLAUDE_MESSAGE = Usage(
+    input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
+)
+CLAUDE_MESSAGE_COST = per_million(a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95))
+CLAUDE_STREAM = Usage(input_uncached=472, output_text=89)
+CLAUDE_STREAM_COST = per_million(a=("3", 472), b=("15", 89))
+
+
+# The checks the instrumentation tests make of every event alike.
+def assert_each(events: Iterable[UsageRecorded], **expected: Any) -> None:
+    """Every event has the values given for the fields named."""
+    for event in events:
+        assert {name: getattr(event, name) for name in expected} == expected, event
+
+
+def assert_estimated(event: UsageRecorded, because: str) -> None:
+    """The event's usage is an estimate, and its reason says ``because``."""
+    assert event.estimated_reason is not None
+    assert because in event.estimated_reason
+
+
+def assert_asked_for_usage(body: dict[str, Any] | None) -> None:
+    """The streamed request's body, as sent: the instrumentation asked for the usage chunk."""
+    assert body is not None
+    assert body["stream_options"] == {"include_usage": True}

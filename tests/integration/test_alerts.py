@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,21 @@ def crossing_events(policy_id: str = "team") -> list[Event]:
         PolicySet(occurred_at=START, policy=policy),
         *(usage_event(cost=c, at=START + timedelta(minutes=i)) for i, c in enumerate(costs)),
     ]
+
+
+def daily_policy_with_a_half_rule_cooling_down(day: datetime) -> list[Event]:
+    """A daily $1 policy and a 50 % rule on it, shown in the UI, cooling down for 2 hours;
+    both set at ``day``."""
+    policy = BudgetPolicy(policy_id="daily", name="Daily", limit_amount=1, period="daily")
+    rule = AlertRule(
+        rule_id="half",
+        name="Half",
+        threshold_percent=50,
+        cooldown_minutes=120,
+        policy_ids=("daily",),
+        channels=("ui",),
+    )
+    return [PolicySet(occurred_at=day, policy=policy), AlertRuleSet(occurred_at=day, rule=rule)]
 
 
 async def alert_rows(db: str) -> list[Alert]:
@@ -235,22 +250,12 @@ async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
     """A daily $1 policy with a 50 % rule cooling down for 2 hours: crossed at 23:00, again
     at 00:30 the next day (suppressed), and at 10:00 the day after (raised)."""
     day = START.replace(hour=0)
-    policy = BudgetPolicy(policy_id="daily", name="Daily", limit_amount=1, period="daily")
-    rule = AlertRule(
-        rule_id="half",
-        name="Half",
-        threshold_percent=50,
-        cooldown_minutes=120,
-        policy_ids=("daily",),
-        channels=("ui",),
-    )
     crossings = [day + timedelta(hours=23), day + timedelta(hours=24.5), day + timedelta(hours=58)]
     await publish(
         nc,
         topology,
         [
-            PolicySet(occurred_at=day, policy=policy),
-            AlertRuleSet(occurred_at=day, rule=rule),
+            *daily_policy_with_a_half_rule_cooling_down(day),
             *(usage_event(cost="0.60", at=at) for at in crossings),
         ],
     )
@@ -276,22 +281,12 @@ async def test_late_crossings_of_earlier_days_are_held_back_only_within_a_cooldo
     Alerts of earlier days follow later days' alerts: no cooldown holds one back, a 2-hour
     one only the 50 % alert of day 3, an hour before day 4's. A rebuild raises the same."""
     day = START.replace(hour=0)
-    policy = BudgetPolicy(policy_id="daily", name="Daily", limit_amount=1, period="daily")
-    rule = AlertRule(
-        rule_id="half",
-        name="Half",
-        threshold_percent=50,
-        cooldown_minutes=120,
-        policy_ids=("daily",),
-        channels=("ui",),
-    )
     first = usage_event(cost="0.10", at=day + timedelta(hours=9))
     await publish(
         nc,
         topology,
         [
-            PolicySet(occurred_at=day, policy=policy),
-            AlertRuleSet(occurred_at=day, rule=rule),
+            *daily_policy_with_a_half_rule_cooling_down(day),
             first,
             usage_event(cost="0.85", at=day + timedelta(days=2, hours=9)),
             usage_event(cost="0.85", at=day + timedelta(days=4, minutes=30)),

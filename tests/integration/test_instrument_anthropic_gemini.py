@@ -3,6 +3,7 @@ async, over a mock transport answering with recorded bodies and streams."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
@@ -16,11 +17,24 @@ from budget import BudgetExceeded
 from events import Topology, Usage
 
 from enforcement import EnforcementStack
-from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
+from provider_mocks import (
+    CLAUDE_MESSAGE,
+    CLAUDE_MESSAGE_COST,
+    CLAUDE_STREAM,
+    CLAUDE_STREAM_COST,
+    ProviderApi,
+    assert_each,
+    assert_estimated,
+    in_thread,
+    per_million,
+    recorded_usage,
+    sync_and_async,
+)
 
 pytestmark = pytest.mark.integration
 
 HELLO = [{"role": "user", "content": "Write a short poem about the sea"}]
+MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
 
 
 def anthropic_clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> Any:
@@ -42,86 +56,96 @@ def gemini_client(api: ProviderApi, stack: EnforcementStack, **options: Any) -> 
     return budget.instrument(client, tracker=stack.tracker, **options)
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_anthropic_messages_parsed_and_streamed_record_exact_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
     api = ProviderApi()
     sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
-    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
-            await in_thread(sync_client.messages.create, **request)
-            await in_thread(sync_client.messages.parse, **request)
-            stream = await in_thread(sync_client.messages.create, **request, stream=True)
+            await in_thread(sync_client.messages.create, **MESSAGE)
+            await in_thread(sync_client.messages.parse, **MESSAGE)
+            stream = await in_thread(sync_client.messages.create, **MESSAGE, stream=True)
             kinds = [event.type for event in await in_thread(list, stream)]
         else:
-            await async_client.messages.create(**request)
-            await async_client.messages.parse(**request)  # the SDK's structured-output helper
-            stream = await async_client.messages.create(**request, stream=True)
+            await async_client.messages.create(**MESSAGE)
+            await async_client.messages.parse(**MESSAGE)  # the SDK's structured-output helper
+            stream = await async_client.messages.create(**MESSAGE, stream=True)
             kinds = [event.type async for event in stream]
         events = await recorded.exactly(stack.tracker, 3)
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
     message, parsed, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
-    for answered in (message, parsed):
-        assert answered.usage == Usage(
-            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
-        )
-        assert answered.cost == per_million(
-            a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
-        )
+    assert_each((message, parsed), usage=CLAUDE_MESSAGE, cost=CLAUDE_MESSAGE_COST)
     # message_delta's 89 output tokens are the total, not 89 more than message_start's 2.
-    assert streamed.usage == Usage(input_uncached=472, output_text=89)
-    assert streamed.cost == per_million(a=("3", 472), b=("15", 89))
-    for event in events:
-        assert (event.provider, event.model) == ("anthropic", "claude-sonnet-4-5-20250929")
-        assert event.user_id == "alice" and event.estimated_reason is None
+    assert (streamed.usage, streamed.cost) == (CLAUDE_STREAM, CLAUDE_STREAM_COST)
+    assert_each(
+        events,
+        provider="anthropic",
+        model="claude-sonnet-4-5-20250929",
+        user_id="alice",
+        estimated_reason=None,
+    )
 
 
-async def test_an_anthropic_stream_abandoned_before_its_final_usage(
-    stack: EnforcementStack, topology: Topology
+async def leave_the_event_stream_early(client: anthropic.AsyncAnthropic) -> None:
+    stream = await client.messages.create(**MESSAGE, stream=True)
+    async with stream:
+        # message_start, content_block_start (the SDK drops the ping), then "Okay",
+        # ", here is a" and " short poem"
+        for _ in range(5):
+            await stream.__anext__()
+
+
+async def leave_the_stream_helper_early(client: anthropic.AsyncAnthropic) -> None:
+    async with client.messages.stream(**MESSAGE) as stream:
+        async for text in stream.text_stream:
+            if text == " short poem":
+                break
+
+
+@pytest.mark.parametrize(
+    "leave_early",
+    [leave_the_event_stream_early, leave_the_stream_helper_early],
+    ids=["event-stream", "stream-helper"],
+)
+async def test_an_anthropic_stream_left_before_its_final_usage_records_what_it_consumed(
+    stack: EnforcementStack, topology: Topology, leave_early: Callable[[Any], Awaitable[None]]
 ) -> None:
     api = ProviderApi()
     _, client = anthropic_clients(api, stack)
-    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
     async with recorded_usage(stack.nc, topology) as recorded:
-        stream = await client.messages.create(**request, stream=True)
-        async with stream:
-            # message_start, content_block_start (the SDK drops the ping), then "Okay",
-            # ", here is a" and " short poem"
-            for _ in range(5):
-                await stream.__anext__()
+        await leave_early(client)
         [event] = await recorded.exactly(stack.tracker, 1)
-    # message_start's input (472) and the text received, 26 characters: 7 tokens.
+    # message_start's input (472) and the text received, "Okay, here is a short poem",
+    # 26 characters: 7 tokens.
     assert event.usage == Usage(input_uncached=472, output_text=7)
-    assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
+    assert_estimated(event, "message_delta")
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_the_anthropic_stream_helper_records_the_final_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
     api = ProviderApi()
     sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
-    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
 
             def read() -> tuple[str, Any]:
-                with sync_client.messages.stream(**request, budget_project_id="poems") as stream:
+                with sync_client.messages.stream(**MESSAGE, budget_project_id="poems") as stream:
                     return "".join(stream.text_stream), stream.get_final_message()
 
             text, final = await in_thread(read)
         else:
-            async with async_client.messages.stream(**request, budget_project_id="poems") as s:
+            async with async_client.messages.stream(**MESSAGE, budget_project_id="poems") as s:
                 text = "".join([piece async for piece in s.text_stream])
                 final = await s.get_final_message()
         [event] = await recorded.exactly(stack.tracker, 1)
     assert text == "Okay, here is a short poem about the sea:\n\nWaves fold light into the shore."
     assert final.usage.output_tokens == 89
     assert api.requests[0] is not None and api.requests[0]["stream"] is True
-    assert event.usage == Usage(input_uncached=472, output_text=89)
-    assert event.cost == per_million(a=("3", 472), b=("15", 89))
+    assert (event.usage, event.cost) == (CLAUDE_STREAM, CLAUDE_STREAM_COST)
     assert (event.model, event.user_id, event.project_id) == (
         "claude-sonnet-4-5-20250929",
         "alice",
@@ -130,90 +154,68 @@ async def test_the_anthropic_stream_helper_records_the_final_usage_once(
     assert event.estimated_reason is None
 
 
-async def test_the_anthropic_stream_helper_left_early_records_what_it_consumed(
-    stack: EnforcementStack, topology: Topology
-) -> None:
-    api = ProviderApi()
-    _, client = anthropic_clients(api, stack)
-    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
-    async with recorded_usage(stack.nc, topology) as recorded:
-        async with client.messages.stream(**request) as stream:
-            async for text in stream.text_stream:
-                if text == " short poem":  # "Okay, here is a short poem": 26 characters
-                    break
-        [event] = await recorded.exactly(stack.tracker, 1)
-    assert event.usage == Usage(input_uncached=472, output_text=7)
-    assert event.estimated_reason is not None and "message_delta" in event.estimated_reason
-
-
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_anthropic_clients_and_raw_responses_made_from_an_instrumented_one_are_recorded(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
     api = ProviderApi()
     sync_client, async_client = anthropic_clients(api, stack, project_id="apollo")
-    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
 
             def calls() -> tuple[list[Any], list[str]]:
-                sync_client.with_options(max_retries=0).messages.create(**request)
-                raw = sync_client.with_raw_response.messages.create(**request)
+                sync_client.with_options(max_retries=0).messages.create(**MESSAGE)
+                raw = sync_client.with_raw_response.messages.create(**MESSAGE)
                 streaming = sync_client.with_streaming_response.messages.create
-                with streaming(**request) as response:
+                with streaming(**MESSAGE) as response:
                     messages = [raw.parse(), response.parse()]
-                raw = sync_client.with_raw_response.messages.create(**request, stream=True)
+                raw = sync_client.with_raw_response.messages.create(**MESSAGE, stream=True)
                 return messages, [event.type for event in raw.parse()]
 
             messages, kinds = await in_thread(calls)
         else:
-            await async_client.with_options(max_retries=0).messages.create(**request)
-            raw = await async_client.with_raw_response.messages.create(**request)
+            await async_client.with_options(max_retries=0).messages.create(**MESSAGE)
+            raw = await async_client.with_raw_response.messages.create(**MESSAGE)
             streaming = async_client.with_streaming_response.messages.create
-            async with streaming(**request) as response:
+            async with streaming(**MESSAGE) as response:
                 messages = [await raw.parse(), await response.parse()]
-            raw = await async_client.with_raw_response.messages.create(**request, stream=True)
+            raw = await async_client.with_raw_response.messages.create(**MESSAGE, stream=True)
             kinds = [event.type async for event in await raw.parse()]
         events = await recorded.exactly(stack.tracker, 4)
     assert [message.usage.output_tokens for message in messages] == [95, 95]
     assert kinds[-2:] == ["message_delta", "message_stop"]
     # The raw stream, read through the caller's parse(): message_delta's final counts.
     [streamed] = [e for e in events if e.usage.output_text == 89]
-    assert streamed.usage == Usage(input_uncached=472, output_text=89)
+    assert streamed.usage == CLAUDE_STREAM
     assert (streamed.project_id, streamed.estimated_reason) == ("apollo", None)
     events.remove(streamed)
-    for event in events:
-        assert event.usage == Usage(
-            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
-        )
-        assert (event.project_id, event.estimated_reason) == ("apollo", None)
+    assert_each(events, usage=CLAUDE_MESSAGE, project_id="apollo", estimated_reason=None)
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_anthropic_beta_messages_record_exact_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
     api = ProviderApi()
     sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
-    request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
             beta = sync_client.beta.messages
 
             def calls() -> tuple[Any, list[str], str]:
-                message = beta.create(**request, betas=["context-1m-2025-08-07"])
-                beta.parse(**request)
-                kinds = [event.type for event in beta.create(**request, stream=True)]
-                with beta.stream(**request) as stream:
+                message = beta.create(**MESSAGE, betas=["context-1m-2025-08-07"])
+                beta.parse(**MESSAGE)
+                kinds = [event.type for event in beta.create(**MESSAGE, stream=True)]
+                with beta.stream(**MESSAGE) as stream:
                     return message, kinds, "".join(stream.text_stream)
 
             message, kinds, text = await in_thread(calls)
         else:
             aio = async_client.beta.messages
-            message = await aio.create(**request, betas=["context-1m-2025-08-07"])
-            await aio.parse(**request)
-            kinds = [event.type async for event in await aio.create(**request, stream=True)]
-            async with aio.stream(**request) as stream:
+            message = await aio.create(**MESSAGE, betas=["context-1m-2025-08-07"])
+            await aio.parse(**MESSAGE)
+            kinds = [event.type async for event in await aio.create(**MESSAGE, stream=True)]
+            async with aio.stream(**MESSAGE) as stream:
                 text = "".join([piece async for piece in stream.text_stream])
         events = await recorded.exactly(stack.tracker, 4)
     assert isinstance(message, anthropic.types.beta.BetaMessage)
@@ -222,19 +224,15 @@ async def test_anthropic_beta_messages_record_exact_usage_once(
     answered = [e for e in events if e.usage.output_text == 95]
     streamed = [e for e in events if e.usage.output_text == 89]
     assert (len(answered), len(streamed)) == (2, 2)
-    for event in answered:
-        assert event.usage == Usage(
-            input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95
-        )
-        assert event.cost == per_million(
-            a=("3", 12), b=("3.75", 1800), c=("0.30", 2400), d=("15", 95)
-        )
-    for event in streamed:
-        assert event.usage == Usage(input_uncached=472, output_text=89)
-        assert event.cost == per_million(a=("3", 472), b=("15", 89))
-    for event in events:
-        assert (event.provider, event.model) == ("anthropic", "claude-sonnet-4-5-20250929")
-        assert event.user_id == "alice" and event.estimated_reason is None
+    assert_each(answered, usage=CLAUDE_MESSAGE, cost=CLAUDE_MESSAGE_COST)
+    assert_each(streamed, usage=CLAUDE_STREAM, cost=CLAUDE_STREAM_COST)
+    assert_each(
+        events,
+        provider="anthropic",
+        model="claude-sonnet-4-5-20250929",
+        user_id="alice",
+        estimated_reason=None,
+    )
 
 
 async def test_anthropic_refusal_in_the_providers_shape(
@@ -254,7 +252,7 @@ async def test_anthropic_refusal_in_the_providers_shape(
     assert api.requests == []
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_gemini_content_and_its_stream_record_exact_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -288,15 +286,10 @@ async def test_gemini_content_and_its_stream_record_exact_usage_once(
     # The last chunk's counts, not the sum of every chunk's.
     assert streamed.usage == Usage(input_uncached=11, output_text=10, output_reasoning=40)
     assert streamed.cost == per_million(a=("0.30", 11), b=("2.50", 50))
-    for event in events:
-        assert (event.provider, event.model, event.project_id) == (
-            "google",
-            "gemini-2.5-flash",
-            "apollo",
-        )
+    assert_each(events, provider="google", model="gemini-2.5-flash", project_id="apollo")
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_gemini_embeddings_record_their_token_count_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -325,14 +318,8 @@ async def test_gemini_embeddings_record_their_token_count_once(
     # An answer with the vectors alone: the contents' text, estimated, and said so.
     assert (estimated.kind, estimated.usage) == ("embedding", Usage(embedding_tokens=13))
     assert estimated.cost == per_million(a=("0.15", 13))
-    assert estimated.estimated_reason is not None
-    assert "no token count" in estimated.estimated_reason
-    for event in events:
-        assert (event.provider, event.model, event.project_id) == (
-            "google",
-            "gemini-embedding-001",
-            "apollo",
-        )
+    assert_estimated(estimated, "no token count")
+    assert_each(events, provider="google", model="gemini-embedding-001", project_id="apollo")
 
 
 async def test_gemini_refusal_in_the_providers_shape(

@@ -5,7 +5,6 @@ recorded once, the budget checked before, reservations released on failure."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -14,10 +13,26 @@ import pytest
 
 import budget
 from budget import BudgetExceeded
-from events import ImageUsage, Topology, Usage
+from events import Topology, Usage
 
 from enforcement import EnforcementStack
-from provider_mocks import ProviderApi, in_thread, per_million, recorded_usage
+from provider_mocks import (
+    GPT_4O_CHAT,
+    GPT_4O_MINI_CHAT_STREAM,
+    GPT_IMAGE,
+    GPT_IMAGE_1_COST,
+    O4_MINI_RESPONSE,
+    O4_MINI_RESPONSE_COST,
+    ProviderApi,
+    assert_asked_for_usage,
+    assert_each,
+    assert_estimated,
+    call,
+    in_thread,
+    per_million,
+    recorded_usage,
+    sync_and_async,
+)
 from support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -40,30 +55,30 @@ def clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> tuple[
 async def every_kind_of_call(client: Any, sync: bool) -> list[str]:
     """Chat, streamed chat, Responses, streamed Responses, embeddings, images and a
     transcription; the text of the streams as the caller saw it."""
-
-    async def call(method: Callable[..., Any], **kwargs: Any) -> Any:
-        return await (in_thread(method, **kwargs) if sync else method(**kwargs))
-
     seen: list[str] = []
-    await call(client.chat.completions.create, model="gpt-4o", messages=HELLO, max_tokens=100)
+    await call(sync, client.chat.completions.create, model="gpt-4o", messages=HELLO, max_tokens=100)
     stream = await call(
-        client.chat.completions.create, model="gpt-4o-mini", messages=HELLO, stream=True
+        sync, client.chat.completions.create, model="gpt-4o-mini", messages=HELLO, stream=True
     )
     chunks = await in_thread(list, stream) if sync else [c async for c in stream]
     assert all(c.choices for c in chunks), "the usage chunk nobody asked for is kept back"
     seen.append("".join(c.choices[0].delta.content or "" for c in chunks))
-    await call(client.responses.create, model="o4-mini", input="A haiku", max_output_tokens=1000)
-    stream = await call(client.responses.create, model="o4-mini", input="A haiku", stream=True)
+    await call(
+        sync, client.responses.create, model="o4-mini", input="A haiku", max_output_tokens=1000
+    )
+    stream = await call(
+        sync, client.responses.create, model="o4-mini", input="A haiku", stream=True
+    )
     events = await in_thread(list, stream) if sync else [e async for e in stream]
     seen.append(events[-1].type)
-    await call(client.embeddings.create, model="text-embedding-3-small", input=["a", "b"])
-    await call(client.images.generate, model="gpt-image-1", prompt="A lighthouse", n=2)
+    await call(sync, client.embeddings.create, model="text-embedding-3-small", input=["a", "b"])
+    await call(sync, client.images.generate, model="gpt-image-1", prompt="A lighthouse", n=2)
     audio = ("speech.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
-    await call(client.audio.transcriptions.create, model="whisper-1", file=audio)
+    await call(sync, client.audio.transcriptions.create, model="whisper-1", file=audio)
     return seen
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_each_call_records_its_exact_usage_and_cost_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -76,9 +91,7 @@ async def test_each_call_records_its_exact_usage_and_cost_once(
         events = await recorded.exactly(stack.tracker, 7)
 
     assert seen == ["Hello! How can I help you today?", "response.completed"]
-    streamed_chat = api.requests[1]
-    assert streamed_chat is not None
-    assert streamed_chat["stream_options"] == {"include_usage": True}
+    assert_asked_for_usage(api.requests[1])
     by_model = {e.model: e for e in events}
     assert set(by_model) == {
         "gpt-4o-2024-08-06",
@@ -89,36 +102,35 @@ async def test_each_call_records_its_exact_usage_and_cost_once(
         "whisper-1",
     }
     chat = by_model["gpt-4o-2024-08-06"]
-    assert chat.usage == Usage(input_uncached=93, input_cache_read=1024, output_text=46)
+    assert chat.usage == GPT_4O_CHAT
     assert chat.cost == per_million(a=("2.50", 93), b=("1.25", 1024), c=("10", 46))
     streamed = by_model["gpt-4o-mini-2024-07-18"]
-    assert streamed.usage == Usage(input_uncached=19, output_text=10)
+    assert streamed.usage == GPT_4O_MINI_CHAT_STREAM
     assert streamed.cost == per_million(a=("0.15", 19), b=("0.60", 10))
     responses = [e for e in events if e.model == "o4-mini-2025-04-16"]
     assert len(responses) == 2
-    for response in responses:
-        assert response.usage == Usage(
-            input_uncached=152, input_cache_read=2048, output_text=172, output_reasoning=448
-        )
-        assert response.cost == per_million(a=("1.10", 152), b=("0.275", 2048), c=("4.40", 620))
+    assert_each(responses, usage=O4_MINI_RESPONSE, cost=O4_MINI_RESPONSE_COST)
     embedding = by_model["text-embedding-3-small"]
     assert (embedding.kind, embedding.usage) == ("embedding", Usage(embedding_tokens=16))
     assert embedding.cost == per_million(a=("0.02", 16))
     image = by_model["gpt-image-1"]
-    images = ImageUsage(count=2, size="1024x1024", quality="medium")
-    assert (image.kind, image.usage) == ("image", Usage(input_uncached=50, images=images))
-    assert image.cost == per_million(a=("5", 50)) + 2 * Decimal("0.042")
+    assert (image.kind, image.usage, image.cost) == ("image", GPT_IMAGE, GPT_IMAGE_1_COST)
     audio = by_model["whisper-1"]
     assert (audio.kind, audio.usage) == ("audio", Usage(audio_seconds=Decimal(9)))
     assert audio.cost == Decimal("0.006") * 9 / 60
-    for event in events:
-        assert (event.provider, event.user_id, event.project_id) == ("openai", "alice", "apollo")
-        assert event.tags == {"team": "search"}
-        assert event.estimated_reason is None
-        assert event.reservation_id is None  # no BLOCK policy: the local check path
+    # reservation_id None: no BLOCK policy, the local check path.
+    assert_each(
+        events,
+        provider="openai",
+        user_id="alice",
+        project_id="apollo",
+        tags={"team": "search"},
+        estimated_reason=None,
+        reservation_id=None,
+    )
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_legacy_text_completions_streamed_or_not_record_exact_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -140,17 +152,19 @@ async def test_legacy_text_completions_streamed_or_not_record_exact_usage_once(
     # The usage chunk the instrumentation asked for is kept from the caller.
     assert all(chunk.choices for chunk in chunks)
     assert "".join(chunk.choices[0].text for chunk in chunks) == "\n\nThis is a test."
-    streamed_request = api.requests[1]
-    assert streamed_request is not None
-    assert streamed_request["stream_options"] == {"include_usage": True}
+    assert_asked_for_usage(api.requests[1])
     answered, streamed = sorted(events, key=lambda e: e.usage.output_text, reverse=True)
     assert answered.usage == Usage(input_uncached=5, output_text=7)
     assert answered.cost == per_million(a=("1.50", 5), b=("2", 7))
     assert streamed.usage == Usage(input_uncached=5, output_text=6)
     assert streamed.cost == per_million(a=("1.50", 5), b=("2", 6))
-    for event in events:
-        assert (event.provider, event.model) == ("openai", "gpt-3.5-turbo-instruct")
-        assert event.user_id == "alice" and event.estimated_reason is None
+    assert_each(
+        events,
+        provider="openai",
+        model="gpt-3.5-turbo-instruct",
+        user_id="alice",
+        estimated_reason=None,
+    )
 
 
 async def test_a_text_completion_stream_abandoned_records_the_text_it_received(
@@ -167,8 +181,7 @@ async def test_a_text_completion_stream_abandoned_records_the_text_it_received(
     assert "".join(chunk.choices[0].text for chunk in got) == "\n\nThis is"
     # The prompt, 18 characters: 5 tokens; the text received, 9 characters: 3 tokens.
     assert event.usage == Usage(input_uncached=5, output_text=3)
-    assert event.estimated_reason is not None
-    assert "before its usage arrived" in event.estimated_reason
+    assert_estimated(event, "before its usage arrived")
 
 
 async def test_a_caller_that_asked_for_usage_keeps_the_usage_chunk(
@@ -187,10 +200,10 @@ async def test_a_caller_that_asked_for_usage_keeps_the_usage_chunk(
         [event] = await recorded.exactly(stack.tracker, 1)
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens == 29
-    assert event.usage == Usage(input_uncached=19, output_text=10)
+    assert event.usage == GPT_4O_MINI_CHAT_STREAM
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_a_stream_looped_over_straight_from_the_call_records_its_usage(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -210,7 +223,7 @@ async def test_a_stream_looped_over_straight_from_the_call_records_its_usage(
             text = "".join([c.choices[0].delta.content or "" async for c in await stream])
         [event] = await recorded.exactly(stack.tracker, 1)
     assert text == "Hello! How can I help you today?"
-    assert event.usage == Usage(input_uncached=19, output_text=10)
+    assert event.usage == GPT_4O_MINI_CHAT_STREAM
     assert event.estimated_reason is None
 
 
@@ -240,8 +253,7 @@ async def test_an_abandoned_stream_records_what_it_consumed(
     for event in events:
         # "Say hello" + "user": 13 characters, 4 tokens; "Hello!": 2 tokens.
         assert event.usage == Usage(input_uncached=4, output_text=2)
-        assert event.estimated_reason is not None
-        assert "before its usage arrived" in event.estimated_reason
+        assert_estimated(event, "before its usage arrived")
     assert {e.user_id for e in events} == {"quitter", "dropper"}
 
 
@@ -331,18 +343,14 @@ async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_i
         events = await recorded.exactly(stack.tracker, 2)
     assert len(api.requests) == 2
     by_model = {e.model: e for e in events}
-    assert by_model["o4-mini-2025-04-16"].cost == per_million(
-        a=("1.10", 152), b=("0.275", 2048), c=("4.40", 620)
-    )
+    assert by_model["o4-mini-2025-04-16"].cost == O4_MINI_RESPONSE_COST
     unknown = by_model["gpt-image-9"]
-    assert unknown.usage == Usage(
-        input_uncached=50, images=ImageUsage(count=2, size="1024x1024", quality="medium")
-    )
+    assert unknown.usage == GPT_IMAGE
     assert unknown.cost is None
     assert unknown.unpriced_reason is not None and "gpt-image-9" in unknown.unpriced_reason
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_recorded(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -351,15 +359,12 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     client = sync_client if sync else async_client
     chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
 
-    async def call(method: Callable[..., Any], **kwargs: Any) -> Any:
-        return await (in_thread(method, **kwargs) if sync else method(**kwargs))
-
     raw_chat = client.with_raw_response.chat.completions.create
     async with recorded_usage(stack.nc, topology) as recorded:
-        await call(client.with_options(timeout=5).chat.completions.create, **chat)
-        raw = await call(raw_chat, **chat)
+        await call(sync, client.with_options(timeout=5).chat.completions.create, **chat)
+        raw = await call(sync, raw_chat, **chat)
         assert raw.parse().usage.total_tokens == 1163  # the caller's parse() as before
-        raw_stream = (await call(raw_chat, **chat, stream=True)).parse()
+        raw_stream = (await call(sync, raw_chat, **chat, stream=True)).parse()
         chunks = await in_thread(list, raw_stream) if sync else [c async for c in raw_stream]
         streaming = client.with_streaming_response.chat.completions.create
         if sync:
@@ -379,11 +384,9 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     for event in events:
         assert event.user_id == "alice"
         by_model.setdefault(event.model, []).append(event)
-    assert [e.usage for e in by_model["gpt-4o-2024-08-06"]] == 2 * [
-        Usage(input_uncached=93, input_cache_read=1024, output_text=46)
-    ]
+    assert [e.usage for e in by_model["gpt-4o-2024-08-06"]] == 2 * [GPT_4O_CHAT]
     [raw_streamed] = by_model["gpt-4o-mini-2024-07-18"]
-    assert raw_streamed.usage == Usage(input_uncached=19, output_text=10)
+    assert raw_streamed.usage == GPT_4O_MINI_CHAT_STREAM
     assert raw_streamed.estimated_reason is None
     # A with_streaming_response stream's body is read by its caller alone: sent as asked,
     # recorded as the pre-call estimate, and said so.
@@ -395,7 +398,7 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     assert "with_streaming_response" in (estimate.estimated_reason or "")
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_an_image_edit_records_its_images_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -409,16 +412,14 @@ async def test_an_image_edit_records_its_images_once(
         else:
             await async_client.images.edit(**edit)
         [event] = await recorded.exactly(stack.tracker, 1)
-    images = ImageUsage(count=2, size="1024x1024", quality="medium")
     assert (event.model, event.kind) == ("gpt-image-1", "image")
-    assert event.usage == Usage(input_uncached=50, images=images)
-    assert event.cost == per_million(a=("5", 50)) + 2 * Decimal("0.042")
+    assert (event.usage, event.cost) == (GPT_IMAGE, GPT_IMAGE_1_COST)
     assert event.estimated_reason is None and event.user_id == "alice"
 
 
 # The SDK marks translations deprecated (shut down on 26 Feb 2027); they answer, and cost.
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_an_audio_translation_records_its_duration_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -428,8 +429,7 @@ async def test_an_audio_translation_records_its_duration_once(
 
     async def translate(**kwargs: Any) -> Any:
         audio = ("german.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
-        request = {"model": "whisper-1", "file": audio, **kwargs}
-        return await (in_thread(create, **request) if sync else create(**request))
+        return await call(sync, create, model="whisper-1", file=audio, **kwargs)
 
     async with recorded_usage(stack.nc, topology) as recorded:
         verbose = await translate(response_format="verbose_json", budget_user_id="bob")
@@ -446,11 +446,10 @@ async def test_an_audio_translation_records_its_duration_once(
     # and said so.
     untimed = by_user["alice"]
     assert (untimed.model, untimed.kind, untimed.usage) == ("whisper-1", "audio", Usage())
-    assert untimed.estimated_reason is not None
-    assert "tells no usage or duration" in untimed.estimated_reason
+    assert_estimated(untimed, "tells no usage or duration")
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@sync_and_async
 async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -484,9 +483,8 @@ async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
     for event in recorded_events:
         by_model.setdefault(event.model, []).append(event.usage)
     assert by_model == {
-        "gpt-4o-2024-08-06": [Usage(input_uncached=93, input_cache_read=1024, output_text=46)],
-        "gpt-4o-mini-2024-07-18": [Usage(input_uncached=19, output_text=10)],
-        "o4-mini-2025-04-16": 2
-        * [Usage(input_uncached=152, input_cache_read=2048, output_text=172, output_reasoning=448)],
+        "gpt-4o-2024-08-06": [GPT_4O_CHAT],
+        "gpt-4o-mini-2024-07-18": [GPT_4O_MINI_CHAT_STREAM],
+        "o4-mini-2025-04-16": 2 * [O4_MINI_RESPONSE],
     }
-    assert all(event.estimated_reason is None for event in recorded_events)
+    assert_each(recorded_events, estimated_reason=None)
