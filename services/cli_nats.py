@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from budget.config import Settings
 from events.permissions import ROLES
 from services.cli_context import settings
 
@@ -20,6 +21,16 @@ DataDir = Annotated[
 ]
 
 
+def _users_changed(directory: Path, current: Settings) -> int | None:
+    """The server config written again from the roster, and reloaded by the NATS server of
+    a `budget up` running on ``directory``: its pid, or None when none runs there."""
+    from services.nats_config import write_config
+    from services.stack import reload_nats
+
+    write_config(directory, current)
+    return reload_nats(directory)
+
+
 @nats_app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="the NATS user (letters, digits, - and _)")],
@@ -28,8 +39,7 @@ def add(
 ) -> None:
     """Make a NATS user with its own password file; a running `budget up` on the data
     directory reloads its NATS config, so the user can connect at once."""
-    from services.nats_config import NatsCredentials, write_config
-    from services.stack import reload_nats
+    from services.nats_config import NatsCredentials
 
     if role not in ROLES:
         raise ValueError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -37,8 +47,7 @@ def add(
     directory = (data_dir or current.data_dir).absolute()
     credentials = NatsCredentials(directory)
     password = credentials.add(name, role)
-    write_config(directory, current)
-    pid = reload_nats(directory)
+    pid = _users_changed(directory, current)
     typer.echo(f"NATS user {name} ({role}): password in {password}")
     typer.echo(
         f"the running NATS server (pid {pid}) reloaded its users"
@@ -58,14 +67,12 @@ def remove(
 ) -> None:
     """Withdraw a NATS user: its password file is deleted and a running `budget up` on the
     data directory reloads its NATS config, which closes the user's connections."""
-    from services.nats_config import NatsCredentials, write_config
-    from services.stack import reload_nats
+    from services.nats_config import NatsCredentials
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
     NatsCredentials(directory).remove(name)
-    write_config(directory, current)
-    pid = reload_nats(directory)
+    pid = _users_changed(directory, current)
     typer.echo(f"NATS user {name} withdrawn")
     typer.echo(
         f"the running NATS server (pid {pid}) reloaded its users and closed its connections"
