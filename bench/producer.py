@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import nats
-from ingest import record
+from ingest import emit, record
 
 from budget.config import Settings
 from budget.tracker import UsageTracker, start_usage_tracker
@@ -39,12 +38,6 @@ async def calls(tracker: UsageTracker, events: int, *, per_turn: bool) -> tuple[
             await asyncio.sleep(0)
     await tracker.flush()
     return time.perf_counter() - started, time.process_time() - cpu
-
-
-def emit(figure: str, value: float, unit: str, **extra: object) -> None:
-    print(
-        json.dumps({"figure": figure, "value": round(value, 3), "unit": unit, **extra}), flush=True
-    )
 
 
 async def main(events: int, rounds: int) -> None:
