@@ -25,7 +25,7 @@ from projections.engine.checkpoints import ensure_projection
 from projections.migrate import migrate
 from services.api.app import create_app
 from services.api.context import ApiServices
-from services.api.keys import new_key
+from services.api.keys import NewKey, new_key
 from services.ops import nats_client, prepare
 from services.worker import run_projection
 
@@ -69,6 +69,18 @@ async def test_a_console_page_says_so_in_a_page(unreachable: httpx.AsyncClient) 
     assert "the database is unreachable" in answer.text
 
 
+async def stored_admin_key(database_url: str) -> NewKey:
+    """An admin key stored straight in the ``api_keys`` table (no worker needed)."""
+    key = new_key()
+    async with await connect(database_url) as conn:
+        await conn.execute(
+            "INSERT INTO api_keys (key_id, key_hash, name, role, created_at)"
+            " VALUES (%s, %s, 'ops', 'admin', now())",
+            (key.key_id, key.key_hash),
+        )
+    return key
+
+
 async def test_a_change_with_nats_away_is_a_503_without_the_url(
     pg_schema_url: str, tmp_path: Path
 ) -> None:
@@ -77,12 +89,7 @@ async def test_a_change_with_nats_away_is_a_503_without_the_url(
     migrate(pg_schema_url)
     async with await connect(pg_schema_url) as conn:
         await ensure_projection(conn, ApiKeysProjection())
-        key = new_key()
-        await conn.execute(
-            "INSERT INTO api_keys (key_id, key_hash, name, role, created_at)"
-            " VALUES (%s, %s, 'ops', 'admin', now())",
-            (key.key_id, key.key_hash),
-        )
+    key = await stored_admin_key(pg_schema_url)
     settings = Settings(
         nats_url="nats://alice:S3cretPassw0rd@127.0.0.1:1",
         database_url=pg_schema_url,
@@ -120,13 +127,7 @@ async def api_without_workers(
         data_dir=tmp_path,
     )
     await prepare(nats_url, database_url, settings)
-    admin = new_key()
-    async with await connect(database_url) as conn:
-        await conn.execute(
-            "INSERT INTO api_keys (key_id, key_hash, name, role, created_at)"
-            " VALUES (%s, %s, 'ops', 'admin', now())",
-            (admin.key_id, admin.key_hash),
-        )
+    admin = await stored_admin_key(database_url)
     async with ApiServices.open(settings) as opened:
         app = create_app(settings, session_secret="test", services=opened)
         async with httpx.AsyncClient(
