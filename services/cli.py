@@ -66,7 +66,7 @@ app.command()(check)
 app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge, resolve and watch alerts.")
 app.add_typer(report_app, name="report", help="Reports, forecasts and usage history.")
 app.add_typer(keys_app, name="api-key", help="Create, list and revoke HTTP API keys.")
-app.add_typer(nats_app, name="nats-credential", help="Add and list the NATS users of `budget up`.")
+app.add_typer(nats_app, name="nats-credential", help="Add, remove, list NATS users.")
 app.command()(doctor)
 
 
