@@ -195,6 +195,9 @@ async def apply_fresh(
             await create_version(conn, projection, version, indexes=not deferred_indexes)
         for batch in batches:
             async with conn.transaction():
+                # as the runner does: the ledger stages the batch the projection reads
+                if projection.ledger is not None:
+                    await projection.ledger.record(conn, batch, writer="rebuild-parts")
                 await projection.apply(conn, version, batch)
         if deferred_indexes:
             await create_indexes(conn, projection, version)
