@@ -42,6 +42,7 @@ from events.rpc import (
     ReleaseResult,
     Snapshot,
 )
+from events.usage import exact_money
 
 __all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded"]
 
@@ -134,54 +135,83 @@ class BudgetChecker:
     ) -> CheckResult:
         result = await self._answer(call, estimated_tokens, estimated_cost, reserve)
         if result.allowed and result.decided_by:
-            self._log_past_limit(call, result)
+            for status in result.policies:
+                if status.state == "exceeded" and not status.action.enforced:
+                    at = (status.policy_id, status.window_start, _key(call))
+                    self._log_past_limit(
+                        at,
+                        status.action,
+                        status.name,
+                        status.limit_amount,
+                        status.spend,
+                        result.estimated_cost,
+                    )
         return result
 
-    def check_if_cached(
-        self, call: CallAttributes, estimated_tokens: int = 0, estimated_cost: Decimal | None = None
-    ) -> CheckResult | None:
-        """``check``'s answer when the local path gives it without waiting on anything (a
-        current snapshot with no BLOCK/THROTTLE policy, the policy log's end read recently
-        enough); None: ``check`` must be awaited. Callable from any thread: it only
-        reads the caches (a sync caller saves a trip to the tracker's loop)."""
-        cached = self._snapshots.get(_key(call))
+    def admits_if_cached(
+        self,
+        *,
+        model: str,
+        provider: str | None,
+        user_id: str | None,
+        project_id: str | None,
+        estimated_tokens: int = 0,
+        estimated_cost: Decimal | None = None,
+    ) -> bool:
+        """True when the caches answer at once that the call may go ahead with nothing
+        reserved: a current snapshot with no
+        BLOCK/THROTTLE policy, the policy log's end read recently enough. ``check`` would
+        allow it too, and what it logs past a WARN/NOTIFY limit is logged the same, but
+        no ``CheckResult`` is built: an instrumented call needs none. False: await
+        ``check``. Callable from any thread: it only reads the caches."""
+        key = (model, provider, user_id, project_id)
+        cached = self._snapshots.get(key)
         if cached is None or cached.enforced or not cached.current(self.settings.cache_ttl):
-            return None
+            return False
         end = self.policy_log.end_if_fresh()
         if end is None or cached.policies_position < end:
-            return None
+            return False
         estimate = estimated_cost
         if estimate is None:
-            estimate = self.estimate(call.model, call.provider, estimated_tokens)
-        result = self._judge_locally(call, cached, estimate, utc_now())
-        if result.allowed and result.decided_by:
-            self._log_past_limit(call, result)
-        return result
+            estimate = self.estimate(model, provider, estimated_tokens)
+        counted = estimate or Decimal(0)
+        with exact_money():
+            for window, spent in cached.windows:
+                policy = window.policy
+                if spent + counted > policy.limit_amount:
+                    at = (policy.policy_id, window.start, key)
+                    self._log_past_limit(
+                        at, policy.action, policy.name, policy.limit_amount, spent, counted
+                    )
+        return True
 
-    def _log_past_limit(self, call: CallAttributes, result: CheckResult) -> None:
+    def _log_past_limit(
+        self,
+        at: tuple[str, datetime, _CacheKey],
+        action: LimitAction,
+        name: str,
+        limit: Decimal,
+        spend: Decimal,
+        estimate: Decimal,
+    ) -> None:
         """What WARN (and NOTIFY) do besides telling the caller: a warning in the log,
-        once per policy, call scope and period."""
-        for status in result.policies:
-            if status.state != "exceeded" or status.action.enforced:
-                continue
-            key = (status.policy_id, status.window_start, _key(call))
-            if key in self._logged_past_limit:
-                continue
-            if len(self._logged_past_limit) >= 10_000:
-                self._logged_past_limit.clear()
-            self._logged_past_limit.add(key)
-            already = status.spend > status.limit_amount
-            log.warning(
-                "%s policy %r: %s its limit of %s USD for the period from %s (spend %s"
-                " before this call of ~%s); allowed",
-                status.action.value.upper(),
-                status.name,
-                "it was already past" if already else "this call takes it past",
-                status.limit_amount,
-                f"{status.window_start:%Y-%m-%d %H:%M} UTC",
-                status.spend,
-                result.estimated_cost,
-            )
+        once per policy, period and call scope (``at``)."""
+        if at in self._logged_past_limit:
+            return
+        if len(self._logged_past_limit) >= 10_000:
+            self._logged_past_limit.clear()
+        self._logged_past_limit.add(at)
+        log.warning(
+            "%s policy %r: %s its limit of %s USD for the period from %s (spend %s"
+            " before this call of ~%s); allowed",
+            action.value.upper(),
+            name,
+            "it was already past" if spend > limit else "this call takes it past",
+            limit,
+            f"{at[1]:%Y-%m-%d %H:%M} UTC",
+            spend,
+            estimate,
+        )
 
     async def _answer(
         self,

@@ -77,7 +77,7 @@ class UsageTracker:
             return answer
         return await self.checker.check(answer, estimated_tokens, estimated_cost, reserve=reserve)
 
-    def check_budget_if_cached(
+    def admits_if_cached(
         self,
         model: str,
         estimated_tokens: int = 0,
@@ -86,13 +86,21 @@ class UsageTracker:
         *,
         provider: str | None = None,
         estimated_cost: Decimal | None = None,
-    ) -> CheckResult | None:
-        """``check_budget``'s answer when the local path gives it at once, from any thread;
-        None: await ``check_budget`` (on the tracker's loop)."""
-        answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
-        if isinstance(answer, CheckResult):
-            return answer
-        return self.checker.check_if_cached(answer, estimated_tokens, estimated_cost)
+    ) -> bool:
+        """True when ``check_budget`` would allow the call without reserving anything and
+        the caches say so at once, from any thread (a disabled tracker; a cached snapshot
+        with no BLOCK/THROTTLE policy): the call may go ahead. False: await
+        ``check_budget``. Cheaper than a check: it builds no ``CheckResult``."""
+        if isinstance(self.publisher, DisabledPublisher):
+            return True
+        return self.checker.admits_if_cached(
+            model=model,
+            provider=provider or self.registry.provider_of(model),
+            user_id=user_id,
+            project_id=project_id,
+            estimated_tokens=estimated_tokens,
+            estimated_cost=estimated_cost,
+        )
 
     def _check_without_nats(
         self,

@@ -159,7 +159,10 @@ class Lifecycle:
     async def begin(self, plan: Plan, attribution: Attribution) -> Call:
         """Check the budget (raising the refusal); the admitted call."""
         tracker = await self.tracker()
-        check = self._check(tracker, plan, attribution, self._estimated_cost(tracker, plan))
+        cost = self._estimated_cost(tracker, plan)
+        if self._admitted_at_once(tracker, plan, attribution, cost):
+            return Call(tracker, self.provider, plan, attribution, None)
+        check = self._check(tracker, plan, attribution, cost)
         if tracker.loop is None or tracker.loop is asyncio.get_running_loop():
             result = await check
         else:  # a tracker another loop (another thread) started
@@ -169,11 +172,21 @@ class Lifecycle:
         return self._admitted(tracker, plan, attribution, result)
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
-        """``begin`` from a sync client's thread: answered there when the local check path
-        can (no trip to the tracker's loop), else on the loop, waiting."""
+        """``begin`` from a sync client's thread: answered there when the caches can (no
+        trip to the tracker's loop), else on the loop, waiting."""
         tracker = self.tracker_sync()
         cost = self._estimated_cost(tracker, plan)
-        result = tracker.check_budget_if_cached(
+        if self._admitted_at_once(tracker, plan, attribution, cost):
+            return Call(tracker, self.provider, plan, attribution, None)
+        result = _loop_runner(tracker).run(self._check(tracker, plan, attribution, cost))
+        return self._admitted(tracker, plan, attribution, result)
+
+    def _admitted_at_once(
+        self, tracker: UsageTracker, plan: Plan, attribution: Attribution, cost: Decimal | None
+    ) -> bool:
+        """The local check path's answer without a ``CheckResult`` (none is needed when
+        the call is allowed with nothing reserved): the bulk of a check's cost."""
+        return tracker.admits_if_cached(
             plan.model,
             plan.prompt_tokens + plan.max_output_tokens,
             attribution.user_id,
@@ -181,9 +194,6 @@ class Lifecycle:
             provider=self.provider,
             estimated_cost=cost,
         )
-        if result is None:
-            result = _loop_runner(tracker).run(self._check(tracker, plan, attribution, cost))
-        return self._admitted(tracker, plan, attribution, result)
 
     def _check(
         self, tracker: UsageTracker, plan: Plan, attribution: Attribution, cost: Decimal | None

@@ -110,3 +110,42 @@ async def test_a_warn_policy_past_its_limit_warns_the_caller_and_the_log_once(
     logged = [r.getMessage() for r in caplog.records if "'watch'" in r.getMessage()]
     assert len(logged) == 1
     assert "WARN policy 'watch': this call takes it past its limit of 0.05 USD" in logged[0]
+
+
+async def test_the_cached_answer_of_an_instrumented_call_warns_as_a_check_does(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``admits_if_cached`` (what an instrumented call asks first) builds no CheckResult,
+    but logs a WARN policy's limit passed once, as ``check_budget`` does; under a BLOCK
+    policy it never answers: the enforcer must decide and reserve."""
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as stack:
+        tracker = stack.tracker
+        await stack.set_policy(name="watch", limit_amount="0.05", action="warn")
+        admitted = 0
+
+        async def answered_from_the_caches() -> bool:
+            """admits_if_cached answered (right after a check read the policy log's end)"""
+            nonlocal admitted
+            within = await tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.01"))
+            assert within.allowed and not within.enforced and within.action is None
+            admitted += tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
+            return admitted == 2
+
+        with caplog.at_level(logging.WARNING, logger="budget.checks"):
+            await wait_for(answered_from_the_caches, interval=0)
+        logged = [r.getMessage() for r in caplog.records if "'watch'" in r.getMessage()]
+        assert len(logged) == 1
+        assert "WARN policy 'watch': this call takes it past its limit of 0.05 USD" in logged[0]
+
+        await stack.set_policy(name="cap", limit_amount="1.00", action="block")
+        await stack.enforcer_applies_policies()
+        assert not tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
+        held = await tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.10"))
+        assert held.enforced and held.reservation_id is not None
+        assert not tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
