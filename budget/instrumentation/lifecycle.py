@@ -21,6 +21,7 @@ from typing import Any
 
 from budget.checks import BudgetExceeded
 from budget.pricing import Priced
+from budget.recorded import notify_recorded
 from budget.tracker import UsageTracker, get_usage_tracker
 from events import CallKind, Usage, utc_now
 from events.rpc import CheckResult
@@ -289,6 +290,8 @@ class Call:
             log.exception("could not record the usage of a %s call", self.provider)
             self._release_now()
             return
+        # Observers (``budget.otel``) hear of it here, in the caller's context (its span).
+        notify_recorded(event)
         _loop_runner(self.tracker).submit(self.tracker.publisher.publish(event))
 
     def release(self) -> None:

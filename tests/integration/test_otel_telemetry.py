@@ -4,6 +4,7 @@ exporter and reader, for events a real tracker stored in JetStream."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -19,12 +20,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import budget
 from budget import otel
 from budget.tracker import UsageTracker, start_usage_tracker
 from events import Topology, UsageRecorded
 from events.codec import decode
 
 from enforcement import stack_settings
+from provider_mocks import ProviderApi
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +196,59 @@ async def test_on_current_span_puts_the_attributes_on_the_callers_span(
     attributes = dict(span.attributes or {})
     assert attributes["gen_ai.usage.input_tokens"] == 100
     assert attributes["budget.event_id"] == str(event.event_id)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_an_instrumented_call_is_a_span_on_the_callers_span_too(
+    telemetry: Telemetry,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    sync: bool,
+) -> None:
+    """``budget.instrument`` records without ``record_usage``: its calls are told to the
+    observers all the same, in the caller's context (so on its current span). No
+    enforcer runs: ``fail_open`` lets the calls go ahead."""
+    import httpx2
+    import openai
+
+    settings = stack_settings(nats_url, db, topology, tmp_path).model_copy(
+        update={"fail_open": True}
+    )
+    tracker = await start_usage_tracker(settings)
+
+    otel.enable(tracer_provider=telemetry.tracer_provider, on_current_span=True)
+    transport = ProviderApi().transport()
+    client = (
+        openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport))
+        if sync
+        else openai.AsyncOpenAI(
+            api_key="sk-test", http_client=httpx2.AsyncClient(transport=transport)
+        )
+    )
+    budget.instrument(client, tracker=tracker, user_id="alice")
+    messages = [{"role": "user", "content": "Say hello"}]
+    tracer = telemetry.tracer_provider.get_tracer("host-app")
+
+    def sync_call() -> None:
+        with tracer.start_as_current_span("call the model"):
+            client.chat.completions.create(model="gpt-4o", messages=messages)
+
+    if sync:
+        await asyncio.to_thread(sync_call)
+    else:
+        with tracer.start_as_current_span("call the model"):
+            await client.chat.completions.create(model="gpt-4o", messages=messages)
+    await tracker.close()
+
+    [span] = telemetry.finished()
+    assert span.name == "call the model"
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.request.model"] == "gpt-4o-2024-08-06"
+    assert attributes["gen_ai.usage.input_tokens"] == 93 + 1024
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 1024
+    assert attributes["gen_ai.usage.output_tokens"] == 46
 
 
 async def test_after_disable_nothing_is_emitted(
