@@ -13,7 +13,7 @@ import contextlib
 import io
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,14 @@ async def embedded_stack(
     workers: Sequence[str] = (),
     data_dir: Path | None = None,
     before_workers: BeforeWorkers | None = None,
+    service_env: Mapping[str, str] | None = None,
     **settings: Any,
 ) -> AsyncIterator[tuple[StackInfo, Settings]]:
     """The running stack and settings pointing at it (``settings`` override the defaults);
     ``workers``: which to run, by default every one ``budget up`` runs. ``data_dir``: keep
     the stack's data there (a later run on it finds its data again), else a new
-    temporary directory."""
+    temporary directory. ``service_env``: more ``BUDGET_*`` settings for the stack's
+    processes."""
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     data_dir = data_dir.absolute()
@@ -79,6 +81,7 @@ async def embedded_stack(
             extra_env={
                 "BUDGET_API_PORT": str(kept_port(data_dir / "api-port")),
                 "BUDGET_DATA_DIR": str(data_dir),
+                **(service_env or {}),
             },
         )
     )
