@@ -132,8 +132,11 @@ class BudgetChecker:
         estimated_cost: Decimal | None = None,
         *,
         reserve: bool = True,
+        caller: str | None = None,
     ) -> CheckResult:
-        result = await self._answer(call, estimated_tokens, estimated_cost, reserve)
+        """``caller``: the caller token the enforcer judges and reserves for (default this
+        process's own, ``settings.caller``)."""
+        result = await self._answer(call, estimated_tokens, estimated_cost, reserve, caller)
         if result.allowed and result.decided_by:
             for status in result.policies:
                 if status.state == "exceeded" and not status.action.enforced:
@@ -219,6 +222,7 @@ class BudgetChecker:
         estimated_tokens: int,
         estimated_cost: Decimal | None,
         reserve: bool,
+        caller: str | None,
     ) -> CheckResult:
         estimate = estimated_cost
         if estimate is None:
@@ -239,7 +243,7 @@ class BudgetChecker:
                 )
             request = CheckRequest(**call.model_dump(), estimated_cost=estimate, reserve=reserve)
             try:
-                answer = await self._ask(RPC_CHECK, request, CheckResult)
+                answer = await self._ask(RPC_CHECK, request, CheckResult, caller=caller)
             except Throttled as exc:
                 return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
             except RpcFailure as exc:
@@ -267,11 +271,12 @@ class BudgetChecker:
         except RpcFailure as exc:
             log.warning("could not release reservation %s (%s); it expires", reservation_id, exc)
 
-    async def release_reporting(self, reservation_id: str) -> int:
+    async def release_reporting(self, reservation_id: str, *, caller: str | None = None) -> int:
         """``release``, telling how many holds were dropped (0: already settled, released
-        or expired) and raising ``RpcFailure`` when the enforcer does not answer."""
+        or expired) and raising ``RpcFailure`` when the enforcer does not answer
+        (``Refused`` when ``caller``, default this process's own, did not reserve them)."""
         request = ReleaseRequest(reservation_id=reservation_id)
-        return (await self._ask(RPC_RELEASE, request, ReleaseResult)).released
+        return (await self._ask(RPC_RELEASE, request, ReleaseResult, caller=caller)).released
 
     async def _snapshot(self, call: CallAttributes, *, enforcer_decides: bool) -> _Cached:
         """The cached snapshot while it is young and covers the policy log's end, else a
@@ -323,8 +328,10 @@ class BudgetChecker:
             self._unenforced_at = None
         return cached
 
-    async def _ask(self, name: str, request: BaseModel, answer: type[M]) -> M:
-        subject = self.settings.topology.rpc_subject(name, caller=self.settings.caller)
+    async def _ask(
+        self, name: str, request: BaseModel, answer: type[M], *, caller: str | None = None
+    ) -> M:
+        subject = self.settings.topology.rpc_subject(name, caller=caller or self.settings.caller)
         return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
 
     async def _unreachable(

@@ -115,6 +115,10 @@ def test_check_reserves_refuses_and_settles(
     ).json()
     assert held["allowed"] is True
     release = f"/api/v1/reservations/{held['reservation_id']}/release"
+    # Another key (even an admin's) cannot free a hold this key's check made.
+    foreign = admin.post(release)
+    assert foreign.status_code == 403, foreign.text
+    assert "made by another key's check" in foreign.json()["detail"]
     assert ingest.post(release).json() == {"released": 1}
     assert ingest.post(release).json() == {"released": 0}  # already given back
 

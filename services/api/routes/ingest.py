@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from budget.rpc import RpcFailure
+from budget.rpc import Refused, RpcFailure
 from events import (
     CallKind,
     ImageUsage,
@@ -30,7 +30,9 @@ from events import (
 )
 from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
+from events.subjects import caller_token
 from events.usage import MAX_TOKENS, Seconds
+from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_check, limited_usage
 from services.api.problems import LIMITED_RESPONSES, Problem, field_errors
@@ -95,12 +97,17 @@ class Recorded(BaseModel):
     duplicate: bool = Field(description="an earlier post stored this event_id already")
 
 
-@router.post(
-    "/check",
-    dependencies=[Depends(limited_check)],
-    summary="May this call go ahead? (reserves under BLOCK/THROTTLE)",
-)
-async def check(api: Api, body: CheckIn) -> CheckResult:
+Checker = Annotated[Principal, Depends(limited_check)]
+
+
+def key_caller(principal: Principal) -> str:
+    """Whom the enforcer reserves for when a key checks: the key itself, so that only it
+    may release its holds (the API's own credential may release anyone's)."""
+    return caller_token(f"api-key-{principal.key_id}")
+
+
+@router.post("/check", summary="May this call go ahead? (reserves under BLOCK/THROTTLE)")
+async def check(api: Api, principal: Checker, body: CheckIn) -> CheckResult:
     try:
         return await api.tracker.check_budget(
             body.model,
@@ -110,6 +117,7 @@ async def check(api: Api, body: CheckIn) -> CheckResult:
             provider=body.provider,
             estimated_cost=body.estimated_cost,
             reserve=body.reserve,
+            caller=key_caller(principal),
         )
     except RpcFailure as exc:
         raise Problem(503, f"the enforcer did not answer: {exc}") from None
@@ -117,15 +125,27 @@ async def check(api: Api, body: CheckIn) -> CheckResult:
 
 @router.post(
     "/reservations/{reservation_id}/release",
-    dependencies=[Depends(limited_check)],
-    summary="Release a reservation whose call was not made (released: 0 when it was already"
-    " settled, released or expired)",
+    summary="Release a reservation this key's check made, whose call was not made"
+    " (released: 0 when it was already settled, released or expired; 403 when another"
+    " key's check made it)",
 )
 async def release(
-    api: Api, reservation_id: Annotated[str, Path(min_length=1, max_length=100)]
+    api: Api,
+    principal: Checker,
+    reservation_id: Annotated[str, Path(min_length=1, max_length=100)],
 ) -> ReleaseResult:
     try:
-        released = await api.tracker.checker.release_reporting(reservation_id)
+        released = await api.tracker.checker.release_reporting(
+            reservation_id, caller=key_caller(principal)
+        )
+    except Refused as exc:
+        if "another caller" not in str(exc):  # the enforcer failed (its database)
+            raise Problem(503, f"the enforcer could not release it: {exc}") from None
+        raise Problem(
+            403,
+            f"reservation {reservation_id} was made by another key's check: only that key"
+            " may release it",
+        ) from None
     except RpcFailure as exc:
         raise Problem(503, f"the enforcer did not answer: {exc}") from None
     return ReleaseResult(released=released)
