@@ -18,7 +18,7 @@ from budget.periods import Period
 from events import AlertType, BudgetPolicy, BudgetScope, LimitAction, PolicySet, Topology
 
 from alerting import Mailbox, Webhook, alert_settings, evaluator
-from enforcement import enforcement_stack, stack_settings
+from enforcement import EnforcementStack
 from support import publish, start_of, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -89,21 +89,14 @@ async def test_notify_crossing_notifies_admins_and_warn_crossing_does_not(
 
 
 async def test_a_warn_policy_past_its_limit_warns_the_caller_and_the_log_once(
-    nc: Client,
-    nats_url: str,
-    db: str,
-    topology: Topology,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    stack: EnforcementStack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = stack_settings(nats_url, db, topology, tmp_path)
-    async with enforcement_stack(nc, settings) as stack:
-        await stack.set_policy(name="watch", limit_amount="0.05", action="warn")
-        with caplog.at_level(logging.WARNING, logger="budget.checks"):
-            results = [
-                await stack.tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.10"))
-                for _ in range(2)
-            ]
+    await stack.set_policy(name="watch", limit_amount="0.05", action="warn")
+    with caplog.at_level(logging.WARNING, logger="budget.checks"):
+        results = [
+            await stack.tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.10"))
+            for _ in range(2)
+        ]
     for result in results:
         assert result.allowed and result.action is LimitAction.WARN
         assert "past its limit" in result.reason
@@ -113,39 +106,32 @@ async def test_a_warn_policy_past_its_limit_warns_the_caller_and_the_log_once(
 
 
 async def test_the_cached_answer_of_an_instrumented_call_warns_as_a_check_does(
-    nc: Client,
-    nats_url: str,
-    db: str,
-    topology: Topology,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    stack: EnforcementStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``admits_if_cached`` (what an instrumented call asks first) builds no CheckResult,
     but logs a WARN policy's limit passed once, as ``check_budget`` does; under a BLOCK
     policy it never answers: the enforcer must decide and reserve."""
-    settings = stack_settings(nats_url, db, topology, tmp_path)
-    async with enforcement_stack(nc, settings) as stack:
-        tracker = stack.tracker
-        await stack.set_policy(name="watch", limit_amount="0.05", action="warn")
-        admitted = 0
+    tracker = stack.tracker
+    await stack.set_policy(name="watch", limit_amount="0.05", action="warn")
+    admitted = 0
 
-        async def answered_from_the_caches() -> bool:
-            """admits_if_cached answered (right after a check read the policy log's end)"""
-            nonlocal admitted
-            within = await tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.01"))
-            assert within.allowed and not within.enforced and within.action is None
-            admitted += tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
-            return admitted == 2
+    async def answered_from_the_caches() -> bool:
+        """admits_if_cached answered (right after a check read the policy log's end)"""
+        nonlocal admitted
+        within = await tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.01"))
+        assert within.allowed and not within.enforced and within.action is None
+        admitted += tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
+        return admitted == 2
 
-        with caplog.at_level(logging.WARNING, logger="budget.checks"):
-            await wait_for(answered_from_the_caches, interval=0)
-        logged = [r.getMessage() for r in caplog.records if "'watch'" in r.getMessage()]
-        assert len(logged) == 1
-        assert "WARN policy 'watch': this call takes it past its limit of 0.05 USD" in logged[0]
+    with caplog.at_level(logging.WARNING, logger="budget.checks"):
+        await wait_for(answered_from_the_caches, interval=0)
+    logged = [r.getMessage() for r in caplog.records if "'watch'" in r.getMessage()]
+    assert len(logged) == 1
+    assert "WARN policy 'watch': this call takes it past its limit of 0.05 USD" in logged[0]
 
-        await stack.set_policy(name="cap", limit_amount="1.00", action="block")
-        await stack.enforcer_applies_policies()
-        assert not tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
-        held = await tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.10"))
-        assert held.enforced and held.reservation_id is not None
-        assert not tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
+    await stack.set_policy(name="cap", limit_amount="1.00", action="block")
+    await stack.enforcer_applies_policies()
+    assert not tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
+    held = await tracker.check_budget("gpt-4o", estimated_cost=Decimal("0.10"))
+    assert held.enforced and held.reservation_id is not None
+    assert not tracker.admits_if_cached("gpt-4o", estimated_cost=Decimal("0.10"))
