@@ -3,6 +3,7 @@ tracking record, locked and advanced with the batch) and its share of the batch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,16 @@ from projections.engine.isolation import Retired, apply_events
 from projections.engine.projection import Applied, Connection, Projection
 
 __all__ = ["VersionWriter", "advance", "consumer_name", "lock_checkpoints"]
+
+log = logging.getLogger(__name__)
+
+# The backend holding a projection version's writer lock (``pg_advisory_lock`` of a bigint
+# key: its high and low 32 bits in classid and objid).
+_HOLDER = """
+    SELECT l.pid FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.classid = ((hashtext(%(key)s)::bigint >> 32) & 4294967295)::oid
+      AND l.objid = (hashtext(%(key)s)::bigint & 4294967295)::oid"""
 
 
 def consumer_name(projection: Projection, version: int) -> str:
@@ -29,8 +40,21 @@ class VersionWriter:
 
     async def take_over(self, conn: Connection) -> int:
         """Wait for this version's single-writer lock (a second worker waits here as a hot
-        standby); its checkpoint."""
-        await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"projection:{self.durable}",))
+        standby, saying so); its checkpoint."""
+        key = f"projection:{self.durable}"
+        taken = await (
+            await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+        ).fetchone()
+        if not (taken and taken[0]):
+            holder = await (await conn.execute(_HOLDER, {"key": key})).fetchone()
+            log.info(
+                "%s is written by another worker (PostgreSQL backend pid %s); waiting as its"
+                " hot standby. If that is not meant (a group worker such as `budget worker"
+                " usage` and a worker of one of its projections), stop one of them",
+                self.durable,
+                holder[0] if holder else "unknown",
+            )
+            await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
         row = await (
             await conn.execute(
                 "SELECT stream_seq FROM projection_checkpoints WHERE name = %s AND version = %s",

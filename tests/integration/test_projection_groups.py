@@ -6,14 +6,19 @@ group, reads and writes the one usage ledger to the same verdicts."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from decimal import Decimal
 
+import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
 from events import Event, Topology, UsageRecorded
+from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
 from projections.engine.projection import Projection, physical
 from projections.engine.rebuild import rebuild
+from projections.engine.writer import VersionWriter
 from projections.registry import GROUPS, worker_projections
 from services.worker import run_projection
 
@@ -114,3 +119,32 @@ async def test_the_group_worker_follows_a_member_rebuilt_and_swapped(
     finally:
         stop.set()
         await worker
+
+
+async def test_a_second_writer_of_a_version_waits_saying_which_backend_holds_it(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker whose projection version another worker writes (a hot standby, or a group
+    worker beside a worker of one of its members) waits for the lock, and says so."""
+    projection = worker_projections("spend")[0]
+    holder, waiter = await connect(db), await connect(db)
+    try:
+        version = await ensure_projection(holder, projection)
+        position = await VersionWriter(projection, version).take_over(holder)
+        with caplog.at_level(logging.INFO, logger="projections.engine.writer"):
+            waiting = asyncio.create_task(VersionWriter(projection, version).take_over(waiter))
+
+            async def said_so() -> bool:
+                """the waiting writer logged whom it waits for"""
+                return any("hot standby" in r.getMessage() for r in caplog.records)
+
+            await wait_for(said_so, within=10, interval=0.02)
+        assert not waiting.done()
+        [message] = [r.getMessage() for r in caplog.records if "hot standby" in r.getMessage()]
+        assert f"spend-v{version} is written by another worker" in message
+        assert f"pid {holder.info.backend_pid}" in message
+        await holder.close()  # the active worker goes: the standby takes over
+        assert await asyncio.wait_for(waiting, timeout=10) == position
+    finally:
+        await holder.close()
+        await waiter.close()
