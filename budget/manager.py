@@ -16,6 +16,7 @@ from budget.commands import ChangeClient
 from budget.config import Settings, load_settings
 from budget.periods import Period
 from budget.policy_log import POLICY_NEWS_WITHIN
+from budget.recorded import notify_recorded
 from budget.tracker import get_usage_tracker
 from events import (
     BudgetPeriod,
@@ -75,6 +76,7 @@ class BudgetManager(ChangeClient):
         """Publish a ready ``UsageRecorded``, or record one from ``UsageTracker.record_usage``
         keyword arguments."""
         if record is not None:
+            notify_recorded(record)  # observers (``budget.otel``) hear of it, as of any
             await self.tracker.publisher.publish(record)
             return record
         return await self.tracker.record_usage(**fields)

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import BaseModel
+
 from events.usage import ImageUsage, Usage
 
 __all__ = ["normalize_usage", "usage_from_response"]
@@ -135,26 +137,19 @@ def _reject_negative(**counts: int) -> None:
     raise ValueError(f"token counts must not be negative: {bad}")
 
 
-def _fields(obj: object) -> Mapping[str, Any] | None:
-    """The named values of a usage object as one mapping, when reading them so is cheap:
-    a mapping itself, or a pydantic model's fields (the SDKs' usage objects: in
-    ``__dict__``, undeclared ones in ``__pydantic_extra__``), since probing such a model
-    for an attribute it lacks raises and catches an exception each time. None: read
-    attributes one by one (any other object, whose counts may be properties)."""
-    if isinstance(obj, dict):
-        return obj
-    if hasattr(type(obj), "__pydantic_fields__"):
-        fields: dict[str, Any] = obj.__dict__
-        extra = getattr(obj, "__pydantic_extra__", None)
-        return {**fields, **extra} if extra else fields
-    return obj if isinstance(obj, Mapping) else None
-
-
 def _get(obj: object, key: str) -> Any:
-    """``obj[key]`` for mappings, ``obj.key`` for SDK objects; ``_MISSING`` when absent."""
-    fields = _fields(obj)
-    if fields is not None:
-        return fields.get(key, _MISSING)
+    """``obj[key]`` for mappings, ``obj.key`` for SDK objects; ``_MISSING`` when absent.
+    A pydantic model (the SDKs' usage objects) is read from its fields first: asking it
+    for an attribute it lacks raises and catches an exception each time, and the
+    converter tries the Gemini, OpenAI and Anthropic names in turn."""
+    if isinstance(obj, Mapping):
+        return obj.get(key, _MISSING)
+    if isinstance(obj, BaseModel):
+        value = obj.__dict__.get(key, _MISSING)
+        if value is _MISSING and obj.__pydantic_extra__:
+            value = obj.__pydantic_extra__.get(key, _MISSING)
+        if value is not _MISSING or not hasattr(type(obj), key):
+            return value  # else a property or computed field: asked for below
     return getattr(obj, key, _MISSING)
 
 
@@ -183,8 +178,7 @@ _EXPECTED = (
 )
 
 
-def _from_usage(usage: object) -> Usage | None:
-    u = _fields(usage) or usage
+def _from_usage(u: object) -> Usage | None:
     if _has(u, *_GEMINI):
         thoughts = _num(u, "thoughts_token_count")
         return normalize_usage(

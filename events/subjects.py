@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_TOPOLOGY", "StreamSpec", "Topology", "caller_token"]
+__all__ = ["API_KEY_CALLER", "DEFAULT_TOPOLOGY", "StreamSpec", "Topology", "caller_token"]
+
+API_KEY_CALLER = "api-key-"
+"""The HTTP API asks the enforcer for an API key as this prefix and the key's id: no NATS
+user may be named so (it would share that key's holds and limits)."""
 
 
 def caller_token(name: str) -> str:

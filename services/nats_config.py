@@ -20,7 +20,7 @@ import bcrypt
 
 from budget.config import Settings
 from events.permissions import ROLES, Role, permissions
-from events.subjects import Topology
+from events.subjects import API_KEY_CALLER, Topology
 from services.credentials import credentials_dir, generated_secret, write_secret_file
 
 __all__ = [
@@ -95,6 +95,11 @@ class NatsCredentials:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         if not _USER.fullmatch(user):
             raise ValueError(f"NATS user {user!r}: use 1 to 64 letters, digits, - and _")
+        if user.startswith(API_KEY_CALLER):
+            raise ValueError(
+                f"NATS user {user!r}: names starting {API_KEY_CALLER!r} are the HTTP API's"
+                " keys' (their holds and limits); choose another"
+            )
         credentials_dir(self._data_dir)
         roles = self.roles()
         if roles.get(user, role) != role:

@@ -28,6 +28,7 @@ from projections.engine.projection import Connection
 from projections.windows import window_sum_sql, windows_param
 
 __all__ = [
+    "FOREIGN",
     "SPEND_BUCKETS",
     "Hold",
     "Reserved",
@@ -38,6 +39,9 @@ __all__ = [
     "release_finished",
     "reserve",
 ]
+
+FOREIGN = "was made by another caller"
+"""What a refused release says (the API tells a foreign reservation by it)."""
 
 SPEND_BUCKETS = "spend_buckets"  # the live spend projection's view
 
@@ -188,8 +192,8 @@ async def release(
     released, foreign = int(row[0]), bool(row[1])
     if foreign:
         raise ValueError(
-            f"reservation {reservation_id} was made by another caller: only that caller (or"
-            " the services' own credential) may release it"
+            f"reservation {reservation_id} {FOREIGN}: only that caller (or the services' own"
+            " credential) may release it"
         )
     return released
 

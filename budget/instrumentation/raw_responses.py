@@ -12,7 +12,7 @@ from typing import Any
 
 from budget.instrumentation.lifecycle import Call, Measured, Plan
 from budget.instrumentation.methods import Method, estimated, measure_response, stream_observer
-from budget.instrumentation.streams import record_seen, watch, watch_async
+from budget.instrumentation.streams import record_collected, watch, watch_async
 
 __all__ = ["RAW_BODY", "raw_mode", "record_raw", "record_raw_async"]
 
@@ -116,7 +116,7 @@ def _watch_raw_stream(stream: Any, watcher: Callable[..., Any], method: Method, 
     observer = stream_observer(method, call.plan)
     try:
         stream._iterator = watcher(stream._iterator, observer, call)
-        weakref.finalize(stream, record_seen, call, observer)
+        weakref.finalize(stream, record_collected, call, observer)
     except (AttributeError, TypeError) as exc:  # an SDK whose streams are made otherwise
         call.record(estimated(call.plan, f"the raw stream could not be watched ({exc})"))
 

@@ -8,6 +8,7 @@ stream that fails before its first item releases the reservation instead.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from budget.instrumentation.lifecycle import Call
 from budget.instrumentation.methods import Observer, estimated
 
-__all__ = ["AsyncStream", "SyncStream", "record_seen", "watch", "watch_async"]
+__all__ = ["AsyncStream", "SyncStream", "record_collected", "record_seen", "watch", "watch_async"]
 
 
 def record_seen(call: Call, observer: Observer) -> None:
@@ -28,6 +29,13 @@ def record_seen(call: Call, observer: Observer) -> None:
     except (ValueError, AttributeError, TypeError, LookupError) as exc:
         measured = estimated(call.plan, f"no usable usage in the stream ({exc})"[:400])
     call.record(measured)
+
+
+def record_collected(call: Call, observer: Observer) -> None:
+    """``record_seen`` from a garbage collector's finaliser: in an empty context, so the
+    observers (``budget.otel``) see no caller's span; whichever is current when the
+    collector runs is not the call's."""
+    contextvars.Context().run(record_seen, call, observer)
 
 
 def watch(stream: Any, observer: Observer, call: Call) -> Generator[Any, None, None]:
@@ -77,7 +85,7 @@ class _WatchedStream:
         record_seen(self._call, self._observer)
 
     def __del__(self) -> None:
-        self._finish()
+        record_collected(self._call, self._observer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 _HOLDER = """
     SELECT l.pid FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.classid = ((hashtext(%(key)s)::bigint >> 32) & 4294967295)::oid
       AND l.objid = (hashtext(%(key)s)::bigint & 4294967295)::oid"""
 
@@ -47,7 +48,7 @@ class VersionWriter:
         ).fetchone()
         if not (taken and taken[0]):
             holder = await (await conn.execute(_HOLDER, {"key": key})).fetchone()
-            log.info(
+            log.warning(
                 "%s is written by another worker (PostgreSQL backend pid %s); waiting as its"
                 " hot standby. If that is not meant (a group worker such as `budget worker"
                 " usage` and a worker of one of its projections), stop one of them",

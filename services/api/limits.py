@@ -1,8 +1,9 @@
 """Per-key limits on the API's requests, so one API key cannot starve the enforcer, the
-query service or the database for the others: the API asks them as the services' own
-caller, which their per-caller limits (``services.limits``) never limit, so it applies
-the same ``CallerLimits`` itself, the caller being the request's key (a console session's
-too).
+query service or the database for the others: the API asks the query service as the
+services' own caller, which its per-caller limits (``services.limits``) never limit, so it
+applies the same ``CallerLimits`` itself, the caller being the request's key (a console
+session's too). The enforcer it asks under each key's own name (``api-key-<key id>``),
+and limits there too, across every API replica.
 
 Checks and releases are limited as the enforcer limits a host (``caller_rate``,
 ``caller_burst``, ``caller_in_flight``), usage posts likewise in a bucket of their own (a

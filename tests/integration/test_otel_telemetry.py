@@ -5,12 +5,14 @@ exporter and reader, for events a real tracker stored in JetStream."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -22,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import budget
 from budget import otel
+from budget.manager import BudgetManager
 from budget.tracker import UsageTracker, start_usage_tracker
 from events import Topology, UsageRecorded
 from events.codec import decode
@@ -198,27 +201,21 @@ async def test_on_current_span_puts_the_attributes_on_the_callers_span(
     assert attributes["budget.event_id"] == str(event.event_id)
 
 
-@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
-async def test_an_instrumented_call_is_a_span_on_the_callers_span_too(
-    telemetry: Telemetry,
-    nats_url: str,
-    db: str,
-    topology: Topology,
-    tmp_path: Path,
-    sync: bool,
-) -> None:
-    """``budget.instrument`` records without ``record_usage``: its calls are told to the
-    observers all the same, in the caller's context (so on its current span). No
-    enforcer runs: ``fail_open`` lets the calls go ahead."""
+@pytest.fixture
+async def fail_open_tracker(
+    nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[UsageTracker]:
+    """No enforcer runs: ``fail_open`` lets instrumented calls go ahead."""
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    started = await start_usage_tracker(settings.model_copy(update={"fail_open": True}))
+    yield started
+    await started.close()
+
+
+def instrumented_openai(tracker: UsageTracker, *, sync: bool) -> Any:
     import httpx2
     import openai
 
-    settings = stack_settings(nats_url, db, topology, tmp_path).model_copy(
-        update={"fail_open": True}
-    )
-    tracker = await start_usage_tracker(settings)
-
-    otel.enable(tracer_provider=telemetry.tracer_provider, on_current_span=True)
     transport = ProviderApi().transport()
     client = (
         openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport))
@@ -227,20 +224,32 @@ async def test_an_instrumented_call_is_a_span_on_the_callers_span_too(
             api_key="sk-test", http_client=httpx2.AsyncClient(transport=transport)
         )
     )
-    budget.instrument(client, tracker=tracker, user_id="alice")
-    messages = [{"role": "user", "content": "Say hello"}]
+    return budget.instrument(client, tracker=tracker, user_id="alice")
+
+
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_an_instrumented_call_is_a_span_on_the_callers_span_too(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker, sync: bool
+) -> None:
+    """``budget.instrument`` records without ``record_usage``: its calls are told to the
+    observers all the same, in the caller's context (so on its current span)."""
+    otel.enable(tracer_provider=telemetry.tracer_provider, on_current_span=True)
+    client = instrumented_openai(fail_open_tracker, sync=sync)
     tracer = telemetry.tracer_provider.get_tracer("host-app")
 
     def sync_call() -> None:
         with tracer.start_as_current_span("call the model"):
-            client.chat.completions.create(model="gpt-4o", messages=messages)
+            client.chat.completions.create(model="gpt-4o", messages=HELLO)
 
     if sync:
         await asyncio.to_thread(sync_call)
     else:
         with tracer.start_as_current_span("call the model"):
-            await client.chat.completions.create(model="gpt-4o", messages=messages)
-    await tracker.close()
+            await client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    await fail_open_tracker.flush()
 
     [span] = telemetry.finished()
     assert span.name == "call the model"
@@ -249,6 +258,38 @@ async def test_an_instrumented_call_is_a_span_on_the_callers_span_too(
     assert attributes["gen_ai.usage.input_tokens"] == 93 + 1024
     assert attributes["gen_ai.usage.cache_read.input_tokens"] == 1024
     assert attributes["gen_ai.usage.output_tokens"] == 46
+
+
+async def test_a_stream_collected_unread_is_a_span_of_its_own(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker
+) -> None:
+    """A stream never read is recorded when the garbage collector takes it: whatever span
+    is current then is not the call's, so the call gets a span of its own."""
+    otel.enable(tracer_provider=telemetry.tracer_provider, on_current_span=True)
+    client = instrumented_openai(fail_open_tracker, sync=False)
+    stream = await client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
+    tracer = telemetry.tracer_provider.get_tracer("host-app")
+    with tracer.start_as_current_span("unrelated work"):
+        del stream
+        gc.collect()
+    await fail_open_tracker.flush()
+
+    spans = {span.name: dict(span.attributes or {}) for span in telemetry.finished()}
+    assert set(spans) == {"unrelated work", "chat gpt-4o"}
+    assert spans["unrelated work"] == {}
+    assert spans["chat gpt-4o"]["gen_ai.request.model"] == "gpt-4o"
+
+
+async def test_a_ready_event_the_manager_publishes_is_a_span_too(
+    tracker: UsageTracker, telemetry: Telemetry
+) -> None:
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    event = tracker.usage_event(model="gpt-4o", provider="openai", input_tokens=12)
+    await BudgetManager(tracker.settings, tracker).record_usage(event)
+    await tracker.flush()
+
+    [span] = telemetry.finished()
+    assert dict(span.attributes or {})["budget.event_id"] == str(event.event_id)
 
 
 async def test_after_disable_nothing_is_emitted(

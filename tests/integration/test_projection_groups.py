@@ -131,7 +131,7 @@ async def test_a_second_writer_of_a_version_waits_saying_which_backend_holds_it(
     try:
         version = await ensure_projection(holder, projection)
         position = await VersionWriter(projection, version).take_over(holder)
-        with caplog.at_level(logging.INFO, logger="projections.engine.writer"):
+        with caplog.at_level(logging.WARNING, logger="projections.engine.writer"):
             waiting = asyncio.create_task(VersionWriter(projection, version).take_over(waiter))
 
             async def said_so() -> bool:

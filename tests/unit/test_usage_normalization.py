@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from budget.usage import normalize_usage, usage_from_response
 from events.usage import ImageUsage, Usage
@@ -242,3 +244,35 @@ def test_inconsistent_provider_counts_are_rejected() -> None:
 def test_negative_provider_count_is_rejected() -> None:
     with pytest.raises(ValueError, match="completion_tokens"):
         usage_from_response({"prompt_tokens": 10, "completion_tokens": -5})
+
+
+def test_usage_objects_read_from_fields_properties_and_extras_alike() -> None:
+    """A pydantic model is read from its fields without probing (fast), but a count it
+    exposes as a property or computed field, or holds as an undeclared extra, counts as
+    well; so does a slotted pydantic dataclass (no ``__dict__``)."""
+
+    class Chat(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        prompt_tokens: int
+
+        @property
+        def completion_tokens(self) -> int:
+            return 5
+
+    class Messages(BaseModel):
+        input_tokens: int
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def output_tokens(self) -> int:
+            return 7
+
+    @pydantic_dataclass(slots=True)
+    class Slotted:
+        prompt_tokens: int
+        completion_tokens: int
+
+    extra = Chat(prompt_tokens=10, prompt_tokens_details={"cached_tokens": 4})
+    assert usage_from_response(extra) == Usage(input_uncached=6, input_cache_read=4, output_text=5)
+    assert usage_from_response(Messages(input_tokens=3)) == Usage(input_uncached=3, output_text=7)
+    assert usage_from_response(Slotted(5, 2)) == Usage(input_uncached=5, output_text=2)

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from budget.rpc import Refused, RpcFailure
+from budget.rpc import Refused, RpcFailure, Throttled
 from events import (
     CallKind,
     ImageUsage,
@@ -30,12 +30,13 @@ from events import (
 )
 from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
-from events.subjects import caller_token
+from events.subjects import API_KEY_CALLER, caller_token
 from events.usage import MAX_TOKENS, Seconds
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_check, limited_usage
 from services.api.problems import LIMITED_RESPONSES, Problem, field_errors
+from services.reservations import FOREIGN
 
 __all__ = ["BatchRecorded", "CheckIn", "Recorded", "UsageBatch", "UsageIn", "router"]
 
@@ -103,7 +104,7 @@ Checker = Annotated[Principal, Depends(limited_check)]
 def key_caller(principal: Principal) -> str:
     """Whom the enforcer reserves for when a key checks: the key itself, so that only it
     may release its holds (the API's own credential may release anyone's)."""
-    return caller_token(f"api-key-{principal.key_id}")
+    return caller_token(f"{API_KEY_CALLER}{principal.key_id}")
 
 
 @router.post("/check", summary="May this call go ahead? (reserves under BLOCK/THROTTLE)")
@@ -139,12 +140,16 @@ async def release(
             reservation_id, caller=key_caller(principal)
         )
     except Refused as exc:
-        if "another caller" not in str(exc):  # the enforcer failed (its database)
+        if FOREIGN not in str(exc):  # the enforcer failed (its database)
             raise Problem(503, f"the enforcer could not release it: {exc}") from None
         raise Problem(
             403,
             f"reservation {reservation_id} was made by another key's check: only that key"
             " may release it",
+        ) from None
+    except Throttled as exc:
+        raise Problem(
+            429, f"the enforcer limits this key: {exc}", retry_after=exc.retry_after
         ) from None
     except RpcFailure as exc:
         raise Problem(503, f"the enforcer did not answer: {exc}") from None
