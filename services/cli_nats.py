@@ -21,6 +21,11 @@ DataDir = Annotated[
 ]
 
 
+def _directory(data_dir: Path | None, current: Settings) -> Path:
+    """The data directory the command works on: ``--data-dir``, else the configured one."""
+    return (data_dir or current.data_dir).absolute()
+
+
 def _users_changed(directory: Path, current: Settings) -> int | None:
     """The server config written again from the roster, and reloaded by the NATS server of
     a `budget up` running on ``directory``: its pid, or None when none runs there."""
@@ -44,7 +49,7 @@ def add(
     if role not in ROLES:
         raise ValueError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
     current = settings()
-    directory = (data_dir or current.data_dir).absolute()
+    directory = _directory(data_dir, current)
     credentials = NatsCredentials(directory)
     password = credentials.add(name, role)
     pid = _users_changed(directory, current)
@@ -70,7 +75,7 @@ def remove(
     from services.nats_config import NatsCredentials
 
     current = settings()
-    directory = (data_dir or current.data_dir).absolute()
+    directory = _directory(data_dir, current)
     NatsCredentials(directory).remove(name)
     pid = _users_changed(directory, current)
     typer.echo(f"NATS user {name} withdrawn")
@@ -86,6 +91,5 @@ def list_users(data_dir: DataDir = None) -> None:
     """The NATS users and their roles (never their passwords)."""
     from services.nats_config import NatsCredentials
 
-    directory = (data_dir or settings().data_dir).absolute()
-    for user, role in NatsCredentials(directory).roles().items():
+    for user, role in NatsCredentials(_directory(data_dir, settings())).roles().items():
         typer.echo(f"{user}\t{role}")

@@ -107,7 +107,7 @@ class NatsCredentials:
         password = self.password_file(user)
         generated_secret(password)
         if user not in roles:
-            write_secret_file(self._roster, json.dumps({**roles, user: role}, indent=2) + "\n")
+            self._write_roles({**roles, user: role})
         return password
 
     def remove(self, user: str) -> None:
@@ -124,8 +124,11 @@ class NatsCredentials:
             known = ", ".join(sorted(roles)) or "none"
             raise ValueError(f"there is no NATS user {user!r} (users: {known})")
         del roles[user]
-        write_secret_file(self._roster, json.dumps(roles, indent=2) + "\n")
+        self._write_roles(roles)
         self.password_file(user).unlink(missing_ok=True)
+
+    def _write_roles(self, roles: dict[str, Role]) -> None:
+        write_secret_file(self._roster, json.dumps(roles, indent=2) + "\n")
 
     def ensure_defaults(self) -> None:
         for user, role in DEFAULT_USERS:
