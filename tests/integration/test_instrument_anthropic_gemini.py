@@ -35,6 +35,13 @@ pytestmark = pytest.mark.integration
 
 HELLO = [{"role": "user", "content": "Write a short poem about the sea"}]
 MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": HELLO}
+# What every recorded Claude call of alice's says besides its usage and cost.
+ALICES_CLAUDE_CALLS = {
+    "provider": "anthropic",
+    "model": "claude-sonnet-4-5-20250929",
+    "user_id": "alice",
+    "estimated_reason": None,
+}
 
 
 def anthropic_clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> Any:
@@ -79,13 +86,7 @@ async def test_anthropic_messages_parsed_and_streamed_record_exact_usage_once(
     assert_each((message, parsed), usage=CLAUDE_MESSAGE, cost=CLAUDE_MESSAGE_COST)
     # message_delta's 89 output tokens are the total, not 89 more than message_start's 2.
     assert (streamed.usage, streamed.cost) == (CLAUDE_STREAM, CLAUDE_STREAM_COST)
-    assert_each(
-        events,
-        provider="anthropic",
-        model="claude-sonnet-4-5-20250929",
-        user_id="alice",
-        estimated_reason=None,
-    )
+    assert_each(events, **ALICES_CLAUDE_CALLS)
 
 
 async def leave_the_event_stream_early(client: anthropic.AsyncAnthropic) -> None:
@@ -226,13 +227,7 @@ async def test_anthropic_beta_messages_record_exact_usage_once(
     assert (len(answered), len(streamed)) == (2, 2)
     assert_each(answered, usage=CLAUDE_MESSAGE, cost=CLAUDE_MESSAGE_COST)
     assert_each(streamed, usage=CLAUDE_STREAM, cost=CLAUDE_STREAM_COST)
-    assert_each(
-        events,
-        provider="anthropic",
-        model="claude-sonnet-4-5-20250929",
-        user_id="alice",
-        estimated_reason=None,
-    )
+    assert_each(events, **ALICES_CLAUDE_CALLS)
 
 
 async def test_anthropic_refusal_in_the_providers_shape(
