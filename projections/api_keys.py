@@ -1,7 +1,9 @@
 """HTTP API keys: name, role and hash of each key, and when it was revoked.
 
-The HTTP service looks a presented key up here by its hash on every request, so a
-revocation applies to the very next request once this projection has applied it.
+The HTTP service looks a presented key up here by its hash, and keeps the live ones it
+found until told ``KEYS_CHANGED``: the transaction that applies a revocation notifies it,
+so a revocation applies to the very next request once this projection has applied it
+(``services.api.key_cache``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from typing import ClassVar
 from events import ApiKeyCreated, ApiKeyRevoked, ApiRole
 from projections.engine.projection import Applied, Connection, Projection, physical
 
-__all__ = ["ApiKey", "ApiKeysProjection", "find_key", "find_session_key", "list_keys"]
+__all__ = [
+    "KEYS_CHANGED",
+    "ApiKey",
+    "ApiKeysProjection",
+    "find_key",
+    "find_session_key",
+    "list_keys",
+]
+
+KEYS_CHANGED = "budget_api_keys_changed"
+"""The PostgreSQL notification channel told when a key is revoked."""
 
 
 class ApiKeysProjection(Projection):
@@ -60,6 +72,9 @@ class ApiKeysProjection(Projection):
                     " WHERE key_id = %s AND revoked_at IS NULL".encode(),
                     (event.occurred_at, event.revoked_by, event.key_id),
                 )
+        if any(isinstance(applied.event, ApiKeyRevoked) for applied in batch):
+            # delivered when this transaction commits, to every HTTP service's key cache
+            await conn.execute(f"NOTIFY {KEYS_CHANGED}".encode())
 
 
 @dataclass(frozen=True)

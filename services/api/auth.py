@@ -3,7 +3,8 @@
 A request carries a key as ``Authorization: Bearer <key>`` (or ``X-API-Key``), or a
 signed session cookie that the console's sign-in set, naming a session row that has not
 ended; either way the key must still be live in the ``api_keys`` projection, so a
-revocation (or a sign-out) holds from the next request. A
+revocation (or a sign-out) holds from the next request. Keys presented in a header are
+remembered by ``services.api.key_cache`` until any key is revoked. A
 cookie-authenticated request that changes anything must also carry the session's CSRF
 token (form field ``csrf_token`` or header ``X-CSRF-Token``).
 
@@ -21,7 +22,7 @@ from datetime import timedelta
 from fastapi import Request
 
 from events import ApiRole
-from projections.api_keys import find_key, find_session_key
+from projections.api_keys import ApiKey, find_key, find_session_key
 from services.api.context import services
 from services.api.keys import hash_key
 from services.api.problems import Problem
@@ -67,11 +68,17 @@ def _presented_key(request: Request) -> str | None:
 
 async def authenticate(request: Request) -> Principal | None:
     """The caller, or None when no live key or session identifies one."""
-    database = services(request).database
+    api = services(request)
+    database = api.database
     key = _presented_key(request)
     if key is not None:
-        async with database.connection() as conn:
-            found = await find_key(conn, key_hash=hash_key(key))
+        key_hash = hash_key(key)
+
+        async def lookup() -> ApiKey | None:
+            async with database.connection() as conn:
+                return await find_key(conn, key_hash=key_hash)
+
+        found = await api.key_cache.find(key_hash, lookup)
     else:
         session_id = request.session.get("sid") if "session" in request.scope else None
         if not isinstance(session_id, str):

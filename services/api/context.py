@@ -1,6 +1,6 @@
 """What the HTTP service holds while it runs: one tracker (the NATS connection that
-publishes usage and asks the enforcer), the database queries, and the clients that
-publish changes. Every route reaches them through ``services(request)``."""
+publishes usage and asks the enforcer), the database queries, the live keys it has seen,
+and the clients that publish changes. Every route reaches them through ``services(request)``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from budget.manager import BudgetManager
 from budget.pricing import PricingRegistry
 from budget.tracker import UsageTracker, start_usage_tracker
 from projections.database_queries import DatabaseQueries
+from services.api.key_cache import KeyCache
 from services.api.keys import KeyAdmin
 
 __all__ = ["ApiServices", "current_services", "services"]
@@ -30,6 +31,7 @@ class ApiServices:
     manager: BudgetManager
     alerts: AlertEngine
     keys: KeyAdmin
+    key_cache: KeyCache
 
     @property
     def registry(self) -> PricingRegistry:
@@ -44,6 +46,8 @@ class ApiServices:
     async def open(cls, settings: Settings, *, connections: int = 8) -> AsyncIterator[ApiServices]:
         tracker = await start_usage_tracker(settings)
         database = DatabaseQueries(settings.database_url, connections=connections)
+        key_cache = KeyCache(settings.database_url)
+        key_cache.start()
         try:
             yield cls(
                 settings=settings,
@@ -52,8 +56,10 @@ class ApiServices:
                 manager=BudgetManager(settings, tracker, queries=database),
                 alerts=AlertEngine(settings, tracker, queries=database),
                 keys=KeyAdmin(settings, tracker, database),
+                key_cache=key_cache,
             )
         finally:
+            await key_cache.stop()
             await tracker.close()
             await database.close()
 

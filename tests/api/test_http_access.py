@@ -3,14 +3,17 @@ key and with each role; revocation holding from the next request; no key in any 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
-from events import ApiRole
+from events import ApiKeyRevoked, ApiRole, encode, headers_for, utc_now
 
+from http_support import eventually
 from live import LiveStack
 
 READ, ADMIN, INGEST, PUBLIC = "read", "admin", "ingest", "public"
@@ -149,6 +152,26 @@ def test_a_revoked_key_is_refused_from_the_next_request(
     assert listed[made["key_id"]]["revoked_at"] is not None
     assert "key" not in listed[made["key_id"]] and "key_hash" not in listed[made["key_id"]]
     assert admin.delete(f"/api/v1/keys/{made['key_id']}").status_code == 404
+
+
+def test_a_key_revoked_by_another_process_is_refused_once_applied(stack: LiveStack) -> None:
+    """As ``budget api-key revoke`` does, on the log: the API, which remembered the key,
+    hears of it from PostgreSQL when the ``api_keys`` worker applies it."""
+    key = stack.new_key(ApiRole.VIEWER)
+    key_id = key.split("_")[1]
+
+    async def revoke() -> None:
+        event = ApiKeyRevoked(occurred_at=utc_now(), key_id=key_id, revoked_by="elsewhere")
+        nc = await nats.connect(stack.settings.nats_url)
+        subject = stack.settings.topology.event_subject(event.SUBJECT)
+        await nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
+        await nc.close()
+
+    with stack.client(key) as http:
+        assert http.get("/api/v1/policies").status_code == 200
+        assert http.get("/api/v1/policies").status_code == 200
+        asyncio.run(revoke())
+        eventually(lambda: http.get("/api/v1/policies").status_code == 401, what="the key refused")
 
 
 def test_no_key_reaches_a_log(stack: LiveStack, keys: dict[ApiRole, str]) -> None:

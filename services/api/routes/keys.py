@@ -84,4 +84,5 @@ async def create_key(api: Api, who: Admin, body: KeyRequest, response: Response)
 async def revoke_key(api: Api, who: Admin, key_id: str) -> Response:
     if not await api.keys.revoke(key_id, revoked_by=who.name):
         raise Problem(404, f"there is no live key {key_id!r}")
+    api.key_cache.forget()  # this process refuses it now; the others when notified
     return Response(status_code=204)
