@@ -45,6 +45,7 @@ class UsageTracker:
         self.publisher = publisher
         self.checker = BudgetChecker(settings, registry)
         self._producer = Producer.here(settings.service_name)
+        self._time_bounds = settings.time_bounds  # made anew on each read of the property
         self._warned_unpriced: set[tuple[str, str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         """The event loop it was started on, where its coroutines must run."""
@@ -297,7 +298,7 @@ class UsageTracker:
                 images=images,
             )
         at = occurred_at or utc_now()
-        out_of_bounds = self.settings.time_bounds.time_violation(at, utc_now())
+        out_of_bounds = self._time_bounds.time_violation(at, utc_now())
         if out_of_bounds is not None:
             raise OutOfBounds(out_of_bounds)
         priced = self._price(provider, model, normalized, at)
