@@ -73,18 +73,21 @@ class KeyCache:
                 async with await connect(self._database_url) as conn:
                     await conn.execute(f"LISTEN {KEYS_CHANGED}")
                     self._heard(True)
+                    if failures:
+                        log.info("API key cache: listening for revocations again")
                     failures = 0
                     while True:
                         async for _ in conn.notifies(timeout=_PING_SECONDS, stop_after=1):
                             self.forget()
                         await conn.execute("SELECT 1")
             except (psycopg.Error, OSError) as exc:
-                # libpq's text can name the server, never a password; the type suffices.
-                log.warning(
-                    "API key cache: not listening for revocations (%s); every request"
-                    " looks its key up until it is back",
-                    type(exc).__name__,
-                )
+                # Once per outage. The type suffices: libpq's text may name the server.
+                if not failures:
+                    log.warning(
+                        "API key cache: not listening for revocations (%s); every request"
+                        " looks its key up until it is back",
+                        type(exc).__name__,
+                    )
             finally:
                 self._heard(False)
             await asyncio.sleep(_RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)])

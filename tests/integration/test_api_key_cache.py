@@ -87,12 +87,18 @@ async def test_a_lost_listening_connection_forgets_and_listens_again(
     await cache.find("hash", lookups)
     listening = "SELECT pid FROM pg_stat_activity WHERE query = %s"
     async with await connect(database_url) as conn:
-        [(pid,)] = await (await conn.execute(listening, (f"LISTEN {KEYS_CHANGED}",))).fetchall()
-        await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        async def listeners() -> set[int]:
+            found = await conn.execute(listening, (f"LISTEN {KEYS_CHANGED}",))
+            return {pid for (pid,) in await found.fetchall()}
+
+        before = await listeners()
+        assert before  # the cache's connection (and any other listener: all are cut)
+        for pid in before:
+            await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         async with asyncio.timeout(10):  # a new connection listens (after forgetting)
             while True:
-                rows = await (await conn.execute(listening, (f"LISTEN {KEYS_CHANGED}",))).fetchall()
-                if rows and rows[0][0] != pid and cache.listening.is_set():
+                if await listeners() - before and cache.listening.is_set():
                     break
                 await asyncio.sleep(0.05)
     await cache.find("hash", lookups)
