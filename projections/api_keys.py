@@ -2,8 +2,8 @@
 
 The HTTP service looks a presented key up here by its hash, and keeps the live ones it
 found until told ``KEYS_CHANGED``: the transaction that applies a revocation notifies it,
-so a revocation applies to the very next request once this projection has applied it
-(``services.api.key_cache``).
+and so does a rebuild's swap, so a revocation applies to the very next request once this
+projection has applied it (``services.api.key_cache``).
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ class ApiKeysProjection(Projection):
         if any(isinstance(applied.event, ApiKeyRevoked) for applied in batch):
             # delivered when this transaction commits, to every HTTP service's key cache
             await conn.execute(f"NOTIFY {KEYS_CHANGED}".encode())
+
+    async def went_live(self, conn: Connection, version: int, *, after_seq: int) -> None:
+        # The version made live may hold revocations the one it replaces had not applied.
+        await conn.execute(f"NOTIFY {KEYS_CHANGED}".encode())
 
 
 @dataclass(frozen=True)

@@ -48,5 +48,6 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + libpq_url(url).partition("://")[2]
 
 
-async def connect(url: str) -> psycopg.AsyncConnection[Any]:
-    return await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True)
+async def connect(url: str, **options: Any) -> psycopg.AsyncConnection[Any]:
+    """In autocommit; ``options`` are libpq's (e.g. ``application_name``)."""
+    return await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True, **options)

@@ -76,7 +76,8 @@ def list_command() -> None:
 def revoke(
     key_id: Annotated[str, typer.Argument(callback=checked(KeyId), help="the key id `list` shows")],
 ) -> None:
-    """Revoke a key: the HTTP API refuses it from the next request on."""
+    """Revoke a key: the HTTP API refuses it from the next request on (its processes are
+    told within milliseconds once the api_keys worker has applied it)."""
 
     async def go() -> bool:
         async with _admin() as admin:

@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 import nats
+import psycopg
 import pytest
 
 from events import ApiKeyRevoked, ApiRole, encode, headers_for, utc_now
+from services.api.key_cache import APPLICATION_NAME
 
 from http_support import eventually
 from live import LiveStack
@@ -167,6 +169,12 @@ def test_a_key_revoked_by_another_process_is_refused_once_applied(stack: LiveSta
         await nc.jetstream().publish(subject, encode(event), headers=headers_for(event))
         await nc.close()
 
+    with psycopg.connect(stack.settings.database_url) as conn:  # so the API keeps keys
+        listening = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (APPLICATION_NAME,),
+        ).fetchone()
+    assert listening is not None and listening[0] >= 1
     with stack.client(key) as http:
         assert http.get("/api/v1/policies").status_code == 200
         assert http.get("/api/v1/policies").status_code == 200

@@ -1,17 +1,20 @@
 """The HTTP service's cache of live API keys, on a real PostgreSQL: a key found once is not
-looked up again, and every key is forgotten when a revocation is notified, when one is
-notified while a lookup runs, and when the listening connection is lost."""
+looked up again, and every key is forgotten when a revocation is notified (by the
+projection, or by a rebuild's swap), when one is notified while a lookup runs, when the
+listening connection is lost, and when it stops answering."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
 
 from events import ApiRole
-from projections.api_keys import KEYS_CHANGED, ApiKey
+from projections.api_keys import KEYS_CHANGED, ApiKey, ApiKeysProjection
 from projections.db import connect
 from services.api.key_cache import KeyCache
 
@@ -32,11 +35,19 @@ class Lookups:
         return KEY
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 async def cache(database_url: str) -> AsyncIterator[KeyCache]:
     cache = KeyCache(database_url)
     cache.start()
-    await asyncio.wait_for(cache.listening.wait(), 10)
+    await until(lambda: cache.trusted)
     try:
         yield cache
     finally:
@@ -53,6 +64,7 @@ async def until_looked_up_again(cache: KeyCache, lookups: Lookups, calls: int) -
 async def test_a_found_key_is_remembered_until_a_revocation_is_notified(
     cache: KeyCache, database_url: str
 ) -> None:
+    listener = cache.backend_pid
     lookups = Lookups()
     assert await cache.find("hash", lookups) == KEY
     assert await cache.find("hash", lookups) == KEY
@@ -61,6 +73,20 @@ async def test_a_found_key_is_remembered_until_a_revocation_is_notified(
         await conn.execute(f"NOTIFY {KEYS_CHANGED}")
     await until_looked_up_again(cache, lookups, 1)
     assert lookups.calls == 2
+    assert (cache.backend_pid, cache.trusted) == (listener, True)  # told, not reconnected
+
+
+async def test_a_rebuilds_swap_makes_every_key_forgotten(
+    cache: KeyCache, database_url: str
+) -> None:
+    """The version a swap makes live may hold a revocation the old one had not applied."""
+    listener = cache.backend_pid
+    lookups = Lookups()
+    await cache.find("hash", lookups)
+    async with await connect(database_url) as conn, conn.transaction():
+        await ApiKeysProjection().went_live(conn, 2, after_seq=0)
+    await until_looked_up_again(cache, lookups, 1)
+    assert cache.backend_pid == listener
 
 
 async def test_a_revocation_heard_during_a_lookup_keeps_its_answer_out(cache: KeyCache) -> None:
@@ -83,23 +109,30 @@ async def test_nothing_is_kept_before_listening(database_url: str) -> None:
 async def test_a_lost_listening_connection_forgets_and_listens_again(
     cache: KeyCache, database_url: str
 ) -> None:
+    listener = cache.backend_pid
     lookups = Lookups()
     await cache.find("hash", lookups)
-    listening = "SELECT pid FROM pg_stat_activity WHERE query = %s"
     async with await connect(database_url) as conn:
-
-        async def listeners() -> set[int]:
-            found = await conn.execute(listening, (f"LISTEN {KEYS_CHANGED}",))
-            return {pid for (pid,) in await found.fetchall()}
-
-        before = await listeners()
-        assert before  # the cache's connection (and any other listener: all are cut)
-        for pid in before:
-            await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        async with asyncio.timeout(10):  # a new connection listens (after forgetting)
-            while True:
-                if await listeners() - before and cache.listening.is_set():
-                    break
-                await asyncio.sleep(0.05)
+        await conn.execute("SELECT pg_terminate_backend(%s)", (listener,))
+    await until(lambda: cache.backend_pid not in (None, listener) and cache.trusted)
     await cache.find("hash", lookups)
     assert lookups.calls == 2
+
+
+async def test_a_listening_connection_that_stops_answering_is_not_trusted(
+    cache: KeyCache,
+) -> None:
+    """As after a failover or a partition, where a notification could be lost unnoticed:
+    its backend stopped (SIGSTOP), the cache looks every key up within TRUST_SECONDS."""
+    listener = cache.backend_pid
+    assert listener is not None
+    lookups = Lookups()
+    await cache.find("hash", lookups)
+    os.kill(listener, signal.SIGSTOP)
+    try:
+        await until(lambda: not cache.trusted)
+        await cache.find("hash", lookups)
+        assert lookups.calls == 2
+    finally:
+        os.kill(listener, signal.SIGCONT)
+    await until(lambda: cache.trusted)  # a new connection (or the old one again)
