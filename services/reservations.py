@@ -32,6 +32,7 @@ __all__ = [
     "SPEND_BUCKETS",
     "Hold",
     "Reserved",
+    "foreign_holds",
     "insert_holds",
     "install",
     "open_reservations",
@@ -196,6 +197,17 @@ async def release(
             " credential) may release it"
         )
     return released
+
+
+async def foreign_holds(conn: Connection, reservation_ids: Iterable[str], caller: str) -> set[str]:
+    """Those of ``reservation_ids`` whose holds another caller made: a usage event naming
+    one would settle (free) budget that caller holds."""
+    cursor = await conn.execute(
+        "SELECT DISTINCT reservation_id FROM reservation_holds"
+        " WHERE reservation_id = ANY(%s) AND caller IS DISTINCT FROM %s",
+        (list(reservation_ids), caller),
+    )
+    return {str(row[0]) for row in await cursor.fetchall()}
 
 
 async def release_finished(conn: Connection) -> tuple[int, int]:

@@ -119,8 +119,25 @@ def test_check_reserves_refuses_and_settles(
     foreign = admin.post(release)
     assert foreign.status_code == 403, foreign.text
     assert "made by another key's check" in foreign.json()["detail"]
-    assert ingest.post(release).json() == {"released": 1}
+    # Nor settle it with a usage event naming it (which would free what it holds).
+    settle = admin.post("/api/v1/usage", json=call(user, reservation_id=held["reservation_id"]))
+    assert settle.status_code == 403, settle.text
+    assert settle.json()["errors"] == [
+        {"field": "body.reservation_id", "message": "another key's check made it"}
+    ]
+    batch = {"events": [call(user), call(user, reservation_id=held["reservation_id"])]}
+    settle = admin.post("/api/v1/usage/batch", json=batch)
+    assert settle.status_code == 403, settle.text
+    assert [e["field"] for e in settle.json()["errors"]] == ["body.events.1.reservation_id"]
+    assert ingest.post(release).json() == {"released": 1}  # still held: nothing settled it
     assert ingest.post(release).json() == {"released": 0}  # already given back
+    # A hold that is gone is no one's: naming it settles nothing, and the call counts.
+    assert (
+        admin.post(
+            "/api/v1/usage", json=call(user, reservation_id=held["reservation_id"])
+        ).status_code
+        == 201
+    )
 
     bad = ingest.post("/api/v1/check", json={"model": "", "estimated_tokens": -5})
     assert bad.status_code == 422

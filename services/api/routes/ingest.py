@@ -14,6 +14,7 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+import psycopg
 from fastapi import APIRouter, Depends, Path, Response
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,7 +37,7 @@ from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_check, limited_usage
 from services.api.problems import LIMITED_RESPONSES, Problem, field_errors
-from services.reservations import FOREIGN
+from services.reservations import FOREIGN, foreign_holds
 
 __all__ = ["BatchRecorded", "CheckIn", "Recorded", "UsageBatch", "UsageIn", "router"]
 
@@ -156,14 +157,18 @@ async def release(
     return ReleaseResult(released=released)
 
 
+Recorder = Annotated[Principal, Depends(limited_usage)]
+
+
 @router.post(
     "/usage",
     status_code=201,
-    dependencies=[Depends(limited_usage)],
     summary="Record one call's usage (201 stored; 200 with the stored event when this"
-    " event_id was stored before; 409 when it was stored for another call)",
+    " event_id was stored before; 409 when it was stored for another call; 403 when its"
+    " reservation_id is another key's hold)",
 )
-async def record(api: Api, body: UsageIn, response: Response) -> Recorded:
+async def record(api: Api, principal: Recorder, body: UsageIn, response: Response) -> Recorded:
+    await _own_reservations(api, principal, [("body", body)])
     event = _priced(api, body, "body")
     [(status, stored, seq)] = await _store(api, [(body, event)])
     if status == "conflict":
@@ -197,11 +202,13 @@ class BatchRecorded(BaseModel):
 
 @router.post(
     "/usage/batch",
-    dependencies=[Depends(limited_usage)],
     summary=f"Record up to {MAX_BATCH} calls in one request: each as POST /usage would,"
     " answered once JetStream has stored them all (one wrong event refuses the batch)",
 )
-async def record_batch(api: Api, body: UsageBatch) -> BatchRecorded:
+async def record_batch(api: Api, principal: Recorder, body: UsageBatch) -> BatchRecorded:
+    await _own_reservations(
+        api, principal, [(f"body.events.{i}", item) for i, item in enumerate(body.events)]
+    )
     priced = [(item, _priced(api, item, f"body.events.{i}")) for i, item in enumerate(body.events)]
     results = await _store(api, priced)
     return BatchRecorded(
@@ -210,6 +217,33 @@ async def record_batch(api: Api, body: UsageBatch) -> BatchRecorded:
             for (_, event), (status, _, seq) in zip(priced, results, strict=True)
         ]
     )
+
+
+async def _own_reservations(
+    api: ApiServices, principal: Principal, calls: list[tuple[str, UsageIn]]
+) -> None:
+    """A usage event settles the hold its ``reservation_id`` names, freeing what it kept
+    beyond the cost: refuse one that another key's check made, as a release is refused.
+    (A hold that is gone, settled or expired, is no one's: settling it changes nothing.)"""
+    named = {body.reservation_id: where for where, body in calls if body.reservation_id}
+    if not named:
+        return
+    try:
+        async with api.database.connection() as conn:
+            foreign = await foreign_holds(conn, named, key_caller(principal))
+    except psycopg.Error:
+        raise Problem(503, "the database did not answer whose reservations these are") from None
+    if foreign:
+        errors = [
+            {"field": f"{named[r]}.reservation_id", "message": "another key's check made it"}
+            for r in sorted(foreign)
+        ]
+        raise Problem(
+            403,
+            f"reservation {min(foreign)} was made by another key's check: only that key"
+            " may settle it",
+            errors=errors,
+        )
 
 
 Outcome = tuple[Literal["stored", "duplicate", "conflict"], UsageRecorded, int]
