@@ -54,6 +54,13 @@ async def cache(database_url: str) -> AsyncIterator[KeyCache]:
         await cache.stop()
 
 
+async def remembered(cache: KeyCache) -> Lookups:
+    """Lookups that found the key once: the cache now keeps it."""
+    lookups = Lookups()
+    assert await cache.find("hash", lookups) == KEY
+    return lookups
+
+
 async def until_looked_up_again(cache: KeyCache, lookups: Lookups, calls: int) -> None:
     async with asyncio.timeout(10):
         while lookups.calls == calls:
@@ -65,8 +72,7 @@ async def test_a_found_key_is_remembered_until_a_revocation_is_notified(
     cache: KeyCache, database_url: str
 ) -> None:
     listener = cache.backend_pid
-    lookups = Lookups()
-    assert await cache.find("hash", lookups) == KEY
+    lookups = await remembered(cache)
     assert await cache.find("hash", lookups) == KEY
     assert lookups.calls == 1
     async with await connect(database_url) as conn:
@@ -81,8 +87,7 @@ async def test_a_rebuilds_swap_makes_every_key_forgotten(
 ) -> None:
     """The version a swap makes live may hold a revocation the old one had not applied."""
     listener = cache.backend_pid
-    lookups = Lookups()
-    await cache.find("hash", lookups)
+    lookups = await remembered(cache)
     async with await connect(database_url) as conn, conn.transaction():
         await ApiKeysProjection().went_live(conn, 2, after_seq=0)
     await until_looked_up_again(cache, lookups, 1)
@@ -110,8 +115,7 @@ async def test_a_lost_listening_connection_forgets_and_listens_again(
     cache: KeyCache, database_url: str
 ) -> None:
     listener = cache.backend_pid
-    lookups = Lookups()
-    await cache.find("hash", lookups)
+    lookups = await remembered(cache)
     async with await connect(database_url) as conn:
         await conn.execute("SELECT pg_terminate_backend(%s)", (listener,))
     await until(lambda: cache.backend_pid not in (None, listener) and cache.trusted)
@@ -126,8 +130,7 @@ async def test_a_listening_connection_that_stops_answering_is_not_trusted(
     its backend stopped (SIGSTOP), the cache looks every key up within TRUST_SECONDS."""
     listener = cache.backend_pid
     assert listener is not None
-    lookups = Lookups()
-    await cache.find("hash", lookups)
+    lookups = await remembered(cache)
     os.kill(listener, signal.SIGSTOP)
     try:
         await until(lambda: not cache.trusted)
