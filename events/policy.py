@@ -16,11 +16,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from events.envelope import Event, UtcDatetime
-from events.usage import exact_money
+from events.usage import MAX_DECIMAL_PLACES, exact_decimal, exact_money
 
 __all__ = [
     "BUCKET",
     "GLOBAL_SCOPE_KEY",
+    "MAX_LIMIT",
     "POLICY_CHANGES",
     "BudgetPeriod",
     "BudgetPolicy",
@@ -39,6 +40,14 @@ GLOBAL_SCOPE_KEY = "*"
 """The scope key of global totals (other scopes are keyed by their user, project, ...)."""
 
 Money = Annotated[Decimal, Field(ge=0)]
+MAX_LIMIT = 10**15
+"""The largest policy limit, USD (a thousand times the dearest call the contract admits):
+every threshold of it still fits the projections' and the evaluator's arithmetic."""
+Limit = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_LIMIT, decimal_places=MAX_DECIMAL_PLACES),
+    exact_decimal(MAX_LIMIT),
+]
 PolicyId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -86,7 +95,7 @@ class BudgetPolicy(BaseModel):
     period: BudgetPeriod = BudgetPeriod.MONTHLY
     custom_start: UtcDatetime | None = None
     custom_end: UtcDatetime | None = None
-    limit_amount: Money
+    limit_amount: Limit
     soft_limit_percent: Annotated[Decimal, Field(gt=0, le=100)] = Decimal(80)
     action: LimitAction = LimitAction.WARN
     timezone: str | None = Field(default=None, description="IANA name; periods are UTC if absent")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import UtcDatetime
 from events.policy import BudgetPolicy, LimitAction
+from events.usage import Usd
 
 __all__ = [
     "RPC_CHECK",
@@ -51,7 +52,7 @@ class CallAttributes(_Message):
 
 
 class CheckRequest(CallAttributes):
-    estimated_cost: Money
+    estimated_cost: Usd
     reserve: bool = Field(default=True, description="hold the estimate until usage settles it")
     ttl_seconds: float | None = Field(
         default=None,

@@ -26,6 +26,7 @@ __all__ = [
     "Usage",
     "UsageRecorded",
     "UsageRepriced",
+    "exact_decimal",
     "exact_money",
 ]
 
@@ -70,7 +71,7 @@ def decimal_string_pattern(limit: int, places: int) -> str:
     return "^(" + "|".join([plain, *small, "0E[-+][0-9]+", *large, rf"1(\.0+)?E\+{digits}"]) + ")$"
 
 
-def _exact_decimal(limit: int) -> WithJsonSchema:
+def exact_decimal(limit: int) -> WithJsonSchema:
     """What producers are held to in the JSON Schema: a decimal string or a JSON integer,
     never a JSON fraction (a binary float on the way, so not the amount meant)."""
     pattern = decimal_string_pattern(limit, MAX_DECIMAL_PLACES)
@@ -89,12 +90,12 @@ Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Seconds = Annotated[
     Decimal,
     Field(ge=0, le=MAX_AUDIO_SECONDS, decimal_places=MAX_DECIMAL_PLACES),
-    _exact_decimal(MAX_AUDIO_SECONDS),
+    exact_decimal(MAX_AUDIO_SECONDS),
 ]
 Usd = Annotated[
     Decimal,
     Field(ge=0, le=MAX_COST, decimal_places=MAX_DECIMAL_PLACES),
-    _exact_decimal(MAX_COST),
+    exact_decimal(MAX_COST),
 ]
 CallKind = Literal["chat", "embedding", "image", "audio"]
 
@@ -213,7 +214,9 @@ class UsageRecorded(_Cost, Event):
     user_id: str | None = Field(default=None, max_length=200)
     project_id: str | None = Field(default=None, max_length=200)
     tags: dict[str, str] = Field(default_factory=dict)
-    reservation_id: str | None = None
+    reservation_id: str | None = Field(
+        default=None, max_length=100, description="the check's reservation this call settles"
+    )
     estimated_reason: str | None = Field(
         default=None,
         max_length=500,

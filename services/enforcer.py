@@ -435,7 +435,7 @@ class Enforcer:
             occurred_at=utc_now(),
             action=result.action or "block",
             policy_ids=result.decided_by,
-            reason=result.reason,
+            reason=result.reason[:500],  # names the policy: a long name must not lose it
             provider=request.provider,
             model=request.model,
             user_id=request.user_id,

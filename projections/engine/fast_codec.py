@@ -269,7 +269,7 @@ class FastUsageRecorded(_Struct, frozen=True, kw_only=True):
     user_id: Annotated[str, _meta(UsageRecorded, "user_id")] | None = None
     project_id: Annotated[str, _meta(UsageRecorded, "project_id")] | None = None
     tags: dict[str, str] = _default(UsageRecorded, "tags")
-    reservation_id: str | None = None
+    reservation_id: Annotated[str, _meta(UsageRecorded, "reservation_id")] | None = None
     estimated_reason: Annotated[str, _meta(UsageRecorded, "estimated_reason")] | None = None
 
     def __post_init__(self) -> None:

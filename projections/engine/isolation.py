@@ -38,11 +38,9 @@ async def apply_events(
         return await apply_isolating_rejects(conn, events, apply, label=label)
     try:
         await apply(events)
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
-        raise Unapplied(str(exc)) from exc
-    except (psycopg.Error, Retired):
-        raise
     except Exception as exc:
+        if isinstance(exc, psycopg.Error | Retired) and not _refuses_data(exc):
+            raise
         raise Unapplied(str(exc)) from exc
     return []
 
@@ -100,18 +98,24 @@ async def _try_apply(conn: Connection, events: Sequence[Applied], apply: Apply) 
         async with conn.transaction():
             await apply(events)
         return None
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
-        return exc
-    except (psycopg.Error, Retired):
-        raise
     except Exception as exc:
+        if isinstance(exc, psycopg.Error | Retired) and not _refuses_data(exc):
+            raise
         return exc
+
+
+def _refuses_data(exc: Exception) -> bool:
+    """The database refused the data: invalid (SQLSTATE class 22), against a constraint
+    (23), or past one of its limits (54: e.g. a value too long for an index row)."""
+    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError) or (
+        isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("54")
+    )
 
 
 def _about_its_data(exc: Exception) -> bool:
     """Whether ``exc`` says what is wrong with the event's data (the projection rejected
     it, or the database refused it), rather than that the projection failed on it."""
-    return isinstance(exc, Rejected | psycopg.DataError | psycopg.IntegrityError)
+    return isinstance(exc, Rejected) or _refuses_data(exc)
 
 
 def _rejection(exc: Exception) -> str:

@@ -69,6 +69,41 @@ async def test_one_event_the_projection_raises_on_is_dead_lettered_and_the_rest_
     assert await rows(db, TOTALS) == [(2, 2)]
 
 
+class PastALimit(SpendProjection):
+    """The spend projection under its own name, whose statement for a ``poisoned`` user's
+    event passes one of PostgreSQL's limits (SQLSTATE class 54), as a value too long for
+    an index row does."""
+
+    name = "past_a_limit"
+
+    def __init__(self, poisoned: str) -> None:
+        super().__init__("past_a_limit", settles_reservations=False)
+        self.poisoned = poisoned
+
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        if any(getattr(a.event, "user_id", None) == self.poisoned for a in batch):
+            await conn.execute("SELECT array_fill(1, ARRAY[200000000])")
+        await super().apply(conn, version, batch)
+
+
+async def test_an_event_past_a_database_limit_is_dead_lettered_and_the_rest_counted(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """Refused data, not an outage: retrying it forever would stop the consumer."""
+    calls = [usage_event(cost="1", user=user) for user in ("alice", "mallory", "carol")]
+    await publish(nc, topology, calls)
+
+    await catch_up(PastALimit("mallory"), nc, db, topology)
+
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert [(letter.consumer, letter.original_seq) for letter in letters] == [
+        ("past_a_limit-v1", 2)
+    ]
+    assert "array size exceeds" in letters[0].reason
+    totals = TOTALS.replace("faulty_buckets", "past_a_limit_buckets")
+    assert await rows(db, totals) == [(2, 2)]
+
+
 class Counting(SpendProjection):
     """The spend projection under its own name, recording the size of each batch it is
     asked to apply."""

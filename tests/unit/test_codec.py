@@ -25,6 +25,7 @@ from events import (
     utc_now,
 )
 from events.envelope import new_event_id
+from events.policy import MAX_LIMIT
 from events.usage import MAX_COST, MAX_TOKENS
 
 
@@ -185,12 +186,24 @@ def test_a_correction_repeats_an_old_time_so_only_its_skew_is_bounded() -> None:
         ({"cost": Decimal("-0.01")}, "greater than or equal to 0"),
         ({"usage": {"audio_seconds": "1E-41"}}, "no more than 40 decimal places"),
         ({"usage": {"output_text": MAX_TOKENS + 1}}, "less than or equal to 1000000000000"),
+        # indexed by the ledger: a longer one would pass PostgreSQL's index row size
+        ({"reservation_id": "r" * 101}, "at most 100 characters"),
     ],
 )
 def test_the_contracts_maxima_are_clear_errors(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         event(**changes)
     event(cost=Decimal(MAX_COST), usage={"audio_seconds": "1E-40", "output_text": MAX_TOKENS})
+
+
+def test_a_policy_limit_is_bounded_so_every_threshold_of_it_can_be_counted() -> None:
+    """An unbounded limit (2E+131072) overflowed PostgreSQL's numeric in the alert
+    evaluator's statement, failing every batch of usage it watched."""
+    with pytest.raises(ValidationError, match="less than or equal to 1000000000000000"):
+        BudgetPolicy(name="huge", limit_amount=Decimal("2E+131072"))
+    with pytest.raises(ValidationError, match="no more than 40 decimal places"):
+        BudgetPolicy(name="fine", limit_amount=Decimal("1E-41"))
+    assert BudgetPolicy(name="max", limit_amount=Decimal(MAX_LIMIT)).limit_amount == MAX_LIMIT
 
 
 def test_no_id_at_any_depth_is_made_anew_on_read() -> None:
