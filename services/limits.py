@@ -25,6 +25,7 @@ from budget.config import Settings
 from events import Topology
 from events.rpc import RpcError
 from services.fair_queue import FairQueue
+from services.replies import answerable, send
 
 __all__ = ["CallerLimits", "LimitedRequests", "Refusal"]
 
@@ -167,10 +168,22 @@ class LimitedRequests:
         self.on_refusal = on_refusal
         """Called for each request refused (a metric counts them)."""
         self._queue: FairQueue[Msg] = FairQueue()
+        self._misdirected: set[str] = set()
         self._worker = asyncio.create_task(self._serve())
 
     async def on_message(self, msg: Msg) -> None:
         caller = self.topology.caller_of(msg.subject)
+        if msg.reply and not answerable(msg.reply):
+            if caller not in self._misdirected and len(self._misdirected) < 1000:
+                # once per caller: a caller could flood the log
+                self._misdirected.add(caller)
+                log.warning(
+                    "%s: dropping requests of caller %r whose reply subject is not an inbox"
+                    " (_INBOX.): answering one would publish on another subject",
+                    self.service,
+                    caller,
+                )
+            return
         if self._queue.waiting(caller) < _MAX_QUEUED:
             self._queue.put(caller, msg)
         else:  # a caller that sends without waiting for answers: refused here, unqueued
@@ -203,10 +216,9 @@ class LimitedRequests:
     async def _refuse(self, msg: Msg, refusal: Refusal) -> None:
         if self.on_refusal is not None:
             self.on_refusal()
-        if msg.reply:
-            error = RpcError(
-                error=f"{self.service}: too many requests: {refusal.reason}; retry after"
-                f" {refusal.retry_after:.3f}s",
-                retry_after=round(refusal.retry_after, 3),
-            )
-            await self.nc.publish(msg.reply, error.model_dump_json().encode())
+        error = RpcError(
+            error=f"{self.service}: too many requests: {refusal.reason}; retry after"
+            f" {refusal.retry_after:.3f}s",
+            retry_after=round(refusal.retry_after, 3),
+        )
+        await send(self.nc, msg.reply, error)

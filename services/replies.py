@@ -50,9 +50,20 @@ def error_reply(service: str, exc: BaseException) -> RpcError:
     return RpcError(error=f"{service}: internal error: {type(exc).__name__}")
 
 
+INBOX = "_INBOX."
+
+
+def answerable(reply: str) -> bool:
+    """Whether an answer may go to ``reply``: an inbox only. The services' credential may
+    publish on the event, alert and JetStream API subjects, so answering a request that
+    names one of those as its reply subject would write there on the asker's behalf."""
+    return reply.startswith(INBOX)
+
+
 async def send(nc: Client, reply: str, answer: BaseModel) -> None:
-    """Publish ``answer`` to ``reply`` (nothing if the sender expects no answer)."""
-    if reply:
+    """Publish ``answer`` to ``reply`` if it is an inbox (nothing if the sender expects no
+    answer; ``LimitedRequests`` drops a request naming another subject before this)."""
+    if answerable(reply):
         await nc.publish(reply, answer.model_dump_json().encode())
 
 

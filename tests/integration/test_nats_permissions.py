@@ -38,6 +38,8 @@ from events import (
     encode,
 )
 from events.codec import HEADER_MSG_ID
+from events.queries import QUERY_POLICIES
+from events.rpc import RPC_CHECK, RPC_SNAPSHOT
 from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
 from services.ops import prepare
@@ -235,6 +237,51 @@ async def test_a_host_records_usage_checks_and_asks_through_the_services(
             assert not check.allowed
         finally:
             await tracker.close()
+
+
+async def test_a_host_cannot_have_the_services_answer_onto_the_log_or_the_alerts(
+    secured: Secured,
+    service: Client,
+    db: str,
+    tmp_path: Path,
+    connect: Callable[[str], Awaitable[Conn]],
+) -> None:
+    """NATS checks the subject a client publishes to, not the reply subject it names: the
+    services answer only to inboxes, so a host cannot write through them."""
+    operator = secured.settings("service", database_url=db, spool_dir=tmp_path / "service")
+    topology = secured.topology
+    async with enforcement_stack(service, operator) as stack:
+        await stack.set_policy(policy_id="cap", scope=BudgetScope.USER, limit_amount="1")
+        await stack.enforcer_applies_policies()
+        alerts: list[str] = []
+        watch = await service.subscribe(f"{topology.prefix}.alerts.>")
+        host = (await connect("host")).nc
+        targets = [
+            topology.event_subject(PolicyDeleted.SUBJECT),
+            f"{topology.prefix}.alerts.critical.forged",
+        ]
+        asks = [
+            (topology.rpc_subject(RPC_CHECK, caller="host"), b'{"model": "gpt-4o"}'),
+            (topology.rpc_subject(RPC_SNAPSHOT, caller="host"), b'{"model": "gpt-4o"}'),
+            (topology.rpc_subject(QUERY_POLICIES, caller="host"), b"{}"),
+        ]
+        for subject, body in asks:
+            for target in targets:
+                await host.publish(subject, body, reply=target)
+            # The positive signal: the same request with an inbox is answered, after
+            # the misdirected ones (one connection's messages arrive in order).
+            assert (await host.request(subject, body, timeout=10)).data
+        await service.flush()
+        while True:
+            try:
+                alerts.append((await watch.next_msg(timeout=0.01)).subject)
+            except TimeoutError:
+                break
+        info = await service.jetstream().stream_info(
+            topology.event_stream.name, subjects_filter=">"
+        )
+        assert set(info.state.subjects) == {topology.event_subject(PolicySet.SUBJECT)}
+        assert alerts == []
 
 
 async def test_the_service_credential_rebuilds_a_projection_from_the_log(
