@@ -424,7 +424,11 @@ def load_settings(
         else:
             where = setting_source(field, config_file, environ)
         given = err.get("input")  # a whole mapping is not shown: it may hold a password
-        hidden = isinstance(given, Mapping) or holds_secret(Settings, err["loc"])
+        hidden = (
+            isinstance(given, Mapping)
+            or holds_secret(Settings, err["loc"])
+            or err["type"] == "extra_forbidden"  # a misspelled key may be a secret's
+        )
         got = "" if hidden else f" (got {given!r})"
         message = err["msg"].removeprefix("Value error, ")  # a validator's own words
         raise ConfigError(redact(f"{where}: {message}{got}")) from None
@@ -452,7 +456,11 @@ def _read_document(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        # PyYAML's own text quotes the offending line, which may hold a password.
+        mark = getattr(exc, "problem_mark", None)
+        where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
     except OSError as exc:  # a directory, no permission, a disk error
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     if not isinstance(document, dict):

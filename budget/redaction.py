@@ -38,12 +38,18 @@ MIN_SECRET_LENGTH = 4
 
 # Each pattern masks its ``secret`` group. A URL's user part starts a word (or follows a
 # quote, a bracket, ``=``), with or without a scheme: NATS takes ``user:password@host``.
+# A password runs to the ``@`` and may hold a ``/`` (base64, not percent-encoded), unless
+# what follows the ``:`` is a port, digits then ``/`` (``http://host:8080/path@x``), or
+# the ``//`` of a scheme.
 _URL_PASSWORD = re.compile(
-    r"(?<![^\s,'\"(\[=<])(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@,'\"]*:(?P<secret>[^\s@/]*)@"
+    r"(?<![^\s,'\"(\[=<])(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@,'\"]*:"
+    r"(?P<secret>(?!\d+/|/)[^\s@]*|[^\s@/]*)@"
 )
+# NATS takes a token alone as the user part: ``nats://<token>@host``.
+_NATS_TOKEN = re.compile(r"(?<![^\s,'\"(\[=<])(?:nats|tls|ws|wss)://(?P<secret>[^\s:/@,'\"]+)@")
 _PASSWORD_PARAM = re.compile(r"\bpassword=(?P<secret>[^\s&;,'\"]+)", re.IGNORECASE)
 _API_KEY = re.compile(r"\bbmk_[0-9a-f]+_(?P<secret>[A-Za-z0-9_-]+)")
-_PATTERNS = (_URL_PASSWORD, _PASSWORD_PARAM, _API_KEY)
+_PATTERNS = (_URL_PASSWORD, _NATS_TOKEN, _PASSWORD_PARAM, _API_KEY)
 
 _known: set[str] = set()
 _installed = threading.Event()

@@ -135,18 +135,18 @@ async def test_a_request_waits_behind_one_of_a_greedy_callers_not_its_backlog() 
     try:
         for i in range(50):  # arrive before the worker runs: a backlog
             await requests.on_message(
-                cast(Any, SimpleNamespace(subject="t.rpc.greedy.x", reply=f"g{i}", data=b""))
+                cast(Any, SimpleNamespace(subject="t.rpc.greedy.x", reply=f"_INBOX.g{i}", data=b""))
             )
         for caller in ("polite", "svc", "svc", "svc", "svc"):
             await requests.on_message(
-                cast(Any, SimpleNamespace(subject=f"t.rpc.{caller}.x", reply="p", data=b""))
+                cast(Any, SimpleNamespace(subject=f"t.rpc.{caller}.x", reply="_INBOX.p", data=b""))
             )
         await asyncio.wait_for(all_handled.wait(), 5)
     finally:
         await requests.close()
     # one of the backlog (admitted), then the polite one, before the rest are refused
-    assert log[:2] == ["handled g0", "handled p"]
+    assert log[:2] == ["handled _INBOX.g0", "handled _INBOX.p"]
     assert handled == ["greedy", "polite", "svc", "svc", "svc", "svc"]
-    refused = [json.loads(data) for reply, data in nc.published if reply.startswith("g")]
+    refused = [json.loads(data) for reply, data in nc.published if reply.startswith("_INBOX.g")]
     assert refused and all(r["retry_after"] > 0 for r in refused)
     assert all("too many requests" in r["error"] for r in refused)

@@ -30,6 +30,10 @@ from support import ROOT
         ),
         ("host=h password=hunter22 user=u", "host=h password=*** user=u"),
         ("key bmk_0a1b2c3d4e5f_Zm9vYmFy-_x", "key bmk_0a1b2c3d4e5f_***"),
+        # base64 (openssl rand -base64) holds '/' and '+'; a NATS token is the user part
+        ("postgresql://u:ab/cd+ef==@h/db", "postgresql://u:***@h/db"),
+        ("nats://u:x/y@h:4222", "nats://u:***@h:4222"),
+        ("nats://s3cr3tt0ken@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
         # Not credentials: left as they are.
         ("http://host:8080/path@x", "http://host:8080/path@x"),
         ("nats://h1:4222,nats://h2:4222", "nats://h1:4222,nats://h2:4222"),
@@ -86,6 +90,9 @@ def test_a_secret_field_is_found_by_its_type(loc: tuple[int | str, ...], secret:
         "budget:\n  api_session_secret: 12345678\n",
         "budget:\n  database_url: ['postgresql://u:hunter22@h/db']\n",
         "budget:\n  subject_prefix: 'nats://u:hunter22@h'\n",
+        # PyYAML quotes the line it cannot read; a misspelled key is not known as secret
+        "alert_channels:\n  email:\n    password: hunter22: x\n",
+        "alert_channels:\n  email:\n    smtp_password: hunter22\n",
     ],
 )
 def test_a_config_error_never_echoes_a_secret(tmp_path: Path, document: str) -> None:
