@@ -25,12 +25,13 @@ from budget.config import Settings
 from budget.webhooks import SIGNATURE_HEADER, verify_signature
 from events import Alert, AlertSeverity, AlertType, Topology, utc_now
 from projections.db import connect
+from projections.engine.checkpoints import live_position
 from services.liveness import Liveness
 from services.notifier import Notifier, NotifierConfig
 from services.ops import prepare
 from services.worker import run_projection
 
-from support import rows
+from support import rows, wait_for
 
 WEBHOOK_SECRET = "test-secret"
 
@@ -222,3 +223,17 @@ async def outbox(database_url: str) -> list[tuple[Any, ...]]:
         database_url,
         "SELECT alert_id, channel, status, attempts FROM alert_outbox ORDER BY seq, channel",
     )
+
+
+async def evaluated_to_the_end(nc: Client, db: str, topology: Topology) -> None:
+    """Wait until the live alerts version has applied the whole log as it stands: what
+    it was going to raise or queue is in the database then."""
+    info = await nc.jetstream().stream_info(topology.event_stream.name)
+    last = info.state.last_seq
+
+    async def applied() -> bool:
+        """the alert evaluator applied the log to its end"""
+        async with await connect(db) as conn:
+            return await live_position(conn, "alerts") >= last
+
+    await wait_for(applied, within=30)
