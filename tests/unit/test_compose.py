@@ -60,11 +60,11 @@ def test_nats_runs_jetstream_with_a_healthcheck(services: dict[str, dict[str, An
     command = nats["command"]
     assert "-js" in command
     assert command[command.index("-sd") + 1] == "/data"
-    monitor_port = command[command.index("-m") + 1]
     assert any(v.endswith(":/data") for v in nats["volumes"])
     health = _health_test(nats)
     assert health.startswith("wget ")
-    assert f"127.0.0.1:{monitor_port}/healthz?js-enabled-only=true" in health
+    # the config's monitoring address (test_nats_takes_the_three_users_... checks it)
+    assert "http://127.0.0.1:8222/healthz?js-enabled-only=true" in health
 
 
 def test_postgres_has_a_volume_and_pg_isready(services: dict[str, dict[str, Any]]) -> None:
@@ -273,6 +273,8 @@ def test_nats_takes_the_three_users_with_required_passwords(
     mounted = {v.split(":")[1]: v.split(":")[0] for v in nats["volumes"]}
     text = (ROOT / mounted[config]).read_text()
     assert compose_config(Topology()) in text, "regenerate deploy/nats/budget.conf"
+    # monitoring (/connz names users and subjects) on the container's loopback only
+    assert re.search(r'^http: "127\.0\.0\.1:8222"$', text, re.M) and "-m" not in command
     for user, _role in DEFAULT_USERS:
         variable = password_variable(user)
         assert f"${variable}" in text
