@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -235,13 +235,26 @@ class Enforcer:
             CHECKS.labels("invalid" if answered == "invalid" else "error").inc()
         return answered == "handled"
 
+    @contextlib.asynccontextmanager
+    async def _aux_connection(self) -> AsyncIterator[Connection]:
+        """The connection for everything but decisions (snapshots, releases, cleanup),
+        one user at a time; connected anew when lost (a PostgreSQL restart), so the one
+        request that found it lost is the only one answered "database unavailable"."""
+        async with self._aux_lock:
+            if self._aux is None or self._aux.closed or self._aux.broken:
+                if self._aux is not None:
+                    with contextlib.suppress(Exception):
+                        await self._aux.close()
+                    self._aux = None
+                self._aux = await connect(self.settings.database_url)
+            yield self._aux
+
     async def _on_release(self, request: ReleaseRequest, msg: Msg) -> ReleaseResult:
         """Only the caller that reserved may release, or the services' own credential."""
         caller = self.topology.caller_of(msg.subject)
-        async with self._aux_lock:
-            assert self._aux is not None
+        async with self._aux_connection() as aux:
             released = await reservations.release(
-                self._aux,
+                aux,
                 request.reservation_id,
                 caller=caller,
                 any_caller=caller == self.settings.caller,
@@ -250,12 +263,11 @@ class Enforcer:
 
     async def _on_snapshot(self, request: CallAttributes, _: Msg) -> Snapshot:
         now = utc_now()
-        async with self._aux_lock:
-            assert self._aux is not None
-            policies = await self._current_policies(self._aux)
+        async with self._aux_connection() as aux:
+            policies = await self._current_policies(aux)
             position = self._policies.position  # of ``policies``, before another await
             windows = applicable(policies, CallScope.of(request), now)
-            spend = await window_sums(self._aux, reservations.SPEND_BUCKETS, windows, holds=True)
+            spend = await window_sums(aux, reservations.SPEND_BUCKETS, windows, holds=True)
         return Snapshot(
             windows=[
                 PolicySpend(
@@ -450,14 +462,13 @@ class Enforcer:
     # -- housekeeping ------------------------------------------------------------------------
 
     async def release_finished(self) -> None:
-        async with self._aux_lock:
-            assert self._aux is not None
-            try:
-                expired, settled = await reservations.release_finished(self._aux)
-                RESERVATIONS_OPEN.set(await reservations.open_reservations(self._aux))
-            except psycopg.Error as exc:
-                log.warning("releasing finished reservations failed: %s", exc)
-                return
+        try:
+            async with self._aux_connection() as aux:
+                expired, settled = await reservations.release_finished(aux)
+                RESERVATIONS_OPEN.set(await reservations.open_reservations(aux))
+        except psycopg.Error as exc:
+            log.warning("releasing finished reservations failed: %s", exc)
+            return
         if expired:
             log.info("released %d expired reservation holds", expired)
         if settled:
@@ -465,9 +476,8 @@ class Enforcer:
 
     async def publish_configured_policies(self) -> list[BudgetPolicy]:
         """Publish the configured policies that differ from the live ones (idempotent)."""
-        assert self._aux is not None
-        async with self._aux_lock:
-            live = {p.policy_id: p for p in await load_policies(self._aux)}
+        async with self._aux_connection() as aux:
+            live = {p.policy_id: p for p in await load_policies(aux)}
         changed = [p for p in configured_policies(self.settings) if live.get(p.policy_id) != p]
         for policy in changed:
             await self._publisher.publish(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 from collections import Counter
@@ -17,6 +18,7 @@ from nats.aio.client import Client
 from budget.alerting import DEFAULT_RULES
 from budget.publisher import EventPublisher, PublisherConfig
 from events import BudgetPolicy, PolicySet, Topology
+from events.rpc import RPC_RELEASE, RPC_SNAPSHOT
 from projections.alerts import AlertsProjection
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
@@ -27,6 +29,7 @@ from projections.registry import worker_projections
 from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
+from enforcement import enforcement_stack, stack_settings
 from support import budget_process, catch_up, publish, rows, varied_events, wait_for
 
 EVENTS = 20_000
@@ -377,3 +380,33 @@ async def test_alert_worker_killed_mid_stream_raises_and_queues_each_alert_once(
     channels = len(DEFAULT_RULES[0].channels)
     queued = await rows(db, "SELECT alert_id, count(*) FROM alert_outbox GROUP BY alert_id")
     assert sorted(queued) == sorted((alert, channels) for alert, _ in live)
+
+
+async def test_the_enforcer_answers_snapshots_and_releases_again_after_postgres_restarts(
+    nc: Client,
+    nats_url: str,
+    topology: Topology,
+    embedded_postgres: EmbeddedPostgres,
+    tmp_path: Path,
+) -> None:
+    """Its connection for snapshots and releases is made anew once lost, as its decider's
+    is: without that, every one was answered "database unavailable" until a restart."""
+    settings = stack_settings(nats_url, embedded_postgres.url, topology, tmp_path)
+    snapshot = topology.rpc_subject(RPC_SNAPSHOT, caller=settings.caller)
+    release = topology.rpc_subject(RPC_RELEASE, caller=settings.caller)
+
+    async def answered() -> bool:
+        """a snapshot and a release answered, not refused"""
+        try:
+            answers = [
+                await nc.request(snapshot, b'{"model": "gpt-4o"}', timeout=5),
+                await nc.request(release, b'{"reservation_id": "none"}', timeout=5),
+            ]
+        except TimeoutError:
+            return False
+        return all("error" not in json.loads(a.data) for a in answers)
+
+    async with enforcement_stack(nc, settings):
+        await wait_for(answered, within=30)
+        embedded_postgres.restart(immediate=True)
+        await wait_for(answered, within=60)
