@@ -258,7 +258,7 @@ class BudgetChecker:
         counted = estimate or Decimal(0)
         statuses = [assess(w, spent, counted, now) for w, spent in snapshot.windows]
         result = decide(statuses, counted, enforced=False)
-        if estimate is None and statuses:
+        if estimate is None:  # never a silent $0, policies or not
             note = f"; model {call.model!r} has no price, so this call's cost is not counted"
             return result.model_copy(update={"reason": result.reason + note})
         return result

@@ -77,6 +77,20 @@ async def test_a_warn_only_snapshot_allows_while_the_enforcer_is_down(
     assert "no BLOCK or THROTTLE policy" in result.reason
 
 
+async def test_a_call_of_a_model_without_a_price_is_never_an_unexplained_zero(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """With no policy at all as with a WARN one: the check says the cost is unknown."""
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as stack:
+        alone = await stack.tracker.check_budget("no-such-model-x1", estimated_tokens=500)
+        await stack.set_policy(name="watch", limit_amount="100", action="warn")
+        watched = await stack.tracker.check_budget("no-such-model-x1", estimated_tokens=500)
+    for result in (alone, watched):
+        assert result.allowed
+        assert "model 'no-such-model-x1' has no price" in result.reason, result.reason
+
+
 async def test_a_snapshot_with_a_block_policy_refuses_while_the_enforcer_is_down(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
 ) -> None:
