@@ -31,6 +31,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from budget.config import Settings
+from budget.redaction import redact
 from events import Alert
 from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
@@ -242,8 +243,10 @@ class Notifier:
 
 
 def _reason(exc: Exception) -> str:
-    """What is recorded about a failed send (a NUL would make PostgreSQL refuse it)."""
-    return f"{type(exc).__name__}: {exc}".replace("\x00", "")[:500]
+    """What is recorded about a failed send, for ``budget alerts show``, the API and the
+    query service: redacted, as every text an operator sees is (a NUL would make
+    PostgreSQL refuse it)."""
+    return redact(f"{type(exc).__name__}: {exc}".replace("\x00", ""))[:500]
 
 
 async def serve_notifier(

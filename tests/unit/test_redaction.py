@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from budget.config import AlertChannels, ConfigError, Settings, load_settings, shown_url
 from budget.redaction import holds_secret, redact, secrets_of
+from services.notifier import _reason
 
 from support import ROOT
 
@@ -130,3 +131,9 @@ def test_an_installed_process_redacts_its_logs_and_tracebacks() -> None:
     for seen in ("args: ***", "url: postgresql://u:***@h/db", "caught ***", "uncaught ***"):
         assert seen in done.stderr, done.stderr
     assert "known-secret-value" not in done.stderr and "hunter22" not in done.stderr
+
+
+def test_a_failed_deliverys_recorded_reason_is_redacted() -> None:
+    """``last_error`` is shown by `budget alerts show`, the API and the query service."""
+    why = _reason(OSError("cannot reach smtp://mailer:hunter22@mail.example:25"))
+    assert "hunter22" not in why and why.startswith("OSError: cannot reach smtp://mailer:***@")
