@@ -20,7 +20,17 @@ from pydantic import BaseModel, ValidationError
 from events.rpc import RpcError
 from services.liveness import Liveness
 
-__all__ = ["UNAVAILABLE", "Answered", "Handler", "answer", "error_reply", "guarded", "send"]
+__all__ = [
+    "INBOX",
+    "UNAVAILABLE",
+    "Answered",
+    "Handler",
+    "answer",
+    "answerable",
+    "error_reply",
+    "guarded",
+    "send",
+]
 
 log = logging.getLogger(__name__)
 
