@@ -133,10 +133,15 @@ class BudgetChecker:
         *,
         reserve: bool = True,
         caller: str | None = None,
+        ttl_seconds: float | None = None,
     ) -> CheckResult:
         """``caller``: the caller token the enforcer judges and reserves for (default this
-        process's own, ``settings.caller``)."""
-        result = await self._answer(call, estimated_tokens, estimated_cost, reserve, caller)
+        process's own, ``settings.caller``); ``ttl_seconds``: how long a hold lives unless
+        settled (the enforcer's ``reservation_ttl`` when None, at most its
+        ``reservation_ttl_max``)."""
+        result = await self._answer(
+            call, estimated_tokens, estimated_cost, reserve, caller, ttl_seconds
+        )
         if result.allowed and result.decided_by:
             for status in result.policies:
                 if status.state == "exceeded" and not status.action.enforced:
@@ -223,6 +228,7 @@ class BudgetChecker:
         estimated_cost: Decimal | None,
         reserve: bool,
         caller: str | None,
+        ttl_seconds: float | None,
     ) -> CheckResult:
         estimate = estimated_cost
         if estimate is None:
@@ -241,7 +247,12 @@ class BudgetChecker:
                     " checked against BLOCK/THROTTLE policies; pass estimated_cost",
                     Decimal(0),
                 )
-            request = CheckRequest(**call.model_dump(), estimated_cost=estimate, reserve=reserve)
+            request = CheckRequest(
+                **call.model_dump(),
+                estimated_cost=estimate,
+                reserve=reserve,
+                ttl_seconds=ttl_seconds,
+            )
             try:
                 answer = await self._ask(RPC_CHECK, request, CheckResult, caller=caller)
             except Throttled as exc:

@@ -69,18 +69,26 @@ class UsageTracker:
         estimated_cost: Decimal | None = None,
         reserve: bool = True,
         caller: str | None = None,
+        ttl_seconds: float | None = None,
     ) -> CheckResult:
         """May this call go ahead? ``estimated_tokens`` are priced as output tokens unless
         ``estimated_cost`` is given. Under BLOCK/THROTTLE policies an allowed call holds a
         reservation (``result.reservation_id``): pass it to ``record_usage`` to settle it,
-        or to ``release_reservation`` if the call is not made. ``caller``: a service asking
-        for someone else names them (the API: its key), so that only they may release
-        what the enforcer reserves; default this tracker's own caller."""
+        or to ``release_reservation`` if the call is not made; it expires after
+        ``ttl_seconds`` (default the enforcer's ``reservation_ttl``, at most its
+        ``reservation_ttl_max``). ``caller``: a service asking for someone else names them
+        (the API: its key), so that only they may release what the enforcer reserves;
+        default this tracker's own caller."""
         answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
         if isinstance(answer, CheckResult):
             return answer
         return await self.checker.check(
-            answer, estimated_tokens, estimated_cost, reserve=reserve, caller=caller
+            answer,
+            estimated_tokens,
+            estimated_cost,
+            reserve=reserve,
+            caller=caller,
+            ttl_seconds=ttl_seconds,
         )
 
     def admits_if_cached(

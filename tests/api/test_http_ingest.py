@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import httpx
+import psycopg
 
 from budget.periods import Period
 
 from http_support import call, eventually
+from live import LiveStack
 from support import start_of
 
 YESTERDAY = start_of(Period.DAILY, ago=1)
@@ -142,6 +144,26 @@ def test_check_reserves_refuses_and_settles(
     bad = ingest.post("/api/v1/check", json={"model": "", "estimated_tokens": -5})
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["errors"]} == {"body.model", "body.estimated_tokens"}
+
+
+def test_a_check_names_how_long_its_hold_lives(
+    stack: LiveStack, admin: httpx.Client, ingest: httpx.Client, user: str
+) -> None:
+    cap = {"name": "cap", "scope": "user", "scope_key": user, "limit_amount": "1"}
+    admin.put(f"/api/v1/policies/ttl-{user}", json={**cap, "action": "block"}).raise_for_status()
+    ask = {"model": "gpt-4o", "estimated_cost": "0.01", "user_id": user, "ttl_seconds": 7}
+    held = ingest.post("/api/v1/check", json=ask).json()
+    assert held["allowed"] and held["reservation_id"]
+    with psycopg.connect(stack.settings.database_url) as conn:
+        [(left,)] = conn.execute(
+            "SELECT extract(epoch FROM max(expires_at) - now()) FROM reservation_holds"
+            " WHERE reservation_id = %s",
+            (held["reservation_id"],),
+        ).fetchall()
+    assert 0 < left <= 7  # not the enforcer's default of 300
+    bad = ingest.post("/api/v1/check", json={**ask, "ttl_seconds": 0})
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["errors"]] == ["body.ttl_seconds"]
 
 
 def test_an_event_id_is_one_call(ingest: httpx.Client, user: str) -> None:

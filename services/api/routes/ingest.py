@@ -62,6 +62,11 @@ class CheckIn(BaseModel):
     user_id: Text | None = None
     project_id: Text | None = None
     reserve: bool = Field(default=True, description="hold the estimate under BLOCK/THROTTLE")
+    ttl_seconds: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+        default=None,
+        description="seconds the hold lives unless settled or released (default the"
+        " enforcer's reservation_ttl, at most its reservation_ttl_max)",
+    )
 
 
 class UsageIn(BaseModel):
@@ -120,6 +125,7 @@ async def check(api: Api, principal: Checker, body: CheckIn) -> CheckResult:
             estimated_cost=body.estimated_cost,
             reserve=body.reserve,
             caller=key_caller(principal),
+            ttl_seconds=body.ttl_seconds,
         )
     except RpcFailure as exc:
         raise Problem(503, f"the enforcer did not answer: {exc}") from None
