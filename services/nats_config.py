@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,12 +173,21 @@ def render_config(users: Iterable[NatsUser], *, topology: Topology, tls: ServerT
     )
 
 
-def compose_config(topology: Topology) -> str:
+def compose_config(topology: Topology, *, hosts: Sequence[str] = ()) -> str:
     """The config of compose.yaml's NATS (deploy/nats/budget.conf): the default users,
-    each password read from the server's environment (``BUDGET_NATS_<USER>_PASSWORD``;
-    the server refuses to start without it)."""
+    and a ``host`` user per name in ``hosts`` (so that host apps neither share an inbox,
+    nor release each other's holds, nor share limits), each password read from the
+    server's environment (``BUDGET_NATS_<USER>_PASSWORD``; the server refuses to start
+    without it)."""
+    for name in hosts:
+        if not _USER.fullmatch(name) or name in dict(DEFAULT_USERS):
+            raise ValueError(
+                f"host user {name!r}: 1 to 64 letters, digits, '-' or '_', and not one of"
+                f" {', '.join(dict(DEFAULT_USERS))}"
+            )
+    users: list[tuple[str, Role]] = [*DEFAULT_USERS, *((name, "host") for name in hosts)]
     return _render(
-        ((user, role, f"${password_variable(user)}") for user, role in DEFAULT_USERS),
+        ((user, role, f"${password_variable(user)}") for user, role in users),
         topology=topology,
         tls=None,
     )
