@@ -1,5 +1,5 @@
-"""The live API keys this process has seen, so a request need not ask PostgreSQL whose its
-key is: the lookup was ~15-20 % of the API's CPU per request and a database round trip.
+"""The live API keys this process has seen, so a request need not ask PostgreSQL whose key
+it carries: the lookup was ~15-20 % of the API's CPU per request and a database round trip.
 
 A revocation must still hold from the next request. The ``api_keys`` projection notifies
 ``KEYS_CHANGED`` in the transaction that applies one (and in a rebuild's swap), which
