@@ -73,12 +73,16 @@ class ApiKeysProjection(Projection):
                     (event.occurred_at, event.revoked_by, event.key_id),
                 )
         if any(isinstance(applied.event, ApiKeyRevoked) for applied in batch):
-            # delivered when this transaction commits, to every HTTP service's key cache
-            await conn.execute(f"NOTIFY {KEYS_CHANGED}".encode())
+            await _tell_key_caches(conn)
 
     async def went_live(self, conn: Connection, version: int, *, after_seq: int) -> None:
         # The version made live may hold revocations the one it replaces had not applied.
-        await conn.execute(f"NOTIFY {KEYS_CHANGED}".encode())
+        await _tell_key_caches(conn)
+
+
+async def _tell_key_caches(conn: Connection) -> None:
+    """Delivered when the transaction commits, to every HTTP service's key cache."""
+    await conn.execute(f"NOTIFY {KEYS_CHANGED}".encode())
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,6 @@ class Enforcer:
 
     async def start(self) -> None:
         self._decider = await connect(self.settings.database_url)
-        self._aux = await connect(self.settings.database_url)
         await self._publisher.start()
         await self.publish_configured_policies()
         self._loop_task = self._decision_loop.start(self._decide_forever())

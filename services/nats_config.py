@@ -93,13 +93,7 @@ class NatsCredentials:
         """Make ``user`` (its password file, once); returns the password file."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-        if not _USER.fullmatch(user):
-            raise ValueError(f"NATS user {user!r}: use 1 to 64 letters, digits, - and _")
-        if user.startswith(API_KEY_CALLER):
-            raise ValueError(
-                f"NATS user {user!r}: names starting {API_KEY_CALLER!r} are the HTTP API's"
-                " keys' (their holds and limits); choose another"
-            )
+        _check_name(user)
         credentials_dir(self._data_dir)
         roles = self.roles()
         if roles.get(user, role) != role:
@@ -180,10 +174,11 @@ def compose_config(topology: Topology, *, hosts: Sequence[str] = ()) -> str:
     server's environment (``BUDGET_NATS_<USER>_PASSWORD``; the server refuses to start
     without it)."""
     for name in hosts:
-        if not _USER.fullmatch(name) or name in dict(DEFAULT_USERS):
+        _check_name(name)
+        if name in dict(DEFAULT_USERS):
             raise ValueError(
-                f"host user {name!r}: 1 to 64 letters, digits, '-' or '_', and not one of"
-                f" {', '.join(dict(DEFAULT_USERS))}"
+                f"host user {name!r}: not one of {', '.join(dict(DEFAULT_USERS))}, which are"
+                " made already"
             )
     users: list[tuple[str, Role]] = [*DEFAULT_USERS, *((name, "host") for name in hosts)]
     return _render(
@@ -191,6 +186,18 @@ def compose_config(topology: Topology, *, hosts: Sequence[str] = ()) -> str:
         topology=topology,
         tls=None,
     )
+
+
+def _check_name(user: str) -> None:
+    """A new user's name: a subject token (its inbox and requests are named by it), and
+    none the HTTP API's keys use."""
+    if not _USER.fullmatch(user):
+        raise ValueError(f"NATS user {user!r}: use 1 to 64 letters, digits, - and _")
+    if user.startswith(API_KEY_CALLER):
+        raise ValueError(
+            f"NATS user {user!r}: names starting {API_KEY_CALLER!r} are the HTTP API's"
+            " keys' (their holds and limits); choose another"
+        )
 
 
 def password_variable(user: str) -> str:
