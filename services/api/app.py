@@ -22,7 +22,8 @@ from services.api.context import ApiServices
 from services.api.limits import KeyLimits
 from services.api.middleware import AccessLog, BodyLimit, CatchAll, NoNulCharacters
 from services.api.problems import install_problem_handlers
-from services.api.routes import api_router
+from services.api.routes import api_router, ingest
+from services.api.usage_fast_path import UsageFastPath
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -79,9 +80,12 @@ def create_app(
         same_site="strict",
         https_only=secure_cookies,
     )
-    app.add_middleware(CatchAll)
     app.add_middleware(NoNulCharacters)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-
+    (usage_route,) = (
+        r for r in ingest.router.routes if getattr(r, "endpoint", None) is ingest.record
+    )
+    app.add_middleware(UsageFastPath, state=app.state, route=usage_route, limit=MAX_BODY_BYTES)
+    app.add_middleware(CatchAll)
     app.add_middleware(AccessLog)
     return app

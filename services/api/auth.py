@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Request
+from starlette.datastructures import Headers
 
 from events import ApiRole
 from projections.api_keys import ApiKey, find_key, find_session_key
-from services.api.context import services
+from services.api.context import ApiServices, services
 from services.api.keys import hash_key
 from services.api.problems import Problem
 
@@ -36,6 +37,9 @@ __all__ = [
     "authenticate",
     "csrf_matches",
     "csrf_token",
+    "key_principal",
+    "presented_key",
+    "refusal",
     "require",
     "sign_in",
     "sign_out",
@@ -58,55 +62,64 @@ class Principal:
     """Authenticated by the console's cookie rather than a key header."""
 
 
-def _presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
+def presented_key(headers: Headers) -> str | None:
+    """The API key a request carries in a header, if any."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.headers.get("x-api-key") or None
+    return headers.get("x-api-key") or None
+
+
+async def key_principal(api: ApiServices, key: str) -> Principal | None:
+    """The caller a presented key names, or None when it is not a live key."""
+    key_hash = hash_key(key)
+
+    async def lookup() -> ApiKey | None:
+        async with api.database.connection() as conn:
+            return await find_key(conn, key_hash=key_hash)
+
+    found = await api.key_cache.find(key_hash, lookup)
+    return None if found is None else Principal(found.key_id, found.name, found.role, session=False)
 
 
 async def authenticate(request: Request) -> Principal | None:
     """The caller, or None when no live key or session identifies one."""
-    api = services(request)
-    database = api.database
-    key = _presented_key(request)
+    key = presented_key(request.headers)
     if key is not None:
-        key_hash = hash_key(key)
-
-        async def lookup() -> ApiKey | None:
-            async with database.connection() as conn:
-                return await find_key(conn, key_hash=key_hash)
-
-        found = await api.key_cache.find(key_hash, lookup)
-    else:
-        session_id = request.session.get("sid") if "session" in request.scope else None
-        if not isinstance(session_id, str):
-            return None
-        async with database.connection() as conn:
-            found = await find_session_key(conn, session_id, SESSION_LIFETIME)
-    if found is None:
+        return await key_principal(services(request), key)
+    session_id = request.session.get("sid") if "session" in request.scope else None
+    if not isinstance(session_id, str):
         return None
-    return Principal(found.key_id, found.name, found.role, session=key is None)
+    async with services(request).database.connection() as conn:
+        found = await find_session_key(conn, session_id, SESSION_LIFETIME)
+    return None if found is None else Principal(found.key_id, found.name, found.role, session=True)
+
+
+def refusal(principal: Principal | None, roles: tuple[ApiRole, ...]) -> Problem | None:
+    """401 without a live credential, 403 with one of a role not in ``roles``."""
+    if principal is None:
+        return Problem(
+            401,
+            "send a live API key as 'Authorization: Bearer <key>' (or sign in)",
+            headers=_CHALLENGE,
+        )
+    if principal.role not in roles:
+        allowed = ", ".join(r.value for r in roles)
+        return Problem(
+            403, f"this needs the role {allowed}; the key's role is {principal.role.value}"
+        )
+    return None
 
 
 def require(*roles: ApiRole) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency admitting callers in ``roles``: 401 without a live credential, 403
-    with one of another role."""
-    allowed = ", ".join(r.value for r in roles)
+    """A dependency admitting callers in ``roles`` (else ``refusal``'s problem)."""
 
     async def dependency(request: Request) -> Principal:
         principal = await authenticate(request)
-        if principal is None:
-            raise Problem(
-                401,
-                "send a live API key as 'Authorization: Bearer <key>' (or sign in)",
-                headers=_CHALLENGE,
-            )
-        if principal.role not in roles:
-            raise Problem(
-                403, f"this needs the role {allowed}; the key's role is {principal.role.value}"
-            )
+        refused = refusal(principal, roles)
+        if refused is not None:
+            raise refused
+        assert principal is not None
         if principal.session and request.method not in _SAFE:
             await _check_csrf(request)
         request.state.principal = principal

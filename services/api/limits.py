@@ -19,7 +19,7 @@ The limits are per API process: replicas each count their own.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 from fastapi import Request
@@ -30,7 +30,15 @@ from services.api.auth import INGEST, READ, Principal, require
 from services.api.problems import Problem
 from services.limits import CallerLimits
 
-__all__ = ["KeyLimits", "admitted", "limited", "limited_check", "limited_read", "limited_usage"]
+__all__ = [
+    "KeyLimits",
+    "admitted",
+    "holding",
+    "limited",
+    "limited_check",
+    "limited_read",
+    "limited_usage",
+]
 
 Group = Literal["checks", "usage", "reads"]
 
@@ -46,11 +54,10 @@ class KeyLimits:
         self.reads = CallerLimits.of_query_service(settings)
 
 
-@contextlib.asynccontextmanager
-async def admitted(request: Request, group: Group, principal: Principal) -> AsyncIterator[None]:
-    """Inside: ``principal``'s key admitted under its ``group`` limits, counted in flight;
-    past them ``Problem(429)`` with ``retry_after``."""
-    limits: CallerLimits = getattr(request.app.state.key_limits, group)
+@contextlib.contextmanager
+def holding(limits: CallerLimits, principal: Principal) -> Iterator[None]:
+    """Inside: ``principal``'s key admitted under ``limits``, counted in flight; past them
+    ``Problem(429)`` with ``retry_after``."""
     refusal = limits.admit(principal.key_id)
     if refusal is not None:
         raise Problem(
@@ -63,6 +70,13 @@ async def admitted(request: Request, group: Group, principal: Principal) -> Asyn
         yield
     finally:
         limits.done(principal.key_id)
+
+
+@contextlib.asynccontextmanager
+async def admitted(request: Request, group: Group, principal: Principal) -> AsyncIterator[None]:
+    """``holding`` the key under its ``group`` limits (async, for FastAPI's dependencies)."""
+    with holding(getattr(request.app.state.key_limits, group), principal):
+        yield
 
 
 def limited(group: Group, *roles: ApiRole) -> Callable[[Request], AsyncIterator[Principal]]:

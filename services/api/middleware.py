@@ -17,7 +17,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.problems import Problem, problem_response
 from services.metrics import HTTP_REQUEST_SECONDS
 
-__all__ = ["AccessLog", "BodyLimit", "CatchAll", "NoNulCharacters"]
+__all__ = [
+    "JSON_NUL",
+    "AccessLog",
+    "BodyLimit",
+    "CatchAll",
+    "NoNulCharacters",
+    "read_body",
+    "replay",
+]
 
 log = logging.getLogger("budget.api")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -144,7 +152,7 @@ class NoNulCharacters(_HttpMiddleware):
             await self.app(scope, receive, send)
             return
         try:
-            body, more = await _read_body(receive)
+            body, more = await read_body(receive)
         except StarletteHTTPException as exc:  # BodyLimit's, raised while reading
             await problem_response(Problem(exc.status_code, str(exc.detail)), scope["path"])(
                 scope, receive, send
@@ -153,13 +161,13 @@ class NoNulCharacters(_HttpMiddleware):
         form = (dict(scope.get("headers", ())).get(b"content-type") or b"").startswith(
             b"application/x-www-form-urlencoded"
         )
-        if (_FORM_NUL if form else _JSON_NUL).search(body):
+        if (_FORM_NUL if form else JSON_NUL).search(body):
             await _refuse_nul("body", scope, receive, send)
             return
-        await self.app(scope, _replay(body, more, receive), send)
+        await self.app(scope, replay(body, more, receive), send)
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
+async def read_body(receive: Receive) -> tuple[bytes, list[Message]]:
     """The whole body, and anything received after it (a disconnect)."""
     chunks: list[bytes] = []
     while True:
@@ -171,7 +179,7 @@ async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
             return b"".join(chunks), []
 
 
-def _replay(body: bytes, after: list[Message], receive: Receive) -> Receive:
+def replay(body: bytes, after: list[Message], receive: Receive) -> Receive:
     pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}, *after]
 
     async def replayed() -> Message:
@@ -189,7 +197,7 @@ async def _refuse_nul(field: str, scope: Scope, receive: Receive, send: Send) ->
 _NUL_DETAIL = "{field}: NUL characters (U+0000) are not accepted; remove them"
 # A raw NUL, or the JSON escape \u0000 (not when its backslash is itself escaped: \\u0000
 # is the text "\u0000"), or in a form body %00.
-_JSON_NUL = re.compile(rb"\x00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+JSON_NUL = re.compile(rb"\x00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 _FORM_NUL = re.compile(rb"\x00|%00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 
 

@@ -46,6 +46,27 @@ def test_a_retried_post_counts_once(ingest: httpx.Client, viewer: httpx.Client, 
     assert sorted(r["event_id"] for r in history) == sorted([event_id, other["event"]["event_id"]])
 
 
+def test_the_fast_path_answers_as_the_route(ingest: httpx.Client, user: str) -> None:
+    """A post with a cookie goes through the app's layers, one without through
+    ``services.api.usage_fast_path``: the same statuses and bytes, either way round."""
+    through_app = {"Cookie": "unrelated=1"}
+    for first_headers, again_headers in (({}, through_app), (through_app, {})):
+        body = call(user, event_id=str(uuid.uuid4()))
+        first = ingest.post("/api/v1/usage", json=body, headers=first_headers)
+        again = ingest.post("/api/v1/usage", json=body, headers=again_headers)
+        assert (first.status_code, again.status_code) == (201, 200), (first.text, again.text)
+        assert first.headers["content-type"] == again.headers["content-type"] == "application/json"
+        assert again.content == first.content.replace(b'"duplicate":false', b'"duplicate":true')
+        other_call = {**body, "output_tokens": 501}
+        conflicts = [
+            ingest.post("/api/v1/usage", json=other_call, headers=headers)
+            for headers in (first_headers, again_headers)
+        ]
+        assert [c.status_code for c in conflicts] == [409, 409]
+        assert conflicts[0].content == conflicts[1].content
+        assert conflicts[0].headers["content-type"] == "application/problem+json"
+
+
 def test_usage_in_every_shape(ingest: httpx.Client, viewer: httpx.Client, user: str) -> None:
     at = YESTERDAY + timedelta(hours=11)
     noon_at_plus_one = at.astimezone(timezone(timedelta(hours=1)))

@@ -39,7 +39,15 @@ from services.api.limits import limited_check, limited_usage
 from services.api.problems import LIMITED_RESPONSES, Problem, field_errors
 from services.reservations import FOREIGN, foreign_holds
 
-__all__ = ["BatchRecorded", "CheckIn", "Recorded", "UsageBatch", "UsageIn", "router"]
+__all__ = [
+    "BatchRecorded",
+    "CheckIn",
+    "Recorded",
+    "UsageBatch",
+    "UsageIn",
+    "record_call",
+    "router",
+]
 
 # Each route's dependency authenticates (ingest or admin) and limits per key: checks and
 # releases as the enforcer limits a host, usage posts alike in a bucket of their own.
@@ -174,6 +182,15 @@ Recorder = Annotated[Principal, Depends(limited_usage)]
     " reservation_id is another key's hold)",
 )
 async def record(api: Api, principal: Recorder, body: UsageIn, response: Response) -> Recorded:
+    response.status_code, recorded = await record_call(api, principal, body)
+    return recorded
+
+
+async def record_call(
+    api: ApiServices, principal: Principal, body: UsageIn
+) -> tuple[int, Recorded]:
+    """``POST /usage``'s work for an admitted key (``services.api.usage_fast_path`` calls
+    it too): the status (201 stored, 200 a duplicate) and the answer."""
     await _own_reservations(api, principal, [("body", body)])
     event = _priced(api, body, "body")
     [(status, stored, seq)] = await _store(api, [(body, event)])
@@ -182,9 +199,8 @@ async def record(api: Api, principal: Recorder, body: UsageIn, response: Respons
             409,
             f"event_id {event.event_id} was stored for a different call; give this one its own",
         )
-    if status == "duplicate":
-        response.status_code = 200
-    return Recorded(event=stored, stream_seq=seq, duplicate=status == "duplicate")
+    duplicate = status == "duplicate"
+    return (200 if duplicate else 201), Recorded(event=stored, stream_seq=seq, duplicate=duplicate)
 
 
 class UsageBatch(BaseModel):
