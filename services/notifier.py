@@ -6,7 +6,10 @@ records its outcome as soon as it is confirmed (NATS: after one flush of the rou
 notifier that dies mid-round sends again at most the alert it was sending. A failure of
 the channel (its receiver is down) is retried with exponential backoff (up to
 ``max_backoff``) and holds back the channel's later alerts, so receivers see them in
-order. An alert its receiver refuses (``Rejected``: a webhook's 400, 413, 415, 422, a mail
+order; once one alert has failed ``suspect_after`` times, the next is tried after it in
+each round, and if that one goes out the first is retried alone (it fails on its own:
+a receiver answering 500 to its content), so no one alert holds a channel for long.
+An alert its receiver refuses (``Rejected``: a webhook's 400, 413, 415, 422, a mail
 server refusing this message) is retried with backoff on its own, while the later ones go
 out. Either is marked ``failed``
 after ``give_up_after``. An alert that can never go out on a channel (it cannot be rendered
@@ -55,6 +58,11 @@ class NotifierConfig:
     stall_after: float = 300.0
     """Seconds one send (or one look at the outbox) may take, or a loop may keep failing
     (its database unreachable), before it counts as stalled."""
+    suspect_after: int = 5
+    """Failed sends of one alert that hold its channel before the next alert is tried
+    too: if that one goes out, the channel works and the first fails on its own (it is
+    then retried alone, as a refused alert is), so one alert cannot hold a channel for
+    ``give_up_after``."""
 
 
 class Notifier:
@@ -165,6 +173,7 @@ class Notifier:
                 await self._record(conn, [r[0] for r in rows], channel, "skipped", "not enabled")
             return pause
         handed: list[object] = []
+        suspect: tuple[object, float] | None = None  # failing again and again: its backoff
         for alert_id, payload, attempts, too_old in rows:
             with loop.turn():
                 try:
@@ -182,12 +191,20 @@ class Notifier:
                     backoff = await self._retry_later(conn, channel, alert_id, attempts, exc, alone)
                     if alone:
                         continue
-                    pause = backoff
+                    if suspect is None and attempts + 1 >= self.config.suspect_after:
+                        suspect = (alert_id, backoff)
+                        continue
+                    pause = backoff if suspect is None else suspect[1]
                     break
+                if suspect is not None:  # the channel works: the suspect fails on its own
+                    await self._retry_alone(conn, channel, *suspect)
+                    suspect = None
                 if sender.batched:
                     handed.append(alert_id)
                 else:
                     await self._record(conn, [alert_id], channel, "sent", None)
+        if suspect is not None and pause is None:  # no later alert to tell: the channel waits
+            pause = suspect[1]
         if handed:
             with loop.turn():
                 try:
@@ -227,6 +244,20 @@ class Notifier:
         ALERT_DELIVERIES.labels(channel, "retried").inc()
         log.warning("alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff)
         return backoff
+
+    async def _retry_alone(
+        self, conn: Connection, channel: str, alert_id: object, backoff: float
+    ) -> None:
+        await conn.execute(
+            "UPDATE alert_outbox SET next_attempt_at = now() + %s * interval '1 second'"
+            " WHERE alert_id = %s AND channel = %s",
+            (backoff, alert_id, channel),
+        )
+        log.warning(
+            "alert %s via %s keeps failing while the next went out: retried on its own",
+            alert_id,
+            channel,
+        )
 
     async def _record(
         self, conn: Connection, alert_ids: list[object], channel: str, status: str, why: str | None

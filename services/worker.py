@@ -37,6 +37,7 @@ from projections.engine.runner import (
     ProjectionRunner,
     Reconnected,
     Retired,
+    Systemic,
 )
 from projections.registry import worker_projections
 from services.liveness import Liveness, Loop
@@ -127,7 +128,7 @@ async def run_projection(
             log.info("worker %s: %s; moving to the live version", name, exc)
         except Reconnected as exc:
             log.warning("worker %s: %s", name, exc)
-        except (psycopg.OperationalError, NatsError, OSError, TimeoutError) as exc:
+        except (psycopg.OperationalError, NatsError, OSError, TimeoutError, Systemic) as exc:
             log.warning("worker %s: %s; retrying in %.0fs", name, exc, backoff)
             if loop is not None:
                 loop.failing(f"{type(exc).__name__}: {exc}")

@@ -10,7 +10,7 @@ import psycopg
 
 from projections.engine.projection import Applied, Connection, Rejected
 
-__all__ = ["Retired", "Unapplied", "apply_events", "apply_isolating_rejects"]
+__all__ = ["Retired", "Systemic", "Unapplied", "apply_events", "apply_isolating_rejects"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,12 @@ Apply = Callable[[Sequence[Applied]], Awaitable[None]]
 
 class Retired(Exception):
     """A newer version of the projection went live; this runner must stop writing."""
+
+
+class Systemic(Exception):
+    """Every event of a batch raised on its own, and not about its data: a fault of the
+    projection (a code bug, stored data that no longer validates) rather than of the
+    events, unless events after them apply (``ProjectionRunner`` tries that)."""
 
 
 class Unapplied(Exception):
@@ -54,10 +60,10 @@ async def apply_isolating_rejects(
     apply event by event (once more without them, when ``Rejected`` names them all)
     and return the ones that fail, so one bad event cannot stop the consumer. Other
     database errors (a lost connection) and a retired version are no event's fault:
-    they propagate. So does a fault every event of a batch raises on
-    its own (a code bug, stored data that no longer validates): dead-lettering each
-    would lose them all while the worker looked healthy; raised, the worker restarts
-    with backoff and applies them once the fault is gone."""
+    they propagate. A fault every event of a batch raises on its own (a code bug, stored
+    data that no longer validates) raises ``Systemic``: dead-lettering each would lose
+    them all while the worker looked healthy; raised, the worker retries with backoff and
+    applies them once the fault is gone."""
     failure = await _try_apply(conn, events, apply)
     if failure is None:
         return []
@@ -80,14 +86,11 @@ async def apply_isolating_rejects(
             failures.append((event, failure))
     faults = [f for _, f in failures if not _about_its_data(f)]
     if len(failures) == len(events) and len(faults) > 1:
-        log.error(
-            "%s: %d of a batch of %d events raised on their own: a fault of the"
-            " projection, not of an event; nothing is dead-lettered",
-            label,
-            len(faults),
-            len(events),
-        )
-        raise faults[0]
+        raise Systemic(
+            f"{label}: each of a batch of {len(events)} events raised on its own, so the fault"
+            f" is taken for the projection's, not theirs; nothing is dead-lettered:"
+            f" {type(faults[0]).__name__}: {faults[0]}"
+        ) from faults[0]
     return [(event, _rejection(failure)) for event, failure in failures]
 
 

@@ -24,7 +24,7 @@ from events import TimeBounds, Topology
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.deadletter import dead_letter
-from projections.engine.isolation import Retired, Unapplied, apply_events
+from projections.engine.isolation import Retired, Systemic, Unapplied, apply_events
 from projections.engine.log import bind_consumer
 from projections.engine.preparer import Prepared, Preparer
 from projections.engine.projection import Applied, Connection, Projection, SharedLedger
@@ -37,11 +37,16 @@ __all__ = [
     "ProjectionRunner",
     "Reconnected",
     "Retired",
+    "Systemic",
     "consumer_name",
     "group_consumer_name",
 ]
 
 log = logging.getLogger(__name__)
+
+
+FOLLOWERS_WAIT = 0.5
+"""Seconds to wait for events after a batch each of whose events raised on its own."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +207,7 @@ class ProjectionRunner:
             if not batch:
                 continue
             with turn():
-                result = await self.process(batch)
+                result = await self._process_or_grow(batch)
                 await self.reader.ack_through(result.last)
             if on_batch is not None:
                 on_batch(result)
@@ -213,12 +218,34 @@ class ProjectionRunner:
         while True:
             batch = await self.reader.take(self.config.batch_size, 0, wait=0.2)
             if batch:
-                result = await self.process(batch)
+                result = await self._process_or_grow(batch)
                 await self.reader.ack_through(result.last)
                 if on_batch is not None:
                     on_batch(result)
             elif self.reader.buffered == 0 and await self.pending() == 0:
                 return
+
+    async def _process_or_grow(self, batch: Sequence[Delivery[Prepared]]) -> BatchResult:
+        """``process(batch)``; when each of its events raised on its own (``Systemic``), once
+        more with the events that follow, if any arrive: a fault that later events do not
+        hit is those events' own, and they go to the dead letters. So a few bad events at
+        the head of what is pending cannot pass for a broken projection. Grows to twice
+        the batch size at most; then, or when nothing follows, the fault stands."""
+        assert self.reader is not None
+        while True:
+            try:
+                return await self.process(batch)
+            except Systemic:
+                room = 2 * self.config.batch_size - len(batch)
+                more = await self.reader.take(room, 0, wait=FOLLOWERS_WAIT) if room > 0 else []
+                if not more:
+                    raise
+                log.warning(
+                    "%s: each event of a batch of %d failed; once more with what follows",
+                    self.durable,
+                    len(batch),
+                )
+                batch = [*batch, *more]
 
     async def process(self, batch: Sequence[Delivery[Prepared]]) -> BatchResult:
         """Apply one batch in one transaction (a savepoint when the caller holds one):

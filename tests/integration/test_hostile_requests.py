@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
 from budget.rpc import Refused, ask
-from events import BudgetPolicy, BudgetScope, PolicySet, Topology, utc_now
+from events import BudgetPolicy, BudgetScope, PolicySet, RequestBlocked, Topology, decode, utc_now
 from events.queries import (
     QUERY_POLICIES,
     QUERY_REPORT,
@@ -69,6 +69,7 @@ HOSTILE_CHECKS = [
     _check(user_id=LONG),
     _check(user_id=LONG, project_id=LONG, provider="p" * 100, model="m" * 200),
     _check(user_id=LONG, estimated_cost="9" * 40),
+    _check(user_id=LONG, estimated_cost="0.3"),  # refused: over the limit
     _check(user_id="nul\x00byte"),
     _check(reserve="maybe"),
     _check(ttl_seconds=-1),
@@ -116,6 +117,7 @@ async def test_a_burst_of_hostile_requests_leaves_the_enforcer_deciding(
         )
         rpc = functools.partial(settings.topology.rpc_subject, caller=settings.caller)
         await stack.enforcer_applies_policies()
+        blocked = await nc.subscribe(topology.event_subject(RequestBlocked.SUBJECT))
         await asyncio.gather(
             burst(nc, rpc(RPC_CHECK), HOSTILE_CHECKS, CheckResult),
             burst(nc, rpc(RPC_RELEASE), HOSTILE_RELEASES),
@@ -123,6 +125,17 @@ async def test_a_burst_of_hostile_requests_leaves_the_enforcer_deciding(
             honest_checks_are_decided(stack, "during"),
         )
         await honest_checks_are_decided(stack, "after")
+        # Each refusal is published, its reason (which quotes the 200-character policy
+        # name) clipped to the contract's length: the honest third checks, and a check
+        # over the limit under a 200-character user id.
+        refusals: dict[str | None, RequestBlocked] = {}
+        while len(refusals) < 3:
+            event = decode((await blocked.next_msg(timeout=ANSWER_WITHIN)).data)
+            assert isinstance(event, RequestBlocked)
+            if event.user_id in ("during", "after", LONG):
+                refusals[event.user_id] = event
+        assert refusals[LONG].estimated_cost == Decimal("0.3")
+        assert all(e.reason.startswith(f"block by policy '{'p' * 200}'") for e in refusals.values())
 
 
 async def honest_checks_are_decided(stack: EnforcementStack, user: str) -> None:

@@ -134,6 +134,50 @@ async def test_an_alert_the_webhook_refuses_is_retried_alone_until_it_goes_out(
     assert hook.keys() == [*ids[1:], ids[0]]
 
 
+async def test_an_alert_that_keeps_failing_holds_its_channel_only_until_the_next_goes_out(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    """A receiver answering 500 to one alert's content looks like a channel down: it holds
+    the later alerts for ``suspect_after`` tries, then the next is tried, goes out, and
+    the first is retried alone."""
+    ids = await queue_alerts(db, 3)
+    failing = {ids[0]}
+    hook.respond = lambda key: 500 if key in failing else 200
+    async with notifier(nc, settings, NotifierConfig(max_backoff=0.5, suspect_after=3)):
+
+        async def went_past_it() -> bool:
+            """the later alerts went out while the failing one is retried, not dropped"""
+            status, attempts = next(r[2:] for r in await outbox(db) if str(r[0]) == ids[0])
+            return hook.keys() == ids[1:] and status == "pending" and attempts >= 4
+
+        await wait_for(went_past_it)
+        failing.clear()
+        await all_sent(db, len(ids))
+    assert hook.keys() == [*ids[1:], ids[0]]
+
+
+async def test_a_channel_down_holds_its_alerts_in_order_while_the_next_is_tried(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    """Every alert failing: trying the next one after a suspect sends nothing out of
+    order, and the channel back delivers them all in the order they were raised."""
+    ids = await queue_alerts(db, 3)
+    down = True
+    hook.respond = lambda key: 500 if down else 200
+    async with notifier(nc, settings, NotifierConfig(max_backoff=0.5, suspect_after=2)):
+
+        async def tried_past_the_first() -> bool:
+            """the second alert was tried (and failed) after the first kept failing"""
+            attempts = {str(r[0]): r[3] for r in await outbox(db)}
+            return attempts[ids[0]] >= 4 and attempts[ids[1]] >= 2
+
+        await wait_for(tried_past_the_first)
+        assert hook.keys() == []
+        down = False
+        await all_sent(db, len(ids))
+    assert hook.keys() == ids
+
+
 async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is_back(
     nc: Client,
     nats_url: str,

@@ -19,7 +19,7 @@ from events import BudgetPolicy, BudgetScope, Topology, utc_now
 from services.ops import prepare
 
 from enforcement import projection_workers, stack_settings
-from support import publish, query_service, usage_event
+from support import publish, query_service, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
 NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
@@ -105,8 +105,16 @@ async def test_a_question_asked_while_the_query_service_starts_is_answered(
     await prepare(nats_url, db, settings)
     tracker = await start_usage_tracker(settings)
     try:
+        client = tracker.publisher.client
+        assert client is not None
+        before = client.stats["out_msgs"]
         asked = asyncio.create_task(BudgetManager(settings, tracker).get_policies())
-        await asyncio.sleep(0.3)
+
+        async def asked_twice() -> bool:
+            """asked twice: no service answered the first time, the question waits for one"""
+            return int(client.stats["out_msgs"]) >= before + 2
+
+        await wait_for(asked_twice)
         assert not asked.done()
         async with query_service(nc, settings):
             assert await asked == []

@@ -13,11 +13,13 @@ from nats.aio.client import Client
 
 from events import Topology
 from projections.engine.deadletter import recent_dead_letters
+from projections.engine.isolation import Systemic
 from projections.engine.projection import Applied, Connection
+from projections.engine.runner import EngineConfig
 from projections.spend import SpendProjection
 
 from ledger_logs import correction
-from support import catch_up, publish, rows, usage_event
+from support import ANY_TIME, catch_up, publish, rows, usage_event
 
 TOTALS = "SELECT sum(cost), sum(requests) FROM faulty_buckets WHERE scope = 'global'"
 
@@ -52,7 +54,7 @@ async def test_a_fault_every_event_of_a_batch_hits_stops_the_worker_and_loses_no
     calls = [usage_event(cost="1", user=user) for user in ("alice", "bob", "carol")]
     await publish(nc, topology, calls)
 
-    with pytest.raises(ValueError, match="stored policy no longer validates"):
+    with pytest.raises(Systemic, match="stored policy no longer validates"):
         await catch_up(Faulty(broken=True), nc, db, topology)
 
     assert await recent_dead_letters(nc.jetstream(), topology) == []
@@ -72,6 +74,33 @@ async def test_one_event_the_projection_raises_on_is_dead_lettered_and_the_rest_
     letters = await recent_dead_letters(nc.jetstream(), topology)
     assert [(letter.consumer, letter.original_seq) for letter in letters] == [("faulty-v1", 2)]
     assert "stored policy no longer validates (event of mallory)" in letters[0].reason
+    assert await rows(db, TOTALS) == [(2, 2)]
+
+
+async def test_bad_events_that_fill_a_batch_alone_are_dead_lettered_once_others_follow(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """Two events the projection raises on, read as a batch of their own (batches of 2),
+    look like a broken projection: the runner tries them with what follows, which applies,
+    so they are the events' own faults. With nothing after them the fault stands and
+    nothing is lost until an event comes."""
+    faulty = Faulty(poisoned=["mallory", "trudy"])
+    config = EngineConfig(time_bounds=ANY_TIME, batch_size=2)
+    await publish(nc, topology, [usage_event(cost="1", user=u) for u in ("mallory", "trudy")])
+
+    with pytest.raises(Systemic, match="event of mallory"):
+        await catch_up(faulty, nc, db, topology, config=config)
+    assert await recent_dead_letters(nc.jetstream(), topology) == []
+
+    await publish(nc, topology, [usage_event(cost="1", user=u) for u in ("alice", "carol")])
+    await catch_up(faulty, nc, db, topology, config=config)
+
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert sorted((letter.consumer, letter.original_seq) for letter in letters) == [
+        ("faulty-v1", 1),
+        ("faulty-v1", 2),
+    ]
+    assert all("stored policy no longer validates" in letter.reason for letter in letters)
     assert await rows(db, TOTALS) == [(2, 2)]
 
 
