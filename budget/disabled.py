@@ -36,6 +36,9 @@ class DisabledPublisher:
     async def publish(self, event: Event) -> None:
         pass
 
+    def offer(self, event: Event) -> bool:
+        return True
+
     async def flush(self) -> None:
         pass
 

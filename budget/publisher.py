@@ -116,10 +116,23 @@ class EventPublisher:
     async def publish(self, event: Event) -> None:
         """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
         while the process lives (``flush`` waits for the outcome)."""
+        await self._send(self._item(event))
+
+    def offer(self, event: Event) -> bool:
+        """``publish`` without waiting, on the publisher's loop: False (nothing done) when
+        the pipeline is full, and the caller must await ``publish``. A caller that does not
+        wait for the outcome (an instrumented call) saves a task per event."""
+        item = self._item(event)
+        if self.connected and len(self._in_flight) >= self.config.max_in_flight:
+            return False
+        self._enqueue(item, spooled=False)
+        return True
+
+    def _item(self, event: Event) -> SpooledEvent:
         subject = self.config.topology.event_subject(event.SUBJECT)
         if subject.lower() in self._forbidden:
             raise PermissionDenied(self._refusal(subject))
-        await self._send(SpooledEvent(str(event.event_id), subject, encode(event)))
+        return SpooledEvent(str(event.event_id), subject, encode(event))
 
     async def flush(self) -> None:
         """Wait until every event handed over so far is acknowledged or spooled (an
@@ -191,13 +204,17 @@ class EventPublisher:
             await callback(self._nc)
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
+        while self.connected and len(self._in_flight) >= self.config.max_in_flight:
+            self._room.clear()
+            await self._room.wait()
+        self._enqueue(item, spooled=spooled)
+
+    def _enqueue(self, item: SpooledEvent, *, spooled: bool) -> None:
+        """Into the pipeline (there is room), or the spool while NATS is away."""
         if not self.connected:
             if not spooled:
                 self.spool.put([item])
             return
-        while len(self._in_flight) >= self.config.max_in_flight:
-            self._room.clear()
-            await self._room.wait()
         self._next += 1
         token = self._next
         self._in_flight[token] = _InFlight(item, time.monotonic(), spooled)

@@ -292,7 +292,15 @@ class Call:
             return
         # Observers (``budget.otel``) hear of it here, in the caller's context (its span).
         notify_recorded(event)
-        _loop_runner(self.tracker).submit(self.tracker.publisher.publish(event))
+        runner = _loop_runner(self.tracker)
+        publisher = self.tracker.publisher
+        try:  # on the tracker's loop, no task per call (unless the pipeline is full)
+            offered = runner.on_its_loop() and publisher.offer(event)
+        except Exception as exc:  # e.g. a credential that may not publish usage
+            log.error("budget tracker: %s: %s", type(exc).__name__, exc)
+            return
+        if not offered:
+            runner.submit(publisher.publish(event))
 
     def release(self) -> None:
         """The call failed or was cancelled before any response: give the reservation back."""
@@ -337,9 +345,13 @@ class _LoopRunner:
             )
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
+    def on_its_loop(self) -> bool:
+        """Whether the caller runs on the loop (an async client), not in another thread."""
+        return _running_loop() is self.loop
+
     def submit(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Start it without waiting; a failure is logged."""
-        if _running_loop() is self.loop:
+        if self.on_its_loop():
             self._start(coroutine)
             return
         with self._lock:

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 from collections import Counter
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -192,6 +193,43 @@ async def test_events_one_per_loop_turn_with_the_writer_cancelled_are_all_stored
         await asyncio.sleep(0)
     await publisher.flush()
     assert len(publisher.spool) == 0
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_offered_events_are_taken_while_there_is_room_and_spooled_while_nats_is_down(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """``offer`` (an instrumented call's publish, without a task) takes events while the
+    pipeline has room and says no once it is full (the caller then awaits ``publish``);
+    while NATS is down it spools them, as ``publish`` does. Each is stored once."""
+    events = varied_events(30)
+    config = publisher_for(embedded_nats.url, private_log, tmp_path / "spool").config
+    publisher = EventPublisher(replace(config, max_in_flight=10))
+    await publisher.start()
+    offered = [publisher.offer(event) for event in events[:20]]
+    assert offered == [True] * 10 + [False] * 10
+    for event in events[10:20]:
+        await publisher.publish(event)
+    await publisher.flush()
+
+    embedded_nats.kill()
+
+    async def disconnected() -> bool:
+        """the publisher saw NATS go"""
+        return not publisher.connected
+
+    await wait_for(disconnected, within=30)
+    assert all(publisher.offer(event) for event in events[20:])
+    assert len(publisher.spool) == 10
+    embedded_nats.start()
+
+    async def spool_empty() -> bool:
+        """the reconnected publisher re-sent the spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty, within=30)
     await publisher.close()
     stored = await stored_event_ids(embedded_nats.url, private_log)
     assert sorted(stored) == sorted(str(e.event_id) for e in events)
