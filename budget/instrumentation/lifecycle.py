@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
@@ -20,10 +21,12 @@ from decimal import Decimal
 from typing import Any
 
 from budget.checks import BudgetExceeded
+from budget.disabled import DisabledPublisher
 from budget.pricing import Priced
+from budget.publisher import EventPublisher
 from budget.recorded import notify_recorded
 from budget.tracker import UsageTracker, get_usage_tracker
-from events import CallKind, Usage, utc_now
+from events import CallKind, Event, Usage, utc_now
 from events.rpc import CheckResult
 
 __all__ = [
@@ -293,14 +296,7 @@ class Call:
         # Observers (``budget.otel``) hear of it here, in the caller's context (its span).
         notify_recorded(event)
         runner = _loop_runner(self.tracker)
-        publisher = self.tracker.publisher
-        try:  # on the tracker's loop, no task per call (unless the pipeline is full)
-            offered = runner.on_its_loop() and publisher.offer(event)
-        except Exception as exc:  # e.g. a credential that may not publish usage
-            log.error("budget tracker: %s: %s", type(exc).__name__, exc)
-            return
-        if not offered:
-            runner.submit(publisher.publish(event))
+        runner.call(functools.partial(runner.publish, self.tracker.publisher, event))
 
     def release(self) -> None:
         """The call failed or was cancelled before any response: give the reservation back."""
@@ -321,9 +317,10 @@ keep handing things over."""
 
 
 class _LoopRunner:
-    """Runs the tracker's coroutines on the tracker's loop, from that loop or any thread.
+    """Runs the tracker's work (coroutines, events to publish) on the tracker's loop, from
+    that loop or any thread.
 
-    Coroutines handed over from other threads wait in a list. The first one wakes the
+    Work handed over from other threads waits in a list. The first one wakes the
     loop; while more keep coming the loop collects them on a timer: waking the loop (a
     write to its self-pipe, then the GIL passed between the threads) for every call would
     cost a busy sync client more than the call's own record."""
@@ -331,13 +328,13 @@ class _LoopRunner:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._pending: set[asyncio.Task[Any]] = set()
-        self._handed: list[Coroutine[Any, Any, Any]] = []
+        self._handed: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._collecting = False
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Its result, waiting in this thread (which must not be the loop's)."""
-        if _running_loop() is self.loop:
+        if self.on_its_loop():
             coroutine.close()
             raise RuntimeError(
                 "a sync client was called on the event loop of its budget tracker; use the"
@@ -351,25 +348,38 @@ class _LoopRunner:
 
     def submit(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Start it without waiting; a failure is logged."""
+        self.call(functools.partial(self._start, coroutine))
+
+    def publish(self, publisher: EventPublisher | DisabledPublisher, event: Event) -> None:
+        """On the loop: hand ``event`` to ``publisher`` without a task (one only when its
+        pipeline is full); a failure is logged."""
+        try:
+            if not publisher.offer(event):
+                self._start(publisher.publish(event))
+        except Exception as exc:  # e.g. a credential that may not publish usage
+            log.error("budget tracker: %s: %s", type(exc).__name__, exc)
+
+    def call(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the loop: at once from the loop, else handed over."""
         if self.on_its_loop():
-            self._start(coroutine)
+            work()
             return
         with self._lock:
-            self._handed.append(coroutine)
+            self._handed.append(work)
             if self._collecting:
                 return
             self._collecting = True
         self.loop.call_soon_threadsafe(self._collect)
 
     def _collect(self) -> None:
-        """Start what was handed over, and look again soon; stop when nothing came."""
+        """Run what was handed over, and look again soon; stop when nothing came."""
         with self._lock:
             handed, self._handed = self._handed, []
             if not handed:
                 self._collecting = False
                 return
-        for coroutine in handed:
-            self._start(coroutine)
+        for work in handed:
+            work()
         self.loop.call_later(HANDOFF_INTERVAL, self._collect)
 
     def _start(self, coroutine: Coroutine[Any, Any, Any]) -> None:
