@@ -5,7 +5,10 @@ Host apps never hold the database's credentials: ``BudgetManager``, ``AlertEngin
 ``query``, so replicas share the load), and this service reads PostgreSQL. Each request
 runs as its own task, so a slow report or a wait for a change to apply holds up nothing
 else; at most ``connections`` run in the database at once. Each caller is held to its
-limits (``services.limits``): past them a request is refused at once, unread.
+limits (``services.limits``): past them a request is refused at once, unread. A probe asks
+the database something trivial every few seconds, so the service's health check says when
+it cannot reach it (and, once that has lasted ``stall_after``, questions are refused at
+once, saying why, rather than each failing on its own).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from budget.config import Settings
+from budget.redaction import redact
 from budget.report_format import to_answer
 from events.queries import (
     QUERY_ALERTS,
@@ -47,7 +52,7 @@ from events.queries import (
 )
 from projections.database_queries import DatabaseQueries
 from services.limits import CallerLimits, LimitedRequests
-from services.liveness import Liveness
+from services.liveness import Liveness, Loop
 from services.metrics import QUERY_SECONDS
 from services.replies import answer
 
@@ -56,6 +61,11 @@ __all__ = ["QueryService", "serve_query_service"]
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "query"
 SERVICE = "query service"
+PROBE_EVERY = 5.0
+"""Seconds between two probes of the database."""
+DATABASE_STALL_AFTER = 30.0
+"""Seconds the database may stay unreachable (or a probe may take) before the service
+counts as unhealthy."""
 
 Handler = Callable[[Any], Awaitable[BaseModel]]
 
@@ -68,10 +78,15 @@ class QueryService:
         *,
         connections: int = 4,
         liveness: Liveness | None = None,
+        probe_every: float = PROBE_EVERY,
+        stall_after: float = DATABASE_STALL_AFTER,
     ) -> None:
         self.settings = settings
         self.nc = nc
         self.liveness = liveness or Liveness()
+        self._probe_every = probe_every
+        self._stall_after = stall_after
+        self._probe: asyncio.Task[None] | None = None
         self.queries = DatabaseQueries(settings.database_url, connections=connections)
         self._subscriptions: list[Any] = []
         self._requests: list[LimitedRequests] = []
@@ -79,6 +94,8 @@ class QueryService:
         self._limits = CallerLimits.of_query_service(settings)
 
     async def start(self) -> None:
+        database = self.liveness.loop(f"{SERVICE} database", stall_after=self._stall_after)
+        self._probe = database.start(self._probe_database(database))
         routes: dict[str, tuple[type[BaseModel], Handler]] = {
             QUERY_POLICIES: (PoliciesQuery, self._policies),
             QUERY_SPEND: (SpendQuery, self._spend),
@@ -99,6 +116,9 @@ class QueryService:
         log.info("query service answering on %s", self.settings.topology.rpc_wildcard("query.*"))
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -108,6 +128,16 @@ class QueryService:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.queries.close()
+
+    async def _probe_database(self, loop: Loop) -> None:
+        while True:
+            try:
+                with loop.turn():
+                    async with self.queries.connection() as conn:
+                        await conn.execute("SELECT 1")
+            except (psycopg.Error, OSError) as exc:
+                loop.failing(f"database unavailable: {redact(str(exc))}")
+            await asyncio.sleep(self._probe_every)
 
     def _limited(self, name: str, model: type[BaseModel], handler: Handler) -> LimitedRequests:
         seconds = QUERY_SECONDS.labels(name.removeprefix("query."))

@@ -12,11 +12,15 @@ import pytest
 from nats.aio.client import Client
 
 from budget.manager import BudgetManager
+from budget.queries import RpcQueries
 from budget.reports import ReportGenerator
 from budget.rpc import Refused, Unanswered
 from budget.tracker import start_usage_tracker
 from events import BudgetPolicy, BudgetScope, Topology, utc_now
+from services.embedded import EmbeddedPostgres
+from services.liveness import Liveness
 from services.ops import prepare
+from services.query_service import QueryService
 
 from enforcement import projection_workers, stack_settings
 from support import publish, query_service, usage_event, wait_for
@@ -84,6 +88,48 @@ async def test_a_query_service_without_its_database_says_so(
     async with query_service(nc, settings) as queries:
         with pytest.raises(Refused, match="database unavailable"):
             await queries.policies()
+
+
+async def test_a_query_service_that_cannot_reach_its_database_is_reported_until_it_is_back(
+    nc: Client,
+    nats_url: str,
+    topology: Topology,
+    tmp_path: Path,
+    embedded_postgres: EmbeddedPostgres,
+) -> None:
+    """Its health check says so (and questions are refused at once, saying why) once the
+    database has been away for ``stall_after``; healthy and answering again once it is back."""
+    db = embedded_postgres.url
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    liveness = Liveness()
+    service = QueryService(settings, nc, liveness=liveness, probe_every=0.1, stall_after=1.0)
+    await service.start()
+    queries = RpcQueries(settings, lambda: nc)
+    try:
+        assert await queries.policies() == []
+        embedded_postgres.stop()
+
+        async def reported() -> bool:
+            """the database probe is reported stalled"""
+            return any(
+                p.startswith("query service database stalled: failing for")
+                for p in liveness.problems()
+            )
+
+        await wait_for(reported)
+        with pytest.raises(Refused, match="not healthy: query service database stalled"):
+            await queries.policies()
+        embedded_postgres.start()
+
+        async def healthy() -> bool:
+            """the probe reached the database again"""
+            return liveness.problems() == []
+
+        await wait_for(healthy)
+        assert await queries.policies() == []
+    finally:
+        await service.stop()
 
 
 async def test_no_query_service_gives_an_error_that_says_to_start_one(
