@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from throwaway_ca import Authority, Issued
 
@@ -19,6 +20,7 @@ from budget.config import Settings
 from budget.natsconn import connect_nats, nats_options
 from services.embedded import EmbeddedNats
 from services.nats_config import NatsCredentials, write_config
+from services.worker import broker_options
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +116,33 @@ async def test_a_client_without_a_certificate_is_refused_by_the_server(
     # when it was writing).
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await connect(tls.settings(nats_tls_ca=tls.ca.ca_file))
+
+
+async def test_the_services_broker_connects_over_tls_and_checks_the_server(tls: Tls) -> None:
+    """The workers' and services' FastStream broker (``services.worker.broker_options``)
+    takes the same settings: with the CA it connects and carries a message; trusting
+    another CA it is refused (so it did not fall back to plain text)."""
+    trusting = tls.settings(
+        nats_tls_ca=tls.ca.ca_file, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
+    )
+    broker = NatsBroker(trusting.nats_url, allow_reconnect=False, **broker_options(trusting))
+    listener = await connect_nats(trusting.nats_url, within=10, **nats_options(trusting))
+    try:
+        sub = await listener.subscribe("budget.alerts.>")
+        await listener.flush()
+        await broker.connect()
+        await broker.publish(b"from a service", "budget.alerts.info.probe")
+        assert (await sub.next_msg(timeout=30)).data == b"from a service"
+    finally:
+        await broker.stop()
+        await listener.close()
+
+    stranger = tls.settings(
+        nats_tls_ca=tls.stranger.ca_file, nats_tls_cert=tls.client.cert, nats_tls_key=tls.client.key
+    )
+    refused = NatsBroker(stranger.nats_url, allow_reconnect=False, **broker_options(stranger))
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+            await refused.connect()
+    finally:
+        await refused.stop()
