@@ -26,7 +26,7 @@ from budget.instrumentation.prompts import (
     requested_model,
 )
 from budget.instrumentation.stream_helpers import patch_stream_manager
-from budget.instrumentation.wrapping import patch, patch_copies
+from budget.instrumentation.wrapping import patch, patch_copies, untracked
 from budget.usage import usage_from_response
 
 __all__ = ["PROVIDER", "install", "provider_error"]
@@ -111,6 +111,13 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             patch(messages, name, lifecycle, _MESSAGES, asynchronous=asynchronous)
         patch_stream_manager(
             messages, "stream", lifecycle, _MESSAGES_STREAM, asynchronous=asynchronous
+        )
+    for batches, label in (
+        (client.messages.batches, "anthropic messages.batches.create"),
+        (client.beta.messages.batches, "anthropic beta.messages.batches.create"),
+    ):
+        untracked(
+            batches, "create", label, "a batch is billed as its requests complete, long after"
         )
 
 

@@ -20,7 +20,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import patch
+from budget.instrumentation.wrapping import patch, untracked
 from budget.usage import usage_from_response
 from events import Usage
 
@@ -105,6 +105,21 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             asynchronous=asynchronous,
         )
         patch(models, "embed_content", lifecycle, _EMBED, asynchronous=asynchronous)
+        for name, why in _UNRECORDED:
+            untracked(models, name, f"google-genai models.{name}", why)
+    for batches in (client.batches, client.aio.batches):
+        untracked(
+            batches,
+            "create",
+            "google-genai batches.create",
+            "a batch is billed as its requests complete, long after this call",
+        )
+
+
+_UNRECORDED = (
+    ("generate_images", "images are priced per image, which usage events do not count"),
+    ("generate_videos", "video is priced per second of it, which usage events do not count"),
+)
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

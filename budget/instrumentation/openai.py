@@ -25,7 +25,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import patch, patch_copies
+from budget.instrumentation.wrapping import patch, patch_copies, untracked
 from budget.usage import normalize_usage, usage_from_response
 from events import ImageUsage, Usage
 
@@ -202,6 +202,18 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
     # Translations answer as transcriptions do: verbose_json tells the audio's duration.
     for audio in (client.audio.transcriptions, client.audio.translations):
         patch(audio, "create", lifecycle, _SPEECH_TO_TEXT, asynchronous=asynchronous)
+    untracked(
+        client.audio.speech,
+        "create",
+        "openai audio.speech.create",
+        "speech is priced per character or audio token, and the answer is audio alone",
+    )
+    untracked(
+        client.batches,
+        "create",
+        "openai batches.create",
+        "a batch is billed as its requests complete, long after this call",
+    )
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

@@ -10,6 +10,7 @@ body (``raw_responses``).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,9 +19,11 @@ from budget.instrumentation.methods import Method, measure_response, stream_obse
 from budget.instrumentation.raw_responses import RAW_BODY, raw_mode, record_raw, record_raw_async
 from budget.instrumentation.streams import AsyncStream, SyncStream
 
-__all__ = ["patch", "patch_copies", "replace"]
+__all__ = ["patch", "patch_copies", "replace", "untracked"]
 
+log = logging.getLogger(__name__)
 _MARK = "__budget_instrumented__"
+_warned: set[str] = set()
 
 
 def patch(
@@ -31,6 +34,28 @@ def patch(
     awaitable (the SDKs' decorators hide that from ``inspect``)."""
     make = _async_method if asynchronous else _sync_method
     replace(owner, name, lambda original: make(original, lifecycle, method))
+
+
+def untracked(owner: object, name: str, label: str, why: str) -> None:
+    """Leave the paid method ``owner.name`` as it is, but warn at its first call in the
+    process that what it costs is not recorded (``label``: what is called; ``why``), so
+    spending nothing counts is never silent."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def passed_through(*args: Any, **kwargs: Any) -> Any:
+            if label not in _warned:
+                _warned.add(label)
+                log.warning(
+                    "budget: %s calls are not recorded (%s): what they cost is in no"
+                    " total or limit; see docs/instrument.md#not-recorded",
+                    label,
+                    why,
+                )
+            return original(*args, **kwargs)
+
+        return passed_through
+
+    replace(owner, name, make)
 
 
 def patch_copies(client: object, install: Callable[[Any], None]) -> None:

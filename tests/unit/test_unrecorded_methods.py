@@ -1,0 +1,67 @@
+"""Paid SDK methods whose cost the instrumentation cannot record (text to speech, batches,
+Gemini images and videos) still go to the provider, and the first call of each in the
+process says, once, that its cost is in no total (docs/instrument.md#not-recorded)."""
+
+from __future__ import annotations
+
+import logging
+
+import anthropic
+import httpx2
+import openai
+import pytest
+from google import genai
+
+import budget
+from budget.config import Settings
+from budget.disabled import DisabledPublisher
+from budget.instrumentation import wrapping
+from budget.pricing import PricingRegistry
+from budget.tracker import UsageTracker
+
+AUDIO = b"ID3 not really audio"
+
+
+def _answer(request: httpx2.Request) -> httpx2.Response:
+    if request.url.path.endswith("/audio/speech"):
+        return httpx2.Response(200, content=AUDIO, headers={"content-type": "audio/mpeg"})
+    return httpx2.Response(500, json={"error": {"message": f"no fixture for {request.url}"}})
+
+
+@pytest.fixture
+def tracker(monkeypatch: pytest.MonkeyPatch) -> UsageTracker:
+    monkeypatch.setattr(wrapping, "_warned", set())
+    return UsageTracker(Settings(), PricingRegistry(), DisabledPublisher())
+
+
+def test_a_speech_call_goes_through_and_warns_once_that_it_is_not_recorded(
+    tracker: UsageTracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = httpx2.MockTransport(_answer)
+    client = openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport))
+    budget.instrument(client, tracker=tracker)
+    with caplog.at_level(logging.WARNING, logger=wrapping.__name__):
+        for _ in range(2):
+            speech = client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hi")
+            assert speech.read() == AUDIO
+    warnings = [r.getMessage() for r in caplog.records if r.name == wrapping.__name__]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("budget: openai audio.speech.create calls are not recorded")
+
+
+def test_each_unrecorded_paid_method_of_each_sdk_is_marked(tracker: UsageTracker) -> None:
+    """Marked as the instrumented methods are (so instrumenting twice changes nothing)."""
+    openai_client = budget.instrument(openai.AsyncOpenAI(api_key="sk-test"), tracker=tracker)
+    claude = budget.instrument(anthropic.Anthropic(api_key="sk-test"), tracker=tracker)
+    gemini = budget.instrument(genai.Client(api_key="test"), tracker=tracker)
+    methods = [
+        openai_client.audio.speech.create,
+        openai_client.batches.create,
+        claude.messages.batches.create,
+        claude.beta.messages.batches.create,
+        gemini.models.generate_images,
+        gemini.aio.models.generate_videos,
+        gemini.batches.create,
+        gemini.aio.batches.create,
+    ]
+    assert all(getattr(method, "__budget_instrumented__", False) for method in methods)
