@@ -9,6 +9,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import psycopg
+
 from budget.periods import Period
 from budget.queries import not_applied
 from budget.report_format import Report
@@ -36,7 +38,9 @@ _POLL = 0.01  # seconds between checkpoint reads while waiting for a change to a
 
 class DatabaseQueries:
     """Up to ``connections`` queries run at once, each on a connection of its own (opened
-    on first use, kept until ``close``)."""
+    on first use, kept until ``close``). A query that finds its connection dropped by the
+    server (a restart) fails, and the idle connections go with it: the next queries open
+    fresh ones."""
 
     def __init__(self, database_url: str, *, connections: int = 1) -> None:
         self.database_url = database_url
@@ -71,8 +75,18 @@ class DatabaseQueries:
                 self._open.append(conn)
             try:
                 yield conn
+            except psycopg.OperationalError:
+                if conn.broken or conn.closed:  # the server went away: so did the idle ones
+                    await self._drop_idle()
+                raise
             finally:
                 self._idle.put_nowait(conn)
+
+    async def _drop_idle(self) -> None:
+        while not self._idle.empty():
+            stale = self._idle.get_nowait()
+            self._open.remove(stale)
+            await stale.close()
 
     async def policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
         async with self.connection() as conn:

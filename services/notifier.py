@@ -7,8 +7,10 @@ notifier that dies mid-round sends again at most the alert it was sending. A fai
 the channel (its receiver is down) is retried with exponential backoff (up to
 ``max_backoff``) and holds back the channel's later alerts, so receivers see them in
 order; once one alert has failed ``suspect_after`` times, the next is tried after it in
-each round, and if that one goes out the first is retried alone (it fails on its own:
-a receiver answering 500 to its content), so no one alert holds a channel for long.
+each round (not on a batched channel, NATS, whose sends are confirmed together). If that
+one goes out the channel works: the first is tried once more at once, and failing again
+it is retried alone (it fails on its own: a receiver answering 500 to its content), so no
+one alert holds a channel for long.
 An alert its receiver refuses (``Rejected``: a webhook's 400, 413, 415, 422, a mail
 server refusing this message) is retried with backoff on its own, while the later ones go
 out. Either is marked ``failed``
@@ -40,7 +42,7 @@ from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
 from projections.db import connect
 from projections.engine.projection import Connection
-from services.channels import Rejected, Undeliverable, senders, undeliverable
+from services.channels import Rejected, Sender, Undeliverable, senders, undeliverable
 from services.liveness import Liveness, Loop
 from services.metrics import ALERT_DELIVERIES
 
@@ -60,9 +62,9 @@ class NotifierConfig:
     (its database unreachable), before it counts as stalled."""
     suspect_after: int = 5
     """Failed sends of one alert that hold its channel before the next alert is tried
-    too: if that one goes out, the channel works and the first fails on its own (it is
-    then retried alone, as a refused alert is), so one alert cannot hold a channel for
-    ``give_up_after``."""
+    too: if that one goes out and the first fails once more, the first fails on its own
+    (it is then retried alone, as a refused alert is), so one alert cannot hold a
+    channel for ``give_up_after``."""
 
 
 class Notifier:
@@ -173,38 +175,40 @@ class Notifier:
                 await self._record(conn, [r[0] for r in rows], channel, "skipped", "not enabled")
             return pause
         handed: list[object] = []
-        suspect: tuple[object, float] | None = None  # failing again and again: its backoff
+        suspect: _Suspect | None = None
         for alert_id, payload, attempts, too_old in rows:
             with loop.turn():
-                try:
-                    with undeliverable(ValidationError):
-                        alert = Alert.model_validate_json(payload)
-                    await sender.send(alert, payload.encode(), conn)
-                except Undeliverable as exc:
-                    await self._give_up(conn, channel, alert_id, "cannot go out", exc)
+                failure = await _attempt(sender, conn, payload)
+                if failure is None:
+                    if sender.batched:
+                        handed.append(alert_id)
+                    else:
+                        await self._record(conn, [alert_id], channel, "sent", None)
+                    if suspect is not None:
+                        await self._try_suspect_again(conn, channel, sender, suspect)
+                        suspect = None
                     continue
-                except Exception as exc:
-                    if too_old:
-                        await self._give_up(conn, channel, alert_id, "giving up", exc)
-                        continue
-                    alone = isinstance(exc, Rejected)
-                    backoff = await self._retry_later(conn, channel, alert_id, attempts, exc, alone)
-                    if alone:
-                        continue
-                    if suspect is None and attempts + 1 >= self.config.suspect_after:
-                        suspect = (alert_id, backoff)
-                        continue
-                    pause = backoff if suspect is None else suspect[1]
-                    break
-                if suspect is not None:  # the channel works: the suspect fails on its own
-                    await self._retry_alone(conn, channel, *suspect)
-                    suspect = None
-                if sender.batched:
-                    handed.append(alert_id)
-                else:
-                    await self._record(conn, [alert_id], channel, "sent", None)
+                if isinstance(failure, Undeliverable):
+                    await self._give_up(conn, channel, alert_id, "cannot go out", failure)
+                    continue
+                if too_old:
+                    await self._give_up(conn, channel, alert_id, "giving up", failure)
+                    continue
+                alone = isinstance(failure, Rejected)
+                backoff = await self._retry_later(conn, channel, alert_id, attempts, failure, alone)
+                if alone:
+                    continue
+                if (
+                    suspect is None
+                    and not sender.batched
+                    and attempts + 1 >= self.config.suspect_after
+                ):
+                    suspect = _Suspect(alert_id, payload, attempts + 1, backoff)
+                    continue
+                pause = backoff if suspect is None else suspect.backoff
+                break
         if suspect is not None and pause is None:  # no later alert to tell: the channel waits
-            pause = suspect[1]
+            pause = suspect.backoff
         if handed:
             with loop.turn():
                 try:
@@ -245,17 +249,22 @@ class Notifier:
         log.warning("alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff)
         return backoff
 
-    async def _retry_alone(
-        self, conn: Connection, channel: str, alert_id: object, backoff: float
+    async def _try_suspect_again(
+        self, conn: Connection, channel: str, sender: Sender, suspect: _Suspect
     ) -> None:
-        await conn.execute(
-            "UPDATE alert_outbox SET next_attempt_at = now() + %s * interval '1 second'"
-            " WHERE alert_id = %s AND channel = %s",
-            (backoff, alert_id, channel),
+        """The alert after ``suspect`` went out, so the channel works: the suspect once
+        more at once (the receiver may just be back); failing again, it fails on its own
+        and is retried alone, with backoff, while the later alerts go."""
+        failure = await _attempt(sender, conn, suspect.payload)
+        if failure is None:
+            await self._record(conn, [suspect.alert_id], channel, "sent", None)
+            return
+        await self._retry_later(
+            conn, channel, suspect.alert_id, suspect.attempts, failure, alone=True
         )
         log.warning(
-            "alert %s via %s keeps failing while the next went out: retried on its own",
-            alert_id,
+            "alert %s via %s keeps failing while later ones go out: retried on its own",
+            suspect.alert_id,
             channel,
         )
 
@@ -271,6 +280,28 @@ class Notifier:
             (status, why, status, channel, alert_ids),
         )
         ALERT_DELIVERIES.labels(channel, status).inc(len(alert_ids))
+
+
+@dataclass(frozen=True)
+class _Suspect:
+    """An alert that failed as if the channel were down ``suspect_after`` times or more,
+    while the next one is tried."""
+
+    alert_id: object
+    payload: str
+    attempts: int
+    backoff: float
+
+
+async def _attempt(sender: Sender, conn: Connection, payload: str) -> Exception | None:
+    """Send one stored alert; what made it fail, if anything."""
+    try:
+        with undeliverable(ValidationError):
+            alert = Alert.model_validate_json(payload)
+        await sender.send(alert, payload.encode(), conn)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _reason(exc: Exception) -> str:

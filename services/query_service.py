@@ -51,6 +51,8 @@ from events.queries import (
     SpendQuery,
 )
 from projections.database_queries import DatabaseQueries
+from projections.db import connect
+from projections.engine.projection import Connection
 from services.limits import CallerLimits, LimitedRequests
 from services.liveness import Liveness, Loop
 from services.metrics import QUERY_SECONDS
@@ -63,6 +65,8 @@ QUEUE_GROUP = "query"
 SERVICE = "query service"
 PROBE_EVERY = 5.0
 """Seconds between two probes of the database."""
+_PROBE_TIMEOUT = 10
+"""Seconds a probe may take to connect, or to be answered."""
 DATABASE_STALL_AFTER = 30.0
 """Seconds the database may stay unreachable (or a probe may take) before the service
 counts as unhealthy."""
@@ -130,21 +134,39 @@ class QueryService:
         await self.queries.close()
 
     async def _probe_database(self, loop: Loop) -> None:
-        while True:
-            try:
-                with loop.turn():
-                    async with self.queries.connection() as conn:
+        """On a connection of its own: questions holding every connection of the pool
+        (slow reports) are no sign of the database being away."""
+        conn: Connection | None = None
+        try:
+            while True:
+                try:
+                    with loop.turn():
+                        if conn is None or conn.closed or conn.broken:
+                            conn = await connect(
+                                self.settings.database_url,
+                                application_name="budget query service probe",
+                                connect_timeout=_PROBE_TIMEOUT,
+                            )
+                            await conn.execute(f"SET statement_timeout = {_PROBE_TIMEOUT}000")
                         await conn.execute("SELECT 1")
-            except (psycopg.Error, OSError) as exc:
-                loop.failing(f"database unavailable: {redact(str(exc))}")
-            await asyncio.sleep(self._probe_every)
+                except (psycopg.Error, OSError) as exc:
+                    loop.failing(f"database unavailable: {redact(str(exc))}")
+                await asyncio.sleep(self._probe_every)
+        finally:
+            if conn is not None:
+                await conn.close()
 
     def _limited(self, name: str, model: type[BaseModel], handler: Handler) -> LimitedRequests:
         seconds = QUERY_SECONDS.labels(name.removeprefix("query."))
 
         async def run(query: BaseModel, _: Msg) -> BaseModel:
             with seconds.time():
-                return await handler(query)
+                try:
+                    return await handler(query)
+                except psycopg.OperationalError:
+                    # A connection the server dropped (a restart): a read, so once more,
+                    # on a fresh connection; a server still away fails again.
+                    return await handler(query)
 
         async def on_message(msg: Msg, caller: str) -> bool:
             task = asyncio.create_task(

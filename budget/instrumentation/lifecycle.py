@@ -357,7 +357,7 @@ class _LoopRunner:
             if not publisher.offer(event):
                 self._start(publisher.publish(event))
         except Exception as exc:  # e.g. a credential that may not publish usage
-            log.error("budget tracker: %s: %s", type(exc).__name__, exc)
+            log.error("budget tracker: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
     def call(self, work: Callable[[], None]) -> None:
         """Run ``work`` on the loop: at once from the loop, else handed over."""

@@ -201,9 +201,7 @@ class ProjectionRunner:
         raises Retired after a swap."""
         assert self.reader is not None
         while not stop.is_set():
-            batch = await self.reader.take(self.config.batch_size, self.config.linger, wait=0.5)
-            if self._nc.stats["reconnects"] != self._reconnects:
-                raise Reconnected(f"{self.durable}: NATS reconnected; resuming from checkpoint")
+            batch = await self._take(self.config.batch_size, self.config.linger, wait=0.5)
             if not batch:
                 continue
             with turn():
@@ -216,7 +214,7 @@ class ProjectionRunner:
         """Process batches, without lingering, until everything in the log is committed."""
         assert self.reader is not None
         while True:
-            batch = await self.reader.take(self.config.batch_size, 0, wait=0.2)
+            batch = await self._take(self.config.batch_size, 0, wait=0.2)
             if batch:
                 result = await self._process_or_grow(batch)
                 await self.reader.ack_through(result.last)
@@ -224,6 +222,15 @@ class ProjectionRunner:
                     on_batch(result)
             elif self.reader.buffered == 0 and await self.pending() == 0:
                 return
+
+    async def _take(self, count: int, linger: float, wait: float) -> list[Delivery[Prepared]]:
+        """The reader's next deliveries; ``Reconnected`` when NATS reconnected meanwhile
+        (deliveries may have been lost in flight: never continue past a gap)."""
+        assert self.reader is not None
+        batch = await self.reader.take(count, linger, wait=wait)
+        if self._nc.stats["reconnects"] != self._reconnects:
+            raise Reconnected(f"{self.durable}: NATS reconnected; resuming from checkpoint")
+        return batch
 
     async def _process_or_grow(self, batch: Sequence[Delivery[Prepared]]) -> BatchResult:
         """``process(batch)``; when each of its events raised on its own (``Systemic``), once
@@ -237,7 +244,7 @@ class ProjectionRunner:
                 return await self.process(batch)
             except Systemic:
                 room = 2 * self.config.batch_size - len(batch)
-                more = await self.reader.take(room, 0, wait=FOLLOWERS_WAIT) if room > 0 else []
+                more = await self._take(room, 0, wait=FOLLOWERS_WAIT) if room > 0 else []
                 if not more:
                     raise
                 log.warning(

@@ -6,19 +6,19 @@ and Starlette's exception and session middlewares a post cost the API ~580 µs o
 which the route's own work (price, build, publish) was under a tenth
 (docs/performance.md). This ASGI middleware answers the usual post itself with the
 route's own functions: the same key check and limits (``auth``, ``limits``), validation
-(``UsageIn``), work and answer (``routes.ingest.record_call``), problems
-(``problems``). It takes only a request that carries a key in a header and no cookie, and
-a JSON body of a known length within the limit, without NUL characters, that ``UsageIn``
-accepts; it hands anything else to the app unchanged (the body replayed), which answers
-it as it answers every route. The route stays the app's too, so the OpenAPI document, the
-access log and the request metrics (under the route's name) do not change.
+(``UsageIn``), work and answer (``routes.ingest.record_call``), problems (``problems``).
+It takes only a request with a key in a header, no cookie and no query string, and a
+JSON body (``application/json``) of a known length within the limit, without NUL
+characters, that ``UsageIn`` accepts; it hands anything else to the app unchanged (the
+body replayed), which answers it as it answers every route. The route stays the app's
+too, so the OpenAPI document, the access log and the request metrics (under the route's
+name) do not change.
 """
 
 from __future__ import annotations
 
 import json
 
-from pydantic import ValidationError
 from starlette.datastructures import Headers, State
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -53,11 +53,13 @@ class UsageFastPath:
         headers = Headers(scope=scope)
         key = presented_key(headers)
         length = headers.get("content-length", "")
+        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         if (
             key is None
             or "cookie" in headers
-            or not headers.get("content-type", "").startswith("application/json")
-            or not length.isdigit()
+            or scope.get("query_string")
+            or media_type != "application/json"
+            or not (length.isascii() and length.isdigit())
             or int(length) > self.limit
         ):
             await self.app(scope, receive, send)
@@ -90,5 +92,5 @@ def _usage(body: bytes) -> UsageIn | None:
     for the app to refuse, naming what is wrong."""
     try:
         return UsageIn.model_validate(json.loads(body))
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError too
+    except Exception:  # not JSON, nested past the parser's depth, or not a call
         return None

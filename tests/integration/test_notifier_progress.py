@@ -160,10 +160,17 @@ async def test_a_channel_down_holds_its_alerts_in_order_while_the_next_is_tried(
     nc: Client, db: str, settings: Settings, hook: Webhook
 ) -> None:
     """Every alert failing: trying the next one after a suspect sends nothing out of
-    order, and the channel back delivers them all in the order they were raised."""
+    order, and the channel back (at the first alert's next try) delivers them all in the
+    order they were raised."""
     ids = await queue_alerts(db, 3)
-    down = True
-    hook.respond = lambda key: 500 if down else 200
+    receiver = {"down": True, "back_at_first": False}
+
+    def respond(key: str) -> int:
+        if receiver["back_at_first"] and key == ids[0]:
+            receiver["down"] = False
+        return 500 if receiver["down"] else 200
+
+    hook.respond = respond
     async with notifier(nc, settings, NotifierConfig(max_backoff=0.5, suspect_after=2)):
 
         async def tried_past_the_first() -> bool:
@@ -173,9 +180,28 @@ async def test_a_channel_down_holds_its_alerts_in_order_while_the_next_is_tried(
 
         await wait_for(tried_past_the_first)
         assert hook.keys() == []
-        down = False
+        receiver["back_at_first"] = True
         await all_sent(db, len(ids))
     assert hook.keys() == ids
+
+
+async def test_a_suspect_is_tried_again_at_once_when_the_next_alert_goes_out(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    """A receiver that comes back just as the next alert is tried: the first alert goes
+    right after it, one place late, and is not left to wait out a backoff of its own."""
+    ids = await queue_alerts(db, 3)
+    receiver = {"down": True}
+
+    def respond(key: str) -> int:
+        if key == ids[1]:
+            receiver["down"] = False
+        return 500 if receiver["down"] else 200
+
+    hook.respond = respond
+    async with notifier(nc, settings, NotifierConfig(max_backoff=30, suspect_after=2)):
+        await all_sent(db, len(ids))
+    assert hook.keys() == [ids[1], ids[0], ids[2]]
 
 
 async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is_back(

@@ -127,7 +127,7 @@ async def test_a_query_service_that_cannot_reach_its_database_is_reported_until_
             return liveness.problems() == []
 
         await wait_for(healthy)
-        assert await queries.policies() == []
+        assert await queries.policies() == []  # its pool's connections were the old server's
     finally:
         await service.stop()
 

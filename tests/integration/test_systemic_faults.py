@@ -1,7 +1,8 @@
 """A fault that is no one event's (a code bug, stored data that no longer validates) stops
-the worker, so it restarts with backoff and loses nothing; one bad event among good ones
-is still dead-lettered alone, and corrections of unknown events are refused without
-re-applying their batch event by event (real NATS and PostgreSQL)."""
+the consumer (``Systemic``: the worker retries with backoff) and loses nothing; one bad
+event among good ones is still dead-lettered alone, and bad events that make up a batch
+of their own are too once events after them apply; corrections of unknown events are
+refused without re-applying their batch event by event (real NATS and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class Faulty(SpendProjection):
         await super().apply(conn, version, batch)
 
 
-async def test_a_fault_every_event_of_a_batch_hits_stops_the_worker_and_loses_nothing(
+async def test_a_fault_every_event_of_a_batch_hits_stops_the_consumer_and_loses_nothing(
     nc: Client, db: str, topology: Topology
 ) -> None:
     calls = [usage_event(cost="1", user=user) for user in ("alice", "bob", "carol")]
