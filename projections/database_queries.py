@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import psycopg
 
@@ -31,16 +32,23 @@ from projections.policies import load_policies
 from projections.queries import alert_deliveries, find_alerts, spend_for_period
 from projections.report_queries import ReportBuilder
 
-__all__ = ["DatabaseQueries"]
+__all__ = ["ConnectionLost", "DatabaseQueries"]
+
+T = TypeVar("T")
 
 _POLL = 0.01  # seconds between checkpoint reads while waiting for a change to apply
+
+
+class ConnectionLost(psycopg.OperationalError):
+    """The server dropped a pooled connection (a restart, say): a read may be tried again
+    on a fresh one."""
 
 
 class DatabaseQueries:
     """Up to ``connections`` queries run at once, each on a connection of its own (opened
     on first use, kept until ``close``). A query that finds its connection dropped by the
-    server (a restart) fails, and the idle connections go with it: the next queries open
-    fresh ones."""
+    server (a restart) is run once more on a fresh one, and the idle connections go with
+    it."""
 
     def __init__(self, database_url: str, *, connections: int = 1) -> None:
         self.database_url = database_url
@@ -63,6 +71,8 @@ class DatabaseQueries:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
+        """A connection of the pool for the block; ``ConnectionLost`` when the server
+        dropped it (the idle ones go with it)."""
         async with self._slots:
             if self._idle.empty():
                 conn = await connect(self.database_url)
@@ -71,14 +81,16 @@ class DatabaseQueries:
                 conn = self._idle.get_nowait()
             if conn.closed or conn.broken:  # a restarted database: start afresh
                 self._open.remove(conn)
+                await conn.close()
                 conn = await connect(self.database_url)
                 self._open.append(conn)
             try:
                 yield conn
-            except psycopg.OperationalError:
-                if conn.broken or conn.closed:  # the server went away: so did the idle ones
-                    await self._drop_idle()
-                raise
+            except psycopg.OperationalError as exc:
+                if not (conn.broken or conn.closed):
+                    raise
+                await self._drop_idle()  # the server went away: so did the idle ones
+                raise ConnectionLost(str(exc)) from exc
             finally:
                 self._idle.put_nowait(conn)
 
@@ -88,41 +100,46 @@ class DatabaseQueries:
             self._open.remove(stale)
             await stale.close()
 
+    async def _read(self, query: Callable[[Connection], Awaitable[T]]) -> T:
+        """``query`` on a connection of the pool; once more on a fresh one if the server
+        had dropped it (a restart since its last use): every query here only reads."""
+        try:
+            async with self.connection() as conn:
+                return await query(conn)
+        except ConnectionLost:
+            async with self.connection() as conn:
+                return await query(conn)
+
     async def policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
-        async with self.connection() as conn:
-            policies = await load_policies(conn)
+        policies = await self._read(load_policies)
         return [p for p in policies if scope is None or p.scope is scope]
 
     async def spend(self, query: SpendQuery, *, key: str | None = None) -> list[SpendRow]:
         """``key``: only that scope key's rows (the HTTP API's filter)."""
         scope = query.scope.value if query.scope else None
         at = query.at or utc_now()
-        async with self.connection() as conn:
-            return await spend_for_period(conn, Period(query.period), at, scope, key)
+        return await self._read(
+            lambda conn: spend_for_period(conn, Period(query.period), at, scope, key)
+        )
 
     async def rules(self) -> list[AlertRule]:
-        async with self.connection() as conn:
-            return await load_rules(conn)
+        return await self._read(load_rules)
 
     async def alerts(self, query: AlertsQuery) -> list[StoredAlert]:
-        async with self.connection() as conn:
-            return await find_alerts(conn, query)
+        return await self._read(lambda conn: find_alerts(conn, query))
 
     async def deliveries(self, alert_id: uuid.UUID) -> list[AlertDelivery]:
-        async with self.connection() as conn:
-            return await alert_deliveries(conn, alert_id)
+        return await self._read(lambda conn: alert_deliveries(conn, alert_id))
 
     async def report(self, query: ReportQuery) -> Report:
-        async with self.connection() as conn:
-            return await ReportBuilder(conn).answer(query)
+        return await self._read(lambda conn: ReportBuilder(conn).answer(query))
 
     async def position(self, projection: str, at_least: int = 0, within: float = 0) -> int:
         """The stream sequence ``projection``'s live version has applied, once it reaches
         ``at_least`` or ``within`` seconds have passed."""
         deadline = time.monotonic() + within
         while True:
-            async with self.connection() as conn:
-                position = await live_position(conn, projection)
+            position = await self._read(lambda conn: live_position(conn, projection))
             if position >= at_least or time.monotonic() >= deadline:
                 return position
             await asyncio.sleep(_POLL)

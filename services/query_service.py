@@ -146,8 +146,8 @@ class QueryService:
                                 self.settings.database_url,
                                 application_name="budget query service probe",
                                 connect_timeout=_PROBE_TIMEOUT,
+                                options=f"-c statement_timeout={_PROBE_TIMEOUT}s",
                             )
-                            await conn.execute(f"SET statement_timeout = {_PROBE_TIMEOUT}000")
                         await conn.execute("SELECT 1")
                 except (psycopg.Error, OSError) as exc:
                     loop.failing(f"database unavailable: {redact(str(exc))}")
@@ -161,12 +161,7 @@ class QueryService:
 
         async def run(query: BaseModel, _: Msg) -> BaseModel:
             with seconds.time():
-                try:
-                    return await handler(query)
-                except psycopg.OperationalError:
-                    # A connection the server dropped (a restart): a read, so once more,
-                    # on a fresh connection; a server still away fails again.
-                    return await handler(query)
+                return await handler(query)
 
         async def on_message(msg: Msg, caller: str) -> bool:
             task = asyncio.create_task(

@@ -161,7 +161,10 @@ class ProjectionRunner:
             w.durable: await w.take_over(conn)
             for w in sorted(self.writers, key=lambda w: w.durable)
         }
-        after = min(checkpoints.values())
+        await self._read_after(min(checkpoints.values()))
+
+    async def _read_after(self, after: int) -> None:
+        """Bind the consumer right after ``after`` and start reading."""
         subjects = sorted({s for p in self.projections for s in p.filter_subjects(self._topology)})
         await bind_consumer(
             self._js,
@@ -181,6 +184,15 @@ class ProjectionRunner:
         )
         await self.reader.start()
         log.info("%s reading after seq %d", self.durable, after)
+
+    async def _resume(self) -> None:
+        """After a NATS reconnect, read again right after the lowest checkpoint:
+        deliveries may have been lost in flight."""
+        assert self.reader is not None
+        await self.reader.stop()
+        async with self.connection.transaction():
+            after = min(await lock_checkpoints(self.connection, self.writers))
+        await self._read_after(after)
 
     async def close(self) -> None:
         if self.reader is not None:
@@ -211,15 +223,23 @@ class ProjectionRunner:
                 on_batch(result)
 
     async def catch_up(self, on_batch: Callable[[BatchResult], None] | None = None) -> None:
-        """Process batches, without lingering, until everything in the log is committed."""
+        """Process batches, without lingering, until everything in the log is committed;
+        a NATS reconnect resumes from the checkpoint (a long rebuild is not started over)."""
         assert self.reader is not None
         while True:
-            batch = await self._take(self.config.batch_size, 0, wait=0.2)
+            try:
+                batch = await self._take(self.config.batch_size, 0, wait=0.2)
+            except Reconnected as exc:
+                log.warning("%s; resuming", exc)
+                await self._resume()
+                continue
             if batch:
                 result = await self._process_or_grow(batch)
                 await self.reader.ack_through(result.last)
                 if on_batch is not None:
                     on_batch(result)
+            elif not self._nc.is_connected:
+                continue  # NATS is away: wait for the reconnect, then resume
             elif self.reader.buffered == 0 and await self.pending() == 0:
                 return
 

@@ -59,7 +59,7 @@ class UsageFastPath:
             or "cookie" in headers
             or scope.get("query_string")
             or media_type != "application/json"
-            or not (length.isascii() and length.isdigit())
+            or not (length.isascii() and length.isdigit() and len(length) <= 19)
             or int(length) > self.limit
         ):
             await self.app(scope, receive, send)

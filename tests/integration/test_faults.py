@@ -25,13 +25,22 @@ from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.log import declare_streams
 from projections.engine.rebuild import rebuild
+from projections.engine.runner import BatchResult, EngineConfig, ProjectionRunner
 from projections.migrate import migrate
 from projections.registry import worker_projections
 from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 from enforcement import enforcement_stack, stack_settings
-from support import budget_process, catch_up, publish, rows, varied_events, wait_for
+from support import (
+    ANY_TIME,
+    budget_process,
+    catch_up,
+    publish,
+    rows,
+    varied_events,
+    wait_for,
+)
 
 EVENTS = 20_000
 
@@ -233,6 +242,48 @@ async def test_offered_events_are_taken_while_there_is_room_and_spooled_while_na
     await publisher.close()
     stored = await stored_event_ids(embedded_nats.url, private_log)
     assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+class Resumed(SpendProjection):
+    name = "resumed"
+
+    def __init__(self) -> None:
+        super().__init__("resumed", settles_reservations=False)
+
+
+async def test_a_catch_up_resumes_from_its_checkpoint_when_nats_restarts(
+    embedded_nats: EmbeddedNats, private_log: Topology, db: str
+) -> None:
+    """A rebuild's catch-up (``ProjectionRunner.catch_up``) rides out a NATS restart: it
+    reads again right after its checkpoint (deliveries may have been lost in flight) and
+    goes on, rather than failing and starting the rebuild over. Every event counted once."""
+    events = varied_events(3000)
+    client = await nats.connect(embedded_nats.url, reconnect_time_wait=0.2)
+    await publish(client, private_log, events)
+    runner = ProjectionRunner(
+        Resumed(),
+        nc=client,
+        database_url=db,
+        topology=private_log,
+        config=EngineConfig(time_bounds=ANY_TIME, batch_size=500),
+    )
+    await runner.open()
+    restarts = []
+
+    def restart_nats_once(result: BatchResult) -> None:
+        if not restarts:
+            restarts.append(result.last.stream_seq)
+            embedded_nats.kill()
+            embedded_nats.start()
+
+    try:
+        await runner.catch_up(restart_nats_once)
+    finally:
+        await runner.close()
+        await client.close()
+    assert restarts and client.stats["reconnects"] >= 1
+    totals = await rows(db, "SELECT sum(requests) FROM resumed_buckets WHERE scope = 'global'")
+    assert totals == [(len(events),)]
 
 
 async def test_spool_written_while_nats_was_down_is_sent_by_the_next_process(

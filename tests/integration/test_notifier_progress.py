@@ -180,6 +180,8 @@ async def test_a_channel_down_holds_its_alerts_in_order_while_the_next_is_tried(
 
         await wait_for(tried_past_the_first)
         assert hook.keys() == []
+        attempts = {str(r[0]): r[3] for r in await outbox(db)}
+        assert attempts[ids[2]] == 0  # the second failing too: the channel is down, stop
         receiver["back_at_first"] = True
         await all_sent(db, len(ids))
     assert hook.keys() == ids
