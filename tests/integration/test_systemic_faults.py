@@ -6,21 +6,27 @@ refused without re-applying their batch event by event (real NATS and PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
+import services.worker
 from events import Topology
 from projections.engine.deadletter import recent_dead_letters
 from projections.engine.isolation import Systemic
 from projections.engine.projection import Applied, Connection
 from projections.engine.runner import EngineConfig
 from projections.spend import SpendProjection
+from services.liveness import Liveness
+from services.worker import run_projection
 
+from enforcement import stack_settings
 from ledger_logs import correction
-from support import ANY_TIME, catch_up, publish, rows, usage_event
+from support import ANY_TIME, catch_up, publish, rows, usage_event, wait_for
 
 TOTALS = "SELECT sum(cost), sum(requests) FROM faulty_buckets WHERE scope = 'global'"
 
@@ -62,6 +68,48 @@ async def test_a_fault_every_event_of_a_batch_hits_stops_the_consumer_and_loses_
     assert await rows(db, TOTALS) == [(None, None)]
     await catch_up(Faulty(), nc, db, topology)  # fixed and restarted: every call counted
     assert await rows(db, TOTALS) == [(3, 3)]
+
+
+async def test_a_worker_whose_projection_fails_on_every_event_reports_it_and_retries(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``budget worker`` running it: the fault is reported on the health check (failing,
+    then stalled) while the worker backs off and tries again, in the same process, and
+    once the fault is gone every event is counted; nothing was dead-lettered."""
+    faulty = Faulty(broken=True)
+    monkeypatch.setattr(services.worker, "worker_projections", lambda name: [faulty])
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await publish(nc, topology, [usage_event(cost="1", user=u) for u in ("alice", "bob")])
+    liveness = Liveness()
+    loop = liveness.loop("worker faulty", stall_after=1.0)
+    stop = asyncio.Event()
+    worker = loop.start(run_projection("faulty", nc, settings, stop, loop))
+    try:
+
+        async def reported() -> bool:
+            """the worker is reported stalled by the projection's fault"""
+            problems = liveness.problems()
+            return len(problems) == 1 and "stored policy no longer validates" in problems[0]
+
+        await wait_for(reported)
+        assert liveness.problems()[0].startswith("worker faulty stalled: failing for")
+        assert not worker.done()
+        assert await recent_dead_letters(nc.jetstream(), topology) == []
+        faulty.broken = False  # fixed
+
+        async def counted() -> bool:
+            """the worker counted both calls and is healthy again"""
+            return await rows(db, TOTALS) == [(2, 2)] and liveness.problems() == []
+
+        await wait_for(counted)
+    finally:
+        stop.set()
+        await worker
 
 
 async def test_one_event_the_projection_raises_on_is_dead_lettered_and_the_rest_counted(
