@@ -100,9 +100,9 @@ class DatabaseQueries:
             self._open.remove(stale)
             await stale.close()
 
-    async def _read(self, query: Callable[[Connection], Awaitable[T]]) -> T:
-        """``query`` on a connection of the pool; once more on a fresh one if the server
-        had dropped it (a restart since its last use): every query here only reads."""
+    async def read(self, query: Callable[[Connection], Awaitable[T]]) -> T:
+        """``query`` (a read: it changes nothing) on a connection of the pool; once more on
+        a fresh one if the server had dropped it (a restart since its last use)."""
         try:
             async with self.connection() as conn:
                 return await query(conn)
@@ -111,35 +111,35 @@ class DatabaseQueries:
                 return await query(conn)
 
     async def policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
-        policies = await self._read(load_policies)
+        policies = await self.read(load_policies)
         return [p for p in policies if scope is None or p.scope is scope]
 
     async def spend(self, query: SpendQuery, *, key: str | None = None) -> list[SpendRow]:
         """``key``: only that scope key's rows (the HTTP API's filter)."""
         scope = query.scope.value if query.scope else None
         at = query.at or utc_now()
-        return await self._read(
+        return await self.read(
             lambda conn: spend_for_period(conn, Period(query.period), at, scope, key)
         )
 
     async def rules(self) -> list[AlertRule]:
-        return await self._read(load_rules)
+        return await self.read(load_rules)
 
     async def alerts(self, query: AlertsQuery) -> list[StoredAlert]:
-        return await self._read(lambda conn: find_alerts(conn, query))
+        return await self.read(lambda conn: find_alerts(conn, query))
 
     async def deliveries(self, alert_id: uuid.UUID) -> list[AlertDelivery]:
-        return await self._read(lambda conn: alert_deliveries(conn, alert_id))
+        return await self.read(lambda conn: alert_deliveries(conn, alert_id))
 
     async def report(self, query: ReportQuery) -> Report:
-        return await self._read(lambda conn: ReportBuilder(conn).answer(query))
+        return await self.read(lambda conn: ReportBuilder(conn).answer(query))
 
     async def position(self, projection: str, at_least: int = 0, within: float = 0) -> int:
         """The stream sequence ``projection``'s live version has applied, once it reaches
         ``at_least`` or ``within`` seconds have passed."""
         deadline = time.monotonic() + within
         while True:
-            position = await self._read(lambda conn: live_position(conn, projection))
+            position = await self.read(lambda conn: live_position(conn, projection))
             if position >= at_least or time.monotonic() >= deadline:
                 return position
             await asyncio.sleep(_POLL)

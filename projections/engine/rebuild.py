@@ -30,6 +30,7 @@ from projections.engine.runner import (
     BatchResult,
     EngineConfig,
     ProjectionRunner,
+    Reconnected,
     Retired,
     consumer_name,
 )
@@ -83,8 +84,14 @@ async def rebuild(
             await _catch_up(runner, on_progress)
             # Built once, from the rows caught up; the swap's few batches maintain them.
             await create_indexes(runner.connection, projection, version)
-            if swap:
-                await _swap(runner, nc.jetstream(), topology.event_stream.name)
+            while swap:
+                try:
+                    await _swap(runner, nc.jetstream(), topology.event_stream.name)
+                    break
+                except Reconnected as exc:  # rolled back: read again from the checkpoint
+                    log.warning("%s; resuming before the swap", exc)
+                    await runner.resume()
+                    await runner.catch_up()
         finally:
             await runner.close()
         if swap:
@@ -141,7 +148,8 @@ async def _catch_up(
 async def _swap(runner: ProjectionRunner, js: JetStreamContext, stream: str) -> None:
     """Lock the registry row (the live worker's next batch waits), drain what arrived
     since, point the views at the new version, hand the projection the events the old
-    version never applied (``went_live``), commit; then ack."""
+    version never applied (``went_live``), commit; then ack. A NATS reconnect meanwhile
+    raises ``Reconnected`` (rolled back: deliveries may have been lost in flight)."""
     conn = runner.connection
     assert runner.reader is not None
     last = None
@@ -158,7 +166,7 @@ async def _swap(runner: ProjectionRunner, js: JetStreamContext, stream: str) -> 
             raise Retired(f"{runner.durable}: version {row[0]} went live meanwhile")
         replaced_through = await live_position(conn, runner.projection.name)
         while True:
-            batch = await runner.reader.take(runner.config.batch_size, 0, wait=0.05)
+            batch = await runner.take(runner.config.batch_size, 0, wait=0.05)
             if batch:
                 last = (await runner.process(batch)).last
             elif await _drained(runner, js, stream):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+NATS_AWAY_LIMIT = 60.0
+"""Seconds a catch-up (a rebuild) waits for NATS to come back before it gives up."""
 FOLLOWERS_WAIT = 0.5
 """Seconds to wait for events after a batch each of whose events raised on its own."""
 
@@ -185,7 +188,7 @@ class ProjectionRunner:
         await self.reader.start()
         log.info("%s reading after seq %d", self.durable, after)
 
-    async def _resume(self) -> None:
+    async def resume(self) -> None:
         """After a NATS reconnect, read again right after the lowest checkpoint:
         deliveries may have been lost in flight."""
         assert self.reader is not None
@@ -213,7 +216,7 @@ class ProjectionRunner:
         raises Retired after a swap."""
         assert self.reader is not None
         while not stop.is_set():
-            batch = await self._take(self.config.batch_size, self.config.linger, wait=0.5)
+            batch = await self.take(self.config.batch_size, self.config.linger, wait=0.5)
             if not batch:
                 continue
             with turn():
@@ -223,27 +226,37 @@ class ProjectionRunner:
                 on_batch(result)
 
     async def catch_up(self, on_batch: Callable[[BatchResult], None] | None = None) -> None:
-        """Process batches, without lingering, until everything in the log is committed;
-        a NATS reconnect resumes from the checkpoint (a long rebuild is not started over)."""
+        """Process batches, without lingering, until everything in the log is committed.
+        A NATS reconnect resumes from the checkpoint (a long rebuild is not started over);
+        NATS away for ``NATS_AWAY_LIMIT`` seconds raises ``TimeoutError``."""
         assert self.reader is not None
+        away_since: float | None = None
         while True:
             try:
-                batch = await self._take(self.config.batch_size, 0, wait=0.2)
+                batch = await self.take(self.config.batch_size, 0, wait=0.2)
+                if batch:
+                    result = await self._process_or_grow(batch)
+                    await self.reader.ack_through(result.last)
+                    if on_batch is not None:
+                        on_batch(result)
+                    continue
             except Reconnected as exc:
                 log.warning("%s; resuming", exc)
-                await self._resume()
+                await self.resume()
                 continue
-            if batch:
-                result = await self._process_or_grow(batch)
-                await self.reader.ack_through(result.last)
-                if on_batch is not None:
-                    on_batch(result)
-            elif not self._nc.is_connected:
-                continue  # NATS is away: wait for the reconnect, then resume
-            elif self.reader.buffered == 0 and await self.pending() == 0:
-                return
+            if self._nc.is_connected:
+                away_since = None
+                if self.reader.buffered == 0 and await self.pending() == 0:
+                    return
+                continue
+            now = time.monotonic()
+            if away_since is None:
+                away_since = now
+                log.warning("%s: NATS is away; waiting for it to come back", self.durable)
+            elif now - away_since > NATS_AWAY_LIMIT:
+                raise TimeoutError(f"{self.durable}: NATS away for {NATS_AWAY_LIMIT:.0f} s")
 
-    async def _take(self, count: int, linger: float, wait: float) -> list[Delivery[Prepared]]:
+    async def take(self, count: int, linger: float, wait: float) -> list[Delivery[Prepared]]:
         """The reader's next deliveries; ``Reconnected`` when NATS reconnected meanwhile
         (deliveries may have been lost in flight: never continue past a gap)."""
         assert self.reader is not None
@@ -264,7 +277,7 @@ class ProjectionRunner:
                 return await self.process(batch)
             except Systemic:
                 room = 2 * self.config.batch_size - len(batch)
-                more = await self._take(room, 0, wait=FOLLOWERS_WAIT) if room > 0 else []
+                more = await self.take(room, 0, wait=FOLLOWERS_WAIT) if room > 0 else []
                 if not more:
                     raise
                 log.warning(

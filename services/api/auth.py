@@ -75,8 +75,7 @@ async def key_principal(api: ApiServices, key: str) -> Principal | None:
     key_hash = hash_key(key)
 
     async def lookup() -> ApiKey | None:
-        async with api.database.connection() as conn:
-            return await find_key(conn, key_hash=key_hash)
+        return await api.database.read(lambda conn: find_key(conn, key_hash=key_hash))
 
     found = await api.key_cache.find(key_hash, lookup)
     return None if found is None else Principal(found.key_id, found.name, found.role, session=False)
@@ -90,8 +89,9 @@ async def authenticate(request: Request) -> Principal | None:
     session_id = request.session.get("sid") if "session" in request.scope else None
     if not isinstance(session_id, str):
         return None
-    async with services(request).database.connection() as conn:
-        found = await find_session_key(conn, session_id, SESSION_LIFETIME)
+    found = await services(request).database.read(
+        lambda conn: find_session_key(conn, session_id, SESSION_LIFETIME)
+    )
     return None if found is None else Principal(found.key_id, found.name, found.role, session=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 from collections import Counter
@@ -252,7 +253,7 @@ class Resumed(SpendProjection):
 
 
 async def test_a_catch_up_resumes_from_its_checkpoint_when_nats_restarts(
-    embedded_nats: EmbeddedNats, private_log: Topology, db: str
+    embedded_nats: EmbeddedNats, private_log: Topology, db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A rebuild's catch-up (``ProjectionRunner.catch_up``) rides out a NATS restart: it
     reads again right after its checkpoint (deliveries may have been lost in flight) and
@@ -265,7 +266,8 @@ async def test_a_catch_up_resumes_from_its_checkpoint_when_nats_restarts(
         nc=client,
         database_url=db,
         topology=private_log,
-        config=EngineConfig(time_bounds=ANY_TIME, batch_size=500),
+        # Pulls of one batch: the next is in flight when NATS goes, and is lost with it.
+        config=EngineConfig(time_bounds=ANY_TIME, batch_size=250, request_batch=250),
     )
     await runner.open()
     restarts = []
@@ -277,11 +279,13 @@ async def test_a_catch_up_resumes_from_its_checkpoint_when_nats_restarts(
             embedded_nats.start()
 
     try:
-        await runner.catch_up(restart_nats_once)
+        with caplog.at_level(logging.WARNING, logger="projections.engine.runner"):
+            await runner.catch_up(restart_nats_once)
     finally:
         await runner.close()
         await client.close()
     assert restarts and client.stats["reconnects"] >= 1
+    assert any(r.getMessage().endswith("; resuming") for r in caplog.records)
     totals = await rows(db, "SELECT sum(requests) FROM resumed_buckets WHERE scope = 'global'")
     assert totals == [(len(events),)]
 
