@@ -120,8 +120,7 @@ class KeyAdmin(ChangeClient):
         return True
 
     async def keys(self, key_id: str | None = None) -> list[ApiKey]:
-        async with self.database.connection() as conn:
-            return await list_keys(conn, key_id)
+        return await self.database.read(lambda conn: list_keys(conn, key_id))
 
 
 async def first_admin_key(js: JetStreamContext, topology: Topology, path: Path) -> bool:

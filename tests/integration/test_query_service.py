@@ -17,6 +17,7 @@ from budget.reports import ReportGenerator
 from budget.rpc import Refused, Unanswered
 from budget.tracker import start_usage_tracker
 from events import BudgetPolicy, BudgetScope, Topology, utc_now
+from projections.database_queries import ConnectionLost, DatabaseQueries
 from services.embedded import EmbeddedPostgres
 from services.liveness import Liveness
 from services.ops import prepare
@@ -130,6 +131,29 @@ async def test_a_query_service_that_cannot_reach_its_database_is_reported_until_
         assert await queries.policies() == []  # its pool's connections were the old server's
     finally:
         await service.stop()
+
+
+async def test_reads_after_the_database_restarted_are_answered(
+    nats_url: str, topology: Topology, tmp_path: Path, embedded_postgres: EmbeddedPostgres
+) -> None:
+    """The pool's connections were the old server's: a read finds its own dropped, and is
+    run again on a fresh one (the HTTP API reads through the same pool)."""
+    db = embedded_postgres.url
+    await prepare(nats_url, db, stack_settings(nats_url, db, topology, tmp_path))
+    queries = DatabaseQueries(db, connections=2)
+    try:
+        assert await queries.policies() == [] and await queries.rules() != []
+        embedded_postgres.stop()
+        embedded_postgres.start()
+        assert await queries.policies() == []
+        with pytest.raises(ConnectionLost):  # a block on a pooled connection says so
+            embedded_postgres.stop()
+            embedded_postgres.start()
+            async with queries.connection() as conn:
+                await conn.execute("SELECT 1")
+        assert await queries.rules() != []
+    finally:
+        await queries.close()
 
 
 async def test_no_query_service_gives_an_error_that_says_to_start_one(

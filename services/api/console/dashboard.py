@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from budget.periods import Period, period_bounds
 from budget.report_format import Report
 from events import BudgetScope, utc_now
-from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow
+from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow, StoredAlert
 from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter, history_page
 from projections.queries import alerts_page, count_alerts
@@ -126,9 +126,12 @@ _DIMENSIONS = (
 async def alerts_context(api: ApiServices) -> dict[str, Any]:
     """The newest open alerts, and how many are open."""
     query = AlertsQuery(resolved=False, limit=ALERTS_SHOWN)
-    async with api.database.connection() as conn:
+
+    async def newest_and_count(conn: Connection) -> tuple[list[StoredAlert], int]:
         newest, _ = await alerts_page(conn, query)
-        total = await count_alerts(conn, query)
+        return newest, await count_alerts(conn, query)
+
+    newest, total = await api.database.read(newest_and_count)
     return {"alerts": newest, "alerts_total": total}
 
 

@@ -36,8 +36,9 @@ async def history(request: Request, _: Viewer) -> Response:
     rows: list[dict[str, object]] = []
     older: str | None = None
     if not state.errors:
-        async with services(request).database.connection() as conn:
-            rows, following = await history_page(conn, where, limit=PAGE_ROWS, cursor=cursor)
+        rows, following = await services(request).database.read(
+            lambda conn: history_page(conn, where, limit=PAGE_ROWS, cursor=cursor)
+        )
         older = following.encode() if following else None
     api_params = _api_params(where)
     typed = {k: v for k, v in state.values.items() if v}

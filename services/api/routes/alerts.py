@@ -74,8 +74,9 @@ async def list_alerts(
         resolved=resolved,
         limit=limit,
     )
-    async with api.database.connection() as conn:
-        alerts, following = await alerts_page(conn, query, _position(cursor))
+    alerts, following = await api.database.read(
+        lambda conn: alerts_page(conn, query, _position(cursor))
+    )
     return AlertsPage(alerts=alerts, next_cursor=_cursor(following) if following else None)
 
 

@@ -88,8 +88,9 @@ async def history_page(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> HistoryPage:
-    async with api.database.connection() as conn:
-        rows, following = await read_page(conn, where, limit=limit, cursor=parse_cursor(cursor))
+    rows, following = await api.database.read(
+        lambda conn: read_page(conn, where, limit=limit, cursor=parse_cursor(cursor))
+    )
     return HistoryPage(rows=rows, next_cursor=following.encode() if following else None)
 
 
@@ -108,8 +109,7 @@ async def export(
             headers={"Retry-After": "5"},
         )
     # Before the answer starts: a database that is away is a 503 here, not a cut stream.
-    async with api.database.connection() as conn:
-        as_of = await live_position(conn, "history")
+    as_of = await api.database.read(lambda conn: live_position(conn, "history"))
     csv = format == "csv"
     body = _stream(api.settings.database_url, where, as_of, csv=csv)
     _running.hold(body)

@@ -51,8 +51,9 @@ async def readyz(api: Api) -> JSONResponse:
 @router.get("/projections", summary="Each projection's version, checkpoint, lag, newest event")
 async def projections(api: Api) -> list[ProjectionStatus]:
     nc = _nats(api)
-    async with api.database.connection() as conn:
-        return await projection_status(conn, nc.jetstream(), api.settings.topology)
+    return await api.database.read(
+        lambda conn: projection_status(conn, nc.jetstream(), api.settings.topology)
+    )
 
 
 @router.get("/dead-letters", summary="Malformed messages with the reason, newest first")
