@@ -133,7 +133,9 @@ def up(
     directory = (data_dir or current.data_dir).absolute()
     key_file = directory / "admin.key"
     port = api_port or kept_port(directory / "api-port")
-    metrics = metrics_ports(directory, STACK_WORKERS, taken=[port])
+    # Chosen before any server starts, so no metrics port can be the one NATS then takes.
+    nats_port = nats_port or kept_port(directory / "nats" / "last-port")
+    metrics = metrics_ports(directory, STACK_WORKERS, taken=[port, nats_port])
     nats_config = write_config(directory, current)
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
