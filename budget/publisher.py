@@ -122,10 +122,9 @@ class EventPublisher:
         """``publish`` without waiting, on the publisher's loop: False (nothing done) when
         the pipeline is full, and the caller must await ``publish``. A caller that does not
         wait for the outcome (an instrumented call) saves a task per event."""
-        item = self._item(event)
         if self.connected and len(self._in_flight) >= self.config.max_in_flight:
-            return False
-        self._enqueue(item, spooled=False)
+            return False  # before encoding: ``publish`` encodes it then
+        self._enqueue(self._item(event), spooled=False)
         return True
 
     def _item(self, event: Event) -> SpooledEvent:
