@@ -195,8 +195,9 @@ async def test_unknown_corrections_are_refused_without_reapplying_the_batch_even
 
     await catch_up(projection, nc, db, topology)
 
-    # the shared ledger refuses the two at once; the projection applies the rest, once
-    assert projection.batches == [3]
+    # the shared ledger refuses the two at once; the projection is asked to apply each of
+    # the other three once (a fetch may return the log in one batch or in two)
+    assert sum(projection.batches) == 3
     letters = await recent_dead_letters(nc.jetstream(), topology)
     assert sorted(letter.original_seq or 0 for letter in letters) == [2, 4]
     assert await rows(
