@@ -44,7 +44,7 @@ from projections.migrate import migrate
 from projections.registry import PROJECTIONS
 from projections.report_queries import ReportBuilder, floor_quarter
 from projections.reports import ReportsProjection
-from projections.usage_rows import STAGED, STAGED_COLUMNS, STAGING_DDL
+from projections.usage_rows import STAGED, STAGED_COLUMNS, STAGING_DDL, Staged
 from services.embedded import EmbeddedPostgres
 
 DAYS = 90
@@ -114,7 +114,8 @@ async def build(url: str, events: int, batch: int) -> None:
                     " FROM usage_history_v1 WHERE stream_seq BETWEEN %s AND %s".encode(),
                     (lo, hi),
                 )
-                await reports.roll_up(conn, 1, "{" + ",".join(map(str, range(lo, hi + 1))) + "}")
+                seqs = "{" + ",".join(map(str, range(lo, hi + 1))) + "}"
+                await reports.roll_up(conn, 1, Staged(seqs, lo, hi, hi - lo + 1))
         emit(
             "build_events_per_s",
             events / (time.perf_counter() - started),

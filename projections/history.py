@@ -10,7 +10,7 @@ from typing import ClassVar
 from events import UsageRecorded, UsageRepriced
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import SHARED_LEDGER
-from projections.usage_rows import STAGED, STAGED_COLUMNS, staged_seqs
+from projections.usage_rows import STAGED, STAGED_COLUMNS, Staged, staged_rows
 
 __all__ = ["HistoryProjection"]
 
@@ -61,15 +61,15 @@ class HistoryProjection(Projection):
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         table = physical(self.tables[0], version)
-        seqs = staged_seqs(batch)
-        if seqs is not None:
+        staged = Staged.of(batch)
+        if staged is not None:
             # The event id is the key: a re-send finds its first appearance's row.
             names = ", ".join(name for name, _ in _COLUMNS)
             await conn.execute(
                 f"INSERT INTO {table} ({names}) SELECT {names} FROM {STAGED}"
-                " WHERE stream_seq = ANY(%s::bigint[]) ORDER BY stream_seq"
+                f" WHERE {staged_rows()} ORDER BY stream_seq"
                 " ON CONFLICT (event_id) DO NOTHING".encode(),
-                (seqs,),
+                staged.params,
             )
         await self._correct(conn, table, batch)
 

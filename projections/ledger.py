@@ -31,7 +31,7 @@ from typing import Any
 
 from events import UsageRepriced
 from projections.engine.projection import Applied, Connection, Rejected
-from projections.usage_rows import STAGED, stage, staged_seqs
+from projections.usage_rows import STAGED, Staged, stage, staged_rows
 
 __all__ = ["SHARED_LEDGER", "WHERE", "Booked", "Ledger", "first_usage"]
 
@@ -40,11 +40,11 @@ WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
 
 
 def first_usage(usage: str) -> str:
-    """The rows of ``usage_batch`` (as ``b``) given by the parameter ``%s`` (their stream
-    sequences, ``usage_rows.staged_seqs``) that are their event's first appearance."""
+    """The rows of ``usage_batch`` (as ``b``) given by the parameters ``Staged.params``
+    (``usage_rows.staged_rows``) that are their event's first appearance."""
     return (
         f"{STAGED} b JOIN {usage} led ON led.event_id = b.event_id"
-        " AND led.stream_seq = b.stream_seq WHERE b.stream_seq = ANY(%s::bigint[])"
+        f" AND led.stream_seq = b.stream_seq WHERE {staged_rows('b')}"
     )
 
 
@@ -138,16 +138,17 @@ class Ledger:
         if not batch:
             return
         covered = await self._covered(conn)
-        if await stage(conn, batch) and batch[-1].stream_seq > covered:
+        staged = Staged.of(batch)
+        if staged is not None and await stage(conn, batch) and batch[-1].stream_seq > covered:
             await conn.execute(
                 f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
                     model, kind, user_id, project_id, reservation_id)
                 SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost, provider,
                     model, kind, user_id, project_id, reservation_id
-                FROM {STAGED} WHERE stream_seq = ANY(%s::bigint[]) AND stream_seq > %s
+                FROM {STAGED} WHERE {staged_rows()} AND stream_seq > %(covered)s
                 ORDER BY event_id, stream_seq
                 ON CONFLICT (event_id) DO NOTHING""".encode(),
-                (staged_seqs(batch), covered),
+                {**staged.params, "covered": covered},
             )
         corrections = [a for a in batch if a.event_type is UsageRepriced]
         if corrections:

@@ -21,7 +21,7 @@ from events import UsageRecorded, UsageRepriced
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import SHARED_LEDGER, WHERE, Booked, first_usage
 from projections.spend import BUCKET_SQL, MEASURES
-from projections.usage_rows import USAGE_MEASURES, staged_seqs
+from projections.usage_rows import USAGE_MEASURES, Staged
 
 __all__ = ["DIMENSIONS", "GRAINS", "ReportsProjection"]
 
@@ -59,15 +59,15 @@ class ReportsProjection(Projection):
         ]
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
-        seqs = staged_seqs(batch)
-        if seqs is not None:
-            await self.roll_up(conn, version, seqs)
+        staged = Staged.of(batch)
+        if staged is not None:
+            await self.roll_up(conn, version, staged)
         booked = await SHARED_LEDGER.booked(conn, batch)
         await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
 
-    async def roll_up(self, conn: Connection, version: int, stream_seqs: str) -> None:
-        """Roll up the staged usage events (``usage_rows.stage``) at ``stream_seqs``, an
-        array literal (the report benchmark loads rows this way too)."""
+    async def roll_up(self, conn: Connection, version: int, staged: Staged) -> None:
+        """Roll up the staged usage events (``usage_rows.stage``) ``staged`` gives (the
+        report benchmark loads rows this way too)."""
         quarterly, daily = (physical(t, version) for t in self.tables)
         names = ", ".join(name for name, _, _ in MEASURES)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
@@ -107,7 +107,7 @@ class ReportsProjection(Projection):
             SELECT * FROM rolled
             {upsert(quarterly)}
             """.encode(),
-            (stream_seqs,),
+            staged.params,
         )
 
     async def _add_corrections(self, conn: Connection, version: int, booked: list[Booked]) -> None:

@@ -26,7 +26,7 @@ from events import UsageRecorded, UsageRepriced
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.engine.projection import Applied, Connection, Projection, physical
 from projections.ledger import SHARED_LEDGER, WHERE, Booked, Ledger, first_usage
-from projections.usage_rows import USAGE_MEASURES, staged_seqs
+from projections.usage_rows import USAGE_MEASURES, Staged
 
 __all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection"]
 
@@ -137,8 +137,8 @@ class SpendProjection(Projection):
     async def _apply_usage(
         self, conn: Connection, version: int, batch: Sequence[Applied], ledger: Ledger
     ) -> None:
-        seqs = staged_seqs(batch)
-        if seqs is None:
+        staged = Staged.of(batch)
+        if staged is None:
             return
         totals = physical(self.tables[0], version)
         names = ", ".join(name for name, _, _ in MEASURES)
@@ -170,7 +170,7 @@ class SpendProjection(Projection):
             GROUP BY scope, scope_key, bucket_start
             ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE SET {updates}
             """.encode(),
-            (seqs,),
+            staged.params,
         )
 
     def _settle(self, version: int) -> str:
