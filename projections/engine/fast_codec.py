@@ -229,11 +229,43 @@ class FastPriceSource(_Struct, frozen=True):
     rates: dict[str, WireDecimal] = _default(PriceSource, "rates")
 
 
+_decode_price = msgspec.json.Decoder(FastPriceSource, dec_hook=_from_wire).decode
+_PRICES: dict[bytes, FastPriceSource] = {}
+_PRICES_KEPT = 1024
+
+
+if TYPE_CHECKING:
+    RawPrice = FastPriceSource | None
+else:
+    RawPrice = msgspec.Raw
+    """A price as its JSON, decoded by ``_price`` once the event is (msgspec takes no
+    union of ``Raw``: a JSON null stays ``Raw``, and a missing price is None)."""
+
+
+def _price(event: FastUsageRecorded | FastUsageRepriced) -> None:
+    """Decode the event's price once for every event that carries the same bytes: a price
+    repeats for every call of a model, and its six or so rates, read exactly, are the
+    dearest part of an event to decode. Shared safely: a frozen struct nothing mutates."""
+    raw: Any = event.price
+    if raw is None:
+        return
+    key = bytes(raw)
+    price = _PRICES.get(key)
+    if price is None and key != b"null":
+        price = _decode_price(key)
+        if len(_PRICES) >= _PRICES_KEPT:
+            _PRICES.clear()
+        _PRICES[key] = price
+    msgspec.structs.force_setattr(event, "price", price)
+
+
 _COST = _DecimalRule.of(UsageRecorded, "cost")  # UsageRepriced's too: both are events.usage._Cost
 
 
 def _check_cost(event: FastUsageRecorded | FastUsageRepriced) -> None:
-    """The rules of ``events.usage._Cost`` and of the envelope's ``occurred_at``."""
+    """The rules of ``events.usage._Cost`` and of the envelope's ``occurred_at``; the
+    price decoded (``_price``)."""
+    _price(event)
     if event.cost is None:
         if not event.unpriced_reason:
             raise ValueError("an unpriced event must say why (unpriced_reason)")
@@ -259,7 +291,7 @@ class FastUsageRecorded(_Struct, frozen=True, kw_only=True):
     producer: FastProducer | None = None
     cost: WireDecimal | None = None
     currency: Literal["USD"] = _default(UsageRecorded, "currency")
-    price: FastPriceSource | None = None
+    price: RawPrice = None
     unpriced_reason: str | None = None
     type: Literal["UsageRecorded"]
     provider: Annotated[str, _meta(UsageRecorded, "provider")]
@@ -285,7 +317,7 @@ class FastUsageRepriced(_Struct, frozen=True, kw_only=True):
     producer: FastProducer | None = None
     cost: WireDecimal | None = None
     currency: Literal["USD"] = _default(UsageRepriced, "currency")
-    price: FastPriceSource | None = None
+    price: RawPrice = None
     unpriced_reason: str | None = None
     type: Literal["UsageRepriced"]
     corrects: uuid.UUID
