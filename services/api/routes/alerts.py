@@ -8,7 +8,8 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any, LiteralString
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -153,25 +154,21 @@ async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
     """Alerts the UI channel delivers after the connection (or, on a reconnect, after the
     alert named by ``Last-Event-ID``); a comment every 15 s keeps proxies from closing an
     idle stream."""
-    async with api.database.connection() as conn:
-        since = await _resume_point(conn, request.headers.get("last-event-id"))
-        # What was delivered up to the start is the client's already (or before its time).
-        cursor = await conn.execute(
-            "SELECT alert_id, delivered_at FROM alert_feed"
-            " WHERE delivered_at >= %s AND delivered_at <= %s",
-            (since - _LOOK_BACK, since),
-        )
-        sent: dict[uuid.UUID, datetime] = dict(await cursor.fetchall())
+    since = await api.database.read(
+        lambda conn: _resume_point(conn, request.headers.get("last-event-id"))
+    )
+    # What was delivered up to the start is the client's already (or before its time).
+    delivered = partial(_rows, query=_DELIVERED, params=(since - _LOOK_BACK, since))
+    sent: dict[uuid.UUID, datetime] = dict(await api.database.read(delivered))
     idle = 0.0
     yield b": connected\n\n"
     while not await request.is_disconnected():
-        async with api.database.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT alert_id, payload, delivered_at FROM alert_feed"
-                " WHERE delivered_at >= %s ORDER BY delivered_at, alert_id",
-                (since - _LOOK_BACK,),
-            )
-            fresh = [r for r in await cursor.fetchall() if r[0] not in sent]
+        # Through the pool's read: a PostgreSQL restart while the feed is open costs one
+        # poll's retry, not the stream.
+        polled = await api.database.read(
+            partial(_rows, query=_DELIVERED_SINCE, params=(since - _LOOK_BACK,))
+        )
+        fresh = [r for r in polled if r[0] not in sent]
         for alert_id, payload, delivered_at in fresh:
             sent[alert_id] = delivered_at
             since = max(since, delivered_at)
@@ -184,6 +181,21 @@ async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
             idle = 0.0
             yield b": keep-alive\n\n"
         await asyncio.sleep(_POLL)
+
+
+_DELIVERED: LiteralString = (
+    "SELECT alert_id, delivered_at FROM alert_feed WHERE delivered_at >= %s AND delivered_at <= %s"
+)
+_DELIVERED_SINCE: LiteralString = (
+    "SELECT alert_id, payload, delivered_at FROM alert_feed"
+    " WHERE delivered_at >= %s ORDER BY delivered_at, alert_id"
+)
+
+
+async def _rows(
+    conn: Connection, query: LiteralString, params: tuple[object, ...]
+) -> list[tuple[Any, ...]]:
+    return await (await conn.execute(query, params)).fetchall()
 
 
 async def _resume_point(conn: Connection, last_event_id: str | None) -> datetime:
