@@ -2,10 +2,11 @@
 the log rebuilds the same alerts.
 
 Per batch, in log order: usage goes into the evaluator's quarter-hour buckets (the spend
-projection's code, under ``alert_spend_*``, with a private ledger); then every policy window
-and watched hour the fresh spend touched is checked against the rules, set-based in
-PostgreSQL (``projections/crossings.py``): Python works per batch and per alert, not per
-event, and events no policy or rule is about cost nothing beyond being counted. A
+projection's code, under ``alert_spend_*``, with a private ledger, cost measures only);
+then every policy window and watched hour the fresh spend touched is checked against the
+rules, set-based in PostgreSQL (``projections/crossings.py``): Python works per batch and
+per alert, not per event, and events no policy or rule is about cost nothing beyond being
+counted. A
 correction counts by the ledger rule (``projections/ledger.py``): its difference, at the
 corrected event's time and scopes. The event that took a window's spend from below a
 threshold to it raises the alert, so an alert's id, time and cause do not depend on where
@@ -125,7 +126,9 @@ class AlertsProjection(Projection):
     )
 
     def __init__(self) -> None:
-        self.spend = SpendProjection("alert_spend", private_ledger=True, settles_reservations=False)
+        self.spend = SpendProjection(
+            "alert_spend", private_ledger=True, settles_reservations=False, cost_only=True
+        )
         self.policies = PoliciesProjection("alert")
         self.rule_log = ChangeLog(table="alert_rule_log", key="rule_id", document="rule")
         self.tables = (

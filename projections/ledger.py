@@ -86,11 +86,14 @@ class Booked:
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """``usage`` and ``corrections``: table names; ``position``: the table of how far each
-    writer has recorded (None for a private ledger, which one writer fills alone)."""
+    writer has recorded (None for a private ledger, which one writer fills alone);
+    ``counted_only``: its batches are staged with only what counting needs
+    (``usage_rows.COUNTED``)."""
 
     usage: str
     corrections: str
     position: str | None = None
+    counted_only: bool = False
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -139,7 +142,11 @@ class Ledger:
             return
         covered = await self._covered(conn)
         staged = Staged.of(batch)
-        if staged is not None and await stage(conn, batch) and batch[-1].stream_seq > covered:
+        if (
+            staged is not None
+            and await stage(conn, batch, counted_only=self.counted_only)
+            and batch[-1].stream_seq > covered
+        ):
             await conn.execute(
                 f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
                     model, kind, user_id, project_id, reservation_id)

@@ -28,7 +28,7 @@ from projections.engine.projection import Applied, Connection, Projection, physi
 from projections.ledger import SHARED_LEDGER, WHERE, Booked, Ledger, first_usage
 from projections.usage_rows import USAGE_MEASURES, Staged
 
-__all__ = ["BUCKET_SQL", "MEASURES", "SCOPES", "SpendProjection"]
+__all__ = ["BUCKET_SQL", "COST_MEASURES", "MEASURES", "SCOPES", "SpendProjection"]
 
 SCOPES = ("global", "user", "provider", "model", "project")
 BUCKET_SQL = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00+00')"
@@ -45,13 +45,16 @@ MEASURES = (
     *((name, "numeric", f"sum({name})") for name, _ in USAGE_MEASURES),
     ("images", "bigint", "coalesce(sum(image_count), 0)"),
 )
+COST_MEASURES = MEASURES[:3]
+"""Cost, requests and unpriced requests: what alerts are about."""
 
 
 class SpendProjection(Projection):
     """``prefix`` names the tables and views (``<prefix>_buckets``, ...), so another
     projection can keep its own spend totals with this code: the alert evaluator does, with
-    a ledger of its own (``private_ledger``). Only the live spend projection settles
-    reservations."""
+    a ledger of its own (``private_ledger``) and only the cost measures (``cost_only``:
+    cost, requests, unpriced requests; its ledger then stages only what those need). Only
+    the live spend projection settles reservations."""
 
     name: ClassVar[str] = "spend"
     event_types = (UsageRecorded, UsageRepriced)
@@ -62,9 +65,11 @@ class SpendProjection(Projection):
         *,
         private_ledger: bool = False,
         settles_reservations: bool = True,
+        cost_only: bool = False,
     ) -> None:
         self.prefix = prefix
         self.private_ledger = private_ledger
+        self.measures = COST_MEASURES if cost_only else MEASURES
         self.ledger = None if private_ledger else SHARED_LEDGER
         private = (f"{prefix}_ledger", f"{prefix}_corrections") if private_ledger else ()
         self.tables = (f"{prefix}_buckets", *private)
@@ -74,11 +79,12 @@ class SpendProjection(Projection):
         """The ledger this version counts by."""
         if not self.private_ledger:
             return SHARED_LEDGER
-        return Ledger(*(physical(t, version) for t in self.tables[1:]))
+        usage, corrections = (physical(t, version) for t in self.tables[1:])
+        return Ledger(usage, corrections, counted_only=self.measures is COST_MEASURES)
 
     def ddl(self, version: int) -> list[str]:
         totals = physical(self.tables[0], version)
-        measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in MEASURES)
+        measures = ",\n".join(f"{name} {sql_type} NOT NULL" for name, sql_type, _ in self.measures)
         return [
             f"""CREATE TABLE {totals} (
                 scope text NOT NULL,
@@ -91,8 +97,8 @@ class SpendProjection(Projection):
 
     def views(self, version: int) -> dict[str, str]:
         buckets = physical(self.tables[0], version)
-        names = ", ".join(name for name, _, _ in MEASURES)
-        sums = ", ".join(f"sum({name})::{sql_type} AS {name}" for name, sql_type, _ in MEASURES)
+        names = ", ".join(name for name, _, _ in self.measures)
+        sums = ", ".join(f"sum({n})::{sql_type} AS {n}" for n, sql_type, _ in self.measures)
         utc_day = "(bucket_start AT TIME ZONE 'UTC')::date"
         daily = f"SELECT scope, scope_key, {utc_day} AS day, {sums} FROM {buckets} GROUP BY 1, 2, 3"
         rollups = " UNION ALL ".join(
@@ -141,17 +147,21 @@ class SpendProjection(Projection):
         if staged is None:
             return
         totals = physical(self.tables[0], version)
-        names = ", ".join(name for name, _, _ in MEASURES)
-        cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in MEASURES)
-        regroup = ", ".join(f"sum({n})" for n, _, _ in MEASURES)
-        updates = ", ".join(f"{n} = {totals}.{n} + EXCLUDED.{n}" for n, _, _ in MEASURES)
-        usage = ", ".join(f"b.{name}" for name, _ in USAGE_MEASURES)
+        names = ", ".join(name for name, _, _ in self.measures)
+        cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in self.measures)
+        regroup = ", ".join(f"sum({n})" for n, _, _ in self.measures)
+        updates = ", ".join(f"{n} = {totals}.{n} + EXCLUDED.{n}" for n, _, _ in self.measures)
+        usage = "".join(
+            f", b.{name}"
+            for name in (*(n for n, _ in USAGE_MEASURES), "image_count")
+            if self.measures is MEASURES
+        )
         await conn.execute(
             f"""
             WITH batch AS (
                 -- each event at its first appearance in the log: re-sends count nowhere
                 SELECT b.occurred_at, b.cost, b.provider, b.model, b.user_id, b.project_id,
-                       b.reservation_id, {usage}, b.image_count
+                       b.reservation_id{usage}
                 FROM {first_usage(ledger.usage)}
             ){self._settle(version)}, cells AS (
                 -- sum each (user, project, provider, model, bucket) first: few rows to fan out
@@ -191,8 +201,8 @@ class SpendProjection(Projection):
         if not booked:
             return
         totals = physical(self.tables[0], version)
-        names = ", ".join(name for name, _, _ in MEASURES)
-        zeros = ", ".join("0" for _ in MEASURES[3:])
+        names = ", ".join(name for name, _, _ in self.measures)
+        zeros = "".join(", 0" for _ in self.measures[3:])
         rows = [
             {
                 "at": b.occurred_at.isoformat(),
@@ -206,7 +216,7 @@ class SpendProjection(Projection):
             f"""
             INSERT INTO {totals} (scope, scope_key, bucket_start, {names})
             SELECT scope, scope_key, {BUCKET_SQL.format("at")} AS bucket, sum(cost), 0,
-                   sum(unpriced), {zeros}
+                   sum(unpriced){zeros}
             FROM jsonb_to_recordset(%s::jsonb) AS c(at timestamptz, cost numeric,
                  unpriced bigint, provider text, model text, user_id text, project_id text)
             CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', user_id),

@@ -23,6 +23,7 @@ from events import UsageRecorded
 from projections.engine.projection import Applied, Connection
 
 __all__ = [
+    "COUNTED",
     "STAGED",
     "STAGED_COLUMNS",
     "STAGING_DDL",
@@ -56,6 +57,7 @@ STAGED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("user_id", "text", "e.user_id"),
     ("project_id", "text", "e.project_id"),
     ("cost", "numeric", "e.cost"),
+    ("reservation_id", "text", "e.reservation_id"),
     ("unpriced_reason", "text", "e.unpriced_reason"),
     *((name, sql_type, f"u.{name}") for name, sql_type in USAGE_MEASURES),
     ("image_count", "integer", "(u.images ->> 'count')::integer"),
@@ -63,9 +65,11 @@ STAGED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("image_quality", "text", "u.images ->> 'quality'"),
     ("tags", "jsonb", "e.tags"),
     ("price", "jsonb", "e.price"),
-    ("reservation_id", "text", "e.reservation_id"),
 )
 """(column, SQL type, expression over the parsed batch) of ``usage_batch``."""
+COUNTED = 10
+"""The first columns: what counting spend needs (a ledger, cost totals); ``stage`` with
+``counted_only`` leaves the others NULL."""
 
 
 def _typed(columns: Sequence[tuple[str, str]]) -> str:
@@ -73,9 +77,13 @@ def _typed(columns: Sequence[tuple[str, str]]) -> str:
 
 
 _TYPES = [sql_type for _, sql_type, _ in STAGED_COLUMNS]
-_COPY = (
-    f"COPY {STAGED} ({', '.join(name for name, _, _ in STAGED_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-)
+
+
+def _copy(columns: int) -> str:
+    names = ", ".join(name for name, _, _ in STAGED_COLUMNS[:columns])
+    return f"COPY {STAGED} ({names}) FROM STDIN (FORMAT BINARY)"
+
+
 STAGING_DDL = (
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGED}"
     f" ({_typed([(name, sql_type) for name, sql_type, _ in STAGED_COLUMNS])})"
@@ -128,24 +136,26 @@ def staged_rows(alias: str = "") -> str:
     return f"{seq} {in_range} AND ({whole} OR {seq} = ANY(%(seqs)s::bigint[]))"
 
 
-async def stage(conn: Connection, batch: Sequence[Applied]) -> bool:
+async def stage(conn: Connection, batch: Sequence[Applied], *, counted_only: bool = False) -> bool:
     """Copy the batch's usage events into ``usage_batch`` (inside the caller's
-    transaction); False if it has none."""
+    transaction), only their ``COUNTED`` columns if ``counted_only`` (the alert evaluator
+    needs no more, and the rest, JSON above all, is most of the copy's cost); False if it
+    has none."""
     usage = _usage(batch)
     if not usage:
         return False
+    columns, row = (COUNTED, _counted_row) if counted_only else (len(STAGED_COLUMNS), _row)
     await conn.execute(STAGING_DDL.encode())
-    async with conn.cursor().copy(_COPY) as copy:
-        copy.set_types(_TYPES)
+    async with conn.cursor().copy(_COPIES[columns]) as copy:
+        copy.set_types(_TYPES[:columns])
         for applied in usage:
-            await copy.write_row(_row(applied))
+            await copy.write_row(row(applied))
     return True
 
 
-def _row(applied: Applied) -> tuple[object, ...]:
-    """The ``usage_batch`` row of a usage event, in ``STAGED_COLUMNS`` order."""
+def _counted_row(applied: Applied) -> tuple[object, ...]:
+    """The ``COUNTED`` columns of a usage event's ``usage_batch`` row."""
     event = applied.recorded
-    usage, images, price = event.usage, event.usage.images, event.price
     return (
         event.event_id,
         applied.stream_seq,
@@ -156,6 +166,16 @@ def _row(applied: Applied) -> tuple[object, ...]:
         event.user_id,
         event.project_id,
         event.cost,
+        event.reservation_id,
+    )
+
+
+def _row(applied: Applied) -> tuple[object, ...]:
+    """The ``usage_batch`` row of a usage event, in ``STAGED_COLUMNS`` order."""
+    event = applied.recorded
+    usage, images, price = event.usage, event.usage.images, event.price
+    return (
+        *_counted_row(applied),
         event.unpriced_reason,
         usage.input_uncached,
         usage.input_cache_read,
@@ -169,8 +189,10 @@ def _row(applied: Applied) -> tuple[object, ...]:
         None if images is None else images.quality,
         Jsonb(event.tags, dumps=_json),
         None if price is None else Jsonb(price, dumps=_json),
-        event.reservation_id,
     )
+
+
+_COPIES = {columns: _copy(columns) for columns in (COUNTED, len(STAGED_COLUMNS))}
 
 
 _encode = msgspec.json.Encoder().encode
