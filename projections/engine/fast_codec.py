@@ -232,6 +232,8 @@ class FastPriceSource(_Struct, frozen=True):
 _decode_price = msgspec.json.Decoder(FastPriceSource, dec_hook=_from_wire).decode
 _PRICES: dict[bytes, FastPriceSource] = {}
 _PRICES_KEPT = 1024
+_PRICE_KEPT_BYTES = 4096
+"""A price longer than this is decoded but not kept: the cache stays a few MB at most."""
 
 
 if TYPE_CHECKING:
@@ -253,9 +255,10 @@ def _price(event: FastUsageRecorded | FastUsageRepriced) -> None:
     price = _PRICES.get(key)
     if price is None and key != b"null":
         price = _decode_price(key)
-        if len(_PRICES) >= _PRICES_KEPT:
-            _PRICES.clear()
-        _PRICES[key] = price
+        if len(key) <= _PRICE_KEPT_BYTES:
+            if len(_PRICES) >= _PRICES_KEPT:
+                _PRICES.clear()
+            _PRICES[key] = price
     msgspec.structs.force_setattr(event, "price", price)
 
 

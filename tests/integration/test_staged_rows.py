@@ -8,7 +8,7 @@ import pytest
 
 from projections.db import connect
 from projections.engine.projection import Applied
-from projections.usage_rows import STAGED, Staged, stage, staged_rows
+from projections.usage_rows import COUNTED, STAGED, STAGED_COLUMNS, Staged, stage, staged_rows
 
 from support import usage_event
 
@@ -47,5 +47,23 @@ async def test_a_statement_reads_exactly_the_events_it_is_given(db: str, asked: 
         await conn.close()
 
 
-def test_a_batch_without_usage_stages_nothing() -> None:
+async def test_the_counted_columns_are_staged_alone_and_in_full(db: str) -> None:
+    """``COUNTED`` names the first columns, which a counted-only staging fills."""
+    event = usage_event()
+    names = ", ".join(name for name, _, _ in STAGED_COLUMNS)
+    conn = await connect(db)
+    try:
+        async with conn.transaction():
+            await stage(conn, [Applied.of(1, event)], counted_only=True)
+            await stage(conn, [Applied.of(2, event)])
+            cursor = await conn.execute(f"SELECT {names} FROM {STAGED} ORDER BY stream_seq")
+            counted, full = await cursor.fetchall()
+    finally:
+        await conn.close()
+    assert counted[:COUNTED] == (event.event_id, 1, *full[2:COUNTED])
+    assert counted[COUNTED:] == (None,) * (len(STAGED_COLUMNS) - COUNTED)
+    assert None not in (full[2], full[3], full[8]), "time, provider and cost are staged"
+
+
+def test_no_usage_events_give_no_staged_rows_to_read() -> None:
     assert Staged.of([]) is None

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Annotated, Any, LiteralString
 
+import psycopg
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -163,11 +164,14 @@ async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
     idle = 0.0
     yield b": connected\n\n"
     while not await request.is_disconnected():
-        # Through the pool's read: a PostgreSQL restart while the feed is open costs one
-        # poll's retry, not the stream.
-        polled = await api.database.read(
-            partial(_rows, query=_DELIVERED_SINCE, params=(since - _LOOK_BACK,))
-        )
+        try:
+            polled = await api.database.read(
+                partial(_rows, query=_DELIVERED_SINCE, params=(since - _LOOK_BACK,))
+            )
+        except psycopg.OperationalError:
+            # PostgreSQL is away (a restart): the feed stays open and looks again at the
+            # next poll; nothing delivered meanwhile is missed (``since`` did not move).
+            polled = []
         fresh = [r for r in polled if r[0] not in sent]
         for alert_id, payload, delivered_at in fresh:
             sent[alert_id] = delivered_at
