@@ -6,17 +6,16 @@ projection's code, under ``alert_spend_*``, with a private ledger, cost measures
 then every policy window and watched hour the fresh spend touched is checked against the
 rules, set-based in PostgreSQL (``projections/crossings.py``): Python works per batch and
 per alert, not per event, and events no policy or rule is about cost nothing beyond being
-counted. A
-correction counts by the ledger rule (``projections/ledger.py``): its difference, at the
-corrected event's time and scopes. The event that took a window's spend from below a
-threshold to it raises the alert, so an alert's id, time and cause do not depend on where
-batches happen to split. A rule's cooldown holds back an alert less than the cooldown (in
-event time) before or after one the rule already raised about the same policy and key (or
-total): an alert about an earlier window, raised late by a late event or a correction, is
-judged by its own time, not the latest alert's. Alerts raised while this version is live
-go to the outbox (one row per channel) and wake the notifier; alerts a rebuild re-derives
-are stored but never sent again, except those of events the version it replaces never
-applied: they are queued when the rebuild goes live.
+counted. A correction counts by the ledger rule (``projections/ledger.py``): its
+difference, at the corrected event's time and scopes. The event that took a window's spend
+from below a threshold to it raises the alert, so an alert's id, time and cause do not
+depend on where batches happen to split. A rule's cooldown holds back an alert less than
+the cooldown (in event time) before or after one the rule already raised about the same
+policy and key (or total): an alert about an earlier window, raised late by a late event
+or a correction, is judged by its own time, not the latest alert's. Alerts raised while
+this version is live go to the outbox (one row per channel) and wake the notifier; alerts
+a rebuild re-derives are stored but never sent again, except those of events the version
+it replaces never applied: they are queued when the rebuild goes live.
 """
 
 from __future__ import annotations

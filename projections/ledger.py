@@ -31,7 +31,7 @@ from typing import Any
 
 from events import UsageRepriced
 from projections.engine.projection import Applied, Connection, Rejected
-from projections.usage_rows import STAGED, Staged, stage, staged_rows
+from projections.usage_rows import STAGED, stage, staged_rows
 
 __all__ = ["SHARED_LEDGER", "WHERE", "Booked", "Ledger", "first_usage"]
 
@@ -141,12 +141,8 @@ class Ledger:
         if not batch:
             return
         covered = await self._covered(conn)
-        staged = Staged.of(batch)
-        if (
-            staged is not None
-            and await stage(conn, batch, counted_only=self.counted_only)
-            and batch[-1].stream_seq > covered
-        ):
+        staged = await stage(conn, batch, counted_only=self.counted_only)
+        if staged is not None and batch[-1].stream_seq > covered:
             await conn.execute(
                 f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
                     model, kind, user_id, project_id, reservation_id)

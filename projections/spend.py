@@ -69,6 +69,7 @@ class SpendProjection(Projection):
     ) -> None:
         self.prefix = prefix
         self.private_ledger = private_ledger
+        self.cost_only = cost_only
         self.measures = COST_MEASURES if cost_only else MEASURES
         self.ledger = None if private_ledger else SHARED_LEDGER
         private = (f"{prefix}_ledger", f"{prefix}_corrections") if private_ledger else ()
@@ -80,7 +81,7 @@ class SpendProjection(Projection):
         if not self.private_ledger:
             return SHARED_LEDGER
         usage, corrections = (physical(t, version) for t in self.tables[1:])
-        return Ledger(usage, corrections, counted_only=self.measures is COST_MEASURES)
+        return Ledger(usage, corrections, counted_only=self.cost_only)
 
     def ddl(self, version: int) -> list[str]:
         totals = physical(self.tables[0], version)
@@ -154,7 +155,7 @@ class SpendProjection(Projection):
         usage = "".join(
             f", b.{name}"
             for name in (*(n for n, _ in USAGE_MEASURES), "image_count")
-            if self.measures is MEASURES
+            if not self.cost_only
         )
         await conn.execute(
             f"""

@@ -84,6 +84,8 @@ def _copy(columns: int) -> str:
     return f"COPY {STAGED} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
+_COPIES = {columns: _copy(columns) for columns in (COUNTED, len(STAGED_COLUMNS))}
+
 STAGING_DDL = (
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGED}"
     f" ({_typed([(name, sql_type) for name, sql_type, _ in STAGED_COLUMNS])})"
@@ -126,31 +128,33 @@ def staged_rows(alias: str = "") -> str:
     The batch's usage events are staged (the ledger stages each batch), and usually they
     are every staged row in their range of sequences, which a range test finds in one
     pass; only when they are not (a batch applied again without an event a projection
-    refused) is each row looked up in the array. That
-    lookup is linear per row in a generic plan (PostgreSQL hashes only constant arrays):
-    for 2,000-event batches, 2,000 comparisons a row, ~16 % of PostgreSQL's CPU in a
-    catch-up when it was the only way (docs/performance.md)."""
+    refused) is each row looked up in the array. That lookup is linear per row in a
+    generic plan (PostgreSQL hashes only constant arrays): for 2,000-event batches, 2,000
+    comparisons a row, ~16 % of PostgreSQL's CPU in a catch-up when it was the only way
+    (docs/performance.md)."""
     seq = f"{alias}.stream_seq" if alias else "stream_seq"
     in_range = "BETWEEN %(first)s::bigint AND %(last)s::bigint"
     whole = f"(SELECT count(*) FROM {STAGED} WHERE stream_seq {in_range}) = %(count)s::bigint"
     return f"{seq} {in_range} AND ({whole} OR {seq} = ANY(%(seqs)s::bigint[]))"
 
 
-async def stage(conn: Connection, batch: Sequence[Applied], *, counted_only: bool = False) -> bool:
+async def stage(
+    conn: Connection, batch: Sequence[Applied], *, counted_only: bool = False
+) -> Staged | None:
     """Copy the batch's usage events into ``usage_batch`` (inside the caller's
     transaction), only their ``COUNTED`` columns if ``counted_only`` (the alert evaluator
-    needs no more, and the rest, JSON above all, is most of the copy's cost); False if it
-    has none."""
+    needs no more, and the rest, JSON above all, is most of the copy's cost). Which rows
+    it staged, or None if the batch has no usage."""
     usage = _usage(batch)
     if not usage:
-        return False
+        return None
     columns, row = (COUNTED, _counted_row) if counted_only else (len(STAGED_COLUMNS), _row)
     await conn.execute(STAGING_DDL.encode())
     async with conn.cursor().copy(_COPIES[columns]) as copy:
         copy.set_types(_TYPES[:columns])
         for applied in usage:
             await copy.write_row(row(applied))
-    return True
+    return Staged.of(usage)
 
 
 def _counted_row(applied: Applied) -> tuple[object, ...]:
@@ -190,9 +194,6 @@ def _row(applied: Applied) -> tuple[object, ...]:
         Jsonb(event.tags, dumps=_json),
         None if price is None else Jsonb(price, dumps=_json),
     )
-
-
-_COPIES = {columns: _copy(columns) for columns in (COUNTED, len(STAGED_COLUMNS))}
 
 
 _encode = msgspec.json.Encoder().encode
