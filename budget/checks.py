@@ -29,7 +29,7 @@ from budget.enforcement import assess, decide
 from budget.policies import PolicyWindow
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
-from budget.rpc import RpcFailure, Throttled, Unanswered, ask
+from budget.rpc import RetryTimes, RpcFailure, Throttled, Unanswered, ask
 from events import LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
@@ -101,6 +101,7 @@ class BudgetChecker:
         call, is BLOCK or THROTTLE (None: not known so)."""
         self._degraded = False
         self._logged_past_limit: set[tuple[str, datetime, _CacheKey]] = set()
+        self._retry_times = RetryTimes()
 
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on."""
@@ -343,7 +344,14 @@ class BudgetChecker:
         self, name: str, request: BaseModel, answer: type[M], *, caller: str | None = None
     ) -> M:
         subject = self.settings.topology.rpc_subject(name, caller=caller or self.settings.caller)
-        return await ask(self.nc, subject, request, answer, within=self.settings.enforcer_timeout)
+        return await ask(
+            self.nc,
+            subject,
+            request,
+            answer,
+            within=self.settings.enforcer_timeout,
+            retry_times=self._retry_times,
+        )
 
     async def _unreachable(
         self,

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from budget.config import Settings
 from budget.report_format import Report, from_answer
-from budget.rpc import Unanswered, ask
+from budget.rpc import RetryTimes, Unanswered, ask
 from events import AlertRule, BudgetPolicy, BudgetScope
 from events.queries import (
     MAX_POSITION_WAIT,
@@ -89,6 +89,7 @@ class RpcQueries:
     def __init__(self, settings: Settings, client: Callable[[], Client | None]) -> None:
         self.settings = settings
         self._client = client
+        self._retry_times = RetryTimes()
 
     async def policies(self, scope: BudgetScope | None = None) -> list[BudgetPolicy]:
         answer = await self._ask(QUERY_POLICIES, PoliciesQuery(scope=scope), PoliciesAnswer)
@@ -127,6 +128,7 @@ class RpcQueries:
                 answer,
                 within=self.settings.query_timeout + extra,
                 await_responder=True,
+                retry_times=self._retry_times,
             )
         except Unanswered as exc:
             raise Unanswered(

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from budget.natsconn import permitted
 from events.rpc import RpcError
 
-__all__ = ["Refused", "RpcFailure", "Throttled", "Unanswered", "ask"]
+__all__ = ["Refused", "RetryTimes", "RpcFailure", "Throttled", "Unanswered", "ask"]
 
 M = TypeVar("M", bound=BaseModel)
 _RETRY = 0.1  # seconds between asking a service that has no subscriber yet
@@ -44,6 +44,32 @@ class Throttled(RpcFailure):
         self.retry_after = retry_after
 
 
+class RetryTimes:
+    """When the service on each subject last told this client to ask again: every
+    question of the client honours one refusal, not only the question it answered.
+    (A service holds the refusals of a caller that asks again sooner: see
+    ``services.limits``.)"""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def told(self, subject: str, retry_after: float) -> None:
+        until = time.monotonic() + retry_after
+        if until > self._until.get(subject, 0.0):
+            self._until[subject] = until
+
+    def wait(self, subject: str) -> float:
+        """Seconds until ``subject`` may be asked again (0: now)."""
+        until = self._until.get(subject)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._until[subject]
+            return 0.0
+        return left
+
+
 async def ask(
     nc: Client | None,
     subject: str,
@@ -52,17 +78,24 @@ async def ask(
     *,
     within: float,
     await_responder: bool = False,
+    retry_times: RetryTimes | None = None,
 ) -> M:
     """Send ``request`` to ``subject`` and parse the reply as ``answer``. With
     ``await_responder``, a service that is not subscribed yet (starting, restarting) is
     asked again until ``within`` runs out; otherwise that fails at once. A refusal for
     the caller's limits is asked again after its ``retry_after`` if that falls within
-    ``within``, else raised as ``Throttled``."""
+    ``within``, else raised as ``Throttled``; with ``retry_times``, so is a question
+    asked while an earlier refusal's time has not come, before it is sent."""
     if nc is None or not nc.is_connected:
         raise Unanswered("not connected to NATS")
     data = request.model_dump_json().encode()
     deadline = time.monotonic() + within
     while True:
+        if retry_times is not None and (wait := retry_times.wait(subject)) > 0:
+            if time.monotonic() + wait >= deadline:
+                raise Throttled(f"{subject}: this caller was told to retry after {wait:.3f}s", wait)
+            await asyncio.sleep(wait)
+            continue
         reply = await _request(nc, subject, data, deadline, await_responder=await_responder)
         try:
             return answer.model_validate_json(reply)
@@ -74,6 +107,8 @@ async def ask(
             raise Refused(f"unexpected answer {reply[:200]!r}") from None
         if error.retry_after is None:
             raise Refused(error.error)
+        if retry_times is not None:
+            retry_times.told(subject, error.retry_after)
         if time.monotonic() + error.retry_after >= deadline:
             raise Throttled(error.error, error.retry_after)
         await asyncio.sleep(error.retry_after)

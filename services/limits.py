@@ -5,7 +5,11 @@ burst) and a cap on requests in flight, for each caller a request subject names
 Requests wait for their turn in a queue per caller, served round robin, so a greedy
 caller's backlog never sits in front of the others. A request over a limit is answered on
 its turn with an ``RpcError`` carrying ``retry_after``, before its body is decoded: a
-refusal costs a dictionary look-up and one small publish.
+refusal costs a dictionary look-up and one small publish. A caller that asks again before
+the time it was told is paced: its refusals are sent when that time comes (at most
+``_MAX_HOLD`` later), each told a further ``retry_after``, so a client that never waits is
+answered at about its rate rather than at the speed of the machine, which would otherwise
+spend itself on refusals and starve the other callers of CPU.
 The service's own caller (its ``Settings.caller``: the API and the admin tools speak for
 many users) is never limited.
 """
@@ -13,6 +17,9 @@ many users) is never limited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +42,12 @@ _FORGET_AFTER = 10_000
 """Callers remembered before the idle ones (bucket full, nothing in flight) are forgotten."""
 _MIN_RETRY = 0.001
 _MAX_QUEUED = 1000
-"""Requests of one caller waiting for their turn, past which more are refused on arrival."""
+"""Requests of one caller waiting for their turn, past which more are refused on arrival;
+also the refusals of one caller held for pacing, past which more go unanswered."""
+_order = itertools.count()
+"""Ties between held refusals due at the same time: the first held is sent first."""
+_MAX_HOLD = 1.0
+"""Seconds a refusal is held at most, well within any asker's time-out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,8 @@ class _Bucket:
     tokens: float
     refilled: float
     in_flight: int = 0
+    told_until: float = 0.0
+    """When the last refusal sent or held tells this caller to ask again."""
 
 
 class CallerLimits:
@@ -99,14 +113,9 @@ class CallerLimits:
         if caller == self.exempt:
             return None
         now = self._clock()
-        bucket = self._buckets.get(caller)
-        if bucket is None:
-            if len(self._buckets) >= _FORGET_AFTER:
-                self._forget_idle(now)
-            bucket = self._buckets[caller] = _Bucket(float(self.burst), now)
-        else:
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.refilled) * self.rate)
-            bucket.refilled = now
+        bucket = self._bucket(caller, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.refilled) * self.rate)
+        bucket.refilled = now
         if bucket.in_flight >= self.in_flight:
             return Refusal(
                 f"caller {caller!r} has {bucket.in_flight} requests in flight, the most"
@@ -129,11 +138,31 @@ class CallerLimits:
         if bucket is not None and bucket.in_flight > 0:
             bucket.in_flight -= 1
 
+    def hold_for(self, caller: str, refusal: Refusal) -> float:
+        """Seconds to hold ``refusal`` before sending it: none when ``caller`` asked after
+        the time it was last told; else until that time, at most ``_MAX_HOLD``. The
+        caller is then told to wait ``refusal.retry_after`` from when it is sent."""
+        now = self._clock()
+        bucket = self._bucket(caller, now)
+        send_at = max(now, min(bucket.told_until, now + _MAX_HOLD))
+        bucket.told_until = send_at + refusal.retry_after
+        return send_at - now
+
+    def _bucket(self, caller: str, now: float) -> _Bucket:
+        bucket = self._buckets.get(caller)
+        if bucket is None:
+            if len(self._buckets) >= _FORGET_AFTER:
+                self._forget_idle(now)
+            bucket = self._buckets[caller] = _Bucket(float(self.burst), now)
+        return bucket
+
     def _forget_idle(self, now: float) -> None:
         idle = [
             caller
             for caller, b in self._buckets.items()
-            if b.in_flight == 0 and b.tokens + (now - b.refilled) * self.rate >= self.burst
+            if b.in_flight == 0
+            and b.told_until <= now
+            and b.tokens + (now - b.refilled) * self.rate >= self.burst
         ]
         for caller in idle:
             del self._buckets[caller]
@@ -168,30 +197,39 @@ class LimitedRequests:
         self.on_refusal = on_refusal
         """Called for each request refused (a metric counts them)."""
         self._queue: FairQueue[Msg] = FairQueue()
-        self._misdirected: set[str] = set()
-        self._worker = asyncio.create_task(self._serve())
+        self._warned: set[tuple[str, str]] = set()
+        self._held: list[tuple[float, int, str, str, bytes]] = []
+        """Refusals to send later, a heap of (loop time, order, caller, inbox, answer)."""
+        self._held_by: dict[str, int] = {}
+        self._more_held = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._send_held())]
 
     async def on_message(self, msg: Msg) -> None:
         caller = self.topology.caller_of(msg.subject)
         if msg.reply and not answerable(msg.reply):
-            if caller not in self._misdirected and len(self._misdirected) < 1000:
-                # once per caller: a caller could flood the log
-                self._misdirected.add(caller)
-                log.warning(
-                    "%s: dropping requests of caller %r whose reply subject is not an inbox"
-                    " (_INBOX.): answering one would publish on another subject",
-                    self.service,
-                    caller,
-                )
+            self._warn_once(
+                caller,
+                "whose reply subject is not an inbox (_INBOX.): answering one would publish"
+                " on another subject",
+            )
             return
         if self._queue.waiting(caller) < _MAX_QUEUED:
             self._queue.put(caller, msg)
         else:  # a caller that sends without waiting for answers: refused here, unqueued
-            await self._refuse(msg, Refusal(f"caller {caller!r} has too many requests queued", 1))
+            refusal = Refusal(f"caller {caller!r} has too many requests queued", 1)
+            await self._refuse(caller, msg, refusal)
 
     async def close(self) -> None:
-        self._worker.cancel()
-        await asyncio.gather(self._worker, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _warn_once(self, caller: str, which: str) -> None:
+        """Log that ``caller``'s requests ``which`` are dropped: once per caller and
+        reason, since a caller could flood the log."""
+        if (caller, which) not in self._warned and len(self._warned) < 1000:
+            self._warned.add((caller, which))
+            log.warning("%s: dropping requests of caller %r %s", self.service, caller, which)
 
     async def _serve(self) -> None:
         while True:
@@ -204,7 +242,7 @@ class LimitedRequests:
     async def _handle(self, caller: str, msg: Msg) -> None:
         refusal = self.limits.admit(caller)
         if refusal is not None:
-            await self._refuse(msg, refusal)
+            await self._refuse(caller, msg, refusal)
             return
         handed_on = False
         try:
@@ -213,12 +251,48 @@ class LimitedRequests:
             if not handed_on:
                 self.limits.done(caller)
 
-    async def _refuse(self, msg: Msg, refusal: Refusal) -> None:
+    async def _refuse(self, caller: str, msg: Msg, refusal: Refusal) -> None:
         if self.on_refusal is not None:
             self.on_refusal()
+        if not answerable(msg.reply):
+            return
         error = RpcError(
             error=f"{self.service}: too many requests: {refusal.reason}; retry after"
             f" {refusal.retry_after:.3f}s",
             retry_after=round(refusal.retry_after, 3),
         )
-        await send(self.nc, msg.reply, error)
+        hold = self.limits.hold_for(caller, refusal)
+        if hold <= 0:
+            await send(self.nc, msg.reply, error)
+            return
+        held = self._held_by.get(caller, 0)
+        if held >= _MAX_QUEUED:
+            self._warn_once(caller, "refused while it has too many refusals held (it never waits)")
+            return
+        self._held_by[caller] = held + 1
+        send_at = asyncio.get_running_loop().time() + hold
+        order = next(_order)
+        heapq.heappush(
+            self._held, (send_at, order, caller, msg.reply, error.model_dump_json().encode())
+        )
+        self._more_held.set()
+
+    async def _send_held(self) -> None:
+        """Send each held refusal when its time comes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._more_held.clear()
+            wait = self._held[0][0] - loop.time() if self._held else None
+            if wait is None or wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._more_held.wait(), wait)
+                continue
+            _, _, caller, inbox, data = heapq.heappop(self._held)
+            if self._held_by[caller] > 1:
+                self._held_by[caller] -= 1
+            else:
+                del self._held_by[caller]
+            try:
+                await self.nc.publish(inbox, data)
+            except Exception:  # e.g. NATS closed: the next one is sent
+                log.exception("%s could not send a refusal", self.service)

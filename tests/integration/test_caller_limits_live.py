@@ -1,7 +1,9 @@
 """Per-caller limits on the real NATS and PostgreSQL: a greedy host flooding the enforcer
 and the query service is refused with ``retry_after`` while a well-behaved host gets
-every check answered correctly; a tracker waits out a short refusal and turns a long one
-into a clear refusal (never into fail_open); holds belong to the caller that made them."""
+every check answered correctly; a caller that asks again before its retry time waits for
+its refusal; a tracker waits out a short refusal, turns a long one into a clear refusal
+(never into fail_open) and does not ask again before its time; holds belong to the caller
+that made them."""
 
 from __future__ import annotations
 
@@ -216,3 +218,62 @@ async def test_a_hold_is_released_only_by_its_caller_or_the_services(
             assert await stack.tracker.checker.release_reporting(other.reservation_id) == 1
             assert await stack.holds() == []
             assert await mallory.checker.release_reporting(mine.reservation_id) == 0
+
+
+async def test_a_caller_that_asks_again_at_once_waits_for_its_refusal_others_do_not(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    async with limited_stack(
+        nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=1
+    ) as stack:
+        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+        await stack.enforcer_applies_policies()
+        deaf = topology.rpc_subject(RPC_CHECK, caller="deaf")
+        dime = CheckRequest(model="gpt-4o", user_id="deaf", estimated_cost=DIME)
+        data = dime.model_dump_json().encode()
+        assert (await ask(nc, deaf, dime, CheckResult, within=5)).allowed  # its one token
+        told = RpcError.model_validate_json((await nc.request(deaf, data, timeout=5)).data)
+        assert told.retry_after is not None and told.retry_after > 10  # answered at once
+        asked_again = asyncio.create_task(nc.request(deaf, data, timeout=10))
+        polite = topology.rpc_subject(RPC_CHECK, caller="polite")
+        answer = await ask(
+            nc, polite, dime.model_copy(update={"user_id": "polite"}), CheckResult, within=5
+        )
+        # asked after the deaf caller's second try, answered while that refusal is held
+        assert answer.allowed and answer.enforced
+        assert not asked_again.done()
+        held = RpcError.model_validate_json((await asked_again).data)
+    assert held.retry_after is not None and held.retry_after > 10
+    assert "too many requests" in held.error
+
+
+async def test_a_tracker_does_not_ask_again_before_its_retry_time(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """Refused for 100 s: the tracker's next checks are refused without a request (the
+    enforcer's count of refusals moves once), and fail_open still does not apply."""
+    server, thread = start_http_server(free_port(), addr="127.0.0.1")
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        async with limited_stack(
+            nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=2
+        ) as stack:
+            await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+            await stack.enforcer_applies_policies()
+            async with host(stack, "polite", fail_open=True) as polite:
+                first = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+                before = figure(scrape(url), "budget_checks_total", outcome="rate_limited")
+                later = [
+                    await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+                    for _ in range(5)
+                ]
+                after = figure(scrape(url), "budget_checks_total", outcome="rate_limited")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert first.allowed and first.enforced  # a snapshot and a check: the burst of 2
+    assert after - before == 1
+    assert not any(r.allowed for r in later)
+    assert all("enforcer throttles this caller" in r.reason for r in later)
+    assert all("retry after" in r.reason for r in later)

@@ -67,6 +67,27 @@ def test_requests_in_flight_are_capped_until_answered() -> None:
     assert caller_limits.admit("host") is None
 
 
+def test_a_caller_that_asks_again_before_its_time_has_its_refusals_held() -> None:
+    clock = Clock()
+    caller_limits = limits(clock, burst=1)
+    assert caller_limits.admit("host") is None
+    refusal = caller_limits.admit("host")
+    assert refusal is not None and refusal.retry_after == pytest.approx(0.1)
+    assert caller_limits.hold_for("host", refusal) == 0  # the first is sent at once
+    # asked again at once, twice: each refusal is sent after the previous one's wait
+    holds = []
+    for _ in range(2):
+        again = caller_limits.admit("host")
+        assert again is not None
+        holds.append(caller_limits.hold_for("host", again))
+    assert holds == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert caller_limits.hold_for("polite", refusal) == 0  # another caller is not held
+    for _ in range(100):  # never held longer than _MAX_HOLD, however often it asks
+        assert caller_limits.hold_for("host", refusal) <= 1.0
+    clock.now += 2  # a caller that waited as it was told is answered at once again
+    assert caller_limits.hold_for("host", refusal) == 0
+
+
 def test_the_services_own_caller_is_never_limited() -> None:
     caller_limits = limits(Clock(), burst=1, in_flight=1)
     assert all(caller_limits.admit("svc") is None for _ in range(1000))
@@ -107,10 +128,13 @@ async def test_the_queue_serves_callers_round_robin_across_takes() -> None:
 class FakeNats:
     def __init__(self, log: list[str]) -> None:
         self.published: list[tuple[str, bytes]] = []
+        self.sent_at: list[float] = []
+        """The event loop's time of each publish."""
         self.log = log
 
     async def publish(self, subject: str, data: bytes) -> None:
         self.published.append((subject, data))
+        self.sent_at.append(asyncio.get_running_loop().time())
         self.log.append(f"refused {subject}")
 
 
@@ -150,3 +174,48 @@ async def test_a_request_waits_behind_one_of_a_greedy_callers_not_its_backlog() 
     refused = [json.loads(data) for reply, data in nc.published if reply.startswith("_INBOX.g")]
     assert refused and all(r["retry_after"] > 0 for r in refused)
     assert all("too many requests" in r["error"] for r in refused)
+
+
+async def test_a_caller_that_never_waits_is_answered_at_its_pace_not_at_once() -> None:
+    """20 requests at once against a burst of 1 at 100/s: one is handled, the 19 refusals
+    go out 10 ms apart (each told to wait 10 ms), while another caller is answered at once."""
+    topology = Topology(prefix="t")
+    log: list[str] = []
+    nc = FakeNats(log)
+    polite_handled = asyncio.Event()
+
+    async def handle(msg: Any, caller: str) -> bool:
+        if caller == "polite":
+            polite_handled.set()
+        return False
+
+    # the limits' clock stands still: every refusal is told exactly 10 ms
+    caller_limits = CallerLimits(rate=100, burst=1, in_flight=10, exempt="svc", clock=Clock())
+    requests = LimitedRequests(
+        cast(Any, nc), caller_limits, topology, service="svc", callback=handle
+    )
+    try:
+        for i in range(20):
+            await requests.on_message(
+                cast(Any, SimpleNamespace(subject="t.rpc.greedy.x", reply=f"_INBOX.g{i}", data=b""))
+            )
+        await requests.on_message(
+            cast(Any, SimpleNamespace(subject="t.rpc.polite.x", reply="_INBOX.p", data=b""))
+        )
+        await asyncio.wait_for(polite_handled.wait(), 5)
+        assert len(nc.published) < 19  # the polite request did not wait for the refusals
+        for _ in range(500):  # until every refusal is out
+            if len(nc.published) == 19:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await requests.close()
+    assert sorted(inbox for inbox, _ in nc.published) == sorted(
+        f"_INBOX.g{i}" for i in range(1, 20)
+    )
+    # the k-th refusal no sooner than k waits of 10 ms after the first (sent at once);
+    # 1 ms for the time between the first one's decision and its publish
+    since_first = [at - nc.sent_at[0] for at in nc.sent_at]
+    assert all(since >= k * 0.01 - 0.001 for k, since in enumerate(since_first))
+    refusals = [json.loads(data) for _, data in nc.published]
+    assert all(r["retry_after"] == pytest.approx(0.01) for r in refusals)
