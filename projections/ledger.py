@@ -12,7 +12,9 @@ finds the row taken and counts nowhere. A ``UsageRepriced`` correction, taken in
   events' current costs and no bucket can go below zero;
 - is booked where the corrected event counts, as the ledger recorded it (time, provider,
   model, user, project, kind), never where the correction says;
-- of an event the ledger does not know is refused (``Rejected``): the engine dead-letters it.
+- of an event the ledger does not know at the correction's place in the log (unknown, or
+  only later in the log, even in the same batch) is refused (``Rejected``): the engine
+  dead-letters it, so the verdict never depends on how the log was split into batches.
 
 Every row is a function of the log up to it, whoever writes it first: a projection rebuilt
 alone finds the rows the live ones wrote and reads the same verdicts. Writers record in
@@ -202,7 +204,8 @@ class Ledger:
         cursor = await conn.execute(
             f"""SELECT c.id, c.seq,
                        EXISTS (SELECT FROM {self.corrections} k WHERE k.event_id = c.id),
-                       EXISTS (SELECT FROM {self.usage} u WHERE u.event_id = c.corrects)
+                       EXISTS (SELECT FROM {self.usage} u
+                               WHERE u.event_id = c.corrects AND u.stream_seq < c.seq)
             FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[]) AS c(id, seq, corrects)""".encode(),
             (
                 [a.event.event_id for a in corrections],

@@ -200,6 +200,23 @@ async def test_a_correction_of_an_unknown_event_is_dead_lettered_and_the_rest_ap
         assert "has not recorded" in letter.reason
 
 
+async def test_a_correction_ahead_of_its_event_is_dead_lettered_even_in_the_same_batch(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """Delivered in one batch with the event it corrects after it: refused as when the two
+    arrive in separate batches, so the verdict does not hang on the batch split."""
+    later = usage_event(at=AT, cost="5")
+    ahead = misplaced(later, "1")
+    await publish(nc, topology, [usage_event(at=AT, cost="4"), ahead, later])
+    await project_all(nc, db, topology)
+
+    found = await costs_everywhere(db)
+    assert found == {name: [(Decimal(9), 0)] for name in found}
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert sorted(letter.consumer for letter in letters) == sorted(f"{n}-v1" for n in COUNTING)
+    assert all(f"repriced usage event {later.event_id}" in letter.reason for letter in letters)
+
+
 async def test_repricing_back_to_an_earlier_price_is_applied(
     nc: Client, db: str, topology: Topology
 ) -> None:
