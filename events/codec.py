@@ -11,6 +11,7 @@ from events.access import ApiKeyCreated, ApiKeyRevoked
 from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
 from events.generated import generated_on_read
+from events.nul import nul_reason
 from events.policy import PolicyDeleted, PolicySet, RequestBlocked
 from events.upcasting import upcast
 from events.usage import UsageRecorded, UsageRepriced
@@ -76,7 +77,13 @@ def canonical(event: Event) -> str:
 
 
 def encode(event: Event) -> bytes:
-    return canonical(event).encode()
+    """The event's bytes on the wire; ``ValueError`` when a field holds a NUL character
+    (consumers would dead-letter it)."""
+    data = canonical(event).encode()
+    reason = nul_reason(data)
+    if reason is not None:
+        raise ValueError(f"{type(event).__name__} {reason}; remove it")
+    return data
 
 
 def headers_for(event: Event) -> dict[str, str]:
@@ -87,6 +94,9 @@ def headers_for(event: Event) -> dict[str, str]:
 def decode(data: bytes) -> Event:
     """Decode one message: a current-version event in one pass, else upcast then validate.
     Anything that is not a valid event raises ``DecodeError`` with the reason."""
+    nul = nul_reason(data)
+    if nul is not None:
+        raise DecodeError(nul)
     try:
         event: Event = _CURRENT.validate_json(data)
     except ValidationError:

@@ -348,6 +348,8 @@ _ENCODE: Callable[[object], bytes] = msgspec.json.Encoder().encode
 
 def decode_fast(data: bytes) -> FastEvent | None:
     """The event, or None when it is not for the fast path (see the module's docstring)."""
+    if b"\\u0000" in data:  # maybe a NUL character: ``events.decode`` judges it
+        return None
     for decode in _DECODERS:
         try:
             return decode(data)

@@ -14,11 +14,11 @@ from urllib.parse import parse_qsl
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events.nul import JSON_NUL
 from services.api.problems import Problem, problem_response
 from services.metrics import HTTP_REQUEST_SECONDS
 
 __all__ = [
-    "JSON_NUL",
     "AccessLog",
     "BodyLimit",
     "CatchAll",
@@ -195,9 +195,7 @@ async def _refuse_nul(field: str, scope: Scope, receive: Receive, send: Send) ->
 
 
 _NUL_DETAIL = "{field}: NUL characters (U+0000) are not accepted; remove them"
-# A raw NUL, or the JSON escape \u0000 (not when its backslash is itself escaped: \\u0000
-# is the text "\u0000"), or in a form body %00.
-JSON_NUL = re.compile(rb"\x00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+# As JSON_NUL, or in a form body %00.
 _FORM_NUL = re.compile(rb"\x00|%00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 
 

@@ -24,10 +24,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from events.nul import JSON_NUL
 from services.api.auth import INGEST, key_principal, presented_key, refusal
 from services.api.context import ApiServices
 from services.api.limits import holding
-from services.api.middleware import JSON_NUL, read_body, replay
+from services.api.middleware import read_body, replay
 from services.api.problems import OUTAGES, Problem, outage_problem, problem_response
 from services.api.routes.ingest import UsageIn, record_call
 

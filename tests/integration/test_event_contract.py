@@ -21,6 +21,7 @@ from events import (
     Topology,
     Usage,
     UsageRecorded,
+    canonical,
     decode,
     encode,
     utc_now,
@@ -287,3 +288,35 @@ async def test_an_event_whose_producer_names_only_its_service_is_counted(
     assert await rows(
         db, "SELECT sum(cost), sum(requests) FROM spend_buckets WHERE scope = 'global'"
     ) == [(Decimal(2), 1)]
+
+
+async def test_a_nul_character_is_dead_lettered_by_every_projection_that_counts_usage(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """PostgreSQL stores no NUL: a call whose tag holds one (published past the producer's
+    check) must not count in the projections that do not store tags (the alert
+    evaluator's) while those that do refuse it, so every one dead-letters it, saying where."""
+    at = utc_now() - timedelta(minutes=5)
+    nul = usage_event(at=at).model_copy(update={"tags": {"team": "a\x00b"}})
+    honest = usage_event(at=at)
+    js = nc.jetstream()
+    subject = topology.event_subject(UsageRecorded.SUBJECT)
+    await js.publish(subject, canonical(nul).encode())  # as a producer without the check
+    await js.publish(subject, encode(honest))
+    for projection in (*USAGE_PROJECTIONS, AlertsProjection()):
+        await catch_up(projection, nc, db, topology)
+
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert sorted(letter.consumer for letter in letters) == sorted(
+        f"{name}-v1" for name in ("spend", "history", "reports", "alerts")
+    )
+    assert all(letter.reason.startswith("tags.team holds a NUL") for letter in letters)
+    requests = {
+        "spend": "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'",
+        "alerts": "SELECT sum(requests) FROM alert_spend_buckets WHERE scope = 'global'",
+        "reports": "SELECT sum(requests) FROM report_daily WHERE dimension = 'total'",
+        "history": "SELECT count(*) FROM usage_history",
+    }
+    assert {name: await rows(db, query) for name, query in requests.items()} == {
+        name: [(1,)] for name in requests
+    }

@@ -25,6 +25,7 @@ from events import (
 )
 from events.envelope import new_event_id
 from projections.alerts import AlertsProjection
+from projections.db import connect
 from projections.engine.projection import Projection, physical
 from projections.engine.rebuild import rebuild
 from projections.history import HistoryProjection
@@ -34,6 +35,29 @@ from projections.spend import SpendProjection
 
 from ledger_logs import correction
 from support import catch_up, publish, rows, start_of, usage_event, varied_events
+
+REFUSED = "refused-by-the-database"
+
+
+async def refuse_rows_naming(text: str, db: str, table: str) -> None:
+    """Make PostgreSQL refuse (a data exception) every row of ``table`` holding ``text``."""
+    conn = await connect(db)
+    try:
+        await conn.execute(
+            f"""CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF to_jsonb(NEW)::text LIKE '%{text}%' THEN
+                    RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'data_exception';
+                END IF;
+                RETURN NEW;
+            END $$""".encode()
+        )
+        await conn.execute(
+            f"CREATE TRIGGER refuse_marked BEFORE INSERT ON {table}"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_marked()".encode()
+        )
+    finally:
+        await conn.close()
 
 
 class ProjectionContract:
@@ -56,8 +80,12 @@ class ProjectionContract:
         return [*usage, *(correction(event, Decimal("0.5")) for event in usage[3::40])]
 
     def refused_event(self) -> Event:
-        """A valid event PostgreSQL cannot store (it has no NUL character in text)."""
-        return usage_event(user="nul\x00user")
+        """A valid event that ``refusing_table``'s trigger makes PostgreSQL refuse."""
+        return usage_event(user=REFUSED)
+
+    def refusing_table(self) -> str:
+        """Where the projection stores ``refused_event``."""
+        return "usage_ledger"
 
     async def snapshot(self, db: str, version: int) -> dict[str, list[tuple[object, ...]]]:
         return {
@@ -194,8 +222,11 @@ class ProjectionContract:
     async def test_event_the_database_refuses_is_dead_lettered_and_the_rest_applied(
         self, nc: Client, db: str, topology: Topology
     ) -> None:
-        """Valid JSON and a valid event, but PostgreSQL cannot store a NUL character."""
+        """Valid JSON and a valid event, but PostgreSQL refuses its row (as a trigger
+        here; in production, a bound the contract missed)."""
         refused = self.refused_event()
+        await catch_up(self.projection, nc, db, topology)  # its tables, for the trigger
+        await refuse_rows_naming(REFUSED, db, self.refusing_table())
         await publish(nc, topology, [self.one_event(), refused, self.one_event()])
         await catch_up(self.projection, nc, db, topology)
 
@@ -224,6 +255,9 @@ class TestAlertsProjection(ProjectionContract):
 
     projection = AlertsProjection()
     count_query = "SELECT count(*) FROM alert_spend_ledger"
+
+    def refusing_table(self) -> str:
+        return physical("alert_spend_ledger", 1)  # its private ledger
 
     def many_events(self, count: int) -> list[Event]:
         """Enough to fill every table: a small policy that the usage crosses, a rule, a
@@ -282,7 +316,10 @@ class TestPoliciesProjection(ProjectionContract):
         return events
 
     def refused_event(self) -> Event:
-        return policy_set(new_event_id().hex, name="nul\x00name")
+        return policy_set(new_event_id().hex, name=REFUSED)
+
+    def refusing_table(self) -> str:
+        return physical("budget_policy_log", 1)
 
 
 async def test_old_schema_version_in_the_log_is_upcast_and_applied(

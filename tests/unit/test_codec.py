@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -19,6 +20,7 @@ from events import (
     Usage,
     UsageRecorded,
     UsageRepriced,
+    canonical,
     decode,
     encode,
     headers_for,
@@ -27,6 +29,7 @@ from events import (
 from events.envelope import new_event_id
 from events.policy import MAX_LIMIT
 from events.usage import MAX_COST, MAX_TOKENS
+from projections.engine.fast_codec import decode_fast
 
 
 def event(**changes: object) -> UsageRecorded:
@@ -225,3 +228,31 @@ def test_a_producer_that_names_only_its_service_is_decoded_as_it_said() -> None:
     decoded = decode(json.dumps(payload).encode())
     assert decoded.producer == Producer(service="node-app", host=None, pid=None)
     assert Producer.here("s").pid == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"tags": {"team": "a\x00b"}}, "tags.team"),
+        ({"tags": {"te\x00am": "a"}}, "tags: a name in it"),
+        ({"user_id": "nul\x00user"}, "user_id"),
+        ({"model": "gpt\x00"}, "model"),
+    ],
+)
+def test_a_nul_character_is_refused_at_the_producer_and_at_the_consumer(
+    changes: dict[str, object], field: str
+) -> None:
+    """PostgreSQL stores no NUL: an event holding one would count in some projections and
+    not in others, so no producer publishes it and every consumer dead-letters it."""
+    nul = event(**changes)
+    with pytest.raises(ValueError, match=f"UsageRecorded {re.escape(field)} holds a NUL"):
+        encode(nul)
+    data = canonical(nul).encode()
+    with pytest.raises(DecodeError, match=f"^{re.escape(field)} holds a NUL"):
+        decode(data)
+    assert decode_fast(data) is None  # the fast path leaves it to ``decode``
+
+
+def test_the_text_of_an_escaped_backslash_before_u0000_is_no_nul() -> None:
+    text = event(tags={"note": "\\u0000"})
+    assert decode(encode(text)) == text

@@ -30,13 +30,15 @@ Json = Any
 
 # -- valid payloads, in the contract's wire form -----------------------------------------------
 
-_text = st.text(st.characters(codec="utf-8"), max_size=12)
+_CHARACTERS = st.characters(codec="utf-8", exclude_characters="\x00")
+"""Any character a valid event may hold: a NUL is refused (``events.nul``)."""
+_text = st.text(_CHARACTERS, max_size=12)
 
 
 def _bounded_text(low: int, high: int) -> st.SearchStrategy[str]:
     """Lengths anywhere in range, the bounds themselves often."""
     return st.one_of(
-        st.text(st.characters(codec="utf-8"), min_size=low, max_size=min(high, 20)),
+        st.text(_CHARACTERS, min_size=low, max_size=min(high, 20)),
         st.sampled_from([low, high]).flatmap(
             lambda n: st.text(st.sampled_from("aé€😀"), min_size=n, max_size=n)
         ),

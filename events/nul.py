@@ -1,0 +1,48 @@
+"""NUL characters (U+0000) in JSON: PostgreSQL stores none (in ``text`` or ``jsonb``), so
+an event holding one would be refused by the projections that store that field and
+counted by those that do not. Every event is judged here once, by its bytes: producers
+refuse to publish it, consumers dead-letter it, the HTTP API answers 422."""
+
+from __future__ import annotations
+
+import json
+import re
+
+__all__ = ["JSON_NUL", "nul_reason"]
+
+JSON_NUL = re.compile(rb"\x00|(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+"""A raw NUL, or the escape \\u0000 (not when its backslash is itself escaped: \\\\u0000
+is the text "\\u0000")."""
+
+
+def nul_reason(data: bytes) -> str | None:
+    """Why the JSON ``data`` cannot be stored, naming the first field holding a NUL
+    character; None when none does."""
+    if b"\\u0000" not in data and b"\\U0000" not in data and b"\x00" not in data:
+        return None  # the common case: one scan of the bytes
+    if JSON_NUL.search(data) is None:
+        return None
+    try:
+        where = _path(json.loads(data))
+    except (ValueError, RecursionError):
+        where = None
+    return f"{where or 'a string'} holds a NUL character (U+0000), which cannot be stored"
+
+
+def _path(value: object, at: str = "") -> str | None:
+    if isinstance(value, str):
+        return at if "\x00" in value else None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{at or 'the event'}: a name in it"
+        found = _path(item, f"{at}.{key}" if at else str(key))
+        if found is not None:
+            return found
+    return None
