@@ -78,16 +78,19 @@ async def apply_isolating_rejects(
                 await apply_isolating_rejects(conn, rest, apply, label=label) if rest else []
             )
     if len(events) == 1:
-        return [(events[0], _rejection(failure))]
-    failures = []
-    for event in events:
-        failure = await _try_apply(conn, [event], apply)
-        if failure is not None:
-            failures.append((event, failure))
+        failures = [(events[0], failure)]
+    else:
+        failures = []
+        for event in events:
+            failure = await _try_apply(conn, [event], apply)
+            if failure is not None:
+                failures.append((event, failure))
     faults = [f for _, f in failures if not _about_its_data(f)]
-    if len(failures) == len(events) and len(faults) > 1:
+    # One fault of a batch of one is as much the projection's as many of a larger batch:
+    # at low traffic every batch holds one event, and each would be dead-lettered.
+    if len(failures) == len(events) and len(faults) >= min(len(events), 2):
         raise Systemic(
-            f"{label}: each of a batch of {len(events)} events raised on its own, so the fault"
+            f"{label}: each of a batch of {len(events)} event(s) raised on its own, so the fault"
             f" is taken for the projection's, not theirs; nothing is dead-lettered:"
             f" {type(faults[0]).__name__}: {faults[0]}"
         ) from faults[0]

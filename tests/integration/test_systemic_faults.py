@@ -153,6 +153,28 @@ async def test_bad_events_that_fill_a_batch_alone_are_dead_lettered_once_others_
     assert await rows(db, TOTALS) == [(2, 2)]
 
 
+async def test_a_fault_on_a_batch_of_one_stands_until_an_event_after_it_applies(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """At low traffic each batch holds one event: a fault of the projection on it must not
+    dead-letter call after call. It stands (nothing lost) until an event after it applies,
+    which makes it that event's own."""
+    faulty = Faulty(poisoned=["mallory"])
+    config = EngineConfig(time_bounds=ANY_TIME, batch_size=1)
+    await publish(nc, topology, [usage_event(cost="1", user="mallory")])
+
+    with pytest.raises(Systemic, match="event of mallory"):
+        await catch_up(faulty, nc, db, topology, config=config)
+    assert await recent_dead_letters(nc.jetstream(), topology) == []
+
+    await publish(nc, topology, [usage_event(cost="1", user="alice")])
+    await catch_up(faulty, nc, db, topology, config=config)
+
+    letters = await recent_dead_letters(nc.jetstream(), topology)
+    assert [(letter.consumer, letter.original_seq) for letter in letters] == [("faulty-v1", 1)]
+    assert await rows(db, TOTALS) == [(1, 1)]
+
+
 async def test_an_event_past_a_database_limit_is_dead_lettered_and_the_rest_counted(
     nc: Client, db: str, topology: Topology
 ) -> None:
