@@ -39,6 +39,7 @@ __all__ = [
     "PoliciesQuery",
     "PositionAnswer",
     "PositionQuery",
+    "QueryFieldError",
     "ReportAnswer",
     "ReportQuery",
     "ReportTable",
@@ -49,6 +50,15 @@ __all__ = [
     "SpendRow",
     "StoredAlert",
 ]
+
+
+class QueryFieldError(ValueError):
+    """A query's ``field`` is wrong for the report asked for (``str(exc)`` says how)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 QUERY_POLICIES = "query.policies"
 QUERY_SPEND = "query.spend"

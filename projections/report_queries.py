@@ -28,7 +28,7 @@ from budget.policies import PolicyWindow, policy_window
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
-from events.queries import ReportQuery
+from events.queries import QueryFieldError, ReportQuery
 from events.usage import exact_money
 from projections.engine.projection import Connection
 from projections.policies import load_policies
@@ -75,8 +75,9 @@ def rollup_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     groups = tuple(g for g in GROUPS if g in group_by)
     unknown = set(group_by) - set(GROUPS)
     if unknown:
-        raise ValueError(
-            f"cannot group by {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}"
+        raise QueryFieldError(
+            "group_by",
+            f"cannot group by {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}",
         )
     if not groups:
         return "total", ()
@@ -84,15 +85,16 @@ def rollup_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
         return "model", ("provider", "model")
     if len(groups) == 1:
         return groups[0], groups
-    raise ValueError(
+    raise QueryFieldError(
+        "group_by",
         "group by one of provider, model, user, project, kind (or provider and model);"
-        " the rollups do not cross other dimensions"
+        " the rollups do not cross other dimensions",
     )
 
 
 def _required(value: datetime | None, name: str) -> datetime:
     if value is None:
-        raise ValueError(f"this report needs {name}")
+        raise QueryFieldError(name, f"this report needs {name}")
     return value
 
 
@@ -175,9 +177,9 @@ class ReportBuilder:
         """Spend per day (or ISO week from Monday) of ``tz`` over the last ``days`` days,
         today included, with the change from the previous point."""
         if interval not in ("daily", "weekly"):
-            raise ValueError(f"interval must be daily or weekly, not {interval!r}")
+            raise QueryFieldError("interval", f"interval must be daily or weekly, not {interval!r}")
         if days < 1:
-            raise ValueError("days must be at least 1")
+            raise QueryFieldError("days", "days must be at least 1")
         first = utc_now().astimezone(tz).date() - timedelta(days - 1)
         series = await self.daily(self.conn, "total", None, first, days, tz)
         costs: dict[date, Decimal] = {}
@@ -247,7 +249,7 @@ class ReportBuilder:
         month (a month's projection never runs past its end into the next), and when each
         budget would be exhausted at this pace."""
         if days_to_project < 1:
-            raise ValueError("days_to_project must be at least 1")
+            raise QueryFieldError("days", "days_to_project must be at least 1")
         now = utc_now()
         today = now.astimezone(tz).date()
         month_first = today.replace(day=1)
@@ -347,9 +349,11 @@ class ReportBuilder:
     ) -> tuple[datetime, datetime, list[str]]:
         for name, value in (("start", start), ("end", end)):
             if value.tzinfo is None:
-                raise ValueError(f"{name} must have a time zone (UTC is assumed nowhere)")
+                raise QueryFieldError(
+                    name, f"{name} must have a time zone (UTC is assumed nowhere)"
+                )
         if end <= start:
-            raise ValueError("the window's end must be after its start")
+            raise QueryFieldError("end", "the window's end must be after its start")
         if not whole_hours:  # raw events: any precision
             return start, end, []
         wide_start, wide_end = floor_quarter(start), ceil_quarter(end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -11,7 +12,7 @@ import httpx
 
 from live import LiveStack
 
-__all__ = ["call", "eventually", "posted_at_once"]
+__all__ = ["call", "csrf_token", "eventually", "posted_at_once", "sign_in"]
 
 T = TypeVar("T")
 
@@ -46,3 +47,16 @@ async def posted_at_once(stack: LiveStack, path: str, bodies: list[dict[str, obj
     async with httpx.AsyncClient(base_url=stack.base_url, headers=headers, timeout=60) as http:
         answers = await asyncio.gather(*(http.post(path, json=body) for body in bodies))
     return [answer.status_code for answer in answers]
+
+
+def sign_in(browser: httpx.Client, key: str) -> None:
+    """As a browser does: the form's CSRF token, then the key; a session cookie results."""
+    token = csrf_token(browser.get("/login").text)
+    signed_in = browser.post("/login", data={"key": key, "csrf_token": token, "next": "/"})
+    assert signed_in.status_code == 303 and "budget_session" in browser.cookies, signed_in.text
+
+
+def csrf_token(page: str) -> str:
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token, page
+    return token[1]

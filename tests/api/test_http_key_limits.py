@@ -9,7 +9,6 @@ reads, two of them in flight, refilled too slowly to matter during the test."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +18,7 @@ import pytest
 
 from events import ApiRole
 
-from http_support import call, eventually
+from http_support import call, csrf_token, eventually, sign_in
 from live import LiveStack
 
 STACK_ENV = {
@@ -108,13 +107,6 @@ def test_a_keys_reads_past_its_in_flight_cap_are_refused(
         assert [f.result().status_code for f in held] == [200, 200]
 
 
-def _sign_in(browser: httpx.Client, key: str) -> None:
-    """As a browser does: the form's CSRF token, then the key; a session cookie results."""
-    token = _csrf(browser.get("/login").text)
-    signed_in = browser.post("/login", data={"key": key, "csrf_token": token, "next": "/"})
-    assert signed_in.status_code == 303 and "budget_session" in browser.cookies, signed_in.text
-
-
 def test_console_pages_share_their_keys_read_limits_and_say_so_past_them(
     stack: LiveStack,
 ) -> None:
@@ -123,13 +115,13 @@ def test_console_pages_share_their_keys_read_limits_and_say_so_past_them(
         httpx.Client(base_url=stack.base_url, timeout=30) as browser,  # no key header
         stack.client(viewer_key) as api,
     ):
-        _sign_in(browser, viewer_key)
+        sign_in(browser, viewer_key)
         pages = [browser.get(path) for path in ("/policies", "/system")]
         assert [p.status_code for p in pages] == [200, 200], pages[-1].text
         assert api.get("/api/v1/policies").status_code == 200  # the key's third read
         refused = browser.get("/policies")
         signing_out = browser.post(
-            "/logout", data={"csrf_token": _csrf(pages[0].text)}
+            "/logout", data={"csrf_token": csrf_token(pages[0].text)}
         )  # a change: not limited
         with stack.client(stack.new_key(ApiRole.VIEWER, "another reader")) as other:
             others = other.get("/api/v1/policies")
@@ -141,9 +133,3 @@ def test_console_pages_share_their_keys_read_limits_and_say_so_past_them(
     assert refused.headers["cache-control"] == "no-store"
     assert signing_out.status_code == 303
     assert others.status_code == 200
-
-
-def _csrf(page: str) -> str:
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert token, page
-    return token[1]

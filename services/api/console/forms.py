@@ -28,6 +28,8 @@ __all__ = [
 UTC = ZoneInfo("UTC")
 M = TypeVar("M", bound=BaseModel)
 FORM_ERROR = "__form__"
+FIRST_YEAR, LAST_YEAR = 1970, 2999
+"""The years a form's date may name."""
 """The key of an error no single field owns."""
 
 
@@ -102,7 +104,7 @@ def local_datetime(text: str, tz: ZoneInfo) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError("enter a date and time, e.g. 2026-03-01T09:00") from None
-    return parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed
+    return _in_range(parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed)
 
 
 def local_date(text: str, tz: ZoneInfo) -> datetime | None:
@@ -113,4 +115,13 @@ def local_date(text: str, tz: ZoneInfo) -> datetime | None:
         day = date.fromisoformat(text)
     except ValueError:
         raise ValueError("enter a date, e.g. 2026-03-01") from None
-    return datetime.combine(day, time(), tz)
+    return _in_range(datetime.combine(day, time(), tz))
+
+
+def _in_range(at: datetime) -> datetime:
+    """``at`` if its year is one the console works with: the pages add days and spans to
+    what they are given (a report's "through" day, the comparison's span before it), and
+    beyond these years that would overflow ``datetime``."""
+    if not FIRST_YEAR <= at.year <= LAST_YEAR:
+        raise ValueError(f"enter a year from {FIRST_YEAR} to {LAST_YEAR}")
+    return at

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 
 from budget.report_format import Report
-from events.queries import ReportQuery
+from events.queries import QueryFieldError, ReportQuery
 from services.api.console.charts import report_chart
 from services.api.console.forms import FORM_ERROR, FormState, local_date, validate, zone
 from services.api.console.guard import ConsoleRoute, Viewer
@@ -55,6 +55,8 @@ async def reports(request: Request, _: Viewer) -> Response:
     if query is not None:
         try:
             report = await services(request).database.report(query)
+        except QueryFieldError as exc:  # next to its field, when the form has one
+            state.fail(exc.field if exc.field in (*DATES, *CHOICES) else FORM_ERROR, str(exc))
         except ValueError as exc:
             state.fail(FORM_ERROR, str(exc))
     context = {

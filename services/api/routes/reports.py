@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse, Response
 from budget.report_format import ExportFormat, to_answer
 from events.envelope import UtcDatetime
 from events.policy import known_zone
-from events.queries import ReportAnswer, ReportQuery
+from events.queries import QueryFieldError, ReportAnswer, ReportQuery
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES, Problem
@@ -57,8 +57,12 @@ async def report(
     ] = "UTC",
 ) -> Response:
     try:
+        zone = known_zone(tz)
+    except ValueError as exc:
+        raise _problem("tz", exc) from None
+    try:
         query = ReportQuery(
-            tz=known_zone(tz),
+            tz=zone,
             kind=kind,
             period=period,
             days=days,
@@ -70,8 +74,16 @@ async def report(
             group_by=group_by or [],
         )
         built = await api.database.report(query)
+    except QueryFieldError as exc:
+        raise _problem(exc.field, exc) from None
     except ValueError as exc:
-        raise Problem(422, str(exc), errors=[{"field": "query", "message": str(exc)}]) from None
+        raise _problem(None, exc) from None
     if format is ExportFormat.JSON:
         return Response(to_answer(built).model_dump_json(), media_type="application/json")
     return PlainTextResponse(built.export(format), media_type=_MEDIA[format])
+
+
+def _problem(field: str | None, exc: ValueError) -> Problem:
+    """A 422 naming the query parameter at fault (``query`` alone when no one is)."""
+    name = f"query.{field}" if field else "query"
+    return Problem(422, f"{name}: {exc}", errors=[{"field": name, "message": str(exc)}])
