@@ -276,6 +276,12 @@ class Settings(BaseModel):
     caller_query_in_flight: int = Field(
         default=8, ge=1, description="requests of one caller the query service works on at once"
     )
+    api_feeds_per_key: int = Field(
+        default=16,
+        ge=1,
+        description="live alert feeds (Server-Sent Events; one per console tab) one API key"
+        " may hold open at once in one API process",
+    )
     max_clock_skew: float = Field(
         default=TimeBounds.max_clock_skew.total_seconds(),
         ge=0,

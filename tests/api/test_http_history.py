@@ -15,7 +15,8 @@ import httpx
 import psycopg
 
 from budget.periods import Period
-from services.api.routes.history import MAX_EXPORTS
+from events import ApiRole
+from services.api.routes.history import MAX_EXPORTS, MAX_EXPORTS_PER_KEY
 
 from http_support import call, eventually
 from live import LiveStack
@@ -135,27 +136,40 @@ def test_bad_filters_are_named(viewer: httpx.Client) -> None:
         assert answer.json()["errors"][0]["field"] == f"query.{field}"
 
 
-def test_exports_past_the_cap_are_refused_until_one_ends(
+def test_exports_past_the_caps_are_refused_until_one_ends(
     stack: LiveStack, viewer: httpx.Client, user: str
 ) -> None:
-    """Exports at once are capped (each holds a database connection): the next one is a
-    429 with Retry-After, and once the running ones have ended an export is served again.
-    The running ones are held by a lock on the history table, which their COPY waits for
-    after their answer has started."""
+    """Exports at once are capped (each holds a database connection), per key and in all:
+    the next one is a 429 with Retry-After saying which cap, and once the running ones
+    have ended an export is served again. The running ones are held by a lock on the
+    history table, which their COPY waits for after their answer has started."""
     params = {"user_id": user}
-    with psycopg.connect(stack.settings.database_url) as holder:
+    others = [stack.new_key(ApiRole.VIEWER, f"exporter {i}") for i in range(2)]
+    with (
+        psycopg.connect(stack.settings.database_url) as holder,
+        stack.client(others[0]) as second,
+        stack.client(others[1]) as third,
+    ):
         holder.execute("LOCK TABLE usage_history IN ACCESS EXCLUSIVE MODE")
         with contextlib.ExitStack() as running:
             held = [
-                running.enter_context(viewer.stream("GET", "/api/v1/usage/export", params=params))
-                for _ in range(MAX_EXPORTS)
+                running.enter_context(client.stream("GET", "/api/v1/usage/export", params=params))
+                for client in (viewer, second)
+                for _ in range(MAX_EXPORTS_PER_KEY)
             ]
+            assert len(held) == MAX_EXPORTS
             assert [answer.status_code for answer in held] == [200] * MAX_EXPORTS  # slots taken
-            refused = viewer.get("/api/v1/usage/export", params=params)
-            assert refused.status_code == 429, refused.text
-            assert refused.headers["content-type"] == "application/problem+json"
-            assert refused.headers["retry-after"] == "5"
-            assert refused.json()["detail"] == (
+            mine = viewer.get("/api/v1/usage/export", params=params)
+            everyones = third.get("/api/v1/usage/export", params=params)
+            for refused in (mine, everyones):
+                assert refused.status_code == 429, refused.text
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.headers["retry-after"] == "5"
+            assert mine.json()["detail"] == (
+                f"{MAX_EXPORTS_PER_KEY} exports of this API key are running;"
+                " retry when one has finished"
+            )
+            assert everyones.json()["detail"] == (
                 f"{MAX_EXPORTS} exports are running; retry when one has finished"
             )
             holder.rollback()  # the running exports go on, and end

@@ -27,6 +27,7 @@ STACK_ENV = {
     "BUDGET_CALLER_QUERY_RATE": "0.001",
     "BUDGET_CALLER_QUERY_BURST": "3",
     "BUDGET_CALLER_QUERY_IN_FLIGHT": "2",
+    "BUDGET_API_FEEDS_PER_KEY": "2",
 }
 
 
@@ -133,3 +134,24 @@ def test_console_pages_share_their_keys_read_limits_and_say_so_past_them(
     assert refused.headers["cache-control"] == "no-store"
     assert signing_out.status_code == 303
     assert others.status_code == 200
+
+
+def test_a_keys_live_feeds_are_capped_while_open_and_its_reads_go_on(stack: LiveStack) -> None:
+    """Every console tab keeps a feed open (and each polls the database): two feeds
+    (api_feeds_per_key here) leave no room for a third, refused before it spends a token,
+    while the key's reads are answered: a feed counts against the read rate as it opens,
+    not in flight. (A closed feed's slot coming back: tests/unit/test_open_streams.py.)"""
+    key = stack.new_key(ApiRole.VIEWER, "tabs")
+    with (
+        stack.client(key, timeout=httpx.Timeout(5, read=60)) as tabs,
+        stack.client(key) as api,
+        tabs.stream("GET", "/api/v1/alerts/stream") as first,
+        tabs.stream("GET", "/api/v1/alerts/stream") as second,
+    ):
+        for feed in (first, second):  # open: the service said so
+            assert next(feed.iter_lines()) == ": connected"
+        third = tabs.get("/api/v1/alerts/stream")
+        read = api.get("/api/v1/policies")  # the key's third token (burst 3)
+    assert third.status_code == 429, third.text
+    assert "(api_feeds_per_key)" in third.json()["detail"]
+    assert read.status_code == 200, read.text

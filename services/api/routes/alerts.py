@@ -21,9 +21,10 @@ from events.queries import AlertDelivery, AlertsQuery, StoredAlert
 from projections.cursors import decode_cursor, encode_cursor
 from projections.engine.projection import Connection
 from projections.queries import AlertPosition, alerts_page
-from services.api.auth import ADMIN, Principal, require
+from services.api.auth import ADMIN, READ, Principal, require
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
+from services.api.open_streams import OpenStreams
 from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["Acknowledgement", "AlertDetail", "router"]
@@ -31,6 +32,9 @@ __all__ = ["Acknowledgement", "AlertDetail", "router"]
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
+_feeds = OpenStreams()
+"""Live feeds open per key: each polls the database while open."""
+_reader = require(*READ)
 _POLL = 0.25  # seconds between looks at the feed
 _LOOK_BACK = timedelta(seconds=5)  # rows commit out of order within this
 _KEEP_ALIVE = 15.0
@@ -100,17 +104,36 @@ def _position(cursor: str | None) -> AlertPosition | None:
         ) from None
 
 
+async def _room_for_a_feed(request: Request, api: Api) -> Principal:
+    """The reader, if its key has fewer live feeds open than allowed (else 429, before its
+    read rate is spent)."""
+    reader = await _reader(request)
+    most = api.settings.api_feeds_per_key
+    if _feeds.count(reader.key_id) >= most:
+        raise Problem(
+            429,
+            f"this API key has {most} live feeds open, the most allowed (api_feeds_per_key):"
+            " close one (a console tab) and retry",
+            retry_after=5,
+        )
+    return reader
+
+
 @router.get(
     "/stream",
-    dependencies=[Depends(limited_read)],
+    dependencies=[Depends(_room_for_a_feed), Depends(limited_read)],
     responses=LIMITED_RESPONSES,
     summary="New alerts as Server-Sent Events (event: alert, id: its id, data: the alert);"
     " a reconnect with Last-Event-ID resumes after that alert",
     response_class=StreamingResponse,
 )
-async def stream(request: Request, api: Api) -> StreamingResponse:
+async def stream(
+    request: Request, api: Api, reader: Annotated[Principal, Depends(_room_for_a_feed)]
+) -> StreamingResponse:
+    feed = _feed(request, api)
+    _feeds.hold(feed, reader.key_id)
     return StreamingResponse(
-        _feed(request, api),
+        feed,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -3,7 +3,6 @@ filtered range (``projections.history_pages``)."""
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -16,8 +15,10 @@ from projections.db import connect
 from projections.engine.checkpoints import live_position
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
+from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
+from services.api.open_streams import OpenStreams
 from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["HistoryPage", "history_filter", "router"]
@@ -100,19 +101,25 @@ async def history_page(
     response_class=StreamingResponse,
 )
 async def export(
-    api: Api, where: Filter, format: Literal["csv", "json"] = "csv"
+    api: Api,
+    where: Filter,
+    reader: Annotated[Principal, Depends(limited_read)],
+    format: Literal["csv", "json"] = "csv",
 ) -> StreamingResponse:
-    if _running.count >= MAX_EXPORTS:
-        raise Problem(
-            429,
-            f"{MAX_EXPORTS} exports are running; retry when one has finished",
-            headers={"Retry-After": "5"},
-        )
+    if _running.count(reader.key_id) >= MAX_EXPORTS_PER_KEY:
+        running = f"{MAX_EXPORTS_PER_KEY} exports of this API key are running"
+    elif _running.count() >= MAX_EXPORTS:
+        running = f"{MAX_EXPORTS} exports are running"
+    else:
+        running = ""
+    if running:
+        raise Problem(429, f"{running}; retry when one has finished", headers={"Retry-After": "5"})
     # Before the answer starts: a database that is away is a 503 here, not a cut stream.
     as_of = await api.database.read(lambda conn: live_position(conn, "history"))
     csv = format == "csv"
     body = _stream(api.settings.database_url, where, as_of, csv=csv)
     _running.hold(body)
+    _running.hold(body, reader.key_id)
     media = "text/csv; charset=utf-8" if csv else "application/x-ndjson"
     name = "usage-history.csv" if csv else "usage-history.jsonl"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
@@ -121,23 +128,11 @@ async def export(
 
 MAX_EXPORTS = 4
 """Exports running at once; each holds a connection of its own for as long as it streams."""
+MAX_EXPORTS_PER_KEY = 2
+"""Of them, one key's: one reader cannot take every slot."""
 
 
-class _Running:
-    """Exports under way. A slot is taken when the answer is made and given back when its
-    stream is gone (finished, abandoned, or never started), which a finalizer sees."""
-
-    count = 0
-
-    def hold(self, stream: object) -> None:
-        self.count += 1
-        weakref.finalize(stream, self._release)
-
-    def _release(self) -> None:
-        self.count -= 1
-
-
-_running = _Running()
+_running = OpenStreams()
 
 
 async def _stream(
