@@ -116,6 +116,7 @@ class AlertsQuery(_Message):
     alert_id: uuid.UUID | None = None
     policy_id: str | None = None
     unacknowledged_only: bool = False
+    acknowledged_only: bool = False
     resolved: bool | None = Field(default=None, description="None: resolved or not")
     severity: AlertSeverity | None = None
     alert_type: AlertType | None = None

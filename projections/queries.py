@@ -131,6 +131,7 @@ _ALERT_FILTERS = (
     " FROM alerts WHERE (%(id)s::uuid IS NULL OR alert_id = %(id)s)"
     " AND (%(policy)s::text IS NULL OR policy_id = %(policy)s)"
     " AND (NOT %(unacked)s OR acknowledged_at IS NULL)"
+    " AND (NOT %(acked)s OR acknowledged_at IS NOT NULL)"
     " AND (%(resolved)s::boolean IS NULL OR (resolved_at IS NOT NULL) = %(resolved)s)"
     " AND (%(severity)s::text IS NULL OR alert ->> 'severity' = %(severity)s)"
     " AND (%(type)s::text IS NULL OR alert ->> 'alert_type' = %(type)s)"
@@ -143,6 +144,7 @@ def _alert_params(query: AlertsQuery) -> dict[str, Any]:
         "id": query.alert_id,
         "policy": query.policy_id,
         "unacked": query.unacknowledged_only,
+        "acked": query.acknowledged_only,
         "resolved": query.resolved,
         "severity": query.severity,
         "type": query.alert_type,

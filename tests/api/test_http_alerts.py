@@ -129,6 +129,8 @@ def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
     assert {d["channel"] for d in detail["deliveries"]} >= {"ui"}
     unacked = alerts(policy_id=policy_id, unacknowledged_only="true")
     assert alert_id not in {a["alert"]["alert_id"] for a in unacked}
+    acked_only = alerts(policy_id=policy_id, acknowledged_only="true")
+    assert [a["alert"]["alert_id"] for a in acked_only] == [alert_id]
 
     assert admin.post(f"/api/v1/alerts/{alert_id}/resolve").status_code == 204
     resolved = viewer.get(f"/api/v1/alerts/{alert_id}").json()["alert"]

@@ -4,24 +4,28 @@ them), acknowledge (as the signed-in key's name) and resolve."""
 from __future__ import annotations
 
 import uuid
+from functools import partial
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
 from events import AlertSeverity, AlertType
-from events.queries import AlertsQuery
-from services.api.console.forms import FormState, form_data, validate
+from events.queries import AlertsQuery, StoredAlert
+from projections.engine.projection import Connection
+from projections.queries import AlertPosition, alerts_page, count_alerts
+from services.api.console.forms import FORM_ERROR, FormState, form_data, validate
 from services.api.console.guard import Admin, ConsoleRoute, Viewer, redirect, safe_next
 from services.api.console.render import flash, render
 from services.api.context import ApiServices, services
 from services.api.problems import Problem
+from services.api.routes.alerts import alert_cursor, alert_position
 
 __all__ = ["router"]
 
 router = APIRouter(route_class=ConsoleRoute)
 
 SHOWN = 200
-"""Alerts a page lists (the newest); narrower filters find older ones."""
-_FETCH = 10_000  # the projection lists oldest first: fetch all there are, show the newest
+"""Alerts a page lists, newest first; "Older" pages on from the last."""
 FILTERS = ("severity", "alert_type", "acknowledged", "resolved")
 SEVERITIES = [("", "Any severity"), *((s.value, s.value.capitalize()) for s in AlertSeverity)]
 TYPES = [("", "Any type"), *((t.value, t.value.replace("_", " ").capitalize()) for t in AlertType)]
@@ -37,18 +41,37 @@ async def list_alerts(request: Request, _: Viewer) -> Response:
         "severity": state.value("severity") or None,
         "alert_type": state.value("alert_type") or None,
         "unacknowledged_only": state.value("acknowledged") == "no",
+        "acknowledged_only": state.value("acknowledged") == "yes",
         "resolved": {"open": False, "resolved": True}.get(state.value("resolved")),
-        "limit": _FETCH,
+        "limit": SHOWN,
     }
     query = validate(AlertsQuery, data, state, FILTERS)
-    found = await services(request).database.alerts(query) if query else []
-    if state.value("acknowledged") == "yes":
-        found = [a for a in found if a.acknowledged_at is not None]
+    cursor = params.get("cursor")
+    try:
+        after = alert_position(cursor)
+    except Problem:
+        state.fail(FORM_ERROR, "that page is gone; start from the newest alerts")
+        after = query = None
+    found: list[StoredAlert] = []
+    following: AlertPosition | None = None
+    total = 0
+    if query is not None:
+        found, following, total = await services(request).database.read(
+            partial(_page, query=query, after=after)
+        )
+    filters = {name: state.value(name) for name in FILTERS if state.value(name)}
     context = {
         "title": "Alerts",
         "form": state,
-        "alerts": found[::-1][:SHOWN],
-        "total": len(found),
+        "alerts": found,
+        "total": total,
+        "first_page": cursor is None,
+        "newest": "/alerts" + (f"?{urlencode(filters)}" if filters else ""),
+        "older": (
+            f"/alerts?{urlencode({**filters, 'cursor': alert_cursor(following)})}"
+            if following
+            else None
+        ),
         "back": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "options": {
             "severity": SEVERITIES,
@@ -58,6 +81,14 @@ async def list_alerts(request: Request, _: Viewer) -> Response:
         },
     }
     return render(request, "alerts/list.html", context)
+
+
+async def _page(
+    conn: Connection, *, query: AlertsQuery, after: AlertPosition | None
+) -> tuple[list[StoredAlert], AlertPosition | None, int]:
+    """A page of alerts newest first, where the next starts, and how many match in all."""
+    found, following = await alerts_page(conn, query, after)
+    return found, following, await count_alerts(conn, query)
 
 
 @router.post("/alerts/{alert_id}/acknowledge")

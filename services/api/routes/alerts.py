@@ -27,7 +27,7 @@ from services.api.limits import limited_read
 from services.api.open_streams import OpenStreams
 from services.api.problems import LIMITED_RESPONSES, Problem
 
-__all__ = ["Acknowledgement", "AlertDetail", "router"]
+__all__ = ["Acknowledgement", "AlertDetail", "alert_cursor", "alert_position", "router"]
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 Api = Annotated[ApiServices, Depends(current_services)]
@@ -68,6 +68,7 @@ async def list_alerts(
     severity: AlertSeverity | None = None,
     alert_type: AlertType | None = None,
     unacknowledged_only: bool = False,
+    acknowledged_only: bool = False,
     resolved: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -77,21 +78,24 @@ async def list_alerts(
         severity=severity,
         alert_type=alert_type,
         unacknowledged_only=unacknowledged_only,
+        acknowledged_only=acknowledged_only,
         resolved=resolved,
         limit=limit,
     )
     alerts, following = await api.database.read(
-        lambda conn: alerts_page(conn, query, _position(cursor))
+        lambda conn: alerts_page(conn, query, alert_position(cursor))
     )
-    return AlertsPage(alerts=alerts, next_cursor=_cursor(following) if following else None)
+    return AlertsPage(alerts=alerts, next_cursor=alert_cursor(following) if following else None)
 
 
-def _cursor(position: AlertPosition) -> str:
+def alert_cursor(position: AlertPosition) -> str:
+    """The cursor of the page of alerts after ``position``."""
     raised_at, seq, alert_id = position
     return encode_cursor([raised_at.isoformat(), seq, str(alert_id)])
 
 
-def _position(cursor: str | None) -> AlertPosition | None:
+def alert_position(cursor: str | None) -> AlertPosition | None:
+    """Where ``cursor`` says a page starts; ``Problem(422)`` when it is not one of ours."""
     if cursor is None:
         return None
     try:
