@@ -23,7 +23,16 @@ from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_regist
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.recorded import notify_recorded
 from budget.usage import normalize_usage, usage_from_response
-from events import CallKind, ImageUsage, OutOfBounds, Producer, Usage, UsageRecorded, utc_now
+from events import (
+    CallKind,
+    ImageUsage,
+    OutOfBounds,
+    Producer,
+    Usage,
+    UsageRecorded,
+    encode,
+    utc_now,
+)
 from events.rpc import CallAttributes, CheckResult
 
 __all__ = ["BudgetExceeded", "UsageTracker", "get_usage_tracker", "start_usage_tracker"]
@@ -165,6 +174,10 @@ class UsageTracker:
         call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
         call |= {"user_id": user_id, "project_id": project_id}
 
+        # Attributes that cannot make an event (a tag that is no string, a NUL character)
+        # fail here, where the decorator is applied, not after each call has been paid for.
+        encode(self.usage_event(**call))
+
         def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             estimate = _Estimate(function.__qualname__, estimated_tokens, estimated_cost)
 
@@ -204,8 +217,9 @@ class UsageTracker:
         try:
             try:
                 event = self.usage_event(**call, usage=response, reservation_id=reservation_id)
-            except ValueError as exc:
-                event = self._estimated_event(estimate, call, reservation_id, str(exc))
+            except Exception as exc:  # whatever reading the response raised
+                why = f"{type(exc).__name__}: {exc}"
+                event = self._estimated_event(estimate, call, reservation_id, why)
             await self._publish(event)
         except Exception as exc:
             log.exception(

@@ -136,3 +136,37 @@ async def test_a_call_whose_usage_cannot_be_recorded_releases_its_reservation(
         assert (await call())["usage"]["prompt_tokens"] == 100
     assert await stack.holds() == []
     assert any("No space left" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_response_whose_usage_raises_on_reading_is_recorded_as_the_estimate(
+    stack: EnforcementStack,
+) -> None:
+    """An SDK object whose ``usage`` raises something other than ``ValueError`` (a stream
+    not read to its end) still leaves the call recorded, as its estimate."""
+    await stack.set_policy(limit_amount="10", action="block")
+
+    class UnreadStream:
+        @property
+        def usage(self) -> object:
+            raise RuntimeError("the stream was not read to its end")
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def call() -> UnreadStream:
+        return UnreadStream()
+
+    await call()
+    await stack.tracker.flush()
+    [event] = await recorded_events(stack, 1)
+    assert event.cost == DIME
+    assert event.estimated_reason is not None
+    assert "RuntimeError: the stream was not read to its end" in event.estimated_reason
+
+
+async def test_attributes_no_event_can_hold_are_refused_where_the_decorator_is_applied(
+    stack: EnforcementStack,
+) -> None:
+    """Not after each call has been paid for, when the event is built and refused."""
+    with pytest.raises(ValueError, match="tags"):
+        stack.tracker.track_llm_call(model="gpt-4o", tags={"team": 7})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"tags\.team holds a NUL"):
+        stack.tracker.track_llm_call(model="gpt-4o", tags={"team": "a\x00b"})
