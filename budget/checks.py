@@ -47,6 +47,8 @@ from events.usage import exact_money
 __all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded"]
 
 log = logging.getLogger(__name__)
+_CLOCK_LOG_EVERY = 60.0
+"""Seconds between two errors about this host's clock."""
 
 M = TypeVar("M", bound=BaseModel)
 _CacheKey = tuple[str, str | None, str | None, str | None]
@@ -102,6 +104,7 @@ class BudgetChecker:
         self._degraded = False
         self._logged_past_limit: set[tuple[str, datetime, _CacheKey]] = set()
         self._retry_times = RetryTimes()
+        self._clock_logged = -_CLOCK_LOG_EVERY
 
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on."""
@@ -319,6 +322,7 @@ class BudgetChecker:
         except RpcFailure as exc:
             raise _Unavailable(f"{unreadable or ''}enforcer unavailable ({exc})") from None
         self._degraded = False
+        self._compare_clocks(snapshot.as_of)
         windows = [
             (PolicyWindow(w.policy, w.key, w.window_start, w.window_end), w.spent)
             for w in snapshot.windows
@@ -351,6 +355,25 @@ class BudgetChecker:
             answer,
             within=self.settings.enforcer_timeout,
             retry_times=self._retry_times,
+        )
+
+    def _compare_clocks(self, enforcers_now: datetime) -> None:
+        """Log an error (at most once a minute) when this host's clock runs further ahead
+        of the enforcer's than ``max_clock_skew``: the projections judge a usage event's
+        time by when NATS stored it, so they dead-letter what this host records, and
+        its own check of the time, by the same clock, cannot see it."""
+        ahead = (utc_now() - enforcers_now).total_seconds()
+        if ahead <= self.settings.max_clock_skew:
+            return
+        if time.monotonic() - self._clock_logged < _CLOCK_LOG_EVERY:
+            return
+        self._clock_logged = time.monotonic()
+        log.error(
+            "this host's clock is %.0f s ahead of the budget enforcer's, more than"
+            " max_clock_skew (%.0f s): the usage it records is dead-lettered, not counted;"
+            " set this host's clock right (NTP)",
+            ahead,
+            self.settings.max_clock_skew,
         )
 
     async def _unreachable(

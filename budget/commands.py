@@ -18,7 +18,7 @@ from budget.tracker import UsageTracker
 from events import Event, encode, headers_for
 from events.envelope import new_event_id
 
-__all__ = ["ChangeClient", "Contended"]
+__all__ = ["ChangeClient", "ClockAhead", "Contended"]
 
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
@@ -30,6 +30,11 @@ class Contended(RuntimeError):
     """A create did not go through, and nothing changed: it lost the race to other changes
     of its kind every time it tried, or their worker is behind (whether the thing exists
     cannot be told until it has applied them)."""
+
+
+class ClockAhead(RuntimeError):
+    """This host's clock is so far ahead of the NATS server's that the projections
+    dead-letter the change it just stored (``max_clock_skew``): nothing changed."""
 
 
 class ChangeClient:
@@ -127,7 +132,33 @@ class ChangeClient:
         ack = await permitted(
             nc, subject, nc.jetstream().publish(subject, encode(event), headers=headers)
         )
+        await self._refuse_if_ahead(event, ack.seq)
         return ack.seq
+
+    async def _refuse_if_ahead(self, event: Event, seq: int) -> None:
+        """Raise ``ClockAhead`` when ``event`` (stored at ``seq``) is stamped further
+        ahead of when NATS stored it than the projections accept: they judge by the
+        server's time and would dead-letter it, so waiting for it to apply would report
+        a change that never happened. (When another change has landed on the subject
+        since, the time cannot be read: the projections are trusted then.)"""
+        subject = self.settings.topology.event_subject(event.SUBJECT)
+        js = self._client().jetstream()
+        try:
+            stored = await js.get_last_msg(
+                self.settings.topology.event_stream.name, subject, direct=True
+            )
+        except NotFoundError:
+            return
+        if stored.seq != seq or stored.time is None:
+            return
+        ahead = (event.occurred_at - stored.time).total_seconds()
+        if ahead > self.settings.max_clock_skew:
+            raise ClockAhead(
+                f"this host's clock is {ahead:.0f} s ahead of the NATS server's, more than"
+                f" max_clock_skew ({self.settings.max_clock_skew:.0f} s): the change was"
+                " stored but every projection dead-letters it, so nothing changed; set this"
+                " host's clock right (NTP) and retry"
+            )
 
     async def _wait(self, seq: int) -> None:
         stored = time.monotonic()

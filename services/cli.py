@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+from budget.commands import ClockAhead
 from budget.config import ConfigError, shown_url
 from budget.periods import Period
 from budget.queries import NotApplied
@@ -473,7 +474,7 @@ def main() -> None:
         _fail(f"{message.replace('Value error, ', '')} (see --help)")
     except ValidationError as exc:
         _fail(validation_message(exc))
-    except (ConfigError, ConnectError, LogError, ValueError, NotApplied) as exc:
+    except (ConfigError, ConnectError, LogError, ValueError, NotApplied, ClockAhead) as exc:
         _fail(str(exc))
     except pg_errors.UndefinedTable:
         _fail("the database has no Budget Manager tables yet; run `budget migrate` first")

@@ -23,7 +23,7 @@ from nats.errors import Error as NatsError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from budget.commands import Contended
+from budget.commands import ClockAhead, Contended
 from budget.queries import NotApplied
 from budget.rpc import Unanswered
 
@@ -153,7 +153,14 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     return result
 
 
-OUTAGES = (psycopg.OperationalError, NotApplied, ConnectionError, NatsError, Contended)
+OUTAGES = (
+    psycopg.OperationalError,
+    NotApplied,
+    ConnectionError,
+    NatsError,
+    Contended,
+    ClockAhead,
+)
 """What a server being away or too busy raises: each is a 503 (504 for a change not
 applied in time)."""
 
@@ -164,7 +171,7 @@ def outage_problem(exc: Exception) -> Problem:
         return Problem(503, "the database is unreachable; retry shortly")
     if isinstance(exc, NotApplied):
         return Problem(504, str(exc))
-    if isinstance(exc, (Unanswered, Contended)):  # says what to do; no URL
+    if isinstance(exc, (Unanswered, Contended, ClockAhead)):  # says what to do; no URL
         return Problem(503, str(exc))
     # NATS away or failing while a change is published: a fixed text, so no URL (and no
     # password in one) reaches the answer.
