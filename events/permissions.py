@@ -2,6 +2,14 @@
 from a ``Topology`` here and nowhere else (the server's config is rendered from them by
 ``services.nats_config``; clients use them to say which credential may do what).
 
+Each role is a NATS account of its own (``ACCOUNTS``): the services' account holds the
+streams and exports what the others may reach (``shared_with``), which they import. A
+publish names a reply subject NATS does not check against the publisher's permissions,
+and JetStream answers a stored message there; across an import the reply is remapped into
+the asker's own account, so a host that names ``<prefix>.events.policy.deleted`` as the
+reply of its usage gets the acknowledgement in its own account, never on the services'
+log.
+
 - ``service``: the workers, services and admin commands: the whole prefix and JetStream.
 - ``host``: a host app or team: records usage, asks the services under its own name,
   reads the policy log's end (the last policy event, which the query service shows it
@@ -19,17 +27,21 @@ from events.subjects import Topology
 from events.usage import UsageRecorded
 
 __all__ = [
+    "ACCOUNTS",
     "ROLES",
     "Permissions",
     "Role",
     "inbox_prefix",
     "permissions",
     "roles_allowed",
+    "shared_with",
     "subject_matches",
 ]
 
 Role = Literal["service", "host", "alerts"]
 ROLES: tuple[Role, ...] = get_args(Role)
+ACCOUNTS: dict[Role, str] = {"service": "SERVICES", "host": "HOSTS", "alerts": "ALERTS"}
+"""The NATS account of each role's users."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,25 +63,50 @@ def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
         return Permissions(
             # Replies go to the asker's inbox; ``$JS.ACK``/``$JS.FC`` acknowledge and pace
             # the pull and ordered consumers.
-            publish=(f"{topology.prefix}.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"),
+            # ``_R_.``: the replies to the other accounts' requests, remapped by NATS.
+            publish=(
+                f"{topology.prefix}.>",
+                "$JS.API.>",
+                "$JS.ACK.>",
+                "$JS.FC.>",
+                "_INBOX.>",
+                "_R_.>",
+            ),
             subscribe=(f"{topology.prefix}.>", inbox),
         )
     if role == "host":
-        stream = topology.event_stream.name
         return Permissions(
             publish=(
                 topology.event_subject(UsageRecorded.SUBJECT),
                 topology.rpc_subject(">", caller=user),
-                # The last policy event only (a direct get names its subject; the server
-                # refuses a payload there), so a tracker knows whether its snapshot is stale.
-                *(
-                    f"$JS.API.DIRECT.GET.{stream}.{topology.event_subject(change.SUBJECT)}"
-                    for change in POLICY_CHANGES
-                ),
+                *_policy_log_ends(topology),
             ),
             subscribe=(inbox,),
         )
     return Permissions(publish=(), subscribe=(topology.alerts_wildcard,))
+
+
+def shared_with(role: Role, topology: Topology) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What the services' account exports to ``role``'s account: (services, streams). A
+    service import carries requests one way and remaps their replies into the asker's
+    account; a stream import carries messages one way only. The users' own permissions
+    narrow what they may send (a host: its own requests only)."""
+    if role == "host":
+        usage = topology.event_subject(UsageRecorded.SUBJECT)
+        return (usage, f"{topology.prefix}.rpc.>", *_policy_log_ends(topology)), ()
+    if role == "alerts":
+        return (), (topology.alerts_wildcard,)
+    return (), ()
+
+
+def _policy_log_ends(topology: Topology) -> tuple[str, ...]:
+    """The direct gets of the last policy event (they name its subject; the server refuses
+    a payload there), so a tracker knows whether its snapshot is stale."""
+    stream = topology.event_stream.name
+    return tuple(
+        f"$JS.API.DIRECT.GET.{stream}.{topology.event_subject(change.SUBJECT)}"
+        for change in POLICY_CHANGES
+    )
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

@@ -206,11 +206,15 @@ class LimitedRequests:
 
     async def on_message(self, msg: Msg) -> None:
         caller = self.topology.caller_of(msg.subject)
-        if msg.reply and not answerable(msg.reply):
+        if not answerable(msg.reply):
+            # none: not a request (e.g. a message reflected onto this subject), and it
+            # would spend the limits of the caller its subject names
             self._warn_once(
                 caller,
                 "whose reply subject is not an inbox (_INBOX.): answering one would publish"
-                " on another subject",
+                " on another subject"
+                if msg.reply
+                else "that expect no answer",
             )
             return
         if self._queue.waiting(caller) < _MAX_QUEUED:

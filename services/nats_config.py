@@ -1,5 +1,6 @@
 """The NATS server config of ``budget up``: one user per credential, each with its role's
-permissions (``events.permissions``), passwords bcrypt-hashed, TLS when configured.
+permissions in its role's account (``events.permissions``), passwords bcrypt-hashed, TLS
+when configured.
 
 Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
 file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
@@ -19,7 +20,7 @@ from pathlib import Path
 import bcrypt
 
 from budget.config import Settings
-from events.permissions import ROLES, Role, permissions
+from events.permissions import ACCOUNTS, ROLES, Role, permissions, shared_with
 from events.subjects import API_KEY_CALLER, Topology
 from services.credentials import credentials_dir, generated_secret, write_secret_file
 
@@ -160,8 +161,8 @@ class NatsCredentials:
 
 
 def render_config(users: Iterable[NatsUser], *, topology: Topology, tls: ServerTls | None) -> str:
-    """A nats-server config fragment: the ``authorization`` block (bcrypt-hashed
-    passwords), and ``tls`` if given."""
+    """A nats-server config fragment: the ``accounts`` block (bcrypt-hashed passwords),
+    and ``tls`` if given."""
     return _render(
         ((u.name, u.role, _q(_hashed(u.password))) for u in users), topology=topology, tls=tls
     )
@@ -207,12 +208,38 @@ def password_variable(user: str) -> str:
 def _render(
     users: Iterable[tuple[str, Role, str]], *, topology: Topology, tls: ServerTls | None
 ) -> str:
-    entries = [
-        f"    {{user: {_q(name)}, password: {password},\n"
-        f"     permissions: {_render_permissions(role, name, topology)}}}"
-        for name, role, password in users
+    """One account per role (``events.permissions.ACCOUNTS``): the services' holds
+    JetStream and exports to the others what they import."""
+    by_role: dict[Role, list[str]] = {role: [] for role in ROLES}
+    for name, role, password in users:
+        by_role[role].append(
+            f"      {{user: {_q(name)}, password: {password},\n"
+            f"       permissions: {_render_permissions(role, name, topology)}}}"
+        )
+    exports = [
+        f'      {{{kind}: {_q(subject)}, accounts: ["{ACCOUNTS[role]}"]}}'
+        for role in ROLES
+        for kind, subjects in zip(("service", "stream"), shared_with(role, topology), strict=True)
+        for subject in subjects
     ]
-    text = "authorization {\n  users = [\n" + ",\n".join(entries) + "\n  ]\n}\n"
+    services = ACCOUNTS["service"]
+    blocks = []
+    for role in ROLES:
+        lines = [f"  {ACCOUNTS[role]} {{"]
+        if role == "service":
+            lines += ["    jetstream: enabled", "    exports = [", ",\n".join(exports), "    ]"]
+        else:
+            imports = [
+                f"      {{{kind}: {{account: {services}, subject: {_q(subject)}}}}}"
+                for kind, subjects in zip(
+                    ("service", "stream"), shared_with(role, topology), strict=True
+                )
+                for subject in subjects
+            ]
+            lines += ["    imports = [", ",\n".join(imports), "    ]"]
+        lines += ["    users = [", ",\n".join(by_role[role]), "    ]", "  }"]
+        blocks.append("\n".join(lines))
+    text = "accounts {\n" + "\n".join(blocks) + "\n}\n"
     if tls is not None:
         text += f"tls {{\n  cert_file: {_q(str(tls.cert))}\n  key_file: {_q(str(tls.key))}\n"
         if tls.client_ca is not None:

@@ -61,13 +61,15 @@ def error_reply(service: str, exc: BaseException) -> RpcError:
 
 
 INBOX = "_INBOX."
+REMAPPED = "_R_."
 
 
 def answerable(reply: str) -> bool:
-    """Whether an answer may go to ``reply``: an inbox only. The services' credential may
+    """Whether an answer may go to ``reply``: an inbox only (``_INBOX.``, or ``_R_.``, where
+    NATS remaps the replies of another account's requests). The services' credential may
     publish on the event, alert and JetStream API subjects, so answering a request that
     names one of those as its reply subject would write there on the asker's behalf."""
-    return reply.startswith(INBOX)
+    return reply.startswith(INBOX) or reply.startswith(REMAPPED)
 
 
 async def send(nc: Client, reply: str, answer: BaseModel) -> None:

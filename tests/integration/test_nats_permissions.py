@@ -17,6 +17,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from budget.manager import BudgetManager
@@ -127,6 +128,42 @@ async def test_a_host_cannot_publish_admin_events_and_the_stream_never_holds_the
     assert ack.seq == info.state.last_seq == 1
 
 
+async def test_a_host_cannot_have_jetstream_acknowledge_onto_another_subject(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    """NATS checks the subject a client publishes to, not the reply subject it names, and
+    JetStream answers a stored message on that reply subject. A host's usage crosses into
+    the services' account by an import, which remaps its reply into the host's own
+    account: the acknowledgement never lands on the log, the alerts, the dead letters or
+    another host's requests."""
+    host = (await connect("host")).nc
+    topology = secured.topology
+    usage = topology.event_subject(UsageRecorded.SUBJECT)
+    targets = [
+        topology.event_subject(PolicyDeleted.SUBJECT),
+        topology.alert_subject("critical", "budget_exceeded"),
+        topology.dead_letter_subject("spend-v1"),
+        topology.rpc_subject(RPC_CHECK, caller="host2"),
+    ]
+    landed: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        landed.append(msg.subject)
+
+    await service.subscribe(f"{topology.prefix}.>", cb=seen)
+    await service.flush()
+    for target in targets:
+        headers = {HEADER_MSG_ID: str(uuid.uuid4())}
+        await host.publish(usage, encode(usage_event()), reply=target, headers=headers)
+    # The positive signal: an honest publish after them is acknowledged to the host, and
+    # the server sends the services' connection what it routed before its PONG.
+    await permitted(host, usage, _publish(host, usage, encode(usage_event())))
+    await service.flush()
+    info = await service.jetstream().stream_info(topology.event_stream.name, subjects_filter=">")
+    assert info.state.subjects == {usage: len(targets) + 1}
+    assert [subject for subject in landed if subject != usage] == []
+
+
 async def test_a_manager_with_a_host_credential_says_which_credential_may_set_a_policy(
     secured: Secured, service: Client, tmp_path: Path
 ) -> None:
@@ -171,12 +208,17 @@ async def test_a_host_reads_neither_the_stream_nor_the_dead_letters_nor_other_re
     impostor = topology.rpc_subject("query.policies", caller="host2")
     with pytest.raises(PermissionDenied, match="may not publish to"):
         await permitted(host.nc, impostor, host.nc.request(impostor, b"{}", timeout=30))
-    # Its own inbox it may read: a message sent there arrives (and no refusal came).
-    mine = await host.nc.subscribe("_INBOX.host.mine")
-    await host.nc.flush()  # the server has the subscription before the reply is sent
-    await service.publish("_INBOX.host.mine", b"reply")
-    assert (await mine.next_msg(timeout=30)).data == b"reply"
-    assert not any('"_inbox.host.mine"' in e for e in host.errors)
+
+    # Its own inbox it may read: the answer to its request arrives there (the services
+    # answer on the reply subject NATS remapped into their account), and no refusal came.
+    async def answer(msg: Msg) -> None:
+        await service.publish(msg.reply, b"reply")
+
+    await service.subscribe(topology.rpc_subject("echo", caller="host"), cb=answer)
+    await service.flush()
+    asked = topology.rpc_subject("echo", caller="host")
+    assert (await host.nc.request(asked, b"", timeout=30)).data == b"reply"
+    assert not any("_inbox.host." in e.lower() for e in host.errors)
 
 
 async def test_the_alerts_credential_receives_alerts_and_nothing_else(

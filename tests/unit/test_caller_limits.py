@@ -219,3 +219,33 @@ async def test_a_caller_that_never_waits_is_answered_at_its_pace_not_at_once() -
     assert all(since >= k * 0.01 - 0.001 for k, since in enumerate(since_first))
     refusals = [json.loads(data) for _, data in nc.published]
     assert all(r["retry_after"] == pytest.approx(0.01) for r in refusals)
+
+
+async def test_a_message_without_an_inbox_to_answer_spends_no_callers_limits() -> None:
+    """A message that expects no answer (one reflected onto a request subject) is dropped
+    before it is queued: it would take a token of the caller its subject names."""
+    topology = Topology(prefix="t")
+    handled: list[str] = []
+    done = asyncio.Event()
+
+    async def handle(msg: Any, caller: str) -> bool:
+        handled.append(msg.reply)
+        done.set()
+        return False
+
+    caller_limits = CallerLimits(rate=1, burst=1, in_flight=1, exempt="svc", clock=Clock())
+    requests = LimitedRequests(
+        cast(Any, FakeNats([])), caller_limits, topology, service="svc", callback=handle
+    )
+    try:
+        for reply in ("", "t.events.policy.deleted"):
+            await requests.on_message(
+                cast(Any, SimpleNamespace(subject="t.rpc.victim.x", reply=reply, data=b""))
+            )
+        await requests.on_message(
+            cast(Any, SimpleNamespace(subject="t.rpc.victim.x", reply="_R_.abc.def", data=b""))
+        )
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await requests.close()
+    assert handled == ["_R_.abc.def"]  # the victim's one token went to its own request
