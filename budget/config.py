@@ -84,6 +84,10 @@ class EmailChannel(_Channel):
     )
     username: str | None = None
     password: SecretStr | None = None
+    allow_insecure_login: bool = Field(
+        default=False,
+        description="log in (username, password) with tls: none to a host other than loopback",
+    )
 
     @field_validator("sender", "recipients")
     @classmethod
@@ -97,6 +101,17 @@ class EmailChannel(_Channel):
     def _has_recipients(self) -> EmailChannel:
         if self.enabled and not self.recipients:
             raise ValueError("email is enabled but has no recipients")
+        return self
+
+    @model_validator(mode="after")
+    def _login_only_over_tls(self) -> EmailChannel:
+        in_clear = self.tls == "none" and not _is_loopback(self.smtp_host)
+        if self.enabled and self.password and in_clear and not self.allow_insecure_login:
+            raise ValueError(
+                "email has a password but tls: none to another host: the login would cross"
+                " the network in clear; use tls: starttls or implicit, or set"
+                " allow_insecure_login: true"
+            )
         return self
 
     @property

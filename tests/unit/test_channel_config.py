@@ -93,3 +93,19 @@ def test_the_secrets_show_in_no_repr_str_or_dump(tmp_path: Path) -> None:
     assert not any(SECRET in text or PASSWORD in text for text in shown)
     assert channels.webhook.secret and channels.webhook.secret.get_secret_value() == SECRET
     assert channels.email.password and channels.email.password.get_secret_value() == PASSWORD
+
+
+def test_an_smtp_login_in_clear_goes_to_loopback_only_unless_allowed(tmp_path: Path) -> None:
+    login = {"enabled": True, "recipients": ("ops@example.com",), "tls": "none"}
+    login |= {"username": "budget", "password": PASSWORD}
+    assert EmailChannel.model_validate({**login, "smtp_host": "127.0.0.1"}).tls == "none"
+    channels = "  email: {enabled: true, recipients: [ops@example.com], tls: none,"
+    channels += f" smtp_host: mail.example, username: budget, password: {PASSWORD}}}\n"
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, channels)
+    message = str(refused.value)
+    assert "tls: none to another host" in message and "allow_insecure_login: true" in message
+    assert PASSWORD not in message
+    allowed = {**login, "smtp_host": "mail.example", "allow_insecure_login": True}
+    assert EmailChannel.model_validate(allowed).allow_insecure_login
+    assert EmailChannel(recipients=("ops@example.com",), tls="none", smtp_host="mail.example")
