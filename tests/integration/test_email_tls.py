@@ -63,6 +63,21 @@ def accept_the_notifier(
     return AuthResult(success=success)
 
 
+LOGGED_IN = {"username": LOGIN, "password": PASSWORD}
+
+
+def login_recorded(logins: list[str]) -> dict[str, Any]:
+    """An SMTP server's options that offer AUTH even in clear and record every attempt."""
+
+    def record(
+        server: object, session: object, envelope: object, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        logins.append(mechanism)
+        return AuthResult(success=True)
+
+    return {"authenticator": record, "auth_require_tls": False}
+
+
 async def mailed(nc: Client, db: str, settings: Settings, box: Mailbox) -> None:
     """Queue an alert for e-mail and see the notifier deliver it."""
     ids = await queue_alerts(db, 1, channel="email")
@@ -132,22 +147,35 @@ async def test_a_server_whose_certificate_does_not_verify_gets_nothing(
     issuer = ca if signer == "configured CA" else Authority.create(tmp_path / "other", "other")
     context = issuer.server_context(host)
     server = {"ssl_context": context} if tls == "implicit" else {"tls_context": context}
-    with smtp_server(**server) as box:  # it would take mail in clear too
+    logins: list[str] = []
+    # it would take mail, and a login, in clear too
+    with smtp_server(**server, **login_recorded(logins)) as box:
         settings = email_settings(
-            nats_url, db, topology, tmp_path, box, tls=tls, ca_file=str(ca.ca_file)
+            nats_url, db, topology, tmp_path, box, tls=tls, ca_file=str(ca.ca_file), **LOGGED_IN
         )
         await refused(nc, db, settings, box, why)
+    assert logins == []  # the password never reached it
 
 
 async def test_a_server_offering_no_starttls_gets_nothing(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path, ca: Authority
 ) -> None:
-    """E.g. someone on the path stripped STARTTLS from the server's answer."""
-    with smtp_server() as box:
+    """E.g. someone on the path stripped STARTTLS from the server's answer: it offers a
+    login in clear, and gets none."""
+    logins: list[str] = []
+    with smtp_server(**login_recorded(logins)) as box:
         settings = email_settings(
-            nats_url, db, topology, tmp_path, box, tls="starttls", ca_file=str(ca.ca_file)
+            nats_url,
+            db,
+            topology,
+            tmp_path,
+            box,
+            tls="starttls",
+            ca_file=str(ca.ca_file),
+            **LOGGED_IN,
         )
         await refused(nc, db, settings, box, "STARTTLS extension not supported")
+    assert logins == []
 
 
 async def refused(nc: Client, db: str, settings: Settings, box: Mailbox, why: str) -> None:
