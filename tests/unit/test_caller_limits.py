@@ -249,3 +249,46 @@ async def test_a_message_without_an_inbox_to_answer_spends_no_callers_limits() -
     finally:
         await requests.close()
     assert handled == ["_R_.abc.def"]  # the victim's one token went to its own request
+
+
+async def test_a_caller_that_never_waits_is_bounded_in_memory() -> None:
+    """At most 1,000 of one caller's requests wait for their turn (more are refused on
+    arrival) and at most 1,000 of its refusals are held (more go unanswered)."""
+    topology = Topology(prefix="t")
+    log: list[str] = []
+    nc = FakeNats(log)
+    clock = Clock()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handle(msg: Any, caller: str) -> bool:
+        started.set()
+        await release.wait()  # the caller's first request holds the service's turn
+        return False
+
+    caller_limits = CallerLimits(rate=0.001, burst=1, in_flight=1, exempt="svc", clock=clock)
+    requests = LimitedRequests(
+        cast(Any, nc), caller_limits, topology, service="svc", callback=handle
+    )
+
+    def request(i: int) -> Any:
+        return SimpleNamespace(subject="t.rpc.flood.x", reply=f"_INBOX.f{i}", data=b"")
+
+    try:
+        await requests.on_message(cast(Any, request(0)))
+        await asyncio.wait_for(started.wait(), 5)
+        for i in range(1, 1_102):  # 1,000 wait; 101 more are refused on arrival
+            await requests.on_message(cast(Any, request(i)))
+        assert len(requests._queue) == 1_000
+        assert len(nc.published) == 1  # the first refusal at once, 100 more held
+        assert requests._held_by == {"flood": 100}
+        release.set()
+        # the 1,000 queued are refused on their turn: 900 more held, the rest unanswered
+        for _ in range(500):
+            if len(requests._queue) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert len(requests._queue) == 0
+        assert requests._held_by == {"flood": 1_000}
+    finally:
+        await requests.close()
