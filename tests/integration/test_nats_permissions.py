@@ -22,6 +22,7 @@ from nats.errors import Error as NatsError
 
 from budget.manager import BudgetManager
 from budget.natsconn import PermissionDenied, connect_nats, nats_options, permitted
+from budget.rpc import Refused
 from budget.tracker import start_usage_tracker
 from events import (
     AlertAcknowledged,
@@ -279,6 +280,48 @@ async def test_a_host_records_usage_checks_and_asks_through_the_services(
             assert not check.allowed
         finally:
             await tracker.close()
+
+
+async def test_holds_and_limits_belong_to_each_host_credential(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    """With real credentials the caller token is the user's, so one host cannot release
+    another's hold, and a host refused for its limits leaves the other's checks answered."""
+    operator = secured.settings(
+        "service", database_url=db, spool_dir=tmp_path / "service", default_limit=None
+    )
+    hosts = {
+        user: secured.settings(
+            user,
+            database_url="postgresql://nobody@/none",
+            spool_dir=tmp_path / user,
+            enforcer_timeout=0.5,
+        )
+        for user in ("host", "host2")
+    }
+    limited = {"caller_rate": 0.001, "caller_burst": 3}
+    dime = Decimal("0.1")
+    async with enforcement_stack(service, operator.model_copy(update=limited)) as stack:
+        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1", action=LimitAction.BLOCK)
+        await stack.enforcer_applies_policies()
+        first, second = [await start_usage_tracker(hosts[user]) for user in ("host", "host2")]
+        try:
+            held = await first.check_budget("gpt-4o", 100, "alice", estimated_cost=dime)
+            assert held.allowed and held.reservation_id, held.reason
+            for _ in range(10):  # the host spends its burst; a check is refused for it
+                throttled = await first.check_budget("gpt-4o", 100, "alice", estimated_cost=dime)
+                if not throttled.allowed:
+                    break
+            answered = await second.check_budget("gpt-4o", 100, "bob", estimated_cost=dime)
+            with pytest.raises(Refused, match="another caller"):
+                await second.checker.release_reporting(held.reservation_id)
+            alices = [h for h in await stack.holds() if h[0] == held.reservation_id]
+        finally:
+            await first.close()
+            await second.close()
+    assert "enforcer throttles this caller" in throttled.reason
+    assert answered.allowed and answered.enforced, answered.reason
+    assert alices  # host2 released nothing of it
 
 
 async def test_a_host_cannot_have_the_services_answer_onto_the_log_or_the_alerts(
