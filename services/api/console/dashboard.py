@@ -23,7 +23,7 @@ from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter, history_page
 from projections.queries import alerts_page, count_alerts
 from projections.report_queries import ReportBuilder, ceil_quarter
-from services.api.console.budgets import budget_bars
+from services.api.console.budgets import PolicyBars, budget_bars
 from services.api.console.charts import spend_chart
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
@@ -73,10 +73,15 @@ async def live_context(api: ApiServices) -> dict[str, Any]:
     """What changes with every call: totals, budgets, top spenders, recent calls."""
     now = utc_now()
     today = await api.database.spend(SpendQuery(period="daily", scope=BudgetScope.GLOBAL, at=now))
-    async with api.database.connection() as conn:
-        by_scope = await _month_by_scope(conn, now)
-        bars = await budget_bars(conn, now)
+
+    async def panels(
+        conn: Connection,
+    ) -> tuple[dict[str, list[SpendRow]], list[PolicyBars], list[dict[str, Any]]]:
         recent, _ = await history_page(conn, HistoryFilter(), limit=RECENT_CALLS)
+        return await _month_by_scope(conn, now), await budget_bars(conn, now), recent
+
+    # ``read``: once more on a fresh connection after a database restart
+    by_scope, bars, recent = await api.database.read(panels)
     total = next(iter(by_scope[BudgetScope.GLOBAL.value]), None)
     return {
         "now": now,
