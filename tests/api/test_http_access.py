@@ -15,7 +15,7 @@ import pytest
 from events import ApiKeyRevoked, ApiRole, encode, headers_for, utc_now
 from services.api.key_cache import APPLICATION_NAME
 
-from http_support import eventually
+from http_support import csrf_token, eventually, sign_in
 from live import LiveStack
 
 READ, ADMIN, INGEST, PUBLIC = "read", "admin", "ingest", "public"
@@ -182,12 +182,19 @@ def test_a_key_revoked_by_another_process_is_refused_once_applied(stack: LiveSta
         eventually(lambda: http.get("/api/v1/policies").status_code == 401, what="the key refused")
 
 
-def test_no_key_reaches_a_log(stack: LiveStack, keys: dict[ApiRole, str]) -> None:
+def test_no_key_cookie_or_token_reaches_a_log(stack: LiveStack, keys: dict[ApiRole, str]) -> None:
     with stack.client(keys[ApiRole.VIEWER]) as http:
         http.get("/api/v1/policies", params={"user_id": "x"})
     with httpx.Client(base_url=stack.base_url) as anonymous:
         anonymous.get("/api/v1/policies", headers={"Authorization": "Bearer bmk_leak_canary"})
+    with httpx.Client(base_url=stack.base_url, timeout=30) as browser:
+        sign_in(browser, keys[ApiRole.VIEWER])  # the key in a form, then a cookie
+        page = browser.get("/policies", params={"next": "/"})
+        session = browser.cookies["budget_session"]
+        token = csrf_token(page.text)
+        browser.post("/logout", data={"csrf_token": token})
     logs = stack.logs()
     assert "GET /api/v1/policies 200" in logs  # the requests were logged...
-    for secret in [stack.admin_key, *keys.values(), "bmk_leak_canary"]:
-        assert secret not in logs  # ...without their keys
+    assert "GET /policies" in logs and "POST /login" in logs
+    for secret in [stack.admin_key, *keys.values(), "bmk_leak_canary", session, token]:
+        assert secret not in logs  # ...without their keys, cookies or tokens
