@@ -40,8 +40,12 @@ SERVICES = "budget-services"  # the services' own caller: exempt, and may releas
 async def limited_stack(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path, **limits: Any
 ) -> AsyncIterator[EnforcementStack]:
+    """The enforcement stack with these limits and a $1.00 BLOCK policy per user, which the
+    enforcer applies."""
     settings = stack_settings(nats_url, db, topology, tmp_path, service_name=SERVICES, **limits)
     async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
+        await stack.enforcer_applies_policies()
         yield stack
 
 
@@ -85,8 +89,6 @@ async def test_a_greedy_host_is_refused_while_a_polite_one_is_answered(
     async with limited_stack(
         nc, nats_url, db, topology, tmp_path, caller_rate=50, caller_burst=10, caller_in_flight=4
     ) as stack:
-        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
-        await stack.enforcer_applies_policies()
         greedy_check = CheckRequest(model="gpt-4o", user_id="greedy", estimated_cost=Decimal(0))
         done = asyncio.Event()
         floods = [
@@ -129,9 +131,7 @@ async def test_checks_refused_unread_are_counted_by_outcome_on_the_metrics_endpo
     try:
         async with limited_stack(
             nc, nats_url, db, topology, tmp_path, caller_rate=0.001, caller_burst=1
-        ) as stack:
-            await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
-            await stack.enforcer_applies_policies()
+        ):
             before = scrape(url)
             subject = topology.rpc_subject(RPC_CHECK, caller="metered")
             dime = CheckRequest(model="gpt-4o", user_id="metered", estimated_cost=DIME)
@@ -167,11 +167,7 @@ async def test_checks_refused_unread_are_counted_by_outcome_on_the_metrics_endpo
 async def test_a_tracker_waits_out_a_short_refusal(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
 ) -> None:
-    async with limited_stack(
-        nc, nats_url, db, topology, tmp_path, caller_rate=10, caller_burst=1
-    ) as stack:
-        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
-        await stack.enforcer_applies_policies()
+    async with limited_stack(nc, nats_url, db, topology, tmp_path, caller_rate=10, caller_burst=1):
         subject = topology.rpc_subject(RPC_CHECK, caller="polite")
         dime = CheckRequest(model="gpt-4o", user_id="polite", estimated_cost=DIME)
         await ask(nc, subject, dime, CheckResult, within=5)
@@ -186,14 +182,14 @@ async def test_a_tracker_waits_out_a_short_refusal(
 async def test_a_long_refusal_refuses_the_call_even_with_fail_open(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
 ) -> None:
-    async with limited_stack(
-        nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=2
-    ) as stack:
-        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
-        await stack.enforcer_applies_policies()
-        async with host(stack, "polite", fail_open=True, enforcer_timeout=0.5) as polite:
-            first = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
-            second = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+    async with (
+        limited_stack(
+            nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=2
+        ) as stack,
+        host(stack, "polite", fail_open=True, enforcer_timeout=0.5) as polite,
+    ):
+        first = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+        second = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
     assert first.allowed and first.enforced  # a snapshot and a check: the burst of 2
     assert not second.allowed and not second.enforced
     assert "enforcer throttles this caller" in second.reason
@@ -204,20 +200,21 @@ async def test_a_long_refusal_refuses_the_call_even_with_fail_open(
 async def test_a_hold_is_released_only_by_its_caller_or_the_services(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
 ) -> None:
-    async with limited_stack(nc, nats_url, db, topology, tmp_path) as stack:
-        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
-        await stack.enforcer_applies_policies()
-        async with host(stack, "alice-app") as alice, host(stack, "mallory-app") as mallory:
-            mine = await alice.check_budget("gpt-4o", user_id="alice", estimated_cost=DIME)
-            other = await alice.check_budget("gpt-4o", user_id="alice", estimated_cost=DIME)
-            assert mine.reservation_id and other.reservation_id
-            with pytest.raises(Refused, match="made by another caller"):
-                await mallory.checker.release_reporting(mine.reservation_id)
-            assert len(await stack.holds()) == 2
-            assert await alice.checker.release_reporting(mine.reservation_id) == 1
-            assert await stack.tracker.checker.release_reporting(other.reservation_id) == 1
-            assert await stack.holds() == []
-            assert await mallory.checker.release_reporting(mine.reservation_id) == 0
+    async with (
+        limited_stack(nc, nats_url, db, topology, tmp_path) as stack,
+        host(stack, "alice-app") as alice,
+        host(stack, "mallory-app") as mallory,
+    ):
+        mine = await alice.check_budget("gpt-4o", user_id="alice", estimated_cost=DIME)
+        other = await alice.check_budget("gpt-4o", user_id="alice", estimated_cost=DIME)
+        assert mine.reservation_id and other.reservation_id
+        with pytest.raises(Refused, match="made by another caller"):
+            await mallory.checker.release_reporting(mine.reservation_id)
+        assert len(await stack.holds()) == 2
+        assert await alice.checker.release_reporting(mine.reservation_id) == 1
+        assert await stack.tracker.checker.release_reporting(other.reservation_id) == 1
+        assert await stack.holds() == []
+        assert await mallory.checker.release_reporting(mine.reservation_id) == 0
 
 
 async def test_a_caller_that_asks_again_at_once_waits_for_its_refusal_others_do_not(
@@ -225,9 +222,7 @@ async def test_a_caller_that_asks_again_at_once_waits_for_its_refusal_others_do_
 ) -> None:
     async with limited_stack(
         nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=1
-    ) as stack:
-        await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
-        await stack.enforcer_applies_policies()
+    ):
         deaf = topology.rpc_subject(RPC_CHECK, caller="deaf")
         dime = CheckRequest(model="gpt-4o", user_id="deaf", estimated_cost=DIME)
         data = dime.model_dump_json().encode()
@@ -255,19 +250,19 @@ async def test_a_tracker_does_not_ask_again_before_its_retry_time(
     server, thread = start_http_server(free_port(), addr="127.0.0.1")
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     try:
-        async with limited_stack(
-            nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=2
-        ) as stack:
-            await stack.set_policy(scope=BudgetScope.USER, limit_amount="1.00", action="block")
-            await stack.enforcer_applies_policies()
-            async with host(stack, "polite", fail_open=True) as polite:
-                first = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
-                before = figure(scrape(url), "budget_checks_total", outcome="rate_limited")
-                later = [
-                    await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
-                    for _ in range(5)
-                ]
-                after = figure(scrape(url), "budget_checks_total", outcome="rate_limited")
+        async with (
+            limited_stack(
+                nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=2
+            ) as stack,
+            host(stack, "polite", fail_open=True) as polite,
+        ):
+            first = await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+            before = figure(scrape(url), "budget_checks_total", outcome="rate_limited")
+            later = [
+                await polite.check_budget("gpt-4o", user_id="polite", estimated_cost=DIME)
+                for _ in range(5)
+            ]
+            after = figure(scrape(url), "budget_checks_total", outcome="rate_limited")
     finally:
         server.shutdown()
         server.server_close()

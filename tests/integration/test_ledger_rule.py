@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
@@ -182,39 +183,28 @@ async def test_a_correction_counts_where_its_event_counted_and_nothing_goes_nega
     assert await rows(db, "SELECT user_id, cost FROM usage_history") == [("bob", Decimal(2))]
 
 
-async def test_a_correction_of_an_unknown_event_is_dead_lettered_and_the_rest_applied(
-    nc: Client, db: str, topology: Topology
+@pytest.mark.parametrize("corrected", ["never", "later in the same batch"])
+async def test_a_correction_of_an_event_unknown_at_its_place_is_dead_lettered_and_the_rest_applied(
+    nc: Client, db: str, topology: Topology, corrected: str
 ) -> None:
-    never_recorded = usage_event(at=AT, cost="5")
-    stray = misplaced(never_recorded, "1")
-    after = usage_event(at=AT, cost="3")
-    await publish(nc, topology, [usage_event(at=AT, cost="4"), stray, after])
+    """Of an event never recorded, or recorded only after it (one batch holds both, which
+    must not decide the verdict: two batches would refuse it)."""
+    target = usage_event(at=AT, cost="5")
+    stray = misplaced(target, "1")
+    log = [usage_event(at=AT, cost="4"), stray, usage_event(at=AT, cost="3")]
+    if corrected != "never":
+        log.append(target)
+    await publish(nc, topology, log)
     await project_all(nc, db, topology)
 
     found = await costs_everywhere(db)
-    assert found == {name: [(Decimal(7), 0)] for name in found}
+    total = Decimal(7 if corrected == "never" else 12)
+    assert found == {name: [(total, 0)] for name in found}
     letters = await recent_dead_letters(nc.jetstream(), topology)
     assert sorted(letter.consumer for letter in letters) == sorted(f"{n}-v1" for n in COUNTING)
     for letter in letters:
-        assert f"repriced usage event {never_recorded.event_id}" in letter.reason
+        assert f"repriced usage event {target.event_id}" in letter.reason
         assert "has not recorded" in letter.reason
-
-
-async def test_a_correction_ahead_of_its_event_is_dead_lettered_even_in_the_same_batch(
-    nc: Client, db: str, topology: Topology
-) -> None:
-    """Delivered in one batch with the event it corrects after it: refused as when the two
-    arrive in separate batches, so the verdict does not hang on the batch split."""
-    later = usage_event(at=AT, cost="5")
-    ahead = misplaced(later, "1")
-    await publish(nc, topology, [usage_event(at=AT, cost="4"), ahead, later])
-    await project_all(nc, db, topology)
-
-    found = await costs_everywhere(db)
-    assert found == {name: [(Decimal(9), 0)] for name in found}
-    letters = await recent_dead_letters(nc.jetstream(), topology)
-    assert sorted(letter.consumer for letter in letters) == sorted(f"{n}-v1" for n in COUNTING)
-    assert all(f"repriced usage event {later.event_id}" in letter.reason for letter in letters)
 
 
 async def test_repricing_back_to_an_earlier_price_is_applied(
