@@ -30,6 +30,7 @@ __all__ = [
     "NatsUser",
     "ServerTls",
     "compose_config",
+    "move_streams_into_accounts",
     "password_variable",
     "render_config",
     "write_config",
@@ -265,6 +266,20 @@ def write_config(data_dir: Path, settings: Settings) -> Path:
     )
     write_secret_file(path, text)
     return path
+
+
+def move_streams_into_accounts(store_dir: Path) -> bool:
+    """Move the streams a server without accounts stored (JetStream keeps them per
+    account, under ``jetstream/$G``, the global one) to the services' account, where
+    this release's config puts the services: else the server would make a new, empty
+    event log and every projection, its checkpoint past the new log's end, would wait
+    for events that never come. True when moved. Before the server starts; once."""
+    jetstream = Path(store_dir) / "jetstream"
+    global_streams, services = jetstream / "$G", jetstream / ACCOUNTS["service"]
+    if not global_streams.is_dir() or services.exists():
+        return False
+    global_streams.rename(services)
+    return True
 
 
 def _render_permissions(role: Role, user: str, topology: Topology) -> str:

@@ -43,6 +43,7 @@ from budget.config import shown_url
 from projections.registry import WORKERS
 from services.credentials import credentials_dir
 from services.embedded import EmbeddedNats, EmbeddedPostgres
+from services.nats_config import move_streams_into_accounts
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -198,6 +199,8 @@ async def serve_stack(
     postgres = EmbeddedPostgres(
         data_dir / "postgres", database=database, credentials=credentials_dir(data_dir)
     )
+    if nats_config is not None and move_streams_into_accounts(data_dir / "nats"):
+        log.warning("moved the event log of %s into the NATS services' account", data_dir)
     nats = EmbeddedNats(
         data_dir / "nats", port=nats_port or _previous_port(data_dir), config_file=nats_config
     )

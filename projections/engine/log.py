@@ -86,8 +86,17 @@ async def bind_consumer(
     consumer may hold messages that were delivered to a dead worker and not acked, and
     would hand them out again only after newer ones, behind the checkpoint, where they
     would be skipped for good. One worker at a time owns a version (an advisory lock), so
-    recreating its consumer at each start is safe.
+    recreating its consumer at each start is safe. A checkpoint past the stream's end
+    is refused (``LogError``): reading on would skip every event up to it.
     """
+    ends = (await js.stream_info(stream)).state.last_seq
+    if after_seq > ends:
+        raise LogError(
+            f"{durable}: its checkpoint is at stream sequence {after_seq}, but stream {stream}"
+            f" ends at {ends}: this is not the log it was built from (recreated, lost, or"
+            " left in another NATS account); restore that log, or rebuild the projection"
+            " from this one (`budget projections rebuild`)"
+        )
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, durable)
     created: ConsumerInfo = await js.add_consumer(

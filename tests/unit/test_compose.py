@@ -417,3 +417,19 @@ def test_compose_gives_each_named_host_app_a_user_of_its_own() -> None:
     assert password_variable("search-bot") == "BUDGET_NATS_SEARCH_BOT_PASSWORD"
     with pytest.raises(ValueError, match="not one of service, host, alerts"):
         compose_config(Topology(), hosts=["alerts"])
+
+
+def test_nats_moves_an_older_releases_event_log_into_the_services_account(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The entrypoint, run by sh as compose would (``$$`` is compose's ``$``), on a data
+    directory of a release without NATS accounts; then again, which changes nothing."""
+    shell, flag, script, name = services["nats"]["entrypoint"]
+    script = script.replace("$$", "$").replace("/data", str(tmp_path))
+    old = tmp_path / "jetstream" / "$G" / "streams" / "BUDGET"
+    old.mkdir(parents=True)
+    for _ in range(2):
+        done = subprocess.run([shell, flag, script, name, "true"], check=False)
+        assert done.returncode == 0
+        assert (tmp_path / "jetstream" / "SERVICES" / "streams" / "BUDGET").is_dir()
+        assert not (tmp_path / "jetstream" / "$G").exists()

@@ -1,0 +1,33 @@
+"""A projection whose checkpoint lies past the end of the event log refuses to read it
+(real NATS and PostgreSQL): the log is not the one it was built from (recreated, lost,
+left in another NATS account), and reading on from the checkpoint would skip every event
+up to it, undercounting spend with no error anywhere."""
+
+from __future__ import annotations
+
+import pytest
+from nats.aio.client import Client
+
+from events import Topology
+from projections.engine.log import LogError, declare_streams
+from projections.spend import SpendProjection
+
+from support import catch_up, publish, rows, usage_event
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_checkpoint_past_the_logs_end_is_refused_with_what_to_do(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    await publish(nc, topology, [usage_event(user=u) for u in ("alice", "bob", "carol")])
+    await catch_up(SpendProjection(), nc, db, topology)
+    js = nc.jetstream()
+    await js.delete_stream(topology.event_stream.name)  # the log lost; a new one begun
+    await declare_streams(js, topology)
+    await publish(nc, topology, [usage_event(user="dave")])
+
+    with pytest.raises(LogError, match=r"checkpoint is at stream sequence 3.*ends at 1"):
+        await catch_up(SpendProjection(), nc, db, topology)
+    requests = "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'"
+    assert await rows(db, requests) == [(3,)]  # nothing read past it
