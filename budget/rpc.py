@@ -15,12 +15,14 @@ from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
 from budget.natsconn import permitted
-from events.rpc import RpcError
+from events.rpc import TIME_LEFT, RpcError
 
 __all__ = ["Refused", "RetryTimes", "RpcFailure", "Throttled", "Unanswered", "ask"]
 
 M = TypeVar("M", bound=BaseModel)
 _RETRY = 0.1  # seconds between asking a service that has no subscriber yet
+_HELD = 1.0
+"""Seconds a service may hold a refusal (``services.limits._MAX_HOLD``)."""
 
 
 class RpcFailure(Exception):
@@ -45,29 +47,42 @@ class Throttled(RpcFailure):
 
 
 class RetryTimes:
-    """When the service on each subject last told this client to ask again: every
-    question of the client honours one refusal, not only the question it answered.
-    (A service holds the refusals of a caller that asks again sooner: see
-    ``services.limits``.)"""
+    """When each service last told this client to ask again, per service and caller (the
+    services limit a caller across all its questions to them): every question of the
+    client to that service honours one refusal, not only the question it answered. (A
+    service holds the refusals of a caller that asks again sooner: ``services.limits``.)"""
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
+        self._refused_at: dict[str, float] = {}
 
     def told(self, subject: str, retry_after: float) -> None:
-        until = time.monotonic() + retry_after
-        if until > self._until.get(subject, 0.0):
-            self._until[subject] = until
+        key, now = _service_of(subject), time.monotonic()
+        self._refused_at[key] = now
+        if now + retry_after > self._until.get(key, 0.0):
+            self._until[key] = now + retry_after
 
     def wait(self, subject: str) -> float:
-        """Seconds until ``subject`` may be asked again (0: now)."""
-        until = self._until.get(subject)
+        """Seconds until the service of ``subject`` may be asked again (0: now)."""
+        key = _service_of(subject)
+        until = self._until.get(key)
         if until is None:
             return 0.0
         left = until - time.monotonic()
         if left <= 0:
-            del self._until[subject]
+            del self._until[key]
             return 0.0
         return left
+
+    def refused_since(self, subject: str, since: float) -> bool:
+        """Whether the service of ``subject`` refused this client at ``since`` (a
+        ``time.monotonic()``) or later."""
+        return self._refused_at.get(_service_of(subject), -1.0) >= since
+
+
+def _service_of(subject: str) -> str:
+    """``<prefix>.rpc.<caller>.<service>`` of a request subject ``....<service>.<name>``."""
+    return subject.rsplit(".", 1)[0]
 
 
 async def ask(
@@ -89,14 +104,26 @@ async def ask(
     if nc is None or not nc.is_connected:
         raise Unanswered("not connected to NATS")
     data = request.model_dump_json().encode()
-    deadline = time.monotonic() + within
+    asked = time.monotonic()
+    deadline = asked + within
     while True:
         if retry_times is not None and (wait := retry_times.wait(subject)) > 0:
             if time.monotonic() + wait >= deadline:
                 raise Throttled(f"{subject}: this caller was told to retry after {wait:.3f}s", wait)
             await asyncio.sleep(wait)
             continue
-        reply = await _request(nc, subject, data, deadline, await_responder=await_responder)
+        try:
+            reply = await _request(nc, subject, data, deadline, await_responder=await_responder)
+        except Unanswered:
+            # The service holds the refusals of a caller that asked again before its time
+            # (up to _HELD s): no answer then is a refusal, never an outage (``fail_open``).
+            if retry_times is not None and retry_times.refused_since(subject, asked - _HELD):
+                raise Throttled(
+                    f"{subject}: no answer in time after this caller was refused (the service"
+                    " holds the refusals of a caller that asks again before its time)",
+                    _HELD,
+                ) from None
+            raise
         try:
             return answer.model_validate_json(reply)
         except ValidationError:
@@ -120,7 +147,10 @@ async def _request(
     while True:
         try:
             timeout = max(deadline - time.monotonic(), 0.01)
-            reply = await permitted(nc, subject, nc.request(subject, data, timeout=timeout))
+            # How long this asker waits: a service holding a refusal sends it before then.
+            headers = {TIME_LEFT: f"{timeout:.3f}"}
+            request = nc.request(subject, data, timeout=timeout, headers=headers)
+            reply = await permitted(nc, subject, request)
             return reply.data
         except NoRespondersError as exc:
             if not await_responder or time.monotonic() + _RETRY > deadline:

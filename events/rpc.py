@@ -20,6 +20,7 @@ __all__ = [
     "RPC_CHECK",
     "RPC_RELEASE",
     "RPC_SNAPSHOT",
+    "TIME_LEFT",
     "CallAttributes",
     "CheckRequest",
     "CheckResult",
@@ -34,6 +35,9 @@ __all__ = [
 RPC_CHECK = "enforcer.check"
 RPC_RELEASE = "enforcer.release"
 RPC_SNAPSHOT = "enforcer.snapshot"
+TIME_LEFT = "Budget-Time-Left"
+"""A request's header: the seconds its asker waits for the answer, so a service holding
+a refusal for the caller's limits sends it before then (``services.limits``)."""
 
 Money = Annotated[Decimal, Field(ge=0)]
 

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from budget.config import Settings
 from events import Topology
-from events.rpc import RpcError
+from events.rpc import TIME_LEFT, RpcError
 from services.fair_queue import FairQueue
 from services.replies import answerable, send
 
@@ -47,7 +47,10 @@ also the refusals of one caller held for pacing, past which more go unanswered."
 _order = itertools.count()
 """Ties between held refusals due at the same time: the first held is sent first."""
 _MAX_HOLD = 1.0
-"""Seconds a refusal is held at most, well within any asker's time-out."""
+"""Seconds a refusal is held at most; less when the asker says it waits less
+(``TIME_LEFT``): a refusal it never sees would look like an outage to it."""
+_MARGIN = 0.05
+"""Seconds before the asker's time runs out that a held refusal is sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +141,14 @@ class CallerLimits:
         if bucket is not None and bucket.in_flight > 0:
             bucket.in_flight -= 1
 
-    def hold_for(self, caller: str, refusal: Refusal) -> float:
+    def hold_for(self, caller: str, refusal: Refusal, *, most: float = _MAX_HOLD) -> float:
         """Seconds to hold ``refusal`` before sending it: none when ``caller`` asked after
-        the time it was last told; else until that time, at most ``_MAX_HOLD``. The
-        caller is then told to wait ``refusal.retry_after`` from when it is sent."""
+        the time it was last told; else until that time, at most ``most`` (the asker's
+        time left, when it says) and ``_MAX_HOLD``. The caller is then told to wait
+        ``refusal.retry_after`` from when it is sent."""
         now = self._clock()
         bucket = self._bucket(caller, now)
-        send_at = max(now, min(bucket.told_until, now + _MAX_HOLD))
+        send_at = max(now, min(bucket.told_until, now + min(most, _MAX_HOLD)))
         bucket.told_until = send_at + refusal.retry_after
         return send_at - now
 
@@ -265,7 +269,7 @@ class LimitedRequests:
             f" {refusal.retry_after:.3f}s",
             retry_after=round(refusal.retry_after, 3),
         )
-        hold = self.limits.hold_for(caller, refusal)
+        hold = self.limits.hold_for(caller, refusal, most=_time_left(msg))
         if hold <= 0:
             await send(self.nc, msg.reply, error)
             return
@@ -300,3 +304,13 @@ class LimitedRequests:
                 await self.nc.publish(inbox, data)
             except Exception:  # e.g. NATS closed: the next one is sent
                 log.exception("%s could not send a refusal", self.service)
+
+
+def _time_left(msg: Msg) -> float:
+    """How long the asker of ``msg`` waits, less a margin for the way back; ``_MAX_HOLD``
+    when it does not say."""
+    told = (msg.headers or {}).get(TIME_LEFT)
+    try:
+        return max(0.0, float(told) - _MARGIN) if told is not None else _MAX_HOLD
+    except ValueError:
+        return _MAX_HOLD

@@ -272,3 +272,27 @@ async def test_a_tracker_does_not_ask_again_before_its_retry_time(
     assert not any(r.allowed for r in later)
     assert all("enforcer throttles this caller" in r.reason for r in later)
     assert all("retry after" in r.reason for r in later)
+
+
+async def test_many_checks_at_once_past_the_limits_are_refused_in_time_never_failed_open(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """Twenty checks at once from a host whose burst is spent, each waiting 0.5 s: the
+    enforcer holds the refusals of a caller that asks again before its time, but never past
+    the time the asker says it waits, so each check gets its refusal (not a time-out,
+    which ``fail_open`` would turn into an allowed call)."""
+    async with (
+        limited_stack(
+            nc, nats_url, db, topology, tmp_path, caller_rate=0.01, caller_burst=2
+        ) as stack,
+        host(stack, "busy", fail_open=True, enforcer_timeout=0.5) as busy,
+    ):
+        first = await busy.check_budget("gpt-4o", user_id="busy", estimated_cost=DIME)
+        many = await asyncio.gather(
+            *(busy.check_budget("gpt-4o", user_id="busy", estimated_cost=DIME) for _ in range(20))
+        )
+    assert first.allowed and first.enforced  # a snapshot and a check: the burst of 2
+    assert not any(result.allowed for result in many)
+    assert all("too many requests" in result.reason for result in many), [
+        r.reason for r in many if "too many requests" not in r.reason
+    ]
