@@ -39,12 +39,13 @@ MIN_SECRET_LENGTH = 4
 # Each pattern masks its ``secret`` group. A URL's user part starts a word (or follows a
 # quote, a bracket, ``=``), with or without a scheme: NATS takes ``user:password@host``.
 # A password runs to the last ``@`` of the URL (as clients parse it: ``p@ss`` is one
-# password) and may hold a ``/`` (base64, not percent-encoded), unless what follows the
+# password; in a comma-separated list, the last before the next URL, unless it holds a
+# comma itself) and may hold a ``/`` (base64, not percent-encoded), unless what follows the
 # ``:`` is a port, digits then ``/`` (``http://host:8080/path@x``), or the ``//`` of a
 # scheme. Masking too much of a URL is the safe side.
 _URL_PASSWORD = re.compile(
     r"(?<![^\s,'\"(\[=<])(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@,'\"]*:"
-    r"(?P<secret>(?!\d+/|/)[^\s,]*|[^\s@/]*)@"
+    r"(?P<secret>(?!\d+/|/)(?:[^\s,]*|[^\s@]*)|[^\s@/]*)@"
 )
 # NATS takes a token alone as the user part: ``nats://<token>@host``.
 _NATS_TOKEN = re.compile(r"(?<![^\s,'\"(\[=<])(?:nats|tls|ws|wss)://(?P<secret>[^\s:/@,'\"]+)@")

@@ -24,6 +24,7 @@ from support import ROOT
         ("nats://a:p1@h1:4222,nats://b:p2@h2", "nats://a:***@h1:4222,nats://b:***@h2"),
         ("tls://a:p%40ss@h", "tls://a:***@h"),
         ("nats://svc:p@ssw0rd-long@127.0.0.1:4222", "nats://svc:***@127.0.0.1:4222"),
+        ("nats://u:a/b,c@host", "nats://u:***@host"),
         ("postgresql://u:a@b:c/d+e%f@h/db", "postgresql://u:***@h/db"),
         ("a:hunter22@127.0.0.1:4222", "a:***@127.0.0.1:4222"),
         ("(got ['nats://u:hunter22@h'])", "(got ['nats://u:***@h'])"),
