@@ -49,6 +49,8 @@ __all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded"]
 log = logging.getLogger(__name__)
 _CLOCK_LOG_EVERY = 60.0
 """Seconds between two errors about this host's clock."""
+_CLOCK_SLACK = 1.0
+"""Seconds of the snapshot's way back (and of queues) not taken for a clock ahead."""
 
 M = TypeVar("M", bound=BaseModel)
 _CacheKey = tuple[str, str | None, str | None, str | None]
@@ -363,7 +365,7 @@ class BudgetChecker:
         time by when NATS stored it, so they dead-letter what this host records, and
         its own check of the time, by the same clock, cannot see it."""
         ahead = (utc_now() - enforcers_now).total_seconds()
-        if ahead <= self.settings.max_clock_skew:
+        if ahead <= self.settings.max_clock_skew + _CLOCK_SLACK:
             return
         if time.monotonic() - self._clock_logged < _CLOCK_LOG_EVERY:
             return

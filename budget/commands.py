@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js.errors import BadRequestError, NotFoundError
 
 from budget.config import Settings, shown_url
@@ -140,14 +141,15 @@ class ChangeClient:
         ahead of when NATS stored it than the projections accept: they judge by the
         server's time and would dead-letter it, so waiting for it to apply would report
         a change that never happened. (When another change has landed on the subject
-        since, the time cannot be read: the projections are trusted then.)"""
+        since, or the stored time cannot be read, the apply is waited for as usual.) The
+        bound is this process's ``max_clock_skew``: give the workers the same."""
         subject = self.settings.topology.event_subject(event.SUBJECT)
         js = self._client().jetstream()
         try:
             stored = await js.get_last_msg(
                 self.settings.topology.event_stream.name, subject, direct=True
             )
-        except NotFoundError:
+        except (NatsError, TimeoutError):  # not found, or no answer: wait for the apply
             return
         if stored.seq != seq or stored.time is None:
             return
@@ -155,9 +157,9 @@ class ChangeClient:
         if ahead > self.settings.max_clock_skew:
             raise ClockAhead(
                 f"this host's clock is {ahead:.0f} s ahead of the NATS server's, more than"
-                f" max_clock_skew ({self.settings.max_clock_skew:.0f} s): the change was"
-                " stored but every projection dead-letters it, so nothing changed; set this"
-                " host's clock right (NTP) and retry"
+                f" max_clock_skew ({self.settings.max_clock_skew:.0f} s, as the workers should"
+                " have it): the change was stored but the projections dead-letter it, so"
+                " nothing changed; set this host's clock right (NTP) and retry"
             )
 
     async def _wait(self, seq: int) -> None:
