@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -97,6 +98,7 @@ async def run_projection(
         backoff = 1.0
 
     config = EngineConfig(time_bounds=settings.time_bounds)
+    lone_faults = _LoneFaults()
     while not stop.is_set():
         runner = ProjectionRunner(
             projections,
@@ -129,6 +131,7 @@ async def run_projection(
         except Reconnected as exc:
             log.warning("worker %s: %s", name, exc)
         except (psycopg.OperationalError, NatsError, OSError, TimeoutError, Systemic) as exc:
+            config = lone_faults.after(exc, config)
             log.warning("worker %s: %s; retrying in %.0fs", name, exc, backoff)
             if loop is not None:
                 loop.failing(f"{type(exc).__name__}: {exc}")
@@ -138,6 +141,38 @@ async def run_projection(
             lag.cancel()
             await runner.close()
     log.info("worker %s stopped after applying %d events", name, applied)
+
+
+LONE_FAULT_PATIENCE = 120.0
+"""Seconds an event alone in its batch may fail, with no event after it to tell whether
+the fault is the projection's or its own, before it is taken for its own and
+dead-lettered: a quiet log (policies, rules) could otherwise stall on it for days."""
+
+
+class _LoneFaults:
+    """How long the same lone event has failed, across the worker's retries."""
+
+    def __init__(self) -> None:
+        self._since: tuple[int, float] | None = None
+
+    def after(self, exc: Exception, config: EngineConfig) -> EngineConfig:
+        """``config`` for the next try: the lone event's fault taken for its own once it
+        has stood ``LONE_FAULT_PATIENCE``."""
+        lone = exc.lone if isinstance(exc, Systemic) else None
+        if lone is None:
+            return config
+        now = time.monotonic()
+        if self._since is None or self._since[0] != lone:
+            self._since = (lone, now)
+        elif now - self._since[1] >= LONE_FAULT_PATIENCE:
+            log.error(
+                "event at stream sequence %d has failed alone for %.0f s with nothing after"
+                " it; taking the fault for its own and dead-lettering it",
+                lone,
+                now - self._since[1],
+            )
+            return dataclasses.replace(config, lone_fault_its_own=lone)
+        return config
 
 
 def _lag_of(

@@ -3,14 +3,23 @@ events that make it fail, which are returned with the reason they are dead-lette
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 
 import psycopg
 
 from projections.engine.projection import Applied, Connection, Rejected
 
-__all__ = ["Retired", "Systemic", "Unapplied", "apply_events", "apply_isolating_rejects"]
+__all__ = [
+    "Retired",
+    "Systemic",
+    "Unapplied",
+    "apply_events",
+    "apply_isolating_rejects",
+    "lone_fault_its_own",
+]
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +33,27 @@ class Retired(Exception):
 class Systemic(Exception):
     """Every event of a batch raised on its own, and not about its data: a fault of the
     projection (a code bug, stored data that no longer validates) rather than of the
-    events, unless events after them apply (``ProjectionRunner`` tries that)."""
+    events, unless events after them apply (``ProjectionRunner`` tries that). ``lone``:
+    the stream sequence of the event when it was alone in its batch."""
+
+    def __init__(self, message: str, *, lone: int | None = None) -> None:
+        super().__init__(message)
+        self.lone = lone
+
+
+_LONE_FAULT_ITS_OWN: ContextVar[int | None] = ContextVar("lone_fault_its_own", default=None)
+
+
+@contextlib.contextmanager
+def lone_fault_its_own(seq: int | None) -> Iterator[None]:
+    """Inside: a fault the event at ``seq`` raises alone in its batch is taken for its
+    own, and it is dead-lettered (``services.worker`` decides so once it has stood long
+    with no event after it to tell)."""
+    token = _LONE_FAULT_ITS_OWN.set(seq)
+    try:
+        yield
+    finally:
+        _LONE_FAULT_ITS_OWN.reset(token)
 
 
 class Unapplied(Exception):
@@ -88,11 +117,14 @@ async def apply_isolating_rejects(
     faults = [f for _, f in failures if not _about_its_data(f)]
     # One fault of a batch of one is as much the projection's as many of a larger batch:
     # at low traffic every batch holds one event, and each would be dead-lettered.
-    if len(failures) == len(events) and len(faults) >= min(len(events), 2):
+    lone = events[0].stream_seq if len(events) == 1 else None
+    its_own = lone is not None and lone == _LONE_FAULT_ITS_OWN.get()
+    if len(failures) == len(events) and len(faults) >= min(len(events), 2) and not its_own:
         raise Systemic(
             f"{label}: each of a batch of {len(events)} event(s) raised on its own, so the fault"
             f" is taken for the projection's, not theirs; nothing is dead-lettered:"
-            f" {type(faults[0]).__name__}: {faults[0]}"
+            f" {type(faults[0]).__name__}: {faults[0]}",
+            lone=lone,
         ) from faults[0]
     return [(event, _rejection(failure)) for event, failure in failures]
 

@@ -25,7 +25,13 @@ from events import TimeBounds, Topology
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.deadletter import dead_letter
-from projections.engine.isolation import Retired, Systemic, Unapplied, apply_events
+from projections.engine.isolation import (
+    Retired,
+    Systemic,
+    Unapplied,
+    apply_events,
+    lone_fault_its_own,
+)
 from projections.engine.log import bind_consumer
 from projections.engine.preparer import Prepared, Preparer
 from projections.engine.projection import Applied, Connection, Projection, SharedLedger
@@ -63,6 +69,10 @@ class EngineConfig:
     max_ack_pending: int = 20000
     time_bounds: TimeBounds = field(default_factory=TimeBounds)
     """Judged against each message's storage time, so a rebuild gives the live verdicts."""
+    lone_fault_its_own: int | None = None
+    """The stream sequence of an event whose fault, alone in its batch, is taken for its
+    own (it is dead-lettered): ``services.worker`` sets it once the fault has stood long
+    enough with nothing after the event to tell (``isolation.lone_fault_its_own``)."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +309,8 @@ class ProjectionRunner:
             return await self._process(batch, isolating=False)
         except Unapplied as exc:
             log.info("%s: a batch failed (%s); applying it again, isolating", self.durable, exc)
-            return await self._process(batch, isolating=True)
+            with lone_fault_its_own(self.config.lone_fault_its_own):
+                return await self._process(batch, isolating=True)
 
     async def _process(
         self, batch: Sequence[Delivery[Prepared]], *, isolating: bool

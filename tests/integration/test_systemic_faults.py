@@ -175,6 +175,43 @@ async def test_a_fault_on_a_batch_of_one_stands_until_an_event_after_it_applies(
     assert await rows(db, TOTALS) == [(1, 1)]
 
 
+async def test_a_worker_takes_a_lone_events_fault_for_its_own_once_it_has_stood_long(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a quiet log nothing may follow the event to tell: past ``LONE_FAULT_PATIENCE``
+    (none here) the worker dead-letters it and goes on, rather than stall for days."""
+    faulty = Faulty(poisoned=["mallory"])
+    monkeypatch.setattr(services.worker, "worker_projections", lambda name: [faulty])
+    monkeypatch.setattr(services.worker, "LONE_FAULT_PATIENCE", 0.0)
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await publish(nc, topology, [usage_event(cost="1", user="mallory")])
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_projection("faulty", nc, settings, stop))
+    try:
+
+        async def dead_lettered() -> bool:
+            """the worker dead-lettered the lone event after its fault stood"""
+            letters = await recent_dead_letters(nc.jetstream(), topology)
+            return [letter.original_seq for letter in letters] == [1]
+
+        await wait_for(dead_lettered, within=30)
+        await publish(nc, topology, [usage_event(cost="1", user="alice")])
+
+        async def counted() -> bool:
+            """the worker went on and counted the next call"""
+            return await rows(db, TOTALS) == [(1, 1)]
+
+        await wait_for(counted, within=30)
+    finally:
+        stop.set()
+        await worker
+
+
 async def test_an_event_past_a_database_limit_is_dead_lettered_and_the_rest_counted(
     nc: Client, db: str, topology: Topology
 ) -> None:
