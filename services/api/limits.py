@@ -11,7 +11,8 @@ host checks and records each call), and every read a viewer may make as the quer
 limits a host (``caller_query_*``); so is every console page a session reads (``admitted``,
 used by ``services.api.console.guard``). Admin changes and key management are not limited.
 A request over a limit is answered 429 with ``retry_after`` and ``Retry-After``; an
-admitted one counts in flight until its answer has been sent.
+admitted one counts in flight until its answer has been sent (a live alert feed, open all
+day in every console tab, only counts against the rate: ``routes.alerts``).
 
 The limits are per API process: replicas each count their own.
 """

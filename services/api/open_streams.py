@@ -1,7 +1,7 @@
 """Streamed answers still open (exports, live feeds), counted per holder so a cap can be
 kept on them. A stream counts from when its answer is made until it is gone (finished,
-abandoned, or never started), which a finalizer sees: FastAPI ends a route's
-dependencies before a streamed body is sent, so they cannot hold a slot for it."""
+abandoned by its client, or never started), which a finalizer sees whichever way it
+ends."""
 
 from __future__ import annotations
 

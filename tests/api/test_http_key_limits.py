@@ -148,9 +148,10 @@ def test_a_keys_live_feeds_are_capped_while_open_and_its_reads_go_on(stack: Live
         tabs.stream("GET", "/api/v1/alerts/stream") as first,
         tabs.stream("GET", "/api/v1/alerts/stream") as second,
     ):
-        for feed in (first, second):  # open: the service said so
-            assert next(feed.iter_lines()) == ": connected"
-        third = tabs.get("/api/v1/alerts/stream")
+        # open: the service said so (the line iterators kept, or their end closes the feed)
+        lines = [feed.iter_lines() for feed in (first, second)]
+        assert [next(line) for line in lines] == [": connected"] * 2
+        third = tabs.get("/api/v1/alerts/stream", timeout=10)  # a stream opened: no hang
         read = api.get("/api/v1/policies")  # the key's third token (burst 3)
     assert third.status_code == 429, third.text
     assert "(api_feeds_per_key)" in third.json()["detail"]

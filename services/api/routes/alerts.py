@@ -23,7 +23,7 @@ from projections.engine.projection import Connection
 from projections.queries import AlertPosition, alerts_page
 from services.api.auth import ADMIN, READ, Principal, require
 from services.api.context import ApiServices, current_services
-from services.api.limits import limited_read
+from services.api.limits import holding, limited_read
 from services.api.open_streams import OpenStreams
 from services.api.problems import LIMITED_RESPONSES, Problem
 
@@ -110,7 +110,8 @@ def alert_position(cursor: str | None) -> AlertPosition | None:
 
 async def _room_for_a_feed(request: Request, api: Api) -> Principal:
     """The reader, if its key has fewer live feeds open than allowed (else 429, before its
-    read rate is spent)."""
+    read rate is spent); a feed spends one read as it opens and no slot in flight while
+    it streams (every console tab keeps one open, all day)."""
     reader = await _reader(request)
     most = api.settings.api_feeds_per_key
     if _feeds.count(reader.key_id) >= most:
@@ -120,12 +121,13 @@ async def _room_for_a_feed(request: Request, api: Api) -> Principal:
             " close one (a console tab) and retry",
             retry_after=5,
         )
-    return reader
+    with holding(request.app.state.key_limits.reads, reader):
+        return reader
 
 
 @router.get(
     "/stream",
-    dependencies=[Depends(_room_for_a_feed), Depends(limited_read)],
+    dependencies=[Depends(_room_for_a_feed)],
     responses=LIMITED_RESPONSES,
     summary="New alerts as Server-Sent Events (event: alert, id: its id, data: the alert);"
     " a reconnect with Last-Event-ID resumes after that alert",
