@@ -88,7 +88,7 @@ def test_reports_show_tables_a_chart_and_exports(stack: LiveStack, pages: Pages)
         page.goto(f"/reports?kind={kind}")
         expect(page.get_by_role("heading", name=heading)).to_be_visible()
     page.goto("/reports?kind=custom&start=2026-05-01&end=2026-04-01")
-    expect(page.locator(".notice.error")).to_contain_text("end must be after its start")
+    expect(page.locator("#e-end")).to_contain_text("end must be after its start")  # by it
 
 
 def test_alert_rules_are_added_with_field_errors_and_removed(
