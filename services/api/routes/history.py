@@ -114,12 +114,15 @@ async def export(
         running = ""
     if running:
         raise Problem(429, f"{running}; retry when one has finished", headers={"Retry-After": "5"})
+    # Taken before anything is awaited, so exports asked at once cannot pass the caps; the
+    # stream keeps it (its argument), an error here lets it go.
+    slot = _Slot()
+    _running.hold(slot)
+    _running.hold(slot, reader.key_id)
     # Before the answer starts: a database that is away is a 503 here, not a cut stream.
     as_of = await api.database.read(lambda conn: live_position(conn, "history"))
     csv = format == "csv"
-    body = _stream(api.settings.database_url, where, as_of, csv=csv)
-    _running.hold(body)
-    _running.hold(body, reader.key_id)
+    body = _stream(api.settings.database_url, where, as_of, csv=csv, slot=slot)
     media = "text/csv; charset=utf-8" if csv else "application/x-ndjson"
     name = "usage-history.csv" if csv else "usage-history.jsonl"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
@@ -135,8 +138,12 @@ MAX_EXPORTS_PER_KEY = 2
 _running = OpenStreams()
 
 
+class _Slot:
+    """One export's place among those running, held by its stream while it exists."""
+
+
 async def _stream(
-    database_url: str, where: HistoryFilter, as_of: int, *, csv: bool
+    database_url: str, where: HistoryFilter, as_of: int, *, csv: bool, slot: _Slot
 ) -> AsyncIterator[bytes]:
     # Its own connection, not the pool's: a long export never holds up short requests,
     # and one a client abandons mid-COPY is simply closed.
