@@ -7,7 +7,8 @@ refused without re-applying their batch event by event (real NATS and PostgreSQL
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,13 +16,14 @@ import pytest
 from nats.aio.client import Client
 
 import services.worker
+from budget.config import Settings
 from events import Topology
 from projections.engine.deadletter import recent_dead_letters
 from projections.engine.isolation import Systemic
 from projections.engine.projection import Applied, Connection
 from projections.engine.runner import EngineConfig
 from projections.spend import SpendProjection
-from services.liveness import Liveness
+from services.liveness import Liveness, Loop
 from services.worker import run_projection
 
 from enforcement import stack_settings
@@ -55,6 +57,27 @@ class Faulty(SpendProjection):
         await super().apply(conn, version, batch)
 
 
+@contextlib.asynccontextmanager
+async def worker_running(
+    faulty: Faulty,
+    nc: Client,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    loop: Loop | None = None,
+) -> AsyncIterator[asyncio.Task[None]]:
+    """``budget worker`` running ``faulty`` as its projection until the block ends (a turn
+    of ``loop`` each batch, if given)."""
+    monkeypatch.setattr(services.worker, "worker_projections", lambda name: [faulty])
+    stop = asyncio.Event()
+    run = run_projection("faulty", nc, settings, stop, loop)
+    worker = loop.start(run) if loop is not None else asyncio.create_task(run)
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await worker
+
+
 async def test_a_fault_every_event_of_a_batch_hits_stops_the_consumer_and_loses_nothing(
     nc: Client, db: str, topology: Topology
 ) -> None:
@@ -82,14 +105,11 @@ async def test_a_worker_whose_projection_fails_on_every_event_reports_it_and_ret
     then stalled) while the worker backs off and tries again, in the same process, and
     once the fault is gone every event is counted; nothing was dead-lettered."""
     faulty = Faulty(broken=True)
-    monkeypatch.setattr(services.worker, "worker_projections", lambda name: [faulty])
     settings = stack_settings(nats_url, db, topology, tmp_path)
     await publish(nc, topology, [usage_event(cost="1", user=u) for u in ("alice", "bob")])
     liveness = Liveness()
     loop = liveness.loop("worker faulty", stall_after=1.0)
-    stop = asyncio.Event()
-    worker = loop.start(run_projection("faulty", nc, settings, stop, loop))
-    try:
+    async with worker_running(faulty, nc, settings, monkeypatch, loop) as worker:
 
         async def reported() -> bool:
             """the worker is reported stalled by the projection's fault"""
@@ -107,9 +127,6 @@ async def test_a_worker_whose_projection_fails_on_every_event_reports_it_and_ret
             return await rows(db, TOTALS) == [(2, 2)] and liveness.problems() == []
 
         await wait_for(counted)
-    finally:
-        stop.set()
-        await worker
 
 
 async def test_one_event_the_projection_raises_on_is_dead_lettered_and_the_rest_counted(
@@ -185,14 +202,10 @@ async def test_a_worker_takes_a_lone_events_fault_for_its_own_once_it_has_stood_
 ) -> None:
     """On a quiet log nothing may follow the event to tell: past ``LONE_FAULT_PATIENCE``
     (none here) the worker dead-letters it and goes on, rather than stall for days."""
-    faulty = Faulty(poisoned=["mallory"])
-    monkeypatch.setattr(services.worker, "worker_projections", lambda name: [faulty])
     monkeypatch.setattr(services.worker, "LONE_FAULT_PATIENCE", 0.0)
     settings = stack_settings(nats_url, db, topology, tmp_path)
     await publish(nc, topology, [usage_event(cost="1", user="mallory")])
-    stop = asyncio.Event()
-    worker = asyncio.create_task(run_projection("faulty", nc, settings, stop))
-    try:
+    async with worker_running(Faulty(poisoned=["mallory"]), nc, settings, monkeypatch):
 
         async def dead_lettered() -> bool:
             """the worker dead-lettered the lone event after its fault stood"""
@@ -207,9 +220,6 @@ async def test_a_worker_takes_a_lone_events_fault_for_its_own_once_it_has_stood_
             return await rows(db, TOTALS) == [(1, 1)]
 
         await wait_for(counted, within=30)
-    finally:
-        stop.set()
-        await worker
 
 
 async def test_an_event_past_a_database_limit_is_dead_lettered_and_the_rest_counted(
