@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,13 @@ def cpu_seconds(pid: int) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     data = Path(tempfile.mkdtemp(prefix="bench-accounts-"))
+    try:
+        await measure(data, args)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def measure(data: Path, args: argparse.Namespace) -> None:
     config = write_config(data, Settings())
     credentials = NatsCredentials(data)
     with EmbeddedNats(data / "nats", config_file=config).start() as server:
@@ -51,16 +59,18 @@ async def main(args: argparse.Namespace) -> None:
                     update={"spool_dir": spool}
                 )
                 tracker = await start_usage_tracker(settings)
-                for i in range(1000):  # warm: connections, caches
-                    await record(tracker, i)
-                await tracker.flush()
-                cpu, started = cpu_seconds(server.pid), time.perf_counter()
-                for i in range(args.events):
-                    await record(tracker, i)
-                await tracker.flush()
-                elapsed = time.perf_counter() - started
-                used = cpu_seconds(server.pid) - cpu
-                await tracker.close()
+                try:
+                    for i in range(1000):  # warm: connections, caches
+                        await record(tracker, i)
+                    await tracker.flush()
+                    cpu, started = cpu_seconds(server.pid), time.perf_counter()
+                    for i in range(args.events):
+                        await record(tracker, i)
+                    await tracker.flush()
+                    elapsed = time.perf_counter() - started
+                    used = cpu_seconds(server.pid) - cpu
+                finally:
+                    await tracker.close()
                 extra = {"user": user, "round": round_, "events": args.events}
                 emit("producer_events_per_s", args.events / elapsed, "events/s", **extra)
                 emit("nats_cpu_us_per_event", used / args.events * 1e6, "us/event", **extra)

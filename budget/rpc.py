@@ -33,6 +33,10 @@ class Unanswered(RpcFailure, ConnectionError):
     """No service answered (not connected, no responders, or timed out)."""
 
 
+class _NobodyAnswers(Unanswered):
+    """No service is subscribed (an outage for sure: a held refusal needs a service)."""
+
+
 class Refused(RpcFailure, ValueError):
     """The service answered with an ``RpcError``: the question was wrong or it failed."""
 
@@ -104,20 +108,22 @@ async def ask(
     if nc is None or not nc.is_connected:
         raise Unanswered("not connected to NATS")
     data = request.model_dump_json().encode()
-    asked = time.monotonic()
-    deadline = asked + within
+    deadline = time.monotonic() + within
     while True:
         if retry_times is not None and (wait := retry_times.wait(subject)) > 0:
             if time.monotonic() + wait >= deadline:
                 raise Throttled(f"{subject}: this caller was told to retry after {wait:.3f}s", wait)
             await asyncio.sleep(wait)
             continue
+        sent = time.monotonic()
         try:
             reply = await _request(nc, subject, data, deadline, await_responder=await_responder)
+        except _NobodyAnswers:
+            raise
         except Unanswered:
             # The service holds the refusals of a caller that asked again before its time
             # (up to _HELD s): no answer then is a refusal, never an outage (``fail_open``).
-            if retry_times is not None and retry_times.refused_since(subject, asked - _HELD):
+            if retry_times is not None and retry_times.refused_since(subject, sent - _HELD):
                 raise Throttled(
                     f"{subject}: no answer in time after this caller was refused (the service"
                     " holds the refusals of a caller that asks again before its time)",
@@ -154,7 +160,7 @@ async def _request(
             return reply.data
         except NoRespondersError as exc:
             if not await_responder or time.monotonic() + _RETRY > deadline:
-                raise Unanswered(f"no answer on {subject}: {exc!r}") from None
+                raise _NobodyAnswers(f"no answer on {subject}: {exc!r}") from None
             await asyncio.sleep(_RETRY)
         except (NatsError, TimeoutError) as exc:
             raise Unanswered(f"no answer on {subject}: {exc!r}") from None

@@ -50,7 +50,11 @@ _MAX_HOLD = 1.0
 """Seconds a refusal is held at most; less when the asker says it waits less
 (``TIME_LEFT``): a refusal it never sees would look like an outage to it."""
 _MARGIN = 0.05
-"""Seconds before the asker's time runs out that a held refusal is sent."""
+"""Seconds (and a fifth of its time) before the asker's time runs out that a held refusal
+is sent."""
+_MIN_HOLD = 0.1
+"""Seconds a held refusal waits however little time its asker says it has: the tracker
+takes no answer soon after a refusal for a refusal (``budget.rpc``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +204,8 @@ class LimitedRequests:
         self.callback = callback
         self.on_refusal = on_refusal
         """Called for each request refused (a metric counts them)."""
-        self._queue: FairQueue[Msg] = FairQueue()
+        self._queue: FairQueue[tuple[Msg, float]] = FairQueue()
+        """Each request with the loop time it arrived at."""
         self._warned: set[tuple[str, str]] = set()
         self._held: list[tuple[float, int, str, str, bytes]] = []
         """Refusals to send later, a heap of (loop time, order, caller, inbox, answer)."""
@@ -221,11 +226,12 @@ class LimitedRequests:
                 else "that expect no answer",
             )
             return
+        arrived = asyncio.get_running_loop().time()
         if self._queue.waiting(caller) < _MAX_QUEUED:
-            self._queue.put(caller, msg)
+            self._queue.put(caller, (msg, arrived))
         else:  # a caller that sends without waiting for answers: refused here, unqueued
             refusal = Refusal(f"caller {caller!r} has too many requests queued", 1)
-            await self._refuse(caller, msg, refusal)
+            await self._refuse(caller, msg, refusal, arrived)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -241,16 +247,16 @@ class LimitedRequests:
 
     async def _serve(self) -> None:
         while True:
-            [(caller, msg)] = await self._queue.take(1)
+            [(caller, (msg, arrived))] = await self._queue.take(1)
             try:
-                await self._handle(caller, msg)
+                await self._handle(caller, msg, arrived)
             except Exception:  # e.g. NATS closed under a refusal: the next one is served
                 log.exception("%s could not handle a request", self.service)
 
-    async def _handle(self, caller: str, msg: Msg) -> None:
+    async def _handle(self, caller: str, msg: Msg, arrived: float) -> None:
         refusal = self.limits.admit(caller)
         if refusal is not None:
-            await self._refuse(caller, msg, refusal)
+            await self._refuse(caller, msg, refusal, arrived)
             return
         handed_on = False
         try:
@@ -259,7 +265,7 @@ class LimitedRequests:
             if not handed_on:
                 self.limits.done(caller)
 
-    async def _refuse(self, caller: str, msg: Msg, refusal: Refusal) -> None:
+    async def _refuse(self, caller: str, msg: Msg, refusal: Refusal, arrived: float) -> None:
         if self.on_refusal is not None:
             self.on_refusal()
         if not answerable(msg.reply):
@@ -269,7 +275,8 @@ class LimitedRequests:
             f" {refusal.retry_after:.3f}s",
             retry_after=round(refusal.retry_after, 3),
         )
-        hold = self.limits.hold_for(caller, refusal, most=_time_left(msg))
+        waited = asyncio.get_running_loop().time() - arrived
+        hold = self.limits.hold_for(caller, refusal, most=_time_left(msg) - waited)
         if hold <= 0:
             await send(self.nc, msg.reply, error)
             return
@@ -307,10 +314,14 @@ class LimitedRequests:
 
 
 def _time_left(msg: Msg) -> float:
-    """How long the asker of ``msg`` waits, less a margin for the way back; ``_MAX_HOLD``
-    when it does not say."""
+    """How long the asker of ``msg`` waits from its arrival, less a margin for the way
+    back, but at least ``_MIN_HOLD`` (a caller cannot ask to be answered at once);
+    ``_MAX_HOLD`` when it does not say."""
     told = (msg.headers or {}).get(TIME_LEFT)
+    if told is None:
+        return _MAX_HOLD
     try:
-        return max(0.0, float(told) - _MARGIN) if told is not None else _MAX_HOLD
+        left = float(told)
     except ValueError:
         return _MAX_HOLD
+    return max(_MIN_HOLD, left * 0.8 - _MARGIN) if left == left else _MAX_HOLD  # NaN

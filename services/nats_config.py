@@ -11,6 +11,7 @@ makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +42,7 @@ DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
     ("host", "host"),
     ("alerts", "alerts"),
 )
+log = logging.getLogger(__name__)
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user
 # Each connect checks the hash; the passwords are 256 random bits, so a low cost loses
 # nothing and keeps connecting fast.
@@ -276,7 +278,16 @@ def move_streams_into_accounts(store_dir: Path) -> bool:
     for events that never come. True when moved. Before the server starts; once."""
     jetstream = Path(store_dir) / "jetstream"
     global_streams, services = jetstream / "$G", jetstream / ACCOUNTS["service"]
-    if not global_streams.is_dir() or services.exists():
+    if not global_streams.is_dir():
+        return False
+    if services.exists():
+        log.error(
+            "%s and %s both hold streams: the services use the second; if the first is the"
+            " event log you were using, stop NATS and move it into place (docs/operations.md,"
+            " Upgrading)",
+            global_streams,
+            services,
+        )
         return False
     global_streams.rename(services)
     return True

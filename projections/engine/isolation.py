@@ -34,7 +34,8 @@ class Systemic(Exception):
     """Every event of a batch raised on its own, and not about its data: a fault of the
     projection (a code bug, stored data that no longer validates) rather than of the
     events, unless events after them apply (``ProjectionRunner`` tries that). ``lone``:
-    the stream sequence of the event when it was alone in its batch."""
+    the stream sequence of the event when it was the only one applied (alone in its
+    batch, or the only one left of it)."""
 
     def __init__(self, message: str, *, lone: int | None = None) -> None:
         super().__init__(message)

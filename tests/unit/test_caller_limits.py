@@ -12,7 +12,7 @@ import pytest
 
 from events import Topology
 from services.fair_queue import FairQueue
-from services.limits import CallerLimits, LimitedRequests
+from services.limits import CallerLimits, LimitedRequests, _time_left
 
 
 class Clock:
@@ -322,3 +322,16 @@ async def test_a_caller_that_never_waits_is_bounded_in_memory() -> None:
         assert requests._held_by == {"flood": 1_000}
     finally:
         await requests.close()
+
+
+@pytest.mark.parametrize(
+    ("told", "hold_at_most"),
+    [(None, 1.0), ("2", 1.55), ("0.5", 0.35), ("0", 0.1), ("-3", 0.1), ("nan", 1.0), ("x", 1.0)],
+)
+def test_a_held_refusal_is_sent_before_the_asker_gives_up_but_never_at_once(
+    told: str | None, hold_at_most: float
+) -> None:
+    """The asker says how long it waits (``Budget-Time-Left``): a fifth and 50 ms of it
+    are left for the way back, and a caller cannot ask to be answered at once."""
+    headers = None if told is None else {"Budget-Time-Left": told}
+    assert _time_left(cast(Any, SimpleNamespace(headers=headers))) == pytest.approx(hold_at_most)
