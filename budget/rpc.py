@@ -15,14 +15,12 @@ from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
 from budget.natsconn import permitted
-from events.rpc import TIME_LEFT, RpcError
+from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 
 __all__ = ["Refused", "RetryTimes", "RpcFailure", "Throttled", "Unanswered", "ask"]
 
 M = TypeVar("M", bound=BaseModel)
 _RETRY = 0.1  # seconds between asking a service that has no subscriber yet
-_HELD = 1.0
-"""Seconds a service may hold a refusal (``services.limits._MAX_HOLD``)."""
 
 
 class RpcFailure(Exception):
@@ -122,12 +120,15 @@ async def ask(
             raise
         except Unanswered:
             # The service holds the refusals of a caller that asked again before its time
-            # (up to _HELD s): no answer then is a refusal, never an outage (``fail_open``).
-            if retry_times is not None and retry_times.refused_since(subject, sent - _HELD):
+            # (up to MAX_REFUSAL_HOLD s): no answer then is a refusal, never an outage
+            # (``fail_open``).
+            if retry_times is not None and retry_times.refused_since(
+                subject, sent - MAX_REFUSAL_HOLD
+            ):
                 raise Throttled(
                     f"{subject}: no answer in time after this caller was refused (the service"
                     " holds the refusals of a caller that asks again before its time)",
-                    _HELD,
+                    MAX_REFUSAL_HOLD,
                 ) from None
             raise
         try:

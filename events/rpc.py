@@ -35,6 +35,10 @@ __all__ = [
 RPC_CHECK = "enforcer.check"
 RPC_RELEASE = "enforcer.release"
 RPC_SNAPSHOT = "enforcer.snapshot"
+MAX_REFUSAL_HOLD = 1.0
+"""Seconds a service holds at most the refusal of a caller that asked again before its
+``retry_after`` (``services.limits``); an asker takes no answer that soon after a refusal
+for a held refusal (``budget.rpc``)."""
 TIME_LEFT = "Budget-Time-Left"
 """A request's header: the seconds its asker waits for the answer, so a service holding
 a refusal for the caller's limits sends it before then (``services.limits``)."""

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from budget.config import Settings
 from events import Topology
-from events.rpc import TIME_LEFT, RpcError
+from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 from services.fair_queue import FairQueue
 from services.replies import answerable, send
 
@@ -46,9 +46,9 @@ _MAX_QUEUED = 1000
 also the refusals of one caller held for pacing, past which more go unanswered."""
 _order = itertools.count()
 """Ties between held refusals due at the same time: the first held is sent first."""
-_MAX_HOLD = 1.0
-"""Seconds a refusal is held at most; less when the asker says it waits less
-(``TIME_LEFT``): a refusal it never sees would look like an outage to it."""
+_MAX_HOLD = MAX_REFUSAL_HOLD
+"""Less when the asker says it waits less (``TIME_LEFT``): a refusal it never sees would
+look like an outage to it."""
 _MARGIN = 0.05
 """Seconds (and a fifth of its time) before the asker's time runs out that a held refusal
 is sent."""
