@@ -19,8 +19,10 @@ Figures (one JSON line each, per run):
   of the same hour, or of two versions of the code, compare.
 
 ``--reference`` also replays, after each run, the same counting without any rule
-(``count_only_*``: a spend projection with a private ledger, as the evaluator counts): the
-difference is what evaluating the rules costs. ``--profile FILE`` writes a cProfile of the
+(``count_only_*``: a spend projection counting the usage ledger's rows, as the evaluator
+counts): the difference is what evaluating the rules costs. The ledger is recorded by the
+live evaluator's first catch-up; the replays read it, as the evaluator does when the usage
+group has recorded the log (``ledger.COUNTING_LEDGER``). ``--profile FILE`` writes a cProfile of the
 first run to FILE and prints its top entries.
 
 Run: ``./run python bench/alerts.py [--events 100000] [--runs 3]``.
@@ -71,7 +73,9 @@ MODELS = [
     ("anthropic", "claude-sonnet-4", Decimal(3), Decimal(15)),
 ]
 _MILLION = Decimal(1_000_000)
-COUNT_ONLY = SpendProjection("bench_count", private_ledger=True, settles_reservations=False)
+COUNT_ONLY = SpendProjection(
+    "bench_count", counts_recorded=True, settles_reservations=False, cost_only=True
+)
 """What the evaluator does to count usage, without a rule: its cost is the floor."""
 # Event ids, like times, follow from the arguments: the same log, so the same alerts.
 _EVENT_IDS = uuid.UUID("0d7c5a8e-3a52-4c1f-9a4e-6f1b2c3d4e5f")

@@ -2,7 +2,10 @@
 the log rebuilds the same alerts.
 
 Per batch, in log order: usage goes into the evaluator's quarter-hour buckets (the spend
-projection's code, under ``alert_spend_*``, with a private ledger, cost measures only);
+projection's code, under ``alert_spend_*``, cost measures only), counted from the usage
+ledger's rows at the batch's stream sequences (``ledger.COUNTING_LEDGER``: what the usage
+group has recorded, the evaluator neither decodes nor stages; what it has not, the
+evaluator records itself);
 then every policy window and watched hour the fresh spend touched is checked against the
 rules, set-based in PostgreSQL (``projections/crossings.py``): Python works per batch and
 per alert, not per event, and events no policy or rule is about cost nothing beyond being
@@ -57,6 +60,7 @@ from projections.crossings import (
     window_totals_ddl,
 )
 from projections.engine.projection import Applied, Connection, Projection, physical
+from projections.ledger import Recorded
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
 
@@ -126,8 +130,9 @@ class AlertsProjection(Projection):
 
     def __init__(self) -> None:
         self.spend = SpendProjection(
-            "alert_spend", private_ledger=True, settles_reservations=False, cost_only=True
+            "alert_spend", counts_recorded=True, settles_reservations=False, cost_only=True
         )
+        self.ledger = self.spend.ledger
         self.policies = PoliciesProjection("alert")
         self.rule_log = ChangeLog(table="alert_rule_log", key="rule_id", document="rule")
         self.tables = (
@@ -144,8 +149,6 @@ class AlertsProjection(Projection):
         alerts = physical(_ALERTS, version)
         return [
             *self.spend.ddl(version),
-            # each batch reads back the usage it recorded (``projections.crossings``)
-            f"CREATE INDEX ON {self.spend.ledger_of(version).usage} (stream_seq)",
             *window_totals_ddl(physical(_WINDOW_TOTALS, version)),
             *self.policies.ddl(version),
             *self.rule_log.ddl(version),
@@ -198,8 +201,7 @@ class AlertsProjection(Projection):
             await conn.execute(f"DELETE FROM {totals}".encode())
             if not state.anomaly_rules:
                 return  # no rule can be about usage: counting it is all there is to do
-        usage = self.spend.ledger_of(version).usage
-        counted = Counted.of(usage, segment[0].stream_seq, segment[-1].stream_seq, booked)
+        counted = Counted.of(self.spend.ledger.usage, Recorded.of(segment), booked)
         buckets = physical(self.spend.tables[0], version)
         candidates = [
             *await self._threshold_candidates(conn, buckets, totals, state, counted),

@@ -24,7 +24,7 @@ from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
 from events.usage import exact_money
 from projections.engine.projection import Connection
-from projections.ledger import Booked
+from projections.ledger import Booked, Recorded, recorded_usage
 
 __all__ = [
     "HISTORY_DAYS",
@@ -57,19 +57,18 @@ def _key_of(scope: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Counted:
-    """The spend one segment of the log adds: the usage events the private ledger recorded
-    at stream sequences ``first``..``last`` (priced ones; a re-send is recorded nowhere) and
-    the segment's corrections that change a cost."""
+    """The spend one segment of the log adds: the usage events the ledger recorded at the
+    segment's stream sequences (priced ones; a re-send is recorded nowhere) and the
+    segment's corrections that change a cost."""
 
     usage: str
-    """The private ledger's usage table."""
-    first: int
-    last: int
+    """The ledger's usage table."""
+    recorded: Recorded
     corrections: str
     """A JSON array of the corrections, shaped like the rows of ``cte``."""
 
     @classmethod
-    def of(cls, usage: str, first: int, last: int, booked: Sequence[Booked]) -> Counted:
+    def of(cls, usage: str, recorded: Recorded, booked: Sequence[Booked]) -> Counted:
         corrections = [
             {
                 "seq": b.applied.stream_seq,
@@ -81,11 +80,11 @@ class Counted:
             for b in booked
             if b.cost_delta
         ]
-        return cls(usage, first, last, json.dumps(corrections))
+        return cls(usage, recorded, json.dumps(corrections))
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"first": self.first, "last": self.last, "corrections": self.corrections}
+        return {**self.recorded.params, "corrections": self.corrections}
 
     @property
     def cte(self) -> str:
@@ -94,8 +93,8 @@ class Counted:
         return f"""counted AS (
             SELECT u.stream_seq AS seq, u.event_id, u.occurred_at, u.cost, u.provider,
                    u.model, u.user_id, u.project_id
-            FROM {self.usage} u
-            WHERE u.stream_seq BETWEEN %(first)s AND %(last)s AND u.cost IS NOT NULL
+            FROM {recorded_usage(self.usage, "u")}
+            WHERE u.cost IS NOT NULL
             UNION ALL
             SELECT * FROM jsonb_to_recordset(%(corrections)s::jsonb) AS c(seq bigint,
                 event_id uuid, occurred_at timestamptz, cost numeric, provider text,

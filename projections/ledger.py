@@ -19,11 +19,16 @@ finds the row taken and counts nowhere. A ``UsageRepriced`` correction, taken in
 Every row is a function of the log up to it, whoever writes it first: a projection rebuilt
 alone finds the rows the live ones wrote and reads the same verdicts. Writers record in
 log order; ``usage_ledger_position`` says how far each has recorded, so a rebuild that is
-behind reads instead of writing.
+behind reads instead of writing (and still moves its position).
+
+Spend, history and report rollups read each batch's staged rows joined to the ledger; the
+alert evaluator reads the ledger's rows alone (``COUNTING_LEDGER``, ``Recorded``): what
+another consumer recorded it neither decodes nor stages (see ``reads_recorded``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +40,16 @@ from events import UsageRepriced
 from projections.engine.projection import Applied, Connection, Rejected
 from projections.usage_rows import STAGED, stage, staged_rows
 
-__all__ = ["SHARED_LEDGER", "WHERE", "Booked", "Ledger", "first_usage"]
+__all__ = [
+    "COUNTING_LEDGER",
+    "SHARED_LEDGER",
+    "WHERE",
+    "Booked",
+    "Ledger",
+    "Recorded",
+    "first_usage",
+    "recorded_usage",
+]
 
 WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
 """Where a usage event counts, as the ledger keeps it for its corrections."""
@@ -48,6 +62,42 @@ def first_usage(usage: str) -> str:
         f"{STAGED} b JOIN {usage} led ON led.event_id = b.event_id"
         f" AND led.stream_seq = b.stream_seq WHERE {staged_rows('b')}"
     )
+
+
+def recorded_usage(usage: str, alias: str) -> str:
+    """The ledger's usage rows (as ``alias``) at the stream sequences ``Recorded.params``
+    gives: the segment's usage events at their first appearance."""
+    return (
+        "unnest(%(runs_lo)s::bigint[], %(runs_hi)s::bigint[]) AS runs(lo, hi)"
+        f" JOIN {usage} {alias} ON {alias}.stream_seq BETWEEN runs.lo AND runs.hi"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A segment of the log as its runs of consecutive stream sequences (a segment is
+    usually one run; a skipped or refused event splits it), for ``recorded_usage``: a
+    range scan per run finds the ledger rows, where a list of every sequence would be
+    compared row by row in a generic plan (``usage_rows.staged_rows``)."""
+
+    lo: list[int]
+    hi: list[int]
+
+    @classmethod
+    def of(cls, segment: Sequence[Applied]) -> Recorded:
+        lo: list[int] = []
+        hi: list[int] = []
+        for seq in sorted(a.stream_seq for a in segment):
+            if hi and seq == hi[-1] + 1:
+                hi[-1] = seq
+            else:
+                lo.append(seq)
+                hi.append(seq)
+        return cls(lo, hi)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"runs_lo": self.lo, "runs_hi": self.hi}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +137,21 @@ class Booked:
 
 @dataclass(frozen=True, slots=True)
 class Ledger:
-    """``usage`` and ``corrections``: table names; ``position``: the table of how far each
-    writer has recorded (None for a private ledger, which one writer fills alone);
-    ``counted_only``: its batches are staged with only what counting needs
-    (``usage_rows.COUNTED``)."""
+    """``usage``, ``corrections`` and ``position`` (how far each writer has recorded):
+    table names. ``counted_only``: batches are staged with only what counting needs
+    (``usage_rows.COUNTED``). ``reads_recorded``: the projections read the ledger's rows
+    (``recorded_usage``), not the staged batch, so only what the ledger lacks is staged,
+    and the runner decodes nothing else (``SharedLedger.reads_recorded``)."""
 
     usage: str
     corrections: str
-    position: str | None = None
+    position: str
     counted_only: bool = False
+    reads_recorded: bool = False
 
     @property
     def tables(self) -> tuple[str, ...]:
-        return (self.usage, self.corrections, *((self.position,) if self.position else ()))
+        return (self.usage, self.corrections, self.position)
 
     def ddl(self) -> list[str]:
         return [
@@ -116,6 +168,7 @@ class Ledger:
                 project_id text,
                 reservation_id text)""",
             f"CREATE INDEX ON {self.usage} (reservation_id) WHERE reservation_id IS NOT NULL",
+            f"CREATE INDEX ON {self.usage} (stream_seq)",  # recorded_usage
             f"""CREATE TABLE {self.corrections} (
                 event_id uuid PRIMARY KEY,
                 stream_seq bigint NOT NULL,
@@ -125,14 +178,7 @@ class Ledger:
                 cost_delta numeric NOT NULL,
                 unpriced_delta integer NOT NULL)""",
             f"CREATE INDEX ON {self.corrections} (corrects, stream_seq)",
-            *(
-                [
-                    f"CREATE TABLE {self.position}"
-                    " (writer text PRIMARY KEY, stream_seq bigint NOT NULL)"
-                ]
-                if self.position
-                else []
-            ),
+            f"CREATE TABLE {self.position} (writer text PRIMARY KEY, stream_seq bigint NOT NULL)",
         ]
 
     async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
@@ -142,8 +188,10 @@ class Ledger:
         Raises ``Rejected`` naming every correction of an unknown event in the batch."""
         if not batch:
             return
-        covered = await self._covered(conn)
-        staged = await stage(conn, batch, counted_only=self.counted_only)
+        covered = await self.recorded_through(conn)
+        # With ``reads_recorded``, what is recorded is neither staged nor decoded.
+        todo = [a for a in batch if a.stream_seq > covered] if self.reads_recorded else batch
+        staged = await stage(conn, todo, counted_only=self.counted_only)
         if staged is not None and batch[-1].stream_seq > covered:
             await conn.execute(
                 f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
@@ -158,13 +206,14 @@ class Ledger:
         corrections = [a for a in batch if a.event_type is UsageRepriced]
         if corrections:
             await self._record_corrections(conn, corrections, covered)
-        if self.position is not None and batch[-1].stream_seq > covered:
-            await conn.execute(
-                f"INSERT INTO {self.position} VALUES (%s, %s) ON CONFLICT (writer)"
-                f" DO UPDATE SET stream_seq = GREATEST({self.position}.stream_seq,"
-                " EXCLUDED.stream_seq)".encode(),
-                (writer, batch[-1].stream_seq),
-            )
+        # Also when behind: a writer that reads what it finds recorded still shows that it
+        # is moving (a runner that reads the ledger waits for such a writer).
+        await conn.execute(
+            f"INSERT INTO {self.position} VALUES (%s, %s) ON CONFLICT (writer)"
+            f" DO UPDATE SET stream_seq = GREATEST({self.position}.stream_seq,"
+            " EXCLUDED.stream_seq)".encode(),
+            (writer, batch[-1].stream_seq),
+        )
 
     async def booked(self, conn: Connection, batch: Sequence[Applied]) -> list[Booked]:
         """The batch's corrections at their first appearance, in log order (recorded)."""
@@ -185,9 +234,11 @@ class Ledger:
             if seq in corrections
         ]
 
-    async def _covered(self, conn: Connection) -> int:
-        if self.position is None:
-            return 0
+    async def positions(self, conn: Connection) -> dict[str, int]:
+        cursor = await conn.execute(f"SELECT writer, stream_seq FROM {self.position}".encode())
+        return {writer: int(seq) for writer, seq in await cursor.fetchall()}
+
+    async def recorded_through(self, conn: Connection) -> int:
         cursor = await conn.execute(
             f"SELECT coalesce(max(stream_seq), 0) FROM {self.position}".encode()
         )
@@ -262,6 +313,8 @@ class Ledger:
 
 SHARED_LEDGER = Ledger("usage_ledger", "usage_ledger_corrections", "usage_ledger_position")
 """The ledger of spend, history and report rollups (created by ``budget migrate``)."""
+COUNTING_LEDGER = dataclasses.replace(SHARED_LEDGER, counted_only=True, reads_recorded=True)
+"""The same ledger as the alert evaluator writes and reads it (``reads_recorded``)."""
 
 
 def _corrected(applied: Applied) -> uuid.UUID:

@@ -25,7 +25,16 @@ from typing import ClassVar
 from events import UsageRecorded, UsageRepriced
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.engine.projection import Applied, Connection, Projection, physical
-from projections.ledger import SHARED_LEDGER, WHERE, Booked, Ledger, first_usage
+from projections.ledger import (
+    COUNTING_LEDGER,
+    SHARED_LEDGER,
+    WHERE,
+    Booked,
+    Ledger,
+    Recorded,
+    first_usage,
+    recorded_usage,
+)
 from projections.usage_rows import USAGE_MEASURES, Staged
 
 __all__ = ["BUCKET_SQL", "COST_MEASURES", "MEASURES", "SCOPES", "SpendProjection"]
@@ -51,9 +60,10 @@ COST_MEASURES = MEASURES[:3]
 
 class SpendProjection(Projection):
     """``prefix`` names the tables and views (``<prefix>_buckets``, ...), so another
-    projection can keep its own spend totals with this code: the alert evaluator does, with
-    a ledger of its own (``private_ledger``) and only the cost measures (``cost_only``:
-    cost, requests, unpriced requests; its ledger then stages only what those need). Only
+    projection can keep its own spend totals with this code: the alert evaluator does,
+    with only the cost measures (``cost_only``: cost, requests, unpriced requests),
+    counting what the ledger recorded at the batch's stream sequences
+    (``counts_recorded``: ``ledger.COUNTING_LEDGER``) rather than the staged batch. Only
     the live spend projection settles reservations."""
 
     name: ClassVar[str] = "spend"
@@ -63,25 +73,16 @@ class SpendProjection(Projection):
         self,
         prefix: str = "spend",
         *,
-        private_ledger: bool = False,
+        counts_recorded: bool = False,
         settles_reservations: bool = True,
         cost_only: bool = False,
     ) -> None:
         self.prefix = prefix
-        self.private_ledger = private_ledger
-        self.cost_only = cost_only
+        self.counts_recorded = counts_recorded
         self.measures = COST_MEASURES if cost_only else MEASURES
-        self.ledger = None if private_ledger else SHARED_LEDGER
-        private = (f"{prefix}_ledger", f"{prefix}_corrections") if private_ledger else ()
-        self.tables = (f"{prefix}_buckets", *private)
+        self.ledger: Ledger = COUNTING_LEDGER if counts_recorded else SHARED_LEDGER
+        self.tables = (f"{prefix}_buckets",)
         self.settles_reservations = settles_reservations
-
-    def ledger_of(self, version: int) -> Ledger:
-        """The ledger this version counts by."""
-        if not self.private_ledger:
-            return SHARED_LEDGER
-        usage, corrections = (physical(t, version) for t in self.tables[1:])
-        return Ledger(usage, corrections, counted_only=self.cost_only)
 
     def ddl(self, version: int) -> list[str]:
         totals = physical(self.tables[0], version)
@@ -92,8 +93,7 @@ class SpendProjection(Projection):
                 scope_key text NOT NULL,
                 bucket_start timestamptz NOT NULL,
                 {measures},
-                PRIMARY KEY (scope, scope_key, bucket_start))""",
-            *(self.ledger_of(version).ddl() if self.private_ledger else ()),
+                PRIMARY KEY (scope, scope_key, bucket_start))"""
         ]
 
     def views(self, version: int) -> dict[str, str]:
@@ -108,18 +108,22 @@ class SpendProjection(Projection):
             f" FROM {buckets} GROUP BY scope, scope_key, 4"
             for period, unit in (("daily", "day"), ("weekly", "week"), ("monthly", "month"))
         )
-        ledger = self.ledger_of(version)
-        # What this version has counted: a shared ledger may run ahead of it.
+        # What this version has counted: the ledger may run ahead of it.
         counted = (
-            ""
-            if self.private_ledger
-            else " WHERE stream_seq <= (SELECT stream_seq FROM projection_checkpoints"
+            " WHERE stream_seq <= (SELECT stream_seq FROM projection_checkpoints"
             f" WHERE name = '{self.name}' AND version = {version})"
+        )
+        ledger = (
+            {}
+            if self.counts_recorded  # the evaluator's position is its own checkpoint's
+            else {
+                f"{self.prefix}_ledger": f"SELECT * FROM {self.ledger.usage}{counted}",
+                f"{self.prefix}_corrections": f"SELECT * FROM {self.ledger.corrections}{counted}",
+            }
         )
         return {
             f"{self.prefix}_buckets": f"SELECT * FROM {buckets}",
-            f"{self.prefix}_ledger": f"SELECT * FROM {ledger.usage}{counted}",
-            f"{self.prefix}_corrections": f"SELECT * FROM {ledger.corrections}{counted}",
+            **ledger,
             f"{self.prefix}_daily": daily,
             f"{self.prefix}_totals": f"SELECT scope, scope_key, period, period_start, {names}"
             f" FROM ({rollups}) AS totals",
@@ -133,20 +137,21 @@ class SpendProjection(Projection):
 
         Corrections always follow the events they correct in the log, so applying the
         batch's usage first and its corrections after keeps log order where it matters."""
-        ledger = self.ledger_of(version)
-        if self.private_ledger:
-            await ledger.record(conn, batch, writer=self.prefix)
-        await self._apply_usage(conn, version, batch, ledger)
-        booked = await ledger.booked(conn, batch)
+        await self._apply_usage(conn, version, batch)
+        booked = await self.ledger.booked(conn, batch)
         await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
         return booked
 
-    async def _apply_usage(
-        self, conn: Connection, version: int, batch: Sequence[Applied], ledger: Ledger
-    ) -> None:
-        staged = Staged.of(batch)
-        if staged is None:
-            return
+    async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        if self.counts_recorded:
+            if not any(a.event_type is UsageRecorded for a in batch):
+                return
+            rows, params = recorded_usage(self.ledger.usage, "b"), Recorded.of(batch).params
+        else:
+            staged = Staged.of(batch)
+            if staged is None:
+                return
+            rows, params = first_usage(self.ledger.usage), staged.params
         totals = physical(self.tables[0], version)
         names = ", ".join(name for name, _, _ in self.measures)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in self.measures)
@@ -155,7 +160,7 @@ class SpendProjection(Projection):
         usage = "".join(
             f", b.{name}"
             for name in (*(n for n, _ in USAGE_MEASURES), "image_count")
-            if not self.cost_only
+            if self.measures is MEASURES
         )
         await conn.execute(
             f"""
@@ -163,7 +168,7 @@ class SpendProjection(Projection):
                 -- each event at its first appearance in the log: re-sends count nowhere
                 SELECT b.occurred_at, b.cost, b.provider, b.model, b.user_id, b.project_id,
                        b.reservation_id{usage}
-                FROM {first_usage(ledger.usage)}
+                FROM {rows}
             ){self._settle(version)}, cells AS (
                 -- sum each (user, project, provider, model, bucket) first: few rows to fan out
                 SELECT user_id, project_id, provider, model,
@@ -181,7 +186,7 @@ class SpendProjection(Projection):
             GROUP BY scope, scope_key, bucket_start
             ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE SET {updates}
             """.encode(),
-            staged.params,
+            params,
         )
 
     def _settle(self, version: int) -> str:

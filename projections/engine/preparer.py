@@ -3,9 +3,10 @@ reason it goes to the dead letters."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
-from events import EVENT_TYPES, DecodeError, Event, TimeBounds, Topology, decode
+from events import EVENT_TYPES, DecodeError, Event, TimeBounds, Topology, UsageRecorded, decode
 from projections.engine.fast_codec import decode_fast
 from projections.engine.projection import Applied
 
@@ -21,15 +22,29 @@ class Preparer:
 
     Usage events of the current versions take the fast decoder; whatever it declines
     (other types, older versions, lax forms, invalid events) goes to ``events.decode``,
-    which accepts it or gives the reason for the dead letter."""
+    which accepts it or gives the reason for the dead letter.
 
-    def __init__(self, topology: Topology, time_bounds: TimeBounds) -> None:
+    ``defer_usage``: what arrives on the ``UsageRecorded`` subject is not decoded until
+    asked (``Applied.deferred``), for a consumer that reads the usage ledger's rows."""
+
+    def __init__(
+        self, topology: Topology, time_bounds: TimeBounds, *, defer_usage: bool = False
+    ) -> None:
         self._subjects: dict[type[Event], str] = {
             model: topology.event_subject(model.SUBJECT) for model in EVENT_TYPES.values()
         }
         self._time_bounds = time_bounds
+        self._deferred = self._subjects[UsageRecorded] if defer_usage else None
 
     def __call__(self, stream_seq: int, subject: str, stored_ns: int, data: bytes) -> Prepared:
+        if subject == self._deferred:
+            stored_at = datetime.fromtimestamp(stored_ns / 1e9, UTC)
+            decode = functools.partial(self.decode, stream_seq, subject, stored_ns, data)
+            return Applied.deferred(stream_seq, UsageRecorded, stored_at, decode)
+        return self.decode(stream_seq, subject, stored_ns, data)
+
+    def decode(self, stream_seq: int, subject: str, stored_ns: int, data: bytes) -> Prepared:
+        """The message decoded and checked, or why it goes to the dead letters."""
         fast = decode_fast(data)
         if fast is not None:
             applied = Applied.of_fast(stream_seq, fast)

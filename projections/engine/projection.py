@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -26,15 +26,21 @@ class Applied:
 
     Usage events usually come from the fast decoder (``projections.engine.fast_codec``): their
     pydantic model is built only when code asks for ``event``. Dispatch on
-    ``event_type``; read a usage event's values through ``recorded``."""
+    ``event_type``; read a usage event's values through ``recorded``.
+
+    A ``deferred`` one is a usage event not decoded yet, for a consumer that reads what the
+    usage ledger recorded of it (``projections.ledger``) and decodes only what no other
+    consumer has recorded (``resolve``)."""
 
     stream_seq: int
     event_type: type[Event]
     occurred_at: datetime
-    """UTC."""
-    _decoded: FastEvent | Event = field(repr=False, compare=False)
+    """UTC; of a deferred event, when the log stored it."""
+    _decoded: FastEvent | Event | None = field(repr=False, compare=False)
     _model: list[Event] = field(default_factory=list, repr=False, compare=False)
     """The pydantic model once built (a list, so a frozen instance can cache it)."""
+    _decode: Callable[[], Applied | str] | None = field(default=None, repr=False, compare=False)
+    """Of a deferred event: its decoding, or why it goes to the dead letters."""
 
     @classmethod
     def of(cls, stream_seq: int, event: Event) -> Applied:
@@ -46,12 +52,33 @@ class Applied:
         """An event decoded by the fast decoder."""
         return cls(stream_seq, event.MODEL, event.occurred_at, event)
 
+    @classmethod
+    def deferred(
+        cls,
+        stream_seq: int,
+        event_type: type[Event],
+        stored_at: datetime,
+        decode: Callable[[], Applied | str],
+    ) -> Applied:
+        """An event of ``event_type`` (by its subject) whose decoding waits for ``resolve``."""
+        return cls(stream_seq, event_type, stored_at, None, [], decode)
+
+    @property
+    def is_deferred(self) -> bool:
+        return self._decode is not None
+
+    def resolve(self) -> Applied | str:
+        """The event decoded (itself, unless deferred), or why it is dead-lettered."""
+        return self if self._decode is None else self._decode()
+
     @property
     def document(self) -> str:
         """The canonical JSON: the same bytes from either decoder."""
         decoded = self._decoded
         if isinstance(decoded, Event):
             return canonical(decoded)
+        if decoded is None:
+            raise TypeError(f"event at stream sequence {self.stream_seq} is not decoded yet")
         return document(decoded)
 
     @property
@@ -77,7 +104,8 @@ class Applied:
         the model when the fast decoder read it."""
         decoded = self._decoded
         if not isinstance(decoded, FastUsageRecorded | UsageRecorded):
-            raise TypeError(f"{self.event_type.__name__} is not a UsageRecorded")
+            what = "not decoded yet" if decoded is None else "not a UsageRecorded"
+            raise TypeError(f"the {self.event_type.__name__} at {self.stream_seq} is {what}")
         return decoded
 
 
@@ -103,6 +131,15 @@ def physical(table: str, version: int) -> str:
 class SharedLedger(Protocol):
     """What projections may share: the engine records each batch in it once, before any
     of them applies the batch, in the same transaction (``projections.ledger``)."""
+
+    @property
+    def reads_recorded(self) -> bool:
+        """Its projections read its rows, never the batch's decoded usage: the runner
+        defers decoding usage events and decodes only those no writer has recorded yet
+        (``positions``), which it first waits a moment for another writer to do."""
+
+    async def positions(self, conn: Connection) -> Mapping[str, int]:
+        """How far each writer has recorded the log (committed), by writer."""
 
     async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
         """Record what the batch adds; ``writer`` names the consumer recording it."""

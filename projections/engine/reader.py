@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -118,6 +118,10 @@ class PullReader(Generic[T]):
         batch = [self._buffer.popleft() for _ in range(count)]
         await self._maybe_rerequest()
         return batch
+
+    def give_back(self, deliveries: Sequence[Delivery[T]]) -> None:
+        """Put deliveries taken but not processed back at the head, in their order."""
+        self._buffer.extendleft(reversed(deliveries))
 
     async def ack_through(self, delivery: Delivery[T]) -> None:
         """With AckPolicy.ALL, acking one message acks every earlier one."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -56,6 +57,8 @@ NATS_AWAY_LIMIT = 60.0
 """Seconds a catch-up (a rebuild) waits for NATS to come back before it gives up."""
 FOLLOWERS_WAIT = 0.5
 """Seconds to wait for events after a batch each of whose events raised on its own."""
+LEDGER_POLL = 0.005
+"""Seconds between looks at how far the ledger's other writers have recorded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +72,14 @@ class EngineConfig:
     max_ack_pending: int = 20000
     time_bounds: TimeBounds = field(default_factory=TimeBounds)
     """Judged against each message's storage time, so a rebuild gives the live verdicts."""
+    ledger_wait: float = 0.5
+    ledger_lead: int = 100_000
+    """A runner whose projections read the usage ledger's rows (the alert evaluator)
+    waits for another writer of the ledger at most ``ledger_lead`` events behind the
+    usage it has taken to record it, as long as that writer moves at least every
+    ``ledger_wait`` seconds; else it decodes and records the usage itself. So it does not
+    decode what the usage group is about to, nor wait long for a writer far behind or
+    stopped (seen idle, it is not waited for again until it moves)."""
     lone_fault_its_own: int | None = None
     """The stream sequence of an event whose fault, alone in its batch, is taken for its
     own (it is dead-lettered): ``services.worker`` sets it once the fault has stood long
@@ -126,6 +137,13 @@ class ProjectionRunner:
         for p in self.projections:
             if p.ledger is not None and all(p.ledger is not seen for seen in self._ledgers):
                 self._ledgers.append(p.ledger)
+        # Usage decoded only when no other writer records it: every projection reads the
+        # rows of the one ledger, none the decoded events.
+        self._defers = len(self._ledgers) == 1 and all(
+            p.ledger is self._ledgers[0] and p.ledger.reads_recorded for p in self.projections
+        )
+        self._idle: dict[str, int] = {}
+        """Writers of the ledger seen idle, at the position they were idle at."""
 
     @property
     def projection(self) -> Projection:
@@ -192,7 +210,7 @@ class ProjectionRunner:
             self._nc,
             self._topology.event_stream.name,
             self.durable,
-            prepare=Preparer(self._topology, self.config.time_bounds),
+            prepare=Preparer(self._topology, self.config.time_bounds, defer_usage=self._defers),
             request_batch=self.config.request_batch,
         )
         await self.reader.start()
@@ -273,7 +291,65 @@ class ProjectionRunner:
         batch = await self.reader.take(count, linger, wait=wait)
         if self._nc.stats["reconnects"] != self._reconnects:
             raise Reconnected(f"{self.durable}: NATS reconnected; resuming from checkpoint")
+        if self._defers and batch:
+            return await self._recorded_part(batch)
         return batch
+
+    async def _recorded_part(self, batch: list[Delivery[Prepared]]) -> list[Delivery[Prepared]]:
+        """Of a batch with deferred usage, the part the ledger has recorded, the rest
+        given back to the reader; when none is, after waiting for another writer to record
+        it (``EngineConfig.ledger_wait``), the batch with its usage decoded, for this
+        runner to record."""
+        assert self.reader is not None
+        deferred = [d.stream_seq for d in batch if _is_deferred(d)]
+        if not deferred:
+            return batch
+        (ledger,) = self._ledgers
+        positions = await ledger.positions(self.connection)
+        through = max(positions.values(), default=0)
+        if through < deferred[0]:
+            through = await self._wait_for_writers(ledger, deferred[0], positions)
+        if through >= deferred[0]:
+            cut = next((i for i, d in enumerate(batch) if d.stream_seq > through), len(batch))
+            self.reader.give_back(batch[cut:])
+            return batch[:cut]
+        return [
+            dataclasses.replace(d, prepared=d.prepared.resolve())
+            if isinstance(d.prepared, Applied)
+            else d
+            for d in batch
+        ]
+
+    async def _wait_for_writers(
+        self, ledger: SharedLedger, first: int, positions: Mapping[str, int]
+    ) -> int:
+        """How far the ledger is recorded once it holds ``first``, or once no writer that
+        may record it soon (``_may_record``) has moved for ``ledger_wait`` seconds."""
+        watched = self._may_record(first, positions)
+        deadline = time.monotonic() + self.config.ledger_wait
+        while watched:
+            await asyncio.sleep(LEDGER_POLL)
+            positions = await ledger.positions(self.connection)
+            if max(positions.values()) >= first:
+                break
+            if any(positions.get(w, seq) > seq for w, seq in watched.items()):
+                deadline = time.monotonic() + self.config.ledger_wait
+            elif time.monotonic() >= deadline:
+                self._idle.update(watched)
+                break
+            watched = self._may_record(first, positions)
+        return max(positions.values(), default=0)
+
+    def _may_record(self, first: int, positions: Mapping[str, int]) -> dict[str, int]:
+        """The other writers that may record ``first`` soon: at most ``ledger_lead``
+        behind it, and not seen idle where they are."""
+        return {
+            writer: seq
+            for writer, seq in positions.items()
+            if writer != self.durable
+            and first - seq <= self.config.ledger_lead
+            and self._idle.get(writer) != seq
+        }
 
     async def _process_or_grow(self, batch: Sequence[Delivery[Prepared]]) -> BatchResult:
         """``process(batch)``; when each of its events raised on its own (``Systemic``), once
@@ -354,6 +430,10 @@ class ProjectionRunner:
             await ledger.record(conn, batch, writer=self.durable)
 
         return await apply_events(conn, events, record, label=self.durable, isolating=isolating)
+
+
+def _is_deferred(delivery: Delivery[Prepared]) -> bool:
+    return isinstance(delivery.prepared, Applied) and delivery.prepared.is_deferred
 
 
 def _without(events: Sequence[Applied], refused: Sequence[tuple[Applied, str]]) -> list[Applied]:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mutations import mutated_payloads, valid_payloads
@@ -290,12 +291,16 @@ async def test_an_event_whose_producer_names_only_its_service_is_counted(
     ) == [(Decimal(2), 1)]
 
 
+@pytest.mark.parametrize("evaluator_first", [False, True], ids=["usage-first", "alerts-first"])
 async def test_a_nul_character_is_dead_lettered_by_every_projection_that_counts_usage(
-    nc: Client, db: str, topology: Topology
+    nc: Client, db: str, topology: Topology, evaluator_first: bool
 ) -> None:
     """PostgreSQL stores no NUL: a call whose tag holds one (published past the producer's
     check) must not count in the projections that do not store tags (the alert
-    evaluator's) while those that do refuse it, so every one dead-letters it, saying where."""
+    evaluator's) while those that do refuse it, so each that decodes it dead-letters it,
+    saying where. The evaluator decodes only what no other consumer has recorded in the
+    usage ledger: after the usage projections, it counts what they recorded and leaves
+    the dead letter to them; first, it decodes and refuses the event itself."""
     at = utc_now() - timedelta(minutes=5)
     nul = usage_event(at=at).model_copy(update={"tags": {"team": "a\x00b"}})
     honest = usage_event(at=at)
@@ -303,13 +308,13 @@ async def test_a_nul_character_is_dead_lettered_by_every_projection_that_counts_
     subject = topology.event_subject(UsageRecorded.SUBJECT)
     await js.publish(subject, canonical(nul).encode())  # as a producer without the check
     await js.publish(subject, encode(honest))
-    for projection in (*USAGE_PROJECTIONS, AlertsProjection()):
+    order = [*USAGE_PROJECTIONS, AlertsProjection()]
+    for projection in order[-1:] + order[:-1] if evaluator_first else order:
         await catch_up(projection, nc, db, topology)
 
     letters = await recent_dead_letters(nc.jetstream(), topology)
-    assert sorted(letter.consumer for letter in letters) == sorted(
-        f"{name}-v1" for name in ("spend", "history", "reports", "alerts")
-    )
+    decoders = ("spend", "history", "reports", *(("alerts",) if evaluator_first else ()))
+    assert sorted(letter.consumer for letter in letters) == sorted(f"{n}-v1" for n in decoders)
     assert all(letter.reason.startswith("tags.team holds a NUL") for letter in letters)
     requests = {
         "spend": "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'",

@@ -254,10 +254,9 @@ class TestAlertsProjection(ProjectionContract):
     """Usage is what the evaluator counts; its alerts are proven in test_alerts.py."""
 
     projection = AlertsProjection()
-    count_query = "SELECT count(*) FROM alert_spend_ledger"
-
-    def refusing_table(self) -> str:
-        return physical("alert_spend_ledger", 1)  # its private ledger
+    count_query = (
+        "SELECT coalesce(sum(requests), 0) FROM alert_spend_buckets WHERE scope = 'global'"
+    )
 
     def many_events(self, count: int) -> list[Event]:
         """Enough to fill every table: a small policy that the usage crosses, a rule, a
