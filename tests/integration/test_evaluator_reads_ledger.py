@@ -90,10 +90,11 @@ async def test_live_the_evaluator_waits_for_the_usage_group(
     nc: Client, db: str, topology: Topology, usage_decoded_by_evaluator: list[int]
 ) -> None:
     """Both live, as under ``budget up``: the evaluator takes each burst only once the
-    usage group has recorded it (a generous wait: a slow machine must not decide it)."""
+    usage group has recorded it (a generous wait: a slow machine must not decide it; and
+    every batch taken for a backlog, as in a catch-up, however small these bursts are)."""
     await publish(nc, topology, calls(1))
     await catch_up(USAGE_GROUP, nc, db, topology)  # the group is a writer of the ledger
-    patient = EngineConfig(time_bounds=ANY_TIME, ledger_wait=30.0)
+    patient = EngineConfig(time_bounds=ANY_TIME, ledger_wait=30.0, ledger_backlog=1)
     runners = [
         ProjectionRunner(p, nc=nc, database_url=db, topology=topology, config=patient)
         for p in (USAGE_GROUP, AlertsProjection())
