@@ -20,9 +20,10 @@ Figures (one JSON line each, per run):
 
 ``--reference`` also replays, after each run, the same counting without any rule
 (``count_only_*``: a spend projection counting the usage ledger's rows, as the evaluator
-counts): the difference is what evaluating the rules costs. The ledger is recorded by the
-live evaluator's first catch-up; the replays read it, as the evaluator does when the usage
-group has recorded the log (``ledger.COUNTING_LEDGER``). ``--profile FILE`` writes a cProfile of the
+counts): the difference is what evaluating the rules costs. The first run's replay finds
+the usage ledger empty and records it, decoding every event, as the evaluator does alone;
+every later replay reads it, as the evaluator does when the usage group has recorded the
+log (``ledger.COUNTING_LEDGER``). ``--profile FILE`` writes a cProfile of the
 first run to FILE and prints its top entries.
 
 Run: ``./run python bench/alerts.py [--events 100000] [--runs 3]``.

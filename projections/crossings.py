@@ -2,7 +2,7 @@
 or a scope's hour from below a threshold to it, a few statements per batch, whatever its size.
 
 What counts (the ledger rule, ``projections/ledger.py``): the batch's usage events at their
-first appearance, read back from the evaluator's private ledger by stream sequence, and its
+first appearance, read from the shared usage ledger by stream sequence, and its
 corrections' differences, at the corrected event's time and scopes. Running sums in log
 order over each window's (or hour's) counted spend, starting from its total before the
 batch, find the first event at which the total reaches a threshold: the same event, total

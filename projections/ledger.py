@@ -1,6 +1,6 @@
 """The usage ledger: one row per usage event and per repricing correction, in log order;
 the one place where duplicates and corrections are decided for every projection that
-counts usage (spend, history, report rollups; the alert evaluator keeps a private one).
+counts usage (spend, history, report rollups, the alert evaluator).
 
 A usage event counts where the ledger holds it at its own stream sequence: its first
 appearance in the log. A later re-send (from a spool, after JetStream's duplicate window)
@@ -141,7 +141,8 @@ class Ledger:
     table names. ``counted_only``: batches are staged with only what counting needs
     (``usage_rows.COUNTED``). ``reads_recorded``: the projections read the ledger's rows
     (``recorded_usage``), not the staged batch, so only what the ledger lacks is staged,
-    and the runner decodes nothing else (``SharedLedger.reads_recorded``)."""
+    and the runner decodes usage only when the ledger lacks some of it
+    (``SharedLedger.reads_recorded``)."""
 
     usage: str
     corrections: str
@@ -182,8 +183,9 @@ class Ledger:
         ]
 
     async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
-        """Stage the batch's usage (``usage_rows.stage``: the projections read it there),
-        record its usage and corrections not recorded yet, in log order.
+        """Stage the batch's usage (``usage_rows.stage``: the projections read it there;
+        with ``reads_recorded``, only what is not recorded yet), record its usage and
+        corrections not recorded yet, in log order.
 
         Raises ``Rejected`` naming every correction of an unknown event in the batch."""
         if not batch:

@@ -135,8 +135,9 @@ class SharedLedger(Protocol):
     @property
     def reads_recorded(self) -> bool:
         """Its projections read its rows, never the batch's decoded usage: the runner
-        defers decoding usage events and decodes only those no writer has recorded yet
-        (``positions``), which it first waits a moment for another writer to do."""
+        defers decoding usage events and decodes them only when no writer has recorded
+        them yet (``positions``); with a backlog, it first waits for another writer that
+        is recording to do so."""
 
     async def positions(self, conn: Connection) -> Mapping[str, int]:
         """How far each writer has recorded the log (committed), by writer."""

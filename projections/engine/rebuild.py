@@ -166,7 +166,7 @@ async def _swap(runner: ProjectionRunner, js: JetStreamContext, stream: str) -> 
             raise Retired(f"{runner.durable}: version {row[0]} went live meanwhile")
         replaced_through = await live_position(conn, runner.projection.name)
         while True:
-            batch = await runner.take(runner.config.batch_size, 0, wait=0.05)
+            batch = await runner.take(runner.config.batch_size, 0, wait=0.05, await_writers=False)
             if batch:
                 last = (await runner.process(batch)).last
             elif await _drained(runner, js, stream):

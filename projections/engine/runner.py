@@ -57,8 +57,9 @@ NATS_AWAY_LIMIT = 60.0
 """Seconds a catch-up (a rebuild) waits for NATS to come back before it gives up."""
 FOLLOWERS_WAIT = 0.5
 """Seconds to wait for events after a batch each of whose events raised on its own."""
-LEDGER_POLL = 0.005
-"""Seconds between looks at how far the ledger's other writers have recorded."""
+LEDGER_POLL = 0.02
+"""Seconds between looks at how far the ledger's other writers have recorded: a runner
+waits only with a backlog, where the usage group commits a batch every ~100-200 ms."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +79,7 @@ class EngineConfig:
     """A runner whose projections read the usage ledger's rows (the alert evaluator),
     taking a batch of at least ``ledger_backlog`` events (a backlog: throughput matters
     more than latency), waits for another writer of the ledger at most ``ledger_lead``
-    events behind the batch to record it, as long as that writer moves at least every
+    stream sequences behind the batch to record it, as long as that writer moves at least every
     ``ledger_wait`` seconds; else it decodes and records the usage itself. So it does not
     decode what the usage group is about to, nor wait long for a writer far behind or
     stopped (seen idle, it is not waited for again until it moves). A smaller batch is
@@ -289,18 +290,24 @@ class ProjectionRunner:
             elif now - away_since > NATS_AWAY_LIMIT:
                 raise TimeoutError(f"{self.durable}: NATS away for {NATS_AWAY_LIMIT:.0f} s")
 
-    async def take(self, count: int, linger: float, wait: float) -> list[Delivery[Prepared]]:
+    async def take(
+        self, count: int, linger: float, wait: float, *, await_writers: bool = True
+    ) -> list[Delivery[Prepared]]:
         """The reader's next deliveries; ``Reconnected`` when NATS reconnected meanwhile
-        (deliveries may have been lost in flight: never continue past a gap)."""
+        (deliveries may have been lost in flight: never continue past a gap). Without
+        ``await_writers``, usage the ledger lacks is decoded at once, never waited for
+        (a rebuild's swap, which holds the registry row)."""
         assert self.reader is not None
         batch = await self.reader.take(count, linger, wait=wait)
         if self._nc.stats["reconnects"] != self._reconnects:
             raise Reconnected(f"{self.durable}: NATS reconnected; resuming from checkpoint")
         if self._defers and batch:
-            return await self._recorded_part(batch)
+            return await self._recorded_part(batch, await_writers=await_writers)
         return batch
 
-    async def _recorded_part(self, batch: list[Delivery[Prepared]]) -> list[Delivery[Prepared]]:
+    async def _recorded_part(
+        self, batch: list[Delivery[Prepared]], *, await_writers: bool
+    ) -> list[Delivery[Prepared]]:
         """Of a batch with deferred usage, the part the ledger has recorded, the rest
         given back to the reader; when none is, after waiting for another writer to record
         it (``EngineConfig.ledger_wait``), the batch with its usage decoded, for this
@@ -312,7 +319,8 @@ class ProjectionRunner:
         (ledger,) = self._ledgers
         positions = await ledger.positions(self.connection)
         through = max(positions.values(), default=0)
-        if through < deferred[0] and len(batch) >= self.config.ledger_backlog:
+        backlog = len(batch) >= self.config.ledger_backlog
+        if through < deferred[0] and backlog and await_writers:
             through = await self._wait_for_writers(ledger, deferred[0], positions)
         if through >= deferred[0]:
             cut = next((i for i, d in enumerate(batch) if d.stream_seq > through), len(batch))

@@ -71,13 +71,14 @@ async def test_after_the_usage_group_the_evaluator_decodes_no_usage(
 async def test_alone_the_evaluator_records_the_usage_itself(
     nc: Client, db: str, topology: Topology, usage_decoded_by_evaluator: list[int]
 ) -> None:
-    """The usage group ran once and stopped: the evaluator waits for it once (it does not
-    move), then decodes and records; the group, started later, reads what it recorded."""
+    """The usage group ran once and stopped: the evaluator, taking the events as a backlog,
+    waits for it (it does not move), then decodes and records them; the group, started
+    later, reads what it recorded."""
     await publish(nc, topology, calls(10))
     await catch_up(USAGE_GROUP, nc, db, topology)
     await catch_up(AlertsProjection(), nc, db, topology)
     await publish(nc, topology, calls(200))
-    quick = EngineConfig(time_bounds=ANY_TIME, ledger_wait=0.2)
+    quick = EngineConfig(time_bounds=ANY_TIME, ledger_wait=0.2, ledger_backlog=1)
     await catch_up(AlertsProjection(), nc, db, topology, config=quick)
 
     assert len(usage_decoded_by_evaluator) == 200
