@@ -33,6 +33,7 @@ from budget.natsconn import (
     refusal_message,
 )
 from budget.spool import Spool, SpooledEvent
+from budget.waits import wait_set
 from events import Event, Topology, encode
 from events.codec import HEADER_MSG_ID
 
@@ -305,8 +306,7 @@ class EventPublisher:
 
     async def _resend_spool_periodically(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resend_now.wait(), self.config.flush_interval)
+            await wait_set(self._resend_now, self.config.flush_interval)
             self._resend_now.clear()
             if self._nc is None:
                 await self._connect()

@@ -17,7 +17,6 @@ many users) is never limited.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -29,6 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from budget.config import Settings
+from budget.waits import wait_set
 from events import Topology
 from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 from services.fair_queue import FairQueue
@@ -299,8 +299,7 @@ class LimitedRequests:
             self._more_held.clear()
             wait = self._held[0][0] - loop.time() if self._held else None
             if wait is None or wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._more_held.wait(), wait)
+                await wait_set(self._more_held, wait)
                 continue
             _, _, caller, inbox, data = heapq.heappop(self._held)
             if self._held_by[caller] > 1:

@@ -11,13 +11,13 @@ sets (no user, amount or path), so a reader learns volumes and health, not who s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from budget.config import Settings
+from budget.waits import wait_set
 
 __all__ = [
     "ALERT_DELIVERIES",
@@ -94,5 +94,4 @@ async def refresh_every(
             await refresh()
         except Exception as exc:
             log.debug("metrics refresh failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+        await wait_set(stop, seconds)

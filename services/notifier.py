@@ -25,7 +25,6 @@ at a time (an advisory lock); others wait as standbys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pydantic import ValidationError
 
 from budget.config import Settings
 from budget.redaction import redact
+from budget.waits import wait_set
 from events import Alert
 from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
@@ -150,8 +150,7 @@ class Notifier:
             wake.clear()
             pause = await self.deliver_due(conn, channel, loop)
             if pause is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.config.poll_interval)
+                await wait_set(wake, self.config.poll_interval)
             else:
                 await asyncio.sleep(pause)
 

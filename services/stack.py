@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from budget.config import shown_url
+from budget.waits import wait_set
 from projections.registry import WORKERS
 from services.credentials import credentials_dir
 from services.embedded import EmbeddedNats, EmbeddedPostgres
@@ -383,8 +384,7 @@ async def _supervise(
             ran,
             delay,
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+        await wait_set(stopping, delay)
         delay = min(delay * 2, max_delay)
 
 

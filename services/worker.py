@@ -28,6 +28,7 @@ from nats.errors import Error as NatsError
 
 from budget.config import Settings
 from budget.natsconn import nats_options
+from budget.waits import wait_set
 from projections.engine.log import require_stream
 from projections.engine.metrics import BATCH_SECONDS, EVENTS_APPLIED, LAG
 from projections.engine.reader import ConsumerGone
@@ -219,8 +220,7 @@ async def heartbeat(
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await wait_set(stop, seconds)
 
 
 ServiceBody = Callable[[Client, Settings, asyncio.Event, Liveness], Coroutine[Any, Any, None]]

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from budget.nats_dispatch import raw_handlers
+from budget.waits import wait_set
 
 __all__ = ["ConsumerGone", "Delivery", "Prepare", "PullReader"]
 
@@ -108,10 +109,7 @@ class PullReader(Generic[T]):
             if remaining <= 0:
                 return []
             self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), min(remaining, 1.0))
-            except TimeoutError:
-                continue
+            await wait_set(self._arrived, min(remaining, 1.0))
         if len(self._buffer) < max_count and linger > 0:
             await asyncio.sleep(linger)
         count = min(max_count, len(self._buffer))
