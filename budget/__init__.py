@@ -4,26 +4,58 @@ Host apps reach the running system only through NATS: ``get_usage_tracker()`` pu
 usage events and asks the enforcer before calls; the manager, the alert engine and the
 report generator ask the query service. Nothing here opens the database. The pricing
 registry runs in-process.
+
+The names below are loaded on first use (PEP 562): a process that needs one submodule
+(a worker reads ``budget.config``) does not import the whole API, its SDK wrappers and
+their dependencies.
 """
 
-from budget.alerts import AlertEngine, get_alert_engine
-from budget.checks import BudgetCheckFailed, BudgetExceeded
-from budget.config import ConfigError, Settings, load_settings
-from budget.instrumentation import attribute_to, instrument
-from budget.manager import BudgetManager, get_budget_manager
-from budget.pricing import (
-    Priced,
-    PriceOverride,
-    PricingRegistry,
-    Unpriced,
-    UnpricedModelError,
-    get_pricing_registry,
-)
-from budget.queries import NotApplied
-from budget.reports import ReportGenerator, get_report_generator
-from budget.rpc import Refused, RpcFailure, Throttled, Unanswered
-from budget.tracker import UsageTracker, get_usage_tracker
-from budget.usage import normalize_usage, usage_from_response
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from budget.alerts import AlertEngine, get_alert_engine
+    from budget.checks import BudgetCheckFailed, BudgetExceeded
+    from budget.config import ConfigError, Settings, load_settings
+    from budget.instrumentation import attribute_to, instrument
+    from budget.manager import BudgetManager, get_budget_manager
+    from budget.pricing import (
+        Priced,
+        PriceOverride,
+        PricingRegistry,
+        Unpriced,
+        UnpricedModelError,
+        get_pricing_registry,
+    )
+    from budget.queries import NotApplied
+    from budget.reports import ReportGenerator, get_report_generator
+    from budget.rpc import Refused, RpcFailure, Throttled, Unanswered
+    from budget.tracker import UsageTracker, get_usage_tracker
+    from budget.usage import normalize_usage, usage_from_response
+
+_HOMES = {
+    "budget.alerts": ("AlertEngine", "get_alert_engine"),
+    "budget.checks": ("BudgetCheckFailed", "BudgetExceeded"),
+    "budget.config": ("ConfigError", "Settings", "load_settings"),
+    "budget.instrumentation": ("attribute_to", "instrument"),
+    "budget.manager": ("BudgetManager", "get_budget_manager"),
+    "budget.pricing": (
+        "Priced",
+        "PriceOverride",
+        "PricingRegistry",
+        "Unpriced",
+        "UnpricedModelError",
+        "get_pricing_registry",
+    ),
+    "budget.queries": ("NotApplied",),
+    "budget.reports": ("ReportGenerator", "get_report_generator"),
+    "budget.rpc": ("Refused", "RpcFailure", "Throttled", "Unanswered"),
+    "budget.tracker": ("UsageTracker", "get_usage_tracker"),
+    "budget.usage": ("normalize_usage", "usage_from_response"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "AlertEngine",
@@ -55,3 +87,16 @@ __all__ = [
     "normalize_usage",
     "usage_from_response",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME_OF.get(name)
+    if home is None:
+        raise AttributeError(f"module 'budget' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

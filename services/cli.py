@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import psycopg
-import sqlalchemy.exc
 import typer
 from nats.errors import Error as NatsError
 from psycopg import errors as pg_errors
@@ -487,9 +486,8 @@ def main() -> None:
         )
     except OSError as exc:  # a file the command reads or writes (connection errors above)
         _fail(str(exc))
-    except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
-        cause = exc.orig if isinstance(exc, sqlalchemy.exc.OperationalError) else exc
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _fail(
             f"cannot reach PostgreSQL ({first}); start it with `budget up` or set"
             " BUDGET_DATABASE_URL"

@@ -452,6 +452,11 @@ BAD_INPUTS = {
         ("cannot reach PostgreSQL", "budget up", "BUDGET_DATABASE_URL"),
         env={"BUDGET_DATABASE_URL": UNREACHABLE_DATABASE},
     ),
+    "migrate-database-unreachable": BadInput(
+        ("migrate",),
+        ("cannot reach PostgreSQL", "budget up", "BUDGET_DATABASE_URL"),
+        env={"BUDGET_DATABASE_URL": UNREACHABLE_DATABASE},
+    ),
     "worker-unknown-projection": BadInput(
         ("worker", "nosuch"), ("nosuch", "usage", "spend", "history")
     ),
