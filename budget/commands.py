@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js.api import RawStreamMsg
 from nats.js.errors import BadRequestError, NotFoundError
 
 from budget.config import Settings, shown_url
@@ -113,15 +114,19 @@ class ChangeClient:
 
     async def _last_sequence(self, event: Event) -> int:
         """The stream sequence of the last event on ``event``'s subject (0: none)."""
+        found = await self._last_stored(event)
+        return (found.seq or 0) if found is not None else 0
+
+    async def _last_stored(self, event: Event) -> RawStreamMsg | None:
+        """The last message stored on ``event``'s subject (None: none)."""
         topology = self.settings.topology
         js = self._client().jetstream()
         try:
-            found = await js.get_last_msg(
+            return await js.get_last_msg(
                 topology.event_stream.name, topology.event_subject(event.SUBJECT), direct=True
             )
         except NotFoundError:
-            return 0
-        return found.seq or 0
+            return None
 
     async def _publish(self, event: Event, *, expected_last: int | None = None) -> int:
         """Store ``event``; its stream sequence."""
@@ -143,15 +148,11 @@ class ChangeClient:
         a change that never happened. (When another change has landed on the subject
         since, or the stored time cannot be read, the apply is waited for as usual.) The
         bound is this process's ``max_clock_skew``: give the workers the same."""
-        subject = self.settings.topology.event_subject(event.SUBJECT)
-        js = self._client().jetstream()
         try:
-            stored = await js.get_last_msg(
-                self.settings.topology.event_stream.name, subject, direct=True
-            )
-        except (NatsError, TimeoutError):  # not found, or no answer: wait for the apply
+            stored = await self._last_stored(event)
+        except (NatsError, TimeoutError):  # no answer: wait for the apply
             return
-        if stored.seq != seq or stored.time is None:
+        if stored is None or stored.seq != seq or stored.time is None:
             return
         ahead = (event.occurred_at - stored.time).total_seconds()
         if ahead > self.settings.max_clock_skew:

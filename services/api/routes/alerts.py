@@ -127,7 +127,6 @@ async def _room_for_a_feed(request: Request, api: Api) -> Principal:
 
 @router.get(
     "/stream",
-    dependencies=[Depends(_room_for_a_feed)],
     responses=LIMITED_RESPONSES,
     summary="New alerts as Server-Sent Events (event: alert, id: its id, data: the alert);"
     " a reconnect with Last-Event-ID resumes after that alert",
