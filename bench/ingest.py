@@ -233,16 +233,31 @@ async def steady(
         p50, p99 = statistics.quantiles(delays, n=100)[49], statistics.quantiles(delays, n=100)[98]
         emit("alert_latency_p50_ms", p50, "ms", rate=rate, alerts=len(delays))
         emit("alert_latency_p99_ms", p99, "ms", rate=rate, alerts=len(delays))
-    lags = []
-    for k, at in enumerate(sent, start=1):
-        committed = checkpoints.committed_at(base + k)
-        assert committed is not None
-        lags.append((committed - at) * 1000)
-    quantiles = statistics.quantiles(lags, n=100)
-    achieved = total / (sent[-1] - start)
-    emit("lag_p50_ms", quantiles[49], "ms", rate=rate, achieved_rate=round(achieved))
-    emit("lag_p99_ms", quantiles[98], "ms", rate=rate, achieved_rate=round(achieved))
+    achieved = round(total / (sent[-1] - start))
+    overall = lag_quantiles(checkpoints, sent, base, None)
+    # Every reader's lag too (``by_projection``): which of them makes the figure.
+    each = {r: lag_quantiles(checkpoints, sent, base, r) for r in checkpoints.readers}
+    for p, figure in ((49, "lag_p50_ms"), (98, "lag_p99_ms")):
+        emit(
+            figure,
+            overall[p],
+            "ms",
+            rate=rate,
+            achieved_rate=achieved,
+            by_projection={r: round(q[p], 1) for r, q in each.items()},
+        )
     emit_cpu("steady", usage, total, this_process="producer")
+
+
+def lag_quantiles(
+    checkpoints: Checkpoints, sent: Sequence[float], base: int, reader: str | None
+) -> list[float]:
+    """Percentiles of the time from each event's publish until committed by every reader
+    (or ``reader``), ms."""
+    committed = checkpoints.committed_times(base + 1, len(sent), reader)
+    return statistics.quantiles(
+        [(done - at) * 1000 for at, done in zip(sent, committed, strict=True)], n=100
+    )
 
 
 async def rebuilds(info: StackInfo, settings: Settings, names: Sequence[str]) -> None:

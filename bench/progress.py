@@ -50,40 +50,52 @@ def usage_readers(workers: Sequence[str]) -> list[str]:
 
 
 class Checkpoints:
-    """The lowest checkpoint over the ``usage_readers`` of the given workers, polled in the
-    background."""
+    """The checkpoints of the ``usage_readers`` of the given workers (the lowest of them,
+    or one reader's), polled in the background."""
 
     def __init__(self, database_url: str, workers: Sequence[str]) -> None:
         self.database_url = database_url
         self.readers = usage_readers(workers)
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, dict[str, int]]] = []
 
-    async def lowest(self, conn: Connection) -> int:
-        """The lowest checkpoint of the readers (a reader without one yet counts as 0)."""
+    async def positions(self, conn: Connection) -> dict[str, int]:
+        """Each reader's checkpoint (a reader without one yet counts as 0)."""
         cursor = await conn.execute(
-            "SELECT min(stream_seq), count(*) FROM projection_checkpoints c"
+            "SELECT c.name, c.stream_seq FROM projection_checkpoints c"
             " JOIN projection_registry r ON r.name = c.name AND r.active_version = c.version"
             " WHERE c.name = ANY(%s)",
             (self.readers,),
         )
-        row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0] or 0) if row[1] == len(self.readers) else 0
+        found = {name: int(seq) for name, seq in await cursor.fetchall()}
+        return {reader: found.get(reader, 0) for reader in self.readers}
+
+    async def lowest(self, conn: Connection) -> int:
+        """The lowest checkpoint of the readers."""
+        return min((await self.positions(conn)).values(), default=0)
 
     async def poll(self, stop: asyncio.Event, interval: float = 0.005) -> None:
         conn = await connect(self.database_url)
         try:
             while not stop.is_set():
-                self.samples.append((time.perf_counter(), await self.lowest(conn)))
+                self.samples.append((time.perf_counter(), await self.positions(conn)))
                 await asyncio.sleep(interval)
         finally:
             await conn.close()
 
-    def committed_at(self, seq: int) -> float | None:
-        for at, done in self.samples:  # samples are in time order and non-decreasing
-            if done >= seq:
-                return at
-        return None
+    def committed_times(self, first: int, count: int, reader: str | None) -> list[float]:
+        """When every reader (or ``reader``) was first seen past each of the ``count``
+        sequences from ``first`` (samples are in time order, positions never go back)."""
+        times: list[float] = []
+        samples = iter(self.samples)
+        at, position = -1.0, -1
+        for seq in range(first, first + count):
+            while position < seq:
+                sample = next(samples, None)
+                assert sample is not None, f"sequence {seq} was never seen committed"
+                at, positions = sample
+                position = positions[reader] if reader else min(positions.values(), default=0)
+            times.append(at)
+        return times
 
 
 async def committed(
