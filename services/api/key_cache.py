@@ -112,5 +112,7 @@ class KeyCache:
                 async for _ in conn.notifies(timeout=_PING_SECONDS, stop_after=1):
                     self.forget()
                 # Bounded: a dead connection's query could hang until TCP gives up.
-                await asyncio.wait_for(conn.execute("SELECT 1"), TRUST_SECONDS)
+                # (asyncio.timeout, not wait_for: see budget.waits.)
+                async with asyncio.timeout(TRUST_SECONDS):
+                    await conn.execute("SELECT 1")
                 self._alive_at = time.monotonic()
