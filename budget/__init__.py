@@ -5,9 +5,9 @@ usage events and asks the enforcer before calls; the manager, the alert engine a
 report generator ask the query service. Nothing here opens the database. The pricing
 registry runs in-process.
 
-The names below are loaded on first use (PEP 562): a process that needs one submodule
-(a worker reads ``budget.config``) does not import the whole API, its SDK wrappers and
-their dependencies.
+The names below, and the submodules (``budget.redaction``...), are loaded on first use
+(PEP 562): a process that needs some submodules (a worker reads ``budget.config``) does not
+import the rest, such as the SDK wrappers of ``budget.instrumentation``.
 """
 
 from __future__ import annotations
@@ -89,14 +89,20 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME_OF.get(name)
-    if home is None:
-        raise AttributeError(f"module 'budget' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+if not TYPE_CHECKING:  # for type checkers, the names are the imports above
 
+    def __getattr__(name: str) -> Any:
+        home = _HOME_OF.get(name)
+        if home is None:  # a submodule, as ``import budget; budget.redaction`` expects
+            try:
+                return importlib.import_module(f"budget.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"budget.{name}":
+                    raise
+                raise AttributeError(f"module 'budget' has no attribute {name!r}") from None
+        value = getattr(importlib.import_module(home), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -26,4 +26,4 @@ def migrate(database_url: str, *, revision: str = "head") -> None:
         command.upgrade(config, revision)
     except sqlalchemy.exc.OperationalError as exc:
         # The driver's error, as every other connection reports it.
-        raise (exc.orig or exc) from None
+        raise (exc.orig or exc) from exc

@@ -409,7 +409,8 @@ async def _terminate(w: _Worker, grace: float) -> None:
         return
     _signal_group(proc, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), grace)
+        async with asyncio.timeout(grace):  # not wait_for: see budget.waits
+            await proc.wait()
     except TimeoutError:
         log.warning("worker %s (pid %s) ignored SIGTERM; killing it", w.name, proc.pid)
         _signal_group(proc, signal.SIGKILL)

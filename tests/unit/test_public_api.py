@@ -25,7 +25,15 @@ def test_each_public_name_is_its_home_modules_object(name: str) -> None:
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'instrumnet'"):
-        budget.instrumnet  # noqa: B018
+        budget.instrumnet  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_a_submodule_is_reached_from_the_package() -> None:
+    probe = "import budget; print(budget.redaction.install_redaction.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "install_redaction"
 
 
 def test_reading_the_config_does_not_import_the_api() -> None:
