@@ -20,7 +20,7 @@ Figures (one JSON line each), in the order the phases run:
   committed in every usage projection.
 - ``lag_p50_ms`` / ``lag_p99_ms`` at a steady ``--rate`` for ``--seconds``: publish ->
   committed in every projection that reads usage, per event (checkpoints polled every
-  ~5 ms).
+  ~5 ms); ``by_projection`` gives each one's own, so the slowest shows.
 - ``alert_latency_p50_ms`` / ``alert_latency_p99_ms`` at the steady rate: publish of the
   event that crossed a threshold -> the alert received on ``<prefix>.alerts.>``.
 - ``rebuild_<projection>_events_per_s``: rebuilding each usage projection from the log
