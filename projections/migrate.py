@@ -6,9 +6,27 @@ from pathlib import Path
 
 from projections.db import sqlalchemy_url
 
-__all__ = ["migrate"]
+__all__ = ["drop_tables_matching", "migrate"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def drop_tables_matching(pattern: str, *, cascade: bool = False) -> str:
+    """A statement for a migration: drop every table of the current schema whose name
+    matches the regular expression ``pattern`` (a retired table at every version), with
+    what depends on it if ``cascade`` (its views)."""
+    drop = "DROP TABLE %I CASCADE" if cascade else "DROP TABLE %I"
+    return f"""DO $$
+        DECLARE retired record;
+        BEGIN
+            FOR retired IN
+                SELECT table_name FROM information_schema.tables
+                WHERE table_schema = current_schema()
+                  AND table_name ~ '{pattern}'
+            LOOP
+                EXECUTE format('{drop}', retired.table_name);
+            END LOOP;
+        END $$"""
 
 
 def migrate(database_url: str, *, revision: str = "head") -> None:

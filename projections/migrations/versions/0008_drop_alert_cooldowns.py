@@ -11,24 +11,14 @@ Revises: 0007
 
 from alembic import op
 
+from projections.migrate import drop_tables_matching
+
 revision = "0008"
 down_revision = "0007"
 
 
 def upgrade() -> None:
-    op.execute(
-        """DO $$
-        DECLARE retired record;
-        BEGIN
-            FOR retired IN
-                SELECT table_name FROM information_schema.tables
-                WHERE table_schema = current_schema()
-                  AND table_name ~ '^alert_cooldowns_v[0-9]+$'
-            LOOP
-                EXECUTE format('DROP TABLE %I', retired.table_name);
-            END LOOP;
-        END $$"""
-    )
+    op.execute(drop_tables_matching("^alert_cooldowns_v[0-9]+$"))
 
 
 def downgrade() -> None:

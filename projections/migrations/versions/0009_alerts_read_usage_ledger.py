@@ -12,6 +12,7 @@ Revises: 0008
 from alembic import op
 
 from projections.ledger import SHARED_LEDGER
+from projections.migrate import drop_tables_matching
 
 revision = "0009"
 down_revision = "0008"
@@ -22,19 +23,7 @@ def upgrade() -> None:
         f"CREATE INDEX IF NOT EXISTS usage_ledger_stream_seq_idx ON {SHARED_LEDGER.usage}"
         " (stream_seq)"
     )
-    op.execute(
-        """DO $$
-        DECLARE retired record;
-        BEGIN
-            FOR retired IN
-                SELECT table_name FROM information_schema.tables
-                WHERE table_schema = current_schema()
-                  AND table_name ~ '^alert_spend_(ledger|corrections)_v[0-9]+$'
-            LOOP
-                EXECUTE format('DROP TABLE %I CASCADE', retired.table_name);
-            END LOOP;
-        END $$"""
-    )
+    op.execute(drop_tables_matching("^alert_spend_(ledger|corrections)_v[0-9]+$", cascade=True))
 
 
 def downgrade() -> None:
