@@ -241,12 +241,8 @@ class Ledger:
         return {writer: int(seq) for writer, seq in await cursor.fetchall()}
 
     async def recorded_through(self, conn: Connection) -> int:
-        cursor = await conn.execute(
-            f"SELECT coalesce(max(stream_seq), 0) FROM {self.position}".encode()
-        )
-        row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
+        """How far the furthest writer has recorded the log (0: none has)."""
+        return max((await self.positions(conn)).values(), default=0)
 
     async def _record_corrections(
         self, conn: Connection, corrections: Sequence[Applied], covered: int
