@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,7 +38,8 @@ from typing import Any
 
 from events import UsageRepriced
 from projections.engine.projection import Applied, Connection, Rejected
-from projections.usage_rows import STAGED, stage, staged_rows
+from projections.usage_rows import STAGED, Staged, staged_rows
+from projections.usage_rows import stage as stage_rows
 
 __all__ = [
     "COUNTING_LEDGER",
@@ -182,18 +183,41 @@ class Ledger:
             f"CREATE TABLE {self.position} (writer text PRIMARY KEY, stream_seq bigint NOT NULL)",
         ]
 
-    async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
+    async def stage(
+        self, conn: Connection, batch: Sequence[Applied], *, writer: str
+    ) -> Callable[[], Awaitable[None]]:
         """Stage the batch's usage (``usage_rows.stage``: the projections read it there;
-        with ``reads_recorded``, only what is not recorded yet), record its usage and
-        corrections not recorded yet, in log order.
+        with ``reads_recorded``, only what is not recorded yet), and return what records
+        its usage and corrections not recorded yet, in log order, to be awaited next in
+        the same transaction. Staging copies (COPY), which a pipeline cannot carry;
+        recording reads nothing back but for corrections, so the runner pipelines it with
+        the projections' statements.
 
-        Raises ``Rejected`` naming every correction of an unknown event in the batch."""
-        if not batch:
-            return
-        covered = await self.recorded_through(conn)
+        Recording raises ``Rejected`` naming every correction of an unknown event in the
+        batch."""
+        covered = await self.recorded_through(conn) if batch else 0
         # With ``reads_recorded``, what is recorded is neither staged nor decoded.
         todo = [a for a in batch if a.stream_seq > covered] if self.reads_recorded else batch
-        staged = await stage(conn, todo, counted_only=self.counted_only)
+        staged = await stage_rows(conn, todo, counted_only=self.counted_only)
+
+        async def record() -> None:
+            if batch:
+                await self._record(conn, batch, covered, staged, writer=writer)
+
+        return record
+
+    async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
+        await (await self.stage(conn, batch, writer=writer))()
+
+    async def _record(
+        self,
+        conn: Connection,
+        batch: Sequence[Applied],
+        covered: int,
+        staged: Staged | None,
+        *,
+        writer: str,
+    ) -> None:
         if staged is not None and batch[-1].stream_seq > covered:
             await conn.execute(
                 f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,

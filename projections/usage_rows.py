@@ -12,10 +12,12 @@ tighter limit.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
@@ -29,6 +31,7 @@ __all__ = [
     "STAGING_DDL",
     "USAGE_MEASURES",
     "Staged",
+    "create_staging",
     "stage",
     "staged_rows",
 ]
@@ -93,6 +96,20 @@ STAGING_DDL = (
 )
 
 
+_STAGING_CREATED: weakref.WeakSet[Connection] = weakref.WeakSet()
+"""Connections whose session holds ``usage_batch`` for good (``create_staging``)."""
+
+
+async def create_staging(conn: Connection) -> None:
+    """Create the session's ``usage_batch`` outside any transaction (one created inside a
+    transaction that rolls back is gone with it), so ``stage`` need not ask for it before
+    each batch: a round trip, and a notice, per batch."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("create_staging runs outside a transaction")
+    await conn.execute(STAGING_DDL.encode())
+    _STAGING_CREATED.add(conn)
+
+
 def _usage(batch: Sequence[Applied]) -> list[Applied]:
     return [a for a in batch if a.event_type is UsageRecorded]
 
@@ -149,7 +166,8 @@ async def stage(
     if not usage:
         return None
     columns, row = (COUNTED, _counted_row) if counted_only else (len(STAGED_COLUMNS), _row)
-    await conn.execute(STAGING_DDL.encode())
+    if conn not in _STAGING_CREATED:
+        await conn.execute(STAGING_DDL.encode())
     async with conn.cursor().copy(_COPIES[columns]) as copy:
         copy.set_types(_TYPES[:columns])
         for applied in usage:

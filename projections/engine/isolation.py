@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 
 import psycopg
@@ -19,6 +19,8 @@ __all__ = [
     "apply_events",
     "apply_isolating_rejects",
     "lone_fault_its_own",
+    "pipelined",
+    "whole_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,19 +68,43 @@ async def apply_events(
     conn: Connection, events: Sequence[Applied], apply: Apply, *, label: str, isolating: bool
 ) -> list[tuple[Applied, str]]:
     """Apply ``events``: whole, with no savepoint (the common case: a savepoint costs two
-    round trips), raising ``Unapplied`` when that fails on an event's account; or,
-    ``isolating``, as ``apply_isolating_rejects`` does. The events refused, with reasons."""
+    round trips), raising ``Unapplied`` when that fails on an event's account
+    (``whole_batch``); or, ``isolating``, as ``apply_isolating_rejects`` does. The events
+    refused, with reasons."""
     if not events:
         return []
     if isolating:
         return await apply_isolating_rejects(conn, events, apply, label=label)
-    try:
+    with whole_batch():
         await apply(events)
+    return []
+
+
+@contextlib.contextmanager
+def whole_batch() -> Iterator[None]:
+    """Inside, a batch is applied whole: a failure one of its events may be to blame for
+    (the database refusing its data, the projection rejecting or raising on it) raises
+    ``Unapplied``; other database errors (a lost connection) and a retired version are no
+    event's fault and propagate."""
+    try:
+        yield
+    except Unapplied:
+        raise
     except Exception as exc:
         if isinstance(exc, psycopg.Error | Retired) and not _refuses_data(exc):
             raise
         raise Unapplied(str(exc)) from exc
-    return []
+
+
+@contextlib.asynccontextmanager
+async def pipelined(conn: Connection) -> AsyncIterator[None]:
+    """Statements of a batch applied whole (``whole_batch``), sent without waiting for
+    each one's result: one round trip for those that read nothing back, where each used to
+    cost one (most of a small batch's time, docs/performance.md). A statement's failure
+    surfaces where a later result is read, at the latest on leaving the block."""
+    with whole_batch():
+        async with conn.pipeline():
+            yield
 
 
 async def apply_isolating_rejects(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -142,8 +142,15 @@ class SharedLedger(Protocol):
     async def positions(self, conn: Connection) -> Mapping[str, int]:
         """How far each writer has recorded the log (committed), by writer."""
 
+    async def stage(
+        self, conn: Connection, batch: Sequence[Applied], *, writer: str
+    ) -> Callable[[], Awaitable[None]]:
+        """Stage what the batch adds (``writer`` names the consumer recording it), and
+        return what records it next in the same transaction: statements that read nothing
+        back, unless the batch holds corrections (the runner pipelines them)."""
+
     async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
-        """Record what the batch adds; ``writer`` names the consumer recording it."""
+        """``stage`` the batch and record it at once."""
 
 
 class Projection(ABC):

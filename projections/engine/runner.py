@@ -32,12 +32,21 @@ from projections.engine.isolation import (
     Unapplied,
     apply_events,
     lone_fault_its_own,
+    pipelined,
+    whole_batch,
 )
 from projections.engine.log import bind_consumer
 from projections.engine.preparer import Prepared, Preparer
 from projections.engine.projection import Applied, Connection, Projection, SharedLedger
 from projections.engine.reader import Delivery, PullReader
-from projections.engine.writer import VersionWriter, advance, consumer_name, lock_checkpoints
+from projections.engine.writer import (
+    Move,
+    VersionWriter,
+    advance,
+    consumer_name,
+    lock_checkpoints,
+)
+from projections.usage_rows import create_staging
 
 __all__ = [
     "BatchResult",
@@ -189,6 +198,8 @@ class ProjectionRunner:
         # few statements: plan them once.
         await conn.execute("SET synchronous_commit = off")
         await conn.execute("SET plan_cache_mode = force_generic_plan")
+        if self._ledgers:
+            await create_staging(conn)
         self.writers = [
             VersionWriter(p, self._requested_version or await ensure_projection(conn, p))
             for p in self.projections
@@ -408,41 +419,75 @@ class ProjectionRunner:
         async with conn.transaction():
             positions = await lock_checkpoints(conn, self.writers)
             new = [d for d in batch if d.stream_seq > min(positions)]
-            by_seq = {d.stream_seq: d for d in new}
             fresh = [d.prepared for d in new if isinstance(d.prepared, Applied)]
             bad = [(d, d.prepared) for d in new if isinstance(d.prepared, str)]
-            for ledger in self._ledgers:
-                refused = await self._record(conn, ledger, fresh, isolating=isolating)
-                bad += [(by_seq[a.stream_seq], reason) for a, reason in refused]
-                fresh = _without(fresh, refused)
-            letters: set[int] = set()
-            moves = []
-            for writer, position in zip(self.writers, positions, strict=True):
-                mine = [a for a in fresh if a.stream_seq > position]
-                refused = await writer.apply(conn, mine, isolating=isolating)
-                theirs = [d_r for d_r in bad if d_r[0].stream_seq > position]
-                for delivery, reason in theirs + [(by_seq[a.stream_seq], r) for a, r in refused]:
-                    await dead_letter(self._js, self._topology, writer.durable, delivery, reason)
-                    letters.add(delivery.stream_seq)
-                moves.append((writer, max(batch[-1].stream_seq, position), _without(mine, refused)))
-            await advance(conn, moves)
-        applied = len([a for a in fresh if a.stream_seq not in letters])
-        skipped = len(batch) - applied - len(letters)
+            if isolating:
+                by_seq = {d.stream_seq: d for d in new}
+                for ledger in self._ledgers:
+                    refused = await self._record_isolating(conn, ledger, fresh)
+                    bad += [(by_seq[a.stream_seq], reason) for a, reason in refused]
+                    fresh = _without(fresh, refused)
+                letters, moves = await self._apply(
+                    conn, batch, positions, fresh, bad, isolating=True
+                )
+            else:
+                # Staged first (a COPY cannot be pipelined), then recorded and applied in
+                # one pipeline.
+                with whole_batch():
+                    records = [
+                        await ledger.stage(conn, fresh, writer=self.durable)
+                        for ledger in self._ledgers
+                    ]
+                async with pipelined(conn):
+                    for record in records:
+                        await record()
+                    letters, moves = await self._apply(
+                        conn, batch, positions, fresh, bad, isolating=False
+                    )
+            for writer, delivery, reason in letters:
+                await dead_letter(self._js, self._topology, writer, delivery, reason)
+        gone = {delivery.stream_seq for _, delivery, _ in letters}
+        applied = len([a for a in fresh if a.stream_seq not in gone])
+        skipped = len(batch) - applied - len(gone)
         by_name = {writer.projection.name: len(done) for writer, _, done in moves}
-        return BatchResult(applied, skipped, len(letters), batch[-1], by_name)
+        return BatchResult(applied, skipped, len(gone), batch[-1], by_name)
 
-    async def _record(
+    async def _apply(
         self,
         conn: Connection,
-        ledger: SharedLedger,
-        events: Sequence[Applied],
+        batch: Sequence[Delivery[Prepared]],
+        positions: Sequence[int],
+        fresh: Sequence[Applied],
+        bad: Sequence[tuple[Delivery[Prepared], str]],
         *,
         isolating: bool,
+    ) -> tuple[list[tuple[str, Delivery[Prepared], str]], list[Move]]:
+        """Apply ``fresh`` to each writer past its checkpoint and advance the checkpoints:
+        the dead letters to send (by writer: ``bad`` and what each refused, isolating)
+        and each writer's move. The letters are sent once the batch's statements have all
+        succeeded: a batch that fails is applied again, isolating."""
+        by_seq = {d.stream_seq: d for d in batch}
+        letters = []
+        moves: list[Move] = []
+        for writer, position in zip(self.writers, positions, strict=True):
+            mine = [a for a in fresh if a.stream_seq > position]
+            refused = await writer.apply(conn, mine, isolating=isolating)
+            theirs = [d_r for d_r in bad if d_r[0].stream_seq > position]
+            for delivery, reason in theirs + [(by_seq[a.stream_seq], r) for a, r in refused]:
+                letters.append((writer.durable, delivery, reason))
+            moves.append((writer, max(batch[-1].stream_seq, position), _without(mine, refused)))
+        await advance(conn, moves)
+        return letters, moves
+
+    async def _record_isolating(
+        self, conn: Connection, ledger: SharedLedger, events: Sequence[Applied]
     ) -> list[tuple[Applied, str]]:
+        """Record ``events`` in ``ledger``, isolating: the events it refused, with why."""
+
         async def record(batch: Sequence[Applied]) -> None:
             await ledger.record(conn, batch, writer=self.durable)
 
-        return await apply_events(conn, events, record, label=self.durable, isolating=isolating)
+        return await apply_events(conn, events, record, label=self.durable, isolating=True)
 
 
 def _is_deferred(delivery: Delivery[Prepared]) -> bool:

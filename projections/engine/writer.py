@@ -12,7 +12,7 @@ import psycopg
 from projections.engine.isolation import Retired, apply_events
 from projections.engine.projection import Applied, Connection, Projection
 
-__all__ = ["VersionWriter", "advance", "consumer_name", "lock_checkpoints"]
+__all__ = ["Move", "VersionWriter", "advance", "consumer_name", "lock_checkpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,11 @@ async def lock_checkpoints(conn: Connection, writers: Sequence[VersionWriter]) -
     return positions
 
 
-async def advance(
-    conn: Connection, moves: Sequence[tuple[VersionWriter, int, Sequence[Applied]]]
-) -> None:
+Move = tuple[VersionWriter, int, Sequence[Applied]]
+"""A writer, the stream sequence its checkpoint moves to, and the events it applied."""
+
+
+async def advance(conn: Connection, moves: Sequence[Move]) -> None:
     """Move each writer's checkpoint to its stream sequence, counting what it applied, in
     one statement."""
     await conn.execute(
