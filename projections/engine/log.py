@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -18,7 +21,16 @@ from nats.js.errors import NotFoundError
 
 from events import StreamSpec, Topology
 
-__all__ = ["LogError", "bind_consumer", "declare_streams", "require_stream"]
+__all__ = [
+    "Checkpoint",
+    "LogError",
+    "bind_consumer",
+    "declare_streams",
+    "message_digest",
+    "require_stream",
+]
+
+log = logging.getLogger(__name__)
 
 
 class LogError(RuntimeError):
@@ -70,33 +82,61 @@ def _stream_config(spec: StreamSpec) -> StreamConfig:
     )
 
 
+def message_digest(data: bytes) -> bytes:
+    """What a checkpoint keeps of the message it stands on, to know the log again."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The stream sequence a projection version has applied the log through, and the
+    ``message_digest`` of the message there (None before its first batch)."""
+
+    stream_seq: int
+    message_digest: bytes | None
+
+
 async def bind_consumer(
     js: JetStreamContext,
     stream: str,
     durable: str,
     *,
     filter_subjects: list[str],
-    after_seq: int,
+    after: Checkpoint,
     max_ack_pending: int,
 ) -> ConsumerInfo:
     """(Re)create the durable pull consumer of one projection version, starting right
-    after the checkpoint.
+    after the checkpoint ``after``.
 
     The checkpoint in PostgreSQL is the truth and the consumer only a cursor: an old
     consumer may hold messages that were delivered to a dead worker and not acked, and
     would hand them out again only after newer ones, behind the checkpoint, where they
     would be skipped for good. One worker at a time owns a version (an advisory lock), so
-    recreating its consumer at each start is safe. A checkpoint past the stream's end
-    is refused (``LogError``): reading on would skip every event up to it.
+    recreating its consumer at each start is safe. A checkpoint past the stream's end,
+    or on another message than the one it applied, is refused (``LogError``): the log is
+    not the one the projection was built from, and reading on would skip every event up
+    to the checkpoint.
     """
+    after_seq = after.stream_seq
     ends = (await js.stream_info(stream)).state.last_seq
     if after_seq > ends:
-        raise LogError(
-            f"{durable}: its checkpoint is at stream sequence {after_seq}, but stream {stream}"
-            f" ends at {ends}: this is not the log it was built from (recreated, lost, or"
-            " left in another NATS account); restore that log, or rebuild the projection"
-            " from this one (`budget projections rebuild`)"
+        raise _not_its_log(
+            durable,
+            f"its checkpoint is at stream sequence {after_seq}, but stream {stream} ends at {ends}",
         )
+    if after_seq > 0 and after.message_digest is not None:
+        try:
+            found = (await js.get_msg(stream, after_seq)).data or b""
+        except NotFoundError:
+            # Deleted by a retention limit an operator set: nothing to tell the log by.
+            log.warning("%s: stream %s no longer holds its checkpoint's message", durable, stream)
+        else:
+            if message_digest(found) != after.message_digest:
+                raise _not_its_log(
+                    durable,
+                    f"the message at its checkpoint (stream sequence {after_seq} of"
+                    f" {stream}) is not the one it applied there",
+                )
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, durable)
     created: ConsumerInfo = await js.add_consumer(
@@ -114,6 +154,14 @@ async def bind_consumer(
         ),
     )
     return created
+
+
+def _not_its_log(durable: str, finding: str) -> LogError:
+    return LogError(
+        f"{durable}: {finding}: this is not the log it was built from (recreated, lost, or"
+        " left in another NATS account); restore that log, or rebuild the projection from"
+        " this one (`budget projections rebuild`)"
+    )
 
 
 async def pending_after(

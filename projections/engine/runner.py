@@ -35,7 +35,7 @@ from projections.engine.isolation import (
     pipelined,
     whole_batch,
 )
-from projections.engine.log import bind_consumer
+from projections.engine.log import Checkpoint, bind_consumer, message_digest
 from projections.engine.preparer import Prepared, Preparer
 from projections.engine.projection import Applied, Connection, Projection, SharedLedger
 from projections.engine.reader import Delivery, PullReader
@@ -45,6 +45,7 @@ from projections.engine.writer import (
     advance,
     consumer_name,
     lock_checkpoints,
+    lowest_checkpoint,
 )
 from projections.usage_rows import create_staging
 
@@ -205,21 +206,21 @@ class ProjectionRunner:
             for p in self.projections
         ]
         # one lock order, so two runners sharing projections cannot deadlock
-        checkpoints = {
-            w.durable: await w.take_over(conn)
-            for w in sorted(self.writers, key=lambda w: w.durable)
-        }
-        await self._read_after(min(checkpoints.values()))
+        for writer in sorted(self.writers, key=lambda w: w.durable):
+            await writer.take_over(conn)
+        await self._read_after_checkpoint()
 
-    async def _read_after(self, after: int) -> None:
-        """Bind the consumer right after ``after`` and start reading."""
+    async def _read_after_checkpoint(self) -> None:
+        """Bind the consumer right after the lowest checkpoint (``LogError`` if the log is
+        not the one it was built from) and start reading."""
+        after = await lowest_checkpoint(self.connection, self.writers)
         subjects = sorted({s for p in self.projections for s in p.filter_subjects(self._topology)})
         await bind_consumer(
             self._js,
             self._topology.event_stream.name,
             self.durable,
             filter_subjects=subjects,
-            after_seq=after,
+            after=after,
             max_ack_pending=self.config.max_ack_pending,
         )
         self._reconnects = self._nc.stats["reconnects"]
@@ -231,16 +232,14 @@ class ProjectionRunner:
             request_batch=self.config.request_batch,
         )
         await self.reader.start()
-        log.info("%s reading after seq %d", self.durable, after)
+        log.info("%s reading after seq %d", self.durable, after.stream_seq)
 
     async def resume(self) -> None:
         """After a NATS reconnect, read again right after the lowest checkpoint:
         deliveries may have been lost in flight."""
         assert self.reader is not None
         await self.reader.stop()
-        async with self.connection.transaction():
-            after = min(await lock_checkpoints(self.connection, self.writers))
-        await self._read_after(after)
+        await self._read_after_checkpoint()
 
     async def close(self) -> None:
         if self.reader is not None:
@@ -476,7 +475,8 @@ class ProjectionRunner:
             for delivery, reason in theirs + [(by_seq[a.stream_seq], r) for a, r in refused]:
                 letters.append((writer.durable, delivery, reason))
             moves.append((writer, max(batch[-1].stream_seq, position), _without(mine, refused)))
-        await advance(conn, moves)
+        last = batch[-1]
+        await advance(conn, moves, Checkpoint(last.stream_seq, message_digest(last.data)))
         return letters, moves
 
     async def _record_isolating(

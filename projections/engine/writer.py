@@ -10,9 +10,17 @@ from dataclasses import dataclass
 import psycopg
 
 from projections.engine.isolation import Retired, apply_events
+from projections.engine.log import Checkpoint
 from projections.engine.projection import Applied, Connection, Projection
 
-__all__ = ["Move", "VersionWriter", "advance", "consumer_name", "lock_checkpoints"]
+__all__ = [
+    "Move",
+    "VersionWriter",
+    "advance",
+    "consumer_name",
+    "lock_checkpoints",
+    "lowest_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +47,9 @@ class VersionWriter:
     def durable(self) -> str:
         return consumer_name(self.projection, self.version)
 
-    async def take_over(self, conn: Connection) -> int:
+    async def take_over(self, conn: Connection) -> None:
         """Wait for this version's single-writer lock (a second worker waits here as a hot
-        standby, saying so); its checkpoint."""
+        standby, saying so)."""
         key = f"projection:{self.durable}"
         taken = await (
             await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
@@ -56,15 +64,6 @@ class VersionWriter:
                 holder[0] if holder else "unknown",
             )
             await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-        row = await (
-            await conn.execute(
-                "SELECT stream_seq FROM projection_checkpoints WHERE name = %s AND version = %s",
-                (self.projection.name, self.version),
-            )
-        ).fetchone()
-        if row is None:
-            raise RuntimeError(f"projection {self.durable} has no checkpoint row")
-        return int(row[0])
 
     async def apply(
         self, conn: Connection, events: Sequence[Applied], *, isolating: bool
@@ -104,21 +103,43 @@ async def lock_checkpoints(conn: Connection, writers: Sequence[VersionWriter]) -
     return positions
 
 
+async def lowest_checkpoint(conn: Connection, writers: Sequence[VersionWriter]) -> Checkpoint:
+    """The lowest of the writers' checkpoints."""
+    cursor = await conn.execute(
+        "SELECT c.name, c.version, c.stream_seq, c.message_digest FROM projection_checkpoints c"
+        " JOIN unnest(%s::text[], %s::int[]) AS w(name, version)"
+        "   ON w.name = c.name AND w.version = c.version",
+        ([w.projection.name for w in writers], [w.version for w in writers]),
+    )
+    found = {
+        (name, version): Checkpoint(int(seq), digest)
+        for name, version, seq, digest in await cursor.fetchall()
+    }
+    for writer in writers:
+        if (writer.projection.name, writer.version) not in found:
+            raise RuntimeError(f"projection {writer.durable} has no checkpoint row")
+    return min(found.values(), key=lambda c: c.stream_seq)
+
+
 Move = tuple[VersionWriter, int, Sequence[Applied]]
 """A writer, the stream sequence its checkpoint moves to, and the events it applied."""
 
 
-async def advance(conn: Connection, moves: Sequence[Move]) -> None:
+async def advance(conn: Connection, moves: Sequence[Move], last: Checkpoint) -> None:
     """Move each writer's checkpoint to its stream sequence, counting what it applied, in
-    one statement."""
+    one statement; a checkpoint moved to ``last.stream_seq`` (the batch's last message)
+    takes its digest."""
     await conn.execute(
         "UPDATE projection_checkpoints c SET stream_seq = m.seq,"
         " events_applied = c.events_applied + m.applied,"
-        " newest_event_at = GREATEST(c.newest_event_at, m.newest), updated_at = now()"
+        " newest_event_at = GREATEST(c.newest_event_at, m.newest), updated_at = now(),"
+        " message_digest = CASE WHEN m.seq = %s THEN %s::bytea ELSE c.message_digest END"
         " FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[], %s::timestamptz[])"
         "   AS m(name, version, seq, applied, newest)"
         " WHERE c.name = m.name AND c.version = m.version",
         (
+            last.stream_seq,
+            last.message_digest,
             [w.projection.name for w, _, _ in moves],
             [w.version for w, _, _ in moves],
             [seq for _, seq, _ in moves],

@@ -31,3 +31,37 @@ async def test_a_checkpoint_past_the_logs_end_is_refused_with_what_to_do(
         await catch_up(SpendProjection(), nc, db, topology)
     requests = "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'"
     assert await rows(db, requests) == [(3,)]  # nothing read past it
+
+
+async def test_a_log_recreated_and_grown_past_the_checkpoint_is_refused_with_what_to_do(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """The new log reaches past the checkpoint, so its length cannot tell; the message
+    the checkpoint stands on can (its digest, kept with the checkpoint)."""
+    await publish(nc, topology, [usage_event(user=u) for u in ("alice", "bob", "carol")])
+    await catch_up(SpendProjection(), nc, db, topology)
+    js = nc.jetstream()
+    await js.delete_stream(topology.event_stream.name)
+    await declare_streams(js, topology)
+    await publish(nc, topology, [usage_event(user=u) for u in ("dave", "erin", "frank", "gus")])
+
+    with pytest.raises(
+        LogError, match=r"message at its checkpoint \(stream sequence 3 of .*not the one it applied"
+    ):
+        await catch_up(SpendProjection(), nc, db, topology)
+    requests = "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'"
+    assert await rows(db, requests) == [(3,)]
+
+
+async def test_the_same_log_read_again_after_a_restart_is_read_on(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    await publish(nc, topology, [usage_event(user=u) for u in ("alice", "bob", "carol")])
+    await catch_up(SpendProjection(), nc, db, topology)
+    await publish(nc, topology, [usage_event(user="dave")])
+
+    await catch_up(SpendProjection(), nc, db, topology)
+    requests = "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'"
+    assert await rows(db, requests) == [(4,)]
+    digest = "SELECT message_digest IS NOT NULL FROM projection_checkpoints WHERE name = 'spend'"
+    assert await rows(db, digest) == [(True,)]

@@ -130,7 +130,7 @@ async def test_a_second_writer_of_a_version_waits_saying_which_backend_holds_it(
     holder, waiter = await connect(db), await connect(db)
     try:
         version = await ensure_projection(holder, projection)
-        position = await VersionWriter(projection, version).take_over(holder)
+        await VersionWriter(projection, version).take_over(holder)
         with caplog.at_level(logging.WARNING, logger="projections.engine.writer"):
             waiting = asyncio.create_task(VersionWriter(projection, version).take_over(waiter))
 
@@ -144,7 +144,7 @@ async def test_a_second_writer_of_a_version_waits_saying_which_backend_holds_it(
         assert f"spend-v{version} is written by another worker" in message
         assert f"pid {holder.info.backend_pid}" in message
         await holder.close()  # the active worker goes: the standby takes over
-        assert await asyncio.wait_for(waiting, timeout=10) == position
+        await asyncio.wait_for(waiting, timeout=10)
     finally:
         await holder.close()
         await waiter.close()
