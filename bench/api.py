@@ -322,6 +322,7 @@ async def build(
         await fill_spend(conn)
         await conn.execute(
             "UPDATE projection_checkpoints c SET stream_seq = %s, events_applied = %s,"
+            " message_digest = NULL,"
             " newest_event_at = (SELECT max(occurred_at) FROM usage_history), updated_at = now()"
             " FROM projection_registry r"
             " WHERE r.name = c.name AND r.active_version = c.version AND c.name = ANY(%s)",

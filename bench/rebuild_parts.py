@@ -38,7 +38,7 @@ from budget.config import Settings
 from budget.tracker import get_usage_tracker
 from projections.db import connect
 from projections.engine.checkpoints import create_indexes, create_version, drop_version
-from projections.engine.log import Checkpoint, bind_consumer
+from projections.engine.log import bind_consumer
 from projections.engine.preparer import Preparer
 from projections.engine.projection import Applied
 from projections.engine.reader import PullReader
@@ -143,7 +143,7 @@ async def read_all(
         stream,
         durable,
         filter_subjects=PROJECTIONS["history"].filter_subjects(settings.topology),
-        after=Checkpoint(0, None),
+        after_seq=0,
         max_ack_pending=config.max_ack_pending,
     )
     reader = PullReader(nc, stream, durable, prepare=prepare, request_batch=config.request_batch)

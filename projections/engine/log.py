@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -22,12 +23,13 @@ from nats.js.errors import NotFoundError
 from events import StreamSpec, Topology
 
 __all__ = [
-    "Checkpoint",
     "LogError",
+    "LogMark",
     "bind_consumer",
     "declare_streams",
     "message_digest",
     "require_stream",
+    "verify_log",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,12 +90,52 @@ def message_digest(data: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """The stream sequence a projection version has applied the log through, and the
-    ``message_digest`` of the message there (None before its first batch)."""
+class LogMark:
+    """Where a projection version stands in the log: the stream sequence it has applied
+    the log through, and the ``message_digest`` of the message there (None until its
+    first batch: a version made before checkpoints kept one, or one that has read
+    nothing)."""
 
     stream_seq: int
-    message_digest: bytes | None
+    digest: bytes | None
+
+
+async def verify_log(
+    js: JetStreamContext, stream: str, durable: str, marks: Sequence[LogMark], *, rebuild: str
+) -> None:
+    """``LogError`` unless ``stream`` is the log the checkpoints at ``marks`` were made on:
+    it reaches each of them, and holds at each the message its digest was made of.
+    Otherwise reading on from a checkpoint would skip every event up to it, with no error
+    anywhere (the log recreated, lost, or left in another NATS account). ``rebuild``: the
+    command that rebuilds the projections from this log instead, for the message."""
+    ends = (await js.stream_info(stream)).state.last_seq
+    furthest = max((m.stream_seq for m in marks), default=0)
+    if furthest > ends:
+        raise _not_its_log(
+            durable,
+            f"its checkpoint is at stream sequence {furthest}, but stream {stream} ends at {ends}",
+            rebuild,
+        )
+    known = sorted({(m.stream_seq, m.digest) for m in marks if m.stream_seq and m.digest})
+    for seq, digest in known:
+        try:
+            found = (await js.get_msg(stream, seq)).data or b""
+        except NotFoundError:
+            log.warning(
+                "%s: stream %s no longer holds message %d, where a checkpoint stands (a"
+                " retention limit?): the log cannot be verified there; reading on",
+                durable,
+                stream,
+                seq,
+            )
+            continue
+        if message_digest(found) != digest:
+            raise _not_its_log(
+                durable,
+                f"the message at its checkpoint (stream sequence {seq} of {stream}) is not"
+                " the one it applied there",
+                rebuild,
+            )
 
 
 async def bind_consumer(
@@ -102,41 +144,19 @@ async def bind_consumer(
     durable: str,
     *,
     filter_subjects: list[str],
-    after: Checkpoint,
+    after_seq: int,
     max_ack_pending: int,
 ) -> ConsumerInfo:
     """(Re)create the durable pull consumer of one projection version, starting right
-    after the checkpoint ``after``.
+    after the checkpoint.
 
     The checkpoint in PostgreSQL is the truth and the consumer only a cursor: an old
     consumer may hold messages that were delivered to a dead worker and not acked, and
     would hand them out again only after newer ones, behind the checkpoint, where they
     would be skipped for good. One worker at a time owns a version (an advisory lock), so
-    recreating its consumer at each start is safe. A checkpoint past the stream's end,
-    or on another message than the one it applied, is refused (``LogError``): the log is
-    not the one the projection was built from, and reading on would skip every event up
-    to the checkpoint.
+    recreating its consumer at each start is safe (``verify_log`` first: the log must be
+    the one the checkpoint was made on).
     """
-    after_seq = after.stream_seq
-    ends = (await js.stream_info(stream)).state.last_seq
-    if after_seq > ends:
-        raise _not_its_log(
-            durable,
-            f"its checkpoint is at stream sequence {after_seq}, but stream {stream} ends at {ends}",
-        )
-    if after_seq > 0 and after.message_digest is not None:
-        try:
-            found = (await js.get_msg(stream, after_seq)).data or b""
-        except NotFoundError:
-            # Deleted by a retention limit an operator set: nothing to tell the log by.
-            log.warning("%s: stream %s no longer holds its checkpoint's message", durable, stream)
-        else:
-            if message_digest(found) != after.message_digest:
-                raise _not_its_log(
-                    durable,
-                    f"the message at its checkpoint (stream sequence {after_seq} of"
-                    f" {stream}) is not the one it applied there",
-                )
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, durable)
     created: ConsumerInfo = await js.add_consumer(
@@ -156,11 +176,11 @@ async def bind_consumer(
     return created
 
 
-def _not_its_log(durable: str, finding: str) -> LogError:
+def _not_its_log(durable: str, finding: str, rebuild: str) -> LogError:
     return LogError(
         f"{durable}: {finding}: this is not the log it was built from (recreated, lost, or"
-        " left in another NATS account); restore that log, or rebuild the projection from"
-        " this one (`budget projections rebuild`)"
+        f" left in another NATS account); restore that log, or rebuild from this one"
+        f" ({rebuild})"
     )
 
 

@@ -25,6 +25,7 @@ from projections.engine.checkpoints import (
     live_position,
     point_views_at,
 )
+from projections.engine.log import verify_log
 from projections.engine.projection import Connection, Projection
 from projections.engine.runner import (
     BatchResult,
@@ -35,6 +36,7 @@ from projections.engine.runner import (
     consumer_name,
 )
 from projections.engine.shapes import live_shape_is_current
+from projections.engine.writer import VersionWriter, log_marks
 
 __all__ = ["Progress", "rebuild", "rebuild_if_reshaped"]
 
@@ -114,10 +116,18 @@ async def rebuild_if_reshaped(
     workers of one projection take turns here, so it is rebuilt once."""
     conn = await connect(database_url)
     try:
-        await ensure_projection(conn, projection)
+        live = await ensure_projection(conn, projection)
         await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"reshape:{projection.name}",))
         if await live_shape_is_current(conn, projection):
             return None
+        # Rebuilt from another log, the live version's history would go with the swap.
+        await verify_log(
+            nc.jetstream(),
+            topology.event_stream.name,
+            consumer_name(projection, live),
+            await log_marks(conn, [VersionWriter(projection, live)]),
+            rebuild=f"`budget projections rebuild {projection.name}`",
+        )
         log.warning(
             "projection %s: its live tables were built by another release; rebuilding it"
             " from the log (reads show the old version until the swap)",

@@ -35,7 +35,7 @@ from projections.engine.isolation import (
     pipelined,
     whole_batch,
 )
-from projections.engine.log import Checkpoint, bind_consumer, message_digest
+from projections.engine.log import LogMark, bind_consumer, message_digest, verify_log
 from projections.engine.preparer import Prepared, Preparer
 from projections.engine.projection import Applied, Connection, Projection, SharedLedger
 from projections.engine.reader import Delivery, PullReader
@@ -45,7 +45,7 @@ from projections.engine.writer import (
     advance,
     consumer_name,
     lock_checkpoints,
-    lowest_checkpoint,
+    log_marks,
 )
 from projections.usage_rows import create_staging
 
@@ -211,16 +211,21 @@ class ProjectionRunner:
         await self._read_after_checkpoint()
 
     async def _read_after_checkpoint(self) -> None:
-        """Bind the consumer right after the lowest checkpoint (``LogError`` if the log is
-        not the one it was built from) and start reading."""
-        after = await lowest_checkpoint(self.connection, self.writers)
+        """Bind the consumer right after the lowest checkpoint and start reading; first
+        ``LogError`` unless the log is the one the checkpoints were made on."""
+        marks = await log_marks(self.connection, self.writers)
+        stream = self._topology.event_stream.name
+        names = ", ".join(w.projection.name for w in self.writers)
+        rebuild = f"`budget projections rebuild NAME` for each of: {names}"
+        await verify_log(self._js, stream, self.durable, marks, rebuild=rebuild)
+        after = min(mark.stream_seq for mark in marks)
         subjects = sorted({s for p in self.projections for s in p.filter_subjects(self._topology)})
         await bind_consumer(
             self._js,
             self._topology.event_stream.name,
             self.durable,
             filter_subjects=subjects,
-            after=after,
+            after_seq=after,
             max_ack_pending=self.config.max_ack_pending,
         )
         self._reconnects = self._nc.stats["reconnects"]
@@ -232,13 +237,15 @@ class ProjectionRunner:
             request_batch=self.config.request_batch,
         )
         await self.reader.start()
-        log.info("%s reading after seq %d", self.durable, after.stream_seq)
+        log.info("%s reading after seq %d", self.durable, after)
 
     async def resume(self) -> None:
         """After a NATS reconnect, read again right after the lowest checkpoint:
         deliveries may have been lost in flight."""
         assert self.reader is not None
         await self.reader.stop()
+        async with self.connection.transaction():
+            await lock_checkpoints(self.connection, self.writers)  # Retired once replaced
         await self._read_after_checkpoint()
 
     async def close(self) -> None:
@@ -476,7 +483,7 @@ class ProjectionRunner:
                 letters.append((writer.durable, delivery, reason))
             moves.append((writer, max(batch[-1].stream_seq, position), _without(mine, refused)))
         last = batch[-1]
-        await advance(conn, moves, Checkpoint(last.stream_seq, message_digest(last.data)))
+        await advance(conn, moves, LogMark(last.stream_seq, message_digest(last.data)))
         return letters, moves
 
     async def _record_isolating(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import psycopg
 
 from projections.engine.isolation import Retired, apply_events
-from projections.engine.log import Checkpoint
+from projections.engine.log import LogMark
 from projections.engine.projection import Applied, Connection, Projection
 
 __all__ = [
@@ -19,7 +19,7 @@ __all__ = [
     "advance",
     "consumer_name",
     "lock_checkpoints",
-    "lowest_checkpoint",
+    "log_marks",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ async def lock_checkpoints(conn: Connection, writers: Sequence[VersionWriter]) -
     return positions
 
 
-async def lowest_checkpoint(conn: Connection, writers: Sequence[VersionWriter]) -> Checkpoint:
-    """The lowest of the writers' checkpoints."""
+async def log_marks(conn: Connection, writers: Sequence[VersionWriter]) -> list[LogMark]:
+    """Where each writer's checkpoint stands in the log."""
     cursor = await conn.execute(
         "SELECT c.name, c.version, c.stream_seq, c.message_digest FROM projection_checkpoints c"
         " JOIN unnest(%s::text[], %s::int[]) AS w(name, version)"
@@ -112,20 +112,23 @@ async def lowest_checkpoint(conn: Connection, writers: Sequence[VersionWriter]) 
         ([w.projection.name for w in writers], [w.version for w in writers]),
     )
     found = {
-        (name, version): Checkpoint(int(seq), digest)
+        (name, version): LogMark(int(seq), digest)
         for name, version, seq, digest in await cursor.fetchall()
     }
+    marks = []
     for writer in writers:
-        if (writer.projection.name, writer.version) not in found:
+        mark = found.get((writer.projection.name, writer.version))
+        if mark is None:
             raise RuntimeError(f"projection {writer.durable} has no checkpoint row")
-    return min(found.values(), key=lambda c: c.stream_seq)
+        marks.append(mark)
+    return marks
 
 
 Move = tuple[VersionWriter, int, Sequence[Applied]]
 """A writer, the stream sequence its checkpoint moves to, and the events it applied."""
 
 
-async def advance(conn: Connection, moves: Sequence[Move], last: Checkpoint) -> None:
+async def advance(conn: Connection, moves: Sequence[Move], last: LogMark) -> None:
     """Move each writer's checkpoint to its stream sequence, counting what it applied, in
     one statement; a checkpoint moved to ``last.stream_seq`` (the batch's last message)
     takes its digest."""
@@ -133,13 +136,13 @@ async def advance(conn: Connection, moves: Sequence[Move], last: Checkpoint) -> 
         "UPDATE projection_checkpoints c SET stream_seq = m.seq,"
         " events_applied = c.events_applied + m.applied,"
         " newest_event_at = GREATEST(c.newest_event_at, m.newest), updated_at = now(),"
-        " message_digest = CASE WHEN m.seq = %s THEN %s::bytea ELSE c.message_digest END"
+        " message_digest = CASE WHEN m.seq = %s::bigint THEN %s::bytea ELSE c.message_digest END"
         " FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[], %s::timestamptz[])"
         "   AS m(name, version, seq, applied, newest)"
         " WHERE c.name = m.name AND c.version = m.version",
         (
             last.stream_seq,
-            last.message_digest,
+            last.digest,
             [w.projection.name for w, _, _ in moves],
             [w.version for w, _, _ in moves],
             [seq for _, seq, _ in moves],

@@ -10,6 +10,7 @@ from nats.aio.client import Client
 
 from events import Topology
 from projections.engine.log import LogError, declare_streams
+from projections.engine.rebuild import rebuild_if_reshaped
 from projections.spend import SpendProjection
 
 from support import catch_up, publish, rows, usage_event
@@ -65,3 +66,22 @@ async def test_the_same_log_read_again_after_a_restart_is_read_on(
     assert await rows(db, requests) == [(4,)]
     digest = "SELECT message_digest IS NOT NULL FROM projection_checkpoints WHERE name = 'spend'"
     assert await rows(db, digest) == [(True,)]
+
+
+async def test_a_projection_to_rebuild_for_its_shape_is_not_rebuilt_from_another_log(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """An upgrade that reshapes a projection rebuilds it from the log and drops the old
+    version: from a log recreated since, that would lose every event the old one held."""
+    await publish(nc, topology, [usage_event(user=u) for u in ("alice", "bob", "carol")])
+    await catch_up(SpendProjection(), nc, db, topology)
+    js = nc.jetstream()
+    await js.delete_stream(topology.event_stream.name)
+    await declare_streams(js, topology)
+    await publish(nc, topology, [usage_event(user=u) for u in ("dave", "erin", "frank", "gus")])
+    await rows(db, "UPDATE projection_checkpoints SET shape = NULL RETURNING name")
+
+    with pytest.raises(LogError, match=r"not the one it applied.*rebuild spend"):
+        await rebuild_if_reshaped(SpendProjection(), nc=nc, database_url=db, topology=topology)
+    live = "SELECT active_version FROM projection_registry WHERE name = 'spend'"
+    assert await rows(db, live) == [(1,)]

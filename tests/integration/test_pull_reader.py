@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from events import Topology, encode
-from projections.engine.log import Checkpoint, bind_consumer
+from projections.engine.log import bind_consumer
 from projections.engine.reader import ConsumerGone, PullReader
 from projections.history import HistoryProjection
 
@@ -29,7 +29,7 @@ async def reader_after(
         topology.event_stream.name,
         durable,
         filter_subjects=HistoryProjection().filter_subjects(topology),
-        after=Checkpoint(after_seq, None),
+        after_seq=after_seq,
         max_ack_pending=1000,
     )
     reader = PullReader(
