@@ -34,17 +34,22 @@ async def test_a_checkpoint_past_the_logs_end_is_refused_with_what_to_do(
     assert await rows(db, requests) == [(3,)]  # nothing read past it
 
 
-async def test_a_log_recreated_and_grown_past_the_checkpoint_is_refused_with_what_to_do(
-    nc: Client, db: str, topology: Topology
-) -> None:
-    """The new log reaches past the checkpoint, so its length cannot tell; the message
-    the checkpoint stands on can (its digest, kept with the checkpoint)."""
+async def recreate_log_grown_past_the_checkpoint(nc: Client, db: str, topology: Topology) -> None:
+    """Spend applies 3 events; the log is lost, and a new one holds 4 others."""
     await publish(nc, topology, [usage_event(user=u) for u in ("alice", "bob", "carol")])
     await catch_up(SpendProjection(), nc, db, topology)
     js = nc.jetstream()
     await js.delete_stream(topology.event_stream.name)
     await declare_streams(js, topology)
     await publish(nc, topology, [usage_event(user=u) for u in ("dave", "erin", "frank", "gus")])
+
+
+async def test_a_log_recreated_and_grown_past_the_checkpoint_is_refused_with_what_to_do(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """The new log reaches past the checkpoint, so its length cannot tell; the message
+    the checkpoint stands on can (its digest, kept with the checkpoint)."""
+    await recreate_log_grown_past_the_checkpoint(nc, db, topology)
 
     with pytest.raises(
         LogError, match=r"message at its checkpoint \(stream sequence 3 of .*not the one it applied"
@@ -73,12 +78,7 @@ async def test_a_projection_to_rebuild_for_its_shape_is_not_rebuilt_from_another
 ) -> None:
     """An upgrade that reshapes a projection rebuilds it from the log and drops the old
     version: from a log recreated since, that would lose every event the old one held."""
-    await publish(nc, topology, [usage_event(user=u) for u in ("alice", "bob", "carol")])
-    await catch_up(SpendProjection(), nc, db, topology)
-    js = nc.jetstream()
-    await js.delete_stream(topology.event_stream.name)
-    await declare_streams(js, topology)
-    await publish(nc, topology, [usage_event(user=u) for u in ("dave", "erin", "frank", "gus")])
+    await recreate_log_grown_past_the_checkpoint(nc, db, topology)
     await rows(db, "UPDATE projection_checkpoints SET shape = NULL RETURNING name")
 
     with pytest.raises(LogError, match=r"not the one it applied.*rebuild spend"):
