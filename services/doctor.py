@@ -28,8 +28,10 @@ from events.alerts import CHANNELS
 from events.queries import AlertsQuery
 from projections.alerts import load_rules
 from projections.engine.checkpoints import list_checkpoints
+from projections.engine.log import LogError, verify_log
 from projections.engine.projection import Connection
 from projections.engine.runner import EngineConfig, consumer_name
+from projections.engine.writer import VersionWriter, log_marks
 from projections.queries import alerts_page, projection_status
 from projections.registry import get_projection
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
@@ -143,8 +145,8 @@ def _current(found: Sequence[Finding], check: str) -> bool:
     return any(f.check == check and f.status == "ok" for f in found)
 
 
-def _said(exc: ConnectError) -> tuple[str, str]:
-    """What failed and what to do: ``services.ops`` ends each message in ``; <the fix>``."""
+def _said(exc: ConnectError | LogError) -> tuple[str, str]:
+    """What failed and what to do: each message ends in ``; <the fix>``."""
     detail, _, fix = str(exc).rpartition("; ")
     return (detail, fix) if detail else (fix, "see the message")
 
@@ -200,7 +202,8 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
 async def _projections(
     conn: Connection, nc: Client, settings: Settings, options: Options
 ) -> list[Finding]:
-    """Each live version's consumer (its worker has run) and lag; a rebuild's progress."""
+    """Each live version's log (the one it was built from), consumer (its worker has run)
+    and lag; a rebuild's progress."""
     js = nc.jetstream()
     stream = settings.topology.event_stream.name
     found = []
@@ -211,7 +214,15 @@ async def _projections(
             found.append(Finding("note", check, f"version {status.version} rebuilding, {behind}"))
             continue
         worker = f"`budget worker {status.name}`"
-        consumer = consumer_name(get_projection(status.name), status.version)
+        projection = get_projection(status.name)
+        consumer = consumer_name(projection, status.version)
+        try:
+            marks = await log_marks(conn, [VersionWriter(projection, status.version)])
+            rebuild = f"`budget projections rebuild {status.name}`"
+            await verify_log(js, stream, consumer, marks, rebuild=rebuild)
+        except LogError as exc:
+            found.append(problem(check, *_said(exc)))
+            continue
         try:
             await js.consumer_info(stream, consumer)
         except NotFoundError:

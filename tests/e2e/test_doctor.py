@@ -3,15 +3,27 @@ problem the seed's troubleshooting list names, each shown with its line and its 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import test_cli
-from test_cli import GPT_4O_CALL, UNREACHABLE_NATS, Budget, Service, eventually
+from test_cli import (
+    GPT_4O_CALL,
+    UNREACHABLE_NATS,
+    Budget,
+    Service,
+    delete_streams,
+    eventually,
+    publish_events,
+)
 
+from events import Topology
 from projections.registry import PROJECTIONS
+
+from support import usage_event
 
 # test_cli's fixtures: a `budget` command on this test's schema and subject prefix, migrated
 base_env, budget, deployment = test_cli.base_env, test_cli.budget, test_cli.deployment
@@ -242,6 +254,25 @@ def test_workers_that_never_ran_have_no_consumer(deployment: Budget) -> None:
             f" stream sequence 0) | start `budget worker {name}` (or `budget up`)"
         ]
     assert lines_of(done, "note", "prices") == [NO_PRICES_READ]
+
+
+def test_a_log_recreated_since_a_projection_was_built_is_a_problem_with_its_fix(
+    deployment: Budget, nats_url: str, topology: Topology
+) -> None:
+    asyncio.run(publish_events(nats_url, topology, [usage_event(user=u) for u in "abc"]))
+    deployment.ok("projections", "rebuild", "spend")  # version 2, built from those 3
+    asyncio.run(delete_streams(nats_url, topology))
+    deployment.ok("migrate")  # a new, empty log, which host apps then fill past 3
+    asyncio.run(publish_events(nats_url, topology, [usage_event(user=u) for u in "defg"]))
+
+    done = doctor(deployment)
+    assert done.returncode == 1
+    assert lines_of(done, "problem", "projection spend") == [
+        f"spend-v2: the message at its checkpoint (stream sequence 3 of"
+        f" {topology.event_stream.name}) is not the one it applied there: this is not the log"
+        " it was built from (recreated, lost, or left in another NATS account)"
+        " | restore that log, or rebuild from this one (`budget projections rebuild spend`)"
+    ]
 
 
 @pytest.mark.parametrize(
