@@ -207,6 +207,8 @@ class Ledger:
         return record
 
     async def record(self, conn: Connection, batch: Sequence[Applied], *, writer: str) -> None:
+        """``stage`` the batch and record it at once (a part of a batch the runner applies
+        isolating, a test, a benchmark)."""
         await (await self.stage(conn, batch, writer=writer))()
 
     async def _record(
