@@ -28,10 +28,10 @@ from events.alerts import CHANNELS
 from events.queries import AlertsQuery
 from projections.alerts import load_rules
 from projections.engine.checkpoints import list_checkpoints
-from projections.engine.log import LogError, verify_log
+from projections.engine.log import LogError
 from projections.engine.projection import Connection
-from projections.engine.runner import EngineConfig, consumer_name
-from projections.engine.writer import VersionWriter, log_marks
+from projections.engine.runner import EngineConfig
+from projections.engine.writer import VersionWriter
 from projections.queries import alerts_page, projection_status
 from projections.registry import get_projection
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
@@ -214,12 +214,10 @@ async def _projections(
             found.append(Finding("note", check, f"version {status.version} rebuilding, {behind}"))
             continue
         worker = f"`budget worker {status.name}`"
-        projection = get_projection(status.name)
-        consumer = consumer_name(projection, status.version)
+        writer = VersionWriter(get_projection(status.name), status.version)
+        consumer = writer.durable
         try:
-            marks = await log_marks(conn, [VersionWriter(projection, status.version)])
-            rebuild = f"`budget projections rebuild {status.name}`"
-            await verify_log(js, stream, consumer, marks, rebuild=rebuild)
+            await writer.verify_log(conn, js, stream)
         except LogError as exc:
             found.append(problem(check, *_said(exc)))
             continue

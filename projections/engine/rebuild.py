@@ -25,7 +25,6 @@ from projections.engine.checkpoints import (
     live_position,
     point_views_at,
 )
-from projections.engine.log import verify_log
 from projections.engine.projection import Connection, Projection
 from projections.engine.runner import (
     BatchResult,
@@ -36,7 +35,7 @@ from projections.engine.runner import (
     consumer_name,
 )
 from projections.engine.shapes import live_shape_is_current
-from projections.engine.writer import VersionWriter, log_marks
+from projections.engine.writer import VersionWriter
 
 __all__ = ["Progress", "rebuild", "rebuild_if_reshaped"]
 
@@ -121,13 +120,8 @@ async def rebuild_if_reshaped(
         if await live_shape_is_current(conn, projection):
             return None
         # Rebuilt from another log, the live version's history would go with the swap.
-        await verify_log(
-            nc.jetstream(),
-            topology.event_stream.name,
-            consumer_name(projection, live),
-            await log_marks(conn, [VersionWriter(projection, live)]),
-            rebuild=f"`budget projections rebuild {projection.name}`",
-        )
+        writer = VersionWriter(projection, live)
+        await writer.verify_log(conn, nc.jetstream(), topology.event_stream.name)
         log.warning(
             "projection %s: its live tables were built by another release; rebuilding it"
             " from the log (reads show the old version until the swap)",

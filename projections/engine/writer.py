@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
+from nats.js import JetStreamContext
 
 from projections.engine.isolation import Retired, apply_events
-from projections.engine.log import LogMark
+from projections.engine.log import LogMark, verify_log
 from projections.engine.projection import Applied, Connection, Projection
 
 __all__ = [
@@ -64,6 +65,13 @@ class VersionWriter:
                 holder[0] if holder else "unknown",
             )
             await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+
+    async def verify_log(self, conn: Connection, js: JetStreamContext, stream: str) -> None:
+        """``log.verify_log`` of this version's checkpoint alone (a worker about to rebuild
+        it, the doctor), naming the command that rebuilds it."""
+        rebuild = f"`budget projections rebuild {self.projection.name}`"
+        marks = await log_marks(conn, [self])
+        await verify_log(js, stream, self.durable, marks, rebuild=rebuild)
 
     async def apply(
         self, conn: Connection, events: Sequence[Applied], *, isolating: bool
