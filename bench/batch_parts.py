@@ -5,9 +5,9 @@ checkpoints locked, the shared ledger staged and recorded, spend, history and re
 applied, the checkpoints advanced, one transaction) to fresh versions, at each
 ``--sizes`` batch size. It prints, per batch, the consumer's CPU, the PostgreSQL backend's
 CPU (from ``/proc/PID/schedstat``: nanoseconds) and the wall time; with
-``--by-statement``, each statement's share too. The runner pipelines what follows the
-staging, so there a statement's figure is what sending it cost, and its server time falls
-on whichever later call waits for results.
+``--by-statement``, each statement's share too, the statements then sent one at a time
+(in the runner's pipeline a statement's server time falls on whichever later call waits
+for results).
 
 Run: ``./run python bench/batch_parts.py [--events 20000] [--sizes 30,2000]``.
 """
@@ -20,8 +20,8 @@ import collections
 import json
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from stack import embedded_stack
 from events import Topology
 from projections import ledger as ledger_module
 from projections.db import connect
+from projections.engine import runner as runner_module
 from projections.engine.checkpoints import create_version, drop_version
 from projections.engine.preparer import Prepared
 from projections.engine.projection import Applied
@@ -70,8 +71,13 @@ class StatementMeter:
 
 def _label(query: Any) -> str:
     text = " ".join((query.decode() if isinstance(query, bytes) else str(query)).split())
-    target = re.search(r"(?:INSERT INTO|UPDATE|FROM) (\w+)", text)
-    return f"{target.group(1) if target else ''}: {text[:40]}"
+    # a statement that writes is named by the table it writes last (a CTE's reads first)
+    target = (
+        re.findall(r"INSERT INTO (\w+)", text)
+        or re.findall(r"^UPDATE (\w+)", text)
+        or re.findall(r"FROM (\w+)", text)
+    )
+    return f"{target[-1] if target else ''}: {text[:40]}"
 
 
 async def measure(
@@ -109,9 +115,15 @@ async def measure(
         with meter.part("stage (DDL + COPY)"):
             return await stage(*args, **kwargs)
 
+    @asynccontextmanager
+    async def one_at_a_time(conn: Any) -> AsyncIterator[None]:
+        yield
+
+    pipelined = runner_module.pipelined
     if by_statement:
         psycopg.AsyncConnection.execute = timed_execute  # type: ignore[method-assign]
         setattr(ledger_module, "stage_rows", timed_stage)  # noqa: B010
+        runner_module.pipelined = one_at_a_time
     runner = ProjectionRunner(projections, nc=nc, database_url=database_url, topology=topology)
     # the runner's batch path on this connection, at the fresh versions (``open`` would
     # bind a consumer and take the live versions' locks)
@@ -131,6 +143,7 @@ async def measure(
         python = time.process_time() - python
         psycopg.AsyncConnection.execute = execute  # type: ignore[method-assign]
         setattr(ledger_module, "stage_rows", stage)  # noqa: B010
+        runner_module.pipelined = pipelined
         async with conn.transaction():
             for p in projections:
                 await drop_version(conn, p, VERSION)
