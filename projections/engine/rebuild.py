@@ -115,8 +115,9 @@ async def rebuild_if_reshaped(
     workers of one projection take turns here, so it is rebuilt once."""
     conn = await connect(database_url)
     try:
-        live = await ensure_projection(conn, projection)
         await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"reshape:{projection.name}",))
+        # Read under the lock: a worker that rebuilt meanwhile swapped in another version.
+        live = await ensure_projection(conn, projection)
         if await live_shape_is_current(conn, projection):
             return None
         # Rebuilt from another log, the live version's history would go with the swap.
