@@ -14,5 +14,9 @@ def encode_cursor(data: Any) -> str:
 
 
 def decode_cursor(text: str) -> Any:
-    """What ``encode_cursor`` was given; ``ValueError`` when ``text`` is not such a cursor."""
-    return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    """What ``encode_cursor`` was given; ``ValueError`` when ``text`` is not such a cursor
+    (a client's own text may be anything: nested too deep for the parser, too)."""
+    try:
+        return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, RecursionError):
+        raise ValueError("not a cursor") from None

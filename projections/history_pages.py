@@ -62,7 +62,15 @@ _EXPORT_BLOCK = 1 << 16  # bytes of CSV per chunk of an export
 _SELECT = ", ".join(f"{sql} AS {name}" for name, sql in _FIELDS)
 # Free text that a spreadsheet would run as a formula gets a leading ' in CSV exports
 # (budget.report_format.FORMULA_STARTS); JSON keeps every value as stored.
-_FREE_TEXT = ("provider", "model", "user_id", "project_id", "unpriced_reason")
+_FREE_TEXT = (
+    "provider",
+    "model",
+    "user_id",
+    "project_id",
+    "unpriced_reason",
+    "image_size",
+    "image_quality",
+)
 _FORMULA = (
     "CASE WHEN left({0}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) THEN '''' || {0} ELSE {0} END"
 )
@@ -128,18 +136,23 @@ class Cursor:
     @classmethod
     def decode(cls, text: str) -> Cursor:
         """``ValueError`` when ``text`` is not a cursor this service issued."""
+        foreign = ValueError("cursor is not one this service issued; start from page one")
         try:
             data = decode_cursor(text)
-            as_of = data["s"]
-            if not isinstance(as_of, int) or as_of < 0:
-                raise ValueError
-            at = datetime.fromisoformat(data["t"]) if data["t"] is not None else None
-            event_id = uuid.UUID(data["e"]) if data["e"] is not None else None
+            as_of, at, event_id = data["s"], data["t"], data["e"]
         except (ValueError, KeyError, TypeError):
-            raise ValueError("cursor is not one this service issued; start from page one") from None
-        if (at is None) != (event_id is None):
-            raise ValueError("cursor is not one this service issued; start from page one")
-        return cls(as_of, at, event_id)
+            raise foreign from None
+        # Exactly the types ``encode`` writes (a bool is an int to isinstance).
+        if type(as_of) is not int or as_of < 0 or (at is None) != (event_id is None):
+            raise foreign
+        if at is None:
+            return cls(as_of)
+        if not isinstance(at, str) or not isinstance(event_id, str):
+            raise foreign
+        try:
+            return cls(as_of, datetime.fromisoformat(at), uuid.UUID(event_id))
+        except ValueError:
+            raise foreign from None
 
 
 async def _start(conn: Connection, cursor: Cursor | None) -> Cursor:

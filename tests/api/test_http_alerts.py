@@ -89,6 +89,30 @@ def test_the_feed_starts_at_the_connection_and_resumes_after_the_last_event(
     assert alerts_of(first, policy_id) == later
 
 
+def test_a_feed_ends_when_its_key_is_revoked(stack: LiveStack, admin: httpx.Client) -> None:
+    """Revoking takes effect at once, on a feed already open too: it ends (and a reconnect
+    is refused)."""
+    made = admin.post("/api/v1/keys", json={"name": "feed reader", "role": "viewer"}).json()
+    ready, ended = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with (
+            stack.client(made["key"], timeout=httpx.Timeout(5, read=60)) as http,
+            http.stream("GET", "/api/v1/alerts/stream") as feed,
+        ):
+            for line in feed.iter_lines():
+                if line == ": connected":
+                    ready.set()
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert ready.wait(30), "the feed did not open"
+    assert admin.delete(f"/api/v1/keys/{made['key_id']}").status_code == 204
+    assert ended.wait(30), "the feed went on after its key was revoked"
+    with stack.client(made["key"]) as http:
+        assert http.get("/api/v1/alerts/stream").status_code == 401
+
+
 def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
     stack: LiveStack, admin: httpx.Client, viewer: httpx.Client, ingest: httpx.Client, user: str
 ) -> None:

@@ -109,17 +109,34 @@ def test_filters_and_exports(ingest: httpx.Client, viewer: httpx.Client, user: s
 def test_csv_exports_defuse_spreadsheet_formulas(
     ingest: httpx.Client, viewer: httpx.Client, user: str
 ) -> None:
-    """Free text from a host app (a project id here) that a spreadsheet would run as a
-    formula is exported with a leading ' in CSV; JSON keeps it as recorded."""
+    """Free text from a host app (a project id; an image's size and quality, recorded
+    unpriced when no price knows them) that a spreadsheet would run as a formula is
+    exported with a leading ' in CSV; JSON keeps it as recorded."""
     hostile = '=HYPERLINK("http://evil.example","x")'
     post_calls(ingest, user, 1, project_id=hostile)
-    eventually(lambda: history_count(viewer, user, 1), what="the row in history")
+    image = {"count": 1, "size": "+1024x1024", "quality": "@SUM(1+1)"}
+    at = (BASE + timedelta(hours=1)).isoformat()
+    drawn = ingest.post(
+        "/api/v1/usage",
+        json={
+            "model": "dall-e-3",
+            "provider": "openai",
+            "user_id": user,
+            "images": image,
+            "occurred_at": at,
+        },
+    )
+    assert drawn.status_code == 201, drawn.text
+    eventually(lambda: history_count(viewer, user, 2), what="the rows in history")
     exported = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "csv"})
-    [row] = list(csv.DictReader(io.StringIO(exported.text)))
-    assert row["project_id"] == "'" + hostile
-    assert Decimal(row["cost"]) == Decimal("0.0075")  # numbers are not touched
+    drawing, chat = list(csv.DictReader(io.StringIO(exported.text)))  # newest first
+    assert chat["project_id"] == "'" + hostile
+    assert Decimal(chat["cost"]) == Decimal("0.0075")  # numbers are not touched
+    assert (drawing["image_size"], drawing["image_quality"]) == ("'+1024x1024", "'@SUM(1+1)")
     lines = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "json"})
-    assert json.loads(lines.text)["project_id"] == hostile
+    drawn_row, chat_row = (json.loads(line) for line in lines.text.splitlines())
+    assert chat_row["project_id"] == hostile
+    assert (drawn_row["image_size"], drawn_row["image_quality"]) == ("+1024x1024", "@SUM(1+1)")
 
 
 def test_bad_filters_are_named(viewer: httpx.Client) -> None:

@@ -21,7 +21,7 @@ from events.queries import AlertDelivery, AlertsQuery, StoredAlert
 from projections.cursors import decode_cursor, encode_cursor
 from projections.engine.projection import Connection
 from projections.queries import AlertPosition, alerts_page
-from services.api.auth import ADMIN, READ, Principal, require
+from services.api.auth import ADMIN, READ, Principal, authenticate, require
 from services.api.context import ApiServices, current_services
 from services.api.limits import holding, limited_read
 from services.api.open_streams import OpenStreams
@@ -38,6 +38,7 @@ _reader = require(*READ)
 _POLL = 0.25  # seconds between looks at the feed
 _LOOK_BACK = timedelta(seconds=5)  # rows commit out of order within this
 _KEEP_ALIVE = 15.0
+_RECHECK = 1.0  # seconds between looks at whether the feed's key or session still lives
 
 
 class AlertDetail(BaseModel):
@@ -100,7 +101,10 @@ def alert_position(cursor: str | None) -> AlertPosition | None:
         return None
     try:
         raised_at, seq, alert_id = decode_cursor(cursor)
-        return datetime.fromisoformat(raised_at), int(seq), uuid.UUID(alert_id)
+        # Exactly the types ``alert_cursor`` writes (a bool is an int to isinstance).
+        if not (isinstance(raised_at, str) and type(seq) is int and isinstance(alert_id, str)):
+            raise ValueError
+        return datetime.fromisoformat(raised_at), seq, uuid.UUID(alert_id)
     except (ValueError, TypeError):
         message = "not a cursor this service issued; start from page one"
         raise Problem(
@@ -135,7 +139,7 @@ async def _room_for_a_feed(request: Request, api: Api) -> Principal:
 async def stream(
     request: Request, api: Api, reader: Annotated[Principal, Depends(_room_for_a_feed)]
 ) -> StreamingResponse:
-    feed = _feed(request, api)
+    feed = _feed(request, api, reader)
     _feeds.hold(feed, reader.key_id)
     return StreamingResponse(
         feed,
@@ -179,19 +183,25 @@ async def _existing(api: ApiServices, alert_id: uuid.UUID) -> None:
         raise Problem(404, f"there is no alert {alert_id}")
 
 
-async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
+async def _feed(request: Request, api: ApiServices, reader: Principal) -> AsyncIterator[bytes]:
     """Alerts the UI channel delivers after the connection (or, on a reconnect, after the
     alert named by ``Last-Event-ID``); a comment every 15 s keeps proxies from closing an
-    idle stream."""
+    idle stream. It ends within ``_RECHECK`` seconds of its key's revocation or its
+    session's end (a reconnect is then refused)."""
     since = await api.database.read(
         lambda conn: _resume_point(conn, request.headers.get("last-event-id"))
     )
     # What was delivered up to the start is the client's already (or before its time).
     delivered = partial(_rows, query=_DELIVERED, params=(since - _LOOK_BACK, since))
     sent: dict[uuid.UUID, datetime] = dict(await api.database.read(delivered))
-    idle = 0.0
+    idle = unchecked = 0.0
     yield b": connected\n\n"
     while not await request.is_disconnected():
+        if unchecked >= _RECHECK:
+            unchecked = 0.0
+            if not await _still_reading(request, reader):
+                return
+        unchecked += _POLL
         try:
             polled = await api.database.read(
                 partial(_rows, query=_DELIVERED_SINCE, params=(since - _LOOK_BACK,))
@@ -213,6 +223,15 @@ async def _feed(request: Request, api: ApiServices) -> AsyncIterator[bytes]:
             idle = 0.0
             yield b": keep-alive\n\n"
         await asyncio.sleep(_POLL)
+
+
+async def _still_reading(request: Request, reader: Principal) -> bool:
+    """Whether the key (or session) that opened the feed still identifies its reader."""
+    try:
+        now = await authenticate(request)
+    except psycopg.OperationalError:
+        return True  # PostgreSQL away: looked at again at the next check
+    return now is not None and now.key_id == reader.key_id
 
 
 _DELIVERED: LiteralString = (
