@@ -18,6 +18,8 @@ Upcaster = Callable[[JsonObject], JsonObject]
 
 def _usage_recorded_v1_to_v2(old: JsonObject) -> JsonObject:
     """v1 followed the seed: ``input_tokens`` included ``cached_tokens``; cost was one number."""
+    if "usage" in old:  # a v2 body: made into v1's, its counts would all read 0
+        raise ValueError("a v1 event has no usage object; a v2 one says schema_version 2")
     new = {k: v for k, v in old.items() if k not in _V1_ONLY_FIELDS}
     input_tokens = int(old.get("input_tokens", 0))
     cached = int(old.get("cached_tokens", 0))
@@ -42,7 +44,11 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {
 
 
 def upcast(obj: JsonObject, current_version: int) -> JsonObject:
-    version = int(obj.get("schema_version", 1))
+    """``obj`` at ``current_version``. Without a ``schema_version``, a usage event with a
+    ``usage`` object is read as v2, as the consumers' fast path reads it (so an invalid one
+    is refused for what is wrong with it), any other as v1."""
+    default = current_version if obj.get("type") == "UsageRecorded" and "usage" in obj else 1
+    version = int(obj.get("schema_version", default))
     event_type = str(obj.get("type"))
     while version < current_version:
         step = UPCASTERS.get((event_type, version))

@@ -30,6 +30,7 @@ from events.envelope import new_event_id
 from events.policy import MAX_LIMIT
 from events.usage import MAX_COST, MAX_TOKENS
 from projections.engine.fast_codec import decode_fast
+from projections.engine.projection import Applied
 
 
 def event(**changes: object) -> UsageRecorded:
@@ -124,6 +125,37 @@ def test_a_validation_failure_names_the_field() -> None:
     bad["usage"]["output_text"] = -5
     with pytest.raises(DecodeError, match=r"usage\.output_text"):
         decode(json.dumps(bad).encode())
+
+
+def test_a_v2_body_without_its_version_is_read_as_v2_valid_or_not() -> None:
+    """Not upcast as v1 (which would make every count 0): a valid one decodes as with
+    its version, by either decoder; an invalid one is refused for what is wrong."""
+    original = event()
+    body = json.loads(encode(original))
+    del body["schema_version"]
+    assert decode(json.dumps(body).encode()) == original
+    fast = decode_fast(json.dumps(body).encode())
+    assert fast is not None and Applied.of_fast(1, fast).event == original
+    body["usage"]["output_text"] = -1
+    with pytest.raises(DecodeError, match=r"usage\.output_text"):
+        decode(json.dumps(body).encode())
+    body["usage"]["output_text"] = 1
+    body["schema_version"] = 1
+    with pytest.raises(DecodeError, match="v1 event has no usage object"):
+        decode(json.dumps(body).encode())
+
+
+# the last one's 5 is an Arabic-Indic digit
+@pytest.mark.parametrize(
+    "offset", ["+00:60", "-00:60", "+00:99", "+05:75", "+24:00", "+0\u0665:00"]
+)
+def test_an_offset_out_of_range_is_refused_by_both_decoders(offset: str) -> None:
+    body = json.loads(encode(event()))
+    body["occurred_at"] = "2026-01-01T00:00:00" + offset
+    payload = json.dumps(body).encode()
+    with pytest.raises(DecodeError, match="occurred_at"):
+        decode(payload)
+    assert decode_fast(payload) is None
 
 
 def test_naive_event_time_is_rejected() -> None:
