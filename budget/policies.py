@@ -123,10 +123,15 @@ def applicable(
     """The policies that count ``call`` at ``at``, each with its window.
 
     A policy naming a key (user ``alice``) replaces, for that key, the policies of its scope
-    that apply to each key separately (the default user limit): alice's own limit is hers.
+    that apply to each key separately (the default user limit): alice's own limit is hers,
+    while it is in force (a custom range of hers outside it leaves her the default).
     """
     keyed = {
-        p.scope for p in policies if p.scope_key is not None and p.scope_key == call.key(p.scope)
+        p.scope
+        for p in policies
+        if p.scope_key is not None
+        and p.scope_key == call.key(p.scope)
+        and policy_window(p, at) is not None
     }
     found = []
     for policy in policies:

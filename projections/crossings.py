@@ -213,8 +213,13 @@ async def window_crossings(
             windows.append(PolicyWindow(policy, "", *bounds))
     if not rows:
         return windows, []
+    # A key's own policy replaces its scope's per-key ones only while it is in force.
     keyed = [
-        {"scope": p.scope.value, "key": p.scope_key} for p in policies if p.scope_key is not None
+        {"scope": p.scope.value, "key": p.scope_key, "quarter": quarter.isoformat()}
+        for p in policies
+        if p.scope_key is not None
+        for quarter in quarters
+        if policy_window(p, quarter) is not None
     ]
     lines = [{"l": i, "p": t.policy, "amount": str(t.amount)} for i, t in enumerate(thresholds)]
     cursor = await conn.execute(
@@ -223,7 +228,8 @@ async def window_crossings(
             SELECT * FROM jsonb_to_recordset(%(windows)s::jsonb) AS w(w int, p int, scope text,
                 scope_key text, quarter timestamptz, start timestamptz, stop timestamptz)
         ), keyed AS (
-            SELECT * FROM jsonb_to_recordset(%(keyed)s::jsonb) AS k(scope text, key text)
+            SELECT * FROM jsonb_to_recordset(%(keyed)s::jsonb) AS k(scope text, key text,
+                quarter timestamptz)
         ), matched AS (
             SELECT w.w, w.p, w.scope, k.key, w.start, w.stop, c.seq, c.event_id,
                    c.occurred_at, c.cost
@@ -233,7 +239,8 @@ async def window_crossings(
             WHERE k.key IS NOT NULL
               AND (w.scope_key = k.key
                    OR w.scope_key IS NULL AND NOT EXISTS (
-                       SELECT FROM keyed WHERE keyed.scope = w.scope AND keyed.key = k.key))
+                       SELECT FROM keyed WHERE keyed.scope = w.scope AND keyed.key = k.key
+                                          AND keyed.quarter = w.quarter))
         ), touched AS (
             SELECT DISTINCT p, scope, key, start, stop FROM matched
         ), fresh AS (

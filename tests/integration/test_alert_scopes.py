@@ -5,10 +5,20 @@ the same alerts however the log is batched (real PostgreSQL)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from events import AlertRule, AlertRuleRemoved, AlertRuleSet, AlertType, BudgetScope, Event
+from events import (
+    AlertRule,
+    AlertRuleRemoved,
+    AlertRuleSet,
+    AlertType,
+    BudgetPolicy,
+    BudgetScope,
+    Event,
+    PolicySet,
+)
 from projections.alerts import AlertsProjection
 
 from ledger_logs import AT, applied, daily, run_fresh_version
@@ -51,6 +61,39 @@ async def test_a_users_own_policy_replaces_the_per_user_one_for_that_user(db: st
         daily("10", scope=BudgetScope.USER),
         daily("1", scope=BudgetScope.USER, scope_key="alice"),
         spend("bob", "1", 1),
+        crossing := spend("alice", "1", 2),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    cause = str(crossing.event_id)
+    assert alerts == [
+        (AlertType.LIMIT_EXCEEDED.value, "alice", "1", cause),
+        (AlertType.THRESHOLD_CRITICAL.value, "alice", "1", cause),
+        (AlertType.THRESHOLD_WARNING.value, "alice", "1", cause),
+    ]
+
+
+async def test_a_users_own_policy_out_of_its_range_leaves_her_the_per_user_one(
+    db: str,
+) -> None:
+    """Alice's own limit for a range that ended before her spend no longer replaces the
+    per-user one: her spend crosses that (as a check would count it)."""
+    ended = AT.replace(hour=0)
+    events = [
+        daily("1", scope=BudgetScope.USER),
+        PolicySet(
+            occurred_at=AT - timedelta(days=1),
+            policy=BudgetPolicy(
+                name="alice's campaign",
+                limit_amount=Decimal(100),
+                scope=BudgetScope.USER,
+                scope_key="alice",
+                period="custom",
+                custom_start=ended - timedelta(days=2),
+                custom_end=ended,
+            ),
+        ),
         crossing := spend("alice", "1", 2),
     ]
 

@@ -103,6 +103,26 @@ def test_a_users_own_policy_replaces_the_per_user_default() -> None:
     ]
 
 
+def test_a_users_own_policy_out_of_its_range_leaves_her_the_default() -> None:
+    default = policy(policy_id="default", scope=BudgetScope.USER, action="block")
+    april = policy(
+        policy_id="alice-april",
+        scope=BudgetScope.USER,
+        scope_key="alice",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=datetime(2026, 4, 1, tzinfo=UTC),
+        custom_end=datetime(2026, 5, 1, tzinfo=UTC),
+    )
+    alice = CallScope(model="gpt-4o", user_id="alice")
+
+    def ids(at: datetime) -> list[str]:
+        return [w.policy.policy_id for w in applicable([default, april], alice, at)]
+
+    assert ids(datetime(2026, 3, 10, tzinfo=UTC)) == ["default"]
+    assert ids(datetime(2026, 4, 10, tzinfo=UTC)) == ["alice-april"]
+    assert ids(datetime(2026, 5, 1, tzinfo=UTC)) == ["default"]
+
+
 def test_per_key_policies_skip_calls_without_that_key() -> None:
     per_project = policy(scope=BudgetScope.PROJECT)
     assert applicable([per_project], CallScope(model="m"), datetime(2026, 5, 1, tzinfo=UTC)) == []

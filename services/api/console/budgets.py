@@ -73,7 +73,11 @@ class PolicyBars:
 async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
     """Each policy in force at ``now`` (a custom one outside its range is not), by name."""
     policies = await load_policies(conn)
-    own_keys = {(p.scope, p.scope_key) for p in policies if p.scope_key is not None}
+    own_keys = {
+        (p.scope, p.scope_key)
+        for p in policies
+        if p.scope_key is not None and policy_window(p, now) is not None  # in force
+    }
     found: list[tuple[BudgetPolicy, list[PolicyWindow], int]] = []
     for policy in sorted(policies, key=lambda p: (p.name.lower(), p.policy_id)):
         window = policy_window(policy, now)
