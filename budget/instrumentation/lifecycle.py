@@ -295,8 +295,14 @@ class Call:
             return
         # Observers (``budget.otel``) hear of it here, in the caller's context (its span).
         notify_recorded(event)
-        runner = _loop_runner(self.tracker)
-        runner.call(functools.partial(runner.publish, self.tracker.publisher, event))
+        try:
+            runner = _loop_runner(self.tracker)
+            runner.call(functools.partial(runner.publish, self.tracker.publisher, event))
+        except Exception:  # the tracker's loop has ended (an asyncio.run before this one)
+            log.exception(
+                "could not record the usage of a %s call: its budget tracker is closed",
+                self.provider,
+            )
 
     def release(self) -> None:
         """The call failed or was cancelled before any response: give the reservation back."""
@@ -306,9 +312,16 @@ class Call:
         self._release_now()
 
     def _release_now(self) -> None:
-        if self.reservation_id is not None:
-            release = self.tracker.release_reservation(self.reservation_id)
+        """Never raises: it runs as the call's own error propagates (which must stay the
+        error the caller sees)."""
+        if self.reservation_id is None:
+            return
+        release = self.tracker.release_reservation(self.reservation_id)
+        try:
             _loop_runner(self.tracker).submit(release)
+        except Exception:  # the tracker's loop has ended; the hold expires on its own
+            release.close()
+            log.exception("could not release reservation %s", self.reservation_id)
 
 
 HANDOFF_INTERVAL = 0.005
