@@ -70,7 +70,8 @@ def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
 
 
 def _measured(response: Any) -> Measured:
-    return Measured(usage_from_response(response.usage), response.model)
+    # A compaction's answer names no model: the request's is the one.
+    return Measured(usage_from_response(response.usage), getattr(response, "model", None))
 
 
 class _ChatObserver(UsageObserver):
@@ -191,10 +192,18 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
     patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, openai.AsyncOpenAI)
     # The SDKs' stream() helpers call create (on the same object): they are covered;
-    # their parse() helpers post by themselves.
-    for name in ("create", "parse"):
-        patch(client.chat.completions, name, lifecycle, _CHAT, asynchronous=asynchronous)
-        patch(client.responses, name, lifecycle, _RESPONSES, asynchronous=asynchronous)
+    # their parse() helpers post by themselves. ``client.beta`` has chat completions and
+    # Responses objects of its own (the same calls, under another path).
+    beta = getattr(client, "beta", None)
+    for owner, method, names in (
+        (client.chat.completions, _CHAT, ("create", "parse")),
+        (getattr(getattr(beta, "chat", None), "completions", None), _CHAT, ("create", "parse")),
+        (client.responses, _RESPONSES, ("create", "parse", "compact")),
+        (getattr(beta, "responses", None), _RESPONSES, ("create", "parse", "compact")),
+    ):
+        for name in names:
+            if hasattr(owner, name):  # what this version of the SDK has
+                patch(owner, name, lifecycle, method, asynchronous=asynchronous)
     patch(client.completions, "create", lifecycle, _COMPLETIONS, asynchronous=asynchronous)
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
     for images in ("generate", "edit"):

@@ -54,6 +54,7 @@ _JSON = {
     "/v1/chat/completions": "openai_chat.json",
     "/v1/completions": "openai_completion.json",
     "/v1/responses": "openai_responses.json",
+    "/v1/responses/compact": "openai_responses_compact.json",
     "/v1/embeddings": "openai_embeddings.json",
     "/v1/images/generations": "openai_images.json",
     "/v1/images/edits": "openai_images.json",

@@ -488,3 +488,44 @@ async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
         "o4-mini-2025-04-16": 2 * [O4_MINI_RESPONSE],
     }
     assert_each(recorded_events, estimated_reason=None)
+
+
+@sync_and_async
+async def test_the_beta_namespace_and_compaction_are_recorded_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``client.beta`` has chat completions and Responses objects of its own, and a
+    compaction runs the model too: each call is recorded once."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
+    responses = {"model": "o4-mini", "input": "A haiku", "max_output_tokens": 1000}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def calls() -> None:
+                sync_client.beta.chat.completions.create(**chat)
+                sync_client.beta.chat.completions.parse(**chat)
+                with sync_client.beta.chat.completions.stream(**chat) as stream:
+                    stream.until_done()
+                sync_client.beta.responses.create(**responses)
+                sync_client.responses.compact(model="o4-mini", input="A haiku")
+
+            await in_thread(calls)
+        else:
+            await async_client.beta.chat.completions.create(**chat)
+            await async_client.beta.chat.completions.parse(**chat)
+            async with async_client.beta.chat.completions.stream(**chat) as stream:
+                await stream.until_done()
+            await async_client.beta.responses.create(**responses)
+            await async_client.responses.compact(model="o4-mini", input="A haiku")
+        recorded_events = await recorded.exactly(stack.tracker, 5)
+    assert [(e.model, e.usage) for e in recorded_events] == [
+        ("gpt-4o-2024-08-06", GPT_4O_CHAT),
+        ("gpt-4o-2024-08-06", GPT_4O_CHAT),
+        ("gpt-4o-mini-2024-07-18", GPT_4O_MINI_CHAT_STREAM),
+        ("o4-mini-2025-04-16", O4_MINI_RESPONSE),
+        ("o4-mini", O4_MINI_RESPONSE),  # a compaction's answer names no model
+    ]
+    assert_each(recorded_events, estimated_reason=None)
+    assert len(api.requests) == 5, "each call went out once"
