@@ -88,6 +88,7 @@ class UsageTracker:
         ``reservation_ttl_max``). ``caller``: a service asking for someone else names them
         (the API: its key), so that only they may release what the enforcer reserves;
         default this tracker's own caller."""
+        estimated_cost = _usd(estimated_cost)
         answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
         if isinstance(answer, CheckResult):
             return answer
@@ -122,7 +123,7 @@ class UsageTracker:
             user_id=user_id,
             project_id=project_id,
             estimated_tokens=estimated_tokens,
-            estimated_cost=estimated_cost,
+            estimated_cost=_usd(estimated_cost),
         )
 
     def _check_without_nats(
@@ -418,3 +419,18 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
                 registry = await get_pricing_registry(settings.price_overrides)
                 _tracker = UsageTracker(settings, registry, DisabledPublisher())
         return _tracker
+
+
+def _usd(amount: Decimal | float | int | str | None) -> Decimal | None:
+    """A caller's estimate as exact money: a float as its shortest repr (0.05 is 0.05, as
+    the enforcer's requests read it), never its binary value; refused unless finite and
+    not negative."""
+    if amount is None or (isinstance(amount, Decimal) and amount.is_finite() and amount >= 0):
+        return amount
+    try:
+        usd = Decimal(str(amount))
+    except ArithmeticError:
+        usd = Decimal("NaN")
+    if not usd.is_finite() or usd < 0:
+        raise ValueError(f"estimated_cost must be a non-negative number of USD, not {amount!r}")
+    return usd

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -64,3 +65,18 @@ def _exact(value: Fraction) -> Decimal:
     while (value * 10**places).denominator != 1:
         places += 1
     return Decimal(f"{(value * 10**places).numerator}E-{places}")  # parsing never rounds
+
+
+def test_a_callers_estimate_is_read_as_exact_money() -> None:
+    """``check_budget(estimated_cost=0.05)`` means five cents (as the enforcer's requests
+    read it), not the float's binary value, and nothing else passes for money."""
+    from budget.tracker import _usd
+
+    assert _usd(0.05) == Decimal("0.05")
+    assert _usd(3) == Decimal(3)
+    assert _usd(None) is None
+    exact = Decimal("0.1000000000000000055511151231257827")
+    assert _usd(exact) is exact
+    for wrong in (-0.01, float("nan"), float("inf"), "a dollar", Decimal("-1")):
+        with pytest.raises(ValueError, match="estimated_cost must be a non-negative number"):
+            _usd(wrong)  # type: ignore[arg-type]
