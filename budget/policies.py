@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from budget.config import Settings
 from budget.periods import UTC, Period, period_bounds
+from budget.pricing.genai import canonical_provider
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import GLOBAL_SCOPE_KEY
 
@@ -18,6 +19,7 @@ __all__ = [
     "CallScope",
     "PolicyWindow",
     "applicable",
+    "canonical_policy",
     "configured_policies",
     "policy_window",
 ]
@@ -146,10 +148,20 @@ def applicable(
     return found
 
 
+def canonical_policy(policy: BudgetPolicy) -> BudgetPolicy:
+    """A provider policy keyed as usage is recorded and checked (``canonical_provider``:
+    "OpenAI" is "openai"), so that it counts that provider's spend however it was spelt."""
+    if policy.scope is BudgetScope.PROVIDER and policy.scope_key is not None:
+        key = canonical_provider(policy.scope_key)
+        if key != policy.scope_key:
+            return policy.model_copy(update={"scope_key": key})
+    return policy
+
+
 def configured_policies(settings: Settings) -> list[BudgetPolicy]:
     """``budget_policies`` from config.yaml, and the per-user policy ``default_limit`` and
     ``default_action`` give every user without a policy of their own."""
-    policies = list(settings.policies)
+    policies = [canonical_policy(p) for p in settings.policies]
     if settings.default_limit is not None:
         policies.append(
             BudgetPolicy(

@@ -20,6 +20,7 @@ from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
 from budget.disabled import DISABLED_REASON, DisabledPublisher
 from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_registry
+from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.recorded import notify_recorded
 from budget.usage import normalize_usage, usage_from_response
@@ -89,6 +90,7 @@ class UsageTracker:
         (the API: its key), so that only they may release what the enforcer reserves;
         default this tracker's own caller."""
         estimated_cost = _usd(estimated_cost)
+        provider = canonical_provider(provider) if provider else None
         answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
         if isinstance(answer, CheckResult):
             return answer
@@ -119,7 +121,7 @@ class UsageTracker:
             return True
         return self.checker.admits_if_cached(
             model=model,
-            provider=provider or self.registry.provider_of(model),
+            provider=canonical_provider(provider) if provider else self.registry.provider_of(model),
             user_id=user_id,
             project_id=project_id,
             estimated_tokens=estimated_tokens,
@@ -307,6 +309,8 @@ class UsageTracker:
         pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
         never as $0. ``estimated_reason``: the counts are an estimate, and why.
         """
+        # Spelt as checks and provider policies spell it ("OpenAI" is "openai").
+        provider = canonical_provider(provider)
         if usage is not None:
             normalized = usage_from_response(usage)
         else:

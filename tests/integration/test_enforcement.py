@@ -138,6 +138,29 @@ async def test_settled_reservation_is_counted_once_as_its_actual_cost(
     assert after.current_spend == recorded.cost  # the actual cost, not cost + estimate
 
 
+async def test_a_provider_is_one_key_however_it_is_spelt(stack: EnforcementStack) -> None:
+    """A provider policy set as "OpenAI" applies to a check that names no provider (the
+    model's, "openai") and counts usage recorded as "OpenAI"."""
+    policy = await stack.set_policy(
+        scope="provider", scope_key="OpenAI", limit_amount="0.01", action="block"
+    )
+    assert policy.scope_key == "openai"
+    recorded = await stack.tracker.record_usage(
+        model="gpt-4o", provider="OpenAI", input_tokens=1000, output_tokens=500, user_id="u1"
+    )
+    assert recorded.provider == "openai"
+    await stack.tracker.flush()
+
+    async def counted() -> bool:
+        """the check counts the recorded spend under the policy"""
+        check = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+        if check.reservation_id:
+            await stack.tracker.release_reservation(check.reservation_id)
+        return check.current_spend == recorded.cost and not check.allowed
+
+    await wait_for(counted, within=10)
+
+
 async def test_unsettled_reservations_expire_and_are_released(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
 ) -> None:
