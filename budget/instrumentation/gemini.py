@@ -96,10 +96,14 @@ _EMBED = Method(_embed_plan, _embed_measure)
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
     for models, asynchronous in ((client.models, False), (client.aio.models, True)):
-        patch(models, "generate_content", lifecycle, _GENERATE, asynchronous=asynchronous)
+        # generate_content may send several requests (automatic function calling, one a
+        # round; continuations) and answer with the last one's usage alone: each request
+        # is checked and recorded where the SDK sends it, when this SDK has those methods.
+        sends = "_" if hasattr(models, "_generate_content") else ""
+        patch(models, f"{sends}generate_content", lifecycle, _GENERATE, asynchronous=asynchronous)
         patch(
             models,
-            "generate_content_stream",
+            f"{sends}generate_content_stream",
             lifecycle,
             _GENERATE_STREAM,
             asynchronous=asynchronous,

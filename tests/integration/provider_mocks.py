@@ -99,7 +99,11 @@ class ProviderApi:
             )
             return httpx2.Response(200, content=fixture(embed))
         if ":generateContent" in path:
-            return httpx2.Response(200, content=fixture("gemini_generate.json"))
+            # With tools declared, the model first asks for a function's answer.
+            asks = body is not None and "tools" in body
+            asks = asks and b'"functionResponse"' not in request.content
+            answer = "gemini_generate_function_call.json" if asks else "gemini_generate.json"
+            return httpx2.Response(200, content=fixture(answer))
         if body is not None and body.get("stream"):
             if path in _USAGE_CHUNK_SSE:
                 sse = fixture(_USAGE_CHUNK_SSE[path])

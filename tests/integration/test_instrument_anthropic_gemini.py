@@ -284,6 +284,36 @@ async def test_gemini_content_and_its_stream_record_exact_usage_once(
     assert_each(events, provider="google", model="gemini-2.5-flash", project_id="apollo")
 
 
+def get_weather(city: str) -> str:
+    """The weather in ``city``."""
+    return f"sunny in {city}"
+
+
+@sync_and_async
+async def test_each_round_of_gemini_automatic_function_calling_is_recorded(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """With a Python function as a tool, one generate_content sends a request per round
+    (the model asks for the function's answer, then answers) and returns the last one:
+    both are paid, both are recorded."""
+    api = ProviderApi()
+    client = gemini_client(api, stack)
+    config = types.GenerateContentConfig(tools=[get_weather])
+    call = {"model": "gemini-2.5-flash", "contents": "Weather in Paris?", "config": config}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            answer = await in_thread(lambda: client.models.generate_content(**call))
+        else:
+            answer = await client.aio.models.generate_content(**call)
+        events = await recorded.exactly(stack.tracker, 2)
+    assert answer.text == "AI learns patterns from examples to make predictions."
+    assert len(api.requests) == 2
+    assert [e.usage for e in events] == [
+        Usage(input_uncached=61, output_text=15, output_reasoning=76),
+        Usage(input_uncached=8, output_text=212, output_reasoning=913),
+    ]
+
+
 @sync_and_async
 async def test_gemini_embeddings_record_their_token_count_once(
     stack: EnforcementStack, topology: Topology, sync: bool
