@@ -72,6 +72,35 @@ async def watch_async(stream: Any, observer: Observer, call: Call) -> AsyncGener
         record_seen(call, observer)
 
 
+def _record_on_close(response: Any, call: Call, observer: Observer) -> None:
+    """Record the call when the stream's HTTP response is closed: OpenAI's ``stream()``
+    helpers (and a raw response's stream) close that, not the stream they read, and hold
+    themselves in a reference cycle, so nothing else would record before the cycle
+    collector ran. The closures hold the call and observer, not the watched stream (which
+    would be a cycle of its own)."""
+    if response is None:
+        return
+    close, aclose = getattr(response, "close", None), getattr(response, "aclose", None)
+    if callable(close):
+
+        def closing(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return close(*args, **kwargs)
+            finally:
+                record_seen(call, observer)
+
+        response.close = closing
+    if callable(aclose):
+
+        async def aclosing(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await aclose(*args, **kwargs)
+            finally:
+                record_seen(call, observer)
+
+        response.aclose = aclosing
+
+
 class _WatchedStream:
     """What both kinds of watched stream share: anything not watched is the SDK stream's
     own, and the call is recorded, at the latest, when the stream is collected."""
@@ -80,6 +109,7 @@ class _WatchedStream:
         self._stream = stream
         self._observer = observer
         self._call = call
+        _record_on_close(getattr(stream, "response", None), call, observer)
 
     def _finish(self) -> None:
         record_seen(self._call, self._observer)

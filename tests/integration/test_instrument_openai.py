@@ -4,6 +4,7 @@ recorded once, the budget checked before, reservations released on failure."""
 
 from __future__ import annotations
 
+import gc
 import io
 from decimal import Decimal
 from typing import Any
@@ -255,6 +256,43 @@ async def test_an_abandoned_stream_records_what_it_consumed(
         assert event.usage == Usage(input_uncached=4, output_text=2)
         assert_estimated(event, "before its usage arrived")
     assert {e.user_id for e in events} == {"quitter", "dropper"}
+
+
+async def test_a_stream_helper_left_early_records_at_once(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """OpenAI's ``stream()`` helpers close the HTTP response, not the stream they read,
+    and hold themselves in a reference cycle: leaving the block records the call then,
+    not whenever the cycle collector runs (here: never, it is off)."""
+    api = ProviderApi()
+    sync_client, client = clients(api, stack)
+    chat = {"model": "gpt-4o-mini", "messages": HELLO}
+    gc.disable()
+    try:
+        async with recorded_usage(stack.nc, topology) as recorded:
+            with budget.attribute_to(user_id="quitter"):
+                async with client.chat.completions.stream(**chat) as s:
+                    async for event in s:
+                        if event.type == "content.delta" and event.snapshot == "Hello!":
+                            break
+
+            def read_and_leave() -> None:
+                with (
+                    budget.attribute_to(user_id="leaver"),
+                    sync_client.chat.completions.stream(**chat) as s,
+                ):
+                    for event in s:
+                        if event.type == "content.delta" and event.snapshot == "Hello!":
+                            break
+
+            await in_thread(read_and_leave)
+            events = await recorded.exactly(stack.tracker, 2)
+    finally:
+        gc.enable()
+    for event in events:
+        assert event.usage == Usage(input_uncached=4, output_text=2)
+        assert_estimated(event, "before its usage arrived")
+    assert {e.user_id for e in events} == {"quitter", "leaver"}
 
 
 async def test_overrides_by_context_and_by_keyword(
