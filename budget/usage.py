@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from events.usage import ImageUsage, Usage
 
-__all__ = ["normalize_usage", "usage_from_response"]
+__all__ = ["modality_tokens", "normalize_usage", "usage_from_response"]
 
 _MISSING = object()
 
@@ -246,3 +246,39 @@ def usage_from_response(obj: object) -> Usage:
     raise ValueError(
         f"unrecognised usage shape {type(obj).__name__} with keys {keys[:12]}; expected {_EXPECTED}"
     )
+
+
+_MEDIA = {"AUDIO": "audio", "IMAGE": "image", "VIDEO": "video"}
+_DETAILS = ("prompt_tokens_details", "completion_tokens_details", "candidates_tokens_details")
+
+
+def modality_tokens(obj: object) -> dict[str, int]:
+    """The tokens of a provider's usage object (or a response holding one) that are not
+    text, by side and medium (``"input audio"``, ``"output image"``, ...): ``Usage``
+    counts them as text tokens, and a model may price them apart (``RateCard.apart``).
+    OpenAI's ``*_tokens_details.audio_tokens``; Gemini's per-modality token counts."""
+    usage = obj if _has(obj, *_DETAILS) else None
+    for key in ("usage_metadata", "usage"):
+        inner = _get(obj, key) if usage is None else _MISSING
+        if inner is not _MISSING and inner is not None and _has(inner, *_DETAILS):
+            usage = inner
+    found: dict[str, int] = {}
+    if usage is None:
+        return found
+    for side, key in (("input", "prompt_tokens_details"), ("output", "completion_tokens_details")):
+        audio = _num(usage, key, "audio_tokens") if not _is_list(_get(usage, key)) else 0
+        if audio:
+            found[f"{side} audio"] = audio
+    for side, key in (("input", "prompt_tokens_details"), ("output", "candidates_tokens_details")):
+        details = _get(usage, key)
+        for detail in details if _is_list(details) else ():
+            modality = _get(detail, "modality")
+            medium = _MEDIA.get(str(getattr(modality, "value", modality)).upper())
+            tokens = _num(detail, "token_count")
+            if medium is not None and tokens:
+                found[f"{side} {medium}"] = found.get(f"{side} {medium}", 0) + tokens
+    return found
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, (list, tuple))

@@ -21,7 +21,7 @@ from budget.instrumentation.prompts import (
     requested_model,
 )
 from budget.instrumentation.wrapping import patch, untracked
-from budget.usage import usage_from_response
+from budget.usage import modality_tokens, usage_from_response
 from events import Usage
 
 __all__ = ["PROVIDER", "install", "provider_error"]
@@ -49,7 +49,10 @@ def _model(response: Any, plan: Plan) -> str:
 
 
 def _measure(response: Any, plan: Plan) -> Measured:
-    return Measured(usage_from_response(response.usage_metadata), _model(response, plan))
+    usage = response.usage_metadata
+    return Measured(
+        usage_from_response(usage), _model(response, plan), media=modality_tokens(usage)
+    )
 
 
 class _Observer(UsageObserver):

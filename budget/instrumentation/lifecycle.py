@@ -119,6 +119,8 @@ class Measured:
     usage: Usage
     model: str | None = None
     estimated_reason: str | None = None
+    media: Mapping[str, int] | None = None
+    """The tokens that are not text (``budget.usage.modality_tokens``)."""
 
 
 Refusal = Callable[[BudgetExceeded], BaseException]
@@ -288,6 +290,7 @@ class Call:
                 tags=self.attribution.tags,
                 reservation_id=self.reservation_id,
                 estimated_reason=measured.estimated_reason,
+                media=measured.media,
             )
         except Exception:
             log.exception("could not record the usage of a %s call", self.provider)

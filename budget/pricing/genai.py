@@ -40,6 +40,12 @@ _TOKEN_KEYS: Mapping[str, tuple[str, ...]] = {
     "output_reasoning": ("output_reasoning_mtok", "output_mtok"),
     "embedding_tokens": ("input_mtok",),
 }
+# (medium, genai-prices key of its token rate, the text rate it would otherwise get)
+_MEDIA_KEYS = (
+    ("input audio", "input_audio_mtok", "input_mtok"),
+    ("output audio", "output_audio_mtok", "output_mtok"),
+    ("output image", "output_image_mtok", "output_mtok"),
+)
 # Groq bills Whisper for at least 10 seconds per request (genai-prices does the same).
 _MIN_AUDIO_SECONDS = {("groq", "whisper-large-v3"), ("groq", "whisper-large-v3-turbo")}
 
@@ -113,6 +119,12 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
             tokens[cls] = steps
         elif not raw:  # listed with no prices at all: a free model (e.g. ":free" variants)
             tokens[cls] = ((-1, Decimal(0)),)
+    # Media a model prices apart from text tokens (a rate that differs from the text one).
+    modal = frozenset(
+        medium
+        for medium, key, text in _MEDIA_KEYS
+        if raw.get(key) is not None and raw.get(key) != raw.get(text)
+    )
     hourly = raw.get("audio_hours", raw.get("input_audio_hours"))
     per_k_requests = raw.get("requests_kcount")
     card = RateCard(
@@ -129,6 +141,7 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
             if isinstance(per_k_requests, Decimal)
             else None
         ),
+        modal=modal,
     )
     return card, cacheable
 

@@ -104,6 +104,7 @@ class RateCard:
         "image_flat",
         "images",
         "layer",
+        "modal",
         "model",
         "per_request",
         "provider",
@@ -125,8 +126,12 @@ class RateCard:
         images: Mapping[tuple[str, str], Decimal] | None = None,
         image_flat: Decimal | None = None,
         per_request: Decimal | None = None,
+        modal: frozenset[str] = frozenset(),
     ) -> None:
+        """``modal``: the media (``"input audio"``, ``"output image"``, ...) whose tokens
+        this model prices apart from text tokens."""
         self.provider, self.model, self.layer = provider, model, layer
+        self.modal = modal
         self.data_version, self.effective_from = data_version, effective_from
         self.audio, self.audio_min, self.per_request = audio, audio_min, per_request
         self.images = dict(images or {})
@@ -170,6 +175,18 @@ class RateCard:
                 effective_from=self.effective_from,
                 rates=per_unit,
             ),
+        )
+
+    def apart(self, media: Mapping[str, int]) -> Unpriced | None:
+        """Why a call with these non-text tokens (``budget.usage.modality_tokens``) has no
+        price here, when the model prices any of them apart from text tokens: ``Usage``
+        counts them as text, so the text rate would be wrong (e.g. audio input at 3x)."""
+        apart = [f"{count} {medium}" for medium, count in media.items() if medium in self.modal]
+        if not apart:
+            return None
+        return self._unpriced(
+            f"{', '.join(apart)} tokens (priced apart from text tokens, which usage events"
+            " count them as: recorded unpriced rather than at the text rate)"
         )
 
     def _unpriced(self, what: str) -> Unpriced:

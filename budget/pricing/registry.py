@@ -7,7 +7,7 @@ UTC day) and cached; a cached call is Decimal arithmetic only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from budget.pricing import genai
@@ -33,9 +33,16 @@ class PricingRegistry(SeedApi):
         self._listed = {}
 
     def price(
-        self, *, provider: str | None, model: str, usage: Usage, at: datetime
+        self,
+        *,
+        provider: str | None,
+        model: str,
+        usage: Usage,
+        at: datetime,
+        media: Mapping[str, int] | None = None,
     ) -> Priced | Unpriced:
-        """Cost of ``usage`` of ``model`` at ``at`` (naive = UTC), or why it has none."""
+        """Cost of ``usage`` of ``model`` at ``at`` (naive = UTC), or why it has none.
+        ``media``: the call's tokens that are not text (``budget.usage.modality_tokens``)."""
         tz = at.tzinfo
         day = at.toordinal() if tz is None or tz is UTC else at.astimezone(UTC).toordinal()
         hit = self._cache.get((provider, model, day))
@@ -47,6 +54,8 @@ class PricingRegistry(SeedApi):
                 self._cache[(provider, model, day)] = hit
         if isinstance(hit, Unpriced):
             return hit
+        if media and (apart := hit.apart(media)) is not None:
+            return apart
         return hit.cost(usage)
 
     def warm(self) -> None:

@@ -1,0 +1,98 @@
+"""Tokens that are not text: read from the providers' usage objects, and a model that
+prices them apart from text tokens leaves the call unpriced (with why) rather than priced
+at the text rate, which ``Usage`` (text token classes only) would give them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from google.genai import types as gemini
+from openai.types import CompletionUsage
+
+from budget.config import Settings
+from budget.disabled import DisabledPublisher
+from budget.pricing import Priced, PricingRegistry, Unpriced
+from budget.tracker import UsageTracker
+from budget.usage import modality_tokens, usage_from_response
+
+NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+OPENAI_AUDIO = CompletionUsage.model_validate(
+    {
+        "prompt_tokens": 1200,
+        "completion_tokens": 900,
+        "total_tokens": 2100,
+        "prompt_tokens_details": {"audio_tokens": 1000, "cached_tokens": 0},
+        "completion_tokens_details": {"audio_tokens": 800, "reasoning_tokens": 0},
+    }
+)
+GEMINI_AUDIO = gemini.GenerateContentResponseUsageMetadata(
+    prompt_token_count=1040,
+    candidates_token_count=20,
+    prompt_tokens_details=[
+        gemini.ModalityTokenCount(modality=gemini.MediaModality.TEXT, token_count=40),
+        gemini.ModalityTokenCount(modality=gemini.MediaModality.AUDIO, token_count=1000),
+    ],
+)
+GEMINI_IMAGE_OUT = {
+    "prompt_token_count": 12,
+    "candidates_token_count": 1290,
+    "candidates_tokens_details": [{"modality": "IMAGE", "token_count": 1290}],
+}
+OPENAI_TEXT = {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {}}
+
+
+@pytest.fixture(scope="module")
+def registry() -> PricingRegistry:
+    return PricingRegistry()
+
+
+def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
+    assert modality_tokens(OPENAI_AUDIO) == {"input audio": 1000, "output audio": 800}
+    assert modality_tokens({"usage": OPENAI_AUDIO}) == {"input audio": 1000, "output audio": 800}
+    assert modality_tokens(GEMINI_AUDIO) == {"input audio": 1000}
+    assert modality_tokens(GEMINI_IMAGE_OUT) == {"output image": 1290}
+    assert modality_tokens(OPENAI_TEXT) == {}
+    assert modality_tokens({"input_tokens": 5, "output_tokens": 1}) == {}
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "medium"),
+    [
+        ("gemini-2.5-flash", GEMINI_AUDIO, "1000 input audio"),
+        ("gemini-2.5-flash-image", GEMINI_IMAGE_OUT, "1290 output image"),
+    ],
+)
+def test_a_model_pricing_a_medium_apart_leaves_the_call_unpriced(
+    registry: PricingRegistry, model: str, usage: object, medium: str
+) -> None:
+    priced = registry.price(
+        provider="google",
+        model=model,
+        usage=usage_from_response(usage),
+        at=NOW,
+        media=modality_tokens(usage),
+    )
+    assert isinstance(priced, Unpriced)
+    assert medium in priced.reason and "rather than at the text rate" in priced.reason
+
+
+def test_text_tokens_alone_are_priced_as_before(registry: PricingRegistry) -> None:
+    usage = usage_from_response({"prompt_token_count": 40, "candidates_token_count": 20})
+    alone = registry.price(provider="google", model="gemini-2.5-flash", usage=usage, at=NOW)
+    told = registry.price(
+        provider="google", model="gemini-2.5-flash", usage=usage, at=NOW, media={}
+    )
+    assert isinstance(alone, Priced) and told == alone
+
+
+def test_the_tracker_records_such_a_call_unpriced(
+    registry: PricingRegistry, tmp_path: Path
+) -> None:
+    tracker = UsageTracker(Settings(spool_dir=tmp_path), registry, DisabledPublisher())
+    heard = tracker.usage_event(model="gemini-2.5-flash", provider="google", usage=GEMINI_AUDIO)
+    assert heard.cost is None and "1000 input audio" in (heard.unpriced_reason or "")
+    read = tracker.usage_event(model="gemini-2.5-flash", provider="google", usage=OPENAI_TEXT)
+    assert read.cost is not None
