@@ -119,15 +119,21 @@ class BudgetChecker:
 
     def estimate(self, model: str, provider: str | None, estimated_tokens: int) -> Decimal | None:
         """Price ``estimated_tokens`` as output, the dearer class: an estimate that errs
-        high keeps a hard limit hard. None: the model has no price. Kept for the hour (a
-        check is on the hot path; prices change by the day, a few by the time of day)."""
+        high keeps a hard limit hard; a model with no output (embeddings) as its input.
+        None: the model has no price. Kept for the quarter hour (a check is on the hot
+        path; prices change by the day, a few by the time of day, on the half hour)."""
         now = utc_now()
-        key = (model, provider, estimated_tokens, now.toordinal() * 24 + now.hour)
+        quarter = now.toordinal() * 96 + now.hour * 4 + now.minute // 15
+        key = (model, provider, estimated_tokens, quarter)
         if key not in self._estimates:
             if len(self._estimates) >= 10_000:
                 self._estimates.clear()
-            usage = Usage(output_text=estimated_tokens)
-            priced = self.registry.price(provider=provider, model=model, usage=usage, at=now)
+            priced = self.registry.price(
+                provider=provider, model=model, usage=Usage(output_text=estimated_tokens), at=now
+            )
+            if not isinstance(priced, Priced) and estimated_tokens:
+                as_input = Usage(embedding_tokens=estimated_tokens)
+                priced = self.registry.price(provider=provider, model=model, usage=as_input, at=now)
             self._estimates[key] = priced.cost if isinstance(priced, Priced) else None
         return self._estimates[key]
 

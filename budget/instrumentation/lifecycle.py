@@ -222,7 +222,7 @@ class Lifecycle:
 
     def _estimated_cost(self, tracker: UsageTracker, plan: Plan) -> Decimal | None:
         """The request's output allowance at the output price plus its prompt at the input
-        price (both rates kept for the hour, as the checker keeps its estimates); None
+        price (both rates kept for the quarter hour, as the checker keeps its estimates); None
         when the model has no price (the checker then says so)."""
         if plan.estimate is not None:
             priced = tracker.registry.price(
@@ -237,7 +237,7 @@ class Lifecycle:
 
     def _input_rate(self, tracker: UsageTracker, model: str) -> Decimal | None:
         now = utc_now()
-        key = (model, now.toordinal() * 24 + now.hour)
+        key = (model, now.toordinal() * 96 + now.hour * 4 + now.minute // 15)  # as estimates
         if key not in self._input_rates:
             if len(self._input_rates) >= 1_000:
                 self._input_rates.clear()
