@@ -21,23 +21,18 @@ from pydantic import ValidationError
 
 from budget.config import Settings, shown_url
 from budget.natsconn import PermissionDenied, refusal_message, round_trip, watching_refusal
+from budget.one_line import one_line
 from events import Alert
 from events.subjects import Topology
 from services.cli_context import validation_message
 from services.ops import nats_client
 
-__all__ = ["Show", "alert_line", "one_line", "run_watch", "watch_alerts"]
+__all__ = ["Show", "alert_line", "run_watch", "watch_alerts"]
 
 Show = Callable[[Alert], Awaitable[None]]
 """One place an alert is shown (the terminal, the desktop); it reports its own failures."""
 
 Report = Callable[[str], None]
-
-
-def one_line(text: str) -> str:
-    """``text`` with each line break and control character made a space: an alert's text
-    can neither forge a line of its own nor send escape sequences to the terminal."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def alert_line(alert: Alert) -> str:

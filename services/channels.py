@@ -28,6 +28,7 @@ from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 
 from budget.config import AlertChannels, EmailChannel, WebhookChannel
+from budget.one_line import one_line
 from budget.webhooks import SIGNATURE_HEADER, sign
 from events import Alert, Topology
 from projections.engine.projection import Connection
@@ -96,7 +97,7 @@ class LogSender(Sender):
             alert.severity.value.upper(),
             alert.alert_type.value,
             alert.alert_id,
-            alert.message,
+            one_line(alert.message),  # a host app's ids in it forge no log line
         )
 
 

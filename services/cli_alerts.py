@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from budget.alerts import AlertEngine, StoredAlert
+from budget.one_line import one_line
 from events import Alert
 from events.policy import PolicyId
 from services.alert_watch import Show, alert_line, run_watch
@@ -53,7 +54,7 @@ def list_alerts(
         state = "resolved" if stored.resolved_at else "acked" if stored.acknowledged_at else "open"
         typer.echo(
             f"{alert.alert_id}  {alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.severity.value:<8}"
-            f" {alert.alert_type.value:<18} {state:<8} {alert.message}"
+            f" {alert.alert_type.value:<18} {state:<8} {one_line(alert.message)}"
         )
 
 
@@ -68,7 +69,7 @@ def show_alert(alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's i
         lines = [
             f"{d.channel:<8} {d.status:<8} attempts {d.attempts}"
             + (f", sent {d.sent_at:%Y-%m-%d %H:%M:%S}" if d.sent_at else "")
-            + (f", last error: {d.last_error}" if d.last_error else "")
+            + (f", last error: {one_line(d.last_error)}" if d.last_error else "")
             for d in deliveries
         ]
         return stored, lines
@@ -78,7 +79,8 @@ def show_alert(alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's i
         raise ValueError(f"no alert with id {alert_id}; see `budget alerts list --resolved`")
     typer.echo(stored.alert.model_dump_json(indent=2))
     if stored.acknowledged_at:
-        typer.echo(f"acknowledged by {stored.acknowledged_by} at {stored.acknowledged_at}")
+        who = one_line(stored.acknowledged_by or "")
+        typer.echo(f"acknowledged by {who} at {stored.acknowledged_at}")
     if stored.resolved_at:
         typer.echo(f"resolved at {stored.resolved_at}")
     typer.echo("deliveries:" if lines else "deliveries: none (raised while rebuilding)")

@@ -15,9 +15,9 @@ import html
 import sys
 from collections.abc import Callable
 
+from budget.one_line import one_line
 from events import Alert
 from events.alerts import AlertSeverity
-from services.alert_watch import one_line
 
 __all__ = ["DesktopAlerts"]
 

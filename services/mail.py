@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
-import unicodedata
 from email.message import EmailMessage
 
 from budget.config import EmailChannel
+from budget.one_line import one_line
 from events import Alert
 
-__all__ = ["MessageRefused", "alert_message", "one_line", "send_mail"]
+__all__ = ["MessageRefused", "alert_message", "send_mail"]
 
 log = logging.getLogger("budget.alerts")
 _CLOSING = 421
@@ -24,13 +24,6 @@ _REFUSALS = (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.S
 
 class MessageRefused(Exception):
     """The server refused this message (its sender, recipients or content), not the session."""
-
-
-def one_line(text: str) -> str:
-    """``text`` with each run of white space and control characters (line breaks among
-    them) made one space: nothing in it can end a header line and start another."""
-    spaced = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
-    return " ".join(spaced.split())
 
 
 def alert_message(config: EmailChannel, alert: Alert, payload: bytes) -> EmailMessage:
