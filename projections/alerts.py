@@ -12,19 +12,21 @@ per alert, not per event, and events no policy or rule is about cost nothing bey
 counted. A correction counts by the ledger rule (``projections/ledger.py``): its
 difference, at the corrected event's time and scopes. The event that took a window's spend
 from below a threshold to it raises the alert, so an alert's id, time and cause do not
-depend on where batches happen to split. A rule's cooldown holds back an alert less than
-the cooldown (in event time) before or after one the rule already raised about the same
-policy and key (or total): an alert about an earlier window, raised late by a late event
-or a correction, is judged by its own time, not the latest alert's. Alerts raised while
-this version is live go to the outbox (one row per channel) and wake the notifier; alerts
-a rebuild re-derives are stored but never sent again, except those of events the version
-it replaces never applied: they are queued when the rebuild goes live.
+depend on where batches happen to split; a policy or rule change that puts a threshold
+below a window's spend raises it then (``projections/standing.py``). A rule's cooldown
+holds back an alert less than the cooldown (in event time) before or after one the rule
+already raised about the same policy and key (or total): an alert about an earlier
+window, raised late by a late event or a correction, is judged by its own time, not the
+latest alert's. Alerts raised while this version is live go to the outbox (one row per
+channel) and wake the notifier; alerts a rebuild re-derives are stored but never sent
+again, except those of events the version it replaces never applied: they are queued when
+the rebuild goes live.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -63,6 +65,7 @@ from projections.engine.projection import Applied, Connection, Projection, physi
 from projections.ledger import Recorded
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
+from projections.standing import standing_past
 
 __all__ = ["OUTBOX_CHANNEL", "AlertsProjection", "load_rules"]
 
@@ -289,9 +292,15 @@ class AlertsProjection(Projection):
         alerts = physical(_ALERTS, version)
         if isinstance(event, PolicySet | PolicyDeleted):
             await self.policies.apply(conn, version, [applied])
+            if isinstance(event, PolicySet):
+                changed = event.policy.policy_id
+                await self._raise_standing(conn, version, applied, lambda w, p: p == changed)
         elif isinstance(event, AlertRuleSet):
             rule = event.rule
             await self.rule_log.record(conn, version, applied, rule.rule_id, rule.model_dump_json())
+            await self._raise_standing(
+                conn, version, applied, lambda w, p: w.rule.rule_id == rule.rule_id
+            )
         elif isinstance(event, AlertRuleRemoved):
             await self.rule_log.record(conn, version, applied, event.rule_id, None)
         elif isinstance(event, RequestBlocked):
@@ -309,6 +318,35 @@ class AlertsProjection(Projection):
                 " WHERE alert_id = %s AND resolved_at IS NULL".encode(),
                 (event.resolved_by, event.occurred_at, event.alert_id),
             )
+
+    async def _raise_standing(
+        self,
+        conn: Connection,
+        version: int,
+        applied: Applied,
+        changed: Callable[[_Watch, str], bool],
+    ) -> None:
+        """The threshold alerts of the watches a change made (``changed``: of a watch and
+        its policy's id) that spend is already past: no usage will cross them."""
+        state = await self._state(conn, version)
+        lines = [
+            (line, watch.threshold)
+            for line, watch in enumerate(state.watches)
+            if changed(watch, state.policies[watch.threshold.policy].policy_id)
+        ]
+        if not lines:
+            return
+        buckets = physical(self.spend.tables[0], version)
+        at = applied.event.occurred_at
+        found = []
+        for passed in await standing_past(conn, buckets, state.policies, lines, at):
+            watch, window = state.watches[passed.line], passed.window
+            alert = threshold_alert(
+                watch.rule, window, watch.percent, passed.total, at, applied.event.event_id
+            )
+            subject = f"{window.policy.policy_id}|{window.key}"
+            found.append(_Candidate(watch.rule, subject, applied.stream_seq, alert))
+        await self._raise(conn, version, found)
 
     def _violations(
         self, state: _Rules, applied: Applied, event: RequestBlocked

@@ -107,6 +107,71 @@ async def test_a_users_own_policy_out_of_its_range_leaves_her_the_per_user_one(
     ]
 
 
+def team_cap(limit: str, minute: int) -> PolicySet:
+    """The daily global policy "team" of ``limit`` USD, set (or changed) at ``minute``."""
+    policy = BudgetPolicy(
+        policy_id="team", name="team", limit_amount=Decimal(limit), period="daily"
+    )
+    return PolicySet(occurred_at=AT.replace(minute=minute), policy=policy)
+
+
+async def test_a_limit_lowered_below_the_spend_raises_what_it_passed_at_once(
+    db: str,
+) -> None:
+    """$85 of $100 spent (80 %); the limit lowered to $50: no later usage crosses 95 or
+    100 % of it (every total is past them), so the change itself raises them; 80 % of the
+    period was raised already. A per-user policy added mid-period, the same per user."""
+    lowered = team_cap("50", 2)
+    per_user = PolicySet(
+        occurred_at=AT.replace(minute=3),
+        policy=BudgetPolicy(
+            policy_id="users",
+            name="users",
+            limit_amount=Decimal(60),
+            period="daily",
+            scope=BudgetScope.USER,
+        ),
+    )
+    events = [
+        team_cap("100", 0),
+        crossing := spend("alice", "85", 1),
+        lowered,
+        per_user,
+        spend("bob", "1", 4),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    by_usage, by_change, by_new = (
+        str(crossing.event_id),
+        str(lowered.event_id),
+        str(per_user.event_id),
+    )
+    assert alerts == [
+        (AlertType.THRESHOLD_WARNING.value, "*", "85", by_usage),
+        (AlertType.LIMIT_EXCEEDED.value, "*", "85", by_change),
+        (AlertType.THRESHOLD_CRITICAL.value, "*", "85", by_change),
+        (AlertType.LIMIT_EXCEEDED.value, "alice", "85", by_new),
+        (AlertType.THRESHOLD_CRITICAL.value, "alice", "85", by_new),
+        (AlertType.THRESHOLD_WARNING.value, "alice", "85", by_new),
+    ]
+
+
+async def test_a_rule_added_below_the_spend_raises_at_once(db: str) -> None:
+    half = AlertRule(
+        rule_id="half",
+        name="half",
+        alert_type=AlertType.THRESHOLD_WARNING,
+        threshold_percent=Decimal(50),
+    )
+    added = AlertRuleSet(occurred_at=AT.replace(minute=2), rule=half)
+    events = [team_cap("100", 0), spend("alice", "60", 1), added]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == [(AlertType.THRESHOLD_WARNING.value, "*", "60", str(added.event_id))]
+
+
 async def test_window_totals_stay_exact_while_no_rule_watches_them(db: str) -> None:
     """Spend counted while the threshold rules are removed still counts once one is back."""
     limit = AlertRule(

@@ -1,0 +1,78 @@
+"""Thresholds that a policy or rule change finds spend already past.
+
+A threshold alert is raised by the usage that takes a window's spend from below the
+threshold to it (``projections/crossings.py``). A change that moves a threshold below what
+a window has already spent (a limit lowered, a policy or rule added mid-period) leaves no
+usage to cross it: it is checked when the change is applied, against the spend counted up
+to it in the log, so a replay finds the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from budget.policies import PolicyWindow, policy_window
+from events import BudgetPolicy, BudgetScope
+from events.policy import GLOBAL_SCOPE_KEY
+from projections.crossings import Threshold
+from projections.engine.projection import Connection
+
+__all__ = ["Standing", "standing_past"]
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """``line``: the index of the threshold in ``thresholds`` that ``window`` (its
+    policy's window holding the change, for one key) has spent ``total`` past."""
+
+    line: int
+    window: PolicyWindow
+    total: Decimal
+
+
+async def standing_past(
+    conn: Connection,
+    buckets: str,
+    policies: Sequence[BudgetPolicy],
+    thresholds: Sequence[tuple[int, Threshold]],
+    at: datetime,
+) -> list[Standing]:
+    """Of ``thresholds`` (each with its line), those the spend in ``buckets`` has reached
+    in the window of their policy (of ``policies``, all of them: a key's own policy in
+    force replaces its scope's per-key ones) that holds ``at``: per key, for a policy
+    that limits each key separately."""
+    found: list[Standing] = []
+    for index in sorted({t.policy for _, t in thresholds}):
+        policy = policies[index]
+        bounds = policy_window(policy, at)
+        if bounds is None:
+            continue
+        lines = [(line, t) for line, t in thresholds if t.policy == index]
+        key = GLOBAL_SCOPE_KEY if policy.scope is BudgetScope.GLOBAL else policy.scope_key
+        cursor = await conn.execute(
+            f"""SELECT scope_key, sum(cost) FROM {buckets}
+            WHERE scope = %s AND (%s::text IS NULL OR scope_key = %s)
+              AND bucket_start >= %s AND bucket_start < %s
+            GROUP BY scope_key HAVING sum(cost) >= %s
+            ORDER BY scope_key""".encode(),
+            (policy.scope.value, key, key, *bounds, min(t.amount for _, t in lines)),
+        )
+        own = _own_keys(policies, policy.scope, at) if key is None else set()
+        for scope_key, total in await cursor.fetchall():
+            if scope_key in own:
+                continue
+            window = PolicyWindow(policy, scope_key, *bounds)
+            found.extend(Standing(line, window, total) for line, t in lines if total >= t.amount)
+    return found
+
+
+def _own_keys(policies: Sequence[BudgetPolicy], scope: BudgetScope, at: datetime) -> set[str]:
+    """The keys of ``scope`` with a policy of their own in force at ``at``."""
+    return {
+        p.scope_key
+        for p in policies
+        if p.scope is scope and p.scope_key is not None and policy_window(p, at) is not None
+    }
