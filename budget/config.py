@@ -29,6 +29,7 @@ from pydantic import (
 from budget.pricing.overrides import PriceOverride
 from budget.redaction import holds_secret, redact
 from events import BudgetPolicy, TimeBounds, Topology
+from events.policy import Limit
 from events.subjects import caller_token
 
 __all__ = [
@@ -193,8 +194,8 @@ class Settings(BaseModel):
     subject_prefix: str = Field(default="budget", pattern=r"^[A-Za-z0-9_-]+$")
     flush_interval: float = Field(default=300, gt=0, description="seconds between spool re-sends")
     cache_ttl: float = Field(default=60, ge=0)
-    default_limit: Decimal | None = Field(
-        default=Decimal("100.00"), ge=0, description="monthly limit per user; null: none"
+    default_limit: Limit | None = Field(
+        default=Decimal("100.00"), description="monthly limit per user; null: none"
     )
     soft_limit_percent: Decimal = Field(default=Decimal(80), gt=0, le=100)
     default_action: Literal["warn", "block", "throttle", "notify"] = "warn"

@@ -49,7 +49,12 @@ _URL_PASSWORD = re.compile(
 )
 # NATS takes a token alone as the user part: ``nats://<token>@host``.
 _NATS_TOKEN = re.compile(r"(?<![^\s,'\"(\[=<])(?:nats|tls|ws|wss)://(?P<secret>[^\s:/@,'\"]+)@")
-_PASSWORD_PARAM = re.compile(r"\bpassword=(?P<secret>[^\s&;,'\"]+)", re.IGNORECASE)
+# A URL's ``password=`` parameter, or libpq's ``password = 'quoted value'`` (spaces
+# around ``=``, single quotes with backslash escapes).
+_PASSWORD_PARAM = re.compile(
+    r"\bpassword\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\"]+)",
+    re.IGNORECASE,
+)
 _API_KEY = re.compile(r"\bbmk_[0-9a-f]+_(?P<secret>[A-Za-z0-9_-]+)")
 _PATTERNS = (_URL_PASSWORD, _NATS_TOKEN, _PASSWORD_PARAM, _API_KEY)
 

@@ -8,8 +8,6 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from budget.config import shown_url
-
 __all__ = ["check_database_url", "connect", "libpq_url", "sqlalchemy_url"]
 
 # libpq: 'invalid URI query parameter: "x"' (a URI) or 'invalid connection option "x"'.
@@ -20,7 +18,12 @@ def libpq_url(url: str) -> str:
     """Accept SQLAlchemy-style ``postgresql+psycopg://`` too; psycopg wants plain libpq."""
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme.startswith(("postgresql", "postgres")):
-        raise ValueError(f"database URL {shown_url(url)!r} must start with postgresql://")
+        # Not echoed: a libpq "key=value" string holds its password in the clear.
+        raise ValueError(
+            "the database URL must be a URL starting with postgresql://"
+            " (e.g. postgresql://budget@127.0.0.1:5432/budget, the password in a pgpass"
+            " file or as postgresql://user:password@host/db)"
+        )
     return f"postgresql://{rest}"
 
 

@@ -47,7 +47,9 @@ from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
 from services.cli_reports import report_app
 from services.doctor import doctor
+from services.embedded import ServerStartError
 from services.ops import ConnectError, database, nats_client, prepare
+from services.stack import StackError
 
 __all__ = ["app", "main"]
 
@@ -474,6 +476,8 @@ def main() -> None:
     except ValidationError as exc:
         _fail(validation_message(exc))
     except (ConfigError, ConnectError, LogError, ValueError, NotApplied, ClockAhead) as exc:
+        _fail(str(exc))
+    except (StackError, ServerStartError) as exc:  # `budget up`: e.g. a stack already runs
         _fail(str(exc))
     except pg_errors.UndefinedTable:
         _fail("the database has no Budget Manager tables yet; run `budget migrate` first")

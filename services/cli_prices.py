@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from budget.pricing import ModelPricing, PricingRegistry
+from services.cli_context import settings
 
 __all__ = ["app"]
 
@@ -49,10 +50,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def _registry() -> PricingRegistry:
+    """The prices the tracker charges: the configured overrides over the price data."""
+    return PricingRegistry(settings().price_overrides)
+
+
 @app.command("list")
 def list_prices(provider: ProviderOption = None) -> None:
     """List providers, or with --provider its models and rates (USD per 1M tokens)."""
-    registry = PricingRegistry()
+    registry = _registry()
     if provider is None:
         rows = [
             [p, str(len(registry.get_provider_models(p)))] for p in registry.get_all_providers()
@@ -114,7 +120,7 @@ def show(
     except ValueError:
         raise _fail(f"--on must be a date like 2026-01-31, got {on!r}") from None
     at = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    pricing = PricingRegistry().get_model_pricing(model, provider=provider, at=at)
+    pricing = _registry().get_model_pricing(model, provider=provider, at=at)
     if pricing is None:
         where = f" for provider {provider!r}" if provider else ""
         raise _fail(f"no price for model {model!r}{where} on {day} in any layer")

@@ -5,6 +5,7 @@ Then on real servers: ``spend`` before ``migrate`` says to migrate; ``Équipe`` 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
@@ -222,9 +223,31 @@ def test_a_config_path_that_is_a_directory_is_one_line_naming_it(tmp_path: Path)
     assert f"cannot read config file {folder}" in _one_line_failure(done)
 
 
-def test_a_database_url_of_another_kind_is_refused_without_its_password(tmp_path: Path) -> None:
-    done = _budget("spend", database_url="mysql://u:hunter2@h/db", tmp_path=tmp_path)
-    assert "mysql://u:***@h/db" in _one_line_failure(done, "hunter2")
+@pytest.mark.parametrize(
+    "url", ["mysql://u:hunter2@h/db", "host=h password='hunter2 x'", "host=h password = hunter2"]
+)
+def test_a_database_url_of_another_kind_is_refused_without_its_password(
+    tmp_path: Path, url: str
+) -> None:
+    done = _budget("spend", database_url=url, tmp_path=tmp_path)
+    assert "must be a URL starting with postgresql://" in _one_line_failure(done, "hunter2")
+
+
+def test_a_second_stack_on_one_data_directory_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with (data / "stack.lock").open("a+") as held:
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running stack holds it
+        done = _budget(
+            "up",
+            "--data-dir",
+            str(data),
+            database_url="postgresql://budget@127.0.0.1:1/budget",
+            tmp_path=tmp_path,
+        )
+    assert "another stack (pid 4242) is running on" in _one_line_failure(done)
 
 
 UNKNOWN_OPTION = "postgresql://budget:hunter2@/budget?bogus=1"

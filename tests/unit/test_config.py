@@ -25,6 +25,24 @@ def test_seed_keys_are_read(tmp_path: Path) -> None:
     assert settings.default_limit == Decimal("250.50")
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("1e50", "less than or equal to 1000000000000000"),
+        ("0." + "1" * 41, "no more than 40 decimal places"),
+        ("-1", "greater than or equal to 0"),
+    ],
+)
+def test_the_default_limit_is_bounded_as_a_policy_limit_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, why: str
+) -> None:
+    """It becomes the per-user policy: a value no policy may have is refused at once, not
+    when the enforcer publishes that policy."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"BUDGET_DEFAULT_LIMIT: .*{why}"):
+        load_settings(environ={"BUDGET_DEFAULT_LIMIT": value})
+
+
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "budget:\n  nats_url: nats://file:4222\n")
     settings = load_settings(path, environ={"BUDGET_NATS_URL": "nats://env:4222"})

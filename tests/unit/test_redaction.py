@@ -33,6 +33,10 @@ from support import ROOT
             "postgresql://h/db?sslmode=require&password=***",
         ),
         ("host=h password=hunter22 user=u", "host=h password=*** user=u"),
+        # libpq's key = value form: spaces around =, a quoted value (escapes in it)
+        ("host=h password = hunter22 user=u", "host=h password = *** user=u"),
+        ("host=h password='s3cret pw' port=5", "host=h password=*** port=5"),
+        ("password='it\\'s mine' port=5", "password=*** port=5"),
         ("key bmk_0a1b2c3d4e5f_Zm9vYmFy-_x", "key bmk_0a1b2c3d4e5f_***"),
         # base64 (openssl rand -base64) holds '/' and '+'; a NATS token is the user part
         ("postgresql://u:ab/cd+ef==@h/db", "postgresql://u:***@h/db"),
