@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 from enum import StrEnum
 from typing import Any
 
+from budget.one_line import one_line
 from events.queries import CellKind, ReportAnswer, ReportTable
 
 __all__ = ["ExportFormat", "Report", "Table", "from_answer", "to_answer"]
@@ -124,11 +125,11 @@ def _csv_cell(value: object) -> str:
 def _shown(value: Cell) -> str:
     if isinstance(value, Decimal):  # money to the cent, half up; sub-cent amounts in full
         if value and abs(value) < Decimal("0.01"):
-            return f"{value:.6f}"
+            return f"{value:f}"  # every digit: 0.0000001 is not 0.000000
         # Enough digits for any amount: the default 28 cannot quantize 1E+30 to cents.
         with localcontext(prec=max(28, value.adjusted() + 4)):
             return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
-    return _text(value).replace("|", "\\|")
+    return one_line(_text(value)).replace("|", "\\|")  # a line break would end the row
 
 
 # Reports travel over NATS (``events.queries.ReportAnswer``) with each column's kind, so

@@ -246,8 +246,9 @@ class ReportBuilder:
     ) -> Report:
         """Forecast daily spend (days of ``tz``) from today for ``days_to_project`` days
         and at least to the end of the month: per day with its interval, per calendar
-        month (a month's projection never runs past its end into the next), and when each
-        budget would be exhausted at this pace."""
+        month (each month the days reach, whole: a month's projection never stops part-way
+        through it nor runs past its end into the next), and when each budget would be
+        exhausted at this pace."""
         if days_to_project < 1:
             raise QueryFieldError("days", "days_to_project must be at least 1")
         now = utc_now()
@@ -255,6 +256,9 @@ class ReportBuilder:
         month_first = today.replace(day=1)
         month_last = (month_first + timedelta(days=31)).replace(day=1)
         horizon = max(days_to_project, (month_last - today).days)
+        # The months' table runs to the end of the last month the days reach.
+        last_month = (today + timedelta(horizon - 1)).replace(day=1)
+        months_horizon = ((last_month + timedelta(days=31)).replace(day=1) - today).days
         start, end = local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz)
         conn = self.conn
         history = await self._history(conn, "total", None, today, tz)
@@ -265,11 +269,11 @@ class ReportBuilder:
         if not history:
             empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
             return Report("Spend projection", start, end, [empty], _zone_note(tz))
-        ahead = forecast(history, horizon)
+        ahead = forecast(history, months_horizon)
         days = Table(
             "Daily forecast",
             ("day", "expected_usd", "low_usd", "high_usd"),
-            [(f.day, f.expected, f.low, f.high) for f in ahead],
+            [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
         )
         months: dict[date, list[Decimal]] = {}
         for f in ahead:
@@ -508,10 +512,16 @@ class ReportBuilder:
             history = await self._history(conn, dimension, key, today, tz)
             limit = window.policy.limit_amount
             running, exhausted = amount, today if amount >= limit else None
+            # ``amount`` holds today's spend so far: today adds only what it may still add.
+            so_far = (await self.daily(conn, dimension, key, today, 1, tz)).get(today)
+            spent_today = so_far[0] if so_far is not None else Decimal(0)
             for f in forecast(history, horizon) if history else []:
                 if local_midnight(f.day, tz) >= window.end:
                     break  # the period resets: later spend counts against the next one
-                running += f.expected
+                if f.day == today:
+                    running += max(f.expected - spent_today, Decimal(0))
+                else:
+                    running += f.expected
                 if exhausted is None and running >= limit:
                     exhausted = f.day
             at_end = running.quantize(Decimal("0.01"))

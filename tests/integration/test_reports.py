@@ -219,17 +219,27 @@ async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(
     history = [
         usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 29)
     ]
-    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *history])
+    so_far_today = usage_event(cost="7.00", at=now)
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *history, so_far_today])
     await materialize(nc, db, topology, "policies")
     report = await generator.generate_projection_report(days_to_project=40)
     forecast_days = report.tables[0].records()
     assert len(forecast_days) >= 40
     assert {r["expected_usd"] for r in forecast_days} == {Decimal("10.00")}  # a flat $10/day
     months = report.tables[1].records()
-    assert len(months) >= 2  # the current month, then the next one on its own
-    assert months[1]["actual_usd"] == 0
+    assert len(months) >= 2  # the current month, then the next ones on their own
+    for later in months[1:]:  # whole months, the last one too
+        first = later["month"]
+        days = ((first + timedelta(days=31)).replace(day=1) - first).days
+        assert (later["actual_usd"], later["projected_total_usd"]) == (0, 10 * days)
     [budget] = report.tables[2].records()
     assert budget["policy"] == "All spend"
+    # today's $7 is in the spend; today adds only the $3 it may still add, then $10 a day
+    month_end = (today.date().replace(day=1) + timedelta(days=31)).replace(day=1)
+    after_today = (month_end - today.date()).days - 1
+    this_month = sum(Decimal("10.00") for e in history if e.occurred_at >= today.replace(day=1))
+    assert budget["spent_usd"] == this_month + 7
+    assert budget["projected_at_period_end_usd"] == this_month + 10 + 10 * after_today
     assert any("method: least-squares" in note for note in report.notes)
 
 

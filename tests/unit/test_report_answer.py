@@ -49,6 +49,19 @@ def test_markdown_shows_amounts_of_any_size() -> None:
     assert "| 1,234.57 |" in text
 
 
+def test_markdown_shows_sub_cent_amounts_in_full_and_one_row_per_row() -> None:
+    """A cheap embedding call's cost is not shown as zero; a user id with a line break
+    (the contract allows it) does not break the table."""
+    report = Report(
+        "calls",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 2, 1, tzinfo=UTC),
+        [Table("t", ("user", "cost"), [("bob\n| forged | row |", Decimal("1E-7"))])],
+    )
+    rows = [line for line in report.to_markdown().splitlines() if line.startswith("| bob")]
+    assert rows == ["| bob \\| forged \\| row \\| | 0.0000001 |"]
+
+
 def test_csv_defuses_formulas_in_text_and_keeps_numbers() -> None:
     """A user id like ``=HYPERLINK(...)`` must not run when the export is opened in a
     spreadsheet; a negative amount stays a number."""
