@@ -339,7 +339,11 @@ class BudgetChecker:
             fetched=time.monotonic(),
             windows=windows,
             enforced=any(w.policy.action.enforced for w, _ in windows),
-            rolls_over=min((w.end for w, _ in windows), default=None),
+            rolls_over=min(
+                [w.end for w, _ in windows]
+                + ([snapshot.changes_at] if snapshot.changes_at else []),
+                default=None,
+            ),
             policies_position=snapshot.policies_position,
             as_of=snapshot.as_of,
         )

@@ -100,6 +100,10 @@ class Snapshot(_Message):
     enforced_anywhere: bool = Field(
         default=True, description="some live policy, for any call, is BLOCK or THROTTLE"
     )
+    changes_at: UtcDatetime | None = Field(
+        default=None,
+        description="when a live policy's custom range begins: the answer is stale from then",
+    )
 
 
 class PolicyStatus(_Message):

@@ -276,6 +276,12 @@ class Enforcer:
             ],
             as_of=now,
             policies_position=position,
+            # A custom range that begins later makes this answer stale then (for any call:
+            # which calls it will count is the enforcer's to say at that time).
+            changes_at=min(
+                (p.custom_start for p in policies if p.custom_start and p.custom_start > now),
+                default=None,
+            ),
             enforced_anywhere=any(p.action.enforced for p in policies),
         )
 

@@ -8,17 +8,19 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
+import budget.checks
 from budget.checks import BudgetCheckFailed
 from budget.config import Settings
 from budget.policy_log import POLICY_NEWS_WITHIN, PolicyLog
 from budget.tracker import start_usage_tracker
-from events import LimitAction, Topology
+from events import LimitAction, Topology, utc_now
 from events.rpc import CheckResult
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
@@ -230,3 +232,29 @@ async def test_closing_stops_the_policy_log_read_in_flight(nc: Client, topology:
     policy_log.close()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+async def test_a_cached_snapshot_is_stale_once_a_custom_policy_begins(
+    stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign's BLOCK limit that begins at the next quarter hour is in no window of a
+    snapshot taken before it: the snapshot answers no call from then on (not until its
+    time to live runs out)."""
+    now = utc_now()
+    begins = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+    begins += timedelta(minutes=15)
+    await stack.set_policy(policy_id="watch", limit_amount="1000", action="warn")
+    await stack.set_policy(
+        policy_id="campaign",
+        limit_amount="0.01",
+        action="block",
+        period="custom",
+        custom_start=begins,
+        custom_end=begins + timedelta(days=1),
+    )
+    for _ in range(2):  # the snapshot, then the policy log's end read: the cache answers
+        first = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=Decimal(1))
+        assert first.allowed and [p.policy_id for p in first.policies] == ["watch"]
+    assert stack.tracker.admits_if_cached("gpt-4o", user_id="u1", estimated_cost=Decimal(1))
+    monkeypatch.setattr(budget.checks, "utc_now", lambda: begins + timedelta(seconds=1))
+    assert not stack.tracker.admits_if_cached("gpt-4o", user_id="u1", estimated_cost=Decimal(1))
