@@ -193,12 +193,22 @@ class SpendProjection(Projection):
         if not self.settles_reservations:
             return ""
         # Only the live version: a rebuild must not release what the live one has not
-        # counted yet (readers also treat ledgered reservations as settled).
+        # counted yet (readers also treat ledgered reservations as settled). An unpriced
+        # call counts nothing: its hold stays, past its expiry, until the call is priced
+        # (``projections.windows.SETTLED``), so a BLOCK limit still counts its estimate.
+        live = (
+            "EXISTS (SELECT FROM projection_registry"
+            f" WHERE name = '{self.name}' AND active_version = {version})"
+        )
         return f""", settled AS (
                 DELETE FROM reservation_holds
-                WHERE reservation_id IN (SELECT reservation_id FROM batch)
-                  AND EXISTS (SELECT FROM projection_registry
-                              WHERE name = '{self.name}' AND active_version = {version})
+                WHERE reservation_id IN (SELECT reservation_id FROM batch
+                                         WHERE cost IS NOT NULL)
+                  AND {live}
+            ), held AS (
+                UPDATE reservation_holds SET expires_at = 'infinity'
+                WHERE reservation_id IN (SELECT reservation_id FROM batch WHERE cost IS NULL)
+                  AND {live}
             )"""
 
     async def _add_corrections(self, conn: Connection, version: int, booked: list[Booked]) -> None:

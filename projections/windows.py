@@ -18,6 +18,7 @@ from budget.policies import PolicyWindow
 from projections.engine.projection import Connection
 
 __all__ = [
+    "SETTLED",
     "Cursor",
     "fetch_window_sums",
     "query_window_sums",
@@ -28,12 +29,21 @@ __all__ = [
 
 Cursor = AsyncCursor[Any]
 
-_HOLDS = """
+SETTLED = """EXISTS (SELECT FROM spend_ledger l
+                        WHERE l.reservation_id = h.reservation_id
+                          AND (l.cost IS NOT NULL
+                               OR EXISTS (SELECT FROM spend_corrections c
+                                          WHERE c.corrects = l.event_id
+                                            AND c.cost IS NOT NULL)))"""
+"""Whether the hold ``h`` is settled: the live spend projection has counted its call at a
+price (its own, or a correction's). An unpriced call counts nothing: its hold stays until
+the call is priced (``budget reprice``), so a BLOCK limit holds."""
+
+_HOLDS = f"""
              + coalesce((SELECT sum(h.amount) FROM reservation_holds h
                          WHERE h.policy_id = w.policy_id AND h.window_key = w.key
                            AND h.window_start = w.start AND h.expires_at > now()
-                           AND NOT EXISTS (SELECT FROM spend_ledger l
-                                           WHERE l.reservation_id = h.reservation_id)), 0)"""
+                           AND NOT {SETTLED}), 0)"""
 
 
 def window_sum_sql(buckets: str, *, holds: bool = False) -> str:

@@ -25,7 +25,7 @@ from decimal import Decimal
 from budget.policies import PolicyWindow
 from projections.engine.checkpoints import LIVE_POSITION_SQL
 from projections.engine.projection import Connection
-from projections.windows import window_sum_sql, windows_param
+from projections.windows import SETTLED, window_sum_sql, windows_param
 
 __all__ = [
     "FOREIGN",
@@ -211,18 +211,18 @@ async def foreign_holds(conn: Connection, reservation_ids: Iterable[str], caller
 
 
 async def release_finished(conn: Connection) -> tuple[int, int]:
-    """Delete holds that expired or whose usage reached the live ledger (settled by a
-    rebuilt version, which leaves deletion to this job). Returns (expired, settled)."""
+    """Delete holds that expired or whose usage reached the live ledger at a price
+    (``SETTLED``: settled by a rebuilt version, which leaves deletion to this job, or an
+    unpriced call's, once repriced). Returns (expired, settled)."""
     cursor = await conn.execute(
-        """
+        f"""
         WITH gone AS (
             DELETE FROM reservation_holds h
-            WHERE h.expires_at <= now()
-               OR EXISTS (SELECT FROM spend_ledger l WHERE l.reservation_id = h.reservation_id)
+            WHERE h.expires_at <= now() OR {SETTLED}
             RETURNING h.expires_at <= now() AS expired
         )
         SELECT count(*) FILTER (WHERE expired), count(*) FILTER (WHERE NOT expired) FROM gone
-        """
+        """.encode()
     )
     row = await cursor.fetchone()
     assert row is not None

@@ -17,7 +17,15 @@ from nats.aio.client import Client
 
 from budget.checks import BudgetExceeded
 from budget.config import Settings
-from events import BudgetScope, LimitAction, RequestBlocked, Topology, decode, utc_now
+from events import (
+    BudgetScope,
+    LimitAction,
+    RequestBlocked,
+    Topology,
+    UsageRepriced,
+    decode,
+    utc_now,
+)
 from events.rpc import CheckRequest, CheckResult
 from services.enforcer import Enforcer, EnforcerConfig, _Pending
 
@@ -159,6 +167,65 @@ async def test_a_provider_is_one_key_however_it_is_spelt(stack: EnforcementStack
         return check.current_spend == recorded.cost and not check.allowed
 
     await wait_for(counted, within=10)
+
+
+async def test_an_unpriced_call_holds_its_estimate_until_it_is_priced(
+    stack: EnforcementStack,
+) -> None:
+    """A model without a price is checked with the caller's estimate and recorded
+    unpriced: it counts nothing, so its hold stays and the BLOCK limit keeps counting the
+    estimate, until a correction prices the call; then the price counts instead."""
+    await stack.set_policy(limit_amount="0.25", action="block")
+    model = "in-house-model-7"  # in no price layer
+
+    async def check(reserve: bool = True) -> CheckResult:
+        return await stack.tracker.check_budget(
+            model, user_id="u1", estimated_cost=DIME, reserve=reserve
+        )
+
+    first = await check()
+    assert first.allowed and first.reservation_id
+    recorded = await stack.tracker.record_usage(
+        model=model,
+        provider="acme",
+        input_tokens=10,
+        output_tokens=5,
+        user_id="u1",
+        reservation_id=first.reservation_id,
+    )
+    assert recorded.cost is None
+    await stack.tracker.flush()
+
+    async def counted() -> bool:
+        """the live spend projection has counted the unpriced call"""
+        found = await rows(
+            stack.settings.database_url,
+            "SELECT 1 FROM spend_ledger WHERE reservation_id = %s",
+            (first.reservation_id,),
+        )
+        return bool(found)
+
+    await wait_for(counted, within=10)
+    assert (await check()).allowed  # the first call's $0.10 still held, and this one's
+    third = await check()
+    assert not third.allowed and third.current_spend == 2 * DIME
+    priced = UsageRepriced(
+        occurred_at=recorded.occurred_at,
+        corrects=recorded.event_id,
+        cost=Decimal("0.01"),
+        provider=recorded.provider,
+        model=model,
+        user_id="u1",
+        reason="priced at last",
+    )
+    await stack.tracker.publisher.publish(priced)
+    await stack.tracker.flush()
+
+    async def repriced() -> bool:
+        """the call counts at its price now, not its hold (the second hold stays)"""
+        return (await check(reserve=False)).current_spend == Decimal("0.01") + DIME
+
+    await wait_for(repriced, within=10)
 
 
 async def test_unsettled_reservations_expire_and_are_released(
