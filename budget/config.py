@@ -12,7 +12,7 @@ from datetime import timedelta
 from decimal import Decimal
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from budget.pricing.overrides import PriceOverride
-from budget.redaction import holds_secret, redact
+from budget.redaction import SECRET_TEXT, holds_secret, redact
 from events import BudgetPolicy, TimeBounds, Topology
 from events.policy import Limit
 from events.subjects import caller_token
@@ -128,7 +128,7 @@ def _is_address(text: str) -> bool:
 
 
 class WebhookChannel(_Channel):
-    url: str = ""
+    url: Annotated[str, SECRET_TEXT] = ""
     secret: SecretStr | None = Field(
         default=None,
         description="HMAC-SHA256 key; X-Budget-Signature proves origin and time (docs/alerts.md)",

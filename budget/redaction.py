@@ -23,6 +23,7 @@ from pydantic import BaseModel, SecretStr
 
 __all__ = [
     "MASK",
+    "SECRET_TEXT",
     "holds_secret",
     "install_redaction",
     "protect",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 MASK = "***"
+SECRET_TEXT = object()
+"""Marks a ``str`` field whose whole value is secret (``Annotated[str, SECRET_TEXT]``): a
+webhook URL carries its token in its path (Slack's, Discord's), not as a password."""
 MIN_SECRET_LENGTH = 4
 """Shorter values are not masked by value: they would mask ordinary words in every line
 (and protect nothing; the patterns above still mask them in URLs)."""
@@ -97,8 +101,11 @@ def secrets_of(value: Any) -> Iterator[str]:
     if isinstance(value, SecretStr):
         yield value.get_secret_value()
     elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from secrets_of(getattr(value, name))
+        for name, field in type(value).model_fields.items():
+            text = getattr(value, name)
+            if SECRET_TEXT in field.metadata and isinstance(text, str) and text:
+                yield text
+            yield from secrets_of(text)
     elif isinstance(value, str):
         yield from url_passwords(value)
     elif isinstance(value, (tuple, list)):

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from budget.config import AlertChannels, ConfigError, Settings, load_settings, shown_url
-from budget.redaction import holds_secret, redact, secrets_of
+from budget.redaction import holds_secret, protect, redact, secrets_of
 from services.notifier import _reason
 
 from support import ROOT
@@ -63,15 +63,29 @@ def test_a_settings_secrets_are_its_secret_fields_and_url_passwords() -> None:
         database_url="postgresql://u:dbpass@h/db",
         api_session_secret=SecretStr("session-secret"),
         alert_channels=AlertChannels.model_validate(
-            {"webhook": {"secret": "hook-secret"}, "email": {"password": "smtp-pass"}}
+            {
+                "webhook": {"secret": "hook-secret", "url": HOOK},
+                "email": {"password": "smtp-pass"},
+            }
         ),
     )
     assert sorted(secrets_of(settings)) == sorted(
-        ["natspass", "dbpass", "session-secret", "hook-secret", "smtp-pass"]
+        ["natspass", "dbpass", "session-secret", "hook-secret", "smtp-pass", HOOK]
     )
     for secret in secrets_of(settings):
-        assert secret not in repr(settings)
-        assert secret not in str(settings)
+        if secret != HOOK:  # a plain text field: masked wherever it is shown, not hidden
+            assert secret not in repr(settings)
+            assert secret not in str(settings)
+
+
+HOOK = "https://hooks.slack.com/services/T0001/B0002/XXXXsecrettokenXXXX"
+
+
+def test_a_webhook_urls_token_never_reaches_a_log() -> None:
+    """Its token is in its path (Slack's, Discord's), not a password: the whole URL is
+    one of the settings' secrets, masked wherever it appears."""
+    protect(*secrets_of(AlertChannels.model_validate({"webhook": {"url": HOOK}})))
+    assert redact(f"delivery to {HOOK} failed: 500") == "delivery to *** failed: 500"
 
 
 @pytest.mark.parametrize(
