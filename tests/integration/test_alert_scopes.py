@@ -42,6 +42,15 @@ async def evaluated(db: str, events: list[Event]) -> list[list[tuple[Any, ...]]]
     return whole
 
 
+def every_threshold(key: str, total: str, cause: str) -> list[tuple[str, str, str, str]]:
+    """The default rules' three alerts (as ``evaluated`` lists them) about ``key``."""
+    return [
+        (AlertType.LIMIT_EXCEEDED.value, key, total, cause),
+        (AlertType.THRESHOLD_CRITICAL.value, key, total, cause),
+        (AlertType.THRESHOLD_WARNING.value, key, total, cause),
+    ]
+
+
 def spend(user: str, cost: str, minute: int) -> Event:
     return usage_event(user=user, cost=cost, at=AT.replace(minute=minute))
 
@@ -67,11 +76,7 @@ async def test_a_users_own_policy_replaces_the_per_user_one_for_that_user(db: st
     alerts, _ = await evaluated(db, events)
 
     cause = str(crossing.event_id)
-    assert alerts == [
-        (AlertType.LIMIT_EXCEEDED.value, "alice", "1", cause),
-        (AlertType.THRESHOLD_CRITICAL.value, "alice", "1", cause),
-        (AlertType.THRESHOLD_WARNING.value, "alice", "1", cause),
-    ]
+    assert alerts == every_threshold("alice", "1", cause)
 
 
 async def test_a_users_own_policy_out_of_its_range_leaves_her_the_per_user_one(
@@ -100,11 +105,7 @@ async def test_a_users_own_policy_out_of_its_range_leaves_her_the_per_user_one(
     alerts, _ = await evaluated(db, events)
 
     cause = str(crossing.event_id)
-    assert alerts == [
-        (AlertType.LIMIT_EXCEEDED.value, "alice", "1", cause),
-        (AlertType.THRESHOLD_CRITICAL.value, "alice", "1", cause),
-        (AlertType.THRESHOLD_WARNING.value, "alice", "1", cause),
-    ]
+    assert alerts == every_threshold("alice", "1", cause)
 
 
 def team_cap(limit: str, minute: int) -> PolicySet:
@@ -149,11 +150,8 @@ async def test_a_limit_lowered_below_the_spend_raises_what_it_passed_at_once(
     )
     assert alerts == [
         (AlertType.THRESHOLD_WARNING.value, "*", "85", by_usage),
-        (AlertType.LIMIT_EXCEEDED.value, "*", "85", by_change),
-        (AlertType.THRESHOLD_CRITICAL.value, "*", "85", by_change),
-        (AlertType.LIMIT_EXCEEDED.value, "alice", "85", by_new),
-        (AlertType.THRESHOLD_CRITICAL.value, "alice", "85", by_new),
-        (AlertType.THRESHOLD_WARNING.value, "alice", "85", by_new),
+        *every_threshold("*", "85", by_change)[:2],  # 80 % of the period was raised
+        *every_threshold("alice", "85", by_new),
     ]
 
 
