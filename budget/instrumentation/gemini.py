@@ -7,20 +7,27 @@ are the call's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from google.genai import errors
 
 from budget.checks import BudgetExceeded
-from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.lifecycle import (
+    Attribution,
+    Lifecycle,
+    Measured,
+    Plan,
+    in_scope,
+    keyword_scope,
+)
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
     output_allowance,
     request_tokens,
     requested_model,
 )
-from budget.instrumentation.wrapping import patch, untracked
+from budget.instrumentation.wrapping import patch, replace, untracked
 from budget.usage import modality_tokens, usage_from_response
 from events import Usage
 
@@ -111,6 +118,9 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             _GENERATE_STREAM,
             asynchronous=asynchronous,
         )
+        if sends:  # the public methods take the budget_* keywords to the requests they send
+            for name in ("generate_content", "generate_content_stream"):
+                replace(models, name, _keywords_passed(asynchronous, stream="stream" in name))
         patch(models, "embed_content", lifecycle, _EMBED, asynchronous=asynchronous)
         for name, why in _UNRECORDED:
             untracked(models, name, f"google-genai models.{name}", why)
@@ -121,6 +131,66 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             "google-genai batches.create",
             "a batch is billed as its requests complete, long after this call",
         )
+
+
+def _keywords_passed(
+    asynchronous: bool, *, stream: bool
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A public method that takes the ``budget_*`` keywords off its call and holds them as
+    the enclosing scope while it, and for a stream its iteration, sends the requests."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        if asynchronous:
+
+            async def passing(*args: Any, **kwargs: Any) -> Any:
+                scope = keyword_scope(kwargs)
+                if scope is None:
+                    return await original(*args, **kwargs)
+                with in_scope(scope):
+                    answer = await original(*args, **kwargs)
+                return _ScopedAsyncIterator(answer, scope) if stream else answer
+
+            return passing
+
+        def passing_sync(*args: Any, **kwargs: Any) -> Any:
+            scope = keyword_scope(kwargs)
+            if scope is None:
+                return original(*args, **kwargs)
+            with in_scope(scope):
+                answer = original(*args, **kwargs)
+            return _ScopedIterator(answer, scope) if stream else answer
+
+        return passing_sync
+
+    return make
+
+
+class _ScopedIterator:
+    """A stream whose requests (sent as it is read) are charged to ``scope``."""
+
+    def __init__(self, items: Any, scope: Attribution) -> None:
+        self._items, self._scope = items, scope
+
+    def __iter__(self) -> _ScopedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        with in_scope(self._scope):
+            return next(self._items)
+
+
+class _ScopedAsyncIterator:
+    """``_ScopedIterator`` for an async stream."""
+
+    def __init__(self, items: Any, scope: Attribution) -> None:
+        self._items, self._scope = items, scope
+
+    def __aiter__(self) -> _ScopedAsyncIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        with in_scope(self._scope):
+            return await self._items.__anext__()
 
 
 _UNRECORDED = (

@@ -38,6 +38,8 @@ __all__ = [
     "Plan",
     "Refusal",
     "attribute_to",
+    "in_scope",
+    "keyword_scope",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,27 @@ def attribute_to(
     (over the client's own; nested blocks layer the same way)."""
     mine = Attribution(user_id, project_id, dict(tags or {}))
     token = _scoped.set(mine if (outer := _scoped.get()) is None else outer.under(mine))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
+def keyword_scope(kwargs: MutableMapping[str, Any]) -> Attribution | None:
+    """The scope a call's ``budget_*`` keywords (taken out of ``kwargs``) make over the
+    enclosing ``attribute_to`` blocks, for a method whose requests are sent by another one
+    it calls (``in_scope``); None when it has none."""
+    call = _call_attribution(kwargs)
+    if call is None:
+        return None
+    outer = _scoped.get()
+    return call if outer is None else outer.under(call)
+
+
+@contextlib.contextmanager
+def in_scope(attribution: Attribution) -> Iterator[None]:
+    """``attribution`` as the enclosing scope (``keyword_scope``'s) inside the block."""
+    token = _scoped.set(attribution)
     try:
         yield
     finally:

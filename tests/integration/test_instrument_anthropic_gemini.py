@@ -261,14 +261,19 @@ async def test_gemini_content_and_its_stream_record_exact_usage_once(
             chunks = await in_thread(
                 lambda: list(
                     models.generate_content_stream(
-                        model="gemini-2.5-flash", contents="Fox", config=config
+                        model="gemini-2.5-flash",
+                        contents="Fox",
+                        config=config,
+                        budget_user_id="streamer",
                     )
                 )
             )
         else:
             aio = client.aio.models
             await aio.generate_content(model="gemini-2.5-flash", contents="AI?", config=config)
-            stream = await aio.generate_content_stream(model="gemini-2.5-flash", contents="Fox")
+            stream = await aio.generate_content_stream(
+                model="gemini-2.5-flash", contents="Fox", budget_user_id="streamer"
+            )
             chunks = [chunk async for chunk in stream]
         events = await recorded.exactly(stack.tracker, 2)
     assert (
@@ -282,6 +287,7 @@ async def test_gemini_content_and_its_stream_record_exact_usage_once(
     assert streamed.usage == Usage(input_uncached=11, output_text=10, output_reasoning=40)
     assert streamed.cost == per_million(a=("0.30", 11), b=("2.50", 50))
     assert_each(events, provider="google", model="gemini-2.5-flash", project_id="apollo")
+    assert (content.user_id, streamed.user_id) == (None, "streamer")
 
 
 def get_weather(city: str) -> str:
@@ -299,7 +305,12 @@ async def test_each_round_of_gemini_automatic_function_calling_is_recorded(
     api = ProviderApi()
     client = gemini_client(api, stack)
     config = types.GenerateContentConfig(tools=[get_weather])
-    call = {"model": "gemini-2.5-flash", "contents": "Weather in Paris?", "config": config}
+    call = {
+        "model": "gemini-2.5-flash",
+        "contents": "Weather in Paris?",
+        "config": config,
+        "budget_user_id": "bob",  # taken off the call, charged on each of its requests
+    }
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
             answer = await in_thread(lambda: client.models.generate_content(**call))
@@ -312,6 +323,7 @@ async def test_each_round_of_gemini_automatic_function_calling_is_recorded(
         Usage(input_uncached=61, output_text=15, output_reasoning=76),
         Usage(input_uncached=8, output_text=212, output_reasoning=913),
     ]
+    assert_each(events, user_id="bob")
 
 
 @sync_and_async
