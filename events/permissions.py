@@ -10,7 +10,8 @@ the asker's own account, so a host that names ``<prefix>.events.policy.deleted``
 reply of its usage gets the acknowledgement in its own account, never on the services'
 log.
 
-- ``service``: the workers, services and admin commands: the whole prefix and JetStream.
+- ``service``: the workers, services and admin commands: the whole prefix and JetStream,
+  but for deleting a stream.
 - ``host``: a host app or team: records usage, asks the services under its own name,
   reads the policy log's end (the last policy event, which the query service shows it
   anyway) and gets replies in its own inbox only.
@@ -50,6 +51,8 @@ class Permissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    deny_publish: tuple[str, ...] = ()
+    """Subjects refused though ``publish`` would allow them."""
 
 
 def inbox_prefix(user: str) -> str:
@@ -73,6 +76,9 @@ def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
                 "_R_.>",
             ),
             subscribe=(f"{topology.prefix}.>", inbox),
+            # The log is the source of truth: no service deletes a stream (the streams'
+            # own deny_delete and deny_purge keep their messages).
+            deny_publish=("$JS.API.STREAM.DELETE.>",),
         )
     if role == "host":
         return Permissions(
@@ -128,6 +134,9 @@ def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> 
     for role in ROLES:
         granted = permissions(role, user=caller or "user", topology=topology)
         patterns = granted.publish if publish else granted.subscribe
-        if any(subject_matches(p, subject) for p in patterns):
+        denied = granted.deny_publish if publish else ()
+        if any(subject_matches(p, subject) for p in patterns) and not any(
+            subject_matches(p, subject) for p in denied
+        ):
             allowed.append(role)
     return allowed

@@ -499,6 +499,9 @@ class EmbeddedPostgres(_Server):
         from psycopg import sql
 
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            # PostgreSQL lets every role connect to (and make temporary tables in) the
+            # stock databases: the service role reaches its own database alone.
+            conn.execute("REVOKE CONNECT, TEMPORARY ON DATABASE postgres, template1 FROM PUBLIC")
             row = conn.execute(
                 "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()

@@ -296,7 +296,11 @@ def move_streams_into_accounts(store_dir: Path) -> bool:
 def _render_permissions(role: Role, user: str, topology: Topology) -> str:
     granted = permissions(role, user=user, topology=topology)
     # An empty allow list would allow everything: deny all instead.
-    publish = {"allow": list(granted.publish)} if granted.publish else {"deny": [">"]}
+    publish: dict[str, list[str]] = (
+        {"allow": list(granted.publish)} if granted.publish else {"deny": [">"]}
+    )
+    if granted.deny_publish:
+        publish["deny"] = list(granted.deny_publish)
     return json.dumps({"publish": publish, "subscribe": {"allow": list(granted.subscribe)}})
 
 

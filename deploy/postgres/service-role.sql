@@ -23,3 +23,6 @@ ALTER ROLE budget LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPA
     PASSWORD :'password';
 \unset password
 ALTER DATABASE :"DBNAME" OWNER TO budget;
+-- PostgreSQL lets every role connect to (and make temporary tables in) any database: the
+-- services' role reaches its own alone.
+REVOKE CONNECT, TEMPORARY ON DATABASE postgres, template1 FROM PUBLIC;

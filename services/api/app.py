@@ -61,7 +61,9 @@ def create_app(
             " usage and checks budgets. Errors are RFC 9457 problem details."
         ),
         lifespan=lifespan,
-        docs_url="/api/docs",
+        # No interactive page: FastAPI's loads Swagger UI from a CDN, unpinned, onto the
+        # console's origin; the document itself is served and committed (docs/openapi.json).
+        docs_url=None,
         redoc_url=None,
         openapi_url="/api/v1/openapi.json",
     )

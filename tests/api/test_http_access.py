@@ -102,6 +102,13 @@ def status_of(http: httpx.Client, method: str, path: str, body: Any) -> int:
         return answer.status_code
 
 
+def test_no_page_loads_a_script_from_elsewhere(stack: LiveStack) -> None:
+    """FastAPI's interactive docs page would load Swagger UI from a CDN onto this origin:
+    there is none; the document is served."""
+    assert httpx.get(stack.base_url + "/api/docs").status_code == 404
+    assert httpx.get(stack.base_url + "/api/v1/openapi.json").status_code == 200
+
+
 def test_the_matrix_covers_every_route(stack: LiveStack) -> None:
     document = httpx.get(stack.base_url + "/api/v1/openapi.json").json()
     documented = {

@@ -52,25 +52,22 @@ async def stack(
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    """A server of its own for each test: no credential may delete its streams."""
     with secured_nats(tmp_path_factory.mktemp("secured")) as server:
         yield server
 
 
 @pytest.fixture
 async def service(secured: Secured) -> AsyncIterator[Client]:
-    """A ``service`` connection to ``secured`` with the streams declared (and deleted
-    afterwards)."""
+    """A ``service`` connection to ``secured`` with the streams declared."""
     options = nats_options(secured.settings("service"))
     client = await connect_nats(secured.server.url, within=5, **options)
-    js = client.jetstream()
-    await declare_streams(js, secured.topology)
+    await declare_streams(client.jetstream(), secured.topology)
     try:
         yield client
     finally:
-        for spec in (secured.topology.event_stream, secured.topology.dead_letter_stream):
-            await js.delete_stream(spec.name)
         await client.close()
 
 

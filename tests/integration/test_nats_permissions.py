@@ -381,3 +381,13 @@ async def test_the_service_credential_rebuilds_a_projection_from_the_log(
     )
     assert version == 2
     assert await rows(db, "SELECT count(*) FROM spend_ledger") == [(1,)]
+
+
+async def test_no_credential_deletes_the_event_log(secured: Secured, service: Client) -> None:
+    """The log is the source of truth: the services' credential does everything JetStream
+    offers but deleting a stream."""
+    stream = secured.topology.event_stream.name
+    js = service.jetstream()
+    with pytest.raises(PermissionDenied):
+        await permitted(service, f"$JS.API.STREAM.DELETE.{stream}", js.delete_stream(stream))
+    assert (await js.stream_info(stream)).config.name == stream

@@ -53,6 +53,9 @@ def test_a_connection_needs_the_password_the_passfile_holds(
             " WHERE rolname = current_user"
         ).fetchone()
     assert row == (SERVICE_ROLE, False, False, False)
+    for other in ("postgres", "template1"):  # its own database alone
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(embedded_postgres.url_for(other)).close()
     with psycopg.connect(embedded_postgres.admin_url) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (ADMIN_ROLE,)
         methods = conn.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules").fetchall()
@@ -249,6 +252,9 @@ def test_the_compose_init_script_makes_a_service_role_that_owns_the_database_and
             conn.execute("CREATE ROLE intruder")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+    other = _without_passfile(embedded_postgres.url_for("template1"))
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(other, password="it's:a\\secret").close()
     assert role == (SERVICE_ROLE, False, False, False, False)
     assert owner == (SERVICE_ROLE,)
     assert table_owners == [(SERVICE_ROLE,)]  # the migrations ran as the service role
