@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from budget.policies import canonical_policy
 from events import BudgetPolicy, PolicyDeleted, PolicySet
 from events.policy import POLICY_CHANGES
 from projections.change_log import ChangeLog
@@ -59,8 +60,12 @@ class PoliciesProjection(Projection):
 
 
 async def load_policies(conn: Connection, log: str = "budget_policy_log") -> list[BudgetPolicy]:
-    """The policies in ``log`` (by default the live projection's), in a stable order."""
+    """The policies in ``log`` (by default the live projection's), in a stable order; a
+    provider policy keyed as usage is (``canonical_policy``: one set before that rule, as
+    "OpenAI", applies to "openai")."""
     cursor = await conn.execute(
         f"SELECT policy FROM {log} WHERE NOT deleted ORDER BY policy_id".encode()
     )
-    return [BudgetPolicy.model_validate(row[0]) for row in await cursor.fetchall()]
+    return [
+        canonical_policy(BudgetPolicy.model_validate(row[0])) for row in await cursor.fetchall()
+    ]

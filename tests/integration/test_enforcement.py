@@ -18,8 +18,10 @@ from nats.aio.client import Client
 from budget.checks import BudgetExceeded
 from budget.config import Settings
 from events import (
+    BudgetPolicy,
     BudgetScope,
     LimitAction,
+    PolicySet,
     RequestBlocked,
     Topology,
     UsageRepriced,
@@ -167,6 +169,32 @@ async def test_a_provider_is_one_key_however_it_is_spelt(stack: EnforcementStack
         return check.current_spend == recorded.cost and not check.allowed
 
     await wait_for(counted, within=10)
+
+
+async def test_a_provider_policy_set_before_the_one_spelling_applies(
+    stack: EnforcementStack,
+) -> None:
+    """A policy an earlier release stored as "Anthropic" (published here as it was) is
+    read as "anthropic", the key checks and usage have."""
+    legacy = BudgetPolicy(
+        policy_id="legacy",
+        name="legacy",
+        scope=BudgetScope.PROVIDER,
+        scope_key="Anthropic",
+        limit_amount=Decimal("0.05"),
+        action=LimitAction.BLOCK,
+    )
+    await stack.tracker.publisher.publish(PolicySet(occurred_at=utc_now(), policy=legacy))
+    await stack.tracker.flush()
+
+    async def applies() -> bool:
+        """the enforcer judges a Claude call by it"""
+        check = await stack.tracker.check_budget(
+            "claude-sonnet-4-5", user_id="u1", estimated_cost=DIME, reserve=False
+        )
+        return [p.policy_id for p in check.policies] == ["legacy"] and not check.allowed
+
+    await wait_for(applies, within=10)
 
 
 async def test_an_unpriced_call_holds_its_estimate_until_it_is_priced(

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from budget.policies import canonical_policy
 from events import BudgetPolicy, BudgetScope
 from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services
@@ -45,7 +46,7 @@ async def create_policy(
     if not await api.manager.create_policy(policy, set_by=who.name):
         raise Problem(409, f"policy {policy.policy_id!r} exists; PUT replaces it")
     response.headers["Location"] = f"/api/v1/policies/{policy.policy_id}"
-    return policy
+    return canonical_policy(policy)  # as it was set
 
 
 @router.put("/{policy_id}", summary="Create or replace the policy with this id")
@@ -53,8 +54,7 @@ async def replace_policy(
     api: Api, who: Admin, policy_id: str, policy: BudgetPolicy
 ) -> BudgetPolicy:
     policy = with_path_id(policy, "policy_id", policy_id)
-    await api.manager.set_policy(policy, set_by=who.name)
-    return policy
+    return await api.manager.set_policy(policy, set_by=who.name)
 
 
 @router.delete("/{policy_id}", status_code=204, summary="Delete a policy")
