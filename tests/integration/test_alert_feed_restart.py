@@ -11,11 +11,13 @@ from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 import psycopg
+import pytest
 
 from projections.database_queries import DatabaseQueries
 from projections.engine.projection import Connection
 from projections.migrate import migrate
 from services.api.context import ApiServices
+from services.api.routes import alerts as alert_routes
 from services.api.routes.alerts import _feed
 from services.embedded import EmbeddedPostgres
 
@@ -41,14 +43,20 @@ class _CountedReads(DatabaseQueries):
         return await super().read(query)
 
 
+async def _still_reading(request: object, reader: object) -> bool:
+    return True  # the reader's key is live (its recheck: tests/api/test_http_alerts.py)
+
+
 async def test_an_open_feed_outlives_the_database_being_down(
-    embedded_postgres: EmbeddedPostgres,
+    embedded_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = embedded_postgres.url
     migrate(url)
     queries = _CountedReads(url, connections=2)
     api = cast(ApiServices, SimpleNamespace(database=queries))
-    feed = cast(AsyncGenerator[bytes, None], _feed(cast(Any, _OpenRequest()), api))
+    monkeypatch.setattr(alert_routes, "_still_reading", _still_reading)
+    reader = cast(Any, None)
+    feed = cast(AsyncGenerator[bytes, None], _feed(cast(Any, _OpenRequest()), api, reader))
     assert await anext(feed) == b": connected\n\n"
     following = asyncio.ensure_future(anext(feed))
     try:
