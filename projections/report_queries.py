@@ -512,9 +512,13 @@ class ReportBuilder:
             history = await self._history(conn, dimension, key, today, tz)
             limit = window.policy.limit_amount
             running, exhausted = amount, today if amount >= limit else None
-            # ``amount`` holds today's spend so far: today adds only what it may still add.
-            so_far = (await self.daily(conn, dimension, key, today, 1, tz)).get(today)
-            spent_today = so_far[0] if so_far is not None else Decimal(0)
+            # ``amount`` holds today's spend so far: today adds only what it may still add
+            # (a window begun today holds nothing of before it).
+            if window.start >= local_midnight(today, tz):
+                spent_today = amount
+            else:
+                so_far = (await self.daily(conn, dimension, key, today, 1, tz)).get(today)
+                spent_today = so_far[0] if so_far is not None else Decimal(0)
             for f in forecast(history, horizon) if history else []:
                 if local_midnight(f.day, tz) >= window.end:
                     break  # the period resets: later spend counts against the next one

@@ -77,17 +77,19 @@ def _record_on_close(response: Any, call: Call, observer: Observer) -> None:
     helpers (and a raw response's stream) close that, not the stream they read, and hold
     themselves in a reference cycle, so nothing else would record before the cycle
     collector ran. The closures hold the call and observer, not the watched stream (which
-    would be a cycle of its own)."""
+    would be a cycle of its own), and record in the call's context (its span), wherever
+    the response is closed: by the collector too."""
     if response is None:
         return
     close, aclose = getattr(response, "close", None), getattr(response, "aclose", None)
+    context = contextvars.copy_context()
     if callable(close):
 
         def closing(*args: Any, **kwargs: Any) -> Any:
             try:
                 return close(*args, **kwargs)
             finally:
-                record_seen(call, observer)
+                context.run(record_seen, call, observer)
 
         response.close = closing
     if callable(aclose):
@@ -96,7 +98,7 @@ def _record_on_close(response: Any, call: Call, observer: Observer) -> None:
             try:
                 return await aclose(*args, **kwargs)
             finally:
-                record_seen(call, observer)
+                context.run(record_seen, call, observer)
 
         response.aclose = aclosing
 
