@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from budget.config import Settings
 from budget.enforcement import assess, decide
+from budget.periods import quarter_hour_number
 from budget.policies import PolicyWindow
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
@@ -123,8 +124,7 @@ class BudgetChecker:
         None: the model has no price. Kept for the quarter hour (a check is on the hot
         path; prices change by the day, a few by the time of day, on the half hour)."""
         now = utc_now()
-        quarter = now.toordinal() * 96 + now.hour * 4 + now.minute // 15
-        key = (model, provider, estimated_tokens, quarter)
+        key = (model, provider, estimated_tokens, quarter_hour_number(now))
         if key not in self._estimates:
             if len(self._estimates) >= 10_000:
                 self._estimates.clear()

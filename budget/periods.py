@@ -6,7 +6,14 @@ from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-__all__ = ["CALENDAR_PERIODS", "Period", "local_midnight", "period_bounds", "period_start"]
+__all__ = [
+    "CALENDAR_PERIODS",
+    "Period",
+    "local_midnight",
+    "period_bounds",
+    "period_start",
+    "quarter_hour_number",
+]
 
 UTC = ZoneInfo("UTC")
 
@@ -53,3 +60,9 @@ def local_midnight(day: date, tz: tzinfo) -> datetime:
     """When ``day`` starts in ``tz``, in UTC (a midnight that a DST change skips: the
     instant of the change)."""
     return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+def quarter_hour_number(at: datetime) -> int:
+    """The quarter hour (of ``at``'s clock) holding ``at``, as one number: what is kept
+    per quarter hour (an estimate's price: some change on the half hour) is keyed by it."""
+    return at.toordinal() * 96 + at.hour * 4 + at.minute // 15

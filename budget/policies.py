@@ -21,6 +21,7 @@ __all__ = [
     "applicable",
     "canonical_policy",
     "configured_policies",
+    "own_keys",
     "policy_window",
 ]
 
@@ -119,6 +120,16 @@ def _compute_window(policy: BudgetPolicy, at: datetime) -> _Window:
     return period_bounds(Period(policy.period.value), at, tz)
 
 
+def own_keys(policies: Sequence[BudgetPolicy], at: datetime) -> set[tuple[BudgetScope, str]]:
+    """The (scope, key) pairs with a policy of their own in force at ``at``: for them it
+    replaces their scope's per-key policies (``applicable``)."""
+    return {
+        (p.scope, p.scope_key)
+        for p in policies
+        if p.scope_key is not None and policy_window(p, at) is not None
+    }
+
+
 def applicable(
     policies: Sequence[BudgetPolicy], call: CallScope, at: datetime
 ) -> list[PolicyWindow]:
@@ -128,13 +139,7 @@ def applicable(
     that apply to each key separately (the default user limit): alice's own limit is hers,
     while it is in force (a custom range of hers outside it leaves her the default).
     """
-    keyed = {
-        p.scope
-        for p in policies
-        if p.scope_key is not None
-        and p.scope_key == call.key(p.scope)
-        and policy_window(p, at) is not None
-    }
+    keyed = {scope for scope, key in own_keys(policies, at) if key == call.key(scope)}
     found = []
     for policy in policies:
         key = call.key(policy.scope)

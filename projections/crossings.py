@@ -213,13 +213,17 @@ async def window_crossings(
             windows.append(PolicyWindow(policy, "", *bounds))
     if not rows:
         return windows, []
-    # A key's own policy replaces its scope's per-key ones only while it is in force.
+    # A key's own policy replaces its scope's per-key ones only while it is in force: a
+    # custom one in its range (as ``budget.policies.own_keys``), in the quarters it holds.
     keyed = [
-        {"scope": p.scope.value, "key": p.scope_key, "quarter": quarter.isoformat()}
+        {
+            "scope": p.scope.value,
+            "key": p.scope_key,
+            "since": p.custom_start.isoformat() if p.custom_start else None,
+            "until": p.custom_end.isoformat() if p.custom_end else None,
+        }
         for p in policies
         if p.scope_key is not None
-        for quarter in quarters
-        if policy_window(p, quarter) is not None
     ]
     lines = [{"l": i, "p": t.policy, "amount": str(t.amount)} for i, t in enumerate(thresholds)]
     cursor = await conn.execute(
@@ -229,7 +233,7 @@ async def window_crossings(
                 scope_key text, quarter timestamptz, start timestamptz, stop timestamptz)
         ), keyed AS (
             SELECT * FROM jsonb_to_recordset(%(keyed)s::jsonb) AS k(scope text, key text,
-                quarter timestamptz)
+                since timestamptz, until timestamptz)
         ), matched AS (
             SELECT w.w, w.p, w.scope, k.key, w.start, w.stop, c.seq, c.event_id,
                    c.occurred_at, c.cost
@@ -240,7 +244,8 @@ async def window_crossings(
               AND (w.scope_key = k.key
                    OR w.scope_key IS NULL AND NOT EXISTS (
                        SELECT FROM keyed WHERE keyed.scope = w.scope AND keyed.key = k.key
-                                          AND keyed.quarter = w.quarter))
+                                          AND (keyed.since IS NULL OR w.quarter >= keyed.since
+                                               AND w.quarter < keyed.until)))
         ), touched AS (
             SELECT DISTINCT p, scope, key, start, stop FROM matched
         ), fresh AS (

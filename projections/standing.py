@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from budget.policies import PolicyWindow, policy_window
+from budget.policies import PolicyWindow, own_keys, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.crossings import Threshold
@@ -60,19 +60,10 @@ async def standing_past(
             ORDER BY scope_key""".encode(),
             (policy.scope.value, key, key, *bounds, min(t.amount for _, t in lines)),
         )
-        own = _own_keys(policies, policy.scope, at) if key is None else set()
+        own = own_keys(policies, at) if key is None else set()
         for scope_key, total in await cursor.fetchall():
-            if scope_key in own:
+            if (policy.scope, scope_key) in own:
                 continue
             window = PolicyWindow(policy, scope_key, *bounds)
             found.extend(Standing(line, window, total) for line, t in lines if total >= t.amount)
     return found
-
-
-def _own_keys(policies: Sequence[BudgetPolicy], scope: BudgetScope, at: datetime) -> set[str]:
-    """The keys of ``scope`` with a policy of their own in force at ``at``."""
-    return {
-        p.scope_key
-        for p in policies
-        if p.scope is scope and p.scope_key is not None and policy_window(p, at) is not None
-    }

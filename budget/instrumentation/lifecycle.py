@@ -22,6 +22,7 @@ from typing import Any
 
 from budget.checks import BudgetExceeded
 from budget.disabled import DisabledPublisher
+from budget.periods import quarter_hour_number
 from budget.pricing import Priced
 from budget.publisher import EventPublisher
 from budget.recorded import notify_recorded
@@ -260,7 +261,7 @@ class Lifecycle:
 
     def _input_rate(self, tracker: UsageTracker, model: str) -> Decimal | None:
         now = utc_now()
-        key = (model, now.toordinal() * 96 + now.hour * 4 + now.minute // 15)  # as estimates
+        key = (model, quarter_hour_number(now))  # as the checker keeps its estimates
         if key not in self._input_rates:
             if len(self._input_rates) >= 1_000:
                 self._input_rates.clear()

@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from budget.policies import PolicyWindow, policy_window
+from budget.policies import PolicyWindow, own_keys, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.engine.projection import Connection
@@ -73,11 +73,7 @@ class PolicyBars:
 async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
     """Each policy in force at ``now`` (a custom one outside its range is not), by name."""
     policies = await load_policies(conn)
-    own_keys = {
-        (p.scope, p.scope_key)
-        for p in policies
-        if p.scope_key is not None and policy_window(p, now) is not None  # in force
-    }
+    own = own_keys(policies, now)
     found: list[tuple[BudgetPolicy, list[PolicyWindow], int]] = []
     for policy in sorted(policies, key=lambda p: (p.name.lower(), p.policy_id)):
         window = policy_window(policy, now)
@@ -88,7 +84,7 @@ async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
             key = policy.scope_key or GLOBAL_SCOPE_KEY
             found.append((policy, [PolicyWindow(policy, key, start, end)], 0))
             continue
-        exclude = [k for scope, k in own_keys if scope is policy.scope and k is not None]
+        exclude = [k for scope, k in own if scope is policy.scope]
         keys, total = await _spending_keys(conn, policy.scope, start, end, exclude)
         windows = [PolicyWindow(policy, key, start, end) for key in keys]
         found.append((policy, windows, total - len(keys)))
