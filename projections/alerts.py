@@ -26,7 +26,7 @@ the rebuild goes live.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -291,16 +291,14 @@ class AlertsProjection(Projection):
         event = applied.event
         alerts = physical(_ALERTS, version)
         if isinstance(event, PolicySet | PolicyDeleted):
+            before = await self._state(conn, version)
             await self.policies.apply(conn, version, [applied])
-            if isinstance(event, PolicySet):
-                changed = event.policy.policy_id
-                await self._raise_standing(conn, version, applied, lambda w, p: p == changed)
+            await self._raise_standing(conn, version, applied, before)
         elif isinstance(event, AlertRuleSet):
+            before = await self._state(conn, version)
             rule = event.rule
             await self.rule_log.record(conn, version, applied, rule.rule_id, rule.model_dump_json())
-            await self._raise_standing(
-                conn, version, applied, lambda w, p: w.rule.rule_id == rule.rule_id
-            )
+            await self._raise_standing(conn, version, applied, before)
         elif isinstance(event, AlertRuleRemoved):
             await self.rule_log.record(conn, version, applied, event.rule_id, None)
         elif isinstance(event, RequestBlocked):
@@ -320,29 +318,47 @@ class AlertsProjection(Projection):
             )
 
     async def _raise_standing(
-        self,
-        conn: Connection,
-        version: int,
-        applied: Applied,
-        changed: Callable[[_Watch, str], bool],
+        self, conn: Connection, version: int, applied: Applied, before: _Rules
     ) -> None:
-        """The threshold alerts of the watches a change made (``changed``: of a watch and
-        its policy's id) that spend is already past: no usage will cross them."""
+        """The threshold alerts a policy or rule change (``applied``; ``before`` it) made
+        that spend is already past, as no usage will cross them: its thresholds that are new
+        (a limit lowered, a policy or rule added; not one only renamed, whose alerts, or
+        their cooldowns, are as they were), and for a key whose own policy it ended, set or
+        moved, its scope's per-key policies for that key."""
         state = await self._state(conn, version)
+
+        def threshold(rules: _Rules, watch: _Watch) -> tuple[str, str, Decimal]:
+            policy = rules.policies[watch.threshold.policy]
+            return watch.rule.rule_id, policy.policy_id, watch.threshold.amount
+
+        known = {threshold(before, w) for w in before.watches}
         lines = [
             (line, watch.threshold)
             for line, watch in enumerate(state.watches)
-            if changed(watch, state.policies[watch.threshold.policy].policy_id)
+            if threshold(state, watch) not in known
         ]
-        if not lines:
-            return
+        event = applied.event
+        keyed = event.policy if isinstance(event, PolicySet) else None
+        if isinstance(event, PolicyDeleted):
+            keyed = next((p for p in before.policies if p.policy_id == event.policy_id), None)
         buckets = physical(self.spend.tables[0], version)
-        at = applied.event.occurred_at
+        at = event.occurred_at
+        passed = await standing_past(conn, buckets, state.policies, lines, at) if lines else []
+        if keyed is not None and keyed.scope_key is not None:
+            per_key = [
+                (line, watch.threshold)
+                for line, watch in enumerate(state.watches)
+                if (p := state.policies[watch.threshold.policy]).scope is keyed.scope
+                and p.scope_key is None
+            ]
+            passed += await standing_past(
+                conn, buckets, state.policies, per_key, at, key=keyed.scope_key
+            )
         found = []
-        for passed in await standing_past(conn, buckets, state.policies, lines, at):
-            watch, window = state.watches[passed.line], passed.window
+        for past in passed:
+            watch, window = state.watches[past.line], past.window
             alert = threshold_alert(
-                watch.rule, window, watch.percent, passed.total, at, applied.event.event_id
+                watch.rule, window, watch.percent, past.total, at, applied.event.event_id
             )
             subject = f"{window.policy.policy_id}|{window.key}"
             found.append(_Candidate(watch.rule, subject, applied.stream_seq, alert))

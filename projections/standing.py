@@ -39,11 +39,13 @@ async def standing_past(
     policies: Sequence[BudgetPolicy],
     thresholds: Sequence[tuple[int, Threshold]],
     at: datetime,
+    *,
+    key: str | None = None,
 ) -> list[Standing]:
     """Of ``thresholds`` (each with its line), those the spend in ``buckets`` has reached
     in the window of their policy (of ``policies``, all of them: a key's own policy in
     force replaces its scope's per-key ones) that holds ``at``: per key, for a policy
-    that limits each key separately."""
+    that limits each key separately (``key``: that one alone)."""
     found: list[Standing] = []
     for index in sorted({t.policy for _, t in thresholds}):
         policy = policies[index]
@@ -51,16 +53,17 @@ async def standing_past(
         if bounds is None:
             continue
         lines = [(line, t) for line, t in thresholds if t.policy == index]
-        key = GLOBAL_SCOPE_KEY if policy.scope is BudgetScope.GLOBAL else policy.scope_key
+        own_key = GLOBAL_SCOPE_KEY if policy.scope is BudgetScope.GLOBAL else policy.scope_key
+        only = own_key or key
         cursor = await conn.execute(
             f"""SELECT scope_key, sum(cost) FROM {buckets}
             WHERE scope = %s AND (%s::text IS NULL OR scope_key = %s)
               AND bucket_start >= %s AND bucket_start < %s
             GROUP BY scope_key HAVING sum(cost) >= %s
             ORDER BY scope_key""".encode(),
-            (policy.scope.value, key, key, *bounds, min(t.amount for _, t in lines)),
+            (policy.scope.value, only, only, *bounds, min(t.amount for _, t in lines)),
         )
-        own = own_keys(policies, at) if key is None else set()
+        own = own_keys(policies, at) if own_key is None else set()
         for scope_key, total in await cursor.fetchall():
             if (policy.scope, scope_key) in own:
                 continue

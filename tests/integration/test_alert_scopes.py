@@ -17,6 +17,7 @@ from events import (
     BudgetPolicy,
     BudgetScope,
     Event,
+    PolicyDeleted,
     PolicySet,
 )
 from projections.alerts import AlertsProjection
@@ -153,6 +154,43 @@ async def test_a_limit_lowered_below_the_spend_raises_what_it_passed_at_once(
         *every_threshold("*", "85", by_change)[:2],  # 80 % of the period was raised
         *every_threshold("alice", "85", by_new),
     ]
+
+
+async def test_a_key_left_to_the_per_user_policy_past_it_is_alerted_at_once(db: str) -> None:
+    """Alice's own $100 limit replaced the per-user $1 one; it is deleted with $5 spent:
+    the per-user limit is hers again, and past, and no usage of hers will cross it. A
+    policy set again as it was (renamed) raises nothing anew."""
+    per_user = PolicySet(
+        occurred_at=AT - timedelta(days=1),
+        policy=BudgetPolicy(
+            policy_id="users",
+            name="users",
+            limit_amount=Decimal(1),
+            period="daily",
+            scope=BudgetScope.USER,
+        ),
+    )
+    hers = BudgetPolicy(
+        policy_id="alice",
+        name="alice",
+        limit_amount=Decimal(100),
+        period="daily",
+        scope=BudgetScope.USER,
+        scope_key="alice",
+    )
+    renamed = per_user.policy.model_copy(update={"name": "every user"})
+    deleted = PolicyDeleted(occurred_at=AT.replace(minute=2), policy_id="alice")
+    events = [
+        per_user,
+        PolicySet(occurred_at=AT - timedelta(days=1), policy=hers),
+        spend("alice", "5", 1),
+        deleted,
+        PolicySet(occurred_at=AT.replace(minute=3), policy=renamed),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == every_threshold("alice", "5", str(deleted.event_id))
 
 
 async def test_a_rule_added_below_the_spend_raises_at_once(db: str) -> None:
