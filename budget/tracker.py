@@ -23,7 +23,7 @@ from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_regist
 from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.recorded import notify_recorded
-from budget.usage import modality_tokens, normalize_usage, usage_from_response
+from budget.usage import normalize_usage, usage_from_response
 from events import (
     CallKind,
     ImageUsage,
@@ -298,7 +298,7 @@ class UsageTracker:
         reservation_id: str | None = None,
         event_id: uuid.UUID | None = None,
         estimated_reason: str | None = None,
-        media: Mapping[str, int] | None = None,
+        raw_usage: object | None = None,
     ) -> UsageRecorded:
         """The priced ``UsageRecorded`` event for one provider call (not yet published).
 
@@ -308,15 +308,15 @@ class UsageTracker:
         Inconsistent counts, or an ``occurred_at`` outside ``max_clock_skew`` and
         ``max_event_age`` of now, raise ``ValueError``. A model without a price, or one whose
         pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
-        never as $0. ``estimated_reason``: the counts are an estimate, and why. ``media``:
-        the tokens that are not text (``budget.usage.modality_tokens``; read from a raw
-        ``usage`` when not given): a model that prices them apart leaves the call unpriced.
+        never as $0. ``estimated_reason``: the counts are an estimate, and why. ``raw_usage``:
+        the provider's usage object the counts (or ``usage``) were read from: a model that
+        prices audio or image tokens apart finds them there, and leaves the call unpriced.
         """
         # Spelt as checks and provider policies spell it ("OpenAI" is "openai").
         provider = canonical_provider(provider)
         if usage is not None:
             normalized = usage_from_response(usage)
-            media = modality_tokens(usage) if media is None else media
+            raw_usage = usage if raw_usage is None else raw_usage
         else:
             normalized = normalize_usage(
                 input_tokens=input_tokens,
@@ -332,7 +332,7 @@ class UsageTracker:
         out_of_bounds = self._time_bounds.time_violation(at, utc_now())
         if out_of_bounds is not None:
             raise OutOfBounds(out_of_bounds)
-        priced = self._price(provider, model, normalized, at, media)
+        priced = self._price(provider, model, normalized, at, raw_usage)
         if isinstance(priced, Priced):
             cost, source, reason = priced.cost, priced.source, None
         else:
@@ -365,13 +365,13 @@ class UsageTracker:
         model: str,
         usage: Usage,
         at: datetime,
-        media: Mapping[str, int] | None = None,
+        raw_usage: object | None = None,
     ) -> Priced | Unpriced:
         """The registry's answer; a failure inside it leaves the call unpriced, with the
         reason, rather than unrecorded (``budget reprice`` can price it later)."""
         try:
             return self.registry.price(
-                provider=provider, model=model, usage=usage, at=at, media=media
+                provider=provider, model=model, usage=usage, at=at, raw_usage=raw_usage
             )
         except Exception as exc:
             log.exception("pricing %s/%s failed; recording it unpriced", provider, model)

@@ -143,8 +143,9 @@ class Measured:
     usage: Usage
     model: str | None = None
     estimated_reason: str | None = None
-    media: Mapping[str, int] | None = None
-    """The tokens that are not text (``budget.usage.modality_tokens``)."""
+    raw_usage: object | None = None
+    """The provider's usage object ``usage`` was read from (audio or image tokens in it
+    may have a price of their own: ``PricingRegistry.price``)."""
 
 
 Refusal = Callable[[BudgetExceeded], BaseException]
@@ -314,7 +315,7 @@ class Call:
                 tags=self.attribution.tags,
                 reservation_id=self.reservation_id,
                 estimated_reason=measured.estimated_reason,
-                media=measured.media,
+                raw_usage=measured.raw_usage,
             )
         except Exception:
             log.exception("could not record the usage of a %s call", self.provider)

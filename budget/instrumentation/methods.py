@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from budget.instrumentation.lifecycle import Measured, Plan
 from budget.instrumentation.prompts import estimated_tokens
-from budget.usage import modality_tokens, usage_from_response
+from budget.usage import usage_from_response
 from events import Usage
 
 __all__ = [
@@ -61,9 +61,7 @@ class UsageObserver:
 
     def measured(self) -> Measured:
         if self.usage is not None:
-            return Measured(
-                usage_from_response(self.usage), self.model, media=modality_tokens(self.usage)
-            )
+            return Measured(usage_from_response(self.usage), self.model, raw_usage=self.usage)
         usage = Usage(
             input_uncached=self.plan.prompt_tokens, output_text=estimated_tokens(self.chars)
         )

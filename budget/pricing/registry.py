@@ -7,7 +7,7 @@ UTC day) and cached; a cached call is Decimal arithmetic only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from budget.pricing import genai
@@ -16,6 +16,7 @@ from budget.pricing.rates import RateCard
 from budget.pricing.results import Priced, Unpriced
 from budget.pricing.seed_api import SeedApi
 from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SUPPLEMENT_VERSION, supplement_card
+from budget.usage import modality_tokens
 from events.usage import Usage
 
 __all__ = ["PricingRegistry", "get_pricing_registry"]
@@ -39,10 +40,11 @@ class PricingRegistry(SeedApi):
         model: str,
         usage: Usage,
         at: datetime,
-        media: Mapping[str, int] | None = None,
+        raw_usage: object | None = None,
     ) -> Priced | Unpriced:
         """Cost of ``usage`` of ``model`` at ``at`` (naive = UTC), or why it has none.
-        ``media``: the call's tokens that are not text (``budget.usage.modality_tokens``)."""
+        ``raw_usage``: the provider's usage object ``usage`` was read from, where a model
+        that prices audio or image tokens apart looks for them (``modality_tokens``)."""
         tz = at.tzinfo
         day = at.toordinal() if tz is None or tz is UTC else at.astimezone(UTC).toordinal()
         hit = self._cache.get((provider, model, day))
@@ -54,8 +56,10 @@ class PricingRegistry(SeedApi):
                 self._cache[(provider, model, day)] = hit
         if isinstance(hit, Unpriced):
             return hit
-        if media and (apart := hit.apart(media)) is not None:
-            return apart
+        if raw_usage is not None and hit.modal:
+            apart = hit.apart(modality_tokens(raw_usage))
+            if apart is not None:
+                return apart
         return hit.cost(usage)
 
     def warm(self) -> None:

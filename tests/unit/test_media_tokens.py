@@ -69,11 +69,7 @@ def test_a_model_pricing_a_medium_apart_leaves_the_call_unpriced(
     registry: PricingRegistry, model: str, usage: object, medium: str
 ) -> None:
     priced = registry.price(
-        provider="google",
-        model=model,
-        usage=usage_from_response(usage),
-        at=NOW,
-        media=modality_tokens(usage),
+        provider="google", model=model, usage=usage_from_response(usage), at=NOW, raw_usage=usage
     )
     assert isinstance(priced, Unpriced)
     assert medium in priced.reason and "rather than at the text rate" in priced.reason
@@ -83,7 +79,7 @@ def test_text_tokens_alone_are_priced_as_before(registry: PricingRegistry) -> No
     usage = usage_from_response({"prompt_token_count": 40, "candidates_token_count": 20})
     alone = registry.price(provider="google", model="gemini-2.5-flash", usage=usage, at=NOW)
     told = registry.price(
-        provider="google", model="gemini-2.5-flash", usage=usage, at=NOW, media={}
+        provider="google", model="gemini-2.5-flash", usage=usage, at=NOW, raw_usage=OPENAI_TEXT
     )
     assert isinstance(alone, Priced) and told == alone
 
