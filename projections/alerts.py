@@ -74,6 +74,16 @@ OUTBOX_CHANNEL = "alert_outbox"
 
 _USAGE = (UsageRecorded, UsageRepriced)
 _WINDOW_TOTALS = "alert_window_totals"
+_WHERE_A_POLICY_COUNTS = (
+    "policy_id",
+    "scope",
+    "scope_key",
+    "period",
+    "timezone",
+    "custom_start",
+    "custom_end",
+)
+"""What makes a policy's windows and keys: a change of any of them moves its thresholds."""
 _ALERTS = "alerts"
 
 
@@ -327,9 +337,15 @@ class AlertsProjection(Projection):
         moved, its scope's per-key policies for that key."""
         state = await self._state(conn, version)
 
-        def threshold(rules: _Rules, watch: _Watch) -> tuple[str, str, Decimal]:
+        def threshold(rules: _Rules, watch: _Watch) -> tuple[object, ...]:
+            """A threshold and the windows it is about: the same after the change, its
+            alerts (and their cooldowns) are as they were."""
             policy = rules.policies[watch.threshold.policy]
-            return watch.rule.rule_id, policy.policy_id, watch.threshold.amount
+            return (
+                watch.rule.rule_id,
+                watch.threshold.amount,
+                *(getattr(policy, name) for name in _WHERE_A_POLICY_COUNTS),
+            )
 
         known = {threshold(before, w) for w in before.watches}
         lines = [
@@ -338,22 +354,28 @@ class AlertsProjection(Projection):
             if threshold(state, watch) not in known
         ]
         event = applied.event
-        keyed = event.policy if isinstance(event, PolicySet) else None
-        if isinstance(event, PolicyDeleted):
-            keyed = next((p for p in before.policies if p.policy_id == event.policy_id), None)
+        changed = event.policy_id if isinstance(event, PolicyDeleted) else None
+        if isinstance(event, PolicySet):
+            changed = event.policy.policy_id
+        # The keys whose own policy this change set, moved or ended: their scope's per-key
+        # policies may be theirs again (``own_keys`` says whether).
+        keys = {
+            (p.scope, p.scope_key)
+            for rules in (before, state)
+            for p in rules.policies
+            if p.policy_id == changed and p.scope_key is not None
+        }
         buckets = physical(self.spend.tables[0], version)
         at = event.occurred_at
         passed = await standing_past(conn, buckets, state.policies, lines, at) if lines else []
-        if keyed is not None and keyed.scope_key is not None:
+        for scope, key in sorted(keys):
             per_key = [
                 (line, watch.threshold)
                 for line, watch in enumerate(state.watches)
-                if (p := state.policies[watch.threshold.policy]).scope is keyed.scope
+                if (p := state.policies[watch.threshold.policy]).scope is scope
                 and p.scope_key is None
             ]
-            passed += await standing_past(
-                conn, buckets, state.policies, per_key, at, key=keyed.scope_key
-            )
+            passed += await standing_past(conn, buckets, state.policies, per_key, at, key=key)
         found = []
         for past in passed:
             watch, window = state.watches[past.line], past.window

@@ -195,7 +195,8 @@ class SpendProjection(Projection):
         # Only the live version: a rebuild must not release what the live one has not
         # counted yet (readers also treat ledgered reservations as settled). An unpriced
         # call counts nothing: its hold stays, past its expiry, until the call is priced
-        # (``projections.windows.SETTLED``), so a BLOCK limit still counts its estimate.
+        # (``projections.windows.SETTLED``) or its window ends, so a BLOCK limit still
+        # counts its estimate.
         live = (
             "EXISTS (SELECT FROM projection_registry"
             f" WHERE name = '{self.name}' AND active_version = {version})"
@@ -206,7 +207,8 @@ class SpendProjection(Projection):
                                          WHERE cost IS NOT NULL)
                   AND {live}
             ), held AS (
-                UPDATE reservation_holds SET expires_at = 'infinity'
+                UPDATE reservation_holds
+                SET expires_at = greatest(expires_at, coalesce(window_end, expires_at))
                 WHERE reservation_id IN (SELECT reservation_id FROM batch WHERE cost IS NULL)
                   AND {live}
             )"""

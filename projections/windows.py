@@ -31,12 +31,12 @@ Cursor = AsyncCursor[Any]
 
 SETTLED = """EXISTS (SELECT FROM spend_ledger l
                         WHERE l.reservation_id = h.reservation_id
-                          AND (l.cost IS NOT NULL
-                               OR EXISTS (SELECT FROM spend_corrections c
-                                          WHERE c.corrects = l.event_id
-                                            AND c.cost IS NOT NULL)))"""
+                          AND coalesce((SELECT c.cost IS NOT NULL FROM spend_corrections c
+                                        WHERE c.corrects = l.event_id
+                                        ORDER BY c.stream_seq DESC LIMIT 1),
+                                       l.cost IS NOT NULL))"""
 """Whether the hold ``h`` is settled: the live spend projection has counted its call at a
-price (its own, or a correction's). An unpriced call counts nothing: its hold stays until
+price (its latest correction's, else its own). An unpriced call counts nothing: its hold stays until
 the call is priced (``budget reprice``), so a BLOCK limit holds."""
 
 _HOLDS = f"""

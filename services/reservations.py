@@ -63,11 +63,11 @@ def _lock_key(window: PolicyWindow) -> int:
 
 
 _INSERT_HOLDS = """
-    INSERT INTO reservation_holds
-        (reservation_id, policy_id, window_key, window_start, amount, expires_at, caller)
+    INSERT INTO reservation_holds (reservation_id, policy_id, window_key, window_start,
+        amount, expires_at, caller, window_end)
     SELECT * FROM jsonb_to_recordset({holds}::jsonb) AS (reservation_id text, policy_id text,
         window_key text, window_start timestamptz, amount numeric, expires_at timestamptz,
-        caller text)
+        caller text, window_end timestamptz)
 """
 
 _RESERVE_FUNCTION = f"""
@@ -160,6 +160,7 @@ def _holds_param(holds: Sequence[Hold]) -> str:
             "amount": str(h.amount),
             "expires_at": h.expires_at.isoformat(),
             "caller": h.caller,
+            "window_end": h.window.end.isoformat(),
         }
         for h in holds
     )

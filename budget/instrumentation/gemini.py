@@ -163,12 +163,18 @@ def _keywords_passed(
     return make
 
 
-class _ScopedIterator:
-    """A stream whose requests (sent as it is read) are charged to ``scope``."""
+class _Scoped:
+    """The SDK's stream, its requests (sent as it is read, or closed) charged to
+    ``scope``; anything else is the SDK stream's own."""
 
     def __init__(self, items: Any, scope: Attribution) -> None:
         self._items, self._scope = items, scope
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._items, name)
+
+
+class _ScopedIterator(_Scoped):
     def __iter__(self) -> _ScopedIterator:
         return self
 
@@ -176,19 +182,22 @@ class _ScopedIterator:
         with in_scope(self._scope):
             return next(self._items)
 
+    def close(self) -> None:
+        with in_scope(self._scope):
+            self._items.close()
 
-class _ScopedAsyncIterator:
-    """``_ScopedIterator`` for an async stream."""
 
-    def __init__(self, items: Any, scope: Attribution) -> None:
-        self._items, self._scope = items, scope
-
+class _ScopedAsyncIterator(_Scoped):
     def __aiter__(self) -> _ScopedAsyncIterator:
         return self
 
     async def __anext__(self) -> Any:
         with in_scope(self._scope):
             return await self._items.__anext__()
+
+    async def aclose(self) -> None:
+        with in_scope(self._scope):
+            await self._items.aclose()
 
 
 _UNRECORDED = (

@@ -14,6 +14,7 @@ from events import (
     AlertRuleRemoved,
     AlertRuleSet,
     AlertType,
+    BudgetPeriod,
     BudgetPolicy,
     BudgetScope,
     Event,
@@ -191,6 +192,25 @@ async def test_a_key_left_to_the_per_user_policy_past_it_is_alerted_at_once(db: 
     alerts, _ = await evaluated(db, events)
 
     assert alerts == every_threshold("alice", "5", str(deleted.event_id))
+
+
+async def test_a_policy_whose_period_grows_past_the_spend_raises_at_once(db: str) -> None:
+    """$10 a day, $7 spent yesterday and $6 today: under the limit each day. The same $10
+    made monthly holds $13 already: its thresholds are new, and past."""
+    daily_cap = team_cap("10", 0)
+    monthly = daily_cap.policy.model_copy(update={"period": BudgetPeriod.MONTHLY})
+    changed = PolicySet(occurred_at=AT.replace(minute=5), policy=monthly)
+    yesterday = usage_event(user="alice", cost="7", at=AT - timedelta(days=1))
+    events = [
+        PolicySet(occurred_at=AT - timedelta(days=2), policy=daily_cap.policy),
+        yesterday,
+        spend("alice", "6", 1),
+        changed,
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == every_threshold("*", "13", str(changed.event_id))
 
 
 async def test_a_rule_added_below_the_spend_raises_at_once(db: str) -> None:
