@@ -5,7 +5,7 @@ the same alerts however the log is batched (real PostgreSQL)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -110,12 +110,22 @@ async def test_a_users_own_policy_out_of_its_range_leaves_her_the_per_user_one(
     assert alerts == every_threshold("alice", "1", cause)
 
 
-def team_cap(limit: str, minute: int) -> PolicySet:
-    """The daily global policy "team" of ``limit`` USD, set (or changed) at ``minute``."""
+def daily_policy(policy_id: str, limit: str, at: datetime, **fields: Any) -> PolicySet:
+    """The daily policy ``policy_id`` (global unless ``fields`` say) of ``limit`` USD, set
+    (or changed) at ``at``."""
     policy = BudgetPolicy(
-        policy_id="team", name="team", limit_amount=Decimal(limit), period="daily"
+        policy_id=policy_id,
+        name=policy_id,
+        limit_amount=Decimal(limit),
+        period=BudgetPeriod.DAILY,
+        **fields,
     )
-    return PolicySet(occurred_at=AT.replace(minute=minute), policy=policy)
+    return PolicySet(occurred_at=at, policy=policy)
+
+
+def team_cap(limit: str, minute: int) -> PolicySet:
+    """The daily global policy "team", set (or changed) at ``minute``."""
+    return daily_policy("team", limit, AT.replace(minute=minute))
 
 
 async def test_a_limit_lowered_below_the_spend_raises_what_it_passed_at_once(
@@ -125,16 +135,7 @@ async def test_a_limit_lowered_below_the_spend_raises_what_it_passed_at_once(
     100 % of it (every total is past them), so the change itself raises them; 80 % of the
     period was raised already. A per-user policy added mid-period, the same per user."""
     lowered = team_cap("50", 2)
-    per_user = PolicySet(
-        occurred_at=AT.replace(minute=3),
-        policy=BudgetPolicy(
-            policy_id="users",
-            name="users",
-            limit_amount=Decimal(60),
-            period="daily",
-            scope=BudgetScope.USER,
-        ),
-    )
+    per_user = daily_policy("users", "60", AT.replace(minute=3), scope=BudgetScope.USER)
     events = [
         team_cap("100", 0),
         crossing := spend("alice", "85", 1),
@@ -161,29 +162,15 @@ async def test_a_key_left_to_the_per_user_policy_past_it_is_alerted_at_once(db: 
     """Alice's own $100 limit replaced the per-user $1 one; it is deleted with $5 spent:
     the per-user limit is hers again, and past, and no usage of hers will cross it. A
     policy set again as it was (renamed) raises nothing anew."""
-    per_user = PolicySet(
-        occurred_at=AT - timedelta(days=1),
-        policy=BudgetPolicy(
-            policy_id="users",
-            name="users",
-            limit_amount=Decimal(1),
-            period="daily",
-            scope=BudgetScope.USER,
-        ),
-    )
-    hers = BudgetPolicy(
-        policy_id="alice",
-        name="alice",
-        limit_amount=Decimal(100),
-        period="daily",
-        scope=BudgetScope.USER,
-        scope_key="alice",
+    per_user = daily_policy("users", "1", AT - timedelta(days=1), scope=BudgetScope.USER)
+    hers = daily_policy(
+        "alice", "100", AT - timedelta(days=1), scope=BudgetScope.USER, scope_key="alice"
     )
     renamed = per_user.policy.model_copy(update={"name": "every user"})
     deleted = PolicyDeleted(occurred_at=AT.replace(minute=2), policy_id="alice")
     events = [
         per_user,
-        PolicySet(occurred_at=AT - timedelta(days=1), policy=hers),
+        hers,
         spend("alice", "5", 1),
         deleted,
         PolicySet(occurred_at=AT.replace(minute=3), policy=renamed),
