@@ -21,9 +21,11 @@ pytestmark = pytest.mark.integration
 DIME = Decimal("0.10")
 
 
-async def recorded_events(stack: EnforcementStack, count: int) -> list[UsageRecorded]:
+async def recorded_events(
+    stack: EnforcementStack, count: int, *, held: int = 0
+) -> list[UsageRecorded]:
     """The first ``count`` usage events on the log, once all have been counted and their
-    holds settled."""
+    holds settled (but ``held``: an unpriced call's stays until it is priced)."""
 
     async def counted() -> bool:
         """the calls reached the spend projection and settled their holds"""
@@ -31,7 +33,7 @@ async def recorded_events(stack: EnforcementStack, count: int) -> list[UsageReco
             stack.settings.database_url,
             "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'",
         )
-        return found == [(count,)] and not await stack.holds()
+        return found == [(count,)] and len(await stack.holds()) == held
 
     await wait_for(counted, within=15)
     js = stack.nc.jetstream()
@@ -112,7 +114,8 @@ async def test_a_pricing_failure_is_recorded_unpriced_and_does_not_raise(
     monkeypatch.setattr(PricingRegistry, "price", broken)
     await call()
     await stack.tracker.flush()
-    [event] = await recorded_events(stack, 1)
+    # unpriced, the call counts nothing itself: its hold keeps counting its estimate
+    [event] = await recorded_events(stack, 1, held=1)
     assert event.cost is None and event.unpriced_reason is not None
     assert "price data is corrupt" in event.unpriced_reason
     assert event.usage.input_tokens == 100
