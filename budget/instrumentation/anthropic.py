@@ -27,7 +27,6 @@ from budget.instrumentation.prompts import (
 )
 from budget.instrumentation.stream_helpers import patch_stream_manager
 from budget.instrumentation.wrapping import patch, patch_copies, untracked
-from budget.usage import usage_from_response
 
 __all__ = ["PROVIDER", "install", "provider_error"]
 
@@ -44,7 +43,7 @@ def _plan(kwargs: MutableMapping[str, Any], *, stream: bool = False) -> Plan:
 
 
 def _measure(response: Any, plan: Plan) -> Measured:
-    return Measured(usage_from_response(response.usage), response.model)
+    return Measured.read(response.usage, response.model)
 
 
 _COUNTS = (
@@ -86,7 +85,7 @@ class _Observer:
 
     def measured(self) -> Measured:
         if self.finished:
-            return Measured(usage_from_response(self.counts), self.model)
+            return Measured.read(self.counts, self.model)
         seen = estimated_tokens(self.chars)
         counts = dict(self.counts)
         if "input_tokens" not in counts:
@@ -95,7 +94,7 @@ class _Observer:
         why = (
             "the stream ended before its final usage (message_delta): the text received, estimated"
         )
-        return Measured(usage_from_response(counts), self.model, why)
+        return Measured.read(counts, self.model, why)
 
 
 _MESSAGES = Method(_plan, _measure, _Observer)

@@ -28,7 +28,6 @@ from budget.instrumentation.prompts import (
     requested_model,
 )
 from budget.instrumentation.wrapping import patch, replace, untracked
-from budget.usage import usage_from_response
 from events import Usage
 
 __all__ = ["PROVIDER", "install", "provider_error"]
@@ -56,8 +55,7 @@ def _model(response: Any, plan: Plan) -> str:
 
 
 def _measure(response: Any, plan: Plan) -> Measured:
-    usage = response.usage_metadata
-    return Measured(usage_from_response(usage), _model(response, plan), raw_usage=usage)
+    return Measured.read(response.usage_metadata, _model(response, plan))
 
 
 class _Observer(UsageObserver):

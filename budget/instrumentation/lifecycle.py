@@ -27,6 +27,7 @@ from budget.pricing import Priced
 from budget.publisher import EventPublisher
 from budget.recorded import notify_recorded
 from budget.tracker import UsageTracker, get_usage_tracker
+from budget.usage import usage_from_response
 from events import CallKind, Event, Usage, utc_now
 from events.rpc import CheckResult
 
@@ -80,12 +81,8 @@ def attribute_to(
 ) -> Iterator[None]:
     """Charge the instrumented calls made inside the block to this user, project or tags
     (over the client's own; nested blocks layer the same way)."""
-    mine = Attribution(user_id, project_id, dict(tags or {}))
-    token = _scoped.set(mine if (outer := _scoped.get()) is None else outer.under(mine))
-    try:
+    with in_scope(_over_enclosing(Attribution(user_id, project_id, dict(tags or {})))):
         yield
-    finally:
-        _scoped.reset(token)
 
 
 def keyword_scope(kwargs: MutableMapping[str, Any]) -> Attribution | None:
@@ -93,10 +90,7 @@ def keyword_scope(kwargs: MutableMapping[str, Any]) -> Attribution | None:
     enclosing ``attribute_to`` blocks, for a method whose requests are sent by another one
     it calls (``in_scope``); None when it has none."""
     call = _call_attribution(kwargs)
-    if call is None:
-        return None
-    outer = _scoped.get()
-    return call if outer is None else outer.under(call)
+    return None if call is None else _over_enclosing(call)
 
 
 @contextlib.contextmanager
@@ -107,6 +101,12 @@ def in_scope(attribution: Attribution) -> Iterator[None]:
         yield
     finally:
         _scoped.reset(token)
+
+
+def _over_enclosing(mine: Attribution) -> Attribution:
+    """``mine`` layered over the enclosing scope, if any."""
+    outer = _scoped.get()
+    return mine if outer is None else outer.under(mine)
 
 
 def _call_attribution(kwargs: MutableMapping[str, Any]) -> Attribution | None:
@@ -146,6 +146,13 @@ class Measured:
     raw_usage: object | None = None
     """The provider's usage object ``usage`` was read from (audio or image tokens in it
     may have a price of their own: ``PricingRegistry.price``)."""
+
+    @classmethod
+    def read(
+        cls, raw_usage: object, model: str | None, estimated_reason: str | None = None
+    ) -> Measured:
+        """The usage a provider's usage object tells, the object kept (``raw_usage``)."""
+        return cls(usage_from_response(raw_usage), model, estimated_reason, raw_usage)
 
 
 Refusal = Callable[[BudgetExceeded], BaseException]

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from budget.instrumentation.lifecycle import Measured, Plan
 from budget.instrumentation.prompts import estimated_tokens
-from budget.usage import usage_from_response
 from events import Usage
 
 __all__ = [
@@ -61,7 +60,7 @@ class UsageObserver:
 
     def measured(self) -> Measured:
         if self.usage is not None:
-            return Measured(usage_from_response(self.usage), self.model, raw_usage=self.usage)
+            return Measured.read(self.usage, self.model)
         usage = Usage(
             input_uncached=self.plan.prompt_tokens, output_text=estimated_tokens(self.chars)
         )

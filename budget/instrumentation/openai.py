@@ -26,7 +26,7 @@ from budget.instrumentation.prompts import (
     requested_model,
 )
 from budget.instrumentation.wrapping import patch, patch_copies, untracked
-from budget.usage import normalize_usage, usage_from_response
+from budget.usage import normalize_usage
 from events import ImageUsage, Usage
 
 __all__ = ["PROVIDER", "install", "provider_error"]
@@ -71,8 +71,7 @@ def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
 
 def _measured(response: Any) -> Measured:
     # A compaction's answer names no model: the request's is the one.
-    usage = response.usage
-    return Measured(usage_from_response(usage), getattr(response, "model", None), raw_usage=usage)
+    return Measured.read(response.usage, getattr(response, "model", None))
 
 
 class _ChatObserver(UsageObserver):
