@@ -257,12 +257,8 @@ def modality_tokens(obj: object) -> dict[str, int]:
     text, by side and medium (``"input audio"``, ``"output image"``, ...): ``Usage``
     counts them as text tokens, and a model may price them apart (``RateCard.apart``).
     OpenAI's ``*_tokens_details.audio_tokens``; Gemini's per-modality token counts."""
-    usage = obj if _has(obj, *_DETAILS) else None
-    for key in ("usage_metadata", "usage"):
-        inner = _get(obj, key) if usage is None else _MISSING
-        if inner is not _MISSING and inner is not None and _has(inner, *_DETAILS):
-            usage = inner
     found: dict[str, int] = {}
+    usage = _with_details(obj)
     if usage is None:
         return found
     for side, key in (("input", "prompt_tokens_details"), ("output", "completion_tokens_details")):
@@ -278,6 +274,17 @@ def modality_tokens(obj: object) -> dict[str, int]:
             if medium is not None and tokens:
                 found[f"{side} {medium}"] = found.get(f"{side} {medium}", 0) + tokens
     return found
+
+
+def _with_details(obj: object) -> object | None:
+    """``obj`` if it tells token details, else the usage object it holds that does."""
+    if _has(obj, *_DETAILS):
+        return obj
+    for key in ("usage_metadata", "usage"):
+        inner: object = _get(obj, key)
+        if inner is not _MISSING and inner is not None and _has(inner, *_DETAILS):
+            return inner
+    return None
 
 
 def _is_list(value: object) -> bool:

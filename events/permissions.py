@@ -77,7 +77,7 @@ def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
             ),
             subscribe=(f"{topology.prefix}.>", inbox),
             # The log is the source of truth: no service deletes a stream (the streams'
-            # own deny_delete and deny_purge keep their messages).
+            # own deny_delete and deny_purge refuse deleting and purging its messages).
             deny_publish=("$JS.API.STREAM.DELETE.>",),
         )
     if role == "host":

@@ -354,9 +354,11 @@ class AlertsProjection(Projection):
             if threshold(state, watch) not in known
         ]
         event = applied.event
-        changed = event.policy_id if isinstance(event, PolicyDeleted) else None
+        changed = None  # the policy it set or deleted
         if isinstance(event, PolicySet):
             changed = event.policy.policy_id
+        elif isinstance(event, PolicyDeleted):
+            changed = event.policy_id
         # The keys whose own policy this change set, moved or ended: their scope's per-key
         # policies may be theirs again (``own_keys`` says whether).
         keys = {

@@ -254,11 +254,10 @@ class ReportBuilder:
         now = utc_now()
         today = now.astimezone(tz).date()
         month_first = today.replace(day=1)
-        month_last = (month_first + timedelta(days=31)).replace(day=1)
-        horizon = max(days_to_project, (month_last - today).days)
+        horizon = max(days_to_project, (_next_month(month_first) - today).days)
         # The months' table runs to the end of the last month the days reach.
         last_month = (today + timedelta(horizon - 1)).replace(day=1)
-        months_horizon = ((last_month + timedelta(days=31)).replace(day=1) - today).days
+        months_horizon = (_next_month(last_month) - today).days
         start, end = local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz)
         conn = self.conn
         history = await self._history(conn, "total", None, today, tz)
@@ -542,6 +541,11 @@ class ReportBuilder:
             ),
             rows,
         )
+
+
+def _next_month(first: date) -> date:
+    """The first day of the month after the one ``first`` begins."""
+    return (first + timedelta(days=31)).replace(day=1)
 
 
 def _zone_note(tz: tzinfo) -> list[str]:

@@ -36,8 +36,9 @@ SETTLED = """EXISTS (SELECT FROM spend_ledger l
                                         ORDER BY c.stream_seq DESC LIMIT 1),
                                        l.cost IS NOT NULL))"""
 """Whether the hold ``h`` is settled: the live spend projection has counted its call at a
-price (its latest correction's, else its own). An unpriced call counts nothing: its hold stays until
-the call is priced (``budget reprice``), so a BLOCK limit holds."""
+price (its latest correction's, else its own). An unpriced call counts nothing: its hold
+stays until the call is priced (``budget reprice``) or its window ends, so a BLOCK limit
+holds."""
 
 _HOLDS = f"""
              + coalesce((SELECT sum(h.amount) FROM reservation_holds h
