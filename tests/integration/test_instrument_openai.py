@@ -39,6 +39,8 @@ from support import wait_for
 pytestmark = pytest.mark.integration
 
 HELLO = [{"role": "user", "content": "Say hello"}]
+CHAT: dict[str, Any] = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
+RESPONSES: dict[str, Any] = {"model": "o4-mini", "input": "A haiku", "max_output_tokens": 1000}
 
 
 def clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> tuple[Any, Any]:
@@ -395,25 +397,24 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     api = ProviderApi()
     sync_client, async_client = clients(api, stack, user_id="alice")
     client = sync_client if sync else async_client
-    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
 
     raw_chat = client.with_raw_response.chat.completions.create
     async with recorded_usage(stack.nc, topology) as recorded:
-        await call(sync, client.with_options(timeout=5).chat.completions.create, **chat)
-        raw = await call(sync, raw_chat, **chat)
+        await call(sync, client.with_options(timeout=5).chat.completions.create, **CHAT)
+        raw = await call(sync, raw_chat, **CHAT)
         assert raw.parse().usage.total_tokens == 1163  # the caller's parse() as before
-        raw_stream = (await call(sync, raw_chat, **chat, stream=True)).parse()
+        raw_stream = (await call(sync, raw_chat, **CHAT, stream=True)).parse()
         chunks = await in_thread(list, raw_stream) if sync else [c async for c in raw_stream]
         streaming = client.with_streaming_response.chat.completions.create
         if sync:
 
             def read_body() -> list[str]:
-                with streaming(**chat, stream=True) as body:
+                with streaming(**CHAT, stream=True) as body:
                     return list(body.iter_lines())
 
             lines = await in_thread(read_body)
         else:
-            async with streaming(**chat, stream=True) as body:
+            async with streaming(**CHAT, stream=True) as body:
                 lines = [line async for line in body.iter_lines()]
         events = await recorded.exactly(stack.tracker, 4)
     # The raw stream's chunks pass the watch, which keeps back the usage chunk it asked for.
@@ -493,27 +494,25 @@ async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
 ) -> None:
     api = ProviderApi()
     sync_client, async_client = clients(api, stack)
-    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
-    responses = {"model": "o4-mini", "input": "A haiku", "max_output_tokens": 1000}
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
 
             def calls() -> str:
-                sync_client.chat.completions.parse(**chat)
-                sync_client.responses.parse(**responses)
-                with sync_client.chat.completions.stream(**chat) as stream:
+                sync_client.chat.completions.parse(**CHAT)
+                sync_client.responses.parse(**RESPONSES)
+                with sync_client.chat.completions.stream(**CHAT) as stream:
                     text = "".join(e.delta for e in stream if e.type == "content.delta")
-                with sync_client.responses.stream(**responses) as events:
+                with sync_client.responses.stream(**RESPONSES) as events:
                     events.until_done()
                 return text
 
             text = await in_thread(calls)
         else:
-            await async_client.chat.completions.parse(**chat)
-            await async_client.responses.parse(**responses)
-            async with async_client.chat.completions.stream(**chat) as stream:
+            await async_client.chat.completions.parse(**CHAT)
+            await async_client.responses.parse(**RESPONSES)
+            async with async_client.chat.completions.stream(**CHAT) as stream:
                 text = "".join([e.delta async for e in stream if e.type == "content.delta"])
-            async with async_client.responses.stream(**responses) as events:
+            async with async_client.responses.stream(**RESPONSES) as events:
                 await events.until_done()
         recorded_events = await recorded.exactly(stack.tracker, 4)
     assert text == "Hello! How can I help you today?"
@@ -536,26 +535,24 @@ async def test_the_beta_namespace_and_compaction_are_recorded_once(
     compaction runs the model too: each call is recorded once."""
     api = ProviderApi()
     sync_client, async_client = clients(api, stack)
-    chat = {"model": "gpt-4o", "messages": HELLO, "max_tokens": 100}
-    responses = {"model": "o4-mini", "input": "A haiku", "max_output_tokens": 1000}
     async with recorded_usage(stack.nc, topology) as recorded:
         if sync:
 
             def calls() -> None:
-                sync_client.beta.chat.completions.create(**chat)
-                sync_client.beta.chat.completions.parse(**chat)
-                with sync_client.beta.chat.completions.stream(**chat) as stream:
+                sync_client.beta.chat.completions.create(**CHAT)
+                sync_client.beta.chat.completions.parse(**CHAT)
+                with sync_client.beta.chat.completions.stream(**CHAT) as stream:
                     stream.until_done()
-                sync_client.beta.responses.create(**responses)
+                sync_client.beta.responses.create(**RESPONSES)
                 sync_client.responses.compact(model="o4-mini", input="A haiku")
 
             await in_thread(calls)
         else:
-            await async_client.beta.chat.completions.create(**chat)
-            await async_client.beta.chat.completions.parse(**chat)
-            async with async_client.beta.chat.completions.stream(**chat) as stream:
+            await async_client.beta.chat.completions.create(**CHAT)
+            await async_client.beta.chat.completions.parse(**CHAT)
+            async with async_client.beta.chat.completions.stream(**CHAT) as stream:
                 await stream.until_done()
-            await async_client.beta.responses.create(**responses)
+            await async_client.beta.responses.create(**RESPONSES)
             await async_client.responses.compact(model="o4-mini", input="A haiku")
         recorded_events = await recorded.exactly(stack.tracker, 5)
     assert [(e.model, e.usage) for e in recorded_events] == [
