@@ -136,11 +136,7 @@ async def apply_isolating_rejects(
     if len(events) == 1:
         failures = [(events[0], failure)]
     else:
-        failures = []
-        for event in events:
-            failure = await _try_apply(conn, [event], apply)
-            if failure is not None:
-                failures.append((event, failure))
+        failures = await _apply_one_by_one(conn, events, apply)
     faults = [f for _, f in failures if not _about_its_data(f)]
     # One fault of a batch of one is as much the projection's as many of a larger batch:
     # at low traffic every batch holds one event, and each would be dead-lettered.
@@ -154,6 +150,29 @@ async def apply_isolating_rejects(
             lone=lone,
         ) from faults[0]
     return [(event, _rejection(failure)) for event, failure in failures]
+
+
+async def _apply_one_by_one(
+    conn: Connection, events: Sequence[Applied], apply: Apply
+) -> list[tuple[Applied, Exception]]:
+    """Apply each event alone; those that fail, with why. When some applied, each that
+    raised is tried once more: a fault of the projection that cleared meanwhile (the
+    stored data mended) would otherwise pass for the event's own and dead-letter it."""
+    failures: list[tuple[Applied, Exception]] = []
+    for event in events:
+        failure = await _try_apply(conn, [event], apply)
+        if failure is not None:
+            failures.append((event, failure))
+    if len(failures) == len(events):
+        return failures
+    confirmed = []
+    for event, failure in failures:
+        again = failure if _about_its_data(failure) else await _try_apply(conn, [event], apply)
+        if again is not None:
+            confirmed.append((event, again))
+        else:
+            log.warning("event %s applied on a second try: the fault cleared", event.stream_seq)
+    return confirmed
 
 
 async def _try_apply(conn: Connection, events: Sequence[Applied], apply: Apply) -> Exception | None:

@@ -35,19 +35,28 @@ TOTALS = "SELECT sum(cost), sum(requests) FROM faulty_buckets WHERE scope = 'glo
 
 class Faulty(SpendProjection):
     """The spend projection under its own name, raising on every event of ``poisoned``
-    users (all of them while ``broken``); ``past_a_limit``: instead, its statement for such
-    an event passes one of PostgreSQL's limits (SQLSTATE class 54), as a value too long
-    for an index row does."""
+    users (all of them while ``broken``, or for the first ``heals_after`` tries to apply);
+    ``past_a_limit``: instead, its statement for such an event passes one of PostgreSQL's
+    limits (SQLSTATE class 54), as a value too long for an index row does."""
 
     name = "faulty"
 
     def __init__(
-        self, *, broken: bool = False, poisoned: Sequence[str] = (), past_a_limit: bool = False
+        self,
+        *,
+        broken: bool = False,
+        poisoned: Sequence[str] = (),
+        past_a_limit: bool = False,
+        heals_after: int = 0,
     ) -> None:
         super().__init__("faulty", settles_reservations=False)
         self.broken, self.poisoned, self.past_a_limit = broken, set(poisoned), past_a_limit
+        self.failing_tries = heals_after
 
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        if self.failing_tries:
+            self.failing_tries -= 1
+            raise ValueError("stored policy no longer validates (for a while)")
         for applied in batch:
             user = getattr(applied.event, "user_id", None)
             if self.broken or user in self.poisoned:
@@ -140,6 +149,20 @@ async def test_one_event_the_projection_raises_on_is_dead_lettered_and_the_rest_
     letters = await recent_dead_letters(nc.jetstream(), topology)
     assert [(letter.consumer, letter.original_seq) for letter in letters] == [("faulty-v1", 2)]
     assert "stored policy no longer validates (event of mallory)" in letters[0].reason
+    assert await rows(db, TOTALS) == [(2, 2)]
+
+
+async def test_a_fault_that_clears_while_a_batch_is_isolated_dead_letters_nothing(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """The batch fails whole (applied as is, then in a savepoint), then its first event
+    alone; the fault is mended before the second applies: the first was not to blame, so
+    it is tried again and counted."""
+    await publish(nc, topology, [usage_event(cost="1", user=u) for u in ("alice", "bob")])
+
+    await catch_up(Faulty(heals_after=3), nc, db, topology)
+
+    assert await recent_dead_letters(nc.jetstream(), topology) == []
     assert await rows(db, TOTALS) == [(2, 2)]
 
 
