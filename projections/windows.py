@@ -40,11 +40,18 @@ price (its latest correction's, else its own). An unpriced call counts nothing: 
 stays until the call is priced (``budget reprice``) or its window ends, so a BLOCK limit
 holds."""
 
+# A hold made in an earlier window counts too while its call is not recorded before this
+# one began: a call checked before midnight and finished after it costs today (its event
+# is timed when recorded), so today's window must not admit its cap without it.
 _HOLDS = f"""
              + coalesce((SELECT sum(h.amount) FROM reservation_holds h
                          WHERE h.policy_id = w.policy_id AND h.window_key = w.key
-                           AND h.window_start = w.start AND h.expires_at > now()
-                           AND NOT {SETTLED}), 0)"""
+                           AND h.window_start <= w.start AND h.expires_at > now()
+                           AND NOT {SETTLED}
+                           AND (h.window_start = w.start
+                                OR NOT EXISTS (SELECT FROM spend_ledger l
+                                               WHERE l.reservation_id = h.reservation_id
+                                                 AND l.occurred_at < w.start))), 0)"""
 
 
 def window_sum_sql(buckets: str, *, holds: bool = False) -> str:

@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
+import services.enforcer
 from budget.checks import BudgetExceeded
 from budget.config import Settings
 from events import (
@@ -146,6 +147,61 @@ async def test_settled_reservation_is_counted_once_as_its_actual_cost(
     await wait_for(settled, within=10)
     after = await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
     assert after.current_spend == recorded.cost  # the actual cost, not cost + estimate
+
+
+async def test_calls_in_flight_at_midnight_count_against_the_new_day(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two calls checked at 23:59:50 cost the day their events are timed in: while one is
+    in flight after midnight, the new day's BLOCK window counts its hold; one that was
+    recorded before midnight costs the old day only. (Tonight's midnight, so that the
+    holds made before it have not expired: events may be timed up to a day ahead.)"""
+    settings = stack_settings(nats_url, db, topology, tmp_path, max_clock_skew=86_400)
+    async with enforcement_stack(nc, settings) as stack:
+        await _calls_in_flight_at_midnight(stack, monkeypatch)
+
+
+async def _calls_in_flight_at_midnight(
+    stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert stack.enforcer is not None
+    await stack.set_policy(limit_amount="0.25", action="block", period="daily")
+    midnight = utc_now().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    now = midnight + timedelta(seconds=5)
+
+    async def check(at: datetime) -> CheckResult:
+        monkeypatch.setattr(services.enforcer, "utc_now", lambda: at)
+        request = CheckRequest(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+        [result] = await stack.enforcer.decide([_Pending(request, "", stack.settings.caller)])
+        return result
+
+    late = [await check(midnight - timedelta(seconds=10)) for _ in range(2)]
+    assert all(r.allowed for r in late)
+    refused = await check(now)
+    assert not refused.allowed and refused.current_spend == 2 * DIME
+
+    await stack.tracker.record_usage(  # $0.10, finished a second before midnight
+        model="gpt-4o",
+        provider="openai",
+        input_tokens=40_000,
+        user_id="u1",
+        reservation_id=late[0].reservation_id,
+        occurred_at=midnight - timedelta(seconds=1),
+    )
+    await stack.tracker.flush()
+
+    async def settled() -> bool:
+        """the call recorded before midnight released its hold"""
+        return len(await stack.holds()) == 1
+
+    await wait_for(settled, within=10)
+    admitted = await check(now)
+    assert admitted.allowed and admitted.current_spend == DIME  # the other one, in flight
 
 
 async def test_a_provider_is_one_key_however_it_is_spelt(stack: EnforcementStack) -> None:
