@@ -59,12 +59,15 @@ class CallScope:
         )
 
     def key(self, scope: BudgetScope) -> str | None:
+        """The call's key in ``scope``; None when it has none. An empty user or project id
+        is none: spend is never counted under an empty key, so a limit on it would never
+        see the spend it admitted."""
         if scope is BudgetScope.GLOBAL:
             return GLOBAL_SCOPE_KEY
         if scope is BudgetScope.USER:
-            return self.user_id
+            return self.user_id or None
         if scope is BudgetScope.PROJECT:
-            return self.project_id
+            return self.project_id or None
         if scope is BudgetScope.PROVIDER:
             return self.provider
         return self.model

@@ -125,4 +125,9 @@ def test_a_users_own_policy_out_of_its_range_leaves_her_the_default() -> None:
 
 def test_per_key_policies_skip_calls_without_that_key() -> None:
     per_project = policy(scope=BudgetScope.PROJECT)
-    assert applicable([per_project], CallScope(model="m"), datetime(2026, 5, 1, tzinfo=UTC)) == []
+    per_user = policy(scope=BudgetScope.USER)
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    assert applicable([per_project], CallScope(model="m"), at) == []
+    # an empty id is no id: spend is never counted under the empty key
+    empty = CallScope(model="m", user_id="", project_id="")
+    assert applicable([per_project, per_user], empty, at) == []
