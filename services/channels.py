@@ -78,12 +78,21 @@ class NatsSender(Sender):
         self.nc, self.topology = nc, topology
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
+        self._connected()
         subject = self.topology.alert_subject(alert.severity.value, alert.alert_type.value)
         with undeliverable(MaxPayloadError):
             await self.nc.publish(subject, payload, headers={"Nats-Msg-Id": str(alert.alert_id)})
 
     async def flush(self) -> None:
+        # While the client reconnects, publish only buffers and flush returns without a
+        # round trip: what it confirmed is then in this process's memory, not the server's.
+        self._connected()
         await self.nc.flush(timeout=5)
+        self._connected()
+
+    def _connected(self) -> None:
+        if not self.nc.is_connected:
+            raise ConnectionError("not connected to NATS (reconnecting)")
 
 
 class LogSender(Sender):

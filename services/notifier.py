@@ -237,7 +237,7 @@ class Notifier:
         """Record a failed send; returns its backoff. An alert retried ``alone`` waits it
         out in the outbox while the next ones go; otherwise the channel waits."""
         why = _reason(exc)
-        backoff = min(2.0**attempts, self.config.max_backoff)
+        backoff = min(2.0 ** min(attempts, 32), self.config.max_backoff)  # 2.0**1024 overflows
         await conn.execute(
             "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
             " next_attempt_at = now() + %s * interval '1 second'"

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from budget.config import Settings
 from events import Topology
+from projections.db import connect
 from projections.migrate import migrate
-from services.embedded import EmbeddedPostgres
+from services.embedded import EmbeddedNats, EmbeddedPostgres
 from services.liveness import Liveness
 from services.notifier import NotifierConfig
 
@@ -134,6 +138,24 @@ async def test_an_alert_the_webhook_refuses_is_retried_alone_until_it_goes_out(
     assert hook.keys() == [*ids[1:], ids[0]]
 
 
+async def test_an_alert_refused_for_hours_still_backs_off_while_the_next_go_out(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    """Past a thousand tries (hours at the longest backoff) the backoff still holds."""
+    ids = await queue_alerts(db, 3)
+    hook.respond = lambda key: 400 if key == ids[0] else 200
+    async with await connect(db) as conn:
+        await conn.execute("UPDATE alert_outbox SET attempts = 2000 WHERE alert_id = %s", (ids[0],))
+    async with notifier(nc, settings, NotifierConfig(max_backoff=30, poll_interval=0.2)):
+
+        async def retried() -> bool:
+            """the later alerts went out and the refused one waits for its next try"""
+            status, attempts = next(r[2:] for r in await outbox(db) if str(r[0]) == ids[0])
+            return hook.keys() == ids[1:] and (status, attempts) == ("pending", 2001)
+
+        await wait_for(retried)
+
+
 async def test_an_alert_that_keeps_failing_holds_its_channel_only_until_the_next_goes_out(
     nc: Client, db: str, settings: Settings, hook: Webhook
 ) -> None:
@@ -244,3 +266,57 @@ async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is
             embedded_postgres.start()
             ids += await queue_alerts(db, 1)
             await wait_for(delivered)
+
+
+async def test_nats_alerts_are_recorded_sent_only_once_the_server_has_them(
+    embedded_nats: EmbeddedNats, db: str, topology: Topology, tmp_path: Path, hook: Webhook
+) -> None:
+    """While the NATS client reconnects, a publish only buffers in the notifier's memory:
+    alerts are not recorded sent then, so a notifier restarted before NATS is back still
+    sends each of them once."""
+    with smtp_server() as box:
+        settings = alert_settings(embedded_nats.url, db, topology, tmp_path, hook, box)
+    nc = await nats.connect(embedded_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        embedded_nats.stop()
+        ids = await queue_alerts(db, 3, channel="nats")
+        async with notifier(nc, settings, NotifierConfig(poll_interval=0.2)):
+
+            async def tried() -> bool:
+                """the notifier tried the NATS channel while NATS was down"""
+                return any(attempts > 0 for *_, attempts in await outbox(db))
+
+            await wait_for(tried)
+            assert {status for _, _, status, _ in await outbox(db)} == {"pending"}
+    finally:
+        await nc.close()  # the notifier restarts before NATS is back
+
+    embedded_nats.start()
+    received: Counter[str] = Counter()
+    listener = await nats.connect(embedded_nats.url)
+    nc = await nats.connect(embedded_nats.url)
+    try:
+
+        async def on_alert(msg: Msg) -> None:
+            received[(msg.headers or {})["Nats-Msg-Id"]] += 1
+
+        await listener.subscribe(f"{topology.prefix}.alerts.>", cb=on_alert)
+        await listener.flush()
+        async with notifier(nc, settings, NotifierConfig(poll_interval=0.2)):
+
+            async def sent() -> bool:
+                """every NATS delivery is recorded as sent"""
+                return {status for _, _, status, _ in await outbox(db)} == {"sent"}
+
+            await wait_for(sent)
+        await listener.flush()
+
+        async def heard() -> bool:
+            """the listener heard every alert"""
+            return set(received) == set(ids)
+
+        await wait_for(heard)
+        assert all(received[i] == 1 for i in ids)
+    finally:
+        await listener.close()
+        await nc.close()
