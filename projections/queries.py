@@ -233,6 +233,10 @@ class RecordedUsage:
     revision: int
     """The log position of the last change of ``cost``: the event's own, or that of the
     latest correction applied to it."""
+    from_price_data: bool
+    """Whether ``cost`` was computed from price data, rather than given by the host (an
+    estimated cost) or absent (unpriced)."""
+    unpriced_reason: str | None
 
 
 async def usage_between(conn: Connection, since: datetime, until: datetime) -> list[RecordedUsage]:
@@ -244,7 +248,7 @@ async def usage_between(conn: Connection, since: datetime, until: datetime) -> l
         " h.output_reasoning, h.embedding_tokens, h.audio_seconds,"
         " h.image_count, h.image_size, h.image_quality,"
         " CASE WHEN c.stream_seq IS NULL THEN l.cost ELSE c.cost END,"
-        " coalesce(c.stream_seq, l.stream_seq)"
+        " coalesce(c.stream_seq, l.stream_seq), h.price IS NOT NULL, h.unpriced_reason"
         " FROM usage_history h JOIN spend_ledger l USING (event_id)"
         " LEFT JOIN LATERAL (SELECT cost, stream_seq FROM spend_corrections"
         "   WHERE corrects = l.event_id ORDER BY stream_seq DESC LIMIT 1) c ON true"

@@ -9,12 +9,19 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from budget.pricing import Priced, PricingRegistry
+from budget.pricing.rates import PRICED_APART
 from budget.publisher import EventPublisher
 from events import UsageRepriced
-from events.usage import exact_money
+from events.usage import Usage, exact_money
 from projections.queries import RecordedUsage
 
-__all__ = ["Change", "correction_for", "plan_corrections", "publish_corrections"]
+__all__ = [
+    "Change",
+    "correction_for",
+    "plan_corrections",
+    "publish_corrections",
+    "repriceable",
+]
 
 # Correction ids derive from what they say, including the state they correct (the log
 # position of the cost's last change): the same reprice run twice, or concurrently,
@@ -38,7 +45,10 @@ class Change:
 def correction_for(
     recorded: RecordedUsage, registry: PricingRegistry, reason: str
 ) -> UsageRepriced | None:
-    """The correction for one event, or None when its price has not changed."""
+    """The correction for one event, or None when its price has not changed or it is not
+    the price data's to say (``repriceable``)."""
+    if not repriceable(recorded):
+        return None
     result = registry.price(
         provider=recorded.provider,
         model=recorded.model,
@@ -67,6 +77,16 @@ def correction_for(
         unpriced_reason=unpriced,
         reason=reason,
     )
+
+
+def repriceable(recorded: RecordedUsage) -> bool:
+    """Whether price data can price the event from what it recorded: not a cost the host
+    gave (an estimated cost is kept as given), nor an unpriced call whose usage is not in
+    its counts (no usage at all, or audio or image tokens counted as text)."""
+    if recorded.cost is not None:
+        return recorded.from_price_data
+    reason = recorded.unpriced_reason or ""
+    return recorded.usage != Usage() and PRICED_APART not in reason
 
 
 def plan_corrections(

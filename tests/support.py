@@ -24,6 +24,7 @@ from budget.periods import Period, period_bounds
 from budget.queries import RpcQueries
 from events import (
     Event,
+    PriceSource,
     TimeBounds,
     Topology,
     Usage,
@@ -82,6 +83,14 @@ def usage_event(
         user_id=user,
         project_id=project,
     )
+
+
+def mispriced(cost: str, **fields: Any) -> UsageRecorded:
+    """A usage event (``usage_event``: acme-1 unless said) that an earlier, wrong price
+    data made cost ``cost``: ``budget reprice`` is to correct it."""
+    event = usage_event(cost=cost, **{"provider": "acme", "model": "acme-1", **fields})
+    wrong = PriceSource(layer="genai-prices", data_version="0.0.1-wrong")
+    return UsageRecorded.model_validate(event.model_dump() | {"price": wrong})
 
 
 def varied_events(count: int, start: datetime | None = None) -> list[UsageRecorded]:

@@ -20,6 +20,7 @@ from events.usage import PriceSource, Usage
 
 __all__ = [
     "COST_PLACES",
+    "PRICED_APART",
     "TOKEN_CLASSES",
     "Layer",
     "RateCard",
@@ -28,6 +29,10 @@ __all__ = [
     "divided_cost",
     "flat_with_fallbacks",
 ]
+
+PRICED_APART = "priced apart from text tokens"
+"""In the reason a call with audio or image tokens is unpriced: its event's token counts
+cannot tell them from text (``budget reprice`` leaves such calls alone)."""
 
 TOKEN_CLASSES = (
     "input_uncached",
@@ -185,8 +190,8 @@ class RateCard:
         if not apart:
             return None
         return self._unpriced(
-            f"{', '.join(apart)} tokens (priced apart from text tokens, which usage events"
-            " count them as: recorded unpriced rather than at the text rate)"
+            f"{', '.join(apart)} tokens ({PRICED_APART}, which usage events count them as:"
+            " recorded unpriced rather than at the text rate)"
         )
 
     def _unpriced(self, what: str) -> Unpriced:

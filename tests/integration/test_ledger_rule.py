@@ -35,7 +35,7 @@ from ledger_logs import (
     steps_costing,
 )
 from money_strategies import maximal_costs
-from support import catch_up, publish, rows, usage_event
+from support import catch_up, mispriced, publish, rows, usage_event
 
 AT = datetime(2026, 5, 4, 12, 7, tzinfo=UTC)
 COUNTING = ("spend", "history", "reports", "alerts")
@@ -111,7 +111,7 @@ async def costs_everywhere(db: str) -> dict[str, list[tuple[object, ...]]]:
 async def test_a_correction_resent_late_changes_nothing_anywhere(
     nc: Client, db: str, topology: Topology
 ) -> None:
-    await publish(nc, topology, [usage_event(at=AT, cost="5", provider="acme", model="acme-1")])
+    await publish(nc, topology, [mispriced("5", at=AT)])
     await project_all(nc, db, topology)
     first = await reprice(db, acme("1"))
     await publish(nc, topology, [first])
@@ -210,7 +210,7 @@ async def test_a_correction_of_an_event_unknown_at_its_place_is_dead_lettered_an
 async def test_repricing_back_to_an_earlier_price_is_applied(
     nc: Client, db: str, topology: Topology
 ) -> None:
-    await publish(nc, topology, [usage_event(at=AT, cost="5", provider="acme", model="acme-1")])
+    await publish(nc, topology, [mispriced("5", at=AT)])
     await project_all(nc, db, topology)
     to_b = await reprice(db, acme("1"))
     await publish(nc, topology, [to_b])

@@ -9,7 +9,8 @@ from nats.aio.client import Client
 
 from budget.periods import Period
 from budget.pricing import PriceOverride, PricingRegistry
-from events import Topology, UsageRepriced
+from budget.pricing.rates import PRICED_APART
+from events import Topology, Usage, UsageRecorded, UsageRepriced
 from projections.db import connect
 from projections.engine.rebuild import rebuild
 from projections.history import HistoryProjection
@@ -17,7 +18,7 @@ from projections.queries import usage_between
 from projections.spend import SpendProjection
 from services.reprice import plan_corrections
 
-from support import catch_up, publish, rows, start_of, usage_event
+from support import catch_up, mispriced, publish, rows, start_of, usage_event
 
 AT = start_of(Period.DAILY, ago=2) + timedelta(hours=12)
 ACME = PriceOverride(
@@ -75,8 +76,7 @@ async def test_unpriced_usage_gets_priced_once_a_price_exists(
 async def test_a_wrong_cost_is_corrected_in_every_scope_and_period(
     nc: Client, db: str, topology: Topology
 ) -> None:
-    wrong = usage_event(at=AT, cost="99", provider="acme", model="acme-1", user="bob")
-    await publish(nc, topology, [wrong])
+    await publish(nc, topology, [mispriced("99", at=AT, user="bob")])
     await project_all(nc, db, topology)
     await publish(nc, topology, await corrections(db, PricingRegistry([ACME])))
     await project_all(nc, db, topology)
@@ -89,7 +89,7 @@ async def test_a_wrong_cost_is_corrected_in_every_scope_and_period(
 async def test_a_correction_delivered_twice_is_applied_once(
     nc: Client, db: str, topology: Topology
 ) -> None:
-    await publish(nc, topology, [usage_event(at=AT, cost="5", provider="acme", model="acme-1")])
+    await publish(nc, topology, [mispriced("5", at=AT)])
     await project_all(nc, db, topology)
     fixes = await corrections(db, PricingRegistry([ACME]))
     await publish(nc, topology, fixes + fixes, msg_id=False)
@@ -122,3 +122,24 @@ async def test_planning_twice_gives_the_same_correction_ids(
     second = await corrections(db, PricingRegistry([ACME]))
     assert [c.event_id for c in first] == [c.event_id for c in second]
     assert len(first) == 1
+
+
+async def test_what_price_data_cannot_tell_is_left_as_it_was(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """A cost the host gave (an estimate, or a publisher's own figure) is kept; a call
+    unpriced for want of usage, or for audio tokens its counts hold as text, stays
+    unpriced: repricing their token counts would say $0 or the text rate."""
+    given = usage_event(at=AT, cost="0.50", provider="acme", model="acme-1")
+    no_usage = UsageRecorded.model_validate(
+        usage_event(at=AT, cost=None, provider="acme", model="acme-1").model_dump()
+        | {"usage": Usage(), "unpriced_reason": "no usage in the response and no estimate"}
+    )
+    audio = UsageRecorded.model_validate(
+        usage_event(at=AT, cost=None, provider="acme", model="acme-1").model_dump()
+        | {"unpriced_reason": f"... has no price for 1000 audio tokens ({PRICED_APART}, ...)"}
+    )
+    await publish(nc, topology, [given, no_usage, audio])
+    await project_all(nc, db, topology)
+
+    assert await corrections(db, PricingRegistry([ACME])) == []
