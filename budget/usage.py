@@ -198,11 +198,19 @@ def _from_usage(u: object) -> Usage | None:
     if _has(u, "prompt_tokens"):
         if not _has(u, "completion_tokens"):  # embeddings: {prompt_tokens, total_tokens}
             return normalize_usage(embedding_tokens=_num(u, "prompt_tokens"))
+        prompt, completion = _num(u, "prompt_tokens"), _num(u, "completion_tokens")
+        reasoning = _num(u, "completion_tokens_details", "reasoning_tokens")
+        if reasoning and (
+            reasoning > completion or _num(u, "total_tokens") == prompt + completion + reasoning
+        ):
+            # xAI counts reasoning apart from completion_tokens (OpenAI within it); its
+            # total tells, and it bills both at the output rate
+            completion += reasoning
         return normalize_usage(
-            input_tokens=_num(u, "prompt_tokens"),
+            input_tokens=prompt,
             cached_tokens=_num(u, "prompt_tokens_details", "cached_tokens"),
-            output_tokens=_num(u, "completion_tokens"),
-            reasoning_tokens=_num(u, "completion_tokens_details", "reasoning_tokens"),
+            output_tokens=completion,
+            reasoning_tokens=reasoning,
         )
     if not _has(u, "input_tokens", "output_tokens"):
         return None
@@ -249,18 +257,32 @@ def usage_from_response(obj: object) -> Usage:
 
 
 _MEDIA = {"AUDIO": "audio", "IMAGE": "image", "VIDEO": "video"}
-_DETAILS = ("prompt_tokens_details", "completion_tokens_details", "candidates_tokens_details")
+_DETAILS = (
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "candidates_tokens_details",
+    "cache_creation",
+    "server_tool_use",
+)
 
 
 def modality_tokens(obj: object) -> dict[str, int]:
-    """The tokens of a provider's usage object (or a response holding one) that are not
-    text, by side and medium (``"input audio"``, ``"output image"``, ...): ``Usage``
-    counts them as text tokens, and a model may price them apart (``RateCard.apart``).
-    OpenAI's ``*_tokens_details.audio_tokens``; Gemini's per-modality token counts."""
+    """What a provider's usage object (or a response holding one) counts that ``Usage``
+    has no class for, and a model may price apart (``RateCard.apart``): tokens that are
+    not text, by side and medium (``"input audio"``, ``"output image"``, ...: ``Usage``
+    counts them as text; OpenAI's ``*_tokens_details.audio_tokens``, Gemini's
+    per-modality counts), Anthropic's ``"1-hour cache write"`` tokens (counted as cache
+    writes) and ``"web search"`` requests."""
     found: dict[str, int] = {}
     usage = _with_details(obj)
     if usage is None:
         return found
+    for name, path in (
+        ("1-hour cache write", ("cache_creation", "ephemeral_1h_input_tokens")),
+        ("web search", ("server_tool_use", "web_search_requests")),
+    ):
+        if count := _num(usage, *path):
+            found[name] = count
     for side, key in (("input", "prompt_tokens_details"), ("output", "completion_tokens_details")):
         audio = _num(usage, key, "audio_tokens") if not _is_list(_get(usage, key)) else 0
         if audio:

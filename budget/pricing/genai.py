@@ -41,10 +41,13 @@ _TOKEN_KEYS: Mapping[str, tuple[str, ...]] = {
     "embedding_tokens": ("input_mtok",),
 }
 # (medium, genai-prices key of its token rate, the text rate it would otherwise get)
+# (what, its price key, the key of the class ``Usage`` counts it in: None for none)
 _MEDIA_KEYS = (
     ("input audio", "input_audio_mtok", "input_mtok"),
     ("output audio", "output_audio_mtok", "output_mtok"),
     ("output image", "output_image_mtok", "output_mtok"),
+    ("1-hour cache write", "cache_write_1h_mtok", "cache_write_mtok"),
+    ("web search", "web_searches_kcount", None),
 )
 # Groq bills Whisper for at least 10 seconds per request (genai-prices does the same).
 _MIN_AUDIO_SECONDS = {("groq", "whisper-large-v3"), ("groq", "whisper-large-v3-turbo")}
@@ -119,11 +122,12 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
             tokens[cls] = steps
         elif not raw:  # listed with no prices at all: a free model (e.g. ":free" variants)
             tokens[cls] = ((-1, Decimal(0)),)
-    # Media a model prices apart from text tokens (a rate that differs from the text one).
+    # What a model prices apart (a rate that differs from the one of the class counted in).
     modal = frozenset(
         medium
-        for medium, key, text in _MEDIA_KEYS
-        if raw.get(key) is not None and raw.get(key) != raw.get(text)
+        for medium, key, counted_in in _MEDIA_KEYS
+        if raw.get(key) is not None
+        and raw.get(key) != (raw.get(counted_in) if counted_in else None)
     )
     hourly = raw.get("audio_hours", raw.get("input_audio_hours"))
     per_k_requests = raw.get("requests_kcount")

@@ -30,9 +30,9 @@ __all__ = [
     "flat_with_fallbacks",
 ]
 
-PRICED_APART = "priced apart from text tokens"
-"""In the reason a call with audio or image tokens is unpriced: its event's token counts
-cannot tell them from text (``budget reprice`` leaves such calls alone)."""
+PRICED_APART = "priced apart"
+"""In the reason a call is unpriced for what its event's usage cannot tell (audio or image
+tokens, 1-hour cache writes, web searches): ``budget reprice`` leaves such calls alone."""
 
 TOKEN_CLASSES = (
     "input_uncached",
@@ -183,15 +183,20 @@ class RateCard:
         )
 
     def apart(self, media: Mapping[str, int]) -> Unpriced | None:
-        """Why a call with these non-text tokens (``budget.usage.modality_tokens``) has no
-        price here, when the model prices any of them apart from text tokens: ``Usage``
-        counts them as text, so the text rate would be wrong (e.g. audio input at 3x)."""
-        apart = [f"{count} {medium}" for medium, count in media.items() if medium in self.modal]
+        """Why a call with these (``budget.usage.modality_tokens``) has no price here, when
+        the model prices any of them apart: ``Usage`` counts them as text tokens or cache
+        writes, or not at all, so its rates would be wrong (audio input at 3x, 1-hour
+        cache writes at 2x the input rate, web searches at $10 per thousand)."""
+        apart = [
+            f"{count} web searches" if medium == "web search" else f"{count} {medium} tokens"
+            for medium, count in media.items()
+            if medium in self.modal
+        ]
         if not apart:
             return None
         return self._unpriced(
-            f"{', '.join(apart)} tokens ({PRICED_APART}, which usage events count them as:"
-            " recorded unpriced rather than at the text rate)"
+            f"{', '.join(apart)} ({PRICED_APART} from what usage events count: recorded"
+            " unpriced rather than at a wrong rate)"
         )
 
     def _unpriced(self, what: str) -> Unpriced:

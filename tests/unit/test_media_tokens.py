@@ -1,6 +1,7 @@
-"""Tokens that are not text: read from the providers' usage objects, and a model that
-prices them apart from text tokens leaves the call unpriced (with why) rather than priced
-at the text rate, which ``Usage`` (text token classes only) would give them."""
+"""What ``Usage`` has no class for (tokens that are not text, Anthropic's 1-hour cache
+writes and web searches): read from the providers' usage objects, and a model that prices
+them apart leaves the call unpriced (with why) rather than priced at the rate of the class
+``Usage`` counts them in (text tokens, cache writes) or not at all."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from anthropic.types import Usage as AnthropicUsage
 from google.genai import types as gemini
 from openai.types import CompletionUsage
 
@@ -42,6 +44,24 @@ GEMINI_IMAGE_OUT = {
     "candidates_tokens_details": [{"modality": "IMAGE", "token_count": 1290}],
 }
 OPENAI_TEXT = {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {}}
+ANTHROPIC_1H_CACHE_AND_SEARCHES = AnthropicUsage.model_validate(
+    {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_creation_input_tokens": 1_000_000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 1_000_000, "ephemeral_5m_input_tokens": 0},
+        "server_tool_use": {"web_search_requests": 100, "web_fetch_requests": 0},
+    }
+)
+ANTHROPIC_5M_CACHE = AnthropicUsage.model_validate(
+    {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_creation_input_tokens": 1000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 1000},
+        "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +76,11 @@ def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
     assert modality_tokens(GEMINI_IMAGE_OUT) == {"output image": 1290}
     assert modality_tokens(OPENAI_TEXT) == {}
     assert modality_tokens({"input_tokens": 5, "output_tokens": 1}) == {}
+    assert modality_tokens(ANTHROPIC_1H_CACHE_AND_SEARCHES) == {
+        "1-hour cache write": 1_000_000,
+        "web search": 100,
+    }
+    assert modality_tokens(ANTHROPIC_5M_CACHE) == {}
 
 
 @pytest.mark.parametrize(
@@ -63,16 +88,22 @@ def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
     [
         ("gemini-2.5-flash", GEMINI_AUDIO, "1000 input audio"),
         ("gemini-2.5-flash-image", GEMINI_IMAGE_OUT, "1290 output image"),
+        (
+            "claude-sonnet-4",
+            ANTHROPIC_1H_CACHE_AND_SEARCHES,
+            "1000000 1-hour cache write tokens, 100 web searches",
+        ),
     ],
 )
 def test_a_model_pricing_a_medium_apart_leaves_the_call_unpriced(
     registry: PricingRegistry, model: str, usage: object, medium: str
 ) -> None:
+    provider = "anthropic" if model.startswith("claude") else "google"
     priced = registry.price(
-        provider="google", model=model, usage=usage_from_response(usage), at=NOW, raw_usage=usage
+        provider=provider, model=model, usage=usage_from_response(usage), at=NOW, raw_usage=usage
     )
     assert isinstance(priced, Unpriced)
-    assert medium in priced.reason and "rather than at the text rate" in priced.reason
+    assert medium in priced.reason and "rather than at a wrong rate" in priced.reason
 
 
 def test_text_tokens_alone_are_priced_as_before(registry: PricingRegistry) -> None:
@@ -82,6 +113,23 @@ def test_text_tokens_alone_are_priced_as_before(registry: PricingRegistry) -> No
         provider="google", model="gemini-2.5-flash", usage=usage, at=NOW, raw_usage=OPENAI_TEXT
     )
     assert isinstance(alone, Priced) and told == alone
+
+
+def test_five_minute_cache_writes_are_priced_at_the_cache_write_rate(
+    registry: PricingRegistry,
+) -> None:
+    usage = usage_from_response(ANTHROPIC_5M_CACHE)
+    priced = registry.price(
+        provider="anthropic",
+        model="claude-sonnet-4",
+        usage=usage,
+        at=NOW,
+        raw_usage=ANTHROPIC_5M_CACHE,
+    )
+    assert isinstance(priced, Priced)
+    assert priced == registry.price(
+        provider="anthropic", model="claude-sonnet-4", usage=usage, at=NOW
+    )
 
 
 def test_the_tracker_records_such_a_call_unpriced(

@@ -152,6 +152,28 @@ def test_openai_chat_null_details_count_as_zero() -> None:
     assert usage_from_response(raw) == Usage(input_uncached=10, output_text=5)
 
 
+def test_xai_reasoning_counted_apart_from_completion_is_added_to_output() -> None:
+    """xAI's chat usage leaves reasoning out of completion_tokens; its total tells."""
+    with_total = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 900,
+        "total_tokens": 2700,
+        "completion_tokens_details": {"reasoning_tokens": 800},
+    }
+    assert usage_from_response(with_total) == Usage(
+        input_uncached=1000, output_text=900, output_reasoning=800
+    )
+    more_reasoning_than_completion = {
+        "prompt_tokens": 663,
+        "completion_tokens": 50,
+        "prompt_tokens_details": {"cached_tokens": 654},
+        "completion_tokens_details": {"reasoning_tokens": 124},
+    }
+    assert usage_from_response(more_reasoning_than_completion) == Usage(
+        input_uncached=9, input_cache_read=654, output_text=50, output_reasoning=124
+    )
+
+
 def test_openai_embeddings_usage() -> None:
     raw = {"object": "list", "data": [], "usage": {"prompt_tokens": 8, "total_tokens": 8}}
     assert usage_from_response(raw) == Usage(embedding_tokens=8)
