@@ -175,12 +175,17 @@ class ReportBuilder:
         self, days: int = 30, interval: str = "daily", tz: tzinfo = UTC
     ) -> Report:
         """Spend per day (or ISO week from Monday) of ``tz`` over the last ``days`` days,
-        today included, with the change from the previous point."""
+        today included, with the change from the previous point. Weekly, the first week
+        is whole (from its Monday): a part of it would pass for a drop in spend."""
         if interval not in ("daily", "weekly"):
             raise QueryFieldError("interval", f"interval must be daily or weekly, not {interval!r}")
         if days < 1:
             raise QueryFieldError("days", "days must be at least 1")
-        first = utc_now().astimezone(tz).date() - timedelta(days - 1)
+        today = utc_now().astimezone(tz).date()
+        first = today - timedelta(days - 1)
+        if interval == "weekly":
+            first -= timedelta(first.weekday())
+            days = (today - first).days + 1
         series = await self.daily(self.conn, "total", None, first, days, tz)
         costs: dict[date, Decimal] = {}
         counts: dict[date, int] = {}
@@ -262,7 +267,7 @@ class ReportBuilder:
         conn = self.conn
         history = await self._history(conn, "total", None, today, tz)
         month_actual = await self.daily(
-            conn, "total", None, month_first, (today - month_first).days, tz
+            conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
         budget_rows = await self._budget_forecasts(conn, now, today, horizon, tz)
         if not history:
@@ -274,15 +279,16 @@ class ReportBuilder:
             ("day", "expected_usd", "low_usd", "high_usd"),
             [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
         )
+        spent_today = month_actual.get(today, (Decimal(0), 0))[0]
         months: dict[date, list[Decimal]] = {}
-        for f in ahead:
-            month = f.day.replace(day=1)
-            sums = months.setdefault(month, [Decimal(0)] * 4)
-            for i, value in enumerate((Decimal(0), f.expected, f.low, f.high)):
-                sums[i] += value
         with exact_money():
-            actual = sum((cost for cost, _ in month_actual.values()), Decimal(0))
-        months[month_first][0] = actual
+            for f in ahead:
+                month = f.day.replace(day=1)
+                sums = months.setdefault(month, [Decimal(0)] * 4)
+                for i, value in enumerate((f.expected, f.low, f.high), start=1):
+                    # the actual holds today so far: today adds only what it may still add
+                    sums[i] += max(value - spent_today, Decimal(0)) if f.day == today else value
+            months[month_first][0] = sum((cost for cost, _ in month_actual.values()), Decimal(0))
         periods = Table(
             "Per calendar month (each reset starts from zero)",
             ("month", "actual_usd", "projected_total_usd", "low_usd", "high_usd"),

@@ -178,13 +178,15 @@ async def test_trend_has_one_point_per_day_summing_to_the_window(
 ) -> None:
     now = utc_now()
     await publish(
-        nc, topology, [usage_event(cost="0.50", at=now - timedelta(days=d)) for d in range(10)]
+        nc, topology, [usage_event(cost="0.50", at=now - timedelta(days=d)) for d in range(24)]
     )
     await materialize(nc, db, topology)
     daily = await generator.generate_trend_report(days=7, interval="daily")
     assert [r["cost_usd"] for r in daily.main.records()] == [Decimal("0.50")] * 7
-    weekly = await generator.generate_trend_report(days=14, interval="weekly")
-    assert sum(r["cost_usd"] for r in weekly.main.records()) == Decimal("5.00")  # all ten
+    weekly = (await generator.generate_trend_report(days=10, interval="weekly")).main.records()
+    # whole weeks from the Monday on or before ten days ago; this week so far last
+    assert [r["cost_usd"] for r in weekly[:-1]] == [Decimal("3.50")] * (len(weekly) - 1)
+    assert weekly[-1]["cost_usd"] == Decimal("0.50") * (now.weekday() + 1)
 
 
 async def test_summary_shows_the_period_by_model_and_the_budgets(
@@ -240,6 +242,11 @@ async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(
     this_month = sum(Decimal("10.00") for e in history if e.occurred_at >= today.replace(day=1))
     assert budget["spent_usd"] == this_month + 7
     assert budget["projected_at_period_end_usd"] == this_month + 10 + 10 * after_today
+    # the month's row agrees: its actual holds today so far too
+    assert (months[0]["actual_usd"], months[0]["projected_total_usd"]) == (
+        budget["spent_usd"],
+        budget["projected_at_period_end_usd"],
+    )
     assert any("method: least-squares" in note for note in report.notes)
 
 
