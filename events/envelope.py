@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import socket
 import time
 import uuid
@@ -19,16 +18,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-_random = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
-
-
 def new_event_id() -> uuid.UUID:
-    """A UUIDv7 (RFC 9562): time-ordered, so the ids index into B-trees at their right edge,
-    and ~4x cheaper than ``uuid4()``, which reads the OS entropy pool on every call."""
+    """A UUIDv7 (RFC 9562): time-ordered, so the ids index into B-trees at their right edge.
+    Its 74 random bits come from the OS: a reservation id is what settles a hold, and ids
+    from a seeded generator could be predicted by a host that saw enough of them."""
     millis = time.time_ns() // 1_000_000
-    value = (millis << 80) | (0x7 << 76) | (_random.getrandbits(12) << 64)
-    value |= (0b10 << 62) | _random.getrandbits(62)
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits; 74 are used
+    value = (millis << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64
+    value |= (0b10 << 62) | (rand & ((1 << 62) - 1))
     return uuid.UUID(int=value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -172,6 +173,17 @@ def test_event_ids_are_time_ordered_uuid7() -> None:
     first, second = new_event_id(), new_event_id()
     assert first.version == 7
     assert str(first)[:8] <= str(second)[:8]
+
+
+def test_event_ids_take_their_random_bits_from_the_os(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reservation id settles a hold: it must not be predictable from earlier ids, as
+    ids of a seeded generator are."""
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(1, n + 1)))
+    made = new_event_id()
+    told = int.from_bytes(bytes(range(1, 11)), "big")
+    assert (made.version, made.variant) == (7, uuid.RFC_4122)
+    assert made.int & ((1 << 62) - 1) == told & ((1 << 62) - 1)
+    assert (made.int >> 64) & 0xFFF == (told >> 62) & 0xFFF
 
 
 def test_a_tag_named_event_id_does_not_pass_for_the_events_id() -> None:
