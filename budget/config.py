@@ -219,8 +219,17 @@ class Settings(BaseModel):
     )
     metrics_host: str = Field(
         default="127.0.0.1",
-        description="the address the metrics endpoint listens on; who can reach it can read"
-        " the metrics (docs/security.md)",
+        description="the address the metrics endpoint listens on (docs/security.md)",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="the bearer token a scraper must send to /metrics (required with"
+        " metrics_port; at least 16 printable characters, no space)",
+    )
+    metrics_token_file: Path | None = Field(
+        default=None,
+        description="a file holding the metrics token (wins over metrics_token); `budget up`"
+        " makes one",
     )
     # NATS credentials and TLS (docs/security.md); ``nats_user`` above is the user.
     nats_password: SecretStr | None = Field(default=None, description="the NATS user's password")
@@ -337,6 +346,17 @@ class Settings(BaseModel):
         if self.nats_server_tls_ca is not None and self.nats_server_tls_cert is None:
             raise ValueError(
                 "nats_server_tls_ca needs nats_server_tls_cert and nats_server_tls_key"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_behind_a_credential(self) -> Settings:
+        if self.metrics_port is not None and not (self.metrics_token or self.metrics_token_file):
+            raise ValueError(
+                "metrics_port (BUDGET_METRICS_PORT) is set but /metrics takes no request"
+                " without a credential: set metrics_token_file (BUDGET_METRICS_TOKEN_FILE) or"
+                " metrics_token (BUDGET_METRICS_TOKEN), and give Prometheus the same token"
+                " (docs/operations.md, Metrics)"
             )
         return self
 

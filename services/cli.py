@@ -122,14 +122,22 @@ def up(
 ) -> None:
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
-    HTTP API. On first start it creates an admin API key and the NATS users' passwords
-    (service, host, alerts) in the data directory; NATS takes no anonymous client. Each
-    process serves Prometheus metrics on its own port of 127.0.0.1, listed in the banner
-    and in <data-dir>/metrics-targets.json. Stops cleanly on Ctrl-C."""
+    HTTP API. On first start it creates an admin API key, the NATS users' passwords
+    (service, host, alerts) and the metrics token in the data directory; NATS takes no
+    anonymous client. Each process serves Prometheus metrics on its own port of 127.0.0.1
+    to scrapers bearing that token, listed in the banner and in
+    <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a Prometheus config
+    that scrapes them all with it. Stops cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, write_config
     from services.stack import STACK_WORKERS, kept_port, run_stack
-    from services.stack_metrics import banner_lines, metrics_ports, worker_env, write_targets
+    from services.stack_metrics import (
+        banner_lines,
+        metrics_ports,
+        metrics_token_file,
+        worker_env,
+        write_prometheus_config,
+    )
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
@@ -138,13 +146,15 @@ def up(
     # Chosen before any server starts, so no metrics port can be the one NATS then takes.
     nats_port = nats_port or kept_port(directory / "nats" / "last-port")
     metrics = metrics_ports(directory, STACK_WORKERS, taken=[port, nats_port])
+    metrics_token = metrics_token_file(directory)
     nats_config = write_config(directory, current)
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
         await prepare(nats_url, database_url, service)
-        write_targets(directory, metrics)  # once the data directory is this stack's
+        # once the data directory is this stack's
+        write_prometheus_config(directory, metrics, metrics_token)
         async with nats_client(nats_url, service) as nc:
             await first_admin_key(nc.jetstream(), current.topology, key_file)
 
@@ -160,12 +170,12 @@ def up(
                 "BUDGET_DATA_DIR": str(directory),
                 **credentials.env("service"),
             },
-            worker_env=worker_env(metrics),
+            worker_env=worker_env(metrics, metrics_token),
             notes=[
                 f"web console       http://127.0.0.1:{port}/  (HTTP API under /api/v1)",
                 f"admin API key     in {key_file} (sign in with it; make others there)",
                 *credentials.notes(current.topology),
-                *banner_lines(directory, metrics),
+                *banner_lines(directory, metrics, metrics_token),
             ],
         )
     )

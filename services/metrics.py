@@ -2,10 +2,11 @@
 
 Every long-running ``budget`` command (a worker, the enforcer, the notifier, the query
 service, the api) serves its own process's metrics on ``metrics_host:metrics_port`` when
-``metrics_port`` is set; ``budget up`` gives each process its own port. The endpoint has
-no credential, so it is bound to 127.0.0.1 unless configured otherwise; labels are closed
-sets (no user, amount or path), so a reader learns volumes and health, not who spends what
-(docs/security.md, Metrics). The engine's metrics are in ``projections.engine.metrics``.
+``metrics_port`` is set; ``budget up`` gives each process its own port. The endpoint
+answers only requests bearing the metrics token (``services.metrics_endpoint``) and is
+bound to 127.0.0.1 unless configured otherwise; labels are closed sets (no user, amount or
+path), so a reader learns volumes and health, not who spends what (docs/security.md,
+Metrics). The engine's metrics are in ``projections.engine.metrics``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from budget.config import Settings
 from budget.waits import wait_set
+from services.metrics_endpoint import metrics_token, start_metrics_server
 
 __all__ = [
     "ALERT_DELIVERIES",
@@ -72,16 +75,23 @@ HTTP_REQUEST_SECONDS = Histogram(
 )
 
 
-def serve_metrics(settings: Settings, service: str) -> None:
-    """Serve this process's metrics on http://metrics_host:metrics_port/metrics (from a
-    thread, so a busy event loop still answers), if ``metrics_port`` is set. A port that
-    is taken raises: a service whose metrics nobody could scrape should not start."""
+def serve_metrics(settings: Settings, service: str) -> WSGIServer | None:
+    """Serve this process's metrics on http://metrics_host:metrics_port/metrics to
+    scrapers bearing the metrics token (from a thread, so a busy event loop still
+    answers), if ``metrics_port`` is set; the server. A port that is taken or a token that
+    cannot be read raises: a service whose metrics nobody could scrape should not start."""
     if settings.metrics_port is None:
-        return
-    start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    log.info(
-        "%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port
+        return None
+    server = start_metrics_server(
+        host=settings.metrics_host, port=settings.metrics_port, token=metrics_token(settings)
     )
+    log.info(
+        "%s metrics on http://%s:%d/metrics (bearer token required)",
+        service,
+        settings.metrics_host,
+        settings.metrics_port,
+    )
+    return server
 
 
 async def refresh_every(

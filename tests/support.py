@@ -167,9 +167,10 @@ async def rows(database_url: str, query: str, params: Sequence[Any] = ()) -> lis
         await conn.close()
 
 
-def scrape(url: str) -> list[Sample]:
-    """Every sample a Prometheus endpoint serves."""
-    answer = httpx.get(url, timeout=5)
+def scrape(url: str, *, token: str | None = None) -> list[Sample]:
+    """Every sample a Prometheus endpoint serves (to the bearer of ``token``, if given)."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    answer = httpx.get(url, headers=headers, timeout=5)
     answer.raise_for_status()
     return [s for family in text_string_to_metric_families(answer.text) for s in family.samples]
 

@@ -7,9 +7,10 @@ operator sees may hold any of them:
     bad arguments (``test_cli_errors.BAD``) and with ``--help``, and with each secret put
     where it is refused (a config error);
 (b) ``budget up`` doing some work (usage recorded, an API key made and used, an alert sent
-    to the webhook and email channels), stopped: its output (its workers' too: they share
-    it), the commands' and the HTTP answers, and every file under its data directory except
-    those that hold a secret on purpose;
+    to the webhook and email channels, metrics scraped with the token and refused without
+    it), stopped: its output (its workers' too: they share it), the commands' and the HTTP
+    answers, and every file under its data directory except those that hold a secret on
+    purpose;
 (c) every command, and a service, pointed at servers that cannot be reached with a
     password in their URLs.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +49,7 @@ RUN_TIMEOUT = 60.0
 STARTUP = 90.0  # budget up: servers, migrations, every worker
 CATCH_UP = 60.0  # a recorded call's alert, through the evaluator and the notifier
 SECRET_STORES = ("admin.key", "api-session.secret", "credentials")
+METRICS_TOKEN = Path("credentials", "metrics.token")
 """Files and folders under a data directory that hold a secret on purpose (0600/0700)."""
 
 
@@ -102,6 +105,11 @@ PLANTED = (
         "API session secret",
         env={"BUDGET_API_SESSION_SECRET": "{secret}"},
         refused={"budget": {"api_session_secret": ["{secret}"]}},
+    ),
+    Planted(
+        "metrics token",
+        env={"BUDGET_METRICS_TOKEN": "{secret}"},
+        refused={"budget": {"metrics_token": ["{secret}"]}},
     ),
 )
 
@@ -381,9 +389,11 @@ def test_budget_up_at_work_shows_no_secret(tmp_path: Path, server_tmp_path: Path
     assert verify_signature(webhook_row.secret, signed, headers["Idempotency-Key"], body)
 
     found = {"API key": shown.key, "first admin key": (data_dir / "admin.key").read_text().strip()}
-    # The passwords budget up generated (NATS users', PostgreSQL roles') are secrets too.
-    found |= {p.name: p.read_text().strip() for p in (data_dir / "credentials").glob("*.password")}
-    assert len(found) >= 7, found  # service, host, alerts; postgres, budget
+    # The passwords and the token budget up generated (NATS users', PostgreSQL roles', the
+    # metrics') are secrets too.
+    generated = [*(data_dir / "credentials").glob("*.password"), data_dir / METRICS_TOKEN]
+    found |= {p.name: p.read_text().strip() for p in generated}
+    assert len(found) >= 8, found  # service, host, alerts; postgres, budget; metrics
     assert leaks(up.output(), found) == [], up.output()
     assert leaks(shown.text, found) == [], shown.text
     leaking = {
@@ -435,6 +445,14 @@ def _work(
         httpx.get(f"{api}/api/v1/usage", headers={"Authorization": f"Bearer {key}x"}),
         httpx.get(f"{api}/login"),  # a session cookie, signed with the session secret
     ]
+    metrics = _metrics_url(output(), "api")
+    token = (data_dir / METRICS_TOKEN).read_text().strip()
+    scrapes = [
+        httpx.get(metrics, headers={"Authorization": f"Bearer {token}"}),
+        httpx.get(metrics, headers={"Authorization": f"Bearer {token}x"}),  # refused: 401
+    ]
+    assert [scrape.status_code for scrape in scrapes] == [200, 401]
+    answers.append(scrapes[1])
     texts = [made.stderr, note, recorded.stdout, recorded.stderr]
     texts += [f"{a.status_code} {a.headers} {a.text}" for a in answers]
     return Shown(key, "\n".join(texts))
@@ -445,6 +463,12 @@ def _api_url(banner: str) -> str:
         if line.strip().startswith("web console"):
             return line.split()[2].rstrip("/")
     raise AssertionError(f"no web console line in {banner!r}")
+
+
+def _metrics_url(banner: str, process: str) -> str:
+    found = re.search(rf"\s{re.escape(process)}\s+(http://\S+/metrics)$", banner, re.MULTILINE)
+    assert found is not None, banner
+    return found[1]
 
 
 def _holds_secrets_on_purpose(path: Path, data_dir: Path) -> bool:

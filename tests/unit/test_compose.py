@@ -325,14 +325,19 @@ def _sample_names() -> set[str]:
 
 
 @pytest.mark.parametrize("name", sorted(WORKERS))
-def test_every_service_serves_metrics_on_the_compose_network_only(
-    services: dict[str, dict[str, Any]], name: str
+def test_every_service_serves_metrics_on_the_compose_network_only_to_the_token(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], name: str
 ) -> None:
     env = services[name]["environment"]
     assert env["BUDGET_METRICS_HOST"] == "0.0.0.0"  # the prometheus container must reach it
     port = env["BUDGET_METRICS_PORT"]
     published = [p.split(":")[-1] for p in services[name].get("ports", [])]
     assert port not in published, "metrics stay off the host's ports"
+    # ... and answer only the bearer of the metrics token: a secret file, no default.
+    assert "BUDGET_METRICS_TOKEN" not in env
+    secret = env["BUDGET_METRICS_TOKEN_FILE"].removeprefix("/run/secrets/")
+    assert secret in services[name]["secrets"]
+    assert compose["secrets"][secret]["file"].startswith("./secrets/")
 
 
 def test_prometheus_scrapes_every_service(services: dict[str, dict[str, Any]]) -> None:
@@ -343,6 +348,11 @@ def test_prometheus_scrapes_every_service(services: dict[str, dict[str, Any]]) -
     config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if "config.file" in a)
     config = yaml.safe_load(_prometheus_file(services, config_path).read_text())
     (job,) = config["scrape_configs"]
+    # Bearing the token the services ask for: their secret, mounted in prometheus too.
+    token_file = job["authorization"]["credentials_file"]
+    assert job["authorization"].get("type", "Bearer") == "Bearer"
+    assert token_file == services["api"]["environment"]["BUDGET_METRICS_TOKEN_FILE"]
+    assert token_file.removeprefix("/run/secrets/") in prometheus["secrets"]
     targets = {(name, sd["port"]) for sd in job["dns_sd_configs"] for name in sd["names"]}
     expected = {
         (name, int(services[name]["environment"]["BUDGET_METRICS_PORT"])) for name in WORKERS

@@ -62,6 +62,7 @@ def test_a_settings_secrets_are_its_secret_fields_and_url_passwords() -> None:
         nats_url="nats://u:natspass@h:4222",
         database_url="postgresql://u:dbpass@h/db",
         api_session_secret=SecretStr("session-secret"),
+        metrics_token=SecretStr("metrics-token"),
         alert_channels=AlertChannels.model_validate(
             {
                 "webhook": {"secret": "hook-secret", "url": HOOK},
@@ -70,7 +71,7 @@ def test_a_settings_secrets_are_its_secret_fields_and_url_passwords() -> None:
         ),
     )
     assert sorted(secrets_of(settings)) == sorted(
-        ["natspass", "dbpass", "session-secret", "hook-secret", "smtp-pass", HOOK]
+        ["natspass", "dbpass", "session-secret", "metrics-token", "hook-secret", "smtp-pass", HOOK]
     )
     for secret in secrets_of(settings):
         if secret != HOOK:  # a plain text field: masked wherever it is shown, not hidden

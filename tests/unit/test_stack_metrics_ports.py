@@ -1,12 +1,22 @@
-"""``budget up``'s metrics ports: one each, kept across runs, written down for Prometheus."""
+"""``budget up``'s metrics ports: one each, kept across runs, written down for Prometheus,
+with the token that Prometheus must bear."""
 
 from __future__ import annotations
 
 import json
 import socket
+import stat
 from pathlib import Path
 
-from services.stack_metrics import banner_lines, metrics_ports, worker_env, write_targets
+import yaml
+
+from services.stack_metrics import (
+    banner_lines,
+    metrics_ports,
+    metrics_token_file,
+    worker_env,
+    write_prometheus_config,
+)
 
 NAMES = ("spend", "history", "enforcer", "api")
 
@@ -33,17 +43,38 @@ def test_a_port_in_use_is_replaced(tmp_path: Path) -> None:
         assert metrics_ports(tmp_path, NAMES)["spend"] != first["spend"]
 
 
+def test_the_token_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = metrics_token_file(tmp_path)
+    assert path == tmp_path / "credentials" / "metrics.token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    token = path.read_text().strip()
+    assert len(token) >= 32
+    assert metrics_token_file(tmp_path).read_text().strip() == token  # kept across runs
+
+
 def test_ports_are_written_down_for_people_and_prometheus(tmp_path: Path) -> None:
     ports = metrics_ports(tmp_path, NAMES)
-    targets = json.loads(write_targets(tmp_path, ports).read_text())
-    assert targets == [
+    token_file = metrics_token_file(tmp_path)
+    config_file = write_prometheus_config(tmp_path, ports, token_file)
+    assert config_file == tmp_path / "prometheus.yml"
+    (job,) = yaml.safe_load(config_file.read_text())["scrape_configs"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": str(token_file)}
+    assert token_file.read_text().strip() not in config_file.read_text()  # its path only
+    (targets_file,) = job["file_sd_configs"][0]["files"]
+    assert targets_file == str(tmp_path / "metrics-targets.json")
+    assert json.loads(Path(targets_file).read_text()) == [
         {"targets": [f"127.0.0.1:{port}"], "labels": {"job": "budget", "service": name}}
         for name, port in ports.items()
     ]
-    lines = banner_lines(tmp_path, ports)
+    lines = banner_lines(tmp_path, ports, token_file)
     for name, port in ports.items():
         assert any(
             f"{name}" in line and f"http://127.0.0.1:{port}/metrics" in line for line in lines
         )
-    assert str(tmp_path / "metrics-targets.json") in lines[-1]
-    assert worker_env(ports)["api"] == {"BUDGET_METRICS_PORT": str(ports["api"])}
+    assert str(token_file) in lines[-2]
+    assert f"--config.file={config_file}" in lines[-1]
+    assert worker_env(ports, token_file)["api"] == {
+        "BUDGET_METRICS_PORT": str(ports["api"]),
+        "BUDGET_METRICS_TOKEN_FILE": str(token_file),
+    }
