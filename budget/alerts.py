@@ -93,11 +93,11 @@ class AlertEngine(ChangeClient):
             for rule in rules:
                 if not rule.watches(policy.policy_id, policy.scope, action=policy.action):
                     continue
-                percent, amount = threshold_amount(rule, policy)
+                _, amount = threshold_amount(rule, policy)
                 if spend.spent < amount:
                     continue
                 window = PolicyWindow(policy, spend.key, spend.window_start, spend.window_end)
-                alerts.append(threshold_alert(rule, window, percent, spend.spent, utc_now()))
+                alerts.append(threshold_alert(rule, window, spend.spent, utc_now()))
         return alerts
 
     async def get_active_alerts(
