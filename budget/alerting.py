@@ -25,6 +25,7 @@ __all__ = [
     "Anomaly",
     "alert_id",
     "anomaly",
+    "reached",
     "threshold_alert",
     "threshold_amount",
 ]
@@ -103,6 +104,13 @@ def threshold_amount(rule: AlertRule, policy: BudgetPolicy) -> tuple[Decimal, De
     percent = rule.threshold_percent or policy.soft_limit_percent
     with exact_money():
         return percent, policy.limit_amount * percent / 100
+
+
+def reached(spend: Decimal, amount: Decimal) -> bool:
+    """Whether ``spend`` has reached a threshold of ``amount`` USD: at it or past it, and
+    past $0, so a $0 limit is reached by the first call that costs anything, as a check
+    finds it passed (``projections.crossings.reaches`` says the same in SQL)."""
+    return spend >= amount and spend > 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, time
 
-from budget.alerting import threshold_alert, threshold_amount
+from budget.alerting import reached, threshold_alert, threshold_amount
 from budget.commands import ChangeClient
 from budget.config import Settings, load_settings
 from budget.periods import UTC, Period, period_bounds
@@ -94,7 +94,7 @@ class AlertEngine(ChangeClient):
                 if not rule.watches(policy.policy_id, policy.scope, action=policy.action):
                     continue
                 _, amount = threshold_amount(rule, policy)
-                if spend.spent < amount:
+                if not reached(spend.spent, amount):
                     continue
                 window = PolicyWindow(policy, spend.key, spend.window_start, spend.window_end)
                 alerts.append(threshold_alert(rule, window, spend.spent, utc_now()))

@@ -227,6 +227,33 @@ async def test_a_threshold_rules_cooldown_holds_back_a_raised_limits_alert_withi
     ]
 
 
+async def test_a_zero_limit_is_reached_by_the_first_call_that_costs_anything(db: str) -> None:
+    """A $0 per-user NOTIFY policy is passed, as a check finds it, by spend above $0: set
+    when bob has spent $0.50, he is past it at once; alice, who has made free calls only,
+    when her first call that costs anything comes."""
+    zero = daily_policy(
+        "nothing",
+        "0",
+        AT.replace(minute=2),
+        scope=BudgetScope.USER,
+        action=LimitAction.NOTIFY,
+    )
+    events = [
+        spend("alice", "0", 0),
+        spend("bob", "0.5", 1),
+        zero,
+        spend("alice", "0", 3),
+        crossing := spend("alice", "0.01", 4),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == [
+        *every_notify_threshold("bob", "0.5", str(zero.event_id)),
+        *every_notify_threshold("alice", "0.01", str(crossing.event_id)),
+    ]
+
+
 async def test_a_key_left_to_the_per_user_policy_past_it_is_alerted_at_once(db: str) -> None:
     """Alice's own $100 limit replaced the per-user $1 one; it is deleted with $5 spent:
     the per-user limit is hers again, and past, and no usage of hers will cross it. A
