@@ -103,7 +103,8 @@ class AlertEngine(ChangeClient):
     async def get_active_alerts(
         self, policy_id: str | None = None, unacknowledged_only: bool = False
     ) -> list[StoredAlert]:
-        """Unresolved alerts, oldest first."""
+        """The newest 1,000 unresolved alerts (``list_alerts`` takes another limit), oldest
+        first."""
         return await self.list_alerts(
             policy_id=policy_id, unacknowledged_only=unacknowledged_only, resolved=False
         )
@@ -116,6 +117,7 @@ class AlertEngine(ChangeClient):
         resolved: bool | None = None,
         limit: int = 1000,
     ) -> list[StoredAlert]:
+        """The newest ``limit`` (up to 10,000) alerts that match, oldest first."""
         query = AlertsQuery(
             policy_id=policy_id,
             unacknowledged_only=unacknowledged_only,

@@ -457,6 +457,7 @@ async def test_alert_engine_rules_acknowledgements_and_resolutions(
 
             active = await engine.get_active_alerts(policy_id="team")
             assert len(active) == 3
+            assert await engine.list_alerts(limit=2) == active[1:]  # the newest
             first, second = active[0].alert.alert_id, active[1].alert.alert_id
             await engine.acknowledge_alert(first, acknowledged_by="ops")
             await engine.resolve_alert(second, resolved_by="ops")
