@@ -25,6 +25,7 @@ __all__ = [
     "Anomaly",
     "alert_id",
     "anomaly",
+    "reached",
     "threshold_alert",
     "threshold_amount",
 ]
@@ -105,6 +106,13 @@ def threshold_amount(rule: AlertRule, policy: BudgetPolicy) -> tuple[Decimal, De
         return percent, policy.limit_amount * percent / 100
 
 
+def reached(spend: Decimal, amount: Decimal) -> bool:
+    """Whether ``spend`` has reached a threshold of ``amount`` USD: at it or past it, and
+    past $0, so a $0 limit is reached by the first call that costs anything, as a check
+    finds it passed (``projections.crossings.reaches`` says the same in SQL)."""
+    return spend >= amount and spend > 0
+
+
 @dataclass(frozen=True, slots=True)
 class Anomaly:
     baseline: Decimal
@@ -134,17 +142,22 @@ def anomaly(history: Sequence[Decimal], same_weekday: Sequence[Decimal]) -> Anom
 def threshold_alert(
     rule: AlertRule,
     window: PolicyWindow,
-    percent: Decimal,
     spend: Decimal,
     raised_at: datetime,
     caused_by: uuid.UUID | None = None,
 ) -> Alert:
-    """The alert ``rule`` raises when ``window``'s spend reaches ``percent`` of its limit:
-    once per rule, policy, key, period and threshold (the id is derived from those)."""
+    """The alert ``rule`` raises when ``window``'s spend reaches the rule's threshold: once
+    per rule, policy, key, period and threshold, percent and amount (the id is derived from
+    those), so a limit changed mid-period has new thresholds to reach."""
     policy = window.policy
+    percent, amount = threshold_amount(rule, policy)
+    with exact_money():
+        amount = amount.normalize()  # 2 and 2.00 are one threshold
     where = f" for {policy.scope.value} {window.key}" if policy.scope_key is None else ""
     return Alert(
-        alert_id=alert_id(rule.rule_id, policy.policy_id, window.key, window.start, percent),
+        alert_id=alert_id(
+            rule.rule_id, policy.policy_id, window.key, window.start, percent, amount
+        ),
         alert_type=rule.alert_type,
         severity=rule.severity,
         rule_id=rule.rule_id,

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, time
 
-from budget.alerting import threshold_alert, threshold_amount
+from budget.alerting import reached, threshold_alert, threshold_amount
 from budget.commands import ChangeClient
 from budget.config import Settings, load_settings
 from budget.periods import UTC, Period, period_bounds
@@ -93,17 +93,18 @@ class AlertEngine(ChangeClient):
             for rule in rules:
                 if not rule.watches(policy.policy_id, policy.scope, action=policy.action):
                     continue
-                percent, amount = threshold_amount(rule, policy)
-                if spend.spent < amount:
+                _, amount = threshold_amount(rule, policy)
+                if not reached(spend.spent, amount):
                     continue
                 window = PolicyWindow(policy, spend.key, spend.window_start, spend.window_end)
-                alerts.append(threshold_alert(rule, window, percent, spend.spent, utc_now()))
+                alerts.append(threshold_alert(rule, window, spend.spent, utc_now()))
         return alerts
 
     async def get_active_alerts(
         self, policy_id: str | None = None, unacknowledged_only: bool = False
     ) -> list[StoredAlert]:
-        """Unresolved alerts, oldest first."""
+        """The newest 1,000 unresolved alerts (``list_alerts`` takes another limit), oldest
+        first."""
         return await self.list_alerts(
             policy_id=policy_id, unacknowledged_only=unacknowledged_only, resolved=False
         )
@@ -116,6 +117,7 @@ class AlertEngine(ChangeClient):
         resolved: bool | None = None,
         limit: int = 1000,
     ) -> list[StoredAlert]:
+        """The newest ``limit`` (up to 10,000) alerts that match, oldest first."""
         query = AlertsQuery(
             policy_id=policy_id,
             unacknowledged_only=unacknowledged_only,

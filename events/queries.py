@@ -20,6 +20,7 @@ from events.policy import BudgetPolicy, BudgetScope, known_zone
 from events.rpc import _Message
 
 __all__ = [
+    "MAX_ALERTS",
     "MAX_HISTORY_ROWS",
     "MAX_POSITION_WAIT",
     "QUERY_ALERTS",
@@ -72,6 +73,8 @@ MAX_POSITION_WAIT = 60.0
 """Seconds the query service waits at most, per question, for a change to apply."""
 MAX_HISTORY_ROWS = 100_000
 """The most calls one usage-history report lists."""
+MAX_ALERTS = 10_000
+"""The most alerts one alerts query lists."""
 
 
 class PoliciesQuery(_Message):
@@ -120,7 +123,9 @@ class AlertsQuery(_Message):
     resolved: bool | None = Field(default=None, description="None: resolved or not")
     severity: AlertSeverity | None = None
     alert_type: AlertType | None = None
-    limit: int = Field(default=1000, ge=1, le=10000)
+    limit: int = Field(
+        default=1000, ge=1, le=MAX_ALERTS, description="the newest this many, oldest first"
+    )
 
 
 class StoredAlert(_Message):

@@ -102,7 +102,6 @@ class _Watch:
     """A threshold rule watching a policy, and the amount at which it fires."""
 
     rule: AlertRule
-    percent: Decimal
     threshold: Threshold
 
 
@@ -122,8 +121,8 @@ class _Rules:
                 if rule.alert_type.is_threshold and rule.watches(
                     policy.policy_id, policy.scope, action=policy.action
                 ):
-                    percent, amount = threshold_amount(rule, policy)
-                    self.watches.append(_Watch(rule, percent, Threshold(index, amount)))
+                    _, amount = threshold_amount(rule, policy)
+                    self.watches.append(_Watch(rule, Threshold(index, amount)))
         self.anomaly_rules = [r for r in self.rules if r.alert_type is AlertType.ANOMALY]
 
 
@@ -241,7 +240,6 @@ class AlertsProjection(Projection):
             alert = threshold_alert(
                 watch.rule,
                 window,
-                watch.percent,
                 crossed.total,
                 crossed.occurred_at.astimezone(UTC),
                 crossed.event_id,
@@ -381,9 +379,7 @@ class AlertsProjection(Projection):
         found = []
         for past in passed:
             watch, window = state.watches[past.line], past.window
-            alert = threshold_alert(
-                watch.rule, window, watch.percent, past.total, at, applied.event.event_id
-            )
+            alert = threshold_alert(watch.rule, window, past.total, at, applied.event.event_id)
             subject = f"{window.policy.policy_id}|{window.key}"
             found.append(_Candidate(watch.rule, subject, applied.stream_seq, alert))
         await self._raise(conn, version, found)

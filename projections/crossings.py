@@ -35,6 +35,7 @@ __all__ = [
     "Threshold",
     "hour_crossings",
     "hour_history",
+    "reaches",
     "window_crossings",
     "window_totals_ddl",
 ]
@@ -45,6 +46,17 @@ HISTORY_DAYS = 28
 _ORIGIN = "timestamptz '2000-01-01 00:00+00'"
 _QUARTER = f"date_bin('15 minutes', {{}}, {_ORIGIN})"
 _HOUR = f"date_bin('1 hour', {{}}, {_ORIGIN})"
+
+
+def reaches(total: str, amount: str) -> str:
+    """SQL: whether ``total`` has reached a threshold of ``amount``, as
+    ``budget.alerting.reached`` says (a $0 threshold: once past $0)."""
+    return f"({total} >= {amount} AND {total} > 0)"
+
+
+def _crossed(total: str, cost: str, amount: str) -> str:
+    """SQL: whether the row adding ``cost`` took ``total`` (with it) to ``amount``."""
+    return f"NOT {reaches(f'{total} - {cost}', amount)} AND {reaches(total, amount)}"
 
 
 def _key_of(scope: str) -> str:
@@ -284,7 +296,7 @@ async def window_crossings(
         FROM runs r
         JOIN jsonb_to_recordset(%(lines)s::jsonb) AS l(l int, p int, amount numeric)
              ON l.p = r.p
-        WHERE r.seq IS NOT NULL AND r.total - r.cost < l.amount AND l.amount <= r.total
+        WHERE r.seq IS NOT NULL AND {_crossed("r.total", "r.cost", "l.amount")}
         ORDER BY l.l, r.key, r.start, r.seq""".encode(),
         {
             **counted.params,
@@ -413,7 +425,7 @@ async def hour_crossings(
         )
         SELECT DISTINCT ON (l) l, l, key, seq, event_id, occurred_at, total
         FROM runs
-        WHERE total - cost < threshold AND threshold <= total
+        WHERE {_crossed("total", "cost", "threshold")}
         ORDER BY l, seq""".encode(),
         {**counted.params, "lines": json.dumps(lines)},
     )

@@ -163,11 +163,19 @@ def _stored(row: Sequence[Any]) -> StoredAlert:
     )
 
 
+_RAISED_ORDER = (
+    "raised_at {0}, stream_seq {0}, coalesce((alert ->> 'threshold_percent')::numeric, 0) {0},"
+    " alert_id {0}"
+)
+"""Raised order (in a burst: lower thresholds first), ``ASC`` or ``DESC``."""
+
+
 async def find_alerts(conn: Connection, query: AlertsQuery) -> list[StoredAlert]:
-    """The alerts ``query`` selects, oldest first (in a burst: lower thresholds first)."""
+    """The newest ``query.limit`` of the alerts ``query`` selects, oldest first."""
     cursor = await conn.execute(
-        f"SELECT {_STORED}{_ALERT_FILTERS} ORDER BY raised_at, stream_seq,"
-        " (alert ->> 'threshold_percent')::numeric NULLS FIRST, alert_id LIMIT %(limit)s",
+        f"SELECT {_STORED} FROM (SELECT *{_ALERT_FILTERS}"
+        f" ORDER BY {_RAISED_ORDER.format('DESC')} LIMIT %(limit)s) AS newest"
+        f" ORDER BY {_RAISED_ORDER.format('ASC')}",
         _alert_params(query),
     )
     return [_stored(row) for row in await cursor.fetchall()]

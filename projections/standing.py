@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from budget.alerting import reached
 from budget.policies import PolicyWindow, own_keys, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
-from projections.crossings import Threshold
+from projections.crossings import Threshold, reaches
 from projections.engine.projection import Connection
 
 __all__ = ["Standing", "standing_past"]
@@ -59,7 +60,7 @@ async def standing_past(
             f"""SELECT scope_key, sum(cost) FROM {buckets}
             WHERE scope = %s AND (%s::text IS NULL OR scope_key = %s)
               AND bucket_start >= %s AND bucket_start < %s
-            GROUP BY scope_key HAVING sum(cost) >= %s
+            GROUP BY scope_key HAVING {reaches("sum(cost)", "%s")}
             ORDER BY scope_key""".encode(),
             (policy.scope.value, only, only, *bounds, min(t.amount for _, t in lines)),
         )
@@ -68,5 +69,7 @@ async def standing_past(
             if (policy.scope, scope_key) in own:
                 continue
             window = PolicyWindow(policy, scope_key, *bounds)
-            found.extend(Standing(line, window, total) for line, t in lines if total >= t.amount)
+            found.extend(
+                Standing(line, window, total) for line, t in lines if reached(total, t.amount)
+            )
     return found

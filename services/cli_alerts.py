@@ -14,6 +14,9 @@ from budget.alerts import AlertEngine, StoredAlert
 from budget.one_line import one_line
 from events import Alert
 from events.policy import PolicyId
+from events.queries import MAX_ALERTS, AlertsQuery
+from projections.engine.projection import Connection
+from projections.queries import count_alerts, find_alerts
 from services.alert_watch import Show, alert_line, run_watch
 from services.cli_context import checked, database_queries, settings, tracker
 
@@ -35,18 +38,30 @@ def list_alerts(
     ] = None,
     unacknowledged: Annotated[bool, typer.Option(help="only those nobody acknowledged")] = False,
     resolved: Annotated[bool, typer.Option(help="include resolved alerts")] = False,
+    limit: Annotated[
+        int,
+        typer.Option(min=1, max=MAX_ALERTS, help=f"the newest this many (up to {MAX_ALERTS})"),
+    ] = 1000,
 ) -> None:
-    """Alerts, oldest first: unresolved ones unless --resolved."""
+    """The newest alerts, oldest first: unresolved ones unless --resolved. Says on stderr
+    when more match than --limit lets through."""
+    query = AlertsQuery(
+        policy_id=policy,
+        unacknowledged_only=unacknowledged,
+        resolved=None if resolved else False,
+        limit=limit,
+    )
 
-    async def go() -> list[StoredAlert]:
-        async with _engine() as engine:
-            return await engine.list_alerts(
-                policy_id=policy,
-                unacknowledged_only=unacknowledged,
-                resolved=None if resolved else False,
-            )
+    async def newest(conn: Connection) -> tuple[list[StoredAlert], int]:
+        """The alerts to list, and how many match."""
+        found = await find_alerts(conn, query)
+        return found, len(found) if len(found) < limit else await count_alerts(conn, query)
 
-    found = asyncio.run(go())
+    async def go() -> tuple[list[StoredAlert], int]:
+        async with database_queries() as queries:
+            return await queries.read(newest)
+
+    found, matching = asyncio.run(go())
     if not found:
         typer.echo("no alerts")
     for stored in found:
@@ -55,6 +70,12 @@ def list_alerts(
         typer.echo(
             f"{alert.alert_id}  {alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.severity.value:<8}"
             f" {alert.alert_type.value:<18} {state:<8} {one_line(alert.message)}"
+        )
+    if matching > len(found):  # after the list, where a terminal still shows it
+        typer.echo(
+            f"budget: the newest {len(found)} of {matching} alerts; --limit shows more"
+            f" (up to {MAX_ALERTS}), the console and GET /api/v1/alerts page through all",
+            err=True,
         )
 
 

@@ -941,6 +941,10 @@ def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budge
         "threshold_critical",
         "limit_exceeded",
     ]
+    newest = deployment.run("alerts", "list", "--limit", "2")
+    assert newest.returncode == 0
+    assert newest.stdout.splitlines() == listed[1:]
+    assert newest.stderr.startswith("budget: the newest 2 of 3 alerts; --limit shows more")
     alert_id = listed[0].split()[0]
     shown = eventually(
         lambda: deployment.ok("alerts", "show", alert_id),

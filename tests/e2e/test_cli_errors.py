@@ -62,7 +62,7 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "policy list": [("--scope", "bogus")],
     "policy show": [("bad id",)],
     "policy delete": [("bad id",)],
-    "alerts list": [("--policy", "bad id")],
+    "alerts list": [("--policy", "bad id"), ("--limit", "0"), ("--limit", "10001")],
     "alerts show": [("not-a-uuid",)],
     "alerts ack": [("not-a-uuid", "--by", "me"), ("00000000-0000-0000-0000-000000000000",)],
     "alerts resolve": [("not-a-uuid",)],

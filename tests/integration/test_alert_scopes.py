@@ -18,6 +18,7 @@ from events import (
     BudgetPolicy,
     BudgetScope,
     Event,
+    LimitAction,
     PolicyDeleted,
     PolicySet,
 )
@@ -31,17 +32,18 @@ THRESHOLD_RULES = ("default-soft-limit", "default-critical", "default-limit-exce
 
 async def evaluated(db: str, events: list[Event]) -> list[list[tuple[Any, ...]]]:
     """The alerts (type, key, spend, cause) and the per-user spend, the same whether the
-    log is applied whole or event by event."""
+    log is applied whole or event by event, as are the alerts' ids."""
     queries = [
         "SELECT alert_type, alert ->> 'scope_key', alert ->> 'spend', alert ->> 'caused_by'"
         " FROM {alerts} ORDER BY stream_seq, alert_type",
         "SELECT scope_key, sum(cost) FROM {alert_spend_buckets} WHERE scope = 'user'"
         " GROUP BY 1 ORDER BY 1",
+        "SELECT alert_id FROM {alerts} ORDER BY alert_id",
     ]
     log = applied(events)
     whole = await run_fresh_version(db, AlertsProjection(), [log], queries)
     assert await run_fresh_version(db, AlertsProjection(), [[a] for a in log], queries) == whole
-    return whole
+    return whole[:2]
 
 
 def every_threshold(key: str, total: str, cause: str) -> list[tuple[str, str, str, str]]:
@@ -50,6 +52,14 @@ def every_threshold(key: str, total: str, cause: str) -> list[tuple[str, str, st
         (AlertType.LIMIT_EXCEEDED.value, key, total, cause),
         (AlertType.THRESHOLD_CRITICAL.value, key, total, cause),
         (AlertType.THRESHOLD_WARNING.value, key, total, cause),
+    ]
+
+
+def every_notify_threshold(key: str, total: str, cause: str) -> list[tuple[str, str, str, str]]:
+    """``every_threshold`` and the administrators' notification of a NOTIFY policy."""
+    return [
+        (AlertType.ADMIN_NOTIFICATION.value, key, total, cause),
+        *every_threshold(key, total, cause),
     ]
 
 
@@ -128,12 +138,18 @@ def team_cap(limit: str, minute: int) -> PolicySet:
     return daily_policy("team", limit, AT.replace(minute=minute))
 
 
+def notify_cap(limit: str, minute: int) -> PolicySet:
+    """The daily global policy "team" as a NOTIFY one, set (or changed) at ``minute``."""
+    return daily_policy("team", limit, AT.replace(minute=minute), action=LimitAction.NOTIFY)
+
+
 async def test_a_limit_lowered_below_the_spend_raises_what_it_passed_at_once(
     db: str,
 ) -> None:
-    """$85 of $100 spent (80 %); the limit lowered to $50: no later usage crosses 95 or
-    100 % of it (every total is past them), so the change itself raises them; 80 % of the
-    period was raised already. A per-user policy added mid-period, the same per user."""
+    """$85 of $100 spent (80 %); the limit lowered to $50: no later usage crosses 80, 95 or
+    100 % of it (every total is past them), so the change itself raises them ($40 is
+    another threshold than the $80 reached). A per-user policy added mid-period, the same
+    per user."""
     lowered = team_cap("50", 2)
     per_user = daily_policy("users", "60", AT.replace(minute=3), scope=BudgetScope.USER)
     events = [
@@ -153,8 +169,88 @@ async def test_a_limit_lowered_below_the_spend_raises_what_it_passed_at_once(
     )
     assert alerts == [
         (AlertType.THRESHOLD_WARNING.value, "*", "85", by_usage),
-        *every_threshold("*", "85", by_change)[:2],  # 80 % of the period was raised
+        *every_threshold("*", "85", by_change),
         *every_threshold("alice", "85", by_new),
+    ]
+
+
+async def test_a_limit_raised_mid_period_has_new_thresholds_and_one_set_back_has_none(
+    db: str,
+) -> None:
+    """A NOTIFY policy's $1 reached, then raised to $2: the thresholds of $2 (80, 95, 100 %
+    and the administrators' notification) are new, and the spend that reaches $2 raises
+    them. Set back to $1, whose thresholds this period already reached, raises nothing."""
+    events = [
+        notify_cap("1", 0),
+        first := spend("alice", "1", 1),
+        notify_cap("2", 2),
+        second := spend("alice", "1", 3),
+        notify_cap("1", 4),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == [
+        *every_notify_threshold("*", "1", str(first.event_id)),
+        *every_notify_threshold("*", "2", str(second.event_id)),
+    ]
+
+
+async def test_a_threshold_rules_cooldown_holds_back_a_raised_limits_alert_within_it(
+    db: str,
+) -> None:
+    """A 100 % rule cooling down for an hour: the limit raised from $1 to $2 is reached 2
+    minutes after $1 (held back), then raised to $3 and reached 89 minutes after (raised)."""
+    limit = AlertRule(
+        rule_id="limit",
+        name="limit",
+        alert_type=AlertType.LIMIT_EXCEEDED,
+        threshold_percent=Decimal(100),
+        cooldown_minutes=60,
+    )
+    events = [
+        *(AlertRuleRemoved(occurred_at=AT, rule_id=r) for r in THRESHOLD_RULES),
+        AlertRuleSet(occurred_at=AT, rule=limit),
+        team_cap("1", 0),
+        first := spend("alice", "1", 1),
+        team_cap("2", 2),
+        spend("alice", "1", 3),
+        team_cap("3", 4),
+        third := usage_event(user="alice", cost="1", at=AT + timedelta(hours=1, minutes=30)),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == [
+        (AlertType.LIMIT_EXCEEDED.value, "*", "1", str(first.event_id)),
+        (AlertType.LIMIT_EXCEEDED.value, "*", "3", str(third.event_id)),
+    ]
+
+
+async def test_a_zero_limit_is_reached_by_the_first_call_that_costs_anything(db: str) -> None:
+    """A $0 per-user NOTIFY policy is passed, as a check finds it, by spend above $0: set
+    when bob has spent $0.50, he is past it at once; alice, who has made free calls only,
+    when her first call that costs anything comes."""
+    zero = daily_policy(
+        "nothing",
+        "0",
+        AT.replace(minute=2),
+        scope=BudgetScope.USER,
+        action=LimitAction.NOTIFY,
+    )
+    events = [
+        spend("alice", "0", 0),
+        spend("bob", "0.5", 1),
+        zero,
+        spend("alice", "0", 3),
+        crossing := spend("alice", "0.01", 4),
+    ]
+
+    alerts, _ = await evaluated(db, events)
+
+    assert alerts == [
+        *every_notify_threshold("bob", "0.5", str(zero.event_id)),
+        *every_notify_threshold("alice", "0.01", str(crossing.event_id)),
     ]
 
 

@@ -457,6 +457,7 @@ async def test_alert_engine_rules_acknowledgements_and_resolutions(
 
             active = await engine.get_active_alerts(policy_id="team")
             assert len(active) == 3
+            assert await engine.list_alerts(limit=2) == active[1:]  # the newest
             first, second = active[0].alert.alert_id, active[1].alert.alert_id
             await engine.acknowledge_alert(first, acknowledged_by="ops")
             await engine.resolve_alert(second, resolved_by="ops")
@@ -474,23 +475,30 @@ async def test_alert_engine_rules_acknowledgements_and_resolutions(
 async def test_evaluate_thresholds_names_the_alerts_the_rules_would_raise(
     receivers: Receivers, db: str, nc: Client
 ) -> None:
-    policy = BudgetPolicy(policy_id="p", name="P", limit_amount=Decimal(10))
-    summary = [
-        PolicySpend(
+    """$9.60 of $10: 80 and 95 %. A $0 limit: nothing while nothing is spent, every
+    threshold once anything is."""
+
+    def spent(limit: int, key: str, amount: str) -> PolicySpend:
+        policy = BudgetPolicy(policy_id=f"p{limit}", name="P", limit_amount=Decimal(limit))
+        return PolicySpend(
             policy=policy,
-            key="*",
+            key=key,
             window_start=START,
             window_end=START + timedelta(days=31),
-            spent=Decimal("9.60"),
+            spent=Decimal(amount),
         )
-    ]
+
+    summary = [spent(10, "*", "9.60"), spent(0, "idle", "0"), spent(0, "busy", "0.01")]
     tracker = await start_usage_tracker(receivers.settings)
     try:
         async with evaluator(nc, receivers.settings), query_service(nc, receivers.settings):
             alerts = await AlertEngine(receivers.settings, tracker).evaluate_thresholds(summary)
     finally:
         await tracker.close()
-    assert [(a.alert_type, a.threshold_percent) for a in alerts] == [
-        (AlertType.THRESHOLD_CRITICAL, Decimal(95)),
-        (AlertType.THRESHOLD_WARNING, Decimal(80)),
+    assert [(a.policy_id, a.scope_key, a.alert_type, a.threshold_percent) for a in alerts] == [
+        ("p10", "*", AlertType.THRESHOLD_CRITICAL, Decimal(95)),
+        ("p10", "*", AlertType.THRESHOLD_WARNING, Decimal(80)),
+        ("p0", "busy", AlertType.THRESHOLD_CRITICAL, Decimal(95)),
+        ("p0", "busy", AlertType.LIMIT_EXCEEDED, Decimal(100)),
+        ("p0", "busy", AlertType.THRESHOLD_WARNING, Decimal(80)),
     ]

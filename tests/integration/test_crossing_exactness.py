@@ -102,7 +102,8 @@ def exact_crossings(log: list[Event]) -> list[Found]:
     log order: each counted change of spend (the ledger rule: a usage event when first seen,
     a correction's difference at the corrected event's time and scopes, re-sends nothing)
     is added to the total of every window it counts in; the first change that takes a
-    window's total from below a rule's threshold to it raises that rule's alert there."""
+    window's total from below a rule's threshold to it (and past $0: a $0 threshold is
+    reached by spend above it) raises that rule's alert there."""
     policies = [e.policy for e in log if isinstance(e, PolicySet)]
     usage: dict[uuid.UUID, UsageRecorded] = {}
     cost: dict[uuid.UUID, Fraction] = defaultdict(Fraction)
@@ -132,9 +133,13 @@ def exact_crossings(log: list[Event]) -> list[Found]:
                     continue
                 percent = rule.threshold_percent or policy.soft_limit_percent
                 threshold = Fraction(policy.limit_amount) * Fraction(percent) / 100
-                if before < threshold <= after:
+                if not _reaches(before, threshold) and _reaches(after, threshold):
                     found.setdefault((rule.rule_id, *where), (event.event_id, _exact(after)))
     return sorted((*alert, *cause) for alert, cause in found.items())
+
+
+def _reaches(total: Fraction, threshold: Fraction) -> bool:
+    return total >= threshold and total > 0
 
 
 def _exact(value: Fraction) -> Decimal:
