@@ -62,6 +62,9 @@ async def rebuild(
     the old one. Returns the new version number."""
     conn = await connect(database_url)
     try:
+        # The registry row first (version 1 on a fresh database): the swap updates it, and
+        # every batch of the new version reads it.
+        await ensure_projection(conn, projection)
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (projection.name,))
             row = await (
@@ -70,7 +73,8 @@ async def rebuild(
                     (projection.name,),
                 )
             ).fetchone()
-            version = int(row[0]) + 1 if row else 1
+            assert row is not None
+            version = int(row[0]) + 1
             await create_version(conn, projection, version, indexes=False)
         runner = ProjectionRunner(
             projection,
