@@ -451,7 +451,14 @@ class ProjectionRunner:
                         conn, batch, positions, fresh, bad, isolating=False
                     )
             for writer, delivery, reason in letters:
-                await dead_letter(self._js, self._topology, writer, delivery, reason)
+                await dead_letter(
+                    self._js,
+                    self._topology,
+                    writer,
+                    delivery,
+                    reason,
+                    max_payload=self._nc.max_payload,
+                )
         gone = {delivery.stream_seq for _, delivery, _ in letters}
         applied = len([a for a in fresh if a.stream_seq not in gone])
         skipped = len(batch) - applied - len(gone)
