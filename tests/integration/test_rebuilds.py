@@ -3,17 +3,32 @@ worker has used yet, beside a hot standby, against a newer rebuild, and when it 
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.aio.client import Client
 
+from budget.config import Settings
 from events import Topology
 from projections.db import connect
 from projections.engine.checkpoints import create_version
 from projections.engine.rebuild import rebuild
 from projections.spend import SpendProjection
+from services.worker import run_projection
 
-from support import catch_up, publish, rows, varied_events
+from support import catch_up, publish, rows, varied_events, wait_for
 
 SPEND_REQUESTS = "SELECT requests FROM spend_totals WHERE scope = 'global' AND period = 'monthly'"
+
+
+async def waiting_for_writer_lock(db: str, durable: str) -> bool:
+    """Whether a worker waits for ``durable``'s single-writer lock (a hot standby)."""
+    return await rows(
+        db,
+        "SELECT count(*) FROM pg_locks, hashtext(%s) AS key WHERE locktype = 'advisory'"
+        " AND NOT granted AND classid = ((key::bigint >> 32) & 4294967295)::oid"
+        " AND objid = (key::bigint & 4294967295)::oid",
+        (f"projection:{durable}",),
+    ) == [(1,)]
 
 
 async def test_a_rebuild_before_any_worker_ran_goes_live_and_workers_follow_it(
@@ -49,3 +64,53 @@ async def test_a_worker_starts_over_what_a_rebuild_on_a_fresh_database_left_befo
     await catch_up(SpendProjection(), nc, db, topology)
 
     assert await rows(db, SPEND_REQUESTS) == [(2,)]
+
+
+async def test_a_hot_standby_follows_a_swap_and_takes_over_the_live_version(
+    nc: Client, db: str, topology: Topology, nats_url: str
+) -> None:
+    """The standby waited for version 1's lock through the swap, which dropped version 1."""
+    settings = Settings(nats_url=nats_url, database_url=db, subject_prefix=topology.prefix)
+    events = varied_events(30)
+    await publish(nc, topology, events[:20])
+    first_stop, second_stop = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(run_projection("spend", nc, settings, first_stop))
+    second: asyncio.Task[None] | None = None
+    try:
+
+        async def first_caught_up() -> bool:
+            """the first worker applied what was published"""
+            return await rows(db, "SELECT stream_seq FROM projection_checkpoints") == [(20,)]
+
+        await wait_for(first_caught_up)
+        second = asyncio.create_task(run_projection("spend", nc, settings, second_stop))
+
+        async def second_waits_for_v1() -> bool:
+            """the second worker waits as the hot standby of spend-v1"""
+            return await waiting_for_writer_lock(db, "spend-v1")
+
+        await wait_for(second_waits_for_v1)
+        assert await rebuild(SpendProjection(), nc=nc, database_url=db, topology=topology) == 2
+        workers = (first, second)
+
+        async def one_waits_for_v2() -> bool:
+            """both workers moved to spend-v2, one writing it, the other its standby"""
+            for worker in workers:
+                if worker.done():
+                    worker.result()  # raises what stopped it
+                    raise AssertionError("a worker stopped")
+            return await waiting_for_writer_lock(db, "spend-v2")
+
+        await wait_for(one_waits_for_v2)
+        await publish(nc, topology, events[20:])
+
+        async def all_applied() -> bool:
+            """spend-v2 applied every event"""
+            return await rows(db, "SELECT stream_seq FROM projection_checkpoints") == [(30,)]
+
+        await wait_for(all_applied)
+    finally:
+        first_stop.set()
+        second_stop.set()
+        await asyncio.gather(first, *([second] if second else []))
+    assert await rows(db, SPEND_REQUESTS) == [(30,)]
