@@ -4,18 +4,22 @@ worker has used yet, beside a hot standby, against a newer rebuild, and when it 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
+import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
 from events import Topology
 from projections.db import connect
 from projections.engine.checkpoints import create_version
+from projections.engine.isolation import Systemic
+from projections.engine.projection import Applied, Connection
 from projections.engine.rebuild import rebuild
 from projections.spend import SpendProjection
 from services.worker import run_projection
 
-from support import catch_up, publish, rows, varied_events, wait_for
+from support import budget_process, catch_up, publish, rows, varied_events, wait_for
 
 SPEND_REQUESTS = "SELECT requests FROM spend_totals WHERE scope = 'global' AND period = 'monthly'"
 
@@ -114,3 +118,51 @@ async def test_a_hot_standby_follows_a_swap_and_takes_over_the_live_version(
         second_stop.set()
         await asyncio.gather(first, *([second] if second else []))
     assert await rows(db, SPEND_REQUESTS) == [(30,)]
+
+
+async def test_a_rebuild_without_the_event_stream_says_to_migrate_and_makes_no_version(
+    nc: Client, db: str, topology: Topology, nats_url: str
+) -> None:
+    await publish(nc, topology, varied_events(2))
+    await catch_up(SpendProjection(), nc, db, topology)
+    elsewhere = Topology(prefix=f"{topology.prefix}x")  # no streams declared
+
+    cli = budget_process(
+        ["projections", "rebuild", "spend"], nats_url=nats_url, database_url=db, topology=elsewhere
+    )
+    out = cli.communicate(timeout=60)[0].decode()
+
+    assert cli.returncode == 2, out
+    assert f"stream {elsewhere.event_stream.name} does not exist; run `budget migrate`" in out
+    assert await rows(db, "SELECT version FROM projection_checkpoints") == [(1,)]
+
+
+class Failing(SpendProjection):
+    """The spend projection under its own name, raising on every event (a code fault)."""
+
+    name = "failing"
+
+    def __init__(self) -> None:
+        super().__init__("failing", settles_reservations=False)
+
+    async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+        raise ValueError("a bug in the new projection code")
+
+
+async def test_a_rebuild_that_fails_drops_the_version_it_was_building(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    await publish(nc, topology, varied_events(3))
+
+    with pytest.raises(Systemic, match="a bug in the new projection code"):
+        await rebuild(Failing(), nc=nc, database_url=db, topology=topology)
+
+    assert await rows(db, "SELECT name, version FROM projection_checkpoints") == [("failing", 1)]
+    tables = await rows(
+        db,
+        "SELECT table_name FROM information_schema.tables"
+        " WHERE table_schema = current_schema() AND table_name LIKE 'failing%%\\_v2'",
+    )
+    assert tables == []
+    consumers = await nc.jetstream().consumers_info(topology.event_stream.name)
+    assert [c.name for c in consumers] == []
