@@ -29,6 +29,7 @@ from projections.engine.checkpoints import (
 )
 from projections.engine.log import require_stream
 from projections.engine.projection import Connection, Projection
+from projections.engine.reader import ConsumerGone
 from projections.engine.runner import (
     BatchResult,
     EngineConfig,
@@ -80,8 +81,15 @@ async def rebuild(
         )
         try:
             await _build(runner, on_progress, swap=swap, js=js, stream=topology.event_stream.name)
-        except BaseException:
-            await _abandon(conn, projection, version, js, topology)
+        except BaseException as exc:
+            live = await _abandon(conn, projection, version, js, topology)
+            # What a newer rebuild's swap does to this one: it drops the version, or it
+            # went live before this one's swap.
+            if isinstance(exc, Retired | ConsumerGone) and live is not None and live > version:
+                raise Retired(
+                    f"another rebuild ({consumer_name(projection, live)}) went live first;"
+                    f" this one ({runner.durable}) stopped and left nothing behind"
+                ) from exc
             raise
         if swap:
             await _drop_older(conn, projection, version, js, topology)
@@ -254,23 +262,27 @@ async def _drop_older(
 
 async def _abandon(
     conn: Connection, projection: Projection, version: int, js: JetStreamContext, topology: Topology
-) -> None:
-    """Drop ``version`` of a rebuild that failed, unless its swap went through. When the
-    database or NATS fails this too, the version stays (shown as building) until another
-    rebuild goes live and drops it with the older ones."""
+) -> int | None:
+    """Drop ``version`` of a rebuild that failed, unless its swap went through; the live
+    version. When the database or NATS fails this too, None: the version stays (shown as
+    building) until another rebuild goes live and drops it with the older ones."""
     try:
-        live = await (
+        row = await (
             await conn.execute(
                 "SELECT active_version FROM projection_registry WHERE name = %s",
                 (projection.name,),
             )
         ).fetchone()
-        if live is None or int(live[0]) != version:
+        assert row is not None  # made before the version
+        live = int(row[0])
+        if live != version:
             await _drop(conn, projection, version, js, topology)
+        return live
     except (psycopg.Error, NatsError, OSError) as exc:
         log.warning(
             "could not drop %s after it failed: %s", consumer_name(projection, version), exc
         )
+        return None
 
 
 async def _drop(

@@ -4,17 +4,24 @@ worker has used yet, beside a hot standby, against a newer rebuild, and when it 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
+import services.cli
 from budget.config import Settings
 from events import Topology
 from projections.db import connect
 from projections.engine.checkpoints import create_version
 from projections.engine.isolation import Systemic
 from projections.engine.projection import Applied, Connection
+from projections.engine.reader import ConsumerGone
 from projections.engine.rebuild import rebuild
 from projections.spend import SpendProjection
 from services.worker import run_projection
@@ -166,3 +173,82 @@ async def test_a_rebuild_that_fails_drops_the_version_it_was_building(
     assert tables == []
     consumers = await nc.jetstream().consumers_info(topology.event_stream.name)
     assert [c.name for c in consumers] == []
+
+
+async def test_a_rebuild_overtaken_by_a_newer_ones_swap_says_so_and_leaves_nothing(
+    nc: Client, db: str, topology: Topology, nats_url: str
+) -> None:
+    """The newer rebuild's swap drops the older one's version while it still runs. Here
+    the older one is held before it reads, waiting for its version's writer lock."""
+    await publish(nc, topology, varied_events(5))
+    await catch_up(SpendProjection(), nc, db, topology)
+    holder = await connect(db)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext('projection:spend-v2'))")
+        older = budget_process(
+            ["projections", "rebuild", "spend"],
+            nats_url=nats_url,
+            database_url=db,
+            topology=topology,
+        )
+
+        async def older_holds_on() -> bool:
+            """the older rebuild made spend-v2 and waits for its lock"""
+            return await waiting_for_writer_lock(db, "spend-v2")
+
+        await wait_for(older_holds_on)
+        assert await rebuild(SpendProjection(), nc=nc, database_url=db, topology=topology) == 3
+    finally:
+        await holder.close()  # and with it the lock
+    out = older.communicate(timeout=60)[0].decode()
+
+    assert older.returncode == 2, out
+    assert (
+        "budget: another rebuild (spend-v3) went live first; this one (spend-v2) stopped and"
+        " left nothing behind" in out
+    )
+    assert "Traceback" not in out
+    assert await rows(db, "SELECT version FROM projection_checkpoints") == [(3,)]
+    assert await rows(db, SPEND_REQUESTS) == [(5,)]
+
+
+@pytest.mark.parametrize(
+    ("stop", "then"),
+    [
+        (
+            Systemic("spend-v2: each of a batch of 3 event(s) raised on its own"),
+            "the rebuild stopped and dropped its version: fix the projection and rerun",
+        ),
+        (
+            ConsumerGone("consumer spend-v2: 409 Consumer Deleted"),
+            "deleted while the rebuild read it; it stopped and dropped its version",
+        ),
+    ],
+    ids=["systemic", "consumer-gone"],
+)
+def test_a_rebuild_that_stops_says_why_in_one_line(
+    stop: Exception,
+    then: str,
+    nats_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Through the entry point, in this process: the rebuild is made to stop so."""
+
+    async def stopping(*args: Any, **kwargs: Any) -> int:
+        raise stop
+
+    for variable in [v for v in os.environ if v.startswith("BUDGET_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUDGET_NATS_URL", nats_url)
+    monkeypatch.setattr(services.cli, "rebuild", stopping)
+    monkeypatch.setattr(sys, "argv", ["budget", "projections", "rebuild", "spend"])
+    monkeypatch.setattr(logging, "lastResort", logging.lastResort)  # the CLI silences it
+    with pytest.raises(SystemExit) as exited:
+        services.cli.main()
+
+    assert exited.value.code == 2
+    said = capsys.readouterr().err.splitlines()[-1]  # after the progress bar's
+    assert said.startswith(f"budget: {stop}") and said.endswith(then)
