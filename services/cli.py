@@ -29,8 +29,9 @@ from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
 from events.usage import exact_money
 from projections.engine.log import LogError
+from projections.engine.reader import ConsumerGone
 from projections.engine.rebuild import Progress, rebuild
-from projections.engine.runner import EngineConfig
+from projections.engine.runner import EngineConfig, Retired, Systemic
 from projections.queries import projection_status, spend_for_period
 from projections.registry import GROUPS, PROJECTIONS, get_projection, worker_projections
 from services.cli_alerts import alerts_app
@@ -473,8 +474,8 @@ def projections_rebuild(
 
 
 def main() -> None:
-    """Entry point: a wrong argument, setting or unreachable server prints one line to
-    stderr and exits 2."""
+    """Entry point: a wrong argument, setting or unreachable server, or a rebuild that
+    stopped, prints one line to stderr and exits 2."""
     try:
         code = app(standalone_mode=False)
     except NoArgsIsHelpError:
@@ -489,6 +490,12 @@ def main() -> None:
         _fail(str(exc))
     except (StackError, ServerStartError) as exc:  # `budget up`: e.g. a stack already runs
         _fail(str(exc))
+    except Retired as exc:  # a rebuild overtaken by a newer one's swap, which it says
+        _fail(str(exc))
+    except Systemic as exc:  # a rebuild's projection failed on every event
+        _fail(f"{exc}; the rebuild stopped and dropped its version: fix the projection and rerun")
+    except ConsumerGone as exc:
+        _fail(f"{exc}: deleted while the rebuild read it; it stopped and dropped its version")
     except pg_errors.UndefinedTable:
         _fail("the database has no Budget Manager tables yet; run `budget migrate` first")
     except ConnectionError as exc:

@@ -45,6 +45,15 @@ async def ensure_projection(conn: Connection, projection: Projection) -> int:
         ).fetchone()
         if row is not None:
             return int(row[0])
+        # Versions without a registry row are what a rebuild on a fresh database left
+        # before rebuilds made the row first (never live, never finished): in the way.
+        left = await (
+            await conn.execute(
+                "SELECT version FROM projection_checkpoints WHERE name = %s", (projection.name,)
+            )
+        ).fetchall()
+        for (version,) in left:
+            await drop_version(conn, projection, int(version))
         await create_version(conn, projection, 1)
         await conn.execute(
             "INSERT INTO projection_registry (name, active_version) VALUES (%s, 1)",

@@ -16,6 +16,7 @@ from projections.engine.reader import Delivery
 
 __all__ = [
     "HEADER_ORIGINAL_SEQ",
+    "HEADER_ORIGINAL_SIZE",
     "HEADER_ORIGINAL_SUBJECT",
     "HEADER_REASON",
     "DeadLetter",
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 HEADER_REASON = "Budget-Dead-Letter-Reason"
 HEADER_ORIGINAL_SUBJECT = "Budget-Original-Subject"
 HEADER_ORIGINAL_SEQ = "Budget-Original-Seq"
+HEADER_ORIGINAL_SIZE = "Budget-Original-Size"
+"""Set on a letter cut to fit NATS's max_payload: the message's size in bytes."""
 
 
 async def dead_letter(
@@ -36,28 +39,45 @@ async def dead_letter(
     consumer: str,
     delivery: Delivery[Any],
     reason: str,
+    *,
+    max_payload: int,
 ) -> None:
     """Publish and wait for the PubAck, so the letter is stored before the checkpoint moves
-    past the message. The message id makes a repeat (after a crash) a no-op."""
+    past the message. The message id makes a repeat (after a crash) a no-op. NATS refuses
+    a message whose headers and body together pass ``max_payload`` (it drops the
+    connection), so the body of a message near that size is cut to fit: the letter says
+    its size (``HEADER_ORIGINAL_SIZE``), and the message stays whole in the event stream
+    at ``HEADER_ORIGINAL_SEQ``."""
     one_line = _header_safe(" ".join(reason.split()))[:2000]
+    headers = {
+        "Nats-Msg-Id": f"{consumer}:{delivery.stream_seq}",
+        HEADER_REASON: one_line,
+        HEADER_ORIGINAL_SUBJECT: delivery.subject,
+        HEADER_ORIGINAL_SEQ: str(delivery.stream_seq),
+    }
+    body = delivery.data
+    cut = ""
+    if _header_block_size(headers) + len(body) > max_payload:
+        headers[HEADER_ORIGINAL_SIZE] = str(len(body))
+        body = body[: max_payload - _header_block_size(headers)]
+        cut = f" (the letter holds its first {len(body)} of {len(delivery.data)} bytes)"
     log.warning(
-        "dead-lettered %s seq %d (%s): %s",
+        "dead-lettered %s seq %d (%s): %s%s",
         delivery.subject,
         delivery.stream_seq,
         consumer,
         one_line,
+        cut,
     )
-    await js.publish(
-        topology.dead_letter_subject(consumer),
-        delivery.data,
-        headers={
-            "Nats-Msg-Id": f"{consumer}:{delivery.stream_seq}",
-            HEADER_REASON: one_line,
-            HEADER_ORIGINAL_SUBJECT: delivery.subject,
-            HEADER_ORIGINAL_SEQ: str(delivery.stream_seq),
-        },
-    )
+    await js.publish(topology.dead_letter_subject(consumer), body, headers=headers)
     DEAD_LETTERS.labels(consumer, reason_kind(reason)).inc()
+
+
+def _header_block_size(headers: dict[str, str]) -> int:
+    """The bytes ``headers`` take in a NATS message: a ``NATS/1.0`` line, a ``Key: value``
+    line each and a blank line, each ended by CRLF."""
+    lines = sum(len(key.encode()) + len(value.encode()) + 4 for key, value in headers.items())
+    return len(b"NATS/1.0\r\n\r\n") + lines
 
 
 def _header_safe(text: str) -> str:

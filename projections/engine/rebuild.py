@@ -11,7 +11,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -25,7 +27,9 @@ from projections.engine.checkpoints import (
     live_position,
     point_views_at,
 )
+from projections.engine.log import require_stream
 from projections.engine.projection import Connection, Projection
+from projections.engine.reader import ConsumerGone
 from projections.engine.runner import (
     BatchResult,
     EngineConfig,
@@ -59,19 +63,14 @@ async def rebuild(
     config: EngineConfig | None = None,
 ) -> int:
     """Build the next version from the whole log; with ``swap``, make it live and drop
-    the old one. Returns the new version number."""
+    the old one. Returns the new version number. A rebuild that fails drops its version
+    (no rebuild resumes another's); one on a log without its stream raises ``LogError``
+    before making a version."""
+    js = nc.jetstream()
+    await require_stream(js, topology.event_stream)
     conn = await connect(database_url)
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (projection.name,))
-            row = await (
-                await conn.execute(
-                    "SELECT coalesce(max(version), 0) FROM projection_checkpoints WHERE name = %s",
-                    (projection.name,),
-                )
-            ).fetchone()
-            version = int(row[0]) + 1 if row else 1
-            await create_version(conn, projection, version, indexes=False)
+        version = await _new_version(conn, projection)
         runner = ProjectionRunner(
             projection,
             nc=nc,
@@ -80,23 +79,20 @@ async def rebuild(
             version=version,
             config=config,
         )
-        await runner.open()
         try:
-            await _catch_up(runner, on_progress)
-            # Built once, from the rows caught up; the swap's few batches maintain them.
-            await create_indexes(runner.connection, projection, version)
-            while swap:
-                try:
-                    await _swap(runner, nc.jetstream(), topology.event_stream.name)
-                    break
-                except Reconnected as exc:  # rolled back: read again from the checkpoint
-                    log.warning("%s; resuming before the swap", exc)
-                    await runner.resume()
-                    await runner.catch_up()
-        finally:
-            await runner.close()
+            await _build(runner, on_progress, swap=swap, js=js, stream=topology.event_stream.name)
+        except BaseException as exc:
+            live = await _abandon(conn, projection, version, js, topology)
+            # What a newer rebuild's swap does to this one: it drops the version, or it
+            # went live before this one's swap.
+            if isinstance(exc, Retired | ConsumerGone) and live is not None and live > version:
+                raise Retired(
+                    f"another rebuild ({consumer_name(projection, live)}) went live first;"
+                    f" this one ({runner.durable}) stopped and left nothing behind"
+                ) from exc
+            raise
         if swap:
-            await _drop_older(conn, projection, version, nc, topology)
+            await _drop_older(conn, projection, version, js, topology)
         return version
     finally:
         await conn.close()
@@ -133,6 +129,52 @@ async def rebuild_if_reshaped(
         )
     finally:
         await conn.close()  # and with it the advisory lock
+
+
+async def _new_version(conn: Connection, projection: Projection) -> int:
+    """The next version's tables (without their reader indexes) and checkpoint."""
+    # The registry row first (version 1 on a fresh database): the swap updates it, and
+    # every batch of the new version reads it.
+    await ensure_projection(conn, projection)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (projection.name,))
+        row = await (
+            await conn.execute(
+                "SELECT max(version) FROM projection_checkpoints WHERE name = %s",
+                (projection.name,),
+            )
+        ).fetchone()
+        assert row is not None
+        version = int(row[0]) + 1
+        await create_version(conn, projection, version, indexes=False)
+    return version
+
+
+async def _build(
+    runner: ProjectionRunner,
+    on_progress: Callable[[Progress], None] | None,
+    *,
+    swap: bool,
+    js: JetStreamContext,
+    stream: str,
+) -> None:
+    """Catch the runner's version up with the log, build its reader indexes and, with
+    ``swap``, make it live."""
+    try:
+        await runner.open()
+        await _catch_up(runner, on_progress)
+        # Built once, from the rows caught up; the swap's few batches maintain them.
+        await create_indexes(runner.connection, runner.projection, runner.version)
+        while swap:
+            try:
+                await _swap(runner, js, stream)
+                break
+            except Reconnected as exc:  # rolled back: read again from the checkpoint
+                log.warning("%s; resuming before the swap", exc)
+                await runner.resume()
+                await runner.catch_up()
+    finally:
+        await runner.close()
 
 
 async def _catch_up(
@@ -206,7 +248,7 @@ async def _drained(runner: ProjectionRunner, js: JetStreamContext, stream: str) 
 
 
 async def _drop_older(
-    conn: Connection, projection: Projection, version: int, nc: Client, topology: Topology
+    conn: Connection, projection: Projection, version: int, js: JetStreamContext, topology: Topology
 ) -> None:
     rows = await (
         await conn.execute(
@@ -214,10 +256,41 @@ async def _drop_older(
             (projection.name, version),
         )
     ).fetchall()
-    js = nc.jetstream()
     for (old,) in rows:
-        async with conn.transaction():
-            await drop_version(conn, projection, int(old))
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(topology.event_stream.name, consumer_name(projection, old))
-        log.info("dropped %s", consumer_name(projection, old))
+        await _drop(conn, projection, int(old), js, topology)
+
+
+async def _abandon(
+    conn: Connection, projection: Projection, version: int, js: JetStreamContext, topology: Topology
+) -> int | None:
+    """Drop ``version`` of a rebuild that failed, unless its swap went through; the live
+    version. When the database or NATS fails this too, None: the version stays (shown as
+    building) until another rebuild goes live and drops it with the older ones."""
+    try:
+        row = await (
+            await conn.execute(
+                "SELECT active_version FROM projection_registry WHERE name = %s",
+                (projection.name,),
+            )
+        ).fetchone()
+        assert row is not None  # made before the version
+        live = int(row[0])
+        if live != version:
+            await _drop(conn, projection, version, js, topology)
+        return live
+    except (psycopg.Error, NatsError, OSError) as exc:
+        log.warning(
+            "could not drop %s after it failed: %s", consumer_name(projection, version), exc
+        )
+        return None
+
+
+async def _drop(
+    conn: Connection, projection: Projection, version: int, js: JetStreamContext, topology: Topology
+) -> None:
+    """Drop ``version``'s tables, checkpoint and consumer."""
+    async with conn.transaction():
+        await drop_version(conn, projection, version)
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(topology.event_stream.name, consumer_name(projection, version))
+    log.info("dropped %s", consumer_name(projection, version))

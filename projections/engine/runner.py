@@ -212,8 +212,12 @@ class ProjectionRunner:
 
     async def _read_after_checkpoint(self) -> None:
         """Bind the consumer right after the lowest checkpoint and start reading; first
-        ``LogError`` unless the log is the one the checkpoints were made on."""
-        marks = await log_marks(self.connection, self.writers)
+        ``Retired`` once a version was replaced (a hot standby may have waited for its
+        lock through a swap, which dropped the version it was to run), and ``LogError``
+        unless the log is the one the checkpoints were made on."""
+        async with self.connection.transaction():
+            await lock_checkpoints(self.connection, self.writers)
+            marks = await log_marks(self.connection, self.writers)
         stream = self._topology.event_stream.name
         names = ", ".join(w.projection.name for w in self.writers)
         rebuild = f"`budget projections rebuild NAME` for each of: {names}"
@@ -244,8 +248,6 @@ class ProjectionRunner:
         deliveries may have been lost in flight."""
         assert self.reader is not None
         await self.reader.stop()
-        async with self.connection.transaction():
-            await lock_checkpoints(self.connection, self.writers)  # Retired once replaced
         await self._read_after_checkpoint()
 
     async def close(self) -> None:
@@ -451,7 +453,14 @@ class ProjectionRunner:
                         conn, batch, positions, fresh, bad, isolating=False
                     )
             for writer, delivery, reason in letters:
-                await dead_letter(self._js, self._topology, writer, delivery, reason)
+                await dead_letter(
+                    self._js,
+                    self._topology,
+                    writer,
+                    delivery,
+                    reason,
+                    max_payload=self._nc.max_payload,
+                )
         gone = {delivery.stream_seq for _, delivery, _ in letters}
         applied = len([a for a in fresh if a.stream_seq not in gone])
         skipped = len(batch) - applied - len(gone)

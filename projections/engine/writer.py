@@ -104,8 +104,10 @@ async def lock_checkpoints(conn: Connection, writers: Sequence[VersionWriter]) -
         raise Retired(str(exc)) from exc
     positions = []
     for writer in writers:
-        active, seq = found.get(writer.projection.name, (None, 0))
-        if active is None or int(active) > writer.version:
+        if writer.projection.name not in found:
+            raise Retired(f"{writer.durable} was dropped: a newer version went live")
+        active, seq = found[writer.projection.name]
+        if int(active) > writer.version:
             raise Retired(f"{writer.durable} was replaced by version {active}")
         positions.append(int(seq))
     return positions

@@ -4,6 +4,7 @@ version row for row."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import ClassVar
@@ -26,6 +27,7 @@ from events import (
 from events.envelope import new_event_id
 from projections.alerts import AlertsProjection
 from projections.db import connect
+from projections.engine.deadletter import recent_dead_letters
 from projections.engine.projection import Projection, physical
 from projections.engine.rebuild import rebuild
 from projections.history import HistoryProjection
@@ -34,7 +36,7 @@ from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
 from ledger_logs import correction
-from support import catch_up, publish, rows, start_of, usage_event, varied_events
+from support import catch_up, publish, rows, start_of, usage_event, varied_events, wait_for
 
 REFUSED = "refused-by-the-database"
 
@@ -335,6 +337,39 @@ async def test_old_schema_version_in_the_log_is_upcast_and_applied(
     assert await rows(
         db, "SELECT input_uncached, input_cache_read, output_text, cost FROM usage_history"
     ) == [(800, 200, 100, Decimal("0.004"))]
+
+
+async def test_a_dead_letter_of_a_message_near_the_size_limit_is_cut_and_the_rest_applied(
+    nc: Client, db: str, topology: Topology
+) -> None:
+    """The letter's headers come on top of the message: sent whole, they would pass
+    NATS's max_payload, and the server would drop the connection at every try."""
+    js = nc.jetstream()
+    garbage = b"x" * (nc.max_payload - 64)
+    await js.publish(topology.event_subject("usage.recorded"), garbage)
+    await publish(nc, topology, varied_events(3))
+    consumer = asyncio.create_task(catch_up(SpendProjection(), nc, db, topology))
+    try:
+
+        async def all_applied() -> bool:
+            """the consumer applied the events after the oversized message"""
+            return await rows(db, "SELECT stream_seq FROM projection_checkpoints") == [(4,)]
+
+        await wait_for(all_applied)
+        await consumer
+    finally:
+        consumer.cancel()
+
+    assert await rows(
+        db, "SELECT requests FROM spend_totals WHERE scope = 'global' AND period = 'monthly'"
+    ) == [(3,)]
+    [letter] = await recent_dead_letters(js, topology)
+    assert letter.reason.startswith("not JSON")
+    assert letter.original_seq == 1
+    stored = await js.get_msg(topology.dead_letter_stream.name, letter.seq)
+    assert stored.data and garbage.startswith(stored.data)
+    assert stored.headers is not None
+    assert stored.headers["Budget-Original-Size"] == str(len(garbage))
 
 
 def test_encode_is_what_the_contract_documents() -> None:
