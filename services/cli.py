@@ -25,6 +25,7 @@ from budget.config import ConfigError, shown_url
 from budget.periods import Period
 from budget.queries import NotApplied
 from budget.redaction import install_redaction, redact, secrets_of
+from budget.report_format import shown_money
 from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
 from events.usage import exact_money
@@ -333,7 +334,7 @@ def spend(
         typer.echo(f"{'scope':<9} {'key':<28} {'cost USD':>14} {'requests':>9} {'unpriced':>8}")
         for r in rows:
             typer.echo(
-                f"{r.scope:<9} {r.scope_key[:28]:<28} {r.cost:>14.6f} {r.requests:>9}"
+                f"{r.scope:<9} {r.scope_key[:28]:<28} {shown_money(r.cost):>14} {r.requests:>9}"
                 f" {r.unpriced_requests:>8}"
             )
 

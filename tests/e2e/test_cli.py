@@ -403,6 +403,20 @@ def test_recorded_cost_reaches_spend_and_status_through_running_workers(
         assert worker.stop() == 0, f"worker {name}:\n{worker.output()}"
 
 
+def test_the_spend_table_shows_money_as_reports_do_sub_cent_amounts_in_full(
+    deployment: Budget, pg_schema_url: str
+) -> None:
+    worker = deployment.start("worker", "spend")
+    event = deployment.record("--model", "gpt-4o", "--provider", "openai", "--input-tokens", "1")
+    assert Decimal(event["cost"]) == Decimal("0.0000025")
+    wait_caught_up(pg_schema_url, ["spend"], 1, worker)
+    table = deployment.ok("spend", "--at", event["occurred_at"])
+    [line] = [line for line in table.splitlines() if line.startswith("global ")]
+    cost, requests, unpriced = line.split()[-3:]
+    assert (Decimal(cost), requests, unpriced) == (Decimal("0.0000025"), "1", "0"), table
+    assert worker.stop() == 0, worker.output()
+
+
 def test_unpriced_model_is_recorded_without_cost_and_counted_as_unpriced(
     deployment: Budget, pg_schema_url: str
 ) -> None:
