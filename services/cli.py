@@ -37,6 +37,7 @@ from projections.registry import GROUPS, PROJECTIONS, get_projection, worker_pro
 from services.cli_alerts import alerts_app
 from services.cli_context import (
     load_checked_settings,
+    query_time_option,
     settings,
     tracker,
     use_settings,
@@ -318,7 +319,7 @@ def spend(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
     """Print the current period's spend totals by scope."""
-    instant = _utc(at) if at else utc_now()
+    instant = query_time_option(_utc(at), "--at") if at else utc_now()
 
     async def go() -> None:
         async with database(settings().database_url) as conn:

@@ -471,6 +471,13 @@ BAD_INPUTS = {
         ("cannot reach PostgreSQL", "budget up", "BUDGET_DATABASE_URL"),
         env={"BUDGET_DATABASE_URL": UNREACHABLE_DATABASE},
     ),
+    "spend-at-out-of-range": BadInput(
+        ("spend", "--at", "9999-12-31T23:59:59"), ("--at", "from 1900-01-01 up to 9000-01-01")
+    ),
+    "report-end-out-of-range": BadInput(
+        ("report", "custom", "--start", "2026-01-01", "--end", "9999-12-31T23:00:00"),
+        ("--end", "from 1900-01-01 up to 9000-01-01"),
+    ),
     "worker-unknown-projection": BadInput(
         ("worker", "nosuch"), ("nosuch", "usage", "spend", "history")
     ),
