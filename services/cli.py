@@ -23,6 +23,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from budget.commands import ClockAhead
 from budget.config import ConfigError, shown_url
 from budget.periods import Period
+from budget.publisher import EventPublisher
 from budget.queries import NotApplied
 from budget.redaction import install_redaction, redact, secrets_of
 from budget.report_format import shown_money
@@ -268,7 +269,10 @@ def record(
         datetime | None, typer.Option(help="time of the call, ISO 8601 (default now, UTC)")
     ] = None,
 ) -> None:
-    """Publish one usage event from the shell and print it with its cost."""
+    """Publish one usage event from the shell and print it with its cost once JetStream
+    has acknowledged it. Fails (exit 2) when NATS is unreachable, recording nothing; an
+    event NATS does not acknowledge stays in the spool and the next `budget record` sends
+    it."""
     tags = dict(_split_tag(t) for t in tag or [])
     occurred_at = None if at is None else _utc(at)
     normalize_usage(  # wrong counts are refused before connecting
@@ -281,6 +285,10 @@ def record(
 
     async def go() -> str:
         async with tracker() as started:
+            publisher = started.publisher
+            assert isinstance(publisher, EventPublisher)  # a CLI tracker publishes
+            _require_nats(publisher, "nothing was recorded")
+            await publisher.resend_spool()  # what an earlier run could not send
             event = await started.record_usage(
                 model=model,
                 provider=provider,
@@ -295,11 +303,27 @@ def record(
                 occurred_at=occurred_at,
             )
             await started.flush()
-            spooled = not started.publisher.connected
-        suffix = " (NATS unreachable: spooled, re-sent later)" if spooled else ""
-        return event.model_dump_json(indent=2, exclude_none=True) + suffix
+            if len(publisher.spool):
+                raise ConnectError(
+                    f"NATS at {shown_url(publisher.config.nats_url)} did not acknowledge the"
+                    " event (has `budget migrate` declared its stream?); it waits in the spool"
+                    f" ({publisher.config.spool_dir}) and the next `budget record` that is"
+                    " acknowledged sends it"
+                )
+        return event.model_dump_json(indent=2, exclude_none=True)
 
     typer.echo(_run(go()))
+
+
+def _require_nats(publisher: EventPublisher, outcome: str) -> None:
+    """A command fails while NATS is away rather than leave a spool: none of its runs
+    lives long enough to send one."""
+    if not publisher.connected:
+        raise ConnectError(
+            f"cannot reach NATS at {shown_url(publisher.config.nats_url)}, or it refused the"
+            f" credential; {outcome}. Start it with `budget up`, or check BUDGET_NATS_URL,"
+            " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE"
+        )
 
 
 def _split_tag(text: str) -> tuple[str, str]:
@@ -353,7 +377,7 @@ def reprice(
     price fix or a new override) and append a correction event for each changed cost;
     the projections that count usage apply them. Lists what changed."""
     from budget.pricing import get_pricing_registry
-    from budget.publisher import EventPublisher, PublisherConfig
+    from budget.publisher import PublisherConfig
     from projections.queries import usage_between
     from services.reprice import plan_corrections, publish_corrections
 
@@ -381,10 +405,7 @@ def reprice(
             publisher = EventPublisher(PublisherConfig.from_settings(current))
             await publisher.start()
             try:
-                if not publisher.connected:  # a CLI run should fail, not leave a spool
-                    raise ConnectError(
-                        f"cannot reach NATS at {shown_url(current.nats_url)}; nothing was published"
-                    )
+                _require_nats(publisher, "nothing was published")
                 await publish_corrections(publisher, changes)
             finally:
                 await publisher.close()

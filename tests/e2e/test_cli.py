@@ -403,6 +403,32 @@ def test_recorded_cost_reaches_spend_and_status_through_running_workers(
         assert worker.stop() == 0, f"worker {name}:\n{worker.output()}"
 
 
+def test_record_publishes_only_what_nats_acknowledges_and_leaves_nothing_unsent(
+    budget: Budget, nats_url: str, topology: Topology
+) -> None:
+    unreachable = budget.run("record", *GPT_4O_CALL, BUDGET_NATS_URL=UNREACHABLE_NATS)
+    assert (unreachable.returncode, unreachable.stdout) == (2, ""), unreachable
+    [line] = unreachable.stderr.splitlines()
+    assert line.startswith(f"budget: cannot reach NATS at {UNREACHABLE_NATS}"), line
+    assert "nothing was recorded" in line
+    no_stream = budget.run("record", *GPT_4O_CALL)  # before `budget migrate`
+    assert (no_stream.returncode, no_stream.stdout) == (2, ""), no_stream
+    [line] = no_stream.stderr.splitlines()
+    assert "did not acknowledge the event (has `budget migrate` declared its stream?)" in line
+    budget.ok("migrate")
+    budget.record(*GPT_4O_CALL)  # and the one that waited in the spool
+    assert asyncio.run(stored_events(nats_url, topology)) == 2
+
+
+async def stored_events(nats_url: str, topology: Topology) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(topology.event_stream.name)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
 def test_the_spend_table_shows_money_as_reports_do_sub_cent_amounts_in_full(
     deployment: Budget, pg_schema_url: str
 ) -> None:
