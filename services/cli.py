@@ -131,11 +131,18 @@ def up(
     and in <data-dir>/metrics-targets.json. Stops cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, write_config
-    from services.stack import STACK_WORKERS, kept_port, run_stack
+    from services.ports import require_free
+    from services.stack import STACK_WORKERS, kept_port, lock_data_dir, run_stack
     from services.stack_metrics import banner_lines, metrics_ports, worker_env, write_targets
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
+    # Held before a port or a file is chosen, so a refused second stack changes nothing;
+    # run_stack releases it when the stack stops.
+    lock = lock_data_dir(directory)
+    for chosen, option in ((nats_port, "--nats-port"), (api_port, "--api-port")):
+        if chosen is not None:  # else a free one is chosen
+            require_free("127.0.0.1", chosen, option)
     key_file = directory / "admin.key"
     port = api_port or kept_port(directory / "api-port")
     # Chosen before any server starts, so no metrics port can be the one NATS then takes.
@@ -170,6 +177,7 @@ def up(
                 *credentials.notes(current.topology),
                 *banner_lines(directory, metrics),
             ],
+            locked=lock,
         )
     )
 
@@ -190,8 +198,12 @@ def api(
     until SIGTERM. Every request needs an API key (`budget api-key create`) or a console
     session; there is no unauthenticated mode."""
     from services.api.server import serve_api
+    from services.ports import require_free, require_metrics_port
 
-    raise typer.Exit(serve_api(settings(), host=host, port=port, secure_cookies=secure_cookies))
+    current = settings()
+    require_free(host, port, "--port (or BUDGET_API_PORT)")
+    require_metrics_port(current)
+    raise typer.Exit(serve_api(current, host=host, port=port, secure_cookies=secure_cookies))
 
 
 @app.command("migrate")
