@@ -18,11 +18,13 @@ from typing import Annotated, Literal
 import typer
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import DEFAULT_PREFIX
 from nats.js.errors import NotFoundError
 from psycopg import errors as pg_errors
 from pydantic import ValidationError
 
 from budget.config import ConfigError, Settings
+from budget.natsconn import PermissionDenied, permitted, refusal_message
 from budget.redaction import install_redaction, redact, secrets_of
 from events import Alert, AlertRule, utc_now
 from events.alerts import CHANNELS
@@ -188,10 +190,15 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
     topology = settings.topology
     missing = []
     for spec in (topology.event_stream, topology.dead_letter_stream):
+        asked = f"{DEFAULT_PREFIX}.STREAM.INFO.{spec.name}"
         try:
-            await js.stream_info(spec.name)
+            await permitted(nc, asked, js.stream_info(spec.name))
         except NotFoundError:
             missing.append(spec.name)
+        except PermissionDenied:  # the credential, not the server: say which may
+            said = refusal_message(asked, topology=topology, user=settings.nats_user)
+            detail, _, fix = said.partition("; ")
+            return [problem("streams", detail, fix)]
     if missing:
         detail = f"stream {', '.join(missing)} missing (subject prefix {topology.prefix!r})"
         fix = "run `budget migrate` (`budget up` does it), or set BUDGET_SUBJECT_PREFIX"
