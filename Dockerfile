@@ -17,7 +17,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . .
 RUN pip install --no-deps . \
     && useradd --system --create-home --uid 10001 budget \
-    && mkdir -p /data && chown budget /data   # the api service's data (session secret)
+    && mkdir -p /data/spool && chown -R budget /data   # the api's data, every service's spool
 
 USER budget
 # Turns the PostgreSQL password secret into a pgpass file, then runs the command.

@@ -163,7 +163,8 @@ def _report_uncaught(
 
 def holds_secret(model: type[BaseModel], loc: Sequence[int | str]) -> bool:
     """Whether the value at ``loc`` (a validation error's location) in ``model`` is, or is
-    inside, a ``SecretStr`` field: a value there must not be shown, even a wrong one."""
+    inside, a ``SecretStr`` field or one marked ``SECRET_TEXT``: a value there must not be
+    shown, even a wrong one."""
     kind: Any = model
     for part in loc:
         if SecretStr in _types_in(kind):
@@ -175,6 +176,8 @@ def holds_secret(model: type[BaseModel], loc: Sequence[int | str]) -> bool:
             for name, field in t.model_fields.items()
         }
         if isinstance(part, str) and part in fields:
+            if SECRET_TEXT in fields[part].metadata:
+                return True
             kind = fields[part].annotation
     return SecretStr in _types_in(kind)
 

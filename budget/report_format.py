@@ -19,7 +19,7 @@ from typing import Any
 from budget.one_line import one_line
 from events.queries import CellKind, ReportAnswer, ReportTable
 
-__all__ = ["ExportFormat", "Report", "Table", "from_answer", "to_answer"]
+__all__ = ["ExportFormat", "Report", "Table", "from_answer", "shown_money", "to_answer"]
 
 Cell = str | int | Decimal | date | datetime | None
 
@@ -122,13 +122,18 @@ def _csv_cell(value: object) -> str:
     return "'" + text if isinstance(value, str) and text.startswith(FORMULA_STARTS) else text
 
 
+def shown_money(value: Decimal) -> str:
+    """Money as reports show it: to the cent, half up; a sub-cent amount in full."""
+    if value and abs(value) < Decimal("0.01"):
+        return f"{value:f}"  # every digit: 0.0000001 is not 0.000000
+    # Enough digits for any amount: the default 28 cannot quantize 1E+30 to cents.
+    with localcontext(prec=max(28, value.adjusted() + 4)):
+        return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
+
+
 def _shown(value: Cell) -> str:
-    if isinstance(value, Decimal):  # money to the cent, half up; sub-cent amounts in full
-        if value and abs(value) < Decimal("0.01"):
-            return f"{value:f}"  # every digit: 0.0000001 is not 0.000000
-        # Enough digits for any amount: the default 28 cannot quantize 1E+30 to cents.
-        with localcontext(prec=max(28, value.adjusted() + 4)):
-            return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
+    if isinstance(value, Decimal):
+        return shown_money(value)
     return one_line(_text(value)).replace("|", "\\|")  # a line break would end the row
 
 

@@ -128,15 +128,21 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> list[Role]:
     """The roles whose users may publish (or subscribe to) ``subject``; a host's own
-    requests count as allowed for ``host``."""
-    caller = topology.caller_of(subject) if subject.startswith(f"{topology.prefix}.rpc.") else ""
+    requests count as allowed for ``host``. Case is ignored: nats-py lowercases the
+    subject of the server's refusal."""
+    rpc = f"{topology.prefix}.rpc.".lower()
+    caller = topology.caller_of(subject) if subject.lower().startswith(rpc) else ""
     allowed = []
     for role in ROLES:
         granted = permissions(role, user=caller or "user", topology=topology)
         patterns = granted.publish if publish else granted.subscribe
         denied = granted.deny_publish if publish else ()
-        if any(subject_matches(p, subject) for p in patterns) and not any(
-            subject_matches(p, subject) for p in denied
+        if any(_matches(p, subject) for p in patterns) and not any(
+            _matches(p, subject) for p in denied
         ):
             allowed.append(role)
     return allowed
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    return subject_matches(pattern.lower(), subject.lower())

@@ -8,7 +8,7 @@ request has one answer model; any other answer is ``events.rpc.RpcError``.
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -30,6 +30,7 @@ __all__ = [
     "QUERY_REPORT",
     "QUERY_RULES",
     "QUERY_SPEND",
+    "QUERY_TIMES",
     "AlertDelivery",
     "AlertsAnswer",
     "AlertsQuery",
@@ -41,6 +42,7 @@ __all__ = [
     "PositionAnswer",
     "PositionQuery",
     "QueryFieldError",
+    "QueryTime",
     "ReportAnswer",
     "ReportQuery",
     "ReportTable",
@@ -50,6 +52,7 @@ __all__ = [
     "SpendQuery",
     "SpendRow",
     "StoredAlert",
+    "query_time",
 ]
 
 
@@ -77,6 +80,26 @@ MAX_ALERTS = 10_000
 """The most alerts one alerts query lists."""
 
 
+QUERY_TIMES = (datetime(1900, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+"""[first, end) of the times a query takes: a period, a report's days or its time zone
+reach a little past the time given, and Python's dates end with the year 9999."""
+
+
+def query_time(value: datetime) -> datetime:
+    """``value`` (aware) if a query takes it; else ValueError saying the range."""
+    first, end = QUERY_TIMES
+    if not first <= value < end:
+        raise ValueError(
+            f"{value.isoformat()} is out of range: a time from {first:%Y-%m-%d} up to"
+            f" {end:%Y-%m-%d} (UTC) is accepted"
+        )
+    return value
+
+
+QueryTime = Annotated[UtcDatetime, AfterValidator(query_time)]
+"""A time a query takes (``QUERY_TIMES``), in UTC."""
+
+
 class PoliciesQuery(_Message):
     scope: BudgetScope | None = None
 
@@ -88,7 +111,7 @@ class PoliciesAnswer(_Message):
 class SpendQuery(_Message):
     period: Literal["daily", "weekly", "monthly"] = "monthly"
     scope: BudgetScope | None = None
-    at: UtcDatetime | None = Field(default=None, description="a time in the period; now if absent")
+    at: QueryTime | None = Field(default=None, description="a time in the period; now if absent")
 
 
 class SpendRow(_Message):
@@ -174,10 +197,10 @@ class ReportQuery(_Message):
     usage events in [start, end) matching the filters, oldest first, at most ``limit``."""
 
     kind: Literal["custom", "summary", "trend", "comparison", "projection", "history"]
-    start: UtcDatetime | None = None
-    end: UtcDatetime | None = None
-    previous_start: UtcDatetime | None = None
-    previous_end: UtcDatetime | None = None
+    start: QueryTime | None = None
+    end: QueryTime | None = None
+    previous_start: QueryTime | None = None
+    previous_end: QueryTime | None = None
     group_by: list[str] = Field(default_factory=list)
     period: Literal["daily", "weekly", "monthly"] = "monthly"
     days: int = Field(default=30, ge=1, le=3660)

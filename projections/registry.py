@@ -11,7 +11,14 @@ from projections.policies import PoliciesProjection
 from projections.reports import ReportsProjection
 from projections.spend import SpendProjection
 
-__all__ = ["GROUPS", "PROJECTIONS", "WORKERS", "get_projection", "worker_projections"]
+__all__ = [
+    "GROUPS",
+    "PROJECTIONS",
+    "WORKERS",
+    "get_projection",
+    "groups_of",
+    "worker_projections",
+]
 
 PROJECTIONS: dict[str, Projection] = {
     p.name: p
@@ -40,6 +47,11 @@ def get_projection(name: str) -> Projection:
     except KeyError:
         known = ", ".join(sorted(PROJECTIONS))
         raise ValueError(f"unknown projection {name!r}; choose one of: {known}") from None
+
+
+def groups_of(projection: str) -> list[str]:
+    """The groups ``projection`` is a member of (a worker of any runs it)."""
+    return [group for group, members in GROUPS.items() if projection in members]
 
 
 def worker_projections(name: str) -> list[Projection]:

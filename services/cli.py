@@ -23,8 +23,10 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from budget.commands import ClockAhead
 from budget.config import ConfigError, shown_url
 from budget.periods import Period
+from budget.publisher import EventPublisher
 from budget.queries import NotApplied
 from budget.redaction import install_redaction, redact, secrets_of
+from budget.report_format import shown_money
 from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
 from events.usage import exact_money
@@ -37,6 +39,7 @@ from projections.registry import GROUPS, PROJECTIONS, get_projection, worker_pro
 from services.cli_alerts import alerts_app
 from services.cli_context import (
     load_checked_settings,
+    query_time_option,
     settings,
     tracker,
     use_settings,
@@ -131,7 +134,8 @@ def up(
     that scrapes them all with it. Stops cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, write_config
-    from services.stack import STACK_WORKERS, kept_port, run_stack
+    from services.ports import require_free
+    from services.stack import STACK_WORKERS, kept_port, lock_data_dir, run_stack
     from services.stack_metrics import (
         banner_lines,
         metrics_ports,
@@ -142,6 +146,12 @@ def up(
 
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
+    # Held before a port or a file is chosen, so a refused second stack changes nothing;
+    # run_stack releases it when the stack stops.
+    lock = lock_data_dir(directory)
+    for chosen, option in ((nats_port, "--nats-port"), (api_port, "--api-port")):
+        if chosen is not None:  # else a free one is chosen
+            require_free("127.0.0.1", chosen, option)
     key_file = directory / "admin.key"
     port = api_port or kept_port(directory / "api-port")
     # Chosen before any server starts, so no metrics port can be the one NATS then takes.
@@ -178,6 +188,7 @@ def up(
                 *credentials.notes(current.topology),
                 *banner_lines(directory, metrics, metrics_token),
             ],
+            locked=lock,
         )
     )
 
@@ -198,8 +209,12 @@ def api(
     until SIGTERM. Every request needs an API key (`budget api-key create`) or a console
     session; there is no unauthenticated mode."""
     from services.api.server import serve_api
+    from services.ports import require_free, require_metrics_port
 
-    raise typer.Exit(serve_api(settings(), host=host, port=port, secure_cookies=secure_cookies))
+    current = settings()
+    require_free(host, port, "--port (or BUDGET_API_PORT)")
+    require_metrics_port(current)
+    raise typer.Exit(serve_api(current, host=host, port=port, secure_cookies=secure_cookies))
 
 
 @app.command("migrate")
@@ -277,7 +292,10 @@ def record(
         datetime | None, typer.Option(help="time of the call, ISO 8601 (default now, UTC)")
     ] = None,
 ) -> None:
-    """Publish one usage event from the shell and print it with its cost."""
+    """Publish one usage event from the shell and print it with its cost once JetStream
+    has acknowledged it. Fails (exit 2) when NATS is unreachable, recording nothing; an
+    event NATS does not acknowledge stays in the spool and the next `budget record` sends
+    it."""
     tags = dict(_split_tag(t) for t in tag or [])
     occurred_at = None if at is None else _utc(at)
     normalize_usage(  # wrong counts are refused before connecting
@@ -290,6 +308,10 @@ def record(
 
     async def go() -> str:
         async with tracker() as started:
+            publisher = started.publisher
+            assert isinstance(publisher, EventPublisher)  # a CLI tracker publishes
+            _require_nats(publisher, "nothing was recorded")
+            await publisher.resend_spool()  # what an earlier run could not send
             event = await started.record_usage(
                 model=model,
                 provider=provider,
@@ -304,11 +326,27 @@ def record(
                 occurred_at=occurred_at,
             )
             await started.flush()
-            spooled = not started.publisher.connected
-        suffix = " (NATS unreachable: spooled, re-sent later)" if spooled else ""
-        return event.model_dump_json(indent=2, exclude_none=True) + suffix
+            if len(publisher.spool):
+                raise ConnectError(
+                    f"NATS at {shown_url(publisher.config.nats_url)} did not acknowledge the"
+                    " event (has `budget migrate` declared its stream?); it waits in the spool"
+                    f" ({publisher.config.spool_dir}) and the next `budget record` that is"
+                    " acknowledged sends it"
+                )
+        return event.model_dump_json(indent=2, exclude_none=True)
 
     typer.echo(_run(go()))
+
+
+def _require_nats(publisher: EventPublisher, outcome: str) -> None:
+    """A command fails while NATS is away rather than leave a spool: none of its runs
+    lives long enough to send one."""
+    if not publisher.connected:
+        raise ConnectError(
+            f"cannot reach NATS at {shown_url(publisher.config.nats_url)}, or it refused the"
+            f" credential; {outcome}. Start it with `budget up`, or check BUDGET_NATS_URL,"
+            " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE"
+        )
 
 
 def _split_tag(text: str) -> tuple[str, str]:
@@ -328,7 +366,7 @@ def spend(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
     """Print the current period's spend totals by scope."""
-    instant = _utc(at) if at else utc_now()
+    instant = query_time_option(_utc(at), "--at") if at else utc_now()
 
     async def go() -> None:
         async with database(settings().database_url) as conn:
@@ -344,7 +382,7 @@ def spend(
         typer.echo(f"{'scope':<9} {'key':<28} {'cost USD':>14} {'requests':>9} {'unpriced':>8}")
         for r in rows:
             typer.echo(
-                f"{r.scope:<9} {r.scope_key[:28]:<28} {r.cost:>14.6f} {r.requests:>9}"
+                f"{r.scope:<9} {r.scope_key[:28]:<28} {shown_money(r.cost):>14} {r.requests:>9}"
                 f" {r.unpriced_requests:>8}"
             )
 
@@ -362,7 +400,7 @@ def reprice(
     price fix or a new override) and append a correction event for each changed cost;
     the projections that count usage apply them. Lists what changed."""
     from budget.pricing import get_pricing_registry
-    from budget.publisher import EventPublisher, PublisherConfig
+    from budget.publisher import PublisherConfig
     from projections.queries import usage_between
     from services.reprice import plan_corrections, publish_corrections
 
@@ -390,10 +428,7 @@ def reprice(
             publisher = EventPublisher(PublisherConfig.from_settings(current))
             await publisher.start()
             try:
-                if not publisher.connected:  # a CLI run should fail, not leave a spool
-                    raise ConnectError(
-                        f"cannot reach NATS at {shown_url(current.nats_url)}; nothing was published"
-                    )
+                _require_nats(publisher, "nothing was published")
                 await publish_corrections(publisher, changes)
             finally:
                 await publisher.close()

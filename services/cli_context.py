@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import typer
@@ -12,6 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from budget.config import ConfigError, Settings, load_settings, setting_source
 from budget.tracker import UsageTracker, start_usage_tracker
+from events.queries import query_time
 from projections.database_queries import DatabaseQueries
 from projections.db import check_database_url
 
@@ -19,6 +21,7 @@ __all__ = [
     "checked",
     "database_queries",
     "load_checked_settings",
+    "query_time_option",
     "settings",
     "tracker",
     "use_settings",
@@ -74,6 +77,15 @@ def validation_message(exc: ValidationError, subject: str | None = None) -> str:
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"]) or subject or exc.title
     return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def query_time_option(value: datetime, option: str) -> datetime:
+    """``value`` (aware) of ``option`` if a query takes it; else a usage error saying the
+    range, before anything connects."""
+    try:
+        return query_time(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def checked(kind: Any) -> Callable[[T], T]:

@@ -18,7 +18,7 @@ from budget.reports import GROUPS, ReportGenerator
 from events.policy import known_zone
 from events.queries import MAX_HISTORY_ROWS
 from projections.report_queries import rollup_dimension
-from services.cli_context import database_queries
+from services.cli_context import database_queries, query_time_option
 
 __all__ = ["report_app"]
 
@@ -120,7 +120,10 @@ def _aware(value: datetime, tz: str) -> datetime:
 
 def _window(start: datetime, end: datetime, tz: str, names: str) -> tuple[datetime, datetime]:
     """[start, end) in ``tz`` when without a zone; refused before connecting when empty."""
-    first, last = _aware(start, tz), _aware(end, tz)
+    first, last = (
+        query_time_option(_aware(time, tz), name)
+        for time, name in zip((start, end), names.split("/"), strict=True)
+    )
     if last <= first:
         raise typer.BadParameter(
             f"the end ({last.isoformat()}) must be after the start", param_hint=names

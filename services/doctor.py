@@ -17,11 +17,14 @@ from typing import Annotated, Literal
 
 import typer
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DEFAULT_PREFIX
 from nats.js.errors import NotFoundError
 from psycopg import errors as pg_errors
 from pydantic import ValidationError
 
 from budget.config import ConfigError, Settings
+from budget.natsconn import PermissionDenied, permitted, refusal_message
 from budget.redaction import install_redaction, redact, secrets_of
 from events import Alert, AlertRule, utc_now
 from events.alerts import CHANNELS
@@ -30,10 +33,10 @@ from projections.alerts import load_rules
 from projections.engine.checkpoints import list_checkpoints
 from projections.engine.log import LogError
 from projections.engine.projection import Connection
-from projections.engine.runner import EngineConfig
+from projections.engine.runner import EngineConfig, group_consumer_name
 from projections.engine.writer import VersionWriter
 from projections.queries import alerts_page, projection_status
-from projections.registry import get_projection
+from projections.registry import get_projection, groups_of, worker_projections
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
 from services.cli_context import load_checked_settings, validation_message
 from services.ops import ConnectError, database, nats_client
@@ -187,10 +190,15 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
     topology = settings.topology
     missing = []
     for spec in (topology.event_stream, topology.dead_letter_stream):
+        asked = f"{DEFAULT_PREFIX}.STREAM.INFO.{spec.name}"
         try:
-            await js.stream_info(spec.name)
+            await permitted(nc, asked, js.stream_info(spec.name))
         except NotFoundError:
             missing.append(spec.name)
+        except PermissionDenied:  # the credential, not the server: say which may
+            said = refusal_message(asked, topology=topology, user=settings.nats_user)
+            detail, _, fix = said.partition("; ")
+            return [problem("streams", detail, fix)]
     if missing:
         detail = f"stream {', '.join(missing)} missing (subject prefix {topology.prefix!r})"
         fix = "run `budget migrate` (`budget up` does it), or set BUDGET_SUBJECT_PREFIX"
@@ -213,26 +221,48 @@ async def _projections(
         if not status.live:
             found.append(Finding("note", check, f"version {status.version} rebuilding, {behind}"))
             continue
-        worker = f"`budget worker {status.name}`"
         writer = VersionWriter(get_projection(status.name), status.version)
-        consumer = writer.durable
         try:
             await writer.verify_log(conn, js, stream)
         except LogError as exc:
             found.append(problem(check, *_said(exc)))
             continue
-        try:
-            await js.consumer_info(stream, consumer)
-        except NotFoundError:
-            detail = f"no consumer {consumer}: its worker has never run; {behind}"
-            found.append(problem(check, detail, f"start {worker} (or `budget up`)"))
+        ways = _ways_to_run(writer)
+        running = await _first_consumer(js, stream, ways)
+        if running is None:
+            names = " or ".join(consumer for _, consumer in ways)
+            workers = " or ".join(f"`budget worker {worker}`" for worker, _ in ways)
+            detail = f"no consumer {names}: its worker has never run; {behind}"
+            found.append(problem(check, detail, f"start {workers} (or `budget up`)"))
             continue
+        worker, consumer = running
         if status.lag > options.max_lag:
-            fix = f"is {worker} (or `budget up`) running? Its log says why it stopped"
+            fix = (
+                f"is `budget worker {worker}` (or `budget up`) running? Its log says why it stopped"
+            )
             found.append(problem(check, behind, fix))
         else:
             found.append(ok(check, f"consumer {consumer}, lag {status.lag}"))
     return found
+
+
+def _ways_to_run(writer: VersionWriter) -> list[tuple[str, str]]:
+    """Each worker that runs the live version of ``writer``'s projection, with the consumer
+    it reads through: its group's (``budget up`` and compose run groups), or its own."""
+    name = writer.projection.name
+    groups = [(g, group_consumer_name(worker_projections(g))) for g in groups_of(name)]
+    return [*groups, (name, writer.durable)]
+
+
+async def _first_consumer(
+    js: JetStreamContext, stream: str, ways: Sequence[tuple[str, str]]
+) -> tuple[str, str] | None:
+    """The first of ``ways`` (worker, consumer) whose consumer exists on ``stream``."""
+    for worker, consumer in ways:
+        with contextlib.suppress(NotFoundError):
+            await js.consumer_info(stream, consumer)
+            return worker, consumer
+    return None
 
 
 async def _alerting(conn: Connection, settings: Settings) -> list[Finding]:

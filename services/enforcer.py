@@ -32,6 +32,7 @@ import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from budget.config import Settings
 from budget.enforcement import assess, decide
@@ -70,6 +71,9 @@ __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "enforcer"
 SERVICE = "enforcer"
+
+for _metric in (CHECKS, CHECK_SECONDS, RESERVATIONS_OPEN):
+    REGISTRY.register(_metric)  # a process that runs an enforcer exports its metrics
 
 
 @dataclass(frozen=True, kw_only=True)

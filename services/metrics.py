@@ -38,21 +38,27 @@ log = logging.getLogger(__name__)
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _SLOW = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+# The enforcer's: registered by ``services.enforcer`` alone, so no other process exports
+# them as zeros (a sum or max over every process would read those).
 CHECKS = Counter(
     "budget_checks",
     "Pre-call checks the enforcer answered, by outcome: allowed, block, throttle, error"
     " (deciding failed, or the enforcer is not healthy), rate_limited (refused for the"
     " caller's limits, unread), invalid (not a check request)",
     ["outcome"],
+    registry=None,
 )
 CHECK_SECONDS = Histogram(
     "budget_check_seconds",
     "Seconds from a check's arrival at the enforcer to its answer (queueing included)",
     buckets=_FAST,
+    registry=None,
 )
 RESERVATIONS_OPEN = Gauge(
     "budget_reservations_open",
-    "Reservations (pre-call holds) neither settled by usage, released nor expired",
+    "Reservations (pre-call holds) neither settled by usage, released nor expired, in the"
+    " whole database: every enforcer replica reports the same count (read it with max)",
+    registry=None,
 )
 ALERT_DELIVERIES = Counter(
     "budget_alert_deliveries",

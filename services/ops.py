@@ -8,9 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from budget.config import Settings, shown_url
-from budget.natsconn import connect_nats, nats_options
+from budget.natsconn import (
+    PermissionDenied,
+    connect_nats,
+    nats_options,
+    on_refusal,
+    refusal_message,
+)
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.log import declare_streams
@@ -44,6 +51,8 @@ async def nats_client(
     url: str, settings: Settings | None = None, *, reconnect: bool = False, **callbacks: Any
 ) -> AsyncIterator[Client]:
     """A connection to ``url`` with ``settings``' credentials and TLS (none without).
+    A request that timed out after the server refused this credential a publish raises
+    ``PermissionDenied`` saying which credential may.
     With ``reconnect`` (a command that runs until stopped) it reconnects after the first
     connect for as long as it runs; ``callbacks`` go to ``nats.connect``
     (``disconnected_cb``, ``reconnected_cb``)."""
@@ -77,8 +86,17 @@ async def nats_client(
             f"cannot reach NATS at {shown_url(url)} ({str(exc) or type(exc).__name__});"
             " start it with `budget up` or set BUDGET_NATS_URL"
         ) from None
+    refused: list[str] = []
+    on_refusal(nc, refused.append)
     try:
         yield nc
+    except (TimeoutError, NatsError):
+        if not refused:
+            raise
+        # The server said why nothing answered: this credential may not ask.
+        topology = settings.topology if settings is not None else None
+        user = settings.nats_user if settings is not None else None
+        raise PermissionDenied(refusal_message(refused[0], topology=topology, user=user)) from None
     finally:
         await nc.close()
 

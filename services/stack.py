@@ -56,6 +56,7 @@ __all__ = [
     "WorkerCommand",
     "default_worker_command",
     "kept_port",
+    "lock_data_dir",
     "reload_nats",
     "run_stack",
     "serve_stack",
@@ -123,6 +124,7 @@ def run_stack(
     extra_env: Mapping[str, str] | None = None,
     worker_env: Mapping[str, Mapping[str, str]] | None = None,
     notes: Sequence[str] = (),
+    locked: IO[str] | None = None,
 ) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM; returns the exit status (0).
 
@@ -152,6 +154,7 @@ def run_stack(
             extra_env=extra_env,
             worker_env=worker_env,
             notes=notes,
+            locked=locked,
         )
     )
 
@@ -174,11 +177,13 @@ async def serve_stack(
     extra_env: Mapping[str, str] | None = None,
     worker_env: Mapping[str, Mapping[str, str]] | None = None,
     notes: Sequence[str] = (),
+    locked: IO[str] | None = None,
 ) -> int:
     """``run_stack`` inside a running event loop. ``stop`` (set it to shut down) and
     ``on_ready`` let a caller drive it without signals. ``extra_env`` goes to every
     worker, ``worker_env[name]`` to worker ``name`` only; ``notes`` are lines the banner
-    adds."""
+    adds. ``locked``: the data directory's lock (``lock_data_dir``), taken by a caller
+    that writes there first; taken here if not given, released when the stack stops."""
     out = out if out is not None else sys.stdout
     stop = stop if stop is not None else asyncio.Event()
     data_dir = _make_dir(data_dir)
@@ -191,7 +196,7 @@ async def serve_stack(
                 loop.add_signal_handler(signum, _request_stop, stop, signum)
                 installed.append(signum)
 
-    lock = _lock_data_dir(data_dir)
+    lock = locked if locked is not None else lock_data_dir(data_dir)
     try:
         await asyncio.to_thread(_reap_stale(data_dir))
     except BaseException:
@@ -293,7 +298,11 @@ def _request_stop(stop: asyncio.Event, signum: int) -> None:
     stop.set()
 
 
-def _lock_data_dir(data_dir: Path) -> IO[str]:
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``data_dir``'s stack lock (one stack per directory; the folder is made if
+    need be) until the handle closes or the process ends; ``StackError`` naming the
+    holder when a stack runs there."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     handle = (data_dir / "stack.lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -44,6 +44,7 @@ from projections.engine.runner import (
 from projections.registry import worker_projections
 from services.liveness import Liveness, Loop
 from services.metrics import refresh_every, serve_metrics
+from services.ports import require_metrics_port
 
 __all__ = [
     "ServiceBody",
@@ -258,6 +259,7 @@ def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
     """Run ``body`` as a FastStream service until SIGINT/SIGTERM (a heartbeat file too, if
     configured); returns the process exit code."""
     tune_gc()
+    require_metrics_port(settings)  # a taken port is one line naming it, not errno 98
     serve_metrics(settings, name)
     broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, **broker_options(settings))
     app = FastStream(broker)

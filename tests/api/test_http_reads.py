@@ -15,6 +15,7 @@ from http_support import call, eventually
 from live import LiveStack
 
 NOW = datetime.now(UTC)
+OUT_OF_RANGE = "is out of range: a time from 1900-01-01 up to 9000-01-01 (UTC) is accepted"
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,14 @@ def test_report_arguments_are_checked(viewer: httpx.Client) -> None:
         params={"start": NOW.isoformat(), "end": (NOW - timedelta(days=1)).isoformat()},
     )
     assert backwards.json()["errors"][0]["field"] == "query.end"
+    too_late = viewer.get(
+        "/api/v1/reports/custom",
+        params={"start": NOW.isoformat(), "end": "9999-12-31T23:00:00Z"},
+    )
+    assert too_late.status_code == 422
+    [error] = too_late.json()["errors"]
+    assert error["field"] == "query.end"
+    assert error["message"].endswith(OUT_OF_RANGE), error
 
 
 def test_reports_count_the_days_of_the_zone_asked_for(viewer: httpx.Client, recorded: str) -> None:
@@ -141,6 +150,10 @@ def test_spend_by_scope_and_key(viewer: httpx.Client, recorded: str) -> None:
     assert earlier[0]["period_start"] == (NOW - timedelta(days=2)).date().isoformat()
     naive = viewer.get("/api/v1/spend", params={"at": "2026-01-01T00:00:00"})
     assert naive.json()["errors"][0]["field"] == "query.at"
+    too_late = viewer.get("/api/v1/spend", params={"at": "9999-12-31T23:59:59Z"})
+    assert too_late.status_code == 422
+    [error] = too_late.json()["errors"]
+    assert error["field"] == "query.at" and error["message"].endswith(OUT_OF_RANGE), error
 
 
 def test_prices_and_providers(viewer: httpx.Client) -> None:

@@ -403,6 +403,46 @@ def test_recorded_cost_reaches_spend_and_status_through_running_workers(
         assert worker.stop() == 0, f"worker {name}:\n{worker.output()}"
 
 
+def test_record_publishes_only_what_nats_acknowledges_and_leaves_nothing_unsent(
+    budget: Budget, nats_url: str, topology: Topology
+) -> None:
+    unreachable = budget.run("record", *GPT_4O_CALL, BUDGET_NATS_URL=UNREACHABLE_NATS)
+    assert (unreachable.returncode, unreachable.stdout) == (2, ""), unreachable
+    [line] = unreachable.stderr.splitlines()
+    assert line.startswith(f"budget: cannot reach NATS at {UNREACHABLE_NATS}"), line
+    assert "nothing was recorded" in line
+    no_stream = budget.run("record", *GPT_4O_CALL)  # before `budget migrate`
+    assert (no_stream.returncode, no_stream.stdout) == (2, ""), no_stream
+    [line] = no_stream.stderr.splitlines()
+    assert "did not acknowledge the event (has `budget migrate` declared its stream?)" in line
+    budget.ok("migrate")
+    budget.record(*GPT_4O_CALL)  # and the one that waited in the spool
+    assert asyncio.run(stored_events(nats_url, topology)) == 2
+
+
+async def stored_events(nats_url: str, topology: Topology) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(topology.event_stream.name)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+def test_the_spend_table_shows_money_as_reports_do_sub_cent_amounts_in_full(
+    deployment: Budget, pg_schema_url: str
+) -> None:
+    worker = deployment.start("worker", "spend")
+    event = deployment.record("--model", "gpt-4o", "--provider", "openai", "--input-tokens", "1")
+    assert Decimal(event["cost"]) == Decimal("0.0000025")
+    wait_caught_up(pg_schema_url, ["spend"], 1, worker)
+    table = deployment.ok("spend", "--at", event["occurred_at"])
+    [line] = [line for line in table.splitlines() if line.startswith("global ")]
+    cost, requests, unpriced = line.split()[-3:]
+    assert (Decimal(cost), requests, unpriced) == (Decimal("0.0000025"), "1", "0"), table
+    assert worker.stop() == 0, worker.output()
+
+
 def test_unpriced_model_is_recorded_without_cost_and_counted_as_unpriced(
     deployment: Budget, pg_schema_url: str
 ) -> None:
@@ -456,6 +496,13 @@ BAD_INPUTS = {
         ("migrate",),
         ("cannot reach PostgreSQL", "budget up", "BUDGET_DATABASE_URL"),
         env={"BUDGET_DATABASE_URL": UNREACHABLE_DATABASE},
+    ),
+    "spend-at-out-of-range": BadInput(
+        ("spend", "--at", "9999-12-31T23:59:59"), ("--at", "from 1900-01-01 up to 9000-01-01")
+    ),
+    "report-end-out-of-range": BadInput(
+        ("report", "custom", "--start", "2026-01-01", "--end", "9999-12-31T23:00:00"),
+        ("--end", "from 1900-01-01 up to 9000-01-01"),
     ),
     "worker-unknown-projection": BadInput(
         ("worker", "nosuch"), ("nosuch", "usage", "spend", "history")

@@ -5,9 +5,11 @@ Then on real servers: ``spend`` before ``migrate`` says to migrate; ``Équipe`` 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -233,21 +235,93 @@ def test_a_database_url_of_another_kind_is_refused_without_its_password(
     assert "must be a URL starting with postgresql://" in _one_line_failure(done, "hunter2")
 
 
-def test_a_second_stack_on_one_data_directory_is_one_line(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def listening() -> Iterator[int]:
+    """A port another process listens on, as long as the block runs."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield int(server.getsockname()[1])
+
+
+def files_in(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_second_stack_on_one_data_directory_is_one_line_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The running stack's ports are taken: a refused second one must not choose others
+    for it (its next start would move)."""
     data = tmp_path / "data"
-    data.mkdir()
-    with (data / "stack.lock").open("a+") as held:
-        held.write("4242")
-        held.flush()
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running stack holds it
+    (data / "nats").mkdir(parents=True)
+    (data / "metrics").mkdir()
+    with listening() as api, listening() as nats, listening() as metrics:
+        (data / "api-port").write_text(f"{api}\n")
+        (data / "nats" / "last-port").write_text(f"{nats}\n")
+        (data / "metrics" / "api.port").write_text(f"{metrics}\n")
+        with (data / "stack.lock").open("a+") as held:
+            held.write("4242")
+            held.flush()
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running stack holds it
+            before = files_in(data)
+            done = _budget(
+                "up",
+                "--data-dir",
+                str(data),
+                database_url="postgresql://budget@127.0.0.1:1/budget",
+                tmp_path=tmp_path,
+            )
+            assert files_in(data) == before
+    assert "another stack (pid 4242) is running on" in _one_line_failure(done)
+
+
+@pytest.mark.parametrize("option", ["--nats-port", "--api-port"])
+def test_budget_up_on_a_taken_port_is_one_line_naming_it_before_anything_starts(
+    tmp_path: Path, option: str
+) -> None:
+    data = tmp_path / "data"
+    with listening() as taken:
         done = _budget(
             "up",
             "--data-dir",
             str(data),
+            option,
+            str(taken),
             database_url="postgresql://budget@127.0.0.1:1/budget",
             tmp_path=tmp_path,
         )
-    assert "another stack (pid 4242) is running on" in _one_line_failure(done)
+    assert _one_line_failure(done) == (
+        f"budget: cannot listen on 127.0.0.1:{taken} (Address already in use); choose another"
+        f" port with {option}"
+    )
+    assert sorted(files_in(data)) == ["stack.lock"]  # no server started, no port chosen
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [
+        (("api", "--port"), "--port (or BUDGET_API_PORT)"),
+        (("enforcer",), "metrics_port (BUDGET_METRICS_PORT)"),
+        (("worker", "policies"), "metrics_port (BUDGET_METRICS_PORT)"),
+    ],
+)
+def test_a_service_on_a_taken_port_is_one_line_naming_its_setting(
+    tmp_path: Path, command: tuple[str, ...], setting: str
+) -> None:
+    with listening() as taken:
+        args = (*command, str(taken)) if command[-1] == "--port" else command
+        variables = {} if command[-1] == "--port" else {"BUDGET_METRICS_PORT": str(taken)}
+        done = _budget(
+            *args,
+            database_url="postgresql://budget@127.0.0.1:1/budget",
+            tmp_path=tmp_path,
+            **variables,
+        )
+    assert _one_line_failure(done) == (
+        f"budget: cannot listen on 127.0.0.1:{taken} (Address already in use); choose another"
+        f" port with {setting}"
+    )
 
 
 UNKNOWN_OPTION = "postgresql://budget:hunter2@/budget?bogus=1"

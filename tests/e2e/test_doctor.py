@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from test_cli import (
 )
 
 from events import Topology
-from projections.registry import PROJECTIONS
+from projections.registry import GROUPS, PROJECTIONS, WORKERS
 
 from support import usage_event
 
@@ -50,8 +51,8 @@ def lines_of(done: subprocess.CompletedProcess[str], status: str, check: str) ->
     return found
 
 
-def start_stack(cli: Budget) -> dict[str, Service]:
-    services = {name: cli.start("worker", name) for name in PROJECTIONS}
+def start_stack(cli: Budget, workers: Iterable[str] = PROJECTIONS) -> dict[str, Service]:
+    services = {name: cli.start("worker", name) for name in workers}
     for name in ("enforcer", "query-service"):
         services[name] = cli.start(name)
     return services
@@ -216,6 +217,24 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
     ), query
 
 
+def test_projections_run_in_a_group_as_budget_up_runs_them_are_all_ok(
+    deployment: Budget,
+) -> None:
+    start_stack(deployment, WORKERS)
+    deployment.record(*GPT_4O_CALL)
+    done = eventually(
+        lambda: settled(deployment),
+        lambda done: (
+            lines_of(done, "ok", "prices") == ["every model called in the last 30 days has a price"]
+        ),
+        WITHIN,
+        "the call in the rollups",
+    )
+    for name in PROJECTIONS:
+        consumer = "group-history-reports-spend" if name in GROUPS["usage"] else f"{name}-v1"
+        assert lines_of(done, "ok", f"projection {name}") == [f"consumer {consumer}, lag 0"]
+
+
 def test_nats_unreachable_is_a_problem_and_what_needs_it_is_not_checked(
     deployment: Budget,
 ) -> None:
@@ -249,9 +268,13 @@ def test_workers_that_never_ran_have_no_consumer(deployment: Budget) -> None:
     done = doctor(deployment)
     assert done.returncode == 1
     for name in PROJECTIONS:
+        consumers, workers = f"{name}-v1", f"`budget worker {name}`"
+        if name in GROUPS["usage"]:
+            consumers = f"group-history-reports-spend or {consumers}"
+            workers = f"`budget worker usage` or {workers}"
         assert lines_of(done, "problem", f"projection {name}") == [
-            f"no consumer {name}-v1: its worker has never run; 0 events behind (checkpoint at"
-            f" stream sequence 0) | start `budget worker {name}` (or `budget up`)"
+            f"no consumer {consumers}: its worker has never run; 0 events behind (checkpoint"
+            f" at stream sequence 0) | start {workers} (or `budget up`)"
         ]
     assert lines_of(done, "note", "prices") == [NO_PRICES_READ]
 

@@ -44,6 +44,7 @@ from events.queries import QUERY_POLICIES
 from events.rpc import RPC_CHECK, RPC_SNAPSHOT
 from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
+from services.doctor import Options, diagnose
 from services.ops import prepare
 
 from enforcement import enforcement_stack
@@ -381,6 +382,26 @@ async def test_the_service_credential_rebuilds_a_projection_from_the_log(
     )
     assert version == 2
     assert await rows(db, "SELECT count(*) FROM spend_ledger") == [(1,)]
+
+
+async def test_migrate_and_doctor_with_the_host_credential_say_which_credential_may(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    operator = secured.settings("service", database_url=db, spool_dir=tmp_path / "spool")
+    await prepare(operator.nats_url, db, operator)
+    host = secured.settings("host", database_url=db, spool_dir=tmp_path / "spool")
+    stream_info = f"$JS.API.STREAM.INFO.{secured.topology.event_stream.name}"
+    with pytest.raises(PermissionDenied) as raised:
+        await prepare(host.nats_url, db, host)
+    assert str(raised.value).startswith("the NATS user 'host' may not publish to $js.api.")
+    assert "only a 'service' credential may" in str(raised.value)
+    found = await diagnose(host, Options(max_lag=0, days=1))
+    [streams] = [f for f in found if f.check == "streams"]
+    assert (streams.status, streams.detail) == (
+        "problem",
+        f"the NATS user 'host' may not publish to {stream_info}",
+    )
+    assert streams.fix.startswith("only a 'service' credential may"), streams.fix
 
 
 async def test_no_credential_deletes_the_event_log(secured: Secured, service: Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -17,6 +18,8 @@ from budget.reports import ReportGenerator
 from budget.rpc import Refused, Unanswered
 from budget.tracker import start_usage_tracker
 from events import BudgetPolicy, BudgetScope, Topology, utc_now
+from events.queries import QUERY_REPORT, QUERY_SPEND
+from events.rpc import RpcError
 from projections.database_queries import ConnectionLost, DatabaseQueries
 from services.embedded import EmbeddedPostgres
 from services.liveness import Liveness
@@ -80,6 +83,39 @@ async def test_a_wrong_question_is_refused_with_the_services_reason(
         now = utc_now()
         with pytest.raises(Refused, match="cannot group by colour"):
             await ReportGenerator(queries).generate_report(now - timedelta(days=1), now, ["colour"])
+
+
+@pytest.mark.parametrize(
+    ("query", "payload", "field"),
+    [
+        (QUERY_SPEND, {"at": "9999-12-31T23:59:59Z"}, "at"),
+        (QUERY_SPEND, {"period": "weekly", "at": "0001-01-01T00:00:00Z"}, "at"),
+        (
+            QUERY_REPORT,
+            {"kind": "custom", "start": "2026-01-01T00:00:00Z", "end": "9999-12-31T23:00:00Z"},
+            "end",
+        ),
+    ],
+)
+async def test_a_time_out_of_range_is_refused_naming_the_field_and_the_range(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    query: str,
+    payload: dict[str, str],
+    field: str,
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    subject = topology.rpc_subject(query, caller=settings.caller)
+    async with query_service(nc, settings):
+        reply = await nc.request(subject, json.dumps(payload).encode(), timeout=10)
+    error = RpcError.model_validate_json(reply.data).error
+    assert f": {field}: " in error, error
+    assert error.endswith(
+        "is out of range: a time from 1900-01-01 up to 9000-01-01 (UTC) is accepted"
+    )
 
 
 async def test_a_query_service_without_its_database_says_so(

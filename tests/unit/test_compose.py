@@ -145,6 +145,28 @@ def test_app_services_are_configured_for_the_servers(
     assert "POSTGRES_PASSWORD_FILE" not in env
 
 
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_spool_on_a_volume_their_user_may_write(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    """The image runs as a user who may not write /app, the working directory: the
+    default spool (.budget/spool) could not be made there."""
+    service = services[name]
+    spool = Path(service["environment"]["BUDGET_SPOOL_DIR"])
+    mounted = [Path(v.split(":")[1]) for v in service.get("volumes", [])]
+    [volume] = [target for target in mounted if spool.is_relative_to(target)]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.search(r"^USER (\S+)", dockerfile, re.M)
+    assert user is not None
+    # Docker gives a new named volume the owner of its mount point in the image.
+    made = re.search(r"mkdir -p (\S+) && chown -R (\S+) (\S+)", dockerfile)
+    assert made is not None, "the Dockerfile makes no folder for the budget user"
+    folder, owner, owned = made.groups()
+    assert owner == user[1]
+    assert spool.is_relative_to(owned) and volume.is_relative_to(owned)
+    assert Path(folder) in (spool, volume)
+
+
 def test_the_database_passwords_are_secrets_with_no_default(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:

@@ -70,7 +70,7 @@ def test_the_bearer_of_the_token_reads_the_metrics(endpoint: str) -> None:
     for scheme in ("Bearer", "bearer"):  # the scheme is case-insensitive (RFC 9110)
         served = httpx.get(endpoint, headers={"Authorization": f"{scheme} {TOKEN}"})
         assert served.status_code == 200
-        assert "budget_checks_total" in served.text
+        assert "budget_http_request_seconds" in served.text
 
 
 def empty_config(tmp_path: Path) -> Path:

@@ -42,6 +42,8 @@ def test_roles_say_who_may_publish_what() -> None:
         "alerts",
     ]
     assert roles_allowed("$JS.API.STREAM.INFO.ACME", topology=TOPOLOGY) == ["service"]
+    # as nats-py reports a refusal: lowercased
+    assert roles_allowed("$js.api.stream.info.acme", topology=TOPOLOGY) == ["service"]
 
 
 def test_a_refusal_names_the_credential_and_the_one_that_may() -> None:

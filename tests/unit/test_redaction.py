@@ -94,6 +94,7 @@ def test_a_webhook_urls_token_never_reaches_a_log() -> None:
     [
         (("api_session_secret",), True),
         (("alert_channels", "webhook", "secret"), True),
+        (("alert_channels", "webhook", "url"), True),
         (("alert_channels", "email", "password", 0), True),
         (("alert_channels", "email", "username"), False),
         (("database_url",), False),
@@ -109,6 +110,7 @@ def test_a_secret_field_is_found_by_its_type(loc: tuple[int | str, ...], secret:
     "document",
     [
         "alert_channels:\n  webhook:\n    secret: [hunter22]\n",
+        "alert_channels:\n  webhook:\n    url: [https://hooks.example/T0/hunter22]\n",
         "alert_channels:\n  email:\n    password: {x: hunter22}\n",
         "budget:\n  api_session_secret: 12345678\n",
         "budget:\n  database_url: ['postgresql://u:hunter22@h/db']\n",

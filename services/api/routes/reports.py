@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
 
 from budget.report_format import ExportFormat, to_answer
-from events.envelope import UtcDatetime
 from events.policy import known_zone
-from events.queries import QueryFieldError, ReportAnswer, ReportQuery
+from events.queries import QueryFieldError, QueryTime, ReportAnswer, ReportQuery
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES, Problem
@@ -25,7 +24,7 @@ router = APIRouter(
     responses=LIMITED_RESPONSES,
 )
 Kind = Literal["summary", "trend", "comparison", "projection", "custom"]
-When = Annotated[UtcDatetime | None, Query()]
+When = Annotated[QueryTime | None, Query()]
 _MEDIA = {ExportFormat.CSV: "text/csv; charset=utf-8", ExportFormat.MARKDOWN: "text/markdown"}
 
 

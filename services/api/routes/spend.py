@@ -7,8 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 
 from events import BudgetScope
-from events.envelope import UtcDatetime
-from events.queries import SpendQuery, SpendRow
+from events.queries import QueryTime, SpendQuery, SpendRow
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES
@@ -26,6 +25,6 @@ async def spend(
     period: Literal["daily", "weekly", "monthly"] = "monthly",
     scope: BudgetScope | None = None,
     key: Annotated[str | None, Query(max_length=200, description="one scope key")] = None,
-    at: Annotated[UtcDatetime | None, Query(description="ISO 8601 with offset")] = None,
+    at: Annotated[QueryTime | None, Query(description="ISO 8601 with offset")] = None,
 ) -> list[SpendRow]:
     return await api.database.spend(SpendQuery(period=period, scope=scope, at=at), key=key)

@@ -1,0 +1,40 @@
+"""Ports a user chose (an option, a setting), checked free before anything starts: a
+server that finds its port taken says so late, in its own words, or not at all (a
+supervised one restarts forever)."""
+
+from __future__ import annotations
+
+import socket
+
+from budget.config import Settings
+
+__all__ = ["PortTaken", "require_free", "require_metrics_port"]
+
+
+class PortTaken(ValueError):
+    """A chosen port cannot be listened on; the message names it and what sets it."""
+
+
+def require_free(host: str, port: int, chosen_by: str) -> None:
+    """``PortTaken`` unless a server could listen on ``host``:``port`` now (as servers
+    bind: a port whose old connections linger is free, one with a listener is not)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise PortTaken(
+            f"cannot listen on {host}:{port} ({why}); choose another port with {chosen_by}"
+        ) from None
+
+
+def require_metrics_port(settings: Settings) -> None:
+    """The metrics endpoint's port, when one is set, is free."""
+    if settings.metrics_port is not None:
+        require_free(
+            settings.metrics_host, settings.metrics_port, "metrics_port (BUDGET_METRICS_PORT)"
+        )
