@@ -311,7 +311,11 @@ def test_a_service_on_a_taken_port_is_one_line_naming_its_setting(
 ) -> None:
     with listening() as taken:
         args = (*command, str(taken)) if command[-1] == "--port" else command
-        variables = {} if command[-1] == "--port" else {"BUDGET_METRICS_PORT": str(taken)}
+        variables = (
+            {}
+            if command[-1] == "--port"
+            else {"BUDGET_METRICS_PORT": str(taken), "BUDGET_METRICS_TOKEN": "a" * 32}
+        )
         done = _budget(
             *args,
             database_url="postgresql://budget@127.0.0.1:1/budget",
