@@ -32,6 +32,7 @@ from events.subjects import Topology
 
 __all__ = [
     "PermissionDenied",
+    "client_tls",
     "connect_nats",
     "nats_options",
     "on_refusal",
@@ -56,7 +57,13 @@ class PermissionDenied(PermissionError):
 
 def nats_options(settings: Settings) -> dict[str, Any]:
     """``nats.connect`` keyword arguments for ``settings``: credentials, the user's own
-    inbox prefix (a host may read its own replies only) and TLS."""
+    inbox prefix (a host may read its own replies only) and TLS.
+
+    With TLS the handshake comes first, before the server says anything: nats-py
+    otherwise upgrades only when the server's INFO asks for TLS, so a server (or anyone
+    on the path) answering with an INFO that does not would be sent the password in
+    clear. The server must then expect it (``handshake_first`` in its ``tls`` block,
+    ``services.nats_config``)."""
     options: dict[str, Any] = {}
     if settings.nats_user:
         options["user"] = settings.nats_user
@@ -64,14 +71,31 @@ def nats_options(settings: Settings) -> dict[str, Any]:
     password = _password(settings)
     if password is not None:
         options["password"] = password
-    if settings.nats_tls_ca is not None or settings.nats_tls_cert is not None:
-        context = ssl.create_default_context(
-            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
-        )
-        if settings.nats_tls_cert is not None and settings.nats_tls_key is not None:
-            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    context = client_tls(settings)
+    if context is not None:
         options["tls"] = context
+        options["tls_handshake_first"] = True
     return options
+
+
+def client_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context ``settings`` connect to NATS with, or None for plain text: TLS is on
+    with ``nats_tls_ca`` (the server verified by it), a client certificate, or a
+    ``tls://`` URL (the server verified by the system's CAs)."""
+    if (
+        settings.nats_tls_ca is None
+        and settings.nats_tls_cert is None
+        and not any(
+            url.strip().lower().startswith("tls://") for url in settings.nats_url.split(",")
+        )
+    ):
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+    )
+    if settings.nats_tls_cert is not None and settings.nats_tls_key is not None:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
 
 
 def _password(settings: Settings) -> str | None:

@@ -127,7 +127,7 @@ def up(
     process serves Prometheus metrics on its own port of 127.0.0.1, listed in the banner
     and in <data-dir>/metrics-targets.json. Stops cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
-    from services.nats_config import NatsCredentials, write_config
+    from services.nats_config import NatsCredentials, stack_client_tls, write_config
     from services.stack import STACK_WORKERS, kept_port, run_stack
     from services.stack_metrics import banner_lines, metrics_ports, worker_env, write_targets
 
@@ -138,6 +138,7 @@ def up(
     # Chosen before any server starts, so no metrics port can be the one NATS then takes.
     nats_port = nats_port or kept_port(directory / "nats" / "last-port")
     metrics = metrics_ports(directory, STACK_WORKERS, taken=[port, nats_port])
+    nats_tls = stack_client_tls(current)
     nats_config = write_config(directory, current)
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
@@ -155,6 +156,7 @@ def up(
             prepare=prepare_stack,
             nats_port=nats_port,
             nats_config=nats_config,
+            nats_tls=nats_tls,
             extra_env={
                 "BUDGET_API_PORT": str(port),
                 "BUDGET_DATA_DIR": str(directory),

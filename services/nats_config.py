@@ -14,13 +14,15 @@ import json
 import logging
 import re
 import shlex
+import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
 
-from budget.config import Settings
+from budget.config import ConfigError, Settings
+from budget.natsconn import client_tls
 from events.permissions import ACCOUNTS, ROLES, Role, permissions, shared_with
 from events.subjects import API_KEY_CALLER, Topology
 from services.credentials import credentials_dir, generated_secret, write_secret_file
@@ -34,6 +36,7 @@ __all__ = [
     "move_streams_into_accounts",
     "password_variable",
     "render_config",
+    "stack_client_tls",
     "write_config",
 ]
 
@@ -59,7 +62,8 @@ class NatsUser:
 @dataclass(frozen=True, kw_only=True)
 class ServerTls:
     """The server's certificate and key; with ``client_ca``, clients must present a
-    certificate that CA signed."""
+    certificate that CA signed. Clients start with the TLS handshake (``handshake_first``):
+    one that waits for the server's INFO first gets nothing."""
 
     cert: Path
     key: Path
@@ -74,6 +78,20 @@ class ServerTls:
             key=settings.nats_server_tls_key,
             client_ca=settings.nats_server_tls_ca,
         )
+
+
+def stack_client_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of ``budget up``'s own clients (its readiness check, preparation and
+    workers); ``ConfigError`` if its server has TLS and they would connect without."""
+    context = client_tls(settings)
+    if context is None and ServerTls.from_settings(settings) is not None:
+        raise ConfigError(
+            "nats_server_tls_cert (BUDGET_NATS_SERVER_TLS_CERT) turns TLS on for the NATS"
+            " server of `budget up`, but its own workers connect without it: set nats_tls_ca"
+            " (BUDGET_NATS_TLS_CA) to the CA that signed the server's certificate, and"
+            " nats_tls_cert and nats_tls_key if it requires client certificates"
+        )
+    return context
 
 
 class NatsCredentials:
@@ -244,7 +262,10 @@ def _render(
         blocks.append("\n".join(lines))
     text = "accounts {\n" + "\n".join(blocks) + "\n}\n"
     if tls is not None:
+        # The clients' TLS handshake comes first (budget.natsconn.nats_options): the server
+        # expects it, and says nothing in clear.
         text += f"tls {{\n  cert_file: {_q(str(tls.cert))}\n  key_file: {_q(str(tls.key))}\n"
+        text += "  handshake_first: true\n"
         if tls.client_ca is not None:
             text += f"  ca_file: {_q(str(tls.client_ca))}\n  verify: true\n"
         text += "}\n"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
 from budget.config import ConfigError, Settings
-from budget.natsconn import nats_options, refusal_message
+from budget.natsconn import client_tls, nats_options, refusal_message
 from events import Topology
 from events.permissions import roles_allowed, subject_matches
+from services.nats_config import stack_client_tls
 
 TOPOLOGY = Topology(prefix="acme")
 
@@ -76,3 +78,25 @@ def test_tls_certificates_and_keys_go_in_pairs() -> None:
         Settings(nats_tls_cert=Path("client.pem"))
     with pytest.raises(ValidationError, match="nats_server_tls_ca needs"):
         Settings(nats_server_tls_ca=Path("ca.pem"))
+
+
+def test_with_tls_the_handshake_comes_first() -> None:
+    """A tls:// URL turns TLS on as nats_tls_ca does (verified by the system's CAs), and
+    the client starts with the handshake: nats-py otherwise speaks TLS only if the
+    server's INFO asks for it (tests/integration/test_nats_tls.py)."""
+    options = nats_options(Settings(nats_url="tls://nats.example:4222"))
+    assert isinstance(options["tls"], ssl.SSLContext)
+    assert options["tls"].verify_mode == ssl.CERT_REQUIRED and options["tls"].check_hostname
+    assert options["tls_handshake_first"] is True
+    assert client_tls(Settings(nats_url="nats://a:4222,TLS://b:4222")) is not None
+    assert "tls_handshake_first" not in nats_options(Settings(nats_url="nats://a:4222"))
+
+
+def test_budget_up_with_a_tls_server_needs_its_clients_tls_settings() -> None:
+    """The server says nothing to a client not starting with TLS, and the stack's own
+    workers connect with the client settings: without them, one line says so."""
+    server = {"nats_server_tls_cert": Path("s.pem"), "nats_server_tls_key": Path("s.key")}
+    with pytest.raises(ConfigError, match=r"set nats_tls_ca \(BUDGET_NATS_TLS_CA\)"):
+        stack_client_tls(Settings(**server))
+    assert stack_client_tls(Settings(nats_url="tls://127.0.0.1:4222", **server)) is not None
+    assert stack_client_tls(Settings()) is None
