@@ -123,7 +123,7 @@ def up(
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
     HTTP API. On first start it creates an admin API key and the NATS users' passwords
-    (service, host, alerts) in the data directory; NATS takes no anonymous client. Each
+    (service, host, alerts, admin) in the data directory; NATS takes no anonymous client. Each
     process serves Prometheus metrics on its own port of 127.0.0.1, listed in the banner
     and in <data-dir>/metrics-targets.json. Stops cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
@@ -144,7 +144,8 @@ def up(
     service = credentials.settings_for("service", current)
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
-        await prepare(nats_url, database_url, service)
+        # As the admin: it declares the streams, which the services' credential may not.
+        await prepare(nats_url, database_url, credentials.settings_for("admin", current))
         write_targets(directory, metrics)  # once the data directory is this stack's
         async with nats_client(nats_url, service) as nc:
             await first_admin_key(nc.jetstream(), current.topology, key_file)

@@ -4,8 +4,8 @@ when configured.
 
 Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
 file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
-first start makes ``service``, ``host`` and ``alerts``; ``budget nats-credential add``
-makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
+first start makes ``service``, ``host``, ``alerts`` and ``admin``; ``budget
+nats-credential add`` makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
     ("service", "service"),
     ("host", "host"),
     ("alerts", "alerts"),
+    ("admin", "admin"),
 )
 log = logging.getLogger(__name__)
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user
@@ -170,6 +171,7 @@ class NatsCredentials:
             f"NATS users        {self.directory}/nats-users.json (one password file each)",
             "  a host app:     export " + _exports(self.env("host")),
             "  `budget` admin: export " + _exports(self.env("service")),
+            "  `budget migrate`: export " + _exports(self.env("admin")),
             f"  alerts:         user alerts, password in {self.password_file('alerts')},"
             f" subscribe to {topology.prefix}.alerts.>",
             "  another host:   budget nats-credential add NAME --role host",
@@ -231,9 +233,10 @@ def _render(
 ) -> str:
     """One account per role (``events.permissions.ACCOUNTS``): the services' holds
     JetStream and exports to the others what they import."""
-    by_role: dict[Role, list[str]] = {role: [] for role in ROLES}
+    accounts = list(dict.fromkeys(ACCOUNTS[role] for role in ROLES))
+    by_account: dict[str, list[str]] = {account: [] for account in accounts}
     for name, role, password in users:
-        by_role[role].append(
+        by_account[ACCOUNTS[role]].append(
             f"      {{user: {_q(name)}, password: {password},\n"
             f"       permissions: {_render_permissions(role, name, topology)}}}"
         )
@@ -245,20 +248,22 @@ def _render(
     ]
     services = ACCOUNTS["service"]
     blocks = []
-    for role in ROLES:
-        lines = [f"  {ACCOUNTS[role]} {{"]
-        if role == "service":
+    for account in accounts:
+        lines = [f"  {account} {{"]
+        if account == services:
             lines += ["    jetstream: enabled", "    exports = [", ",\n".join(exports), "    ]"]
         else:
             imports = [
                 f"      {{{kind}: {{account: {services}, subject: {_q(subject)}}}}}"
+                for role in ROLES
+                if ACCOUNTS[role] == account
                 for kind, subjects in zip(
                     ("service", "stream"), shared_with(role, topology), strict=True
                 )
                 for subject in subjects
             ]
             lines += ["    imports = [", ",\n".join(imports), "    ]"]
-        lines += ["    users = [", ",\n".join(by_role[role]), "    ]", "  }"]
+        lines += ["    users = [", ",\n".join(by_account[account]), "    ]", "  }"]
         blocks.append("\n".join(lines))
     text = "accounts {\n" + "\n".join(blocks) + "\n}\n"
     if tls is not None:

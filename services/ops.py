@@ -10,7 +10,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from budget.config import Settings, shown_url
-from budget.natsconn import connect_nats, nats_options
+from budget.natsconn import connect_nats, nats_options, permitted
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.log import declare_streams
@@ -29,10 +29,12 @@ class ConnectError(RuntimeError):
 async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
     """Apply migrations, declare the streams (this process is their owner), create every
     projection's first version and the enforcer's SQL function: what ``budget migrate``
-    and ``budget up`` do."""
+    and ``budget up`` do. Making a stream takes the NATS ``admin`` credential; another is
+    refused at once (``PermissionDenied``, naming it), not after a timeout."""
     await asyncio.to_thread(migrate, database_url)
     async with nats_client(nats_url, settings) as nc:
-        await declare_streams(nc.jetstream(), settings.topology)
+        streams = declare_streams(nc.jetstream(), settings.topology)
+        await permitted(nc, "$JS.API.STREAM.>", streams)
     async with database(database_url) as conn:
         for projection in PROJECTIONS.values():
             await ensure_projection(conn, projection)

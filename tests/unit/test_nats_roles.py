@@ -44,12 +44,26 @@ def test_roles_say_who_may_publish_what() -> None:
         "alerts",
     ]
     assert roles_allowed("$JS.API.STREAM.INFO.ACME", topology=TOPOLOGY) == ["service"]
+    # making and changing streams: budget migrate's admin, never the running services
+    for change in ("CREATE", "UPDATE", "RESTORE"):
+        assert roles_allowed(f"$JS.API.STREAM.{change}.ACME", topology=TOPOLOGY) == ["admin"]
+    for wipe in ("DELETE", "PURGE", "MSG.DELETE"):
+        assert roles_allowed(f"$JS.API.STREAM.{wipe}.ACME", topology=TOPOLOGY) == []
+    assert roles_allowed("$JS.API.CONSUMER.DELETE.ACME.spend-v1", topology=TOPOLOGY) == ["service"]
 
 
 def test_a_refusal_names_the_credential_and_the_one_that_may() -> None:
     assert refusal_message("acme.events.policy.deleted", topology=TOPOLOGY, user="host") == (
         "the NATS user 'host' may not publish to acme.events.policy.deleted; only a 'service'"
         " credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
+    )
+
+
+def test_a_refusal_of_a_stream_change_names_the_admin_credential() -> None:
+    assert refusal_message("$JS.API.STREAM.UPDATE.ACME", topology=TOPOLOGY, user="service") == (
+        "the NATS user 'service' may not publish to $JS.API.STREAM.UPDATE.ACME; only an"
+        " 'admin' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE; see"
+        " docs/security.md)"
     )
 
 
