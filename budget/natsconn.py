@@ -20,18 +20,20 @@ import re
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import nats
 from nats.aio.client import Client
 
 from budget.config import ConfigError, Settings
 from budget.redaction import protect
-from events.permissions import inbox_prefix, roles_allowed
+from events.permissions import inbox_prefix, roles_allowed, subject_matches
 from events.subjects import Topology
 
 __all__ = [
     "PermissionDenied",
+    "Refusal",
+    "client_tls",
     "connect_nats",
     "nats_options",
     "on_refusal",
@@ -54,9 +56,23 @@ class PermissionDenied(PermissionError):
     credential may do it."""
 
 
+class Refusal(NamedTuple):
+    """What the server refused: ``"publish"`` or ``"subscription"``, and the subject
+    (lowercased: nats-py lowercases the server's error)."""
+
+    kind: str
+    subject: str
+
+
 def nats_options(settings: Settings) -> dict[str, Any]:
     """``nats.connect`` keyword arguments for ``settings``: credentials, the user's own
-    inbox prefix (a host may read its own replies only) and TLS."""
+    inbox prefix (a host may read its own replies only) and TLS.
+
+    With TLS the handshake comes first, before the server says anything: nats-py
+    otherwise upgrades only when the server's INFO asks for TLS, so a server (or anyone
+    on the path) answering with an INFO that does not would be sent the password in
+    clear. The server must then expect it (``handshake_first`` in its ``tls`` block,
+    ``services.nats_config``)."""
     options: dict[str, Any] = {}
     if settings.nats_user:
         options["user"] = settings.nats_user
@@ -64,14 +80,31 @@ def nats_options(settings: Settings) -> dict[str, Any]:
     password = _password(settings)
     if password is not None:
         options["password"] = password
-    if settings.nats_tls_ca is not None or settings.nats_tls_cert is not None:
-        context = ssl.create_default_context(
-            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
-        )
-        if settings.nats_tls_cert is not None and settings.nats_tls_key is not None:
-            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    context = client_tls(settings)
+    if context is not None:
         options["tls"] = context
+        options["tls_handshake_first"] = True
     return options
+
+
+def client_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context ``settings`` connect to NATS with, or None for plain text: TLS is on
+    with ``nats_tls_ca`` (the server verified by it), a client certificate, or a
+    ``tls://`` URL (the server verified by the system's CAs)."""
+    if (
+        settings.nats_tls_ca is None
+        and settings.nats_tls_cert is None
+        and not any(
+            url.strip().lower().startswith("tls://") for url in settings.nats_url.split(",")
+        )
+    ):
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+    )
+    if settings.nats_tls_cert is not None and settings.nats_tls_key is not None:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
 
 
 def _password(settings: Settings) -> str | None:
@@ -94,7 +127,7 @@ class _Refusals:
     """Permission violations the server reported on one connection, as futures."""
 
     def __init__(self, *, also: Callable[[Exception], Awaitable[None]] | None = None) -> None:
-        self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+        self._waiting: dict[str, set[asyncio.Future[Refusal]]] = {}
         self.listeners: list[Callable[[str], None]] = []
         self._also = also
 
@@ -105,19 +138,22 @@ class _Refusals:
         found = _VIOLATION.search(str(exc))
         if found is None:
             return
-        for waiter in self._waiting.get(found.group(2), ()):
-            if not waiter.done():
-                waiter.set_result(found.group(1))
+        refusal = Refusal(found.group(1), found.group(2))
+        for watched, waiters in list(self._waiting.items()):
+            if subject_matches(watched, refusal.subject):
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(refusal)
         if found.group(1) == "publish":
             for listener in self.listeners:
                 listener(found.group(2))
 
-    def watch(self, subject: str) -> asyncio.Future[str]:
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    def watch(self, subject: str) -> asyncio.Future[Refusal]:
+        waiter: asyncio.Future[Refusal] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(subject.lower(), set()).add(waiter)
         return waiter
 
-    def forget(self, subject: str, waiter: asyncio.Future[str]) -> None:
+    def forget(self, subject: str, waiter: asyncio.Future[Refusal]) -> None:
         waiters = self._waiting.get(subject.lower(), set())
         waiters.discard(waiter)
         if not waiters:
@@ -148,15 +184,28 @@ def on_refusal(nc: Client, listener: Callable[[str], None]) -> None:
 
 
 async def permitted(nc: Client, subject: str, operation: Awaitable[T]) -> T:
-    """Await ``operation``, which publishes to ``subject`` on ``nc``; raise
-    ``PermissionDenied`` as soon as the server refuses that publish."""
+    """Await ``operation``, which publishes to ``subject`` (wildcards allowed: to subjects
+    it matches) on ``nc``; raise ``PermissionDenied`` as soon as the server refuses that
+    publish."""
     with watching_refusal(nc, subject) as refused:
         work = asyncio.ensure_future(operation)
         try:
             await asyncio.wait((work, refused), return_when=asyncio.FIRST_COMPLETED)
             if refused.done() and not work.done():
+                if {"*", ">"} & set(subject.split(".")):
+                    # The subject refused, as sent: JetStream's API and stream names
+                    # are upper case, which the server's error lost.
+                    subject = refused.result().subject
+                    subject = subject.upper() if subject.startswith("$js.") else subject
                 prefix = subject.split(".", 1)[0]
-                topology = Topology(prefix=prefix) if _TOKEN.fullmatch(prefix) else None
+                topology = (
+                    Topology(prefix=prefix)
+                    if _TOKEN.fullmatch(prefix)
+                    # JetStream's API: the same roles whatever the prefix
+                    else Topology()
+                    if prefix == "$JS"
+                    else None
+                )
                 user = nc.options.get("user")
                 raise PermissionDenied(refusal_message(subject, topology=topology, user=user))
             return await work
@@ -176,10 +225,11 @@ async def round_trip(nc: Client) -> None:
 
 
 @contextlib.contextmanager
-def watching_refusal(nc: Client, subject: str) -> Iterator[asyncio.Future[str]]:
-    """A future set (to ``"publish"`` or ``"subscription"``) when the server refuses an
-    operation on ``subject`` on ``nc`` (a connection of ``connect_nats``), while inside.
-    A refused subscription is only reported asynchronously: nothing else fails."""
+def watching_refusal(nc: Client, subject: str) -> Iterator[asyncio.Future[Refusal]]:
+    """A future set (to the ``Refusal``) when the server refuses an operation on
+    ``subject`` (or, with wildcards, one it matches) on ``nc`` (a connection of
+    ``connect_nats``), while inside. A refused subscription is only reported
+    asynchronously: nothing else fails."""
     refusals = _refusals.get(nc)
     if refusals is None:
         yield asyncio.get_running_loop().create_future()  # never set: nobody reports
@@ -200,8 +250,9 @@ def refusal_message(
         roles_allowed(subject, topology=topology, publish=publish) if topology is not None else []
     )
     who = f"the NATS user {user!r}" if user else "this NATS connection (no user)"
+    article = "an" if roles and roles[0][0] in "aeiou" else "a"
     may = (
-        f"only a {' or '.join(repr(r) for r in roles)} credential may"
+        f"only {article} {' or '.join(repr(r) for r in roles)} credential may"
         if roles
         else "ask the operator which credential may"
     )

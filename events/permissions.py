@@ -2,16 +2,21 @@
 from a ``Topology`` here and nowhere else (the server's config is rendered from them by
 ``services.nats_config``; clients use them to say which credential may do what).
 
-Each role is a NATS account of its own (``ACCOUNTS``): the services' account holds the
-streams and exports what the others may reach (``shared_with``), which they import. A
+Each role is a NATS account of its own (``ACCOUNTS``), but ``admin``, whose users are in
+the services' account: it holds the streams and exports what the others may reach
+(``shared_with``), which they import. A
 publish names a reply subject NATS does not check against the publisher's permissions,
 and JetStream answers a stored message there; across an import the reply is remapped into
 the asker's own account, so a host that names ``<prefix>.events.policy.deleted`` as the
 reply of its usage gets the acknowledgement in its own account, never on the services'
 log.
 
-- ``service``: the workers, services and admin commands: the whole prefix and JetStream,
-  but for deleting a stream.
+- ``service``: the workers, services and everyday admin commands: the whole prefix and
+  JetStream, but for making, changing, deleting, purging or restoring a stream (a
+  stream update could lower the log's limits and drop its events).
+- ``admin``: ``budget migrate`` (it declares the streams) and operators: ``service``'s
+  permissions and making and changing streams; in the services' account too. No running
+  service holds it.
 - ``host``: a host app or team: records usage, asks the services under its own name,
   reads the policy log's end (the last policy event, which the query service shows it
   anyway) and gets replies in its own inbox only.
@@ -39,10 +44,24 @@ __all__ = [
     "subject_matches",
 ]
 
-Role = Literal["service", "host", "alerts"]
+Role = Literal["service", "host", "alerts", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
-ACCOUNTS: dict[Role, str] = {"service": "SERVICES", "host": "HOSTS", "alerts": "ALERTS"}
+ACCOUNTS: dict[Role, str] = {
+    "service": "SERVICES",
+    "host": "HOSTS",
+    "alerts": "ALERTS",
+    "admin": "SERVICES",  # where the streams are
+}
 """The NATS account of each role's users."""
+
+_NEVER = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
+"""No credential deletes the event log or its messages (the streams' own ``deny_delete``
+and ``deny_purge`` refuse the last two as well)."""
+_ADMIN_ONLY = ("$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.RESTORE.>")
+"""Making and changing streams: ``budget migrate`` (``admin``). An update can lower the
+log's limits (``max_msgs=1`` leaves one event; the server refuses only lifting
+``deny_delete`` or ``deny_purge``); a new stream on the services' subjects would answer
+their requests with its acknowledgements."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +81,7 @@ def inbox_prefix(user: str) -> str:
 
 def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
     inbox = f"{inbox_prefix(user)}.>"
-    if role == "service":
+    if role in ("service", "admin"):
         return Permissions(
             # Replies go to the asker's inbox; ``$JS.ACK``/``$JS.FC`` acknowledge and pace
             # the pull and ordered consumers.
@@ -76,9 +95,11 @@ def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
                 "_R_.>",
             ),
             subscribe=(f"{topology.prefix}.>", inbox),
-            # The log is the source of truth: no service deletes a stream (the streams'
-            # own deny_delete and deny_purge refuse deleting and purging its messages).
-            deny_publish=("$JS.API.STREAM.DELETE.>",),
+            # The log is the source of truth: no credential deletes or purges it; only
+            # an admin makes or changes a stream. Both delete consumers: a worker
+            # recreates its own at each start (projections.engine.log.bind_consumer),
+            # a rebuild drops the old version's; the events stay.
+            deny_publish=_NEVER if role == "admin" else (*_ADMIN_ONLY, *_NEVER),
         )
     if role == "host":
         return Permissions(
@@ -127,13 +148,16 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> list[Role]:
-    """The roles whose users may publish (or subscribe to) ``subject``; a host's own
-    requests count as allowed for ``host``. Case is ignored: nats-py lowercases the
-    subject of the server's refusal."""
+    """The least privileged roles whose users may publish (or subscribe to) ``subject``
+    (``admin`` only where ``service`` may not); a host's own requests count as allowed
+    for ``host``. Case is ignored: nats-py lowercases the subject of the server's
+    refusal."""
     rpc = f"{topology.prefix}.rpc.".lower()
     caller = topology.caller_of(subject) if subject.lower().startswith(rpc) else ""
-    allowed = []
+    allowed: list[Role] = []
     for role in ROLES:
+        if role == "admin" and "service" in allowed:
+            continue
         granted = permissions(role, user=caller or "user", topology=topology)
         patterns = granted.publish if publish else granted.subscribe
         denied = granted.deny_publish if publish else ()

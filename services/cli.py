@@ -127,13 +127,13 @@ def up(
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
     HTTP API. On first start it creates an admin API key, the NATS users' passwords
-    (service, host, alerts) and the metrics token in the data directory; NATS takes no
-    anonymous client. Each process serves Prometheus metrics on its own port of 127.0.0.1
-    to scrapers bearing that token, listed in the banner and in
+    (service, host, alerts, admin) and the metrics token in the data directory; NATS takes
+    no anonymous client. Each process serves Prometheus metrics on its own port of
+    127.0.0.1 to scrapers bearing that token, listed in the banner and in
     <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a Prometheus config
     that scrapes them all with it. Stops cleanly on Ctrl-C."""
     from services.api.keys import first_admin_key
-    from services.nats_config import NatsCredentials, write_config
+    from services.nats_config import NatsCredentials, stack_client_tls, write_config
     from services.ports import require_free
     from services.stack import STACK_WORKERS, kept_port, lock_data_dir, run_stack
     from services.stack_metrics import (
@@ -158,12 +158,14 @@ def up(
     nats_port = nats_port or kept_port(directory / "nats" / "last-port")
     metrics = metrics_ports(directory, STACK_WORKERS, taken=[port, nats_port])
     metrics_token = metrics_token_file(directory)
+    nats_tls = stack_client_tls(current)
     nats_config = write_config(directory, current)
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
-        await prepare(nats_url, database_url, service)
+        # As the admin: it declares the streams, which the services' credential may not.
+        await prepare(nats_url, database_url, credentials.settings_for("admin", current))
         # once the data directory is this stack's
         write_prometheus_config(directory, metrics, metrics_token)
         async with nats_client(nats_url, service) as nc:
@@ -176,6 +178,7 @@ def up(
             prepare=prepare_stack,
             nats_port=nats_port,
             nats_config=nats_config,
+            nats_tls=nats_tls,
             extra_env={
                 "BUDGET_API_PORT": str(port),
                 "BUDGET_DATA_DIR": str(directory),

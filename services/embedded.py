@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -114,7 +115,10 @@ class EmbeddedNats(_Server):
     ``monitor=True`` also opens the HTTP monitoring port (``monitor_port``, free if ``None``),
     whose ``/healthz`` is then used as the readiness check too. ``config_file``: a
     nats-server config (users, permissions, TLS: ``services.nats_config``); the options
-    above win over it; ``reload()`` makes the running server read it again.
+    above win over it; ``reload()`` makes the running server read it again. ``tls``: the
+    client context for a config with TLS, whose server expects the handshake first and
+    says nothing before it: the readiness check speaks TLS with it (with a client
+    certificate if the server requires one).
     """
 
     def __init__(
@@ -128,8 +132,10 @@ class EmbeddedNats(_Server):
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
         config_file: Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
+        self.tls = tls
         self.config_file = Path(config_file).absolute() if config_file is not None else None
         self.host = host
         self.start_timeout = start_timeout
@@ -307,7 +313,7 @@ class EmbeddedNats(_Server):
                     f"{_log_tail(self.log_file)}"
                 )
             try:
-                info = _read_info(self.host, self.port)
+                info = _read_info(self.host, self.port, self.tls)
                 if not info.get("jetstream"):
                     raise ServerStartError("nats-server is up without JetStream")
                 if self.monitor_url is None or _healthz_ok(self.monitor_url):
@@ -331,14 +337,17 @@ def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].rstrip("/"))
 
 
-def _read_info(host: str, port: int) -> dict[str, Any]:
-    with socket.create_connection((host, port), timeout=1.0) as sock:
-        buf = b""
-        while b"\r\n" not in buf:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("connection closed before INFO")
-            buf += chunk
+def _read_info(host: str, port: int, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """The server's INFO line; over TLS first with ``tls`` (a server with ``handshake_first``)."""
+    with socket.create_connection((host, port), timeout=1.0) as plain:
+        sock = tls.wrap_socket(plain, server_hostname=host) if tls is not None else plain
+        with sock:
+            buf = b""
+            while b"\r\n" not in buf:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("connection closed before INFO")
+                buf += chunk
     line = buf.split(b"\r\n", 1)[0]
     if not line.startswith(b"INFO "):
         raise ConnectionError(f"unexpected greeting {line[:40]!r}")

@@ -4,8 +4,8 @@ when configured.
 
 Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
 file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
-first start makes ``service``, ``host`` and ``alerts``; ``budget nats-credential add``
-makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
+first start makes ``service``, ``host``, ``alerts`` and ``admin``; ``budget
+nats-credential add`` makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import json
 import logging
 import re
 import shlex
+import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
 
-from budget.config import Settings
+from budget.config import ConfigError, Settings
+from budget.natsconn import client_tls
 from events.permissions import ACCOUNTS, ROLES, Role, permissions, shared_with
 from events.subjects import API_KEY_CALLER, Topology
 from services.credentials import credentials_dir, generated_secret, write_secret_file
@@ -34,6 +36,7 @@ __all__ = [
     "move_streams_into_accounts",
     "password_variable",
     "render_config",
+    "stack_client_tls",
     "write_config",
 ]
 
@@ -41,6 +44,7 @@ DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
     ("service", "service"),
     ("host", "host"),
     ("alerts", "alerts"),
+    ("admin", "admin"),
 )
 log = logging.getLogger(__name__)
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user
@@ -59,7 +63,8 @@ class NatsUser:
 @dataclass(frozen=True, kw_only=True)
 class ServerTls:
     """The server's certificate and key; with ``client_ca``, clients must present a
-    certificate that CA signed."""
+    certificate that CA signed. Clients start with the TLS handshake (``handshake_first``):
+    one that waits for the server's INFO first gets nothing."""
 
     cert: Path
     key: Path
@@ -74,6 +79,20 @@ class ServerTls:
             key=settings.nats_server_tls_key,
             client_ca=settings.nats_server_tls_ca,
         )
+
+
+def stack_client_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of ``budget up``'s own clients (its readiness check, preparation and
+    workers); ``ConfigError`` if its server has TLS and they would connect without."""
+    context = client_tls(settings)
+    if context is None and ServerTls.from_settings(settings) is not None:
+        raise ConfigError(
+            "nats_server_tls_cert (BUDGET_NATS_SERVER_TLS_CERT) turns TLS on for the NATS"
+            " server of `budget up`, but its own workers connect without it: set nats_tls_ca"
+            " (BUDGET_NATS_TLS_CA) to the CA that signed the server's certificate, and"
+            " nats_tls_cert and nats_tls_key if it requires client certificates"
+        )
+    return context
 
 
 class NatsCredentials:
@@ -152,6 +171,7 @@ class NatsCredentials:
             f"NATS users        {self.directory}/nats-users.json (one password file each)",
             "  a host app:     export " + _exports(self.env("host")),
             "  `budget` admin: export " + _exports(self.env("service")),
+            "  `budget migrate`: export " + _exports(self.env("admin")),
             f"  alerts:         user alerts, password in {self.password_file('alerts')},"
             f" subscribe to {topology.prefix}.alerts.>",
             "  another host:   budget nats-credential add NAME --role host",
@@ -213,9 +233,10 @@ def _render(
 ) -> str:
     """One account per role (``events.permissions.ACCOUNTS``): the services' holds
     JetStream and exports to the others what they import."""
-    by_role: dict[Role, list[str]] = {role: [] for role in ROLES}
+    accounts = list(dict.fromkeys(ACCOUNTS[role] for role in ROLES))
+    by_account: dict[str, list[str]] = {account: [] for account in accounts}
     for name, role, password in users:
-        by_role[role].append(
+        by_account[ACCOUNTS[role]].append(
             f"      {{user: {_q(name)}, password: {password},\n"
             f"       permissions: {_render_permissions(role, name, topology)}}}"
         )
@@ -227,24 +248,29 @@ def _render(
     ]
     services = ACCOUNTS["service"]
     blocks = []
-    for role in ROLES:
-        lines = [f"  {ACCOUNTS[role]} {{"]
-        if role == "service":
+    for account in accounts:
+        lines = [f"  {account} {{"]
+        if account == services:
             lines += ["    jetstream: enabled", "    exports = [", ",\n".join(exports), "    ]"]
         else:
             imports = [
                 f"      {{{kind}: {{account: {services}, subject: {_q(subject)}}}}}"
+                for role in ROLES
+                if ACCOUNTS[role] == account
                 for kind, subjects in zip(
                     ("service", "stream"), shared_with(role, topology), strict=True
                 )
                 for subject in subjects
             ]
             lines += ["    imports = [", ",\n".join(imports), "    ]"]
-        lines += ["    users = [", ",\n".join(by_role[role]), "    ]", "  }"]
+        lines += ["    users = [", ",\n".join(by_account[account]), "    ]", "  }"]
         blocks.append("\n".join(lines))
     text = "accounts {\n" + "\n".join(blocks) + "\n}\n"
     if tls is not None:
+        # The clients' TLS handshake comes first (budget.natsconn.nats_options): the server
+        # expects it, and says nothing in clear.
         text += f"tls {{\n  cert_file: {_q(str(tls.cert))}\n  key_file: {_q(str(tls.key))}\n"
+        text += "  handshake_first: true\n"
         if tls.client_ca is not None:
             text += f"  ca_file: {_q(str(tls.client_ca))}\n  verify: true\n"
         text += "}\n"

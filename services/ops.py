@@ -16,6 +16,7 @@ from budget.natsconn import (
     connect_nats,
     nats_options,
     on_refusal,
+    permitted,
     refusal_message,
 )
 from projections.db import connect
@@ -36,10 +37,12 @@ class ConnectError(RuntimeError):
 async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
     """Apply migrations, declare the streams (this process is their owner), create every
     projection's first version and the enforcer's SQL function: what ``budget migrate``
-    and ``budget up`` do."""
+    and ``budget up`` do. Making a stream takes the NATS ``admin`` credential; another is
+    refused at once (``PermissionDenied``, naming it), not after a timeout."""
     await asyncio.to_thread(migrate, database_url)
     async with nats_client(nats_url, settings) as nc:
-        await declare_streams(nc.jetstream(), settings.topology)
+        streams = declare_streams(nc.jetstream(), settings.topology)
+        await permitted(nc, "$JS.API.STREAM.>", streams)
     async with database(database_url) as conn:
         for projection in PROJECTIONS.values():
             await ensure_projection(conn, projection)

@@ -32,6 +32,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -117,6 +118,7 @@ def run_stack(
     worker_command: WorkerCommand = default_worker_command,
     nats_port: int | None = None,
     nats_config: Path | None = None,
+    nats_tls: ssl.SSLContext | None = None,
     database: str = "budget",
     stop_timeout: float = 10.0,
     restart_backoff: tuple[float, float] = (1.0, 30.0),
@@ -130,7 +132,8 @@ def run_stack(
 
     ``nats_port``: fixed client port; by default the port of the previous run on this data
     directory when it is free, else one the server picks. ``nats_config``: the NATS
-    server's config file (users, permissions, TLS: ``services.nats_config``).
+    server's config file (users, permissions, TLS: ``services.nats_config``); ``nats_tls``:
+    the clients' TLS context, for a config with TLS (its readiness check speaks TLS).
     ``restart_backoff``: first and maximum delay before restarting a worker that died
     (doubling; reset after a worker ran for a minute). Raises ``StackError`` or the
     exception of ``prepare`` if startup fails, after stopping whatever had started.
@@ -147,6 +150,7 @@ def run_stack(
             worker_command=worker_command,
             nats_port=nats_port,
             nats_config=nats_config,
+            nats_tls=nats_tls,
             database=database,
             stop_timeout=stop_timeout,
             restart_backoff=restart_backoff,
@@ -167,6 +171,7 @@ async def serve_stack(
     worker_command: WorkerCommand = default_worker_command,
     nats_port: int | None = None,
     nats_config: Path | None = None,
+    nats_tls: ssl.SSLContext | None = None,
     database: str = "budget",
     stop_timeout: float = 10.0,
     restart_backoff: tuple[float, float] = (1.0, 30.0),
@@ -208,7 +213,10 @@ async def serve_stack(
     if nats_config is not None and move_streams_into_accounts(data_dir / "nats"):
         log.warning("moved the event log of %s into the NATS services' account", data_dir)
     nats = EmbeddedNats(
-        data_dir / "nats", port=nats_port or _previous_port(data_dir), config_file=nats_config
+        data_dir / "nats",
+        port=nats_port or _previous_port(data_dir),
+        config_file=nats_config,
+        tls=nats_tls,
     )
     stopping = asyncio.Event()
     supervised = [

@@ -21,8 +21,7 @@ from typing import Any
 
 import psycopg
 from faststream import FastStream
-from faststream.nats import NatsBroker
-from faststream.security import BaseSecurity, SASLPlaintext
+from faststream.nats import NatsBroker, NatsSecurity, NatsUserPassword
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
@@ -241,17 +240,21 @@ def run_worker(name: str, settings: Settings) -> int:
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
-    """``nats_options`` in FastStream's terms: credentials and TLS go in ``security``."""
+    """``nats_options`` in FastStream's terms: credentials and TLS (its handshake first)
+    go in ``security``."""
     options = nats_options(settings)
-    user, password, tls = (
+    user, password, tls, first = (
         options.pop("user", None),
         options.pop("password", None),
         options.pop("tls", None),
+        options.pop("tls_handshake_first", False),
     )
     if user is not None and password is not None:
-        options["security"] = SASLPlaintext(username=user, password=password, ssl_context=tls)
+        options["security"] = NatsUserPassword(
+            user, password, ssl_context=tls, tls_handshake_first=first
+        )
     elif tls is not None:
-        options["security"] = BaseSecurity(ssl_context=tls)
+        options["security"] = NatsSecurity(ssl_context=tls, tls_handshake_first=first)
     return options
 
 

@@ -742,12 +742,16 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     credentials = budget_up.data_dir / "credentials"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
     passwords = {p.name: p.read_text().strip() for p in credentials.glob("nats-*.password")}
-    assert set(passwords) == {f"nats-{u}.password" for u in ("service", "host", "alerts")}
+    users = ("service", "host", "alerts", "admin")
+    assert set(passwords) == {f"nats-{u}.password" for u in users}
     for name in passwords:
         assert stat.S_IMODE((credentials / name).stat().st_mode) == 0o600
     assert not any(password in up.output() for password in passwords.values())
     host_file = credentials / "nats-host.password"
     assert f"BUDGET_NATS_USER=host BUDGET_NATS_PASSWORD_FILE={host_file}" in up.output()
+    # it declared the streams as the admin, which no worker holds: migrate needs it
+    admin_file = credentials / "nats-admin.password"
+    assert f"BUDGET_NATS_USER=admin BUDGET_NATS_PASSWORD_FILE={admin_file}" in up.output()
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
         asyncio.run(nats.connect(banner.nats_url, allow_reconnect=False, connect_timeout=5))
     for name, pid in banner.worker_pids.items():

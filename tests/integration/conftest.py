@@ -61,10 +61,17 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 
 @pytest.fixture
 async def service(secured: Secured) -> AsyncIterator[Client]:
-    """A ``service`` connection to ``secured`` with the streams declared."""
+    """A ``service`` connection to ``secured`` with the streams declared (by the
+    ``admin``, as ``budget migrate`` does: the services may not make a stream)."""
+    admin = await connect_nats(
+        secured.server.url, within=5, **nats_options(secured.settings("admin"))
+    )
+    try:
+        await declare_streams(admin.jetstream(), secured.topology)
+    finally:
+        await admin.close()
     options = nats_options(secured.settings("service"))
     client = await connect_nats(secured.server.url, within=5, **options)
-    await declare_streams(client.jetstream(), secured.topology)
     try:
         yield client
     finally:

@@ -72,6 +72,7 @@ async def test_an_added_host_connects_once_the_running_server_reloaded(tmp_path:
             "service\tservice",
             "host\thost",
             "alerts\talerts",
+            "admin\tadmin",
             "team-b\thost",
             "",
         ]

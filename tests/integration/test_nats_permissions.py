@@ -42,6 +42,7 @@ from events import (
 from events.codec import HEADER_MSG_ID
 from events.queries import QUERY_POLICIES
 from events.rpc import RPC_CHECK, RPC_SNAPSHOT
+from projections.engine.log import declare_streams
 from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
 from services.doctor import Options, diagnose
@@ -387,13 +388,13 @@ async def test_the_service_credential_rebuilds_a_projection_from_the_log(
 async def test_migrate_and_doctor_with_the_host_credential_say_which_credential_may(
     secured: Secured, service: Client, db: str, tmp_path: Path
 ) -> None:
-    operator = secured.settings("service", database_url=db, spool_dir=tmp_path / "spool")
+    operator = secured.settings("admin", database_url=db, spool_dir=tmp_path / "spool")
     await prepare(operator.nats_url, db, operator)
     host = secured.settings("host", database_url=db, spool_dir=tmp_path / "spool")
     stream_info = f"$JS.API.STREAM.INFO.{secured.topology.event_stream.name}"
     with pytest.raises(PermissionDenied) as raised:
         await prepare(host.nats_url, db, host)
-    assert str(raised.value).startswith("the NATS user 'host' may not publish to $js.api.")
+    assert str(raised.value).startswith("the NATS user 'host' may not publish to $JS.API.")
     assert "only a 'service' credential may" in str(raised.value)
     found = await diagnose(host, Options(max_lag=0, days=1))
     [streams] = [f for f in found if f.check == "streams"]
@@ -404,11 +405,98 @@ async def test_migrate_and_doctor_with_the_host_credential_say_which_credential_
     assert streams.fix.startswith("only a 'service' credential may"), streams.fix
 
 
-async def test_no_credential_deletes_the_event_log(secured: Secured, service: Client) -> None:
-    """The log is the source of truth: the services' credential does everything JetStream
-    offers but deleting a stream."""
+async def test_no_credential_deletes_the_event_log(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    """The log is the source of truth: neither the services' credential nor the admin's
+    deletes a stream, purges it or deletes one of its messages."""
     stream = secured.topology.event_stream.name
+    subject = secured.topology.event_subject(UsageRecorded.SUBJECT)
+    await _publish(service, subject, encode(usage_event()))
+    for user in ("service", "admin"):
+        nc = (await connect(user)).nc
+        js = nc.jetstream()
+        for refused, attempt in (
+            (f"$JS.API.STREAM.DELETE.{stream}", js.delete_stream(stream)),
+            (f"$JS.API.STREAM.PURGE.{stream}", js.purge_stream(stream)),
+            (f"$JS.API.STREAM.MSG.DELETE.{stream}", js.delete_msg(stream, 1)),
+        ):
+            with pytest.raises(PermissionDenied, match="ask the operator"):
+                await permitted(nc, refused, attempt)
+    assert (await service.jetstream().stream_info(stream)).state.messages == 1
+
+
+async def test_the_services_credential_can_neither_shrink_nor_remake_a_stream(
+    secured: Secured, service: Client
+) -> None:
+    """The API, the notifier and every worker hold it: a stream update (``max_msgs=1``
+    left one event of the log) and a new stream (one on the request subjects would answer
+    them with its acknowledgements) are the admin's. Deleting consumers stays: a worker
+    recreates its own at each start, a rebuild drops the old version's; the events stay."""
+    topology = secured.topology
+    stream = topology.event_stream.name
+    subject = topology.event_subject(UsageRecorded.SUBJECT)
+    for _ in range(3):
+        await _publish(service, subject, encode(usage_event()))
     js = service.jetstream()
-    with pytest.raises(PermissionDenied):
-        await permitted(service, f"$JS.API.STREAM.DELETE.{stream}", js.delete_stream(stream))
-    assert (await js.stream_info(stream)).config.name == stream
+    config = (await js.stream_info(stream)).config
+    config.max_msgs = 1
+    with pytest.raises(PermissionDenied, match="only an 'admin' credential may"):
+        await permitted(service, f"$JS.API.STREAM.UPDATE.{stream}", js.update_stream(config))
+    squatter = f"{stream}_RPC"
+    with pytest.raises(PermissionDenied, match="only an 'admin' credential may"):
+        await permitted(
+            service,
+            f"$JS.API.STREAM.CREATE.{squatter}",
+            js.add_stream(name=squatter, subjects=[f"{topology.prefix}.rpc.>"]),
+        )
+    info = await js.stream_info(stream)
+    assert info.state.messages == 3 and info.config.max_msgs == -1
+    # A consumer of its own it may still make and delete.
+    made = await js.add_consumer(stream, durable_name="cursor")
+    assert await js.delete_consumer(stream, made.name)
+
+
+async def test_the_admin_credential_declares_and_changes_the_streams(secured: Secured) -> None:
+    """What `budget migrate` does: make the streams, and change one (a limit an operator
+    tunes); the services' credential is refused the same at once, naming the admin's."""
+    topology = secured.topology
+    service = await connect_nats(
+        secured.server.url, within=5, **nats_options(secured.settings("service"))
+    )
+    admin = await connect_nats(
+        secured.server.url, within=5, **nats_options(secured.settings("admin"))
+    )
+    try:
+        with pytest.raises(PermissionDenied) as refused:
+            await permitted(
+                service, "$JS.API.STREAM.>", declare_streams(service.jetstream(), topology)
+            )
+        js = admin.jetstream()
+        await permitted(admin, "$JS.API.STREAM.>", declare_streams(js, topology))
+        config = (await js.stream_info(topology.event_stream.name)).config
+        config.max_age = 86400 * 3650
+        await permitted(admin, "$JS.API.STREAM.>", js.update_stream(config))
+        info = await js.stream_info(topology.event_stream.name)
+    finally:
+        await service.close()
+        await admin.close()
+    create = f"$JS.API.STREAM.CREATE.{topology.event_stream.name}"
+    assert str(refused.value) == (
+        f"the NATS user 'service' may not publish to {create};"
+        " only an 'admin' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE;"
+        " see docs/security.md)"
+    )
+    assert info.config.max_age == 86400 * 3650 and info.config.deny_purge
+
+
+async def test_migrate_with_the_services_credential_says_which_one_may(
+    secured: Secured, db: str, tmp_path: Path
+) -> None:
+    """`budget migrate` (``prepare``) on a new log, run as ``service``: refused at once,
+    not after a timeout; as ``admin`` it declares the streams."""
+    as_service = secured.settings("service", database_url=db, spool_dir=tmp_path / "s")
+    with pytest.raises(PermissionDenied, match="only an 'admin' credential may"):
+        await prepare(as_service.nats_url, db, as_service)
+    as_admin = secured.settings("admin", database_url=db, spool_dir=tmp_path / "a")
+    await prepare(as_admin.nats_url, db, as_admin)

@@ -63,7 +63,7 @@ def test_nats_runs_jetstream_with_a_healthcheck(services: dict[str, dict[str, An
     assert any(v.endswith(":/data") for v in nats["volumes"])
     health = _health_test(nats)
     assert health.startswith("wget ")
-    # the config's monitoring address (test_nats_takes_the_three_users_... checks it)
+    # the config's monitoring address (test_nats_takes_the_default_users_... checks it)
     assert "http://127.0.0.1:8222/healthz?js-enabled-only=true" in health
 
 
@@ -232,6 +232,12 @@ def test_references_resolve(compose: dict[str, Any], services: dict[str, dict[st
             source = volume.split(":", 1)[0]
             if not source.startswith((".", "/")):
                 assert source in declared_volumes, f"{name}: undeclared volume {source}"
+        # a secret file a setting names is mounted: else the service stops at start
+        mounted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+        for setting, value in (service.get("environment") or {}).items():
+            if str(value).startswith("/run/secrets/"):
+                secret = str(value).removeprefix("/run/secrets/")
+                assert secret in mounted, f"{name}: {setting} names {secret}, not mounted"
 
 
 def test_dockerfile_installs_the_repo() -> None:
@@ -286,7 +292,7 @@ def test_workers_are_health_checked_by_their_heartbeat(
     assert heartbeat in _health_test(services[name])
 
 
-def test_nats_takes_the_three_users_with_required_passwords(
+def test_nats_takes_the_default_users_with_required_passwords(
     services: dict[str, dict[str, Any]],
 ) -> None:
     nats = services["nats"]
@@ -304,16 +310,22 @@ def test_nats_takes_the_three_users_with_required_passwords(
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_services_connect_to_nats_as_service(
+def test_app_services_connect_to_nats_as_service_and_migrate_as_admin(
     compose: dict[str, Any], services: dict[str, dict[str, Any]], name: str
 ) -> None:
+    """The running services' credential may not change a stream (nor so lower the log's
+    limits); migrate, which declares the streams, alone holds the admin's."""
+    user = "admin" if name == "migrate" else "service"
     env = services[name]["environment"]
-    assert env["BUDGET_NATS_USER"] == "service"
+    assert env["BUDGET_NATS_USER"] == user
     assert "BUDGET_NATS_PASSWORD" not in env
     secret = env["BUDGET_NATS_PASSWORD_FILE"].removeprefix("/run/secrets/")
     assert secret in services[name]["secrets"]
-    # The secret holds the password the NATS server knows the service user by.
-    assert compose["secrets"][secret]["environment"] == password_variable("service")
+    # The secret holds the password the NATS server knows the user by.
+    assert compose["secrets"][secret]["environment"] == password_variable(user)
+    # and no other NATS password: a service has no use for the admin's
+    nats_secrets = {s for s in services[name]["secrets"] if s.startswith("nats_")}
+    assert nats_secrets == {secret}
 
 
 # -- Prometheus -------------------------------------------------------------------------------
@@ -447,7 +459,7 @@ def test_compose_gives_each_named_host_app_a_user_of_its_own() -> None:
         assert f"${password_variable(name)}" in text
         assert f'"_INBOX.{name}.>"' in text and f'"budget.rpc.{name}.>"' in text
     assert password_variable("search-bot") == "BUDGET_NATS_SEARCH_BOT_PASSWORD"
-    with pytest.raises(ValueError, match="not one of service, host, alerts"):
+    with pytest.raises(ValueError, match="not one of service, host, alerts, admin"):
         compose_config(Topology(), hosts=["alerts"])
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
 from budget.config import ConfigError, Settings
-from budget.natsconn import nats_options, refusal_message
+from budget.natsconn import client_tls, nats_options, refusal_message
 from events import Topology
 from events.permissions import roles_allowed, subject_matches
+from services.nats_config import stack_client_tls
 
 TOPOLOGY = Topology(prefix="acme")
 
@@ -44,12 +46,26 @@ def test_roles_say_who_may_publish_what() -> None:
     assert roles_allowed("$JS.API.STREAM.INFO.ACME", topology=TOPOLOGY) == ["service"]
     # as nats-py reports a refusal: lowercased
     assert roles_allowed("$js.api.stream.info.acme", topology=TOPOLOGY) == ["service"]
+    # making and changing streams: budget migrate's admin, never the running services
+    for change in ("CREATE", "UPDATE", "RESTORE"):
+        assert roles_allowed(f"$JS.API.STREAM.{change}.ACME", topology=TOPOLOGY) == ["admin"]
+    for wipe in ("DELETE", "PURGE", "MSG.DELETE"):
+        assert roles_allowed(f"$JS.API.STREAM.{wipe}.ACME", topology=TOPOLOGY) == []
+    assert roles_allowed("$JS.API.CONSUMER.DELETE.ACME.spend-v1", topology=TOPOLOGY) == ["service"]
 
 
 def test_a_refusal_names_the_credential_and_the_one_that_may() -> None:
     assert refusal_message("acme.events.policy.deleted", topology=TOPOLOGY, user="host") == (
         "the NATS user 'host' may not publish to acme.events.policy.deleted; only a 'service'"
         " credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
+    )
+
+
+def test_a_refusal_of_a_stream_change_names_the_admin_credential() -> None:
+    assert refusal_message("$JS.API.STREAM.UPDATE.ACME", topology=TOPOLOGY, user="service") == (
+        "the NATS user 'service' may not publish to $JS.API.STREAM.UPDATE.ACME; only an"
+        " 'admin' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE; see"
+        " docs/security.md)"
     )
 
 
@@ -78,3 +94,25 @@ def test_tls_certificates_and_keys_go_in_pairs() -> None:
         Settings(nats_tls_cert=Path("client.pem"))
     with pytest.raises(ValidationError, match="nats_server_tls_ca needs"):
         Settings(nats_server_tls_ca=Path("ca.pem"))
+
+
+def test_with_tls_the_handshake_comes_first() -> None:
+    """A tls:// URL turns TLS on as nats_tls_ca does (verified by the system's CAs), and
+    the client starts with the handshake: nats-py otherwise speaks TLS only if the
+    server's INFO asks for it (tests/integration/test_nats_tls.py)."""
+    options = nats_options(Settings(nats_url="tls://nats.example:4222"))
+    assert isinstance(options["tls"], ssl.SSLContext)
+    assert options["tls"].verify_mode == ssl.CERT_REQUIRED and options["tls"].check_hostname
+    assert options["tls_handshake_first"] is True
+    assert client_tls(Settings(nats_url="nats://a:4222,TLS://b:4222")) is not None
+    assert "tls_handshake_first" not in nats_options(Settings(nats_url="nats://a:4222"))
+
+
+def test_budget_up_with_a_tls_server_needs_its_clients_tls_settings() -> None:
+    """The server says nothing to a client not starting with TLS, and the stack's own
+    workers connect with the client settings: without them, one line says so."""
+    server = {"nats_server_tls_cert": Path("s.pem"), "nats_server_tls_key": Path("s.key")}
+    with pytest.raises(ConfigError, match=r"set nats_tls_ca \(BUDGET_NATS_TLS_CA\)"):
+        stack_client_tls(Settings(**server))
+    assert stack_client_tls(Settings(nats_url="tls://127.0.0.1:4222", **server)) is not None
+    assert stack_client_tls(Settings()) is None
