@@ -23,6 +23,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from budget.forecast import METHOD, forecast
+from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window
 from budget.report_format import Cell, Report, Table
@@ -228,10 +229,7 @@ class ReportBuilder:
         changes = []
         for key in current.keys() | previous.keys():
             now_cost, then_cost = current.get(key, Decimal(0)), previous.get(key, Decimal(0))
-            percent = None
-            if then_cost:
-                percent = ((now_cost - then_cost) * 100 / then_cost).quantize(Decimal("0.1"))
-            changes.append((key, now_cost, then_cost, percent))
+            changes.append((key, now_cost, then_cost, percent_of(now_cost - then_cost, then_cost)))
         changes.sort(key=lambda c: (-abs(c[1] - c[2]), -c[1], c[0]))
         rows: list[tuple[Cell, ...]] = [
             (*key[: len(columns)], now, then, now - then, percent)
@@ -448,7 +446,7 @@ class ReportBuilder:
             (
                 *r.keys(len(columns)),
                 *r[2:],
-                (r.cost * 100 / total).quantize(Decimal("0.1")) if total else None,
+                percent_of(r.cost, total),
             )
             for r in rows
         ]
@@ -473,7 +471,6 @@ class ReportBuilder:
         rows: list[tuple[Cell, ...]] = []
         for window, amount in await self._live_spend(conn, now):
             limit = window.policy.limit_amount
-            used = (amount * 100 / limit).quantize(Decimal("0.1")) if limit else None
             rows.append(
                 (
                     window.policy.name,
@@ -484,7 +481,7 @@ class ReportBuilder:
                     amount,
                     limit,
                     limit - amount,
-                    used,
+                    percent_of(amount, limit),
                 )
             )
         return Table(

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
+from budget.percentages import percent_of
 from budget.policies import PolicyWindow, own_keys, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
@@ -50,7 +51,7 @@ class BudgetBar:
 
     @property
     def used_percent(self) -> Decimal | None:
-        return self.spent * 100 / self.limit if self.limit else None
+        return percent_of(self.spent, self.limit)
 
     def position(self, amount: Decimal) -> float:
         """Where ``amount`` sits along the bar's track, 0 to 100."""
