@@ -29,6 +29,7 @@ from budget.policies import PolicyWindow, policy_window
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
+from events.policy import GLOBAL_SCOPE_KEY
 from events.queries import QueryFieldError, ReportQuery
 from events.usage import exact_money
 from projections.engine.projection import Connection
@@ -463,7 +464,8 @@ class ReportBuilder:
                 continue  # limits each user separately: see `budget check` and the alerts
             window = policy_window(policy, now)
             if window is not None:
-                windows.append(PolicyWindow(policy, policy.scope_key or "*", *window))
+                key = GLOBAL_SCOPE_KEY if policy.scope_key is None else policy.scope_key
+                windows.append(PolicyWindow(policy, key, *window))
         spent = await window_sums(conn, "spend_buckets", windows)
         return list(zip(windows, spent, strict=True))
 

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from budget.config import Settings
 from budget.periods import Period
 from budget.reports import ReportGenerator
-from events import BudgetPolicy, PolicySet, Topology, UsageRepriced, utc_now
+from events import BudgetPolicy, BudgetScope, PolicySet, Topology, UsageRepriced, utc_now
 from projections.registry import get_projection
 
 from support import (
@@ -210,6 +210,26 @@ async def test_summary_shows_the_period_by_model_and_the_budgets(
         Decimal("2.50"),
         Decimal("7.50"),
     )
+
+
+async def test_a_policy_of_an_empty_key_from_the_log_is_listed_under_that_key(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Setting one is refused now (``settable_policy``), but such a policy already in the
+    log still decodes and applies to no call: its budget is not all spend ("*")."""
+    now = utc_now()
+    blank = BudgetPolicy(
+        policy_id="blank", name="Blank", scope=BudgetScope.USER, scope_key="", limit_amount=1
+    )
+    await publish(
+        nc,
+        topology,
+        [PolicySet(occurred_at=now, policy=blank), usage_event(cost="2.50", at=now, user="")],
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_summary_report("monthly")
+    [budget] = report.tables[1].records()
+    assert (budget["key"], budget["spent_usd"]) == ("", Decimal(0))
 
 
 async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(

@@ -82,7 +82,7 @@ async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
             continue
         start, end = window
         if policy.scope is BudgetScope.GLOBAL or policy.scope_key is not None:
-            key = policy.scope_key or GLOBAL_SCOPE_KEY
+            key = GLOBAL_SCOPE_KEY if policy.scope_key is None else policy.scope_key
             found.append((policy, [PolicyWindow(policy, key, start, end)], 0))
             continue
         exclude = [k for scope, k in own if scope is policy.scope]
