@@ -71,6 +71,17 @@ class Totals(NamedTuple):
     def keys(self, count: int) -> tuple[str, ...]:
         return (self.key1, self.key2)[:count]
 
+    def plus(self, other: Totals) -> Totals:
+        """This one's keys, with both's measures summed."""
+        with exact_money():
+            return self._replace(
+                cost=self.cost + other.cost,
+                requests=self.requests + other.requests,
+                unpriced_requests=self.unpriced_requests + other.unpriced_requests,
+                input_tokens=self.input_tokens + other.input_tokens,
+                output_tokens=self.output_tokens + other.output_tokens,
+            )
+
 
 def rollup_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """The rollup dimension answering ``group_by``, and the columns its keys fill."""
@@ -391,6 +402,21 @@ class ReportBuilder:
             for key1, key2, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
         ]
 
+    async def scope_totals(
+        self, conn: Connection, scope: BudgetScope, start: datetime, end: datetime
+    ) -> list[Totals]:
+        """Totals per key of a budget ``scope`` in [start, end) on quarter hours, keyed
+        (``key1``) as its policies count spend: ``*`` for all of it, a model across every
+        provider that served it, and no empty user or project (a call without one counts
+        under none); dearest first."""
+        if scope is BudgetScope.GLOBAL:
+            total = await self.totals(conn, "total", start, end)
+            return [t._replace(key1=GLOBAL_SCOPE_KEY) for t in total]
+        totals = await self.totals(conn, scope.value, start, end)
+        if scope is BudgetScope.MODEL:
+            totals = _per_model(totals)
+        return [t for t in totals if t.key1]
+
     async def spans(
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
     ) -> list[tuple[Decimal, int]]:
@@ -546,6 +572,16 @@ class ReportBuilder:
             ),
             rows,
         )
+
+
+def _per_model(totals: list[Totals]) -> list[Totals]:
+    """The ``model`` dimension's totals (per provider and model) summed per model, keyed by
+    it (``key1``), dearest first."""
+    merged: dict[str, Totals] = {}
+    for t in totals:
+        seen = merged.get(t.key2)
+        merged[t.key2] = t._replace(key1=t.key2, key2="") if seen is None else seen.plus(t)
+    return sorted(merged.values(), key=lambda t: (-t.cost, t.key1))
 
 
 def _next_month(first: date) -> date:

@@ -1,10 +1,12 @@
 """Figures the dashboard and the reports compute from spend, over HTTP on the real
-service: a percentage of any limit, however small."""
+service: a percentage of any limit, however small; a model's spend across providers."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -49,3 +51,41 @@ def test_spend_against_a_tiny_limit_is_a_percentage_everywhere(
     live = browser.get("/dashboard/live").text
     bar = re.search(rf'data-policy="{tiny_limit}".*?</div>', live, re.S)
     assert bar and "&gt;10,000%" in bar[0], live
+
+
+@pytest.fixture
+def each_model(admin: httpx.Client) -> Iterator[str]:
+    """A policy limiting each model separately (across the providers that serve it)."""
+    policy_id = f"each-model-{uuid.uuid4().hex[:8]}"
+    body = {"name": "Each model", "scope": "model", "limit_amount": "1000"}
+    admin.put(f"/api/v1/policies/{policy_id}", json=body).raise_for_status()
+    yield policy_id
+    admin.delete(f"/api/v1/policies/{policy_id}")
+
+
+def test_a_model_two_providers_serve_is_one_bar_and_one_top_model(
+    ingest: httpx.Client, viewer: httpx.Client, browser: httpx.Client, user: str, each_model: str
+) -> None:
+    for provider in ("openai", "azure"):
+        ingest.post("/api/v1/usage", json=call(user, provider=provider)).raise_for_status()
+
+    def month_of_model() -> Decimal | None:
+        rows = viewer.get("/api/v1/spend", params={"scope": "user", "key": user}).json()
+        if not rows or rows[0]["requests"] < 2:
+            return None
+        [model] = viewer.get("/api/v1/spend", params={"scope": "model", "key": "gpt-4o"}).json()
+        return Decimal(model["cost"])
+
+    spent = eventually(month_of_model)
+
+    def dashboard() -> tuple[list[Decimal], list[Decimal]] | None:
+        live = browser.get("/dashboard/live").text
+        pattern = rf'data-policy="{each_model}" data-key="gpt-4o" data-spent="([^"]*)"'
+        bars = [Decimal(b) for b in re.findall(pattern, live)]
+        models = re.search(r"<h3>Models</h3>(.*?)</ol>", live, re.S)
+        assert models, live
+        top = re.findall(r'title="gpt-4o">.*?title="([^"]*) USD"', models[1], re.S)
+        shown = bars, [Decimal(t) for t in top]
+        return shown if spent in shown[1] or len(top) > 1 else None  # the rollups caught up
+
+    assert eventually(dashboard) == ([spent], [spent])

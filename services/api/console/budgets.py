@@ -102,9 +102,8 @@ async def _spending_keys(
     """The keys of ``scope`` with the most spend in [start, end), and how many spent. Ranked
     from the report rollups over the window widened to whole quarter hours (cheap however
     many calls it holds); each shown key's bar is then summed exactly by ``window_sums``."""
-    dimension = scope.value
     start, end = floor_quarter(start), ceil_quarter(end)
-    totals = await ReportBuilder(conn).totals(conn, dimension, start, end)
-    keys = [t.key2 if dimension == "model" else t.key1 for t in totals if t.cost or t.requests]
+    totals = await ReportBuilder(conn).scope_totals(conn, scope, start, end)
+    keys = [t.key1 for t in totals if t.cost or t.requests]
     spending = [k for k in keys if k not in exclude]
     return spending[:KEYS_SHOWN], len(spending)
