@@ -54,6 +54,14 @@ _MEASURES = (
     "sum(output_text + output_reasoning)",
 )
 _MEASURE_COLUMNS = ("cost_usd", "requests", "unpriced_requests", "input_tokens", "output_tokens")
+_CHANGE_COLUMNS = (
+    "current_usd",
+    "previous_usd",
+    "change_usd",
+    "change_percent",
+    "current_unpriced_requests",
+    "previous_unpriced_requests",
+)
 _HISTORY_DAYS = 56
 _QUARTER = timedelta(minutes=15)
 _DAY = timedelta(days=1)
@@ -70,6 +78,11 @@ class Totals(NamedTuple):
 
     def keys(self, count: int) -> tuple[str, ...]:
         return (self.key1, self.key2)[:count]
+
+    @property
+    def priced_cost(self) -> Decimal | None:
+        """The cost, or None when no call had a price (the rollups sum those as 0)."""
+        return None if self.requests and self.unpriced_requests == self.requests else self.cost
 
     def plus(self, other: Totals) -> Totals:
         """This one's keys, with both's measures summed."""
@@ -231,25 +244,26 @@ class ReportBuilder:
         group_by: Sequence[str] = ("model",),
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change (a
-        group absent from the previous window has no percent change)."""
+        group absent from the previous window has no percent change), and the unpriced
+        calls each window's amount leaves out: a window whose calls all lacked a price has
+        no amount (None), and then no change either."""
         dimension, columns = rollup_dimension(group_by)
         now_start, now_end, notes = self._window(current_start, current_end)
         then_start, then_end, then_notes = self._window(previous_start, previous_end)
         conn = self.conn
-        current = await self._costs(conn, dimension, now_start, now_end)
-        previous = await self._costs(conn, dimension, then_start, then_end)
-        changes = []
-        for key in current.keys() | previous.keys():
-            now_cost, then_cost = current.get(key, Decimal(0)), previous.get(key, Decimal(0))
-            changes.append((key, now_cost, then_cost, percent_of(now_cost - then_cost, then_cost)))
-        changes.sort(key=lambda c: (-abs(c[1] - c[2]), -c[1], c[0]))
-        rows: list[tuple[Cell, ...]] = [
-            (*key[: len(columns)], now, then, now - then, percent)
-            for key, now, then, percent in changes
+        current = await self._by_key(conn, dimension, now_start, now_end)
+        previous = await self._by_key(conn, dimension, then_start, then_end)
+        absent = Totals("", "", Decimal(0), 0, 0, 0, 0)
+        changes = [
+            (key, current.get(key, absent), previous.get(key, absent))
+            for key in current.keys() | previous.keys()
         ]
+        with exact_money():  # the biggest change first, then the biggest spend
+            changes.sort(key=lambda c: (-abs(c[1].cost - c[2].cost), -c[1].cost, c[0]))
+        rows = [(*key[: len(columns)], *_change(now, then)) for key, now, then in changes]
         table = Table(
             "Change by " + (", ".join(columns) or "total"),
-            (*columns, "current_usd", "previous_usd", "change_usd", "change_percent"),
+            (*columns, *_CHANGE_COLUMNS),
             rows,
         )
         notes += [f"previous window: {n}" for n in then_notes]
@@ -445,10 +459,10 @@ class ReportBuilder:
         spans = await self.spans(conn, dimension, key, _local_days(first, days, tz))
         return {first + timedelta(n): s for n, s in enumerate(spans) if s[1] or s[0]}
 
-    async def _costs(
+    async def _by_key(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
-    ) -> dict[tuple[str, ...], Decimal]:
-        return {r.keys(2): r.cost for r in await self.totals(conn, dimension, start, end)}
+    ) -> dict[tuple[str, ...], Totals]:
+        return {r.keys(2): r for r in await self.totals(conn, dimension, start, end)}
 
     async def _history(
         self, conn: Connection, dimension: str, key: str | None, today: date, tz: tzinfo
@@ -472,8 +486,9 @@ class ReportBuilder:
         shaped: list[tuple[Cell, ...]] = [
             (
                 *r.keys(len(columns)),
-                *r[2:],
-                percent_of(r.cost, total),
+                r.priced_cost,
+                *r[3:],
+                None if r.priced_cost is None else percent_of(r.cost, total),
             )
             for r in rows
         ]
@@ -582,6 +597,24 @@ def _per_model(totals: list[Totals]) -> list[Totals]:
         seen = merged.get(t.key2)
         merged[t.key2] = t._replace(key1=t.key2, key2="") if seen is None else seen.plus(t)
     return sorted(merged.values(), key=lambda t: (-t.cost, t.key1))
+
+
+def _change(now: Totals, then: Totals) -> tuple[Cell, ...]:
+    """A group's ``_CHANGE_COLUMNS`` from its totals now and then."""
+    now_cost, then_cost = now.priced_cost, then.priced_cost
+    change = percent = None
+    if now_cost is not None and then_cost is not None:
+        with exact_money():
+            change = now_cost - then_cost
+        percent = percent_of(change, then_cost)
+    return (
+        now_cost,
+        then_cost,
+        change,
+        percent,
+        now.unpriced_requests,
+        then.unpriced_requests,
+    )
 
 
 def _next_month(first: date) -> date:

@@ -1,11 +1,13 @@
 """Figures the dashboard and the reports compute from spend, over HTTP on the real
-service: a percentage of any limit, however small; a model's spend across providers."""
+service: a percentage of any limit, however small; a model's spend across providers; a
+group of unpriced calls as unpriced, never $0."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -89,3 +91,22 @@ def test_a_model_two_providers_serve_is_one_bar_and_one_top_model(
         return shown if spent in shown[1] or len(top) > 1 else None  # the rollups caught up
 
     assert eventually(dashboard) == ([spent], [spent])
+
+
+def test_the_comparison_page_shows_a_group_of_unpriced_calls_as_unpriced(
+    ingest: httpx.Client, viewer: httpx.Client, browser: httpx.Client, user: str
+) -> None:
+    ingest.post("/api/v1/usage", json=call(user, model=f"no-price-{user}")).raise_for_status()
+    today = datetime.now(UTC).date().isoformat()
+    params = {"kind": "comparison", "start": today, "end": today, "group_by": "user", "tz": "UTC"}
+
+    def row() -> str | None:
+        page = browser.get("/reports", params=params)
+        assert page.status_code == 200, page.text
+        found = re.search(rf"<tr><td[^>]*>{user}</td>.*?</tr>", page.text, re.S)
+        return found[0] if found else None
+
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", eventually(row), re.S)
+    shown = [re.sub(r"<[^>]+>", "", cell).strip() for cell in cells]
+    # current, previous (no call: $0), change, percent, unpriced calls now and then
+    assert shown[1:] == ["unpriced", "$0.00", "—", "—", "1", "0"]

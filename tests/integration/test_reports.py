@@ -135,9 +135,44 @@ async def test_comparison_gives_absolute_and_percent_change_per_group(
         datetime(2026, 2, 1, tzinfo=UTC),
     )
     assert report.main.rows == [
-        ("openai", "gpt-4o", Decimal("3.00"), Decimal("1.00"), Decimal("2.00"), Decimal("200.0")),
-        ("anthropic", "claude-sonnet-4", Decimal("2.00"), Decimal(0), Decimal("2.00"), None),
+        ("openai", "gpt-4o", *(Decimal(d) for d in ("3.00", "1.00", "2.00", "200.0")), 0, 0),
+        ("anthropic", "claude-sonnet-4", Decimal("2.00"), Decimal(0), Decimal("2.00"), None, 0, 0),
     ]
+
+
+async def test_a_group_of_unpriced_calls_has_no_amount_in_any_report_or_export(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """bob's calls all lack a price: no amount (null, empty, "unpriced"), never 0; carol's
+    amount leaves one unpriced call out, and says so."""
+    jan, feb = datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 2, 5, tzinfo=UTC)
+    await publish(
+        nc,
+        topology,
+        [
+            usage_event(cost=None, at=feb, user="bob"),
+            usage_event(cost="1.50", at=jan, user="bob"),
+            usage_event(cost="2.00", at=feb, user="carol"),
+            usage_event(cost=None, at=feb, user="carol"),
+        ],
+    )
+    await materialize(nc, db, topology)
+    february = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)
+    custom = await generator.generate_report(*february, group_by=["user"])
+    assert [(r["user"], r["cost_usd"], r["unpriced_requests"]) for r in custom.main.records()] == [
+        ("carol", Decimal("2.00"), 1),
+        ("bob", None, 1),
+    ]
+    assert json.loads(custom.to_json())["tables"][0]["rows"][1]["cost_usd"] is None
+    assert list(csv.reader(io.StringIO(custom.to_csv())))[2][:4] == ["bob", "", "1", "1"]
+    assert "| bob | unpriced | 1 | 1 |" in custom.to_markdown()
+    january = datetime(2026, 1, 1, tzinfo=UTC), february[0]
+    comparison = await generator.generate_comparison_report(*february, *january, ["user"])
+    assert comparison.main.rows == [
+        ("carol", Decimal("2.00"), Decimal(0), Decimal("2.00"), None, 1, 0),
+        ("bob", None, Decimal("1.50"), None, None, 1, 0),
+    ]
+    assert "| bob | unpriced | 1.50 |  |  | 1 | 0 |" in comparison.to_markdown()
 
 
 async def test_usage_history_lists_the_matching_calls_oldest_first(
