@@ -26,6 +26,7 @@ from budget.forecast import METHOD, forecast
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window
+from budget.pricing.genai import canonical_provider
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
@@ -334,11 +335,12 @@ class ReportBuilder:
         )
 
     async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
-        """Usage events in [start, end) matching ``query``'s filters, oldest first: one row
-        per call with its current cost (corrections included)."""
+        """Usage events in [start, end) matching ``query``'s filters (a provider however it
+        is spelt, as usage is recorded), oldest first: one row per call with its current
+        cost (corrections included)."""
         start, end, notes = self._window(start, end, whole_hours=False)
         filters = {
-            "provider": query.provider,
+            "provider": None if query.provider is None else canonical_provider(query.provider),
             "model": query.model,
             "user_id": query.user_id,
             "project_id": query.project_id,

@@ -201,6 +201,9 @@ async def test_usage_history_lists_the_matching_calls_oldest_first(
     )
     assert first["event_id"] == str(events[1].event_id)
 
+    spelt = await generator.get_usage_history(*window, provider="OpenAI", user_id="bob")
+    assert [r["cost_usd"] for r in spelt.main.records()] == [Decimal("0.30")]
+
     capped = await generator.get_usage_history(*window, limit=2)
     assert [r["cost_usd"] for r in capped.main.records()] == [Decimal("0.10"), Decimal("0.20")]
     assert any("more than 2 calls match" in note for note in capped.notes)
