@@ -15,7 +15,7 @@ from typing import Any
 from budget.commands import ChangeClient
 from budget.config import Settings, load_settings
 from budget.periods import Period
-from budget.policies import canonical_policy
+from budget.policies import settable_policy
 from budget.policy_log import POLICY_NEWS_WITHIN
 from budget.recorded import notify_recorded
 from budget.tracker import get_usage_tracker
@@ -42,15 +42,16 @@ class BudgetManager(ChangeClient):
 
     async def set_policy(self, policy: BudgetPolicy, *, set_by: str | None = None) -> BudgetPolicy:
         """Create or replace (same ``policy_id``) a policy; the policy as set (a provider
-        policy's key canonical: ``canonical_policy``)."""
-        policy = canonical_policy(policy)
+        policy's key canonical). ``PolicyFieldError`` when it may not be set
+        (``settable_policy``)."""
+        policy = settable_policy(policy)
         await self._publish_and_wait(PolicySet(occurred_at=utc_now(), policy=policy, set_by=set_by))
         return policy
 
     async def create_policy(self, policy: BudgetPolicy, *, set_by: str | None = None) -> bool:
         """Create a policy; False if one with its ``policy_id`` exists. Of concurrent
-        creations of one id, exactly one succeeds."""
-        event = PolicySet(occurred_at=utc_now(), policy=canonical_policy(policy), set_by=set_by)
+        creations of one id, exactly one succeeds. ``PolicyFieldError`` as for ``set_policy``."""
+        event = PolicySet(occurred_at=utc_now(), policy=settable_policy(policy), set_by=set_by)
 
         async def exists() -> bool:
             return await self.get_policy(policy.policy_id) is not None

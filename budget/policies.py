@@ -17,12 +17,14 @@ from events.policy import GLOBAL_SCOPE_KEY
 __all__ = [
     "DEFAULT_USER_POLICY_ID",
     "CallScope",
+    "PolicyFieldError",
     "PolicyWindow",
     "applicable",
     "canonical_policy",
     "configured_policies",
     "own_keys",
     "policy_window",
+    "settable_policy",
 ]
 
 DEFAULT_USER_POLICY_ID = "default-user"
@@ -163,6 +165,34 @@ def canonical_policy(policy: BudgetPolicy) -> BudgetPolicy:
         key = canonical_provider(policy.scope_key)
         if key != policy.scope_key:
             return policy.model_copy(update={"scope_key": key})
+    return policy
+
+
+class PolicyFieldError(ValueError):
+    """A policy the event contract admits but that may not be set: ``field`` is wrong,
+    ``message`` says how (``str(exc)`` names the field too)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def settable_policy(policy: BudgetPolicy) -> BudgetPolicy:
+    """``policy`` as it is set (``canonical_policy``), else ``PolicyFieldError``.
+
+    Checks a new policy must pass beyond the event contract's, which the policies already in
+    the log must keep passing: a policy naming a key names a user (project, provider, model)
+    that calls can have, never an empty one (no call has one; ``CallScope.key``).
+    """
+    policy = canonical_policy(policy)
+    if policy.scope_key == "":
+        scope = policy.scope.value
+        raise PolicyFieldError(
+            "scope_key",
+            f"must not be empty (no call has an empty {scope}, so the policy would limit"
+            f" nothing); omit scope_key to limit each {scope} separately",
+        )
     return policy
 
 

@@ -1,7 +1,9 @@
 """A report: titled tables of rows, exported as JSON, CSV or Markdown.
 
 Money stays ``Decimal`` in the report; exports show it as decimal text (JSON strings, so
-no float rounding sneaks in), rounded to cents in Markdown only.
+no float rounding sneaks in), rounded to cents in Markdown only. An amount of calls none
+of which had a price is no amount: JSON null, an empty CSV cell, "unpriced" in Markdown
+(``Table.unpriced``), never 0.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ __all__ = ["ExportFormat", "Report", "Table", "from_answer", "shown_money", "to_
 
 Cell = str | int | Decimal | date | datetime | None
 
+_UNPRICED_COUNTS = {
+    "cost_usd": "unpriced_requests",
+    "current_usd": "current_unpriced_requests",
+    "previous_usd": "previous_unpriced_requests",
+}
+"""Money columns that leave unpriced calls out, each with the column of its row counting
+them: an amount that is None where that count is not 0 is of unpriced calls only."""
+
 
 class ExportFormat(StrEnum):
     JSON = "json"
@@ -38,6 +48,13 @@ class Table:
 
     def records(self) -> list[dict[str, Cell]]:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+    @staticmethod
+    def unpriced(record: dict[str, Cell], column: str) -> bool:
+        """Whether ``column`` of ``record`` (a row of ``records``) is an amount of calls
+        none of which had a price."""
+        count = _UNPRICED_COUNTS.get(column)
+        return count is not None and record[column] is None and bool(record.get(count))
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,14 @@ class Report:
                 continue
             lines.append("| " + " | ".join(table.columns) + " |")
             lines.append("| " + " | ".join("---" for _ in table.columns) + " |")
-            lines += ["| " + " | ".join(_shown(c) for c in row) + " |" for row in table.rows]
+            lines += [
+                "| "
+                + " | ".join(
+                    "unpriced" if table.unpriced(r, c) else _shown(v) for c, v in r.items()
+                )
+                + " |"
+                for r in table.records()
+            ]
             lines.append("")
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"

@@ -9,7 +9,8 @@ Two entry points:
   carrying ``usage`` / ``usage_metadata``) from OpenAI chat completions, OpenAI
   embeddings, the OpenAI Responses API, Anthropic Messages or Google Gemini.
 
-Negative or inconsistent counts raise ``ValueError`` naming the fields and values.
+Negative or inconsistent counts raise ``ValueError`` naming the fields and values; a count
+that is wrong by itself raises ``UsageCountError``, which locates it.
 """
 
 from __future__ import annotations
@@ -22,22 +23,36 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from events.usage import ImageUsage, Usage
+from events.usage import MAX_TOKENS, ImageUsage, Usage
 
-__all__ = ["modality_tokens", "normalize_usage", "usage_from_response"]
+__all__ = ["UsageCountError", "modality_tokens", "normalize_usage", "usage_from_response"]
 
 _MISSING = object()
 
 
+class UsageCountError(ValueError):
+    """A count that is wrong by itself; ``field``: its name, or its path in a provider's
+    usage object (``prompt_tokens``, ``usage.prompt_tokens_details.cached_tokens``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def inside(self, key: str) -> UsageCountError:
+        """The same error, for the count found under ``key`` (a response's ``usage``)."""
+        return UsageCountError(f"{key}.{self.field}", str(self))
+
+
 def _count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name} must be a whole number of tokens, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageCountError(name, f"{name} must be a whole number of tokens, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise UsageCountError(name, f"{name} must be a whole number of tokens, got {value!r}")
     if value < 0:
-        raise ValueError(f"{name} must not be negative, got {name}={value}")
-    return value
+        raise UsageCountError(name, f"{name} must not be negative, got {name}={value}")
+    if value > MAX_TOKENS:  # before int(): 1e+30 as sent, not its 31 binary-rounded digits
+        raise UsageCountError(name, f"{name} must be at most {MAX_TOKENS}, got {name}={value}")
+    return int(value)
 
 
 def _seconds(value: object) -> Decimal:
@@ -244,7 +259,10 @@ def usage_from_response(obj: object) -> Usage:
     for key in ("usage_metadata", "usage"):
         inner = _get(obj, key)
         if inner is not _MISSING and inner is not None:
-            usage = _from_usage(inner)
+            try:
+                usage = _from_usage(inner)
+            except UsageCountError as exc:
+                raise exc.inside(key) from None
             if usage is not None:
                 return usage
     if isinstance(obj, Mapping):

@@ -10,10 +10,10 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from events.envelope import Event, UtcDatetime
 from events.usage import MAX_DECIMAL_PLACES, exact_decimal, exact_money
@@ -93,8 +93,9 @@ class BudgetPolicy(BaseModel):
         description="the user/project/provider/model it limits; absent: each one separately",
     )
     period: BudgetPeriod = BudgetPeriod.MONTHLY
-    custom_start: UtcDatetime | None = None
-    custom_end: UtcDatetime | None = None
+    # validate_default: an absent bound of a custom period is an error on that field
+    custom_start: UtcDatetime | None = Field(default=None, validate_default=True)
+    custom_end: UtcDatetime | None = Field(default=None, validate_default=True)
     limit_amount: Limit
     soft_limit_percent: Annotated[Decimal, Field(gt=0, le=100)] = Decimal(80)
     action: LimitAction = LimitAction.WARN
@@ -105,25 +106,33 @@ class BudgetPolicy(BaseModel):
     def _known_zone(cls, value: str | None) -> str | None:
         return value if value is None else known_zone(value)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.scope is BudgetScope.GLOBAL and self.scope_key is not None:
+    # Field validators, each checking its field against those before it (``info.data``
+    # holds the ones that were valid): an error is located on the field at fault.
+    @field_validator("scope_key")
+    @classmethod
+    def _keyed_scope(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("scope") is BudgetScope.GLOBAL:
             raise ValueError("a global policy has no scope_key")
-        custom = self.period is BudgetPeriod.CUSTOM
-        given = self.custom_start is not None, self.custom_end is not None
-        if custom and not all(given):
+        return value
+
+    @field_validator("custom_start", "custom_end")
+    @classmethod
+    def _custom_bound(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if "period" not in info.data:
+            return value  # the period is wrong, and said so
+        custom = info.data["period"] is BudgetPeriod.CUSTOM
+        if custom and value is None:
             raise ValueError("a custom period needs custom_start and custom_end")
-        if not custom and any(given):
+        if not custom and value is not None:
             raise ValueError("custom_start/custom_end are only for period 'custom'")
-        if self.custom_start is not None and self.custom_end is not None:
-            if self.custom_start >= self.custom_end:
-                raise ValueError("custom_start must be before custom_end")
-            for bound in (self.custom_start, self.custom_end):
-                if not _on_bucket(bound):
-                    raise ValueError(
-                        f"custom bounds must fall on a quarter hour (got {bound.isoformat()})"
-                    )
-        return self
+        if value is None:
+            return value
+        start = info.data.get("custom_start")
+        if info.field_name == "custom_end" and start is not None and start >= value:
+            raise ValueError("custom_start must be before custom_end")
+        if not _on_bucket(value):
+            raise ValueError(f"custom bounds must fall on a quarter hour (got {value.isoformat()})")
+        return value
 
     @property
     def soft_limit(self) -> Decimal:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from budget.pricing.genai import canonical_provider
 from projections.cursors import decode_cursor, encode_cursor
 from projections.engine.checkpoints import live_position
 from projections.engine.projection import Connection
@@ -86,7 +87,8 @@ _JSON_ROW = "json_build_object({})::text".format(
 @dataclass(frozen=True)
 class HistoryFilter:
     """Calls with ``since <= occurred_at < until`` matching every given filter; tags match
-    when the call carries each given tag with that value."""
+    when the call carries each given tag with that value. A provider is matched however it
+    is spelt, as usage is recorded (``canonical_provider``: "OpenAI" is "openai")."""
 
     since: datetime | None = None
     until: datetime | None = None
@@ -95,6 +97,10 @@ class HistoryFilter:
     user_id: str | None = None
     project_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.provider is not None:
+            object.__setattr__(self, "provider", canonical_provider(self.provider))
 
     def where(self, as_of: int) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"as_of": as_of}

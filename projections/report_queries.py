@@ -23,11 +23,14 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from budget.forecast import METHOD, forecast
+from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window
+from budget.pricing.genai import canonical_provider
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
+from events.policy import GLOBAL_SCOPE_KEY
 from events.queries import QueryFieldError, ReportQuery
 from events.usage import exact_money
 from projections.engine.projection import Connection
@@ -52,6 +55,14 @@ _MEASURES = (
     "sum(output_text + output_reasoning)",
 )
 _MEASURE_COLUMNS = ("cost_usd", "requests", "unpriced_requests", "input_tokens", "output_tokens")
+_CHANGE_COLUMNS = (
+    "current_usd",
+    "previous_usd",
+    "change_usd",
+    "change_percent",
+    "current_unpriced_requests",
+    "previous_unpriced_requests",
+)
 _HISTORY_DAYS = 56
 _QUARTER = timedelta(minutes=15)
 _DAY = timedelta(days=1)
@@ -68,6 +79,22 @@ class Totals(NamedTuple):
 
     def keys(self, count: int) -> tuple[str, ...]:
         return (self.key1, self.key2)[:count]
+
+    @property
+    def priced_cost(self) -> Decimal | None:
+        """The cost, or None when no call had a price (the rollups sum those as 0)."""
+        return None if self.requests and self.unpriced_requests == self.requests else self.cost
+
+    def plus(self, other: Totals) -> Totals:
+        """This one's keys, with both's measures summed."""
+        with exact_money():
+            return self._replace(
+                cost=self.cost + other.cost,
+                requests=self.requests + other.requests,
+                unpriced_requests=self.unpriced_requests + other.unpriced_requests,
+                input_tokens=self.input_tokens + other.input_tokens,
+                output_tokens=self.output_tokens + other.output_tokens,
+            )
 
 
 def rollup_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
@@ -218,28 +245,26 @@ class ReportBuilder:
         group_by: Sequence[str] = ("model",),
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change (a
-        group absent from the previous window has no percent change)."""
+        group absent from the previous window has no percent change), and the unpriced
+        calls each window's amount leaves out: a window whose calls all lacked a price has
+        no amount (None), and then no change either."""
         dimension, columns = rollup_dimension(group_by)
         now_start, now_end, notes = self._window(current_start, current_end)
         then_start, then_end, then_notes = self._window(previous_start, previous_end)
         conn = self.conn
-        current = await self._costs(conn, dimension, now_start, now_end)
-        previous = await self._costs(conn, dimension, then_start, then_end)
-        changes = []
-        for key in current.keys() | previous.keys():
-            now_cost, then_cost = current.get(key, Decimal(0)), previous.get(key, Decimal(0))
-            percent = None
-            if then_cost:
-                percent = ((now_cost - then_cost) * 100 / then_cost).quantize(Decimal("0.1"))
-            changes.append((key, now_cost, then_cost, percent))
-        changes.sort(key=lambda c: (-abs(c[1] - c[2]), -c[1], c[0]))
-        rows: list[tuple[Cell, ...]] = [
-            (*key[: len(columns)], now, then, now - then, percent)
-            for key, now, then, percent in changes
+        current = await self._by_key(conn, dimension, now_start, now_end)
+        previous = await self._by_key(conn, dimension, then_start, then_end)
+        absent = Totals("", "", Decimal(0), 0, 0, 0, 0)
+        changes = [
+            (key, current.get(key, absent), previous.get(key, absent))
+            for key in current.keys() | previous.keys()
         ]
+        with exact_money():  # the biggest change first, then the biggest spend
+            changes.sort(key=lambda c: (-abs(c[1].cost - c[2].cost), -c[1].cost, c[0]))
+        rows = [(*key[: len(columns)], *_change(now, then)) for key, now, then in changes]
         table = Table(
             "Change by " + (", ".join(columns) or "total"),
-            (*columns, "current_usd", "previous_usd", "change_usd", "change_percent"),
+            (*columns, *_CHANGE_COLUMNS),
             rows,
         )
         notes += [f"previous window: {n}" for n in then_notes]
@@ -310,11 +335,12 @@ class ReportBuilder:
         )
 
     async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
-        """Usage events in [start, end) matching ``query``'s filters, oldest first: one row
-        per call with its current cost (corrections included)."""
+        """Usage events in [start, end) matching ``query``'s filters (a provider however it
+        is spelt, as usage is recorded), oldest first: one row per call with its current
+        cost (corrections included)."""
         start, end, notes = self._window(start, end, whole_hours=False)
         filters = {
-            "provider": query.provider,
+            "provider": None if query.provider is None else canonical_provider(query.provider),
             "model": query.model,
             "user_id": query.user_id,
             "project_id": query.project_id,
@@ -392,6 +418,21 @@ class ReportBuilder:
             for key1, key2, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
         ]
 
+    async def scope_totals(
+        self, conn: Connection, scope: BudgetScope, start: datetime, end: datetime
+    ) -> list[Totals]:
+        """Totals per key of a budget ``scope`` in [start, end) on quarter hours, keyed
+        (``key1``) as its policies count spend: ``*`` for all of it, a model across every
+        provider that served it, and no empty user or project (a call without one counts
+        under none); dearest first."""
+        if scope is BudgetScope.GLOBAL:
+            total = await self.totals(conn, "total", start, end)
+            return [t._replace(key1=GLOBAL_SCOPE_KEY) for t in total]
+        totals = await self.totals(conn, scope.value, start, end)
+        if scope is BudgetScope.MODEL:
+            totals = _per_model(totals)
+        return [t for t in totals if t.key1]
+
     async def spans(
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
     ) -> list[tuple[Decimal, int]]:
@@ -420,10 +461,10 @@ class ReportBuilder:
         spans = await self.spans(conn, dimension, key, _local_days(first, days, tz))
         return {first + timedelta(n): s for n, s in enumerate(spans) if s[1] or s[0]}
 
-    async def _costs(
+    async def _by_key(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
-    ) -> dict[tuple[str, ...], Decimal]:
-        return {r.keys(2): r.cost for r in await self.totals(conn, dimension, start, end)}
+    ) -> dict[tuple[str, ...], Totals]:
+        return {r.keys(2): r for r in await self.totals(conn, dimension, start, end)}
 
     async def _history(
         self, conn: Connection, dimension: str, key: str | None, today: date, tz: tzinfo
@@ -447,8 +488,9 @@ class ReportBuilder:
         shaped: list[tuple[Cell, ...]] = [
             (
                 *r.keys(len(columns)),
-                *r[2:],
-                (r.cost * 100 / total).quantize(Decimal("0.1")) if total else None,
+                r.priced_cost,
+                *r[3:],
+                None if r.priced_cost is None else percent_of(r.cost, total),
             )
             for r in rows
         ]
@@ -465,7 +507,8 @@ class ReportBuilder:
                 continue  # limits each user separately: see `budget check` and the alerts
             window = policy_window(policy, now)
             if window is not None:
-                windows.append(PolicyWindow(policy, policy.scope_key or "*", *window))
+                key = GLOBAL_SCOPE_KEY if policy.scope_key is None else policy.scope_key
+                windows.append(PolicyWindow(policy, key, *window))
         spent = await window_sums(conn, "spend_buckets", windows)
         return list(zip(windows, spent, strict=True))
 
@@ -473,7 +516,6 @@ class ReportBuilder:
         rows: list[tuple[Cell, ...]] = []
         for window, amount in await self._live_spend(conn, now):
             limit = window.policy.limit_amount
-            used = (amount * 100 / limit).quantize(Decimal("0.1")) if limit else None
             rows.append(
                 (
                     window.policy.name,
@@ -484,7 +526,7 @@ class ReportBuilder:
                     amount,
                     limit,
                     limit - amount,
-                    used,
+                    percent_of(amount, limit),
                 )
             )
         return Table(
@@ -547,6 +589,34 @@ class ReportBuilder:
             ),
             rows,
         )
+
+
+def _per_model(totals: list[Totals]) -> list[Totals]:
+    """The ``model`` dimension's totals (per provider and model) summed per model, keyed by
+    it (``key1``), dearest first."""
+    merged: dict[str, Totals] = {}
+    for t in totals:
+        seen = merged.get(t.key2)
+        merged[t.key2] = t._replace(key1=t.key2, key2="") if seen is None else seen.plus(t)
+    return sorted(merged.values(), key=lambda t: (-t.cost, t.key1))
+
+
+def _change(now: Totals, then: Totals) -> tuple[Cell, ...]:
+    """A group's ``_CHANGE_COLUMNS`` from its totals now and then."""
+    now_cost, then_cost = now.priced_cost, then.priced_cost
+    change = percent = None
+    if now_cost is not None and then_cost is not None:
+        with exact_money():
+            change = now_cost - then_cost
+        percent = percent_of(change, then_cost)
+    return (
+        now_cost,
+        then_cost,
+        change,
+        percent,
+        now.unpriced_requests,
+        then.unpriced_requests,
+    )
 
 
 def _next_month(first: date) -> date:

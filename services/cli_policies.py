@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from budget.manager import BudgetManager
+from budget.policies import settable_policy
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import Money, PolicyId
 from events.rpc import CheckResult
@@ -75,6 +76,7 @@ def set_policy(
         policy = BudgetPolicy.model_validate(fields)
     except ValidationError as exc:
         raise ValueError(validation_message(exc, "policy")) from None
+    policy = settable_policy(policy)  # refused before anything connects
 
     async def go() -> None:
         async with _manager() as manager:

@@ -11,6 +11,7 @@ import pytest
 
 from events import ApiRole
 
+from http_support import sign_in
 from live import LiveStack
 
 
@@ -29,6 +30,14 @@ def viewer(stack: LiveStack) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def ingest(stack: LiveStack) -> Iterator[httpx.Client]:
     with stack.client(stack.new_key(ApiRole.INGEST)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def browser(stack: LiveStack) -> Iterator[httpx.Client]:
+    """A signed-in browser session as the admin (a cookie, no key header)."""
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        sign_in(client, stack.admin_key)
         yield client
 
 

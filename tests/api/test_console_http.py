@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
@@ -18,16 +17,7 @@ from psycopg.types.json import Jsonb
 from events import Alert, AlertSeverity, AlertType, utc_now
 from services.api.console.alerts import SHOWN
 
-from http_support import sign_in
 from live import LiveStack
-
-
-@pytest.fixture(scope="module")
-def browser(stack: LiveStack) -> Iterator[httpx.Client]:
-    """A signed-in browser session (a cookie, no key header)."""
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        sign_in(client, stack.admin_key)
-        yield client
 
 
 @pytest.mark.parametrize(

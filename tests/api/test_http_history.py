@@ -106,6 +106,25 @@ def test_filters_and_exports(ingest: httpx.Client, viewer: httpx.Client, user: s
     assert [json.loads(line) for line in lines.text.splitlines()] == listed
 
 
+def test_a_provider_filter_matches_however_the_provider_is_spelt(
+    ingest: httpx.Client, viewer: httpx.Client, browser: httpx.Client, user: str
+) -> None:
+    """Usage posted as "OpenAI" is recorded as "openai"; filtering by either finds it."""
+    post_calls(ingest, user, 1, provider="OpenAI")
+    eventually(lambda: history_count(viewer, user, 1), what="the call in history")
+    for spelt in ("OpenAI", " openai"):
+        params = {"user_id": user, "provider": spelt}
+        assert [r["provider"] for r in all_pages(viewer, params)] == ["openai"], spelt
+        export = viewer.get("/api/v1/usage/export", params={**params, "format": "json"})
+        assert len(export.text.splitlines()) == 1, spelt
+        page = browser.get("/history", params=params)
+        assert page.status_code == 200 and page.text.count("<tr data-event-id=") == 1, spelt
+    at = BASE.isoformat()
+    spend = {"period": "daily", "scope": "provider", "key": "OpenAI", "at": at}
+    rows = eventually(lambda: viewer.get("/api/v1/spend", params=spend).json(), what="spend")
+    assert [r["scope_key"] for r in rows] == ["openai"]
+
+
 def test_csv_exports_defuse_spreadsheet_formulas(
     ingest: httpx.Client, viewer: httpx.Client, user: str
 ) -> None:

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import httpx
 import psycopg
+import pytest
 
 from budget.periods import Period
 
@@ -199,15 +200,48 @@ def test_an_event_id_is_one_call(ingest: httpx.Client, user: str) -> None:
     assert other.status_code == 409 and event_id in other.json()["detail"]
 
 
-def test_a_raw_usage_object_is_held_to_the_contracts_bounds(ingest: httpx.Client) -> None:
-    """Never a 201 for an event the projections could not count."""
+@pytest.mark.parametrize(
+    ("usage", "field", "message"),
+    [
+        ({"prompt_tokens": 10**30}, "body.usage.prompt_tokens", "must be at most 1000000000000"),
+        ({"prompt_tokens": 1e30}, "body.usage.prompt_tokens", "must be at most 1000000000000"),
+        ({"prompt_tokens": -5}, "body.usage.prompt_tokens", "must not be negative"),
+        (
+            {"usage": {"prompt_tokens": 1, "completion_tokens": 0.5}},  # a whole response
+            "body.usage.usage.completion_tokens",
+            "must be a whole number",
+        ),
+        (  # each count within its bound, their sum (the input) not: the object as a whole
+            {
+                "prompt_token_count": 10**12,
+                "tool_use_prompt_token_count": 10**12,
+                "candidates_token_count": 1,
+            },
+            "body.usage",
+            "less than or equal to 1000000000000",
+        ),
+        (  # cached tokens are part of the prompt's
+            {
+                "prompt_tokens": 1,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": 5},
+            },
+            "body.usage",
+            "must not exceed input_tokens",
+        ),
+    ],
+)
+def test_a_raw_usage_object_is_held_to_the_contracts_bounds(
+    ingest: httpx.Client, usage: dict[str, object], field: str, message: str
+) -> None:
+    """Never a 201 for an event the projections could not count; the error is located on
+    the count the client sent, never on a class it was normalised to."""
     answer = ingest.post(
-        "/api/v1/usage",
-        json={"model": "gpt-4o", "provider": "openai", "usage": {"prompt_tokens": 10**30}},
+        "/api/v1/usage", json={"model": "gpt-4o", "provider": "openai", "usage": usage}
     )
     assert answer.status_code == 422, answer.text
-    assert answer.json()["errors"][0]["field"] == "body.usage.embedding_tokens"
-    assert "less than or equal to 1000000000000" in answer.json()["detail"]
+    [error] = answer.json()["errors"]
+    assert error["field"] == field and message in error["message"], error
 
 
 def test_a_batch_is_each_of_its_calls(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 
 from http_support import posted_at_once
 from live import LiveStack
@@ -97,6 +98,50 @@ def test_validation_errors_name_the_field(admin: httpx.Client) -> None:
         "/api/v1/policies", json={"name": "x", "limit_amount": "1", "timezone": "Mars/Base"}
     )
     assert "unknown time zone" in zone.json()["detail"]
+
+
+JAN, FEB = "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"custom_start": "2026-01-01T00:07:00Z", "custom_end": FEB}, "custom_start", "quarter"),
+        ({"custom_start": JAN, "custom_end": "2026-02-01T00:00:01Z"}, "custom_end", "quarter"),
+        ({"custom_start": FEB, "custom_end": JAN}, "custom_end", "before custom_end"),
+        ({"custom_end": FEB}, "custom_start", "needs custom_start and custom_end"),
+        ({"period": "daily", "custom_end": FEB}, "custom_end", "only for period 'custom'"),
+        ({"period": "daily", "scope_key": "alice"}, "scope_key", "a global policy has no"),
+    ],
+)
+def test_a_policy_inconsistent_in_itself_is_refused_on_the_field_at_fault(
+    admin: httpx.Client, fields: dict[str, str], field: str, message: str
+) -> None:
+    body = {"name": "x", "limit_amount": "5", "period": "custom", **fields}
+    answer = admin.post("/api/v1/policies", json=body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error["field"] == f"body.{field}" and message in error["message"], error
+
+
+@pytest.mark.parametrize("scope", ["user", "project", "provider", "model"])
+def test_an_empty_scope_key_is_refused_as_it_would_limit_nothing(
+    admin: httpx.Client, scope: str
+) -> None:
+    """No call has an empty user (project, ...) id, so such a policy would never apply;
+    a provider's name that is only blanks is as empty once canonical."""
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    key = " " if scope == "provider" else ""
+    body = {"name": "x", "scope": scope, "scope_key": key, "action": "block", "limit_amount": "0"}
+    for answer in (
+        admin.put(f"/api/v1/policies/{policy_id}", json=body),
+        admin.post("/api/v1/policies", json={**body, "policy_id": policy_id}),
+    ):
+        assert answer.status_code == 422, answer.text
+        [error] = answer.json()["errors"]
+        assert error["field"] == "body.scope_key"
+        assert f"omit scope_key to limit each {scope} separately" in error["message"]
+    assert admin.get(f"/api/v1/policies/{policy_id}").status_code == 404
 
 
 def test_malformed_and_oversized_bodies(stack: LiveStack, admin: httpx.Client) -> None:

@@ -60,6 +60,7 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
         ("--name", "x", "--limit", "1", "--timezone", "Mars/Olympus"),
         ("--name", "", "--limit", "1"),
         ("--name", "x", "--limit", "1", "--id", "no spaces"),
+        ("--name", "x", "--limit", "1", "--scope", "user", "--key", ""),
     ],
     "policy list": [("--scope", "bogus")],
     "policy show": [("bad id",)],
@@ -191,6 +192,13 @@ def test_a_wrong_argument_is_refused_before_anything_is_created(
 ) -> None:
     assert outcomes  # every case has run
     assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def test_an_empty_policy_key_is_refused_before_connecting(
+    outcomes: dict[str, Outcome],
+) -> None:
+    refused = outcomes["policy set --name x --limit 1 --scope user --key "].stderr
+    assert "scope_key: must not be empty" in refused and "each user separately" in refused
 
 
 def test_an_output_file_that_cannot_be_written_is_refused_before_connecting(

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from budget.config import Settings
 from budget.periods import Period
 from budget.reports import ReportGenerator
-from events import BudgetPolicy, PolicySet, Topology, UsageRepriced, utc_now
+from events import BudgetPolicy, BudgetScope, PolicySet, Topology, UsageRepriced, utc_now
 from projections.registry import get_projection
 
 from support import (
@@ -135,9 +135,44 @@ async def test_comparison_gives_absolute_and_percent_change_per_group(
         datetime(2026, 2, 1, tzinfo=UTC),
     )
     assert report.main.rows == [
-        ("openai", "gpt-4o", Decimal("3.00"), Decimal("1.00"), Decimal("2.00"), Decimal("200.0")),
-        ("anthropic", "claude-sonnet-4", Decimal("2.00"), Decimal(0), Decimal("2.00"), None),
+        ("openai", "gpt-4o", *(Decimal(d) for d in ("3.00", "1.00", "2.00", "200.0")), 0, 0),
+        ("anthropic", "claude-sonnet-4", Decimal("2.00"), Decimal(0), Decimal("2.00"), None, 0, 0),
     ]
+
+
+async def test_a_group_of_unpriced_calls_has_no_amount_in_any_report_or_export(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """bob's calls all lack a price: no amount (null, empty, "unpriced"), never 0; carol's
+    amount leaves one unpriced call out, and says so."""
+    jan, feb = datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 2, 5, tzinfo=UTC)
+    await publish(
+        nc,
+        topology,
+        [
+            usage_event(cost=None, at=feb, user="bob"),
+            usage_event(cost="1.50", at=jan, user="bob"),
+            usage_event(cost="2.00", at=feb, user="carol"),
+            usage_event(cost=None, at=feb, user="carol"),
+        ],
+    )
+    await materialize(nc, db, topology)
+    february = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)
+    custom = await generator.generate_report(*february, group_by=["user"])
+    assert [(r["user"], r["cost_usd"], r["unpriced_requests"]) for r in custom.main.records()] == [
+        ("carol", Decimal("2.00"), 1),
+        ("bob", None, 1),
+    ]
+    assert json.loads(custom.to_json())["tables"][0]["rows"][1]["cost_usd"] is None
+    assert list(csv.reader(io.StringIO(custom.to_csv())))[2][:4] == ["bob", "", "1", "1"]
+    assert "| bob | unpriced | 1 | 1 |" in custom.to_markdown()
+    january = datetime(2026, 1, 1, tzinfo=UTC), february[0]
+    comparison = await generator.generate_comparison_report(*february, *january, ["user"])
+    assert comparison.main.rows == [
+        ("carol", Decimal("2.00"), Decimal(0), Decimal("2.00"), None, 1, 0),
+        ("bob", None, Decimal("1.50"), None, None, 1, 0),
+    ]
+    assert "| bob | unpriced | 1.50 |  |  | 1 | 0 |" in comparison.to_markdown()
 
 
 async def test_usage_history_lists_the_matching_calls_oldest_first(
@@ -165,6 +200,9 @@ async def test_usage_history_lists_the_matching_calls_oldest_first(
         250,
     )
     assert first["event_id"] == str(events[1].event_id)
+
+    spelt = await generator.get_usage_history(*window, provider="OpenAI", user_id="bob")
+    assert [r["cost_usd"] for r in spelt.main.records()] == [Decimal("0.30")]
 
     capped = await generator.get_usage_history(*window, limit=2)
     assert [r["cost_usd"] for r in capped.main.records()] == [Decimal("0.10"), Decimal("0.20")]
@@ -210,6 +248,26 @@ async def test_summary_shows_the_period_by_model_and_the_budgets(
         Decimal("2.50"),
         Decimal("7.50"),
     )
+
+
+async def test_a_policy_of_an_empty_key_from_the_log_is_listed_under_that_key(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Setting one is refused now (``settable_policy``), but such a policy already in the
+    log still decodes and applies to no call: its budget is not all spend ("*")."""
+    now = utc_now()
+    blank = BudgetPolicy(
+        policy_id="blank", name="Blank", scope=BudgetScope.USER, scope_key="", limit_amount=1
+    )
+    await publish(
+        nc,
+        topology,
+        [PolicySet(occurred_at=now, policy=blank), usage_event(cost="2.50", at=now, user="")],
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_summary_report("monthly")
+    [budget] = report.tables[1].records()
+    assert (budget["key"], budget["spent_usd"]) == ("", Decimal(0))
 
 
 async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(

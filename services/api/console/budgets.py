@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
+from budget.percentages import percent_of
 from budget.policies import PolicyWindow, own_keys, policy_window
 from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
@@ -50,7 +51,7 @@ class BudgetBar:
 
     @property
     def used_percent(self) -> Decimal | None:
-        return self.spent * 100 / self.limit if self.limit else None
+        return percent_of(self.spent, self.limit)
 
     def position(self, amount: Decimal) -> float:
         """Where ``amount`` sits along the bar's track, 0 to 100."""
@@ -81,7 +82,7 @@ async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
             continue
         start, end = window
         if policy.scope is BudgetScope.GLOBAL or policy.scope_key is not None:
-            key = policy.scope_key or GLOBAL_SCOPE_KEY
+            key = GLOBAL_SCOPE_KEY if policy.scope_key is None else policy.scope_key
             found.append((policy, [PolicyWindow(policy, key, start, end)], 0))
             continue
         exclude = [k for scope, k in own if scope is policy.scope]
@@ -101,9 +102,8 @@ async def _spending_keys(
     """The keys of ``scope`` with the most spend in [start, end), and how many spent. Ranked
     from the report rollups over the window widened to whole quarter hours (cheap however
     many calls it holds); each shown key's bar is then summed exactly by ``window_sums``."""
-    dimension = scope.value
     start, end = floor_quarter(start), ceil_quarter(end)
-    totals = await ReportBuilder(conn).totals(conn, dimension, start, end)
-    keys = [t.key2 if dimension == "model" else t.key1 for t in totals if t.cost or t.requests]
+    totals = await ReportBuilder(conn).scope_totals(conn, scope, start, end)
+    keys = [t.key1 for t in totals if t.cost or t.requests]
     spending = [k for k in keys if k not in exclude]
     return spending[:KEYS_SHOWN], len(spending)

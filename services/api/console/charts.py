@@ -80,4 +80,6 @@ def report_chart(report: Report) -> Chart | None:
 
 
 def _is_measure(table: Table, index: int) -> bool:
-    return any(isinstance(row[index], Decimal | int) for row in table.rows)
+    # by name too: a money column may hold no amount at all (every group unpriced)
+    money = table.columns[index].endswith(("_usd", "_percent"))
+    return money or any(isinstance(row[index], Decimal | int) for row in table.rows)

@@ -95,17 +95,18 @@ async def live_context(api: ApiServices) -> dict[str, Any]:
 
 
 async def _month_by_scope(conn: Connection, now: datetime) -> dict[str, list[SpendRow]]:
-    """This calendar month's totals per scope and key, dearest first, from the report
-    rollups: a few thousand daily rows however many calls the month holds (summing its
-    quarter-hour spend buckets instead took seconds by the month's end at 10M events)."""
+    """This calendar month's totals per scope and key (keyed as policies count spend: a
+    model across its providers), dearest first, from the report rollups: a few thousand
+    daily rows however many calls the month holds (summing its quarter-hour spend buckets
+    instead took seconds by the month's end at 10M events)."""
     start, _ = period_bounds(Period.MONTHLY, now)
     builder = ReportBuilder(conn)
     found: dict[str, list[SpendRow]] = {}
-    for scope, dimension in _DIMENSIONS:
+    for scope in BudgetScope:
         found[scope.value] = [
             SpendRow(
                 scope=scope.value,
-                scope_key=t.key2 if dimension == "model" else t.key1,
+                scope_key=t.key1,
                 period="monthly",
                 period_start=start.date(),
                 cost=t.cost,
@@ -114,18 +115,9 @@ async def _month_by_scope(conn: Connection, now: datetime) -> dict[str, list[Spe
                 input_tokens=t.input_tokens,
                 output_tokens=t.output_tokens,
             )
-            for t in await builder.totals(conn, dimension, start, ceil_quarter(now))
+            for t in await builder.scope_totals(conn, scope, start, ceil_quarter(now))
         ]
     return found
-
-
-_DIMENSIONS = (
-    (BudgetScope.GLOBAL, "total"),
-    (BudgetScope.PROVIDER, "provider"),
-    (BudgetScope.MODEL, "model"),
-    (BudgetScope.USER, "user"),
-    (BudgetScope.PROJECT, "project"),
-)
 
 
 async def alerts_context(api: ApiServices) -> dict[str, Any]:

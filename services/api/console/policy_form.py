@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
 
+from budget.policies import PolicyFieldError, settable_policy
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from services.api.console.forms import FormState, local_datetime, validate, zone
 
@@ -85,4 +86,9 @@ def parse_policy(
             data[name] = None
     # A blank field takes the model's default (a new id, 80 %, warn ...).
     policy = validate(BudgetPolicy, {k: v for k, v in data.items() if v is not None}, state, FIELDS)
+    if policy is not None:
+        try:
+            policy = settable_policy(policy)
+        except PolicyFieldError as exc:
+            state.fail(exc.field, exc.message)
     return (None if state.errors else policy), state

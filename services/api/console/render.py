@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from budget.percentages import percent_of
 from events import ApiRole
 from services.api.auth import Principal, csrf_token
 from services.api.console.forms import FORM_ERROR
@@ -49,8 +50,18 @@ def number(value: int | Decimal | None) -> str:
     return "" if value is None else f"{value:,}"
 
 
+PERCENT_SHOWN = Decimal(10_000)
+"""The largest percentage shown in full; beyond it (spend against a limit of a fraction of
+a cent) the figure says only that it is over: ">10,000%"."""
+
+
 def percent(value: Decimal | float | None) -> str:
-    return "" if value is None else f"{Decimal(value).quantize(Decimal('0.1'), ROUND_HALF_UP)}%"
+    if value is None:
+        return ""
+    amount = Decimal(value)
+    if abs(amount) > PERCENT_SHOWN:
+        return f"{'<-' if amount < 0 else '>'}{PERCENT_SHOWN:,}%"
+    return f"{amount.quantize(Decimal('0.1'), ROUND_HALF_UP)}%"
 
 
 def _instant(value: datetime | str) -> datetime:
@@ -76,7 +87,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals["FORM_ERROR"] = FORM_ERROR
+    env.globals.update(FORM_ERROR=FORM_ERROR, percent_of=percent_of)
     env.filters.update(usd=usd, number=number, percent=percent, iso_utc=iso_utc, utc_text=utc_text)
     return env
 

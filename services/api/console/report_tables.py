@@ -22,19 +22,15 @@ def shown_table(table: Table) -> dict[str, Any]:
         (c.replace("_usd", " (USD)").replace("_", " ").capitalize(), "num" if n else "")
         for c, n in zip(table.columns, numeric, strict=True)
     ]
-    rows = []
-    for row in table.rows:
-        record = dict(zip(table.columns, row, strict=True))
-        # A group whose every call is unpriced has no cost: show that, not $0.
-        unpriced = bool(record.get("requests")) and record.get("unpriced_requests") == record.get(
-            "requests"
-        )
-        rows.append([_cell(value, column, unpriced) for column, value in record.items()])
+    rows = [
+        [_cell(value, column, table.unpriced(record, column)) for column, value in record.items()]
+        for record in table.records()
+    ]
     return {"title": table.title, "headers": headers, "rows": rows}
 
 
 def _cell(value: Cell, column: str, unpriced: bool) -> tuple[str, Cell]:
-    if column == "cost_usd" and unpriced:
+    if unpriced:  # an amount of calls none of which had a price: not $0
         return "unpriced", None
     if value is None:
         return "none", None

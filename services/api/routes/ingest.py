@@ -20,6 +20,7 @@ from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from budget.rpc import Refused, RpcFailure, Throttled
+from budget.usage import UsageCountError
 from events import (
     CallKind,
     ImageUsage,
@@ -300,11 +301,14 @@ async def _store(api: ApiServices, calls: list[tuple[UsageIn, UsageRecorded]]) -
 
 def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
     fields = body.model_dump(exclude_none=True, exclude={"tags"})
+    # Counts read from a raw usage object are wrong in it (``body.usage``), never in the
+    # classes it is normalised to, which the client did not send (``input_uncached``).
+    counts = f"{where}.usage" if body.usage is not None else where
     try:
         return api.tracker.usage_event(**fields, tags=body.tags)
-    except ValidationError as exc:  # the event's own bounds, e.g. a raw usage object's
+    except ValidationError as exc:  # the event's own bounds, e.g. a raw usage object's sums
         errors = [
-            {"field": f"{where}.{_event_field(e['field'])}", "message": e["message"]}
+            {"field": _event_field(e["field"], where, counts), "message": e["message"]}
             for e in field_errors(exc.errors())
         ]
         detail = f"{errors[0]['field']}: {errors[0]['message']}"
@@ -312,15 +316,22 @@ def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
     except OutOfBounds as exc:  # occurred_at too far ahead or back
         errors = [{"field": f"{where}.occurred_at", "message": str(exc)}]
         raise Problem(422, str(exc), errors=errors) from None
+    except UsageCountError as exc:  # one count, e.g. a raw object's negative prompt_tokens
+        field = f"{counts}.{exc.field}"
+        errors = [{"field": field, "message": str(exc)}]
+        raise Problem(422, f"{field}: {exc}", errors=errors) from None
     except ValueError as exc:  # inconsistent counts
-        raise Problem(422, str(exc), errors=[{"field": where, "message": str(exc)}]) from None
+        raise Problem(422, str(exc), errors=[{"field": counts, "message": str(exc)}]) from None
 
 
-def _event_field(location: str) -> str:
-    """Locations are the event's (``usage.input_uncached``, ``cost``) or its Usage's
-    (``embedding_tokens``, from normalising a raw usage object)."""
+def _event_field(location: str, where: str, counts: str) -> str:
+    """Where in the post an error of the event (``cost``) or of its Usage (``output_text``,
+    ``usage.output_text``) lies: a Usage's is in the counts it was normalised from, as a
+    whole (``counts``: a raw usage object's sums exceed a class's bound)."""
     top = location.split(".", 1)[0]
-    return location if top in UsageRecorded.model_fields else f"usage.{location}"
+    if top in UsageRecorded.model_fields and top != "usage":
+        return f"{where}.{location}"
+    return counts
 
 
 _CALL = {"provider", "model", "kind", "usage", "user_id", "project_id", "tags", "reservation_id"}

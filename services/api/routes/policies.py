@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from budget.policies import canonical_policy
+from budget.policies import PolicyFieldError, settable_policy
 from events import BudgetPolicy, BudgetScope
 from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services
@@ -43,17 +43,18 @@ async def get_policy(api: Api, policy_id: str) -> BudgetPolicy:
 async def create_policy(
     api: Api, who: Admin, policy: BudgetPolicy, response: Response
 ) -> BudgetPolicy:
+    policy = _settable(policy)
     if not await api.manager.create_policy(policy, set_by=who.name):
         raise Problem(409, f"policy {policy.policy_id!r} exists; PUT replaces it")
     response.headers["Location"] = f"/api/v1/policies/{policy.policy_id}"
-    return canonical_policy(policy)  # as it was set
+    return policy
 
 
 @router.put("/{policy_id}", summary="Create or replace the policy with this id")
 async def replace_policy(
     api: Api, who: Admin, policy_id: str, policy: BudgetPolicy
 ) -> BudgetPolicy:
-    policy = with_path_id(policy, "policy_id", policy_id)
+    policy = _settable(with_path_id(policy, "policy_id", policy_id))
     return await api.manager.set_policy(policy, set_by=who.name)
 
 
@@ -62,6 +63,16 @@ async def delete_policy(api: Api, who: Admin, policy_id: str) -> Response:
     if not await api.manager.delete_policy(policy_id, deleted_by=who.name):
         raise Problem(404, f"there is no policy {policy_id!r}")
     return Response(status_code=204)
+
+
+def _settable(policy: BudgetPolicy) -> BudgetPolicy:
+    """The policy as it is set, or a 422 naming the field that keeps it from being set."""
+    try:
+        return settable_policy(policy)
+    except PolicyFieldError as exc:
+        field = f"body.{exc.field}"
+        errors = [{"field": field, "message": exc.message}]
+        raise Problem(422, f"{field}: {exc.message}", errors=errors) from None
 
 
 async def _existing(api: ApiServices, policy_id: str) -> BudgetPolicy:
