@@ -1,8 +1,9 @@
 #!/bin/sh
-# The services image's entrypoint. The password of the services' database role, a Compose
+# The services image's entrypoint. The password of the process's database role, a Compose
 # secret mounted at $BUDGET_DATABASE_PASSWORD_FILE (deploy/postgres/service-role.sql gives
-# the role the same one), becomes a libpq pgpass file (0600) that $PGPASSFILE names: the
-# password is in no URL and no environment variable.
+# the services' role `budget` the same one, door-roles.sql the API's `budget_api` its own),
+# becomes a libpq pgpass file (0600) that $PGPASSFILE names: the password is in no URL and
+# no environment variable.
 # Then it runs the command.
 set -eu
 if [ -n "${BUDGET_DATABASE_PASSWORD_FILE:-}" ]; then

@@ -26,6 +26,7 @@ from projections.engine.projection import Connection
 from projections.migrate import migrate
 from projections.registry import PROJECTIONS
 from services import reservations
+from services.database_roles import grant_door_roles
 
 __all__ = ["ConnectError", "database", "nats_client", "prepare"]
 
@@ -36,7 +37,8 @@ class ConnectError(RuntimeError):
 
 async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
     """Apply migrations, declare the streams (this process is their owner), create every
-    projection's first version and the enforcer's SQL function: what ``budget migrate``
+    projection's first version and the enforcer's SQL function, and grant the network
+    doors' roles what they may do (``services.database_roles``): what ``budget migrate``
     and ``budget up`` do. Making a stream takes the NATS ``admin`` credential; another is
     refused at once (``PermissionDenied``, naming it), not after a timeout."""
     await asyncio.to_thread(migrate, database_url)
@@ -47,6 +49,7 @@ async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
         for projection in PROJECTIONS.values():
             await ensure_projection(conn, projection)
         await reservations.install(conn)
+        await grant_door_roles(conn)
 
 
 @contextlib.asynccontextmanager

@@ -1,18 +1,21 @@
 """Password (SCRAM-SHA-256) authentication for the embedded PostgreSQL.
 
-Two roles, each with a password generated once into ``<credentials>/postgres-<role>.password``
+Roles, each with a password generated once into ``<credentials>/postgres-<role>.password``
 (0600) and a libpq pgpass file beside it (``postgres-<role>.pgpass``, 0600), which connection
 URLs name as ``passfile=<path>``, so the password travels in no URL, variable or log:
 
 - ``postgres``, the superuser ``initdb`` made: administration only (creating the database);
 - ``budget``, what the services connect as: it owns their database (migrations create
   tables) and is no superuser, so a hijacked service cannot run programs on the server
-  (``COPY ... TO PROGRAM``) or read other databases.
+  (``COPY ... TO PROGRAM``) or read other databases;
+- the network doors' own roles (``services.database_roles``: ``budget_api`` for the HTTP
+  API), which own nothing: ``budget migrate`` grants them what they may do.
 
-``secure_cluster`` runs while the server is stopped: it sets both passwords in single-user
-mode (as SCRAM verifiers computed here, so not even the server's input holds a password) and
-rewrites ``pg_hba.conf`` so that no connection is trusted. A cluster made by an earlier
-version (``trust``) is converted the same way on its next start.
+``secure_cluster`` runs while the server is stopped: it makes the roles and sets their
+passwords in single-user mode (as SCRAM verifiers computed here, so not even the server's
+input holds a password) and rewrites ``pg_hba.conf`` so that no connection is trusted. A
+cluster made by an earlier version (``trust``, or without a door's role) is converted the
+same way on its next start.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from services.credentials import generated_secret, write_secret_file
+from services.database_roles import DOOR_ROLES
 
 __all__ = [
     "ADMIN_ROLE",
+    "LOGIN_ROLES",
     "SERVICE_ROLE",
     "connection_url",
     "hand_over_database",
@@ -41,6 +46,9 @@ __all__ = [
 
 ADMIN_ROLE = "postgres"
 SERVICE_ROLE = "budget"
+
+LOGIN_ROLES = (SERVICE_ROLE, *sorted(set(DOOR_ROLES.values())))
+"""The roles the services connect as (all but the superuser), which ``secure_cluster`` makes."""
 
 # Every connection proves a password, over the socket and over TCP (the server listens on
 # its socket only; the TCP lines keep a later listen_addresses from opening a trusted door).
@@ -82,7 +90,7 @@ def is_secured(pgdata: Path, credentials: Path) -> bool:
         hba = (pgdata / "pg_hba.conf").read_text()
     except OSError:
         return False
-    roles = (ADMIN_ROLE, SERVICE_ROLE)
+    roles = (ADMIN_ROLE, *LOGIN_ROLES)
     return hba == HBA_CONF and all(
         (credentials / f"postgres-{role}.password").exists() for role in roles
     )
@@ -91,16 +99,20 @@ def is_secured(pgdata: Path, credentials: Path) -> bool:
 def secure_cluster(
     pgdata: Path, *, credentials: Path, bin_path: Path, system_user: str | None
 ) -> None:
-    """Set both roles' passwords and SCRAM-only ``pg_hba.conf``. The server must be stopped."""
+    """Make the services' roles, set every role's password and SCRAM-only ``pg_hba.conf``.
+    The server must be stopped."""
     statements = [
         f"ALTER ROLE {ADMIN_ROLE} PASSWORD '{_verifier(_password(credentials, ADMIN_ROLE))}'",
-        # Single-user mode runs one statement a line; exit_on_error stops at the first error.
-        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{SERVICE_ROLE}')"
-        f" THEN CREATE ROLE {SERVICE_ROLE}; END IF; END $$",
-        f"ALTER ROLE {SERVICE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-        f" PASSWORD '{_verifier(_password(credentials, SERVICE_ROLE))}'",
-        *(f"ALTER SYSTEM SET {name} = '{value}'" for name, value in _SETTINGS.items()),
     ]
+    for role in LOGIN_ROLES:
+        statements += [
+            # Single-user mode runs one statement a line; exit_on_error stops at the first error.
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')"
+            f" THEN CREATE ROLE {role}; END IF; END $$",
+            f"ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+            f" NOBYPASSRLS PASSWORD '{_verifier(_password(credentials, role))}'",
+        ]
+    statements += [f"ALTER SYSTEM SET {name} = '{value}'" for name, value in _SETTINGS.items()]
     single_user = ["--single", "-D", str(pgdata), "-c", "exit_on_error=on", "postgres"]
     done = subprocess.run(
         [str(bin_path / "postgres"), *single_user],

@@ -13,8 +13,9 @@ Starts an embedded PostgreSQL and an embedded NATS (JetStream) under one data di
 
 then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration), then runs
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
-``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set, restarting a worker that dies with an
-exponential backoff. SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after
+``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set (a network door's process, e.g. ``api``,
+gets the URL of its own database role: ``services.database_roles``), restarting a worker
+that dies with an exponential backoff. SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after
 ``stop_timeout``), then NATS, then PostgreSQL.
 
 Every child runs in its own session, so a Ctrl-C in the terminal reaches this supervisor only
@@ -44,6 +45,7 @@ from budget.config import shown_url
 from budget.waits import wait_set
 from projections.registry import WORKERS
 from services.credentials import credentials_dir
+from services.database_roles import DOOR_ROLES
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 from services.nats_config import move_streams_into_accounts
 
@@ -232,6 +234,10 @@ async def serve_stack(
     try:
         log.info("starting PostgreSQL in %s", postgres.data_dir)
         await asyncio.to_thread(postgres.start)
+        for worker in supervised:
+            if worker.name in DOOR_ROLES:  # its own role, unless worker_env names another
+                url = postgres.url_for(database, role=DOOR_ROLES[worker.name])
+                worker.env = {"BUDGET_DATABASE_URL": url, **worker.env}
         if not stop.is_set():
             log.info("starting NATS (JetStream) in %s", nats.store_dir)
             await asyncio.to_thread(nats.start)
@@ -469,6 +475,12 @@ def _write_state(
         "nats_pid": nats.pid,
         "postgres_pid": postgres.pid,
         "workers": {w.name: w.proc.pid for w in workers if w.proc is not None},
+        # the workers that connect as a role of their own (by default the stack's URL)
+        "worker_database_urls": {
+            w.name: shown_url(w.env["BUDGET_DATABASE_URL"])
+            for w in workers
+            if "BUDGET_DATABASE_URL" in w.env
+        },
     }
     tmp = data_dir / "stack.json.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -493,8 +505,10 @@ def _reap_stale(data_dir: Path) -> Callable[[], None]:
             log.warning("stopping nats-server pid %s left over by a previous stack", nats_pid)
             _end_process(nats_pid, group=False)
         database_url = str(state.get("database_url"))
+        own_urls = state.get("worker_database_urls") or {}
         for name, pid in (state.get("workers") or {}).items():
-            if isinstance(pid, int) and _environ_shows(pid, "BUDGET_DATABASE_URL", database_url):
+            url = str(own_urls.get(name, database_url))
+            if isinstance(pid, int) and _environ_shows(pid, "BUDGET_DATABASE_URL", url):
                 log.warning("stopping worker %s pid %s left over by a previous stack", name, pid)
                 _end_process(pid, group=True)
         (data_dir / "stack.json").unlink(missing_ok=True)

@@ -4,6 +4,7 @@ Session-scoped servers (see ``tests/servers.py`` for where they come from):
 
 - ``nats_url: str``      a JetStream-enabled NATS server
 - ``database_url: str``  a PostgreSQL database (libpq URI, ``postgresql://...``)
+- ``door_database_urls: dict[str, str]``  the network doors' roles on it, by role name
 
 Per test:
 
@@ -42,6 +43,7 @@ from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 from live import LiveStack, live_stack
 from servers import (
+    Provided,
     create_schema,
     drop_schema,
     provide_nats,
@@ -83,13 +85,25 @@ def nats_url(request: pytest.FixtureRequest, _session_servers_dir: Path) -> Iter
 
 
 @pytest.fixture(scope="session")
-def database_url(request: pytest.FixtureRequest, _session_servers_dir: Path) -> Iterator[str]:
+def _postgres(request: pytest.FixtureRequest, _session_servers_dir: Path) -> Iterator[Provided]:
     provided = provide_postgres(_session_servers_dir)
     _announce(request.config, provided.describe("PostgreSQL"))
     try:
-        yield provided.url
+        yield provided
     finally:
         provided.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(_postgres: Provided) -> str:
+    return _postgres.url
+
+
+@pytest.fixture(scope="session")
+def door_database_urls(_postgres: Provided) -> dict[str, str]:
+    """The URL of each network door's database role (``services.database_roles``) on the
+    ``database_url`` server: none when that server has none and would not let us make them."""
+    return _postgres.role_urls
 
 
 @pytest.fixture
@@ -136,15 +150,27 @@ def embedded_postgres(server_tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, nats_url: str, database_url: str) -> Iterator[LiveStack]:
-    """A module's own stack; a module's ``STACK_ENV`` (``BUDGET_*`` settings) configures it."""
+def stack(
+    request: pytest.FixtureRequest,
+    nats_url: str,
+    database_url: str,
+    door_database_urls: dict[str, str],
+) -> Iterator[LiveStack]:
+    """A module's own stack; a module's ``STACK_ENV`` (``BUDGET_*`` settings) configures it.
+    The network doors connect as their own roles, as under ``budget up``, when the server
+    has them."""
     schema = schema_name_for(f"stack_{request.module.__name__}")
     create_schema(database_url, schema)
     workdir = server_tmpdir("stack")
     extra_env = getattr(request.module, "STACK_ENV", None)
+    roles = {role: with_search_path(url, schema) for role, url in door_database_urls.items()}
     try:
         yield from live_stack(
-            nats_url, with_search_path(database_url, schema), workdir, extra_env=extra_env
+            nats_url,
+            with_search_path(database_url, schema),
+            workdir,
+            extra_env=extra_env,
+            role_urls=roles,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

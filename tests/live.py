@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import httpx
 from budget.config import Settings
 from events import ApiRole, Topology
 from services.api.keys import first_admin_key
+from services.database_roles import DOOR_ROLES
 from services.ops import nats_client, prepare
 from services.stack import STACK_WORKERS, default_worker_command
 
@@ -114,8 +115,11 @@ def live_stack(
     workdir: Path,
     *,
     extra_env: dict[str, str] | None = None,
+    role_urls: Mapping[str, str] | None = None,
 ) -> Iterator[LiveStack]:
-    """Generator for a fixture: start, yield the stack, stop every process."""
+    """Generator for a fixture: start, yield the stack, stop every process. ``role_urls``:
+    the database URL of a network door's role (``services.database_roles``), by role name,
+    which that door's process connects with instead of ``database_url``."""
     prefix = f"t{secrets.token_hex(5)}"
     settings = Settings(nats_url=nats_url, database_url=database_url, subject_prefix=prefix)
     topology = Topology(prefix=prefix)
@@ -145,11 +149,12 @@ def live_stack(
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name in STACK_WORKERS:
+            own = (role_urls or {}).get(DOOR_ROLES.get(name, ""))
             with (log_dir / f"{name}.log").open("wb") as log:
                 procs[name] = subprocess.Popen(
                     default_worker_command(name),
                     cwd=ROOT,
-                    env=env,
+                    env=env if own is None else {**env, "BUDGET_DATABASE_URL": own},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

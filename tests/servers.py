@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
+from services.database_roles import DOOR_ROLES
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Provided",
     "create_schema",
     "docker_available",
+    "door_roles",
     "drop_schema",
     "provide_nats",
     "provide_postgres",
@@ -61,6 +64,9 @@ class Provided:
     url: str
     source: str
     close: Callable[[], None] = field(default=lambda: None)
+    role_urls: dict[str, str] = field(default_factory=dict)
+    """PostgreSQL only: the URL of each network door's role (``services.database_roles``),
+    where the server has them or lets us make them."""
 
     def describe(self, what: str) -> str:
         return f"{what}: {self.url} (from {self.source})"
@@ -101,13 +107,14 @@ def provide_nats(workdir: Path) -> Provided:
 def provide_postgres(workdir: Path) -> Provided:
     url = os.environ.get(DATABASE_ENV)
     if url:
-        return Provided(url=url, source=f"${DATABASE_ENV}")
+        return Provided(url=url, source=f"${DATABASE_ENV}", role_urls=door_roles(url))
     if docker_available():
         from testcontainers.community.postgres import PostgresContainer
 
         container: Any = PostgresContainer(POSTGRES_IMAGE, driver=None).start()
+        url = container.get_connection_url()
         return Provided(
-            url=container.get_connection_url(), source="testcontainers", close=container.stop
+            url=url, source="testcontainers", close=container.stop, role_urls=door_roles(url)
         )
     data_dir = workdir / "postgres"
     server = EmbeddedPostgres(data_dir, database="budget_test", cleanup_mode="delete").start()
@@ -116,7 +123,36 @@ def provide_postgres(workdir: Path) -> Provided:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    return Provided(url=server.url, source="embedded", close=close)
+    roles = {role: server.url_for("budget_test", role=role) for role in DOOR_ROLES.values()}
+    return Provided(url=server.url, source="embedded", close=close, role_urls=roles)
+
+
+def door_roles(url: str) -> dict[str, str]:
+    """The network doors' roles on the server ``url`` connects to, as ``budget up``'s
+    embedded server has them: made (with new passwords) when ``url``'s role may make
+    roles, else none."""
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        if not (row and row[0]):
+            return {}
+        urls = {}
+        for role in DOOR_ROLES.values():
+            password = secrets.token_urlsafe(24)
+            exists = conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
+            )
+            parts = urlsplit(url)
+            host = parts.netloc.rpartition("@")[2]
+            netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{host}"
+            urls[role] = urlunsplit(parts._replace(netloc=netloc))
+    return urls
 
 
 def server_tmpdir(label: str) -> Path:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
+import psycopg
 import pytest
 
+from services.database_roles import API_ROLE
 from services.stack import StackError, run_stack
 
 DRIVER = r"""
@@ -69,6 +71,7 @@ name, marks = sys.argv[1], Path(sys.argv[2])
 assert os.environ["BUDGET_NATS_URL"].startswith("nats://127.0.0.1:")
 assert os.environ["BUDGET_DATABASE_URL"].startswith("postgresql://")
 (marks / f"{name}.{os.getpid()}.started").touch()
+(marks / f"{name}.database_url").write_text(os.environ["BUDGET_DATABASE_URL"])
 
 if name == "crashy":
     time.sleep(0.2)
@@ -298,5 +301,32 @@ def test_stack_cleans_up_after_a_killed_supervisor(
     assert second["nats_url"] == first["nats_url"]
     assert stack.prepared()["probe_messages"] == 2
     assert "left over by a previous stack" in stack.output()
+    assert stack.stop() == 0, stack.output()
+    assert not _processes_mentioning(stack.data_dir)
+
+
+def test_the_api_connects_as_its_own_role_and_a_leftover_one_is_stopped(
+    stack_factory: Callable[[list[str]], Stack],
+) -> None:
+    """``budget up`` gives the HTTP API the URL of its database role (services.database_roles),
+    the other workers the services' role's; after a killed supervisor, the next stack finds
+    the API's process by that URL and stops it."""
+    stack = stack_factory(["api", "good"])
+    first = stack.start()
+    urls = [stack.marks / f"{name}.database_url" for name in ("api", "good")]
+    _wait_for(lambda: all(url.exists() for url in urls), 10, "the workers' URLs")
+    api_url = urls[0].read_text()
+    assert urls[1].read_text() == stack.prepared()["database_url"]
+    assert api_url.startswith(f"postgresql://{API_ROLE}@/")
+    with psycopg.connect(api_url) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (API_ROLE,)
+    assert stack.proc is not None
+    stack.proc.kill()
+    stack.proc.wait()
+    orphan = first["workers"]["api"]
+    assert _alive(orphan)
+    stack.start()
+    assert not _alive(orphan), "the leftover API process was stopped"
+    assert "stopping worker api pid" in stack.output()
     assert stack.stop() == 0, stack.output()
     assert not _processes_mentioning(stack.data_dir)

@@ -18,6 +18,7 @@ from events import Topology
 from projections.engine import metrics as engine_metrics
 from projections.registry import WORKERS as PROJECTION_WORKERS
 from services import metrics as service_metrics
+from services.database_roles import API_ROLE, DOOR_ROLES
 from services.nats_config import DEFAULT_USERS, compose_config, password_variable
 from services.postgres_auth import SERVICE_ROLE
 from services.stack import SERVICES
@@ -94,6 +95,13 @@ def test_postgres_gives_the_services_a_role_of_their_own(
     assert f"ALTER ROLE {SERVICE_ROLE} LOGIN NOSUPERUSER" in (ROOT / script).read_text()
     secret = env["BUDGET_DATABASE_PASSWORD_FILE"].removeprefix("/run/secrets/")
     assert secret in pg["secrets"]
+    # then the network doors' roles, which own nothing
+    doors = mounts["/docker-entrypoint-initdb.d/20-door-roles.sql"]
+    assert (ROOT / doors) == ROOT / "deploy" / "postgres" / "door-roles.sql"
+    for role in DOOR_ROLES.values():
+        assert f"ALTER ROLE {role} LOGIN NOSUPERUSER" in (ROOT / doors).read_text()
+    api_secret = env["BUDGET_API_DATABASE_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert api_secret in pg["secrets"]
 
 
 def test_migrate_waits_for_healthy_servers_and_runs_once(
@@ -133,12 +141,19 @@ def test_app_services_are_configured_for_the_servers(
     url = env["BUDGET_DATABASE_URL"]
     match = re.fullmatch(r"postgresql://(\w+)@postgres:5432/(\w+)", url)  # no password
     assert match, url
-    assert match.group(1) == SERVICE_ROLE != pg_env["POSTGRES_USER"]  # never the superuser
+    # A network door has a role of its own (services.database_roles), the others the
+    # services' role, which owns the database; never the superuser.
+    role = DOOR_ROLES.get(name, SERVICE_ROLE)
+    assert match.group(1) == role != pg_env["POSTGRES_USER"]
     assert match.group(2) == pg_env["POSTGRES_DB"]
     # The role's password: the secret the init script gave it (the entrypoint reads it).
     password_file = env["BUDGET_DATABASE_PASSWORD_FILE"]
-    assert password_file == pg_env["BUDGET_DATABASE_PASSWORD_FILE"]
+    given = "BUDGET_API_DATABASE_PASSWORD_FILE" if role == API_ROLE else None
+    assert password_file == pg_env[given or "BUDGET_DATABASE_PASSWORD_FILE"]
     assert password_file.removeprefix("/run/secrets/") in service["secrets"]
+    if role != SERVICE_ROLE:  # nor the owner's password
+        owner_secret = pg_env["BUDGET_DATABASE_PASSWORD_FILE"].removeprefix("/run/secrets/")
+        assert owner_secret not in service["secrets"]
     # The superuser's password stays with the postgres service.
     superuser_secret = pg_env["POSTGRES_PASSWORD_FILE"].removeprefix("/run/secrets/")
     assert superuser_secret not in service["secrets"]
@@ -172,9 +187,13 @@ def test_the_database_passwords_are_secrets_with_no_default(
 ) -> None:
     pg = services["postgres"]
     env = pg["environment"]
-    files = {env["POSTGRES_PASSWORD_FILE"], env["BUDGET_DATABASE_PASSWORD_FILE"]}
+    files = {
+        env["POSTGRES_PASSWORD_FILE"],
+        env["BUDGET_DATABASE_PASSWORD_FILE"],
+        env["BUDGET_API_DATABASE_PASSWORD_FILE"],
+    }
     assert files == {f"/run/secrets/{secret}" for secret in pg["secrets"]}
-    assert len(files) == 2  # the superuser's and the services' role's differ
+    assert len(files) == 3  # the superuser's, the services' role's and the API's differ
     for secret in pg["secrets"]:
         assert compose["secrets"][secret]["file"].startswith("./secrets/")
     text = (ROOT / "compose.yaml").read_text()
