@@ -10,6 +10,8 @@ cannot drop a table, rewrite a projection or mint an API key behind the event lo
   view of the schema, and writes console sessions only (a row per sign-in, ended at
   sign-out, swept when old). API keys, policies and usage are events on NATS that the
   workers apply, never rows it writes.
+- ``budget_query`` (``budget query-service``: the host apps' questions over NATS): reads
+  every table and view but the console sessions, and writes nothing.
 
 The roles themselves (login, password) are made by whoever administers the cluster:
 ``services.postgres_auth.secure_cluster`` for ``budget up``, ``deploy/postgres/door-roles.sql``
@@ -29,24 +31,28 @@ from psycopg import sql
 
 from projections.engine.projection import Connection
 
-__all__ = ["API_ROLE", "DOOR_ROLES", "grant_door_roles"]
+__all__ = ["API_ROLE", "DOOR_ROLES", "QUERY_ROLE", "grant_door_roles"]
 
 log = logging.getLogger(__name__)
 
 API_ROLE = "budget_api"
+QUERY_ROLE = "budget_query"
 
-DOOR_ROLES: Mapping[str, str] = {"api": API_ROLE}
+DOOR_ROLES: Mapping[str, str] = {"api": API_ROLE, "query-service": QUERY_ROLE}
 """The processes (``budget <name>``) that connect as a role of their own, and that role."""
 
-_WRITES: Mapping[str, tuple[str, ...]] = {
+_OWN: Mapping[str, tuple[str, ...]] = {
     # sign-in inserts a session and sweeps old ones; sign-out sets ended_at, nothing else
     API_ROLE: ("GRANT INSERT, DELETE, UPDATE (ended_at) ON console_sessions TO {role}",),
+    # answers about spend, policies, alerts and reports: no session of the console's
+    QUERY_ROLE: ("REVOKE ALL ON console_sessions FROM {role}",),
 }
 
 
 async def grant_door_roles(conn: Connection) -> list[str]:
     """Grant each door role that exists what it needs in the current schema (reads of every
-    table and view, now and later; its own writes); returns those granted. Run as the role
+    table and view, now and later; its own writes; less where it needs less); returns
+    those granted. Run as the role
     that owns the schema's tables and creates the later ones (the services' role)."""
     cursor = await conn.execute(
         "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY rolname",
@@ -70,7 +76,7 @@ async def grant_door_roles(conn: Connection) -> list[str]:
                 "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
                 # what this role (the owner) creates later: projection versions, their views
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role}",
-                *_WRITES.get(role, ()),
+                *_OWN.get(role, ()),
             ):
                 database = sql.Identifier(conn.info.dbname)
                 await conn.execute(sql.SQL(statement).format(database=database, **names))

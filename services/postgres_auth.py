@@ -9,7 +9,8 @@ URLs name as ``passfile=<path>``, so the password travels in no URL, variable or
   tables) and is no superuser, so a hijacked service cannot run programs on the server
   (``COPY ... TO PROGRAM``) or read other databases;
 - the network doors' own roles (``services.database_roles``: ``budget_api`` for the HTTP
-  API), which own nothing: ``budget migrate`` grants them what they may do.
+  API, ``budget_query`` for the query service), which own nothing: ``budget migrate``
+  grants them what they may do.
 
 ``secure_cluster`` runs while the server is stopped: it makes the roles and sets their
 passwords in single-user mode (as SCRAM verifiers computed here, so not even the server's

@@ -1,17 +1,20 @@
 -- The network doors' login roles under Compose, as services/database_roles.py names them
--- (as under `budget up`): `budget_api`, what the HTTP API and web console connect as. It
--- owns nothing and may do nothing until `budget migrate` (the migrate service, as the owner
--- `budget`) grants it its reads and its writes of console sessions, on every run.
+-- (as under `budget up`): `budget_api`, what the HTTP API and web console connect as, and
+-- `budget_query`, what the query service (host apps' questions over NATS) connects as.
+-- They own nothing and may do nothing until `budget migrate` (the migrate service, as the
+-- owner `budget`) grants them their reads (and the API its console sessions), on every run.
 --
 -- The postgres image runs it once, when it initialises its volume (after service-role.sql),
 -- with psql as the superuser on POSTGRES_DB. On a volume made before it existed, run it
 -- once by hand, then `docker compose up -d` (docs/operations.md, "The database passwords"):
 --   docker compose exec postgres psql -U postgres -d budget -f /docker-entrypoint-initdb.d/20-door-roles.sql
--- It is idempotent: run again, it sets the password of the secret again.
+-- It is idempotent: run again, it sets the passwords of the secrets again.
 --
--- The password is read from the file $BUDGET_API_DATABASE_PASSWORD_FILE names (a Compose
--- secret) by psql itself: it appears in no command line or environment variable.
+-- Each password is read from the file $BUDGET_API_DATABASE_PASSWORD_FILE or
+-- $BUDGET_QUERY_DATABASE_PASSWORD_FILE names (Compose secrets) by psql itself: it appears in
+-- no command line or environment variable.
 \set ON_ERROR_STOP on
+
 \set password `cat "$BUDGET_API_DATABASE_PASSWORD_FILE"`
 SELECT :'password' = '' AS no_password \gset
 \if :no_password
@@ -22,5 +25,17 @@ SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'budget_api') AS no_role
 CREATE ROLE budget_api;
 \endif
 ALTER ROLE budget_api LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    PASSWORD :'password';
+
+\set password `cat "$BUDGET_QUERY_DATABASE_PASSWORD_FILE"`
+SELECT :'password' = '' AS no_password \gset
+\if :no_password
+DO $$ BEGIN RAISE EXCEPTION 'the query service''s database password is empty or unreadable: put it in the file BUDGET_QUERY_DATABASE_PASSWORD_FILE names (./secrets/budget_query_database_password)'; END $$;
+\endif
+SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'budget_query') AS no_role \gset
+\if :no_role
+CREATE ROLE budget_query;
+\endif
+ALTER ROLE budget_query LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
     PASSWORD :'password';
 \unset password

@@ -37,6 +37,7 @@ from budget.periods import Period
 from events import Topology, UsageRecorded
 from projections.engine.projection import physical
 from projections.registry import PROJECTIONS
+from services.database_roles import DOOR_ROLES
 from services.stack import STACK_WORKERS
 
 from support import ROOT, publish, start_of, usage_event
@@ -757,8 +758,9 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     for name, pid in banner.worker_pids.items():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"BUDGET_NATS_USER=service" in environ, name
-        # the HTTP API connects to PostgreSQL as a role of its own, the others as the owner
-        role = b"budget_api" if name == "api" else b"budget"
+        # the network doors connect to PostgreSQL as roles of their own, the others as
+        # the owner
+        role = DOOR_ROLES.get(name, "budget").encode()
         assert any(
             e.startswith(b"BUDGET_DATABASE_URL=postgresql://" + role + b"@/") for e in environ
         )
@@ -803,7 +805,7 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     # PostgreSQL's passwords stay in their files; the URL names a pgpass file instead.
     credentials = budget_up.data_dir / "credentials"
     passwords = [path.read_text().strip() for path in credentials.glob("postgres-*.password")]
-    assert len(passwords) == 3  # the superuser's, the services' and the HTTP API's
+    assert len(passwords) == 4  # the superuser's, the services' and each door's
     assert banner.database_url.startswith("postgresql://budget@/budget?")
     assert f"passfile={credentials}/postgres-budget.pgpass" in banner.database_url
     state_text = (budget_up.data_dir / "stack.json").read_text()

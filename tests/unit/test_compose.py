@@ -18,12 +18,17 @@ from events import Topology
 from projections.engine import metrics as engine_metrics
 from projections.registry import WORKERS as PROJECTION_WORKERS
 from services import metrics as service_metrics
-from services.database_roles import API_ROLE, DOOR_ROLES
+from services.database_roles import API_ROLE, DOOR_ROLES, QUERY_ROLE
 from services.nats_config import DEFAULT_USERS, compose_config, password_variable
 from services.postgres_auth import SERVICE_ROLE
 from services.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
+# The postgres service's variable naming each door role's password file.
+ROLE_PASSWORD_FILES = {
+    API_ROLE: "BUDGET_API_DATABASE_PASSWORD_FILE",
+    QUERY_ROLE: "BUDGET_QUERY_DATABASE_PASSWORD_FILE",
+}
 # One service per projection worker (a group counts as one) and per other service.
 WORKERS = {f"{name}-projector": ["worker", name] for name in PROJECTION_WORKERS}
 WORKERS |= {name: [name] for name in SERVICES}
@@ -100,8 +105,10 @@ def test_postgres_gives_the_services_a_role_of_their_own(
     assert (ROOT / doors) == ROOT / "deploy" / "postgres" / "door-roles.sql"
     for role in DOOR_ROLES.values():
         assert f"ALTER ROLE {role} LOGIN NOSUPERUSER" in (ROOT / doors).read_text()
-    api_secret = env["BUDGET_API_DATABASE_PASSWORD_FILE"].removeprefix("/run/secrets/")
-    assert api_secret in pg["secrets"]
+    assert set(ROLE_PASSWORD_FILES) == set(DOOR_ROLES.values())
+    for variable in ROLE_PASSWORD_FILES.values():
+        assert f'cat "${variable}"' in (ROOT / doors).read_text()
+        assert env[variable].removeprefix("/run/secrets/") in pg["secrets"]
 
 
 def test_migrate_waits_for_healthy_servers_and_runs_once(
@@ -148,8 +155,7 @@ def test_app_services_are_configured_for_the_servers(
     assert match.group(2) == pg_env["POSTGRES_DB"]
     # The role's password: the secret the init script gave it (the entrypoint reads it).
     password_file = env["BUDGET_DATABASE_PASSWORD_FILE"]
-    given = "BUDGET_API_DATABASE_PASSWORD_FILE" if role == API_ROLE else None
-    assert password_file == pg_env[given or "BUDGET_DATABASE_PASSWORD_FILE"]
+    assert password_file == pg_env[ROLE_PASSWORD_FILES.get(role, "BUDGET_DATABASE_PASSWORD_FILE")]
     assert password_file.removeprefix("/run/secrets/") in service["secrets"]
     if role != SERVICE_ROLE:  # nor the owner's password
         owner_secret = pg_env["BUDGET_DATABASE_PASSWORD_FILE"].removeprefix("/run/secrets/")
@@ -190,10 +196,10 @@ def test_the_database_passwords_are_secrets_with_no_default(
     files = {
         env["POSTGRES_PASSWORD_FILE"],
         env["BUDGET_DATABASE_PASSWORD_FILE"],
-        env["BUDGET_API_DATABASE_PASSWORD_FILE"],
+        *(env[variable] for variable in ROLE_PASSWORD_FILES.values()),
     }
     assert files == {f"/run/secrets/{secret}" for secret in pg["secrets"]}
-    assert len(files) == 3  # the superuser's, the services' role's and the API's differ
+    assert len(files) == 4  # the superuser's, the services' role's and each door's differ
     for secret in pg["secrets"]:
         assert compose["secrets"][secret]["file"].startswith("./secrets/")
     text = (ROOT / "compose.yaml").read_text()
