@@ -252,17 +252,14 @@ class EventPublisher:
             )
         except Exception as exc:
             log.warning("publish failed (%s); spooling", exc)
-            try:
-                self._settle(token, acked=False)
-            except Exception:  # the spool itself failing (disk full): the rest still go
-                log.exception("event %s could not be spooled", item.event_id)
+            self._settle_or_keep([token], acked=False, what="not published")
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = int(subject.rpartition(b".")[2])
         ok = bool(data) and b'"error"' not in data
         if not ok:
             log.warning("JetStream refused an event: %r", data[:300] or headers)
-        self._settle(token, acked=ok)
+        self._settle_or_keep([token], acked=ok, what="refused by JetStream")
 
     def _refusal(self, subject: str) -> str:
         return refusal_message(subject, topology=self.config.topology, user=self.config.nats_user)
@@ -274,35 +271,60 @@ class EventPublisher:
         refused = [t for t, e in self._in_flight.items() if e.item.subject.lower() == subject]
         if refused:
             log.error("%d events dropped: %s", len(refused), self._refusal(subject))
-        for token in refused:
-            self._settle(token, acked=True)  # settled as if stored: out of the spool too
+        # Settled as if stored: out of the spool too.
+        self._settle_or_keep(refused, acked=True, what="refused the credential")
+
+    def _settle_or_keep(self, tokens: list[int], *, acked: bool, what: str) -> None:
+        """``_settle`` each; one the spool fails to take (a full disk) stays in flight,
+        and the expiry settles it again."""
+        failed: list[Exception] = []
+        for token in tokens:
+            try:
+                self._settle(token, acked=acked)
+            except Exception as exc:
+                failed.append(exc)
+        if failed:
+            log.error(
+                "the spool failed (%s: %s) for %d events %s; kept in memory, tried again every %ss",
+                type(failed[-1]).__name__,
+                failed[-1],
+                len(failed),
+                what,
+                self._expiry_interval,
+            )
 
     def _settle(self, token: int, *, acked: bool) -> None:
-        entry = self._in_flight.pop(token, None)
+        """Out of flight once JetStream has it (``acked``) or the spool does; raises,
+        keeping it in flight, when the spool fails."""
+        entry = self._in_flight.get(token)
         if entry is None:
             return
         if acked and entry.from_spool:
             self.spool.remove([entry.item.event_id])
         elif not acked and not entry.from_spool:
             self.spool.put([entry.item])
+        del self._in_flight[token]
         if len(self._in_flight) < self.config.max_in_flight:
             self._room.set()
         if not self._in_flight:
             self._drained.set()
 
+    @property
+    def _expiry_interval(self) -> float:
+        return min(1.0, self.config.ack_timeout / 2)
+
     async def _expire_unacked(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.config.ack_timeout / 2))
+            await asyncio.sleep(self._expiry_interval)
             deadline = time.monotonic() - self.config.ack_timeout
             late = [t for t, entry in self._in_flight.items() if entry.sent_at < deadline]
-            for token in late:
-                self._settle(token, acked=False)
             if late:
                 log.warning(
-                    "%d events unacknowledged after %ss; spooled",
+                    "%d events unacknowledged after %ss; spooling them",
                     len(late),
                     self.config.ack_timeout,
                 )
+            self._settle_or_keep(late, acked=False, what="unacknowledged")
 
     async def _resend_spool_periodically(self) -> None:
         while True:

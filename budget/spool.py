@@ -56,10 +56,13 @@ class Spool:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(statement, rows)
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK
+            # would raise, hiding the cause.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])

@@ -18,13 +18,12 @@ import pytest
 from nats.aio.client import Client
 
 from budget.alerting import DEFAULT_RULES
-from budget.publisher import EventPublisher, PublisherConfig
+from budget.publisher import EventPublisher
 from events import BudgetPolicy, PolicySet, Topology
 from events.rpc import RPC_RELEASE, RPC_SNAPSHOT
 from projections.alerts import AlertsProjection
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
-from projections.engine.log import declare_streams
 from projections.engine.rebuild import rebuild
 from projections.engine.runner import BatchResult, EngineConfig, ProjectionRunner
 from projections.migrate import migrate
@@ -33,6 +32,7 @@ from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 from enforcement import enforcement_stack, stack_settings
+from producing import publisher_for, stored_event_ids
 from support import (
     ANY_TIME,
     budget_process,
@@ -118,41 +118,6 @@ async def test_worker_killed_mid_batch_and_restarted_leaves_totals_exact(
             "SELECT sum(requests), sum(cost), sum(unpriced_requests) FROM report_daily"
             " WHERE dimension = 'total'",
         ) == [(EVENTS, expected_cost, unpriced)]
-
-
-@pytest.fixture
-async def private_log(embedded_nats: EmbeddedNats, topology: Topology) -> Topology:
-    client = await nats.connect(embedded_nats.url)
-    await declare_streams(client.jetstream(), topology)
-    await client.close()
-    return topology
-
-
-def publisher_for(url: str, topology: Topology, spool: Path) -> EventPublisher:
-    return EventPublisher(
-        PublisherConfig(
-            nats_url=url,
-            topology=topology,
-            spool_dir=spool,
-            flush_interval=0.5,
-            ack_timeout=1.0,
-            connect_timeout=0.5,
-        )
-    )
-
-
-async def stored_event_ids(url: str, topology: Topology) -> list[str]:
-    client = await nats.connect(url)
-    try:
-        js = client.jetstream()
-        sub = await js.pull_subscribe(topology.events_wildcard, stream=topology.event_stream.name)
-        info = await js.stream_info(topology.event_stream.name)
-        messages = []
-        while len(messages) < info.state.messages:
-            messages += await sub.fetch(1000, timeout=5)
-        return [m.headers["Nats-Msg-Id"] for m in messages]
-    finally:
-        await client.close()
 
 
 async def test_spooled_events_survive_nats_outage_and_are_stored_once(

@@ -1,0 +1,64 @@
+"""Helpers for the producer's fault tests: a publisher on a private server, what the log
+holds, and faults of the spool's disk and of the server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+
+from budget.publisher import EventPublisher, PublisherConfig
+from events import Topology, UsageRecorded
+from services.embedded import EmbeddedNats
+
+
+def publisher_for(url: str, topology: Topology, spool: Path) -> EventPublisher:
+    return EventPublisher(
+        PublisherConfig(
+            nats_url=url,
+            topology=topology,
+            spool_dir=spool,
+            flush_interval=0.5,
+            ack_timeout=1.0,
+            connect_timeout=0.5,
+        )
+    )
+
+
+async def stored_event_ids(url: str, topology: Topology) -> list[str]:
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        sub = await js.pull_subscribe(topology.events_wildcard, stream=topology.event_stream.name)
+        info = await js.stream_info(topology.event_stream.name)
+        messages = []
+        while len(messages) < info.state.messages:
+            messages += await sub.fetch(1000, timeout=5)
+        return [(m.headers or {})["Nats-Msg-Id"] for m in messages]
+    finally:
+        await client.close()
+
+
+def bulky(events: list[UsageRecorded]) -> list[UsageRecorded]:
+    """The events with a 10 kB tag: each needs pages of its own in the spool's file, so
+    none fits while ``disk_full``."""
+    return [
+        UsageRecorded.model_validate(e.model_dump() | {"tags": {"note": "x" * 10_000}})
+        for e in events
+    ]
+
+
+@contextlib.contextmanager
+def hung(server: EmbeddedNats) -> Iterator[None]:
+    """The server stopped (SIGSTOP) while inside: connections stay up, nothing answers."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if server.running:
+            os.kill(server.pid, signal.SIGCONT)
