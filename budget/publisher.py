@@ -1,8 +1,9 @@
 """Pipelined publishing of events to JetStream, with a local spool when NATS is away.
 
 Many publishes are in flight at once; each carries its event id as ``Nats-Msg-Id``.
-An event leaves memory only when JetStream has acknowledged it or it is in the spool;
-the spool is re-sent every ``flush_interval`` seconds and right after a reconnect.
+An event leaves memory only when JetStream has acknowledged it or it is in the spool
+(written off the loop, many events to a commit: ``budget.spool_writer``); the spool is
+re-sent every ``flush_interval`` seconds and right after a reconnect.
 
 Events handed over within ``linger`` seconds go out in one write: an app recording one
 event per turn of its loop (each call awaiting real I/O) would otherwise pay a socket
@@ -33,11 +34,12 @@ from budget.natsconn import (
     refusal_message,
 )
 from budget.spool import Spool, SpooledEvent
+from budget.spool_writer import SpoolWriter
 from budget.waits import wait_set
 from events import Event, Topology, encode
 from events.codec import HEADER_MSG_ID
 
-__all__ = ["EventPublisher", "PublisherConfig"]
+__all__ = ["EventPublisher", "PublisherConfig", "SpoolFailing"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class PublisherConfig:
         )
 
 
+class SpoolFailing(OSError):
+    """NATS is unreachable and the spool fails too: the event cannot be recorded."""
+
+
 @dataclass(frozen=True, slots=True)
 class _InFlight:
     item: SpooledEvent
@@ -80,6 +86,7 @@ class EventPublisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.spool = Spool(config.spool_dir)
+        self._spooling = SpoolWriter(self.spool, linger=config.linger, after_commit=self._settled)
         self._nc: Client | None = None
         self._inbox = ""
         self._next = 0
@@ -123,7 +130,7 @@ class EventPublisher:
         """``publish`` without waiting, on the publisher's loop: False (nothing done) when
         the pipeline is full, and the caller must await ``publish``. A caller that does not
         wait for the outcome (an instrumented call) saves a task per event."""
-        if self.connected and len(self._in_flight) >= self.config.max_in_flight:
+        if self._full():
             return False  # before encoding: ``publish`` encodes it then
         self._enqueue(self._item(event), spooled=False)
         return True
@@ -146,13 +153,13 @@ class EventPublisher:
             return 0
         sent = 0
         while True:
-            items = self.spool.oldest(batch)
+            items = await asyncio.to_thread(self.spool.oldest, batch)
             if not items:
                 return sent
             for item in items:
                 await self._send(item, spooled=True)
             await self.flush()
-            still = {e.event_id for e in self.spool.oldest(batch)}
+            still = {e.event_id for e in await asyncio.to_thread(self.spool.oldest, batch)}
             acked = [e for e in items if e.event_id not in still]
             sent += len(acked)
             if len(acked) < len(items) or not self.connected:
@@ -166,7 +173,7 @@ class EventPublisher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._spool_in_flight()
+        await self._spool_what_is_left()
         if self._nc is not None:
             await self._nc.close()
         self.spool.close()
@@ -204,16 +211,26 @@ class EventPublisher:
             await callback(self._nc)
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
-        while self.connected and len(self._in_flight) >= self.config.max_in_flight:
+        while self._full():
+            if not self.connected and self._spooling.failure is not None:
+                raise SpoolFailing(
+                    f"NATS is unreachable and the spool fails ({self._spooling.failure}):"
+                    f" {self._spooling.held} events wait in memory; this one is not recorded"
+                )
             self._room.clear()
             await self._room.wait()
         self._enqueue(item, spooled=spooled)
+
+    def _full(self) -> bool:
+        """As many events in memory as ``max_in_flight``: in flight or to be spooled."""
+        return len(self._in_flight) + self._spooling.held >= self.config.max_in_flight
 
     def _enqueue(self, item: SpooledEvent, *, spooled: bool) -> None:
         """Into the pipeline (there is room), or the spool while NATS is away."""
         if not self.connected:
             if not spooled:
-                self.spool.put([item])
+                self._spooling.put([item])
+                self._drained.clear()
             return
         self._next += 1
         token = self._next
@@ -252,14 +269,14 @@ class EventPublisher:
             )
         except Exception as exc:
             log.warning("publish failed (%s); spooling", exc)
-            self._settle_or_keep([token], acked=False, what="not published")
+            self._settle(token, acked=False)
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = int(subject.rpartition(b".")[2])
         ok = bool(data) and b'"error"' not in data
         if not ok:
             log.warning("JetStream refused an event: %r", data[:300] or headers)
-        self._settle_or_keep([token], acked=ok, what="refused by JetStream")
+        self._settle(token, acked=ok)
 
     def _refusal(self, subject: str) -> str:
         return refusal_message(subject, topology=self.config.topology, user=self.config.nats_user)
@@ -271,60 +288,42 @@ class EventPublisher:
         refused = [t for t, e in self._in_flight.items() if e.item.subject.lower() == subject]
         if refused:
             log.error("%d events dropped: %s", len(refused), self._refusal(subject))
-        # Settled as if stored: out of the spool too.
-        self._settle_or_keep(refused, acked=True, what="refused the credential")
-
-    def _settle_or_keep(self, tokens: list[int], *, acked: bool, what: str) -> None:
-        """``_settle`` each; one the spool fails to take (a full disk) stays in flight,
-        and the expiry settles it again."""
-        failed: list[Exception] = []
-        for token in tokens:
-            try:
-                self._settle(token, acked=acked)
-            except Exception as exc:
-                failed.append(exc)
-        if failed:
-            log.error(
-                "the spool failed (%s: %s) for %d events %s; kept in memory, tried again every %ss",
-                type(failed[-1]).__name__,
-                failed[-1],
-                len(failed),
-                what,
-                self._expiry_interval,
-            )
+        for token in refused:
+            self._settle(token, acked=True)  # settled as if stored: out of the spool too
 
     def _settle(self, token: int, *, acked: bool) -> None:
-        """Out of flight once JetStream has it (``acked``) or the spool does; raises,
-        keeping it in flight, when the spool fails."""
-        entry = self._in_flight.get(token)
+        """Out of flight: JetStream has it (``acked``; out of the spool if it came from
+        there), or it goes to the spool."""
+        entry = self._in_flight.pop(token, None)
         if entry is None:
             return
         if acked and entry.from_spool:
-            self.spool.remove([entry.item.event_id])
+            self._spooling.remove([entry.item.event_id])
         elif not acked and not entry.from_spool:
-            self.spool.put([entry.item])
-        del self._in_flight[token]
-        if len(self._in_flight) < self.config.max_in_flight:
-            self._room.set()
-        if not self._in_flight:
-            self._drained.set()
+            self._spooling.put([entry.item])
+        self._settled()
 
-    @property
-    def _expiry_interval(self) -> float:
-        return min(1.0, self.config.ack_timeout / 2)
+    def _settled(self) -> None:
+        """Events left memory, or the spool failed: wake who waits for room (to raise if
+        nothing can make room), or for nothing left in memory."""
+        if not self._full() or self._spooling.failure is not None:
+            self._room.set()
+        if not self._in_flight and self._spooling.idle:
+            self._drained.set()
 
     async def _expire_unacked(self) -> None:
         while True:
-            await asyncio.sleep(self._expiry_interval)
+            await asyncio.sleep(min(1.0, self.config.ack_timeout / 2))
             deadline = time.monotonic() - self.config.ack_timeout
             late = [t for t, entry in self._in_flight.items() if entry.sent_at < deadline]
+            for token in late:
+                self._settle(token, acked=False)
             if late:
                 log.warning(
                     "%d events unacknowledged after %ss; spooling them",
                     len(late),
                     self.config.ack_timeout,
                 )
-            self._settle_or_keep(late, acked=False, what="unacknowledged")
 
     async def _resend_spool_periodically(self) -> None:
         while True:
@@ -340,11 +339,20 @@ class EventPublisher:
             if sent:
                 log.info("re-sent %d spooled events; %d left", sent, len(self.spool))
 
-    def _spool_in_flight(self) -> None:
-        items = [e.item for e in self._in_flight.values() if not e.from_spool]
+    async def _spool_what_is_left(self) -> None:
+        """On close: what is still in memory goes to the spool now (or is lost, logged)."""
+        self._spooling.put([e.item for e in self._in_flight.values() if not e.from_spool])
         self._in_flight.clear()
-        if items:
-            self.spool.put(items)
+        held = self._spooling.held
+        try:
+            await self._spooling.close()
+        except Exception as exc:
+            log.error(
+                "closing: %d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
+                held,
+                type(exc).__name__,
+                exc,
+            )
         self._drained.set()
 
     async def _on_reconnected(self) -> None:

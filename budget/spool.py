@@ -1,12 +1,14 @@
 """A local durable spool for events that could not reach NATS.
 
 SQLite in WAL mode: several host processes may share one spool directory; whoever
-re-sends first wins, and the event id makes a second re-send harmless.
+re-sends first wins, and the event id makes a second re-send harmless. One connection,
+used from the publisher's loop and from worker threads (``budget.spool_writer``) in turn.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ class Spool:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "spool.sqlite3"
+        self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a spooled event must survive power loss
@@ -35,37 +38,39 @@ class Spool:
             " payload BLOB NOT NULL, spooled_at REAL NOT NULL)"
         )
 
-    def put(self, events: Iterable[SpooledEvent]) -> None:
+    def update(self, *, put: Iterable[SpooledEvent] = (), remove: Iterable[str] = ()) -> None:
+        """In one transaction: ``put`` events in (one already there stays as it is) and
+        ``remove`` events out, by id."""
         now = time.time()
-        self._in_transaction(
-            "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
-            " VALUES (?, ?, ?, ?)",
-            [(e.event_id, e.subject, e.payload, now) for e in events],
-        )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(e.event_id, e.subject, e.payload, now) for e in put],
+                )
+                self._db.executemany("DELETE FROM spool WHERE event_id = ?", [(i,) for i in remove])
+                self._db.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back by itself on some errors (a full disk): a second
+                # ROLLBACK would raise, hiding the cause.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def oldest(self, limit: int) -> list[SpooledEvent]:
-        rows = self._db.execute(
-            "SELECT event_id, subject, payload FROM spool ORDER BY spooled_at LIMIT ?", (limit,)
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, subject, payload FROM spool ORDER BY spooled_at LIMIT ?",
+                (limit,),
+            ).fetchall()
         return [SpooledEvent(*row) for row in rows]
 
-    def remove(self, event_ids: Iterable[str]) -> None:
-        self._in_transaction("DELETE FROM spool WHERE event_id = ?", [(i,) for i in event_ids])
-
-    def _in_transaction(self, statement: str, rows: list[tuple[object, ...]]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany(statement, rows)
-            self._db.execute("COMMIT")
-        except BaseException:
-            # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK
-            # would raise, hiding the cause.
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()

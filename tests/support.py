@@ -213,10 +213,11 @@ def budget_process(
 def disk_full(spool: Spool) -> Iterator[None]:
     """The spool's disk is full while inside: SQLite may not grow the file by a page
     (``SQLITE_FULL``, as on a full filesystem): a row needing a new page fails."""
-    db = spool._db
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {pages}")
+    with spool._lock:
+        pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+        spool._db.execute(f"PRAGMA max_page_count = {pages}")
     try:
         yield
     finally:
-        db.execute("PRAGMA max_page_count = 4294967294")
+        with spool._lock:
+            spool._db.execute("PRAGMA max_page_count = 4294967294")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,22 @@ def hung(server: EmbeddedNats) -> Iterator[None]:
     finally:
         if server.running:
             os.kill(server.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def spool_locked(spool: Path) -> Iterator[None]:
+    """Another process holds the write lock of the spool in directory ``spool`` while
+    inside (as a process sharing the directory does while it commits)."""
+    db = sqlite3.connect(spool / "spool.sqlite3", isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def spool_commits(spool: Path) -> int:
+    """How many commits put the events now in the spool in directory ``spool``."""
+    with contextlib.closing(sqlite3.connect(spool / "spool.sqlite3")) as db:
+        return int(db.execute("SELECT count(DISTINCT spooled_at) FROM spool").fetchone()[0])

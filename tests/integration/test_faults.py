@@ -197,6 +197,7 @@ async def test_offered_events_are_taken_while_there_is_room_and_spooled_while_na
 
     await wait_for(disconnected, within=30)
     assert all(publisher.offer(event) for event in events[20:])
+    await publisher.flush()
     assert len(publisher.spool) == 10
     embedded_nats.start()
 

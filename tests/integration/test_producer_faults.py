@@ -4,24 +4,34 @@ each event is stored once in the end, and none is lost on the way."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import nats
 import pytest
 
+from budget.publisher import EventPublisher, SpoolFailing
 from events import Topology
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
 
-from producing import bulky, hung, publisher_for, stored_event_ids
+from producing import (
+    bulky,
+    hung,
+    publisher_for,
+    spool_commits,
+    spool_locked,
+    stored_event_ids,
+)
 from support import disk_full, varied_events, wait_for
 
 
 def spool_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The errors logged about the spool failing."""
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "budget.publisher" and r.levelno == logging.ERROR
+        if r.name.startswith("budget.") and r.levelno == logging.ERROR and "spool" in r.getMessage()
     ]
 
 
@@ -45,7 +55,7 @@ async def test_events_expiring_while_the_spool_disk_is_full_stay_in_memory_until
         return bool(spool_failures(caplog))
 
     full = disk_full(publisher.spool)
-    with caplog.at_level(logging.ERROR, logger="budget.publisher"), full, hung(embedded_nats):
+    with caplog.at_level(logging.ERROR, logger="budget"), full, hung(embedded_nats):
         for event in events[1:]:
             await publisher.publish(event)
         await wait_for(spool_failed)
@@ -86,7 +96,7 @@ async def test_an_event_jetstream_refuses_while_the_spool_disk_is_full_is_spoole
         """the publisher said that the spool failed"""
         return bool(spool_failures(caplog))
 
-    with caplog.at_level(logging.ERROR, logger="budget.publisher"), disk_full(publisher.spool):
+    with caplog.at_level(logging.ERROR, logger="budget"), disk_full(publisher.spool):
         await publisher.publish(event)
         await wait_for(spool_failed)
 
@@ -106,3 +116,104 @@ async def test_an_event_jetstream_refuses_while_the_spool_disk_is_full_is_spoole
     await wait_for(spool_empty)
     await publisher.close()
     assert await stored_event_ids(embedded_nats.url, topology) == [str(event.event_id)]
+
+
+async def test_events_recorded_while_nats_is_down_are_spooled_off_the_loop_together(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """While NATS is down, ``publish`` hands the event over and returns, even while
+    another process holds the spool's write lock (the commit waits in a worker thread,
+    not on the loop); events handed over together are spooled in one commit."""
+    events = varied_events(20)
+    spool = tmp_path / "spool"
+    embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    await publisher.start()
+    with spool_locked(spool):
+        for event in events:
+            await publisher.publish(event)
+    await publisher.flush()
+    assert len(publisher.spool) == len(events)
+    assert spool_commits(spool) == 1
+    embedded_nats.start()
+
+    async def spool_empty() -> bool:
+        """the reconnected publisher re-sent the spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_events_expiring_from_a_hung_server_are_spooled_off_the_loop(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NATS hangs (the connection up, nothing answered): the events in flight expire and
+    are spooled in a worker thread, so the loop runs on while another process holds the
+    spool's write lock, and no commit fails for it. Once NATS answers again, each event
+    is stored once (the re-send of the spool is a duplicate JetStream drops)."""
+    events = varied_events(10)
+    spool = tmp_path / "spool"
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    await publisher.start()
+
+    async def expired() -> bool:
+        """the events in flight expired"""
+        return any("unacknowledged" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="budget"), hung(embedded_nats):
+        with spool_locked(spool):
+            for event in events:
+                await publisher.publish(event)
+            await wait_for(expired)
+        await publisher.flush()
+        assert len(publisher.spool) == len(events)
+    assert not spool_failures(caplog)
+
+    async def spool_empty() -> bool:
+        """the spool was re-sent once NATS answered again"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_with_nats_down_and_the_spool_disk_full_events_wait_in_memory_up_to_the_limit(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NATS is down and the spool's disk full: ``max_in_flight`` events wait in memory
+    (an error says why), the next one raises ``SpoolFailing``, and those that waited are
+    spooled once the disk has room, then stored once NATS is back."""
+    events = bulky(varied_events(11))
+    embedded_nats.kill()
+    config = publisher_for(embedded_nats.url, private_log, tmp_path / "spool").config
+    publisher = EventPublisher(replace(config, max_in_flight=10))
+    await publisher.start()
+    with caplog.at_level(logging.ERROR, logger="budget"), disk_full(publisher.spool):
+        for event in events[:10]:
+            await publisher.publish(event)
+        with pytest.raises(SpoolFailing, match="disk is full"):
+            await publisher.publish(events[10])
+    assert spool_failures(caplog)
+    await publisher.flush()
+    assert len(publisher.spool) == 10
+    embedded_nats.start()
+
+    async def spool_empty() -> bool:
+        """the reconnected publisher re-sent the spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events[:10])

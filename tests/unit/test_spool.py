@@ -20,7 +20,7 @@ def test_a_full_disk_fails_a_put_with_its_own_error_and_the_spool_takes_it_once_
     spool = Spool(tmp_path)
     event = SpooledEvent("e1", "budget.events.usage", b"x" * 10_000)
     with disk_full(spool), pytest.raises(sqlite3.OperationalError, match="disk is full"):
-        spool.put([event])
+        spool.update(put=[event])
     assert len(spool) == 0
-    spool.put([event])
+    spool.update(put=[event])
     assert spool.oldest(10) == [event]

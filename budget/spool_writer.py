@@ -1,0 +1,131 @@
+"""Changes to the spool made off the event loop, many to one transaction.
+
+A spool commit is fsync'd (some milliseconds): one per event, on the loop, would stall
+the host app for every event recorded while NATS is down, and for half a minute when
+8192 events in flight to a hung server expire together. Changes handed over within
+``linger`` seconds, and all those handed over while a commit runs, go in one commit, in
+a worker thread. A commit that fails (a full disk) leaves its changes in memory, tried
+again with a growing pause; each failure is logged as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from budget.spool import Spool, SpooledEvent
+
+__all__ = ["SpoolWriter"]
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.5
+RETRY_MAX = 10.0
+"""Seconds between tries of a commit that failed: doubling from the first to the most."""
+
+
+@dataclass(slots=True)
+class _Changes:
+    put: list[SpooledEvent] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.put or self.remove)
+
+    def then(self, later: _Changes) -> _Changes:
+        return _Changes(self.put + later.put, self.remove + later.remove)
+
+
+class SpoolWriter:
+    """Puts into and removals from ``spool``, written by one task at a time on the
+    running loop; ``after_commit`` is called on the loop after each commit, done or
+    failed."""
+
+    def __init__(self, spool: Spool, *, linger: float, after_commit: Callable[[], None]) -> None:
+        self._spool = spool
+        self._linger = linger
+        self._after_commit = after_commit
+        self._pending = _Changes()
+        self._writing = _Changes()
+        self._task: asyncio.Task[None] | None = None
+        self.failure: Exception | None = None
+        """The last commit's error while commits fail, else None."""
+
+    @property
+    def held(self) -> int:
+        """Events in memory until a commit puts them in the spool."""
+        return len(self._pending.put) + len(self._writing.put)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be written."""
+        return not (self._pending or self._writing)
+
+    def put(self, events: list[SpooledEvent]) -> None:
+        if events:
+            self._pending.put += events
+            self._start()
+
+    def remove(self, event_ids: list[str]) -> None:
+        if event_ids:
+            self._pending.remove += event_ids
+            self._start()
+
+    async def close(self) -> None:
+        """Write what is left now, once; raises if that fails (it is then lost)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        changes, self._pending = self._pending, _Changes()
+        if changes:
+            await asyncio.to_thread(self._spool.update, put=changes.put, remove=changes.remove)
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        retry = RETRY_FIRST
+        try:
+            await asyncio.sleep(self._linger)
+            while self._pending:
+                self._writing, self._pending = self._pending, _Changes()
+                try:
+                    await asyncio.to_thread(
+                        self._spool.update, put=self._writing.put, remove=self._writing.remove
+                    )
+                except Exception as exc:
+                    self._fail(exc, retry)
+                    self._pending = self._writing.then(self._pending)
+                    self._writing = _Changes()
+                    self._after_commit()
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, RETRY_MAX)
+                    continue
+                self._writing = _Changes()
+                retry = RETRY_FIRST
+                self._recovered()
+                self._after_commit()
+        finally:
+            # Cancelled mid-commit: whether it committed is unknown; written again, a put
+            # or a removal changes nothing more.
+            self._pending = self._writing.then(self._pending)
+            self._writing = _Changes()
+            self._task = None
+
+    def _fail(self, exc: Exception, retry: float) -> None:
+        self.failure = exc
+        log.error(
+            "the spool failed (%s: %s): %d events wait in memory to be spooled; tried again in %ss",
+            type(exc).__name__,
+            exc,
+            self.held,
+            retry,
+        )
+
+    def _recovered(self) -> None:
+        if self.failure is not None:
+            self.failure = None
+            log.warning("the spool works again; the events waiting in memory are spooled")
