@@ -100,6 +100,7 @@ class EventPublisher:
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._resend_now = asyncio.Event()
+        self._closed = False
         self._forbidden: set[str] = set()
         """Subjects (lowercased) the server refused this credential: never sent again."""
         self.on_connect: list[Callable[[Client], Awaitable[None]]] = []
@@ -166,6 +167,11 @@ class EventPublisher:
                 return sent
 
     async def close(self) -> None:
+        """Wait for the outcome of what was handed over (at most ``ack_timeout`` + 1 s),
+        spool the rest, and disconnect."""
+        if self._closed:
+            return
+        self._closed = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.ack_timeout + 1):
                 await self.flush()
@@ -173,10 +179,29 @@ class EventPublisher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._spool_what_is_left()
+        await self._spooling.stop()
+        self.spool_unsent()
+        self._drained.set()
         if self._nc is not None:
             await self._nc.close()
         self.spool.close()
+
+    def spool_unsent(self) -> None:
+        """Spool what is still in memory, here and now, without the loop (``close``
+        does; so does an exiting process whose loop has ended). Logs what a failing
+        spool loses."""
+        left = [e.item for e in self._in_flight.values() if not e.from_spool]
+        self._in_flight.clear()
+        held = len(left) + self._spooling.held
+        try:
+            self._spooling.write_now(left)
+        except Exception as exc:
+            log.error(
+                "%d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
+                held,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _connect(self) -> None:
         try:
@@ -338,22 +363,6 @@ class EventPublisher:
                 continue
             if sent:
                 log.info("re-sent %d spooled events; %d left", sent, len(self.spool))
-
-    async def _spool_what_is_left(self) -> None:
-        """On close: what is still in memory goes to the spool now (or is lost, logged)."""
-        self._spooling.put([e.item for e in self._in_flight.values() if not e.from_spool])
-        self._in_flight.clear()
-        held = self._spooling.held
-        try:
-            await self._spooling.close()
-        except Exception as exc:
-            log.error(
-                "closing: %d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
-                held,
-                type(exc).__name__,
-                exc,
-            )
-        self._drained.set()
 
     async def _on_reconnected(self) -> None:
         self._resend_now.set()

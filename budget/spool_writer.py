@@ -4,13 +4,15 @@ A spool commit is fsync'd (some milliseconds): one per event, on the loop, would
 the host app for every event recorded while NATS is down, and for half a minute when
 8192 events in flight to a hung server expire together. Changes handed over within
 ``linger`` seconds, and all those handed over while a commit runs, go in one commit, in
-a worker thread. A commit that fails (a full disk) leaves its changes in memory, tried
-again with a growing pause; each failure is logged as an error.
+a worker thread (on the loop once the interpreter is exiting, when threads are no longer
+given out). A commit that fails (a full disk) leaves its changes in memory, tried again
+with a growing pause; each failure is logged as an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,14 +75,18 @@ class SpoolWriter:
             self._pending.remove += event_ids
             self._start()
 
-    async def close(self) -> None:
-        """Write what is left now, once; raises if that fails (it is then lost)."""
+    async def stop(self) -> None:
+        """Stop writing in the background; what is left stays for ``write_now``."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        changes, self._pending = self._pending, _Changes()
+
+    def write_now(self, more: list[SpooledEvent]) -> None:
+        """Commit what is left, with ``more`` events, here (no loop needed); raises if that
+        fails, and it is then lost."""
+        changes, self._pending = self._pending.then(_Changes(put=more)), _Changes()
         if changes:
-            await asyncio.to_thread(self._spool.update, put=changes.put, remove=changes.remove)
+            self._spool.update(put=changes.put, remove=changes.remove)
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
@@ -93,9 +99,7 @@ class SpoolWriter:
             while self._pending:
                 self._writing, self._pending = self._pending, _Changes()
                 try:
-                    await asyncio.to_thread(
-                        self._spool.update, put=self._writing.put, remove=self._writing.remove
-                    )
+                    await self._commit(self._writing)
                 except Exception as exc:
                     self._fail(exc, retry)
                     self._pending = self._writing.then(self._pending)
@@ -114,6 +118,15 @@ class SpoolWriter:
             self._pending = self._writing.then(self._pending)
             self._writing = _Changes()
             self._task = None
+
+    async def _commit(self, changes: _Changes) -> None:
+        write = functools.partial(self._spool.update, put=changes.put, remove=changes.remove)
+        try:
+            done = asyncio.get_running_loop().run_in_executor(None, write)
+        except RuntimeError:  # the interpreter is exiting: no thread for it
+            write()
+            return
+        await done
 
     def _fail(self, exc: Exception, retry: float) -> None:
         self.failure = exc
