@@ -3,7 +3,10 @@
 Many publishes are in flight at once; each carries its event id as ``Nats-Msg-Id``.
 An event leaves memory only when JetStream has acknowledged it or it is in the spool
 (written off the loop, many events to a commit: ``budget.spool_writer``); the spool is
-re-sent every ``flush_interval`` seconds and right after a reconnect.
+re-sent right after each connect and reconnect, and every ``flush_interval`` seconds. A
+publisher started while NATS is unreachable tries again after a pause doubling from
+``CONNECT_RETRY_FIRST`` to ``CONNECT_RETRY_MAX`` seconds (nats-py reconnects by itself
+once it has connected).
 
 Events handed over within ``linger`` seconds go out in one write: an app recording one
 event per turn of its loop (each call awaiting real I/O) would otherwise pay a socket
@@ -42,6 +45,9 @@ from events.codec import HEADER_MSG_ID
 __all__ = ["EventPublisher", "PublisherConfig", "SpoolFailing"]
 
 log = logging.getLogger(__name__)
+
+CONNECT_RETRY_FIRST = 0.5
+CONNECT_RETRY_MAX = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +118,8 @@ class EventPublisher:
             asyncio.create_task(self._expire_unacked()),
             asyncio.create_task(self._resend_spool_periodically()),
         ]
+        if self._nc is None:
+            self._tasks.append(asyncio.create_task(self._connect_until_connected()))
 
     @property
     def connected(self) -> bool:
@@ -203,7 +211,17 @@ class EventPublisher:
                 exc,
             )
 
-    async def _connect(self) -> None:
+    async def _connect_until_connected(self) -> None:
+        pause = CONNECT_RETRY_FIRST
+        while self._nc is None:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, CONNECT_RETRY_MAX)
+            await self._connect(retrying=True)
+        log.info("connected to NATS at %s", shown_url(self.config.nats_url))
+
+    async def _connect(self, *, retrying: bool = False) -> None:
+        """Connect, or log why not (at DEBUG when ``retrying``: the first try said it);
+        once connected, the spool is re-sent."""
         try:
             self._nc = await connect_nats(
                 self.config.nats_url,
@@ -213,7 +231,9 @@ class EventPublisher:
                 **self.config.nats_options,
             )
         except Exception as exc:
-            if "authorization violation" in str(exc).lower():
+            if retrying:
+                log.debug("NATS still unreachable (%s)", exc)
+            elif "authorization violation" in str(exc).lower():
                 log.error(
                     "NATS at %s refused the credential (user %r); spooling events until"
                     " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE are right",
@@ -234,6 +254,7 @@ class EventPublisher:
         raw_handlers(self._nc)[acks._id] = self._on_ack
         for callback in self.on_connect:
             await callback(self._nc)
+        self._resend_now.set()
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
         while self._full():
@@ -354,8 +375,6 @@ class EventPublisher:
         while True:
             await wait_set(self._resend_now, self.config.flush_interval)
             self._resend_now.clear()
-            if self._nc is None:
-                await self._connect()
             try:
                 sent = await self.resend_spool()
             except Exception:

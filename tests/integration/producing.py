@@ -9,6 +9,7 @@ import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -17,16 +18,12 @@ from events import Topology, UsageRecorded
 from services.embedded import EmbeddedNats
 
 
-def publisher_for(url: str, topology: Topology, spool: Path) -> EventPublisher:
+def publisher_for(url: str, topology: Topology, spool: Path, **options: Any) -> EventPublisher:
+    """A publisher quick to give up on an acknowledgement or a connection, re-sending its
+    spool twice a second; ``options`` (``PublisherConfig`` fields) over that."""
+    quick: dict[str, Any] = {"flush_interval": 0.5, "ack_timeout": 1.0, "connect_timeout": 0.5}
     return EventPublisher(
-        PublisherConfig(
-            nats_url=url,
-            topology=topology,
-            spool_dir=spool,
-            flush_interval=0.5,
-            ack_timeout=1.0,
-            connect_timeout=0.5,
-        )
+        PublisherConfig(nats_url=url, topology=topology, spool_dir=spool, **(quick | options))
     )
 
 

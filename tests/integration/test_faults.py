@@ -8,7 +8,6 @@ import logging
 import signal
 import subprocess
 from collections import Counter
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 from nats.aio.client import Client
 
 from budget.alerting import DEFAULT_RULES
-from budget.publisher import EventPublisher
 from events import BudgetPolicy, PolicySet, Topology
 from events.rpc import RPC_RELEASE, RPC_SNAPSHOT
 from projections.alerts import AlertsProjection
@@ -180,8 +178,7 @@ async def test_offered_events_are_taken_while_there_is_room_and_spooled_while_na
     pipeline has room and says no once it is full (the caller then awaits ``publish``);
     while NATS is down it spools them, as ``publish`` does. Each is stored once."""
     events = varied_events(30)
-    config = publisher_for(embedded_nats.url, private_log, tmp_path / "spool").config
-    publisher = EventPublisher(replace(config, max_in_flight=10))
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool", max_in_flight=10)
     await publisher.start()
     offered = [publisher.offer(event) for event in events[:20]]
     assert offered == [True] * 10 + [False] * 10
@@ -269,7 +266,8 @@ async def test_spool_written_while_nats_was_down_is_sent_by_the_next_process(
     await offline.close()  # the process ends with its events only in the spool
 
     embedded_nats.start()
-    online = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    # Sent at start, not after flush_interval (the default, 300 s).
+    online = publisher_for(embedded_nats.url, private_log, tmp_path / "spool", flush_interval=300)
     await online.start()
 
     async def spool_empty() -> bool:

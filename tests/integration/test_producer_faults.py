@@ -4,13 +4,12 @@ each event is stored once in the end, and none is lost on the way."""
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import nats
 import pytest
 
-from budget.publisher import EventPublisher, SpoolFailing
+from budget.publisher import SpoolFailing
 from events import Topology
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
@@ -196,8 +195,7 @@ async def test_with_nats_down_and_the_spool_disk_full_events_wait_in_memory_up_t
     spooled once the disk has room, then stored once NATS is back."""
     events = bulky(varied_events(11))
     embedded_nats.kill()
-    config = publisher_for(embedded_nats.url, private_log, tmp_path / "spool").config
-    publisher = EventPublisher(replace(config, max_in_flight=10))
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool", max_in_flight=10)
     await publisher.start()
     with caplog.at_level(logging.ERROR, logger="budget"), disk_full(publisher.spool):
         for event in events[:10]:
@@ -217,3 +215,30 @@ async def test_with_nats_down_and_the_spool_disk_full_events_wait_in_memory_up_t
     await publisher.close()
     stored = await stored_event_ids(embedded_nats.url, private_log)
     assert sorted(stored) == sorted(str(e.event_id) for e in events[:10])
+
+
+async def test_a_publisher_started_while_nats_is_down_connects_soon_after_it_is_up(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """Started while NATS is down, the publisher keeps trying to connect (not once per
+    ``flush_interval``, 300 s by default) and, connected, sends what it spooled."""
+    events = varied_events(20)
+    embedded_nats.kill()
+    publisher = publisher_for(
+        embedded_nats.url, private_log, tmp_path / "spool", flush_interval=300
+    )
+    await publisher.start()
+    for event in events:
+        await publisher.publish(event)
+    await publisher.flush()
+    assert len(publisher.spool) == len(events)
+    embedded_nats.start()
+
+    async def spool_sent() -> bool:
+        """the publisher connected and sent its spool"""
+        return publisher.connected and len(publisher.spool) == 0
+
+    await wait_for(spool_sent)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
