@@ -8,6 +8,11 @@ publisher started while NATS is unreachable tries again after a pause doubling f
 ``CONNECT_RETRY_FIRST`` to ``CONNECT_RETRY_MAX`` seconds (nats-py reconnects by itself
 once it has connected).
 
+An event larger than the server's ``max_payload`` (headers included: nats-py counts only
+the payload, and the server drops the connection over it) is refused by ``publish`` with
+``ValueError`` once the limit is known; one spooled before (while NATS was unreachable)
+is moved to the spool's dead letters when it comes to be sent, never re-sent.
+
 Events handed over within ``linger`` seconds go out in one write: an app recording one
 event per turn of its loop (each call awaiting real I/O) would otherwise pay a socket
 write, and NATS a read, per event, ~80 µs of CPU each against ~45 µs for the rest of a
@@ -81,6 +86,10 @@ class SpoolFailing(OSError):
     """NATS is unreachable and the spool fails too: the event cannot be recorded."""
 
 
+_HEADER_BYTES = len(f"NATS/1.0\r\n{HEADER_MSG_ID}: \r\n\r\n")
+"""The header block of a publish, but for the event id in it."""
+
+
 @dataclass(frozen=True, slots=True)
 class _InFlight:
     item: SpooledEvent
@@ -132,7 +141,8 @@ class EventPublisher:
 
     async def publish(self, event: Event) -> None:
         """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
-        while the process lives (``flush`` waits for the outcome)."""
+        while the process lives (``flush`` waits for the outcome). ``ValueError`` if it
+        cannot be encoded, or is larger than NATS takes."""
         await self._send(self._item(event))
 
     def offer(self, event: Event) -> bool:
@@ -148,7 +158,24 @@ class EventPublisher:
         subject = self.config.topology.event_subject(event.SUBJECT)
         if subject.lower() in self._forbidden:
             raise PermissionDenied(self._refusal(subject))
-        return SpooledEvent(str(event.event_id), subject, encode(event))
+        item = SpooledEvent(str(event.event_id), subject, encode(event))
+        too_large = self._too_large(item)
+        if too_large is not None:
+            raise ValueError(f"{type(event).__name__} {too_large}; make its tags smaller")
+        return item
+
+    def _too_large(self, item: SpooledEvent) -> str | None:
+        """How NATS would refuse ``item`` for its size; None if it would not, or while
+        the server's limit is unknown (never connected)."""
+        if self._nc is None:
+            return None
+        size = len(item.payload) + len(item.event_id) + _HEADER_BYTES
+        if size <= self._nc.max_payload:
+            return None
+        return (
+            f"is {size} bytes on the wire, more than the NATS server takes"
+            f" ({self._nc.max_payload} bytes, its max_payload)"
+        )
 
     async def flush(self) -> None:
         """Wait until every event handed over so far is acknowledged or spooled (an
@@ -157,7 +184,8 @@ class EventPublisher:
 
     async def resend_spool(self, batch: int = 1000) -> int:
         """Re-send spooled events (same ids, so JetStream or the projections drop any
-        that did arrive). Returns how many were acknowledged."""
+        that did arrive), batch after batch while each leaves the spool whole. Returns how
+        many left it: acknowledged, or moved to its dead letters as too large."""
         if not self.connected:
             return 0
         sent = 0
@@ -304,6 +332,10 @@ class EventPublisher:
         if entry is None:
             return  # settled meanwhile (expired, refused)
         item = entry.item
+        too_large = self._too_large(item)
+        if too_large is not None:
+            self._bury(token, too_large)
+            return
         try:
             if self._nc is None:
                 raise ConnectionError("not connected")
@@ -336,6 +368,18 @@ class EventPublisher:
             log.error("%d events dropped: %s", len(refused), self._refusal(subject))
         for token in refused:
             self._settle(token, acked=True)  # settled as if stored: out of the spool too
+
+    def _bury(self, token: int, reason: str) -> None:
+        """Out of flight, into the spool's dead letters: NATS can never take it."""
+        entry = self._in_flight.pop(token)
+        log.error(
+            "event %s %s: never sent, kept in the dead_letters table of %s",
+            entry.item.event_id,
+            reason,
+            self.spool.path,
+        )
+        self._spooling.bury(entry.item, reason)
+        self._settled()
 
     def _settle(self, token: int, *, acked: bool) -> None:
         """Out of flight: JetStream has it (``acked``; out of the spool if it came from

@@ -32,12 +32,20 @@ RETRY_MAX = 10.0
 class _Changes:
     put: list[SpooledEvent] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
+    bury: list[tuple[SpooledEvent, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.put or self.remove)
+        return bool(self.put or self.remove or self.bury)
+
+    @property
+    def held(self) -> int:
+        return len(self.put) + len(self.bury)
 
     def then(self, later: _Changes) -> _Changes:
-        return _Changes(self.put + later.put, self.remove + later.remove)
+        return _Changes(self.put + later.put, self.remove + later.remove, self.bury + later.bury)
+
+    def write(self, spool: Spool) -> None:
+        spool.update(put=self.put, remove=self.remove, bury=self.bury)
 
 
 class SpoolWriter:
@@ -57,8 +65,8 @@ class SpoolWriter:
 
     @property
     def held(self) -> int:
-        """Events in memory until a commit puts them in the spool."""
-        return len(self._pending.put) + len(self._writing.put)
+        """Events in memory until a commit puts them in the spool (or its dead letters)."""
+        return self._pending.held + self._writing.held
 
     @property
     def idle(self) -> bool:
@@ -75,6 +83,11 @@ class SpoolWriter:
             self._pending.remove += event_ids
             self._start()
 
+    def bury(self, event: SpooledEvent, reason: str) -> None:
+        """Into the spool's dead letters (out of the spool if there)."""
+        self._pending.bury.append((event, reason))
+        self._start()
+
     async def stop(self) -> None:
         """Stop writing in the background; what is left stays for ``write_now``."""
         if self._task is not None:
@@ -86,7 +99,7 @@ class SpoolWriter:
         fails, and it is then lost."""
         changes, self._pending = self._pending.then(_Changes(put=more)), _Changes()
         if changes:
-            self._spool.update(put=changes.put, remove=changes.remove)
+            changes.write(self._spool)
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
@@ -120,7 +133,7 @@ class SpoolWriter:
             self._task = None
 
     async def _commit(self, changes: _Changes) -> None:
-        write = functools.partial(self._spool.update, put=changes.put, remove=changes.remove)
+        write = functools.partial(changes.write, self._spool)
         try:
             done = asyncio.get_running_loop().run_in_executor(None, write)
         except RuntimeError:  # the interpreter is exiting: no thread for it

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats.js.api import ConsumerConfig
 
 from budget.publisher import EventPublisher, PublisherConfig
 from events import Topology, UsageRecorded
@@ -31,11 +32,15 @@ async def stored_event_ids(url: str, topology: Topology) -> list[str]:
     client = await nats.connect(url)
     try:
         js = client.jetstream()
-        sub = await js.pull_subscribe(topology.events_wildcard, stream=topology.event_stream.name)
+        sub = await js.pull_subscribe(
+            topology.events_wildcard,
+            stream=topology.event_stream.name,
+            config=ConsumerConfig(max_ack_pending=-1),  # none is acknowledged
+        )
         info = await js.stream_info(topology.event_stream.name)
         messages = []
         while len(messages) < info.state.messages:
-            messages += await sub.fetch(1000, timeout=5)
+            messages += await sub.fetch(min(1000, info.state.messages - len(messages)), timeout=5)
         return [(m.headers or {})["Nats-Msg-Id"] for m in messages]
     finally:
         await client.close()

@@ -4,13 +4,14 @@ each event is stored once in the end, and none is lost on the way."""
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 import nats
 import pytest
 
 from budget.publisher import SpoolFailing
-from events import Topology
+from events import Topology, UsageRecorded, encode
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
 
@@ -239,6 +240,72 @@ async def test_a_publisher_started_while_nats_is_down_connects_soon_after_it_is_
         return publisher.connected and len(publisher.spool) == 0
 
     await wait_for(spool_sent)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+def with_tag(event: UsageRecorded, size: int) -> UsageRecorded:
+    """``event`` with a tag of ``size`` bytes (and a new id)."""
+    fields = event.model_dump() | {"event_id": uuid.uuid4(), "tags": {"prompt": "x" * size}}
+    return UsageRecorded.model_validate(fields)
+
+
+async def test_publish_refuses_an_event_larger_than_nats_takes_with_its_headers(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """An event within the server's ``max_payload`` but for its header (nats-py lets it
+    through; the server would drop the connection) raises ``ValueError`` naming its size
+    and the limit; the publisher goes on with the next event."""
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    await publisher.start()
+    assert publisher.client is not None
+    limit = publisher.client.max_payload
+    first, after = varied_events(2)
+    untagged = len(encode(with_tag(first, 0)))
+    borderline = with_tag(first, limit - 10 - untagged)
+    assert len(encode(borderline)) == limit - 10
+    with pytest.raises(ValueError, match=f"more than the NATS server takes \\({limit} bytes"):
+        await publisher.publish(borderline)
+    await publisher.publish(after)
+    await publisher.flush()
+    assert len(publisher.spool) == 0
+    await publisher.close()
+    assert await stored_event_ids(embedded_nats.url, private_log) == [str(after.event_id)]
+
+
+async def test_an_event_too_large_spooled_while_nats_was_down_is_set_aside_not_resent(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A publisher that never reached NATS cannot know its limit and spools an event too
+    large; when the spool is sent, that event goes to the spool's dead letters (an error
+    says so) and the rest, more than a batch, is sent at once behind it."""
+    events = varied_events(1200)
+    huge = with_tag(events[0], 1_100_000)
+    embedded_nats.kill()
+    publisher = publisher_for(
+        embedded_nats.url, private_log, tmp_path / "spool", flush_interval=300
+    )
+    await publisher.start()
+    for event in [huge, *events]:
+        await publisher.publish(event)
+    await publisher.flush()
+    assert len(publisher.spool) == 1 + len(events)
+    with caplog.at_level(logging.ERROR, logger="budget"):
+        embedded_nats.start()
+
+        async def spool_sent() -> bool:
+            """the spool was sent but for the event too large"""
+            return len(publisher.spool) == 0
+
+        await wait_for(spool_sent)
+    [(dead, reason)] = publisher.spool.dead_letters()
+    assert dead.event_id == str(huge.event_id)
+    assert "max_payload" in reason
+    assert any(str(huge.event_id) in r.getMessage() for r in caplog.records)
     await publisher.close()
     stored = await stored_event_ids(embedded_nats.url, private_log)
     assert sorted(stored) == sorted(str(e.event_id) for e in events)
