@@ -255,7 +255,7 @@ class EventPublisher:
                 self.config.nats_url,
                 within=self.config.connect_timeout,
                 max_reconnect_attempts=-1,
-                reconnected_cb=self._on_reconnected,
+                reconnected_cb=self._on_connected,
                 **self.config.nats_options,
             )
         except Exception as exc:
@@ -282,7 +282,7 @@ class EventPublisher:
         raw_handlers(self._nc)[acks._id] = self._on_ack
         for callback in self.on_connect:
             await callback(self._nc)
-        self._resend_now.set()
+        await self._on_connected()
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
         while self._full():
@@ -427,5 +427,8 @@ class EventPublisher:
             if sent:
                 log.info("re-sent %d spooled events; %d left", sent, len(self.spool))
 
-    async def _on_reconnected(self) -> None:
+    async def _on_connected(self) -> None:
+        """Re-send the spool, and send what waits in memory for a failing spool."""
         self._resend_now.set()
+        for item in self._spooling.take_back():
+            self._enqueue(item, spooled=False)

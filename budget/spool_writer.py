@@ -83,6 +83,14 @@ class SpoolWriter:
             self._pending.remove += event_ids
             self._start()
 
+    def take_back(self) -> list[SpooledEvent]:
+        """While commits fail, the events waiting to be spooled, no longer to be (NATS
+        may take them now); none while commits work."""
+        if self.failure is None:
+            return []
+        events, self._pending.put = self._pending.put, []
+        return events
+
     def bury(self, event: SpooledEvent, reason: str) -> None:
         """Into the spool's dead letters (out of the spool if there)."""
         self._pending.bury.append((event, reason))
@@ -144,7 +152,9 @@ class SpoolWriter:
     def _fail(self, exc: Exception, retry: float) -> None:
         self.failure = exc
         log.error(
-            "the spool failed (%s: %s): %d events wait in memory to be spooled; tried again in %ss",
+            "the spool %s failed (%s: %s): %d events wait in memory to be spooled; tried again"
+            " in %ss",
+            self._spool.path,
             type(exc).__name__,
             exc,
             self.held,

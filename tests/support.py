@@ -214,10 +214,11 @@ def disk_full(spool: Spool) -> Iterator[None]:
     """The spool's disk is full while inside: SQLite may not grow the file by a page
     (``SQLITE_FULL``, as on a full filesystem): a row needing a new page fails."""
     with spool._lock:
-        pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
-        spool._db.execute(f"PRAGMA max_page_count = {pages}")
+        db = spool._opened()
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
     try:
         yield
     finally:
         with spool._lock:
-            spool._db.execute("PRAGMA max_page_count = 4294967294")
+            db.execute("PRAGMA max_page_count = 4294967294")

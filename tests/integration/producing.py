@@ -15,6 +15,7 @@ import nats
 from nats.js.api import ConsumerConfig
 
 from budget.publisher import EventPublisher, PublisherConfig
+from budget.spool import Spool
 from events import Topology, UsageRecorded
 from services.embedded import EmbeddedNats
 
@@ -69,8 +70,11 @@ def hung(server: EmbeddedNats) -> Iterator[None]:
 
 @contextlib.contextmanager
 def spool_locked(spool: Path) -> Iterator[None]:
-    """Another process holds the write lock of the spool in directory ``spool`` while
-    inside (as a process sharing the directory does while it commits)."""
+    """Another process holds the write lock of the spool in directory ``spool`` (made if
+    need be) while inside, as a process sharing the directory does while it commits."""
+    made = Spool(spool)
+    made.update()
+    made.close()
     db = sqlite3.connect(spool / "spool.sqlite3", isolation_level=None)
     try:
         db.execute("BEGIN IMMEDIATE")

@@ -309,3 +309,41 @@ async def test_an_event_too_large_spooled_while_nats_was_down_is_set_aside_not_r
     await publisher.close()
     stored = await stored_event_ids(embedded_nats.url, private_log)
     assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_with_no_usable_spool_directory_events_wait_in_memory_until_nats_is_up(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spool's directory lies under a file: the publisher starts all the same; while
+    NATS is down its events wait in memory (an error names the spool and the cause), and
+    they are sent once NATS is up."""
+    events = varied_events(5)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, private_log, blocker / "spool")
+    await publisher.start()
+
+    async def spool_failed() -> bool:
+        """the publisher said that the spool failed"""
+        return bool(spool_failures(caplog))
+
+    with caplog.at_level(logging.ERROR, logger="budget"):
+        for event in events:
+            await publisher.publish(event)
+        await wait_for(spool_failed)
+    assert "Not a directory" in spool_failures(caplog)[0]
+    assert str(blocker) in spool_failures(caplog)[0]
+    embedded_nats.start()
+
+    async def all_sent() -> bool:
+        """the events waiting in memory were sent once NATS was up"""
+        return len(await stored_event_ids(embedded_nats.url, private_log)) == len(events)
+
+    await wait_for(all_sent)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)

@@ -89,7 +89,6 @@ async def test_a_sync_script_exiting_while_nats_is_down_waits_for_the_spool_to_t
     """NATS is down, and another process holds the spool's write lock until the exiting
     script closes its tracker: the exit waits for the spool, which then has every call."""
     spool = tmp_path / "spool"
-    Spool(spool).close()
     embedded_nats.kill()
     with spool_locked(spool):
         client = exiting_client("sync", embedded_nats.url, private_log, spool, tmp_path)
@@ -98,3 +97,18 @@ async def test_a_sync_script_exiting_while_nats_is_down_waits_for_the_spool_to_t
     _, err = await asyncio.to_thread(client.communicate, timeout=120)
     assert client.returncode == 0, err
     assert len(set(spooled_ids(spool))) == CALLS
+
+
+async def test_a_script_whose_spool_directory_cannot_be_made_records_its_calls(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """The spool's directory lies under a file: NATS being up, nothing needs the spool,
+    and every call goes ahead and is stored once."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    client = exiting_client("sync", embedded_nats.url, private_log, blocker / "spool", tmp_path)
+    out, err = await asyncio.to_thread(client.communicate, timeout=120)
+    assert client.returncode == 0, err
+    assert out.strip() == f"made {CALLS} calls"
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert len(set(stored)) == len(stored) == CALLS
