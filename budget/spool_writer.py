@@ -49,9 +49,9 @@ class _Changes:
 
 
 class SpoolWriter:
-    """Puts into and removals from ``spool``, written by one task at a time on the
-    running loop; ``after_commit`` is called on the loop after each commit, done or
-    failed."""
+    """Changes to ``spool`` (events put in, removed, buried in its dead letters), written
+    by one task at a time on the running loop; ``after_commit`` is called on the loop
+    after each commit, done or failed."""
 
     def __init__(self, spool: Spool, *, linger: float, after_commit: Callable[[], None]) -> None:
         self._spool = spool
@@ -84,8 +84,8 @@ class SpoolWriter:
             self._start()
 
     def take_back(self) -> list[SpooledEvent]:
-        """While commits fail, the events waiting to be spooled, no longer to be (NATS
-        may take them now); none while commits work."""
+        """While commits fail, the events waiting to be spooled, taken back (NATS may take
+        them now); none while commits work."""
         if self.failure is None:
             return []
         events, self._pending.put = self._pending.put, []
@@ -103,9 +103,10 @@ class SpoolWriter:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def write_now(self, more: list[SpooledEvent]) -> None:
-        """Commit what is left, with ``more`` events, here (no loop needed); raises if that
-        fails, and it is then lost."""
-        changes, self._pending = self._pending.then(_Changes(put=more)), _Changes()
+        """Commit what is left, with ``more`` events, here (no loop needed; a commit of a
+        task that never ended is made again); raises if that fails, and it is then lost."""
+        changes = self._writing.then(self._pending).then(_Changes(put=more))
+        self._writing, self._pending = _Changes(), _Changes()
         if changes:
             changes.write(self._spool)
 
