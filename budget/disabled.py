@@ -44,3 +44,6 @@ class DisabledPublisher:
 
     async def close(self) -> None:
         pass
+
+    def spool_unsent(self) -> None:
+        pass

@@ -57,6 +57,8 @@ class TrackerCollector(Collector):
 def _spool_depth(publisher: EventPublisher) -> int:
     # Its own read-only connection: the scrape runs on another thread than the publisher,
     # and WAL lets it read while the publisher writes.
+    if not publisher.spool.path.exists():
+        return 0  # nothing spooled yet: the spool is made when first needed
     uri = f"{publisher.spool.path.as_uri()}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
         return int(db.execute("SELECT count(*) FROM spool").fetchone()[0])

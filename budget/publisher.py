@@ -1,8 +1,17 @@
 """Pipelined publishing of events to JetStream, with a local spool when NATS is away.
 
 Many publishes are in flight at once; each carries its event id as ``Nats-Msg-Id``.
-An event leaves memory only when JetStream has acknowledged it or it is in the spool;
-the spool is re-sent every ``flush_interval`` seconds and right after a reconnect.
+An event leaves memory only when JetStream has acknowledged it or it is in the spool
+(written off the loop, many events to a commit: ``budget.spool_writer``); the spool is
+re-sent right after each connect and reconnect, and every ``flush_interval`` seconds. A
+publisher started while NATS is unreachable tries again after a pause doubling from
+``CONNECT_RETRY_FIRST`` to ``CONNECT_RETRY_MAX`` seconds (nats-py reconnects by itself
+once it has connected).
+
+An event larger than the server's ``max_payload`` (headers included: nats-py counts only
+the payload, and the server drops the connection over it) is refused by ``publish`` with
+``ValueError`` once the limit is known; one spooled before (while NATS was unreachable)
+is moved to the spool's dead letters when it comes to be sent, never re-sent.
 
 Events handed over within ``linger`` seconds go out in one write: an app recording one
 event per turn of its loop (each call awaiting real I/O) would otherwise pay a socket
@@ -33,13 +42,17 @@ from budget.natsconn import (
     refusal_message,
 )
 from budget.spool import Spool, SpooledEvent
+from budget.spool_writer import SpoolWriter
 from budget.waits import wait_set
 from events import Event, Topology, encode
 from events.codec import HEADER_MSG_ID
 
-__all__ = ["EventPublisher", "PublisherConfig"]
+__all__ = ["EventPublisher", "PublisherConfig", "SpoolFailing"]
 
 log = logging.getLogger(__name__)
+
+CONNECT_RETRY_FIRST = 0.5
+CONNECT_RETRY_MAX = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +82,14 @@ class PublisherConfig:
         )
 
 
+class SpoolFailing(OSError):
+    """NATS is unreachable and the spool fails too: the event cannot be recorded."""
+
+
+_HEADER_BYTES = len(f"NATS/1.0\r\n{HEADER_MSG_ID}: \r\n\r\n")
+"""The header block of a publish, but for the event id in it."""
+
+
 @dataclass(frozen=True, slots=True)
 class _InFlight:
     item: SpooledEvent
@@ -80,6 +101,7 @@ class EventPublisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.spool = Spool(config.spool_dir)
+        self._spooling = SpoolWriter(self.spool, linger=config.linger, after_commit=self._settled)
         self._nc: Client | None = None
         self._inbox = ""
         self._next = 0
@@ -93,6 +115,7 @@ class EventPublisher:
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._resend_now = asyncio.Event()
+        self._closed = False
         self._forbidden: set[str] = set()
         """Subjects (lowercased) the server refused this credential: never sent again."""
         self.on_connect: list[Callable[[Client], Awaitable[None]]] = []
@@ -104,6 +127,8 @@ class EventPublisher:
             asyncio.create_task(self._expire_unacked()),
             asyncio.create_task(self._resend_spool_periodically()),
         ]
+        if self._nc is None:
+            self._tasks.append(asyncio.create_task(self._connect_until_connected()))
 
     @property
     def connected(self) -> bool:
@@ -116,14 +141,15 @@ class EventPublisher:
 
     async def publish(self, event: Event) -> None:
         """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
-        while the process lives (``flush`` waits for the outcome)."""
+        while the process lives (``flush`` waits for the outcome). ``ValueError`` if it
+        cannot be encoded, or is larger than NATS takes."""
         await self._send(self._item(event))
 
     def offer(self, event: Event) -> bool:
         """``publish`` without waiting, on the publisher's loop: False (nothing done) when
         the pipeline is full, and the caller must await ``publish``. A caller that does not
         wait for the outcome (an instrumented call) saves a task per event."""
-        if self.connected and len(self._in_flight) >= self.config.max_in_flight:
+        if self._full():
             return False  # before encoding: ``publish`` encodes it then
         self._enqueue(self._item(event), spooled=False)
         return True
@@ -132,7 +158,24 @@ class EventPublisher:
         subject = self.config.topology.event_subject(event.SUBJECT)
         if subject.lower() in self._forbidden:
             raise PermissionDenied(self._refusal(subject))
-        return SpooledEvent(str(event.event_id), subject, encode(event))
+        item = SpooledEvent(str(event.event_id), subject, encode(event))
+        too_large = self._too_large(item)
+        if too_large is not None:
+            raise ValueError(f"{type(event).__name__} {too_large}; make its tags smaller")
+        return item
+
+    def _too_large(self, item: SpooledEvent) -> str | None:
+        """How NATS would refuse ``item`` for its size; None if it would not, or while
+        the server's limit is unknown (never connected)."""
+        if self._nc is None:
+            return None
+        size = len(item.payload) + len(item.event_id) + _HEADER_BYTES
+        if size <= self._nc.max_payload:
+            return None
+        return (
+            f"is {size} bytes on the wire, more than the NATS server takes"
+            f" ({self._nc.max_payload} bytes, its max_payload)"
+        )
 
     async def flush(self) -> None:
         """Wait until every event handed over so far is acknowledged or spooled (an
@@ -141,24 +184,30 @@ class EventPublisher:
 
     async def resend_spool(self, batch: int = 1000) -> int:
         """Re-send spooled events (same ids, so JetStream or the projections drop any
-        that did arrive). Returns how many were acknowledged."""
+        that did arrive), batch after batch while each leaves the spool whole. Returns how
+        many left it: acknowledged, or moved to its dead letters as too large."""
         if not self.connected:
             return 0
         sent = 0
         while True:
-            items = self.spool.oldest(batch)
+            items = await asyncio.to_thread(self.spool.oldest, batch)
             if not items:
                 return sent
             for item in items:
                 await self._send(item, spooled=True)
             await self.flush()
-            still = {e.event_id for e in self.spool.oldest(batch)}
+            still = {e.event_id for e in await asyncio.to_thread(self.spool.oldest, batch)}
             acked = [e for e in items if e.event_id not in still]
             sent += len(acked)
             if len(acked) < len(items) or not self.connected:
                 return sent
 
     async def close(self) -> None:
+        """Wait for the outcome of what was handed over (at most ``ack_timeout`` + 1 s),
+        spool the rest, and disconnect."""
+        if self._closed:
+            return
+        self._closed = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.ack_timeout + 1):
                 await self.flush()
@@ -166,22 +215,53 @@ class EventPublisher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._spool_in_flight()
+        await self._spooling.stop()
+        self.spool_unsent()
+        self._drained.set()
         if self._nc is not None:
             await self._nc.close()
         self.spool.close()
 
-    async def _connect(self) -> None:
+    def spool_unsent(self) -> None:
+        """Spool what is still in memory, here and now, without the loop (``close``
+        does; so does an exiting process whose loop has ended). Logs what a failing
+        spool loses."""
+        left = [e.item for e in self._in_flight.values() if not e.from_spool]
+        self._in_flight.clear()
+        held = len(left) + self._spooling.held
+        try:
+            self._spooling.write_now(left)
+        except Exception as exc:
+            log.error(
+                "%d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
+                held,
+                type(exc).__name__,
+                exc,
+            )
+
+    async def _connect_until_connected(self) -> None:
+        pause = CONNECT_RETRY_FIRST
+        while self._nc is None:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, CONNECT_RETRY_MAX)
+            await self._connect(retrying=True)
+        log.info("connected to NATS at %s", shown_url(self.config.nats_url))
+
+    async def _connect(self, *, retrying: bool = False) -> None:
+        """Connect, or log why not (at DEBUG when ``retrying``: the first try said it);
+        once connected, the spool is re-sent."""
         try:
             self._nc = await connect_nats(
                 self.config.nats_url,
                 within=self.config.connect_timeout,
                 max_reconnect_attempts=-1,
-                reconnected_cb=self._on_reconnected,
+                reconnected_cb=self._on_connected,
                 **self.config.nats_options,
             )
         except Exception as exc:
-            if "authorization violation" in str(exc).lower():
+            if retrying:
+                log.debug("NATS still unreachable (%s)", exc)
+            elif "authorization violation" in str(exc).lower():
                 log.error(
                     "NATS at %s refused the credential (user %r); spooling events until"
                     " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE are right",
@@ -202,18 +282,29 @@ class EventPublisher:
         raw_handlers(self._nc)[acks._id] = self._on_ack
         for callback in self.on_connect:
             await callback(self._nc)
+        await self._on_connected()
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
-        while self.connected and len(self._in_flight) >= self.config.max_in_flight:
+        while self._full():
+            if not self.connected and self._spooling.failure is not None:
+                raise SpoolFailing(
+                    f"NATS is unreachable and the spool fails ({self._spooling.failure}):"
+                    f" {self._spooling.held} events wait in memory; this one is not recorded"
+                )
             self._room.clear()
             await self._room.wait()
         self._enqueue(item, spooled=spooled)
+
+    def _full(self) -> bool:
+        """As many events in memory as ``max_in_flight``: in flight or to be spooled."""
+        return len(self._in_flight) + self._spooling.held >= self.config.max_in_flight
 
     def _enqueue(self, item: SpooledEvent, *, spooled: bool) -> None:
         """Into the pipeline (there is room), or the spool while NATS is away."""
         if not self.connected:
             if not spooled:
-                self.spool.put([item])
+                self._spooling.put([item])
+                self._drained.clear()
             return
         self._next += 1
         token = self._next
@@ -241,6 +332,10 @@ class EventPublisher:
         if entry is None:
             return  # settled meanwhile (expired, refused)
         item = entry.item
+        too_large = self._too_large(item)
+        if too_large is not None:
+            self._bury(token, too_large)
+            return
         try:
             if self._nc is None:
                 raise ConnectionError("not connected")
@@ -252,10 +347,7 @@ class EventPublisher:
             )
         except Exception as exc:
             log.warning("publish failed (%s); spooling", exc)
-            try:
-                self._settle(token, acked=False)
-            except Exception:  # the spool itself failing (disk full): the rest still go
-                log.exception("event %s could not be spooled", item.event_id)
+            self._settle(token, acked=False)
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = int(subject.rpartition(b".")[2])
@@ -277,17 +369,36 @@ class EventPublisher:
         for token in refused:
             self._settle(token, acked=True)  # settled as if stored: out of the spool too
 
+    def _bury(self, token: int, reason: str) -> None:
+        """Out of flight, into the spool's dead letters: NATS can never take it."""
+        entry = self._in_flight.pop(token)
+        log.error(
+            "event %s %s: never sent, kept in the dead_letters table of %s",
+            entry.item.event_id,
+            reason,
+            self.spool.path,
+        )
+        self._spooling.bury(entry.item, reason)
+        self._settled()
+
     def _settle(self, token: int, *, acked: bool) -> None:
+        """Out of flight: JetStream has it (``acked``; out of the spool if it came from
+        there), or it goes to the spool."""
         entry = self._in_flight.pop(token, None)
         if entry is None:
             return
         if acked and entry.from_spool:
-            self.spool.remove([entry.item.event_id])
+            self._spooling.remove([entry.item.event_id])
         elif not acked and not entry.from_spool:
-            self.spool.put([entry.item])
-        if len(self._in_flight) < self.config.max_in_flight:
+            self._spooling.put([entry.item])
+        self._settled()
+
+    def _settled(self) -> None:
+        """Events left memory, or the spool failed: wake who waits for room (to raise if
+        nothing can make room), or for nothing left in memory."""
+        if not self._full() or self._spooling.failure is not None:
             self._room.set()
-        if not self._in_flight:
+        if not self._in_flight and self._spooling.idle:
             self._drained.set()
 
     async def _expire_unacked(self) -> None:
@@ -299,7 +410,7 @@ class EventPublisher:
                 self._settle(token, acked=False)
             if late:
                 log.warning(
-                    "%d events unacknowledged after %ss; spooled",
+                    "%d events unacknowledged after %ss; spooling them",
                     len(late),
                     self.config.ack_timeout,
                 )
@@ -308,8 +419,6 @@ class EventPublisher:
         while True:
             await wait_set(self._resend_now, self.config.flush_interval)
             self._resend_now.clear()
-            if self._nc is None:
-                await self._connect()
             try:
                 sent = await self.resend_spool()
             except Exception:
@@ -318,12 +427,8 @@ class EventPublisher:
             if sent:
                 log.info("re-sent %d spooled events; %d left", sent, len(self.spool))
 
-    def _spool_in_flight(self) -> None:
-        items = [e.item for e in self._in_flight.values() if not e.from_spool]
-        self._in_flight.clear()
-        if items:
-            self.spool.put(items)
-        self._drained.set()
-
-    async def _on_reconnected(self) -> None:
+    async def _on_connected(self) -> None:
+        """Re-send the spool, and send what waits in memory for a failing spool."""
         self._resend_now.set()
+        for item in self._spooling.take_back():
+            self._enqueue(item, spooled=False)

@@ -1,16 +1,25 @@
 """A local durable spool for events that could not reach NATS.
 
 SQLite in WAL mode: several host processes may share one spool directory; whoever
-re-sends first wins, and the event id makes a second re-send harmless.
+re-sends first wins, and the event id makes a second re-send harmless. One connection,
+used from the publisher's loop and from worker threads (``budget.spool_writer``) in turn.
+An event NATS can never take (larger than its ``max_payload``) is moved to the table
+``dead_letters``, with the reason, rather than re-sent forever.
+
+Opened when first written (read, if its file exists): a directory that cannot be made
+(read-only, a file in its path) fails only the writes of the events that need the spool,
+not the publisher, nor a process that never needs it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Spool", "SpooledEvent"]
 
@@ -24,45 +33,99 @@ class SpooledEvent:
 
 class Spool:
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         self.path = directory / "spool.sqlite3"
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a spooled event must survive power loss
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS spool (event_id TEXT PRIMARY KEY, subject TEXT NOT NULL,"
-            " payload BLOB NOT NULL, spooled_at REAL NOT NULL)"
-        )
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
 
-    def put(self, events: Iterable[SpooledEvent]) -> None:
+    def _opened(self) -> sqlite3.Connection:
+        """The connection, the directory and file made if need be (under ``_lock``)."""
+        if self._db is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # a spooled event must survive power loss
+                db.execute("PRAGMA busy_timeout=5000")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS spool (event_id TEXT PRIMARY KEY,"
+                    " subject TEXT NOT NULL, payload BLOB NOT NULL, spooled_at REAL NOT NULL)"
+                )
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS dead_letters (event_id TEXT PRIMARY KEY,"
+                    " subject TEXT NOT NULL, payload BLOB NOT NULL, reason TEXT NOT NULL,"
+                    " dead_at REAL NOT NULL)"
+                )
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def _read(self, query: str, *params: object) -> list[tuple[Any, ...]]:
+        """The rows of ``query``; none while there is no spool file."""
+        with self._lock:
+            if self._db is None and not self.path.exists():
+                return []
+            return self._opened().execute(query, params).fetchall()
+
+    def update(
+        self,
+        *,
+        put: Iterable[SpooledEvent] = (),
+        remove: Iterable[str] = (),
+        bury: Iterable[tuple[SpooledEvent, str]] = (),
+    ) -> None:
+        """In one transaction: ``put`` events in (one already there stays as it is),
+        ``remove`` events out, by id, and ``bury`` events, with the reason, in
+        ``dead_letters`` (out of the spool if there)."""
         now = time.time()
-        self._in_transaction(
-            "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
-            " VALUES (?, ?, ?, ?)",
-            [(e.event_id, e.subject, e.payload, now) for e in events],
-        )
+        buried = list(bury)
+        with self._lock:
+            db = self._opened()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(e.event_id, e.subject, e.payload, now) for e in put],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO dead_letters"
+                    " (event_id, subject, payload, reason, dead_at) VALUES (?, ?, ?, ?, ?)",
+                    [(e.event_id, e.subject, e.payload, why, now) for e, why in buried],
+                )
+                db.executemany(
+                    "DELETE FROM spool WHERE event_id = ?",
+                    [(i,) for i in remove] + [(e.event_id,) for e, _ in buried],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back by itself on some errors (a full disk): a second
+                # ROLLBACK would raise, hiding the cause.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def oldest(self, limit: int) -> list[SpooledEvent]:
-        rows = self._db.execute(
-            "SELECT event_id, subject, payload FROM spool ORDER BY spooled_at LIMIT ?", (limit,)
-        ).fetchall()
+        rows = self._read(
+            "SELECT event_id, subject, payload FROM spool ORDER BY spooled_at LIMIT ?", limit
+        )
         return [SpooledEvent(*row) for row in rows]
 
-    def remove(self, event_ids: Iterable[str]) -> None:
-        self._in_transaction("DELETE FROM spool WHERE event_id = ?", [(i,) for i in event_ids])
-
-    def _in_transaction(self, statement: str, rows: list[tuple[object, ...]]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany(statement, rows)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def dead_letters(self) -> list[tuple[SpooledEvent, str]]:
+        """The events NATS can never take, with the reason, oldest first."""
+        rows = self._read(
+            "SELECT event_id, subject, payload, reason FROM dead_letters ORDER BY dead_at"
+        )
+        return [(SpooledEvent(*row[:3]), row[3]) for row in rows]
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
+        rows = self._read("SELECT count(*) FROM spool")
+        return int(rows[0][0]) if rows else 0
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

@@ -2,11 +2,17 @@
 
 ``record_usage`` prices the call at its own time, publishes an immutable ``UsageRecorded``
 event and returns it. Publishing is pipelined and spooled locally when NATS is away.
+
+At the interpreter's exit the process's tracker (``get_usage_tracker``) is closed: on its
+loop if that still runs (a sync client's background thread), waiting at most
+``EXIT_WAIT`` seconds; else (an ``asyncio.run`` that has ended) what it holds in memory is
+spooled, for the next process to send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import uuid
@@ -36,7 +42,13 @@ from events import (
 )
 from events.rpc import CallAttributes, CheckResult
 
-__all__ = ["BudgetExceeded", "UsageTracker", "get_usage_tracker", "start_usage_tracker"]
+__all__ = [
+    "EXIT_WAIT",
+    "BudgetExceeded",
+    "UsageTracker",
+    "get_usage_tracker",
+    "start_usage_tracker",
+]
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -59,6 +71,7 @@ class UsageTracker:
         self._warned_unpriced: set[tuple[str, str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         """The event loop it was started on, where its coroutines must run."""
+        self.closed = False
 
     async def start(self) -> None:
         """Start publishing (or spooling, while NATS is away) and answering checks."""
@@ -382,6 +395,10 @@ class UsageTracker:
         await self.publisher.flush()
 
     async def close(self) -> None:
+        """Store what was recorded (in JetStream, or the spool after ``ack_timeout`` + 1 s)
+        and disconnect. Call it before the loop ends; the process's own tracker is also
+        closed at exit."""
+        self.closed = True
         self.checker.close()
         await self.publisher.close()
 
@@ -436,6 +453,39 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
                 registry = await get_pricing_registry(settings.price_overrides)
                 _tracker = UsageTracker(settings, registry, DisabledPublisher())
         return _tracker
+
+
+EXIT_WAIT = 15.0
+"""Seconds an exiting process waits for its tracker to close: its publisher waits up to
+``ack_timeout`` + 1 s for acknowledgements, then spools the rest (a commit may wait 5 s
+for another process's)."""
+
+
+def _close_at_exit() -> None:
+    """The process's tracker stores what it holds before the interpreter goes. Registered
+    at import, so it runs after the hooks registered later (``budget.instrumentation``'s,
+    which first hands over what sync clients left with the tracker's loop)."""
+    tracker = _tracker
+    if tracker is None or tracker.closed:
+        return
+    loop = tracker.loop
+    if loop is None or not loop.is_running():
+        tracker.publisher.spool_unsent()
+        return
+    log.debug("closing the budget tracker at exit")
+    closing = asyncio.run_coroutine_threadsafe(tracker.close(), loop)
+    try:
+        closing.result(EXIT_WAIT)
+    except Exception as exc:
+        log.error(
+            "the budget tracker did not close within %ss at exit (%r): what it still held"
+            " in memory is lost",
+            EXIT_WAIT,
+            exc,
+        )
+
+
+atexit.register(_close_at_exit)
 
 
 def _usd(amount: Decimal | float | int | str | None) -> Decimal | None:

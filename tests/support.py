@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +22,7 @@ from prometheus_client.samples import Sample
 from budget.config import Settings
 from budget.periods import Period, period_bounds
 from budget.queries import RpcQueries
+from budget.spool import Spool
 from events import (
     Event,
     PriceSource,
@@ -207,3 +208,18 @@ def budget_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+@contextlib.contextmanager
+def disk_full(spool: Spool) -> Iterator[None]:
+    """The spool's disk is full while inside: SQLite may not grow the file by a page
+    (``SQLITE_FULL``, as on a full filesystem): a row needing a new page fails."""
+    with spool._lock:
+        db = spool._opened()
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+    try:
+        yield
+    finally:
+        with spool._lock:
+            db.execute("PRAGMA max_page_count = 4294967294")

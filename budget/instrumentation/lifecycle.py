@@ -5,11 +5,14 @@ The tracker is asynchronous and lives on one event loop. Async clients await it 
 sync clients reach it from their own thread: the check waits for the loop's answer, while
 recording and releasing are handed to the loop without waiting (publishing is pipelined
 anyway, and a stream finishing in a garbage collector's finaliser must not block).
+At the interpreter's exit, what sync clients handed over is run on its loop before the
+process's tracker closes (``budget.tracker``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import logging
@@ -26,7 +29,7 @@ from budget.periods import quarter_hour_number
 from budget.pricing import Priced
 from budget.publisher import EventPublisher
 from budget.recorded import notify_recorded
-from budget.tracker import UsageTracker, get_usage_tracker
+from budget.tracker import EXIT_WAIT, UsageTracker, get_usage_tracker
 from budget.usage import usage_from_response
 from events import CallKind, Event, Usage, utc_now
 from events.rpc import CheckResult
@@ -419,6 +422,15 @@ class _LoopRunner:
             self._collecting = True
         self.loop.call_soon_threadsafe(self._collect)
 
+    async def settle(self) -> None:
+        """On the loop: run what was handed over, and wait for the work it started
+        (publishes waiting for room, releases)."""
+        with self._lock:
+            handed, self._handed = self._handed, []
+        for work in handed:
+            work()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+
     def _collect(self) -> None:
         """Run what was handed over, and look again soon; stop when nothing came."""
         with self._lock:
@@ -482,3 +494,20 @@ def _loop_runner(tracker: UsageTracker) -> _LoopRunner:
     if runner is None or runner.loop is not loop:
         runner = _runners[id(loop)] = _LoopRunner(loop)
     return runner
+
+
+def _settle_at_exit() -> None:
+    """What sync clients handed over is run on loops still running (a background
+    tracker's) before ``budget.tracker``'s exit hook closes the tracker: registered after
+    it (this module imports that one), this hook runs before it."""
+    for runner in list(_runners.values()):
+        if not runner.loop.is_running():
+            continue
+        settling = asyncio.run_coroutine_threadsafe(runner.settle(), runner.loop)
+        try:
+            settling.result(EXIT_WAIT)
+        except Exception as exc:
+            log.error("budget tracker: what sync clients handed over did not settle (%r)", exc)
+
+
+atexit.register(_settle_at_exit)

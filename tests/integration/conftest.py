@@ -15,6 +15,7 @@ from budget.natsconn import connect_nats, nats_options
 from events import Topology
 from projections.engine.log import declare_streams
 from projections.migrate import migrate
+from services.embedded import EmbeddedNats
 
 from alerting import Mailbox, Webhook, smtp_server, webhook_server
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
@@ -40,6 +41,15 @@ async def nc(nats_url: str, topology: Topology) -> AsyncIterator[Client]:
         for spec in (topology.event_stream, topology.dead_letter_stream):
             await js.delete_stream(spec.name)
         await client.close()
+
+
+@pytest.fixture
+async def private_log(embedded_nats: EmbeddedNats, topology: Topology) -> Topology:
+    """``topology``'s streams declared on this test's own server (``embedded_nats``)."""
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+    return topology
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import logging
 import signal
 import subprocess
 from collections import Counter
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,13 +17,11 @@ import pytest
 from nats.aio.client import Client
 
 from budget.alerting import DEFAULT_RULES
-from budget.publisher import EventPublisher, PublisherConfig
 from events import BudgetPolicy, PolicySet, Topology
 from events.rpc import RPC_RELEASE, RPC_SNAPSHOT
 from projections.alerts import AlertsProjection
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
-from projections.engine.log import declare_streams
 from projections.engine.rebuild import rebuild
 from projections.engine.runner import BatchResult, EngineConfig, ProjectionRunner
 from projections.migrate import migrate
@@ -33,6 +30,7 @@ from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 from enforcement import enforcement_stack, stack_settings
+from producing import publisher_for, stored_event_ids
 from support import (
     ANY_TIME,
     budget_process,
@@ -120,41 +118,6 @@ async def test_worker_killed_mid_batch_and_restarted_leaves_totals_exact(
         ) == [(EVENTS, expected_cost, unpriced)]
 
 
-@pytest.fixture
-async def private_log(embedded_nats: EmbeddedNats, topology: Topology) -> Topology:
-    client = await nats.connect(embedded_nats.url)
-    await declare_streams(client.jetstream(), topology)
-    await client.close()
-    return topology
-
-
-def publisher_for(url: str, topology: Topology, spool: Path) -> EventPublisher:
-    return EventPublisher(
-        PublisherConfig(
-            nats_url=url,
-            topology=topology,
-            spool_dir=spool,
-            flush_interval=0.5,
-            ack_timeout=1.0,
-            connect_timeout=0.5,
-        )
-    )
-
-
-async def stored_event_ids(url: str, topology: Topology) -> list[str]:
-    client = await nats.connect(url)
-    try:
-        js = client.jetstream()
-        sub = await js.pull_subscribe(topology.events_wildcard, stream=topology.event_stream.name)
-        info = await js.stream_info(topology.event_stream.name)
-        messages = []
-        while len(messages) < info.state.messages:
-            messages += await sub.fetch(1000, timeout=5)
-        return [m.headers["Nats-Msg-Id"] for m in messages]
-    finally:
-        await client.close()
-
-
 async def test_spooled_events_survive_nats_outage_and_are_stored_once(
     embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
 ) -> None:
@@ -215,8 +178,7 @@ async def test_offered_events_are_taken_while_there_is_room_and_spooled_while_na
     pipeline has room and says no once it is full (the caller then awaits ``publish``);
     while NATS is down it spools them, as ``publish`` does. Each is stored once."""
     events = varied_events(30)
-    config = publisher_for(embedded_nats.url, private_log, tmp_path / "spool").config
-    publisher = EventPublisher(replace(config, max_in_flight=10))
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool", max_in_flight=10)
     await publisher.start()
     offered = [publisher.offer(event) for event in events[:20]]
     assert offered == [True] * 10 + [False] * 10
@@ -232,6 +194,7 @@ async def test_offered_events_are_taken_while_there_is_room_and_spooled_while_na
 
     await wait_for(disconnected, within=30)
     assert all(publisher.offer(event) for event in events[20:])
+    await publisher.flush()
     assert len(publisher.spool) == 10
     embedded_nats.start()
 
@@ -303,7 +266,8 @@ async def test_spool_written_while_nats_was_down_is_sent_by_the_next_process(
     await offline.close()  # the process ends with its events only in the spool
 
     embedded_nats.start()
-    online = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    # Sent at start, not after flush_interval (the default, 300 s).
+    online = publisher_for(embedded_nats.url, private_log, tmp_path / "spool", flush_interval=300)
     await online.start()
 
     async def spool_empty() -> bool:

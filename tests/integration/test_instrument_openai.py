@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 from decimal import Decimal
 from typing import Any
 
@@ -319,6 +320,32 @@ async def test_overrides_by_context_and_by_keyword(
         ("bob", "hermes", [("feature", "summary"), ("team", "a")]),
     ]
     assert all("budget_" not in str(body) for body in api.requests)
+
+
+@sync_and_async
+async def test_usage_too_large_for_nats_is_logged_and_the_call_answered(
+    stack: EnforcementStack, topology: Topology, sync: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tag larger than NATS takes: the call returns the provider's answer, an error
+    names the event's size and the server's limit, and nothing is stored for it."""
+    sync_client, async_client = clients(ProviderApi(), stack)
+    client = sync_client if sync else async_client
+    huge = {"prompt": "x" * 1_100_000}
+
+    def refused() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "max_payload" in r.getMessage()]
+
+    async def logged() -> bool:
+        """the event too large was refused, saying so"""
+        return bool(refused())
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        with caplog.at_level(logging.ERROR, logger="budget"):
+            answer = await call(sync, client.chat.completions.create, **CHAT, budget_tags=huge)
+            await wait_for(logged)
+        assert await recorded.exactly(stack.tracker, 0) == []
+    assert answer.choices[0].message.content
+    assert "1048576 bytes" in refused()[0]
 
 
 async def test_refused_calls_raise_and_are_not_sent(

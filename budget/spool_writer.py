@@ -1,0 +1,168 @@
+"""Changes to the spool made off the event loop, many to one transaction.
+
+A spool commit is fsync'd (some milliseconds): one per event, on the loop, would stall
+the host app for every event recorded while NATS is down, and for half a minute when
+8192 events in flight to a hung server expire together. Changes handed over within
+``linger`` seconds, and all those handed over while a commit runs, go in one commit, in
+a worker thread (on the loop once the interpreter is exiting, when threads are no longer
+given out). A commit that fails (a full disk) leaves its changes in memory, tried again
+with a growing pause; each failure is logged as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from budget.spool import Spool, SpooledEvent
+
+__all__ = ["SpoolWriter"]
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.5
+RETRY_MAX = 10.0
+"""Seconds between tries of a commit that failed: doubling from the first to the most."""
+
+
+@dataclass(slots=True)
+class _Changes:
+    put: list[SpooledEvent] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    bury: list[tuple[SpooledEvent, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.put or self.remove or self.bury)
+
+    @property
+    def held(self) -> int:
+        return len(self.put) + len(self.bury)
+
+    def then(self, later: _Changes) -> _Changes:
+        return _Changes(self.put + later.put, self.remove + later.remove, self.bury + later.bury)
+
+    def write(self, spool: Spool) -> None:
+        spool.update(put=self.put, remove=self.remove, bury=self.bury)
+
+
+class SpoolWriter:
+    """Changes to ``spool`` (events put in, removed, buried in its dead letters), written
+    by one task at a time on the running loop; ``after_commit`` is called on the loop
+    after each commit, done or failed."""
+
+    def __init__(self, spool: Spool, *, linger: float, after_commit: Callable[[], None]) -> None:
+        self._spool = spool
+        self._linger = linger
+        self._after_commit = after_commit
+        self._pending = _Changes()
+        self._writing = _Changes()
+        self._task: asyncio.Task[None] | None = None
+        self.failure: Exception | None = None
+        """The last commit's error while commits fail, else None."""
+
+    @property
+    def held(self) -> int:
+        """Events in memory until a commit puts them in the spool (or its dead letters)."""
+        return self._pending.held + self._writing.held
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be written."""
+        return not (self._pending or self._writing)
+
+    def put(self, events: list[SpooledEvent]) -> None:
+        if events:
+            self._pending.put += events
+            self._start()
+
+    def remove(self, event_ids: list[str]) -> None:
+        if event_ids:
+            self._pending.remove += event_ids
+            self._start()
+
+    def take_back(self) -> list[SpooledEvent]:
+        """While commits fail, the events waiting to be spooled, taken back (NATS may take
+        them now); none while commits work."""
+        if self.failure is None:
+            return []
+        events, self._pending.put = self._pending.put, []
+        return events
+
+    def bury(self, event: SpooledEvent, reason: str) -> None:
+        """Into the spool's dead letters (out of the spool if there)."""
+        self._pending.bury.append((event, reason))
+        self._start()
+
+    async def stop(self) -> None:
+        """Stop writing in the background; what is left stays for ``write_now``."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def write_now(self, more: list[SpooledEvent]) -> None:
+        """Commit what is left, with ``more`` events, here (no loop needed; a commit of a
+        task that never ended is made again); raises if that fails, and it is then lost."""
+        changes = self._writing.then(self._pending).then(_Changes(put=more))
+        self._writing, self._pending = _Changes(), _Changes()
+        if changes:
+            changes.write(self._spool)
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        retry = RETRY_FIRST
+        try:
+            await asyncio.sleep(self._linger)
+            while self._pending:
+                self._writing, self._pending = self._pending, _Changes()
+                try:
+                    await self._commit(self._writing)
+                except Exception as exc:
+                    self._fail(exc, retry)
+                    self._pending = self._writing.then(self._pending)
+                    self._writing = _Changes()
+                    self._after_commit()
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, RETRY_MAX)
+                    continue
+                self._writing = _Changes()
+                retry = RETRY_FIRST
+                self._recovered()
+                self._after_commit()
+        finally:
+            # Cancelled mid-commit: whether it committed is unknown; written again, a put
+            # or a removal changes nothing more.
+            self._pending = self._writing.then(self._pending)
+            self._writing = _Changes()
+            self._task = None
+
+    async def _commit(self, changes: _Changes) -> None:
+        write = functools.partial(changes.write, self._spool)
+        try:
+            done = asyncio.get_running_loop().run_in_executor(None, write)
+        except RuntimeError:  # the interpreter is exiting: no thread for it
+            write()
+            return
+        await done
+
+    def _fail(self, exc: Exception, retry: float) -> None:
+        self.failure = exc
+        log.error(
+            "the spool %s failed (%s: %s): %d events wait in memory to be spooled; tried again"
+            " in %ss",
+            self._spool.path,
+            type(exc).__name__,
+            exc,
+            self.held,
+            retry,
+        )
+
+    def _recovered(self) -> None:
+        if self.failure is not None:
+            self.failure = None
+            log.warning("the spool works again; the events waiting in memory are spooled")

@@ -1,0 +1,349 @@
+"""The producer (``budget/publisher.py``) under faults of NATS and of its spool's disk:
+each event is stored once in the end, and none is lost on the way."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import nats
+import pytest
+
+from budget.publisher import SpoolFailing
+from events import Topology, UsageRecorded, encode
+from projections.engine.log import declare_streams
+from services.embedded import EmbeddedNats
+
+from producing import (
+    bulky,
+    hung,
+    publisher_for,
+    spool_commits,
+    spool_locked,
+    stored_event_ids,
+)
+from support import disk_full, varied_events, wait_for
+
+
+def spool_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The errors logged about the spool failing."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("budget.") and r.levelno == logging.ERROR and "spool" in r.getMessage()
+    ]
+
+
+async def test_events_expiring_while_the_spool_disk_is_full_stay_in_memory_until_it_has_room(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NATS hangs with events in flight, then dies with them unread, while the spool's disk
+    is full: the events stay in memory (an error says why), are spooled once the disk has
+    room, and re-sent once NATS is back. Each is stored once."""
+    events = bulky(varied_events(6))
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    await publisher.start()
+    await publisher.publish(events[0])
+    await publisher.flush()
+
+    async def spool_failed() -> bool:
+        """the publisher said that the spool failed"""
+        return bool(spool_failures(caplog))
+
+    full = disk_full(publisher.spool)
+    with caplog.at_level(logging.ERROR, logger="budget"), full, hung(embedded_nats):
+        for event in events[1:]:
+            await publisher.publish(event)
+        await wait_for(spool_failed)
+        embedded_nats.kill()  # with the events unread
+    assert "disk is full" in spool_failures(caplog)[0]
+
+    async def all_spooled() -> bool:
+        """the events in memory were spooled once the disk had room"""
+        return len(publisher.spool) == len(events) - 1
+
+    await wait_for(all_spooled)
+    embedded_nats.start()
+
+    async def spool_empty() -> bool:
+        """the reconnected publisher re-sent the spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_an_event_jetstream_refuses_while_the_spool_disk_is_full_is_spooled_once_it_has_room(
+    embedded_nats: EmbeddedNats,
+    topology: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No stream takes the event yet (JetStream answers "no responders") and the spool's
+    disk is full: the event stays in memory, is spooled once the disk has room, and
+    stored once the stream exists."""
+    event = bulky(varied_events(1))[0]
+    publisher = publisher_for(embedded_nats.url, topology, tmp_path / "spool")
+    await publisher.start()
+
+    async def spool_failed() -> bool:
+        """the publisher said that the spool failed"""
+        return bool(spool_failures(caplog))
+
+    with caplog.at_level(logging.ERROR, logger="budget"), disk_full(publisher.spool):
+        await publisher.publish(event)
+        await wait_for(spool_failed)
+
+    async def spooled() -> bool:
+        """the refused event was spooled once the disk had room"""
+        return len(publisher.spool) == 1
+
+    await wait_for(spooled)
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+
+    async def spool_empty() -> bool:
+        """the spool was re-sent to the new stream"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    assert await stored_event_ids(embedded_nats.url, topology) == [str(event.event_id)]
+
+
+async def test_events_recorded_while_nats_is_down_are_spooled_off_the_loop_together(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """While NATS is down, ``publish`` hands the event over and returns, even while
+    another process holds the spool's write lock (the commit waits in a worker thread,
+    not on the loop); events handed over together are spooled in one commit."""
+    events = varied_events(20)
+    spool = tmp_path / "spool"
+    embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    await publisher.start()
+    with spool_locked(spool):
+        for event in events:
+            await publisher.publish(event)
+    await publisher.flush()
+    assert len(publisher.spool) == len(events)
+    assert spool_commits(spool) == 1
+    embedded_nats.start()
+
+    async def spool_empty() -> bool:
+        """the reconnected publisher re-sent the spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_events_expiring_from_a_hung_server_are_spooled_off_the_loop(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NATS hangs (the connection up, nothing answered): the events in flight expire and
+    are spooled in a worker thread, so the loop runs on while another process holds the
+    spool's write lock, and no commit fails for it. Once NATS answers again, each event
+    is stored once (the re-send of the spool is a duplicate JetStream drops)."""
+    events = varied_events(10)
+    spool = tmp_path / "spool"
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    await publisher.start()
+
+    async def expired() -> bool:
+        """the events in flight expired"""
+        return any("unacknowledged" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="budget"), hung(embedded_nats):
+        with spool_locked(spool):
+            for event in events:
+                await publisher.publish(event)
+            await wait_for(expired)
+        await publisher.flush()
+        assert len(publisher.spool) == len(events)
+    assert not spool_failures(caplog)
+
+    async def spool_empty() -> bool:
+        """the spool was re-sent once NATS answered again"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_with_nats_down_and_the_spool_disk_full_events_wait_in_memory_up_to_the_limit(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NATS is down and the spool's disk full: ``max_in_flight`` events wait in memory
+    (an error says why), the next one raises ``SpoolFailing``, and those that waited are
+    spooled once the disk has room, then stored once NATS is back."""
+    events = bulky(varied_events(11))
+    embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool", max_in_flight=10)
+    await publisher.start()
+    with caplog.at_level(logging.ERROR, logger="budget"), disk_full(publisher.spool):
+        for event in events[:10]:
+            await publisher.publish(event)
+        with pytest.raises(SpoolFailing, match="disk is full"):
+            await publisher.publish(events[10])
+    assert spool_failures(caplog)
+    await publisher.flush()
+    assert len(publisher.spool) == 10
+    embedded_nats.start()
+
+    async def spool_empty() -> bool:
+        """the reconnected publisher re-sent the spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events[:10])
+
+
+async def test_a_publisher_started_while_nats_is_down_connects_soon_after_it_is_up(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """Started while NATS is down, the publisher keeps trying to connect (not once per
+    ``flush_interval``, 300 s by default) and, connected, sends what it spooled."""
+    events = varied_events(20)
+    embedded_nats.kill()
+    publisher = publisher_for(
+        embedded_nats.url, private_log, tmp_path / "spool", flush_interval=300
+    )
+    await publisher.start()
+    for event in events:
+        await publisher.publish(event)
+    await publisher.flush()
+    assert len(publisher.spool) == len(events)
+    embedded_nats.start()
+
+    async def spool_sent() -> bool:
+        """the publisher connected and sent its spool"""
+        return publisher.connected and len(publisher.spool) == 0
+
+    await wait_for(spool_sent)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+def with_tag(event: UsageRecorded, size: int) -> UsageRecorded:
+    """``event`` with a tag of ``size`` bytes (and a new id)."""
+    fields = event.model_dump() | {"event_id": uuid.uuid4(), "tags": {"prompt": "x" * size}}
+    return UsageRecorded.model_validate(fields)
+
+
+async def test_publish_refuses_an_event_larger_than_nats_takes_with_its_headers(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """An event within the server's ``max_payload`` but for its header (nats-py lets it
+    through; the server would drop the connection) raises ``ValueError`` naming its size
+    and the limit; the publisher goes on with the next event."""
+    publisher = publisher_for(embedded_nats.url, private_log, tmp_path / "spool")
+    await publisher.start()
+    assert publisher.client is not None
+    limit = publisher.client.max_payload
+    first, after = varied_events(2)
+    untagged = len(encode(with_tag(first, 0)))
+    borderline = with_tag(first, limit - 10 - untagged)
+    assert len(encode(borderline)) == limit - 10
+    with pytest.raises(ValueError, match=f"more than the NATS server takes \\({limit} bytes"):
+        await publisher.publish(borderline)
+    await publisher.publish(after)
+    await publisher.flush()
+    assert len(publisher.spool) == 0
+    await publisher.close()
+    assert await stored_event_ids(embedded_nats.url, private_log) == [str(after.event_id)]
+
+
+async def test_an_event_too_large_spooled_while_nats_was_down_is_set_aside_not_resent(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A publisher that never reached NATS cannot know its limit and spools an event too
+    large; when the spool is sent, that event goes to the spool's dead letters (an error
+    says so) and the rest, more than a batch, is sent at once behind it."""
+    events = varied_events(1200)
+    huge = with_tag(events[0], 1_100_000)
+    embedded_nats.kill()
+    publisher = publisher_for(
+        embedded_nats.url, private_log, tmp_path / "spool", flush_interval=300
+    )
+    await publisher.start()
+    for event in [huge, *events]:
+        await publisher.publish(event)
+    await publisher.flush()
+    assert len(publisher.spool) == 1 + len(events)
+    with caplog.at_level(logging.ERROR, logger="budget"):
+        embedded_nats.start()
+
+        async def spool_sent() -> bool:
+            """the spool was sent but for the event too large"""
+            return len(publisher.spool) == 0
+
+        await wait_for(spool_sent)
+    [(dead, reason)] = publisher.spool.dead_letters()
+    assert dead.event_id == str(huge.event_id)
+    assert "max_payload" in reason
+    assert any(str(huge.event_id) in r.getMessage() for r in caplog.records)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_with_no_usable_spool_directory_events_wait_in_memory_until_nats_is_up(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spool's directory lies under a file: the publisher starts all the same; while
+    NATS is down its events wait in memory (an error names the spool and the cause), and
+    they are sent once NATS is up."""
+    events = varied_events(5)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, private_log, blocker / "spool")
+    await publisher.start()
+
+    async def spool_failed() -> bool:
+        """the publisher said that the spool failed"""
+        return bool(spool_failures(caplog))
+
+    with caplog.at_level(logging.ERROR, logger="budget"):
+        for event in events:
+            await publisher.publish(event)
+        await wait_for(spool_failed)
+    assert "Not a directory" in spool_failures(caplog)[0]
+    assert str(blocker) in spool_failures(caplog)[0]
+    embedded_nats.start()
+
+    async def all_sent() -> bool:
+        """the events waiting in memory were sent once NATS was up"""
+        return len(await stored_event_ids(embedded_nats.url, private_log)) == len(events)
+
+    await wait_for(all_sent)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
