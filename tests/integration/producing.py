@@ -19,6 +19,8 @@ from budget.spool import Spool
 from events import Topology, UsageRecorded
 from services.embedded import EmbeddedNats
 
+from support import wait_for
+
 
 def publisher_for(url: str, topology: Topology, spool: Path, **options: Any) -> EventPublisher:
     """A publisher quick to give up on an acknowledgement or a connection, re-sending its
@@ -45,6 +47,19 @@ async def stored_event_ids(url: str, topology: Topology) -> list[str]:
         return [(m.headers or {})["Nats-Msg-Id"] for m in messages]
     finally:
         await client.close()
+
+
+async def stored_once_resent(publisher: EventPublisher, url: str, topology: Topology) -> list[str]:
+    """Wait until ``publisher`` has re-sent its spool, close it, and return the ids of the
+    events the log holds, sorted."""
+
+    async def spool_empty() -> bool:
+        """the publisher re-sent its spool"""
+        return len(publisher.spool) == 0
+
+    await wait_for(spool_empty, within=30)
+    await publisher.close()
+    return sorted(await stored_event_ids(url, topology))
 
 
 def bulky(events: list[UsageRecorded]) -> list[UsageRecorded]:

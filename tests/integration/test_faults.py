@@ -30,7 +30,7 @@ from projections.spend import SpendProjection
 from services.embedded import EmbeddedNats, EmbeddedPostgres
 
 from enforcement import enforcement_stack, stack_settings
-from producing import publisher_for, stored_event_ids
+from producing import publisher_for, stored_event_ids, stored_once_resent
 from support import (
     ANY_TIME,
     budget_process,
@@ -198,14 +198,8 @@ async def test_offered_events_are_taken_while_there_is_room_and_spooled_while_na
     assert len(publisher.spool) == 10
     embedded_nats.start()
 
-    async def spool_empty() -> bool:
-        """the reconnected publisher re-sent the spool"""
-        return len(publisher.spool) == 0
-
-    await wait_for(spool_empty, within=30)
-    await publisher.close()
-    stored = await stored_event_ids(embedded_nats.url, private_log)
-    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+    stored = await stored_once_resent(publisher, embedded_nats.url, private_log)
+    assert stored == sorted(str(e.event_id) for e in events)
 
 
 class Resumed(SpendProjection):
@@ -270,15 +264,8 @@ async def test_spool_written_while_nats_was_down_is_sent_by_the_next_process(
     online = publisher_for(embedded_nats.url, private_log, tmp_path / "spool", flush_interval=300)
     await online.start()
 
-    async def spool_empty() -> bool:
-        """the next process re-sent the spool"""
-        return len(online.spool) == 0
-
-    await wait_for(spool_empty, within=30)
-    await online.close()
-    assert sorted(await stored_event_ids(embedded_nats.url, private_log)) == sorted(
-        str(e.event_id) for e in events
-    )
+    stored = await stored_once_resent(online, embedded_nats.url, private_log)
+    assert stored == sorted(str(e.event_id) for e in events)
 
 
 async def test_resent_events_are_counted_once_by_the_projection(

@@ -22,6 +22,7 @@ from producing import (
     spool_commits,
     spool_locked,
     stored_event_ids,
+    stored_once_resent,
 )
 from support import disk_full, varied_events, wait_for
 
@@ -69,14 +70,8 @@ async def test_events_expiring_while_the_spool_disk_is_full_stay_in_memory_until
     await wait_for(all_spooled)
     embedded_nats.start()
 
-    async def spool_empty() -> bool:
-        """the reconnected publisher re-sent the spool"""
-        return len(publisher.spool) == 0
-
-    await wait_for(spool_empty)
-    await publisher.close()
-    stored = await stored_event_ids(embedded_nats.url, private_log)
-    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+    stored = await stored_once_resent(publisher, embedded_nats.url, private_log)
+    assert stored == sorted(str(e.event_id) for e in events)
 
 
 async def test_an_event_jetstream_refuses_while_the_spool_disk_is_full_is_spooled_once_it_has_room(
@@ -109,13 +104,8 @@ async def test_an_event_jetstream_refuses_while_the_spool_disk_is_full_is_spoole
     await declare_streams(client.jetstream(), topology)
     await client.close()
 
-    async def spool_empty() -> bool:
-        """the spool was re-sent to the new stream"""
-        return len(publisher.spool) == 0
-
-    await wait_for(spool_empty)
-    await publisher.close()
-    assert await stored_event_ids(embedded_nats.url, topology) == [str(event.event_id)]
+    stored = await stored_once_resent(publisher, embedded_nats.url, topology)
+    assert stored == [str(event.event_id)]
 
 
 async def test_events_recorded_while_nats_is_down_are_spooled_off_the_loop_together(
@@ -137,14 +127,8 @@ async def test_events_recorded_while_nats_is_down_are_spooled_off_the_loop_toget
     assert spool_commits(spool) == 1
     embedded_nats.start()
 
-    async def spool_empty() -> bool:
-        """the reconnected publisher re-sent the spool"""
-        return len(publisher.spool) == 0
-
-    await wait_for(spool_empty)
-    await publisher.close()
-    stored = await stored_event_ids(embedded_nats.url, private_log)
-    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+    stored = await stored_once_resent(publisher, embedded_nats.url, private_log)
+    assert stored == sorted(str(e.event_id) for e in events)
 
 
 async def test_events_expiring_from_a_hung_server_are_spooled_off_the_loop(
@@ -175,14 +159,8 @@ async def test_events_expiring_from_a_hung_server_are_spooled_off_the_loop(
         assert len(publisher.spool) == len(events)
     assert not spool_failures(caplog)
 
-    async def spool_empty() -> bool:
-        """the spool was re-sent once NATS answered again"""
-        return len(publisher.spool) == 0
-
-    await wait_for(spool_empty)
-    await publisher.close()
-    stored = await stored_event_ids(embedded_nats.url, private_log)
-    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+    stored = await stored_once_resent(publisher, embedded_nats.url, private_log)
+    assert stored == sorted(str(e.event_id) for e in events)
 
 
 async def test_with_nats_down_and_the_spool_disk_full_events_wait_in_memory_up_to_the_limit(
@@ -208,14 +186,8 @@ async def test_with_nats_down_and_the_spool_disk_full_events_wait_in_memory_up_t
     assert len(publisher.spool) == 10
     embedded_nats.start()
 
-    async def spool_empty() -> bool:
-        """the reconnected publisher re-sent the spool"""
-        return len(publisher.spool) == 0
-
-    await wait_for(spool_empty)
-    await publisher.close()
-    stored = await stored_event_ids(embedded_nats.url, private_log)
-    assert sorted(stored) == sorted(str(e.event_id) for e in events[:10])
+    stored = await stored_once_resent(publisher, embedded_nats.url, private_log)
+    assert stored == sorted(str(e.event_id) for e in events[:10])
 
 
 async def test_a_publisher_started_while_nats_is_down_connects_soon_after_it_is_up(
