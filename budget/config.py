@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from budget.pricing.overrides import PriceOverride
-from budget.redaction import SECRET_TEXT, holds_secret, redact
+from budget.redaction import SECRET_TEXT, holds_secret, protect, redact
 from events import BudgetPolicy, TimeBounds, Topology
 from events.policy import Limit
 from events.subjects import caller_token
@@ -37,6 +37,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "load_settings",
+    "secret_from_file",
     "setting_source",
     "shown_url",
 ]
@@ -46,6 +47,19 @@ DEFAULT_CONFIG_FILE = "config.yaml"
 
 class ConfigError(Exception):
     """A config file or variable is wrong; the message says which and how to fix it."""
+
+
+def secret_from_file(path: Path, *, what: str, variable: str) -> str:
+    """The secret ``path`` holds (stripped), masked in this process's logs from now on;
+    ``ConfigError`` naming ``what`` and its ``variable``, never the content, if unreadable."""
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {what} {path} ({variable}): {exc.strerror or exc}"
+        ) from None
+    protect(secret)
+    return secret
 
 
 class _Channel(BaseModel):

@@ -25,8 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 import nats
 from nats.aio.client import Client
 
-from budget.config import ConfigError, Settings
-from budget.redaction import protect
+from budget.config import Settings, secret_from_file
 from events.permissions import inbox_prefix, roles_allowed, subject_matches
 from events.subjects import Topology
 
@@ -109,15 +108,11 @@ def client_tls(settings: Settings) -> ssl.SSLContext | None:
 
 def _password(settings: Settings) -> str | None:
     if settings.nats_password_file is not None:
-        try:
-            password = settings.nats_password_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the NATS password file {settings.nats_password_file}"
-                f" (BUDGET_NATS_PASSWORD_FILE): {exc.strerror or exc}"
-            ) from None
-        protect(password)  # masked in this process's logs from now on
-        return password
+        return secret_from_file(
+            settings.nats_password_file,
+            what="the NATS password file",
+            variable="BUDGET_NATS_PASSWORD_FILE",
+        )
     if settings.nats_password is not None:
         return settings.nats_password.get_secret_value()
     return None

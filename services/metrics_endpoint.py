@@ -22,8 +22,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from budget.config import ConfigError, Settings
-from budget.redaction import protect
+from budget.config import ConfigError, Settings, secret_from_file
 
 __all__ = ["metrics_token", "require_token", "start_metrics_server"]
 
@@ -40,14 +39,11 @@ def metrics_token(settings: Settings) -> str:
         token = "" if secret is None else secret.get_secret_value().strip()
         source = "metrics_token (BUDGET_METRICS_TOKEN)"
     else:
-        try:
-            token = settings.metrics_token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the metrics token file {settings.metrics_token_file}"
-                f" (BUDGET_METRICS_TOKEN_FILE): {exc.strerror or exc}"
-            ) from None
-        protect(token)  # masked in this process's logs from now on
+        token = secret_from_file(
+            settings.metrics_token_file,
+            what="the metrics token file",
+            variable="BUDGET_METRICS_TOKEN_FILE",
+        )
         source = f"the metrics token file {settings.metrics_token_file}"
     if not _FIT_TOKEN.fullmatch(token):
         raise ConfigError(
