@@ -297,7 +297,11 @@ class ReportBuilder:
         budget_rows = await self._budget_forecasts(conn, now, today, horizon, tz)
         if not history:
             empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
-            return Report("Spend projection", start, end, [empty], _zone_note(tz))
+            why = (
+                f"no spend on the days before today ({today}): a forecast is fitted on whole"
+                " days, so it starts the day after the first call"
+            )
+            return Report("Spend projection", start, end, [empty], [why, *_zone_note(tz)])
         ahead = forecast(history, months_horizon)
         days = Table(
             "Daily forecast",

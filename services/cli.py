@@ -384,8 +384,10 @@ def spend(
         typer.echo(f"{period.value} period from {rows[0].period_start} (UTC)")
         typer.echo(f"{'scope':<9} {'key':<28} {'cost USD':>14} {'requests':>9} {'unpriced':>8}")
         for r in rows:
+            # A key whose every call was unpriced has no amount (its sum is 0), never "0.00".
+            cost = "unpriced" if r.unpriced_requests == r.requests else shown_money(r.cost)
             typer.echo(
-                f"{r.scope:<9} {r.scope_key[:28]:<28} {shown_money(r.cost):>14} {r.requests:>9}"
+                f"{r.scope:<9} {r.scope_key[:28]:<28} {cost:>14} {r.requests:>9}"
                 f" {r.unpriced_requests:>8}"
             )
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from budget.config import ConfigError, Settings
 from budget.natsconn import PermissionDenied, permitted, refusal_message
+from budget.periods import Period, period_bounds
 from budget.redaction import install_redaction, redact, secrets_of
 from events import Alert, AlertRule, utc_now
 from events.alerts import CHANNELS
@@ -344,6 +345,8 @@ async def _unpriced(conn: Connection, days: int) -> list[Finding]:
     read from the report rollups."""
     now = utc_now()
     start, end = floor_quarter(now - timedelta(days=days)), ceil_quarter(now)
+    # ``--until`` is exclusive and a date means its midnight: tomorrow's covers today's calls.
+    reprice_until = period_bounds(Period.DAILY, now)[1]
     totals = await ReportBuilder(conn).totals(conn, "model", start, end)
     if not totals:
         return [ok("prices", f"no call recorded in the last {days} days")]
@@ -358,7 +361,7 @@ async def _unpriced(conn: Connection, days: int) -> list[Finding]:
                     f" the last {days} days have no price",
                     f"check the name against `budget prices list --provider {provider}`, or"
                     " add it to price_overrides in config.yaml; then `budget reprice --since"
-                    f" {start:%F} --until {end:%F}` prices them",
+                    f" {start:%F} --until {reprice_until:%F}` prices them",
                 )
             )
     return found or [ok("prices", f"every model called in the last {days} days has a price")]

@@ -459,6 +459,9 @@ def test_unpriced_model_is_recorded_without_cost_and_counted_as_unpriced(
     assert totals is not None
     assert (totals["requests"], totals["unpriced_requests"]) == (1, 1)
     assert Decimal(totals["cost"]) == 0
+    table = deployment.ok("spend", "--at", event["occurred_at"])
+    [line] = [line for line in table.splitlines() if line.startswith("global ")]
+    assert line.split()[-3:] == ["unpriced", "1", "1"], table
     assert worker.stop() == 0, worker.output()
 
 

@@ -7,6 +7,7 @@ import asyncio
 import re
 import subprocess
 from collections.abc import Iterable
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,10 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
         " | check the name against `budget prices list --provider openai`, or add it to"
         " price_overrides in config.yaml; then `budget reprice --since "
     ), line
+    # The window it gives holds the call just recorded (``--until`` is exclusive).
+    until = re.search(r"--until (\d{4}-\d\d-\d\d)`", line)
+    assert until is not None, line
+    assert date.fromisoformat(until[1]) > datetime.now(UTC).date(), line
 
     # Every channel disabled: the rules' alerts go nowhere.
     silent = tmp_path / "silent.yaml"

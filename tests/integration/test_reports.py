@@ -270,6 +270,16 @@ async def test_a_policy_of_an_empty_key_from_the_log_is_listed_under_that_key(
     assert (budget["key"], budget["spent_usd"]) == ("", Decimal(0))
 
 
+async def test_a_projection_without_a_whole_day_of_spend_says_why_it_is_empty(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    await publish(nc, topology, [usage_event(cost="7.00", at=utc_now())])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report()
+    assert report.empty
+    assert "a forecast is fitted on whole days" in report.to_markdown()
+
+
 async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
