@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import sys
@@ -559,6 +560,22 @@ def main() -> None:
 def _fail(message: str) -> NoReturn:
     typer.echo(f"budget: {' '.join(redact(message).split())}", err=True)
     sys.exit(2)
+
+
+def _summaries_on_one_line(group: typer.Typer) -> None:
+    """Each command's summary in a group's command list as one paragraph: rich markup
+    keeps a docstring's single line breaks there (not in the command's own help), which
+    broke the list's lines mid-column."""
+    for info in group.registered_commands:
+        if info.short_help is None and info.help is None and info.callback is not None:
+            first = inspect.cleandoc(info.callback.__doc__ or "").split("\n\n")[0]
+            info.short_help = " ".join(first.split()) or None
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _summaries_on_one_line(sub.typer_instance)
+
+
+_summaries_on_one_line(app)
 
 
 def app_help() -> str:
