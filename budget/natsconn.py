@@ -26,7 +26,7 @@ import nats
 from nats.aio.client import Client
 
 from budget.config import Settings, secret_from_file
-from events.permissions import inbox_prefix, roles_allowed, subject_matches
+from events.permissions import Role, inbox_prefix, roles_allowed, subject_matches
 from events.subjects import Topology
 
 __all__ = [
@@ -178,10 +178,14 @@ def on_refusal(nc: Client, listener: Callable[[str], None]) -> None:
         refusals.listeners.append(listener)
 
 
-async def permitted(nc: Client, subject: str, operation: Awaitable[T]) -> T:
+async def permitted(
+    nc: Client, subject: str, operation: Awaitable[T], *, needs: Role | None = None
+) -> T:
     """Await ``operation``, which publishes to ``subject`` (wildcards allowed: to subjects
     it matches) on ``nc``; raise ``PermissionDenied`` as soon as the server refuses that
-    publish."""
+    publish, naming ``needs`` when given: the credential the whole operation takes, not
+    only the publish refused first (a host is refused a stream's info, which ``service``
+    may ask, before the stream's making, which takes ``admin``)."""
     with watching_refusal(nc, subject) as refused:
         work = asyncio.ensure_future(operation)
         try:
@@ -202,7 +206,9 @@ async def permitted(nc: Client, subject: str, operation: Awaitable[T]) -> T:
                     else None
                 )
                 user = nc.options.get("user")
-                raise PermissionDenied(refusal_message(subject, topology=topology, user=user))
+                raise PermissionDenied(
+                    refusal_message(subject, topology=topology, user=user, needs=needs)
+                )
             return await work
         finally:
             if not work.done():
@@ -237,12 +243,21 @@ def watching_refusal(nc: Client, subject: str) -> Iterator[asyncio.Future[Refusa
 
 
 def refusal_message(
-    subject: str, *, topology: Topology | None, user: str | None, publish: bool = True
+    subject: str,
+    *,
+    topology: Topology | None,
+    user: str | None,
+    publish: bool = True,
+    needs: Role | None = None,
 ) -> str:
-    """Which credential may not publish (or subscribe to) ``subject``, and which may
-    (from ``topology``)."""
-    roles = (
-        roles_allowed(subject, topology=topology, publish=publish) if topology is not None else []
+    """Which credential may not publish (or subscribe to) ``subject``, and which may:
+    ``needs``, else the least privileged ones ``topology`` lets; and how to give one."""
+    roles: list[Role] = (
+        [needs]
+        if needs is not None
+        else roles_allowed(subject, topology=topology, publish=publish)
+        if topology is not None
+        else []
     )
     who = f"the NATS user {user!r}" if user else "this NATS connection (no user)"
     article = "an" if roles and roles[0][0] in "aeiou" else "a"
@@ -254,5 +269,6 @@ def refusal_message(
     what = "publish to" if publish else "subscribe to"
     return (
         f"{who} may not {what} {subject}; {may} (BUDGET_NATS_USER and"
-        " BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
+        " BUDGET_NATS_PASSWORD_FILE, or nats_user and nats_password_file in config.yaml;"
+        " see docs/security.md)"
     )

@@ -97,6 +97,16 @@ class _InFlight:
     from_spool: bool
 
 
+@dataclass(slots=True, eq=False)  # each waiter is itself: found and removed by identity
+class _Flush:
+    """A ``flush`` waiting: for the events in flight up to ``token``, then for the spool
+    changes handed over by the time they were settled (``change``, once known)."""
+
+    token: int
+    done: asyncio.Future[None]
+    change: int | None = None
+
+
 class EventPublisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
@@ -109,8 +119,7 @@ class EventPublisher:
         self._unwritten: list[int] = []
         """Tokens in flight not yet handed to the client, written together after ``linger``."""
         self._writer: asyncio.Task[None] | None = None
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._flushes: list[_Flush] = []
         self._room = asyncio.Event()
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,9 +187,19 @@ class EventPublisher:
         )
 
     async def flush(self) -> None:
-        """Wait until every event handed over so far is acknowledged or spooled (an
-        unacknowledged one is spooled after ``ack_timeout``)."""
-        await self._drained.wait()
+        """Wait until every event handed over before this call is acknowledged or spooled
+        (an unacknowledged one is spooled after ``ack_timeout``). Events handed over
+        meanwhile are not waited for: under a steady load, what is in flight is never
+        nothing, and a flush waiting for that never returned."""
+        waiter = _Flush(self._next, asyncio.get_running_loop().create_future())
+        if self._flushed(waiter):
+            return
+        self._flushes.append(waiter)
+        try:
+            await waiter.done
+        finally:
+            if waiter in self._flushes:
+                self._flushes.remove(waiter)
 
     async def resend_spool(self, batch: int = 1000) -> int:
         """Re-send spooled events (same ids, so JetStream or the projections drop any
@@ -217,7 +236,7 @@ class EventPublisher:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._spooling.stop()
         self.spool_unsent()
-        self._drained.set()
+        self._settled()  # nothing is left in flight or to spool: every flush returns
         if self._nc is not None:
             await self._nc.close()
         self.spool.close()
@@ -304,12 +323,10 @@ class EventPublisher:
         if not self.connected:
             if not spooled:
                 self._spooling.put([item])
-                self._drained.clear()
             return
         self._next += 1
         token = self._next
         self._in_flight[token] = _InFlight(item, time.monotonic(), spooled)
-        self._drained.clear()
         self._unwritten.append(token)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_soon())
@@ -395,11 +412,27 @@ class EventPublisher:
 
     def _settled(self) -> None:
         """Events left memory, or the spool failed: wake who waits for room (to raise if
-        nothing can make room), or for nothing left in memory."""
+        nothing can make room), and each flush whose events are all settled."""
         if not self._full() or self._spooling.failure is not None:
             self._room.set()
-        if not self._in_flight and self._spooling.idle:
-            self._drained.set()
+        if self._flushes:
+            done = [f for f in self._flushes if self._flushed(f)]
+            for flush in done:
+                self._flushes.remove(flush)
+                if not flush.done.done():
+                    flush.done.set_result(None)
+
+    def _flushed(self, flush: _Flush) -> bool:
+        """Whether the events ``flush`` waits for are acknowledged or spooled: none of
+        them in flight (tokens grow, so the first in flight is the oldest), then the
+        spool's changes handed over by then (the settled events' puts and removals)
+        written."""
+        if flush.change is None:
+            oldest = next(iter(self._in_flight), None)
+            if oldest is not None and oldest <= flush.token:
+                return False
+            flush.change = self._spooling.changes
+        return self._spooling.written(flush.change)
 
     async def _expire_unacked(self) -> None:
         while True:
@@ -430,5 +463,9 @@ class EventPublisher:
     async def _on_connected(self) -> None:
         """Re-send the spool, and send what waits in memory for a failing spool."""
         self._resend_now.set()
-        for item in self._spooling.take_back():
+        taken = self._spooling.take_back()
+        for item in taken:
             self._enqueue(item, spooled=False)
+        if taken:  # handed over before, now in flight again: each flush waits for them
+            for flush in self._flushes:
+                flush.token, flush.change = self._next, None

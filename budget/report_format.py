@@ -25,13 +25,15 @@ __all__ = ["ExportFormat", "Report", "Table", "from_answer", "shown_money", "to_
 
 Cell = str | int | Decimal | date | datetime | None
 
-_UNPRICED_COUNTS = {
-    "cost_usd": "unpriced_requests",
-    "current_usd": "current_unpriced_requests",
-    "previous_usd": "previous_unpriced_requests",
+_UNPRICED_MARKS = {
+    "cost_usd": ("unpriced_requests", "unpriced_reason"),
+    "actual_usd": ("unpriced_requests",),
+    "current_usd": ("current_unpriced_requests",),
+    "previous_usd": ("previous_unpriced_requests",),
 }
-"""Money columns that leave unpriced calls out, each with the column of its row counting
-them: an amount that is None where that count is not 0 is of unpriced calls only."""
+"""Money columns that leave unpriced calls out, each with the columns of its row that say
+a call lacked a price (a count of them, or one call's reason): an amount that is None
+where one of them is set is of unpriced calls only."""
 
 
 class ExportFormat(StrEnum):
@@ -53,8 +55,8 @@ class Table:
     def unpriced(record: dict[str, Cell], column: str) -> bool:
         """Whether ``column`` of ``record`` (a row of ``records``) is an amount of calls
         none of which had a price."""
-        count = _UNPRICED_COUNTS.get(column)
-        return count is not None and record[column] is None and bool(record.get(count))
+        marks = _UNPRICED_MARKS.get(column, ())
+        return record[column] is None and any(record.get(mark) for mark in marks)
 
 
 @dataclass(frozen=True)

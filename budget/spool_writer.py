@@ -62,6 +62,11 @@ class SpoolWriter:
         self._task: asyncio.Task[None] | None = None
         self.failure: Exception | None = None
         """The last commit's error while commits fail, else None."""
+        self.changes = 0
+        """How many changes (puts, removals, burials) were handed over so far."""
+        self._written = 0
+        """Of them, how many the last successful commit had written (in order: changes
+        are committed oldest first)."""
 
     @property
     def held(self) -> int:
@@ -73,15 +78,19 @@ class SpoolWriter:
         """Nothing waits to be written."""
         return not (self._pending or self._writing)
 
+    def written(self, changes: int) -> bool:
+        """Whether the first ``changes`` changes handed over are written (or taken back)."""
+        return self._written >= changes or self.idle
+
     def put(self, events: list[SpooledEvent]) -> None:
         if events:
             self._pending.put += events
-            self._start()
+            self._handed()
 
     def remove(self, event_ids: list[str]) -> None:
         if event_ids:
             self._pending.remove += event_ids
-            self._start()
+            self._handed()
 
     def take_back(self) -> list[SpooledEvent]:
         """While commits fail, the events waiting to be spooled, taken back (NATS may take
@@ -94,7 +103,7 @@ class SpoolWriter:
     def bury(self, event: SpooledEvent, reason: str) -> None:
         """Into the spool's dead letters (out of the spool if there)."""
         self._pending.bury.append((event, reason))
-        self._start()
+        self._handed()
 
     async def stop(self) -> None:
         """Stop writing in the background; what is left stays for ``write_now``."""
@@ -109,8 +118,10 @@ class SpoolWriter:
         self._writing, self._pending = _Changes(), _Changes()
         if changes:
             changes.write(self._spool)
+        self._written = self.changes
 
-    def _start(self) -> None:
+    def _handed(self) -> None:
+        self.changes += 1
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._write_soon())
 
@@ -119,6 +130,7 @@ class SpoolWriter:
         try:
             await asyncio.sleep(self._linger)
             while self._pending:
+                upto = self.changes
                 self._writing, self._pending = self._pending, _Changes()
                 try:
                     await self._commit(self._writing)
@@ -131,6 +143,7 @@ class SpoolWriter:
                     retry = min(retry * 2, RETRY_MAX)
                     continue
                 self._writing = _Changes()
+                self._written = upto
                 retry = RETRY_FIRST
                 self._recovered()
                 self._after_commit()

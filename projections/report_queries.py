@@ -40,6 +40,7 @@ from projections.windows import window_sums
 
 __all__ = [
     "ReportBuilder",
+    "Spend",
     "Totals",
     "ceil_quarter",
     "floor_quarter",
@@ -68,6 +69,31 @@ _QUARTER = timedelta(minutes=15)
 _DAY = timedelta(days=1)
 
 
+def _priced(cost: Decimal, requests: int, unpriced_requests: int) -> Decimal | None:
+    """The cost of calls, or None when none of them had a price (the rollups sum those as 0)."""
+    return None if requests and unpriced_requests == requests else cost
+
+
+class Spend(NamedTuple):
+    """The calls of a span: their cost (unpriced ones as 0), how many, how many unpriced."""
+
+    cost: Decimal = Decimal(0)
+    requests: int = 0
+    unpriced_requests: int = 0
+
+    @property
+    def priced_cost(self) -> Decimal | None:
+        return _priced(*self)
+
+    def plus(self, other: Spend) -> Spend:
+        with exact_money():
+            return Spend(
+                self.cost + other.cost,
+                self.requests + other.requests,
+                self.unpriced_requests + other.unpriced_requests,
+            )
+
+
 class Totals(NamedTuple):
     key1: str
     key2: str
@@ -82,8 +108,7 @@ class Totals(NamedTuple):
 
     @property
     def priced_cost(self) -> Decimal | None:
-        """The cost, or None when no call had a price (the rollups sum those as 0)."""
-        return None if self.requests and self.unpriced_requests == self.requests else self.cost
+        return _priced(self.cost, self.requests, self.unpriced_requests)
 
     def plus(self, other: Totals) -> Totals:
         """This one's keys, with both's measures summed."""
@@ -214,23 +239,21 @@ class ReportBuilder:
             first -= timedelta(first.weekday())
             days = (today - first).days + 1
         series = await self.daily(self.conn, "total", None, first, days, tz)
-        costs: dict[date, Decimal] = {}
-        counts: dict[date, int] = {}
+        points: dict[date, Spend] = {}
+        for day in (first + timedelta(n) for n in range(days)):
+            key = day - timedelta(day.weekday()) if interval == "weekly" else day
+            points[key] = points.get(key, Spend()).plus(series.get(day, Spend()))
         rows: list[tuple[Cell, ...]] = []
-        with exact_money():
-            for day in (first + timedelta(n) for n in range(days)):
-                key = day - timedelta(day.weekday()) if interval == "weekly" else day
-                cost, requests = series.get(day, (Decimal(0), 0))
-                costs[key] = costs.get(key, Decimal(0)) + cost
-                counts[key] = counts.get(key, 0) + requests
-            previous: Decimal | None = None
-            for key, cost in costs.items():
-                change = None if previous is None else cost - previous
-                rows.append((key, cost, counts[key], change))
-                previous = cost
+        previous: Decimal | None = None
+        for key, point in points.items():
+            cost = point.priced_cost  # a point of unpriced calls only: no amount, no change
+            with exact_money():
+                change = None if previous is None or cost is None else cost - previous
+            rows.append((key, cost, point.requests, point.unpriced_requests, change))
+            previous = cost
         table = Table(
             f"{interval.capitalize()} spend",
-            ("period_start", "cost_usd", "requests", "change_usd"),
+            ("period_start", "cost_usd", "requests", "unpriced_requests", "change_usd"),
             rows if any(r[2] for r in rows) else [],
         )
         start, end = local_midnight(first, tz), local_midnight(first + timedelta(days), tz)
@@ -290,7 +313,7 @@ class ReportBuilder:
         months_horizon = (_next_month(last_month) - today).days
         start, end = local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz)
         conn = self.conn
-        history = await self._history(conn, "total", None, today, tz)
+        history, unpriced = await self._history(conn, "total", None, today, tz)
         month_actual = await self.daily(
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
@@ -308,7 +331,7 @@ class ReportBuilder:
             ("day", "expected_usd", "low_usd", "high_usd"),
             [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
         )
-        spent_today = month_actual.get(today, (Decimal(0), 0))[0]
+        spent_today = month_actual.get(today, Spend()).cost
         months: dict[date, list[Decimal]] = {}
         with exact_money():
             for f in ahead:
@@ -317,12 +340,27 @@ class ReportBuilder:
                 for i, value in enumerate((f.expected, f.low, f.high), start=1):
                     # the actual holds today so far: today adds only what it may still add
                     sums[i] += max(value - spent_today, Decimal(0)) if f.day == today else value
-            months[month_first][0] = sum((cost for cost, _ in month_actual.values()), Decimal(0))
+        actual = functools.reduce(Spend.plus, month_actual.values(), Spend())
+        months[month_first][0] = actual.cost
         periods = Table(
             "Per calendar month (each reset starts from zero)",
-            ("month", "actual_usd", "projected_total_usd", "low_usd", "high_usd"),
+            (
+                "month",
+                "actual_usd",
+                "unpriced_requests",
+                "projected_total_usd",
+                "low_usd",
+                "high_usd",
+            ),
             [
-                (month, a, a + expected, a + low, a + high)
+                (
+                    month,
+                    actual.priced_cost if month == month_first else a,
+                    actual.unpriced_requests if month == month_first else 0,
+                    a + expected,
+                    a + low,
+                    a + high,
+                )
                 for month, (a, expected, low, high) in months.items()
             ],
         )
@@ -334,6 +372,7 @@ class ReportBuilder:
             [
                 f"method: {METHOD}",
                 f"fitted on the {len(history)} days before today",
+                *_unpriced_note(unpriced),
                 *_zone_note(tz),
             ],
         )
@@ -341,7 +380,7 @@ class ReportBuilder:
     async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
         """Usage events in [start, end) matching ``query``'s filters (a provider however it
         is spelt, as usage is recorded), oldest first: one row per call with its current
-        cost (corrections included)."""
+        cost (corrections included), or why it has none."""
         start, end, notes = self._window(start, end, whole_hours=False)
         filters = {
             "provider": None if query.provider is None else canonical_provider(query.provider),
@@ -353,7 +392,7 @@ class ReportBuilder:
         cursor = await self.conn.execute(
             f"""SELECT occurred_at, provider, model, kind, user_id, project_id,
                        input_uncached + input_cache_read + input_cache_write, input_cache_read,
-                       output_text + output_reasoning, cost, event_id::text
+                       output_text + output_reasoning, cost, unpriced_reason, event_id::text
                 FROM usage_history WHERE occurred_at >= %(start)s AND occurred_at < %(end)s
                 {where} ORDER BY occurred_at, stream_seq LIMIT %(limit)s""".encode(),
             {**filters, "start": start, "end": end, "limit": query.limit + 1},
@@ -377,6 +416,7 @@ class ReportBuilder:
             "cached_tokens",
             "output_tokens",
             "cost_usd",
+            "unpriced_reason",
             "event_id",
         )
         return Report("Usage history", start, end, [Table("Calls", columns, rows)], notes)
@@ -439,16 +479,16 @@ class ReportBuilder:
 
     async def spans(
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
-    ) -> list[tuple[Decimal, int]]:
-        """(cost, requests) of ``dimension`` (one key, or all) in each span between
-        consecutive ``bounds`` (ascending, on quarter hours)."""
+    ) -> list[Spend]:
+        """The calls of ``dimension`` (one key, or all) in each span between consecutive
+        ``bounds`` (ascending, on quarter hours)."""
         cursor = await conn.execute(
-            f"""SELECT span, sum(cost), sum(requests)::bigint FROM ({_SPANS}) r
-                GROUP BY span""".encode(),
+            f"""SELECT span, sum(cost), sum(requests)::bigint, sum(unpriced_requests)::bigint
+                FROM ({_SPANS}) r GROUP BY span""".encode(),
             _span_params(dimension, key, bounds),
         )
-        found = {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
-        return [found.get(n, (Decimal(0), 0)) for n in range(1, len(bounds))]
+        found = {span: Spend(*measures) for span, *measures in await cursor.fetchall()}
+        return [found.get(n, Spend()) for n in range(1, len(bounds))]
 
     async def daily(
         self,
@@ -458,12 +498,12 @@ class ReportBuilder:
         first: date,
         days: int,
         tz: tzinfo = UTC,
-    ) -> dict[date, tuple[Decimal, int]]:
-        """(cost, requests) of each of ``days`` days of ``tz`` from ``first`` with spend."""
+    ) -> dict[date, Spend]:
+        """The calls of each of ``days`` days of ``tz`` from ``first`` that had any."""
         if days < 1:
             return {}
         spans = await self.spans(conn, dimension, key, _local_days(first, days, tz))
-        return {first + timedelta(n): s for n, s in enumerate(spans) if s[1] or s[0]}
+        return {first + timedelta(n): s for n, s in enumerate(spans) if s.requests or s.cost}
 
     async def _by_key(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
@@ -472,19 +512,20 @@ class ReportBuilder:
 
     async def _history(
         self, conn: Connection, dimension: str, key: str | None, today: date, tz: tzinfo
-    ) -> list[tuple[date, Decimal]]:
-        """Daily totals (days of ``tz``) before today, from the first day with spend (at
-        most 56 days)."""
+    ) -> tuple[list[tuple[date, Decimal]], int]:
+        """Daily costs (days of ``tz``) before today, from the first day with spend (at
+        most 56 days), and how many calls in those days had no price (not in the costs)."""
         start = today - timedelta(_HISTORY_DAYS)
         daily = await self.daily(conn, dimension, key, start, _HISTORY_DAYS, tz)
         if not daily:
-            return []
+            return [], 0
         first = min(daily)
         span = (today - first).days
+        unpriced = sum(s.unpriced_requests for s in daily.values())
         return [
-            (first + timedelta(n), daily.get(first + timedelta(n), (Decimal(0), 0))[0])
+            (first + timedelta(n), daily.get(first + timedelta(n), Spend()).cost)
             for n in range(span)
-        ]
+        ], unpriced
 
     def _grouped_table(self, title: str, columns: tuple[str, ...], rows: list[Totals]) -> Table:
         with exact_money():
@@ -560,7 +601,7 @@ class ReportBuilder:
                 else (window.policy.scope.value)
             )
             key = None if dimension == "total" else window.key
-            history = await self._history(conn, dimension, key, today, tz)
+            history, _ = await self._history(conn, dimension, key, today, tz)
             limit = window.policy.limit_amount
             running, exhausted = amount, today if amount >= limit else None
             # ``amount`` holds today's spend so far: today adds only what it may still add
@@ -568,8 +609,8 @@ class ReportBuilder:
             if window.start >= local_midnight(today, tz):
                 spent_today = amount
             else:
-                so_far = (await self.daily(conn, dimension, key, today, 1, tz)).get(today)
-                spent_today = so_far[0] if so_far is not None else Decimal(0)
+                so_far = await self.daily(conn, dimension, key, today, 1, tz)
+                spent_today = so_far.get(today, Spend()).cost
             for f in forecast(history, horizon) if history else []:
                 if local_midnight(f.day, tz) >= window.end:
                     break  # the period resets: later spend counts against the next one
@@ -626,6 +667,14 @@ def _change(now: Totals, then: Totals) -> tuple[Cell, ...]:
 def _next_month(first: date) -> date:
     """The first day of the month after the one ``first`` begins."""
     return (first + timedelta(days=31)).replace(day=1)
+
+
+def _unpriced_note(unpriced: int) -> list[str]:
+    """What the forecast's days leave out: their calls without a price count nothing."""
+    if not unpriced:
+        return []
+    calls, them = ("1 call", "it") if unpriced == 1 else (f"{unpriced} calls", "them")
+    return [f"{calls} in those days had no price: the forecast leaves {them} out"]
 
 
 def _zone_note(tz: tzinfo) -> list[str]:

@@ -44,7 +44,7 @@ async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
     await asyncio.to_thread(migrate, database_url)
     async with nats_client(nats_url, settings) as nc:
         streams = declare_streams(nc.jetstream(), settings.topology)
-        await permitted(nc, "$JS.API.STREAM.>", streams)
+        await permitted(nc, "$JS.API.STREAM.>", streams, needs="admin")
     async with database(database_url) as conn:
         for projection in PROJECTIONS.values():
             await ensure_projection(conn, projection)

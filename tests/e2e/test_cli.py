@@ -1063,7 +1063,7 @@ def test_report_commands_export_what_the_rollups_hold(deployment: Budget, tmp_pa
         "the call in the usage history",
     ).splitlines()
     assert calls[0].startswith("occurred_at,provider,model,kind,user_id")
-    assert calls[1].endswith(f",{event['cost']},{event['event_id']}")
+    assert calls[1].endswith(f",{event['cost']},,{event['event_id']}")  # no unpriced_reason
 
     bad = deployment.run("report", "custom", *window, "--group-by", "colour")
     assert bad.returncode == 2

@@ -134,7 +134,8 @@ async def test_a_refused_subscription_is_one_error_line(
         assert watch.lines == [
             f"budget: the NATS user 'host' may not subscribe to {topology.prefix}.alerts.>;"
             " only a 'service' or 'alerts' credential may (BUDGET_NATS_USER and"
-            " BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
+            " BUDGET_NATS_PASSWORD_FILE, or nats_user and nats_password_file in config.yaml;"
+            " see docs/security.md)"
         ]
     finally:
         watch.kill()

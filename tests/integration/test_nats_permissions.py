@@ -183,8 +183,8 @@ async def test_a_manager_with_a_host_credential_says_which_credential_may_set_a_
         await tracker.close()
     assert str(refused.value) == (
         f"the NATS user 'host' may not publish to {secured.topology.prefix}.events.policy.set;"
-        " only a 'service' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE;"
-        " see docs/security.md)"
+        " only a 'service' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE,"
+        " or nats_user and nats_password_file in config.yaml; see docs/security.md)"
     )
 
 
@@ -388,14 +388,20 @@ async def test_the_service_credential_rebuilds_a_projection_from_the_log(
 async def test_migrate_and_doctor_with_the_host_credential_say_which_credential_may(
     secured: Secured, service: Client, db: str, tmp_path: Path
 ) -> None:
+    """A host is refused a stream's info, which the services' credential may ask: migrate
+    names the one it needs (admin, which also makes the streams) and how to give it; the
+    doctor, which only asks, names the services'."""
     operator = secured.settings("admin", database_url=db, spool_dir=tmp_path / "spool")
     await prepare(operator.nats_url, db, operator)
     host = secured.settings("host", database_url=db, spool_dir=tmp_path / "spool")
     stream_info = f"$JS.API.STREAM.INFO.{secured.topology.event_stream.name}"
     with pytest.raises(PermissionDenied) as raised:
         await prepare(host.nats_url, db, host)
-    assert str(raised.value).startswith("the NATS user 'host' may not publish to $JS.API.")
-    assert "only a 'service' credential may" in str(raised.value)
+    assert str(raised.value) == (
+        f"the NATS user 'host' may not publish to {stream_info}; only an 'admin' credential"
+        " may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE, or nats_user and"
+        " nats_password_file in config.yaml; see docs/security.md)"
+    )
     found = await diagnose(host, Options(max_lag=0, days=1))
     [streams] = [f for f in found if f.check == "streams"]
     assert (streams.status, streams.detail) == (
@@ -484,8 +490,8 @@ async def test_the_admin_credential_declares_and_changes_the_streams(secured: Se
     create = f"$JS.API.STREAM.CREATE.{topology.event_stream.name}"
     assert str(refused.value) == (
         f"the NATS user 'service' may not publish to {create};"
-        " only an 'admin' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE;"
-        " see docs/security.md)"
+        " only an 'admin' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE,"
+        " or nats_user and nats_password_file in config.yaml; see docs/security.md)"
     )
     assert info.config.max_age == 86400 * 3650 and info.config.deny_purge
 

@@ -175,6 +175,58 @@ async def test_a_group_of_unpriced_calls_has_no_amount_in_any_report_or_export(
     assert "| bob | unpriced | 1.50 |  |  | 1 | 0 |" in comparison.to_markdown()
 
 
+async def test_a_day_of_unpriced_calls_has_no_amount_in_the_trend_nor_in_any_export(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Yesterday's one call had no price: no amount (null, empty, "unpriced"), never 0,
+    and no change from it or to it; today, without a call, is a true $0."""
+    midnight = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    await publish(
+        nc,
+        topology,
+        [
+            usage_event(cost="0.50", at=midnight - timedelta(hours=36)),
+            usage_event(cost=None, at=midnight - timedelta(hours=12)),
+        ],
+    )
+    await materialize(nc, db, topology)
+    trend = await generator.generate_trend_report(days=3)
+    days = [(midnight - timedelta(days=d)).date() for d in (2, 1, 0)]
+    assert trend.main.rows == [
+        (days[0], Decimal("0.50"), 1, 0, None),
+        (days[1], None, 1, 1, None),
+        (days[2], Decimal(0), 0, 0, None),
+    ]
+    assert json.loads(trend.to_json())["tables"][0]["rows"][1]["cost_usd"] is None
+    assert list(csv.reader(io.StringIO(trend.to_csv())))[2] == [
+        days[1].isoformat(),
+        "",
+        "1",
+        "1",
+        "",
+    ]
+    assert f"| {days[1].isoformat()} | unpriced | 1 | 1 |  |" in trend.to_markdown()
+
+
+async def test_a_month_of_unpriced_calls_has_no_actual_amount_in_the_projection(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Every call of this month lacked a price: its actual is no amount, not $0, the row
+    counts them, and a note says the forecast leaves out yesterday's."""
+    now = utc_now()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = usage_event(cost=None, at=midnight - timedelta(hours=12))
+    await publish(nc, topology, [yesterday, usage_event(cost=None, at=now)])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    this_month = report.tables[1].records()[0]
+    calls = 1 if midnight.day == 1 else 2  # yesterday may be last month
+    assert (this_month["actual_usd"], this_month["unpriced_requests"]) == (None, calls)
+    assert f"| unpriced | {calls} |" in report.to_markdown()
+    assert json.loads(report.to_json())["tables"][1]["rows"][0]["actual_usd"] is None
+    assert "1 call in those days had no price: the forecast leaves it out" in report.notes
+
+
 async def test_usage_history_lists_the_matching_calls_oldest_first(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
@@ -209,6 +261,21 @@ async def test_usage_history_lists_the_matching_calls_oldest_first(
     assert any("more than 2 calls match" in note for note in capped.notes)
     with pytest.raises(ValueError, match="limit must be between 1 and 100000"):
         await generator.get_usage_history(*window, limit=0)
+
+
+async def test_an_unpriced_call_in_the_history_says_unpriced_and_why_in_every_export(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    at = datetime(2026, 3, 3, 9, tzinfo=UTC)
+    await publish(nc, topology, [usage_event(cost=None, at=at)])
+    await materialize(nc, db, topology, "history")
+    report = await generator.get_usage_history(at, at + timedelta(minutes=1))
+    [call] = report.main.records()
+    assert (call["cost_usd"], call["unpriced_reason"]) == (None, "no price")
+    assert "| 250 | unpriced | no price |" in report.to_markdown()
+    assert json.loads(report.to_json())["tables"][0]["rows"][0]["cost_usd"] is None
+    [row] = csv.DictReader(io.StringIO(report.to_csv()))
+    assert (row["cost_usd"], row["unpriced_reason"]) == ("", "no price")
 
 
 async def test_trend_has_one_point_per_day_summing_to_the_window(

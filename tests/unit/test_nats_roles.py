@@ -57,15 +57,16 @@ def test_roles_say_who_may_publish_what() -> None:
 def test_a_refusal_names_the_credential_and_the_one_that_may() -> None:
     assert refusal_message("acme.events.policy.deleted", topology=TOPOLOGY, user="host") == (
         "the NATS user 'host' may not publish to acme.events.policy.deleted; only a 'service'"
-        " credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE; see docs/security.md)"
+        " credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE, or nats_user and"
+        " nats_password_file in config.yaml; see docs/security.md)"
     )
 
 
 def test_a_refusal_of_a_stream_change_names_the_admin_credential() -> None:
     assert refusal_message("$JS.API.STREAM.UPDATE.ACME", topology=TOPOLOGY, user="service") == (
         "the NATS user 'service' may not publish to $JS.API.STREAM.UPDATE.ACME; only an"
-        " 'admin' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE; see"
-        " docs/security.md)"
+        " 'admin' credential may (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE, or nats_user"
+        " and nats_password_file in config.yaml; see docs/security.md)"
     )
 
 
