@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from budget.natsconn import (
 from budget.spool import Spool, SpooledEvent
 from budget.spool_writer import SpoolWriter
 from budget.waits import wait_set
-from events import Event, Topology, encode
+from events import Event, Topology, UsageRecorded, encode
 from events.codec import HEADER_MSG_ID
 
 __all__ = ["EventPublisher", "PublisherConfig", "SpoolFailing"]
@@ -69,6 +69,9 @@ class PublisherConfig:
     nats_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """``nats.connect`` options: credentials, TLS (``budget.natsconn.nats_options``)."""
     nats_user: str | None = None
+    """Also whom usage is published by: on ``<prefix>.events.usage.recorded.<nats_user>``,
+    the only usage subject a host credential may publish on (the bare one without a
+    user)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PublisherConfig:
@@ -163,8 +166,12 @@ class EventPublisher:
         self._enqueue(self._item(event), spooled=False)
         return True
 
+    def _subject(self, suffix: str, *, by_publisher: bool) -> str:
+        publisher = self.config.nats_user if by_publisher else None
+        return self.config.topology.event_subject(suffix, publisher=publisher)
+
     def _item(self, event: Event) -> SpooledEvent:
-        subject = self.config.topology.event_subject(event.SUBJECT)
+        subject = self._subject(event.SUBJECT, by_publisher=event.BY_PUBLISHER)
         if subject.lower() in self._forbidden:
             raise PermissionDenied(self._refusal(subject))
         item = SpooledEvent(str(event.event_id), subject, encode(event))
@@ -213,13 +220,24 @@ class EventPublisher:
             if not items:
                 return sent
             for item in items:
-                await self._send(item, spooled=True)
+                await self._send(self._readdressed(item), spooled=True)
             await self.flush()
             still = {e.event_id for e in await asyncio.to_thread(self.spool.oldest, batch)}
             acked = [e for e in items if e.event_id not in still]
             sent += len(acked)
             if len(acked) < len(items) or not self.connected:
                 return sent
+
+    def _readdressed(self, item: SpooledEvent) -> SpooledEvent:
+        """A spooled usage event goes on this credential's own subject, whichever it was
+        spooled on: one from an earlier release, on the bare subject, or from another NATS
+        user would be refused (and dropped) as a host credential may publish on its own
+        only."""
+        bare = self.config.topology.event_subject(UsageRecorded.SUBJECT)
+        own = self._subject(UsageRecorded.SUBJECT, by_publisher=True)
+        if item.subject == own or not (item.subject == bare or item.subject.startswith(bare + ".")):
+            return item
+        return replace(item, subject=own)
 
     async def close(self) -> None:
         """Wait for the outcome of what was handed over (at most ``ack_timeout`` + 1 s),

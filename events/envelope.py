@@ -72,6 +72,11 @@ class Event(BaseModel):
     SCHEMA_VERSION: ClassVar[int] = 1
     SUBJECT: ClassVar[str]
     """Subject suffix under <prefix>.events (see ``Topology.event_subject``)."""
+    BY_PUBLISHER: ClassVar[bool] = False
+    """True when each publisher publishes on a subject of its own, ``<SUBJECT>.<publisher>``
+    (``Topology.event_subject``): NATS permits a host credential its own only, so the
+    consumers know who published each event. The bare subject, where earlier releases
+    published, is still read (publisher unknown)."""
     REPEATS_OCCURRED_AT: ClassVar[bool] = False
     """True when ``occurred_at`` is another, earlier event's (a correction's is the
     corrected call's), so its age says nothing about this event."""

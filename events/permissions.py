@@ -17,7 +17,9 @@ log.
 - ``admin``: ``budget migrate`` (it declares the streams) and operators: ``service``'s
   permissions and making and changing streams; in the services' account too. No running
   service holds it.
-- ``host``: a host app or team: records usage, asks the services under its own name,
+- ``host``: a host app or team: records usage on its own subject
+  (``<prefix>.events.usage.recorded.<user>``, so the consumers know which credential
+  published each usage event), asks the services under its own name,
   reads the policy log's end (the last policy event, which the query service shows it
   anyway) and gets replies in its own inbox only.
 - ``alerts``: an alert subscriber: receives alerts, publishes nothing.
@@ -104,7 +106,7 @@ def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
     if role == "host":
         return Permissions(
             publish=(
-                topology.event_subject(UsageRecorded.SUBJECT),
+                topology.event_subject(UsageRecorded.SUBJECT, publisher=user),
                 topology.rpc_subject(">", caller=user),
                 *_policy_log_ends(topology),
             ),
@@ -119,7 +121,7 @@ def shared_with(role: Role, topology: Topology) -> tuple[tuple[str, ...], tuple[
     account; a stream import carries messages one way only. The users' own permissions
     narrow what they may send (a host: its own requests only)."""
     if role == "host":
-        usage = topology.event_subject(UsageRecorded.SUBJECT)
+        usage = topology.event_subject(UsageRecorded.SUBJECT, publisher="*")
         return (usage, f"{topology.prefix}.rpc.>", *_policy_log_ends(topology)), ()
     if role == "alerts":
         return (), (topology.alerts_wildcard,)
@@ -149,16 +151,19 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> list[Role]:
     """The least privileged roles whose users may publish (or subscribe to) ``subject``
-    (``admin`` only where ``service`` may not); a host's own requests count as allowed
-    for ``host``. Case is ignored: nats-py lowercases the subject of the server's
-    refusal."""
+    (``admin`` only where ``service`` may not); a host's own requests and own usage
+    subject count as allowed for ``host``. Case is ignored: nats-py lowercases the
+    subject of the server's refusal."""
     rpc = f"{topology.prefix}.rpc.".lower()
-    caller = topology.caller_of(subject) if subject.lower().startswith(rpc) else ""
+    caller = topology.caller_of(subject) if subject.lower().startswith(rpc) else None
+    usage = f"{topology.event_subject(UsageRecorded.SUBJECT)}.".lower()
+    publisher = subject[len(usage) :] if subject.lower().startswith(usage) else None
+    publisher = None if publisher is None or "." in publisher else publisher
     allowed: list[Role] = []
     for role in ROLES:
         if role == "admin" and "service" in allowed:
             continue
-        granted = permissions(role, user=caller or "user", topology=topology)
+        granted = permissions(role, user=caller or publisher or "user", topology=topology)
         patterns = granted.publish if publish else granted.subscribe
         denied = granted.deny_publish if publish else ()
         if any(_matches(p, subject) for p in patterns) and not any(

@@ -47,7 +47,9 @@ def schema_of(model: type[Event]) -> dict[str, Any]:
     # an event without ``schema_version`` for version 1 (upcast, not read as this one).
     schema["required"] = ["type", "schema_version", *schema["required"]]
     schema["$id"] = f"urn:budget-manager:event:{model.__name__}:v{model.SCHEMA_VERSION}"
-    schema["x-nats-subject"] = f"<prefix>.events.{model.SUBJECT}"
+    # Published by publisher: ``<user>`` is the publishing NATS user (Event.BY_PUBLISHER).
+    own = ".<user>" if model.BY_PUBLISHER else ""
+    schema["x-nats-subject"] = f"<prefix>.events.{model.SUBJECT}{own}"
     schema["x-nats-headers"] = {"Nats-Msg-Id": "the event_id (JetStream drops re-sends)"}
     return schema
 

@@ -51,9 +51,28 @@ class Topology:
     def events_wildcard(self) -> str:
         return f"{self.prefix}.events.>"
 
-    def event_subject(self, suffix: str) -> str:
-        """``suffix`` is the event class's SUBJECT, e.g. ``usage.recorded``."""
-        return f"{self.prefix}.events.{suffix}"
+    def event_subject(self, suffix: str, *, publisher: str | None = None) -> str:
+        """``suffix`` is the event class's SUBJECT, e.g. ``usage.recorded``; ``publisher``
+        (one token: a NATS user, or the HTTP API's ``api-key-<id>``) gives that publisher's
+        own subject, for the events each publisher publishes on its own
+        (``Event.BY_PUBLISHER``)."""
+        subject = f"{self.prefix}.events.{suffix}"
+        return subject if publisher is None else f"{subject}.{publisher}"
+
+    def event_subjects(self, suffix: str, *, by_publisher: bool) -> tuple[str, ...]:
+        """The subjects events of ``suffix`` are read on: with ``by_publisher``, the bare
+        one earlier releases published on and every one below it (a publisher's own; any
+        deeper is read to be dead-lettered, not passed over)."""
+        subject = self.event_subject(suffix)
+        return (subject, f"{subject}.>") if by_publisher else (subject,)
+
+    def publisher_of(self, suffix: str, subject: str) -> str | None:
+        """The publisher token of ``subject``, one of ``suffix``'s publishers' own subjects;
+        None for any other subject."""
+        publisher = subject.removeprefix(f"{self.event_subject(suffix)}.")
+        if publisher == subject or not publisher or "." in publisher:
+            return None
+        return publisher
 
     def dead_letter_subject(self, consumer: str) -> str:
         return f"{self.prefix}.dlq.{consumer}"

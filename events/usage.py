@@ -204,6 +204,7 @@ class UsageRecorded(_Cost, Event):
 
     SCHEMA_VERSION: ClassVar[int] = 2
     SUBJECT: ClassVar[str] = "usage.recorded"
+    BY_PUBLISHER: ClassVar[bool] = True
 
     type: Literal["UsageRecorded"] = "UsageRecorded"
     schema_version: Literal[2] = 2

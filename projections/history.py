@@ -1,5 +1,8 @@
 """Usage history: one row per usage event, indexed for filtering by time, provider, model,
-user and project (the seed's "Usage History" view and exports)."""
+user and project (the seed's "Usage History" view and exports). Each row names who
+published its event (``publisher``: the NATS user, or the HTTP API's ``api-key-<id>``, by
+the subject it came on; null for events of the bare subject), so an operator sees which
+credential reported a call."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ _NULLABLE = frozenset(
         "cost",
         "unpriced_reason",
         "price",
+        "publisher",
         *(c for c, _, _ in STAGED_COLUMNS if c.startswith("image_")),
     )
 )

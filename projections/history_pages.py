@@ -53,6 +53,7 @@ _FIELDS: tuple[tuple[str, str], ...] = (
     ("image_size", "image_size"),
     ("image_quality", "image_quality"),
     ("tags", "tags::text"),
+    ("publisher", "publisher"),
 )
 HISTORY_FIELDS = tuple(name for name, _ in _FIELDS)
 # Qualified: a bare ``occurred_at`` or ``event_id`` in ORDER BY names the output column of
@@ -71,6 +72,7 @@ _FREE_TEXT = (
     "unpriced_reason",
     "image_size",
     "image_quality",
+    "publisher",
 )
 _FORMULA = (
     "CASE WHEN left({0}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) THEN '''' || {0} ELSE {0} END"

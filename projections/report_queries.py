@@ -380,7 +380,7 @@ class ReportBuilder:
     async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
         """Usage events in [start, end) matching ``query``'s filters (a provider however it
         is spelt, as usage is recorded), oldest first: one row per call with its current
-        cost (corrections included), or why it has none."""
+        cost (corrections included), or why it has none, and who published it."""
         start, end, notes = self._window(start, end, whole_hours=False)
         filters = {
             "provider": None if query.provider is None else canonical_provider(query.provider),
@@ -392,7 +392,8 @@ class ReportBuilder:
         cursor = await self.conn.execute(
             f"""SELECT occurred_at, provider, model, kind, user_id, project_id,
                        input_uncached + input_cache_read + input_cache_write, input_cache_read,
-                       output_text + output_reasoning, cost, unpriced_reason, event_id::text
+                       output_text + output_reasoning, cost, unpriced_reason, event_id::text,
+                       publisher
                 FROM usage_history WHERE occurred_at >= %(start)s AND occurred_at < %(end)s
                 {where} ORDER BY occurred_at, stream_seq LIMIT %(limit)s""".encode(),
             {**filters, "start": start, "end": end, "limit": query.limit + 1},
@@ -418,6 +419,7 @@ class ReportBuilder:
             "cost_usd",
             "unpriced_reason",
             "event_id",
+            "publisher",
         )
         return Report("Usage history", start, end, [Table("Calls", columns, rows)], notes)
 

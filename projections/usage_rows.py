@@ -68,6 +68,7 @@ STAGED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("image_quality", "text", "u.images ->> 'quality'"),
     ("tags", "jsonb", "e.tags"),
     ("price", "jsonb", "e.price"),
+    ("publisher", "text", "s.publisher"),
 )
 """(column, SQL type, expression over the parsed batch) of ``usage_batch``."""
 COUNTED = 10
@@ -211,6 +212,7 @@ def _row(applied: Applied) -> tuple[object, ...]:
         None if images is None else images.quality,
         Jsonb(event.tags, dumps=_json),
         None if price is None else Jsonb(price, dumps=_json),
+        applied.publisher,
     )
 
 

@@ -2,7 +2,8 @@
 // Records one AI provider call with Budget Manager from Node.js: builds a UsageRecorded
 // event, checks it against the committed JSON Schema (so a wrong event fails here, before
 // anything is published, instead of in a dead-letter queue), publishes it to JetStream with
-// its event id as Nats-Msg-Id, waits for the PubAck and prints the event id.
+// its event id as Nats-Msg-Id on its NATS user's own subject, waits for the PubAck and
+// prints the event id.
 //
 // Exit codes: 0 recorded; 2 a wrong argument or an event the schema refuses (nothing was
 // published); 1 NATS refused or did not acknowledge the event.
@@ -169,7 +170,12 @@ function password() {
 async function publish(schema, event) {
   const user = process.env.BUDGET_NATS_USER;
   const prefix = process.env.BUDGET_SUBJECT_PREFIX ?? "budget";
-  const subject = schema["x-nats-subject"].replace("<prefix>", prefix);
+  // Usage goes on the publishing credential's own subject (<prefix>.events.usage.recorded.
+  // <user>), the only one a host credential may publish usage on; the consumers show that
+  // user as the event's publisher. Without a user, the bare subject (publisher unknown).
+  const subject = schema["x-nats-subject"]
+    .replace("<prefix>", prefix)
+    .replace(user ? "<user>" : ".<user>", user ?? "");
   const nc = await connect({
     servers: natsUrl(),
     user,
@@ -198,8 +204,8 @@ function explain(error) {
       "the NATS server refused the credential (BUDGET_NATS_USER and BUDGET_NATS_PASSWORD" +
       " or BUDGET_NATS_PASSWORD_FILE)",
     PERMISSIONS_VIOLATION:
-      `${error.message}: a host credential records usage under its stack's subject prefix` +
-      " only (BUDGET_SUBJECT_PREFIX)",
+      `${error.message}: a host credential records usage on its own subject (its` +
+      " BUDGET_NATS_USER) under its stack's subject prefix only (BUDGET_SUBJECT_PREFIX)",
     503:
       "no stream stores this subject: is the stack prepared (budget migrate) and" +
       " BUDGET_SUBJECT_PREFIX the stack's?",

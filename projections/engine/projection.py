@@ -41,16 +41,20 @@ class Applied:
     """The pydantic model once built (a list, so a frozen instance can cache it)."""
     _decode: Callable[[], Applied | str] | None = field(default=None, repr=False, compare=False)
     """Of a deferred event: its decoding, or why it goes to the dead letters."""
+    publisher: str | None = None
+    """Who published it, by its subject (``Event.BY_PUBLISHER``): a NATS user, or the HTTP
+    API's ``api-key-<id>``; None on the bare subject (published before there were
+    publishers' subjects) and for other events."""
 
     @classmethod
-    def of(cls, stream_seq: int, event: Event) -> Applied:
+    def of(cls, stream_seq: int, event: Event, *, publisher: str | None = None) -> Applied:
         """An event decoded by pydantic (``events.decode``)."""
-        return cls(stream_seq, type(event), event.occurred_at, event, [event])
+        return cls(stream_seq, type(event), event.occurred_at, event, [event], publisher=publisher)
 
     @classmethod
-    def of_fast(cls, stream_seq: int, event: FastEvent) -> Applied:
+    def of_fast(cls, stream_seq: int, event: FastEvent, *, publisher: str | None = None) -> Applied:
         """An event decoded by the fast decoder."""
-        return cls(stream_seq, event.MODEL, event.occurred_at, event)
+        return cls(stream_seq, event.MODEL, event.occurred_at, event, publisher=publisher)
 
     @classmethod
     def deferred(
@@ -161,7 +165,11 @@ class Projection(ABC):
     """The shared ledger this projection reads, if any: recorded before ``apply``."""
 
     def filter_subjects(self, topology: Topology) -> list[str]:
-        return [topology.event_subject(t.SUBJECT) for t in self.event_types]
+        return [
+            subject
+            for t in self.event_types
+            for subject in topology.event_subjects(t.SUBJECT, by_publisher=t.BY_PUBLISHER)
+        ]
 
     @abstractmethod
     def ddl(self, version: int) -> list[str]:

@@ -12,6 +12,8 @@ import psycopg
 import pytest
 
 from budget.periods import Period
+from events import ApiRole
+from events.subjects import API_KEY_CALLER
 
 from http_support import call, eventually
 from live import LiveStack
@@ -288,3 +290,24 @@ def test_a_time_out_of_bounds_is_refused_saying_which_bound(ingest: httpx.Client
         assert error["field"] == "body.occurred_at"
         assert error["message"].startswith(f"occurred_at: {at.isoformat()} is ")
         assert f"({bound}) is allowed" in answer.json()["detail"]
+
+
+def test_the_history_names_the_key_that_posted_usage(
+    stack: LiveStack, viewer: httpx.Client, user: str
+) -> None:
+    """The API publishes a key's usage on ``<prefix>.events.usage.recorded.api-key-<id>``:
+    the history's pages and exports name that key as each event's publisher, whichever
+    route (the fast path, the app's layers, a batch) took it."""
+    key = stack.new_key(ApiRole.INGEST)
+    publisher = f"{API_KEY_CALLER}{key.split('_')[1]}"
+    with stack.client(key) as poster:
+        poster.post("/api/v1/usage", json=call(user)).raise_for_status()
+        through_app = {"Cookie": "unrelated=1"}
+        poster.post("/api/v1/usage", json=call(user), headers=through_app).raise_for_status()
+        poster.post("/api/v1/usage/batch", json={"events": [call(user)]}).raise_for_status()
+    eventually(lambda: spend_of(viewer, user)[1] == 3, what="the three calls counted")
+    rows = viewer.get("/api/v1/usage", params={"user_id": user}).json()["rows"]
+    assert [r["publisher"] for r in rows] == [publisher] * 3
+    for format in ("csv", "json"):
+        exported = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": format})
+        assert exported.text.count(publisher) == 3, exported.text

@@ -802,7 +802,8 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
         CATCH_UP,
         "the recorded event in the API's history, with the first admin key",
     ).json()["rows"]
-    assert [r["event_id"] for r in rows] == [event["event_id"]]
+    # published on the host credential's own subject, which the history names
+    assert [(r["event_id"], r["publisher"]) for r in rows] == [(event["event_id"], "host")]
     assert key_file.read_text().strip() not in up.output()
 
     # PostgreSQL's passwords stay in their files; the URL names a pgpass file instead.
@@ -1063,7 +1064,8 @@ def test_report_commands_export_what_the_rollups_hold(deployment: Budget, tmp_pa
         "the call in the usage history",
     ).splitlines()
     assert calls[0].startswith("occurred_at,provider,model,kind,user_id")
-    assert calls[1].endswith(f",{event['cost']},,{event['event_id']}")  # no unpriced_reason
+    # no unpriced_reason; recorded with no NATS user: on the bare subject, so no publisher
+    assert calls[1].endswith(f",{event['cost']},,{event['event_id']},")
 
     bad = deployment.run("report", "custom", *window, "--group-by", "colour")
     assert bad.returncode == 2

@@ -60,7 +60,7 @@ async def test_an_event_on_another_types_subject_is_dead_lettered(
     assert await rows(db, GLOBAL_REQUESTS) == [(1,)]
     expected = topology.event_subject(UsageRecorded.SUBJECT)
     assert (await reasons(nc, topology))[1] == (
-        f"type: UsageRecorded belongs on {expected}, not on"
+        f"type: UsageRecorded belongs on {expected} or {expected}.<publisher>, not on"
         f" {topology.event_subject('usage.repriced')}"
     )
 

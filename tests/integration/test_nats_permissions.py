@@ -122,12 +122,37 @@ async def test_a_host_cannot_publish_admin_events_and_the_stream_never_holds_the
         with pytest.raises(PermissionDenied, match="only a 'service' credential may"):
             await permitted(host, subject, _publish(host, subject, b"{}"))
     # The positive signal: an honest event published after them is stored, and alone.
-    subject = secured.topology.event_subject(UsageRecorded.SUBJECT)
+    subject = secured.topology.event_subject(UsageRecorded.SUBJECT, publisher="host")
     ack = await permitted(host, subject, _publish(host, subject, encode(usage_event())))
     info = await service.jetstream().stream_info(
         secured.topology.event_stream.name, subjects_filter=">"
     )
-    assert info.state.subjects == {secured.topology.event_subject(UsageRecorded.SUBJECT): 1}
+    assert info.state.subjects == {subject: 1}
+    assert ack.seq == info.state.last_seq == 1
+
+
+async def test_a_host_records_usage_on_its_own_subject_only(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    """Each host credential publishes usage on ``<prefix>.events.usage.recorded.<user>``
+    alone, so the consumers know which one published an event: another host's subject,
+    the bare one earlier releases published on and any deeper one are refused by the
+    server, and the stream never holds what it refused."""
+    host = (await connect("host")).nc
+    topology = secured.topology
+    others = [
+        topology.event_subject(UsageRecorded.SUBJECT, publisher="host2"),
+        topology.event_subject(UsageRecorded.SUBJECT),
+        topology.event_subject(UsageRecorded.SUBJECT, publisher="host.x"),
+    ]
+    for subject in others:
+        with pytest.raises(PermissionDenied, match=f"may not publish to {subject};"):
+            await permitted(host, subject, _publish(host, subject, encode(usage_event())))
+    # The positive signal: its own subject takes its event, stored alone.
+    own = topology.event_subject(UsageRecorded.SUBJECT, publisher="host")
+    ack = await permitted(host, own, _publish(host, own, encode(usage_event())))
+    info = await service.jetstream().stream_info(topology.event_stream.name, subjects_filter=">")
+    assert info.state.subjects == {own: 1}
     assert ack.seq == info.state.last_seq == 1
 
 
@@ -141,7 +166,7 @@ async def test_a_host_cannot_have_jetstream_acknowledge_onto_another_subject(
     another host's requests."""
     host = (await connect("host")).nc
     topology = secured.topology
-    usage = topology.event_subject(UsageRecorded.SUBJECT)
+    usage = topology.event_subject(UsageRecorded.SUBJECT, publisher="host")
     targets = [
         topology.event_subject(PolicyDeleted.SUBJECT),
         topology.alert_subject("critical", "budget_exceeded"),

@@ -77,9 +77,12 @@ def host_env(secured: Secured, *, password_in_env: bool = False) -> dict[str, st
 
 
 async def stored(service: Client, secured: Secured, seq: int) -> tuple[UsageRecorded, str]:
-    """The event at ``seq`` in the log, and its Nats-Msg-Id."""
+    """The event at ``seq`` in the log (published on the host credential's own subject),
+    and its Nats-Msg-Id."""
     message = await service.jetstream().get_msg(secured.topology.event_stream.name, seq)
-    assert message.subject == secured.topology.event_subject(UsageRecorded.SUBJECT)
+    assert message.subject == secured.topology.event_subject(
+        UsageRecorded.SUBJECT, publisher="host"
+    )
     event = decode(message.data)
     assert isinstance(event, UsageRecorded)
     return event, (message.headers or {})[HEADER_MSG_ID]
@@ -203,8 +206,9 @@ async def test_a_refused_credential_or_subject_is_reported_and_nothing_is_stored
     )
     assert (other_prefix.returncode, other_prefix.stdout) == (1, "")
     assert other_prefix.stderr.endswith(
-        """ not recorded: 'Permissions Violation for Publish to "other.events.usage.recorded"':"""
-        " a host credential records usage under its stack's subject prefix only"
+        """ not recorded: 'Permissions Violation for Publish to"""
+        """ "other.events.usage.recorded.host"': a host credential records usage on its own"""
+        " subject (its BUDGET_NATS_USER) under its stack's subject prefix only"
         " (BUDGET_SUBJECT_PREFIX)\n"
     )
     # The positive signal: an honest event published after them is stored, and alone.

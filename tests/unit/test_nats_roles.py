@@ -34,7 +34,14 @@ def test_subject_matching_follows_nats_wildcards(pattern: str, subject: str, mat
 
 def test_roles_say_who_may_publish_what() -> None:
     assert roles_allowed("acme.events.policy.set", topology=TOPOLOGY) == ["service"]
-    assert roles_allowed("acme.events.usage.recorded", topology=TOPOLOGY) == ["service", "host"]
+    # usage: a host on its own subject only; the bare one, where earlier releases
+    # published, is the services'
+    assert roles_allowed("acme.events.usage.recorded", topology=TOPOLOGY) == ["service"]
+    assert roles_allowed("acme.events.usage.recorded.team-b", topology=TOPOLOGY) == [
+        "service",
+        "host",
+    ]
+    assert roles_allowed("acme.events.usage.recorded.team-b.x", topology=TOPOLOGY) == ["service"]
     assert roles_allowed("acme.rpc.team-b.enforcer.check", topology=TOPOLOGY) == [
         "service",
         "host",

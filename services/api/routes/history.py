@@ -34,7 +34,10 @@ Name = Annotated[str | None, Query(max_length=200)]
 
 
 class HistoryPage(BaseModel):
-    rows: list[dict[str, Any]] = Field(description="newest first; cost null when unpriced")
+    rows: list[dict[str, Any]] = Field(
+        description="newest first; cost null when unpriced; publisher: the NATS user that"
+        " published the event, api-key-<id> for one posted by that key, null when unknown"
+    )
     next_cursor: str | None = Field(description="pass as `cursor` for the next page")
 
 

@@ -118,7 +118,8 @@ Checker = Annotated[Principal, Depends(limited_check)]
 
 def key_caller(principal: Principal) -> str:
     """Whom the enforcer reserves for when a key checks: the key itself, so that only it
-    may release its holds (the API's own credential may release anyone's)."""
+    may release its holds (the API's own credential may release anyone's); also who
+    publishes the usage the key posts (``_store``)."""
     return caller_token(f"{API_KEY_CALLER}{principal.key_id}")
 
 
@@ -194,7 +195,7 @@ async def record_call(
     it too): the status (201 stored, 200 a duplicate) and the answer."""
     await _own_reservations(api, principal, [("body", body)])
     event = _priced(api, body, "body")
-    [(status, stored, seq)] = await _store(api, [(body, event)])
+    [(status, stored, seq)] = await _store(api, principal, [(body, event)])
     if status == "conflict":
         raise Problem(
             409,
@@ -233,7 +234,7 @@ async def record_batch(api: Api, principal: Recorder, body: UsageBatch) -> Batch
         api, principal, [(f"body.events.{i}", item) for i, item in enumerate(body.events)]
     )
     priced = [(item, _priced(api, item, f"body.events.{i}")) for i, item in enumerate(body.events)]
-    results = await _store(api, priced)
+    results = await _store(api, principal, priced)
     return BatchRecorded(
         results=[
             BatchItem(event_id=event.event_id, status=status, stream_seq=seq, cost=event.cost)
@@ -272,17 +273,23 @@ async def _own_reservations(
 Outcome = tuple[Literal["stored", "duplicate", "conflict"], UsageRecorded, int]
 
 
-async def _store(api: ApiServices, calls: list[tuple[UsageIn, UsageRecorded]]) -> list[Outcome]:
+async def _store(
+    api: ApiServices, principal: Principal, calls: list[tuple[UsageIn, UsageRecorded]]
+) -> list[Outcome]:
     """Publish the events concurrently and wait for JetStream's acks. A re-sent event_id
-    answers with the event stored under it, or ``conflict`` when that was another call."""
+    answers with the event stored under it, or ``conflict`` when that was another call.
+
+    Each is published by the key that posted it (``<prefix>.events.usage.recorded.
+    api-key-<id>``; no NATS user is named so), which the usage history shows."""
     nc = api.nc
     if nc is None or not nc.is_connected:
         raise Problem(503, "the event log (NATS) is unreachable; retry with the same event_id")
     js = nc.jetstream()
-    topology = api.settings.topology
+    subject = api.settings.topology.event_subject(
+        UsageRecorded.SUBJECT, publisher=key_caller(principal)
+    )
 
     async def one(body: UsageIn, event: UsageRecorded) -> Outcome:
-        subject = topology.event_subject(event.SUBJECT)
         ack = await js.publish(subject, encode(event), headers=headers_for(event))
         if not ack.duplicate:
             return "stored", event, ack.seq
