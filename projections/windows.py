@@ -22,6 +22,7 @@ __all__ = [
     "Cursor",
     "WindowTotals",
     "fetch_window_sums",
+    "priced_cost",
     "query_window_sums",
     "window_sum_sql",
     "window_sums",
@@ -77,11 +78,20 @@ def window_sum_sql(buckets: str, *, holds: bool = False) -> str:
         """
 
 
+def priced_cost(cost: Decimal, requests: int, unpriced_requests: int) -> Decimal | None:
+    """``cost``, or None when no call had a price (buckets and rollups sum those as 0)."""
+    return None if requests and unpriced_requests == requests else cost
+
+
 class WindowTotals(NamedTuple):
     cost: Decimal
     """Of the priced calls only."""
     requests: int
     unpriced_requests: int
+
+    @property
+    def priced_cost(self) -> Decimal | None:
+        return priced_cost(self.cost, self.requests, self.unpriced_requests)
 
 
 async def window_totals(

@@ -142,3 +142,31 @@ def test_a_budget_whose_calls_had_no_price_shows_them_never_as_0(
     ingest.post("/api/v1/usage", json=call(user)).raise_for_status()  # $0.0075
     shown = bar_after(2)
     assert "$0.01" in shown and "+1 unpriced" in shown and "0.2%" in shown, shown
+
+
+def test_a_budget_whose_calls_had_no_price_is_unpriced_in_every_report_format(
+    admin: httpx.Client, ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    policy_id = f"cap-{user}"
+    body = {"name": f"Cap {user}", "scope": "user", "scope_key": user, "limit_amount": "5"}
+    admin.put(f"/api/v1/policies/{policy_id}", json=body).raise_for_status()
+    ingest.post("/api/v1/usage", json=call(user, model=f"no-price-{user}")).raise_for_status()
+
+    def budget() -> dict[str, object] | None:
+        report = viewer.get("/api/v1/reports/summary")
+        assert report.status_code == 200, report.text
+        mine = [r for r in _records(report.json()["tables"][1]) if r["policy"] == body["name"]]
+        return mine[0] if mine and mine[0]["unpriced_requests"] else None
+
+    summary = eventually(budget, what="the call counted")
+    assert (summary["spent_usd"], summary["remaining_usd"], summary["used_percent"]) == (
+        None,
+        None,
+        None,
+    )
+    csv = viewer.get("/api/v1/reports/summary", params={"format": "csv"}).text
+    [line] = [row for row in csv.splitlines() if row.startswith(f"Cap {user},")]
+    assert line.split(",")[5:] == ["", "5", "", "", "1"], line
+    md = viewer.get("/api/v1/reports/summary", params={"format": "md"}).text
+    [row] = [row for row in md.splitlines() if f"| Cap {user} |" in row]
+    assert "| unpriced | 5.00 |" in row, row

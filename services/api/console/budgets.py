@@ -47,7 +47,7 @@ class BudgetBar:
     @property
     def unpriced(self) -> bool:
         """Calls were made in the window, none of them with a known price."""
-        return 0 < self.totals.requests == self.totals.unpriced_requests
+        return self.totals.priced_cost is None
 
     @property
     def limit(self) -> Decimal:
