@@ -166,6 +166,15 @@ def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
     assert missing.status_code == 404
 
 
+def test_filters_no_alert_can_match_are_refused_naming_the_field(viewer: httpx.Client) -> None:
+    both = viewer.get(
+        "/api/v1/alerts", params={"unacknowledged_only": "true", "acknowledged_only": "true"}
+    )
+    assert both.status_code == 422, both.text
+    assert both.headers["content-type"] == "application/problem+json"
+    assert both.json()["errors"][0]["field"] == "query.acknowledged_only"
+
+
 def test_rules_are_added_replaced_and_removed(
     admin: httpx.Client, viewer: httpx.Client, user: str
 ) -> None:
