@@ -68,6 +68,25 @@ _QUARTER = timedelta(minutes=15)
 _DAY = timedelta(days=1)
 
 
+class Span(NamedTuple):
+    """A span's cost (of its priced calls), calls and calls without a price."""
+
+    cost: Decimal
+    requests: int
+    unpriced_requests: int
+
+    def plus(self, other: Span) -> Span:
+        with exact_money():
+            return Span(
+                self.cost + other.cost,
+                self.requests + other.requests,
+                self.unpriced_requests + other.unpriced_requests,
+            )
+
+
+_NOTHING = Span(Decimal(0), 0, 0)
+
+
 class Totals(NamedTuple):
     key1: str
     key2: str
@@ -214,23 +233,22 @@ class ReportBuilder:
             first -= timedelta(first.weekday())
             days = (today - first).days + 1
         series = await self.daily(self.conn, "total", None, first, days, tz)
-        costs: dict[date, Decimal] = {}
-        counts: dict[date, int] = {}
+        points: dict[date, Span] = {}
         rows: list[tuple[Cell, ...]] = []
         with exact_money():
             for day in (first + timedelta(n) for n in range(days)):
                 key = day - timedelta(day.weekday()) if interval == "weekly" else day
-                cost, requests = series.get(day, (Decimal(0), 0))
-                costs[key] = costs.get(key, Decimal(0)) + cost
-                counts[key] = counts.get(key, 0) + requests
+                points[key] = points.get(key, _NOTHING).plus(series.get(day, _NOTHING))
             previous: Decimal | None = None
-            for key, cost in costs.items():
-                change = None if previous is None else cost - previous
-                rows.append((key, cost, counts[key], change))
+            for key, point in points.items():
+                # A point whose calls all lacked a price has no amount, nor a change to it.
+                cost = priced_cost(*point)
+                change = None if previous is None or cost is None else cost - previous
+                rows.append((key, cost, point.requests, change, point.unpriced_requests))
                 previous = cost
         table = Table(
             f"{interval.capitalize()} spend",
-            ("period_start", "cost_usd", "requests", "change_usd"),
+            ("period_start", "cost_usd", "requests", "change_usd", "unpriced_requests"),
             rows if any(r[2] for r in rows) else [],
         )
         start, end = local_midnight(first, tz), local_midnight(first + timedelta(days), tz)
@@ -304,7 +322,7 @@ class ReportBuilder:
             ("day", "expected_usd", "low_usd", "high_usd"),
             [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
         )
-        spent_today = month_actual.get(today, (Decimal(0), 0))[0]
+        spent_today = month_actual.get(today, _NOTHING).cost
         months: dict[date, list[Decimal]] = {}
         with exact_money():
             for f in ahead:
@@ -313,7 +331,7 @@ class ReportBuilder:
                 for i, value in enumerate((f.expected, f.low, f.high), start=1):
                     # the actual holds today so far: today adds only what it may still add
                     sums[i] += max(value - spent_today, Decimal(0)) if f.day == today else value
-            months[month_first][0] = sum((cost for cost, _ in month_actual.values()), Decimal(0))
+            months[month_first][0] = sum((s.cost for s in month_actual.values()), Decimal(0))
         periods = Table(
             "Per calendar month (each reset starts from zero)",
             ("month", "actual_usd", "projected_total_usd", "low_usd", "high_usd"),
@@ -435,16 +453,16 @@ class ReportBuilder:
 
     async def spans(
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
-    ) -> list[tuple[Decimal, int]]:
-        """(cost, requests) of ``dimension`` (one key, or all) in each span between
-        consecutive ``bounds`` (ascending, on quarter hours)."""
+    ) -> list[Span]:
+        """The ``Span`` of ``dimension`` (one key, or all) between each two consecutive
+        ``bounds`` (ascending, on quarter hours)."""
         cursor = await conn.execute(
-            f"""SELECT span, sum(cost), sum(requests)::bigint FROM ({_SPANS}) r
-                GROUP BY span""".encode(),
+            f"""SELECT span, sum(cost), sum(requests)::bigint, sum(unpriced_requests)::bigint
+                FROM ({_SPANS}) r GROUP BY span""".encode(),
             _span_params(dimension, key, bounds),
         )
-        found = {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
-        return [found.get(n, (Decimal(0), 0)) for n in range(1, len(bounds))]
+        found = {row[0]: Span(*row[1:]) for row in await cursor.fetchall()}
+        return [found.get(n, _NOTHING) for n in range(1, len(bounds))]
 
     async def daily(
         self,
@@ -454,12 +472,12 @@ class ReportBuilder:
         first: date,
         days: int,
         tz: tzinfo = UTC,
-    ) -> dict[date, tuple[Decimal, int]]:
-        """(cost, requests) of each of ``days`` days of ``tz`` from ``first`` with spend."""
+    ) -> dict[date, Span]:
+        """The ``Span`` of each of ``days`` days of ``tz`` from ``first`` with spend."""
         if days < 1:
             return {}
         spans = await self.spans(conn, dimension, key, _local_days(first, days, tz))
-        return {first + timedelta(n): s for n, s in enumerate(spans) if s[1] or s[0]}
+        return {first + timedelta(n): s for n, s in enumerate(spans) if s.requests or s.cost}
 
     async def _by_key(
         self, conn: Connection, dimension: str, start: datetime, end: datetime
@@ -478,7 +496,7 @@ class ReportBuilder:
         first = min(daily)
         span = (today - first).days
         return [
-            (first + timedelta(n), daily.get(first + timedelta(n), (Decimal(0), 0))[0])
+            (first + timedelta(n), daily.get(first + timedelta(n), _NOTHING).cost)
             for n in range(span)
         ]
 
@@ -569,7 +587,7 @@ class ReportBuilder:
                 spent_today = amount
             else:
                 so_far = (await self.daily(conn, dimension, key, today, 1, tz)).get(today)
-                spent_today = so_far[0] if so_far is not None else Decimal(0)
+                spent_today = so_far.cost if so_far is not None else Decimal(0)
             for f in forecast(history, horizon) if history else []:
                 if local_midnight(f.day, tz) >= window.end:
                     break  # the period resets: later spend counts against the next one

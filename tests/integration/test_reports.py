@@ -228,6 +228,38 @@ async def test_trend_has_one_point_per_day_summing_to_the_window(
     assert weekly[-1]["cost_usd"] == Decimal("0.50") * (now.weekday() + 1)
 
 
+async def test_a_trend_point_whose_calls_had_no_price_is_unpriced_never_0(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Two days ago $1, yesterday only unpriced calls, today $1 and one unpriced call."""
+    today = utc_now().replace(hour=12, minute=0, second=0, microsecond=0)
+    if today > utc_now():
+        today = utc_now()
+    await publish(
+        nc,
+        topology,
+        [
+            usage_event(cost="1.00", at=today - timedelta(days=2)),
+            usage_event(cost=None, at=today - timedelta(days=1)),
+            usage_event(cost=None, at=today - timedelta(days=1)),
+            usage_event(cost="1.00", at=today),
+            usage_event(cost=None, at=today),
+        ],
+    )
+    await materialize(nc, db, topology)
+    trend = await generator.generate_trend_report(days=3, interval="daily")
+    shown = [
+        (r["cost_usd"], r["requests"], r["change_usd"], r["unpriced_requests"])
+        for r in trend.main.records()
+    ]
+    assert shown == [
+        (Decimal("1.00"), 1, None, 0),
+        (None, 2, None, 2),  # not $0, nor a drop of $1
+        (Decimal("1.00"), 2, None, 1),
+    ]
+    assert "| unpriced | 2 |" in trend.export(ExportFormat.MARKDOWN)
+
+
 async def test_summary_shows_the_period_by_model_and_the_budgets(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
