@@ -28,6 +28,7 @@ Cell = str | int | Decimal | date | datetime | None
 _UNPRICED_MARKS = {
     "cost_usd": ("unpriced_requests", "unpriced_reason"),
     "actual_usd": ("unpriced_requests",),
+    "spent_usd": ("unpriced_requests",),
     "current_usd": ("current_unpriced_requests",),
     "previous_usd": ("previous_unpriced_requests",),
 }

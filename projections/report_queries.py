@@ -36,7 +36,7 @@ from events.usage import exact_money
 from projections.engine.projection import Connection
 from projections.policies import load_policies
 from projections.spend import MEASURES
-from projections.windows import window_sums
+from projections.windows import WindowTotals, priced_cost, window_totals
 
 __all__ = [
     "ReportBuilder",
@@ -69,11 +69,6 @@ _QUARTER = timedelta(minutes=15)
 _DAY = timedelta(days=1)
 
 
-def _priced(cost: Decimal, requests: int, unpriced_requests: int) -> Decimal | None:
-    """The cost of calls, or None when none of them had a price (the rollups sum those as 0)."""
-    return None if requests and unpriced_requests == requests else cost
-
-
 class Spend(NamedTuple):
     """The calls of a span: their cost (unpriced ones as 0), how many, how many unpriced."""
 
@@ -83,7 +78,7 @@ class Spend(NamedTuple):
 
     @property
     def priced_cost(self) -> Decimal | None:
-        return _priced(*self)
+        return priced_cost(*self)
 
     def plus(self, other: Spend) -> Spend:
         with exact_money():
@@ -108,7 +103,7 @@ class Totals(NamedTuple):
 
     @property
     def priced_cost(self) -> Decimal | None:
-        return _priced(self.cost, self.requests, self.unpriced_requests)
+        return priced_cost(self.cost, self.requests, self.unpriced_requests)
 
     def plus(self, other: Totals) -> Totals:
         """This one's keys, with both's measures summed."""
@@ -545,9 +540,9 @@ class ReportBuilder:
 
     async def _live_spend(
         self, conn: Connection, now: datetime
-    ) -> list[tuple[PolicyWindow, Decimal]]:
+    ) -> list[tuple[PolicyWindow, WindowTotals]]:
         """The current window of every policy with one total to compare (global or keyed),
-        and the spend in it."""
+        and the spend and calls in it."""
         windows = []
         for policy in await load_policies(conn):
             if policy.scope is not BudgetScope.GLOBAL and policy.scope_key is None:
@@ -556,13 +551,14 @@ class ReportBuilder:
             if window is not None:
                 key = GLOBAL_SCOPE_KEY if policy.scope_key is None else policy.scope_key
                 windows.append(PolicyWindow(policy, key, *window))
-        spent = await window_sums(conn, "spend_buckets", windows)
+        spent = await window_totals(conn, "spend_buckets", windows)
         return list(zip(windows, spent, strict=True))
 
     async def _budgets(self, conn: Connection, now: datetime) -> Table:
         rows: list[tuple[Cell, ...]] = []
-        for window, amount in await self._live_spend(conn, now):
+        for window, totals in await self._live_spend(conn, now):
             limit = window.policy.limit_amount
+            amount = totals.priced_cost
             rows.append(
                 (
                     window.policy.name,
@@ -572,8 +568,9 @@ class ReportBuilder:
                     window.end,
                     amount,
                     limit,
-                    limit - amount,
-                    percent_of(amount, limit),
+                    None if amount is None else limit - amount,
+                    None if amount is None else percent_of(amount, limit),
+                    totals.unpriced_requests,
                 )
             )
         return Table(
@@ -588,6 +585,7 @@ class ReportBuilder:
                 "limit_usd",
                 "remaining_usd",
                 "used_percent",
+                "unpriced_requests",
             ),
             rows,
         )
@@ -596,7 +594,8 @@ class ReportBuilder:
         self, conn: Connection, now: datetime, today: date, horizon: int, tz: tzinfo
     ) -> Table:
         rows: list[tuple[Cell, ...]] = []
-        for window, amount in await self._live_spend(conn, now):
+        for window, totals in await self._live_spend(conn, now):
+            amount = totals.cost
             dimension = (
                 "total"
                 if window.policy.scope is BudgetScope.GLOBAL
@@ -623,7 +622,17 @@ class ReportBuilder:
                 if exhausted is None and running >= limit:
                     exhausted = f.day
             at_end = running.quantize(Decimal("0.01"))
-            rows.append((window.policy.name, window.end, amount, at_end, limit, exhausted))
+            rows.append(
+                (
+                    window.policy.name,
+                    window.end,
+                    totals.priced_cost,
+                    at_end,
+                    limit,
+                    exhausted,
+                    totals.unpriced_requests,
+                )
+            )
         return Table(
             "Budgets at this pace",
             (
@@ -633,6 +642,7 @@ class ReportBuilder:
                 "projected_at_period_end_usd",
                 "limit_usd",
                 "exhausted_on",
+                "unpriced_requests",
             ),
             rows,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import AsyncCursor
 
@@ -20,10 +20,13 @@ from projections.engine.projection import Connection
 __all__ = [
     "SETTLED",
     "Cursor",
+    "WindowTotals",
     "fetch_window_sums",
+    "priced_cost",
     "query_window_sums",
     "window_sum_sql",
     "window_sums",
+    "window_totals",
     "windows_param",
 ]
 
@@ -54,20 +57,59 @@ _HOLDS = f"""
                                                  AND l.occurred_at < w.start))), 0)"""
 
 
+# The windows of ``windows_param``, numbered ``w.i`` in their order, and a bucket ``b`` in one.
+_WINDOWS = """
+        FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (policy_id text, scope text,
+                        key text, start timestamptz, stop timestamptz)) WITH ORDINALITY
+             AS w(policy_id, scope, key, start, stop, i)"""
+_IN_WINDOW = """b.scope = w.scope AND b.scope_key = w.key
+                           AND b.bucket_start >= w.start AND b.bucket_start < w.stop"""
+
+
 def window_sum_sql(buckets: str, *, holds: bool = False) -> str:
     """A query of one row (amount, ordinal) per window of ``windows_param``, in its order:
     the cost in ``buckets`` (a relation shaped like ``spend_buckets``) inside the window,
     plus, with ``holds``, what unsettled reservations hold on it."""
     return f"""
         SELECT coalesce((SELECT sum(b.cost) FROM {buckets} b
-                         WHERE b.scope = w.scope AND b.scope_key = w.key
-                           AND b.bucket_start >= w.start AND b.bucket_start < w.stop), 0)
-               {_HOLDS if holds else ""} AS amount, w.i AS ordinal
-        FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (policy_id text, scope text,
-                        key text, start timestamptz, stop timestamptz)) WITH ORDINALITY
-             AS w(policy_id, scope, key, start, stop, i)
+                         WHERE {_IN_WINDOW}), 0)
+               {_HOLDS if holds else ""} AS amount, w.i AS ordinal{_WINDOWS}
         ORDER BY i
         """
+
+
+def priced_cost(cost: Decimal, requests: int, unpriced_requests: int) -> Decimal | None:
+    """``cost``, or None when no call had a price (buckets and rollups sum those as 0)."""
+    return None if requests and unpriced_requests == requests else cost
+
+
+class WindowTotals(NamedTuple):
+    cost: Decimal
+    """Of the priced calls only."""
+    requests: int
+    unpriced_requests: int
+
+    @property
+    def priced_cost(self) -> Decimal | None:
+        return priced_cost(self.cost, self.requests, self.unpriced_requests)
+
+
+async def window_totals(
+    conn: Connection, buckets: str, windows: Sequence[PolicyWindow]
+) -> list[WindowTotals]:
+    """The cost, calls and unpriced calls in ``buckets`` inside each of ``windows``, in
+    their order: what a page shows against a limit, where calls without a price must
+    show as such rather than as $0."""
+    if not windows:
+        return []
+    cursor = await conn.execute(
+        f"""SELECT coalesce(sum(b.cost), 0), coalesce(sum(b.requests), 0)::bigint,
+                   coalesce(sum(b.unpriced_requests), 0)::bigint{_WINDOWS}
+            LEFT JOIN {buckets} b ON {_IN_WINDOW}
+            GROUP BY w.i ORDER BY w.i""".encode(),
+        (windows_param(windows),),
+    )
+    return [WindowTotals(*row) for row in await cursor.fetchall()]
 
 
 def windows_param(windows: Sequence[PolicyWindow]) -> str:

@@ -39,6 +39,18 @@ def test_a_date_beyond_the_years_the_console_works_with_is_a_field_error(
     assert error in page.text, page.text
 
 
+def test_a_custom_report_of_any_range_ignores_the_comparisons_window(
+    browser: httpx.Client,
+) -> None:
+    """The comparison's fields are hidden for other reports, and its default window (as
+    long as the range, just before it) would start in 1840 here: neither is this report's."""
+    params = {"kind": "custom", "start": "1970-01-01", "end": "2099-12-31", "tz": "UTC"}
+    for hidden in ({}, {"previous_start": "not a date"}):
+        page = browser.get("/reports", params={**params, **hidden})
+        assert page.status_code == 200, page.text
+        assert 'class="error"' not in page.text and "previous_start=" not in page.text
+
+
 def test_the_alerts_page_shows_the_newest_and_pages_on_to_older_ones(
     stack: LiveStack, browser: httpx.Client
 ) -> None:

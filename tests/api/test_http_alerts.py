@@ -10,6 +10,9 @@ import threading
 from typing import Any
 
 import httpx
+import psycopg
+
+from services.api.routes.alerts import _DELIVERED_SINCE
 
 from http_support import call, posted_at_once
 from live import LiveStack
@@ -164,6 +167,33 @@ def test_an_alert_arrives_live_and_is_acknowledged_then_resolved(
     assert alert_id not in open_ids
     missing = admin.post("/api/v1/alerts/00000000-0000-0000-0000-000000000000/resolve")
     assert missing.status_code == 404
+
+
+def test_filters_no_alert_can_match_are_refused_naming_the_field(viewer: httpx.Client) -> None:
+    both = viewer.get(
+        "/api/v1/alerts", params={"unacknowledged_only": "true", "acknowledged_only": "true"}
+    )
+    assert both.status_code == 422, both.text
+    assert both.headers["content-type"] == "application/problem+json"
+    assert both.json()["errors"][0]["field"] == "query.acknowledged_only"
+
+
+def test_a_live_feed_reads_only_what_was_delivered_since_it_last_looked(
+    stack: LiveStack,
+) -> None:
+    """Each open feed looks four times a second, and the feed keeps every alert ever
+    delivered: a look must not read them all."""
+    with psycopg.connect(stack.settings.database_url) as conn:
+        conn.execute(
+            "INSERT INTO alert_feed (alert_id, payload, delivered_at)"
+            " SELECT gen_random_uuid(), '{}', now() - interval '1 day' - n * interval '1 minute'"
+            " FROM generate_series(1, 20000) AS n"
+        )
+        conn.execute("ANALYZE alert_feed")
+        since = conn.execute("SELECT now() - interval '5 seconds'").fetchone()
+        plan = conn.execute(b"EXPLAIN " + _DELIVERED_SINCE.encode(), since).fetchall()
+    shown = "\n".join(line for (line,) in plan)
+    assert "Seq Scan" not in shown and "alert_feed_delivered_at" in shown, shown
 
 
 def test_rules_are_added_replaced_and_removed(

@@ -110,3 +110,63 @@ def test_the_comparison_page_shows_a_group_of_unpriced_calls_as_unpriced(
     shown = [re.sub(r"<[^>]+>", "", cell).strip() for cell in cells]
     # current, previous (no call: $0), change, percent, unpriced calls now and then
     assert shown[1:] == ["unpriced", "$0.00", "—", "—", "1", "0"]
+
+
+def test_a_budget_whose_calls_had_no_price_shows_them_never_as_0(
+    admin: httpx.Client,
+    ingest: httpx.Client,
+    viewer: httpx.Client,
+    browser: httpx.Client,
+    user: str,
+) -> None:
+    """Unpriced calls add nothing to a budget's spend, and the enforcer keeps their holds:
+    the bar says they were made instead of showing $0.00 spent, 0 % used."""
+    policy_id = f"cap-{user}"
+    body = {"name": "Cap", "scope": "user", "scope_key": user, "limit_amount": "5"}
+    admin.put(f"/api/v1/policies/{policy_id}", json=body).raise_for_status()
+
+    def bar_after(calls: int) -> str:
+        def requests() -> bool:
+            rows = viewer.get("/api/v1/spend", params={"scope": "user", "key": user}).json()
+            return bool(rows) and rows[0]["requests"] == calls
+
+        eventually(requests, what=f"{calls} calls counted")
+        live = browser.get("/dashboard/live").text
+        bar = re.search(rf'data-policy="{policy_id}".*?</div>', live, re.S)
+        assert bar, live
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", bar[0])).strip()
+
+    ingest.post("/api/v1/usage", json=call(user, model=f"no-price-{user}")).raise_for_status()
+    shown = bar_after(1)
+    assert "unpriced" in shown and "$0.00" not in shown and "0.0%" not in shown, shown
+    ingest.post("/api/v1/usage", json=call(user)).raise_for_status()  # $0.0075
+    shown = bar_after(2)
+    assert "$0.01" in shown and "+1 unpriced" in shown and "0.2%" in shown, shown
+
+
+def test_a_budget_whose_calls_had_no_price_is_unpriced_in_every_report_format(
+    admin: httpx.Client, ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    policy_id = f"cap-{user}"
+    body = {"name": f"Cap {user}", "scope": "user", "scope_key": user, "limit_amount": "5"}
+    admin.put(f"/api/v1/policies/{policy_id}", json=body).raise_for_status()
+    ingest.post("/api/v1/usage", json=call(user, model=f"no-price-{user}")).raise_for_status()
+
+    def budget() -> dict[str, object] | None:
+        report = viewer.get("/api/v1/reports/summary")
+        assert report.status_code == 200, report.text
+        mine = [r for r in _records(report.json()["tables"][1]) if r["policy"] == body["name"]]
+        return mine[0] if mine and mine[0]["unpriced_requests"] else None
+
+    summary = eventually(budget, what="the call counted")
+    assert (summary["spent_usd"], summary["remaining_usd"], summary["used_percent"]) == (
+        None,
+        None,
+        None,
+    )
+    csv = viewer.get("/api/v1/reports/summary", params={"format": "csv"}).text
+    [line] = [row for row in csv.splitlines() if row.startswith(f"Cap {user},")]
+    assert line.split(",")[5:] == ["", "5", "", "", "1"], line
+    md = viewer.get("/api/v1/reports/summary", params={"format": "md"}).text
+    [row] = [row for row in md.splitlines() if f"| Cap {user} |" in row]
+    assert "| unpriced | 5.00 |" in row, row

@@ -156,6 +156,28 @@ def test_spend_by_scope_and_key(viewer: httpx.Client, recorded: str) -> None:
     assert error["field"] == "query.at" and error["message"].endswith(OUT_OF_RANGE), error
 
 
+def test_spend_of_calls_without_a_price_is_null_never_0(
+    ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    model = f"no-price-{user}"
+    ingest.post("/api/v1/usage", json=call(user, model=model)).raise_for_status()
+    ingest.post("/api/v1/usage", json=call(user)).raise_for_status()  # priced: $0.0075
+
+    def rows() -> dict[str, dict[str, object]] | None:
+        found = viewer.get("/api/v1/spend", params={"period": "daily", "key": user}).json()
+        found += viewer.get("/api/v1/spend", params={"period": "daily", "key": model}).json()
+        mine = {r["scope_key"]: r for r in found}
+        return mine if mine.get(user, {}).get("requests") == 2 and model in mine else None
+
+    shown = eventually(rows, what="both calls counted")
+    assert [shown[model][k] for k in ("cost", "requests", "unpriced_requests")] == [None, 1, 1]
+    assert [shown[user][k] for k in ("cost", "requests", "unpriced_requests")] == [
+        "0.00750000",
+        2,
+        1,
+    ]
+
+
 def test_prices_and_providers(viewer: httpx.Client) -> None:
     providers = {p["provider"]: p["models"] for p in viewer.get("/api/v1/providers").json()}
     assert providers["openai"] > 0 and providers["anthropic"] > 0

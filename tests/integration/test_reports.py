@@ -17,6 +17,7 @@ from nats.aio.client import Client
 
 from budget.config import Settings
 from budget.periods import Period
+from budget.report_format import ExportFormat
 from budget.reports import ReportGenerator
 from events import BudgetPolicy, BudgetScope, PolicySet, Topology, UsageRepriced, utc_now
 from projections.registry import get_projection
@@ -294,6 +295,38 @@ async def test_trend_has_one_point_per_day_summing_to_the_window(
     assert weekly[-1]["cost_usd"] == Decimal("0.50") * (now.weekday() + 1)
 
 
+async def test_a_trend_point_whose_calls_had_no_price_is_unpriced_never_0(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Two days ago $1, yesterday only unpriced calls, today $1 and one unpriced call."""
+    today = utc_now().replace(hour=12, minute=0, second=0, microsecond=0)
+    if today > utc_now():
+        today = utc_now()
+    await publish(
+        nc,
+        topology,
+        [
+            usage_event(cost="1.00", at=today - timedelta(days=2)),
+            usage_event(cost=None, at=today - timedelta(days=1)),
+            usage_event(cost=None, at=today - timedelta(days=1)),
+            usage_event(cost="1.00", at=today),
+            usage_event(cost=None, at=today),
+        ],
+    )
+    await materialize(nc, db, topology)
+    trend = await generator.generate_trend_report(days=3, interval="daily")
+    shown = [
+        (r["cost_usd"], r["requests"], r["change_usd"], r["unpriced_requests"])
+        for r in trend.main.records()
+    ]
+    assert shown == [
+        (Decimal("1.00"), 1, None, 0),
+        (None, 2, None, 2),  # not $0, nor a drop of $1
+        (Decimal("1.00"), 2, None, 1),
+    ]
+    assert "| unpriced | 2 |" in trend.export(ExportFormat.MARKDOWN)
+
+
 async def test_summary_shows_the_period_by_model_and_the_budgets(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
@@ -345,6 +378,53 @@ async def test_a_projection_without_a_whole_day_of_spend_says_why_it_is_empty(
     report = await generator.generate_projection_report()
     assert report.empty
     assert "a forecast is fitted on whole days" in report.to_markdown()
+
+
+async def test_a_budget_whose_calls_had_no_price_has_no_amount_spent(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Unpriced calls are summed as 0 in the buckets: a window of only those is unpriced
+    (with its count), never $0 spent and all of its limit remaining."""
+    now = utc_now()
+    policies = [
+        BudgetPolicy(
+            policy_id=f"p-{user}",
+            name=user,
+            scope=BudgetScope.USER,
+            scope_key=user,
+            period="daily",
+            limit_amount=Decimal(10),
+        )
+        for user in ("unpriced", "mixed")
+    ]
+    await publish(
+        nc,
+        topology,
+        [
+            *(PolicySet(occurred_at=now, policy=p) for p in policies),
+            usage_event(cost="2.00", at=now - timedelta(days=1)),  # history to forecast from
+            usage_event(cost="1.00", at=now, user="mixed"),
+            usage_event(cost=None, at=now, user="mixed"),
+            usage_event(cost=None, at=now, user="unpriced"),
+        ],
+    )
+    await materialize(nc, db, topology, "policies")
+    summary = await generator.generate_summary_report()
+    budgets = {r["policy"]: r for r in summary.tables[1].records()}
+    shown = ("spent_usd", "remaining_usd", "used_percent", "unpriced_requests")
+    assert [budgets["unpriced"][c] for c in shown] == [None, None, None, 1]
+    assert [budgets["mixed"][c] for c in shown] == [
+        Decimal("1.00"),
+        Decimal("9.00"),
+        Decimal("10.0"),
+        1,
+    ]
+    projection = await generator.generate_projection_report()
+    at_pace = {r["policy"]: r for r in projection.tables[2].records()}
+    assert (at_pace["unpriced"]["spent_usd"], at_pace["unpriced"]["unpriced_requests"]) == (None, 1)
+    assert at_pace["mixed"]["spent_usd"] == Decimal("1.00")
+    [row] = [r for r in summary.export(ExportFormat.MARKDOWN).splitlines() if "| unpriced |" in r]
+    assert [c.strip() for c in row.split("|")[6:10]] == ["unpriced", "10.00", "", ""], row
 
 
 async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(

@@ -1,11 +1,12 @@
 """The dashboard's budget bars: every policy's current window and the spend in it.
 
 The same pieces as the projection report's budgets (``load_policies``, ``policy_window``,
-``window_sums`` over ``spend_buckets``), plus one step that report skips: a policy that
+the window's sums over ``spend_buckets``), plus one step that report skips: a policy that
 limits each user (project, ...) separately gets a bar for each key that spent in its
 window, the biggest spenders first (ranked from the report rollups), unless that key has a
 policy of its own (which then replaces it, as ``budget.policies.applicable`` decides for
-checks).
+checks). A bar counts the calls in its window that had no price, so a window whose
+calls were all unpriced shows as unpriced, never as $0 spent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from events.policy import GLOBAL_SCOPE_KEY
 from projections.engine.projection import Connection
 from projections.policies import load_policies
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
-from projections.windows import window_sums
+from projections.windows import WindowTotals, window_totals
 
 __all__ = ["BudgetBar", "PolicyBars", "budget_bars"]
 
@@ -36,7 +37,17 @@ State = Literal["ok", "soft", "exceeded"]
 @dataclass(frozen=True)
 class BudgetBar:
     window: PolicyWindow
-    spent: Decimal
+    totals: WindowTotals
+
+    @property
+    def spent(self) -> Decimal:
+        """Of the priced calls: an unpriced call adds nothing it could be said to cost."""
+        return self.totals.cost
+
+    @property
+    def unpriced(self) -> bool:
+        """Calls were made in the window, none of them with a known price."""
+        return self.totals.priced_cost is None
 
     @property
     def limit(self) -> Decimal:
@@ -89,9 +100,9 @@ async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
         keys, total = await _spending_keys(conn, policy.scope, start, end, exclude)
         windows = [PolicyWindow(policy, key, start, end) for key in keys]
         found.append((policy, windows, total - len(keys)))
-    spent = iter(await window_sums(conn, "spend_buckets", [w for _, ws, _ in found for w in ws]))
+    totals = iter(await window_totals(conn, "spend_buckets", [w for _, ws, _ in found for w in ws]))
     return [
-        PolicyBars(policy, [BudgetBar(w, next(spent)) for w in windows], more)
+        PolicyBars(policy, [BudgetBar(w, next(totals)) for w in windows], more)
         for policy, windows, more in found
     ]
 
@@ -101,7 +112,7 @@ async def _spending_keys(
 ) -> tuple[list[str], int]:
     """The keys of ``scope`` with the most spend in [start, end), and how many spent. Ranked
     from the report rollups over the window widened to whole quarter hours (cheap however
-    many calls it holds); each shown key's bar is then summed exactly by ``window_sums``."""
+    many calls it holds); each shown key's bar is then summed exactly by ``window_totals``."""
     start, end = floor_quarter(start), ceil_quarter(end)
     totals = await ReportBuilder(conn).scope_totals(conn, scope, start, end)
     keys = [t.key1 for t in totals if t.cost or t.requests]

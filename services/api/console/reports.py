@@ -94,8 +94,11 @@ def _query(state: FormState) -> ReportQuery | None:
     if state.value("kind") not in dict(KINDS):
         state.fail("kind", "pick one of the reports listed")
     tz = zone(state.value("tz"))
+    comparison = state.value("kind") == "comparison"
     dates: dict[str, datetime | None] = {}
-    for name in DATES:
+    # A comparison's own window is no other report's: typed, hidden or defaulted, it is
+    # ignored (its default, as long before start as the range is long, may be out of range).
+    for name in DATES if comparison else ("start", "end"):
         try:
             dates[name] = local_date(state.value(name), tz)
         except ValueError as exc:
@@ -104,7 +107,12 @@ def _query(state: FormState) -> ReportQuery | None:
         last = dates.get(name)
         dates[name] = last + _DAY if last else None  # "through" the last day
     start, end = dates.get("start"), dates.get("end")
-    if start and end and not (dates.get("previous_start") or dates.get("previous_end")):
+    if (
+        comparison
+        and start
+        and end
+        and not (dates.get("previous_start") or dates.get("previous_end"))
+    ):
         # Comparison's default: the same length of time just before.
         dates["previous_start"], dates["previous_end"] = start - (end - start), start
     if state.errors:

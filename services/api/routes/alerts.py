@@ -74,6 +74,13 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AlertsPage:
+    if unacknowledged_only and acknowledged_only:  # no alert is both: say so, not []
+        message = "cannot be true with unacknowledged_only: no alert is both"
+        raise Problem(
+            422,
+            f"query.acknowledged_only: {message}",
+            errors=[{"field": "query.acknowledged_only", "message": message}],
+        )
     query = AlertsQuery(
         policy_id=policy_id,
         severity=severity,
