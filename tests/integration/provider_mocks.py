@@ -77,11 +77,13 @@ class ProviderApi:
     """Answers as the providers do; ``requests`` holds each request's JSON body (None
     for a multipart upload); ``fail_with``: the status every answer has while set;
     ``embedding_usage``: Gemini's embedding answers carry ``usageMetadata`` (else the
-    vectors alone, as the Gemini API has long answered)."""
+    vectors alone, as the Gemini API has long answered); ``streams``: a path's streamed
+    answer, by fixture name, instead of the one above."""
 
     requests: list[dict[str, Any] | None] = field(default_factory=list)
     fail_with: int | None = None
     embedding_usage: bool = True
+    streams: dict[str, str] = field(default_factory=dict)
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
@@ -109,7 +111,7 @@ class ProviderApi:
                 sse = fixture(_USAGE_CHUNK_SSE[path])
                 asked = (body.get("stream_options") or {}).get("include_usage")
                 return _sse(sse if asked else _without_usage(sse))
-            return _sse(fixture(_SSE[path]))
+            return _sse(fixture(self.streams.get(path) or _SSE[path]))
         answer = _JSON[path]
         if path == "/v1/audio/translations" and b"verbose_json" in request.content:
             answer = "openai_translation_verbose.json"  # the duration comes with the segments
