@@ -68,8 +68,13 @@ _USAGE_CHUNK_SSE = {
 }
 _SSE = {
     "/v1/responses": "openai_responses_stream.sse",
+    "/v1/images/generations": "openai_images_stream.sse",
+    "/v1/audio/transcriptions": "openai_transcription_stream.sse",
     "/v1/messages": "anthropic_message_stream.sse",
 }
+
+_STREAMED_UPLOAD = b'name="stream"\r\n\r\ntrue\r\n'
+"""A multipart request's ``stream=True`` (audio transcriptions, image edits)."""
 
 
 @dataclass
@@ -106,7 +111,8 @@ class ProviderApi:
             asks = asks and b'"functionResponse"' not in request.content
             answer = "gemini_generate_function_call.json" if asks else "gemini_generate.json"
             return httpx2.Response(200, content=fixture(answer))
-        if body is not None and body.get("stream"):
+        streamed = body.get("stream") if body is not None else _STREAMED_UPLOAD in request.content
+        if streamed:
             if path in _USAGE_CHUNK_SSE:
                 sse = fixture(_USAGE_CHUNK_SSE[path])
                 asked = (body.get("stream_options") or {}).get("include_usage")
@@ -115,6 +121,8 @@ class ProviderApi:
         answer = _JSON[path]
         if path == "/v1/audio/translations" and b"verbose_json" in request.content:
             answer = "openai_translation_verbose.json"  # the duration comes with the segments
+        if path == "/v1/audio/transcriptions" and b"gpt-4o-transcribe" in request.content:
+            answer = "openai_transcription_tokens.json"  # billed by tokens, not duration
         return httpx2.Response(
             200, content=fixture(answer), headers={"content-type": "application/json"}
         )

@@ -15,7 +15,7 @@ import pytest
 
 import budget
 from budget import BudgetExceeded
-from events import Topology, Usage
+from events import ImageUsage, Topology, Usage
 
 from enforcement import EnforcementStack
 from provider_mocks import (
@@ -481,6 +481,52 @@ async def test_an_image_edit_records_its_images_once(
     assert (event.model, event.kind) == ("gpt-image-1", "image")
     assert (event.usage, event.cost) == (GPT_IMAGE, GPT_IMAGE_1_COST)
     assert event.estimated_reason is None and event.user_id == "alice"
+
+
+@sync_and_async
+async def test_streamed_image_generation_and_transcription_record_their_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``stream=True`` image generation (partial images, then the completed image with
+    its usage) and transcription (text deltas, then ``transcript.text.done`` with its
+    usage): each stream is watched and recorded from its final event."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    audio = ("speech.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        images = await call(
+            sync,
+            client.images.generate,
+            model="gpt-image-1",
+            prompt="A lighthouse",
+            stream=True,
+            partial_images=1,
+        )
+        image_events = await in_thread(list, images) if sync else [e async for e in images]
+        transcript = await call(
+            sync,
+            client.audio.transcriptions.create,
+            model="gpt-4o-transcribe",
+            file=audio,
+            stream=True,
+        )
+        text_events = await in_thread(list, transcript) if sync else [e async for e in transcript]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert [e.type for e in image_events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert text_events[-1].text == "Imagine the wildest idea that you've ever had"
+    by_kind = {event.kind: event for event in events}
+    image = by_kind["image"]
+    one = ImageUsage(count=1, size="1024x1024", quality="medium")
+    assert (image.model, image.usage) == ("gpt-image-1", Usage(input_uncached=50, images=one))
+    assert image.cost == per_million(a=("5", 50)) + Decimal("0.042")
+    transcribed = by_kind["audio"]
+    assert transcribed.model == "gpt-4o-transcribe"
+    assert transcribed.usage == Usage(input_uncached=72, output_text=12)
+    assert_each(events, provider="openai", user_id="alice", estimated_reason=None)
 
 
 # The SDK marks translations deprecated (shut down on 26 Feb 2027); they answer, and cost.
