@@ -278,6 +278,7 @@ _MEDIA = {"AUDIO": "audio", "IMAGE": "image", "VIDEO": "video"}
 _DETAILS = (
     "prompt_tokens_details",
     "completion_tokens_details",
+    "input_token_details",
     "candidates_tokens_details",
     "cache_creation",
     "server_tool_use",
@@ -288,9 +289,10 @@ def modality_tokens(obj: object) -> dict[str, int]:
     """What a provider's usage object (or a response holding one) counts that ``Usage``
     has no class for, and a model may price apart (``RateCard.apart``): tokens that are
     not text, by side and medium (``"input audio"``, ``"output image"``, ...: ``Usage``
-    counts them as text; OpenAI's ``*_tokens_details.audio_tokens``, Gemini's
-    per-modality counts), Anthropic's ``"1-hour cache write"`` tokens (counted as cache
-    writes) and ``"web search"`` requests."""
+    counts them as text; OpenAI's ``*_tokens_details.audio_tokens`` and a transcription's
+    ``input_token_details.audio_tokens``, Gemini's per-modality counts), Anthropic's
+    ``"1-hour cache write"`` tokens (counted as cache writes) and ``"web search"``
+    requests."""
     found: dict[str, int] = {}
     usage = _with_details(obj)
     if usage is None:
@@ -301,7 +303,11 @@ def modality_tokens(obj: object) -> dict[str, int]:
     ):
         if count := _num(usage, *path):
             found[name] = count
-    for side, key in (("input", "prompt_tokens_details"), ("output", "completion_tokens_details")):
+    for side, key in (
+        ("input", "prompt_tokens_details"),
+        ("input", "input_token_details"),  # OpenAI's transcriptions
+        ("output", "completion_tokens_details"),
+    ):
         audio = _num(usage, key, "audio_tokens") if not _is_list(_get(usage, key)) else 0
         if audio:
             found[f"{side} audio"] = audio

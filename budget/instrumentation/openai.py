@@ -219,9 +219,9 @@ def _speech_to_text_usage(usage: Any) -> Measured:
     """A transcription's usage: its audio's duration, or (the GPT-4o models) tokens."""
     if usage.type == "duration":
         return Measured(normalize_usage(audio_seconds=usage.seconds))
-    return Measured(
-        normalize_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
-    )
+    # The usage object kept: its audio tokens are priced apart from text.
+    tokens = normalize_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+    return Measured(tokens, raw_usage=usage)
 
 
 class _TranscriptionObserver(UsageObserver):

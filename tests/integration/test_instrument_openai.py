@@ -529,6 +529,38 @@ async def test_streamed_image_generation_and_transcription_record_their_usage_on
     assert_each(events, provider="openai", user_id="alice", estimated_reason=None)
 
 
+@sync_and_async
+async def test_a_transcription_billed_by_tokens_is_not_priced_as_text(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """gpt-4o-transcribe bills its input audio tokens at 2.4x its text input rate, which
+    ``Usage`` has no class for: streamed or not, the call is recorded unpriced, saying
+    why, rather than at the text rate."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    create = (sync_client if sync else async_client).audio.transcriptions.create
+
+    def audio() -> tuple[str, io.BytesIO, str]:
+        return ("speech.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        answer = await call(sync, create, model="gpt-4o-transcribe", file=audio())
+        stream = await call(sync, create, model="gpt-4o-transcribe", file=audio(), stream=True)
+        await in_thread(list, stream) if sync else [event async for event in stream]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert answer.usage.input_token_details.audio_tokens == 72
+    assert_each(
+        events,
+        model="gpt-4o-transcribe",
+        kind="audio",
+        usage=Usage(input_uncached=72, output_text=12),
+        cost=None,
+        estimated_reason=None,
+    )
+    for event in events:
+        assert "72 input audio tokens" in (event.unpriced_reason or "")
+
+
 # The SDK marks translations deprecated (shut down on 26 Feb 2027); they answer, and cost.
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 @sync_and_async
