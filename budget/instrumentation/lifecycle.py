@@ -204,13 +204,35 @@ class Lifecycle:
         if self._admitted_at_once(tracker, plan, attribution, cost):
             return Call(tracker, self.provider, plan, attribution, None)
         check = self._check(tracker, plan, attribution, cost)
+        checking: asyncio.Future[CheckResult]
         if tracker.loop is None or tracker.loop is asyncio.get_running_loop():
-            result = await check
+            checking = asyncio.ensure_future(check)
         else:  # a tracker another loop (another thread) started
-            result = await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(check, tracker.loop)
+            checking = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(check, tracker.loop))
+        try:
+            # Shielded: cancelled while the enforcer reserves for it, the call is not made,
+            # and what the answer reserved is given back as it arrives, not held till expiry.
+            result = await asyncio.shield(checking)
+        except asyncio.CancelledError:
+            checking.add_done_callback(
+                functools.partial(self._release_unused, tracker, plan, attribution)
             )
+            raise
         return self._admitted(tracker, plan, attribution, result)
+
+    def _release_unused(
+        self,
+        tracker: UsageTracker,
+        plan: Plan,
+        attribution: Attribution,
+        checking: asyncio.Future[CheckResult],
+    ) -> None:
+        """Release the reservation of a check whose call was cancelled."""
+        if checking.cancelled() or checking.exception() is not None:
+            return
+        reservation_id = checking.result().reservation_id
+        if reservation_id is not None:
+            Call(tracker, self.provider, plan, attribution, reservation_id).release()
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
         """``begin`` from a sync client's thread: answered there when the caches can (no

@@ -4,6 +4,7 @@ recorded once, the budget checked before, reservations released on failure."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import logging
@@ -392,6 +393,44 @@ async def test_a_failed_call_releases_its_reservation(
         await client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
         [event] = await recorded.exactly(stack.tracker, 1)
     assert event.reservation_id is not None  # settled by the spend projection
+
+
+async def test_a_call_cancelled_while_its_check_is_answered_releases_what_was_reserved(
+    stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while the enforcer reserves for it (a client gone, a timeout)
+    never sends its request: the reservation is given back once the answer arrives,
+    not held against the budget until it expires."""
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    _, client = clients(api, stack)
+    check_budget = stack.tracker.check_budget
+    reserved, answer_delivered = asyncio.Event(), asyncio.Event()
+
+    async def answered_late(*args: Any, **kwargs: Any) -> Any:
+        result = await check_budget(*args, **kwargs)
+        reserved.set()
+        await answer_delivered.wait()  # the answer still on its way when the call ends
+        return result
+
+    monkeypatch.setattr(stack.tracker, "check_budget", answered_late)
+    calling = asyncio.create_task(
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
+    )
+    await reserved.wait()
+    assert len(await stack.holds()) == 1
+    calling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calling
+    answer_delivered.set()
+
+    async def released() -> bool:
+        """the reservation was released"""
+        return await stack.holds() == []
+
+    await wait_for(released, within=30)
+    assert api.requests == []
 
 
 async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_is_recorded(
