@@ -119,6 +119,8 @@ class ProviderApi:
                 return _sse(sse if asked else _without_usage(sse))
             return _sse(fixture(self.streams.get(path) or _SSE[path]))
         answer = _JSON[path]
+        if request.url.host == "api.deepseek.com":  # the OpenAI SDK pointed at DeepSeek
+            answer = "deepseek_chat.json"
         if path == "/v1/audio/translations" and b"verbose_json" in request.content:
             answer = "openai_translation_verbose.json"  # the duration comes with the segments
         if path == "/v1/audio/transcriptions" and b"gpt-4o-transcribe" in request.content:

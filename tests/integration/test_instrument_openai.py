@@ -16,6 +16,7 @@ import pytest
 
 import budget
 from budget import BudgetExceeded
+from budget.pricing import Priced
 from events import ImageUsage, Topology, Usage
 
 from enforcement import EnforcementStack
@@ -431,6 +432,35 @@ async def test_a_call_cancelled_while_its_check_is_answered_releases_what_was_re
 
     await wait_for(released, within=30)
     assert api.requests == []
+
+
+async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_providers(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """The OpenAI SDK is how many providers are called (DeepSeek, Groq, xAI, OpenRouter):
+    a client whose base_url is one of theirs is checked, recorded and priced as theirs,
+    not as an OpenAI model without a price."""
+    import httpx2
+
+    api = ProviderApi()
+    client = openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url="https://api.deepseek.com/v1",
+        http_client=httpx2.AsyncClient(transport=api.transport()),
+    )
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.with_options(timeout=5).chat.completions.create(
+            model="deepseek-chat", messages=HELLO, max_tokens=100
+        )
+        [event] = await recorded.exactly(stack.tracker, 1)
+    usage = Usage(input_uncached=10, input_cache_read=64, output_text=10)
+    assert (event.provider, event.model, event.usage) == ("deepseek", "deepseek-chat", usage)
+    priced = stack.tracker.registry.price(
+        provider="deepseek", model="deepseek-chat", usage=usage, at=event.occurred_at
+    )
+    assert isinstance(priced, Priced) and event.cost == priced.cost
+    assert event.unpriced_reason is None
 
 
 async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_is_recorded(
