@@ -224,6 +224,7 @@ def _from_usage(u: object) -> Usage | None:
         return normalize_usage(
             input_tokens=prompt,
             cached_tokens=_num(u, "prompt_tokens_details", "cached_tokens"),
+            cache_write_tokens=_num(u, "prompt_tokens_details", "cache_write_tokens"),
             output_tokens=completion,
             reasoning_tokens=reasoning,
         )
@@ -242,6 +243,8 @@ def _from_usage(u: object) -> Usage | None:
     return normalize_usage(
         input_tokens=_num(u, "input_tokens"),
         cached_tokens=_num(u, "input_tokens_details", "cached_tokens"),
+        # OpenAI's explicit cache writes (gpt-5.6 on), billed above the input rate
+        cache_write_tokens=_num(u, "input_tokens_details", "cache_write_tokens"),
         output_tokens=_num(u, "output_tokens"),
         reasoning_tokens=_num(u, "output_tokens_details", "reasoning_tokens"),
     )

@@ -82,12 +82,13 @@ class ProviderApi:
     """Answers as the providers do; ``requests`` holds each request's JSON body (None
     for a multipart upload); ``fail_with``: the status every answer has while set;
     ``embedding_usage``: Gemini's embedding answers carry ``usageMetadata`` (else the
-    vectors alone, as the Gemini API has long answered); ``streams``: a path's streamed
-    answer, by fixture name, instead of the one above."""
+    vectors alone, as the Gemini API has long answered); ``answers`` and ``streams``: a
+    path's answer or streamed answer, by fixture name, instead of the ones above."""
 
     requests: list[dict[str, Any] | None] = field(default_factory=list)
     fail_with: int | None = None
     embedding_usage: bool = True
+    answers: dict[str, str] = field(default_factory=dict)
     streams: dict[str, str] = field(default_factory=dict)
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
@@ -118,7 +119,7 @@ class ProviderApi:
                 asked = (body.get("stream_options") or {}).get("include_usage")
                 return _sse(sse if asked else _without_usage(sse))
             return _sse(fixture(self.streams.get(path) or _SSE[path]))
-        answer = _JSON[path]
+        answer = self.answers.get(path) or _JSON[path]
         if request.url.host == "api.deepseek.com":  # the OpenAI SDK pointed at DeepSeek
             answer = "deepseek_chat.json"
         if path == "/v1/audio/translations" and b"verbose_json" in request.content:

@@ -136,6 +136,34 @@ async def test_each_call_records_its_exact_usage_and_cost_once(
     )
 
 
+async def test_prompt_tokens_written_to_the_cache_are_recorded_as_cache_writes(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """Since gpt-5.6 OpenAI bills the prompt tokens a call writes to its cache
+    (``cache_write_tokens``, in chat's ``prompt_tokens_details`` and the Responses API's
+    ``input_tokens_details``) at 1.25x the input rate: they are cache writes, not
+    uncached input."""
+    api = ProviderApi(
+        answers={
+            "/v1/chat/completions": "openai_chat_cache_write.json",
+            "/v1/responses": "openai_responses_cache_write.json",
+        }
+    )
+    _, client = clients(api, stack)
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.chat.completions.create(model="gpt-6.1-sol", messages=HELLO)
+        await client.responses.create(model="gpt-6.1-sol", input="A haiku")
+        events = await recorded.exactly(stack.tracker, 2)
+    chat, responses = sorted(events, key=lambda e: e.usage.output_reasoning)
+    prompt = {"input_uncached": 476, "input_cache_read": 1024, "input_cache_write": 1500}
+    prompt_cost = per_million(a=("2", 476), b=("0.1", 1024), c=("2.5", 1500))
+    assert chat.usage == Usage(**prompt, output_text=46)
+    assert chat.cost == prompt_cost + per_million(a=("10", 46))
+    assert responses.usage == Usage(**prompt, output_text=80, output_reasoning=120)
+    assert responses.cost == prompt_cost + per_million(a=("10", 200))
+    assert_each(events, model="gpt-6.1-sol", estimated_reason=None)
+
+
 @sync_and_async
 async def test_legacy_text_completions_streamed_or_not_record_exact_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
