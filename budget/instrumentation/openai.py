@@ -282,12 +282,29 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
         "openai audio.speech.create",
         "speech is priced per character or audio token, and the answer is audio alone",
     )
-    untracked(
-        client.batches,
-        "create",
-        "openai batches.create",
-        "a batch is billed as its requests complete, long after this call",
-    )
+    for resource, paid, why in _UNRECORDED:
+        owner = getattr(client, resource, None)
+        for name in paid:
+            if hasattr(owner, name):  # what this version of the SDK has
+                untracked(owner, name, f"openai {resource}.{name}", why)
+
+
+_SESSION = "a session's usage arrives over its connection, which is not read"
+_UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("batches", ("create",), "a batch is billed as its requests complete, long after this call"),
+    (
+        "videos",
+        ("create", "edit", "extend", "remix"),
+        "video is priced per second of it, which usage events do not count",
+    ),
+    ("realtime", ("connect",), _SESSION),
+    ("live", ("create", "connect"), _SESSION),
+    (
+        "decisions",
+        ("create",),
+        "decisions are billed at rates of their own, not the model's chat rates",
+    ),
+)
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:
