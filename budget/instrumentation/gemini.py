@@ -23,6 +23,7 @@ from budget.instrumentation.lifecycle import (
 )
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
+    choices,
     output_allowance,
     request_tokens,
     requested_model,
@@ -45,7 +46,8 @@ def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("contents"), instruction),
-        max_output_tokens=output_allowance(config, "max_output_tokens"),
+        max_output_tokens=output_allowance(config, "max_output_tokens")
+        * choices(config, "candidate_count"),
         stream=stream,
     )
 

@@ -23,6 +23,7 @@ from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
+    choices,
     output_allowance,
     request_tokens,
     requested_model,
@@ -54,7 +55,8 @@ def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages")),
-        max_output_tokens=output_allowance(kwargs, "max_completion_tokens", "max_tokens"),
+        max_output_tokens=output_allowance(kwargs, "max_completion_tokens", "max_tokens")
+        * choices(kwargs, "n"),
         stream=kwargs.get("stream") is True,
         strip_usage_chunk=strip,
     )
@@ -65,7 +67,8 @@ def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("prompt"), kwargs.get("suffix")),
-        max_output_tokens=output_allowance(kwargs, "max_tokens"),
+        # best_of: completions made (and paid for), of which n are returned
+        max_output_tokens=output_allowance(kwargs, "max_tokens") * choices(kwargs, "n", "best_of"),
         stream=kwargs.get("stream") is True,
         strip_usage_chunk=strip,
     )

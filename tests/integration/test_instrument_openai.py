@@ -398,6 +398,25 @@ async def test_refused_calls_raise_and_are_not_sent(
     assert api.requests == []
 
 
+async def test_a_request_for_several_choices_is_estimated_for_each(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """``n`` choices may each use the whole output allowance, and each is paid for."""
+    await stack.set_policy(limit_amount="0.05", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    _, client = clients(api, stack)
+    # 1,000 tokens at gpt-4o's $10 a million: $0.01 a choice, eight $0.08, over the limit.
+    request = {"model": "gpt-4o", "messages": HELLO, "max_completion_tokens": 1000}
+    with pytest.raises(BudgetExceeded):
+        await client.chat.completions.create(**request, n=8)
+    assert api.requests == []
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.chat.completions.create(**request, n=2)
+        await recorded.exactly(stack.tracker, 1)
+    assert len(api.requests) == 1
+
+
 async def test_a_failed_call_releases_its_reservation(
     stack: EnforcementStack, topology: Topology
 ) -> None:
