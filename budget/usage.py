@@ -224,6 +224,7 @@ def _from_usage(u: object) -> Usage | None:
         return normalize_usage(
             input_tokens=prompt,
             cached_tokens=_num(u, "prompt_tokens_details", "cached_tokens"),
+            cache_write_tokens=_num(u, "prompt_tokens_details", "cache_write_tokens"),
             output_tokens=completion,
             reasoning_tokens=reasoning,
         )
@@ -242,6 +243,8 @@ def _from_usage(u: object) -> Usage | None:
     return normalize_usage(
         input_tokens=_num(u, "input_tokens"),
         cached_tokens=_num(u, "input_tokens_details", "cached_tokens"),
+        # OpenAI's explicit cache writes (gpt-5.6 on), billed above the input rate
+        cache_write_tokens=_num(u, "input_tokens_details", "cache_write_tokens"),
         output_tokens=_num(u, "output_tokens"),
         reasoning_tokens=_num(u, "output_tokens_details", "reasoning_tokens"),
     )
@@ -278,6 +281,7 @@ _MEDIA = {"AUDIO": "audio", "IMAGE": "image", "VIDEO": "video"}
 _DETAILS = (
     "prompt_tokens_details",
     "completion_tokens_details",
+    "input_token_details",
     "candidates_tokens_details",
     "cache_creation",
     "server_tool_use",
@@ -288,9 +292,10 @@ def modality_tokens(obj: object) -> dict[str, int]:
     """What a provider's usage object (or a response holding one) counts that ``Usage``
     has no class for, and a model may price apart (``RateCard.apart``): tokens that are
     not text, by side and medium (``"input audio"``, ``"output image"``, ...: ``Usage``
-    counts them as text; OpenAI's ``*_tokens_details.audio_tokens``, Gemini's
-    per-modality counts), Anthropic's ``"1-hour cache write"`` tokens (counted as cache
-    writes) and ``"web search"`` requests."""
+    counts them as text; OpenAI's ``*_tokens_details.audio_tokens`` and a transcription's
+    ``input_token_details.audio_tokens``, Gemini's per-modality counts), Anthropic's
+    ``"1-hour cache write"`` tokens (counted as cache writes) and ``"web search"``
+    requests."""
     found: dict[str, int] = {}
     usage = _with_details(obj)
     if usage is None:
@@ -301,7 +306,11 @@ def modality_tokens(obj: object) -> dict[str, int]:
     ):
         if count := _num(usage, *path):
             found[name] = count
-    for side, key in (("input", "prompt_tokens_details"), ("output", "completion_tokens_details")):
+    for side, key in (
+        ("input", "prompt_tokens_details"),
+        ("input", "input_token_details"),  # OpenAI's transcriptions
+        ("output", "completion_tokens_details"),
+    ):
         audio = _num(usage, key, "audio_tokens") if not _is_list(_get(usage, key)) else 0
         if audio:
             found[f"{side} audio"] = audio

@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Attribution, Lifecycle, attribute_to
+from budget.pricing import genai
 from budget.tracker import UsageTracker
 
 __all__ = ["attribute_to", "instrument"]
@@ -29,6 +30,14 @@ _MODULES = {"openai": "openai", "anthropic": "anthropic", "google": "gemini"}
 
 def _refuse(refused: BudgetExceeded) -> BaseException:
     return refused
+
+
+def _served_by(client: object, sdk_provider: str) -> str:
+    """The provider the client's ``base_url`` is the API of (the openai SDK is how DeepSeek,
+    Groq, xAI or OpenRouter are called, and how Azure is), else the SDK's own."""
+    base_url = getattr(client, "base_url", None)
+    serving = genai.providers_serving(str(base_url)) if base_url is not None else ()
+    return sdk_provider if not serving or sdk_provider in serving else serving[0]
 
 
 def instrument(
@@ -52,6 +61,9 @@ def instrument(
     ``user_id``, ``project_id`` and ``tags``, overridden by ``attribute_to(...)`` blocks
     and by a call's own ``budget_user_id=``, ``budget_project_id=``, ``budget_tags=``.
 
+    Calls are the provider's whose API the client's ``base_url`` is (an OpenAI client
+    pointed at Groq: ``groq``), else the SDK's.
+
     ``tracker``: the ``UsageTracker`` to use (started on the loop the calls will be made
     from, or any running loop for a sync client); by default the process's
     (``get_usage_tracker()``), which a sync client starts on a background thread.
@@ -64,7 +76,7 @@ def instrument(
         )
     provider = importlib.import_module(f"budget.instrumentation.{_MODULES[top]}")
     lifecycle = Lifecycle(
-        provider=provider.PROVIDER,
+        provider=_served_by(client, provider.PROVIDER),
         attribution=Attribution(user_id, project_id, dict(tags or {})),
         refusal=provider.provider_error if refusal == "provider_error" else _refuse,
         tracker=tracker,

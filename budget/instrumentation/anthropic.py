@@ -51,13 +51,17 @@ _COUNTS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
     "output_tokens",
+    # Priced apart from the counts (``budget.usage.modality_tokens``): 1-hour cache writes,
+    # in message_start's; web searches, in message_delta's.
+    "cache_creation",
+    "server_tool_use",
 )
 
 
 class _Observer:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, Any] = {}
         self.model: str | None = None
         self.chars = 0
         self.finished = False
@@ -77,7 +81,8 @@ class _Observer:
         return True
 
     def _take(self, usage: Any) -> None:
-        """The counts so far: each present one replaces the one before."""
+        """The counts (and their details) so far: each present one replaces the one
+        before."""
         for name in _COUNTS:
             value = getattr(usage, name, None)
             if value is not None:

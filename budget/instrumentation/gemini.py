@@ -23,6 +23,7 @@ from budget.instrumentation.lifecycle import (
 )
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
+    choices,
     output_allowance,
     request_tokens,
     requested_model,
@@ -45,7 +46,8 @@ def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("contents"), instruction),
-        max_output_tokens=output_allowance(config, "max_output_tokens"),
+        max_output_tokens=output_allowance(config, "max_output_tokens")
+        * choices(config, "candidate_count"),
         stream=stream,
     )
 
@@ -119,7 +121,8 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
                 replace(models, name, _keywords_passed(asynchronous, stream="stream" in name))
         patch(models, "embed_content", lifecycle, _EMBED, asynchronous=asynchronous)
         for name, why in _UNRECORDED:
-            untracked(models, name, f"google-genai models.{name}", why)
+            if hasattr(models, name):  # what this version of the SDK has
+                untracked(models, name, f"google-genai models.{name}", why)
     for batches in (client.batches, client.aio.batches):
         untracked(
             batches,
@@ -127,6 +130,23 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             "google-genai batches.create",
             "a batch is billed as its requests complete, long after this call",
         )
+    for interactions in (
+        getattr(client, "interactions", None),
+        getattr(client.aio, "interactions", None),
+    ):
+        if hasattr(interactions, "create"):  # what this version of the SDK has
+            untracked(
+                interactions,
+                "create",
+                "google-genai interactions.create",
+                "the Interactions API's answers are not read by the instrumentation",
+            )
+    untracked(
+        client.aio.live,
+        "connect",
+        "google-genai aio.live.connect",
+        "a live session's usage arrives over its connection, which is not read",
+    )
 
 
 def _keywords_passed(
@@ -198,8 +218,13 @@ class _ScopedAsyncIterator(_Scoped):
             await self._items.aclose()
 
 
+_IMAGES = "images are priced per image, which usage events do not count"
 _UNRECORDED = (
-    ("generate_images", "images are priced per image, which usage events do not count"),
+    ("generate_images", _IMAGES),
+    ("edit_image", _IMAGES),
+    ("upscale_image", _IMAGES),
+    ("recontext_image", _IMAGES),
+    ("segment_image", _IMAGES),
     ("generate_videos", "video is priced per second of it, which usage events do not count"),
 )
 

@@ -49,6 +49,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_ID_LIMIT = 200  # the event contract's user_id and project_id
+
 CALL_KEYWORDS = ("budget_user_id", "budget_project_id", "budget_tags")
 """Extra keywords an instrumented method takes (and removes before the SDK sees them)."""
 
@@ -62,6 +64,23 @@ class Attribution:
     project_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Refused where given, before any request: a usage event that cannot be made
+        # once the provider has answered would lose the call's cost.
+        for name in ("user_id", "project_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or len(value) > _ID_LIMIT):
+                raise ValueError(
+                    f"budget: {name} must be a string of at most {_ID_LIMIT} characters,"
+                    f" got {_shown(value)}"
+                )
+        for key, value in self.tags.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(
+                    "budget: tags must map strings to strings, got"
+                    f" {key!r:.60} ({type(key).__name__}): {value!r:.60} ({type(value).__name__})"
+                )
+
     def under(self, top: Attribution | None) -> Attribution:
         if top is None:
             return self
@@ -70,6 +89,12 @@ class Attribution:
             project_id=self.project_id if top.project_id is None else top.project_id,
             tags={**self.tags, **top.tags} if top.tags else self.tags,
         )
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return f"{len(value)} characters"
+    return f"{value!r} ({type(value).__name__})"[:100]
 
 
 _scoped: ContextVar[Attribution | None] = ContextVar("budget_attribution", default=None)
@@ -204,13 +229,35 @@ class Lifecycle:
         if self._admitted_at_once(tracker, plan, attribution, cost):
             return Call(tracker, self.provider, plan, attribution, None)
         check = self._check(tracker, plan, attribution, cost)
+        checking: asyncio.Future[CheckResult]
         if tracker.loop is None or tracker.loop is asyncio.get_running_loop():
-            result = await check
+            checking = asyncio.ensure_future(check)
         else:  # a tracker another loop (another thread) started
-            result = await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(check, tracker.loop)
+            checking = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(check, tracker.loop))
+        try:
+            # Shielded: cancelled while the enforcer reserves for it, the call is not made,
+            # and what the answer reserved is given back as it arrives, not held till expiry.
+            result = await asyncio.shield(checking)
+        except asyncio.CancelledError:
+            checking.add_done_callback(
+                functools.partial(self._release_unused, tracker, plan, attribution)
             )
+            raise
         return self._admitted(tracker, plan, attribution, result)
+
+    def _release_unused(
+        self,
+        tracker: UsageTracker,
+        plan: Plan,
+        attribution: Attribution,
+        checking: asyncio.Future[CheckResult],
+    ) -> None:
+        """Release the reservation of a check whose call was cancelled."""
+        if checking.cancelled() or checking.exception() is not None:
+            return
+        reservation_id = checking.result().reservation_id
+        if reservation_id is not None:
+            Call(tracker, self.provider, plan, attribution, reservation_id).release()
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
         """``begin`` from a sync client's thread: answered there when the caches can (no

@@ -6,7 +6,9 @@ retired, its endpoint no longer answers.)
 
 Streaming chat and text completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
-that extra chunk (no choices, only usage) is then kept from the caller.
+that extra chunk (no choices, only usage) is then kept from the caller. Streamed images
+and transcriptions tell their usage in their last event (``*.completed``,
+``transcript.text.done``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import openai
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
-from budget.instrumentation.methods import Method, UsageObserver
+from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
+    choices,
     output_allowance,
     request_tokens,
     requested_model,
@@ -52,7 +55,8 @@ def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages")),
-        max_output_tokens=output_allowance(kwargs, "max_completion_tokens", "max_tokens"),
+        max_output_tokens=output_allowance(kwargs, "max_completion_tokens", "max_tokens")
+        * choices(kwargs, "n"),
         stream=kwargs.get("stream") is True,
         strip_usage_chunk=strip,
     )
@@ -63,7 +67,8 @@ def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("prompt"), kwargs.get("suffix")),
-        max_output_tokens=output_allowance(kwargs, "max_tokens"),
+        # best_of: completions made (and paid for), of which n are returned
+        max_output_tokens=output_allowance(kwargs, "max_tokens") * choices(kwargs, "n", "best_of"),
         stream=kwargs.get("stream") is True,
         strip_usage_chunk=strip,
     )
@@ -144,38 +149,101 @@ def _images_plan(kwargs: MutableMapping[str, Any]) -> Plan:
     )
     if model.startswith("dall-e") and image.quality == "high":
         image = image.model_copy(update={"quality": "standard"})
-    return Plan(model=model, kind="image", estimate=Usage(images=image))
+    return Plan(
+        model=model,
+        kind="image",
+        estimate=Usage(images=image),
+        stream=kwargs.get("stream") is True,
+    )
 
 
 def _images_measure(response: Any, plan: Plan) -> Measured:
+    return _images(plan, len(response.data or ()), response)
+
+
+def _images(plan: Plan, count: int, answer: Any) -> Measured:
+    """``count`` images (the plan's when none is told), of the size and quality
+    ``answer`` (a response, or a stream's completed event) tells, and its prompt tokens."""
     planned = plan.estimate.images if plan.estimate is not None else None
     if planned is None:
         raise ValueError("no image plan")
     image = ImageUsage(
-        count=len(response.data or ()) or planned.count,
-        size=getattr(response, "size", None) or planned.size,
-        quality=getattr(response, "quality", None) or planned.quality,
+        count=count or planned.count,
+        size=getattr(answer, "size", None) or planned.size,
+        quality=getattr(answer, "quality", None) or planned.quality,
     )
-    usage = getattr(response, "usage", None)
+    usage = getattr(answer, "usage", None)
     prompt = usage.input_tokens if usage is not None else 0
     return Measured(normalize_usage(input_tokens=prompt, images=image))
 
 
+_IMAGE_DONE = frozenset({"image_generation.completed", "image_edit.completed"})
+
+
+class _ImagesObserver:
+    """A ``stream=True`` image generation or edit: partial images, then each image
+    completed, with the call's usage."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.completed: list[Any] = []
+
+    def see(self, event: Any) -> bool:
+        if event.type in _IMAGE_DONE:
+            self.completed.append(event)
+        return True
+
+    def measured(self) -> Measured:
+        if not self.completed:
+            return estimated(self.plan, "the stream ended before its image was completed")
+        return _images(self.plan, len(self.completed), self.completed[-1])
+
+
 def _speech_to_text_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    return Plan(model=requested_model(kwargs), kind="audio", estimate=Usage())
+    return Plan(
+        model=requested_model(kwargs),
+        kind="audio",
+        estimate=Usage(),
+        stream=kwargs.get("stream") is True,
+    )
 
 
 def _speech_to_text_measure(response: Any, plan: Plan) -> Measured:
     usage = getattr(response, "usage", None)
-    if usage is not None and usage.type == "duration":
-        return Measured(normalize_usage(audio_seconds=usage.seconds))
-    if usage is not None and usage.type == "tokens":
-        tokens = normalize_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
-        return Measured(tokens)
+    if usage is not None and usage.type in ("duration", "tokens"):
+        return _speech_to_text_usage(usage)
     duration = getattr(response, "duration", None)  # verbose_json without usage
     if duration is None:
         raise ValueError(f"a {type(response).__name__} response tells no usage or duration")
     return Measured(normalize_usage(audio_seconds=duration))
+
+
+def _speech_to_text_usage(usage: Any) -> Measured:
+    """A transcription's usage: its audio's duration, or (the GPT-4o models) tokens."""
+    if usage.type == "duration":
+        return Measured(normalize_usage(audio_seconds=usage.seconds))
+    # The usage object kept: its audio tokens are priced apart from text.
+    tokens = normalize_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+    return Measured(tokens, raw_usage=usage)
+
+
+class _TranscriptionObserver(UsageObserver):
+    """A ``stream=True`` transcription: text deltas, then ``transcript.text.done`` with
+    the call's usage."""
+
+    cut_short = "the stream ended before transcript.text.done"
+
+    def see(self, event: Any) -> bool:
+        if event.type == "transcript.text.delta":
+            self.chars += len(event.delta)
+        elif event.type == "transcript.text.done" and event.usage is not None:
+            self.usage = event.usage
+        return True
+
+    def measured(self) -> Measured:
+        if self.usage is None:
+            return super().measured()
+        return _speech_to_text_usage(self.usage)
 
 
 _CHAT = Method(_chat_plan, lambda response, plan: _measured(response), _ChatObserver)
@@ -184,8 +252,8 @@ _COMPLETIONS = Method(
 )
 _RESPONSES = Method(_responses_plan, lambda response, plan: _measured(response), _ResponsesObserver)
 _EMBEDDINGS = Method(_embeddings_plan, lambda response, plan: _measured(response))
-_IMAGES = Method(_images_plan, _images_measure)
-_SPEECH_TO_TEXT = Method(_speech_to_text_plan, _speech_to_text_measure)
+_IMAGES = Method(_images_plan, _images_measure, _ImagesObserver)
+_SPEECH_TO_TEXT = Method(_speech_to_text_plan, _speech_to_text_measure, _TranscriptionObserver)
 
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
@@ -217,12 +285,29 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
         "openai audio.speech.create",
         "speech is priced per character or audio token, and the answer is audio alone",
     )
-    untracked(
-        client.batches,
-        "create",
-        "openai batches.create",
-        "a batch is billed as its requests complete, long after this call",
-    )
+    for resource, paid, why in _UNRECORDED:
+        owner = getattr(client, resource, None)
+        for name in paid:
+            if hasattr(owner, name):  # what this version of the SDK has
+                untracked(owner, name, f"openai {resource}.{name}", why)
+
+
+_SESSION = "a session's usage arrives over its connection, which is not read"
+_UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("batches", ("create",), "a batch is billed as its requests complete, long after this call"),
+    (
+        "videos",
+        ("create", "edit", "extend", "remix"),
+        "video is priced per second of it, which usage events do not count",
+    ),
+    ("realtime", ("connect",), _SESSION),
+    ("live", ("create", "connect"), _SESSION),
+    (
+        "decisions",
+        ("create",),
+        "decisions are billed at rates of their own, not the model's chat rates",
+    ),
+)
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

@@ -14,6 +14,7 @@ __all__ = [
     "CHARS_PER_TOKEN",
     "UNSTATED_MODEL",
     "UNSTATED_OUTPUT_TOKENS",
+    "choices",
     "estimated_tokens",
     "output_allowance",
     "request_tokens",
@@ -46,6 +47,15 @@ def output_allowance(request: Any, *names: str) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return UNSTATED_OUTPUT_TOKENS
+
+
+def choices(request: Any, *names: str) -> int:
+    """How many answers the request asks for (the largest of ``names`` it sets to a whole
+    number, as OpenAI's ``n`` and ``best_of``, Gemini's ``candidate_count``), else 1:
+    each may use the whole output allowance, and each is paid for."""
+    asked = [_setting(request, name) for name in names]
+    counts = [n for n in asked if isinstance(n, int) and not isinstance(n, bool) and n > 1]
+    return max(counts, default=1)
 
 
 def _setting(request: Any, name: str) -> Any:

@@ -6,6 +6,7 @@ never the process-wide custom snapshot), so what another library sets cannot cha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -28,6 +29,7 @@ __all__ = [
     "loaded",
     "provider_ids",
     "provider_models",
+    "providers_serving",
     "snapshot",
 ]
 
@@ -159,3 +161,14 @@ def provider_models(provider_id: str) -> list[str]:
         if provider.id == provider_id:
             return sorted(m.id for m in provider.models)
     return []
+
+
+@lru_cache(maxsize=256)
+def providers_serving(url: str) -> tuple[str, ...]:
+    """The providers whose API ``url`` is, by their ``api_pattern`` (an OpenAI client's
+    ``base_url`` pointed at Groq: ``("groq",)``); none for an address no provider has."""
+    return tuple(
+        provider.id
+        for provider in snapshot().providers
+        if provider.api_pattern and re.match(provider.api_pattern, url)
+    )

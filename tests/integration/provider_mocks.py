@@ -68,8 +68,13 @@ _USAGE_CHUNK_SSE = {
 }
 _SSE = {
     "/v1/responses": "openai_responses_stream.sse",
+    "/v1/images/generations": "openai_images_stream.sse",
+    "/v1/audio/transcriptions": "openai_transcription_stream.sse",
     "/v1/messages": "anthropic_message_stream.sse",
 }
+
+_STREAMED_UPLOAD = b'name="stream"\r\n\r\ntrue\r\n'
+"""A multipart request's ``stream=True`` (audio transcriptions, image edits)."""
 
 
 @dataclass
@@ -77,11 +82,14 @@ class ProviderApi:
     """Answers as the providers do; ``requests`` holds each request's JSON body (None
     for a multipart upload); ``fail_with``: the status every answer has while set;
     ``embedding_usage``: Gemini's embedding answers carry ``usageMetadata`` (else the
-    vectors alone, as the Gemini API has long answered)."""
+    vectors alone, as the Gemini API has long answered); ``answers`` and ``streams``: a
+    path's answer or streamed answer, by fixture name, instead of the ones above."""
 
     requests: list[dict[str, Any] | None] = field(default_factory=list)
     fail_with: int | None = None
     embedding_usage: bool = True
+    answers: dict[str, str] = field(default_factory=dict)
+    streams: dict[str, str] = field(default_factory=dict)
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
@@ -104,15 +112,20 @@ class ProviderApi:
             asks = asks and b'"functionResponse"' not in request.content
             answer = "gemini_generate_function_call.json" if asks else "gemini_generate.json"
             return httpx2.Response(200, content=fixture(answer))
-        if body is not None and body.get("stream"):
+        streamed = body.get("stream") if body is not None else _STREAMED_UPLOAD in request.content
+        if streamed:
             if path in _USAGE_CHUNK_SSE:
                 sse = fixture(_USAGE_CHUNK_SSE[path])
                 asked = (body.get("stream_options") or {}).get("include_usage")
                 return _sse(sse if asked else _without_usage(sse))
-            return _sse(fixture(_SSE[path]))
-        answer = _JSON[path]
+            return _sse(fixture(self.streams.get(path) or _SSE[path]))
+        answer = self.answers.get(path) or _JSON[path]
+        if request.url.host == "api.deepseek.com":  # the OpenAI SDK pointed at DeepSeek
+            answer = "deepseek_chat.json"
         if path == "/v1/audio/translations" and b"verbose_json" in request.content:
             answer = "openai_translation_verbose.json"  # the duration comes with the segments
+        if path == "/v1/audio/transcriptions" and b"gpt-4o-transcribe" in request.content:
+            answer = "openai_transcription_tokens.json"  # billed by tokens, not duration
         return httpx2.Response(
             200, content=fixture(answer), headers={"content-type": "application/json"}
         )

@@ -155,6 +155,37 @@ async def test_the_anthropic_stream_helper_records_the_final_usage_once(
     assert event.estimated_reason is None
 
 
+async def test_an_anthropic_streams_1_hour_cache_writes_and_web_searches_are_not_priced_as_text(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """A stream's 1-hour cache writes (message_start's ``cache_creation``) cost 2x the
+    input rate, not a 5-minute write's 1.25x, and its web searches (message_delta's
+    ``server_tool_use``) $10 a thousand: as for the same answer unstreamed, the call is
+    recorded unpriced, saying why, rather than at the wrong rates."""
+    stream = "anthropic_message_stream_1h_cache_web_search.sse"
+    api = ProviderApi(streams={"/v1/messages": stream})
+    sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
+
+    def read_the_helper() -> Any:
+        with sync_client.messages.stream(**MESSAGE) as helper:
+            return helper.get_final_message()
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        async for _ in await async_client.messages.create(**MESSAGE, stream=True):
+            pass
+        final = await in_thread(read_the_helper)
+        events = await recorded.exactly(stack.tracker, 2)
+    assert final.usage.cache_creation.ephemeral_1h_input_tokens == 1800
+    assert_each(
+        events,
+        usage=Usage(input_uncached=472, input_cache_write=1800, output_text=89),
+        cost=None,
+        **ALICES_CLAUDE_CALLS,
+    )
+    for event in events:
+        assert "1800 1-hour cache write tokens, 1 web searches" in (event.unpriced_reason or "")
+
+
 @sync_and_async
 async def test_anthropic_clients_and_raw_responses_made_from_an_instrumented_one_are_recorded(
     stack: EnforcementStack, topology: Topology, sync: bool

@@ -4,6 +4,7 @@ recorded once, the budget checked before, reservations released on failure."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import logging
@@ -15,7 +16,8 @@ import pytest
 
 import budget
 from budget import BudgetExceeded
-from events import Topology, Usage
+from budget.pricing import Priced
+from events import ImageUsage, Topology, Usage
 
 from enforcement import EnforcementStack
 from provider_mocks import (
@@ -132,6 +134,34 @@ async def test_each_call_records_its_exact_usage_and_cost_once(
         estimated_reason=None,
         reservation_id=None,
     )
+
+
+async def test_prompt_tokens_written_to_the_cache_are_recorded_as_cache_writes(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """Since gpt-5.6 OpenAI bills the prompt tokens a call writes to its cache
+    (``cache_write_tokens``, in chat's ``prompt_tokens_details`` and the Responses API's
+    ``input_tokens_details``) at 1.25x the input rate: they are cache writes, not
+    uncached input."""
+    api = ProviderApi(
+        answers={
+            "/v1/chat/completions": "openai_chat_cache_write.json",
+            "/v1/responses": "openai_responses_cache_write.json",
+        }
+    )
+    _, client = clients(api, stack)
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.chat.completions.create(model="gpt-6.1-sol", messages=HELLO)
+        await client.responses.create(model="gpt-6.1-sol", input="A haiku")
+        events = await recorded.exactly(stack.tracker, 2)
+    chat, responses = sorted(events, key=lambda e: e.usage.output_reasoning)
+    prompt = {"input_uncached": 476, "input_cache_read": 1024, "input_cache_write": 1500}
+    prompt_cost = per_million(a=("2", 476), b=("0.1", 1024), c=("2.5", 1500))
+    assert chat.usage == Usage(**prompt, output_text=46)
+    assert chat.cost == prompt_cost + per_million(a=("10", 46))
+    assert responses.usage == Usage(**prompt, output_text=80, output_reasoning=120)
+    assert responses.cost == prompt_cost + per_million(a=("10", 200))
+    assert_each(events, model="gpt-6.1-sol", estimated_reason=None)
 
 
 @sync_and_async
@@ -368,6 +398,25 @@ async def test_refused_calls_raise_and_are_not_sent(
     assert api.requests == []
 
 
+async def test_a_request_for_several_choices_is_estimated_for_each(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """``n`` choices may each use the whole output allowance, and each is paid for."""
+    await stack.set_policy(limit_amount="0.05", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    _, client = clients(api, stack)
+    # 1,000 tokens at gpt-4o's $10 a million: $0.01 a choice, eight $0.08, over the limit.
+    request = {"model": "gpt-4o", "messages": HELLO, "max_completion_tokens": 1000}
+    with pytest.raises(BudgetExceeded):
+        await client.chat.completions.create(**request, n=8)
+    assert api.requests == []
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.chat.completions.create(**request, n=2)
+        await recorded.exactly(stack.tracker, 1)
+    assert len(api.requests) == 1
+
+
 async def test_a_failed_call_releases_its_reservation(
     stack: EnforcementStack, topology: Topology
 ) -> None:
@@ -392,6 +441,73 @@ async def test_a_failed_call_releases_its_reservation(
         await client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
         [event] = await recorded.exactly(stack.tracker, 1)
     assert event.reservation_id is not None  # settled by the spend projection
+
+
+async def test_a_call_cancelled_while_its_check_is_answered_releases_what_was_reserved(
+    stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while the enforcer reserves for it (a client gone, a timeout)
+    never sends its request: the reservation is given back once the answer arrives,
+    not held against the budget until it expires."""
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    _, client = clients(api, stack)
+    check_budget = stack.tracker.check_budget
+    reserved, answer_delivered = asyncio.Event(), asyncio.Event()
+
+    async def answered_late(*args: Any, **kwargs: Any) -> Any:
+        result = await check_budget(*args, **kwargs)
+        reserved.set()
+        await answer_delivered.wait()  # the answer still on its way when the call ends
+        return result
+
+    monkeypatch.setattr(stack.tracker, "check_budget", answered_late)
+    calling = asyncio.create_task(
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
+    )
+    await reserved.wait()
+    assert len(await stack.holds()) == 1
+    calling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calling
+    answer_delivered.set()
+
+    async def released() -> bool:
+        """the reservation was released"""
+        return await stack.holds() == []
+
+    await wait_for(released, within=30)
+    assert api.requests == []
+
+
+async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_providers(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """The OpenAI SDK is how many providers are called (DeepSeek, Groq, xAI, OpenRouter):
+    a client whose base_url is one of theirs is checked, recorded and priced as theirs,
+    not as an OpenAI model without a price."""
+    import httpx2
+
+    api = ProviderApi()
+    client = openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url="https://api.deepseek.com/v1",
+        http_client=httpx2.AsyncClient(transport=api.transport()),
+    )
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.with_options(timeout=5).chat.completions.create(
+            model="deepseek-chat", messages=HELLO, max_tokens=100
+        )
+        [event] = await recorded.exactly(stack.tracker, 1)
+    usage = Usage(input_uncached=10, input_cache_read=64, output_text=10)
+    assert (event.provider, event.model, event.usage) == ("deepseek", "deepseek-chat", usage)
+    priced = stack.tracker.registry.price(
+        provider="deepseek", model="deepseek-chat", usage=usage, at=event.occurred_at
+    )
+    assert isinstance(priced, Priced) and event.cost == priced.cost
+    assert event.unpriced_reason is None
 
 
 async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_is_recorded(
@@ -481,6 +597,84 @@ async def test_an_image_edit_records_its_images_once(
     assert (event.model, event.kind) == ("gpt-image-1", "image")
     assert (event.usage, event.cost) == (GPT_IMAGE, GPT_IMAGE_1_COST)
     assert event.estimated_reason is None and event.user_id == "alice"
+
+
+@sync_and_async
+async def test_streamed_image_generation_and_transcription_record_their_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``stream=True`` image generation (partial images, then the completed image with
+    its usage) and transcription (text deltas, then ``transcript.text.done`` with its
+    usage): each stream is watched and recorded from its final event."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    audio = ("speech.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        images = await call(
+            sync,
+            client.images.generate,
+            model="gpt-image-1",
+            prompt="A lighthouse",
+            stream=True,
+            partial_images=1,
+        )
+        image_events = await in_thread(list, images) if sync else [e async for e in images]
+        transcript = await call(
+            sync,
+            client.audio.transcriptions.create,
+            model="gpt-4o-transcribe",
+            file=audio,
+            stream=True,
+        )
+        text_events = await in_thread(list, transcript) if sync else [e async for e in transcript]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert [e.type for e in image_events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert text_events[-1].text == "Imagine the wildest idea that you've ever had"
+    by_kind = {event.kind: event for event in events}
+    image = by_kind["image"]
+    one = ImageUsage(count=1, size="1024x1024", quality="medium")
+    assert (image.model, image.usage) == ("gpt-image-1", Usage(input_uncached=50, images=one))
+    assert image.cost == per_million(a=("5", 50)) + Decimal("0.042")
+    transcribed = by_kind["audio"]
+    assert transcribed.model == "gpt-4o-transcribe"
+    assert transcribed.usage == Usage(input_uncached=72, output_text=12)
+    assert_each(events, provider="openai", user_id="alice", estimated_reason=None)
+
+
+@sync_and_async
+async def test_a_transcription_billed_by_tokens_is_not_priced_as_text(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """gpt-4o-transcribe bills its input audio tokens at 2.4x its text input rate, which
+    ``Usage`` has no class for: streamed or not, the call is recorded unpriced, saying
+    why, rather than at the text rate."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    create = (sync_client if sync else async_client).audio.transcriptions.create
+
+    def audio() -> tuple[str, io.BytesIO, str]:
+        return ("speech.mp3", io.BytesIO(b"ID3\x03\x00" + bytes(64)), "audio/mpeg")
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        answer = await call(sync, create, model="gpt-4o-transcribe", file=audio())
+        stream = await call(sync, create, model="gpt-4o-transcribe", file=audio(), stream=True)
+        await in_thread(list, stream) if sync else [event async for event in stream]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert answer.usage.input_token_details.audio_tokens == 72
+    assert_each(
+        events,
+        model="gpt-4o-transcribe",
+        kind="audio",
+        usage=Usage(input_uncached=72, output_text=12),
+        cost=None,
+        estimated_reason=None,
+    )
+    for event in events:
+        assert "72 input audio tokens" in (event.unpriced_reason or "")
 
 
 # The SDK marks translations deprecated (shut down on 26 Feb 2027); they answer, and cost.

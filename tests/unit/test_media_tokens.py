@@ -12,6 +12,7 @@ import pytest
 from anthropic.types import Usage as AnthropicUsage
 from google.genai import types as gemini
 from openai.types import CompletionUsage
+from openai.types.audio.transcription import UsageTokens as TranscriptionUsage
 
 from budget.config import Settings
 from budget.disabled import DisabledPublisher
@@ -28,6 +29,15 @@ OPENAI_AUDIO = CompletionUsage.model_validate(
         "total_tokens": 2100,
         "prompt_tokens_details": {"audio_tokens": 1000, "cached_tokens": 0},
         "completion_tokens_details": {"audio_tokens": 800, "reasoning_tokens": 0},
+    }
+)
+OPENAI_TRANSCRIPTION = TranscriptionUsage.model_validate(
+    {
+        "type": "tokens",
+        "input_tokens": 80,
+        "input_token_details": {"text_tokens": 8, "audio_tokens": 72},
+        "output_tokens": 12,
+        "total_tokens": 92,
     }
 )
 GEMINI_AUDIO = gemini.GenerateContentResponseUsageMetadata(
@@ -73,6 +83,7 @@ def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
     assert modality_tokens(OPENAI_AUDIO) == {"input audio": 1000, "output audio": 800}
     assert modality_tokens({"usage": OPENAI_AUDIO}) == {"input audio": 1000, "output audio": 800}
     assert modality_tokens(GEMINI_AUDIO) == {"input audio": 1000}
+    assert modality_tokens(OPENAI_TRANSCRIPTION) == {"input audio": 72}
     assert modality_tokens(GEMINI_IMAGE_OUT) == {"output image": 1290}
     assert modality_tokens(OPENAI_TEXT) == {}
     assert modality_tokens({"input_tokens": 5, "output_tokens": 1}) == {}
