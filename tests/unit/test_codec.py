@@ -207,6 +207,35 @@ def test_an_upcast_of_a_malformed_older_version_is_a_decode_error() -> None:
         decode(json.dumps(v1).encode())
 
 
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"tags": {"team\udc00": "a"}}, "tags: a name in it"),
+        ({"tags": {"team": "\ud800"}}, "tags.team"),
+        ({"unpriced_reason": "\udfff"}, "unpriced_reason"),
+        (
+            {"price": {"layer": "override", "data_version": "v", "rates": {"\udc00": "1"}}},
+            "price.rates: a name in it",
+        ),
+    ],
+)
+def test_an_unpaired_surrogate_is_refused_saying_where(
+    changes: dict[str, object], where: str
+) -> None:
+    """Python's json reads ``\\udc00``, which no UTF-8 carries: pydantic let it through
+    (in a name, or a string without bounds), and the event could neither be encoded again
+    nor stored."""
+    data = json.dumps(json.loads(encode(event())) | changes).encode()
+    with pytest.raises(DecodeError, match=f"^{re.escape(where)} holds an unpaired surrogate"):
+        decode(data)
+
+
+def test_a_surrogate_pair_and_the_text_of_an_escape_are_characters() -> None:
+    payload = json.loads(encode(event()))
+    tags = {"emoji": "\U0001f600", "text": "\\ud800"}  # a pair; a backslash, then ud800
+    assert decode(json.dumps(payload | {"tags": tags}).encode()).tags == tags
+
+
 def test_nesting_deeper_than_the_parser_goes_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="not JSON"):
         decode(b"[" * 100_000 + b"]" * 100_000)
@@ -232,6 +261,9 @@ def test_a_correction_repeats_an_old_time_so_only_its_skew_is_bounded() -> None:
         ({"cost": Decimal("1E-41")}, "no more than 40 decimal places"),
         ({"cost": Decimal("-0.01")}, "greater than or equal to 0"),
         ({"usage": {"audio_seconds": "1E-41"}}, "no more than 40 decimal places"),
+        # PostgreSQL keeps at most 16,383 places: 0E-20000 was refused by the database alone
+        ({"cost": Decimal("0E-1001")}, "at most 1000 digits after the point as written"),
+        ({"usage": {"audio_seconds": "1." + "0" * 1001}}, "at most 1000 digits after the"),
         ({"usage": {"output_text": MAX_TOKENS + 1}}, "less than or equal to 1000000000000"),
         # indexed by the ledger: a longer one would pass PostgreSQL's index row size
         ({"reservation_id": "r" * 101}, "at most 100 characters"),

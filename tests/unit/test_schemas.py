@@ -99,6 +99,7 @@ def _model_accepts(payload: dict[str, object]) -> bool:
         _call("0." + "0" * 39 + "1"),  # 40 places
         _call("1.5E-7"),  # as str(Decimal) writes a small cost
         _call("0E-8"),  # and a zero computed from small rates
+        _call("0E-1000"),  # at most MAX_WRITTEN_PLACES as written
         _call("1E+3"),
         _call(None, "no price for gpt-5-nano"),
         _call(reason="no price for gpt-5-nano"),
@@ -127,6 +128,8 @@ def test_the_schema_and_the_model_accept_the_wire_form(payload: dict[str, object
         _call("1E+13"),
         _call("0." + "0" * 40 + "1"),  # 41 places
         _call("1.5E-40"),  # 41 places too
+        _call("0E-1001"),  # more places as written than PostgreSQL is asked to keep
+        _call("0E-20000"),  # more than it can keep
         _call("0x10"),
         _call("1,5"),
         _call(True),
