@@ -198,13 +198,29 @@ def test_a_tag_named_event_id_does_not_pass_for_the_events_id() -> None:
 
 
 def test_an_upcast_of_a_malformed_older_version_is_a_decode_error() -> None:
-    # json.loads reads 1e400 as Infinity: int() of it overflows
+    # json.loads reads 1e400 as Infinity
     v1 = version_1(input_tokens=1e400, cost={"not": "a number"})
-    with pytest.raises(DecodeError, match="cannot upcast: OverflowError"):
+    with pytest.raises(DecodeError, match=r"cannot upcast: ValueError: input_tokens: .* finite"):
         decode(json.dumps(v1).encode())
     del v1["input_tokens"]
     with pytest.raises(DecodeError, match="cannot upcast: InvalidOperation"):
         decode(json.dumps(v1).encode())
+
+
+@pytest.mark.parametrize("count", [1.7, "1.7", [1]])
+@pytest.mark.parametrize("name", ["input_tokens", "cached_tokens", "output_tokens"])
+def test_a_version_1_count_that_is_no_integer_is_refused_not_cut_short(
+    name: str, count: object
+) -> None:
+    """``int()`` read 1.7 tokens as 1: the event was counted with other usage than it said."""
+    with pytest.raises(DecodeError, match=f"cannot upcast: ValueError: {name}: "):
+        decode(json.dumps(version_1(**{"input_tokens": 2, name: count})).encode())
+
+
+def test_a_version_1_count_in_a_lax_form_is_read_as_the_models_read_one() -> None:
+    upcast = decode(json.dumps(version_1(input_tokens="7", output_tokens=3.0)).encode())
+    assert isinstance(upcast, UsageRecorded)
+    assert (upcast.usage.input_uncached, upcast.usage.output_text) == (7, 3)
 
 
 @pytest.mark.parametrize(
