@@ -129,6 +129,20 @@ Usd = Annotated[
     exact_decimal(MAX_COST),
 ]
 CallKind = Literal["chat", "embedding", "image", "audio"]
+Rate = Annotated[
+    Decimal,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "pattern": r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?(E[-+]?[0-9]+)?$"},
+            ]
+        },
+        mode="validation",
+    ),
+]
+"""A rate: any finite decimal, as a JSON number or a decimal string (the schema said any
+string, so a producer's ``"2.5/M"`` or ``"NaN"`` passed it and was dead-lettered)."""
 
 
 class ImageUsage(BaseModel):
@@ -184,7 +198,7 @@ class PriceSource(BaseModel):
     layer: Literal["override", "supplement", "genai-prices"]
     data_version: str
     effective_from: date | None = None
-    rates: dict[str, Decimal] = Field(
+    rates: dict[str, Rate] = Field(
         default_factory=dict, description="USD per unit used, keyed by usage class"
     )
 

@@ -34,7 +34,7 @@ from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from events.envelope import Event, Producer
+from events.envelope import RFC3339, Event, Producer
 from events.usage import (
     MAX_WRITTEN_PLACES,
     CallKind,
@@ -88,12 +88,9 @@ else:
         claims = datetime
 
 
-# An offset's minutes below 60 (fromisoformat would read "+00:60" as an hour; pydantic
-# refuses it), ASCII digits only.
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-)
+# The schemas' wire form: an offset's minutes below 60 (fromisoformat would read "+00:60"
+# as an hour; pydantic refuses it), ASCII digits only.
+_RFC3339 = re.compile(RFC3339)
 
 
 def _from_wire(kind: type, value: Any) -> Any:
