@@ -11,7 +11,7 @@ from events.access import ApiKeyCreated, ApiKeyRevoked
 from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
 from events.generated import generated_on_read
-from events.nul import nul_reason
+from events.nul import nul_reason, surrogate_reason
 from events.policy import PolicyDeleted, PolicySet, RequestBlocked
 from events.upcasting import upcast
 from events.usage import UsageRecorded, UsageRepriced
@@ -94,9 +94,9 @@ def headers_for(event: Event) -> dict[str, str]:
 def decode(data: bytes) -> Event:
     """Decode one message: a current-version event in one pass, else upcast then validate.
     Anything that is not a valid event raises ``DecodeError`` with the reason."""
-    nul = nul_reason(data)
-    if nul is not None:
-        raise DecodeError(nul)
+    unstorable = nul_reason(data) or surrogate_reason(data)
+    if unstorable is not None:
+        raise DecodeError(unstorable)
     try:
         event: Event = _CURRENT.validate_json(data)
     except ValidationError:

@@ -9,9 +9,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
-__all__ = ["Event", "Producer", "UtcDatetime", "new_event_id", "utc_now"]
+__all__ = ["RFC3339", "Event", "Producer", "UtcDatetime", "new_event_id", "utc_now"]
 
 
 def utc_now() -> datetime:
@@ -36,7 +36,22 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("out of range once converted to UTC") from None
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+RFC3339 = (
+    r"(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+)
+"""A time on the wire (RFC 3339 with ``T``, seconds, ``Z`` or ``+hh:mm``), as the schemas
+hold producers to it and the consumers' fast path reads it. JSON Schema's ``date-time``
+alone (Ajv's) also admits what the models refuse: a leap second (``23:59:60``), an offset
+of hours only (``+01``), the year 0000."""
+
+UtcDatetime = Annotated[
+    AwareDatetime,
+    AfterValidator(_to_utc),
+    WithJsonSchema(
+        {"type": "string", "format": "date-time", "pattern": f"^{RFC3339}$"}, mode="validation"
+    ),
+]
 """A timezone-aware datetime, normalised to UTC; naive datetimes are rejected."""
 
 

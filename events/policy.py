@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from events.envelope import Event, UtcDatetime
-from events.usage import MAX_DECIMAL_PLACES, exact_decimal, exact_money
+from events.usage import MAX_DECIMAL_PLACES, WrittenPlaces, exact_decimal, exact_money
 
 __all__ = [
     "BUCKET",
@@ -46,6 +46,7 @@ every threshold of it still fits the projections' and the evaluator's arithmetic
 Limit = Annotated[
     Decimal,
     Field(ge=0, le=MAX_LIMIT, decimal_places=MAX_DECIMAL_PLACES),
+    WrittenPlaces,
     exact_decimal(MAX_LIMIT),
 ]
 PolicyId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]

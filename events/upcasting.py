@@ -10,6 +10,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 __all__ = ["UPCASTERS", "upcast"]
 
 JsonObject = dict[str, Any]
@@ -21,12 +23,12 @@ def _usage_recorded_v1_to_v2(old: JsonObject) -> JsonObject:
     if "usage" in old:  # a v2 body: made into v1's, its counts would all read 0
         raise ValueError("a v1 event has no usage object; a v2 one says schema_version 2")
     new = {k: v for k, v in old.items() if k not in _V1_ONLY_FIELDS}
-    input_tokens = int(old.get("input_tokens", 0))
-    cached = int(old.get("cached_tokens", 0))
+    input_tokens = _count(old, "input_tokens")
+    cached = _count(old, "cached_tokens")
     new["usage"] = {
         "input_uncached": input_tokens - cached,
         "input_cache_read": cached,
-        "output_text": int(old.get("output_tokens", 0)),
+        "output_text": _count(old, "output_tokens"),
     }
     cost = old.get("cost")
     new["cost"] = None if cost is None else str(Decimal(str(cost)))
@@ -34,6 +36,18 @@ def _usage_recorded_v1_to_v2(old: JsonObject) -> JsonObject:
         new["unpriced_reason"] = "recorded unpriced by a v1 producer"
     new["schema_version"] = 2
     return new
+
+
+_INTEGER: TypeAdapter[int] = TypeAdapter(int)
+
+
+def _count(old: JsonObject, name: str) -> int:
+    """A v1 count read as the current models read one (``"5"`` and ``5.0`` are 5), never
+    cut short: ``int()`` made 1.7 tokens 1."""
+    try:
+        return _INTEGER.validate_python(old.get(name, 0))
+    except ValidationError as exc:
+        raise ValueError(f"{name}: {exc.errors()[0]['msg']}") from None
 
 
 _V1_ONLY_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_tokens", "cost"})

@@ -8,7 +8,14 @@ from datetime import date
 from decimal import Context, Decimal, localcontext
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
 from events.envelope import Event
@@ -19,6 +26,7 @@ __all__ = [
     "MAX_DECIMAL_PLACES",
     "MAX_IMAGES",
     "MAX_TOKENS",
+    "MAX_WRITTEN_PLACES",
     "MONEY_PRECISION",
     "CallKind",
     "ImageUsage",
@@ -26,6 +34,7 @@ __all__ = [
     "Usage",
     "UsageRecorded",
     "UsageRepriced",
+    "WrittenPlaces",
     "exact_decimal",
     "exact_money",
 ]
@@ -42,6 +51,11 @@ MAX_COST = 10**12
 MAX_DECIMAL_PLACES = 40
 """Digits after the point of ``cost`` and ``audio_seconds``: a cost priced with 28
 significant digits stays exact down to 10**-12 USD."""
+MAX_WRITTEN_PLACES = 1000
+"""Digits after the point of ``cost`` and ``audio_seconds`` as written, trailing zeros
+included (``0E-20000`` has 20,000): PostgreSQL stores at most 16,383, so a value written
+with more was refused by the database, after the contract had accepted it (and counted by
+whichever consumer did not store it); 1000 is also the most a declared numeric may keep."""
 MONEY_PRECISION = len(str(MAX_COST)) + MAX_DECIMAL_PLACES + 20
 """Significant digits of arithmetic on costs and spend totals. Python's default decimal
 context keeps 28 and rounds beyond them, silently: a cost at the bounds above has 53
@@ -68,7 +82,9 @@ def decimal_string_pattern(limit: int, places: int) -> str:
         for n in range(7, places + 1)
     ]
     large = [rf"[1-9](\.[0-9]{{1,{n}}})?E\+{n}" for n in range(1, digits)]
-    return "^(" + "|".join([plain, *small, "0E[-+][0-9]+", *large, rf"1(\.0+)?E\+{digits}"]) + ")$"
+    written = len(str(MAX_WRITTEN_PLACES)) - 1  # a power of ten
+    zero = rf"0E\+[0-9]+|0E-([0-9]{{1,{written}}}|{MAX_WRITTEN_PLACES})"
+    return "^(" + "|".join([plain, *small, zero, *large, rf"1(\.0+)?E\+{digits}"]) + ")$"
 
 
 def exact_decimal(limit: int) -> WithJsonSchema:
@@ -86,18 +102,47 @@ def exact_decimal(limit: int) -> WithJsonSchema:
     )
 
 
+def _written_places(value: Decimal) -> Decimal:
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_WRITTEN_PLACES:
+        raise ValueError(
+            f"at most {MAX_WRITTEN_PLACES} digits after the point as written, trailing zeros"
+            " included"
+        )
+    return value
+
+
+WrittenPlaces = AfterValidator(_written_places)
+"""The bound ``MAX_WRITTEN_PLACES`` on a decimal field (after its other rules)."""
+
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Seconds = Annotated[
     Decimal,
     Field(ge=0, le=MAX_AUDIO_SECONDS, decimal_places=MAX_DECIMAL_PLACES),
+    WrittenPlaces,
     exact_decimal(MAX_AUDIO_SECONDS),
 ]
 Usd = Annotated[
     Decimal,
     Field(ge=0, le=MAX_COST, decimal_places=MAX_DECIMAL_PLACES),
+    WrittenPlaces,
     exact_decimal(MAX_COST),
 ]
 CallKind = Literal["chat", "embedding", "image", "audio"]
+Rate = Annotated[
+    Decimal,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "pattern": r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?(E[-+]?[0-9]+)?$"},
+            ]
+        },
+        mode="validation",
+    ),
+]
+"""A rate: any finite decimal, as a JSON number or a decimal string (the schema said any
+string, so a producer's ``"2.5/M"`` or ``"NaN"`` passed it and was dead-lettered)."""
 
 
 class ImageUsage(BaseModel):
@@ -153,7 +198,7 @@ class PriceSource(BaseModel):
     layer: Literal["override", "supplement", "genai-prices"]
     data_version: str
     effective_from: date | None = None
-    rates: dict[str, Decimal] = Field(
+    rates: dict[str, Rate] = Field(
         default_factory=dict, description="USD per unit used, keyed by usage class"
     )
 

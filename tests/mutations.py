@@ -86,6 +86,7 @@ _KEYS = st.sampled_from(
         "rates",
         "",
         "\x00",
+        "\udc00",  # an unpaired surrogate, which Python's json reads
     ]
 ) | st.text(max_size=12)
 
@@ -112,6 +113,8 @@ _SCALARS = (
             "PolicySet",
             str(new_event_id()),
             "nul\x00char",
+            "\ud800",
+            "0E-20000",
             "x" * 100_000,
         ]
     )

@@ -34,8 +34,17 @@ from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from events.envelope import Event, Producer
-from events.usage import CallKind, ImageUsage, PriceSource, Usage, UsageRecorded, UsageRepriced
+from events.envelope import RFC3339, Event, Producer
+from events.usage import (
+    MAX_WRITTEN_PLACES,
+    CallKind,
+    ImageUsage,
+    PriceSource,
+    Usage,
+    UsageRecorded,
+    UsageRepriced,
+    WrittenPlaces,
+)
 
 __all__ = [
     "FastEvent",
@@ -79,12 +88,9 @@ else:
         claims = datetime
 
 
-# An offset's minutes below 60 (fromisoformat would read "+00:60" as an hour; pydantic
-# refuses it), ASCII digits only.
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-)
+# The schemas' wire form: an offset's minutes below 60 (fromisoformat would read "+00:60"
+# as an hour; pydantic refuses it), ASCII digits only.
+_RFC3339 = re.compile(RFC3339)
 
 
 def _from_wire(kind: type, value: Any) -> Any:
@@ -135,7 +141,8 @@ def _meta(model: type[BaseModel], name: str) -> msgspec.Meta:
 
 @dataclass(frozen=True, slots=True)
 class _DecimalRule:
-    """A decimal field's bounds and decimal places, which msgspec cannot check."""
+    """A decimal field's bounds, decimal places and places as written (``WrittenPlaces``),
+    which msgspec cannot check."""
 
     ge: Decimal
     le: Decimal
@@ -147,14 +154,18 @@ class _DecimalRule:
         (ge,) = (Decimal(str(r.ge)) for r in rules if isinstance(r, Ge))
         (le,) = (Decimal(str(r.le)) for r in rules if isinstance(r, Le))
         (places,) = (r.decimal_places for r in rules if hasattr(r, "decimal_places"))
+        if WrittenPlaces not in rules:
+            raise TypeError(f"{model.__name__}.{name}: the mirror expects WrittenPlaces")
         return cls(ge, le, places)
 
     def check(self, value: Decimal) -> None:
         if not self.ge <= value <= self.le:
             raise ValueError("out of bounds")
         exponent = value.as_tuple().exponent
-        # Only a value written with more places may have too many once trailing zeros go
         assert isinstance(exponent, int)  # finite: ``_from_wire`` admits no NaN or Infinity
+        if exponent < -MAX_WRITTEN_PLACES:
+            raise ValueError("too many places as written")
+        # Only a value written with more places may have too many once trailing zeros go
         if exponent < -self.places and _decimal_places(value) > self.places:
             raise ValueError("too many decimal places")
 

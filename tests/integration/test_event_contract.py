@@ -291,31 +291,55 @@ async def test_an_event_whose_producer_names_only_its_service_is_counted(
     ) == [(Decimal(2), 1)]
 
 
-@pytest.mark.parametrize("evaluator_first", [False, True], ids=["usage-first", "alerts-first"])
-async def test_a_nul_character_is_dead_lettered_by_every_projection_that_counts_usage(
-    nc: Client, db: str, topology: Topology, evaluator_first: bool
-) -> None:
-    """PostgreSQL stores no NUL: a call whose tag holds one (published past the producer's
-    check) must not count in the projections that do not store tags (the alert
-    evaluator's) while those that do refuse it, so each that decodes it dead-letters it,
-    saying where. The evaluator decodes only what no other consumer has recorded in the
-    usage ledger: after the usage projections, it counts what they recorded and leaves
-    the dead letter to them; first, it decodes and refuses the event itself."""
-    at = utc_now() - timedelta(minutes=5)
+def _unstorable(at: datetime) -> dict[str, tuple[bytes, str]]:
+    """Calls no projection can store, as a producer without the contract's checks sends
+    them, with the start of the reason they are dead-lettered for."""
     nul = usage_event(at=at).model_copy(update={"tags": {"team": "a\x00b"}})
+    surrogate = json.loads(encode(usage_event(at=at)))
+    surrogate["tags"] = {"team\udc00": "search"}  # an unpaired surrogate: no character
+    places = json.loads(encode(usage_event(at=at)))
+    places["usage"]["audio_seconds"] = "0E-20000"  # PostgreSQL keeps 16,383 places
+    return {
+        "nul": (canonical(nul).encode(), "tags.team holds a NUL"),
+        "surrogate": (
+            json.dumps(surrogate).encode(),
+            "tags: a name in it holds an unpaired surrogate",
+        ),
+        "places": (
+            json.dumps(places).encode(),
+            "usage.audio_seconds: Value error, at most 1000 digits after the point as written",
+        ),
+    }
+
+
+@pytest.mark.parametrize("poison", ["nul", "surrogate", "places"])
+@pytest.mark.parametrize("evaluator_first", [False, True], ids=["usage-first", "alerts-first"])
+async def test_a_call_no_projection_can_store_is_dead_lettered_by_every_one_that_counts_usage(
+    nc: Client, db: str, topology: Topology, evaluator_first: bool, poison: str
+) -> None:
+    """PostgreSQL stores no NUL, no unpaired surrogate (in a tag's name) and no more than
+    16,383 decimal places: such a call (published past the producer's check) must not
+    count in the projections that do not store that field (the alert evaluator's) while
+    those that do refuse it, so each that decodes it dead-letters it, saying why. The
+    evaluator decodes only what no other consumer has recorded in the usage ledger: after
+    the usage projections, it counts what they recorded and leaves the dead letter to
+    them; first, it decodes and refuses the event itself. (The contract accepted the last
+    two: the evaluator counted them, the others were refused by the database.)"""
+    at = utc_now() - timedelta(minutes=5)
+    data, reason = _unstorable(at)[poison]
     honest = usage_event(at=at)
     js = nc.jetstream()
     subject = topology.event_subject(UsageRecorded.SUBJECT)
-    await js.publish(subject, canonical(nul).encode())  # as a producer without the check
+    await js.publish(subject, data)
     await js.publish(subject, encode(honest))
-    order = [*USAGE_PROJECTIONS, AlertsProjection()]
+    order = [*USAGE_PROJECTIONS]
     for projection in order[-1:] + order[:-1] if evaluator_first else order:
         await catch_up(projection, nc, db, topology)
 
     letters = await recent_dead_letters(nc.jetstream(), topology)
     decoders = ("spend", "history", "reports", *(("alerts",) if evaluator_first else ()))
     assert sorted(letter.consumer for letter in letters) == sorted(f"{n}-v1" for n in decoders)
-    assert all(letter.reason.startswith("tags.team holds a NUL") for letter in letters)
+    assert all(letter.reason.startswith(reason) for letter in letters), letters
     requests = {
         "spend": "SELECT sum(requests) FROM spend_buckets WHERE scope = 'global'",
         "alerts": "SELECT sum(requests) FROM alert_spend_buckets WHERE scope = 'global'",

@@ -198,13 +198,58 @@ def test_a_tag_named_event_id_does_not_pass_for_the_events_id() -> None:
 
 
 def test_an_upcast_of_a_malformed_older_version_is_a_decode_error() -> None:
-    # json.loads reads 1e400 as Infinity: int() of it overflows
+    # json.loads reads 1e400 as Infinity
     v1 = version_1(input_tokens=1e400, cost={"not": "a number"})
-    with pytest.raises(DecodeError, match="cannot upcast: OverflowError"):
+    with pytest.raises(DecodeError, match=r"cannot upcast: ValueError: input_tokens: .* finite"):
         decode(json.dumps(v1).encode())
     del v1["input_tokens"]
     with pytest.raises(DecodeError, match="cannot upcast: InvalidOperation"):
         decode(json.dumps(v1).encode())
+
+
+@pytest.mark.parametrize("count", [1.7, "1.7", [1]])
+@pytest.mark.parametrize("name", ["input_tokens", "cached_tokens", "output_tokens"])
+def test_a_version_1_count_that_is_no_integer_is_refused_not_cut_short(
+    name: str, count: object
+) -> None:
+    """``int()`` read 1.7 tokens as 1: the event was counted with other usage than it said."""
+    with pytest.raises(DecodeError, match=f"cannot upcast: ValueError: {name}: "):
+        decode(json.dumps(version_1(**{"input_tokens": 2, name: count})).encode())
+
+
+def test_a_version_1_count_in_a_lax_form_is_read_as_the_models_read_one() -> None:
+    upcast = decode(json.dumps(version_1(input_tokens="7", output_tokens=3.0)).encode())
+    assert isinstance(upcast, UsageRecorded)
+    assert (upcast.usage.input_uncached, upcast.usage.output_text) == (7, 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"tags": {"team\udc00": "a"}}, "tags: a name in it"),
+        ({"tags": {"team": "\ud800"}}, "tags.team"),
+        ({"unpriced_reason": "\udfff"}, "unpriced_reason"),
+        (
+            {"price": {"layer": "override", "data_version": "v", "rates": {"\udc00": "1"}}},
+            "price.rates: a name in it",
+        ),
+    ],
+)
+def test_an_unpaired_surrogate_is_refused_saying_where(
+    changes: dict[str, object], where: str
+) -> None:
+    """Python's json reads ``\\udc00``, which no UTF-8 carries: pydantic let it through
+    (in a name, or a string without bounds), and the event could neither be encoded again
+    nor stored."""
+    data = json.dumps(json.loads(encode(event())) | changes).encode()
+    with pytest.raises(DecodeError, match=f"^{re.escape(where)} holds an unpaired surrogate"):
+        decode(data)
+
+
+def test_a_surrogate_pair_and_the_text_of_an_escape_are_characters() -> None:
+    payload = json.loads(encode(event()))
+    tags = {"emoji": "\U0001f600", "text": "\\ud800"}  # a pair; a backslash, then ud800
+    assert decode(json.dumps(payload | {"tags": tags}).encode()).tags == tags
 
 
 def test_nesting_deeper_than_the_parser_goes_is_a_decode_error() -> None:
@@ -232,6 +277,9 @@ def test_a_correction_repeats_an_old_time_so_only_its_skew_is_bounded() -> None:
         ({"cost": Decimal("1E-41")}, "no more than 40 decimal places"),
         ({"cost": Decimal("-0.01")}, "greater than or equal to 0"),
         ({"usage": {"audio_seconds": "1E-41"}}, "no more than 40 decimal places"),
+        # PostgreSQL keeps at most 16,383 places: 0E-20000 was refused by the database alone
+        ({"cost": Decimal("0E-1001")}, "at most 1000 digits after the point as written"),
+        ({"usage": {"audio_seconds": "1." + "0" * 1001}}, "at most 1000 digits after the"),
         ({"usage": {"output_text": MAX_TOKENS + 1}}, "less than or equal to 1000000000000"),
         # indexed by the ledger: a longer one would pass PostgreSQL's index row size
         ({"reservation_id": "r" * 101}, "at most 100 characters"),

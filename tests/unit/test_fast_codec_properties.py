@@ -220,6 +220,12 @@ _EDGES = [
     "1." + "0" * 41,
     "1E-41",
     "1E-40",
+    "0E-1000",  # written places: at most MAX_WRITTEN_PLACES, trailing zeros included
+    "0E-1001",
+    "1." + "0" * 1001,
+    "0E+99999",
+    "\udc00",  # an unpaired surrogate: no character
+    "\ud83d\ude00",
     str(MAX_COST),
     f"{MAX_COST}.{'0' * 39}1",
     MAX_TOKENS + 1,
@@ -266,10 +272,11 @@ def _aimed(draw: st.DrawFn) -> bytes:
     if operation == "drop":
         del parent[key]
     elif operation == "extra":
-        parent[draw(st.sampled_from(["extra", key + "_", "Type"]))] = draw(json_values)
+        parent[draw(st.sampled_from(["extra", key + "_", "Type", "\udc00"]))] = draw(json_values)
     elif operation == "edge":
         parent[key] = draw(st.sampled_from(_EDGES) | json_values)
-    data = json.dumps(payload, ensure_ascii=draw(st.booleans())).encode()
+    # an unpaired surrogate written raw is no UTF-8: sent as such bytes, as a producer might
+    data = json.dumps(payload, ensure_ascii=draw(st.booleans())).encode(errors="surrogatepass")
     if operation == "duplicate":
         duplicate = json.dumps({key: draw(st.sampled_from(_EDGES))})[1:-1].encode()
         data = data[:-1] + b"," + duplicate + b"}"

@@ -99,6 +99,7 @@ def _model_accepts(payload: dict[str, object]) -> bool:
         _call("0." + "0" * 39 + "1"),  # 40 places
         _call("1.5E-7"),  # as str(Decimal) writes a small cost
         _call("0E-8"),  # and a zero computed from small rates
+        _call("0E-1000"),  # at most MAX_WRITTEN_PLACES as written
         _call("1E+3"),
         _call(None, "no price for gpt-5-nano"),
         _call(reason="no price for gpt-5-nano"),
@@ -127,6 +128,8 @@ def test_the_schema_and_the_model_accept_the_wire_form(payload: dict[str, object
         _call("1E+13"),
         _call("0." + "0" * 40 + "1"),  # 41 places
         _call("1.5E-40"),  # 41 places too
+        _call("0E-1001"),  # more places as written than PostgreSQL is asked to keep
+        _call("0E-20000"),  # more than it can keep
         _call("0x10"),
         _call("1,5"),
         _call(True),
@@ -136,6 +139,51 @@ def test_the_schema_and_the_model_accept_the_wire_form(payload: dict[str, object
 def test_the_schema_and_the_model_refuse_the_same_costs(payload: dict[str, object]) -> None:
     assert not _model_accepts(payload)
     assert not _schema_accepts(payload)
+
+
+def _priced(rate: object) -> dict[str, object]:
+    return _call("0.5") | {
+        "price": {"layer": "override", "data_version": "v", "rates": {"in": rate}}
+    }
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _call("0.5") | {"occurred_at": "2016-12-31T23:59:60Z"},  # a leap second
+        _call("0.5") | {"occurred_at": "2026-12-01T12:00:00+01"},  # an offset of hours only
+        _call("0.5") | {"occurred_at": "0000-12-01T12:00:00Z"},  # no year 0 in Python
+        _priced("2.5/M"),
+        _priced("NaN"),
+        _priced(""),
+    ],
+    ids=repr,
+)
+def test_what_the_model_refuses_the_schema_refuses_too(payload: dict[str, object]) -> None:
+    """Ajv's ``date-time`` format (the Node.js example's) admits these times, and the
+    schema took any string for a rate: another language's producer published events that
+    every consumer dead-lettered."""
+    assert not _model_accepts(payload)
+    assert not _schema_accepts(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _call("0.5") | {"occurred_at": "2026-12-01T12:00:00.123456789+05:30"},
+        _call("0.5") | {"occurred_at": "2026-12-01T12:00:00-00:00"},
+        _priced("2.5E-6"),
+        _priced("0.000075"),
+        _priced(2.5),
+        _priced(0),
+    ],
+    ids=repr,
+)
+def test_times_and_rates_in_the_wire_form_are_accepted_by_both(
+    payload: dict[str, object],
+) -> None:
+    assert _model_accepts(payload)
+    assert _schema_accepts(payload)
 
 
 @pytest.mark.parametrize(
