@@ -83,10 +83,10 @@ async def build(url: str, events: int, batch: int) -> None:
             await ensure_projection(conn, projection)
         await conn.execute(
             f"""INSERT INTO usage_history_v1 (event_id, stream_seq, occurred_at, provider, model,
-                kind, user_id, project_id, cost, input_uncached, input_cache_read,
+                model_key, kind, user_id, project_id, cost, input_uncached, input_cache_read,
                 input_cache_write, output_text, output_reasoning, embedding_tokens,
                 audio_seconds, tags)
-            SELECT event_id, stream_seq, occurred_at, provider, model, kind, user_id,
+            SELECT event_id, stream_seq, occurred_at, provider, model, model, kind, user_id,
                    project_id, cost, input_uncached, input_cache_read, 0, output_text, 0, 0, 0,
                    '{{}}'
             FROM ({GENERATED}) g""".encode(),
@@ -97,13 +97,13 @@ async def build(url: str, events: int, batch: int) -> None:
         await conn.execute(
             "INSERT INTO usage_ledger (event_id, stream_seq, occurred_at, cost, provider,"
             " model, kind, user_id, project_id) SELECT event_id, stream_seq, occurred_at, cost,"
-            " provider, model, kind, user_id, project_id FROM usage_history_v1"
+            " provider, model_key, kind, user_id, project_id FROM usage_history_v1"
         )
         await conn.execute("ANALYZE usage_history_v1")
         await conn.execute("ANALYZE usage_ledger")
         started = time.perf_counter()
         await conn.execute(STAGING_DDL.encode())
-        staged = ", ".join(name for name, _, _ in STAGED_COLUMNS)
+        staged = ", ".join(name for name, _ in STAGED_COLUMNS)
         selected = staged.replace("reservation_id", "NULL")
         for lo in range(1, events + 1, batch):
             hi = min(lo + batch - 1, events)

@@ -30,6 +30,7 @@ from budget.periods import quarter_hour_number
 from budget.policies import PolicyWindow
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
+from budget.pricing.genai import canonical_model
 from budget.rpc import RetryTimes, RpcFailure, Throttled, Unanswered, ask
 from events import LimitAction, Usage, utc_now
 from events.rpc import (
@@ -184,7 +185,7 @@ class BudgetChecker:
         allow it too, and what it logs past a WARN/NOTIFY limit is logged the same, but
         no ``CheckResult`` is built: an instrumented call needs none. False: await
         ``check``. Callable from any thread: it only reads the caches."""
-        key = (model, provider, user_id, project_id)
+        key = (canonical_model(model), provider, user_id, project_id)
         cached = self._snapshots.get(key)
         if cached is None or cached.enforced or not cached.current(self.settings.cache_ttl):
             return False
@@ -484,4 +485,6 @@ def _refuse(reason: str, estimate: Decimal) -> CheckResult:
 
 
 def _key(call: CallAttributes) -> _CacheKey:
-    return call.model, call.provider, call.user_id, call.project_id
+    """The call's scope in the caches: a model however cased is one (``canonical_model``),
+    as its policies match it."""
+    return canonical_model(call.model), call.provider, call.user_id, call.project_id

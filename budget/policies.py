@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from budget.config import Settings
 from budget.periods import UTC, Period, period_bounds
-from budget.pricing.genai import canonical_provider
+from budget.pricing.genai import canonical_model, canonical_provider
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import GLOBAL_SCOPE_KEY
 
@@ -20,6 +20,7 @@ __all__ = [
     "PolicyFieldError",
     "PolicyWindow",
     "applicable",
+    "canonical_key",
     "canonical_policy",
     "configured_policies",
     "own_keys",
@@ -63,7 +64,8 @@ class CallScope:
     def key(self, scope: BudgetScope) -> str | None:
         """The call's key in ``scope``; None when it has none. An empty user or project id
         is none: spend is never counted under an empty key, so a limit on it would never
-        see the spend it admitted."""
+        see the spend it admitted. A model's is its key (``canonical_model``), under which
+        its spend is counted however the call spelt it."""
         if scope is BudgetScope.GLOBAL:
             return GLOBAL_SCOPE_KEY
         if scope is BudgetScope.USER:
@@ -72,7 +74,7 @@ class CallScope:
             return self.project_id or None
         if scope is BudgetScope.PROVIDER:
             return self.provider
-        return self.model
+        return canonical_model(self.model) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +160,24 @@ def applicable(
     return found
 
 
+def canonical_key(scope: BudgetScope, key: str) -> str:
+    """``key`` of ``scope`` as spend is counted under it: a provider's however it is spelt
+    (``canonical_provider``: "OpenAI" is "openai"), a model's however it is cased
+    (``canonical_model``: "GPT-4o" is "gpt-4o"); users and projects as given."""
+    if scope is BudgetScope.PROVIDER:
+        return canonical_provider(key)
+    if scope is BudgetScope.MODEL:
+        return canonical_model(key)
+    return key
+
+
 def canonical_policy(policy: BudgetPolicy) -> BudgetPolicy:
-    """A provider policy keyed as usage is recorded and checked (``canonical_provider``:
-    "OpenAI" is "openai"), so that it counts that provider's spend however it was spelt."""
-    if policy.scope is BudgetScope.PROVIDER and policy.scope_key is not None:
-        key = canonical_provider(policy.scope_key)
+    """``policy`` keyed as usage is counted and calls are checked (``canonical_key``), so
+    that a policy on "OpenAI" or "GPT-4o" counts that provider's or model's spend however
+    it was spelt. Applied when a policy is set and whenever policies are loaded: one set
+    before a rule keeps matching."""
+    if policy.scope_key is not None:
+        key = canonical_key(policy.scope, policy.scope_key)
         if key != policy.scope_key:
             return policy.model_copy(update={"scope_key": key})
     return policy

@@ -1,5 +1,7 @@
 """Usage history: one row per usage event, indexed for filtering by time, provider, model,
-user and project (the seed's "Usage History" view and exports). Each row names who
+user and project (the seed's "Usage History" view and exports). A row keeps its event's
+``model`` as the producer spelt it; filters by model match its ``model_key``
+(``canonical_model``: "GPT-4o" is "gpt-4o"), as spend is counted. Each row names who
 published its event (``publisher``: the NATS user, or the HTTP API's ``api-key-<id>``, by
 the subject it came on; null for events of the bare subject), so an operator sees which
 credential reported a call."""
@@ -25,7 +27,7 @@ _NULLABLE = frozenset(
         "unpriced_reason",
         "price",
         "publisher",
-        *(c for c, _, _ in STAGED_COLUMNS if c.startswith("image_")),
+        *(c for c, _ in STAGED_COLUMNS if c.startswith("image_")),
     )
 )
 # (column, SQL type): the staged columns (``usage_rows``) but the reservation
@@ -36,10 +38,10 @@ _COLUMNS: tuple[tuple[str, str], ...] = tuple(
         if name == "event_id"
         else f"{sql_type}{'' if name in _NULLABLE else ' NOT NULL'}",
     )
-    for name, sql_type, _ in STAGED_COLUMNS
+    for name, sql_type in STAGED_COLUMNS
     if name != "reservation_id"
 )
-_FILTERED = ("provider", "model", "user_id", "project_id")
+_FILTERED = ("provider", "model_key", "user_id", "project_id")
 
 
 class HistoryProjection(Projection):

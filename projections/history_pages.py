@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from budget.pricing.genai import canonical_provider
+from budget.pricing.genai import canonical_model, canonical_provider
 from projections.cursors import decode_cursor, encode_cursor
 from projections.engine.checkpoints import live_position
 from projections.engine.projection import Connection
@@ -86,11 +86,22 @@ _JSON_ROW = "json_build_object({})::text".format(
 )
 
 
+# (filter, the history column it matches)
+_FILTERS = (
+    ("provider", "provider"),
+    ("model", "model_key"),
+    ("user_id", "user_id"),
+    ("project_id", "project_id"),
+)
+
+
 @dataclass(frozen=True)
 class HistoryFilter:
     """Calls with ``since <= occurred_at < until`` matching every given filter; tags match
     when the call carries each given tag with that value. A provider is matched however it
-    is spelt, as usage is recorded (``canonical_provider``: "OpenAI" is "openai")."""
+    is spelt, as usage is recorded (``canonical_provider``: "OpenAI" is "openai"), a model
+    however it is cased, as spend is counted (``canonical_model``: its rows' ``model_key``;
+    "GPT-4o" finds the calls recorded as "gpt-4o" and "GPT-4O")."""
 
     since: datetime | None = None
     until: datetime | None = None
@@ -103,15 +114,21 @@ class HistoryFilter:
     def __post_init__(self) -> None:
         if self.provider is not None:
             object.__setattr__(self, "provider", canonical_provider(self.provider))
+        if self.model is not None:
+            object.__setattr__(self, "model", canonical_model(self.model))
+
+    def key_clauses(self) -> tuple[list[str], dict[str, Any]]:
+        """The conditions on ``usage_history`` of the provider, model, user and project
+        given, and their parameters (named as the filters)."""
+        params = {name: getattr(self, name) for name, _ in _FILTERS}
+        given = {name: value for name, value in params.items() if value is not None}
+        columns = dict(_FILTERS)
+        return [f"{columns[name]} = %({name})s" for name in given], given
 
     def where(self, as_of: int) -> tuple[str, dict[str, Any]]:
-        params: dict[str, Any] = {"as_of": as_of}
-        clauses = ["stream_seq <= %(as_of)s"]
-        for name in ("provider", "model", "user_id", "project_id"):
-            value = getattr(self, name)
-            if value is not None:
-                clauses.append(f"{name} = %({name})s")
-                params[name] = value
+        keys, params = self.key_clauses()
+        params["as_of"] = as_of
+        clauses = ["stream_seq <= %(as_of)s", *keys]
         if self.since is not None:
             clauses.append("occurred_at >= %(since)s")
             params["since"] = self.since

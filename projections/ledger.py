@@ -38,7 +38,7 @@ from typing import Any
 
 from events import UsageRepriced
 from projections.engine.projection import Applied, Connection, Rejected
-from projections.usage_rows import STAGED, Staged, staged_rows
+from projections.usage_rows import KEYS, STAGED, Staged, staged_rows
 from projections.usage_rows import stage as stage_rows
 
 __all__ = [
@@ -53,7 +53,8 @@ __all__ = [
 ]
 
 WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
-"""Where a usage event counts, as the ledger keeps it for its corrections."""
+"""Where a usage event counts, as the ledger keeps it for its corrections: ``model`` is the
+model's key (``usage_rows``' ``model_key``), as spend is counted by model."""
 
 
 def first_usage(usage: str) -> str:
@@ -155,9 +156,14 @@ class Ledger:
     def tables(self) -> tuple[str, ...]:
         return (self.usage, self.corrections, self.position)
 
+    @property
+    def keys(self) -> str:
+        return KEYS
+
     def ddl(self) -> list[str]:
         return [
-            # ``cost``: the event's own; corrections hold the later ones.
+            # ``cost``: the event's own; corrections hold the later ones. ``model``: its key
+            # (``canonical_model``), however the event spelt it.
             f"""CREATE TABLE {self.usage} (
                 event_id uuid PRIMARY KEY,
                 stream_seq bigint NOT NULL,
@@ -225,7 +231,7 @@ class Ledger:
                 f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
                     model, kind, user_id, project_id, reservation_id)
                 SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost, provider,
-                    model, kind, user_id, project_id, reservation_id
+                    model_key, kind, user_id, project_id, reservation_id
                 FROM {STAGED} WHERE {staged_rows()} AND stream_seq > %(covered)s
                 ORDER BY event_id, stream_seq
                 ON CONFLICT (event_id) DO NOTHING""".encode(),

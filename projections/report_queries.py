@@ -26,7 +26,6 @@ from budget.forecast import METHOD, forecast
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window
-from budget.pricing.genai import canonical_provider
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
@@ -34,6 +33,7 @@ from events.policy import GLOBAL_SCOPE_KEY
 from events.queries import QueryFieldError, ReportQuery
 from events.usage import exact_money
 from projections.engine.projection import Connection
+from projections.history_pages import HistoryFilter
 from projections.policies import load_policies
 from projections.spend import MEASURES
 from projections.windows import WindowTotals, priced_cost, window_totals
@@ -373,17 +373,19 @@ class ReportBuilder:
         )
 
     async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
-        """Usage events in [start, end) matching ``query``'s filters (a provider however it
-        is spelt, as usage is recorded), oldest first: one row per call with its current
-        cost (corrections included), or why it has none, and who published it."""
+        """Usage events in [start, end) matching ``query``'s filters (as the history's
+        ``HistoryFilter``: a provider however it is spelt, a model however it is cased),
+        oldest first: one row per call with its current cost (corrections included), or
+        why it has none, and who published it."""
         start, end, notes = self._window(start, end, whole_hours=False)
-        filters = {
-            "provider": None if query.provider is None else canonical_provider(query.provider),
-            "model": query.model,
-            "user_id": query.user_id,
-            "project_id": query.project_id,
-        }
-        where = "".join(f" AND {c} = %({c})s" for c, value in filters.items() if value is not None)
+        keys = HistoryFilter(
+            provider=query.provider,
+            model=query.model,
+            user_id=query.user_id,
+            project_id=query.project_id,
+        )
+        clauses, filters = keys.key_clauses()
+        where = "".join(f" AND {clause}" for clause in clauses)
         cursor = await self.conn.execute(
             f"""SELECT occurred_at, provider, model, kind, user_id, project_id,
                        input_uncached + input_cache_read + input_cache_write, input_cache_read,
@@ -400,7 +402,7 @@ class ReportBuilder:
                 f"more than {query.limit} calls match: showing the first {query.limit};"
                 " narrow the window or the filters, or raise the limit"
             )
-        notes += [f"{c}: {value}" for c, value in filters.items() if value is not None]
+        notes += [f"{c}: {value}" for c, value in filters.items()]
         columns = (
             "occurred_at",
             "provider",

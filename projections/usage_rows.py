@@ -21,11 +21,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
+from budget.pricing.genai import canonical_model
 from events import UsageRecorded
 from projections.engine.projection import Applied, Connection
 
 __all__ = [
     "COUNTED",
+    "KEYS",
     "STAGED",
     "STAGED_COLUMNS",
     "STAGING_DDL",
@@ -50,27 +52,35 @@ USAGE_MEASURES = (
 STAGED = "usage_batch"
 """The staged rows: a temporary table of the session, emptied at each commit."""
 
-STAGED_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("event_id", "uuid", "e.event_id"),
-    ("stream_seq", "bigint", "s.stream_seq"),
-    ("occurred_at", "timestamptz", "e.occurred_at"),
-    ("provider", "text", "e.provider"),
-    ("model", "text", "e.model"),
-    ("kind", "text", "e.kind"),
-    ("user_id", "text", "e.user_id"),
-    ("project_id", "text", "e.project_id"),
-    ("cost", "numeric", "e.cost"),
-    ("reservation_id", "text", "e.reservation_id"),
-    ("unpriced_reason", "text", "e.unpriced_reason"),
-    *((name, sql_type, f"u.{name}") for name, sql_type in USAGE_MEASURES),
-    ("image_count", "integer", "(u.images ->> 'count')::integer"),
-    ("image_size", "text", "u.images ->> 'size'"),
-    ("image_quality", "text", "u.images ->> 'quality'"),
-    ("tags", "jsonb", "e.tags"),
-    ("price", "jsonb", "e.price"),
-    ("publisher", "text", "s.publisher"),
+STAGED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "uuid"),
+    ("stream_seq", "bigint"),
+    ("occurred_at", "timestamptz"),
+    ("provider", "text"),
+    ("model_key", "text"),
+    ("kind", "text"),
+    ("user_id", "text"),
+    ("project_id", "text"),
+    ("cost", "numeric"),
+    ("reservation_id", "text"),
+    ("unpriced_reason", "text"),
+    ("model", "text"),
+    *USAGE_MEASURES,
+    ("image_count", "integer"),
+    ("image_size", "text"),
+    ("image_quality", "text"),
+    ("tags", "jsonb"),
+    ("price", "jsonb"),
+    ("publisher", "text"),
 )
-"""(column, SQL type, expression over the parsed batch) of ``usage_batch``."""
+"""(column, SQL type) of ``usage_batch``. ``model`` is the event's, as its producer spelt
+it; ``model_key`` is its key (``canonical_model``: "GPT-4o" is "gpt-4o"), which every
+count and filter by model uses. Computed here, by the consumers, so usage counts under
+one key whichever producer published it (the Node.js example, any NATS client)."""
+KEYS = "model_key: canonical_model (stripped, lower-cased)"
+"""How staged rows key what the events do not say: a release that keys otherwise changes
+this, and every projection that counts from the staged rows or the ledger is rebuilt
+from the log (``engine.shapes``)."""
 COUNTED = 10
 """The first columns: what counting spend needs (a ledger, cost totals); ``stage`` with
 ``counted_only`` leaves the others NULL."""
@@ -80,20 +90,18 @@ def _typed(columns: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {sql_type}" for name, sql_type in columns)
 
 
-_TYPES = [sql_type for _, sql_type, _ in STAGED_COLUMNS]
+_TYPES = [sql_type for _, sql_type in STAGED_COLUMNS]
 
 
 def _copy(columns: int) -> str:
-    names = ", ".join(name for name, _, _ in STAGED_COLUMNS[:columns])
+    names = ", ".join(name for name, _ in STAGED_COLUMNS[:columns])
     return f"COPY {STAGED} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
 _COPIES = {columns: _copy(columns) for columns in (COUNTED, len(STAGED_COLUMNS))}
 
 STAGING_DDL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED}"
-    f" ({_typed([(name, sql_type) for name, sql_type, _ in STAGED_COLUMNS])})"
-    " ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED} ({_typed(STAGED_COLUMNS)}) ON COMMIT DELETE ROWS"
 )
 
 
@@ -184,7 +192,7 @@ def _counted_row(applied: Applied) -> tuple[object, ...]:
         applied.stream_seq,
         event.occurred_at,
         event.provider,
-        event.model,
+        canonical_model(event.model),
         event.kind,
         event.user_id,
         event.project_id,
@@ -200,6 +208,7 @@ def _row(applied: Applied) -> tuple[object, ...]:
     return (
         *_counted_row(applied),
         event.unpriced_reason,
+        event.model,
         usage.input_uncached,
         usage.input_cache_read,
         usage.input_cache_write,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, Provider
 
 __all__ = [
+    "canonical_model",
     "canonical_provider",
     "card_for",
     "data_version",
@@ -82,6 +83,17 @@ def canonical_provider(name: str) -> str:
 
     found = find_provider_by_id(snapshot().providers, key)
     return found.id if found is not None else key
+
+
+def canonical_model(name: str) -> str:
+    """A model's key: "GPT-4o" -> "gpt-4o". Every pricing layer (genai-prices too) finds a
+    model by this key, and spend is counted, policies matched and filters applied by it,
+    so a name is one model however a caller cases it (the recorded event keeps the
+    caller's spelling). ``lower()``, not ``casefold()``: the key must be exactly what
+    prices are found by, and genai-prices lower-cases; casefold would also merge names
+    no price lookup merges ("ß" and "ss"). No provider serves two models whose names
+    differ only in case. A name of only spaces has the empty key: no model."""
+    return name.strip().lower()
 
 
 def find_model(provider: str | None, model: str) -> tuple[Provider, ModelInfo] | None:

@@ -143,6 +143,12 @@ class SharedLedger(Protocol):
         them yet (``positions``); with a backlog, it first waits for another writer that
         is recording to do so."""
 
+    @property
+    def keys(self) -> str:
+        """How its rows key what the events do not say (a model's key): part of the shape
+        of every projection that reads it (``engine.shapes``), so a release that keys
+        otherwise rebuilds them from the log."""
+
     async def positions(self, conn: Connection) -> Mapping[str, int]:
         """How far each writer has recorded the log (committed), by writer."""
 

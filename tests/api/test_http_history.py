@@ -125,6 +125,26 @@ def test_a_provider_filter_matches_however_the_provider_is_spelt(
     assert [r["scope_key"] for r in rows] == ["openai"]
 
 
+def test_a_model_filter_matches_however_the_model_is_cased(
+    ingest: httpx.Client, viewer: httpx.Client, browser: httpx.Client, user: str
+) -> None:
+    """Usage posted as "GPT-4o" and "gpt-4O" keeps its spelling in history; filtering by
+    either (pages, exports, the console) finds both, and spend counts them as "gpt-4o"."""
+    post_calls(ingest, user, 1, model="GPT-4o")
+    post_calls(ingest, user, 1, model="gpt-4O")
+    eventually(lambda: history_count(viewer, user, 2), what="the calls in history")
+    for spelt in ("GPT-4o", " Gpt-4o "):
+        params = {"user_id": user, "model": spelt}
+        assert sorted(r["model"] for r in all_pages(viewer, params)) == ["GPT-4o", "gpt-4O"]
+        export = viewer.get("/api/v1/usage/export", params={**params, "format": "json"})
+        assert len(export.text.splitlines()) == 2, spelt
+        page = browser.get("/history", params=params)
+        assert page.status_code == 200 and page.text.count("<tr data-event-id=") == 2, spelt
+    spend = {"period": "daily", "scope": "model", "key": "GPT-4O", "at": BASE.isoformat()}
+    rows = eventually(lambda: viewer.get("/api/v1/spend", params=spend).json(), what="spend")
+    assert [r["scope_key"] for r in rows] == ["gpt-4o"]
+
+
 def test_csv_exports_defuse_spreadsheet_formulas(
     ingest: httpx.Client, viewer: httpx.Client, user: str
 ) -> None:

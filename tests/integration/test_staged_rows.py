@@ -50,7 +50,7 @@ async def test_a_statement_reads_exactly_the_events_it_is_given(db: str, asked: 
 async def test_the_counted_columns_are_staged_alone_and_in_full(db: str) -> None:
     """``COUNTED`` names the first columns, which a counted-only staging fills."""
     event = usage_event()
-    names = ", ".join(name for name, _, _ in STAGED_COLUMNS)
+    names = ", ".join(name for name, _ in STAGED_COLUMNS)
     conn = await connect(db)
     try:
         async with conn.transaction():
