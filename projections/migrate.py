@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from projections.db import sqlalchemy_url
 
-__all__ = ["drop_tables_matching", "migrate"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+__all__ = ["drop_tables_matching", "migrate", "rekey_ledger"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,6 +32,29 @@ def drop_tables_matching(pattern: str, *, cascade: bool = False) -> str:
                 EXECUTE format('{drop}', retired.table_name);
             END LOOP;
         END $$"""
+
+
+def rekey_ledger(conn: Connection, column: str, key: Callable[[str], str]) -> None:
+    """For a migration (``conn``: alembic's): the usage ledger's ``column`` holds ``key``
+    of each value, as a new key rule counts it. The key is Python's (the rule every
+    consumer applies), never SQL's, whose case mapping depends on the database's locale:
+    the distinct values are read, keyed here, and only those that differ from their key
+    are rewritten, in one statement."""
+    import sqlalchemy as sa
+
+    from projections.ledger import SHARED_LEDGER
+
+    values = conn.execute(sa.text(f"SELECT DISTINCT {column} FROM {SHARED_LEDGER.usage}"))
+    changed = {value: new for value in values.scalars() if (new := key(value)) != value}
+    if changed:
+        conn.execute(
+            sa.text(
+                f"UPDATE {SHARED_LEDGER.usage} u SET {column} = k.key"
+                " FROM unnest(CAST(:values AS text[]), CAST(:keys AS text[])) AS k(value, key)"
+                f" WHERE u.{column} = k.value"
+            ),
+            {"values": list(changed), "keys": list(changed.values())},
+        )
 
 
 def migrate(database_url: str, *, revision: str = "head") -> None:

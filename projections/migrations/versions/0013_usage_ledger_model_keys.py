@@ -5,36 +5,23 @@ projections rebuilt from the log (their new shape rebuilds spend, history, repor
 and the alert evaluator), count them under it too.
 
 The key is Python's (``str.lower``), not PostgreSQL's ``lower()``, whose Unicode case
-mapping depends on the database's locale: the distinct spellings are read, keyed here, and
-only those that differ from their key are rewritten, in one statement.
+mapping depends on the database's locale (``rekey_ledger``).
 
 Revision ID: 0013
 Revises: 0012
 """
 
-import sqlalchemy as sa
 from alembic import op
 
 from budget.pricing.genai import canonical_model
-from projections.ledger import SHARED_LEDGER
+from projections.migrate import rekey_ledger
 
 revision = "0013"
 down_revision = "0012"
 
 
 def upgrade() -> None:
-    conn = op.get_bind()
-    names = conn.execute(sa.text(f"SELECT DISTINCT model FROM {SHARED_LEDGER.usage}")).scalars()
-    changed = {name: key for name in names if (key := canonical_model(name)) != name}
-    if changed:
-        conn.execute(
-            sa.text(
-                f"UPDATE {SHARED_LEDGER.usage} u SET model = m.key"
-                " FROM unnest(CAST(:names AS text[]), CAST(:keys AS text[])) AS m(name, key)"
-                " WHERE u.model = m.name"
-            ),
-            {"names": list(changed), "keys": list(changed.values())},
-        )
+    rekey_ledger(op.get_bind(), "model", canonical_model)
 
 
 def downgrade() -> None:
