@@ -348,12 +348,12 @@ async def fill_spend(conn: Connection) -> None:
         f"""
         INSERT INTO spend_buckets_v1 (scope, scope_key, bucket_start, {names})
         SELECT scope, scope_key, bucket_start, {regroup}
-        FROM (SELECT user_id, project_id, provider, model_key,
+        FROM (SELECT user_id, project_id, provider_key, model_key,
                      {BUCKET_SQL.format("occurred_at")} AS bucket_start, {cell_sums}
               FROM (SELECT *, NULL::jsonb AS images FROM usage_history_v1) h
-              GROUP BY user_id, project_id, provider, model_key, bucket_start) cells
+              GROUP BY user_id, project_id, provider_key, model_key, bucket_start) cells
         CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', user_id),
-            ('provider', provider), ('model', model_key), ('project', project_id))
+            ('provider', provider_key), ('model', model_key), ('project', project_id))
             AS scopes(scope, scope_key)
         WHERE scope_key <> ''
         GROUP BY scope, scope_key, bucket_start

@@ -82,13 +82,13 @@ async def build(url: str, events: int, batch: int) -> None:
         for projection in PROJECTIONS.values():
             await ensure_projection(conn, projection)
         await conn.execute(
-            f"""INSERT INTO usage_history_v1 (event_id, stream_seq, occurred_at, provider, model,
-                model_key, kind, user_id, project_id, cost, input_uncached, input_cache_read,
-                input_cache_write, output_text, output_reasoning, embedding_tokens,
-                audio_seconds, tags)
-            SELECT event_id, stream_seq, occurred_at, provider, model, model, kind, user_id,
-                   project_id, cost, input_uncached, input_cache_read, 0, output_text, 0, 0, 0,
-                   '{{}}'
+            f"""INSERT INTO usage_history_v1 (event_id, stream_seq, occurred_at, provider,
+                provider_key, model, model_key, kind, user_id, project_id, cost, input_uncached,
+                input_cache_read, input_cache_write, output_text, output_reasoning,
+                embedding_tokens, audio_seconds, tags)
+            SELECT event_id, stream_seq, occurred_at, provider, provider, model, model, kind,
+                   user_id, project_id, cost, input_uncached, input_cache_read, 0, output_text,
+                   0, 0, 0, '{{}}'
             FROM ({GENERATED}) g""".encode(),
             {"end": end, "n": events, "lo": 1, "hi": events},
         )
@@ -97,7 +97,7 @@ async def build(url: str, events: int, batch: int) -> None:
         await conn.execute(
             "INSERT INTO usage_ledger (event_id, stream_seq, occurred_at, cost, provider,"
             " model, kind, user_id, project_id) SELECT event_id, stream_seq, occurred_at, cost,"
-            " provider, model_key, kind, user_id, project_id FROM usage_history_v1"
+            " provider_key, model_key, kind, user_id, project_id FROM usage_history_v1"
         )
         await conn.execute("ANALYZE usage_history_v1")
         await conn.execute("ANALYZE usage_ledger")

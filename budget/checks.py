@@ -27,12 +27,11 @@ from pydantic import BaseModel
 from budget.config import Settings
 from budget.enforcement import assess, decide
 from budget.periods import quarter_hour_number
-from budget.policies import PolicyWindow
+from budget.policies import PolicyWindow, canonical_key
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
-from budget.pricing.genai import canonical_model
 from budget.rpc import RetryTimes, RpcFailure, Throttled, Unanswered, ask
-from events import LimitAction, Usage, utc_now
+from events import BudgetScope, LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
     RPC_RELEASE,
@@ -185,7 +184,7 @@ class BudgetChecker:
         allow it too, and what it logs past a WARN/NOTIFY limit is logged the same, but
         no ``CheckResult`` is built: an instrumented call needs none. False: await
         ``check``. Callable from any thread: it only reads the caches."""
-        key = (canonical_model(model), provider, user_id, project_id)
+        key = _scope_key(model, provider, user_id, project_id)
         cached = self._snapshots.get(key)
         if cached is None or cached.enforced or not cached.current(self.settings.cache_ttl):
             return False
@@ -485,6 +484,15 @@ def _refuse(reason: str, estimate: Decimal) -> CheckResult:
 
 
 def _key(call: CallAttributes) -> _CacheKey:
-    """The call's scope in the caches: a model however cased is one (``canonical_model``),
-    as its policies match it."""
-    return canonical_model(call.model), call.provider, call.user_id, call.project_id
+    return _scope_key(call.model, call.provider, call.user_id, call.project_id)
+
+
+def _scope_key(
+    model: str, provider: str | None, user_id: str | None, project_id: str | None
+) -> _CacheKey:
+    """A call's scope in the caches: its model and provider keyed as their policies match
+    them (``canonical_key``: "GPT-4o" of "OpenAI" is "gpt-4o" of "openai"), so that any
+    spelling finds one snapshot."""
+    model_key = canonical_key(BudgetScope.MODEL, model)
+    provider_key = None if provider is None else canonical_key(BudgetScope.PROVIDER, provider)
+    return model_key, provider_key, user_id, project_id

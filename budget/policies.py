@@ -64,17 +64,17 @@ class CallScope:
     def key(self, scope: BudgetScope) -> str | None:
         """The call's key in ``scope``; None when it has none. An empty user or project id
         is none: spend is never counted under an empty key, so a limit on it would never
-        see the spend it admitted. A model's is its key (``canonical_model``), under which
-        its spend is counted however the call spelt it."""
+        see the spend it admitted. A provider's and a model's are their keys
+        (``canonical_key``), under which their spend is counted however the call spelt
+        them: a check sent by any client is matched as the tracker's."""
         if scope is BudgetScope.GLOBAL:
             return GLOBAL_SCOPE_KEY
         if scope is BudgetScope.USER:
             return self.user_id or None
         if scope is BudgetScope.PROJECT:
             return self.project_id or None
-        if scope is BudgetScope.PROVIDER:
-            return self.provider
-        return canonical_model(self.model) or None
+        name = self.provider if scope is BudgetScope.PROVIDER else self.model
+        return canonical_key(scope, name) or None if name else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,9 @@ def applicable(
 def canonical_key(scope: BudgetScope, key: str) -> str:
     """``key`` of ``scope`` as spend is counted under it: a provider's however it is spelt
     (``canonical_provider``: "OpenAI" is "openai"), a model's however it is cased
-    (``canonical_model``: "GPT-4o" is "gpt-4o"); users and projects as given."""
+    (``canonical_model``: "GPT-4o" is "gpt-4o"); users and projects as given. The one
+    rule: policies, checks, the consumers' staged rows (``projections.usage_rows``) and
+    filters all key by it."""
     if scope is BudgetScope.PROVIDER:
         return canonical_provider(key)
     if scope is BudgetScope.MODEL:

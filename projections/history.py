@@ -1,7 +1,8 @@
 """Usage history: one row per usage event, indexed for filtering by time, provider, model,
 user and project (the seed's "Usage History" view and exports). A row keeps its event's
-``model`` as the producer spelt it; filters by model match its ``model_key``
-(``canonical_model``: "GPT-4o" is "gpt-4o"), as spend is counted. Each row names who
+``provider`` and ``model`` as the producer spelt them; filters by provider and model match
+its ``provider_key`` and ``model_key`` (``canonical_key``: "OpenAI" is "openai", "GPT-4o"
+is "gpt-4o"), as spend is counted. Each row names who
 published its event (``publisher``: the NATS user, or the HTTP API's ``api-key-<id>``, by
 the subject it came on; null for events of the bare subject), so an operator sees which
 credential reported a call."""
@@ -41,7 +42,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = tuple(
     for name, sql_type in STAGED_COLUMNS
     if name != "reservation_id"
 )
-_FILTERED = ("provider", "model_key", "user_id", "project_id")
+_FILTERED = ("provider_key", "model_key", "user_id", "project_id")
 
 
 class HistoryProjection(Projection):

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from budget.pricing.genai import canonical_model, canonical_provider
+from budget.policies import canonical_key
+from events import BudgetScope
 from projections.cursors import decode_cursor, encode_cursor
 from projections.engine.checkpoints import live_position
 from projections.engine.projection import Connection
@@ -86,22 +87,22 @@ _JSON_ROW = "json_build_object({})::text".format(
 )
 
 
-# (filter, the history column it matches)
+# (filter, the scope whose key it is, the history column it matches)
 _FILTERS = (
-    ("provider", "provider"),
-    ("model", "model_key"),
-    ("user_id", "user_id"),
-    ("project_id", "project_id"),
+    ("provider", BudgetScope.PROVIDER, "provider_key"),
+    ("model", BudgetScope.MODEL, "model_key"),
+    ("user_id", BudgetScope.USER, "user_id"),
+    ("project_id", BudgetScope.PROJECT, "project_id"),
 )
 
 
 @dataclass(frozen=True)
 class HistoryFilter:
     """Calls with ``since <= occurred_at < until`` matching every given filter; tags match
-    when the call carries each given tag with that value. A provider is matched however it
-    is spelt, as usage is recorded (``canonical_provider``: "OpenAI" is "openai"), a model
-    however it is cased, as spend is counted (``canonical_model``: its rows' ``model_key``;
-    "GPT-4o" finds the calls recorded as "gpt-4o" and "GPT-4O")."""
+    when the call carries each given tag with that value. A provider and a model are
+    matched by their keys, as spend is counted (``canonical_key``: the rows'
+    ``provider_key`` and ``model_key``): "OpenAI" finds the calls recorded as "openai" and
+    "OPENAI", "GPT-4o" those recorded as "gpt-4o" and "GPT-4O"."""
 
     since: datetime | None = None
     until: datetime | None = None
@@ -112,17 +113,17 @@ class HistoryFilter:
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.provider is not None:
-            object.__setattr__(self, "provider", canonical_provider(self.provider))
-        if self.model is not None:
-            object.__setattr__(self, "model", canonical_model(self.model))
+        for name, scope, _ in _FILTERS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, canonical_key(scope, value))
 
     def key_clauses(self) -> tuple[list[str], dict[str, Any]]:
         """The conditions on ``usage_history`` of the provider, model, user and project
         given, and their parameters (named as the filters)."""
-        params = {name: getattr(self, name) for name, _ in _FILTERS}
+        params = {name: getattr(self, name) for name, _, _ in _FILTERS}
         given = {name: value for name, value in params.items() if value is not None}
-        columns = dict(_FILTERS)
+        columns = {name: column for name, _, column in _FILTERS}
         return [f"{columns[name]} = %({name})s" for name in given], given
 
     def where(self, as_of: int) -> tuple[str, dict[str, Any]]:

@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 WHERE = ("occurred_at", "provider", "model", "user_id", "project_id", "kind")
-"""Where a usage event counts, as the ledger keeps it for its corrections: ``model`` is the
-model's key (``usage_rows``' ``model_key``), as spend is counted by model."""
+"""Where a usage event counts, as the ledger keeps it for its corrections: ``provider`` and
+``model`` are their keys (``usage_rows``' ``provider_key`` and ``model_key``), as spend is
+counted by provider and model."""
 
 
 def first_usage(usage: str) -> str:
@@ -162,8 +163,8 @@ class Ledger:
 
     def ddl(self) -> list[str]:
         return [
-            # ``cost``: the event's own; corrections hold the later ones. ``model``: its key
-            # (``canonical_model``), however the event spelt it.
+            # ``cost``: the event's own; corrections hold the later ones. ``provider``,
+            # ``model``: their keys (``canonical_key``), however the event spelt them.
             f"""CREATE TABLE {self.usage} (
                 event_id uuid PRIMARY KEY,
                 stream_seq bigint NOT NULL,
@@ -230,8 +231,8 @@ class Ledger:
             await conn.execute(
                 f"""INSERT INTO {self.usage} (event_id, stream_seq, occurred_at, cost, provider,
                     model, kind, user_id, project_id, reservation_id)
-                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost, provider,
-                    model_key, kind, user_id, project_id, reservation_id
+                SELECT DISTINCT ON (event_id) event_id, stream_seq, occurred_at, cost,
+                    provider_key, model_key, kind, user_id, project_id, reservation_id
                 FROM {STAGED} WHERE {staged_rows()} AND stream_seq > %(covered)s
                 ORDER BY event_id, stream_seq
                 ON CONFLICT (event_id) DO NOTHING""".encode(),

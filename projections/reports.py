@@ -2,9 +2,9 @@
 raw events.
 
 Every usage event adds to one row per dimension in each grain: ``total``, ``provider``,
-``model`` (keyed by provider and the model's key, ``canonical_model``: "GPT-4o" is
-"gpt-4o"), ``user``, ``project`` and ``kind``. Days are
-UTC days; quarter hours (the spend projection's buckets) hold every time zone's
+``model`` (keyed by provider and model), ``user``, ``project`` and ``kind``, a provider
+and a model by their keys (``canonical_key``: "OpenAI" is "openai", "GPT-4o" is
+"gpt-4o"). Days are UTC days; quarter hours (the spend projection's buckets) hold every time zone's
 midnight, 45-minute offsets included, so a report's local days are exact. The usage ledger
 shared with spend and history (``projections/ledger.py``: one row per event, with its
 dimensions) makes apply idempotent beyond JetStream's duplicate window and lets a
@@ -84,7 +84,7 @@ class ReportsProjection(Projection):
             f"""
             WITH batch AS (
                 -- each event at its first appearance in the log: re-sends count nowhere
-                SELECT b.occurred_at, b.cost, b.provider, b.model_key AS model,
+                SELECT b.occurred_at, b.cost, b.provider_key AS provider, b.model_key AS model,
                        coalesce(b.user_id, '') AS user_id,
                        coalesce(b.project_id, '') AS project_id, b.kind, {usage}, b.image_count
                 FROM {first_usage(SHARED_LEDGER.usage)}

@@ -1,7 +1,8 @@
 """Spend: cost and usage totals per scope (global, user, provider, model, project) and
 calendar period (day, ISO week from Monday, month; UTC), assigned by each event's
-``occurred_at``. A model's spend is counted under its key (``canonical_model``: "GPT-4o"
-is "gpt-4o"), as its policies match it.
+``occurred_at``. A provider's and a model's spend is counted under their keys
+(``canonical_key``: "OpenAI" is "openai", "GPT-4o" is "gpt-4o"), as their policies match
+them.
 
 Totals are kept per quarter hour (``spend_buckets``): every time zone's midnight and every
 custom policy range falls on one, so the enforcer sums any policy window exactly. Days,
@@ -148,13 +149,13 @@ class SpendProjection(Projection):
             if not any(a.event_type is UsageRecorded for a in batch):
                 return
             rows, params = recorded_usage(self.ledger.usage, "b"), Recorded.of(batch).params
-            model = "b.model"  # the ledger keeps the model's key
+            keys = "b.provider, b.model"  # the ledger keeps their keys
         else:
             staged = Staged.of(batch)
             if staged is None:
                 return
             rows, params = first_usage(self.ledger.usage), staged.params
-            model = "b.model_key"
+            keys = "b.provider_key AS provider, b.model_key AS model"
         totals = physical(self.tables[0], version)
         names = ", ".join(name for name, _, _ in self.measures)
         cell_sums = ", ".join(f"{aggregate} AS {n}" for n, _, aggregate in self.measures)
@@ -169,8 +170,8 @@ class SpendProjection(Projection):
             f"""
             WITH batch AS (
                 -- each event at its first appearance in the log: re-sends count nowhere
-                SELECT b.occurred_at, b.cost, b.provider, {model} AS model, b.user_id,
-                       b.project_id, b.reservation_id{usage}
+                SELECT b.occurred_at, b.cost, {keys}, b.user_id, b.project_id,
+                       b.reservation_id{usage}
                 FROM {rows}
             ){self._settle(version)}, cells AS (
                 -- sum each (user, project, provider, model, bucket) first: few rows to fan out

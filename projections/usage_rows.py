@@ -21,8 +21,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
-from budget.pricing.genai import canonical_model
-from events import UsageRecorded
+from budget.policies import canonical_key
+from events import BudgetScope, UsageRecorded
 from projections.engine.projection import Applied, Connection
 
 __all__ = [
@@ -56,7 +56,7 @@ STAGED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "uuid"),
     ("stream_seq", "bigint"),
     ("occurred_at", "timestamptz"),
-    ("provider", "text"),
+    ("provider_key", "text"),
     ("model_key", "text"),
     ("kind", "text"),
     ("user_id", "text"),
@@ -64,6 +64,7 @@ STAGED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("cost", "numeric"),
     ("reservation_id", "text"),
     ("unpriced_reason", "text"),
+    ("provider", "text"),
     ("model", "text"),
     *USAGE_MEASURES,
     ("image_count", "integer"),
@@ -73,11 +74,16 @@ STAGED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("price", "jsonb"),
     ("publisher", "text"),
 )
-"""(column, SQL type) of ``usage_batch``. ``model`` is the event's, as its producer spelt
-it; ``model_key`` is its key (``canonical_model``: "GPT-4o" is "gpt-4o"), which every
-count and filter by model uses. Computed here, by the consumers, so usage counts under
-one key whichever producer published it (the Node.js example, any NATS client)."""
-KEYS = "model_key: canonical_model (stripped, lower-cased)"
+"""(column, SQL type) of ``usage_batch``. ``provider`` and ``model`` are the event's, as
+its producer spelt them; ``provider_key`` and ``model_key`` are their keys
+(``budget.policies.canonical_key``: "OpenAI" is "openai", "GPT-4o" is "gpt-4o"), which
+every count and filter by provider or model uses, as provider and model policies match
+them. Computed here, by the consumers, so usage counts under one key whichever producer
+published it (the Node.js example, any NATS client, not only the Python tracker)."""
+KEYS = (
+    "model_key: canonical_model (stripped, lower-cased);"
+    " provider_key: canonical_provider (the price data's provider id)"
+)
 """How staged rows key what the events do not say: a release that keys otherwise changes
 this, and every projection that counts from the staged rows or the ledger is rebuilt
 from the log (``engine.shapes``)."""
@@ -191,8 +197,8 @@ def _counted_row(applied: Applied) -> tuple[object, ...]:
         event.event_id,
         applied.stream_seq,
         event.occurred_at,
-        event.provider,
-        canonical_model(event.model),
+        canonical_key(BudgetScope.PROVIDER, event.provider),
+        canonical_key(BudgetScope.MODEL, event.model),
         event.kind,
         event.user_id,
         event.project_id,
@@ -208,6 +214,7 @@ def _row(applied: Applied) -> tuple[object, ...]:
     return (
         *_counted_row(applied),
         event.unpriced_reason,
+        event.provider,
         event.model,
         usage.input_uncached,
         usage.input_cache_read,
