@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -185,7 +186,8 @@ class UsageTracker:
         Once the function has returned, nothing raises: a response without readable usage
         is recorded as the estimate (``estimated_reason`` says so; a warning is logged
         once per function), and usage that cannot be recorded at all is logged as an
-        error and its reservation released."""
+        error and its reservation released. A function that is not async (a sync one, a
+        generator) is refused with ``TypeError`` where it is decorated."""
         provider_name = provider or self.registry.provider_of(model) or "unknown"
         call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
         call |= {"user_id": user_id, "project_id": project_id}
@@ -195,6 +197,7 @@ class UsageTracker:
         encode(self.usage_event(**call))
 
         def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            _require_coroutine_function(function)
             estimate = _Estimate(function.__qualname__, estimated_tokens, estimated_cost)
 
             @functools.wraps(function)
@@ -414,6 +417,20 @@ class _Estimate:
     tokens: int
     cost: Decimal | None
     warned: bool = False
+
+
+def _require_coroutine_function(function: Callable[..., object]) -> None:
+    """Refuse what ``await function()`` cannot track: a sync function would make (and pay
+    for) its call before the await failed, unrecorded; an async generator's calls come
+    while it is iterated, after the wrapper has returned."""
+    if inspect.iscoroutinefunction(function):
+        return
+    name = getattr(function, "__qualname__", repr(function))
+    raise TypeError(
+        "track_llm_call decorates an async function (async def) that returns the"
+        f" provider's response; {name} is not one: make it async, or call"
+        " check_budget and record_usage around it"
+    )
 
 
 def _infer_kind(usage: Usage) -> CallKind:
