@@ -16,7 +16,7 @@ from datetime import datetime, time
 
 from budget.alerting import reached, threshold_alert, threshold_amount
 from budget.commands import ChangeClient
-from budget.config import Settings, load_settings
+from budget.config import Settings
 from budget.periods import UTC, Period, period_bounds
 from budget.policies import PolicyWindow, policy_window
 from budget.tracker import get_usage_tracker
@@ -180,10 +180,11 @@ _lock = asyncio.Lock()
 
 
 async def get_alert_engine(settings: Settings | None = None) -> AlertEngine:
-    """The process's alert engine, sharing the usage tracker's connection."""
+    """The process's alert engine, sharing the usage tracker's connection (a new engine
+    for a new tracker: ``get_usage_tracker``)."""
     global _engine
     async with _lock:
-        if _engine is None:
-            settings = settings or load_settings()
-            _engine = AlertEngine(settings, await get_usage_tracker(settings))
+        tracker = await get_usage_tracker(settings)
+        if _engine is None or _engine.tracker is not tracker:
+            _engine = AlertEngine(settings or tracker.settings, tracker)
         return _engine

@@ -45,5 +45,5 @@ class DisabledPublisher:
     async def close(self) -> None:
         pass
 
-    def spool_unsent(self) -> None:
+    def abandon(self) -> None:
         pass

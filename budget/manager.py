@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from budget.commands import ChangeClient
-from budget.config import Settings, load_settings
+from budget.config import Settings
 from budget.periods import Period
 from budget.policies import settable_policy
 from budget.policy_log import POLICY_NEWS_WITHIN
@@ -108,10 +108,11 @@ _lock = asyncio.Lock()
 
 
 async def get_budget_manager(settings: Settings | None = None) -> BudgetManager:
-    """The process's manager, sharing the usage tracker's connection."""
+    """The process's manager, sharing the usage tracker's connection (a new manager for a
+    new tracker: ``get_usage_tracker``)."""
     global _manager
     async with _lock:
-        if _manager is None:
-            settings = settings or load_settings()
-            _manager = BudgetManager(settings, await get_usage_tracker(settings))
+        tracker = await get_usage_tracker(settings)
+        if _manager is None or _manager.tracker is not tracker:
+            _manager = BudgetManager(settings or tracker.settings, tracker)
         return _manager

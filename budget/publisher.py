@@ -259,6 +259,12 @@ class EventPublisher:
             await self._nc.close()
         self.spool.close()
 
+    def abandon(self) -> None:
+        """Its loop has ended without ``close``: spool what is in memory (the next
+        publisher on this spool sends it) and let go of the spool."""
+        self.spool_unsent()
+        self.spool.close()
+
     def spool_unsent(self) -> None:
         """Spool what is still in memory, here and now, without the loop (``close``
         does; so does an exiting process whose loop has ended). Logs what a failing

@@ -405,6 +405,12 @@ class UsageTracker:
         self.checker.close()
         await self.publisher.close()
 
+    def abandon(self) -> None:
+        """Its loop has ended without ``close``: spool what it holds in memory, here and
+        now, for the next tracker (of this process or the next) to send."""
+        self.closed = True
+        self.publisher.abandon()
+
 
 _NO_ESTIMATE = "no usage in the response and no estimate given"
 
@@ -459,9 +465,14 @@ async def start_usage_tracker(settings: Settings) -> UsageTracker:
 async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     """The process's tracker, connected on first use (settings from config.yaml and
     ``BUDGET_*`` variables unless given); a no-op one with ``budget.enabled: false``
-    (``budget.disabled``)."""
+    (``budget.disabled``). A tracker whose loop has ended (an earlier ``asyncio.run``)
+    is abandoned and a new one started on the running loop: the old one's connection and
+    tasks died with its loop, and a flush on it would wait forever."""
     global _tracker
     async with _lock:
+        if _tracker is not None and _tracker.loop is not None and _tracker.loop.is_closed():
+            _tracker.abandon()
+            _tracker = None
         if _tracker is None:
             settings = settings or load_settings()
             if settings.enabled:
@@ -487,7 +498,7 @@ def _close_at_exit() -> None:
         return
     loop = tracker.loop
     if loop is None or not loop.is_running():
-        tracker.publisher.spool_unsent()
+        tracker.abandon()
         return
     log.debug("closing the budget tracker at exit")
     closing = asyncio.run_coroutine_threadsafe(tracker.close(), loop)
