@@ -9,7 +9,6 @@ evaluator has applied it. Rules and alerts are read through the query service ov
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, time
@@ -17,6 +16,7 @@ from datetime import datetime, time
 from budget.alerting import reached, threshold_alert, threshold_amount
 from budget.commands import ChangeClient
 from budget.config import Settings
+from budget.loop_locks import LoopLock
 from budget.periods import UTC, Period, period_bounds
 from budget.policies import PolicyWindow, policy_window
 from budget.tracker import get_usage_tracker
@@ -176,14 +176,14 @@ def _row_windows(row: SpendRow, policies: Sequence[BudgetPolicy]) -> Iterator[Po
 
 
 _engine: AlertEngine | None = None
-_lock = asyncio.Lock()
+_lock = LoopLock()
 
 
 async def get_alert_engine(settings: Settings | None = None) -> AlertEngine:
     """The process's alert engine, sharing the usage tracker's connection (a new engine
     for a new tracker: ``get_usage_tracker``)."""
     global _engine
-    async with _lock:
+    async with _lock():
         tracker = await get_usage_tracker(settings)
         if _engine is None or _engine.tracker is not tracker:
             _engine = AlertEngine(settings or tracker.settings, tracker)

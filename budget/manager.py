@@ -8,12 +8,12 @@ Reads go to the query service over NATS (``budget.queries``).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Any
 
 from budget.commands import ChangeClient
 from budget.config import Settings
+from budget.loop_locks import LoopLock
 from budget.periods import Period
 from budget.policies import settable_policy
 from budget.policy_log import POLICY_NEWS_WITHIN
@@ -104,14 +104,14 @@ class BudgetManager(ChangeClient):
 
 
 _manager: BudgetManager | None = None
-_lock = asyncio.Lock()
+_lock = LoopLock()
 
 
 async def get_budget_manager(settings: Settings | None = None) -> BudgetManager:
     """The process's manager, sharing the usage tracker's connection (a new manager for a
     new tracker: ``get_usage_tracker``)."""
     global _manager
-    async with _lock:
+    async with _lock():
         tracker = await get_usage_tracker(settings)
         if _manager is None or _manager.tracker is not tracker:
             _manager = BudgetManager(settings or tracker.settings, tracker)

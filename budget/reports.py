@@ -9,11 +9,11 @@ arguments raise ``ValueError`` with the query service's reason.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
 from budget.config import Settings
+from budget.loop_locks import LoopLock
 from budget.periods import Period
 from budget.queries import Queries, RpcQueries
 from budget.report_format import ExportFormat, Report
@@ -115,14 +115,14 @@ class ReportGenerator:
 
 _generator: tuple[UsageTracker, ReportGenerator] | None = None
 """The process's report generator, and the tracker whose connection it asks over."""
-_lock = asyncio.Lock()
+_lock = LoopLock()
 
 
 async def get_report_generator(settings: Settings | None = None) -> ReportGenerator:
     """The process's report generator, asking over the usage tracker's connection (a new
     generator for a new tracker: ``get_usage_tracker``)."""
     global _generator
-    async with _lock:
+    async with _lock():
         tracker = await get_usage_tracker(settings)
         if _generator is None or _generator[0] is not tracker:
             queries = RpcQueries(settings or tracker.settings, lambda: tracker.publisher.client)

@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
 from budget.disabled import DISABLED_REASON, DisabledPublisher
+from budget.loop_locks import LoopLock
 from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_registry
 from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
@@ -450,7 +451,7 @@ def _infer_kind(usage: Usage) -> CallKind:
 
 
 _tracker: UsageTracker | None = None
-_lock = asyncio.Lock()
+_lock = LoopLock()
 
 
 async def start_usage_tracker(settings: Settings) -> UsageTracker:
@@ -469,7 +470,7 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     is abandoned and a new one started on the running loop: the old one's connection and
     tasks died with its loop, and a flush on it would wait forever."""
     global _tracker
-    async with _lock:
+    async with _lock():
         if _tracker is not None and _tracker.loop is not None and _tracker.loop.is_closed():
             _tracker.abandon()
             _tracker = None

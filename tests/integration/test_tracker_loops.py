@@ -1,7 +1,7 @@
 """A script that runs ``asyncio.run`` more than once (or a host's test suite, one loop per
 test) gets a working tracker in each loop: the process's tracker of an ended loop is
 abandoned, what it held spooled, and a new one started; the manager, alert engine and
-report generator follow it."""
+report generator follow it, and the locks of their getters work in each loop."""
 
 from __future__ import annotations
 
@@ -50,7 +50,13 @@ def test_each_asyncio_run_records_with_a_tracker_on_its_own_loop(
             client = await nats.connect(nats_url)
             await declare_streams(client.jetstream(), topology)
             await client.close()
-        tracker = await get_usage_tracker(settings)
+        # Asked for together: the getters' locks are contended in each loop.
+        tracker, manager, engine, generator = await asyncio.gather(
+            get_usage_tracker(settings),
+            get_budget_manager(settings),
+            get_alert_engine(settings),
+            get_report_generator(settings),
+        )
         for _ in range(3):
             event = await tracker.record_usage(
                 model="gpt-4o", provider="openai", input_tokens=500, output_tokens=250
@@ -58,9 +64,6 @@ def test_each_asyncio_run_records_with_a_tracker_on_its_own_loop(
             recorded.append(str(event.event_id))
         async with asyncio.timeout(10):  # it waited forever on the first loop's tracker
             await tracker.flush()
-        manager = await get_budget_manager()
-        engine = await get_alert_engine()
-        generator = await get_report_generator()
         assert manager.tracker is tracker and engine.tracker is tracker
         assert generator is await get_report_generator()
         helpers.extend([manager, engine, generator])
