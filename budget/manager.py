@@ -96,10 +96,16 @@ class BudgetManager(ChangeClient):
         scope: BudgetScope | None = None,
         at: datetime | None = None,
     ) -> list[SpendRow]:
-        """Totals of the calendar period (UTC) holding ``at`` (now), per scope key."""
+        """Totals of the calendar period (UTC) holding ``at`` (now), per scope key, with
+        every call this process recorded before: it waits until they are stored and the
+        spend projection has applied them (``NotApplied`` after ``apply_timeout``)."""
         if period == BudgetPeriod.CUSTOM:
             raise ValueError("a spend summary is per calendar period: daily, weekly or monthly")
         query = SpendQuery(period=Period(str(period)).value, scope=scope, at=at)
+        await self.tracker.flush()
+        stored = self.tracker.publisher.stored_up_to
+        if stored:
+            await self.queries.wait_applied("spend", stored, self.apply_timeout)
         return await self.queries.spend(query)
 
 
