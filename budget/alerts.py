@@ -134,17 +134,25 @@ class AlertEngine(ChangeClient):
         """Where the alert was sent, or why not yet."""
         return await self.queries.deliveries(alert_id)
 
-    async def acknowledge_alert(self, alert_id: uuid.UUID, acknowledged_by: str) -> None:
+    async def acknowledge_alert(self, alert_id: uuid.UUID, acknowledged_by: str) -> bool:
+        """Acknowledge an alert; False (nothing stored) if there is none with this id."""
+        if await self.get_alert(alert_id) is None:
+            return False
         await self._publish_and_wait(
             AlertAcknowledged(
                 occurred_at=utc_now(), alert_id=alert_id, acknowledged_by=acknowledged_by
             )
         )
+        return True
 
-    async def resolve_alert(self, alert_id: uuid.UUID, resolved_by: str | None = None) -> None:
+    async def resolve_alert(self, alert_id: uuid.UUID, resolved_by: str | None = None) -> bool:
+        """Resolve an alert; False (nothing stored) if there is none with this id."""
+        if await self.get_alert(alert_id) is None:
+            return False
         await self._publish_and_wait(
             AlertResolved(occurred_at=utc_now(), alert_id=alert_id, resolved_by=resolved_by)
         )
+        return True
 
 
 def _policy_windows(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -128,3 +129,15 @@ async def test_a_spend_summary_right_after_record_usage_counts_the_calls(
     cost = sum((event.cost or Decimal(0) for event in recorded), Decimal(0))
     assert cost > 0
     assert [(r.scope_key, r.cost, r.requests) for r in summary] == [("user123", cost, 3)]
+
+
+async def test_acknowledging_or_resolving_an_unknown_alert_says_so(settings: Settings) -> None:
+    """As ``remove_rule`` and ``delete_policy`` do: a mistyped id is False, not a success."""
+    tracker = await start_usage_tracker(settings)
+    try:
+        engine = AlertEngine(settings, tracker)
+        unknown = uuid.uuid4()
+        assert await engine.acknowledge_alert(unknown, "ops") is False
+        assert await engine.resolve_alert(unknown) is False
+    finally:
+        await tracker.close()
