@@ -9,14 +9,14 @@ evaluator has applied it. Rules and alerts are read through the query service ov
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, time
 
 from budget.alerting import reached, threshold_alert, threshold_amount
 from budget.commands import ChangeClient
-from budget.config import Settings, load_settings
+from budget.config import Settings
+from budget.loop_locks import LoopLock
 from budget.periods import UTC, Period, period_bounds
 from budget.policies import PolicyWindow, policy_window
 from budget.tracker import get_usage_tracker
@@ -134,17 +134,25 @@ class AlertEngine(ChangeClient):
         """Where the alert was sent, or why not yet."""
         return await self.queries.deliveries(alert_id)
 
-    async def acknowledge_alert(self, alert_id: uuid.UUID, acknowledged_by: str) -> None:
+    async def acknowledge_alert(self, alert_id: uuid.UUID, acknowledged_by: str) -> bool:
+        """Acknowledge an alert; False (nothing stored) if there is none with this id."""
+        if await self.get_alert(alert_id) is None:
+            return False
         await self._publish_and_wait(
             AlertAcknowledged(
                 occurred_at=utc_now(), alert_id=alert_id, acknowledged_by=acknowledged_by
             )
         )
+        return True
 
-    async def resolve_alert(self, alert_id: uuid.UUID, resolved_by: str | None = None) -> None:
+    async def resolve_alert(self, alert_id: uuid.UUID, resolved_by: str | None = None) -> bool:
+        """Resolve an alert; False (nothing stored) if there is none with this id."""
+        if await self.get_alert(alert_id) is None:
+            return False
         await self._publish_and_wait(
             AlertResolved(occurred_at=utc_now(), alert_id=alert_id, resolved_by=resolved_by)
         )
+        return True
 
 
 def _policy_windows(
@@ -176,14 +184,15 @@ def _row_windows(row: SpendRow, policies: Sequence[BudgetPolicy]) -> Iterator[Po
 
 
 _engine: AlertEngine | None = None
-_lock = asyncio.Lock()
+_lock = LoopLock()
 
 
 async def get_alert_engine(settings: Settings | None = None) -> AlertEngine:
-    """The process's alert engine, sharing the usage tracker's connection."""
+    """The process's alert engine, sharing the usage tracker's connection (a new engine
+    for a new tracker: ``get_usage_tracker``)."""
     global _engine
-    async with _lock:
-        if _engine is None:
-            settings = settings or load_settings()
-            _engine = AlertEngine(settings, await get_usage_tracker(settings))
+    async with _lock():
+        tracker = await get_usage_tracker(settings)
+        if _engine is None or _engine.tracker is not tracker:
+            _engine = AlertEngine(settings or tracker.settings, tracker)
         return _engine

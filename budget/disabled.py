@@ -22,6 +22,7 @@ class DisabledPublisher:
     """Stands in for ``EventPublisher``: drops every event, never connects."""
 
     connected = False
+    stored_up_to = 0  # it stores nothing
 
     def __init__(self) -> None:
         self.on_connect: list[object] = []
@@ -45,5 +46,5 @@ class DisabledPublisher:
     async def close(self) -> None:
         pass
 
-    def spool_unsent(self) -> None:
+    def abandon(self) -> None:
         pass

@@ -8,12 +8,12 @@ Reads go to the query service over NATS (``budget.queries``).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Any
 
 from budget.commands import ChangeClient
-from budget.config import Settings, load_settings
+from budget.config import Settings
+from budget.loop_locks import LoopLock
 from budget.periods import Period
 from budget.policies import settable_policy
 from budget.policy_log import POLICY_NEWS_WITHIN
@@ -96,22 +96,29 @@ class BudgetManager(ChangeClient):
         scope: BudgetScope | None = None,
         at: datetime | None = None,
     ) -> list[SpendRow]:
-        """Totals of the calendar period (UTC) holding ``at`` (now), per scope key."""
+        """Totals of the calendar period (UTC) holding ``at`` (now), per scope key, with
+        every call this process recorded before: it waits until they are stored and the
+        spend projection has applied them (``NotApplied`` after ``apply_timeout``)."""
         if period == BudgetPeriod.CUSTOM:
             raise ValueError("a spend summary is per calendar period: daily, weekly or monthly")
         query = SpendQuery(period=Period(str(period)).value, scope=scope, at=at)
+        await self.tracker.flush()
+        stored = self.tracker.publisher.stored_up_to
+        if stored:
+            await self.queries.wait_applied("spend", stored, self.apply_timeout)
         return await self.queries.spend(query)
 
 
 _manager: BudgetManager | None = None
-_lock = asyncio.Lock()
+_lock = LoopLock()
 
 
 async def get_budget_manager(settings: Settings | None = None) -> BudgetManager:
-    """The process's manager, sharing the usage tracker's connection."""
+    """The process's manager, sharing the usage tracker's connection (a new manager for a
+    new tracker: ``get_usage_tracker``)."""
     global _manager
-    async with _lock:
-        if _manager is None:
-            settings = settings or load_settings()
-            _manager = BudgetManager(settings, await get_usage_tracker(settings))
+    async with _lock():
+        tracker = await get_usage_tracker(settings)
+        if _manager is None or _manager.tracker is not tracker:
+            _manager = BudgetManager(settings or tracker.settings, tracker)
         return _manager

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,9 @@ from events.codec import HEADER_MSG_ID
 __all__ = ["EventPublisher", "PublisherConfig", "SpoolFailing"]
 
 log = logging.getLogger(__name__)
+
+_ACK_SEQUENCE = re.compile(rb'"seq":\s*(\d+)')
+"""The stream sequence in a JetStream publish acknowledgement (a regex: acks are many)."""
 
 CONNECT_RETRY_FIRST = 0.5
 CONNECT_RETRY_MAX = 10.0
@@ -130,6 +134,9 @@ class EventPublisher:
         self._closed = False
         self._forbidden: set[str] = set()
         """Subjects (lowercased) the server refused this credential: never sent again."""
+        self.stored_up_to = 0
+        """The highest stream sequence JetStream acknowledged for an event of this
+        publisher: a reader of a projection waits for it to have applied that far."""
         self.on_connect: list[Callable[[Client], Awaitable[None]]] = []
         """Called with each new connection (e.g. to subscribe on it)."""
 
@@ -257,6 +264,12 @@ class EventPublisher:
         self._settled()  # nothing is left in flight or to spool: every flush returns
         if self._nc is not None:
             await self._nc.close()
+        self.spool.close()
+
+    def abandon(self) -> None:
+        """Its loop has ended without ``close``: spool what is in memory (the next
+        publisher on this spool sends it) and let go of the spool."""
+        self.spool_unsent()
         self.spool.close()
 
     def spool_unsent(self) -> None:
@@ -389,6 +402,8 @@ class EventPublisher:
         ok = bool(data) and b'"error"' not in data
         if not ok:
             log.warning("JetStream refused an event: %r", data[:300] or headers)
+        elif found := _ACK_SEQUENCE.search(data):
+            self.stored_up_to = max(self.stored_up_to, int(found[1]))
         self._settle(token, acked=ok)
 
     def _refusal(self, subject: str) -> str:

@@ -9,15 +9,15 @@ arguments raise ``ValueError`` with the query service's reason.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
-from budget.config import Settings, load_settings
+from budget.config import Settings
+from budget.loop_locks import LoopLock
 from budget.periods import Period
 from budget.queries import Queries, RpcQueries
 from budget.report_format import ExportFormat, Report
-from budget.tracker import get_usage_tracker
+from budget.tracker import UsageTracker, get_usage_tracker
 from events.queries import MAX_HISTORY_ROWS, ReportQuery
 
 __all__ = ["GROUPS", "ExportFormat", "Report", "ReportGenerator", "get_report_generator"]
@@ -113,16 +113,18 @@ class ReportGenerator:
         return await self.queries.report(query)
 
 
-_generator: ReportGenerator | None = None
-_lock = asyncio.Lock()
+_generator: tuple[UsageTracker, ReportGenerator] | None = None
+"""The process's report generator, and the tracker whose connection it asks over."""
+_lock = LoopLock()
 
 
 async def get_report_generator(settings: Settings | None = None) -> ReportGenerator:
-    """The process's report generator, asking over the usage tracker's connection."""
+    """The process's report generator, asking over the usage tracker's connection (a new
+    generator for a new tracker: ``get_usage_tracker``)."""
     global _generator
-    async with _lock:
-        if _generator is None:
-            settings = settings or load_settings()
-            tracker = await get_usage_tracker(settings)
-            _generator = ReportGenerator(RpcQueries(settings, lambda: tracker.publisher.client))
-        return _generator
+    async with _lock():
+        tracker = await get_usage_tracker(settings)
+        if _generator is None or _generator[0] is not tracker:
+            queries = RpcQueries(settings or tracker.settings, lambda: tracker.publisher.client)
+            _generator = (tracker, ReportGenerator(queries))
+        return _generator[1]

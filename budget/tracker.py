@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
 from budget.disabled import DISABLED_REASON, DisabledPublisher
+from budget.loop_locks import LoopLock
 from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_registry
 from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
@@ -185,7 +187,8 @@ class UsageTracker:
         Once the function has returned, nothing raises: a response without readable usage
         is recorded as the estimate (``estimated_reason`` says so; a warning is logged
         once per function), and usage that cannot be recorded at all is logged as an
-        error and its reservation released."""
+        error and its reservation released. A function that is not async (a sync one, a
+        generator) is refused with ``TypeError`` where it is decorated."""
         provider_name = provider or self.registry.provider_of(model) or "unknown"
         call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
         call |= {"user_id": user_id, "project_id": project_id}
@@ -195,6 +198,7 @@ class UsageTracker:
         encode(self.usage_event(**call))
 
         def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            _require_coroutine_function(function)
             estimate = _Estimate(function.__qualname__, estimated_tokens, estimated_cost)
 
             @functools.wraps(function)
@@ -402,6 +406,12 @@ class UsageTracker:
         self.checker.close()
         await self.publisher.close()
 
+    def abandon(self) -> None:
+        """Its loop has ended without ``close``: spool what it holds in memory, here and
+        now, for the next tracker (of this process or the next) to send."""
+        self.closed = True
+        self.publisher.abandon()
+
 
 _NO_ESTIMATE = "no usage in the response and no estimate given"
 
@@ -416,6 +426,20 @@ class _Estimate:
     warned: bool = False
 
 
+def _require_coroutine_function(function: Callable[..., object]) -> None:
+    """Refuse what ``await function()`` cannot track: a sync function would make (and pay
+    for) its call before the await failed, unrecorded; an async generator's calls come
+    while it is iterated, after the wrapper has returned."""
+    if inspect.iscoroutinefunction(function):
+        return
+    name = getattr(function, "__qualname__", repr(function))
+    raise TypeError(
+        "track_llm_call decorates an async function (async def) that returns the"
+        f" provider's response; {name} is not one: make it async, or call"
+        " check_budget and record_usage around it"
+    )
+
+
 def _infer_kind(usage: Usage) -> CallKind:
     if usage.images is not None:
         return "image"
@@ -427,7 +451,7 @@ def _infer_kind(usage: Usage) -> CallKind:
 
 
 _tracker: UsageTracker | None = None
-_lock = asyncio.Lock()
+_lock = LoopLock()
 
 
 async def start_usage_tracker(settings: Settings) -> UsageTracker:
@@ -442,9 +466,14 @@ async def start_usage_tracker(settings: Settings) -> UsageTracker:
 async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     """The process's tracker, connected on first use (settings from config.yaml and
     ``BUDGET_*`` variables unless given); a no-op one with ``budget.enabled: false``
-    (``budget.disabled``)."""
+    (``budget.disabled``). A tracker whose loop has ended (an earlier ``asyncio.run``)
+    is abandoned and a new one started on the running loop: the old one's connection and
+    tasks died with its loop, and a flush on it would wait forever."""
     global _tracker
-    async with _lock:
+    async with _lock():
+        if _tracker is not None and _tracker.loop is not None and _tracker.loop.is_closed():
+            _tracker.abandon()
+            _tracker = None
         if _tracker is None:
             settings = settings or load_settings()
             if settings.enabled:
@@ -470,7 +499,7 @@ def _close_at_exit() -> None:
         return
     loop = tracker.loop
     if loop is None or not loop.is_running():
-        tracker.publisher.spool_unsent()
+        tracker.abandon()
         return
     log.debug("closing the budget tracker at exit")
     closing = asyncio.run_coroutine_threadsafe(tracker.close(), loop)

@@ -128,14 +128,11 @@ def resolve(
 
 
 def _change(
-    alert_id: uuid.UUID, action: Callable[[AlertEngine], Awaitable[None]], done: str
+    alert_id: uuid.UUID, action: Callable[[AlertEngine], Awaitable[bool]], done: str
 ) -> None:
     async def go() -> bool:
         async with _engine() as engine:
-            if await engine.get_alert(alert_id) is None:
-                return False
-            await action(engine)
-            return True
+            return await action(engine)
 
     if not asyncio.run(go()):
         raise ValueError(f"no alert with id {alert_id}; see `budget alerts list --resolved`")

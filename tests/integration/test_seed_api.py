@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -100,3 +101,43 @@ async def test_the_seeds_alert_rule_example_and_spend_summary_evaluation(
         ("Monthly Global Budget", "*", Decimal(80)),
     ]
     assert {a.rule_name for a in alerts if a.threshold_percent == 75} == {"High Spend Warning"}
+
+
+async def test_a_spend_summary_right_after_record_usage_counts_the_calls(
+    settings: Settings,
+) -> None:
+    """The seed's record_usage, then get_spend_summary at once: the summary has the calls
+    (it had read the projection before the spend worker saw them: no row at all)."""
+    from budget.models import BudgetPeriod, BudgetScope
+
+    tracker = await start_usage_tracker(settings)
+    try:
+        manager = BudgetManager(settings, tracker)
+        recorded = [
+            await tracker.record_usage(
+                model="gpt-4o",
+                provider="openai",
+                input_tokens=500,
+                output_tokens=250,
+                user_id="user123",
+            )
+            for _ in range(3)
+        ]
+        summary = await manager.get_spend_summary(BudgetPeriod.MONTHLY, BudgetScope.USER)
+    finally:
+        await tracker.close()
+    cost = sum((event.cost or Decimal(0) for event in recorded), Decimal(0))
+    assert cost > 0
+    assert [(r.scope_key, r.cost, r.requests) for r in summary] == [("user123", cost, 3)]
+
+
+async def test_acknowledging_or_resolving_an_unknown_alert_says_so(settings: Settings) -> None:
+    """As ``remove_rule`` and ``delete_policy`` do: a mistyped id is False, not a success."""
+    tracker = await start_usage_tracker(settings)
+    try:
+        engine = AlertEngine(settings, tracker)
+        unknown = uuid.uuid4()
+        assert await engine.acknowledge_alert(unknown, "ops") is False
+        assert await engine.resolve_alert(unknown) is False
+    finally:
+        await tracker.close()

@@ -1,0 +1,79 @@
+"""A script that runs ``asyncio.run`` more than once (or a host's test suite, one loop per
+test) gets a working tracker in each loop: the process's tracker of an ended loop is
+abandoned, what it held spooled, and a new one started; the manager, alert engine and
+report generator follow it, and the locks of their getters work in each loop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import pytest
+
+import budget.alerts
+import budget.manager
+import budget.reports
+import budget.tracker
+from budget import get_alert_engine, get_budget_manager, get_report_generator, get_usage_tracker
+from budget.config import Settings
+from events import Topology
+from projections.engine.log import declare_streams
+
+from producing import stored_event_ids
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def no_process_tracker(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module, name in [
+        (budget.tracker, "_tracker"),
+        (budget.manager, "_manager"),
+        (budget.alerts, "_engine"),
+        (budget.reports, "_generator"),
+    ]:
+        monkeypatch.setattr(module, name, None)
+
+
+def test_each_asyncio_run_records_with_a_tracker_on_its_own_loop(
+    nats_url: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = Settings(
+        nats_url=nats_url, subject_prefix=topology.prefix, spool_dir=tmp_path / "spool"
+    )
+    recorded: list[str] = []
+    helpers: list[object] = []
+
+    async def script_run(first: bool) -> None:
+        if first:
+            client = await nats.connect(nats_url)
+            await declare_streams(client.jetstream(), topology)
+            await client.close()
+        # Asked for together: the getters' locks are contended in each loop.
+        tracker, manager, engine, generator = await asyncio.gather(
+            get_usage_tracker(settings),
+            get_budget_manager(settings),
+            get_alert_engine(settings),
+            get_report_generator(settings),
+        )
+        for _ in range(3):
+            event = await tracker.record_usage(
+                model="gpt-4o", provider="openai", input_tokens=500, output_tokens=250
+            )
+            recorded.append(str(event.event_id))
+        async with asyncio.timeout(10):  # it waited forever on the first loop's tracker
+            await tracker.flush()
+        assert manager.tracker is tracker and engine.tracker is tracker
+        assert generator is await get_report_generator()
+        helpers.extend([manager, engine, generator])
+        if not first:
+            await tracker.close()
+
+    asyncio.run(script_run(first=True))  # returns without closing the tracker, as scripts do
+    asyncio.run(script_run(first=False))
+
+    assert helpers[3] is not helpers[0] and helpers[4] is not helpers[1]
+    assert helpers[5] is not helpers[2]
+    stored = asyncio.run(stored_event_ids(nats_url, topology))
+    assert sorted(stored) == sorted(recorded)
