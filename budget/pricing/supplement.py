@@ -121,8 +121,13 @@ MODEL_ALIASES: Mapping[str, tuple[str, str]] = {
     "gemma2-9b-it": ("groq", "gemma2-9b-it"),
     "pixtral-12b-2409": ("mistral", "pixtral-12b"),
     "ministral-3b-2410": ("mistral", "ministral-3b"),
-    # genai-prices would match Gemini 1.5 Flash's price (twice as much).
+    # genai-prices would match Gemini 1.5 Flash's price (twice as much), for the dated
+    # and experimental ids of 1.5 Flash-8B too.
     "gemini-1.5-flash-8b": ("google", "gemini-flash-1.5-8b"),
+    "gemini-1.5-flash-8b-001": ("google", "gemini-flash-1.5-8b"),
+    "gemini-1.5-flash-8b-latest": ("google", "gemini-flash-1.5-8b"),
+    "gemini-1.5-flash-8b-exp-0827": ("google", "gemini-flash-1.5-8b"),
+    "gemini-1.5-flash-8b-exp-0924": ("google", "gemini-flash-1.5-8b"),
     # Gemini 2.0 Pro never had a published paid price of its own (an experimental model,
     # free in AI Studio; Vertex AI billed it at 2.5 Pro's rates, and ``gemini-2.0-pro-exp``
     # itself came to serve 2.5 Pro): priced as Gemini 2.5 Pro, long-context tier included.

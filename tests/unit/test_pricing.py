@@ -338,6 +338,61 @@ def test_alias_is_needed(alias: str) -> None:
     assert found is None or found[0].id != provider or found[1].id != target
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gemini-1.5-flash-8b-001",
+        "gemini-1.5-flash-8b-latest",
+        "gemini-1.5-flash-8b-exp-0924",
+        "models/gemini-1.5-flash-8b",
+    ],
+)
+def test_gemini_1_5_flash_8b_ids_are_not_priced_as_1_5_flash(
+    registry: PricingRegistry, model: str
+) -> None:  # Flash-8B: $0.0375 / $0.15; 1.5 Flash: $0.075 / $0.30
+    cost = llm(registry, model, "google", input_tokens=100_000, output_tokens=100_000)
+    assert cost == D("0.01875")
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "models/gemini-2.5-pro",
+        "publishers/google/models/gemini-2.5-pro",
+        "projects/my-project/locations/us-central1/publishers/google/models/gemini-2.5-pro",
+        " Models/Gemini-2.5-Pro",
+    ],
+)
+def test_google_resource_names_price_as_the_model(registry: PricingRegistry, model: str) -> None:
+    # google-genai accepts (and Vertex AI echoes) these names: they had been unpriced.
+    assert llm(registry, model, "google", input_tokens=100_000) == D("0.125")
+    assert llm(registry, model, input_tokens=100_000) == D("0.125")
+    assert registry.provider_of(model) == "google"
+
+
+def test_a_google_resource_name_finds_the_alias(registry: PricingRegistry) -> None:
+    # gemini-2.0-pro-exp is priced as 2.5 Pro (an alias), not by genai-prices' match.
+    assert llm(registry, "models/gemini-2.0-pro-exp", "google", input_tokens=100_000) == D("0.125")
+
+
+def test_other_models_paths_are_kept(registry: PricingRegistry) -> None:
+    # Fireworks' ids are paths with "models/" in genai-prices itself.
+    card, _ = registry.resolve("fireworks", "accounts/fireworks/models/deepseek-v3p2", NOW)
+    assert not isinstance(card, Unpriced) and card.model == "deepseek-v3p2"
+
+
+def test_override_matches_a_google_resource_name() -> None:
+    override = PriceOverride(
+        provider="google",
+        model="gemini-2.5-pro",
+        rates={"input_uncached": D("1")},
+        effective_from=date(2026, 1, 1),
+    )
+    registry = PricingRegistry([override])
+    cost = registry.calculate_llm_cost("models/gemini-2.5-pro", 10**6, 0, provider="google")
+    assert cost == D("1")
+
+
 def test_undated_claude_sonnet_4_prices_like_dated_id(registry: PricingRegistry) -> None:
     undated = llm(registry, "claude-sonnet-4", input_tokens=1234, output_tokens=567)
     assert undated == llm(
