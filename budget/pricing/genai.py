@@ -6,6 +6,7 @@ never the process-wide custom snapshot), so what another library sets cannot cha
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -28,6 +29,7 @@ __all__ = [
     "data_version",
     "find_model",
     "loaded",
+    "misspelled_provider",
     "model_key",
     "provider_ids",
     "provider_models",
@@ -112,6 +114,17 @@ def model_key(name: str) -> str:
     key = canonical_model(name)
     found = _GOOGLE_RESOURCE.match(key)
     return key[found.end() :] if found else key
+
+
+def misspelled_provider(name: str) -> str | None:
+    """The known provider ``name`` looks like a typo of ("opnai": "openai"); None when it
+    is known in any spelling, or resembles none (a provider of one's own, "acme")."""
+    key = canonical_provider(name)
+    known = provider_ids()
+    if key in known:
+        return None
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def find_model(provider: str | None, model: str) -> tuple[Provider, ModelInfo] | None:

@@ -6,11 +6,19 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from budget.pricing import genai
 from budget.pricing.rates import TOKEN_CLASSES, RateCard, flat_with_fallbacks
 
-__all__ = ["RATE_CLASSES", "PriceOverride", "RateClass", "override_card"]
+__all__ = [
+    "MAX_RATES",
+    "RATE_CLASSES",
+    "RATE_PLACES",
+    "PriceOverride",
+    "RateClass",
+    "override_card",
+]
 
 RateClass = Literal[
     "input_uncached",
@@ -24,7 +32,21 @@ RateClass = Literal[
 ]
 RATE_CLASSES: tuple[str, ...] = (*TOKEN_CLASSES, "audio_seconds", "images")
 
-Rate = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+RATE_PLACES = 20
+"""Digits after the point an override's rate may have (genai-prices' finest has 18): the
+costs it makes stay exact and within the event contract's 40 places (a token rate is
+shifted by 10^-6); with more, a rate was rounded to 28 digits unsaid, or every call's
+event was refused."""
+MAX_RATES: dict[str, Decimal] = {
+    "tokens": Decimal(10_000),  # USD per million tokens; the dearest model's is $600
+    "audio_seconds": Decimal(100),  # USD per second
+    "images": Decimal(1_000),  # USD per image
+}
+"""Above these an override's rate is taken for a mistake of unit (a price per billion
+tokens, or in cents), never charged."""
+_UNIT = {"tokens": "per million tokens", "audio_seconds": "per second", "images": "per image"}
+
+Rate = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, decimal_places=RATE_PLACES)]
 
 
 class PriceOverride(BaseModel):
@@ -45,6 +67,31 @@ class PriceOverride(BaseModel):
     effective_from: date
     effective_to: date | None = Field(default=None, description="first day it no longer applies")
     note: str | None = Field(default=None, max_length=500)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, provider: str) -> str:
+        mistaken = genai.misspelled_provider(provider)
+        if mistaken is not None:
+            raise ValueError(
+                f"unknown provider {provider!r}: did you mean {mistaken!r}? (an override"
+                " applies to the calls of the provider it names; a name the price data does"
+                " not know is taken for a provider of your own only if it resembles none)"
+            )
+        return provider
+
+    @field_validator("rates")
+    @classmethod
+    def _plausible_rates(cls, rates: dict[str, Decimal]) -> dict[str, Decimal]:
+        for rate_class, rate in rates.items():
+            kind = rate_class if rate_class in MAX_RATES else "tokens"
+            if rate > MAX_RATES[kind]:
+                raise ValueError(
+                    f"{rate_class} {rate} is above any real price (at most"
+                    f" {MAX_RATES[kind]} USD {_UNIT[kind]}); rates are USD per million tokens,"
+                    " audio_seconds USD per second, images USD per image"
+                )
+        return rates
 
     @model_validator(mode="after")
     def _window(self) -> Self:

@@ -83,6 +83,28 @@ def test_price_overrides_are_validated(tmp_path: Path) -> None:
         load_settings(path, environ={})
 
 
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "{provider: opnai, model: gpt-4o, rates: {output_text: 2}, effective_from: 2026-01-01}",
+            r"budget\.price_overrides\.0\.provider in .*config\.yaml: unknown provider 'opnai':"
+            " did you mean 'openai'",
+        ),
+        (
+            "{provider: openai, model: gpt-4o, rates: {output_text: 2000000},"
+            " effective_from: 2026-01-01}",
+            r"budget\.price_overrides\.0\.rates in .*: output_text 2000000 is above any real"
+            " price",
+        ),
+    ],
+)
+def test_a_price_override_mistake_is_named(tmp_path: Path, entry: str, message: str) -> None:
+    path = write(tmp_path, f"budget:\n  price_overrides:\n    - {entry}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, environ={})
+
+
 def test_budget_policies_are_read_with_stable_ids(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -282,6 +282,58 @@ def test_override_rejects_negative_rate() -> None:
         )
 
 
+def override(provider: str = "openai", **rates: str) -> PriceOverride:
+    return PriceOverride(
+        provider=provider,
+        model="gpt-4o",
+        rates={k: D(v) for k, v in rates.items()},
+        effective_from=date(2026, 1, 1),
+    )
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("opnai", "openai"), ("anthropc", "anthropic")])
+def test_override_rejects_a_misspelled_provider(typo: str, meant: str) -> None:
+    # It would have been kept, and never applied to the provider's calls.
+    with pytest.raises(ValueError, match=f"unknown provider '{typo}': did you mean '{meant}'"):
+        override(typo, input_uncached="2")
+
+
+@pytest.mark.parametrize("provider", ["OpenAI", "xAI", "vertex", "acme", "my-vllm"])
+def test_override_accepts_known_spellings_and_providers_of_ones_own(provider: str) -> None:
+    assert override(provider, input_uncached="2").provider == provider
+
+
+@pytest.mark.parametrize(
+    ("rates", "message"),
+    [
+        ({"output_text": "2500000"}, "output_text 2500000 is above any real price"),
+        ({"audio_seconds": "360"}, "at most 100 USD per second"),
+        ({"images": "4000"}, "at most 1000 USD per image"),
+    ],
+)
+def test_override_rejects_an_absurd_rate(rates: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        override(**rates)
+
+
+def test_override_rate_places_are_bounded() -> None:
+    # 35 places: every cost had 41 (the event contract refuses them); 37 digits were
+    # rounded to 28 unsaid.
+    with pytest.raises(ValueError, match="no more than 20 decimal places"):
+        override(input_uncached="0." + "0" * 34 + "3")
+    with pytest.raises(ValueError, match="no more than 20 decimal places"):
+        override(input_uncached="1.123456789012345678901234567890123456")
+
+
+def test_override_with_the_finest_rate_prices_exactly() -> None:
+    rate = "9999.12345678901234567891"  # 24 significant digits, 20 places
+    registry = PricingRegistry([override(input_uncached=rate)])
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    cost = registry.calculate_llm_cost("gpt-4o", 3, 0, at=at)
+    assert cost == D(rate) * 3 / 10**6
+    assert cost.as_tuple().exponent >= -40
+
+
 # --- unpriced: never $0 ---
 
 
