@@ -77,17 +77,22 @@ class PricingRegistry(SeedApi):
         target = alias if alias and pid in (None, alias[0]) else (pid, name)
         found = genai.find_model(*target)
         names = {name, target[1]} | ({found[1].id} if found else set())
-        for i, override in enumerate(self.overrides):
-            o_pid = genai.canonical_provider(override.provider)
-            if (
-                genai.model_key(override.model) in names
-                and pid in (None, o_pid)
-                and override.active_on(day)
-            ):
-                card = self._override_cards.get(i)
-                if card is None:
-                    card = self._override_cards[i] = override_card(override, o_pid)
-                return card, True
+        in_force = [
+            (i, override)
+            for i, override in enumerate(self.overrides)
+            if genai.model_key(override.model) in names
+            and pid in (None, genai.canonical_provider(override.provider))
+            and override.active_on(day)
+        ]
+        if in_force:
+            # The newest price in force wins, as in the other layers: an open-ended
+            # override listed before a later one had shadowed it for good.
+            i, override = max(in_force, key=lambda pair: pair[1].effective_from)
+            card = self._override_cards.get(i)
+            if card is None:
+                o_pid = genai.canonical_provider(override.provider)
+                card = self._override_cards[i] = override_card(override, o_pid)
+            return card, True
         for entry in SUPPLEMENT:
             if (
                 entry.model == name

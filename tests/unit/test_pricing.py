@@ -227,6 +227,21 @@ def test_override_end_date_is_exclusive() -> None:
     assert registry.calculate_llm_cost("gpt-4o", 10**6, 10**6, at=at) == D("12.5")
 
 
+def test_the_newest_override_in_force_wins_whatever_the_order() -> None:
+    def rate(usd: str, since: date) -> PriceOverride:
+        rates = {"input_uncached": D(usd)}
+        return PriceOverride(provider="openai", model="gpt-4o", rates=rates, effective_from=since)
+
+    # A price from January, then a renegotiated one from June, both open-ended.
+    january, june = rate("2", date(2026, 1, 1)), rate("1.5", date(2026, 6, 1))
+    for overrides in ([january, june], [june, january]):
+        registry = PricingRegistry(overrides)
+        last_of_may = datetime(2026, 5, 31, 23, 59, tzinfo=UTC)
+        first_of_june = datetime(2026, 6, 1, tzinfo=UTC)
+        assert registry.calculate_llm_cost("gpt-4o", 10**6, 0, at=last_of_may) == D("2")
+        assert registry.calculate_llm_cost("gpt-4o", 10**6, 0, at=first_of_june) == D("1.5")
+
+
 def test_override_source_is_reported() -> None:
     registry = PricingRegistry([OVERRIDE])
     usage = normalize_usage(input_tokens=10)
