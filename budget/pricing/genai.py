@@ -144,6 +144,17 @@ def _steps(value: Any) -> Steps | None:
     return ((-1, value),)
 
 
+def _listed_free(model: ModelInfo) -> bool:
+    """Whether a model listed with no prices at all is free by the data's own word (an
+    OpenRouter ":free" id, "(free)" in its name, "free of charge"); others are listed
+    without a price (Cerebras' qwen-3-coder-480b, Lyria), so unpriced, never $0."""
+    return (
+        model.id.endswith(":free")
+        or "(free)" in (model.name or "").lower()
+        or "free of charge" in (model.description or "").lower()
+    )
+
+
 def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCard, bool]:
     """The model's price at ``at``; the flag says whether it may be cached for the day."""
     from genai_prices.types import ModelPrice, StartDateConstraint, TimeOfDateConstraint
@@ -165,7 +176,7 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
         steps = next((s for key in keys if (s := _steps(raw.get(key))) is not None), None)
         if steps is not None:
             tokens[cls] = steps
-        elif not raw:  # listed with no prices at all: a free model (e.g. ":free" variants)
+        elif not raw and _listed_free(model):
             tokens[cls] = ((-1, Decimal(0)),)
     # What a model prices apart (a rate that differs from the one of the class counted in).
     modal = frozenset(

@@ -377,6 +377,36 @@ def test_usage_class_without_rate_is_unpriced_not_free(registry: PricingRegistry
     assert "output_text" in result.reason
 
 
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [("cerebras", "qwen-3-coder-480b"), ("openrouter", "google/lyria-3-pro-preview")],
+)
+def test_a_model_listed_without_prices_is_unpriced_not_free(
+    registry: PricingRegistry, provider: str, model: str
+) -> None:
+    # genai-prices lists them with no price at all; they are not free (Cerebras bills
+    # Qwen 3 Coder 480B, Google bills Lyria).
+    usage = normalize_usage(input_tokens=1000, output_tokens=1000)
+    assert isinstance(registry.price(provider=provider, model=model, usage=usage, at=NOW), Unpriced)
+    assert model not in registry.get_provider_models(provider, at=NOW)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openrouter", "deepseek/deepseek-chat-v3-0324:free"),
+        ("google", "gemma-3"),
+        ("openai", "moderation"),
+    ],
+)
+def test_a_model_the_price_data_calls_free_costs_nothing(
+    registry: PricingRegistry, provider: str, model: str
+) -> None:
+    usage = normalize_usage(input_tokens=1000, output_tokens=1000)
+    result = registry.price(provider=provider, model=model, usage=usage, at=NOW)
+    assert isinstance(result, Priced) and result.cost == 0
+
+
 def test_audio_on_a_text_model_is_unpriced(registry: PricingRegistry) -> None:
     with pytest.raises(UnpricedModelError, match="audio_seconds"):
         registry.calculate_audio_cost("gpt-4o", 10)
