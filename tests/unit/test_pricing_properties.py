@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
 
@@ -12,8 +12,9 @@ from genai_prices import calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budget.pricing import Priced, PricingRegistry
-from events.usage import MAX_TOKENS, Usage
+from budget.pricing import Priced, PriceOverride, PricingRegistry
+from budget.pricing.overrides import MAX_RATES, RATE_PLACES
+from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, Usage
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 REGISTRY = PricingRegistry()
@@ -91,3 +92,46 @@ def test_cost_is_exact_decimal_even_for_huge_counts(n: int) -> None:
     # gpt-4o input: $2.50 per million tokens, so n tokens cost exactly n * 25 / 10**7.
     got = cost(("openai", "gpt-4o"), Usage(input_uncached=n))
     assert Fraction(got) == Fraction(n * 25, 10**7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(usage=usages, more=usages)
+def test_more_tokens_never_cost_less(usage: Usage, more: Usage) -> None:
+    # Tiered prices too (Gemini 2.5 Pro, Claude Sonnet 4.5): a tier's rates are never
+    # below the base, so crossing the threshold only adds.
+    bigger = Usage(**{name: getattr(usage, name) + getattr(more, name) for name in TOKEN_FIELDS})
+    for model in MODELS:
+        assert cost(model, bigger) >= cost(model, usage)
+
+
+RATE_CLASSES = (*TOKEN_FIELDS, "embedding_tokens")
+rates = st.decimals(min_value=0, max_value=MAX_RATES["tokens"], places=RATE_PLACES, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    given_rates=st.dictionaries(st.sampled_from(RATE_CLASSES), rates, min_size=len(RATE_CLASSES)),
+    usage=st.builds(Usage, **{name: counts for name in RATE_CLASSES}),
+)
+def test_an_override_prices_exactly_within_the_contract(
+    given_rates: dict[str, Decimal], usage: Usage
+) -> None:
+    """Any rate an override accepts prices any usage to the exact sum of count x rate, a
+    Decimal the event contract holds (at most MAX_DECIMAL_PLACES places): no float, no
+    rounding anywhere."""
+    override = PriceOverride(
+        provider="acme", model="acme-1", rates=given_rates, effective_from=date(2026, 1, 1)
+    )
+    result = PricingRegistry([override]).price(provider="acme", model="acme-1", usage=usage, at=NOW)
+    assert isinstance(result, Priced)
+    expected = (
+        sum(
+            (Fraction(getattr(usage, name)) * Fraction(given_rates[name]) for name in RATE_CLASSES),
+            Fraction(0),
+        )
+        / 10**6
+    )
+    assert type(result.cost) is Decimal and Fraction(result.cost) == expected
+    exponent = result.cost.as_tuple().exponent
+    assert isinstance(exponent, int) and exponent >= -MAX_DECIMAL_PLACES
+    assert all(type(rate) is Decimal for rate in result.source.rates.values())
