@@ -282,6 +282,7 @@ _DETAILS = (
     "prompt_tokens_details",
     "completion_tokens_details",
     "input_token_details",
+    "input_tokens_details",
     "candidates_tokens_details",
     "cache_creation",
     "server_tool_use",
@@ -292,8 +293,9 @@ def modality_tokens(obj: object) -> dict[str, int]:
     """What a provider's usage object (or a response holding one) counts that ``Usage``
     has no class for, and a model may price apart (``RateCard.apart``): tokens that are
     not text, by side and medium (``"input audio"``, ``"output image"``, ...: ``Usage``
-    counts them as text; OpenAI's ``*_tokens_details.audio_tokens`` and a transcription's
-    ``input_token_details.audio_tokens``, Gemini's per-modality counts), Anthropic's
+    counts them as text; OpenAI's ``*_tokens_details.audio_tokens``, a transcription's
+    ``input_token_details.audio_tokens`` and an image edit's
+    ``input_tokens_details.image_tokens``, Gemini's per-modality counts), Anthropic's
     ``"1-hour cache write"`` tokens (counted as cache writes) and ``"web search"``
     requests."""
     found: dict[str, int] = {}
@@ -314,6 +316,9 @@ def modality_tokens(obj: object) -> dict[str, int]:
         audio = _num(usage, key, "audio_tokens") if not _is_list(_get(usage, key)) else 0
         if audio:
             found[f"{side} audio"] = audio
+    # OpenAI's image generation and edits: the images given to edit, in the input tokens.
+    if images := _num(usage, "input_tokens_details", "image_tokens"):
+        found["input image"] = images
     for side, key in (("input", "prompt_tokens_details"), ("output", "candidates_tokens_details")):
         details = _get(usage, key)
         for detail in details if _is_list(details) else ():

@@ -174,7 +174,8 @@ def _images(plan: Plan, count: int, answer: Any) -> Measured:
     )
     usage = getattr(answer, "usage", None)
     prompt = usage.input_tokens if usage is not None else 0
-    return Measured(normalize_usage(input_tokens=prompt, images=image))
+    # ``usage`` kept: the tokens of images given to edit may have a price of their own.
+    return Measured(normalize_usage(input_tokens=prompt, images=image), raw_usage=usage)
 
 
 _IMAGE_DONE = frozenset({"image_generation.completed", "image_edit.completed"})

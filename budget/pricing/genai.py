@@ -50,6 +50,8 @@ _TOKEN_KEYS: Mapping[str, tuple[str, ...]] = {
 # (what, its price key, the key of the class ``Usage`` counts it in: None for none)
 _MEDIA_KEYS = (
     ("input audio", "input_audio_mtok", "input_mtok"),
+    ("input image", "input_image_mtok", "input_mtok"),
+    ("input video", "input_video_mtok", "input_mtok"),
     ("output audio", "output_audio_mtok", "output_mtok"),
     ("output image", "output_image_mtok", "output_mtok"),
     ("1-hour cache write", "cache_write_1h_mtok", "cache_write_mtok"),

@@ -40,6 +40,7 @@ class SupplementEntry:
     mtok: Mapping[str, Decimal] = field(default_factory=dict)  # token class -> USD / 1M
     audio: tuple[Decimal, int] | None = None  # (USD, per this many seconds)
     images: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)  # (size, quality)
+    modal: frozenset[str] = frozenset()  # as ``RateCard.modal``: media priced apart
 
 
 def _grid(
@@ -81,6 +82,8 @@ SUPPLEMENT: tuple[SupplementEntry, ...] = (
         date(2025, 4, 23),
         # Text prompt tokens; image output is priced per image (report images, not tokens).
         mtok={"input_uncached": D("5"), "input_cache_read": D("1.25")},
+        # The images given to edit are input tokens at $10 per million, not the text's $5.
+        modal=frozenset({"input image"}),
         images=_grid(
             {q: _GPT_IMAGE_SIZES for q in ("low", "medium", "high")},
             {
@@ -164,4 +167,5 @@ def supplement_card(entry: SupplementEntry) -> RateCard:
         tokens=flat_with_fallbacks(entry.mtok),
         audio=entry.audio,
         images=entry.images,
+        modal=entry.modal,
     )

@@ -600,6 +600,28 @@ async def test_an_image_edit_records_its_images_once(
 
 
 @sync_and_async
+async def test_an_image_edit_of_given_images_is_not_priced_at_the_text_rate(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """gpt-image-1 bills the images given to edit at $10 per million input tokens, the
+    prompt's text at $5; ``Usage`` counts them together, so the call is recorded unpriced,
+    saying why (its 323 image tokens had been priced as text, at half their rate)."""
+    api = ProviderApi(answers={"/v1/images/edits": "openai_image_edit.json"})
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    png = ("lighthouse.png", io.BytesIO(b"\x89PNG\r\n\x1a\n" + bytes(64)), "image/png")
+    edit = {"model": "gpt-image-1", "image": png, "prompt": "Add a boat"}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(sync_client.images.edit, **edit)
+        else:
+            await async_client.images.edit(**edit)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    one = ImageUsage(count=1, size="1024x1024", quality="medium")
+    assert event.usage == Usage(input_uncached=373, images=one)
+    assert event.cost is None and "323 input image tokens" in (event.unpriced_reason or "")
+
+
+@sync_and_async
 async def test_streamed_image_generation_and_transcription_record_their_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:

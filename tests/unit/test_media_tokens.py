@@ -13,12 +13,14 @@ from anthropic.types import Usage as AnthropicUsage
 from google.genai import types as gemini
 from openai.types import CompletionUsage
 from openai.types.audio.transcription import UsageTokens as TranscriptionUsage
+from openai.types.images_response import Usage as ImagesUsage
 
 from budget.config import Settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import Priced, PricingRegistry, Unpriced
 from budget.tracker import UsageTracker
-from budget.usage import modality_tokens, usage_from_response
+from budget.usage import modality_tokens, normalize_usage, usage_from_response
+from events.usage import ImageUsage
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
 
@@ -53,6 +55,14 @@ GEMINI_IMAGE_OUT = {
     "candidates_token_count": 1290,
     "candidates_tokens_details": [{"modality": "IMAGE", "token_count": 1290}],
 }
+OPENAI_IMAGE_EDIT = ImagesUsage.model_validate(
+    {
+        "input_tokens": 373,
+        "input_tokens_details": {"image_tokens": 323, "text_tokens": 50},
+        "output_tokens": 4160,
+        "total_tokens": 4533,
+    }
+)
 OPENAI_TEXT = {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {}}
 ANTHROPIC_1H_CACHE_AND_SEARCHES = AnthropicUsage.model_validate(
     {
@@ -84,6 +94,7 @@ def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
     assert modality_tokens({"usage": OPENAI_AUDIO}) == {"input audio": 1000, "output audio": 800}
     assert modality_tokens(GEMINI_AUDIO) == {"input audio": 1000}
     assert modality_tokens(OPENAI_TRANSCRIPTION) == {"input audio": 72}
+    assert modality_tokens(OPENAI_IMAGE_EDIT) == {"input image": 323}
     assert modality_tokens(GEMINI_IMAGE_OUT) == {"output image": 1290}
     assert modality_tokens(OPENAI_TEXT) == {}
     assert modality_tokens({"input_tokens": 5, "output_tokens": 1}) == {}
@@ -151,3 +162,46 @@ def test_the_tracker_records_such_a_call_unpriced(
     assert heard.cost is None and "1000 input audio" in (heard.unpriced_reason or "")
     read = tracker.usage_event(model="gemini-2.5-flash", provider="google", usage=OPENAI_TEXT)
     assert read.cost is not None
+
+
+def test_an_image_edit_is_not_priced_at_the_text_rate(registry: PricingRegistry) -> None:
+    # gpt-image-1 bills the images given to edit at $10 per million tokens, the prompt's
+    # text at $5: the 323 image tokens had been priced as text, at half their rate.
+    usage = normalize_usage(
+        input_tokens=373, images=ImageUsage(count=1, size="1024x1024", quality="medium")
+    )
+    edit = registry.price(
+        provider="openai", model="gpt-image-1", usage=usage, at=NOW, raw_usage=OPENAI_IMAGE_EDIT
+    )
+    assert isinstance(edit, Unpriced) and "323 input image tokens" in edit.reason
+    generated = OPENAI_IMAGE_EDIT.model_copy(
+        update={"input_tokens_details": {"image_tokens": 0, "text_tokens": 373}}
+    )
+    priced = registry.price(
+        provider="openai", model="gpt-image-1", usage=usage, at=NOW, raw_usage=generated
+    )
+    assert isinstance(priced, Priced) and priced == registry.price(
+        provider="openai", model="gpt-image-1", usage=usage, at=NOW
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "medium"),
+    [("openai", "gpt-image-1.5", "image"), ("google", "gemini-live-2.5-flash", "video")],
+)
+def test_image_and_video_tokens_priced_apart_by_the_data_leave_a_call_unpriced(
+    registry: PricingRegistry, provider: str, model: str, medium: str
+) -> None:
+    raw = {
+        "prompt_token_count": 1040,
+        "candidates_token_count": 20,
+        "prompt_tokens_details": [
+            {"modality": "TEXT", "token_count": 40},
+            {"modality": medium.upper(), "token_count": 1000},
+        ],
+    }
+    if provider == "openai":
+        raw = {"input_tokens": 1040, "input_tokens_details": {"image_tokens": 1000}}
+    usage = normalize_usage(input_tokens=1040)
+    priced = registry.price(provider=provider, model=model, usage=usage, at=NOW, raw_usage=raw)
+    assert isinstance(priced, Unpriced) and f"1000 input {medium} tokens" in priced.reason
