@@ -18,7 +18,7 @@ from budget.pricing import (
     get_pricing_registry,
 )
 from budget.pricing import genai as genai_layer
-from budget.pricing.supplement import MODEL_ALIASES
+from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SupplementEntry
 from budget.usage import normalize_usage
 from events.usage import ImageUsage, Usage
 
@@ -488,6 +488,16 @@ def test_override_matches_a_google_resource_name() -> None:
     registry = PricingRegistry([override])
     cost = registry.calculate_llm_cost("models/gemini-2.5-pro", 10**6, 0, provider="google")
     assert cost == D("1")
+
+
+@pytest.mark.parametrize("entry", SUPPLEMENT, ids=lambda e: f"{e.model} {e.effective_from}")
+def test_no_supplement_entry_shadows_a_newer_genai_prices_price(entry: SupplementEntry) -> None:
+    """The supplement wins over genai-prices: a genai-prices release that dates a new price
+    of a supplemented model after the entry must bring the supplement up to date too."""
+    found = genai_layer.find_model(entry.provider, entry.model)
+    if found is not None:
+        card, _ = genai_layer.card_for(*found, NOW)
+        assert card.effective_from is None or card.effective_from <= entry.effective_from
 
 
 def test_undated_claude_sonnet_4_prices_like_dated_id(registry: PricingRegistry) -> None:
