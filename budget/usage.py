@@ -25,7 +25,13 @@ from pydantic import BaseModel
 
 from events.usage import MAX_TOKENS, ImageUsage, Usage
 
-__all__ = ["UsageCountError", "modality_tokens", "normalize_usage", "usage_from_response"]
+__all__ = [
+    "UsageCountError",
+    "modality_tokens",
+    "normalize_usage",
+    "service_tier",
+    "usage_from_response",
+]
 
 _MISSING = object()
 
@@ -328,6 +334,18 @@ def modality_tokens(obj: object) -> dict[str, int]:
             if medium is not None and tokens:
                 found[f"{side} {medium}"] = found.get(f"{side} {medium}", 0) + tokens
     return found
+
+
+def service_tier(obj: object) -> str | None:
+    """The service tier a response (or its usage) says the call was served in: OpenAI's
+    ``service_tier`` ("default", "flex", "priority"), Anthropic's ``usage.service_tier``."""
+    for holder in (obj, _get(obj, "usage")):
+        if holder is _MISSING or holder is None:
+            continue
+        tier = _get(holder, "service_tier")
+        if isinstance(tier, str):
+            return tier
+    return None
 
 
 def _with_details(obj: object) -> object | None:

@@ -172,15 +172,23 @@ class Measured:
     model: str | None = None
     estimated_reason: str | None = None
     raw_usage: object | None = None
-    """The provider's usage object ``usage`` was read from (audio or image tokens in it
-    may have a price of their own: ``PricingRegistry.price``)."""
+    """The provider's usage object ``usage`` was read from, or the answer holding it
+    (audio or image tokens in it, or the service tier the answer names, may have a price
+    of their own: ``PricingRegistry.price``)."""
 
     @classmethod
     def read(
-        cls, raw_usage: object, model: str | None, estimated_reason: str | None = None
+        cls,
+        raw_usage: object,
+        model: str | None,
+        estimated_reason: str | None = None,
+        *,
+        answer: object | None = None,
     ) -> Measured:
-        """The usage a provider's usage object tells, the object kept (``raw_usage``)."""
-        return cls(usage_from_response(raw_usage), model, estimated_reason, raw_usage)
+        """The usage a provider's usage object tells, the object kept (``raw_usage``), or
+        the ``answer`` it came in when that tells more of the price (a service tier)."""
+        kept = raw_usage if answer is None else answer
+        return cls(usage_from_response(raw_usage), model, estimated_reason, kept)
 
 
 Refusal = Callable[[BudgetExceeded], BaseException]

@@ -48,19 +48,21 @@ class UsageObserver:
     """For streams whose usage comes whole in an item (OpenAI's last chunk or
     ``response.completed``, each Gemini chunk): ``see`` keeps the latest ``usage`` and
     ``model`` and counts the text ``chars`` passing by, so a stream cut short before its
-    usage is charged the prompt and the text received, estimated."""
+    usage is charged the prompt and the text received, estimated; ``answer``: the item
+    the usage came in, when it tells more of the price (OpenAI's service tier)."""
 
     cut_short = "the stream ended before its usage arrived"
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.usage: Any = None
+        self.answer: Any = None
         self.model: str | None = None
         self.chars = 0
 
     def measured(self) -> Measured:
         if self.usage is not None:
-            return Measured.read(self.usage, self.model)
+            return Measured.read(self.usage, self.model, answer=self.answer)
         usage = Usage(
             input_uncached=self.plan.prompt_tokens, output_text=estimated_tokens(self.chars)
         )

@@ -75,8 +75,9 @@ def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
 
 
 def _measured(response: Any) -> Measured:
-    # A compaction's answer names no model: the request's is the one.
-    return Measured.read(response.usage, getattr(response, "model", None))
+    # A compaction's answer names no model: the request's is the one. The response is
+    # kept for the price: it tells the service tier the call was served (and billed) in.
+    return Measured.read(response.usage, getattr(response, "model", None), answer=response)
 
 
 class _ChatObserver(UsageObserver):
@@ -86,7 +87,7 @@ class _ChatObserver(UsageObserver):
             self.chars += self._chars(choice)
         if chunk.usage is None:
             return True
-        self.usage = chunk.usage
+        self.usage, self.answer = chunk.usage, chunk
         return bool(chunk.choices) or not self.plan.strip_usage_chunk
 
     @staticmethod
@@ -125,7 +126,7 @@ class _ResponsesObserver(UsageObserver):
         if event.type == "response.output_text.delta":
             self.chars += len(event.delta)
         elif event.type in _RESPONSE_ENDS and event.response.usage is not None:
-            self.usage = event.response.usage
+            self.usage, self.answer = event.response.usage, event.response
             self.model = event.response.model
         return True
 

@@ -187,6 +187,14 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
         if raw.get(key) is not None
         and raw.get(key) != (raw.get(counted_in) if counted_in else None)
     )
+    # The service tiers with prices of their own (OpenAI's priority, flex), in force now.
+    service_tiers = frozenset(
+        variant.when["service_tier"]
+        for variant in model.price_variants or ()
+        if set(variant.when) == {"service_tier"}
+        and (variant.constraint is None or variant.constraint.active(at))
+        and any(v is not None for k, v in variant.prices.__dict__.items() if not k.startswith("_"))
+    )
     hourly = raw.get("audio_hours", raw.get("input_audio_hours"))
     per_k_requests = raw.get("requests_kcount")
     card = RateCard(
@@ -204,6 +212,7 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
             else None
         ),
         modal=modal,
+        service_tiers=service_tiers,
     )
     return card, cacheable
 

@@ -113,6 +113,7 @@ class RateCard:
         "model",
         "per_request",
         "provider",
+        "service_tiers",
         "single",
         "tiers",
     )
@@ -132,11 +133,13 @@ class RateCard:
         image_flat: Decimal | None = None,
         per_request: Decimal | None = None,
         modal: frozenset[str] = frozenset(),
+        service_tiers: frozenset[str] = frozenset(),
     ) -> None:
         """``modal``: the media (``"input audio"``, ``"output image"``, ...) whose tokens
-        this model prices apart from text tokens."""
+        this model prices apart from text tokens; ``service_tiers``: the service tiers
+        ("priority", "flex") it has other prices in."""
         self.provider, self.model, self.layer = provider, model, layer
-        self.modal = modal
+        self.modal, self.service_tiers = modal, service_tiers
         self.data_version, self.effective_from = data_version, effective_from
         self.audio, self.audio_min, self.per_request = audio, audio_min, per_request
         self.images = dict(images or {})
@@ -182,16 +185,20 @@ class RateCard:
             ),
         )
 
-    def apart(self, media: Mapping[str, int]) -> Unpriced | None:
-        """Why a call with these (``budget.usage.modality_tokens``) has no price here, when
-        the model prices any of them apart: ``Usage`` counts them as text tokens or cache
-        writes, or not at all, so its rates would be wrong (audio input at 3x, 1-hour
-        cache writes at 2x the input rate, web searches at $10 per thousand)."""
+    def apart(self, media: Mapping[str, int], service_tier: str | None = None) -> Unpriced | None:
+        """Why a call with these (``budget.usage.modality_tokens``) or served in this
+        ``service_tier`` has no price here, when the model prices any of them apart:
+        ``Usage`` counts them as text tokens or cache writes, or not at all, and an event
+        has no service tier, so its rates would be wrong (audio input at 3x, 1-hour cache
+        writes at 2x the input rate, web searches at $10 per thousand, OpenAI's priority
+        tier at 1.7x and flex at half the standard rates)."""
         apart = [
             f"{count} web searches" if medium == "web search" else f"{count} {medium} tokens"
             for medium, count in media.items()
             if medium in self.modal
         ]
+        if service_tier in self.service_tiers:
+            apart.append(f"the {service_tier!r} service tier")
         if not apart:
             return None
         return self._unpriced(

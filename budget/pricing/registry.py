@@ -16,7 +16,7 @@ from budget.pricing.rates import RateCard
 from budget.pricing.results import Priced, Unpriced
 from budget.pricing.seed_api import SeedApi
 from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SUPPLEMENT_VERSION, supplement_card
-from budget.usage import modality_tokens
+from budget.usage import modality_tokens, service_tier
 from events.usage import Usage
 
 __all__ = ["PricingRegistry", "get_pricing_registry"]
@@ -56,8 +56,8 @@ class PricingRegistry(SeedApi):
                 self._cache[(provider, model, day)] = hit
         if isinstance(hit, Unpriced):
             return hit
-        if raw_usage is not None and hit.modal:
-            apart = hit.apart(modality_tokens(raw_usage))
+        if raw_usage is not None and (hit.modal or hit.service_tiers):
+            apart = hit.apart(modality_tokens(raw_usage), service_tier(raw_usage))
             if apart is not None:
                 return apart
         return hit.cost(usage)

@@ -600,6 +600,39 @@ async def test_an_image_edit_records_its_images_once(
 
 
 @sync_and_async
+async def test_a_call_served_in_a_dearer_or_cheaper_service_tier_is_not_priced_standard(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """OpenAI bills the priority tier at 1.7x the standard rates (gpt-4o: $4.25 and $17)
+    and flex at about half (o4-mini); the answer's ``service_tier`` says which served the
+    call. An event has no tier, so such a call is recorded unpriced, saying why, never at
+    the standard rate (they had been, 41% short or twice over)."""
+    api = ProviderApi(
+        answers={
+            "/v1/chat/completions": "openai_chat_priority.json",
+            "/v1/responses": "openai_responses_flex.json",
+        }
+    )
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await call(
+            sync,
+            client.chat.completions.create,
+            model="gpt-4o",
+            messages=HELLO,
+            service_tier="priority",
+        )
+        await call(sync, client.responses.create, model="o4-mini", input="A haiku")
+        events = await recorded.exactly(stack.tracker, 2)
+    priority, flex = sorted(events, key=lambda event: event.model)  # gpt-4o, o4-mini
+    assert (priority.usage, priority.cost) == (GPT_4O_CHAT, None)
+    assert "the 'priority' service tier" in (priority.unpriced_reason or "")
+    assert (flex.usage, flex.cost) == (O4_MINI_RESPONSE, None)
+    assert "the 'flex' service tier" in (flex.unpriced_reason or "")
+
+
+@sync_and_async
 async def test_an_image_edit_of_given_images_is_not_priced_at_the_text_rate(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:

@@ -19,7 +19,7 @@ from budget.config import Settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import Priced, PricingRegistry, Unpriced
 from budget.tracker import UsageTracker
-from budget.usage import modality_tokens, normalize_usage, usage_from_response
+from budget.usage import modality_tokens, normalize_usage, service_tier, usage_from_response
 from events.usage import ImageUsage
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
@@ -205,3 +205,25 @@ def test_image_and_video_tokens_priced_apart_by_the_data_leave_a_call_unpriced(
     usage = normalize_usage(input_tokens=1040)
     priced = registry.price(provider=provider, model=model, usage=usage, at=NOW, raw_usage=raw)
     assert isinstance(priced, Unpriced) and f"1000 input {medium} tokens" in priced.reason
+
+
+def test_the_service_tier_is_read_from_the_answer_or_its_usage() -> None:
+    assert service_tier({"service_tier": "priority", "usage": OPENAI_TEXT}) == "priority"
+    assert service_tier({"usage": {"input_tokens": 1, "service_tier": "standard"}}) == "standard"
+    assert service_tier(OPENAI_TEXT) is None
+
+
+@pytest.mark.parametrize(("tier", "priced"), [("default", True), ("priority", False)])
+def test_a_service_tier_priced_apart_leaves_the_call_unpriced(
+    registry: PricingRegistry, tier: str, priced: bool
+) -> None:
+    # gpt-4o's priority tier: $4.25 / $17 per million against $2.50 / $10.
+    answer = {"service_tier": tier, "usage": OPENAI_TEXT}
+    usage = usage_from_response(OPENAI_TEXT)
+    result = registry.price(
+        provider="openai", model="gpt-4o", usage=usage, at=NOW, raw_usage=answer
+    )
+    if priced:
+        assert result == registry.price(provider="openai", model="gpt-4o", usage=usage, at=NOW)
+    else:
+        assert isinstance(result, Unpriced) and "the 'priority' service tier" in result.reason
