@@ -12,7 +12,7 @@ from budget.config import Settings
 from budget.periods import UTC, Period, period_bounds
 from budget.pricing.genai import canonical_provider
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
-from events.policy import GLOBAL_SCOPE_KEY
+from events.policy import GLOBAL_SCOPE_KEY, iana_zone
 
 __all__ = [
     "DEFAULT_USER_POLICY_ID",
@@ -183,9 +183,15 @@ def settable_policy(policy: BudgetPolicy) -> BudgetPolicy:
 
     Checks a new policy must pass beyond the event contract's, which the policies already in
     the log must keep passing: a policy naming a key names a user (project, provider, model)
-    that calls can have, never an empty one (no call has one; ``CallScope.key``).
+    that calls can have, never an empty one (no call has one; ``CallScope.key``), and its
+    time zone is one of the IANA database's, the same on every host (``iana_zone``).
     """
     policy = canonical_policy(policy)
+    if policy.timezone is not None:
+        try:
+            iana_zone(policy.timezone)
+        except ValueError as exc:
+            raise PolicyFieldError("timezone", str(exc)) from None
     if policy.scope_key == "":
         scope = policy.scope.value
         raise PolicyFieldError(

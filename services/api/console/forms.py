@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from events.policy import iana_zone
 from services.api.problems import field_errors
 
 __all__ = [
@@ -89,7 +90,7 @@ def zone(name: object) -> ZoneInfo:
     """The reader's zone (app.js fills the forms' ``tz`` field), UTC when absent or wrong."""
     if isinstance(name, str) and name:
         try:
-            return ZoneInfo(name)
+            return ZoneInfo(iana_zone(name))
         except (ZoneInfoNotFoundError, ValueError):
             pass
     return UTC
