@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,7 @@ __all__ = [
     "configured_policies",
     "own_keys",
     "policy_window",
+    "policy_zone",
     "settable_policy",
 ]
 
@@ -121,8 +122,12 @@ def _compute_window(policy: BudgetPolicy, at: datetime) -> _Window:
         if policy.custom_start <= at < policy.custom_end:
             return policy.custom_start, policy.custom_end
         return None
-    tz = ZoneInfo(policy.timezone) if policy.timezone else UTC
-    return period_bounds(Period(policy.period.value), at, tz)
+    return period_bounds(Period(policy.period.value), at, policy_zone(policy))
+
+
+def policy_zone(policy: BudgetPolicy) -> tzinfo:
+    """The zone whose midnights bound ``policy``'s days, weeks and months (UTC if none)."""
+    return ZoneInfo(policy.timezone) if policy.timezone else UTC
 
 
 def own_keys(policies: Sequence[BudgetPolicy], at: datetime) -> set[tuple[BudgetScope, str]]:

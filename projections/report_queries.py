@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from budget.forecast import METHOD, forecast
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
-from budget.policies import PolicyWindow, policy_window
+from budget.policies import PolicyWindow, policy_window, policy_zone
 from budget.pricing.genai import canonical_provider
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
@@ -312,7 +312,7 @@ class ReportBuilder:
         month_actual = await self.daily(
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
-        budget_rows = await self._budget_forecasts(conn, now, today, horizon, tz)
+        budget_rows = await self._budget_forecasts(conn, now, horizon)
         if not history:
             empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
             why = (
@@ -590,11 +590,14 @@ class ReportBuilder:
             rows,
         )
 
-    async def _budget_forecasts(
-        self, conn: Connection, now: datetime, today: date, horizon: int, tz: tzinfo
-    ) -> Table:
+    async def _budget_forecasts(self, conn: Connection, now: datetime, horizon: int) -> Table:
+        """Each budget at this pace, over the days of its own policy's zone, whatever zone
+        the report counts in: its window's bounds are their midnights, so its spend today
+        and each day's forecast fall inside it or outside it whole."""
         rows: list[tuple[Cell, ...]] = []
         for window, totals in await self._live_spend(conn, now):
+            tz = policy_zone(window.policy)
+            today = now.astimezone(tz).date()
             amount = totals.cost
             dimension = (
                 "total"

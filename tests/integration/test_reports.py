@@ -19,7 +19,15 @@ from budget.config import Settings
 from budget.periods import Period
 from budget.report_format import ExportFormat
 from budget.reports import ReportGenerator
-from events import BudgetPolicy, BudgetScope, PolicySet, Topology, UsageRepriced, utc_now
+from events import (
+    BudgetPeriod,
+    BudgetPolicy,
+    BudgetScope,
+    PolicySet,
+    Topology,
+    UsageRepriced,
+    utc_now,
+)
 from projections.registry import get_projection
 
 from support import (
@@ -463,6 +471,40 @@ async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(
         budget["projected_at_period_end_usd"],
     )
     assert any("method: least-squares" in note for note in report.notes)
+
+
+async def test_a_budget_at_this_pace_counts_the_days_of_its_policys_zone(
+    nc: Client,
+    db: str,
+    topology: Topology,
+    generator: ReportGenerator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daily $15 budget of Kiritimati (+14: its days run 10:00 to 10:00 UTC), read in a
+    UTC report at 11:00 UTC, an hour into its day: $10 a day (each at 05:00 UTC, on the
+    same day in both zones) and $1 so far. Its day ends at 10:00 UTC tomorrow, so at this
+    pace it ends at $10 and is not exhausted; counted in the report's UTC days, the rest
+    of today and all of tomorrow were added to it ($20, exhausted tomorrow)."""
+    day = datetime.combine(utc_now().date() - timedelta(days=2), datetime.min.time(), UTC)
+    now = day + timedelta(hours=11)
+    monkeypatch.setattr("projections.report_queries.utc_now", lambda: now)
+    policy = BudgetPolicy(
+        policy_id="kiritimati",
+        name="Kiritimati day",
+        period=BudgetPeriod.DAILY,
+        timezone="Pacific/Kiritimati",
+        limit_amount=Decimal(15),
+    )
+    paced = [usage_event(cost="10.00", at=day - timedelta(days=d, hours=-5)) for d in range(29)]
+    so_far = usage_event(cost="1.00", at=day + timedelta(hours=10, minutes=30))
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *paced, so_far])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=5)
+    [budget] = report.tables[2].records()
+    assert budget["period_end"] == day + timedelta(days=1, hours=10)
+    assert budget["spent_usd"] == Decimal("1.00")
+    assert budget["projected_at_period_end_usd"] == Decimal("10.00")
+    assert budget["exhausted_on"] is None
 
 
 async def test_exports_are_json_csv_and_markdown(
