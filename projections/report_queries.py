@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from budget.forecast import METHOD, forecast
+from budget.forecast import METHOD, DayForecast, forecast, total_interval
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window, policy_zone
@@ -327,16 +327,34 @@ class ReportBuilder:
             [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
         )
         spent_today = month_actual.get(today, Spend()).cost
-        months: dict[date, list[Decimal]] = {}
-        with exact_money():
-            for f in ahead:
-                month = f.day.replace(day=1)
-                sums = months.setdefault(month, [Decimal(0)] * 4)
-                for i, value in enumerate((f.expected, f.low, f.high), start=1):
-                    # the actual holds today so far: today adds only what it may still add
-                    sums[i] += max(value - spent_today, Decimal(0)) if f.day == today else value
         actual = functools.reduce(Spend.plus, month_actual.values(), Spend())
-        months[month_first][0] = actual.cost
+        by_month: dict[date, list[DayForecast]] = {}
+        for f in ahead:
+            by_month.setdefault(f.day.replace(day=1), []).append(f)
+        rows: list[tuple[Cell, ...]] = []
+        with exact_money():
+            for month, ahead_in_month in by_month.items():
+                a = actual.cost if month == month_first else Decimal(0)
+                # the actual holds today so far: today adds only what it may still add
+                expected = sum(
+                    (
+                        max(f.expected - spent_today, Decimal(0)) if f.day == today else f.expected
+                        for f in ahead_in_month
+                    ),
+                    Decimal(0),
+                )
+                # the total's own interval: its days are not all at their extremes at once
+                low, high = total_interval(history, [f.day for f in ahead_in_month], expected)
+                rows.append(
+                    (
+                        month,
+                        actual.priced_cost if month == month_first else a,
+                        actual.unpriced_requests if month == month_first else 0,
+                        a + expected,
+                        None if low is None else a + low,
+                        None if high is None else a + high,
+                    )
+                )
         periods = Table(
             "Per calendar month (each reset starts from zero)",
             (
@@ -347,17 +365,7 @@ class ReportBuilder:
                 "low_usd",
                 "high_usd",
             ),
-            [
-                (
-                    month,
-                    actual.priced_cost if month == month_first else a,
-                    actual.unpriced_requests if month == month_first else 0,
-                    a + expected,
-                    a + low,
-                    a + high,
-                )
-                for month, (a, expected, low, high) in months.items()
-            ],
+            rows,
         )
         return Report(
             "Spend projection",

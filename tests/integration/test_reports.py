@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
+from budget.forecast import total_interval
 from budget.periods import Period
 from budget.report_format import ExportFormat
 from budget.reports import ReportGenerator
@@ -471,6 +472,51 @@ async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(
         budget["projected_at_period_end_usd"],
     )
     assert any("method: least-squares" in note for note in report.notes)
+
+
+async def test_a_months_interval_is_its_totals_own_not_its_days_bounds_summed(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """28 days alternating $8 and $12: next month's 95 % interval is the total's (the
+    fit's prediction interval of the sum), narrower than the sum of its days' bounds,
+    which has every day at its extreme at once."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    history = [
+        usage_event(cost="8.00" if d % 2 else "12.00", at=today - timedelta(days=d, hours=-12))
+        for d in range(1, 29)
+    ]
+    await publish(nc, topology, history)
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=70)
+    days = report.tables[0].records()
+    [month, *_] = report.tables[1].records()[1:]  # the next month: whole, from zero
+    in_month = [d for d in days if d["day"].replace(day=1) == month["month"]]
+    assert len(in_month) >= 28
+    assert month["projected_total_usd"] == sum(d["expected_usd"] for d in in_month)
+    own = month["high_usd"] - month["projected_total_usd"]
+    summed = sum(d["high_usd"] - d["expected_usd"] for d in in_month)
+    assert 0 < own < summed, (own, summed)
+    paid = [(e.occurred_at.date(), e.cost or Decimal(0)) for e in reversed(history)]
+    _, high = total_interval(paid, [d["day"] for d in in_month], month["projected_total_usd"])
+    assert month["high_usd"] == high
+
+
+async def test_one_day_of_history_forecasts_no_interval(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """One day measures no spread: the days and months have no low or high (null, an empty
+    cell), never an interval of width 0."""
+    yesterday = utc_now().replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    await publish(nc, topology, [usage_event(cost="5.00", at=yesterday)])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    for table in report.tables[:2]:
+        for row in table.records():
+            assert (row["low_usd"], row["high_usd"]) == (None, None), row
+    assert report.tables[0].records()[1]["expected_usd"] == Decimal("5.00")
+    day = json.loads(report.to_json())["tables"][0]["rows"][1]
+    assert (day["low_usd"], day["high_usd"]) == (None, None)
+    assert "| 5.00 |  |  |" in report.export(ExportFormat.MARKDOWN)
 
 
 async def test_a_budget_at_this_pace_counts_the_days_of_its_policys_zone(
