@@ -167,14 +167,15 @@ def iana_zone(name: str) -> str:
             "time zone 'localtime' is this host's own, another on each host; name the"
             " zone (an IANA name, e.g. Europe/Berlin)"
         )
-    if name == "Factory" or name not in _database_zones():
+    if name not in iana_zones():
         raise ValueError(_unknown(name))
     return name
 
 
 @functools.cache
-def _database_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
+def iana_zones() -> frozenset[str]:
+    """The names ``iana_zone`` accepts: the database's zones and links on this host."""
+    return frozenset(available_timezones()) - {"localtime", "Factory"}
 
 
 _FIXED_OFFSET = re.compile(r"(?:UTC|GMT)([+-])(\d{1,2})", re.IGNORECASE)
@@ -187,7 +188,7 @@ def _unknown(name: str) -> str:
     fixed = _FIXED_OFFSET.fullmatch(name)
     if fixed:
         zone = f"Etc/GMT{'-' if fixed[1] == '+' else '+'}{int(fixed[2])}"
-        if zone in _database_zones():
+        if zone in iana_zones():
             message += f" (a fixed offset of {name} is {zone})"
     return message
 

@@ -17,6 +17,7 @@ from events import BudgetPolicy
 from events.policy import iana_zone
 from events.queries import ReportQuery
 from services.api.console.forms import zone
+from services.api.console.policy_form import zones
 
 NOT_ZONES = ("localtime", "Factory", "posixrules", "right/UTC", "posix/Europe/Berlin")
 
@@ -84,3 +85,9 @@ async def test_the_python_api_refuses_a_bad_zone_in_one_line_naming_tz(kind: str
     with pytest.raises(ValueError) as refused:
         await method(tz=5)
     assert str(refused.value) == "tz: an IANA time zone's name, not int"
+
+
+def test_the_policy_form_suggests_only_zones_a_policy_may_be_set_in() -> None:
+    suggested = zones()
+    assert "Europe/Berlin" in suggested and "EST5EDT" in suggested
+    assert not {"localtime", "Factory"} & set(suggested)
