@@ -66,6 +66,9 @@ _CHANGE_COLUMNS = (
 )
 _HISTORY_DAYS = 56
 _QUARTER = timedelta(minutes=15)
+_MICRO = timedelta(microseconds=1)
+_MAX_BUDGET_DAYS = 3660
+"""How far a budget at this pace is forecast: a custom window can be years long."""
 _DAY = timedelta(days=1)
 
 
@@ -312,7 +315,7 @@ class ReportBuilder:
         month_actual = await self.daily(
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
-        budget_rows = await self._budget_forecasts(conn, now, horizon)
+        budget_rows = await self._budget_forecasts(conn, now)
         if not history:
             empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
             why = (
@@ -598,14 +601,17 @@ class ReportBuilder:
             rows,
         )
 
-    async def _budget_forecasts(self, conn: Connection, now: datetime, horizon: int) -> Table:
-        """Each budget at this pace, over the days of its own policy's zone, whatever zone
-        the report counts in: its window's bounds are their midnights, so its spend today
-        and each day's forecast fall inside it or outside it whole."""
+    async def _budget_forecasts(self, conn: Connection, now: datetime) -> Table:
+        """Each budget at this pace to its window's end (however far the report's days
+        reach), over the days of its own policy's zone, whatever zone the report counts
+        in: its window's bounds are their midnights, so its spend today and each day's
+        forecast fall inside it or outside it whole."""
         rows: list[tuple[Cell, ...]] = []
         for window, totals in await self._live_spend(conn, now):
             tz = policy_zone(window.policy)
             today = now.astimezone(tz).date()
+            last_day = (window.end - _MICRO).astimezone(tz).date()
+            days_left = min((last_day - today).days + 1, _MAX_BUDGET_DAYS)
             amount = totals.cost
             dimension = (
                 "total"
@@ -623,9 +629,8 @@ class ReportBuilder:
             else:
                 so_far = await self.daily(conn, dimension, key, today, 1, tz)
                 spent_today = so_far.get(today, Spend()).cost
-            for f in forecast(history, horizon) if history else []:
-                if local_midnight(f.day, tz) >= window.end:
-                    break  # the period resets: later spend counts against the next one
+            # to the window's last day: later spend counts against the next one
+            for f in forecast(history, days_left) if history else []:
                 if f.day == today:
                     running += max(f.expected - spent_today, Decimal(0))
                 else:

@@ -553,6 +553,32 @@ async def test_a_budget_at_this_pace_counts_the_days_of_its_policys_zone(
     assert budget["exhausted_on"] is None
 
 
+async def test_a_budget_at_this_pace_is_forecast_to_its_windows_end(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A custom window of 50 days from today, $10 a day before it: at this pace it ends at
+    $500 and runs out ($300) on its 30th day, however few days the report forecasts (it
+    stopped at the report's last day: $10 times the days to the month's end, and no
+    exhaustion past them)."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    policy = BudgetPolicy(
+        policy_id="fifty-days",
+        name="Fifty days",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=50),
+        limit_amount=Decimal(300),
+    )
+    paced = [usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in (1, 2, 3)]
+    await publish(nc, topology, [PolicySet(occurred_at=utc_now(), policy=policy), *paced])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert budget["period_end"] == today + timedelta(days=50)
+    assert budget["projected_at_period_end_usd"] == Decimal("500.00")
+    assert budget["exhausted_on"] == today.date() + timedelta(days=29)
+
+
 async def test_exports_are_json_csv_and_markdown(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
