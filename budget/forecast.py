@@ -52,8 +52,8 @@ class DayForecast:
 class _Fit(NamedTuple):
     features: Callable[[date], list[float]]
     coef: list[float]
-    normal: list[list[float]]
-    """X'X: a prediction's variance is s^2 times its row's quadratic form in its inverse."""
+    inverse: list[list[float]]
+    """(X'X)^-1: a prediction's variance is s^2 times its row's quadratic form in it."""
     spread: float | None
     """t times s; None when no residual is free (as many days as parameters)."""
 
@@ -101,7 +101,8 @@ def total_interval(
 def _half_width(fit: _Fit, days: int, row: list[float]) -> float | None:
     if fit.spread is None:
         return None
-    return fit.spread * math.sqrt(days + max(_dot(row, _solve(fit.normal, row)), 0.0))
+    form = _dot(row, [_dot(column, row) for column in fit.inverse])
+    return fit.spread * math.sqrt(days + max(form, 0.0))
 
 
 def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
@@ -126,7 +127,9 @@ def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
     spread = None
     if free > 0:
         spread = _t975(free) * math.sqrt(sum(r * r for r in residuals) / free)
-    return _Fit(features, coef, normal, spread)
+    unit = [[float(i == j) for j in range(k)] for i in range(k)]
+    inverse = [_solve(normal, column) for column in unit]  # symmetric: columns are rows
+    return _Fit(features, coef, inverse, spread)
 
 
 def _t975(dof: int) -> float:
