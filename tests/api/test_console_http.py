@@ -60,6 +60,16 @@ def test_a_reader_zone_the_server_does_not_know_is_said_not_counted_as_utc(
         assert "<table" not in page.text  # no report of UTC's days
 
 
+def test_the_dashboards_days_and_months_say_they_are_utcs(browser: httpx.Client) -> None:
+    """It counts UTC's day and month (the reports count the reader's zone): a reader in
+    Tokyo must not take its "today" for hers."""
+    page = browser.get("/")
+    assert page.status_code == 200, page.text
+    for heading in ("Spend this month", "Spend today", "Unpriced calls this month"):
+        assert f'<h2>{heading} <span class="muted small">UTC</span></h2>' in page.text
+    assert "count UTC days and months" in page.text
+
+
 def test_a_custom_report_of_any_range_ignores_the_comparisons_window(
     browser: httpx.Client,
 ) -> None:
