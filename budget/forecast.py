@@ -4,36 +4,58 @@
 
 fitted by ordinary least squares on the daily totals (at least 14 days; with fewer, the
 weekday terms are dropped, and with fewer than 3 days the forecast is the mean). The 95 %
-interval of a day is the point forecast +- 1.96 standard deviations of the fit's
-residuals, widened by sqrt(1 + 1/n); spend is never forecast below zero. Forecasts are
-estimates, computed in floating point and rounded to cents when shown.
+intervals are the fit's prediction intervals: of a day x, +- t s sqrt(1 + x'(X'X)^-1 x);
+of a total over days whose rows sum to g (``total_interval``), +- t s sqrt(k + g'(X'X)^-1 g),
+k the days, s the residuals' standard deviation and t Student's 97.5 % quantile for its
+degrees of freedom (12.7 for one: two or three days of history say little). So an interval
+widens with the distance from the history, and a month's is the total's own, not the sum of
+its days' bounds (every day at its extreme at once). A fit with no residual left (one day of
+history) has no interval. Spend is never forecast below zero. Forecasts are estimates,
+computed in floating point and rounded to cents when shown.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
-__all__ = ["METHOD", "DayForecast", "forecast"]
+__all__ = ["METHOD", "DayForecast", "forecast", "total_interval"]
 
 METHOD = (
     "least-squares linear trend with day-of-week seasonality over the daily totals;"
-    " 95% interval from the residual spread"
+    " 95% prediction intervals (Student's t) from the residual spread"
 )
 _SEASONAL_MIN_DAYS = 14
 _TREND_MIN_DAYS = 3
 _CENT = Decimal("0.01")
+# Student's t, 97.5 % quantile, for 1 to 30 degrees of freedom; beyond, its expansion.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class DayForecast:
     day: date
     expected: Decimal
-    low: Decimal
-    high: Decimal
+    low: Decimal | None
+    """None, as ``high``, when the history leaves no spread to measure (one day)."""
+    high: Decimal | None
+
+
+class _Fit(NamedTuple):
+    features: Callable[[date], list[float]]
+    coef: list[float]
+    inverse: list[list[float]]
+    """(X'X)^-1: a prediction's variance is s^2 times its row's quadratic form in it."""
+    spread: float | None
+    """t times s; None when no residual is free (as many days as parameters)."""
 
 
 def forecast(history: Sequence[tuple[date, Decimal]], days: int) -> list[DayForecast]:
@@ -41,6 +63,49 @@ def forecast(history: Sequence[tuple[date, Decimal]], days: int) -> list[DayFore
     oldest first)."""
     if not history:
         return []
+    fit = _fit(history)
+    last = history[-1][0]
+    result = []
+    for step in range(1, days + 1):
+        day = last + timedelta(days=step)
+        row = fit.features(day)
+        expected = max(_dot(fit.coef, row), 0.0)
+        half = _half_width(fit, 1, row)
+        result.append(
+            DayForecast(
+                day=day,
+                expected=_money(expected),
+                low=None if half is None else _money(max(expected - half, 0.0)),
+                high=None if half is None else _money(expected + half),
+            )
+        )
+    return result
+
+
+def total_interval(
+    history: Sequence[tuple[date, Decimal]], days: Sequence[date], expected: Decimal
+) -> tuple[Decimal | None, Decimal | None]:
+    """The 95 % interval of ``expected``, the forecast spend of ``days`` (after
+    ``history``); (None, None) without a spread to measure."""
+    if not history or not days:
+        return None, None
+    fit = _fit(history)
+    rows = [fit.features(day) for day in days]
+    half = _half_width(fit, len(days), [sum(column) for column in zip(*rows, strict=True)])
+    if half is None:
+        return None, None
+    width = _money(half)
+    return max(expected - width, Decimal(0)), expected + width
+
+
+def _half_width(fit: _Fit, days: int, row: list[float]) -> float | None:
+    if fit.spread is None:
+        return None
+    form = _dot(row, [_dot(column, row) for column in fit.inverse])
+    return fit.spread * math.sqrt(days + max(form, 0.0))
+
+
+def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
     first = history[0][0]
     ys = [float(v) for _, v in history]
     n = len(ys)
@@ -54,36 +119,37 @@ def forecast(history: Sequence[tuple[date, Decimal]], days: int) -> list[DayFore
         return row
 
     xs = [features(d) for d, _ in history]
-    coef = _least_squares(xs, ys)
+    k = len(xs[0])
+    normal = [[sum(x[i] * x[j] for x in xs) for j in range(k)] for i in range(k)]
+    coef = _solve(normal, [sum(x[i] * y for x, y in zip(xs, ys, strict=True)) for i in range(k)])
     residuals = [y - _dot(coef, x) for x, y in zip(xs, ys, strict=True)]
-    dof = max(n - len(coef), 1)
-    sigma = math.sqrt(sum(r * r for r in residuals) / dof) * math.sqrt(1 + 1 / n)
-    last = history[-1][0]
-    result = []
-    for step in range(1, days + 1):
-        day = last + timedelta(days=step)
-        expected = max(_dot(coef, features(day)), 0.0)
-        result.append(
-            DayForecast(
-                day=day,
-                expected=_money(expected),
-                low=_money(max(expected - 1.96 * sigma, 0.0)),
-                high=_money(expected + 1.96 * sigma),
-            )
-        )
-    return result
+    free = n - k
+    spread = None
+    if free > 0:
+        spread = _t975(free) * math.sqrt(sum(r * r for r in residuals) / free)
+    unit = [[float(i == j) for j in range(k)] for i in range(k)]
+    inverse = [_solve(normal, column) for column in unit]  # symmetric: columns are rows
+    return _Fit(features, coef, inverse, spread)
+
+
+def _t975(dof: int) -> float:
+    if dof <= len(_T975):
+        return _T975[dof - 1]
+    z = 1.959964  # Cornish-Fisher: within 0.001 of the quantile from 30 degrees on
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
 
 
 def _dot(a: Sequence[float], b: Sequence[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
 
-def _least_squares(xs: list[list[float]], ys: list[float]) -> list[float]:
-    """Solve the normal equations (X'X) b = X'y by Gaussian elimination with pivoting; a
-    column that carries no information (say, a weekday absent from the history) gets 0."""
-    k = len(xs[0])
-    a = [[sum(x[i] * x[j] for x in xs) for j in range(k)] for i in range(k)]
-    b = [sum(x[i] * y for x, y in zip(xs, ys, strict=True)) for i in range(k)]
+def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
+    """Solve ``matrix`` v = ``vector`` (symmetric, as X'X) by Gaussian elimination with
+    pivoting; a column that carries no information (say, a weekday absent from the
+    history) gets 0."""
+    k = len(vector)
+    a = [list(row) for row in matrix]
+    b = list(vector)
     for col in range(k):
         pivot = max(range(col, k), key=lambda r: abs(a[r][col]))
         if abs(a[pivot][col]) < 1e-12:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -12,7 +12,7 @@ from budget.config import Settings
 from budget.periods import UTC, Period, period_bounds
 from budget.pricing.genai import canonical_model, canonical_provider
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
-from events.policy import GLOBAL_SCOPE_KEY
+from events.policy import GLOBAL_SCOPE_KEY, iana_zone
 
 __all__ = [
     "DEFAULT_USER_POLICY_ID",
@@ -25,6 +25,7 @@ __all__ = [
     "configured_policies",
     "own_keys",
     "policy_window",
+    "policy_zone",
     "settable_policy",
 ]
 
@@ -123,8 +124,12 @@ def _compute_window(policy: BudgetPolicy, at: datetime) -> _Window:
         if policy.custom_start <= at < policy.custom_end:
             return policy.custom_start, policy.custom_end
         return None
-    tz = ZoneInfo(policy.timezone) if policy.timezone else UTC
-    return period_bounds(Period(policy.period.value), at, tz)
+    return period_bounds(Period(policy.period.value), at, policy_zone(policy))
+
+
+def policy_zone(policy: BudgetPolicy) -> tzinfo:
+    """The zone whose midnights bound ``policy``'s days, weeks and months (UTC if none)."""
+    return ZoneInfo(policy.timezone) if policy.timezone else UTC
 
 
 def own_keys(policies: Sequence[BudgetPolicy], at: datetime) -> set[tuple[BudgetScope, str]]:
@@ -200,9 +205,15 @@ def settable_policy(policy: BudgetPolicy) -> BudgetPolicy:
 
     Checks a new policy must pass beyond the event contract's, which the policies already in
     the log must keep passing: a policy naming a key names a user (project, provider, model)
-    that calls can have, never an empty one (no call has one; ``CallScope.key``).
+    that calls can have, never an empty one (no call has one; ``CallScope.key``), and its
+    time zone is one of the IANA database's, the same on every host (``iana_zone``).
     """
     policy = canonical_policy(policy)
+    if policy.timezone is not None:
+        try:
+            iana_zone(policy.timezone)
+        except ValueError as exc:
+            raise PolicyFieldError("timezone", str(exc)) from None
     if policy.scope_key == "":
         scope = policy.scope.value
         raise PolicyFieldError(

@@ -18,6 +18,7 @@ from budget.periods import Period
 from budget.queries import Queries, RpcQueries
 from budget.report_format import ExportFormat, Report
 from budget.tracker import UsageTracker, get_usage_tracker
+from events.policy import iana_zone
 from events.queries import MAX_HISTORY_ROWS, ReportQuery
 
 __all__ = ["GROUPS", "ExportFormat", "Report", "ReportGenerator", "get_report_generator"]
@@ -42,7 +43,7 @@ class ReportGenerator:
         self, period: str | Period = Period.MONTHLY, tz: str = "UTC"
     ) -> Report:
         """The current calendar period of ``tz`` by provider and model, and the budgets."""
-        query = ReportQuery(kind="summary", period=Period(period).value, tz=tz)
+        query = ReportQuery(kind="summary", period=Period(period).value, tz=_zone(tz))
         return await self.queries.report(query)
 
     async def generate_trend_report(
@@ -52,7 +53,7 @@ class ReportGenerator:
         today included, with the change from the previous point."""
         if days < 1:
             raise ValueError("days must be at least 1")
-        query = ReportQuery(kind="trend", days=days, interval=interval, tz=tz)
+        query = ReportQuery(kind="trend", days=days, interval=interval, tz=_zone(tz))
         return await self.queries.report(query)
 
     async def generate_comparison_report(
@@ -109,8 +110,19 @@ class ReportGenerator:
         pace."""
         if days_to_project < 1:
             raise ValueError("days_to_project must be at least 1")
-        query = ReportQuery(kind="projection", days=days_to_project, tz=tz)
+        query = ReportQuery(kind="projection", days=days_to_project, tz=_zone(tz))
         return await self.queries.report(query)
+
+
+def _zone(tz: object) -> str:
+    """``tz`` if it is an IANA zone's name, else one line naming the argument (the query
+    model's error is pydantic's, several lines and a link)."""
+    if not isinstance(tz, str):
+        raise ValueError(f"tz: an IANA time zone's name, not {type(tz).__name__}")
+    try:
+        return iana_zone(tz)
+    except ValueError as exc:
+        raise ValueError(f"tz: {exc}") from None
 
 
 _generator: tuple[UsageTracker, ReportGenerator] | None = None

@@ -6,12 +6,14 @@ provider, model) separately: ``default_limit`` is such a USER policy.
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -142,12 +144,53 @@ class BudgetPolicy(BaseModel):
 
 
 def known_zone(name: str) -> str:
-    """``name`` if it is an IANA time zone this host knows, else ``ValueError``."""
+    """``name`` if this host can load it as a time zone, else ``ValueError``: the event
+    contract's check, which policies already in the log keep passing (``iana_zone`` is
+    what a new policy or a report's zone must pass)."""
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}; use an IANA name") from None
+        raise ValueError(_unknown(name)) from None
     return name
+
+
+def iana_zone(name: str) -> str:
+    """``name`` if it is a zone of the IANA time zone database, else ``ValueError``.
+
+    Stricter than what ``ZoneInfo`` loads: its folder also holds this host's own zone
+    (``localtime``: another zone on each host, so the enforcer and a report on two hosts
+    would count different days), ``Factory`` (no zone: "-00"), and the ``posix/`` and
+    ``right/`` copies (``right/`` ones count leap seconds, as no other clock here does).
+    """
+    if name == "localtime":
+        raise ValueError(
+            "time zone 'localtime' is this host's own, another on each host; name the"
+            " zone (an IANA name, e.g. Europe/Berlin)"
+        )
+    if name not in iana_zones():
+        raise ValueError(_unknown(name))
+    return name
+
+
+@functools.cache
+def iana_zones() -> frozenset[str]:
+    """The names ``iana_zone`` accepts: the database's zones and links on this host."""
+    return frozenset(available_timezones()) - {"localtime", "Factory"}
+
+
+_FIXED_OFFSET = re.compile(r"(?:UTC|GMT)([+-])(\d{1,2})", re.IGNORECASE)
+
+
+def _unknown(name: str) -> str:
+    """The error for a zone ``name`` that is none, with the IANA name of a fixed offset
+    written as one ("UTC+2" is Etc/GMT-2: POSIX reverses the sign)."""
+    message = f"unknown time zone {name!r}; use an IANA name"
+    fixed = _FIXED_OFFSET.fullmatch(name)
+    if fixed:
+        zone = f"Etc/GMT{'-' if fixed[1] == '+' else '+'}{int(fixed[2])}"
+        if zone in iana_zones():
+            message += f" (a fixed offset of {name} is {zone})"
+    return message
 
 
 def _on_bucket(instant: datetime) -> bool:

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field
 
 from events.alerts import Alert, AlertRule, AlertSeverity, AlertType
 from events.envelope import UtcDatetime
-from events.policy import BudgetPolicy, BudgetScope, known_zone
+from events.policy import BudgetPolicy, BudgetScope, iana_zone
 from events.rpc import _Message
 
 __all__ = [
@@ -210,7 +210,7 @@ class ReportQuery(_Message):
     user_id: str | None = None
     project_id: str | None = None
     limit: int = Field(default=1000, ge=1, le=MAX_HISTORY_ROWS)
-    tz: Annotated[str, AfterValidator(known_zone)] = Field(
+    tz: Annotated[str, AfterValidator(iana_zone)] = Field(
         default="UTC",
         description="IANA time zone whose days, weeks and months the summary, trend and"
         " projection count",

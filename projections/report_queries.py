@@ -22,10 +22,10 @@ from decimal import Decimal
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from budget.forecast import METHOD, forecast
+from budget.forecast import METHOD, DayForecast, forecast, total_interval
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
-from budget.policies import PolicyWindow, policy_window
+from budget.policies import PolicyWindow, policy_window, policy_zone
 from budget.report_format import Cell, Report, Table
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
@@ -66,6 +66,9 @@ _CHANGE_COLUMNS = (
 )
 _HISTORY_DAYS = 56
 _QUARTER = timedelta(minutes=15)
+_MICRO = timedelta(microseconds=1)
+_MAX_BUDGET_DAYS = 3660
+"""How far a budget at this pace is forecast: a custom window can be years long."""
 _DAY = timedelta(days=1)
 
 
@@ -312,7 +315,7 @@ class ReportBuilder:
         month_actual = await self.daily(
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
-        budget_rows = await self._budget_forecasts(conn, now, today, horizon, tz)
+        budget_rows = await self._budget_forecasts(conn, now)
         if not history:
             empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
             why = (
@@ -327,16 +330,34 @@ class ReportBuilder:
             [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
         )
         spent_today = month_actual.get(today, Spend()).cost
-        months: dict[date, list[Decimal]] = {}
-        with exact_money():
-            for f in ahead:
-                month = f.day.replace(day=1)
-                sums = months.setdefault(month, [Decimal(0)] * 4)
-                for i, value in enumerate((f.expected, f.low, f.high), start=1):
-                    # the actual holds today so far: today adds only what it may still add
-                    sums[i] += max(value - spent_today, Decimal(0)) if f.day == today else value
         actual = functools.reduce(Spend.plus, month_actual.values(), Spend())
-        months[month_first][0] = actual.cost
+        by_month: dict[date, list[DayForecast]] = {}
+        for f in ahead:
+            by_month.setdefault(f.day.replace(day=1), []).append(f)
+        rows: list[tuple[Cell, ...]] = []
+        with exact_money():
+            for month, ahead_in_month in by_month.items():
+                a = actual.cost if month == month_first else Decimal(0)
+                # the actual holds today so far: today adds only what it may still add
+                expected = sum(
+                    (
+                        max(f.expected - spent_today, Decimal(0)) if f.day == today else f.expected
+                        for f in ahead_in_month
+                    ),
+                    Decimal(0),
+                )
+                # the total's own interval: its days are not all at their extremes at once
+                low, high = total_interval(history, [f.day for f in ahead_in_month], expected)
+                rows.append(
+                    (
+                        month,
+                        actual.priced_cost if month == month_first else a,
+                        actual.unpriced_requests if month == month_first else 0,
+                        a + expected,
+                        None if low is None else a + low,
+                        None if high is None else a + high,
+                    )
+                )
         periods = Table(
             "Per calendar month (each reset starts from zero)",
             (
@@ -347,17 +368,7 @@ class ReportBuilder:
                 "low_usd",
                 "high_usd",
             ),
-            [
-                (
-                    month,
-                    actual.priced_cost if month == month_first else a,
-                    actual.unpriced_requests if month == month_first else 0,
-                    a + expected,
-                    a + low,
-                    a + high,
-                )
-                for month, (a, expected, low, high) in months.items()
-            ],
+            rows,
         )
         return Report(
             "Spend projection",
@@ -592,11 +603,17 @@ class ReportBuilder:
             rows,
         )
 
-    async def _budget_forecasts(
-        self, conn: Connection, now: datetime, today: date, horizon: int, tz: tzinfo
-    ) -> Table:
+    async def _budget_forecasts(self, conn: Connection, now: datetime) -> Table:
+        """Each budget at this pace to its window's end (however far the report's days
+        reach), over the days of its own policy's zone, whatever zone the report counts
+        in: its window's bounds are their midnights, so its spend today and each day's
+        forecast fall inside it or outside it whole."""
         rows: list[tuple[Cell, ...]] = []
         for window, totals in await self._live_spend(conn, now):
+            tz = policy_zone(window.policy)
+            today = now.astimezone(tz).date()
+            last_day = (window.end - _MICRO).astimezone(tz).date()
+            days_left = min((last_day - today).days + 1, _MAX_BUDGET_DAYS)
             amount = totals.cost
             dimension = (
                 "total"
@@ -614,9 +631,8 @@ class ReportBuilder:
             else:
                 so_far = await self.daily(conn, dimension, key, today, 1, tz)
                 spent_today = so_far.get(today, Spend()).cost
-            for f in forecast(history, horizon) if history else []:
-                if local_midnight(f.day, tz) >= window.end:
-                    break  # the period resets: later spend counts against the next one
+            # to the window's last day: later spend counts against the next one
+            for f in forecast(history, days_left) if history else []:
                 if f.day == today:
                     running += max(f.expected - spent_today, Decimal(0))
                 else:

@@ -15,7 +15,7 @@ import typer
 from budget.periods import Period
 from budget.report_format import ExportFormat, Report
 from budget.reports import GROUPS, ReportGenerator
-from events.policy import known_zone
+from events.policy import iana_zone
 from events.queries import MAX_HISTORY_ROWS
 from projections.report_queries import rollup_dimension
 from services.cli_context import database_queries, query_time_option
@@ -51,7 +51,7 @@ OutputOption = Annotated[
 
 def _zone(name: str) -> str:
     try:
-        return known_zone(name)
+        return iana_zone(name)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 

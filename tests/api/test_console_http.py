@@ -39,6 +39,37 @@ def test_a_date_beyond_the_years_the_console_works_with_is_a_field_error(
     assert error in page.text, page.text
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/reports", {"kind": "trend", "tz": "Mars/Olympus"}),
+        ("/reports", {"kind": "summary", "tz": "localtime"}),
+        ("/history", {"since": "2026-01-01T00:00", "tz": "Mars/Olympus"}),
+    ],
+)
+def test_a_reader_zone_the_server_does_not_know_is_said_not_counted_as_utc(
+    browser: httpx.Client, path: str, params: dict[str, str]
+) -> None:
+    """The page names the reader's zone (its script fills it in): a report of UTC's days,
+    or typed times read in UTC, would pass for that zone's."""
+    page = browser.get(path, params=params)
+    assert page.status_code == 422, page.text
+    unknown = f"time zone {params['tz']!r} is not one this server knows"
+    assert unknown in html.unescape(page.text), page.text
+    if path == "/reports":
+        assert "<table" not in page.text  # no report of UTC's days
+
+
+def test_the_dashboards_days_and_months_say_they_are_utcs(browser: httpx.Client) -> None:
+    """It counts UTC's day and month (the reports count the reader's zone): a reader in
+    Tokyo must not take its "today" for hers."""
+    page = browser.get("/")
+    assert page.status_code == 200, page.text
+    for heading in ("Spend this month", "Spend today", "Unpriced calls this month"):
+        assert f'<h2>{heading} <span class="muted small">UTC</span></h2>' in page.text
+    assert "count UTC days and months" in page.text
+
+
 def test_a_custom_report_of_any_range_ignores_the_comparisons_window(
     browser: httpx.Client,
 ) -> None:

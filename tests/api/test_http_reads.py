@@ -123,6 +123,9 @@ def test_reports_count_the_days_of_the_zone_asked_for(viewer: httpx.Client, reco
     assert wrong.status_code == 422
     assert wrong.json()["detail"] == "query.tz: unknown time zone 'Mars/Olympus'; use an IANA name"
     assert wrong.json()["errors"][0]["field"] == "query.tz"
+    host_own = viewer.get("/api/v1/reports/trend", params={"tz": "localtime"})  # the server's
+    assert host_own.status_code == 422
+    assert host_own.json()["detail"].startswith("query.tz: time zone 'localtime' is this host's")
 
 
 def test_spend_by_scope_and_key(viewer: httpx.Client, recorded: str) -> None:

@@ -76,7 +76,12 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
         ("--output", "/no/such/dir/x.md"),
         ("--output", "/"),
     ],
-    "report trend": [("--days", "0"), ("--interval", "hourly"), ("--tz", "Nowhere")],
+    "report trend": [
+        ("--days", "0"),
+        ("--interval", "hourly"),
+        ("--tz", "Nowhere"),
+        ("--tz", "localtime"),
+    ],
     "report compare": [
         (
             "--current-start",

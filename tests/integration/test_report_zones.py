@@ -25,7 +25,7 @@ from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
 from projections.engine.projection import Applied, Connection
 from projections.registry import get_projection
-from projections.report_queries import ReportBuilder
+from projections.report_queries import ReportBuilder, Spend
 
 from support import apply_batch, catch_up, publish, query_service, usage_event
 
@@ -103,24 +103,23 @@ async def test_local_days_and_weeks_equal_the_sum_of_each_events_own_local_day(
     async with conn.transaction():
         await apply_batch(conn, reports, 1, [_applied(e) for e in events])
 
-    expected: dict[date, tuple[Decimal, int]] = {}
+    expected: dict[date, Spend] = {}
     for event in events:
         day = event.occurred_at.astimezone(tz).date()
         if first <= day < first + timedelta(days):
-            cost, count = expected.get(day, (Decimal(0), 0))
-            expected[day] = (cost + (event.cost or Decimal(0)), count + 1)
+            expected[day] = expected.get(day, Spend()).plus(Spend(event.cost or Decimal(0), 1))
     builder = ReportBuilder(conn)
     assert await builder.daily(conn, "project", project, first, days, tz) == expected
 
     monday = first - timedelta(first.weekday())
     weeks = [local_midnight(monday + timedelta(7 * n), tz) for n in range(days // 7 + 2)]
     by_week = await builder.spans(conn, "project", project, weeks)
-    for n, (cost, count) in enumerate(by_week):
+    for n, week in enumerate(by_week):
         start = monday + timedelta(7 * n)
         mine = [
             e for e in events if start <= e.occurred_at.astimezone(tz).date() < start + timedelta(7)
         ]
-        assert (cost, count) == (sum((e.cost or Decimal(0) for e in mine), Decimal(0)), len(mine))
+        assert week == Spend(sum((e.cost or Decimal(0) for e in mine), Decimal(0)), len(mine))
 
 
 @settings(

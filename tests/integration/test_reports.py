@@ -16,10 +16,19 @@ import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
+from budget.forecast import total_interval
 from budget.periods import Period
 from budget.report_format import ExportFormat
 from budget.reports import ReportGenerator
-from events import BudgetPolicy, BudgetScope, PolicySet, Topology, UsageRepriced, utc_now
+from events import (
+    BudgetPeriod,
+    BudgetPolicy,
+    BudgetScope,
+    PolicySet,
+    Topology,
+    UsageRepriced,
+    utc_now,
+)
 from projections.registry import get_projection
 
 from support import (
@@ -463,6 +472,111 @@ async def test_projection_forecasts_per_month_and_says_when_a_budget_runs_out(
         budget["projected_at_period_end_usd"],
     )
     assert any("method: least-squares" in note for note in report.notes)
+
+
+async def test_a_months_interval_is_its_totals_own_not_its_days_bounds_summed(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """28 days alternating $8 and $12: next month's 95 % interval is the total's (the
+    fit's prediction interval of the sum), narrower than the sum of its days' bounds,
+    which has every day at its extreme at once."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    history = [
+        usage_event(cost="8.00" if d % 2 else "12.00", at=today - timedelta(days=d, hours=-12))
+        for d in range(1, 29)
+    ]
+    await publish(nc, topology, history)
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=70)
+    days = report.tables[0].records()
+    [month, *_] = report.tables[1].records()[1:]  # the next month: whole, from zero
+    in_month = [d for d in days if d["day"].replace(day=1) == month["month"]]
+    assert len(in_month) >= 28
+    assert month["projected_total_usd"] == sum(d["expected_usd"] for d in in_month)
+    own = month["high_usd"] - month["projected_total_usd"]
+    summed = sum(d["high_usd"] - d["expected_usd"] for d in in_month)
+    assert 0 < own < summed, (own, summed)
+    paid = [(e.occurred_at.date(), e.cost or Decimal(0)) for e in reversed(history)]
+    _, high = total_interval(paid, [d["day"] for d in in_month], month["projected_total_usd"])
+    assert month["high_usd"] == high
+
+
+async def test_one_day_of_history_forecasts_no_interval(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """One day measures no spread: the days and months have no low or high (null, an empty
+    cell), never an interval of width 0."""
+    yesterday = utc_now().replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    await publish(nc, topology, [usage_event(cost="5.00", at=yesterday)])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    for table in report.tables[:2]:
+        for row in table.records():
+            assert (row["low_usd"], row["high_usd"]) == (None, None), row
+    assert report.tables[0].records()[1]["expected_usd"] == Decimal("5.00")
+    day = json.loads(report.to_json())["tables"][0]["rows"][1]
+    assert (day["low_usd"], day["high_usd"]) == (None, None)
+    assert "| 5.00 |  |  |" in report.export(ExportFormat.MARKDOWN)
+
+
+async def test_a_budget_at_this_pace_counts_the_days_of_its_policys_zone(
+    nc: Client,
+    db: str,
+    topology: Topology,
+    generator: ReportGenerator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daily $15 budget of Kiritimati (+14: its days run 10:00 to 10:00 UTC), read in a
+    UTC report at 11:00 UTC, an hour into its day: $10 a day (each at 05:00 UTC, on the
+    same day in both zones) and $1 so far. Its day ends at 10:00 UTC tomorrow, so at this
+    pace it ends at $10 and is not exhausted; counted in the report's UTC days, the rest
+    of today and all of tomorrow were added to it ($20, exhausted tomorrow)."""
+    day = datetime.combine(utc_now().date() - timedelta(days=2), datetime.min.time(), UTC)
+    now = day + timedelta(hours=11)
+    monkeypatch.setattr("projections.report_queries.utc_now", lambda: now)
+    policy = BudgetPolicy(
+        policy_id="kiritimati",
+        name="Kiritimati day",
+        period=BudgetPeriod.DAILY,
+        timezone="Pacific/Kiritimati",
+        limit_amount=Decimal(15),
+    )
+    paced = [usage_event(cost="10.00", at=day - timedelta(days=d, hours=-5)) for d in range(29)]
+    so_far = usage_event(cost="1.00", at=day + timedelta(hours=10, minutes=30))
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *paced, so_far])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=5)
+    [budget] = report.tables[2].records()
+    assert budget["period_end"] == day + timedelta(days=1, hours=10)
+    assert budget["spent_usd"] == Decimal("1.00")
+    assert budget["projected_at_period_end_usd"] == Decimal("10.00")
+    assert budget["exhausted_on"] is None
+
+
+async def test_a_budget_at_this_pace_is_forecast_to_its_windows_end(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A custom window of 50 days from today, $10 a day before it: at this pace it ends at
+    $500 and runs out ($300) on its 30th day, however few days the report forecasts (it
+    stopped at the report's last day: $10 times the days to the month's end, and no
+    exhaustion past them)."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    policy = BudgetPolicy(
+        policy_id="fifty-days",
+        name="Fifty days",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=50),
+        limit_amount=Decimal(300),
+    )
+    paced = [usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in (1, 2, 3)]
+    await publish(nc, topology, [PolicySet(occurred_at=utc_now(), policy=policy), *paced])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert budget["period_end"] == today + timedelta(days=50)
+    assert budget["projected_at_period_end_usd"] == Decimal("500.00")
+    assert budget["exhausted_on"] == today.date() + timedelta(days=29)
 
 
 async def test_exports_are_json_csv_and_markdown(

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from events.policy import iana_zone
 from services.api.problems import field_errors
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "form_data",
     "local_date",
     "local_datetime",
+    "reader_zone",
     "validate",
     "zone",
 ]
@@ -89,10 +91,25 @@ def zone(name: object) -> ZoneInfo:
     """The reader's zone (app.js fills the forms' ``tz`` field), UTC when absent or wrong."""
     if isinstance(name, str) and name:
         try:
-            return ZoneInfo(name)
+            return ZoneInfo(iana_zone(name))
         except (ZoneInfoNotFoundError, ValueError):
             pass
     return UTC
+
+
+def reader_zone(state: FormState) -> ZoneInfo:
+    """The zone of the form's ``tz`` field; one this server does not know fails the form:
+    counted in UTC instead, a report's days (or the times typed) would be UTC's while the
+    page names the reader's zone (say, one newer than the server's time zone database)."""
+    name = state.value("tz")
+    tz = zone(name)
+    if name and str(tz) != name:
+        state.fail(
+            FORM_ERROR,
+            f"time zone {name!r} is not one this server knows (an IANA name);"
+            " pick another in the Time zone menu",
+        )
+    return tz
 
 
 def local_datetime(text: str, tz: ZoneInfo) -> datetime | None:

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 
 from projections.history_pages import Cursor, HistoryFilter, history_page
-from services.api.console.forms import FORM_ERROR, FormState, local_datetime, zone
+from services.api.console.forms import FORM_ERROR, FormState, local_datetime, reader_zone
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
 from services.api.context import services
@@ -59,7 +59,7 @@ async def history(request: Request, _: Viewer) -> Response:
 
 
 def _filter(state: FormState) -> HistoryFilter:
-    tz = zone(state.value("tz"))
+    tz = reader_zone(state)
     bounds = {}
     for name in TIMES:
         try:

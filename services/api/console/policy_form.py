@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from functools import cache
 from typing import Any
-from zoneinfo import available_timezones
 
 from budget.policies import PolicyFieldError, settable_policy
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
+from events.policy import iana_zones
 from services.api.console.forms import FormState, local_datetime, validate, zone
 
 __all__ = ["ACTIONS", "FIELDS", "PERIODS", "SCOPES", "parse_policy", "policy_values", "zones"]
@@ -44,8 +44,8 @@ _LOCAL = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> shows
 
 @cache
 def zones() -> list[str]:
-    """IANA zone names for the form's suggestions (read from disk once)."""
-    return sorted(available_timezones())
+    """IANA zone names for the form's suggestions: those a policy may be set in."""
+    return sorted(iana_zones())
 
 
 def policy_values(policy: BudgetPolicy) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from budget.report_format import Report
 from events.queries import QueryFieldError, ReportQuery
 from services.api.console.charts import report_chart
-from services.api.console.forms import FORM_ERROR, FormState, local_date, validate, zone
+from services.api.console.forms import FORM_ERROR, FormState, local_date, reader_zone, validate
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
 from services.api.console.report_tables import shown_table
@@ -93,7 +93,7 @@ def _typed(request: Request) -> dict[str, str]:
 def _query(state: FormState) -> ReportQuery | None:
     if state.value("kind") not in dict(KINDS):
         state.fail("kind", "pick one of the reports listed")
-    tz = zone(state.value("tz"))
+    tz = reader_zone(state)
     comparison = state.value("kind") == "comparison"
     dates: dict[str, datetime | None] = {}
     # A comparison's own window is no other report's: typed, hidden or defaulted, it is

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
 
 from budget.report_format import ExportFormat, to_answer
-from events.policy import known_zone
+from events.policy import iana_zone
 from events.queries import QueryFieldError, QueryTime, ReportAnswer, ReportQuery
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
@@ -56,7 +56,7 @@ async def report(
     ] = "UTC",
 ) -> Response:
     try:
-        zone = known_zone(tz)
+        zone = iana_zone(tz)
     except ValueError as exc:
         raise _problem("tz", exc) from None
     try:
