@@ -123,7 +123,8 @@ async def as_host(nats_url: str, user: str, password: str) -> list[str]:
         topology = Topology(prefix="budget")
         asked = topology.rpc_subject(QUERY_POLICIES, caller=user)
         answer = await nc.request(asked, PoliciesQuery().model_dump_json().encode(), timeout=10)
-        await nc.jetstream().publish(topology.event_subject(UsageRecorded.SUBJECT), b"not JSON")
+        own = topology.event_subject(UsageRecorded.SUBJECT, publisher=user)  # a host's only
+        await nc.jetstream().publish(own, b"not JSON")
     finally:
         await nc.close()
     return [p.policy_id for p in PoliciesAnswer.model_validate_json(answer.data).policies]
