@@ -37,6 +37,7 @@ from projections.engine.rebuild import Progress, rebuild
 from projections.engine.runner import EngineConfig, Retired, Systemic
 from projections.queries import projection_status, spend_for_period
 from projections.registry import GROUPS, PROJECTIONS, get_projection, worker_projections
+from projections.windows import priced_cost
 from services.cli_alerts import alerts_app
 from services.cli_context import (
     load_checked_settings,
@@ -386,7 +387,8 @@ def spend(
         typer.echo(f"{'scope':<9} {'key':<28} {'cost USD':>14} {'requests':>9} {'unpriced':>8}")
         for r in rows:
             # A key whose every call was unpriced has no amount (its sum is 0), never "0.00".
-            cost = "unpriced" if r.unpriced_requests == r.requests else shown_money(r.cost)
+            priced = priced_cost(r.cost, r.requests, r.unpriced_requests)
+            cost = "unpriced" if priced is None else shown_money(priced)
             typer.echo(
                 f"{r.scope:<9} {r.scope_key[:28]:<28} {cost:>14} {r.requests:>9}"
                 f" {r.unpriced_requests:>8}"
