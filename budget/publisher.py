@@ -118,7 +118,9 @@ class EventPublisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.spool = Spool(config.spool_dir)
-        self._spooling = SpoolWriter(self.spool, linger=config.linger, after_commit=self._settled)
+        self._spooling = SpoolWriter(
+            self.spool, linger=config.linger, after_commit=self._after_spool_commit
+        )
         self._nc: Client | None = None
         self._inbox = ""
         self._next = 0
@@ -496,6 +498,16 @@ class EventPublisher:
     async def _on_connected(self) -> None:
         """Re-send the spool, and send what waits in memory for a failing spool."""
         self._resend_now.set()
+        self._send_what_the_spool_could_not_take()
+
+    def _after_spool_commit(self) -> None:
+        # A connection made while a failing commit holds the events takes none back:
+        # after each failed commit, they are offered to NATS again.
+        if self.connected:
+            self._send_what_the_spool_could_not_take()
+        self._settled()
+
+    def _send_what_the_spool_could_not_take(self) -> None:
         taken = self._spooling.take_back()
         for item in taken:
             self._enqueue(item, spooled=False)

@@ -3,9 +3,12 @@ each event is stored once in the end, and none is lost on the way."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -313,6 +316,51 @@ async def test_with_no_usable_spool_directory_events_wait_in_memory_until_nats_i
 
     async def all_sent() -> bool:
         """the events waiting in memory were sent once NATS was up"""
+        return len(await stored_event_ids(embedded_nats.url, private_log)) == len(events)
+
+    await wait_for(all_sent)
+    await publisher.close()
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_events_a_failing_spool_holds_when_nats_comes_back_are_sent_after_that_commit(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+) -> None:
+    """NATS comes back while a commit to a failing spool holds the events waiting in
+    memory (so connecting takes none of them back): once that commit fails, they are sent,
+    not left to a spool that keeps failing until the next reconnection."""
+    events = varied_events(5)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, private_log, blocker / "spool")
+    committing, reconnected = threading.Event(), threading.Event()
+    failing_update = publisher.spool.update
+
+    def update_once_reconnected(**changes: Any) -> None:
+        committing.set()
+        reconnected.wait(timeout=60)
+        failing_update(**changes)
+
+    publisher.spool.update = update_once_reconnected  # type: ignore[method-assign]
+    await publisher.start()
+    for event in events:
+        await publisher.publish(event)
+    assert await asyncio.to_thread(committing.wait, 30), "no commit to the spool began"
+    embedded_nats.start()
+
+    async def publisher_connected() -> bool:
+        """the publisher connected to NATS again"""
+        return publisher.connected
+
+    await wait_for(publisher_connected)
+    reconnected.set()
+
+    async def all_sent() -> bool:
+        """the events the failing commit held were sent"""
         return len(await stored_event_ids(embedded_nats.url, private_log)) == len(events)
 
     await wait_for(all_sent)
