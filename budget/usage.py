@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -283,7 +283,6 @@ def usage_from_response(obj: object) -> Usage:
     )
 
 
-_MEDIA = {"AUDIO": "audio", "IMAGE": "image", "VIDEO": "video"}
 _DETAILS = (
     "prompt_tokens_details",
     "completion_tokens_details",
@@ -295,7 +294,62 @@ _DETAILS = (
 )
 
 
-def modality_tokens(obj: object) -> dict[str, int]:
+def _details_list(side_key: str, medium: str) -> Callable[[object], int]:
+    """Gemini's per-modality counts: ``[{modality, token_count}, ...]`` under ``side_key``."""
+
+    def read(usage: object) -> int:
+        details = _get(usage, side_key)
+        total = 0
+        for detail in details if _is_list(details) else ():
+            modality = _get(detail, "modality")
+            if str(getattr(modality, "value", modality)).upper() == medium.upper():
+                total += _num(detail, "token_count")
+        return total
+
+    return read
+
+
+def _details_count(*paths: tuple[str, str]) -> Callable[[object], int]:
+    """A count at the first of ``paths`` (``(details, count)``) whose details are an object,
+    not Gemini's list; 0 if none."""
+
+    def read(usage: object) -> int:
+        for key, count in paths:
+            if not _is_list(_get(usage, key)) and (found := _num(usage, key, count)):
+                return found
+        return 0
+
+    return read
+
+
+def _sum(*readers: Callable[[object], int]) -> Callable[[object], int]:
+    return lambda usage: sum(read(usage) for read in readers)
+
+
+_MEDIA_READERS: dict[str, Callable[[object], int]] = {
+    "1-hour cache write": lambda u: _num(u, "cache_creation", "ephemeral_1h_input_tokens"),
+    "web search": lambda u: _num(u, "server_tool_use", "web_search_requests"),
+    "input audio": _sum(
+        # OpenAI chat's, and its transcriptions' (input_token_details)
+        _details_count(
+            ("input_token_details", "audio_tokens"), ("prompt_tokens_details", "audio_tokens")
+        ),
+        _details_list("prompt_tokens_details", "audio"),
+    ),
+    "output audio": _details_count(("completion_tokens_details", "audio_tokens")),
+    # OpenAI's image generation and edits: the images given to edit, in the input tokens.
+    "input image": _sum(
+        _details_count(("input_tokens_details", "image_tokens")),
+        _details_list("prompt_tokens_details", "image"),
+    ),
+    "input video": _details_list("prompt_tokens_details", "video"),
+    "output image": _details_list("candidates_tokens_details", "image"),
+    "output video": _details_list("candidates_tokens_details", "video"),
+}
+"""How each kind of usage ``modality_tokens`` knows is read, in the order reasons list them."""
+
+
+def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[str, int]:
     """What a provider's usage object (or a response holding one) counts that ``Usage``
     has no class for, and a model may price apart (``RateCard.apart``): tokens that are
     not text, by side and medium (``"input audio"``, ``"output image"``, ...: ``Usage``
@@ -303,36 +357,15 @@ def modality_tokens(obj: object) -> dict[str, int]:
     ``input_token_details.audio_tokens`` and an image edit's
     ``input_tokens_details.image_tokens``, Gemini's per-modality counts), Anthropic's
     ``"1-hour cache write"`` tokens (counted as cache writes) and ``"web search"``
-    requests."""
-    found: dict[str, int] = {}
+    requests. Given ``media`` (what a rate card prices apart), only those are read: every
+    call of such a model pays for the look, and reading them all takes ~40 lookups."""
     usage = _with_details(obj)
     if usage is None:
-        return found
-    for name, path in (
-        ("1-hour cache write", ("cache_creation", "ephemeral_1h_input_tokens")),
-        ("web search", ("server_tool_use", "web_search_requests")),
-    ):
-        if count := _num(usage, *path):
+        return {}
+    found = {}
+    for name, read in _MEDIA_READERS.items():
+        if (media is None or name in media) and (count := read(usage)):
             found[name] = count
-    for side, key in (
-        ("input", "prompt_tokens_details"),
-        ("input", "input_token_details"),  # OpenAI's transcriptions
-        ("output", "completion_tokens_details"),
-    ):
-        audio = _num(usage, key, "audio_tokens") if not _is_list(_get(usage, key)) else 0
-        if audio:
-            found[f"{side} audio"] = audio
-    # OpenAI's image generation and edits: the images given to edit, in the input tokens.
-    if images := _num(usage, "input_tokens_details", "image_tokens"):
-        found["input image"] = images
-    for side, key in (("input", "prompt_tokens_details"), ("output", "candidates_tokens_details")):
-        details = _get(usage, key)
-        for detail in details if _is_list(details) else ():
-            modality = _get(detail, "modality")
-            medium = _MEDIA.get(str(getattr(modality, "value", modality)).upper())
-            tokens = _num(detail, "token_count")
-            if medium is not None and tokens:
-                found[f"{side} {medium}"] = found.get(f"{side} {medium}", 0) + tokens
     return found
 
 

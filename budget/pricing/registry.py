@@ -57,7 +57,8 @@ class PricingRegistry(SeedApi):
         if isinstance(hit, Unpriced):
             return hit
         if raw_usage is not None and (hit.modal or hit.service_tiers):
-            apart = hit.apart(modality_tokens(raw_usage), service_tier(raw_usage))
+            media = modality_tokens(raw_usage, hit.modal) if hit.modal else {}
+            apart = hit.apart(media, service_tier(raw_usage))
             if apart is not None:
                 return apart
         return hit.cost(usage)

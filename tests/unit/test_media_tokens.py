@@ -105,6 +105,16 @@ def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
     assert modality_tokens(ANTHROPIC_5M_CACHE) == {}
 
 
+def test_given_the_media_a_card_prices_apart_only_those_are_read() -> None:
+    """A rate card asks only for what it prices apart (every call of its model pays for
+    the look); what it reads is what the full look finds of those."""
+    assert modality_tokens(OPENAI_AUDIO, {"output audio"}) == {"output audio": 800}
+    assert modality_tokens(OPENAI_AUDIO, {"web search"}) == {}
+    assert modality_tokens(ANTHROPIC_1H_CACHE_AND_SEARCHES, {"web search"}) == {"web search": 100}
+    assert modality_tokens(GEMINI_AUDIO, {"input audio", "input image"}) == {"input audio": 1000}
+    assert modality_tokens(OPENAI_IMAGE_EDIT, frozenset()) == {}
+
+
 @pytest.mark.parametrize(
     ("model", "usage", "medium"),
     [
