@@ -210,7 +210,9 @@ class Lifecycle:
         self.provider = provider
         self.attribution = attribution
         self.refusal = refusal
-        self._tracker = tracker
+        self._given = tracker
+        self._process: UsageTracker | None = None
+        """The process's tracker (``get_usage_tracker``) as last found, when none is given."""
         self._input_rates: dict[tuple[str, int], Decimal | None] = {}
 
     def attribution_for(self, kwargs: MutableMapping[str, Any]) -> Attribution:
@@ -221,14 +223,28 @@ class Lifecycle:
         return self.attribution.under(scoped).under(call)
 
     async def tracker(self) -> UsageTracker:
-        if self._tracker is None:
-            self._tracker = await get_usage_tracker()
-        return self._tracker
+        tracker = self._known_tracker()
+        if tracker is None:
+            tracker = self._process = await get_usage_tracker()
+        return tracker
 
     def tracker_sync(self) -> UsageTracker:
-        if self._tracker is None:
-            self._tracker = _background.run(get_usage_tracker())
-        return self._tracker
+        tracker = self._known_tracker()
+        if tracker is None:
+            tracker = self._process = _background.run(get_usage_tracker())
+        return tracker
+
+    def _known_tracker(self) -> UsageTracker | None:
+        """The given tracker, else the process's as last found while its loop lives; None
+        when it must be asked for: after an ``asyncio.run`` ended the loop it was started
+        on, the process has a new one on the running loop, and the old one records
+        nothing (its loop can run nothing more)."""
+        if self._given is not None:
+            return self._given
+        process = self._process
+        if process is None or (process.loop is not None and process.loop.is_closed()):
+            return None
+        return process
 
     async def begin(self, plan: Plan, attribution: Attribution) -> Call:
         """Check the budget (raising the refusal); the admitted call."""
