@@ -14,8 +14,11 @@ then: the enforcer is up and has said to slow down.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -45,7 +48,7 @@ from events.rpc import (
 )
 from events.usage import exact_money
 
-__all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded"]
+__all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded", "answer_or_release"]
 
 log = logging.getLogger(__name__)
 _CLOCK_LOG_EVERY = 60.0
@@ -74,6 +77,29 @@ class BudgetCheckFailed(BudgetExceeded):
     """The call was refused because it could not be checked (the enforcer unreachable,
     a model without a price under a BLOCK policy), not because a budget was exceeded; the
     reason says which. A ``BudgetExceeded``, so handlers of refusals keep working."""
+
+
+async def answer_or_release(
+    checking: asyncio.Future[CheckResult], release: Callable[[str], object]
+) -> CheckResult:
+    """``checking``'s answer. Cancelled while it is on its way (a client gone, a timeout
+    around the call), the caller never makes its call: the reservation the answer makes
+    is given to ``release`` once it arrives, not held against the budget till it expires."""
+    try:
+        return await asyncio.shield(checking)
+    except asyncio.CancelledError:
+        checking.add_done_callback(functools.partial(_release_reserved, release))
+        raise
+
+
+def _release_reserved(
+    release: Callable[[str], object], checking: asyncio.Future[CheckResult]
+) -> None:
+    if checking.cancelled() or checking.exception() is not None:
+        return
+    reservation_id = checking.result().reservation_id
+    if reservation_id is not None:
+        release(reservation_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +134,8 @@ class BudgetChecker:
         self._logged_past_limit: set[tuple[str, datetime, _CacheKey]] = set()
         self._retry_times = RetryTimes()
         self._clock_logged = -_CLOCK_LOG_EVERY
+        self._releasing: set[asyncio.Task[None]] = set()
+        """Releases of reservations whose check was cancelled (``answer_or_release``)."""
 
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on."""
@@ -265,8 +293,11 @@ class BudgetChecker:
                 reserve=reserve,
                 ttl_seconds=ttl_seconds,
             )
+            asking = asyncio.ensure_future(
+                self._ask(RPC_CHECK, request, CheckResult, caller=caller)
+            )
             try:
-                answer = await self._ask(RPC_CHECK, request, CheckResult, caller=caller)
+                answer = await answer_or_release(asking, self._release_later)
             except Throttled as exc:
                 return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
             except RpcFailure as exc:
@@ -293,6 +324,12 @@ class BudgetChecker:
             await self.release_reporting(reservation_id)
         except RpcFailure as exc:
             log.warning("could not release reservation %s (%s); it expires", reservation_id, exc)
+
+    def _release_later(self, reservation_id: str) -> None:
+        """``release`` in a task of its own (from a callback of the loop)."""
+        task = asyncio.get_running_loop().create_task(self.release(reservation_id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def release_reporting(self, reservation_id: str, *, caller: str | None = None) -> int:
         """``release``, telling how many holds were dropped (0: already settled, released

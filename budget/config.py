@@ -7,7 +7,7 @@ import hashlib
 import ipaddress
 import os
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from email.utils import parseaddr
@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from budget.policies import PolicyFieldError, settable_policy
 from budget.pricing.overrides import PriceOverride
 from budget.redaction import SECRET_TEXT, holds_secret, protect, redact
 from events import BudgetPolicy, TimeBounds, Topology
@@ -466,7 +467,7 @@ def load_settings(
         raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
     values.update({field: environ[var] for var, field in ENV_VARS.items() if var in environ})
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
@@ -488,6 +489,22 @@ def load_settings(
         got = "" if hidden else f" (got {given!r})"
         message = err["msg"].removeprefix("Value error, ")  # a validator's own words
         raise ConfigError(redact(f"{where}: {message}{got}")) from None
+    _check_settable(settings.policies, path)
+    return settings
+
+
+def _check_settable(policies: Sequence[BudgetPolicy], path: Path) -> None:
+    """``ConfigError`` for the first configured policy that may not be set (``settable_policy``:
+    a zone ``ZoneInfo`` loads but no IANA name, such as ``localtime``, or an empty key),
+    as the API and CLI refuse it."""
+    for index, policy in enumerate(policies):
+        try:
+            settable_policy(policy)
+        except PolicyFieldError as exc:
+            given = getattr(policy, exc.field)
+            raise ConfigError(
+                f"budget_policies[{index}].{exc.field} in {path}: {exc.message} (got {given!r})"
+            ) from None
 
 
 def setting_source(

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo
 
-from budget.config import Settings
 from budget.periods import UTC, Period, period_bounds
 from budget.pricing.genai import canonical_model, canonical_provider
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import GLOBAL_SCOPE_KEY, iana_zone
+
+if TYPE_CHECKING:
+    from budget.config import Settings
 
 __all__ = [
     "DEFAULT_USER_POLICY_ID",

@@ -76,12 +76,13 @@ STAGED_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 """(column, SQL type) of ``usage_batch``. ``provider`` and ``model`` are the event's, as
 its producer spelt them; ``provider_key`` and ``model_key`` are their keys
-(``budget.policies.canonical_key``: "OpenAI" is "openai", "GPT-4o" is "gpt-4o"), which
+(``budget.policies.canonical_key``: "OpenAI" is "openai", "GPT-4o" is "gpt-4o",
+"models/gemini-2.0-flash" is "gemini-2.0-flash"), which
 every count and filter by provider or model uses, as provider and model policies match
 them. Computed here, by the consumers, so usage counts under one key whichever producer
 published it (the Node.js example, any NATS client, not only the Python tracker)."""
 KEYS = (
-    "model_key: canonical_model (stripped, lower-cased);"
+    "model_key: canonical_model (stripped, lower-cased, less Google's resource path);"
     " provider_key: canonical_provider (the price data's provider id)"
 )
 """How staged rows key what the events do not say: a release that keys otherwise changes

@@ -61,7 +61,7 @@ from projections.policies import PoliciesProjection, load_policies
 from projections.windows import window_sums
 from services import replies, reservations
 from services.fair_queue import FairQueue
-from services.limits import CallerLimits, LimitedRequests
+from services.limits import CallerLimits, LimitedRequests, asker_waits
 from services.liveness import Liveness
 from services.metrics import CHECK_SECONDS, CHECKS, RESERVATIONS_OPEN
 from services.replies import UNAVAILABLE, Handler, error_reply, send
@@ -102,7 +102,14 @@ class _Pending:
     request: CheckRequest
     reply: str
     caller: str
+    waits: float | None = None
+    """Seconds its asker waits for the answer from sending it (``asker_waits``)."""
     arrived: float = field(default_factory=time.perf_counter)
+
+    def given_up(self) -> bool:
+        """Whether its asker has surely stopped waiting: the time it said it waits has
+        passed since the request arrived here (later than it was sent)."""
+        return self.waits is not None and time.perf_counter() - self.arrived > self.waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +236,7 @@ class Enforcer:
         healthy) is counted here."""
 
         async def enqueue(request: CheckRequest, msg: Msg) -> None:
-            self._queue.put(caller, _Pending(request, msg.reply, caller))
+            self._queue.put(caller, _Pending(request, msg.reply, caller, asker_waits(msg)))
 
         answered = await replies.answer(
             self.nc, msg, CheckRequest, enqueue, service=SERVICE, liveness=self.liveness
@@ -329,10 +336,33 @@ class Enforcer:
         self._limits.done(pending.caller)
         CHECKS.labels(_outcome(answer)).inc()
         CHECK_SECONDS.observe(time.perf_counter() - pending.arrived)
+        if isinstance(answer, CheckResult) and answer.reservation_id and pending.given_up():
+            # Nobody would hear of the reservation (nor settle or release it): it would
+            # hold budget until it expired.
+            await self._release_unheard(pending, answer.reservation_id)
+            return
         try:
             await send(self.nc, pending.reply, answer)
         except Exception as exc:  # the asker hears nothing and times out; the loop goes on
             log.warning("enforcer could not send an answer: %s", exc)
+
+    async def _release_unheard(self, pending: _Pending, reservation_id: str) -> None:
+        """Release what was reserved for a request whose asker stopped waiting before its
+        answer was ready (the answer is not sent: it would admit a call holding nothing)."""
+        log.warning(
+            "enforcer: caller %r stopped waiting (%.3fs) before its check was decided;"
+            " reservation %s released",
+            pending.caller,
+            pending.waits,
+            reservation_id,
+        )
+        try:
+            async with self._aux_connection() as aux:
+                await reservations.release(aux, reservation_id, caller=pending.caller)
+        except (psycopg.Error, OSError) as exc:
+            log.warning(
+                "enforcer could not release reservation %s (%s); it expires", reservation_id, exc
+            )
 
     async def decide(self, pending: list[_Pending]) -> list[CheckResult]:
         """Judge ``pending``; holds of admitted requests are committed when this returns.

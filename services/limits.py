@@ -34,7 +34,7 @@ from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 from services.fair_queue import FairQueue
 from services.replies import answerable, send
 
-__all__ = ["CallerLimits", "LimitedRequests", "Refusal"]
+__all__ = ["CallerLimits", "LimitedRequests", "Refusal", "asker_waits"]
 
 log = logging.getLogger(__name__)
 
@@ -312,15 +312,22 @@ class LimitedRequests:
                 log.exception("%s could not send a refusal", self.service)
 
 
+def asker_waits(msg: Msg) -> float | None:
+    """The seconds the asker of ``msg`` said it waits for the answer from sending it
+    (``TIME_LEFT``); None when it did not say, or said no number."""
+    told = (msg.headers or {}).get(TIME_LEFT)
+    if told is None:
+        return None
+    try:
+        left = float(told)
+    except ValueError:
+        return None
+    return left if left == left else None  # NaN
+
+
 def _time_left(msg: Msg) -> float:
     """How long the asker of ``msg`` waits from its arrival, less a margin for the way
     back, but at least ``_MIN_HOLD`` (a caller cannot ask to be answered at once);
     ``_MAX_HOLD`` when it does not say."""
-    told = (msg.headers or {}).get(TIME_LEFT)
-    if told is None:
-        return _MAX_HOLD
-    try:
-        left = float(told)
-    except ValueError:
-        return _MAX_HOLD
-    return max(_MIN_HOLD, left * 0.8 - _MARGIN) if left == left else _MAX_HOLD  # NaN
+    left = asker_waits(msg)
+    return _MAX_HOLD if left is None else max(_MIN_HOLD, left * 0.8 - _MARGIN)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from budget.checks import BudgetExceeded
+from budget.checks import BudgetExceeded, answer_or_release
 from budget.disabled import DisabledPublisher
 from budget.periods import quarter_hour_number
 from budget.pricing import Priced
@@ -210,7 +210,9 @@ class Lifecycle:
         self.provider = provider
         self.attribution = attribution
         self.refusal = refusal
-        self._tracker = tracker
+        self._given = tracker
+        self._process: UsageTracker | None = None
+        """The process's tracker (``get_usage_tracker``) as last found, when none is given."""
         self._input_rates: dict[tuple[str, int], Decimal | None] = {}
 
     def attribution_for(self, kwargs: MutableMapping[str, Any]) -> Attribution:
@@ -221,14 +223,28 @@ class Lifecycle:
         return self.attribution.under(scoped).under(call)
 
     async def tracker(self) -> UsageTracker:
-        if self._tracker is None:
-            self._tracker = await get_usage_tracker()
-        return self._tracker
+        tracker = self._known_tracker()
+        if tracker is None:
+            tracker = self._process = await get_usage_tracker()
+        return tracker
 
     def tracker_sync(self) -> UsageTracker:
-        if self._tracker is None:
-            self._tracker = _background.run(get_usage_tracker())
-        return self._tracker
+        tracker = self._known_tracker()
+        if tracker is None:
+            tracker = self._process = _background.run(get_usage_tracker())
+        return tracker
+
+    def _known_tracker(self) -> UsageTracker | None:
+        """The given tracker, else the process's as last found while its loop lives; None
+        when it must be asked for: after an ``asyncio.run`` ended the loop it was started
+        on, the process has a new one on the running loop, and the old one records
+        nothing (its loop can run nothing more)."""
+        if self._given is not None:
+            return self._given
+        process = self._process
+        if process is None or (process.loop is not None and process.loop.is_closed()):
+            return None
+        return process
 
     async def begin(self, plan: Plan, attribution: Attribution) -> Call:
         """Check the budget (raising the refusal); the admitted call."""
@@ -242,30 +258,16 @@ class Lifecycle:
             checking = asyncio.ensure_future(check)
         else:  # a tracker another loop (another thread) started
             checking = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(check, tracker.loop))
-        try:
-            # Shielded: cancelled while the enforcer reserves for it, the call is not made,
-            # and what the answer reserved is given back as it arrives, not held till expiry.
-            result = await asyncio.shield(checking)
-        except asyncio.CancelledError:
-            checking.add_done_callback(
-                functools.partial(self._release_unused, tracker, plan, attribution)
-            )
-            raise
+        # Also here: an answer from another loop may be on its way when this one cancels.
+        release = functools.partial(self._release_unused, tracker, plan, attribution)
+        result = await answer_or_release(checking, release)
         return self._admitted(tracker, plan, attribution, result)
 
     def _release_unused(
-        self,
-        tracker: UsageTracker,
-        plan: Plan,
-        attribution: Attribution,
-        checking: asyncio.Future[CheckResult],
+        self, tracker: UsageTracker, plan: Plan, attribution: Attribution, reservation_id: str
     ) -> None:
         """Release the reservation of a check whose call was cancelled."""
-        if checking.cancelled() or checking.exception() is not None:
-            return
-        reservation_id = checking.result().reservation_id
-        if reservation_id is not None:
-            Call(tracker, self.provider, plan, attribution, reservation_id).release()
+        Call(tracker, self.provider, plan, attribution, reservation_id).release()
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
         """``begin`` from a sync client's thread: answered there when the caches can (no

@@ -30,7 +30,6 @@ __all__ = [
     "find_model",
     "loaded",
     "misspelled_provider",
-    "model_key",
     "provider_ids",
     "provider_models",
     "providers_serving",
@@ -90,18 +89,6 @@ def canonical_provider(name: str) -> str:
     return found.id if found is not None else key
 
 
-def canonical_model(name: str) -> str:
-    """A model's key: "GPT-4o" -> "gpt-4o". Every pricing layer (genai-prices too) finds a
-    model by this key (``model_key``: less Google's resource path), and spend is counted,
-    policies matched and filters applied by it, so a name is one model however a caller
-    cases it (the recorded event keeps the caller's spelling). ``lower()``, not
-    ``casefold()``: the key must be exactly what prices are found by, and genai-prices
-    lower-cases; casefold would also merge names no price lookup merges ("ß" and "ss").
-    No provider serves two models whose names differ only in case. A name of only
-    spaces has the empty key: no model."""
-    return name.strip().lower()
-
-
 # Google's resource names for a model (the Gemini API's "models/gemini-2.5-pro", Vertex
 # AI's "publishers/google/models/..." and "projects/p/locations/l/publishers/google/models/
 # ..."), which its SDK accepts and no price data spells. Not other "models/" paths:
@@ -109,13 +96,22 @@ def canonical_model(name: str) -> str:
 _GOOGLE_RESOURCE = re.compile(r"(?:projects/[^/]+/locations/[^/]+/)?(?:publishers/google/)?models/")
 
 
-def model_key(name: str) -> str:
-    """The id the price layers find a model by: its key (``canonical_model``) without
-    Google's resource path (such a call was unpriced, or missed an alias and got another
-    model's price)."""
-    key = canonical_model(name)
-    found = _GOOGLE_RESOURCE.match(key)
-    return key[found.end() :] if found else key
+@lru_cache(maxsize=1024)
+def canonical_model(name: str) -> str:
+    """A model's key: "GPT-4o" -> "gpt-4o", "models/gemini-2.0-flash" -> "gemini-2.0-flash".
+    Every pricing layer (genai-prices too) finds a model by this key, and spend is counted,
+    policies matched and filters applied by it, so a name is one model however a caller
+    cases it or whether it names it by Google's resource path (the recorded event keeps the
+    caller's spelling). ``lower()``, not ``casefold()``: the key must be exactly what
+    prices are found by, and genai-prices lower-cases; casefold would also merge names no
+    price lookup merges ("ß" and "ss"). No provider serves two models whose names differ
+    only in case. A name of only spaces (or only a resource path) has the empty key: no
+    model."""
+    key = name.strip().lower()
+    # Until none is left, so that a key is its own key ("models/ models/x" is "x").
+    while found := _GOOGLE_RESOURCE.match(key):
+        key = key[found.end() :].strip()
+    return key
 
 
 def misspelled_provider(name: str) -> str | None:

@@ -73,7 +73,7 @@ class PricingRegistry(SeedApi):
         """The rate card for ``model`` at ``at`` and whether it holds for the whole UTC day."""
         day = (at if at.tzinfo is None else at.astimezone(UTC)).date()
         pid = genai.canonical_provider(provider) if provider else None
-        name = genai.model_key(model)
+        name = genai.canonical_model(model)
         alias = MODEL_ALIASES.get(name)
         target = alias if alias and pid in (None, alias[0]) else (pid, name)
         found = genai.find_model(*target)
@@ -81,7 +81,7 @@ class PricingRegistry(SeedApi):
         in_force = [
             (i, override)
             for i, override in enumerate(self.overrides)
-            if genai.model_key(override.model) in names
+            if genai.canonical_model(override.model) in names
             and pid in (None, genai.canonical_provider(override.provider))
             and override.active_on(day)
         ]
@@ -119,9 +119,9 @@ class PricingRegistry(SeedApi):
         return self._providers[model]
 
     def _find_provider(self, model: str) -> str | None:
-        name = genai.model_key(model)
+        name = genai.canonical_model(model)
         for override in self.overrides:
-            if genai.model_key(override.model) == name:
+            if genai.canonical_model(override.model) == name:
                 return genai.canonical_provider(override.provider)
         alias = MODEL_ALIASES.get(name)
         if alias is not None:

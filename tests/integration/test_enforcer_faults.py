@@ -15,6 +15,7 @@ from nats.aio.client import Client
 
 from events import Topology
 from events.rpc import CheckResult
+from projections.db import connect
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
 from support import budget_process, rows, wait_for
@@ -108,3 +109,31 @@ async def test_enforcer_killed_under_load_loses_and_doubles_nothing(
         # settled holds are gone; what is left was reserved for requests that timed out
         orphans = {r for (r,) in await rows(db, "SELECT reservation_id FROM reservation_holds")}
         assert not orphans & set(admitted) and len(orphans) <= unanswered
+
+
+async def test_what_is_reserved_for_a_check_nobody_waits_for_any_more_is_released(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """The enforcer slowed past the time a tracker waits (its holds' table locked): the
+    check fails closed, and the hold the enforcer then makes for it, which no one would
+    settle or release, is released rather than held against the limit until it expires."""
+    settings = stack_settings(nats_url, db, topology, tmp_path, enforcer_timeout=1.0)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(limit_amount="10", action="block")
+        await stack.enforcer_applies_policies()
+        blocker = await connect(db)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE reservation_holds IN EXCLUSIVE MODE")
+                unchecked = await stack.tracker.check_budget(
+                    "gpt-4o", user_id="u1", estimated_cost=DIME
+                )
+        finally:
+            await blocker.close()
+        assert not unchecked.allowed and "enforcer unavailable" in unchecked.reason
+        # One decision loop: this check is answered once the first one's batch is done.
+        later = await stack.tracker.check_budget(
+            "gpt-4o", user_id="u2", estimated_cost=DIME, reserve=False
+        )
+        assert later.allowed and later.reservation_id is None
+        assert await stack.holds() == []

@@ -36,6 +36,14 @@ DIME = Decimal("0.10")
 AT = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 # The spellings of one model, as three producers sent them.
 SPELLINGS = ("GPT-4o", "gpt-4o", "GPT-4O")
+# Google's resource names of one model (google-genai's, Vertex AI's) and its bare name.
+GOOGLE_SPELLINGS = (
+    "models/gemini-2.0-flash",
+    "gemini-2.0-flash",
+    "publishers/google/models/Gemini-2.0-Flash",
+)
+# (provider, the model's key, its spellings)
+SPELT_MODELS = [("openai", "gpt-4o", SPELLINGS), ("google", "gemini-2.0-flash", GOOGLE_SPELLINGS)]
 
 
 async def test_a_model_policy_refuses_the_model_however_calls_case_it(
@@ -103,19 +111,21 @@ async def test_a_model_policy_set_or_stored_in_another_case_applies(
     await wait_for(applies, within=10)
 
 
-def spelt_events() -> tuple[list[object], Decimal]:
-    """Calls of one model in each spelling (and another model), one of them repriced
-    (its correction repeats the spelling), and what the model costs after it."""
+def spelt_events(provider: str, spellings: tuple[str, ...]) -> tuple[list[object], Decimal]:
+    """Calls of one model of ``provider`` in each spelling (and another model), one of them
+    repriced (its correction repeats the spelling), and what the model costs after it."""
     calls = [
-        usage_event(cost=cost, at=AT + timedelta(minutes=i), model=model, user=f"user-{i}")
-        for i, (cost, model) in enumerate(zip(("0.10", "0.20", "0.30"), SPELLINGS, strict=True))
+        usage_event(
+            cost=cost, at=AT + timedelta(minutes=i), model=model, provider=provider, user=f"u{i}"
+        )
+        for i, (cost, model) in enumerate(zip(("0.10", "0.20", "0.30"), spellings, strict=True))
     ]
     other = usage_event(cost="0.05", at=AT, model="o3")
     fix = UsageRepriced(
         occurred_at=AT + timedelta(hours=1),
         corrects=calls[2].event_id,
-        provider="openai",
-        model="GPT-4O",
+        provider=provider,
+        model=spellings[2],
         user_id=calls[2].user_id,
         project_id=calls[2].project_id,
         cost=Decimal("0.35"),
@@ -146,14 +156,15 @@ async def model_rows(db: str) -> dict[str, list[tuple[object, ...]]]:
     }
 
 
+@pytest.mark.parametrize(("provider", "key", "spellings"), SPELT_MODELS)
 async def test_projections_count_every_spelling_under_the_model_s_key(
-    nc: Client, db: str, topology: Topology
+    nc: Client, db: str, topology: Topology, provider: str, key: str, spellings: tuple[str, ...]
 ) -> None:
-    """Events published raw in three spellings (and a correction) count as one model in
-    spend, report rollups and the alert evaluator; history keeps each spelling, and its
-    filters (pages and the history report) find all of them; rebuilt, every projection
-    holds the same rows."""
-    events, gpt_4o = spelt_events()
+    """Events published raw in three spellings (cases; Google's resource names and the
+    bare name) and a correction count as one model in spend, report rollups and the alert
+    evaluator; history keeps each spelling, and its filters (pages and the history report)
+    find all of them; rebuilt, every projection holds the same rows."""
+    events, spent = spelt_events(provider, spellings)
     await publish(nc, topology, events)  # type: ignore[arg-type]
     usage = [get_projection(name) for name in ("spend", "history", "reports")]
     await catch_up(usage, nc, db, topology)
@@ -162,35 +173,34 @@ async def test_projections_count_every_spelling_under_the_model_s_key(
     counted = await model_rows(db)
     quarter = AT.replace(minute=30)
     assert counted["spend"] == [
-        ("gpt-4o", quarter, gpt_4o, 3),
+        (key, quarter, spent, 3),
         ("o3", quarter, Decimal("0.05"), 1),
     ]
     day = AT.replace(hour=0, minute=0)
     assert counted["reports"] == [
-        ("openai", "gpt-4o", day, gpt_4o, 3),
-        ("openai", "o3", day, Decimal("0.05"), 1),
+        *sorted([(provider, key, day, spent, 3), ("openai", "o3", day, Decimal("0.05"), 1)]),
     ]
     assert counted["alerts"] == counted["spend"]
-    assert [model for model, _ in counted["history"]] == [*SPELLINGS, "o3"]
+    assert [model for model, _ in counted["history"]] == [*spellings, "o3"]
     assert await rows(db, "SELECT DISTINCT model FROM usage_ledger ORDER BY 1") == [
-        ("gpt-4o",),
+        (key,),
         ("o3",),
     ]
 
     conn = await connect(db)
     try:
-        page, _ = await history_page(conn, HistoryFilter(model="Gpt-4O"), limit=10)
-        assert sorted(r["model"] for r in page) == sorted(SPELLINGS)
+        page, _ = await history_page(conn, HistoryFilter(model=spellings[2]), limit=10)
+        assert sorted(r["model"] for r in page) == sorted(spellings)
         report = await ReportBuilder(conn).answer(
-            ReportQuery(kind="history", start=AT, end=AT + timedelta(hours=1), model="GPT-4o")
+            ReportQuery(kind="history", start=AT, end=AT + timedelta(hours=1), model=spellings[0])
         )
-        assert [r["model"] for r in report.main.records()] == list(SPELLINGS)
-        assert sum(r["cost_usd"] for r in report.main.records()) == gpt_4o
+        assert [r["model"] for r in report.main.records()] == list(spellings)
+        assert sum(r["cost_usd"] for r in report.main.records()) == spent
         spend = await ReportBuilder(conn).answer(
             ReportQuery(kind="custom", start=AT, end=AT + timedelta(hours=1), group_by=["model"])
         )
         assert [(r["model"], r["cost_usd"]) for r in spend.main.records()] == [
-            ("gpt-4o", gpt_4o),
+            (key, spent),
             ("o3", Decimal("0.05")),
         ]
     finally:
@@ -219,4 +229,25 @@ async def test_the_upgrade_keys_the_ledger_s_models(pg_schema_url: str) -> None:
         ("gpt-4o",),
         ("o3",),
         ("straße",),
+    ]
+
+
+async def test_the_upgrade_keys_the_ledger_s_google_resource_names(pg_schema_url: str) -> None:
+    """Usage an earlier release recorded under Google's resource name of a model gets the
+    bare model's key (0015); Fireworks' "accounts/fireworks/models/..." ids are names."""
+    fireworks = "accounts/fireworks/models/deepseek-v3p2"
+    migrate(pg_schema_url, revision="0014")
+    async with await connect(pg_schema_url) as conn:
+        for seq, model in enumerate((*GOOGLE_SPELLINGS, fireworks), start=1):
+            await conn.execute(
+                "INSERT INTO usage_ledger (event_id, stream_seq, occurred_at, provider, model,"
+                " kind) VALUES (gen_random_uuid(), %s, now(), 'google', %s, 'chat')",
+                (seq, model.lower()),
+            )
+    migrate(pg_schema_url)
+    assert await rows(pg_schema_url, "SELECT model FROM usage_ledger ORDER BY stream_seq") == [
+        ("gemini-2.0-flash",),
+        ("gemini-2.0-flash",),
+        ("gemini-2.0-flash",),
+        (fireworks,),
     ]

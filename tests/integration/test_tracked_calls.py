@@ -5,6 +5,7 @@ settled or released."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from budget.pricing import PricingRegistry
 from events import UsageRecorded
+from events.rpc import RPC_CHECK
 
 from enforcement import EnforcementStack
 from support import rows, wait_for
@@ -173,3 +175,46 @@ async def test_attributes_no_event_can_hold_are_refused_where_the_decorator_is_a
         stack.tracker.track_llm_call(model="gpt-4o", tags={"team": 7})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"tags\.team holds a NUL"):
         stack.tracker.track_llm_call(model="gpt-4o", tags={"team": "a\x00b"})
+
+
+async def test_a_tracked_call_cancelled_while_its_check_is_answered_releases_its_hold(
+    stack: EnforcementStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while the enforcer reserves for it (``asyncio.timeout`` around
+    the call, a client gone) never calls the function: the hold the answer makes is
+    released once it arrives, not held against the BLOCK limit until it expires."""
+    await stack.set_policy(limit_amount="10", action="block")
+    await stack.enforcer_applies_policies()
+    checker = stack.tracker.checker
+    ask = checker._ask
+    reserved, answer_delivered = asyncio.Event(), asyncio.Event()
+    called = []
+
+    async def answered_late(name: str, *args: Any, **kwargs: Any) -> Any:
+        answer = await ask(name, *args, **kwargs)
+        if name == RPC_CHECK:
+            reserved.set()
+            await answer_delivered.wait()  # the answer still on its way when the task ends
+        return answer
+
+    monkeypatch.setattr(checker, "_ask", answered_late)
+
+    @stack.tracker.track_llm_call(model="gpt-4o", user_id="u1", estimated_cost=DIME)
+    async def call() -> dict[str, Any]:
+        called.append(True)
+        return {"usage": {"prompt_tokens": 100, "completion_tokens": 10}}
+
+    calling = asyncio.create_task(call())
+    await reserved.wait()
+    assert len(await stack.holds()) == 1
+    calling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calling
+    answer_delivered.set()
+
+    async def released() -> bool:
+        """the hold was released"""
+        return await stack.holds() == []
+
+    await wait_for(released, within=30)
+    assert called == []

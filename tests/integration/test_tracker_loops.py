@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx2
 import nats
+import openai
 import pytest
 
+import budget
 import budget.alerts
 import budget.manager
 import budget.reports
@@ -21,6 +24,7 @@ from events import Topology
 from projections.engine.log import declare_streams
 
 from producing import stored_event_ids
+from provider_mocks import ProviderApi
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +81,45 @@ def test_each_asyncio_run_records_with_a_tracker_on_its_own_loop(
     assert helpers[5] is not helpers[2]
     stored = asyncio.run(stored_event_ids(nats_url, topology))
     assert sorted(stored) == sorted(recorded)
+
+
+def test_an_instrumented_client_records_with_each_run_s_tracker(
+    nats_url: str, topology: Topology, tmp_path: Path
+) -> None:
+    """A client instrumented once, with the process's tracker, and called in two
+    ``asyncio.run``s records each run's call with that run's tracker: not with the first
+    run's, whose loop has ended (the second run's call raised "Event loop is closed")."""
+    settings = Settings(  # no enforcer here: fail_open lets the checks admit the calls
+        nats_url=nats_url,
+        subject_prefix=topology.prefix,
+        spool_dir=tmp_path / "spool",
+        fail_open=True,
+    )
+    api = ProviderApi()
+    client = budget.instrument(
+        openai.AsyncOpenAI(
+            api_key="sk-test", http_client=httpx2.AsyncClient(transport=api.transport())
+        )
+    )
+    trackers = []
+
+    async def script_run(first: bool) -> None:
+        if first:
+            nc = await nats.connect(nats_url)
+            await declare_streams(nc.jetstream(), topology)
+            await nc.close()
+        tracker = await get_usage_tracker(settings)
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=10
+        )
+        async with asyncio.timeout(10):
+            await tracker.flush()
+        trackers.append(tracker)
+        if not first:
+            await tracker.close()
+
+    asyncio.run(script_run(first=True))  # returns without closing the tracker, as scripts do
+    asyncio.run(script_run(first=False))
+
+    assert trackers[1] is not trackers[0] and len(api.requests) == 2
+    assert len(asyncio.run(stored_event_ids(nats_url, topology))) == 2

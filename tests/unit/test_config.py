@@ -137,6 +137,32 @@ def test_bad_budget_policy_names_the_entry_and_field(tmp_path: Path) -> None:
         load_settings(path, environ={})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("timezone", "localtime", "time zone 'localtime' is this host's own"),
+        ("timezone", "Factory", "unknown time zone 'Factory'; use an IANA name"),
+        ("timezone", "right/Europe/Berlin", "unknown time zone 'right/Europe/Berlin'"),
+        ("scope_key", "''", "must not be empty"),
+    ],
+)
+def test_a_budget_policy_no_other_input_may_set_is_refused(
+    tmp_path: Path, field: str, value: str, message: str
+) -> None:
+    """A zone ``ZoneInfo`` loads but that is no IANA name (another on each host, or
+    counting leap seconds), or an empty key, is refused as the API and CLI refuse it:
+    one line naming the entry, the field and the value."""
+    path = write(
+        tmp_path,
+        f"budget_policies:\n  - name: x\n    scope: user\n    limit_amount: 1\n"
+        f"    {field}: {value}\n",
+    )
+    where = rf"^budget_policies\[0\]\.{field} in .*config.yaml: "
+    with pytest.raises(ConfigError, match=where + re.escape(message)) as caught:
+        load_settings(path, environ={})
+    assert "\n" not in str(caught.value) and "(got " in str(caught.value)
+
+
 def test_alert_channels_are_read(tmp_path: Path) -> None:
     path = write(
         tmp_path,

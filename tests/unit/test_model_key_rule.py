@@ -27,7 +27,17 @@ from projections.registry import PROJECTIONS
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 REGISTRY = PricingRegistry()
 PRICED = ["gpt-4o", "claude-sonnet-4-5", "gemini-2.5-pro", "o3", "dall-e-3", "grok-3"]
-names = st.text(min_size=1, max_size=40)
+# Google's resource paths of a model, which its SDKs accept (in any case, spaced).
+GOOGLE_PATHS = [
+    "models/",
+    "publishers/google/models/",
+    "projects/p-1/locations/us-central1/publishers/google/models/",
+    " Models/ ",
+]
+names = st.one_of(
+    st.text(min_size=1, max_size=40),
+    st.builds(str.__add__, st.sampled_from(GOOGLE_PATHS), st.text(max_size=20)),
+)
 
 
 def recased(name: str, flips: list[bool]) -> str:
@@ -71,6 +81,28 @@ def test_a_model_policy_counts_a_call_exactly_when_their_keys_agree(
     found = applicable([policy], CallScope(model=model), NOW)
     same = canonical_model(policy_key) == canonical_model(model) != ""
     assert [w.key for w in found] == ([canonical_model(model)] if same else [])
+
+
+@given(st.sampled_from(["gemini-2.0-flash", "gemini-2.5-pro"]), st.sampled_from(GOOGLE_PATHS))
+def test_google_s_resource_name_of_a_model_is_the_model(name: str, path: str) -> None:
+    """ "models/gemini-2.0-flash" (google-genai's, Vertex AI's) is priced as the bare
+    name: a policy on either counts calls spelt either way, under one key."""
+    spelt = path + name
+    assert canonical_model(spelt) == name
+    for policy_key, model in ((name, spelt), (spelt, name)):
+        policy = canonical_policy(model_policy(policy_key))
+        found = applicable([policy], CallScope(model=model), NOW)
+        assert [w.key for w in found] == [name]
+    usage = Usage(input_uncached=1000, output_text=500)
+    assert REGISTRY.price(provider="google", model=spelt, usage=usage, at=NOW) == REGISTRY.price(
+        provider="google", model=name, usage=usage, at=NOW
+    )
+
+
+def test_other_model_paths_are_names() -> None:
+    """Fireworks' ids are paths ending in "models/..." in the price data itself."""
+    name = "accounts/fireworks/models/deepseek-v3p2"
+    assert canonical_model(name) == name
 
 
 def test_a_model_policy_is_set_under_the_key_and_never_under_an_empty_one() -> None:
