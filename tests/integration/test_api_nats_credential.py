@@ -5,6 +5,7 @@ test_nats_permissions.py::test_the_api_credential_is_refused_what_the_api_does_n
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import httpx
 import pytest
 from nats.aio.client import Client
 
-from budget.config import Settings
 from events import ApiRole, BudgetScope
 from events.codec import HEADER_MSG_ID
 from events.permissions import API_USER
+from projections.database_queries import DatabaseQueries
 from services.api.app import create_app
 from services.api.context import ApiServices
+from services.api.keys import KeyAdmin
 
 from enforcement import enforcement_stack, projection_workers
 from secured_nats import Secured
@@ -38,26 +40,27 @@ def _call(user: str, **fields: object) -> dict[str, object]:
     }
 
 
-@pytest.fixture
-async def http(
-    secured: Secured, service: Client, db: str, tmp_path: Path
+@contextlib.asynccontextmanager
+async def _api(
+    secured: Secured, service: Client, db: str, tmp_path: Path, user: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP API as the ``api`` user, its first admin key made by the API itself (an
-    ``ApiKeyCreated`` it publishes), with every worker its routes wait for."""
+    """The HTTP API connected to NATS as ``user``, with an admin key (made by the
+    services) and every worker its routes wait for."""
     operator = secured.settings(
         "service", database_url=db, spool_dir=tmp_path / "service", default_limit=None
     )
-    settings: Settings = secured.settings(
-        API_USER, database_url=db, spool_dir=tmp_path / "api", default_limit=None
+    settings = secured.settings(
+        user, database_url=db, spool_dir=tmp_path / user, default_limit=None
     )
     async with (
         enforcement_stack(service, operator) as stack,
         projection_workers(service, operator, "api_keys", "alerts"),
+        DatabaseQueries(db) as queries,
         ApiServices.open(settings) as api,
     ):
         await stack.set_policy(policy_id="warm-up", scope=BudgetScope.GLOBAL, limit_amount="1e9")
         await stack.enforcer_applies_policies()
-        issued = await api.keys.create("first admin", ApiRole.ADMIN)
+        issued = await KeyAdmin(operator, stack.tracker, queries).create("admin", ApiRole.ADMIN)
         assert issued.applied
         app = create_app(settings, session_secret="s" * 48, services=api)
         async with httpx.AsyncClient(
@@ -67,6 +70,15 @@ async def http(
             timeout=60,
         ) as client:
             yield client
+
+
+@pytest.fixture
+async def http(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API as its own user, ``api``."""
+    async with _api(secured, service, db, tmp_path, API_USER) as client:
+        yield client
 
 
 async def test_the_api_credential_serves_every_route_that_reaches_nats(
@@ -157,3 +169,21 @@ async def test_the_api_credential_serves_every_route_that_reaches_nats(
     stored = await service.jetstream().stream_info(topology.event_stream.name, subjects_filter=">")
     by_keys = topology.event_subject("usage.recorded", publisher="api-key-")
     assert [n for s, n in stored.state.subjects.items() if s.startswith(by_keys)] == [2]
+
+
+async def test_an_api_given_a_credential_that_may_not_says_so(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    """Run with a host's credential by mistake, the API answers what NATS refuses with a
+    503 saying its credential may not (the server's log names the subject and the
+    credential that may), not with a 500 or a wait for a timeout."""
+    async with _api(secured, service, db, tmp_path, "host") as http:
+        policy = {"name": "cap", "scope": "global", "limit_amount": "1"}
+        refused = await http.put("/api/v1/policies/cap", json=policy)
+        release = await http.post("/api/v1/reservations/r-1/release")
+    for answer in (refused, release):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["detail"] == (
+            "this API's NATS credential may not do this: run `budget api` as its own NATS"
+            " user, `api` (docs/security.md); its log names what was refused"
+        )
