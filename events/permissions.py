@@ -2,9 +2,9 @@
 from a ``Topology`` here and nowhere else (the server's config is rendered from them by
 ``services.nats_config``; clients use them to say which credential may do what).
 
-Each role is a NATS account of its own (``ACCOUNTS``), but ``admin``, whose users are in
-the services' account: it holds the streams and exports what the others may reach
-(``shared_with``), which they import. A
+Each role is a NATS account of its own (``ACCOUNTS``), but ``admin`` and ``api``, whose
+users are in the services' account: it holds the streams and exports what the others may
+reach (``shared_with``), which they import. A
 publish names a reply subject NATS does not check against the publisher's permissions,
 and JetStream answers a stored message there; across an import the reply is remapped into
 the asker's own account, so a host that names ``<prefix>.events.policy.deleted`` as the
@@ -23,19 +23,32 @@ log.
   reads the policy log's end (the last policy event, which the query service shows it
   anyway) and gets replies in its own inbox only.
 - ``alerts``: an alert subscriber: receives alerts, publishes nothing.
+- ``api``: the HTTP API (``budget api``): publishes the usage its keys post, each on the
+  key's own subject, and the changes its admin routes make (policies, alert rules,
+  acknowledgements, API keys); asks the enforcer to check and release under each key's
+  name; reads what its pages show (the stored changes' ends, the projections' consumers,
+  the dead letters) and gets replies in its own inbox only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from events.access import ApiKeyCreated, ApiKeyRevoked
+from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
+from events.envelope import Event
 from events.policy import POLICY_CHANGES
+from events.queries import QUERY_POSITION
+from events.rpc import RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT
 from events.subjects import Topology
 from events.usage import UsageRecorded
 
 __all__ = [
     "ACCOUNTS",
+    "API_CHANGES",
+    "API_USER",
     "ROLES",
     "Permissions",
     "Role",
@@ -46,15 +59,30 @@ __all__ = [
     "subject_matches",
 ]
 
-Role = Literal["service", "host", "alerts", "admin"]
+Role = Literal["service", "host", "alerts", "admin", "api"]
 ROLES: tuple[Role, ...] = get_args(Role)
 ACCOUNTS: dict[Role, str] = {
     "service": "SERVICES",
     "host": "HOSTS",
     "alerts": "ALERTS",
     "admin": "SERVICES",  # where the streams are
+    "api": "SERVICES",  # it reads the streams and their consumers
 }
 """The NATS account of each role's users."""
+API_USER = "api"
+"""The HTTP API's NATS user (role ``api``) in ``budget up`` and under Compose. The
+enforcer and the query service do not limit it, as they do not limit their own caller: it
+asks for every key (and limits each key itself)."""
+API_CHANGES: tuple[type[Event], ...] = (
+    *POLICY_CHANGES,
+    AlertRuleSet,
+    AlertRuleRemoved,
+    AlertAcknowledged,
+    AlertResolved,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+)
+"""The events the HTTP API's admin routes publish."""
 
 _NEVER = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
 """No credential deletes the event log or its messages (the streams' own ``deny_delete``
@@ -81,7 +109,11 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX.{user}"
 
 
-def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
+def permissions(
+    role: Role, *, user: str, topology: Topology, users: Iterable[str] = ()
+) -> Permissions:
+    """``users``: every NATS user of the server, whose own subjects an ``api`` user is
+    refused (``_api``)."""
     inbox = f"{inbox_prefix(user)}.>"
     if role in ("service", "admin"):
         return Permissions(
@@ -112,7 +144,50 @@ def permissions(role: Role, *, user: str, topology: Topology) -> Permissions:
             ),
             subscribe=(inbox,),
         )
+    if role == "api":
+        return _api(user, topology, users=users)
     return Permissions(publish=(), subscribe=(topology.alerts_wildcard,))
+
+
+def _api(user: str, topology: Topology, *, users: Iterable[str]) -> Permissions:
+    """What the HTTP API does, and no more. Its keys' usage subjects and request names
+    are ``api-key-<id>``, which NATS cannot allow alone (a wildcard is a whole token): it
+    may use any token but the users' (no user may be named ``api-key-...``), so it never
+    publishes usage as a user (itself neither: it publishes only its keys') nor asks as
+    another user, a host or the services."""
+    stream, dead_letters = topology.event_stream.name, topology.dead_letter_stream.name
+    changes = [topology.event_subject(change.SUBJECT) for change in API_CHANGES]
+    return Permissions(
+        publish=(
+            topology.event_subject(UsageRecorded.SUBJECT, publisher="*"),
+            *changes,
+            # under each key's own name (``services.api.routes.ingest.key_caller``)
+            topology.rpc_subject(RPC_CHECK, caller="*"),
+            topology.rpc_subject(RPC_RELEASE, caller="*"),
+            # under its own: the policies' windows of a check, and /services' probes
+            topology.rpc_subject(RPC_SNAPSHOT, caller=user),
+            topology.rpc_subject(QUERY_POSITION, caller=user),
+            # the last stored change of each kind (before a create; the clock check)
+            *(f"$JS.API.DIRECT.GET.{stream}.{subject}" for subject in changes),
+            f"$JS.API.STREAM.MSG.GET.{stream}",  # the event a re-sent usage post stored
+            # the projections' lag: their consumers, or one of its own for a version
+            # whose worker has not run yet (projections.engine.log.pending_after)
+            f"$JS.API.CONSUMER.INFO.{stream}.*",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.DELETE.{stream}.*",
+            f"$JS.API.STREAM.INFO.{dead_letters}",
+            f"$JS.API.STREAM.MSG.GET.{dead_letters}",
+        ),
+        subscribe=(f"{inbox_prefix(user)}.>",),
+        deny_publish=tuple(
+            subject
+            for other in dict.fromkeys(users)
+            for subject in (
+                topology.event_subject(UsageRecorded.SUBJECT, publisher=other),
+                *([topology.rpc_subject(">", caller=other)] if other != user else []),
+            )
+        ),
+    )
 
 
 def shared_with(role: Role, topology: Topology) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -151,9 +226,9 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> list[Role]:
     """The least privileged roles whose users may publish (or subscribe to) ``subject``
-    (``admin`` only where ``service`` may not); a host's own requests and own usage
-    subject count as allowed for ``host``. Case is ignored: nats-py lowercases the
-    subject of the server's refusal."""
+    (``admin`` only where ``service`` may not; ``api`` never, as it is the HTTP API's
+    own); a host's own requests and own usage subject count as allowed for ``host``.
+    Case is ignored: nats-py lowercases the subject of the server's refusal."""
     rpc = f"{topology.prefix}.rpc.".lower()
     caller = topology.caller_of(subject) if subject.lower().startswith(rpc) else None
     usage = f"{topology.event_subject(UsageRecorded.SUBJECT)}.".lower()
@@ -161,7 +236,7 @@ def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> 
     publisher = None if publisher is None or "." in publisher else publisher
     allowed: list[Role] = []
     for role in ROLES:
-        if role == "admin" and "service" in allowed:
+        if role == "api" or (role == "admin" and "service" in allowed):
             continue
         granted = permissions(role, user=caller or publisher or "user", topology=topology)
         patterns = granted.publish if publish else granted.subscribe

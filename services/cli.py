@@ -129,11 +129,12 @@ def up(
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
     HTTP API. On first start it creates an admin API key, the NATS users' passwords
-    (service, host, alerts, admin) and the metrics token in the data directory; NATS takes
+    (service, host, alerts, admin, api) and the metrics token in the data directory; NATS takes
     no anonymous client. Each process serves Prometheus metrics on its own port of
     127.0.0.1 to scrapers bearing that token, listed in the banner and in
     <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a Prometheus config
     that scrapes them all with it. Stops cleanly on Ctrl-C."""
+    from events.permissions import API_USER
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, stack_client_tls, write_config
     from services.ports import require_free
@@ -164,6 +165,9 @@ def up(
     nats_config = write_config(directory, current)
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
+    own_env = worker_env(metrics, metrics_token)
+    # The HTTP API connects to NATS as its own user; the others as `service` (extra_env).
+    own_env["api"] = {**own_env.get("api", {}), **credentials.env(API_USER)}
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
         # As the admin: it declares the streams, which the services' credential may not.
@@ -186,7 +190,7 @@ def up(
                 "BUDGET_DATA_DIR": str(directory),
                 **credentials.env("service"),
             },
-            worker_env=worker_env(metrics, metrics_token),
+            worker_env=own_env,
             notes=[
                 f"web console       http://127.0.0.1:{port}/  (HTTP API under /api/v1)",
                 f"admin API key     in {key_file} (sign in with it; make others there)",

@@ -10,8 +10,9 @@ the time it was told is paced: its refusals are sent when that time comes (at mo
 ``_MAX_HOLD`` later), each told a further ``retry_after``, so a client that never waits is
 answered at about its rate rather than at the speed of the machine, which would otherwise
 spend itself on refusals and starve the other callers of CPU.
-The service's own caller (its ``Settings.caller``: the API and the admin tools speak for
-many users) is never limited.
+The service's own caller (its ``Settings.caller``: the admin tools speak for many users)
+and the HTTP API's (``events.permissions.API_USER``: it asks for every key, and limits each
+key itself) are never limited.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nats.aio.msg import Msg
 from budget.config import Settings
 from budget.waits import wait_set
 from events import Topology
+from events.permissions import API_USER
 from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 from services.fair_queue import FairQueue
 from services.replies import answerable, send
@@ -57,6 +59,10 @@ _MIN_HOLD = 0.1
 takes no answer soon after a refusal for a refusal (``budget.rpc``)."""
 
 
+def _exempt(settings: Settings) -> frozenset[str]:
+    return frozenset((settings.caller, API_USER))
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     reason: str
@@ -74,7 +80,7 @@ class _Bucket:
 
 class CallerLimits:
     """``rate`` requests/s sustained and ``burst`` at once per caller, at most
-    ``in_flight`` of a caller's requests being worked on; ``exempt`` is never limited.
+    ``in_flight`` of a caller's requests being worked on; the ``exempt`` are never limited.
     ``settings``: the prefix of the settings' names, for refusals. ``clock``: for tests."""
 
     def __init__(
@@ -83,7 +89,7 @@ class CallerLimits:
         rate: float,
         burst: int,
         in_flight: int,
-        exempt: str,
+        exempt: frozenset[str],
         settings: str = "caller",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -102,7 +108,7 @@ class CallerLimits:
             rate=settings.caller_rate,
             burst=settings.caller_burst,
             in_flight=settings.caller_in_flight,
-            exempt=settings.caller,
+            exempt=_exempt(settings),
         )
 
     @classmethod
@@ -111,13 +117,13 @@ class CallerLimits:
             rate=settings.caller_query_rate,
             burst=settings.caller_query_burst,
             in_flight=settings.caller_query_in_flight,
-            exempt=settings.caller,
+            exempt=_exempt(settings),
             settings="caller_query",
         )
 
     def admit(self, caller: str) -> Refusal | None:
         """None: admitted, and counted in flight until ``done(caller)``; else why not."""
-        if caller == self.exempt:
+        if caller in self.exempt:
             return None
         now = self._clock()
         bucket = self._bucket(caller, now)

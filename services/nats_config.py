@@ -4,7 +4,8 @@ when configured.
 
 Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
 file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
-first start makes ``service``, ``host``, ``alerts`` and ``admin``; ``budget
+first start makes ``service``, ``host``, ``alerts``, ``admin`` and ``api`` (every start
+makes those missing, so a data directory of an older release gains ``api``); ``budget
 nats-credential add`` makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
 """
 
@@ -23,7 +24,7 @@ import bcrypt
 
 from budget.config import ConfigError, Settings
 from budget.natsconn import client_tls
-from events.permissions import ACCOUNTS, ROLES, Role, permissions, shared_with
+from events.permissions import ACCOUNTS, API_USER, ROLES, Role, permissions, shared_with
 from events.subjects import API_KEY_CALLER, Topology
 from services.credentials import credentials_dir, generated_secret, write_secret_file
 
@@ -45,6 +46,7 @@ DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
     ("host", "host"),
     ("alerts", "alerts"),
     ("admin", "admin"),
+    (API_USER, "api"),
 )
 log = logging.getLogger(__name__)
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user
@@ -129,14 +131,15 @@ class NatsCredentials:
 
     def remove(self, user: str) -> None:
         """Withdraw ``user``: out of the roster, its password file deleted. The default
-        users are made again at every start of ``budget up``, so they are refused."""
-        if user in dict(DEFAULT_USERS):
+        users are made again at every start of ``budget up``, so they are refused (but one
+        an older release let a host take the name of: ``ensure_defaults``)."""
+        roles = self.roles()
+        if user in roles and dict(DEFAULT_USERS).get(user) == roles[user]:
             raise ValueError(
                 f"NATS user {user!r} is one of the defaults, which `budget up` makes again at"
                 " every start; give each host app a user of its own (`budget nats-credential"
                 " add NAME`) so that it can be withdrawn"
             )
-        roles = self.roles()
         if user not in roles:
             known = ", ".join(sorted(roles)) or "none"
             raise ValueError(f"there is no NATS user {user!r} (users: {known})")
@@ -148,9 +151,20 @@ class NatsCredentials:
         write_secret_file(self._roster, json.dumps(roles, indent=2) + "\n")
 
     def ensure_defaults(self) -> None:
+        """Make the default users missing (each start: a data directory of an older
+        release lacks the newer ones), keeping the others and every password."""
         for user, role in DEFAULT_USERS:
-            if user not in self.roles():
+            taken = self.roles().get(user)
+            if taken is None:
                 self.add(user, role)
+            elif taken != role:
+                raise ValueError(
+                    f"the NATS user {user!r} of {self._roster} has role {taken}, but"
+                    f" `budget up` makes a user of that name with role {role} (docs/security.md):"
+                    f" give that app a user of another name (`budget nats-credential add NAME"
+                    f" --role {taken}`), then withdraw this one (`budget nats-credential remove"
+                    f" {user}`) and start again"
+                )
 
     def env(self, user: str) -> dict[str, str]:
         """The variables a ``budget`` process or a host app connects as ``user`` with."""
@@ -233,12 +247,14 @@ def _render(
 ) -> str:
     """One account per role (``events.permissions.ACCOUNTS``): the services' holds
     JetStream and exports to the others what they import."""
+    users = list(users)
+    names = [name for name, _, _ in users]
     accounts = list(dict.fromkeys(ACCOUNTS[role] for role in ROLES))
     by_account: dict[str, list[str]] = {account: [] for account in accounts}
     for name, role, password in users:
         by_account[ACCOUNTS[role]].append(
             f"      {{user: {_q(name)}, password: {password},\n"
-            f"       permissions: {_render_permissions(role, name, topology)}}}"
+            f"       permissions: {_render_permissions(role, name, topology, names)}}}"
         )
     exports = [
         f'      {{{kind}: {_q(subject)}, accounts: ["{ACCOUNTS[role]}"]}}'
@@ -319,8 +335,8 @@ def move_streams_into_accounts(store_dir: Path) -> bool:
     return True
 
 
-def _render_permissions(role: Role, user: str, topology: Topology) -> str:
-    granted = permissions(role, user=user, topology=topology)
+def _render_permissions(role: Role, user: str, topology: Topology, users: Sequence[str]) -> str:
+    granted = permissions(role, user=user, topology=topology, users=users)
     # An empty allow list would allow everything: deny all instead.
     publish: dict[str, list[str]] = (
         {"allow": list(granted.publish)} if granted.publish else {"deny": [">"]}

@@ -24,8 +24,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from budget.commands import ClockAhead, Contended
+from budget.natsconn import PermissionDenied
 from budget.queries import NotApplied
 from budget.rpc import Unanswered
+from events.permissions import API_USER
 
 __all__ = [
     "LIMITED_RESPONSES",
@@ -160,9 +162,10 @@ OUTAGES = (
     NatsError,
     Contended,
     ClockAhead,
+    PermissionDenied,
 )
-"""What a server being away or too busy raises: each is a 503 (504 for a change not
-applied in time)."""
+"""What a server being away, too busy or refusing this process's credential raises: each
+is a 503 (504 for a change not applied in time)."""
 
 
 def outage_problem(exc: Exception) -> Problem:
@@ -173,6 +176,13 @@ def outage_problem(exc: Exception) -> Problem:
         return Problem(504, str(exc))
     if isinstance(exc, (Unanswered, Contended, ClockAhead)):  # says what to do; no URL
         return Problem(503, str(exc))
+    if isinstance(exc, PermissionDenied):  # the operator's to fix: the subject is logged
+        log.error("NATS refused the API: %s", exc)
+        return Problem(
+            503,
+            "this API's NATS credential may not do this: run `budget api` as its own NATS"
+            f" user, `{API_USER}` (docs/security.md); its log names what was refused",
+        )
     # NATS away or failing while a change is published: a fixed text, so no URL (and no
     # password in one) reaches the answer.
     log.warning("NATS failed: %s", type(exc).__name__)

@@ -746,7 +746,7 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     credentials = budget_up.data_dir / "credentials"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
     passwords = {p.name: p.read_text().strip() for p in credentials.glob("nats-*.password")}
-    users = ("service", "host", "alerts", "admin")
+    users = ("service", "host", "alerts", "admin", "api")
     assert set(passwords) == {f"nats-{u}.password" for u in users}
     for name in passwords:
         assert stat.S_IMODE((credentials / name).stat().st_mode) == 0o600
@@ -760,7 +760,11 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
         asyncio.run(nats.connect(banner.nats_url, allow_reconnect=False, connect_timeout=5))
     for name, pid in banner.worker_pids.items():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert b"BUDGET_NATS_USER=service" in environ, name
+        # the HTTP API connects to NATS as its own user, the others as the services'
+        nats_user = "api" if name == "api" else "service"
+        assert f"BUDGET_NATS_USER={nats_user}".encode() in environ, name
+        password_file = credentials / f"nats-{nats_user}.password"
+        assert f"BUDGET_NATS_PASSWORD_FILE={password_file}".encode() in environ, name
         # the network doors connect to PostgreSQL as roles of their own, the others as
         # the owner
         role = DOOR_ROLES.get(name, "budget").encode()
@@ -805,6 +809,14 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     # published on the host credential's own subject, which the history names
     assert [(r["event_id"], r["publisher"]) for r in rows] == [(event["event_id"], "host")]
     assert key_file.read_text().strip() not in up.output()
+    # and its NATS user publishes the usage a key posts, on the key's own subject
+    posted = httpx.post(
+        f"{console[1]}/api/v1/usage",
+        headers=headers,
+        json={"model": "gpt-4o", "provider": "openai", "input_tokens": 10, "user_id": "ann"},
+        timeout=30,
+    )
+    assert posted.status_code == 201, posted.text
 
     # PostgreSQL's passwords stay in their files; the URL names a pgpass file instead.
     credentials = budget_up.data_dir / "credentials"

@@ -73,6 +73,7 @@ async def test_an_added_host_connects_once_the_running_server_reloaded(tmp_path:
             "host\thost",
             "alerts\talerts",
             "admin\tadmin",
+            "api\tapi",
             "team-b\thost",
             "",
         ]
@@ -116,6 +117,43 @@ async def test_a_removed_user_is_shut_out_and_its_connections_closed(tmp_path: P
         assert "team-b" not in listed.stdout
         unknown = await asyncio.to_thread(_budget, data_dir, "remove", "team-b")
         assert unknown.returncode != 0 and "there is no NATS user 'team-b'" in unknown.stderr
+
+
+async def test_an_older_data_directory_gains_the_api_user_and_keeps_the_others(
+    tmp_path: Path,
+) -> None:
+    """A data directory of a release before the HTTP API had a NATS user of its own: the
+    next start (``write_config``) makes ``api``, and every other user connects with the
+    password it had."""
+    data_dir = tmp_path / "data"
+    older = NatsCredentials(data_dir)
+    roles = {"service": "service", "host": "host", "alerts": "alerts", "admin": "admin"}
+    for user, role in {**roles, "team-b": "host"}.items():
+        older.add(user, role)  # type: ignore[arg-type]
+    before = {user: older.password_file(user).read_text() for user in older.roles()}
+    config = write_config(data_dir, Settings())
+    credentials = NatsCredentials(data_dir)
+    assert credentials.roles() == {**roles, "team-b": "host", "api": "api"}
+    assert {user: credentials.password_file(user).read_text() for user in before} == before
+    with EmbeddedNats(data_dir / "nats", config_file=config, stop_timeout=5.0) as server:
+        for user in credentials.roles():
+            assert await _connects(server.url, credentials.settings_for(user, Settings())), user
+
+
+def test_a_host_an_older_release_named_api_is_renamed_before_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """An older release let a host take the name ``api``, which `budget up` now gives the
+    HTTP API: the start is refused saying what to do, and that host may be withdrawn."""
+    credentials = NatsCredentials(tmp_path)
+    credentials.add("api", "host")
+    with pytest.raises(ValueError, match="has role host, but `budget up` makes a user of that"):
+        write_config(tmp_path, Settings())
+    credentials.remove("api")
+    write_config(tmp_path, Settings())
+    assert credentials.roles()["api"] == "api"
+    with pytest.raises(ValueError, match="one of the defaults"):
+        credentials.remove("api")
 
 
 def test_a_user_keeps_its_role(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ and nothing else; an alert subscriber only receives alerts; anonymous clients ar
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,8 +41,9 @@ from events import (
     encode,
 )
 from events.codec import HEADER_MSG_ID
+from events.permissions import API_USER
 from events.queries import QUERY_POLICIES
-from events.rpc import RPC_CHECK, RPC_SNAPSHOT
+from events.rpc import RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT
 from projections.engine.log import declare_streams
 from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
@@ -247,6 +249,75 @@ async def test_a_host_reads_neither_the_stream_nor_the_dead_letters_nor_other_re
     asked = topology.rpc_subject("echo", caller="host")
     assert (await host.nc.request(asked, b"", timeout=30)).data == b"reply"
     assert not any("_inbox.host." in e.lower() for e in host.errors)
+
+
+async def test_the_api_credential_is_refused_what_the_api_does_not_do(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    """The HTTP API's credential publishes usage on its keys' own subjects alone
+    (``api-key-<id>``) and asks as its keys or itself: usage as a host, as the services,
+    as itself, on the bare subject or a deeper one; events only the services publish; a
+    projection's dead letters; asking as a host or the services; moving a worker's
+    consumer on (its acknowledgements, its next messages) or making a named one; reading
+    the log's stream, the events, the alerts or another's inbox are refused, and the
+    stream never holds what was refused. (What it may do, it does:
+    test_api_nats_credential.py.)"""
+    api = await connect(API_USER)
+    topology = secured.topology
+    stream = topology.event_stream.name
+    usage = UsageRecorded.SUBJECT
+    for subject in (
+        topology.event_subject(usage, publisher="host"),
+        topology.event_subject(usage, publisher="service"),
+        topology.event_subject(usage, publisher=API_USER),
+        topology.event_subject(usage),
+        topology.event_subject(usage, publisher="api-key-0a1b2c3d4e5f.x"),
+        topology.event_subject(UsageRepriced.SUBJECT),
+        topology.dead_letter_subject("spend-v1"),
+    ):
+        with pytest.raises(PermissionDenied, match=f"may not publish to {re.escape(subject)};"):
+            await permitted(api.nc, subject, _publish(api.nc, subject, encode(usage_event())))
+    for subject in (
+        topology.rpc_subject(RPC_RELEASE, caller="host"),
+        topology.rpc_subject(RPC_RELEASE, caller="service"),
+        topology.rpc_subject(QUERY_POLICIES, caller=API_USER),
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.spy",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.spy",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.spend-v1",
+    ):
+        with pytest.raises(PermissionDenied, match=f"may not publish to {re.escape(subject)};"):
+            await permitted(api.nc, subject, api.nc.request(subject, b"{}", timeout=30))
+    # A worker's acknowledgement, which moves its consumer on past events it never applied,
+    # and an alert: plain publishes, refused as the server says.
+    acknowledgement = f"$JS.ACK.{stream}.spend-v1.1.1.1.0.0"
+    alert = topology.alert_subject("critical", "budget_exceeded")
+    for subject in (acknowledgement, alert):
+        await api.nc.publish(subject, b"+ACK")
+    await api.nc.flush()
+
+    async def both_refused() -> bool:
+        """the server refused the acknowledgement and the alert"""
+        refused = [e for e in api.errors if "permissions violation for publish" in e]
+        return all(any(s.lower() in e for e in refused) for s in (acknowledgement, alert))
+
+    await wait_for(both_refused)
+    for subject in (
+        topology.events_wildcard,
+        f"{topology.prefix}.dlq.>",
+        topology.alerts_wildcard,
+        f"{topology.prefix}.rpc.>",
+        "_INBOX.host.>",
+        "$JS.API.>",
+    ):
+        assert await api.refused_subscription(subject), subject
+    # The positive signal: a key's own subject takes its event, stored alone.
+    own = topology.event_subject(usage, publisher="api-key-0a1b2c3d4e5f")
+    ack = await permitted(api.nc, own, _publish(api.nc, own, encode(usage_event())))
+    info = await service.jetstream().stream_info(stream, subjects_filter=">")
+    assert info.state.subjects == {own: 1}
+    assert ack.seq == info.state.last_seq == 1
 
 
 async def test_the_alerts_credential_receives_alerts_and_nothing_else(

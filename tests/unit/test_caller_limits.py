@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from budget.config import Settings
 from events import Topology
+from events.permissions import API_USER
 from services.fair_queue import FairQueue
 from services.limits import CallerLimits, LimitedRequests, _time_left
+
+SERVICES = frozenset({"svc"})
+"""The callers the limits exempt: the services' own."""
 
 
 class Clock:
@@ -24,7 +30,7 @@ class Clock:
 
 
 def limits(clock: Clock, *, rate: float = 10, burst: int = 3, in_flight: int = 100) -> CallerLimits:
-    return CallerLimits(rate=rate, burst=burst, in_flight=in_flight, exempt="svc", clock=clock)
+    return CallerLimits(rate=rate, burst=burst, in_flight=in_flight, exempt=SERVICES, clock=clock)
 
 
 def test_a_caller_gets_its_burst_then_a_refusal_saying_when_to_retry() -> None:
@@ -95,6 +101,19 @@ def test_the_services_own_caller_is_never_limited() -> None:
     assert all(caller_limits.admit("svc") is None for _ in range(1000))
 
 
+@pytest.mark.parametrize("of", [CallerLimits.of_enforcer, CallerLimits.of_query_service])
+def test_the_http_apis_caller_is_never_limited_nor_a_hosts(
+    of: Callable[[Settings], CallerLimits],
+) -> None:
+    """The API asks (snapshots, probes) for every key under its own NATS user and limits
+    each key itself, as the services' own caller; a host stays limited."""
+    settings = Settings(nats_user="service", caller_rate=1, caller_burst=1, caller_query_burst=1)
+    caller_limits = of(settings)
+    assert all(caller_limits.admit(caller) is None for caller in ("service", API_USER) * 100)
+    assert caller_limits.admit("host") is None
+    assert caller_limits.admit("host") is not None
+
+
 def test_idle_callers_are_forgotten_when_there_are_many() -> None:
     clock = Clock()
     caller_limits = limits(clock, burst=1)
@@ -154,7 +173,7 @@ async def test_a_request_waits_behind_one_of_a_greedy_callers_not_its_backlog() 
         return False
 
     nc = FakeNats(log)
-    caller_limits = CallerLimits(rate=1, burst=1, in_flight=10, exempt="svc", clock=Clock())
+    caller_limits = CallerLimits(rate=1, burst=1, in_flight=10, exempt=SERVICES, clock=Clock())
     requests = LimitedRequests(
         cast(Any, nc), caller_limits, topology, service="svc", callback=handle
     )
@@ -202,7 +221,7 @@ async def test_a_caller_that_never_waits_is_answered_at_its_pace_not_at_once() -
         return False
 
     # the limits' clock stands still: every refusal is told exactly 10 ms
-    caller_limits = CallerLimits(rate=100, burst=1, in_flight=10, exempt="svc", clock=Clock())
+    caller_limits = CallerLimits(rate=100, burst=1, in_flight=10, exempt=SERVICES, clock=Clock())
     requests = LimitedRequests(
         cast(Any, nc), caller_limits, topology, service="svc", callback=handle
     )
@@ -253,7 +272,7 @@ async def test_a_message_without_an_inbox_to_answer_spends_no_callers_limits() -
         done.set()
         return False
 
-    caller_limits = CallerLimits(rate=1, burst=1, in_flight=1, exempt="svc", clock=Clock())
+    caller_limits = CallerLimits(rate=1, burst=1, in_flight=1, exempt=SERVICES, clock=Clock())
     requests = LimitedRequests(
         cast(Any, FakeNats([])), caller_limits, topology, service="svc", callback=handle
     )
@@ -294,7 +313,7 @@ async def test_a_caller_that_never_waits_is_bounded_in_memory() -> None:
         await release.wait()  # the caller's first request holds the service's turn
         return False
 
-    caller_limits = CallerLimits(rate=0.001, burst=1, in_flight=1, exempt="svc", clock=clock)
+    caller_limits = CallerLimits(rate=0.001, burst=1, in_flight=1, exempt=SERVICES, clock=clock)
     requests = LimitedRequests(
         cast(Any, nc), caller_limits, topology, service="svc", callback=handle
     )

@@ -15,6 +15,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram
 
 from events import Topology
+from events.permissions import API_USER
 from projections.engine import metrics as engine_metrics
 from projections.registry import WORKERS as PROJECTION_WORKERS
 from services import metrics as service_metrics
@@ -339,8 +340,9 @@ def test_app_services_connect_to_nats_as_service_and_migrate_as_admin(
     compose: dict[str, Any], services: dict[str, dict[str, Any]], name: str
 ) -> None:
     """The running services' credential may not change a stream (nor so lower the log's
-    limits); migrate, which declares the streams, alone holds the admin's."""
-    user = "admin" if name == "migrate" else "service"
+    limits); migrate, which declares the streams, alone holds the admin's; the HTTP API
+    its own (it may publish only what its routes do: events.permissions)."""
+    user = {"migrate": "admin", "api": API_USER}.get(name, "service")
     env = services[name]["environment"]
     assert env["BUDGET_NATS_USER"] == user
     assert "BUDGET_NATS_PASSWORD" not in env
@@ -348,7 +350,8 @@ def test_app_services_connect_to_nats_as_service_and_migrate_as_admin(
     assert secret in services[name]["secrets"]
     # The secret holds the password the NATS server knows the user by.
     assert compose["secrets"][secret]["environment"] == password_variable(user)
-    # and no other NATS password: a service has no use for the admin's
+    # and no other NATS password: a service has no use for the admin's, the API for the
+    # services'
     nats_secrets = {s for s in services[name]["secrets"] if s.startswith("nats_")}
     assert nats_secrets == {secret}
 
@@ -476,15 +479,19 @@ def test_every_alerting_rule_has_a_promtool_case() -> None:
 
 
 def test_compose_gives_each_named_host_app_a_user_of_its_own() -> None:
-    """So host apps under Compose neither read each other's replies nor share limits."""
+    """So host apps under Compose neither read each other's replies nor share limits; the
+    HTTP API may publish usage or ask as none of them."""
     text = compose_config(Topology(), hosts=["billing", "search-bot"])
-    for default in compose_config(Topology()).split("\n"):
+    api_permissions = '{user: "api"'
+    for default in compose_config(Topology()).split(api_permissions)[0].split("\n"):
         assert default in text  # the defaults, unchanged
+    api = text.split(api_permissions)[1].split("\n")[1]
     for name in ("billing", "search-bot"):
         assert f"${password_variable(name)}" in text
         assert f'"_INBOX.{name}.>"' in text and f'"budget.rpc.{name}.>"' in text
+        assert f'"budget.events.usage.recorded.{name}", "budget.rpc.{name}.>"' in api
     assert password_variable("search-bot") == "BUDGET_NATS_SEARCH_BOT_PASSWORD"
-    with pytest.raises(ValueError, match="not one of service, host, alerts, admin"):
+    with pytest.raises(ValueError, match="not one of service, host, alerts, admin, api"):
         compose_config(Topology(), hosts=["alerts"])
 
 
