@@ -3,7 +3,9 @@
 Every error the API returns has ``type``, ``title``, ``status`` and ``detail``; a
 validation error also names each wrong field in ``errors`` (``field``: dotted path, e.g.
 ``body.limit_amount``); a refusal for too many requests (429) also says in ``retry_after``
-how many seconds to wait, as its ``Retry-After`` header does (rounded up). An unexpected
+how many seconds to wait, as its ``Retry-After`` header does (rounded up); a usage post
+whose events the event log may have stored without saying so (503) also lists in
+``event_ids`` the ids to retry them with. An unexpected
 failure is answered with a 500 that carries no traceback and no request data
 (``services.api.middleware.CatchAll``).
 """
@@ -78,6 +80,11 @@ class ProblemDocument(BaseModel):
     retry_after: float | None = Field(
         default=None, description="429: seconds to wait before asking again"
     )
+    event_ids: list[str] | None = Field(
+        default=None,
+        description="503 from a usage post: the event_id of each of its events, in order;"
+        " the event log may have stored them, so retry with these ids (each is counted once)",
+    )
 
 
 def _documented(description: str) -> dict[str, Any]:
@@ -114,8 +121,10 @@ class Problem(Exception):
         errors: Sequence[dict[str, str]] = (),
         headers: dict[str, str] | None = None,
         retry_after: float | None = None,
+        event_ids: Sequence[str] | None = None,
     ) -> None:
-        """``retry_after``: seconds, answered in the body and (rounded up) as ``Retry-After``."""
+        """``retry_after``: seconds, answered in the body and (rounded up) as ``Retry-After``;
+        ``event_ids``: those a usage post's retry must carry (``ProblemDocument``)."""
         super().__init__(detail)
         self.status = status
         self.detail = detail
@@ -123,6 +132,7 @@ class Problem(Exception):
         self.errors = list(errors)
         self.headers = headers or {}
         self.retry_after = retry_after
+        self.event_ids = None if event_ids is None else list(event_ids)
         if retry_after is not None:
             self.headers["Retry-After"] = str(math.ceil(retry_after))
 
@@ -140,6 +150,8 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
         body["errors"] = problem.errors
     if problem.retry_after is not None:
         body["retry_after"] = round(problem.retry_after, 3)
+    if problem.event_ids is not None:
+        body["event_ids"] = problem.event_ids
     return JSONResponse(body, problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 

@@ -301,8 +301,16 @@ async def _store(
     try:
         return list(await asyncio.gather(*(one(body, event) for body, event in calls)))
     except (NatsError, TimeoutError) as exc:
+        # Sent but not confirmed (an ack timed out, the connection dropped): JetStream may
+        # have stored them, so only a retry under the same ids is safe, and a post without
+        # an event_id has its ids made here: say which.
+        ids = [str(event.event_id) for _, event in calls]
+        retry = f"event_id {ids[0]}" if len(ids) == 1 else "the event_ids listed, in order"
         raise Problem(
-            503, f"the event log did not store the events ({type(exc).__name__}); retry"
+            503,
+            f"the event log did not confirm storing the events ({type(exc).__name__}) but may"
+            f" have stored them: retry with {retry} (event_ids), so none counts twice",
+            event_ids=ids,
         ) from None
 
 
