@@ -3,7 +3,8 @@
 Pages are newest first and keyed by ``(occurred_at, event_id)``, never by OFFSET, so a
 page costs the same at any depth. A browse is pinned to the history's position when it
 started (``as_of``, a stream sequence): events applied later never shift, repeat or join
-its pages, and an export of the same filters lists exactly the rows the pages showed.
+its pages, and an export of the same filters pinned at the same ``as_of`` lists exactly
+the rows the pages showed.
 Rows are rendered by PostgreSQL once, in one shape, for pages, CSV and JSON alike.
 """
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import html
 import io
 import json
+import re
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -104,6 +106,47 @@ def test_filters_and_exports(ingest: httpx.Client, viewer: httpx.Client, user: s
 
     lines = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "json"})
     assert [json.loads(line) for line in lines.text.splitlines()] == listed
+
+
+def test_an_export_of_a_browse_holds_its_rows_not_those_that_arrived_since(
+    ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    post_calls(ingest, user, 5)
+    eventually(lambda: history_count(viewer, user, 5), what="5 rows in history")
+    page = viewer.get("/api/v1/usage", params={"user_id": user}).json()
+    listed = [r["event_id"] for r in page["rows"]]
+    post_calls(ingest, user, 3)  # while the reader looks at the page
+    eventually(lambda: history_count(viewer, user, 8), what="the new rows applied")
+
+    pinned = {"user_id": user, "as_of": page["as_of"]}
+    table = viewer.get("/api/v1/usage/export", params=pinned).text
+    assert [r["event_id"] for r in csv.DictReader(io.StringIO(table))] == listed
+    lines = viewer.get("/api/v1/usage/export", params={**pinned, "format": "json"}).text
+    assert [json.loads(line)["event_id"] for line in lines.splitlines()] == listed
+    now = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": "json"})
+    assert len(now.text.splitlines()) == 8  # unpinned: as the export starts
+
+
+def test_the_consoles_export_links_hold_the_rows_its_page_shows(
+    ingest: httpx.Client, viewer: httpx.Client, browser: httpx.Client, user: str
+) -> None:
+    post_calls(ingest, user, 4)
+    eventually(lambda: history_count(viewer, user, 4), what="4 rows in history")
+    page = browser.get("/history", params={"user_id": user}).text
+    shown = re.findall(r'<tr data-event-id="([^"]+)"', page)
+    post_calls(ingest, user, 2)
+    eventually(lambda: history_count(viewer, user, 6), what="the new rows applied")
+
+    links = re.findall(r'href="(/api/v1/usage/export\?[^"]+)"', page)
+    assert len(shown) == 4 and len(links) == 2
+    for link in links:
+        exported = browser.get(html.unescape(link))
+        assert exported.status_code == 200, exported.text
+        if "format=json" in link:
+            ids = [json.loads(line)["event_id"] for line in exported.text.splitlines()]
+        else:
+            ids = [r["event_id"] for r in csv.DictReader(io.StringIO(exported.text))]
+        assert ids == shown, link
 
 
 def test_a_provider_filter_matches_however_the_provider_is_spelt(

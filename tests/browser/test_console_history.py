@@ -69,7 +69,8 @@ def test_filtered_export_equals_the_apis_rows(stack: LiveStack, pages: Pages) ->
         path = download.value.path()
         exported = list(csv.DictReader(io.StringIO(path.read_text())))
 
-        query = {k: v for k, v in parse_qsl(urlsplit(href).query) if k != "format"}
+        query = dict(parse_qsl(urlsplit(href).query))
+        assert query.pop("format") == "csv" and query.pop("as_of").isdigit()  # the browse's
         assert query == {"user_id": user, "project_id": project}
         api_rows = http.get("/api/v1/usage", params={**query, "limit": 1000}).json()["rows"]
     assert len(api_rows) == 7

@@ -2,7 +2,8 @@
 returned) and export links to the API's streamed CSV / JSON of the same filters.
 
 Times are typed in the reader's zone (the form's ``tz``); the export links carry them as
-UTC instants, so the file holds exactly the rows the pages show.
+UTC instants, and the browse's pin (``as_of``), so the file holds exactly the rows the
+pages show, none that arrived since.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
-from projections.history_pages import Cursor, HistoryFilter, history_page
+from projections.history_pages import Cursor, HistoryFilter
 from services.api.console.forms import FORM_ERROR, FormState, local_datetime, reader_zone
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
 from services.api.context import services
+from services.api.routes.history import browse
 
 __all__ = ["PAGE_ROWS", "router"]
 
@@ -35,12 +37,13 @@ async def history(request: Request, _: Viewer) -> Response:
     cursor = _cursor(params.get("cursor"), state)
     rows: list[dict[str, object]] = []
     older: str | None = None
+    api_params = _api_params(where)
     if not state.errors:
-        rows, following = await services(request).database.read(
-            lambda conn: history_page(conn, where, limit=PAGE_ROWS, cursor=cursor)
+        rows, following, as_of = await services(request).database.read(
+            lambda conn: browse(conn, where, limit=PAGE_ROWS, cursor=cursor)
         )
         older = following.encode() if following else None
-    api_params = _api_params(where)
+        api_params["as_of"] = str(as_of)
     typed = {k: v for k, v in state.values.items() if v}
     context = {
         "title": "Usage history",

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from events.envelope import UtcDatetime
 from projections.db import connect
 from projections.engine.checkpoints import live_position
+from projections.engine.projection import Connection
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
 from services.api.auth import Principal
@@ -21,7 +22,7 @@ from services.api.limits import limited_read
 from services.api.open_streams import OpenStreams
 from services.api.problems import LIMITED_RESPONSES, Problem
 
-__all__ = ["HistoryPage", "history_filter", "router"]
+__all__ = ["HistoryPage", "browse", "history_filter", "router"]
 
 router = APIRouter(
     prefix="/usage",
@@ -39,6 +40,10 @@ class HistoryPage(BaseModel):
         " published the event, api-key-<id> for one posted by that key, null when unknown"
     )
     next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+    as_of: int = Field(
+        description="the history position this browse is pinned to: pass it to the export"
+        " (`as_of`) for exactly the rows of these pages"
+    )
 
 
 def history_filter(
@@ -92,10 +97,22 @@ async def history_page(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> HistoryPage:
-    rows, following = await api.database.read(
-        lambda conn: read_page(conn, where, limit=limit, cursor=parse_cursor(cursor))
+    rows, following, as_of = await api.database.read(
+        lambda conn: browse(conn, where, limit=limit, cursor=parse_cursor(cursor))
     )
-    return HistoryPage(rows=rows, next_cursor=following.encode() if following else None)
+    return HistoryPage(
+        rows=rows, next_cursor=following.encode() if following else None, as_of=as_of
+    )
+
+
+async def browse(
+    conn: Connection, where: HistoryFilter, *, limit: int, cursor: Cursor | None
+) -> tuple[list[dict[str, Any]], Cursor | None, int]:
+    """A page (``history_pages.history_page``), its next cursor, and the position its
+    browse is pinned to, which the first page takes (every later one carries it)."""
+    start = cursor if cursor is not None else Cursor(await live_position(conn, "history"))
+    rows, following = await read_page(conn, where, limit=limit, cursor=start)
+    return rows, following, start.as_of
 
 
 @router.get(
@@ -108,6 +125,14 @@ async def export(
     where: Filter,
     reader: Annotated[Principal, Depends(limited_read)],
     format: Literal["csv", "json"] = "csv",
+    as_of: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="a browse's `as_of` (GET /usage): export exactly its rows, none"
+            " applied since; default: the history's position as the export starts",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     if _running.count(reader.key_id) >= MAX_EXPORTS_PER_KEY:
         running = f"{MAX_EXPORTS_PER_KEY} exports of this API key are running"
@@ -123,9 +148,10 @@ async def export(
     _running.hold(slot)
     _running.hold(slot, reader.key_id)
     # Before the answer starts: a database that is away is a 503 here, not a cut stream.
-    as_of = await api.database.read(lambda conn: live_position(conn, "history"))
+    live = await api.database.read(lambda conn: live_position(conn, "history"))
+    pinned = live if as_of is None else min(as_of, live)  # never rows not yet applied
     csv = format == "csv"
-    body = _stream(api.settings.database_url, where, as_of, csv=csv, slot=slot)
+    body = _stream(api.settings.database_url, where, pinned, csv=csv, slot=slot)
     media = "text/csv; charset=utf-8" if csv else "application/x-ndjson"
     name = "usage-history.csv" if csv else "usage-history.jsonl"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
