@@ -13,7 +13,6 @@ from typing import TypeVar
 import psycopg
 
 from budget.periods import Period
-from budget.policies import canonical_key
 from budget.queries import not_applied
 from budget.report_format import Report
 from events import AlertRule, BudgetPolicy, BudgetScope, utc_now
@@ -117,10 +116,8 @@ class DatabaseQueries:
 
     async def spend(self, query: SpendQuery, *, key: str | None = None) -> list[SpendRow]:
         """``key``: only that scope key's rows (the HTTP API's filter), as spend is counted
-        under it (``canonical_key``: a provider's however it is spelt, "OpenAI" is
-        "openai"; a model's however it is cased, "GPT-4o" is "gpt-4o")."""
-        if key is not None and query.scope is not None:
-            key = canonical_key(query.scope, key)
+        under it in each scope (``spend_for_period``: a provider's however it is spelt,
+        "OpenAI" is "openai"; a model's however it is cased, "GPT-4o" is "gpt-4o")."""
         scope = query.scope.value if query.scope else None
         at = query.at or utc_now()
         return await self.read(

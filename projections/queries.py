@@ -13,7 +13,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from budget.periods import Period, period_bounds, period_start
-from events import Alert, ImageUsage, Topology, Usage
+from budget.policies import canonical_key
+from events import Alert, BudgetScope, ImageUsage, Topology, Usage
 from events.queries import AlertDelivery, AlertsQuery, SpendRow, StoredAlert
 from projections.engine.checkpoints import list_checkpoints
 from projections.engine.log import pending_after
@@ -84,8 +85,12 @@ async def spend_for_period(
     key: str | None = None,
 ) -> list[SpendRow]:
     """Totals of the calendar period (UTC) containing ``at``, for every scope or one, every
-    key or one: the sum of the period's quarter-hour buckets."""
+    key or one: the sum of the period's quarter-hour buckets. ``key`` is matched as spend
+    is counted under each scope (``canonical_key``: "OpenAI" is the provider "openai",
+    "GPT-4o" the model "gpt-4o", a user "OpenAI" stays "OpenAI")."""
     start, end = period_bounds(period, at)
+    scopes = [scope] if scope is not None else list(SCOPES)
+    wanted = None if key is None else {s: canonical_key(BudgetScope(s), key) for s in scopes}
     # Each condition only when there is one: as ``(%s IS NULL OR scope = %s)`` it cannot
     # bound the index scan in the generic plan a prepared statement ends up with. One key
     # is read through the index (scope, scope_key, bucket_start), once per scope without
@@ -98,9 +103,9 @@ async def spend_for_period(
     elif key is not None:
         conditions.append("scope = ANY(%s)")
         params.append(list(SCOPES))
-    if key is not None:
-        conditions.append("scope_key = %s")
-        params.append(key)
+    if wanted is not None:
+        conditions.append("scope_key = ANY(%s)")
+        params.append(sorted(set(wanted.values())))
     cursor = await conn.execute(
         "SELECT scope, scope_key, sum(cost), sum(requests)::bigint,"
         " sum(unpriced_requests)::bigint,"
@@ -124,6 +129,7 @@ async def spend_for_period(
             output_tokens=outputs,
         )
         for scope_, key_, cost, requests, unpriced, inputs, outputs in await cursor.fetchall()
+        if wanted is None or wanted[scope_] == key_  # not a user "openai" for "OpenAI"
     ]
 
 

@@ -9,6 +9,7 @@ import html
 import io
 import json
 import re
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -186,6 +187,22 @@ def test_a_model_filter_matches_however_the_model_is_cased(
     spend = {"period": "daily", "scope": "model", "key": "GPT-4O", "at": BASE.isoformat()}
     rows = eventually(lambda: viewer.get("/api/v1/spend", params=spend).json(), what="spend")
     assert [r["scope_key"] for r in rows] == ["gpt-4o"]
+
+
+def test_a_spend_key_without_a_scope_is_matched_as_each_scope_counts_it(
+    ingest: httpx.Client, viewer: httpx.Client
+) -> None:
+    """GET /spend?key= without a scope: a provider and a model however they are spelt, a
+    user as given (its lower-case namesake is another user)."""
+    name = f"Acme-{uuid.uuid4().hex[:8]}"
+    post_calls(ingest, name, 1, provider=name, model=name)
+    post_calls(ingest, name.lower(), 1, provider="openai")
+    spend = {"period": "daily", "at": BASE.isoformat()}
+    later = {**spend, "scope": "user", "key": name.lower()}  # applied after the first call
+    eventually(lambda: viewer.get("/api/v1/spend", params=later).json(), what="both calls")
+    rows = viewer.get("/api/v1/spend", params={**spend, "key": name}).json()
+    found = sorted((r["scope"], r["scope_key"]) for r in rows)
+    assert found == [("model", name.lower()), ("provider", name.lower()), ("user", name)]
 
 
 def test_csv_exports_defuse_spreadsheet_formulas(
