@@ -161,6 +161,13 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     for err in errors:
         loc = [str(part) for part in err.get("loc", ())]
         message = str(err.get("msg", "invalid"))
+        if err.get("type") == "json_invalid":
+            # FastAPI locates it as ("body", <character offset>): that is no field, and
+            # "JSON decode error" alone does not say what to fix; its parser's reason does.
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            reason = (err.get("ctx") or {}).get("error", "")
+            result.append({"field": "body", "message": f"not valid JSON{at}: {reason}"})
+            continue
         if message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         result.append({"field": ".".join(loc) or "body", "message": message})

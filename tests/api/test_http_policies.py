@@ -150,6 +150,10 @@ def test_malformed_and_oversized_bodies(stack: LiveStack, admin: httpx.Client) -
     )
     assert broken.status_code == 422
     assert "Traceback" not in broken.text
+    # The body is at fault, and the parser's reason says what to fix (not "body.1").
+    reason = "not valid JSON at character 1: Expecting property name enclosed in double quotes"
+    assert broken.json()["errors"] == [{"field": "body", "message": reason}]
+    assert broken.json()["detail"] == f"body: {reason}"
 
     huge = admin.post("/api/v1/policies", json={"name": "x" * (2 << 20), "limit_amount": "1"})
     assert huge.status_code == 413
