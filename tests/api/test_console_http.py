@@ -70,6 +70,29 @@ def test_the_dashboards_days_and_months_say_they_are_utcs(browser: httpx.Client)
     assert "count UTC days and months" in page.text
 
 
+def test_the_policy_list_tells_the_readers_zone_from_a_policys_own(
+    admin: httpx.Client, browser: httpx.Client
+) -> None:
+    """A custom period's bounds show in the reader's zone (app.js); the policy's own zone
+    under them says it is the zone of its periods, not of the times shown above it."""
+    policy_id = f"tokyo-{uuid.uuid4().hex[:8]}"
+    policy = {
+        "name": "Tokyo launch",
+        "period": "custom",
+        "custom_start": "2026-12-01T00:00:00+09:00",
+        "custom_end": "2026-12-08T00:00:00+09:00",
+        "timezone": "Asia/Tokyo",
+        "limit_amount": "50",
+    }
+    assert admin.put(f"/api/v1/policies/{policy_id}", json=policy).status_code == 200
+    page = browser.get("/policies")
+    assert page.status_code == 200, page.text
+    assert "Times in <span data-zone-name>UTC</span>" in page.text  # app.js names the zone
+    (row,) = re.findall(rf'<tr id="p-{policy_id}".*?</tr>', page.text, re.S)
+    assert '<time datetime="2026-11-30T15:00:00Z">' in row
+    assert '<span class="muted small">periods of Asia/Tokyo</span>' in row
+
+
 def test_a_custom_report_of_any_range_ignores_the_comparisons_window(
     browser: httpx.Client,
 ) -> None:
