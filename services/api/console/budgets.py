@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
+from budget.alerting import reached
 from budget.percentages import percent_of
 from budget.policies import PolicyWindow, own_keys, policy_window
 from events import BudgetPolicy, BudgetScope
@@ -55,10 +56,11 @@ class BudgetBar:
 
     @property
     def state(self) -> State:
-        policy = self.window.policy
-        if self.spent >= self.limit and (self.limit > 0 or self.spent > 0):
+        """As the alerts say it (``reached``): a threshold is reached at it and past $0, so
+        a window without spend is ok, even under a $0 limit or a 0 % soft limit."""
+        if reached(self.spent, self.limit):
             return "exceeded"
-        return "soft" if self.spent >= policy.soft_limit else "ok"
+        return "soft" if reached(self.spent, self.window.policy.soft_limit) else "ok"
 
     @property
     def used_percent(self) -> Decimal | None:
