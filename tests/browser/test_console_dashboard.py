@@ -131,3 +131,23 @@ def test_the_chart_shows_30_days_and_the_forecast_to_the_months_end(
     ahead = (month_end - today).days + 1
     assert styles["forecast"] == styles["low"] == styles["high"] == ahead
     expect(page.get_by_text("This month, projected:")).to_be_visible()
+
+
+def test_the_charts_tooltip_shows_an_amount_under_a_cent_as_the_tables_do(
+    stack: LiveStack, pages: Pages
+) -> None:
+    """A day of calls costing fractions of a cent is "<$0.01" in the chart's tooltip, as
+    in every table, not "$0.00" (which reads as nothing spent)."""
+    page = pages(stack.admin_key)
+    page.wait_for_function("() => window.Chart && Object.keys(Chart.instances).length === 1")
+    shown = page.evaluate(
+        """() => {
+            const chart = Object.values(Chart.instances)[0];
+            const label = chart.options.plugins.tooltip.callbacks.label;
+            return [0.000075, 0.004, 0.005, 0, 12.5].map(
+                raw => label({dataset: {label: "Spend"}, raw: raw})
+            );
+        }"""
+    )
+    amounts = ["<$0.01", "<$0.01", "$0.01", "$0.00", "$12.50"]
+    assert shown == [f"Spend: {amount}" for amount in amounts]

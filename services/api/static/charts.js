@@ -10,6 +10,12 @@
   var money = new Intl.NumberFormat(undefined, { style: "currency", currency: "USD" });
   var day = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
 
+  // An amount as the tables beside the chart show it (render.usd): one under half a cent
+  // is "<$0.01", never $0.00.
+  function amount(value) {
+    return value > 0 && value < 0.005 ? "<" + money.format(0.01) : money.format(value);
+  }
+
   function dataset(series, index) {
     var color = PALETTE[index % PALETTE.length];
     var common = { label: series.label, data: series.values, style: series.style };
@@ -74,7 +80,7 @@
           },
           tooltip: {
             filter: function (item) { return item.raw !== null && item.dataset.style !== "low" && item.dataset.style !== "high"; },
-            callbacks: { label: function (item) { return item.dataset.label + ": " + money.format(item.raw); } },
+            callbacks: { label: function (item) { return item.dataset.label + ": " + amount(item.raw); } },
           },
         },
       },
