@@ -239,14 +239,15 @@ def test_csv_exports_defuse_spreadsheet_formulas(
 
 
 def test_bad_filters_are_named(viewer: httpx.Client) -> None:
-    cases = {
-        "cursor": {"cursor": "not-a-cursor"},
-        "tag": {"tag": "no-equals-sign"},
-        "until": {"since": "2026-10-02T00:00:00Z", "until": "2026-10-01T00:00:00Z"},
-        "limit": {"limit": 0},
-        "since": {"since": "yesterday"},
-    }
-    for field, params in cases.items():
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("cursor", {"cursor": "not-a-cursor"}),
+        ("tag", {"tag": "no-equals-sign"}),
+        ("tag", {"tag": ["feature=search", "feature=chat"]}),  # one would be dropped
+        ("until", {"since": "2026-10-02T00:00:00Z", "until": "2026-10-01T00:00:00Z"}),
+        ("limit", {"limit": 0}),
+        ("since", {"since": "yesterday"}),
+    ]
+    for field, params in cases:
         answer = viewer.get("/api/v1/usage", params=params)
         assert answer.status_code == 422, (field, answer.text)
         assert answer.json()["errors"][0]["field"] == f"query.{field}"

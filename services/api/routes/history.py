@@ -57,15 +57,13 @@ def history_filter(
         list[str] | None, Query(description="KEY=VALUE; repeat for several", max_length=20)
     ] = None,
 ) -> HistoryFilter:
-    tags = {}
+    tags: dict[str, str] = {}
     for item in tag or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise Problem(
-                422,
-                f"query.tag: {item!r} must look like KEY=VALUE",
-                errors=[{"field": "query.tag", "message": "must look like KEY=VALUE"}],
-            )
+            raise _tag_problem(f"{item!r} must look like KEY=VALUE")
+        if tags.get(key, value) != value:  # the later would silently replace the earlier
+            raise _tag_problem(f"{key!r} is given twice; a call carries one value of a tag")
         tags[key] = value
     if since is not None and until is not None and since >= until:
         raise Problem(
@@ -74,6 +72,12 @@ def history_filter(
             errors=[{"field": "query.until", "message": "must be after since"}],
         )
     return HistoryFilter(since, until, provider, model, user_id, project_id, tags)
+
+
+def _tag_problem(message: str) -> Problem:
+    return Problem(
+        422, f"query.tag: {message}", errors=[{"field": "query.tag", "message": message}]
+    )
 
 
 Filter = Annotated[HistoryFilter, Depends(history_filter)]
