@@ -246,11 +246,14 @@ def test_bad_filters_are_named(viewer: httpx.Client) -> None:
         ("until", {"since": "2026-10-02T00:00:00Z", "until": "2026-10-01T00:00:00Z"}),
         ("limit", {"limit": 0}),
         ("since", {"since": "yesterday"}),
+        ("user_id", {"user_id": ""}),  # matches no call: not an empty answer
     ]
     for field, params in cases:
         answer = viewer.get("/api/v1/usage", params=params)
         assert answer.status_code == 422, (field, answer.text)
         assert answer.json()["errors"][0]["field"] == f"query.{field}"
+    empty_key = viewer.get("/api/v1/spend", params={"key": ""})
+    assert empty_key.status_code == 422 and empty_key.json()["errors"][0]["field"] == "query.key"
 
 
 def test_exports_past_the_caps_are_refused_until_one_ends(

@@ -31,7 +31,8 @@ router = APIRouter(
     responses=LIMITED_RESPONSES,
 )
 Api = Annotated[ApiServices, Depends(current_services)]
-Name = Annotated[str | None, Query(max_length=200)]
+# An empty filter matches no call: refused, rather than answered with no rows.
+Name = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
 class HistoryPage(BaseModel):

@@ -34,7 +34,9 @@ async def spend(
     api: Annotated[ApiServices, Depends(current_services)],
     period: Literal["daily", "weekly", "monthly"] = "monthly",
     scope: BudgetScope | None = None,
-    key: Annotated[str | None, Query(max_length=200, description="one scope key")] = None,
+    key: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="one scope key")
+    ] = None,
     at: Annotated[QueryTime | None, Query(description="ISO 8601 with offset")] = None,
 ) -> list[SpendTotal]:
     rows = await api.database.spend(SpendQuery(period=period, scope=scope, at=at), key=key)
