@@ -176,6 +176,9 @@ def test_filters_no_alert_can_match_are_refused_naming_the_field(viewer: httpx.C
     assert both.status_code == 422, both.text
     assert both.headers["content-type"] == "application/problem+json"
     assert both.json()["errors"][0]["field"] == "query.acknowledged_only"
+    no_policy = viewer.get("/api/v1/alerts", params={"policy_id": ""})  # no policy's id
+    assert no_policy.status_code == 422, no_policy.text
+    assert no_policy.json()["errors"][0]["field"] == "query.policy_id"
 
 
 def test_a_live_feed_reads_only_what_was_delivered_since_it_last_looked(

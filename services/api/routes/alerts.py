@@ -65,7 +65,7 @@ class AlertsPage(BaseModel):
 )
 async def list_alerts(
     api: Api,
-    policy_id: Annotated[str | None, Query(max_length=100)] = None,
+    policy_id: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     severity: AlertSeverity | None = None,
     alert_type: AlertType | None = None,
     unacknowledged_only: bool = False,
