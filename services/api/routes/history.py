@@ -12,9 +12,9 @@ from pydantic import BaseModel, Field
 
 from events.envelope import UtcDatetime
 from projections.db import connect
-from projections.engine.checkpoints import live_position
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
+from projections.readable import readable_position
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
@@ -122,8 +122,9 @@ async def export(
     slot = _Slot()
     _running.hold(slot)
     _running.hold(slot, reader.key_id)
-    # Before the answer starts: a database that is away is a 503 here, not a cut stream.
-    as_of = await api.database.read(lambda conn: live_position(conn, "history"))
+    # Before the answer starts: a database that is away, or a history being rebuilt after
+    # an upgrade, is a 503 here, not a cut stream.
+    as_of = await api.database.read(lambda conn: readable_position(conn, "history"))
     csv = format == "csv"
     body = _stream(api.settings.database_url, where, as_of, csv=csv, slot=slot)
     media = "text/csv; charset=utf-8" if csv else "application/x-ndjson"
