@@ -16,8 +16,10 @@ import pytest
 from budget.periods import Period
 from events import Topology, UsageRecorded, encode, headers_for
 from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
 from projections.engine.log import declare_streams
 from projections.migrate import migrate
+from projections.reports import ReportsProjection
 from services.ops import nats_client
 from services.stack import STACK_WORKERS
 
@@ -91,6 +93,11 @@ async def _old_release(nats_url: str, database_url: str, topology: Topology) -> 
                 ),
             )
         await conn.execute("CREATE VIEW usage_history AS SELECT * FROM usage_history_v1")
+        # Its report rollups, as if their tables differed too (the shape is what tells).
+        await ensure_projection(conn, ReportsProjection())
+        await conn.execute(
+            "UPDATE projection_checkpoints SET shape = 'older' WHERE name = 'reports'"
+        )
         await conn.execute(
             "INSERT INTO projection_registry (name, active_version) VALUES ('history', 1)"
         )
@@ -142,6 +149,9 @@ def test_the_history_says_it_is_being_rebuilt_until_the_worker_has_rebuilt_it(
             detail = answer.json()["detail"]
             assert "history projection is being rebuilt" in detail
             assert "`budget worker usage`" in detail and answer.headers["Retry-After"]
+        summary = http.get("/api/v1/reports/summary")
+        assert summary.status_code == 503, summary.text
+        assert "reports projection is being rebuilt" in summary.json()["detail"]
     day = EVENTS[0].occurred_at.date()
     window = ("--start", str(day), "--end", str(day + timedelta(days=1)))
     cli = budget_process(
@@ -170,3 +180,9 @@ def test_the_history_says_it_is_being_rebuilt_until_the_worker_has_rebuilt_it(
         found = eventually(rows, what="the rebuilt history")
         assert sorted(r["event_id"] for r in found) == sorted(str(e.event_id) for e in EVENTS)
         assert {(r["model"], r["publisher"]) for r in found} == {("GPT-4o", None)}
+
+        def rollups_answer() -> bool:
+            """the rebuilt report rollups answer"""
+            return http.get("/api/v1/reports/summary").status_code == 200
+
+        eventually(rollups_answer, what="the rebuilt report rollups")
