@@ -20,8 +20,8 @@ from typing import Any
 from budget.policies import canonical_key
 from events import BudgetScope
 from projections.cursors import decode_cursor, encode_cursor
-from projections.engine.checkpoints import live_position
 from projections.engine.projection import Connection
+from projections.readable import readable_position
 
 __all__ = [
     "HISTORY_FIELDS",
@@ -183,7 +183,10 @@ class Cursor:
 
 
 async def _start(conn: Connection, cursor: Cursor | None) -> Cursor:
-    return cursor if cursor is not None else Cursor(await live_position(conn, "history"))
+    """Where a browse starts; ``Rebuilding`` while the history's tables are another
+    release's (after an upgrade, until its rebuild goes live), on any of its pages."""
+    position = await readable_position(conn, "history")
+    return cursor if cursor is not None else Cursor(position)
 
 
 async def history_page(
@@ -225,7 +228,8 @@ async def export_csv(
 ) -> AsyncIterator[bytes]:
     """Every matching row as CSV with a header, newest first, produced by PostgreSQL's COPY
     in chunks of ~64 KiB (memory stays flat however many rows match)."""
-    pinned = as_of if as_of is not None else await live_position(conn, "history")
+    position = await readable_position(conn, "history")
+    pinned = as_of if as_of is not None else position
     clause, params = where.where(pinned)
     query = (
         f"COPY (SELECT {_CSV_SELECT} FROM usage_history WHERE {clause} {_NEWEST_FIRST})"
@@ -249,7 +253,8 @@ async def export_json_lines(
 ) -> AsyncIterator[list[str]]:
     """Every matching row as one JSON object per item, newest first, read with a
     server-side cursor ``batch`` rows at a time."""
-    pinned = as_of if as_of is not None else await live_position(conn, "history")
+    position = await readable_position(conn, "history")
+    pinned = as_of if as_of is not None else position
     clause, params = where.where(pinned)
     query = f"SELECT {_JSON_ROW} FROM usage_history WHERE {clause} {_NEWEST_FIRST}"
     async with conn.transaction(), conn.cursor(name="history_export") as cur:

@@ -35,6 +35,7 @@ from events.usage import exact_money
 from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter
 from projections.policies import load_policies
+from projections.readable import readable_position
 from projections.spend import MEASURES
 from projections.windows import WindowTotals, priced_cost, window_totals
 
@@ -172,8 +173,11 @@ class ReportBuilder:
         self.conn = conn
 
     async def answer(self, query: ReportQuery) -> Report:
-        """The report ``query`` asks for (``ValueError`` when its arguments are wrong)."""
+        """The report ``query`` asks for (``ValueError`` when its arguments are wrong;
+        ``Rebuilding`` while what it reads, the history or the rollups, is another
+        release's, after an upgrade)."""
         tz = ZoneInfo(query.tz)
+        await readable_position(self.conn, "history" if query.kind == "history" else "reports")
         if query.kind == "summary":
             return await self.generate_summary_report(query.period, tz)
         if query.kind == "trend":

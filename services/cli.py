@@ -36,6 +36,7 @@ from projections.engine.reader import ConsumerGone
 from projections.engine.rebuild import Progress, rebuild
 from projections.engine.runner import EngineConfig, Retired, Systemic
 from projections.queries import projection_status, spend_for_period
+from projections.readable import Rebuilding
 from projections.registry import GROUPS, PROJECTIONS, get_projection, worker_projections
 from projections.windows import priced_cost
 from services.cli_alerts import alerts_app
@@ -533,7 +534,15 @@ def main() -> None:
         _fail(f"{message.replace('Value error, ', '')} (see --help)")
     except ValidationError as exc:
         _fail(validation_message(exc))
-    except (ConfigError, ConnectError, LogError, ValueError, NotApplied, ClockAhead) as exc:
+    except (
+        ConfigError,
+        ConnectError,
+        LogError,
+        ValueError,
+        NotApplied,
+        ClockAhead,
+        Rebuilding,
+    ) as exc:
         _fail(str(exc))
     except (StackError, ServerStartError) as exc:  # `budget up`: e.g. a stack already runs
         _fail(str(exc))

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from events.rpc import RpcError
+from projections.readable import Rebuilding
 from services.liveness import Liveness
 
 __all__ = [
@@ -54,6 +55,8 @@ def error_reply(service: str, exc: BaseException) -> RpcError:
         return RpcError(error=f"{service}: database unavailable: {exc}"[:_MAX_ERROR])
     if isinstance(exc, psycopg.DataError):
         return RpcError(error=f"{service}: the database refused the request: {exc}"[:_MAX_ERROR])
+    if isinstance(exc, Rebuilding):  # after an upgrade: says until when, and how to follow it
+        return RpcError(error=f"{service}: {exc}"[:_MAX_ERROR])
     if isinstance(exc, ValueError):  # the request was wrong: the handler says how
         return RpcError(error=str(exc)[:_MAX_ERROR])
     log.error("%s failed on a request", service, exc_info=exc)

@@ -24,12 +24,16 @@ from faststream import FastStream
 from faststream.nats import NatsBroker, NatsSecurity, NatsUserPassword
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
 
 from budget.config import Settings
 from budget.natsconn import nats_options
 from budget.waits import wait_set
+from projections.db import connect
+from projections.engine.checkpoints import ensure_projection
 from projections.engine.log import require_stream
 from projections.engine.metrics import BATCH_SECONDS, EVENTS_APPLIED, LAG
+from projections.engine.projection import Projection
 from projections.engine.reader import ConsumerGone
 from projections.engine.rebuild import rebuild_if_reshaped
 from projections.engine.runner import (
@@ -40,6 +44,7 @@ from projections.engine.runner import (
     Retired,
     Systemic,
 )
+from projections.engine.shapes import live_shape_is_current
 from projections.registry import worker_projections
 from services.liveness import Liveness, Loop
 from services.metrics import refresh_every, serve_metrics
@@ -110,14 +115,7 @@ async def run_projection(
         )
         lag = asyncio.create_task(refresh_every(LAG_EVERY, _lag_of(members, runner), stop))
         try:
-            for projection in projections:
-                await rebuild_if_reshaped(
-                    projection,
-                    nc=nc,
-                    database_url=settings.database_url,
-                    topology=settings.topology,
-                    config=config,
-                )
+            await _rebuild_reshaped(projections, nc, settings, config, count, turn)
             await runner.open()
             log.info(
                 "worker %s running %s",
@@ -142,6 +140,87 @@ async def run_projection(
             lag.cancel()
             await runner.close()
     log.info("worker %s stopped after applying %d events", name, applied)
+
+
+async def _rebuild_reshaped(
+    projections: list[Projection],
+    nc: Client,
+    settings: Settings,
+    config: EngineConfig,
+    on_batch: Callable[[BatchResult], None],
+    turn: Callable[[], contextlib.AbstractContextManager[None]],
+) -> None:
+    """Rebuild those of ``projections`` whose live tables another release built
+    (``rebuild_if_reshaped``), one after another; meanwhile run the others at their live
+    versions, so an upgrade that reshapes one member of a group (the history) does not stop
+    the rest (spend, which checks count on) for as long as its rebuild reads the log."""
+    async with await connect(settings.database_url) as conn:
+        stale = [p for p in projections if not await _current(conn, p)]
+    if not stale:
+        return
+    current = [p for p in projections if p not in stale]
+    serving = asyncio.Event()
+    meanwhile = (
+        asyncio.create_task(_run_meanwhile(current, nc, settings, config, serving, on_batch, turn))
+        if current
+        else None
+    )
+    try:
+        for projection in stale:
+            await rebuild_if_reshaped(
+                projection,
+                nc=nc,
+                database_url=settings.database_url,
+                topology=settings.topology,
+                config=config,
+            )
+    finally:
+        serving.set()
+        if meanwhile is not None:
+            await meanwhile
+
+
+async def _current(conn: psycopg.AsyncConnection[Any], projection: Projection) -> bool:
+    await ensure_projection(conn, projection)  # a new projection's first version is current
+    return await live_shape_is_current(conn, projection)
+
+
+async def _run_meanwhile(
+    projections: list[Projection],
+    nc: Client,
+    settings: Settings,
+    config: EngineConfig,
+    until: asyncio.Event,
+    on_batch: Callable[[BatchResult], None],
+    turn: Callable[[], contextlib.AbstractContextManager[None]],
+) -> None:
+    """Run ``projections`` at their live versions until ``until`` is set, then delete the
+    consumer they read with (the worker's own consumer takes over from their checkpoints).
+    A failure ends this early, saying so: the worker runs them again once the rebuilds are
+    done."""
+    runner = ProjectionRunner(
+        projections,
+        nc=nc,
+        database_url=settings.database_url,
+        topology=settings.topology,
+        config=config,
+    )
+    try:
+        await runner.open()
+        log.info(
+            "running %s while the others are rebuilt",
+            ", ".join(f"{w.projection.name} v{w.version}" for w in runner.writers),
+        )
+        await runner.run(until, on_batch=on_batch, turn=turn)
+    except Exception as exc:
+        log.warning("stopped running the others during the rebuild: %s", exc)
+    finally:
+        await runner.close()
+        if runner.writers:
+            with contextlib.suppress(NatsError, NotFoundError):
+                await nc.jetstream().delete_consumer(
+                    settings.topology.event_stream.name, runner.durable
+                )
 
 
 LONE_FAULT_PATIENCE = 120.0

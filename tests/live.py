@@ -17,8 +17,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -60,6 +60,11 @@ class LiveStack:
     settings: Settings
     data_dir: Path
     log_dir: Path
+    _start: Callable[[str], None] = field(repr=False)
+
+    def start(self, name: str) -> None:
+        """Start ``name`` (a worker or service of ``budget up``) that the stack left out."""
+        self._start(name)
 
     def client(self, key: str | None = None, **options: object) -> httpx.Client:
         """An HTTP client on the stack, sending ``key`` (default: the admin key)."""
@@ -116,10 +121,14 @@ def live_stack(
     *,
     extra_env: dict[str, str] | None = None,
     role_urls: Mapping[str, str] | None = None,
+    workers: Sequence[str] = STACK_WORKERS,
+    before: Callable[[Topology], Awaitable[None]] | None = None,
 ) -> Iterator[LiveStack]:
     """Generator for a fixture: start, yield the stack, stop every process. ``role_urls``:
     the database URL of a network door's role (``services.database_roles``), by role name,
-    which that door's process connects with instead of ``database_url``."""
+    which that door's process connects with instead of ``database_url``. ``workers``: the
+    processes started at once (``LiveStack.start`` starts others later); ``before``: run
+    before the database is migrated (what an older release left, for an upgrade test)."""
     prefix = f"t{secrets.token_hex(5)}"
     settings = Settings(nats_url=nats_url, database_url=database_url, subject_prefix=prefix)
     topology = Topology(prefix=prefix)
@@ -129,6 +138,8 @@ def live_stack(
     key_file = data_dir / "admin.key"
 
     async def setup() -> None:
+        if before is not None:
+            await before(topology)
         await prepare(nats_url, database_url, settings)
         async with nats_client(nats_url) as nc:
             await first_admin_key(nc.jetstream(), topology, key_file)
@@ -147,23 +158,27 @@ def live_stack(
         **(extra_env or {}),
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str) -> None:
+        own = (role_urls or {}).get(DOOR_ROLES.get(name, ""))
+        with (log_dir / f"{name}.log").open("wb") as log:
+            procs[name] = subprocess.Popen(
+                default_worker_command(name),
+                cwd=ROOT,
+                env=env if own is None else {**env, "BUDGET_DATABASE_URL": own},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
     try:
-        for name in STACK_WORKERS:
-            own = (role_urls or {}).get(DOOR_ROLES.get(name, ""))
-            with (log_dir / f"{name}.log").open("wb") as log:
-                procs[name] = subprocess.Popen(
-                    default_worker_command(name),
-                    cwd=ROOT,
-                    env=env if own is None else {**env, "BUDGET_DATABASE_URL": own},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        for name in workers:
+            start(name)
         base_url = f"http://127.0.0.1:{port}"
         _wait_ready(base_url, 60, procs)
         admin_key = key_file.read_text().strip()
         _wait_key_works(base_url, admin_key, 30)
-        yield LiveStack(base_url, admin_key, settings, data_dir, log_dir)
+        yield LiveStack(base_url, admin_key, settings, data_dir, log_dir, start)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

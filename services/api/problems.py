@@ -30,6 +30,7 @@ from budget.natsconn import PermissionDenied
 from budget.queries import NotApplied
 from budget.rpc import Unanswered
 from events.permissions import API_USER
+from projections.readable import Rebuilding
 
 __all__ = [
     "LIMITED_RESPONSES",
@@ -182,9 +183,14 @@ OUTAGES = (
     Contended,
     ClockAhead,
     PermissionDenied,
+    Rebuilding,
 )
-"""What a server being away, too busy or refusing this process's credential raises: each
-is a 503 (504 for a change not applied in time)."""
+"""What a server being away, too busy or refusing this process's credential raises, or a
+read model being rebuilt after an upgrade: each is a 503 (504 for a change not applied in
+time)."""
+
+REBUILDING_RETRY = 30.0
+"""Seconds a reader of a projection being rebuilt is told to wait before asking again."""
 
 
 def outage_problem(exc: Exception) -> Problem:
@@ -193,6 +199,8 @@ def outage_problem(exc: Exception) -> Problem:
         return Problem(503, "the database is unreachable; retry shortly")
     if isinstance(exc, NotApplied):
         return Problem(504, str(exc))
+    if isinstance(exc, Rebuilding):
+        return Problem(503, str(exc), retry_after=REBUILDING_RETRY)
     if isinstance(exc, (Unanswered, Contended, ClockAhead)):  # says what to do; no URL
         return Problem(503, str(exc))
     if isinstance(exc, PermissionDenied):  # the operator's to fix: the subject is logged

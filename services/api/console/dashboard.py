@@ -22,6 +22,7 @@ from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow, Store
 from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter, history_page
 from projections.queries import alerts_page, count_alerts
+from projections.readable import Rebuilding
 from projections.report_queries import ReportBuilder, ceil_quarter
 from services.api.console.budgets import PolicyBars, budget_bars
 from services.api.console.charts import spend_chart
@@ -76,8 +77,12 @@ async def live_context(api: ApiServices) -> dict[str, Any]:
 
     async def panels(
         conn: Connection,
-    ) -> tuple[dict[str, list[SpendRow]], list[PolicyBars], list[dict[str, Any]]]:
-        recent, _ = await history_page(conn, HistoryFilter(), limit=RECENT_CALLS)
+    ) -> tuple[dict[str, list[SpendRow]], list[PolicyBars], list[dict[str, Any]] | str]:
+        recent: list[dict[str, Any]] | str
+        try:
+            recent, _ = await history_page(conn, HistoryFilter(), limit=RECENT_CALLS)
+        except Rebuilding as exc:  # the other panels still answer: say why this one is empty
+            recent = str(exc)
         return await _month_by_scope(conn, now), await budget_bars(conn, now), recent
 
     # ``read``: once more on a fresh connection after a database restart
@@ -90,7 +95,8 @@ async def live_context(api: ApiServices) -> dict[str, Any]:
         "budgets": bars,
         "breakdown": [(label, by_scope[scope][:TOP]) for scope, label in BREAKDOWN],
         "month_cost": total.cost if total else Decimal(0),
-        "recent": recent,
+        "recent": [] if isinstance(recent, str) else recent,
+        "recent_note": recent if isinstance(recent, str) else None,
     }
 
 

@@ -12,10 +12,10 @@ from pydantic import BaseModel, Field
 
 from events.envelope import UtcDatetime
 from projections.db import connect
-from projections.engine.checkpoints import live_position
 from projections.engine.projection import Connection
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
 from projections.history_pages import history_page as read_page
+from projections.readable import readable_position
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
@@ -115,7 +115,7 @@ async def browse(
 ) -> tuple[list[dict[str, Any]], Cursor | None, int]:
     """A page (``history_pages.history_page``), its next cursor, and the position its
     browse is pinned to, which the first page takes (every later one carries it)."""
-    start = cursor if cursor is not None else Cursor(await live_position(conn, "history"))
+    start = cursor if cursor is not None else Cursor(await readable_position(conn, "history"))
     rows, following = await read_page(conn, where, limit=limit, cursor=start)
     return rows, following, start.as_of
 
@@ -152,8 +152,9 @@ async def export(
     slot = _Slot()
     _running.hold(slot)
     _running.hold(slot, reader.key_id)
-    # Before the answer starts: a database that is away is a 503 here, not a cut stream.
-    live = await api.database.read(lambda conn: live_position(conn, "history"))
+    # Before the answer starts: a database that is away, or a history being rebuilt after
+    # an upgrade, is a 503 here, not a cut stream.
+    live = await api.database.read(lambda conn: readable_position(conn, "history"))
     pinned = live if as_of is None else min(as_of, live)  # never rows not yet applied
     csv = format == "csv"
     body = _stream(api.settings.database_url, where, pinned, csv=csv, slot=slot)
