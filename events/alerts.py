@@ -49,6 +49,9 @@ class AlertType(StrEnum):
     POLICY_VIOLATION = "policy_violation"
     ADMIN_NOTIFICATION = "admin_notification"
     """A NOTIFY policy's spend reached its limit: what that action asks for."""
+    UNPRICED_USAGE = "unpriced_usage"
+    """Usage of a model was recorded without a price: it counts toward no limit, threshold
+    or anomaly until repriced."""
 
     @property
     def is_threshold(self) -> bool:
@@ -67,7 +70,8 @@ class AlertRule(BaseModel):
     of the limit (absent: each policy's own soft limit). ANOMALY rules fire when an hour's
     spend of a watched scope is far above its usual level for that hour; POLICY_VIOLATION
     rules when the enforcer refuses a request; ADMIN_NOTIFICATION rules are threshold rules
-    that watch only NOTIFY policies. ``cooldown_minutes``, in event time, keeps
+    that watch only NOTIFY policies; UNPRICED_USAGE rules once a UTC day per model used
+    without a price (it counts toward no limit then). ``cooldown_minutes``, in event time, keeps
     one rule from alerting about the same policy (or scope key) again too soon.
     """
 

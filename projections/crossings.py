@@ -33,6 +33,8 @@ __all__ = [
     "HourHistory",
     "Spend",
     "Threshold",
+    "Unpriced",
+    "first_unpriced",
     "hour_crossings",
     "hour_history",
     "reaches",
@@ -46,6 +48,7 @@ HISTORY_DAYS = 28
 _ORIGIN = "timestamptz '2000-01-01 00:00+00'"
 _QUARTER = f"date_bin('15 minutes', {{}}, {_ORIGIN})"
 _HOUR = f"date_bin('1 hour', {{}}, {_ORIGIN})"
+_DAY = f"date_bin('1 day', {{}}, {_ORIGIN})"
 
 
 def reaches(total: str, amount: str) -> str:
@@ -430,6 +433,37 @@ async def hour_crossings(
         {**counted.params, "lines": json.dumps(lines)},
     )
     return [Crossing(*row) for row in await cursor.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class Unpriced:
+    """The first usage event (in log order) of a segment recorded without a price, for a
+    provider, model and UTC ``day``."""
+
+    provider: str
+    model: str
+    day: datetime
+    stream_seq: int
+    event_id: Any
+    occurred_at: datetime
+
+
+async def first_unpriced(conn: Connection, counted: Counted) -> list[Unpriced]:
+    """Per provider, model and UTC day, the segment's first usage event without a price
+    (``counted`` leaves them out: they add no spend)."""
+    day = _DAY.format("u.occurred_at")
+    cursor = await conn.execute(
+        f"""SELECT DISTINCT ON (u.provider, u.model, {day}) u.provider, u.model, {day},
+               u.stream_seq, u.event_id, u.occurred_at
+        FROM {recorded_usage(counted.usage, "u")}
+        WHERE u.cost IS NULL
+        ORDER BY u.provider, u.model, {day}, u.stream_seq""".encode(),
+        counted.recorded.params,
+    )
+    return [
+        Unpriced(provider, model, day.astimezone(UTC), seq, event_id, at.astimezone(UTC))
+        for provider, model, day, seq, event_id, at in await cursor.fetchall()
+    ]
 
 
 def _epoch_hour(instant: datetime) -> int:
