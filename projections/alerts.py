@@ -63,7 +63,7 @@ from projections.crossings import (
     window_totals_ddl,
 )
 from projections.engine.projection import Applied, Connection, Projection, physical
-from projections.ledger import Recorded
+from projections.ledger import Booked, Recorded
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
 from projections.standing import standing_past
@@ -221,7 +221,7 @@ class AlertsProjection(Projection):
         candidates = [
             *await self._threshold_candidates(conn, buckets, totals, state, counted),
             *await self._anomaly_candidates(conn, buckets, state, counted),
-            *await self._unpriced_candidates(conn, state, counted),
+            *await self._unpriced_candidates(conn, state, counted, booked),
         ]
         await self._raise(conn, version, candidates)
 
@@ -298,14 +298,15 @@ class AlertsProjection(Projection):
         return found
 
     async def _unpriced_candidates(
-        self, conn: Connection, state: _Rules, counted: Counted
+        self, conn: Connection, state: _Rules, counted: Counted, booked: Sequence[Booked]
     ) -> list[_Candidate]:
         """Usage without a price adds to no total, so no threshold or anomaly would ever
-        say so: once a UTC day per model, the first such call in the log does."""
+        say so: once a UTC day per model, the first such call (or correction leaving a
+        call without one) in the log does."""
         if not state.unpriced_rules:
             return []
         found = []
-        for first in await first_unpriced(conn, counted):
+        for first in await first_unpriced(conn, counted, booked):
             end = first.day + timedelta(days=1)
             for rule in state.unpriced_rules:
                 alert = Alert(

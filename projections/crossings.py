@@ -448,9 +448,12 @@ class Unpriced:
     occurred_at: datetime
 
 
-async def first_unpriced(conn: Connection, counted: Counted) -> list[Unpriced]:
+async def first_unpriced(
+    conn: Connection, counted: Counted, booked: Sequence[Booked]
+) -> list[Unpriced]:
     """Per provider, model and UTC day, the segment's first usage event without a price
-    (``counted`` leaves them out: they add no spend)."""
+    or correction that leaves its call without one (``counted`` leaves both out: they add
+    no spend), in log order."""
     day = _DAY.format("u.occurred_at")
     cursor = await conn.execute(
         f"""SELECT DISTINCT ON (u.provider, u.model, {day}) u.provider, u.model, {day},
@@ -460,10 +463,26 @@ async def first_unpriced(conn: Connection, counted: Counted) -> list[Unpriced]:
         ORDER BY u.provider, u.model, {day}, u.stream_seq""".encode(),
         counted.recorded.params,
     )
-    return [
+    found = [
         Unpriced(provider, model, day.astimezone(UTC), seq, event_id, at.astimezone(UTC))
         for provider, model, day, seq, event_id, at in await cursor.fetchall()
     ]
+    found += [
+        Unpriced(
+            b.original["provider"],
+            b.original["model"],
+            b.occurred_at.replace(hour=0, minute=0, second=0, microsecond=0),  # its UTC day
+            b.applied.stream_seq,
+            b.event_id,
+            b.occurred_at,
+        )
+        for b in booked
+        if b.unpriced_delta > 0
+    ]
+    first: dict[tuple[str, str, datetime], Unpriced] = {}
+    for unpriced in sorted(found, key=lambda u: u.stream_seq):
+        first.setdefault((unpriced.provider, unpriced.model, unpriced.day), unpriced)
+    return list(first.values())
 
 
 def _epoch_hour(instant: datetime) -> int:

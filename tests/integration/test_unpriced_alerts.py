@@ -1,7 +1,7 @@
 """Usage recorded without a price counts toward no limit, threshold or anomaly, so the
 evaluator says so: an ``unpriced_usage`` alert once a UTC day per model, raised by the
-first such call in the log, queued for the rule's channels, the same however the log is
-batched (real NATS and PostgreSQL)."""
+first such call in the log (or correction leaving a call without a price), queued for the
+rule's channels, the same however the log is batched (real NATS and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from events import AlertType, Topology
 from projections.alerts import AlertsProjection
 
-from ledger_logs import AT, applied, daily, run_fresh_version
+from ledger_logs import AT, applied, correction, daily, run_fresh_version
 from support import catch_up, publish, rows, usage_event
 
 UNPRICED = AlertType.UNPRICED_USAGE.value
@@ -58,6 +58,8 @@ async def test_the_unpriced_alerts_do_not_depend_on_the_batch_split(db: str) -> 
         for m in range(8)
         for model in ("mystery-1", "mystery-2")
     ]
+    repriced = usage_event(at=AT + timedelta(days=1), cost="0.02", model="mystery-3")
+    events += [repriced, correction(repriced, None), correction(repriced, None)]
     log = applied(events)
     query = [
         "SELECT alert_id, stream_seq, raised_at, alert FROM {alerts} WHERE alert_type = '"
@@ -65,6 +67,11 @@ async def test_the_unpriced_alerts_do_not_depend_on_the_batch_split(db: str) -> 
         + "' ORDER BY stream_seq, alert_id"
     ]
     whole = await run_fresh_version(db, AlertsProjection(), [log], query)
-    assert len(whole[0]) == 2
+    assert [(alert["scope_key"], alert["caused_by"]) for *_, alert in whole[0]] == [
+        ("mystery-1", str(events[2].event_id)),
+        ("mystery-2", str(events[3].event_id)),
+        ("mystery-3", str(events[-2].event_id)),  # the correction that left it unpriced
+    ]
+    assert whole[0][-1][2] == repriced.occurred_at  # raised at the corrected call's time
     assert await run_fresh_version(db, AlertsProjection(), [[a] for a in log], query) == whole
     assert await run_fresh_version(db, AlertsProjection(), [log[:5], log[5:]], query) == whole
