@@ -74,6 +74,13 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         channels=CHANNELS,
     ),
     AlertRule(
+        rule_id="default-unpriced",
+        name="Usage without a price",
+        alert_type=AlertType.UNPRICED_USAGE,
+        severity=AlertSeverity.WARNING,
+        channels=CHANNELS,
+    ),
+    AlertRule(
         rule_id="default-policy-violation",
         name="Request blocked",
         alert_type=AlertType.POLICY_VIOLATION,

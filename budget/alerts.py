@@ -55,13 +55,16 @@ class AlertEngine(ChangeClient):
         return await self.queries.rules()
 
     async def add_rule(self, rule: AlertRule) -> AlertRule:
-        """Add a rule, or replace the one with its ``rule_id`` (defaults included)."""
+        """Add a rule, or replace the one with its ``rule_id`` (defaults included).
+        ``ValueError`` for a rule part of which would do nothing (``unused_setting``)."""
+        _usable(rule)
         await self._publish_and_wait(AlertRuleSet(occurred_at=utc_now(), rule=rule))
         return rule
 
     async def create_rule(self, rule: AlertRule) -> bool:
         """Add a rule; False if one with its ``rule_id`` is in force. Of concurrent
-        creations of one id, exactly one succeeds."""
+        creations of one id, exactly one succeeds. ``ValueError`` as ``add_rule``."""
+        _usable(rule)
 
         async def exists() -> bool:
             return any(r.rule_id == rule.rule_id for r in await self.get_rules())
@@ -153,6 +156,11 @@ class AlertEngine(ChangeClient):
             AlertResolved(occurred_at=utc_now(), alert_id=alert_id, resolved_by=resolved_by)
         )
         return True
+
+
+def _usable(rule: AlertRule) -> None:
+    if why := rule.unused_setting():
+        raise ValueError(f"alert rule {rule.rule_id!r}: {why}")
 
 
 def _policy_windows(

@@ -158,6 +158,9 @@ class WebhookChannel(_Channel):
     def _has_url(self) -> WebhookChannel:
         if self.enabled and not self.url.startswith(("http://", "https://")):
             raise ValueError("webhook is enabled but its url is not http(s)://...")
+        if self.enabled and (why := _unusable_url(self.url)):
+            # Without the url: its path may hold the receiver's token (Slack's, Discord's).
+            raise ValueError(f"webhook is enabled but its url {why}; write it as https://host/path")
         return self
 
     @model_validator(mode="after")
@@ -170,6 +173,20 @@ class WebhookChannel(_Channel):
                 " allow_insecure_http: true"
             )
         return self
+
+
+def _unusable_url(url: str) -> str | None:
+    """Why no request can be sent to ``url``, or None. Refused at load: at each send it
+    would fail as if the receiver were down, for a day per alert, and some of those errors
+    quote the url's path (the receiver's token)."""
+    if any(char.isspace() or unicodedata.category(char).startswith("C") for char in url):
+        return "holds a space or a control character (percent-encode it)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError:
+        return "has a malformed host or port"
+    return None if parts.hostname else "names no host"
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -49,6 +49,9 @@ class AlertType(StrEnum):
     POLICY_VIOLATION = "policy_violation"
     ADMIN_NOTIFICATION = "admin_notification"
     """A NOTIFY policy's spend reached its limit: what that action asks for."""
+    UNPRICED_USAGE = "unpriced_usage"
+    """Usage of a model was recorded without a price: it counts toward no limit, threshold
+    or anomaly until repriced."""
 
     @property
     def is_threshold(self) -> bool:
@@ -60,6 +63,10 @@ class AlertType(StrEnum):
         )
 
 
+_WATCHING_TOTALS = (AlertType.ANOMALY, AlertType.UNPRICED_USAGE)
+"""Rule types about spend totals or models, which no policy has."""
+
+
 class AlertRule(BaseModel):
     """When to raise an alert and where to send it.
 
@@ -67,7 +74,8 @@ class AlertRule(BaseModel):
     of the limit (absent: each policy's own soft limit). ANOMALY rules fire when an hour's
     spend of a watched scope is far above its usual level for that hour; POLICY_VIOLATION
     rules when the enforcer refuses a request; ADMIN_NOTIFICATION rules are threshold rules
-    that watch only NOTIFY policies. ``cooldown_minutes``, in event time, keeps
+    that watch only NOTIFY policies; UNPRICED_USAGE rules once a UTC day per model used
+    without a price (it counts toward no limit then). ``cooldown_minutes``, in event time, keeps
     one rule from alerting about the same policy (or scope key) again too soon.
     """
 
@@ -92,6 +100,24 @@ class AlertRule(BaseModel):
         if not self.alert_type.is_threshold and self.threshold_percent is not None:
             raise ValueError(f"{self.alert_type.value} rules have no threshold_percent")
         return self
+
+    def unused_setting(self) -> str | None:
+        """What in this rule would do nothing, as a message naming the field, or None.
+        Asked of a rule being set (``AlertEngine``, the API, the console), not of one
+        already in the log: that one was accepted, and stays as it was."""
+        if self.policy_ids is not None and self.alert_type in _WATCHING_TOTALS:
+            return (
+                f"policy_ids: {self.alert_type.value} rules watch no policy"
+                + (", only totals (scopes)" if self.alert_type is AlertType.ANOMALY else "")
+                + "; leave policy_ids out"
+            )
+        if self.scopes is not None and self.alert_type is AlertType.UNPRICED_USAGE:
+            return "scopes: unpriced_usage rules are about models, not scopes; leave scopes out"
+        if self.policy_ids == ():
+            return "policy_ids: an empty list watches no policy; leave it out to watch all"
+        if self.scopes == ():
+            return "scopes: an empty list watches nothing; leave it out to watch all"
+        return None
 
     def watches(self, policy_id: str, scope: BudgetScope, *, action: LimitAction | None) -> bool:
         """``action``: the policy's (None: the policy is gone, e.g. a violation of a

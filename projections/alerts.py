@@ -56,13 +56,14 @@ from projections.crossings import (
     Counted,
     Spend,
     Threshold,
+    first_unpriced,
     hour_crossings,
     hour_history,
     window_crossings,
     window_totals_ddl,
 )
 from projections.engine.projection import Applied, Connection, Projection, physical
-from projections.ledger import Recorded
+from projections.ledger import Booked, Recorded
 from projections.policies import PoliciesProjection, load_policies
 from projections.spend import SpendProjection
 from projections.standing import standing_past
@@ -113,6 +114,7 @@ class _Rules:
     rules: list[AlertRule] = field(default_factory=list)
     watches: list[_Watch] = field(init=False)
     anomaly_rules: list[AlertRule] = field(init=False)
+    unpriced_rules: list[AlertRule] = field(init=False)
 
     def __post_init__(self) -> None:
         self.watches = []
@@ -124,6 +126,7 @@ class _Rules:
                     _, amount = threshold_amount(rule, policy)
                     self.watches.append(_Watch(rule, Threshold(index, amount)))
         self.anomaly_rules = [r for r in self.rules if r.alert_type is AlertType.ANOMALY]
+        self.unpriced_rules = [r for r in self.rules if r.alert_type is AlertType.UNPRICED_USAGE]
 
 
 class AlertsProjection(Projection):
@@ -211,13 +214,14 @@ class AlertsProjection(Projection):
         if not state.watches:
             # Nothing keeps window totals up to date while no threshold rule needs them.
             await conn.execute(f"DELETE FROM {totals}".encode())
-            if not state.anomaly_rules:
+            if not state.anomaly_rules and not state.unpriced_rules:
                 return  # no rule can be about usage: counting it is all there is to do
         counted = Counted.of(self.spend.ledger.usage, Recorded.of(segment), booked)
         buckets = physical(self.spend.tables[0], version)
         candidates = [
             *await self._threshold_candidates(conn, buckets, totals, state, counted),
             *await self._anomaly_candidates(conn, buckets, state, counted),
+            *await self._unpriced_candidates(conn, state, counted, booked),
         ]
         await self._raise(conn, version, candidates)
 
@@ -291,6 +295,41 @@ class AlertsProjection(Projection):
                 )
                 subject = f"{scope.value}|{key}"
                 found.append(_Candidate(rule, subject, crossed.stream_seq, alert))
+        return found
+
+    async def _unpriced_candidates(
+        self, conn: Connection, state: _Rules, counted: Counted, booked: Sequence[Booked]
+    ) -> list[_Candidate]:
+        """Usage without a price adds to no total, so no threshold or anomaly would ever
+        say so: once a UTC day per model, the first such call (or correction leaving a
+        call without one) in the log does."""
+        if not state.unpriced_rules:
+            return []
+        found = []
+        for first in await first_unpriced(conn, counted, booked):
+            end = first.day + timedelta(days=1)
+            for rule in state.unpriced_rules:
+                alert = Alert(
+                    alert_id=alert_id(rule.rule_id, first.provider, first.model, first.day),
+                    alert_type=AlertType.UNPRICED_USAGE,
+                    severity=rule.severity,
+                    rule_id=rule.rule_id,
+                    rule_name=rule.name,
+                    message=(
+                        f"{first.provider} {first.model} used without a price on"
+                        f" {first.day:%Y-%m-%d} UTC: those calls count toward no limit, threshold"
+                        " or anomaly; give the model a price (price_overrides), then run"
+                        " `budget reprice`"
+                    ),
+                    raised_at=first.occurred_at,
+                    caused_by=first.event_id,
+                    scope=BudgetScope.MODEL,
+                    scope_key=first.model,
+                    period_start=first.day,
+                    period_end=end,
+                )
+                subject = f"{first.provider}|{first.model}"
+                found.append(_Candidate(rule, subject, first.stream_seq, alert))
         return found
 
     # -- other events ------------------------------------------------------------------------

@@ -33,6 +33,8 @@ __all__ = [
     "HourHistory",
     "Spend",
     "Threshold",
+    "Unpriced",
+    "first_unpriced",
     "hour_crossings",
     "hour_history",
     "reaches",
@@ -46,6 +48,7 @@ HISTORY_DAYS = 28
 _ORIGIN = "timestamptz '2000-01-01 00:00+00'"
 _QUARTER = f"date_bin('15 minutes', {{}}, {_ORIGIN})"
 _HOUR = f"date_bin('1 hour', {{}}, {_ORIGIN})"
+_DAY = f"date_bin('1 day', {{}}, {_ORIGIN})"
 
 
 def reaches(total: str, amount: str) -> str:
@@ -430,6 +433,56 @@ async def hour_crossings(
         {**counted.params, "lines": json.dumps(lines)},
     )
     return [Crossing(*row) for row in await cursor.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class Unpriced:
+    """The first usage event (in log order) of a segment recorded without a price, for a
+    provider, model and UTC ``day``."""
+
+    provider: str
+    model: str
+    day: datetime
+    stream_seq: int
+    event_id: Any
+    occurred_at: datetime
+
+
+async def first_unpriced(
+    conn: Connection, counted: Counted, booked: Sequence[Booked]
+) -> list[Unpriced]:
+    """Per provider, model and UTC day, the segment's first usage event without a price
+    or correction that leaves its call without one (``counted`` leaves both out: they add
+    no spend), in log order."""
+    day = _DAY.format("u.occurred_at")
+    cursor = await conn.execute(
+        f"""SELECT DISTINCT ON (u.provider, u.model, {day}) u.provider, u.model, {day},
+               u.stream_seq, u.event_id, u.occurred_at
+        FROM {recorded_usage(counted.usage, "u")}
+        WHERE u.cost IS NULL
+        ORDER BY u.provider, u.model, {day}, u.stream_seq""".encode(),
+        counted.recorded.params,
+    )
+    found = [
+        Unpriced(provider, model, day.astimezone(UTC), seq, event_id, at.astimezone(UTC))
+        for provider, model, day, seq, event_id, at in await cursor.fetchall()
+    ]
+    found += [
+        Unpriced(
+            b.original["provider"],
+            b.original["model"],
+            b.occurred_at.replace(hour=0, minute=0, second=0, microsecond=0),  # its UTC day
+            b.applied.stream_seq,
+            b.event_id,
+            b.occurred_at,
+        )
+        for b in booked
+        if b.unpriced_delta > 0
+    ]
+    first: dict[tuple[str, str, datetime], Unpriced] = {}
+    for unpriced in sorted(found, key=lambda u: u.stream_seq):
+        first.setdefault((unpriced.provider, unpriced.model, unpriced.day), unpriced)
+    return list(first.values())
 
 
 def _epoch_hour(instant: datetime) -> int:

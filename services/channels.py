@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import logging
 import time
 import urllib.error
@@ -150,13 +151,16 @@ class WebhookSender(Sender):
 
     def _post(self, request: urllib.request.Request) -> None:
         try:
-            with self.opener.open(request, timeout=self.config.timeout) as response:
-                response.read()
+            response = self.opener.open(request, timeout=self.config.timeout)
         except urllib.error.HTTPError as exc:
             why = f"webhook answered {exc.code} {exc.reason}"
             if exc.code in _REFUSED_CONTENT:
                 raise Rejected(why) from None
             raise RuntimeError(why) from None
+        # Delivered: the receiver answered 2xx. A body it then does not finish (a timeout,
+        # a short read) must not count as a failure, which would send the alert again.
+        with response, contextlib.suppress(OSError, http.client.HTTPException):
+            response.read()
 
 
 class EmailSender(Sender):

@@ -4,6 +4,7 @@ configured ``tls: none``), never falling back to clear text."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import smtplib
 import ssl
@@ -46,11 +47,14 @@ def send_mail(config: EmailChannel, message: EmailMessage) -> None:
     # Verifies the chain (against ca_file only, when set) and that it names smtp_host.
     context = ssl.create_default_context(cafile=config.ca_file)
     host, port = config.smtp_host, config.port
-    with (
+    smtp = (
         smtplib.SMTP_SSL(host, port, timeout=10, context=context)
         if config.tls == "implicit"
         else smtplib.SMTP(host, port, timeout=10)
-    ) as smtp:
+    )
+    # Not ``with smtp``: its exit raises for a QUIT answered other than 221, after the
+    # server took the message (sent again at each retry), or in place of its refusal.
+    try:
         if config.tls == "starttls":
             smtp.starttls(context=context)  # raises when the server does not offer it
         if config.username:
@@ -62,6 +66,10 @@ def send_mail(config: EmailChannel, message: EmailMessage) -> None:
             if _CLOSING in _codes(exc):
                 raise
             raise MessageRefused(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            smtp.quit()  # a courtesy: what happened to the message is decided
+        smtp.close()
     if refused:  # delivered to the others; sending again would repeat it to them
         log.warning("alert mail %s not accepted for %s", message["Message-ID"], sorted(refused))
 

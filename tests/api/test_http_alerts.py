@@ -225,6 +225,15 @@ def test_rules_are_added_replaced_and_removed(
         "/api/v1/rules", json={"name": "x", "alert_type": "anomaly", "threshold_percent": "5"}
     )
     assert wrong.status_code == 422 and "threshold_percent" in wrong.json()["detail"]
+    # an anomaly rule watches totals: its policy_ids would do nothing
+    useless = {"name": "x", "alert_type": "anomaly", "policy_ids": ["team"]}
+    for answer in (
+        admin.post("/api/v1/rules", json=useless),
+        admin.put(f"/api/v1/rules/u-{user}", json=useless),
+    ):
+        assert answer.status_code == 422, answer.text
+        assert [e["field"] for e in answer.json()["errors"]] == ["body.policy_ids"]
+    assert f"u-{user}" not in {r["rule_id"] for r in viewer.get("/api/v1/rules").json()}
 
     assert admin.delete(f"/api/v1/rules/{rule['rule_id']}").status_code == 204
     assert rule["rule_id"] not in {r["rule_id"] for r in viewer.get("/api/v1/rules").json()}

@@ -99,7 +99,7 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
     assert lines_of(done, "ok", "alert channels") == [
         "enabled: nats, log, ui (disabled: webhook, email)"
     ]
-    assert lines_of(done, "ok", "alert rules") == ["6 rules, each with an enabled channel"]
+    assert lines_of(done, "ok", "alert rules") == ["7 rules, each with an enabled channel"]
     assert lines_of(done, "ok", "cooldowns") == ["no cooldown is holding back an alert now"]
     assert lines_of(done, "ok", "prices") == ["every model called in the last 30 days has a price"]
 
@@ -177,7 +177,7 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
         " | set `enabled: true` for one under alert_channels in config.yaml"
     ]
     rules = lines_of(done, "problem", "alert rules")
-    assert len(rules) == 6
+    assert len(rules) == 7
     assert (
         "rule default-anomaly ('Unusual hourly spend') sends to nats, log, ui, webhook, email,"
         " none of them enabled: its alerts go nowhere | enable one of its channels under"
@@ -254,7 +254,7 @@ def test_nats_unreachable_is_a_problem_and_what_needs_it_is_not_checked(
     ]
     assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
     assert lines_of(done, "note", "prices") == [NO_PRICES_READ]
-    assert lines_of(done, "ok", "alert rules") == ["6 rules, each with an enabled channel"]
+    assert lines_of(done, "ok", "alert rules") == ["7 rules, each with an enabled channel"]
 
 
 def test_an_unmigrated_deployment_is_told_to_migrate(budget: Budget) -> None:

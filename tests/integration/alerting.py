@@ -99,11 +99,16 @@ def webhook_server(secret: str = WEBHOOK_SECRET) -> Iterator[Webhook]:
 
 @dataclass
 class Mailbox:
-    """Keeps every message it accepts; refuses (554) the ones ``refuse`` picks."""
+    """Keeps every message it accepts; refuses (554) the ones ``refuse`` picks; answers
+    QUIT with ``quit_answer``."""
 
     messages: list[email.message.Message] = field(default_factory=list)
     port: int = 0
     refuse: Callable[[email.message.Message], bool] = lambda message: False
+    quit_answer: str = "221 Bye"
+
+    async def handle_QUIT(self, server: object, session: object, envelope: object) -> str:
+        return self.quit_answer
 
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content)

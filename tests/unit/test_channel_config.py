@@ -4,6 +4,7 @@ the port, and neither secret shows in a repr, a str or a config error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,34 @@ def test_the_operator_may_allow_a_signed_webhook_in_clear(url: str) -> None:
 def test_an_unsigned_or_disabled_webhook_in_clear_is_not_refused() -> None:
     assert WebhookChannel(enabled=True, url="http://hooks.example/a").secret is None
     assert not webhook("http://hooks.example/a", enabled=False).enabled
+
+
+TOKEN = "T0KEN-canary"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://", "names no host"),
+        ("https:///services/T0KEN-canary", "names no host"),
+        ("https://hooks.example:443x/services/T0KEN-canary", "malformed host or port"),
+        ("https://hooks.example:70000/services/T0KEN-canary", "malformed host or port"),
+        ("https://[::1/services/T0KEN-canary", "malformed host or port"),
+        ("https://hooks.example/services/T0KEN-canary ", "space or a control character"),
+        ("https://hooks.example/services/T0KEN-canary\t", "space or a control character"),
+    ],
+)
+def test_a_webhook_url_no_request_can_go_to_is_one_clear_line_without_it(
+    tmp_path: Path, url: str, why: str
+) -> None:
+    """Accepted, it failed each send as if the receiver were down (for a day per alert),
+    and a space in its path put the path, the receiver's token, in every last_error."""
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, f"  webhook: {{enabled: true, url: {json.dumps(url)}}}\n")
+    message = str(refused.value)
+    assert message.startswith("alert_channels.webhook in ") and why in message
+    assert TOKEN not in message and "\n" not in message
+    assert not WebhookChannel(url=url).enabled  # a disabled one is not looked at
 
 
 @pytest.mark.parametrize(

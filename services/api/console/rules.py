@@ -55,6 +55,9 @@ async def add_rule(request: Request, _: Admin) -> Response:
     ids = [i.strip() for i in (data["policy_ids"] or "").split(",") if i.strip()]
     data["policy_ids"] = ids or None
     rule = validate(AlertRule, {k: v for k, v in data.items() if v is not None}, state, FIELDS)
+    if rule is not None and (why := rule.unused_setting()):
+        state.fail(why.partition(":")[0], why)
+        rule = None
     if rule is not None and not await services(request).alerts.create_rule(rule):
         state.fail("rule_id", "a rule with this id exists: pick another")
         rule = None

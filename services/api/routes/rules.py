@@ -32,6 +32,7 @@ async def list_rules(api: Api) -> list[AlertRule]:
 
 @router.post("", status_code=201, dependencies=[Depends(require(*ADMIN))], summary="Add a rule")
 async def add_rule(api: Api, rule: AlertRule) -> AlertRule:
+    _usable(rule)
     if not await api.alerts.create_rule(rule):
         raise Problem(409, f"rule {rule.rule_id!r} exists; PUT replaces it")
     return rule
@@ -39,7 +40,9 @@ async def add_rule(api: Api, rule: AlertRule) -> AlertRule:
 
 @router.put("/{rule_id}", dependencies=[Depends(require(*ADMIN))], summary="Add or replace a rule")
 async def replace_rule(api: Api, rule_id: str, rule: AlertRule) -> AlertRule:
-    return await api.alerts.add_rule(with_path_id(rule, "rule_id", rule_id))
+    rule = with_path_id(rule, "rule_id", rule_id)
+    _usable(rule)
+    return await api.alerts.add_rule(rule)
 
 
 @router.delete(
@@ -52,3 +55,10 @@ async def remove_rule(api: Api, rule_id: str) -> Response:
     if not await api.alerts.remove_rule(rule_id):
         raise Problem(404, f"there is no rule {rule_id!r}")
     return Response(status_code=204)
+
+
+def _usable(rule: AlertRule) -> None:
+    """A 422 naming the field of ``rule`` that would do nothing (``unused_setting``)."""
+    if why := rule.unused_setting():
+        field = why.partition(":")[0]
+        raise Problem(422, why, errors=[{"field": f"body.{field}", "message": why}])
