@@ -1,10 +1,10 @@
-"""The PostgreSQL roles of the network doors, and what each may do.
+"""The PostgreSQL roles of the services that face the network, and what each may do.
 
-The services that only run the system (projection workers, the enforcer, the notifier, the
-migrations) connect as ``budget`` (``services.postgres_auth.SERVICE_ROLE``), which owns the
-database: migrations and projection versions create tables at run time. A process that
-answers the network connects as a login role of its own that owns nothing, so a bug there
-cannot drop a table, rewrite a projection or mint an API key behind the event log:
+The projection workers and the migrations connect as ``budget``
+(``services.postgres_auth.SERVICE_ROLE``), which owns the database: migrations and
+projection versions create tables at run time. A process that answers the network or
+talks to it connects as a login role of its own that owns nothing, so a bug there cannot
+drop a table, rewrite a projection or mint an API key behind the event log:
 
 - ``budget_api`` (``budget api``: the web console and the HTTP API): reads every table and
   view of the schema, and writes console sessions only (a row per sign-in, ended at
@@ -12,6 +12,13 @@ cannot drop a table, rewrite a projection or mint an API key behind the event lo
   workers apply, never rows it writes.
 - ``budget_query`` (``budget query-service``: the host apps' questions over NATS): reads
   every table and view but the console sessions, and writes nothing.
+- ``budget_enforcer`` (``budget enforcer``: the host apps' checks over NATS): reads the
+  same, and inserts and deletes reservation holds, the only rows it writes (a check's
+  hold; a release, an expiry, a settled hold's cleanup).
+- ``budget_notifier`` (``budget notifier``: sends alerts to webhooks, mail servers, NATS):
+  reads the same, records each delivery's outcome in the alert outbox (its status,
+  attempts, error, times: never an alert's content, channel or subject) and adds alerts
+  to the console's feed (the UI channel); nothing else.
 
 The roles themselves (login, password) are made by whoever administers the cluster:
 ``services.postgres_auth.secure_cluster`` for ``budget up``, ``deploy/postgres/door-roles.sql``
@@ -31,14 +38,28 @@ from psycopg import sql
 
 from projections.engine.projection import Connection
 
-__all__ = ["API_ROLE", "DOOR_ROLES", "QUERY_ROLE", "grant_door_roles"]
+__all__ = [
+    "API_ROLE",
+    "DOOR_ROLES",
+    "ENFORCER_ROLE",
+    "NOTIFIER_ROLE",
+    "QUERY_ROLE",
+    "grant_door_roles",
+]
 
 log = logging.getLogger(__name__)
 
 API_ROLE = "budget_api"
 QUERY_ROLE = "budget_query"
+ENFORCER_ROLE = "budget_enforcer"
+NOTIFIER_ROLE = "budget_notifier"
 
-DOOR_ROLES: Mapping[str, str] = {"api": API_ROLE, "query-service": QUERY_ROLE}
+DOOR_ROLES: Mapping[str, str] = {
+    "api": API_ROLE,
+    "query-service": QUERY_ROLE,
+    "enforcer": ENFORCER_ROLE,
+    "notifier": NOTIFIER_ROLE,
+}
 """The processes (``budget <name>``) that connect as a role of their own, and that role."""
 
 _OWN: Mapping[str, tuple[str, ...]] = {
@@ -46,6 +67,18 @@ _OWN: Mapping[str, tuple[str, ...]] = {
     API_ROLE: ("GRANT INSERT, DELETE, UPDATE (ended_at) ON console_sessions TO {role}",),
     # answers about spend, policies, alerts and reports: no session of the console's
     QUERY_ROLE: ("REVOKE ALL ON console_sessions FROM {role}",),
+    # a check's hold; a release, an expiry or a settled hold's cleanup deletes it
+    ENFORCER_ROLE: (
+        "REVOKE ALL ON console_sessions FROM {role}",
+        "GRANT INSERT, DELETE ON reservation_holds TO {role}",
+    ),
+    # a delivery's outcome, never what the alert says or where it goes; the console's feed
+    NOTIFIER_ROLE: (
+        "REVOKE ALL ON console_sessions FROM {role}",
+        "GRANT UPDATE (status, attempts, last_error, next_attempt_at, sent_at)"
+        " ON alert_outbox TO {role}",
+        "GRANT INSERT (alert_id, payload) ON alert_feed TO {role}",
+    ),
 }
 
 

@@ -5,12 +5,13 @@ Roles, each with a password generated once into ``<credentials>/postgres-<role>.
 URLs name as ``passfile=<path>``, so the password travels in no URL, variable or log:
 
 - ``postgres``, the superuser ``initdb`` made: administration only (creating the database);
-- ``budget``, what the services connect as: it owns their database (migrations create
-  tables) and is no superuser, so a hijacked service cannot run programs on the server
-  (``COPY ... TO PROGRAM``) or read other databases;
+- ``budget``, what the projection workers and the migrations connect as: it owns their
+  database (migrations create tables) and is no superuser, so a hijacked service cannot
+  run programs on the server (``COPY ... TO PROGRAM``) or read other databases;
 - the network doors' own roles (``services.database_roles``: ``budget_api`` for the HTTP
-  API, ``budget_query`` for the query service), which own nothing: ``budget migrate``
-  grants them what they may do.
+  API, ``budget_query`` for the query service, ``budget_enforcer`` for the enforcer,
+  ``budget_notifier`` for the notifier), which own nothing: ``budget migrate`` grants them
+  what they may do.
 
 ``secure_cluster`` runs while the server is stopped: it makes the roles and sets their
 passwords in single-user mode (as SCRAM verifiers computed here, so not even the server's

@@ -10,7 +10,8 @@ Per test:
 
 - ``topology: events.Topology``  a fresh subject prefix, hence fresh stream names
 - ``pg_schema_url: str``         ``database_url`` whose connections use a fresh schema
-  (``options=-csearch_path=<schema>``), dropped afterwards
+  (``options=-csearch_path=<schema>``, ``pg_schema``), dropped afterwards
+- ``door_schema_urls: dict[str, str]`` the network doors' roles on that schema, by role name
 - ``embedded_nats: EmbeddedNats`` a private NATS server to kill/restart in fault tests
 - ``embedded_postgres: EmbeddedPostgres`` a private PostgreSQL to restart in fault tests
 - ``server_tmp_path: Path``       a temp dir an embedded PostgreSQL may live in (``tmp_path``
@@ -122,13 +123,25 @@ def topology() -> Topology:
 
 
 @pytest.fixture
-def pg_schema_url(request: pytest.FixtureRequest, database_url: str) -> Iterator[str]:
+def pg_schema(request: pytest.FixtureRequest, database_url: str) -> Iterator[str]:
     schema = schema_name_for(request.node.name)
     create_schema(database_url, schema)
     try:
-        yield with_search_path(database_url, schema)
+        yield schema
     finally:
         drop_schema(database_url, schema)
+
+
+@pytest.fixture
+def pg_schema_url(database_url: str, pg_schema: str) -> str:
+    return with_search_path(database_url, pg_schema)
+
+
+@pytest.fixture
+def door_schema_urls(door_database_urls: dict[str, str], pg_schema: str) -> dict[str, str]:
+    """``door_database_urls`` on ``pg_schema_url``'s schema: the roles the network doors
+    connect as, which ``prepare`` grants their privileges there."""
+    return {role: with_search_path(url, pg_schema) for role, url in door_database_urls.items()}
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import psycopg
 import pytest
 
-from services.database_roles import API_ROLE
+from services.database_roles import DOOR_ROLES
 from services.stack import StackError, run_stack
 
 DRIVER = r"""
@@ -308,18 +308,21 @@ def test_stack_cleans_up_after_a_killed_supervisor(
 def test_the_api_connects_as_its_own_role_and_a_leftover_one_is_stopped(
     stack_factory: Callable[[list[str]], Stack],
 ) -> None:
-    """``budget up`` gives the HTTP API the URL of its database role (services.database_roles),
-    the other workers the services' role's; after a killed supervisor, the next stack finds
-    the API's process by that URL and stops it."""
-    stack = stack_factory(["api", "good"])
+    """``budget up`` gives each network door (the HTTP API, the query service, the enforcer,
+    the notifier) the URL of its database role (services.database_roles), the other
+    workers the services' role's; after a killed supervisor, the next stack finds the
+    API's process by that URL and stops it."""
+    stack = stack_factory([*DOOR_ROLES, "good"])
     first = stack.start()
-    urls = [stack.marks / f"{name}.database_url" for name in ("api", "good")]
-    _wait_for(lambda: all(url.exists() for url in urls), 10, "the workers' URLs")
-    api_url = urls[0].read_text()
-    assert urls[1].read_text() == stack.prepared()["database_url"]
-    assert api_url.startswith(f"postgresql://{API_ROLE}@/")
-    with psycopg.connect(api_url) as conn:
-        assert conn.execute("SELECT current_user").fetchone() == (API_ROLE,)
+    urls = {name: stack.marks / f"{name}.database_url" for name in (*DOOR_ROLES, "good")}
+    _wait_for(lambda: all(url.exists() for url in urls.values()), 10, "the workers' URLs")
+    assert urls["good"].read_text() == stack.prepared()["database_url"]
+    for name, role in DOOR_ROLES.items():
+        door_url = urls[name].read_text()
+        assert door_url.startswith(f"postgresql://{role}@/"), name
+        with psycopg.connect(door_url) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+    assert set(DOOR_ROLES) >= {"api", "query-service", "enforcer", "notifier"}
     assert stack.proc is not None
     stack.proc.kill()
     stack.proc.wait()

@@ -163,15 +163,24 @@ def alert_settings(
 
 @contextlib.asynccontextmanager
 async def evaluator(
-    nc: Client, settings: Settings, *, notifier: NotifierConfig | None = None
+    nc: Client,
+    settings: Settings,
+    *,
+    notifier: NotifierConfig | None = None,
+    notifier_url: str | None = None,
 ) -> AsyncIterator[None]:
-    """The alerts worker and a notifier, until the block ends."""
+    """The alerts worker and a notifier, until the block ends. ``notifier_url``: the
+    database URL the notifier connects with, its own role's as under ``budget up`` (else
+    the owner's, ``settings.database_url``)."""
     await prepare(settings.nats_url, settings.database_url, settings)
+    own = settings
+    if notifier_url is not None:
+        own = settings.model_copy(update={"database_url": notifier_url})
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(run_projection("alerts", nc, settings, stop)),
         asyncio.create_task(
-            Notifier(settings, nc, notifier or NotifierConfig(max_backoff=1.0)).run(stop)
+            Notifier(own, nc, notifier or NotifierConfig(max_backoff=1.0)).run(stop)
         ),
     ]
     try:

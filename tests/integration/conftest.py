@@ -15,6 +15,7 @@ from budget.natsconn import connect_nats, nats_options
 from events import Topology
 from projections.engine.log import declare_streams
 from projections.migrate import migrate
+from services.database_roles import ENFORCER_ROLE
 from services.embedded import EmbeddedNats
 
 from alerting import Mailbox, Webhook, smtp_server, webhook_server
@@ -54,11 +55,18 @@ async def private_log(embedded_nats: EmbeddedNats, topology: Topology) -> Topolo
 
 @pytest.fixture
 async def stack(
-    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+    nc: Client,
+    nats_url: str,
+    db: str,
+    door_schema_urls: dict[str, str],
+    topology: Topology,
+    tmp_path: Path,
 ) -> AsyncIterator[EnforcementStack]:
-    """The policies and spend workers, the enforcer, the query service and a tracker."""
+    """The policies and spend workers, the enforcer (on its own database role, as under
+    ``budget up``, when the server has it), the query service and a tracker."""
     settings = stack_settings(nats_url, db, topology, tmp_path)
-    async with enforcement_stack(nc, settings) as running:
+    enforcer_url = door_schema_urls.get(ENFORCER_ROLE)
+    async with enforcement_stack(nc, settings, enforcer_url=enforcer_url) as running:
         yield running
 
 

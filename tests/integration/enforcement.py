@@ -80,11 +80,19 @@ async def enforcement_stack(
     config: EnforcerConfig | None = None,
     *,
     enforcer: bool = True,
+    enforcer_url: str | None = None,
 ) -> AsyncIterator[EnforcementStack]:
-    """``enforcer=False``: the test runs its own (e.g. as a process to kill)."""
+    """``enforcer=False``: the test runs its own (e.g. as a process to kill).
+    ``enforcer_url``: the database URL the enforcer connects with, its own role's as under
+    ``budget up`` (else the owner's, ``settings.database_url``)."""
     await prepare(settings.nats_url, settings.database_url, settings)
+    own = (
+        settings
+        if enforcer_url is None
+        else settings.model_copy(update={"database_url": enforcer_url})
+    )
     async with projection_workers(nc, settings, "policies", "spend"):
-        running = Enforcer(settings, nc, config) if enforcer else None
+        running = Enforcer(own, nc, config) if enforcer else None
         if running is not None:
             await running.start()
         tracker = await start_usage_tracker(settings)

@@ -41,6 +41,7 @@ from projections.alerts import AlertsProjection
 from projections.db import connect
 from projections.engine.rebuild import rebuild
 from projections.registry import get_projection
+from services.database_roles import NOTIFIER_ROLE
 
 from alerting import (
     WEBHOOK_SECRET,
@@ -64,13 +65,27 @@ class Receivers:
     settings: Settings
     hook: Webhook
     box: Mailbox
+    notifier_url: str | None
+    """The notifier's own role on the test's schema, as under ``budget up`` (when the
+    server has it)."""
+
+    def evaluator(self, nc: Client) -> contextlib.AbstractAsyncContextManager[None]:
+        """The alerts worker and a notifier on its own role, until the block ends."""
+        return evaluator(nc, self.settings, notifier_url=self.notifier_url)
 
 
 @pytest.fixture
 def receivers(
-    nats_url: str, db: str, topology: Topology, tmp_path: Path, hook: Webhook, box: Mailbox
+    nats_url: str,
+    db: str,
+    door_schema_urls: dict[str, str],
+    topology: Topology,
+    tmp_path: Path,
+    hook: Webhook,
+    box: Mailbox,
 ) -> Receivers:
-    return Receivers(alert_settings(nats_url, db, topology, tmp_path, hook, box), hook, box)
+    settings = alert_settings(nats_url, db, topology, tmp_path, hook, box)
+    return Receivers(settings, hook, box, door_schema_urls.get(NOTIFIER_ROLE))
 
 
 def crossing_events(policy_id: str = "team") -> list[Event]:
@@ -131,7 +146,7 @@ async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
     events = crossing_events()
     await publish(nc, topology, events)
     await publish(nc, topology, events[1:], msg_id=False)  # every usage event twice
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
         await all_delivered(db, 3 * len(CHANNELS))
 
     alerts = await alert_rows(db)
@@ -169,10 +184,10 @@ async def test_redelivery_after_a_commit_raises_and_sends_nothing_new(
     """As if the worker died between commit and ack: the consumer is recreated and the
     whole log is delivered again."""
     await publish(nc, topology, crossing_events())
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
         await all_delivered(db, 3 * len(CHANNELS))
     await nc.jetstream().delete_consumer(topology.event_stream.name, "alerts-v1")
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
         await evaluated_to_the_end(nc, db, topology)  # the whole log re-applied
         await all_delivered(db, 3 * len(CHANNELS))  # and nothing more queued
     assert len(await alert_rows(db)) == 3
@@ -183,7 +198,7 @@ async def test_rebuild_reproduces_the_alerts_and_sends_nothing(
     nc: Client, db: str, topology: Topology, receivers: Receivers
 ) -> None:
     await publish(nc, topology, crossing_events())
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
         await all_delivered(db, 3 * len(CHANNELS))
         before = await rows(db, "SELECT * FROM alerts ORDER BY alert_id")
         sent = await outbox(db)
@@ -225,7 +240,7 @@ async def test_a_rebuild_sends_the_alerts_of_events_the_live_worker_never_saw(
     the rebuild and the 100 % one while it swaps. Each alert goes out once per channel."""
     policy, *usage = crossing_events()
     await publish(nc, topology, [policy, *usage[:2]])
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
         await all_delivered(db, len(CHANNELS))
     await publish(nc, topology, usage[2:3])
     rebuilding = asyncio.create_task(
@@ -234,7 +249,7 @@ async def test_a_rebuild_sends_the_alerts_of_events_the_live_worker_never_saw(
     async with swap_held(db):
         await publish(nc, topology, usage[3:])
     assert await asyncio.wait_for(rebuilding, 60) == 2  # (a swap that never ends fails)
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
         await all_delivered(db, 3 * len(CHANNELS))
     alerts = await alert_rows(db)
     assert [a.threshold_percent for a in alerts] == [Decimal(80), Decimal(95), Decimal(100)]
@@ -260,7 +275,7 @@ async def test_cooldown_suppresses_a_second_crossing_inside_it_and_not_after(
             *(usage_event(cost="0.60", at=at) for at in crossings),
         ],
     )
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
 
         async def raised_twice() -> bool:
             """the half rule raised its alerts"""
@@ -314,7 +329,7 @@ async def test_repeated_refusals_raise_one_violation_per_cooldown(
 ) -> None:
     # cooldown 15 min
     await publish(nc, topology, [refusal("alice", m) for m in (0, 5, 16)])
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
 
         async def raised() -> bool:
             """two violations"""
@@ -359,7 +374,7 @@ async def test_violations_are_keyed_by_the_policys_scope_key_with_a_cooldown_eac
             refusal("carol", 3, "per-user"),
         ],
     )
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
 
         async def carol_raised() -> bool:
             """carol's violation (the last event) was raised"""
@@ -378,7 +393,7 @@ async def test_a_webhook_answering_500_delays_no_other_channel(
 ) -> None:
     receivers.hook.status = 500
     await publish(nc, topology, crossing_events())
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
 
         async def others_delivered() -> bool:
             """NATS, email, UI and log delivered all three"""
@@ -398,7 +413,7 @@ async def test_a_webhook_down_for_a_minute_gets_every_alert_once_when_back(
 ) -> None:
     receivers.hook.status = 503
     await publish(nc, topology, crossing_events())
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
         started = time.monotonic()
 
         async def failing() -> bool:
@@ -420,7 +435,7 @@ async def test_a_spike_hour_raises_an_anomaly_per_watched_scope_within_that_hour
     spike_hour = START + timedelta(days=8, hours=14)
     spike = [usage_event(cost="1.00", at=spike_hour + timedelta(minutes=5 * i)) for i in range(6)]
     await publish(nc, topology, [*steady, *spike])
-    async with evaluator(nc, receivers.settings):
+    async with receivers.evaluator(nc):
 
         async def flagged() -> bool:
             """the spike hour was flagged"""
@@ -447,7 +462,7 @@ async def test_alert_engine_rules_acknowledgements_and_resolutions(
     tracker = await start_usage_tracker(receivers.settings)
     engine = AlertEngine(receivers.settings, tracker)
     try:
-        async with evaluator(nc, receivers.settings), query_service(nc, receivers.settings):
+        async with receivers.evaluator(nc), query_service(nc, receivers.settings):
             await all_delivered(db, 3 * len(CHANNELS))
             rule = AlertRule(rule_id="quarter", name="A quarter", threshold_percent=25)
             await engine.add_rule(rule)
@@ -491,7 +506,7 @@ async def test_evaluate_thresholds_names_the_alerts_the_rules_would_raise(
     summary = [spent(10, "*", "9.60"), spent(0, "idle", "0"), spent(0, "busy", "0.01")]
     tracker = await start_usage_tracker(receivers.settings)
     try:
-        async with evaluator(nc, receivers.settings), query_service(nc, receivers.settings):
+        async with receivers.evaluator(nc), query_service(nc, receivers.settings):
             alerts = await AlertEngine(receivers.settings, tracker).evaluate_thresholds(summary)
     finally:
         await tracker.close()

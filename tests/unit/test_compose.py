@@ -19,7 +19,13 @@ from events.permissions import API_USER
 from projections.engine import metrics as engine_metrics
 from projections.registry import WORKERS as PROJECTION_WORKERS
 from services import metrics as service_metrics
-from services.database_roles import API_ROLE, DOOR_ROLES, QUERY_ROLE
+from services.database_roles import (
+    API_ROLE,
+    DOOR_ROLES,
+    ENFORCER_ROLE,
+    NOTIFIER_ROLE,
+    QUERY_ROLE,
+)
 from services.nats_config import DEFAULT_USERS, compose_config, password_variable
 from services.postgres_auth import SERVICE_ROLE
 from services.stack import SERVICES
@@ -29,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLE_PASSWORD_FILES = {
     API_ROLE: "BUDGET_API_DATABASE_PASSWORD_FILE",
     QUERY_ROLE: "BUDGET_QUERY_DATABASE_PASSWORD_FILE",
+    ENFORCER_ROLE: "BUDGET_ENFORCER_DATABASE_PASSWORD_FILE",
+    NOTIFIER_ROLE: "BUDGET_NOTIFIER_DATABASE_PASSWORD_FILE",
 }
 # One service per projection worker (a group counts as one) and per other service.
 WORKERS = {f"{name}-projector": ["worker", name] for name in PROJECTION_WORKERS}
@@ -200,7 +208,8 @@ def test_the_database_passwords_are_secrets_with_no_default(
         *(env[variable] for variable in ROLE_PASSWORD_FILES.values()),
     }
     assert files == {f"/run/secrets/{secret}" for secret in pg["secrets"]}
-    assert len(files) == 4  # the superuser's, the services' role's and each door's differ
+    # the superuser's, the services' role's and each door's differ
+    assert len(files) == 2 + len(ROLE_PASSWORD_FILES)
     for secret in pg["secrets"]:
         assert compose["secrets"][secret]["file"].startswith("./secrets/")
     text = (ROOT / "compose.yaml").read_text()
