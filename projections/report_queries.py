@@ -215,7 +215,9 @@ class ReportBuilder:
         now = utc_now()
         start, end = period_bounds(Period(period), now, tz)
         conn = self.conn
-        rows = await self.totals(conn, "model", start, ceil_quarter(now))
+        # To the period's end, as its budgets and `budget spend` count: a call stamped a
+        # few minutes ahead (a host's clock, within max_clock_skew) is the period's too.
+        rows = await self.totals(conn, "model", start, end)
         budgets = await self._budgets(conn, now)
         table = self._grouped_table("By provider and model", ("provider", "model"), rows)
         title = f"{Period(period).value.capitalize()} summary"

@@ -29,7 +29,10 @@ from events import (
     UsageRepriced,
     utc_now,
 )
+from projections.db import connect
+from projections.queries import spend_for_period
 from projections.registry import get_projection
+from services.api.console.dashboard import _month_by_scope
 
 from support import (
     catch_up,
@@ -357,6 +360,37 @@ async def test_summary_shows_the_period_by_model_and_the_budgets(
         Decimal("2.50"),
         Decimal("7.50"),
     )
+
+
+async def test_a_call_stamped_minutes_ahead_counts_in_the_summary_and_dashboard_month(
+    nc: Client,
+    db: str,
+    topology: Topology,
+    generator: ReportGenerator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 12:13, a call stamped 12:17 by a host whose clock is 4 minutes ahead (within
+    max_clock_skew) is this month's: its budget and `budget spend` count it, so the
+    summary's table and the dashboard's month must too (they stopped at 12:15)."""
+    day = datetime.combine(utc_now().date() - timedelta(days=2), datetime.min.time(), UTC)
+    now = day + timedelta(hours=12, minutes=13)
+    monkeypatch.setattr("projections.report_queries.utc_now", lambda: now)
+    policy = BudgetPolicy(policy_id="all", name="All spend", limit_amount=Decimal(10))
+    calls = [
+        usage_event(cost="1.00", at=day + timedelta(hours=12)),
+        usage_event(cost="2.00", at=now + timedelta(minutes=4)),
+    ]
+    await publish(nc, topology, [PolicySet(occurred_at=day, policy=policy), *calls])
+    await materialize(nc, db, topology, "policies")
+
+    report = await generator.generate_summary_report("monthly")
+    [by_model] = report.main.records()
+    [budget] = report.tables[1].records()
+    assert by_model["cost_usd"] == budget["spent_usd"] == Decimal("3.00")
+    async with await connect(db) as conn:
+        [spend] = await spend_for_period(conn, Period.MONTHLY, now, "global")
+        [month] = (await _month_by_scope(conn, now))["global"]
+    assert month.cost == spend.cost == Decimal("3.00")
 
 
 async def test_a_policy_of_an_empty_key_from_the_log_is_listed_under_that_key(
