@@ -525,15 +525,21 @@ class ReportBuilder:
     async def _history(
         self, conn: Connection, dimension: str, key: str | None, today: date, tz: tzinfo
     ) -> tuple[list[tuple[date, Decimal]], int]:
-        """Daily costs (days of ``tz``) before today, from the first day with spend (at
-        most 56 days), and how many calls in those days had no price (not in the costs)."""
+        """Daily costs (days of ``tz``) before today, from the first whole day with spend
+        (at most 56 days), and how many calls in those days had no price (not in the costs).
+
+        The day usage began (its first day with spend after a day read without) is only
+        part of one: fitted as a whole day it reads as a drop, and the whole days after it
+        as a steep trend. It is left out, unless it is the only day."""
         start = today - timedelta(_HISTORY_DAYS)
         daily = await self.daily(conn, dimension, key, start, _HISTORY_DAYS, tz)
         if not daily:
             return [], 0
         first = min(daily)
+        if first > start and (today - first).days > 1:
+            first += _DAY
         span = (today - first).days
-        unpriced = sum(s.unpriced_requests for s in daily.values())
+        unpriced = sum(s.unpriced_requests for day, s in daily.items() if day >= first)
         return [
             (first + timedelta(n), daily.get(first + timedelta(n), Spend()).cost)
             for n in range(span)

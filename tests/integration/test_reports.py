@@ -530,9 +530,27 @@ async def test_a_months_interval_is_its_totals_own_not_its_days_bounds_summed(
     own = month["high_usd"] - month["projected_total_usd"]
     summed = sum(d["high_usd"] - d["expected_usd"] for d in in_month)
     assert 0 < own < summed, (own, summed)
-    paid = [(e.occurred_at.date(), e.cost or Decimal(0)) for e in reversed(history)]
+    # fitted from the first whole day: the day usage began is left out
+    paid = [(e.occurred_at.date(), e.cost or Decimal(0)) for e in reversed(history)][1:]
     _, high = total_interval(paid, [d["day"] for d in in_month], month["projected_total_usd"])
     assert month["high_usd"] == high
+
+
+async def test_the_forecast_leaves_out_the_part_day_the_first_call_began(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Usage began at 18:00 three days ago ($6 that evening), then $24 a day: the first
+    day is a quarter of one. Fitted as a whole day it read as a trend ($6, $24, $24: +$9 a
+    day, $45 tomorrow and $279 the 30th day); from the first whole day it is $24 a day."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    began = today - timedelta(days=3) + timedelta(hours=18)
+    calls = [usage_event(cost="6.00", at=began)]
+    calls += [usage_event(cost="24.00", at=today - timedelta(days=d, hours=-12)) for d in (1, 2)]
+    await publish(nc, topology, calls)
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=30)
+    assert {r["expected_usd"] for r in report.main.records()} == {Decimal("24.00")}
+    assert "fitted on the 2 days before today" in report.notes
 
 
 async def test_one_day_of_history_forecasts_no_interval(
