@@ -245,10 +245,13 @@ class ReportBuilder:
             points[key] = points.get(key, Spend()).plus(series.get(day, Spend()))
         rows: list[tuple[Cell, ...]] = []
         previous: Decimal | None = None
+        current = max(points)  # today, or this week: it runs only to now
         for key, point in points.items():
             cost = point.priced_cost  # a point of unpriced calls only: no amount, no change
             with exact_money():
                 change = None if previous is None or cost is None else cost - previous
+            # part of a day (or week) against a whole one would pass for a drop in spend
+            change = None if key == current else change
             rows.append((key, cost, point.requests, point.unpriced_requests, change))
             previous = cost
         table = Table(
@@ -256,8 +259,12 @@ class ReportBuilder:
             ("period_start", "cost_usd", "requests", "unpriced_requests", "change_usd"),
             rows if any(r[2] for r in rows) else [],
         )
+        notes = _zone_note(tz)
+        if table.rows:
+            unit = "day" if interval == "daily" else "week"
+            notes.insert(0, f"this {unit} ({current}) so far: no change from a whole {unit}")
         start, end = local_midnight(first, tz), local_midnight(first + timedelta(days), tz)
-        return Report(f"Spend trend, last {days} days", start, end, [table], _zone_note(tz))
+        return Report(f"Spend trend, last {days} days", start, end, [table], notes)
 
     async def generate_comparison_report(
         self,

@@ -307,6 +307,27 @@ async def test_trend_has_one_point_per_day_summing_to_the_window(
     assert weekly[-1]["cost_usd"] == Decimal("0.50") * (now.weekday() + 1)
 
 
+async def test_the_trend_gives_the_day_and_week_so_far_no_change_from_a_whole_one(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$10 on each of the last 14 days and $1 so far today: today (and this week) are not
+    a drop of $9 (or of most of a week) in spend, only unfinished."""
+    now = utc_now()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    calls = [
+        usage_event(cost="10.00", at=midnight - timedelta(hours=12 + 24 * d)) for d in range(14)
+    ]
+    await publish(nc, topology, [*calls, usage_event(cost="1.00", at=now)])
+    await materialize(nc, db, topology)
+    daily = await generator.generate_trend_report(days=3)
+    assert [r["change_usd"] for r in daily.main.records()] == [None, Decimal(0), None]
+    assert f"this day ({now.date()}) so far: no change from a whole day" in daily.notes
+    weekly = await generator.generate_trend_report(days=15, interval="weekly")
+    *whole, current = weekly.main.records()
+    assert current["change_usd"] is None and whole[-1]["change_usd"] is not None
+    assert any(note.startswith("this week (") for note in weekly.notes)
+
+
 async def test_a_trend_point_whose_calls_had_no_price_is_unpriced_never_0(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
