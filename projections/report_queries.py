@@ -646,21 +646,22 @@ class ReportBuilder:
             else:
                 so_far = await self.daily(conn, dimension, key, today, 1, tz)
                 spent_today = so_far.get(today, Spend()).cost
-            # to the window's last day: later spend counts against the next one
-            for f in forecast(history, days_left) if history else []:
-                if f.day == today:
-                    running += max(f.expected - spent_today, Decimal(0))
-                else:
-                    running += f.expected
-                if exhausted is None and running >= limit:
-                    exhausted = f.day
-            at_end = running.quantize(Decimal("0.01"))
+            # to the window's last day: later spend counts against the next one; the exact
+            # spend plus the forecast's cents, rounded only where shown
+            with exact_money():
+                for f in forecast(history, days_left) if history else []:
+                    if f.day == today:
+                        running += max(f.expected - spent_today, Decimal(0))
+                    else:
+                        running += f.expected
+                    if exhausted is None and running >= limit:
+                        exhausted = f.day
             rows.append(
                 (
                     window.policy.name,
                     window.end,
                     totals.priced_cost,
-                    at_end,
+                    running,
                     limit,
                     exhausted,
                     totals.unpriced_requests,

@@ -574,6 +574,29 @@ async def test_the_forecast_leaves_out_the_part_day_the_first_call_began(
     assert "fitted on the 2 days before today" in report.notes
 
 
+async def test_a_budgets_projection_is_its_exact_spend_plus_the_forecast(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$0.125 spent today after days of free calls ($0 a day to come): projected at the
+    period's end $0.125, shown as $0.13 as the spend is; rounded to cents half to even
+    before it was $0.12, less than its own spend."""
+    now = utc_now()
+    free = [usage_event(cost="0", at=now - timedelta(days=d)) for d in (1, 2)]
+    policy = BudgetPolicy(
+        policy_id="day", name="Day", period=BudgetPeriod.DAILY, limit_amount=Decimal(10)
+    )
+    await publish(
+        nc,
+        topology,
+        [PolicySet(occurred_at=now, policy=policy), *free, usage_event(cost="0.125", at=now)],
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=1)
+    [budget] = report.tables[2].records()
+    assert budget["spent_usd"] == budget["projected_at_period_end_usd"] == Decimal("0.125")
+    assert "| 0.13 | 0.13 | 10.00 |  | 0 |" in report.to_markdown()
+
+
 async def test_one_day_of_history_forecasts_no_interval(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
