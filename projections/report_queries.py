@@ -325,19 +325,17 @@ class ReportBuilder:
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
         budget_rows = await self._budget_forecasts(conn, now)
+        days = Table("Daily forecast", ("day", "expected_usd", "low_usd", "high_usd"))
         if not history:
-            empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
             why = (
                 f"no spend on the days before today ({today}): a forecast is fitted on whole"
                 " days, so it starts the day after the first call"
             )
-            return Report("Spend projection", start, end, [empty], [why, *_zone_note(tz)])
+            # the budgets still say what is spent, and which is exhausted already
+            tables = [days, _months_table([]), budget_rows]
+            return Report("Spend projection", start, end, tables, [why, *_zone_note(tz)])
         ahead = forecast(history, months_horizon)
-        days = Table(
-            "Daily forecast",
-            ("day", "expected_usd", "low_usd", "high_usd"),
-            [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
-        )
+        days.rows.extend((f.day, f.expected, f.low, f.high) for f in ahead[:horizon])
         spent_today = month_actual.get(today, Spend()).cost
         actual = functools.reduce(Spend.plus, month_actual.values(), Spend())
         by_month: dict[date, list[DayForecast]] = {}
@@ -367,23 +365,11 @@ class ReportBuilder:
                         None if high is None else a + high,
                     )
                 )
-        periods = Table(
-            "Per calendar month (each reset starts from zero)",
-            (
-                "month",
-                "actual_usd",
-                "unpriced_requests",
-                "projected_total_usd",
-                "low_usd",
-                "high_usd",
-            ),
-            rows,
-        )
         return Report(
             "Spend projection",
             start,
             end,
-            [days, periods, budget_rows],
+            [days, _months_table(rows), budget_rows],
             [
                 f"method: {METHOD}",
                 f"fitted on the {len(history)} days before today",
@@ -707,6 +693,15 @@ def _change(now: Totals, then: Totals) -> tuple[Cell, ...]:
         percent,
         now.unpriced_requests,
         then.unpriced_requests,
+    )
+
+
+def _months_table(rows: list[tuple[Cell, ...]]) -> Table:
+    """The projection's table of calendar months."""
+    return Table(
+        "Per calendar month (each reset starts from zero)",
+        ("month", "actual_usd", "unpriced_requests", "projected_total_usd", "low_usd", "high_usd"),
+        rows,
     )
 
 

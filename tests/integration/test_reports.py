@@ -444,6 +444,27 @@ async def test_a_projection_without_a_whole_day_of_spend_says_why_it_is_empty(
     assert "a forecast is fitted on whole days" in report.to_markdown()
 
 
+async def test_a_projection_without_a_whole_day_of_spend_still_shows_the_budgets(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$7 spent on the first day against a $5 budget: nothing to forecast from, but the
+    budget is exhausted today (the table was left out with the forecast)."""
+    now = utc_now()
+    policy = BudgetPolicy(policy_id="all", name="All spend", limit_amount=Decimal(5))
+    await publish(
+        nc, topology, [PolicySet(occurred_at=now, policy=policy), usage_event(cost="7.00", at=now)]
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report()
+    assert [t.title for t in report.tables] == [
+        "Daily forecast",
+        "Per calendar month (each reset starts from zero)",
+        "Budgets at this pace",
+    ]
+    [budget] = report.tables[2].records()
+    assert (budget["spent_usd"], budget["exhausted_on"]) == (Decimal("7.00"), now.date())
+
+
 async def test_a_budget_whose_calls_had_no_price_has_no_amount_spent(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
