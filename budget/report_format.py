@@ -120,7 +120,7 @@ class Report:
             lines += [
                 "| "
                 + " | ".join(
-                    "unpriced" if table.unpriced(r, c) else _shown(v) for c, v in r.items()
+                    "unpriced" if table.unpriced(r, c) else _shown(c, v) for c, v in r.items()
                 )
                 + " |"
                 for r in table.records()
@@ -158,7 +158,9 @@ def shown_money(value: Decimal) -> str:
         return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
 
 
-def _shown(value: Cell) -> str:
+def _shown(column: str, value: Cell) -> str:
+    if isinstance(value, Decimal) and column.endswith("_percent"):
+        return f"{value:,}"  # as computed, to a tenth: cents would claim a precision it lacks
     if isinstance(value, Decimal):
         return shown_money(value)
     return one_line(_text(value)).replace("|", "\\|")  # a line break would end the row

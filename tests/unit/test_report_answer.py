@@ -71,3 +71,15 @@ def test_csv_defuses_formulas_in_text_and_keeps_numbers() -> None:
     cells = list(csv.reader(io.StringIO(text, newline="")))[1:]
     assert [c[0] for c in cells] == ["'" + h for h in hostile[:4]] + ["'\tx", "'\rx"]
     assert {c[1] for c in cells} == {"-1.5"}
+
+
+def test_markdown_shows_percentages_to_the_tenth_they_are_computed_to() -> None:
+    """A share or a percent used is computed to a tenth; shown as money it claimed cents
+    of a percent (12.50, 10,000.00)."""
+    table = Table(
+        "Budgets",
+        ("spent_usd", "used_percent", "share_percent"),
+        [(Decimal("1.5"), Decimal("12.5"), Decimal("10000.0"))],
+    )
+    text = Report("Summary", START, START, [table]).to_markdown()
+    assert "| 1.50 | 12.5 | 10,000.0 |" in text
