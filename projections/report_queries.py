@@ -372,7 +372,9 @@ class ReportBuilder:
             [days, _months_table(rows), budget_rows],
             [
                 f"method: {METHOD}",
-                f"fitted on the {len(history)} days before today",
+                "fitted on the "
+                + ("day" if len(history) == 1 else f"{len(history)} days")
+                + " before today",
                 *_unpriced_note(unpriced),
                 *_zone_note(tz),
             ],

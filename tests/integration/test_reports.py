@@ -634,6 +634,7 @@ async def test_one_day_of_history_forecasts_no_interval(
     day = json.loads(report.to_json())["tables"][0]["rows"][1]
     assert (day["low_usd"], day["high_usd"]) == (None, None)
     assert "| 5.00 |  |  |" in report.export(ExportFormat.MARKDOWN)
+    assert "fitted on the day before today" in report.notes  # not "the 1 days"
 
 
 async def test_a_budget_at_this_pace_counts_the_days_of_its_policys_zone(
