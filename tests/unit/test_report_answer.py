@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
+
+from markdown_it import MarkdownIt
 
 from budget.report_format import Report, Table, from_answer, to_answer
 from events.queries import ReportAnswer
@@ -83,3 +87,22 @@ def test_markdown_shows_percentages_to_the_tenth_they_are_computed_to() -> None:
     )
     text = Report("Summary", START, START, [table]).to_markdown()
     assert "| 1.50 | 12.5 | 10,000.0 |" in text
+
+
+def test_markdown_shows_text_cells_as_text_not_links_or_markup() -> None:
+    """User and project ids come from host apps: rendered, none may become a link, an
+    image, raw HTML or emphasis in the exported Markdown, and each reads as it was."""
+    hostile = [
+        "[sign in](https://evil.example)",
+        "<img src=x onerror=alert(1)>",
+        "**urgent** `code` ~~gone~~ a_b_c",
+        "back\\slash &lt; | pipe",
+    ]
+    table = Table("By user", ("user", "cost_usd"), [(h, Decimal(1)) for h in hostile])
+    text = Report("Users", START, START, [table]).to_markdown()
+    rendered = MarkdownIt("commonmark").enable("table").render(text)
+    assert "<table>" in rendered
+    for tag in ("<a ", "<img", "<em>", "<strong>", "<code>", "<s>", "<del>"):
+        assert tag not in rendered, rendered
+    cells = re.findall(r"<td>(.*?)</td>", rendered)
+    assert [html.unescape(c) for c in cells[::2]] == hostile
