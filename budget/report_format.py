@@ -120,7 +120,7 @@ class Report:
             lines += [
                 "| "
                 + " | ".join(
-                    "unpriced" if table.unpriced(r, c) else _shown(v) for c, v in r.items()
+                    "unpriced" if table.unpriced(r, c) else _shown(c, v) for c, v in r.items()
                 )
                 + " |"
                 for r in table.records()
@@ -158,10 +158,18 @@ def shown_money(value: Decimal) -> str:
         return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
 
 
-def _shown(value: Cell) -> str:
+def _shown(column: str, value: Cell) -> str:
+    if isinstance(value, Decimal) and column.endswith("_percent"):
+        return f"{value:,}"  # as computed, to a tenth: cents would claim a precision it lacks
     if isinstance(value, Decimal):
         return shown_money(value)
-    return one_line(_text(value)).replace("|", "\\|")  # a line break would end the row
+    # One line (a line break would end the row), every character as itself: a host's
+    # user id like "[sign in](https://...)" or "<img src=x onerror=...>" is no link or
+    # markup in whatever renders the export, and "|" no cell of its own.
+    return one_line(_text(value)).translate(_MARKDOWN_ESCAPES)
+
+
+_MARKDOWN_ESCAPES = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|~&"})
 
 
 # Reports travel over NATS (``events.queries.ReportAnswer``) with each column's kind, so

@@ -219,7 +219,9 @@ class ReportBuilder:
         now = utc_now()
         start, end = period_bounds(Period(period), now, tz)
         conn = self.conn
-        rows = await self.totals(conn, "model", start, ceil_quarter(now))
+        # To the period's end, as its budgets and `budget spend` count: a call stamped a
+        # few minutes ahead (a host's clock, within max_clock_skew) is the period's too.
+        rows = await self.totals(conn, "model", start, end)
         budgets = await self._budgets(conn, now)
         table = self._grouped_table("By provider and model", ("provider", "model"), rows)
         title = f"{Period(period).value.capitalize()} summary"
@@ -247,10 +249,13 @@ class ReportBuilder:
             points[key] = points.get(key, Spend()).plus(series.get(day, Spend()))
         rows: list[tuple[Cell, ...]] = []
         previous: Decimal | None = None
+        current = max(points)  # today, or this week: it runs only to now
         for key, point in points.items():
             cost = point.priced_cost  # a point of unpriced calls only: no amount, no change
             with exact_money():
                 change = None if previous is None or cost is None else cost - previous
+            # part of a day (or week) against a whole one would pass for a drop in spend
+            change = None if key == current else change
             rows.append((key, cost, point.requests, point.unpriced_requests, change))
             previous = cost
         table = Table(
@@ -258,8 +263,12 @@ class ReportBuilder:
             ("period_start", "cost_usd", "requests", "unpriced_requests", "change_usd"),
             rows if any(r[2] for r in rows) else [],
         )
+        notes = _zone_note(tz)
+        if table.rows:
+            unit = "day" if interval == "daily" else "week"
+            notes.insert(0, f"this {unit} ({current}) so far: no change from a whole {unit}")
         start, end = local_midnight(first, tz), local_midnight(first + timedelta(days), tz)
-        return Report(f"Spend trend, last {days} days", start, end, [table], _zone_note(tz))
+        return Report(f"Spend trend, last {days} days", start, end, [table], notes)
 
     async def generate_comparison_report(
         self,
@@ -320,19 +329,17 @@ class ReportBuilder:
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
         budget_rows = await self._budget_forecasts(conn, now)
+        days = Table("Daily forecast", ("day", "expected_usd", "low_usd", "high_usd"))
         if not history:
-            empty = Table("Forecast", ("day", "expected_usd", "low_usd", "high_usd"))
             why = (
                 f"no spend on the days before today ({today}): a forecast is fitted on whole"
                 " days, so it starts the day after the first call"
             )
-            return Report("Spend projection", start, end, [empty], [why, *_zone_note(tz)])
+            # the budgets still say what is spent, and which is exhausted already
+            tables = [days, _months_table([]), budget_rows]
+            return Report("Spend projection", start, end, tables, [why, *_zone_note(tz)])
         ahead = forecast(history, months_horizon)
-        days = Table(
-            "Daily forecast",
-            ("day", "expected_usd", "low_usd", "high_usd"),
-            [(f.day, f.expected, f.low, f.high) for f in ahead[:horizon]],
-        )
+        days.rows.extend((f.day, f.expected, f.low, f.high) for f in ahead[:horizon])
         spent_today = month_actual.get(today, Spend()).cost
         actual = functools.reduce(Spend.plus, month_actual.values(), Spend())
         by_month: dict[date, list[DayForecast]] = {}
@@ -362,26 +369,16 @@ class ReportBuilder:
                         None if high is None else a + high,
                     )
                 )
-        periods = Table(
-            "Per calendar month (each reset starts from zero)",
-            (
-                "month",
-                "actual_usd",
-                "unpriced_requests",
-                "projected_total_usd",
-                "low_usd",
-                "high_usd",
-            ),
-            rows,
-        )
         return Report(
             "Spend projection",
             start,
             end,
-            [days, periods, budget_rows],
+            [days, _months_table(rows), budget_rows],
             [
                 f"method: {METHOD}",
-                f"fitted on the {len(history)} days before today",
+                "fitted on the "
+                + ("day" if len(history) == 1 else f"{len(history)} days")
+                + " before today",
                 *_unpriced_note(unpriced),
                 *_zone_note(tz),
             ],
@@ -527,15 +524,21 @@ class ReportBuilder:
     async def _history(
         self, conn: Connection, dimension: str, key: str | None, today: date, tz: tzinfo
     ) -> tuple[list[tuple[date, Decimal]], int]:
-        """Daily costs (days of ``tz``) before today, from the first day with spend (at
-        most 56 days), and how many calls in those days had no price (not in the costs)."""
+        """Daily costs (days of ``tz``) before today, from the first whole day with spend
+        (at most 56 days), and how many calls in those days had no price (not in the costs).
+
+        The day usage began (its first day with spend after a day read without) is only
+        part of one: fitted as a whole day it reads as a drop, and the whole days after it
+        as a steep trend. It is left out, unless it is the only day."""
         start = today - timedelta(_HISTORY_DAYS)
         daily = await self.daily(conn, dimension, key, start, _HISTORY_DAYS, tz)
         if not daily:
             return [], 0
         first = min(daily)
+        if first > start and (today - first).days > 1:
+            first += _DAY
         span = (today - first).days
-        unpriced = sum(s.unpriced_requests for s in daily.values())
+        unpriced = sum(s.unpriced_requests for day, s in daily.items() if day >= first)
         return [
             (first + timedelta(n), daily.get(first + timedelta(n), Spend()).cost)
             for n in range(span)
@@ -635,21 +638,22 @@ class ReportBuilder:
             else:
                 so_far = await self.daily(conn, dimension, key, today, 1, tz)
                 spent_today = so_far.get(today, Spend()).cost
-            # to the window's last day: later spend counts against the next one
-            for f in forecast(history, days_left) if history else []:
-                if f.day == today:
-                    running += max(f.expected - spent_today, Decimal(0))
-                else:
-                    running += f.expected
-                if exhausted is None and running >= limit:
-                    exhausted = f.day
-            at_end = running.quantize(Decimal("0.01"))
+            # to the window's last day: later spend counts against the next one; the exact
+            # spend plus the forecast's cents, rounded only where shown
+            with exact_money():
+                for f in forecast(history, days_left) if history else []:
+                    if f.day == today:
+                        running += max(f.expected - spent_today, Decimal(0))
+                    else:
+                        running += f.expected
+                    if exhausted is None and running >= limit:
+                        exhausted = f.day
             rows.append(
                 (
                     window.policy.name,
                     window.end,
                     totals.priced_cost,
-                    at_end,
+                    running,
                     limit,
                     exhausted,
                     totals.unpriced_requests,
@@ -695,6 +699,15 @@ def _change(now: Totals, then: Totals) -> tuple[Cell, ...]:
         percent,
         now.unpriced_requests,
         then.unpriced_requests,
+    )
+
+
+def _months_table(rows: list[tuple[Cell, ...]]) -> Table:
+    """The projection's table of calendar months."""
+    return Table(
+        "Per calendar month (each reset starts from zero)",
+        ("month", "actual_usd", "unpriced_requests", "projected_total_usd", "low_usd", "high_usd"),
+        rows,
     )
 
 

@@ -24,7 +24,10 @@ __all__ = ["report_app"]
 
 report_app = typer.Typer(no_args_is_help=True)
 
-FormatOption = Annotated[ExportFormat, typer.Option("--format", help="md, csv or json")]
+FormatOption = Annotated[
+    ExportFormat,
+    typer.Option("--format", help="md, csv or json (csv: the report's notes go to stderr)"),
+]
 
 
 def _writable(output: Path | None) -> Path | None:
@@ -111,6 +114,11 @@ def _emit(
     else:
         output.write_text(text)
         typer.echo(f"wrote {output} ({fmt.value}, {sum(len(t.rows) for t in report.tables)} rows)")
+    if fmt is ExportFormat.CSV:
+        # CSV has no place for them, and they say what the rows leave out: a history cut
+        # at --limit, calls without a price, a widened window, the comparison's other one.
+        for note in report.notes:
+            typer.echo(f"note: {note}", err=True)
 
 
 def _aware(value: datetime, tz: str) -> datetime:

@@ -93,6 +93,18 @@ def test_the_policy_list_tells_the_readers_zone_from_a_policys_own(
     assert '<span class="muted small">periods of Asia/Tokyo</span>' in row
 
 
+@pytest.mark.parametrize(("params", "zone"), [({}, "UTC"), ({"tz": "Asia/Tokyo"}, "Asia/Tokyo")])
+def test_the_reports_page_names_the_zone_its_report_counted(
+    browser: httpx.Client, params: dict[str, str], zone: str
+) -> None:
+    """A first visit sends no zone, so its summary counts UTC's month: the page said the
+    reader's (its script filled in the reader's zone, whatever the report counted)."""
+    page = browser.get("/reports", params=params)
+    assert page.status_code == 200, page.text
+    said = f'days, weeks and months of <span class="report-zone">{zone}</span>'
+    assert said in page.text, page.text
+
+
 def test_a_custom_report_of_any_range_ignores_the_comparisons_window(
     browser: httpx.Client,
 ) -> None:

@@ -29,7 +29,10 @@ from events import (
     UsageRepriced,
     utc_now,
 )
+from projections.db import connect
+from projections.queries import spend_for_period
 from projections.registry import get_projection
+from services.api.console.dashboard import _month_by_scope
 
 from support import (
     catch_up,
@@ -304,6 +307,27 @@ async def test_trend_has_one_point_per_day_summing_to_the_window(
     assert weekly[-1]["cost_usd"] == Decimal("0.50") * (now.weekday() + 1)
 
 
+async def test_the_trend_gives_the_day_and_week_so_far_no_change_from_a_whole_one(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$10 on each of the last 14 days and $1 so far today: today (and this week) are not
+    a drop of $9 (or of most of a week) in spend, only unfinished."""
+    now = utc_now()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    calls = [
+        usage_event(cost="10.00", at=midnight - timedelta(hours=12 + 24 * d)) for d in range(14)
+    ]
+    await publish(nc, topology, [*calls, usage_event(cost="1.00", at=now)])
+    await materialize(nc, db, topology)
+    daily = await generator.generate_trend_report(days=3)
+    assert [r["change_usd"] for r in daily.main.records()] == [None, Decimal(0), None]
+    assert f"this day ({now.date()}) so far: no change from a whole day" in daily.notes
+    weekly = await generator.generate_trend_report(days=15, interval="weekly")
+    *whole, current = weekly.main.records()
+    assert current["change_usd"] is None and whole[-1]["change_usd"] is not None
+    assert any(note.startswith("this week (") for note in weekly.notes)
+
+
 async def test_a_trend_point_whose_calls_had_no_price_is_unpriced_never_0(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
@@ -359,6 +383,37 @@ async def test_summary_shows_the_period_by_model_and_the_budgets(
     )
 
 
+async def test_a_call_stamped_minutes_ahead_counts_in_the_summary_and_dashboard_month(
+    nc: Client,
+    db: str,
+    topology: Topology,
+    generator: ReportGenerator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 12:13, a call stamped 12:17 by a host whose clock is 4 minutes ahead (within
+    max_clock_skew) is this month's: its budget and `budget spend` count it, so the
+    summary's table and the dashboard's month must too (they stopped at 12:15)."""
+    day = datetime.combine(utc_now().date() - timedelta(days=2), datetime.min.time(), UTC)
+    now = day + timedelta(hours=12, minutes=13)
+    monkeypatch.setattr("projections.report_queries.utc_now", lambda: now)
+    policy = BudgetPolicy(policy_id="all", name="All spend", limit_amount=Decimal(10))
+    calls = [
+        usage_event(cost="1.00", at=day + timedelta(hours=12)),
+        usage_event(cost="2.00", at=now + timedelta(minutes=4)),
+    ]
+    await publish(nc, topology, [PolicySet(occurred_at=day, policy=policy), *calls])
+    await materialize(nc, db, topology, "policies")
+
+    report = await generator.generate_summary_report("monthly")
+    [by_model] = report.main.records()
+    [budget] = report.tables[1].records()
+    assert by_model["cost_usd"] == budget["spent_usd"] == Decimal("3.00")
+    async with await connect(db) as conn:
+        [spend] = await spend_for_period(conn, Period.MONTHLY, now, "global")
+        [month] = (await _month_by_scope(conn, now))["global"]
+    assert month.cost == spend.cost == Decimal("3.00")
+
+
 async def test_a_policy_of_an_empty_key_from_the_log_is_listed_under_that_key(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
@@ -387,6 +442,27 @@ async def test_a_projection_without_a_whole_day_of_spend_says_why_it_is_empty(
     report = await generator.generate_projection_report()
     assert report.empty
     assert "a forecast is fitted on whole days" in report.to_markdown()
+
+
+async def test_a_projection_without_a_whole_day_of_spend_still_shows_the_budgets(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$7 spent on the first day against a $5 budget: nothing to forecast from, but the
+    budget is exhausted today (the table was left out with the forecast)."""
+    now = utc_now()
+    policy = BudgetPolicy(policy_id="all", name="All spend", limit_amount=Decimal(5))
+    await publish(
+        nc, topology, [PolicySet(occurred_at=now, policy=policy), usage_event(cost="7.00", at=now)]
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report()
+    assert [t.title for t in report.tables] == [
+        "Daily forecast",
+        "Per calendar month (each reset starts from zero)",
+        "Budgets at this pace",
+    ]
+    [budget] = report.tables[2].records()
+    assert (budget["spent_usd"], budget["exhausted_on"]) == (Decimal("7.00"), now.date())
 
 
 async def test_a_budget_whose_calls_had_no_price_has_no_amount_spent(
@@ -496,9 +572,50 @@ async def test_a_months_interval_is_its_totals_own_not_its_days_bounds_summed(
     own = month["high_usd"] - month["projected_total_usd"]
     summed = sum(d["high_usd"] - d["expected_usd"] for d in in_month)
     assert 0 < own < summed, (own, summed)
-    paid = [(e.occurred_at.date(), e.cost or Decimal(0)) for e in reversed(history)]
+    # fitted from the first whole day: the day usage began is left out
+    paid = [(e.occurred_at.date(), e.cost or Decimal(0)) for e in reversed(history)][1:]
     _, high = total_interval(paid, [d["day"] for d in in_month], month["projected_total_usd"])
     assert month["high_usd"] == high
+
+
+async def test_the_forecast_leaves_out_the_part_day_the_first_call_began(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Usage began at 18:00 three days ago ($6 that evening), then $24 a day: the first
+    day is a quarter of one. Fitted as a whole day it read as a trend ($6, $24, $24: +$9 a
+    day, $45 tomorrow and $279 the 30th day); from the first whole day it is $24 a day."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    began = today - timedelta(days=3) + timedelta(hours=18)
+    calls = [usage_event(cost="6.00", at=began)]
+    calls += [usage_event(cost="24.00", at=today - timedelta(days=d, hours=-12)) for d in (1, 2)]
+    await publish(nc, topology, calls)
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=30)
+    assert {r["expected_usd"] for r in report.main.records()} == {Decimal("24.00")}
+    assert "fitted on the 2 days before today" in report.notes
+
+
+async def test_a_budgets_projection_is_its_exact_spend_plus_the_forecast(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$0.125 spent today after days of free calls ($0 a day to come): projected at the
+    period's end $0.125, shown as $0.13 as the spend is; rounded to cents half to even
+    before it was $0.12, less than its own spend."""
+    now = utc_now()
+    free = [usage_event(cost="0", at=now - timedelta(days=d)) for d in (1, 2)]
+    policy = BudgetPolicy(
+        policy_id="day", name="Day", period=BudgetPeriod.DAILY, limit_amount=Decimal(10)
+    )
+    await publish(
+        nc,
+        topology,
+        [PolicySet(occurred_at=now, policy=policy), *free, usage_event(cost="0.125", at=now)],
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=1)
+    [budget] = report.tables[2].records()
+    assert budget["spent_usd"] == budget["projected_at_period_end_usd"] == Decimal("0.125")
+    assert "| 0.13 | 0.13 | 10.00 |  | 0 |" in report.to_markdown()
 
 
 async def test_one_day_of_history_forecasts_no_interval(
@@ -517,6 +634,7 @@ async def test_one_day_of_history_forecasts_no_interval(
     day = json.loads(report.to_json())["tables"][0]["rows"][1]
     assert (day["low_usd"], day["high_usd"]) == (None, None)
     assert "| 5.00 |  |  |" in report.export(ExportFormat.MARKDOWN)
+    assert "fitted on the day before today" in report.notes  # not "the 1 days"
 
 
 async def test_a_budget_at_this_pace_counts_the_days_of_its_policys_zone(

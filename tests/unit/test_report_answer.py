@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
+
+from markdown_it import MarkdownIt
 
 from budget.report_format import Report, Table, from_answer, to_answer
 from events.queries import ReportAnswer
@@ -71,3 +75,34 @@ def test_csv_defuses_formulas_in_text_and_keeps_numbers() -> None:
     cells = list(csv.reader(io.StringIO(text, newline="")))[1:]
     assert [c[0] for c in cells] == ["'" + h for h in hostile[:4]] + ["'\tx", "'\rx"]
     assert {c[1] for c in cells} == {"-1.5"}
+
+
+def test_markdown_shows_percentages_to_the_tenth_they_are_computed_to() -> None:
+    """A share or a percent used is computed to a tenth; shown as money it claimed cents
+    of a percent (12.50, 10,000.00)."""
+    table = Table(
+        "Budgets",
+        ("spent_usd", "used_percent", "share_percent"),
+        [(Decimal("1.5"), Decimal("12.5"), Decimal("10000.0"))],
+    )
+    text = Report("Summary", START, START, [table]).to_markdown()
+    assert "| 1.50 | 12.5 | 10,000.0 |" in text
+
+
+def test_markdown_shows_text_cells_as_text_not_links_or_markup() -> None:
+    """User and project ids come from host apps: rendered, none may become a link, an
+    image, raw HTML or emphasis in the exported Markdown, and each reads as it was."""
+    hostile = [
+        "[sign in](https://evil.example)",
+        "<img src=x onerror=alert(1)>",
+        "**urgent** `code` ~~gone~~ a_b_c",
+        "back\\slash &lt; | pipe",
+    ]
+    table = Table("By user", ("user", "cost_usd"), [(h, Decimal(1)) for h in hostile])
+    text = Report("Users", START, START, [table]).to_markdown()
+    rendered = MarkdownIt("commonmark").enable("table").render(text)
+    assert "<table>" in rendered
+    for tag in ("<a ", "<img", "<em>", "<strong>", "<code>", "<s>", "<del>"):
+        assert tag not in rendered, rendered
+    cells = re.findall(r"<td>(.*?)</td>", rendered)
+    assert [html.unescape(c) for c in cells[::2]] == hostile

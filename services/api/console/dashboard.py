@@ -23,7 +23,7 @@ from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter, history_page
 from projections.queries import alerts_page, count_alerts
 from projections.readable import Rebuilding
-from projections.report_queries import ReportBuilder, ceil_quarter
+from projections.report_queries import ReportBuilder
 from services.api.console.budgets import PolicyBars, budget_bars
 from services.api.console.charts import spend_chart
 from services.api.console.guard import ConsoleRoute, Viewer
@@ -105,7 +105,7 @@ async def _month_by_scope(conn: Connection, now: datetime) -> dict[str, list[Spe
     model across its providers), dearest first, from the report rollups: a few thousand
     daily rows however many calls the month holds (summing its quarter-hour spend buckets
     instead took seconds by the month's end at 10M events)."""
-    start, _ = period_bounds(Period.MONTHLY, now)
+    start, end = period_bounds(Period.MONTHLY, now)
     builder = ReportBuilder(conn)
     found: dict[str, list[SpendRow]] = {}
     for scope in BudgetScope:
@@ -121,7 +121,9 @@ async def _month_by_scope(conn: Connection, now: datetime) -> dict[str, list[Spe
                 input_tokens=t.input_tokens,
                 output_tokens=t.output_tokens,
             )
-            for t in await builder.scope_totals(conn, scope, start, ceil_quarter(now))
+            # to the month's end, as today's total (spend) counts: a call stamped a few
+            # minutes ahead (within max_clock_skew) is this month's too
+            for t in await builder.scope_totals(conn, scope, start, end)
         ]
     return found
 

@@ -61,6 +61,9 @@ async def reports(request: Request, _: Viewer) -> Response:
             state.fail(FORM_ERROR, str(exc))
     context = {
         "title": "Reports",
+        # the zone the report counted, from the server: the script would name the reader's
+        # zone over it, also on a first visit, whose report (no zone sent yet) counts UTC's
+        "zone": query.tz if query else state.value("tz") or "UTC",
         "form": state,
         "kinds": KINDS,
         "groups": GROUPS,
