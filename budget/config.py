@@ -49,6 +49,9 @@ class ConfigError(Exception):
     """A config file or variable is wrong; the message says which and how to fix it."""
 
 
+_NOT_UTF8 = "it is not UTF-8 text; save it as UTF-8"
+
+
 def secret_from_file(path: Path, *, what: str, variable: str) -> str:
     """The secret ``path`` holds (stripped), masked in this process's logs from now on;
     ``ConfigError`` naming ``what`` and its ``variable``, never the content, if unreadable."""
@@ -58,6 +61,8 @@ def secret_from_file(path: Path, *, what: str, variable: str) -> str:
         raise ConfigError(
             f"cannot read {what} {path} ({variable}): {exc.strerror or exc}"
         ) from None
+    except UnicodeDecodeError:  # its own text quotes a byte of the secret
+        raise ConfigError(f"cannot read {what} {path} ({variable}): {_NOT_UTF8}") from None
     protect(secret)
     return secret
 
@@ -519,6 +524,10 @@ def _read_document(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
     except OSError as exc:  # a directory, no permission, a disk error
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: {_NOT_UTF8} (at byte {exc.start})"
+        ) from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'budget' section")
     return document

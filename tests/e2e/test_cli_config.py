@@ -1,0 +1,68 @@
+"""The ``budget`` command given a broken configuration or argument that it used to report
+in a library's words (or not at all): one line on stderr naming what is wrong and where,
+exit status 2, before anything connects (the servers here are unreachable)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from support import ROOT
+
+CLI = (sys.executable, "-m", "services.cli")
+RECORD = ("record", "--model", "gpt-4o", "--provider", "openai")
+
+
+def budget(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``budget ARGS`` in ``cwd`` (its config.yaml, if any), against servers nobody
+    listens on."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
+    environ.update(
+        BUDGET_NATS_URL="nats://127.0.0.1:1",
+        BUDGET_DATABASE_URL="postgresql://budget@127.0.0.1:1/budget",
+        BUDGET_SPOOL_DIR=str(cwd / "spool"),
+        PYTHONPATH=str(ROOT),
+        **env,
+    )
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=cwd,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def one_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 2, done
+    [line] = done.stderr.splitlines()
+    assert line.startswith("budget: ") and "Traceback" not in line, done.stderr
+    return line
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_bytes(b"budget:\n  nats_url: \xffnats://x\n")
+    line = one_error(budget(tmp_path, "spend"))
+    assert line == (
+        "budget: cannot read config file config.yaml: it is not UTF-8 text; save it as UTF-8"
+        " (at byte 20)"
+    )
+
+
+def test_a_nats_password_file_that_is_not_utf8_is_named_and_none_of_it_shown(
+    tmp_path: Path,
+) -> None:
+    password = tmp_path / "nats.password"
+    password.write_bytes(b"hunter\xe92")
+    line = one_error(
+        budget(tmp_path, *RECORD, BUDGET_NATS_USER="host", BUDGET_NATS_PASSWORD_FILE=str(password))
+    )
+    assert line == (
+        f"budget: cannot read the NATS password file {password} (BUDGET_NATS_PASSWORD_FILE):"
+        " it is not UTF-8 text; save it as UTF-8"
+    )
