@@ -432,11 +432,17 @@ class Settings(BaseModel):
         )
 
 
+_FILE_ONLY = {
+    "price_overrides": "budget.price_overrides",
+    "policies": "budget_policies",
+    "alert_channels": "alert_channels",
+}
+"""Settings read from config.yaml only (structured: no variable spells them), with the
+key that sets them there."""
+
 # Environment variables that override config.yaml, and the Settings field each one sets.
 ENV_VARS: Mapping[str, str] = {
-    f"BUDGET_{name.upper()}": name
-    for name in Settings.model_fields
-    if name not in ("price_overrides", "policies", "alert_channels")
+    f"BUDGET_{name.upper()}": name for name in Settings.model_fields if name not in _FILE_ONLY
 }
 
 
@@ -469,6 +475,12 @@ def load_settings(
             values["alert_channels"] = document["alert_channels"]
     elif config_file or environ.get("BUDGET_CONFIG"):
         raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
+    for field, key in _FILE_ONLY.items():
+        if f"BUDGET_{field.upper()}" in environ:  # else set and silently not applied
+            raise ConfigError(
+                f"environment variable BUDGET_{field.upper()} is not read: {field} is set in"
+                f" the config file only ({key} in {path}); unset the variable"
+            )
     values.update({field: environ[var] for var, field in ENV_VARS.items() if var in environ})
     try:
         return Settings.model_validate(values)

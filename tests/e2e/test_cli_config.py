@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support import ROOT
 
 CLI = (sys.executable, "-m", "services.cli")
@@ -65,4 +67,23 @@ def test_a_nats_password_file_that_is_not_utf8_is_named_and_none_of_it_shown(
     assert line == (
         f"budget: cannot read the NATS password file {password} (BUDGET_NATS_PASSWORD_FILE):"
         " it is not UTF-8 text; save it as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "key"),
+    [
+        ("BUDGET_PRICE_OVERRIDES", "budget.price_overrides"),
+        ("BUDGET_POLICIES", "budget_policies"),
+        ("BUDGET_ALERT_CHANNELS", "alert_channels"),
+    ],
+)
+def test_a_variable_for_a_setting_of_the_file_only_is_refused_not_ignored(
+    tmp_path: Path, variable: str, key: str
+) -> None:
+    line = one_error(budget(tmp_path, "prices", "show", "gpt-4o", **{variable: "{}"}))
+    field = variable.removeprefix("BUDGET_").lower()
+    assert line == (
+        f"budget: environment variable {variable} is not read: {field} is set in the config"
+        f" file only ({key} in config.yaml); unset the variable"
     )
