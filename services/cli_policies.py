@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from budget.manager import BudgetManager
 from budget.policies import settable_policy
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
-from events.policy import Money, PolicyId
+from events.policy import PolicyId
 from events.rpc import CheckResult
+from events.usage import Usd
 from services.cli_context import checked, database_queries, settings, tracker, validation_message
 
 __all__ = ["check", "policy_app"]
@@ -136,7 +137,9 @@ def check(
         None
     ),
     cost: Annotated[
-        Decimal | None, typer.Option(callback=checked(Money), help="estimated cost in USD instead")
+        Decimal | None,
+        # the check request's own bound, so an estimate it refuses is refused before connecting
+        typer.Option(callback=checked(Usd), help="estimated cost in USD instead"),
     ] = None,
     reserve: Annotated[
         bool, typer.Option(help="hold the estimate (expires unless usage settles it)")

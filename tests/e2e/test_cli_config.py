@@ -87,3 +87,13 @@ def test_a_variable_for_a_setting_of_the_file_only_is_refused_not_ignored(
         f"budget: environment variable {variable} is not read: {field} is set in the config"
         f" file only ({key} in config.yaml); unset the variable"
     )
+
+
+def test_an_estimated_cost_above_what_a_check_takes_is_refused_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    line = one_error(budget(tmp_path, "check", "gpt-4o", "--cost", "1e13"))
+    assert line == (
+        "budget: Invalid value for '--cost': Input should be less than or equal to"
+        " 1000000000000 (see --help)"
+    )
