@@ -100,6 +100,10 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
         except ConnectError as exc:
             nc = None
             found.append(problem("nats", *_said(exc)))
+        except ConfigError as exc:  # its password file, say: the other checks still run
+            nc = None
+            fix = "correct the file or the setting the message names"
+            found.append(problem("nats", str(exc), fix))
         try:
             conn: Connection | None = await opened.enter_async_context(
                 database(settings.database_url)

@@ -257,6 +257,20 @@ def test_nats_unreachable_is_a_problem_and_what_needs_it_is_not_checked(
     assert lines_of(done, "ok", "alert rules") == ["6 rules, each with an enabled channel"]
 
 
+def test_an_unreadable_nats_password_file_is_a_problem_and_the_rest_is_checked(
+    deployment: Budget, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nats.password"
+    done = doctor(deployment, BUDGET_NATS_USER="service", BUDGET_NATS_PASSWORD_FILE=str(missing))
+    assert done.returncode == 1, done
+    assert lines_of(done, "problem", "nats") == [
+        f"cannot read the NATS password file {missing} (BUDGET_NATS_PASSWORD_FILE): No such"
+        " file or directory | correct the file or the setting the message names"
+    ]
+    assert lines_of(done, "ok", "postgresql") == ["reachable"]
+    assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
+
+
 def test_an_unmigrated_deployment_is_told_to_migrate(budget: Budget) -> None:
     done = doctor(budget)
     assert done.returncode == 1
