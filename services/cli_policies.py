@@ -17,7 +17,7 @@ from budget.policies import settable_policy
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import PolicyId
 from events.rpc import CheckResult
-from events.usage import Usd
+from events.usage import MAX_TOKENS, Usd
 from services.cli_context import checked, database_queries, settings, tracker, validation_message
 
 __all__ = ["check", "policy_app"]
@@ -130,7 +130,9 @@ def delete_policy(
 
 def check(
     model: Annotated[str, typer.Argument(help="model id, e.g. gpt-4o")],
-    tokens: Annotated[int, typer.Option(min=0, help="estimated tokens (priced as output)")] = 0,
+    tokens: Annotated[
+        int, typer.Option(min=0, max=MAX_TOKENS, help="estimated tokens (priced as output)")
+    ] = 0,
     user: Annotated[str | None, typer.Option(help="user id")] = None,
     project: Annotated[str | None, typer.Option(help="project id")] = None,
     provider: Annotated[str | None, typer.Option(help="provider (default: from the model)")] = (

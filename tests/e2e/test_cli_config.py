@@ -97,3 +97,21 @@ def test_an_estimated_cost_above_what_a_check_takes_is_refused_naming_the_option
         "budget: Invalid value for '--cost': Input should be less than or equal to"
         " 1000000000000 (see --help)"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        ((*RECORD, "--input-tokens", "1000000000001"), "--input-tokens"),
+        ((*RECORD, "--output-tokens", "1000000000001"), "--output-tokens"),
+        (("check", "gpt-4o", "--tokens", "1000000000001"), "--tokens"),
+    ],
+)
+def test_a_token_count_above_the_contract_names_the_option(
+    tmp_path: Path, args: tuple[str, ...], option: str
+) -> None:
+    line = one_error(budget(tmp_path, *args))
+    assert line == (
+        f"budget: Invalid value for '{option}': Input should be less than or equal to"
+        " 1000000000000 (see --help)"
+    )
