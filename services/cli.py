@@ -306,7 +306,7 @@ def record(
     """Publish one usage event from the shell and print it with its cost once JetStream
     has acknowledged it. Fails (exit 2) when NATS is unreachable, recording nothing; an
     event NATS does not acknowledge stays in the spool and the next `budget record` sends
-    it."""
+    it (if the spool cannot keep it either, it fails, recording nothing)."""
     tags = dict(_split_tag(t) for t in tag or [])
     occurred_at = None if at is None else _utc(at)
     normalize_usage(  # wrong counts are refused before connecting
@@ -336,7 +336,18 @@ def record(
                 tags=tags,
                 occurred_at=occurred_at,
             )
-            await started.flush()
+            try:
+                # Neither acknowledged nor spooled (NATS refuses it and the spool fails)
+                # would be offered to NATS again and again: the command would never end.
+                async with asyncio.timeout(2 * publisher.config.ack_timeout + 5):
+                    await started.flush()
+            except TimeoutError:
+                raise ConnectError(
+                    f"NATS at {shown_url(publisher.config.nats_url)} did not acknowledge the"
+                    " event (has `budget migrate` declared its stream?) and the spool"
+                    f" ({publisher.config.spool_dir}) did not take it; nothing was recorded:"
+                    " make the spool directory (BUDGET_SPOOL_DIR) writable"
+                ) from None
             if len(publisher.spool):
                 raise ConnectError(
                     f"NATS at {shown_url(publisher.config.nats_url)} did not acknowledge the"
