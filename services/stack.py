@@ -316,8 +316,15 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold ``data_dir``'s stack lock (one stack per directory; the folder is made if
     need be) until the handle closes or the process ends; ``StackError`` naming the
     holder when a stack runs there."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = (data_dir / "stack.lock").open("a+")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = (data_dir / "stack.lock").open("a+")
+    except OSError as exc:  # a file of that name, no permission, a read-only disk
+        why = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise StackError(
+            f"cannot use {data_dir} as the data directory ({why or exc}); fix it or choose"
+            " another with --data-dir (or BUDGET_DATA_DIR)"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -115,3 +115,13 @@ def test_a_token_count_above_the_contract_names_the_option(
         f"budget: Invalid value for '{option}': Input should be less than or equal to"
         " 1000000000000 (see --help)"
     )
+
+
+def test_a_data_directory_that_cannot_be_one_is_named_with_the_option(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    line = one_error(budget(tmp_path, "up", "--data-dir", str(a_file)))
+    assert line == (
+        f"budget: cannot use {a_file} as the data directory (it is not a directory); fix it"
+        " or choose another with --data-dir (or BUDGET_DATA_DIR)"
+    )
