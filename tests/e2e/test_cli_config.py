@@ -125,3 +125,11 @@ def test_a_data_directory_that_cannot_be_one_is_named_with_the_option(tmp_path: 
         f"budget: cannot use {a_file} as the data directory (it is not a directory); fix it"
         " or choose another with --data-dir (or BUDGET_DATA_DIR)"
     )
+
+
+def test_listing_nats_users_where_no_stack_made_them_says_so(tmp_path: Path) -> None:
+    line = one_error(budget(tmp_path, "nats-credential", "list", "--data-dir", "elsewhere"))
+    assert line == (
+        f"budget: no NATS users in {tmp_path / 'elsewhere'}: `budget up` makes them on its"
+        " first start there; start it, or name the data directory it uses with --data-dir"
+    )
