@@ -46,7 +46,7 @@ from budget.waits import wait_set
 from projections.registry import WORKERS
 from services.credentials import credentials_dir
 from services.database_roles import DOOR_ROLES
-from services.embedded import EmbeddedNats, EmbeddedPostgres
+from services.embedded import EmbeddedNats, EmbeddedPostgres, ServerStartError
 from services.nats_config import move_streams_into_accounts
 
 __all__ = [
@@ -233,7 +233,15 @@ async def serve_stack(
 
     try:
         log.info("starting PostgreSQL in %s", postgres.data_dir)
-        await asyncio.to_thread(postgres.start)
+        try:
+            await asyncio.to_thread(postgres.start)
+        except ServerStartError:
+            if not stop.is_set():
+                raise
+            # A Ctrl-C reaches a first start's initdb too (it shares the terminal's process
+            # group) and fails it: a stop asked for, not a failure. The next start redoes it.
+            log.info("stopped while PostgreSQL was being set up")
+            return 0
         for worker in supervised:
             if worker.name in DOOR_ROLES:  # its own role, unless worker_env names another
                 url = postgres.url_for(database, role=DOOR_ROLES[worker.name])
