@@ -146,6 +146,8 @@ def up(
         write_prometheus_config,
     )
 
+    if nats_port is not None and nats_port == api_port:
+        raise ValueError(f"--nats-port and --api-port are both {nats_port}: give them two ports")
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
     # Held before a port or a file is chosen, so a refused second stack changes nothing;
@@ -155,9 +157,10 @@ def up(
         if chosen is not None:  # else a free one is chosen
             require_free("127.0.0.1", chosen, option)
     key_file = directory / "admin.key"
-    port = api_port or kept_port(directory / "api-port")
+    # Neither the port of the other (one run's NATS port may be free for another's console).
+    port = api_port or kept_port(directory / "api-port", [nats_port] if nats_port else [])
     # Chosen before any server starts, so no metrics port can be the one NATS then takes.
-    nats_port = nats_port or kept_port(directory / "nats" / "last-port")
+    nats_port = nats_port or kept_port(directory / "nats" / "last-port", [port])
     metrics = metrics_ports(directory, STACK_WORKERS, taken=[port, nats_port])
     metrics_token = metrics_token_file(directory)
     nats_tls = stack_client_tls(current)

@@ -36,7 +36,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
@@ -350,16 +350,20 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-def kept_port(record: Path) -> int:
-    """The port recorded in ``record`` when it is still free, else a free one (recorded)."""
+def kept_port(record: Path, taken: Collection[int] = ()) -> int:
+    """The port recorded in ``record`` when it is still free, else a free one (recorded);
+    never one of ``taken`` (chosen for another process of the stack, not yet bound)."""
     with contextlib.suppress(OSError, ValueError):
         port = int(record.read_text().strip())
+        if port not in taken:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+                return port
+    port = 0
+    while port == 0 or port in taken:
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", port))
-            return port
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(f"{port}\n")
     return port

@@ -133,3 +133,14 @@ def test_listing_nats_users_where_no_stack_made_them_says_so(tmp_path: Path) -> 
         f"budget: no NATS users in {tmp_path / 'elsewhere'}: `budget up` makes them on its"
         " first start there; start it, or name the data directory it uses with --data-dir"
     )
+
+
+def test_one_port_for_both_nats_and_the_console_is_refused_before_anything(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    line = one_error(
+        budget(tmp_path, "up", "--data-dir", str(data), "--nats-port", "5599", "--api-port", "5599")
+    )
+    assert line == "budget: --nats-port and --api-port are both 5599: give them two ports"
+    assert not data.exists()
