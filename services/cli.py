@@ -137,7 +137,13 @@ def up(
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, stack_client_tls, write_config
     from services.ports import require_free
-    from services.stack import STACK_WORKERS, kept_port, lock_data_dir, run_stack
+    from services.stack import (
+        STACK_WORKERS,
+        kept_port,
+        lock_data_dir,
+        reap_leftovers,
+        run_stack,
+    )
     from services.stack_metrics import (
         banner_lines,
         metrics_ports,
@@ -153,6 +159,7 @@ def up(
     # Held before a port or a file is chosen, so a refused second stack changes nothing;
     # run_stack releases it when the stack stops.
     lock = lock_data_dir(directory)
+    reap_leftovers(directory)  # a crashed stack's NATS and api would hold their ports
     for chosen, option in ((nats_port, "--nats-port"), (api_port, "--api-port")):
         if chosen is not None:  # else a free one is chosen
             require_free("127.0.0.1", chosen, option)

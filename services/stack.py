@@ -60,6 +60,7 @@ __all__ = [
     "default_worker_command",
     "kept_port",
     "lock_data_dir",
+    "reap_leftovers",
     "reload_nats",
     "run_stack",
     "serve_stack",
@@ -504,6 +505,13 @@ def _write_state(
     tmp = data_dir / "stack.json.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(data_dir / "stack.json")
+
+
+def reap_leftovers(data_dir: Path) -> None:
+    """What a supervisor killed on ``data_dir`` left running, stopped (``_reap_stale``; its
+    lock held): ``budget up`` does it before choosing ports, which those would still hold,
+    so a stack restarted after a crash keeps its ports."""
+    _reap_stale(data_dir)()
 
 
 def _reap_stale(data_dir: Path) -> Callable[[], None]:
