@@ -50,6 +50,9 @@ class ConfigError(Exception):
     """A config file or variable is wrong; the message says which and how to fix it."""
 
 
+_NOT_UTF8 = "it is not UTF-8 text; save it as UTF-8"
+
+
 def secret_from_file(path: Path, *, what: str, variable: str) -> str:
     """The secret ``path`` holds (stripped), masked in this process's logs from now on;
     ``ConfigError`` naming ``what`` and its ``variable``, never the content, if unreadable."""
@@ -59,6 +62,8 @@ def secret_from_file(path: Path, *, what: str, variable: str) -> str:
         raise ConfigError(
             f"cannot read {what} {path} ({variable}): {exc.strerror or exc}"
         ) from None
+    except UnicodeDecodeError:  # its own text quotes a byte of the secret
+        raise ConfigError(f"cannot read {what} {path} ({variable}): {_NOT_UTF8}") from None
     protect(secret)
     return secret
 
@@ -445,11 +450,17 @@ class Settings(BaseModel):
         )
 
 
+_FILE_ONLY = {
+    "price_overrides": "budget.price_overrides",
+    "policies": "budget_policies",
+    "alert_channels": "alert_channels",
+}
+"""Settings read from config.yaml only (structured: no variable spells them), with the
+key that sets them there."""
+
 # Environment variables that override config.yaml, and the Settings field each one sets.
 ENV_VARS: Mapping[str, str] = {
-    f"BUDGET_{name.upper()}": name
-    for name in Settings.model_fields
-    if name not in ("price_overrides", "policies", "alert_channels")
+    f"BUDGET_{name.upper()}": name for name in Settings.model_fields if name not in _FILE_ONLY
 }
 
 
@@ -482,6 +493,12 @@ def load_settings(
             values["alert_channels"] = document["alert_channels"]
     elif config_file or environ.get("BUDGET_CONFIG"):
         raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
+    for field, key in _FILE_ONLY.items():
+        if f"BUDGET_{field.upper()}" in environ:  # else set and silently not applied
+            raise ConfigError(
+                f"environment variable BUDGET_{field.upper()} is not read: {field} is set in"
+                f" the config file only ({key} in {path}); unset the variable"
+            )
     values.update({field: environ[var] for var, field in ENV_VARS.items() if var in environ})
     try:
         settings = Settings.model_validate(values)
@@ -553,6 +570,10 @@ def _read_document(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
     except OSError as exc:  # a directory, no permission, a disk error
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: {_NOT_UTF8} (at byte {exc.start})"
+        ) from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'budget' section")
     return document

@@ -30,7 +30,7 @@ from budget.redaction import install_redaction, redact, secrets_of
 from budget.report_format import shown_money
 from budget.usage import normalize_usage
 from events import BudgetScope, utc_now
-from events.usage import exact_money
+from events.usage import MAX_TOKENS, exact_money
 from projections.engine.log import LogError
 from projections.engine.reader import ConsumerGone
 from projections.engine.rebuild import Progress, rebuild
@@ -139,7 +139,13 @@ def up(
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, stack_client_tls, write_config
     from services.ports import require_free
-    from services.stack import STACK_WORKERS, kept_port, lock_data_dir, run_stack
+    from services.stack import (
+        STACK_WORKERS,
+        kept_port,
+        lock_data_dir,
+        reap_leftovers,
+        run_stack,
+    )
     from services.stack_metrics import (
         banner_lines,
         metrics_ports,
@@ -148,18 +154,22 @@ def up(
         write_prometheus_config,
     )
 
+    if nats_port is not None and nats_port == api_port:
+        raise ValueError(f"--nats-port and --api-port are both {nats_port}: give them two ports")
     current = settings()
     directory = (data_dir or current.data_dir).absolute()
     # Held before a port or a file is chosen, so a refused second stack changes nothing;
     # run_stack releases it when the stack stops.
     lock = lock_data_dir(directory)
+    reap_leftovers(directory)  # a crashed stack's NATS and api would hold their ports
     for chosen, option in ((nats_port, "--nats-port"), (api_port, "--api-port")):
         if chosen is not None:  # else a free one is chosen
             require_free("127.0.0.1", chosen, option)
     key_file = directory / "admin.key"
-    port = api_port or kept_port(directory / "api-port")
+    # Neither the port of the other (one run's NATS port may be free for another's console).
+    port = api_port or kept_port(directory / "api-port", [nats_port] if nats_port else [])
     # Chosen before any server starts, so no metrics port can be the one NATS then takes.
-    nats_port = nats_port or kept_port(directory / "nats" / "last-port")
+    nats_port = nats_port or kept_port(directory / "nats" / "last-port", [port])
     metrics = metrics_ports(directory, STACK_WORKERS, taken=[port, nats_port])
     metrics_token = metrics_token_file(directory)
     nats_tls = stack_client_tls(current)
@@ -286,15 +296,21 @@ def query_service() -> None:
     raise typer.Exit(run_service("query-service", settings(), serve_query_service))
 
 
+def _tokens(help: str) -> Any:
+    """A token count option, held to the contract's range: one out of it is refused naming
+    the option, not the event field it would have become."""
+    return typer.Option(min=0, max=MAX_TOKENS, help=help)
+
+
 @app.command()
 def record(
     model: Annotated[str, typer.Option(help="model id, e.g. gpt-4o")],
     provider: Annotated[str, typer.Option(help="provider, e.g. openai")],
-    input_tokens: Annotated[int, typer.Option(help="all input tokens, cached included")] = 0,
-    output_tokens: Annotated[int, typer.Option(help="all output tokens, reasoning included")] = 0,
-    cached_tokens: Annotated[int, typer.Option(help="input tokens read from cache")] = 0,
-    cache_write_tokens: Annotated[int, typer.Option(help="input tokens written to cache")] = 0,
-    reasoning_tokens: Annotated[int, typer.Option(help="output tokens spent reasoning")] = 0,
+    input_tokens: Annotated[int, _tokens("all input tokens, cached included")] = 0,
+    output_tokens: Annotated[int, _tokens("all output tokens, reasoning included")] = 0,
+    cached_tokens: Annotated[int, _tokens("input tokens read from cache")] = 0,
+    cache_write_tokens: Annotated[int, _tokens("input tokens written to cache")] = 0,
+    reasoning_tokens: Annotated[int, _tokens("output tokens spent reasoning")] = 0,
     user: Annotated[str | None, typer.Option(help="user id")] = None,
     project: Annotated[str | None, typer.Option(help="project id")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable")] = None,
@@ -305,7 +321,7 @@ def record(
     """Publish one usage event from the shell and print it with its cost once JetStream
     has acknowledged it. Fails (exit 2) when NATS is unreachable, recording nothing; an
     event NATS does not acknowledge stays in the spool and the next `budget record` sends
-    it."""
+    it (if the spool cannot keep it either, it fails, recording nothing)."""
     tags = dict(_split_tag(t) for t in tag or [])
     occurred_at = None if at is None else _utc(at)
     normalize_usage(  # wrong counts are refused before connecting
@@ -335,7 +351,18 @@ def record(
                 tags=tags,
                 occurred_at=occurred_at,
             )
-            await started.flush()
+            try:
+                # Neither acknowledged nor spooled (NATS refuses it and the spool fails)
+                # would be offered to NATS again and again: the command would never end.
+                async with asyncio.timeout(2 * publisher.config.ack_timeout + 5):
+                    await started.flush()
+            except TimeoutError:
+                raise ConnectError(
+                    f"NATS at {shown_url(publisher.config.nats_url)} did not acknowledge the"
+                    " event (has `budget migrate` declared its stream?) and the spool"
+                    f" ({publisher.config.spool_dir}) did not take it; nothing was recorded:"
+                    " make the spool directory (BUDGET_SPOOL_DIR) writable"
+                ) from None
             if len(publisher.spool):
                 raise ConnectError(
                     f"NATS at {shown_url(publisher.config.nats_url)} did not acknowledge the"

@@ -88,8 +88,16 @@ def remove(
 
 @nats_app.command("list")
 def list_users(data_dir: DataDir = None) -> None:
-    """The NATS users and their roles (never their passwords)."""
+    """The NATS users and their roles (never their passwords); exit status 2 where
+    `budget up` has made none."""
     from services.nats_config import NatsCredentials
 
-    for user, role in NatsCredentials(_directory(data_dir, settings())).roles().items():
+    directory = _directory(data_dir, settings())
+    roles = NatsCredentials(directory).roles()
+    if not roles:  # not an empty list: the wrong directory, or no stack made there yet
+        raise ValueError(
+            f"no NATS users in {directory}: `budget up` makes them on its first start there;"
+            " start it, or name the data directory it uses with --data-dir"
+        )
+    for user, role in roles.items():
         typer.echo(f"{user}\t{role}")

@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from budget.manager import BudgetManager
 from budget.policies import settable_policy
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
-from events.policy import Money, PolicyId
+from events.policy import PolicyId
 from events.rpc import CheckResult
+from events.usage import MAX_TOKENS, Usd
 from services.cli_context import checked, database_queries, settings, tracker, validation_message
 
 __all__ = ["check", "policy_app"]
@@ -129,14 +130,18 @@ def delete_policy(
 
 def check(
     model: Annotated[str, typer.Argument(help="model id, e.g. gpt-4o")],
-    tokens: Annotated[int, typer.Option(min=0, help="estimated tokens (priced as output)")] = 0,
+    tokens: Annotated[
+        int, typer.Option(min=0, max=MAX_TOKENS, help="estimated tokens (priced as output)")
+    ] = 0,
     user: Annotated[str | None, typer.Option(help="user id")] = None,
     project: Annotated[str | None, typer.Option(help="project id")] = None,
     provider: Annotated[str | None, typer.Option(help="provider (default: from the model)")] = (
         None
     ),
     cost: Annotated[
-        Decimal | None, typer.Option(callback=checked(Money), help="estimated cost in USD instead")
+        Decimal | None,
+        # the check request's own bound, so an estimate it refuses is refused before connecting
+        typer.Option(callback=checked(Usd), help="estimated cost in USD instead"),
     ] = None,
     reserve: Annotated[
         bool, typer.Option(help="hold the estimate (expires unless usage settles it)")

@@ -100,6 +100,10 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
         except ConnectError as exc:
             nc = None
             found.append(problem("nats", *_said(exc)))
+        except ConfigError as exc:  # its password file, say: the other checks still run
+            nc = None
+            fix = "correct the file or the setting the message names"
+            found.append(problem("nats", str(exc), fix))
         try:
             conn: Connection | None = await opened.enter_async_context(
                 database(settings.database_url)
@@ -211,11 +215,12 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
 async def _projections(
     conn: Connection, nc: Client, settings: Settings, options: Options
 ) -> list[Finding]:
-    """Each live version's log (the one it was built from), consumer (its worker has run)
-    and lag; a rebuild's progress."""
+    """Each live version's log (the one it was built from), consumer (its worker has run),
+    a worker reading it, and lag; a rebuild's progress."""
     js = nc.jetstream()
     stream = settings.topology.event_stream.name
     found = []
+    asked: dict[str, _Read] = {}  # a group's consumer is asked once for its projections
     for status in await projection_status(conn, js, settings.topology):
         check = f"projection {status.name}"
         behind = f"{status.lag} events behind (checkpoint at stream sequence {status.checkpoint})"
@@ -229,12 +234,19 @@ async def _projections(
             found.append(problem(check, *_said(exc)))
             continue
         ways = _ways_to_run(writer)
-        running = await _first_consumer(js, stream, ways)
-        if running is None:
+        existing, running = await _read_consumer(js, stream, ways, asked)
+        if not existing:
             names = " or ".join(consumer for _, consumer in ways)
             workers = " or ".join(f"`budget worker {worker}`" for worker, _ in ways)
             detail = f"no consumer {names}: its worker has never run; {behind}"
             found.append(problem(check, detail, f"start {workers} (or `budget up`)"))
+            continue
+        if running is None:  # however small its lag: nothing applies what comes next
+            names = " or ".join(consumer for _, consumer in existing)
+            workers = " or ".join(f"`budget worker {worker}`" for worker, _ in existing)
+            detail = f"no worker reads consumer {names}; {behind}"
+            fix = f"start {workers} (or `budget up`); its log says why it stopped"
+            found.append(problem(check, detail, fix))
             continue
         worker, consumer = running
         if status.lag > options.max_lag:
@@ -255,15 +267,43 @@ def _ways_to_run(writer: VersionWriter) -> list[tuple[str, str]]:
     return [*groups, (name, writer.durable)]
 
 
-async def _first_consumer(
-    js: JetStreamContext, stream: str, ways: Sequence[tuple[str, str]]
-) -> tuple[str, str] | None:
-    """The first of ``ways`` (worker, consumer) whose consumer exists on ``stream``."""
-    for worker, consumer in ways:
-        with contextlib.suppress(NotFoundError):
-            await js.consumer_info(stream, consumer)
-            return worker, consumer
-    return None
+_Read = Literal["missing", "idle", "stopped", "read"]
+_READ_WITHIN = 3.0
+"""Seconds a worker has to show it reads its consumer: an idle one renews its pull
+request every few seconds (``projections.engine.reader``), with under a second between
+two; a busy one holds events delivered and not yet acknowledged."""
+
+
+async def _read_consumer(
+    js: JetStreamContext,
+    stream: str,
+    ways: Sequence[tuple[str, str]],
+    asked: dict[str, _Read],
+) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
+    """Those of ``ways`` (worker, consumer) whose consumer exists on ``stream``, and the
+    first of them a worker reads (None if none does within ``_READ_WITHIN``); ``asked``
+    keeps each consumer's answer."""
+    deadline = asyncio.get_running_loop().time() + _READ_WITHIN
+    while True:
+        for _, consumer in ways:
+            if asked.get(consumer) in (None, "idle"):
+                asked[consumer] = await _consumer_read(js, stream, consumer)
+        existing = [(w, c) for w, c in ways if asked[c] != "missing"]
+        running = next(((w, c) for w, c in existing if asked[c] == "read"), None)
+        if running or not existing:
+            return existing, running
+        if asyncio.get_running_loop().time() >= deadline:
+            asked.update({c: "stopped" for _, c in existing if asked[c] == "idle"})
+            return existing, None
+        await asyncio.sleep(0.25)
+
+
+async def _consumer_read(js: JetStreamContext, stream: str, consumer: str) -> _Read:
+    try:
+        info = await js.consumer_info(stream, consumer)
+    except NotFoundError:
+        return "missing"
+    return "read" if info.num_waiting or info.num_ack_pending else "idle"
 
 
 async def _alerting(conn: Connection, settings: Settings) -> list[Finding]:
@@ -383,11 +423,11 @@ def doctor(
     ] = 30,
 ) -> None:
     """Walk the troubleshooting list: configuration valid and enabled, NATS and PostgreSQL
-    reachable, streams and consumers present, each projection's lag, the enforcer and the
-    query service answering, alert rules and channels enabled, cooldowns holding alerts
-    back, models called without a price (read from the reports projection: not checked
-    unless it is current). One line each (ok, note or problem, and how to
-    fix a problem); exits 1 if a problem was found."""
+    reachable, streams and consumers present, each projection's worker reading and its lag,
+    the enforcer and the query service answering, alert rules and channels enabled,
+    cooldowns holding alerts back, models called without a price (read from the reports
+    projection: not checked unless it is current). One line each (ok, note or problem, and
+    how to fix a problem); exits 1 if a problem was found."""
     config: Path | None = ctx.obj
     try:
         settings = load_checked_settings(config)

@@ -36,7 +36,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
@@ -46,7 +46,7 @@ from budget.waits import wait_set
 from projections.registry import WORKERS
 from services.credentials import credentials_dir
 from services.database_roles import DOOR_ROLES
-from services.embedded import EmbeddedNats, EmbeddedPostgres
+from services.embedded import EmbeddedNats, EmbeddedPostgres, ServerStartError
 from services.nats_config import move_streams_into_accounts
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "default_worker_command",
     "kept_port",
     "lock_data_dir",
+    "reap_leftovers",
     "reload_nats",
     "run_stack",
     "serve_stack",
@@ -233,7 +234,15 @@ async def serve_stack(
 
     try:
         log.info("starting PostgreSQL in %s", postgres.data_dir)
-        await asyncio.to_thread(postgres.start)
+        try:
+            await asyncio.to_thread(postgres.start)
+        except ServerStartError:
+            if not stop.is_set():
+                raise
+            # A Ctrl-C reaches a first start's initdb too (it shares the terminal's process
+            # group) and fails it: a stop asked for, not a failure. The next start redoes it.
+            log.info("stopped while PostgreSQL was being set up")
+            return 0
         for worker in supervised:
             if worker.name in DOOR_ROLES:  # its own role, unless worker_env names another
                 url = postgres.url_for(database, role=DOOR_ROLES[worker.name])
@@ -316,8 +325,15 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold ``data_dir``'s stack lock (one stack per directory; the folder is made if
     need be) until the handle closes or the process ends; ``StackError`` naming the
     holder when a stack runs there."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = (data_dir / "stack.lock").open("a+")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = (data_dir / "stack.lock").open("a+")
+    except OSError as exc:  # a file of that name, no permission, a read-only disk
+        why = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise StackError(
+            f"cannot use {data_dir} as the data directory ({why or exc}); fix it or choose"
+            " another with --data-dir (or BUDGET_DATA_DIR)"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -335,16 +351,20 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-def kept_port(record: Path) -> int:
-    """The port recorded in ``record`` when it is still free, else a free one (recorded)."""
+def kept_port(record: Path, taken: Collection[int] = ()) -> int:
+    """The port recorded in ``record`` when it is still free, else a free one (recorded);
+    never one of ``taken`` (chosen for another process of the stack, not yet bound)."""
     with contextlib.suppress(OSError, ValueError):
         port = int(record.read_text().strip())
+        if port not in taken:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+                return port
+    port = 0
+    while port == 0 or port in taken:
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", port))
-            return port
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(f"{port}\n")
     return port
@@ -485,6 +505,13 @@ def _write_state(
     tmp = data_dir / "stack.json.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(data_dir / "stack.json")
+
+
+def reap_leftovers(data_dir: Path) -> None:
+    """What a supervisor killed on ``data_dir`` left running, stopped (``_reap_stale``; its
+    lock held): ``budget up`` does it before choosing ports, which those would still hold,
+    so a stack restarted after a crash keeps its ports."""
+    _reap_stale(data_dir)()
 
 
 def _reap_stale(data_dir: Path) -> Callable[[], None]:

@@ -45,10 +45,7 @@ def metrics_ports(
     ports = {}
     for name in names:
         record = data_dir / "metrics" / f"{name}.port"
-        port = kept_port(record)
-        while port in used:  # another process of the stack has it: pick again
-            record.unlink()
-            port = kept_port(record)
+        port = kept_port(record, used)
         used.add(port)
         ports[name] = port
     return ports

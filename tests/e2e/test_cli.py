@@ -421,6 +421,23 @@ def test_record_publishes_only_what_nats_acknowledges_and_leaves_nothing_unsent(
     assert asyncio.run(stored_events(nats_url, topology)) == 2
 
 
+def test_record_that_nats_refuses_and_the_spool_cannot_keep_ends_saying_so(
+    budget: Budget, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    done = budget.run(  # before `budget migrate`: NATS acknowledges nothing
+        "record", *GPT_4O_CALL, BUDGET_SPOOL_DIR=str(a_file / "spool"), BUDGET_ACK_TIMEOUT="1"
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done
+    [line] = done.stderr.splitlines()
+    assert line.endswith(
+        f"did not acknowledge the event (has `budget migrate` declared its stream?) and the"
+        f" spool ({a_file / 'spool'}) did not take it; nothing was recorded: make the spool"
+        " directory (BUDGET_SPOOL_DIR) writable"
+    ), line
+
+
 async def stored_events(nats_url: str, topology: Topology) -> int:
     nc = await nats.connect(nats_url)
     try:

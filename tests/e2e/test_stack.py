@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import pytest
 
 from services.database_roles import DOOR_ROLES
 from services.stack import StackError, run_stack
+
+from support import ROOT
 
 DRIVER = r"""
 import asyncio, json, sys
@@ -333,3 +336,85 @@ def test_the_api_connects_as_its_own_role_and_a_leftover_one_is_stopped(
     assert "stopping worker api pid" in stack.output()
     assert stack.stop() == 0, stack.output()
     assert not _processes_mentioning(stack.data_dir)
+
+
+def test_ctrl_c_while_a_first_start_sets_up_postgresql_stops_cleanly(
+    server_tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground process group: the real `budget
+    up`, and the initdb it runs on a new data directory, which it fails."""
+    data_dir = server_tmp_path / "fresh"
+    log = server_tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir)],
+            cwd=server_tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, as a terminal's foreground job
+        )
+    try:
+        _wait_for(lambda: any("initdb" in p for p in _processes_mentioning(data_dir)), 60, "initdb")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        _kill_everything_under(server_tmp_path)
+    out = log.read_text()
+    assert out.rstrip().endswith("Budget Manager stopped."), out
+    assert "budget:" not in out, out
+    assert not _processes_mentioning(data_dir)
+
+
+def test_budget_up_after_its_supervisor_was_killed_keeps_its_ports(
+    server_tmp_path: Path,
+) -> None:
+    """The real `budget up`: its NATS and api, left running by a SIGKILLed supervisor, are
+    stopped before the ports are chosen, so host apps and bookmarks keep their URLs."""
+    data_dir = server_tmp_path / "data"
+    log = server_tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
+    started: list[subprocess.Popen[bytes]] = []
+
+    def up() -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir)],
+                cwd=server_tmp_path,
+                env={**env, "PYTHONPATH": str(ROOT)},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(proc)
+
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads((data_dir / "stack.json").read_text())
+                return bool(state["ready"]) and state["pid"] == proc.pid
+            return False
+
+        _wait_for(ready, 180, "budget up ready")
+        return proc, json.loads((data_dir / "stack.json").read_text())
+
+    try:
+        first, before = up()
+        api_port = (data_dir / "api-port").read_text()
+        first.kill()  # SIGKILL: NATS and the workers keep running, holding their ports
+        first.wait()
+        second, after = up()
+        assert after["nats_url"] == before["nats_url"], log.read_text()
+        assert (data_dir / "api-port").read_text() == api_port
+        os.killpg(second.pid, signal.SIGINT)
+        assert second.wait(60) == 0, log.read_text()
+    finally:
+        for proc in started:  # a failed test's stack stops its workers too
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                proc.wait(60)
+        _kill_everything_under(server_tmp_path)
+    assert "left over by a previous stack" in log.read_text()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from services.stack import kept_port
 from services.stack_metrics import (
     banner_lines,
     metrics_ports,
@@ -34,6 +35,17 @@ def test_a_port_taken_by_another_process_of_the_stack_is_not_given(tmp_path: Pat
     assert again["history"] != first["history"]
     assert first["history"] not in again.values()
     assert len(set(again.values())) == len(NAMES)
+
+
+def test_a_kept_port_given_to_another_process_of_the_stack_is_replaced(tmp_path: Path) -> None:
+    """The last run's NATS port, free while the stack is down, is not the console's because
+    ``--api-port`` chose it this time (nor a console's port NATS's)."""
+    record = tmp_path / "nats" / "last-port"
+    first = kept_port(record)
+    assert kept_port(record) == first
+    other = kept_port(record, [first])
+    assert other != first
+    assert record.read_text() == f"{other}\n"
 
 
 def test_a_port_in_use_is_replaced(tmp_path: Path) -> None:
