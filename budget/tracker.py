@@ -321,7 +321,8 @@ class UsageTracker:
 
         Counts follow the seed: ``input_tokens`` includes ``cached_tokens`` and
         ``cache_write_tokens``; ``reasoning_tokens`` are part of ``output_tokens``. Or pass
-        the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts.
+        the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts (both:
+        ``ValueError``).
         Inconsistent counts, or an ``occurred_at`` outside ``max_clock_skew`` and
         ``max_event_age`` of now, raise ``ValueError``. A model without a price, or one whose
         pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
@@ -332,6 +333,22 @@ class UsageTracker:
         # Spelt as checks and provider policies spell it ("OpenAI" is "openai").
         provider = canonical_provider(provider)
         if usage is not None:
+            counts = {
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cached_tokens": cached_tokens,
+                "cache_write_tokens": cache_write_tokens,
+                "reasoning_tokens": reasoning_tokens,
+                "embedding_tokens": embedding_tokens,
+                "audio_seconds": audio_seconds,
+                "images": images,
+            }
+            if given := [name for name, count in counts.items() if count]:
+                # one of the two would be dropped unseen: which did the caller mean?
+                raise ValueError(
+                    f"pass either usage= (the provider's usage object) or counts, not both:"
+                    f" {', '.join(given)} given with usage=; drop one of them"
+                )
             normalized = usage_from_response(usage)
             raw_usage = usage if raw_usage is None else raw_usage
         else:
