@@ -31,7 +31,7 @@ from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_regist
 from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.recorded import notify_recorded
-from budget.usage import normalize_usage, usage_from_response
+from budget.usage import normalize_usage, token_count, usage_from_response
 from events import (
     CallKind,
     ImageUsage,
@@ -104,6 +104,7 @@ class UsageTracker:
         ``reservation_ttl_max``). ``caller``: a service asking for someone else names them
         (the API: its key), so that only they may release what the enforcer reserves;
         default this tracker's own caller."""
+        estimated_tokens = token_count("estimated_tokens", estimated_tokens)
         estimated_cost = _usd(estimated_cost)
         provider = canonical_provider(provider) if provider else None
         answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
@@ -189,6 +190,7 @@ class UsageTracker:
         once per function), and usage that cannot be recorded at all is logged as an
         error and its reservation released. A function that is not async (a sync one, a
         generator) is refused with ``TypeError`` where it is decorated."""
+        token_count("estimated_tokens", estimated_tokens)  # wrong: refused here, not per call
         provider_name = provider or self.registry.provider_of(model) or "unknown"
         call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
         call |= {"user_id": user_id, "project_id": project_id}

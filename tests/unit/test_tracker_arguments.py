@@ -11,6 +11,7 @@ from budget.config import Settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import PricingRegistry
 from budget.tracker import UsageTracker
+from budget.usage import UsageCountError
 
 RAW = {"prompt_tokens": 3, "completion_tokens": 1}
 
@@ -39,3 +40,21 @@ def test_a_usage_object_or_counts_alone_are_recorded(tracker: UsageTracker) -> N
         model="gpt-4o", provider="openai", input_tokens=3, output_tokens=1
     )
     assert raw.cost == counted.cost and raw.cost is not None and raw.cost > 0
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (-5, "estimated_tokens must not be negative, got estimated_tokens=-5"),
+        (10.5, "estimated_tokens must be a whole number of tokens, got 10.5"),
+        ("1000", "estimated_tokens must be a whole number of tokens, got '1000'"),
+    ],
+)
+async def test_a_wrong_estimate_of_tokens_is_named_as_passed(
+    tracker: UsageTracker, tokens: object, message: str
+) -> None:
+    """Not as the price model's ``output_text`` (a pydantic report), nor taken as given."""
+    with pytest.raises(UsageCountError, match=message):
+        await tracker.check_budget("gpt-4o", estimated_tokens=tokens)  # type: ignore[arg-type]
+    with pytest.raises(UsageCountError, match=message):  # where decorated, before any call
+        tracker.track_llm_call(model="gpt-4o", estimated_tokens=tokens)  # type: ignore[arg-type]
