@@ -260,6 +260,16 @@ def test_a_raw_usage_object_is_held_to_the_contracts_bounds(
     assert error["field"] == field and message in error["message"], error
 
 
+def test_counts_beside_a_raw_usage_object_are_refused(ingest: httpx.Client, user: str) -> None:
+    """Recording one and dropping the other would count a call the client did not post."""
+    both = call(user, usage={"prompt_tokens": 3, "completion_tokens": 1})
+    answer = ingest.post("/api/v1/usage", json=both)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error["field"] == "body.usage", error
+    assert "not both: input_tokens, output_tokens given with usage=" in error["message"]
+
+
 def test_a_batch_is_each_of_its_calls(
     ingest: httpx.Client, viewer: httpx.Client, user: str
 ) -> None:
