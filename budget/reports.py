@@ -9,8 +9,11 @@ arguments raise ``ValueError`` with the query service's reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
 
 from budget.config import Settings
 from budget.loop_locks import LoopLock
@@ -34,10 +37,16 @@ class ReportGenerator:
     async def generate_report(
         self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
     ) -> Report:
-        """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total)."""
-        return await self.queries.report(
-            ReportQuery(kind="custom", start=start_date, end=end_date, group_by=list(group_by))
+        """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total; a
+        name alone is that one)."""
+        query = _query(
+            {"start": "start_date", "end": "end_date"},
+            kind="custom",
+            start=start_date,
+            end=end_date,
+            group_by=_groups(group_by),
         )
+        return await self.queries.report(query)
 
     async def generate_summary_report(
         self, period: str | Period = Period.MONTHLY, tz: str = "UTC"
@@ -65,13 +74,14 @@ class ReportGenerator:
         group_by: Sequence[str] = ("model",),
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change."""
-        query = ReportQuery(
+        query = _query(
+            {"start": "current_start", "end": "current_end"},
             kind="comparison",
             start=current_start,
             end=current_end,
             previous_start=previous_start,
             previous_end=previous_end,
-            group_by=list(group_by),
+            group_by=_groups(group_by),
         )
         return await self.queries.report(query)
 
@@ -90,7 +100,8 @@ class ReportGenerator:
         first, with their current cost; at most ``limit`` (a note says if more match)."""
         if not 1 <= limit <= MAX_HISTORY_ROWS:
             raise ValueError(f"limit must be between 1 and {MAX_HISTORY_ROWS}, not {limit}")
-        query = ReportQuery(
+        query = _query(
+            {"start": "start_date", "end": "end_date"},
             kind="history",
             start=start_date,
             end=end_date,
@@ -112,6 +123,26 @@ class ReportGenerator:
             raise ValueError("days_to_project must be at least 1")
         query = ReportQuery(kind="projection", days=days_to_project, tz=_zone(tz))
         return await self.queries.report(query)
+
+
+def _groups(group_by: Sequence[str]) -> list[str]:
+    """A name alone is one group (``list("model")`` would be its letters)."""
+    return [group_by] if isinstance(group_by, str) else list(group_by)
+
+
+def _query(arguments: Mapping[str, str], **fields: Any) -> ReportQuery:
+    """The query, or one line naming the caller's argument (``arguments``: its name for a
+    query field, when they differ) and what is wrong with it, where the query model's
+    error is pydantic's, several lines and a link."""
+    try:
+        return ReportQuery(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "query"
+        why = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "timezone_aware":
+            why += " (a datetime with tzinfo, e.g. datetime(2026, 11, 1, tzinfo=UTC))"
+        raise ValueError(f"{arguments.get(field, field)}: {why}") from None
 
 
 def _zone(tz: object) -> str:
