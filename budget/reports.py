@@ -9,16 +9,13 @@ arguments raise ``ValueError`` with the query service's reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-
-from pydantic import ValidationError
 
 from budget.config import Settings
 from budget.loop_locks import LoopLock
 from budget.periods import Period
-from budget.queries import Queries, RpcQueries
+from budget.queries import Queries, RpcQueries, question
 from budget.report_format import ExportFormat, Report
 from budget.tracker import UsageTracker, get_usage_tracker
 from events.policy import iana_zone
@@ -39,7 +36,8 @@ class ReportGenerator:
     ) -> Report:
         """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total; a
         name alone is that one)."""
-        query = _query(
+        query = question(
+            ReportQuery,
             {"start": "start_date", "end": "end_date"},
             kind="custom",
             start=start_date,
@@ -74,7 +72,8 @@ class ReportGenerator:
         group_by: Sequence[str] = ("model",),
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change."""
-        query = _query(
+        query = question(
+            ReportQuery,
             {"start": "current_start", "end": "current_end"},
             kind="comparison",
             start=current_start,
@@ -100,7 +99,8 @@ class ReportGenerator:
         first, with their current cost; at most ``limit`` (a note says if more match)."""
         if not 1 <= limit <= MAX_HISTORY_ROWS:
             raise ValueError(f"limit must be between 1 and {MAX_HISTORY_ROWS}, not {limit}")
-        query = _query(
+        query = question(
+            ReportQuery,
             {"start": "start_date", "end": "end_date"},
             kind="history",
             start=start_date,
@@ -128,21 +128,6 @@ class ReportGenerator:
 def _groups(group_by: Sequence[str]) -> list[str]:
     """A name alone is one group (``list("model")`` would be its letters)."""
     return [group_by] if isinstance(group_by, str) else list(group_by)
-
-
-def _query(arguments: Mapping[str, str], **fields: Any) -> ReportQuery:
-    """The query, or one line naming the caller's argument (``arguments``: its name for a
-    query field, when they differ) and what is wrong with it, where the query model's
-    error is pydantic's, several lines and a link."""
-    try:
-        return ReportQuery(**fields)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "query"
-        why = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "timezone_aware":
-            why += " (a datetime with tzinfo, e.g. datetime(2026, 11, 1, tzinfo=UTC))"
-        raise ValueError(f"{arguments.get(field, field)}: {why}") from None
 
 
 def _zone(tz: object) -> str:
