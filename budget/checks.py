@@ -162,7 +162,9 @@ class BudgetChecker:
             if not isinstance(priced, Priced) and estimated_tokens:
                 as_input = Usage(embedding_tokens=estimated_tokens)
                 priced = self.registry.price(provider=provider, model=model, usage=as_input, at=now)
-            self._estimates[key] = priced.cost if isinstance(priced, Priced) else None
+            # nothing is 0, not the price's scale (0E-8), wherever the estimate is shown
+            cost = priced.cost if isinstance(priced, Priced) else None
+            self._estimates[key] = Decimal(0) if cost is not None and not cost else cost
         return self._estimates[key]
 
     async def check(
