@@ -9,6 +9,7 @@ evaluator has applied it. Rules and alerts are read through the query service ov
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, time
@@ -86,7 +87,7 @@ class AlertEngine(ChangeClient):
         Takes the enforcer's ``PolicySpend`` windows or ``BudgetManager.get_spend_summary()``
         rows; a row counts for each policy whose window is exactly that row's calendar
         period (so not for a policy in another time zone) and that applies to its key."""
-        rows = list(spend_summary)
+        rows = _spend_rows(spend_summary)
         summary_rows = any(isinstance(r, SpendRow) for r in rows)
         policies = await self.queries.policies(None) if summary_rows else []
         rules = [r for r in await self.get_rules() if r.alert_type.is_threshold]
@@ -161,6 +162,30 @@ class AlertEngine(ChangeClient):
 def _usable(rule: AlertRule) -> None:
     if why := rule.unused_setting():
         raise ValueError(f"alert rule {rule.rule_id!r}: {why}")
+
+
+def _spend_rows(spend_summary: object) -> list[PolicySpend | SpendRow]:
+    """``spend_summary``'s rows, or a ``TypeError`` saying what was passed: a summary not
+    awaited would fail as "'coroutine' object is not iterable", a foreign row as an
+    ``AttributeError`` deep in the evaluation."""
+    if inspect.isawaitable(spend_summary):
+        if inspect.iscoroutine(spend_summary):
+            spend_summary.close()  # never awaited now: no "never awaited" warning besides
+        raise _not_rows("an awaitable: await it first")
+    if not isinstance(spend_summary, Iterable):
+        raise _not_rows(type(spend_summary).__name__)
+    rows = list(spend_summary)
+    for row in rows:
+        if not isinstance(row, PolicySpend | SpendRow):
+            raise _not_rows(f"{type(row).__name__} rows")
+    return rows
+
+
+def _not_rows(passed: str) -> TypeError:
+    return TypeError(
+        "evaluate_thresholds takes SpendRow or PolicySpend rows, as"
+        f" `await manager.get_spend_summary()` returns them, not {passed}"
+    )
 
 
 def _policy_windows(

@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel
 
 from budget.config import Settings
-from budget.enforcement import assess, decide
+from budget.enforcement import assess, decide, past_limit
 from budget.periods import quarter_hour_number
 from budget.policies import PolicyWindow, canonical_key
 from budget.policy_log import PolicyLog
@@ -162,7 +162,9 @@ class BudgetChecker:
             if not isinstance(priced, Priced) and estimated_tokens:
                 as_input = Usage(embedding_tokens=estimated_tokens)
                 priced = self.registry.price(provider=provider, model=model, usage=as_input, at=now)
-            self._estimates[key] = priced.cost if isinstance(priced, Priced) else None
+            # nothing is 0, not the price's scale (0E-8), wherever the estimate is shown
+            cost = priced.cost if isinstance(priced, Priced) else None
+            self._estimates[key] = Decimal(0) if cost is not None and not cost else cost
         return self._estimates[key]
 
     async def check(
@@ -226,7 +228,7 @@ class BudgetChecker:
         with exact_money():
             for window, spent in cached.windows:
                 policy = window.policy
-                if spent + counted > policy.limit_amount:
+                if past_limit(spent, counted, policy.limit_amount):
                     at = (policy.policy_id, window.start, key)
                     self._log_past_limit(
                         at, policy.action, policy.name, policy.limit_amount, spent, counted
@@ -254,7 +256,7 @@ class BudgetChecker:
             " before this call of ~%s); allowed",
             action.value.upper(),
             name,
-            "it was already past" if spend > limit else "this call takes it past",
+            "it had already reached" if spend >= limit else "this call takes it past",
             limit,
             f"{at[1]:%Y-%m-%d %H:%M} UTC",
             spend,

@@ -12,19 +12,27 @@ from events import LimitAction
 from events.rpc import CheckResult, PolicyStatus
 from events.usage import exact_money
 
-__all__ = ["assess", "decide"]
+__all__ = ["assess", "decide", "past_limit"]
 
 _MICROSECOND = timedelta(microseconds=1)
 # Which refusal to report first when several policies refuse.
 _SEVERITY = {LimitAction.BLOCK: 3, LimitAction.THROTTLE: 2, LimitAction.NOTIFY: 1}
 
 
+def past_limit(spend: Decimal, estimate: Decimal, limit: Decimal) -> bool:
+    """Whether a request of ``estimate`` finds the window past its limit: it would pass
+    the limit, or the limit is already spent (reached: a limit stops spending there, so
+    even a request estimated at $0, which would hold nothing, finds no budget left)."""
+    return spend + estimate > limit or spend >= limit
+
+
 def assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: datetime) -> PolicyStatus:
     """``spend``: committed plus reserved in the window before this request.
 
-    BLOCK refuses what would pass the limit. THROTTLE also refuses, past the soft limit,
-    what would run ahead of the limit's pro-rata share of the elapsed period; it says when
-    the share will have grown enough. WARN and NOTIFY never refuse.
+    BLOCK refuses what would pass the limit, and anything once the limit is reached.
+    THROTTLE also refuses, past the soft limit, what would run ahead of the limit's pro-rata
+    share of the elapsed period; it says when the share will have grown enough. WARN and
+    NOTIFY never refuse.
     """
     with exact_money():
         return _assess(window, spend, estimate, now)
@@ -34,9 +42,12 @@ def _assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: dateti
     policy = window.policy
     limit = policy.limit_amount
     after = spend + estimate
-    state = "ok" if after <= policy.soft_limit else "soft_limit" if after <= limit else "exceeded"
+    if past_limit(spend, estimate, limit):
+        state = "exceeded"
+    else:
+        state = "ok" if after <= policy.soft_limit else "soft_limit"
     allowed, retry_after = True, None
-    if policy.action.enforced and after > limit:
+    if policy.action.enforced and state == "exceeded":
         allowed, retry_after = False, (window.end - now).total_seconds()
     elif policy.action is LimitAction.THROTTLE and state == "soft_limit":
         length = (window.end - window.start) // _MICROSECOND
@@ -60,6 +71,17 @@ def _assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: dateti
     )
 
 
+def _refusal(status: PolicyStatus, estimate: Decimal) -> str:
+    if status.state != "exceeded":
+        return f"spend is ahead of the pro-rata share of {status.limit_amount} for this period"
+    if status.spend >= status.limit_amount:
+        return (
+            f"its limit {status.limit_amount} is reached ({status.spend} spent or held), so no"
+            " call may go ahead until the period ends, whatever its estimate"
+        )
+    return f"{status.spend} + {estimate} spent would pass its limit {status.limit_amount}"
+
+
 def decide(
     statuses: Sequence[PolicyStatus],
     estimate: Decimal,
@@ -74,11 +96,7 @@ def decide(
     if refused:
         refused.sort(key=lambda s: -_SEVERITY.get(s.action, 0))
         decided, lead = refused, refused[0]
-        reason = f"{lead.action.value} by policy {lead.name!r}: " + (
-            f"{lead.spend} + {estimate} spent would pass its limit {lead.limit_amount}"
-            if lead.state == "exceeded"
-            else f"spend is ahead of the pro-rata share of {lead.limit_amount} for this period"
-        )
+        reason = f"{lead.action.value} by policy {lead.name!r}: " + _refusal(lead, estimate)
     elif warned:
         warned.sort(key=lambda s: (s.state != "exceeded", -_SEVERITY.get(s.action, 0)))
         decided, lead = warned, warned[0]

@@ -17,6 +17,7 @@ from budget.loop_locks import LoopLock
 from budget.periods import Period
 from budget.policies import settable_policy
 from budget.policy_log import POLICY_NEWS_WITHIN
+from budget.queries import question
 from budget.recorded import notify_recorded
 from budget.tracker import get_usage_tracker
 from events import (
@@ -44,13 +45,14 @@ class BudgetManager(ChangeClient):
         """Create or replace (same ``policy_id``) a policy; the policy as set (a provider
         policy's key canonical). ``PolicyFieldError`` when it may not be set
         (``settable_policy``)."""
-        policy = settable_policy(policy)
+        policy = settable_policy(_policy(policy))
         await self._publish_and_wait(PolicySet(occurred_at=utc_now(), policy=policy, set_by=set_by))
         return policy
 
     async def create_policy(self, policy: BudgetPolicy, *, set_by: str | None = None) -> bool:
         """Create a policy; False if one with its ``policy_id`` exists. Of concurrent
         creations of one id, exactly one succeeds. ``PolicyFieldError`` as for ``set_policy``."""
+        policy = _policy(policy)
         event = PolicySet(occurred_at=utc_now(), policy=settable_policy(policy), set_by=set_by)
 
         async def exists() -> bool:
@@ -78,7 +80,13 @@ class BudgetManager(ChangeClient):
         self, record: UsageRecorded | None = None, **fields: Any
     ) -> UsageRecorded:
         """Publish a ready ``UsageRecorded``, or record one from ``UsageTracker.record_usage``
-        keyword arguments."""
+        keyword arguments, not both."""
+        if record is not None and (fields or not isinstance(record, UsageRecorded)):
+            raise TypeError(
+                "record_usage takes a UsageRecorded (as tracker.record_usage returns it) or"
+                " keyword arguments (model=..., provider=..., input_tokens=...), not "
+                + ("both" if isinstance(record, UsageRecorded) else type(record).__name__)
+            )
         if record is not None:
             notify_recorded(record)  # observers (``budget.otel``) hear of it, as of any
             await self.tracker.publisher.publish(record)
@@ -101,12 +109,22 @@ class BudgetManager(ChangeClient):
         spend projection has applied them (``NotApplied`` after ``apply_timeout``)."""
         if period == BudgetPeriod.CUSTOM:
             raise ValueError("a spend summary is per calendar period: daily, weekly or monthly")
-        query = SpendQuery(period=Period(str(period)).value, scope=scope, at=at)
+        query = question(SpendQuery, {}, period=Period(str(period)).value, scope=scope, at=at)
         await self.tracker.flush()
         stored = self.tracker.publisher.stored_up_to
         if stored:
             await self.queries.wait_applied("spend", stored, self.apply_timeout)
         return await self.queries.spend(query)
+
+
+def _policy(policy: object) -> BudgetPolicy:
+    """What an AttributeError deep in the checks would say less clearly."""
+    if not isinstance(policy, BudgetPolicy):
+        raise TypeError(
+            "a policy is a BudgetPolicy (budget.models.BudgetPolicy(name=..., limit_amount=...,"
+            f" ...)), not {type(policy).__name__}"
+        )
+    return policy
 
 
 _manager: BudgetManager | None = None

@@ -9,11 +9,11 @@ query service itself use the database implementation in ``services.db_queries``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from nats.aio.client import Client
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from budget.config import Settings
 from budget.report_format import Report, from_answer
@@ -47,9 +47,24 @@ from events.queries import (
     StoredAlert,
 )
 
-__all__ = ["NotApplied", "Queries", "RpcQueries", "not_applied"]
+__all__ = ["NotApplied", "Queries", "RpcQueries", "not_applied", "question"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def question(model: type[M], arguments: Mapping[str, str], /, **fields: Any) -> M:
+    """The query ``model`` of ``fields``, or a ``ValueError`` of one line naming the caller's
+    argument (``arguments``: its name for a field, where they differ) and what is wrong,
+    where the query model's error is pydantic's, several lines and a link."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else model.__name__
+        why = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "timezone_aware":
+            why += " (a datetime with tzinfo, e.g. datetime(2026, 11, 1, tzinfo=UTC))"
+        raise ValueError(f"{arguments.get(field, field)}: {why}") from None
 
 
 class NotApplied(TimeoutError):

@@ -15,7 +15,7 @@ from datetime import datetime
 from budget.config import Settings
 from budget.loop_locks import LoopLock
 from budget.periods import Period
-from budget.queries import Queries, RpcQueries
+from budget.queries import Queries, RpcQueries, question
 from budget.report_format import ExportFormat, Report
 from budget.tracker import UsageTracker, get_usage_tracker
 from events.policy import iana_zone
@@ -34,10 +34,17 @@ class ReportGenerator:
     async def generate_report(
         self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
     ) -> Report:
-        """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total)."""
-        return await self.queries.report(
-            ReportQuery(kind="custom", start=start_date, end=end_date, group_by=list(group_by))
+        """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total; a
+        name alone is that one)."""
+        query = question(
+            ReportQuery,
+            {"start": "start_date", "end": "end_date"},
+            kind="custom",
+            start=start_date,
+            end=end_date,
+            group_by=_groups(group_by),
         )
+        return await self.queries.report(query)
 
     async def generate_summary_report(
         self, period: str | Period = Period.MONTHLY, tz: str = "UTC"
@@ -65,13 +72,15 @@ class ReportGenerator:
         group_by: Sequence[str] = ("model",),
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change."""
-        query = ReportQuery(
+        query = question(
+            ReportQuery,
+            {"start": "current_start", "end": "current_end"},
             kind="comparison",
             start=current_start,
             end=current_end,
             previous_start=previous_start,
             previous_end=previous_end,
-            group_by=list(group_by),
+            group_by=_groups(group_by),
         )
         return await self.queries.report(query)
 
@@ -90,7 +99,9 @@ class ReportGenerator:
         first, with their current cost; at most ``limit`` (a note says if more match)."""
         if not 1 <= limit <= MAX_HISTORY_ROWS:
             raise ValueError(f"limit must be between 1 and {MAX_HISTORY_ROWS}, not {limit}")
-        query = ReportQuery(
+        query = question(
+            ReportQuery,
+            {"start": "start_date", "end": "end_date"},
             kind="history",
             start=start_date,
             end=end_date,
@@ -112,6 +123,11 @@ class ReportGenerator:
             raise ValueError("days_to_project must be at least 1")
         query = ReportQuery(kind="projection", days=days_to_project, tz=_zone(tz))
         return await self.queries.report(query)
+
+
+def _groups(group_by: Sequence[str]) -> list[str]:
+    """A name alone is one group (``list("model")`` would be its letters)."""
+    return [group_by] if isinstance(group_by, str) else list(group_by)
 
 
 def _zone(tz: object) -> str:

@@ -31,7 +31,7 @@ from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_regist
 from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.recorded import notify_recorded
-from budget.usage import normalize_usage, usage_from_response
+from budget.usage import normalize_usage, token_count, usage_from_response
 from events import (
     CallKind,
     ImageUsage,
@@ -104,6 +104,7 @@ class UsageTracker:
         ``reservation_ttl_max``). ``caller``: a service asking for someone else names them
         (the API: its key), so that only they may release what the enforcer reserves;
         default this tracker's own caller."""
+        estimated_tokens = token_count("estimated_tokens", estimated_tokens)
         estimated_cost = _usd(estimated_cost)
         provider = canonical_provider(provider) if provider else None
         answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
@@ -189,6 +190,7 @@ class UsageTracker:
         once per function), and usage that cannot be recorded at all is logged as an
         error and its reservation released. A function that is not async (a sync one, a
         generator) is refused with ``TypeError`` where it is decorated."""
+        token_count("estimated_tokens", estimated_tokens)  # wrong: refused here, not per call
         provider_name = provider or self.registry.provider_of(model) or "unknown"
         call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
         call |= {"user_id": user_id, "project_id": project_id}
@@ -321,7 +323,8 @@ class UsageTracker:
 
         Counts follow the seed: ``input_tokens`` includes ``cached_tokens`` and
         ``cache_write_tokens``; ``reasoning_tokens`` are part of ``output_tokens``. Or pass
-        the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts.
+        the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts (both:
+        ``ValueError``).
         Inconsistent counts, or an ``occurred_at`` outside ``max_clock_skew`` and
         ``max_event_age`` of now, raise ``ValueError``. A model without a price, or one whose
         pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
@@ -332,6 +335,22 @@ class UsageTracker:
         # Spelt as checks and provider policies spell it ("OpenAI" is "openai").
         provider = canonical_provider(provider)
         if usage is not None:
+            counts = {
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cached_tokens": cached_tokens,
+                "cache_write_tokens": cache_write_tokens,
+                "reasoning_tokens": reasoning_tokens,
+                "embedding_tokens": embedding_tokens,
+                "audio_seconds": audio_seconds,
+                "images": images,
+            }
+            if given := [name for name, count in counts.items() if count]:
+                # one of the two would be dropped unseen: which did the caller mean?
+                raise ValueError(
+                    f"pass either usage= (the provider's usage object) or counts, not both:"
+                    f" {', '.join(given)} given with usage=; drop one of them"
+                )
             normalized = usage_from_response(usage)
             raw_usage = usage if raw_usage is None else raw_usage
         else:

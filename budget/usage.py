@@ -30,6 +30,7 @@ __all__ = [
     "modality_tokens",
     "normalize_usage",
     "service_tier",
+    "token_count",
     "usage_from_response",
 ]
 
@@ -49,7 +50,8 @@ class UsageCountError(ValueError):
         return UsageCountError(f"{key}.{self.field}", str(self))
 
 
-def _count(name: str, value: object) -> int:
+def token_count(name: str, value: object) -> int:
+    """``value`` as a number of tokens; ``UsageCountError`` naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise UsageCountError(name, f"{name} must be a whole number of tokens, got {value!r}")
     if isinstance(value, float) and not value.is_integer():
@@ -92,23 +94,27 @@ def normalize_usage(
     images: ImageUsage | Mapping[str, Any] | None = None,
 ) -> Usage:
     """Seed-convention counts -> non-overlapping ``Usage``; inconsistent counts raise."""
-    inp = input_tokens if type(input_tokens) is int else _count("input_tokens", input_tokens)
-    out = output_tokens if type(output_tokens) is int else _count("output_tokens", output_tokens)
-    cached = cached_tokens if type(cached_tokens) is int else _count("cached_tokens", cached_tokens)
+    inp = input_tokens if type(input_tokens) is int else token_count("input_tokens", input_tokens)
+    out = (
+        output_tokens if type(output_tokens) is int else token_count("output_tokens", output_tokens)
+    )
+    cached = (
+        cached_tokens if type(cached_tokens) is int else token_count("cached_tokens", cached_tokens)
+    )
     written = (
         cache_write_tokens
         if type(cache_write_tokens) is int
-        else _count("cache_write_tokens", cache_write_tokens)
+        else token_count("cache_write_tokens", cache_write_tokens)
     )
     reasoning = (
         reasoning_tokens
         if type(reasoning_tokens) is int
-        else _count("reasoning_tokens", reasoning_tokens)
+        else token_count("reasoning_tokens", reasoning_tokens)
     )
     embedding = (
         embedding_tokens
         if type(embedding_tokens) is int
-        else _count("embedding_tokens", embedding_tokens)
+        else token_count("embedding_tokens", embedding_tokens)
     )
     if inp < 0 or out < 0 or cached < 0 or written < 0 or reasoning < 0 or embedding < 0:
         _reject_negative(
@@ -189,7 +195,7 @@ def _num(obj: object, *path: str) -> int:
         value = _get(value, key)
         if value is _MISSING or value is None:
             return 0
-    return _count(".".join(path), value)
+    return token_count(".".join(path), value)
 
 
 def _has(obj: object, *keys: str) -> bool:

@@ -65,7 +65,10 @@ def list_prices(provider: ProviderOption = None) -> None:
         ]
         typer.echo(_table(["provider", "models"], rows))
         return
-    models = registry.get_provider_models(provider)
+    try:
+        models = registry.get_provider_models(provider)
+    except ValueError as exc:  # a misspelt provider: which one was meant
+        raise _fail(f"{exc} see `budget prices list` for the providers") from None
     if not models:
         raise _fail(f"unknown provider {provider!r}; see `budget prices list` for the providers")
     rows = []

@@ -103,7 +103,11 @@ class SeedApi(ABC):
         """Model ids ``provider`` (any spelling: "OpenAI", "xAI") has a price for at ``at``
         (default now): a listed id prices a call. Ids the price data holds but cannot
         price by that name (an entry that only matches other spellings, a rate we do not
-        model such as per page) are left out."""
+        model such as per page) are left out. A name like a known provider's ("opnai"),
+        which no override may use either, is a ``ValueError`` saying which, not []."""
+        mistaken = genai.misspelled_provider(provider)
+        if mistaken is not None:
+            raise ValueError(f"unknown provider {provider!r}: did you mean {mistaken!r}?")
         pid = genai.canonical_provider(provider)
         when = at or datetime.now(UTC)
         key = (pid, (when if when.tzinfo is None else when.astimezone(UTC)).toordinal())

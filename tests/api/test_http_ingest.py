@@ -170,6 +170,20 @@ def test_check_reserves_refuses_and_settles(
     assert {e["field"] for e in bad.json()["errors"]} == {"body.model", "body.estimated_tokens"}
 
 
+def test_a_check_without_an_estimate_is_refused_at_a_spent_limit(
+    admin: httpx.Client, ingest: httpx.Client, user: str
+) -> None:
+    """No estimated_tokens nor estimated_cost: the check is estimated at $0, and once the
+    BLOCK limit is held in full it is refused too, not admitted for costing nothing."""
+    cap = {"name": "cap", "scope": "user", "scope_key": user, "limit_amount": "0.01"}
+    admin.put(f"/api/v1/policies/spent-{user}", json={**cap, "action": "block"}).raise_for_status()
+    ask = {"model": "gpt-4o", "user_id": user}
+    assert ingest.post("/api/v1/check", json={**ask, "estimated_cost": "0.01"}).json()["allowed"]
+    refused = ingest.post("/api/v1/check", json=ask).json()
+    assert refused["allowed"] is False and refused["action"] == "block", refused
+    assert "its limit 0.01 is reached" in refused["reason"]
+
+
 def test_a_check_names_how_long_its_hold_lives(
     stack: LiveStack, admin: httpx.Client, ingest: httpx.Client, user: str
 ) -> None:
@@ -244,6 +258,16 @@ def test_a_raw_usage_object_is_held_to_the_contracts_bounds(
     assert answer.status_code == 422, answer.text
     [error] = answer.json()["errors"]
     assert error["field"] == field and message in error["message"], error
+
+
+def test_counts_beside_a_raw_usage_object_are_refused(ingest: httpx.Client, user: str) -> None:
+    """Recording one and dropping the other would count a call the client did not post."""
+    both = call(user, usage={"prompt_tokens": 3, "completion_tokens": 1})
+    answer = ingest.post("/api/v1/usage", json=both)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error["field"] == "body.usage", error
+    assert "not both: input_tokens, output_tokens given with usage=" in error["message"]
 
 
 def test_a_batch_is_each_of_its_calls(

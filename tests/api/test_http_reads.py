@@ -190,6 +190,8 @@ def test_prices_and_providers(viewer: httpx.Client) -> None:
     unpriced = viewer.get("/api/v1/prices/no-such-model")
     assert unpriced.status_code == 404 and "unpriced" in unpriced.json()["detail"]
     assert viewer.get("/api/v1/providers/nobody/models").status_code == 404
+    misspelt = viewer.get("/api/v1/providers/opnai/models")
+    assert misspelt.status_code == 404 and "did you mean 'openai'?" in misspelt.json()["detail"]
 
 
 def test_system_views(stack: LiveStack, admin: httpx.Client) -> None:

@@ -52,7 +52,7 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "reprice": [("--since", "2026-02-01", "--until", "2026-01-01"), ("--since", "x")],
     "projections status": [("extra",)],
     "projections rebuild": [("nosuch",)],
-    "prices list": [("--provider", "nosuch")],
+    "prices list": [("--provider", "nosuch"), ("--provider", "opnai")],
     "prices show": [("nosuchmodel",), ("gpt-4o", "--on", "someday")],
     "policy set": [
         ("--name", "x", "--limit", "-1"),

@@ -53,6 +53,24 @@ async def test_block_admits_up_to_the_limit_and_refuses_the_rest(stack: Enforcem
     assert len(await stack.holds()) == 2
 
 
+async def test_a_spent_block_limit_refuses_checks_without_an_estimate(
+    stack: EnforcementStack,
+) -> None:
+    """A check with no tokens and no estimated_cost is estimated at $0; once holds reach
+    the limit exactly, the enforcer refuses it (and holds nothing), where "spend +
+    estimate > limit" admitted every such check at an exhausted budget."""
+    await stack.set_policy(limit_amount="0.20", action="block")
+    for _ in range(2):
+        assert (
+            await stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+        ).allowed
+    free = await stack.tracker.check_budget("gpt-4o", user_id="u1")
+    assert not free.allowed and free.enforced and free.estimated_cost == 0
+    assert free.current_spend == Decimal("0.20") and free.reservation_id is None
+    assert "limit 0.20 is reached" in free.reason
+    assert len(await stack.holds()) == 2
+
+
 async def test_a_second_enforcer_s_holds_are_never_overlooked(stack: EnforcementStack) -> None:
     """Each enforcer judges first on the spend it last saw; what another one reserved
     since must make it read again under the locks, and a release must let it admit."""

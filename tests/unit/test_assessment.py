@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ def test_block_admits_exactly_what_stays_within_the_limit(
     limit: Decimal, spend: Decimal, estimate: Decimal
 ) -> None:
     status = assess(window("block", limit), spend, estimate, START + timedelta(days=3))
-    assert status.allowed == (spend + estimate <= limit)
+    assert status.allowed == (spend + estimate <= limit and spend < limit)
     if not status.allowed:
         assert status.retry_after_seconds == (END - START - timedelta(days=3)).total_seconds()
 
@@ -44,10 +45,10 @@ def test_throttle_admits_past_the_soft_limit_only_within_the_pro_rata_share(
     status = assess(window("throttle", limit, soft=50), spend, estimate, now)
     after = spend + estimate
     if status.allowed:
-        assert after <= limit
+        assert after <= limit and spend < limit
         share = limit * Decimal((now - START) // timedelta(microseconds=1)) / (30 * 86400 * 10**6)
         assert after <= limit / 2 or after <= share
-    elif after <= limit:  # paced: told when the share will have grown enough
+    elif after <= limit and spend < limit:  # paced: told when the share will have grown enough
         assert status.retry_after_seconds is not None and status.retry_after_seconds > 0
         later = now + timedelta(seconds=status.retry_after_seconds)
         assert assess(window("throttle", limit, soft=50), spend, estimate, later).allowed
@@ -59,8 +60,27 @@ def test_warn_and_notify_never_refuse(
 ) -> None:
     status = assess(window(action, limit), spend, estimate, START)
     assert status.allowed
-    expected = "exceeded" if spend + estimate > limit else status.state
+    expected = "exceeded" if spend + estimate > limit or spend >= limit else status.state
     assert status.state == expected
+
+
+@pytest.mark.parametrize("action", ["block", "throttle"])
+def test_a_reached_limit_refuses_even_a_call_estimated_at_nothing(action: str) -> None:
+    """A $0 estimate (no tokens, no estimated_cost) would hold nothing; at a spent limit
+    it must still be refused, or such checks would keep saying yes there."""
+    now = START + timedelta(days=29)
+    status = assess(window(action, Decimal(5)), Decimal("5.00"), Decimal(0), now)
+    assert not status.allowed and status.state == "exceeded"
+    assert status.retry_after_seconds == (END - now).total_seconds()
+    result = decide([status], Decimal(0), enforced=True, reservation_id="r1")
+    assert not result.allowed and result.reservation_id is None
+    assert "its limit 5 is reached (5.00 spent or held)" in result.reason
+    assert "whatever its estimate" in result.reason
+
+
+def test_a_call_estimated_at_nothing_below_the_limit_is_admitted() -> None:
+    status = assess(window("block", Decimal(5)), Decimal("4.99"), Decimal(0), START)
+    assert status.allowed and status.state == "soft_limit"
 
 
 def test_one_refusal_refuses_the_call_and_names_the_policy() -> None:

@@ -26,6 +26,13 @@ def test_an_embedding_models_estimate_is_its_input_price(checker: BudgetChecker)
     assert checker.estimate("text-embedding-3-small", "openai", 1_000_000) == Decimal("0.02")
 
 
+def test_no_tokens_are_estimated_at_a_plain_zero(checker: BudgetChecker) -> None:
+    """Shown as it is (``budget check``'s "this call ~0", the API's JSON), not as the
+    price's scale, "0E-8"; a model without a price still has no estimate."""
+    assert str(checker.estimate("gpt-4o", "openai", 0)) == "0"
+    assert checker.estimate("in-house-model-7", "acme", 0) is None
+
+
 def test_an_estimate_follows_a_price_that_changes_on_the_half_hour(
     checker: BudgetChecker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

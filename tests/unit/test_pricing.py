@@ -525,6 +525,14 @@ def test_get_provider_models_is_case_insensitive(registry: PricingRegistry) -> N
     assert models == registry.get_provider_models("openai")
 
 
+def test_get_provider_models_names_a_misspelt_provider(registry: PricingRegistry) -> None:
+    """Not [], which says the provider has no priced model; one of your own still lists
+    what its overrides price (none here)."""
+    with pytest.raises(ValueError, match=r"^unknown provider 'opnai': did you mean 'openai'\?$"):
+        registry.get_provider_models("opnai")
+    assert registry.get_provider_models("acme") == []
+
+
 def test_get_all_providers_has_the_seed_providers(registry: PricingRegistry) -> None:
     expected = {"openai", "anthropic", "google", "mistral", "groq", "x-ai"}
     assert expected <= set(registry.get_all_providers())

@@ -37,7 +37,10 @@ async def providers(api: Api) -> list[Provider]:
 
 @router.get("/providers/{provider}/models", summary="A provider's priced models")
 async def provider_models(api: Api, provider: str) -> list[str]:
-    models = api.registry.get_provider_models(provider)
+    try:
+        models = api.registry.get_provider_models(provider)
+    except ValueError as exc:  # a misspelt provider: which one was meant
+        raise Problem(404, f"{exc} see GET /providers") from None
     if not models:
         raise Problem(404, f"no priced models for provider {provider!r}; see GET /providers")
     return models

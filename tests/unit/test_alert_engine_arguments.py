@@ -1,0 +1,47 @@
+"""``evaluate_thresholds`` given what the seed's callers easily pass by mistake: a spend
+summary not awaited, or rows of their own. One TypeError saying what it takes, before
+anything is asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from budget.alerts import AlertEngine
+from budget.config import Settings
+from budget.disabled import DisabledPublisher
+from budget.manager import BudgetManager
+from budget.pricing import PricingRegistry
+from budget.tracker import UsageTracker
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(enabled=False, spool_dir=tmp_path / "spool")
+
+
+@pytest.fixture
+def tracker(settings: Settings) -> UsageTracker:
+    return UsageTracker(settings, PricingRegistry(), DisabledPublisher())
+
+
+async def test_a_spend_summary_not_awaited_says_to_await_it(
+    settings: Settings, tracker: UsageTracker
+) -> None:
+    """Not "'coroutine' object is not iterable"."""
+    engine, manager = AlertEngine(settings, tracker), BudgetManager(settings, tracker)
+    with pytest.raises(TypeError, match=r"not an awaitable: await it first$"):
+        await engine.evaluate_thresholds(manager.get_spend_summary())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("summary", "passed"), [([{"scope": "user", "cost": "5"}], "dict rows"), (5, "int")]
+)
+async def test_rows_of_another_kind_are_named(
+    settings: Settings, tracker: UsageTracker, summary: object, passed: str
+) -> None:
+    """Not an AttributeError on 'policy' from inside the evaluation."""
+    engine = AlertEngine(settings, tracker)
+    with pytest.raises(TypeError, match=rf"takes SpendRow or PolicySpend rows, .* not {passed}$"):
+        await engine.evaluate_thresholds(summary)  # type: ignore[arg-type]

@@ -1,0 +1,51 @@
+"""``ReportGenerator``'s arguments as the seed's callers write them: a group named alone is
+that group, and a wrong time is one line naming the argument and how to fix it."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from budget.reports import ReportGenerator
+from events.queries import ReportQuery
+
+
+class Sent(Exception):
+    """What the generator would ask the query service (the test stops there)."""
+
+    def __init__(self, query: ReportQuery) -> None:
+        self.query = query
+
+
+class Recording:
+    async def report(self, query: ReportQuery) -> None:
+        raise Sent(query)
+
+
+generator = ReportGenerator(Recording())  # type: ignore[arg-type]
+END = datetime(2026, 12, 1, tzinfo=UTC)
+START = END - timedelta(days=30)
+
+
+async def test_a_group_named_alone_is_that_group() -> None:
+    """Not its letters, which the query service refused as 'cannot group by d, e, l, m, o'."""
+    with pytest.raises(Sent) as custom:
+        await generator.generate_report(START, END, group_by="model")
+    assert custom.value.query.group_by == ["model"]
+    with pytest.raises(Sent) as compared:
+        await generator.generate_comparison_report(
+            START, END, START - timedelta(days=30), START, group_by="user"
+        )
+    assert compared.value.query.group_by == ["user"]
+
+
+@pytest.mark.parametrize("naive", [datetime(2026, 11, 1), date(2026, 11, 1)])
+async def test_a_time_without_a_zone_is_named_as_the_argument(naive: object) -> None:
+    with pytest.raises(ValueError, match=r"^start_date: Input should have timezone info \(a") as e:
+        await generator.generate_report(naive, END)  # type: ignore[arg-type]
+    assert "\n" not in str(e.value) and "tzinfo=UTC" in str(e.value)
+    with pytest.raises(ValueError, match=r"^previous_end: Input should have timezone info"):
+        await generator.generate_comparison_report(START, END, START, naive)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^end_date: Input should have timezone info"):
+        await generator.get_usage_history(START, naive)  # type: ignore[arg-type]

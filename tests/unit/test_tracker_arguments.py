@@ -1,0 +1,60 @@
+"""The tracker's arguments are checked where they are given, and a wrong one is named as
+the caller spelt it: nothing a caller passed is dropped unseen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from budget.config import Settings
+from budget.disabled import DisabledPublisher
+from budget.pricing import PricingRegistry
+from budget.tracker import UsageTracker
+from budget.usage import UsageCountError
+
+RAW = {"prompt_tokens": 3, "completion_tokens": 1}
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> UsageTracker:
+    settings = Settings(enabled=False, spool_dir=tmp_path / "spool")
+    return UsageTracker(settings, PricingRegistry(), DisabledPublisher())
+
+
+@pytest.mark.parametrize(
+    "counts", [{"input_tokens": 500}, {"output_tokens": 250, "cached_tokens": 100}]
+)
+def test_counts_with_a_usage_object_are_refused_not_dropped(
+    tracker: UsageTracker, counts: dict[str, int]
+) -> None:
+    """Which did the caller mean? Recording ``usage`` and ignoring the counts (as it did)
+    would count a call other than the one the caller described."""
+    with pytest.raises(ValueError, match="not both: " + ", ".join(counts) + " given with usage="):
+        tracker.usage_event(model="gpt-4o", provider="openai", usage=RAW, **counts)
+
+
+def test_a_usage_object_or_counts_alone_are_recorded(tracker: UsageTracker) -> None:
+    raw = tracker.usage_event(model="gpt-4o", provider="openai", usage=RAW)
+    counted = tracker.usage_event(
+        model="gpt-4o", provider="openai", input_tokens=3, output_tokens=1
+    )
+    assert raw.cost == counted.cost and raw.cost is not None and raw.cost > 0
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (-5, "estimated_tokens must not be negative, got estimated_tokens=-5"),
+        (10.5, "estimated_tokens must be a whole number of tokens, got 10.5"),
+        ("1000", "estimated_tokens must be a whole number of tokens, got '1000'"),
+    ],
+)
+async def test_a_wrong_estimate_of_tokens_is_named_as_passed(
+    tracker: UsageTracker, tokens: object, message: str
+) -> None:
+    """Not as the price model's ``output_text`` (a pydantic report), nor taken as given."""
+    with pytest.raises(UsageCountError, match=message):
+        await tracker.check_budget("gpt-4o", estimated_tokens=tokens)  # type: ignore[arg-type]
+    with pytest.raises(UsageCountError, match=message):  # where decorated, before any call
+        tracker.track_llm_call(model="gpt-4o", estimated_tokens=tokens)  # type: ignore[arg-type]
