@@ -62,6 +62,21 @@ async def stored_once_resent(publisher: EventPublisher, url: str, topology: Topo
     return sorted(await stored_event_ids(url, topology))
 
 
+async def stored_once_sent(
+    publisher: EventPublisher, url: str, topology: Topology, events: list[UsageRecorded]
+) -> list[str]:
+    """Wait until the log holds as many events as ``events`` (sent from memory, not the
+    spool), close ``publisher``, and return the ids of the events the log holds, sorted."""
+
+    async def all_sent() -> bool:
+        """the events waiting in memory were sent"""
+        return len(await stored_event_ids(url, topology)) == len(events)
+
+    await wait_for(all_sent)
+    await publisher.close()
+    return sorted(await stored_event_ids(url, topology))
+
+
 def bulky(events: list[UsageRecorded]) -> list[UsageRecorded]:
     """The events with a 10 kB tag: each needs pages of its own in the spool's file, so
     none fits while ``disk_full``."""

@@ -26,6 +26,7 @@ from producing import (
     spool_locked,
     stored_event_ids,
     stored_once_resent,
+    stored_once_sent,
 )
 from support import disk_full, varied_events, wait_for
 
@@ -313,15 +314,8 @@ async def test_with_no_usable_spool_directory_events_wait_in_memory_until_nats_i
     assert "Not a directory" in spool_failures(caplog)[0]
     assert str(blocker) in spool_failures(caplog)[0]
     embedded_nats.start()
-
-    async def all_sent() -> bool:
-        """the events waiting in memory were sent once NATS was up"""
-        return len(await stored_event_ids(embedded_nats.url, private_log)) == len(events)
-
-    await wait_for(all_sent)
-    await publisher.close()
-    stored = await stored_event_ids(embedded_nats.url, private_log)
-    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+    stored = await stored_once_sent(publisher, embedded_nats.url, private_log, events)
+    assert stored == sorted(str(e.event_id) for e in events)
 
 
 async def test_events_a_failing_spool_holds_when_nats_comes_back_are_sent_after_that_commit(
@@ -358,12 +352,5 @@ async def test_events_a_failing_spool_holds_when_nats_comes_back_are_sent_after_
 
     await wait_for(publisher_connected)
     reconnected.set()
-
-    async def all_sent() -> bool:
-        """the events the failing commit held were sent"""
-        return len(await stored_event_ids(embedded_nats.url, private_log)) == len(events)
-
-    await wait_for(all_sent)
-    await publisher.close()
-    stored = await stored_event_ids(embedded_nats.url, private_log)
-    assert sorted(stored) == sorted(str(e.event_id) for e in events)
+    stored = await stored_once_sent(publisher, embedded_nats.url, private_log, events)
+    assert stored == sorted(str(e.event_id) for e in events)
