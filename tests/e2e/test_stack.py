@@ -338,6 +338,22 @@ def test_the_api_connects_as_its_own_role_and_a_leftover_one_is_stopped(
     assert not _processes_mentioning(stack.data_dir)
 
 
+def _budget_up(data_dir: Path, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """The real `budget up` on ``data_dir``, in a process group of its own (as a terminal's
+    foreground job), without the caller's BUDGET_ variables, its output added to ``log``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir)],
+            cwd=cwd,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def test_ctrl_c_while_a_first_start_sets_up_postgresql_stops_cleanly(
     server_tmp_path: Path,
 ) -> None:
@@ -345,17 +361,7 @@ def test_ctrl_c_while_a_first_start_sets_up_postgresql_stops_cleanly(
     up`, and the initdb it runs on a new data directory, which it fails."""
     data_dir = server_tmp_path / "fresh"
     log = server_tmp_path / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir)],
-            cwd=server_tmp_path,
-            env={**env, "PYTHONPATH": str(ROOT)},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group, as a terminal's foreground job
-        )
+    proc = _budget_up(data_dir, log, server_tmp_path)
     try:
         _wait_for(lambda: any("initdb" in p for p in _processes_mentioning(data_dir)), 60, "initdb")
         os.killpg(proc.pid, signal.SIGINT)
@@ -375,20 +381,10 @@ def test_budget_up_after_its_supervisor_was_killed_keeps_its_ports(
     stopped before the ports are chosen, so host apps and bookmarks keep their URLs."""
     data_dir = server_tmp_path / "data"
     log = server_tmp_path / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
     started: list[subprocess.Popen[bytes]] = []
 
     def up() -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir)],
-                cwd=server_tmp_path,
-                env={**env, "PYTHONPATH": str(ROOT)},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = _budget_up(data_dir, log, server_tmp_path)
         started.append(proc)
 
         def ready() -> bool:
