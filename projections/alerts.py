@@ -63,9 +63,9 @@ from projections.crossings import (
     window_totals_ddl,
 )
 from projections.engine.projection import Applied, Connection, Projection, physical
-from projections.ledger import Booked, Recorded
+from projections.ledger import Recorded
 from projections.policies import PoliciesProjection, load_policies
-from projections.spend import SpendProjection
+from projections.spend import Booking, SpendProjection
 from projections.standing import standing_past
 
 __all__ = ["OUTBOX_CHANNEL", "AlertsProjection", "load_rules"]
@@ -208,7 +208,7 @@ class AlertsProjection(Projection):
     # -- usage: thresholds and anomalies ----------------------------------------------------
 
     async def _apply_usage(self, conn: Connection, version: int, segment: list[Applied]) -> None:
-        booked = await self.spend.book(conn, version, segment)
+        booking = await self.spend.book(conn, version, segment)
         state = await self._state(conn, version)
         totals = physical(_WINDOW_TOTALS, version)
         if not state.watches:
@@ -216,12 +216,12 @@ class AlertsProjection(Projection):
             await conn.execute(f"DELETE FROM {totals}".encode())
             if not state.anomaly_rules and not state.unpriced_rules:
                 return  # no rule can be about usage: counting it is all there is to do
-        counted = Counted.of(self.spend.ledger.usage, Recorded.of(segment), booked)
+        counted = Counted.of(self.spend.ledger.usage, Recorded.of(segment), booking.corrections)
         buckets = physical(self.spend.tables[0], version)
         candidates = [
             *await self._threshold_candidates(conn, buckets, totals, state, counted),
             *await self._anomaly_candidates(conn, buckets, state, counted),
-            *await self._unpriced_candidates(conn, state, counted, booked),
+            *await self._unpriced_candidates(conn, state, counted, booking),
         ]
         await self._raise(conn, version, candidates)
 
@@ -298,15 +298,15 @@ class AlertsProjection(Projection):
         return found
 
     async def _unpriced_candidates(
-        self, conn: Connection, state: _Rules, counted: Counted, booked: Sequence[Booked]
+        self, conn: Connection, state: _Rules, counted: Counted, booking: Booking
     ) -> list[_Candidate]:
         """Usage without a price adds to no total, so no threshold or anomaly would ever
         say so: once a UTC day per model, the first such call (or correction leaving a
         call without one) in the log does."""
-        if not state.unpriced_rules:
+        if not state.unpriced_rules or not booking.unpriced:
             return []
         found = []
-        for first in await first_unpriced(conn, counted, booked):
+        for first in await first_unpriced(conn, counted, booking.corrections):
             end = first.day + timedelta(days=1)
             for rule in state.unpriced_rules:
                 alert = Alert(

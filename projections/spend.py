@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from events import UsageRecorded, UsageRepriced
@@ -39,7 +40,14 @@ from projections.ledger import (
 )
 from projections.usage_rows import USAGE_MEASURES, Staged
 
-__all__ = ["BUCKET_SQL", "COST_MEASURES", "MEASURES", "SCOPES", "SpendProjection"]
+__all__ = [
+    "BUCKET_SQL",
+    "COST_MEASURES",
+    "MEASURES",
+    "SCOPES",
+    "Booking",
+    "SpendProjection",
+]
 
 SCOPES = ("global", "user", "provider", "model", "project")
 BUCKET_SQL = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00+00')"
@@ -58,6 +66,16 @@ MEASURES = (
 )
 COST_MEASURES = MEASURES[:3]
 """Cost, requests and unpriced requests: what alerts are about."""
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """What booking a batch did: its corrections at their first appearance, and whether
+    any usage it counted has no price (what the alert evaluator's unpriced-usage rule
+    looks for; known from the counting statement, so a batch without any costs no more)."""
+
+    corrections: list[Booked]
+    unpriced: bool
 
 
 class SpendProjection(Projection):
@@ -134,26 +152,27 @@ class SpendProjection(Projection):
     async def apply(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
         await self.book(conn, version, batch)
 
-    async def book(self, conn: Connection, version: int, batch: Sequence[Applied]) -> list[Booked]:
-        """Apply the batch; its corrections at their first appearance.
+    async def book(self, conn: Connection, version: int, batch: Sequence[Applied]) -> Booking:
+        """Apply the batch.
 
         Corrections always follow the events they correct in the log, so applying the
         batch's usage first and its corrections after keeps log order where it matters."""
-        await self._apply_usage(conn, version, batch)
+        unpriced = await self._apply_usage(conn, version, batch)
         booked = await self.ledger.booked(conn, batch)
         await self._add_corrections(conn, version, [b for b in booked if b.changes_totals])
-        return booked
+        return Booking(booked, unpriced or any(b.unpriced_delta > 0 for b in booked))
 
-    async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> None:
+    async def _apply_usage(self, conn: Connection, version: int, batch: Sequence[Applied]) -> bool:
+        """Count the batch's usage; whether any of it has no price."""
         if self.counts_recorded:
             if not any(a.event_type is UsageRecorded for a in batch):
-                return
+                return False
             rows, params = recorded_usage(self.ledger.usage, "b"), Recorded.of(batch).params
             keys = "b.provider, b.model"  # the ledger keeps their keys
         else:
             staged = Staged.of(batch)
             if staged is None:
-                return
+                return False
             rows, params = first_usage(self.ledger.usage), staged.params
             keys = "b.provider_key AS provider, b.model_key AS model"
         totals = physical(self.tables[0], version)
@@ -166,7 +185,7 @@ class SpendProjection(Projection):
             for name in (*(n for n, _ in USAGE_MEASURES), "image_count")
             if self.measures is MEASURES
         )
-        await conn.execute(
+        cursor = await conn.execute(
             f"""
             WITH batch AS (
                 -- each event at its first appearance in the log: re-sends count nowhere
@@ -179,19 +198,23 @@ class SpendProjection(Projection):
                        {BUCKET_SQL.format("occurred_at")} AS bucket_start, {cell_sums}
                 FROM batch
                 GROUP BY user_id, project_id, provider, model, bucket_start
+            ), counted AS (
+                INSERT INTO {totals} (scope, scope_key, bucket_start, {names})
+                SELECT scope, scope_key, bucket_start, {regroup}
+                FROM cells
+                CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', user_id),
+                    ('provider', provider), ('model', model), ('project', project_id))
+                    AS scopes(scope, scope_key)
+                WHERE scope_key <> ''
+                GROUP BY scope, scope_key, bucket_start
+                ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE SET {updates}
             )
-            INSERT INTO {totals} (scope, scope_key, bucket_start, {names})
-            SELECT scope, scope_key, bucket_start, {regroup}
-            FROM cells
-            CROSS JOIN LATERAL (VALUES ('global', '{GLOBAL_SCOPE_KEY}'), ('user', user_id),
-                ('provider', provider), ('model', model), ('project', project_id))
-                AS scopes(scope, scope_key)
-            WHERE scope_key <> ''
-            GROUP BY scope, scope_key, bucket_start
-            ON CONFLICT (scope, scope_key, bucket_start) DO UPDATE SET {updates}
+            SELECT EXISTS (SELECT FROM batch WHERE cost IS NULL)
             """.encode(),
             params,
         )
+        row = await cursor.fetchone()
+        return bool(row and row[0])
 
     def _settle(self, version: int) -> str:
         if not self.settles_reservations:
