@@ -72,6 +72,25 @@ class EnforcementStack:
 
         await wait_for(applies, within=30)
 
+    async def cancel_while_answer_in_flight(
+        self, calling: asyncio.Task[Any], reserved: asyncio.Event, answer_delivered: asyncio.Event
+    ) -> None:
+        """Cancel ``calling`` once its check has reserved (``reserved``) and while the answer
+        is still on its way (``answer_delivered`` not set yet): its hold must be released."""
+        await reserved.wait()
+        assert len(await self.holds()) == 1
+        calling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await calling
+        assert calling.cancelled()
+        answer_delivered.set()
+
+        async def released() -> bool:
+            """the hold was released"""
+            return await self.holds() == []
+
+        await wait_for(released, within=30)
+
 
 @contextlib.asynccontextmanager
 async def enforcement_stack(

@@ -466,18 +466,7 @@ async def test_a_call_cancelled_while_its_check_is_answered_releases_what_was_re
     calling = asyncio.create_task(
         client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=10)
     )
-    await reserved.wait()
-    assert len(await stack.holds()) == 1
-    calling.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await calling
-    answer_delivered.set()
-
-    async def released() -> bool:
-        """the reservation was released"""
-        return await stack.holds() == []
-
-    await wait_for(released, within=30)
+    await stack.cancel_while_answer_in_flight(calling, reserved, answer_delivered)
     assert api.requests == []
 
 

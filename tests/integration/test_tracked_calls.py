@@ -204,17 +204,7 @@ async def test_a_tracked_call_cancelled_while_its_check_is_answered_releases_its
         called.append(True)
         return {"usage": {"prompt_tokens": 100, "completion_tokens": 10}}
 
-    calling = asyncio.create_task(call())
-    await reserved.wait()
-    assert len(await stack.holds()) == 1
-    calling.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await calling
-    answer_delivered.set()
-
-    async def released() -> bool:
-        """the hold was released"""
-        return await stack.holds() == []
-
-    await wait_for(released, within=30)
+    await stack.cancel_while_answer_in_flight(
+        asyncio.create_task(call()), reserved, answer_delivered
+    )
     assert called == []
