@@ -283,7 +283,7 @@ def notifier() -> None:
     from services.notifier import serve_notifier
     from services.worker import run_service
 
-    raise typer.Exit(run_service("notifier", settings(), serve_notifier))
+    raise typer.Exit(run_service("notifier", settings(), serve_notifier, prices=False))
 
 
 @app.command("query-service")

@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from budget.config import Settings
 from budget.natsconn import nats_options
+from budget.pricing import genai
 from budget.waits import wait_set
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
@@ -271,12 +272,19 @@ def _lag_of(
     return measure
 
 
-def tune_gc() -> None:
+def tune_gc(*, prices: bool = True) -> None:
     """Collect garbage for throughput. A consumer holds thousands of decoded events between
     batches; at CPython's default threshold (700 allocations) the collector ran every few
     events and rescanned them, doubling the cost of validating one (26 vs 13 µs measured
     in a rebuild). Young objects are now collected every 50,000 allocations, and what
-    start-up created is never rescanned."""
+    start-up created is never rescanned.
+
+    With ``prices``, start-up includes loading genai-prices' data (~24,000 objects), which
+    keying a provider and pricing need: loaded by the first event that needed it instead, it
+    stalled that batch for 0.5-1 s (a lag spike for every event behind it) and stayed among
+    the objects each full collection rescans."""
+    if prices:
+        genai.snapshot()
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
@@ -337,10 +345,11 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def run_service(name: str, settings: Settings, body: ServiceBody) -> int:
+def run_service(name: str, settings: Settings, body: ServiceBody, *, prices: bool = True) -> int:
     """Run ``body`` as a FastStream service until SIGINT/SIGTERM (a heartbeat file too, if
-    configured); returns the process exit code."""
-    tune_gc()
+    configured); returns the process exit code. ``prices``: whether it needs the price data
+    (``tune_gc``)."""
+    tune_gc(prices=prices)
     require_metrics_port(settings)  # a taken port is one line naming it, not errno 98
     serve_metrics(settings, name)
     broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, **broker_options(settings))
