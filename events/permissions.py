@@ -2,18 +2,18 @@
 from a ``Topology`` here and nowhere else (the server's config is rendered from them by
 ``services.nats_config``; clients use them to say which credential may do what).
 
-Each role is a NATS account of its own (``ACCOUNTS``), but ``admin`` and ``api``, whose
-users are in the services' account: it holds the streams and exports what the others may
-reach (``shared_with``), which they import. A
-publish names a reply subject NATS does not check against the publisher's permissions,
-and JetStream answers a stored message there; across an import the reply is remapped into
-the asker's own account, so a host that names ``<prefix>.events.policy.deleted`` as the
-reply of its usage gets the acknowledgement in its own account, never on the services'
-log.
+Each role is a NATS account of its own (``ACCOUNTS``), but ``admin`` and the processes'
+own (``api``, ``enforcer``, ``notifier``), whose users are in the services' account: it
+holds the streams and exports what the others may reach (``shared_with``), which they
+import. A publish names a reply subject NATS does not check against the publisher's
+permissions, and JetStream answers a stored message there; across an import the reply is
+remapped into the asker's own account, so a host that names
+``<prefix>.events.policy.deleted`` as the reply of its usage gets the acknowledgement in
+its own account, never on the services' log.
 
-- ``service``: the workers, services and everyday admin commands: the whole prefix and
-  JetStream, but for making, changing, deleting, purging or restoring a stream (a
-  stream update could lower the log's limits and drop its events).
+- ``service``: the workers, the query service and everyday admin commands: the whole
+  prefix and JetStream, but for making, changing, deleting, purging or restoring a stream
+  (a stream update could lower the log's limits and drop its events).
 - ``admin``: ``budget migrate`` (it declares the streams) and operators: ``service``'s
   permissions and making and changing streams; in the services' account too. No running
   service holds it.
@@ -23,6 +23,12 @@ log.
   reads the policy log's end (the last policy event, which the query service shows it
   anyway) and gets replies in its own inbox only.
 - ``alerts``: an alert subscriber: receives alerts, publishes nothing.
+- ``enforcer``: ``budget enforcer``: answers the check, release and snapshot requests of
+  every caller (on their inboxes), publishes ``RequestBlocked`` for what it refuses and
+  ``PolicySet`` for the policies of its configuration; it reads policies, spend and holds
+  in PostgreSQL, none of the log.
+- ``notifier``: ``budget notifier``: publishes alerts (its NATS channel); it reads the
+  alerts to send in PostgreSQL, and subscribes to nothing.
 - ``api``: the HTTP API (``budget api``): publishes the usage its keys post, each on the
   key's own subject, and the changes its admin routes make (policies, alert rules,
   acknowledgements, API keys); asks the enforcer to check and release under each key's
@@ -39,7 +45,7 @@ from typing import Literal, get_args
 from events.access import ApiKeyCreated, ApiKeyRevoked
 from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
-from events.policy import POLICY_CHANGES
+from events.policy import POLICY_CHANGES, PolicySet, RequestBlocked
 from events.queries import QUERY_POSITION
 from events.rpc import RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT
 from events.subjects import Topology
@@ -49,7 +55,11 @@ __all__ = [
     "ACCOUNTS",
     "API_CHANGES",
     "API_USER",
+    "ENFORCER_USER",
+    "NOTIFIER_USER",
+    "OWN_USERS",
     "ROLES",
+    "SERVICE_USER",
     "Permissions",
     "Role",
     "inbox_prefix",
@@ -59,7 +69,7 @@ __all__ = [
     "subject_matches",
 ]
 
-Role = Literal["service", "host", "alerts", "admin", "api"]
+Role = Literal["service", "host", "alerts", "admin", "api", "enforcer", "notifier"]
 ROLES: tuple[Role, ...] = get_args(Role)
 ACCOUNTS: dict[Role, str] = {
     "service": "SERVICES",
@@ -67,12 +77,25 @@ ACCOUNTS: dict[Role, str] = {
     "alerts": "ALERTS",
     "admin": "SERVICES",  # where the streams are
     "api": "SERVICES",  # it reads the streams and their consumers
+    "enforcer": "SERVICES",  # it answers every account's requests, publishes to the log
+    "notifier": "SERVICES",  # the alerts' account imports the alerts from here
 }
 """The NATS account of each role's users."""
+SERVICE_USER = "service"
+"""The services' NATS user in ``budget up`` and under Compose (role ``service``), which the
+admin commands use too: the enforcer lets it release any hold, and neither the enforcer
+nor the query service limits it, as they speak for many users."""
 API_USER = "api"
 """The HTTP API's NATS user (role ``api``) in ``budget up`` and under Compose. The
 enforcer and the query service do not limit it, as they do not limit their own caller: it
 asks for every key (and limits each key itself)."""
+ENFORCER_USER = "enforcer"
+"""The enforcer's NATS user (role ``enforcer``) in ``budget up`` and under Compose."""
+NOTIFIER_USER = "notifier"
+"""The notifier's NATS user (role ``notifier``) in ``budget up`` and under Compose."""
+OWN_USERS: dict[str, str] = {"api": API_USER, "enforcer": ENFORCER_USER, "notifier": NOTIFIER_USER}
+"""The processes (``budget <name>``) that connect as a NATS user of their own, and that
+user, named as its role: it may do what that process does, and no more."""
 API_CHANGES: tuple[type[Event], ...] = (
     *POLICY_CHANGES,
     AlertRuleSet,
@@ -146,7 +169,32 @@ def permissions(
         )
     if role == "api":
         return _api(user, topology, users=users)
+    if role == "enforcer":
+        return _enforcer(user, topology)
+    if role == "notifier":
+        # its NATS channel (services.channels.NatsSender: a plain publish and a flush)
+        return Permissions(publish=(topology.alerts_wildcard,), subscribe=())
     return Permissions(publish=(), subscribe=(topology.alerts_wildcard,))
+
+
+def _enforcer(user: str, topology: Topology) -> Permissions:
+    """What ``services.enforcer`` does, and no more: it takes the requests of every
+    caller (a queue group on each of its three), answers each on its reply subject (an
+    inbox of the services' account, or ``_R_.`` for another account's asker: the replies
+    are checked to be one of those, ``services.replies.answerable``), and publishes two
+    kinds of event, whose acknowledgements come to its own inbox."""
+    return Permissions(
+        publish=(
+            topology.event_subject(RequestBlocked.SUBJECT),  # what it refused
+            topology.event_subject(PolicySet.SUBJECT),  # config.yaml's policies, at start
+            "_INBOX.>",
+            "_R_.>",
+        ),
+        subscribe=(
+            *(topology.rpc_wildcard(name) for name in (RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT)),
+            f"{inbox_prefix(user)}.>",
+        ),
+    )
 
 
 def _api(user: str, topology: Topology, *, users: Iterable[str]) -> Permissions:
@@ -226,7 +274,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> list[Role]:
     """The least privileged roles whose users may publish (or subscribe to) ``subject``
-    (``admin`` only where ``service`` may not; ``api`` never, as it is the HTTP API's
+    (``admin`` only where ``service`` may not; never one of ``OWN_USERS``, a process's
     own); a host's own requests and own usage subject count as allowed for ``host``.
     Case is ignored: nats-py lowercases the subject of the server's refusal."""
     rpc = f"{topology.prefix}.rpc.".lower()
@@ -236,7 +284,7 @@ def roles_allowed(subject: str, *, topology: Topology, publish: bool = True) -> 
     publisher = None if publisher is None or "." in publisher else publisher
     allowed: list[Role] = []
     for role in ROLES:
-        if role == "api" or (role == "admin" and "service" in allowed):
+        if role in OWN_USERS.values() or (role == "admin" and "service" in allowed):
             continue
         granted = permissions(role, user=caller or publisher or "user", topology=topology)
         patterns = granted.publish if publish else granted.subscribe

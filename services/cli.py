@@ -130,12 +130,12 @@ def up(
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
     HTTP API. On first start it creates an admin API key, the NATS users' passwords
-    (service, host, alerts, admin, api) and the metrics token in the data directory; NATS takes
-    no anonymous client. Each process serves Prometheus metrics on its own port of
-    127.0.0.1 to scrapers bearing that token, listed in the banner and in
-    <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a Prometheus config
-    that scrapes them all with it. Stops cleanly on Ctrl-C."""
-    from events.permissions import API_USER
+    (service, host, alerts, admin, api, enforcer, notifier) and the metrics token in the
+    data directory; NATS takes no anonymous client. Each process serves Prometheus
+    metrics on its own port of 127.0.0.1 to scrapers bearing that token, listed in the
+    banner and in <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a
+    Prometheus config that scrapes them all with it. Stops cleanly on Ctrl-C."""
+    from events.permissions import OWN_USERS
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, stack_client_tls, write_config
     from services.ports import require_free
@@ -177,8 +177,10 @@ def up(
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
     own_env = worker_env(metrics, metrics_token)
-    # The HTTP API connects to NATS as its own user; the others as `service` (extra_env).
-    own_env["api"] = {**own_env.get("api", {}), **credentials.env(API_USER)}
+    # The HTTP API, the enforcer and the notifier connect to NATS as their own users; the
+    # others as `service` (extra_env).
+    for process, user in OWN_USERS.items():
+        own_env[process] = {**own_env.get(process, {}), **credentials.env(user)}
 
     async def prepare_stack(nats_url: str, database_url: str) -> None:
         # As the admin: it declares the streams, which the services' credential may not.

@@ -61,7 +61,7 @@ from projections.policies import PoliciesProjection, load_policies
 from projections.windows import window_sums
 from services import replies, reservations
 from services.fair_queue import FairQueue
-from services.limits import CallerLimits, LimitedRequests, asker_waits
+from services.limits import CallerLimits, LimitedRequests, asker_waits, services_callers
 from services.liveness import Liveness
 from services.metrics import CHECK_SECONDS, CHECKS, RESERVATIONS_OPEN
 from services.replies import UNAVAILABLE, Handler, error_reply, send
@@ -153,6 +153,7 @@ class Enforcer:
         self.topology = settings.topology
         self._queue: FairQueue[_Pending] = FairQueue()
         self._limits = CallerLimits.of_enforcer(settings)
+        self._services = services_callers(settings)
         self._policies = _Policies()
         self._spent: dict[tuple[str, str, datetime], Decimal] = {}
         """Each window's spend as this enforcer last read or reserved it."""
@@ -267,7 +268,7 @@ class Enforcer:
                 aux,
                 request.reservation_id,
                 caller=caller,
-                any_caller=caller == self.settings.caller,
+                any_caller=caller in self._services,
             )
         return ReleaseResult(released=released)
 

@@ -10,7 +10,7 @@ the time it was told is paced: its refusals are sent when that time comes (at mo
 ``_MAX_HOLD`` later), each told a further ``retry_after``, so a client that never waits is
 answered at about its rate rather than at the speed of the machine, which would otherwise
 spend itself on refusals and starve the other callers of CPU.
-The service's own caller (its ``Settings.caller``: the admin tools speak for many users)
+The services' callers (``services_callers``: the admin tools speak for many users)
 and the HTTP API's (``events.permissions.API_USER``: it asks for every key, and limits each
 key itself) are never limited.
 """
@@ -31,12 +31,12 @@ from nats.aio.msg import Msg
 from budget.config import Settings
 from budget.waits import wait_set
 from events import Topology
-from events.permissions import API_USER
+from events.permissions import API_USER, SERVICE_USER
 from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 from services.fair_queue import FairQueue
 from services.replies import answerable, send
 
-__all__ = ["CallerLimits", "LimitedRequests", "Refusal", "asker_waits"]
+__all__ = ["CallerLimits", "LimitedRequests", "Refusal", "asker_waits", "services_callers"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,15 @@ _MIN_HOLD = 0.1
 takes no answer soon after a refusal for a refusal (``budget.rpc``)."""
 
 
+def services_callers(settings: Settings) -> frozenset[str]:
+    """The callers that speak for the services: this process's own (``Settings.caller``)
+    and the services' NATS user (the admin commands, the query service), which a service
+    connected as a user of its own (the enforcer, ``events.permissions.OWN_USERS``) is not."""
+    return frozenset((settings.caller, SERVICE_USER))
+
+
 def _exempt(settings: Settings) -> frozenset[str]:
-    return frozenset((settings.caller, API_USER))
+    return services_callers(settings) | {API_USER}
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,10 @@ when configured.
 
 Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
 file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
-first start makes ``service``, ``host``, ``alerts``, ``admin`` and ``api`` (every start
-makes those missing, so a data directory of an older release gains ``api``); ``budget
-nats-credential add`` makes more. The config is ``<data_dir>/nats/nats-server.conf`` (0600).
+first start makes ``service``, ``host``, ``alerts``, ``admin``, ``api``, ``enforcer`` and
+``notifier`` (every start makes those missing, so a data directory of an older release
+gains the newer ones); ``budget nats-credential add`` makes more. The config is
+``<data_dir>/nats/nats-server.conf`` (0600).
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ import bcrypt
 
 from budget.config import ConfigError, Settings
 from budget.natsconn import client_tls
-from events.permissions import ACCOUNTS, API_USER, ROLES, Role, permissions, shared_with
+from events.permissions import (
+    ACCOUNTS,
+    API_USER,
+    ENFORCER_USER,
+    NOTIFIER_USER,
+    ROLES,
+    SERVICE_USER,
+    Role,
+    permissions,
+    shared_with,
+)
 from events.subjects import API_KEY_CALLER, Topology
 from services.credentials import credentials_dir, generated_secret, write_secret_file
 
@@ -42,11 +53,13 @@ __all__ = [
 ]
 
 DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
-    ("service", "service"),
+    (SERVICE_USER, "service"),
     ("host", "host"),
     ("alerts", "alerts"),
     ("admin", "admin"),
     (API_USER, "api"),
+    (ENFORCER_USER, "enforcer"),
+    (NOTIFIER_USER, "notifier"),
 )
 log = logging.getLogger(__name__)
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user
@@ -337,13 +350,16 @@ def move_streams_into_accounts(store_dir: Path) -> bool:
 
 def _render_permissions(role: Role, user: str, topology: Topology, users: Sequence[str]) -> str:
     granted = permissions(role, user=user, topology=topology, users=users)
-    # An empty allow list would allow everything: deny all instead.
-    publish: dict[str, list[str]] = (
-        {"allow": list(granted.publish)} if granted.publish else {"deny": [">"]}
-    )
+    publish = _allowed(granted.publish)
     if granted.deny_publish:
-        publish["deny"] = list(granted.deny_publish)
-    return json.dumps({"publish": publish, "subscribe": {"allow": list(granted.subscribe)}})
+        publish["deny"] = [*publish.get("deny", []), *granted.deny_publish]
+    return json.dumps({"publish": publish, "subscribe": _allowed(granted.subscribe)})
+
+
+def _allowed(subjects: Sequence[str]) -> dict[str, list[str]]:
+    """A permission allowing ``subjects`` alone: an empty allow list would allow
+    everything, so none is denying all."""
+    return {"allow": list(subjects)} if subjects else {"deny": [">"]}
 
 
 def _exports(env: dict[str, str]) -> str:

@@ -34,7 +34,9 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from budget.periods import Period
+from budget.policies import DEFAULT_USER_POLICY_ID
 from events import Topology, UsageRecorded
+from events.permissions import OWN_USERS
 from projections.engine.projection import physical
 from projections.registry import PROJECTIONS
 from services.database_roles import DOOR_ROLES
@@ -763,7 +765,7 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     credentials = budget_up.data_dir / "credentials"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
     passwords = {p.name: p.read_text().strip() for p in credentials.glob("nats-*.password")}
-    users = ("service", "host", "alerts", "admin", "api")
+    users = ("service", "host", "alerts", "admin", *OWN_USERS.values())
     assert set(passwords) == {f"nats-{u}.password" for u in users}
     for name in passwords:
         assert stat.S_IMODE((credentials / name).stat().st_mode) == 0o600
@@ -777,8 +779,9 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
         asyncio.run(nats.connect(banner.nats_url, allow_reconnect=False, connect_timeout=5))
     for name, pid in banner.worker_pids.items():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        # the HTTP API connects to NATS as its own user, the others as the services'
-        nats_user = "api" if name == "api" else "service"
+        # the HTTP API, the enforcer and the notifier connect to NATS as their own users,
+        # the others as the services'
+        nats_user = OWN_USERS.get(name, "service")
         assert f"BUDGET_NATS_USER={nats_user}".encode() in environ, name
         password_file = credentials / f"nats-{nats_user}.password"
         assert f"BUDGET_NATS_PASSWORD_FILE={password_file}".encode() in environ, name
@@ -834,6 +837,19 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
         timeout=30,
     )
     assert posted.status_code == 201, posted.text
+    # the enforcer, as its own NATS user, published the default policy at its start and
+    # answers the API's probe; no process was restarted (none died of a refusal)
+    eventually(
+        lambda: httpx.get(f"{console[1]}/api/v1/policies", headers=headers, timeout=30),
+        lambda answer: DEFAULT_USER_POLICY_ID in {p["policy_id"] for p in answer.json()},
+        CATCH_UP,
+        "the enforcer's default policy in the API's policies",
+    )
+    services = httpx.get(f"{console[1]}/api/v1/services", headers=headers, timeout=30)
+    assert services.status_code == 200, services.text
+    assert all(s["ok"] for s in services.json()), services.json()
+    state = json.loads((budget_up.data_dir / "stack.json").read_text())
+    assert state["workers"] == banner.worker_pids
 
     # PostgreSQL's passwords stay in their files; the URL names a pgpass file instead.
     credentials = budget_up.data_dir / "credentials"

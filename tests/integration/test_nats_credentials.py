@@ -19,6 +19,7 @@ from nats.errors import Error as NatsError
 
 from budget.config import ConfigError, Settings, load_settings
 from budget.natsconn import connect_nats, nats_options
+from events.permissions import OWN_USERS
 from services.embedded import EmbeddedNats
 from services.nats_config import NatsCredentials, write_config
 from services.worker import broker_options
@@ -74,6 +75,8 @@ async def test_an_added_host_connects_once_the_running_server_reloaded(tmp_path:
             "alerts\talerts",
             "admin\tadmin",
             "api\tapi",
+            "enforcer\tenforcer",
+            "notifier\tnotifier",
             "team-b\thost",
             "",
         ]
@@ -119,12 +122,13 @@ async def test_a_removed_user_is_shut_out_and_its_connections_closed(tmp_path: P
         assert unknown.returncode != 0 and "there is no NATS user 'team-b'" in unknown.stderr
 
 
-async def test_an_older_data_directory_gains_the_api_user_and_keeps_the_others(
+async def test_an_older_data_directory_gains_the_processes_users_and_keeps_the_others(
     tmp_path: Path,
 ) -> None:
-    """A data directory of a release before the HTTP API had a NATS user of its own: the
-    next start (``write_config``) makes ``api``, and every other user connects with the
-    password it had."""
+    """A data directory of a release before the HTTP API, the enforcer and the notifier
+    had NATS users of their own: the next start (``write_config``) makes ``api``,
+    ``enforcer`` and ``notifier``, and every other user connects with the password it
+    had."""
     data_dir = tmp_path / "data"
     older = NatsCredentials(data_dir)
     roles = {"service": "service", "host": "host", "alerts": "alerts", "admin": "admin"}
@@ -133,27 +137,30 @@ async def test_an_older_data_directory_gains_the_api_user_and_keeps_the_others(
     before = {user: older.password_file(user).read_text() for user in older.roles()}
     config = write_config(data_dir, Settings())
     credentials = NatsCredentials(data_dir)
-    assert credentials.roles() == {**roles, "team-b": "host", "api": "api"}
+    own = {user: user for user in OWN_USERS.values()}
+    assert credentials.roles() == {**roles, "team-b": "host", **own}
     assert {user: credentials.password_file(user).read_text() for user in before} == before
     with EmbeddedNats(data_dir / "nats", config_file=config, stop_timeout=5.0) as server:
         for user in credentials.roles():
             assert await _connects(server.url, credentials.settings_for(user, Settings())), user
 
 
-def test_a_host_an_older_release_named_api_is_renamed_before_the_next_start(
-    tmp_path: Path,
+@pytest.mark.parametrize("name", OWN_USERS.values())
+def test_a_host_an_older_release_named_as_a_process_is_renamed_before_the_next_start(
+    tmp_path: Path, name: str
 ) -> None:
-    """An older release let a host take the name ``api``, which `budget up` now gives the
-    HTTP API: the start is refused saying what to do, and that host may be withdrawn."""
+    """An older release let a host take the name ``api`` (``enforcer``, ``notifier``),
+    which `budget up` now gives the HTTP API (the enforcer, the notifier): the start is
+    refused saying what to do, and that host may be withdrawn."""
     credentials = NatsCredentials(tmp_path)
-    credentials.add("api", "host")
+    credentials.add(name, "host")
     with pytest.raises(ValueError, match="has role host, but `budget up` makes a user of that"):
         write_config(tmp_path, Settings())
-    credentials.remove("api")
+    credentials.remove(name)
     write_config(tmp_path, Settings())
-    assert credentials.roles()["api"] == "api"
+    assert credentials.roles()[name] == name
     with pytest.raises(ValueError, match="one of the defaults"):
-        credentials.remove("api")
+        credentials.remove(name)
 
 
 def test_a_user_keeps_its_role(tmp_path: Path) -> None:

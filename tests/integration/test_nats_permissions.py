@@ -36,12 +36,13 @@ from events import (
     LimitAction,
     PolicyDeleted,
     PolicySet,
+    RequestBlocked,
     UsageRecorded,
     UsageRepriced,
     encode,
 )
 from events.codec import HEADER_MSG_ID
-from events.permissions import API_USER
+from events.permissions import API_USER, ENFORCER_USER, NOTIFIER_USER
 from events.queries import QUERY_POLICIES
 from events.rpc import RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT
 from projections.engine.log import declare_streams
@@ -270,6 +271,7 @@ async def test_the_api_credential_is_refused_what_the_api_does_not_do(
         topology.event_subject(usage, publisher="host"),
         topology.event_subject(usage, publisher="service"),
         topology.event_subject(usage, publisher=API_USER),
+        topology.event_subject(usage, publisher=NOTIFIER_USER),
         topology.event_subject(usage),
         topology.event_subject(usage, publisher="api-key-0a1b2c3d4e5f.x"),
         topology.event_subject(UsageRepriced.SUBJECT),
@@ -280,6 +282,7 @@ async def test_the_api_credential_is_refused_what_the_api_does_not_do(
     for subject in (
         topology.rpc_subject(RPC_RELEASE, caller="host"),
         topology.rpc_subject(RPC_RELEASE, caller="service"),
+        topology.rpc_subject(RPC_RELEASE, caller=ENFORCER_USER),  # who may release any hold
         topology.rpc_subject(QUERY_POLICIES, caller=API_USER),
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
@@ -318,6 +321,135 @@ async def test_the_api_credential_is_refused_what_the_api_does_not_do(
     info = await service.jetstream().stream_info(stream, subjects_filter=">")
     assert info.state.subjects == {own: 1}
     assert ack.seq == info.state.last_seq == 1
+
+
+async def _refused_everything(
+    conn: Conn,
+    *,
+    events: tuple[str, ...],
+    requests: tuple[str, ...],
+    plain: tuple[str, ...],
+    subscriptions: tuple[str, ...],
+) -> None:
+    """``conn`` is refused each JetStream publish of an event to one of ``events``, each
+    request to ``requests``, each plain publish to ``plain`` (its refusal waited for: the
+    server says it asynchronously) and each subscription to ``subscriptions``."""
+    for subject in events:
+        with pytest.raises(PermissionDenied, match=f"may not publish to {re.escape(subject)};"):
+            await permitted(conn.nc, subject, _publish(conn.nc, subject, encode(usage_event())))
+    for subject in requests:
+        with pytest.raises(PermissionDenied, match=f"may not publish to {re.escape(subject)};"):
+            await permitted(conn.nc, subject, conn.nc.request(subject, b"{}", timeout=30))
+    for subject in plain:
+        await conn.nc.publish(subject, b"forged")
+    await conn.nc.flush()
+
+    async def all_refused() -> bool:
+        """the server refused every plain publish"""
+        refused = [e for e in conn.errors if "permissions violation for publish" in e]
+        return all(any(f'"{s.lower()}"' in e for e in refused) for s in plain)
+
+    await wait_for(all_refused)
+    for subject in subscriptions:
+        assert await conn.refused_subscription(subject), subject
+
+
+async def test_the_enforcer_credential_is_refused_what_the_enforcer_does_not_do(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    """The enforcer's credential answers requests and publishes ``RequestBlocked`` and
+    ``PolicySet`` alone: deleting a policy, usage (as itself or a host), repricing, alert
+    rules, API keys, dead letters or alerts; reading the log, the dead letters or a
+    consumer; asking the services anything; moving a worker's consumer on; reading the
+    events, the alerts, the query service's requests or another's inbox are refused, and
+    the stream never holds what was refused. (What it may do, it does:
+    test_service_nats_users.py.)"""
+    enforcer = await connect(ENFORCER_USER)
+    topology = secured.topology
+    stream, dead_letters = topology.event_stream.name, topology.dead_letter_stream.name
+    usage = UsageRecorded.SUBJECT
+    await _refused_everything(
+        enforcer,
+        events=(
+            topology.event_subject(PolicyDeleted.SUBJECT),
+            topology.event_subject(usage, publisher=ENFORCER_USER),
+            topology.event_subject(usage, publisher="host"),
+            topology.event_subject(usage),
+            topology.event_subject(UsageRepriced.SUBJECT),
+            topology.event_subject(AlertRuleSet.SUBJECT),
+            topology.event_subject(ApiKeyCreated.SUBJECT),
+            topology.dead_letter_subject("spend-v1"),
+        ),
+        requests=(
+            f"$JS.API.STREAM.INFO.{dead_letters}",
+            f"$JS.API.STREAM.MSG.GET.{dead_letters}",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            topology.rpc_subject(QUERY_POLICIES, caller=ENFORCER_USER),
+            topology.rpc_subject(RPC_CHECK, caller="host"),
+        ),
+        plain=(
+            f"$JS.ACK.{stream}.spend-v1.1.1.1.0.0",
+            topology.alert_subject("critical", "budget_exceeded"),
+        ),
+        subscriptions=(
+            topology.events_wildcard,
+            f"{topology.prefix}.dlq.>",
+            topology.alerts_wildcard,
+            topology.rpc_wildcard(QUERY_POLICIES),
+            "_INBOX.host.>",
+            "$JS.API.>",
+        ),
+    )
+    # The positive signal: a refusal it publishes is stored, and alone.
+    blocked = topology.event_subject(RequestBlocked.SUBJECT)
+    ack = await permitted(enforcer.nc, blocked, _publish(enforcer.nc, blocked, b"{}"))
+    info = await service.jetstream().stream_info(stream, subjects_filter=">")
+    assert info.state.subjects == {blocked: 1}
+    assert ack.seq == info.state.last_seq == 1
+
+
+async def test_the_notifier_credential_sends_alerts_and_nothing_else(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    """The notifier's credential publishes alerts alone: it cannot answer a check (take
+    the enforcer's requests, or publish to an asker's inbox), publish a policy, usage or
+    a dead letter, read the dead letters or ask anything, nor subscribe to anything; the
+    stream never holds what was refused. (What it may do, it does:
+    test_service_nats_users.py.)"""
+    notifier, alerts = await connect(NOTIFIER_USER), await connect("alerts")
+    topology = secured.topology
+    dead_letters = topology.dead_letter_stream.name
+    await _refused_everything(
+        notifier,
+        events=(
+            topology.event_subject(PolicyDeleted.SUBJECT),
+            topology.event_subject(UsageRecorded.SUBJECT, publisher=NOTIFIER_USER),
+            topology.event_subject(UsageRecorded.SUBJECT, publisher="host"),
+            topology.dead_letter_subject("spend-v1"),
+        ),
+        requests=(
+            f"$JS.API.STREAM.INFO.{dead_letters}",
+            f"$JS.API.STREAM.MSG.GET.{dead_letters}",
+            topology.rpc_subject(RPC_CHECK, caller=NOTIFIER_USER),
+        ),
+        plain=("_INBOX.service.answer", "_R_.answer"),
+        subscriptions=(
+            topology.rpc_wildcard(RPC_CHECK),
+            topology.events_wildcard,
+            f"{topology.prefix}.dlq.>",
+            topology.alerts_wildcard,
+            "_INBOX.>",
+        ),
+    )
+    # The positive signal: its alert reaches an alert subscriber; the log holds nothing.
+    received = await alerts.nc.subscribe(topology.alerts_wildcard)
+    await alerts.nc.flush()
+    await notifier.nc.publish(topology.alert_subject("critical", "budget_exceeded"), b"real")
+    assert (await received.next_msg(timeout=30)).data == b"real"
+    info = await service.jetstream().stream_info(topology.event_stream.name)
+    assert info.state.messages == 0
 
 
 async def test_the_alerts_credential_receives_alerts_and_nothing_else(

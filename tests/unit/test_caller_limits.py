@@ -13,7 +13,7 @@ import pytest
 
 from budget.config import Settings
 from events import Topology
-from events.permissions import API_USER
+from events.permissions import API_USER, ENFORCER_USER
 from services.fair_queue import FairQueue
 from services.limits import CallerLimits, LimitedRequests, _time_left
 
@@ -101,13 +101,21 @@ def test_the_services_own_caller_is_never_limited() -> None:
     assert all(caller_limits.admit("svc") is None for _ in range(1000))
 
 
-@pytest.mark.parametrize("of", [CallerLimits.of_enforcer, CallerLimits.of_query_service])
+@pytest.mark.parametrize(
+    ("of", "runs_as"),
+    [
+        (CallerLimits.of_enforcer, "service"),
+        (CallerLimits.of_enforcer, ENFORCER_USER),
+        (CallerLimits.of_query_service, "service"),
+    ],
+)
 def test_the_http_apis_caller_is_never_limited_nor_a_hosts(
-    of: Callable[[Settings], CallerLimits],
+    of: Callable[[Settings], CallerLimits], runs_as: str
 ) -> None:
     """The API asks (snapshots, probes) for every key under its own NATS user and limits
-    each key itself, as the services' own caller; a host stays limited."""
-    settings = Settings(nats_user="service", caller_rate=1, caller_burst=1, caller_query_burst=1)
+    each key itself, as the services' own caller (the admin commands' ``service``, also
+    for an enforcer that runs as a user of its own); a host stays limited."""
+    settings = Settings(nats_user=runs_as, caller_rate=1, caller_burst=1, caller_query_burst=1)
     caller_limits = of(settings)
     assert all(caller_limits.admit(caller) is None for caller in ("service", API_USER) * 100)
     assert caller_limits.admit("host") is None

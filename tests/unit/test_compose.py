@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram
 
 from events import Topology
-from events.permissions import API_USER
+from events.permissions import OWN_USERS
 from projections.engine import metrics as engine_metrics
 from projections.registry import WORKERS as PROJECTION_WORKERS
 from services import metrics as service_metrics
@@ -349,9 +349,10 @@ def test_app_services_connect_to_nats_as_service_and_migrate_as_admin(
     compose: dict[str, Any], services: dict[str, dict[str, Any]], name: str
 ) -> None:
     """The running services' credential may not change a stream (nor so lower the log's
-    limits); migrate, which declares the streams, alone holds the admin's; the HTTP API
-    its own (it may publish only what its routes do: events.permissions)."""
-    user = {"migrate": "admin", "api": API_USER}.get(name, "service")
+    limits); migrate, which declares the streams, alone holds the admin's; the HTTP API,
+    the enforcer and the notifier each its own (it may do only what that process does:
+    events.permissions)."""
+    user = {"migrate": "admin", **OWN_USERS}.get(name, "service")
     env = services[name]["environment"]
     assert env["BUDGET_NATS_USER"] == user
     assert "BUDGET_NATS_PASSWORD" not in env
@@ -359,8 +360,8 @@ def test_app_services_connect_to_nats_as_service_and_migrate_as_admin(
     assert secret in services[name]["secrets"]
     # The secret holds the password the NATS server knows the user by.
     assert compose["secrets"][secret]["environment"] == password_variable(user)
-    # and no other NATS password: a service has no use for the admin's, the API for the
-    # services'
+    # and no other NATS password: a service has no use for the admin's, the API, the
+    # enforcer and the notifier for the services'
     nats_secrets = {s for s in services[name]["secrets"] if s.startswith("nats_")}
     assert nats_secrets == {secret}
 

@@ -33,7 +33,9 @@ def test_subject_matching_follows_nats_wildcards(pattern: str, subject: str, mat
 
 
 def test_roles_say_who_may_publish_what() -> None:
+    # never a process's own (the enforcer's, the notifier's): no credential to hand out
     assert roles_allowed("acme.events.policy.set", topology=TOPOLOGY) == ["service"]
+    assert roles_allowed("acme.alerts.critical.x", topology=TOPOLOGY) == ["service"]
     # usage: a host on its own subject only; the bare one, where earlier releases
     # published, is the services'
     assert roles_allowed("acme.events.usage.recorded", topology=TOPOLOGY) == ["service"]

@@ -1,0 +1,171 @@
+"""The enforcer and the notifier on NATS users of their own (roles ``enforcer`` and
+``notifier``, events.permissions) over a real nats-server with the config ``budget up``
+writes: each does its whole job with its credential and gets no refusal (what each is
+refused: test_nats_permissions.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from budget.natsconn import connect_nats, nats_options
+from budget.rpc import ask
+from budget.spool import Spool
+from events import Alert, PolicySet, RequestBlocked
+from events.permissions import ENFORCER_USER, NOTIFIER_USER, SERVICE_USER
+from events.rpc import (
+    RPC_CHECK,
+    RPC_RELEASE,
+    RPC_SNAPSHOT,
+    CallAttributes,
+    CheckRequest,
+    CheckResult,
+    ReleaseRequest,
+    ReleaseResult,
+    Snapshot,
+)
+from services.enforcer import Enforcer
+from services.notifier import NotifierConfig
+from services.ops import prepare
+
+from alerting import notifier, outbox, queue_alerts
+from enforcement import enforcement_stack
+from secured_nats import Secured
+from support import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@contextlib.asynccontextmanager
+async def _connected(secured: Secured, user: str) -> AsyncIterator[tuple[Client, list[str]]]:
+    """A connection as ``user``, and the errors the server sent it (its refusals)."""
+    errors: list[str] = []
+
+    async def record(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    options = nats_options(secured.settings(user))
+    nc = await connect_nats(secured.server.url, within=5, error_cb=record, **options)
+    try:
+        yield nc, errors
+    finally:
+        await nc.close()
+
+
+async def test_the_enforcer_credential_answers_every_caller_and_publishes_its_events(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    """As ``enforcer``: it publishes its configuration's policy (``PolicySet``) at start,
+    answers a host's checks (from the hosts' account), refuses one over the limit and
+    publishes ``RequestBlocked``, releases the host's hold for the host and another
+    host's for the services' credential, which it does not limit (as when it ran as
+    ``service`` itself), and answers a snapshot."""
+    operator = secured.settings(
+        SERVICE_USER, database_url=db, spool_dir=tmp_path / "service", default_limit=None
+    )
+    own = secured.settings(
+        ENFORCER_USER,
+        database_url=db,
+        spool_dir=tmp_path / "enforcer",
+        default_limit=Decimal(1),
+        default_action="block",
+        caller_burst=3,  # a host's three requests below, and none refilled meanwhile
+        caller_rate=0.001,
+    )
+    topology = secured.topology
+    async with (
+        enforcement_stack(service, operator, enforcer=False),
+        _connected(secured, ENFORCER_USER) as (enforcer_nc, refusals),
+        _connected(secured, "host") as (host, _),
+        _connected(secured, "host2") as (host2, _),
+    ):
+        enforcer = Enforcer(own, enforcer_nc)
+        await enforcer.start()
+        try:
+
+            async def check(nc: Client, caller: str, cost: str) -> CheckResult:
+                request = CheckRequest(model="gpt-4o", user_id="ann", estimated_cost=Decimal(cost))
+                subject = topology.rpc_subject(RPC_CHECK, caller=caller)
+                return await ask(nc, subject, request, CheckResult, within=30)
+
+            async def release(nc: Client, caller: str, reservation_id: str | None) -> int:
+                assert reservation_id is not None
+                request = ReleaseRequest(reservation_id=reservation_id)
+                subject = topology.rpc_subject(RPC_RELEASE, caller=caller)
+                return (await ask(nc, subject, request, ReleaseResult, within=30)).released
+
+            async def applies_its_policy() -> bool:
+                """the default user policy the enforcer published is applied"""
+                return bool((await check(service, SERVICE_USER, "0")).policies)
+
+            await wait_for(applies_its_policy, within=60)
+            refused = await check(host, "host", "5")
+            assert not refused.allowed
+            held = await check(host, "host", "0.1")
+            assert held.allowed and held.reservation_id
+            assert await release(host, "host", held.reservation_id) >= 1
+            other = await check(host2, "host2", "0.1")
+            assert await release(service, SERVICE_USER, other.reservation_id) >= 1
+            for _ in range(10):  # the services' caller is not limited (a host past 3 is)
+                assert (await check(service, SERVICE_USER, "0")).allowed
+            asked = topology.rpc_subject(RPC_SNAPSHOT, caller=SERVICE_USER)
+            snapshot = await ask(
+                service, asked, CallAttributes(model="gpt-4o", user_id="ann"), Snapshot, within=30
+            )
+            assert [w.policy.policy_id for w in snapshot.windows] == [
+                p.policy_id for p in refused.policies
+            ]
+        finally:
+            await enforcer.stop()
+
+        async def stored() -> bool:
+            """the log holds the enforcer's policy and its refusal"""
+            info = await service.jetstream().stream_info(
+                topology.event_stream.name, subjects_filter=">"
+            )
+            subjects = info.state.subjects or {}
+            return all(
+                subjects.get(topology.event_subject(event.SUBJECT)) == 1
+                for event in (PolicySet, RequestBlocked)
+            )
+
+        await wait_for(stored)
+    assert refusals == []
+    # JetStream acknowledged both on the enforcer's own inbox: nothing was left to re-send
+    spool = Spool(own.spool_dir / "enforcer")
+    try:
+        assert spool.oldest(10) == []
+    finally:
+        spool.close()
+
+
+async def test_the_notifier_credential_sends_alerts_on_nats(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    """As ``notifier``: the alerts queued for the NATS channel reach an alert subscriber
+    (the ``alerts`` credential) and are recorded as sent."""
+    operator = secured.settings(SERVICE_USER, database_url=db, spool_dir=tmp_path / "service")
+    await prepare(operator.nats_url, db, operator)
+    own = secured.settings(NOTIFIER_USER, database_url=db, spool_dir=tmp_path / "notifier")
+    async with (
+        _connected(secured, "alerts") as (alerts, _),
+        _connected(secured, NOTIFIER_USER) as (notifier_nc, refusals),
+    ):
+        received = await alerts.subscribe(secured.topology.alerts_wildcard)
+        await alerts.flush()
+        queued = await queue_alerts(db, 2, channel="nats")
+        async with notifier(notifier_nc, own, NotifierConfig(poll_interval=0.2)):
+            got = [await received.next_msg(timeout=30) for _ in queued]
+
+            async def recorded() -> bool:
+                """both deliveries are recorded as sent"""
+                return [status for _, _, status, _ in await outbox(db)] == ["sent", "sent"]
+
+            await wait_for(recorded)
+    assert [str(Alert.model_validate_json(m.data).alert_id) for m in got] == queued
+    assert refusals == []
