@@ -109,6 +109,11 @@ class EmailChannel(_Channel):
         default=False,
         description="log in (username, password) with tls: none to a host other than loopback",
     )
+    timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds for a whole message: connecting, TLS, login, sending",
+    )
 
     @field_validator("sender", "recipients")
     @classmethod

@@ -173,7 +173,7 @@ class EmailSender(Sender):
         with undeliverable(ValueError):  # e.g. text no encoding can carry
             message = alert_message(self.config, alert, payload)
         try:
-            await asyncio.to_thread(send_mail, self.config, message)
+            await send_mail(self.config, message)
         except MessageRefused as exc:
             raise Rejected(str(exc)) from exc
 
