@@ -10,7 +10,6 @@ import contextlib
 import logging
 import ssl
 from email.message import EmailMessage
-from typing import Any
 
 import aiosmtplib
 
@@ -86,7 +85,7 @@ async def send_mail(config: EmailChannel, message: EmailMessage) -> None:
 
 async def _deliver(
     smtp: aiosmtplib.SMTP, config: EmailChannel, message: EmailMessage
-) -> dict[str, Any]:
+) -> dict[str, aiosmtplib.SMTPResponse]:
     """The message sent on a new session; the recipients that refused it."""
     await smtp.connect()
     if config.tls == "starttls":
