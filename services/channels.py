@@ -146,7 +146,8 @@ class WebhookSender(Sender):
         except TimeoutError:
             raise TimeoutError(f"webhook did not answer within {timeout:g} s") from None
         except httpx.HTTPError as exc:
-            raise ConnectionError(f"webhook unreachable: {type(exc).__name__}: {exc}") from None
+            first = _first_failure(exc)
+            raise ConnectionError(f"webhook unreachable: {type(first).__name__}: {first}") from None
         if 200 <= status < 300:
             return
         # A redirect too: the signed body would not reach its target.
@@ -163,6 +164,14 @@ class WebhookSender(Sender):
             client.stream("POST", self.config.url, content=payload, headers=headers) as answer,
         ):
             return answer.status_code
+
+
+def _first_failure(exc: BaseException) -> BaseException:
+    """The failure ``exc`` reports: httpx's "All connection attempts failed" carries the
+    "[Errno 111] Connect call failed" an operator can act on."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
 
 
 class EmailSender(Sender):

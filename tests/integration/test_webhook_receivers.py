@@ -1,7 +1,8 @@
-"""A webhook delivery has one deadline, the channel's ``timeout``, for all of it: a receiver
-that takes the POST and then trickles its answer a byte at a time (each byte well within
-the timeout, so no single read times out) holds the webhook channel no longer than that,
-and the next alert goes out while it is still trickling."""
+"""Webhook receivers that do not answer: one that takes the POST and then trickles its
+answer a byte at a time (each byte well within the timeout, so no single read times out)
+holds the webhook channel no longer than the channel's ``timeout``, one deadline for all
+of the delivery, and the next alert goes out while it is still trickling; one that is not
+there at all is named for what the connection met."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from alerting import (
     webhook_server,
     with_webhook,
 )
-from support import wait_for
+from support import rows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +74,26 @@ async def test_a_receiver_trickling_its_answer_holds_the_next_alert_only_for_the
             assert receiver.keys[0] == slow
             status = {str(r[0]): r[2:] for r in await outbox(db)}
             assert status[slow][0] == "pending"  # not delivered: retried, not dropped
+
+
+async def test_a_receiver_not_listening_is_recorded_as_the_refused_connection(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """``budget alerts show`` says what the connection met (httpx's own words, "All
+    connection attempts failed", say nothing an operator can act on)."""
+    with webhook_server() as hook, smtp_server() as box:
+        settings = alert_settings(nats_url, db, topology, tmp_path, hook, box)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        settings = with_webhook(settings, url=f"http://127.0.0.1:{probe.getsockname()[1]}/")
+        await queue_alerts(db, 1)
+        async with notifier(nc, settings, NotifierConfig(max_backoff=0.5)):
+
+            async def tried() -> bool:
+                """the notifier tried and recorded why it failed"""
+                found = await rows(db, "SELECT attempts, last_error FROM alert_outbox")
+                return found[0][0] >= 1 and bool(found[0][1])
+
+            await wait_for(tried, within=30)
+    [(why,)] = await rows(db, "SELECT last_error FROM alert_outbox")
+    assert "webhook unreachable" in why and "[Errno 111]" in why, why
