@@ -109,6 +109,11 @@ class EmailChannel(_Channel):
         default=False,
         description="log in (username, password) with tls: none to a host other than loopback",
     )
+    timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds for a whole message: connecting, TLS, login, sending",
+    )
 
     @field_validator("sender", "recipients")
     @classmethod
@@ -153,7 +158,11 @@ class WebhookChannel(_Channel):
         default=None,
         description="HMAC-SHA256 key; X-Budget-Signature proves origin and time (docs/alerts.md)",
     )
-    timeout: float = Field(default=5.0, gt=0)
+    timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds for a whole delivery: connecting, sending and the receiver's answer",
+    )
     allow_insecure_http: bool = Field(
         default=False,
         description="sign deliveries sent in clear (http://) to a host other than loopback",

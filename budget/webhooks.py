@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 __all__ = ["SIGNATURE_HEADER", "sign", "verify_signature"]
@@ -43,7 +44,8 @@ def verify_signature(
     fields = [part.strip().partition("=") for part in header.split(",")]
     stamps = [value for name, _, value in fields if name == "t"]
     candidates = [value for name, _, value in fields if name == "v1"]
-    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()) or not candidates:
+    # Unix seconds have 10 digits until 2286: a forged longer one, read, could overflow.
+    if len(stamps) != 1 or not re.fullmatch(r"[0-9]{1,12}", stamps[0]) or not candidates:
         return False
     timestamp = int(stamps[0])
     if abs((time.time() if now is None else now) - timestamp) > tolerance:

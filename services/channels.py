@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import logging
+import ssl
 import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
 
+import httpx
 import psycopg
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
@@ -123,18 +121,11 @@ class UiSender(Sender):
             )
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer like any other than 2xx: the body was not delivered (urllib
-    would follow it with a GET without the body, and count its 200 as delivered)."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class WebhookSender(Sender):
     def __init__(self, config: WebhookChannel) -> None:
         self.config = config
-        self.opener = urllib.request.build_opener(_NoRedirects)
+        # The system's trust store (docs/alerts.md), not httpx's own bundle (certifi's).
+        self.tls = ssl.create_default_context()
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
         key = str(alert.alert_id)
@@ -146,21 +137,41 @@ class WebhookSender(Sender):
         if self.config.secret:
             secret = self.config.secret.get_secret_value()
             headers[SIGNATURE_HEADER] = sign(secret, key, payload, timestamp=int(time.time()))
-        request = urllib.request.Request(self.config.url, payload, headers, method="POST")
-        await asyncio.to_thread(self._post, request)
-
-    def _post(self, request: urllib.request.Request) -> None:
+        timeout = self.config.timeout
         try:
-            response = self.opener.open(request, timeout=self.config.timeout)
-        except urllib.error.HTTPError as exc:
-            why = f"webhook answered {exc.code} {exc.reason}"
-            if exc.code in _REFUSED_CONTENT:
-                raise Rejected(why) from None
-            raise RuntimeError(why) from None
-        # Delivered: the receiver answered 2xx. A body it then does not finish (a timeout,
-        # a short read) must not count as a failure, which would send the alert again.
-        with response, contextlib.suppress(OSError, http.client.HTTPException):
-            response.read()
+            # One deadline for the whole delivery: a timeout per read would let a receiver
+            # that trickles its answer a byte at a time hold the channel for ever.
+            async with asyncio.timeout(timeout):
+                status = await self._post(payload, headers)
+        except TimeoutError:
+            raise TimeoutError(f"webhook did not answer within {timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            first = _first_failure(exc)
+            raise ConnectionError(f"webhook unreachable: {type(first).__name__}: {first}") from None
+        if 200 <= status < 300:
+            return
+        # A redirect too: the signed body would not reach its target.
+        why = f"webhook answered {status} {httpx.codes.get_reason_phrase(status)}".rstrip()
+        if status in _REFUSED_CONTENT:
+            raise Rejected(why)
+        raise RuntimeError(why)
+
+    async def _post(self, payload: bytes, headers: dict[str, str]) -> int:
+        """The receiver's status. Its body is not read: a 2xx is a delivery whatever the
+        body then does, and leaving it unread closes the connection."""
+        async with (
+            httpx.AsyncClient(verify=self.tls, timeout=self.config.timeout) as client,
+            client.stream("POST", self.config.url, content=payload, headers=headers) as answer,
+        ):
+            return answer.status_code
+
+
+def _first_failure(exc: BaseException) -> BaseException:
+    """The failure ``exc`` reports: httpx's "All connection attempts failed" carries the
+    "[Errno 111] Connect call failed" an operator can act on."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
 
 
 class EmailSender(Sender):
@@ -171,7 +182,7 @@ class EmailSender(Sender):
         with undeliverable(ValueError):  # e.g. text no encoding can carry
             message = alert_message(self.config, alert, payload)
         try:
-            await asyncio.to_thread(send_mail, self.config, message)
+            await send_mail(self.config, message)
         except MessageRefused as exc:
             raise Rejected(str(exc)) from exc
 

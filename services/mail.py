@@ -1,14 +1,17 @@
 """Alert e-mail: a message whose headers hold one line whatever the alert's text holds,
 sent over TLS that verifies the server's certificate and name (or in clear, only when
-configured ``tls: none``), never falling back to clear text."""
+configured ``tls: none``), never falling back to clear text, the whole session within the
+channel's ``timeout``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import smtplib
 import ssl
 from email.message import EmailMessage
+
+import aiosmtplib
 
 from budget.config import EmailChannel
 from budget.one_line import one_line
@@ -19,7 +22,11 @@ __all__ = ["MessageRefused", "alert_message", "send_mail"]
 log = logging.getLogger("budget.alerts")
 _CLOSING = 421
 """The server's "service not available": a refusal of the connection, not the message."""
-_REFUSALS = (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)
+_REFUSALS = (
+    aiosmtplib.SMTPSenderRefused,
+    aiosmtplib.SMTPRecipientsRefused,
+    aiosmtplib.SMTPDataError,
+)
 """The server's answers to this message's sender, recipients or content."""
 
 
@@ -40,41 +47,62 @@ def alert_message(config: EmailChannel, alert: Alert, payload: bytes) -> EmailMe
     return message
 
 
-def send_mail(config: EmailChannel, message: EmailMessage) -> None:
+async def send_mail(config: EmailChannel, message: EmailMessage) -> None:
     """Send or raise: ``MessageRefused`` when the server refuses this message, anything
-    else (unreachable, a certificate that does not verify, no STARTTLS, a failed login)
-    when the session failed."""
+    else (unreachable, a certificate that does not verify, no STARTTLS, a failed login,
+    no end within ``config.timeout``) when the session failed."""
     # Verifies the chain (against ca_file only, when set) and that it names smtp_host.
     context = ssl.create_default_context(cafile=config.ca_file)
-    host, port = config.smtp_host, config.port
-    smtp = (
-        smtplib.SMTP_SSL(host, port, timeout=10, context=context)
-        if config.tls == "implicit"
-        else smtplib.SMTP(host, port, timeout=10)
+    smtp = aiosmtplib.SMTP(
+        hostname=config.smtp_host,
+        port=config.port,
+        use_tls=config.tls == "implicit",
+        start_tls=False,  # below, only when configured: it raises when not offered
+        tls_context=context,
+        timeout=config.timeout,
     )
-    # Not ``with smtp``: its exit raises for a QUIT answered other than 221, after the
-    # server took the message (sent again at each retry), or in place of its refusal.
     try:
-        if config.tls == "starttls":
-            smtp.starttls(context=context)  # raises when the server does not offer it
-        if config.username:
-            password = config.password.get_secret_value() if config.password else ""
-            smtp.login(config.username, password)
         try:
-            refused = smtp.send_message(message)
-        except _REFUSALS as exc:
-            if _CLOSING in _codes(exc):
-                raise
-            raise MessageRefused(f"{type(exc).__name__}: {exc}") from exc
+            # One deadline for all of it: a timeout per read would let a server that
+            # trickles its answers a byte at a time hold the channel for ever.
+            async with asyncio.timeout(config.timeout):
+                refused = await _deliver(smtp, config, message)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the mail server did not take the message within {config.timeout:g} s"
+            ) from None
+        # A courtesy, bounded too: the message is delivered, whatever QUIT gets (a server
+        # answering it other than 221 has still taken the message; sending it again at each
+        # retry would repeat it).
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            async with asyncio.timeout(config.timeout):
+                await smtp.quit()
     finally:
-        with contextlib.suppress(smtplib.SMTPException, OSError):
-            smtp.quit()  # a courtesy: what happened to the message is decided
         smtp.close()
     if refused:  # delivered to the others; sending again would repeat it to them
         log.warning("alert mail %s not accepted for %s", message["Message-ID"], sorted(refused))
 
 
-def _codes(exc: smtplib.SMTPException) -> list[int]:
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return [code for code, _ in exc.recipients.values()]
-    return [exc.smtp_code] if isinstance(exc, smtplib.SMTPResponseException) else []
+async def _deliver(
+    smtp: aiosmtplib.SMTP, config: EmailChannel, message: EmailMessage
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    """The message sent on a new session; the recipients that refused it."""
+    await smtp.connect()
+    if config.tls == "starttls":
+        await smtp.starttls()  # raises when the server does not offer it
+    if config.username:
+        password = config.password.get_secret_value() if config.password else ""
+        await smtp.login(config.username, password)
+    try:
+        refused, _ = await smtp.send_message(message)
+    except _REFUSALS as exc:
+        if _CLOSING in _codes(exc):
+            raise
+        raise MessageRefused(f"{type(exc).__name__}: {exc}") from exc
+    return refused
+
+
+def _codes(exc: aiosmtplib.SMTPException) -> list[int]:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return [refusal.code for refusal in exc.recipients]
+    return [exc.code] if isinstance(exc, aiosmtplib.SMTPResponseException) else []

@@ -1,6 +1,7 @@
-"""Real receivers for alert tests: an HTTP webhook that verifies each delivery's signature
-and an SMTP server (aiosmtpd, in clear or over TLS), both started by the test, and the
-evaluator + notifier running on the test's servers."""
+"""Real receivers for alert tests: an HTTP webhook that verifies each delivery's signature,
+a webhook receiver on a bare socket for answers no HTTP server would give, and an SMTP
+server (aiosmtpd, in clear or over TLS), all started by the test, and the evaluator +
+notifier running on the test's servers."""
 
 from __future__ import annotations
 
@@ -95,6 +96,75 @@ def webhook_server(secret: str = WEBHOOK_SECRET) -> Iterator[Webhook]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class RawReceiver:
+    """A webhook receiver on a bare socket: reads each POST, then hands its connection and
+    ``Idempotency-Key`` to ``answer``, which writes what it likes (in a thread per
+    connection, so one answer held back holds no other). Keeps every connection open
+    until ``close``; ``closed`` is set then, for answers that wait."""
+
+    def __init__(self, answer: Callable[[socket.socket, str], None]) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/alerts"
+        self.answer = answer
+        self.keys: list[str] = []
+        """The key of every POST read, in the order they were read."""
+        self.closed = threading.Event()
+        self._connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self._connections.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the notifier hung up, or the test ended
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            fields = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+            }
+            while len(body) < int(fields[b"content-length"]):
+                body += conn.recv(65536)
+            key = fields[b"idempotency-key"].decode()
+            self.keys.append(key)
+            self.answer(conn, key)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.server.close()
+        for conn in self._connections:
+            conn.close()
+
+
+@contextlib.contextmanager
+def raw_receiver(answer: Callable[[socket.socket, str], None]) -> Iterator[RawReceiver]:
+    receiver = RawReceiver(answer)
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def with_webhook(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with its webhook channel's ``changes`` (e.g. another url, timeout)."""
+    channels = settings.alert_channels
+    webhook = channels.webhook.model_copy(update=changes)
+    return settings.model_copy(
+        update={"alert_channels": channels.model_copy(update={"webhook": webhook})}
+    )
 
 
 @dataclass

@@ -81,9 +81,16 @@ class DesktopSession:
     env: dict[str, str]
     """DISPLAY and DBUS_SESSION_BUS_ADDRESS: a process given these notifies here."""
     monitor_log: Path
+    daemon: subprocess.Popen[bytes]
+    """The notification daemon."""
 
     def bus(self) -> Bus:
         return parse_monitor(self.monitor_log.read_text(errors="replace"))
+
+    def hang_daemon(self) -> None:
+        """Stop the daemon (SIGSTOP): it keeps its name on the bus and answers nothing,
+        as a hung notification service does, until the session ends."""
+        os.kill(self.daemon.pid, signal.SIGSTOP)
 
 
 def missing_programs() -> list[str]:
@@ -129,7 +136,7 @@ def desktop_session(directory: Path, *, within: float = 30) -> Iterator[DesktopS
         assert address, "dbus-run-session did not start a bus"
         env = {"DISPLAY": f":{number}", "DBUS_SESSION_BUS_ADDRESS": address}
         session_env = {**os.environ, **env, "NO_AT_BRIDGE": "1"}
-        start([str(NOTIFICATION_DAEMON)], env=session_env, stderr=subprocess.DEVNULL)
+        daemon = start([str(NOTIFICATION_DAEMON)], env=session_env, stderr=subprocess.DEVNULL)
         _wait_for_name("org.freedesktop.Notifications", session_env, within)
         monitor_log = directory / "dbus-monitor.log"
         with monitor_log.open("wb") as log:
@@ -146,11 +153,12 @@ def desktop_session(directory: Path, *, within: float = 30) -> Iterator[DesktopS
             )
         # A monitor drops its own name on becoming one: from then on it sees everything.
         _wait_until(lambda: "NameLost" in monitor_log.read_text(errors="replace"), within)
-        yield DesktopSession(env=env, monitor_log=monitor_log)
+        yield DesktopSession(env=env, monitor_log=monitor_log, daemon=daemon)
     finally:
         for process in reversed(started):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGCONT)  # a hung one ends too
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:

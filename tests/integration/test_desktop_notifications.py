@@ -1,6 +1,7 @@
 """``budget alerts watch --desktop`` on a real desktop session: an alert published on NATS
 as the notifier publishes it becomes a ``Notify`` call on the session bus, which the
-notification daemon answers (desktop_session.py)."""
+notification daemon answers (desktop_session.py); without a notification service, or with
+one that never answers, every alert is still printed as it arrives."""
 
 from __future__ import annotations
 
@@ -85,6 +86,27 @@ async def test_without_a_notification_service_alerts_are_still_printed(
         assert len(failed) == 2, watch.lines
         assert f"for alert {first.alert_id}:" in failed[0]
         assert f"for alert {second.alert_id}:" in failed[1]
+        assert await watch.stop() == 0
+    finally:
+        watch.kill()
+
+
+async def test_a_notification_service_that_never_answers_holds_back_no_alert(
+    session: DesktopSession, nats_url: str, topology: Topology
+) -> None:
+    session.hang_daemon()
+    watch = start_watch("--desktop", nats_url=nats_url, topology=topology, **session.env)
+    try:
+        await watch.line("watching")
+        first, second = an_alert("first"), an_alert("second")
+        async with connected(nats_url) as nc:
+            await publish_alert(nc, topology, first)
+            await publish_alert(nc, topology, second)
+        await watch.line(alert_line(second))
+        # printed while the first one's notification still waits for an answer
+        assert not any("no desktop notification" in line for line in watch.lines), watch.lines
+        await watch.line(f"no desktop notification for alert {first.alert_id}:")
+        await watch.line(f"no desktop notification for alert {second.alert_id}:")
         assert await watch.stop() == 0
     finally:
         watch.kill()

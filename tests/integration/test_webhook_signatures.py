@@ -22,7 +22,15 @@ from budget.webhooks import SIGNATURE_HEADER
 from events import Topology
 from services.notifier import NotifierConfig
 
-from alerting import Mailbox, Webhook, alert_settings, notifier, outbox, queue_alerts
+from alerting import (
+    Mailbox,
+    Webhook,
+    alert_settings,
+    notifier,
+    outbox,
+    queue_alerts,
+    with_webhook,
+)
 from support import rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -127,11 +135,7 @@ def redirecting_server() -> Iterator[str]:
 
 async def test_a_redirect_is_not_a_delivery(nc: Client, db: str, settings: Settings) -> None:
     with redirecting_server() as url:
-        channels = settings.alert_channels
-        webhook = channels.webhook.model_copy(update={"url": url})
-        redirected = settings.model_copy(
-            update={"alert_channels": channels.model_copy(update={"webhook": webhook})}
-        )
+        redirected = with_webhook(settings, url=url)
         await queue_alerts(db, 1)
         async with notifier(nc, redirected, NotifierConfig(max_backoff=0.5)):
 

@@ -6,12 +6,12 @@ recipients took is sent (sending again would repeat it to them), the others logg
 from __future__ import annotations
 
 import logging
-import smtplib
 import socket
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
+import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -67,15 +67,16 @@ def server(port: int) -> Iterator[Refusing]:
         controller.stop()
 
 
-def send(port: int, recipients: tuple[str, ...] = ("ops@example.com",)) -> None:
+async def send(port: int, recipients: tuple[str, ...] = ("ops@example.com",)) -> None:
     config = EmailChannel(
         enabled=True, recipients=recipients, smtp_host="127.0.0.1", smtp_port=port, tls="none"
     )
     message = EmailMessage()
+    message["From"] = config.sender
     message["To"] = ", ".join(recipients)
     message["Subject"] = "an alert"
     message.set_content("body")
-    send_mail(config, message)
+    await send_mail(config, message)
 
 
 @pytest.mark.parametrize(
@@ -88,27 +89,27 @@ def send(port: int, recipients: tuple[str, ...] = ("ops@example.com",)) -> None:
     ],
     ids=["sender", "recipient", "content", "content, for now"],
 )
-def test_a_refusal_of_this_message_is_the_messages(
+async def test_a_refusal_of_this_message_is_the_messages(
     server: Refusing, port: int, refusal: dict[str, Any], why: str
 ) -> None:
     vars(server).update(refusal)
     with pytest.raises(MessageRefused, match=f"^{why}: "):
-        send(port)
+        await send(port)
     assert server.accepted == []
 
 
-def test_a_server_closing_is_the_channels(server: Refusing, port: int) -> None:
+async def test_a_server_closing_is_the_channels(server: Refusing, port: int) -> None:
     server.data = "421 shutting down"
-    with pytest.raises(smtplib.SMTPDataError) as failed:
-        send(port)
-    assert not isinstance(failed.value, MessageRefused) and failed.value.smtp_code == 421
+    with pytest.raises(aiosmtplib.SMTPDataError) as failed:
+        await send(port)
+    assert not isinstance(failed.value, MessageRefused) and failed.value.code == 421
 
 
-def test_a_message_some_recipients_took_is_sent(
+async def test_a_message_some_recipients_took_is_sent(
     server: Refusing, port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.rcpt = {"gone@example.com": "550 no such user"}
     with caplog.at_level(logging.WARNING, logger="budget.alerts"):
-        send(port, ("ops@example.com", "gone@example.com"))
+        await send(port, ("ops@example.com", "gone@example.com"))
     assert server.accepted == [["ops@example.com"]]
     assert "gone@example.com" in caplog.text

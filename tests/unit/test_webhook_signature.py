@@ -44,6 +44,25 @@ CASES = [
     ("no time", HEADER.split(",")[1], KEY, BODY, NOW, False),
     ("two times", f"t={NOW},{HEADER}", KEY, BODY, NOW, False),
     ("a time that is no number", HEADER.replace(f"t={NOW}", "t=²"), KEY, BODY, NOW, False),
+    # A forged header must not make the check raise (a receiver's 500, not its 400): past
+    # 308 digits the time is no float, past 4,300 no int Python will read.
+    # now as time.time() gives it, a float
+    (
+        "a time of 400 digits",
+        HEADER.replace(f"t={NOW}", "t=" + "9" * 400),
+        KEY,
+        BODY,
+        NOW + 0.5,
+        False,
+    ),
+    (
+        "a time of 5,000 digits",
+        HEADER.replace(f"t={NOW}", "t=" + "9" * 5000),
+        KEY,
+        BODY,
+        NOW,
+        False,
+    ),
     ("the old scheme", "sha256=" + "0" * 64, KEY, BODY, NOW, False),
     ("not ASCII", f"t={NOW},v1=é", KEY, BODY, NOW, False),
     ("empty", "", KEY, BODY, NOW, False),
