@@ -29,7 +29,7 @@ __all__ = [
     "UsageCountError",
     "modality_tokens",
     "normalize_usage",
-    "service_tier",
+    "service_tiers",
     "token_count",
     "usage_from_response",
 ]
@@ -375,16 +375,23 @@ def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[s
     return found
 
 
-def service_tier(obj: object) -> str | None:
-    """The service tier a response (or its usage) says the call was served in: OpenAI's
-    ``service_tier`` ("default", "flex", "priority"), Anthropic's ``usage.service_tier``."""
+_TIER_FIELDS = ("service_tier", "speed")
+
+
+def service_tiers(obj: object) -> dict[str, str]:
+    """How a response (or its usage) says the call was served, by field: OpenAI's
+    ``service_tier`` ("default", "flex", "priority"), Anthropic's ``usage.service_tier``
+    ("standard", "priority", "batch") and ``usage.speed`` ("standard", "fast"). The
+    answer's own field wins over its usage's."""
+    found: dict[str, str] = {}
     for holder in (obj, _get(obj, "usage")):
         if holder is _MISSING or holder is None:
             continue
-        tier = _get(holder, "service_tier")
-        if isinstance(tier, str):
-            return tier
-    return None
+        for field in _TIER_FIELDS:
+            value = _get(holder, field)
+            if isinstance(value, str):
+                found.setdefault(field, value)
+    return found
 
 
 def _with_details(obj: object) -> object | None:

@@ -16,7 +16,7 @@ from budget.pricing.rates import RateCard
 from budget.pricing.results import Priced, Unpriced
 from budget.pricing.seed_api import SeedApi
 from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SUPPLEMENT_VERSION, supplement_card
-from budget.usage import modality_tokens, service_tier
+from budget.usage import modality_tokens, service_tiers
 from events.usage import Usage
 
 __all__ = ["PricingRegistry", "get_pricing_registry"]
@@ -58,7 +58,7 @@ class PricingRegistry(SeedApi):
             return hit
         if raw_usage is not None and (hit.modal or hit.service_tiers):
             media = modality_tokens(raw_usage, hit.modal) if hit.modal else {}
-            apart = hit.apart(media, service_tier(raw_usage))
+            apart = hit.apart(media, service_tiers(raw_usage))
             if apart is not None:
                 return apart
         return hit.cost(usage)
