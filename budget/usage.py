@@ -349,7 +349,11 @@ _MEDIA_READERS: dict[str, Callable[[object], int]] = {
         _details_list("prompt_tokens_details", "image"),
     ),
     "input video": _details_list("prompt_tokens_details", "video"),
-    "output image": _details_list("candidates_tokens_details", "image"),
+    # Gemini's, and OpenAI's image generation (GPT Image 1.5's at $32 against text's $10)
+    "output image": _sum(
+        _details_list("candidates_tokens_details", "image"),
+        _details_count(("output_tokens_details", "image_tokens")),
+    ),
     "output video": _details_list("candidates_tokens_details", "video"),
 }
 """How each kind of usage ``modality_tokens`` knows is read, in the order reasons list them."""

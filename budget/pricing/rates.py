@@ -265,7 +265,10 @@ class RateCard:
             if self.audio_min is not None and seconds < self.audio_min:
                 seconds = self.audio_min
             cost += divided_cost(seconds, *self.audio)
-        if u.images is not None:
+        # An answer that counts the images' tokens (OpenAI's GPT Image models, billed by
+        # token: the per-image figures approximate them) is priced by them, above; a
+        # per-image price is for one that counts none (DALL-E's, a pre-call estimate).
+        if u.images is not None and not (u.output_text or u.output_reasoning):
             key = (u.images.size.strip().lower(), u.images.quality.strip().lower())
             per_image = self.images.get(key, self.image_flat)
             if per_image is None:

@@ -63,6 +63,15 @@ OPENAI_IMAGE_EDIT = ImagesUsage.model_validate(
         "total_tokens": 4533,
     }
 )
+OPENAI_IMAGE_GENERATION = ImagesUsage.model_validate(
+    {
+        "input_tokens": 50,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": 50},
+        "output_tokens": 4160,
+        "output_tokens_details": {"image_tokens": 4160, "text_tokens": 0},
+        "total_tokens": 4210,
+    }
+)
 OPENAI_TEXT = {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {}}
 ANTHROPIC_1H_CACHE_AND_SEARCHES = AnthropicUsage.model_validate(
     {
@@ -95,6 +104,7 @@ def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
     assert modality_tokens(GEMINI_AUDIO) == {"input audio": 1000}
     assert modality_tokens(OPENAI_TRANSCRIPTION) == {"input audio": 72}
     assert modality_tokens(OPENAI_IMAGE_EDIT) == {"input image": 323}
+    assert modality_tokens(OPENAI_IMAGE_GENERATION) == {"output image": 4160}
     assert modality_tokens(GEMINI_IMAGE_OUT) == {"output image": 1290}
     assert modality_tokens(OPENAI_TEXT) == {}
     assert modality_tokens({"input_tokens": 5, "output_tokens": 1}) == {}

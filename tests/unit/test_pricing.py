@@ -137,6 +137,38 @@ def test_image_unknown_quality_is_unpriced(registry: PricingRegistry) -> None:
         registry.calculate_image_cost("gpt-image-1", "1024x1024", "standard")
 
 
+def generated(prompt: int, output: int, model: str, registry: PricingRegistry) -> Priced | Unpriced:
+    """An image generation's price, its usage counting ``output`` tokens (0: none)."""
+    images = ImageUsage(count=1, size="1024x1024", quality="high")
+    usage = normalize_usage(input_tokens=prompt, output_tokens=output, images=images)
+    return registry.price(provider="openai", model=model, usage=usage, at=NOW)
+
+
+@pytest.mark.parametrize(
+    ("model", "cost"),
+    [
+        # OpenAI bills GPT Image models by token, the images' output tokens included
+        ("gpt-image-1", D(50 * 5 + 4160 * 40) / 10**6),  # not its ~$0.167 a high image
+        ("gpt-image-1-mini", D(50 * 2 + 4160 * 8) / 10**6),  # no per-image price
+        ("gpt-image-2", D(50 * 5 + 4160 * 30) / 10**6),
+    ],
+)
+def test_an_image_call_counting_its_tokens_is_priced_by_them(
+    registry: PricingRegistry, model: str, cost: D
+) -> None:
+    priced = generated(50, 4160, model, registry)
+    assert isinstance(priced, Priced) and priced.cost == cost
+
+
+def test_an_image_call_counting_no_tokens_is_priced_per_image(registry: PricingRegistry) -> None:
+    """A pre-call estimate: the per-image price where there is one, never $0 where not."""
+    estimate = generated(50, 0, "gpt-image-1", registry)
+    assert isinstance(estimate, Priced) and estimate.cost == D("0.00025") + D("0.167")
+    assert estimate.source.rates["images"] == D("0.167")
+    unpriced = generated(50, 0, "gpt-image-1-mini", registry)
+    assert isinstance(unpriced, Unpriced) and "images of size 1024x1024" in unpriced.reason
+
+
 def test_embedding_text_embedding_3_small(registry: PricingRegistry) -> None:  # $0.02
     assert registry.calculate_embedding_cost("text-embedding-3-small", 10_000) == D("0.0002")
 
