@@ -345,6 +345,41 @@ def test_override_rejects_a_misspelled_provider(typo: str, meant: str) -> None:
         override(typo, input_uncached="2")
 
 
+@pytest.mark.parametrize(
+    ("provider", "typo", "meant"),
+    [
+        ("openai", "gpt-4o-mnii", "gpt-4o-mini"),
+        ("OpenAI", "gpt4o", "gpt-4o"),
+        ("anthropic", "claude-sonet-4-5", "claude-sonnet-4-5"),
+        ("gemini", "models/gemini-2.5-flsh", "gemini-2.5-flash"),
+    ],
+)
+def test_override_rejects_a_misspelled_model(provider: str, typo: str, meant: str) -> None:
+    # It would have been kept, and never applied to the calls of the model meant.
+    with pytest.raises(ValueError, match=f"unknown model '{typo}' .*did you mean '{meant}'"):
+        PriceOverride(
+            provider=provider, model=typo, rates={"input_uncached": D(1)}, effective_from=NOW.date()
+        )
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "gpt-4o-2024-08-06"),  # a dated id: priced as gpt-4o
+        ("openai", "my-gpt-4o"),  # a deployment of one's own
+        ("OpenAI", "GPT-4o-Mini"),
+        ("mistral", "ministral-3b-latest"),  # the supplement's
+        ("google", "gemini-2.0-pro"),  # an alias
+        ("acme", "acme-llm"),
+    ],
+)
+def test_override_accepts_known_models_and_models_of_ones_own(provider: str, model: str) -> None:
+    rates = {"input_uncached": D(1)}
+    assert PriceOverride(
+        provider=provider, model=model, rates=rates, effective_from=NOW.date()
+    ).model
+
+
 @pytest.mark.parametrize("provider", ["OpenAI", "xAI", "vertex", "acme", "my-vllm"])
 def test_override_accepts_known_spellings_and_providers_of_ones_own(provider: str) -> None:
     assert override(provider, input_uncached="2").provider == provider
