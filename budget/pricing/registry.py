@@ -102,7 +102,14 @@ class PricingRegistry(SeedApi):
             ):
                 return supplement_card(entry), True
         if found is not None:
-            return genai.card_for(*found, at)
+            card, cacheable = genai.card_for(*found, at)
+            if not card.prices_anything:  # a call of it costs what no usage class counts
+                return Unpriced(
+                    f"model {card.model!r} (provider {card.provider!r}) has no rate usage"
+                    " events are priced by (tokens, audio seconds, images, requests: it is"
+                    f" billed by another unit, e.g. per character or page) in {card.data_version}"
+                ), cacheable
+            return card, cacheable
         given = repr(provider) if provider else "not given"
         return Unpriced(
             f"no price in any layer for model {model!r} (provider {given}) on {day}: "

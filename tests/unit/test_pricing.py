@@ -459,6 +459,21 @@ def test_a_model_listed_without_prices_is_unpriced_not_free(
 
 
 @pytest.mark.parametrize(
+    ("provider", "model"), [("openai", "tts-1"), ("cerebras", "qwen-3-coder-480b")]
+)
+def test_a_model_with_no_rate_usage_is_priced_by_never_costs_0(
+    registry: PricingRegistry, provider: str, model: str
+) -> None:
+    # tts-1 is billed per character, which no usage class counts: a call recorded with no
+    # counts (a host's own record) had cost $0.
+    result = registry.price(provider=provider, model=model, usage=Usage(), at=NOW)
+    assert (
+        isinstance(result, Unpriced) and "has no rate usage events are priced by" in result.reason
+    )
+    assert registry.get_model_pricing(model, provider, NOW) is None
+
+
+@pytest.mark.parametrize(
     ("provider", "model"),
     [
         ("openrouter", "deepseek/deepseek-chat-v3-0324:free"),
