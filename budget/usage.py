@@ -379,14 +379,15 @@ def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[s
     return found
 
 
-_TIER_FIELDS = ("service_tier", "speed")
+_TIER_FIELDS = ("service_tier", "speed", "inference_geo")
 
 
 def service_tiers(obj: object) -> dict[str, str]:
     """How a response (or its usage) says the call was served, by field: OpenAI's
     ``service_tier`` ("default", "flex", "priority"), Anthropic's ``usage.service_tier``
-    ("standard", "priority", "batch") and ``usage.speed`` ("standard", "fast"). The
-    answer's own field wins over its usage's."""
+    ("standard", "priority", "batch"), ``usage.speed`` ("standard", "fast") and
+    ``usage.inference_geo`` ("global", "us"). The answer's own field wins over its
+    usage's."""
     found: dict[str, str] = {}
     for holder in (obj, _get(obj, "usage")):
         if holder is _MISSING or holder is None:

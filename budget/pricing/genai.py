@@ -60,13 +60,19 @@ _MEDIA_KEYS = (
 # (``budget.usage.service_tiers``), where the two differ: Anthropic's usage.service_tier
 # is "batch" for a call of a message batch.
 _ANSWER_SAYS = {("processing", "batch"): ("service_tier", "batch")}
-_TIER_FIELDS = frozenset({"service_tier", "speed"})
+_TIER_FIELDS = frozenset({"service_tier", "speed", "inference_geo"})
 # Anthropic never bills these at the standard rates, whatever the data holds: batches at
 # half for every model (genai-prices has batch prices only for the models sold on
 # 2026-10-14, and from that day), Priority Tier by the capacity committed to, fast mode
-# at 2x to 6x (genai-prices has it for Opus 4.8 on, not 4.6 and 4.7 at 6x).
+# at 2x to 6x (genai-prices has it for Opus 4.8 on, not 4.6 and 4.7 at 6x), US-only
+# inference at 1.1x (the models that take it; genai-prices has no such price).
 _ANTHROPIC_TIERS = frozenset(
-    {("service_tier", "batch"), ("service_tier", "priority"), ("speed", "fast")}
+    {
+        ("service_tier", "batch"),
+        ("service_tier", "priority"),
+        ("speed", "fast"),
+        ("inference_geo", "us"),
+    }
 )
 # Groq bills Whisper for at least 10 seconds per request (genai-prices does the same).
 _MIN_AUDIO_SECONDS = {("groq", "whisper-large-v3"), ("groq", "whisper-large-v3-turbo")}

@@ -195,7 +195,8 @@ class RateCard:
         not at all, and an event has no service tier, so its rates would be wrong (audio
         input at 3x, 1-hour cache writes at 2x the input rate, web searches at $10 per
         thousand, OpenAI's priority tier at 1.7x and flex at half the standard rates,
-        Anthropic's batches at half and fast mode at 2x to 6x)."""
+        Anthropic's batches at half, fast mode at 2x to 6x and US-only inference at
+        1.1x)."""
         apart = [
             f"{count} web searches" if medium == "web search" else f"{count} {medium} tokens"
             for medium, count in media.items()

@@ -274,6 +274,8 @@ def anthropic_usage(**served: str) -> AnthropicUsage:
         # fast mode: Opus 4.8 at 2x (in the data), Opus 4.6 at 6x (not in it)
         ("claude-opus-4-8", {"speed": "fast"}, "the 'fast' speed"),
         ("claude-opus-4-6", {"speed": "fast"}, "the 'fast' speed"),
+        # US-only inference at 1.1x (Opus 4.6 on); "global", the default, at the list price
+        ("claude-opus-4-6", {"inference_geo": "us"}, "the 'us' inference geo"),
     ],
 )
 def test_an_anthropic_call_not_served_at_the_standard_rates_is_left_unpriced(
@@ -290,7 +292,7 @@ def test_an_anthropic_call_not_served_at_the_standard_rates_is_left_unpriced(
 def test_an_anthropic_call_served_at_the_standard_rates_is_priced_so(
     registry: PricingRegistry,
 ) -> None:
-    raw = anthropic_usage(service_tier="standard", speed="standard")
+    raw = anthropic_usage(service_tier="standard", speed="standard", inference_geo="global")
     usage = usage_from_response(raw)
     result = registry.price(
         provider="anthropic", model="claude-opus-4-8", usage=usage, at=NOW, raw_usage=raw

@@ -166,13 +166,18 @@ CLAUDES = [model for model in MODELS if model[0] == "anthropic"]
 @given(
     usage=usages,
     served=st.sampled_from(
-        [{"service_tier": "batch"}, {"service_tier": "priority"}, {"speed": "fast"}]
+        [
+            {"service_tier": "batch"},
+            {"service_tier": "priority"},
+            {"speed": "fast"},
+            {"inference_geo": "us"},
+        ]
     ),
 )
 def test_a_claude_call_served_otherwise_than_standard_is_never_priced(
     model: tuple[str, str], usage: Usage, served: dict[str, str]
 ) -> None:
-    standard = {"service_tier": "standard", "speed": "standard"}
+    standard = {"service_tier": "standard", "speed": "standard", "inference_geo": "global"}
     told = REGISTRY.price(
         provider=model[0], model=model[1], usage=usage, at=NOW, raw_usage={"usage": standard}
     )
