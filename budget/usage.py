@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from events.usage import MAX_TOKENS, ImageUsage, Usage
 
 __all__ = [
+    "TIER_FIELDS",
     "UsageCountError",
     "modality_tokens",
     "normalize_usage",
@@ -379,7 +380,8 @@ def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[s
     return found
 
 
-_TIER_FIELDS = ("service_tier", "speed", "inference_geo")
+TIER_FIELDS = ("service_tier", "speed", "inference_geo")
+"""The fields of an answer (or its usage) that say how the call was served."""
 
 
 def service_tiers(obj: object) -> dict[str, str]:
@@ -392,7 +394,7 @@ def service_tiers(obj: object) -> dict[str, str]:
     for holder in (obj, _get(obj, "usage")):
         if holder is _MISSING or holder is None:
             continue
-        for field in _TIER_FIELDS:
+        for field in TIER_FIELDS:
             value = _get(holder, field)
             if isinstance(value, str):
                 found.setdefault(field, value)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from budget.pricing.rates import RateCard, Steps, divided_cost
 from budget.pricing.supplement import PROVIDER_ALIASES
+from budget.usage import TIER_FIELDS
 
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
@@ -60,7 +61,6 @@ _MEDIA_KEYS = (
 # (``budget.usage.service_tiers``), where the two differ: Anthropic's usage.service_tier
 # is "batch" for a call of a message batch.
 _ANSWER_SAYS = {("processing", "batch"): ("service_tier", "batch")}
-_TIER_FIELDS = frozenset({"service_tier", "speed", "inference_geo"})
 # Anthropic never bills these at the standard rates, whatever the data holds: batches at
 # half for every model (genai-prices has batch prices only for the models sold on
 # 2026-10-14, and from that day), Priority Tier by the capacity committed to, fast mode
@@ -210,7 +210,7 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
         and (variant.constraint is None or variant.constraint.active(at))
         and any(v is not None for k, v in variant.prices.__dict__.items() if not k.startswith("_"))
         for condition in variant.when.items()
-        if _ANSWER_SAYS.get(condition, condition)[0] in _TIER_FIELDS
+        if _ANSWER_SAYS.get(condition, condition)[0] in TIER_FIELDS
     )
     if provider.id == "anthropic":
         service_tiers |= _ANTHROPIC_TIERS
