@@ -133,7 +133,10 @@ def misspelled_model(provider: str, model: str) -> str | None:
     if name in known or genai.find_model(pid, name) is not None:
         return None
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.9)
-    return close[0] if close else None
+    # The id with more after it ("gpt-4o-mini-2") names a variant of one's own.
+    if not close or name.startswith(f"{close[0]}-"):
+        return None
+    return close[0]
 
 
 def override_card(override: PriceOverride, provider: str) -> RateCard:

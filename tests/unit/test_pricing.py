@@ -367,6 +367,7 @@ def test_override_rejects_a_misspelled_model(provider: str, typo: str, meant: st
     [
         ("openai", "gpt-4o-2024-08-06"),  # a dated id: priced as gpt-4o
         ("openai", "my-gpt-4o"),  # a deployment of one's own
+        ("openai", "gpt-4o-mini-2"),  # a variant of one's own
         ("OpenAI", "GPT-4o-Mini"),
         ("mistral", "ministral-3b-latest"),  # the supplement's
         ("google", "gemini-2.0-pro"),  # an alias
