@@ -26,10 +26,11 @@ from pydantic import BaseModel
 from events.usage import MAX_TOKENS, ImageUsage, Usage
 
 __all__ = [
+    "TIER_FIELDS",
     "UsageCountError",
     "modality_tokens",
     "normalize_usage",
-    "service_tier",
+    "service_tiers",
     "token_count",
     "usage_from_response",
 ]
@@ -349,7 +350,11 @@ _MEDIA_READERS: dict[str, Callable[[object], int]] = {
         _details_list("prompt_tokens_details", "image"),
     ),
     "input video": _details_list("prompt_tokens_details", "video"),
-    "output image": _details_list("candidates_tokens_details", "image"),
+    # Gemini's, and OpenAI's image generation (GPT Image 1.5's at $32 against text's $10)
+    "output image": _sum(
+        _details_list("candidates_tokens_details", "image"),
+        _details_count(("output_tokens_details", "image_tokens")),
+    ),
     "output video": _details_list("candidates_tokens_details", "video"),
 }
 """How each kind of usage ``modality_tokens`` knows is read, in the order reasons list them."""
@@ -375,16 +380,25 @@ def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[s
     return found
 
 
-def service_tier(obj: object) -> str | None:
-    """The service tier a response (or its usage) says the call was served in: OpenAI's
-    ``service_tier`` ("default", "flex", "priority"), Anthropic's ``usage.service_tier``."""
+TIER_FIELDS = ("service_tier", "speed", "inference_geo")
+"""The fields of an answer (or its usage) that say how the call was served."""
+
+
+def service_tiers(obj: object) -> dict[str, str]:
+    """How a response (or its usage) says the call was served, by field: OpenAI's
+    ``service_tier`` ("default", "flex", "priority"), Anthropic's ``usage.service_tier``
+    ("standard", "priority", "batch"), ``usage.speed`` ("standard", "fast") and
+    ``usage.inference_geo`` ("global", "us"). The answer's own field wins over its
+    usage's."""
+    found: dict[str, str] = {}
     for holder in (obj, _get(obj, "usage")):
         if holder is _MISSING or holder is None:
             continue
-        tier = _get(holder, "service_tier")
-        if isinstance(tier, str):
-            return tier
-    return None
+        for field in TIER_FIELDS:
+            value = _get(holder, field)
+            if isinstance(value, str):
+                found.setdefault(field, value)
+    return found
 
 
 def _with_details(obj: object) -> object | None:

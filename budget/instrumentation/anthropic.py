@@ -55,6 +55,11 @@ _COUNTS = (
     # in message_start's; web searches, in message_delta's.
     "cache_creation",
     "server_tool_use",
+    # How the call was served (``budget.usage.service_tiers``): a batch, Priority Tier,
+    # fast mode or US-only inference is not billed at the standard rates.
+    "service_tier",
+    "speed",
+    "inference_geo",
 )
 
 

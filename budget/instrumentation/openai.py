@@ -175,8 +175,12 @@ def _images(plan: Plan, count: int, answer: Any) -> Measured:
     )
     usage = getattr(answer, "usage", None)
     prompt = usage.input_tokens if usage is not None else 0
+    # GPT Image models are billed by these tokens, the images' included; DALL-E's answers
+    # count none, and are priced per image.
+    output = (usage.output_tokens or 0) if usage is not None else 0
     # ``usage`` kept: the tokens of images given to edit may have a price of their own.
-    return Measured(normalize_usage(input_tokens=prompt, images=image), raw_usage=usage)
+    counted = normalize_usage(input_tokens=prompt, output_tokens=output, images=image)
+    return Measured(counted, raw_usage=usage)
 
 
 _IMAGE_DONE = frozenset({"image_generation.completed", "image_edit.completed"})

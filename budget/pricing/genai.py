@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from budget.pricing.rates import RateCard, Steps, divided_cost
 from budget.pricing.supplement import PROVIDER_ALIASES
+from budget.usage import TIER_FIELDS
 
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
@@ -55,6 +56,23 @@ _MEDIA_KEYS = (
     ("output image", "output_image_mtok", "output_mtok"),
     ("1-hour cache write", "cache_write_1h_mtok", "cache_write_mtok"),
     ("web search", "web_searches_kcount", None),
+)
+# A condition genai-prices prices a variant under -> what the answer says of it
+# (``budget.usage.service_tiers``), where the two differ: Anthropic's usage.service_tier
+# is "batch" for a call of a message batch.
+_ANSWER_SAYS = {("processing", "batch"): ("service_tier", "batch")}
+# Anthropic never bills these at the standard rates, whatever the data holds: batches at
+# half for every model (genai-prices has batch prices only for the models sold on
+# 2026-10-14, and from that day), Priority Tier by the capacity committed to, fast mode
+# at 2x to 6x (genai-prices has it for Opus 4.8 on, not 4.6 and 4.7 at 6x), US-only
+# inference at 1.1x (the models that take it; genai-prices has no such price).
+_ANTHROPIC_TIERS = frozenset(
+    {
+        ("service_tier", "batch"),
+        ("service_tier", "priority"),
+        ("speed", "fast"),
+        ("inference_geo", "us"),
+    }
 )
 # Groq bills Whisper for at least 10 seconds per request (genai-prices does the same).
 _MIN_AUDIO_SECONDS = {("groq", "whisper-large-v3"), ("groq", "whisper-large-v3-turbo")}
@@ -183,14 +201,19 @@ def card_for(provider: Provider, model: ModelInfo, at: datetime) -> tuple[RateCa
         if raw.get(key) is not None
         and raw.get(key) != (raw.get(counted_in) if counted_in else None)
     )
-    # The service tiers with prices of their own (OpenAI's priority, flex), in force now.
+    # How a call may be served at prices of its own (OpenAI's priority and flex tiers,
+    # Anthropic's batches and fast mode), in force now, as the answer says it.
     service_tiers = frozenset(
-        variant.when["service_tier"]
+        _ANSWER_SAYS.get(condition, condition)
         for variant in model.price_variants or ()
-        if set(variant.when) == {"service_tier"}
+        if len(variant.when) == 1
         and (variant.constraint is None or variant.constraint.active(at))
         and any(v is not None for k, v in variant.prices.__dict__.items() if not k.startswith("_"))
+        for condition in variant.when.items()
+        if _ANSWER_SAYS.get(condition, condition)[0] in TIER_FIELDS
     )
+    if provider.id == "anthropic":
+        service_tiers |= _ANTHROPIC_TIERS
     hourly = raw.get("audio_hours", raw.get("input_audio_hours"))
     per_k_requests = raw.get("requests_kcount")
     card = RateCard(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal, Self
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from budget.pricing import genai
 from budget.pricing.rates import TOKEN_CLASSES, RateCard, flat_with_fallbacks
+from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT
 
 __all__ = [
     "MAX_RATES",
@@ -17,6 +19,7 @@ __all__ = [
     "RATE_PLACES",
     "PriceOverride",
     "RateClass",
+    "misspelled_model",
     "override_card",
 ]
 
@@ -94,6 +97,18 @@ class PriceOverride(BaseModel):
         return rates
 
     @model_validator(mode="after")
+    def _known_model(self) -> Self:
+        mistaken = misspelled_model(self.provider, self.model)
+        if mistaken is not None:
+            raise ValueError(
+                f"unknown model {self.model!r} of provider {self.provider!r}: did you mean"
+                f" {mistaken!r}? (an override applies to the calls that name its model; a"
+                " name the price data does not know is taken for a model of your own only"
+                " if it resembles none of the provider's)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _window(self) -> Self:
         if self.effective_to is not None and self.effective_to <= self.effective_from:
             raise ValueError(
@@ -104,6 +119,24 @@ class PriceOverride(BaseModel):
 
     def active_on(self, day: date) -> bool:
         return self.effective_from <= day and (self.effective_to is None or day < self.effective_to)
+
+
+def misspelled_model(provider: str, model: str) -> str | None:
+    """The model of ``provider`` that ``model`` looks like a typo of ("gpt-4o-mnii":
+    "gpt-4o-mini"); None when a pricing layer knows it (a dated id too), or it resembles
+    none of the provider's (a deployment of one's own, "my-gpt-4o")."""
+    pid = genai.canonical_provider(provider)
+    name = genai.canonical_model(model)
+    known = set(genai.provider_models(pid))
+    known |= {entry.model for entry in SUPPLEMENT if entry.provider == pid}
+    known |= {alias for alias, (owner, _) in MODEL_ALIASES.items() if owner == pid}
+    if name in known or genai.find_model(pid, name) is not None:
+        return None
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.9)
+    # The id with more after it ("gpt-4o-mini-2") names a variant of one's own.
+    if not close or name.startswith(f"{close[0]}-"):
+        return None
+    return close[0]
 
 
 def override_card(override: PriceOverride, provider: str) -> RateCard:

@@ -133,11 +133,12 @@ class RateCard:
         image_flat: Decimal | None = None,
         per_request: Decimal | None = None,
         modal: frozenset[str] = frozenset(),
-        service_tiers: frozenset[str] = frozenset(),
+        service_tiers: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         """``modal``: the media (``"input audio"``, ``"output image"``, ...) whose tokens
-        this model prices apart from text tokens; ``service_tiers``: the service tiers
-        ("priority", "flex") it has other prices in."""
+        this model prices apart from text tokens; ``service_tiers``: how a call may be
+        served at other prices, as its answer says it (``budget.usage.service_tiers``:
+        ``("service_tier", "priority")``, ``("speed", "fast")``)."""
         self.provider, self.model, self.layer = provider, model, layer
         self.modal, self.service_tiers = modal, service_tiers
         self.data_version, self.effective_from = data_version, effective_from
@@ -185,20 +186,27 @@ class RateCard:
             ),
         )
 
-    def apart(self, media: Mapping[str, int], service_tier: str | None = None) -> Unpriced | None:
-        """Why a call with these (``budget.usage.modality_tokens``) or served in this
-        ``service_tier`` has no price here, when the model prices any of them apart:
-        ``Usage`` counts them as text tokens or cache writes, or not at all, and an event
-        has no service tier, so its rates would be wrong (audio input at 3x, 1-hour cache
-        writes at 2x the input rate, web searches at $10 per thousand, OpenAI's priority
-        tier at 1.7x and flex at half the standard rates)."""
+    def apart(
+        self, media: Mapping[str, int], tiers: Mapping[str, str] | None = None
+    ) -> Unpriced | None:
+        """Why a call with these (``budget.usage.modality_tokens``) or served so
+        (``tiers``: ``budget.usage.service_tiers``) has no price here, when the model
+        prices any of them apart: ``Usage`` counts them as text tokens or cache writes, or
+        not at all, and an event has no service tier, so its rates would be wrong (audio
+        input at 3x, 1-hour cache writes at 2x the input rate, web searches at $10 per
+        thousand, OpenAI's priority tier at 1.7x and flex at half the standard rates,
+        Anthropic's batches at half, fast mode at 2x to 6x and US-only inference at
+        1.1x)."""
         apart = [
             f"{count} web searches" if medium == "web search" else f"{count} {medium} tokens"
             for medium, count in media.items()
             if medium in self.modal
         ]
-        if service_tier in self.service_tiers:
-            apart.append(f"the {service_tier!r} service tier")
+        apart.extend(
+            f"the {value!r} {field.replace('_', ' ')}"
+            for field, value in (tiers or {}).items()
+            if (field, value) in self.service_tiers
+        )
         if not apart:
             return None
         return self._unpriced(
@@ -258,7 +266,10 @@ class RateCard:
             if self.audio_min is not None and seconds < self.audio_min:
                 seconds = self.audio_min
             cost += divided_cost(seconds, *self.audio)
-        if u.images is not None:
+        # An answer that counts the images' tokens (OpenAI's GPT Image models, billed by
+        # token: the per-image figures approximate them) is priced by them, above; a
+        # per-image price is for one that counts none (DALL-E's, a pre-call estimate).
+        if u.images is not None and not (u.output_text or u.output_reasoning):
             key = (u.images.size.strip().lower(), u.images.quality.strip().lower())
             per_image = self.images.get(key, self.image_flat)
             if per_image is None:

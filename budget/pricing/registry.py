@@ -16,7 +16,7 @@ from budget.pricing.rates import RateCard
 from budget.pricing.results import Priced, Unpriced
 from budget.pricing.seed_api import SeedApi
 from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SUPPLEMENT_VERSION, supplement_card
-from budget.usage import modality_tokens, service_tier
+from budget.usage import modality_tokens, service_tiers
 from events.usage import Usage
 
 __all__ = ["PricingRegistry", "get_pricing_registry"]
@@ -58,7 +58,7 @@ class PricingRegistry(SeedApi):
             return hit
         if raw_usage is not None and (hit.modal or hit.service_tiers):
             media = modality_tokens(raw_usage, hit.modal) if hit.modal else {}
-            apart = hit.apart(media, service_tier(raw_usage))
+            apart = hit.apart(media, service_tiers(raw_usage))
             if apart is not None:
                 return apart
         return hit.cost(usage)
@@ -102,7 +102,14 @@ class PricingRegistry(SeedApi):
             ):
                 return supplement_card(entry), True
         if found is not None:
-            return genai.card_for(*found, at)
+            card, cacheable = genai.card_for(*found, at)
+            if not card.prices_anything:  # a call of it costs what no usage class counts
+                return Unpriced(
+                    f"model {card.model!r} (provider {card.provider!r}) has no rate usage"
+                    " events are priced by (tokens, audio seconds, images, requests: it is"
+                    f" billed by another unit, e.g. per character or page) in {card.data_version}"
+                ), cacheable
+            return card, cacheable
         given = repr(provider) if provider else "not given"
         return Unpriced(
             f"no price in any layer for model {model!r} (provider {given}) on {day}: "

@@ -80,8 +80,10 @@ SUPPLEMENT: tuple[SupplementEntry, ...] = (
         "openai",
         "gpt-image-1",
         date(2025, 4, 23),
-        # Text prompt tokens; image output is priced per image (report images, not tokens).
-        mtok={"input_uncached": D("5"), "input_cache_read": D("1.25")},
+        # OpenAI bills its tokens (image output at $40 per million, as genai-prices has
+        # it); the per-image prices, its approximations, price a call whose usage counts
+        # no output tokens (a pre-call estimate, ``calculate_image_cost``).
+        mtok={"input_uncached": D("5"), "input_cache_read": D("1.25"), "output_text": D("40")},
         # The images given to edit are input tokens at $10 per million, not the text's $5.
         modal=frozenset({"input image"}),
         images=_grid(

@@ -214,8 +214,10 @@ O4_MINI_RESPONSE = Usage(
 )
 # Reasoning tokens are billed as output: 172 + 448.
 O4_MINI_RESPONSE_COST = per_million(a=("1.10", 152), b=("0.275", 2048), c=("4.40", 620))
-GPT_IMAGE = Usage(input_uncached=50, images=ImageUsage(count=2, size="1024x1024", quality="medium"))
-GPT_IMAGE_1_COST = per_million(a=("5", 50)) + 2 * Decimal("0.042")
+TWO_IMAGES = ImageUsage(count=2, size="1024x1024", quality="medium")
+GPT_IMAGE = Usage(input_uncached=50, output_text=8320, images=TWO_IMAGES)
+# GPT Image models are billed by token, the images' output tokens included ($40 per million)
+GPT_IMAGE_1_COST = per_million(a=("5", 50), b=("40", 8320))
 
 CLAUDE_MESSAGE = Usage(
     input_uncached=12, input_cache_write=1800, input_cache_read=2400, output_text=95

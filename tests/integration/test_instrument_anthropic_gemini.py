@@ -187,6 +187,38 @@ async def test_an_anthropic_streams_1_hour_cache_writes_and_web_searches_are_not
 
 
 @sync_and_async
+async def test_an_anthropic_call_in_priority_tier_or_fast_mode_is_not_priced_standard(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Anthropic bills Priority Tier by the capacity committed to and fast mode at up to
+    6x (Opus 4.6: $30 / $150 per million against $5 / $25); the usage says which served
+    the call (``service_tier``, and ``speed`` in a stream's message_start). An event has
+    no tier, so such a call is recorded unpriced, saying why (they had been priced at the
+    standard rates)."""
+    api = ProviderApi(
+        answers={"/v1/messages": "anthropic_message_priority.json"},
+        streams={"/v1/messages": "anthropic_message_stream_fast.sse"},
+    )
+    sync_client, async_client = anthropic_clients(api, stack, user_id="alice")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(sync_client.messages.create, **MESSAGE)
+            await in_thread(
+                list, await in_thread(sync_client.messages.create, **MESSAGE, stream=True)
+            )
+        else:
+            await async_client.messages.create(**MESSAGE)
+            async for _ in await async_client.messages.create(**MESSAGE, stream=True):
+                pass
+        events = await recorded.exactly(stack.tracker, 2)
+    fast, priority = sorted(events, key=lambda event: event.model)  # claude-opus-4-6 first
+    assert (priority.usage, priority.cost) == (CLAUDE_MESSAGE, None)
+    assert "the 'priority' service tier" in (priority.unpriced_reason or "")
+    assert (fast.model, fast.usage, fast.cost) == ("claude-opus-4-6", CLAUDE_STREAM, None)
+    assert "the 'fast' speed" in (fast.unpriced_reason or "")
+
+
+@sync_and_async
 async def test_anthropic_clients_and_raw_responses_made_from_an_instrumented_one_are_recorded(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:

@@ -570,6 +570,30 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
 
 
 @sync_and_async
+async def test_newer_gpt_image_models_are_priced_by_their_tokens(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """GPT Image 1 Mini and GPT Image 2 have no per-image price, only their tokens' (the
+    images' output tokens at $8 and $30 per million): they had been recorded unpriced.
+    GPT Image 1.5 bills its image output at $32, its text output at $10, which ``Usage``
+    counts together: recorded unpriced, saying why, never at the text rate."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    models = ("gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        for model in models:
+            await call(sync, client.images.generate, model=model, prompt="A lighthouse", n=2)
+        events = await recorded.exactly(stack.tracker, 3)
+    mini, one_and_a_half, two = sorted(events, key=lambda event: event.model)
+    assert_each(events, kind="image", usage=GPT_IMAGE, user_id="alice")
+    assert mini.cost == per_million(a=("2", 50), b=("8", 8320))
+    assert two.cost == per_million(a=("5", 50), b=("30", 8320))
+    assert one_and_a_half.cost is None
+    assert "8320 output image tokens" in (one_and_a_half.unpriced_reason or "")
+
+
+@sync_and_async
 async def test_an_image_edit_records_its_images_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -639,7 +663,7 @@ async def test_an_image_edit_of_given_images_is_not_priced_at_the_text_rate(
             await async_client.images.edit(**edit)
         [event] = await recorded.exactly(stack.tracker, 1)
     one = ImageUsage(count=1, size="1024x1024", quality="medium")
-    assert event.usage == Usage(input_uncached=373, images=one)
+    assert event.usage == Usage(input_uncached=373, output_text=4160, images=one)
     assert event.cost is None and "323 input image tokens" in (event.unpriced_reason or "")
 
 
@@ -681,8 +705,12 @@ async def test_streamed_image_generation_and_transcription_record_their_usage_on
     by_kind = {event.kind: event for event in events}
     image = by_kind["image"]
     one = ImageUsage(count=1, size="1024x1024", quality="medium")
-    assert (image.model, image.usage) == ("gpt-image-1", Usage(input_uncached=50, images=one))
-    assert image.cost == per_million(a=("5", 50)) + Decimal("0.042")
+    # the partial image's 100 output tokens included
+    assert (image.model, image.usage) == (
+        "gpt-image-1",
+        Usage(input_uncached=50, output_text=4260, images=one),
+    )
+    assert image.cost == per_million(a=("5", 50), b=("40", 4260))
     transcribed = by_kind["audio"]
     assert transcribed.model == "gpt-4o-transcribe"
     assert transcribed.usage == Usage(input_uncached=72, output_text=12)

@@ -97,6 +97,12 @@ def test_price_overrides_are_validated(tmp_path: Path) -> None:
             r"budget\.price_overrides\.0\.rates in .*: output_text 2000000 is above any real"
             " price",
         ),
+        (
+            "{provider: openai, model: gpt-4o-mnii, rates: {output_text: 2},"
+            " effective_from: 2026-01-01}",
+            r"budget\.price_overrides\.0 in .*config\.yaml: unknown model 'gpt-4o-mnii' of"
+            " provider 'openai': did you mean 'gpt-4o-mini'",
+        ),
     ],
 )
 def test_a_price_override_mistake_is_named(tmp_path: Path, entry: str, message: str) -> None:

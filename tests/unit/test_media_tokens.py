@@ -19,7 +19,7 @@ from budget.config import Settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import Priced, PricingRegistry, Unpriced
 from budget.tracker import UsageTracker
-from budget.usage import modality_tokens, normalize_usage, service_tier, usage_from_response
+from budget.usage import modality_tokens, normalize_usage, service_tiers, usage_from_response
 from events.usage import ImageUsage
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
@@ -63,6 +63,15 @@ OPENAI_IMAGE_EDIT = ImagesUsage.model_validate(
         "total_tokens": 4533,
     }
 )
+OPENAI_IMAGE_GENERATION = ImagesUsage.model_validate(
+    {
+        "input_tokens": 50,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": 50},
+        "output_tokens": 4160,
+        "output_tokens_details": {"image_tokens": 4160, "text_tokens": 0},
+        "total_tokens": 4210,
+    }
+)
 OPENAI_TEXT = {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {}}
 ANTHROPIC_1H_CACHE_AND_SEARCHES = AnthropicUsage.model_validate(
     {
@@ -95,6 +104,7 @@ def test_the_tokens_that_are_not_text_are_read_from_each_shape() -> None:
     assert modality_tokens(GEMINI_AUDIO) == {"input audio": 1000}
     assert modality_tokens(OPENAI_TRANSCRIPTION) == {"input audio": 72}
     assert modality_tokens(OPENAI_IMAGE_EDIT) == {"input image": 323}
+    assert modality_tokens(OPENAI_IMAGE_GENERATION) == {"output image": 4160}
     assert modality_tokens(GEMINI_IMAGE_OUT) == {"output image": 1290}
     assert modality_tokens(OPENAI_TEXT) == {}
     assert modality_tokens({"input_tokens": 5, "output_tokens": 1}) == {}
@@ -218,9 +228,17 @@ def test_image_and_video_tokens_priced_apart_by_the_data_leave_a_call_unpriced(
 
 
 def test_the_service_tier_is_read_from_the_answer_or_its_usage() -> None:
-    assert service_tier({"service_tier": "priority", "usage": OPENAI_TEXT}) == "priority"
-    assert service_tier({"usage": {"input_tokens": 1, "service_tier": "standard"}}) == "standard"
-    assert service_tier(OPENAI_TEXT) is None
+    assert service_tiers({"service_tier": "priority", "usage": OPENAI_TEXT}) == {
+        "service_tier": "priority"
+    }
+    assert service_tiers({"usage": {"input_tokens": 1, "service_tier": "standard"}}) == {
+        "service_tier": "standard"
+    }
+    assert service_tiers(OPENAI_TEXT) == {}
+    assert service_tiers(anthropic_usage(service_tier="batch", speed="fast")) == {
+        "service_tier": "batch",
+        "speed": "fast",
+    }
 
 
 @pytest.mark.parametrize(("tier", "priced"), [("default", True), ("priority", False)])
@@ -237,3 +255,49 @@ def test_a_service_tier_priced_apart_leaves_the_call_unpriced(
         assert result == registry.price(provider="openai", model="gpt-4o", usage=usage, at=NOW)
     else:
         assert isinstance(result, Unpriced) and "the 'priority' service tier" in result.reason
+
+
+def anthropic_usage(**served: str) -> AnthropicUsage:
+    """Anthropic's usage of a plain text call, served as ``served`` says."""
+    return AnthropicUsage.model_validate({"input_tokens": 1000, "output_tokens": 500, **served})
+
+
+@pytest.mark.parametrize(
+    ("model", "served", "told"),
+    [
+        # Message Batches at half the standard rates: a model genai-prices prices in
+        # batches, and one it has no batch price for (Anthropic's batches are half for all)
+        ("claude-sonnet-4-5", {"service_tier": "batch"}, "the 'batch' service tier"),
+        ("claude-3-haiku", {"service_tier": "batch"}, "the 'batch' service tier"),
+        # Priority Tier: billed by the capacity committed to, not at the list price
+        ("claude-sonnet-4-5", {"service_tier": "priority"}, "the 'priority' service tier"),
+        # fast mode: Opus 4.8 at 2x (in the data), Opus 4.6 at 6x (not in it)
+        ("claude-opus-4-8", {"speed": "fast"}, "the 'fast' speed"),
+        ("claude-opus-4-6", {"speed": "fast"}, "the 'fast' speed"),
+        # US-only inference at 1.1x (Opus 4.6 on); "global", the default, at the list price
+        ("claude-opus-4-6", {"inference_geo": "us"}, "the 'us' inference geo"),
+    ],
+)
+def test_an_anthropic_call_not_served_at_the_standard_rates_is_left_unpriced(
+    registry: PricingRegistry, model: str, served: dict[str, str], told: str
+) -> None:
+    raw = anthropic_usage(**served)
+    result = registry.price(
+        provider="anthropic", model=model, usage=usage_from_response(raw), at=NOW, raw_usage=raw
+    )
+    assert isinstance(result, Unpriced) and told in result.reason
+    assert "rather than at a wrong rate" in result.reason
+
+
+def test_an_anthropic_call_served_at_the_standard_rates_is_priced_so(
+    registry: PricingRegistry,
+) -> None:
+    raw = anthropic_usage(service_tier="standard", speed="standard", inference_geo="global")
+    usage = usage_from_response(raw)
+    result = registry.price(
+        provider="anthropic", model="claude-opus-4-8", usage=usage, at=NOW, raw_usage=raw
+    )
+    assert isinstance(result, Priced)
+    assert result == registry.price(
+        provider="anthropic", model="claude-opus-4-8", usage=usage, at=NOW
+    )

@@ -137,6 +137,38 @@ def test_image_unknown_quality_is_unpriced(registry: PricingRegistry) -> None:
         registry.calculate_image_cost("gpt-image-1", "1024x1024", "standard")
 
 
+def generated(prompt: int, output: int, model: str, registry: PricingRegistry) -> Priced | Unpriced:
+    """An image generation's price, its usage counting ``output`` tokens (0: none)."""
+    images = ImageUsage(count=1, size="1024x1024", quality="high")
+    usage = normalize_usage(input_tokens=prompt, output_tokens=output, images=images)
+    return registry.price(provider="openai", model=model, usage=usage, at=NOW)
+
+
+@pytest.mark.parametrize(
+    ("model", "cost"),
+    [
+        # OpenAI bills GPT Image models by token, the images' output tokens included
+        ("gpt-image-1", D(50 * 5 + 4160 * 40) / 10**6),  # not its ~$0.167 a high image
+        ("gpt-image-1-mini", D(50 * 2 + 4160 * 8) / 10**6),  # no per-image price
+        ("gpt-image-2", D(50 * 5 + 4160 * 30) / 10**6),
+    ],
+)
+def test_an_image_call_counting_its_tokens_is_priced_by_them(
+    registry: PricingRegistry, model: str, cost: D
+) -> None:
+    priced = generated(50, 4160, model, registry)
+    assert isinstance(priced, Priced) and priced.cost == cost
+
+
+def test_an_image_call_counting_no_tokens_is_priced_per_image(registry: PricingRegistry) -> None:
+    """A pre-call estimate: the per-image price where there is one, never $0 where not."""
+    estimate = generated(50, 0, "gpt-image-1", registry)
+    assert isinstance(estimate, Priced) and estimate.cost == D("0.00025") + D("0.167")
+    assert estimate.source.rates["images"] == D("0.167")
+    unpriced = generated(50, 0, "gpt-image-1-mini", registry)
+    assert isinstance(unpriced, Unpriced) and "images of size 1024x1024" in unpriced.reason
+
+
 def test_embedding_text_embedding_3_small(registry: PricingRegistry) -> None:  # $0.02
     assert registry.calculate_embedding_cost("text-embedding-3-small", 10_000) == D("0.0002")
 
@@ -313,6 +345,42 @@ def test_override_rejects_a_misspelled_provider(typo: str, meant: str) -> None:
         override(typo, input_uncached="2")
 
 
+@pytest.mark.parametrize(
+    ("provider", "typo", "meant"),
+    [
+        ("openai", "gpt-4o-mnii", "gpt-4o-mini"),
+        ("OpenAI", "gpt4o", "gpt-4o"),
+        ("anthropic", "claude-sonet-4-5", "claude-sonnet-4-5"),
+        ("gemini", "models/gemini-2.5-flsh", "gemini-2.5-flash"),
+    ],
+)
+def test_override_rejects_a_misspelled_model(provider: str, typo: str, meant: str) -> None:
+    # It would have been kept, and never applied to the calls of the model meant.
+    with pytest.raises(ValueError, match=f"unknown model '{typo}' .*did you mean '{meant}'"):
+        PriceOverride(
+            provider=provider, model=typo, rates={"input_uncached": D(1)}, effective_from=NOW.date()
+        )
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "gpt-4o-2024-08-06"),  # a dated id: priced as gpt-4o
+        ("openai", "my-gpt-4o"),  # a deployment of one's own
+        ("openai", "gpt-4o-mini-2"),  # a variant of one's own
+        ("OpenAI", "GPT-4o-Mini"),
+        ("mistral", "ministral-3b-latest"),  # the supplement's
+        ("google", "gemini-2.0-pro"),  # an alias
+        ("acme", "acme-llm"),
+    ],
+)
+def test_override_accepts_known_models_and_models_of_ones_own(provider: str, model: str) -> None:
+    rates = {"input_uncached": D(1)}
+    assert PriceOverride(
+        provider=provider, model=model, rates=rates, effective_from=NOW.date()
+    ).model
+
+
 @pytest.mark.parametrize("provider", ["OpenAI", "xAI", "vertex", "acme", "my-vllm"])
 def test_override_accepts_known_spellings_and_providers_of_ones_own(provider: str) -> None:
     assert override(provider, input_uncached="2").provider == provider
@@ -389,6 +457,21 @@ def test_a_model_listed_without_prices_is_unpriced_not_free(
     usage = normalize_usage(input_tokens=1000, output_tokens=1000)
     assert isinstance(registry.price(provider=provider, model=model, usage=usage, at=NOW), Unpriced)
     assert model not in registry.get_provider_models(provider, at=NOW)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"), [("openai", "tts-1"), ("cerebras", "qwen-3-coder-480b")]
+)
+def test_a_model_with_no_rate_usage_is_priced_by_never_costs_0(
+    registry: PricingRegistry, provider: str, model: str
+) -> None:
+    # tts-1 is billed per character, which no usage class counts: a call recorded with no
+    # counts (a host's own record) had cost $0.
+    result = registry.price(provider=provider, model=model, usage=Usage(), at=NOW)
+    assert (
+        isinstance(result, Unpriced) and "has no rate usage events are priced by" in result.reason
+    )
+    assert registry.get_model_pricing(model, provider, NOW) is None
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from genai_prices import calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budget.pricing import Priced, PriceOverride, PricingRegistry
+from budget.pricing import Priced, PriceOverride, PricingRegistry, Unpriced
 from budget.pricing.overrides import MAX_RATES, RATE_PLACES
-from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, Usage
+from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, ImageUsage, Usage
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 REGISTRY = PricingRegistry()
@@ -135,3 +135,54 @@ def test_an_override_prices_exactly_within_the_contract(
     exponent = result.cost.as_tuple().exponent
     assert isinstance(exponent, int) and exponent >= -MAX_DECIMAL_PLACES
     assert all(type(rate) is Decimal for rate in result.source.rates.values())
+
+
+image_usages = st.builds(
+    ImageUsage,
+    count=st.integers(min_value=1, max_value=10),
+    size=st.sampled_from(["1024x1024", "1024x1536", "1536x1024", "auto"]),
+    quality=st.sampled_from(["low", "medium", "high", "auto"]),
+)
+
+
+@pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-1-mini", "gpt-image-2"])
+@settings(max_examples=100, deadline=None)
+@given(prompt=counts, output=st.integers(min_value=1, max_value=2_000_000), images=image_usages)
+def test_an_image_call_counting_its_tokens_costs_its_tokens_alone(
+    model: str, prompt: int, output: int, images: ImageUsage
+) -> None:
+    """Whatever the images' count, size and quality: OpenAI bills the tokens, the images'
+    included, so no per-image price is added to them (nor is a size without one unpriced)."""
+    tokens = Usage(input_uncached=prompt, output_text=output)
+    with_images = tokens.model_copy(update={"images": images})
+    assert cost(("openai", model), with_images) == cost(("openai", model), tokens)
+
+
+CLAUDES = [model for model in MODELS if model[0] == "anthropic"]
+
+
+@pytest.mark.parametrize("model", CLAUDES)
+@settings(max_examples=50, deadline=None)
+@given(
+    usage=usages,
+    served=st.sampled_from(
+        [
+            {"service_tier": "batch"},
+            {"service_tier": "priority"},
+            {"speed": "fast"},
+            {"inference_geo": "us"},
+        ]
+    ),
+)
+def test_a_claude_call_served_otherwise_than_standard_is_never_priced(
+    model: tuple[str, str], usage: Usage, served: dict[str, str]
+) -> None:
+    standard = {"service_tier": "standard", "speed": "standard", "inference_geo": "global"}
+    told = REGISTRY.price(
+        provider=model[0], model=model[1], usage=usage, at=NOW, raw_usage={"usage": standard}
+    )
+    assert isinstance(told, Priced) and told.cost == cost(model, usage)
+    other = REGISTRY.price(
+        provider=model[0], model=model[1], usage=usage, at=NOW, raw_usage={"usage": served}
+    )
+    assert isinstance(other, Unpriced) and "rather than at a wrong rate" in other.reason
