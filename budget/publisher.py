@@ -48,7 +48,7 @@ from budget.waits import wait_set
 from events import Event, Topology, UsageRecorded, encode
 from events.codec import HEADER_MSG_ID
 
-__all__ = ["EventPublisher", "PublisherConfig", "SpoolFailing"]
+__all__ = ["EventPublisher", "NotStored", "PublisherConfig", "SpoolFailing"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ _ACK_SEQUENCE = re.compile(rb'"seq":\s*(\d+)')
 
 CONNECT_RETRY_FIRST = 0.5
 CONNECT_RETRY_MAX = 10.0
+
+FLUSH_SPOOL_WAIT = 10.0
+"""Seconds a ``flush`` waits by default beyond ``ack_timeout``: for a spool commit, which
+may wait 5 s for another process's (``budget.spool``'s busy timeout) before its fsync."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +95,11 @@ class PublisherConfig:
 
 class SpoolFailing(OSError):
     """NATS is unreachable and the spool fails too: the event cannot be recorded."""
+
+
+class NotStored(TimeoutError):
+    """A ``flush`` timed out with events stored neither in JetStream nor in the spool;
+    they wait in memory, still offered to both (the message says how many and why)."""
 
 
 _HEADER_BYTES = len(f"NATS/1.0\r\n{HEADER_MSG_ID}: \r\n\r\n")
@@ -202,20 +211,60 @@ class EventPublisher:
             f" ({self._nc.max_payload} bytes, its max_payload)"
         )
 
-    async def flush(self) -> None:
+    async def flush(self, within: float | None = None) -> None:
         """Wait until every event handed over before this call is acknowledged or spooled
         (an unacknowledged one is spooled after ``ack_timeout``). Events handed over
         meanwhile are not waited for: under a steady load, what is in flight is never
-        nothing, and a flush waiting for that never returned."""
+        nothing, and a flush waiting for that never returned.
+
+        At most ``within`` seconds (default ``ack_timeout`` + ``FLUSH_SPOOL_WAIT``): NATS
+        refusing or unreachable while the spool fails (an unwritable directory, a full
+        disk) would keep events in memory for as long as that lasts. Then ``NotStored``
+        says how many events are stored nowhere and why; they stay in memory, offered to
+        NATS and the spool again (``close`` writes them to the spool one last time)."""
+        if within is None:
+            within = self.config.ack_timeout + FLUSH_SPOOL_WAIT
         waiter = _Flush(self._next, asyncio.get_running_loop().create_future())
         if self._flushed(waiter):
             return
         self._flushes.append(waiter)
         try:
-            await waiter.done
+            async with asyncio.timeout(within):
+                await waiter.done
+        except TimeoutError:
+            unstored = self._unstored()
+            if unstored:
+                raise NotStored(self._why_unstored(unstored, within)) from None
+            # What is left is the spool's bookkeeping (the removal of events JetStream
+            # acknowledged): every event is stored, in the log and still in the spool.
         finally:
             if waiter in self._flushes:
                 self._flushes.remove(waiter)
+
+    def _unstored(self) -> int:
+        """Events in memory only: in flight from the host (not the spool), or waiting
+        for a spool commit."""
+        in_flight = sum(not entry.from_spool for entry in self._in_flight.values())
+        return in_flight + self._spooling.held
+
+    def _why_unstored(self, unstored: int, within: float) -> str:
+        nats = (
+            "NATS has not acknowledged them (has `budget migrate` declared its stream?)"
+            if self.connected
+            else f"NATS at {shown_url(self.config.nats_url)} is unreachable"
+        )
+        failure = self._spooling.failure
+        spool = (
+            f"the spool {self.spool.path} fails ({type(failure).__name__}: {failure}): make"
+            " its directory (BUDGET_SPOOL_DIR) writable, with room on its disk"
+            if failure is not None
+            else f"the spool {self.spool.path} has not committed them yet (another process"
+            " holds it?)"
+        )
+        return (
+            f"{unstored} events are stored nowhere after {within:g}s: {nats}, and {spool};"
+            " they wait in memory, offered to both again (close() spools them one last time)"
+        )
 
     async def resend_spool(self, batch: int = 1000) -> int:
         """Re-send spooled events (same ids, so JetStream or the projections drop any
@@ -254,9 +303,8 @@ class EventPublisher:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.ack_timeout + 1):
-                await self.flush()
+        with contextlib.suppress(NotStored):
+            await self.flush(within=self.config.ack_timeout + 1)
         tasks = [*self._tasks, *([self._writer] if self._writer is not None else [])]
         for task in tasks:
             task.cancel()

@@ -413,9 +413,12 @@ class UsageTracker:
             log.exception("pricing %s/%s failed; recording it unpriced", provider, model)
             return Unpriced(f"pricing failed: {type(exc).__name__}: {exc}"[:500])
 
-    async def flush(self) -> None:
-        """Wait until everything recorded so far is stored in JetStream or the spool."""
-        await self.publisher.flush()
+    async def flush(self, within: float | None = None) -> None:
+        """Wait until everything recorded so far is stored in JetStream or the spool, at
+        most ``within`` seconds (default ``ack_timeout`` + 10 s); ``NotStored``
+        (``budget.publisher``) if some events are then stored in neither, saying how many
+        and why: they stay in memory and are tried again."""
+        await self.publisher.flush(within)
 
     async def close(self) -> None:
         """Store what was recorded (in JetStream, or the spool after ``ack_timeout`` + 1 s)

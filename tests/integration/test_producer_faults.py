@@ -13,7 +13,7 @@ from typing import Any
 import nats
 import pytest
 
-from budget.publisher import SpoolFailing
+from budget.publisher import NotStored, SpoolFailing
 from events import Topology, UsageRecorded, encode
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
@@ -353,4 +353,46 @@ async def test_events_a_failing_spool_holds_when_nats_comes_back_are_sent_after_
     await wait_for(publisher_connected)
     reconnected.set()
     stored = await stored_once_sent(publisher, embedded_nats.url, private_log, events)
+    assert stored == sorted(str(e.event_id) for e in events)
+
+
+@pytest.mark.parametrize("nats_down", [False, True], ids=["nats-refusing", "nats-down"])
+async def test_flush_with_nowhere_to_store_events_raises_how_many_and_why_and_loses_none(
+    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path, nats_down: bool
+) -> None:
+    """NATS refuses the events (no stream takes them yet) or is down, and the spool's
+    directory lies under a file: ``flush`` ends within its default timeout (a host's
+    shutdown used to hang on it forever) raising ``NotStored``, which counts the events
+    and names both causes. They stay in memory: spooled once the directory can be made,
+    then stored once."""
+    events = varied_events(3)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    if nats_down:
+        embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, topology, blocker / "spool")
+    await publisher.start()
+    for event in events:
+        await publisher.publish(event)
+    async with asyncio.timeout(60):  # a guard: the flush never returned
+        with pytest.raises(NotStored) as raised:
+            await publisher.flush()
+    message = str(raised.value)
+    assert message.startswith(f"{len(events)} events are stored nowhere"), message
+    assert f"the spool {blocker / 'spool'}" in message and "Not a directory" in message
+    assert ("is unreachable" if nats_down else "has not acknowledged them") in message
+
+    blocker.unlink()
+
+    async def spooled() -> bool:
+        """the events waiting in memory were spooled once the directory could be made"""
+        return len(publisher.spool) == len(events)
+
+    await wait_for(spooled, within=30)
+    if nats_down:
+        embedded_nats.start()
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+    stored = await stored_once_resent(publisher, embedded_nats.url, topology)
     assert stored == sorted(str(e.event_id) for e in events)
