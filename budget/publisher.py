@@ -299,12 +299,19 @@ class EventPublisher:
 
     async def close(self) -> None:
         """Wait for the outcome of what was handed over (at most ``ack_timeout`` + 1 s),
-        spool the rest, and disconnect."""
+        spool the rest, and disconnect. Cancelled while it waits (a host's shutdown
+        deadline), it still spools the rest: a second ``close`` does nothing, and what it
+        left in memory would die with the process."""
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(NotStored):
-            await self.flush(within=self.config.ack_timeout + 1)
+        try:
+            with contextlib.suppress(NotStored):
+                await self.flush(within=self.config.ack_timeout + 1)
+        finally:
+            await self._shut_down()
+
+    async def _shut_down(self) -> None:
         tasks = [*self._tasks, *([self._writer] if self._writer is not None else [])]
         for task in tasks:
             task.cancel()

@@ -14,6 +14,7 @@ import nats
 import pytest
 
 from budget.publisher import NotStored, SpoolFailing
+from budget.spool import Spool
 from events import Topology, UsageRecorded, encode
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
@@ -395,4 +396,33 @@ async def test_flush_with_nowhere_to_store_events_raises_how_many_and_why_and_lo
     await declare_streams(client.jetstream(), topology)
     await client.close()
     stored = await stored_once_resent(publisher, embedded_nats.url, topology)
+    assert stored == sorted(str(e.event_id) for e in events)
+
+
+async def test_a_close_cancelled_while_it_waits_for_acknowledgements_still_spools_the_events(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """NATS hangs with events in flight and the host's shutdown cancels ``close`` while it
+    waits for their acknowledgements (a deadline, Ctrl-C): the events are spooled all the
+    same, not left in memory to die with the process, and the next publisher on the spool
+    has each stored once."""
+    events = varied_events(5)
+    spool = tmp_path / "spool"
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    await publisher.start()
+    with hung(embedded_nats):
+        for event in events:
+            await publisher.publish(event)
+        closing = asyncio.create_task(publisher.close())
+        await asyncio.sleep(0)  # one turn: close runs until it waits for the acks
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        left = Spool(spool)
+        assert len(left) == len(events)
+        left.close()
+
+    later = publisher_for(embedded_nats.url, private_log, spool)
+    await later.start()
+    stored = await stored_once_resent(later, embedded_nats.url, private_log)
     assert stored == sorted(str(e.event_id) for e in events)
