@@ -439,7 +439,13 @@ class EventPublisher:
         item = entry.item
         too_large = self._too_large(item)
         if too_large is not None:
-            self._bury(token, too_large)
+            log.error(
+                "event %s %s: never sent, kept in the dead_letters table of %s",
+                item.event_id,
+                too_large,
+                self.spool.path,
+            )
+            self._bury([token], too_large)
             return
         try:
             if self._nc is None:
@@ -467,25 +473,26 @@ class EventPublisher:
         return refusal_message(subject, topology=self.config.topology, user=self.config.nats_user)
 
     def _on_refused(self, subject: str) -> None:
-        """The credential may not publish ``subject``: its events in flight are dropped
-        (no re-send would ever be accepted), and later ones refused at once."""
+        """The credential may not publish ``subject``: its events in flight go to the
+        spool's dead letters (no re-send would ever be accepted; one spooled by a process
+        with another credential, sharing the directory, is kept for a credential that
+        may), and later ones are refused at once."""
         self._forbidden.add(subject)
         refused = [t for t, e in self._in_flight.items() if e.item.subject.lower() == subject]
         if refused:
-            log.error("%d events dropped: %s", len(refused), self._refusal(subject))
-        for token in refused:
-            self._settle(token, acked=True)  # settled as if stored: out of the spool too
+            reason = self._refusal(subject)
+            log.error(
+                "%d events never sent, kept in the dead_letters table of %s: %s",
+                len(refused),
+                self.spool.path,
+                reason,
+            )
+            self._bury(refused, f"refused by NATS: {reason}")
 
-    def _bury(self, token: int, reason: str) -> None:
-        """Out of flight, into the spool's dead letters: NATS can never take it."""
-        entry = self._in_flight.pop(token)
-        log.error(
-            "event %s %s: never sent, kept in the dead_letters table of %s",
-            entry.item.event_id,
-            reason,
-            self.spool.path,
-        )
-        self._spooling.bury(entry.item, reason)
+    def _bury(self, tokens: list[int], reason: str) -> None:
+        """Out of flight, into the spool's dead letters: NATS can never take them."""
+        for token in tokens:
+            self._spooling.bury(self._in_flight.pop(token).item, reason)
         self._settled()
 
     def _settle(self, token: int, *, acked: bool) -> None:
