@@ -172,14 +172,18 @@ class EventPublisher:
     async def publish(self, event: Event) -> None:
         """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
         while the process lives (``flush`` waits for the outcome). ``ValueError`` if it
-        cannot be encoded, or is larger than NATS takes."""
+        cannot be encoded, or is larger than NATS takes. Once ``close`` has begun, it
+        returns when the event is stored (``flush``): nothing would store it later, and
+        what is left in memory dies with the loop."""
         await self._send(self._item(event))
+        if self._closed:
+            await self.flush()
 
     def offer(self, event: Event) -> bool:
         """``publish`` without waiting, on the publisher's loop: False (nothing done) when
-        the pipeline is full, and the caller must await ``publish``. A caller that does not
-        wait for the outcome (an instrumented call) saves a task per event."""
-        if self._full():
+        the pipeline is full or closing, and the caller must await ``publish``. A caller
+        that does not wait for the outcome (an instrumented call) saves a task per event."""
+        if self._full() or self._closed:
             return False  # before encoding: ``publish`` encodes it then
         self._enqueue(self._item(event), spooled=False)
         return True

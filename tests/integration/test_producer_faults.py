@@ -426,3 +426,26 @@ async def test_a_close_cancelled_while_it_waits_for_acknowledgements_still_spool
     await later.start()
     stored = await stored_once_resent(later, embedded_nats.url, private_log)
     assert stored == sorted(str(e.event_id) for e in events)
+
+
+async def test_an_event_published_after_close_is_in_the_spool_when_publish_returns(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """A host records after its tracker was closed (a request finishing after the shutdown
+    hook): nothing sends or spools that event later, so ``publish`` returns once it is
+    in the spool, not with it in memory, lost when the loop ends; the next publisher on
+    the spool stores it once."""
+    event = varied_events(1)[0]
+    spool = tmp_path / "spool"
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    await publisher.start()
+    await publisher.close()
+    await publisher.publish(event)
+    left = Spool(spool)
+    assert [e.event_id for e in left.oldest(10)] == [str(event.event_id)]
+    left.close()
+
+    later = publisher_for(embedded_nats.url, private_log, spool)
+    await later.start()
+    stored = await stored_once_resent(later, embedded_nats.url, private_log)
+    assert stored == [str(event.event_id)]
