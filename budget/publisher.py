@@ -396,15 +396,36 @@ class EventPublisher:
         await self._on_connected()
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
+        """Enqueue ``item`` once there is room. While the spool fails, the events in memory
+        leave it only if NATS acknowledges them: at once when NATS is unreachable, and
+        after ``ack_timeout`` without room when it is connected (refusing them: no stream,
+        a full one), ``SpoolFailing`` rather than a wait as long as the fault."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while self._full():
-            if not self.connected and self._spooling.failure is not None:
-                raise SpoolFailing(
-                    f"NATS is unreachable and the spool fails ({self._spooling.failure}):"
-                    f" {self._spooling.held} events wait in memory; this one is not recorded"
-                )
+            failure = self._spooling.failure
+            if failure is not None:
+                if deadline is None:
+                    deadline = loop.time() + (self.config.ack_timeout if self.connected else 0)
+                if loop.time() >= deadline:
+                    raise SpoolFailing(self._no_room(failure))
             self._room.clear()
-            await self._room.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._room.wait()
         self._enqueue(item, spooled=spooled)
+
+    def _no_room(self, failure: Exception) -> str:
+        nats = (
+            f"NATS has not taken them for {self.config.ack_timeout:g}s (has `budget migrate`"
+            " declared its stream?)"
+            if self.connected
+            else "NATS is unreachable"
+        )
+        return (
+            f"{nats} and the spool fails ({failure}): {self._unstored()} events wait in"
+            " memory; this one is not recorded"
+        )
 
     def _full(self) -> bool:
         """As many events in memory as ``max_in_flight``: in flight or to be spooled."""

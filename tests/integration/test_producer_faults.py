@@ -449,3 +449,30 @@ async def test_an_event_published_after_close_is_in_the_spool_when_publish_retur
     await later.start()
     stored = await stored_once_resent(later, embedded_nats.url, private_log)
     assert stored == [str(event.event_id)]
+
+
+async def test_with_nats_refusing_and_the_spool_failing_events_wait_in_memory_up_to_the_limit(
+    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path
+) -> None:
+    """NATS is up but refuses the events (no stream takes them yet) and the spool's
+    directory lies under a file: ``max_in_flight`` events wait in memory, and the next
+    ``publish`` raises ``SpoolFailing`` (as with NATS down) rather than wait for room as long
+    as the fault lasts, a host's every call hanging on it. Those that waited are stored
+    once the spool and the stream are there."""
+    events = varied_events(4)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    publisher = publisher_for(embedded_nats.url, topology, blocker / "spool", max_in_flight=3)
+    await publisher.start()
+    for event in events[:3]:
+        await publisher.publish(event)
+    async with asyncio.timeout(60):  # a guard: publish waited for room for ever
+        with pytest.raises(SpoolFailing, match=r"has not taken them .* Not a directory"):
+            await publisher.publish(events[3])
+
+    blocker.unlink()
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+    stored = await stored_once_sent(publisher, embedded_nats.url, topology, events[:3])
+    assert stored == sorted(str(e.event_id) for e in events[:3])
