@@ -162,7 +162,9 @@ class EventPublisher:
 
     @property
     def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
+        """Connected and not closing: what is published once ``close`` has begun goes to
+        the spool, not in flight on a connection about to close."""
+        return not self._closed and self._nc is not None and self._nc.is_connected
 
     @property
     def client(self) -> Client | None:
@@ -321,7 +323,11 @@ class EventPublisher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._spooling.stop()
-        self.spool_unsent()
+        left, held = self._take_unsent()
+        try:
+            await self._spooling.write_all(left)
+        except Exception as exc:
+            _log_lost(held, exc)
         self._settled()  # nothing is left in flight or to spool: every flush returns
         if self._nc is not None:
             await self._nc.close()
@@ -334,21 +340,20 @@ class EventPublisher:
         self.spool.close()
 
     def spool_unsent(self) -> None:
-        """Spool what is still in memory, here and now, without the loop (``close``
-        does; so does an exiting process whose loop has ended). Logs what a failing
-        spool loses."""
-        left = [e.item for e in self._in_flight.values() if not e.from_spool]
-        self._in_flight.clear()
-        held = len(left) + self._spooling.held
+        """Spool what is still in memory, here and now, without the loop (an exiting
+        process whose loop has ended). Logs what a failing spool loses."""
+        left, held = self._take_unsent()
         try:
             self._spooling.write_now(left)
         except Exception as exc:
-            log.error(
-                "%d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
-                held,
-                type(exc).__name__,
-                exc,
-            )
+            _log_lost(held, exc)
+
+    def _take_unsent(self) -> tuple[list[SpooledEvent], int]:
+        """The host's events in flight, out of flight (an acknowledgement arriving later
+        finds none); how many events in memory that leaves to be spooled."""
+        left = [e.item for e in self._in_flight.values() if not e.from_spool]
+        self._in_flight.clear()
+        return left, len(left) + self._spooling.held
 
     async def _connect_until_connected(self) -> None:
         pause = CONNECT_RETRY_FIRST
@@ -601,3 +606,12 @@ class EventPublisher:
         if taken:  # handed over before, now in flight again: each flush waits for them
             for flush in self._flushes:
                 flush.token, flush.change = self._next, None
+
+
+def _log_lost(held: int, exc: Exception) -> None:
+    log.error(
+        "%d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
+        held,
+        type(exc).__name__,
+        exc,
+    )

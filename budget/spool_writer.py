@@ -114,11 +114,24 @@ class SpoolWriter:
     def write_now(self, more: list[SpooledEvent]) -> None:
         """Commit what is left, with ``more`` events, here (no loop needed; a commit of a
         task that never ended is made again); raises if that fails, and it is then lost."""
-        changes = self._writing.then(self._pending).then(_Changes(put=more))
-        self._writing, self._pending = _Changes(), _Changes()
+        changes, upto = self._take_all(more)
         if changes:
             changes.write(self._spool)
-        self._written = self.changes
+        self._written = upto
+
+    async def write_all(self, more: list[SpooledEvent]) -> None:
+        """``write_now`` off the loop, once ``stop`` has stopped the background writing:
+        the commit may wait seconds for another process's, and the loop runs on."""
+        changes, upto = self._take_all(more)
+        if changes:
+            await self._commit(changes)
+        self._written = max(self._written, upto)  # changes handed over meanwhile wait
+
+    def _take_all(self, more: list[SpooledEvent]) -> tuple[_Changes, int]:
+        """What is left, with ``more`` events, out of memory; how many changes it covers."""
+        changes = self._writing.then(self._pending).then(_Changes(put=more))
+        self._writing, self._pending = _Changes(), _Changes()
+        return changes, self.changes
 
     def _handed(self) -> None:
         self.changes += 1

@@ -404,11 +404,20 @@ async def test_a_close_cancelled_while_it_waits_for_acknowledgements_still_spool
 ) -> None:
     """NATS hangs with events in flight and the host's shutdown cancels ``close`` while it
     waits for their acknowledgements (a deadline, Ctrl-C): the events are spooled all the
-    same, not left in memory to die with the process, and the next publisher on the spool
-    has each stored once."""
+    same, not left in memory to die with the process, and in a worker thread (the commit
+    may wait seconds for another process's; the loop runs on). The next publisher on the
+    spool has each stored once."""
     events = varied_events(5)
     spool = tmp_path / "spool"
     publisher = publisher_for(embedded_nats.url, private_log, spool)
+    committed_in: list[int] = []
+    update = publisher.spool.update
+
+    def update_noting_the_thread(**changes: Any) -> None:
+        committed_in.append(threading.get_ident())
+        update(**changes)
+
+    publisher.spool.update = update_noting_the_thread  # type: ignore[method-assign]
     await publisher.start()
     with hung(embedded_nats):
         for event in events:
@@ -421,6 +430,7 @@ async def test_a_close_cancelled_while_it_waits_for_acknowledgements_still_spool
         left = Spool(spool)
         assert len(left) == len(events)
         left.close()
+    assert committed_in and threading.get_ident() not in committed_in
 
     later = publisher_for(embedded_nats.url, private_log, spool)
     await later.start()
