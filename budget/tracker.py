@@ -490,11 +490,14 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     ``BUDGET_*`` variables unless given); a no-op one with ``budget.enabled: false``
     (``budget.disabled``). A tracker whose loop has ended (an earlier ``asyncio.run``)
     is abandoned and a new one started on the running loop: the old one's connection and
-    tasks died with its loop, and a flush on it would wait forever."""
+    tasks died with its loop, and a flush on it would wait forever. One the host closed
+    is replaced too: it sends nothing any more (what it is given waits in the spool)."""
     global _tracker
     async with _lock():
         if _tracker is not None and _tracker.loop is not None and _tracker.loop.is_closed():
             _tracker.abandon()
+            _tracker = None
+        if _tracker is not None and _tracker.closed:
             _tracker = None
         if _tracker is None:
             settings = settings or load_settings()
