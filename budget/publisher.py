@@ -585,7 +585,9 @@ class EventPublisher:
                 log.exception("re-sending the spool failed; will retry")
                 continue
             if sent:
-                log.info("re-sent %d spooled events; %d left", sent, len(self.spool))
+                # counted in a thread: the read waits for a commit another thread makes
+                left = await asyncio.to_thread(len, self.spool)
+                log.info("re-sent %d spooled events; %d left", sent, left)
 
     async def _on_connected(self) -> None:
         """Re-send the spool, and send what waits in memory for a failing spool."""

@@ -14,7 +14,7 @@ import nats
 import pytest
 
 from budget.publisher import NotStored, SpoolFailing
-from budget.spool import Spool
+from budget.spool import Spool, SpooledEvent
 from events import Topology, UsageRecorded, encode
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
@@ -486,3 +486,42 @@ async def test_with_nats_refusing_and_the_spool_failing_events_wait_in_memory_up
     await client.close()
     stored = await stored_once_sent(publisher, embedded_nats.url, topology, events[:3])
     assert stored == sorted(str(e.event_id) for e in events[:3])
+
+
+async def test_a_spool_another_process_filled_is_read_off_the_loop_when_it_is_resent(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spool, filled by another process sharing its directory, is re-sent once the
+    publisher connects: each read of it (the batches, the count it logs after) is made in
+    a worker thread, since a read waits while another thread commits (for seconds, while
+    yet another process holds the file), and the loop must run on meanwhile."""
+    events = varied_events(20)
+    spool = tmp_path / "spool"
+    subject = private_log.event_subject(events[0].SUBJECT)
+    other = Spool(spool)
+    other.update(put=[SpooledEvent(str(e.event_id), subject, encode(e)) for e in events])
+    other.close()
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    read_in: list[int] = []
+    read = publisher.spool._read
+
+    def read_noting_the_thread(query: str, *params: object) -> list[tuple[Any, ...]]:
+        read_in.append(threading.get_ident())
+        return read(query, *params)
+
+    publisher.spool._read = read_noting_the_thread  # type: ignore[method-assign]
+
+    async def resent() -> bool:
+        """the publisher said it re-sent the spool"""
+        return any("re-sent 20 spooled events" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO, logger="budget"):
+        await publisher.start()
+        await wait_for(resent)
+    await publisher.close()
+    assert read_in and threading.get_ident() not in read_in
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)
