@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ FLUSH_SPOOL_WAIT = 10.0
 may wait 5 s for another process's (``budget.spool``'s busy timeout) before its fsync."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class PublisherConfig:
     nats_url: str
     topology: Topology
@@ -80,6 +80,13 @@ class PublisherConfig:
     """Also whom usage is published by: on ``<prefix>.events.usage.recorded.<nats_user>``,
     the only usage subject a host credential may publish on (the bare one without a
     user)."""
+
+    def __repr__(self) -> str:
+        """The dataclass's, the URL's password masked (a traceback's locals, a debugger
+        show it)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["nats_url"] = shown_url(self.nats_url)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PublisherConfig:
