@@ -416,7 +416,9 @@ class EventPublisher:
         deadline: float | None = None
         while self._full():
             failure = self._spooling.failure
-            if failure is not None:
+            if failure is None:
+                deadline = None  # the spool works again: room comes
+            else:
                 if deadline is None:
                     deadline = loop.time() + (self.config.ack_timeout if self.connected else 0)
                 if loop.time() >= deadline:

@@ -59,6 +59,8 @@ class SpoolWriter:
         self._after_commit = after_commit
         self._pending = _Changes()
         self._writing = _Changes()
+        self._last = _Changes()
+        """What ``write_all`` commits: written by none (it is not idle) until it is done."""
         self._task: asyncio.Task[None] | None = None
         self.failure: Exception | None = None
         """The last commit's error while commits fail, else None."""
@@ -71,12 +73,12 @@ class SpoolWriter:
     @property
     def held(self) -> int:
         """Events in memory until a commit puts them in the spool (or its dead letters)."""
-        return self._pending.held + self._writing.held
+        return self._pending.held + self._writing.held + self._last.held
 
     @property
     def idle(self) -> bool:
         """Nothing waits to be written."""
-        return not (self._pending or self._writing)
+        return not (self._pending or self._writing or self._last)
 
     def written(self, changes: int) -> bool:
         """Whether the first ``changes`` changes handed over are written (or taken back)."""
@@ -122,9 +124,12 @@ class SpoolWriter:
     async def write_all(self, more: list[SpooledEvent]) -> None:
         """``write_now`` off the loop, once ``stop`` has stopped the background writing:
         the commit may wait seconds for another process's, and the loop runs on."""
-        changes, upto = self._take_all(more)
-        if changes:
-            await self._commit(changes)
+        self._last, upto = self._take_all(more)
+        try:
+            if self._last:
+                await self._commit(self._last)
+        finally:
+            self._last = _Changes()
         self._written = max(self._written, upto)  # changes handed over meanwhile wait
 
     def _take_all(self, more: list[SpooledEvent]) -> tuple[_Changes, int]:
