@@ -40,7 +40,7 @@ class DisabledPublisher:
     def offer(self, event: Event) -> bool:
         return True
 
-    async def flush(self) -> None:
+    async def flush(self, within: float | None = None) -> None:
         pass
 
     async def close(self) -> None:

@@ -105,8 +105,9 @@ class BudgetManager(ChangeClient):
         at: datetime | None = None,
     ) -> list[SpendRow]:
         """Totals of the calendar period (UTC) holding ``at`` (now), per scope key, with
-        every call this process recorded before: it waits until they are stored and the
-        spend projection has applied them (``NotApplied`` after ``apply_timeout``)."""
+        every call this process recorded before: it waits until they are stored
+        (``budget.publisher.NotStored`` if some are stored nowhere, as ``flush`` says) and
+        the spend projection has applied them (``NotApplied`` after ``apply_timeout``)."""
         if period == BudgetPeriod.CUSTOM:
             raise ValueError("a spend summary is per calendar period: daily, weekly or monthly")
         query = question(SpendQuery, {}, period=Period(str(period)).value, scope=scope, at=at)

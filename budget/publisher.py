@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from budget.waits import wait_set
 from events import Event, Topology, UsageRecorded, encode
 from events.codec import HEADER_MSG_ID
 
-__all__ = ["EventPublisher", "PublisherConfig", "SpoolFailing"]
+__all__ = ["EventPublisher", "NotStored", "PublisherConfig", "SpoolFailing"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,12 @@ _ACK_SEQUENCE = re.compile(rb'"seq":\s*(\d+)')
 CONNECT_RETRY_FIRST = 0.5
 CONNECT_RETRY_MAX = 10.0
 
+FLUSH_SPOOL_WAIT = 10.0
+"""Seconds a ``flush`` waits by default beyond ``ack_timeout``: for a spool commit, which
+may wait 5 s for another process's (``budget.spool``'s busy timeout) before its fsync."""
 
-@dataclass(frozen=True, kw_only=True)
+
+@dataclass(frozen=True, kw_only=True, repr=False)
 class PublisherConfig:
     nats_url: str
     topology: Topology
@@ -77,6 +81,13 @@ class PublisherConfig:
     the only usage subject a host credential may publish on (the bare one without a
     user)."""
 
+    def __repr__(self) -> str:
+        """The dataclass's, the URL's password masked (a traceback's locals, a debugger
+        show it)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["nats_url"] = shown_url(self.nats_url)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @classmethod
     def from_settings(cls, settings: Settings) -> PublisherConfig:
         return cls(
@@ -91,6 +102,11 @@ class PublisherConfig:
 
 class SpoolFailing(OSError):
     """NATS is unreachable and the spool fails too: the event cannot be recorded."""
+
+
+class NotStored(TimeoutError):
+    """A ``flush`` timed out with events stored neither in JetStream nor in the spool;
+    they wait in memory, still offered to both (the message says how many and why)."""
 
 
 _HEADER_BYTES = len(f"NATS/1.0\r\n{HEADER_MSG_ID}: \r\n\r\n")
@@ -153,7 +169,9 @@ class EventPublisher:
 
     @property
     def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
+        """Connected and not closing: what is published once ``close`` has begun goes to
+        the spool, not in flight on a connection about to close."""
+        return not self._closed and self._nc is not None and self._nc.is_connected
 
     @property
     def client(self) -> Client | None:
@@ -163,14 +181,18 @@ class EventPublisher:
     async def publish(self, event: Event) -> None:
         """Hand the event to the pipeline; it is acked by JetStream or spooled, never lost
         while the process lives (``flush`` waits for the outcome). ``ValueError`` if it
-        cannot be encoded, or is larger than NATS takes."""
+        cannot be encoded, or is larger than NATS takes. Once ``close`` has begun, it
+        returns when the event is stored (``flush``): nothing would store it later, and
+        what is left in memory dies with the loop."""
         await self._send(self._item(event))
+        if self._closed:
+            await self.flush()
 
     def offer(self, event: Event) -> bool:
         """``publish`` without waiting, on the publisher's loop: False (nothing done) when
-        the pipeline is full, and the caller must await ``publish``. A caller that does not
-        wait for the outcome (an instrumented call) saves a task per event."""
-        if self._full():
+        the pipeline is full or closing, and the caller must await ``publish``. A caller
+        that does not wait for the outcome (an instrumented call) saves a task per event."""
+        if self._full() or self._closed:
             return False  # before encoding: ``publish`` encodes it then
         self._enqueue(self._item(event), spooled=False)
         return True
@@ -202,20 +224,60 @@ class EventPublisher:
             f" ({self._nc.max_payload} bytes, its max_payload)"
         )
 
-    async def flush(self) -> None:
+    async def flush(self, within: float | None = None) -> None:
         """Wait until every event handed over before this call is acknowledged or spooled
         (an unacknowledged one is spooled after ``ack_timeout``). Events handed over
         meanwhile are not waited for: under a steady load, what is in flight is never
-        nothing, and a flush waiting for that never returned."""
+        nothing, and a flush waiting for that never returned.
+
+        At most ``within`` seconds (default ``ack_timeout`` + ``FLUSH_SPOOL_WAIT``): NATS
+        refusing or unreachable while the spool fails (an unwritable directory, a full
+        disk) would keep events in memory for as long as that lasts. Then ``NotStored``
+        says how many events are stored nowhere and why; they stay in memory, offered to
+        NATS and the spool again (``close`` writes them to the spool one last time)."""
+        if within is None:
+            within = self.config.ack_timeout + FLUSH_SPOOL_WAIT
         waiter = _Flush(self._next, asyncio.get_running_loop().create_future())
         if self._flushed(waiter):
             return
         self._flushes.append(waiter)
         try:
-            await waiter.done
+            async with asyncio.timeout(within):
+                await waiter.done
+        except TimeoutError:
+            unstored = self._unstored()
+            if unstored:
+                raise NotStored(self._why_unstored(unstored, within)) from None
+            # What is left is the spool's bookkeeping (the removal of events JetStream
+            # acknowledged): every event is stored, in the log and still in the spool.
         finally:
             if waiter in self._flushes:
                 self._flushes.remove(waiter)
+
+    def _unstored(self) -> int:
+        """Events in memory only: in flight from the host (not the spool), or waiting
+        for a spool commit."""
+        in_flight = sum(not entry.from_spool for entry in self._in_flight.values())
+        return in_flight + self._spooling.held
+
+    def _why_unstored(self, unstored: int, within: float) -> str:
+        nats = (
+            "NATS has not acknowledged them (has `budget migrate` declared its stream?)"
+            if self.connected
+            else f"NATS at {shown_url(self.config.nats_url)} is unreachable"
+        )
+        failure = self._spooling.failure
+        spool = (
+            f"the spool {self.spool.path} fails ({type(failure).__name__}: {failure}): make"
+            " its directory (BUDGET_SPOOL_DIR) writable, with room on its disk"
+            if failure is not None
+            else f"the spool {self.spool.path} has not committed them yet (another process"
+            " holds it?)"
+        )
+        return (
+            f"{unstored} events are stored nowhere after {within:g}s: {nats}, and {spool};"
+            " they wait in memory, offered to both again (close() spools them one last time)"
+        )
 
     async def resend_spool(self, batch: int = 1000) -> int:
         """Re-send spooled events (same ids, so JetStream or the projections drop any
@@ -250,19 +312,29 @@ class EventPublisher:
 
     async def close(self) -> None:
         """Wait for the outcome of what was handed over (at most ``ack_timeout`` + 1 s),
-        spool the rest, and disconnect."""
+        spool the rest, and disconnect. Cancelled while it waits (a host's shutdown
+        deadline), it still spools the rest: a second ``close`` does nothing, and what it
+        left in memory would die with the process."""
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.ack_timeout + 1):
-                await self.flush()
+        try:
+            with contextlib.suppress(NotStored):
+                await self.flush(within=self.config.ack_timeout + 1)
+        finally:
+            await self._shut_down()
+
+    async def _shut_down(self) -> None:
         tasks = [*self._tasks, *([self._writer] if self._writer is not None else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._spooling.stop()
-        self.spool_unsent()
+        left, held = self._take_unsent()
+        try:
+            await self._spooling.write_all(left)
+        except Exception as exc:
+            _log_lost(held, exc)
         self._settled()  # nothing is left in flight or to spool: every flush returns
         if self._nc is not None:
             await self._nc.close()
@@ -275,21 +347,20 @@ class EventPublisher:
         self.spool.close()
 
     def spool_unsent(self) -> None:
-        """Spool what is still in memory, here and now, without the loop (``close``
-        does; so does an exiting process whose loop has ended). Logs what a failing
-        spool loses."""
-        left = [e.item for e in self._in_flight.values() if not e.from_spool]
-        self._in_flight.clear()
-        held = len(left) + self._spooling.held
+        """Spool what is still in memory, here and now, without the loop (an exiting
+        process whose loop has ended). Logs what a failing spool loses."""
+        left, held = self._take_unsent()
         try:
             self._spooling.write_now(left)
         except Exception as exc:
-            log.error(
-                "%d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
-                held,
-                type(exc).__name__,
-                exc,
-            )
+            _log_lost(held, exc)
+
+    def _take_unsent(self) -> tuple[list[SpooledEvent], int]:
+        """The host's events in flight, out of flight (an acknowledgement arriving later
+        finds none); how many events in memory that leaves to be spooled."""
+        left = [e.item for e in self._in_flight.values() if not e.from_spool]
+        self._in_flight.clear()
+        return left, len(left) + self._spooling.held
 
     async def _connect_until_connected(self) -> None:
         pause = CONNECT_RETRY_FIRST
@@ -337,15 +408,38 @@ class EventPublisher:
         await self._on_connected()
 
     async def _send(self, item: SpooledEvent, *, spooled: bool = False) -> None:
+        """Enqueue ``item`` once there is room. While the spool fails, the events in memory
+        leave it only if NATS acknowledges them: at once when NATS is unreachable, and
+        after ``ack_timeout`` without room when it is connected (refusing them: no stream,
+        a full one), ``SpoolFailing`` rather than a wait as long as the fault."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while self._full():
-            if not self.connected and self._spooling.failure is not None:
-                raise SpoolFailing(
-                    f"NATS is unreachable and the spool fails ({self._spooling.failure}):"
-                    f" {self._spooling.held} events wait in memory; this one is not recorded"
-                )
+            failure = self._spooling.failure
+            if failure is None:
+                deadline = None  # the spool works again: room comes
+            else:
+                if deadline is None:
+                    deadline = loop.time() + (self.config.ack_timeout if self.connected else 0)
+                if loop.time() >= deadline:
+                    raise SpoolFailing(self._no_room(failure))
             self._room.clear()
-            await self._room.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._room.wait()
         self._enqueue(item, spooled=spooled)
+
+    def _no_room(self, failure: Exception) -> str:
+        nats = (
+            f"NATS has not taken them for {self.config.ack_timeout:g}s (has `budget migrate`"
+            " declared its stream?)"
+            if self.connected
+            else "NATS is unreachable"
+        )
+        return (
+            f"{nats} and the spool fails ({failure}): {self._unstored()} events wait in"
+            " memory; this one is not recorded"
+        )
 
     def _full(self) -> bool:
         """As many events in memory as ``max_in_flight``: in flight or to be spooled."""
@@ -384,7 +478,13 @@ class EventPublisher:
         item = entry.item
         too_large = self._too_large(item)
         if too_large is not None:
-            self._bury(token, too_large)
+            log.error(
+                "event %s %s: never sent, kept in the dead_letters table of %s",
+                item.event_id,
+                too_large,
+                self.spool.path,
+            )
+            self._bury([token], too_large)
             return
         try:
             if self._nc is None:
@@ -412,25 +512,26 @@ class EventPublisher:
         return refusal_message(subject, topology=self.config.topology, user=self.config.nats_user)
 
     def _on_refused(self, subject: str) -> None:
-        """The credential may not publish ``subject``: its events in flight are dropped
-        (no re-send would ever be accepted), and later ones refused at once."""
+        """The credential may not publish ``subject``: its events in flight go to the
+        spool's dead letters (no re-send would ever be accepted; one spooled by a process
+        with another credential, sharing the directory, is kept for a credential that
+        may), and later ones are refused at once."""
         self._forbidden.add(subject)
         refused = [t for t, e in self._in_flight.items() if e.item.subject.lower() == subject]
         if refused:
-            log.error("%d events dropped: %s", len(refused), self._refusal(subject))
-        for token in refused:
-            self._settle(token, acked=True)  # settled as if stored: out of the spool too
+            reason = self._refusal(subject)
+            log.error(
+                "%d events never sent, kept in the dead_letters table of %s: %s",
+                len(refused),
+                self.spool.path,
+                reason,
+            )
+            self._bury(refused, f"refused by NATS: {reason}")
 
-    def _bury(self, token: int, reason: str) -> None:
-        """Out of flight, into the spool's dead letters: NATS can never take it."""
-        entry = self._in_flight.pop(token)
-        log.error(
-            "event %s %s: never sent, kept in the dead_letters table of %s",
-            entry.item.event_id,
-            reason,
-            self.spool.path,
-        )
-        self._spooling.bury(entry.item, reason)
+    def _bury(self, tokens: list[int], reason: str) -> None:
+        """Out of flight, into the spool's dead letters: NATS can never take them."""
+        for token in tokens:
+            self._spooling.bury(self._in_flight.pop(token).item, reason)
         self._settled()
 
     def _settle(self, token: int, *, acked: bool) -> None:
@@ -493,7 +594,9 @@ class EventPublisher:
                 log.exception("re-sending the spool failed; will retry")
                 continue
             if sent:
-                log.info("re-sent %d spooled events; %d left", sent, len(self.spool))
+                # counted in a thread: the read waits for a commit another thread makes
+                left = await asyncio.to_thread(len, self.spool)
+                log.info("re-sent %d spooled events; %d left", sent, left)
 
     async def _on_connected(self) -> None:
         """Re-send the spool, and send what waits in memory for a failing spool."""
@@ -514,3 +617,12 @@ class EventPublisher:
         if taken:  # handed over before, now in flight again: each flush waits for them
             for flush in self._flushes:
                 flush.token, flush.change = self._next, None
+
+
+def _log_lost(held: int, exc: Exception) -> None:
+    log.error(
+        "%d events unacknowledged by NATS are lost: the spool fails (%s: %s)",
+        held,
+        type(exc).__name__,
+        exc,
+    )

@@ -59,6 +59,8 @@ class SpoolWriter:
         self._after_commit = after_commit
         self._pending = _Changes()
         self._writing = _Changes()
+        self._last = _Changes()
+        """What ``write_all`` commits: written by none (it is not idle) until it is done."""
         self._task: asyncio.Task[None] | None = None
         self.failure: Exception | None = None
         """The last commit's error while commits fail, else None."""
@@ -71,12 +73,12 @@ class SpoolWriter:
     @property
     def held(self) -> int:
         """Events in memory until a commit puts them in the spool (or its dead letters)."""
-        return self._pending.held + self._writing.held
+        return self._pending.held + self._writing.held + self._last.held
 
     @property
     def idle(self) -> bool:
         """Nothing waits to be written."""
-        return not (self._pending or self._writing)
+        return not (self._pending or self._writing or self._last)
 
     def written(self, changes: int) -> bool:
         """Whether the first ``changes`` changes handed over are written (or taken back)."""
@@ -114,11 +116,27 @@ class SpoolWriter:
     def write_now(self, more: list[SpooledEvent]) -> None:
         """Commit what is left, with ``more`` events, here (no loop needed; a commit of a
         task that never ended is made again); raises if that fails, and it is then lost."""
-        changes = self._writing.then(self._pending).then(_Changes(put=more))
-        self._writing, self._pending = _Changes(), _Changes()
+        changes, upto = self._take_all(more)
         if changes:
             changes.write(self._spool)
-        self._written = self.changes
+        self._written = upto
+
+    async def write_all(self, more: list[SpooledEvent]) -> None:
+        """``write_now`` off the loop, once ``stop`` has stopped the background writing:
+        the commit may wait seconds for another process's, and the loop runs on."""
+        self._last, upto = self._take_all(more)
+        try:
+            if self._last:
+                await self._commit(self._last)
+        finally:
+            self._last = _Changes()
+        self._written = max(self._written, upto)  # changes handed over meanwhile wait
+
+    def _take_all(self, more: list[SpooledEvent]) -> tuple[_Changes, int]:
+        """What is left, with ``more`` events, out of memory; how many changes it covers."""
+        changes = self._writing.then(self._pending).then(_Changes(put=more))
+        self._writing, self._pending = _Changes(), _Changes()
+        return changes, self.changes
 
     def _handed(self) -> None:
         self.changes += 1

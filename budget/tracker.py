@@ -413,9 +413,12 @@ class UsageTracker:
             log.exception("pricing %s/%s failed; recording it unpriced", provider, model)
             return Unpriced(f"pricing failed: {type(exc).__name__}: {exc}"[:500])
 
-    async def flush(self) -> None:
-        """Wait until everything recorded so far is stored in JetStream or the spool."""
-        await self.publisher.flush()
+    async def flush(self, within: float | None = None) -> None:
+        """Wait until everything recorded so far is stored in JetStream or the spool, at
+        most ``within`` seconds (default ``ack_timeout`` + 10 s); ``NotStored``
+        (``budget.publisher``) if some events are then stored in neither, saying how many
+        and why: they stay in memory and are tried again."""
+        await self.publisher.flush(within)
 
     async def close(self) -> None:
         """Store what was recorded (in JetStream, or the spool after ``ack_timeout`` + 1 s)
@@ -487,11 +490,14 @@ async def get_usage_tracker(settings: Settings | None = None) -> UsageTracker:
     ``BUDGET_*`` variables unless given); a no-op one with ``budget.enabled: false``
     (``budget.disabled``). A tracker whose loop has ended (an earlier ``asyncio.run``)
     is abandoned and a new one started on the running loop: the old one's connection and
-    tasks died with its loop, and a flush on it would wait forever."""
+    tasks died with its loop, and a flush on it would wait forever. One the host closed
+    is replaced too: it sends nothing any more (what it is given waits in the spool)."""
     global _tracker
     async with _lock():
         if _tracker is not None and _tracker.loop is not None and _tracker.loop.is_closed():
             _tracker.abandon()
+            _tracker = None
+        if _tracker is not None and _tracker.closed:
             _tracker = None
         if _tracker is None:
             settings = settings or load_settings()

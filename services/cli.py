@@ -24,7 +24,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from budget.commands import ClockAhead
 from budget.config import ConfigError, shown_url
 from budget.periods import Period
-from budget.publisher import EventPublisher
+from budget.publisher import EventPublisher, NotStored
 from budget.queries import NotApplied
 from budget.redaction import install_redaction, redact, secrets_of
 from budget.report_format import shown_money
@@ -354,11 +354,8 @@ def record(
                 occurred_at=occurred_at,
             )
             try:
-                # Neither acknowledged nor spooled (NATS refuses it and the spool fails)
-                # would be offered to NATS again and again: the command would never end.
-                async with asyncio.timeout(2 * publisher.config.ack_timeout + 5):
-                    await started.flush()
-            except TimeoutError:
+                await started.flush()
+            except NotStored:
                 raise ConnectError(
                     f"NATS at {shown_url(publisher.config.nats_url)} did not acknowledge the"
                     " event (has `budget migrate` declared its stream?) and the spool"

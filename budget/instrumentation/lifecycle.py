@@ -235,14 +235,16 @@ class Lifecycle:
         return tracker
 
     def _known_tracker(self) -> UsageTracker | None:
-        """The given tracker, else the process's as last found while its loop lives; None
-        when it must be asked for: after an ``asyncio.run`` ended the loop it was started
-        on, the process has a new one on the running loop, and the old one records
-        nothing (its loop can run nothing more)."""
+        """The given tracker, else the process's as last found while it is open and its
+        loop lives; None when it must be asked for: after an ``asyncio.run`` ended the
+        loop it was started on, or the host closed it, the process has a new one, and the
+        old one sends nothing (its loop can run nothing more; closed, it only spools)."""
         if self._given is not None:
             return self._given
         process = self._process
-        if process is None or (process.loop is not None and process.loop.is_closed()):
+        if process is None or process.closed:
+            return None
+        if process.loop is not None and process.loop.is_closed():
             return None
         return process
 

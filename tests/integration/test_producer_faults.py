@@ -13,7 +13,8 @@ from typing import Any
 import nats
 import pytest
 
-from budget.publisher import SpoolFailing
+from budget.publisher import NotStored, SpoolFailing
+from budget.spool import Spool, SpooledEvent
 from events import Topology, UsageRecorded, encode
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
@@ -354,3 +355,173 @@ async def test_events_a_failing_spool_holds_when_nats_comes_back_are_sent_after_
     reconnected.set()
     stored = await stored_once_sent(publisher, embedded_nats.url, private_log, events)
     assert stored == sorted(str(e.event_id) for e in events)
+
+
+@pytest.mark.parametrize("nats_down", [False, True], ids=["nats-refusing", "nats-down"])
+async def test_flush_with_nowhere_to_store_events_raises_how_many_and_why_and_loses_none(
+    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path, nats_down: bool
+) -> None:
+    """NATS refuses the events (no stream takes them yet) or is down, and the spool's
+    directory lies under a file: ``flush`` ends within its default timeout (a host's
+    shutdown used to hang on it forever) raising ``NotStored``, which counts the events
+    and names both causes. They stay in memory: spooled once the directory can be made,
+    then stored once."""
+    events = varied_events(3)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    if nats_down:
+        embedded_nats.kill()
+    publisher = publisher_for(embedded_nats.url, topology, blocker / "spool")
+    await publisher.start()
+    for event in events:
+        await publisher.publish(event)
+    async with asyncio.timeout(60):  # a guard: the flush never returned
+        with pytest.raises(NotStored) as raised:
+            await publisher.flush()
+    message = str(raised.value)
+    assert message.startswith(f"{len(events)} events are stored nowhere"), message
+    assert f"the spool {blocker / 'spool'}" in message and "Not a directory" in message
+    assert ("is unreachable" if nats_down else "has not acknowledged them") in message
+
+    blocker.unlink()
+
+    async def spooled() -> bool:
+        """the events waiting in memory were spooled once the directory could be made"""
+        return len(publisher.spool) == len(events)
+
+    await wait_for(spooled, within=30)
+    if nats_down:
+        embedded_nats.start()
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+    stored = await stored_once_resent(publisher, embedded_nats.url, topology)
+    assert stored == sorted(str(e.event_id) for e in events)
+
+
+async def test_a_close_cancelled_while_it_waits_for_acknowledgements_still_spools_the_events(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """NATS hangs with events in flight and the host's shutdown cancels ``close`` while it
+    waits for their acknowledgements (a deadline, Ctrl-C): the events are spooled all the
+    same, not left in memory to die with the process, and in a worker thread (the commit
+    may wait seconds for another process's; the loop runs on). The next publisher on the
+    spool has each stored once."""
+    events = varied_events(5)
+    spool = tmp_path / "spool"
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    committed_in: list[int] = []
+    update = publisher.spool.update
+
+    def update_noting_the_thread(**changes: Any) -> None:
+        committed_in.append(threading.get_ident())
+        update(**changes)
+
+    publisher.spool.update = update_noting_the_thread  # type: ignore[method-assign]
+    await publisher.start()
+    with hung(embedded_nats):
+        for event in events:
+            await publisher.publish(event)
+        closing = asyncio.create_task(publisher.close())
+        await asyncio.sleep(0)  # one turn: close runs until it waits for the acks
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        left = Spool(spool)
+        assert len(left) == len(events)
+        left.close()
+    assert committed_in and threading.get_ident() not in committed_in
+
+    later = publisher_for(embedded_nats.url, private_log, spool)
+    await later.start()
+    stored = await stored_once_resent(later, embedded_nats.url, private_log)
+    assert stored == sorted(str(e.event_id) for e in events)
+
+
+async def test_an_event_published_after_close_is_in_the_spool_when_publish_returns(
+    embedded_nats: EmbeddedNats, private_log: Topology, tmp_path: Path
+) -> None:
+    """A host records after its tracker was closed (a request finishing after the shutdown
+    hook): nothing sends or spools that event later, so ``publish`` returns once it is
+    in the spool, not with it in memory, lost when the loop ends; the next publisher on
+    the spool stores it once."""
+    event = varied_events(1)[0]
+    spool = tmp_path / "spool"
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    await publisher.start()
+    await publisher.close()
+    await publisher.publish(event)
+    left = Spool(spool)
+    assert [e.event_id for e in left.oldest(10)] == [str(event.event_id)]
+    left.close()
+
+    later = publisher_for(embedded_nats.url, private_log, spool)
+    await later.start()
+    stored = await stored_once_resent(later, embedded_nats.url, private_log)
+    assert stored == [str(event.event_id)]
+
+
+async def test_with_nats_refusing_and_the_spool_failing_events_wait_in_memory_up_to_the_limit(
+    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path
+) -> None:
+    """NATS is up but refuses the events (no stream takes them yet) and the spool's
+    directory lies under a file: ``max_in_flight`` events wait in memory, and the next
+    ``publish`` raises ``SpoolFailing`` (as with NATS down) rather than wait for room as long
+    as the fault lasts, a host's every call hanging on it. Those that waited are stored
+    once the spool and the stream are there."""
+    events = varied_events(4)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    publisher = publisher_for(embedded_nats.url, topology, blocker / "spool", max_in_flight=3)
+    await publisher.start()
+    for event in events[:3]:
+        await publisher.publish(event)
+    async with asyncio.timeout(60):  # a guard: publish waited for room for ever
+        with pytest.raises(SpoolFailing, match=r"has not taken them .* Not a directory"):
+            await publisher.publish(events[3])
+
+    blocker.unlink()
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+    stored = await stored_once_sent(publisher, embedded_nats.url, topology, events[:3])
+    assert stored == sorted(str(e.event_id) for e in events[:3])
+
+
+async def test_a_spool_another_process_filled_is_read_off_the_loop_when_it_is_resent(
+    embedded_nats: EmbeddedNats,
+    private_log: Topology,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spool, filled by another process sharing its directory, is re-sent once the
+    publisher connects: each read of it (the batches, the count it logs after) is made in
+    a worker thread, since a read waits while another thread commits (for seconds, while
+    yet another process holds the file), and the loop must run on meanwhile."""
+    events = varied_events(20)
+    spool = tmp_path / "spool"
+    subject = private_log.event_subject(events[0].SUBJECT)
+    other = Spool(spool)
+    other.update(put=[SpooledEvent(str(e.event_id), subject, encode(e)) for e in events])
+    other.close()
+    publisher = publisher_for(embedded_nats.url, private_log, spool)
+    read_in: list[int] = []
+    read = publisher.spool._read
+
+    def read_noting_the_thread(query: str, *params: object) -> list[tuple[Any, ...]]:
+        read_in.append(threading.get_ident())
+        return read(query, *params)
+
+    publisher.spool._read = read_noting_the_thread  # type: ignore[method-assign]
+
+    async def resent() -> bool:
+        """the publisher said it re-sent the spool"""
+        return any("re-sent 20 spooled events" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO, logger="budget"):
+        await publisher.start()
+        await wait_for(resent)
+    await publisher.close()
+    assert read_in and threading.get_ident() not in read_in
+    stored = await stored_event_ids(embedded_nats.url, private_log)
+    assert sorted(stored) == sorted(str(e.event_id) for e in events)

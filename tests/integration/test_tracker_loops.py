@@ -20,6 +20,7 @@ import budget.reports
 import budget.tracker
 from budget import get_alert_engine, get_budget_manager, get_report_generator, get_usage_tracker
 from budget.config import Settings
+from budget.spool import Spool
 from events import Topology
 from projections.engine.log import declare_streams
 
@@ -123,3 +124,45 @@ def test_an_instrumented_client_records_with_each_run_s_tracker(
 
     assert trackers[1] is not trackers[0] and len(api.requests) == 2
     assert len(asyncio.run(stored_event_ids(nats_url, topology))) == 2
+
+
+def test_a_tracker_the_host_closed_is_replaced_and_what_is_recorded_after_is_sent(
+    nats_url: str, topology: Topology, tmp_path: Path
+) -> None:
+    """The host closes the process's tracker (a lifespan's shutdown) and goes on recording
+    on the same loop (its next start, a test's next app): ``get_usage_tracker`` and an
+    instrumented client get a new tracker, and the calls are sent to NATS, not left in
+    the closed one's spool for another process to send some day."""
+    settings = Settings(  # no enforcer here: fail_open lets the checks admit the calls
+        nats_url=nats_url,
+        subject_prefix=topology.prefix,
+        spool_dir=tmp_path / "spool",
+        fail_open=True,
+    )
+    client = budget.instrument(
+        openai.AsyncOpenAI(
+            api_key="sk-test",
+            http_client=httpx2.AsyncClient(transport=ProviderApi().transport()),
+        )
+    )
+
+    async def run() -> None:
+        nc = await nats.connect(nats_url)
+        await declare_streams(nc.jetstream(), topology)
+        await nc.close()
+        for _ in range(2):
+            tracker = await get_usage_tracker(settings)
+            await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=10
+            )
+            await tracker.record_usage(model="gpt-4o", provider="openai", input_tokens=10)
+            await tracker.close()
+        again = await get_usage_tracker(settings)
+        await again.close()
+        assert again is not tracker
+
+    asyncio.run(run())
+    assert len(asyncio.run(stored_event_ids(nats_url, topology))) == 4
+    spool = Spool(tmp_path / "spool")
+    assert len(spool) == 0
+    spool.close()

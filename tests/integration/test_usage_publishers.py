@@ -148,3 +148,36 @@ async def test_usage_spooled_on_another_subject_is_sent_on_the_credentials_own(
     assert message.data == encode(earlier)
     assert uuid.UUID((message.headers or {})[HEADER_MSG_ID]) == earlier.event_id
     assert publisher.spool.dead_letters() == []
+
+
+async def test_an_event_the_credential_may_not_publish_is_kept_in_the_spools_dead_letters(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """The spool, shared with a service process, holds a policy change it could not send;
+    a host's publisher re-sending the spool is refused it by NATS: the event goes to the
+    spool's dead letters with the reason (for a credential that may to send), rather than
+    being deleted."""
+    topology = secured.topology
+    spool = tmp_path / "spool"
+    change = PolicySet(
+        occurred_at=utc_now(),
+        policy=BudgetPolicy(name="spooled", scope=BudgetScope.GLOBAL, limit_amount=Decimal(1)),
+    )
+    subject = topology.event_subject(PolicySet.SUBJECT)
+    publisher = EventPublisher(
+        PublisherConfig.from_settings(secured.settings("host", spool_dir=spool))
+    )
+    publisher.spool.update(put=[SpooledEvent(str(change.event_id), subject, encode(change))])
+    await publisher.start()  # which re-sends the spool
+
+    async def resent() -> bool:
+        """the publisher re-sent its spool"""
+        return len(publisher.spool) == 0
+
+    try:
+        await wait_for(resent)
+    finally:
+        await publisher.close()
+    [(dead, reason)] = publisher.spool.dead_letters()
+    assert dead == SpooledEvent(str(change.event_id), subject, encode(change))
+    assert reason.startswith(f"refused by NATS: the NATS user 'host' may not publish to {subject};")

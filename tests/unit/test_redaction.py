@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from budget.config import AlertChannels, ConfigError, Settings, load_settings, shown_url
+from budget.publisher import PublisherConfig
 from budget.redaction import holds_secret, protect, redact, secrets_of
 from services.notifier import _reason
 
@@ -77,6 +78,17 @@ def test_a_settings_secrets_are_its_secret_fields_and_url_passwords() -> None:
         if secret != HOOK:  # a plain text field: masked wherever it is shown, not hidden
             assert secret not in repr(settings)
             assert secret not in str(settings)
+
+
+def test_a_publishers_config_shows_no_nats_password() -> None:
+    """The tracker's publisher holds the NATS URL and options: a traceback's locals or a
+    debugger showing its config show neither password."""
+    in_url = Settings(nats_url="nats://u:natspass@h:4222")
+    in_field = Settings(nats_url="nats://h:4222", nats_user="u", nats_password=SecretStr("pw2"))
+    shown = repr(PublisherConfig.from_settings(in_url))
+    assert "nats_url='nats://u:***@h:4222'" in shown and "spool_dir=" in shown
+    assert "natspass" not in shown
+    assert "pw2" not in repr(PublisherConfig.from_settings(in_field))
 
 
 HOOK = "https://hooks.slack.com/services/T0001/B0002/XXXXsecrettokenXXXX"
