@@ -4,11 +4,13 @@ Host apps never hold the database's credentials: ``BudgetManager``, ``AlertEngin
 ``ReportGenerator`` ask over NATS request/reply (``<prefix>.rpc.<caller>.query.*``, queue group
 ``query``, so replicas share the load), and this service reads PostgreSQL. Each request
 runs as its own task, so a slow report or a wait for a change to apply holds up nothing
-else; at most ``connections`` run in the database at once. Each caller is held to its
-limits (``services.limits``): past them a request is refused at once, unread. A probe asks
-the database something trivial every few seconds, so the service's health check says when
-it cannot reach it (and, once that has lasted ``stall_after``, questions are refused at
-once, saying why, rather than each failing on its own).
+else; at most ``connections`` run in the database at once, and at most half of them for
+one caller (the services' own callers aside), so one host's slow reports leave the others
+connections to be answered on. Each caller is held to its limits (``services.limits``):
+past them a request is refused at once, unread. A probe asks the database something
+trivial every few seconds, so the service's health check says when it cannot reach it
+(and, once that has lasted ``stall_after``, questions are refused at once, saying why,
+rather than each failing on its own).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from events.queries import (
     SpendAnswer,
     SpendQuery,
 )
-from projections.database_queries import DatabaseQueries
+from projections.database_queries import DatabaseQueries, asking
 from projections.db import connect
 from projections.engine.projection import Connection
 from services.limits import CallerLimits, LimitedRequests
@@ -91,7 +93,9 @@ class QueryService:
         self._probe_every = probe_every
         self._stall_after = stall_after
         self._probe: asyncio.Task[None] | None = None
-        self.queries = DatabaseQueries(settings.database_url, connections=connections)
+        self.queries = DatabaseQueries(
+            settings.database_url, connections=connections, per_caller=max(1, connections // 2)
+        )
         self._subscriptions: list[Any] = []
         self._requests: list[LimitedRequests] = []
         self._running: set[asyncio.Task[object]] = set()
@@ -163,10 +167,13 @@ class QueryService:
             with seconds.time():
                 return await handler(query)
 
+        async def answered(msg: Msg, caller: str) -> None:
+            if caller not in self._limits.exempt:  # their reads count against its share
+                asking.set(caller)
+            await answer(self.nc, msg, model, run, service=SERVICE, liveness=self.liveness)
+
         async def on_message(msg: Msg, caller: str) -> bool:
-            task = asyncio.create_task(
-                answer(self.nc, msg, model, run, service=SERVICE, liveness=self.liveness)
-            )
+            task = asyncio.create_task(answered(msg, caller))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
             task.add_done_callback(lambda _: self._limits.done(caller))
