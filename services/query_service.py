@@ -10,7 +10,9 @@ connections to be answered on. Each caller is held to its limits (``services.lim
 past them a request is refused at once, unread. A probe asks the database something
 trivial every few seconds, so the service's health check says when it cannot reach it
 (and, once that has lasted ``stall_after``, questions are refused at once, saying why,
-rather than each failing on its own).
+rather than each failing on its own). A question is worked on only as long as its asker
+waits for the answer (``Budget-Time-Left``, at most ``MAX_ANSWER_SECONDS``): then its
+query is cancelled in the database, and its connection serves the next one.
 """
 
 from __future__ import annotations
@@ -52,15 +54,16 @@ from events.queries import (
     SpendAnswer,
     SpendQuery,
 )
+from events.rpc import RpcError
 from projections.database_queries import DatabaseQueries, asking
 from projections.db import connect
 from projections.engine.projection import Connection
-from services.limits import CallerLimits, LimitedRequests
+from services.limits import CallerLimits, LimitedRequests, asker_waits
 from services.liveness import Liveness, Loop
 from services.metrics import QUERY_SECONDS
 from services.replies import answer
 
-__all__ = ["QueryService", "serve_query_service"]
+__all__ = ["MAX_ANSWER_SECONDS", "QueryService", "serve_query_service"]
 
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "query"
@@ -72,6 +75,10 @@ _PROBE_TIMEOUT = 10
 DATABASE_STALL_AFTER = 30.0
 """Seconds the database may stay unreachable (or a probe may take) before the service
 counts as unhealthy."""
+MAX_ANSWER_SECONDS = 120.0
+"""Seconds a question is worked on at most, however long its asker says it waits (or when
+it does not say): the longest an asker of this product waits is ``query_timeout`` (30 s)
+plus a wait for a change to apply (``MAX_POSITION_WAIT``, 60 s)."""
 
 Handler = Callable[[Any], Awaitable[BaseModel]]
 
@@ -163,9 +170,21 @@ class QueryService:
     def _limited(self, name: str, model: type[BaseModel], handler: Handler) -> LimitedRequests:
         seconds = QUERY_SECONDS.labels(name.removeprefix("query."))
 
-        async def run(query: BaseModel, _: Msg) -> BaseModel:
+        async def run(query: BaseModel, msg: Msg) -> BaseModel:
+            allowed = _time_allowed(msg)
             with seconds.time():
-                return await handler(query)
+                try:
+                    async with asyncio.timeout(allowed) as deadline:
+                        return await handler(query)
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise
+            # Nobody waits for the answer any more: the work would only hold a connection.
+            log.info("%s: %s stopped after %.1fs, its asker's time", SERVICE, name, allowed)
+            return RpcError(
+                error=f"{SERVICE}: stopped after {allowed:.1f}s, the time its asker waits"
+                " (Budget-Time-Left)"
+            )
 
         async def answered(msg: Msg, caller: str) -> None:
             if caller not in self._limits.exempt:  # their reads count against its share
@@ -204,6 +223,13 @@ class QueryService:
     async def _position(self, query: PositionQuery) -> PositionAnswer:
         position = await self.queries.position(query.projection, query.at_least, query.wait_seconds)
         return PositionAnswer(position=position)
+
+
+def _time_allowed(msg: Msg) -> float:
+    """Seconds ``msg``'s question may be worked on: as long as its asker waits, when it says
+    (``Budget-Time-Left``), at most ``MAX_ANSWER_SECONDS``."""
+    waits = asker_waits(msg)
+    return MAX_ANSWER_SECONDS if waits is None else min(max(waits, 0.0), MAX_ANSWER_SECONDS)
 
 
 async def serve_query_service(

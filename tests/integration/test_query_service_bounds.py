@@ -1,5 +1,6 @@
 """What one caller's questions may take of the query service: never every connection to
-the database, so one host's slow reports leave the others answered. A table held locked
+the database, so one host's slow reports leave the others answered, and no more time than
+its asker waits for the answer. A table held locked
 stands in for a slow report (a year of history filtered on millions of calls): its
 questions wait on it in the database as long as the lock is held."""
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from budget.rpc import ask
+from budget.rpc import Unanswered, ask
 from events import Topology, utc_now
 from events.queries import (
     QUERY_POLICIES,
@@ -84,3 +85,23 @@ async def test_one_callers_slow_reports_leave_another_caller_answered(
             assert answer.policies == []
         reports = await asyncio.gather(*slow)
     assert [r.tables[0].rows for r in reports] == [[]] * GREEDY_IN_FLIGHT
+
+
+async def test_a_question_is_worked_on_only_as_long_as_its_asker_waits(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    subject = topology.rpc_subject(QUERY_REPORT, caller="impatient")
+    async with query_service(nc, settings):
+        async with locked(db, "usage_history"):
+            with pytest.raises(Unanswered):
+                await ask(nc, subject, history(utc_now()), ReportAnswer, within=1)
+
+            async def abandoned_query_cancelled() -> bool:
+                """the report nobody waits for no longer waits in the database"""
+                return await waiting_on(db, "usage_history") == 0
+
+            await wait_for(abandoned_query_cancelled, within=ANSWER_WITHIN)
+        report = await ask(nc, subject, history(utc_now()), ReportAnswer, within=ANSWER_WITHIN)
+    assert report.tables[0].rows == []
