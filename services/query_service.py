@@ -11,8 +11,9 @@ past them a request is refused at once, unread. A probe asks the database someth
 trivial every few seconds, so the service's health check says when it cannot reach it
 (and, once that has lasted ``stall_after``, questions are refused at once, saying why,
 rather than each failing on its own). A question is worked on only as long as its asker
-waits for the answer (``Budget-Time-Left``, at most ``MAX_ANSWER_SECONDS``): then its
-query is cancelled in the database, and its connection serves the next one.
+waits for the answer (``Budget-Time-Left``, at most ``MAX_ANSWER_SECONDS``): just before
+that its query is cancelled in the database, its connection serves the next one, and the
+asker is told the question took longer than it waits.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ MAX_ANSWER_SECONDS = 120.0
 """Seconds a question is worked on at most, however long its asker says it waits (or when
 it does not say): the longest an asker of this product waits is ``query_timeout`` (30 s)
 plus a wait for a change to apply (``MAX_POSITION_WAIT``, 60 s)."""
+_ANSWER_MARGIN = 0.05
+"""Seconds, and the share of its time, a question's work stops before its asker gives up,
+so that the asker gets the error saying why."""
 
 Handler = Callable[[Any], Awaitable[BaseModel]]
 
@@ -179,11 +183,13 @@ class QueryService:
                 except TimeoutError:
                     if not deadline.expired():
                         raise
-            # Nobody waits for the answer any more: the work would only hold a connection.
+            # The asker is about to give up: the work would only hold a connection, and
+            # the asker is better told why than left to take the service for down.
             log.info("%s: %s stopped after %.1fs, its asker's time", SERVICE, name, allowed)
             return RpcError(
-                error=f"{SERVICE}: stopped after {allowed:.1f}s, the time its asker waits"
-                " (Budget-Time-Left)"
+                error=f"{SERVICE}: {name} took longer than its asker waits ({allowed:.1f}s"
+                " used); ask for less (a shorter window, a filter) or wait longer"
+                " (query_timeout)"
             )
 
         async def answered(msg: Msg, caller: str) -> None:
@@ -227,9 +233,12 @@ class QueryService:
 
 def _time_allowed(msg: Msg) -> float:
     """Seconds ``msg``'s question may be worked on: as long as its asker waits, when it says
-    (``Budget-Time-Left``), at most ``MAX_ANSWER_SECONDS``."""
+    (``Budget-Time-Left``), less a margin for the answer's way back; at most
+    ``MAX_ANSWER_SECONDS``."""
     waits = asker_waits(msg)
-    return MAX_ANSWER_SECONDS if waits is None else min(max(waits, 0.0), MAX_ANSWER_SECONDS)
+    if waits is None:
+        return MAX_ANSWER_SECONDS
+    return min(max(waits * (1 - _ANSWER_MARGIN) - _ANSWER_MARGIN, 0.0), MAX_ANSWER_SECONDS)
 
 
 async def serve_query_service(
