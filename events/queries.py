@@ -37,6 +37,7 @@ __all__ = [
     "CellKind",
     "DeliveriesAnswer",
     "DeliveriesQuery",
+    "HistoryMark",
     "PoliciesAnswer",
     "PoliciesQuery",
     "PositionAnswer",
@@ -192,9 +193,17 @@ class PositionAnswer(_Message):
     position: int
 
 
+class HistoryMark(_Message):
+    """A call of the usage history, where a part of it ends: its time and event id."""
+
+    occurred_at: UtcDatetime
+    event_id: uuid.UUID
+
+
 class ReportQuery(_Message):
     """One of the reports; the fields its kind does not use are ignored. ``history`` lists
-    usage events in [start, end) matching the filters, oldest first, at most ``limit``."""
+    usage events in [start, end) matching the filters, oldest first (the same time: by
+    event id), at most ``limit``, after ``after`` if given."""
 
     kind: Literal["custom", "summary", "trend", "comparison", "projection", "history"]
     start: QueryTime | None = None
@@ -210,6 +219,11 @@ class ReportQuery(_Message):
     user_id: str | None = None
     project_id: str | None = None
     limit: int = Field(default=1000, ge=1, le=MAX_HISTORY_ROWS)
+    after: HistoryMark | None = Field(
+        default=None,
+        description="history: only the calls after this one (the last row of an answer"
+        " that has more)",
+    )
     tz: Annotated[str, AfterValidator(iana_zone)] = Field(
         default="UTC",
         description="IANA time zone whose days, weeks and months the summary, trend and"
@@ -235,3 +249,8 @@ class ReportAnswer(_Message):
     end: datetime
     tables: list[ReportTable]
     notes: list[str] = Field(default_factory=list)
+    more: bool = Field(
+        default=False,
+        description="history: cut short of its limit to fit one NATS message; ask again"
+        " with the last row as after",
+    )

@@ -27,11 +27,11 @@ from typing import Any
 import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from budget.config import Settings
 from budget.redaction import redact
-from budget.report_format import to_answer
+from budget.report_format import history_cut_note, to_answer
 from events.queries import (
     QUERY_ALERTS,
     QUERY_DELIVERIES,
@@ -224,11 +224,41 @@ class QueryService:
         return DeliveriesAnswer(deliveries=await self.queries.deliveries(query.alert_id))
 
     async def _report(self, query: ReportQuery) -> ReportAnswer:
-        return to_answer(await self.queries.report(query))
+        answer = to_answer(await self.queries.report(query))
+        return _fitted(answer, query, self.nc.max_payload) if query.kind == "history" else answer
 
     async def _position(self, query: PositionQuery) -> PositionAnswer:
         position = await self.queries.position(query.projection, query.at_least, query.wait_seconds)
         return PositionAnswer(position=position)
+
+
+_ROW = TypeAdapter(list[str | int | None])
+"""A report row as its answer's JSON writes it."""
+
+
+def _fitted(answer: ReportAnswer, query: ReportQuery, most: int) -> ReportAnswer:
+    """The usage history ``answer``, cut to the calls whose JSON fits in ``most`` bytes
+    (NATS's max_payload) with ``more`` set if they do not all fit: the asker asks for the
+    rest after its last row. A limit's note goes with the calls it was about."""
+    [calls] = answer.tables
+    sizes = [len(_ROW.dump_json(row)) + 1 for row in calls.rows]  # a comma each
+    if len(_json(answer)) <= most or not sizes:
+        return answer
+    notes = [n for n in answer.notes if n != history_cut_note(query.limit)]
+    cut = answer.model_copy(
+        update={"tables": [calls.model_copy(update={"rows": []})], "notes": notes, "more": True}
+    )
+    room, kept = most - len(_json(cut)), 0
+    while kept < len(sizes) and sizes[kept] <= room:
+        room -= sizes[kept]
+        kept += 1
+    if kept == 0:  # not one call fits: refused when sent, never an endless asking
+        return answer
+    return cut.model_copy(update={"tables": [calls.model_copy(update={"rows": calls.rows[:kept]})]})
+
+
+def _json(answer: ReportAnswer) -> bytes:
+    return answer.model_dump_json().encode()
 
 
 def _time_allowed(msg: Msg) -> float:
