@@ -41,7 +41,11 @@ asking: ContextVar[str | None] = ContextVar("asking", default=None)
 """Who the reads of the current task are for (the query service sets each request's caller;
 None: no one to share out between, as in the CLI)."""
 
-_POLL = 0.01  # seconds between checkpoint reads while waiting for a change to apply
+_FIRST_POLL, _MOST_POLL = 0.01, 0.1
+"""Seconds between checkpoint reads while waiting for a change to apply: 10 ms at first (a
+change is applied within milliseconds when its worker runs), twice as long after each
+read, at most 100 ms: a wait on a worker that is down (up to a minute) would otherwise
+read 100 times a second."""
 
 
 class ConnectionLost(psycopg.OperationalError):
@@ -149,11 +153,14 @@ class DatabaseQueries:
         """The stream sequence ``projection``'s live version has applied, once it reaches
         ``at_least`` or ``within`` seconds have passed."""
         deadline = time.monotonic() + within
+        pause = _FIRST_POLL
         while True:
             position = await self.read(lambda conn: live_position(conn, projection))
-            if position >= at_least or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if position >= at_least or left <= 0:
                 return position
-            await asyncio.sleep(_POLL)
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, _MOST_POLL)
 
     async def wait_applied(self, projection: str, seq: int, within: float) -> None:
         if await self.position(projection, seq, within) < seq:

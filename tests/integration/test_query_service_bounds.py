@@ -1,6 +1,7 @@
 """What one caller's questions may take of the query service: never every connection to
-the database, so one host's slow reports leave the others answered, and no more time than
-its asker waits for the answer. A table held locked
+the database, so one host's slow reports leave the others answered; no more time than its
+asker waits for the answer; and, waiting for a change to apply, a few reads a second. A
+table held locked
 stands in for a slow report (a year of history filtered on millions of calls): its
 questions wait on it in the database as long as the lock is held."""
 
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from nats.aio.client import Client
@@ -25,13 +27,16 @@ from events.queries import (
     ReportAnswer,
     ReportQuery,
 )
+from projections.database_queries import DatabaseQueries
 from projections.db import connect
+from projections.engine.projection import Connection
 from services.ops import prepare
 
 from enforcement import stack_settings
 from support import query_service, rows, wait_for
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 ANSWER_WITHIN = 10.0
 GREEDY_IN_FLIGHT = 8  # caller_query_in_flight's default: all of them at once
 
@@ -105,3 +110,24 @@ async def test_a_question_is_worked_on_only_as_long_as_its_asker_waits_and_says_
             await wait_for(abandoned_query_cancelled, within=ANSWER_WITHIN)
         report = await ask(nc, subject, history(utc_now()), ReportAnswer, within=ANSWER_WITHIN)
     assert report.tables[0].rows == []
+
+
+class CountedReads(DatabaseQueries):
+    """The query service's reads, counted."""
+
+    reads = 0
+
+    async def read(self, query: Callable[[Connection], Awaitable[T]]) -> T:
+        self.reads += 1
+        return await super().read(query)
+
+
+async def test_a_wait_for_a_change_to_apply_reads_the_database_a_few_times_a_second(
+    db: str,
+) -> None:
+    async with CountedReads(db) as queries:
+        # a change its worker never applies: the question waits its whole time
+        assert await queries.position("spend", at_least=1, within=2.0) == 0
+    # 10 ms after the first read, then twice as long after each, at most 100 ms: however
+    # fast the database answers (at a read every 10 ms: 200)
+    assert queries.reads <= 25
