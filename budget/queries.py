@@ -43,9 +43,11 @@ from events.queries import (
     RulesAnswer,
     RulesQuery,
     SpendAnswer,
+    SpendKey,
     SpendQuery,
     SpendRow,
     StoredAlert,
+    spend_order,
 )
 
 __all__ = ["NotApplied", "Queries", "RpcQueries", "not_applied", "question"]
@@ -112,7 +114,19 @@ class RpcQueries:
         return answer.policies
 
     async def spend(self, query: SpendQuery) -> list[SpendRow]:
-        return (await self._ask(QUERY_SPEND, query, SpendAnswer)).rows
+        """Every row, asked for part after part when they do not fit in one NATS message
+        (1 MiB by default: some thousands of scope keys), then put in the answer's order."""
+        answer = await self._ask(QUERY_SPEND, query, SpendAnswer)
+        if not answer.more:
+            return answer.rows
+        rows = list(answer.rows)
+        while answer.more:
+            after = SpendKey(scope=rows[-1].scope, scope_key=rows[-1].scope_key)
+            answer = await self._ask(
+                QUERY_SPEND, query.model_copy(update={"after": after}), SpendAnswer
+            )
+            rows += answer.rows
+        return sorted(rows, key=spend_order)
 
     async def rules(self) -> list[AlertRule]:
         return (await self._ask(QUERY_RULES, RulesQuery(), RulesAnswer)).rules

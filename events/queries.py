@@ -50,10 +50,12 @@ __all__ = [
     "RulesAnswer",
     "RulesQuery",
     "SpendAnswer",
+    "SpendKey",
     "SpendQuery",
     "SpendRow",
     "StoredAlert",
     "query_time",
+    "spend_order",
 ]
 
 
@@ -109,10 +111,22 @@ class PoliciesAnswer(_Message):
     policies: list[BudgetPolicy]
 
 
+class SpendKey(_Message):
+    """A row of a spend answer, where a part of it ends."""
+
+    scope: str
+    scope_key: str
+
+
 class SpendQuery(_Message):
     period: Literal["daily", "weekly", "monthly"] = "monthly"
     scope: BudgetScope | None = None
     at: QueryTime | None = Field(default=None, description="a time in the period; now if absent")
+    after: SpendKey | None = Field(
+        default=None,
+        description="only the rows after this one, by scope and then scope key (in Unicode"
+        " code point order): the last row of an answer that has more",
+    )
 
 
 class SpendRow(_Message):
@@ -127,8 +141,19 @@ class SpendRow(_Message):
     output_tokens: int
 
 
+def spend_order(row: SpendRow) -> tuple[str, Decimal, str]:
+    """The order of a spend answer's rows: by scope, the dearest first, then by key (in
+    code point order: PostgreSQL's "C" collation)."""
+    return row.scope, -row.cost, row.scope_key
+
+
 class SpendAnswer(_Message):
     rows: list[SpendRow]
+    more: bool = Field(
+        default=False,
+        description="cut to fit one NATS message: these rows are the first by scope and"
+        " scope key; ask again with the last one as after",
+    )
 
 
 class RulesQuery(_Message):

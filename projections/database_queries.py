@@ -134,7 +134,7 @@ class DatabaseQueries:
         scope = query.scope.value if query.scope else None
         at = query.at or utc_now()
         return await self.read(
-            lambda conn: spend_for_period(conn, Period(query.period), at, scope, key)
+            lambda conn: spend_for_period(conn, Period(query.period), at, scope, key, query.after)
         )
 
     async def rules(self) -> list[AlertRule]:

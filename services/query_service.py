@@ -212,7 +212,15 @@ class QueryService:
         return PoliciesAnswer(policies=await self.queries.policies(query.scope))
 
     async def _spend(self, query: SpendQuery) -> SpendAnswer:
-        return SpendAnswer(rows=await self.queries.spend(query))
+        """Every row, or, if they do not fit in one NATS message (thousands of users), the
+        first that fit by scope and key, with ``more``: the asker asks for the rest."""
+        answer = SpendAnswer(rows=await self.queries.spend(query))
+        if len(_json(answer)) <= self.nc.max_payload:
+            return answer
+        rows = sorted(answer.rows, key=lambda r: (r.scope, r.scope_key))
+        sizes = [len(_json(row)) + 1 for row in rows]
+        kept = _fitting(sizes, self.nc.max_payload - len(_json(SpendAnswer(rows=[], more=True))))
+        return SpendAnswer(rows=rows[:kept], more=True) if kept else answer
 
     async def _rules(self, _: RulesQuery) -> RulesAnswer:
         return RulesAnswer(rules=await self.queries.rules())
@@ -241,24 +249,31 @@ def _fitted(answer: ReportAnswer, query: ReportQuery, most: int) -> ReportAnswer
     (NATS's max_payload) with ``more`` set if they do not all fit: the asker asks for the
     rest after its last row. A limit's note goes with the calls it was about."""
     [calls] = answer.tables
-    sizes = [len(_ROW.dump_json(row)) + 1 for row in calls.rows]  # a comma each
-    if len(_json(answer)) <= most or not sizes:
+    if len(_json(answer)) <= most:
         return answer
     notes = [n for n in answer.notes if n != history_cut_note(query.limit)]
     cut = answer.model_copy(
         update={"tables": [calls.model_copy(update={"rows": []})], "notes": notes, "more": True}
     )
-    room, kept = most - len(_json(cut)), 0
-    while kept < len(sizes) and sizes[kept] <= room:
-        room -= sizes[kept]
-        kept += 1
-    if kept == 0:  # not one call fits: refused when sent, never an endless asking
+    kept = _fitting([len(_ROW.dump_json(row)) + 1 for row in calls.rows], most - len(_json(cut)))
+    if kept == 0:
         return answer
     return cut.model_copy(update={"tables": [calls.model_copy(update={"rows": calls.rows[:kept]})]})
 
 
-def _json(answer: ReportAnswer) -> bytes:
-    return answer.model_dump_json().encode()
+def _fitting(sizes: list[int], room: int) -> int:
+    """How many of the first items of ``sizes`` (bytes, a comma each included) fit in
+    ``room`` bytes; none fitting, the answer is sent whole and refused for its size, so
+    the asker is told rather than asking for a next part forever."""
+    kept = 0
+    while kept < len(sizes) and sizes[kept] <= room:
+        room -= sizes[kept]
+        kept += 1
+    return kept
+
+
+def _json(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode()
 
 
 def _time_allowed(msg: Msg) -> float:
