@@ -9,11 +9,15 @@ A host app that already serves Prometheus metrics adds the tracker's with one ca
 acknowledge them (re-sent every ``flush_interval`` and after a reconnect); one that grows
 means usage is not reaching the projections. ``budget_producer_connected`` is 1 while the
 tracker is connected to NATS. Both are read when scraped, nothing is counted per call.
+A spool that cannot be read (a file that is no SQLite database, one this process may not
+read) leaves the depth out, logged once, rather than failing the whole scrape, which
+would take every other metric of the host app with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Iterator
 
@@ -26,6 +30,8 @@ from budget.tracker import UsageTracker
 
 __all__ = ["TrackerCollector", "export_tracker_metrics"]
 
+log = logging.getLogger(__name__)
+
 
 class TrackerCollector(Collector):
     """The metrics of one tracker, read at each scrape. ``service`` labels them (the
@@ -34,6 +40,7 @@ class TrackerCollector(Collector):
     def __init__(self, tracker: UsageTracker) -> None:
         self._tracker = tracker
         self._service = tracker.settings.service_name
+        self._unreadable: set[str] = set()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         publisher = self._tracker.publisher
@@ -47,11 +54,27 @@ class TrackerCollector(Collector):
             "1 while the producer is connected to NATS",
             labels=["service"],
         )
-        spooled = _spool_depth(publisher) if isinstance(publisher, EventPublisher) else 0
-        depth.add_metric([self._service], spooled)
+        spooled = self._spool_depth(publisher) if isinstance(publisher, EventPublisher) else 0
+        if spooled is not None:
+            depth.add_metric([self._service], spooled)
         connected.add_metric([self._service], 1 if publisher.connected else 0)
         yield depth
         yield connected
+
+    def _spool_depth(self, publisher: EventPublisher) -> int | None:
+        """The spool's depth; None, logged once for each failure, when it cannot be read."""
+        try:
+            return _spool_depth(publisher)
+        except (sqlite3.Error, OSError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            if why not in self._unreadable:
+                self._unreadable.add(why)
+                log.warning(
+                    "budget_spool_depth left out: the spool %s cannot be read (%s)",
+                    publisher.spool.path,
+                    why,
+                )
+            return None
 
 
 def _spool_depth(publisher: EventPublisher) -> int:

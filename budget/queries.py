@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
 from budget.config import Settings
-from budget.report_format import Report, from_answer
+from budget.report_format import Report, Table, from_answer, history_cut_note
 from budget.rpc import RetryTimes, Unanswered, ask
 from events import AlertRule, BudgetPolicy, BudgetScope
 from events.queries import (
@@ -33,6 +33,7 @@ from events.queries import (
     AlertsQuery,
     DeliveriesAnswer,
     DeliveriesQuery,
+    HistoryMark,
     PoliciesAnswer,
     PoliciesQuery,
     PositionAnswer,
@@ -42,9 +43,11 @@ from events.queries import (
     RulesAnswer,
     RulesQuery,
     SpendAnswer,
+    SpendKey,
     SpendQuery,
     SpendRow,
     StoredAlert,
+    spend_order,
 )
 
 __all__ = ["NotApplied", "Queries", "RpcQueries", "not_applied", "question"]
@@ -111,7 +114,19 @@ class RpcQueries:
         return answer.policies
 
     async def spend(self, query: SpendQuery) -> list[SpendRow]:
-        return (await self._ask(QUERY_SPEND, query, SpendAnswer)).rows
+        """Every row, asked for part after part when they do not fit in one NATS message
+        (1 MiB by default: some thousands of scope keys), then put in the answer's order."""
+        answer = await self._ask(QUERY_SPEND, query, SpendAnswer)
+        if not answer.more:
+            return answer.rows
+        rows = list(answer.rows)
+        while answer.more:
+            after = SpendKey(scope=rows[-1].scope, scope_key=rows[-1].scope_key)
+            answer = await self._ask(
+                QUERY_SPEND, query.model_copy(update={"after": after}), SpendAnswer
+            )
+            rows += answer.rows
+        return sorted(rows, key=spend_order)
 
     async def rules(self) -> list[AlertRule]:
         return (await self._ask(QUERY_RULES, RulesQuery(), RulesAnswer)).rules
@@ -124,7 +139,30 @@ class RpcQueries:
         return (await self._ask(QUERY_DELIVERIES, query, DeliveriesAnswer)).deliveries
 
     async def report(self, query: ReportQuery) -> Report:
-        return from_answer(await self._ask(QUERY_REPORT, query, ReportAnswer))
+        answer = await self._ask(QUERY_REPORT, query, ReportAnswer)
+        return from_answer(answer) if not answer.more else await self._history(query, answer)
+
+    async def _history(self, query: ReportQuery, first: ReportAnswer) -> Report:
+        """The usage history ``first`` began, asked for part after part: one answer carries
+        what fits in one NATS message (1 MiB by default: some thousands of calls)."""
+        parts = [from_answer(first)]
+        answer, shown, asked = first, len(parts[0].main.rows), query.limit
+        while answer.more and shown < query.limit:
+            calls = parts[-1].main.records()[-1]
+            after = HistoryMark(occurred_at=calls["occurred_at"], event_id=calls["event_id"])
+            asked = query.limit - shown
+            part = query.model_copy(update={"limit": asked, "after": after})
+            answer = await self._ask(QUERY_REPORT, part, ReportAnswer)
+            parts.append(from_answer(answer))
+            shown += len(parts[-1].main.rows)
+        last = parts[-1]
+        # the last part's note that it was cut at what was left to show: of the whole limit
+        notes = [
+            history_cut_note(query.limit) if n == history_cut_note(asked) else n for n in last.notes
+        ]
+        rows = [row for part in parts for row in part.main.rows]
+        table = Table(last.main.title, last.main.columns, rows)
+        return Report(last.title, last.start, last.end, [table], notes)
 
     async def wait_applied(self, projection: str, seq: int, within: float) -> None:
         wait = min(within, MAX_POSITION_WAIT)

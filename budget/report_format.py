@@ -21,7 +21,15 @@ from typing import Any
 from budget.one_line import one_line
 from events.queries import CellKind, ReportAnswer, ReportTable
 
-__all__ = ["ExportFormat", "Report", "Table", "from_answer", "shown_money", "to_answer"]
+__all__ = [
+    "ExportFormat",
+    "Report",
+    "Table",
+    "from_answer",
+    "history_cut_note",
+    "shown_money",
+    "to_answer",
+]
 
 Cell = str | int | Decimal | date | datetime | None
 
@@ -128,6 +136,14 @@ class Report:
             lines.append("")
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
+
+
+def history_cut_note(limit: int) -> str:
+    """The note of a usage history that more calls match than its ``limit``."""
+    return (
+        f"more than {limit} calls match: showing the first {limit}; narrow the window or"
+        " the filters, or raise the limit"
+    )
 
 
 def _text(value: object) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "CellKind",
     "DeliveriesAnswer",
     "DeliveriesQuery",
+    "HistoryMark",
     "PoliciesAnswer",
     "PoliciesQuery",
     "PositionAnswer",
@@ -49,10 +50,12 @@ __all__ = [
     "RulesAnswer",
     "RulesQuery",
     "SpendAnswer",
+    "SpendKey",
     "SpendQuery",
     "SpendRow",
     "StoredAlert",
     "query_time",
+    "spend_order",
 ]
 
 
@@ -108,10 +111,22 @@ class PoliciesAnswer(_Message):
     policies: list[BudgetPolicy]
 
 
+class SpendKey(_Message):
+    """A row of a spend answer, where a part of it ends."""
+
+    scope: str
+    scope_key: str
+
+
 class SpendQuery(_Message):
     period: Literal["daily", "weekly", "monthly"] = "monthly"
     scope: BudgetScope | None = None
     at: QueryTime | None = Field(default=None, description="a time in the period; now if absent")
+    after: SpendKey | None = Field(
+        default=None,
+        description="only the rows after this one, by scope and then scope key (in Unicode"
+        " code point order): the last row of an answer that has more",
+    )
 
 
 class SpendRow(_Message):
@@ -126,8 +141,19 @@ class SpendRow(_Message):
     output_tokens: int
 
 
+def spend_order(row: SpendRow) -> tuple[str, Decimal, str]:
+    """The order of a spend answer's rows: by scope, the dearest first, then by key (in
+    code point order: PostgreSQL's "C" collation)."""
+    return row.scope, -row.cost, row.scope_key
+
+
 class SpendAnswer(_Message):
     rows: list[SpendRow]
+    more: bool = Field(
+        default=False,
+        description="cut to fit one NATS message: these rows are the first by scope and"
+        " scope key; ask again with the last one as after",
+    )
 
 
 class RulesQuery(_Message):
@@ -192,9 +218,17 @@ class PositionAnswer(_Message):
     position: int
 
 
+class HistoryMark(_Message):
+    """A call of the usage history, where a part of it ends: its time and event id."""
+
+    occurred_at: UtcDatetime
+    event_id: uuid.UUID
+
+
 class ReportQuery(_Message):
     """One of the reports; the fields its kind does not use are ignored. ``history`` lists
-    usage events in [start, end) matching the filters, oldest first, at most ``limit``."""
+    usage events in [start, end) matching the filters, oldest first (the same time: by
+    event id), at most ``limit``, after ``after`` if given."""
 
     kind: Literal["custom", "summary", "trend", "comparison", "projection", "history"]
     start: QueryTime | None = None
@@ -210,6 +244,11 @@ class ReportQuery(_Message):
     user_id: str | None = None
     project_id: str | None = None
     limit: int = Field(default=1000, ge=1, le=MAX_HISTORY_ROWS)
+    after: HistoryMark | None = Field(
+        default=None,
+        description="history: only the calls after this one (the last row of an answer"
+        " that has more)",
+    )
     tz: Annotated[str, AfterValidator(iana_zone)] = Field(
         default="UTC",
         description="IANA time zone whose days, weeks and months the summary, trend and"
@@ -235,3 +274,8 @@ class ReportAnswer(_Message):
     end: datetime
     tables: list[ReportTable]
     notes: list[str] = Field(default_factory=list)
+    more: bool = Field(
+        default=False,
+        description="history: cut short of its limit to fit one NATS message; ask again"
+        " with the last row as after",
+    )

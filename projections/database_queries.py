@@ -8,6 +8,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 import psycopg
@@ -32,11 +33,19 @@ from projections.policies import load_policies
 from projections.queries import alert_deliveries, find_alerts, spend_for_period
 from projections.report_queries import ReportBuilder
 
-__all__ = ["ConnectionLost", "DatabaseQueries"]
+__all__ = ["ConnectionLost", "DatabaseQueries", "asking"]
 
 T = TypeVar("T")
 
-_POLL = 0.01  # seconds between checkpoint reads while waiting for a change to apply
+asking: ContextVar[str | None] = ContextVar("asking", default=None)
+"""Who the reads of the current task are for (the query service sets each request's caller;
+None: no one to share out between, as in the CLI)."""
+
+_FIRST_POLL, _MOST_POLL = 0.01, 0.1
+"""Seconds between checkpoint reads while waiting for a change to apply: 10 ms at first (a
+change is applied within milliseconds when its worker runs), twice as long after each
+read, at most 100 ms: a wait on a worker that is down (up to a minute) would otherwise
+read 100 times a second."""
 
 
 class ConnectionLost(psycopg.OperationalError):
@@ -48,13 +57,17 @@ class DatabaseQueries:
     """Up to ``connections`` queries run at once, each on a connection of its own (opened
     on first use, kept until ``close``). A query that finds its connection dropped by the
     server (a restart) is run once more on a fresh one, and the idle connections go with
-    it."""
+    it. ``per_caller``: the most connections the reads of one caller (``asking``) hold at
+    once, so one caller's slow questions leave connections to answer the others on."""
 
-    def __init__(self, database_url: str, *, connections: int = 1) -> None:
+    def __init__(
+        self, database_url: str, *, connections: int = 1, per_caller: int | None = None
+    ) -> None:
         self.database_url = database_url
         self._idle: asyncio.Queue[Connection] = asyncio.Queue()
         self._slots = asyncio.Semaphore(connections)
         self._open: list[Connection] = []
+        self._shares = _Shares(per_caller or connections)
 
     async def __aenter__(self) -> DatabaseQueries:
         return self
@@ -73,7 +86,7 @@ class DatabaseQueries:
     async def connection(self) -> AsyncIterator[Connection]:
         """A connection of the pool for the block; ``ConnectionLost`` when the server
         dropped it (the idle ones go with it)."""
-        async with self._slots:
+        async with self._shares.of(asking.get()), self._slots:
             if self._idle.empty():
                 conn = await connect(self.database_url)
                 self._open.append(conn)
@@ -121,7 +134,7 @@ class DatabaseQueries:
         scope = query.scope.value if query.scope else None
         at = query.at or utc_now()
         return await self.read(
-            lambda conn: spend_for_period(conn, Period(query.period), at, scope, key)
+            lambda conn: spend_for_period(conn, Period(query.period), at, scope, key, query.after)
         )
 
     async def rules(self) -> list[AlertRule]:
@@ -140,12 +153,41 @@ class DatabaseQueries:
         """The stream sequence ``projection``'s live version has applied, once it reaches
         ``at_least`` or ``within`` seconds have passed."""
         deadline = time.monotonic() + within
+        pause = _FIRST_POLL
         while True:
             position = await self.read(lambda conn: live_position(conn, projection))
-            if position >= at_least or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if position >= at_least or left <= 0:
                 return position
-            await asyncio.sleep(_POLL)
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, _MOST_POLL)
 
     async def wait_applied(self, projection: str, seq: int, within: float) -> None:
         if await self.position(projection, seq, within) < seq:
             raise not_applied(projection, seq, within)
+
+
+class _Shares:
+    """At most ``most`` holders at once per caller; a caller's own semaphore exists while
+    any of its reads wants one (callers come and go: none is remembered after)."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._shares: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, caller: str | None) -> AsyncIterator[None]:
+        if caller is None:
+            yield
+            return
+        share, users = self._shares.get(caller, (asyncio.Semaphore(self._most), 0))
+        self._shares[caller] = (share, users + 1)
+        try:
+            async with share:
+                yield
+        finally:
+            _, users = self._shares[caller]
+            if users > 1:
+                self._shares[caller] = (share, users - 1)
+            else:
+                del self._shares[caller]

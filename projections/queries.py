@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 from budget.periods import Period, period_bounds, period_start
 from budget.policies import canonical_key
 from events import Alert, BudgetScope, ImageUsage, Topology, Usage
-from events.queries import AlertDelivery, AlertsQuery, SpendRow, StoredAlert
+from events.queries import AlertDelivery, AlertsQuery, SpendKey, SpendRow, StoredAlert
 from projections.engine.checkpoints import list_checkpoints
 from projections.engine.log import pending_after
 from projections.engine.projection import Connection
@@ -83,11 +83,13 @@ async def spend_for_period(
     at: datetime,
     scope: str | None = None,
     key: str | None = None,
+    after: SpendKey | None = None,
 ) -> list[SpendRow]:
     """Totals of the calendar period (UTC) containing ``at``, for every scope or one, every
     key or one: the sum of the period's quarter-hour buckets. ``key`` is matched as spend
     is counted under each scope (``canonical_key``: "OpenAI" is the provider "openai",
-    "GPT-4o" the model "gpt-4o", a user "OpenAI" stays "OpenAI")."""
+    "GPT-4o" the model "gpt-4o", a user "OpenAI" stays "OpenAI"). ``after``: only the
+    rows after it by scope, then scope key in code point order; ordered as ``spend_order``."""
     start, end = period_bounds(period, at)
     scopes = [scope] if scope is not None else list(SCOPES)
     wanted = None if key is None else {s: canonical_key(BudgetScope(s), key) for s in scopes}
@@ -106,13 +108,16 @@ async def spend_for_period(
     if wanted is not None:
         conditions.append("scope_key = ANY(%s)")
         params.append(sorted(set(wanted.values())))
+    if after is not None:
+        conditions.append('(scope, scope_key COLLATE "C") > (%s, %s)')
+        params += [after.scope, after.scope_key]
     cursor = await conn.execute(
         "SELECT scope, scope_key, sum(cost), sum(requests)::bigint,"
         " sum(unpriced_requests)::bigint,"
         " sum(input_uncached + input_cache_read + input_cache_write),"
         " sum(output_text + output_reasoning)"
         f" FROM spend_buckets WHERE {' AND '.join(conditions)}"
-        " GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key".encode(),
+        ' GROUP BY scope, scope_key ORDER BY scope, sum(cost) DESC, scope_key COLLATE "C"'.encode(),
         params,
     )
     day = period_start(period, at)

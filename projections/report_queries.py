@@ -26,7 +26,7 @@ from budget.forecast import METHOD, DayForecast, forecast, total_interval
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window, policy_zone
-from budget.report_format import Cell, Report, Table
+from budget.report_format import Cell, Report, Table, history_cut_note
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
 from events.policy import GLOBAL_SCOPE_KEY
@@ -387,8 +387,9 @@ class ReportBuilder:
     async def usage_history(self, start: datetime, end: datetime, query: ReportQuery) -> Report:
         """Usage events in [start, end) matching ``query``'s filters (as the history's
         ``HistoryFilter``: a provider however it is spelt, a model however it is cased),
-        oldest first: one row per call with its current cost (corrections included), or
-        why it has none, and who published it."""
+        after ``query.after`` if given, oldest first (calls of the same time by event id,
+        so that ``after`` resumes exactly): one row per call with its current cost
+        (corrections included), or why it has none, and who published it."""
         start, end, notes = self._window(start, end, whole_hours=False)
         keys = HistoryFilter(
             provider=query.provider,
@@ -397,6 +398,10 @@ class ReportBuilder:
             project_id=query.project_id,
         )
         clauses, filters = keys.key_clauses()
+        params = {**filters, "start": start, "end": end, "limit": query.limit + 1}
+        if query.after is not None:
+            clauses.append("(occurred_at, event_id) > (%(after_at)s, %(after_id)s)")
+            params |= {"after_at": query.after.occurred_at, "after_id": query.after.event_id}
         where = "".join(f" AND {clause}" for clause in clauses)
         cursor = await self.conn.execute(
             f"""SELECT occurred_at, provider, model, kind, user_id, project_id,
@@ -404,16 +409,13 @@ class ReportBuilder:
                        output_text + output_reasoning, cost, unpriced_reason, event_id::text,
                        publisher
                 FROM usage_history WHERE occurred_at >= %(start)s AND occurred_at < %(end)s
-                {where} ORDER BY occurred_at, stream_seq LIMIT %(limit)s""".encode(),
-            {**filters, "start": start, "end": end, "limit": query.limit + 1},
+                {where} ORDER BY occurred_at, event_id LIMIT %(limit)s""".encode(),
+            params,
         )
         rows: list[tuple[Cell, ...]] = [tuple(row) for row in await cursor.fetchall()]
         if len(rows) > query.limit:
             rows = rows[: query.limit]
-            notes.append(
-                f"more than {query.limit} calls match: showing the first {query.limit};"
-                " narrow the window or the filters, or raise the limit"
-            )
+            notes.append(history_cut_note(query.limit))
         notes += [f"{c}: {value}" for c, value in filters.items()]
         columns = (
             "occurred_at",

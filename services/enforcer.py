@@ -56,6 +56,7 @@ from events.rpc import (
 from events.usage import exact_money
 from projections.db import connect
 from projections.engine.checkpoints import live_position
+from projections.engine.metrics import from_zero
 from projections.engine.projection import Connection
 from projections.policies import PoliciesProjection, load_policies
 from projections.windows import window_sums
@@ -63,7 +64,7 @@ from services import replies, reservations
 from services.fair_queue import FairQueue
 from services.limits import CallerLimits, LimitedRequests, asker_waits, services_callers
 from services.liveness import Liveness
-from services.metrics import CHECK_SECONDS, CHECKS, RESERVATIONS_OPEN
+from services.metrics import CHECK_OUTCOMES, CHECK_SECONDS, CHECKS, RESERVATIONS_OPEN
 from services.replies import UNAVAILABLE, Handler, error_reply, send
 
 __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
@@ -171,6 +172,7 @@ class Enforcer:
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        from_zero(CHECKS, *((outcome,) for outcome in CHECK_OUTCOMES))
         self._decider = await connect(self.settings.database_url)
         await self._publisher.start()
         await self.publish_configured_policies()

@@ -25,7 +25,9 @@ from services.metrics_endpoint import metrics_token, start_metrics_server
 __all__ = [
     "ALERT_DELIVERIES",
     "CHECKS",
+    "CHECK_OUTCOMES",
     "CHECK_SECONDS",
+    "DELIVERY_OUTCOMES",
     "HTTP_REQUEST_SECONDS",
     "QUERY_SECONDS",
     "RESERVATIONS_OPEN",
@@ -38,13 +40,16 @@ log = logging.getLogger(__name__)
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _SLOW = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+CHECK_OUTCOMES = ("allowed", "block", "throttle", "error", "rate_limited", "invalid")
+DELIVERY_OUTCOMES = ("sent", "failed", "skipped", "retried")
+
 # The enforcer's: registered by ``services.enforcer`` alone, so no other process exports
 # them as zeros (a sum or max over every process would read those).
 CHECKS = Counter(
     "budget_checks",
-    "Pre-call checks the enforcer answered, by outcome: allowed, block, throttle, error"
-    " (deciding failed, or the enforcer is not healthy), rate_limited (refused for the"
-    " caller's limits, unread), invalid (not a check request)",
+    "Pre-call checks the enforcer answered, by outcome (CHECK_OUTCOMES): allowed, block,"
+    " throttle, error (deciding failed, or the enforcer is not healthy), rate_limited"
+    " (refused for the caller's limits, unread), invalid (not a check request)",
     ["outcome"],
     registry=None,
 )
@@ -62,7 +67,7 @@ RESERVATIONS_OPEN = Gauge(
 )
 ALERT_DELIVERIES = Counter(
     "budget_alert_deliveries",
-    "Alert sends the notifier finished or tried, by channel and outcome:"
+    "Alert sends the notifier finished or tried, by channel and outcome (DELIVERY_OUTCOMES):"
     " sent, failed (given up), skipped (channel not enabled), retried",
     ["channel", "outcome"],
 )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,10 +42,11 @@ from events import Alert
 from events.alerts import CHANNELS
 from projections.alerts import OUTBOX_CHANNEL
 from projections.db import connect
+from projections.engine.metrics import from_zero
 from projections.engine.projection import Connection
 from services.channels import Rejected, Sender, Undeliverable, senders, undeliverable
 from services.liveness import Liveness, Loop
-from services.metrics import ALERT_DELIVERIES
+from services.metrics import ALERT_DELIVERIES, DELIVERY_OUTCOMES
 
 __all__ = ["Notifier", "NotifierConfig", "serve_notifier"]
 
@@ -83,6 +85,7 @@ class Notifier:
         self._wake: dict[str, asyncio.Event] = {channel: asyncio.Event() for channel in CHANNELS}
 
     async def run(self, stop: asyncio.Event) -> None:
+        from_zero(ALERT_DELIVERIES, *itertools.product(CHANNELS, DELIVERY_OUTCOMES))
         stall_after = self.config.stall_after
         listen = self.liveness.loop("notifier outbox listener", stall_after=stall_after)
         tasks = [listen.start(self._listen(stop, listen))]

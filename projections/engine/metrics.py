@@ -7,6 +7,8 @@ per batch, not per event."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "LAG",
     "PROJECTION_LABELS",
     "REASON_KINDS",
+    "from_zero",
     "reason_kind",
 ]
 
@@ -71,3 +74,12 @@ def reason_kind(reason: str) -> str:
     if reason.startswith("the projection failed on it: "):
         return "projection_failed"  # projections.engine.runner
     return "invalid"
+
+
+def from_zero(counter: Counter, *labelings: Sequence[str]) -> None:
+    """Expose ``counter``'s series of each of ``labelings`` at 0 before it first counts.
+    Prometheus sees no increase in a series that first appears at 1 (``increase`` and
+    ``rate`` need a sample before the change), so an alert on the first dead letter or
+    failed delivery since a process started would never fire."""
+    for labels in labelings:
+        counter.labels(*labels)

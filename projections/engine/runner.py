@@ -36,6 +36,7 @@ from projections.engine.isolation import (
     whole_batch,
 )
 from projections.engine.log import LogMark, bind_consumer, message_digest, verify_log
+from projections.engine.metrics import DEAD_LETTERS, REASON_KINDS, from_zero
 from projections.engine.preparer import Prepared, Preparer
 from projections.engine.projection import Applied, Connection, Projection, SharedLedger
 from projections.engine.reader import Delivery, PullReader
@@ -208,6 +209,7 @@ class ProjectionRunner:
         # one lock order, so two runners sharing projections cannot deadlock
         for writer in sorted(self.writers, key=lambda w: w.durable):
             await writer.take_over(conn)
+        from_zero(DEAD_LETTERS, *((w.durable, kind) for w in self.writers for kind in REASON_KINDS))
         await self._read_after_checkpoint()
 
     async def _read_after_checkpoint(self) -> None:

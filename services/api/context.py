@@ -45,7 +45,9 @@ class ApiServices:
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings, *, connections: int = 8) -> AsyncIterator[ApiServices]:
         tracker = await start_usage_tracker(settings)
-        database = DatabaseQueries(settings.database_url, connections=connections)
+        database = DatabaseQueries(
+            settings.database_url, connections=connections, per_caller=max(1, connections // 2)
+        )
         key_cache = KeyCache(settings.database_url)
         key_cache.start()
         try:

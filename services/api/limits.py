@@ -13,6 +13,8 @@ used by ``services.api.console.guard``). Admin changes and key management are no
 A request over a limit is answered 429 with ``retry_after`` and ``Retry-After``; an
 admitted one counts in flight until its answer has been sent (a live alert feed, open all
 day in every console tab, only counts against the rate: ``routes.alerts``).
+An admitted request's reads take its key's share of the database connections
+(``projections.database_queries.asking``): at most half of them at once.
 
 The limits are per API process: replicas each count their own.
 """
@@ -27,6 +29,7 @@ from fastapi import Request
 
 from budget.config import Settings
 from events import ApiRole
+from projections.database_queries import asking
 from services.api.auth import INGEST, READ, Principal, require
 from services.api.problems import Problem
 from services.limits import CallerLimits
@@ -88,6 +91,7 @@ def limited(group: Group, *roles: ApiRole) -> Callable[[Request], AsyncIterator[
     async def dependency(request: Request) -> AsyncIterator[Principal]:
         principal = await authorised(request)
         async with admitted(request, group, principal):
+            asking.set(principal.key_id)  # its reads take the key's share of the connections
             yield principal
 
     return dependency

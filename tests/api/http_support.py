@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import httpx
+import psycopg
 
 from live import LiveStack
 
-__all__ = ["call", "csrf_token", "eventually", "posted_at_once", "sign_in"]
+__all__ = [
+    "call",
+    "csrf_token",
+    "eventually",
+    "posted_at_once",
+    "sign_in",
+    "spend_locked",
+    "waiting_on_spend",
+]
 
 T = TypeVar("T")
 
@@ -62,3 +72,25 @@ def csrf_token(page: str) -> str:
     token = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert token, page
     return token[1]
+
+
+@contextlib.contextmanager
+def spend_locked(stack: LiveStack) -> Iterator[psycopg.Connection]:
+    """The spend table locked, so reads of it wait (in flight) until the lock is let go
+    (``rollback()``, or the block's end)."""
+    with psycopg.connect(stack.settings.database_url) as conn:
+        conn.execute("LOCK TABLE spend_buckets IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def waiting_on_spend(stack: LiveStack) -> int:
+    """How many sessions wait for the spend table's lock."""
+    with psycopg.connect(stack.settings.database_url) as probe:
+        row = probe.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+            ("spend_buckets",),
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -18,7 +18,7 @@ import pytest
 
 from events import ApiRole
 
-from http_support import call, csrf_token, eventually, sign_in
+from http_support import call, csrf_token, eventually, sign_in, spend_locked, waiting_on_spend
 from live import LiveStack
 
 STACK_ENV = {
@@ -67,27 +67,13 @@ def test_a_greedy_key_is_refused_while_another_keys_checks_are_answered(
 
 
 @pytest.fixture
-def spend_locked(stack: LiveStack) -> Iterator[psycopg.Connection]:
-    """The spend table locked, so reads of it wait (in flight) until the lock is let go."""
-    with psycopg.connect(stack.settings.database_url) as conn:
-        conn.execute("LOCK TABLE spend_buckets IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield conn
-        finally:
-            conn.rollback()
-
-
-def _waiting_on_lock(database_url: str) -> int:
-    with psycopg.connect(database_url) as probe:
-        row = probe.execute(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-            ("spend_buckets",),
-        ).fetchone()
-    return int(row[0]) if row else 0
+def spend_lock(stack: LiveStack) -> Iterator[psycopg.Connection]:
+    with spend_locked(stack) as conn:
+        yield conn
 
 
 def test_a_keys_reads_past_its_in_flight_cap_are_refused(
-    stack: LiveStack, spend_locked: psycopg.Connection
+    stack: LiveStack, spend_lock: psycopg.Connection
 ) -> None:
     viewer_key = stack.new_key(ApiRole.VIEWER, "many tabs")
 
@@ -97,14 +83,12 @@ def test_a_keys_reads_past_its_in_flight_cap_are_refused(
 
     with ThreadPoolExecutor(2) as pool:
         held = [pool.submit(read_spend) for _ in range(2)]
-        eventually(
-            lambda: _waiting_on_lock(stack.settings.database_url) == 2, what="two reads in flight"
-        )
+        eventually(lambda: waiting_on_spend(stack) == 2, what="two reads in flight")
         # The key has a token left (burst 3) but two requests in flight, the most allowed.
         _assert_refused(read_spend(), "caller_query_in_flight")
         with stack.client(stack.new_key(ApiRole.VIEWER, "another")) as other:
             assert other.get("/api/v1/policies").status_code == 200
-        spend_locked.rollback()
+        spend_lock.rollback()
         assert [f.result().status_code for f in held] == [200, 200]
 
 

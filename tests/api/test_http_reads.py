@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import nats
 import pytest
 
-from http_support import call, eventually
+from events import ApiRole
+
+from http_support import call, eventually, spend_locked, waiting_on_spend
 from live import LiveStack
 
 NOW = datetime.now(UTC)
@@ -221,3 +224,20 @@ def test_system_views(stack: LiveStack, admin: httpx.Client) -> None:
         "ready": True,
         "checks": {"nats": True, "postgresql": True},
     }
+
+
+def test_one_keys_slow_reads_leave_another_key_answered(stack: LiveStack) -> None:
+    greedy = stack.new_key(ApiRole.VIEWER, "greedy")
+    in_flight = 8  # caller_query_in_flight's default: as many as the API's connections
+
+    def read_spend() -> int:
+        with stack.client(greedy) as viewer:
+            return viewer.get("/api/v1/spend").status_code
+
+    with spend_locked(stack) as lock, ThreadPoolExecutor(in_flight) as pool:
+        held = [pool.submit(read_spend) for _ in range(in_flight)]
+        eventually(lambda: waiting_on_spend(stack) > 0, what="the greedy key's reads wait")
+        with stack.client(stack.new_key(ApiRole.VIEWER, "polite"), timeout=10) as polite:
+            assert polite.get("/api/v1/policies").status_code == 200
+        lock.rollback()
+        assert [f.result() for f in held] == [200] * in_flight

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import subprocess
@@ -34,8 +35,11 @@ from test_cli import (  # noqa: F401 (fixtures)
 
 from budget.natsconn import inbox_prefix
 from events import Topology, UsageRecorded
+from events.alerts import CHANNELS
 from events.queries import QUERY_POLICIES, PoliciesAnswer, PoliciesQuery
+from projections.engine.metrics import REASON_KINDS
 from projections.registry import worker_projections
+from services.metrics import CHECK_OUTCOMES, DELIVERY_OUTCOMES
 from services.stack import SERVICES, STACK_WORKERS
 
 from live import free_port
@@ -174,6 +178,26 @@ def test_every_process_serves_metrics_that_move_with_the_work(
             CATCH_UP,
             f"{name}'s lag",
         )
+    # What the example rules alert on is at 0 from the start: a series that first appeared
+    # at 1 would be no increase to Prometheus, and the first dead letter or delivery given
+    # up since a process started would fire no alert.
+    zeros = {
+        (name, "budget_dead_letters_total"): {
+            (f"{p.name}-v1", reason) for p in worker_projections(name) for reason in REASON_KINDS
+        }
+        for name in workers
+    }
+    zeros[("notifier", "budget_alert_deliveries_total")] = set(
+        itertools.product(CHANNELS, DELIVERY_OUTCOMES)
+    )
+    zeros[("enforcer", "budget_checks_total")] = {(outcome,) for outcome in CHECK_OUTCOMES}
+    for (name, metric), series in zeros.items():
+        eventually(
+            lambda name=name, metric=metric: _series(endpoint[name].scrape(), metric),
+            lambda found, series=series: found == series,
+            CATCH_UP,
+            f"{name}'s {metric} series, there before anything is counted",
+        )
 
     servers = {"BUDGET_NATS_URL": banner.nats_url, "BUDGET_DATABASE_URL": banner.database_url}
     host_env = {
@@ -275,3 +299,8 @@ def _scraped(at: Endpoint) -> list[Sample]:
 
 def _families(samples: list[Sample]) -> set[str]:
     return {s.name for s in samples}
+
+
+def _series(samples: list[Sample], name: str) -> set[tuple[str, ...]]:
+    """The label values of each of ``name``'s series (its value aside)."""
+    return {tuple(s.labels.values()) for s in samples if s.name == name}

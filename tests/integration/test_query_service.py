@@ -18,16 +18,17 @@ from budget.reports import ReportGenerator
 from budget.rpc import Refused, Unanswered
 from budget.tracker import start_usage_tracker
 from events import BudgetPolicy, BudgetScope, Topology, utc_now
-from events.queries import QUERY_REPORT, QUERY_SPEND
+from events.queries import QUERY_REPORT, QUERY_SPEND, SpendQuery
 from events.rpc import RpcError
 from projections.database_queries import ConnectionLost, DatabaseQueries
+from projections.registry import get_projection
 from services.embedded import EmbeddedPostgres
 from services.liveness import Liveness
 from services.ops import prepare
 from services.query_service import QueryService
 
 from enforcement import projection_workers, stack_settings
-from support import publish, query_service, usage_event, wait_for
+from support import catch_up, publish, query_service, usage_event, wait_for
 
 pytestmark = pytest.mark.integration
 NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
@@ -73,6 +74,22 @@ async def test_a_host_app_without_database_access_manages_policies_and_reads_spe
             assert await alice_spend() == [Decimal("1.25")]
     finally:
         await tracker.close()
+
+
+async def test_a_spend_summary_larger_than_one_nats_message_is_answered_whole(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    now = utc_now()
+    # ~1.4 MB of rows, one a user; keys whose order differs by collation among them
+    users = [f"user-{i}" for i in range(8_000)] + ["b", "B", "é", "e", "Zoë", "zoe"]
+    await publish(nc, topology, [usage_event(user=u, at=now - timedelta(minutes=1)) for u in users])
+    await catch_up(get_projection("spend"), nc, db, topology)
+    async with query_service(nc, settings) as asked, DatabaseQueries(db) as read:
+        for query in (SpendQuery(at=now), SpendQuery(at=now, scope=BudgetScope.USER)):
+            rows = await asked.spend(query)
+            assert rows == await read.spend(query)  # the CLI's way: no NATS message between
+    assert {r.scope_key for r in rows} == set(users)
 
 
 async def test_a_wrong_question_is_refused_with_the_services_reason(

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from budget.config import Settings
 from budget.forecast import total_interval
 from budget.periods import Period
-from budget.report_format import ExportFormat
+from budget.report_format import ExportFormat, history_cut_note
 from budget.reports import ReportGenerator
 from events import (
     BudgetPeriod,
@@ -29,6 +29,8 @@ from events import (
     UsageRepriced,
     utc_now,
 )
+from events.queries import MAX_HISTORY_ROWS, ReportQuery
+from projections.database_queries import DatabaseQueries
 from projections.db import connect
 from projections.queries import spend_for_period
 from projections.registry import get_projection
@@ -274,6 +276,30 @@ async def test_usage_history_lists_the_matching_calls_oldest_first(
     assert any("more than 2 calls match" in note for note in capped.notes)
     with pytest.raises(ValueError, match="limit must be between 1 and 100000"):
         await generator.get_usage_history(*window, limit=0)
+
+
+async def test_a_history_larger_than_one_nats_message_is_answered_whole_as_the_cli_reads_it(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    at = datetime(2026, 3, 4, 9, tzinfo=UTC)
+    # ~1.7 MB of rows, 100 calls a second: the parts' seams fall among calls of one time
+    calls = [usage_event(at=at + timedelta(seconds=i // 100), user=f"u{i}") for i in range(10_000)]
+    await publish(nc, topology, calls)
+    await materialize(nc, db, topology, "history")
+    window = (at, at + timedelta(hours=1))
+    async with DatabaseQueries(db) as direct:  # the CLI's way: no NATS message between
+        for limit in (MAX_HISTORY_ROWS, 9_000):
+            query = ReportQuery(kind="history", start=window[0], end=window[1], limit=limit)
+            asked = await generator.get_usage_history(*window, limit=limit)
+            read = await direct.report(query)
+            assert asked.main.rows == read.main.rows
+            assert asked.notes == read.notes
+    assert len(asked.main.rows) == 9_000
+    assert asked.notes == [history_cut_note(9_000)]
+    oldest_first = sorted(calls, key=lambda c: (c.occurred_at, c.event_id))  # ties: by id
+    assert [r["event_id"] for r in read.main.records()] == [
+        str(c.event_id) for c in oldest_first[:9_000]
+    ]
 
 
 async def test_an_unpriced_call_in_the_history_says_unpriced_and_why_in_every_export(

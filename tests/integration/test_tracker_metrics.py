@@ -1,14 +1,16 @@
 """The host app's optional exporter (``budget.metrics``), on a real tracker and NATS: the
-spool depth rises while NATS is down and falls back once the spool is re-sent."""
+spool depth rises while NATS is down and falls back once the spool is re-sent; a spool it
+cannot read leaves the depth out, never the host app's whole scrape."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from budget.config import Settings
 from budget.metrics import export_tracker_metrics
@@ -22,17 +24,18 @@ from support import wait_for
 CALL = {"model": "gpt-4o", "provider": "openai", "input_tokens": 100, "output_tokens": 10}
 
 
-@pytest.fixture
-async def tracker(
-    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path
+@contextlib.asynccontextmanager
+async def shop_tracker(
+    embedded_nats: EmbeddedNats, topology: Topology, spool_dir: Path
 ) -> AsyncIterator[UsageTracker]:
+    """A tracker named ``shop`` on the real NATS, spooling in ``spool_dir``."""
     client = await nats.connect(embedded_nats.url)
     await declare_streams(client.jetstream(), topology)
     await client.close()
     settings = Settings(
         nats_url=embedded_nats.url,
         subject_prefix=topology.prefix,
-        spool_dir=tmp_path / "spool",
+        spool_dir=spool_dir,
         flush_interval=0.5,
         service_name="shop",
     )
@@ -41,6 +44,14 @@ async def tracker(
         yield started
     finally:
         await started.close()
+
+
+@pytest.fixture
+async def tracker(
+    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path
+) -> AsyncIterator[UsageTracker]:
+    async with shop_tracker(embedded_nats, topology, tmp_path / "spool") as started:
+        yield started
 
 
 def figures(registry: CollectorRegistry) -> tuple[float | None, float | None]:
@@ -73,3 +84,16 @@ async def test_spool_depth_follows_an_outage(
         return figures(registry) == (0, 1)
 
     await wait_for(resent, within=30)
+
+
+async def test_a_spool_it_cannot_read_leaves_the_depth_out_and_the_scrape_whole(
+    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "spool.sqlite3").write_bytes(b"not an SQLite database\n" * 100)
+    async with shop_tracker(embedded_nats, topology, spool_dir) as tracker:
+        registry = CollectorRegistry()
+        export_tracker_metrics(tracker, registry)
+        assert b"budget_producer_connected" in generate_latest(registry)
+        assert figures(registry) == (None, 1)
