@@ -292,13 +292,16 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
         "speech is priced per character or audio token, and the answer is audio alone",
     )
     for resource, paid, why in _UNRECORDED:
-        owner = getattr(client, resource, None)
+        holder: Any = client
+        for part in resource.split("."):  # "beta.realtime": client.beta.realtime
+            holder = getattr(holder, part, None)
         for name in paid:
-            if hasattr(owner, name):  # what this version of the SDK has
-                untracked(owner, name, f"openai {resource}.{name}", why)
+            if hasattr(holder, name):  # what this version of the SDK has
+                untracked(holder, name, f"openai {resource}.{name}", why)
 
 
 _SESSION = "a session's usage arrives over its connection, which is not read"
+_SOCKET = "the responses made over a WebSocket arrive over its connection, which is not read"
 _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("batches", ("create",), "a batch is billed as its requests complete, long after this call"),
     (
@@ -307,6 +310,9 @@ _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "video is priced per second of it, which usage events do not count",
     ),
     ("realtime", ("connect",), _SESSION),
+    ("beta.realtime", ("connect",), _SESSION),
+    ("responses", ("connect",), _SOCKET),
+    ("beta.responses", ("connect",), _SOCKET),
     ("live", ("create", "connect"), _SESSION),
     (
         "decisions",
