@@ -15,6 +15,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+from anthropic.resources.messages import AsyncMessages
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
@@ -113,21 +114,23 @@ _MESSAGES_STREAM = Method(lambda kwargs: _plan(kwargs, stream=True), _measure, _
 
 def install(client: Any, lifecycle: Lifecycle) -> None:
     patch_copies(client, lambda copy: install(copy, lifecycle))
-    asynchronous = isinstance(client, anthropic.AsyncAnthropic)
-    for messages in (client.messages, client.beta.messages):
+    # Told by the resource: the async Bedrock and Vertex AI clients are no AsyncAnthropic.
+    asynchronous = isinstance(client.messages, AsyncMessages)
+    for messages, path in ((client.messages, "messages"), (client.beta.messages, "beta.messages")):
         # parse (structured outputs) posts by itself, not through create.
         for name in ("create", "parse"):
             patch(messages, name, lifecycle, _MESSAGES, asynchronous=asynchronous)
         patch_stream_manager(
             messages, "stream", lifecycle, _MESSAGES_STREAM, asynchronous=asynchronous
         )
-    for batches, label in (
-        (client.messages.batches, "anthropic messages.batches.create"),
-        (client.beta.messages.batches, "anthropic beta.messages.batches.create"),
-    ):
-        untracked(
-            batches, "create", label, "a batch is billed as its requests complete, long after"
-        )
+        batches = getattr(messages, "batches", None)
+        if hasattr(batches, "create"):  # not through Bedrock, Vertex AI or Foundry
+            untracked(
+                batches,
+                "create",
+                f"anthropic {path}.batches.create",
+                "a batch is billed as its requests complete, long after",
+            )
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:

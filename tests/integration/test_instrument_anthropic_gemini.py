@@ -89,6 +89,48 @@ async def test_anthropic_messages_parsed_and_streamed_record_exact_usage_once(
     assert_each(events, **ALICES_CLAUDE_CALLS)
 
 
+VERTEX_MODEL = "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5"
+
+
+@sync_and_async
+async def test_anthropic_clients_of_vertex_ai_record_exact_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``AnthropicVertex`` and ``AsyncAnthropicVertex`` (as the Bedrock ones) have no
+    message batches, and the async one is no ``AsyncAnthropic``: instrumenting either had
+    raised AttributeError. Their calls are recorded as the API's, priced as Google's."""
+    api = ProviderApi(
+        answers={f"{VERTEX_MODEL}:rawPredict": "anthropic_message.json"},
+        streams={f"{VERTEX_MODEL}:streamRawPredict": "anthropic_message_stream.sse"},
+    )
+    vertex = {"region": "us-east5", "project_id": "p", "access_token": "token"}
+    if sync:
+        http: Any = httpx2.Client(transport=api.transport())
+        client: Any = anthropic.AnthropicVertex(**vertex, http_client=http)
+    else:
+        http = httpx2.AsyncClient(transport=api.transport())
+        client = anthropic.AsyncAnthropicVertex(**vertex, http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+
+    def sync_calls() -> None:
+        client.messages.create(**MESSAGE)
+        with client.messages.stream(**MESSAGE) as helper:
+            helper.until_done()
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(sync_calls)
+        else:
+            await client.messages.create(**MESSAGE)
+            async with client.messages.stream(**MESSAGE) as helper:
+                await helper.until_done()
+        events = await recorded.exactly(stack.tracker, 2)
+    message, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
+    assert (message.usage, message.cost) == (CLAUDE_MESSAGE, CLAUDE_MESSAGE_COST)
+    assert (streamed.usage, streamed.cost) == (CLAUDE_STREAM, CLAUDE_STREAM_COST)
+    assert_each(events, **{**ALICES_CLAUDE_CALLS, "provider": "google"})
+
+
 async def leave_the_event_stream_early(client: anthropic.AsyncAnthropic) -> None:
     stream = await client.messages.create(**MESSAGE, stream=True)
     async with stream:
