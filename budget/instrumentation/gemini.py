@@ -18,8 +18,8 @@ from budget.instrumentation.lifecycle import (
     Lifecycle,
     Measured,
     Plan,
+    call_scope,
     in_scope,
-    keyword_scope,
 )
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
@@ -152,14 +152,16 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
 def _keywords_passed(
     asynchronous: bool, *, stream: bool
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A public method that takes the ``budget_*`` keywords off its call and holds them as
-    the enclosing scope while it, and for a stream its iteration, sends the requests."""
+    """A public method that takes the ``budget_*`` keywords off its call and holds them,
+    over the ``attribute_to`` blocks the call is made in, as the enclosing scope while it,
+    and for a stream its iteration, sends the requests: a stream read after its block is
+    left is still charged as it was asked."""
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         if asynchronous:
 
             async def passing(*args: Any, **kwargs: Any) -> Any:
-                scope = keyword_scope(kwargs)
+                scope = call_scope(kwargs)
                 if scope is None:
                     return await original(*args, **kwargs)
                 with in_scope(scope):
@@ -169,7 +171,7 @@ def _keywords_passed(
             return passing
 
         def passing_sync(*args: Any, **kwargs: Any) -> Any:
-            scope = keyword_scope(kwargs)
+            scope = call_scope(kwargs)
             if scope is None:
                 return original(*args, **kwargs)
             with in_scope(scope):

@@ -43,8 +43,8 @@ __all__ = [
     "Plan",
     "Refusal",
     "attribute_to",
+    "call_scope",
     "in_scope",
-    "keyword_scope",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,17 +113,18 @@ def attribute_to(
         yield
 
 
-def keyword_scope(kwargs: MutableMapping[str, Any]) -> Attribution | None:
-    """The scope a call's ``budget_*`` keywords (taken out of ``kwargs``) make over the
-    enclosing ``attribute_to`` blocks, for a method whose requests are sent by another one
-    it calls (``in_scope``); None when it has none."""
+def call_scope(kwargs: MutableMapping[str, Any]) -> Attribution | None:
+    """The scope a call is made in: its ``budget_*`` keywords (taken out of ``kwargs``)
+    over the enclosing ``attribute_to`` blocks, for a method whose requests are sent by
+    another one it calls, or later (a stream's, as it is read: ``in_scope``); None when
+    it has neither."""
     call = _call_attribution(kwargs)
-    return None if call is None else _over_enclosing(call)
+    return _scoped.get() if call is None else _over_enclosing(call)
 
 
 @contextlib.contextmanager
 def in_scope(attribution: Attribution) -> Iterator[None]:
-    """``attribution`` as the enclosing scope (``keyword_scope``'s) inside the block."""
+    """``attribution`` as the enclosing scope (``call_scope``'s) inside the block."""
     token = _scoped.set(attribution)
     try:
         yield

@@ -395,6 +395,30 @@ async def test_gemini_content_and_its_stream_record_exact_usage_once(
     assert (content.user_id, streamed.user_id) == (None, "streamer")
 
 
+@sync_and_async
+async def test_a_gemini_stream_read_after_its_attribute_to_block_is_charged_to_that_block(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """The SDK sends a stream's request when it is first read, which a web app does after
+    its handler has left the ``attribute_to`` block (a streamed answer): the call is
+    charged as it was asked, to the block's user, not the client's (it had been, and the
+    user's spending counted against nobody's limit)."""
+    api = ProviderApi()
+    client = gemini_client(api, stack, user_id="service")
+    request = {"model": "gemini-2.5-flash", "contents": "Fox"}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            with budget.attribute_to(user_id="bob"):
+                stream = client.models.generate_content_stream(**request)
+            await in_thread(list, stream)
+        else:
+            with budget.attribute_to(user_id="bob"):
+                stream = await client.aio.models.generate_content_stream(**request)
+            [_ async for _ in stream]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert (event.user_id, event.usage.output_text) == ("bob", 10)
+
+
 def get_weather(city: str) -> str:
     """The weather in ``city``."""
     return f"sunny in {city}"
