@@ -360,6 +360,25 @@ _MEDIA_READERS: dict[str, Callable[[object], int]] = {
 """How each kind of usage ``modality_tokens`` knows is read, in the order reasons list them."""
 
 
+def _hosted_tool_calls(item_type: str) -> Callable[[object], int]:
+    """The calls an OpenAI Responses answer made of a tool OpenAI runs and bills per call:
+    its ``output`` items of ``item_type``; the answer's usage does not count them."""
+
+    def read(answer: object) -> int:
+        output = _get(answer, "output")
+        items = output if _is_list(output) else ()
+        return sum(1 for item in items if _get(item, "type") == item_type)
+
+    return read
+
+
+_ANSWER_READERS: dict[str, Callable[[object], int]] = {
+    "web search": _hosted_tool_calls("web_search_call"),
+    "file search": _hosted_tool_calls("file_search_call"),
+}
+"""What ``modality_tokens`` reads from the answer itself, not its usage."""
+
+
 def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[str, int]:
     """What a provider's usage object (or a response holding one) counts that ``Usage``
     has no class for, and a model may price apart (``RateCard.apart``): tokens that are
@@ -368,15 +387,19 @@ def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[s
     ``input_token_details.audio_tokens`` and an image edit's
     ``input_tokens_details.image_tokens``, Gemini's per-modality counts), Anthropic's
     ``"1-hour cache write"`` tokens (counted as cache writes) and ``"web search"``
-    requests. Given ``media`` (what a rate card prices apart), only those are read: every
-    call of such a model pays for the look, and reading them all takes ~40 lookups."""
+    requests, and the ``"web search"`` and ``"file search"`` calls an OpenAI Responses
+    answer made (its ``output`` items; ``obj`` must be the answer for these). Given
+    ``media`` (what a rate card prices apart), only those are read: every call of such a
+    model pays for the look, and reading them all takes ~40 lookups."""
+    found: dict[str, int] = {}
     usage = _with_details(obj)
-    if usage is None:
-        return {}
-    found = {}
-    for name, read in _MEDIA_READERS.items():
-        if (media is None or name in media) and (count := read(usage)):
-            found[name] = count
+    if usage is not None:
+        for name, read in _MEDIA_READERS.items():
+            if (media is None or name in media) and (count := read(usage)):
+                found[name] = count
+    for name, read in _ANSWER_READERS.items():
+        if (media is None or name in media) and (count := read(obj)):
+            found[name] = found.get(name, 0) + count
     return found
 
 

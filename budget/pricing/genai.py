@@ -56,6 +56,7 @@ _MEDIA_KEYS = (
     ("output image", "output_image_mtok", "output_mtok"),
     ("1-hour cache write", "cache_write_1h_mtok", "cache_write_mtok"),
     ("web search", "web_searches_kcount", None),
+    ("file search", "storage_searches_kcount", None),
 )
 # A condition genai-prices prices a variant under -> what the answer says of it
 # (``budget.usage.service_tiers``), where the two differ: Anthropic's usage.service_tier

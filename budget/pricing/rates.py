@@ -194,11 +194,11 @@ class RateCard:
         prices any of them apart: ``Usage`` counts them as text tokens or cache writes, or
         not at all, and an event has no service tier, so its rates would be wrong (audio
         input at 3x, 1-hour cache writes at 2x the input rate, web searches at $10 per
-        thousand, OpenAI's priority tier at 1.7x and flex at half the standard rates,
-        Anthropic's batches at half, fast mode at 2x to 6x and US-only inference at
-        1.1x)."""
+        thousand, OpenAI's file searches at $2.50, its priority tier at 1.7x and flex at
+        half the standard rates, Anthropic's batches at half, fast mode at 2x to 6x and
+        US-only inference at 1.1x)."""
         apart = [
-            f"{count} web searches" if medium == "web search" else f"{count} {medium} tokens"
+            f"{count} {medium}es" if medium.endswith("search") else f"{count} {medium} tokens"
             for medium, count in media.items()
             if medium in self.modal
         ]

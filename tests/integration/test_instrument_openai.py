@@ -646,6 +646,33 @@ async def test_a_call_served_in_a_dearer_or_cheaper_service_tier_is_not_priced_s
 
 
 @sync_and_async
+async def test_a_response_that_searched_the_web_or_files_is_not_priced_at_its_tokens_alone(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """OpenAI bills each web search a Responses call makes at $10 a thousand (o4-mini) and
+    each file search at $2.50, besides the tokens: the usage does not count them, the
+    answer's output items do. Such a call is recorded unpriced, saying why, answered or
+    streamed (``response.completed``'s answer), never at its tokens' price alone (it had
+    been, a cent short a web search)."""
+    api = ProviderApi(
+        answers={"/v1/responses": "openai_responses_searches.json"},
+        streams={"/v1/responses": "openai_responses_stream_searches.sse"},
+    )
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    request = {**RESPONSES, "tools": [{"type": "web_search"}]}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await call(sync, client.responses.create, **request)
+        stream = await call(sync, client.responses.create, **request, stream=True)
+        seen = await in_thread(list, stream) if sync else [event async for event in stream]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert seen[-1].type == "response.completed"
+    assert_each(events, usage=O4_MINI_RESPONSE, cost=None, estimated_reason=None)
+    for event in events:
+        assert "2 web searches, 1 file searches" in (event.unpriced_reason or "")
+
+
+@sync_and_async
 async def test_an_image_edit_of_given_images_is_not_priced_at_the_text_rate(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
