@@ -372,8 +372,20 @@ def _hosted_tool_calls(item_type: str) -> Callable[[object], int]:
     return read
 
 
+def _grounding_queries(answer: object) -> int:
+    """The Google Search queries a Gemini answer was grounded with (each candidate's
+    ``grounding_metadata.web_search_queries``), billed apart from the tokens (per query,
+    or per grounded prompt); its ``usage_metadata`` does not count them."""
+    candidates = _get(answer, "candidates")
+    total = 0
+    for candidate in candidates if _is_list(candidates) else ():
+        queries = _get(_get(candidate, "grounding_metadata"), "web_search_queries")
+        total += len(queries) if _is_list(queries) else 0
+    return total
+
+
 _ANSWER_READERS: dict[str, Callable[[object], int]] = {
-    "web search": _hosted_tool_calls("web_search_call"),
+    "web search": _sum(_hosted_tool_calls("web_search_call"), _grounding_queries),
     "file search": _hosted_tool_calls("file_search_call"),
 }
 """What ``modality_tokens`` reads from the answer itself, not its usage."""
@@ -388,7 +400,8 @@ def modality_tokens(obj: object, media: Collection[str] | None = None) -> dict[s
     ``input_tokens_details.image_tokens``, Gemini's per-modality counts), Anthropic's
     ``"1-hour cache write"`` tokens (counted as cache writes) and ``"web search"``
     requests, and the ``"web search"`` and ``"file search"`` calls an OpenAI Responses
-    answer made (its ``output`` items; ``obj`` must be the answer for these). Given
+    answer made (its ``output`` items) or the Google Search queries a Gemini answer was
+    grounded with (``obj`` must be the answer for these). Given
     ``media`` (what a rate card prices apart), only those are read: every call of such a
     model pays for the look, and reading them all takes ~40 lookups."""
     found: dict[str, int] = {}

@@ -57,21 +57,35 @@ def _model(response: Any, plan: Plan) -> str:
 
 
 def _measure(response: Any, plan: Plan) -> Measured:
-    return Measured.read(response.usage_metadata, _model(response, plan))
+    # The response is kept for the price: the Google Search queries it was grounded with
+    # are billed apart from the tokens.
+    return Measured.read(response.usage_metadata, _model(response, plan), answer=response)
 
 
 class _Observer(UsageObserver):
     cut_short = "the stream ended before any usage_metadata"
 
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(plan)
+        self.grounded: list[Any] = []
+        """The candidates of the last chunk that told their grounding (the searches)."""
+
     def see(self, chunk: Any) -> bool:
         self.model = _model(chunk, self.plan)
         if chunk.usage_metadata is not None:
             self.usage = chunk.usage_metadata
+        grounded = [c for c in chunk.candidates or () if c.grounding_metadata is not None]
+        self.grounded = grounded or self.grounded
         for candidate in chunk.candidates or ():
             content = candidate.content
             for part in (content.parts if content is not None else None) or ():
                 self.chars += len(part.text or "")
         return True
+
+    def measured(self) -> Measured:
+        # The answer, as an unstreamed one would be, for the price (``_measure``).
+        self.answer = {"usage_metadata": self.usage, "candidates": self.grounded}
+        return super().measured()
 
 
 def _embed_plan(kwargs: MutableMapping[str, Any]) -> Plan:

@@ -100,7 +100,7 @@ class ProviderApi:
             error = {"error": {"message": "overloaded", "type": "server_error"}}
             return httpx2.Response(self.fail_with, json=error)
         if ":streamGenerateContent" in path:
-            return _sse(fixture("gemini_generate_stream.sse"))
+            return _sse(fixture(self.streams.get(path) or "gemini_generate_stream.sse"))
         if ":batchEmbedContents" in path:
             embed = (
                 "gemini_embed.json" if self.embedding_usage else "gemini_embed_vectors_only.json"
@@ -111,7 +111,7 @@ class ProviderApi:
             asks = body is not None and "tools" in body
             asks = asks and b'"functionResponse"' not in request.content
             answer = "gemini_generate_function_call.json" if asks else "gemini_generate.json"
-            return httpx2.Response(200, content=fixture(answer))
+            return httpx2.Response(200, content=fixture(self.answers.get(path) or answer))
         streamed = body.get("stream") if body is not None else _STREAMED_UPLOAD in request.content
         if streamed:
             if path in _USAGE_CHUNK_SSE:

@@ -419,6 +419,42 @@ async def test_a_gemini_stream_read_after_its_attribute_to_block_is_charged_to_t
     assert (event.user_id, event.usage.output_text) == ("bob", 10)
 
 
+@sync_and_async
+async def test_a_gemini_answer_grounded_with_google_search_is_not_priced_at_its_tokens_alone(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Grounding with Google Search is billed apart from the tokens (gemini-2.5-flash: $35
+    a thousand grounded prompts, 30 times this answer's tokens), and the usage does not
+    count it; the answer's ``grounding_metadata`` tells the queries. Such a call is
+    recorded unpriced, saying why, answered or streamed, never at its tokens' price alone
+    (it had been)."""
+    api = ProviderApi(
+        answers={"/v1/models/gemini-2.5-flash:generateContent": "gemini_generate_grounded.json"},
+        streams={
+            "/v1/models/gemini-2.5-flash:streamGenerateContent": (
+                "gemini_generate_stream_grounded.sse"
+            )
+        },
+    )
+    client = gemini_client(api, stack, user_id="alice")
+    search = types.GenerateContentConfig(tools=[types.Tool(google_search=types.GoogleSearch())])
+    request = {"model": "gemini-2.5-flash", "contents": "AI?", "config": search}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(client.models.generate_content, **request)
+            await in_thread(lambda: list(client.models.generate_content_stream(**request)))
+        else:
+            await client.aio.models.generate_content(**request)
+            [_ async for _ in await client.aio.models.generate_content_stream(**request)]
+        events = await recorded.exactly(stack.tracker, 2)
+    answered, streamed = sorted(events, key=lambda e: e.usage.output_tokens, reverse=True)
+    assert answered.usage == Usage(input_uncached=8, output_text=212, output_reasoning=913)
+    assert streamed.usage == Usage(input_uncached=11, output_text=10, output_reasoning=40)
+    assert_each(events, model="gemini-2.5-flash", cost=None, estimated_reason=None)
+    assert "2 web searches" in (answered.unpriced_reason or "")
+    assert "1 web searches" in (streamed.unpriced_reason or "")
+
+
 def get_weather(city: str) -> str:
     """The weather in ``city``."""
     return f"sunny in {city}"
