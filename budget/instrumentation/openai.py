@@ -93,6 +93,8 @@ class _ChatObserver(UsageObserver):
     @staticmethod
     def _chars(choice: Any) -> int:
         delta = choice.delta
+        if delta is None:  # "delta": null, as some OpenAI-compatible servers end a choice
+            return 0
         chars = len(delta.content or "")
         for tool_call in delta.tool_calls or ():
             if tool_call.function is not None:

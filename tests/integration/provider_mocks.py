@@ -115,7 +115,7 @@ class ProviderApi:
         streamed = body.get("stream") if body is not None else _STREAMED_UPLOAD in request.content
         if streamed:
             if path in _USAGE_CHUNK_SSE:
-                sse = fixture(_USAGE_CHUNK_SSE[path])
+                sse = fixture(self.streams.get(path) or _USAGE_CHUNK_SSE[path])
                 asked = (body.get("stream_options") or {}).get("include_usage")
                 return _sse(sse if asked else _without_usage(sse))
             return _sse(fixture(self.streams.get(path) or _SSE[path]))

@@ -261,6 +261,27 @@ async def test_a_stream_looped_over_straight_from_the_call_records_its_usage(
     assert event.estimated_reason is None
 
 
+@sync_and_async
+async def test_a_chunk_without_a_delta_passes_to_the_caller_and_the_usage_after_it_counts(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Some OpenAI-compatible servers end a choice with ``"delta": null``, which the SDK
+    passes on as ``None``: the instrumented stream had raised AttributeError at it, in the
+    caller's loop, and recorded an estimate; it now passes it on as the SDK does and
+    records the usage chunk after it."""
+    api = ProviderApi(streams={"/v1/chat/completions": "openai_chat_stream_null_delta.sse"})
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chunks = await in_thread(lambda: list(sync_client.chat.completions.create(**chat)))
+        else:
+            chunks = [c async for c in await async_client.chat.completions.create(**chat)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert chunks[-1].choices[0].delta is None
+    assert (event.usage, event.estimated_reason) == (GPT_4O_MINI_CHAT_STREAM, None)
+
+
 async def test_an_abandoned_stream_records_what_it_consumed(
     stack: EnforcementStack, topology: Topology
 ) -> None:
