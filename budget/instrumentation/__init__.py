@@ -68,8 +68,10 @@ def instrument(
     from, or any running loop for a sync client); by default the process's
     (``get_usage_tracker()``), which a sync client starts on a background thread.
     """
-    top = type(client).__module__.split(".", 1)[0]
-    if top not in _MODULES:
+    # The first SDK class in its ancestry: a host app's subclass of an SDK client is one.
+    tops = (cls.__module__.split(".", 1)[0] for cls in type(client).__mro__)
+    top = next((top for top in tops if top in _MODULES), None)
+    if top is None:
         raise TypeError(
             f"budget.instrument knows the openai, anthropic and google-genai clients, not"
             f" {type(client).__module__}.{type(client).__qualname__}"

@@ -520,6 +520,29 @@ async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_pr
     assert event.unpriced_reason is None
 
 
+class HostAppClient(openai.AsyncOpenAI):
+    """A host app's own client: the SDK's, with a default of its own."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(api_key="sk-test", max_retries=5, **options)
+
+
+async def test_a_host_apps_subclass_of_an_sdk_client_is_instrumented(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """A subclass of an SDK client, from the host app's own module, had been refused with
+    TypeError ('knows the openai, anthropic and google-genai clients'): it is one."""
+    import httpx2
+
+    api = ProviderApi()
+    client = HostAppClient(http_client=httpx2.AsyncClient(transport=api.transport()))
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        await client.chat.completions.create(**CHAT)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert (event.provider, event.user_id, event.usage) == ("openai", "alice", GPT_4O_CHAT)
+
+
 async def test_a_request_without_a_model_or_with_an_unknown_one_still_goes_and_is_recorded(
     stack: EnforcementStack, topology: Topology
 ) -> None:
