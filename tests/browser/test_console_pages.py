@@ -91,6 +91,26 @@ def test_reports_show_tables_a_chart_and_exports(stack: LiveStack, pages: Pages)
     expect(page.locator("#e-end")).to_contain_text("end must be after its start")  # by it
 
 
+def test_a_reports_notes_are_said_to_travel_beside_its_csv(stack: LiveStack, pages: Pages) -> None:
+    """The CSV download cannot hold the notes: the page says where they are instead, and
+    the download carries them in its Report-Notes header."""
+    page = pages(stack.admin_key)
+    page.goto("/reports?kind=custom")
+    expect(page.get_by_role("heading", name=re.compile("^Usage report by"))).to_be_visible()
+    expect(page.locator("#csv-note")).to_have_count(0)  # a report without notes
+    page.goto("/reports?kind=comparison")
+    notes = page.get_by_role("list", name="Notes").get_by_role("listitem")
+    expect(notes.first).to_contain_text("previous window")
+    notice = page.locator("#csv-note")
+    expect(notice).to_contain_text("Report-Notes")
+    notice.get_by_role("link", name="notes").click()
+    expect(page).to_have_url(re.compile("#report-notes$"))
+    csv_link = page.get_by_role("link", name="CSV", exact=True).get_attribute("href") or ""
+    download = page.request.get(csv_link)
+    shown = ", ".join(f'"{note}"' for note in notes.all_inner_texts())
+    assert download.ok and download.headers["report-notes"] == shown
+
+
 def test_alert_rules_are_added_with_field_errors_and_removed(
     stack: LiveStack, pages: Pages
 ) -> None:
