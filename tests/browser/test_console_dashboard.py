@@ -3,12 +3,15 @@ arrive from the live feed, without a reload; unpriced calls are counted, never $
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 from console_support import Pages, record, unique, wait_applied
 from playwright.sync_api import Page, expect
+
+from events import ApiRole
 
 from live import LiveStack
 
@@ -151,3 +154,23 @@ def test_the_charts_tooltip_shows_an_amount_under_a_cent_as_the_tables_do(
     )
     amounts = ["<$0.01", "<$0.01", "$0.01", "$0.00", "$12.50"]
     assert shown == [f"Spend: {amount}" for amount in amounts]
+
+
+def test_a_refresh_that_fails_says_why_until_one_succeeds(stack: LiveStack, pages: Pages) -> None:
+    """The live panels keep their figures when a refresh fails: the page says so, with the
+    server's reason, instead of looking live. Here the reason is real: the key's reads are
+    spent (a 429), by requests of its own beside the page's polls."""
+    key = stack.new_key(ApiRole.VIEWER, unique("dashboard-reader"))
+    page = pages(key)
+    page.goto("/")
+    problem = page.locator("#refresh-problem")
+    expect(problem).to_be_hidden()
+    deadline = time.monotonic() + 30
+    with stack.client(key) as http:
+        while not problem.is_visible():  # until a poll lands while the burst is spent
+            assert time.monotonic() < deadline, "no poll was refused"
+            for _ in range(20):
+                http.get("/api/v1/policies")
+    expect(problem).to_contain_text("too many requests from this API key")
+    expect(problem).to_contain_text("may be out of date")
+    expect(problem).to_be_hidden(timeout=LIVE)  # the next poll within the limits clears it

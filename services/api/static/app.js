@@ -161,6 +161,37 @@
     });
   }
 
+  // A panel that refreshes itself (htmx) and gets an error keeps its old content: say so
+  // above the page, with the server's reason (its error page's text), until a refresh
+  // succeeds again. Without this a stalled dashboard looked live.
+  function refreshFailed(detail) {
+    var box = document.getElementById("refresh-problem");
+    if (box) {
+      box.textContent = "Not refreshed: " + detail + " What is shown may be out of date; retrying.";
+      box.hidden = false;
+    }
+  }
+
+  function reasonOf(xhr) {
+    var page = new DOMParser().parseFromString(xhr.responseText || "", "text/html");
+    var said = page.querySelector(".notice-card p");
+    var text = said ? said.textContent.trim() : "";
+    return text || "the console answered " + xhr.status + " " + (xhr.statusText || "") + ".";
+  }
+
+  document.addEventListener("htmx:responseError", function (event) {
+    refreshFailed(reasonOf(event.detail.xhr));
+  });
+  document.addEventListener("htmx:sendError", function () {
+    refreshFailed("the console cannot be reached (is it running, is the network up?).");
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var box = document.getElementById("refresh-problem");
+    if (box && event.detail.successful) {
+      box.hidden = true;
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     setUpPicker();
     showFieldsFor(document);
