@@ -198,3 +198,23 @@ def test_pages_fit_a_phones_width(stack: LiveStack, pages: Pages) -> None:
     page.goto("/")
     expect(page.get_by_role("link", name="History", exact=True)).to_be_visible()
     expect(page.locator(".budget").first).to_be_visible()
+
+
+def test_a_page_that_does_not_exist_is_a_console_page_with_the_way_back(
+    stack: LiveStack, pages: Pages
+) -> None:
+    page = pages(stack.admin_key)
+    answer = page.goto("/polices?scope=user")  # mistyped
+    assert answer is not None and answer.status == 404
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    expect(page.get_by_text("There is no page at /polices")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    page.get_by_role("link", name="Back to the dashboard").click()
+    expect(page.get_by_role("heading", name="Dashboard", exact=True)).to_be_visible()
+    # The API's own paths keep answering problem JSON, to a browser too.
+    api = page.request.get("/api/v1/polices", headers={"Accept": "text/html"})
+    assert api.status == 404 and api.headers["content-type"] == "application/problem+json"
+    signed_out = pages()
+    missing = signed_out.goto("/polices")
+    assert missing is not None and missing.status == 404
+    expect(signed_out.get_by_role("link", name="Sign in")).to_be_visible()

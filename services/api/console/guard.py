@@ -28,11 +28,13 @@ from services.api.limits import admitted
 from services.api.problems import OUTAGES, Problem, field_errors, outage_problem
 
 __all__ = [
+    "PAGE_HEADERS",
     "Admin",
     "ConsoleRoute",
     "SignInRequired",
     "Viewer",
     "ViewerWrite",
+    "error_page",
     "redirect",
     "safe_next",
 ]
@@ -45,7 +47,7 @@ CSP = (
     " connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self';"
     " frame-ancestors 'none'"
 )
-_HEADERS = {
+PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": CSP,
     "Referrer-Policy": "same-origin",
@@ -69,16 +71,16 @@ class ConsoleRoute(APIRoute):
             except SignInRequired:
                 response = _to_sign_in(request)
             except Problem as problem:
-                response = _error_page(request, problem.status, problem.title, problem.detail)
+                response = error_page(request, problem.status, problem.title, problem.detail)
                 response.headers.update(problem.headers)  # Retry-After
             except OUTAGES as exc:  # a page, not the API's JSON, while a server is away
                 outage = outage_problem(exc)
-                response = _error_page(request, outage.status, outage.title, outage.detail)
+                response = error_page(request, outage.status, outage.title, outage.detail)
             except RequestValidationError as exc:
                 errors = field_errors(exc.errors())
                 detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-                response = _error_page(request, 422, "Invalid request", detail)
-            response.headers.update(_HEADERS)
+                response = error_page(request, 422, "Invalid request", detail)
+            response.headers.update(PAGE_HEADERS)
             return response
 
         return route
@@ -94,7 +96,7 @@ def _to_sign_in(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
-def _error_page(request: Request, status: int, title: str, detail: str) -> Response:
+def error_page(request: Request, status: int, title: str, detail: str) -> Response:
     return render(request, "error.html", {"title": title, "detail": detail}, status=status)
 
 
