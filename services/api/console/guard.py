@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -87,13 +87,24 @@ class ConsoleRoute(APIRoute):
 
 
 def _to_sign_in(request: Request) -> Response:
-    target = "/login"
-    if request.method == "GET" and request.url.path != "/":
-        wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        target += "?next=" + quote(wanted, safe="")
     if request.headers.get("hx-request"):
-        return Response(status_code=204, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=303)
+        # A panel's refresh: back to the page it refreshes (htmx names it), not to the
+        # panel's own fragment, which is no page to land on.
+        return Response(status_code=204, headers={"HX-Redirect": _sign_in_to(_page_of(request))})
+    wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(_sign_in_to(wanted if request.method == "GET" else "/"), 303)
+
+
+def _sign_in_to(wanted: str) -> str:
+    return "/login" if wanted == "/" else "/login?next=" + quote(wanted, safe="")
+
+
+def _page_of(request: Request) -> str:
+    """The path and query of the page an htmx request came from, when it is on this site."""
+    current = urlsplit(request.headers.get("hx-current-url", ""))
+    if (current.scheme, current.netloc) != (request.url.scheme, request.url.netloc):
+        return "/"
+    return safe_next(current.path + (f"?{current.query}" if current.query else ""))
 
 
 def error_page(request: Request, status: int, title: str, detail: str) -> Response:
