@@ -3,6 +3,7 @@ arrive from the live feed, without a reload; unpriced calls are counted, never $
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -174,3 +175,25 @@ def test_a_refresh_that_fails_says_why_until_one_succeeds(stack: LiveStack, page
     expect(problem).to_contain_text("too many requests from this API key")
     expect(problem).to_contain_text("may be out of date")
     expect(problem).to_be_hidden(timeout=LIVE)  # the next poll within the limits clears it
+
+
+def test_a_refused_alert_feed_is_said_and_tried_again(stack: LiveStack, pages: Pages) -> None:
+    """A tab past the key's live feeds (api_feeds_per_key) gets no alerts live: the page
+    says so, instead of looking live, and has them again once a feed closes."""
+    key = stack.new_key(ApiRole.VIEWER, unique("many-tabs"))
+    timeout = httpx.Timeout(5, read=120)
+    with contextlib.ExitStack() as held, stack.client(key, timeout=timeout) as tabs:
+        lines = []  # kept: a line iterator's end closes its feed
+        for _ in range(stack.settings.api_feeds_per_key):  # the key's other tabs
+            feed = held.enter_context(tabs.stream("GET", "/api/v1/alerts/stream"))
+            lines.append(feed.iter_lines())
+            assert next(lines[-1]) == ": connected"  # it holds its slot
+        page = pages(key)
+        page.goto("/")
+        body = page.locator("body")
+        expect(body).to_have_attribute("data-alert-stream-state", "closed")
+        problem = page.locator("#feed-problem")
+        expect(problem).to_contain_text("New alerts do not arrive on this page")
+    # the other tabs closed: the next try opens the feed
+    expect(body).to_have_attribute("data-alert-stream-state", "open", timeout=30_000)
+    expect(problem).to_be_hidden()
