@@ -4,6 +4,7 @@ arrive from the live feed, without a reload; unpriced calls are counted, never $
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -87,6 +88,19 @@ def test_an_alert_appears_live_and_is_acknowledged(stack: LiveStack, pages: Page
         stored = http.get("/api/v1/alerts", params={"policy_id": policy_id}).json()["alerts"]
         [limit_alert] = [a for a in stored if a["alert"]["alert_type"] == "limit_exceeded"]
         assert limit_alert["acknowledged_by"] == signed_in_as
+
+
+def test_a_top_spender_leads_to_its_calls(stack: LiveStack, pages: Pages) -> None:
+    user = unique("big-spender")
+    with stack.client() as http:  # $7.50: the month's top user in this stack
+        wait_applied(http, record(http, user, input_tokens=1_000_000, output_tokens=500_000))
+    page = pages(stack.admin_key)
+    page.goto("/")
+    users = page.locator(".breakdown .top", has=page.get_by_role("heading", name="Users"))
+    users.get_by_role("link", name=user).click()
+    expect(page).to_have_url(re.compile(rf"/history\?user_id={user}$"))
+    expect(page.get_by_label("User")).to_have_value(user)
+    expect(page.locator("#history-table tbody tr:not(.empty)")).to_have_count(1)
 
 
 def test_unpriced_calls_are_counted_and_shown_as_unpriced(stack: LiveStack, pages: Pages) -> None:

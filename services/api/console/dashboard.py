@@ -48,6 +48,13 @@ BREAKDOWN = (
     ("user", "Users"),
     ("project", "Projects"),
 )
+HISTORY_FILTERS = {
+    "provider": "provider",
+    "model": "model",
+    "user": "user_id",
+    "project": "project_id",
+}
+"""The history's filter for each top spender's scope: a name leads to its calls."""
 
 
 @router.get("/")
@@ -113,7 +120,10 @@ async def live_context(api: ApiServices) -> dict[str, Any]:
         "month": total,
         "today": _global(today),
         "budgets": bars,
-        "breakdown": [(label, month.get(scope, [])[:TOP]) for scope, label in BREAKDOWN],
+        "breakdown": [
+            (label, HISTORY_FILTERS[scope], month.get(scope, [])[:TOP])
+            for scope, label in BREAKDOWN
+        ],
         "month_cost": total.cost if total else Decimal(0),
         "rollups_note": rollups_note,
         "recent": [] if isinstance(recent, str) else recent,
