@@ -4,6 +4,7 @@ alone, without a script error or a CSP violation, and usable on a phone's width.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 from console_support import Pages, record, unique, wait_applied
@@ -174,6 +175,30 @@ def test_alerts_are_filtered_and_resolved(stack: LiveStack, pages: Pages) -> Non
         assert [a["alert"]["alert_type"] for a in alerts if a["resolved_at"]] == [
             "threshold_warning"
         ]
+
+
+def test_a_budgets_alerts_are_a_click_away_and_filtered_in_the_url(
+    stack: LiveStack, pages: Pages
+) -> None:
+    user, policy_id = unique("user"), unique("tiny")
+    name = f"Tiny {user}"
+    with stack.client() as http:
+        body = {"name": name, "scope": "user", "scope_key": user, "limit_amount": "0.001"}
+        http.put(f"/api/v1/policies/{policy_id}", json=body).raise_for_status()
+        record(http, user)  # 750 % of the limit: 80 %, 95 % and 100 % at once
+        deadline = time.monotonic() + 30
+        while len(http.get("/api/v1/alerts", params={"policy_id": policy_id}).json()["alerts"]) < 3:
+            assert time.monotonic() < deadline, "the three alerts were not raised"
+            time.sleep(0.1)
+    page = pages(stack.admin_key)
+    page.goto("/")
+    budget = page.locator(".budget", has=page.get_by_role("link", name=name, exact=True))
+    budget.get_by_role("link", name="its alerts").click()
+    expect(page).to_have_url(re.compile(rf"/alerts\?policy_id={policy_id}$"))
+    expect(page.get_by_label("Policy", exact=True)).to_have_value(policy_id)
+    rows = page.locator("#alerts-table tr.alert-row")
+    expect(rows).to_have_count(3)
+    expect(rows.filter(has_text=name)).to_have_count(3)
 
 
 def test_the_system_page_shows_projections_and_services(stack: LiveStack, pages: Pages) -> None:
