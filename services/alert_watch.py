@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -27,7 +28,7 @@ from events.subjects import Topology
 from services.cli_context import validation_message
 from services.ops import nats_client
 
-__all__ = ["Show", "alert_line", "run_watch", "watch_alerts"]
+__all__ = ["Show", "alert_line", "run_watch", "utc_time", "watch_alerts"]
 
 Show = Callable[[Alert], Awaitable[None]]
 """One place an alert is shown (the terminal, the desktop); it reports its own failures."""
@@ -35,11 +36,19 @@ Show = Callable[[Alert], Awaitable[None]]
 Report = Callable[[str], None]
 
 
-def alert_line(alert: Alert) -> str:
-    """Time (UTC), severity, type and message, as ``budget alerts list`` aligns them."""
+def utc_time(at: datetime) -> str:
+    """``at`` to the second, in UTC and saying so: the database hands times back in its
+    session's zone, and a reader should not have to guess which zone a line means."""
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def alert_line(alert: Alert, state: str | None = None) -> str:
+    """Time (UTC), severity, type, the stored alert's ``state`` when given (``budget alerts
+    list``) and message, aligned the same in ``list`` and ``watch``."""
+    shown_state = f" {state:<8}" if state is not None else ""
     return (
-        f"{alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.severity.value:<8}"
-        f" {alert.alert_type.value:<18} {one_line(alert.message)}"
+        f"{utc_time(alert.raised_at)}  {alert.severity.value:<8}"
+        f" {alert.alert_type.value:<18}{shown_state} {one_line(alert.message)}"
     )
 
 

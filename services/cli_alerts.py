@@ -17,7 +17,7 @@ from events.policy import PolicyId
 from events.queries import MAX_ALERTS, AlertsQuery
 from projections.engine.projection import Connection
 from projections.queries import count_alerts, find_alerts
-from services.alert_watch import Show, alert_line, run_watch
+from services.alert_watch import Show, alert_line, run_watch, utc_time
 from services.cli_context import checked, database_queries, settings, tracker
 
 __all__ = ["alerts_app"]
@@ -43,8 +43,8 @@ def list_alerts(
         typer.Option(min=1, max=MAX_ALERTS, help=f"the newest this many (up to {MAX_ALERTS})"),
     ] = 1000,
 ) -> None:
-    """The newest alerts, oldest first: unresolved ones unless --resolved. Says on stderr
-    when more match than --limit lets through."""
+    """The newest alerts, oldest first, their times in UTC: unresolved ones unless
+    --resolved. Says on stderr when more match than --limit lets through."""
     query = AlertsQuery(
         policy_id=policy,
         unacknowledged_only=unacknowledged,
@@ -65,12 +65,8 @@ def list_alerts(
     if not found:
         typer.echo("no alerts")
     for stored in found:
-        alert = stored.alert
         state = "resolved" if stored.resolved_at else "acked" if stored.acknowledged_at else "open"
-        typer.echo(
-            f"{alert.alert_id}  {alert.raised_at:%Y-%m-%d %H:%M:%S}  {alert.severity.value:<8}"
-            f" {alert.alert_type.value:<18} {state:<8} {one_line(alert.message)}"
-        )
+        typer.echo(f"{stored.alert.alert_id}  {alert_line(stored.alert, state)}")
     if matching > len(found):  # after the list, where a terminal still shows it
         typer.echo(
             f"budget: the newest {len(found)} of {matching} alerts; --limit shows more"
@@ -89,7 +85,7 @@ def show_alert(alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's i
             deliveries = await engine.deliveries(alert_id)
         lines = [
             f"{d.channel:<8} {d.status:<8} attempts {d.attempts}"
-            + (f", sent {d.sent_at:%Y-%m-%d %H:%M:%S}" if d.sent_at else "")
+            + (f", sent {utc_time(d.sent_at)}" if d.sent_at else "")
             + (f", last error: {one_line(d.last_error)}" if d.last_error else "")
             for d in deliveries
         ]
@@ -101,9 +97,9 @@ def show_alert(alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's i
     typer.echo(stored.alert.model_dump_json(indent=2))
     if stored.acknowledged_at:
         who = one_line(stored.acknowledged_by or "")
-        typer.echo(f"acknowledged by {who} at {stored.acknowledged_at}")
+        typer.echo(f"acknowledged by {who} at {utc_time(stored.acknowledged_at)}")
     if stored.resolved_at:
-        typer.echo(f"resolved at {stored.resolved_at}")
+        typer.echo(f"resolved at {utc_time(stored.resolved_at)}")
     typer.echo("deliveries:" if lines else "deliveries: none (raised while rebuilding)")
     for line in lines:
         typer.echo(f"  {line}")

@@ -18,6 +18,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from budget.config import Settings
 from services.api.auth import SESSION_LIFETIME
 from services.api.console import console_router
+from services.api.console.not_found import install_page_not_found
 from services.api.context import ApiServices
 from services.api.limits import KeyLimits
 from services.api.middleware import AccessLog, BodyLimit, CatchAll, NoNulCharacters
@@ -71,6 +72,7 @@ def create_app(
         app.state.services = services
     app.state.key_limits = KeyLimits(settings)
     install_problem_handlers(app)
+    install_page_not_found(app)
     app.include_router(api_router)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -85,6 +86,27 @@ def test_every_report_in_every_format(
     as_md = viewer.get(f"/api/v1/reports/{kind}", params={**params, "format": "md"})
     assert as_md.headers["content-type"].startswith("text/markdown")
     assert as_md.text.startswith("#") and "| " + " | ".join(main["columns"]) + " |" in as_md.text
+
+
+def test_a_csv_report_carries_its_notes_in_a_header_and_links_the_whole_report(
+    viewer: httpx.Client, recorded: str
+) -> None:
+    """A CSV has no place for the notes (and writing them in would break it for spreadsheet
+    tools): they come in the Report-Notes header, with a link to the report as JSON."""
+    params = {"days": 7, "tz": "Asia/Kathmandu"}
+    whole = viewer.get("/api/v1/reports/trend", params=params).json()
+    assert "days in time zone Asia/Kathmandu" in whole["notes"]
+    as_csv = viewer.get("/api/v1/reports/trend", params={**params, "format": "csv"})
+    assert as_csv.status_code == 200, as_csv.text
+    assert as_csv.headers["Report-Notes"] == ", ".join(f'"{n}"' for n in whole["notes"])
+    assert as_csv.headers["Content-Disposition"] == 'attachment; filename="trend-report.csv"'
+    link = re.fullmatch(
+        r'<([^>]+)>; rel="describedby"; type="application/json"', as_csv.headers["Link"]
+    )
+    assert link, as_csv.headers["Link"]
+    assert viewer.get(link[1]).json() == whole
+    [header, *rows] = list(csv.reader(io.StringIO(as_csv.text)))
+    assert header == whole["tables"][0]["columns"] and len(rows) == 7
 
 
 def test_report_arguments_are_checked(viewer: httpx.Client) -> None:

@@ -3,12 +3,17 @@ arrive from the live feed, without a reload; unpriced calls are counted, never $
 
 from __future__ import annotations
 
+import contextlib
+import re
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 from console_support import Pages, record, unique, wait_applied
 from playwright.sync_api import Page, expect
+
+from events import ApiRole
 
 from live import LiveStack
 
@@ -85,6 +90,19 @@ def test_an_alert_appears_live_and_is_acknowledged(stack: LiveStack, pages: Page
         assert limit_alert["acknowledged_by"] == signed_in_as
 
 
+def test_a_top_spender_leads_to_its_calls(stack: LiveStack, pages: Pages) -> None:
+    user = unique("big-spender")
+    with stack.client() as http:  # $7.50: the month's top user in this stack
+        wait_applied(http, record(http, user, input_tokens=1_000_000, output_tokens=500_000))
+    page = pages(stack.admin_key)
+    page.goto("/")
+    users = page.locator(".breakdown .top", has=page.get_by_role("heading", name="Users"))
+    users.get_by_role("link", name=user).click()
+    expect(page).to_have_url(re.compile(rf"/history\?user_id={user}$"))
+    expect(page.get_by_label("User")).to_have_value(user)
+    expect(page.locator("#history-table tbody tr:not(.empty)")).to_have_count(1)
+
+
 def test_unpriced_calls_are_counted_and_shown_as_unpriced(stack: LiveStack, pages: Pages) -> None:
     user = unique("user")
     page = pages(stack.admin_key)
@@ -151,3 +169,45 @@ def test_the_charts_tooltip_shows_an_amount_under_a_cent_as_the_tables_do(
     )
     amounts = ["<$0.01", "<$0.01", "$0.01", "$0.00", "$12.50"]
     assert shown == [f"Spend: {amount}" for amount in amounts]
+
+
+def test_a_refresh_that_fails_says_why_until_one_succeeds(stack: LiveStack, pages: Pages) -> None:
+    """The live panels keep their figures when a refresh fails: the page says so, with the
+    server's reason, instead of looking live. Here the reason is real: the key's reads are
+    spent (a 429), by requests of its own beside the page's polls."""
+    key = stack.new_key(ApiRole.VIEWER, unique("dashboard-reader"))
+    page = pages(key)
+    page.goto("/")
+    problem = page.locator("#refresh-problem")
+    expect(problem).to_be_hidden()
+    deadline = time.monotonic() + 30
+    with stack.client(key) as http:
+        while not problem.is_visible():  # until a poll lands while the burst is spent
+            assert time.monotonic() < deadline, "no poll was refused"
+            for _ in range(20):
+                http.get("/api/v1/policies")
+    expect(problem).to_contain_text("too many requests from this API key")
+    expect(problem).to_contain_text("may be out of date")
+    expect(problem).to_be_hidden(timeout=LIVE)  # the next poll within the limits clears it
+
+
+def test_a_refused_alert_feed_is_said_and_tried_again(stack: LiveStack, pages: Pages) -> None:
+    """A tab past the key's live feeds (api_feeds_per_key) gets no alerts live: the page
+    says so, instead of looking live, and has them again once a feed closes."""
+    key = stack.new_key(ApiRole.VIEWER, unique("many-tabs"))
+    timeout = httpx.Timeout(5, read=120)
+    with contextlib.ExitStack() as held, stack.client(key, timeout=timeout) as tabs:
+        lines = []  # kept: a line iterator's end closes its feed
+        for _ in range(stack.settings.api_feeds_per_key):  # the key's other tabs
+            feed = held.enter_context(tabs.stream("GET", "/api/v1/alerts/stream"))
+            lines.append(feed.iter_lines())
+            assert next(lines[-1]) == ": connected"  # it holds its slot
+        page = pages(key)
+        page.goto("/")
+        body = page.locator("body")
+        expect(body).to_have_attribute("data-alert-stream-state", "closed")
+        problem = page.locator("#feed-problem")
+        expect(problem).to_contain_text("New alerts do not arrive on this page")
+    # the other tabs closed: the next try opens the feed
+    expect(body).to_have_attribute("data-alert-stream-state", "open", timeout=30_000)
+    expect(problem).to_be_hidden()

@@ -121,6 +121,8 @@ def test_times_are_shown_and_read_in_the_zone_the_reader_picks(
     expect(page.locator(ROWS)).to_have_count(0)
     filter_history(page, User=user, From=after, Until=before)
     expect(page.locator("#e-until")).to_have_text("must be after From")
+    # no export of another range than the one asked for (or of one the API refuses)
+    expect(page.get_by_role("group", name="Export")).to_have_count(0)
 
 
 def shown_in_en_us(at: datetime, zone: ZoneInfo) -> str:

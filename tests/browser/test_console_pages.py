@@ -4,6 +4,7 @@ alone, without a script error or a CSP violation, and usable on a phone's width.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 from console_support import Pages, record, unique, wait_applied
@@ -91,6 +92,26 @@ def test_reports_show_tables_a_chart_and_exports(stack: LiveStack, pages: Pages)
     expect(page.locator("#e-end")).to_contain_text("end must be after its start")  # by it
 
 
+def test_a_reports_notes_are_said_to_travel_beside_its_csv(stack: LiveStack, pages: Pages) -> None:
+    """The CSV download cannot hold the notes: the page says where they are instead, and
+    the download carries them in its Report-Notes header."""
+    page = pages(stack.admin_key)
+    page.goto("/reports?kind=custom")
+    expect(page.get_by_role("heading", name=re.compile("^Usage report by"))).to_be_visible()
+    expect(page.locator("#csv-note")).to_have_count(0)  # a report without notes
+    page.goto("/reports?kind=comparison")
+    notes = page.get_by_role("list", name="Notes").get_by_role("listitem")
+    expect(notes.first).to_contain_text("previous window")
+    notice = page.locator("#csv-note")
+    expect(notice).to_contain_text("Report-Notes")
+    notice.get_by_role("link", name="notes").click()
+    expect(page).to_have_url(re.compile("#report-notes$"))
+    csv_link = page.get_by_role("link", name="CSV", exact=True).get_attribute("href") or ""
+    download = page.request.get(csv_link)
+    shown = ", ".join(f'"{note}"' for note in notes.all_inner_texts())
+    assert download.ok and download.headers["report-notes"] == shown
+
+
 def test_alert_rules_are_added_with_field_errors_and_removed(
     stack: LiveStack, pages: Pages
 ) -> None:
@@ -156,6 +177,30 @@ def test_alerts_are_filtered_and_resolved(stack: LiveStack, pages: Pages) -> Non
         ]
 
 
+def test_a_budgets_alerts_are_a_click_away_and_filtered_in_the_url(
+    stack: LiveStack, pages: Pages
+) -> None:
+    user, policy_id = unique("user"), unique("tiny")
+    name = f"Tiny {user}"
+    with stack.client() as http:
+        body = {"name": name, "scope": "user", "scope_key": user, "limit_amount": "0.001"}
+        http.put(f"/api/v1/policies/{policy_id}", json=body).raise_for_status()
+        record(http, user)  # 750 % of the limit: 80 %, 95 % and 100 % at once
+        deadline = time.monotonic() + 30
+        while len(http.get("/api/v1/alerts", params={"policy_id": policy_id}).json()["alerts"]) < 3:
+            assert time.monotonic() < deadline, "the three alerts were not raised"
+            time.sleep(0.1)
+    page = pages(stack.admin_key)
+    page.goto("/")
+    budget = page.locator(".budget", has=page.get_by_role("link", name=name, exact=True))
+    budget.get_by_role("link", name="its alerts").click()
+    expect(page).to_have_url(re.compile(rf"/alerts\?policy_id={policy_id}$"))
+    expect(page.get_by_label("Policy", exact=True)).to_have_value(policy_id)
+    rows = page.locator("#alerts-table tr.alert-row")
+    expect(rows).to_have_count(3)
+    expect(rows.filter(has_text=name)).to_have_count(3)
+
+
 def test_the_system_page_shows_projections_and_services(stack: LiveStack, pages: Pages) -> None:
     page = pages(stack.admin_key)
     page.goto("/system")
@@ -178,3 +223,23 @@ def test_pages_fit_a_phones_width(stack: LiveStack, pages: Pages) -> None:
     page.goto("/")
     expect(page.get_by_role("link", name="History", exact=True)).to_be_visible()
     expect(page.locator(".budget").first).to_be_visible()
+
+
+def test_a_page_that_does_not_exist_is_a_console_page_with_the_way_back(
+    stack: LiveStack, pages: Pages
+) -> None:
+    page = pages(stack.admin_key)
+    answer = page.goto("/polices?scope=user")  # mistyped
+    assert answer is not None and answer.status == 404
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    expect(page.get_by_text("There is no page at /polices")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    page.get_by_role("link", name="Back to the dashboard").click()
+    expect(page.get_by_role("heading", name="Dashboard", exact=True)).to_be_visible()
+    # The API's own paths keep answering problem JSON, to a browser too.
+    api = page.request.get("/api/v1/polices", headers={"Accept": "text/html"})
+    assert api.status == 404 and api.headers["content-type"] == "application/problem+json"
+    signed_out = pages()
+    missing = signed_out.goto("/polices")
+    assert missing is not None and missing.status == 404
+    expect(signed_out.get_by_role("link", name="Sign in")).to_be_visible()

@@ -37,6 +37,23 @@ def test_sign_in_lands_where_the_visitor_was_going(stack: LiveStack, pages: Page
     expect(page.get_by_role("heading", name="Reports", exact=True)).to_be_visible()
 
 
+def test_a_session_ended_under_a_refreshing_page_signs_in_back_to_that_page(
+    stack: LiveStack, pages: Pages
+) -> None:
+    """The dashboard's poll finds the session gone (signed out in another tab): the
+    sign-in that follows returns to the dashboard, not to the poll's bare fragment."""
+    page = pages(stack.admin_key)
+    page.goto("/?from=bookmark")
+    other_tab = page.context.new_page()
+    other_tab.goto("/policies")
+    other_tab.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/login\?next=%2F%3Ffrom%3Dbookmark$"), timeout=15_000)
+    page.get_by_label("API key").fill(stack.admin_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/\?from=bookmark$"))
+    expect(page.get_by_role("heading", name="Dashboard", exact=True)).to_be_visible()
+
+
 def test_a_wrong_key_is_refused_with_a_reason(pages: Pages) -> None:
     page = pages()
     page.goto("/login")

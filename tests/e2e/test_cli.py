@@ -1044,7 +1044,7 @@ def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budge
         CATCH_UP,
         "three alerts listed",
     )
-    assert [line.split()[4] for line in listed] == [
+    assert [line.split()[5] for line in listed] == [
         "threshold_warning",
         "threshold_critical",
         "limit_exceeded",

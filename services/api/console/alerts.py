@@ -26,7 +26,7 @@ router = APIRouter(route_class=ConsoleRoute)
 
 SHOWN = 200
 """Alerts a page lists, newest first; "Older" pages on from the last."""
-FILTERS = ("severity", "alert_type", "acknowledged", "resolved")
+FILTERS = ("policy_id", "severity", "alert_type", "acknowledged", "resolved")
 SEVERITIES = [("", "Any severity"), *((s.value, s.value.capitalize()) for s in AlertSeverity)]
 TYPES = [("", "Any type"), *((t.value, t.value.replace("_", " ").capitalize()) for t in AlertType)]
 ACKNOWLEDGED = [("", "Acknowledged or not"), ("no", "Not acknowledged"), ("yes", "Acknowledged")]
@@ -38,6 +38,7 @@ async def list_alerts(request: Request, _: Viewer) -> Response:
     params = request.query_params
     state = FormState(values={name: params.get(name, "") for name in FILTERS})
     data = {
+        "policy_id": state.value("policy_id") or None,
         "severity": state.value("severity") or None,
         "alert_type": state.value("alert_type") or None,
         "unacknowledged_only": state.value("acknowledged") == "no",
@@ -74,6 +75,7 @@ async def list_alerts(request: Request, _: Viewer) -> Response:
         ),
         "back": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "options": {
+            "policy_id": await _policy_options(services(request), state.value("policy_id")),
             "severity": SEVERITIES,
             "alert_type": TYPES,
             "acknowledged": ACKNOWLEDGED,
@@ -81,6 +83,15 @@ async def list_alerts(request: Request, _: Viewer) -> Response:
         },
     }
     return render(request, "alerts/list.html", context)
+
+
+async def _policy_options(api: ApiServices, chosen: str) -> list[tuple[str, str]]:
+    """Every policy by name; one asked for that no longer exists (its alerts remain) too."""
+    policies = sorted(await api.database.policies(), key=lambda p: (p.name.lower(), p.policy_id))
+    options = [("", "Any policy"), *((p.policy_id, p.name) for p in policies)]
+    if chosen and all(value != chosen for value, _ in options):
+        options.append((chosen, f"{chosen} (deleted)"))
+    return options
 
 
 async def _page(

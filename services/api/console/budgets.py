@@ -23,6 +23,7 @@ from events import BudgetPolicy, BudgetScope
 from events.policy import GLOBAL_SCOPE_KEY
 from projections.engine.projection import Connection
 from projections.policies import load_policies
+from projections.readable import Rebuilding, readable_position
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
 from projections.windows import WindowTotals, window_totals
 
@@ -78,6 +79,8 @@ class PolicyBars:
     bars: list[BudgetBar]
     more_keys: int
     """Keys that spent under this policy but have no bar here (``KEYS_SHOWN``)."""
+    unavailable: str | None = None
+    """Why its keys' bars cannot be shown now (their ranking's rollups being rebuilt)."""
 
     @property
     def per_key(self) -> bool:
@@ -88,7 +91,7 @@ async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
     """Each policy in force at ``now`` (a custom one outside its range is not), by name."""
     policies = await load_policies(conn)
     own = own_keys(policies, now)
-    found: list[tuple[BudgetPolicy, list[PolicyWindow], int]] = []
+    found: list[tuple[BudgetPolicy, list[PolicyWindow], int, str | None]] = []
     for policy in sorted(policies, key=lambda p: (p.name.lower(), p.policy_id)):
         window = policy_window(policy, now)
         if window is None:
@@ -96,16 +99,21 @@ async def budget_bars(conn: Connection, now: datetime) -> list[PolicyBars]:
         start, end = window
         if policy.scope is BudgetScope.GLOBAL or policy.scope_key is not None:
             key = GLOBAL_SCOPE_KEY if policy.scope_key is None else policy.scope_key
-            found.append((policy, [PolicyWindow(policy, key, start, end)], 0))
+            found.append((policy, [PolicyWindow(policy, key, start, end)], 0, None))
             continue
         exclude = [k for scope, k in own if scope is policy.scope]
-        keys, total = await _spending_keys(conn, policy.scope, start, end, exclude)
+        try:
+            keys, total = await _spending_keys(conn, policy.scope, start, end, exclude)
+        except Rebuilding as exc:  # no ranking, no bars: say why, not "no spend"
+            found.append((policy, [], 0, str(exc)))
+            continue
         windows = [PolicyWindow(policy, key, start, end) for key in keys]
-        found.append((policy, windows, total - len(keys)))
-    totals = iter(await window_totals(conn, "spend_buckets", [w for _, ws, _ in found for w in ws]))
+        found.append((policy, windows, total - len(keys), None))
+    every_window = [w for _, windows, _, _ in found for w in windows]
+    totals = iter(await window_totals(conn, "spend_buckets", every_window))
     return [
-        PolicyBars(policy, [BudgetBar(w, next(totals)) for w in windows], more)
-        for policy, windows, more in found
+        PolicyBars(policy, [BudgetBar(w, next(totals)) for w in windows], more, unavailable)
+        for policy, windows, more, unavailable in found
     ]
 
 
@@ -115,6 +123,7 @@ async def _spending_keys(
     """The keys of ``scope`` with the most spend in [start, end), and how many spent. Ranked
     from the report rollups over the window widened to whole quarter hours (cheap however
     many calls it holds); each shown key's bar is then summed exactly by ``window_totals``."""
+    await readable_position(conn, "reports")  # Rebuilding while its tables are another's
     start, end = floor_quarter(start), ceil_quarter(end)
     totals = await ReportBuilder(conn).scope_totals(conn, scope, start, end)
     keys = [t.key1 for t in totals if t.cost or t.requests]

@@ -5,6 +5,11 @@ The page polls ``/dashboard/live`` every 2 s; that answer holds the panels that 
 with usage (totals, budget bars, top spenders, recent calls), each swapped into place by
 id (htmx out-of-band swaps). Alerts come from ``/dashboard/alerts`` when the live feed
 delivers one, and every 15 s. The chart is drawn once per page load.
+
+After an upgrade that changed a read model's tables, the panels it feeds say it is being
+rebuilt (``Rebuilding``) until the rebuild goes live, and the others still answer: the
+report rollups feed the month's totals, the top spenders, the chart and the ranking of a
+per-key policy's bars; the history feeds the recent calls.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from events.queries import AlertsQuery, ReportQuery, SpendQuery, SpendRow, Store
 from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter, history_page
 from projections.queries import alerts_page, count_alerts
-from projections.readable import Rebuilding
+from projections.readable import Rebuilding, readable_position
 from projections.report_queries import ReportBuilder
 from services.api.console.budgets import PolicyBars, budget_bars
 from services.api.console.charts import spend_chart
@@ -43,20 +48,32 @@ BREAKDOWN = (
     ("user", "Users"),
     ("project", "Projects"),
 )
+HISTORY_FILTERS = {
+    "provider": "provider",
+    "model": "model",
+    "user": "user_id",
+    "project": "project_id",
+}
+"""The history's filter for each top spender's scope: a name leads to its calls."""
 
 
 @router.get("/")
 async def dashboard(request: Request, _: Viewer) -> Response:
     api = services(request)
-    trend = await api.database.report(ReportQuery(kind="trend", days=30))
-    # days=1: the projection runs to the end of the month whatever the date.
-    projection = await api.database.report(ReportQuery(kind="projection", days=1))
     context = {**await live_context(api), **await alerts_context(api)}
-    context.update(
-        title="Dashboard",
-        chart_data=spend_chart(trend, projection),
-        month_forecast=_month_forecast(projection, context["now"]),
-    )
+    context.update(title="Dashboard", chart_data=None, month_forecast=None)
+    if context["rollups_note"] is None:
+        try:
+            trend = await api.database.report(ReportQuery(kind="trend", days=30))
+            # days=1: the projection runs to the end of the month whatever the date.
+            projection = await api.database.report(ReportQuery(kind="projection", days=1))
+        except Rebuilding as exc:  # since the live panels read: the chart says it too
+            context["rollups_note"] = str(exc)
+        else:
+            context.update(
+                chart_data=spend_chart(trend, projection),
+                month_forecast=_month_forecast(projection, context["now"]),
+            )
     return render(request, "dashboard/page.html", context)
 
 
@@ -77,24 +94,38 @@ async def live_context(api: ApiServices) -> dict[str, Any]:
 
     async def panels(
         conn: Connection,
-    ) -> tuple[dict[str, list[SpendRow]], list[PolicyBars], list[dict[str, Any]] | str]:
+    ) -> tuple[dict[str, list[SpendRow]] | str, list[PolicyBars], list[dict[str, Any]] | str]:
+        # Each read model being rebuilt leaves its panels empty and says why there; the
+        # other panels still answer.
+        by_scope: dict[str, list[SpendRow]] | str
+        try:
+            await readable_position(conn, "reports")
+            by_scope = await _month_by_scope(conn, now)
+        except Rebuilding as exc:
+            by_scope = str(exc)
         recent: list[dict[str, Any]] | str
         try:
             recent, _ = await history_page(conn, HistoryFilter(), limit=RECENT_CALLS)
-        except Rebuilding as exc:  # the other panels still answer: say why this one is empty
+        except Rebuilding as exc:
             recent = str(exc)
-        return await _month_by_scope(conn, now), await budget_bars(conn, now), recent
+        return by_scope, await budget_bars(conn, now), recent
 
     # ``read``: once more on a fresh connection after a database restart
     by_scope, bars, recent = await api.database.read(panels)
-    total = next(iter(by_scope[BudgetScope.GLOBAL.value]), None)
+    rollups_note = by_scope if isinstance(by_scope, str) else None
+    month = {} if isinstance(by_scope, str) else by_scope
+    total = next(iter(month.get(BudgetScope.GLOBAL.value, [])), None)
     return {
         "now": now,
         "month": total,
         "today": _global(today),
         "budgets": bars,
-        "breakdown": [(label, by_scope[scope][:TOP]) for scope, label in BREAKDOWN],
+        "breakdown": [
+            (label, HISTORY_FILTERS[scope], month.get(scope, [])[:TOP])
+            for scope, label in BREAKDOWN
+        ],
         "month_cost": total.cost if total else Decimal(0),
+        "rollups_note": rollups_note,
         "recent": [] if isinstance(recent, str) else recent,
         "recent_note": recent if isinstance(recent, str) else None,
     }

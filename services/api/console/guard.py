@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,11 +28,13 @@ from services.api.limits import admitted
 from services.api.problems import OUTAGES, Problem, field_errors, outage_problem
 
 __all__ = [
+    "PAGE_HEADERS",
     "Admin",
     "ConsoleRoute",
     "SignInRequired",
     "Viewer",
     "ViewerWrite",
+    "error_page",
     "redirect",
     "safe_next",
 ]
@@ -45,7 +47,7 @@ CSP = (
     " connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self';"
     " frame-ancestors 'none'"
 )
-_HEADERS = {
+PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": CSP,
     "Referrer-Policy": "same-origin",
@@ -69,32 +71,43 @@ class ConsoleRoute(APIRoute):
             except SignInRequired:
                 response = _to_sign_in(request)
             except Problem as problem:
-                response = _error_page(request, problem.status, problem.title, problem.detail)
+                response = error_page(request, problem.status, problem.title, problem.detail)
                 response.headers.update(problem.headers)  # Retry-After
             except OUTAGES as exc:  # a page, not the API's JSON, while a server is away
                 outage = outage_problem(exc)
-                response = _error_page(request, outage.status, outage.title, outage.detail)
+                response = error_page(request, outage.status, outage.title, outage.detail)
             except RequestValidationError as exc:
                 errors = field_errors(exc.errors())
                 detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-                response = _error_page(request, 422, "Invalid request", detail)
-            response.headers.update(_HEADERS)
+                response = error_page(request, 422, "Invalid request", detail)
+            response.headers.update(PAGE_HEADERS)
             return response
 
         return route
 
 
 def _to_sign_in(request: Request) -> Response:
-    target = "/login"
-    if request.method == "GET" and request.url.path != "/":
-        wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        target += "?next=" + quote(wanted, safe="")
     if request.headers.get("hx-request"):
-        return Response(status_code=204, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=303)
+        # A panel's refresh: back to the page it refreshes (htmx names it), not to the
+        # panel's own fragment, which is no page to land on.
+        return Response(status_code=204, headers={"HX-Redirect": _sign_in_to(_page_of(request))})
+    wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(_sign_in_to(wanted if request.method == "GET" else "/"), 303)
 
 
-def _error_page(request: Request, status: int, title: str, detail: str) -> Response:
+def _sign_in_to(wanted: str) -> str:
+    return "/login" if wanted == "/" else "/login?next=" + quote(wanted, safe="")
+
+
+def _page_of(request: Request) -> str:
+    """The path and query of the page an htmx request came from, when it is on this site."""
+    current = urlsplit(request.headers.get("hx-current-url", ""))
+    if (current.scheme, current.netloc) != (request.url.scheme, request.url.netloc):
+        return "/"
+    return safe_next(current.path + (f"?{current.query}" if current.query else ""))
+
+
+def error_page(request: Request, status: int, title: str, detail: str) -> Response:
     return render(request, "error.html", {"title": title, "detail": detail}, status=status)
 
 

@@ -52,7 +52,11 @@ async def history(request: Request, _: Viewer) -> Response:
         "first_page": cursor is None,
         "older": f"/history?{urlencode({**typed, 'cursor': older})}" if older else None,
         "newest": f"/history?{urlencode(typed)}",
-        "export_links": [
+        # Filters with an error are left out of ``api_params``: an export then would hold
+        # another range than the one asked for, so there is none until they are fixed.
+        "export_links": []
+        if state.errors
+        else [
             (label, f"/api/v1/usage/export?{urlencode({**api_params, 'format': fmt})}")
             for label, fmt in (("CSV", "csv"), ("JSON lines", "json"))
         ],

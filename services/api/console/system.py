@@ -5,9 +5,9 @@ as ``/api/v1/projections``, ``/api/v1/dead-letters`` and ``/api/v1/services``.""
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from services.api.console.guard import ConsoleRoute, Viewer
 from services.api.console.render import render
@@ -24,7 +24,13 @@ T = TypeVar("T")
 
 
 @router.get("/system")
-async def system(request: Request, _: Viewer) -> Response:
+async def system(
+    request: Request,
+    _: Viewer,
+    before: Annotated[
+        int | None, Query(ge=1, description="older dead letters than this seq")
+    ] = None,
+) -> Response:
     found = services(request)
     problems: list[str] = []
 
@@ -36,12 +42,20 @@ async def system(request: Request, _: Viewer) -> Response:
             problems.append(problem.detail)
             return []
 
+    letters = await shown(api.dead_letters(found, limit=DEAD_LETTERS, before=before))
     context = {
         "title": "System",
         "services": await api.service_health(found),
         "projections": await shown(api.projections(found)),
-        "dead_letters": await shown(api.dead_letters(found, limit=DEAD_LETTERS, before=None)),
+        "dead_letters": letters,
         "dead_letters_shown": DEAD_LETTERS,
+        # A full page may have older ones: page on below its oldest (as the API's `before`).
+        "older": (
+            f"/system?before={min(letter.seq for letter in letters)}#dead-letters"
+            if len(letters) == DEAD_LETTERS
+            else None
+        ),
+        "newest": "/system#dead-letters" if before is not None else None,
         "problems": sorted(set(problems)),
     }
     return render(request, "system.html", context)

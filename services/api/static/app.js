@@ -9,6 +9,7 @@
   "use strict";
 
   var STORE = "budget.timeZone";
+  var FEED_RETRY_SECONDS = 15;
   var browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   var freshAlerts = new Set();
 
@@ -144,9 +145,22 @@
     // Exposed for the page's own tests and for anyone wondering whether alerts are live.
     source.addEventListener("open", function () {
       document.body.dataset.alertStreamState = "open";
+      showProblem("feed-problem", null);
     });
     source.addEventListener("error", function () {
-      document.body.dataset.alertStreamState = source.readyState === 2 ? "closed" : "retrying";
+      if (source.readyState !== 2) {
+        document.body.dataset.alertStreamState = "retrying"; // the browser reconnects
+        return;
+      }
+      // Refused (a 429 or 401): the browser gives up for good. Say so, and try again.
+      document.body.dataset.alertStreamState = "closed";
+      showProblem(
+        "feed-problem",
+        "New alerts do not arrive on this page: the server refused its alert feed (this key" +
+          " has as many console tabs open as it may, or the session ended). Closing another" +
+          " tab helps; trying again every " + FEED_RETRY_SECONDS + " seconds."
+      );
+      window.setTimeout(listenForAlerts, FEED_RETRY_SECONDS * 1000);
     });
     source.addEventListener("alert", function (event) {
       var alert;
@@ -160,6 +174,41 @@
       document.body.dispatchEvent(new CustomEvent("alert-received", { detail: alert }));
     });
   }
+
+  // A problem that leaves the page out of date, said above it until it is over (null).
+  function showProblem(id, text) {
+    var box = document.getElementById(id);
+    if (box) {
+      box.textContent = text || "";
+      box.hidden = !text;
+    }
+  }
+
+  // A panel that refreshes itself (htmx) and gets an error keeps its old content: say so,
+  // with the server's reason (its error page's text), until a refresh succeeds again.
+  // Without this a stalled dashboard looked live.
+  function refreshFailed(detail) {
+    showProblem("refresh-problem", "Not refreshed: " + detail + " What is shown may be out of date; retrying.");
+  }
+
+  function reasonOf(xhr) {
+    var page = new DOMParser().parseFromString(xhr.responseText || "", "text/html");
+    var said = page.querySelector(".notice-card p");
+    var text = said ? said.textContent.trim() : "";
+    return text || "the console answered " + xhr.status + " " + (xhr.statusText || "") + ".";
+  }
+
+  document.addEventListener("htmx:responseError", function (event) {
+    refreshFailed(reasonOf(event.detail.xhr));
+  });
+  document.addEventListener("htmx:sendError", function () {
+    refreshFailed("the console cannot be reached (is it running, is the network up?).");
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (event.detail.successful) {
+      showProblem("refresh-problem", null);
+    }
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     setUpPicker();
