@@ -47,6 +47,20 @@ async def _record_as(secured: Secured, user: str, spool: Path, *events: UsageRec
         await publisher.close()
 
 
+async def resend_spool(publisher: EventPublisher) -> None:
+    """Start ``publisher``, which re-sends its spool, until the spool is empty; close it."""
+    await publisher.start()
+
+    async def resent() -> bool:
+        """the publisher re-sent its spool"""
+        return len(publisher.spool) == 0
+
+    try:
+        await wait_for(resent)
+    finally:
+        await publisher.close()
+
+
 async def test_the_history_names_the_credential_that_published_each_event(
     secured: Secured, service: Client, db: str, tmp_path: Path
 ) -> None:
@@ -133,16 +147,7 @@ async def test_usage_spooled_on_another_subject_is_sent_on_the_credentials_own(
     earlier = usage_event()
     bare = topology.event_subject(UsageRecorded.SUBJECT)
     publisher.spool.update(put=[SpooledEvent(str(earlier.event_id), bare, encode(earlier))])
-    await publisher.start()  # which re-sends the spool
-
-    async def resent() -> bool:
-        """the publisher re-sent its spool"""
-        return len(publisher.spool) == 0
-
-    try:
-        await wait_for(resent)
-    finally:
-        await publisher.close()
+    await resend_spool(publisher)
     message = await service.jetstream().get_last_msg(topology.event_stream.name, ">")
     assert message.subject == topology.event_subject(UsageRecorded.SUBJECT, publisher="host")
     assert message.data == encode(earlier)
@@ -168,16 +173,7 @@ async def test_an_event_the_credential_may_not_publish_is_kept_in_the_spools_dea
         PublisherConfig.from_settings(secured.settings("host", spool_dir=spool))
     )
     publisher.spool.update(put=[SpooledEvent(str(change.event_id), subject, encode(change))])
-    await publisher.start()  # which re-sends the spool
-
-    async def resent() -> bool:
-        """the publisher re-sent its spool"""
-        return len(publisher.spool) == 0
-
-    try:
-        await wait_for(resent)
-    finally:
-        await publisher.close()
+    await resend_spool(publisher)
     [(dead, reason)] = publisher.spool.dead_letters()
     assert dead == SpooledEvent(str(change.event_id), subject, encode(change))
     assert reason.startswith(f"refused by NATS: the NATS user 'host' may not publish to {subject};")
