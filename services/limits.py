@@ -61,7 +61,7 @@ takes no answer soon after a refusal for a refusal (``budget.rpc``)."""
 
 def services_callers(settings: Settings) -> frozenset[str]:
     """The callers that speak for the services: this process's own (``Settings.caller``)
-    and the services' NATS user (the admin commands, the query service), which a service
+    and the services' NATS user (the admin commands), which a service
     connected as a user of its own (the enforcer, ``events.permissions.OWN_USERS``) is not."""
     return frozenset((settings.caller, SERVICE_USER))
 

@@ -33,6 +33,7 @@ from budget.config import Settings
 from budget.redaction import redact
 from budget.report_format import history_cut_note, to_answer
 from events.queries import (
+    ANY_QUERY,
     QUERY_ALERTS,
     QUERY_DELIVERIES,
     QUERY_POLICIES,
@@ -132,7 +133,7 @@ class QueryService:
                 await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=requests.on_message)
             )
         await self.nc.flush()
-        log.info("query service answering on %s", self.settings.topology.rpc_wildcard("query.*"))
+        log.info("query service answering on %s", self.settings.topology.rpc_wildcard(ANY_QUERY))
 
     async def stop(self) -> None:
         if self._probe is not None:
