@@ -197,7 +197,11 @@ async def test_the_query_credential_answers_every_callers_questions(
 
             async def asked(nc: Client, caller: str) -> list[str]:
                 subject = secured.topology.rpc_subject(QUERY_POLICIES, caller=caller)
-                answer = await ask(nc, subject, PoliciesQuery(), PoliciesAnswer, within=30)
+                # as a host app asks: the server may pass on the query service's
+                # interest to the hosts' account a little after it subscribed
+                answer = await ask(
+                    nc, subject, PoliciesQuery(), PoliciesAnswer, within=30, await_responder=True
+                )
                 return [p.policy_id for p in answer.policies]
 
             async def host_reads_the_policy() -> bool:
