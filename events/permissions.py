@@ -3,17 +3,17 @@ from a ``Topology`` here and nowhere else (the server's config is rendered from 
 ``services.nats_config``; clients use them to say which credential may do what).
 
 Each role is a NATS account of its own (``ACCOUNTS``), but ``admin`` and the processes'
-own (``api``, ``enforcer``, ``notifier``), whose users are in the services' account: it
-holds the streams and exports what the others may reach (``shared_with``), which they
-import. A publish names a reply subject NATS does not check against the publisher's
+own (``api``, ``enforcer``, ``notifier``, ``query``), whose users are in the services'
+account: it holds the streams and exports what the others may reach (``shared_with``),
+which they import. A publish names a reply subject NATS does not check against the publisher's
 permissions, and JetStream answers a stored message there; across an import the reply is
 remapped into the asker's own account, so a host that names
 ``<prefix>.events.policy.deleted`` as the reply of its usage gets the acknowledgement in
 its own account, never on the services' log.
 
-- ``service``: the workers, the query service and everyday admin commands: the whole
-  prefix and JetStream, but for making, changing, deleting, purging or restoring a stream
-  (a stream update could lower the log's limits and drop its events).
+- ``service``: the workers and everyday admin commands: the whole prefix and JetStream,
+  but for making, changing, deleting, purging or restoring a stream (a stream update could
+  lower the log's limits and drop its events).
 - ``admin``: ``budget migrate`` (it declares the streams) and operators: ``service``'s
   permissions and making and changing streams; in the services' account too. No running
   service holds it.
@@ -29,6 +29,8 @@ its own account, never on the services' log.
   in PostgreSQL, none of the log.
 - ``notifier``: ``budget notifier``: publishes alerts (its NATS channel); it reads the
   alerts to send in PostgreSQL, and subscribes to nothing.
+- ``query``: ``budget query-service``: answers the questions of every caller (on their
+  inboxes); it reads the answers in PostgreSQL, none of the log, and publishes nothing else.
 - ``api``: the HTTP API (``budget api``): publishes the usage its keys post, each on the
   key's own subject, and the changes its admin routes make (policies, alert rules,
   acknowledgements, API keys); asks the enforcer to check and release under each key's
@@ -46,7 +48,7 @@ from events.access import ApiKeyCreated, ApiKeyRevoked
 from events.alerts import AlertAcknowledged, AlertResolved, AlertRuleRemoved, AlertRuleSet
 from events.envelope import Event
 from events.policy import POLICY_CHANGES, PolicySet, RequestBlocked
-from events.queries import QUERY_POSITION
+from events.queries import ANY_QUERY, QUERY_POSITION
 from events.rpc import RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT
 from events.subjects import Topology
 from events.usage import UsageRecorded
@@ -58,6 +60,7 @@ __all__ = [
     "ENFORCER_USER",
     "NOTIFIER_USER",
     "OWN_USERS",
+    "QUERY_USER",
     "ROLES",
     "SERVICE_USER",
     "Permissions",
@@ -69,7 +72,7 @@ __all__ = [
     "subject_matches",
 ]
 
-Role = Literal["service", "host", "alerts", "admin", "api", "enforcer", "notifier"]
+Role = Literal["service", "host", "alerts", "admin", "api", "enforcer", "notifier", "query"]
 ROLES: tuple[Role, ...] = get_args(Role)
 ACCOUNTS: dict[Role, str] = {
     "service": "SERVICES",
@@ -79,12 +82,13 @@ ACCOUNTS: dict[Role, str] = {
     "api": "SERVICES",  # it reads the streams and their consumers
     "enforcer": "SERVICES",  # it answers every account's requests, publishes to the log
     "notifier": "SERVICES",  # the alerts' account imports the alerts from here
+    "query": "SERVICES",  # it answers every account's questions
 }
 """The NATS account of each role's users."""
 SERVICE_USER = "service"
-"""The services' NATS user in ``budget up`` and under Compose (role ``service``), which the
-admin commands use too: the enforcer lets it release any hold, and neither the enforcer
-nor the query service limits it, as they speak for many users."""
+"""The services' NATS user in ``budget up`` and under Compose (role ``service``): the
+workers' and the admin commands': the enforcer lets it release any hold, and neither the
+enforcer nor the query service limits it, as they speak for many users."""
 API_USER = "api"
 """The HTTP API's NATS user (role ``api``) in ``budget up`` and under Compose. The
 enforcer and the query service do not limit it, as they do not limit their own caller: it
@@ -93,7 +97,14 @@ ENFORCER_USER = "enforcer"
 """The enforcer's NATS user (role ``enforcer``) in ``budget up`` and under Compose."""
 NOTIFIER_USER = "notifier"
 """The notifier's NATS user (role ``notifier``) in ``budget up`` and under Compose."""
-OWN_USERS: dict[str, str] = {"api": API_USER, "enforcer": ENFORCER_USER, "notifier": NOTIFIER_USER}
+QUERY_USER = "query"
+"""The query service's NATS user (role ``query``) in ``budget up`` and under Compose."""
+OWN_USERS: dict[str, str] = {
+    "api": API_USER,
+    "enforcer": ENFORCER_USER,
+    "notifier": NOTIFIER_USER,
+    "query-service": QUERY_USER,
+}
 """The processes (``budget <name>``) that connect as a NATS user of their own, and that
 user, named as its role: it may do what that process does, and no more."""
 API_CHANGES: tuple[type[Event], ...] = (
@@ -170,29 +181,38 @@ def permissions(
     if role == "api":
         return _api(user, topology, users=users)
     if role == "enforcer":
-        return _enforcer(user, topology)
+        requests = (RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT)
+        return _answering(user, topology, requests, _ENFORCER_EVENTS)
+    if role == "query":
+        return _answering(user, topology, (ANY_QUERY,))
     if role == "notifier":
         # its NATS channel (services.channels.NatsSender: a plain publish and a flush)
         return Permissions(publish=(topology.alerts_wildcard,), subscribe=())
     return Permissions(publish=(), subscribe=(topology.alerts_wildcard,))
 
 
-def _enforcer(user: str, topology: Topology) -> Permissions:
-    """What ``services.enforcer`` does, and no more: it takes the requests of every
-    caller (a queue group on each of its three), answers each on its reply subject (an
-    inbox of the services' account, or ``_R_.`` for another account's asker: the replies
-    are checked to be one of those, ``services.replies.answerable``), and publishes two
-    kinds of event, whose acknowledgements come to its own inbox."""
+_ENFORCER_EVENTS: tuple[type[Event], ...] = (
+    RequestBlocked,  # what it refused
+    PolicySet,  # config.yaml's policies, at start
+)
+"""The events the enforcer publishes."""
+
+
+def _answering(
+    user: str, topology: Topology, requests: Iterable[str], events: Iterable[type[Event]] = ()
+) -> Permissions:
+    """What a service answering requests (the enforcer, the query service) does, and no
+    more: it takes the ``requests`` of every caller (a queue group on each), answers each
+    on its reply subject (an inbox of the services' account, or ``_R_.`` for another
+    account's asker: the replies are checked to be one of those,
+    ``services.replies.answerable``), and publishes ``events``, whose acknowledgements
+    come to its own inbox (none: it asks nothing, so it needs no inbox)."""
+    published = tuple(topology.event_subject(event.SUBJECT) for event in events)
     return Permissions(
-        publish=(
-            topology.event_subject(RequestBlocked.SUBJECT),  # what it refused
-            topology.event_subject(PolicySet.SUBJECT),  # config.yaml's policies, at start
-            "_INBOX.>",
-            "_R_.>",
-        ),
+        publish=(*published, "_INBOX.>", "_R_.>"),
         subscribe=(
-            *(topology.rpc_wildcard(name) for name in (RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT)),
-            f"{inbox_prefix(user)}.>",
+            *(topology.rpc_wildcard(name) for name in requests),
+            *([f"{inbox_prefix(user)}.>"] if published else []),
         ),
     )
 

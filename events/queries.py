@@ -20,6 +20,7 @@ from events.policy import BudgetPolicy, BudgetScope, iana_zone
 from events.rpc import _Message
 
 __all__ = [
+    "ANY_QUERY",
     "MAX_ALERTS",
     "MAX_HISTORY_ROWS",
     "MAX_POSITION_WAIT",
@@ -74,6 +75,8 @@ QUERY_ALERTS = "query.alerts"
 QUERY_DELIVERIES = "query.deliveries"
 QUERY_REPORT = "query.report"
 QUERY_POSITION = "query.position"
+ANY_QUERY = "query.*"
+"""Every question of the query service (``Topology.rpc_wildcard(ANY_QUERY)``)."""
 
 MAX_POSITION_WAIT = 60.0
 """Seconds the query service waits at most, per question, for a change to apply."""

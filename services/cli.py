@@ -130,8 +130,8 @@ def up(
     """Run the whole stack on this machine, no Docker: NATS JetStream, PostgreSQL, every
     worker, the enforcer, the notifier, the query service and the web console with its
     HTTP API. On first start it creates an admin API key, the NATS users' passwords
-    (service, host, alerts, admin, api, enforcer, notifier) and the metrics token in the
-    data directory; NATS takes no anonymous client. Each process serves Prometheus
+    (service, host, alerts, admin, api, enforcer, notifier, query) and the metrics token
+    in the data directory; NATS takes no anonymous client. Each process serves Prometheus
     metrics on its own port of 127.0.0.1 to scrapers bearing that token, listed in the
     banner and in <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a
     Prometheus config that scrapes them all with it. Stops cleanly on Ctrl-C."""
@@ -177,8 +177,8 @@ def up(
     credentials = NatsCredentials(directory)
     service = credentials.settings_for("service", current)
     own_env = worker_env(metrics, metrics_token)
-    # The HTTP API, the enforcer and the notifier connect to NATS as their own users; the
-    # others as `service` (extra_env).
+    # The HTTP API, the enforcer, the notifier and the query service connect to NATS as
+    # their own users; the others as `service` (extra_env).
     for process, user in OWN_USERS.items():
         own_env[process] = {**own_env.get(process, {}), **credentials.env(user)}
 

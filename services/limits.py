@@ -34,6 +34,7 @@ from events import Topology
 from events.permissions import API_USER, SERVICE_USER
 from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 from services.fair_queue import FairQueue
+from services.liveness import Liveness
 from services.replies import answerable, send
 
 __all__ = ["CallerLimits", "LimitedRequests", "Refusal", "asker_waits", "services_callers"]
@@ -57,11 +58,14 @@ is sent."""
 _MIN_HOLD = 0.1
 """Seconds a held refusal waits however little time its asker says it has: the tracker
 takes no answer soon after a refusal for a refusal (``budget.rpc``)."""
+_TURN_STALL_AFTER = 30.0
+"""Seconds one request may take to be admitted and handed on, or refused, and one held
+refusal to be sent: a loop that takes longer is stuck (``services.liveness``)."""
 
 
 def services_callers(settings: Settings) -> frozenset[str]:
     """The callers that speak for the services: this process's own (``Settings.caller``)
-    and the services' NATS user (the admin commands, the query service), which a service
+    and the services' NATS user (the admin commands), which a service
     connected as a user of its own (the enforcer, ``events.permissions.OWN_USERS``) is not."""
     return frozenset((settings.caller, SERVICE_USER))
 
@@ -198,7 +202,10 @@ class LimitedRequests:
 
     A request counts in flight until ``callback`` returns, or, when it returns True (it
     handed the request on), until whoever answers calls ``limits.done(caller)``.
-    ``on_refusal()`` is called for each request refused."""
+    ``on_refusal()`` is called for each request refused. Its two loops (serving the
+    requests, sending the held refusals) are reported to ``liveness``, named after
+    ``service`` and ``name`` (what the requests are), so that one that died or is stuck
+    makes the service unhealthy rather than leave those requests unanswered unseen."""
 
     def __init__(
         self,
@@ -209,6 +216,8 @@ class LimitedRequests:
         service: str,
         callback: Callable[[Msg, str], Awaitable[bool]],
         on_refusal: Callable[[], None] | None = None,
+        liveness: Liveness | None = None,
+        name: str = "requests",
     ) -> None:
         self.nc = nc
         self.limits = limits
@@ -224,7 +233,13 @@ class LimitedRequests:
         """Refusals to send later, a heap of (loop time, order, caller, inbox, answer)."""
         self._held_by: dict[str, int] = {}
         self._more_held = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._send_held())]
+        loops = liveness or Liveness()  # unreported: a throwaway one
+        self._serving = loops.loop(f"{service} {name} loop", stall_after=_TURN_STALL_AFTER)
+        self._sending = loops.loop(f"{service} {name} refusals loop", stall_after=_TURN_STALL_AFTER)
+        self._tasks = [
+            self._serving.start(self._serve()),
+            self._sending.start(self._send_held()),
+        ]
 
     async def on_message(self, msg: Msg) -> None:
         caller = self.topology.caller_of(msg.subject)
@@ -261,10 +276,11 @@ class LimitedRequests:
     async def _serve(self) -> None:
         while True:
             [(caller, (msg, arrived))] = await self._queue.take(1)
-            try:
-                await self._handle(caller, msg, arrived)
-            except Exception:  # e.g. NATS closed under a refusal: the next one is served
-                log.exception("%s could not handle a request", self.service)
+            with self._serving.turn():
+                try:
+                    await self._handle(caller, msg, arrived)
+                except Exception:  # e.g. NATS closed under a refusal: the next one is served
+                    log.exception("%s could not handle a request", self.service)
 
     async def _handle(self, caller: str, msg: Msg, arrived: float) -> None:
         refusal = self.limits.admit(caller)
@@ -319,10 +335,11 @@ class LimitedRequests:
                 self._held_by[caller] -= 1
             else:
                 del self._held_by[caller]
-            try:
-                await self.nc.publish(inbox, data)
-            except Exception:  # e.g. NATS closed: the next one is sent
-                log.exception("%s could not send a refusal", self.service)
+            with self._sending.turn():
+                try:
+                    await self.nc.publish(inbox, data)
+                except Exception:  # e.g. NATS closed: the next one is sent
+                    log.exception("%s could not send a refusal", self.service)
 
 
 def asker_waits(msg: Msg) -> float | None:

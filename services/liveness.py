@@ -1,7 +1,8 @@
 """Whether a service's loops are actually turning, not merely whether its process is up.
 
 A service registers each loop it depends on (the enforcer's decision loop, the notifier's
-channel loops) and runs it through ``Loop.start``; each unit of work runs inside
+channel loops, the query service's loop per kind of question and its database probe)
+and runs it through ``Loop.start``; each unit of work runs inside
 ``Loop.turn``. A loop is healthy while its task runs, no single turn has taken longer
 than ``stall_after``, and it has not been failing (``Loop.failing``: e.g. retrying a
 database it cannot reach) for longer than ``stall_after`` without a turn completing:

@@ -4,10 +4,10 @@ when configured.
 
 Credentials live in ``<data_dir>/credentials/`` (``services.credentials``): a password
 file ``nats-<user>.password`` each, and ``nats-users.json`` mapping users to roles. The
-first start makes ``service``, ``host``, ``alerts``, ``admin``, ``api``, ``enforcer`` and
-``notifier`` (every start makes those missing, so a data directory of an older release
-gains the newer ones); ``budget nats-credential add`` makes more. The config is
-``<data_dir>/nats/nats-server.conf`` (0600).
+first start makes ``service``, ``host``, ``alerts``, ``admin``, ``api``, ``enforcer``,
+``notifier`` and ``query`` (every start makes those missing, so a data directory of an
+older release gains the newer ones); ``budget nats-credential add`` makes more. The
+config is ``<data_dir>/nats/nats-server.conf`` (0600).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from events.permissions import (
     API_USER,
     ENFORCER_USER,
     NOTIFIER_USER,
+    QUERY_USER,
     ROLES,
     SERVICE_USER,
     Role,
@@ -60,6 +61,7 @@ DEFAULT_USERS: tuple[tuple[str, Role], ...] = (
     (API_USER, "api"),
     (ENFORCER_USER, "enforcer"),
     (NOTIFIER_USER, "notifier"),
+    (QUERY_USER, "query"),
 )
 log = logging.getLogger(__name__)
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a subject token, as Settings.nats_user

@@ -10,7 +10,8 @@ connections to be answered on. Each caller is held to its limits (``services.lim
 past them a request is refused at once, unread. A probe asks the database something
 trivial every few seconds, so the service's health check says when it cannot reach it
 (and, once that has lasted ``stall_after``, questions are refused at once, saying why,
-rather than each failing on its own). A question is worked on only as long as its asker
+rather than each failing on its own); so it does when the loop taking one kind of
+question died or is stuck (``services.liveness``). A question is worked on only as long as its asker
 waits for the answer (``Budget-Time-Left``, at most ``MAX_ANSWER_SECONDS``): just before
 that its query is cancelled in the database, its connection serves the next one, and the
 asker is told the question took longer than it waits.
@@ -33,6 +34,7 @@ from budget.config import Settings
 from budget.redaction import redact
 from budget.report_format import history_cut_note, to_answer
 from events.queries import (
+    ANY_QUERY,
     QUERY_ALERTS,
     QUERY_DELIVERIES,
     QUERY_POLICIES,
@@ -132,7 +134,7 @@ class QueryService:
                 await self.nc.subscribe(subject, queue=QUEUE_GROUP, cb=requests.on_message)
             )
         await self.nc.flush()
-        log.info("query service answering on %s", self.settings.topology.rpc_wildcard("query.*"))
+        log.info("query service answering on %s", self.settings.topology.rpc_wildcard(ANY_QUERY))
 
     async def stop(self) -> None:
         if self._probe is not None:
@@ -205,7 +207,13 @@ class QueryService:
             return True
 
         return LimitedRequests(
-            self.nc, self._limits, self.settings.topology, service=SERVICE, callback=on_message
+            self.nc,
+            self._limits,
+            self.settings.topology,
+            service=SERVICE,
+            callback=on_message,
+            liveness=self.liveness,
+            name=name,
         )
 
     async def _policies(self, query: PoliciesQuery) -> PoliciesAnswer:

@@ -779,8 +779,8 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
         asyncio.run(nats.connect(banner.nats_url, allow_reconnect=False, connect_timeout=5))
     for name, pid in banner.worker_pids.items():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        # the HTTP API, the enforcer and the notifier connect to NATS as their own users,
-        # the others as the services'
+        # the HTTP API, the enforcer, the notifier and the query service connect to NATS
+        # as their own users, the others as the services'
         nats_user = OWN_USERS.get(name, "service")
         assert f"BUDGET_NATS_USER={nats_user}".encode() in environ, name
         password_file = credentials / f"nats-{nats_user}.password"

@@ -77,6 +77,7 @@ async def test_an_added_host_connects_once_the_running_server_reloaded(tmp_path:
             "api\tapi",
             "enforcer\tenforcer",
             "notifier\tnotifier",
+            "query\tquery",
             "team-b\thost",
             "",
         ]
@@ -125,10 +126,10 @@ async def test_a_removed_user_is_shut_out_and_its_connections_closed(tmp_path: P
 async def test_an_older_data_directory_gains_the_processes_users_and_keeps_the_others(
     tmp_path: Path,
 ) -> None:
-    """A data directory of a release before the HTTP API, the enforcer and the notifier
-    had NATS users of their own: the next start (``write_config``) makes ``api``,
-    ``enforcer`` and ``notifier``, and every other user connects with the password it
-    had."""
+    """A data directory of a release before the HTTP API, the enforcer, the notifier and
+    the query service had NATS users of their own: the next start (``write_config``) makes
+    ``api``, ``enforcer``, ``notifier`` and ``query``, and every other user connects with
+    the password it had."""
     data_dir = tmp_path / "data"
     older = NatsCredentials(data_dir)
     roles = {"service": "service", "host": "host", "alerts": "alerts", "admin": "admin"}
@@ -149,9 +150,10 @@ async def test_an_older_data_directory_gains_the_processes_users_and_keeps_the_o
 def test_a_host_an_older_release_named_as_a_process_is_renamed_before_the_next_start(
     tmp_path: Path, name: str
 ) -> None:
-    """An older release let a host take the name ``api`` (``enforcer``, ``notifier``),
-    which `budget up` now gives the HTTP API (the enforcer, the notifier): the start is
-    refused saying what to do, and that host may be withdrawn."""
+    """An older release let a host take the name ``api`` (``enforcer``, ``notifier``,
+    ``query``), which `budget up` now gives the HTTP API (the enforcer, the notifier, the
+    query service): the start is refused saying what to do, and that host may be
+    withdrawn."""
     credentials = NatsCredentials(tmp_path)
     credentials.add(name, "host")
     with pytest.raises(ValueError, match="has role host, but `budget up` makes a user of that"):

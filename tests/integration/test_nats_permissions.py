@@ -42,7 +42,7 @@ from events import (
     encode,
 )
 from events.codec import HEADER_MSG_ID
-from events.permissions import API_USER, ENFORCER_USER, NOTIFIER_USER
+from events.permissions import API_USER, ENFORCER_USER, NOTIFIER_USER, QUERY_USER
 from events.queries import QUERY_POLICIES
 from events.rpc import RPC_CHECK, RPC_RELEASE, RPC_SNAPSHOT
 from projections.engine.log import declare_streams
@@ -449,6 +449,62 @@ async def test_the_notifier_credential_sends_alerts_and_nothing_else(
     await notifier.nc.publish(topology.alert_subject("critical", "budget_exceeded"), b"real")
     assert (await received.next_msg(timeout=30)).data == b"real"
     info = await service.jetstream().stream_info(topology.event_stream.name)
+    assert info.state.messages == 0
+
+
+async def test_the_query_credential_is_refused_what_the_query_service_does_not_do(
+    secured: Secured, service: Client, connect: Callable[[str], Awaitable[Conn]]
+) -> None:
+    """The query service's credential answers questions alone: publishing any event
+    (``PolicyDeleted``, usage as itself or a host, the enforcer's), an alert or a dead
+    letter; reading the log, the dead letters or a consumer; asking the services anything;
+    moving a worker's consumer on; taking the enforcer's requests, reading the events, the
+    alerts or any inbox are refused, and the stream never holds what was refused. (What it
+    may do, it does: test_service_nats_users.py.)"""
+    query = await connect(QUERY_USER)
+    topology = secured.topology
+    stream, dead_letters = topology.event_stream.name, topology.dead_letter_stream.name
+    usage = UsageRecorded.SUBJECT
+    await _refused_everything(
+        query,
+        events=(
+            topology.event_subject(PolicyDeleted.SUBJECT),
+            topology.event_subject(PolicySet.SUBJECT),
+            topology.event_subject(RequestBlocked.SUBJECT),
+            topology.event_subject(usage, publisher=QUERY_USER),
+            topology.event_subject(usage, publisher="host"),
+            topology.event_subject(usage),
+            topology.dead_letter_subject("spend-v1"),
+        ),
+        requests=(
+            f"$JS.API.STREAM.INFO.{dead_letters}",
+            f"$JS.API.STREAM.MSG.GET.{dead_letters}",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            topology.rpc_subject(QUERY_POLICIES, caller=QUERY_USER),
+            topology.rpc_subject(RPC_CHECK, caller="host"),
+        ),
+        plain=(
+            f"$JS.ACK.{stream}.spend-v1.1.1.1.0.0",
+            topology.alert_subject("critical", "budget_exceeded"),
+        ),
+        subscriptions=(
+            topology.rpc_wildcard(RPC_CHECK),
+            topology.events_wildcard,
+            f"{topology.prefix}.dlq.>",
+            topology.alerts_wildcard,
+            "_INBOX.>",
+            "$JS.API.>",
+        ),
+    )
+    # The positive signal: its answer reaches an asker's inbox; the log holds nothing.
+    inbox = f"_INBOX.service.{uuid.uuid4().hex}"
+    answers = await service.subscribe(inbox)
+    await service.flush()
+    await query.nc.publish(inbox, b"answer")
+    assert (await answers.next_msg(timeout=30)).data == b"answer"
+    info = await service.jetstream().stream_info(stream)
     assert info.state.messages == 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from budget.manager import BudgetManager
 from budget.queries import RpcQueries
@@ -23,6 +24,7 @@ from events.rpc import RpcError
 from projections.database_queries import ConnectionLost, DatabaseQueries
 from projections.registry import get_projection
 from services.embedded import EmbeddedPostgres
+from services.fair_queue import FairQueue
 from services.liveness import Liveness
 from services.ops import prepare
 from services.query_service import QueryService
@@ -182,6 +184,53 @@ async def test_a_query_service_that_cannot_reach_its_database_is_reported_until_
 
         await wait_for(healthy)
         assert await queries.policies() == []  # its pool's connections were the old server's
+    finally:
+        await service.stop()
+
+
+async def test_a_question_loop_that_died_is_reported_and_said_to_every_asker(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug that ends the loop taking one kind of question (here its queue fails on a
+    spend question) would leave those questions unanswered while the service looked
+    healthy: its health report names the dead loop (the heartbeat stops), and the other
+    questions are refused saying why."""
+    taking = FairQueue.take
+
+    async def take_failing_on_spend(
+        queue: FairQueue[tuple[Msg, float]], most: int
+    ) -> list[tuple[str, tuple[Msg, float]]]:
+        taken = await taking(queue, most)
+        if any(msg.subject.endswith(QUERY_SPEND) for _, (msg, _) in taken):
+            raise RuntimeError("a bug in the loop")
+        return taken
+
+    monkeypatch.setattr(FairQueue, "take", take_failing_on_spend)
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    liveness = Liveness()
+    service = QueryService(settings, nc, liveness=liveness)
+    await service.start()
+    queries = RpcQueries(settings, lambda: nc)
+    try:
+        assert await queries.policies() == []
+        spend = topology.rpc_subject(QUERY_SPEND, caller=settings.caller)
+        await nc.publish(spend, SpendQuery().model_dump_json().encode(), reply=nc.new_inbox())
+
+        async def reported() -> bool:
+            """the spend questions' loop is reported dead"""
+            return liveness.problems() == [
+                "query service query.spend loop died: RuntimeError('a bug in the loop')"
+            ]
+
+        await wait_for(reported)
+        with pytest.raises(Refused, match=r"not healthy: query service query\.spend loop died"):
+            await queries.policies()
     finally:
         await service.stop()
 

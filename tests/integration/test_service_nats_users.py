@@ -1,7 +1,7 @@
-"""The enforcer and the notifier on NATS users of their own (roles ``enforcer`` and
-``notifier``, events.permissions) over a real nats-server with the config ``budget up``
-writes: each does its whole job with its credential and gets no refusal (what each is
-refused: test_nats_permissions.py)."""
+"""The enforcer, the notifier and the query service on NATS users of their own (roles
+``enforcer``, ``notifier`` and ``query``, events.permissions) over a real nats-server with
+the config ``budget up`` writes: each does its whole job with its credential and gets no
+refusal (what each is refused: test_nats_permissions.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from nats.aio.client import Client
 from budget.natsconn import connect_nats, nats_options
 from budget.rpc import ask
 from budget.spool import Spool
-from events import Alert, PolicySet, RequestBlocked
-from events.permissions import ENFORCER_USER, NOTIFIER_USER, SERVICE_USER
+from events import Alert, BudgetPolicy, BudgetScope, PolicySet, RequestBlocked, utc_now
+from events.permissions import ENFORCER_USER, NOTIFIER_USER, QUERY_USER, SERVICE_USER
+from events.queries import QUERY_POLICIES, PoliciesAnswer, PoliciesQuery
 from events.rpc import (
     RPC_CHECK,
     RPC_RELEASE,
@@ -32,11 +33,12 @@ from events.rpc import (
 from services.enforcer import Enforcer
 from services.notifier import NotifierConfig
 from services.ops import prepare
+from services.query_service import QueryService
 
 from alerting import notifier, outbox, queue_alerts
-from enforcement import enforcement_stack
+from enforcement import enforcement_stack, projection_workers
 from secured_nats import Secured
-from support import wait_for
+from support import publish, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -168,4 +170,46 @@ async def test_the_notifier_credential_sends_alerts_on_nats(
 
             await wait_for(recorded)
     assert [str(Alert.model_validate_json(m.data).alert_id) for m in got] == queued
+    assert refusals == []
+
+
+async def test_the_query_credential_answers_every_callers_questions(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    """As ``query``: a policy on the log reaches a host's question (from the hosts'
+    account, answered on ``_R_.``) and an admin command's (the services' account,
+    answered on ``_INBOX.``), read from PostgreSQL."""
+    operator = secured.settings(SERVICE_USER, database_url=db, spool_dir=tmp_path / "service")
+    await prepare(operator.nats_url, db, operator)
+    own = secured.settings(QUERY_USER, database_url=db)
+    policy = BudgetPolicy(
+        name="team", scope=BudgetScope.USER, scope_key="ann", limit_amount=Decimal(5)
+    )
+    await publish(service, secured.topology, [PolicySet(occurred_at=utc_now(), policy=policy)])
+    async with (
+        projection_workers(service, operator, "policies"),
+        _connected(secured, QUERY_USER) as (query_nc, refusals),
+        _connected(secured, "host") as (host, _),
+    ):
+        query_service = QueryService(own, query_nc)
+        await query_service.start()
+        try:
+
+            async def asked(nc: Client, caller: str) -> list[str]:
+                subject = secured.topology.rpc_subject(QUERY_POLICIES, caller=caller)
+                # as a host app asks: the server may pass on the query service's
+                # interest to the hosts' account a little after it subscribed
+                answer = await ask(
+                    nc, subject, PoliciesQuery(), PoliciesAnswer, within=30, await_responder=True
+                )
+                return [p.policy_id for p in answer.policies]
+
+            async def host_reads_the_policy() -> bool:
+                """the policies worker applied the policy the host asks about"""
+                return await asked(host, "host") == [policy.policy_id]
+
+            await wait_for(host_reads_the_policy, within=60)
+            assert await asked(service, SERVICE_USER) == [policy.policy_id]
+        finally:
+            await query_service.stop()
     assert refusals == []
