@@ -93,13 +93,18 @@ async def test_the_enforcer_credential_answers_every_caller_and_publishes_its_ev
             async def check(nc: Client, caller: str, cost: str) -> CheckResult:
                 request = CheckRequest(model="gpt-4o", user_id="ann", estimated_cost=Decimal(cost))
                 subject = topology.rpc_subject(RPC_CHECK, caller=caller)
-                return await ask(nc, subject, request, CheckResult, within=30)
+                # as host apps ask: the hosts' account may take a moment to see a new
+                # service's subscription ("no responders" otherwise)
+                return await ask(nc, subject, request, CheckResult, within=30, await_responder=True)
 
             async def release(nc: Client, caller: str, reservation_id: str | None) -> int:
                 assert reservation_id is not None
                 request = ReleaseRequest(reservation_id=reservation_id)
                 subject = topology.rpc_subject(RPC_RELEASE, caller=caller)
-                return (await ask(nc, subject, request, ReleaseResult, within=30)).released
+                answer = await ask(
+                    nc, subject, request, ReleaseResult, within=30, await_responder=True
+                )
+                return answer.released
 
             async def applies_its_policy() -> bool:
                 """the default user policy the enforcer published is applied"""
