@@ -121,8 +121,8 @@ class Notifier:
             try:
                 conn = await connect(self.settings.database_url)
                 try:
-                    await self._hold_lock(conn, channel, loop)
-                    await self._deliver_forever(conn, channel, loop)
+                    await self._hold_lock(conn, channel, stop, loop)
+                    await self._deliver_until(stop, conn, channel, loop)
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
@@ -134,22 +134,30 @@ class Notifier:
                 log.exception("notifier %s failed; starting over", channel)
                 await asyncio.sleep(self.config.poll_interval)
 
-    async def _hold_lock(self, conn: Connection, channel: str, loop: Loop) -> None:
+    async def _hold_lock(
+        self, conn: Connection, channel: str, stop: asyncio.Event, loop: Loop
+    ) -> None:
         key = int.from_bytes(
             hashlib.blake2b(f"notifier:{channel}".encode(), digest_size=8).digest(),
             "big",
             signed=True,
         )
-        while True:
+        while not stop.is_set():
             row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
             if row and row[0]:
                 return
             loop.recovered()  # a standby, waiting: healthy
             await asyncio.sleep(self.config.poll_interval)
 
-    async def _deliver_forever(self, conn: Connection, channel: str, loop: Loop) -> None:
+    async def _deliver_until(
+        self, stop: asyncio.Event, conn: Connection, channel: str, loop: Loop
+    ) -> None:
+        """Deliver until ``stop``, not only until cancelled: on Python 3.11 a cancellation
+        can be swallowed by ``asyncio.wait_for`` (aiosmtplib's, waiting for a server's
+        answer) when its wait ends at the same moment, and the loop would then run on
+        after the notifier was told to stop."""
         wake = self._wake[channel]
-        while True:
+        while not stop.is_set():
             wake.clear()
             pause = await self.deliver_due(conn, channel, loop)
             if pause is None:
