@@ -37,6 +37,7 @@ from events import (
     PolicyDeleted,
     PolicySet,
     RequestBlocked,
+    Topology,
     UsageRecorded,
     UsageRepriced,
     encode,
@@ -323,6 +324,19 @@ async def test_the_api_credential_is_refused_what_the_api_does_not_do(
     assert ack.seq == info.state.last_seq == 1
 
 
+def _log_reads(topology: Topology) -> tuple[str, ...]:
+    """JetStream requests that read the dead letters or the event log, or open a consumer
+    on it: refused to every credential but the workers'."""
+    stream, dead_letters = topology.event_stream.name, topology.dead_letter_stream.name
+    return (
+        f"$JS.API.STREAM.INFO.{dead_letters}",
+        f"$JS.API.STREAM.MSG.GET.{dead_letters}",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+    )
+
+
 async def _refused_everything(
     conn: Conn,
     *,
@@ -366,7 +380,7 @@ async def test_the_enforcer_credential_is_refused_what_the_enforcer_does_not_do(
     test_service_nats_users.py.)"""
     enforcer = await connect(ENFORCER_USER)
     topology = secured.topology
-    stream, dead_letters = topology.event_stream.name, topology.dead_letter_stream.name
+    stream = topology.event_stream.name
     usage = UsageRecorded.SUBJECT
     await _refused_everything(
         enforcer,
@@ -381,11 +395,7 @@ async def test_the_enforcer_credential_is_refused_what_the_enforcer_does_not_do(
             topology.dead_letter_subject("spend-v1"),
         ),
         requests=(
-            f"$JS.API.STREAM.INFO.{dead_letters}",
-            f"$JS.API.STREAM.MSG.GET.{dead_letters}",
-            f"$JS.API.STREAM.INFO.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}",
+            *_log_reads(topology),
             topology.rpc_subject(QUERY_POLICIES, caller=ENFORCER_USER),
             topology.rpc_subject(RPC_CHECK, caller="host"),
         ),
@@ -463,7 +473,7 @@ async def test_the_query_credential_is_refused_what_the_query_service_does_not_d
     may do, it does: test_service_nats_users.py.)"""
     query = await connect(QUERY_USER)
     topology = secured.topology
-    stream, dead_letters = topology.event_stream.name, topology.dead_letter_stream.name
+    stream = topology.event_stream.name
     usage = UsageRecorded.SUBJECT
     await _refused_everything(
         query,
@@ -477,11 +487,7 @@ async def test_the_query_credential_is_refused_what_the_query_service_does_not_d
             topology.dead_letter_subject("spend-v1"),
         ),
         requests=(
-            f"$JS.API.STREAM.INFO.{dead_letters}",
-            f"$JS.API.STREAM.MSG.GET.{dead_letters}",
-            f"$JS.API.STREAM.INFO.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}",
+            *_log_reads(topology),
             topology.rpc_subject(QUERY_POLICIES, caller=QUERY_USER),
             topology.rpc_subject(RPC_CHECK, caller="host"),
         ),
