@@ -28,6 +28,7 @@ __all__ = [
     "install_redaction",
     "protect",
     "redact",
+    "redact_urls",
     "secrets_of",
     "url_passwords",
 ]
@@ -81,6 +82,22 @@ def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(_masked, text)
     return text
+
+
+def redact_urls(urls: str) -> str:
+    """``urls`` (one URL, or a comma-separated list as NATS takes them) fit to show: as
+    ``redact``, and a URL without a scheme whose user part holds no password shows no user
+    part either. nats-py reads ``token@host`` as ``nats://token@host``: a token, which
+    ``redact`` cannot tell from an e-mail address in other text."""
+    return redact(",".join(_without_token(url) for url in urls.split(",")))
+
+
+def _without_token(url: str) -> str:
+    address = url.lstrip()
+    userinfo, at, host = address.rpartition("@")
+    if not at or "://" in address or ":" in userinfo:  # no user, a scheme, or a password
+        return url
+    return url[: len(url) - len(address)] + MASK + at + host
 
 
 def url_passwords(text: str) -> Iterator[str]:

@@ -58,6 +58,25 @@ def test_credential_patterns_are_masked(text: str, shown: str) -> None:
     assert shown_url(text) == shown
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("s3cr3tt0ken@127.0.0.1:4222", "***@127.0.0.1:4222"),
+        ("s3cr3tt0ken@nats.example", "***@nats.example"),
+        ("nats://u:pw@h1:4222, s3cr3tt0ken@h2:4222", "nats://u:***@h1:4222, ***@h2:4222"),
+        ("p@ss@h:4222", "***@h:4222"),
+        # Not tokens: a user with a password (masked as such), none, or a scheme's URL.
+        ("u:hunter22@h:4222", "u:***@h:4222"),
+        ("h1:4222,h2:4222", "h1:4222,h2:4222"),
+        ("postgresql://postgres@h/db", "postgresql://postgres@h/db"),
+    ],
+)
+def test_a_nats_url_without_a_scheme_shows_no_token(url: str, shown: str) -> None:
+    """nats-py reads ``token@host`` as ``nats://token@host``: the user part alone is a
+    token, and every message naming the server shows the URL (``shown_url``)."""
+    assert shown_url(url) == shown
+
+
 def test_a_settings_secrets_are_its_secret_fields_and_url_passwords() -> None:
     settings = Settings(
         nats_url="nats://u:natspass@h:4222",
