@@ -55,9 +55,10 @@ _URL_PASSWORD = re.compile(
 # NATS takes a token alone as the user part: ``nats://<token>@host``.
 _NATS_TOKEN = re.compile(r"(?<![^\s,'\"(\[=<])(?:nats|tls|ws|wss)://(?P<secret>[^\s:/@,'\"]+)@")
 # A URL's ``password=`` parameter, or libpq's ``password = 'quoted value'`` (spaces
-# around ``=``, single quotes with backslash escapes).
+# around ``=``, single quotes with backslash escapes); libpq's ``sslpassword`` (the
+# passphrase of the client certificate's key) as well.
 _PASSWORD_PARAM = re.compile(
-    r"\bpassword\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\"]+)",
+    r"\b(?:ssl)?password\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\"]+)",
     re.IGNORECASE,
 )
 _API_KEY = re.compile(r"\bbmk_[0-9a-f]+_(?P<secret>[A-Za-z0-9_-]+)")

@@ -34,6 +34,9 @@ from support import ROOT
             "postgresql://h/db?sslmode=require&password=***",
         ),
         ("host=h password=hunter22 user=u", "host=h password=*** user=u"),
+        # libpq's passphrase of the client certificate's key
+        ("postgresql://u@h/db?sslpassword=hunter22", "postgresql://u@h/db?sslpassword=***"),
+        ("host=h sslpassword = 'hunter 22'", "host=h sslpassword = ***"),
         # libpq's key = value form: spaces around =, a quoted value (escapes in it)
         ("host=h password = hunter22 user=u", "host=h password = *** user=u"),
         ("host=h password='s3cret pw' port=5", "host=h password=*** port=5"),
