@@ -87,18 +87,29 @@ def redact(text: str) -> str:
 
 def redact_urls(urls: str) -> str:
     """``urls`` (one URL, or a comma-separated list as NATS takes them) fit to show: as
-    ``redact``, and a URL without a scheme whose user part holds no password shows no user
-    part either. nats-py reads ``token@host`` as ``nats://token@host``: a token, which
-    ``redact`` cannot tell from an e-mail address in other text."""
-    return redact(",".join(_without_token(url) for url in urls.split(",")))
+    ``redact``, and what its patterns, made for any text, cannot tell there: a URL without
+    a scheme whose user part holds no password shows no user part (nats-py reads
+    ``token@host`` as ``nats://token@host``, a token; in text, an e-mail address), and a
+    password holding a space is masked whole (in text, a space ends a URL)."""
+    return redact(",".join(_credentials_masked(url) for url in urls.split(",")))
 
 
-def _without_token(url: str) -> str:
-    address = url.lstrip()
-    userinfo, at, host = address.rpartition("@")
-    if not at or "://" in address or ":" in userinfo:  # no user, a scheme, or a password
+_URL_PARTS = re.compile(
+    r"(?P<scheme>\s*(?:[A-Za-z][A-Za-z0-9+.-]*://)?)(?P<userinfo>.*)@(?P<host>.*)"
+)
+
+
+def _credentials_masked(url: str) -> str:
+    parts = _URL_PARTS.fullmatch(url)  # greedy: the user part runs to the last '@'
+    if parts is None:
         return url
-    return url[: len(url) - len(address)] + MASK + at + host
+    scheme, userinfo, host = parts["scheme"], parts["userinfo"], parts["host"]
+    user, colon, password = userinfo.partition(":")
+    if colon and "://" in scheme and any(char.isspace() for char in password):
+        return f"{scheme}{user}:{MASK}@{host}"
+    if not colon and "://" not in scheme:
+        return f"{scheme}{MASK}@{host}"
+    return url
 
 
 def url_passwords(text: str) -> Iterator[str]:
