@@ -105,11 +105,16 @@ def _credentials_masked(url: str) -> str:
         return url
     scheme, userinfo, host = parts["scheme"], parts["userinfo"], parts["host"]
     user, colon, password = userinfo.partition(":")
-    if colon and "://" in scheme and any(char.isspace() for char in password):
+    # A URL's user holds no space: text such as "at 12:30 bob@host" is no URL.
+    if colon and _spaced(password) and not _spaced(user):
         return f"{scheme}{user}:{MASK}@{host}"
     if not colon and "://" not in scheme:
         return f"{scheme}{MASK}@{host}"
     return url
+
+
+def _spaced(text: str) -> bool:
+    return any(char.isspace() for char in text)
 
 
 def url_passwords(text: str) -> Iterator[str]:

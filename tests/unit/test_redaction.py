@@ -71,6 +71,7 @@ def test_credential_patterns_are_masked(text: str, shown: str) -> None:
         # A password written with a space (a pass phrase, not percent-encoded): nats-py
         # takes it, and redact's patterns, made for text, end a URL at a space.
         ("nats://u:correct horse@127.0.0.1:4222", "nats://u:***@127.0.0.1:4222"),
+        ("u:correct horse@127.0.0.1:4222", "u:***@127.0.0.1:4222"),
         ("nats://a:p@h1,nats://u:a b@c@h2:4222", "nats://a:***@h1,nats://u:***@h2:4222"),
         # Not tokens: a user with a password (masked as such), none, or a scheme's URL.
         ("u:hunter22@h:4222", "u:***@h:4222"),
