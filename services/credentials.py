@@ -42,8 +42,11 @@ def generated_secret(path: Path, *, nbytes: int = 32) -> str:
             os.link(made, path)  # unlike a rename, never replaces one another process made
         except FileExistsError:
             pass
+        except OSError:  # a file system without hard links (some network shares)
+            if not path.exists():
+                made.replace(path)
         finally:
-            made.unlink()
+            made.unlink(missing_ok=True)
     secret = path.read_text().strip()
     protect(secret)
     return secret

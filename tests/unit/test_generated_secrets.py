@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def test_processes_starting_together_keep_the_first_secret(
     monkeypatch.setattr(Path, "exists", lambda self: False)  # looked before it was made
     assert generated_secret(path) == first
     assert path.read_text().strip() == first
+
+
+def test_a_file_system_without_hard_links_gets_its_secret_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "api-session.secret"
+    secret = generated_secret(path)
+    assert path.read_text().strip() == secret and generated_secret(path) == secret
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_a_rewritten_secret_file_replaces_the_old_whole(tmp_path: Path) -> None:
