@@ -325,12 +325,13 @@ class UsageTracker:
         ``cache_write_tokens``; ``reasoning_tokens`` are part of ``output_tokens``. Or pass
         the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts (both:
         ``ValueError``).
-        Inconsistent counts, or an ``occurred_at`` outside ``max_clock_skew`` and
-        ``max_event_age`` of now, raise ``ValueError``. A model without a price, or one whose
-        pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
-        never as $0. ``estimated_reason``: the counts are an estimate, and why. ``raw_usage``:
-        the provider's usage object the counts (or ``usage``) were read from: a model that
-        prices audio or image tokens apart finds them there, and leaves the call unpriced.
+        Inconsistent counts, or an ``occurred_at`` without a time zone or outside
+        ``max_clock_skew`` and ``max_event_age`` of now, raise ``ValueError``. A model
+        without a price, or one whose pricing fails, is recorded unpriced (cost ``None``,
+        ``unpriced_reason`` says why), never as $0. ``estimated_reason``: the counts are an
+        estimate, and why. ``raw_usage``: the provider's usage object the counts (or
+        ``usage``) were read from: a model that prices audio or image tokens apart finds
+        them there, and leaves the call unpriced.
         """
         # Spelt as checks and provider policies spell it ("OpenAI" is "openai").
         provider = canonical_provider(provider)
@@ -365,6 +366,13 @@ class UsageTracker:
                 images=images,
             )
         at = occurred_at or utc_now()
+        if at.tzinfo is None or at.utcoffset() is None:
+            # The contract refuses it too (``UtcDatetime``): which instant is meant, and so
+            # which day and month the call costs in, would be a guess.
+            raise ValueError(
+                f"occurred_at {at.isoformat()} has no time zone: pass an aware time,"
+                " e.g. datetime.now(UTC) or the provider's timestamp with its offset"
+            )
         out_of_bounds = self._time_bounds.time_violation(at, utc_now())
         if out_of_bounds is not None:
             raise OutOfBounds(out_of_bounds)

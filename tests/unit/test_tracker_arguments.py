@@ -3,6 +3,7 @@ the caller spelt it: nothing a caller passed is dropped unseen."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,15 @@ async def test_a_wrong_estimate_of_tokens_is_named_as_passed(
         await tracker.check_budget("gpt-4o", estimated_tokens=tokens)  # type: ignore[arg-type]
     with pytest.raises(UsageCountError, match=message):  # where decorated, before any call
         tracker.track_llm_call(model="gpt-4o", estimated_tokens=tokens)  # type: ignore[arg-type]
+
+
+def test_a_time_without_a_zone_is_refused_saying_so(tracker: UsageTracker) -> None:
+    """``datetime.now()`` or ``utcnow()`` has no zone, so which instant it means (and so
+    which day and month the call costs in) is a guess; it had raised a TypeError about
+    subtracting datetimes, from the time bounds, naming neither the argument nor a fix."""
+    naive = datetime.now(UTC).replace(tzinfo=None)
+    with pytest.raises(ValueError, match=r"occurred_at .* has no time zone: .*datetime.now\(UTC\)"):
+        tracker.usage_event(model="gpt-4o", provider="openai", occurred_at=naive)
+    aware = naive.replace(tzinfo=UTC)
+    call = {"model": "gpt-4o", "provider": "openai", "output_tokens": 1}
+    assert tracker.usage_event(**call, occurred_at=aware).occurred_at == aware
