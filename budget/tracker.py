@@ -23,6 +23,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
+from pydantic import TypeAdapter, ValidationError
+
 from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
 from budget.disabled import DISABLED_REASON, DisabledPublisher
@@ -43,6 +45,7 @@ from events import (
     utc_now,
 )
 from events.rpc import CallAttributes, CheckResult
+from events.usage import MAX_COST, MAX_DECIMAL_PLACES, Usd
 
 __all__ = [
     "EXIT_WAIT",
@@ -191,6 +194,7 @@ class UsageTracker:
         error and its reservation released. A function that is not async (a sync one, a
         generator) is refused with ``TypeError`` where it is decorated."""
         token_count("estimated_tokens", estimated_tokens)  # wrong: refused here, not per call
+        estimated_cost = _usd(estimated_cost)
         provider_name = provider or self.registry.provider_of(model) or "unknown"
         call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
         call |= {"user_id": user_id, "project_id": project_id}
@@ -552,14 +556,29 @@ atexit.register(_close_at_exit)
 
 def _usd(amount: Decimal | float | int | str | None) -> Decimal | None:
     """A caller's estimate as exact money: a float as its shortest repr (0.05 is 0.05, as
-    the enforcer's requests read it), never its binary value; refused unless finite and
-    not negative."""
-    if amount is None or (isinstance(amount, Decimal) and amount.is_finite() and amount >= 0):
-        return amount
+    the enforcer's requests read it), never its binary value; refused unless a cost could
+    be it (finite, not negative, within the contract's ``Usd``): one beyond them failed the
+    enforcer's request, or was allowed without it and then could not be recorded."""
+    if (
+        isinstance(amount, Decimal)
+        and amount.is_finite()
+        and 0 <= amount <= MAX_COST
+        and int(amount.as_tuple().exponent) >= -MAX_DECIMAL_PLACES
+    ):
+        return amount  # the usual estimate, checked without pydantic (a check's hot path)
+    if amount is None:
+        return None
     try:
         usd = Decimal(str(amount))
     except ArithmeticError:
         usd = Decimal("NaN")
     if not usd.is_finite() or usd < 0:
         raise ValueError(f"estimated_cost must be a non-negative number of USD, not {amount!r}")
-    return usd
+    try:
+        return _COST.validate_python(usd)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ValueError(f"estimated_cost must be a cost, not {amount!r}: {reason}") from None
+
+
+_COST: TypeAdapter[Decimal] = TypeAdapter(Usd)
