@@ -386,6 +386,8 @@ class UsageTracker:
         else:
             cost, source, reason = None, None, priced.reason
             if (provider, model) not in self._warned_unpriced:
+                if len(self._warned_unpriced) >= _WARNED_KEPT:
+                    self._warned_unpriced.clear()  # warned again: better than unbounded
                 self._warned_unpriced.add((provider, model))
                 log.warning("recording usage of %s/%s unpriced: %s", provider, model, reason)
         identity = {} if event_id is None else {"event_id": event_id}
@@ -448,6 +450,9 @@ class UsageTracker:
 
 
 _NO_ESTIMATE = "no usage in the response and no estimate given"
+_WARNED_KEPT = 10_000
+"""Unpriced (provider, model) pairs remembered, to warn once of each: the API's tracker
+records whatever models its keys post, so without a bound each new name is kept for good."""
 
 
 @dataclass(slots=True)

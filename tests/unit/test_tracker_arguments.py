@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import budget.tracker
 from budget.config import Settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import PricingRegistry
@@ -96,3 +97,15 @@ async def test_an_estimate_no_cost_could_be_is_refused_where_given(
         tracker.track_llm_call(model="gpt-4o", estimated_cost=cost)  # type: ignore[arg-type]
     finest = Decimal("1E-40")
     assert (await tracker.check_budget("gpt-4o", estimated_cost=finest)).estimated_cost == finest
+
+
+def test_the_unpriced_models_warned_of_stay_bounded(
+    tracker: UsageTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each model recorded unpriced was remembered for good (to warn once): posts to the
+    API naming ever new models grew its memory without end."""
+    monkeypatch.setattr(budget.tracker, "_WARNED_KEPT", 4, raising=False)
+    for n in range(20):
+        event = tracker.usage_event(model=f"no-such-model-{n}", provider="openai", output_tokens=1)
+        assert event.cost is None and event.unpriced_reason
+    assert len(tracker._warned_unpriced) <= 4
