@@ -44,6 +44,7 @@ __all__ = [
     "Refusal",
     "attribute_to",
     "call_scope",
+    "enclosing_scope",
     "in_scope",
 ]
 
@@ -119,7 +120,12 @@ def call_scope(kwargs: MutableMapping[str, Any]) -> Attribution | None:
     another one it calls, or later (a stream's, as it is read: ``in_scope``); None when
     it has neither."""
     call = _call_attribution(kwargs)
-    return _scoped.get() if call is None else _over_enclosing(call)
+    return enclosing_scope() if call is None else _over_enclosing(call)
+
+
+def enclosing_scope() -> Attribution | None:
+    """The ``attribute_to`` blocks (or ``in_scope``) the caller is in; None outside any."""
+    return _scoped.get()
 
 
 @contextlib.contextmanager

@@ -420,6 +420,36 @@ async def test_a_gemini_stream_read_after_its_attribute_to_block_is_charged_to_t
 
 
 @sync_and_async
+async def test_a_gemini_chat_stream_read_after_its_attribute_to_block_is_charged_to_that_block(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """A chat's ``send_message_stream`` sends nothing until it is first read (the SDK's
+    chat asks its models for the stream then): read after the block (a web app's
+    streamed answer), it had been charged to the client's user, not the block's."""
+    api = ProviderApi()
+    client = gemini_client(api, stack, user_id="service")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chat = client.chats.create(model="gemini-2.5-flash")
+            with budget.attribute_to(user_id="bob", tags={"feature": "chat"}):
+                stream = chat.send_message_stream("Fox")
+            chunks = await in_thread(list, stream)
+        else:
+            achat = client.aio.chats.create(model="gemini-2.5-flash")
+            with budget.attribute_to(user_id="bob", tags={"feature": "chat"}):
+                astream = await achat.send_message_stream("Fox")
+            chunks = [chunk async for chunk in astream]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(chunk.text or "" for chunk in chunks) == (
+        "The quick brown fox jumps over the lazy dog."
+    )
+    assert (event.user_id, event.tags, event.usage.output_text) == ("bob", {"feature": "chat"}, 10)
+    # The chat's history took the turn, as it does uninstrumented.
+    history = (chat if sync else achat).get_history()
+    assert [content.role for content in history] == ["user", "model", "model", "model"]
+
+
+@sync_and_async
 async def test_a_gemini_answer_grounded_with_google_search_is_not_priced_at_its_tokens_alone(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
