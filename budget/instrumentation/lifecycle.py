@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -21,9 +22,9 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMappi
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from budget.checks import BudgetExceeded, answer_or_release
+from budget.checks import BudgetExceeded, answer_or_release, answer_or_release_sync
 from budget.disabled import DisabledPublisher
 from budget.periods import quarter_hour_number
 from budget.pricing import Priced
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _ID_LIMIT = 200  # the event contract's user_id and project_id
 
@@ -275,7 +277,7 @@ class Lifecycle:
     def _release_unused(
         self, tracker: UsageTracker, plan: Plan, attribution: Attribution, reservation_id: str
     ) -> None:
-        """Release the reservation of a check whose call was cancelled."""
+        """Release the reservation of a check whose call was cancelled (or interrupted)."""
         Call(tracker, self.provider, plan, attribution, reservation_id).release()
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
@@ -285,7 +287,9 @@ class Lifecycle:
         cost = self._estimated_cost(tracker, plan)
         if self._admitted_at_once(tracker, plan, attribution, cost):
             return Call(tracker, self.provider, plan, attribution, None)
-        result = _loop_runner(tracker).run(self._check(tracker, plan, attribution, cost))
+        release = functools.partial(self._release_unused, tracker, plan, attribution)
+        checking = _loop_runner(tracker).start(self._check(tracker, plan, attribution, cost))
+        result = answer_or_release_sync(checking, release)
         return self._admitted(tracker, plan, attribution, result)
 
     def _admitted_at_once(
@@ -449,15 +453,15 @@ class _LoopRunner:
         self._lock = threading.Lock()
         self._collecting = False
 
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        """Its result, waiting in this thread (which must not be the loop's)."""
+    def start(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Its future, for this thread to wait on (which must not be the loop's)."""
         if self.on_its_loop():
             coroutine.close()
             raise RuntimeError(
                 "a sync client was called on the event loop of its budget tracker; use the"
                 " async client there (or call the sync one from another thread)"
             )
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def on_its_loop(self) -> bool:
         """Whether the caller runs on the loop (an async client), not in another thread."""

@@ -8,7 +8,11 @@ import asyncio
 import gc
 import io
 import logging
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,6 +20,7 @@ import pytest
 
 import budget
 from budget import BudgetExceeded
+from budget.config import Settings
 from budget.pricing import Priced
 from events import ImageUsage, Topology, Usage
 
@@ -37,7 +42,7 @@ from provider_mocks import (
     recorded_usage,
     sync_and_async,
 )
-from support import wait_for
+from support import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -489,6 +494,54 @@ async def test_a_call_cancelled_while_its_check_is_answered_releases_what_was_re
     )
     await stack.cancel_while_answer_in_flight(calling, reserved, answer_delivered)
     assert api.requests == []
+
+
+def interrupted_client(settings: Settings, cwd: Path) -> subprocess.Popen[str]:
+    """``interrupted_client.py`` on ``settings``' NATS and subjects."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "BUDGET_NATS_URL": settings.nats_url,
+        "BUDGET_SUBJECT_PREFIX": settings.topology.prefix,
+        "BUDGET_SPOOL_DIR": str(cwd / "script-spool"),
+    }
+    env.pop("BUDGET_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("interrupted_client.py"))],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_a_sync_call_interrupted_while_its_check_is_answered_releases_what_was_reserved(
+    stack: EnforcementStack, tmp_path: Path
+) -> None:
+    """A script's Ctrl-C reaches its sync client while it waits for the enforcer's answer,
+    which reserved: the KeyboardInterrupt ends the call, and the reservation is given back
+    once the answer arrives (it had been held against the budget until it expired)."""
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    process = interrupted_client(stack.settings, tmp_path)
+    try:
+        assert process.stdout is not None
+        reserved = await asyncio.to_thread(process.stdout.readline)
+        assert reserved.startswith("reserved ") and reserved.split()[1] != "None", reserved
+        assert await asyncio.to_thread(process.stdout.readline) == "interrupted\n"
+
+        async def released() -> bool:
+            """the interrupted call's hold was released"""
+            return await stack.holds() == []
+
+        await wait_for(released, within=30)
+        _, err = await asyncio.to_thread(process.communicate, "", 60)  # stdin closed
+        assert process.returncode == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_providers(
