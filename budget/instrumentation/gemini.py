@@ -139,23 +139,18 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             if hasattr(models, name):  # what this version of the SDK has
                 untracked(models, name, f"google-genai models.{name}", why)
     for batches in (client.batches, client.aio.batches):
-        untracked(
-            batches,
-            "create",
-            "google-genai batches.create",
-            "a batch is billed as its requests complete, long after this call",
-        )
-    for interactions in (
-        getattr(client, "interactions", None),
-        getattr(client.aio, "interactions", None),
-    ):
-        if hasattr(interactions, "create"):  # what this version of the SDK has
-            untracked(
-                interactions,
-                "create",
-                "google-genai interactions.create",
-                "the Interactions API's answers are not read by the instrumentation",
-            )
+        for name in ("create", "create_embeddings"):
+            if hasattr(batches, name):  # what this version of the SDK has
+                untracked(
+                    batches,
+                    name,
+                    f"google-genai batches.{name}",
+                    "a batch is billed as its requests complete, long after this call",
+                )
+    for resource, why in _UNRECORDED_RESOURCES:
+        for holder in (getattr(client, resource, None), getattr(client.aio, resource, None)):
+            if hasattr(holder, "create"):  # what this version of the SDK has
+                untracked(holder, "create", f"google-genai {resource}.create", why)
     untracked(
         client.aio.live,
         "connect",
@@ -273,6 +268,12 @@ _UNRECORDED = (
     ("recontext_image", _IMAGES),
     ("segment_image", _IMAGES),
     ("generate_videos", "video is priced per second of it, which usage events do not count"),
+)
+
+
+_UNRECORDED_RESOURCES = (
+    ("interactions", "the Interactions API's answers are not read by the instrumentation"),
+    ("decisions", "the decisions' answers are not read by the instrumentation"),
 )
 
 
