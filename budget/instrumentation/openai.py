@@ -6,13 +6,15 @@ retired, its endpoint no longer answers.)
 
 Streaming chat and text completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
-that extra chunk (no choices, only usage) is then kept from the caller. Streamed images
+that extra chunk (no choices, only usage) is then kept from the caller; but not for an API
+that refuses the option and sends the usage unasked (Mistral's). Streamed images
 and transcriptions tell their usage in their last event (``*.completed``,
 ``transcript.text.done``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -50,8 +52,8 @@ def _asks_usage_chunk(kwargs: MutableMapping[str, Any]) -> bool:
     return True
 
 
-def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    strip = _asks_usage_chunk(kwargs)
+def _chat_plan(kwargs: MutableMapping[str, Any], *, ask_usage: bool = True) -> Plan:
+    strip = _asks_usage_chunk(kwargs) if ask_usage else False
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages")),
@@ -255,6 +257,16 @@ class _TranscriptionObserver(UsageObserver):
 
 
 _CHAT = Method(_chat_plan, lambda response, plan: _measured(response), _ChatObserver)
+_CHAT_AS_ASKED = Method(
+    functools.partial(_chat_plan, ask_usage=False),
+    lambda response, plan: _measured(response),
+    _ChatObserver,
+)
+"""For ``_USAGE_UNASKED``'s APIs: the request sent as the caller made it."""
+_USAGE_UNASKED = frozenset({"mistral"})
+"""Providers whose OpenAI-compatible chat API refuses ``stream_options`` (Mistral's answers
+422, extra_forbidden, as for any field it does not know) and sends a stream's usage in its
+last chunk unasked."""
 _COMPLETIONS = Method(
     _completions_plan, lambda response, plan: _measured(response), _CompletionsObserver
 )
@@ -271,9 +283,10 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
     # their parse() helpers post by themselves. ``client.beta`` has chat completions and
     # Responses objects of its own (the same calls, under another path).
     beta = getattr(client, "beta", None)
+    chat = _CHAT_AS_ASKED if lifecycle.provider in _USAGE_UNASKED else _CHAT
     for owner, method, names in (
-        (client.chat.completions, _CHAT, ("create", "parse")),
-        (getattr(getattr(beta, "chat", None), "completions", None), _CHAT, ("create", "parse")),
+        (client.chat.completions, chat, ("create", "parse")),
+        (getattr(getattr(beta, "chat", None), "completions", None), chat, ("create", "parse")),
         (client.responses, _RESPONSES, ("create", "parse", "compact")),
         (getattr(beta, "responses", None), _RESPONSES, ("create", "parse", "compact")),
     ):

@@ -99,6 +99,8 @@ class ProviderApi:
         if self.fail_with is not None:
             error = {"error": {"message": "overloaded", "type": "server_error"}}
             return httpx2.Response(self.fail_with, json=error)
+        if request.url.host == "api.mistral.ai":
+            return _mistral(body)
         if ":streamGenerateContent" in path:
             return _sse(fixture(self.streams.get(path) or "gemini_generate_stream.sse"))
         if ":batchEmbedContents" in path:
@@ -132,6 +134,27 @@ class ProviderApi:
 
     def transport(self) -> httpx2.MockTransport:
         return httpx2.MockTransport(self.handle)
+
+
+def _mistral(body: dict[str, Any] | None) -> httpx2.Response:
+    """Mistral's chat API (the OpenAI SDK pointed at it): it refuses ``stream_options``,
+    as any field it does not know, and sends a stream's usage in its last chunk unasked."""
+    if body is not None and "stream_options" in body:
+        refused = {
+            "type": "extra_forbidden",
+            "loc": ["body", "stream_options"],
+            "msg": "Extra inputs are not permitted",
+            "input": body["stream_options"],
+        }
+        error = {
+            "object": "error",
+            "message": {"detail": [refused]},
+            "type": "invalid_request_error",
+        }
+        return httpx2.Response(422, json=error | {"param": None, "code": None})
+    if body is not None and body.get("stream"):
+        return _sse(fixture("mistral_chat_stream.sse"))
+    return httpx2.Response(200, content=fixture("openai_chat.json"))
 
 
 def _sse(content: bytes) -> httpx2.Response:

@@ -573,6 +573,45 @@ async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_pr
     assert event.unpriced_reason is None
 
 
+@sync_and_async
+async def test_a_stream_from_mistral_is_sent_as_asked_and_records_its_last_chunks_usage(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Mistral's API refuses ``stream_options`` (422, extra_forbidden) and sends a
+    stream's usage in its last chunk unasked: a client pointed at it had every streamed
+    call refused once instrumented, for the ``include_usage`` the instrumentation added."""
+    import httpx2
+
+    api = ProviderApi()
+    mistral = {"api_key": "k", "base_url": "https://api.mistral.ai/v1"}
+    if sync:
+        client: Any = openai.OpenAI(**mistral, http_client=httpx2.Client(transport=api.transport()))
+    else:
+        http = httpx2.AsyncClient(transport=api.transport())
+        client = openai.AsyncOpenAI(**mistral, http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    request = {"model": "mistral-small-latest", "messages": HELLO, "max_tokens": 100}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chunks = await in_thread(
+                lambda: list(client.chat.completions.create(**request, stream=True))
+            )
+        else:
+            chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there!"
+    assert chunks[-1].usage is not None  # the stream as Mistral sent it
+    assert api.requests[0] is not None and "stream_options" not in api.requests[0]
+    assert (event.provider, event.model, event.user_id) == (
+        "mistral",
+        "mistral-small-latest",
+        "alice",
+    )
+    assert event.usage == Usage(input_uncached=9, output_text=4)
+    assert event.cost == per_million(a=("0.15", 9), b=("0.60", 4))
+    assert event.estimated_reason is None
+
+
 class HostAppClient(openai.AsyncOpenAI):
     """A host app's own client: the SDK's, with a default of its own."""
 
