@@ -70,6 +70,9 @@ class _Observer(UsageObserver):
         super().__init__(plan)
         self.grounded: list[Any] = []
         """The candidates of the last chunk that told their grounding (the searches)."""
+        self.unfinished: set[int] = set()
+        """The candidates seen that have not told their finish_reason yet."""
+        self.finished = False
 
     def see(self, chunk: Any) -> bool:
         self.model = _model(chunk, self.plan)
@@ -78,15 +81,31 @@ class _Observer(UsageObserver):
         grounded = [c for c in chunk.candidates or () if c.grounding_metadata is not None]
         self.grounded = grounded or self.grounded
         for candidate in chunk.candidates or ():
+            self._follow(candidate)
             content = candidate.content
             for part in (content.parts if content is not None else None) or ():
                 self.chars += len(part.text or "")
+        feedback = chunk.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            self.finished = True  # a prompt refused: no candidate will come
         return True
+
+    def _follow(self, candidate: Any) -> None:
+        index = candidate.index or 0
+        if candidate.finish_reason is None:
+            self.unfinished.add(index)
+        else:
+            self.unfinished.discard(index)
+            self.finished = True
 
     def measured(self) -> Measured:
         # The answer, as an unstreamed one would be, for the price (``_measure``).
         self.answer = {"usage_metadata": self.usage, "candidates": self.grounded}
-        return super().measured()
+        if self.usage is None or (self.finished and not self.unfinished):
+            return super().measured()
+        # Each chunk's counts are those so far: the call went on past them.
+        why = "the stream ended before its last chunk: the counts of the last one received"
+        return Measured.read(self.usage, self.model, why, answer=self.answer)
 
 
 def _embed_plan(kwargs: MutableMapping[str, Any]) -> Plan:

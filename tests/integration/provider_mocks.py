@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -134,6 +134,35 @@ class ProviderApi:
 
     def transport(self) -> httpx2.MockTransport:
         return httpx2.MockTransport(self.handle)
+
+    def cut_transport(self, events: int) -> httpx2.MockTransport:
+        """As ``transport``, but each stream's connection drops after its first ``events``
+        SSE events (``httpx2.ReadError`` in the reader)."""
+
+        def handle(request: httpx2.Request) -> httpx2.Response:
+            answer = self.handle(request)
+            if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+                return answer
+            end = b"\r\n\r\n" if b"\r\n\r\n" in answer.content else b"\n\n"  # Gemini's: CRLF
+            head = b"".join(block + end for block in answer.content.split(end)[:events])
+            return httpx2.Response(200, headers=answer.headers, stream=_CutStream(head))
+
+        return httpx2.MockTransport(handle)
+
+
+class _CutStream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """A body that is ``head``, then a dropped connection."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        raise httpx2.ReadError("connection reset by peer")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.head
+        raise httpx2.ReadError("connection reset by peer")
 
 
 def _mistral(body: dict[str, Any] | None) -> httpx2.Response:

@@ -167,6 +167,63 @@ async def test_an_anthropic_stream_left_before_its_final_usage_records_what_it_c
 
 
 @sync_and_async
+async def test_streams_whose_connection_drops_record_what_they_received_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """The connection lost mid-stream: the caller gets the error, and each call is
+    recorded once with what arrived, marked as an estimate. A Gemini chunk's counts are
+    those so far: a stream cut before its last chunk had been recorded at them as exact."""
+    api = ProviderApi()
+    # message_start, content_block_start, ping, then "Okay", ", here is a", " short poem"
+    cut = api.cut_transport(events=6)
+    claude_sync = anthropic.Anthropic(api_key="k", http_client=httpx2.Client(transport=cut))
+    claude_async = anthropic.AsyncAnthropic(
+        api_key="k", http_client=httpx2.AsyncClient(transport=cut)
+    )
+    for claude in (claude_sync, claude_async):
+        budget.instrument(claude, tracker=stack.tracker, user_id="alice")
+    http = types.HttpOptions(
+        httpx_client=httpx2.Client(transport=api.cut_transport(events=2)),
+        httpx_async_client=httpx2.AsyncClient(transport=api.cut_transport(events=2)),
+    )
+    gemini = budget.instrument(
+        genai.Client(api_key="k", http_options=http), tracker=stack.tracker, user_id="alice"
+    )
+    fox = {"model": "gemini-2.5-flash", "contents": "Fox"}
+    texts: list[str] = []
+
+    def read_sync() -> None:
+        with pytest.raises(anthropic.APIConnectionError):
+            for event in claude_sync.messages.create(**MESSAGE, stream=True):
+                if event.type == "content_block_delta":
+                    texts.append(event.delta.text)
+        with pytest.raises(httpx2.ReadError):
+            for chunk in gemini.models.generate_content_stream(**fox):
+                texts.append(chunk.text or "")
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(read_sync)
+        else:
+            with pytest.raises(anthropic.APIConnectionError):
+                async for event in await claude_async.messages.create(**MESSAGE, stream=True):
+                    if event.type == "content_block_delta":
+                        texts.append(event.delta.text)
+            with pytest.raises(httpx2.ReadError):
+                async for chunk in await gemini.aio.models.generate_content_stream(**fox):
+                    texts.append(chunk.text or "")
+        events = await recorded.exactly(stack.tracker, 2)
+    assert "".join(texts) == "Okay, here is a short poem" + "The quick brown fox jumps over"
+    claude, gemini_call = sorted(events, key=lambda e: e.provider)
+    # message_start's input and the text received, 26 characters: 7 tokens.
+    assert claude.usage == Usage(input_uncached=472, output_text=7)
+    assert_estimated(claude, "message_delta")
+    # The second chunk's counts: the last received.
+    assert gemini_call.usage == Usage(input_uncached=11, output_text=6, output_reasoning=40)
+    assert_estimated(gemini_call, "before its last chunk")
+
+
+@sync_and_async
 async def test_the_anthropic_stream_helper_records_the_final_usage_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:

@@ -317,6 +317,51 @@ async def test_an_abandoned_stream_records_what_it_consumed(
     assert {e.user_id for e in events} == {"quitter", "dropper"}
 
 
+@sync_and_async
+async def test_a_stream_whose_connection_drops_records_what_it_received_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """The connection lost mid-stream: the caller gets the error, and the call, paid for
+    what was sent, is recorded once with what arrived, settling its reservation."""
+    import httpx2
+
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    transport = api.cut_transport(events=3)  # "", "Hello", "!"
+    if sync:
+        client: Any = openai.OpenAI(api_key="k", http_client=httpx2.Client(transport=transport))
+    else:
+        http = httpx2.AsyncClient(transport=transport)
+        client = openai.AsyncOpenAI(api_key="k", http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    request = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    got: list[Any] = []
+
+    def read_sync() -> None:
+        got.extend(client.chat.completions.create(**request))
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        with pytest.raises(openai.APIConnectionError):  # the SDK's, from the ReadError
+            if sync:
+                await in_thread(read_sync)
+            else:
+                async for chunk in await client.chat.completions.create(**request):
+                    got.append(chunk)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(c.choices[0].delta.content for c in got) == "Hello!"
+    # "Say hello" + "user": 13 characters, 4 tokens; "Hello!": 2 tokens.
+    assert event.usage == Usage(input_uncached=4, output_text=2)
+    assert_estimated(event, "before its usage arrived")
+    assert event.reservation_id is not None
+
+    async def settled() -> bool:
+        """the call's hold was settled by its usage"""
+        return await stack.holds() == []
+
+    await wait_for(settled)
+
+
 async def test_a_stream_helper_left_early_records_at_once(
     stack: EnforcementStack, topology: Topology
 ) -> None:
