@@ -21,6 +21,7 @@ from budget.instrumentation.lifecycle import (
     call_scope,
     enclosing_scope,
     in_scope,
+    retry_after,
 )
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
@@ -290,6 +291,7 @@ _UNRECORDED = (
 )
 
 
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _UNRECORDED_RESOURCES = (
     ("interactions", "the Interactions API's answers are not read by the instrumentation"),
     ("decisions", "the decisions' answers are not read by the instrumentation"),
@@ -297,8 +299,17 @@ _UNRECORDED_RESOURCES = (
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:
-    """The refusal as the API's own 429 (``RESOURCE_EXHAUSTED``)."""
-    body = {"error": {"code": 429, "message": str(refused), "status": "RESOURCE_EXHAUSTED"}}
+    """The refusal as the API's own 429 (``RESOURCE_EXHAUSTED``, with its ``RetryInfo``
+    when the refusal says when to try again)."""
+    error_body: dict[str, Any] = {
+        "code": 429,
+        "message": str(refused),
+        "status": "RESOURCE_EXHAUSTED",
+    }
+    seconds = retry_after(refused)
+    if seconds is not None:
+        error_body["details"] = [{"@type": _RETRY_INFO, "retryDelay": f"{seconds}s"}]
+    body = {"error": error_body}
     error = errors.ClientError(429, body)
     error.__cause__ = refused
     return error

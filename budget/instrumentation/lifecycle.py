@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
@@ -47,6 +48,8 @@ __all__ = [
     "call_scope",
     "enclosing_scope",
     "in_scope",
+    "retry_after",
+    "retry_after_headers",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,6 +206,19 @@ class Measured:
 Refusal = Callable[[BudgetExceeded], BaseException]
 """Turns a refusal into the exception the caller sees (``BudgetExceeded`` itself, or the
 provider's own error shape)."""
+
+
+def retry_after(refused: BudgetExceeded) -> int | None:
+    """The seconds after which the refused call may be tried again, whole (rounded up), as
+    an HTTP ``Retry-After`` says them; None when the refusal tells none."""
+    seconds = refused.result.retry_after
+    return None if seconds is None else max(math.ceil(seconds), 0)
+
+
+def retry_after_headers(refused: BudgetExceeded) -> dict[str, str]:
+    """``retry_after`` as the headers of a provider's 429 (none when it tells none)."""
+    seconds = retry_after(refused)
+    return {} if seconds is None else {"retry-after": str(seconds)}
 
 
 class Lifecycle:

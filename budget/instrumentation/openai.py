@@ -22,7 +22,7 @@ import httpx2
 import openai
 
 from budget.checks import BudgetExceeded
-from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan, retry_after_headers
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
     choices,
@@ -338,9 +338,11 @@ _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:
-    """The refusal as the API's own 429, so code that handles rate limits handles it."""
+    """The refusal as the API's own 429, so code that handles rate limits handles it (its
+    ``retry-after`` header too)."""
     body = {"message": str(refused), "type": "budget_exceeded", "param": None, "code": None}
-    response = httpx2.Response(429, request=httpx2.Request("POST", "https://api.openai.com/v1"))
+    request = httpx2.Request("POST", "https://api.openai.com/v1")
+    response = httpx2.Response(429, headers=retry_after_headers(refused), request=request)
     error = openai.RateLimitError(f"Error code: 429 - {body}", response=response, body=body)
     error.__cause__ = refused
     return error

@@ -3,6 +3,7 @@ async, over a mock transport answering with recorded bodies and streams."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -402,7 +403,10 @@ async def test_anthropic_refusal_in_the_providers_shape(
     big = {"model": "claude-sonnet-4-5", "max_tokens": 50_000, "messages": HELLO}
     with pytest.raises(anthropic.RateLimitError) as refused:
         await client.messages.create(**big)
-    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    cause = refused.value.__cause__
+    assert isinstance(cause, BudgetExceeded) and cause.result.retry_after is not None
+    retry_after = refused.value.response.headers["retry-after"]
+    assert retry_after == str(math.ceil(cause.result.retry_after))
     with pytest.raises(anthropic.RateLimitError):
         async with client.messages.stream(**big):
             pass
@@ -622,5 +626,12 @@ async def test_gemini_refusal_in_the_providers_shape(
     with pytest.raises(errors.ClientError) as refused:
         await client.aio.models.generate_content(model="gemini-2.5-pro", contents="x", config=big)
     assert refused.value.code == 429
-    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    cause = refused.value.__cause__
+    assert isinstance(cause, BudgetExceeded) and cause.result.retry_after is not None
+    # When to try again, as the API's own 429 says it.
+    [retry_info] = refused.value.details["error"]["details"]
+    assert retry_info == {
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": f"{math.ceil(cause.result.retry_after)}s",
+    }
     assert api.requests == []

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import io
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -464,8 +465,13 @@ async def test_refused_calls_raise_and_are_not_sent(
         await in_thread(sync_client.chat.completions.create, **big)
     with pytest.raises(openai.RateLimitError) as refused:
         await shaped.chat.completions.create(**big)
-    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    cause = refused.value.__cause__
+    assert isinstance(cause, BudgetExceeded)
     assert refused.value.status_code == 429
+    # When to try again, as a rate limit says it: code that backs off on 429s reads it.
+    assert cause.result.retry_after is not None
+    retry_after = refused.value.response.headers["retry-after"]
+    assert retry_after == str(math.ceil(cause.result.retry_after))
     assert api.requests == []
 
 
