@@ -12,10 +12,12 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
@@ -53,8 +55,6 @@ RESPONSES: dict[str, Any] = {"model": "o4-mini", "input": "A haiku", "max_output
 
 
 def clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> tuple[Any, Any]:
-    import httpx2
-
     sync = openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=api.transport()))
     asynchronous = openai.AsyncOpenAI(
         api_key="sk-test", http_client=httpx2.AsyncClient(transport=api.transport())
@@ -324,8 +324,6 @@ async def test_a_stream_whose_connection_drops_records_what_it_received_once(
 ) -> None:
     """The connection lost mid-stream: the caller gets the error, and the call, paid for
     what was sent, is recorded once with what arrived, settling its reservation."""
-    import httpx2
-
     await stack.set_policy(limit_amount="100", action="block")
     await stack.enforcer_applies_policies()
     api = ProviderApi()
@@ -601,8 +599,6 @@ async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_pr
     """The OpenAI SDK is how many providers are called (DeepSeek, Groq, xAI, OpenRouter):
     a client whose base_url is one of theirs is checked, recorded and priced as theirs,
     not as an OpenAI model without a price."""
-    import httpx2
-
     api = ProviderApi()
     client = openai.AsyncOpenAI(
         api_key="sk-test",
@@ -631,8 +627,6 @@ async def test_a_stream_from_mistral_is_sent_as_asked_and_records_its_last_chunk
     """Mistral's API refuses ``stream_options`` (422, extra_forbidden) and sends a
     stream's usage in its last chunk unasked: a client pointed at it had every streamed
     call refused once instrumented, for the ``include_usage`` the instrumentation added."""
-    import httpx2
-
     api = ProviderApi()
     mistral = {"api_key": "k", "base_url": "https://api.mistral.ai/v1"}
     if sync:
@@ -675,8 +669,6 @@ async def test_a_host_apps_subclass_of_an_sdk_client_is_instrumented(
 ) -> None:
     """A subclass of an SDK client, from the host app's own module, had been refused with
     TypeError ('knows the openai, anthropic and google-genai clients'): it is one."""
-    import httpx2
-
     api = ProviderApi()
     client = HostAppClient(http_client=httpx2.AsyncClient(transport=api.transport()))
     budget.instrument(client, tracker=stack.tracker, user_id="alice")
@@ -754,6 +746,60 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     [estimate] = by_model["gpt-4o"]
     assert estimate.usage == Usage(input_uncached=4, output_text=100)
     assert "with_streaming_response" in (estimate.estimated_reason or "")
+
+
+class _StalledBody(httpx2.AsyncByteStream):
+    """An answer's body that never arrives; ``reading`` is set once it is waited for."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.reading.set()
+        await asyncio.Event().wait()
+        yield b""
+
+
+async def test_a_call_cancelled_while_its_raw_answer_is_read_is_recorded_and_settles_its_hold(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """A ``with_streaming_response`` answer is read by the instrumentation when its block is
+    entered: a task cancelled while that body arrives (a timeout around the call) had its
+    call neither recorded nor released (the hold kept until it expired). The provider has
+    answered: the call is recorded at its pre-call estimate, settling the hold."""
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    body = _StalledBody()
+
+    def stalled(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "application/json"}, stream=body)
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(stalled))
+    client = budget.instrument(
+        openai.AsyncOpenAI(api_key="k", http_client=http), tracker=stack.tracker
+    )
+
+    async def read_raw() -> None:
+        async with client.with_streaming_response.chat.completions.create(**CHAT):
+            pass
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        calling = asyncio.create_task(read_raw())
+        await body.reading.wait()
+        calling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        [event] = await recorded.exactly(stack.tracker, 1)
+    # "Say hello" + "user": 4 tokens; the whole output allowance, 100.
+    assert event.usage == Usage(input_uncached=4, output_text=100)
+    assert_estimated(event, "cancelled")
+    assert event.reservation_id is not None
+
+    async def settled() -> bool:
+        """the call's hold was settled by its usage"""
+        return await stack.holds() == []
+
+    await wait_for(settled)
 
 
 @sync_and_async
