@@ -123,12 +123,24 @@ def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
 
 
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_OUTPUT_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+    }
+)
+"""The events whose ``delta`` is output the call is billed for (text, tool calls'
+arguments, reasoning): what a stream cut short is charged, estimated."""
 
 
 class _ResponsesObserver(UsageObserver):
     def see(self, event: Any) -> bool:
-        if event.type == "response.output_text.delta":
-            self.chars += len(event.delta)
+        if event.type in _OUTPUT_DELTAS:
+            self.chars += len(event.delta or "")
         elif event.type in _RESPONSE_ENDS and event.response.usage is not None:
             self.usage, self.answer = event.response.usage, event.response
             self.model = event.response.model

@@ -361,6 +361,30 @@ async def test_a_stream_whose_connection_drops_records_what_it_received_once(
     await wait_for(settled)
 
 
+@sync_and_async
+async def test_a_responses_stream_cut_short_in_a_tool_call_records_its_arguments_received(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """A Responses stream that ends before ``response.completed`` is charged the prompt
+    and the output received, estimated: a function call's arguments are output too (they
+    had been left out, a stream cut in a tool call charged no output)."""
+    stream = "openai_responses_stream_function_call_cut_short.sse"
+    api = ProviderApi(streams={"/v1/responses": stream})
+    sync_client, async_client = clients(api, stack)
+    request = {"model": "o4-mini", "input": "Weather in Paris?", "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            events = await in_thread(lambda: list(sync_client.responses.create(**request)))
+            kinds = [e.type for e in events]
+        else:
+            kinds = [e.type async for e in await async_client.responses.create(**request)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert kinds[-1] == "response.function_call_arguments.delta"
+    # "Weather in Paris?" and '{"city": "Paris"}': 17 characters each, 5 tokens.
+    assert event.usage == Usage(input_uncached=5, output_text=5)
+    assert_estimated(event, "before its usage arrived")
+
+
 async def test_a_stream_helper_left_early_records_at_once(
     stack: EnforcementStack, topology: Topology
 ) -> None:
