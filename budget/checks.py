@@ -15,6 +15,7 @@ then: the enforcer is up and has said to slow down.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -48,7 +49,13 @@ from events.rpc import (
 )
 from events.usage import exact_money
 
-__all__ = ["BudgetCheckFailed", "BudgetChecker", "BudgetExceeded", "answer_or_release"]
+__all__ = [
+    "BudgetCheckFailed",
+    "BudgetChecker",
+    "BudgetExceeded",
+    "answer_or_release",
+    "answer_or_release_sync",
+]
 
 log = logging.getLogger(__name__)
 _CLOCK_LOG_EVERY = 60.0
@@ -92,8 +99,22 @@ async def answer_or_release(
         raise
 
 
+def answer_or_release_sync(
+    checking: concurrent.futures.Future[CheckResult], release: Callable[[str], object]
+) -> CheckResult:
+    """``answer_or_release`` for a thread waiting on another's loop: interrupted while the
+    answer is on its way (a script's Ctrl-C), the caller never makes its call either."""
+    try:
+        return checking.result()
+    except BaseException:
+        # Its own failure (done already) has nothing to release: _release_reserved sees so.
+        checking.add_done_callback(functools.partial(_release_reserved, release))
+        raise
+
+
 def _release_reserved(
-    release: Callable[[str], object], checking: asyncio.Future[CheckResult]
+    release: Callable[[str], object],
+    checking: asyncio.Future[CheckResult] | concurrent.futures.Future[CheckResult],
 ) -> None:
     if checking.cancelled() or checking.exception() is not None:
         return

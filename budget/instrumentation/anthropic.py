@@ -18,7 +18,7 @@ import httpx2
 from anthropic.resources.messages import AsyncMessages
 
 from budget.checks import BudgetExceeded
-from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan, retry_after_headers
 from budget.instrumentation.methods import Method
 from budget.instrumentation.prompts import (
     estimated_tokens,
@@ -134,10 +134,10 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:
-    """The refusal as the API's own 429 (``rate_limit_error``)."""
+    """The refusal as the API's own 429 (``rate_limit_error``, with ``retry-after``)."""
     body = {"type": "error", "error": {"type": "rate_limit_error", "message": str(refused)}}
     request = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
-    response = httpx2.Response(429, request=request)
+    response = httpx2.Response(429, headers=retry_after_headers(refused), request=request)
     error = anthropic.RateLimitError(f"Error code: 429 - {body}", response=response, body=body)
     error.__cause__ = refused
     return error

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from google.genai import errors
+from google.genai import chats, errors
 
 from budget.checks import BudgetExceeded
 from budget.instrumentation.lifecycle import (
@@ -19,7 +19,9 @@ from budget.instrumentation.lifecycle import (
     Measured,
     Plan,
     call_scope,
+    enclosing_scope,
     in_scope,
+    retry_after,
 )
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
@@ -69,6 +71,9 @@ class _Observer(UsageObserver):
         super().__init__(plan)
         self.grounded: list[Any] = []
         """The candidates of the last chunk that told their grounding (the searches)."""
+        self.unfinished: set[int] = set()
+        """The candidates seen that have not told their finish_reason yet."""
+        self.finished = False
 
     def see(self, chunk: Any) -> bool:
         self.model = _model(chunk, self.plan)
@@ -77,15 +82,31 @@ class _Observer(UsageObserver):
         grounded = [c for c in chunk.candidates or () if c.grounding_metadata is not None]
         self.grounded = grounded or self.grounded
         for candidate in chunk.candidates or ():
+            self._follow(candidate)
             content = candidate.content
             for part in (content.parts if content is not None else None) or ():
                 self.chars += len(part.text or "")
+        feedback = chunk.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            self.finished = True  # a prompt refused: no candidate will come
         return True
+
+    def _follow(self, candidate: Any) -> None:
+        index = candidate.index or 0
+        if candidate.finish_reason is None:
+            self.unfinished.add(index)
+        else:
+            self.unfinished.discard(index)
+            self.finished = True
 
     def measured(self) -> Measured:
         # The answer, as an unstreamed one would be, for the price (``_measure``).
         self.answer = {"usage_metadata": self.usage, "candidates": self.grounded}
-        return super().measured()
+        if self.usage is None or (self.finished and not self.unfinished):
+            return super().measured()
+        # Each chunk's counts are those so far: the call went on past them.
+        why = "the stream ended before its last chunk: the counts of the last one received"
+        return Measured.read(self.usage, self.model, why, answer=self.answer)
 
 
 def _embed_plan(kwargs: MutableMapping[str, Any]) -> Plan:
@@ -138,29 +159,29 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
             if hasattr(models, name):  # what this version of the SDK has
                 untracked(models, name, f"google-genai models.{name}", why)
     for batches in (client.batches, client.aio.batches):
-        untracked(
-            batches,
-            "create",
-            "google-genai batches.create",
-            "a batch is billed as its requests complete, long after this call",
-        )
-    for interactions in (
-        getattr(client, "interactions", None),
-        getattr(client.aio, "interactions", None),
-    ):
-        if hasattr(interactions, "create"):  # what this version of the SDK has
-            untracked(
-                interactions,
-                "create",
-                "google-genai interactions.create",
-                "the Interactions API's answers are not read by the instrumentation",
-            )
+        for name in ("create", "create_embeddings"):
+            if hasattr(batches, name):  # what this version of the SDK has
+                untracked(
+                    batches,
+                    name,
+                    f"google-genai batches.{name}",
+                    "a batch is billed as its requests complete, long after this call",
+                )
+    for resource, why in _UNRECORDED_RESOURCES:
+        for holder in (getattr(client, resource, None), getattr(client.aio, resource, None)):
+            if hasattr(holder, "create"):  # what this version of the SDK has
+                untracked(holder, "create", f"google-genai {resource}.create", why)
     untracked(
         client.aio.live,
         "connect",
         "google-genai aio.live.connect",
         "a live session's usage arrives over its connection, which is not read",
     )
+    # A chat asks its client's models for a stream only as its own is read, so nothing
+    # of the client's is called inside the block a stream is asked for in. ``client.chats``
+    # is a new object each time: the chat classes are the one place to hold the scope.
+    replace(chats.Chat, "send_message_stream", _scope_held(asynchronous=False))
+    replace(chats.AsyncChat, "send_message_stream", _scope_held(asynchronous=True))
 
 
 def _keywords_passed(
@@ -193,6 +214,31 @@ def _keywords_passed(
             return _ScopedIterator(answer, scope) if stream else answer
 
         return passing_sync
+
+    return make
+
+
+def _scope_held(*, asynchronous: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A chat's ``send_message_stream`` whose stream holds the ``attribute_to`` blocks it
+    was asked for in while it is read (a stream asked for outside any block, or a chat of
+    a client not instrumented, sees no difference: its requests are charged as before)."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        if asynchronous:
+
+            async def holding(*args: Any, **kwargs: Any) -> Any:
+                scope = enclosing_scope()
+                stream = await original(*args, **kwargs)
+                return stream if scope is None else _ScopedAsyncIterator(stream, scope)
+
+            return holding
+
+        def holding_sync(*args: Any, **kwargs: Any) -> Any:
+            scope = enclosing_scope()
+            stream = original(*args, **kwargs)
+            return stream if scope is None else _ScopedIterator(stream, scope)
+
+        return holding_sync
 
     return make
 
@@ -245,9 +291,25 @@ _UNRECORDED = (
 )
 
 
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_UNRECORDED_RESOURCES = (
+    ("interactions", "the Interactions API's answers are not read by the instrumentation"),
+    ("decisions", "the decisions' answers are not read by the instrumentation"),
+)
+
+
 def provider_error(refused: BudgetExceeded) -> BaseException:
-    """The refusal as the API's own 429 (``RESOURCE_EXHAUSTED``)."""
-    body = {"error": {"code": 429, "message": str(refused), "status": "RESOURCE_EXHAUSTED"}}
+    """The refusal as the API's own 429 (``RESOURCE_EXHAUSTED``, with its ``RetryInfo``
+    when the refusal says when to try again)."""
+    error_body: dict[str, Any] = {
+        "code": 429,
+        "message": str(refused),
+        "status": "RESOURCE_EXHAUSTED",
+    }
+    seconds = retry_after(refused)
+    if seconds is not None:
+        error_body["details"] = [{"@type": _RETRY_INFO, "retryDelay": f"{seconds}s"}]
+    body = {"error": error_body}
     error = errors.ClientError(429, body)
     error.__cause__ = refused
     return error

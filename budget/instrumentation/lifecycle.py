@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from budget.checks import BudgetExceeded, answer_or_release
+from budget.checks import BudgetExceeded, answer_or_release, answer_or_release_sync
 from budget.disabled import DisabledPublisher
 from budget.periods import quarter_hour_number
 from budget.pricing import Priced
@@ -44,10 +46,14 @@ __all__ = [
     "Refusal",
     "attribute_to",
     "call_scope",
+    "enclosing_scope",
     "in_scope",
+    "retry_after",
+    "retry_after_headers",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _ID_LIMIT = 200  # the event contract's user_id and project_id
 
@@ -119,7 +125,12 @@ def call_scope(kwargs: MutableMapping[str, Any]) -> Attribution | None:
     another one it calls, or later (a stream's, as it is read: ``in_scope``); None when
     it has neither."""
     call = _call_attribution(kwargs)
-    return _scoped.get() if call is None else _over_enclosing(call)
+    return enclosing_scope() if call is None else _over_enclosing(call)
+
+
+def enclosing_scope() -> Attribution | None:
+    """The ``attribute_to`` blocks (or ``in_scope``) the caller is in; None outside any."""
+    return _scoped.get()
 
 
 @contextlib.contextmanager
@@ -197,6 +208,19 @@ Refusal = Callable[[BudgetExceeded], BaseException]
 provider's own error shape)."""
 
 
+def retry_after(refused: BudgetExceeded) -> int | None:
+    """The seconds after which the refused call may be tried again, whole (rounded up), as
+    an HTTP ``Retry-After`` says them; None when the refusal tells none."""
+    seconds = refused.result.retry_after
+    return None if seconds is None else max(math.ceil(seconds), 0)
+
+
+def retry_after_headers(refused: BudgetExceeded) -> dict[str, str]:
+    """``retry_after`` as the headers of a provider's 429 (none when it tells none)."""
+    seconds = retry_after(refused)
+    return {} if seconds is None else {"retry-after": str(seconds)}
+
+
 class Lifecycle:
     """One instrumented client's link to its tracker."""
 
@@ -269,7 +293,7 @@ class Lifecycle:
     def _release_unused(
         self, tracker: UsageTracker, plan: Plan, attribution: Attribution, reservation_id: str
     ) -> None:
-        """Release the reservation of a check whose call was cancelled."""
+        """Release the reservation of a check whose call was cancelled (or interrupted)."""
         Call(tracker, self.provider, plan, attribution, reservation_id).release()
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
@@ -279,7 +303,9 @@ class Lifecycle:
         cost = self._estimated_cost(tracker, plan)
         if self._admitted_at_once(tracker, plan, attribution, cost):
             return Call(tracker, self.provider, plan, attribution, None)
-        result = _loop_runner(tracker).run(self._check(tracker, plan, attribution, cost))
+        release = functools.partial(self._release_unused, tracker, plan, attribution)
+        checking = _loop_runner(tracker).start(self._check(tracker, plan, attribution, cost))
+        result = answer_or_release_sync(checking, release)
         return self._admitted(tracker, plan, attribution, result)
 
     def _admitted_at_once(
@@ -443,15 +469,15 @@ class _LoopRunner:
         self._lock = threading.Lock()
         self._collecting = False
 
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        """Its result, waiting in this thread (which must not be the loop's)."""
+    def start(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Its future, for this thread to wait on (which must not be the loop's)."""
         if self.on_its_loop():
             coroutine.close()
             raise RuntimeError(
                 "a sync client was called on the event loop of its budget tracker; use the"
                 " async client there (or call the sync one from another thread)"
             )
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def on_its_loop(self) -> bool:
         """Whether the caller runs on the loop (an async client), not in another thread."""

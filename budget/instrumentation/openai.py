@@ -6,13 +6,15 @@ retired, its endpoint no longer answers.)
 
 Streaming chat and text completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
-that extra chunk (no choices, only usage) is then kept from the caller. Streamed images
+that extra chunk (no choices, only usage) is then kept from the caller; but not for an API
+that refuses the option and sends the usage unasked (Mistral's). Streamed images
 and transcriptions tell their usage in their last event (``*.completed``,
 ``transcript.text.done``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -20,7 +22,7 @@ import httpx2
 import openai
 
 from budget.checks import BudgetExceeded
-from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan
+from budget.instrumentation.lifecycle import Lifecycle, Measured, Plan, retry_after_headers
 from budget.instrumentation.methods import Method, UsageObserver, estimated
 from budget.instrumentation.prompts import (
     choices,
@@ -50,8 +52,8 @@ def _asks_usage_chunk(kwargs: MutableMapping[str, Any]) -> bool:
     return True
 
 
-def _chat_plan(kwargs: MutableMapping[str, Any]) -> Plan:
-    strip = _asks_usage_chunk(kwargs)
+def _chat_plan(kwargs: MutableMapping[str, Any], *, ask_usage: bool = True) -> Plan:
+    strip = _asks_usage_chunk(kwargs) if ask_usage else False
     return Plan(
         model=requested_model(kwargs),
         prompt_tokens=request_tokens(kwargs.get("messages")),
@@ -121,12 +123,24 @@ def _responses_plan(kwargs: MutableMapping[str, Any]) -> Plan:
 
 
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_OUTPUT_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+    }
+)
+"""The events whose ``delta`` is output the call is billed for (text, tool calls'
+arguments, reasoning): what a stream cut short is charged, estimated."""
 
 
 class _ResponsesObserver(UsageObserver):
     def see(self, event: Any) -> bool:
-        if event.type == "response.output_text.delta":
-            self.chars += len(event.delta)
+        if event.type in _OUTPUT_DELTAS:
+            self.chars += len(event.delta or "")
         elif event.type in _RESPONSE_ENDS and event.response.usage is not None:
             self.usage, self.answer = event.response.usage, event.response
             self.model = event.response.model
@@ -255,6 +269,16 @@ class _TranscriptionObserver(UsageObserver):
 
 
 _CHAT = Method(_chat_plan, lambda response, plan: _measured(response), _ChatObserver)
+_CHAT_AS_ASKED = Method(
+    functools.partial(_chat_plan, ask_usage=False),
+    lambda response, plan: _measured(response),
+    _ChatObserver,
+)
+"""For ``_USAGE_UNASKED``'s APIs: the request sent as the caller made it."""
+_USAGE_UNASKED = frozenset({"mistral"})
+"""Providers whose OpenAI-compatible chat API refuses ``stream_options`` (Mistral's answers
+422, extra_forbidden, as for any field it does not know) and sends a stream's usage in its
+last chunk unasked."""
 _COMPLETIONS = Method(
     _completions_plan, lambda response, plan: _measured(response), _CompletionsObserver
 )
@@ -271,9 +295,10 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
     # their parse() helpers post by themselves. ``client.beta`` has chat completions and
     # Responses objects of its own (the same calls, under another path).
     beta = getattr(client, "beta", None)
+    chat = _CHAT_AS_ASKED if lifecycle.provider in _USAGE_UNASKED else _CHAT
     for owner, method, names in (
-        (client.chat.completions, _CHAT, ("create", "parse")),
-        (getattr(getattr(beta, "chat", None), "completions", None), _CHAT, ("create", "parse")),
+        (client.chat.completions, chat, ("create", "parse")),
+        (getattr(getattr(beta, "chat", None), "completions", None), chat, ("create", "parse")),
         (client.responses, _RESPONSES, ("create", "parse", "compact")),
         (getattr(beta, "responses", None), _RESPONSES, ("create", "parse", "compact")),
     ):
@@ -325,9 +350,11 @@ _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
 
 
 def provider_error(refused: BudgetExceeded) -> BaseException:
-    """The refusal as the API's own 429, so code that handles rate limits handles it."""
+    """The refusal as the API's own 429, so code that handles rate limits handles it (its
+    ``retry-after`` header too)."""
     body = {"message": str(refused), "type": "budget_exceeded", "param": None, "code": None}
-    response = httpx2.Response(429, request=httpx2.Request("POST", "https://api.openai.com/v1"))
+    request = httpx2.Request("POST", "https://api.openai.com/v1")
+    response = httpx2.Response(429, headers=retry_after_headers(refused), request=request)
     error = openai.RateLimitError(f"Error code: 429 - {body}", response=response, body=body)
     error.__cause__ = refused
     return error

@@ -48,22 +48,36 @@ def raw_mode(kwargs: MutableMapping[str, Any]) -> str | None:
 def record_raw(mode: str, response: Any, method: Method, call: Call) -> None:
     """Record a call answered raw (``mode``, from ``raw_mode``); its stream, when it
     returns one the caller parses, as that stream is read."""
-    if not call.plan.stream:
-        call.record(_measure_raw(method, call.plan, response))
-    elif mode == _RAW_PARSED:
-        _watch_parsed(response, method, call)
-    else:
-        call.record(_unread_stream(call))
+    try:
+        if not call.plan.stream:
+            call.record(_measure_raw(method, call.plan, response))
+        elif mode == _RAW_PARSED:
+            _watch_parsed(response, method, call)
+        else:
+            call.record(_unread_stream(call))
+    except BaseException:
+        call.record(_interrupted(call.plan))
+        raise
 
 
 async def record_raw_async(mode: str, response: Any, method: Method, call: Call) -> None:
     """``record_raw`` for the SDKs' async responses."""
-    if not call.plan.stream:
-        call.record(await _measure_raw_async(method, call.plan, response))
-    elif mode == _RAW_PARSED:
-        await _watch_parsed_async(response, method, call)
-    else:
-        call.record(_unread_stream(call))
+    try:
+        if not call.plan.stream:
+            call.record(await _measure_raw_async(method, call.plan, response))
+        elif mode == _RAW_PARSED:
+            await _watch_parsed_async(response, method, call)
+        else:
+            call.record(_unread_stream(call))
+    except BaseException:
+        call.record(_interrupted(call.plan))
+        raise
+
+
+def _interrupted(plan: Plan) -> Measured:
+    """A call cancelled (or interrupted) while its answer was read: the provider has
+    answered, and is paid, whatever the caller does next (a record made already stands)."""
+    return estimated(plan, "cancelled while its answer was read")
 
 
 def _measure_raw(method: Method, plan: Plan, response: Any) -> Measured:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -99,6 +99,8 @@ class ProviderApi:
         if self.fail_with is not None:
             error = {"error": {"message": "overloaded", "type": "server_error"}}
             return httpx2.Response(self.fail_with, json=error)
+        if request.url.host == "api.mistral.ai":
+            return _mistral(body)
         if ":streamGenerateContent" in path:
             return _sse(fixture(self.streams.get(path) or "gemini_generate_stream.sse"))
         if ":batchEmbedContents" in path:
@@ -132,6 +134,56 @@ class ProviderApi:
 
     def transport(self) -> httpx2.MockTransport:
         return httpx2.MockTransport(self.handle)
+
+    def cut_transport(self, events: int) -> httpx2.MockTransport:
+        """As ``transport``, but each stream's connection drops after its first ``events``
+        SSE events (``httpx2.ReadError`` in the reader)."""
+
+        def handle(request: httpx2.Request) -> httpx2.Response:
+            answer = self.handle(request)
+            if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+                return answer
+            end = b"\r\n\r\n" if b"\r\n\r\n" in answer.content else b"\n\n"  # Gemini's: CRLF
+            head = b"".join(block + end for block in answer.content.split(end)[:events])
+            return httpx2.Response(200, headers=answer.headers, stream=_CutStream(head))
+
+        return httpx2.MockTransport(handle)
+
+
+class _CutStream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """A body that is ``head``, then a dropped connection."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        raise httpx2.ReadError("connection reset by peer")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.head
+        raise httpx2.ReadError("connection reset by peer")
+
+
+def _mistral(body: dict[str, Any] | None) -> httpx2.Response:
+    """Mistral's chat API (the OpenAI SDK pointed at it): it refuses ``stream_options``,
+    as any field it does not know, and sends a stream's usage in its last chunk unasked."""
+    if body is not None and "stream_options" in body:
+        refused = {
+            "type": "extra_forbidden",
+            "loc": ["body", "stream_options"],
+            "msg": "Extra inputs are not permitted",
+            "input": body["stream_options"],
+        }
+        error = {
+            "object": "error",
+            "message": {"detail": [refused]},
+            "type": "invalid_request_error",
+        }
+        return httpx2.Response(422, json=error | {"param": None, "code": None})
+    if body is not None and body.get("stream"):
+        return _sse(fixture("mistral_chat_stream.sse"))
+    return httpx2.Response(200, content=fixture("openai_chat.json"))
 
 
 def _sse(content: bytes) -> httpx2.Response:

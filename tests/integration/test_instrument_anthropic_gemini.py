@@ -3,6 +3,7 @@ async, over a mock transport answering with recorded bodies and streams."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -164,6 +165,63 @@ async def test_an_anthropic_stream_left_before_its_final_usage_records_what_it_c
     # 26 characters: 7 tokens.
     assert event.usage == Usage(input_uncached=472, output_text=7)
     assert_estimated(event, "message_delta")
+
+
+@sync_and_async
+async def test_streams_whose_connection_drops_record_what_they_received_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """The connection lost mid-stream: the caller gets the error, and each call is
+    recorded once with what arrived, marked as an estimate. A Gemini chunk's counts are
+    those so far: a stream cut before its last chunk had been recorded at them as exact."""
+    api = ProviderApi()
+    # message_start, content_block_start, ping, then "Okay", ", here is a", " short poem"
+    cut = api.cut_transport(events=6)
+    claude_sync = anthropic.Anthropic(api_key="k", http_client=httpx2.Client(transport=cut))
+    claude_async = anthropic.AsyncAnthropic(
+        api_key="k", http_client=httpx2.AsyncClient(transport=cut)
+    )
+    for claude in (claude_sync, claude_async):
+        budget.instrument(claude, tracker=stack.tracker, user_id="alice")
+    http = types.HttpOptions(
+        httpx_client=httpx2.Client(transport=api.cut_transport(events=2)),
+        httpx_async_client=httpx2.AsyncClient(transport=api.cut_transport(events=2)),
+    )
+    gemini = budget.instrument(
+        genai.Client(api_key="k", http_options=http), tracker=stack.tracker, user_id="alice"
+    )
+    fox = {"model": "gemini-2.5-flash", "contents": "Fox"}
+    texts: list[str] = []
+
+    def read_sync() -> None:
+        with pytest.raises(anthropic.APIConnectionError):
+            for event in claude_sync.messages.create(**MESSAGE, stream=True):
+                if event.type == "content_block_delta":
+                    texts.append(event.delta.text)
+        with pytest.raises(httpx2.ReadError):
+            for chunk in gemini.models.generate_content_stream(**fox):
+                texts.append(chunk.text or "")
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            await in_thread(read_sync)
+        else:
+            with pytest.raises(anthropic.APIConnectionError):
+                async for event in await claude_async.messages.create(**MESSAGE, stream=True):
+                    if event.type == "content_block_delta":
+                        texts.append(event.delta.text)
+            with pytest.raises(httpx2.ReadError):
+                async for chunk in await gemini.aio.models.generate_content_stream(**fox):
+                    texts.append(chunk.text or "")
+        events = await recorded.exactly(stack.tracker, 2)
+    assert "".join(texts) == "Okay, here is a short poem" + "The quick brown fox jumps over"
+    claude, gemini_call = sorted(events, key=lambda e: e.provider)
+    # message_start's input and the text received, 26 characters: 7 tokens.
+    assert claude.usage == Usage(input_uncached=472, output_text=7)
+    assert_estimated(claude, "message_delta")
+    # The second chunk's counts: the last received.
+    assert gemini_call.usage == Usage(input_uncached=11, output_text=6, output_reasoning=40)
+    assert_estimated(gemini_call, "before its last chunk")
 
 
 @sync_and_async
@@ -345,7 +403,10 @@ async def test_anthropic_refusal_in_the_providers_shape(
     big = {"model": "claude-sonnet-4-5", "max_tokens": 50_000, "messages": HELLO}
     with pytest.raises(anthropic.RateLimitError) as refused:
         await client.messages.create(**big)
-    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    cause = refused.value.__cause__
+    assert isinstance(cause, BudgetExceeded) and cause.result.retry_after is not None
+    retry_after = refused.value.response.headers["retry-after"]
+    assert retry_after == str(math.ceil(cause.result.retry_after))
     with pytest.raises(anthropic.RateLimitError):
         async with client.messages.stream(**big):
             pass
@@ -417,6 +478,36 @@ async def test_a_gemini_stream_read_after_its_attribute_to_block_is_charged_to_t
             [_ async for _ in stream]
         [event] = await recorded.exactly(stack.tracker, 1)
     assert (event.user_id, event.usage.output_text) == ("bob", 10)
+
+
+@sync_and_async
+async def test_a_gemini_chat_stream_read_after_its_attribute_to_block_is_charged_to_that_block(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """A chat's ``send_message_stream`` sends nothing until it is first read (the SDK's
+    chat asks its models for the stream then): read after the block (a web app's
+    streamed answer), it had been charged to the client's user, not the block's."""
+    api = ProviderApi()
+    client = gemini_client(api, stack, user_id="service")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chat = client.chats.create(model="gemini-2.5-flash")
+            with budget.attribute_to(user_id="bob", tags={"feature": "chat"}):
+                stream = chat.send_message_stream("Fox")
+            chunks = await in_thread(list, stream)
+        else:
+            achat = client.aio.chats.create(model="gemini-2.5-flash")
+            with budget.attribute_to(user_id="bob", tags={"feature": "chat"}):
+                astream = await achat.send_message_stream("Fox")
+            chunks = [chunk async for chunk in astream]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(chunk.text or "" for chunk in chunks) == (
+        "The quick brown fox jumps over the lazy dog."
+    )
+    assert (event.user_id, event.tags, event.usage.output_text) == ("bob", {"feature": "chat"}, 10)
+    # The chat's history took the turn, as it does uninstrumented.
+    history = (chat if sync else achat).get_history()
+    assert [content.role for content in history] == ["user", "model", "model", "model"]
 
 
 @sync_and_async
@@ -535,5 +626,12 @@ async def test_gemini_refusal_in_the_providers_shape(
     with pytest.raises(errors.ClientError) as refused:
         await client.aio.models.generate_content(model="gemini-2.5-pro", contents="x", config=big)
     assert refused.value.code == 429
-    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    cause = refused.value.__cause__
+    assert isinstance(cause, BudgetExceeded) and cause.result.retry_after is not None
+    # When to try again, as the API's own 429 says it.
+    [retry_info] = refused.value.details["error"]["details"]
+    assert retry_info == {
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": f"{math.ceil(cause.result.retry_after)}s",
+    }
     assert api.requests == []

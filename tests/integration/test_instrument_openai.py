@@ -8,14 +8,22 @@ import asyncio
 import gc
 import io
 import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
 import budget
 from budget import BudgetExceeded
+from budget.config import Settings
 from budget.pricing import Priced
 from events import ImageUsage, Topology, Usage
 
@@ -37,7 +45,7 @@ from provider_mocks import (
     recorded_usage,
     sync_and_async,
 )
-from support import wait_for
+from support import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +55,6 @@ RESPONSES: dict[str, Any] = {"model": "o4-mini", "input": "A haiku", "max_output
 
 
 def clients(api: ProviderApi, stack: EnforcementStack, **options: Any) -> tuple[Any, Any]:
-    import httpx2
-
     sync = openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=api.transport()))
     asynchronous = openai.AsyncOpenAI(
         api_key="sk-test", http_client=httpx2.AsyncClient(transport=api.transport())
@@ -312,6 +318,73 @@ async def test_an_abandoned_stream_records_what_it_consumed(
     assert {e.user_id for e in events} == {"quitter", "dropper"}
 
 
+@sync_and_async
+async def test_a_stream_whose_connection_drops_records_what_it_received_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """The connection lost mid-stream: the caller gets the error, and the call, paid for
+    what was sent, is recorded once with what arrived, settling its reservation."""
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    api = ProviderApi()
+    transport = api.cut_transport(events=3)  # "", "Hello", "!"
+    if sync:
+        client: Any = openai.OpenAI(api_key="k", http_client=httpx2.Client(transport=transport))
+    else:
+        http = httpx2.AsyncClient(transport=transport)
+        client = openai.AsyncOpenAI(api_key="k", http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    request = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    got: list[Any] = []
+
+    def read_sync() -> None:
+        got.extend(client.chat.completions.create(**request))
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        with pytest.raises(openai.APIConnectionError):  # the SDK's, from the ReadError
+            if sync:
+                await in_thread(read_sync)
+            else:
+                async for chunk in await client.chat.completions.create(**request):
+                    got.append(chunk)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(c.choices[0].delta.content for c in got) == "Hello!"
+    # "Say hello" + "user": 13 characters, 4 tokens; "Hello!": 2 tokens.
+    assert event.usage == Usage(input_uncached=4, output_text=2)
+    assert_estimated(event, "before its usage arrived")
+    assert event.reservation_id is not None
+
+    async def settled() -> bool:
+        """the call's hold was settled by its usage"""
+        return await stack.holds() == []
+
+    await wait_for(settled)
+
+
+@sync_and_async
+async def test_a_responses_stream_cut_short_in_a_tool_call_records_its_arguments_received(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """A Responses stream that ends before ``response.completed`` is charged the prompt
+    and the output received, estimated: a function call's arguments are output too (they
+    had been left out, a stream cut in a tool call charged no output)."""
+    stream = "openai_responses_stream_function_call_cut_short.sse"
+    api = ProviderApi(streams={"/v1/responses": stream})
+    sync_client, async_client = clients(api, stack)
+    request = {"model": "o4-mini", "input": "Weather in Paris?", "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            events = await in_thread(lambda: list(sync_client.responses.create(**request)))
+            kinds = [e.type for e in events]
+        else:
+            kinds = [e.type async for e in await async_client.responses.create(**request)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert kinds[-1] == "response.function_call_arguments.delta"
+    # "Weather in Paris?" and '{"city": "Paris"}': 17 characters each, 5 tokens.
+    assert event.usage == Usage(input_uncached=5, output_text=5)
+    assert_estimated(event, "before its usage arrived")
+
+
 async def test_a_stream_helper_left_early_records_at_once(
     stack: EnforcementStack, topology: Topology
 ) -> None:
@@ -414,8 +487,13 @@ async def test_refused_calls_raise_and_are_not_sent(
         await in_thread(sync_client.chat.completions.create, **big)
     with pytest.raises(openai.RateLimitError) as refused:
         await shaped.chat.completions.create(**big)
-    assert isinstance(refused.value.__cause__, BudgetExceeded)
+    cause = refused.value.__cause__
+    assert isinstance(cause, BudgetExceeded)
     assert refused.value.status_code == 429
+    # When to try again, as a rate limit says it: code that backs off on 429s reads it.
+    assert cause.result.retry_after is not None
+    retry_after = refused.value.response.headers["retry-after"]
+    assert retry_after == str(math.ceil(cause.result.retry_after))
     assert api.requests == []
 
 
@@ -491,14 +569,60 @@ async def test_a_call_cancelled_while_its_check_is_answered_releases_what_was_re
     assert api.requests == []
 
 
+def interrupted_client(settings: Settings, cwd: Path) -> subprocess.Popen[str]:
+    """``interrupted_client.py`` on ``settings``' NATS and subjects."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "BUDGET_NATS_URL": settings.nats_url,
+        "BUDGET_SUBJECT_PREFIX": settings.topology.prefix,
+        "BUDGET_SPOOL_DIR": str(cwd / "script-spool"),
+    }
+    env.pop("BUDGET_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("interrupted_client.py"))],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_a_sync_call_interrupted_while_its_check_is_answered_releases_what_was_reserved(
+    stack: EnforcementStack, tmp_path: Path
+) -> None:
+    """A script's Ctrl-C reaches its sync client while it waits for the enforcer's answer,
+    which reserved: the KeyboardInterrupt ends the call, and the reservation is given back
+    once the answer arrives (it had been held against the budget until it expired)."""
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    process = interrupted_client(stack.settings, tmp_path)
+    try:
+        assert process.stdout is not None
+        reserved = await asyncio.to_thread(process.stdout.readline)
+        assert reserved.startswith("reserved ") and reserved.split()[1] != "None", reserved
+        assert await asyncio.to_thread(process.stdout.readline) == "interrupted\n"
+
+        async def released() -> bool:
+            """the interrupted call's hold was released"""
+            return await stack.holds() == []
+
+        await wait_for(released, within=30)
+        _, err = await asyncio.to_thread(process.communicate, "", 60)  # stdin closed
+        assert process.returncode == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_providers(
     stack: EnforcementStack, topology: Topology
 ) -> None:
     """The OpenAI SDK is how many providers are called (DeepSeek, Groq, xAI, OpenRouter):
     a client whose base_url is one of theirs is checked, recorded and priced as theirs,
     not as an OpenAI model without a price."""
-    import httpx2
-
     api = ProviderApi()
     client = openai.AsyncOpenAI(
         api_key="sk-test",
@@ -520,6 +644,43 @@ async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_pr
     assert event.unpriced_reason is None
 
 
+@sync_and_async
+async def test_a_stream_from_mistral_is_sent_as_asked_and_records_its_last_chunks_usage(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Mistral's API refuses ``stream_options`` (422, extra_forbidden) and sends a
+    stream's usage in its last chunk unasked: a client pointed at it had every streamed
+    call refused once instrumented, for the ``include_usage`` the instrumentation added."""
+    api = ProviderApi()
+    mistral = {"api_key": "k", "base_url": "https://api.mistral.ai/v1"}
+    if sync:
+        client: Any = openai.OpenAI(**mistral, http_client=httpx2.Client(transport=api.transport()))
+    else:
+        http = httpx2.AsyncClient(transport=api.transport())
+        client = openai.AsyncOpenAI(**mistral, http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    request = {"model": "mistral-small-latest", "messages": HELLO, "max_tokens": 100}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chunks = await in_thread(
+                lambda: list(client.chat.completions.create(**request, stream=True))
+            )
+        else:
+            chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there!"
+    assert chunks[-1].usage is not None  # the stream as Mistral sent it
+    assert api.requests[0] is not None and "stream_options" not in api.requests[0]
+    assert (event.provider, event.model, event.user_id) == (
+        "mistral",
+        "mistral-small-latest",
+        "alice",
+    )
+    assert event.usage == Usage(input_uncached=9, output_text=4)
+    assert event.cost == per_million(a=("0.15", 9), b=("0.60", 4))
+    assert event.estimated_reason is None
+
+
 class HostAppClient(openai.AsyncOpenAI):
     """A host app's own client: the SDK's, with a default of its own."""
 
@@ -532,8 +693,6 @@ async def test_a_host_apps_subclass_of_an_sdk_client_is_instrumented(
 ) -> None:
     """A subclass of an SDK client, from the host app's own module, had been refused with
     TypeError ('knows the openai, anthropic and google-genai clients'): it is one."""
-    import httpx2
-
     api = ProviderApi()
     client = HostAppClient(http_client=httpx2.AsyncClient(transport=api.transport()))
     budget.instrument(client, tracker=stack.tracker, user_id="alice")
@@ -611,6 +770,60 @@ async def test_clients_and_raw_responses_made_from_an_instrumented_client_are_re
     [estimate] = by_model["gpt-4o"]
     assert estimate.usage == Usage(input_uncached=4, output_text=100)
     assert "with_streaming_response" in (estimate.estimated_reason or "")
+
+
+class _StalledBody(httpx2.AsyncByteStream):
+    """An answer's body that never arrives; ``reading`` is set once it is waited for."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.reading.set()
+        await asyncio.Event().wait()
+        yield b""
+
+
+async def test_a_call_cancelled_while_its_raw_answer_is_read_is_recorded_and_settles_its_hold(
+    stack: EnforcementStack, topology: Topology
+) -> None:
+    """A ``with_streaming_response`` answer is read by the instrumentation when its block is
+    entered: a task cancelled while that body arrives (a timeout around the call) had its
+    call neither recorded nor released (the hold kept until it expired). The provider has
+    answered: the call is recorded at its pre-call estimate, settling the hold."""
+    await stack.set_policy(limit_amount="100", action="block")
+    await stack.enforcer_applies_policies()
+    body = _StalledBody()
+
+    def stalled(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "application/json"}, stream=body)
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(stalled))
+    client = budget.instrument(
+        openai.AsyncOpenAI(api_key="k", http_client=http), tracker=stack.tracker
+    )
+
+    async def read_raw() -> None:
+        async with client.with_streaming_response.chat.completions.create(**CHAT):
+            pass
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        calling = asyncio.create_task(read_raw())
+        await body.reading.wait()
+        calling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        [event] = await recorded.exactly(stack.tracker, 1)
+    # "Say hello" + "user": 4 tokens; the whole output allowance, 100.
+    assert event.usage == Usage(input_uncached=4, output_text=100)
+    assert_estimated(event, "cancelled")
+    assert event.reservation_id is not None
+
+    async def settled() -> bool:
+        """the call's hold was settled by its usage"""
+        return await stack.holds() == []
+
+    await wait_for(settled)
 
 
 @sync_and_async

@@ -1,7 +1,7 @@
 """Paid SDK methods whose cost the instrumentation cannot record (text to speech, batches,
-images and videos priced apart, realtime sessions, OpenAI decisions, Gemini interactions)
-still go to the provider, and the first call of each in the process says, once, that its
-cost is in no total (docs/instrument.md#not-recorded)."""
+images and videos priced apart, realtime sessions, OpenAI and Gemini decisions, Gemini
+interactions) still go to the provider, and the first call of each in the process says,
+once, that its cost is in no total (docs/instrument.md#not-recorded)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,10 @@ def test_each_unrecorded_paid_method_of_each_sdk_is_marked(tracker: UsageTracker
         gemini.aio.live.connect,
         gemini.batches.create,
         gemini.aio.batches.create,
+        gemini.batches.create_embeddings,
+        gemini.aio.batches.create_embeddings,
+        gemini.decisions.create,
+        gemini.aio.decisions.create,
     ]
     unmarked = [m for m in methods if not getattr(m, "__budget_instrumented__", False)]
     assert unmarked == []
