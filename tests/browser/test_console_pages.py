@@ -21,6 +21,7 @@ PAGES = (
     "/reports?kind=projection",
     "/alerts",
     "/alerts/rules",
+    "/prices?provider=openai&model=gpt-4o&input_tokens=1000&output_tokens=500",
     "/system",
 )
 

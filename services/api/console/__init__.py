@@ -9,6 +9,7 @@ from services.api.console import (
     dashboard,
     history,
     policies,
+    prices,
     reports,
     rules,
     session,
@@ -18,5 +19,5 @@ from services.api.console import (
 __all__ = ["console_router"]
 
 console_router = APIRouter(include_in_schema=False)
-for module in (session, dashboard, policies, history, reports, alerts, rules, system):
+for module in (session, dashboard, policies, history, reports, alerts, rules, prices, system):
     console_router.include_router(module.router)

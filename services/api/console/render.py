@@ -28,6 +28,7 @@ NAV = (
     ("History", "/history"),
     ("Reports", "/reports"),
     ("Alerts", "/alerts"),
+    ("Prices", "/prices"),
     ("System", "/system"),
 )
 
