@@ -53,6 +53,7 @@ PAGES = {
     "alert-rules": "/alerts/rules",
     "prices": "/prices?model=claude-sonnet-4&input_tokens=12000&output_tokens=800",
     "system": "/system",
+    "keys": "/keys",
 }
 
 

@@ -23,6 +23,7 @@ PAGES = (
     "/alerts/rules",
     "/prices?provider=openai&model=gpt-4o&input_tokens=1000&output_tokens=500",
     "/system",
+    "/keys",
 )
 
 

@@ -12,7 +12,17 @@ from events import ApiRole
 
 from live import LiveStack
 
-PAGES = ("/", "/policies", "/history", "/reports", "/alerts", "/alerts/rules", "/prices", "/system")
+PAGES = (
+    "/",
+    "/policies",
+    "/history",
+    "/reports",
+    "/alerts",
+    "/alerts/rules",
+    "/prices",
+    "/system",
+    "/keys",
+)
 
 
 def test_pages_send_a_visitor_without_a_session_to_sign_in(stack: LiveStack, pages: Pages) -> None:
