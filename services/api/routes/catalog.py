@@ -29,10 +29,10 @@ class Provider(BaseModel):
 @router.get("/providers", summary="Providers with priced models")
 async def providers(api: Api) -> list[Provider]:
     registry = api.registry
-    return [
-        Provider(provider=p, models=len(registry.get_provider_models(p)))
-        for p in registry.get_all_providers()
-    ]
+    counts = {p: len(registry.get_provider_models(p)) for p in registry.get_all_providers()}
+    # The price data names providers none of whose models it can price (billed per
+    # character, say): listed, each would lead to a 404 from its models.
+    return [Provider(provider=p, models=n) for p, n in counts.items() if n]
 
 
 @router.get("/providers/{provider}/models", summary="A provider's priced models")
