@@ -156,12 +156,25 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
     return JSONResponse(body, problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 
+ID_CHARACTERS = {
+    r"^[A-Za-z0-9_.:-]+$": "letters, digits and _ . : - only (no spaces or other signs)",
+    r"^[A-Za-z0-9_-]+$": "letters, digits, _ and - only (no spaces or other signs)",
+}
+"""The ids' patterns (policies', rules', keys') as a reader can act on them: pydantic names
+the regular expression."""
+NOT_A_NUMBER = (
+    "Input should be a number such as 12.50: digits and a decimal point, without a"
+    " currency sign or thousands separators"
+)
+"""Pydantic's "Input should be a valid decimal" left "$10" and "1,000" a riddle."""
+
+
 def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     """Pydantic's errors as ``{"field": "body.limit_amount", "message": "..."}``."""
     result = []
     for err in errors:
         loc = [str(part) for part in err.get("loc", ())]
-        message = str(err.get("msg", "invalid"))
+        message = _message(err)
         if err.get("type") == "json_invalid":
             # FastAPI locates it as ("body", <character offset>): that is no field, and
             # "JSON decode error" alone does not say what to fix; its parser's reason does.
@@ -169,10 +182,19 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
             reason = (err.get("ctx") or {}).get("error", "")
             result.append({"field": "body", "message": f"not valid JSON{at}: {reason}"})
             continue
-        if message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
         result.append({"field": ".".join(loc) or "body", "message": message})
     return result
+
+
+def _message(err: Any) -> str:
+    kind = err.get("type")
+    if kind == "decimal_parsing":
+        return NOT_A_NUMBER
+    if kind == "string_pattern_mismatch":
+        allowed = ID_CHARACTERS.get((err.get("ctx") or {}).get("pattern", ""))
+        if allowed is not None:
+            return f"Input should be {allowed}"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 OUTAGES = (

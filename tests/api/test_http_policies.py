@@ -98,6 +98,13 @@ def test_validation_errors_name_the_field(admin: httpx.Client) -> None:
         "/api/v1/policies", json={"name": "x", "limit_amount": "1", "timezone": "Mars/Base"}
     )
     assert "unknown time zone" in zone.json()["detail"]
+    typed = admin.post(
+        "/api/v1/policies", json={"name": "x", "policy_id": "team cap", "limit_amount": "$1,000"}
+    )
+    assert typed.status_code == 422
+    messages = {e["field"]: e["message"] for e in typed.json()["errors"]}
+    assert "without a currency sign or thousands separators" in messages["body.limit_amount"]
+    assert "letters, digits and _ . : - only" in messages["body.policy_id"]
 
 
 JAN, FEB = "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"

@@ -39,7 +39,19 @@ def test_a_wrong_value_is_shown_next_to_its_field_and_the_form_keeps_what_was_ty
     expect(page.get_by_label("Scope")).to_have_value("user")
     expect(page.get_by_label("Limit (USD)")).to_have_value("-5")
 
+    page.get_by_label("Limit (USD)").fill("$1,250")
+    page.get_by_label("Id", exact=True).fill("team cap")
+    page.get_by_role("button", name="Create policy").click()
+    expect(page.locator("#e-limit_amount")).to_have_text(
+        "Input should be a number such as 12.50: digits and a decimal point,"
+        " without a currency sign or thousands separators"
+    )
+    expect(page.locator("#e-policy_id")).to_have_text(
+        "Input should be letters, digits and _ . : - only (no spaces or other signs)"
+    )
+
     page.get_by_label("Limit (USD)").fill("12.50")
+    page.get_by_label("Id", exact=True).fill("")
     page.get_by_role("button", name="Create policy").click()
     expect(page).to_have_url(re.compile(r"/policies$"))
     row = page.locator("tr", has_text="Team cap").filter(has_text=user)
