@@ -256,7 +256,23 @@ def test_bad_filters_are_named(stack: LiveStack) -> None:
             assert answer.status_code == 422, (field, answer.text)
             assert answer.json()["errors"][0]["field"] == f"query.{field}"
         empty_key = viewer.get("/api/v1/spend", params={"key": ""})
+        # A misspelt filter was ignored: every row came back as if filtered.
+        misspelt = [
+            viewer.get(path, params=params)
+            for path, params in (
+                ("/api/v1/usage", {"user": "nobody"}),
+                ("/api/v1/usage/export", {"user": "nobody"}),
+                ("/api/v1/spend", {"user_id": "nobody"}),
+            )
+        ]
     assert empty_key.status_code == 422 and empty_key.json()["errors"][0]["field"] == "query.key"
+    assert [a.status_code for a in misspelt] == [422, 422, 422]
+    usage, export, spend = (a.json() for a in misspelt)
+    said = "no query parameter 'user' here: did you mean 'user_id'?"
+    assert usage["errors"] == [{"field": "query.user", "message": said}]
+    assert "this route takes:" in usage["detail"] and "user_id" in usage["detail"]
+    assert export["errors"][0]["field"] == "query.user"
+    assert spend["errors"][0]["field"] == "query.user_id"
 
 
 def test_exports_past_the_caps_are_refused_until_one_ends(
