@@ -167,6 +167,8 @@ NOT_A_NUMBER = (
     " currency sign or thousands separators"
 )
 """Pydantic's "Input should be a valid decimal" left "$10" and "1,000" a riddle."""
+NO_OFFSET = "Input should be a time with its UTC offset: add Z or +HH:MM, e.g. 2026-03-01T00:00:00Z"
+"""Pydantic's "Input should have timezone info" did not say how to give one."""
 
 
 def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
@@ -190,6 +192,8 @@ def _message(err: Any) -> str:
     kind = err.get("type")
     if kind == "decimal_parsing":
         return NOT_A_NUMBER
+    if kind == "timezone_aware":
+        return NO_OFFSET
     if kind == "string_pattern_mismatch":
         allowed = ID_CHARACTERS.get((err.get("ctx") or {}).get("pattern", ""))
         if allowed is not None:
