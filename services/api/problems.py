@@ -169,6 +169,14 @@ NOT_A_NUMBER = (
 """Pydantic's "Input should be a valid decimal" left "$10" and "1,000" a riddle."""
 NO_OFFSET = "Input should be a time with its UTC offset: add Z or +HH:MM, e.g. 2026-03-01T00:00:00Z"
 """Pydantic's "Input should have timezone info" did not say how to give one."""
+WHOLE_BODY = {
+    "missing": "the request needs a JSON object as its body (Content-Type: application/json)",
+    "model_attributes_type": "the body should be a JSON object, sent with"
+    " Content-Type: application/json",
+}
+"""What is wrong with the body as a whole, by pydantic's error: sent without the JSON
+content type, a body is not parsed, and pydantic said it "should be a valid dictionary or
+object to extract fields from"."""
 
 
 def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
@@ -176,7 +184,8 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     result = []
     for err in errors:
         loc = [str(part) for part in err.get("loc", ())]
-        message = _message(err)
+        message = WHOLE_BODY.get(err.get("type"), "") if loc == ["body"] else ""
+        message = message or _message(err)
         if err.get("type") == "json_invalid":
             # FastAPI locates it as ("body", <character offset>): that is no field, and
             # "JSON decode error" alone does not say what to fix; its parser's reason does.

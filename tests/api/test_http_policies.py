@@ -161,6 +161,18 @@ def test_malformed_and_oversized_bodies(stack: LiveStack, admin: httpx.Client) -
     reason = "not valid JSON at character 1: Expecting property name enclosed in double quotes"
     assert broken.json()["errors"] == [{"field": "body", "message": reason}]
     assert broken.json()["detail"] == f"body: {reason}"
+    # Without the JSON content type the body is not read as JSON: say so.
+    untyped = admin.post(
+        "/api/v1/policies", content=b'{"name": "x"}', headers={"content-type": "text/plain"}
+    )
+    assert untyped.json()["errors"] == [
+        {
+            "field": "body",
+            "message": "the body should be a JSON object, sent with Content-Type: application/json",
+        }
+    ]
+    empty = admin.post("/api/v1/policies")
+    assert empty.json()["errors"][0]["message"].startswith("the request needs a JSON object")
 
     huge = admin.post("/api/v1/policies", json={"name": "x" * (2 << 20), "limit_amount": "1"})
     assert huge.status_code == 413
