@@ -245,3 +245,14 @@ def test_a_page_that_does_not_exist_is_a_console_page_with_the_way_back(
     missing = signed_out.goto("/polices")
     assert missing is not None and missing.status == 404
     expect(signed_out.get_by_role("link", name="Sign in")).to_be_visible()
+
+
+def test_the_keyboard_skips_the_menu_to_the_page(stack: LiveStack, pages: Pages) -> None:
+    page = pages(stack.admin_key)
+    page.goto("/alerts")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")  # the page's first control, not the menu's next link
+    in_main: bool = page.evaluate("() => document.activeElement.closest('main') !== null")
+    assert in_main
