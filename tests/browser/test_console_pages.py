@@ -142,7 +142,7 @@ def test_alert_rules_are_added_with_field_errors_and_removed(
     expect(rule).to_contain_text("50.0%")
     expect(rule).to_contain_text("webhook")
 
-    rule.get_by_role("link", name="Remove").click()
+    rule.get_by_role("link", name="Remove Half way").click()
     page.get_by_role("button", name="Remove rule").click()
     expect(page.locator(f'tr[data-rule-id="{rule_id}"]')).to_have_count(0)
     with stack.client() as http:
