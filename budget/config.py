@@ -28,9 +28,9 @@ from pydantic import (
 
 from budget.policies import PolicyFieldError, settable_policy
 from budget.pricing.overrides import PriceOverride
-from budget.redaction import SECRET_TEXT, holds_secret, protect, redact
+from budget.redaction import SECRET_TEXT, holds_secret, protect, redact, redact_urls
 from events import BudgetPolicy, TimeBounds, Topology
-from events.policy import Limit
+from events.policy import Limit, Percent
 from events.subjects import caller_token
 
 __all__ = [
@@ -243,7 +243,7 @@ class Settings(BaseModel):
     default_limit: Limit | None = Field(
         default=Decimal("100.00"), description="monthly limit per user; null: none"
     )
-    soft_limit_percent: Decimal = Field(default=Decimal(80), gt=0, le=100)
+    soft_limit_percent: Percent = Decimal(80)
     default_action: Literal["warn", "block", "throttle", "notify"] = "warn"
     spool_dir: Path = Path(".budget/spool")
     data_dir: Path = Path(".budget")
@@ -481,9 +481,9 @@ def _url_user(url: str) -> str | None:
 
 
 def shown_url(url: str) -> str:
-    """``url`` fit for a message or a log: a password in it is masked (in each URL of a
-    comma-separated list, as NATS takes them)."""
-    return redact(url)
+    """``url`` fit for a message or a log: a password or a NATS token in it is masked (in
+    each URL of a comma-separated list, as NATS takes them)."""
+    return redact_urls(url)
 
 
 def load_settings(

@@ -28,6 +28,7 @@ __all__ = [
     "install_redaction",
     "protect",
     "redact",
+    "redact_urls",
     "secrets_of",
     "url_passwords",
 ]
@@ -54,9 +55,10 @@ _URL_PASSWORD = re.compile(
 # NATS takes a token alone as the user part: ``nats://<token>@host``.
 _NATS_TOKEN = re.compile(r"(?<![^\s,'\"(\[=<])(?:nats|tls|ws|wss)://(?P<secret>[^\s:/@,'\"]+)@")
 # A URL's ``password=`` parameter, or libpq's ``password = 'quoted value'`` (spaces
-# around ``=``, single quotes with backslash escapes).
+# around ``=``, single quotes with backslash escapes); libpq's ``sslpassword`` (the
+# passphrase of the client certificate's key) as well.
 _PASSWORD_PARAM = re.compile(
-    r"\bpassword\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\"]+)",
+    r"\b(?:ssl)?password\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\"]+)",
     re.IGNORECASE,
 )
 _API_KEY = re.compile(r"\bbmk_[0-9a-f]+_(?P<secret>[A-Za-z0-9_-]+)")
@@ -81,6 +83,38 @@ def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(_masked, text)
     return text
+
+
+def redact_urls(urls: str) -> str:
+    """``urls`` (one URL, or a comma-separated list as NATS takes them) fit to show: as
+    ``redact``, and what its patterns, made for any text, cannot tell there: a URL without
+    a scheme whose user part holds no password shows no user part (nats-py reads
+    ``token@host`` as ``nats://token@host``, a token; in text, an e-mail address), and a
+    password holding a space is masked whole (in text, a space ends a URL)."""
+    return redact(",".join(_credentials_masked(url) for url in urls.split(",")))
+
+
+_URL_PARTS = re.compile(
+    r"(?P<scheme>\s*(?:[A-Za-z][A-Za-z0-9+.-]*://)?)(?P<userinfo>.*)@(?P<host>.*)"
+)
+
+
+def _credentials_masked(url: str) -> str:
+    parts = _URL_PARTS.fullmatch(url)  # greedy: the user part runs to the last '@'
+    if parts is None:
+        return url
+    scheme, userinfo, host = parts["scheme"], parts["userinfo"], parts["host"]
+    user, colon, password = userinfo.partition(":")
+    # A URL's user holds no space: text such as "at 12:30 bob@host" is no URL.
+    if colon and _spaced(password) and not _spaced(user):
+        return f"{scheme}{user}:{MASK}@{host}"
+    if not colon and "://" not in scheme:
+        return f"{scheme}{MASK}@{host}"
+    return url
+
+
+def _spaced(text: str) -> bool:
+    return any(char.isspace() for char in text)
 
 
 def url_passwords(text: str) -> Iterator[str]:

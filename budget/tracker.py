@@ -23,6 +23,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
+from pydantic import TypeAdapter, ValidationError
+
 from budget.checks import BudgetChecker, BudgetExceeded
 from budget.config import Settings, load_settings
 from budget.disabled import DISABLED_REASON, DisabledPublisher
@@ -43,6 +45,7 @@ from events import (
     utc_now,
 )
 from events.rpc import CallAttributes, CheckResult
+from events.usage import MAX_COST, MAX_DECIMAL_PLACES, Usd
 
 __all__ = [
     "EXIT_WAIT",
@@ -191,6 +194,7 @@ class UsageTracker:
         error and its reservation released. A function that is not async (a sync one, a
         generator) is refused with ``TypeError`` where it is decorated."""
         token_count("estimated_tokens", estimated_tokens)  # wrong: refused here, not per call
+        estimated_cost = _usd(estimated_cost)
         provider_name = provider or self.registry.provider_of(model) or "unknown"
         call: dict[str, Any] = {"model": model, "provider": provider_name, "tags": tags}
         call |= {"user_id": user_id, "project_id": project_id}
@@ -325,12 +329,13 @@ class UsageTracker:
         ``cache_write_tokens``; ``reasoning_tokens`` are part of ``output_tokens``. Or pass
         the SDK's raw ``usage`` object (OpenAI, Anthropic, Google) instead of counts (both:
         ``ValueError``).
-        Inconsistent counts, or an ``occurred_at`` outside ``max_clock_skew`` and
-        ``max_event_age`` of now, raise ``ValueError``. A model without a price, or one whose
-        pricing fails, is recorded unpriced (cost ``None``, ``unpriced_reason`` says why),
-        never as $0. ``estimated_reason``: the counts are an estimate, and why. ``raw_usage``:
-        the provider's usage object the counts (or ``usage``) were read from: a model that
-        prices audio or image tokens apart finds them there, and leaves the call unpriced.
+        Inconsistent counts, or an ``occurred_at`` without a time zone or outside
+        ``max_clock_skew`` and ``max_event_age`` of now, raise ``ValueError``. A model
+        without a price, or one whose pricing fails, is recorded unpriced (cost ``None``,
+        ``unpriced_reason`` says why), never as $0. ``estimated_reason``: the counts are an
+        estimate, and why. ``raw_usage``: the provider's usage object the counts (or
+        ``usage``) were read from: a model that prices audio or image tokens apart finds
+        them there, and leaves the call unpriced.
         """
         # Spelt as checks and provider policies spell it ("OpenAI" is "openai").
         provider = canonical_provider(provider)
@@ -365,6 +370,13 @@ class UsageTracker:
                 images=images,
             )
         at = occurred_at or utc_now()
+        if at.tzinfo is None or at.utcoffset() is None:
+            # The contract refuses it too (``UtcDatetime``): which instant is meant, and so
+            # which day and month the call costs in, would be a guess.
+            raise ValueError(
+                f"occurred_at {at.isoformat()} has no time zone: pass an aware time,"
+                " e.g. datetime.now(UTC) or the provider's timestamp with its offset"
+            )
         out_of_bounds = self._time_bounds.time_violation(at, utc_now())
         if out_of_bounds is not None:
             raise OutOfBounds(out_of_bounds)
@@ -374,6 +386,8 @@ class UsageTracker:
         else:
             cost, source, reason = None, None, priced.reason
             if (provider, model) not in self._warned_unpriced:
+                if len(self._warned_unpriced) >= _WARNED_KEPT:
+                    self._warned_unpriced.clear()  # warned again: better than unbounded
                 self._warned_unpriced.add((provider, model))
                 log.warning("recording usage of %s/%s unpriced: %s", provider, model, reason)
         identity = {} if event_id is None else {"event_id": event_id}
@@ -436,6 +450,9 @@ class UsageTracker:
 
 
 _NO_ESTIMATE = "no usage in the response and no estimate given"
+_WARNED_KEPT = 10_000
+"""Unpriced (provider, model) pairs remembered, to warn once of each: the API's tracker
+records whatever models its keys post, so without a bound each new name is kept for good."""
 
 
 @dataclass(slots=True)
@@ -544,14 +561,29 @@ atexit.register(_close_at_exit)
 
 def _usd(amount: Decimal | float | int | str | None) -> Decimal | None:
     """A caller's estimate as exact money: a float as its shortest repr (0.05 is 0.05, as
-    the enforcer's requests read it), never its binary value; refused unless finite and
-    not negative."""
-    if amount is None or (isinstance(amount, Decimal) and amount.is_finite() and amount >= 0):
-        return amount
+    the enforcer's requests read it), never its binary value; refused unless a cost could
+    be it (finite, not negative, within the contract's ``Usd``): one beyond them failed the
+    enforcer's request, or was allowed without it and then could not be recorded."""
+    if (
+        isinstance(amount, Decimal)
+        and amount.is_finite()
+        and 0 <= amount <= MAX_COST
+        and int(amount.as_tuple().exponent) >= -MAX_DECIMAL_PLACES
+    ):
+        return amount  # the usual estimate, checked without pydantic (a check's hot path)
+    if amount is None:
+        return None
     try:
         usd = Decimal(str(amount))
     except ArithmeticError:
         usd = Decimal("NaN")
     if not usd.is_finite() or usd < 0:
         raise ValueError(f"estimated_cost must be a non-negative number of USD, not {amount!r}")
-    return usd
+    try:
+        return _COST.validate_python(usd)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ValueError(f"estimated_cost must be a cost, not {amount!r}: {reason}") from None
+
+
+_COST: TypeAdapter[Decimal] = TypeAdapter(Usd)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.envelope import Event, UtcDatetime
 from events.policy import BudgetScope, LimitAction
+from events.usage import MAX_DECIMAL_PLACES, WrittenPlaces
 
 __all__ = [
     "CHANNELS",
@@ -66,6 +67,12 @@ class AlertType(StrEnum):
 _WATCHING_TOTALS = (AlertType.ANOMALY, AlertType.UNPRICED_USAGE)
 """Rule types about spend totals or models, which no policy has."""
 
+ThresholdPercent = Annotated[
+    Decimal, Field(gt=0, le=1000, decimal_places=MAX_DECIMAL_PLACES), WrittenPlaces
+]
+"""Bounded in places as a policy's soft limit is (``events.policy``): a threshold of it
+is counted in PostgreSQL's numeric."""
+
 
 class AlertRule(BaseModel):
     """When to raise an alert and where to send it.
@@ -84,7 +91,7 @@ class AlertRule(BaseModel):
     rule_id: RuleId = Field(default_factory=lambda: uuid.uuid4().hex)
     name: str = Field(min_length=1, max_length=200)
     alert_type: AlertType = AlertType.THRESHOLD_WARNING
-    threshold_percent: Annotated[Decimal, Field(gt=0, le=1000)] | None = None
+    threshold_percent: ThresholdPercent | None = None
     severity: AlertSeverity = AlertSeverity.WARNING
     channels: tuple[Channel, ...] = ("nats", "log", "ui")
     cooldown_minutes: Annotated[int, Field(ge=0, le=525_600)] = 0

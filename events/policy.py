@@ -51,6 +51,13 @@ Limit = Annotated[
     WrittenPlaces,
     exact_decimal(MAX_LIMIT),
 ]
+
+Percent = Annotated[Decimal, Field(gt=0, le=100, decimal_places=MAX_DECIMAL_PLACES), WrittenPlaces]
+"""A policy's soft limit in percent of its limit, with the limit's bounds on places: the
+thresholds made of it (limit x percent / 100) are counted in PostgreSQL's numeric, which
+holds 16,383 places (a percent of 1E-17000 had the alert evaluator dead-letter its policy,
+which the enforcer enforced with no alert ever raised for it)."""
+
 PolicyId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -100,7 +107,7 @@ class BudgetPolicy(BaseModel):
     custom_start: UtcDatetime | None = Field(default=None, validate_default=True)
     custom_end: UtcDatetime | None = Field(default=None, validate_default=True)
     limit_amount: Limit
-    soft_limit_percent: Annotated[Decimal, Field(gt=0, le=100)] = Decimal(80)
+    soft_limit_percent: Percent = Decimal(80)
     action: LimitAction = LimitAction.WARN
     timezone: str | None = Field(default=None, description="IANA name; periods are UTC if absent")
 

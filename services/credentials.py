@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from budget.redaction import protect
@@ -26,21 +27,36 @@ def credentials_dir(data_dir: Path) -> Path:
 
 
 def write_secret_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte)."""
+    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte),
+    whole: a reader sees the old file or the new one, never part of one."""
     protect(text.strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    _written_beside(path, text).replace(path)
 
 
 def generated_secret(path: Path, *, nbytes: int = 32) -> str:
-    """The secret kept in ``path``; a new random one (URL-safe) is written there if none is."""
+    """The secret kept in ``path``; a new random one (URL-safe) is written there if none
+    is. Processes making it at once agree: the first one stored is kept, and read by all."""
     if not path.exists():
-        write_secret_file(path, secrets.token_urlsafe(nbytes) + "\n")
+        made = _written_beside(path, secrets.token_urlsafe(nbytes) + "\n")
+        try:
+            os.link(made, path)  # unlike a rename, never replaces one another process made
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links (some network shares)
+            if not path.exists():
+                made.replace(path)
+        finally:
+            made.unlink(missing_ok=True)
     secret = path.read_text().strip()
     protect(secret)
     return secret
+
+
+def _written_beside(path: Path, text: str) -> Path:
+    """A new file in ``path``'s folder holding ``text``, 0600, of a name no other process
+    writing ``path`` at the same time uses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return Path(name)

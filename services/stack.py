@@ -615,8 +615,11 @@ def _banner(info: StackInfo, notes: Sequence[str] = ()) -> str:
         f"  workers           {workers or '(none)'}\n"
         + "".join(f"  {line}\n" for line in notes)
         + "\n"
-        "Point a host app (or another shell running `budget ...`) at it:\n"
+        "Point a host app (or another shell running `budget ...`) at it, with its NATS user:\n"
         f"  export BUDGET_NATS_URL={shlex.quote(shown_url(info.nats_url))}\n"
+        "\n"
+        # The services' role, which owns the database: never a host app's.
+        "`budget ...` commands that read the database (a host app needs none):\n"
         f"  export BUDGET_DATABASE_URL={shlex.quote(shown_url(info.database_url))}\n"
         "\n"
         "Ctrl-C (or SIGTERM) stops the workers, then NATS, then PostgreSQL.\n"

@@ -59,6 +59,11 @@ _EXACT_BELOW = 10**27
 _EXTRAS_PREC = 100
 
 
+_IMAGE_SOURCES_KEPT = 256
+"""Price sources a card keeps per image size and quality: a flat image price (an
+override's) prices whatever size a call names, so without a bound each new one a host
+posts would be kept for good."""
+
 COST_PLACES = 12
 """Decimal places (10^-12 USD) a divided price's cost is rounded to when not exact."""
 
@@ -289,5 +294,7 @@ class RateCard:
         if source is None:
             rates = {**tier.source.rates, "images": per_image}
             source = tier.source.model_copy(update={"rates": rates})
+            if len(self._image_sources) >= _IMAGE_SOURCES_KEPT:
+                self._image_sources.clear()
             self._image_sources[cache_key] = source
         return source

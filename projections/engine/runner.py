@@ -94,9 +94,11 @@ class EngineConfig:
     ``ledger_wait`` seconds; else it decodes and records the usage itself. So it does not
     decode what the usage group is about to, nor wait long for a writer far behind or
     stopped (seen idle, it is not waited for again until it moves). A smaller batch is
-    taken as far as it is recorded, and the rest decoded at once: waiting for the usage
+    taken whole, what the ledger lacks of it decoded at once: waiting for the usage
     group's commit at a steady 2,000 events/s tripled the alert latency (p50 30-36 ms
-    to 89-101 ms, docs/performance.md)."""
+    to 89-101 ms), and taking a small batch only as far as the ledger held it left the
+    evaluator, once behind the group, in many small batches (lag p99 200-235 ms against
+    51-54, docs/performance.md)."""
     lone_fault_its_own: int | None = None
     """The stream sequence of an event whose fault, alone in its batch, is taken for its
     own (it is dead-lettered): ``services.worker`` sets it once the fault has stood long
@@ -329,9 +331,10 @@ class ProjectionRunner:
     async def _recorded_part(
         self, batch: list[Delivery[Prepared]], *, await_writers: bool
     ) -> list[Delivery[Prepared]]:
-        """Of a batch with deferred usage, the part the ledger has recorded, the rest
-        given back to the reader; when none is, after waiting for another writer to record
-        it (``EngineConfig.ledger_wait``), the batch with its usage decoded, for this
+        """Of a backlog with deferred usage, the part the ledger has recorded (after
+        waiting for another writer to record it: ``EngineConfig.ledger_wait``), the rest
+        given back to the reader; of a smaller batch, or when the ledger holds none of it,
+        the batch whole, its deferred usage decoded past what the ledger holds, for this
         runner to record."""
         assert self.reader is not None
         deferred = [d.stream_seq for d in batch if _is_deferred(d)]
@@ -340,16 +343,18 @@ class ProjectionRunner:
         (ledger,) = self._ledgers
         positions = await ledger.positions(self.connection)
         through = max(positions.values(), default=0)
-        backlog = len(batch) >= self.config.ledger_backlog
-        if through < deferred[0] and backlog and await_writers:
-            through = await self._wait_for_writers(ledger, deferred[0], positions)
-        if through >= deferred[0]:
-            cut = next((i for i, d in enumerate(batch) if d.stream_seq > through), len(batch))
-            self.reader.give_back(batch[cut:])
-            return batch[:cut]
+        if len(batch) >= self.config.ledger_backlog and await_writers:
+            if through < deferred[0]:
+                through = await self._wait_for_writers(ledger, deferred[0], positions)
+            if through >= deferred[0]:
+                cut = next((i for i, d in enumerate(batch) if d.stream_seq > through), len(batch))
+                self.reader.give_back(batch[cut:])
+                return batch[:cut]
+        if through >= deferred[-1]:
+            return batch
         return [
             dataclasses.replace(d, prepared=d.prepared.resolve())
-            if isinstance(d.prepared, Applied)
+            if isinstance(d.prepared, Applied) and d.stream_seq > through
             else d
             for d in batch
         ]

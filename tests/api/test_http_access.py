@@ -163,6 +163,13 @@ def test_a_revoked_key_is_refused_from_the_next_request(
     assert admin.delete(f"/api/v1/keys/{made['key_id']}").status_code == 404
 
 
+def test_a_new_keys_answer_is_kept_by_no_cache(admin: httpx.Client) -> None:
+    """It holds the key's only copy: no browser or proxy cache may store it."""
+    answer = admin.post("/api/v1/keys", json={"name": "uncached", "role": "viewer"})
+    assert answer.status_code == 201 and answer.json()["key"].startswith("bmk_")
+    assert answer.headers.get("cache-control") == "no-store"
+
+
 def test_a_key_revoked_by_another_process_is_refused_once_applied(stack: LiveStack) -> None:
     """As ``budget api-key revoke`` does, on the log: the API, which remembered the key,
     hears of it from PostgreSQL when the ``api_keys`` worker applies it."""

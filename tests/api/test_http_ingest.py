@@ -335,3 +335,19 @@ def test_the_history_names_the_key_that_posted_usage(
     for format in ("csv", "json"):
         exported = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": format})
         assert exported.text.count(publisher) == 3, exported.text
+
+
+def test_an_estimate_beyond_the_contract_is_refused_naming_it(
+    admin: httpx.Client, ingest: httpx.Client, user: str
+) -> None:
+    """An estimate with more places than a cost may have passed the route and failed the
+    enforcer's request model: a 500 for a BLOCK-limited call (and, with no BLOCK policy,
+    allowed: the call's estimated usage could then not be recorded)."""
+    cap = {"name": "cap", "scope": "user", "scope_key": user, "limit_amount": "1"}
+    admin.put(f"/api/v1/policies/fine-{user}", json={**cap, "action": "block"}).raise_for_status()
+    finer = ingest.post(
+        "/api/v1/check", json={"model": "gpt-4o", "estimated_cost": "1E-41", "user_id": user}
+    )
+    assert finer.status_code == 422, finer.text
+    [error] = finer.json()["errors"]
+    assert error["field"] == "body.estimated_cost" and "40 decimal places" in error["message"]

@@ -107,6 +107,17 @@ def test_validation_errors_name_the_field(admin: httpx.Client) -> None:
     assert "letters, digits and _ . : - only" in messages["body.policy_id"]
 
 
+def test_a_soft_limit_whose_threshold_no_total_could_hold_is_refused(admin: httpx.Client) -> None:
+    """It was stored, and the alert evaluator then dead-lettered it (a threshold of 17,000
+    places overflows PostgreSQL's numeric) while the enforcer enforced it unwatched."""
+    body = {"name": "x", "limit_amount": "1", "soft_limit_percent": "1E-17000"}
+    answer = admin.post("/api/v1/policies", json=body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error["field"] == "body.soft_limit_percent"
+    assert "no more than 40 decimal places" in error["message"]
+
+
 JAN, FEB = "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"
 
 

@@ -97,6 +97,12 @@ PLANTED = (
         refused={"alert_channels": {"webhook": {"secret": ["{secret}"]}}},
     ),
     Planted(
+        # Slack's and Discord's webhook URLs carry their token in the path (SECRET_TEXT).
+        "webhook URL token",
+        config={"alert_channels": {"webhook": {"url": "https://hooks.example.com/T0/{secret}"}}},
+        refused={"alert_channels": {"webhook": {"url": ["https://hooks.example.com/{secret}"]}}},
+    ),
+    Planted(
         "SMTP password",
         config={"alert_channels": {"email": {"username": "budget", "password": "{secret}"}}},
         refused={"alert_channels": {"email": {"password": ["{secret}"]}}},

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from events import Topology, utc_now
 from projections.alerts import AlertsProjection
 from projections.engine.preparer import Preparer
+from projections.engine.projection import Applied
 from projections.engine.runner import EngineConfig, ProjectionRunner
 from projections.history import HistoryProjection
 from projections.reports import ReportsProjection
@@ -120,3 +121,42 @@ async def test_live_the_evaluator_waits_for_the_usage_group(
         for runner in runners:
             await runner.close()
     assert usage_decoded_by_evaluator == []
+
+
+async def test_a_small_batch_the_ledger_holds_part_of_is_taken_whole(
+    nc: Client, db: str, topology: Topology, usage_decoded_by_evaluator: list[int]
+) -> None:
+    """Live, with the usage group a batch ahead: the evaluator takes what it finds
+    whole, reading the part the group recorded and decoding the rest, rather than only
+    the recorded part (then waiting for the group's next commit, batch after batch)."""
+    await publish(nc, topology, calls(30))
+    await catch_up(USAGE_GROUP, nc, db, topology)
+    await publish(nc, topology, calls(20))
+    runner = ProjectionRunner(
+        AlertsProjection(),
+        nc=nc,
+        database_url=db,
+        topology=topology,
+        config=EngineConfig(time_bounds=ANY_TIME),
+    )
+    await runner.open()
+    try:
+        reader = runner.reader
+        assert reader is not None
+
+        async def all_delivered() -> bool:
+            """the reader holds all 50 events"""
+            return reader.buffered == 50
+
+        await wait_for(all_delivered)
+        batch = await runner.take(500, 0, wait=1)
+        assert [d.stream_seq for d in batch] == list(range(1, 51))
+        assert usage_decoded_by_evaluator == list(range(31, 51))
+        deferred = [
+            d.stream_seq
+            for d in batch
+            if isinstance(d.prepared, Applied) and d.prepared.is_deferred
+        ]
+        assert deferred == list(range(1, 31))
+    finally:
+        await runner.close()

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from events import (
+    AlertRule,
     BudgetPolicy,
     DecodeError,
     PolicySet,
@@ -299,6 +300,28 @@ def test_a_policy_limit_is_bounded_so_every_threshold_of_it_can_be_counted() -> 
     with pytest.raises(ValidationError, match="no more than 40 decimal places"):
         BudgetPolicy(name="fine", limit_amount=Decimal("1E-41"))
     assert BudgetPolicy(name="max", limit_amount=Decimal(MAX_LIMIT)).limit_amount == MAX_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("percent", "message"),
+    [
+        # 1E-17000 % of a limit is a threshold of 17,000 places: PostgreSQL's numeric holds
+        # 16,383, so the alert evaluator dead-lettered the policy (no alert ever raised for
+        # it) while the enforcer enforced it; and an alert's percent is read as numeric
+        ("1E-17000", "no more than 40 decimal places"),
+        ("80." + "0" * 17000, "at most 1000 digits after the point as written"),
+    ],
+)
+def test_a_percent_of_a_limit_is_bounded_so_its_threshold_can_be_counted(
+    percent: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=f"(?s)soft_limit_percent.*{message}"):
+        BudgetPolicy(name="p", limit_amount=1, soft_limit_percent=Decimal(percent))
+    with pytest.raises(ValidationError, match=f"(?s)threshold_percent.*{message}"):
+        AlertRule(name="r", threshold_percent=Decimal(percent))
+    finest = Decimal("1E-40")
+    assert BudgetPolicy(name="p", limit_amount=1, soft_limit_percent=finest).soft_limit_percent
+    assert AlertRule(name="r", threshold_percent=finest).threshold_percent == finest
 
 
 def test_no_id_at_any_depth_is_made_anew_on_read() -> None:

@@ -16,6 +16,7 @@ from budget.pricing import (
     Unpriced,
     UnpricedModelError,
     get_pricing_registry,
+    rates,
 )
 from budget.pricing import genai as genai_layer
 from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SupplementEntry
@@ -654,3 +655,25 @@ def test_importing_budget_pricing_does_not_load_price_data() -> None:
     code = "import sys, budget.pricing; print('genai_prices.data' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_what_a_card_keeps_per_image_size_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flat image price (an override's) prices any size and quality a call names, and
+    each one's price source was kept on the card for good: posts naming ever new sizes
+    grew the API's memory without end."""
+    monkeypatch.setattr(rates, "_IMAGE_SOURCES_KEPT", 4, raising=False)
+    override = PriceOverride(
+        provider="openai",
+        model="our-image-model",
+        rates={"images": D("0.05")},
+        effective_from=date(2026, 1, 1),
+    )
+    registry = PricingRegistry([override])
+    for n in range(1, 20):
+        usage = Usage(images=ImageUsage(count=2, size=f"{n}x{n}"))
+        priced = registry.price(provider="openai", model="our-image-model", usage=usage, at=NOW)
+        assert isinstance(priced, Priced) and priced.cost == D("0.10")
+        assert priced.source.rates["images"] == D("0.05")
+    card, _ = registry.resolve("openai", "our-image-model", NOW)
+    assert not isinstance(card, Unpriced)
+    assert len(card._image_sources) <= 4

@@ -34,6 +34,9 @@ from support import ROOT
             "postgresql://h/db?sslmode=require&password=***",
         ),
         ("host=h password=hunter22 user=u", "host=h password=*** user=u"),
+        # libpq's passphrase of the client certificate's key
+        ("postgresql://u@h/db?sslpassword=hunter22", "postgresql://u@h/db?sslpassword=***"),
+        ("host=h sslpassword = 'hunter 22'", "host=h sslpassword = ***"),
         # libpq's key = value form: spaces around =, a quoted value (escapes in it)
         ("host=h password = hunter22 user=u", "host=h password = *** user=u"),
         ("host=h password='s3cret pw' port=5", "host=h password=*** port=5"),
@@ -56,6 +59,31 @@ from support import ROOT
 def test_credential_patterns_are_masked(text: str, shown: str) -> None:
     assert redact(text) == shown
     assert shown_url(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("s3cr3tt0ken@127.0.0.1:4222", "***@127.0.0.1:4222"),
+        ("s3cr3tt0ken@nats.example", "***@nats.example"),
+        ("nats://u:pw@h1:4222, s3cr3tt0ken@h2:4222", "nats://u:***@h1:4222, ***@h2:4222"),
+        ("p@ss@h:4222", "***@h:4222"),
+        # A password written with a space (a pass phrase, not percent-encoded): nats-py
+        # takes it, and redact's patterns, made for text, end a URL at a space.
+        ("nats://u:correct horse@127.0.0.1:4222", "nats://u:***@127.0.0.1:4222"),
+        ("u:correct horse@127.0.0.1:4222", "u:***@127.0.0.1:4222"),
+        ("nats://a:p@h1,nats://u:a b@c@h2:4222", "nats://a:***@h1,nats://u:***@h2:4222"),
+        # Not tokens: a user with a password (masked as such), none, or a scheme's URL.
+        ("u:hunter22@h:4222", "u:***@h:4222"),
+        ("h1:4222,h2:4222", "h1:4222,h2:4222"),
+        ("postgresql://postgres@h/db", "postgresql://postgres@h/db"),
+    ],
+)
+def test_a_url_shows_no_credential_that_patterns_for_text_miss(url: str, shown: str) -> None:
+    """Every message naming a server shows its URL (``shown_url``). nats-py reads
+    ``token@host`` as ``nats://token@host``: the user part alone is a token; and a URL's
+    password may hold a space."""
+    assert shown_url(url) == shown
 
 
 def test_a_settings_secrets_are_its_secret_fields_and_url_passwords() -> None:

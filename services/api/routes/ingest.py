@@ -33,7 +33,7 @@ from events import (
 from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
 from events.subjects import API_KEY_CALLER, caller_token
-from events.usage import MAX_TOKENS, Seconds
+from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, Seconds, WrittenPlaces
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_check, limited_usage
@@ -65,9 +65,11 @@ class CheckIn(BaseModel):
     model: Text
     provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     estimated_tokens: Tokens = Field(default=0, description="priced as output tokens")
-    estimated_cost: Annotated[Decimal, Field(ge=0, le=10**9)] | None = Field(
-        default=None, description="USD; overrides estimated_tokens"
-    )
+    # a cost's places (``events.usage.Usd``): more failed the enforcer's request, a 500
+    estimated_cost: (
+        Annotated[Decimal, Field(ge=0, le=10**9, decimal_places=MAX_DECIMAL_PLACES), WrittenPlaces]
+        | None
+    ) = Field(default=None, description="USD; overrides estimated_tokens")
     user_id: Text | None = None
     project_id: Text | None = None
     reserve: bool = Field(default=True, description="hold the estimate under BLOCK/THROTTLE")

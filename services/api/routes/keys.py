@@ -68,6 +68,7 @@ async def get_key(api: Api, _: Admin, key_id: str) -> ApiKey:
 async def create_key(api: Api, who: Admin, body: KeyRequest, response: Response) -> CreatedKey:
     issued = await api.keys.create(body.name, body.role, created_by=who.name)
     response.headers["Location"] = f"/api/v1/keys/{issued.key.key_id}"
+    response.headers["Cache-Control"] = "no-store"  # the key's only copy: no cache keeps it
     if not issued.applied:
         response.status_code = 202
     return CreatedKey(
