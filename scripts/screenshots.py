@@ -51,7 +51,9 @@ PAGES = {
     "reports": "/reports?kind=custom&group_by=model",
     "alerts": "/alerts",
     "alert-rules": "/alerts/rules",
+    "prices": "/prices?model=claude-sonnet-4&input_tokens=12000&output_tokens=800",
     "system": "/system",
+    "keys": "/keys",
 }
 
 

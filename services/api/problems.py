@@ -156,12 +156,36 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
     return JSONResponse(body, problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 
+ID_CHARACTERS = {
+    r"^[A-Za-z0-9_.:-]+$": "letters, digits and _ . : - only (no spaces or other signs)",
+    r"^[A-Za-z0-9_-]+$": "letters, digits, _ and - only (no spaces or other signs)",
+}
+"""The ids' patterns (policies', rules', keys') as a reader can act on them: pydantic names
+the regular expression."""
+NOT_A_NUMBER = (
+    "Input should be a number such as 12.50: digits and a decimal point, without a"
+    " currency sign or thousands separators"
+)
+"""Pydantic's "Input should be a valid decimal" left "$10" and "1,000" a riddle."""
+NO_OFFSET = "Input should be a time with its UTC offset: add Z or +HH:MM, e.g. 2026-03-01T00:00:00Z"
+"""Pydantic's "Input should have timezone info" did not say how to give one."""
+WHOLE_BODY = {
+    "missing": "the request needs a JSON object as its body (Content-Type: application/json)",
+    "model_attributes_type": "the body should be a JSON object, sent with"
+    " Content-Type: application/json",
+}
+"""What is wrong with the body as a whole, by pydantic's error: sent without the JSON
+content type, a body is not parsed, and pydantic said it "should be a valid dictionary or
+object to extract fields from"."""
+
+
 def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     """Pydantic's errors as ``{"field": "body.limit_amount", "message": "..."}``."""
     result = []
     for err in errors:
         loc = [str(part) for part in err.get("loc", ())]
-        message = str(err.get("msg", "invalid"))
+        message = WHOLE_BODY.get(err.get("type"), "") if loc == ["body"] else ""
+        message = message or _message(err)
         if err.get("type") == "json_invalid":
             # FastAPI locates it as ("body", <character offset>): that is no field, and
             # "JSON decode error" alone does not say what to fix; its parser's reason does.
@@ -169,10 +193,21 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
             reason = (err.get("ctx") or {}).get("error", "")
             result.append({"field": "body", "message": f"not valid JSON{at}: {reason}"})
             continue
-        if message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
         result.append({"field": ".".join(loc) or "body", "message": message})
     return result
+
+
+def _message(err: Any) -> str:
+    kind = err.get("type")
+    if kind == "decimal_parsing":
+        return NOT_A_NUMBER
+    if kind == "timezone_aware":
+        return NO_OFFSET
+    if kind == "string_pattern_mismatch":
+        allowed = ID_CHARACTERS.get((err.get("ctx") or {}).get("pattern", ""))
+        if allowed is not None:
+            return f"Input should be {allowed}"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 OUTAGES = (

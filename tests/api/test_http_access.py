@@ -198,7 +198,7 @@ def test_a_key_revoked_by_another_process_is_refused_once_applied(stack: LiveSta
 
 def test_no_key_cookie_or_token_reaches_a_log(stack: LiveStack, keys: dict[ApiRole, str]) -> None:
     with stack.client(keys[ApiRole.VIEWER]) as http:
-        http.get("/api/v1/policies", params={"user_id": "x"})
+        http.get("/api/v1/policies", params={"scope": "user"})  # a query string logged
     with httpx.Client(base_url=stack.base_url) as anonymous:
         anonymous.get("/api/v1/policies", headers={"Authorization": "Bearer bmk_leak_canary"})
     with httpx.Client(base_url=stack.base_url, timeout=30) as browser:

@@ -246,6 +246,7 @@ def test_bad_filters_are_named(stack: LiveStack) -> None:
         ("until", {"since": "2026-10-02T00:00:00Z", "until": "2026-10-01T00:00:00Z"}),
         ("limit", {"limit": 0}),
         ("since", {"since": "yesterday"}),
+        ("since", {"since": "2026-10-01"}),  # without an offset: says how to give one
         ("user_id", {"user_id": ""}),  # matches no call: not an empty answer
     ]
     # A key of its own: the module's other tests may have spent the shared viewer key's
@@ -255,8 +256,32 @@ def test_bad_filters_are_named(stack: LiveStack) -> None:
             answer = viewer.get("/api/v1/usage", params=params)
             assert answer.status_code == 422, (field, answer.text)
             assert answer.json()["errors"][0]["field"] == f"query.{field}"
+        local = viewer.get("/api/v1/usage", params={"until": "2026-10-01T09:00"})
         empty_key = viewer.get("/api/v1/spend", params={"key": ""})
+        # A misspelt filter was ignored: every row came back as if filtered.
+        misspelt = [
+            viewer.get(path, params=params)
+            for path, params in (
+                ("/api/v1/usage", {"user": "nobody"}),
+                ("/api/v1/usage/export", {"user": "nobody"}),
+                ("/api/v1/spend", {"user_id": "nobody"}),
+            )
+        ]
     assert empty_key.status_code == 422 and empty_key.json()["errors"][0]["field"] == "query.key"
+    assert [a.status_code for a in misspelt] == [422, 422, 422]
+    assert local.json()["errors"] == [
+        {
+            "field": "query.until",
+            "message": "Input should be a time with its UTC offset: add Z or +HH:MM,"
+            " e.g. 2026-03-01T00:00:00Z",
+        }
+    ]
+    usage, export, spend = (a.json() for a in misspelt)
+    said = "no query parameter 'user' here: did you mean 'user_id'?"
+    assert usage["errors"] == [{"field": "query.user", "message": said}]
+    assert "this route takes:" in usage["detail"] and "user_id" in usage["detail"]
+    assert export["errors"][0]["field"] == "query.user"
+    assert spend["errors"][0]["field"] == "query.user_id"
 
 
 def test_exports_past_the_caps_are_refused_until_one_ends(

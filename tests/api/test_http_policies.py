@@ -98,6 +98,13 @@ def test_validation_errors_name_the_field(admin: httpx.Client) -> None:
         "/api/v1/policies", json={"name": "x", "limit_amount": "1", "timezone": "Mars/Base"}
     )
     assert "unknown time zone" in zone.json()["detail"]
+    typed = admin.post(
+        "/api/v1/policies", json={"name": "x", "policy_id": "team cap", "limit_amount": "$1,000"}
+    )
+    assert typed.status_code == 422
+    messages = {e["field"]: e["message"] for e in typed.json()["errors"]}
+    assert "without a currency sign or thousands separators" in messages["body.limit_amount"]
+    assert "letters, digits and _ . : - only" in messages["body.policy_id"]
 
 
 def test_a_soft_limit_whose_threshold_no_total_could_hold_is_refused(admin: httpx.Client) -> None:
@@ -165,6 +172,18 @@ def test_malformed_and_oversized_bodies(stack: LiveStack, admin: httpx.Client) -
     reason = "not valid JSON at character 1: Expecting property name enclosed in double quotes"
     assert broken.json()["errors"] == [{"field": "body", "message": reason}]
     assert broken.json()["detail"] == f"body: {reason}"
+    # Without the JSON content type the body is not read as JSON: say so.
+    untyped = admin.post(
+        "/api/v1/policies", content=b'{"name": "x"}', headers={"content-type": "text/plain"}
+    )
+    assert untyped.json()["errors"] == [
+        {
+            "field": "body",
+            "message": "the body should be a JSON object, sent with Content-Type: application/json",
+        }
+    ]
+    empty = admin.post("/api/v1/policies")
+    assert empty.json()["errors"][0]["message"].startswith("the request needs a JSON object")
 
     huge = admin.post("/api/v1/policies", json={"name": "x" * (2 << 20), "limit_amount": "1"})
     assert huge.status_code == 413

@@ -209,6 +209,8 @@ def test_spend_of_calls_without_a_price_is_null_never_0(
 def test_prices_and_providers(viewer: httpx.Client) -> None:
     providers = {p["provider"]: p["models"] for p in viewer.get("/api/v1/providers").json()}
     assert providers["openai"] > 0 and providers["anthropic"] > 0
+    # genai-prices names providers none of whose models it prices (fireworks): not listed
+    assert all(models > 0 for models in providers.values())
     assert "gpt-4o" in viewer.get("/api/v1/providers/OpenAI/models").json()
     price = viewer.get("/api/v1/prices/gpt-4o").json()
     assert price["provider"] == "openai" and price["per_million"]["input_uncached"] == "2.5"

@@ -21,7 +21,9 @@ PAGES = (
     "/reports?kind=projection",
     "/alerts",
     "/alerts/rules",
+    "/prices?provider=openai&model=gpt-4o&input_tokens=1000&output_tokens=500",
     "/system",
+    "/keys",
 )
 
 
@@ -140,7 +142,7 @@ def test_alert_rules_are_added_with_field_errors_and_removed(
     expect(rule).to_contain_text("50.0%")
     expect(rule).to_contain_text("webhook")
 
-    rule.get_by_role("link", name="Remove").click()
+    rule.get_by_role("link", name="Remove Half way").click()
     page.get_by_role("button", name="Remove rule").click()
     expect(page.locator(f'tr[data-rule-id="{rule_id}"]')).to_have_count(0)
     with stack.client() as http:
@@ -243,3 +245,14 @@ def test_a_page_that_does_not_exist_is_a_console_page_with_the_way_back(
     missing = signed_out.goto("/polices")
     assert missing is not None and missing.status == 404
     expect(signed_out.get_by_role("link", name="Sign in")).to_be_visible()
+
+
+def test_the_keyboard_skips_the_menu_to_the_page(stack: LiveStack, pages: Pages) -> None:
+    page = pages(stack.admin_key)
+    page.goto("/alerts")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")  # the page's first control, not the menu's next link
+    in_main: bool = page.evaluate("() => document.activeElement.closest('main') !== null")
+    assert in_main

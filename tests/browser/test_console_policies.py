@@ -39,7 +39,19 @@ def test_a_wrong_value_is_shown_next_to_its_field_and_the_form_keeps_what_was_ty
     expect(page.get_by_label("Scope")).to_have_value("user")
     expect(page.get_by_label("Limit (USD)")).to_have_value("-5")
 
+    page.get_by_label("Limit (USD)").fill("$1,250")
+    page.get_by_label("Id", exact=True).fill("team cap")
+    page.get_by_role("button", name="Create policy").click()
+    expect(page.locator("#e-limit_amount")).to_have_text(
+        "Input should be a number such as 12.50: digits and a decimal point,"
+        " without a currency sign or thousands separators"
+    )
+    expect(page.locator("#e-policy_id")).to_have_text(
+        "Input should be letters, digits and _ . : - only (no spaces or other signs)"
+    )
+
     page.get_by_label("Limit (USD)").fill("12.50")
+    page.get_by_label("Id", exact=True).fill("")
     page.get_by_role("button", name="Create policy").click()
     expect(page).to_have_url(re.compile(r"/policies$"))
     row = page.locator("tr", has_text="Team cap").filter(has_text=user)
@@ -96,7 +108,8 @@ def test_a_policy_is_edited_then_deleted_after_a_confirmation(
     )
     expect(page).to_have_url(re.compile(r"/policies$"))
 
-    page.locator(f"#p-{policy_id}").get_by_role("link", name="Edit").click()
+    # Each row's links name its policy (a screen reader lists links without their rows).
+    page.locator(f"#p-{policy_id}").get_by_role("link", name="Edit Project cap").click()
     expect(page.get_by_label("Limit (USD)")).to_have_value("40")
     page.get_by_label("Limit (USD)").fill("55")
     page.get_by_label("Action at the limit").select_option("block")
@@ -105,11 +118,11 @@ def test_a_policy_is_edited_then_deleted_after_a_confirmation(
     expect(page.locator(f"#p-{policy_id}")).to_contain_text("$55.00")
     expect(page.locator(f"#p-{policy_id}")).to_contain_text("block")
 
-    page.locator(f"#p-{policy_id}").get_by_role("link", name="Delete").click()
+    page.locator(f"#p-{policy_id}").get_by_role("link", name="Delete Project cap").click()
     expect(page.get_by_text("Delete the policy “Project cap”?")).to_be_visible()
     page.get_by_role("link", name="Cancel").click()
     expect(page.locator(f"#p-{policy_id}")).to_be_visible()  # cancelling kept it
-    page.locator(f"#p-{policy_id}").get_by_role("link", name="Delete").click()
+    page.locator(f"#p-{policy_id}").get_by_role("link", name="Delete Project cap").click()
     page.get_by_role("button", name="Delete policy").click()
     expect(page.locator(".flash")).to_have_text("Policy “Project cap” deleted.")
     expect(page.locator(f"#p-{policy_id}")).to_have_count(0)

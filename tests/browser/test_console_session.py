@@ -12,7 +12,17 @@ from events import ApiRole
 
 from live import LiveStack
 
-PAGES = ("/", "/policies", "/history", "/reports", "/alerts", "/alerts/rules", "/system")
+PAGES = (
+    "/",
+    "/policies",
+    "/history",
+    "/reports",
+    "/alerts",
+    "/alerts/rules",
+    "/prices",
+    "/system",
+    "/keys",
+)
 
 
 def test_pages_send_a_visitor_without_a_session_to_sign_in(stack: LiveStack, pages: Pages) -> None:
@@ -111,6 +121,13 @@ def test_a_viewer_reads_everything_and_writes_nothing(stack: LiveStack, pages: P
     }
     assert page.request.post("/policies/new", form=form).status == 403
     assert page.request.post("/alerts/rules", form={**form, "alert_type": "anomaly"}).status == 403
+    # Nor may a viewer make itself an admin key, or revoke one.
+    assert page.request.post("/keys", form={**form, "role": "admin"}).status == 403
+    with stack.client() as http:
+        keys = http.get("/api/v1/keys").json()
+    assert all(k["name"] != "Sneaky" for k in keys)
+    admin_id = next(k["key_id"] for k in keys if k["role"] == "admin")
+    assert page.request.post(f"/keys/{admin_id}/revoke", form={"csrf_token": token}).status == 403
 
 
 def test_a_change_without_the_csrf_token_is_refused(stack: LiveStack, pages: Pages) -> None:

@@ -8,7 +8,9 @@ from services.api.console import (
     alerts,
     dashboard,
     history,
+    keys,
     policies,
+    prices,
     reports,
     rules,
     session,
@@ -18,5 +20,5 @@ from services.api.console import (
 __all__ = ["console_router"]
 
 console_router = APIRouter(include_in_schema=False)
-for module in (session, dashboard, policies, history, reports, alerts, rules, system):
+for module in (session, dashboard, policies, history, reports, alerts, rules, prices, system, keys):
     console_router.include_router(module.router)

@@ -28,8 +28,12 @@ NAV = (
     ("History", "/history"),
     ("Reports", "/reports"),
     ("Alerts", "/alerts"),
+    ("Prices", "/prices"),
     ("System", "/system"),
+    ("API keys", "/keys"),
 )
+ADMIN_PAGES = frozenset({"/keys"})
+"""Pages only an admin may open: not in a viewer's menu."""
 
 
 def usd(value: Decimal | int | str | None, places: int = 2) -> str:
@@ -104,12 +108,13 @@ def render(
     request: Request, name: str, context: dict[str, Any] | None = None, *, status: int = 200
 ) -> HTMLResponse:
     principal: Principal | None = getattr(request.state, "principal", None)
+    is_admin = principal is not None and principal.role is ApiRole.ADMIN
     base = {
         "principal": principal,
-        "is_admin": principal is not None and principal.role is ApiRole.ADMIN,
+        "is_admin": is_admin,
         # The sign-in form carries one too: a cross-site page cannot sign a browser in.
         "csrf": csrf_token(request),
-        "nav": NAV,
+        "nav": [(label, href) for label, href in NAV if is_admin or href not in ADMIN_PAGES],
         "path": request.url.path,
         # Taken by base.html only: a panel's refresh must not swallow the next page's line.
         "take_flash": lambda: request.session.pop("flash", None),

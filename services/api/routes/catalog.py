@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from budget.pricing import ModelPricing
+from budget.pricing import ModelPricing, PricingRegistry
 from events.envelope import UtcDatetime
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES, Problem
 
-__all__ = ["router"]
+__all__ = ["priced_models", "router"]
 
 router = APIRouter(
     tags=["prices"], dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES
@@ -29,20 +29,26 @@ class Provider(BaseModel):
 @router.get("/providers", summary="Providers with priced models")
 async def providers(api: Api) -> list[Provider]:
     registry = api.registry
-    return [
-        Provider(provider=p, models=len(registry.get_provider_models(p)))
-        for p in registry.get_all_providers()
-    ]
+    counts = {p: len(registry.get_provider_models(p)) for p in registry.get_all_providers()}
+    # The price data names providers none of whose models it can price (billed per
+    # character, say): listed, each would lead to a 404 from its models.
+    return [Provider(provider=p, models=n) for p, n in counts.items() if n]
 
 
 @router.get("/providers/{provider}/models", summary="A provider's priced models")
 async def provider_models(api: Api, provider: str) -> list[str]:
     try:
-        models = api.registry.get_provider_models(provider)
-    except ValueError as exc:  # a misspelt provider: which one was meant
-        raise Problem(404, f"{exc} see GET /providers") from None
+        return priced_models(api.registry, provider)
+    except ValueError as exc:
+        raise Problem(404, f"{exc} (see GET /providers)") from None
+
+
+def priced_models(registry: PricingRegistry, provider: str) -> list[str]:
+    """``provider``'s priced models; a ValueError saying why there are none (a misspelt
+    provider: which one was meant)."""
+    models = registry.get_provider_models(provider)
     if not models:
-        raise Problem(404, f"no priced models for provider {provider!r}; see GET /providers")
+        raise ValueError(f"no priced models for provider {provider!r}")
     return models
 
 
