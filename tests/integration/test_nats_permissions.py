@@ -22,7 +22,13 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from budget.manager import BudgetManager
-from budget.natsconn import PermissionDenied, connect_nats, nats_options, permitted
+from budget.natsconn import (
+    PermissionDenied,
+    connect_nats,
+    nats_options,
+    permitted,
+    round_trip,
+)
 from budget.rpc import Refused
 from budget.tracker import start_usage_tracker
 from events import (
@@ -337,6 +343,15 @@ def _log_reads(topology: Topology) -> tuple[str, ...]:
     )
 
 
+def _states(*conns: Conn) -> str:
+    """What each connection sent, received and was refused: why a message did not arrive."""
+    return "; ".join(
+        f"{c.nc.options.get('user')}: connected {c.nc.is_connected}, {dict(c.nc.stats)},"
+        f" errors {c.errors}"
+        for c in conns
+    )
+
+
 async def _refused_everything(
     conn: Conn,
     *,
@@ -455,9 +470,10 @@ async def test_the_notifier_credential_sends_alerts_and_nothing_else(
     )
     # The positive signal: its alert reaches an alert subscriber; the log holds nothing.
     received = await alerts.nc.subscribe(topology.alerts_wildcard)
-    await alerts.nc.flush()
+    await round_trip(alerts.nc)
     await notifier.nc.publish(topology.alert_subject("critical", "budget_exceeded"), b"real")
-    assert (await received.next_msg(timeout=30)).data == b"real"
+    await round_trip(notifier.nc)
+    assert (await received.next_msg(timeout=30)).data == b"real", _states(notifier, alerts)
     info = await service.jetstream().stream_info(topology.event_stream.name)
     assert info.state.messages == 0
 
@@ -507,9 +523,10 @@ async def test_the_query_credential_is_refused_what_the_query_service_does_not_d
     # The positive signal: its answer reaches an asker's inbox; the log holds nothing.
     inbox = f"_INBOX.service.{uuid.uuid4().hex}"
     answers = await service.subscribe(inbox)
-    await service.flush()
+    await round_trip(service)
     await query.nc.publish(inbox, b"answer")
-    assert (await answers.next_msg(timeout=30)).data == b"answer"
+    await round_trip(query.nc)
+    assert (await answers.next_msg(timeout=30)).data == b"answer", _states(query, Conn(service))
     info = await service.jetstream().stream_info(stream)
     assert info.state.messages == 0
 
