@@ -493,8 +493,8 @@ class ReportBuilder:
     async def spans(
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
     ) -> list[Spend]:
-        """The calls of ``dimension`` (one key, or all) in each span between consecutive
-        ``bounds`` (ascending, on quarter hours)."""
+        """The calls of ``dimension`` (one key, or all; a model by its name alone) in each
+        span between consecutive ``bounds`` (ascending, on quarter hours)."""
         cursor = await conn.execute(
             f"""SELECT span, sum(cost), sum(requests)::bigint, sum(unpriced_requests)::bigint
                 FROM ({_SPANS}) r GROUP BY span""".encode(),
@@ -804,7 +804,8 @@ def _rows_sql(table: str, grain: str) -> str:
         CROSS JOIN LATERAL (
             SELECT * FROM {table} r
             WHERE r.dimension = %(d)s AND r.period_start >= p.lo AND r.period_start < p.hi
-              AND (%(key)s::text IS NULL OR %(key)s IN (r.key1, r.key2))
+              AND (%(key1)s::text IS NULL OR r.key1 = %(key1)s)
+              AND (%(key2)s::text IS NULL OR r.key2 = %(key2)s)
             OFFSET 0) r"""
 
 
@@ -816,7 +817,10 @@ _SPANS = (
 
 
 def _span_params(dimension: str, key: str | None, bounds: Sequence[datetime]) -> dict[str, object]:
-    params: dict[str, object] = {"d": dimension, "key": key}
+    # A model's rows are keyed by provider and model: its key is the second, and a
+    # provider of the same name ("mistral") is another key, never matched for it.
+    keyed = "key2" if dimension == "model" else "key1"
+    params: dict[str, object] = {"d": dimension, "key1": None, "key2": None, keyed: key}
     for grain, found in zip(("day", "quarter"), span_pieces(bounds), strict=True):
         for field in _Piece._fields:
             params[f"{grain}_{field}"] = [getattr(piece, field) for piece in found]

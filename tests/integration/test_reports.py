@@ -737,3 +737,37 @@ async def test_exports_are_json_csv_and_markdown(
     markdown = report.to_markdown()
     assert "| cost_usd | requests |" in markdown
     assert "| 0.13 | 1 |" in markdown  # money shown to the cent, half up
+
+
+async def test_a_model_budget_at_this_pace_counts_its_model_alone_not_a_provider_of_its_name(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A custom 50-day budget of the model "mistral" (served by ollama, $1 a day before
+    it), beside the provider "mistral"'s own model mistral-large ($10 a day): at this pace
+    it ends at $50. The model rollups' rows were matched on either key, provider or model,
+    so the provider's calls were forecast into the model's budget ($550, exhausted on day
+    28)."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    policy = BudgetPolicy(
+        policy_id="mistral-model",
+        name="Mistral model",
+        scope=BudgetScope.MODEL,
+        scope_key="mistral",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=50),
+        limit_amount=Decimal(300),
+    )
+    days = [today - timedelta(days=d, hours=-12) for d in (1, 2, 3)]
+    model = [usage_event(cost="1.00", at=at, provider="ollama", model="mistral") for at in days]
+    provider = [
+        usage_event(cost="10.00", at=at, provider="mistral", model="mistral-large") for at in days
+    ]
+    await publish(
+        nc, topology, [PolicySet(occurred_at=utc_now(), policy=policy), *model, *provider]
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert budget["projected_at_period_end_usd"] == Decimal("50.00")
+    assert budget["exhausted_on"] is None
