@@ -494,7 +494,11 @@ class ReportBuilder:
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
     ) -> list[Spend]:
         """The calls of ``dimension`` (one key, or all; a model by its name alone) in each
-        span between consecutive ``bounds`` (ascending, on quarter hours)."""
+        span between consecutive ``bounds`` (ascending, on quarter hours). The key ""
+        names no call, as budgets count (an old log's policy of it applies to none): the
+        rollups keep calls without a user or project under it."""
+        if key == "":
+            return [Spend()] * (len(bounds) - 1)
         cursor = await conn.execute(
             f"""SELECT span, sum(cost), sum(requests)::bigint, sum(unpriced_requests)::bigint
                 FROM ({_SPANS}) r GROUP BY span""".encode(),

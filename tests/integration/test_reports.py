@@ -771,3 +771,32 @@ async def test_a_model_budget_at_this_pace_counts_its_model_alone_not_a_provider
     [budget] = report.tables[2].records()
     assert budget["projected_at_period_end_usd"] == Decimal("50.00")
     assert budget["exhausted_on"] is None
+
+
+async def test_a_budget_of_an_empty_key_from_the_log_is_forecast_from_no_call(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A user budget of the key "" (an old log's: it applies to no call) beside $1 a day
+    of calls without a user: it spends nothing and, at this pace, ends at $0. It was
+    forecast from the calls of every user (then from those without one), $50."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    blank = BudgetPolicy(
+        policy_id="blank",
+        name="Blank",
+        scope=BudgetScope.USER,
+        scope_key="",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=50),
+        limit_amount=Decimal(30),
+    )
+    anonymous = [
+        usage_event(cost="1.00", at=today - timedelta(days=d, hours=-12), user=None)
+        for d in (1, 2, 3)
+    ]
+    await publish(nc, topology, [PolicySet(occurred_at=utc_now(), policy=blank), *anonymous])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert budget["spent_usd"] == budget["projected_at_period_end_usd"] == Decimal(0)
+    assert budget["exhausted_on"] is None
