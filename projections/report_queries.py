@@ -71,6 +71,11 @@ _MICRO = timedelta(microseconds=1)
 _MAX_BUDGET_DAYS = 3660
 """How far a budget at this pace is forecast: a custom window can be years long."""
 _DAY = timedelta(days=1)
+_UNFITTED_BUDGETS = (
+    "a budget without a day of its spend before today has no projection at its period's"
+    " end (empty): a forecast is fitted on whole days; its spend so far and whether it is"
+    " exhausted are shown"
+)
 
 
 class Spend(NamedTuple):
@@ -328,7 +333,7 @@ class ReportBuilder:
         month_actual = await self.daily(
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
-        budget_rows = await self._budget_forecasts(conn, now)
+        budget_rows, budget_notes = await self._budget_forecasts(conn, now)
         days = Table("Daily forecast", ("day", "expected_usd", "low_usd", "high_usd"))
         if not history:
             why = (
@@ -337,7 +342,8 @@ class ReportBuilder:
             )
             # the budgets still say what is spent, and which is exhausted already
             tables = [days, _months_table([]), budget_rows]
-            return Report("Spend projection", start, end, tables, [why, *_zone_note(tz)])
+            notes = [why, *budget_notes, *_zone_note(tz)]
+            return Report("Spend projection", start, end, tables, notes)
         ahead = forecast(history, months_horizon)
         days.rows.extend((f.day, f.expected, f.low, f.high) for f in ahead[:horizon])
         spent_today = month_actual.get(today, Spend()).cost
@@ -380,6 +386,7 @@ class ReportBuilder:
                 + ("day" if len(history) == 1 else f"{len(history)} days")
                 + " before today",
                 *_unpriced_note(unpriced),
+                *budget_notes,
                 *_zone_note(tz),
             ],
         )
@@ -616,12 +623,15 @@ class ReportBuilder:
             rows,
         )
 
-    async def _budget_forecasts(self, conn: Connection, now: datetime) -> Table:
+    async def _budget_forecasts(self, conn: Connection, now: datetime) -> tuple[Table, list[str]]:
         """Each budget at this pace to its window's end (however far the report's days
         reach), over the days of its own policy's zone, whatever zone the report counts
         in: its window's bounds are their midnights, so its spend today and each day's
-        forecast fall inside it or outside it whole."""
+        forecast fall inside it or outside it whole. A budget with no day of spend to fit
+        has no projection (None, and a note says why), never its spend so far passed off
+        as one."""
         rows: list[tuple[Cell, ...]] = []
+        unfitted = False
         for window, totals in await self._live_spend(conn, now):
             tz = policy_zone(window.policy)
             today = now.astimezone(tz).date()
@@ -654,12 +664,13 @@ class ReportBuilder:
                         running += f.expected
                     if exhausted is None and running >= limit:
                         exhausted = f.day
+            unfitted = unfitted or not history
             rows.append(
                 (
                     window.policy.name,
                     window.end,
                     totals.priced_cost,
-                    running,
+                    running if history else None,
                     limit,
                     exhausted,
                     totals.unpriced_requests,
@@ -677,7 +688,7 @@ class ReportBuilder:
                 "unpriced_requests",
             ),
             rows,
-        )
+        ), [_UNFITTED_BUDGETS] if unfitted else []
 
 
 def _per_model(totals: list[Totals]) -> list[Totals]:

@@ -777,8 +777,9 @@ async def test_a_budget_of_an_empty_key_from_the_log_is_forecast_from_no_call(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
     """A user budget of the key "" (an old log's: it applies to no call) beside $1 a day
-    of calls without a user: it spends nothing and, at this pace, ends at $0. It was
-    forecast from the calls of every user (then from those without one), $50."""
+    of calls without a user: it spends nothing and has no day of spend to forecast
+    from. It was forecast from the calls of every user (then from those without one),
+    $50."""
     today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
     blank = BudgetPolicy(
         policy_id="blank",
@@ -798,5 +799,34 @@ async def test_a_budget_of_an_empty_key_from_the_log_is_forecast_from_no_call(
     await materialize(nc, db, topology, "policies")
     report = await generator.generate_projection_report(days_to_project=3)
     [budget] = report.tables[2].records()
-    assert budget["spent_usd"] == budget["projected_at_period_end_usd"] == Decimal(0)
-    assert budget["exhausted_on"] is None
+    assert (budget["spent_usd"], budget["exhausted_on"]) == (Decimal(0), None)
+    assert budget["projected_at_period_end_usd"] is None  # nothing of its own to fit
+
+
+async def test_a_budget_without_a_day_of_its_own_spend_has_no_projection_and_says_why(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Bob's $20 monthly budget, his first call today ($3), beside alice's $10 a day before
+    it: the report forecasts the days from alice's, but bob's budget has nothing of his to
+    fit. Its projection at the period's end was his $3 so far, as if he would spend no
+    more; it is empty, and a note says why."""
+    now = utc_now()
+    policy = BudgetPolicy(
+        policy_id="bob",
+        name="Bob",
+        scope=BudgetScope.USER,
+        scope_key="bob",
+        period=BudgetPeriod.MONTHLY,
+        limit_amount=Decimal(20),
+    )
+    alice = [usage_event(cost="10.00", at=now - timedelta(days=d)) for d in (1, 2, 3)]
+    bob = usage_event(cost="3.00", at=now, user="bob")
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *alice, bob])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    assert report.main.rows  # the days are forecast, from alice's spend
+    [budget] = report.tables[2].records()
+    assert (budget["spent_usd"], budget["exhausted_on"]) == (Decimal("3.00"), None)
+    assert budget["projected_at_period_end_usd"] is None
+    assert any("has no projection at its period's end" in note for note in report.notes)
+    assert "| Bob | " in report.to_markdown()
