@@ -71,6 +71,11 @@ _MICRO = timedelta(microseconds=1)
 _MAX_BUDGET_DAYS = 3660
 """How far a budget at this pace is forecast: a custom window can be years long."""
 _DAY = timedelta(days=1)
+_UNFITTED_BUDGETS = (
+    "a budget without a day of its spend before today has no projection at its period's"
+    " end (empty): a forecast is fitted on whole days; its spend so far and whether it is"
+    " exhausted are shown"
+)
 
 
 class Spend(NamedTuple):
@@ -328,7 +333,7 @@ class ReportBuilder:
         month_actual = await self.daily(
             conn, "total", None, month_first, (today - month_first).days + 1, tz
         )
-        budget_rows = await self._budget_forecasts(conn, now)
+        budget_rows, budget_notes = await self._budget_forecasts(conn, now)
         days = Table("Daily forecast", ("day", "expected_usd", "low_usd", "high_usd"))
         if not history:
             why = (
@@ -337,7 +342,8 @@ class ReportBuilder:
             )
             # the budgets still say what is spent, and which is exhausted already
             tables = [days, _months_table([]), budget_rows]
-            return Report("Spend projection", start, end, tables, [why, *_zone_note(tz)])
+            notes = [why, *budget_notes, *_zone_note(tz)]
+            return Report("Spend projection", start, end, tables, notes)
         ahead = forecast(history, months_horizon)
         days.rows.extend((f.day, f.expected, f.low, f.high) for f in ahead[:horizon])
         spent_today = month_actual.get(today, Spend()).cost
@@ -380,6 +386,7 @@ class ReportBuilder:
                 + ("day" if len(history) == 1 else f"{len(history)} days")
                 + " before today",
                 *_unpriced_note(unpriced),
+                *budget_notes,
                 *_zone_note(tz),
             ],
         )
@@ -493,8 +500,12 @@ class ReportBuilder:
     async def spans(
         self, conn: Connection, dimension: str, key: str | None, bounds: Sequence[datetime]
     ) -> list[Spend]:
-        """The calls of ``dimension`` (one key, or all) in each span between consecutive
-        ``bounds`` (ascending, on quarter hours)."""
+        """The calls of ``dimension`` (one key, or all; a model by its name alone) in each
+        span between consecutive ``bounds`` (ascending, on quarter hours). The key ""
+        names no call, as budgets count (an old log's policy of it applies to none): the
+        rollups keep calls without a user or project under it."""
+        if key == "":
+            return [Spend()] * (len(bounds) - 1)
         cursor = await conn.execute(
             f"""SELECT span, sum(cost), sum(requests)::bigint, sum(unpriced_requests)::bigint
                 FROM ({_SPANS}) r GROUP BY span""".encode(),
@@ -612,12 +623,15 @@ class ReportBuilder:
             rows,
         )
 
-    async def _budget_forecasts(self, conn: Connection, now: datetime) -> Table:
+    async def _budget_forecasts(self, conn: Connection, now: datetime) -> tuple[Table, list[str]]:
         """Each budget at this pace to its window's end (however far the report's days
         reach), over the days of its own policy's zone, whatever zone the report counts
         in: its window's bounds are their midnights, so its spend today and each day's
-        forecast fall inside it or outside it whole."""
+        forecast fall inside it or outside it whole. A budget with no day of spend to fit
+        has no projection (None, and a note says why), never its spend so far passed off
+        as one."""
         rows: list[tuple[Cell, ...]] = []
+        unfitted = False
         for window, totals in await self._live_spend(conn, now):
             tz = policy_zone(window.policy)
             today = now.astimezone(tz).date()
@@ -650,12 +664,13 @@ class ReportBuilder:
                         running += f.expected
                     if exhausted is None and running >= limit:
                         exhausted = f.day
+            unfitted = unfitted or not history
             rows.append(
                 (
                     window.policy.name,
                     window.end,
                     totals.priced_cost,
-                    running,
+                    running if history else None,
                     limit,
                     exhausted,
                     totals.unpriced_requests,
@@ -673,7 +688,7 @@ class ReportBuilder:
                 "unpriced_requests",
             ),
             rows,
-        )
+        ), [_UNFITTED_BUDGETS] if unfitted else []
 
 
 def _per_model(totals: list[Totals]) -> list[Totals]:
@@ -804,7 +819,8 @@ def _rows_sql(table: str, grain: str) -> str:
         CROSS JOIN LATERAL (
             SELECT * FROM {table} r
             WHERE r.dimension = %(d)s AND r.period_start >= p.lo AND r.period_start < p.hi
-              AND (%(key)s::text IS NULL OR %(key)s IN (r.key1, r.key2))
+              AND (%(key1)s::text IS NULL OR r.key1 = %(key1)s)
+              AND (%(key2)s::text IS NULL OR r.key2 = %(key2)s)
             OFFSET 0) r"""
 
 
@@ -816,7 +832,10 @@ _SPANS = (
 
 
 def _span_params(dimension: str, key: str | None, bounds: Sequence[datetime]) -> dict[str, object]:
-    params: dict[str, object] = {"d": dimension, "key": key}
+    # A model's rows are keyed by provider and model: its key is the second, and a
+    # provider of the same name ("mistral") is another key, never matched for it.
+    keyed = "key2" if dimension == "model" else "key1"
+    params: dict[str, object] = {"d": dimension, "key1": None, "key2": None, keyed: key}
     for grain, found in zip(("day", "quarter"), span_pieces(bounds), strict=True):
         for field in _Piece._fields:
             params[f"{grain}_{field}"] = [getattr(piece, field) for piece in found]

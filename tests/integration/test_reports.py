@@ -737,3 +737,96 @@ async def test_exports_are_json_csv_and_markdown(
     markdown = report.to_markdown()
     assert "| cost_usd | requests |" in markdown
     assert "| 0.13 | 1 |" in markdown  # money shown to the cent, half up
+
+
+async def test_a_model_budget_at_this_pace_counts_its_model_alone_not_a_provider_of_its_name(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A custom 50-day budget of the model "mistral" (served by ollama, $1 a day before
+    it), beside the provider "mistral"'s own model mistral-large ($10 a day): at this pace
+    it ends at $50. The model rollups' rows were matched on either key, provider or model,
+    so the provider's calls were forecast into the model's budget ($550, exhausted on day
+    28)."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    policy = BudgetPolicy(
+        policy_id="mistral-model",
+        name="Mistral model",
+        scope=BudgetScope.MODEL,
+        scope_key="mistral",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=50),
+        limit_amount=Decimal(300),
+    )
+    days = [today - timedelta(days=d, hours=-12) for d in (1, 2, 3)]
+    model = [usage_event(cost="1.00", at=at, provider="ollama", model="mistral") for at in days]
+    provider = [
+        usage_event(cost="10.00", at=at, provider="mistral", model="mistral-large") for at in days
+    ]
+    await publish(
+        nc, topology, [PolicySet(occurred_at=utc_now(), policy=policy), *model, *provider]
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert budget["projected_at_period_end_usd"] == Decimal("50.00")
+    assert budget["exhausted_on"] is None
+
+
+async def test_a_budget_of_an_empty_key_from_the_log_is_forecast_from_no_call(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A user budget of the key "" (an old log's: it applies to no call) beside $1 a day
+    of calls without a user: it spends nothing and has no day of spend to forecast
+    from. It was forecast from the calls of every user (then from those without one),
+    $50."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    blank = BudgetPolicy(
+        policy_id="blank",
+        name="Blank",
+        scope=BudgetScope.USER,
+        scope_key="",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=50),
+        limit_amount=Decimal(30),
+    )
+    anonymous = [
+        usage_event(cost="1.00", at=today - timedelta(days=d, hours=-12), user=None)
+        for d in (1, 2, 3)
+    ]
+    await publish(nc, topology, [PolicySet(occurred_at=utc_now(), policy=blank), *anonymous])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert (budget["spent_usd"], budget["exhausted_on"]) == (Decimal(0), None)
+    assert budget["projected_at_period_end_usd"] is None  # nothing of its own to fit
+
+
+async def test_a_budget_without_a_day_of_its_own_spend_has_no_projection_and_says_why(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Bob's $20 monthly budget, his first call today ($3), beside alice's $10 a day before
+    it: the report forecasts the days from alice's, but bob's budget has nothing of his to
+    fit. Its projection at the period's end was his $3 so far, as if he would spend no
+    more; it is empty, and a note says why."""
+    now = utc_now()
+    policy = BudgetPolicy(
+        policy_id="bob",
+        name="Bob",
+        scope=BudgetScope.USER,
+        scope_key="bob",
+        period=BudgetPeriod.MONTHLY,
+        limit_amount=Decimal(20),
+    )
+    alice = [usage_event(cost="10.00", at=now - timedelta(days=d)) for d in (1, 2, 3)]
+    bob = usage_event(cost="3.00", at=now, user="bob")
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *alice, bob])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    assert report.main.rows  # the days are forecast, from alice's spend
+    [budget] = report.tables[2].records()
+    assert (budget["spent_usd"], budget["exhausted_on"]) == (Decimal("3.00"), None)
+    assert budget["projected_at_period_end_usd"] is None
+    assert any("has no projection at its period's end" in note for note in report.notes)
+    assert "| Bob | " in report.to_markdown()
