@@ -3,8 +3,10 @@
 SQLite in WAL mode: several host processes may share one spool directory; whoever
 re-sends first wins, and the event id makes a second re-send harmless. One connection,
 used from the publisher's loop and from worker threads (``budget.spool_writer``) in turn.
-An event NATS can never take (larger than its ``max_payload``) is moved to the table
-``dead_letters``, with the reason, rather than re-sent forever.
+An event NATS refuses (the credential may not publish its subject) or can never take
+(larger than its ``max_payload``) is moved to the table ``dead_letters``, with the
+reason, rather than re-sent forever; ``budget spool resend`` puts it back once the cause
+is fixed.
 
 Opened when first written (read, if its file exists): a directory that cannot be made
 (read-only, a file in its path) fails only the writes of the events that need the spool,
@@ -13,15 +15,16 @@ not the publisher, nor a process that never needs it.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Spool", "SpooledEvent"]
+__all__ = ["DeadLetter", "Spool", "SpooledEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,16 @@ class SpooledEvent:
     event_id: str
     subject: str
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event NATS refused (its credential may not publish it) or can never take (too
+    large), why, and when (seconds since the epoch)."""
+
+    event: SpooledEvent
+    reason: str
+    dead_at: float
 
 
 class Spool:
@@ -81,24 +94,30 @@ class Spool:
         ``dead_letters`` (out of the spool if there)."""
         now = time.time()
         buried = list(bury)
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(e.event_id, e.subject, e.payload, now) for e in put],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO dead_letters"
+                " (event_id, subject, payload, reason, dead_at) VALUES (?, ?, ?, ?, ?)",
+                [(e.event_id, e.subject, e.payload, why, now) for e, why in buried],
+            )
+            db.executemany(
+                "DELETE FROM spool WHERE event_id = ?",
+                [(i,) for i in remove] + [(e.event_id,) for e, _ in buried],
+            )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed when the block ends (under ``_lock``)."""
         with self._lock:
             db = self._opened()
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(
-                    "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    [(e.event_id, e.subject, e.payload, now) for e in put],
-                )
-                db.executemany(
-                    "INSERT OR IGNORE INTO dead_letters"
-                    " (event_id, subject, payload, reason, dead_at) VALUES (?, ?, ?, ?, ?)",
-                    [(e.event_id, e.subject, e.payload, why, now) for e, why in buried],
-                )
-                db.executemany(
-                    "DELETE FROM spool WHERE event_id = ?",
-                    [(i,) for i in remove] + [(e.event_id,) for e, _ in buried],
-                )
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 # SQLite rolls back by itself on some errors (a full disk): a second
@@ -113,12 +132,34 @@ class Spool:
         )
         return [SpooledEvent(*row) for row in rows]
 
-    def dead_letters(self) -> list[tuple[SpooledEvent, str]]:
-        """The events NATS can never take, with the reason, oldest first."""
+    def dead_letters(self) -> list[DeadLetter]:
+        """The events NATS refused or can never take, oldest first."""
         rows = self._read(
-            "SELECT event_id, subject, payload, reason FROM dead_letters ORDER BY dead_at"
+            "SELECT event_id, subject, payload, reason, dead_at FROM dead_letters ORDER BY dead_at"
         )
-        return [(SpooledEvent(*row[:3]), row[3]) for row in rows]
+        return [DeadLetter(SpooledEvent(*row[:3]), row[3], row[4]) for row in rows]
+
+    def revive(self, event_ids: Collection[str] | None = None) -> list[str]:
+        """Move dead letters (those of ``event_ids``; all with None) back into the spool,
+        to be sent again (``budget spool resend``: the credential or the server's limit
+        that refused them was fixed). Returns the ids moved, oldest first."""
+        if not self.path.exists():
+            return []
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT event_id, subject, payload, dead_at FROM dead_letters ORDER BY dead_at"
+            ).fetchall()
+            if event_ids is not None:
+                rows = [row for row in rows if row[0] in event_ids]
+            db.executemany(
+                "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            db.executemany(
+                "DELETE FROM dead_letters WHERE event_id = ?", [(row[0],) for row in rows]
+            )
+        return [row[0] for row in rows]
 
     def __len__(self) -> int:
         rows = self._read("SELECT count(*) FROM spool")

@@ -43,6 +43,7 @@ from services.cli_alerts import alerts_app
 from services.cli_context import (
     load_checked_settings,
     query_time_option,
+    require_nats,
     settings,
     tracker,
     use_settings,
@@ -53,6 +54,7 @@ from services.cli_nats import nats_app
 from services.cli_policies import check, policy_app
 from services.cli_prices import app as prices_app
 from services.cli_reports import report_app
+from services.cli_spool import spool_app
 from services.doctor import doctor
 from services.embedded import ServerStartError
 from services.ops import ConnectError, database, nats_client, prepare
@@ -76,6 +78,9 @@ app.add_typer(alerts_app, name="alerts", help="List, show, acknowledge, resolve 
 app.add_typer(report_app, name="report", help="Reports, forecasts and usage history.")
 app.add_typer(keys_app, name="api-key", help="Create, list and revoke HTTP API keys.")
 app.add_typer(nats_app, name="nats-credential", help="Add, remove, list NATS users.")
+app.add_typer(
+    spool_app, name="spool", help="Show a host's spool and dead letters; send them again."
+)
 app.command()(doctor)
 
 
@@ -338,7 +343,7 @@ def record(
         async with tracker() as started:
             publisher = started.publisher
             assert isinstance(publisher, EventPublisher)  # a CLI tracker publishes
-            _require_nats(publisher, "nothing was recorded")
+            require_nats(publisher, "nothing was recorded")
             await publisher.resend_spool()  # what an earlier run could not send
             event = await started.record_usage(
                 model=model,
@@ -372,17 +377,6 @@ def record(
         return event.model_dump_json(indent=2, exclude_none=True)
 
     typer.echo(_run(go()))
-
-
-def _require_nats(publisher: EventPublisher, outcome: str) -> None:
-    """A command fails while NATS is away rather than leave a spool: none of its runs
-    lives long enough to send one."""
-    if not publisher.connected:
-        raise ConnectError(
-            f"cannot reach NATS at {shown_url(publisher.config.nats_url)}, or it refused the"
-            f" credential; {outcome}. Start it with `budget up`, or check BUDGET_NATS_URL,"
-            " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE"
-        )
 
 
 def _split_tag(text: str) -> tuple[str, str]:
@@ -467,7 +461,7 @@ def reprice(
             publisher = EventPublisher(PublisherConfig.from_settings(current))
             await publisher.start()
             try:
-                _require_nats(publisher, "nothing was published")
+                require_nats(publisher, "nothing was published")
                 await publish_corrections(publisher, changes)
             finally:
                 await publisher.close()

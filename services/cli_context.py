@@ -11,17 +11,20 @@ from typing import Any, TypeVar
 import typer
 from pydantic import TypeAdapter, ValidationError
 
-from budget.config import ConfigError, Settings, load_settings, setting_source
+from budget.config import ConfigError, Settings, load_settings, setting_source, shown_url
+from budget.publisher import EventPublisher
 from budget.tracker import UsageTracker, start_usage_tracker
 from events.queries import query_time
 from projections.database_queries import DatabaseQueries
 from projections.db import check_database_url
+from services.ops import ConnectError
 
 __all__ = [
     "checked",
     "database_queries",
     "load_checked_settings",
     "query_time_option",
+    "require_nats",
     "settings",
     "tracker",
     "use_settings",
@@ -61,6 +64,17 @@ async def tracker() -> AsyncIterator[UsageTracker]:
         yield started
     finally:
         await started.close()
+
+
+def require_nats(publisher: EventPublisher, outcome: str) -> None:
+    """A command fails while NATS is away rather than leave a spool: none of its runs
+    lives long enough to send one."""
+    if not publisher.connected:
+        raise ConnectError(
+            f"cannot reach NATS at {shown_url(publisher.config.nats_url)}, or it refused the"
+            f" credential; {outcome}. Start it with `budget up`, or check BUDGET_NATS_URL,"
+            " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE"
+        )
 
 
 @contextlib.asynccontextmanager

@@ -279,9 +279,9 @@ async def test_an_event_too_large_spooled_while_nats_was_down_is_set_aside_not_r
             return len(publisher.spool) == 0
 
         await wait_for(spool_sent)
-    [(dead, reason)] = publisher.spool.dead_letters()
-    assert dead.event_id == str(huge.event_id)
-    assert "max_payload" in reason
+    [dead] = publisher.spool.dead_letters()
+    assert dead.event.event_id == str(huge.event_id)
+    assert "max_payload" in dead.reason
     assert any(str(huge.event_id) in r.getMessage() for r in caplog.records)
     await publisher.close()
     stored = await stored_event_ids(embedded_nats.url, private_log)

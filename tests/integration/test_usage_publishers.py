@@ -174,6 +174,7 @@ async def test_an_event_the_credential_may_not_publish_is_kept_in_the_spools_dea
     )
     publisher.spool.update(put=[SpooledEvent(str(change.event_id), subject, encode(change))])
     await resend_spool(publisher)
-    [(dead, reason)] = publisher.spool.dead_letters()
-    assert dead == SpooledEvent(str(change.event_id), subject, encode(change))
-    assert reason.startswith(f"refused by NATS: the NATS user 'host' may not publish to {subject};")
+    [dead] = publisher.spool.dead_letters()
+    assert dead.event == SpooledEvent(str(change.event_id), subject, encode(change))
+    refused = f"refused by NATS: the NATS user 'host' may not publish to {subject};"
+    assert dead.reason.startswith(refused)
