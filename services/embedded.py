@@ -173,6 +173,12 @@ class EmbeddedNats(_Server):
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status of a server that exited on its own (negative: the signal that
+        ended it); None while it runs or when it was never started."""
+        return self._proc.poll() if self._proc is not None else None
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Self:

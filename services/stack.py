@@ -15,8 +15,9 @@ then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration)
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
 ``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set (a network door's process, e.g. ``api``,
 gets the URL of its own database role: ``services.database_roles``), restarting a worker
-that dies with an exponential backoff. SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after
-``stop_timeout``), then NATS, then PostgreSQL.
+that dies with an exponential backoff, and NATS if it dies (same port, same store).
+SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after ``stop_timeout``), then NATS,
+then PostgreSQL.
 
 Every child runs in its own session, so a Ctrl-C in the terminal reaches this supervisor only
 and the shutdown happens in that order rather than all at once.
@@ -271,6 +272,9 @@ async def serve_stack(
                         name=f"supervise-{worker.name}",
                     )
                 )
+            tasks.append(
+                asyncio.create_task(_keep_nats_up(nats, stopping, save_state), name="keep-nats")
+            )
             await _until_started(supervised, stop)
             info = StackInfo(
                 data_dir=data_dir,
@@ -429,6 +433,33 @@ async def _supervise(
         )
         await wait_set(stopping, delay)
         delay = min(delay * 2, max_delay)
+
+
+async def _keep_nats_up(
+    nats: EmbeddedNats,
+    stopping: asyncio.Event,
+    on_restart: Callable[[], None],
+    interval: float = 1.0,
+) -> None:
+    """Restart NATS on its port with its store when it exits under the stack (killed, out
+    of memory): every worker and host app depends on it, and they reconnect on their own."""
+    while not await wait_set(stopping, interval):
+        if nats.running:
+            continue
+        if nats.exit_code is not None:  # else a restart failed, already logged
+            log.error(
+                "NATS (pid %s) exited (%s); restarting it on %s (its log: %s)",
+                nats.pid,
+                nats.exit_code,
+                shown_url(nats.url),
+                nats.log_file,
+            )
+        try:
+            await asyncio.to_thread(nats.start)
+        except ServerStartError as exc:
+            log.error("NATS did not restart, trying again in %.0fs: %s", interval, exc)
+        else:
+            on_restart()
 
 
 async def _until_started(workers: Sequence[_Worker], stop: asyncio.Event) -> None:

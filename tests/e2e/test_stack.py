@@ -308,6 +308,31 @@ def test_stack_cleans_up_after_a_killed_supervisor(
     assert not _processes_mentioning(stack.data_dir)
 
 
+def test_nats_killed_under_the_stack_is_restarted_on_its_port_with_its_data(
+    stack_factory: Callable[[list[str]], Stack],
+) -> None:
+    """NATS dying under `budget up` (killed, out of memory) stopped every worker's and host
+    app's work while the supervisor said nothing: it is restarted on the same port with
+    its JetStream store, and the log says so."""
+    stack = stack_factory(["good"])
+    first = stack.start()
+    os.kill(first["nats_pid"], signal.SIGKILL)
+
+    def restarted() -> bool:
+        pid = stack.state()["nats_pid"]
+        return isinstance(pid, int) and pid != first["nats_pid"] and _alive(pid)
+
+    _wait_for(restarted, 30, "NATS restarted")
+    second = stack.state()
+    assert second["nats_url"] == first["nats_url"], "host apps keep their BUDGET_NATS_URL"
+    assert f"NATS (pid {first['nats_pid']}) exited (-9); restarting it" in stack.output()
+    assert stack.stop() == 0, stack.output()
+    stack.start()
+    assert stack.prepared()["probe_messages"] == 2, "the JetStream store was kept"
+    assert stack.stop() == 0, stack.output()
+    assert not _processes_mentioning(stack.data_dir)
+
+
 def test_the_api_connects_as_its_own_role_and_a_leftover_one_is_stopped(
     stack_factory: Callable[[list[str]], Stack],
 ) -> None:
