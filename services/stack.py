@@ -15,7 +15,8 @@ then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration)
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
 ``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set (a network door's process, e.g. ``api``,
 gets the URL of its own database role: ``services.database_roles``), restarting a worker
-that dies with an exponential backoff, and NATS if it dies (same port, same store).
+that dies with an exponential backoff, and NATS or PostgreSQL if one dies (same port,
+same data).
 SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after ``stop_timeout``), then NATS,
 then PostgreSQL.
 
@@ -272,9 +273,12 @@ async def serve_stack(
                         name=f"supervise-{worker.name}",
                     )
                 )
-            tasks.append(
-                asyncio.create_task(_keep_nats_up(nats, stopping, save_state), name="keep-nats")
-            )
+            for name, server in (("NATS", nats), ("PostgreSQL", postgres)):
+                tasks.append(
+                    asyncio.create_task(
+                        _keep_up(name, server, stopping, save_state), name=f"keep-{name}"
+                    )
+                )
             await _until_started(supervised, stop)
             info = StackInfo(
                 data_dir=data_dir,
@@ -435,30 +439,40 @@ async def _supervise(
         delay = min(delay * 2, max_delay)
 
 
-async def _keep_nats_up(
-    nats: EmbeddedNats,
+async def _keep_up(
+    name: str,
+    server: EmbeddedNats | EmbeddedPostgres,
     stopping: asyncio.Event,
     on_restart: Callable[[], None],
     interval: float = 1.0,
 ) -> None:
-    """Restart NATS on its port with its store when it exits under the stack (killed, out
-    of memory): every worker and host app depends on it, and they reconnect on their own."""
+    """Restart ``server`` on its port with its data when it dies under the stack (killed,
+    out of memory): every worker and host app depends on it, and they reconnect on their
+    own, while a dead server would stall them with the supervisor saying nothing."""
+    pid = server.pid
+    retrying = False  # a failed start leaves nothing to call dead: try again regardless
     while not await wait_set(stopping, interval):
-        if nats.running:
+        how = server.died
+        if how is None and not retrying:
+            pid = server.pid if server.pid is not None else pid
             continue
-        if nats.exit_code is not None:  # else a restart failed, already logged
+        if not retrying:
             log.error(
-                "NATS (pid %s) exited (%s); restarting it on %s (its log: %s)",
-                nats.pid,
-                nats.exit_code,
-                shown_url(nats.url),
-                nats.log_file,
+                "%s (pid %s) died (%s); restarting it (its log: %s)",
+                name,
+                pid,
+                how,
+                server.log_path,
             )
         try:
-            await asyncio.to_thread(nats.start)
+            await asyncio.to_thread(server.revive)
         except ServerStartError as exc:
-            log.error("NATS did not restart, trying again in %.0fs: %s", interval, exc)
+            log.error("%s did not restart, trying again in %.0fs: %s", name, interval, exc)
+            retrying = True
         else:
+            retrying = False
+            pid = server.pid
+            log.info("%s restarted (pid %s)", name, pid)
             on_restart()
 
 
