@@ -139,7 +139,9 @@ def up(
     in the data directory; NATS takes no anonymous client. Each process serves Prometheus
     metrics on its own port of 127.0.0.1 to scrapers bearing that token, listed in the
     banner and in <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a
-    Prometheus config that scrapes them all with it. Stops cleanly on Ctrl-C."""
+    Prometheus config that scrapes them all with it. A worker, NATS or PostgreSQL that
+    dies is restarted (the servers on the same address with their data), each logged.
+    Stops cleanly on Ctrl-C."""
     from events.permissions import OWN_USERS
     from services.api.keys import first_admin_key
     from services.nats_config import NatsCredentials, stack_client_tls, write_config

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ __all__ = [
     "checked",
     "database_queries",
     "load_checked_settings",
+    "option_message",
     "query_time_option",
     "require_nats",
     "settings",
@@ -85,12 +87,26 @@ async def database_queries() -> AsyncIterator[DatabaseQueries]:
         yield queries
 
 
-def validation_message(exc: ValidationError, subject: str | None = None) -> str:
+def validation_message(
+    exc: ValidationError, subject: str | None = None, options: Mapping[str, str] | None = None
+) -> str:
     """Pydantic's first complaint as ``field: what is wrong`` in one line (its own report
-    runs to several and ends with a link); ``subject`` names a whole-model complaint."""
+    runs to several and ends with a link); ``subject`` names a whole-model complaint;
+    ``options``: as for ``option_message``."""
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"]) or subject or exc.title
-    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+    return option_message(where, error["msg"].removeprefix("Value error, "), options or {})
+
+
+def option_message(field: str, message: str, options: Mapping[str, str]) -> str:
+    """``field: message``, naming each field by the command's option that fills it
+    (``options``), so the user reads what they typed (``--limit``, not ``limit_amount``):
+    ``field`` always, in ``message`` the fields that cannot be an English word (``scope_key``
+    can, ``name`` cannot be told from one)."""
+    for name, option in options.items():
+        if "_" in name:
+            message = re.sub(rf"\b{re.escape(name)}\b", option, message)
+    return f"{options.get(field, field)}: {message}"
 
 
 def query_time_option(value: datetime, option: str) -> datetime:

@@ -13,12 +13,19 @@ import typer
 from pydantic import ValidationError
 
 from budget.manager import BudgetManager
-from budget.policies import settable_policy
+from budget.policies import PolicyFieldError, settable_policy
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import PolicyId
 from events.rpc import CheckResult
 from events.usage import MAX_TOKENS, Usd
-from services.cli_context import checked, database_queries, settings, tracker, validation_message
+from services.cli_context import (
+    checked,
+    database_queries,
+    option_message,
+    settings,
+    tracker,
+    validation_message,
+)
 
 __all__ = ["check", "policy_app"]
 
@@ -29,6 +36,22 @@ policy_app = typer.Typer(no_args_is_help=True)
 async def _manager() -> AsyncIterator[BudgetManager]:
     async with tracker() as started, database_queries() as queries:
         yield BudgetManager(settings(), started, queries=queries)
+
+
+_SET_OPTIONS = {
+    "limit_amount": "--limit",
+    "scope_key": "--key",
+    "custom_start": "--start",
+    "custom_end": "--end",
+    "soft_limit_percent": "--soft-percent",
+    "policy_id": "--id",
+    "name": "--name",
+    "scope": "--scope",
+    "period": "--period",
+    "action": "--action",
+    "timezone": "--timezone",
+}
+"""``policy set``'s option for each policy field: its errors name what the user typed."""
 
 
 @policy_app.command("set")
@@ -59,7 +82,7 @@ def set_policy(
     ] = None,
 ) -> None:
     """Create a policy, or replace one with --id. Returns once the policy is live."""
-    fields = {
+    fields: dict[str, object] = {
         "name": name,
         "limit_amount": limit,
         "scope": scope,
@@ -76,8 +99,11 @@ def set_policy(
     try:
         policy = BudgetPolicy.model_validate(fields)
     except ValidationError as exc:
-        raise ValueError(validation_message(exc, "policy")) from None
-    policy = settable_policy(policy)  # refused before anything connects
+        raise ValueError(validation_message(exc, "policy", _SET_OPTIONS)) from None
+    try:
+        policy = settable_policy(policy)  # refused before anything connects
+    except PolicyFieldError as exc:
+        raise ValueError(option_message(exc.field, exc.message, _SET_OPTIONS)) from None
 
     async def go() -> None:
         async with _manager() as manager:

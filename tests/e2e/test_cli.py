@@ -1026,7 +1026,7 @@ def test_bad_policy_option_is_one_line(deployment: Budget) -> None:
     )
     assert (done.returncode, done.stderr) == (
         2,
-        "budget: custom_start: custom bounds must fall on a quarter hour"
+        "budget: --start: custom bounds must fall on a quarter hour"
         " (got 2026-01-01T00:07:00+00:00)\n",
     )
 

@@ -61,6 +61,8 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
         ("--name", "", "--limit", "1"),
         ("--name", "x", "--limit", "1", "--id", "no spaces"),
         ("--name", "x", "--limit", "1", "--scope", "user", "--key", ""),
+        ("--name", "x", "--limit", "1", "--soft-percent", "150"),
+        ("--name", "x", "--limit", "1", "--period", "custom"),
     ],
     "policy list": [("--scope", "bogus")],
     "policy show": [("bad id",)],
@@ -203,7 +205,23 @@ def test_an_empty_policy_key_is_refused_before_connecting(
     outcomes: dict[str, Outcome],
 ) -> None:
     refused = outcomes["policy set --name x --limit 1 --scope user --key "].stderr
-    assert "scope_key: must not be empty" in refused and "each user separately" in refused
+    assert "--key: must not be empty" in refused and "omit --key to limit each user" in refused
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ("--name x --limit -1", "budget: --limit: "),
+        ("--name x --limit 1 --id no spaces", "budget: --id: "),
+        ("--name x --limit 1 --soft-percent 150", "budget: --soft-percent: "),
+        ("--name x --limit 1 --period custom", "budget: --start: a custom period needs --start"),
+    ],
+)
+def test_a_wrong_policy_option_is_named_as_typed(
+    outcomes: dict[str, Outcome], args: str, named: str
+) -> None:
+    """The user typed --limit, not the contract's limit_amount: the message names the option."""
+    assert outcomes[f"policy set {args}"].stderr.startswith(named), outcomes
 
 
 def test_an_output_file_that_cannot_be_written_is_refused_before_connecting(

@@ -308,6 +308,38 @@ def test_stack_cleans_up_after_a_killed_supervisor(
     assert not _processes_mentioning(stack.data_dir)
 
 
+@pytest.mark.parametrize("server", ["NATS", "PostgreSQL"])
+def test_a_server_killed_under_the_stack_is_restarted_with_its_data(
+    stack_factory: Callable[[list[str]], Stack], server: str
+) -> None:
+    """NATS or PostgreSQL dying under `budget up` (killed, out of memory) stalled every
+    worker and host app while the supervisor said nothing: it is restarted on the same
+    address with its data, and the log says so."""
+    pid_key = {"NATS": "nats_pid", "PostgreSQL": "postgres_pid"}[server]
+    stack = stack_factory(["good"])
+    first = stack.start()
+    os.kill(first[pid_key], signal.SIGKILL)
+
+    def restarted() -> bool:
+        pid = stack.state()[pid_key]
+        return isinstance(pid, int) and pid != first[pid_key] and _alive(pid)
+
+    _wait_for(restarted, 60, f"{server} restarted")
+    second = stack.state()
+    assert (second["nats_url"], second["database_url"]) == (
+        first["nats_url"],
+        first["database_url"],
+    ), "workers and host apps keep their URLs"
+    died = f"{server} (pid {first[pid_key]}) died ("
+    assert died in stack.output() and "restarting it" in stack.output()
+    assert stack.stop() == 0, stack.output()
+    stack.start()
+    assert stack.prepared()["probe_messages"] == 2, "the JetStream store was kept"
+    assert stack.prepared()["runs"] == 2, "PostgreSQL's data was kept"
+    assert stack.stop() == 0, stack.output()
+    assert not _processes_mentioning(stack.data_dir)
+
+
 def test_the_api_connects_as_its_own_role_and_a_leftover_one_is_stopped(
     stack_factory: Callable[[list[str]], Stack],
 ) -> None:
