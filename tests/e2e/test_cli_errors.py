@@ -106,6 +106,8 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
     "nats-credential list": [("extra",)],
     "nats-credential remove": [(), ("host",), ("nobody",)],
     "doctor": [("--max-lag", "-1"), ("--days", "0")],
+    "spool show": [("extra",)],
+    "spool resend": [(), ("some-id", "--all"), ("no-such-id",)],
 }
 
 
