@@ -67,19 +67,23 @@ def resend(
                 " (see `budget spool show`)"
             )
         revived = spool.revive(None if all_dead else set(event_ids or ()))
+        queued, dead_before = len(spool), len(spool.dead_letters())
     finally:
         spool.close()
-    typer.echo(asyncio.run(_send(len(revived))))
+    typer.echo(asyncio.run(_send(len(revived), queued, dead_before)))
 
 
-async def _send(revived: int) -> str:
-    """Send the spool; what became of it, in one line."""
+async def _send(revived: int, queued: int, dead_before: int) -> str:
+    """Send the spool (``queued`` events, beside ``dead_before`` dead letters); what
+    became of it, in one line. What NATS acknowledged is counted from the spool, not from
+    this send: the tracker's own re-send, started as it connects, may take some first."""
     async with tracker() as started:
         publisher = started.publisher
         assert isinstance(publisher, EventPublisher)  # a CLI tracker publishes
         require_nats(publisher, f"the {revived} dead letters wait in the spool")
-        sent = await publisher.resend_spool()
+        await publisher.resend_spool()
         waiting, dead = len(publisher.spool), len(publisher.spool.dead_letters())
+    sent = queued - waiting - (dead - dead_before)
     return (
         f"{revived} dead letters back in the spool; NATS acknowledged {sent} events,"
         f" {waiting} still wait in the spool, {dead} dead letters"
