@@ -256,6 +256,12 @@ class Settings(BaseModel):
     heartbeat_file: Path | None = Field(
         default=None, description="workers touch it every few seconds (container health checks)"
     )
+    restart_hung_after: float = Field(
+        default=60,
+        ge=0,
+        description="`budget up` restarts a process whose heartbeat is this many seconds old"
+        " (alive, its loops not turning); 0: never",
+    )
     metrics_port: int | None = Field(
         default=None,
         gt=0,
@@ -371,6 +377,17 @@ class Settings(BaseModel):
         description="signs console cookies (the same on every replica); default: a secret"
         " made on first start in <data_dir>/api-session.secret",
     )
+
+    @field_validator("restart_hung_after")
+    @classmethod
+    def _hung_after_heartbeats(cls, value: float) -> float:
+        # Services touch their heartbeat every 5 s: a shorter wait would kill healthy ones.
+        if 0 < value < 15:
+            raise ValueError(
+                f"{value:g} seconds would restart healthy services, which show they turn"
+                " every 5 s: give at least 15, or 0 to never restart a hung one"
+            )
+        return value
 
     @model_validator(mode="after")
     def _default_hold_within_the_longest(self) -> Settings:

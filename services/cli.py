@@ -140,7 +140,9 @@ def up(
     metrics on its own port of 127.0.0.1 to scrapers bearing that token, listed in the
     banner and in <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a
     Prometheus config that scrapes them all with it. A worker, NATS or PostgreSQL that
-    dies is restarted (the servers on the same address with their data), each logged.
+    dies is restarted (the servers on the same address with their data), and so is a
+    worker alive but hung (its loops not turning for restart_hung_after seconds, 60 by
+    default), each logged.
     Stops cleanly on Ctrl-C."""
     from events.permissions import OWN_USERS
     from services.api.keys import first_admin_key
@@ -205,6 +207,7 @@ def up(
             nats_port=nats_port,
             nats_config=nats_config,
             nats_tls=nats_tls,
+            hang_after=current.restart_hung_after,
             extra_env={
                 "BUDGET_API_PORT": str(port),
                 "BUDGET_DATA_DIR": str(directory),

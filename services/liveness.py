@@ -15,11 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Liveness", "Loop"]
+from budget.waits import wait_set
+
+__all__ = ["HEARTBEAT_EVERY", "Liveness", "Loop", "heartbeat"]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 5.0
+"""Seconds between touches of a healthy service's heartbeat file."""
 
 
 class Loop:
@@ -100,3 +109,20 @@ class Liveness:
     def problems(self) -> list[str]:
         """What is wrong with the loops; empty when every one is turning."""
         return [p for p in (loop.problem() for loop in self._loops) if p is not None]
+
+
+async def heartbeat(
+    path: Path, stop: asyncio.Event, liveness: Liveness, every: float = HEARTBEAT_EVERY
+) -> None:
+    """Touch ``path`` while every loop of ``liveness`` turns, for a container health check
+    (and ``budget up``'s watch for hung processes): a dead or stalled loop, or an event loop
+    that no longer runs at all, lets the file age."""
+    reported: list[str] = []
+    while not stop.is_set():
+        problems = liveness.problems()
+        if not problems:
+            await asyncio.to_thread(path.touch)
+        elif problems != reported:
+            log.error("not healthy: %s", "; ".join(problems))
+        reported = problems
+        await wait_set(stop, every)

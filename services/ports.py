@@ -8,23 +8,30 @@ import socket
 
 from budget.config import Settings
 
-__all__ = ["PortTaken", "require_free", "require_metrics_port"]
+__all__ = ["PortTaken", "require_free", "require_metrics_port", "try_listen"]
 
 
 class PortTaken(ValueError):
     """A chosen port cannot be listened on; the message names it and what sets it."""
 
 
+def try_listen(host: str, port: int) -> None:
+    """Raises ``OSError`` unless a server could listen on ``host``:``port`` now, as servers
+    bind (``SO_REUSEADDR``): a port whose old connections linger in TIME_WAIT (a server
+    just stopped closed them) is free, one with a listener is not."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+
+
 def require_free(host: str, port: int, chosen_by: str) -> None:
-    """``PortTaken`` unless a server could listen on ``host``:``port`` now (as servers
-    bind: a port whose old connections linger is free, one with a listener is not)."""
+    """``PortTaken`` unless a server could listen on ``host``:``port`` now
+    (``try_listen``)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
+        try_listen(host, port)
     except OSError as exc:
         why = exc.strerror or str(exc)
         raise PortTaken(

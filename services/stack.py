@@ -10,13 +10,16 @@ Starts an embedded PostgreSQL and an embedded NATS (JetStream) under one data di
         credentials/       generated secrets, 0700 (``services.credentials``; PostgreSQL's
                            passwords and pgpass files: ``services.postgres_auth``)
         postgres/          PostgreSQL cluster (its server log is postgres/log)
+        run/               each worker's heartbeat file, touched while its loops turn
 
 then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration), then runs
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
 ``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set (a network door's process, e.g. ``api``,
 gets the URL of its own database role: ``services.database_roles``), restarting a worker
 that dies with an exponential backoff, and NATS or PostgreSQL if one dies (same port,
-same data).
+same data). A worker is also restarted when it is alive but hung: each touches its heartbeat
+file (``<data_dir>/run/<name>.heartbeat``) while its loops turn, and one whose file has not
+been touched for ``hang_after`` seconds is killed, then restarted like one that died.
 SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after ``stop_timeout``), then NATS,
 then PostgreSQL.
 
@@ -50,6 +53,7 @@ from services.credentials import credentials_dir
 from services.database_roles import DOOR_ROLES
 from services.embedded import EmbeddedNats, EmbeddedPostgres, ServerStartError
 from services.nats_config import move_streams_into_accounts
+from services.ports import try_listen
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -114,6 +118,10 @@ class _Worker:
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
 
+    @property
+    def heartbeat(self) -> Path:
+        return Path(self.env["BUDGET_HEARTBEAT_FILE"])
+
 
 def run_stack(
     data_dir: Path = DEFAULT_DATA_DIR,
@@ -127,6 +135,7 @@ def run_stack(
     database: str = "budget",
     stop_timeout: float = 10.0,
     restart_backoff: tuple[float, float] = (1.0, 30.0),
+    hang_after: float = 60.0,
     out: TextIO | None = None,
     extra_env: Mapping[str, str] | None = None,
     worker_env: Mapping[str, Mapping[str, str]] | None = None,
@@ -140,8 +149,10 @@ def run_stack(
     server's config file (users, permissions, TLS: ``services.nats_config``); ``nats_tls``:
     the clients' TLS context, for a config with TLS (its readiness check speaks TLS).
     ``restart_backoff``: first and maximum delay before restarting a worker that died
-    (doubling; reset after a worker ran for a minute). Raises ``StackError`` or the
-    exception of ``prepare`` if startup fails, after stopping whatever had started.
+    (doubling; reset after a worker ran for a minute). ``hang_after``: seconds after which a
+    worker whose heartbeat has not been touched is restarted (0: never). Raises
+    ``StackError`` or the exception of ``prepare`` if startup fails, after stopping
+    whatever had started.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -159,6 +170,7 @@ def run_stack(
             database=database,
             stop_timeout=stop_timeout,
             restart_backoff=restart_backoff,
+            hang_after=hang_after,
             out=out,
             extra_env=extra_env,
             worker_env=worker_env,
@@ -180,6 +192,7 @@ async def serve_stack(
     database: str = "budget",
     stop_timeout: float = 10.0,
     restart_backoff: tuple[float, float] = (1.0, 30.0),
+    hang_after: float = 60.0,
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[StackInfo], None] | None = None,
@@ -225,9 +238,17 @@ async def serve_stack(
     )
     stopping = asyncio.Event()
     supervised = [
-        _Worker(name, list(worker_command(name)), (worker_env or {}).get(name, {}))
+        _Worker(
+            name,
+            list(worker_command(name)),
+            {
+                "BUDGET_HEARTBEAT_FILE": str(data_dir / "run" / f"{name}.heartbeat"),
+                **(worker_env or {}).get(name, {}),
+            },
+        )
         for name in workers
     ]
+    (data_dir / "run").mkdir(exist_ok=True)
     tasks: list[asyncio.Task[None]] = []
     ready = False
 
@@ -268,7 +289,13 @@ async def serve_stack(
                 tasks.append(
                     asyncio.create_task(
                         _supervise(
-                            worker, env, stopping, restart_backoff, stop_timeout, save_state
+                            worker,
+                            env,
+                            stopping,
+                            restart_backoff,
+                            stop_timeout,
+                            save_state,
+                            hang_after=hang_after,
                         ),
                         name=f"supervise-{worker.name}",
                     )
@@ -365,9 +392,8 @@ def kept_port(record: Path, taken: Collection[int] = ()) -> int:
     with contextlib.suppress(OSError, ValueError):
         port = int(record.read_text().strip())
         if port not in taken:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", port))
-                return port
+            try_listen("127.0.0.1", port)  # a stopped server's lingering connections too
+            return port
     port = 0
     while port == 0 or port in taken:
         with socket.socket() as probe:
@@ -384,11 +410,10 @@ def _previous_port(data_dir: Path) -> int | None:
         port = int((data_dir / "nats" / "last-port").read_text().strip())
     except (OSError, ValueError):
         return None
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return None
+    try:
+        try_listen("127.0.0.1", port)
+    except OSError:
+        return None
     return port
 
 
@@ -399,6 +424,8 @@ async def _supervise(
     backoff: tuple[float, float],
     stop_timeout: float,
     on_start: Callable[[], None],
+    *,
+    hang_after: float,
 ) -> None:
     loop = asyncio.get_running_loop()
     first_delay, max_delay = backoff
@@ -422,7 +449,7 @@ async def _supervise(
                 await _terminate(worker, stop_timeout)
                 return
             on_start()
-            code = await worker.proc.wait()
+            code = await _until_exit(worker, worker.proc, hang_after)
         if stopping.is_set():
             return
         ran = loop.time() - started
@@ -437,6 +464,41 @@ async def _supervise(
         )
         await wait_set(stopping, delay)
         delay = min(delay * 2, max_delay)
+
+
+async def _until_exit(worker: _Worker, proc: asyncio.subprocess.Process, hang_after: float) -> int:
+    """The worker's exit status, once it exits, or once it is killed for hanging: its
+    heartbeat, touched since this start, has aged ``hang_after`` seconds (a process alive
+    with its loops stopped would answer nothing, and hold its work, forever)."""
+    if hang_after <= 0:
+        return await proc.wait()
+    started = time.time()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(hang_after / 4, 5.0)):  # not wait_for: budget.waits
+                return await proc.wait()
+        age = _heartbeat_age(worker.heartbeat, since=started)
+        if age is not None and age > hang_after:
+            log.error(
+                "worker %s (pid %s) is alive but has not turned its loops for %.0fs (its"
+                " heartbeat %s; its log says why); killing it to restart it",
+                worker.name,
+                proc.pid,
+                age,
+                worker.heartbeat,
+            )
+            _signal_group(proc, signal.SIGKILL)
+            return await proc.wait()
+
+
+def _heartbeat_age(path: Path, *, since: float) -> float | None:
+    """Seconds since ``path`` was last touched, when it was touched after ``since`` (a
+    process starting up, or one that never beats, is not judged by it); else None."""
+    try:
+        touched = path.stat().st_mtime
+    except OSError:
+        return None
+    return None if touched < since else time.time() - touched
 
 
 async def _keep_up(

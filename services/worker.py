@@ -16,7 +16,6 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -47,7 +46,7 @@ from projections.engine.runner import (
 )
 from projections.engine.shapes import live_shape_is_current
 from projections.registry import worker_projections
-from services.liveness import Liveness, Loop
+from services.liveness import Liveness, Loop, heartbeat
 from services.metrics import refresh_every, serve_metrics
 from services.ports import require_metrics_port
 
@@ -288,22 +287,6 @@ def tune_gc(*, prices: bool = True) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
-
-
-async def heartbeat(
-    path: Path, stop: asyncio.Event, liveness: Liveness, every: float = 5.0
-) -> None:
-    """Touch ``path`` while every loop of ``liveness`` turns, for a container health
-    check: a dead or stalled loop lets the file age, and the container turns unhealthy."""
-    reported: list[str] = []
-    while not stop.is_set():
-        problems = liveness.problems()
-        if not problems:
-            await asyncio.to_thread(path.touch)
-        elif problems != reported:
-            log.error("not healthy: %s", "; ".join(problems))
-        reported = problems
-        await _sleep_unless(stop, every)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -7,6 +7,7 @@ same query functions as the CLI and the query service; writes publish events the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from services.api.middleware import AccessLog, BodyLimit, CatchAll, NoNulCharact
 from services.api.problems import install_problem_handlers
 from services.api.routes import api_router, ingest
 from services.api.usage_fast_path import UsageFastPath
+from services.liveness import Liveness, heartbeat
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -48,7 +50,7 @@ def create_app(
         if services is not None:
             yield
             return
-        async with ApiServices.open(settings) as opened:
+        async with ApiServices.open(settings) as opened, _beating(settings.heartbeat_file):
             app.state.services = opened
             yield
 
@@ -93,3 +95,19 @@ def create_app(
     app.add_middleware(CatchAll)
     app.add_middleware(AccessLog)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _beating(path: Path | None) -> AsyncIterator[None]:
+    """Touch ``path`` (if any) while the app's event loop runs: a blocked or hung loop
+    lets it age, and ``budget up`` restarts the process (``services.stack``)."""
+    if path is None:
+        yield
+        return
+    stop = asyncio.Event()
+    beating = asyncio.create_task(heartbeat(path, stop, Liveness()))
+    try:
+        yield
+    finally:
+        stop.set()
+        await beating

@@ -719,13 +719,17 @@ class Stack:
 
 
 @pytest.fixture
-def budget_up(base_env: dict[str, str], tmp_path: Path, server_tmp_path: Path) -> Iterator[Stack]:
+def budget_up(
+    base_env: dict[str, str], tmp_path: Path, server_tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     """``budget up`` just started on a fresh data directory (under ``server_tmp_path``:
-    PostgreSQL's user must reach it). Afterwards nothing it started may survive, whatever
-    the test did: SIGTERM, then SIGKILL for the supervisor, the workers it recorded in
-    ``stack.json`` and anything running from the data directory."""
+    PostgreSQL's user must reach it), with the variables of an indirect parameter if any.
+    Afterwards nothing it started may survive, whatever the test did: SIGTERM, then
+    SIGKILL for the supervisor, the workers it recorded in ``stack.json`` and anything
+    running from the data directory."""
     data_dir = server_tmp_path / "data"
-    service = Budget(base_env, tmp_path).start("up", "--data-dir", str(data_dir))
+    env = {**base_env, **getattr(request, "param", {})}
+    service = Budget(env, tmp_path).start("up", "--data-dir", str(data_dir))
     try:
         yield Stack(service, data_dir)
     finally:
@@ -868,6 +872,54 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     pids = {**banner.worker_pids, **servers}
     assert {name: pid for name, pid in pids.items() if _alive(pid)} == {}
     assert _processes_mentioning(budget_up.data_dir) == []
+
+
+@pytest.mark.parametrize("budget_up", [{"BUDGET_RESTART_HUNG_AFTER": "15"}], indirect=True)
+def test_budget_up_restarts_a_service_that_hangs(budget_up: Stack) -> None:
+    """An enforcer alive but hung (stopped here with SIGSTOP, as a deadlock would leave it)
+    answered no check, for ever, while `budget up` saw its process running: every process
+    shows its loops turning in a heartbeat file, and one whose file ages is restarted."""
+    up = budget_up.service
+    banner = eventually(
+        lambda: parse_banner(up.output()),
+        lambda b: b is not None or not up.running(),
+        90,
+        "budget up banner",
+    )
+    assert banner is not None, up.output()
+    beats = budget_up.data_dir / "run"
+    eventually(
+        lambda: {p.name for p in beats.glob("*.heartbeat")},
+        lambda found: found == {f"{name}.heartbeat" for name in STACK_WORKERS},
+        90,
+        "a heartbeat from every process of the stack, the HTTP API's too",
+    )
+    hung = banner.worker_pids["enforcer"]
+    os.kill(hung, signal.SIGSTOP)
+    state = eventually(
+        lambda: json.loads((budget_up.data_dir / "stack.json").read_text()),
+        lambda state: state["workers"]["enforcer"] != hung,
+        120,
+        "the hung enforcer restarted",
+    )
+    assert not _alive(hung)
+    assert f"worker enforcer (pid {hung}) is alive but has not turned its loops" in up.output()
+    console = re.search(r"web console\s+(http://127\.0\.0\.1:\d+)/", up.output())
+    assert console is not None, up.output()
+    key = (budget_up.data_dir / "admin.key").read_text().strip()
+    eventually(
+        lambda: httpx.get(
+            f"{console[1]}/api/v1/services", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ).json(),
+        lambda services: all(s["ok"] for s in services),
+        CATCH_UP,
+        "every service answering, the restarted enforcer too",
+    )
+    assert (
+        state["workers"]["enforcer"]
+        == json.loads((budget_up.data_dir / "stack.json").read_text())["workers"]["enforcer"]
+    ), "restarted once"
+    assert up.stop(signal.SIGINT, grace=60) == 0, up.output()
 
 
 # -- budget api-key ---------------------------------------------------------------------------

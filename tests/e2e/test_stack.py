@@ -62,7 +62,7 @@ def command(name: str) -> list[str]:
 
 sys.exit(run_stack(
     data_dir, workers, prepare=prepare, worker_command=command,
-    stop_timeout=1.0, restart_backoff=(0.1, 0.5),
+    stop_timeout=1.0, restart_backoff=(0.1, 0.5), hang_after=3.0,
 ))
 """
 
@@ -81,6 +81,13 @@ if name == "crashy":
     sys.exit(3)
 if name == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if name in ("hangs", "beats"):
+    # Shows its loops turning, then (hangs) stops as a deadlocked process would.
+    beat = Path(os.environ["BUDGET_HEARTBEAT_FILE"])
+    for _ in range(10 if name == "hangs" else 10**9):
+        beat.touch()
+        (marks / f"{name}.{os.getpid()}.beat").touch()
+        time.sleep(0.1)
 if name == "good":
     # A grandchild that outlives its parent unless the process group is signalled.
     child = subprocess.Popen(["sleep", "1000"])
@@ -254,6 +261,30 @@ def test_stack_supervises_and_stops_cleanly(
     assert not leftovers, leftovers
     assert not _processes_mentioning(stack.data_dir)
     assert not (stack.data_dir / "stack.json").exists()
+
+
+def test_a_hung_worker_is_killed_and_restarted_and_a_beating_one_is_not(
+    stack_factory: Callable[[list[str]], Stack],
+) -> None:
+    """A worker alive but hung (its heartbeat no longer touched) answered nothing, for
+    ever, while `budget up` saw a running process: it is killed and restarted once its
+    heartbeat is ``hang_after`` (3 s here) old; one whose heartbeat keeps moving is left."""
+    stack = stack_factory(["hangs", "beats"])
+    state = stack.start()
+    marks = stack.marks
+    _wait_for(lambda: len(_pids(marks, "hangs.*.beat")) >= 2, 60, "the hung worker restarted")
+    first = min(_pids(marks, "hangs.*.started"))
+    assert not _alive(first), "the hung worker was killed"
+    out = stack.output()
+    assert f"worker hangs (pid {first}) is alive but has not turned its loops for" in out
+    assert "worker hangs exited (-9)" in out, out
+    # every worker was given its own heartbeat file under the data directory
+    beats = stack.data_dir / "run"
+    assert {p.name for p in beats.iterdir()} == {"hangs.heartbeat", "beats.heartbeat"}
+    (beating,) = _pids(marks, "beats.*.started")
+    assert beating == state["workers"]["beats"] and _alive(beating)
+    assert "worker beats" not in out.partition("Budget Manager is up")[2]
+    assert stack.stop() == 0, stack.output()
 
 
 def test_stack_keeps_data_and_port_and_refuses_a_second_stack(

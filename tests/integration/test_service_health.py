@@ -21,9 +21,9 @@ from events.rpc import RPC_CHECK, RPC_SNAPSHOT, CallAttributes, CheckRequest, Ch
 from projections.db import connect
 from services.embedded import EmbeddedPostgres
 from services.enforcer import EnforcerConfig
-from services.liveness import Liveness
+from services.liveness import Liveness, heartbeat
 from services.ops import prepare
-from services.worker import heartbeat, run_projection
+from services.worker import run_projection
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
 from support import publish, rows, usage_event, wait_for
@@ -69,7 +69,7 @@ async def test_a_stalled_decision_loop_is_reported_and_recovers(
                 """the heartbeat reports the stall"""
                 return "enforcer decision loop stalled" in caplog.text
 
-            with caplog.at_level(logging.ERROR, logger="services.worker"):
+            with caplog.at_level(logging.ERROR, logger="services.liveness"):
                 await wait_for(reported, within=WITHIN)
             assert "enforcer: not healthy: enforcer decision loop stalled" in await refusal(
                 stack, rpc(RPC_CHECK), check("b")

@@ -57,6 +57,26 @@ def test_bad_environment_value_names_the_variable(
         load_settings(environ={"BUDGET_CACHE_TTL": "-1"})
 
 
+@pytest.mark.parametrize(("value", "taken"), [("0", 0.0), ("15", 15.0), ("90.5", 90.5)])
+def test_a_hung_process_is_restarted_after_heartbeats_missed_or_never(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, taken: float
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={"BUDGET_RESTART_HUNG_AFTER": value})
+    assert settings.restart_hung_after == taken
+
+
+@pytest.mark.parametrize("value", ["5", "14.9", "-1"])
+def test_a_wait_that_would_restart_healthy_processes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Healthy services touch their heartbeat every 5 s: under 15 s, a busy one could be
+    killed between two touches."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^environment variable BUDGET_RESTART_HUNG_AFTER: "):
+        load_settings(environ={"BUDGET_RESTART_HUNG_AFTER": value})
+
+
 def test_bad_file_value_names_the_key_and_file(tmp_path: Path) -> None:
     path = write(tmp_path, "budget:\n  default_action: explode\n")
     with pytest.raises(ConfigError, match=r"budget\.default_action in .*config\.yaml"):
