@@ -26,6 +26,9 @@ from typing import Any
 
 __all__ = ["DeadLetter", "Spool", "SpooledEvent"]
 
+_PUT = "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at) VALUES (?, ?, ?, ?)"
+"""An event into the spool; one already there stays as it is."""
+
 
 @dataclass(frozen=True, slots=True)
 class SpooledEvent:
@@ -96,8 +99,7 @@ class Spool:
         buried = list(bury)
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
-                " VALUES (?, ?, ?, ?)",
+                _PUT,
                 [(e.event_id, e.subject, e.payload, now) for e in put],
             )
             db.executemany(
@@ -152,8 +154,7 @@ class Spool:
             if event_ids is not None:
                 rows = [row for row in rows if row[0] in event_ids]
             db.executemany(
-                "INSERT OR IGNORE INTO spool (event_id, subject, payload, spooled_at)"
-                " VALUES (?, ?, ?, ?)",
+                _PUT,
                 rows,
             )
             db.executemany(
