@@ -3,6 +3,7 @@ settlement), and a retried usage post never counted twice."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -12,8 +13,9 @@ import psycopg
 import pytest
 
 from budget.periods import Period
-from events import ApiRole
+from events import ApiRole, UsageRecorded, encode
 from events.subjects import API_KEY_CALLER
+from services.ops import nats_client
 
 from http_support import call, eventually
 from live import LiveStack
@@ -214,6 +216,51 @@ def test_an_event_id_is_one_call(ingest: httpx.Client, user: str) -> None:
     assert retry.status_code == 200 and retry.json()["event"] == stored.json()["event"]
     other = ingest.post("/api/v1/usage", json=call(user, event_id=event_id, model="gpt-4o-mini"))
     assert other.status_code == 409 and event_id in other.json()["detail"]
+
+
+def stored_without_message_id(stack: LiveStack, event: UsageRecorded) -> int:
+    """``event`` on the log as JetStream holds one stored before its duplicate window (2
+    minutes): under no message id it remembers. Its stream sequence."""
+
+    async def publish() -> int:
+        async with nats_client(stack.settings.nats_url) as nc:
+            subject = stack.settings.topology.event_subject(UsageRecorded.SUBJECT)
+            return (await nc.jetstream().publish(subject, encode(event))).seq
+
+    return asyncio.run(publish())
+
+
+def test_an_event_id_stored_before_the_duplicate_window_is_still_one_call(
+    stack: LiveStack, ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    """Beyond JetStream's window the ledger still knows the event: a retry is answered as
+    one (200, the stored event) and another call under its id is a 409, in a batch too,
+    never a 201 for an event that counts nowhere."""
+    first = ingest.post("/api/v1/usage", json=call(user)).json()["event"]
+    old_id = str(uuid.uuid4())
+    old = UsageRecorded.model_validate({**first, "event_id": old_id})
+    seq = stored_without_message_id(stack, old)
+    eventually(lambda: spend_of(viewer, user)[1] == 2, what="the old event counted")
+
+    retry = ingest.post("/api/v1/usage", json=call(user, event_id=old_id))
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == {
+        "event": old.model_dump(mode="json"),
+        "stream_seq": seq,
+        "duplicate": True,
+    }
+    other = ingest.post("/api/v1/usage", json=call(user, event_id=old_id, model="gpt-4o-mini"))
+    assert other.status_code == 409 and old_id in other.json()["detail"], other.text
+    batch = [call(user, event_id=old_id), call("someone-else", event_id=old_id)]
+    results = ingest.post("/api/v1/usage/batch", json={"events": batch}).json()["results"]
+    assert [(r["status"], r["stream_seq"]) for r in results] == [
+        ("duplicate", seq),
+        ("conflict", seq),
+    ]
+    fresh = ingest.post("/api/v1/usage", json=call(user, event_id=str(uuid.uuid4())))
+    assert fresh.status_code == 201, fresh.text
+    eventually(lambda: spend_of(viewer, user)[1] == 3, what="the fresh call counted")
+    assert spend_of(viewer, user) == (Decimal("0.0225"), 3)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ cannot be made to lose one on cue)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import pytest
@@ -49,13 +51,34 @@ class AckLosingJetStream:
         return SimpleNamespace(data=data)
 
 
+class UnprojectedDatabase:
+    """The database right after the posts: no projection has recorded their events yet,
+    so the usage ledger holds none of their ids."""
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[object]:
+        async def execute(query: str, params: object) -> object:
+            async def fetchall() -> list[object]:
+                return []
+
+            return SimpleNamespace(fetchall=fetchall)
+
+        yield SimpleNamespace(execute=execute)
+
+
 @pytest.fixture
 async def api() -> SimpleNamespace:
     settings = Settings()
     tracker = UsageTracker(settings, await get_pricing_registry(), DisabledPublisher())
     jetstream = AckLosingJetStream()
     nc = SimpleNamespace(is_connected=True, jetstream=lambda: jetstream)
-    return SimpleNamespace(settings=settings, tracker=tracker, nc=nc, jetstream=jetstream)
+    return SimpleNamespace(
+        settings=settings,
+        tracker=tracker,
+        nc=nc,
+        jetstream=jetstream,
+        database=UnprojectedDatabase(),
+    )
 
 
 async def test_an_unconfirmed_post_names_its_event_id_and_a_retry_with_it_counts_once(

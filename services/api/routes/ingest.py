@@ -34,6 +34,7 @@ from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
 from events.subjects import API_KEY_CALLER, caller_token
 from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, Seconds, WrittenPlaces
+from projections.ledger import SHARED_LEDGER
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_check, limited_usage
@@ -279,7 +280,9 @@ async def _store(
     api: ApiServices, principal: Principal, calls: list[tuple[UsageIn, UsageRecorded]]
 ) -> list[Outcome]:
     """Publish the events concurrently and wait for JetStream's acks. A re-sent event_id
-    answers with the event stored under it, or ``conflict`` when that was another call.
+    answers with the event stored under it, or ``conflict`` when that was another call:
+    JetStream tells within its duplicate window, the usage ledger beyond it (an event it
+    holds is not published again).
 
     Each is published by the key that posted it (``<prefix>.events.usage.recorded.
     api-key-<id>``; no NATS user is named so), which the usage history shows."""
@@ -287,18 +290,26 @@ async def _store(
     if nc is None or not nc.is_connected:
         raise Problem(503, "the event log (NATS) is unreachable; retry with the same event_id")
     js = nc.jetstream()
-    subject = api.settings.topology.event_subject(
-        UsageRecorded.SUBJECT, publisher=key_caller(principal)
+    topology = api.settings.topology
+    subject = topology.event_subject(UsageRecorded.SUBJECT, publisher=key_caller(principal))
+    stored_at = await _ledger_sequences(
+        api, [event.event_id for body, event in calls if body.event_id is not None]
     )
 
+    async def as_stored(body: UsageIn, event: UsageRecorded, seq: int) -> Outcome:
+        stored = decode((await js.get_msg(topology.event_stream.name, seq)).data or b"")
+        if not isinstance(stored, UsageRecorded) or _call(stored, body) != _call(event, body):
+            return "conflict", event, seq
+        return "duplicate", stored, seq
+
     async def one(body: UsageIn, event: UsageRecorded) -> Outcome:
+        seq = stored_at.get(event.event_id)
+        if seq is not None:
+            return await as_stored(body, event, seq)
         ack = await js.publish(subject, encode(event), headers=headers_for(event))
         if not ack.duplicate:
             return "stored", event, ack.seq
-        stored = decode((await js.get_msg(ack.stream, ack.seq)).data or b"")
-        if not isinstance(stored, UsageRecorded) or _call(stored, body) != _call(event, body):
-            return "conflict", event, ack.seq
-        return "duplicate", stored, ack.seq
+        return await as_stored(body, event, ack.seq)
 
     try:
         return list(await asyncio.gather(*(one(body, event) for body, event in calls)))
@@ -314,6 +325,26 @@ async def _store(
             f" have stored them: retry with {retry} (event_ids), so none counts twice",
             event_ids=ids,
         ) from None
+
+
+async def _ledger_sequences(api: ApiServices, event_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The stream sequence of each of ``event_ids`` (those the client gave: one made here is
+    new) that the usage ledger holds. JetStream forgets a message id after its duplicate
+    window (2 minutes) and stores a re-send as new, which the ledger then counts nowhere:
+    the post must be answered from what was stored. Without the database the events are
+    published all the same (usage is never refused for a read model's outage) and
+    JetStream's window alone tells a re-send."""
+    if not event_ids:
+        return {}
+    try:
+        async with api.database.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT event_id, stream_seq FROM {SHARED_LEDGER.usage} WHERE event_id = ANY(%s)",
+                (event_ids,),
+            )
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+    except psycopg.Error:
+        return {}
 
 
 def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
