@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from budget.periods import Period
-from events import ApiRole, UsageRecorded, encode
+from events import ApiRole, UsageRecorded, decode, encode
 from events.subjects import API_KEY_CALLER
 from services.ops import nats_client
 
@@ -382,6 +382,37 @@ def test_the_history_names_the_key_that_posted_usage(
     for format in ("csv", "json"):
         exported = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": format})
         assert exported.text.count(publisher) == 3, exported.text
+
+
+def test_usage_a_key_posts_names_that_key_as_its_producer(stack: LiveStack, user: str) -> None:
+    """An event's producer is whom a bad one is traced back to: the key that posted it
+    (as its publisher), not the API process that relayed it under a name of its own; a
+    post cannot name a producer of its choosing."""
+    key = stack.new_key(ApiRole.INGEST)
+    producer = {"service": f"{API_KEY_CALLER}{key.split('_')[1]}", "host": None, "pid": None}
+    with stack.client(key) as poster:
+        fast = poster.post("/api/v1/usage", json=call(user)).json()
+        through_app = {"Cookie": "unrelated=1"}
+        slow = poster.post("/api/v1/usage", json=call(user), headers=through_app).json()
+        [batched] = poster.post("/api/v1/usage/batch", json={"events": [call(user)]}).json()[
+            "results"
+        ]
+        claimed = poster.post("/api/v1/usage", json=call(user, producer={"service": "billing"}))
+    assert claimed.status_code == 422, claimed.text
+    assert claimed.json()["errors"][0]["field"] == "body.producer"
+
+    async def stored(seq: int) -> UsageRecorded:
+        async with nats_client(stack.settings.nats_url) as nc:
+            message = await nc.jetstream().get_msg(stack.settings.topology.event_stream.name, seq)
+        event = decode(message.data or b"")
+        assert isinstance(event, UsageRecorded)
+        return event
+
+    for seq in (fast["stream_seq"], slow["stream_seq"], batched["stream_seq"]):
+        event = asyncio.run(stored(seq))
+        assert event.producer is not None
+        assert event.producer.model_dump(exclude={"library_version"}) == producer
+    assert fast["event"]["producer"] == {**producer, "library_version": "0.1.0"}
 
 
 def test_an_estimate_beyond_the_contract_is_refused_naming_it(

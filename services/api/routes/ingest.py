@@ -25,6 +25,7 @@ from events import (
     CallKind,
     ImageUsage,
     OutOfBounds,
+    Producer,
     UsageRecorded,
     decode,
     encode,
@@ -197,7 +198,7 @@ async def record_call(
     """``POST /usage``'s work for an admitted key (``services.api.usage_fast_path`` calls
     it too): the status (201 stored, 200 a duplicate) and the answer."""
     await _own_reservations(api, principal, [("body", body)])
-    event = _priced(api, body, "body")
+    event = _priced(api, principal, body, "body")
     [(status, stored, seq)] = await _store(api, principal, [(body, event)])
     if status == "conflict":
         raise Problem(
@@ -236,7 +237,10 @@ async def record_batch(api: Api, principal: Recorder, body: UsageBatch) -> Batch
     await _own_reservations(
         api, principal, [(f"body.events.{i}", item) for i, item in enumerate(body.events)]
     )
-    priced = [(item, _priced(api, item, f"body.events.{i}")) for i, item in enumerate(body.events)]
+    priced = [
+        (item, _priced(api, principal, item, f"body.events.{i}"))
+        for i, item in enumerate(body.events)
+    ]
     results = await _store(api, principal, priced)
     return BatchRecorded(
         results=[
@@ -347,13 +351,16 @@ async def _ledger_sequences(api: ApiServices, event_ids: list[uuid.UUID]) -> dic
         return {}
 
 
-def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
+def _priced(api: ApiServices, principal: Principal, body: UsageIn, where: str) -> UsageRecorded:
+    """The event of a call ``principal`` posted: its producer is that key (the publisher
+    its subject names), never the API's own process, which only relays it: the host app
+    behind the key is whom a bad event is traced back to."""
     fields = body.model_dump(exclude_none=True, exclude={"tags"})
     # Counts read from a raw usage object are wrong in it (``body.usage``), never in the
     # classes it is normalised to, which the client did not send (``input_uncached``).
     counts = f"{where}.usage" if body.usage is not None else where
     try:
-        return api.tracker.usage_event(**fields, tags=body.tags)
+        event = api.tracker.usage_event(**fields, tags=body.tags)
     except ValidationError as exc:  # the event's own bounds, e.g. a raw usage object's sums
         errors = [
             {"field": _event_field(e["field"], where, counts), "message": e["message"]}
@@ -370,6 +377,7 @@ def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
         raise Problem(422, f"{field}: {exc}", errors=errors) from None
     except ValueError as exc:  # inconsistent counts
         raise Problem(422, str(exc), errors=[{"field": counts, "message": str(exc)}]) from None
+    return event.model_copy(update={"producer": Producer(service=key_caller(principal))})
 
 
 def _event_field(location: str, where: str, counts: str) -> str:
