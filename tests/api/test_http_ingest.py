@@ -106,6 +106,43 @@ def test_usage_in_every_shape(ingest: httpx.Client, viewer: httpx.Client, user: 
     assert unknown.json()["errors"][0]["field"] == "body.colour"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field", "given"),
+    [
+        ("/api/v1/usage", call("u", input_tokens=True), "body.input_tokens", "true"),
+        ("/api/v1/usage", call("u", output_tokens="500"), "body.output_tokens", '"500"'),
+        (
+            "/api/v1/usage/batch",
+            {"events": [call("u"), call("u", cached_tokens=False)]},
+            "body.events.1.cached_tokens",
+            "false",
+        ),
+        (
+            "/api/v1/check",
+            {"model": "gpt-4o", "estimated_tokens": True},
+            "body.estimated_tokens",
+            "true",
+        ),
+    ],
+)
+def test_a_count_that_is_no_number_is_refused(
+    ingest: httpx.Client, path: str, body: dict[str, object], field: str, given: str
+) -> None:
+    """As in a raw usage object: ``true`` is no 1 token, nor ``"500"`` 500."""
+    answer = ingest.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error == {"field": field, "message": f"must be a whole number of tokens, got {given}"}
+
+
+def test_a_count_given_as_a_whole_float_is_that_count(ingest: httpx.Client, user: str) -> None:
+    """``1000.0`` (a client that computes counts in floating point) is 1000, as in a raw
+    usage object."""
+    answer = ingest.post("/api/v1/usage", json=call(user, input_tokens=1000.0))
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["event"]["usage"]["input_uncached"] == 1000
+
+
 def test_check_reserves_refuses_and_settles(
     admin: httpx.Client, ingest: httpx.Client, viewer: httpx.Client, user: str
 ) -> None:

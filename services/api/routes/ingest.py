@@ -10,6 +10,7 @@ counts twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import APIRouter, Depends, Path, Response
 from nats.errors import Error as NatsError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from budget.rpc import Refused, RpcFailure, Throttled
 from budget.usage import UsageCountError
@@ -57,7 +58,17 @@ __all__ = [
 router = APIRouter(tags=["ingest"], responses=LIMITED_RESPONSES)
 MAX_BATCH = 1000
 Api = Annotated[ApiServices, Depends(current_services)]
-Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+
+
+def _a_count(value: object) -> object:
+    """A count is a JSON number, as in a raw usage object (``budget.usage.token_count``):
+    never ``true`` or ``"500"``, which a lax integer would take for 1 and 500 tokens."""
+    if isinstance(value, bool | str):
+        raise ValueError(f"must be a whole number of tokens, got {json.dumps(value)}")
+    return value
+
+
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS), BeforeValidator(_a_count)]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 
