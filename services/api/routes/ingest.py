@@ -346,9 +346,7 @@ async def _ledger_sequences(api: ApiServices, event_ids: list[uuid.UUID]) -> dic
     """The stream sequence of each of ``event_ids`` (those the client gave: one made here is
     new) that the usage ledger holds. JetStream forgets a message id after its duplicate
     window (2 minutes) and stores a re-send as new, which the ledger then counts nowhere:
-    the post must be answered from what was stored. Without the database the events are
-    published all the same (usage is never refused for a read model's outage) and
-    JetStream's window alone tells a re-send."""
+    the post must be answered from what was stored."""
     if not event_ids:
         return {}
     try:
@@ -359,7 +357,11 @@ async def _ledger_sequences(api: ApiServices, event_ids: list[uuid.UUID]) -> dic
             )
             return {row[0]: row[1] for row in await cursor.fetchall()}
     except psycopg.Error:
-        return {}
+        raise Problem(
+            503,
+            "the database did not answer whether these event_ids were stored; nothing was"
+            " stored: retry with the same event_ids",
+        ) from None
 
 
 def _priced(api: ApiServices, principal: Principal, body: UsageIn, where: str) -> UsageRecorded:
