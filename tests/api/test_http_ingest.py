@@ -421,6 +421,30 @@ def test_the_history_names_the_key_that_posted_usage(
         assert exported.text.count(publisher) == 3, exported.text
 
 
+def test_a_batch_answers_a_duplicate_with_the_cost_it_was_stored_at(
+    stack: LiveStack, ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    """A retry is answered with what was counted, as a single post's is (its event), not
+    with the price the call would have now (a price changed since, say)."""
+    first = ingest.post("/api/v1/usage", json=call(user)).json()["event"]
+    stored_id = str(uuid.uuid4())
+    stored = UsageRecorded.model_validate({**first, "event_id": stored_id, "cost": "0.00500000"})
+    seq = stored_without_message_id(stack, stored)
+    eventually(lambda: spend_of(viewer, user)[1] == 2, what="the stored event counted")
+
+    single = ingest.post("/api/v1/usage", json=call(user, event_id=stored_id)).json()
+    [batched] = ingest.post(
+        "/api/v1/usage/batch", json={"events": [call(user, event_id=stored_id)]}
+    ).json()["results"]
+    assert single["event"]["cost"] == "0.00500000"
+    assert batched == {
+        "event_id": stored_id,
+        "status": "duplicate",
+        "stream_seq": seq,
+        "cost": "0.00500000",
+    }
+
+
 def test_usage_a_key_posts_names_that_key_as_its_producer(stack: LiveStack, user: str) -> None:
     """An event's producer is whom a bad one is traced back to: the key that posted it
     (as its publisher), not the API process that relayed it under a name of its own; a

@@ -232,7 +232,10 @@ class BatchItem(BaseModel):
         description="conflict: this event_id was stored for another call; nothing changed"
     )
     stream_seq: int
-    cost: Decimal | None = Field(description="USD; null when the model has no price")
+    cost: Decimal | None = Field(
+        description="USD as counted (a duplicate's: the stored event's; a conflict's: this"
+        " call's, counted nowhere); null when the model has no price"
+    )
 
 
 class BatchRecorded(BaseModel):
@@ -252,11 +255,12 @@ async def record_batch(api: Api, principal: Recorder, body: UsageBatch) -> Batch
         (item, _priced(api, principal, item, f"body.events.{i}"))
         for i, item in enumerate(body.events)
     ]
-    results = await _store(api, principal, priced)
+    # Each result is the outcome's event: for a duplicate the one stored under its id,
+    # whose cost is what counted (a price may have changed since), as POST /usage answers.
     return BatchRecorded(
         results=[
             BatchItem(event_id=event.event_id, status=status, stream_seq=seq, cost=event.cost)
-            for (_, event), (status, _, seq) in zip(priced, results, strict=True)
+            for status, event, seq in await _store(api, principal, priced)
         ]
     )
 
