@@ -144,6 +144,29 @@ def test_each_route_admits_exactly_its_roles(
             assert status == 403, (role, status)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "group"),
+    [(m, p, g) for m, _, p, b, g in ROUTES if b is not None],
+    ids=[f"{m} {t}" for m, t, _, b, _ in ROUTES if b is not None],
+)
+def test_a_body_that_is_no_json_is_refused_first_as_any_body(
+    stack: LiveStack, keys: dict[ApiRole, str], method: str, path: str, group: str
+) -> None:
+    """FastAPI reads a JSON body before the route looks at the credential: a broken one
+    still gets the 401 or 403 any body gets, and only a caller the route admits hears
+    what is wrong with it."""
+    broken = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=stack.base_url, timeout=30) as anonymous:
+        answer = anonymous.request(method, path, content=b'{"name": ', headers=broken)
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    for role, key in keys.items():
+        with stack.client(key) as http:
+            answer = http.request(method, path, content=b'{"name": ', headers=broken)
+        assert answer.status_code == (422 if role in ALLOWED[group] else 403), (role, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+
+
 def test_a_revoked_key_is_refused_from_the_next_request(
     stack: LiveStack, admin: httpx.Client
 ) -> None:
