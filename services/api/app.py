@@ -24,6 +24,7 @@ from services.api.context import ApiServices
 from services.api.limits import KeyLimits
 from services.api.middleware import AccessLog, BodyLimit, CatchAll, NoNulCharacters
 from services.api.problems import install_problem_handlers
+from services.api.refusal_first import install_refusal_first
 from services.api.routes import api_router, ingest
 from services.api.usage_fast_path import UsageFastPath
 from services.liveness import Liveness, heartbeat
@@ -74,6 +75,7 @@ def create_app(
         app.state.services = services
     app.state.key_limits = KeyLimits(settings)
     install_problem_handlers(app)
+    install_refusal_first(app)
     install_page_not_found(app)
     app.include_router(api_router)
     app.include_router(console_router)

@@ -18,8 +18,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from fastapi import Request
+from fastapi.dependencies.models import Dependant
 from starlette.datastructures import Headers
 
 from events import ApiRole
@@ -34,6 +36,7 @@ __all__ = [
     "READ",
     "SESSION_LIFETIME",
     "Principal",
+    "admits",
     "authenticate",
     "csrf_matches",
     "csrf_token",
@@ -41,6 +44,7 @@ __all__ = [
     "presented_key",
     "refusal",
     "require",
+    "route_roles",
     "sign_in",
     "sign_out",
 ]
@@ -51,6 +55,7 @@ INGEST = (ApiRole.INGEST, ApiRole.ADMIN)
 SESSION_LIFETIME = timedelta(hours=12)
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="budget"'}
+D = TypeVar("D", bound=Callable[..., object])
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,29 @@ def refusal(principal: Principal | None, roles: tuple[ApiRole, ...]) -> Problem 
     return None
 
 
+_ADMITTED: dict[Callable[..., object], tuple[ApiRole, ...]] = {}
+"""The roles each dependency made by ``require`` (or built on it: ``admits``) admits."""
+
+
+def admits(dependency: D, roles: tuple[ApiRole, ...]) -> D:
+    """``dependency``, known to admit callers in ``roles`` only (``route_roles``)."""
+    _ADMITTED[dependency] = roles
+    return dependency
+
+
+def route_roles(route: object) -> tuple[ApiRole, ...] | None:
+    """The roles a matched route (``scope["route"]``) admits, by its dependencies; None
+    for one that needs no credential."""
+    dependant: Dependant | None = getattr(route, "dependant", None)
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        found = pending.pop()
+        if found.call is not None and found.call in _ADMITTED:
+            return _ADMITTED[found.call]
+        pending.extend(found.dependencies)
+    return None
+
+
 def require(*roles: ApiRole) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency admitting callers in ``roles`` (else ``refusal``'s problem)."""
 
@@ -125,7 +153,7 @@ def require(*roles: ApiRole) -> Callable[[Request], Awaitable[Principal]]:
         request.state.principal = principal
         return principal
 
-    return dependency
+    return admits(dependency, roles)
 
 
 async def _check_csrf(request: Request) -> None:

@@ -30,7 +30,7 @@ from fastapi import Request
 from budget.config import Settings
 from events import ApiRole
 from projections.database_queries import asking
-from services.api.auth import INGEST, READ, Principal, require
+from services.api.auth import INGEST, READ, Principal, admits, require
 from services.api.problems import Problem
 from services.limits import CallerLimits
 
@@ -94,7 +94,7 @@ def limited(group: Group, *roles: ApiRole) -> Callable[[Request], AsyncIterator[
             asking.set(principal.key_id)  # its reads take the key's share of the connections
             yield principal
 
-    return dependency
+    return admits(dependency, roles)
 
 
 limited_check = limited("checks", *INGEST)

@@ -144,6 +144,49 @@ def test_each_route_admits_exactly_its_roles(
             assert status == 403, (role, status)
 
 
+NO_JSON = {
+    "cut short": (b'{"name": ', "not valid JSON at character 9: Expecting value"),
+    "too deep": (b"[" * 100_000 + b"]" * 100_000, "not valid JSON: nested deeper than the"),
+    "not UTF-8": (b'{"name": "\xff"}', "not valid JSON: not UTF-8 text"),
+}
+WITH_BODIES = [(m, t, p, g) for m, t, p, b, g in ROUTES if b is not None]
+
+
+@pytest.mark.parametrize("broken", NO_JSON.values(), ids=NO_JSON.keys())
+@pytest.mark.parametrize(
+    ("method", "path", "group"),
+    [(m, p, g) for m, _, p, g in WITH_BODIES],
+    ids=[f"{m} {t}" for m, t, *_ in WITH_BODIES],
+)
+def test_a_body_that_is_no_json_is_refused_first_as_any_body(
+    stack: LiveStack,
+    keys: dict[ApiRole, str],
+    method: str,
+    path: str,
+    group: str,
+    broken: tuple[bytes, str],
+) -> None:
+    """FastAPI reads a JSON body before the route looks at the credential: a broken one
+    still gets the 401 or 403 any body gets, and only a caller the route admits hears
+    what is wrong with it, as a 422 on ``body`` saying why."""
+    body, why = broken
+    as_json = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=stack.base_url, timeout=30) as anonymous:
+        answer = anonymous.request(method, path, content=body, headers=as_json)
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    for role, key in keys.items():
+        with stack.client(key) as http:
+            answer = http.request(method, path, content=body, headers=as_json)
+        assert answer.headers["content-type"] == "application/problem+json"
+        if role not in ALLOWED[group]:
+            assert answer.status_code == 403, (role, answer.text)
+            continue
+        assert answer.status_code == 422, (role, answer.text)
+        [error] = answer.json()["errors"]
+        assert error["field"] == "body" and error["message"].startswith(why), error
+
+
 def test_a_revoked_key_is_refused_from_the_next_request(
     stack: LiveStack, admin: httpx.Client
 ) -> None:

@@ -3,6 +3,7 @@ settlement), and a retried usage post never counted twice."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -12,8 +13,9 @@ import psycopg
 import pytest
 
 from budget.periods import Period
-from events import ApiRole
+from events import ApiRole, UsageRecorded, decode, encode
 from events.subjects import API_KEY_CALLER
+from services.ops import nats_client
 
 from http_support import call, eventually
 from live import LiveStack
@@ -102,6 +104,43 @@ def test_usage_in_every_shape(ingest: httpx.Client, viewer: httpx.Client, user: 
     assert naive.json()["errors"][0]["field"] == "body.occurred_at"
     unknown = ingest.post("/api/v1/usage", json=call(user, colour="blue"))
     assert unknown.json()["errors"][0]["field"] == "body.colour"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "given"),
+    [
+        ("/api/v1/usage", call("u", input_tokens=True), "body.input_tokens", "true"),
+        ("/api/v1/usage", call("u", output_tokens="500"), "body.output_tokens", '"500"'),
+        (
+            "/api/v1/usage/batch",
+            {"events": [call("u"), call("u", cached_tokens=False)]},
+            "body.events.1.cached_tokens",
+            "false",
+        ),
+        (
+            "/api/v1/check",
+            {"model": "gpt-4o", "estimated_tokens": True},
+            "body.estimated_tokens",
+            "true",
+        ),
+    ],
+)
+def test_a_count_that_is_no_number_is_refused(
+    ingest: httpx.Client, path: str, body: dict[str, object], field: str, given: str
+) -> None:
+    """As in a raw usage object: ``true`` is no 1 token, nor ``"500"`` 500."""
+    answer = ingest.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error == {"field": field, "message": f"must be a whole number of tokens, got {given}"}
+
+
+def test_a_count_given_as_a_whole_float_is_that_count(ingest: httpx.Client, user: str) -> None:
+    """``1000.0`` (a client that computes counts in floating point) is 1000, as in a raw
+    usage object."""
+    answer = ingest.post("/api/v1/usage", json=call(user, input_tokens=1000.0))
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["event"]["usage"]["input_uncached"] == 1000
 
 
 def test_check_reserves_refuses_and_settles(
@@ -214,6 +253,51 @@ def test_an_event_id_is_one_call(ingest: httpx.Client, user: str) -> None:
     assert retry.status_code == 200 and retry.json()["event"] == stored.json()["event"]
     other = ingest.post("/api/v1/usage", json=call(user, event_id=event_id, model="gpt-4o-mini"))
     assert other.status_code == 409 and event_id in other.json()["detail"]
+
+
+def stored_without_message_id(stack: LiveStack, event: UsageRecorded) -> int:
+    """``event`` on the log as JetStream holds one stored before its duplicate window (2
+    minutes): under no message id it remembers. Its stream sequence."""
+
+    async def publish() -> int:
+        async with nats_client(stack.settings.nats_url) as nc:
+            subject = stack.settings.topology.event_subject(UsageRecorded.SUBJECT)
+            return (await nc.jetstream().publish(subject, encode(event))).seq
+
+    return asyncio.run(publish())
+
+
+def test_an_event_id_stored_before_the_duplicate_window_is_still_one_call(
+    stack: LiveStack, ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    """Beyond JetStream's window the ledger still knows the event: a retry is answered as
+    one (200, the stored event) and another call under its id is a 409, in a batch too,
+    never a 201 for an event that counts nowhere."""
+    first = ingest.post("/api/v1/usage", json=call(user)).json()["event"]
+    old_id = str(uuid.uuid4())
+    old = UsageRecorded.model_validate({**first, "event_id": old_id})
+    seq = stored_without_message_id(stack, old)
+    eventually(lambda: spend_of(viewer, user)[1] == 2, what="the old event counted")
+
+    retry = ingest.post("/api/v1/usage", json=call(user, event_id=old_id))
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == {
+        "event": old.model_dump(mode="json"),
+        "stream_seq": seq,
+        "duplicate": True,
+    }
+    other = ingest.post("/api/v1/usage", json=call(user, event_id=old_id, model="gpt-4o-mini"))
+    assert other.status_code == 409 and old_id in other.json()["detail"], other.text
+    batch = [call(user, event_id=old_id), call("someone-else", event_id=old_id)]
+    results = ingest.post("/api/v1/usage/batch", json={"events": batch}).json()["results"]
+    assert [(r["status"], r["stream_seq"]) for r in results] == [
+        ("duplicate", seq),
+        ("conflict", seq),
+    ]
+    fresh = ingest.post("/api/v1/usage", json=call(user, event_id=str(uuid.uuid4())))
+    assert fresh.status_code == 201, fresh.text
+    eventually(lambda: spend_of(viewer, user)[1] == 3, what="the fresh call counted")
+    assert spend_of(viewer, user) == (Decimal("0.0225"), 3)
 
 
 @pytest.mark.parametrize(
@@ -335,6 +419,61 @@ def test_the_history_names_the_key_that_posted_usage(
     for format in ("csv", "json"):
         exported = viewer.get("/api/v1/usage/export", params={"user_id": user, "format": format})
         assert exported.text.count(publisher) == 3, exported.text
+
+
+def test_a_batch_answers_a_duplicate_with_the_cost_it_was_stored_at(
+    stack: LiveStack, ingest: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    """A retry is answered with what was counted, as a single post's is (its event), not
+    with the price the call would have now (a price changed since, say)."""
+    first = ingest.post("/api/v1/usage", json=call(user)).json()["event"]
+    stored_id = str(uuid.uuid4())
+    stored = UsageRecorded.model_validate({**first, "event_id": stored_id, "cost": "0.00500000"})
+    seq = stored_without_message_id(stack, stored)
+    eventually(lambda: spend_of(viewer, user)[1] == 2, what="the stored event counted")
+
+    single = ingest.post("/api/v1/usage", json=call(user, event_id=stored_id)).json()
+    [batched] = ingest.post(
+        "/api/v1/usage/batch", json={"events": [call(user, event_id=stored_id)]}
+    ).json()["results"]
+    assert single["event"]["cost"] == "0.00500000"
+    assert batched == {
+        "event_id": stored_id,
+        "status": "duplicate",
+        "stream_seq": seq,
+        "cost": "0.00500000",
+    }
+
+
+def test_usage_a_key_posts_names_that_key_as_its_producer(stack: LiveStack, user: str) -> None:
+    """An event's producer is whom a bad one is traced back to: the key that posted it
+    (as its publisher), not the API process that relayed it under a name of its own; a
+    post cannot name a producer of its choosing."""
+    key = stack.new_key(ApiRole.INGEST)
+    producer = {"service": f"{API_KEY_CALLER}{key.split('_')[1]}", "host": None, "pid": None}
+    with stack.client(key) as poster:
+        fast = poster.post("/api/v1/usage", json=call(user)).json()
+        through_app = {"Cookie": "unrelated=1"}
+        slow = poster.post("/api/v1/usage", json=call(user), headers=through_app).json()
+        [batched] = poster.post("/api/v1/usage/batch", json={"events": [call(user)]}).json()[
+            "results"
+        ]
+        claimed = poster.post("/api/v1/usage", json=call(user, producer={"service": "billing"}))
+    assert claimed.status_code == 422, claimed.text
+    assert claimed.json()["errors"][0]["field"] == "body.producer"
+
+    async def stored(seq: int) -> UsageRecorded:
+        async with nats_client(stack.settings.nats_url) as nc:
+            message = await nc.jetstream().get_msg(stack.settings.topology.event_stream.name, seq)
+        event = decode(message.data or b"")
+        assert isinstance(event, UsageRecorded)
+        return event
+
+    for seq in (fast["stream_seq"], slow["stream_seq"], batched["stream_seq"]):
+        event = asyncio.run(stored(seq))
+        assert event.producer is not None
+        assert event.producer.model_dump(exclude={"library_version"}) == producer
+    assert fast["event"]["producer"] == {**producer, "library_version": "0.1.0"}
 
 
 def test_an_estimate_beyond_the_contract_is_refused_naming_it(

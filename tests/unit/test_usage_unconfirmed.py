@@ -7,8 +7,11 @@ cannot be made to lose one on cue)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -49,13 +52,39 @@ class AckLosingJetStream:
         return SimpleNamespace(data=data)
 
 
+class UnprojectedDatabase:
+    """The database right after the posts: no projection has recorded their events yet,
+    so the usage ledger holds none of their ids (or, ``away``, it stopped answering)."""
+
+    away = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[object]:
+        if self.away:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        async def execute(query: str, params: object) -> object:
+            async def fetchall() -> list[object]:
+                return []
+
+            return SimpleNamespace(fetchall=fetchall)
+
+        yield SimpleNamespace(execute=execute)
+
+
 @pytest.fixture
 async def api() -> SimpleNamespace:
     settings = Settings()
     tracker = UsageTracker(settings, await get_pricing_registry(), DisabledPublisher())
     jetstream = AckLosingJetStream()
     nc = SimpleNamespace(is_connected=True, jetstream=lambda: jetstream)
-    return SimpleNamespace(settings=settings, tracker=tracker, nc=nc, jetstream=jetstream)
+    return SimpleNamespace(
+        settings=settings,
+        tracker=tracker,
+        nc=nc,
+        jetstream=jetstream,
+        database=UnprojectedDatabase(),
+    )
 
 
 async def test_an_unconfirmed_post_names_its_event_id_and_a_retry_with_it_counts_once(
@@ -94,3 +123,20 @@ async def test_an_unconfirmed_batch_names_every_event_id_in_order(api: SimpleNam
     answer = await ingest.record_batch(api, POSTER, ingest.UsageBatch(events=retry))  # type: ignore[arg-type]
     assert [str(r.event_id) for r in answer.results] == ids
     assert len(api.jetstream.stored) == 3
+
+
+async def test_a_post_that_cannot_ask_the_ledger_stores_nothing(api: SimpleNamespace) -> None:
+    """A given event_id may have been stored before JetStream's window: with the database
+    gone between the key check and the ledger's answer (which a real server cannot be
+    made to do on cue), the post is a 503 that stored nothing, never a guess."""
+    api.database.away = True
+    api.jetstream.acks_to_lose = 0
+    with pytest.raises(Problem) as away:
+        await ingest.record_call(
+            api,  # type: ignore[arg-type]
+            POSTER,
+            ingest.UsageIn(**CALL, event_id="0193f0a0-0000-7000-8000-000000000001"),
+        )
+    assert away.value.status == 503
+    assert "retry with the same event_ids" in away.value.detail
+    assert api.jetstream.stored == {}

@@ -10,6 +10,7 @@ counts twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import APIRouter, Depends, Path, Response
 from nats.errors import Error as NatsError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from budget.rpc import Refused, RpcFailure, Throttled
 from budget.usage import UsageCountError
@@ -25,6 +26,7 @@ from events import (
     CallKind,
     ImageUsage,
     OutOfBounds,
+    Producer,
     UsageRecorded,
     decode,
     encode,
@@ -34,6 +36,7 @@ from events.envelope import UtcDatetime
 from events.rpc import CheckResult, ReleaseResult
 from events.subjects import API_KEY_CALLER, caller_token
 from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, Seconds, WrittenPlaces
+from projections.ledger import SHARED_LEDGER
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
 from services.api.limits import limited_check, limited_usage
@@ -55,7 +58,17 @@ __all__ = [
 router = APIRouter(tags=["ingest"], responses=LIMITED_RESPONSES)
 MAX_BATCH = 1000
 Api = Annotated[ApiServices, Depends(current_services)]
-Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+
+
+def _a_count(value: object) -> object:
+    """A count is a JSON number, as in a raw usage object (``budget.usage.token_count``):
+    never ``true`` or ``"500"``, which a lax integer would take for 1 and 500 tokens."""
+    if isinstance(value, bool | str):
+        raise ValueError(f"must be a whole number of tokens, got {json.dumps(value)}")
+    return value
+
+
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS), BeforeValidator(_a_count)]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -196,7 +209,7 @@ async def record_call(
     """``POST /usage``'s work for an admitted key (``services.api.usage_fast_path`` calls
     it too): the status (201 stored, 200 a duplicate) and the answer."""
     await _own_reservations(api, principal, [("body", body)])
-    event = _priced(api, body, "body")
+    event = _priced(api, principal, body, "body")
     [(status, stored, seq)] = await _store(api, principal, [(body, event)])
     if status == "conflict":
         raise Problem(
@@ -219,7 +232,10 @@ class BatchItem(BaseModel):
         description="conflict: this event_id was stored for another call; nothing changed"
     )
     stream_seq: int
-    cost: Decimal | None = Field(description="USD; null when the model has no price")
+    cost: Decimal | None = Field(
+        description="USD as counted (a duplicate's: the stored event's; a conflict's: this"
+        " call's, counted nowhere); null when the model has no price"
+    )
 
 
 class BatchRecorded(BaseModel):
@@ -235,12 +251,16 @@ async def record_batch(api: Api, principal: Recorder, body: UsageBatch) -> Batch
     await _own_reservations(
         api, principal, [(f"body.events.{i}", item) for i, item in enumerate(body.events)]
     )
-    priced = [(item, _priced(api, item, f"body.events.{i}")) for i, item in enumerate(body.events)]
-    results = await _store(api, principal, priced)
+    priced = [
+        (item, _priced(api, principal, item, f"body.events.{i}"))
+        for i, item in enumerate(body.events)
+    ]
+    # Each result is the outcome's event: for a duplicate the one stored under its id,
+    # whose cost is what counted (a price may have changed since), as POST /usage answers.
     return BatchRecorded(
         results=[
             BatchItem(event_id=event.event_id, status=status, stream_seq=seq, cost=event.cost)
-            for (_, event), (status, _, seq) in zip(priced, results, strict=True)
+            for status, event, seq in await _store(api, principal, priced)
         ]
     )
 
@@ -279,7 +299,9 @@ async def _store(
     api: ApiServices, principal: Principal, calls: list[tuple[UsageIn, UsageRecorded]]
 ) -> list[Outcome]:
     """Publish the events concurrently and wait for JetStream's acks. A re-sent event_id
-    answers with the event stored under it, or ``conflict`` when that was another call.
+    answers with the event stored under it, or ``conflict`` when that was another call:
+    JetStream tells within its duplicate window, the usage ledger beyond it (an event it
+    holds is not published again).
 
     Each is published by the key that posted it (``<prefix>.events.usage.recorded.
     api-key-<id>``; no NATS user is named so), which the usage history shows."""
@@ -287,18 +309,26 @@ async def _store(
     if nc is None or not nc.is_connected:
         raise Problem(503, "the event log (NATS) is unreachable; retry with the same event_id")
     js = nc.jetstream()
-    subject = api.settings.topology.event_subject(
-        UsageRecorded.SUBJECT, publisher=key_caller(principal)
+    topology = api.settings.topology
+    subject = topology.event_subject(UsageRecorded.SUBJECT, publisher=key_caller(principal))
+    stored_at = await _ledger_sequences(
+        api, [event.event_id for body, event in calls if body.event_id is not None]
     )
 
+    async def as_stored(body: UsageIn, event: UsageRecorded, seq: int) -> Outcome:
+        stored = decode((await js.get_msg(topology.event_stream.name, seq)).data or b"")
+        if not isinstance(stored, UsageRecorded) or _call(stored, body) != _call(event, body):
+            return "conflict", event, seq
+        return "duplicate", stored, seq
+
     async def one(body: UsageIn, event: UsageRecorded) -> Outcome:
+        seq = stored_at.get(event.event_id)
+        if seq is not None:
+            return await as_stored(body, event, seq)
         ack = await js.publish(subject, encode(event), headers=headers_for(event))
         if not ack.duplicate:
             return "stored", event, ack.seq
-        stored = decode((await js.get_msg(ack.stream, ack.seq)).data or b"")
-        if not isinstance(stored, UsageRecorded) or _call(stored, body) != _call(event, body):
-            return "conflict", event, ack.seq
-        return "duplicate", stored, ack.seq
+        return await as_stored(body, event, ack.seq)
 
     try:
         return list(await asyncio.gather(*(one(body, event) for body, event in calls)))
@@ -316,13 +346,38 @@ async def _store(
         ) from None
 
 
-def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
+async def _ledger_sequences(api: ApiServices, event_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The stream sequence of each of ``event_ids`` (those the client gave: one made here is
+    new) that the usage ledger holds. JetStream forgets a message id after its duplicate
+    window (2 minutes) and stores a re-send as new, which the ledger then counts nowhere:
+    the post must be answered from what was stored."""
+    if not event_ids:
+        return {}
+    try:
+        async with api.database.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT event_id, stream_seq FROM {SHARED_LEDGER.usage} WHERE event_id = ANY(%s)",
+                (event_ids,),
+            )
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+    except psycopg.Error:
+        raise Problem(
+            503,
+            "the database did not answer whether these event_ids were stored; nothing was"
+            " stored: retry with the same event_ids",
+        ) from None
+
+
+def _priced(api: ApiServices, principal: Principal, body: UsageIn, where: str) -> UsageRecorded:
+    """The event of a call ``principal`` posted: its producer is that key (the publisher
+    its subject names), never the API's own process, which only relays it: the host app
+    behind the key is whom a bad event is traced back to."""
     fields = body.model_dump(exclude_none=True, exclude={"tags"})
     # Counts read from a raw usage object are wrong in it (``body.usage``), never in the
     # classes it is normalised to, which the client did not send (``input_uncached``).
     counts = f"{where}.usage" if body.usage is not None else where
     try:
-        return api.tracker.usage_event(**fields, tags=body.tags)
+        event = api.tracker.usage_event(**fields, tags=body.tags)
     except ValidationError as exc:  # the event's own bounds, e.g. a raw usage object's sums
         errors = [
             {"field": _event_field(e["field"], where, counts), "message": e["message"]}
@@ -339,6 +394,7 @@ def _priced(api: ApiServices, body: UsageIn, where: str) -> UsageRecorded:
         raise Problem(422, f"{field}: {exc}", errors=errors) from None
     except ValueError as exc:  # inconsistent counts
         raise Problem(422, str(exc), errors=[{"field": counts, "message": str(exc)}]) from None
+    return event.model_copy(update={"producer": Producer(service=key_caller(principal))})
 
 
 def _event_field(location: str, where: str, counts: str) -> str:
