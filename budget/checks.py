@@ -34,6 +34,7 @@ from budget.periods import quarter_hour_number
 from budget.policies import PolicyWindow, canonical_key
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
+from budget.pricing.registry import unknown_provider_note
 from budget.rpc import RetryTimes, RpcFailure, Throttled, Unanswered, ask
 from events import BudgetScope, LimitAction, Usage, utc_now
 from events.rpc import (
@@ -306,7 +307,7 @@ class BudgetChecker:
         if snapshot.enforced:
             if estimate is None:
                 return _refuse(
-                    f"model {call.model!r} has no price, so the cost of this call cannot be"
+                    f"{_no_price(call)}, so the cost of this call cannot be"
                     " checked against BLOCK/THROTTLE policies; pass estimated_cost",
                     Decimal(0),
                 )
@@ -336,7 +337,7 @@ class BudgetChecker:
         statuses = [assess(w, spent, counted, now) for w, spent in snapshot.windows]
         result = decide(statuses, counted, enforced=False)
         if estimate is None:  # never a silent $0, policies or not
-            note = f"; model {call.model!r} has no price, so this call's cost is not counted"
+            note = f"; {_no_price(call)}, so this call's cost is not counted"
             return result.model_copy(update={"reason": result.reason + note})
         return result
 
@@ -535,6 +536,12 @@ _SLOW_DOWN = (
 
 def _throttled(exc: Throttled) -> str:
     return f"enforcer throttles this caller ({exc}; longer than enforcer_timeout)"
+
+
+def _no_price(call: CallAttributes) -> str:
+    """ "model 'x' has no price", the provider blamed first when it looks misspelt (the
+    model may be priced under the provider meant)."""
+    return f"{unknown_provider_note(call.provider)}model {call.model!r} has no price"
 
 
 def _refuse(reason: str, estimate: Decimal) -> CheckResult:

@@ -125,6 +125,5 @@ def show(
     at = datetime(day.year, day.month, day.day, tzinfo=UTC)
     pricing = _registry().get_model_pricing(model, provider=provider, at=at)
     if pricing is None:
-        where = f" for provider {provider!r}" if provider else ""
-        raise _fail(f"no price for model {model!r}{where} on {day} in any layer")
+        raise _fail(str(_registry().why_unpriced(model, provider=provider, at=at)))
     typer.echo(_table(["field", "value"], _show_rows(pricing)))

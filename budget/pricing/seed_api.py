@@ -51,6 +51,14 @@ class SeedApi(ABC):
         card, _ = self.resolve(provider, model, at or datetime.now(UTC))
         return None if isinstance(card, Unpriced) else ModelPricing.from_card(card)
 
+    def why_unpriced(
+        self, model: str, provider: str | None = None, at: datetime | None = None
+    ) -> str | None:
+        """Why ``model`` has no price at ``at`` (default now): every layer looked in, and a
+        misspelt provider named first; None when it has one."""
+        card, _ = self.resolve(provider, model, at or datetime.now(UTC))
+        return card.reason if isinstance(card, Unpriced) else None
+
     def calculate_llm_cost(
         self,
         model: str,

@@ -219,6 +219,12 @@ def test_prices_and_providers(viewer: httpx.Client) -> None:
     assert viewer.get("/api/v1/providers/nobody/models").status_code == 404
     misspelt = viewer.get("/api/v1/providers/opnai/models")
     assert misspelt.status_code == 404 and "did you mean 'openai'?" in misspelt.json()["detail"]
+    # a priced model under a misspelt provider: the provider is what is wrong
+    typo = viewer.get("/api/v1/prices/gpt-4o", params={"provider": "opnai"})
+    assert typo.status_code == 404
+    assert typo.json()["detail"].startswith(
+        "provider 'opnai' is unknown: did you mean 'openai'? no price in any layer for model"
+    ), typo.json()
 
 
 def test_system_views(stack: LiveStack, admin: httpx.Client) -> None:

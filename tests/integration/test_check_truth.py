@@ -93,6 +93,23 @@ async def test_a_call_of_a_model_without_a_price_is_never_an_unexplained_zero(
         assert "model 'no-such-model-x1' has no price" in result.reason, result.reason
 
 
+async def test_a_check_under_a_misspelt_provider_says_so_not_that_the_model_is_unpriced(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(name="watch", limit_amount="100", action="warn")
+        watched = await stack.tracker.check_budget("gpt-4o", 500, provider="opnai")
+        await stack.set_policy(name="cap", limit_amount="100", action="block")
+        capped = await stack.tracker.check_budget("gpt-4o", 500, provider="opnai")
+    assert watched.allowed and not capped.allowed
+    for result in (watched, capped):
+        assert (
+            "provider 'opnai' is unknown: did you mean 'openai'? model 'gpt-4o' has no price"
+            in result.reason
+        ), result.reason
+
+
 async def test_a_snapshot_with_a_block_policy_refuses_while_the_enforcer_is_down(
     nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
 ) -> None:

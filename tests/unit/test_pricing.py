@@ -617,6 +617,18 @@ def test_get_provider_models_names_a_misspelt_provider(registry: PricingRegistry
     assert registry.get_provider_models("acme") == []
 
 
+def test_why_unpriced_blames_a_misspelt_provider_before_the_model(
+    registry: PricingRegistry,
+) -> None:
+    """gpt-4o has a price: under "opnai" it has none because of the provider's name."""
+    assert registry.why_unpriced("gpt-4o", "openai") is None
+    why = registry.why_unpriced("gpt-4o", "opnai")
+    assert why is not None
+    assert why.startswith("provider 'opnai' is unknown: did you mean 'openai'? no price in any")
+    own = registry.why_unpriced("gpt-4o", "acme")  # a provider of one's own: no hint
+    assert own is not None and own.startswith("no price in any layer for model 'gpt-4o'")
+
+
 def test_get_all_providers_has_the_seed_providers(registry: PricingRegistry) -> None:
     expected = {"openai", "anthropic", "google", "mistral", "groq", "x-ai"}
     assert expected <= set(registry.get_all_providers())

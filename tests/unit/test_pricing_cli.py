@@ -25,6 +25,13 @@ def test_show_unknown_model_exits_2_with_one_line_on_stderr() -> None:
     assert "no-such-model" in result.stderr
 
 
+def test_show_a_priced_model_under_a_misspelt_provider_names_the_provider() -> None:
+    result = runner.invoke(app, ["prices", "show", "gpt-4o", "--provider", "opnai"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "provider 'opnai' is unknown: did you mean 'openai'? no price" in result.stderr
+
+
 def test_list_provider_models() -> None:
     result = runner.invoke(app, ["prices", "list", "--provider", "xAI"])
     assert result.exit_code == 0

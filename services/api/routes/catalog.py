@@ -61,7 +61,8 @@ async def price(
 ) -> ModelPricing:
     found = api.registry.get_model_pricing(model, provider, at)
     if found is None:
+        why = api.registry.why_unpriced(model, provider, at)
         raise Problem(
-            404, f"{model!r} has no price: its usage is recorded unpriced (add a price override)"
+            404, f"{why}; its usage is recorded unpriced (add a price override, or fix the name)"
         )
     return found
