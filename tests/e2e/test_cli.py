@@ -718,6 +718,18 @@ class Stack:
     data_dir: Path
 
 
+def up_banner(up: Service) -> Banner:
+    """The banner of ``budget up``, once it is printed (or ``budget up`` ended)."""
+    banner = eventually(
+        lambda: parse_banner(up.output()),
+        lambda b: b is not None or not up.running(),
+        90,
+        "budget up banner",
+    )
+    assert banner is not None, up.output()
+    return banner
+
+
 @pytest.fixture
 def budget_up(
     base_env: dict[str, str], tmp_path: Path, server_tmp_path: Path, request: pytest.FixtureRequest
@@ -753,13 +765,7 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     budget_up: Stack, base_env: dict[str, str], tmp_path: Path
 ) -> None:
     up = budget_up.service
-    banner = eventually(
-        lambda: parse_banner(up.output()),
-        lambda b: b is not None or not up.running(),
-        90,
-        "budget up banner",
-    )
-    assert banner is not None, up.output()
+    banner = up_banner(up)
     assert f"export BUDGET_NATS_URL={banner.nats_url}" in up.output()
     assert sorted(banner.worker_pids) == sorted(STACK_WORKERS)
     stack = json.loads((budget_up.data_dir / "stack.json").read_text())
@@ -880,13 +886,7 @@ def test_budget_up_restarts_a_service_that_hangs(budget_up: Stack) -> None:
     answered no check, for ever, while `budget up` saw its process running: every process
     shows its loops turning in a heartbeat file, and one whose file ages is restarted."""
     up = budget_up.service
-    banner = eventually(
-        lambda: parse_banner(up.output()),
-        lambda b: b is not None or not up.running(),
-        90,
-        "budget up banner",
-    )
-    assert banner is not None, up.output()
+    banner = up_banner(up)
     beats = budget_up.data_dir / "run"
     eventually(
         lambda: {p.name for p in beats.glob("*.heartbeat")},
