@@ -12,7 +12,7 @@ from projections.api_keys import ApiKey
 from services.api.auth import Principal
 from services.api.console.forms import FormState, form_data, validate
 from services.api.console.guard import Admin, ConsoleRoute, redirect
-from services.api.console.render import flash, render
+from services.api.console.render import confirmation, flash, render
 from services.api.context import services
 from services.api.keys import IssuedKey
 from services.api.problems import Problem
@@ -49,18 +49,14 @@ async def create_key(request: Request, who: Admin) -> Response:
 async def confirm_revoke(request: Request, who: Admin, key_id: str) -> Response:
     key = await _live(request, key_id)
     own = " It is the key you are signed in with: you will be signed out." if _own(key, who) else ""
-    return render(
+    return confirmation(
         request,
-        "confirm.html",
-        {
-            "title": "Revoke key",
-            "question": f"Revoke the {key.role.value} key “{key.name}”?",
-            "detail": "Every request with it is refused from now on and its console sessions"
-            f" end; it cannot be restored (create another).{own}",
-            "action": f"/keys/{key.key_id}/revoke",
-            "verb": "Revoke key",
-            "back": "/keys",
-        },
+        verb="Revoke key",
+        question=f"Revoke the {key.role.value} key “{key.name}”?",
+        detail="Every request with it is refused from now on and its console sessions"
+        f" end; it cannot be restored (create another).{own}",
+        action=f"/keys/{key.key_id}/revoke",
+        back="/keys",
     )
 
 

@@ -20,7 +20,7 @@ from services.api.console.policy_form import (
     policy_values,
     zones,
 )
-from services.api.console.render import flash, render
+from services.api.console.render import confirmation, flash, render
 from services.api.context import services
 from services.api.problems import Problem
 
@@ -76,17 +76,13 @@ async def save_policy(request: Request, who: Admin, policy_id: str) -> Response:
 @router.get("/policies/{policy_id}/delete")
 async def confirm_delete(request: Request, _: Admin, policy_id: str) -> Response:
     policy = await _existing(request, policy_id)
-    return render(
+    return confirmation(
         request,
-        "confirm.html",
-        {
-            "title": "Delete policy",
-            "question": f"Delete the policy “{policy.name}”?",
-            "detail": "Checks stop applying it at once. Its past spend stays in the history.",
-            "action": f"/policies/{policy.policy_id}/delete",
-            "verb": "Delete policy",
-            "back": "/policies",
-        },
+        verb="Delete policy",
+        question=f"Delete the policy “{policy.name}”?",
+        detail="Checks stop applying it at once. Its past spend stays in the history.",
+        action=f"/policies/{policy.policy_id}/delete",
+        back="/policies",
     )
 
 

@@ -19,7 +19,7 @@ from events import ApiRole
 from services.api.auth import Principal, csrf_token
 from services.api.console.forms import FORM_ERROR
 
-__all__ = ["NAV", "flash", "render", "templates", "usd"]
+__all__ = ["NAV", "confirmation", "flash", "render", "templates", "usd"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 NAV = (
@@ -120,3 +120,22 @@ def render(
         "take_flash": lambda: request.session.pop("flash", None),
     }
     return templates.TemplateResponse(request, name, {**base, **(context or {})}, status)
+
+
+def confirmation(
+    request: Request, *, verb: str, question: str, detail: str, action: str, back: str
+) -> HTMLResponse:
+    """The page that asks before an admin's irreversible step: ``verb`` titles it and
+    labels the button that posts to ``action``; ``back`` cancels."""
+    return render(
+        request,
+        "confirm.html",
+        {
+            "title": verb,
+            "verb": verb,
+            "question": question,
+            "detail": detail,
+            "action": action,
+            "back": back,
+        },
+    )

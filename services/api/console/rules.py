@@ -12,7 +12,7 @@ from events import AlertRule, AlertSeverity, AlertType, BudgetScope
 from events.alerts import CHANNELS
 from services.api.console.forms import FormState, form_data, validate
 from services.api.console.guard import Admin, ConsoleRoute, Viewer, redirect
-from services.api.console.render import flash, render
+from services.api.console.render import confirmation, flash, render
 from services.api.context import services
 from services.api.problems import Problem
 
@@ -70,17 +70,13 @@ async def add_rule(request: Request, _: Admin) -> Response:
 @router.get("/alerts/rules/{rule_id}/remove")
 async def confirm_remove(request: Request, _: Admin, rule_id: str) -> Response:
     rule = await _existing(request, rule_id)
-    return render(
+    return confirmation(
         request,
-        "confirm.html",
-        {
-            "title": "Remove rule",
-            "question": f"Remove the alert rule “{rule.name}”?",
-            "detail": "No new alerts come from it; the alerts it raised stay listed.",
-            "action": f"/alerts/rules/{rule.rule_id}/remove",
-            "verb": "Remove rule",
-            "back": "/alerts/rules",
-        },
+        verb="Remove rule",
+        question=f"Remove the alert rule “{rule.name}”?",
+        detail="No new alerts come from it; the alerts it raised stay listed.",
+        action=f"/alerts/rules/{rule.rule_id}/remove",
+        back="/alerts/rules",
     )
 
 
