@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 
 from events import Topology
-from events.rpc import CheckResult
+from events.rpc import RPC_CHECK, CheckResult
 from projections.db import connect
+from services.enforcer import Enforcer
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
 from support import budget_process, rows, wait_for
@@ -137,3 +139,67 @@ async def test_what_is_reserved_for_a_check_nobody_waits_for_any_more_is_release
         )
         assert later.allowed and later.reservation_id is None
         assert await stack.holds() == []
+
+
+async def test_a_stopped_enforcer_answers_the_checks_it_has_taken(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """An enforcer stopped (SIGTERM: a deploy, a rolling restart) while a batch of checks
+    is being decided and more wait for it decides and answers them before it goes, each
+    admitted one backed by its hold: its callers are not left to time out and fail closed,
+    nor their holds to count against the limit unheard until they expire."""
+    settings = stack_settings(nats_url, db, topology, tmp_path, enforcer_timeout=10.0)
+    async with enforcement_stack(nc, settings, enforcer=False) as stack:
+        enforcer = Enforcer(settings, nc)
+        await enforcer.start()
+        await stack.set_policy(limit_amount="10", action="block")
+        await stack.enforcer_applies_policies()
+        blocker = await connect(db)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE reservation_holds IN EXCLUSIVE MODE")
+                deciding = asyncio.create_task(
+                    stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+                )
+
+                async def decision_waits_for_the_lock() -> bool:
+                    """the enforcer's batch waits for the holds' table"""
+                    found = await rows(
+                        db,
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE %s",
+                        ("%budget_reserve%",),
+                    )
+                    return bool(found)
+
+                await wait_for(decision_waits_for_the_lock)
+                waiting = asyncio.create_task(
+                    stack.tracker.check_budget("gpt-4o", user_id="u2", estimated_cost=DIME)
+                )
+
+                async def queued() -> bool:
+                    """the second check waits for the decision loop"""
+                    return len(enforcer._queue) == 1
+
+                await wait_for(queued)
+                stopping = asyncio.create_task(enforcer.stop())
+                subject = topology.rpc_subject(RPC_CHECK, caller=settings.caller)
+
+                async def taking_no_more() -> bool:
+                    """the stopping enforcer takes no new checks"""
+                    try:
+                        await nc.request(subject, b"{}", timeout=1)
+                    except NoRespondersError:
+                        return True
+                    except TimeoutError:  # taken before it stopped taking: not answered yet
+                        pass
+                    return False
+
+                await wait_for(taking_no_more)
+        finally:
+            await blocker.close()
+        answers = await asyncio.gather(deciding, waiting)
+        await stopping
+    assert [a.allowed for a in answers] == [True, True], [a.reason for a in answers]
+    held = {reservation_id for reservation_id, _, _ in await stack.holds()}
+    assert held == {a.reservation_id for a in answers}
