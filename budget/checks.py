@@ -34,7 +34,7 @@ from budget.periods import quarter_hour_number
 from budget.policies import PolicyWindow, canonical_key
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
-from budget.rpc import RetryTimes, RpcFailure, Throttled, Unanswered, ask
+from budget.rpc import Refused, RetryTimes, RpcFailure, Throttled, Unanswered, ask
 from events import BudgetScope, LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
@@ -298,6 +298,8 @@ class BudgetChecker:
             estimate = self.estimate(call.model, call.provider, estimated_tokens)
         try:
             snapshot = await self._snapshot(call, enforcer_decides=estimate is not None)
+        except Refused as exc:
+            return _refuse(_not_judged(exc), estimate or Decimal(0))
         except _Unavailable as exc:
             return await self._unreachable(call, str(exc), estimate)
         except Throttled as exc:
@@ -321,6 +323,8 @@ class BudgetChecker:
             )
             try:
                 answer = await answer_or_release(asking, self._release_later)
+            except Refused as exc:
+                return _refuse(_not_judged(exc), estimate)
             except Throttled as exc:
                 return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
             except RpcFailure as exc:
@@ -385,7 +389,7 @@ class BudgetChecker:
                 unreadable = f"policy log unreadable ({exc}) and "
         try:
             snapshot = await self._ask(RPC_SNAPSHOT, call, Snapshot)
-        except Throttled:
+        except (Throttled, Refused):
             raise
         except RpcFailure as exc:
             raise _Unavailable(f"{unreadable or ''}enforcer unavailable ({exc})") from None
@@ -531,6 +535,16 @@ _SLOW_DOWN = (
     "this host asks more than the enforcer's caller_rate or caller_in_flight allow: ask"
     " less often, or raise them (fail_open does not apply to being throttled)"
 )
+
+
+def _not_judged(exc: Refused) -> str:
+    """Why a call the enforcer answered it cannot judge is refused: not an outage, so
+    ``fail_open`` does not apply (it would open a BLOCK limit to whatever makes the
+    enforcer fail), nor does the last snapshot decide."""
+    return (
+        f"the enforcer refused to check this call ({exc}), so the call is refused;"
+        " fail_open does not apply: the enforcer is up and answered"
+    )
 
 
 def _throttled(exc: Throttled) -> str:

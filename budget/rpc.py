@@ -17,7 +17,15 @@ from pydantic import BaseModel, ValidationError
 from budget.natsconn import permitted
 from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 
-__all__ = ["Refused", "RetryTimes", "RpcFailure", "Throttled", "Unanswered", "ask"]
+__all__ = [
+    "Refused",
+    "RetryTimes",
+    "RpcFailure",
+    "ServiceUnavailable",
+    "Throttled",
+    "Unanswered",
+    "ask",
+]
 
 M = TypeVar("M", bound=BaseModel)
 _RETRY = 0.1  # seconds between asking a service that has no subscriber yet
@@ -35,8 +43,14 @@ class _NobodyAnswers(Unanswered):
     """No service is subscribed (an outage for sure: a held refusal needs a service)."""
 
 
+class ServiceUnavailable(Unanswered):
+    """The service answered that it can answer no question now (``RpcError.unavailable``:
+    its database unreachable, a loop not healthy): an outage, as if nobody had answered."""
+
+
 class Refused(RpcFailure, ValueError):
-    """The service answered with an ``RpcError``: the question was wrong or it failed."""
+    """The service answered with an ``RpcError`` about this question: it was wrong, or
+    answering it failed (an outage of the service is ``ServiceUnavailable``)."""
 
 
 class Throttled(RpcFailure):
@@ -139,6 +153,8 @@ async def ask(
             error = RpcError.model_validate_json(reply)
         except ValidationError:
             raise Refused(f"unexpected answer {reply[:200]!r}") from None
+        if error.unavailable:
+            raise ServiceUnavailable(error.error)
         if error.retry_after is None:
             raise Refused(error.error)
         if retry_times is not None:
