@@ -33,7 +33,7 @@ from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_regist
 from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.recorded import notify_recorded
-from budget.usage import normalize_usage, token_count, usage_from_response
+from budget.usage import attribution_id, normalize_usage, token_count, usage_from_response
 from events import (
     CallKind,
     ImageUsage,
@@ -111,6 +111,8 @@ class UsageTracker:
         default this tracker's own caller."""
         estimated_tokens = token_count("estimated_tokens", estimated_tokens)
         estimated_cost = _usd(estimated_cost)
+        user_id = attribution_id("user_id", user_id)
+        project_id = attribution_id("project_id", project_id)
         provider = canonical_provider(provider) if provider else None
         answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
         if isinstance(answer, CheckResult):
