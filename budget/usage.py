@@ -28,6 +28,7 @@ from events.usage import MAX_TOKENS, ImageUsage, Usage
 __all__ = [
     "TIER_FIELDS",
     "UsageCountError",
+    "attribution_id",
     "modality_tokens",
     "normalize_usage",
     "service_tiers",
@@ -62,6 +63,29 @@ def token_count(name: str, value: object) -> int:
     if value > MAX_TOKENS:  # before int(): 1e+30 as sent, not its 31 binary-rounded digits
         raise UsageCountError(name, f"{name} must be at most {MAX_TOKENS}, got {name}={value}")
     return int(value)
+
+
+ID_LIMIT = 200
+"""Characters of a user or project id (the event contract's ``user_id``, ``project_id``)."""
+
+
+def attribution_id(name: str, value: object) -> str | None:
+    """``value`` as the user or project id ``name`` of a call, else ``ValueError`` naming
+    it: one a usage event can hold (a string of at most ``ID_LIMIT`` characters, no NUL,
+    which PostgreSQL stores in no text), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > ID_LIMIT:
+        shown = f"{len(value)} characters" if isinstance(value, str) else f"{value!r:.60}"
+        raise ValueError(
+            f"{name} must be a string of at most {ID_LIMIT} characters, got {shown}"
+            + ("" if isinstance(value, str) else f" ({type(value).__name__})")
+        )
+    if "\x00" in value:
+        raise ValueError(
+            f"{name} must not hold a NUL character (U+0000), which cannot be stored; remove it"
+        )
+    return value
 
 
 def _seconds(value: object) -> Decimal:

@@ -87,6 +87,9 @@ class EnforcerConfig:
     cleanup_interval: float = 10.0
     stall_after: float = 30.0
     """Seconds one batch may take before the decision loop counts as stalled (unhealthy)."""
+    drain_within: float = 5.0
+    """Seconds a stopping enforcer spends answering the requests it has taken (within
+    ``budget up``'s 10 s between SIGTERM and SIGKILL)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EnforcerConfig:
@@ -205,8 +208,15 @@ class Enforcer:
         log.info("enforcer answering on %s", self.topology.rpc_wildcard("enforcer.*"))
 
     async def stop(self) -> None:
+        """Stop taking requests, answer the ones taken (the batch being decided and those
+        waiting for it, within ``drain_within`` seconds), then stop: a check in flight at
+        a deploy or a rolling restart is answered, not left to time out and fail closed
+        with its hold counting against the limit, unheard, until it expires."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.drain_within):
+                await self._answer_taken()
         for sub in self._subscriptions:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # drained already, or NATS is gone
                 await sub.unsubscribe()
         for requests in self._requests:
             await requests.close()
@@ -219,6 +229,16 @@ class Enforcer:
         for conn in (self._decider, self._aux):
             if conn is not None:
                 await conn.close()
+
+    async def _answer_taken(self) -> None:
+        """Stop the subscriptions, handing on what they had received (NATS then sends new
+        requests to the other enforcers, or answers "no responders"), and wait until every
+        request handed on has been answered."""
+        drains = [sub.drain() for sub in self._subscriptions]
+        await asyncio.gather(*drains, return_exceptions=True)  # NATS gone: nothing to drain
+        for requests in self._requests:
+            await requests.handled()
+        await self._queue.join()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -304,8 +324,11 @@ class Enforcer:
     async def _decide_forever(self) -> None:
         while True:
             batch = [pending for _, pending in await self._queue.take(self.config.max_batch)]
-            with self._decision_loop.turn():
-                await self._decide_and_answer(batch)
+            try:
+                with self._decision_loop.turn():
+                    await self._decide_and_answer(batch)
+            finally:
+                self._queue.task_done(len(batch))
 
     async def _decide_and_answer(self, batch: list[_Pending]) -> None:
         """Answer every request of ``batch``. A request whose handling raises is answered

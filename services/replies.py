@@ -52,7 +52,9 @@ def error_reply(service: str, exc: BaseException) -> RpcError:
     """What the asker is told when answering failed with ``exc``."""
     if isinstance(exc, UNAVAILABLE):
         log.warning("%s cannot use PostgreSQL: %s", service, exc)
-        return RpcError(error=f"{service}: database unavailable: {exc}"[:_MAX_ERROR])
+        return RpcError(
+            error=f"{service}: database unavailable: {exc}"[:_MAX_ERROR], unavailable=True
+        )
     if isinstance(exc, psycopg.DataError):
         return RpcError(error=f"{service}: the database refused the request: {exc}"[:_MAX_ERROR])
     if isinstance(exc, Rebuilding):  # after an upgrade: says until when, and how to follow it
@@ -100,7 +102,9 @@ async def answer(
         problems = liveness.problems() if liveness is not None else []
         if problems:
             answered = "failed"
-            reply = RpcError(error=f"{service}: not healthy: {'; '.join(problems)}")
+            reply = RpcError(
+                error=f"{service}: not healthy: {'; '.join(problems)}", unavailable=True
+            )
         else:
             try:
                 request = _parse(model, msg.data)

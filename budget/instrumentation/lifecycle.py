@@ -32,7 +32,7 @@ from budget.pricing import Priced
 from budget.publisher import EventPublisher
 from budget.recorded import notify_recorded
 from budget.tracker import EXIT_WAIT, UsageTracker, get_usage_tracker
-from budget.usage import usage_from_response
+from budget.usage import attribution_id, usage_from_response
 from events import CallKind, Event, Usage, utc_now
 from events.rpc import CheckResult
 
@@ -55,8 +55,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_ID_LIMIT = 200  # the event contract's user_id and project_id
-
 CALL_KEYWORDS = ("budget_user_id", "budget_project_id", "budget_tags")
 """Extra keywords an instrumented method takes (and removes before the SDK sees them)."""
 
@@ -74,12 +72,10 @@ class Attribution:
         # Refused where given, before any request: a usage event that cannot be made
         # once the provider has answered would lose the call's cost.
         for name in ("user_id", "project_id"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or len(value) > _ID_LIMIT):
-                raise ValueError(
-                    f"budget: {name} must be a string of at most {_ID_LIMIT} characters,"
-                    f" got {_shown(value)}"
-                )
+            try:
+                attribution_id(name, getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"budget: {exc}") from None
         for key, value in self.tags.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ValueError(
@@ -95,12 +91,6 @@ class Attribution:
             project_id=self.project_id if top.project_id is None else top.project_id,
             tags={**self.tags, **top.tags} if top.tags else self.tags,
         )
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, str):
-        return f"{len(value)} characters"
-    return f"{value!r} ({type(value).__name__})"[:100]
 
 
 _scoped: ContextVar[Attribution | None] = ContextVar("budget_attribution", default=None)

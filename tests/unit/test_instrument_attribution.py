@@ -42,6 +42,7 @@ def client(sent: list[httpx2.Request]) -> openai.OpenAI:
     [
         ({"budget_user_id": 42}, "user_id"),
         ({"budget_project_id": "p" * 201}, "project_id"),
+        ({"budget_user_id": "a\x00b"}, "user_id must not hold a NUL character"),
         ({"budget_tags": {"team": 7}}, "tags"),
     ],
 )
