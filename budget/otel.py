@@ -15,6 +15,7 @@ never a $0 that would hide it from every total.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,14 +24,16 @@ from opentelemetry.metrics import Histogram, MeterProvider
 from opentelemetry.trace import SpanKind, Tracer, TracerProvider
 
 from budget.pricing.genai import canonical_provider
-from budget.recorded import add_observer, remove_observer
+from budget.recorded import InstrumentedCall, add_observer, remove_observer
 from events import UsageRecorded
 
 __all__ = ["disable", "enable", "span_attributes"]
 
 _SCOPE = "budget-manager"
-# The semantic conventions' advised buckets for gen_ai.client.token.usage.
+# The semantic conventions' advised buckets for gen_ai.client.token.usage and (seconds)
+# gen_ai.client.operation.duration.
 _TOKEN_BUCKETS = [4.0**n for n in range(14)]
+_DURATION_BUCKETS = [0.01 * 2**n for n in range(14)]
 # gen_ai.operation.name for each call kind; the conventions name no operation for
 # images or audio, so those keep the kind's own name.
 _OPERATIONS = {"chat": "chat", "embedding": "embeddings"}
@@ -46,28 +49,51 @@ AttributeValue = str | int | bool
 class _Telemetry:
     tracer: Tracer
     token_usage: Histogram
+    duration: Histogram
     on_current_span: bool
 
-    def __call__(self, event: UsageRecorded) -> None:
-        attributes = span_attributes(event)
+    def __call__(self, event: UsageRecorded, call: InstrumentedCall | None) -> None:
+        ended_ns = time.time_ns()
+        attributes = span_attributes(event, call)
         current = trace.get_current_span()
         if self.on_current_span and current.is_recording():
             current.set_attributes(attributes)
         else:
-            start = int(event.occurred_at.timestamp() * 1_000_000_000)
-            name = f"{attributes['gen_ai.operation.name']} {event.model}"
+            # An instrumented call's span covers it, from its budget check to its answer
+            # (a stream's last item); a recorded one's is the instant it names.
+            start = call.started_ns if call else int(event.occurred_at.timestamp() * 1e9)
             span = self.tracer.start_span(
-                name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start
+                _span_name(attributes),
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                start_time=start,
             )
-            span.end()
+            span.end(end_time=max(start, ended_ns))
+        common = {key: attributes[key] for key in _METRIC_KEYS if key in attributes}
+        if call is not None:
+            self.duration.record(max(ended_ns - call.started_ns, 0) / 1e9, common)
         if event.usage.total_tokens:
-            common = {key: attributes[key] for key in _METRIC_KEYS}
             inputs, outputs = _token_counts(event)
             self.token_usage.record(inputs, common | {"gen_ai.token.type": "input"})
             self.token_usage.record(outputs, common | {"gen_ai.token.type": "output"})
 
 
-_METRIC_KEYS = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")
+_METRIC_KEYS = (
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+)
+
+
+def _span_name(attributes: Mapping[str, AttributeValue]) -> str:
+    """``{gen_ai.operation.name} {gen_ai.request.model}``, or the operation alone for a
+    request that named no model, as the conventions name a span."""
+    model = attributes.get("gen_ai.request.model")
+    operation = str(attributes["gen_ai.operation.name"])
+    return operation if model is None else f"{operation} {model}"
+
+
 _enabled: _Telemetry | None = None
 
 
@@ -79,11 +105,14 @@ def enable(
 ) -> None:
     """Emit telemetry for every call a tracker records from now on, in this process.
 
-    Each call becomes a CLIENT span named ``<operation> <model>`` (a child of the current
-    span, if any), starting at the call's ``occurred_at``. With ``on_current_span``, the
-    attributes go on the current span instead, when one is recording: for apps that wrap
-    each provider call in their own span and record its usage inside it. Calling it again
-    replaces the previous setup."""
+    Each call becomes a CLIENT span named ``<operation> <requested model>`` (a child of
+    the current span, if any): an instrumented call's lasts from its budget check to its
+    answer (a stream's, to its end) and is also a point of the
+    ``gen_ai.client.operation.duration`` histogram; a ``record_usage`` call's is the
+    instant of its ``occurred_at``. With ``on_current_span``, the attributes go on the
+    current span instead, when one is recording: for apps that wrap each provider call in
+    their own span and record its usage inside it. Calling it again replaces the previous
+    setup."""
     global _enabled
     disable()
     tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
@@ -94,7 +123,13 @@ def enable(
         description="Number of input and output tokens used",
         explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
     )
-    _enabled = _Telemetry(tracer, token_usage, on_current_span)
+    duration = meter.create_histogram(
+        "gen_ai.client.operation.duration",
+        unit="s",
+        description="GenAI operation duration",
+        explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+    )
+    _enabled = _Telemetry(tracer, token_usage, duration, on_current_span)
     add_observer(_enabled)
 
 
@@ -106,14 +141,18 @@ def disable() -> None:
         _enabled = None
 
 
-def span_attributes(event: UsageRecorded) -> Mapping[str, AttributeValue]:
-    """The GenAI semantic conventions' attributes of one recorded call, plus its cost."""
+def span_attributes(
+    event: UsageRecorded, call: InstrumentedCall | None = None
+) -> Mapping[str, AttributeValue]:
+    """The GenAI semantic conventions' attributes of one recorded call, plus its cost.
+    An instrumented ``call``'s request names the model asked for (none when it named
+    none), its answer the one that answered (``gpt-4o-2024-08-06`` for ``gpt-4o``); a
+    ``record_usage`` call's model is all there is, taken as the one asked for."""
     usage = event.usage
     inputs, outputs = _token_counts(event)
     attributes: dict[str, AttributeValue] = {
         "gen_ai.operation.name": _OPERATIONS.get(event.kind, event.kind),
         "gen_ai.provider.name": _provider_name(event.provider),
-        "gen_ai.request.model": event.model,
         "gen_ai.usage.input_tokens": inputs,
         "gen_ai.usage.output_tokens": outputs,
         "gen_ai.usage.cache_read.input_tokens": usage.input_cache_read,
@@ -121,6 +160,11 @@ def span_attributes(event: UsageRecorded) -> Mapping[str, AttributeValue]:
         "gen_ai.usage.reasoning.output_tokens": usage.output_reasoning,
         "budget.event_id": str(event.event_id),
     }
+    requested = event.model if call is None else call.requested_model
+    if requested is not None:
+        attributes["gen_ai.request.model"] = requested
+    if call is not None and call.response_model is not None:
+        attributes["gen_ai.response.model"] = call.response_model
     if event.cost is not None:
         attributes["budget.cost.usd"] = str(event.cost)
     if event.unpriced_reason is not None:

@@ -6,15 +6,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from events import UsageRecorded
 
-__all__ = ["RecordedObserver", "add_observer", "notify_recorded", "remove_observer"]
+__all__ = [
+    "InstrumentedCall",
+    "RecordedObserver",
+    "add_observer",
+    "notify_recorded",
+    "remove_observer",
+]
 
 log = logging.getLogger(__name__)
 
-RecordedObserver = Callable[[UsageRecorded], None]
-"""Called with each event a tracker records, in the recording task; it must not block."""
+
+@dataclass(frozen=True, slots=True)
+class InstrumentedCall:
+    """What ``budget.instrument`` knows of a call that its event does not say: the model
+    the request named (None when it named none) and the one the answer named (None when
+    it named none; the event's ``model`` is the answer's, else the request's), and when
+    the call began (``time.time_ns()``; it ends as it is recorded)."""
+
+    requested_model: str | None
+    response_model: str | None
+    started_ns: int
+
+
+RecordedObserver = Callable[[UsageRecorded, InstrumentedCall | None], None]
+"""Called with each event a tracker records (and, for an instrumented call, what the
+instrumentation knows of it; None for a ``record_usage``), in the recording task, or in
+the instrumented caller's context; it must not block."""
 
 _observers: list[RecordedObserver] = []
 
@@ -29,12 +51,12 @@ def remove_observer(observer: RecordedObserver) -> None:
         _observers.remove(observer)
 
 
-def notify_recorded(event: UsageRecorded) -> None:
+def notify_recorded(event: UsageRecorded, call: InstrumentedCall | None = None) -> None:
     """Tell every observer; one that fails is logged, never allowed to lose the record
     (the provider has been paid by now)."""
     for observer in tuple(_observers):
         try:
-            observer(event)
+            observer(event, call)
         except Exception:
             log.exception(
                 "an observer of recorded usage failed (%r); the usage is recorded", observer

@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -27,10 +28,11 @@ from typing import Any, TypeVar
 
 from budget.checks import BudgetExceeded, answer_or_release, answer_or_release_sync
 from budget.disabled import DisabledPublisher
+from budget.instrumentation.prompts import UNSTATED_MODEL
 from budget.periods import quarter_hour_number
 from budget.pricing import Priced
 from budget.publisher import EventPublisher
-from budget.recorded import notify_recorded
+from budget.recorded import InstrumentedCall, notify_recorded
 from budget.tracker import EXIT_WAIT, UsageTracker, get_usage_tracker
 from budget.usage import usage_from_response
 from events import CallKind, Event, Usage, utc_now
@@ -275,10 +277,11 @@ class Lifecycle:
 
     async def begin(self, plan: Plan, attribution: Attribution) -> Call:
         """Check the budget (raising the refusal); the admitted call."""
+        started_ns = time.time_ns()  # the call, as its caller sees it, begins with the check
         tracker = await self.tracker()
         cost = self._estimated_cost(tracker, plan)
         if self._admitted_at_once(tracker, plan, attribution, cost):
-            return Call(tracker, self.provider, plan, attribution, None)
+            return Call(tracker, self.provider, plan, attribution, None, started_ns)
         check = self._check(tracker, plan, attribution, cost)
         checking: asyncio.Future[CheckResult]
         if tracker.loop is None or tracker.loop is asyncio.get_running_loop():
@@ -288,25 +291,26 @@ class Lifecycle:
         # Also here: an answer from another loop may be on its way when this one cancels.
         release = functools.partial(self._release_unused, tracker, plan, attribution)
         result = await answer_or_release(checking, release)
-        return self._admitted(tracker, plan, attribution, result)
+        return self._admitted(tracker, plan, attribution, result, started_ns)
 
     def _release_unused(
         self, tracker: UsageTracker, plan: Plan, attribution: Attribution, reservation_id: str
     ) -> None:
         """Release the reservation of a check whose call was cancelled (or interrupted)."""
-        Call(tracker, self.provider, plan, attribution, reservation_id).release()
+        Call(tracker, self.provider, plan, attribution, reservation_id, time.time_ns()).release()
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
         """``begin`` from a sync client's thread: answered there when the caches can (no
         trip to the tracker's loop), else on the loop, waiting."""
+        started_ns = time.time_ns()
         tracker = self.tracker_sync()
         cost = self._estimated_cost(tracker, plan)
         if self._admitted_at_once(tracker, plan, attribution, cost):
-            return Call(tracker, self.provider, plan, attribution, None)
+            return Call(tracker, self.provider, plan, attribution, None, started_ns)
         release = functools.partial(self._release_unused, tracker, plan, attribution)
         checking = _loop_runner(tracker).start(self._check(tracker, plan, attribution, cost))
         result = answer_or_release_sync(checking, release)
-        return self._admitted(tracker, plan, attribution, result)
+        return self._admitted(tracker, plan, attribution, result, started_ns)
 
     def _admitted_at_once(
         self, tracker: UsageTracker, plan: Plan, attribution: Attribution, cost: Decimal | None
@@ -335,11 +339,16 @@ class Lifecycle:
         )
 
     def _admitted(
-        self, tracker: UsageTracker, plan: Plan, attribution: Attribution, result: CheckResult
+        self,
+        tracker: UsageTracker,
+        plan: Plan,
+        attribution: Attribution,
+        result: CheckResult,
+        started_ns: int,
     ) -> Call:
         if not result.allowed:
             raise self.refusal(BudgetExceeded.of(result))
-        return Call(tracker, self.provider, plan, attribution, result.reservation_id)
+        return Call(tracker, self.provider, plan, attribution, result.reservation_id, started_ns)
 
     def _estimated_cost(self, tracker: UsageTracker, plan: Plan) -> Decimal | None:
         """The request's output allowance at the output price plus its prompt at the input
@@ -374,10 +383,19 @@ class Lifecycle:
 
 
 class Call:
-    """A call the budget admitted: ``record`` its usage once, or ``release`` its
-    reservation; whichever comes first settles it, later ones do nothing."""
+    """A call the budget admitted (its check begun at ``started_ns``, ``time.time_ns()``):
+    ``record`` its usage once, or ``release`` its reservation; whichever comes first
+    settles it, later ones do nothing."""
 
-    __slots__ = ("attribution", "plan", "provider", "reservation_id", "settled", "tracker")
+    __slots__ = (
+        "attribution",
+        "plan",
+        "provider",
+        "reservation_id",
+        "settled",
+        "started_ns",
+        "tracker",
+    )
 
     def __init__(
         self,
@@ -386,12 +404,14 @@ class Call:
         plan: Plan,
         attribution: Attribution,
         reservation_id: str | None,
+        started_ns: int,
     ) -> None:
         self.tracker = tracker
         self.provider = provider
         self.plan = plan
         self.attribution = attribution
         self.reservation_id = reservation_id
+        self.started_ns = started_ns
         self.settled = False
 
     def record(self, measured: Measured) -> None:
@@ -417,8 +437,10 @@ class Call:
             log.exception("could not record the usage of a %s call", self.provider)
             self._release_now()
             return
-        # Observers (``budget.otel``) hear of it here, in the caller's context (its span).
-        notify_recorded(event)
+        # Observers (``budget.otel``) hear of it here, in the caller's context (its span),
+        # with what the event does not say: the model asked for, when the call began.
+        requested = None if self.plan.model == UNSTATED_MODEL else self.plan.model
+        notify_recorded(event, InstrumentedCall(requested, measured.model, self.started_ns))
         try:
             runner = _loop_runner(self.tracker)
             runner.call(functools.partial(runner.publish, self.tracker.publisher, event))

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -45,6 +46,9 @@ class Telemetry:
         return list(self.spans.get_finished_spans())
 
     def token_points(self) -> list[HistogramDataPoint]:
+        return self.points("gen_ai.client.token.usage")
+
+    def points(self, histogram: str) -> list[HistogramDataPoint]:
         data = self.metrics.get_metrics_data()
         assert data is not None
         return [
@@ -52,7 +56,7 @@ class Telemetry:
             for resource in data.resource_metrics
             for scope in resource.scope_metrics
             for metric in scope.metrics
-            if metric.name == "gen_ai.client.token.usage"
+            if metric.name == histogram
             for point in metric.data.data_points
             if isinstance(point, HistogramDataPoint)
         ]
@@ -254,10 +258,88 @@ async def test_an_instrumented_call_is_a_span_on_the_callers_span_too(
     [span] = telemetry.finished()
     assert span.name == "call the model"
     attributes = dict(span.attributes or {})
-    assert attributes["gen_ai.request.model"] == "gpt-4o-2024-08-06"
+    assert attributes["gen_ai.request.model"] == "gpt-4o"
+    assert attributes["gen_ai.response.model"] == "gpt-4o-2024-08-06"
     assert attributes["gen_ai.usage.input_tokens"] == 93 + 1024
     assert attributes["gen_ai.usage.cache_read.input_tokens"] == 1024
     assert attributes["gen_ai.usage.output_tokens"] == 46
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_an_instrumented_calls_span_covers_the_call_and_names_the_model_asked_for(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker, sync: bool
+) -> None:
+    """The span starts as the call is made and ends as its stream ends (it had started as
+    the usage was recorded, and ended at once), is named for the model the request asked
+    for (it had been named, and its ``gen_ai.request.model`` set, for the one that
+    answered), and the call is a point of ``gen_ai.client.operation.duration``."""
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    client = instrumented_openai(fail_open_tracker, sync=sync)
+    request = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+
+    def read_sync() -> tuple[int, int, int]:
+        before = time.time_ns()
+        stream = iter(client.chat.completions.create(**request))
+        next(stream)
+        first_chunk = time.time_ns()
+        list(stream)
+        return before, first_chunk, time.time_ns()
+
+    async def read_async() -> tuple[int, int, int]:
+        before = time.time_ns()
+        stream = await client.chat.completions.create(**request)
+        await anext(aiter(stream))
+        first_chunk = time.time_ns()
+        _ = [chunk async for chunk in stream]
+        return before, first_chunk, time.time_ns()
+
+    before, first_chunk, after = await (asyncio.to_thread(read_sync) if sync else read_async())
+    await fail_open_tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.start_time is not None and span.end_time is not None
+    assert before <= span.start_time <= first_chunk <= span.end_time <= after
+    assert span.name == "chat gpt-4o-mini"
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (
+        19,
+        10,
+    )
+    [duration] = telemetry.points("gen_ai.client.operation.duration")
+    assert duration.count == 1
+    assert duration.sum == (span.end_time - span.start_time) / 1e9
+    assert dict(duration.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+    }
+    assert {(p.attributes or {})["gen_ai.request.model"] for p in telemetry.token_points()} == {
+        "gpt-4o-mini"
+    }
+
+
+async def test_a_request_naming_no_model_is_a_span_named_for_its_operation(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker
+) -> None:
+    """A Responses call from a stored prompt names no model: its span is named for the
+    operation alone and has no ``gen_ai.request.model`` (not "unknown"); the answer's
+    model is its ``gen_ai.response.model``."""
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    client = instrumented_openai(fail_open_tracker, sync=False)
+    await client.responses.create(prompt={"id": "pmpt_123"}, input="A haiku")
+    await fail_open_tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.name == "chat"
+    attributes = dict(span.attributes or {})
+    assert "gen_ai.request.model" not in attributes
+    assert attributes["gen_ai.response.model"] == "o4-mini-2025-04-16"
 
 
 async def test_a_stream_collected_unread_is_a_span_of_its_own(

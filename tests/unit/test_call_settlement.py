@@ -33,7 +33,7 @@ def closed_tracker() -> Any:
 def test_recording_after_the_trackers_loop_ended_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    call = Call(closed_tracker(), "openai", Plan(model="gpt-4o"), Attribution(), None)
+    call = Call(closed_tracker(), "openai", Plan(model="gpt-4o"), Attribution(), None, 0)
     with caplog.at_level(logging.ERROR):
         call.record(Measured(Usage(input_uncached=10)))
     assert "its budget tracker is closed" in caplog.text
@@ -43,7 +43,7 @@ def test_recording_after_the_trackers_loop_ended_is_logged_not_raised(
 def test_releasing_after_the_trackers_loop_ended_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    call = Call(closed_tracker(), "openai", Plan(model="gpt-4o"), Attribution(), "hold-1")
+    call = Call(closed_tracker(), "openai", Plan(model="gpt-4o"), Attribution(), "hold-1", 0)
     with caplog.at_level(logging.ERROR):
         call.release()
     assert "could not release reservation hold-1" in caplog.text
