@@ -167,10 +167,11 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
                     f"google-genai batches.{name}",
                     "a batch is billed as its requests complete, long after this call",
                 )
-    for resource, why in _UNRECORDED_RESOURCES:
+    for resource, names, why in _UNRECORDED_RESOURCES:
         for holder in (getattr(client, resource, None), getattr(client.aio, resource, None)):
-            if hasattr(holder, "create"):  # what this version of the SDK has
-                untracked(holder, "create", f"google-genai {resource}.create", why)
+            for name in names:
+                if hasattr(holder, name):  # what this version of the SDK has
+                    untracked(holder, name, f"google-genai {resource}.{name}", why)
     untracked(
         client.aio.live,
         "connect",
@@ -293,8 +294,22 @@ _UNRECORDED = (
 
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _UNRECORDED_RESOURCES = (
-    ("interactions", "the Interactions API's answers are not read by the instrumentation"),
-    ("decisions", "the decisions' answers are not read by the instrumentation"),
+    (
+        "interactions",
+        ("create",),
+        "the Interactions API's answers are not read by the instrumentation",
+    ),
+    ("decisions", ("create",), "the decisions' answers are not read by the instrumentation"),
+    (
+        "tunings",
+        ("tune",),
+        "a tuning job is billed by the tokens it trains on as it runs, long after this call",
+    ),
+    (
+        "caches",
+        ("create", "update"),
+        "cached content is billed per token and hour it is stored, which usage events do not count",
+    ),
 )
 
 

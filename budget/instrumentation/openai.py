@@ -346,6 +346,21 @@ _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ("create",),
         "decisions are billed at rates of their own, not the model's chat rates",
     ),
+    (
+        "fine_tuning.jobs",
+        ("create",),
+        "a fine-tuning job is billed by the tokens it trains on as it runs, long after this call",
+    ),
+    (
+        "evals.runs",
+        ("create",),
+        "an eval run's model calls are billed as it runs them, long after this call",
+    ),
+    (
+        "containers",
+        ("create",),
+        "a container is billed per session it is active, which usage events do not count",
+    ),
 )
 
 
