@@ -7,7 +7,8 @@ retired, its endpoint no longer answers.)
 Streaming chat and text completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
 that extra chunk (no choices, only usage) is then kept from the caller; but not for an API
-that refuses the option and sends the usage unasked (Mistral's). Streamed images
+that refuses the option and sends the usage unasked (Mistral's). Groq's tells it in its
+last chunk's ``x_groq.usage`` too (read, the usage chunk after it replacing it). Streamed images
 and transcriptions tell their usage in their last event (``*.completed``,
 ``transcript.text.done``).
 """
@@ -88,6 +89,11 @@ class _ChatObserver(UsageObserver):
         for choice in chunk.choices:
             self.chars += self._chars(choice)
         if chunk.usage is None:
+            groq = _groq_usage(chunk)
+            if groq is not None:
+                # The same counts as a usage chunk after it would tell: either replaces
+                # the other, never adds to it.
+                self.usage, self.answer = groq, chunk
             return True
         self.usage, self.answer = chunk.usage, chunk
         return bool(chunk.choices) or not self.plan.strip_usage_chunk
@@ -102,6 +108,13 @@ class _ChatObserver(UsageObserver):
             if tool_call.function is not None:
                 chars += len(tool_call.function.arguments or "")
         return chars
+
+
+def _groq_usage(chunk: Any) -> Any:
+    """The usage Groq tells in a stream's last chunk, under ``x_groq`` (kept by the SDK as
+    a field it does not know), whether or not a usage chunk follows; None elsewhere."""
+    extension = (getattr(chunk, "model_extra", None) or {}).get("x_groq")
+    return extension.get("usage") if isinstance(extension, Mapping) else None
 
 
 class _CompletionsObserver(_ChatObserver):

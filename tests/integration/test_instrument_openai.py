@@ -644,6 +644,52 @@ async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_pr
     assert event.unpriced_reason is None
 
 
+@pytest.mark.parametrize("usage_chunk", [False, True], ids=["x_groq-only", "and-usage-chunk"])
+@sync_and_async
+async def test_a_stream_from_groq_records_the_usage_its_last_chunk_tells_in_x_groq(
+    stack: EnforcementStack, topology: Topology, sync: bool, usage_chunk: bool
+) -> None:
+    """Groq tells a stream's usage in its last chunk's ``x_groq.usage`` (a usage chunk
+    after it only as its API now sends one when asked): a stream with the ``x_groq``
+    usage alone had been recorded as the prompt and text estimated. Either way the call is
+    recorded once, at the counts Groq told, and the caller sees Groq's chunks as sent
+    but the usage chunk the instrumentation asked for."""
+    api = ProviderApi(groq_usage_chunk=usage_chunk)
+    groq = {"api_key": "gsk-test", "base_url": "https://api.groq.com/openai/v1"}
+    if sync:
+        client: Any = openai.OpenAI(**groq, http_client=httpx2.Client(transport=api.transport()))
+    else:
+        http = httpx2.AsyncClient(transport=api.transport())
+        client = openai.AsyncOpenAI(**groq, http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    request = {"model": "llama-3.3-70b-versatile", "messages": HELLO, "max_tokens": 100}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chunks = await in_thread(
+                lambda: list(client.chat.completions.create(**request, stream=True))
+            )
+        else:
+            chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
+        "Hello! How can I help you today?"
+    )
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].model_extra["x_groq"]["usage"]["prompt_tokens"] == 41
+    usage = Usage(input_uncached=41, output_text=10)
+    assert (event.provider, event.model, event.usage) == (
+        "groq",
+        "llama-3.3-70b-versatile",
+        usage,
+    )
+    assert event.estimated_reason is None
+    priced = stack.tracker.registry.price(
+        provider="groq", model="llama-3.3-70b-versatile", usage=usage, at=event.occurred_at
+    )
+    assert isinstance(priced, Priced) and event.cost == priced.cost
+    assert event.cost == per_million(a=("0.59", 41), b=("0.79", 10))
+
+
 @sync_and_async
 async def test_a_stream_from_mistral_is_sent_as_asked_and_records_its_last_chunks_usage(
     stack: EnforcementStack, topology: Topology, sync: bool
