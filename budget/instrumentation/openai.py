@@ -31,6 +31,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
+from budget.instrumentation.stream_helpers import patch_scope_held
 from budget.instrumentation.wrapping import patch, patch_copies, untracked
 from budget.usage import normalize_usage
 from events import ImageUsage, Usage
@@ -304,9 +305,10 @@ _SPEECH_TO_TEXT = Method(_speech_to_text_plan, _speech_to_text_measure, _Transcr
 def install(client: Any, lifecycle: Lifecycle) -> None:
     patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, openai.AsyncOpenAI)
-    # The SDKs' stream() helpers call create (on the same object): they are covered;
-    # their parse() helpers post by themselves. ``client.beta`` has chat completions and
-    # Responses objects of its own (the same calls, under another path).
+    # The SDKs' stream() helpers call create (on the same object) as their block is
+    # entered: they are covered, and take the budget_* keywords to it; their parse()
+    # helpers post by themselves. ``client.beta`` has chat completions and Responses
+    # objects of its own (the same calls, under another path).
     beta = getattr(client, "beta", None)
     chat = _CHAT_AS_ASKED if lifecycle.provider in _USAGE_UNASKED else _CHAT
     for owner, method, names in (
@@ -318,6 +320,8 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
         for name in names:
             if hasattr(owner, name):  # what this version of the SDK has
                 patch(owner, name, lifecycle, method, asynchronous=asynchronous)
+        if hasattr(owner, "stream"):
+            patch_scope_held(owner, "stream")
     patch(client.completions, "create", lifecycle, _COMPLETIONS, asynchronous=asynchronous)
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
     for images in ("generate", "edit"):

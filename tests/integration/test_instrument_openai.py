@@ -1151,6 +1151,48 @@ async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
 
 
 @sync_and_async
+async def test_the_sdks_stream_helpers_take_the_per_call_keywords(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``chat.completions.stream`` and ``responses.stream`` had refused ``budget_user_id=``
+    and the others with TypeError ('unexpected keyword argument'), though every other
+    instrumented method takes them; they charge the request the helper sends as its block
+    is entered, with the ``attribute_to`` blocks the helper was asked for in (not those
+    it is entered in)."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    with budget.attribute_to(tags={"feature": "summary"}):
+        chat = client.chat.completions.stream(**CHAT, budget_user_id="bob")
+        responses = client.responses.stream(**RESPONSES, budget_project_id="hermes")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def read() -> str:
+                with chat as stream:
+                    text = "".join(e.delta for e in stream if e.type == "content.delta")
+                with responses as events:
+                    events.until_done()
+                return text
+
+            text = await in_thread(read)
+        else:
+            async with chat as stream:
+                text = "".join([e.delta async for e in stream if e.type == "content.delta"])
+            async with responses as events:
+                await events.until_done()
+        events_recorded = await recorded.exactly(stack.tracker, 2)
+    assert text == "Hello! How can I help you today?"
+    charged = {(e.user_id, e.project_id, e.model, e.usage) for e in events_recorded}
+    assert charged == {
+        ("bob", None, "gpt-4o-mini-2024-07-18", GPT_4O_MINI_CHAT_STREAM),
+        ("alice", "hermes", "o4-mini-2025-04-16", O4_MINI_RESPONSE),
+    }
+    assert_each(events_recorded, tags={"feature": "summary"}, estimated_reason=None)
+    assert all(body is not None and "budget_user_id" not in body for body in api.requests)
+
+
+@sync_and_async
 async def test_the_beta_namespace_and_compaction_are_recorded_once(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
