@@ -35,7 +35,8 @@ _SCOPE = "budget-manager"
 _TOKEN_BUCKETS = [4.0**n for n in range(14)]
 _DURATION_BUCKETS = [0.01 * 2**n for n in range(14)]
 # gen_ai.operation.name for each call kind; the conventions name no operation for
-# images or audio, so those keep the kind's own name.
+# images or audio, so those keep the kind's own name. An instrumented call may tell its
+# own (``InstrumentedCall.operation``: text_completion, generate_content).
 _OPERATIONS = {"chat": "chat", "embedding": "embeddings"}
 # gen_ai.provider.name's well-known values, for the providers this product's pricing names
 # otherwise; the others (openai, anthropic, groq, ...) are the same in both. Google's is
@@ -151,7 +152,8 @@ def span_attributes(
     usage = event.usage
     inputs, outputs = _token_counts(event)
     attributes: dict[str, AttributeValue] = {
-        "gen_ai.operation.name": _OPERATIONS.get(event.kind, event.kind),
+        "gen_ai.operation.name": (call and call.operation)
+        or _OPERATIONS.get(event.kind, event.kind),
         "gen_ai.provider.name": _provider_name(event.provider),
         "gen_ai.usage.input_tokens": inputs,
         "gen_ai.usage.output_tokens": outputs,

@@ -25,12 +25,14 @@ log = logging.getLogger(__name__)
 class InstrumentedCall:
     """What ``budget.instrument`` knows of a call that its event does not say: the model
     the request named (None when it named none) and the one the answer named (None when
-    it named none; the event's ``model`` is the answer's, else the request's), and when
-    the call began (``time.time_ns()``; it ends as it is recorded)."""
+    it named none; the event's ``model`` is the answer's, else the request's), when
+    the call began (``time.time_ns()``; it ends as it is recorded), and the GenAI
+    conventions' operation, where the event's ``kind`` does not tell it (None)."""
 
     requested_model: str | None
     response_model: str | None
     started_ns: int
+    operation: str | None = None
 
 
 RecordedObserver = Callable[[UsageRecorded, InstrumentedCall | None], None]

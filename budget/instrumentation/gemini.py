@@ -51,6 +51,7 @@ def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
         max_output_tokens=output_allowance(config, "max_output_tokens")
         * choices(config, "candidate_count"),
         stream=stream,
+        operation="generate_content",
     )
 
 

@@ -175,6 +175,9 @@ class Plan:
     stream: bool = False
     strip_usage_chunk: bool = False
     """OpenAI chat: ``include_usage`` was set for the tracker, not the caller."""
+    operation: str | None = None
+    """The GenAI conventions' ``gen_ai.operation.name`` where the kind's is not the one
+    (``text_completion``, ``generate_content``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,8 +442,10 @@ class Call:
             return
         # Observers (``budget.otel``) hear of it here, in the caller's context (its span),
         # with what the event does not say: the model asked for, when the call began.
-        requested = None if self.plan.model == UNSTATED_MODEL else self.plan.model
-        notify_recorded(event, InstrumentedCall(requested, measured.model, self.started_ns))
+        plan = self.plan
+        requested = None if plan.model == UNSTATED_MODEL else plan.model
+        call = InstrumentedCall(requested, measured.model, self.started_ns, plan.operation)
+        notify_recorded(event, call)
         try:
             runner = _loop_runner(self.tracker)
             runner.call(functools.partial(runner.publish, self.tracker.publisher, event))

@@ -75,6 +75,7 @@ def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
         max_output_tokens=output_allowance(kwargs, "max_tokens") * choices(kwargs, "n", "best_of"),
         stream=kwargs.get("stream") is True,
         strip_usage_chunk=strip,
+        operation="text_completion",
     )
 
 

@@ -342,6 +342,35 @@ async def test_a_request_naming_no_model_is_a_span_named_for_its_operation(
     assert attributes["gen_ai.response.model"] == "o4-mini-2025-04-16"
 
 
+async def test_text_completions_and_gemini_calls_are_named_by_the_conventions_operations(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker
+) -> None:
+    """The conventions name the OpenAI legacy completions' operation ``text_completion``
+    and Gemini's ``generate_content``: both had been ``chat``."""
+    import httpx2
+    from google import genai
+    from google.genai import types
+
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    client = instrumented_openai(fail_open_tracker, sync=False)
+    await client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hello")
+    transport = ProviderApi().transport()
+    http = types.HttpOptions(httpx_async_client=httpx2.AsyncClient(transport=transport))
+    gemini = budget.instrument(
+        genai.Client(api_key="k", http_options=http), tracker=fail_open_tracker
+    )
+    await gemini.aio.models.generate_content(model="gemini-2.5-flash", contents="Fox")
+    await fail_open_tracker.flush()
+
+    operations = {
+        span.name: (span.attributes or {})["gen_ai.operation.name"] for span in telemetry.finished()
+    }
+    assert operations == {
+        "text_completion gpt-3.5-turbo-instruct": "text_completion",
+        "generate_content gemini-2.5-flash": "generate_content",
+    }
+
+
 async def test_a_stream_collected_unread_is_a_span_of_its_own(
     telemetry: Telemetry, fail_open_tracker: UsageTracker
 ) -> None:
