@@ -21,11 +21,18 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import Histogram, MeterProvider
-from opentelemetry.trace import SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from budget.pricing.genai import canonical_provider
-from budget.recorded import InstrumentedCall, add_observer, remove_observer
-from events import UsageRecorded
+from budget.recorded import (
+    FailedCall,
+    InstrumentedCall,
+    add_failure_observer,
+    add_observer,
+    remove_failure_observer,
+    remove_observer,
+)
+from events import CallKind, UsageRecorded
 
 __all__ = ["disable", "enable", "span_attributes"]
 
@@ -56,19 +63,11 @@ class _Telemetry:
     def __call__(self, event: UsageRecorded, call: InstrumentedCall | None) -> None:
         ended_ns = time.time_ns()
         attributes = span_attributes(event, call)
-        current = trace.get_current_span()
-        if self.on_current_span and current.is_recording():
-            current.set_attributes(attributes)
-        else:
-            # An instrumented call's span covers it, from its budget check to its answer
-            # (a stream's last item); a recorded one's is the instant it names.
-            start = call.started_ns if call else int(event.occurred_at.timestamp() * 1e9)
-            span = self.tracer.start_span(
-                _span_name(attributes),
-                kind=SpanKind.CLIENT,
-                attributes=attributes,
-                start_time=start,
-            )
+        # An instrumented call's span covers it, from its budget check to its answer (a
+        # stream's last item); a recorded one's is the instant it names.
+        start = call.started_ns if call else int(event.occurred_at.timestamp() * 1e9)
+        span = self._span(attributes, start)
+        if span is not None:
             span.end(end_time=max(start, ended_ns))
         common = {key: attributes[key] for key in _METRIC_KEYS if key in attributes}
         if call is not None:
@@ -78,12 +77,39 @@ class _Telemetry:
             self.token_usage.record(inputs, common | {"gen_ai.token.type": "input"})
             self.token_usage.record(outputs, common | {"gen_ai.token.type": "output"})
 
+    def failed(self, failed: FailedCall) -> None:
+        """An instrumented call that ended in an error: its span (status ERROR) and
+        duration, with the conventions' ``error.type``."""
+        ended_ns = time.time_ns()
+        attributes = _call_attributes(failed.provider, failed.kind, failed.call)
+        attributes["error.type"] = _error_type(failed.error)
+        span = self._span(attributes, failed.call.started_ns)
+        if span is not None:
+            span.set_status(Status(StatusCode.ERROR))
+            span.end(end_time=max(failed.call.started_ns, ended_ns))
+        common = {key: attributes[key] for key in _METRIC_KEYS if key in attributes}
+        self.duration.record(max(ended_ns - failed.call.started_ns, 0) / 1e9, common)
+
+    def _span(self, attributes: Mapping[str, AttributeValue], start: int) -> Span | None:
+        """The attributes on the caller's span (``on_current_span``, when one is
+        recording: None), else a span of their own from ``start``, for the caller to
+        end."""
+        current = trace.get_current_span()
+        if self.on_current_span and current.is_recording():
+            current.set_attributes(attributes)
+            return None
+        span = self.tracer.start_span(
+            _span_name(attributes), kind=SpanKind.CLIENT, attributes=attributes, start_time=start
+        )
+        return span
+
 
 _METRIC_KEYS = (
     "gen_ai.operation.name",
     "gen_ai.provider.name",
     "gen_ai.request.model",
     "gen_ai.response.model",
+    "error.type",
 )
 
 
@@ -110,7 +136,10 @@ def enable(
     the current span, if any): an instrumented call's lasts from its budget check to its
     answer (a stream's, to its end) and is also a point of the
     ``gen_ai.client.operation.duration`` histogram; a ``record_usage`` call's is the
-    instant of its ``occurred_at``. With ``on_current_span``, the attributes go on the
+    instant of its ``occurred_at``. An instrumented call that fails (the provider's error,
+    a timeout, a cancellation) records nothing, but is a span too, with status ERROR and
+    the conventions' ``error.type`` (the HTTP status, else the exception's class), and a
+    point of the duration histogram. With ``on_current_span``, the attributes go on the
     current span instead, when one is recording: for apps that wrap each provider call in
     their own span and record its usage inside it. Calling it again replaces the previous
     setup."""
@@ -132,6 +161,7 @@ def enable(
     )
     _enabled = _Telemetry(tracer, token_usage, duration, on_current_span)
     add_observer(_enabled)
+    add_failure_observer(_enabled.failed)
 
 
 def disable() -> None:
@@ -139,6 +169,7 @@ def disable() -> None:
     global _enabled
     if _enabled is not None:
         remove_observer(_enabled)
+        remove_failure_observer(_enabled.failed)
         _enabled = None
 
 
@@ -151,10 +182,16 @@ def span_attributes(
     ``record_usage`` call's model is all there is, taken as the one asked for."""
     usage = event.usage
     inputs, outputs = _token_counts(event)
-    attributes: dict[str, AttributeValue] = {
-        "gen_ai.operation.name": (call and call.operation)
-        or _OPERATIONS.get(event.kind, event.kind),
-        "gen_ai.provider.name": _provider_name(event.provider),
+    attributes: dict[str, AttributeValue]
+    if call is None:
+        attributes = {
+            "gen_ai.operation.name": _OPERATIONS.get(event.kind, event.kind),
+            "gen_ai.provider.name": _provider_name(event.provider),
+            "gen_ai.request.model": event.model,
+        }
+    else:
+        attributes = _call_attributes(event.provider, event.kind, call)
+    attributes |= {
         "gen_ai.usage.input_tokens": inputs,
         "gen_ai.usage.output_tokens": outputs,
         "gen_ai.usage.cache_read.input_tokens": usage.input_cache_read,
@@ -162,11 +199,6 @@ def span_attributes(
         "gen_ai.usage.reasoning.output_tokens": usage.output_reasoning,
         "budget.event_id": str(event.event_id),
     }
-    requested = event.model if call is None else call.requested_model
-    if requested is not None:
-        attributes["gen_ai.request.model"] = requested
-    if call is not None and call.response_model is not None:
-        attributes["gen_ai.response.model"] = call.response_model
     if event.cost is not None:
         attributes["budget.cost.usd"] = str(event.cost)
     if event.unpriced_reason is not None:
@@ -174,6 +206,32 @@ def span_attributes(
     if event.estimated_reason is not None:
         attributes["budget.usage.estimated_reason"] = event.estimated_reason
     return attributes
+
+
+def _call_attributes(
+    provider: str, kind: CallKind, call: InstrumentedCall
+) -> dict[str, AttributeValue]:
+    """What the conventions say of an instrumented call, whatever its outcome."""
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.operation.name": call.operation or _OPERATIONS.get(kind, kind),
+        "gen_ai.provider.name": _provider_name(provider),
+    }
+    if call.requested_model is not None:
+        attributes["gen_ai.request.model"] = call.requested_model
+    if call.response_model is not None:
+        attributes["gen_ai.response.model"] = call.response_model
+    return attributes
+
+
+def _error_type(error: BaseException) -> str:
+    """The conventions' ``error.type``: the HTTP status the provider answered with (the
+    SDKs' ``status_code``, google-genai's ``code``), else the exception's class name
+    (``APITimeoutError``, ``CancelledError``)."""
+    for name in ("status_code", "code"):
+        status = getattr(error, name, None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return str(status)
+    return type(error).__qualname__
 
 
 def _provider_name(provider: str) -> str:

@@ -32,7 +32,7 @@ from budget.instrumentation.prompts import UNSTATED_MODEL
 from budget.periods import quarter_hour_number
 from budget.pricing import Priced
 from budget.publisher import EventPublisher
-from budget.recorded import InstrumentedCall, notify_recorded
+from budget.recorded import FailedCall, InstrumentedCall, notify_failed, notify_recorded
 from budget.tracker import EXIT_WAIT, UsageTracker, get_usage_tracker
 from budget.usage import usage_from_response
 from events import CallKind, Event, Usage, utc_now
@@ -442,10 +442,7 @@ class Call:
             return
         # Observers (``budget.otel``) hear of it here, in the caller's context (its span),
         # with what the event does not say: the model asked for, when the call began.
-        plan = self.plan
-        requested = None if plan.model == UNSTATED_MODEL else plan.model
-        call = InstrumentedCall(requested, measured.model, self.started_ns, plan.operation)
-        notify_recorded(event, call)
+        notify_recorded(event, self._instrumented(measured.model))
         try:
             runner = _loop_runner(self.tracker)
             runner.call(functools.partial(runner.publish, self.tracker.publisher, event))
@@ -456,11 +453,27 @@ class Call:
             )
 
     def release(self) -> None:
-        """The call failed or was cancelled before any response: give the reservation back."""
+        """The call was never made, or failed before any response: give the reservation
+        back."""
         if self.settled:
             return
         self.settled = True
         self._release_now()
+
+    def fail(self, error: BaseException) -> None:
+        """The call failed (or was cancelled) before any response, with ``error``:
+        ``release``, and the observers (``budget.otel``) hear of it, in the caller's
+        context; never raises, ``error`` is what the caller must see."""
+        if self.settled:
+            return
+        self.release()
+        notify_failed(FailedCall(self.provider, self.plan.kind, self._instrumented(None), error))
+
+    def _instrumented(self, response_model: str | None) -> InstrumentedCall:
+        """What the event of this call does not say, for the observers."""
+        plan = self.plan
+        requested = None if plan.model == UNSTATED_MODEL else plan.model
+        return InstrumentedCall(requested, response_model, self.started_ns, plan.operation)
 
     def _release_now(self) -> None:
         """Never raises: it runs as the call's own error propagates (which must stay the

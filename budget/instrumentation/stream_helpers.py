@@ -130,8 +130,8 @@ class _SyncManager(_Manager):
         try:
             self._manager = self._make()
             helper = self._manager.__enter__()
-        except BaseException:
-            call.release()
+        except BaseException as exc:
+            call.fail(exc)
             raise
         return self._watching(helper, call, SyncStream)
 
@@ -148,8 +148,8 @@ class _AsyncManager(_Manager):
         try:
             self._manager = self._make()
             helper = await self._manager.__aenter__()
-        except BaseException:
-            call.release()
+        except BaseException as exc:
+            call.fail(exc)
             raise
         return self._watching(helper, call, AsyncStream)
 

@@ -48,9 +48,9 @@ def watch(stream: Any, observer: Observer, call: Call) -> Generator[Any, None, N
             seen = True
             if observer.see(item):
                 yield item
-    except Exception:
+    except Exception as exc:
         if not seen:  # the request itself failed (a generator sends it on first use)
-            call.release()
+            call.fail(exc)
         raise
     finally:
         record_seen(call, observer)
@@ -64,9 +64,9 @@ async def watch_async(stream: Any, observer: Observer, call: Call) -> AsyncGener
             seen = True
             if observer.see(item):
                 yield item
-    except Exception:
+    except Exception as exc:
         if not seen:
-            call.release()
+            call.fail(exc)
         raise
     finally:
         record_seen(call, observer)

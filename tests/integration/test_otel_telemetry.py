@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 import budget
 from budget import otel
@@ -216,16 +217,20 @@ async def fail_open_tracker(
     await started.close()
 
 
-def instrumented_openai(tracker: UsageTracker, *, sync: bool) -> Any:
+def instrumented_openai(
+    tracker: UsageTracker, *, sync: bool, api: ProviderApi | None = None
+) -> Any:
     import httpx2
     import openai
 
-    transport = ProviderApi().transport()
+    transport = (api or ProviderApi()).transport()
     client = (
-        openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport))
+        openai.OpenAI(
+            api_key="sk-test", max_retries=0, http_client=httpx2.Client(transport=transport)
+        )
         if sync
         else openai.AsyncOpenAI(
-            api_key="sk-test", http_client=httpx2.AsyncClient(transport=transport)
+            api_key="sk-test", max_retries=0, http_client=httpx2.AsyncClient(transport=transport)
         )
     )
     return budget.instrument(client, tracker=tracker, user_id="alice")
@@ -369,6 +374,42 @@ async def test_text_completions_and_gemini_calls_are_named_by_the_conventions_op
         "text_completion gpt-3.5-turbo-instruct": "text_completion",
         "generate_content gemini-2.5-flash": "generate_content",
     }
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_a_failed_instrumented_call_is_an_error_span_with_its_error_type(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker, stream: bool
+) -> None:
+    """A call the provider answers with an error records nothing: it had left no trace
+    at all, so a trace showed only the calls that succeeded. It is a span with status
+    ERROR and the conventions' ``error.type`` (the HTTP status), covering the call, and
+    a point of ``gen_ai.client.operation.duration`` with that ``error.type``."""
+    import openai
+
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    client = instrumented_openai(fail_open_tracker, sync=False, api=ProviderApi(fail_with=503))
+    before = time.time_ns()
+    with pytest.raises(openai.InternalServerError):
+        await client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=stream)
+    after = time.time_ns()
+
+    [span] = telemetry.finished()
+    assert span.name == "chat gpt-4o"
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.start_time is not None and span.end_time is not None
+    assert before <= span.start_time <= span.end_time <= after
+    assert dict(span.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "error.type": "503",
+    }
+    [duration] = telemetry.points("gen_ai.client.operation.duration")
+    assert (duration.attributes or {})["error.type"] == "503"
+    assert telemetry.token_points() == []
 
 
 async def test_a_stream_collected_unread_is_a_span_of_its_own(
