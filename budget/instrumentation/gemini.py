@@ -19,7 +19,6 @@ from budget.instrumentation.lifecycle import (
     Measured,
     Plan,
     call_scope,
-    enclosing_scope,
     in_scope,
     retry_after,
 )
@@ -180,10 +179,13 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
         "a live session's usage arrives over its connection, which is not read",
     )
     # A chat asks its client's models for a stream only as its own is read, so nothing
-    # of the client's is called inside the block a stream is asked for in. ``client.chats``
-    # is a new object each time: the chat classes are the one place to hold the scope.
-    replace(chats.Chat, "send_message_stream", _scope_held(asynchronous=False))
-    replace(chats.AsyncChat, "send_message_stream", _scope_held(asynchronous=True))
+    # of the client's is called inside the block a stream is asked for in; and its
+    # methods' own signatures refuse the budget_* keywords. ``client.chats`` is a new
+    # object each time: the chat classes are the one place to hold the scope. (A chat of
+    # a client not instrumented sees no difference: its requests are charged nowhere.)
+    for chat, asynchronous in ((chats.Chat, False), (chats.AsyncChat, True)):
+        replace(chat, "send_message", _keywords_passed(asynchronous, stream=False))
+        replace(chat, "send_message_stream", _keywords_passed(asynchronous, stream=True))
 
 
 def _keywords_passed(
@@ -216,31 +218,6 @@ def _keywords_passed(
             return _ScopedIterator(answer, scope) if stream else answer
 
         return passing_sync
-
-    return make
-
-
-def _scope_held(*, asynchronous: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A chat's ``send_message_stream`` whose stream holds the ``attribute_to`` blocks it
-    was asked for in while it is read (a stream asked for outside any block, or a chat of
-    a client not instrumented, sees no difference: its requests are charged as before)."""
-
-    def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        if asynchronous:
-
-            async def holding(*args: Any, **kwargs: Any) -> Any:
-                scope = enclosing_scope()
-                stream = await original(*args, **kwargs)
-                return stream if scope is None else _ScopedAsyncIterator(stream, scope)
-
-            return holding
-
-        def holding_sync(*args: Any, **kwargs: Any) -> Any:
-            scope = enclosing_scope()
-            stream = original(*args, **kwargs)
-            return stream if scope is None else _ScopedIterator(stream, scope)
-
-        return holding_sync
 
     return make
 
