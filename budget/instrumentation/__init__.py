@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Literal, TypeVar
 
 from budget.checks import BudgetExceeded
-from budget.instrumentation.lifecycle import Attribution, Lifecycle, attribute_to
+from budget.instrumentation.lifecycle import Attribution, Lifecycle, attribute_to, given_tags
 from budget.pricing import genai
 from budget.tracker import UsageTracker
 
@@ -79,7 +79,7 @@ def instrument(
     provider = importlib.import_module(f"budget.instrumentation.{_MODULES[top]}")
     lifecycle = Lifecycle(
         provider=_served_by(client, provider.PROVIDER),
-        attribution=Attribution(user_id, project_id, dict(tags or {})),
+        attribution=Attribution(user_id, project_id, given_tags(tags)),
         refusal=provider.provider_error if refusal == "provider_error" else _refuse,
         tracker=tracker,
     )

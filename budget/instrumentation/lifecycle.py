@@ -49,6 +49,7 @@ __all__ = [
     "attribute_to",
     "call_scope",
     "enclosing_scope",
+    "given_tags",
     "in_scope",
     "retry_after",
     "retry_after_headers",
@@ -99,6 +100,18 @@ class Attribution:
         )
 
 
+def given_tags(tags: object) -> dict[str, str]:
+    """A copy of the ``tags`` given (None: none). Anything but a mapping is refused where
+    it is given: ``dict()`` would take ``["ab"]`` as the tag ``a=b``."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValueError(
+            f"budget: tags must map strings to strings, got {tags!r:.60} ({type(tags).__name__})"
+        )
+    return dict(tags)
+
+
 def _shown(value: object) -> str:
     if isinstance(value, str):
         return f"{len(value)} characters"
@@ -117,7 +130,7 @@ def attribute_to(
 ) -> Iterator[None]:
     """Charge the instrumented calls made inside the block to this user, project or tags
     (over the client's own; nested blocks layer the same way)."""
-    with in_scope(_over_enclosing(Attribution(user_id, project_id, dict(tags or {})))):
+    with in_scope(_over_enclosing(Attribution(user_id, project_id, given_tags(tags)))):
         yield
 
 
@@ -157,7 +170,7 @@ def _call_attribution(kwargs: MutableMapping[str, Any]) -> Attribution | None:
     return Attribution(
         kwargs.pop("budget_user_id", None),
         kwargs.pop("budget_project_id", None),
-        dict(kwargs.pop("budget_tags", None) or {}),
+        given_tags(kwargs.pop("budget_tags", None)),
     )
 
 

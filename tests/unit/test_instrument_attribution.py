@@ -43,6 +43,10 @@ def client(sent: list[httpx2.Request]) -> openai.OpenAI:
         ({"budget_user_id": 42}, "user_id"),
         ({"budget_project_id": "p" * 201}, "project_id"),
         ({"budget_tags": {"team": 7}}, "tags"),
+        # Not a mapping: "team=a" had raised dict()'s 'dictionary update sequence element
+        # #0 has length 1', and ["ab"] had been taken as the tag a=b.
+        ({"budget_tags": "team=a"}, "tags must map strings to strings, got 'team=a'"),
+        ({"budget_tags": ["ab"]}, "tags must map strings to strings, got"),
     ],
 )
 def test_a_calls_bad_attribution_is_refused_before_it_is_sent(
@@ -57,4 +61,8 @@ def test_a_bad_attribution_is_refused_where_it_is_given() -> None:
     with pytest.raises(ValueError, match="user_id must be a string"):
         budget.instrument(openai.OpenAI(api_key="sk-test"), user_id=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tags"), budget.attribute_to(tags={1: "x"}):  # type: ignore[dict-item]
+        pass
+    with pytest.raises(ValueError, match="tags must map strings to strings"):
+        budget.instrument(openai.OpenAI(api_key="sk-test"), tags="team=a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tags must map strings"), budget.attribute_to(tags=["ab"]):  # type: ignore[arg-type]
         pass
