@@ -68,6 +68,12 @@ def instrument(
     from, or any running loop for a sync client); by default the process's
     (``get_usage_tracker()``), which a sync client starts on a background thread.
     """
+    if refusal not in ("raise", "provider_error"):
+        # Else a misspelt "provider_error" would raise BudgetExceeded past the host's 429
+        # handler.
+        raise ValueError(
+            f"budget: refusal must be 'raise' or 'provider_error', got {refusal!r:.60}"
+        )
     # The first SDK class in its ancestry: a host app's subclass of an SDK client is one.
     tops = (cls.__module__.split(".", 1)[0] for cls in type(client).__mro__)
     top = next((top for top in tops if top in _MODULES), None)

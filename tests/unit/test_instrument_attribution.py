@@ -66,3 +66,10 @@ def test_a_bad_attribution_is_refused_where_it_is_given() -> None:
         budget.instrument(openai.OpenAI(api_key="sk-test"), tags="team=a")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tags must map strings"), budget.attribute_to(tags=["ab"]):  # type: ignore[arg-type]
         pass
+
+
+def test_a_refusal_mode_misspelt_is_refused_where_it_is_given() -> None:
+    """``refusal="provider-error"`` had been taken as ``"raise"``: the host's handler of
+    the SDK's 429 never saw a refused call, which raised ``BudgetExceeded`` instead."""
+    with pytest.raises(ValueError, match="refusal must be 'raise' or 'provider_error'"):
+        budget.instrument(openai.OpenAI(api_key="sk-test"), refusal="provider-error")  # type: ignore[arg-type]
