@@ -284,6 +284,12 @@ _UNRECORDED_RESOURCES = (
         "a tuning job is billed by the tokens it trains on as it runs, long after this call",
     ),
     (
+        "file_search_stores",
+        ("upload_to_file_search_store", "import_file"),
+        "indexing a file is billed at its embedding model's rate for the file's tokens,"
+        " which the answer (an operation still running) does not count",
+    ),
+    (
         "caches",
         ("create", "update"),
         "cached content is billed per token and hour it is stored, which usage events do not count",

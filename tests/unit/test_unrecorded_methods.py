@@ -1,8 +1,8 @@
 """Paid SDK methods whose cost the instrumentation cannot record (text to speech, batches,
 images and videos priced apart, realtime sessions, OpenAI and Gemini decisions, Gemini
-interactions, fine-tuning and tuning jobs, eval runs, containers, Gemini's cache storage)
-still go to the provider, and the first call of each in the process says,
-once, that its cost is in no total (docs/instrument.md#not-recorded)."""
+interactions, fine-tuning and tuning jobs, eval runs, containers, Gemini's cache storage
+and File Search indexing) still go to the provider, and the first call of each in the
+process says, once, that its cost is in no total (docs/instrument.md#not-recorded)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,8 @@ def test_each_unrecorded_paid_method_of_each_sdk_is_marked(tracker: UsageTracker
         gemini.aio.caches.create,
         gemini.caches.update,
         gemini.aio.caches.update,
+        gemini.file_search_stores.upload_to_file_search_store,
+        gemini.aio.file_search_stores.import_file,
     ]
     unmarked = [m for m in methods if not getattr(m, "__budget_instrumented__", False)]
     assert unmarked == []
