@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
@@ -610,6 +611,10 @@ class _BackgroundLoop:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                if sys.is_finalizing():
+                    # A stream first recorded by the collector as the interpreter exits:
+                    # no thread can start now, and waiting for one would hang the exit.
+                    raise RuntimeError("the interpreter is exiting: no loop can be started")
                 self._loop = asyncio.new_event_loop()
                 thread = threading.Thread(
                     target=self._loop.run_forever, name="budget-tracker", daemon=True
