@@ -122,6 +122,13 @@ class _WatchedStream:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """The SDK stream's class, for ``isinstance``: host code tells a streamed answer
+        from a whole one by ``isinstance(answer, openai.Stream)`` (``type()`` still tells
+        the wrapper)."""
+        return type(self._stream)
+
 
 class SyncStream(_WatchedStream):
     """The SDK's stream, watched; anything else is the SDK stream's own."""

@@ -268,6 +268,30 @@ async def test_a_stream_looped_over_straight_from_the_call_records_its_usage(
 
 
 @sync_and_async
+async def test_a_stream_is_still_an_instance_of_the_sdks_stream_class(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Host code that tells a streamed answer from a whole one by
+    ``isinstance(answer, openai.Stream)`` (or ``AsyncStream``) had taken the instrumented
+    stream for a whole answer, and failed on it; it is recorded as before."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            stream = await in_thread(sync_client.chat.completions.create, **chat)
+            assert isinstance(stream, openai.Stream)
+            chunks = await in_thread(list, stream)
+        else:
+            astream = await async_client.chat.completions.create(**chat)
+            assert isinstance(astream, openai.AsyncStream)
+            chunks = [chunk async for chunk in astream]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert isinstance(chunks[0], openai.types.chat.ChatCompletionChunk)
+    assert event.usage == GPT_4O_MINI_CHAT_STREAM
+
+
+@sync_and_async
 async def test_a_chunk_without_a_delta_passes_to_the_caller_and_the_usage_after_it_counts(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
