@@ -62,12 +62,16 @@ class _Telemetry:
 
     def __call__(self, event: UsageRecorded, call: InstrumentedCall | None) -> None:
         ended_ns = time.time_ns()
-        attributes = span_attributes(event, call)
+        attributes = dict(span_attributes(event, call))
+        if call is not None and call.error is not None:  # a stream cut short by it
+            attributes["error.type"] = _error_type(call.error)
         # An instrumented call's span covers it, from its budget check to its answer (a
         # stream's last item); a recorded one's is the instant it names.
         start = call.started_ns if call else int(event.occurred_at.timestamp() * 1e9)
         span = self._span(attributes, start)
         if span is not None:
+            if "error.type" in attributes:
+                span.set_status(Status(StatusCode.ERROR))
             span.end(end_time=max(start, ended_ns))
         common = {key: attributes[key] for key in _METRIC_KEYS if key in attributes}
         if call is not None:

@@ -32,13 +32,15 @@ class InstrumentedCall:
     """What ``budget.instrument`` knows of a call that its event does not say: the model
     the request named (None when it named none) and the one the answer named (None when
     it named none; the event's ``model`` is the answer's, else the request's), when
-    the call began (``time.time_ns()``; it ends as it is recorded), and the GenAI
-    conventions' operation, where the event's ``kind`` does not tell it (None)."""
+    the call began (``time.time_ns()``; it ends as it is recorded), the GenAI
+    conventions' operation, where the event's ``kind`` does not tell it (None), and the
+    error that ended a stream after it had begun (recorded with what it had received)."""
 
     requested_model: str | None
     response_model: str | None
     started_ns: int
     operation: str | None = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -431,9 +431,10 @@ class Call:
         self.started_ns = started_ns
         self.settled = False
 
-    def record(self, measured: Measured) -> None:
+    def record(self, measured: Measured, error: BaseException | None = None) -> None:
         """Publish the call's usage event (on the tracker's loop, not waiting); never
-        raises: the provider has answered."""
+        raises: the provider has answered (``error``: what ended its stream after it had
+        begun, for the observers)."""
         if self.settled:
             return
         self.settled = True
@@ -456,7 +457,7 @@ class Call:
             return
         # Observers (``budget.otel``) hear of it here, in the caller's context (its span),
         # with what the event does not say: the model asked for, when the call began.
-        notify_recorded(event, self._instrumented(measured.model))
+        notify_recorded(event, self._instrumented(measured.model, error))
         try:
             runner = _loop_runner(self.tracker)
             runner.call(functools.partial(runner.publish, self.tracker.publisher, event))
@@ -483,11 +484,13 @@ class Call:
         self.release()
         notify_failed(FailedCall(self.provider, self.plan.kind, self._instrumented(None), error))
 
-    def _instrumented(self, response_model: str | None) -> InstrumentedCall:
+    def _instrumented(
+        self, response_model: str | None, error: BaseException | None = None
+    ) -> InstrumentedCall:
         """What the event of this call does not say, for the observers."""
         plan = self.plan
         requested = None if plan.model == UNSTATED_MODEL else plan.model
-        return InstrumentedCall(requested, response_model, self.started_ns, plan.operation)
+        return InstrumentedCall(requested, response_model, self.started_ns, plan.operation, error)
 
     def _release_now(self) -> None:
         """Never raises: it runs as the call's own error propagates (which must stay the

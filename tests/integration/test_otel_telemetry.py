@@ -218,12 +218,14 @@ async def fail_open_tracker(
 
 
 def instrumented_openai(
-    tracker: UsageTracker, *, sync: bool, api: ProviderApi | None = None
+    tracker: UsageTracker, *, sync: bool, api: ProviderApi | None = None, cut_after: int = 0
 ) -> Any:
+    """``cut_after``: each stream's connection drops after that many events (0: never)."""
     import httpx2
     import openai
 
-    transport = (api or ProviderApi()).transport()
+    api = api or ProviderApi()
+    transport = api.cut_transport(events=cut_after) if cut_after else api.transport()
     client = (
         openai.OpenAI(
             api_key="sk-test", max_retries=0, http_client=httpx2.Client(transport=transport)
@@ -410,6 +412,36 @@ async def test_a_failed_instrumented_call_is_an_error_span_with_its_error_type(
     [duration] = telemetry.points("gen_ai.client.operation.duration")
     assert (duration.attributes or {})["error.type"] == "503"
     assert telemetry.token_points() == []
+
+
+async def test_a_stream_cut_short_by_an_error_is_an_error_span_with_what_it_received(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker
+) -> None:
+    """A stream whose connection drops mid-way is recorded with what it received (an
+    estimate): its span had looked like a call that succeeded. It has status ERROR and
+    ``error.type``, and still the usage recorded."""
+    import openai
+
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    client = instrumented_openai(fail_open_tracker, sync=False, cut_after=3)
+    got = []
+    with pytest.raises(openai.APIConnectionError) as raised:
+        async for chunk in await client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, stream=True
+        ):
+            got.append(chunk)
+    await fail_open_tracker.flush()
+
+    assert len(got) == 3
+    [span] = telemetry.finished()
+    assert span.status.status_code == StatusCode.ERROR
+    attributes = dict(span.attributes or {})
+    # The SDK's error, or the one it was raised from (httpx2.ReadError), as the SDK closed
+    # the response while it propagated.
+    error = raised.value
+    assert attributes["error.type"] in {type(error).__name__, type(error.__cause__).__name__}
+    assert attributes["gen_ai.usage.output_tokens"] == 2  # "Hello!", estimated
+    assert "before its usage arrived" in str(attributes["budget.usage.estimated_reason"])
 
 
 async def test_a_stream_collected_unread_is_a_span_of_its_own(
