@@ -79,7 +79,8 @@ class _Telemetry:
         if event.usage.total_tokens:
             inputs, outputs = _token_counts(event)
             self.token_usage.record(inputs, common | {"gen_ai.token.type": "input"})
-            self.token_usage.record(outputs, common | {"gen_ai.token.type": "output"})
+            if event.kind != "embedding":  # none is output: a 0 would skew the histogram
+                self.token_usage.record(outputs, common | {"gen_ai.token.type": "output"})
 
     def failed(self, failed: FailedCall) -> None:
         """An instrumented call that ended in an error: its span (status ERROR) and

@@ -188,6 +188,26 @@ async def test_the_provider_is_named_by_the_conventions_well_known_value(
     }
 
 
+async def test_an_embedding_is_an_input_token_point_alone(
+    tracker: UsageTracker, telemetry: Telemetry
+) -> None:
+    """An embedding has no output: it had been an output point of 0 tokens too, skewing
+    the histogram's output distribution toward nothing."""
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    await tracker.record_usage(
+        model="text-embedding-3-small", provider="openai", embedding_tokens=8, kind="embedding"
+    )
+    await tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.name == "embeddings text-embedding-3-small"
+    points = telemetry.token_points()
+    assert [((p.attributes or {})["gen_ai.token.type"], p.sum) for p in points] == [("input", 8)]
+
+
 async def test_on_current_span_puts_the_attributes_on_the_callers_span(
     tracker: UsageTracker, telemetry: Telemetry
 ) -> None:
