@@ -312,7 +312,7 @@ class Enforcer:
         with the error (found by deciding the batch's requests one by one), the others
         with their decision; nothing a request holds can stop the loop."""
         try:
-            results = await self.decide(batch)
+            results = await self._decide_connected(batch)
         except UNAVAILABLE as exc:
             error = error_reply(SERVICE, exc)
             for pending in batch:
@@ -334,6 +334,23 @@ class Enforcer:
                     await self._publish_blocked(pending.request, result)
                 except Exception:
                     log.exception("enforcer could not publish a RequestBlocked event")
+
+    async def _decide_connected(self, batch: list[_Pending]) -> list[CheckResult]:
+        """``decide``, once more on a new connection when the one it used turns out lost
+        (PostgreSQL restarted since the last batch: ``budget up`` restarts it when it dies),
+        rather than refuse the first calls after the restart with the database back. Only
+        a connection lost in the very commit could leave the first try's holds too: they
+        expire with their ttl, and meanwhile only over-reserve."""
+        try:
+            return await self.decide(batch)
+        except UNAVAILABLE:
+            if self._decider is not None and not (self._decider.broken or self._decider.closed):
+                raise  # the connection works: the database refused this batch
+        with contextlib.suppress(Exception):
+            assert self._decider is not None
+            await self._decider.close()
+        self._decider = await connect(self.settings.database_url)
+        return await self.decide(batch)
 
     async def _send(self, pending: _Pending, answer: CheckResult | RpcError) -> None:
         self._limits.done(pending.caller)

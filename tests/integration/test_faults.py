@@ -454,3 +454,30 @@ async def test_the_enforcer_answers_snapshots_and_releases_again_after_postgres_
         await wait_for(answered, within=30)
         embedded_postgres.restart(immediate=True)
         await wait_for(answered, within=60)
+
+
+async def test_the_first_check_after_postgres_restarts_is_decided_not_refused(
+    nc: Client,
+    nats_url: str,
+    topology: Topology,
+    embedded_postgres: EmbeddedPostgres,
+    tmp_path: Path,
+) -> None:
+    """The enforcer's connection lost with a restart (``budget up`` restarts a PostgreSQL
+    that died) is found lost by the next check, which is then decided on a new one: before,
+    it was refused "database unavailable" (fail closed under a BLOCK policy), with the
+    database back."""
+    settings = stack_settings(nats_url, embedded_postgres.url, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(limit_amount="100", action="block")
+        await stack.enforcer_applies_policies()
+        first = await stack.tracker.check_budget(
+            "gpt-4o", user_id="u1", estimated_cost=Decimal("0.10")
+        )
+        assert first.allowed, first.reason
+        embedded_postgres.restart(immediate=True)
+        after = await stack.tracker.check_budget(
+            "gpt-4o", user_id="u1", estimated_cost=Decimal("0.10")
+        )
+        assert after.allowed, after.reason
+        assert after.reservation_id is not None
