@@ -525,7 +525,9 @@ def doctor(
     the enforcer and the query service answering, alert rules and channels enabled,
     cooldowns holding alerts back, models called without a price (read from the reports
     projection: not checked unless it is current). One line each (ok, note or problem, and
-    how to fix a problem); exits 1 if a problem was found."""
+    how to fix a problem); exits 1 if a problem was found. With a `budget up` running on
+    the data directory (BUDGET_DATA_DIR, .budget), its servers' URLs, NATS user and logs
+    are what a fix names."""
     config: Path | None = ctx.obj
     try:
         settings = load_checked_settings(config)
