@@ -482,3 +482,35 @@ async def test_the_first_check_after_postgres_restarts_is_decided_not_refused(
         )
         assert after.allowed, after.reason
         assert after.reservation_id is not None
+
+
+async def test_a_check_the_enforcer_cannot_decide_says_so_not_to_start_it(
+    nc: Client,
+    nats_url: str,
+    topology: Topology,
+    embedded_postgres: EmbeddedPostgres,
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL down under a running enforcer: the refusal (fail closed) says the enforcer
+    answered and cannot decide, not to start the enforcer that runs."""
+    settings = stack_settings(nats_url, embedded_postgres.url, topology, tmp_path)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(limit_amount="100", action="block")
+        await stack.enforcer_applies_policies()
+        allowed = await stack.tracker.check_budget(
+            "gpt-4o", user_id="u1", estimated_cost=Decimal("0.10")
+        )
+        assert allowed.allowed, allowed.reason
+        embedded_postgres.stop()
+        try:
+            refused = await stack.tracker.check_budget(
+                "gpt-4o", user_id="u1", estimated_cost=Decimal("0.10")
+            )
+        finally:
+            embedded_postgres.start()
+        assert not refused.allowed
+        assert "enforcer: database unavailable" in refused.reason, refused.reason
+        assert refused.reason.endswith(
+            "; the enforcer runs but cannot decide (its answer above says why: its database,"
+            " say); checks go through again once it can, or set budget.fail_open: true to allow"
+        ), refused.reason
