@@ -128,7 +128,7 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
             stack = None  # what it runs is not what the checks below look at
         if conn is not None and not await _guard(found, "migrations", _migrated(conn)):
             conn = None
-        streams = nc is not None and await _guard(found, "streams", _streams(nc, settings))
+        streams = nc is not None and await _guard(found, "streams", _streams(nc, settings, stack))
         if nc is None or conn is None or not streams:
             found.append(not_checked("projections", "needs NATS, its streams and PostgreSQL"))
         else:
@@ -278,7 +278,7 @@ async def _migrated(conn: Connection) -> list[Finding]:
     return []
 
 
-async def _streams(nc: Client, settings: Settings) -> list[Finding]:
+async def _streams(nc: Client, settings: Settings, stack: RunningStack | None) -> list[Finding]:
     js = nc.jetstream()
     topology = settings.topology
     missing = []
@@ -291,6 +291,8 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
         except PermissionDenied:  # the credential, not the server: say which may
             said = refusal_message(asked, topology=topology, user=settings.nats_user)
             detail, _, fix = said.partition("; ")
+            if stack is not None:
+                fix = f"as an admin of {stack.runs}: export {stack.nats_login('service')}"
             return [problem("streams", detail, fix)]
     if missing:
         detail = f"stream {', '.join(missing)} missing (subject prefix {topology.prefix!r})"

@@ -88,6 +88,15 @@ def test_the_fix_points_at_the_stack_running_on_the_data_directory(
         f" export BUDGET_NATS_USER=service BUDGET_NATS_PASSWORD_FILE={password}"
     ]
 
+    # As the stack's host user, which may not read the streams: the admin credential.
+    host = data_dir / "credentials" / "nats-host.password"
+    done = doctor(cli, **at_stack, BUDGET_NATS_USER="host", BUDGET_NATS_PASSWORD_FILE=str(host))
+    [streams] = lines_of(done, "problem", "streams")
+    assert streams.endswith(
+        f" | as an admin of {runs}: export BUDGET_NATS_USER=service"
+        f" BUDGET_NATS_PASSWORD_FILE={password}"
+    ), streams
+
     # Its servers hung: the stack restarts them, and their logs say why.
     at_stack.update(BUDGET_NATS_USER="service", BUDGET_NATS_PASSWORD_FILE=str(password))
     eventually(lambda: doctor(cli, **at_stack), lambda d: d.returncode == 0, WITHIN, "all ok")
