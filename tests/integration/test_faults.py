@@ -490,9 +490,11 @@ async def test_a_check_the_enforcer_cannot_decide_says_so_not_to_start_it(
     topology: Topology,
     embedded_postgres: EmbeddedPostgres,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """PostgreSQL down under a running enforcer: the refusal (fail closed) says the enforcer
-    answered and cannot decide, not to start the enforcer that runs."""
+    answered and cannot decide, not to start the enforcer that runs; libpq's message, which
+    runs to several lines, is one line in the reason and in the log."""
     settings = stack_settings(nats_url, embedded_postgres.url, topology, tmp_path)
     async with enforcement_stack(nc, settings) as stack:
         await stack.set_policy(limit_amount="100", action="block")
@@ -510,6 +512,11 @@ async def test_a_check_the_enforcer_cannot_decide_says_so_not_to_start_it(
             embedded_postgres.start()
         assert not refused.allowed
         assert "enforcer: database unavailable" in refused.reason, refused.reason
+        assert "\n" not in refused.reason, refused.reason
+        logged = [
+            r.getMessage() for r in caplog.records if "cannot use PostgreSQL" in r.getMessage()
+        ]
+        assert logged and not any("\n" in line for line in logged), logged
         assert refused.reason.endswith(
             "; the enforcer runs but cannot decide (its answer above says why: its database,"
             " say); checks go through again once it can, or set budget.fail_open: true to allow"
