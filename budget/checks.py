@@ -40,6 +40,7 @@ from budget.rpc import (
     Refused,
     RetryTimes,
     RpcFailure,
+    ServiceUnavailable,
     Throttled,
     Unanswered,
     ask,
@@ -312,7 +313,7 @@ class BudgetChecker:
         except Refused as exc:
             return _refuse(_not_judged(exc), estimate or Decimal(0))
         except _Unavailable as exc:
-            return await self._unreachable(call, str(exc), estimate)
+            return await self._unreachable(call, str(exc), estimate, answered=exc.answered)
         except Throttled as exc:
             return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
         now = utc_now()
@@ -346,7 +347,12 @@ class BudgetChecker:
             except Throttled as exc:
                 return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
             except RpcFailure as exc:
-                return await self._unreachable(call, f"enforcer unavailable ({exc})", estimate)
+                return await self._unreachable(
+                    call,
+                    f"enforcer unavailable ({exc})",
+                    estimate,
+                    answered=_answered(exc),
+                )
             self._degraded = False
             return answer
         return self._judge_locally(call, snapshot, estimate, now)
@@ -421,7 +427,8 @@ class BudgetChecker:
         except (Throttled, Refused):
             raise
         except RpcFailure as exc:
-            raise _Unavailable(f"{unreadable or ''}enforcer unavailable ({exc})") from None
+            situation = f"{unreadable or ''}enforcer unavailable ({exc})"
+            raise _Unavailable(situation, answered=_answered(exc)) from None
         self._degraded = False
         self._compare_clocks(snapshot.as_of)
         windows = [
@@ -497,15 +504,17 @@ class BudgetChecker:
         estimate: Decimal | None,
         *,
         throttled: bool = False,
+        answered: bool = False,
     ) -> CheckResult:
         """The answer without the enforcer (``situation`` says what failed, and why): the
         last snapshot decides, if it is as new as the policy log's end (read now: a
         policy set while the enforcer is down binds too; the end as last read only if
         the log cannot be read either). ``throttled``: the enforcer is up but refuses this
         caller for now, so ``fail_open`` does not apply (a flood would otherwise open every
-        BLOCK policy)."""
+        BLOCK policy). ``answered``: the enforcer runs and said why it cannot decide (its
+        database unavailable, say): starting it is no remedy."""
         counted = estimate or Decimal(0)
-        remedy = _SLOW_DOWN if throttled else _REMEDY
+        remedy = _SLOW_DOWN if throttled else _CANNOT_DECIDE if answered else _REMEDY
         if self.settings.fail_open and not throttled:
             return CheckResult(
                 allowed=True,
@@ -563,12 +572,26 @@ class BudgetChecker:
         return result.model_copy(update={"reason": reason})
 
 
+def _answered(exc: RpcFailure) -> bool:
+    """Whether the enforcer answered the failed question (that it cannot decide now: its
+    database unreachable), so it runs; not when nothing answered."""
+    return isinstance(exc, ServiceUnavailable) or not isinstance(exc, Unanswered)
+
+
 class _Unavailable(Exception):
     """No snapshot could be had; the message says what failed (the enforcer, and the
-    policy log if it did too) and why."""
+    policy log if it did too) and why. ``answered``: the enforcer answered, with an error."""
+
+    def __init__(self, situation: str, *, answered: bool) -> None:
+        super().__init__(situation)
+        self.answered = answered
 
 
 _REMEDY = "start `budget enforcer` (or `budget up`), or set budget.fail_open: true to allow"
+_CANNOT_DECIDE = (
+    "the enforcer runs but cannot decide (its answer above says why: its database, say);"
+    " checks go through again once it can, or set budget.fail_open: true to allow"
+)
 _SLOW_DOWN = (
     "this host asks more than the enforcer's caller_rate or caller_in_flight allow: ask"
     " less often, or raise them (fail_open does not apply to being throttled)"

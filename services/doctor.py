@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,7 +24,7 @@ from nats.js.errors import NotFoundError
 from psycopg import errors as pg_errors
 from pydantic import ValidationError
 
-from budget.config import ConfigError, Settings
+from budget.config import ConfigError, Settings, shown_url
 from budget.natsconn import PermissionDenied, permitted, refusal_message
 from budget.periods import Period, period_bounds
 from budget.redaction import install_redaction, redact, secrets_of
@@ -40,8 +41,10 @@ from projections.queries import alerts_page, projection_status
 from projections.registry import get_projection, groups_of, worker_projections
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
 from services.cli_context import load_checked_settings, validation_message
-from services.ops import ConnectError, database, nats_client
-from services.probes import probe_services
+from services.ops import ConnectError, CredentialRefused, database, nats_client
+from services.probes import Answering, probe_services
+from services.stack import STACK_WORKERS
+from services.stack_state import RunningStack, running_stack
 
 __all__ = ["Finding", "diagnose", "doctor"]
 
@@ -91,15 +94,19 @@ class Options:
 async def diagnose(settings: Settings, options: Options) -> list[Finding]:
     """Every check of a configuration that loaded, in the seed's order."""
     found = [_enabled(settings)]
+    # A `budget up` on this data directory tells where its servers are, and that it
+    # restarts them and the workers: a fix that says to start them would not be true.
+    stack = running_stack(settings.data_dir)
     async with contextlib.AsyncExitStack() as opened:
         try:
             nc: Client | None = await opened.enter_async_context(
                 nats_client(settings.nats_url, settings)
             )
             found.append(ok("nats", "reachable"))
+            found.extend(_other_than(stack, NATS, settings.nats_url))
         except ConnectError as exc:
             nc = None
-            found.append(problem("nats", *_said(exc)))
+            found.append(problem("nats", *_unreachable(exc, stack, NATS, settings.nats_url)))
         except ConfigError as exc:  # its password file, say: the other checks still run
             nc = None
             fix = "correct the file or the setting the message names"
@@ -109,24 +116,31 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
                 database(settings.database_url)
             )
             found.append(ok("postgresql", "reachable"))
+            found.extend(_other_than(stack, POSTGRESQL, settings.database_url))
         except ConnectError as exc:
             conn = None
-            found.append(problem("postgresql", *_said(exc)))
+            url = settings.database_url
+            found.append(problem("postgresql", *_unreachable(exc, stack, POSTGRESQL, url)))
+        if stack is not None and not (
+            NATS.served_by(stack, settings.nats_url)
+            and POSTGRESQL.served_by(stack, settings.database_url)
+        ):
+            stack = None  # what it runs is not what the checks below look at
         if conn is not None and not await _guard(found, "migrations", _migrated(conn)):
             conn = None
-        streams = nc is not None and await _guard(found, "streams", _streams(nc, settings))
+        streams = nc is not None and await _guard(found, "streams", _streams(nc, settings, stack))
         if nc is None or conn is None or not streams:
             found.append(not_checked("projections", "needs NATS, its streams and PostgreSQL"))
         else:
-            await _guard(found, "projections", _projections(conn, nc, settings, options))
+            await _guard(found, "projections", _projections(conn, nc, settings, options, stack))
         if nc is None:
-            found.append(not_checked("services", "NATS is unreachable"))
+            found.append(not_checked("services", "needs NATS"))
         else:
             for probe in await probe_services(nc, settings, _ASK_WITHIN):
                 if probe.ok:
                     found.append(ok(probe.name, probe.detail))
                 else:
-                    found.append(problem(probe.name, probe.detail, _START[probe.name]))
+                    found.append(problem(probe.name, probe.detail, _service_fix(probe, stack)))
         if conn is None:
             found.append(not_checked("alerts, prices", "PostgreSQL is unreachable or unmigrated"))
         else:
@@ -139,11 +153,85 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
     return found
 
 
-_START = {
-    "enforcer": "start `budget enforcer` (or `budget up`); until then calls under BLOCK and"
-    " THROTTLE policies are refused (allowed with fail_open)",
-    "query service": "start `budget query-service` (or `budget up`); host apps' reads"
-    " (policies, alerts, reports) wait on it",
+@dataclass(frozen=True)
+class _Server:
+    check: str
+    name: str
+    variable: str
+
+    def served_by(self, stack: RunningStack, url: str) -> bool:
+        return stack.serves_nats(url) if self is NATS else stack.serves_database(url)
+
+    def url_of(self, stack: RunningStack) -> str:
+        return stack.nats_url if self is NATS else stack.database_url
+
+    def log_of(self, stack: RunningStack) -> Path:
+        return stack.nats_log if self is NATS else stack.postgres_log
+
+    def export(self, stack: RunningStack) -> str:
+        return f"export {self.variable}={shlex.quote(self.url_of(stack))}"
+
+
+NATS = _Server("nats", "NATS", "BUDGET_NATS_URL")
+POSTGRESQL = _Server("postgresql", "PostgreSQL", "BUDGET_DATABASE_URL")
+
+
+def _unreachable(
+    exc: ConnectError, stack: RunningStack | None, server: _Server, url: str
+) -> tuple[str, str]:
+    """What failed and what to do, told by what runs on the data directory."""
+    detail, fix = _said(exc)
+    if stack is None:
+        return detail, fix
+    if not server.served_by(stack, url):
+        return detail, f"{stack.runs} runs {server.name} elsewhere: {server.export(stack)}"
+    if isinstance(exc, CredentialRefused):
+        if server is NATS:
+            return detail, f"as an admin of {stack.runs}: export {stack.nats_login('service')}"
+        return detail, (
+            f"{stack.runs} made the password files in {stack.data_dir / 'credentials'},"
+            " readable by their owner only: run this as the user that runs it"
+        )
+    return detail, (
+        f"{stack.runs} runs it and restarts it within a second when it dies; if it stays"
+        f" unreachable, its log says why: {server.log_of(stack)} (and `budget up`'s output)"
+    )
+
+
+def _other_than(stack: RunningStack | None, server: _Server, url: str) -> list[Finding]:
+    """A note when the server this shell reached is not the one running on its data
+    directory: what the checks say then is of another deployment."""
+    if stack is None or server.served_by(stack, url):
+        return []
+    detail = (
+        f"{shown_url(url)} is not the {server.name} of {stack.runs},"
+        f" {server.url_of(stack)}: the checks below are of the one reached"
+    )
+    return [Finding("note", server.check, detail, f"to check that stack: {server.export(stack)}")]
+
+
+def _started(what: str, stack: RunningStack | None) -> str:
+    """How to get ``what`` (a command) running."""
+    if stack is None:
+        return f"start {what} (or `budget up`)"
+    return f"{stack.runs} runs {what} and restarts it when it exits: its output says why"
+
+
+def _service_fix(probe: Answering, stack: RunningStack | None) -> str:
+    if probe.answered:  # it runs, and said what keeps it from answering
+        return (
+            "it runs but cannot answer: see what its answer names (PostgreSQL, say, on its"
+            " line) and its log"
+        )
+    consequence = _UNANSWERED[probe.name]
+    return f"{_started(_COMMAND[probe.name], stack)}; {consequence}"
+
+
+_COMMAND = {"enforcer": "`budget enforcer`", "query service": "`budget query-service`"}
+_UNANSWERED = {
+    "enforcer": "until then calls under BLOCK and THROTTLE policies are refused (allowed with"
+    " fail_open)",
+    "query service": "host apps' reads (policies, alerts, reports) wait on it",
 }
 
 
@@ -190,7 +278,7 @@ async def _migrated(conn: Connection) -> list[Finding]:
     return []
 
 
-async def _streams(nc: Client, settings: Settings) -> list[Finding]:
+async def _streams(nc: Client, settings: Settings, stack: RunningStack | None) -> list[Finding]:
     js = nc.jetstream()
     topology = settings.topology
     missing = []
@@ -203,6 +291,8 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
         except PermissionDenied:  # the credential, not the server: say which may
             said = refusal_message(asked, topology=topology, user=settings.nats_user)
             detail, _, fix = said.partition("; ")
+            if stack is not None:
+                fix = f"as an admin of {stack.runs}: export {stack.nats_login('service')}"
             return [problem("streams", detail, fix)]
     if missing:
         detail = f"stream {', '.join(missing)} missing (subject prefix {topology.prefix!r})"
@@ -213,7 +303,11 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
 
 
 async def _projections(
-    conn: Connection, nc: Client, settings: Settings, options: Options
+    conn: Connection,
+    nc: Client,
+    settings: Settings,
+    options: Options,
+    stack: RunningStack | None,
 ) -> list[Finding]:
     """Each live version's log (the one it was built from), consumer (its worker has run),
     a worker reading it, and lag; a rebuild's progress."""
@@ -237,23 +331,22 @@ async def _projections(
         existing, running = await _read_consumer(js, stream, ways, asked)
         if not existing:
             names = " or ".join(consumer for _, consumer in ways)
-            workers = " or ".join(f"`budget worker {worker}`" for worker, _ in ways)
             detail = f"no consumer {names}: its worker has never run; {behind}"
-            found.append(problem(check, detail, f"start {workers} (or `budget up`)"))
+            found.append(problem(check, detail, _started(_workers(ways, stack), stack)))
             continue
         if running is None:  # however small its lag: nothing applies what comes next
             names = " or ".join(consumer for _, consumer in existing)
-            workers = " or ".join(f"`budget worker {worker}`" for worker, _ in existing)
             detail = f"no worker reads consumer {names}; {behind}"
-            fix = f"start {workers} (or `budget up`); its log says why it stopped"
-            found.append(problem(check, detail, fix))
+            fix = _started(_workers(existing, stack), stack)
+            found.append(problem(check, detail, f"{fix}; its log says why it stopped"))
             continue
         worker, consumer = running
         if status.lag > options.max_lag:
-            fix = (
-                f"is `budget worker {worker}` (or `budget up`) running? Its log says why it stopped"
-            )
-            found.append(problem(check, behind, fix))
+            if stack is None:
+                fix = f"is `budget worker {worker}` (or `budget up`) running? Its log says why"
+            else:
+                fix = f"{stack.runs} runs `budget worker {worker}`: its output says why"
+            found.append(problem(check, behind, f"{fix} it stopped"))
         else:
             found.append(ok(check, f"consumer {consumer}, lag {status.lag}"))
     return found
@@ -265,6 +358,13 @@ def _ways_to_run(writer: VersionWriter) -> list[tuple[str, str]]:
     name = writer.projection.name
     groups = [(g, group_consumer_name(worker_projections(g))) for g in groups_of(name)]
     return [*groups, (name, writer.durable)]
+
+
+def _workers(ways: Sequence[tuple[str, str]], stack: RunningStack | None) -> str:
+    """The commands that run a projection: under ``budget up``, the one it runs."""
+    if stack is not None:
+        ways = [next((way for way in ways if way[0] in STACK_WORKERS), ways[0])]
+    return " or ".join(f"`budget worker {worker}`" for worker, _ in ways)
 
 
 _Read = Literal["missing", "idle", "stopped", "read"]
@@ -427,7 +527,9 @@ def doctor(
     the enforcer and the query service answering, alert rules and channels enabled,
     cooldowns holding alerts back, models called without a price (read from the reports
     projection: not checked unless it is current). One line each (ok, note or problem, and
-    how to fix a problem); exits 1 if a problem was found."""
+    how to fix a problem); exits 1 if a problem was found. With a `budget up` running on
+    the data directory (BUDGET_DATA_DIR, .budget), its servers' URLs, NATS user and logs
+    are what a fix names."""
     config: Path | None = ctx.obj
     try:
         settings = load_checked_settings(config)

@@ -36,6 +36,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from budget.config import Settings
+from budget.one_line import one_line
 from budget.redaction import redact
 from budget.waits import wait_set
 from events import Alert
@@ -112,8 +113,11 @@ class Notifier:
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
-                loop.failing(f"database unavailable: {exc}")
-                log.warning("notifier: lost the outbox notifications (%s); polling", exc)
+                if loop.failing(f"database unavailable: {exc}"):
+                    log.warning(
+                        "notifier: lost the outbox notifications (%s); polling until they are back",
+                        one_line(str(exc)),
+                    )
                 await asyncio.sleep(self.config.poll_interval)
 
     async def _channel(self, channel: str, stop: asyncio.Event, loop: Loop) -> None:
@@ -126,8 +130,17 @@ class Notifier:
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
-                loop.failing(f"database unavailable: {exc}")
-                log.warning("notifier %s: database unavailable (%s); retrying", channel, exc)
+                # Once per outage, not at every retry: a restart of PostgreSQL (which
+                # `budget up` makes when it dies) otherwise floods the log, one loop per
+                # channel, with the same libpq message.
+                if loop.failing(f"database unavailable: {exc}"):
+                    log.warning(
+                        "notifier %s: database unavailable (%s); retrying every %gs until"
+                        " it is back",
+                        channel,
+                        one_line(str(exc)),
+                        self.config.poll_interval,
+                    )
                 await asyncio.sleep(self.config.poll_interval)
             except Exception as exc:  # a fault no alert should cause: logged, and the loop goes on
                 loop.failing(_reason(exc))

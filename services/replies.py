@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
+from budget.one_line import one_line
 from events.rpc import RpcError
 from projections.readable import Rebuilding
 from services.liveness import Liveness
@@ -51,9 +52,10 @@ _MAX_ERROR = 500  # characters of a failure's text an asker is told
 def error_reply(service: str, exc: BaseException) -> RpcError:
     """What the asker is told when answering failed with ``exc``."""
     if isinstance(exc, UNAVAILABLE):
-        log.warning("%s cannot use PostgreSQL: %s", service, exc)
+        said = one_line(str(exc))  # libpq's runs to several lines: one log line, one reason
+        log.warning("%s cannot use PostgreSQL: %s", service, said)
         return RpcError(
-            error=f"{service}: database unavailable: {exc}"[:_MAX_ERROR], unavailable=True
+            error=f"{service}: database unavailable: {said}"[:_MAX_ERROR], unavailable=True
         )
     if isinstance(exc, psycopg.DataError):
         return RpcError(error=f"{service}: the database refused the request: {exc}"[:_MAX_ERROR])

@@ -200,13 +200,15 @@ def global_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 def clean_env(tmp: Path) -> dict[str, str]:
     """The caller's environment without any ``BUDGET_*`` variable, an empty config file (so
-    a ``config.yaml`` in the checkout does not leak in) and a private spool."""
+    a ``config.yaml`` in the checkout does not leak in), a private spool and data directory
+    (so a ``budget up`` running on the checkout's ``.budget`` is not the doctor's)."""
     config = tmp / "config.yaml"
     config.write_text("budget: {}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
     env.update(
         BUDGET_CONFIG=str(config),
         BUDGET_SPOOL_DIR=str(tmp / "spool"),
+        BUDGET_DATA_DIR=str(tmp / "data"),
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -250,7 +250,7 @@ def test_nats_unreachable_is_a_problem_and_what_needs_it_is_not_checked(
     assert lines_of(done, "note", "projections") == [
         "not checked: needs NATS, its streams and PostgreSQL"
     ]
-    assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
+    assert lines_of(done, "note", "services") == ["not checked: needs NATS"]
     assert lines_of(done, "note", "prices") == [NO_PRICES_READ]
     assert lines_of(done, "ok", "alert rules") == ["7 rules, each with an enabled channel"]
 
@@ -266,7 +266,7 @@ def test_an_unreadable_nats_password_file_is_a_problem_and_the_rest_is_checked(
         " file or directory | correct the file or the setting the message names"
     ]
     assert lines_of(done, "ok", "postgresql") == ["reachable"]
-    assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
+    assert lines_of(done, "note", "services") == ["not checked: needs NATS"]
 
 
 def test_an_unmigrated_deployment_is_told_to_migrate(budget: Budget) -> None:
