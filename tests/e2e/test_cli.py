@@ -1067,7 +1067,21 @@ def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budge
         == f"alert {alert_id} acknowledged\n"
     )
     assert "acked" in deployment.ok("alerts", "list").splitlines()[0]
-    assert deployment.ok("alerts", "resolve", alert_id) == f"alert {alert_id} resolved\n"
+    # Acknowledged again by someone else: the first acknowledgement stands, and says so.
+    again = deployment.ok("alerts", "ack", alert_id, "--by", "bob")
+    assert re.fullmatch(
+        rf"alert {alert_id} was already acknowledged by ops at \S+ \S+ UTC; unchanged\n", again
+    )
+    assert "acknowledged by ops at" in deployment.ok("alerts", "show", alert_id)
+    assert (
+        deployment.ok("alerts", "resolve", alert_id, "--by", "ops")
+        == f"alert {alert_id} resolved\n"
+    )
+    assert re.search(
+        r"^resolved by ops at \S+ \S+ UTC$", deployment.ok("alerts", "show", alert_id), re.M
+    )
+    again = deployment.ok("alerts", "resolve", alert_id, "--by", "bob")
+    assert again.startswith(f"alert {alert_id} was already resolved by ops at ")
     assert len(deployment.ok("alerts", "list").splitlines()) == 2
     missing = deployment.run("alerts", "show", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 2 and missing.stderr.startswith("budget: no alert with id")
