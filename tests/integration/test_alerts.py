@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from nats.aio.client import Client
@@ -176,6 +177,33 @@ async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
     assert sorted(str(r[0]) for r in await rows(db, "SELECT alert_id FROM alert_feed")) == sorted(
         ids
     )
+
+
+async def test_an_alert_names_its_period_in_the_policys_own_time_zone(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    """A New York team's daily budget starts at midnight in New York: its alerts say the
+    day from that midnight, there (they said '05:00 UTC', a start the team never set)."""
+    new_york = ZoneInfo("America/New_York")
+    policies = [
+        BudgetPolicy(
+            policy_id="ny",
+            name="NY",
+            limit_amount=Decimal("0.01"),
+            period="daily",
+            timezone="America/New_York",
+        ),
+        BudgetPolicy(policy_id="utc", name="UTC", limit_amount=Decimal("0.01"), period="weekly"),
+    ]
+    events: list[Event] = [PolicySet(occurred_at=START, policy=p) for p in policies]
+    await publish(nc, topology, [*events, usage_event(cost="0.02", at=START)])
+    async with receivers.evaluator(nc):
+        await evaluated_to_the_end(nc, db, topology)
+    said = {(a.policy_id, a.message.partition(" USD ")[2]) for a in await alert_rows(db)}
+    assert said == {
+        ("ny", f"for the day from {START.astimezone(new_york):%Y-%m-%d} 00:00 America/New_York"),
+        ("utc", f"for the week from {start_of(Period.WEEKLY, ago=2):%Y-%m-%d} 00:00 UTC"),
+    }
 
 
 async def test_redelivery_after_a_commit_raises_and_sends_nothing_new(
