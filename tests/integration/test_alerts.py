@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from events import (
     PolicySet,
     RequestBlocked,
     Topology,
+    utc_now,
 )
 from events.rpc import PolicySpend
 from projections.alerts import AlertsProjection
@@ -144,6 +146,7 @@ async def alert_subscriber(nc: Client, topology: Topology) -> AsyncIterator[list
 async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
     nc: Client, db: str, topology: Topology, receivers: Receivers, alert_subscriber: list[Any]
 ) -> None:
+    began = utc_now()
     events = crossing_events()
     await publish(nc, topology, events)
     await publish(nc, topology, events[1:], msg_id=False)  # every usage event twice
@@ -169,10 +172,15 @@ async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
     for headers, body in receivers.hook.received:
         key = headers["Idempotency-Key"]
         assert verify_signature(WEBHOOK_SECRET, headers[SIGNATURE_HEADER], key, body)
-    # email: once each
+    # email: once each, dated (RFC 5322 requires it; mail clients sort and filters score
+    # by it) with when it was sent, in UTC
     assert [m["Message-ID"] for m in receivers.box.messages] == [
         f"<{i}@budget-manager>" for i in ids
     ]
+    for message in receivers.box.messages:
+        assert len(message.get_all("Date", [])) == 1, message
+        dated = email.utils.parsedate_to_datetime(message["Date"])
+        assert dated.utcoffset() == timedelta(0) and dated >= began.replace(microsecond=0)
     # UI feed: once each
     assert sorted(str(r[0]) for r in await rows(db, "SELECT alert_id FROM alert_feed")) == sorted(
         ids
