@@ -150,10 +150,16 @@ class WebhookSender(Sender):
             raise ConnectionError(f"webhook unreachable: {type(first).__name__}: {first}") from None
         if 200 <= status < 300:
             return
-        # A redirect too: the signed body would not reach its target.
         why = f"webhook answered {status} {httpx.codes.get_reason_phrase(status)}".rstrip()
         if status in _REFUSED_CONTENT:
             raise Rejected(why)
+        if 300 <= status < 400:
+            # Not followed: the signed body is for the receiver configured, and a 301/302
+            # would turn the POST into a GET. Its target is not quoted (a path may hold a
+            # token).
+            why += (
+                "; the notifier follows no redirect: set webhook.url to the address it redirects to"
+            )
         raise RuntimeError(why)
 
     async def _post(self, payload: bytes, headers: dict[str, str]) -> int:
