@@ -64,7 +64,7 @@ def list_alerts(
 
     found, matching = asyncio.run(go())
     if not found:
-        typer.echo("no alerts")
+        typer.echo(_none_listed(policy, unacknowledged=unacknowledged, resolved=resolved))
     for stored in found:
         state = "resolved" if stored.resolved_at else "acked" if stored.acknowledged_at else "open"
         typer.echo(f"{stored.alert.alert_id}  {alert_line(stored.alert, state)}")
@@ -74,6 +74,16 @@ def list_alerts(
             f" (up to {MAX_ALERTS}), the console and GET /api/v1/alerts page through all",
             err=True,
         )
+
+
+def _none_listed(policy: str | None, *, unacknowledged: bool, resolved: bool) -> str:
+    """That ``list`` found none, saying what it left out: a bare "no alerts" read as if
+    none had been raised, where all were resolved."""
+    words = ["no", *(["unacknowledged"] if unacknowledged else [])]
+    words += ["alerts" if resolved else "unresolved alerts"]
+    words += [f"of policy {policy}"] if policy else []
+    said = " ".join(words)
+    return said if resolved else f"{said}; --resolved lists resolved ones too"
 
 
 @alerts_app.command("show")

@@ -1083,6 +1083,15 @@ def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budge
     again = deployment.ok("alerts", "resolve", alert_id, "--by", "bob")
     assert again.startswith(f"alert {alert_id} was already resolved by ops at ")
     assert len(deployment.ok("alerts", "list").splitlines()) == 2
+    # All resolved: the list says what it leaves out, not that none was ever raised.
+    for line in deployment.ok("alerts", "list").splitlines():
+        deployment.ok("alerts", "resolve", line.split()[0])
+    assert deployment.ok("alerts", "list") == (
+        "no unresolved alerts; --resolved lists resolved ones too\n"
+    )
+    assert deployment.ok("alerts", "list", "--policy", "none", "--resolved") == (
+        "no alerts of policy none\n"
+    )
     missing = deployment.run("alerts", "show", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 2 and missing.stderr.startswith("budget: no alert with id")
 
