@@ -112,7 +112,12 @@ def show_alert(alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's i
     if stored.resolved_at:
         who = f" by {one_line(stored.resolved_by)}" if stored.resolved_by else ""
         typer.echo(f"resolved{who} at {utc_time(stored.resolved_at)}")
-    typer.echo("deliveries:" if lines else "deliveries: none (raised while rebuilding)")
+    typer.echo(
+        "deliveries:"
+        if lines
+        else "deliveries: none (its rule sends to no channel, or only a rebuild raised it,"
+        " and a rebuild sends nothing)"
+    )
     for line in lines:
         typer.echo(f"  {line}")
 

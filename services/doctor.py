@@ -326,13 +326,16 @@ async def _alerting(conn: Connection, settings: Settings) -> list[Finding]:
         found.append(problem("alert rules", "no alert rules: nothing raises alerts", fix))
     silent = [r for r in rules if not set(r.channels) & set(enabled)]
     for rule in silent:
+        if rule.channels:
+            sends = f"sends to {', '.join(rule.channels)}, none of them enabled"
+            fix = "enable one of its channels under alert_channels in config.yaml, or give"
+        else:
+            sends, fix = "sends to no channel", "give"
         found.append(
             problem(
                 "alert rules",
-                f"rule {rule.rule_id} ({rule.name!r}) sends to {', '.join(rule.channels)},"
-                " none of them enabled: its alerts go nowhere",
-                "enable one of its channels under alert_channels in config.yaml, or give the"
-                " rule an enabled channel",
+                f"rule {rule.rule_id} ({rule.name!r}) {sends}: its alerts go nowhere",
+                f"{fix} the rule an enabled channel",
             )
         )
     if rules and not silent:

@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 
 from budget.periods import Period
 from budget.policies import DEFAULT_USER_POLICY_ID
-from events import Topology, UsageRecorded
+from events import Event, Topology, UsageRecorded
 from events.permissions import OWN_USERS
 from projections.engine.projection import physical
 from projections.registry import PROJECTIONS
@@ -274,7 +274,7 @@ async def stream_subjects(nats_url: str, topology: Topology) -> dict[str, list[s
         await nc.close()
 
 
-async def publish_events(nats_url: str, topology: Topology, events: list[UsageRecorded]) -> None:
+async def publish_events(nats_url: str, topology: Topology, events: Sequence[Event]) -> None:
     nc = await nats.connect(nats_url)
     try:
         await publish(nc, topology, events)

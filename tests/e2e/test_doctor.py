@@ -23,7 +23,7 @@ from test_cli import (
     publish_events,
 )
 
-from events import Topology
+from events import AlertRule, AlertRuleSet, Topology, utc_now
 from projections.registry import GROUPS, PROJECTIONS, WORKERS
 
 from support import usage_event
@@ -338,7 +338,7 @@ def test_configuration_problems(deployment: Budget, env: dict[str, str], says: s
 
 
 def test_alerts_a_channel_does_not_deliver_are_a_problem_with_their_fix(
-    deployment: Budget, tmp_path: Path
+    deployment: Budget, tmp_path: Path, nats_url: str, topology: Topology
 ) -> None:
     """A webhook receiver that is down, then no notifier at all, then alerts given up:
     each the doctor tells, where it said all was well while no alert reached anyone."""
@@ -351,6 +351,10 @@ def test_alerts_a_channel_does_not_deliver_are_a_problem_with_their_fix(
     for name in ("policies", "alerts"):
         deployment.start("worker", name)
     notifier = deployment.start("notifier", **dead)
+    # A rule that sends to no channel at all: said so (it read "sends to , none of them").
+    nowhere = AlertRule(rule_id="nowhere", name="Nowhere", channels=(), policy_ids=("none",))
+    rule_set = AlertRuleSet(occurred_at=utc_now(), rule=nowhere)
+    asyncio.run(publish_events(nats_url, topology, [rule_set]))
     deployment.ok("policy", "set", "--name", "Tiny", "--limit", "0.005", "--id", "tiny")
     deployment.record(*GPT_4O_CALL)  # past the whole limit: three thresholds at once
 
@@ -361,6 +365,10 @@ def test_alerts_a_channel_does_not_deliver_are_a_problem_with_their_fix(
         "the failing webhook reported",
     )
     assert failing.returncode == 1
+    assert lines_of(failing, "problem", "alert rules") == [
+        "rule nowhere ('Nowhere') sends to no channel: its alerts go nowhere"
+        " | give the rule an enabled channel"
+    ]
     [line] = lines_of(failing, "problem", "alert deliveries")
     assert re.fullmatch(
         r"webhook: 3 alerts not sent, the oldest queued \d{4}-\d\d-\d\d \d\d:\d\d UTC;"
