@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, LiteralString
 
 import typer
 from nats.aio.client import Client
@@ -145,6 +145,7 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
             found.append(not_checked("alerts, prices", "PostgreSQL is unreachable or unmigrated"))
         else:
             await _guard(found, "alerts", _alerting(conn, settings))
+            await _guard(found, "alert deliveries", _deliveries(conn, options.days))
             if _current(found, _PRICES_FROM):
                 await _guard(found, "prices", _unpriced(conn, options.days))
             else:
@@ -425,13 +426,16 @@ async def _alerting(conn: Connection, settings: Settings) -> list[Finding]:
         found.append(problem("alert rules", "no alert rules: nothing raises alerts", fix))
     silent = [r for r in rules if not set(r.channels) & set(enabled)]
     for rule in silent:
+        if rule.channels:
+            sends = f"sends to {', '.join(rule.channels)}, none of them enabled"
+            fix = "enable one of its channels under alert_channels in config.yaml, or give"
+        else:
+            sends, fix = "sends to no channel", "give"
         found.append(
             problem(
                 "alert rules",
-                f"rule {rule.rule_id} ({rule.name!r}) sends to {', '.join(rule.channels)},"
-                " none of them enabled: its alerts go nowhere",
-                "enable one of its channels under alert_channels in config.yaml, or give the"
-                " rule an enabled channel",
+                f"rule {rule.rule_id} ({rule.name!r}) {sends}: its alerts go nowhere",
+                f"{fix} the rule an enabled channel",
             )
         )
     if rules and not silent:
@@ -480,6 +484,77 @@ def _about(alert: Alert) -> str:
     return " ".join(str(p) for p in (alert.scope, alert.scope_key) if p) or "it"
 
 
+_FAILING: LiteralString = """
+    SELECT DISTINCT ON (channel) channel, count(*) OVER whole, min(created_at) OVER whole,
+        alert_id, last_error
+    FROM alert_outbox WHERE status = 'pending'
+        AND channel IN (SELECT channel FROM alert_outbox
+                        WHERE status = 'pending' AND attempts > 0)
+    WINDOW whole AS (PARTITION BY channel)
+    ORDER BY channel, attempts = 0, seq"""
+"""Per channel with a failing alert: every alert it has not sent (those behind the
+failing one too), the oldest one's time, and the first failing one."""
+_UNTRIED: LiteralString = """
+    SELECT channel, count(*), min(created_at) FROM alert_outbox
+    WHERE status = 'pending' AND attempts = 0 AND created_at < now() - %s
+        AND channel NOT IN (SELECT channel FROM alert_outbox
+                            WHERE status = 'pending' AND attempts > 0)
+    GROUP BY channel ORDER BY channel"""
+_GIVEN_UP: LiteralString = """
+    SELECT DISTINCT ON (channel) channel, count(*) OVER (PARTITION BY channel), alert_id,
+        last_error
+    FROM alert_outbox WHERE status = 'failed' AND created_at >= now() - %s
+    ORDER BY channel, seq DESC"""
+_UNTRIED_AFTER = timedelta(minutes=5)
+"""How long a queued alert may wait untried before no notifier counts as sending on its
+channel: a running one is woken at once (the evaluator's NOTIFY) and looks every second."""
+
+
+async def _deliveries(conn: Connection, days: int) -> list[Finding]:
+    """Alerts a channel has not delivered: failing now (each is retried for a day, the
+    channel's later ones held back), queued and never tried (no notifier sends on that
+    channel), or given up in the last ``days`` days. The channels' settings are the
+    notifier's: only what it did tells whether its receivers take the alerts."""
+    found = []
+    failing = await (await conn.execute(_FAILING)).fetchall()
+    for channel, count, since, alert_id, why in failing:
+        found.append(
+            problem(
+                "alert deliveries",
+                f"{channel}: {_alerts(count)} not sent, the oldest queued {since:%F %H:%M}"
+                f" UTC; sending fails: {why}",
+                f"make the {channel} receiver take them (`budget alerts show {alert_id}`);"
+                " each is retried for a day, then given up",
+            )
+        )
+    untried = await conn.execute(_UNTRIED, (_UNTRIED_AFTER,))
+    for channel, count, since in await untried.fetchall():
+        found.append(
+            problem(
+                "alert deliveries",
+                f"{channel}: {_alerts(count)} queued since {since:%F %H:%M} UTC, never tried",
+                "start `budget notifier` (or `budget up`); no notifier sends on this channel",
+            )
+        )
+    given_up = await conn.execute(_GIVEN_UP, (timedelta(days=days),))
+    for channel, count, alert_id, why in await given_up.fetchall():
+        found.append(
+            Finding(
+                "note",
+                "alert deliveries",
+                f"{channel}: {_alerts(count)} of the last {days} days given up, never"
+                f" delivered there; the newest: {why}",
+                f"`budget alerts show {alert_id}`; `budget alerts list` and the console"
+                " still have them",
+            )
+        )
+    return found or [ok("alert deliveries", "every alert queued was sent")]
+
+
+def _alerts(count: int) -> str:
+    return f"{count} alert{'s' if count != 1 else ''}"
+
+
 async def _unpriced(conn: Connection, days: int) -> list[Finding]:
     """Models called in the last ``days`` days whose calls were recorded without a cost,
     read from the report rollups."""
@@ -519,13 +594,17 @@ def doctor(
         ),
     ] = MAX_LAG,
     days: Annotated[
-        int, typer.Option(min=1, max=3660, help="look this many days back for unpriced models")
+        int,
+        typer.Option(
+            min=1, max=3660, help="look this many days back for unpriced models and alerts given up"
+        ),
     ] = 30,
 ) -> None:
     """Walk the troubleshooting list: configuration valid and enabled, NATS and PostgreSQL
     reachable, streams and consumers present, each projection's worker reading and its lag,
     the enforcer and the query service answering, alert rules and channels enabled,
-    cooldowns holding alerts back, models called without a price (read from the reports
+    cooldowns holding alerts back, alerts a channel is failing to send, never tried or gave
+    up on, models called without a price (read from the reports
     projection: not checked unless it is current). One line each (ok, note or problem, and
     how to fix a problem); exits 1 if a problem was found. With a `budget up` running on
     the data directory (BUDGET_DATA_DIR, .budget), its servers' URLs, NATS user and logs
