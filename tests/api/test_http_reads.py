@@ -223,7 +223,7 @@ def test_prices_and_providers(viewer: httpx.Client) -> None:
     typo = viewer.get("/api/v1/prices/gpt-4o", params={"provider": "opnai"})
     assert typo.status_code == 404
     assert typo.json()["detail"].startswith(
-        "provider 'opnai' is unknown: did you mean 'openai'? no price in any layer for model"
+        "'gpt-4o' has no price: provider 'opnai' is unknown: did you mean 'openai'? no price in"
     ), typo.json()
 
 

@@ -63,6 +63,8 @@ async def price(
     if found is None:
         why = api.registry.why_unpriced(model, provider, at)
         raise Problem(
-            404, f"{why}; its usage is recorded unpriced (add a price override, or fix the name)"
+            404,
+            f"{model!r} has no price: {why}; its usage is recorded unpriced (add a price"
+            " override, or fix the name)",
         )
     return found
