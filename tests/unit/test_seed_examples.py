@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from budget.config import load_settings
+from budget.config import Settings, load_settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import PricingRegistry, get_pricing_registry
 from budget.tracker import UsageTracker
+from events import UsageRecorded
 
 OVERRIDE = """\
 budget:
@@ -44,3 +47,42 @@ async def test_the_seeds_pricing_registry_prices_as_the_tracker_records(
     )
     assert recorded.cost == cost
     assert (await get_pricing_registry([])).get_model_pricing("our-fine-tune") is None
+
+
+@pytest.mark.parametrize(
+    ("estimate", "said"),
+    [
+        ({}, "recording it unpriced: give track_llm_call estimated_tokens or estimated_cost"),
+        ({"estimated_tokens": 1000}, "recording its pre-call estimate instead"),
+    ],
+)
+async def test_the_seeds_decorator_says_what_it_recorded_for_a_response_without_usage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, estimate: dict[str, int], said: str
+) -> None:
+    """The seed's ``@tracker.track_llm_call(model="gpt-4o", user_id="user123")`` gives no
+    estimate: a function returning no usage was logged as "recording its pre-call estimate"
+    while the call was recorded unpriced, for want of one."""
+    settings = Settings(enabled=False, spool_dir=tmp_path / "spool")
+    tracker = UsageTracker(settings, PricingRegistry(), DisabledPublisher())
+    recorded: list[UsageRecorded] = []
+    tracker.publisher.publish = _keep(recorded)  # type: ignore[method-assign]
+
+    @tracker.track_llm_call(model="gpt-4o", user_id="user123", **estimate)
+    async def my_llm_function() -> str:
+        return "an answer without usage"
+
+    with caplog.at_level(logging.WARNING, logger="budget.tracker"):
+        await my_llm_function()
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "budget.tracker"]
+    assert said in warning
+    [event] = recorded
+    assert (event.cost is None) == (not estimate)
+    assert event.estimated_reason is not None
+    assert ("recorded the pre-call estimate" in event.estimated_reason) == bool(estimate)
+
+
+def _keep(recorded: list[UsageRecorded]) -> Callable[[UsageRecorded], Awaitable[None]]:
+    async def publish(event: UsageRecorded) -> None:
+        recorded.append(event)
+
+    return publish
