@@ -14,7 +14,7 @@ from budget.config import Settings, load_settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import PricingRegistry, get_pricing_registry
 from budget.tracker import UsageTracker
-from events import UsageRecorded
+from events import LimitAction, UsageRecorded
 
 OVERRIDE = """\
 budget:
@@ -86,3 +86,25 @@ def _keep(recorded: list[UsageRecorded]) -> Callable[[UsageRecorded], Awaitable[
         recorded.append(event)
 
     return publish
+
+
+def test_configured_policies_take_the_files_default_action_and_soft_limit(
+    tmp_path: Path,
+) -> None:
+    """The seed's ``budget.default_action`` ("default action when limit exceeded") and
+    ``soft_limit_percent`` applied only to the per-user default policy: a ``budget_policies``
+    entry that left them out was a WARN policy warning at 80 %, whatever the file said."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "budget:\n  default_action: block\n  soft_limit_percent: 70\n"
+        "budget_policies:\n"
+        "  - {name: Global Monthly Budget, scope: global, period: monthly, limit_amount: 500.00}\n"
+        "  - {name: Stated, limit_amount: 50, action: warn, soft_limit_percent: 90}\n"
+    )
+    settings = load_settings(path, environ={})
+    assert [(p.action, p.soft_limit_percent) for p in settings.policies] == [
+        (LimitAction.BLOCK, Decimal(70)),
+        (LimitAction.WARN, Decimal(90)),
+    ]
+    overridden = load_settings(path, environ={"BUDGET_DEFAULT_ACTION": "throttle"})
+    assert overridden.policies[0].action == LimitAction.THROTTLE
