@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from budget.config import Settings, load_settings
 from budget.disabled import DisabledPublisher
+from budget.models import BudgetPeriod, BudgetPolicy
 from budget.pricing import PricingRegistry, get_pricing_registry
 from budget.tracker import UsageTracker
 from events import LimitAction, UsageRecorded
@@ -108,3 +110,32 @@ def test_configured_policies_take_the_files_default_action_and_soft_limit(
     ]
     overridden = load_settings(path, environ={"BUDGET_DEFAULT_ACTION": "throttle"})
     assert overridden.policies[0].action == LimitAction.THROTTLE
+
+
+def test_a_custom_period_takes_the_explicit_dates_the_seed_describes(tmp_path: Path) -> None:
+    """ "CUSTOM: user-defined period with explicit dates": a date was refused as "Input
+    should have timezone info", in Python and in config.yaml (YAML reads 2026-12-01 as a
+    date). A date is that day's midnight in the policy's zone, UTC without one."""
+    utc = BudgetPolicy(
+        name="December push",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=date(2026, 12, 1),
+        custom_end=date(2027, 1, 1),
+        limit_amount=250,
+    )
+    assert (utc.custom_start, utc.custom_end) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    tokyo = utc.model_validate(
+        utc.model_dump() | {"custom_start": date(2026, 12, 1), "timezone": "Asia/Tokyo"}
+    )
+    assert tokyo.custom_start == datetime(2026, 11, 30, 15, tzinfo=UTC)
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "budget_policies:\n"
+        "  - {name: Launch, period: custom, custom_start: 2026-12-01, custom_end: 2026-12-15,"
+        " limit_amount: 50}\n"
+    )
+    [launch] = load_settings(path, environ={}).policies
+    assert launch.custom_end == datetime(2026, 12, 15, tzinfo=UTC)
