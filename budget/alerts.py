@@ -20,6 +20,7 @@ from budget.config import Settings
 from budget.loop_locks import LoopLock
 from budget.periods import UTC, Period, period_bounds
 from budget.policies import PolicyWindow, policy_window
+from budget.queries import question
 from budget.tracker import get_usage_tracker
 from events import (
     Alert,
@@ -131,7 +132,7 @@ class AlertEngine(ChangeClient):
         return await self.queries.alerts(query)
 
     async def get_alert(self, alert_id: uuid.UUID) -> StoredAlert | None:
-        found = await self.queries.alerts(AlertsQuery(alert_id=alert_id))
+        found = await self.queries.alerts(question(AlertsQuery, {}, alert_id=alert_id))
         return found[0] if found else None
 
     async def deliveries(self, alert_id: uuid.UUID) -> list[AlertDelivery]:

@@ -526,6 +526,8 @@ def load_settings(
                 f" the config file only ({key} in {path}); unset the variable"
             )
     values.update({field: environ[var] for var, field in ENV_VARS.items() if var in environ})
+    if "policies" in values:
+        values["policies"] = _with_defaults(values["policies"], values)
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
@@ -624,6 +626,19 @@ def _configured_policies(path: Path, document: dict[str, Any]) -> list[Any]:
             entry = {**entry, "policy_id": "config-" + _slug(str(entry["name"]))}
         policies.append(entry)
     return policies
+
+
+_POLICY_DEFAULTS = {"action": "default_action", "soft_limit_percent": "soft_limit_percent"}
+"""A ``budget_policies`` entry's fields that, left out, take a ``budget:`` setting."""
+
+
+def _with_defaults(entries: list[Any], values: Mapping[str, Any]) -> list[Any]:
+    """``entries`` with the action and soft limit they leave out taken from the settings
+    (``default_action``, "the default action when a limit is exceeded", and
+    ``soft_limit_percent``, from the file or their variables); unset, the policy's own
+    defaults apply, which are the settings' too."""
+    defaults = {f: values[s] for f, s in _POLICY_DEFAULTS.items() if values.get(s) is not None}
+    return [{**defaults, **entry} if isinstance(entry, dict) else entry for entry in entries]
 
 
 def _slug(name: str) -> str:

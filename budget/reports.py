@@ -10,7 +10,7 @@ arguments raise ``ValueError`` with the query service's reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 
 from budget.config import Settings
 from budget.loop_locks import LoopLock
@@ -32,16 +32,20 @@ class ReportGenerator:
         self.queries = queries
 
     async def generate_report(
-        self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
+        self,
+        start_date: datetime | date,
+        end_date: datetime | date,
+        group_by: Sequence[str] = (),
     ) -> Report:
         """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total; a
-        name alone is that one)."""
+        name alone is that one). A date is its midnight UTC, here and in the other
+        windows."""
         query = question(
             ReportQuery,
             {"start": "start_date", "end": "end_date"},
             kind="custom",
-            start=start_date,
-            end=end_date,
+            start=_instant(start_date),
+            end=_instant(end_date),
             group_by=_groups(group_by),
         )
         return await self.queries.report(query)
@@ -65,10 +69,10 @@ class ReportGenerator:
 
     async def generate_comparison_report(
         self,
-        current_start: datetime,
-        current_end: datetime,
-        previous_start: datetime,
-        previous_end: datetime,
+        current_start: datetime | date,
+        current_end: datetime | date,
+        previous_start: datetime | date,
+        previous_end: datetime | date,
         group_by: Sequence[str] = ("model",),
     ) -> Report:
         """Each group's totals in two windows, with the absolute and percent change."""
@@ -76,18 +80,18 @@ class ReportGenerator:
             ReportQuery,
             {"start": "current_start", "end": "current_end"},
             kind="comparison",
-            start=current_start,
-            end=current_end,
-            previous_start=previous_start,
-            previous_end=previous_end,
+            start=_instant(current_start),
+            end=_instant(current_end),
+            previous_start=_instant(previous_start),
+            previous_end=_instant(previous_end),
             group_by=_groups(group_by),
         )
         return await self.queries.report(query)
 
     async def get_usage_history(
         self,
-        start_date: datetime,
-        end_date: datetime,
+        start_date: datetime | date,
+        end_date: datetime | date,
         *,
         provider: str | None = None,
         model: str | None = None,
@@ -103,8 +107,8 @@ class ReportGenerator:
             ReportQuery,
             {"start": "start_date", "end": "end_date"},
             kind="history",
-            start=start_date,
-            end=end_date,
+            start=_instant(start_date),
+            end=_instant(end_date),
             provider=provider,
             model=model,
             user_id=user_id,
@@ -123,6 +127,14 @@ class ReportGenerator:
             raise ValueError("days_to_project must be at least 1")
         query = ReportQuery(kind="projection", days=days_to_project, tz=_zone(tz))
         return await self.queries.report(query)
+
+
+def _instant(value: datetime | date) -> datetime | date:
+    """A date (the seed's ``start_date``) as its midnight UTC, the rollups' days; anything
+    else as given, for the query to check."""
+    if type(value) is date:  # not a datetime, a date's subclass
+        return datetime.combine(value, time(), UTC)
+    return value
 
 
 def _groups(group_by: Sequence[str]) -> list[str]:

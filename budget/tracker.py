@@ -277,15 +277,20 @@ class UsageTracker:
         """The estimate as a usage event: ``estimated_tokens`` as output tokens, priced,
         or ``estimated_cost`` as given; with neither, unpriced (not $0, which would drop
         the call from every total unseen)."""
+        given = estimate.cost is not None or estimate.tokens > 0
         if not estimate.warned:
             estimate.warned = True
             log.warning(
-                "%s returned no usage the tracker can read (%s); recording its pre-call"
-                " estimate instead, marked as estimated",
+                "%s returned no usage the tracker can read (%s); %s",
                 estimate.function,
                 why,
+                "recording its pre-call estimate instead, marked as estimated"
+                if given
+                else "recording it unpriced: give track_llm_call estimated_tokens or"
+                " estimated_cost to record an estimate instead",
             )
-        reason = f"no usable usage in the response ({why[:300]}); recorded the pre-call estimate"
+        recorded = "recorded the pre-call estimate" if given else "no pre-call estimate given"
+        reason = f"no usable usage in the response ({why[:300]}); {recorded}"
         event = self.usage_event(
             **call,
             output_tokens=estimate.tokens,
@@ -295,7 +300,7 @@ class UsageTracker:
         update: dict[str, object]
         if estimate.cost is not None:
             update = {"cost": estimate.cost, "price": None, "unpriced_reason": None}
-        elif not estimate.tokens:
+        elif not given:
             update = {"cost": None, "price": None, "unpriced_reason": _NO_ESTIMATE}
         else:
             return event

@@ -9,13 +9,20 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from events.envelope import Event, UtcDatetime
 from events.usage import MAX_DECIMAL_PLACES, WrittenPlaces, exact_decimal, exact_money
@@ -88,6 +95,9 @@ class LimitAction(StrEnum):
         return self in (LimitAction.BLOCK, LimitAction.THROTTLE)
 
 
+_CUSTOM_BOUNDS = ("custom_start", "custom_end")
+
+
 class BudgetPolicy(BaseModel):
     """A spending limit for one scope and period. ``soft_limit_percent`` of the limit is
     where warnings start and where THROTTLE starts pacing."""
@@ -115,6 +125,24 @@ class BudgetPolicy(BaseModel):
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
         return value if value is None else known_zone(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dates_are_midnights(cls, data: Any) -> Any:
+        """A custom bound given as a date (the seed's "explicit dates"; YAML reads
+        ``2026-12-01`` as one) is that day's midnight in the policy's zone, where its
+        periods' days start too (UTC without one)."""
+        if not isinstance(data, dict):
+            return data
+        dates = {k: v for k in _CUSTOM_BOUNDS if type(v := data.get(k)) is date}
+        if not dates:
+            return data
+        try:
+            zone = ZoneInfo(data.get("timezone") or "UTC")
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            zone = ZoneInfo("UTC")  # the zone's own validator says what is wrong with it
+        midnights = {k: datetime.combine(d, time(), zone).astimezone(UTC) for k, d in dates.items()}
+        return data | midnights
 
     # Field validators, each checking its field against those before it (``info.data``
     # holds the ones that were valid): an error is located on the field at fault.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -181,11 +181,23 @@ class AlertsQuery(_Message):
 
 
 class StoredAlert(_Message):
+    # An alert and its state (a comment: a docstring would be the wire schema's text).
     alert: Alert
     acknowledged_by: str | None = None
     acknowledged_at: datetime | None = None
     resolved_by: str | None = None
     resolved_at: datetime | None = None
+
+    # The alert's fields read as its own too (``stored.alert_id``, ``stored.severity``), as
+    # the seed's ``get_active_alerts()`` then ``acknowledge_alert(alert.alert_id, ...)``
+    # reads them; for type checkers they are under ``alert`` only.
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            alert = self.__dict__.get("alert")
+            if alert is not None and name in Alert.model_fields:
+                return getattr(alert, name)
+            return super().__getattr__(name)
 
 
 class AlertsAnswer(_Message):

@@ -68,12 +68,17 @@ def set_policy(
         datetime | None, typer.Option(help="custom period start (ISO 8601, on a quarter hour)")
     ] = None,
     end: Annotated[datetime | None, typer.Option(help="custom period end, exclusive")] = None,
-    action: Annotated[LimitAction, typer.Option(help="what happens at the limit")] = (
-        LimitAction.WARN
-    ),
+    action: Annotated[
+        LimitAction | None,
+        typer.Option(help="what happens at the limit (default: budget.default_action, warn)"),
+    ] = None,
     soft_percent: Annotated[
-        Decimal, typer.Option(help="percent of the limit where warnings (and pacing) start")
-    ] = Decimal(80),
+        Decimal | None,
+        typer.Option(
+            help="percent of the limit where warnings (and pacing) start (default:"
+            " budget.soft_limit_percent, 80)"
+        ),
+    ] = None,
     timezone: Annotated[
         str | None, typer.Option(help="IANA zone for period boundaries (default UTC)")
     ] = None,
@@ -90,8 +95,10 @@ def set_policy(
         "period": period,
         "custom_start": _utc(start),
         "custom_end": _utc(end),
-        "action": action,
-        "soft_limit_percent": soft_percent,
+        "action": action or settings().default_action,
+        "soft_limit_percent": settings().soft_limit_percent
+        if soft_percent is None
+        else soft_percent,
         "timezone": timezone,
     }
     if policy_id is not None:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from budget.config import ConfigError, Settings, shown_url
 from budget.natsconn import PermissionDenied, permitted, refusal_message
 from budget.periods import Period, period_bounds
+from budget.pricing import PricingRegistry
 from budget.redaction import install_redaction, redact, secrets_of
 from events import Alert, AlertRule, utc_now
 from events.alerts import CHANNELS
@@ -147,7 +148,7 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
             await _guard(found, "alerts", _alerting(conn, settings))
             await _guard(found, "alert deliveries", _deliveries(conn, options.days))
             if _current(found, _PRICES_FROM):
-                await _guard(found, "prices", _unpriced(conn, options.days))
+                await _guard(found, "prices", _unpriced(conn, settings, options.days))
             else:
                 because = "read from the reports projection, not found current (see projections)"
                 found.append(not_checked("prices", because))
@@ -555,28 +556,40 @@ def _alerts(count: int) -> str:
     return f"{count} alert{'s' if count != 1 else ''}"
 
 
-async def _unpriced(conn: Connection, days: int) -> list[Finding]:
+async def _unpriced(conn: Connection, settings: Settings, days: int) -> list[Finding]:
     """Models called in the last ``days`` days whose calls were recorded without a cost,
     read from the report rollups."""
     now = utc_now()
     start, end = floor_quarter(now - timedelta(days=days)), ceil_quarter(now)
     # ``--until`` is exclusive and a date means its midnight: tomorrow's covers today's calls.
     reprice_until = period_bounds(Period.DAILY, now)[1]
+    reprice = f"`budget reprice --since {start:%F} --until {reprice_until:%F}`"
     totals = await ReportBuilder(conn).totals(conn, "model", start, end)
     if not totals:
         return [ok("prices", f"no call recorded in the last {days} days")]
+    registry = PricingRegistry(settings.price_overrides)
     found = []
     for row in totals:
         if row.unpriced_requests:
             provider, model = row.key1, row.key2
+            if registry.get_model_pricing(model, provider, now) is None:
+                fix = (
+                    f"check the name against `budget prices list --provider {provider}`, or"
+                    f" add it to price_overrides in config.yaml; then {reprice} prices them"
+                )
+            else:  # the price is not to blame for calls recorded since it was there
+                fix = (
+                    f"{model} has a price now: {reprice} prices the calls recorded before it"
+                    " had one; the others lacked what it is priced by, as their"
+                    f" unpriced_reason says (`budget report history --start {start:%F}"
+                    f" --end {reprice_until:%F}`)"
+                )
             found.append(
                 problem(
                     "prices",
                     f"{provider}/{model}: {row.unpriced_requests} of {row.requests} calls in"
                     f" the last {days} days have no price",
-                    f"check the name against `budget prices list --provider {provider}`, or"
-                    " add it to price_overrides in config.yaml; then `budget reprice --since"
-                    f" {start:%F} --until {reprice_until:%F}` prices them",
+                    fix,
                 )
             )
     return found or [ok("prices", f"every model called in the last {days} days has a price")]

@@ -161,18 +161,27 @@ def unknown_provider_note(provider: str | None) -> str:
     return "" if meant is None else f"provider {provider!r} is unknown: did you mean {meant!r}? "
 
 
-_default: PricingRegistry | None = None
+_shared: tuple[tuple[PriceOverride, ...], PricingRegistry] | None = None
+"""The registry last handed out, with its overrides: asked again for the same ones (the
+usual case: config.yaml's, every time), the same registry and its cache are given."""
 
 
-async def get_pricing_registry(overrides: Sequence[PriceOverride] = ()) -> PricingRegistry:
-    """The shared registry (a new one when ``overrides`` are given), with its data loaded."""
-    global _default
-    if overrides:
-        registry = PricingRegistry(overrides)
-    else:
-        if _default is None:
-            _default = PricingRegistry()
-        registry = _default
+async def get_pricing_registry(
+    overrides: Sequence[PriceOverride] | None = None,
+) -> PricingRegistry:
+    """The shared registry, with its data loaded. ``overrides`` default to config.yaml's
+    ``budget.price_overrides``, the ones ``get_usage_tracker()`` prices calls with, so a
+    cost asked of it is the cost the tracker records (``ConfigError`` if the config is
+    wrong); ``[]`` for none."""
+    global _shared
+    if overrides is None:
+        from budget.config import load_settings  # budget.config imports budget.pricing
+
+        overrides = load_settings().price_overrides
+    wanted = tuple(overrides)
+    if _shared is None or _shared[0] != wanted:
+        _shared = (wanted, PricingRegistry(wanted))
+    registry = _shared[1]
     if not genai.loaded():
         import asyncio
 

@@ -1062,6 +1062,16 @@ def test_policy_commands_and_check_against_a_running_enforcer(deployment: Budget
     assert missing.returncode == 2
     assert missing.stderr == "budget: no policy with id 'team-cap'; see `budget policy list`\n"
 
+    # The seed's default_action ("default action when limit exceeded") and soft limit,
+    # for a policy set without --action or --soft-percent (it was warn at 80 %).
+    defaults = {"BUDGET_DEFAULT_ACTION": "throttle", "BUDGET_SOFT_LIMIT_PERCENT": "70"}
+    out = deployment.ok("policy", "set", "--name", "Cap", "--limit", "3", "--id", "cap", **defaults)
+    assert out.endswith(" 3 USD monthly, throttle (soft limit 70%)\n"), out
+    out = deployment.ok(
+        "policy", "set", "--name", "Cap", "--limit", "3", "--id", "cap", "--action", "warn"
+    )
+    assert out.endswith(" 3 USD monthly, warn (soft limit 80%)\n"), out
+
 
 def test_bad_policy_option_is_one_line(deployment: Budget) -> None:
     done = deployment.run(

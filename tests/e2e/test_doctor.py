@@ -72,7 +72,7 @@ def settled(cli: Budget) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
-    deployment: Budget, tmp_path: Path
+    deployment: Budget, tmp_path: Path, nats_url: str, topology: Topology
 ) -> None:
     services = start_stack(deployment)
     idle = settled(deployment)
@@ -164,6 +164,25 @@ def test_a_running_stack_is_all_ok_then_each_problem_shows_with_its_fix(
     until = re.search(r"--until (\d{4}-\d\d-\d\d)`", line)
     assert until is not None, line
     assert date.fromisoformat(until[1]) > datetime.now(UTC).date(), line
+
+    # A priced model's call recorded without a price (a tracked function that returned no
+    # usage and was given no estimate): its name and the price lists are not to blame.
+    unpriced_call = usage_event(cost=None, model="gpt-4o-mini")
+    asyncio.run(publish_events(nats_url, topology, [unpriced_call]))
+    no_usage = eventually(
+        lambda: doctor(deployment),
+        lambda done: any("gpt-4o-mini" in line for line in lines_of(done, "problem", "prices")),
+        WITHIN,
+        "the priced model's unpriced call reported",
+    )
+    [line] = [line for line in lines_of(no_usage, "problem", "prices") if "gpt-4o-mini" in line]
+    assert re.fullmatch(
+        r"openai/gpt-4o-mini: 1 of 1 calls in the last 30 days have no price"
+        r" \| gpt-4o-mini has a price now: `budget reprice --since \S+ --until \S+` prices"
+        r" the calls recorded before it had one; the others lacked what it is priced by, as"
+        r" their unpriced_reason says \(`budget report history --start \S+ --end \S+`\)",
+        line,
+    ), line
 
     # Every channel disabled: the rules' alerts go nowhere.
     silent = tmp_path / "silent.yaml"

@@ -141,3 +141,32 @@ async def test_acknowledging_or_resolving_an_unknown_alert_says_so(settings: Set
         assert await engine.resolve_alert(unknown) is False
     finally:
         await tracker.close()
+
+
+async def test_the_seeds_alert_management_reads_each_active_alerts_fields(
+    nc: Client, topology: Topology, settings: Settings
+) -> None:
+    """``active = engine.get_active_alerts(...)`` then ``engine.acknowledge_alert(alert_id,
+    ...)``: an active alert has the alert's ``alert_id``, ``severity``, ``message``...
+    (they were only under ``.alert``: ``AttributeError`` on ``alert.alert_id``)."""
+    await publish(nc, topology, [usage_event(cost=None, model="gpt-4o")])
+    tracker = await start_usage_tracker(settings)
+    try:
+        engine = AlertEngine(settings, tracker)
+
+        async def raised() -> bool:
+            """the evaluator has raised the unpriced-usage alert"""
+            return bool(await engine.get_active_alerts(policy_id=None, unacknowledged_only=False))
+
+        await wait_for(raised)
+        [alert] = await engine.get_active_alerts(policy_id=None, unacknowledged_only=False)
+        assert alert.alert_id == alert.alert.alert_id
+        assert (alert.severity, alert.rule_id) == ("warning", "default-unpriced")
+        assert "gpt-4o used without a price" in alert.message
+        assert await engine.acknowledge_alert(alert.alert_id, "ops") is True
+        assert await engine.resolve_alert(alert.alert_id) is True
+        assert await engine.get_active_alerts() == []
+        with pytest.raises(AttributeError, match="'StoredAlert' object has no attribute 'nope'"):
+            alert.nope  # noqa: B018
+    finally:
+        await tracker.close()

@@ -45,3 +45,15 @@ async def test_rows_of_another_kind_are_named(
     engine = AlertEngine(settings, tracker)
     with pytest.raises(TypeError, match=rf"takes SpendRow or PolicySpend rows, .* not {passed}$"):
         await engine.evaluate_thresholds(summary)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["acknowledge_alert", "resolve_alert", "get_alert"])
+async def test_an_alert_id_that_is_no_uuid_is_one_line_naming_it(
+    settings: Settings, tracker: UsageTracker, method: str
+) -> None:
+    """A mistyped id copied from a list was pydantic's several lines about 'AlertsQuery',
+    with a link; ``budget alerts ack`` says it in one line."""
+    engine = AlertEngine(settings, tracker)
+    arguments = ("not-a-uuid", "ops") if method == "acknowledge_alert" else ("not-a-uuid",)
+    with pytest.raises(ValueError, match=r"^alert_id: Input should be a valid UUID, [^\n]+$"):
+        await getattr(engine, method)(*arguments)

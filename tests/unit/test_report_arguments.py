@@ -40,7 +40,23 @@ async def test_a_group_named_alone_is_that_group() -> None:
     assert compared.value.query.group_by == ["user"]
 
 
-@pytest.mark.parametrize("naive", [datetime(2026, 11, 1), date(2026, 11, 1)])
+async def test_a_date_is_its_midnight_utc() -> None:
+    """The seed's ``generate_report(start_date, end_date)``: a date was refused as having
+    no time zone; a day of the rollups, as the CLI's ``--start 2026-11-01``, is meant."""
+    with pytest.raises(Sent) as custom:
+        await generator.generate_report(date(2026, 11, 1), date(2026, 12, 1))
+    assert (custom.value.query.start, custom.value.query.end) == (START, END)
+    with pytest.raises(Sent) as compared:
+        await generator.generate_comparison_report(
+            date(2026, 11, 1), END, date(2026, 10, 2), date(2026, 11, 1)
+        )
+    assert compared.value.query.previous_start == START - timedelta(days=30)
+    with pytest.raises(Sent) as history:
+        await generator.get_usage_history(START, date(2026, 12, 1))
+    assert history.value.query.end == END
+
+
+@pytest.mark.parametrize("naive", [datetime(2026, 11, 1), "2026-11-01"])
 async def test_a_time_without_a_zone_is_named_as_the_argument(naive: object) -> None:
     with pytest.raises(ValueError, match=r"^start_date: Input should have timezone info \(a") as e:
         await generator.generate_report(naive, END)  # type: ignore[arg-type]

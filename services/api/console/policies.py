@@ -38,7 +38,13 @@ async def list_policies(request: Request, _: Viewer) -> Response:
 
 @router.get("/policies/new")
 async def new_policy(request: Request, _: Admin) -> Response:
-    defaults = {"scope": "global", "period": "monthly", "soft_limit_percent": "80"}
+    settings = services(request).settings  # config.yaml's defaults, as the CLI takes them
+    defaults = {
+        "scope": "global",
+        "period": "monthly",
+        "action": settings.default_action,
+        "soft_limit_percent": str(settings.soft_limit_percent),
+    }
     return _form(request, FormState(values=defaults), None)
 
 
