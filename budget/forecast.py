@@ -10,20 +10,22 @@ k the days, s the residuals' standard deviation and t Student's 97.5 % quantile 
 degrees of freedom (12.7 for one: two or three days of history say little). So an interval
 widens with the distance from the history, and a month's is the total's own, not the sum of
 its days' bounds (every day at its extreme at once). A fit with no residual left (one day of
-history) has no interval. Spend is never forecast below zero. Forecasts are estimates,
+history) has no interval. A one-off spike (``one_off_spikes``) is left out of the fit.
+Spend is never forecast below zero. Forecasts are estimates,
 computed in floating point and rounded to cents when shown.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import NamedTuple
 
-__all__ = ["METHOD", "DayForecast", "forecast", "total_interval"]
+__all__ = ["METHOD", "DayForecast", "forecast", "one_off_spikes", "total_interval"]
 
 METHOD = (
     "least-squares linear trend with day-of-week seasonality over the daily totals;"
@@ -31,6 +33,13 @@ METHOD = (
 )
 _SEASONAL_MIN_DAYS = 14
 _TREND_MIN_DAYS = 3
+_SPIKE_MIN_DAYS = 7
+"""Fewer days say too little of what is usual to call one of them a one-off."""
+_SPIKE_SPREADS = 3.5
+"""How far above the fit a one-off lies, in robust standard deviations (1.4826 MAD)."""
+_SPIKE_TIMES_MEDIAN = 3
+"""A one-off is also this many times the median day: sporadic use (most days without
+spend) or ordinary noise never is."""
 _CENT = Decimal("0.01")
 # Student's t, 97.5 % quantile, for 1 to 30 degrees of freedom; beyond, its expansion.
 _T975 = (
@@ -105,7 +114,37 @@ def _half_width(fit: _Fit, days: int, row: list[float]) -> float | None:
     return fit.spread * math.sqrt(days + max(form, 0.0))
 
 
+def one_off_spikes(history: Sequence[tuple[date, Decimal]]) -> list[date]:
+    """The days of ``history`` the fit leaves out as one-off spikes: far above a fit of
+    every day (3.5 robust standard deviations of its residuals) and over 3 times the
+    median day, between two days that are not. Least squares would follow such a
+    day: one $1,000 day among $10 ones read as a steep trend (a month of $9,500). The
+    last day is never one: whether it starts a new level is not yet known."""
+    if len(history) < _SPIKE_MIN_DAYS:
+        return []
+    fit = _least_squares(history)
+    ys = [float(v) for _, v in history]
+    residuals = [y - _dot(fit.coef, fit.features(d)) for (d, _), y in zip(history, ys, strict=True)]
+    centre = statistics.median(residuals)
+    spread = 1.4826 * statistics.median([abs(r - centre) for r in residuals])
+    typical = statistics.median(ys)
+    high = [
+        r > centre + _SPIKE_SPREADS * spread and y > _SPIKE_TIMES_MEDIAN * typical > 0
+        for r, y in zip(residuals, ys, strict=True)
+    ]
+    return [
+        history[i][0]
+        for i in range(1, len(history) - 1)
+        if high[i] and not high[i - 1] and not high[i + 1]
+    ]
+
+
 def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
+    spikes = set(one_off_spikes(history))
+    return _least_squares([(d, v) for d, v in history if d not in spikes])
+
+
+def _least_squares(history: Sequence[tuple[date, Decimal]]) -> _Fit:
     first = history[0][0]
     ys = [float(v) for _, v in history]
     n = len(ys)

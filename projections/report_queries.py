@@ -22,11 +22,11 @@ from decimal import Decimal
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from budget.forecast import METHOD, DayForecast, forecast, total_interval
+from budget.forecast import METHOD, DayForecast, forecast, one_off_spikes, total_interval
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window, policy_zone
-from budget.report_format import Cell, Report, Table, history_cut_note
+from budget.report_format import Cell, Report, Table, history_cut_note, shown_money
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
 from events.policy import GLOBAL_SCOPE_KEY
@@ -386,6 +386,7 @@ class ReportBuilder:
                 + ("day" if len(history) == 1 else f"{len(history)} days")
                 + " before today",
                 *_unpriced_note(unpriced),
+                *_spikes_note(history),
                 *budget_notes,
                 *_zone_note(tz),
             ],
@@ -739,6 +740,15 @@ def _unpriced_note(unpriced: int) -> list[str]:
         return []
     calls, them = ("1 call", "it") if unpriced == 1 else (f"{unpriced} calls", "them")
     return [f"{calls} in those days had no price: the forecast leaves {them} out"]
+
+
+def _spikes_note(history: list[tuple[date, Decimal]]) -> list[str]:
+    """The days the forecast leaves out as one-off spikes, with their spend."""
+    spikes = set(one_off_spikes(history))
+    if not spikes:
+        return []
+    days = ", ".join(f"{day} (${shown_money(cost)})" for day, cost in history if day in spikes)
+    return [f"left out of the fit as one-off spikes, far above the days around them: {days}"]
 
 
 def _zone_note(tz: tzinfo) -> list[str]:

@@ -621,6 +621,36 @@ async def test_the_forecast_leaves_out_the_part_day_the_first_call_began(
     assert "fitted on the 2 days before today" in report.notes
 
 
+async def test_a_one_off_spike_is_left_out_of_the_forecast_and_the_report_says_so(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """20 days of $10 and, five days ago, one batch job of $1,000: least squares followed
+    the spike ($146 tomorrow rising to $465 a day, the month $9,500, a $1,500 budget
+    exhausted within days); left out as a one-off, the forecast is $10 a day, the budget
+    lasts and a note names the day left out."""
+    now = utc_now()
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    calls = [
+        usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 21)
+    ]
+    spike = today - timedelta(days=5, hours=-13)
+    calls.append(usage_event(cost="1000.00", at=spike))
+    policy = BudgetPolicy(
+        policy_id="month", name="Month", period=BudgetPeriod.MONTHLY, limit_amount=Decimal(1500)
+    )
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *calls])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=30)
+    assert {r["expected_usd"] for r in report.main.records()} == {Decimal("10.00")}
+    [budget] = report.tables[2].records()
+    assert budget["exhausted_on"] is None
+    assert (
+        f"left out of the fit as one-off spikes, far above the days around them:"
+        f" {spike.date()} ($1,010.00)"
+    ) in report.notes
+    assert "fitted on the 19 days before today" in report.notes  # less the first one's
+
+
 async def test_a_budgets_projection_is_its_exact_spend_plus_the_forecast(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:

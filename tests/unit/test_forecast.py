@@ -1,7 +1,8 @@
 """The forecast on synthetic series: a linear trend with weekly seasonality and noise is
 forecast within 10 % over 7 days; a flat series gives a flat forecast; on series the
 model describes, its 95 % intervals (of a day, near or far, and of a 30-day total) hold
-the truth 95 % of the time, from 2 days of history to 56; one day has no interval."""
+the truth 95 % of the time, from 2 days of history to 56; one day has no interval; a
+one-off spike is left out of the fit, and a day that may be real spend never is."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budget.forecast import forecast, total_interval
+from budget.forecast import forecast, one_off_spikes, total_interval
 
 START = date(2026, 1, 5)  # a Monday
 WEEKLY = (1.0, 1.1, 1.05, 1.0, 0.95, 0.5, 0.4)
@@ -58,6 +59,30 @@ def test_one_day_of_history_has_no_interval() -> None:
     [ahead] = forecast([(START, Decimal("5.00"))], 1)
     assert (ahead.expected, ahead.low, ahead.high) == (Decimal("5.00"), None, None)
     assert total_interval([(START, Decimal("5.00"))], [ahead.day], ahead.expected) == (None, None)
+
+
+def _days(*costs: str) -> list[tuple[date, Decimal]]:
+    return [(START + timedelta(days=d), Decimal(c)) for d, c in enumerate(costs)]
+
+
+def test_a_one_off_spike_is_left_out_of_the_fit() -> None:
+    """One $1,000 day among $10 ones: least squares read it as a steep trend."""
+    history = _days(*["10"] * 12, "1000", *["10"] * 7)
+    assert one_off_spikes(history) == [START + timedelta(days=12)]
+    assert {f.expected for f in forecast(history, 30)} == {Decimal("10.00")}
+
+
+@pytest.mark.parametrize(
+    "costs",
+    [
+        ("10",) * 12 + ("1000",),  # yesterday: it may start a new level
+        ("10",) * 12 + ("1000", "1000", "10"),  # two days: a new level, not a one-off
+        ("0", "0", "5", "0", "0", "0", "7", "0", "0"),  # sporadic use: most days nothing
+        ("10", "1000", "10", "10", "10"),  # too few days to say what is usual
+    ],
+)
+def test_what_may_be_real_spend_is_never_a_one_off(costs: tuple[str, ...]) -> None:
+    assert one_off_spikes(_days(*costs)) == []
 
 
 def _truth(days: int) -> Callable[[int], float]:
