@@ -71,6 +71,8 @@ _MICRO = timedelta(microseconds=1)
 _MAX_BUDGET_DAYS = 3660
 """How far a budget at this pace is forecast: a custom window can be years long."""
 _DAY = timedelta(days=1)
+_DST_HOUR = timedelta(hours=1)
+"""What local days of a zone may differ by: windows of the same days are not told apart."""
 _UNFITTED_BUDGETS = (
     "a budget without a day of its spend before today has no projection at its period's"
     " end (empty): a forecast is fitted on whole days; its spend so far and whether it is"
@@ -308,6 +310,7 @@ class ReportBuilder:
         )
         notes += [f"previous window: {n}" for n in then_notes]
         notes.append(f"previous window {then_start.isoformat()} to {then_end.isoformat()}")
+        notes += _lengths_note(now_end - now_start, then_end - then_start)
         return Report("Period comparison", now_start, now_end, [table], notes)
 
     async def generate_projection_report(
@@ -718,6 +721,24 @@ def _change(now: Totals, then: Totals) -> tuple[Cell, ...]:
         now.unpriced_requests,
         then.unpriced_requests,
     )
+
+
+def _lengths_note(current: timedelta, previous: timedelta) -> list[str]:
+    """Windows of different lengths (beyond a DST change's hour) compare totals, not rates:
+    a week against the month before reads as a fall of three quarters at the same pace."""
+    if abs(current - previous) <= _DST_HOUR:
+        return []
+    return [
+        f"the windows differ in length ({_length(current)} against {_length(previous)}):"
+        " the changes are of their totals, not of their daily rates"
+    ]
+
+
+def _length(span: timedelta) -> str:
+    if span % _DAY:
+        return f"{span / timedelta(hours=1):g} hours"
+    days = span // _DAY
+    return "1 day" if days == 1 else f"{days} days"
 
 
 def _months_table(rows: list[tuple[Cell, ...]]) -> Table:

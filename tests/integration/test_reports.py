@@ -8,16 +8,17 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
 from budget.forecast import total_interval
-from budget.periods import Period
+from budget.periods import Period, local_midnight
 from budget.report_format import ExportFormat, history_cut_note
 from budget.reports import ReportGenerator
 from events import (
@@ -153,6 +154,48 @@ async def test_comparison_gives_absolute_and_percent_change_per_group(
         ("openai", "gpt-4o", *(Decimal(d) for d in ("3.00", "1.00", "2.00", "200.0")), 0, 0),
         ("anthropic", "claude-sonnet-4", Decimal("2.00"), Decimal(0), Decimal("2.00"), None, 0, 0),
     ]
+    # February against January: the totals of 28 days against 31
+    assert (
+        "the windows differ in length (28 days against 31 days): the changes are of their"
+        " totals, not of their daily rates"
+    ) in report.notes
+
+
+async def test_a_comparison_of_windows_of_different_lengths_says_so_in_every_export(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """The last 7 days against the 30 before, at the same $10 a day: -76.7 % with nothing
+    to say that a week was compared with a month. Weeks across a DST change (167 hours
+    against 168) are the same length."""
+    today = start_of(Period.DAILY)
+    await publish(
+        nc,
+        topology,
+        [usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 38)],
+    )
+    await materialize(nc, db, topology)
+    week, month = today - timedelta(days=7), today - timedelta(days=37)
+    report = await generator.generate_comparison_report(week, today, month, week)
+    note = (
+        "the windows differ in length (7 days against 30 days): the changes are of their"
+        " totals, not of their daily rates"
+    )
+    assert note in report.notes
+    assert report.main.records()[0]["change_percent"] == Decimal("-76.7")
+    assert f"- {note}" in report.to_markdown()
+    assert note in json.loads(report.to_json())["notes"]
+    hours = await generator.generate_comparison_report(
+        today - timedelta(hours=36), today, month, week
+    )
+    assert "(36 hours against 30 days)" in hours.notes[-1]
+    new_york = ZoneInfo("America/New_York")  # the week of 2026-11-01, the end of DST
+    dst_week = [
+        local_midnight(date(2026, 10, 26) + timedelta(days=d), new_york) for d in (0, 7, 14)
+    ]
+    across = await generator.generate_comparison_report(
+        dst_week[0], dst_week[1], dst_week[1], dst_week[2]
+    )
+    assert not any("differ in length" in n for n in across.notes)
 
 
 async def test_a_group_of_unpriced_calls_has_no_amount_in_any_report_or_export(
