@@ -11,8 +11,8 @@ degrees of freedom (12.7 for one: two or three days of history say little). So a
 widens with the distance from the history, and a month's is the total's own, not the sum of
 its days' bounds (every day at its extreme at once). A fit with no residual left (one day of
 history) has no interval. A one-off spike (``one_off_spikes``) is left out of the fit.
-Spend is never forecast below zero. Forecasts are estimates,
-computed in floating point and rounded to cents when shown.
+Spend is never forecast below zero. Forecasts are estimates, computed in floating point,
+kept to a millionth of a dollar (so days under a cent add up) and rounded where shown.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ _SPIKE_TIMES_MEDIAN = 3
 """A one-off is also this many times the median day: sporadic use (most days without
 spend) or ordinary noise never is."""
 _CENT = Decimal("0.01")
+_PLACES = 6
+"""A forecast's decimal places: float noise beyond them is no spend."""
 # Student's t, 97.5 % quantile, for 1 to 30 degrees of freedom; beyond, its expansion.
 _T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -204,4 +206,8 @@ def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
 
 
 def _money(value: float) -> Decimal:
-    return Decimal(repr(value)).quantize(_CENT)
+    """The forecast to a millionth of a dollar (at least to the cent): rounded to cents,
+    $0.004 a day was $0.00, and a month summed of such days lost what they add up to."""
+    exact = Decimal(repr(round(value, _PLACES)))
+    cents = exact.quantize(_CENT)
+    return cents if cents == exact else exact

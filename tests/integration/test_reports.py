@@ -694,6 +694,29 @@ async def test_a_one_off_spike_is_left_out_of_the_forecast_and_the_report_says_s
     assert "fitted on the 19 days before today" in report.notes  # less the first one's
 
 
+async def test_a_forecast_under_a_cent_a_day_is_forecast_and_summed_unrounded(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Embeddings at $0.004 a day: each day was rounded to cents before the days were
+    summed, so tomorrow read $0.00 (as if nothing would be spent) and the month ahead
+    added nothing to its actual ($0.12 a month lost; at $0.125 a day, 30 days summed to
+    $3.60). The days and the month keep the forecast's own amount, rounded where shown."""
+    today = start_of(Period.DAILY)
+    calls = [
+        usage_event(cost="0.004", at=today - timedelta(days=d, hours=-12)) for d in range(1, 15)
+    ]
+    await publish(nc, topology, calls)
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=30)
+    days = report.main.records()
+    assert {d["expected_usd"] for d in days} == {Decimal("0.004")}
+    [month, *_] = report.tables[1].records()
+    left = [d for d in days if d["day"].replace(day=1) == month["month"]]
+    assert month["projected_total_usd"] == month["actual_usd"] + Decimal("0.004") * len(left)
+    assert "| 0.004 |" in report.to_markdown()
+    assert json.loads(report.to_json())["tables"][0]["rows"][0]["expected_usd"] == "0.004"
+
+
 async def test_a_budgets_projection_is_its_exact_spend_plus_the_forecast(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:

@@ -50,6 +50,13 @@ def test_a_flat_series_gives_a_flat_forecast(level: Decimal, days: int) -> None:
     assert [f.day for f in ahead] == [START + timedelta(days=days + d) for d in range(10)]
 
 
+@pytest.mark.parametrize("level", ["0.004", "0.125", "1234.5678"])
+def test_a_days_forecast_is_not_rounded_to_cents(level: str) -> None:
+    """Rounded to cents, $0.004 a day read $0.00 and 30 days of $0.125 $3.60, not $3.75."""
+    ahead = forecast([(START + timedelta(days=d), Decimal(level)) for d in range(10)], 30)
+    assert sum(f.expected for f in ahead) == 30 * Decimal(level)
+
+
 def test_no_history_no_forecast() -> None:
     assert forecast([], 5) == []
 
