@@ -33,13 +33,13 @@ METHOD = (
 )
 _SEASONAL_MIN_DAYS = 14
 _TREND_MIN_DAYS = 3
-_SPIKE_MIN_DAYS = 7
-"""Fewer days say too little of what is usual to call one of them a one-off."""
+_SPIKE_MIN_DAYS = _SEASONAL_MIN_DAYS
+"""Fewer days have no weekday terms in the fit: a weekly job's day would be a one-off."""
 _SPIKE_SPREADS = 3.5
 """How far above the fit a one-off lies, in robust standard deviations (1.4826 MAD)."""
-_SPIKE_TIMES_MEDIAN = 3
-"""A one-off is also this many times the median day: sporadic use (most days without
-spend) or ordinary noise never is."""
+_SPIKE_MEDIANS_ABOVE = 2
+"""A one-off is also this many median days above the fit: so sporadic use (most days
+without spend), ordinary noise and a fit that misses by float noise never are."""
 _CENT = Decimal("0.01")
 _PLACES = 6
 """A forecast's decimal places: float noise beyond them is no spend."""
@@ -118,10 +118,11 @@ def _half_width(fit: _Fit, days: int, row: list[float]) -> float | None:
 
 def one_off_spikes(history: Sequence[tuple[date, Decimal]]) -> list[date]:
     """The days of ``history`` the fit leaves out as one-off spikes: far above a fit of
-    every day (3.5 robust standard deviations of its residuals) and over 3 times the
-    median day, between two days that are not. Least squares would follow such a
+    every day, by 3.5 robust standard deviations of its residuals and by twice the median
+    day, between two days that are not. Least squares would follow such a
     day: one $1,000 day among $10 ones read as a steep trend (a month of $9,500). The
-    last day is never one: whether it starts a new level is not yet known."""
+    last day is never one: whether it starts a new level is not yet known; nor is any
+    with less than 14 days of history, where a weekly job's day would be."""
     if len(history) < _SPIKE_MIN_DAYS:
         return []
     fit = _least_squares(history)
@@ -131,8 +132,8 @@ def one_off_spikes(history: Sequence[tuple[date, Decimal]]) -> list[date]:
     spread = 1.4826 * statistics.median([abs(r - centre) for r in residuals])
     typical = statistics.median(ys)
     high = [
-        r > centre + _SPIKE_SPREADS * spread and y > _SPIKE_TIMES_MEDIAN * typical > 0
-        for r, y in zip(residuals, ys, strict=True)
+        r > centre + _SPIKE_SPREADS * spread and r > _SPIKE_MEDIANS_ABOVE * typical > 0
+        for r in residuals
     ]
     return [
         history[i][0]

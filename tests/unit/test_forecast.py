@@ -85,7 +85,8 @@ def test_a_one_off_spike_is_left_out_of_the_fit() -> None:
         ("10",) * 12 + ("1000",),  # yesterday: it may start a new level
         ("10",) * 12 + ("1000", "1000", "10"),  # two days: a new level, not a one-off
         ("0", "0", "5", "0", "0", "0", "7", "0", "0"),  # sporadic use: most days nothing
-        ("10", "1000", "10", "10", "10"),  # too few days to say what is usual
+        ("10",) * 6 + ("500",) + ("10",) * 6,  # a weekly job's day, too soon to tell
+        (("10",) * 6 + ("500",)) * 3 + ("10",),  # a weekly job: its weekday's own level
     ],
 )
 def test_what_may_be_real_spend_is_never_a_one_off(costs: tuple[str, ...]) -> None:
