@@ -25,7 +25,14 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import NamedTuple
 
-__all__ = ["METHOD", "DayForecast", "forecast", "one_off_spikes", "total_interval"]
+__all__ = [
+    "METHOD",
+    "DayForecast",
+    "forecast",
+    "one_off_spikes",
+    "part_of_day",
+    "total_interval",
+]
 
 METHOD = (
     "least-squares linear trend with day-of-week seasonality over the daily totals;"
@@ -91,6 +98,11 @@ def forecast(history: Sequence[tuple[date, Decimal]], days: int) -> list[DayFore
             )
         )
     return result
+
+
+def part_of_day(day: DayForecast, share: float) -> Decimal:
+    """``day``'s expected spend in ``share`` (0 to 1) of it, kept as forecasts are."""
+    return _money(float(day.expected) * share)
 
 
 def total_interval(

@@ -22,7 +22,14 @@ from decimal import Decimal
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from budget.forecast import METHOD, DayForecast, forecast, one_off_spikes, total_interval
+from budget.forecast import (
+    METHOD,
+    DayForecast,
+    forecast,
+    one_off_spikes,
+    part_of_day,
+    total_interval,
+)
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window, policy_zone
@@ -659,13 +666,14 @@ class ReportBuilder:
                 so_far = await self.daily(conn, dimension, key, today, 1, tz)
                 spent_today = so_far.get(today, Spend()).cost
             # to the window's last day: later spend counts against the next one; the exact
-            # spend plus the forecast's cents, rounded only where shown
+            # spend plus the forecast, rounded only where shown
             with exact_money():
                 for f in forecast(history, days_left) if history else []:
+                    expected = _in_window(f, window, tz)
                     if f.day == today:
-                        running += max(f.expected - spent_today, Decimal(0))
+                        running += max(expected - spent_today, Decimal(0))
                     else:
-                        running += f.expected
+                        running += expected
                     if exhausted is None and running >= limit:
                         exhausted = f.day
             unfitted = unfitted or not history
@@ -693,6 +701,15 @@ class ReportBuilder:
             ),
             rows,
         ), [_UNFITTED_BUDGETS] if unfitted else []
+
+
+def _in_window(day: DayForecast, window: PolicyWindow, tz: tzinfo) -> Decimal:
+    """The forecast of ``day`` (of ``tz``) for its part inside ``window``: a custom window
+    may start or end at any quarter hour, and its last day's spend after its end is the
+    next window's."""
+    start, end = local_midnight(day.day, tz), local_midnight(day.day + _DAY, tz)
+    inside = max(min(end, window.end) - max(start, window.start), timedelta(0))
+    return day.expected if inside == end - start else part_of_day(day, inside / (end - start))
 
 
 def _per_model(totals: list[Totals]) -> list[Totals]:

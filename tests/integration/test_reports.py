@@ -819,6 +819,31 @@ async def test_a_budget_at_this_pace_is_forecast_to_its_windows_end(
     assert budget["exhausted_on"] == today.date() + timedelta(days=29)
 
 
+async def test_a_custom_window_ending_mid_day_is_forecast_for_its_part_of_that_day(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$24 a day, and a custom window from today's midnight to noon the day after
+    tomorrow: at this pace it adds $24 today, $24 tomorrow and $12 on its last half day
+    ($60). Its last day was forecast whole ($72), beyond the window's end."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    policy = BudgetPolicy(
+        policy_id="to-noon",
+        name="To noon",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=2, hours=12),
+        limit_amount=Decimal(1000),
+    )
+    paced = [
+        usage_event(cost="24.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 5)
+    ]
+    await publish(nc, topology, [PolicySet(occurred_at=utc_now(), policy=policy), *paced])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert budget["projected_at_period_end_usd"] == Decimal("60.00")
+
+
 async def test_exports_are_json_csv_and_markdown(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
