@@ -129,12 +129,13 @@ def _half_width(fit: _Fit, days: int, row: list[float]) -> float | None:
 
 
 def one_off_spikes(history: Sequence[tuple[date, Decimal]]) -> list[date]:
-    """The days of ``history`` the fit leaves out as one-off spikes: far above a fit of
-    every day, by 3.5 robust standard deviations of its residuals and by twice the median
-    day, between two days that are not. Least squares would follow such a
-    day: one $1,000 day among $10 ones read as a steep trend (a month of $9,500). The
-    last day is never one: whether it starts a new level is not yet known; nor is any
-    with less than 14 days of history, where a weekly job's day would be."""
+    """The day of ``history`` the fit leaves out as a one-off spike, if any: the one day
+    far above a fit of every day, by 3.5 robust standard deviations of its residuals and
+    by twice the median day. Least squares would follow it: one $1,000 day among $10 ones
+    read as a steep trend (a month of $9,500). Two such days or more are bursts, how this
+    usage goes, and kept; the last day is never one (whether it starts a new level is
+    not yet known), nor the first, nor any in less than 14 days of history (where a
+    weekly job's day would be)."""
     if len(history) < _SPIKE_MIN_DAYS:
         return []
     fit = _least_squares(history)
@@ -147,11 +148,10 @@ def one_off_spikes(history: Sequence[tuple[date, Decimal]]) -> list[date]:
         r > centre + _SPIKE_SPREADS * spread and r > _SPIKE_MEDIANS_ABOVE * typical > 0
         for r in residuals
     ]
-    return [
-        history[i][0]
-        for i in range(1, len(history) - 1)
-        if high[i] and not high[i - 1] and not high[i + 1]
-    ]
+    if high.count(True) != 1:  # days like it again are how this usage goes: bursts
+        return []
+    i = high.index(True)
+    return [history[i][0]] if 0 < i < len(history) - 1 else []
 
 
 def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:

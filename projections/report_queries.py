@@ -781,12 +781,14 @@ def _unpriced_note(unpriced: int) -> list[str]:
 
 
 def _spikes_note(history: list[tuple[date, Decimal]]) -> list[str]:
-    """The days the forecast leaves out as one-off spikes, with their spend."""
+    """The day the forecast leaves out as a one-off spike, with its spend."""
     spikes = set(one_off_spikes(history))
-    if not spikes:
-        return []
-    days = ", ".join(f"{day} (${shown_money(cost)})" for day, cost in history if day in spikes)
-    return [f"left out of the fit as one-off spikes, far above the days around them: {days}"]
+    return [
+        f"left out of the fit as a one-off spike, far above every other day: {day}"
+        f" (${shown_money(cost)})"
+        for day, cost in history
+        if day in spikes
+    ]
 
 
 def _zone_note(tz: tzinfo) -> list[str]:

@@ -688,7 +688,7 @@ async def test_a_one_off_spike_is_left_out_of_the_forecast_and_the_report_says_s
     [budget] = report.tables[2].records()
     assert budget["exhausted_on"] is None
     assert (
-        f"left out of the fit as one-off spikes, far above the days around them:"
+        f"left out of the fit as a one-off spike, far above every other day:"
         f" {spike.date()} ($1,010.00)"
     ) in report.notes
     assert "fitted on the 19 days before today" in report.notes  # less the first one's

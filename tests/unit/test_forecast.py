@@ -87,6 +87,7 @@ def test_a_one_off_spike_is_left_out_of_the_fit() -> None:
         ("0", "0", "5", "0", "0", "0", "7", "0", "0"),  # sporadic use: most days nothing
         ("10",) * 6 + ("500",) + ("10",) * 6,  # a weekly job's day, too soon to tell
         (("10",) * 6 + ("500",)) * 3 + ("10",),  # a weekly job: its weekday's own level
+        ("10",) * 6 + ("500",) + ("10",) * 9 + ("500",) + ("10",) * 5,  # bursts: not once
     ],
 )
 def test_what_may_be_real_spend_is_never_a_one_off(costs: tuple[str, ...]) -> None:
