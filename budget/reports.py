@@ -32,10 +32,10 @@ class ReportGenerator:
         self.queries = queries
 
     async def generate_report(
-        self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
+        self, start_date: datetime, end_date: datetime, group_by: Sequence[str] | None = ()
     ) -> Report:
-        """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total; a
-        name alone is that one)."""
+        """Totals in [start_date, end_date) grouped by ``group_by`` (empty or None: one
+        total; a name alone is that one)."""
         query = question(
             ReportQuery,
             {"start": "start_date", "end": "end_date"},
@@ -69,9 +69,10 @@ class ReportGenerator:
         current_end: datetime,
         previous_start: datetime,
         previous_end: datetime,
-        group_by: Sequence[str] = ("model",),
+        group_by: Sequence[str] | None = ("model",),
     ) -> Report:
-        """Each group's totals in two windows, with the absolute and percent change."""
+        """Each group's totals in two windows, with the absolute and percent change (None:
+        by model)."""
         query = question(
             ReportQuery,
             {"start": "current_start", "end": "current_end"},
@@ -80,7 +81,7 @@ class ReportGenerator:
             end=current_end,
             previous_start=previous_start,
             previous_end=previous_end,
-            group_by=_groups(group_by),
+            group_by=_groups(("model",) if group_by is None else group_by),
         )
         return await self.queries.report(query)
 
@@ -125,8 +126,11 @@ class ReportGenerator:
         return await self.queries.report(query)
 
 
-def _groups(group_by: Sequence[str]) -> list[str]:
-    """A name alone is one group (``list("model")`` would be its letters)."""
+def _groups(group_by: Sequence[str] | None) -> list[str]:
+    """A name alone is one group (``list("model")`` would be its letters); None is none
+    (``list(None)`` raised TypeError)."""
+    if group_by is None:
+        return []
     return [group_by] if isinstance(group_by, str) else list(group_by)
 
 
