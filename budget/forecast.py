@@ -10,7 +10,8 @@ k the days, s the residuals' standard deviation and t Student's 97.5 % quantile 
 degrees of freedom (12.7 for one: two or three days of history say little). So an interval
 widens with the distance from the history, and a month's is the total's own, not the sum of
 its days' bounds (every day at its extreme at once). A fit with no residual left (one day of
-history) has no interval. A one-off spike (``one_off_spikes``) is left out of the fit.
+history) has no interval. A one-off spike (``one_off_spikes``) is left out of the fit's
+coefficients, not of its spread.
 Spend is never forecast below zero. Forecasts are estimates, computed in floating point,
 kept to a millionth of a dollar (so days under a cent add up) and rounded where shown.
 """
@@ -155,14 +156,16 @@ def one_off_spikes(history: Sequence[tuple[date, Decimal]]) -> list[date]:
 
 
 def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
-    spikes = set(one_off_spikes(history))
-    return _least_squares([(d, v) for d, v in history if d not in spikes])
+    return _least_squares(history, frozenset(one_off_spikes(history)))
 
 
-def _least_squares(history: Sequence[tuple[date, Decimal]]) -> _Fit:
+def _least_squares(
+    history: Sequence[tuple[date, Decimal]], left_out: frozenset[date] = frozenset()
+) -> _Fit:
+    """The fit of ``history``'s days but ``left_out``, whose spread counts every day: a
+    one-off spike moves no coefficient, but the intervals allow for another."""
     first = history[0][0]
-    ys = [float(v) for _, v in history]
-    n = len(ys)
+    n = len(history)
     seasonal = n >= _SEASONAL_MIN_DAYS
 
     def features(day: date) -> list[float]:
@@ -173,9 +176,11 @@ def _least_squares(history: Sequence[tuple[date, Decimal]]) -> _Fit:
         return row
 
     xs = [features(d) for d, _ in history]
+    ys = [float(v) for _, v in history]
+    fitted = [(x, y) for x, y, (d, _) in zip(xs, ys, history, strict=True) if d not in left_out]
     k = len(xs[0])
-    normal = [[sum(x[i] * x[j] for x in xs) for j in range(k)] for i in range(k)]
-    coef = _solve(normal, [sum(x[i] * y for x, y in zip(xs, ys, strict=True)) for i in range(k)])
+    normal = [[sum(x[i] * x[j] for x, _ in fitted) for j in range(k)] for i in range(k)]
+    coef = _solve(normal, [sum(x[i] * y for x, y in fitted) for i in range(k)])
     residuals = [y - _dot(coef, x) for x, y in zip(xs, ys, strict=True)]
     free = n - k
     spread = None
