@@ -309,7 +309,9 @@ class ReportBuilder:
         ]
         with exact_money():  # the biggest change first, then the biggest spend
             changes.sort(key=lambda c: (-abs(c[1].cost - c[2].cost), -c[1].cost, c[0]))
-        rows = [(*key[: len(columns)], *_change(now, then)) for key, now, then in changes]
+        rows = [
+            (*_shown_keys(key[: len(columns)]), *_change(now, then)) for key, now, then in changes
+        ]
         table = Table(
             "Change by " + (", ".join(columns) or "total"),
             (*columns, *_CHANGE_COLUMNS),
@@ -573,7 +575,7 @@ class ReportBuilder:
             total = sum((r.cost for r in rows), Decimal(0))
         shaped: list[tuple[Cell, ...]] = [
             (
-                *r.keys(len(columns)),
+                *_shown_keys(r.keys(len(columns))),
                 r.priced_cost,
                 *r[3:],
                 None if r.priced_cost is None else percent_of(r.cost, total),
@@ -710,6 +712,12 @@ def _in_window(day: DayForecast, window: PolicyWindow, tz: tzinfo) -> Decimal:
     start, end = local_midnight(day.day, tz), local_midnight(day.day + _DAY, tz)
     inside = max(min(end, window.end) - max(start, window.start), timedelta(0))
     return day.expected if inside == end - start else part_of_day(day, inside / (end - start))
+
+
+def _shown_keys(keys: tuple[str, ...]) -> tuple[str | None, ...]:
+    """A group's keys as a report shows them: the rollups' "" (calls without a user or
+    project) is no key, None, never a blank name."""
+    return tuple(key or None for key in keys)
 
 
 def _per_model(totals: list[Totals]) -> list[Totals]:

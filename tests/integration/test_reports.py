@@ -130,6 +130,34 @@ async def test_grouping_the_rollups_cannot_answer_is_refused_clearly(
         await generator.generate_report(start, start + timedelta(days=1), ["user", "model"])
 
 
+async def test_calls_without_a_user_are_a_row_named_none_not_a_blank_one(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A host's calls without a user (or project) were a row keyed "" in a report by user:
+    a blank cell, as if a name were missing from the export. It is no user: JSON null, an
+    empty CSV cell, "(none)" in Markdown."""
+    at = start_of(Period.DAILY, ago=2) + timedelta(hours=12)
+    await publish(
+        nc,
+        topology,
+        [usage_event(cost="1.00", at=at), usage_event(cost="2.00", at=at, user=None)],
+    )
+    await materialize(nc, db, topology)
+    window = (at - timedelta(hours=1), at + timedelta(hours=1))
+    report = await generator.generate_report(*window, group_by="user")
+    assert [(r["user"], r["cost_usd"]) for r in report.main.records()] == [
+        (None, Decimal("2.00")),
+        ("alice", Decimal("1.00")),
+    ]
+    assert "| (none) | 2.00 |" in report.to_markdown()
+    assert json.loads(report.to_json())["tables"][0]["rows"][0]["user"] is None
+    assert "\r\n,2.00," in report.to_csv()
+    compared = await generator.generate_comparison_report(
+        *window, window[0] - timedelta(days=1), window[1] - timedelta(days=1), group_by="user"
+    )
+    assert [r["user"] for r in compared.main.records()] == [None, "alice"]
+
+
 async def test_comparison_gives_absolute_and_percent_change_per_group(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
