@@ -117,7 +117,8 @@ class Report:
         return out.getvalue()
 
     def to_markdown(self) -> str:
-        lines = [f"# {self.title}", "", f"{_text(self.start)} to {_text(self.end)} (UTC)", ""]
+        # each end with its offset: a report of a zone's days is shown from its midnights
+        lines = [f"# {self.title}", "", f"{_text(self.start)} to {_text(self.end)}", ""]
         for table in self.tables:
             lines += [f"## {table.title}", ""]
             if not table.rows:

@@ -239,7 +239,7 @@ class ReportBuilder:
         budgets = await self._budgets(conn, now)
         table = self._grouped_table("By provider and model", ("provider", "model"), rows)
         title = f"{Period(period).value.capitalize()} summary"
-        return Report(title, start, end, [table, budgets], _zone_note(tz))
+        return Report(title, *_zoned(start, end, tz), [table, budgets], _zone_note(tz))
 
     async def generate_trend_report(
         self, days: int = 30, interval: str = "daily", tz: tzinfo = UTC
@@ -282,7 +282,7 @@ class ReportBuilder:
             unit = "day" if interval == "daily" else "week"
             notes.insert(0, f"this {unit} ({current}) so far: no change from a whole {unit}")
         start, end = local_midnight(first, tz), local_midnight(first + timedelta(days), tz)
-        return Report(f"Spend trend, last {days} days", start, end, [table], notes)
+        return Report(f"Spend trend, last {days} days", *_zoned(start, end, tz), [table], notes)
 
     async def generate_comparison_report(
         self,
@@ -339,7 +339,9 @@ class ReportBuilder:
         # The months' table runs to the end of the last month the days reach.
         last_month = (today + timedelta(horizon - 1)).replace(day=1)
         months_horizon = (_next_month(last_month) - today).days
-        start, end = local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz)
+        start, end = _zoned(
+            local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz), tz
+        )
         conn = self.conn
         history, unpriced = await self._history(conn, "total", None, today, tz)
         month_actual = await self.daily(
@@ -797,6 +799,12 @@ def _spikes_note(history: list[tuple[date, Decimal]]) -> list[str]:
         for day, cost in history
         if day in spikes
     ]
+
+
+def _zoned(start: datetime, end: datetime, tz: tzinfo) -> tuple[datetime, datetime]:
+    """A window of ``tz``'s days shown from its midnights: in UTC, Tokyo's December read
+    "2026-11-30T15:00:00+00:00 to 2026-12-31T15:00:00+00:00", the wrong days."""
+    return start.astimezone(tz), end.astimezone(tz)
 
 
 def _zone_note(tz: tzinfo) -> list[str]:

@@ -480,6 +480,28 @@ async def test_summary_shows_the_period_by_model_and_the_budgets(
     )
 
 
+async def test_a_report_of_a_zone_shows_its_window_in_that_zone(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Tokyo's month was headed "2026-11-30T15:00:00+00:00 to 2026-12-31T15:00:00+00:00
+    (UTC)": the right instants, read as the wrong days (from the 30th to the 31st). Its
+    window is now shown from Tokyo's midnights, in every export and over NATS."""
+    tokyo = ZoneInfo("Asia/Tokyo")
+    await publish(nc, topology, [usage_event(cost="1.00")])
+    await materialize(nc, db, topology, "policies")
+    for report in (
+        await generator.generate_summary_report("monthly", tz="Asia/Tokyo"),
+        await generator.generate_trend_report(days=7, tz="Asia/Tokyo"),
+        await generator.generate_projection_report(days_to_project=3, tz="Asia/Tokyo"),
+    ):
+        first = report.start.astimezone(tokyo).date()
+        heading = report.to_markdown().splitlines()[2]
+        assert heading.startswith(f"{first}T00:00:00+09:00 to "), heading
+        assert heading.endswith("T00:00:00+09:00"), heading
+        document = json.loads(report.to_json())
+        assert document["start"] == f"{first}T00:00:00+09:00"
+
+
 async def test_a_call_stamped_minutes_ahead_counts_in_the_summary_and_dashboard_month(
     nc: Client,
     db: str,
