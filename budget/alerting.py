@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from budget.policies import PolicyWindow
+from budget.policies import PolicyWindow, window_text
 from events import Alert, AlertRule, AlertSeverity, AlertType, BudgetPolicy, BudgetScope
 from events.alerts import CHANNELS
 from events.usage import exact_money
@@ -171,7 +171,7 @@ def threshold_alert(
         rule_name=rule.name,
         message=(
             f"{policy.name}{where}: spend reached {percent}% of {policy.limit_amount} USD"
-            f" for the period from {window.start:%Y-%m-%d %H:%M} UTC"
+            f" for {window_text(policy, window.start)}"
         ),
         raised_at=raised_at,
         caused_by=caused_by,

@@ -139,23 +139,31 @@ class AlertEngine(ChangeClient):
         return await self.queries.deliveries(alert_id)
 
     async def acknowledge_alert(self, alert_id: uuid.UUID, acknowledged_by: str) -> bool:
-        """Acknowledge an alert; False (nothing stored) if there is none with this id."""
-        if await self.get_alert(alert_id) is None:
+        """Acknowledge an alert; False (nothing stored) if there is none with this id. An
+        acknowledged alert keeps its first acknowledgement (who, when): acknowledging it
+        again stores nothing (``get_alert`` says who did)."""
+        stored = await self.get_alert(alert_id)
+        if stored is None:
             return False
-        await self._publish_and_wait(
-            AlertAcknowledged(
-                occurred_at=utc_now(), alert_id=alert_id, acknowledged_by=acknowledged_by
+        if stored.acknowledged_at is None:
+            await self._publish_and_wait(
+                AlertAcknowledged(
+                    occurred_at=utc_now(), alert_id=alert_id, acknowledged_by=acknowledged_by
+                )
             )
-        )
         return True
 
     async def resolve_alert(self, alert_id: uuid.UUID, resolved_by: str | None = None) -> bool:
-        """Resolve an alert; False (nothing stored) if there is none with this id."""
-        if await self.get_alert(alert_id) is None:
+        """Resolve an alert; False (nothing stored) if there is none with this id. A
+        resolved alert keeps its first resolution, as ``acknowledge_alert`` its first
+        acknowledgement."""
+        stored = await self.get_alert(alert_id)
+        if stored is None:
             return False
-        await self._publish_and_wait(
-            AlertResolved(occurred_at=utc_now(), alert_id=alert_id, resolved_by=resolved_by)
-        )
+        if stored.resolved_at is None:
+            await self._publish_and_wait(
+                AlertResolved(occurred_at=utc_now(), alert_id=alert_id, resolved_by=resolved_by)
+            )
         return True
 
 

@@ -35,7 +35,16 @@ from budget.policies import PolicyWindow, canonical_key
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
 from budget.pricing.registry import unknown_provider_note
-from budget.rpc import RetryTimes, RpcFailure, Throttled, Unanswered, ask
+from budget.rpc import (
+    LateAnswers,
+    Refused,
+    RetryTimes,
+    RpcFailure,
+    ServiceUnavailable,
+    Throttled,
+    Unanswered,
+    ask,
+)
 from events import BudgetScope, LimitAction, Usage, utc_now
 from events.rpc import (
     RPC_CHECK,
@@ -157,7 +166,9 @@ class BudgetChecker:
         self._retry_times = RetryTimes()
         self._clock_logged = -_CLOCK_LOG_EVERY
         self._releasing: set[asyncio.Task[None]] = set()
-        """Releases of reservations whose check was cancelled (``answer_or_release``)."""
+        """Releases of reservations whose check was cancelled (``answer_or_release``) or
+        whose answer came after the check stopped waiting (``_late_answers``)."""
+        self._late_answers = LateAnswers()
 
     async def use(self, nc: Client) -> None:
         """Ask over ``nc`` from now on."""
@@ -299,8 +310,10 @@ class BudgetChecker:
             estimate = self.estimate(call.model, call.provider, estimated_tokens)
         try:
             snapshot = await self._snapshot(call, enforcer_decides=estimate is not None)
+        except Refused as exc:
+            return _refuse(_not_judged(exc), estimate or Decimal(0))
         except _Unavailable as exc:
-            return await self._unreachable(call, str(exc), estimate)
+            return await self._unreachable(call, str(exc), estimate, answered=exc.answered)
         except Throttled as exc:
             return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
         now = utc_now()
@@ -318,14 +331,28 @@ class BudgetChecker:
                 ttl_seconds=ttl_seconds,
             )
             asking = asyncio.ensure_future(
-                self._ask(RPC_CHECK, request, CheckResult, caller=caller)
+                self._ask(
+                    RPC_CHECK,
+                    request,
+                    CheckResult,
+                    caller=caller,
+                    on_late=functools.partial(self._release_late_answer, caller),
+                )
             )
             try:
-                answer = await answer_or_release(asking, self._release_later)
+                release = functools.partial(self._release_later, caller=caller)
+                answer = await answer_or_release(asking, release)
+            except Refused as exc:
+                return _refuse(_not_judged(exc), estimate)
             except Throttled as exc:
                 return await self._unreachable(call, _throttled(exc), estimate, throttled=True)
             except RpcFailure as exc:
-                return await self._unreachable(call, f"enforcer unavailable ({exc})", estimate)
+                return await self._unreachable(
+                    call,
+                    f"enforcer unavailable ({exc})",
+                    estimate,
+                    answered=_answered(exc),
+                )
             self._degraded = False
             return answer
         return self._judge_locally(call, snapshot, estimate, now)
@@ -341,19 +368,30 @@ class BudgetChecker:
             return result.model_copy(update={"reason": result.reason + note})
         return result
 
-    async def release(self, reservation_id: str) -> None:
+    async def release(self, reservation_id: str, *, caller: str | None = None) -> None:
         """Give a reservation back now (the call failed); it would expire anyway, so a
-        failure to reach the enforcer is only logged."""
+        failure to reach the enforcer is only logged. ``caller``: the check's."""
         try:
-            await self.release_reporting(reservation_id)
+            await self.release_reporting(reservation_id, caller=caller)
         except RpcFailure as exc:
             log.warning("could not release reservation %s (%s); it expires", reservation_id, exc)
 
-    def _release_later(self, reservation_id: str) -> None:
+    def _release_later(self, reservation_id: str, *, caller: str | None = None) -> None:
         """``release`` in a task of its own (from a callback of the loop)."""
-        task = asyncio.get_running_loop().create_task(self.release(reservation_id))
+        task = asyncio.get_running_loop().create_task(self.release(reservation_id, caller=caller))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
+
+    def _release_late_answer(self, caller: str | None, answer: bytes) -> None:
+        """What a check's answer reserved, arrived after the check stopped waiting (it
+        answered the call as if the enforcer were down): nobody else would release it."""
+        try:
+            reservation_id = CheckResult.model_validate_json(answer).reservation_id
+        except ValueError:  # an RpcError: nothing reserved
+            return
+        if reservation_id is not None:
+            log.info("a check's answer came too late; releasing its reservation %s", reservation_id)
+            self._release_later(reservation_id, caller=caller)
 
     async def release_reporting(self, reservation_id: str, *, caller: str | None = None) -> int:
         """``release``, telling how many holds were dropped (0: already settled, released
@@ -386,10 +424,11 @@ class BudgetChecker:
                 unreadable = f"policy log unreadable ({exc}) and "
         try:
             snapshot = await self._ask(RPC_SNAPSHOT, call, Snapshot)
-        except Throttled:
+        except (Throttled, Refused):
             raise
         except RpcFailure as exc:
-            raise _Unavailable(f"{unreadable or ''}enforcer unavailable ({exc})") from None
+            situation = f"{unreadable or ''}enforcer unavailable ({exc})"
+            raise _Unavailable(situation, answered=_answered(exc)) from None
         self._degraded = False
         self._compare_clocks(snapshot.as_of)
         windows = [
@@ -418,8 +457,15 @@ class BudgetChecker:
         return cached
 
     async def _ask(
-        self, name: str, request: BaseModel, answer: type[M], *, caller: str | None = None
+        self,
+        name: str,
+        request: BaseModel,
+        answer: type[M],
+        *,
+        caller: str | None = None,
+        on_late: Callable[[bytes], object] | None = None,
     ) -> M:
+        """``on_late``: given the answer if it arrives after this stopped waiting."""
         subject = self.settings.topology.rpc_subject(name, caller=caller or self.settings.caller)
         return await ask(
             self.nc,
@@ -428,6 +474,8 @@ class BudgetChecker:
             answer,
             within=self.settings.enforcer_timeout,
             retry_times=self._retry_times,
+            late_answers=self._late_answers if on_late is not None else None,
+            on_late=on_late,
         )
 
     def _compare_clocks(self, enforcers_now: datetime) -> None:
@@ -456,15 +504,17 @@ class BudgetChecker:
         estimate: Decimal | None,
         *,
         throttled: bool = False,
+        answered: bool = False,
     ) -> CheckResult:
         """The answer without the enforcer (``situation`` says what failed, and why): the
         last snapshot decides, if it is as new as the policy log's end (read now: a
         policy set while the enforcer is down binds too; the end as last read only if
         the log cannot be read either). ``throttled``: the enforcer is up but refuses this
         caller for now, so ``fail_open`` does not apply (a flood would otherwise open every
-        BLOCK policy)."""
+        BLOCK policy). ``answered``: the enforcer runs and said why it cannot decide (its
+        database unavailable, say): starting it is no remedy."""
         counted = estimate or Decimal(0)
-        remedy = _SLOW_DOWN if throttled else _REMEDY
+        remedy = _SLOW_DOWN if throttled else _CANNOT_DECIDE if answered else _REMEDY
         if self.settings.fail_open and not throttled:
             return CheckResult(
                 allowed=True,
@@ -522,16 +572,40 @@ class BudgetChecker:
         return result.model_copy(update={"reason": reason})
 
 
+def _answered(exc: RpcFailure) -> bool:
+    """Whether the enforcer answered the failed question (that it cannot decide now: its
+    database unreachable), so it runs; not when nothing answered."""
+    return isinstance(exc, ServiceUnavailable) or not isinstance(exc, Unanswered)
+
+
 class _Unavailable(Exception):
     """No snapshot could be had; the message says what failed (the enforcer, and the
-    policy log if it did too) and why."""
+    policy log if it did too) and why. ``answered``: the enforcer answered, with an error."""
+
+    def __init__(self, situation: str, *, answered: bool) -> None:
+        super().__init__(situation)
+        self.answered = answered
 
 
 _REMEDY = "start `budget enforcer` (or `budget up`), or set budget.fail_open: true to allow"
+_CANNOT_DECIDE = (
+    "the enforcer runs but cannot decide (its answer above says why: its database, say);"
+    " checks go through again once it can, or set budget.fail_open: true to allow"
+)
 _SLOW_DOWN = (
     "this host asks more than the enforcer's caller_rate or caller_in_flight allow: ask"
     " less often, or raise them (fail_open does not apply to being throttled)"
 )
+
+
+def _not_judged(exc: Refused) -> str:
+    """Why a call the enforcer answered it cannot judge is refused: not an outage, so
+    ``fail_open`` does not apply (it would open a BLOCK limit to whatever makes the
+    enforcer fail), nor does the last snapshot decide."""
+    return (
+        f"the enforcer refused to check this call ({exc}), so the call is refused;"
+        " fail_open does not apply: the enforcer is up and answered"
+    )
 
 
 def _throttled(exc: Throttled) -> str:

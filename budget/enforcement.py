@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 
+from budget.alerting import reached
 from budget.policies import PolicyWindow
 from events import LimitAction
 from events.rpc import CheckResult, PolicyStatus
@@ -45,7 +46,8 @@ def _assess(window: PolicyWindow, spend: Decimal, estimate: Decimal, now: dateti
     if past_limit(spend, estimate, limit):
         state = "exceeded"
     else:
-        state = "ok" if after <= policy.soft_limit else "soft_limit"
+        # at the soft limit is past it, as its alert and the console's bar count it
+        state = "soft_limit" if reached(after, policy.soft_limit) else "ok"
     allowed, retry_after = True, None
     if policy.action.enforced and state == "exceeded":
         allowed, retry_after = False, (window.end - now).total_seconds()

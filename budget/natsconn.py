@@ -38,6 +38,7 @@ __all__ = [
     "on_refusal",
     "permitted",
     "refusal_message",
+    "report_refusals",
     "round_trip",
     "watching_refusal",
 ]
@@ -168,6 +169,17 @@ async def connect_nats(url: str, *, within: float, **options: Any) -> Client:
         client: Client = await nats.connect(url, connect_timeout=within, **options)
     _refusals[client] = refusals
     return client
+
+
+def report_refusals(nc: Client) -> None:
+    """Report the refusals the server sends ``nc``, a connection made elsewhere (a
+    service's, by FastStream), to ``on_refusal`` and ``watching_refusal`` as those of
+    ``connect_nats``'s are; its own error callback still gets every error."""
+    if nc in _refusals:
+        return
+    refusals = _Refusals(also=nc._error_cb)
+    nc._error_cb = refusals.on_error  # nats-py calls it for each -ERR it reads
+    _refusals[nc] = refusals
 
 
 def on_refusal(nc: Client, listener: Callable[[str], None]) -> None:

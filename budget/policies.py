@@ -29,6 +29,7 @@ __all__ = [
     "policy_window",
     "policy_zone",
     "settable_policy",
+    "window_text",
 ]
 
 DEFAULT_USER_POLICY_ID = "default-user"
@@ -132,6 +133,22 @@ def _compute_window(policy: BudgetPolicy, at: datetime) -> _Window:
 def policy_zone(policy: BudgetPolicy) -> tzinfo:
     """The zone whose midnights bound ``policy``'s days, weeks and months (UTC if none)."""
     return ZoneInfo(policy.timezone) if policy.timezone else UTC
+
+
+_PERIOD_WORDS = {
+    BudgetPeriod.DAILY: "day",
+    BudgetPeriod.WEEKLY: "week",
+    BudgetPeriod.MONTHLY: "month",
+    BudgetPeriod.CUSTOM: "period",
+}
+
+
+def window_text(policy: BudgetPolicy, start: datetime) -> str:
+    """``policy``'s window from ``start`` as its readers keep it: "the day from 2026-12-07
+    00:00 America/New_York", on the clock of the policy's own zone (UTC if none), where
+    its periods start at midnight; a New York team never set a day from 05:00 UTC."""
+    local, zone = start.astimezone(policy_zone(policy)), policy.timezone or "UTC"
+    return f"the {_PERIOD_WORDS[policy.period]} from {local:%Y-%m-%d %H:%M} {zone}"
 
 
 def own_keys(policies: Sequence[BudgetPolicy], at: datetime) -> set[tuple[BudgetScope, str]]:

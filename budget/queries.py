@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from budget.config import Settings
 from budget.report_format import Report, Table, from_answer, history_cut_note
-from budget.rpc import RetryTimes, Unanswered, ask
+from budget.rpc import RetryTimes, ServiceUnavailable, Unanswered, ask
 from events import AlertRule, BudgetPolicy, BudgetScope
 from events.queries import (
     MAX_POSITION_WAIT,
@@ -183,6 +183,8 @@ class RpcQueries:
                 await_responder=True,
                 retry_times=self._retry_times,
             )
+        except ServiceUnavailable:
+            raise  # it runs, and says why it cannot answer
         except Unanswered as exc:
             raise Unanswered(
                 f"the query service did not answer ({exc}); start `budget query-service`"

@@ -7,17 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import TypeVar
 
-from nats.aio.client import Client
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
+from nats.js.api import Header
+from nats.nuid import NUID
 from pydantic import BaseModel, ValidationError
 
 from budget.natsconn import permitted
 from events.rpc import MAX_REFUSAL_HOLD, TIME_LEFT, RpcError
 
-__all__ = ["Refused", "RetryTimes", "RpcFailure", "Throttled", "Unanswered", "ask"]
+__all__ = [
+    "LateAnswers",
+    "Refused",
+    "RetryTimes",
+    "RpcFailure",
+    "ServiceUnavailable",
+    "Throttled",
+    "Unanswered",
+    "ask",
+]
 
 M = TypeVar("M", bound=BaseModel)
 _RETRY = 0.1  # seconds between asking a service that has no subscriber yet
@@ -35,8 +50,14 @@ class _NobodyAnswers(Unanswered):
     """No service is subscribed (an outage for sure: a held refusal needs a service)."""
 
 
+class ServiceUnavailable(Unanswered):
+    """The service answered that it can answer no question now (``RpcError.unavailable``:
+    its database unreachable, a loop not healthy): an outage, as if nobody had answered."""
+
+
 class Refused(RpcFailure, ValueError):
-    """The service answered with an ``RpcError``: the question was wrong or it failed."""
+    """The service answered with an ``RpcError`` about this question: it was wrong, or
+    answering it failed (an outage of the service is ``ServiceUnavailable``)."""
 
 
 class Throttled(RpcFailure):
@@ -82,6 +103,86 @@ class RetryTimes:
         return self._refused_at.get(_service_of(subject), -1.0) >= since
 
 
+class LateAnswers:
+    """An inbox of one's own for questions whose answer matters even after the asker
+    stopped waiting for it: an answer that arrives later (sent in time by the service, but
+    slower on its way than the asker's patience) is handed to the question's ``on_late``,
+    where nats-py's own requests drop it. A check's answer may hold a reservation that nobody would
+    otherwise release, counting against its limit until it expired.
+
+    One subscription (``<inbox>.*``) per connection; a question unanswered in its time is
+    remembered for ``REMEMBERED`` seconds (at most ``_KEPT`` of them)."""
+
+    REMEMBERED = 60.0
+    _KEPT = 10_000
+
+    def __init__(self) -> None:
+        self._nuid = NUID()
+        self._sub: Subscription | None = None
+        self._nc: Client | None = None
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._given_up: OrderedDict[str, tuple[float, Callable[[bytes], object]]] = OrderedDict()
+        """Tokens of the questions whose asker stopped waiting: when, and their ``on_late``."""
+
+    async def request(
+        self,
+        nc: Client,
+        subject: str,
+        data: bytes,
+        *,
+        waits: float,
+        headers: dict[str, str],
+        on_late: Callable[[bytes], object],
+    ) -> Msg:
+        """``nc.request(subject, data, timeout=waits, headers=headers)``, whose answer
+        arriving too late goes to ``on_late``."""
+        inbox = await self._inbox(nc)
+        token = self._nuid.next().decode()
+        answered: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = answered
+        try:
+            await nc.publish(subject, data, reply=f"{inbox}.{token}", headers=headers)
+            msg = await asyncio.wait_for(answered, waits)
+        except BaseException:
+            self._gave_up(token, on_late)
+            raise
+        finally:
+            del self._waiting[token]
+        if _no_responders(msg):
+            raise NoRespondersError
+        return msg
+
+    async def _inbox(self, nc: Client) -> str:
+        if self._nc is not nc or self._sub is None:
+            self._nc, self._given_up = nc, OrderedDict()
+            self._sub = await nc.subscribe(f"{nc.new_inbox()}.*", cb=self._on_answer)
+        return self._sub.subject[:-2]
+
+    def _gave_up(self, token: str, on_late: Callable[[bytes], object]) -> None:
+        now = time.monotonic()
+        while self._given_up and (
+            len(self._given_up) >= self._KEPT
+            or next(iter(self._given_up.values()))[0] < now - self.REMEMBERED
+        ):
+            self._given_up.popitem(last=False)
+        self._given_up[token] = (now, on_late)
+
+    async def _on_answer(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[1]
+        waiting = self._waiting.get(token)
+        if waiting is not None:
+            if not waiting.done():
+                waiting.set_result(msg)
+            return
+        given_up = self._given_up.pop(token, None)
+        if given_up is not None and not _no_responders(msg):
+            given_up[1](msg.data)
+
+
+def _no_responders(msg: Msg) -> bool:
+    return (msg.headers or {}).get(Header.STATUS) == NO_RESPONDERS_STATUS
+
+
 def _service_of(subject: str) -> str:
     """``<prefix>.rpc.<caller>.<service>`` of a request subject ``....<service>.<name>``."""
     return subject.rsplit(".", 1)[0]
@@ -96,13 +197,16 @@ async def ask(
     within: float,
     await_responder: bool = False,
     retry_times: RetryTimes | None = None,
+    late_answers: LateAnswers | None = None,
+    on_late: Callable[[bytes], object] | None = None,
 ) -> M:
     """Send ``request`` to ``subject`` and parse the reply as ``answer``. With
     ``await_responder``, a service that is not subscribed yet (starting, restarting) is
     asked again until ``within`` runs out; otherwise that fails at once. A refusal for
     the caller's limits is asked again after its ``retry_after`` if that falls within
     ``within``, else raised as ``Throttled``; with ``retry_times``, so is a question
-    asked while an earlier refusal's time has not come, before it is sent."""
+    asked while an earlier refusal's time has not come, before it is sent. With
+    ``late_answers``, an answer arriving after ``within`` is given to ``on_late``."""
     if nc is None or not nc.is_connected:
         raise Unanswered("not connected to NATS")
     data = request.model_dump_json().encode()
@@ -115,7 +219,14 @@ async def ask(
             continue
         sent = time.monotonic()
         try:
-            reply = await _request(nc, subject, data, deadline, await_responder=await_responder)
+            reply = await _request(
+                nc,
+                subject,
+                data,
+                deadline,
+                await_responder=await_responder,
+                late=None if late_answers is None or on_late is None else (late_answers, on_late),
+            )
         except _NobodyAnswers:
             raise
         except Unanswered:
@@ -139,6 +250,8 @@ async def ask(
             error = RpcError.model_validate_json(reply)
         except ValidationError:
             raise Refused(f"unexpected answer {reply[:200]!r}") from None
+        if error.unavailable:
+            raise ServiceUnavailable(error.error)
         if error.retry_after is None:
             raise Refused(error.error)
         if retry_times is not None:
@@ -149,14 +262,26 @@ async def ask(
 
 
 async def _request(
-    nc: Client, subject: str, data: bytes, deadline: float, *, await_responder: bool
+    nc: Client,
+    subject: str,
+    data: bytes,
+    deadline: float,
+    *,
+    await_responder: bool,
+    late: tuple[LateAnswers, Callable[[bytes], object]] | None,
 ) -> bytes:
     while True:
         try:
             timeout = max(deadline - time.monotonic(), 0.01)
             # How long this asker waits: a service holding a refusal sends it before then.
             headers = {TIME_LEFT: f"{timeout:.3f}"}
-            request = nc.request(subject, data, timeout=timeout, headers=headers)
+            if late is None:
+                request = nc.request(subject, data, timeout=timeout, headers=headers)
+            else:
+                inbox, on_late = late
+                request = inbox.request(
+                    nc, subject, data, waits=timeout, headers=headers, on_late=on_late
+                )
             reply = await permitted(nc, subject, request)
             return reply.data
         except NoRespondersError as exc:

@@ -17,7 +17,7 @@ import functools
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -33,7 +33,7 @@ from budget.pricing import Priced, PricingRegistry, Unpriced, get_pricing_regist
 from budget.pricing.genai import canonical_provider
 from budget.publisher import EventPublisher, PublisherConfig
 from budget.recorded import notify_recorded
-from budget.usage import normalize_usage, token_count, usage_from_response
+from budget.usage import attribution_id, normalize_usage, token_count, usage_from_response
 from events import (
     CallKind,
     ImageUsage,
@@ -74,6 +74,8 @@ class UsageTracker:
         self._producer = Producer.here(settings.service_name)
         self._time_bounds = settings.time_bounds  # made anew on each read of the property
         self._warned_unpriced: set[tuple[str, str]] = set()
+        self._recording: set[asyncio.Task[None]] = set()
+        """Recordings of decorated calls, finished even if their caller is cancelled."""
         self.loop: asyncio.AbstractEventLoop | None = None
         """The event loop it was started on, where its coroutines must run."""
         self.closed = False
@@ -109,6 +111,8 @@ class UsageTracker:
         default this tracker's own caller."""
         estimated_tokens = token_count("estimated_tokens", estimated_tokens)
         estimated_cost = _usd(estimated_cost)
+        user_id = attribution_id("user_id", user_id)
+        project_id = attribution_id("project_id", project_id)
         provider = canonical_provider(provider) if provider else None
         answer = self._check_without_nats(model, user_id, project_id, provider, estimated_cost)
         if isinstance(answer, CheckResult):
@@ -225,12 +229,22 @@ class UsageTracker:
                     if result.reservation_id is not None:
                         await self.release_reservation(result.reservation_id)
                     raise
-                await self._record_tracked(response, estimate, call, result.reservation_id)
+                recording = self._record_tracked(response, estimate, call, result.reservation_id)
+                await self._unless_cancelled(recording)
                 return response
 
             return tracked
 
         return decorate
+
+    async def _unless_cancelled(self, recording: Coroutine[Any, Any, None]) -> None:
+        """Await ``recording`` (of a call that happened, so paid for); the caller
+        cancelled meanwhile (an ``asyncio.timeout`` around the call while the usage waits
+        for room in the publisher) goes, while the recording goes on to its end."""
+        task = asyncio.ensure_future(recording)
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        await asyncio.shield(task)
 
     async def _record_tracked(
         self,
@@ -440,6 +454,7 @@ class UsageTracker:
         closed at exit."""
         self.closed = True
         self.checker.close()
+        await asyncio.gather(*self._recording, return_exceptions=True)  # each logs its own
         await self.publisher.close()
 
     def abandon(self) -> None:

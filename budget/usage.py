@@ -28,6 +28,7 @@ from events.usage import MAX_TOKENS, ImageUsage, Usage
 __all__ = [
     "TIER_FIELDS",
     "UsageCountError",
+    "attribution_id",
     "modality_tokens",
     "normalize_usage",
     "service_tiers",
@@ -62,6 +63,29 @@ def token_count(name: str, value: object) -> int:
     if value > MAX_TOKENS:  # before int(): 1e+30 as sent, not its 31 binary-rounded digits
         raise UsageCountError(name, f"{name} must be at most {MAX_TOKENS}, got {name}={value}")
     return int(value)
+
+
+ID_LIMIT = 200
+"""Characters of a user or project id (the event contract's ``user_id``, ``project_id``)."""
+
+
+def attribution_id(name: str, value: object) -> str | None:
+    """``value`` as the user or project id ``name`` of a call, else ``ValueError`` naming
+    it: one a usage event can hold (a string of at most ``ID_LIMIT`` characters, no NUL,
+    which PostgreSQL stores in no text), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > ID_LIMIT:
+        shown = f"{len(value)} characters" if isinstance(value, str) else f"{value!r:.60}"
+        raise ValueError(
+            f"{name} must be a string of at most {ID_LIMIT} characters, got {shown}"
+            + ("" if isinstance(value, str) else f" ({type(value).__name__})")
+        )
+    if "\x00" in value:
+        raise ValueError(
+            f"{name} must not hold a NUL character (U+0000), which cannot be stored; remove it"
+        )
+    return value
 
 
 def _seconds(value: object) -> Decimal:
@@ -166,19 +190,47 @@ def _reject_negative(**counts: int) -> None:
     raise ValueError(f"token counts must not be negative: {bad}")
 
 
-def _get(obj: object, key: str) -> Any:
+def _get(obj: Any, key: str) -> Any:
     """``obj[key]`` for mappings, ``obj.key`` for SDK objects; ``_MISSING`` when absent.
-    A pydantic model (the SDKs' usage objects) is read from its fields first: asking it
-    for an attribute it lacks raises and catches an exception each time, and the
+    The way to read is chosen once per class (``_reader``): an ``isinstance`` against
+    ``Mapping`` is an ABC check, and a usage object is asked ~30 times per call."""
+    return _reader(type(obj))(obj, key)
+
+
+def _reader(cls: type) -> Callable[[Any, str], Any]:
+    """How to read a field of an instance of ``cls``, chosen on its first use."""
+    reader = _READERS.get(cls)
+    if reader is None:
+        if issubclass(cls, Mapping):
+            reader = _mapping_get
+        elif issubclass(cls, BaseModel):
+            reader = _model_get
+        else:
+            reader = _attribute_get
+        _READERS[cls] = reader
+    return reader
+
+
+_READERS: dict[type, Callable[[Any, str], Any]] = {}
+
+
+def _mapping_get(obj: Mapping[str, Any], key: str) -> Any:
+    return obj.get(key, _MISSING)
+
+
+def _model_get(obj: BaseModel, key: str) -> Any:
+    """A pydantic model (the SDKs' usage objects) is read from its fields first: asking
+    it for an attribute it lacks raises and catches an exception each time, and the
     converter tries the Gemini, OpenAI and Anthropic names in turn."""
-    if isinstance(obj, Mapping):
-        return obj.get(key, _MISSING)
-    if isinstance(obj, BaseModel):
-        value = obj.__dict__.get(key, _MISSING)
-        if value is _MISSING and obj.__pydantic_extra__:
-            value = obj.__pydantic_extra__.get(key, _MISSING)
-        if value is not _MISSING or not _class_has(type(obj), key):
-            return value  # else a property or computed field: asked for below
+    value = obj.__dict__.get(key, _MISSING)
+    if value is _MISSING and obj.__pydantic_extra__:
+        value = obj.__pydantic_extra__.get(key, _MISSING)
+    if value is not _MISSING or not _class_has(type(obj), key):
+        return value
+    return getattr(obj, key, _MISSING)  # a property or computed field
+
+
+def _attribute_get(obj: object, key: str) -> Any:
     return getattr(obj, key, _MISSING)
 
 
@@ -196,11 +248,17 @@ def _num(obj: object, *path: str) -> int:
         value = _get(value, key)
         if value is _MISSING or value is None:
             return 0
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # the usual count, said at once
+        return value
     return token_count(".".join(path), value)
 
 
 def _has(obj: object, *keys: str) -> bool:
-    return any(_get(obj, key) is not _MISSING for key in keys)
+    get = _reader(type(obj))
+    for key in keys:  # noqa: SIM110 (any() over a generator: a frame per key)
+        if get(obj, key) is not _MISSING:
+            return True
+    return False
 
 
 _GEMINI = ("prompt_token_count", "candidates_token_count")

@@ -116,8 +116,12 @@ def decode(data: bytes) -> Event:
 def _decode_slowly(data: bytes) -> Event:
     """An older version, another type, or invalid: upcast and validate, or say why not."""
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # Decoded strictly: json.loads of bytes lets an unpaired surrogate's bytes through
+        # (surrogatepass), which no column can store and the fast decoder refuses.
+        obj = json.loads(data.decode())
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"not UTF-8 text: {exc}") from None
+    except (ValueError, RecursionError) as exc:
         raise DecodeError(f"not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError("not a JSON object")

@@ -148,3 +148,9 @@ class RpcError(_Message):
         description="set when the request was refused for the caller's rate or in-flight"
         " limit, not for what it asked: seconds to wait before asking again",
     )
+    unavailable: bool = Field(
+        default=False,
+        description="the service can answer no request now (its database unreachable, a"
+        " loop not healthy), whatever was asked: an outage, as if nobody had answered;"
+        " false: this request was refused (wrong, or failed the service)",
+    )

@@ -51,6 +51,15 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + libpq_url(url).partition("://")[2]
 
 
+_CONNECT_TIMEOUT = 10
+"""Seconds a connection may take to open unless the URL says (``?connect_timeout=N``):
+libpq alone would wait for ever on a server that does not answer (stopped, or behind a
+firewall that drops packets), and psycopg over two minutes: a command would seem to hang."""
+
+
 async def connect(url: str, **options: Any) -> psycopg.AsyncConnection[Any]:
     """In autocommit; ``options`` are libpq's (e.g. ``application_name``)."""
-    return await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True, **options)
+    conninfo = libpq_url(url)
+    if "connect_timeout" not in options and "connect_timeout" not in conninfo_to_dict(conninfo):
+        options["connect_timeout"] = _CONNECT_TIMEOUT
+    return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **options)

@@ -4,8 +4,9 @@ with ``--desktop`` a desktop notification too (``services.desktop_alerts``).
 
 Alerts are not stored on NATS (events/subjects.py): a watcher sees those published while
 it is subscribed, and none from while it was away or NATS was; ``budget alerts list``
-has them all. Its own state (subscribed, NATS lost, back) goes to stderr, so stdout holds
-alerts only. A message that is not an alert is reported and skipped.
+has them all. One the notifier sends again (the same id) is shown once. Its own state
+(subscribed, NATS lost, back) goes to stderr, so stdout holds alerts only. A message that
+is not an alert is reported and skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -90,7 +93,13 @@ async def watch_alerts(
             raise failed
 
 
+_REMEMBERED = 10_000
+"""Alerts whose ids the watch keeps to drop a repeat: the notifier sends one again within
+its round's retry (seconds), far fewer alerts than this apart."""
+
+
 async def _show_each(subscription: Subscription, shows: Sequence[Show], report: Report) -> None:
+    shown: OrderedDict[uuid.UUID, None] = OrderedDict()
     async for message in subscription.messages:
         try:
             alert = Alert.model_validate_json(message.data)
@@ -100,6 +109,13 @@ async def _show_each(subscription: Subscription, shows: Sequence[Show], report: 
                 f" ({one_line(validation_message(exc, 'alert'))})"
             )
             continue
+        # The notifier sends a round again, same ids, when it could not confirm it (docs/
+        # alerts.md): this is a receiver too, and shows each alert once.
+        if alert.alert_id in shown:
+            continue
+        shown[alert.alert_id] = None
+        if len(shown) > _REMEMBERED:
+            shown.popitem(last=False)
         for show in shows:
             await show(alert)
 

@@ -27,9 +27,17 @@ from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 
 from budget.config import AlertChannels, EmailChannel, WebhookChannel
+from budget.natsconn import (
+    PermissionDenied,
+    on_refusal,
+    refusal_message,
+    report_refusals,
+    round_trip,
+)
 from budget.one_line import one_line
 from budget.webhooks import SIGNATURE_HEADER, sign
 from events import Alert, Topology
+from events.permissions import subject_matches
 from projections.engine.projection import Connection
 from services.mail import MessageRefused, alert_message, send_mail
 
@@ -75,6 +83,10 @@ class NatsSender(Sender):
 
     def __init__(self, nc: Client, topology: Topology) -> None:
         self.nc, self.topology = nc, topology
+        self._refused: list[str] = []
+        """Subjects the server refused a publish on since the last flush."""
+        report_refusals(nc)
+        on_refusal(nc, self._refused.append)
 
     async def send(self, alert: Alert, payload: bytes, conn: Connection) -> None:
         self._connected()
@@ -86,8 +98,16 @@ class NatsSender(Sender):
         # While the client reconnects, publish only buffers and flush returns without a
         # round trip: what it confirmed is then in this process's memory, not the server's.
         self._connected()
-        await self.nc.flush(timeout=5)
+        # The server refuses a publish its credential may not make only with an error
+        # after it (the publish itself succeeds): read by the time it answers what follows.
+        await round_trip(self.nc)
         self._connected()
+        alerts = self.topology.alerts_wildcard
+        refused = [s for s in self._refused if subject_matches(alerts.lower(), s)]
+        self._refused.clear()
+        if refused:
+            user = self.nc.options.get("user")
+            raise PermissionDenied(refusal_message(refused[0], topology=self.topology, user=user))
 
     def _connected(self) -> None:
         if not self.nc.is_connected:
@@ -150,10 +170,16 @@ class WebhookSender(Sender):
             raise ConnectionError(f"webhook unreachable: {type(first).__name__}: {first}") from None
         if 200 <= status < 300:
             return
-        # A redirect too: the signed body would not reach its target.
         why = f"webhook answered {status} {httpx.codes.get_reason_phrase(status)}".rstrip()
         if status in _REFUSED_CONTENT:
             raise Rejected(why)
+        if 300 <= status < 400:
+            # Not followed: the signed body is for the receiver configured, and a 301/302
+            # would turn the POST into a GET. Its target is not quoted (a path may hold a
+            # token).
+            why += (
+                "; the notifier follows no redirect: set webhook.url to the address it redirects to"
+            )
         raise RuntimeError(why)
 
     async def _post(self, payload: bytes, headers: dict[str, str]) -> int:

@@ -251,7 +251,10 @@ def api(
 
 @app.command("migrate")
 def migrate_command() -> None:
-    """Apply database migrations and declare the JetStream streams (idempotent)."""
+    """Apply database migrations and declare the JetStream streams (idempotent: safe on
+    every start; `budget up` does it). Making or changing a stream takes the NATS admin
+    credential: under `budget up`, BUDGET_NATS_USER=admin and
+    BUDGET_NATS_PASSWORD_FILE=<data dir>/credentials/nats-admin.password."""
     current = settings()
     _run(prepare(current.nats_url, current.database_url, current))
     typer.echo("database migrated; streams declared")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -63,7 +64,7 @@ def list_alerts(
 
     found, matching = asyncio.run(go())
     if not found:
-        typer.echo("no alerts")
+        typer.echo(_none_listed(policy, unacknowledged=unacknowledged, resolved=resolved))
     for stored in found:
         state = "resolved" if stored.resolved_at else "acked" if stored.acknowledged_at else "open"
         typer.echo(f"{stored.alert.alert_id}  {alert_line(stored.alert, state)}")
@@ -73,6 +74,16 @@ def list_alerts(
             f" (up to {MAX_ALERTS}), the console and GET /api/v1/alerts page through all",
             err=True,
         )
+
+
+def _none_listed(policy: str | None, *, unacknowledged: bool, resolved: bool) -> str:
+    """That ``list`` found none, saying what it left out: a bare "no alerts" read as if
+    none had been raised, where all were resolved."""
+    words = ["no", *(["unacknowledged"] if unacknowledged else [])]
+    words += ["alerts" if resolved else "unresolved alerts"]
+    words += [f"of policy {policy}"] if policy else []
+    said = " ".join(words)
+    return said if resolved else f"{said}; --resolved lists resolved ones too"
 
 
 @alerts_app.command("show")
@@ -99,8 +110,14 @@ def show_alert(alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's i
         who = one_line(stored.acknowledged_by or "")
         typer.echo(f"acknowledged by {who} at {utc_time(stored.acknowledged_at)}")
     if stored.resolved_at:
-        typer.echo(f"resolved at {utc_time(stored.resolved_at)}")
-    typer.echo("deliveries:" if lines else "deliveries: none (raised while rebuilding)")
+        who = f" by {one_line(stored.resolved_by)}" if stored.resolved_by else ""
+        typer.echo(f"resolved{who} at {utc_time(stored.resolved_at)}")
+    typer.echo(
+        "deliveries:"
+        if lines
+        else "deliveries: none (its rule sends to no channel, or only a rebuild raised it,"
+        " and a rebuild sends nothing)"
+    )
     for line in lines:
         typer.echo(f"  {line}")
 
@@ -110,8 +127,14 @@ def acknowledge(
     alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's id")],
     by: Annotated[str, typer.Option(help="who acknowledges it")],
 ) -> None:
-    """Acknowledge an alert (an AlertAcknowledged event)."""
-    _change(alert_id, lambda engine: engine.acknowledge_alert(alert_id, by), "acknowledged")
+    """Acknowledge an alert (an AlertAcknowledged event). One already acknowledged keeps
+    its first acknowledgement, and says by whom."""
+    _change(
+        alert_id,
+        lambda engine: engine.acknowledge_alert(alert_id, by),
+        "acknowledged",
+        lambda stored: (stored.acknowledged_by, stored.acknowledged_at),
+    )
 
 
 @alerts_app.command("resolve")
@@ -119,20 +142,41 @@ def resolve(
     alert_id: Annotated[uuid.UUID, typer.Argument(help="the alert's id")],
     by: Annotated[str | None, typer.Option(help="who resolves it")] = None,
 ) -> None:
-    """Resolve an alert (an AlertResolved event)."""
-    _change(alert_id, lambda engine: engine.resolve_alert(alert_id, by), "resolved")
+    """Resolve an alert (an AlertResolved event). One already resolved keeps its first
+    resolution, and says by whom."""
+    _change(
+        alert_id,
+        lambda engine: engine.resolve_alert(alert_id, by),
+        "resolved",
+        lambda stored: (stored.resolved_by, stored.resolved_at),
+    )
 
 
 def _change(
-    alert_id: uuid.UUID, action: Callable[[AlertEngine], Awaitable[bool]], done: str
+    alert_id: uuid.UUID,
+    action: Callable[[AlertEngine], Awaitable[bool]],
+    done: str,
+    earlier: Callable[[StoredAlert], tuple[str | None, datetime | None]],
 ) -> None:
-    async def go() -> bool:
-        async with _engine() as engine:
-            return await action(engine)
+    """``action`` on the alert, unless it was ``done`` already (``earlier``: by whom and
+    when): the engine would keep that, and the user learns whose it is."""
 
-    if not asyncio.run(go()):
+    async def go() -> StoredAlert | None:
+        async with _engine() as engine:
+            stored = await engine.get_alert(alert_id)
+            if stored is None or earlier(stored)[1] is not None:
+                return stored
+            return stored if await action(engine) else None
+
+    stored = asyncio.run(go())
+    if stored is None:
         raise ValueError(f"no alert with id {alert_id}; see `budget alerts list --resolved`")
-    typer.echo(f"alert {alert_id} {done}")
+    who, at = earlier(stored)
+    if at is None:
+        typer.echo(f"alert {alert_id} {done}")
+    else:
+        by = f" by {one_line(who)}" if who else ""
+        typer.echo(f"alert {alert_id} was already {done}{by} at {utc_time(at)}; unchanged")
 
 
 @alerts_app.command("watch")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, LiteralString
 
 import typer
 from nats.aio.client import Client
@@ -23,7 +24,7 @@ from nats.js.errors import NotFoundError
 from psycopg import errors as pg_errors
 from pydantic import ValidationError
 
-from budget.config import ConfigError, Settings
+from budget.config import ConfigError, Settings, shown_url
 from budget.natsconn import PermissionDenied, permitted, refusal_message
 from budget.periods import Period, period_bounds
 from budget.redaction import install_redaction, redact, secrets_of
@@ -40,8 +41,10 @@ from projections.queries import alerts_page, projection_status
 from projections.registry import get_projection, groups_of, worker_projections
 from projections.report_queries import ReportBuilder, ceil_quarter, floor_quarter
 from services.cli_context import load_checked_settings, validation_message
-from services.ops import ConnectError, database, nats_client
-from services.probes import probe_services
+from services.ops import ConnectError, CredentialRefused, database, nats_client
+from services.probes import Answering, probe_services
+from services.stack import STACK_WORKERS
+from services.stack_state import RunningStack, running_stack
 
 __all__ = ["Finding", "diagnose", "doctor"]
 
@@ -91,15 +94,19 @@ class Options:
 async def diagnose(settings: Settings, options: Options) -> list[Finding]:
     """Every check of a configuration that loaded, in the seed's order."""
     found = [_enabled(settings)]
+    # A `budget up` on this data directory tells where its servers are, and that it
+    # restarts them and the workers: a fix that says to start them would not be true.
+    stack = running_stack(settings.data_dir)
     async with contextlib.AsyncExitStack() as opened:
         try:
             nc: Client | None = await opened.enter_async_context(
                 nats_client(settings.nats_url, settings)
             )
             found.append(ok("nats", "reachable"))
+            found.extend(_other_than(stack, NATS, settings.nats_url))
         except ConnectError as exc:
             nc = None
-            found.append(problem("nats", *_said(exc)))
+            found.append(problem("nats", *_unreachable(exc, stack, NATS, settings.nats_url)))
         except ConfigError as exc:  # its password file, say: the other checks still run
             nc = None
             fix = "correct the file or the setting the message names"
@@ -109,28 +116,36 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
                 database(settings.database_url)
             )
             found.append(ok("postgresql", "reachable"))
+            found.extend(_other_than(stack, POSTGRESQL, settings.database_url))
         except ConnectError as exc:
             conn = None
-            found.append(problem("postgresql", *_said(exc)))
+            url = settings.database_url
+            found.append(problem("postgresql", *_unreachable(exc, stack, POSTGRESQL, url)))
+        if stack is not None and not (
+            NATS.served_by(stack, settings.nats_url)
+            and POSTGRESQL.served_by(stack, settings.database_url)
+        ):
+            stack = None  # what it runs is not what the checks below look at
         if conn is not None and not await _guard(found, "migrations", _migrated(conn)):
             conn = None
-        streams = nc is not None and await _guard(found, "streams", _streams(nc, settings))
+        streams = nc is not None and await _guard(found, "streams", _streams(nc, settings, stack))
         if nc is None or conn is None or not streams:
             found.append(not_checked("projections", "needs NATS, its streams and PostgreSQL"))
         else:
-            await _guard(found, "projections", _projections(conn, nc, settings, options))
+            await _guard(found, "projections", _projections(conn, nc, settings, options, stack))
         if nc is None:
-            found.append(not_checked("services", "NATS is unreachable"))
+            found.append(not_checked("services", "needs NATS"))
         else:
             for probe in await probe_services(nc, settings, _ASK_WITHIN):
                 if probe.ok:
                     found.append(ok(probe.name, probe.detail))
                 else:
-                    found.append(problem(probe.name, probe.detail, _START[probe.name]))
+                    found.append(problem(probe.name, probe.detail, _service_fix(probe, stack)))
         if conn is None:
             found.append(not_checked("alerts, prices", "PostgreSQL is unreachable or unmigrated"))
         else:
             await _guard(found, "alerts", _alerting(conn, settings))
+            await _guard(found, "alert deliveries", _deliveries(conn, options.days))
             if _current(found, _PRICES_FROM):
                 await _guard(found, "prices", _unpriced(conn, options.days))
             else:
@@ -139,11 +154,85 @@ async def diagnose(settings: Settings, options: Options) -> list[Finding]:
     return found
 
 
-_START = {
-    "enforcer": "start `budget enforcer` (or `budget up`); until then calls under BLOCK and"
-    " THROTTLE policies are refused (allowed with fail_open)",
-    "query service": "start `budget query-service` (or `budget up`); host apps' reads"
-    " (policies, alerts, reports) wait on it",
+@dataclass(frozen=True)
+class _Server:
+    check: str
+    name: str
+    variable: str
+
+    def served_by(self, stack: RunningStack, url: str) -> bool:
+        return stack.serves_nats(url) if self is NATS else stack.serves_database(url)
+
+    def url_of(self, stack: RunningStack) -> str:
+        return stack.nats_url if self is NATS else stack.database_url
+
+    def log_of(self, stack: RunningStack) -> Path:
+        return stack.nats_log if self is NATS else stack.postgres_log
+
+    def export(self, stack: RunningStack) -> str:
+        return f"export {self.variable}={shlex.quote(self.url_of(stack))}"
+
+
+NATS = _Server("nats", "NATS", "BUDGET_NATS_URL")
+POSTGRESQL = _Server("postgresql", "PostgreSQL", "BUDGET_DATABASE_URL")
+
+
+def _unreachable(
+    exc: ConnectError, stack: RunningStack | None, server: _Server, url: str
+) -> tuple[str, str]:
+    """What failed and what to do, told by what runs on the data directory."""
+    detail, fix = _said(exc)
+    if stack is None:
+        return detail, fix
+    if not server.served_by(stack, url):
+        return detail, f"{stack.runs} runs {server.name} elsewhere: {server.export(stack)}"
+    if isinstance(exc, CredentialRefused):
+        if server is NATS:
+            return detail, f"as an admin of {stack.runs}: export {stack.nats_login('service')}"
+        return detail, (
+            f"{stack.runs} made the password files in {stack.data_dir / 'credentials'},"
+            " readable by their owner only: run this as the user that runs it"
+        )
+    return detail, (
+        f"{stack.runs} runs it and restarts it within a second when it dies; if it stays"
+        f" unreachable, its log says why: {server.log_of(stack)} (and `budget up`'s output)"
+    )
+
+
+def _other_than(stack: RunningStack | None, server: _Server, url: str) -> list[Finding]:
+    """A note when the server this shell reached is not the one running on its data
+    directory: what the checks say then is of another deployment."""
+    if stack is None or server.served_by(stack, url):
+        return []
+    detail = (
+        f"{shown_url(url)} is not the {server.name} of {stack.runs},"
+        f" {server.url_of(stack)}: the checks below are of the one reached"
+    )
+    return [Finding("note", server.check, detail, f"to check that stack: {server.export(stack)}")]
+
+
+def _started(what: str, stack: RunningStack | None) -> str:
+    """How to get ``what`` (a command) running."""
+    if stack is None:
+        return f"start {what} (or `budget up`)"
+    return f"{stack.runs} runs {what} and restarts it when it exits: its output says why"
+
+
+def _service_fix(probe: Answering, stack: RunningStack | None) -> str:
+    if probe.answered:  # it runs, and said what keeps it from answering
+        return (
+            "it runs but cannot answer: see what its answer names (PostgreSQL, say, on its"
+            " line) and its log"
+        )
+    consequence = _UNANSWERED[probe.name]
+    return f"{_started(_COMMAND[probe.name], stack)}; {consequence}"
+
+
+_COMMAND = {"enforcer": "`budget enforcer`", "query service": "`budget query-service`"}
+_UNANSWERED = {
+    "enforcer": "until then calls under BLOCK and THROTTLE policies are refused (allowed with"
+    " fail_open)",
+    "query service": "host apps' reads (policies, alerts, reports) wait on it",
 }
 
 
@@ -190,7 +279,7 @@ async def _migrated(conn: Connection) -> list[Finding]:
     return []
 
 
-async def _streams(nc: Client, settings: Settings) -> list[Finding]:
+async def _streams(nc: Client, settings: Settings, stack: RunningStack | None) -> list[Finding]:
     js = nc.jetstream()
     topology = settings.topology
     missing = []
@@ -203,6 +292,8 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
         except PermissionDenied:  # the credential, not the server: say which may
             said = refusal_message(asked, topology=topology, user=settings.nats_user)
             detail, _, fix = said.partition("; ")
+            if stack is not None:
+                fix = f"as an admin of {stack.runs}: export {stack.nats_login('service')}"
             return [problem("streams", detail, fix)]
     if missing:
         detail = f"stream {', '.join(missing)} missing (subject prefix {topology.prefix!r})"
@@ -213,7 +304,11 @@ async def _streams(nc: Client, settings: Settings) -> list[Finding]:
 
 
 async def _projections(
-    conn: Connection, nc: Client, settings: Settings, options: Options
+    conn: Connection,
+    nc: Client,
+    settings: Settings,
+    options: Options,
+    stack: RunningStack | None,
 ) -> list[Finding]:
     """Each live version's log (the one it was built from), consumer (its worker has run),
     a worker reading it, and lag; a rebuild's progress."""
@@ -237,23 +332,22 @@ async def _projections(
         existing, running = await _read_consumer(js, stream, ways, asked)
         if not existing:
             names = " or ".join(consumer for _, consumer in ways)
-            workers = " or ".join(f"`budget worker {worker}`" for worker, _ in ways)
             detail = f"no consumer {names}: its worker has never run; {behind}"
-            found.append(problem(check, detail, f"start {workers} (or `budget up`)"))
+            found.append(problem(check, detail, _started(_workers(ways, stack), stack)))
             continue
         if running is None:  # however small its lag: nothing applies what comes next
             names = " or ".join(consumer for _, consumer in existing)
-            workers = " or ".join(f"`budget worker {worker}`" for worker, _ in existing)
             detail = f"no worker reads consumer {names}; {behind}"
-            fix = f"start {workers} (or `budget up`); its log says why it stopped"
-            found.append(problem(check, detail, fix))
+            fix = _started(_workers(existing, stack), stack)
+            found.append(problem(check, detail, f"{fix}; its log says why it stopped"))
             continue
         worker, consumer = running
         if status.lag > options.max_lag:
-            fix = (
-                f"is `budget worker {worker}` (or `budget up`) running? Its log says why it stopped"
-            )
-            found.append(problem(check, behind, fix))
+            if stack is None:
+                fix = f"is `budget worker {worker}` (or `budget up`) running? Its log says why"
+            else:
+                fix = f"{stack.runs} runs `budget worker {worker}`: its output says why"
+            found.append(problem(check, behind, f"{fix} it stopped"))
         else:
             found.append(ok(check, f"consumer {consumer}, lag {status.lag}"))
     return found
@@ -265,6 +359,13 @@ def _ways_to_run(writer: VersionWriter) -> list[tuple[str, str]]:
     name = writer.projection.name
     groups = [(g, group_consumer_name(worker_projections(g))) for g in groups_of(name)]
     return [*groups, (name, writer.durable)]
+
+
+def _workers(ways: Sequence[tuple[str, str]], stack: RunningStack | None) -> str:
+    """The commands that run a projection: under ``budget up``, the one it runs."""
+    if stack is not None:
+        ways = [next((way for way in ways if way[0] in STACK_WORKERS), ways[0])]
+    return " or ".join(f"`budget worker {worker}`" for worker, _ in ways)
 
 
 _Read = Literal["missing", "idle", "stopped", "read"]
@@ -325,13 +426,16 @@ async def _alerting(conn: Connection, settings: Settings) -> list[Finding]:
         found.append(problem("alert rules", "no alert rules: nothing raises alerts", fix))
     silent = [r for r in rules if not set(r.channels) & set(enabled)]
     for rule in silent:
+        if rule.channels:
+            sends = f"sends to {', '.join(rule.channels)}, none of them enabled"
+            fix = "enable one of its channels under alert_channels in config.yaml, or give"
+        else:
+            sends, fix = "sends to no channel", "give"
         found.append(
             problem(
                 "alert rules",
-                f"rule {rule.rule_id} ({rule.name!r}) sends to {', '.join(rule.channels)},"
-                " none of them enabled: its alerts go nowhere",
-                "enable one of its channels under alert_channels in config.yaml, or give the"
-                " rule an enabled channel",
+                f"rule {rule.rule_id} ({rule.name!r}) {sends}: its alerts go nowhere",
+                f"{fix} the rule an enabled channel",
             )
         )
     if rules and not silent:
@@ -380,6 +484,77 @@ def _about(alert: Alert) -> str:
     return " ".join(str(p) for p in (alert.scope, alert.scope_key) if p) or "it"
 
 
+_FAILING: LiteralString = """
+    SELECT DISTINCT ON (channel) channel, count(*) OVER whole, min(created_at) OVER whole,
+        alert_id, last_error
+    FROM alert_outbox WHERE status = 'pending'
+        AND channel IN (SELECT channel FROM alert_outbox
+                        WHERE status = 'pending' AND attempts > 0)
+    WINDOW whole AS (PARTITION BY channel)
+    ORDER BY channel, attempts = 0, seq"""
+"""Per channel with a failing alert: every alert it has not sent (those behind the
+failing one too), the oldest one's time, and the first failing one."""
+_UNTRIED: LiteralString = """
+    SELECT channel, count(*), min(created_at) FROM alert_outbox
+    WHERE status = 'pending' AND attempts = 0 AND created_at < now() - %s
+        AND channel NOT IN (SELECT channel FROM alert_outbox
+                            WHERE status = 'pending' AND attempts > 0)
+    GROUP BY channel ORDER BY channel"""
+_GIVEN_UP: LiteralString = """
+    SELECT DISTINCT ON (channel) channel, count(*) OVER (PARTITION BY channel), alert_id,
+        last_error
+    FROM alert_outbox WHERE status = 'failed' AND created_at >= now() - %s
+    ORDER BY channel, seq DESC"""
+_UNTRIED_AFTER = timedelta(minutes=5)
+"""How long a queued alert may wait untried before no notifier counts as sending on its
+channel: a running one is woken at once (the evaluator's NOTIFY) and looks every second."""
+
+
+async def _deliveries(conn: Connection, days: int) -> list[Finding]:
+    """Alerts a channel has not delivered: failing now (each is retried for a day, the
+    channel's later ones held back), queued and never tried (no notifier sends on that
+    channel), or given up in the last ``days`` days. The channels' settings are the
+    notifier's: only what it did tells whether its receivers take the alerts."""
+    found = []
+    failing = await (await conn.execute(_FAILING)).fetchall()
+    for channel, count, since, alert_id, why in failing:
+        found.append(
+            problem(
+                "alert deliveries",
+                f"{channel}: {_alerts(count)} not sent, the oldest queued {since:%F %H:%M}"
+                f" UTC; sending fails: {why}",
+                f"make the {channel} receiver take them (`budget alerts show {alert_id}`);"
+                " each is retried for a day, then given up",
+            )
+        )
+    untried = await conn.execute(_UNTRIED, (_UNTRIED_AFTER,))
+    for channel, count, since in await untried.fetchall():
+        found.append(
+            problem(
+                "alert deliveries",
+                f"{channel}: {_alerts(count)} queued since {since:%F %H:%M} UTC, never tried",
+                "start `budget notifier` (or `budget up`); no notifier sends on this channel",
+            )
+        )
+    given_up = await conn.execute(_GIVEN_UP, (timedelta(days=days),))
+    for channel, count, alert_id, why in await given_up.fetchall():
+        found.append(
+            Finding(
+                "note",
+                "alert deliveries",
+                f"{channel}: {_alerts(count)} of the last {days} days given up, never"
+                f" delivered there; the newest: {why}",
+                f"`budget alerts show {alert_id}`; `budget alerts list` and the console"
+                " still have them",
+            )
+        )
+    return found or [ok("alert deliveries", "every alert queued was sent")]
+
+
+def _alerts(count: int) -> str:
+    return f"{count} alert{'s' if count != 1 else ''}"
+
+
 async def _unpriced(conn: Connection, days: int) -> list[Finding]:
     """Models called in the last ``days`` days whose calls were recorded without a cost,
     read from the report rollups."""
@@ -419,15 +594,21 @@ def doctor(
         ),
     ] = MAX_LAG,
     days: Annotated[
-        int, typer.Option(min=1, max=3660, help="look this many days back for unpriced models")
+        int,
+        typer.Option(
+            min=1, max=3660, help="look this many days back for unpriced models and alerts given up"
+        ),
     ] = 30,
 ) -> None:
     """Walk the troubleshooting list: configuration valid and enabled, NATS and PostgreSQL
     reachable, streams and consumers present, each projection's worker reading and its lag,
     the enforcer and the query service answering, alert rules and channels enabled,
-    cooldowns holding alerts back, models called without a price (read from the reports
+    cooldowns holding alerts back, alerts a channel is failing to send, never tried or gave
+    up on, models called without a price (read from the reports
     projection: not checked unless it is current). One line each (ok, note or problem, and
-    how to fix a problem); exits 1 if a problem was found."""
+    how to fix a problem); exits 1 if a problem was found. With a `budget up` running on
+    the data directory (BUDGET_DATA_DIR, .budget), its servers' URLs, NATS user and logs
+    are what a fix names."""
     config: Path | None = ctx.obj
     try:
         settings = load_checked_settings(config)

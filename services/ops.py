@@ -28,11 +28,25 @@ from projections.registry import PROJECTIONS
 from services import reservations
 from services.database_roles import grant_door_roles
 
-__all__ = ["ConnectError", "database", "nats_client", "prepare"]
+__all__ = ["ConnectError", "CredentialRefused", "database", "nats_client", "prepare"]
 
 
 class ConnectError(RuntimeError):
     """A server does not answer; the message names it and what to do."""
+
+
+class CredentialRefused(ConnectError):
+    """A server answers but refuses this credential; the message names it and what to do."""
+
+
+# libpq's words when the server (or libpq itself, for a password it has not got) refuses
+# the login, rather than not answering: the fix is the credential, not the server.
+_LOGIN_REFUSED = (
+    "password authentication failed",
+    "no password supplied",
+    "pg_hba.conf",
+    'role "',
+)
 
 
 async def prepare(nats_url: str, database_url: str, settings: Settings) -> None:
@@ -84,7 +98,7 @@ async def nats_client(
     except Exception as exc:
         if any("authorization violation" in str(e).lower() for e in (exc, *errors)):
             who = f"user {settings.nats_user!r}" if settings and settings.nats_user else "no user"
-            raise ConnectError(
+            raise CredentialRefused(
                 f"NATS at {shown_url(url)} refused the credential ({who}); set"
                 " BUDGET_NATS_USER and BUDGET_NATS_PASSWORD_FILE (see docs/security.md)"
             ) from None
@@ -112,8 +126,21 @@ async def database(url: str) -> AsyncIterator[Connection]:
     try:
         conn = await connect(url)
     except Exception as exc:
+        said = str(exc).strip()
+        if any(words in said for words in _LOGIN_REFUSED):
+            raise CredentialRefused(
+                f"PostgreSQL at {shown_url(url)} refused the login ({said}); check the URL's"
+                " user and its password (the pgpass file its passfile names, which this user"
+                " must be able to read; see docs/security.md)"
+            ) from None
+        if 'database "' in said and "does not exist" in said:
+            raise ConnectError(
+                f"PostgreSQL at {shown_url(url)} has no such database ({said}); set"
+                " BUDGET_DATABASE_URL to the one `budget up` printed (or `budget migrate` was"
+                " run on)"
+            ) from None
         raise ConnectError(
-            f"cannot reach PostgreSQL at {shown_url(url)} ({str(exc).strip()}); start it with "
+            f"cannot reach PostgreSQL at {shown_url(url)} ({said}); start it with "
             "`budget up` or set BUDGET_DATABASE_URL"
         ) from None
     try:

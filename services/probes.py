@@ -9,7 +9,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel
 
 from budget.config import Settings
-from budget.rpc import RpcFailure, ask
+from budget.rpc import RpcFailure, Unanswered, ask
 from events.queries import QUERY_POSITION, PositionAnswer, PositionQuery
 from events.rpc import RPC_SNAPSHOT, CallAttributes, Snapshot
 
@@ -26,6 +26,9 @@ class Answering:
     name: str
     ok: bool
     detail: str
+    answered: bool = True
+    """False when nothing answered (not running, or stuck); True when it answered, if
+    only with an error (its database unavailable, say)."""
 
 
 async def probe_services(nc: Client | None, settings: Settings, within: float) -> list[Answering]:
@@ -42,5 +45,5 @@ async def probe_services(nc: Client | None, settings: Settings, within: float) -
             )
             found.append(Answering(name, True, "answers"))
         except RpcFailure as exc:
-            found.append(Answering(name, False, str(exc)))
+            found.append(Answering(name, False, str(exc), not isinstance(exc, Unanswered)))
     return found

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
+from budget.one_line import one_line
 from events.rpc import RpcError
 from projections.readable import Rebuilding
 from services.liveness import Liveness
@@ -51,8 +52,11 @@ _MAX_ERROR = 500  # characters of a failure's text an asker is told
 def error_reply(service: str, exc: BaseException) -> RpcError:
     """What the asker is told when answering failed with ``exc``."""
     if isinstance(exc, UNAVAILABLE):
-        log.warning("%s cannot use PostgreSQL: %s", service, exc)
-        return RpcError(error=f"{service}: database unavailable: {exc}"[:_MAX_ERROR])
+        said = one_line(str(exc))  # libpq's runs to several lines: one log line, one reason
+        log.warning("%s cannot use PostgreSQL: %s", service, said)
+        return RpcError(
+            error=f"{service}: database unavailable: {said}"[:_MAX_ERROR], unavailable=True
+        )
     if isinstance(exc, psycopg.DataError):
         return RpcError(error=f"{service}: the database refused the request: {exc}"[:_MAX_ERROR])
     if isinstance(exc, Rebuilding):  # after an upgrade: says until when, and how to follow it
@@ -100,7 +104,9 @@ async def answer(
         problems = liveness.problems() if liveness is not None else []
         if problems:
             answered = "failed"
-            reply = RpcError(error=f"{service}: not healthy: {'; '.join(problems)}")
+            reply = RpcError(
+                error=f"{service}: not healthy: {'; '.join(problems)}", unavailable=True
+            )
         else:
             try:
                 request = _parse(model, msg.data)

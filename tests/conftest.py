@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from hypothesis import settings
 
 # tests/ is on sys.path under pytest's default import mode; make sure of it for the others.
 if str(Path(__file__).parent) not in sys.path:
@@ -55,6 +57,11 @@ from servers import (
 )
 
 log = logging.getLogger("tests.servers")
+
+# CI (``.ci/run`` sets HYPOTHESIS_PROFILE=ci): the same examples on every run, so a
+# submission is judged by its own change; elsewhere each run explores new ones.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def _announce(config: pytest.Config, line: str) -> None:

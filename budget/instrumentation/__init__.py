@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Literal, TypeVar
 
 from budget.checks import BudgetExceeded
-from budget.instrumentation.lifecycle import Attribution, Lifecycle, attribute_to
+from budget.instrumentation.lifecycle import Attribution, Lifecycle, attribute_to, given_tags
 from budget.pricing import genai
 from budget.tracker import UsageTracker
 
@@ -68,6 +68,12 @@ def instrument(
     from, or any running loop for a sync client); by default the process's
     (``get_usage_tracker()``), which a sync client starts on a background thread.
     """
+    if refusal not in ("raise", "provider_error"):
+        # Else a misspelt "provider_error" would raise BudgetExceeded past the host's 429
+        # handler.
+        raise ValueError(
+            f"budget: refusal must be 'raise' or 'provider_error', got {refusal!r:.60}"
+        )
     # The first SDK class in its ancestry: a host app's subclass of an SDK client is one.
     tops = (cls.__module__.split(".", 1)[0] for cls in type(client).__mro__)
     top = next((top for top in tops if top in _MODULES), None)
@@ -79,7 +85,7 @@ def instrument(
     provider = importlib.import_module(f"budget.instrumentation.{_MODULES[top]}")
     lifecycle = Lifecycle(
         provider=_served_by(client, provider.PROVIDER),
-        attribution=Attribution(user_id, project_id, dict(tags or {})),
+        attribution=Attribution(user_id, project_id, given_tags(tags)),
         refusal=provider.provider_error if refusal == "provider_error" else _refuse,
         tracker=tracker,
     )

@@ -19,7 +19,6 @@ from budget.instrumentation.lifecycle import (
     Measured,
     Plan,
     call_scope,
-    enclosing_scope,
     in_scope,
     retry_after,
 )
@@ -51,6 +50,7 @@ def _plan(kwargs: MutableMapping[str, Any], *, stream: bool) -> Plan:
         max_output_tokens=output_allowance(config, "max_output_tokens")
         * choices(config, "candidate_count"),
         stream=stream,
+        operation="generate_content",
     )
 
 
@@ -167,10 +167,11 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
                     f"google-genai batches.{name}",
                     "a batch is billed as its requests complete, long after this call",
                 )
-    for resource, why in _UNRECORDED_RESOURCES:
+    for resource, names, why in _UNRECORDED_RESOURCES:
         for holder in (getattr(client, resource, None), getattr(client.aio, resource, None)):
-            if hasattr(holder, "create"):  # what this version of the SDK has
-                untracked(holder, "create", f"google-genai {resource}.create", why)
+            for name in names:
+                if hasattr(holder, name):  # what this version of the SDK has
+                    untracked(holder, name, f"google-genai {resource}.{name}", why)
     untracked(
         client.aio.live,
         "connect",
@@ -178,10 +179,13 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
         "a live session's usage arrives over its connection, which is not read",
     )
     # A chat asks its client's models for a stream only as its own is read, so nothing
-    # of the client's is called inside the block a stream is asked for in. ``client.chats``
-    # is a new object each time: the chat classes are the one place to hold the scope.
-    replace(chats.Chat, "send_message_stream", _scope_held(asynchronous=False))
-    replace(chats.AsyncChat, "send_message_stream", _scope_held(asynchronous=True))
+    # of the client's is called inside the block a stream is asked for in; and its
+    # methods' own signatures refuse the budget_* keywords. ``client.chats`` is a new
+    # object each time: the chat classes are the one place to hold the scope. (A chat of
+    # a client not instrumented sees no difference: its requests are charged nowhere.)
+    for chat, asynchronous in ((chats.Chat, False), (chats.AsyncChat, True)):
+        replace(chat, "send_message", _keywords_passed(asynchronous, stream=False))
+        replace(chat, "send_message_stream", _keywords_passed(asynchronous, stream=True))
 
 
 def _keywords_passed(
@@ -214,31 +218,6 @@ def _keywords_passed(
             return _ScopedIterator(answer, scope) if stream else answer
 
         return passing_sync
-
-    return make
-
-
-def _scope_held(*, asynchronous: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A chat's ``send_message_stream`` whose stream holds the ``attribute_to`` blocks it
-    was asked for in while it is read (a stream asked for outside any block, or a chat of
-    a client not instrumented, sees no difference: its requests are charged as before)."""
-
-    def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        if asynchronous:
-
-            async def holding(*args: Any, **kwargs: Any) -> Any:
-                scope = enclosing_scope()
-                stream = await original(*args, **kwargs)
-                return stream if scope is None else _ScopedAsyncIterator(stream, scope)
-
-            return holding
-
-        def holding_sync(*args: Any, **kwargs: Any) -> Any:
-            scope = enclosing_scope()
-            stream = original(*args, **kwargs)
-            return stream if scope is None else _ScopedIterator(stream, scope)
-
-        return holding_sync
 
     return make
 
@@ -293,8 +272,28 @@ _UNRECORDED = (
 
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _UNRECORDED_RESOURCES = (
-    ("interactions", "the Interactions API's answers are not read by the instrumentation"),
-    ("decisions", "the decisions' answers are not read by the instrumentation"),
+    (
+        "interactions",
+        ("create",),
+        "the Interactions API's answers are not read by the instrumentation",
+    ),
+    ("decisions", ("create",), "the decisions' answers are not read by the instrumentation"),
+    (
+        "tunings",
+        ("tune",),
+        "a tuning job is billed by the tokens it trains on as it runs, long after this call",
+    ),
+    (
+        "file_search_stores",
+        ("upload_to_file_search_store", "import_file"),
+        "indexing a file is billed at its embedding model's rate for the file's tokens,"
+        " which the answer (an operation still running) does not count",
+    ),
+    (
+        "caches",
+        ("create", "update"),
+        "cached content is billed per token and hour it is stored, which usage events do not count",
+    ),
 )
 
 

@@ -18,7 +18,9 @@ import contextlib
 import functools
 import logging
 import math
+import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -27,12 +29,13 @@ from typing import Any, TypeVar
 
 from budget.checks import BudgetExceeded, answer_or_release, answer_or_release_sync
 from budget.disabled import DisabledPublisher
+from budget.instrumentation.prompts import UNSTATED_MODEL
 from budget.periods import quarter_hour_number
 from budget.pricing import Priced
 from budget.publisher import EventPublisher
-from budget.recorded import notify_recorded
+from budget.recorded import FailedCall, InstrumentedCall, notify_failed, notify_recorded
 from budget.tracker import EXIT_WAIT, UsageTracker, get_usage_tracker
-from budget.usage import usage_from_response
+from budget.usage import attribution_id, usage_from_response
 from events import CallKind, Event, Usage, utc_now
 from events.rpc import CheckResult
 
@@ -47,6 +50,7 @@ __all__ = [
     "attribute_to",
     "call_scope",
     "enclosing_scope",
+    "given_tags",
     "in_scope",
     "retry_after",
     "retry_after_headers",
@@ -54,8 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_ID_LIMIT = 200  # the event contract's user_id and project_id
 
 CALL_KEYWORDS = ("budget_user_id", "budget_project_id", "budget_tags")
 """Extra keywords an instrumented method takes (and removes before the SDK sees them)."""
@@ -74,12 +76,10 @@ class Attribution:
         # Refused where given, before any request: a usage event that cannot be made
         # once the provider has answered would lose the call's cost.
         for name in ("user_id", "project_id"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or len(value) > _ID_LIMIT):
-                raise ValueError(
-                    f"budget: {name} must be a string of at most {_ID_LIMIT} characters,"
-                    f" got {_shown(value)}"
-                )
+            try:
+                attribution_id(name, getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"budget: {exc}") from None
         for key, value in self.tags.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ValueError(
@@ -97,10 +97,16 @@ class Attribution:
         )
 
 
-def _shown(value: object) -> str:
-    if isinstance(value, str):
-        return f"{len(value)} characters"
-    return f"{value!r} ({type(value).__name__})"[:100]
+def given_tags(tags: object) -> dict[str, str]:
+    """A copy of the ``tags`` given (None: none). Anything but a mapping is refused where
+    it is given: ``dict()`` would take ``["ab"]`` as the tag ``a=b``."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValueError(
+            f"budget: tags must map strings to strings, got {tags!r:.60} ({type(tags).__name__})"
+        )
+    return dict(tags)
 
 
 _scoped: ContextVar[Attribution | None] = ContextVar("budget_attribution", default=None)
@@ -115,7 +121,7 @@ def attribute_to(
 ) -> Iterator[None]:
     """Charge the instrumented calls made inside the block to this user, project or tags
     (over the client's own; nested blocks layer the same way)."""
-    with in_scope(_over_enclosing(Attribution(user_id, project_id, dict(tags or {})))):
+    with in_scope(_over_enclosing(Attribution(user_id, project_id, given_tags(tags)))):
         yield
 
 
@@ -155,7 +161,7 @@ def _call_attribution(kwargs: MutableMapping[str, Any]) -> Attribution | None:
     return Attribution(
         kwargs.pop("budget_user_id", None),
         kwargs.pop("budget_project_id", None),
-        dict(kwargs.pop("budget_tags", None) or {}),
+        given_tags(kwargs.pop("budget_tags", None)),
     )
 
 
@@ -173,6 +179,9 @@ class Plan:
     stream: bool = False
     strip_usage_chunk: bool = False
     """OpenAI chat: ``include_usage`` was set for the tracker, not the caller."""
+    operation: str | None = None
+    """The GenAI conventions' ``gen_ai.operation.name`` where the kind's is not the one
+    (``text_completion``, ``generate_content``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,10 +284,11 @@ class Lifecycle:
 
     async def begin(self, plan: Plan, attribution: Attribution) -> Call:
         """Check the budget (raising the refusal); the admitted call."""
+        started_ns = time.time_ns()  # the call, as its caller sees it, begins with the check
         tracker = await self.tracker()
         cost = self._estimated_cost(tracker, plan)
         if self._admitted_at_once(tracker, plan, attribution, cost):
-            return Call(tracker, self.provider, plan, attribution, None)
+            return Call(tracker, self.provider, plan, attribution, None, started_ns)
         check = self._check(tracker, plan, attribution, cost)
         checking: asyncio.Future[CheckResult]
         if tracker.loop is None or tracker.loop is asyncio.get_running_loop():
@@ -288,25 +298,26 @@ class Lifecycle:
         # Also here: an answer from another loop may be on its way when this one cancels.
         release = functools.partial(self._release_unused, tracker, plan, attribution)
         result = await answer_or_release(checking, release)
-        return self._admitted(tracker, plan, attribution, result)
+        return self._admitted(tracker, plan, attribution, result, started_ns)
 
     def _release_unused(
         self, tracker: UsageTracker, plan: Plan, attribution: Attribution, reservation_id: str
     ) -> None:
         """Release the reservation of a check whose call was cancelled (or interrupted)."""
-        Call(tracker, self.provider, plan, attribution, reservation_id).release()
+        Call(tracker, self.provider, plan, attribution, reservation_id, time.time_ns()).release()
 
     def begin_sync(self, plan: Plan, attribution: Attribution) -> Call:
         """``begin`` from a sync client's thread: answered there when the caches can (no
         trip to the tracker's loop), else on the loop, waiting."""
+        started_ns = time.time_ns()
         tracker = self.tracker_sync()
         cost = self._estimated_cost(tracker, plan)
         if self._admitted_at_once(tracker, plan, attribution, cost):
-            return Call(tracker, self.provider, plan, attribution, None)
+            return Call(tracker, self.provider, plan, attribution, None, started_ns)
         release = functools.partial(self._release_unused, tracker, plan, attribution)
         checking = _loop_runner(tracker).start(self._check(tracker, plan, attribution, cost))
         result = answer_or_release_sync(checking, release)
-        return self._admitted(tracker, plan, attribution, result)
+        return self._admitted(tracker, plan, attribution, result, started_ns)
 
     def _admitted_at_once(
         self, tracker: UsageTracker, plan: Plan, attribution: Attribution, cost: Decimal | None
@@ -335,11 +346,16 @@ class Lifecycle:
         )
 
     def _admitted(
-        self, tracker: UsageTracker, plan: Plan, attribution: Attribution, result: CheckResult
+        self,
+        tracker: UsageTracker,
+        plan: Plan,
+        attribution: Attribution,
+        result: CheckResult,
+        started_ns: int,
     ) -> Call:
         if not result.allowed:
             raise self.refusal(BudgetExceeded.of(result))
-        return Call(tracker, self.provider, plan, attribution, result.reservation_id)
+        return Call(tracker, self.provider, plan, attribution, result.reservation_id, started_ns)
 
     def _estimated_cost(self, tracker: UsageTracker, plan: Plan) -> Decimal | None:
         """The request's output allowance at the output price plus its prompt at the input
@@ -374,10 +390,19 @@ class Lifecycle:
 
 
 class Call:
-    """A call the budget admitted: ``record`` its usage once, or ``release`` its
-    reservation; whichever comes first settles it, later ones do nothing."""
+    """A call the budget admitted (its check begun at ``started_ns``, ``time.time_ns()``):
+    ``record`` its usage once, or ``release`` its reservation; whichever comes first
+    settles it, later ones do nothing."""
 
-    __slots__ = ("attribution", "plan", "provider", "reservation_id", "settled", "tracker")
+    __slots__ = (
+        "attribution",
+        "plan",
+        "provider",
+        "reservation_id",
+        "settled",
+        "started_ns",
+        "tracker",
+    )
 
     def __init__(
         self,
@@ -386,17 +411,20 @@ class Call:
         plan: Plan,
         attribution: Attribution,
         reservation_id: str | None,
+        started_ns: int,
     ) -> None:
         self.tracker = tracker
         self.provider = provider
         self.plan = plan
         self.attribution = attribution
         self.reservation_id = reservation_id
+        self.started_ns = started_ns
         self.settled = False
 
-    def record(self, measured: Measured) -> None:
+    def record(self, measured: Measured, error: BaseException | None = None) -> None:
         """Publish the call's usage event (on the tracker's loop, not waiting); never
-        raises: the provider has answered."""
+        raises: the provider has answered (``error``: what ended its stream after it had
+        begun, for the observers)."""
         if self.settled:
             return
         self.settled = True
@@ -417,8 +445,9 @@ class Call:
             log.exception("could not record the usage of a %s call", self.provider)
             self._release_now()
             return
-        # Observers (``budget.otel``) hear of it here, in the caller's context (its span).
-        notify_recorded(event)
+        # Observers (``budget.otel``) hear of it here, in the caller's context (its span),
+        # with what the event does not say: the model asked for, when the call began.
+        notify_recorded(event, self._instrumented(measured.model, error))
         try:
             runner = _loop_runner(self.tracker)
             runner.call(functools.partial(runner.publish, self.tracker.publisher, event))
@@ -429,11 +458,29 @@ class Call:
             )
 
     def release(self) -> None:
-        """The call failed or was cancelled before any response: give the reservation back."""
+        """The call was never made, or failed before any response: give the reservation
+        back."""
         if self.settled:
             return
         self.settled = True
         self._release_now()
+
+    def fail(self, error: BaseException) -> None:
+        """The call failed (or was cancelled) before any response, with ``error``:
+        ``release``, and the observers (``budget.otel``) hear of it, in the caller's
+        context; never raises, ``error`` is what the caller must see."""
+        if self.settled:
+            return
+        self.release()
+        notify_failed(FailedCall(self.provider, self.plan.kind, self._instrumented(None), error))
+
+    def _instrumented(
+        self, response_model: str | None, error: BaseException | None = None
+    ) -> InstrumentedCall:
+        """What the event of this call does not say, for the observers."""
+        plan = self.plan
+        requested = None if plan.model == UNSTATED_MODEL else plan.model
+        return InstrumentedCall(requested, response_model, self.started_ns, plan.operation, error)
 
     def _release_now(self) -> None:
         """Never raises: it runs as the call's own error propagates (which must stay the
@@ -557,6 +604,10 @@ class _BackgroundLoop:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                if sys.is_finalizing():
+                    # A stream first recorded by the collector as the interpreter exits:
+                    # no thread can start now, and waiting for one would hang the exit.
+                    raise RuntimeError("the interpreter is exiting: no loop can be started")
                 self._loop = asyncio.new_event_loop()
                 thread = threading.Thread(
                     target=self._loop.run_forever, name="budget-tracker", daemon=True

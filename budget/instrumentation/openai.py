@@ -7,7 +7,8 @@ retired, its endpoint no longer answers.)
 Streaming chat and text completions carry usage only in a final chunk, and only when
 ``stream_options.include_usage`` is set: it is set when the caller did not set it, and
 that extra chunk (no choices, only usage) is then kept from the caller; but not for an API
-that refuses the option and sends the usage unasked (Mistral's). Streamed images
+that refuses the option and sends the usage unasked (Mistral's). Groq's tells it in its
+last chunk's ``x_groq.usage`` too (read, the usage chunk after it replacing it). Streamed images
 and transcriptions tell their usage in their last event (``*.completed``,
 ``transcript.text.done``).
 """
@@ -30,6 +31,7 @@ from budget.instrumentation.prompts import (
     request_tokens,
     requested_model,
 )
+from budget.instrumentation.stream_helpers import patch_scope_held
 from budget.instrumentation.wrapping import patch, patch_copies, untracked
 from budget.usage import normalize_usage
 from events import ImageUsage, Usage
@@ -73,6 +75,7 @@ def _completions_plan(kwargs: MutableMapping[str, Any]) -> Plan:
         max_output_tokens=output_allowance(kwargs, "max_tokens") * choices(kwargs, "n", "best_of"),
         stream=kwargs.get("stream") is True,
         strip_usage_chunk=strip,
+        operation="text_completion",
     )
 
 
@@ -88,6 +91,11 @@ class _ChatObserver(UsageObserver):
         for choice in chunk.choices:
             self.chars += self._chars(choice)
         if chunk.usage is None:
+            groq = _groq_usage(chunk)
+            if groq is not None:
+                # The same counts as a usage chunk after it would tell: either replaces
+                # the other, never adds to it.
+                self.usage, self.answer = groq, chunk
             return True
         self.usage, self.answer = chunk.usage, chunk
         return bool(chunk.choices) or not self.plan.strip_usage_chunk
@@ -102,6 +110,13 @@ class _ChatObserver(UsageObserver):
             if tool_call.function is not None:
                 chars += len(tool_call.function.arguments or "")
         return chars
+
+
+def _groq_usage(chunk: Any) -> Any:
+    """The usage Groq tells in a stream's last chunk, under ``x_groq`` (kept by the SDK as
+    a field it does not know), whether or not a usage chunk follows; None elsewhere."""
+    extension = (getattr(chunk, "model_extra", None) or {}).get("x_groq")
+    return extension.get("usage") if isinstance(extension, Mapping) else None
 
 
 class _CompletionsObserver(_ChatObserver):
@@ -291,9 +306,10 @@ _SPEECH_TO_TEXT = Method(_speech_to_text_plan, _speech_to_text_measure, _Transcr
 def install(client: Any, lifecycle: Lifecycle) -> None:
     patch_copies(client, lambda copy: install(copy, lifecycle))
     asynchronous = isinstance(client, openai.AsyncOpenAI)
-    # The SDKs' stream() helpers call create (on the same object): they are covered;
-    # their parse() helpers post by themselves. ``client.beta`` has chat completions and
-    # Responses objects of its own (the same calls, under another path).
+    # The SDKs' stream() helpers call create (on the same object) as their block is
+    # entered: they are covered, and take the budget_* keywords to it; their parse()
+    # helpers post by themselves. ``client.beta`` has chat completions and Responses
+    # objects of its own (the same calls, under another path).
     beta = getattr(client, "beta", None)
     chat = _CHAT_AS_ASKED if lifecycle.provider in _USAGE_UNASKED else _CHAT
     for owner, method, names in (
@@ -305,6 +321,8 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
         for name in names:
             if hasattr(owner, name):  # what this version of the SDK has
                 patch(owner, name, lifecycle, method, asynchronous=asynchronous)
+        if hasattr(owner, "stream"):
+            patch_scope_held(owner, "stream")
     patch(client.completions, "create", lifecycle, _COMPLETIONS, asynchronous=asynchronous)
     patch(client.embeddings, "create", lifecycle, _EMBEDDINGS, asynchronous=asynchronous)
     for images in ("generate", "edit"):
@@ -345,6 +363,21 @@ _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "decisions",
         ("create",),
         "decisions are billed at rates of their own, not the model's chat rates",
+    ),
+    (
+        "fine_tuning.jobs",
+        ("create",),
+        "a fine-tuning job is billed by the tokens it trains on as it runs, long after this call",
+    ),
+    (
+        "evals.runs",
+        ("create",),
+        "an eval run's model calls are billed as it runs them, long after this call",
+    ),
+    (
+        "containers",
+        ("create",),
+        "a container is billed per session it is active, which usage events do not count",
     ),
 )
 

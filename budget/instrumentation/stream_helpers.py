@@ -1,6 +1,7 @@
-"""The SDK stream helpers that send their request on entering a ``with`` block
-(Anthropic's ``messages.stream``): the budget is checked there, and the stream they read
-is watched.
+"""The SDK stream helpers that send their request on entering a ``with`` block: Anthropic's
+``messages.stream`` (the budget is checked there, and the stream it reads is watched),
+and OpenAI's ``stream`` helpers, which send theirs through an instrumented ``create``
+(the call's ``budget_*`` keywords and ``attribute_to`` blocks held for it).
 """
 
 from __future__ import annotations
@@ -9,12 +10,19 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from budget.instrumentation.lifecycle import Attribution, Call, Lifecycle, Plan
+from budget.instrumentation.lifecycle import (
+    Attribution,
+    Call,
+    Lifecycle,
+    Plan,
+    call_scope,
+    in_scope,
+)
 from budget.instrumentation.methods import Method, stream_observer
 from budget.instrumentation.streams import AsyncStream, SyncStream
 from budget.instrumentation.wrapping import replace
 
-__all__ = ["patch_stream_manager"]
+__all__ = ["patch_scope_held", "patch_stream_manager"]
 
 
 def patch_stream_manager(
@@ -40,6 +48,48 @@ def patch_stream_manager(
         return instrumented
 
     replace(owner, name, make)
+
+
+def patch_scope_held(owner: object, name: str) -> None:
+    """Let ``owner.name``, an SDK stream helper whose manager sends its request through an
+    instrumented method as its ``with`` block is entered (OpenAI's ``stream``), take the
+    ``budget_*`` keywords (the SDK's own signature refuses them): they, over the
+    ``attribute_to`` blocks the helper is called in, are the scope the request is sent in,
+    wherever the block is entered."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def scoped(*args: Any, **kwargs: Any) -> Any:
+            scope = call_scope(kwargs)
+            manager = original(*args, **kwargs)
+            return manager if scope is None else _ScopeHeld(manager, scope)
+
+        return scoped
+
+    replace(owner, name, make)
+
+
+class _ScopeHeld:
+    """An SDK stream manager entered in ``scope``; anything else is the manager's own."""
+
+    def __init__(self, manager: Any, scope: Attribution) -> None:
+        self._manager, self._scope = manager, scope
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+    def __enter__(self) -> Any:
+        with in_scope(self._scope):
+            return self._manager.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._manager.__exit__(*exc)
+
+    async def __aenter__(self) -> Any:
+        with in_scope(self._scope):
+            return await self._manager.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._manager.__aexit__(*exc)
 
 
 class _Manager:
@@ -80,8 +130,8 @@ class _SyncManager(_Manager):
         try:
             self._manager = self._make()
             helper = self._manager.__enter__()
-        except BaseException:
-            call.release()
+        except BaseException as exc:
+            call.fail(exc)
             raise
         return self._watching(helper, call, SyncStream)
 
@@ -98,8 +148,8 @@ class _AsyncManager(_Manager):
         try:
             self._manager = self._make()
             helper = await self._manager.__aenter__()
-        except BaseException:
-            call.release()
+        except BaseException as exc:
+            call.fail(exc)
             raise
         return self._watching(helper, call, AsyncStream)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
@@ -19,16 +20,16 @@ from budget.instrumentation.methods import Observer, estimated
 __all__ = ["AsyncStream", "SyncStream", "record_collected", "record_seen", "watch", "watch_async"]
 
 
-def record_seen(call: Call, observer: Observer) -> None:
-    """Record what the stream saw (once): never raises, the stream's consumer must not
-    see the tracker's trouble."""
+def record_seen(call: Call, observer: Observer, error: BaseException | None = None) -> None:
+    """Record what the stream saw (once; ``error``: what ended it): never raises, the
+    stream's consumer must not see the tracker's trouble."""
     if call.settled:
         return
     try:
         measured = observer.measured()
     except (ValueError, AttributeError, TypeError, LookupError) as exc:
         measured = estimated(call.plan, f"no usable usage in the stream ({exc})"[:400])
-    call.record(measured)
+    call.record(measured, error)
 
 
 def record_collected(call: Call, observer: Observer) -> None:
@@ -48,9 +49,10 @@ def watch(stream: Any, observer: Observer, call: Call) -> Generator[Any, None, N
             seen = True
             if observer.see(item):
                 yield item
-    except Exception:
+    except Exception as exc:
         if not seen:  # the request itself failed (a generator sends it on first use)
-            call.release()
+            call.fail(exc)
+        record_seen(call, observer, exc)
         raise
     finally:
         record_seen(call, observer)
@@ -64,9 +66,10 @@ async def watch_async(stream: Any, observer: Observer, call: Call) -> AsyncGener
             seen = True
             if observer.see(item):
                 yield item
-    except Exception:
+    except Exception as exc:
         if not seen:
-            call.release()
+            call.fail(exc)
+        record_seen(call, observer, exc)
         raise
     finally:
         record_seen(call, observer)
@@ -78,7 +81,9 @@ def _record_on_close(response: Any, call: Call, observer: Observer) -> None:
     themselves in a reference cycle, so nothing else would record before the cycle
     collector ran. The closures hold the call and observer, not the watched stream (which
     would be a cycle of its own), and record in the call's context (its span), wherever
-    the response is closed: by the collector too."""
+    the response is closed: by the collector too; and with the error the response is
+    closed as it propagates (the SDK closes it so as a lost connection ends the stream,
+    before the watch sees the error)."""
     if response is None:
         return
     close, aclose = getattr(response, "close", None), getattr(response, "aclose", None)
@@ -86,21 +91,30 @@ def _record_on_close(response: Any, call: Call, observer: Observer) -> None:
     if callable(close):
 
         def closing(*args: Any, **kwargs: Any) -> Any:
+            error = _in_flight()
             try:
                 return close(*args, **kwargs)
             finally:
-                context.run(record_seen, call, observer)
+                context.run(record_seen, call, observer, error)
 
         response.close = closing
     if callable(aclose):
 
         async def aclosing(*args: Any, **kwargs: Any) -> Any:
+            error = _in_flight()
             try:
                 return await aclose(*args, **kwargs)
             finally:
-                context.run(record_seen, call, observer)
+                context.run(record_seen, call, observer, error)
 
         response.aclose = aclosing
+
+
+def _in_flight() -> Exception | None:
+    """The error propagating where this is called (from a ``finally``), if any; not a
+    ``GeneratorExit``: a stream closed by its consumer ended well."""
+    error = sys.exc_info()[1]
+    return error if isinstance(error, Exception) else None
 
 
 class _WatchedStream:
@@ -121,6 +135,13 @@ class _WatchedStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """The SDK stream's class, for ``isinstance``: host code tells a streamed answer
+        from a whole one by ``isinstance(answer, openai.Stream)`` (``type()`` still tells
+        the wrapper)."""
+        return type(self._stream)
 
 
 class SyncStream(_WatchedStream):

@@ -97,8 +97,8 @@ def _sync_method(
         call = lifecycle.begin_sync(plan, attribution)
         try:
             response = original(*args, **kwargs)
-        except BaseException:
-            call.release()
+        except BaseException as exc:
+            call.fail(exc)
             raise
         if raw is None and plan.stream:
             return SyncStream(response, stream_observer(method, plan), call)
@@ -121,8 +121,8 @@ def _async_method(
         call = await lifecycle.begin(plan, attribution)
         try:
             response = await original(*args, **kwargs)
-        except BaseException:
-            call.release()
+        except BaseException as exc:
+            call.fail(exc)
             raise
         if raw is None and plan.stream:
             return AsyncStream(response, stream_observer(method, plan), call)

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from events import Alert, AlertSeverity, AlertType, utc_now
 from services.api.console.alerts import SHOWN
 
+from http_support import csrf_token
 from live import LiveStack
 
 
@@ -161,3 +162,53 @@ def test_the_alerts_page_shows_the_newest_and_pages_on_to_older_ones(
     assert second.status_code == 200, second.text
     assert [a for a in mine if str(a.alert_id) in second.text] == mine[:5]
     assert 'href="/alerts?severity=warning">Newest' in second.text
+
+
+@pytest.mark.parametrize(
+    ("action", "column", "said"),
+    [
+        ("acknowledge", "acknowledged", "Alert already acknowledged by alice."),
+        ("resolve", "resolved", "Alert already resolved by alice."),
+    ],
+)
+def test_acting_on_an_alert_another_admin_was_first_to_says_whose_stands(
+    stack: LiveStack, browser: httpx.Client, action: str, column: str, said: str
+) -> None:
+    """A page opened before alice acknowledged (or resolved) the alert still offers the
+    button: the console says hers stands, not that the signed-in admin did it."""
+    alert = Alert(
+        alert_id=uuid.uuid4(),
+        alert_type=AlertType.LIMIT_EXCEEDED,
+        severity=AlertSeverity.CRITICAL,
+        rule_id="first-wins",
+        rule_name="first wins",
+        message="acted on twice",
+        raised_at=utc_now(),
+    )
+    with psycopg.connect(stack.settings.database_url) as conn:
+        conn.execute(
+            "INSERT INTO alerts (alert_id, stream_seq, raised_at, alert_type, severity, rule_id,"
+            f" subject, alert, {column}_by, {column}_at)"
+            " VALUES (%s, 1, %s, %s, %s, %s, 'twice', %s, 'alice', now())",
+            (
+                alert.alert_id,
+                alert.raised_at,
+                alert.alert_type,
+                alert.severity,
+                alert.rule_id,
+                Jsonb(alert.model_dump(mode="json")),
+            ),
+        )
+    token = csrf_token(browser.get("/alerts").text)
+    answer = browser.post(
+        f"/alerts/{alert.alert_id}/{action}",
+        data={"csrf_token": token, "next": "/alerts"},
+        follow_redirects=True,
+    )
+    assert answer.status_code == 200, answer.text
+    assert said in answer.text
+    with psycopg.connect(stack.settings.database_url) as conn:
+        by = conn.execute(
+            f"SELECT {column}_by FROM alerts WHERE alert_id = %s", (alert.alert_id,)
+        ).fetchone()
+    assert by == ("alice",)

@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 
 from budget.periods import Period
 from budget.policies import DEFAULT_USER_POLICY_ID
-from events import Topology, UsageRecorded
+from events import Event, Topology, UsageRecorded
 from events.permissions import OWN_USERS
 from projections.engine.projection import physical
 from projections.registry import PROJECTIONS
@@ -200,13 +200,15 @@ def global_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 def clean_env(tmp: Path) -> dict[str, str]:
     """The caller's environment without any ``BUDGET_*`` variable, an empty config file (so
-    a ``config.yaml`` in the checkout does not leak in) and a private spool."""
+    a ``config.yaml`` in the checkout does not leak in), a private spool and data directory
+    (so a ``budget up`` running on the checkout's ``.budget`` is not the doctor's)."""
     config = tmp / "config.yaml"
     config.write_text("budget: {}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGET_")}
     env.update(
         BUDGET_CONFIG=str(config),
         BUDGET_SPOOL_DIR=str(tmp / "spool"),
+        BUDGET_DATA_DIR=str(tmp / "data"),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -274,7 +276,7 @@ async def stream_subjects(nats_url: str, topology: Topology) -> dict[str, list[s
         await nc.close()
 
 
-async def publish_events(nats_url: str, topology: Topology, events: list[UsageRecorded]) -> None:
+async def publish_events(nats_url: str, topology: Topology, events: Sequence[Event]) -> None:
     nc = await nats.connect(nats_url)
     try:
         await publish(nc, topology, events)
@@ -1119,8 +1121,31 @@ def test_alert_commands_through_running_evaluator_and_notifier(deployment: Budge
         == f"alert {alert_id} acknowledged\n"
     )
     assert "acked" in deployment.ok("alerts", "list").splitlines()[0]
-    assert deployment.ok("alerts", "resolve", alert_id) == f"alert {alert_id} resolved\n"
+    # Acknowledged again by someone else: the first acknowledgement stands, and says so.
+    again = deployment.ok("alerts", "ack", alert_id, "--by", "bob")
+    assert re.fullmatch(
+        rf"alert {alert_id} was already acknowledged by ops at \S+ \S+ UTC; unchanged\n", again
+    )
+    assert "acknowledged by ops at" in deployment.ok("alerts", "show", alert_id)
+    assert (
+        deployment.ok("alerts", "resolve", alert_id, "--by", "ops")
+        == f"alert {alert_id} resolved\n"
+    )
+    assert re.search(
+        r"^resolved by ops at \S+ \S+ UTC$", deployment.ok("alerts", "show", alert_id), re.M
+    )
+    again = deployment.ok("alerts", "resolve", alert_id, "--by", "bob")
+    assert again.startswith(f"alert {alert_id} was already resolved by ops at ")
     assert len(deployment.ok("alerts", "list").splitlines()) == 2
+    # All resolved: the list says what it leaves out, not that none was ever raised.
+    for line in deployment.ok("alerts", "list").splitlines():
+        deployment.ok("alerts", "resolve", line.split()[0])
+    assert deployment.ok("alerts", "list") == (
+        "no unresolved alerts; --resolved lists resolved ones too\n"
+    )
+    assert deployment.ok("alerts", "list", "--policy", "none", "--resolved") == (
+        "no alerts of policy none\n"
+    )
     missing = deployment.run("alerts", "show", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 2 and missing.stderr.startswith("budget: no alert with id")
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 import test_cli
 from test_cli import (
@@ -22,7 +23,7 @@ from test_cli import (
     publish_events,
 )
 
-from events import Topology
+from events import AlertRule, AlertRuleSet, Topology, utc_now
 from projections.registry import GROUPS, PROJECTIONS, WORKERS
 
 from support import usage_event
@@ -250,7 +251,7 @@ def test_nats_unreachable_is_a_problem_and_what_needs_it_is_not_checked(
     assert lines_of(done, "note", "projections") == [
         "not checked: needs NATS, its streams and PostgreSQL"
     ]
-    assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
+    assert lines_of(done, "note", "services") == ["not checked: needs NATS"]
     assert lines_of(done, "note", "prices") == [NO_PRICES_READ]
     assert lines_of(done, "ok", "alert rules") == ["7 rules, each with an enabled channel"]
 
@@ -266,7 +267,7 @@ def test_an_unreadable_nats_password_file_is_a_problem_and_the_rest_is_checked(
         " file or directory | correct the file or the setting the message names"
     ]
     assert lines_of(done, "ok", "postgresql") == ["reachable"]
-    assert lines_of(done, "note", "services") == ["not checked: NATS is unreachable"]
+    assert lines_of(done, "note", "services") == ["not checked: needs NATS"]
 
 
 def test_an_unmigrated_deployment_is_told_to_migrate(budget: Budget) -> None:
@@ -334,3 +335,93 @@ def test_configuration_problems(deployment: Budget, env: dict[str, str], says: s
     assert done.returncode == 1
     [line] = lines_of(done, "problem", "configuration")
     assert line.startswith(says), line
+
+
+def test_alerts_a_channel_does_not_deliver_are_a_problem_with_their_fix(
+    deployment: Budget, tmp_path: Path, nats_url: str, topology: Topology
+) -> None:
+    """A webhook receiver that is down, then no notifier at all, then alerts given up:
+    each the doctor tells, where it said all was well while no alert reached anyone."""
+    config = tmp_path / "dead-webhook.yaml"
+    config.write_text(
+        "budget: {}\nalert_channels:\n"
+        "  webhook: {enabled: true, url: 'http://127.0.0.1:9/hook', timeout: 2}\n"
+    )
+    dead = {"BUDGET_CONFIG": str(config)}
+    for name in ("policies", "alerts"):
+        deployment.start("worker", name)
+    notifier = deployment.start("notifier", **dead)
+    # A rule that sends to no channel at all: said so (it read "sends to , none of them").
+    nowhere = AlertRule(rule_id="nowhere", name="Nowhere", channels=(), policy_ids=("none",))
+    rule_set = AlertRuleSet(occurred_at=utc_now(), rule=nowhere)
+    asyncio.run(publish_events(nats_url, topology, [rule_set]))
+    deployment.ok("policy", "set", "--name", "Tiny", "--limit", "0.005", "--id", "tiny")
+    deployment.record(*GPT_4O_CALL)  # past the whole limit: three thresholds at once
+
+    failing = eventually(
+        lambda: doctor(deployment, **dead),
+        lambda done: bool(lines_of(done, "problem", "alert deliveries")),
+        WITHIN,
+        "the failing webhook reported",
+    )
+    assert failing.returncode == 1
+    assert lines_of(failing, "problem", "alert rules") == [
+        "rule nowhere ('Nowhere') sends to no channel: its alerts go nowhere"
+        " | give the rule an enabled channel"
+    ]
+    [line] = lines_of(failing, "problem", "alert deliveries")
+    assert re.fullmatch(
+        r"webhook: 3 alerts not sent, the oldest queued \d{4}-\d\d-\d\d \d\d:\d\d UTC;"
+        r" sending fails: ConnectionError: webhook unreachable: .+"
+        r" \| make the webhook receiver take them \(`budget alerts show [0-9a-f-]{36}`\);"
+        r" each is retried for a day, then given up",
+        line,
+    ), line
+
+    # No notifier: alerts raised now are never tried (shown as queued 10 minutes ago, past
+    # the 5 a running notifier never takes).
+    assert notifier.stop() == 0
+    deployment.ok("policy", "set", "--name", "Tinier", "--limit", "0.001", "--id", "tinier")
+    database_url = deployment.env["BUDGET_DATABASE_URL"]
+
+    def backdated() -> int:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute(
+                "UPDATE alert_outbox SET created_at = created_at - interval '10 minutes'"
+                " WHERE status = 'pending' AND attempts = 0 AND channel = 'nats'"
+                " AND created_at > now() - interval '5 minutes'"
+            ).rowcount
+
+    assert eventually(backdated, lambda count: count == 3, WITHIN, "Tinier's alerts queued")
+    untried = lines_of(doctor(deployment, **dead), "problem", "alert deliveries")
+    nats = [u for u in untried if u.startswith("nats: ")]
+    assert len(nats) == 1 and re.fullmatch(
+        r"nats: 3 alerts queued since \d{4}-\d\d-\d\d \d\d:\d\d UTC, never tried"
+        r" \| start `budget notifier` \(or `budget up`\); no notifier sends on this channel",
+        nats[0],
+    ), untried
+
+    # Given up: the webhook's alerts queued over a day ago fail once more and are dropped.
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE alert_outbox SET created_at = created_at - interval '2 days'"
+            " WHERE channel = 'webhook' AND status = 'pending'"
+        )
+    notifier = deployment.start("notifier", **dead)
+    given_up = eventually(
+        lambda: doctor(deployment, **dead),
+        lambda done: (
+            bool(lines_of(done, "note", "alert deliveries"))
+            and not lines_of(done, "problem", "alert deliveries")
+        ),
+        WITHIN,
+        "the webhook's alerts given up, the rest sent",
+    )
+    [note] = lines_of(given_up, "note", "alert deliveries")
+    assert re.fullmatch(
+        r"webhook: 6 alerts of the last 30 days given up, never delivered there; the newest:"
+        r" ConnectionError: webhook unreachable: .+ \| `budget alerts show [0-9a-f-]{36}`;"
+        r" `budget alerts list` and the console still have them",
+        note,
+    ), note
+    assert notifier.stop() == 0

@@ -83,13 +83,16 @@ class ProviderApi:
     for a multipart upload); ``fail_with``: the status every answer has while set;
     ``embedding_usage``: Gemini's embedding answers carry ``usageMetadata`` (else the
     vectors alone, as the Gemini API has long answered); ``answers`` and ``streams``: a
-    path's answer or streamed answer, by fixture name, instead of the ones above."""
+    path's answer or streamed answer, by fixture name, instead of the ones above;
+    ``groq_usage_chunk``: Groq's streams end with a usage chunk when asked for one (as
+    its API now does), besides the usage in their last chunk's ``x_groq``."""
 
     requests: list[dict[str, Any] | None] = field(default_factory=list)
     fail_with: int | None = None
     embedding_usage: bool = True
     answers: dict[str, str] = field(default_factory=dict)
     streams: dict[str, str] = field(default_factory=dict)
+    groq_usage_chunk: bool = False
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
@@ -101,6 +104,9 @@ class ProviderApi:
             return httpx2.Response(self.fail_with, json=error)
         if request.url.host == "api.mistral.ai":
             return _mistral(body)
+        if request.url.host == "api.groq.com" and body is not None and body.get("stream"):
+            asked = (body.get("stream_options") or {}).get("include_usage") is True
+            return _sse(_groq_stream(with_usage_chunk=asked and self.groq_usage_chunk))
         if ":streamGenerateContent" in path:
             return _sse(fixture(self.streams.get(path) or "gemini_generate_stream.sse"))
         if ":batchEmbedContents" in path:
@@ -184,6 +190,21 @@ def _mistral(body: dict[str, Any] | None) -> httpx2.Response:
     if body is not None and body.get("stream"):
         return _sse(fixture("mistral_chat_stream.sse"))
     return httpx2.Response(200, content=fixture("openai_chat.json"))
+
+
+def _groq_stream(*, with_usage_chunk: bool) -> bytes:
+    """Groq's chat stream (the OpenAI SDK pointed at it): its last chunk tells the usage in
+    ``x_groq.usage``; ``with_usage_chunk``, a usage chunk follows it, as OpenAI's API
+    sends one."""
+    sse = fixture("groq_chat_stream.sse").decode()
+    if not with_usage_chunk:
+        return sse.encode()
+    blocks = [block for block in sse.split("\n\n") if block.startswith("data: {")]
+    last = json.loads(blocks[-1].removeprefix("data: "))
+    usage = dict(last["x_groq"]["usage"])
+    chunk = last | {"choices": [], "usage": usage, "x_groq": {"id": last["x_groq"]["id"]}}
+    ending = "data: " + json.dumps(chunk, separators=(",", ":")) + "\n\ndata: [DONE]"
+    return sse.replace("data: [DONE]", ending).encode()
 
 
 def _sse(content: bytes) -> httpx2.Response:

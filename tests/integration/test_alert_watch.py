@@ -64,6 +64,26 @@ async def test_watch_prints_each_alert_and_skips_a_malformed_one(
         watch.kill()
 
 
+async def test_an_alert_the_notifier_sends_again_is_shown_once(
+    nats_url: str, topology: Topology, publisher: Client
+) -> None:
+    """The notifier sends a round of NATS alerts again when it cannot confirm it (the
+    flush failed, or it died before recording it), with the same alert id: the watch is
+    their receiver, and drops the repeat (one line, one desktop notification)."""
+    watch = start_watch(nats_url=nats_url, topology=topology)
+    try:
+        await watch.line("watching")
+        repeated, after = an_alert("sent twice"), an_alert("sent after it")
+        await publish_alert(publisher, topology, repeated)
+        await publish_alert(publisher, topology, repeated)
+        await publish_alert(publisher, topology, after)
+        shown = await watch.line(alert_line(after))
+        assert watch.lines[:shown].count(alert_line(repeated)) == 1, watch.lines
+        assert await watch.stop() == 0
+    finally:
+        watch.kill()
+
+
 async def test_watch_survives_a_nats_restart(
     embedded_nats: EmbeddedNats, topology: Topology
 ) -> None:

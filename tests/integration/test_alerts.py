@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from nats.aio.client import Client
@@ -35,6 +37,7 @@ from events import (
     PolicySet,
     RequestBlocked,
     Topology,
+    utc_now,
 )
 from events.rpc import PolicySpend
 from projections.alerts import AlertsProjection
@@ -143,6 +146,7 @@ async def alert_subscriber(nc: Client, topology: Topology) -> AsyncIterator[list
 async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
     nc: Client, db: str, topology: Topology, receivers: Receivers, alert_subscriber: list[Any]
 ) -> None:
+    began = utc_now()
     events = crossing_events()
     await publish(nc, topology, events)
     await publish(nc, topology, events[1:], msg_id=False)  # every usage event twice
@@ -168,14 +172,46 @@ async def test_crossing_80_95_100_raises_three_alerts_sent_once_per_channel(
     for headers, body in receivers.hook.received:
         key = headers["Idempotency-Key"]
         assert verify_signature(WEBHOOK_SECRET, headers[SIGNATURE_HEADER], key, body)
-    # email: once each
+    # email: once each, dated (RFC 5322 requires it; mail clients sort and filters score
+    # by it) with when it was sent, in UTC
     assert [m["Message-ID"] for m in receivers.box.messages] == [
         f"<{i}@budget-manager>" for i in ids
     ]
+    for message in receivers.box.messages:
+        assert len(message.get_all("Date", [])) == 1, message
+        dated = email.utils.parsedate_to_datetime(message["Date"])
+        assert dated.utcoffset() == timedelta(0) and dated >= began.replace(microsecond=0)
     # UI feed: once each
     assert sorted(str(r[0]) for r in await rows(db, "SELECT alert_id FROM alert_feed")) == sorted(
         ids
     )
+
+
+async def test_an_alert_names_its_period_in_the_policys_own_time_zone(
+    nc: Client, db: str, topology: Topology, receivers: Receivers
+) -> None:
+    """A New York team's daily budget starts at midnight in New York: its alerts say the
+    day from that midnight, there (they said '05:00 UTC', a start the team never set)."""
+    new_york = ZoneInfo("America/New_York")
+    policies = [
+        BudgetPolicy(
+            policy_id="ny",
+            name="NY",
+            limit_amount=Decimal("0.01"),
+            period="daily",
+            timezone="America/New_York",
+        ),
+        BudgetPolicy(policy_id="utc", name="UTC", limit_amount=Decimal("0.01"), period="weekly"),
+    ]
+    events: list[Event] = [PolicySet(occurred_at=START, policy=p) for p in policies]
+    await publish(nc, topology, [*events, usage_event(cost="0.02", at=START)])
+    async with receivers.evaluator(nc):
+        await evaluated_to_the_end(nc, db, topology)
+    said = {(a.policy_id, a.message.partition(" USD ")[2]) for a in await alert_rows(db)}
+    assert said == {
+        ("ny", f"for the day from {START.astimezone(new_york):%Y-%m-%d} 00:00 America/New_York"),
+        ("utc", f"for the week from {start_of(Period.WEEKLY, ago=2):%Y-%m-%d} 00:00 UTC"),
+    }
 
 
 async def test_redelivery_after_a_commit_raises_and_sends_nothing_new(

@@ -297,3 +297,39 @@ async def test_many_checks_at_once_past_the_limits_are_refused_in_time_never_fai
     assert all("enforcer throttles this caller" in result.reason for result in many), [
         r.reason for r in many if "enforcer throttles this caller" not in r.reason
     ]
+
+
+async def test_a_check_asked_for_another_caller_and_cancelled_releases_its_hold_as_that_caller(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check asked for another caller (the HTTP API asks for each key, ``caller=``)
+    whose asker goes while the answer is on its way (an HTTP client gone) releases the
+    hold it made as that caller: as its own caller, the release was refused (the hold was
+    another caller's) and the hold counted against the limit until it expired."""
+    async with (
+        limited_stack(nc, nats_url, db, topology, tmp_path) as stack,
+        host(stack, "api-app") as api,
+    ):
+        checker = api.checker
+        ask_enforcer = checker._ask
+        reserved, answer_delivered = asyncio.Event(), asyncio.Event()
+
+        async def answered_late(name: str, *args: Any, **kwargs: Any) -> Any:
+            answer = await ask_enforcer(name, *args, **kwargs)
+            if name == RPC_CHECK:
+                reserved.set()
+                await answer_delivered.wait()  # the answer still on its way when it goes
+            return answer
+
+        monkeypatch.setattr(checker, "_ask", answered_late)
+        asking = api.check_budget(
+            "gpt-4o", user_id="alice", estimated_cost=DIME, caller="api-key-k1"
+        )
+        await stack.cancel_while_answer_in_flight(
+            asyncio.create_task(asking), reserved, answer_delivered
+        )

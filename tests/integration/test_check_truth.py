@@ -21,7 +21,7 @@ from budget.config import Settings
 from budget.policy_log import POLICY_NEWS_WITHIN, PolicyLog
 from budget.tracker import start_usage_tracker
 from events import LimitAction, Topology, utc_now
-from events.rpc import CheckResult
+from events.rpc import CallAttributes, CheckResult
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
 from support import ROOT
@@ -275,3 +275,26 @@ async def test_a_cached_snapshot_is_stale_once_a_custom_policy_begins(
     assert stack.tracker.admits_if_cached("gpt-4o", user_id="u1", estimated_cost=Decimal(1))
     monkeypatch.setattr(budget.checks, "utc_now", lambda: begins + timedelta(seconds=1))
     assert not stack.tracker.admits_if_cached("gpt-4o", user_id="u1", estimated_cost=Decimal(1))
+
+
+async def test_a_check_the_enforcer_refuses_to_judge_is_refused_even_with_fail_open(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """The enforcer is up and answers that it cannot judge this call (here a user id with a
+    NUL character, which PostgreSQL refuses, asked below ``check_budget``, which refuses
+    it first): the call is refused, saying so, not taken for an enforcer that is down,
+    which ``fail_open`` would allow past a spent BLOCK limit."""
+    settings = stack_settings(nats_url, db, topology, tmp_path, fail_open=True)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(scope="user", limit_amount="0", action="block")
+        await stack.enforcer_applies_policies()
+        honest = await stack.tracker.check_budget("gpt-4o", user_id="alice", estimated_cost=DIME)
+        hostile = await stack.tracker.checker.check(
+            CallAttributes(model="gpt-4o", provider="openai", user_id="a\x00b"),
+            estimated_cost=DIME,
+        )
+    assert not honest.allowed and honest.enforced
+    assert not hostile.allowed and not hostile.enforced, hostile.reason
+    assert "the enforcer refused to check this call" in hostile.reason
+    assert "unsupported Unicode escape sequence" in hostile.reason
+    assert "unavailable" not in hostile.reason and "start `budget enforcer`" not in hostile.reason

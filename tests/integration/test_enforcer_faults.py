@@ -5,6 +5,7 @@ committed for requests that never got their answer (they expire)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from decimal import Decimal
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 
 from events import Topology
-from events.rpc import CheckResult
+from events.rpc import RPC_CHECK, CheckResult
 from projections.db import connect
+from services.enforcer import Enforcer, _Pending
 
 from enforcement import EnforcementStack, enforcement_stack, stack_settings
 from support import budget_process, rows, wait_for
@@ -137,3 +140,108 @@ async def test_what_is_reserved_for_a_check_nobody_waits_for_any_more_is_release
         )
         assert later.allowed and later.reservation_id is None
         assert await stack.holds() == []
+
+
+async def test_a_stopped_enforcer_answers_the_checks_it_has_taken(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """An enforcer stopped (SIGTERM: a deploy, a rolling restart) while a batch of checks
+    is being decided and more wait for it decides and answers them before it goes, each
+    admitted one backed by its hold: its callers are not left to time out and fail closed,
+    nor their holds to count against the limit unheard until they expire."""
+    settings = stack_settings(nats_url, db, topology, tmp_path, enforcer_timeout=10.0)
+    async with enforcement_stack(nc, settings, enforcer=False) as stack:
+        enforcer = Enforcer(settings, nc)
+        await enforcer.start()
+        await stack.set_policy(limit_amount="10", action="block")
+        await stack.enforcer_applies_policies()
+        blocker = await connect(db)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE reservation_holds IN EXCLUSIVE MODE")
+                deciding = asyncio.create_task(
+                    stack.tracker.check_budget("gpt-4o", user_id="u1", estimated_cost=DIME)
+                )
+
+                async def decision_waits_for_the_lock() -> bool:
+                    """the enforcer's batch waits for the holds' table"""
+                    found = await rows(
+                        db,
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE %s",
+                        ("%budget_reserve%",),
+                    )
+                    return bool(found)
+
+                await wait_for(decision_waits_for_the_lock)
+                waiting = asyncio.create_task(
+                    stack.tracker.check_budget("gpt-4o", user_id="u2", estimated_cost=DIME)
+                )
+
+                async def queued() -> bool:
+                    """the second check waits for the decision loop"""
+                    return len(enforcer._queue) == 1
+
+                await wait_for(queued)
+                stopping = asyncio.create_task(enforcer.stop())
+                subject = topology.rpc_subject(RPC_CHECK, caller=settings.caller)
+
+                async def taking_no_more() -> bool:
+                    """the stopping enforcer takes no new checks"""
+                    try:
+                        await nc.request(subject, b"{}", timeout=1)
+                    except NoRespondersError:
+                        return True
+                    except TimeoutError:  # taken before it stopped taking: not answered yet
+                        pass
+                    return False
+
+                await wait_for(taking_no_more)
+        finally:
+            await blocker.close()
+        answers = await asyncio.gather(deciding, waiting)
+        await stopping
+    assert [a.allowed for a in answers] == [True, True], [a.reason for a in answers]
+    held = {reservation_id for reservation_id, _, _ in await stack.holds()}
+    assert held == {a.reservation_id for a in answers}
+
+
+async def test_what_an_answer_arriving_after_its_check_gave_up_reserved_is_released(
+    nc: Client,
+    nats_url: str,
+    db: str,
+    topology: Topology,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The enforcer sends its answer while its asker still waits, by the time the asker
+    said, but the answer arrives after the tracker stopped waiting (slower on its way than
+    the time left; here the enforcer is made to send it late, which localhost cannot
+    show): the check failed closed, and the hold the late answer made, which nobody would
+    settle, is released by the tracker it reached, not held against the limit until it
+    expires."""
+    monkeypatch.setattr(_Pending, "given_up", lambda _: False)
+    settings = stack_settings(nats_url, db, topology, tmp_path, enforcer_timeout=1.0)
+    async with enforcement_stack(nc, settings) as stack:
+        await stack.set_policy(limit_amount="10", action="block")
+        await stack.enforcer_applies_policies()
+        blocker = await connect(db)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE reservation_holds IN EXCLUSIVE MODE")
+                with caplog.at_level(logging.INFO, logger="budget.checks"):
+                    unchecked = await stack.tracker.check_budget(
+                        "gpt-4o", user_id="u1", estimated_cost=DIME
+                    )
+        finally:
+            await blocker.close()
+        assert not unchecked.allowed and "enforcer unavailable" in unchecked.reason
+
+        async def released() -> bool:
+            """the tracker released what the late answer reserved"""
+            late = any("came too late" in r.getMessage() for r in caplog.records)
+            return late and await stack.holds() == []
+
+        with caplog.at_level(logging.INFO, logger="budget.checks"):
+            await wait_for(released)

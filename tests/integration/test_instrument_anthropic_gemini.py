@@ -511,6 +511,38 @@ async def test_a_gemini_chat_stream_read_after_its_attribute_to_block_is_charged
 
 
 @sync_and_async
+async def test_a_gemini_chats_messages_take_the_per_call_keywords(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """A chat's ``send_message`` and ``send_message_stream`` had refused
+    ``budget_user_id=`` and the others with TypeError ('unexpected keyword argument'),
+    though the client's own methods take them; they charge the requests the message sends
+    (the stream's, as it is read, after its ``attribute_to`` block is left), over the
+    blocks it is sent in."""
+    api = ProviderApi()
+    client = gemini_client(api, stack, user_id="service")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chat = client.chats.create(model="gemini-2.5-flash")
+            with budget.attribute_to(tags={"feature": "chat"}):
+                await in_thread(chat.send_message, "Fox", budget_user_id="bob")
+                stream = chat.send_message_stream("Fox", budget_project_id="hermes")
+            await in_thread(list, stream)
+        else:
+            achat = client.aio.chats.create(model="gemini-2.5-flash")
+            with budget.attribute_to(tags={"feature": "chat"}):
+                await achat.send_message("Fox", budget_user_id="bob")
+                astream = await achat.send_message_stream("Fox", budget_project_id="hermes")
+            [_ async for _ in astream]
+        events = await recorded.exactly(stack.tracker, 2)
+    assert {(e.user_id, e.project_id, e.kind) for e in events} == {
+        ("bob", None, "chat"),
+        ("service", "hermes", "chat"),
+    }
+    assert_each(events, tags={"feature": "chat"}, estimated_reason=None)
+
+
+@sync_and_async
 async def test_a_gemini_answer_grounded_with_google_search_is_not_priced_at_its_tokens_alone(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:

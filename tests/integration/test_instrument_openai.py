@@ -268,6 +268,30 @@ async def test_a_stream_looped_over_straight_from_the_call_records_its_usage(
 
 
 @sync_and_async
+async def test_a_stream_is_still_an_instance_of_the_sdks_stream_class(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Host code that tells a streamed answer from a whole one by
+    ``isinstance(answer, openai.Stream)`` (or ``AsyncStream``) had taken the instrumented
+    stream for a whole answer, and failed on it; it is recorded as before."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack)
+    chat = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            stream = await in_thread(sync_client.chat.completions.create, **chat)
+            assert isinstance(stream, openai.Stream)
+            chunks = await in_thread(list, stream)
+        else:
+            astream = await async_client.chat.completions.create(**chat)
+            assert isinstance(astream, openai.AsyncStream)
+            chunks = [chunk async for chunk in astream]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert isinstance(chunks[0], openai.types.chat.ChatCompletionChunk)
+    assert event.usage == GPT_4O_MINI_CHAT_STREAM
+
+
+@sync_and_async
 async def test_a_chunk_without_a_delta_passes_to_the_caller_and_the_usage_after_it_counts(
     stack: EnforcementStack, topology: Topology, sync: bool
 ) -> None:
@@ -642,6 +666,52 @@ async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_pr
     )
     assert isinstance(priced, Priced) and event.cost == priced.cost
     assert event.unpriced_reason is None
+
+
+@pytest.mark.parametrize("usage_chunk", [False, True], ids=["x_groq-only", "and-usage-chunk"])
+@sync_and_async
+async def test_a_stream_from_groq_records_the_usage_its_last_chunk_tells_in_x_groq(
+    stack: EnforcementStack, topology: Topology, sync: bool, usage_chunk: bool
+) -> None:
+    """Groq tells a stream's usage in its last chunk's ``x_groq.usage`` (a usage chunk
+    after it only as its API now sends one when asked): a stream with the ``x_groq``
+    usage alone had been recorded as the prompt and text estimated. Either way the call is
+    recorded once, at the counts Groq told, and the caller sees Groq's chunks as sent
+    but the usage chunk the instrumentation asked for."""
+    api = ProviderApi(groq_usage_chunk=usage_chunk)
+    groq = {"api_key": "gsk-test", "base_url": "https://api.groq.com/openai/v1"}
+    if sync:
+        client: Any = openai.OpenAI(**groq, http_client=httpx2.Client(transport=api.transport()))
+    else:
+        http = httpx2.AsyncClient(transport=api.transport())
+        client = openai.AsyncOpenAI(**groq, http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    request = {"model": "llama-3.3-70b-versatile", "messages": HELLO, "max_tokens": 100}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chunks = await in_thread(
+                lambda: list(client.chat.completions.create(**request, stream=True))
+            )
+        else:
+            chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
+        "Hello! How can I help you today?"
+    )
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].model_extra["x_groq"]["usage"]["prompt_tokens"] == 41
+    usage = Usage(input_uncached=41, output_text=10)
+    assert (event.provider, event.model, event.usage) == (
+        "groq",
+        "llama-3.3-70b-versatile",
+        usage,
+    )
+    assert event.estimated_reason is None
+    priced = stack.tracker.registry.price(
+        provider="groq", model="llama-3.3-70b-versatile", usage=usage, at=event.occurred_at
+    )
+    assert isinstance(priced, Priced) and event.cost == priced.cost
+    assert event.cost == per_million(a=("0.59", 41), b=("0.79", 10))
 
 
 @sync_and_async
@@ -1102,6 +1172,48 @@ async def test_the_sdks_parse_and_stream_helpers_are_recorded_once(
         "o4-mini-2025-04-16": 2 * [O4_MINI_RESPONSE],
     }
     assert_each(recorded_events, estimated_reason=None)
+
+
+@sync_and_async
+async def test_the_sdks_stream_helpers_take_the_per_call_keywords(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``chat.completions.stream`` and ``responses.stream`` had refused ``budget_user_id=``
+    and the others with TypeError ('unexpected keyword argument'), though every other
+    instrumented method takes them; they charge the request the helper sends as its block
+    is entered, with the ``attribute_to`` blocks the helper was asked for in (not those
+    it is entered in)."""
+    api = ProviderApi()
+    sync_client, async_client = clients(api, stack, user_id="alice")
+    client = sync_client if sync else async_client
+    with budget.attribute_to(tags={"feature": "summary"}):
+        chat = client.chat.completions.stream(**CHAT, budget_user_id="bob")
+        responses = client.responses.stream(**RESPONSES, budget_project_id="hermes")
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def read() -> str:
+                with chat as stream:
+                    text = "".join(e.delta for e in stream if e.type == "content.delta")
+                with responses as events:
+                    events.until_done()
+                return text
+
+            text = await in_thread(read)
+        else:
+            async with chat as stream:
+                text = "".join([e.delta async for e in stream if e.type == "content.delta"])
+            async with responses as events:
+                await events.until_done()
+        events_recorded = await recorded.exactly(stack.tracker, 2)
+    assert text == "Hello! How can I help you today?"
+    charged = {(e.user_id, e.project_id, e.model, e.usage) for e in events_recorded}
+    assert charged == {
+        ("bob", None, "gpt-4o-mini-2024-07-18", GPT_4O_MINI_CHAT_STREAM),
+        ("alice", "hermes", "o4-mini-2025-04-16", O4_MINI_RESPONSE),
+    }
+    assert_each(events_recorded, tags={"feature": "summary"}, estimated_reason=None)
+    assert all(body is not None and "budget_user_id" not in body for body in api.requests)
 
 
 @sync_and_async

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 
 from budget.config import Settings
 from events import Topology
+from events.alerts import CHANNELS
 from projections.db import connect
 from projections.migrate import migrate
 from services.embedded import EmbeddedNats, EmbeddedPostgres
@@ -235,6 +236,7 @@ async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is
     tmp_path: Path,
     hook: Webhook,
     embedded_postgres: EmbeddedPostgres,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     db = embedded_postgres.url
     migrate(db)
@@ -263,6 +265,17 @@ async def test_a_notifier_that_cannot_reach_its_database_is_reported_until_it_is
                 )
 
             await wait_for(failing)
+            # retried every 0.2 s for over a second, said once per loop, each on one line
+            said = Counter(
+                r.getMessage().split(":")[0]
+                for r in caplog.records
+                if r.name == "services.notifier" and "unavailable" in r.getMessage()
+            )
+            assert said == {f"notifier {c}": 1 for c in CHANNELS}, said
+            lost = [
+                r.getMessage() for r in caplog.records if "outbox notifications" in r.getMessage()
+            ]
+            assert len(lost) == 1 and "\n" not in lost[0], lost
             embedded_postgres.start()
             ids += await queue_alerts(db, 1)
             await wait_for(delivered)

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,6 +22,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 import budget
 from budget import otel
@@ -45,6 +47,9 @@ class Telemetry:
         return list(self.spans.get_finished_spans())
 
     def token_points(self) -> list[HistogramDataPoint]:
+        return self.points("gen_ai.client.token.usage")
+
+    def points(self, histogram: str) -> list[HistogramDataPoint]:
         data = self.metrics.get_metrics_data()
         assert data is not None
         return [
@@ -52,7 +57,7 @@ class Telemetry:
             for resource in data.resource_metrics
             for scope in resource.scope_metrics
             for metric in scope.metrics
-            if metric.name == "gen_ai.client.token.usage"
+            if metric.name == histogram
             for point in metric.data.data_points
             if isinstance(point, HistogramDataPoint)
         ]
@@ -183,6 +188,26 @@ async def test_the_provider_is_named_by_the_conventions_well_known_value(
     }
 
 
+async def test_an_embedding_is_an_input_token_point_alone(
+    tracker: UsageTracker, telemetry: Telemetry
+) -> None:
+    """An embedding has no output: it had been an output point of 0 tokens too, skewing
+    the histogram's output distribution toward nothing."""
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    await tracker.record_usage(
+        model="text-embedding-3-small", provider="openai", embedding_tokens=8, kind="embedding"
+    )
+    await tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.name == "embeddings text-embedding-3-small"
+    points = telemetry.token_points()
+    assert [((p.attributes or {})["gen_ai.token.type"], p.sum) for p in points] == [("input", 8)]
+
+
 async def test_on_current_span_puts_the_attributes_on_the_callers_span(
     tracker: UsageTracker, telemetry: Telemetry
 ) -> None:
@@ -212,16 +237,22 @@ async def fail_open_tracker(
     await started.close()
 
 
-def instrumented_openai(tracker: UsageTracker, *, sync: bool) -> Any:
+def instrumented_openai(
+    tracker: UsageTracker, *, sync: bool, api: ProviderApi | None = None, cut_after: int = 0
+) -> Any:
+    """``cut_after``: each stream's connection drops after that many events (0: never)."""
     import httpx2
     import openai
 
-    transport = ProviderApi().transport()
+    api = api or ProviderApi()
+    transport = api.cut_transport(events=cut_after) if cut_after else api.transport()
     client = (
-        openai.OpenAI(api_key="sk-test", http_client=httpx2.Client(transport=transport))
+        openai.OpenAI(
+            api_key="sk-test", max_retries=0, http_client=httpx2.Client(transport=transport)
+        )
         if sync
         else openai.AsyncOpenAI(
-            api_key="sk-test", http_client=httpx2.AsyncClient(transport=transport)
+            api_key="sk-test", max_retries=0, http_client=httpx2.AsyncClient(transport=transport)
         )
     )
     return budget.instrument(client, tracker=tracker, user_id="alice")
@@ -254,10 +285,183 @@ async def test_an_instrumented_call_is_a_span_on_the_callers_span_too(
     [span] = telemetry.finished()
     assert span.name == "call the model"
     attributes = dict(span.attributes or {})
-    assert attributes["gen_ai.request.model"] == "gpt-4o-2024-08-06"
+    assert attributes["gen_ai.request.model"] == "gpt-4o"
+    assert attributes["gen_ai.response.model"] == "gpt-4o-2024-08-06"
     assert attributes["gen_ai.usage.input_tokens"] == 93 + 1024
     assert attributes["gen_ai.usage.cache_read.input_tokens"] == 1024
     assert attributes["gen_ai.usage.output_tokens"] == 46
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_an_instrumented_calls_span_covers_the_call_and_names_the_model_asked_for(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker, sync: bool
+) -> None:
+    """The span starts as the call is made and ends as its stream ends (it had started as
+    the usage was recorded, and ended at once), is named for the model the request asked
+    for (it had been named, and its ``gen_ai.request.model`` set, for the one that
+    answered), and the call is a point of ``gen_ai.client.operation.duration``."""
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    client = instrumented_openai(fail_open_tracker, sync=sync)
+    request = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+
+    def read_sync() -> tuple[int, int, int]:
+        before = time.time_ns()
+        stream = iter(client.chat.completions.create(**request))
+        next(stream)
+        first_chunk = time.time_ns()
+        list(stream)
+        return before, first_chunk, time.time_ns()
+
+    async def read_async() -> tuple[int, int, int]:
+        before = time.time_ns()
+        stream = await client.chat.completions.create(**request)
+        await anext(aiter(stream))
+        first_chunk = time.time_ns()
+        _ = [chunk async for chunk in stream]
+        return before, first_chunk, time.time_ns()
+
+    before, first_chunk, after = await (asyncio.to_thread(read_sync) if sync else read_async())
+    await fail_open_tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.start_time is not None and span.end_time is not None
+    assert before <= span.start_time <= first_chunk <= span.end_time <= after
+    assert span.name == "chat gpt-4o-mini"
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (
+        19,
+        10,
+    )
+    [duration] = telemetry.points("gen_ai.client.operation.duration")
+    assert duration.count == 1
+    assert duration.sum == (span.end_time - span.start_time) / 1e9
+    assert dict(duration.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+    }
+    assert {(p.attributes or {})["gen_ai.request.model"] for p in telemetry.token_points()} == {
+        "gpt-4o-mini"
+    }
+
+
+async def test_a_request_naming_no_model_is_a_span_named_for_its_operation(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker
+) -> None:
+    """A Responses call from a stored prompt names no model: its span is named for the
+    operation alone and has no ``gen_ai.request.model`` (not "unknown"); the answer's
+    model is its ``gen_ai.response.model``."""
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    client = instrumented_openai(fail_open_tracker, sync=False)
+    await client.responses.create(prompt={"id": "pmpt_123"}, input="A haiku")
+    await fail_open_tracker.flush()
+
+    [span] = telemetry.finished()
+    assert span.name == "chat"
+    attributes = dict(span.attributes or {})
+    assert "gen_ai.request.model" not in attributes
+    assert attributes["gen_ai.response.model"] == "o4-mini-2025-04-16"
+
+
+async def test_text_completions_and_gemini_calls_are_named_by_the_conventions_operations(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker
+) -> None:
+    """The conventions name the OpenAI legacy completions' operation ``text_completion``
+    and Gemini's ``generate_content``: both had been ``chat``."""
+    import httpx2
+    from google import genai
+    from google.genai import types
+
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    client = instrumented_openai(fail_open_tracker, sync=False)
+    await client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hello")
+    transport = ProviderApi().transport()
+    http = types.HttpOptions(httpx_async_client=httpx2.AsyncClient(transport=transport))
+    gemini = budget.instrument(
+        genai.Client(api_key="k", http_options=http), tracker=fail_open_tracker
+    )
+    await gemini.aio.models.generate_content(model="gemini-2.5-flash", contents="Fox")
+    await fail_open_tracker.flush()
+
+    operations = {
+        span.name: (span.attributes or {})["gen_ai.operation.name"] for span in telemetry.finished()
+    }
+    assert operations == {
+        "text_completion gpt-3.5-turbo-instruct": "text_completion",
+        "generate_content gemini-2.5-flash": "generate_content",
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_a_failed_instrumented_call_is_an_error_span_with_its_error_type(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker, stream: bool
+) -> None:
+    """A call the provider answers with an error records nothing: it had left no trace
+    at all, so a trace showed only the calls that succeeded. It is a span with status
+    ERROR and the conventions' ``error.type`` (the HTTP status), covering the call, and
+    a point of ``gen_ai.client.operation.duration`` with that ``error.type``."""
+    import openai
+
+    otel.enable(
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[telemetry.metrics]),
+    )
+    client = instrumented_openai(fail_open_tracker, sync=False, api=ProviderApi(fail_with=503))
+    before = time.time_ns()
+    with pytest.raises(openai.InternalServerError):
+        await client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=stream)
+    after = time.time_ns()
+
+    [span] = telemetry.finished()
+    assert span.name == "chat gpt-4o"
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.start_time is not None and span.end_time is not None
+    assert before <= span.start_time <= span.end_time <= after
+    assert dict(span.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "error.type": "503",
+    }
+    [duration] = telemetry.points("gen_ai.client.operation.duration")
+    assert (duration.attributes or {})["error.type"] == "503"
+    assert telemetry.token_points() == []
+
+
+async def test_a_stream_cut_short_by_an_error_is_an_error_span_with_what_it_received(
+    telemetry: Telemetry, fail_open_tracker: UsageTracker
+) -> None:
+    """A stream whose connection drops mid-way is recorded with what it received (an
+    estimate): its span had looked like a call that succeeded. It has status ERROR and
+    ``error.type``, and still the usage recorded."""
+    import openai
+
+    otel.enable(tracer_provider=telemetry.tracer_provider)
+    client = instrumented_openai(fail_open_tracker, sync=False, cut_after=3)
+    got = []
+    with pytest.raises(openai.APIConnectionError) as raised:
+        async for chunk in await client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, stream=True
+        ):
+            got.append(chunk)
+    await fail_open_tracker.flush()
+
+    assert len(got) == 3
+    [span] = telemetry.finished()
+    assert span.status.status_code == StatusCode.ERROR
+    attributes = dict(span.attributes or {})
+    # The SDK's error, or the one it was raised from (httpx2.ReadError), as the SDK closed
+    # the response while it propagated.
+    error = raised.value
+    assert attributes["error.type"] in {type(error).__name__, type(error.__cause__).__name__}
+    assert attributes["gen_ai.usage.output_tokens"] == 2  # "Hello!", estimated
+    assert "before its usage arrived" in str(attributes["budget.usage.estimated_reason"])
 
 
 async def test_a_stream_collected_unread_is_a_span_of_its_own(

@@ -13,8 +13,11 @@ from typing import Any
 import nats
 import pytest
 
+from budget.config import Settings
+from budget.pricing import get_pricing_registry
 from budget.publisher import NotStored, SpoolFailing
 from budget.spool import Spool, SpooledEvent
+from budget.tracker import UsageTracker
 from events import Topology, UsageRecorded, encode
 from projections.engine.log import declare_streams
 from services.embedded import EmbeddedNats
@@ -525,3 +528,46 @@ async def test_a_spool_another_process_filled_is_read_off_the_loop_when_it_is_re
     assert read_in and threading.get_ident() not in read_in
     stored = await stored_event_ids(embedded_nats.url, private_log)
     assert sorted(stored) == sorted(str(e.event_id) for e in events)
+
+
+async def test_a_tracked_call_cancelled_while_its_usage_waits_for_room_is_still_recorded(
+    embedded_nats: EmbeddedNats, topology: Topology, tmp_path: Path
+) -> None:
+    """The provider has answered a ``track_llm_call`` function, and its usage waits for
+    room in the publisher (NATS refusing, the spool failing) when its caller is cancelled
+    (an ``asyncio.timeout`` around the call, a client gone): the call happened and was
+    paid for, so its usage is recorded once room comes, not dropped with the caller."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    publisher = publisher_for(
+        embedded_nats.url, topology, blocker / "spool", max_in_flight=1, ack_timeout=30
+    )
+    settings = Settings(nats_url=embedded_nats.url, subject_prefix=topology.prefix, fail_open=True)
+    tracker = UsageTracker(settings, await get_pricing_registry(), publisher)
+    await tracker.start()
+    first = await tracker.record_usage(model="gpt-4o", provider="openai", input_tokens=10)
+    answered = asyncio.Event()
+
+    @tracker.track_llm_call(model="gpt-4o", user_id="u1")
+    async def call() -> dict[str, Any]:
+        answered.set()
+        return {"usage": {"prompt_tokens": 100, "completion_tokens": 10}}
+
+    calling = asyncio.create_task(call())
+    await answered.wait()  # the call's task runs on until it waits for room for its usage
+    calling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calling
+
+    blocker.unlink()
+    client = await nats.connect(embedded_nats.url)
+    await declare_streams(client.jetstream(), topology)
+    await client.close()
+
+    async def both_stored() -> bool:
+        """the call's usage reached the log after the first event"""
+        return len(await stored_event_ids(embedded_nats.url, topology)) == 2
+
+    await wait_for(both_stored)
+    await tracker.close()
+    assert str(first.event_id) in await stored_event_ids(embedded_nats.url, topology)

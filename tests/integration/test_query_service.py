@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from budget.manager import BudgetManager
 from budget.queries import RpcQueries
 from budget.reports import ReportGenerator
-from budget.rpc import Refused, Unanswered
+from budget.rpc import Refused, ServiceUnavailable, Unanswered
 from budget.tracker import start_usage_tracker
 from events import BudgetPolicy, BudgetScope, Topology, utc_now
 from events.queries import QUERY_REPORT, QUERY_SPEND, SpendQuery
@@ -142,7 +142,7 @@ async def test_a_query_service_without_its_database_says_so(
 ) -> None:
     settings = stack_settings(nats_url, NO_DATABASE, topology, tmp_path)
     async with query_service(nc, settings) as queries:
-        with pytest.raises(Refused, match="database unavailable"):
+        with pytest.raises(ServiceUnavailable, match="database unavailable"):
             await queries.policies()
 
 
@@ -174,7 +174,7 @@ async def test_a_query_service_that_cannot_reach_its_database_is_reported_until_
             )
 
         await wait_for(reported)
-        with pytest.raises(Refused, match="not healthy: query service database stalled"):
+        with pytest.raises(ServiceUnavailable, match="not healthy: query service database stalled"):
             await queries.policies()
         embedded_postgres.start()
 
@@ -229,7 +229,8 @@ async def test_a_question_loop_that_died_is_reported_and_said_to_every_asker(
             ]
 
         await wait_for(reported)
-        with pytest.raises(Refused, match=r"not healthy: query service query\.spend loop died"):
+        died = r"not healthy: query service query\.spend loop died"
+        with pytest.raises(ServiceUnavailable, match=died):
             await queries.policies()
     finally:
         await service.stop()

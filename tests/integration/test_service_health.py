@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from budget.rpc import Refused, ask
+from budget.rpc import ServiceUnavailable, ask
 from events import BudgetScope, Topology
 from events.rpc import RPC_CHECK, RPC_SNAPSHOT, CallAttributes, CheckRequest, CheckResult, Snapshot
 from projections.db import connect
@@ -38,7 +38,7 @@ def check(user: str) -> CheckRequest:
 
 async def refusal(stack: EnforcementStack, subject: str, request: CheckRequest) -> str:
     """What the enforcer answers instead of a decision (fails if it decides)."""
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(ServiceUnavailable) as refused:
         await ask(stack.nc, subject, request, CheckResult, within=WITHIN)
     return str(refused.value)
 
@@ -104,7 +104,7 @@ async def test_a_stopped_decision_loop_refuses_at_once_and_fails_the_health_prob
         await asyncio.gather(stack.enforcer._loop_task, return_exceptions=True)
         assert stack.enforcer.liveness.problems() == ["enforcer decision loop stopped"]
         # what /api/v1/services and the trackers' snapshots ask
-        with pytest.raises(Refused, match="not healthy: enforcer decision loop stopped"):
+        with pytest.raises(ServiceUnavailable, match="not healthy: enforcer decision loop stopped"):
             await ask(nc, rpc(RPC_SNAPSHOT), CallAttributes(model="x"), Snapshot, within=WITHIN)
         assert "decision loop stopped" in await refusal(stack, rpc(RPC_CHECK), check("c"))
 

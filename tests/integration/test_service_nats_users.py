@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client
 
@@ -38,7 +39,7 @@ from services.query_service import QueryService
 from alerting import notifier, outbox, queue_alerts
 from enforcement import enforcement_stack, projection_workers
 from secured_nats import Secured
-from support import publish, wait_for
+from support import publish, rows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +177,51 @@ async def test_the_notifier_credential_sends_alerts_on_nats(
             await wait_for(recorded)
     assert [str(Alert.model_validate_json(m.data).alert_id) for m in got] == queued
     assert refusals == []
+
+
+async def test_alerts_a_credential_may_not_publish_stay_queued_saying_why(
+    secured: Secured, service: Client, db: str, tmp_path: Path
+) -> None:
+    """A notifier started with the host's credential (the one a shell has exported for its
+    app): the server refuses each alert it publishes, and only says so asynchronously.
+    They were recorded sent while no subscriber got one; they stay queued, retried, with
+    the refusal as their last error, and go out once a credential that may is used."""
+    operator = secured.settings(SERVICE_USER, database_url=db, spool_dir=tmp_path / "service")
+    await prepare(operator.nats_url, db, operator)
+    host = secured.settings("host", database_url=db, spool_dir=tmp_path / "host")
+    queued = await queue_alerts(db, 2, channel="nats")
+    # As FastStream connects a service: not through connect_nats.
+    host_nc = await nats.connect(secured.server.url, **nats_options(host))
+    try:
+        async with notifier(host_nc, host, NotifierConfig(poll_interval=0.2, max_backoff=0.5)):
+
+            async def refused() -> bool:
+                """the refusal is recorded as the deliveries' last error, twice"""
+                found = await rows(
+                    db, "SELECT status, attempts, last_error FROM alert_outbox ORDER BY seq"
+                )
+                return all(attempts >= 2 and why for _, attempts, why in found)
+
+            await wait_for(refused)
+    finally:
+        await host_nc.close()
+    found = await rows(db, "SELECT status, last_error FROM alert_outbox ORDER BY seq")
+    assert [status for status, _ in found] == ["pending", "pending"]
+    assert found[0][1].startswith(
+        f"PermissionDenied: the NATS user 'host' may not publish to"
+        f" {secured.topology.prefix}.alerts.warning.threshold_warning"
+    ), found
+
+    own = secured.settings(NOTIFIER_USER, database_url=db, spool_dir=tmp_path / "notifier")
+    async with (
+        _connected(secured, "alerts") as (alerts, _),
+        _connected(secured, NOTIFIER_USER) as (notifier_nc, _),
+    ):
+        received = await alerts.subscribe(secured.topology.alerts_wildcard)
+        await alerts.flush()
+        async with notifier(notifier_nc, own, NotifierConfig(poll_interval=0.2)):
+            got = [await received.next_msg(timeout=30) for _ in queued]
+    assert [str(Alert.model_validate_json(m.data).alert_id) for m in got] == queued
 
 
 async def test_the_query_credential_answers_every_callers_questions(

@@ -146,3 +146,9 @@ async def test_a_redirect_is_not_a_delivery(nc: Client, db: str, settings: Setti
 
             await wait_for(retried)
     assert [r[2] for r in await outbox(db)] == ["pending"]
+    # What to do about it, without quoting where it points (a path may hold a token).
+    [(why,)] = await rows(db, "SELECT last_error FROM alert_outbox")
+    assert why == (
+        "RuntimeError: webhook answered 302 Found; the notifier follows no redirect:"
+        " set webhook.url to the address it redirects to"
+    )

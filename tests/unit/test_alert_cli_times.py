@@ -89,3 +89,24 @@ def test_alerts_show_gives_every_time_in_utc() -> None:
     assert result.exit_code == 0, result.output
     assert "acknowledged by ops at 2026-11-03 14:06:09 UTC\n" in result.stdout
     assert "webhook  sent     attempts 1, sent 2026-11-03 14:05:11 UTC\n" in result.stdout
+
+
+def test_alerts_show_says_why_an_alert_went_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No delivery: its rule had no channel (or only a rebuild raised it); it said only
+    'raised while rebuilding', wrong for a rule that sends nowhere."""
+
+    class Unsent(_Engine):
+        async def deliveries(self, alert_id: object) -> list[AlertDelivery]:
+            return []
+
+    @contextlib.asynccontextmanager
+    async def engine() -> AsyncIterator[Unsent]:
+        yield Unsent()
+
+    monkeypatch.setattr(services.cli_alerts, "_engine", engine)
+    result = CliRunner().invoke(app, ["alerts", "show", str(STORED.alert.alert_id)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(
+        "deliveries: none (its rule sends to no channel, or only a rebuild raised it,"
+        " and a rebuild sends nothing)\n"
+    )

@@ -49,6 +49,7 @@ def test_alert_text_reaches_no_header_of_its_own(line_break: str) -> None:
             "To",
             "Subject",
             "Message-ID",
+            "Date",
             "Content-Type",
             "Content-Transfer-Encoding",
             "MIME-Version",

@@ -96,3 +96,19 @@ def test_one_refusal_refuses_the_call_and_names_the_policy() -> None:
 def test_no_policy_allows_and_says_so() -> None:
     result = decide([], Decimal("0.10"), enforced=False)
     assert result.allowed and result.reason == "no policy applies"
+
+
+@pytest.mark.parametrize("action", ["warn", "notify", "block", "throttle"])
+def test_a_window_at_its_soft_limit_is_past_it_as_its_alert_and_its_bar_say(action: str) -> None:
+    """Spend at the soft limit exactly (80 of 100, 80 %): its threshold alert has fired and
+    the console's bar shows it soft (``budget.alerting.reached``: at it or past), so a
+    check there says so too; it said "within every policy"."""
+    now = START + timedelta(days=29)  # THROTTLE's share (96.67) is ahead of the spend
+    at_it = assess(window(action, Decimal(100)), Decimal(80), Decimal(0), now)
+    reaching = assess(window(action, Decimal(100)), Decimal(79), Decimal(1), now)
+    assert at_it.state == reaching.state == "soft_limit"
+    assert at_it.allowed and reaching.allowed
+    result = decide([at_it], Decimal(0), enforced=False)
+    assert result.reason == "allowed; policy 'p' is past its soft limit"
+    below = assess(window(action, Decimal(100)), Decimal("79.99"), Decimal(0), now)
+    assert below.state == "ok"

@@ -247,6 +247,18 @@ def test_an_unpaired_surrogate_is_refused_saying_where(
         decode(data)
 
 
+@pytest.mark.parametrize("changes", [{"tags": {"team\udc00": "a"}}, {"model": "gpt\ud800"}])
+def test_an_unpaired_surrogate_sent_unescaped_is_refused_as_no_utf_8(
+    changes: dict[str, object],
+) -> None:
+    """Its bytes are no UTF-8: the model's parser refused them, and the slow path's
+    json.loads of bytes read them into the string (surrogatepass), so the event was
+    accepted where the fast decoder refuses it (found by the fast codec's property test)."""
+    payload = json.dumps(json.loads(encode(event())) | changes, ensure_ascii=False)
+    with pytest.raises(DecodeError, match=r"^not UTF-8 text: "):
+        decode(payload.encode(errors="surrogatepass"))
+
+
 def test_a_surrogate_pair_and_the_text_of_an_escape_are_characters() -> None:
     payload = json.loads(encode(event()))
     tags = {"emoji": "\U0001f600", "text": "\\ud800"}  # a pair; a backslash, then ud800

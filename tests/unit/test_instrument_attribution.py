@@ -42,7 +42,12 @@ def client(sent: list[httpx2.Request]) -> openai.OpenAI:
     [
         ({"budget_user_id": 42}, "user_id"),
         ({"budget_project_id": "p" * 201}, "project_id"),
+        ({"budget_user_id": "a\x00b"}, "user_id must not hold a NUL character"),
         ({"budget_tags": {"team": 7}}, "tags"),
+        # Not a mapping: "team=a" had raised dict()'s 'dictionary update sequence element
+        # #0 has length 1', and ["ab"] had been taken as the tag a=b.
+        ({"budget_tags": "team=a"}, "tags must map strings to strings, got 'team=a'"),
+        ({"budget_tags": ["ab"]}, "tags must map strings to strings, got"),
     ],
 )
 def test_a_calls_bad_attribution_is_refused_before_it_is_sent(
@@ -58,3 +63,14 @@ def test_a_bad_attribution_is_refused_where_it_is_given() -> None:
         budget.instrument(openai.OpenAI(api_key="sk-test"), user_id=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tags"), budget.attribute_to(tags={1: "x"}):  # type: ignore[dict-item]
         pass
+    with pytest.raises(ValueError, match="tags must map strings to strings"):
+        budget.instrument(openai.OpenAI(api_key="sk-test"), tags="team=a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tags must map strings"), budget.attribute_to(tags=["ab"]):  # type: ignore[arg-type]
+        pass
+
+
+def test_a_refusal_mode_misspelt_is_refused_where_it_is_given() -> None:
+    """``refusal="provider-error"`` had been taken as ``"raise"``: the host's handler of
+    the SDK's 429 never saw a refused call, which raised ``BudgetExceeded`` instead."""
+    with pytest.raises(ValueError, match="refusal must be 'raise' or 'provider_error'"):
+        budget.instrument(openai.OpenAI(api_key="sk-test"), refusal="provider-error")  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ import budget.tracker
 from budget.config import Settings
 from budget.disabled import DisabledPublisher
 from budget.pricing import PricingRegistry
+from budget.publisher import EventPublisher, PublisherConfig
 from budget.tracker import UsageTracker
 from budget.usage import UsageCountError
 from events.usage import MAX_COST
@@ -109,3 +110,26 @@ def test_the_unpriced_models_warned_of_stay_bounded(
         event = tracker.usage_event(model=f"no-such-model-{n}", provider="openai", output_tokens=1)
         assert event.cost is None and event.unpriced_reason
     assert len(tracker._warned_unpriced) <= 4
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ({"user_id": "b" * 201}, "user_id must be a string of at most 200 characters, got 201"),
+        ({"project_id": 5}, "project_id must be a string of at most 200 characters, got 5"),
+        ({"user_id": "a\x00b"}, "user_id must not hold a NUL character"),
+    ],
+)
+async def test_a_check_for_an_id_no_call_can_be_recorded_under_is_refused_in_one_line(
+    tmp_path: Path, ids: dict[str, object], message: str
+) -> None:
+    """As ``instrument`` refuses them: a pydantic report on ``CallAttributes`` (a long or
+    non-string id), or a NUL character sent to the enforcer (which PostgreSQL refuses, and
+    no usage event can hold), named as the caller passed it, before any request."""
+    settings = Settings(spool_dir=tmp_path / "spool", nats_url="nats://127.0.0.1:1")
+    tracker = UsageTracker(
+        settings, PricingRegistry(), EventPublisher(PublisherConfig.from_settings(settings))
+    )
+    with pytest.raises(ValueError) as refused:
+        await tracker.check_budget("gpt-4o", **ids)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)

@@ -1,7 +1,8 @@
 """Paid SDK methods whose cost the instrumentation cannot record (text to speech, batches,
 images and videos priced apart, realtime sessions, OpenAI and Gemini decisions, Gemini
-interactions) still go to the provider, and the first call of each in the process says,
-once, that its cost is in no total (docs/instrument.md#not-recorded)."""
+interactions, fine-tuning and tuning jobs, eval runs, containers, Gemini's cache storage
+and File Search indexing) still go to the provider, and the first call of each in the
+process says, once, that its cost is in no total (docs/instrument.md#not-recorded)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def test_each_unrecorded_paid_method_of_each_sdk_is_marked(tracker: UsageTracker
         openai_client.live.create,
         openai_client.live.connect,
         openai_client.decisions.create,
+        openai_client.fine_tuning.jobs.create,
+        openai_client.evals.runs.create,
+        openai_client.containers.create,
         claude.messages.batches.create,
         claude.beta.messages.batches.create,
         gemini.models.generate_images,
@@ -86,6 +90,14 @@ def test_each_unrecorded_paid_method_of_each_sdk_is_marked(tracker: UsageTracker
         gemini.aio.batches.create_embeddings,
         gemini.decisions.create,
         gemini.aio.decisions.create,
+        gemini.tunings.tune,
+        gemini.aio.tunings.tune,
+        gemini.caches.create,
+        gemini.aio.caches.create,
+        gemini.caches.update,
+        gemini.aio.caches.update,
+        gemini.file_search_stores.upload_to_file_search_store,
+        gemini.aio.file_search_stores.import_file,
     ]
     unmarked = [m for m in methods if not getattr(m, "__budget_instrumented__", False)]
     assert unmarked == []

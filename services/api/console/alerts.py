@@ -105,21 +105,33 @@ async def _page(
 @router.post("/alerts/{alert_id}/acknowledge")
 async def acknowledge(request: Request, who: Admin, alert_id: uuid.UUID) -> Response:
     api = services(request)
-    await _existing(api, alert_id)
-    await api.alerts.acknowledge_alert(alert_id, who.name)
-    flash(request, f"Alert acknowledged by {who.name}.")
+    stored = await _existing(api, alert_id)
+    if stored.acknowledged_at is None:
+        await api.alerts.acknowledge_alert(alert_id, who.name)
+        flash(request, f"Alert acknowledged by {who.name}.")
+    else:  # another tab or admin was first: theirs stands (the page may not show it yet)
+        flash(request, f"Alert already acknowledged{_by(stored.acknowledged_by)}.")
     return redirect(safe_next((await form_data(request)).get("next"), "/alerts"))
 
 
 @router.post("/alerts/{alert_id}/resolve")
 async def resolve(request: Request, who: Admin, alert_id: uuid.UUID) -> Response:
     api = services(request)
-    await _existing(api, alert_id)
-    await api.alerts.resolve_alert(alert_id, who.name)
-    flash(request, "Alert resolved.")
+    stored = await _existing(api, alert_id)
+    if stored.resolved_at is None:
+        await api.alerts.resolve_alert(alert_id, who.name)
+        flash(request, "Alert resolved.")
+    else:
+        flash(request, f"Alert already resolved{_by(stored.resolved_by)}.")
     return redirect(safe_next((await form_data(request)).get("next"), "/alerts"))
 
 
-async def _existing(api: ApiServices, alert_id: uuid.UUID) -> None:
-    if not await api.database.alerts(AlertsQuery(alert_id=alert_id)):
+def _by(who: str | None) -> str:
+    return f" by {who}" if who else ""
+
+
+async def _existing(api: ApiServices, alert_id: uuid.UUID) -> StoredAlert:
+    found = await api.database.alerts(AlertsQuery(alert_id=alert_id))
+    if not found:
         raise Problem(404, f"There is no alert {alert_id}.")
+    return found[0]
