@@ -10,20 +10,30 @@ k the days, s the residuals' standard deviation and t Student's 97.5 % quantile 
 degrees of freedom (12.7 for one: two or three days of history say little). So an interval
 widens with the distance from the history, and a month's is the total's own, not the sum of
 its days' bounds (every day at its extreme at once). A fit with no residual left (one day of
-history) has no interval. Spend is never forecast below zero. Forecasts are estimates,
-computed in floating point and rounded to cents when shown.
+history) has no interval. A one-off spike (``one_off_spikes``) is left out of the fit's
+coefficients, not of its spread.
+Spend is never forecast below zero. Forecasts are estimates, computed in floating point,
+kept to a millionth of a dollar (so days under a cent add up) and rounded where shown.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import NamedTuple
 
-__all__ = ["METHOD", "DayForecast", "forecast", "total_interval"]
+__all__ = [
+    "METHOD",
+    "DayForecast",
+    "forecast",
+    "one_off_spikes",
+    "part_of_day",
+    "total_interval",
+]
 
 METHOD = (
     "least-squares linear trend with day-of-week seasonality over the daily totals;"
@@ -31,7 +41,16 @@ METHOD = (
 )
 _SEASONAL_MIN_DAYS = 14
 _TREND_MIN_DAYS = 3
+_SPIKE_MIN_DAYS = _SEASONAL_MIN_DAYS
+"""Fewer days have no weekday terms in the fit: a weekly job's day would be a one-off."""
+_SPIKE_SPREADS = 3.5
+"""How far above the fit a one-off lies, in robust standard deviations (1.4826 MAD)."""
+_SPIKE_MEDIANS_ABOVE = 2
+"""A one-off is also this many median days above the fit: so sporadic use (most days
+without spend), ordinary noise and a fit that misses by float noise never are."""
 _CENT = Decimal("0.01")
+_PLACES = 6
+"""A forecast's decimal places: float noise beyond them is no spend."""
 # Student's t, 97.5 % quantile, for 1 to 30 degrees of freedom; beyond, its expansion.
 _T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -82,6 +101,11 @@ def forecast(history: Sequence[tuple[date, Decimal]], days: int) -> list[DayFore
     return result
 
 
+def part_of_day(day: DayForecast, share: float) -> Decimal:
+    """``day``'s expected spend in ``share`` (0 to 1) of it, kept as forecasts are."""
+    return _money(float(day.expected) * share)
+
+
 def total_interval(
     history: Sequence[tuple[date, Decimal]], days: Sequence[date], expected: Decimal
 ) -> tuple[Decimal | None, Decimal | None]:
@@ -105,10 +129,43 @@ def _half_width(fit: _Fit, days: int, row: list[float]) -> float | None:
     return fit.spread * math.sqrt(days + max(form, 0.0))
 
 
-def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
-    first = history[0][0]
+def one_off_spikes(history: Sequence[tuple[date, Decimal]]) -> list[date]:
+    """The day of ``history`` the fit leaves out as a one-off spike, if any: the one day
+    far above a fit of every day, by 3.5 robust standard deviations of its residuals and
+    by twice the median day. Least squares would follow it: one $1,000 day among $10 ones
+    read as a steep trend (a month of $9,500). Two such days or more are bursts, how this
+    usage goes, and kept; the last day is never one (whether it starts a new level is
+    not yet known), nor the first, nor any in less than 14 days of history (where a
+    weekly job's day would be)."""
+    if len(history) < _SPIKE_MIN_DAYS:
+        return []
+    fit = _least_squares(history)
     ys = [float(v) for _, v in history]
-    n = len(ys)
+    residuals = [y - _dot(fit.coef, fit.features(d)) for (d, _), y in zip(history, ys, strict=True)]
+    centre = statistics.median(residuals)
+    spread = 1.4826 * statistics.median([abs(r - centre) for r in residuals])
+    typical = statistics.median(ys)
+    high = [
+        r > centre + _SPIKE_SPREADS * spread and r > _SPIKE_MEDIANS_ABOVE * typical > 0
+        for r in residuals
+    ]
+    if high.count(True) != 1:  # days like it again are how this usage goes: bursts
+        return []
+    i = high.index(True)
+    return [history[i][0]] if 0 < i < len(history) - 1 else []
+
+
+def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
+    return _least_squares(history, frozenset(one_off_spikes(history)))
+
+
+def _least_squares(
+    history: Sequence[tuple[date, Decimal]], left_out: frozenset[date] = frozenset()
+) -> _Fit:
+    """The fit of ``history``'s days but ``left_out``, whose spread counts every day: a
+    one-off spike moves no coefficient, but the intervals allow for another."""
+    first = history[0][0]
+    n = len(history)
     seasonal = n >= _SEASONAL_MIN_DAYS
 
     def features(day: date) -> list[float]:
@@ -119,9 +176,11 @@ def _fit(history: Sequence[tuple[date, Decimal]]) -> _Fit:
         return row
 
     xs = [features(d) for d, _ in history]
+    ys = [float(v) for _, v in history]
+    fitted = [(x, y) for x, y, (d, _) in zip(xs, ys, history, strict=True) if d not in left_out]
     k = len(xs[0])
-    normal = [[sum(x[i] * x[j] for x in xs) for j in range(k)] for i in range(k)]
-    coef = _solve(normal, [sum(x[i] * y for x, y in zip(xs, ys, strict=True)) for i in range(k)])
+    normal = [[sum(x[i] * x[j] for x, _ in fitted) for j in range(k)] for i in range(k)]
+    coef = _solve(normal, [sum(x[i] * y for x, y in fitted) for i in range(k)])
     residuals = [y - _dot(coef, x) for x, y in zip(xs, ys, strict=True)]
     free = n - k
     spread = None
@@ -165,4 +224,8 @@ def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
 
 
 def _money(value: float) -> Decimal:
-    return Decimal(repr(value)).quantize(_CENT)
+    """The forecast to a millionth of a dollar (at least to the cent): rounded to cents,
+    $0.004 a day was $0.00, and a month summed of such days lost what they add up to."""
+    exact = Decimal(repr(round(value, _PLACES)))
+    cents = exact.quantize(_CENT)
+    return cents if cents == exact else exact

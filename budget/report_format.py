@@ -117,7 +117,8 @@ class Report:
         return out.getvalue()
 
     def to_markdown(self) -> str:
-        lines = [f"# {self.title}", "", f"{_text(self.start)} to {_text(self.end)} (UTC)", ""]
+        # each end with its offset: a report of a zone's days is shown from its midnights
+        lines = [f"# {self.title}", "", f"{_text(self.start)} to {_text(self.end)}", ""]
         for table in self.tables:
             lines += [f"## {table.title}", ""]
             if not table.rows:
@@ -174,7 +175,13 @@ def shown_money(value: Decimal) -> str:
         return f"{value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
 
 
+_KEY_COLUMNS = frozenset(("provider", "model", "user", "project", "kind", "user_id", "project_id"))
+"""Columns that name a call's user, project, ...: None in one is calls without one."""
+
+
 def _shown(column: str, value: Cell) -> str:
+    if value is None and column in _KEY_COLUMNS:
+        return "(none)"
     if isinstance(value, Decimal) and column.endswith("_percent"):
         return f"{value:,}"  # as computed, to a tenth: cents would claim a precision it lacks
     if isinstance(value, Decimal):

@@ -35,9 +35,9 @@ class ReportGenerator:
         self,
         start_date: datetime | date,
         end_date: datetime | date,
-        group_by: Sequence[str] = (),
+        group_by: Sequence[str] | None = (),
     ) -> Report:
-        """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total; a
+        """Totals in [start_date, end_date) grouped by ``group_by`` (empty or None: one total; a
         name alone is that one). A date is its midnight UTC, here and in the other
         windows."""
         query = question(
@@ -73,9 +73,10 @@ class ReportGenerator:
         current_end: datetime | date,
         previous_start: datetime | date,
         previous_end: datetime | date,
-        group_by: Sequence[str] = ("model",),
+        group_by: Sequence[str] | None = ("model",),
     ) -> Report:
-        """Each group's totals in two windows, with the absolute and percent change."""
+        """Each group's totals in two windows, with the absolute and percent change (None:
+        by model)."""
         query = question(
             ReportQuery,
             {"start": "current_start", "end": "current_end"},
@@ -84,7 +85,7 @@ class ReportGenerator:
             end=_instant(current_end),
             previous_start=_instant(previous_start),
             previous_end=_instant(previous_end),
-            group_by=_groups(group_by),
+            group_by=_groups(("model",) if group_by is None else group_by),
         )
         return await self.queries.report(query)
 
@@ -137,8 +138,11 @@ def _instant(value: datetime | date) -> datetime | date:
     return value
 
 
-def _groups(group_by: Sequence[str]) -> list[str]:
-    """A name alone is one group (``list("model")`` would be its letters)."""
+def _groups(group_by: Sequence[str] | None) -> list[str]:
+    """A name alone is one group (``list("model")`` would be its letters); None is none
+    (``list(None)`` raised TypeError)."""
+    if group_by is None:
+        return []
     return [group_by] if isinstance(group_by, str) else list(group_by)
 
 

@@ -22,11 +22,18 @@ from decimal import Decimal
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from budget.forecast import METHOD, DayForecast, forecast, total_interval
+from budget.forecast import (
+    METHOD,
+    DayForecast,
+    forecast,
+    one_off_spikes,
+    part_of_day,
+    total_interval,
+)
 from budget.percentages import percent_of
 from budget.periods import Period, local_midnight, period_bounds
 from budget.policies import PolicyWindow, policy_window, policy_zone
-from budget.report_format import Cell, Report, Table, history_cut_note
+from budget.report_format import Cell, Report, Table, history_cut_note, shown_money
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
 from events.policy import GLOBAL_SCOPE_KEY
@@ -71,6 +78,8 @@ _MICRO = timedelta(microseconds=1)
 _MAX_BUDGET_DAYS = 3660
 """How far a budget at this pace is forecast: a custom window can be years long."""
 _DAY = timedelta(days=1)
+_DST_HOUR = timedelta(hours=1)
+"""What local days of a zone may differ by: windows of the same days are not told apart."""
 _UNFITTED_BUDGETS = (
     "a budget without a day of its spend before today has no projection at its period's"
     " end (empty): a forecast is fitted on whole days; its spend so far and whether it is"
@@ -230,7 +239,7 @@ class ReportBuilder:
         budgets = await self._budgets(conn, now)
         table = self._grouped_table("By provider and model", ("provider", "model"), rows)
         title = f"{Period(period).value.capitalize()} summary"
-        return Report(title, start, end, [table, budgets], _zone_note(tz))
+        return Report(title, *_zoned(start, end, tz), [table, budgets], _zone_note(tz))
 
     async def generate_trend_report(
         self, days: int = 30, interval: str = "daily", tz: tzinfo = UTC
@@ -273,7 +282,7 @@ class ReportBuilder:
             unit = "day" if interval == "daily" else "week"
             notes.insert(0, f"this {unit} ({current}) so far: no change from a whole {unit}")
         start, end = local_midnight(first, tz), local_midnight(first + timedelta(days), tz)
-        return Report(f"Spend trend, last {days} days", start, end, [table], notes)
+        return Report(f"Spend trend, last {days} days", *_zoned(start, end, tz), [table], notes)
 
     async def generate_comparison_report(
         self,
@@ -300,7 +309,9 @@ class ReportBuilder:
         ]
         with exact_money():  # the biggest change first, then the biggest spend
             changes.sort(key=lambda c: (-abs(c[1].cost - c[2].cost), -c[1].cost, c[0]))
-        rows = [(*key[: len(columns)], *_change(now, then)) for key, now, then in changes]
+        rows = [
+            (*_shown_keys(key[: len(columns)]), *_change(now, then)) for key, now, then in changes
+        ]
         table = Table(
             "Change by " + (", ".join(columns) or "total"),
             (*columns, *_CHANGE_COLUMNS),
@@ -308,6 +319,7 @@ class ReportBuilder:
         )
         notes += [f"previous window: {n}" for n in then_notes]
         notes.append(f"previous window {then_start.isoformat()} to {then_end.isoformat()}")
+        notes += _lengths_note(now_end - now_start, then_end - then_start)
         return Report("Period comparison", now_start, now_end, [table], notes)
 
     async def generate_projection_report(
@@ -327,7 +339,9 @@ class ReportBuilder:
         # The months' table runs to the end of the last month the days reach.
         last_month = (today + timedelta(horizon - 1)).replace(day=1)
         months_horizon = (_next_month(last_month) - today).days
-        start, end = local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz)
+        start, end = _zoned(
+            local_midnight(today, tz), local_midnight(today + timedelta(horizon), tz), tz
+        )
         conn = self.conn
         history, unpriced = await self._history(conn, "total", None, today, tz)
         month_actual = await self.daily(
@@ -386,6 +400,7 @@ class ReportBuilder:
                 + ("day" if len(history) == 1 else f"{len(history)} days")
                 + " before today",
                 *_unpriced_note(unpriced),
+                *_spikes_note(history),
                 *budget_notes,
                 *_zone_note(tz),
             ],
@@ -562,7 +577,7 @@ class ReportBuilder:
             total = sum((r.cost for r in rows), Decimal(0))
         shaped: list[tuple[Cell, ...]] = [
             (
-                *r.keys(len(columns)),
+                *_shown_keys(r.keys(len(columns))),
                 r.priced_cost,
                 *r[3:],
                 None if r.priced_cost is None else percent_of(r.cost, total),
@@ -655,13 +670,14 @@ class ReportBuilder:
                 so_far = await self.daily(conn, dimension, key, today, 1, tz)
                 spent_today = so_far.get(today, Spend()).cost
             # to the window's last day: later spend counts against the next one; the exact
-            # spend plus the forecast's cents, rounded only where shown
+            # spend plus the forecast, rounded only where shown
             with exact_money():
                 for f in forecast(history, days_left) if history else []:
+                    expected = _in_window(f, window, tz)
                     if f.day == today:
-                        running += max(f.expected - spent_today, Decimal(0))
+                        running += max(expected - spent_today, Decimal(0))
                     else:
-                        running += f.expected
+                        running += expected
                     if exhausted is None and running >= limit:
                         exhausted = f.day
             unfitted = unfitted or not history
@@ -689,6 +705,21 @@ class ReportBuilder:
             ),
             rows,
         ), [_UNFITTED_BUDGETS] if unfitted else []
+
+
+def _in_window(day: DayForecast, window: PolicyWindow, tz: tzinfo) -> Decimal:
+    """The forecast of ``day`` (of ``tz``) for its part inside ``window``: a custom window
+    may start or end at any quarter hour, and its last day's spend after its end is the
+    next window's."""
+    start, end = local_midnight(day.day, tz), local_midnight(day.day + _DAY, tz)
+    inside = max(min(end, window.end) - max(start, window.start), timedelta(0))
+    return day.expected if inside == end - start else part_of_day(day, inside / (end - start))
+
+
+def _shown_keys(keys: tuple[str, ...]) -> tuple[str | None, ...]:
+    """A group's keys as a report shows them: the rollups' "" (calls without a user or
+    project) is no key, None, never a blank name."""
+    return tuple(key or None for key in keys)
 
 
 def _per_model(totals: list[Totals]) -> list[Totals]:
@@ -719,6 +750,24 @@ def _change(now: Totals, then: Totals) -> tuple[Cell, ...]:
     )
 
 
+def _lengths_note(current: timedelta, previous: timedelta) -> list[str]:
+    """Windows of different lengths (beyond a DST change's hour) compare totals, not rates:
+    a week against the month before reads as a fall of three quarters at the same pace."""
+    if abs(current - previous) <= _DST_HOUR:
+        return []
+    return [
+        f"the windows differ in length ({_length(current)} against {_length(previous)}):"
+        " the changes are of their totals, not of their daily rates"
+    ]
+
+
+def _length(span: timedelta) -> str:
+    if span % _DAY:
+        return f"{span / timedelta(hours=1):g} hours"
+    days = span // _DAY
+    return "1 day" if days == 1 else f"{days} days"
+
+
 def _months_table(rows: list[tuple[Cell, ...]]) -> Table:
     """The projection's table of calendar months."""
     return Table(
@@ -739,6 +788,23 @@ def _unpriced_note(unpriced: int) -> list[str]:
         return []
     calls, them = ("1 call", "it") if unpriced == 1 else (f"{unpriced} calls", "them")
     return [f"{calls} in those days had no price: the forecast leaves {them} out"]
+
+
+def _spikes_note(history: list[tuple[date, Decimal]]) -> list[str]:
+    """The day the forecast leaves out as a one-off spike, with its spend."""
+    spikes = set(one_off_spikes(history))
+    return [
+        f"left out of the fit as a one-off spike, far above every other day: {day}"
+        f" (${shown_money(cost)})"
+        for day, cost in history
+        if day in spikes
+    ]
+
+
+def _zoned(start: datetime, end: datetime, tz: tzinfo) -> tuple[datetime, datetime]:
+    """A window of ``tz``'s days shown from its midnights: in UTC, Tokyo's December read
+    "2026-11-30T15:00:00+00:00 to 2026-12-31T15:00:00+00:00", the wrong days."""
+    return start.astimezone(tz), end.astimezone(tz)
 
 
 def _zone_note(tz: tzinfo) -> list[str]:

@@ -8,16 +8,17 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from nats.aio.client import Client
 
 from budget.config import Settings
 from budget.forecast import total_interval
-from budget.periods import Period
+from budget.periods import Period, local_midnight
 from budget.report_format import ExportFormat, history_cut_note
 from budget.reports import ReportGenerator
 from events import (
@@ -129,6 +130,34 @@ async def test_grouping_the_rollups_cannot_answer_is_refused_clearly(
         await generator.generate_report(start, start + timedelta(days=1), ["user", "model"])
 
 
+async def test_calls_without_a_user_are_a_row_named_none_not_a_blank_one(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A host's calls without a user (or project) were a row keyed "" in a report by user:
+    a blank cell, as if a name were missing from the export. It is no user: JSON null, an
+    empty CSV cell, "(none)" in Markdown."""
+    at = start_of(Period.DAILY, ago=2) + timedelta(hours=12)
+    await publish(
+        nc,
+        topology,
+        [usage_event(cost="1.00", at=at), usage_event(cost="2.00", at=at, user=None)],
+    )
+    await materialize(nc, db, topology)
+    window = (at - timedelta(hours=1), at + timedelta(hours=1))
+    report = await generator.generate_report(*window, group_by="user")
+    assert [(r["user"], r["cost_usd"]) for r in report.main.records()] == [
+        (None, Decimal("2.00")),
+        ("alice", Decimal("1.00")),
+    ]
+    assert "| (none) | 2.00 |" in report.to_markdown()
+    assert json.loads(report.to_json())["tables"][0]["rows"][0]["user"] is None
+    assert "\r\n,2.00," in report.to_csv()
+    compared = await generator.generate_comparison_report(
+        *window, window[0] - timedelta(days=1), window[1] - timedelta(days=1), group_by="user"
+    )
+    assert [r["user"] for r in compared.main.records()] == [None, "alice"]
+
+
 async def test_comparison_gives_absolute_and_percent_change_per_group(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
@@ -153,6 +182,48 @@ async def test_comparison_gives_absolute_and_percent_change_per_group(
         ("openai", "gpt-4o", *(Decimal(d) for d in ("3.00", "1.00", "2.00", "200.0")), 0, 0),
         ("anthropic", "claude-sonnet-4", Decimal("2.00"), Decimal(0), Decimal("2.00"), None, 0, 0),
     ]
+    # February against January: the totals of 28 days against 31
+    assert (
+        "the windows differ in length (28 days against 31 days): the changes are of their"
+        " totals, not of their daily rates"
+    ) in report.notes
+
+
+async def test_a_comparison_of_windows_of_different_lengths_says_so_in_every_export(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """The last 7 days against the 30 before, at the same $10 a day: -76.7 % with nothing
+    to say that a week was compared with a month. Weeks across a DST change (167 hours
+    against 168) are the same length."""
+    today = start_of(Period.DAILY)
+    await publish(
+        nc,
+        topology,
+        [usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 38)],
+    )
+    await materialize(nc, db, topology)
+    week, month = today - timedelta(days=7), today - timedelta(days=37)
+    report = await generator.generate_comparison_report(week, today, month, week)
+    note = (
+        "the windows differ in length (7 days against 30 days): the changes are of their"
+        " totals, not of their daily rates"
+    )
+    assert note in report.notes
+    assert report.main.records()[0]["change_percent"] == Decimal("-76.7")
+    assert f"- {note}" in report.to_markdown()
+    assert note in json.loads(report.to_json())["notes"]
+    hours = await generator.generate_comparison_report(
+        today - timedelta(hours=36), today, month, week
+    )
+    assert "(36 hours against 30 days)" in hours.notes[-1]
+    new_york = ZoneInfo("America/New_York")  # the week of 2026-11-01, the end of DST
+    dst_week = [
+        local_midnight(date(2026, 10, 26) + timedelta(days=d), new_york) for d in (0, 7, 14)
+    ]
+    across = await generator.generate_comparison_report(
+        dst_week[0], dst_week[1], dst_week[1], dst_week[2]
+    )
+    assert not any("differ in length" in n for n in across.notes)
 
 
 async def test_a_group_of_unpriced_calls_has_no_amount_in_any_report_or_export(
@@ -409,6 +480,28 @@ async def test_summary_shows_the_period_by_model_and_the_budgets(
     )
 
 
+async def test_a_report_of_a_zone_shows_its_window_in_that_zone(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Tokyo's month was headed "2026-11-30T15:00:00+00:00 to 2026-12-31T15:00:00+00:00
+    (UTC)": the right instants, read as the wrong days (from the 30th to the 31st). Its
+    window is now shown from Tokyo's midnights, in every export and over NATS."""
+    tokyo = ZoneInfo("Asia/Tokyo")
+    await publish(nc, topology, [usage_event(cost="1.00")])
+    await materialize(nc, db, topology, "policies")
+    for report in (
+        await generator.generate_summary_report("monthly", tz="Asia/Tokyo"),
+        await generator.generate_trend_report(days=7, tz="Asia/Tokyo"),
+        await generator.generate_projection_report(days_to_project=3, tz="Asia/Tokyo"),
+    ):
+        first = report.start.astimezone(tokyo).date()
+        heading = report.to_markdown().splitlines()[2]
+        assert heading.startswith(f"{first}T00:00:00+09:00 to "), heading
+        assert heading.endswith("T00:00:00+09:00"), heading
+        document = json.loads(report.to_json())
+        assert document["start"] == f"{first}T00:00:00+09:00"
+
+
 async def test_a_call_stamped_minutes_ahead_counts_in_the_summary_and_dashboard_month(
     nc: Client,
     db: str,
@@ -621,6 +714,59 @@ async def test_the_forecast_leaves_out_the_part_day_the_first_call_began(
     assert "fitted on the 2 days before today" in report.notes
 
 
+async def test_a_one_off_spike_is_left_out_of_the_forecast_and_the_report_says_so(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """20 days of $10 and, five days ago, one batch job of $1,000: least squares followed
+    the spike ($146 tomorrow rising to $465 a day, the month $9,500, a $1,500 budget
+    exhausted within days); left out as a one-off, the forecast is $10 a day, the budget
+    lasts and a note names the day left out."""
+    now = utc_now()
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    calls = [
+        usage_event(cost="10.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 21)
+    ]
+    spike = today - timedelta(days=5, hours=-13)
+    calls.append(usage_event(cost="1000.00", at=spike))
+    policy = BudgetPolicy(
+        policy_id="month", name="Month", period=BudgetPeriod.MONTHLY, limit_amount=Decimal(1500)
+    )
+    await publish(nc, topology, [PolicySet(occurred_at=now, policy=policy), *calls])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=30)
+    assert {r["expected_usd"] for r in report.main.records()} == {Decimal("10.00")}
+    [budget] = report.tables[2].records()
+    assert budget["exhausted_on"] is None
+    assert (
+        f"left out of the fit as a one-off spike, far above every other day:"
+        f" {spike.date()} ($1,010.00)"
+    ) in report.notes
+    assert "fitted on the 19 days before today" in report.notes  # less the first one's
+
+
+async def test_a_forecast_under_a_cent_a_day_is_forecast_and_summed_unrounded(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """Embeddings at $0.004 a day: each day was rounded to cents before the days were
+    summed, so tomorrow read $0.00 (as if nothing would be spent) and the month ahead
+    added nothing to its actual ($0.12 a month lost; at $0.125 a day, 30 days summed to
+    $3.60). The days and the month keep the forecast's own amount, rounded where shown."""
+    today = start_of(Period.DAILY)
+    calls = [
+        usage_event(cost="0.004", at=today - timedelta(days=d, hours=-12)) for d in range(1, 15)
+    ]
+    await publish(nc, topology, calls)
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=30)
+    days = report.main.records()
+    assert {d["expected_usd"] for d in days} == {Decimal("0.004")}
+    [month, *_] = report.tables[1].records()
+    left = [d for d in days if d["day"].replace(day=1) == month["month"]]
+    assert month["projected_total_usd"] == month["actual_usd"] + Decimal("0.004") * len(left)
+    assert "| 0.004 |" in report.to_markdown()
+    assert json.loads(report.to_json())["tables"][0]["rows"][0]["expected_usd"] == "0.004"
+
+
 async def test_a_budgets_projection_is_its_exact_spend_plus_the_forecast(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:
@@ -721,6 +867,31 @@ async def test_a_budget_at_this_pace_is_forecast_to_its_windows_end(
     assert budget["period_end"] == today + timedelta(days=50)
     assert budget["projected_at_period_end_usd"] == Decimal("500.00")
     assert budget["exhausted_on"] == today.date() + timedelta(days=29)
+
+
+async def test_a_custom_window_ending_mid_day_is_forecast_for_its_part_of_that_day(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$24 a day, and a custom window from today's midnight to noon the day after
+    tomorrow: at this pace it adds $24 today, $24 tomorrow and $12 on its last half day
+    ($60). Its last day was forecast whole ($72), beyond the window's end."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    policy = BudgetPolicy(
+        policy_id="to-noon",
+        name="To noon",
+        period=BudgetPeriod.CUSTOM,
+        custom_start=today,
+        custom_end=today + timedelta(days=2, hours=12),
+        limit_amount=Decimal(1000),
+    )
+    paced = [
+        usage_event(cost="24.00", at=today - timedelta(days=d, hours=-12)) for d in range(1, 5)
+    ]
+    await publish(nc, topology, [PolicySet(occurred_at=utc_now(), policy=policy), *paced])
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    [budget] = report.tables[2].records()
+    assert budget["projected_at_period_end_usd"] == Decimal("60.00")
 
 
 async def test_exports_are_json_csv_and_markdown(

@@ -1,7 +1,8 @@
 """The forecast on synthetic series: a linear trend with weekly seasonality and noise is
 forecast within 10 % over 7 days; a flat series gives a flat forecast; on series the
 model describes, its 95 % intervals (of a day, near or far, and of a 30-day total) hold
-the truth 95 % of the time, from 2 days of history to 56; one day has no interval."""
+the truth 95 % of the time, from 2 days of history to 56; one day has no interval; a
+one-off spike is left out of the fit, and a day that may be real spend never is."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budget.forecast import forecast, total_interval
+from budget.forecast import forecast, one_off_spikes, total_interval
 
 START = date(2026, 1, 5)  # a Monday
 WEEKLY = (1.0, 1.1, 1.05, 1.0, 0.95, 0.5, 0.4)
@@ -49,6 +50,13 @@ def test_a_flat_series_gives_a_flat_forecast(level: Decimal, days: int) -> None:
     assert [f.day for f in ahead] == [START + timedelta(days=days + d) for d in range(10)]
 
 
+@pytest.mark.parametrize("level", ["0.004", "0.125", "1234.5678"])
+def test_a_days_forecast_is_not_rounded_to_cents(level: str) -> None:
+    """Rounded to cents, $0.004 a day read $0.00 and 30 days of $0.125 $3.60, not $3.75."""
+    ahead = forecast([(START + timedelta(days=d), Decimal(level)) for d in range(10)], 30)
+    assert sum(f.expected for f in ahead) == 30 * Decimal(level)
+
+
 def test_no_history_no_forecast() -> None:
     assert forecast([], 5) == []
 
@@ -58,6 +66,36 @@ def test_one_day_of_history_has_no_interval() -> None:
     [ahead] = forecast([(START, Decimal("5.00"))], 1)
     assert (ahead.expected, ahead.low, ahead.high) == (Decimal("5.00"), None, None)
     assert total_interval([(START, Decimal("5.00"))], [ahead.day], ahead.expected) == (None, None)
+
+
+def _days(*costs: str) -> list[tuple[date, Decimal]]:
+    return [(START + timedelta(days=d), Decimal(c)) for d, c in enumerate(costs)]
+
+
+def test_a_one_off_spike_is_left_out_of_the_fit() -> None:
+    """One $1,000 day among $10 ones: least squares read it as a steep trend. It moves
+    no coefficient, but the intervals allow for another (they claimed $10.00 to $10.01)."""
+    history = _days(*["10"] * 12, "1000", *["10"] * 7)
+    assert one_off_spikes(history) == [START + timedelta(days=12)]
+    ahead = forecast(history, 30)
+    assert {f.expected for f in ahead} == {Decimal("10.00")}
+    # its spread still counts: another such day is within a day's interval
+    assert all(f.high is not None and f.high > 500 for f in ahead)
+
+
+@pytest.mark.parametrize(
+    "costs",
+    [
+        ("10",) * 12 + ("1000",),  # yesterday: it may start a new level
+        ("10",) * 12 + ("1000", "1000", "10"),  # two days: a new level, not a one-off
+        ("0", "0", "5", "0", "0", "0", "7", "0", "0"),  # sporadic use: most days nothing
+        ("10",) * 6 + ("500",) + ("10",) * 6,  # a weekly job's day, too soon to tell
+        (("10",) * 6 + ("500",)) * 3 + ("10",),  # a weekly job: its weekday's own level
+        ("10",) * 6 + ("500",) + ("10",) * 9 + ("500",) + ("10",) * 5,  # bursts: not once
+    ],
+)
+def test_what_may_be_real_spend_is_never_a_one_off(costs: tuple[str, ...]) -> None:
+    assert one_off_spikes(_days(*costs)) == []
 
 
 def _truth(days: int) -> Callable[[int], float]:

@@ -56,6 +56,16 @@ async def test_a_date_is_its_midnight_utc() -> None:
     assert history.value.query.end == END
 
 
+async def test_no_grouping_given_as_none_is_the_default() -> None:
+    """``group_by=None`` raised TypeError ('NoneType' object is not iterable)."""
+    with pytest.raises(Sent) as custom:
+        await generator.generate_report(START, END, group_by=None)
+    assert custom.value.query.group_by == []
+    with pytest.raises(Sent) as compared:
+        await generator.generate_comparison_report(START, END, START - (END - START), START, None)
+    assert compared.value.query.group_by == ["model"]
+
+
 @pytest.mark.parametrize("naive", [datetime(2026, 11, 1), "2026-11-01"])
 async def test_a_time_without_a_zone_is_named_as_the_argument(naive: object) -> None:
     with pytest.raises(ValueError, match=r"^start_date: Input should have timezone info \(a") as e:
