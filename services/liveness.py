@@ -121,11 +121,12 @@ async def heartbeat(
     (and ``budget up``'s watch for hung processes): a dead or stalled loop, or an event loop
     that no longer runs at all, lets the file age."""
     reported: list[str] = []
-    while not stop.is_set():
+    # The first look after one interval: a service starts its loops after this task,
+    # which would otherwise log each "not started" once at every start.
+    while not await wait_set(stop, every):
         problems = liveness.problems()
         if not problems:
             await asyncio.to_thread(path.touch)
         elif problems != reported:
             log.error("not healthy: %s", "; ".join(problems))
         reported = problems
-        await wait_set(stop, every)

@@ -896,6 +896,8 @@ def test_budget_up_restarts_a_service_that_hangs(budget_up: Stack) -> None:
         90,
         "a heartbeat from every process of the stack, the HTTP API's too",
     )
+    # each started its loops before its first look: none said it was not healthy
+    assert "not healthy" not in up.output(), up.output()
     hung = banner.worker_pids["enforcer"]
     os.kill(hung, signal.SIGSTOP)
     state = eventually(
