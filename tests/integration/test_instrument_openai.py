@@ -25,7 +25,7 @@ import budget
 from budget import BudgetExceeded
 from budget.config import Settings
 from budget.pricing import Priced
-from events import ImageUsage, Topology, Usage
+from events import ImageUsage, Topology, Usage, UsageRecorded
 
 from enforcement import EnforcementStack
 from provider_mocks import (
@@ -668,6 +668,36 @@ async def test_a_client_pointed_at_another_provider_records_its_calls_as_that_pr
     assert event.unpriced_reason is None
 
 
+async def _streamed_through(
+    api: ProviderApi,
+    base_url: str,
+    model: str,
+    stack: EnforcementStack,
+    topology: Topology,
+    sync: bool,
+) -> tuple[list[Any], UsageRecorded]:
+    """A chat streamed by an instrumented OpenAI client pointed at another provider's API
+    (``api`` answering): the chunks the caller read, and the one event recorded."""
+    options: dict[str, Any] = {"api_key": "k", "base_url": base_url}
+    client: Any
+    if sync:
+        client = openai.OpenAI(**options, http_client=httpx2.Client(transport=api.transport()))
+    else:
+        http = httpx2.AsyncClient(transport=api.transport())
+        client = openai.AsyncOpenAI(**options, http_client=http)
+    budget.instrument(client, tracker=stack.tracker, user_id="alice")
+    request = {"model": model, "messages": HELLO, "max_tokens": 100}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+            chunks = await in_thread(
+                lambda: list(client.chat.completions.create(**request, stream=True))
+            )
+        else:
+            chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    return chunks, event
+
+
 @pytest.mark.parametrize("usage_chunk", [False, True], ids=["x_groq-only", "and-usage-chunk"])
 @sync_and_async
 async def test_a_stream_from_groq_records_the_usage_its_last_chunk_tells_in_x_groq(
@@ -679,22 +709,9 @@ async def test_a_stream_from_groq_records_the_usage_its_last_chunk_tells_in_x_gr
     recorded once, at the counts Groq told, and the caller sees Groq's chunks as sent
     but the usage chunk the instrumentation asked for."""
     api = ProviderApi(groq_usage_chunk=usage_chunk)
-    groq = {"api_key": "gsk-test", "base_url": "https://api.groq.com/openai/v1"}
-    if sync:
-        client: Any = openai.OpenAI(**groq, http_client=httpx2.Client(transport=api.transport()))
-    else:
-        http = httpx2.AsyncClient(transport=api.transport())
-        client = openai.AsyncOpenAI(**groq, http_client=http)
-    budget.instrument(client, tracker=stack.tracker, user_id="alice")
-    request = {"model": "llama-3.3-70b-versatile", "messages": HELLO, "max_tokens": 100}
-    async with recorded_usage(stack.nc, topology) as recorded:
-        if sync:
-            chunks = await in_thread(
-                lambda: list(client.chat.completions.create(**request, stream=True))
-            )
-        else:
-            chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
-        [event] = await recorded.exactly(stack.tracker, 1)
+    chunks, event = await _streamed_through(
+        api, "https://api.groq.com/openai/v1", "llama-3.3-70b-versatile", stack, topology, sync
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
         "Hello! How can I help you today?"
     )
@@ -722,22 +739,9 @@ async def test_a_stream_from_mistral_is_sent_as_asked_and_records_its_last_chunk
     stream's usage in its last chunk unasked: a client pointed at it had every streamed
     call refused once instrumented, for the ``include_usage`` the instrumentation added."""
     api = ProviderApi()
-    mistral = {"api_key": "k", "base_url": "https://api.mistral.ai/v1"}
-    if sync:
-        client: Any = openai.OpenAI(**mistral, http_client=httpx2.Client(transport=api.transport()))
-    else:
-        http = httpx2.AsyncClient(transport=api.transport())
-        client = openai.AsyncOpenAI(**mistral, http_client=http)
-    budget.instrument(client, tracker=stack.tracker, user_id="alice")
-    request = {"model": "mistral-small-latest", "messages": HELLO, "max_tokens": 100}
-    async with recorded_usage(stack.nc, topology) as recorded:
-        if sync:
-            chunks = await in_thread(
-                lambda: list(client.chat.completions.create(**request, stream=True))
-            )
-        else:
-            chunks = [c async for c in await client.chat.completions.create(**request, stream=True)]
-        [event] = await recorded.exactly(stack.tracker, 1)
+    chunks, event = await _streamed_through(
+        api, "https://api.mistral.ai/v1", "mistral-small-latest", stack, topology, sync
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there!"
     assert chunks[-1].usage is not None  # the stream as Mistral sent it
     assert api.requests[0] is not None and "stream_options" not in api.requests[0]
