@@ -75,7 +75,7 @@ _OWN: Mapping[str, tuple[str, ...]] = {
     # a delivery's outcome, never what the alert says or where it goes; the console's feed
     NOTIFIER_ROLE: (
         "REVOKE ALL ON console_sessions FROM {role}",
-        "GRANT UPDATE (status, attempts, last_error, next_attempt_at, sent_at)"
+        "GRANT UPDATE (status, attempts, last_error, next_attempt_at, failing_since, sent_at)"
         " ON alert_outbox TO {role}",
         "GRANT INSERT (alert_id, payload) ON alert_feed TO {role}",
     ),

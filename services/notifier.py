@@ -185,7 +185,8 @@ class Notifier:
         backoff after a failure of the channel (its alert is tried again first)."""
         with loop.turn():
             cursor = await conn.execute(
-                "SELECT alert_id, payload::text, attempts, now() - created_at > %s"
+                # failing for give_up_after: a day of failures, not a day in the queue
+                "SELECT alert_id, payload::text, attempts, (now() - failing_since > %s) IS TRUE"
                 " FROM alert_outbox WHERE channel = %s AND status = 'pending'"
                 " AND next_attempt_at <= now() ORDER BY seq LIMIT %s",
                 (self.config.give_up_after, channel, self.config.batch),
@@ -280,7 +281,8 @@ class Notifier:
         backoff = min(2.0 ** min(attempts, 32), self.config.max_backoff)  # 2.0**1024 overflows
         await conn.execute(
             "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
-            " next_attempt_at = now() + %s * interval '1 second'"
+            " next_attempt_at = now() + %s * interval '1 second',"
+            " failing_since = coalesce(failing_since, now())"
             " WHERE alert_id = %s AND channel = %s",
             (why, backoff if alone else 0.0, alert_id, channel),
         )

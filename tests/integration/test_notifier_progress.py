@@ -333,3 +333,42 @@ async def test_nats_alerts_are_recorded_sent_only_once_the_server_has_them(
     finally:
         await listener.close()
         await nc.close()
+
+
+async def test_an_alert_queued_a_day_before_a_notifier_ran_gets_a_day_of_tries_not_one(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    """Given up "after a day of failures" (docs/alerts.md) was counted from when the alert
+    was queued: one queued while no notifier ran for a day was given up at its first
+    failed try. One failing for a day is given up, as before."""
+    ids = await queue_alerts(db, 2)
+    async with await connect(db) as conn:
+        await conn.execute("UPDATE alert_outbox SET created_at = now() - interval '2 days'")
+        await conn.execute(
+            "UPDATE alert_outbox SET failing_since = now() - interval '25 hours', attempts = 9"
+            " WHERE alert_id = %s",
+            (ids[1],),
+        )
+    down = True
+    hook.respond = lambda key: 500 if down else 200
+    async with notifier(nc, settings, NotifierConfig(max_backoff=0.2, poll_interval=0.1)):
+
+        async def judged() -> bool:
+            """the old queued alert failed and waits for its next try; the one failing for
+            a day was given up"""
+            found = {str(r[0]): r[2:] for r in await outbox(db)}
+            return (
+                found[ids[0]][0] == "pending"
+                and found[ids[0]][1] >= 2
+                and found[ids[1]][0] == "failed"
+            )
+
+        await wait_for(judged)
+        down = False  # the receiver is back
+
+        async def delivered() -> bool:
+            """the alert queued before any notifier ran went out"""
+            return any(str(r[0]) == ids[0] and r[2] == "sent" for r in await outbox(db))
+
+        await wait_for(delivered)
+    assert hook.keys() == [ids[0]]
