@@ -170,7 +170,7 @@ def threshold_alert(
         rule_id=rule.rule_id,
         rule_name=rule.name,
         message=(
-            f"{policy.name}{where}: spend reached {percent}% of {policy.limit_amount} USD"
+            f"{policy.name}{where}: spend reached {percent:f}% of {policy.limit_amount:f} USD"
             f" for {window_text(policy, window.start)}"
         ),
         raised_at=raised_at,

@@ -237,6 +237,6 @@ def _describe(policy: BudgetPolicy) -> str:
         when = f"{policy.custom_start:%F %H:%M} to {policy.custom_end:%F %H:%M} UTC"
     zone = f" ({policy.timezone})" if policy.timezone else ""
     return (
-        f"{policy.name!r}: {target}, {policy.limit_amount} USD {when}{zone},"
-        f" {policy.action.value} (soft limit {policy.soft_limit_percent}%)"
+        f"{policy.name!r}: {target}, {policy.limit_amount:f} USD {when}{zone},"
+        f" {policy.action.value} (soft limit {policy.soft_limit_percent:f}%)"
     )
