@@ -34,7 +34,6 @@ from budget.periods import quarter_hour_number
 from budget.policies import PolicyWindow, canonical_key
 from budget.policy_log import PolicyLog
 from budget.pricing import Priced, PricingRegistry
-from budget.pricing.registry import unknown_provider_note
 from budget.rpc import (
     LateAnswers,
     Refused,
@@ -200,6 +199,12 @@ class BudgetChecker:
             self._estimates[key] = Decimal(0) if cost is not None and not cost else cost
         return self._estimates[key]
 
+    def _no_price(self, call: CallAttributes) -> str:
+        """Says the call's model has no price, naming its provider first when that looks
+        misspelt (the model may well be priced under the provider meant)."""
+        note = self.registry.unknown_provider_note(call.provider)
+        return f"{note}model {call.model!r} has no price"
+
     async def check(
         self,
         call: CallAttributes,
@@ -320,7 +325,7 @@ class BudgetChecker:
         if snapshot.enforced:
             if estimate is None:
                 return _refuse(
-                    f"{_no_price(call)}, so the cost of this call cannot be"
+                    f"{self._no_price(call)}, so the cost of this call cannot be"
                     " checked against BLOCK/THROTTLE policies; pass estimated_cost",
                     Decimal(0),
                 )
@@ -364,7 +369,7 @@ class BudgetChecker:
         statuses = [assess(w, spent, counted, now) for w, spent in snapshot.windows]
         result = decide(statuses, counted, enforced=False)
         if estimate is None:  # never a silent $0, policies or not
-            note = f"; {_no_price(call)}, so this call's cost is not counted"
+            note = f"; {self._no_price(call)}, so this call's cost is not counted"
             return result.model_copy(update={"reason": result.reason + note})
         return result
 
@@ -610,12 +615,6 @@ def _not_judged(exc: Refused) -> str:
 
 def _throttled(exc: Throttled) -> str:
     return f"enforcer throttles this caller ({exc}; longer than enforcer_timeout)"
-
-
-def _no_price(call: CallAttributes) -> str:
-    """ "model 'x' has no price", the provider blamed first when it looks misspelt (the
-    model may be priced under the provider meant)."""
-    return f"{unknown_provider_note(call.provider)}model {call.model!r} has no price"
 
 
 def _refuse(reason: str, estimate: Decimal) -> CheckResult:

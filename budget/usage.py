@@ -194,20 +194,25 @@ def _get(obj: Any, key: str) -> Any:
     """``obj[key]`` for mappings, ``obj.key`` for SDK objects; ``_MISSING`` when absent.
     The way to read is chosen once per class (``_reader``): an ``isinstance`` against
     ``Mapping`` is an ABC check, and a usage object is asked ~30 times per call."""
-    return _reader(type(obj))(obj, key)
+    return _reader(obj)(obj, key)
 
 
-def _reader(cls: type) -> Callable[[Any, str], Any]:
-    """How to read a field of an instance of ``cls``, chosen on its first use."""
+def _reader(obj: object) -> Callable[[Any, str], Any]:
+    """How to read a field of ``obj``: chosen once per class, but for an object that
+    passes for another class (a proxy's ``__class__``), which is asked each time."""
+    cls = type(obj)
     reader = _READERS.get(cls)
     if reader is None:
-        if issubclass(cls, Mapping):
+        if isinstance(obj, Mapping):
             reader = _mapping_get
-        elif issubclass(cls, BaseModel):
+        elif isinstance(obj, BaseModel):
             reader = _model_get
         else:
             reader = _attribute_get
-        _READERS[cls] = reader
+        if cls is obj.__class__:
+            if len(_READERS) >= 1_000:  # classes made per object (mocks): bounded
+                _READERS.clear()
+            _READERS[cls] = reader
     return reader
 
 
@@ -254,7 +259,7 @@ def _num(obj: object, *path: str) -> int:
 
 
 def _has(obj: object, *keys: str) -> bool:
-    get = _reader(type(obj))
+    get = _reader(obj)
     for key in keys:  # noqa: SIM110 (any() over a generator: a frame per key)
         if get(obj, key) is not _MISSING:
             return True

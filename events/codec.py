@@ -116,9 +116,10 @@ def decode(data: bytes) -> Event:
 def _decode_slowly(data: bytes) -> Event:
     """An older version, another type, or invalid: upcast and validate, or say why not."""
     try:
-        # Decoded strictly: json.loads of bytes lets an unpaired surrogate's bytes through
-        # (surrogatepass), which no column can store and the fast decoder refuses.
-        obj = json.loads(data.decode())
+        # Decoded strictly (a BOM allowed, as json.loads of bytes allows it): json.loads of
+        # bytes lets an unpaired surrogate's bytes through (surrogatepass), which no column
+        # can store and the fast decoder refuses.
+        obj = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise DecodeError(f"not UTF-8 text: {exc}") from None
     except (ValueError, RecursionError) as exc:

@@ -19,7 +19,7 @@ from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT, SUPPLEMENT_VERS
 from budget.usage import modality_tokens, service_tiers
 from events.usage import Usage
 
-__all__ = ["PricingRegistry", "get_pricing_registry", "unknown_provider_note"]
+__all__ = ["PricingRegistry", "get_pricing_registry"]
 
 _Key = tuple[str | None, str, int]
 
@@ -112,7 +112,7 @@ class PricingRegistry(SeedApi):
             return card, cacheable
         given = repr(provider) if provider else "not given"
         return Unpriced(
-            unknown_provider_note(provider)
+            self.unknown_provider_note(provider)
             + f"no price in any layer for model {model!r} (provider {given}) on {day}: "
             f"not in {len(self.overrides)} override(s), {SUPPLEMENT_VERSION} or "
             f"{genai.data_version()}"
@@ -149,16 +149,20 @@ class PricingRegistry(SeedApi):
         }
         return models
 
+    def unknown_provider_note(self, provider: str | None) -> str:
+        """``"provider 'opnai' is unknown: did you mean 'openai'? "`` when ``provider`` is
+        none this registry knows (an override's own counts) and looks like a typo of one
+        (the model is then not the one to blame), else ``""``."""
+        if not provider or genai.canonical_provider(provider) in self._known_providers():
+            return ""
+        meant = genai.misspelled_provider(provider)
+        if meant is None:
+            return ""
+        return f"provider {provider!r} is unknown: did you mean {meant!r}? "
+
     def _known_providers(self) -> set[str]:
         providers = set(genai.provider_ids()) | {e.provider for e in SUPPLEMENT}
         return providers | {genai.canonical_provider(o.provider) for o in self.overrides}
-
-
-def unknown_provider_note(provider: str | None) -> str:
-    """``"provider 'opnai' is unknown: did you mean 'openai'? "`` when ``provider`` looks
-    like a typo of a known one (the model is then not the one to blame), else ``""``."""
-    meant = genai.misspelled_provider(provider) if provider else None
-    return "" if meant is None else f"provider {provider!r} is unknown: did you mean {meant!r}? "
 
 
 _shared: tuple[tuple[PriceOverride, ...], PricingRegistry] | None = None

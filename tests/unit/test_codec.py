@@ -259,6 +259,13 @@ def test_an_unpaired_surrogate_sent_unescaped_is_refused_as_no_utf_8(
         decode(payload.encode(errors="surrogatepass"))
 
 
+def test_an_event_after_a_byte_order_mark_is_read_as_before() -> None:
+    """json.loads of bytes skips a UTF-8 BOM: an event a producer sent so, already in the
+    log, must not become a dead letter at the next rebuild."""
+    sent = event()
+    assert decode(b"\xef\xbb\xbf" + encode(sent)) == sent
+
+
 def test_a_surrogate_pair_and_the_text_of_an_escape_are_characters() -> None:
     payload = json.loads(encode(event()))
     tags = {"emoji": "\U0001f600", "text": "\\ud800"}  # a pair; a backslash, then ud800

@@ -298,3 +298,26 @@ def test_usage_objects_read_from_fields_properties_and_extras_alike() -> None:
     assert usage_from_response(extra) == Usage(input_uncached=6, input_cache_read=4, output_text=5)
     assert usage_from_response(Messages(input_tokens=3)) == Usage(input_uncached=3, output_text=7)
     assert usage_from_response(Slotted(5, 2)) == Usage(input_uncached=5, output_text=2)
+
+
+class _PassesForItsTarget:
+    """A proxy as wrappers write them: it passes for the object it wraps."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self._target)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._target, name)
+
+
+def test_a_proxy_passing_for_a_usage_dict_is_read_as_the_dict() -> None:
+    """The way to read a field is chosen once per class, but not for an object whose
+    ``__class__`` names another: its fields read as missing (0 tokens)."""
+    usage = {"prompt_tokens": 12, "completion_tokens": 5}
+    proxy = _PassesForItsTarget(usage)
+    assert usage_from_response(proxy) == usage_from_response(usage)
+    assert usage_from_response(proxy).input_uncached == 12
