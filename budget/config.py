@@ -256,11 +256,16 @@ class Settings(BaseModel):
     heartbeat_file: Path | None = Field(
         default=None, description="workers touch it every few seconds (container health checks)"
     )
+    alive_file: Path | None = Field(
+        default=None,
+        description="a service touches it every few seconds while its event loop turns and"
+        " no loop is stuck in one turn, a dependency down or not (`budget up` sets it)",
+    )
     restart_hung_after: float = Field(
         default=60,
         ge=0,
-        description="`budget up` restarts a process whose heartbeat is this many seconds old"
-        " (alive, its loops not turning); 0: never",
+        description="`budget up` restarts a process whose alive file is this many seconds"
+        " old (its event loop blocked, or a loop stuck in one turn); 0: never",
     )
     metrics_port: int | None = Field(
         default=None,

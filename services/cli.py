@@ -141,8 +141,8 @@ def up(
     banner and in <data-dir>/metrics-targets.json; <data-dir>/prometheus.yml is a
     Prometheus config that scrapes them all with it. A worker, NATS or PostgreSQL that
     dies is restarted (the servers on the same address with their data), and so is a
-    worker alive but hung (its loops not turning for restart_hung_after seconds, 60 by
-    default), each logged.
+    worker alive but hung (its event loop blocked or a loop stuck for restart_hung_after
+    seconds, 60 by default; not one waiting for a server to come back), each logged.
     Stops cleanly on Ctrl-C."""
     from events.permissions import OWN_USERS
     from services.api.keys import first_admin_key

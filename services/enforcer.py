@@ -36,6 +36,7 @@ from prometheus_client import REGISTRY
 
 from budget.config import Settings
 from budget.enforcement import assess, decide
+from budget.one_line import one_line
 from budget.policies import CallScope, PolicyWindow, applicable, configured_policies
 from budget.publisher import EventPublisher, PublisherConfig
 from events import BudgetPolicy, PolicySet, RequestBlocked, utc_now
@@ -541,7 +542,9 @@ class Enforcer:
             try:
                 self._decider = await connect(self.settings.database_url)
                 return
-            except (psycopg.Error, OSError):
+            except (psycopg.Error, OSError) as exc:
+                # Within the decision turn: failing, not stuck (budget up leaves it be)
+                self._decision_loop.failing(one_line(f"{type(exc).__name__}: {exc}"))
                 await asyncio.sleep(1.0)
 
     async def _publish_blocked(self, request: CheckRequest, result: CheckResult) -> None:

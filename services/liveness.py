@@ -74,8 +74,9 @@ class Loop:
         """The loop gets on again (or waits for work, which is healthy too)."""
         self._failing_since = None
 
-    def problem(self) -> str | None:
-        """Why this loop is not healthy, or None."""
+    def problem(self, *, failing: bool = True) -> str | None:
+        """Why this loop is not healthy, or None. ``failing=False``: not for failing and
+        retrying (a dependency down), only for a loop dead or stuck in one turn."""
         task = self._task
         if task is None:
             return f"{self.name} not started"
@@ -87,13 +88,15 @@ class Loop:
         busy_since = self._busy_since
         if busy_since is not None:
             busy = time.monotonic() - busy_since
-            if busy > self.stall_after:
+            # a turn that retries a dependency (``failing`` meanwhile) waits, not stuck
+            retrying = self._failing_since is not None
+            if busy > self.stall_after and (failing or not retrying):
                 return f"{self.name} stalled: one turn has taken {busy:.0f}s"
         failing_since = self._failing_since
-        if failing_since is not None:
-            failing = time.monotonic() - failing_since
-            if failing > self.stall_after:
-                return f"{self.name} stalled: failing for {failing:.0f}s: {self._failure}"
+        if failing and failing_since is not None:
+            for_long = time.monotonic() - failing_since
+            if for_long > self.stall_after:
+                return f"{self.name} stalled: failing for {for_long:.0f}s: {self._failure}"
         return None
 
 
@@ -109,24 +112,44 @@ class Liveness:
         self._loops.append(loop)
         return loop
 
-    def problems(self) -> list[str]:
-        """What is wrong with the loops; empty when every one is turning."""
-        return [p for p in (loop.problem() for loop in self._loops) if p is not None]
+    def problems(self, *, failing: bool = True) -> list[str]:
+        """What is wrong with the loops; empty when every one is turning. ``failing=False``:
+        only loops dead or stuck in one turn (not those retrying a dependency that is down,
+        which a restart cannot bring back)."""
+        found = (loop.problem(failing=failing) for loop in self._loops)
+        return [p for p in found if p is not None]
 
 
 async def heartbeat(
-    path: Path, stop: asyncio.Event, liveness: Liveness, every: float = HEARTBEAT_EVERY
+    path: Path | None,
+    stop: asyncio.Event,
+    liveness: Liveness,
+    every: float = HEARTBEAT_EVERY,
+    *,
+    alive: Path | None = None,
 ) -> None:
-    """Touch ``path`` while every loop of ``liveness`` turns, for a container health check
-    (and ``budget up``'s watch for hung processes): a dead or stalled loop, or an event loop
-    that no longer runs at all, lets the file age."""
+    """Touch ``path`` while every loop of ``liveness`` turns, for a container health check:
+    a dead or stalled loop, one failing for long (its database down), or an event loop that
+    no longer runs at all, lets the file age. Touch ``alive`` while no loop is dead or stuck
+    in one turn, whatever the dependencies do: ``budget up`` restarts a process whose
+    ``alive`` file ages (hung), not one waiting for a database to come back."""
     reported: list[str] = []
     # The first look after one interval: a service starts its loops after this task,
     # which would otherwise log each "not started" once at every start.
     while not await wait_set(stop, every):
         problems = liveness.problems()
-        if not problems:
-            await asyncio.to_thread(path.touch)
-        elif problems != reported:
+        touched = [
+            file
+            for file, clear in ((path, not problems), (alive, not liveness.problems(failing=False)))
+            if file is not None and clear
+        ]
+        if touched:
+            await asyncio.to_thread(_touch, touched)
+        if problems and problems != reported:
             log.error("not healthy: %s", "; ".join(problems))
         reported = problems
+
+
+def _touch(paths: list[Path]) -> None:
+    for path in paths:
+        path.touch()

@@ -286,6 +286,12 @@ class Notifier:
             " WHERE alert_id = %s AND channel = %s",
             (why, backoff if alone else 0.0, alert_id, channel),
         )
+        if not alone:  # the channel fails: the alerts waiting behind this one fail with it
+            await conn.execute(
+                "UPDATE alert_outbox SET failing_since = now() WHERE channel = %s"
+                " AND status = 'pending' AND failing_since IS NULL",
+                (channel,),
+            )
         ALERT_DELIVERIES.labels(channel, "retried").inc()
         log.warning("alert %s via %s failed (%s); retry in %.0fs", alert_id, channel, why, backoff)
         return backoff

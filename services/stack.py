@@ -10,16 +10,18 @@ Starts an embedded PostgreSQL and an embedded NATS (JetStream) under one data di
         credentials/       generated secrets, 0700 (``services.credentials``; PostgreSQL's
                            passwords and pgpass files: ``services.postgres_auth``)
         postgres/          PostgreSQL cluster (its server log is postgres/log)
-        run/               each worker's heartbeat file, touched while its loops turn
+        run/               each worker's heartbeat and alive files (``services.liveness``)
 
 then awaits ``prepare(nats_url, database_url)`` (migrations, stream declaration), then runs
 each worker as a subprocess (``python -m services.cli worker NAME`` by default) with
 ``BUDGET_NATS_URL`` / ``BUDGET_DATABASE_URL`` set (a network door's process, e.g. ``api``,
 gets the URL of its own database role: ``services.database_roles``), restarting a worker
 that dies with an exponential backoff, and NATS or PostgreSQL if one dies (same port,
-same data). A worker is also restarted when it is alive but hung: each touches its heartbeat
-file (``<data_dir>/run/<name>.heartbeat``) while its loops turn, and one whose file has not
-been touched for ``hang_after`` seconds is killed, then restarted like one that died.
+same data). A worker is also restarted when it is alive but hung: each touches its alive
+file (``<data_dir>/run/<name>.alive``) while its event loop turns and none of its loops is
+dead or stuck in one turn (``services.liveness``; a dependency down stops nothing), and one
+whose file has not moved for ``hang_after`` seconds is stopped, then restarted like one
+that died. (``<name>.heartbeat`` is its health, as a container's check reads it.)
 SIGINT/SIGTERM stop the workers (SIGTERM, then SIGKILL after ``stop_timeout``), then NATS,
 then PostgreSQL.
 
@@ -119,8 +121,8 @@ class _Worker:
     starts: int = 0
 
     @property
-    def heartbeat(self) -> Path:
-        return Path(self.env["BUDGET_HEARTBEAT_FILE"])
+    def alive(self) -> Path:
+        return Path(self.env["BUDGET_ALIVE_FILE"])
 
 
 def run_stack(
@@ -150,7 +152,7 @@ def run_stack(
     the clients' TLS context, for a config with TLS (its readiness check speaks TLS).
     ``restart_backoff``: first and maximum delay before restarting a worker that died
     (doubling; reset after a worker ran for a minute). ``hang_after``: seconds after which a
-    worker whose heartbeat has not been touched is restarted (0: never). Raises
+    worker whose alive file has not moved is restarted (0: never). Raises
     ``StackError`` or the exception of ``prepare`` if startup fails, after stopping
     whatever had started.
     """
@@ -243,6 +245,7 @@ async def serve_stack(
             list(worker_command(name)),
             {
                 "BUDGET_HEARTBEAT_FILE": str(data_dir / "run" / f"{name}.heartbeat"),
+                "BUDGET_ALIVE_FILE": str(data_dir / "run" / f"{name}.alive"),
                 **(worker_env or {}).get(name, {}),
             },
         )
@@ -449,7 +452,7 @@ async def _supervise(
                 await _terminate(worker, stop_timeout)
                 return
             on_start()
-            code = await _until_exit(worker, worker.proc, hang_after)
+            code = await _until_exit(worker, worker.proc, hang_after, stop_timeout)
         if stopping.is_set():
             return
         ran = loop.time() - started
@@ -466,39 +469,49 @@ async def _supervise(
         delay = min(delay * 2, max_delay)
 
 
-async def _until_exit(worker: _Worker, proc: asyncio.subprocess.Process, hang_after: float) -> int:
-    """The worker's exit status, once it exits, or once it is killed for hanging: its
-    heartbeat, touched since this start, has aged ``hang_after`` seconds (a process alive
-    with its loops stopped would answer nothing, and hold its work, forever)."""
+async def _until_exit(
+    worker: _Worker, proc: asyncio.subprocess.Process, hang_after: float, grace: float
+) -> int:
+    """The worker's exit status, once it exits, or once it is stopped for hanging: its
+    alive file, touched since this start, has not been touched again for ``hang_after``
+    seconds (a process whose event loop is blocked, or one loop stuck in one turn, answers
+    nothing and holds its work for ever; one waiting for a database does neither and keeps
+    touching it). Time is the monotonic clock's, from when a new touch was seen: a
+    suspended machine or a clock set forward would make every file look old at once."""
+    exited = asyncio.ensure_future(proc.wait())  # one waiter: a timed-out wait leaks its own
     if hang_after <= 0:
-        return await proc.wait()
+        return await exited
+    loop = asyncio.get_running_loop()
     started = time.time()
+    seen: tuple[float, float] | None = None  # the file's mtime, and when it was seen anew
     while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(hang_after / 4, 5.0)):  # not wait_for: budget.waits
-                return await proc.wait()
-        age = _heartbeat_age(worker.heartbeat, since=started)
-        if age is not None and age > hang_after:
+        done, _ = await asyncio.wait({exited}, timeout=min(hang_after / 4, 5.0))
+        if done:
+            return exited.result()
+        touched = _touched(worker.alive, since=started)
+        if touched is not None and (seen is None or touched != seen[0]):
+            seen = (touched, loop.time())
+        if seen is not None and loop.time() - seen[1] > hang_after:
             log.error(
                 "worker %s (pid %s) is alive but has not turned its loops for %.0fs (its"
-                " heartbeat %s; its log says why); killing it to restart it",
+                " file %s; its log says why); stopping it to restart it",
                 worker.name,
                 proc.pid,
-                age,
-                worker.heartbeat,
+                loop.time() - seen[1],
+                worker.alive,
             )
-            _signal_group(proc, signal.SIGKILL)
-            return await proc.wait()
+            await _terminate(worker, grace)
+            return await exited
 
 
-def _heartbeat_age(path: Path, *, since: float) -> float | None:
-    """Seconds since ``path`` was last touched, when it was touched after ``since`` (a
-    process starting up, or one that never beats, is not judged by it); else None."""
+def _touched(path: Path, *, since: float) -> float | None:
+    """When ``path`` was last touched, if after ``since`` (a process starting up, or one
+    that never touches it, is not judged by it); else None."""
     try:
         touched = path.stat().st_mtime
     except OSError:
         return None
-    return None if touched < since else time.time() - touched
+    return None if touched < since else touched
 
 
 async def _keep_up(

@@ -352,8 +352,9 @@ def run_service(name: str, settings: Settings, body: ServiceBody, *, prices: boo
         task = main.start(body(broker.connection, settings, stop, liveness))
         task.add_done_callback(exit_on_failure)
         tasks.append(task)
-        if settings.heartbeat_file is not None:
-            tasks.append(asyncio.create_task(heartbeat(settings.heartbeat_file, stop, liveness)))
+        if settings.heartbeat_file is not None or settings.alive_file is not None:
+            beating = heartbeat(settings.heartbeat_file, stop, liveness, alive=settings.alive_file)
+            tasks.append(asyncio.create_task(beating))
 
     @app.on_shutdown
     async def shutdown() -> None:

@@ -51,7 +51,7 @@ def create_app(
         if services is not None:
             yield
             return
-        async with ApiServices.open(settings) as opened, _beating(settings.heartbeat_file):
+        async with ApiServices.open(settings) as opened, _beating(settings):
             app.state.services = opened
             yield
 
@@ -100,14 +100,17 @@ def create_app(
 
 
 @contextlib.asynccontextmanager
-async def _beating(path: Path | None) -> AsyncIterator[None]:
-    """Touch ``path`` (if any) while the app's event loop runs: a blocked or hung loop
-    lets it age, and ``budget up`` restarts the process (``services.stack``)."""
-    if path is None:
+async def _beating(settings: Settings) -> AsyncIterator[None]:
+    """Touch the heartbeat and alive files (if set) while the app's event loop runs: a
+    blocked or hung loop lets them age, and ``budget up`` restarts the process
+    (``services.stack``)."""
+    if settings.heartbeat_file is None and settings.alive_file is None:
         yield
         return
     stop = asyncio.Event()
-    beating = asyncio.create_task(heartbeat(path, stop, Liveness()))
+    beating = asyncio.create_task(
+        heartbeat(settings.heartbeat_file, stop, Liveness(), alive=settings.alive_file)
+    )
     try:
         yield
     finally:

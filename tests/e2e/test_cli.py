@@ -886,15 +886,17 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
 def test_budget_up_restarts_a_service_that_hangs(budget_up: Stack) -> None:
     """An enforcer alive but hung (stopped here with SIGSTOP, as a deadlock would leave it)
     answered no check, for ever, while `budget up` saw its process running: every process
-    shows its loops turning in a heartbeat file, and one whose file ages is restarted."""
+    shows its event loop turning in an alive file, and one whose file ages is restarted."""
     up = budget_up.service
     banner = up_banner(up)
     beats = budget_up.data_dir / "run"
     eventually(
-        lambda: {p.name for p in beats.glob("*.heartbeat")},
-        lambda found: found == {f"{name}.heartbeat" for name in STACK_WORKERS},
+        lambda: {p.name for p in beats.iterdir()},
+        lambda found: (
+            found == {f"{name}.{kind}" for name in STACK_WORKERS for kind in ("heartbeat", "alive")}
+        ),
         90,
-        "a heartbeat from every process of the stack, the HTTP API's too",
+        "a heartbeat and an alive file from every process of the stack, the HTTP API's too",
     )
     # each started its loops before its first look: none said it was not healthy
     assert "not healthy" not in up.output(), up.output()

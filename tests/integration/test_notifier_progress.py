@@ -372,3 +372,27 @@ async def test_an_alert_queued_a_day_before_a_notifier_ran_gets_a_day_of_tries_n
 
         await wait_for(delivered)
     assert hook.keys() == [ids[0]]
+
+
+async def test_the_alerts_waiting_behind_a_failing_channel_fail_with_it(
+    nc: Client, db: str, settings: Settings, hook: Webhook
+) -> None:
+    """Only the alerts tried had counted their day of failures: those held back behind a
+    channel down for days never aged, and all went out days old once it was back."""
+    ids = await queue_alerts(db, 3)
+    hook.respond = lambda key: 500
+    async with notifier(nc, settings, NotifierConfig(max_backoff=30, poll_interval=0.1)):
+
+        async def failed_once() -> bool:
+            """the channel's first alert was tried and failed"""
+            return any(str(r[0]) == ids[0] and r[3] >= 1 for r in await outbox(db))
+
+        await wait_for(failed_once)
+    async with await connect(db) as conn:
+        cursor = await conn.execute(
+            "SELECT alert_id::text, attempts, failing_since IS NOT NULL FROM alert_outbox"
+            " ORDER BY seq"
+        )
+        rows = await cursor.fetchall()
+    assert [(alert_id, failing) for alert_id, _, failing in rows] == [(i, True) for i in ids]
+    assert [attempts for _, attempts, _ in rows][1:] == [0, 0], "held back, never tried"
