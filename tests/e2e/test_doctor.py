@@ -420,10 +420,10 @@ def test_alerts_a_channel_does_not_deliver_are_a_problem_with_their_fix(
         nats[0],
     ), untried
 
-    # Given up: the webhook's alerts queued over a day ago fail once more and are dropped.
+    # Given up: the webhook's alerts, failing for over a day, fail once more and are dropped.
     with psycopg.connect(database_url) as conn:
         conn.execute(
-            "UPDATE alert_outbox SET created_at = created_at - interval '2 days'"
+            "UPDATE alert_outbox SET failing_since = now() - interval '2 days'"
             " WHERE channel = 'webhook' AND status = 'pending'"
         )
     notifier = deployment.start("notifier", **dead)
