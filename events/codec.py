@@ -121,7 +121,7 @@ def _decode_slowly(data: bytes) -> Event:
         # can store and the fast decoder refuses.
         obj = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"not UTF-8 text: {exc}") from None
+        raise DecodeError(f"not JSON: not UTF-8 text: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict):

@@ -255,7 +255,7 @@ def test_an_unpaired_surrogate_sent_unescaped_is_refused_as_no_utf_8(
     json.loads of bytes read them into the string (surrogatepass), so the event was
     accepted where the fast decoder refuses it (found by the fast codec's property test)."""
     payload = json.dumps(json.loads(encode(event())) | changes, ensure_ascii=False)
-    with pytest.raises(DecodeError, match=r"^not UTF-8 text: "):
+    with pytest.raises(DecodeError, match=r"^not JSON: not UTF-8 text: "):
         decode(payload.encode(errors="surrogatepass"))
 
 
