@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from events.limits import NAME_MAX
 from events.usage import MAX_TOKENS, ImageUsage, Usage
 
 __all__ = [
@@ -65,20 +66,16 @@ def token_count(name: str, value: object) -> int:
     return int(value)
 
 
-ID_LIMIT = 200
-"""Characters of a user or project id (the event contract's ``user_id``, ``project_id``)."""
-
-
 def attribution_id(name: str, value: object) -> str | None:
     """``value`` as the user or project id ``name`` of a call, else ``ValueError`` naming
-    it: one a usage event can hold (a string of at most ``ID_LIMIT`` characters, no NUL,
+    it: one a usage event can hold (a string of at most ``NAME_MAX`` characters, no NUL,
     which PostgreSQL stores in no text), or None."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > ID_LIMIT:
+    if not isinstance(value, str) or len(value) > NAME_MAX:
         shown = f"{len(value)} characters" if isinstance(value, str) else f"{value!r:.60}"
         raise ValueError(
-            f"{name} must be a string of at most {ID_LIMIT} characters, got {shown}"
+            f"{name} must be a string of at most {NAME_MAX} characters, got {shown}"
             + ("" if isinstance(value, str) else f" ({type(value).__name__})")
         )
     if "\x00" in value:

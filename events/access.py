@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from events.envelope import Event
+from events.limits import NAME_MAX
 
 __all__ = ["ApiKeyCreated", "ApiKeyRevoked", "ApiRole", "KeyId"]
 
@@ -33,10 +34,10 @@ class ApiKeyCreated(Event):
     type: Literal["ApiKeyCreated"] = "ApiKeyCreated"
     schema_version: Literal[1] = 1
     key_id: KeyId
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     role: ApiRole
     key_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
-    created_by: str | None = Field(default=None, max_length=200)
+    created_by: str | None = Field(default=None, max_length=NAME_MAX)
 
 
 class ApiKeyRevoked(Event):
@@ -45,4 +46,4 @@ class ApiKeyRevoked(Event):
     type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
     schema_version: Literal[1] = 1
     key_id: KeyId
-    revoked_by: str | None = Field(default=None, max_length=200)
+    revoked_by: str | None = Field(default=None, max_length=NAME_MAX)

@@ -15,6 +15,7 @@ from typing import Annotated, ClassVar, Literal, Self, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.envelope import Event, UtcDatetime
+from events.limits import NAME_MAX
 from events.policy import BudgetScope, LimitAction
 from events.usage import MAX_DECIMAL_PLACES, WrittenPlaces
 
@@ -89,7 +90,7 @@ class AlertRule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     rule_id: RuleId = Field(default_factory=lambda: uuid.uuid4().hex)
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     alert_type: AlertType = AlertType.THRESHOLD_WARNING
     threshold_percent: ThresholdPercent | None = None
     severity: AlertSeverity = AlertSeverity.WARNING
@@ -187,7 +188,7 @@ class AlertAcknowledged(Event):
     type: Literal["AlertAcknowledged"] = "AlertAcknowledged"
     schema_version: Literal[1] = 1
     alert_id: uuid.UUID
-    acknowledged_by: str = Field(min_length=1, max_length=200)
+    acknowledged_by: str = Field(min_length=1, max_length=NAME_MAX)
 
 
 class AlertResolved(Event):
@@ -196,4 +197,4 @@ class AlertResolved(Event):
     type: Literal["AlertResolved"] = "AlertResolved"
     schema_version: Literal[1] = 1
     alert_id: uuid.UUID
-    resolved_by: str | None = Field(default=None, max_length=200)
+    resolved_by: str | None = Field(default=None, max_length=NAME_MAX)

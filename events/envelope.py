@@ -11,6 +11,8 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from events.limits import NAME_MAX
+
 __all__ = ["RFC3339", "Event", "Producer", "UtcDatetime", "new_event_id", "utc_now"]
 
 
@@ -61,7 +63,7 @@ class Producer(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    service: str = Field(max_length=200)
+    service: str = Field(max_length=NAME_MAX)
     # Absent stays None, never this reader's host or pid: a default made on read would
     # differ from read to read (and producers in other languages may not send them).
     host: str | None = Field(default=None, max_length=255)

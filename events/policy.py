@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from events.envelope import Event, UtcDatetime
+from events.limits import NAME_MAX
 from events.usage import MAX_DECIMAL_PLACES, WrittenPlaces, exact_decimal, exact_money
 
 __all__ = [
@@ -105,11 +106,11 @@ class BudgetPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     policy_id: PolicyId = Field(default_factory=lambda: uuid.uuid4().hex)
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     scope: BudgetScope = BudgetScope.GLOBAL
     scope_key: str | None = Field(
         default=None,
-        max_length=200,
+        max_length=NAME_MAX,
         description="the user/project/provider/model it limits; absent: each one separately",
     )
     period: BudgetPeriod = BudgetPeriod.MONTHLY
@@ -240,7 +241,7 @@ class PolicySet(Event):
     type: Literal["PolicySet"] = "PolicySet"
     schema_version: Literal[1] = 1
     policy: BudgetPolicy
-    set_by: str | None = Field(default=None, max_length=200)
+    set_by: str | None = Field(default=None, max_length=NAME_MAX)
 
 
 class PolicyDeleted(Event):
@@ -249,7 +250,7 @@ class PolicyDeleted(Event):
     type: Literal["PolicyDeleted"] = "PolicyDeleted"
     schema_version: Literal[1] = 1
     policy_id: PolicyId
-    deleted_by: str | None = Field(default=None, max_length=200)
+    deleted_by: str | None = Field(default=None, max_length=NAME_MAX)
 
 
 POLICY_CHANGES: tuple[type[PolicySet], type[PolicyDeleted]] = (PolicySet, PolicyDeleted)
@@ -267,9 +268,9 @@ class RequestBlocked(Event):
     policy_ids: list[PolicyId] = Field(min_length=1)
     reason: str = Field(max_length=500)
     provider: str | None = Field(default=None, max_length=100)
-    model: str = Field(min_length=1, max_length=200)
-    user_id: str | None = Field(default=None, max_length=200)
-    project_id: str | None = Field(default=None, max_length=200)
+    model: str = Field(min_length=1, max_length=NAME_MAX)
+    user_id: str | None = Field(default=None, max_length=NAME_MAX)
+    project_id: str | None = Field(default=None, max_length=NAME_MAX)
     estimated_cost: Money
     spend: Money
     limit_amount: Money

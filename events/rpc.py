@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import UtcDatetime
+from events.limits import NAME_MAX
 from events.policy import BudgetPolicy, LimitAction
 from events.usage import Usd
 
@@ -53,10 +54,10 @@ class _Message(BaseModel):
 class CallAttributes(_Message):
     """What policies match a call on."""
 
-    model: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=NAME_MAX)
     provider: str | None = Field(default=None, max_length=100)
-    user_id: str | None = Field(default=None, max_length=200)
-    project_id: str | None = Field(default=None, max_length=200)
+    user_id: str | None = Field(default=None, max_length=NAME_MAX)
+    project_id: str | None = Field(default=None, max_length=NAME_MAX)
 
 
 class CheckRequest(CallAttributes):

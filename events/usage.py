@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from events.envelope import Event
+from events.limits import NAME_MAX
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
@@ -254,11 +255,11 @@ class UsageRecorded(_Cost, Event):
     type: Literal["UsageRecorded"] = "UsageRecorded"
     schema_version: Literal[2] = 2
     provider: str = Field(min_length=1, max_length=100)
-    model: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=NAME_MAX)
     kind: CallKind = "chat"
     usage: Usage
-    user_id: str | None = Field(default=None, max_length=200)
-    project_id: str | None = Field(default=None, max_length=200)
+    user_id: str | None = Field(default=None, max_length=NAME_MAX)
+    project_id: str | None = Field(default=None, max_length=NAME_MAX)
     tags: dict[str, str] = Field(default_factory=dict)
     reservation_id: str | None = Field(
         default=None, max_length=100, description="the check's reservation this call settles"
@@ -288,7 +289,7 @@ class UsageRepriced(_Cost, Event):
     schema_version: Literal[1] = 1
     corrects: uuid.UUID
     provider: str = Field(min_length=1, max_length=100)
-    model: str = Field(min_length=1, max_length=200)
-    user_id: str | None = Field(default=None, max_length=200)
-    project_id: str | None = Field(default=None, max_length=200)
+    model: str = Field(min_length=1, max_length=NAME_MAX)
+    user_id: str | None = Field(default=None, max_length=NAME_MAX)
+    project_id: str | None = Field(default=None, max_length=NAME_MAX)
     reason: str = Field(max_length=500)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from budget.pricing import genai
 from budget.pricing.rates import TOKEN_CLASSES, RateCard, flat_with_fallbacks
 from budget.pricing.supplement import MODEL_ALIASES, SUPPLEMENT
+from events.limits import NAME_MAX
 
 __all__ = [
     "MAX_RATES",
@@ -65,7 +66,7 @@ class PriceOverride(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     provider: str = Field(min_length=1, max_length=100, description='e.g. "openai"')
-    model: str = Field(min_length=1, max_length=200, description="model id as sent by the app")
+    model: str = Field(min_length=1, max_length=NAME_MAX, description="model id as sent by the app")
     rates: dict[RateClass, Rate] = Field(min_length=1)
     effective_from: date
     effective_to: date | None = Field(default=None, description="first day it no longer applies")

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from events import AlertSeverity, AlertType
+from events.limits import NAME_MAX
 from events.queries import AlertDelivery, AlertsQuery, StoredAlert
 from projections.cursors import decode_cursor, encode_cursor
 from projections.engine.projection import Connection
@@ -49,7 +50,7 @@ class AlertDetail(BaseModel):
 class Acknowledgement(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str | None = Field(default=None, max_length=200, description="default: the key's name")
+    by: str | None = Field(default=None, max_length=NAME_MAX, description="default: the key's name")
 
 
 class AlertsPage(BaseModel):
@@ -72,7 +73,7 @@ async def list_alerts(
     acknowledged_only: bool = False,
     resolved: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
 ) -> AlertsPage:
     if unacknowledged_only and acknowledged_only:  # no alert is both: say so, not []
         message = "cannot be true with unacknowledged_only: no alert is both"

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from events.envelope import UtcDatetime
+from events.limits import NAME_MAX
 from projections.db import connect
 from projections.engine.projection import Connection
 from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
@@ -32,7 +33,7 @@ router = APIRouter(
 )
 Api = Annotated[ApiServices, Depends(current_services)]
 # An empty filter matches no call: refused, rather than answered with no rows.
-Name = Annotated[str | None, Query(min_length=1, max_length=200)]
+Name = Annotated[str | None, Query(min_length=1, max_length=NAME_MAX)]
 
 
 class HistoryPage(BaseModel):

@@ -33,6 +33,7 @@ from events import (
     headers_for,
 )
 from events.envelope import UtcDatetime
+from events.limits import NAME_MAX
 from events.rpc import CheckResult, ReleaseResult
 from events.subjects import API_KEY_CALLER, caller_token
 from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, Seconds, WrittenPlaces
@@ -69,7 +70,7 @@ def _a_count(value: object) -> object:
 
 
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS), BeforeValidator(_a_count)]
-Text = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 
 
 class CheckIn(BaseModel):

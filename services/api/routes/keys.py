@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from events import ApiRole
+from events.limits import NAME_MAX
 from projections.api_keys import ApiKey
 from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services
@@ -24,7 +25,7 @@ Admin = Annotated[Principal, Depends(require(*ADMIN))]
 class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     role: ApiRole
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
 from events import BudgetScope
+from events.limits import NAME_MAX
 from events.queries import QueryTime, SpendQuery, SpendRow
 from projections.windows import priced_cost
 from services.api.context import ApiServices, current_services
@@ -35,7 +36,7 @@ async def spend(
     period: Literal["daily", "weekly", "monthly"] = "monthly",
     scope: BudgetScope | None = None,
     key: Annotated[
-        str | None, Query(min_length=1, max_length=200, description="one scope key")
+        str | None, Query(min_length=1, max_length=NAME_MAX, description="one scope key")
     ] = None,
     at: Annotated[QueryTime | None, Query(description="ISO 8601 with offset")] = None,
 ) -> list[SpendTotal]:
