@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from budget.one_line import one_line
+from budget.redaction import redact
 from events.rpc import RpcError
 from projections.readable import Rebuilding
 from services.liveness import Liveness
@@ -54,17 +55,22 @@ def error_reply(service: str, exc: BaseException) -> RpcError:
     if isinstance(exc, UNAVAILABLE):
         said = one_line(str(exc))  # libpq's runs to several lines: one log line, one reason
         log.warning("%s cannot use PostgreSQL: %s", service, said)
-        return RpcError(
-            error=f"{service}: database unavailable: {said}"[:_MAX_ERROR], unavailable=True
-        )
+        return _told(f"{service}: database unavailable: {said}", unavailable=True)
     if isinstance(exc, psycopg.DataError):
-        return RpcError(error=f"{service}: the database refused the request: {exc}"[:_MAX_ERROR])
+        return _told(f"{service}: the database refused the request: {exc}")
     if isinstance(exc, Rebuilding):  # after an upgrade: says until when, and how to follow it
-        return RpcError(error=f"{service}: {exc}"[:_MAX_ERROR])
+        return _told(f"{service}: {exc}")
     if isinstance(exc, ValueError):  # the request was wrong: the handler says how
-        return RpcError(error=str(exc)[:_MAX_ERROR])
+        return _told(str(exc))
     log.error("%s failed on a request", service, exc_info=exc)
     return RpcError(error=f"{service}: internal error: {type(exc).__name__}")
+
+
+def _told(text: str, *, unavailable: bool = False) -> RpcError:
+    """An answer carrying ``text``, which quotes an exception: redacted, as every text a
+    process shows is (the log's redaction never sees it: it is published to the asker, a
+    host app, not logged), and bounded."""
+    return RpcError(error=redact(text)[:_MAX_ERROR], unavailable=unavailable)
 
 
 INBOX = "_INBOX."
@@ -104,9 +110,7 @@ async def answer(
         problems = liveness.problems() if liveness is not None else []
         if problems:
             answered = "failed"
-            reply = RpcError(
-                error=f"{service}: not healthy: {'; '.join(problems)}", unavailable=True
-            )
+            reply = _told(f"{service}: not healthy: {'; '.join(problems)}", unavailable=True)
         else:
             try:
                 request = _parse(model, msg.data)
@@ -126,7 +130,7 @@ async def _send_reply(nc: Client, msg: Msg, reply: BaseModel, service: str) -> N
         await send(nc, msg.reply, reply)
     except Exception as exc:  # e.g. an answer too big for NATS: say so, smaller
         log.warning("%s could not send its answer: %s", service, exc)
-        refusal = RpcError(error=f"{service}: answer not sent: {exc}"[:_MAX_ERROR])
+        refusal = _told(f"{service}: answer not sent: {exc}")
         with contextlib.suppress(Exception):  # not even that: the asker times out
             await send(nc, msg.reply, refusal)
 
