@@ -10,6 +10,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from budget.redaction import redact
 from events import Topology
 from projections.engine.metrics import DEAD_LETTERS, reason_kind
 from projections.engine.reader import Delivery
@@ -48,7 +49,9 @@ async def dead_letter(
     connection), so the body of a message near that size is cut to fit: the letter says
     its size (``HEADER_ORIGINAL_SIZE``), and the message stays whole in the event stream
     at ``HEADER_ORIGINAL_SEQ``."""
-    one_line = _header_safe(" ".join(reason.split()))[:2000]
+    # Redacted here: the header is published (the stream keeps it, viewer keys read it),
+    # so the log's redaction, which masks the line below, never sees it.
+    one_line = _header_safe(" ".join(redact(reason).split()))[:2000]
     headers = {
         "Nats-Msg-Id": f"{consumer}:{delivery.stream_seq}",
         HEADER_REASON: one_line,
