@@ -74,9 +74,10 @@ class Loop:
         """The loop gets on again (or waits for work, which is healthy too)."""
         self._failing_since = None
 
-    def problem(self, *, failing: bool = True) -> str | None:
+    def problem(self, *, failing: bool = True, why: bool = True) -> str | None:
         """Why this loop is not healthy, or None. ``failing=False``: not for failing and
-        retrying (a dependency down), only for a loop dead or stuck in one turn."""
+        retrying (a dependency down), only for a loop dead or stuck in one turn.
+        ``why=False``: without the failure's or the death's own text (``Liveness.problems``)."""
         task = self._task
         if task is None:
             return f"{self.name} not started"
@@ -84,7 +85,9 @@ class Loop:
             if task.cancelled():
                 return f"{self.name} stopped"
             exc = task.exception()
-            return f"{self.name} died: {exc!r}" if exc is not None else f"{self.name} ended"
+            if exc is None:
+                return f"{self.name} ended"
+            return f"{self.name} died: {exc!r}" if why else f"{self.name} died"
         busy_since = self._busy_since
         if busy_since is not None:
             busy = time.monotonic() - busy_since
@@ -96,7 +99,8 @@ class Loop:
         if failing and failing_since is not None:
             for_long = time.monotonic() - failing_since
             if for_long > self.stall_after:
-                return f"{self.name} stalled: failing for {for_long:.0f}s: {self._failure}"
+                stalled = f"{self.name} stalled: failing for {for_long:.0f}s"
+                return f"{stalled}: {self._failure}" if why else stalled
         return None
 
 
@@ -112,11 +116,13 @@ class Liveness:
         self._loops.append(loop)
         return loop
 
-    def problems(self, *, failing: bool = True) -> list[str]:
+    def problems(self, *, failing: bool = True, why: bool = True) -> list[str]:
         """What is wrong with the loops; empty when every one is turning. ``failing=False``:
         only loops dead or stuck in one turn (not those retrying a dependency that is down,
-        which a restart cannot bring back)."""
-        found = (loop.problem(failing=failing) for loop in self._loops)
+        which a restart cannot bring back). ``why=False``: without the failures' own texts
+        (libpq's names the database's address and role), for an asker over NATS (a host
+        app); the log says them."""
+        found = (loop.problem(failing=failing, why=why) for loop in self._loops)
         return [p for p in found if p is not None]
 
 

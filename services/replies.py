@@ -53,9 +53,15 @@ _MAX_ERROR = 500  # characters of a failure's text an asker is told
 def error_reply(service: str, exc: BaseException) -> RpcError:
     """What the asker is told when answering failed with ``exc``."""
     if isinstance(exc, UNAVAILABLE):
-        said = one_line(str(exc))  # libpq's runs to several lines: one log line, one reason
+        said = one_line(str(exc))  # libpq's runs to several lines: one log line
         log.warning("%s cannot use PostgreSQL: %s", service, said)
-        return _told(f"{service}: database unavailable: {said}", unavailable=True)
+        # The asker (a host app) is told the kind, not libpq's text: it names the
+        # database's address, port, socket and role. The API tells its clients no more
+        # (services.api.problems.outage_problem).
+        return RpcError(
+            error=f"{service}: database unavailable ({type(exc).__name__}); its log says why",
+            unavailable=True,
+        )
     if isinstance(exc, psycopg.DataError):
         return _told(f"{service}: the database refused the request: {exc}")
     if isinstance(exc, Rebuilding):  # after an upgrade: says until when, and how to follow it
@@ -107,7 +113,7 @@ async def answer(
     answered: Answered
     reply: BaseModel | None
     try:
-        problems = liveness.problems() if liveness is not None else []
+        problems = liveness.problems(why=False) if liveness is not None else []
         if problems:
             answered = "failed"
             reply = _told(f"{service}: not healthy: {'; '.join(problems)}", unavailable=True)

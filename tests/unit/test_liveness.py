@@ -47,6 +47,7 @@ async def test_a_dead_or_stopped_loop_says_why() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert liveness.problems() == ["dead died: ZeroDivisionError('boom')", "stopped stopped"]
+    assert liveness.problems(why=False) == ["dead died", "stopped stopped"]
 
 
 async def test_failing_for_longer_than_stall_after_is_a_stall_until_a_turn_completes() -> None:
@@ -57,6 +58,9 @@ async def test_failing_for_longer_than_stall_after_is_a_stall_until_a_turn_compl
     await asyncio.sleep(0.001)  # any time at all outlasts stall_after=0
     assert liveness.problems()[0].startswith("worker stalled: failing for")
     assert liveness.problems()[0].endswith(": OperationalError: connection refused")
+    # for an asker over NATS: the failure's own text (libpq's names the database) left out
+    assert liveness.problems(why=False)[0].endswith("s")
+    assert "OperationalError" not in liveness.problems(why=False)[0]
     with contextlib.suppress(ZeroDivisionError), loop.turn():
         raise ZeroDivisionError  # a turn that fails is no progress
     assert liveness.problems()[0].endswith(": OperationalError: connection refused")
