@@ -789,6 +789,10 @@ def test_budget_up_serves_a_recorded_event_and_stops_cleanly_on_ctrl_c(
     assert f"BUDGET_NATS_USER=admin BUDGET_NATS_PASSWORD_FILE={admin_file}" in up.output()
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
         asyncio.run(nats.connect(banner.nats_url, allow_reconnect=False, connect_timeout=5))
+    # Its NATS listens for clients alone: a monitoring port would tell any local process,
+    # without a credential, every user and subscription (each host's inbox subjects).
+    ports = budget_up.data_dir / "nats" / ".ports" / f"nats-server_{stack['nats_pid']}.ports"
+    assert set(json.loads(ports.read_text())) == {"nats"}
     for name, pid in banner.worker_pids.items():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         # the HTTP API, the enforcer, the notifier and the query service connect to NATS
