@@ -42,27 +42,35 @@ MIN_SECRET_LENGTH = 4
 (and protect nothing; the patterns above still mask them in URLs)."""
 
 # Each pattern masks its ``secret`` group. A URL's user part starts a word (or follows a
-# quote, a bracket, ``=``), with or without a scheme: NATS takes ``user:password@host``.
+# quote, a bracket, a brace, a backtick, ``|``, ``;`` or ``=``), with or without a scheme:
+# NATS takes ``user:password@host``.
 # A password runs to the last ``@`` of the URL (as clients parse it: ``p@ss`` is one
 # password; in a comma-separated list, the last before the next URL, unless it holds a
 # comma itself) and may hold a ``/`` (base64, not percent-encoded), unless what follows the
 # ``:`` is a port, digits then ``/`` (``http://host:8080/path@x``), or the ``//`` of a
 # scheme. Masking too much of a URL is the safe side.
 _URL_PASSWORD = re.compile(
-    r"(?<![^\s,'\"(\[=<])(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@,'\"]*:"
+    r"(?<![^\s,'\"(\[{`|;=<])(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@,'\"]*:"
     r"(?P<secret>(?!\d+/|/)(?:[^\s,]*|[^\s@]*)|[^\s@/]*)@"
 )
 # NATS takes a token alone as the user part: ``nats://<token>@host``.
-_NATS_TOKEN = re.compile(r"(?<![^\s,'\"(\[=<])(?:nats|tls|ws|wss)://(?P<secret>[^\s:/@,'\"]+)@")
+_NATS_TOKEN = re.compile(r"(?<![^\s,'\"(\[{`|;=<])(?:nats|tls|ws|wss)://(?P<secret>[^\s:/@,'\"]+)@")
 # A URL's ``password=`` parameter, or libpq's ``password = 'quoted value'`` (spaces
 # around ``=``, single quotes with backslash escapes); libpq's ``sslpassword`` (the
-# passphrase of the client certificate's key) as well.
+# passphrase of the client certificate's key) as well, and a variable's assignment
+# (``PGPASSWORD=``, ``BUDGET_NATS_PASSWORD=``).
 _PASSWORD_PARAM = re.compile(
-    r"\b(?:ssl)?password\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\"]+)",
+    r"(?<![A-Za-z0-9])(?:[A-Za-z0-9]*_)*(?:ssl|pg)?password\s*=\s*"
+    r"(?P<secret>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\"]+)",
+    re.IGNORECASE,
+)
+# A JSON field holding one: ``"password": "..."``, or NATS's ``"pass"`` (its CONNECT).
+_JSON_PASSWORD = re.compile(
+    r'"(?:[A-Za-z0-9]*_)*(?:ssl|pg)?pass(?:word)?"\s*:\s*"(?P<secret>(?:[^"\\]|\\.)*)"',
     re.IGNORECASE,
 )
 _API_KEY = re.compile(r"\bbmk_[0-9a-f]+_(?P<secret>[A-Za-z0-9_-]+)")
-_PATTERNS = (_URL_PASSWORD, _NATS_TOKEN, _PASSWORD_PARAM, _API_KEY)
+_PATTERNS = (_URL_PASSWORD, _NATS_TOKEN, _PASSWORD_PARAM, _JSON_PASSWORD, _API_KEY)
 
 _known: set[str] = set()
 _installed = threading.Event()

@@ -46,7 +46,19 @@ from support import ROOT
         ("postgresql://u:ab/cd+ef==@h/db", "postgresql://u:***@h/db"),
         ("nats://u:x/y@h:4222", "nats://u:***@h:4222"),
         ("nats://s3cr3tt0ken@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+        # a URL quoted in Markdown, a brace or a table: as after a quote or a bracket
+        ("`postgresql://u:hunter22@h/db`", "`postgresql://u:***@h/db`"),
+        ("{nats://u:hunter22@h}", "{nats://u:***@h}"),
+        ("|nats://u:hunter22@h|", "|nats://u:***@h|"),
+        # an environment variable's assignment (libpq's PGPASSWORD, this project's own)
+        ("PGPASSWORD=hunter22 psql", "PGPASSWORD=*** psql"),
+        ("export BUDGET_NATS_PASSWORD=hunter22", "export BUDGET_NATS_PASSWORD=***"),
+        # a JSON password field (NATS's CONNECT names it "pass")
+        ('{"user": "u", "pass": "hunter22"}', '{"user": "u", "pass": "***"}'),
+        ('{"password":"hun\\"ter22","x":1}', '{"password":"***","x":1}'),
         # Not credentials: left as they are.
+        ("nats_password_file=/run/secrets/nats", "nats_password_file=/run/secrets/nats"),
+        ("the password is wrong", "the password is wrong"),
         ("http://host:8080/path@x", "http://host:8080/path@x"),
         ("nats://h1:4222,nats://h2:4222", "nats://h1:4222,nats://h2:4222"),
         (
