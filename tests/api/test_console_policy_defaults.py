@@ -1,7 +1,8 @@
 """The console's policy editor (the seed's "Policy Editor") starts a new policy from the
 server's config.yaml: its ``budget.default_action`` and ``soft_limit_percent``, as
 ``budget policy set`` and ``budget_policies`` entries take them (it showed warn at 80 %);
-a policy posted or put over HTTP without them takes them too (it was set warn at 80 %)."""
+a policy posted or put over HTTP without them, or saved from the form with its soft limit
+cleared, takes them too (each was set at 80 %)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import uuid
 
 import httpx
 import pytest
+
+from http_support import csrf_token
 
 STACK_ENV = {"BUDGET_DEFAULT_ACTION": "block", "BUDGET_SOFT_LIMIT_PERCENT": "70"}
 
@@ -45,3 +48,24 @@ def test_a_policy_stating_its_action_and_soft_limit_keeps_them(admin: httpx.Clie
     assert answer.status_code == 200, answer.text
     stored = admin.get(f"/api/v1/policies/{policy_id}").json()
     assert (stored["action"], stored["soft_limit_percent"]) == ("warn", "80")
+
+
+def test_a_soft_limit_cleared_on_the_form_is_the_configured_one(
+    browser: httpx.Client, admin: httpx.Client
+) -> None:
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    token = csrf_token(browser.get("/policies/new").text)
+    form = {
+        "csrf_token": token,
+        "policy_id": policy_id,
+        "name": "cleared soft limit",
+        "scope": "global",
+        "period": "monthly",
+        "limit_amount": "10",
+        "soft_limit_percent": "",
+        "action": "warn",
+    }
+    saved = browser.post("/policies/new", data=form)
+    assert saved.status_code == 303, saved.text
+    stored = admin.get(f"/api/v1/policies/{policy_id}").json()
+    assert (stored["action"], stored["soft_limit_percent"]) == ("warn", "70")
