@@ -133,6 +133,12 @@ def test_alert_rules_are_added_with_field_errors_and_removed(
     page.get_by_role("button", name="Add rule").click()
     expect(page.locator("#e-policy_ids")).to_contain_text("anomaly rules watch no policy")
     page.get_by_label("Type", exact=True).select_option("threshold_warning")
+    # a typo in a policy id would make a rule that never fires
+    page.get_by_label("Policies", exact=True).fill("no-such-policy")
+    page.get_by_label("Threshold (% of the limit)").fill("50")
+    page.get_by_role("button", name="Add rule").click()
+    expect(page.locator("#e-policy_ids")).to_contain_text("no policy has the id 'no-such-policy'")
+    expect(page.get_by_label("Policies", exact=True)).to_have_value("no-such-policy")
     page.get_by_label("Policies", exact=True).fill("")
     page.get_by_label("Threshold (% of the limit)").fill("50")
     page.get_by_label("webhook").check()
