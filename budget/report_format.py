@@ -118,8 +118,8 @@ class Report:
         return out.getvalue()
 
     def to_markdown(self) -> str:
-        # Every text is escaped, not only the cells: a note repeats a history's filter
-        # (a host's user id), and a policy's name heads a budget row.
+        # The notes are escaped as the cells are: a history's note repeats its filter (a
+        # host's user id, as typed in a shared link).
         # Each end with its offset: a report of a zone's days is shown from its midnights.
         lines = [f"# {_markdown_line(self.title)}", ""]
         lines += [f"{_text(self.start)} to {_text(self.end)}", ""]
@@ -128,7 +128,7 @@ class Report:
             if not table.rows:
                 lines += ["(no data)", ""]
                 continue
-            lines.append(_markdown_row(_markdown_text(c) for c in table.columns))
+            lines.append(_markdown_row(table.columns))  # names of ours: shown as they are
             lines.append(_markdown_row("---" for _ in table.columns))
             lines += [
                 _markdown_row(
