@@ -226,3 +226,22 @@ def test_no_split_hides_a_nul(admin: httpx.Client) -> None:
     in_path = admin.delete("/api/v1/keys/a%00b")
     assert in_path.status_code == 422
     assert in_path.json()["errors"] == [{"field": "path", "message": "contains NUL"}]
+
+
+def test_amounts_sent_as_json_numbers_are_the_amounts_written(
+    admin: httpx.Client, viewer: httpx.Client
+) -> None:
+    """JSON numbers were read as binary floats: a limit of 100.000000000000001 was set
+    as 100.0, another amount than the one sent, and nothing said so."""
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    body = (
+        f'{{"policy_id": "{policy_id}", "name": "n", "limit_amount": 100.000000000000001,'
+        ' "soft_limit_percent": 33.3333333333333333}'
+    )
+    created = admin.post(
+        "/api/v1/policies", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert created.status_code == 201, created.text
+    stored = viewer.get(f"/api/v1/policies/{policy_id}").json()
+    assert stored["limit_amount"] == "100.000000000000001"
+    assert stored["soft_limit_percent"] == "33.3333333333333333"

@@ -11,13 +11,14 @@ from budget.policies import PolicyFieldError, settable_policy, with_configured_d
 from events import BudgetPolicy, BudgetScope
 from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_read
 from services.api.path_ids import with_path_id
 from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/policies", tags=["policies"])
+router = APIRouter(route_class=ExactJsonRoute, prefix="/policies", tags=["policies"])
 Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
 

@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Response
 from events import AlertRule
 from services.api.auth import ADMIN, require
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_read
 from services.api.path_ids import with_path_id
 from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["router", "unusable_setting"]
 
-router = APIRouter(prefix="/rules", tags=["alert rules"])
+router = APIRouter(route_class=ExactJsonRoute, prefix="/rules", tags=["alert rules"])
 Api = Annotated[ApiServices, Depends(current_services)]
 
 
