@@ -245,3 +245,22 @@ def test_amounts_sent_as_json_numbers_are_the_amounts_written(
     stored = viewer.get(f"/api/v1/policies/{policy_id}").json()
     assert stored["limit_amount"] == "100.000000000000001"
     assert stored["soft_limit_percent"] == "33.3333333333333333"
+
+
+def test_a_field_given_twice_is_refused_naming_it(admin: httpx.Client) -> None:
+    """The last of two limits was set, whichever the sender meant."""
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    body = f'{{"policy_id": "{policy_id}", "name": "n", "limit_amount": "1", "limit_amount": "2"}}'
+    refused = admin.post(
+        "/api/v1/policies", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert refused.status_code == 422, refused.text
+    again = body.rindex('"limit_amount"')
+    assert refused.json()["errors"] == [
+        {
+            "field": "body",
+            "message": f"not valid JSON at character {again}:"
+            " 'limit_amount' is given twice; send each field once",
+        }
+    ]
+    assert admin.get(f"/api/v1/policies/{policy_id}").status_code == 404
