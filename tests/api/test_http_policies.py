@@ -264,3 +264,15 @@ def test_a_field_given_twice_is_refused_naming_it(admin: httpx.Client) -> None:
         }
     ]
     assert admin.get(f"/api/v1/policies/{policy_id}").status_code == 404
+
+
+def test_a_method_a_path_lacks_is_answered_with_every_method_it_has(admin: httpx.Client) -> None:
+    """Allow named only the first route's method (GET) of a path that also takes PUT and
+    DELETE: a client reading it learnt that a policy could not be changed."""
+    refused = admin.patch("/api/v1/policies/some-policy", json={"limit_amount": "1"})
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, PUT, DELETE"
+    assert refused.json()["detail"] == "PATCH is not a method of this path; use GET, PUT or DELETE"
+    only_read = admin.delete("/api/v1/spend")
+    assert only_read.headers["allow"] == "GET"
+    assert only_read.json()["detail"] == "DELETE is not a method of this path; use GET"
