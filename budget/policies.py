@@ -30,6 +30,7 @@ __all__ = [
     "policy_zone",
     "settable_policy",
     "window_text",
+    "with_configured_defaults",
 ]
 
 DEFAULT_USER_POLICY_ID = "default-user"
@@ -241,6 +242,19 @@ def settable_policy(policy: BudgetPolicy) -> BudgetPolicy:
             f" nothing); omit scope_key to limit each {scope} separately",
         )
     return policy
+
+
+def with_configured_defaults(policy: BudgetPolicy, settings: Settings) -> BudgetPolicy:
+    """``policy`` with the action and soft limit its document left out taken from
+    ``budget.default_action`` and ``budget.soft_limit_percent``, as a ``budget_policies``
+    entry and ``budget policy set`` take them: a policy sent over HTTP without them is
+    not the model's warn at 80 % where the configuration says otherwise."""
+    configured = {
+        "action": LimitAction(settings.default_action),
+        "soft_limit_percent": settings.soft_limit_percent,
+    }
+    left_out = {f: v for f, v in configured.items() if f not in policy.model_fields_set}
+    return policy.model_copy(update=left_out)
 
 
 def configured_policies(settings: Settings) -> list[BudgetPolicy]:

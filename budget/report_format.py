@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
@@ -117,25 +118,26 @@ class Report:
         return out.getvalue()
 
     def to_markdown(self) -> str:
-        # each end with its offset: a report of a zone's days is shown from its midnights
-        lines = [f"# {self.title}", "", f"{_text(self.start)} to {_text(self.end)}", ""]
+        # The notes are escaped as the cells are: a history's note repeats its filter (a
+        # host's user id, as typed in a shared link).
+        # Each end with its offset: a report of a zone's days is shown from its midnights.
+        lines = [f"# {_markdown_line(self.title)}", ""]
+        lines += [f"{_text(self.start)} to {_text(self.end)}", ""]
         for table in self.tables:
-            lines += [f"## {table.title}", ""]
+            lines += [f"## {_markdown_line(table.title)}", ""]
             if not table.rows:
                 lines += ["(no data)", ""]
                 continue
-            lines.append("| " + " | ".join(table.columns) + " |")
-            lines.append("| " + " | ".join("---" for _ in table.columns) + " |")
+            lines.append(_markdown_row(table.columns))  # names of ours: shown as they are
+            lines.append(_markdown_row("---" for _ in table.columns))
             lines += [
-                "| "
-                + " | ".join(
+                _markdown_row(
                     "unpriced" if table.unpriced(r, c) else _shown(c, v) for c, v in r.items()
                 )
-                + " |"
                 for r in table.records()
             ]
             lines.append("")
-        lines += [f"- {note}" for note in self.notes]
+        lines += [f"- {_markdown_line(note)}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
 
@@ -186,13 +188,31 @@ def _shown(column: str, value: Cell) -> str:
         return f"{value:,}"  # as computed, to a tenth: cents would claim a precision it lacks
     if isinstance(value, Decimal):
         return shown_money(value)
-    # One line (a line break would end the row), every character as itself: a host's
-    # user id like "[sign in](https://...)" or "<img src=x onerror=...>" is no link or
-    # markup in whatever renders the export, and "|" no cell of its own.
-    return one_line(_text(value)).translate(_MARKDOWN_ESCAPES)
+    return _markdown_text(_text(value))
+
+
+def _markdown_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` as one line of Markdown that renders as itself: a line break would end
+    the row or the item, and a host's user id like "[sign in](https://...)" or
+    "<img src=x onerror=...>" must be no link or markup wherever the export is rendered,
+    nor "|" a cell of its own."""
+    return one_line(text).translate(_MARKDOWN_ESCAPES)
+
+
+def _markdown_line(text: str) -> str:
+    """``text`` escaped as ``_markdown_text``, for the start of a heading or list item,
+    where "# ", "> ", "- " or "1. " would also open a block of its own."""
+    return _BLOCK_MARK.sub(lambda before: before[0] + "\\", _markdown_text(text), count=1)
 
 
 _MARKDOWN_ESCAPES = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|~&"})
+_BLOCK_MARK = re.compile(r"^(?:\d{1,9}(?=[.)])|(?=[#>+=-]))")
+"""Where a mark opening a block at a line's start is (a heading's #, a quote's >, a list
+item's - + or 1. 1), a setext underline's =): the text before it, to put a backslash after."""
 
 
 # Reports travel over NATS (``events.queries.ReportAnswer``) with each column's kind, so

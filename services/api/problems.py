@@ -31,6 +31,7 @@ from budget.queries import NotApplied
 from budget.rpc import Unanswered
 from events.permissions import API_USER
 from projections.readable import Rebuilding
+from services.api.allowed_methods import allowed_methods
 
 __all__ = [
     "LIMITED_RESPONSES",
@@ -272,5 +273,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
-        problem = Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request.app, request.url.path)):
+            headers["Allow"] = ", ".join(allowed)
+            choices = ", ".join(allowed[:-1]) + " or " if len(allowed) > 1 else ""
+            detail = f"{request.method} is not a method of this path; use {choices}{allowed[-1]}"
+        problem = Problem(exc.status_code, detail, headers=headers)
         return problem_response(problem, request.url.path)

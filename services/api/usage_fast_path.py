@@ -17,14 +17,13 @@ name) do not change.
 
 from __future__ import annotations
 
-import json
-
 from starlette.datastructures import Headers, State
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from events.nul import JSON_NUL
+from services.api import exact_json
 from services.api.auth import INGEST, key_principal, presented_key, refusal
 from services.api.context import ApiServices
 from services.api.limits import holding
@@ -92,6 +91,6 @@ def _usage(body: bytes) -> UsageIn | None:
     """The post's call, as the route reads it (a JSON document, then the model), or None
     for the app to refuse, naming what is wrong."""
     try:
-        return UsageIn.model_validate(json.loads(body))
+        return UsageIn.model_validate(exact_json.loads(body))
     except Exception:  # not JSON, nested past the parser's depth, or not a call
         return None

@@ -240,6 +240,26 @@ def test_rules_are_added_replaced_and_removed(
     assert admin.delete(f"/api/v1/rules/{rule['rule_id']}").status_code == 404
 
 
+def test_a_rule_watching_a_policy_that_does_not_exist_is_refused_naming_it(
+    admin: httpx.Client, viewer: httpx.Client, user: str
+) -> None:
+    """A typo in policy_ids made a rule that never fired, and nothing said so."""
+    policy = {"policy_id": f"p-{user}", "name": "team", "limit_amount": "10"}
+    assert admin.post("/api/v1/policies", json=policy).status_code == 201
+    rule = {"name": "x", "threshold_percent": "50", "policy_ids": [f"p-{user}", "tpyo"]}
+    for answer in (
+        admin.post("/api/v1/rules", json={**rule, "rule_id": f"r-{user}"}),
+        admin.put(f"/api/v1/rules/r-{user}", json=rule),
+    ):
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == "body.policy_ids"
+        assert "'tpyo'" in answer.json()["detail"] and f"p-{user}" not in answer.json()["detail"]
+    assert f"r-{user}" not in {r["rule_id"] for r in viewer.get("/api/v1/rules").json()}
+    known = admin.put(f"/api/v1/rules/r-{user}", json={**rule, "policy_ids": [f"p-{user}"]})
+    assert known.status_code == 200, known.text
+    assert admin.delete(f"/api/v1/rules/r-{user}").status_code == 204
+
+
 async def test_of_concurrent_rule_creations_of_one_id_exactly_one_wins(
     stack: LiveStack, user: str
 ) -> None:

@@ -4,6 +4,7 @@ settlement), and a retried usage post never counted twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -24,6 +25,7 @@ from support import start_of
 YESTERDAY = start_of(Period.DAILY, ago=1)
 """Midnight UTC yesterday: calls that day lie inside the contract's time bounds."""
 ZULU = "%Y-%m-%dT%H:%M:%SZ"
+JSON = {"Content-Type": "application/json"}
 
 
 def spend_of(http: httpx.Client, user: str) -> tuple[Decimal, int]:
@@ -141,6 +143,25 @@ def test_a_count_given_as_a_whole_float_is_that_count(ingest: httpx.Client, user
     answer = ingest.post("/api/v1/usage", json=call(user, input_tokens=1000.0))
     assert answer.status_code == 201, answer.text
     assert answer.json()["event"]["usage"]["input_uncached"] == 1000
+
+
+def test_amounts_sent_as_json_numbers_are_the_amounts_written(
+    ingest: httpx.Client, user: str
+) -> None:
+    """JSON numbers were read as binary floats: an estimate of 0.0100000000000000001 was
+    0.01, and audio of 1.00000000000000001 seconds 1.0. Through the app and through the
+    fast path alike."""
+    estimate = '{"model": "gpt-4o", "estimated_cost": 0.0100000000000000001, "reserve": false}'
+    checked = ingest.post("/api/v1/check", content=estimate, headers=JSON)
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["estimated_cost"] == "0.0100000000000000001"
+    audio = json.dumps(call(user, model="whisper-1", audio_seconds="AUDIO")).replace(
+        '"AUDIO"', "1.00000000000000001"
+    )
+    for headers in (JSON, {**JSON, "Cookie": "unrelated=1"}):
+        posted = ingest.post("/api/v1/usage", content=audio, headers=headers)
+        assert posted.status_code == 201, posted.text
+        assert posted.json()["event"]["usage"]["audio_seconds"] == "1.00000000000000001"
 
 
 def test_check_reserves_refuses_and_settles(

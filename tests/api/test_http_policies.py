@@ -226,3 +226,53 @@ def test_no_split_hides_a_nul(admin: httpx.Client) -> None:
     in_path = admin.delete("/api/v1/keys/a%00b")
     assert in_path.status_code == 422
     assert in_path.json()["errors"] == [{"field": "path", "message": "contains NUL"}]
+
+
+def test_amounts_sent_as_json_numbers_are_the_amounts_written(
+    admin: httpx.Client, viewer: httpx.Client
+) -> None:
+    """JSON numbers were read as binary floats: a limit of 100.000000000000001 was set
+    as 100.0, another amount than the one sent, and nothing said so."""
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    body = (
+        f'{{"policy_id": "{policy_id}", "name": "n", "limit_amount": 100.000000000000001,'
+        ' "soft_limit_percent": 33.3333333333333333}'
+    )
+    created = admin.post(
+        "/api/v1/policies", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert created.status_code == 201, created.text
+    stored = viewer.get(f"/api/v1/policies/{policy_id}").json()
+    assert stored["limit_amount"] == "100.000000000000001"
+    assert stored["soft_limit_percent"] == "33.3333333333333333"
+
+
+def test_a_field_given_twice_is_refused_naming_it(admin: httpx.Client) -> None:
+    """The last of two limits was set, whichever the sender meant."""
+    policy_id = f"p-{uuid.uuid4().hex[:8]}"
+    body = f'{{"policy_id": "{policy_id}", "name": "n", "limit_amount": "1", "limit_amount": "2"}}'
+    refused = admin.post(
+        "/api/v1/policies", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert refused.status_code == 422, refused.text
+    again = body.rindex('"limit_amount"')
+    assert refused.json()["errors"] == [
+        {
+            "field": "body",
+            "message": f"not valid JSON at character {again}:"
+            " 'limit_amount' is given twice; send each field once",
+        }
+    ]
+    assert admin.get(f"/api/v1/policies/{policy_id}").status_code == 404
+
+
+def test_a_method_a_path_lacks_is_answered_with_every_method_it_has(admin: httpx.Client) -> None:
+    """Allow named only the first route's method (GET) of a path that also takes PUT and
+    DELETE: a client reading it learnt that a policy could not be changed."""
+    refused = admin.patch("/api/v1/policies/some-policy", json={"limit_amount": "1"})
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, PUT, DELETE"
+    assert refused.json()["detail"] == "PATCH is not a method of this path; use GET, PUT or DELETE"
+    only_read = admin.delete("/api/v1/spend")
+    assert only_read.headers["allow"] == "GET"
+    assert only_read.json()["detail"] == "DELETE is not a method of this path; use GET"

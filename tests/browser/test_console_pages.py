@@ -94,6 +94,24 @@ def test_reports_show_tables_a_chart_and_exports(stack: LiveStack, pages: Pages)
     expect(page.locator("#e-end")).to_contain_text("end must be after its start")  # by it
 
 
+def test_no_grouping_chosen_is_one_total_on_the_page_and_in_its_exports(
+    stack: LiveStack, pages: Pages
+) -> None:
+    """ "No grouping (one total)" was taken for a field left blank: the report came
+    grouped by model, the menu said Model again, and the exports were by model too."""
+    page = pages(stack.admin_key)
+    page.goto("/reports?kind=custom")
+    page.get_by_label("Group by").select_option("")
+    page.get_by_role("button", name="Show report").click()
+    expect(page.get_by_role("heading", name="Usage report by total")).to_be_visible()
+    expect(page.get_by_label("Group by")).to_have_value("")
+    csv_link = page.get_by_role("link", name="CSV", exact=True).get_attribute("href") or ""
+    assert "group_by" not in csv_link
+    assert page.request.get(csv_link.replace("format=csv", "format=json")).json()["title"] == (
+        "Usage report by total"
+    )
+
+
 def test_a_reports_notes_are_said_to_travel_beside_its_csv(stack: LiveStack, pages: Pages) -> None:
     """The CSV download cannot hold the notes: the page says where they are instead, and
     the download carries them in its Report-Notes header."""
@@ -133,6 +151,12 @@ def test_alert_rules_are_added_with_field_errors_and_removed(
     page.get_by_role("button", name="Add rule").click()
     expect(page.locator("#e-policy_ids")).to_contain_text("anomaly rules watch no policy")
     page.get_by_label("Type", exact=True).select_option("threshold_warning")
+    # a typo in a policy id would make a rule that never fires
+    page.get_by_label("Policies", exact=True).fill("no-such-policy")
+    page.get_by_label("Threshold (% of the limit)").fill("50")
+    page.get_by_role("button", name="Add rule").click()
+    expect(page.locator("#e-policy_ids")).to_contain_text("no policy has the id 'no-such-policy'")
+    expect(page.get_by_label("Policies", exact=True)).to_have_value("no-such-policy")
     page.get_by_label("Policies", exact=True).fill("")
     page.get_by_label("Threshold (% of the limit)").fill("50")
     page.get_by_label("webhook").check()

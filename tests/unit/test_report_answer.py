@@ -106,3 +106,28 @@ def test_markdown_shows_text_cells_as_text_not_links_or_markup() -> None:
         assert tag not in rendered, rendered
     cells = re.findall(r"<td>(.*?)</td>", rendered)
     assert [html.unescape(c) for c in cells[::2]] == hostile
+
+
+def test_markdown_notes_and_titles_render_as_text_not_blocks_links_or_markup() -> None:
+    """A history's notes repeat its filters (a host's user id, as typed in a shared link):
+    none may become a link, markup, a heading, a quote or a list of its own, nor spill
+    onto a line of its own, and each reads as it was."""
+    hostile = [
+        "user_id: [sign in](https://evil.example) <b>x</b> a|b `c`",
+        "# Approved by finance",
+        "> quoted",
+        "- nested",
+        "---",
+        "12. ordered",
+        "two\nlines",
+    ]
+    table = Table("Calls <i>", ("user_id", "cost_usd"), [("bob", Decimal(1))])
+    text = Report("Usage *history*", START, START, [table], hostile).to_markdown()
+    rendered = MarkdownIt("commonmark").enable("table").render(text)
+    for tag in ("<a ", "<b>", "<i>", "<em>", "<code>", "<blockquote>", "<ol", "<hr", "<h1>#"):
+        assert tag not in rendered, rendered
+    assert re.findall(r"<h(\d)>", rendered) == ["1", "2"]
+    assert html.unescape(re.findall(r"<h1>(.*?)</h1>", rendered)[0]) == "Usage *history*"
+    assert html.unescape(re.findall(r"<h2>(.*?)</h2>", rendered)[0]) == "Calls <i>"
+    items = [html.unescape(i) for i in re.findall(r"<li>(.*?)</li>", rendered)]
+    assert items == [*hostile[:-1], "two lines"]

@@ -50,7 +50,7 @@ async def new_policy(request: Request, _: Admin) -> Response:
 
 @router.post("/policies/new")
 async def create_policy(request: Request, who: Admin) -> Response:
-    policy, state = parse_policy(await form_data(request), None)
+    policy, state = parse_policy(await form_data(request), None, services(request).settings)
     if policy is not None and not await services(request).manager.create_policy(
         policy, set_by=who.name
     ):
@@ -71,7 +71,7 @@ async def edit_policy(request: Request, _: Admin, policy_id: str) -> Response:
 @router.post("/policies/{policy_id}/edit")
 async def save_policy(request: Request, who: Admin, policy_id: str) -> Response:
     current = await _existing(request, policy_id)
-    policy, state = parse_policy(await form_data(request), policy_id)
+    policy, state = parse_policy(await form_data(request), policy_id, services(request).settings)
     if policy is None:
         return _form(request, state, current, status=422)
     await services(request).manager.set_policy(policy, set_by=who.name)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from budget.policies import PolicyFieldError, settable_policy
+from budget.policies import PolicyFieldError, settable_policy, with_configured_defaults
 from events import BudgetPeriod, BudgetPolicy, BudgetScope, LimitAction
 from events.policy import iana_zones
 from services.api.console.forms import FormState, local_datetime, validate, zone
+
+if TYPE_CHECKING:
+    from budget.config import Settings
 
 __all__ = ["ACTIONS", "FIELDS", "PERIODS", "SCOPES", "parse_policy", "policy_values", "zones"]
 
@@ -70,10 +73,11 @@ def policy_values(policy: BudgetPolicy) -> dict[str, Any]:
 
 
 def parse_policy(
-    values: dict[str, Any], policy_id: str | None
+    values: dict[str, Any], policy_id: str | None, settings: Settings
 ) -> tuple[BudgetPolicy | None, FormState]:
     """``policy_id``: the policy being edited (its id is not a field then); None for a new
-    one, whose id is typed or made up."""
+    one, whose id is typed or made up. A soft limit left blank is the configured one
+    (``with_configured_defaults``), as the form starts from."""
     state = FormState(values=values)
     data: dict[str, Any] = {name: values.get(name) or None for name in FIELDS}
     data["policy_id"] = policy_id or data["policy_id"]
@@ -84,11 +88,11 @@ def parse_policy(
         except ValueError as exc:
             state.fail(name, str(exc))
             data[name] = None
-    # A blank field takes the model's default (a new id, 80 %, warn ...).
+    # A blank field takes the default: a new id, the configured soft limit, ...
     policy = validate(BudgetPolicy, {k: v for k, v in data.items() if v is not None}, state, FIELDS)
     if policy is not None:
         try:
-            policy = settable_policy(policy)
+            policy = settable_policy(with_configured_defaults(policy, settings))
         except PolicyFieldError as exc:
             state.fail(exc.field, exc.message)
     return (None if state.errors else policy), state

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
+from starlette.datastructures import QueryParams
 
 from budget.report_format import Report
 from events.queries import QueryFieldError, ReportQuery
@@ -43,6 +44,8 @@ GROUPS = [
     ("kind", "Kind of call"),
 ]
 DATES = ("start", "end", "previous_start", "previous_end")
+BLANK_CHOICES = frozenset({"group_by"})
+"""Fields whose blank is one of their choices (``GROUPS``' one total), not their default."""
 CHOICES = ("kind", "period", "interval", "days", "group_by", "tz")
 _DAY = timedelta(days=1)
 
@@ -88,9 +91,18 @@ def _typed(request: Request) -> dict[str, str]:
         "start": (today - 29 * _DAY).isoformat(),
         "end": today.isoformat(),
     }
-    names = (*CHOICES, *DATES)
-    typed = {name: params.get(name, "").strip() for name in names}
-    return {name: typed[name] or defaults.get(name, "") for name in names}
+
+    def value(name: str) -> str:
+        typed = params.get(name, "").strip()
+        return typed if typed or _chosen_blank(name, params) else defaults.get(name, "")
+
+    return {name: value(name) for name in (*CHOICES, *DATES)}
+
+
+def _chosen_blank(name: str, params: QueryParams) -> bool:
+    """Whether ``name`` was sent blank as a choice: "No grouping (one total)", not a
+    grouping left out (a first visit, a link), which takes the default."""
+    return name in BLANK_CHOICES and name in params
 
 
 def _query(state: FormState) -> ReportQuery | None:

@@ -15,6 +15,7 @@ from services.api.console.guard import Admin, ConsoleRoute, Viewer, redirect
 from services.api.console.render import confirmation, flash, render
 from services.api.context import services
 from services.api.problems import Problem
+from services.api.routes.rules import unusable_setting
 
 __all__ = ["router"]
 
@@ -55,7 +56,7 @@ async def add_rule(request: Request, _: Admin) -> Response:
     ids = [i.strip() for i in (data["policy_ids"] or "").split(",") if i.strip()]
     data["policy_ids"] = ids or None
     rule = validate(AlertRule, {k: v for k, v in data.items() if v is not None}, state, FIELDS)
-    if rule is not None and (why := rule.unused_setting()):
+    if rule is not None and (why := await unusable_setting(services(request), rule)):
         state.fail(why.partition(":")[0], why)
         rule = None
     if rule is not None and not await services(request).alerts.create_rule(rule):

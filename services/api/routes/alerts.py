@@ -24,13 +24,14 @@ from projections.engine.projection import Connection
 from projections.queries import AlertPosition, alerts_page
 from services.api.auth import ADMIN, READ, Principal, authenticate, require
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import holding, limited_read
 from services.api.open_streams import OpenStreams
 from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["Acknowledgement", "AlertDetail", "alert_cursor", "alert_position", "router"]
 
-router = APIRouter(prefix="/alerts", tags=["alerts"])
+router = APIRouter(route_class=ExactJsonRoute, prefix="/alerts", tags=["alerts"])
 Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
 _feeds = OpenStreams()

@@ -10,13 +10,17 @@ from pydantic import BaseModel
 from budget.pricing import ModelPricing, PricingRegistry
 from events.envelope import UtcDatetime
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES, Problem
 
 __all__ = ["priced_models", "router"]
 
 router = APIRouter(
-    tags=["prices"], dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES
+    route_class=ExactJsonRoute,
+    tags=["prices"],
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
 )
 Api = Annotated[ApiServices, Depends(current_services)]
 

@@ -19,6 +19,7 @@ from projections.history_pages import history_page as read_page
 from projections.readable import readable_position
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_read
 from services.api.open_streams import OpenStreams
 from services.api.problems import LIMITED_RESPONSES, Problem
@@ -26,6 +27,7 @@ from services.api.problems import LIMITED_RESPONSES, Problem
 __all__ = ["HistoryPage", "browse", "history_filter", "router"]
 
 router = APIRouter(
+    route_class=ExactJsonRoute,
     prefix="/usage",
     tags=["usage history"],
     dependencies=[Depends(limited_read)],

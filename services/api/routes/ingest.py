@@ -40,6 +40,7 @@ from events.usage import MAX_DECIMAL_PLACES, MAX_TOKENS, Seconds, WrittenPlaces
 from projections.ledger import SHARED_LEDGER
 from services.api.auth import Principal
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_check, limited_usage
 from services.api.problems import LIMITED_RESPONSES, Problem, field_errors
 from services.reservations import FOREIGN, foreign_holds
@@ -56,7 +57,7 @@ __all__ = [
 
 # Each route's dependency authenticates (ingest or admin) and limits per key: checks and
 # releases as the enforcer limits a host, usage posts alike in a bucket of their own.
-router = APIRouter(tags=["ingest"], responses=LIMITED_RESPONSES)
+router = APIRouter(route_class=ExactJsonRoute, tags=["ingest"], responses=LIMITED_RESPONSES)
 MAX_BATCH = 1000
 Api = Annotated[ApiServices, Depends(current_services)]
 

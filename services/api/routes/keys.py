@@ -13,11 +13,12 @@ from events.limits import NAME_MAX
 from projections.api_keys import ApiKey
 from services.api.auth import ADMIN, Principal, require
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.problems import Problem
 
 __all__ = ["CreatedKey", "KeyRequest", "router"]
 
-router = APIRouter(prefix="/keys", tags=["API keys"])
+router = APIRouter(route_class=ExactJsonRoute, prefix="/keys", tags=["API keys"])
 Api = Annotated[ApiServices, Depends(current_services)]
 Admin = Annotated[Principal, Depends(require(*ADMIN))]
 

@@ -20,6 +20,7 @@ from budget.report_format import ExportFormat, Report, to_answer
 from events.policy import iana_zone
 from events.queries import QueryFieldError, QueryTime, ReportAnswer, ReportQuery
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES, Problem
 from services.api.structured_fields import string_list
@@ -27,6 +28,7 @@ from services.api.structured_fields import string_list
 __all__ = ["router"]
 
 router = APIRouter(
+    route_class=ExactJsonRoute,
     prefix="/reports",
     tags=["reports"],
     dependencies=[Depends(limited_read)],

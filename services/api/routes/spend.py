@@ -13,13 +13,17 @@ from events.limits import NAME_MAX
 from events.queries import QueryTime, SpendQuery, SpendRow
 from projections.windows import priced_cost
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES
 
 __all__ = ["SpendTotal", "router"]
 
 router = APIRouter(
-    tags=["spend"], dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES
+    route_class=ExactJsonRoute,
+    tags=["spend"],
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
 )
 
 

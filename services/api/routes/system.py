@@ -12,15 +12,19 @@ from pydantic import BaseModel
 from projections.engine.deadletter import DeadLetter, recent_dead_letters
 from projections.queries import ProjectionStatus, projection_status
 from services.api.context import ApiServices, current_services
+from services.api.exact_json import ExactJsonRoute
 from services.api.limits import limited_read
 from services.api.problems import LIMITED_RESPONSES, Problem
 from services.probes import probe_services
 
 __all__ = ["ServiceHealth", "health", "router", "service_health"]
 
-health = APIRouter(tags=["health"])
+health = APIRouter(route_class=ExactJsonRoute, tags=["health"])
 router = APIRouter(
-    tags=["system"], dependencies=[Depends(limited_read)], responses=LIMITED_RESPONSES
+    route_class=ExactJsonRoute,
+    tags=["system"],
+    dependencies=[Depends(limited_read)],
+    responses=LIMITED_RESPONSES,
 )
 Api = Annotated[ApiServices, Depends(current_services)]
 _ASK_WITHIN = 2.0
