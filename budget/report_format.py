@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from budget.one_line import one_line
-from events.queries import CellKind, ReportAnswer, ReportTable
+from events.queries import TAG_GROUP, CellKind, ReportAnswer, ReportTable
 
 __all__ = [
     "ExportFormat",
@@ -124,7 +124,7 @@ class Report:
             if not table.rows:
                 lines += ["(no data)", ""]
                 continue
-            lines.append("| " + " | ".join(table.columns) + " |")
+            lines.append("| " + " | ".join(map(_shown_column, table.columns)) + " |")
             lines.append("| " + " | ".join("---" for _ in table.columns) + " |")
             lines += [
                 "| "
@@ -176,11 +176,17 @@ def shown_money(value: Decimal) -> str:
 
 
 _KEY_COLUMNS = frozenset(("provider", "model", "user", "project", "kind", "user_id", "project_id"))
-"""Columns that name a call's user, project, ...: None in one is calls without one."""
+"""Columns that name a call's user, project, ...: None in one is calls without one (so is
+None in a tag's column, ``tag:NAME``)."""
+
+
+def _shown_column(column: str) -> str:
+    """A column's name as Markdown shows it: a tag's (``tag:NAME``) is the host's text."""
+    return _shown("", column) if column.startswith(TAG_GROUP) else column
 
 
 def _shown(column: str, value: Cell) -> str:
-    if value is None and column in _KEY_COLUMNS:
+    if value is None and (column in _KEY_COLUMNS or column.startswith(TAG_GROUP)):
         return "(none)"
     if isinstance(value, Decimal) and column.endswith("_percent"):
         return f"{value:,}"  # as computed, to a tenth: cents would claim a precision it lacks

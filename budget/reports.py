@@ -37,9 +37,9 @@ class ReportGenerator:
         end_date: datetime | date,
         group_by: Sequence[str] | None = (),
     ) -> Report:
-        """Totals in [start_date, end_date) grouped by ``group_by`` (empty or None: one total; a
-        name alone is that one). A date is its midnight UTC, here and in the other
-        windows."""
+        """Totals in [start_date, end_date) grouped by ``group_by`` (``GROUPS``, or one tag
+        alone, ``tag:NAME``; empty or None: one total; a name alone is that one). A date is
+        its midnight UTC, here and in the other windows."""
         query = question(
             ReportQuery,
             {"start": "start_date", "end": "end_date"},

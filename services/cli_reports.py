@@ -16,8 +16,8 @@ from budget.periods import Period
 from budget.report_format import ExportFormat, Report
 from budget.reports import GROUPS, ReportGenerator
 from events.policy import iana_zone
-from events.queries import MAX_HISTORY_ROWS
-from projections.report_queries import rollup_dimension
+from events.queries import MAX_HISTORY_ROWS, TAG_GROUP
+from projections.report_queries import report_dimension
 from services.cli_context import database_queries, query_time_option
 
 __all__ = ["report_app"]
@@ -72,7 +72,7 @@ TzOption = Annotated[
 
 def _groups(groups: list[str] | None) -> list[str] | None:
     try:
-        rollup_dimension(groups or [])
+        report_dimension(groups or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     return groups
@@ -89,7 +89,8 @@ GroupOption = Annotated[
     typer.Option(
         "--group-by",
         callback=_groups,
-        help=f"repeatable: {', '.join(GROUPS)} (provider+model together)",
+        help=f"repeatable: {', '.join(GROUPS)} (provider+model together); or one tag alone,"
+        f" {TAG_GROUP}NAME (e.g. {TAG_GROUP}team)",
     ),
 ]
 DaysOption = Annotated[
