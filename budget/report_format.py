@@ -152,6 +152,10 @@ def _text(value: object) -> str:
         return ""
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        # plain decimal text: str() writes a small cost, a zero of many places or a limit
+        # typed so with an exponent (1.0E-7, 0E-8, 1E+2)
+        return f"{value:f}"
     return str(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -64,6 +65,19 @@ def test_markdown_shows_sub_cent_amounts_in_full_and_one_row_per_row() -> None:
     )
     rows = [line for line in report.to_markdown().splitlines() if line.startswith("| bob")]
     assert rows == ["| bob \\| forged \\| row \\| | 0.0000001 |"]
+
+
+def test_json_and_csv_carry_amounts_as_plain_decimal_text() -> None:
+    """A cheap embedding call's cost (0.00000010 from PostgreSQL), a sum of free calls
+    (0.00000000) and a limit typed 1E+2 were exported as str() writes them: "1.0E-7",
+    "0E-8", "1E+2"."""
+    amounts = [Decimal("0.00000010"), Decimal("0.00000000"), Decimal("1E+2"), Decimal("-1E-9")]
+    shown = ["0.00000010", "0.00000000", "100", "-0.000000001"]
+    report = Report("t", START, START, [Table("t", ("cost_usd",), [(a,) for a in amounts])])
+    rows = json.loads(report.to_json())["tables"][0]["rows"]
+    assert [r["cost_usd"] for r in rows] == shown
+    assert [c[0] for c in csv.reader(io.StringIO(report.to_csv(), newline=""))][1:] == shown
+    assert round_trip(report) == report
 
 
 def test_csv_defuses_formulas_in_text_and_keeps_numbers() -> None:
