@@ -9,7 +9,7 @@ arguments raise ``ValueError`` with the query service's reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 
 from budget.config import Settings
@@ -98,10 +98,12 @@ class ReportGenerator:
         model: str | None = None,
         user_id: str | None = None,
         project_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
         limit: int = 1000,
     ) -> Report:
-        """The calls in [start_date, end_date) that match every filter given, oldest
-        first, with their current cost; at most ``limit`` (a note says if more match)."""
+        """The calls in [start_date, end_date) that match every filter given (``tags``:
+        each of them, with that value), oldest first, with their current cost; at most
+        ``limit`` (a note says if more match)."""
         if not 1 <= limit <= MAX_HISTORY_ROWS:
             raise ValueError(f"limit must be between 1 and {MAX_HISTORY_ROWS}, not {limit}")
         query = question(
@@ -114,6 +116,7 @@ class ReportGenerator:
             model=model,
             user_id=user_id,
             project_id=project_id,
+            tags=dict(tags or {}),
             limit=limit,
         )
         return await self.queries.report(query)

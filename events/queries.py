@@ -261,6 +261,10 @@ class ReportQuery(_Message):
     model: str | None = None
     user_id: str | None = None
     project_id: str | None = None
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="history: only the calls carrying each of these tags with that value",
+    )
     limit: int = Field(default=1000, ge=1, le=MAX_HISTORY_ROWS)
     after: HistoryMark | None = Field(
         default=None,

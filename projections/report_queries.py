@@ -446,6 +446,7 @@ class ReportBuilder:
             model=query.model,
             user_id=query.user_id,
             project_id=query.project_id,
+            tags=query.tags,
         )
         clauses, filters = keys.key_clauses()
         params = {**filters, "start": start, "end": end, "limit": query.limit + 1}

@@ -111,3 +111,23 @@ async def test_a_tag_is_grouped_alone_and_by_name(generator: ReportGenerator) ->
         await generator.generate_report(*FEBRUARY, ["tag:"])
     with pytest.raises(ValueError, match="choose from provider, model, user, project, kind, or a"):
         await generator.generate_report(*FEBRUARY, ["team"])
+
+
+async def test_the_history_lists_the_calls_of_a_tag(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """A report by team says what team b spent; its calls are then the history's, as over
+    HTTP (``tag=team=b``): every tag given must match."""
+    events = [
+        tagged("1.00", FEB, team="b", feature="search"),
+        tagged("2.00", FEB + timedelta(hours=1), team="b"),
+        tagged("3.00", FEB + timedelta(hours=2), team="a", feature="search"),
+        tagged("4.00", FEB + timedelta(hours=3)),
+    ]
+    await publish(nc, topology, events)
+    await catch_up(get_projection("history"), nc, db, topology)
+    team_b = await generator.get_usage_history(*FEBRUARY, tags={"team": "b"})
+    assert [r["event_id"] for r in team_b.main.records()] == [str(e.event_id) for e in events[:2]]
+    searched = await generator.get_usage_history(*FEBRUARY, tags={"team": "b", "feature": "search"})
+    assert [r["cost_usd"] for r in searched.main.records()] == [Decimal("1.00")]
+    assert 'tags: {"team": "b", "feature": "search"}' in searched.notes
