@@ -54,7 +54,13 @@ class ReportGenerator:
         self, period: str | Period = Period.MONTHLY, tz: str = "UTC"
     ) -> Report:
         """The current calendar period of ``tz`` by provider and model, and the budgets."""
-        query = ReportQuery(kind="summary", period=Period(period).value, tz=_zone(tz))
+        query = question(
+            ReportQuery,
+            {},
+            kind="summary",
+            period=period.value if isinstance(period, Period) else period,
+            tz=_zone(tz),
+        )
         return await self.queries.report(query)
 
     async def generate_trend_report(
@@ -64,7 +70,7 @@ class ReportGenerator:
         today included, with the change from the previous point."""
         if days < 1:
             raise ValueError("days must be at least 1")
-        query = ReportQuery(kind="trend", days=days, interval=interval, tz=_zone(tz))
+        query = question(ReportQuery, {}, kind="trend", days=days, interval=interval, tz=_zone(tz))
         return await self.queries.report(query)
 
     async def generate_comparison_report(
@@ -129,7 +135,13 @@ class ReportGenerator:
         pace."""
         if days_to_project < 1:
             raise ValueError("days_to_project must be at least 1")
-        query = ReportQuery(kind="projection", days=days_to_project, tz=_zone(tz))
+        query = question(
+            ReportQuery,
+            {"days": "days_to_project"},
+            kind="projection",
+            days=days_to_project,
+            tz=_zone(tz),
+        )
         return await self.queries.report(query)
 
 
