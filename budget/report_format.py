@@ -118,9 +118,10 @@ class Report:
 
     def to_markdown(self) -> str:
         # each end with its offset: a report of a zone's days is shown from its midnights
-        lines = [f"# {self.title}", "", f"{_text(self.start)} to {_text(self.end)}", ""]
+        title = _shown("", self.title)  # a tag's name in it is the asker's text
+        lines = [f"# {title}", "", f"{_text(self.start)} to {_text(self.end)}", ""]
         for table in self.tables:
-            lines += [f"## {table.title}", ""]
+            lines += [f"## {_shown('', table.title)}", ""]
             if not table.rows:
                 lines += ["(no data)", ""]
                 continue
@@ -185,7 +186,7 @@ None in a tag's column, ``tag:NAME``)."""
 
 
 def _shown_column(column: str) -> str:
-    """A column's name as Markdown shows it: a tag's (``tag:NAME``) is the host's text."""
+    """A column's name as Markdown shows it: a tag's (``tag:NAME``) is the asker's text."""
     return _shown("", column) if column.startswith(TAG_GROUP) else column
 
 

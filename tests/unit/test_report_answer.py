@@ -120,3 +120,18 @@ def test_markdown_shows_text_cells_as_text_not_links_or_markup() -> None:
         assert tag not in rendered, rendered
     cells = re.findall(r"<td>(.*?)</td>", rendered)
     assert [html.unescape(c) for c in cells[::2]] == hostile
+
+
+def test_markdown_shows_a_tags_name_as_text_in_the_headings_and_header() -> None:
+    """A report by tag names the tag, as asked (``group_by=tag:...`` in a link someone
+    was sent): no link, markup or extra cell in the title, table title or header."""
+    name = "tag:[x](https://evil.example)|<b>"
+    table = Table(f"Change by {name}", (name, "cost_usd"), [("a", Decimal(1))])
+    text = Report(f"Usage report by {name}", START, START, [table]).to_markdown()
+    escaped = "tag:\\[x\\](https://evil.example)\\|\\<b\\>"
+    lines = text.splitlines()
+    assert lines[0] == f"# Usage report by {escaped}"
+    assert f"## Change by {escaped}" in lines
+    assert f"| {escaped} | cost_usd |" in lines
+    rendered = MarkdownIt().enable("table").render(text)
+    assert "<a " not in rendered and "<b>" not in rendered
