@@ -694,7 +694,9 @@ class ReportBuilder:
             key = None if dimension == "total" else window.key
             history, _ = await self._history(conn, dimension, key, today, tz)
             limit = window.policy.limit_amount
-            running, exhausted = amount, today if amount >= limit else None
+            running, exhausted = amount, None
+            if amount >= limit:
+                exhausted = await self._exhausted_on(conn, window, dimension, key, today, tz)
             # ``amount`` holds today's spend so far: today adds only what it may still add
             # (a window begun today holds nothing of before it).
             if window.start >= local_midnight(today, tz):
@@ -738,6 +740,31 @@ class ReportBuilder:
             ),
             rows,
         ), [_UNFITTED_BUDGETS] if unfitted else []
+
+    async def _exhausted_on(
+        self,
+        conn: Connection,
+        window: PolicyWindow,
+        dimension: str,
+        key: str | None,
+        today: date,
+        tz: tzinfo,
+    ) -> date:
+        """The day (of ``tz``) a budget spent past its limit by today first reached it:
+        the day its spend did, not today (a budget run out days ago read as running out
+        today)."""
+        first = window.start.astimezone(tz).date()
+        midnights = _local_days(first, (today - first).days + 1, tz)
+        end = min(midnights[-1], window.end)  # through today, inside the window
+        bounds = [window.start, *(m for m in midnights if window.start < m < end), end]
+        spent = await self.spans(conn, dimension, key, bounds)  # one span a day from first
+        running = Decimal(0)
+        with exact_money():
+            for day, spend in enumerate(spent):
+                running += spend.cost
+                if running >= window.policy.limit_amount:
+                    return first + timedelta(day)
+        return today
 
 
 def _in_window(day: DayForecast, window: PolicyWindow, tz: tzinfo) -> Decimal:
