@@ -160,7 +160,9 @@ def threshold_alert(
     percent, amount = threshold_amount(rule, policy)
     with exact_money():
         amount = amount.normalize()  # 2 and 2.00 are one threshold
-    where = f" for {policy.scope.value} {window.key}" if policy.scope_key is None else ""
+    # the key a per-user (project, ...) policy's window is of; a global one has none
+    per_key = policy.scope_key is None and policy.scope is not BudgetScope.GLOBAL
+    where = f" for {policy.scope.value} {window.key}" if per_key else ""
     return Alert(
         alert_id=alert_id(
             rule.rule_id, policy.policy_id, window.key, window.start, percent, amount

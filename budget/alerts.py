@@ -123,7 +123,9 @@ class AlertEngine(ChangeClient):
         limit: int = 1000,
     ) -> list[StoredAlert]:
         """The newest ``limit`` (up to 10,000) alerts that match, oldest first."""
-        query = AlertsQuery(
+        query = question(
+            AlertsQuery,
+            {},
             policy_id=policy_id,
             unacknowledged_only=unacknowledged_only,
             resolved=resolved,

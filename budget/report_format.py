@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from budget.one_line import one_line
-from events.queries import CellKind, ReportAnswer, ReportTable
+from events.queries import TAG_GROUP, CellKind, ReportAnswer, ReportTable
 
 __all__ = [
     "ExportFormat",
@@ -118,8 +118,8 @@ class Report:
         return out.getvalue()
 
     def to_markdown(self) -> str:
-        # The notes are escaped as the cells are: a history's note repeats its filter (a
-        # host's user id, as typed in a shared link).
+        # The notes and titles are escaped as the cells are: a history's note repeats its
+        # filter (a host's user id, as typed in a shared link), a title a tag's name.
         # Each end with its offset: a report of a zone's days is shown from its midnights.
         lines = [f"# {_markdown_line(self.title)}", ""]
         lines += [f"{_text(self.start)} to {_text(self.end)}", ""]
@@ -128,7 +128,7 @@ class Report:
             if not table.rows:
                 lines += ["(no data)", ""]
                 continue
-            lines.append(_markdown_row(table.columns))  # names of ours: shown as they are
+            lines.append(_markdown_row(map(_shown_column, table.columns)))
             lines.append(_markdown_row("---" for _ in table.columns))
             lines += [
                 _markdown_row(
@@ -154,6 +154,10 @@ def _text(value: object) -> str:
         return ""
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        # plain decimal text: str() writes a small cost, a zero of many places or a limit
+        # typed so with an exponent (1.0E-7, 0E-8, 1E+2)
+        return f"{value:f}"
     return str(value)
 
 
@@ -178,11 +182,17 @@ def shown_money(value: Decimal) -> str:
 
 
 _KEY_COLUMNS = frozenset(("provider", "model", "user", "project", "kind", "user_id", "project_id"))
-"""Columns that name a call's user, project, ...: None in one is calls without one."""
+"""Columns that name a call's user, project, ...: None in one is calls without one (so is
+None in a tag's column, ``tag:NAME``)."""
+
+
+def _shown_column(column: str) -> str:
+    """A column's name as Markdown shows it: a tag's (``tag:NAME``) is the asker's text."""
+    return _shown("", column) if column.startswith(TAG_GROUP) else column
 
 
 def _shown(column: str, value: Cell) -> str:
-    if value is None and column in _KEY_COLUMNS:
+    if value is None and (column in _KEY_COLUMNS or column.startswith(TAG_GROUP)):
         return "(none)"
     if isinstance(value, Decimal) and column.endswith("_percent"):
         return f"{value:,}"  # as computed, to a tenth: cents would claim a precision it lacks

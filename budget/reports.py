@@ -9,7 +9,7 @@ arguments raise ``ValueError`` with the query service's reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 
 from budget.config import Settings
@@ -37,9 +37,9 @@ class ReportGenerator:
         end_date: datetime | date,
         group_by: Sequence[str] | None = (),
     ) -> Report:
-        """Totals in [start_date, end_date) grouped by ``group_by`` (empty or None: one total; a
-        name alone is that one). A date is its midnight UTC, here and in the other
-        windows."""
+        """Totals in [start_date, end_date) grouped by ``group_by`` (``GROUPS``, or one tag
+        alone, ``tag:NAME``; empty or None: one total; a name alone is that one). A date is
+        its midnight UTC, here and in the other windows."""
         query = question(
             ReportQuery,
             {"start": "start_date", "end": "end_date"},
@@ -54,7 +54,13 @@ class ReportGenerator:
         self, period: str | Period = Period.MONTHLY, tz: str = "UTC"
     ) -> Report:
         """The current calendar period of ``tz`` by provider and model, and the budgets."""
-        query = ReportQuery(kind="summary", period=Period(period).value, tz=_zone(tz))
+        query = question(
+            ReportQuery,
+            {},
+            kind="summary",
+            period=period.value if isinstance(period, Period) else period,
+            tz=_zone(tz),
+        )
         return await self.queries.report(query)
 
     async def generate_trend_report(
@@ -64,7 +70,7 @@ class ReportGenerator:
         today included, with the change from the previous point."""
         if days < 1:
             raise ValueError("days must be at least 1")
-        query = ReportQuery(kind="trend", days=days, interval=interval, tz=_zone(tz))
+        query = question(ReportQuery, {}, kind="trend", days=days, interval=interval, tz=_zone(tz))
         return await self.queries.report(query)
 
     async def generate_comparison_report(
@@ -98,10 +104,12 @@ class ReportGenerator:
         model: str | None = None,
         user_id: str | None = None,
         project_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
         limit: int = 1000,
     ) -> Report:
-        """The calls in [start_date, end_date) that match every filter given, oldest
-        first, with their current cost; at most ``limit`` (a note says if more match)."""
+        """The calls in [start_date, end_date) that match every filter given (``tags``:
+        each of them, with that value), oldest first, with their current cost; at most
+        ``limit`` (a note says if more match)."""
         if not 1 <= limit <= MAX_HISTORY_ROWS:
             raise ValueError(f"limit must be between 1 and {MAX_HISTORY_ROWS}, not {limit}")
         query = question(
@@ -114,6 +122,7 @@ class ReportGenerator:
             model=model,
             user_id=user_id,
             project_id=project_id,
+            tags=dict(tags or {}),
             limit=limit,
         )
         return await self.queries.report(query)
@@ -126,7 +135,13 @@ class ReportGenerator:
         pace."""
         if days_to_project < 1:
             raise ValueError("days_to_project must be at least 1")
-        query = ReportQuery(kind="projection", days=days_to_project, tz=_zone(tz))
+        query = question(
+            ReportQuery,
+            {"days": "days_to_project"},
+            kind="projection",
+            days=days_to_project,
+            tz=_zone(tz),
+        )
         return await self.queries.report(query)
 
 

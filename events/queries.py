@@ -32,6 +32,7 @@ __all__ = [
     "QUERY_RULES",
     "QUERY_SPEND",
     "QUERY_TIMES",
+    "TAG_GROUP",
     "AlertDelivery",
     "AlertsAnswer",
     "AlertsQuery",
@@ -84,6 +85,8 @@ MAX_HISTORY_ROWS = 100_000
 """The most calls one usage-history report lists."""
 MAX_ALERTS = 10_000
 """The most alerts one alerts query lists."""
+TAG_GROUP = "tag:"
+"""A report's ``group_by`` of ``tag:NAME`` groups the calls by their tag ``NAME``."""
 
 
 QUERY_TIMES = (datetime(1900, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
@@ -258,6 +261,10 @@ class ReportQuery(_Message):
     model: str | None = None
     user_id: str | None = None
     project_id: str | None = None
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="history: only the calls carrying each of these tags with that value",
+    )
     limit: int = Field(default=1000, ge=1, le=MAX_HISTORY_ROWS)
     after: HistoryMark | None = Field(
         default=None,

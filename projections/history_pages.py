@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,7 @@ __all__ = [
     "export_csv",
     "export_json_lines",
     "history_page",
+    "tag_filters",
 ]
 
 _TIME = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
@@ -97,6 +98,20 @@ _FILTERS = (
 )
 
 
+def tag_filters(items: Iterable[str]) -> dict[str, str]:
+    """The tags ``KEY=VALUE`` items ask a call to carry (``ValueError`` saying which item
+    is wrong: one without ``=`` or a key, or a key given two values)."""
+    tags: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{item!r} must look like KEY=VALUE")
+        if tags.get(key, value) != value:  # the later would silently replace the earlier
+            raise ValueError(f"{key!r} is given twice; a call carries one value of a tag")
+        tags[key] = value
+    return tags
+
+
 @dataclass(frozen=True)
 class HistoryFilter:
     """Calls with ``since <= occurred_at < until`` matching every given filter; tags match
@@ -120,12 +135,16 @@ class HistoryFilter:
                 object.__setattr__(self, name, canonical_key(scope, value))
 
     def key_clauses(self) -> tuple[list[str], dict[str, Any]]:
-        """The conditions on ``usage_history`` of the provider, model, user and project
-        given, and their parameters (named as the filters)."""
+        """The conditions on ``usage_history`` of the provider, model, user, project and
+        tags given, and their parameters (named as the filters; the tags as JSON)."""
         params = {name: getattr(self, name) for name, _, _ in _FILTERS}
         given = {name: value for name, value in params.items() if value is not None}
         columns = {name: column for name, _, column in _FILTERS}
-        return [f"{columns[name]} = %({name})s" for name in given], given
+        clauses = [f"{columns[name]} = %({name})s" for name in given]
+        if self.tags:
+            clauses.append("tags @> %(tags)s::jsonb")
+            given["tags"] = json.dumps(dict(self.tags))
+        return clauses, given
 
     def where(self, as_of: int) -> tuple[str, dict[str, Any]]:
         keys, params = self.key_clauses()
@@ -137,9 +156,6 @@ class HistoryFilter:
         if self.until is not None:
             clauses.append("occurred_at < %(until)s")
             params["until"] = self.until
-        if self.tags:
-            clauses.append("tags @> %(tags)s::jsonb")
-            params["tags"] = json.dumps(dict(self.tags))
         return " AND ".join(clauses), params
 
 

@@ -1,6 +1,8 @@
 """The five reports (summary, trend, comparison, projection and custom), read from the
-report materializer's rollups (never from raw events). ``budget.ReportGenerator`` asks
-for them over NATS; the query service and the CLI build them here.
+report materializer's rollups (never from raw events; a report by tag, which has no
+rollup, and the history read the usage history's row per call).
+``budget.ReportGenerator`` asks for them over NATS; the query service and the CLI build
+them here.
 
 Windows are exact to the quarter hour: each is read as whole UTC days from the daily
 rollups, plus or minus the quarter hours between its ends and the nearest UTC midnights
@@ -37,7 +39,7 @@ from budget.report_format import Cell, Report, Table, history_cut_note, shown_mo
 from budget.reports import GROUPS
 from events import BudgetScope, utc_now
 from events.policy import GLOBAL_SCOPE_KEY
-from events.queries import QueryFieldError, ReportQuery
+from events.queries import TAG_GROUP, QueryFieldError, ReportQuery
 from events.usage import exact_money
 from projections.engine.projection import Connection
 from projections.history_pages import HistoryFilter
@@ -52,7 +54,7 @@ __all__ = [
     "Totals",
     "ceil_quarter",
     "floor_quarter",
-    "rollup_dimension",
+    "report_dimension",
     "span_pieces",
 ]
 
@@ -63,6 +65,17 @@ _MEASURES = (
     "sum(input_uncached + input_cache_read + input_cache_write)",
     "sum(output_text + output_reasoning)",
 )
+_TAG_TOTALS = b"""
+    SELECT coalesce(tags ->> %s, ''), '', coalesce(sum(cost), 0), count(*),
+           count(*) FILTER (WHERE cost IS NULL),
+           sum(input_uncached + input_cache_read + input_cache_write),
+           sum(output_text + output_reasoning)
+    FROM usage_history WHERE occurred_at >= %s AND occurred_at < %s
+    GROUP BY 1 ORDER BY 3 DESC, 1"""
+"""``totals`` of a tag: tags are free-form (a rollup per tag name would multiply every
+call's rollup rows), so they are summed from the usage history's row per call, which
+holds each call's tags and current cost (corrections included), over the window's index
+range on ``occurred_at``. Calls without the tag (or with it empty) are one group, ""."""
 _MEASURE_COLUMNS = ("cost_usd", "requests", "unpriced_requests", "input_tokens", "output_tokens")
 _CHANGE_COLUMNS = (
     "current_usd",
@@ -135,14 +148,27 @@ class Totals(NamedTuple):
             )
 
 
-def rollup_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """The rollup dimension answering ``group_by``, and the columns its keys fill."""
+def report_dimension(group_by: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The dimension answering ``group_by`` (a rollup dimension, or ``tag:NAME``), and the
+    columns its keys fill."""
+    tags = [g for g in group_by if g.startswith(TAG_GROUP)]
+    if tags:
+        if len(set(group_by)) > 1:
+            raise QueryFieldError(
+                "group_by",
+                f"group by one tag alone ({', '.join(dict.fromkeys(group_by))}): a tag is"
+                " not crossed with other tags or dimensions",
+            )
+        if tags[0] == TAG_GROUP:
+            raise QueryFieldError("group_by", "name the tag to group by, e.g. tag:team")
+        return tags[0], (tags[0],)
     groups = tuple(g for g in GROUPS if g in group_by)
     unknown = set(group_by) - set(GROUPS)
     if unknown:
         raise QueryFieldError(
             "group_by",
-            f"cannot group by {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}",
+            f"cannot group by {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)},"
+            f" or a tag: {TAG_GROUP}NAME",
         )
     if not groups:
         return "total", ()
@@ -192,6 +218,8 @@ class ReportBuilder:
         release's, after an upgrade)."""
         tz = ZoneInfo(query.tz)
         await readable_position(self.conn, "history" if query.kind == "history" else "reports")
+        if any(g.startswith(TAG_GROUP) for g in query.group_by):
+            await readable_position(self.conn, "history")  # tags are read from each call
         if query.kind == "summary":
             return await self.generate_summary_report(query.period, tz)
         if query.kind == "trend":
@@ -217,7 +245,7 @@ class ReportBuilder:
         self, start_date: datetime, end_date: datetime, group_by: Sequence[str] = ()
     ) -> Report:
         """Totals in [start_date, end_date) grouped by ``group_by`` (empty: one total)."""
-        dimension, columns = rollup_dimension(group_by)
+        dimension, columns = report_dimension(group_by)
         start, end, notes = self._window(start_date, end_date)
         conn = self.conn
         rows = await self.totals(conn, dimension, start, end)
@@ -296,7 +324,7 @@ class ReportBuilder:
         group absent from the previous window has no percent change), and the unpriced
         calls each window's amount leaves out: a window whose calls all lacked a price has
         no amount (None), and then no change either."""
-        dimension, columns = rollup_dimension(group_by)
+        dimension, columns = report_dimension(group_by)
         now_start, now_end, notes = self._window(current_start, current_end)
         then_start, then_end, then_notes = self._window(previous_start, previous_end)
         conn = self.conn
@@ -418,6 +446,7 @@ class ReportBuilder:
             model=query.model,
             user_id=query.user_id,
             project_id=query.project_id,
+            tags=query.tags,
         )
         clauses, filters = keys.key_clauses()
         params = {**filters, "start": start, "end": end, "limit": query.limit + 1}
@@ -480,17 +509,21 @@ class ReportBuilder:
         self, conn: Connection, dimension: str, start: datetime, end: datetime
     ) -> list[Totals]:
         """Totals per key of ``dimension`` (``total``, ``provider``, ``model`` keyed by
-        provider and model, ``user``, ``project``, ``kind``) in [start, end) on quarter
-        hours, dearest first."""
-        measures = ", ".join(_MEASURES)
-        cursor = await conn.execute(
-            # every key with a row in the window made a call there: net zero calls is a
-            # key whose rows the signed pieces cancel (see ``span_pieces``)
-            f"""SELECT key1, key2, {measures} FROM ({_SPANS}) r
-                GROUP BY key1, key2 HAVING sum(requests) <> 0
-                ORDER BY sum(cost) DESC, key1, key2""".encode(),
-            _span_params(dimension, None, [start, end]),
-        )
+        provider and model, ``user``, ``project``, ``kind``; or ``tag:NAME``, keyed by the
+        tag's value, "" for calls without it) in [start, end) on quarter hours, dearest
+        first."""
+        if dimension.startswith(TAG_GROUP):
+            cursor = await conn.execute(_TAG_TOTALS, (dimension[len(TAG_GROUP) :], start, end))
+        else:
+            measures = ", ".join(_MEASURES)
+            cursor = await conn.execute(
+                # every key with a row in the window made a call there: net zero calls is a
+                # key whose rows the signed pieces cancel (see ``span_pieces``)
+                f"""SELECT key1, key2, {measures} FROM ({_SPANS}) r
+                    GROUP BY key1, key2 HAVING sum(requests) <> 0
+                    ORDER BY sum(cost) DESC, key1, key2""".encode(),
+                _span_params(dimension, None, [start, end]),
+            )
         # token sums are numeric (beyond bigint's range): exact as Python ints
         return [
             Totals(key1, key2, cost, requests, unpriced, int(inputs), int(outputs))
@@ -661,7 +694,9 @@ class ReportBuilder:
             key = None if dimension == "total" else window.key
             history, _ = await self._history(conn, dimension, key, today, tz)
             limit = window.policy.limit_amount
-            running, exhausted = amount, today if amount >= limit else None
+            running, exhausted = amount, None
+            if amount >= limit:
+                exhausted = await self._exhausted_on(conn, window, dimension, key, today, tz)
             # ``amount`` holds today's spend so far: today adds only what it may still add
             # (a window begun today holds nothing of before it).
             if window.start >= local_midnight(today, tz):
@@ -705,6 +740,31 @@ class ReportBuilder:
             ),
             rows,
         ), [_UNFITTED_BUDGETS] if unfitted else []
+
+    async def _exhausted_on(
+        self,
+        conn: Connection,
+        window: PolicyWindow,
+        dimension: str,
+        key: str | None,
+        today: date,
+        tz: tzinfo,
+    ) -> date:
+        """The day (of ``tz``) a budget spent past its limit by today first reached it:
+        the day its spend did, not today (a budget run out days ago read as running out
+        today)."""
+        first = window.start.astimezone(tz).date()
+        midnights = _local_days(first, (today - first).days + 1, tz)
+        end = min(midnights[-1], window.end)  # through today, inside the window
+        bounds = [window.start, *(m for m in midnights if window.start < m < end), end]
+        spent = await self.spans(conn, dimension, key, bounds)  # one span a day from first
+        running = Decimal(0)
+        with exact_money():
+            for day, spend in enumerate(spent):
+                running += spend.cost
+                if running >= window.policy.limit_amount:
+                    return first + timedelta(day)
+        return today
 
 
 def _in_window(day: DayForecast, window: PolicyWindow, tz: tzinfo) -> Decimal:

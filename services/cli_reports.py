@@ -16,8 +16,9 @@ from budget.periods import Period
 from budget.report_format import ExportFormat, Report
 from budget.reports import GROUPS, ReportGenerator
 from events.policy import iana_zone
-from events.queries import MAX_HISTORY_ROWS
-from projections.report_queries import rollup_dimension
+from events.queries import MAX_HISTORY_ROWS, TAG_GROUP
+from projections.history_pages import tag_filters
+from projections.report_queries import report_dimension
 from services.cli_context import database_queries, query_time_option
 
 __all__ = ["report_app"]
@@ -72,10 +73,18 @@ TzOption = Annotated[
 
 def _groups(groups: list[str] | None) -> list[str] | None:
     try:
-        rollup_dimension(groups or [])
+        report_dimension(groups or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     return groups
+
+
+def _tags(items: list[str] | None) -> list[str] | None:
+    try:
+        tag_filters(items or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return items
 
 
 def _interval(name: str) -> str:
@@ -89,7 +98,8 @@ GroupOption = Annotated[
     typer.Option(
         "--group-by",
         callback=_groups,
-        help=f"repeatable: {', '.join(GROUPS)} (provider+model together)",
+        help=f"repeatable: {', '.join(GROUPS)} (provider+model together); or one tag alone,"
+        f" {TAG_GROUP}NAME (e.g. {TAG_GROUP}team)",
     ),
 ]
 DaysOption = Annotated[
@@ -218,6 +228,14 @@ def history(
     model: Annotated[str | None, typer.Option(help="only this model")] = None,
     user: Annotated[str | None, typer.Option(help="only this user")] = None,
     project: Annotated[str | None, typer.Option(help="only this project")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            callback=_tags,
+            metavar="KEY=VALUE",
+            help="only calls with this tag (repeatable: with each of them)",
+        ),
+    ] = None,
     limit: Annotated[
         int,
         typer.Option(
@@ -237,6 +255,7 @@ def history(
             model=model,
             user_id=user,
             project_id=project,
+            tags=tag_filters(tag or []),
             limit=limit,
         ),
         fmt,

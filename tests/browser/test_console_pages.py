@@ -112,6 +112,26 @@ def test_no_grouping_chosen_is_one_total_on_the_page_and_in_its_exports(
     )
 
 
+def test_a_report_by_tag_from_a_link_shows_its_tag_as_the_grouping(
+    stack: LiveStack, pages: Pages
+) -> None:
+    """The console lists the dimensions; a report by tag asked for in a link (an export's,
+    or one shared) shows its rows, and its tag as the form's grouping, not "No grouping"."""
+    team = unique("team")
+    now = datetime.now(UTC)
+    with stack.client() as http:
+        seq = record(http, unique("user"), tags={"team": team}, occurred_at=now.isoformat())
+        wait_applied(http, seq)
+    page = pages(stack.admin_key)
+    day = now.date().isoformat()
+    page.goto(f"/reports?kind=custom&start={day}&end={day}&group_by=tag:team")
+    expect(page.get_by_role("heading", name="Usage report by tag:team")).to_be_visible()
+    expect(page.locator("tr", has_text=team)).to_contain_text("$0.01")  # $0.0075
+    expect(page.get_by_label("Group by")).to_have_value("tag:team")
+    csv_link = page.get_by_role("link", name="CSV", exact=True).get_attribute("href") or ""
+    assert "group_by=tag%3Ateam" in csv_link and team in page.request.get(csv_link).text()
+
+
 def test_a_reports_notes_are_said_to_travel_beside_its_csv(stack: LiveStack, pages: Pages) -> None:
     """The CSV download cannot hold the notes: the page says where they are instead, and
     the download carries them in its Report-Notes header."""

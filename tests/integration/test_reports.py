@@ -869,6 +869,43 @@ async def test_a_budget_at_this_pace_is_forecast_to_its_windows_end(
     assert budget["exhausted_on"] == today.date() + timedelta(days=29)
 
 
+async def test_a_budget_run_out_days_ago_says_the_day_it_ran_out_not_today(
+    nc: Client, db: str, topology: Topology, generator: ReportGenerator
+) -> None:
+    """$3 and then $4 against $5: the budget ran out two days ago, on the $4 day of its
+    window (begun at 18:00 five days ago), and the report said today. A budget of New
+    York's days counts them: $4 at 02:00 UTC is the day before's there."""
+    today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    window = today - timedelta(days=5, hours=-18), today + timedelta(days=5)
+    policies = [
+        BudgetPolicy(
+            policy_id=f"ten-days-{n}",
+            name=f"Ten days {zone}",
+            period=BudgetPeriod.CUSTOM,
+            custom_start=window[0],
+            custom_end=window[1],
+            limit_amount=Decimal(5),
+            timezone=None if zone == "UTC" else zone,
+        )
+        for n, zone in enumerate(("UTC", "America/New_York"))
+    ]
+    calls = [
+        usage_event(cost="3.00", at=window[0] + timedelta(hours=1)),
+        usage_event(cost="4.00", at=today - timedelta(days=2, hours=-2)),
+        usage_event(cost="1.00", at=today),
+    ]
+    await publish(
+        nc, topology, [*(PolicySet(occurred_at=utc_now(), policy=p) for p in policies), *calls]
+    )
+    await materialize(nc, db, topology, "policies")
+    report = await generator.generate_projection_report(days_to_project=3)
+    ran_out = {b["policy"]: b["exhausted_on"] for b in report.tables[2].records()}
+    assert ran_out == {
+        "Ten days UTC": today.date() - timedelta(days=2),
+        "Ten days America/New_York": today.date() - timedelta(days=3),
+    }
+
+
 async def test_a_custom_window_ending_mid_day_is_forecast_for_its_part_of_that_day(
     nc: Client, db: str, topology: Topology, generator: ReportGenerator
 ) -> None:

@@ -57,3 +57,20 @@ async def test_an_alert_id_that_is_no_uuid_is_one_line_naming_it(
     arguments = ("not-a-uuid", "ops") if method == "acknowledge_alert" else ("not-a-uuid",)
     with pytest.raises(ValueError, match=r"^alert_id: Input should be a valid UUID, [^\n]+$"):
         await getattr(engine, method)(*arguments)
+
+
+@pytest.mark.parametrize(
+    ("asked", "said"),
+    [
+        ({"limit": 20_000}, "limit: Input should be less than or equal to 10000"),
+        ({"policy_id": 5}, "policy_id: Input should be a valid string"),
+    ],
+)
+async def test_a_listing_out_of_range_is_one_line_naming_the_argument(
+    settings: Settings, tracker: UsageTracker, asked: dict[str, object], said: str
+) -> None:
+    """``list_alerts(limit=20_000)`` was pydantic's several lines with a link."""
+    engine = AlertEngine(settings, tracker)
+    with pytest.raises(ValueError) as refused:
+        await engine.list_alerts(**asked)  # type: ignore[arg-type]
+    assert str(refused.value) == said

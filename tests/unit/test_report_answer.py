@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -64,6 +65,19 @@ def test_markdown_shows_sub_cent_amounts_in_full_and_one_row_per_row() -> None:
     )
     rows = [line for line in report.to_markdown().splitlines() if line.startswith("| bob")]
     assert rows == ["| bob \\| forged \\| row \\| | 0.0000001 |"]
+
+
+def test_json_and_csv_carry_amounts_as_plain_decimal_text() -> None:
+    """A cheap embedding call's cost (0.00000010 from PostgreSQL), a sum of free calls
+    (0.00000000) and a limit typed 1E+2 were exported as str() writes them: "1.0E-7",
+    "0E-8", "1E+2"."""
+    amounts = [Decimal("0.00000010"), Decimal("0.00000000"), Decimal("1E+2"), Decimal("-1E-9")]
+    shown = ["0.00000010", "0.00000000", "100", "-0.000000001"]
+    report = Report("t", START, START, [Table("t", ("cost_usd",), [(a,) for a in amounts])])
+    rows = json.loads(report.to_json())["tables"][0]["rows"]
+    assert [r["cost_usd"] for r in rows] == shown
+    assert [c[0] for c in csv.reader(io.StringIO(report.to_csv(), newline=""))][1:] == shown
+    assert round_trip(report) == report
 
 
 def test_csv_defuses_formulas_in_text_and_keeps_numbers() -> None:
@@ -131,3 +145,18 @@ def test_markdown_notes_and_titles_render_as_text_not_blocks_links_or_markup() -
     assert html.unescape(re.findall(r"<h2>(.*?)</h2>", rendered)[0]) == "Calls <i>"
     items = [html.unescape(i) for i in re.findall(r"<li>(.*?)</li>", rendered)]
     assert items == [*hostile[:-1], "two lines"]
+
+
+def test_markdown_shows_a_tags_name_as_text_in_the_headings_and_header() -> None:
+    """A report by tag names the tag, as asked (``group_by=tag:...`` in a link someone
+    was sent): no link, markup or extra cell in the title, table title or header."""
+    name = "tag:[x](https://evil.example)|<b>"
+    table = Table(f"Change by {name}", (name, "cost_usd"), [("a", Decimal(1))])
+    text = Report(f"Usage report by {name}", START, START, [table]).to_markdown()
+    escaped = "tag:\\[x\\](https://evil.example)\\|\\<b\\>"
+    lines = text.splitlines()
+    assert lines[0] == f"# Usage report by {escaped}"
+    assert f"## Change by {escaped}" in lines
+    assert f"| {escaped} | cost_usd |" in lines
+    rendered = MarkdownIt().enable("table").render(text)
+    assert "<a " not in rendered and "<b>" not in rendered

@@ -3,6 +3,7 @@ that group, and a wrong time is one line naming the argument and how to fix it."
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -75,3 +76,30 @@ async def test_a_time_without_a_zone_is_named_as_the_argument(naive: object) -> 
         await generator.generate_comparison_report(START, END, START, naive)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^end_date: Input should have timezone info"):
         await generator.get_usage_history(START, naive)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("ask", "said"),
+    [
+        (
+            lambda: generator.generate_summary_report("quarterly"),
+            "period: Input should be 'daily', 'weekly' or 'monthly'",
+        ),
+        (
+            lambda: generator.generate_trend_report(days=5000),
+            "days: Input should be less than or equal to 3660",
+        ),
+        (
+            lambda: generator.generate_projection_report(days_to_project=5000),
+            "days_to_project: Input should be less than or equal to 3660",
+        ),
+    ],
+)
+async def test_a_period_or_a_count_of_days_out_of_range_is_one_line_naming_it(
+    ask: Callable[[], Awaitable[object]], said: str
+) -> None:
+    """They were 'quarterly' is not a valid Period' (no word of the valid ones), and
+    pydantic's error of several lines with a link for 5,000 days."""
+    with pytest.raises(ValueError) as refused:
+        await ask()
+    assert str(refused.value) == said

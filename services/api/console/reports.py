@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.datastructures import QueryParams
 
 from budget.report_format import Report
-from events.queries import QueryFieldError, ReportQuery
+from events.queries import TAG_GROUP, QueryFieldError, ReportQuery
 from services.api.console.charts import report_chart
 from services.api.console.forms import FORM_ERROR, FormState, local_date, reader_zone, validate
 from services.api.console.guard import ConsoleRoute, Viewer
@@ -69,13 +69,21 @@ async def reports(request: Request, _: Viewer) -> Response:
         "zone": query.tz if query else state.value("tz") or "UTC",
         "form": state,
         "kinds": KINDS,
-        "groups": GROUPS,
+        "groups": _groups(state.value("group_by")),
         "report": report,
         "tables": [shown_table(t) for t in report.tables] if report else [],
         "chart_data": report_chart(report) if report else None,
         "export_links": _exports(query) if report and query else [],
     }
     return render(request, "reports.html", context, status=422 if state.errors else 200)
+
+
+def _groups(chosen: str) -> list[tuple[str, str]]:
+    """The groupings to pick from; a tag's (``group_by=tag:team``, from an export's link
+    or one shared) too when it is the one asked for, so that the form shows it."""
+    if chosen.startswith(TAG_GROUP):
+        return [*GROUPS, (chosen, f"Tag {chosen.removeprefix(TAG_GROUP)}")]
+    return GROUPS
 
 
 def _typed(request: Request) -> dict[str, str]:

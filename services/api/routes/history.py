@@ -14,7 +14,13 @@ from events.envelope import UtcDatetime
 from events.limits import NAME_MAX
 from projections.db import connect
 from projections.engine.projection import Connection
-from projections.history_pages import Cursor, HistoryFilter, export_csv, export_json_lines
+from projections.history_pages import (
+    Cursor,
+    HistoryFilter,
+    export_csv,
+    export_json_lines,
+    tag_filters,
+)
 from projections.history_pages import history_page as read_page
 from projections.readable import readable_position
 from services.api.auth import Principal
@@ -61,14 +67,10 @@ def history_filter(
         list[str] | None, Query(description="KEY=VALUE; repeat for several", max_length=20)
     ] = None,
 ) -> HistoryFilter:
-    tags: dict[str, str] = {}
-    for item in tag or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _tag_problem(f"{item!r} must look like KEY=VALUE")
-        if tags.get(key, value) != value:  # the later would silently replace the earlier
-            raise _tag_problem(f"{key!r} is given twice; a call carries one value of a tag")
-        tags[key] = value
+    try:
+        tags = tag_filters(tag or [])
+    except ValueError as exc:
+        raise _tag_problem(str(exc)) from None
     if since is not None and until is not None and since >= until:
         raise Problem(
             422,
