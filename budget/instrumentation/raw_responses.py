@@ -1,19 +1,18 @@
 """The answers the SDK gives raw (``with_raw_response``, ``with_streaming_response``):
-measured from their parsed body, and their streams watched as the SDK parsed them; or,
-when the caller reads the body itself, measured as it reads it (``raw_bodies``).
+measured from their parsed body when the SDK read it whole (``with_raw_response``'s JSON
+answers), else as their caller reads it (``raw_bodies``): a stream's, however it is read
+(the SDK stream ``parse()`` gives, or the HTTP response's lines or bytes).
 """
 
 from __future__ import annotations
 
 import inspect
-import weakref
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from budget.instrumentation.lifecycle import Call, Measured, Plan
-from budget.instrumentation.methods import Method, estimated, measure_response, stream_observer
+from budget.instrumentation.methods import Method, estimated, measure_response
 from budget.instrumentation.raw_bodies import watch_body
-from budget.instrumentation.streams import record_collected, watch, watch_async
 
 __all__ = ["raw_mode", "record_raw", "record_raw_async"]
 
@@ -36,17 +35,13 @@ def raw_mode(kwargs: MutableMapping[str, Any]) -> str | None:
 
 
 def record_raw(mode: str, response: Any, method: Method, call: Call) -> None:
-    """Record a call answered raw (``mode``, from ``raw_mode``); its stream, when it
-    returns one the caller parses, as that stream is read; an answer whose body its caller
-    reads, as that body is read."""
-    if mode == _RAW_BODY:
+    """Record a call answered raw (``mode``, from ``raw_mode``): from its parsed body, or
+    as its caller reads its body."""
+    if mode == _RAW_BODY or call.plan.stream:
         watch_body(response, method, call, asynchronous=False)
         return
     try:
-        if not call.plan.stream:
-            call.record(_measure_raw(method, call.plan, response))
-        else:
-            _watch_parsed(response, method, call)
+        call.record(_measure_raw(method, call.plan, response))
     except BaseException:
         call.record(_interrupted(call.plan))
         raise
@@ -54,14 +49,11 @@ def record_raw(mode: str, response: Any, method: Method, call: Call) -> None:
 
 async def record_raw_async(mode: str, response: Any, method: Method, call: Call) -> None:
     """``record_raw`` for the SDKs' async responses."""
-    if mode == _RAW_BODY:
+    if mode == _RAW_BODY or call.plan.stream:
         watch_body(response, method, call, asynchronous=True)
         return
     try:
-        if not call.plan.stream:
-            call.record(await _measure_raw_async(method, call.plan, response))
-        else:
-            await _watch_parsed_async(response, method, call)
+        call.record(await _measure_raw_async(method, call.plan, response))
     except BaseException:
         call.record(_interrupted(call.plan))
         raise
@@ -96,33 +88,3 @@ async def _parsed_async(response: Any) -> Any:
 
 def _unparsed(plan: Plan, exc: Exception) -> Measured:
     return estimated(plan, f"the raw response could not be parsed ({exc})"[:400])
-
-
-def _watch_parsed(response: Any, method: Method, call: Call) -> None:
-    try:
-        stream = response.parse()
-    except Exception as exc:
-        call.record(_unparsed(call.plan, exc))
-        return
-    _watch_raw_stream(stream, watch, method, call)
-
-
-async def _watch_parsed_async(response: Any, method: Method, call: Call) -> None:
-    try:
-        stream = await _parsed_async(response)
-    except Exception as exc:
-        call.record(_unparsed(call.plan, exc))
-        return
-    _watch_raw_stream(stream, watch_async, method, call)
-
-
-def _watch_raw_stream(stream: Any, watcher: Callable[..., Any], method: Method, call: Call) -> None:
-    """A ``with_raw_response`` stream: the SDK stream its ``parse()`` made, and keeps for
-    the caller's own ``parse()``, reads its items through ``watcher``. Never read, it is
-    recorded when collected."""
-    observer = stream_observer(method, call.plan)
-    try:
-        stream._iterator = watcher(stream._iterator, observer, call)
-        weakref.finalize(stream, record_collected, call, observer)
-    except (AttributeError, TypeError) as exc:  # an SDK whose streams are made otherwise
-        call.record(estimated(call.plan, f"the raw stream could not be watched ({exc})"))

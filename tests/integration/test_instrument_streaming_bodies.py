@@ -338,3 +338,50 @@ async def test_a_call_cancelled_while_its_caller_reads_its_body_is_recorded_and_
     assert_estimated(event, "CancelledError")
     assert event.reservation_id is not None
     await holds_settled(stack)
+
+
+@sync_and_async
+async def test_a_with_raw_response_stream_read_as_lines_records_its_exact_usage_once(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """A ``with_raw_response`` stream whose caller reads the HTTP body's lines rather than
+    the SDK stream ``parse()`` gives: the usage its body tells (it had been charged the
+    prompt alone, once collected, and its caller given the usage chunk it never asked
+    for)."""
+    await under_a_block_policy(stack)
+    api = ProviderApi()
+    chat = openai_client(api, stack, sync).with_raw_response.chat.completions.create
+    messages = anthropic_client(api, stack, sync).with_raw_response.messages.create
+
+    async def lines(create: Callable[..., Any], **request: Any) -> list[str]:
+        if sync:
+
+            def read() -> list[str]:
+                http = create(**request).http_response
+                try:
+                    return list(http.iter_lines())
+                finally:
+                    http.close()
+
+            return await asyncio.to_thread(read)
+        http = (await create(**request)).http_response
+        try:
+            return [line async for line in http.aiter_lines()]
+        finally:
+            await http.aclose()
+
+    async with recorded_usage(stack.nc, topology) as recorded:
+        chat_lines = await lines(chat, **CHAT, stream=True)
+        message_lines = await lines(messages, **MESSAGE, stream=True)
+        events = await recorded.exactly(stack.tracker, 2)
+    assert_asked_for_usage(api.requests[0])
+    assert data_lines(chat_lines) and all(chunk["choices"] for chunk in data_lines(chat_lines))
+    assert "event: message_stop" in message_lines
+    chat_event, message_event = sorted(events, key=lambda event: event.provider, reverse=True)
+    assert (chat_event.usage, chat_event.cost) == (
+        GPT_4O_MINI_CHAT_STREAM,
+        GPT_4O_MINI_CHAT_STREAM_COST,
+    )
+    assert (message_event.usage, message_event.cost) == (CLAUDE_STREAM, CLAUDE_STREAM_COST)
+    assert_each(events, estimated_reason=None)
+    await holds_settled(stack)
