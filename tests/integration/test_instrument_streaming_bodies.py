@@ -385,3 +385,37 @@ async def test_a_with_raw_response_stream_read_as_lines_records_its_exact_usage_
     assert (message_event.usage, message_event.cost) == (CLAUDE_STREAM, CLAUDE_STREAM_COST)
     assert_each(events, estimated_reason=None)
     await holds_settled(stack)
+
+
+@sync_and_async
+async def test_bytes_read_in_chunks_of_a_size_come_in_that_size_without_the_usage_chunk(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """``iter_bytes(chunk_size)`` of a stream the usage chunk is left out of: chunks of
+    that size (the last one shorter), making the stream the caller asked for."""
+    api = ProviderApi()
+    client = openai_client(api, stack, sync)
+    create = client.with_streaming_response.completions.create
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "stream": True}
+    async with recorded_usage(stack.nc, topology) as recorded:
+        if sync:
+
+            def read() -> list[bytes]:
+                with create(**request) as response:
+                    return list(response.iter_bytes(7))
+
+            chunks = await asyncio.to_thread(read)
+        else:
+            async with create(**request) as response:
+                chunks = [chunk async for chunk in response.iter_bytes(7)]
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert {len(chunk) for chunk in chunks[:-1]} == {7} and 0 < len(chunks[-1]) <= 7
+    sse = b"".join(chunks)
+    assert sse.endswith(b"data: [DONE]\n\n")
+    assert b'"choices":[]' not in sse
+    assert_asked_for_usage(api.requests[0])
+    assert (event.usage, event.estimated_reason) == (
+        Usage(input_uncached=5, output_text=6),
+        None,
+    )
+    assert event.cost == per_million(a=("1.50", 5), b=("2", 6))
