@@ -3,8 +3,8 @@ clients the SDK copies from an instrumented one with clients instrumented alike
 (``patch_copies``).
 
 What the instrumented method returns is the SDK's answer, but for a stream: one that
-watches its items (``streams``). An answer the SDK gives raw is measured from its parsed
-body (``raw_responses``).
+watches its items (``streams``). An answer the SDK gives raw is measured from its body
+(``raw_responses``).
 """
 
 from __future__ import annotations
