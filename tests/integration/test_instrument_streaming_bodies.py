@@ -419,3 +419,32 @@ async def test_bytes_read_in_chunks_of_a_size_come_in_that_size_without_the_usag
         None,
     )
     assert event.cost == per_million(a=("1.50", 5), b=("2", 6))
+
+
+@sync_and_async
+async def test_a_body_whose_connection_drops_records_what_it_told_and_settles_its_hold(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """The connection lost as the caller reads the stream: the caller gets the error, the
+    call is recorded with what the body told ("Hello!": 2 tokens, estimated); lost before
+    its first event, the call never answered and its hold is released."""
+    await under_a_block_policy(stack)
+    clients = []
+    for events in (3, 0):  # "", "Hello", "!"; nothing
+        transport = ProviderApi().cut_transport(events=events)
+        if sync:
+            client: Any = openai.OpenAI(api_key="k", http_client=httpx2.Client(transport=transport))
+        else:
+            client = openai.AsyncOpenAI(
+                api_key="k", http_client=httpx2.AsyncClient(transport=transport)
+            )
+        clients.append(budget.instrument(client, tracker=stack.tracker))
+    async with recorded_usage(stack.nc, topology) as recorded:
+        for client in clients:
+            create = client.with_streaming_response.chat.completions.create
+            with pytest.raises(httpx2.ReadError):
+                await read_body(sync, create, "iter_lines", **CHAT, stream=True)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert event.usage == Usage(input_uncached=4, output_text=2)
+    assert_estimated(event, "the stream ended before its usage arrived")
+    await holds_settled(stack)
