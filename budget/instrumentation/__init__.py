@@ -5,9 +5,10 @@ Each provider's module knows its SDK's methods and usage shapes (each method a
 ``methods.Method``); ``lifecycle`` is what every call goes through (check, record once,
 release); ``wrapping`` puts the instrumented methods in place, ``streams`` watches the
 streams they return, ``stream_helpers`` checks the SDK's stream helpers entered with
-``with``, and ``raw_responses`` measures the answers the SDK gives raw. The SDKs are the optional
-extra ``budget-manager[providers]``: a provider's module is imported only when a client
-of that SDK is instrumented.
+``with``, and ``raw_responses`` measures the answers the SDK gives raw (their bodies, as
+their callers read them, watched by ``raw_bodies``). The SDKs are the optional extra
+``budget-manager[providers]``: a provider's module is imported only when a client of that
+SDK is instrumented.
 """
 
 from __future__ import annotations

@@ -347,6 +347,10 @@ def install(client: Any, lifecycle: Lifecycle) -> None:
 
 _SESSION = "a session's usage arrives over its connection, which is not read"
 _SOCKET = "the responses made over a WebSocket arrive over its connection, which is not read"
+_AGENT = (
+    "an agent's turns are billed by the model calls it makes as it runs, after this call"
+    " (a session's turns tell their usage later, best-effort)"
+)
 _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("batches", ("create",), "a batch is billed as its requests complete, long after this call"),
     (
@@ -379,6 +383,10 @@ _UNRECORDED: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ("create",),
         "a container is billed per session it is active, which usage events do not count",
     ),
+    ("beta.agents.sessions", ("create",), _AGENT),
+    ("beta.agents.sessions.events", ("create",), _AGENT),
+    ("beta.agents.automations", ("create",), _AGENT),
+    ("beta.agents.automations.invocations", ("create",), _AGENT),
 )
 
 

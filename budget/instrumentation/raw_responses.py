@@ -1,22 +1,20 @@
 """The answers the SDK gives raw (``with_raw_response``, ``with_streaming_response``):
-measured from their parsed body, and their streams watched as the SDK parsed them.
+measured from their parsed body when the SDK read it whole (``with_raw_response``'s JSON
+answers), else as their caller reads it (``raw_bodies``): a stream's, however it is read
+(the SDK stream ``parse()`` gives, or the HTTP response's lines or bytes).
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
-import weakref
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from budget.instrumentation.lifecycle import Call, Measured, Plan
-from budget.instrumentation.methods import Method, estimated, measure_response, stream_observer
-from budget.instrumentation.streams import record_collected, watch, watch_async
+from budget.instrumentation.methods import Method, estimated, measure_response
+from budget.instrumentation.raw_bodies import watch_body
 
-__all__ = ["RAW_BODY", "raw_mode", "record_raw", "record_raw_async"]
-
-log = logging.getLogger(__name__)
+__all__ = ["raw_mode", "record_raw", "record_raw_async"]
 
 _RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 """Set by the openai and anthropic SDKs' ``with_raw_response`` ("true" in openai's, "raw"
@@ -24,37 +22,26 @@ in anthropic's) and ``with_streaming_response`` ("stream"): the call answers wit
 HTTP response, whose ``parse()`` gives what the call would have returned, and keeps it
 for the caller's own ``parse()``: parsing it here costs the caller nothing."""
 _RAW_PARSED = "raw"
-RAW_BODY = "stream"
-_RAW_MODES = {"true": _RAW_PARSED, "raw": _RAW_PARSED, "stream": RAW_BODY}
-"""``with_streaming_response``: the caller may read the HTTP body itself; a stream's
-request is then sent as asked (no ``include_usage`` added: nothing could keep its
-chunk from the caller)."""
-
-_UNREAD_STREAM = (
-    "a stream asked for through with_streaming_response: its caller reads the HTTP body,"
-    " the instrumentation cannot"
-)
-_warned_unread_stream: set[str] = set()
+_RAW_BODY = "stream"
+"""``with_streaming_response``: the answer's body is not read yet; the caller reads it."""
+_RAW_MODES = {"true": _RAW_PARSED, "raw": _RAW_PARSED, "stream": _RAW_BODY}
 
 
 def raw_mode(kwargs: MutableMapping[str, Any]) -> str | None:
-    """How the call answers raw (``RAW_BODY`` when its caller reads the HTTP body), or
-    None when it answers as the SDK's method does."""
+    """How the call answers raw, or None when it answers as the SDK's method does."""
     headers = kwargs.get("extra_headers")
     mode = headers.get(_RAW_RESPONSE_HEADER) if isinstance(headers, Mapping) else None
     return _RAW_MODES.get(mode) if isinstance(mode, str) else None
 
 
 def record_raw(mode: str, response: Any, method: Method, call: Call) -> None:
-    """Record a call answered raw (``mode``, from ``raw_mode``); its stream, when it
-    returns one the caller parses, as that stream is read."""
+    """Record a call answered raw (``mode``, from ``raw_mode``): from its parsed body, or
+    as its caller reads its body."""
+    if mode == _RAW_BODY or call.plan.stream:
+        watch_body(response, method, call, asynchronous=False)
+        return
     try:
-        if not call.plan.stream:
-            call.record(_measure_raw(method, call.plan, response))
-        elif mode == _RAW_PARSED:
-            _watch_parsed(response, method, call)
-        else:
-            call.record(_unread_stream(call))
+        call.record(_measure_raw(method, call.plan, response))
     except BaseException:
         call.record(_interrupted(call.plan))
         raise
@@ -62,13 +49,11 @@ def record_raw(mode: str, response: Any, method: Method, call: Call) -> None:
 
 async def record_raw_async(mode: str, response: Any, method: Method, call: Call) -> None:
     """``record_raw`` for the SDKs' async responses."""
+    if mode == _RAW_BODY or call.plan.stream:
+        watch_body(response, method, call, asynchronous=True)
+        return
     try:
-        if not call.plan.stream:
-            call.record(await _measure_raw_async(method, call.plan, response))
-        elif mode == _RAW_PARSED:
-            await _watch_parsed_async(response, method, call)
-        else:
-            call.record(_unread_stream(call))
+        call.record(await _measure_raw_async(method, call.plan, response))
     except BaseException:
         call.record(_interrupted(call.plan))
         raise
@@ -103,41 +88,3 @@ async def _parsed_async(response: Any) -> Any:
 
 def _unparsed(plan: Plan, exc: Exception) -> Measured:
     return estimated(plan, f"the raw response could not be parsed ({exc})"[:400])
-
-
-def _watch_parsed(response: Any, method: Method, call: Call) -> None:
-    try:
-        stream = response.parse()
-    except Exception as exc:
-        call.record(_unparsed(call.plan, exc))
-        return
-    _watch_raw_stream(stream, watch, method, call)
-
-
-async def _watch_parsed_async(response: Any, method: Method, call: Call) -> None:
-    try:
-        stream = await _parsed_async(response)
-    except Exception as exc:
-        call.record(_unparsed(call.plan, exc))
-        return
-    _watch_raw_stream(stream, watch_async, method, call)
-
-
-def _watch_raw_stream(stream: Any, watcher: Callable[..., Any], method: Method, call: Call) -> None:
-    """A ``with_raw_response`` stream: the SDK stream its ``parse()`` made, and keeps for
-    the caller's own ``parse()``, reads its items through ``watcher``. Never read, it is
-    recorded when collected."""
-    observer = stream_observer(method, call.plan)
-    try:
-        stream._iterator = watcher(stream._iterator, observer, call)
-        weakref.finalize(stream, record_collected, call, observer)
-    except (AttributeError, TypeError) as exc:  # an SDK whose streams are made otherwise
-        call.record(estimated(call.plan, f"the raw stream could not be watched ({exc})"))
-
-
-def _unread_stream(call: Call) -> Measured:
-    """The pre-call estimate (the whole output allowance, so it errs high), said once."""
-    if call.provider not in _warned_unread_stream:
-        _warned_unread_stream.add(call.provider)
-        log.warning("%s: %s; recording the pre-call estimate", call.provider, _UNREAD_STREAM)
-    return estimated(call.plan, _UNREAD_STREAM)

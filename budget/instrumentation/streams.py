@@ -77,7 +77,7 @@ async def watch_async(stream: Any, observer: Observer, call: Call) -> AsyncGener
 
 def _record_on_close(response: Any, call: Call, observer: Observer) -> None:
     """Record the call when the stream's HTTP response is closed: OpenAI's ``stream()``
-    helpers (and a raw response's stream) close that, not the stream they read, and hold
+    helpers close that, not the stream they read, and hold
     themselves in a reference cycle, so nothing else would record before the cycle
     collector ran. The closures hold the call and observer, not the watched stream (which
     would be a cycle of its own), and record in the call's context (its span), wherever

@@ -3,8 +3,8 @@ clients the SDK copies from an instrumented one with clients instrumented alike
 (``patch_copies``).
 
 What the instrumented method returns is the SDK's answer, but for a stream: one that
-watches its items (``streams``). An answer the SDK gives raw is measured from its parsed
-body (``raw_responses``).
+watches its items (``streams``). An answer the SDK gives raw is measured from its body
+(``raw_responses``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from budget.instrumentation.lifecycle import Lifecycle
 from budget.instrumentation.methods import Method, measure_response, stream_observer
-from budget.instrumentation.raw_responses import RAW_BODY, raw_mode, record_raw, record_raw_async
+from budget.instrumentation.raw_responses import raw_mode, record_raw, record_raw_async
 from budget.instrumentation.streams import AsyncStream, SyncStream
 
 __all__ = ["patch", "patch_copies", "replace", "untracked"]
@@ -93,7 +93,7 @@ def _sync_method(
     def instrumented(*args: Any, **kwargs: Any) -> Any:
         attribution = lifecycle.attribution_for(kwargs)
         raw = raw_mode(kwargs)
-        plan = method.plan(dict(kwargs) if raw == RAW_BODY else kwargs)
+        plan = method.plan(kwargs)
         call = lifecycle.begin_sync(plan, attribution)
         try:
             response = original(*args, **kwargs)
@@ -117,7 +117,7 @@ def _async_method(
     async def instrumented(*args: Any, **kwargs: Any) -> Any:
         attribution = lifecycle.attribution_for(kwargs)
         raw = raw_mode(kwargs)
-        plan = method.plan(dict(kwargs) if raw == RAW_BODY else kwargs)
+        plan = method.plan(kwargs)
         call = await lifecycle.begin(plan, attribution)
         try:
             response = await original(*args, **kwargs)

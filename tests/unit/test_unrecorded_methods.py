@@ -1,8 +1,9 @@
 """Paid SDK methods whose cost the instrumentation cannot record (text to speech, batches,
 images and videos priced apart, realtime sessions, OpenAI and Gemini decisions, Gemini
-interactions, fine-tuning and tuning jobs, eval runs, containers, Gemini's cache storage
-and File Search indexing) still go to the provider, and the first call of each in the
-process says, once, that its cost is in no total (docs/instrument.md#not-recorded)."""
+interactions, fine-tuning and tuning jobs, eval runs, containers, OpenAI's agents,
+Gemini's cache storage and File Search indexing) still go to the provider, and the first
+call of each in the process says, once, that its cost is in no total
+(docs/instrument.md#not-recorded)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ def test_each_unrecorded_paid_method_of_each_sdk_is_marked(tracker: UsageTracker
         openai_client.fine_tuning.jobs.create,
         openai_client.evals.runs.create,
         openai_client.containers.create,
+        openai_client.beta.agents.sessions.create,
+        openai_client.beta.agents.sessions.events.create,
+        openai_client.beta.agents.automations.create,
+        openai_client.beta.agents.automations.invocations.create,
         claude.messages.batches.create,
         claude.beta.messages.batches.create,
         gemini.models.generate_images,
