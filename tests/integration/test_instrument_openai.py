@@ -624,9 +624,11 @@ async def test_a_sync_call_interrupted_while_its_check_is_answered_releases_what
     process = interrupted_client(stack.settings, tmp_path)
     try:
         assert process.stdout is not None
-        reserved = await asyncio.to_thread(process.stdout.readline)
+        # bounded: a client that never says fails the test (the kill below ends the read)
+        reserved = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
         assert reserved.startswith("reserved ") and reserved.split()[1] != "None", reserved
-        assert await asyncio.to_thread(process.stdout.readline) == "interrupted\n"
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
+        assert line == "interrupted\n", line
 
         async def released() -> bool:
             """the interrupted call's hold was released"""
