@@ -92,6 +92,11 @@ def test_reports_show_tables_a_chart_and_exports(stack: LiveStack, pages: Pages)
         expect(page.get_by_role("heading", name=heading)).to_be_visible()
     page.goto("/reports?kind=custom&start=2026-05-01&end=2026-04-01")
     expect(page.locator("#e-end")).to_contain_text("end must be after its start")  # by it
+    # one end of the compared window only: said by the missing one, in the form's words
+    page.goto("/reports?kind=comparison&start=2026-05-01&end=2026-05-31&previous_start=2026-04-01")
+    expect(page.locator("#e-previous_end")).to_have_text(
+        "give the last day to compare too, or leave both blank for the same length just before"
+    )
 
 
 def test_no_grouping_chosen_is_one_total_on_the_page_and_in_its_exports(

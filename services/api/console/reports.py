@@ -47,6 +47,8 @@ DATES = ("start", "end", "previous_start", "previous_end")
 BLANK_CHOICES = frozenset({"group_by"})
 """Fields whose blank is one of their choices (``GROUPS``' one total), not their default."""
 CHOICES = ("kind", "period", "interval", "days", "group_by", "tz")
+_COMPARED = {"previous_start": "the day to compare from", "previous_end": "the last day to compare"}
+_BEFORE = "the same length just before"
 _DAY = timedelta(days=1)
 
 
@@ -130,14 +132,13 @@ def _query(state: FormState) -> ReportQuery | None:
         last = dates.get(name)
         dates[name] = last + _DAY if last else None  # "through" the last day
     start, end = dates.get("start"), dates.get("end")
-    if (
-        comparison
-        and start
-        and end
-        and not (dates.get("previous_start") or dates.get("previous_end"))
-    ):
+    given = [name for name in ("previous_start", "previous_end") if dates.get(name)]
+    if comparison and start and end and not given:
         # Comparison's default: the same length of time just before.
         dates["previous_start"], dates["previous_end"] = start - (end - start), start
+    elif comparison and len(given) == 1 and not state.errors:
+        missing = "previous_end" if given == ["previous_start"] else "previous_start"
+        state.fail(missing, f"give {_COMPARED[missing]} too, or leave both blank for {_BEFORE}")
     if state.errors:
         return None
     data = {
