@@ -29,6 +29,7 @@ from pydantic import (
 from budget.policies import PolicyFieldError, settable_policy
 from budget.pricing.overrides import PriceOverride
 from budget.redaction import SECRET_TEXT, holds_secret, protect, redact, redact_urls
+from budget.server_urls import database_url_problem, nats_servers, nats_url_problem
 from events import BudgetPolicy, TimeBounds, Topology
 from events.policy import Limit, Percent
 from events.subjects import caller_token
@@ -383,6 +384,22 @@ class Settings(BaseModel):
         " made on first start in <data_dir>/api-session.secret",
     )
 
+    @field_validator("nats_url")
+    @classmethod
+    def _a_nats_url(cls, value: str) -> str:
+        problem = nats_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a NATS URL: {problem}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, value: str) -> str:
+        problem = database_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a PostgreSQL URL: {problem}")
+        return value
+
     @field_validator("restart_hung_after")
     @classmethod
     def _hung_after_heartbeats(cls, value: float) -> float:
@@ -433,7 +450,7 @@ class Settings(BaseModel):
         """A password in the URL and one in the settings: which would count? nats-py and
         FastStream disagree (FastStream refuses the pair, obscurely), so neither is
         guessed. The message names the settings, never a password."""
-        url_users = {_url_user(url) for url in self.nats_url.split(",")} - {None}
+        url_users = {_url_user(url) for url in nats_servers(self.nats_url)} - {None}
         if not url_users:
             return self
         password_setting = next(
@@ -497,7 +514,6 @@ ENV_VARS: Mapping[str, str] = {
 
 def _url_user(url: str) -> str | None:
     """The user a NATS URL names (``nats://user:password@host``, ``user@host``), if any."""
-    url = url.strip()
     # not percent-decoded: nats-py sends the user as the URL spells it
     return urlsplit(url if "://" in url else f"//{url}").username
 
@@ -553,11 +569,20 @@ def load_settings(
             or holds_secret(Settings, err["loc"])
             or err["type"] == "extra_forbidden"  # a misspelled key may be a secret's
         )
-        got = "" if hidden else f" (got {given!r})"
+        got = "" if hidden else f" (got {_shown_input(field, given)!r})"
         message = err["msg"].removeprefix("Value error, ")  # a validator's own words
         raise ConfigError(redact(f"{where}: {message}{got}")) from None
     _check_settable(settings.policies, path)
     return settings
+
+
+_URL_FIELDS = frozenset({"nats_url", "database_url"})
+
+
+def _shown_input(field: str, given: object) -> object:
+    """``given`` as a config error shows it: a URL with its password masked (``redact``
+    alone cannot tell ``token@host``, a NATS token, from an e-mail address)."""
+    return shown_url(given) if field in _URL_FIELDS and isinstance(given, str) else given
 
 
 def _check_settable(policies: Sequence[BudgetPolicy], path: Path) -> None:

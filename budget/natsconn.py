@@ -26,6 +26,7 @@ import nats
 from nats.aio.client import Client
 
 from budget.config import Settings, secret_from_file
+from budget.server_urls import nats_servers
 from events.permissions import Role, inbox_prefix, roles_allowed, subject_matches
 from events.subjects import Topology
 
@@ -94,9 +95,7 @@ def client_tls(settings: Settings) -> ssl.SSLContext | None:
     if (
         settings.nats_tls_ca is None
         and settings.nats_tls_cert is None
-        and not any(
-            url.strip().lower().startswith("tls://") for url in settings.nats_url.split(",")
-        )
+        and not any(url.lower().startswith("tls://") for url in nats_servers(settings.nats_url))
     ):
         return None
     context = ssl.create_default_context(
@@ -160,13 +159,14 @@ _refusals: weakref.WeakKeyDictionary[Client, _Refusals] = weakref.WeakKeyDiction
 
 
 async def connect_nats(url: str, *, within: float, **options: Any) -> Client:
-    """Connect within ``within`` seconds or raise ``TimeoutError`` (or the connect error).
-    ``options`` go to ``nats.connect`` (``nats_options`` gives them from settings);
-    reconnects after the first success follow them."""
+    """Connect to ``url`` (one server or a comma-separated list) within ``within`` seconds
+    or raise ``TimeoutError`` (or the connect error). ``options`` go to ``nats.connect``
+    (``nats_options`` gives them from settings); reconnects after the first success follow
+    them."""
     refusals = _Refusals(also=options.pop("error_cb", None))
     options["error_cb"] = refusals.on_error
     async with asyncio.timeout(within):
-        client: Client = await nats.connect(url, connect_timeout=within, **options)
+        client: Client = await nats.connect(nats_servers(url), connect_timeout=within, **options)
     _refusals[client] = refusals
     return client
 

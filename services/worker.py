@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 from budget.config import Settings
 from budget.natsconn import nats_options
 from budget.pricing import genai
+from budget.server_urls import nats_servers
 from budget.waits import wait_set
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
@@ -335,7 +336,9 @@ def run_service(name: str, settings: Settings, body: ServiceBody, *, prices: boo
     tune_gc(prices=prices)
     require_metrics_port(settings)  # a taken port is one line naming it, not errno 98
     serve_metrics(settings, name)
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, **broker_options(settings))
+    broker = NatsBroker(
+        nats_servers(settings.nats_url), max_reconnect_attempts=-1, **broker_options(settings)
+    )
     app = FastStream(broker)
     stop = asyncio.Event()
     liveness = Liveness()
