@@ -47,6 +47,12 @@ __all__ = [
 DEFAULT_CONFIG_FILE = "config.yaml"
 
 
+_SETTINGS = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+"""Every settings model's: no key a model does not know (a misspelling would be ignored),
+and no infinite or NaN number (seconds or a rate: an infinite ``enforcer_timeout`` would
+wait for ever for an enforcer that is away, an infinite mail timeout fail each send)."""
+
+
 class ConfigError(Exception):
     """A config file or variable is wrong; the message says which and how to fix it."""
 
@@ -70,7 +76,7 @@ def secret_from_file(path: Path, *, what: str, variable: str) -> str:
 
 
 class _Channel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SETTINGS
 
     enabled: bool = False
 
@@ -219,7 +225,7 @@ def _is_loopback(host: str | None) -> bool:
 class AlertChannels(BaseModel):
     """The seed's ``alert_channels``: where alerts go (rules pick among these)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SETTINGS
 
     ui: UiChannel = UiChannel()
     log: LogChannel = LogChannel()
@@ -233,7 +239,7 @@ class AlertChannels(BaseModel):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SETTINGS
 
     enabled: bool = True
     nats_url: str = "nats://127.0.0.1:4222"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from budget.config import ConfigError, load_settings
+from budget.config import ConfigError, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -382,3 +382,30 @@ def test_a_database_url_no_driver_could_use_is_refused_naming_where_and_the_form
 def test_the_database_url_forms_libpq_takes_are_read(tmp_path: Path, url: str) -> None:
     path = write(tmp_path, f"budget:\n  database_url: '{url}'\n")
     assert load_settings(path, environ={}).database_url == url
+
+
+FLOAT_SETTINGS = [
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation in (float, float | None)
+]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_a_number_of_seconds_or_a_rate_must_be_finite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """An infinite enforcer_timeout hung a check while the enforcer was away (never
+    failing closed), an infinite mail timeout failed each delivery with OverflowError."""
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    variable = f"BUDGET_{name.upper()}"
+    with pytest.raises(ConfigError, match=rf"^environment variable {variable}: .*finite"):
+        load_settings(environ={variable: value})
+
+
+@pytest.mark.parametrize("channel", ["email", "webhook"])
+def test_a_channels_timeout_must_be_finite(tmp_path: Path, channel: str) -> None:
+    path = write(tmp_path, f"alert_channels:\n  {channel}:\n    timeout: .inf\n")
+    with pytest.raises(ConfigError, match=rf"alert_channels\.{channel}\.timeout in .*finite"):
+        load_settings(path, environ={})
