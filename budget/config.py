@@ -623,9 +623,32 @@ def _config_path(config_file: str | os.PathLike[str] | None, environ: Mapping[st
     return Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
 
 
+class _DuplicateKey(Exception):
+    """A mapping of the config file gives one key twice."""
+
+
+class _UniqueKeysLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the
+    last silently, so a setting added at a file's end would override one above it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _DuplicateKey(
+                    f"the key {key!r} is given twice in one mapping (again at line"
+                    f" {key_node.start_mark.line + 1}); keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_document(path: Path) -> dict[str, Any]:
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = yaml.load(path.read_text(), Loader=_UniqueKeysLoader) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         # PyYAML's own text quotes the offending line, which may hold a password.
         mark = getattr(exc, "problem_mark", None)

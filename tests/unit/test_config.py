@@ -409,3 +409,24 @@ def test_a_channels_timeout_must_be_finite(tmp_path: Path, channel: str) -> None
     path = write(tmp_path, f"alert_channels:\n  {channel}:\n    timeout: .inf\n")
     with pytest.raises(ConfigError, match=rf"alert_channels\.{channel}\.timeout in .*finite"):
         load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("budget:\n  nats_url: nats://a:4222\n  nats_url: nats://b:4222\n", "nats_url", 3),
+        ("budget:\n  flush_interval: 5\nbudget:\n  flush_interval: 9\n", "budget", 3),
+        ("alert_channels:\n  webhook:\n    enabled: false\n    enabled: true\n", "enabled", 4),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    """YAML's loader kept the last silently: a setting added at the end of a long file
+    overrode one above it, or an edit above was never read."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    message = str(error.value)
+    assert message.startswith(f"{path}: the key {key!r} is given twice"), message
+    assert f"line {line}" in message and "keep one" in message
