@@ -117,7 +117,8 @@ async def run_projection(
         lag = asyncio.create_task(refresh_every(LAG_EVERY, _lag_of(members, runner), stop))
         try:
             await _rebuild_reshaped(projections, nc, settings, config, count, turn)
-            await runner.open()
+            if not await _unless_stopped(runner.open(), stop):
+                break  # a hot standby stopped while it waited for the writer lock
             log.info(
                 "worker %s running %s",
                 name,
@@ -288,6 +289,25 @@ def tune_gc(*, prices: bool = True) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """True once ``work`` is done; False, ``work`` cancelled, if ``stop`` is set first: a
+    hot standby waits for its writer lock in PostgreSQL (cancelled there too), for as long
+    as the active worker runs, and would not otherwise hear a SIGTERM."""
+    working = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((working, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not working.done():
+            working.cancel()
+        await asyncio.gather(working, stopping, return_exceptions=True)
+    if working.cancelled():
+        return False
+    working.result()  # raises what stopped it
+    return True
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
