@@ -545,7 +545,10 @@ def load_settings(
         if document.get("alert_channels") is not None:
             values["alert_channels"] = document["alert_channels"]
     elif config_file or environ.get("BUDGET_CONFIG"):
-        raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
+        # absolute: `./run` works in the checkout, which a relative path is looked in
+        raise ConfigError(
+            f"config file {path.absolute()} does not exist; fix the path or unset BUDGET_CONFIG"
+        )
     for field, key in _FILE_ONLY.items():
         if f"BUDGET_{field.upper()}" in environ:  # else set and silently not applied
             raise ConfigError(

@@ -430,3 +430,14 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_line(
     message = str(error.value)
     assert message.startswith(f"{path}: the key {key!r} is given twice"), message
     assert f"line {line}" in message and "keep one" in message
+
+
+def test_a_missing_config_file_named_relatively_is_shown_with_the_folder_it_was_looked_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``./run`` works in the checkout: ``--config config.yaml`` given elsewhere is looked
+    for there, and "config.yaml does not exist" beside the user's config.yaml puzzled."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_settings("config.yaml", environ={})
+    assert str(error.value).startswith(f"config file {tmp_path / 'config.yaml'} does not exist")
