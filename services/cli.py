@@ -244,7 +244,7 @@ def api(
     from services.ports import require_free, require_metrics_port
 
     current = settings()
-    require_free(host, port, "--port (or BUDGET_API_PORT)")
+    require_free(host, port, "--port (or BUDGET_API_PORT)", "--host (or BUDGET_API_HOST)")
     require_metrics_port(current)
     raise typer.Exit(serve_api(current, host=host, port=port, secure_cookies=secure_cookies))
 
