@@ -46,6 +46,8 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
         (*RECORD, "--input-tokens", "10", "--cached-tokens", "20"),
         (*RECORD, "--tag", "novalue"),
         (*RECORD, "--at", "yesterday"),
+        (*RECORD, "--at", "2099-01-01"),
+        (*RECORD, "--at", "2000-01-01"),
         ("--model", "gpt-4o"),
     ],
     "spend": [("--scope", "bogus"), ("--period", "hourly"), ("--at", "soon")],
@@ -224,6 +226,23 @@ def test_a_wrong_policy_option_is_named_as_typed(
 ) -> None:
     """The user typed --limit, not the contract's limit_amount: the message names the option."""
     assert outcomes[f"policy set {args}"].stderr.startswith(named), outcomes
+
+
+@pytest.mark.parametrize(
+    ("at", "why"),
+    [
+        ("2099-01-01", "(max_clock_skew, BUDGET_MAX_CLOCK_SKEW) is allowed"),
+        ("2000-01-01", "(max_event_age, BUDGET_MAX_EVENT_AGE) is allowed"),
+    ],
+)
+def test_a_call_time_out_of_bounds_is_refused_naming_at_before_connecting(
+    outcomes: dict[str, Outcome], at: str, why: str
+) -> None:
+    """It was refused after connecting, naming the contract's occurred_at: here the
+    servers are unreachable, so the message would have been about them."""
+    refused = outcomes[f"record {' '.join(RECORD)} --at {at}"].stderr
+    assert refused.startswith(f"budget: --at: {at}T00:00:00+00:00 is "), refused
+    assert why in refused
 
 
 def test_an_output_file_that_cannot_be_written_is_refused_before_connecting(
