@@ -33,7 +33,12 @@ DAY = ("--start", "2026-01-02", "--end", "2026-01-01")
 # Bad arguments for each command: a wrong value of each kind it takes. A command missing
 # here fails test_every_command_has_bad_argument_cases.
 BAD: dict[str, Sequence[tuple[str, ...]]] = {
-    "check": [("gpt-4o", "--tokens", "-3"), ("gpt-4o", "--cost", "-1"), ("gpt-4o", "--cost", "x")],
+    "check": [
+        ("gpt-4o", "--tokens", "-3"),
+        ("gpt-4o", "--cost", "-1"),
+        ("gpt-4o", "--cost", "x"),
+        ("gpt-4o", "--tokens", "5", "--cost", "1"),
+    ],
     "up": [("--nats-port", "0"), ("--api-port", "70000")],
     "api": [("--port", "0")],
     "migrate": [("extra",)],
@@ -243,6 +248,12 @@ def test_a_call_time_out_of_bounds_is_refused_naming_at_before_connecting(
     refused = outcomes[f"record {' '.join(RECORD)} --at {at}"].stderr
     assert refused.startswith(f"budget: --at: {at}T00:00:00+00:00 is "), refused
     assert why in refused
+
+
+def test_a_check_given_tokens_and_a_cost_says_to_give_one(outcomes: dict[str, Outcome]) -> None:
+    """The cost was taken and the tokens dropped without a word."""
+    refused = outcomes["check gpt-4o --tokens 5 --cost 1"].stderr
+    assert "give --tokens or --cost, not both" in refused
 
 
 def test_an_output_file_that_cannot_be_written_is_refused_before_connecting(
