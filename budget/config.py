@@ -29,6 +29,7 @@ from pydantic import (
 from budget.policies import PolicyFieldError, settable_policy
 from budget.pricing.overrides import PriceOverride
 from budget.redaction import SECRET_TEXT, holds_secret, protect, redact, redact_urls
+from budget.server_urls import database_url_problem, nats_servers, nats_url_problem
 from events import BudgetPolicy, TimeBounds, Topology
 from events.policy import Limit, Percent
 from events.subjects import caller_token
@@ -44,6 +45,12 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+_SETTINGS = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+"""Every settings model's: no key a model does not know (a misspelling would be ignored),
+and no infinite or NaN number (seconds or a rate: an infinite ``enforcer_timeout`` would
+wait for ever for an enforcer that is away, an infinite mail timeout fail each send)."""
 
 
 class ConfigError(Exception):
@@ -69,7 +76,7 @@ def secret_from_file(path: Path, *, what: str, variable: str) -> str:
 
 
 class _Channel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SETTINGS
 
     enabled: bool = False
 
@@ -218,7 +225,7 @@ def _is_loopback(host: str | None) -> bool:
 class AlertChannels(BaseModel):
     """The seed's ``alert_channels``: where alerts go (rules pick among these)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SETTINGS
 
     ui: UiChannel = UiChannel()
     log: LogChannel = LogChannel()
@@ -232,7 +239,7 @@ class AlertChannels(BaseModel):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SETTINGS
 
     enabled: bool = True
     nats_url: str = "nats://127.0.0.1:4222"
@@ -383,6 +390,22 @@ class Settings(BaseModel):
         " made on first start in <data_dir>/api-session.secret",
     )
 
+    @field_validator("nats_url")
+    @classmethod
+    def _a_nats_url(cls, value: str) -> str:
+        problem = nats_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a NATS URL: {problem}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, value: str) -> str:
+        problem = database_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a PostgreSQL URL: {problem}")
+        return value
+
     @field_validator("restart_hung_after")
     @classmethod
     def _hung_after_heartbeats(cls, value: float) -> float:
@@ -433,7 +456,7 @@ class Settings(BaseModel):
         """A password in the URL and one in the settings: which would count? nats-py and
         FastStream disagree (FastStream refuses the pair, obscurely), so neither is
         guessed. The message names the settings, never a password."""
-        url_users = {_url_user(url) for url in self.nats_url.split(",")} - {None}
+        url_users = {_url_user(url) for url in nats_servers(self.nats_url)} - {None}
         if not url_users:
             return self
         password_setting = next(
@@ -497,7 +520,6 @@ ENV_VARS: Mapping[str, str] = {
 
 def _url_user(url: str) -> str | None:
     """The user a NATS URL names (``nats://user:password@host``, ``user@host``), if any."""
-    url = url.strip()
     # not percent-decoded: nats-py sends the user as the URL spells it
     return urlsplit(url if "://" in url else f"//{url}").username
 
@@ -523,7 +545,10 @@ def load_settings(
         if document.get("alert_channels") is not None:
             values["alert_channels"] = document["alert_channels"]
     elif config_file or environ.get("BUDGET_CONFIG"):
-        raise ConfigError(f"config file {path} does not exist; fix the path or unset BUDGET_CONFIG")
+        # absolute: `./run` works in the checkout, which a relative path is looked in
+        raise ConfigError(
+            f"config file {path.absolute()} does not exist; fix the path or unset BUDGET_CONFIG"
+        )
     for field, key in _FILE_ONLY.items():
         if f"BUDGET_{field.upper()}" in environ:  # else set and silently not applied
             raise ConfigError(
@@ -553,11 +578,20 @@ def load_settings(
             or holds_secret(Settings, err["loc"])
             or err["type"] == "extra_forbidden"  # a misspelled key may be a secret's
         )
-        got = "" if hidden else f" (got {given!r})"
+        got = "" if hidden else f" (got {_shown_input(field, given)!r})"
         message = err["msg"].removeprefix("Value error, ")  # a validator's own words
         raise ConfigError(redact(f"{where}: {message}{got}")) from None
     _check_settable(settings.policies, path)
     return settings
+
+
+_URL_FIELDS = frozenset({"nats_url", "database_url"})
+
+
+def _shown_input(field: str, given: object) -> object:
+    """``given`` as a config error shows it: a URL with its password masked (``redact``
+    alone cannot tell ``token@host``, a NATS token, from an e-mail address)."""
+    return shown_url(given) if field in _URL_FIELDS and isinstance(given, str) else given
 
 
 def _check_settable(policies: Sequence[BudgetPolicy], path: Path) -> None:
@@ -592,9 +626,32 @@ def _config_path(config_file: str | os.PathLike[str] | None, environ: Mapping[st
     return Path(config_file or environ.get("BUDGET_CONFIG") or DEFAULT_CONFIG_FILE)
 
 
+class _DuplicateKey(Exception):
+    """A mapping of the config file gives one key twice."""
+
+
+class _UniqueKeysLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the
+    last silently, so a setting added at a file's end would override one above it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _DuplicateKey(
+                    f"the key {key!r} is given twice in one mapping (again at line"
+                    f" {key_node.start_mark.line + 1}); keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_document(path: Path) -> dict[str, Any]:
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = yaml.load(path.read_text(), Loader=_UniqueKeysLoader) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         # PyYAML's own text quotes the offending line, which may hold a password.
         mark = getattr(exc, "problem_mark", None)

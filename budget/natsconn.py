@@ -25,7 +25,8 @@ from typing import Any, NamedTuple, TypeVar
 import nats
 from nats.aio.client import Client
 
-from budget.config import Settings, secret_from_file
+from budget.config import ConfigError, Settings, secret_from_file
+from budget.server_urls import nats_servers
 from events.permissions import Role, inbox_prefix, roles_allowed, subject_matches
 from events.subjects import Topology
 
@@ -94,17 +95,56 @@ def client_tls(settings: Settings) -> ssl.SSLContext | None:
     if (
         settings.nats_tls_ca is None
         and settings.nats_tls_cert is None
-        and not any(
-            url.strip().lower().startswith("tls://") for url in settings.nats_url.split(",")
-        )
+        and not any(url.lower().startswith("tls://") for url in nats_servers(settings.nats_url))
     ):
         return None
-    context = ssl.create_default_context(
-        cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
-    )
+    for setting in _TLS_FILES:
+        _require_readable(settings, setting)
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+        )
+    except ssl.SSLError:
+        raise _tls_file_error(settings, "nats_tls_ca", "holds no PEM CA certificate") from None
     if settings.nats_tls_cert is not None and settings.nats_tls_key is not None:
-        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        try:
+            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        except ssl.SSLError:
+            raise ConfigError(
+                f"{_tls_file_named(settings, 'nats_tls_cert')} and"
+                f" {_tls_file_named(settings, 'nats_tls_key')} are not a PEM certificate and"
+                " its private key (unencrypted); give the client certificate and its key"
+            ) from None
     return context
+
+
+_TLS_FILES = ("nats_tls_ca", "nats_tls_cert", "nats_tls_key")
+
+
+def _require_readable(settings: Settings, setting: str) -> None:
+    """``ConfigError`` naming ``setting`` and its file if the file cannot be read: ssl's
+    own error names neither."""
+    path = getattr(settings, setting)
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _tls_file_error(
+            settings, setting, f"cannot be read ({exc.strerror or exc})"
+        ) from None
+
+
+def _tls_file_named(settings: Settings, setting: str) -> str:
+    return f"{setting} (BUDGET_{setting.upper()}) {getattr(settings, setting)}"
+
+
+def _tls_file_error(settings: Settings, setting: str, problem: str) -> ConfigError:
+    return ConfigError(
+        f"{_tls_file_named(settings, setting)} {problem}; give the path of a PEM file"
+        " (docs/security.md, NATS: TLS)"
+    )
 
 
 def _password(settings: Settings) -> str | None:
@@ -160,13 +200,14 @@ _refusals: weakref.WeakKeyDictionary[Client, _Refusals] = weakref.WeakKeyDiction
 
 
 async def connect_nats(url: str, *, within: float, **options: Any) -> Client:
-    """Connect within ``within`` seconds or raise ``TimeoutError`` (or the connect error).
-    ``options`` go to ``nats.connect`` (``nats_options`` gives them from settings);
-    reconnects after the first success follow them."""
+    """Connect to ``url`` (one server or a comma-separated list) within ``within`` seconds
+    or raise ``TimeoutError`` (or the connect error). ``options`` go to ``nats.connect``
+    (``nats_options`` gives them from settings); reconnects after the first success follow
+    them."""
     refusals = _Refusals(also=options.pop("error_cb", None))
     options["error_cb"] = refusals.on_error
     async with asyncio.timeout(within):
-        client: Client = await nats.connect(url, connect_timeout=within, **options)
+        client: Client = await nats.connect(nats_servers(url), connect_timeout=within, **options)
     _refusals[client] = refusals
     return client
 

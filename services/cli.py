@@ -42,6 +42,7 @@ from projections.windows import priced_cost
 from services.cli_alerts import alerts_app
 from services.cli_context import (
     load_checked_settings,
+    option_message,
     query_time_option,
     require_nats,
     settings,
@@ -244,7 +245,7 @@ def api(
     from services.ports import require_free, require_metrics_port
 
     current = settings()
-    require_free(host, port, "--port (or BUDGET_API_PORT)")
+    require_free(host, port, "--port (or BUDGET_API_PORT)", "--host (or BUDGET_API_HOST)")
     require_metrics_port(current)
     raise typer.Exit(serve_api(current, host=host, port=port, secure_cookies=secure_cookies))
 
@@ -338,7 +339,7 @@ def record(
     event NATS does not acknowledge stays in the spool and the next `budget record` sends
     it (if the spool cannot keep it either, it fails, recording nothing)."""
     tags = dict(_split_tag(t) for t in tag or [])
-    occurred_at = None if at is None else _utc(at)
+    occurred_at = None if at is None else _within_bounds(_utc(at))
     normalize_usage(  # wrong counts are refused before connecting
         input_tokens=input_tokens,
         output_tokens=output_tokens,
@@ -385,6 +386,25 @@ def record(
         return event.model_dump_json(indent=2, exclude_none=True)
 
     typer.echo(_run(go()))
+
+
+_BOUNDS_NAMED = {
+    "occurred_at": "--at",
+    "max_clock_skew": "max_clock_skew, BUDGET_MAX_CLOCK_SKEW",
+    "max_event_age": "max_event_age, BUDGET_MAX_EVENT_AGE",
+}
+"""The names in a time bound's complaint, as `budget record`'s user knows them."""
+
+
+def _within_bounds(at: datetime) -> datetime:
+    """``at``, refused before connecting if the workers would dead-letter a call then
+    (``Settings.time_bounds``)."""
+    why = settings().time_bounds.time_violation(at, utc_now())
+    if why is not None:
+        raise ValueError(
+            option_message("occurred_at", why.removeprefix("occurred_at: "), _BOUNDS_NAMED)
+        )
+    return at
 
 
 def _split_tag(text: str) -> tuple[str, str]:

@@ -174,7 +174,7 @@ def check(
     cost: Annotated[
         Decimal | None,
         # the check request's own bound, so an estimate it refuses is refused before connecting
-        typer.Option(callback=checked(Usd), help="estimated cost in USD instead"),
+        typer.Option(callback=checked(Usd), help="estimated cost in USD, instead of --tokens"),
     ] = None,
     reserve: Annotated[
         bool, typer.Option(help="hold the estimate (expires unless usage settles it)")
@@ -182,6 +182,8 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Would a call be allowed now? Exit status 0 if allowed, 1 if refused."""
+    if tokens and cost is not None:  # the cost would win, the tokens dropped unsaid
+        raise typer.BadParameter("give --tokens or --cost, not both", param_hint="--cost")
 
     async def go() -> CheckResult:
         async with _manager() as manager:

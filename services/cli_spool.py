@@ -25,7 +25,15 @@ spool_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 def _spool() -> Spool:
-    return Spool(settings().spool_dir)
+    """The configured spool; ``ValueError`` if its path is not a directory (a host's spool
+    there would fail: showing it empty would reassure wrongly)."""
+    directory = settings().spool_dir
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(
+            f"the spool directory {directory} (BUDGET_SPOOL_DIR) is not a directory;"
+            " give the host's spool_dir"
+        )
+    return Spool(directory)
 
 
 @spool_app.command("show")
@@ -42,6 +50,11 @@ def show() -> None:
     for letter in dead:
         when = dt.datetime.fromtimestamp(letter.dead_at, dt.UTC).isoformat(timespec="seconds")
         typer.echo(f"  {letter.event.event_id}  {letter.event.subject}  {when}  {letter.reason}")
+    if not spool.path.exists():  # a mistyped path would read as an empty spool
+        typer.echo(
+            f"(no spool file in {spool.directory}: nothing was ever spooled there; is"
+            " BUDGET_SPOOL_DIR the host's spool_dir?)"
+        )
 
 
 @spool_app.command("resend")

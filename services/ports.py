@@ -4,6 +4,7 @@ supervised one restarts forever)."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from budget.config import Settings
@@ -27,15 +28,19 @@ def try_listen(host: str, port: int) -> None:
         probe.bind(address)
 
 
-def require_free(host: str, port: int, chosen_by: str) -> None:
+def require_free(host: str, port: int, port_by: str, host_by: str | None = None) -> None:
     """``PortTaken`` unless a server could listen on ``host``:``port`` now
-    (``try_listen``)."""
+    (``try_listen``), naming what to change: ``host_by`` (what sets the address, if
+    anything does) when this machine cannot listen on that address at all (no such name,
+    another machine's address), else ``port_by``."""
     try:
         try_listen(host, port)
     except OSError as exc:
         why = exc.strerror or str(exc)
+        address_wrong = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        change = f"address with {host_by}" if address_wrong and host_by else f"port with {port_by}"
         raise PortTaken(
-            f"cannot listen on {host}:{port} ({why}); choose another port with {chosen_by}"
+            f"cannot listen on {host}:{port} ({why}); choose another {change}"
         ) from None
 
 
@@ -43,5 +48,8 @@ def require_metrics_port(settings: Settings) -> None:
     """The metrics endpoint's port, when one is set, is free."""
     if settings.metrics_port is not None:
         require_free(
-            settings.metrics_host, settings.metrics_port, "metrics_port (BUDGET_METRICS_PORT)"
+            settings.metrics_host,
+            settings.metrics_port,
+            "metrics_port (BUDGET_METRICS_PORT)",
+            "metrics_host (BUDGET_METRICS_HOST)",
         )

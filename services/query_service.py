@@ -14,7 +14,10 @@ rather than each failing on its own); so it does when the loop taking one kind o
 question died or is stuck (``services.liveness``). A question is worked on only as long as its asker
 waits for the answer (``Budget-Time-Left``, at most ``MAX_ANSWER_SECONDS``): just before
 that its query is cancelled in the database, its connection serves the next one, and the
-asker is told the question took longer than it waits.
+asker is told the question took longer than it waits. Stopping, it takes no more
+questions and answers those it has taken (``drain_within`` seconds at most; one still
+running then is told the service stopped), so a deploy or a rolling restart leaves no
+asker waiting out its ``query_timeout`` for an answer that never comes.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from projections.engine.projection import Connection
 from services.limits import CallerLimits, LimitedRequests, asker_waits
 from services.liveness import Liveness, Loop
 from services.metrics import QUERY_SECONDS
-from services.replies import answer
+from services.replies import answer, send
 
 __all__ = ["MAX_ANSWER_SECONDS", "QueryService", "serve_query_service"]
 
@@ -82,6 +85,15 @@ MAX_ANSWER_SECONDS = 120.0
 """Seconds a question is worked on at most, however long its asker says it waits (or when
 it does not say): the longest an asker of this product waits is ``query_timeout`` (30 s)
 plus a wait for a change to apply (``MAX_POSITION_WAIT``, 60 s)."""
+DRAIN_WITHIN = 5.0
+"""Seconds a stopping service spends answering the questions it has taken (within
+``budget up``'s 10 s between SIGTERM and SIGKILL)."""
+_STOPPED = RpcError(
+    error=f"{SERVICE}: stopped before this question was answered; ask again (another"
+    " query service, or this one once restarted, answers it)",
+    unavailable=True,
+)
+"""The answer of a question still being worked on when a stopping service stops."""
 _ANSWER_MARGIN = 0.05
 """Seconds, and the share of its time, a question's work stops before its asker gives up,
 so that the asker gets the error saying why."""
@@ -99,12 +111,14 @@ class QueryService:
         liveness: Liveness | None = None,
         probe_every: float = PROBE_EVERY,
         stall_after: float = DATABASE_STALL_AFTER,
+        drain_within: float = DRAIN_WITHIN,
     ) -> None:
         self.settings = settings
         self.nc = nc
         self.liveness = liveness or Liveness()
         self._probe_every = probe_every
         self._stall_after = stall_after
+        self._drain_within = drain_within
         self._probe: asyncio.Task[None] | None = None
         self.queries = DatabaseQueries(
             settings.database_url, connections=connections, per_caller=max(1, connections // 2)
@@ -137,6 +151,11 @@ class QueryService:
         log.info("query service answering on %s", self.settings.topology.rpc_wildcard(ANY_QUERY))
 
     async def stop(self) -> None:
+        """Stop taking questions, answer the ones taken (within ``drain_within`` seconds;
+        those still running then are told the service stopped), then stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._drain_within):
+                await self._answer_taken()
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -149,6 +168,16 @@ class QueryService:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.queries.close()
+
+    async def _answer_taken(self) -> None:
+        """Stop the subscriptions, handing on what they had received (NATS then sends new
+        questions to the other query services, or answers "no responders"), and wait
+        until every question handed on has been answered."""
+        drains = [sub.drain() for sub in self._subscriptions]
+        await asyncio.gather(*drains, return_exceptions=True)  # NATS gone: nothing to drain
+        for requests in self._requests:
+            await requests.handled()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _probe_database(self, loop: Loop) -> None:
         """On a connection of its own: questions holding every connection of the pool
@@ -197,7 +226,12 @@ class QueryService:
         async def answered(msg: Msg, caller: str) -> None:
             if caller not in self._limits.exempt:  # their reads count against its share
                 asking.set(caller)
-            await answer(self.nc, msg, model, run, service=SERVICE, liveness=self.liveness)
+            try:
+                await answer(self.nc, msg, model, run, service=SERVICE, liveness=self.liveness)
+            except asyncio.CancelledError:  # the service stops: the asker need not wait
+                with contextlib.suppress(Exception):  # NATS gone: it times out
+                    await send(self.nc, msg.reply, _STOPPED)
+                raise
 
         async def on_message(msg: Msg, caller: str) -> bool:
             task = asyncio.create_task(answered(msg, caller))

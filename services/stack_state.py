@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from budget.server_urls import nats_servers
 from projections.db import libpq_url
 
 __all__ = ["RunningStack", "running_stack"]
@@ -47,7 +48,7 @@ class RunningStack:
 
     def serves_nats(self, url: str) -> bool:
         """Whether ``url`` (one or a comma-separated list) names this stack's NATS."""
-        return any(_nats_address(u) == _nats_address(self.nats_url) for u in url.split(","))
+        return any(_nats_address(u) == _nats_address(self.nats_url) for u in nats_servers(url))
 
     def serves_database(self, url: str) -> bool:
         """Whether ``url`` names this stack's PostgreSQL server and database."""

@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 from budget.config import Settings
 from budget.natsconn import nats_options
 from budget.pricing import genai
+from budget.server_urls import nats_servers
 from budget.waits import wait_set
 from projections.db import connect
 from projections.engine.checkpoints import ensure_projection
@@ -116,7 +117,8 @@ async def run_projection(
         lag = asyncio.create_task(refresh_every(LAG_EVERY, _lag_of(members, runner), stop))
         try:
             await _rebuild_reshaped(projections, nc, settings, config, count, turn)
-            await runner.open()
+            if not await _unless_stopped(runner.open(), stop):
+                break  # a hot standby stopped while it waited for the writer lock
             log.info(
                 "worker %s running %s",
                 name,
@@ -289,6 +291,25 @@ def tune_gc(*, prices: bool = True) -> None:
     gc.set_threshold(50_000, 20, 50)
 
 
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """True once ``work`` is done; False, ``work`` cancelled, if ``stop`` is set first: a
+    hot standby waits for its writer lock in PostgreSQL (cancelled there too), for as long
+    as the active worker runs, and would not otherwise hear a SIGTERM."""
+    working = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((working, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not working.done():
+            working.cancel()
+        await asyncio.gather(working, stopping, return_exceptions=True)
+    if working.cancelled():
+        return False
+    working.result()  # raises what stopped it
+    return True
+
+
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     await wait_set(stop, seconds)
 
@@ -335,7 +356,9 @@ def run_service(name: str, settings: Settings, body: ServiceBody, *, prices: boo
     tune_gc(prices=prices)
     require_metrics_port(settings)  # a taken port is one line naming it, not errno 98
     serve_metrics(settings, name)
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, **broker_options(settings))
+    broker = NatsBroker(
+        nats_servers(settings.nats_url), max_reconnect_attempts=-1, **broker_options(settings)
+    )
     app = FastStream(broker)
     stop = asyncio.Event()
     liveness = Liveness()

@@ -33,7 +33,12 @@ DAY = ("--start", "2026-01-02", "--end", "2026-01-01")
 # Bad arguments for each command: a wrong value of each kind it takes. A command missing
 # here fails test_every_command_has_bad_argument_cases.
 BAD: dict[str, Sequence[tuple[str, ...]]] = {
-    "check": [("gpt-4o", "--tokens", "-3"), ("gpt-4o", "--cost", "-1"), ("gpt-4o", "--cost", "x")],
+    "check": [
+        ("gpt-4o", "--tokens", "-3"),
+        ("gpt-4o", "--cost", "-1"),
+        ("gpt-4o", "--cost", "x"),
+        ("gpt-4o", "--tokens", "5", "--cost", "1"),
+    ],
     "up": [("--nats-port", "0"), ("--api-port", "70000")],
     "api": [("--port", "0")],
     "migrate": [("extra",)],
@@ -46,6 +51,8 @@ BAD: dict[str, Sequence[tuple[str, ...]]] = {
         (*RECORD, "--input-tokens", "10", "--cached-tokens", "20"),
         (*RECORD, "--tag", "novalue"),
         (*RECORD, "--at", "yesterday"),
+        (*RECORD, "--at", "2099-01-01"),
+        (*RECORD, "--at", "2000-01-01"),
         ("--model", "gpt-4o"),
     ],
     "spend": [("--scope", "bogus"), ("--period", "hourly"), ("--at", "soon")],
@@ -224,6 +231,29 @@ def test_a_wrong_policy_option_is_named_as_typed(
 ) -> None:
     """The user typed --limit, not the contract's limit_amount: the message names the option."""
     assert outcomes[f"policy set {args}"].stderr.startswith(named), outcomes
+
+
+@pytest.mark.parametrize(
+    ("at", "why"),
+    [
+        ("2099-01-01", "(max_clock_skew, BUDGET_MAX_CLOCK_SKEW) is allowed"),
+        ("2000-01-01", "(max_event_age, BUDGET_MAX_EVENT_AGE) is allowed"),
+    ],
+)
+def test_a_call_time_out_of_bounds_is_refused_naming_at_before_connecting(
+    outcomes: dict[str, Outcome], at: str, why: str
+) -> None:
+    """It was refused after connecting, naming the contract's occurred_at: here the
+    servers are unreachable, so the message would have been about them."""
+    refused = outcomes[f"record {' '.join(RECORD)} --at {at}"].stderr
+    assert refused.startswith(f"budget: --at: {at}T00:00:00+00:00 is "), refused
+    assert why in refused
+
+
+def test_a_check_given_tokens_and_a_cost_says_to_give_one(outcomes: dict[str, Outcome]) -> None:
+    """The cost was taken and the tokens dropped without a word."""
+    refused = outcomes["check gpt-4o --tokens 5 --cost 1"].stderr
+    assert "give --tokens or --cost, not both" in refused
 
 
 def test_an_output_file_that_cannot_be_written_is_refused_before_connecting(

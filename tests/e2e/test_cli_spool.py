@@ -36,6 +36,8 @@ def test_show_lists_the_dead_letters_with_why(budget: Budget, topology: Topology
     assert budget.ok("spool", "show").splitlines() == [
         f"0 events wait in the spool at {spool_dir}",
         "0 dead letters",
+        f"(no spool file in {spool_dir}: nothing was ever spooled there; is BUDGET_SPOOL_DIR"
+        " the host's spool_dir?)",
     ]
     event_id = bury(budget, topology)
     lines = budget.ok("spool", "show").splitlines()
@@ -76,3 +78,19 @@ def test_resend_sends_the_dead_letters_named_once_nats_takes_them(
     bury(budget, topology, event)  # refused again, and sent again: stored once
     assert budget.ok("spool", "resend", event_id).startswith("1 dead letters back in the spool;")
     assert asyncio.run(stored_events(nats_url, topology)) == 1
+
+
+def test_a_spool_directory_that_is_a_file_is_one_line_naming_it(
+    budget: Budget, tmp_path: Path
+) -> None:
+    """It showed "0 events wait in the spool", as if the host's spool were empty."""
+    a_file = tmp_path / "spool-file"
+    a_file.write_text("")
+    for args in (("spool", "show"), ("spool", "resend", "--all")):
+        done = budget.run(*args, BUDGET_SPOOL_DIR=str(a_file))
+        assert (done.returncode, done.stdout) == (2, ""), done
+        [line] = done.stderr.splitlines()
+        assert line == (
+            f"budget: the spool directory {a_file} (BUDGET_SPOOL_DIR) is not a directory;"
+            " give the host's spool_dir"
+        )

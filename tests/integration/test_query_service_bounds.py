@@ -16,8 +16,9 @@ from typing import TypeVar
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 
-from budget.rpc import Refused, ask
+from budget.rpc import Refused, ServiceUnavailable, ask
 from events import Topology, utc_now
 from events.queries import (
     QUERY_POLICIES,
@@ -31,6 +32,7 @@ from projections.database_queries import DatabaseQueries
 from projections.db import connect
 from projections.engine.projection import Connection
 from services.ops import prepare
+from services.query_service import QueryService
 
 from enforcement import stack_settings
 from support import query_service, rows, wait_for
@@ -131,3 +133,68 @@ async def test_a_wait_for_a_change_to_apply_reads_the_database_a_few_times_a_sec
     # 10 ms after the first read, then twice as long after each, at most 100 ms: however
     # fast the database answers (at a read every 10 ms: 200)
     assert queries.reads <= 25
+
+
+async def no_responders(nc: Client, subject: str) -> bool:
+    """Whether NATS answers a question on ``subject`` that no query service takes it."""
+    try:
+        await nc.request(subject, b"{}", timeout=1)
+    except NoRespondersError:
+        return True
+    except TimeoutError:  # taken before the service stopped taking: not answered yet
+        pass
+    return False
+
+
+async def test_a_question_in_flight_when_the_service_stops_is_answered(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """A deploy or a rolling restart stops a query service while a report runs: the
+    report is still answered, and the stopping service takes no new question."""
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    subject = topology.rpc_subject(QUERY_REPORT, caller="asker")
+    service = QueryService(settings, nc, drain_within=60)
+    await service.start()
+    async with locked(db, "usage_history"):
+        asked = asyncio.create_task(ask(nc, subject, history(utc_now()), ReportAnswer, within=60))
+
+        async def question_runs() -> bool:
+            """the report waits in the database"""
+            return await waiting_on(db, "usage_history") > 0
+
+        await wait_for(question_runs, within=ANSWER_WITHIN)
+        stopping = asyncio.create_task(service.stop())
+
+        async def taking_no_more() -> bool:
+            """the stopping service takes no new question"""
+            return await no_responders(nc, subject)
+
+        await wait_for(taking_no_more, within=ANSWER_WITHIN)
+        assert not asked.done() and not stopping.done()  # the report still waits
+    report = await asked
+    await stopping
+    assert report.tables[0].rows == []
+
+
+async def test_a_question_still_running_when_the_drain_ends_is_told_the_service_stopped(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """Not left to wait out its whole time for an answer that never comes."""
+    settings = stack_settings(nats_url, db, topology, tmp_path)
+    await prepare(nats_url, db, settings)
+    subject = topology.rpc_subject(QUERY_REPORT, caller="asker")
+    service = QueryService(settings, nc, drain_within=0.5)
+    await service.start()
+    async with locked(db, "usage_history"):
+        asked = asyncio.create_task(ask(nc, subject, history(utc_now()), ReportAnswer, within=60))
+
+        async def question_runs() -> bool:
+            """the report waits in the database"""
+            return await waiting_on(db, "usage_history") > 0
+
+        await wait_for(question_runs, within=ANSWER_WITHIN)
+        async with asyncio.timeout(ANSWER_WITHIN):
+            await service.stop()
+            with pytest.raises(ServiceUnavailable, match="query service: stopped before"):
+                await asked

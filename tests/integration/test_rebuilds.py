@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +127,44 @@ async def test_a_hot_standby_follows_a_swap_and_takes_over_the_live_version(
         second_stop.set()
         await asyncio.gather(first, *([second] if second else []))
     assert await rows(db, SPEND_REQUESTS) == [(30,)]
+
+
+async def test_a_hot_standby_worker_stops_on_sigterm(
+    nc: Client, db: str, topology: Topology, nats_url: str
+) -> None:
+    """It waited in PostgreSQL for the writer lock, deaf to the stop: `budget up` or a
+    container runtime had to kill it."""
+    await publish(nc, topology, varied_events(2))
+
+    def worker() -> subprocess.Popen[bytes]:
+        return budget_process(
+            ["worker", "spend"], nats_url=nats_url, database_url=db, topology=topology
+        )
+
+    active = worker()
+    standby: subprocess.Popen[bytes] | None = None
+    try:
+
+        async def active_caught_up() -> bool:
+            """the first worker applied what was published"""
+            return await rows(db, "SELECT stream_seq FROM projection_checkpoints") == [(2,)]
+
+        await wait_for(active_caught_up, within=60)
+        standby = worker()
+
+        async def standing_by() -> bool:
+            """the second worker waits as the hot standby of spend-v1"""
+            return await waiting_for_writer_lock(db, "spend-v1")
+
+        await wait_for(standing_by, within=60)
+        standby.send_signal(signal.SIGTERM)
+        assert standby.wait(timeout=30) == 0
+        assert active.poll() is None  # the lock it waited for is still held
+    finally:
+        for process in (active, standby):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
 
 
 async def test_a_rebuild_without_the_event_stream_says_to_migrate_and_makes_no_version(

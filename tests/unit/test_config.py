@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from budget.config import ConfigError, load_settings
+from budget.config import ConfigError, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -276,3 +276,168 @@ def test_a_nats_url_user_other_than_nats_user_is_refused(tmp_path: Path) -> None
     assert "pw-in-url-1234" not in message
     same_user = write(tmp_path, f"budget:\n  nats_url: '{url}'\n  nats_user: svc\n")
     assert load_settings(same_user, environ={}).nats_user == "svc"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("nats//x", "neither scheme://host:port nor host:port (is a '://' missing?)"),
+        ("http://x:4222", "the scheme http://, which is not a NATS one"),
+        ("nats://host:notaport", "a port that is not a number from 1 to 65535"),
+        ("nats://host:70000", "a port that is not a number from 1 to 65535"),
+        ("nats://host:0", "port 0"),
+        ("nats://:4222", "names no host"),
+        ("nats://host:4222/budget", "a path or query after its address"),
+        ("", "it is empty"),
+        ("nats://a:4222,,nats://b:4222", "server 2 of 3 is empty"),
+        ("nats://a:4222, http://b:4222", "server 2 of 2 has the scheme http://"),
+        ("nats://a:4222,ws://b:8080", "mixes WebSocket servers"),
+        ("nats://host :4222", "a space or a control character"),
+    ],
+)
+def test_a_nats_url_no_client_could_use_is_refused_naming_where_and_the_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, why: str
+) -> None:
+    """Taken as it came, it failed later as if NATS were down (``http://`` timed out)."""
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    with pytest.raises(ConfigError) as from_environment:
+        load_settings(environ={"BUDGET_NATS_URL": url})
+    path = write(tmp_path, f"budget:\n  nats_url: '{url}'\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(path, environ={})
+    for error, where in (
+        (from_environment, "environment variable BUDGET_NATS_URL"),
+        (from_file, f"budget.nats_url in {path}"),
+    ):
+        message = str(error.value)
+        assert message.startswith(f"{where}: not a NATS URL: "), message
+        assert why in message and "nats://" in message  # the form to write
+        assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://127.0.0.1:4222",
+        "tls://nats.example.com",
+        "127.0.0.1:4222",
+        "nats",
+        "nats://[::1]:4222",
+        "nats://svc:pw@nats:4222/",
+        "nats://a:4222, nats://b:4222",
+        "wss://nats.example.com/ws",
+    ],
+)
+def test_the_nats_url_forms_clients_take_are_read(tmp_path: Path, url: str) -> None:
+    assert load_settings(write(tmp_path, f"budget:\n  nats_url: '{url}'\n"), {}).nats_url == url
+
+
+def test_a_wrong_nats_url_is_shown_without_its_password_or_token(tmp_path: Path) -> None:
+    for url in ("nats://svc:pw-in-url-1234@host:x", "tok-in-url-1234@host:x"):
+        with pytest.raises(ConfigError) as error:
+            load_settings(environ={"BUDGET_NATS_URL": url, "BUDGET_CONFIG": "/dev/null"})
+        message = str(error.value)
+        assert "not a NATS URL" in message and "***@host:x" in message
+        assert "-in-url-1234" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("mysql://u@h/db", "must be a URL starting with postgresql://"),
+        ("postgresql://h:notaport/db", "its host has a port that is not a number"),
+        ("postgresql://u:pw-in-url-1234@h:99999/db", "its host has a port that is not a number"),
+        ("postgresql://h1:5432,h2:x/db", "host 2 of 2 has a port that is not a number"),
+        ("postgresql://h/my db", "a space or a control character"),
+    ],
+)
+def test_a_database_url_no_driver_could_use_is_refused_naming_where_and_the_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, why: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    with pytest.raises(ConfigError) as from_environment:
+        load_settings(environ={"BUDGET_DATABASE_URL": url})
+    path = write(tmp_path, f"budget:\n  database_url: '{url}'\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(path, environ={})
+    for error, where in (
+        (from_environment, "environment variable BUDGET_DATABASE_URL"),
+        (from_file, f"budget.database_url in {path}"),
+    ):
+        message = str(error.value)
+        assert message.startswith(f"{where}: not a PostgreSQL URL: "), message
+        assert why in message and "postgresql://" in message
+        assert "pw-in-url-1234" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://budget@/budget?host=/run/pg&passfile=/x/pgpass",
+        "postgresql+psycopg://u:p@db:5432/budget",
+        "postgres://db1:5432,db2/budget?target_session_attrs=read-write",
+        "postgresql://[::1]:5432/budget",
+    ],
+)
+def test_the_database_url_forms_libpq_takes_are_read(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f"budget:\n  database_url: '{url}'\n")
+    assert load_settings(path, environ={}).database_url == url
+
+
+FLOAT_SETTINGS = [
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation in (float, float | None)
+]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_a_number_of_seconds_or_a_rate_must_be_finite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """An infinite enforcer_timeout hung a check while the enforcer was away (never
+    failing closed), an infinite mail timeout failed each delivery with OverflowError."""
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml
+    variable = f"BUDGET_{name.upper()}"
+    with pytest.raises(ConfigError, match=rf"^environment variable {variable}: .*finite"):
+        load_settings(environ={variable: value})
+
+
+@pytest.mark.parametrize("channel", ["email", "webhook"])
+def test_a_channels_timeout_must_be_finite(tmp_path: Path, channel: str) -> None:
+    path = write(tmp_path, f"alert_channels:\n  {channel}:\n    timeout: .inf\n")
+    with pytest.raises(ConfigError, match=rf"alert_channels\.{channel}\.timeout in .*finite"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("budget:\n  nats_url: nats://a:4222\n  nats_url: nats://b:4222\n", "nats_url", 3),
+        ("budget:\n  flush_interval: 5\nbudget:\n  flush_interval: 9\n", "budget", 3),
+        ("alert_channels:\n  webhook:\n    enabled: false\n    enabled: true\n", "enabled", 4),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    """YAML's loader kept the last silently: a setting added at the end of a long file
+    overrode one above it, or an edit above was never read."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    message = str(error.value)
+    assert message.startswith(f"{path}: the key {key!r} is given twice"), message
+    assert f"line {line}" in message and "keep one" in message
+
+
+def test_a_missing_config_file_named_relatively_is_shown_with_the_folder_it_was_looked_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``./run`` works in the checkout: ``--config config.yaml`` given elsewhere is looked
+    for there, and "config.yaml does not exist" beside the user's config.yaml puzzled."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_settings("config.yaml", environ={})
+    assert str(error.value).startswith(f"config file {tmp_path / 'config.yaml'} does not exist")
