@@ -7,6 +7,7 @@ caller shows the URL itself, with its password masked (``budget.config.shown_url
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from urllib.parse import SplitResult, urlsplit
 
@@ -20,8 +21,13 @@ _DATABASE_FORM = "postgresql://user@host:5432/database?option=value"
 
 def nats_servers(url: str) -> list[str]:
     """The servers of ``url``, one URL or a comma-separated list, as nats-py and FastStream
-    take them (a list: given the whole string, nats-py reads it as one malformed URL)."""
-    return [server.strip() for server in url.split(",")]
+    take them (a list: given the whole string, nats-py reads it as one malformed URL). A
+    comma starts a server only where one follows (``scheme://``, or an address with no
+    ``@``): in ``nats://tok,en@host`` it is the token's."""
+    return [server.strip() for server in _NEXT_SERVER.split(url)]
+
+
+_NEXT_SERVER = re.compile(r",(?=\s*[A-Za-z][\w+.-]*://|[^,@/]*(?:,|$))")
 
 
 def nats_url_problem(url: str) -> str | None:
@@ -85,13 +91,38 @@ def database_url_problem(url: str) -> str | None:
             "it holds a space or a control character (percent-encode it); write it as"
             f" {_DATABASE_FORM}"
         )
-    # Hosts not quoted: a password holding a '/' would be read as one.
-    hosts = urlsplit(f"//{rest}").netloc.rpartition("@")[2].split(",")
+    hosts = _database_hosts(rest).split(",")
     for number, host in enumerate(hosts, start=1):
-        wrong = _address_problem(urlsplit(f"//{host}"), host_needed=False)
+        wrong = _database_host_problem(host)
         if wrong is not None:
             which = f"host {number} of {len(hosts)}" if len(hosts) > 1 else "its host"
             return f"{which} {wrong}; write it as {_DATABASE_FORM}"
+    return None
+
+
+def _database_hosts(rest: str) -> str:
+    """The hosts of a PostgreSQL URL after its ``scheme://``, read as libpq reads them: the
+    user and password end at the first '@' before any '/' (so a password may hold '?',
+    '#', '[' or ']'), the hosts at the next '/' or '?'."""
+    for index, char in enumerate(rest):
+        if char == "/":
+            break
+        if char == "@":
+            rest = rest[index + 1 :]
+            break
+    return re.split(r"[/?]", rest, maxsplit=1)[0]
+
+
+def _database_host_problem(host: str) -> str | None:
+    if host.startswith("["):  # an IPv6 address: [::1]:5432
+        _, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return "has an IPv6 address without its closing ']' before its port"
+        port = port[1:]
+    else:
+        port = host.rpartition(":")[2] if ":" in host else ""
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "has a port that is not a number from 1 to 65535"
     return None
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from budget.config import ConfigError, Settings, load_settings
+from budget.server_urls import nats_servers, nats_url_problem
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -332,6 +333,24 @@ def test_the_nats_url_forms_clients_take_are_read(tmp_path: Path, url: str) -> N
     assert load_settings(write(tmp_path, f"budget:\n  nats_url: '{url}'\n"), {}).nats_url == url
 
 
+@pytest.mark.parametrize(
+    ("url", "servers"),
+    [
+        ("nats://a:4222, nats://b:4222", ["nats://a:4222", "nats://b:4222"]),
+        ("a:4222,b:4222", ["a:4222", "b:4222"]),
+        ("nats://u:p@a,tls://b", ["nats://u:p@a", "tls://b"]),
+        # a comma in a token or password is theirs, not a second server's start
+        ("nats://tok,en@host:4222", ["nats://tok,en@host:4222"]),
+        ("nats://user:pa,ss@host, nats://b", ["nats://user:pa,ss@host", "nats://b"]),
+    ],
+)
+def test_a_nats_url_is_split_into_servers_at_the_commas_that_start_one(
+    url: str, servers: list[str]
+) -> None:
+    assert nats_servers(url) == servers
+    assert nats_url_problem(url) is None
+
+
 def test_a_wrong_nats_url_is_shown_without_its_password_or_token(tmp_path: Path) -> None:
     for url in ("nats://svc:pw-in-url-1234@host:x", "tok-in-url-1234@host:x"):
         with pytest.raises(ConfigError) as error:
@@ -377,6 +396,9 @@ def test_a_database_url_no_driver_could_use_is_refused_naming_where_and_the_form
         "postgresql+psycopg://u:p@db:5432/budget",
         "postgres://db1:5432,db2/budget?target_session_attrs=read-write",
         "postgresql://[::1]:5432/budget",
+        "postgresql:///budget",
+        # a password ends at its '@' for libpq, whatever it holds before it but '/'
+        "postgresql://budget:p#s?s[x]@db:5432/budget",
     ],
 )
 def test_the_database_url_forms_libpq_takes_are_read(tmp_path: Path, url: str) -> None:
@@ -430,6 +452,18 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_line(
     message = str(error.value)
     assert message.startswith(f"{path}: the key {key!r} is given twice"), message
     assert f"line {line}" in message and "keep one" in message
+
+
+def test_a_merge_key_takes_its_anchors_keys_and_may_override_them(tmp_path: Path) -> None:
+    """``<<: *base`` is YAML's way to share settings, not a key given twice."""
+    text = (
+        "budget_policies:\n"
+        "  - &base {name: a, scope: global, period: monthly, limit_amount: 10}\n"
+        "  - <<: *base\n"
+        "    name: b\n"
+    )
+    policies = load_settings(write(tmp_path, text), environ={}).policies
+    assert [(p.name, p.limit_amount) for p in policies] == [("a", 10), ("b", 10)]
 
 
 def test_a_missing_config_file_named_relatively_is_shown_with_the_folder_it_was_looked_in(
