@@ -116,9 +116,13 @@ async def run_projection(
         )
         lag = asyncio.create_task(refresh_every(LAG_EVERY, _lag_of(members, runner), stop))
         try:
-            await _rebuild_reshaped(projections, nc, settings, config, count, turn)
+            # A hot standby waits in PostgreSQL for the reshape lock (while another worker
+            # rebuilds) and for the writer lock: a stop must reach it in either wait.
+            reshaped = _rebuild_reshaped(projections, nc, settings, config, count, turn)
+            if not await _unless_stopped(reshaped, stop):
+                break
             if not await _unless_stopped(runner.open(), stop):
-                break  # a hot standby stopped while it waited for the writer lock
+                break
             log.info(
                 "worker %s running %s",
                 name,

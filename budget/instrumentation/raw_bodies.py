@@ -53,7 +53,7 @@ def watch_body(response: Any, method: Method, call: Call, *, asynchronous: bool)
             http._content = watch.read_whole(http._content)
             return
         (_install_async if asynchronous else _install_sync)(http, watch, plan.strip_usage_chunk)
-    except (AttributeError, TypeError) as exc:  # an SDK whose responses are made otherwise
+    except Exception as exc:  # an SDK whose responses are made otherwise: the call is paid
         call.record(estimated(plan, f"the raw answer's body could not be watched ({exc})"))
         return
     weakref.finalize(http, _collected, watch)
@@ -76,6 +76,8 @@ class _Body(Protocol):
     began: bool
     """Whether any of the answer arrived: a stream failing before its first event never
     answered (its hold is released), a JSON answer's status line told it was made."""
+    error: StreamError | None
+    """An error the body told before any answer (a stream's error event)."""
 
     def feed(self, data: bytes) -> bytes:
         """Take note of ``data``, read from the body; what the caller is to read of it."""
@@ -88,8 +90,13 @@ class _Body(Protocol):
     def measured(self, interrupted: BaseException | None) -> Measured: ...
 
 
+class StreamError(Exception):
+    """A stream that told an error (the SDK raises it to the caller as its own)."""
+
+
 class _JsonBody:
     began = True
+    error: StreamError | None = None
 
     def __init__(self, items: _Items, method: Method, plan: Plan) -> None:
         self._items, self._method, self._plan = items, method, plan
@@ -123,6 +130,7 @@ class _SseBody:
         self._strip = plan.strip_usage_chunk
         self._events = EventSplitter()
         self.began = False
+        self.error: StreamError | None = None
 
     def feed(self, data: bytes) -> bytes:
         kept = bytearray()
@@ -143,9 +151,18 @@ class _SseBody:
         name, data = event_fields(event)
         if not data or name == "ping" or data.startswith("[DONE]"):
             return True
+        try:
+            document = json.loads(data)
+        except ValueError:
+            document = None
+        if name == "error" or (isinstance(document, dict) and "error" in document):
+            # Anthropic's `event: error` (overloaded), OpenAI's {"error": ...}: the SDK
+            # raises it to the caller; before any answer, nothing was made
+            self.error = self.error or StreamError(f"the stream told an error: {data[:300]}")
+            return True
         self.began = True
         try:
-            return self._observer.see(self._items(json.loads(data)))
+            return self._observer.see(self._items(document))
         except Exception:  # an event the SDK's parse() would refuse: the caller's to read
             return True
 
@@ -171,8 +188,9 @@ class _BodyWatch:
         if call.settled:
             return
         error = interrupted if isinstance(interrupted, Exception) else None
-        if error is not None and not self.body.began:
-            call.fail(error)  # as a stream failing before its first item: never answered
+        failure = error or self.body.error
+        if failure is not None and not self.body.began:
+            call.fail(failure)  # as a stream failing before its first item: never answered
             return
         call.record(self.body.measured(interrupted), error)
 

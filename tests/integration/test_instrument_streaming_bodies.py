@@ -448,3 +448,24 @@ async def test_a_body_whose_connection_drops_records_what_it_told_and_settles_it
     assert event.usage == Usage(input_uncached=4, output_text=2)
     assert_estimated(event, "the stream ended before its usage arrived")
     await holds_settled(stack)
+
+
+@sync_and_async
+async def test_a_stream_that_tells_an_error_before_any_answer_releases_its_hold(
+    stack: EnforcementStack, topology: Topology, sync: bool
+) -> None:
+    """Anthropic answers an overloaded model with 200 and an `event: error` stream: the
+    SDK raises it to the caller, nothing was made, and the hold is released, not charged
+    the estimate (the prompt and the whole max_tokens); the next call is recorded."""
+    await under_a_block_policy(stack)
+    api = ProviderApi(streams={"/v1/messages": "anthropic_stream_overloaded.sse"})
+    client = anthropic_client(api, stack, sync)
+    create = client.with_streaming_response.messages.create
+    async with recorded_usage(stack.nc, topology) as recorded:
+        with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+            await read_body(sync, create, "stream", **MESSAGE, stream=True)
+        await holds_settled(stack)  # released: nothing recorded it
+        api.streams.clear()
+        await read_body(sync, create, "stream", **MESSAGE, stream=True)
+        [event] = await recorded.exactly(stack.tracker, 1)
+    assert event.cost == CLAUDE_STREAM_COST

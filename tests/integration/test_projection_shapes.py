@@ -154,3 +154,38 @@ async def test_a_group_worker_runs_its_other_members_while_it_rebuilds_a_reshape
     finally:
         await held.close()
         await conn.close()
+
+
+async def test_a_worker_waiting_for_another_ones_rebuild_stops_when_asked(
+    nc: Client, nats_url: str, db: str, topology: Topology, tmp_path: Path
+) -> None:
+    """While one worker rebuilds a reshaped projection, another of it waits in PostgreSQL
+    for its turn: a stop (SIGTERM) reaches it there, not after the whole rebuild."""
+    conn = await connect(db)
+    held = await connect(db)
+    try:
+        await ensure_projection(conn, PoliciesProjection())
+        await conn.execute(
+            "UPDATE projection_checkpoints SET shape = 'older' WHERE name = 'policies'"
+        )
+        await held.execute("SELECT pg_advisory_lock(hashtext('reshape:policies'))")
+        stop = asyncio.Event()
+        settings = stack_settings(nats_url, db, topology, tmp_path)
+        worker = asyncio.create_task(run_projection("policies", nc, settings, stop))
+
+        async def waiting_for_its_turn() -> bool:
+            """the worker waits for the rebuild's advisory lock"""
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+            ).fetchone()
+            return row == (1,)
+
+        await wait_for(waiting_for_its_turn)
+        stop.set()
+        await asyncio.wait_for(worker, 30)  # the lock still held by "the other worker"
+        assert not await waiting_for_its_turn()
+    finally:
+        await held.close()
+        await conn.close()
